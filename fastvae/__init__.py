@@ -1,0 +1,26 @@
+"""fastvae: fused, tested VAE objectives for PyTorch.
+
+Public names only; see ``fastvae.functional`` for the math.
+"""
+from ._version import __version__
+from .backends import last_used as last_backend
+from .backends import select as select_backend
+from .backends import triton_available
+from .functional import elbo, gaussian_log_prob, iwae_bound, kl_standard_normal, reparameterize
+from .loss import ELBOLoss
+from .validation import get_validation, set_validation
+
+__all__ = [
+    "__version__",
+    "elbo",
+    "reparameterize",
+    "kl_standard_normal",
+    "gaussian_log_prob",
+    "iwae_bound",
+    "ELBOLoss",
+    "set_validation",
+    "get_validation",
+    "select_backend",
+    "last_backend",
+    "triton_available",
+]

@@ -1,0 +1,85 @@
+"""Backend registry: which implementation runs an op, and which one ran last.
+
+Every backend is a module with the same functions, called by ``fastvae.functional``
+*after* validation, on canonical (already checked, flattened) arguments:
+
+``reparameterize(mu, logvar, n_samples, generator)``
+    mu, logvar ``(B, L)``; n_samples ``None`` -> ``(B, L)``, an int K -> ``(K, B, L)``.
+``elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction)``
+    x, recon ``(B, D)``; mu, logvar ``(B, L)``; z ``(B, L)`` or None (given iff kl == "mc");
+    obs_logvar a float, or a tensor ``(D,)`` or ``(B, D)`` (only used by "gaussian").
+    Returns the ELBO reduced over the batch: ``()`` for "mean"/"sum", ``(B,)`` for "none".
+``kl_standard_normal(mu, logvar)``
+    ``(N, L)`` -> ``(N,)``.
+``gaussian_log_prob(x, mean, logvar)``
+    x, mean ``(N, D)``; logvar a float or a tensor ``(D,)`` or ``(N, D)`` -> ``(N,)``.
+``iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction)``
+    x ``(B, D)``, recon_k ``(K, B, D)``, mu/logvar ``(B, L)``, z_k ``(K, B, L)``.
+
+Results are float64 when any floating input is float64, else float32 (a loss summed
+over a large batch overflows fp16); gradients come back in each input's own dtype.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+import torch
+
+NAMES = ("auto", "torch", "triton", "reference")
+_MODULES = {
+    "torch": "fastvae.backends.closed_form",
+    "triton": "fastvae.backends.triton_backend",
+    "reference": "fastvae.reference",
+}
+_last_used: str | None = None
+
+
+def triton_available() -> bool:
+    """True when the Triton backend can be imported (it needs the ``triton`` package)."""
+    try:
+        importlib.import_module(_MODULES["triton"])
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def select(backend: str | None, device: torch.device) -> str:
+    """The backend that runs for ``backend`` ("auto" resolves here) on ``device``.
+
+    ``backend=None`` reads the ``FASTVAE_BACKEND`` environment variable (default "auto").
+    "auto" picks "triton" for CUDA tensors when triton imports, else "torch".
+    """
+    name = backend if backend is not None else os.environ.get("FASTVAE_BACKEND", "auto")
+    if name not in NAMES:
+        source = "backend" if backend is not None else "FASTVAE_BACKEND"
+        raise ValueError(f"{source} must be one of {NAMES}, got {name!r}")
+    if name == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if name == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+        if device.type != "cuda" and not _interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors, got tensors on {device}; "
+                "CPU tensors run the kernels only under TRITON_INTERPRET=1"
+            )
+    return name
+
+
+def get(name: str) -> ModuleType:
+    """The module implementing backend ``name`` (already resolved by :func:`select`)."""
+    global _last_used
+    module = importlib.import_module(_MODULES[name])
+    _last_used = name
+    return module
+
+
+def last_used() -> str | None:
+    """Name of the backend that ran the most recent fastvae op in this process (None before any)."""
+    return _last_used

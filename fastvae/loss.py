@@ -1,0 +1,38 @@
+"""ELBOLoss: the negative ELBO as an ``nn.Module``, like torch's ``*Loss`` modules."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import validation as V
+from .functional import elbo
+
+
+class ELBOLoss(nn.Module):
+    r"""``-ELBO = -(log p(x|z) - beta * KL)``, to be minimized.
+
+    ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
+    reduction="mean")``; ``loss(x, recon, mu, logvar, z=None, obs_logvar=0.0)``.
+    Every argument means what it means in :func:`fastvae.elbo`. With
+    ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
+    VAE ``loss_function``.
+    """
+
+    def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
+                 reduction="mean", backend=None, validate=None):
+        super().__init__()
+        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
+        V.check_option("kl", kl, V.KL_MODES)
+        V.check_option("reduction", reduction, V.REDUCTIONS)
+        self.likelihood, self.kl, self.reduction = likelihood, kl, reduction
+        self.beta = V.check_number("beta", beta, minimum=0.0)
+        self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
+        self.backend, self.validate = backend, validate
+
+    def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0):
+        return -elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
+                     beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
+                     reduction=self.reduction, backend=self.backend, validate=self.validate)
+
+    def extra_repr(self) -> str:
+        return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "
+                f"free_bits={self.free_bits}, reduction={self.reduction!r}")

@@ -1,0 +1,124 @@
+"""The eager oracle: plain PyTorch / torch.distributions, written for clarity.
+
+Every other backend is tested against these functions and benchmarked against
+them; they are never the default. Same call signatures as every backend (see
+``fastvae.backends``). Math runs in float32 at least (float64 stays float64) and
+autograd builds the gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Normal, kl_divergence
+
+# Below this |u| the two-term series of log(u / tanh u) is exact to float64 rounding.
+_CB_SERIES_BELOW = 1e-3
+
+
+def _compute_dtype(*tensors) -> torch.dtype:
+    if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def _up(t, dtype):
+    return t.to(dtype) if isinstance(t, torch.Tensor) else t
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    # An empty batch contributes nothing: 0, not the NaN of an empty mean.
+    return per_sample.sum() / max(per_sample.shape[0], 1)
+
+
+def cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C(l) of the continuous Bernoulli in logit space: log 2 + log(u / tanh u), u = l/2."""
+    u = logits / 2
+    small = u.abs() < _CB_SERIES_BELOW
+    safe_u = torch.where(small, torch.ones_like(u), u).abs()  # keeps 1/u out of the gradient
+    exact = torch.log(safe_u) - torch.log(torch.tanh(safe_u))
+    series = u**2 / 3 - 7 * u**4 / 90
+    return math.log(2.0) + torch.where(small, series, exact)
+
+
+def log_likelihood(x, recon, likelihood: str, obs_logvar=0.0) -> torch.Tensor:
+    """log p(x|z) per row, summed over the last dim."""
+    if likelihood == "bernoulli":
+        return -F.binary_cross_entropy_with_logits(recon, x, reduction="none").sum(-1)
+    if likelihood == "continuous_bernoulli":
+        bern = -F.binary_cross_entropy_with_logits(recon, x, reduction="none")
+        return (bern + cb_log_norm(recon)).sum(-1)
+    if likelihood == "gaussian":
+        return gaussian_log_prob(x, recon, obs_logvar)
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def gaussian_log_prob(x, mean, logvar):
+    """sum_d log N(x_d; mean_d, exp(logvar_d))."""
+    dtype = _compute_dtype(x, mean, logvar)
+    x, mean = _up(x, dtype), _up(mean, dtype)
+    logvar = torch.as_tensor(logvar, dtype=dtype, device=x.device) if not isinstance(
+        logvar, torch.Tensor) else logvar.to(dtype)
+    return Normal(mean, torch.exp(0.5 * logvar)).log_prob(x).sum(-1)
+
+
+def kl_standard_normal(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row."""
+    return kl_per_dim(mu, logvar).sum(-1)
+
+
+def kl_per_dim(mu, logvar):
+    dtype = _compute_dtype(mu, logvar)
+    mu, logvar = mu.to(dtype), logvar.to(dtype)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    return kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu)))
+
+
+def mc_kl_per_dim(z, mu, logvar):
+    """log q(z|x) - log p(z) per latent dim, from one sample z."""
+    dtype = _compute_dtype(z, mu, logvar)
+    z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    return q.log_prob(z) - p.log_prob(z)
+
+
+def _free_bits(kl_bl: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """Per-sample KL with each latent dim's batch-mean KL clamped below at free_bits.
+
+    A dim whose batch mean is below free_bits contributes the constant free_bits to
+    every sample (no gradient); so the batch mean of the result is
+    sum_l max(mean_b KL_bl, free_bits) (Kingma et al. 2016).
+    """
+    if free_bits <= 0 or kl_bl.shape[0] == 0:
+        return kl_bl.sum(-1)
+    below = kl_bl.mean(0, keepdim=True) < free_bits
+    return torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl).sum(-1)
+
+
+def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction):
+    dtype = _compute_dtype(x, recon, mu, logvar, z, obs_logvar)
+    x, recon, obs_logvar = _up(x, dtype), _up(recon, dtype), _up(obs_logvar, dtype)
+    log_px = log_likelihood(x, recon, likelihood, obs_logvar)
+    kl_bl = kl_per_dim(mu, logvar) if kl == "analytic" else mc_kl_per_dim(z, mu, logvar)
+    return _reduce(log_px - beta * _free_bits(kl_bl, free_bits), reduction)
+
+
+def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction):
+    dtype = _compute_dtype(x, recon_k, mu, logvar, z_k, obs_logvar)
+    x, recon_k, obs_logvar = _up(x, dtype), _up(recon_k, dtype), _up(obs_logvar, dtype)
+    k = recon_k.shape[0]
+    log_w = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
+    log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k)).sum(-1)
+    return _reduce(torch.logsumexp(log_w, dim=0) - math.log(k), reduction)
+
+
+def reparameterize(mu, logvar, n_samples, generator):
+    shape = mu.shape if n_samples is None else (n_samples,) + tuple(mu.shape)
+    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps

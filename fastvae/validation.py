@@ -1,0 +1,157 @@
+"""Argument, shape, dtype and device checks, done once before dispatch.
+
+Structural checks (types, shapes, dtypes, devices, option names) always run: they
+cost nothing per element. Value checks (x in [0, 1], finiteness, ...) cost a pass
+over the data, so they run only when validation is on: ``validate=True`` on a call,
+or globally with :func:`set_validation` (off by default, like
+``torch.distributions.Distribution.set_default_validate_args``).
+"""
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
+KL_MODES = ("analytic", "mc")
+REDUCTIONS = ("mean", "sum", "none")
+
+_validate_default = False
+
+
+def set_validation(enabled: bool) -> None:
+    """Turn the value checks (finite inputs, data range) on or off for every call
+    that does not pass ``validate=`` itself."""
+    global _validate_default
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_validation expects a bool, got {type(enabled).__name__}")
+    _validate_default = enabled
+
+
+def get_validation() -> bool:
+    """Whether value checks run by default."""
+    return _validate_default
+
+
+def resolve_validate(validate) -> bool:
+    if validate is None:
+        return _validate_default
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate must be None or a bool, got {type(validate).__name__}")
+    return validate
+
+
+def check_option(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_number(name: str, value, *, minimum=None, integer=False) -> float:
+    bad_type = isinstance(value, bool) or not isinstance(value, (int if integer else Real))
+    if bad_type:
+        kind = "an int" if integer else "a real number"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    value = int(value) if integer else float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    return t
+
+
+def check_same_device(**tensors) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(devices.values())) > 1:
+        seen = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {seen}")
+    return next(iter(devices.values()))
+
+
+def check_latents(mu, logvar, *, prefix=()) -> tuple[int, int]:
+    """mu and logvar: ``prefix + (B, L)``, the same shape. Returns (B, L)."""
+    check_tensor("mu", mu)
+    check_tensor("logvar", logvar)
+    want_dim = len(prefix) + 2
+    if mu.dim() != want_dim:
+        raise ValueError(f"mu must be 2-D (batch, latent), got shape {tuple(mu.shape)}")
+    if logvar.shape != mu.shape:
+        raise ValueError(
+            f"logvar must have mu's shape {tuple(mu.shape)}, got {tuple(logvar.shape)}"
+        )
+    return mu.shape[0], mu.shape[1]
+
+
+def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
+    """x ``(B, ...)`` and recon ``(B, ...)`` (or ``(K, B, ...)``) -> ``(B, D)`` views/copies."""
+    check_tensor("x", x)
+    check_tensor(recon_name, recon)
+    if x.dim() < 1 or x.shape[0] != batch:
+        raise ValueError(
+            f"x must have the batch size of mu ({batch}) as its first dim, got shape {tuple(x.shape)}"
+        )
+    want = x.shape if k is None else (k,) + tuple(x.shape)
+    if tuple(recon.shape) != tuple(want):
+        raise ValueError(
+            f"{recon_name} must have shape {tuple(want)} (x's shape"
+            f"{'' if k is None else ' with K in front'}), got {tuple(recon.shape)}"
+        )
+    d = 1
+    for s in x.shape[1:]:
+        d *= s
+    x2 = x.reshape(batch, d)
+    r2 = recon.reshape(batch, d) if k is None else recon.reshape(k, batch, d)
+    return x2, r2
+
+
+def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "obs_logvar"):
+    """obs_logvar (float, or a tensor broadcastable to x) -> float, ``(D,)`` or ``(N, D)``.
+
+    The first ``row_dims`` dims of x are rows (N of them), the rest one row's D
+    elements. A tensor constant across rows becomes ``(D,)``; otherwise ``(N, D)``.
+    """
+    if not isinstance(obs_logvar, torch.Tensor):
+        return check_number(name, obs_logvar)
+    check_tensor(name, obs_logvar)
+    x_shape = torch.Size(x_shape)
+    try:
+        fits = torch.broadcast_shapes(obs_logvar.shape, x_shape) == x_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {tuple(obs_logvar.shape)} does not broadcast to x's shape {tuple(x_shape)}"
+        )
+    per_row = x_shape[row_dims:]
+    n, d = x_shape[:row_dims].numel(), per_row.numel()
+    lead = obs_logvar.dim() - len(per_row)
+    if lead <= 0 or all(s == 1 for s in obs_logvar.shape[:lead]):
+        trailing = obs_logvar.reshape(obs_logvar.shape[max(lead, 0):])
+        return trailing.expand(per_row).reshape(d)
+    return obs_logvar.expand(x_shape).reshape(n, d)
+
+
+def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
+    """The per-element checks: finiteness of every input, x in [0, 1] where required."""
+    if not validate:
+        return
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
+    if x is not None and x.numel():
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x has non-finite value(s) (NaN or inf)")
+        if likelihood in ("bernoulli", "continuous_bernoulli"):
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(
+                    f"likelihood={likelihood!r} needs x in [0, 1], got values in [{lo}, {hi}]"
+                )

@@ -1,0 +1,9 @@
+"""Packaging: the Triton kernels live in the top-level ``kernels/`` folder of the
+repository but install inside the fastvae namespace as ``fastvae.kernels``; a
+top-level ``kernels`` import belongs to another PyPI package."""
+from setuptools import setup
+
+setup(
+    packages=["fastvae", "fastvae.backends", "fastvae.kernels"],
+    package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
+)

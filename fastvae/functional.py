@@ -10,14 +10,20 @@ is float64, else float32; gradients come back in each input's dtype.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from . import backends
+from . import backends, ops, reference
 from . import validation as V
 
 
 def _run(backend, device, op: str):
-    return getattr(backends.get(backends.select(backend, device)), op)
+    name = backends.select(backend, device)
+    backends.mark_used(name)
+    if name == "reference":
+        return getattr(reference, op)
+    return functools.partial(getattr(ops, op), backend=name)
 
 
 def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None):
@@ -62,6 +68,8 @@ def elbo(
     reduction="mean",
     backend=None,
     validate=None,
+    *,
+    _scale=1.0,
 ):
     r"""The evidence lower bound, ``log p(x|z) - beta * KL``, per sample then reduced.
 
@@ -118,8 +126,11 @@ def elbo(
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
                    recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
     fn = _run(backend, device, "elbo")
-    return fn(x2, r2, mu, logvar, z, obs, likelihood=likelihood, kl=kl, beta=beta,
-              free_bits=free_bits, reduction=reduction)
+    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction)
+    if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
+        return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
+    value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
+    return value if _scale == 1.0 else _scale * value
 
 
 def kl_standard_normal(mu, logvar, backend=None, validate=None):

@@ -29,9 +29,12 @@ class ELBOLoss(nn.Module):
         self.backend, self.validate = backend, validate
 
     def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0):
-        return -elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
-                     beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
-                     reduction=self.reduction, backend=self.backend, validate=self.validate)
+        # _scale=-1 computes -ELBO inside the fused op, so loss.backward() hands it a
+        # grad_output of exactly 1 and the saved gradients need no scaling pass.
+        return elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
+                    beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
+                    reduction=self.reduction, backend=self.backend, validate=self.validate,
+                    _scale=-1.0)
 
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "

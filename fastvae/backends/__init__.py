@@ -1,7 +1,11 @@
 """Backend registry: which implementation runs an op, and which one ran last.
 
-Every backend is a module with the same functions, called by ``fastvae.functional``
-*after* validation, on canonical (already checked, flattened) arguments:
+``fastvae.functional`` validates, then calls ``fastvae.reference`` directly for
+"reference", or ``fastvae.ops`` (custom ops with autograd) for "torch"/"triton".
+The calls below are on canonical (already checked, flattened) arguments; the
+reference module has exactly these functions, and the fused backends
+(``closed_form``, ``triton_backend``) provide ``<op>_fwd`` variants returning the
+value and the gradients together (see ``fastvae.ops``), plus ``reparameterize``.
 
 ``reparameterize(mu, logvar, n_samples, generator)``
     mu, logvar ``(B, L)``; n_samples ``None`` -> ``(B, L)``, an int K -> ``(K, B, L)``.
@@ -23,8 +27,6 @@ from __future__ import annotations
 
 import importlib
 import os
-from types import ModuleType
-
 import torch
 
 NAMES = ("auto", "torch", "triton", "reference")
@@ -72,12 +74,10 @@ def select(backend: str | None, device: torch.device) -> str:
     return name
 
 
-def get(name: str) -> ModuleType:
-    """The module implementing backend ``name`` (already resolved by :func:`select`)."""
+def mark_used(name: str) -> None:
+    """Record that backend ``name`` (resolved by :func:`select`) runs the current op."""
     global _last_used
-    module = importlib.import_module(_MODULES[name])
     _last_used = name
-    return module
 
 
 def last_used() -> str | None:

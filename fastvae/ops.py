@@ -1,0 +1,234 @@
+"""torch.library custom ops: the one place the fused backends meet autograd.
+
+Each op's forward runs a backend's ``*_fwd`` ("torch": ``backends.closed_form``,
+"triton": ``backends.triton_backend``), which returns the value *and* its gradients
+in one pass. Only those gradients are saved; backward returns them untouched when
+grad_output is exactly 1 and otherwise scales them (Liger-Kernel's cross-entropy
+trick). Gradients that are not needed come back as empty placeholders, since a
+custom op cannot return None. Registering fake (meta) kernels lets
+``torch.compile(fullgraph=True)`` trace through every op without a graph break.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .backends import closed_form
+
+_IMPLS = {"torch": closed_form}
+
+
+def _impl(backend: str):
+    if backend not in _IMPLS:  # first Triton use; imported up front where it can run (below)
+        _IMPLS[backend] = importlib.import_module("fastvae.backends.triton_backend")
+    return _IMPLS[backend]
+
+
+# Import the Triton backend now where it can run, so that torch.compile never traces an
+# import; elsewhere (CPU-only machines) importing triton would only cost start-up time.
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    try:
+        _impl("triton")
+    except ImportError:
+        pass
+
+
+def _result_dtype(*ts) -> torch.dtype:
+    if any(t is not None and t.dtype == torch.float64 for t in ts):
+        return torch.float64
+    return torch.float32
+
+
+def _needs(*ts) -> List[bool]:
+    grad = torch.is_grad_enabled()
+    return [bool(grad and t is not None and t.requires_grad) for t in ts]
+
+
+def _grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tensor:
+    if not need or t is None:
+        return like.new_empty(0)
+    return t.new_empty(shape if shape is not None else t.shape)
+
+
+def _is_one(g: Tensor) -> bool:
+    # Only on real tensors outside tracing: a traced grad_output has no value.
+    return (type(g) is torch.Tensor and not torch.compiler.is_compiling()
+            and g.numel() == 1 and bool(g == 1))
+
+
+def _weigh(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
+    """g * grad_out, grad_out () or (B,) laid along g's dim ``row_dim``."""
+    if g.numel() == 0:
+        return None
+    if grad_out.dim() == 0:
+        return g if _is_one(grad_out) else g * grad_out.to(g.dtype)
+    shape = [1] * g.dim()
+    shape[row_dim] = -1
+    return g * grad_out.reshape(shape).to(g.dtype)
+
+
+def _to_shape(g, shape):
+    """Collect a per-row (B, D) gradient of a (D,) tensor over rows."""
+    if g is None or shape is None or g.shape == shape:
+        return g
+    return g.sum(0).reshape(shape)
+
+
+# -- elbo ---------------------------------------------------------------------------
+
+@torch.library.custom_op("fastvae::elbo", mutates_args=())
+def _elbo_op(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, z: Optional[Tensor],
+             obs: Optional[Tensor], obs_scalar: float, likelihood: str, kl: str, beta: float,
+             free_bits: float, reduction: str, scale: float, needs: List[bool], backend: str
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_impl(backend).elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl,
+                                         beta, free_bits, reduction, scale, needs))
+
+
+@_elbo_op.register_fake
+def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits, reduction,
+      scale, needs, backend):
+    out_shape = (x.shape[0],) if reduction == "none" else ()
+    obs_shape = x.shape if (reduction == "none" and obs is not None) else None
+    return (x.new_empty(out_shape, dtype=_result_dtype(x, recon, mu, logvar, z, obs)),
+            _grad_like(x, needs[0], x), _grad_like(recon, needs[1], x),
+            _grad_like(mu, needs[2], x), _grad_like(logvar, needs[3], x),
+            _grad_like(z, needs[4], x), _grad_like(obs, needs[5], x, obs_shape))
+
+
+def _elbo_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+    obs, reduction = inputs[5], inputs[11]
+    ctx.per_row = reduction == "none"
+    ctx.obs_shape = None if obs is None else obs.shape
+
+
+def _elbo_backward(ctx, grad_out, *_):
+    g = [_weigh(t, grad_out, 0) for t in ctx.saved_tensors]
+    g[5] = _to_shape(g[5], ctx.obs_shape)
+    return (*g, None, None, None, None, None, None, None, None, None)
+
+
+_elbo_op.register_autograd(_elbo_backward, setup_context=_elbo_setup)
+
+
+def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
+         backend, scale=1.0):
+    """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents."""
+    obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
+    needs = _needs(x, recon, mu, logvar, z, obs)
+    return _elbo_op(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl, float(beta),
+                    float(free_bits), reduction, float(scale), needs, backend)[0]
+
+
+# -- iwae_bound ---------------------------------------------------------------------
+
+@torch.library.custom_op("fastvae::iwae_bound", mutates_args=())
+def _iwae_op(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k: Tensor,
+             obs: Optional[Tensor], obs_scalar: float, likelihood: str, reduction: str,
+             needs: List[bool], backend: str
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_impl(backend).iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar,
+                                               likelihood, reduction, needs))
+
+
+@_iwae_op.register_fake
+def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs, backend):
+    out_shape = (x.shape[0],) if reduction == "none" else ()
+    obs_shape = x.shape if (reduction == "none" and obs is not None) else None
+    return (x.new_empty(out_shape, dtype=_result_dtype(x, recon_k, mu, logvar, z_k, obs)),
+            _grad_like(x, needs[0], x), _grad_like(recon_k, needs[1], x),
+            _grad_like(mu, needs[2], x), _grad_like(logvar, needs[3], x),
+            _grad_like(z_k, needs[4], x), _grad_like(obs, needs[5], x, obs_shape))
+
+
+def _iwae_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+    obs, reduction = inputs[5], inputs[8]
+    ctx.obs_shape = None if obs is None else obs.shape
+
+
+def _iwae_backward(ctx, grad_out, *_):
+    g_x, g_r, g_mu, g_lv, g_z, g_obs = ctx.saved_tensors
+    g = [_weigh(g_x, grad_out, 0), _weigh(g_r, grad_out, 1), _weigh(g_mu, grad_out, 0),
+         _weigh(g_lv, grad_out, 0), _weigh(g_z, grad_out, 1), _weigh(g_obs, grad_out, 0)]
+    g[5] = _to_shape(g[5], ctx.obs_shape)
+    return (*g, None, None, None, None, None)
+
+
+_iwae_op.register_autograd(_iwae_backward, setup_context=_iwae_setup)
+
+
+def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend):
+    obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
+    needs = _needs(x, recon_k, mu, logvar, z_k, obs)
+    return _iwae_op(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood, reduction,
+                    needs, backend)[0]
+
+
+# -- gaussian_log_prob and kl_standard_normal (per row, so backward weighs rows) --------
+
+@torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())
+def _gauss_op(x: Tensor, mean: Tensor, logvar: Optional[Tensor], logvar_scalar: float,
+              needs: List[bool], backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_impl(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs))
+
+
+@_gauss_op.register_fake
+def _(x, mean, logvar, logvar_scalar, needs, backend):
+    return (x.new_empty(x.shape[:1], dtype=_result_dtype(x, mean, logvar)),
+            _grad_like(x, needs[0], x), _grad_like(mean, needs[1], x),
+            _grad_like(logvar, needs[2], x, x.shape))
+
+
+def _gauss_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+    ctx.lv_shape = None if inputs[2] is None else inputs[2].shape
+
+
+def _gauss_backward(ctx, grad_out, *_):
+    g = [_weigh(t, grad_out, 0) for t in ctx.saved_tensors]
+    return g[0], g[1], _to_shape(g[2], ctx.lv_shape), None, None, None
+
+
+_gauss_op.register_autograd(_gauss_backward, setup_context=_gauss_setup)
+
+
+def gaussian_log_prob(x, mean, logvar, *, backend):
+    lv, lv_scalar = (logvar, 0.0) if isinstance(logvar, Tensor) else (None, logvar)
+    return _gauss_op(x, mean, lv, float(lv_scalar), _needs(x, mean, lv), backend)[0]
+
+
+@torch.library.custom_op("fastvae::kl_standard_normal", mutates_args=())
+def _kl_op(mu: Tensor, logvar: Tensor, needs: List[bool], backend: str
+           ) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(_impl(backend).kl_standard_normal_fwd(mu, logvar, needs))
+
+
+@_kl_op.register_fake
+def _(mu, logvar, needs, backend):
+    return (mu.new_empty(mu.shape[:1], dtype=_result_dtype(mu, logvar)),
+            _grad_like(mu, needs[0], mu), _grad_like(logvar, needs[1], mu))
+
+
+def _kl_setup(ctx, inputs, output):
+    ctx.save_for_backward(*output[1:])
+
+
+def _kl_backward(ctx, grad_out, *_):
+    return (*(_weigh(t, grad_out, 0) for t in ctx.saved_tensors), None, None)
+
+
+_kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)
+
+
+def kl_standard_normal(mu, logvar, *, backend):
+    return _kl_op(mu, logvar, _needs(mu, logvar), backend)[0]
+
+
+def reparameterize(mu, logvar, n_samples, generator, *, backend):
+    return _impl(backend).reparameterize(mu, logvar, n_samples, generator)

@@ -1,0 +1,236 @@
+"""Datasets for the training command: images as float32 tensors ``(N, C, H, W)``.
+
+* ``digits`` (default): scikit-learn's 1,797 handwritten 8x8 digits, shipped inside
+  the scikit-learn package (no download), scaled to [0, 1] by dividing by 16, split
+  into train/test by a fixed seeded permutation.
+* ``mnist``, ``fashion-mnist``: the standard IDX files (``train-images-idx3-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``.gz`` or raw) in ``data_dir``, read by :func:`read_idx`;
+  scaled to [0, 1] by dividing by 255. With ``download=True`` and torchvision
+  installed, torchvision may fetch them first.
+* a path to an ``.npy`` / ``.npz`` file of images.
+
+Every problem with a file is a :class:`DataError` whose message names the file,
+where it was looked for and how to get it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPLIT_SEED = 0          # the fixed train/test split of digits and single-array files
+TEST_FRACTION = 0.2
+IDX_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+IDX_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+_HOW_TO_GET = {
+    "mnist": "get train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz from "
+             "https://ossci-datasets.s3.amazonaws.com/mnist/ (or yann.lecun.com/exdb/mnist)",
+    "fashion-mnist": "get train-images-idx3-ubyte.gz and t10k-images-idx3-ubyte.gz from "
+                     "https://github.com/zalandoresearch/fashion-mnist (data/fashion)",
+}
+# IDX type codes -> big-endian numpy dtypes (the format stores everything big-endian).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(Exception):
+    """A dataset file is missing, unreadable or not what it should be."""
+
+
+@dataclass
+class Dataset:
+    """Train and test images, float32 ``(N, C, H, W)``."""
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+
+    @property
+    def shape(self) -> tuple:
+        """One image's shape ``(C, H, W)``."""
+        return tuple(self.train.shape[1:])
+
+
+def read_idx(path) -> np.ndarray:
+    """Read one IDX file (raw or gzip-compressed) into a numpy array.
+
+    Format: two zero bytes, a type code, the number of dims ``n``; then ``n``
+    big-endian uint32 sizes; then the data, big-endian. Raises :class:`DataError`
+    for a wrong magic number, an unknown type or a truncated file.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            raw = gzip.decompress(f.read()) if head == b"\x1f\x8b" else f.read()
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(
+            f"{path} is not an IDX file (wrong magic number {raw[:4].hex() or 'empty'}; "
+            "expected 0000 then a type code such as 08 for unsigned bytes)"
+        )
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: the header promises {ndim} dims")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    want = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    body = len(raw) - 4 - 4 * ndim
+    if body != want:
+        what = "truncated" if body < want else "longer than its header says"
+        raise DataError(f"{path} is {what}: header says shape {dims} ({want} bytes), "
+                        f"found {body} bytes of data")
+    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(dims)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """Write ``array`` as an IDX file (``.gz`` name -> gzip). Used by tests and tools."""
+    array = np.asarray(array)
+    codes = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
+             np.float32: 0x0D, np.float64: 0x0E}
+    code = codes[array.dtype.type]
+    data = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data += array.astype(_IDX_DTYPES[code]).tobytes()
+    Path(path).write_bytes(gzip.compress(data) if str(path).endswith(".gz") else data)
+
+
+def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
+    """``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, D)`` -> float32 NCHW."""
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(f"{source}: expected a numeric array of images, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, None, None, :]
+    elif array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[1] not in (1, 3, 4) and array.shape[3] in (1, 3, 4):
+        array = array.transpose(0, 3, 1, 2)          # NHWC -> NCHW
+    elif array.ndim != 4:
+        raise DataError(f"{source}: expected images shaped (N, H, W), (N, C, H, W), (N, H, W, C) "
+                        f"or (N, D), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise DataError(f"{source}: the array holds no images (shape {array.shape})")
+    if np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32) / 255.0     # 8-bit pixels
+    out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not bool(torch.isfinite(out).all()):
+        raise DataError(f"{source}: the images contain NaN or inf")
+    return out
+
+
+def _split(images: torch.Tensor, seed: int = SPLIT_SEED):
+    """The fixed, seeded train/test split (test = the first 20% of a permutation)."""
+    perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(images)))
+    n_test = max(1, int(round(len(images) * TEST_FRACTION)))
+    if len(images) < 2:
+        raise DataError(f"need at least 2 images to split into train and test, got {len(images)}")
+    return images[perm[n_test:]], images[perm[:n_test]]
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 8x8 digits in [0, 1], fixed 1437/360 train/test split."""
+    try:
+        from sklearn.datasets import load_digits as sk_load
+    except ImportError:
+        raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'") from None
+    images = torch.from_numpy(sk_load().images.astype(np.float32) / 16.0)[:, None]
+    train, test = _split(images)
+    return Dataset("digits", train, test)
+
+
+def _find_idx(data_dir: Path, name: str, split: str):
+    base = IDX_FILES[split]
+    folders = [data_dir, data_dir / name, data_dir / IDX_NAMES[name] / "raw",
+               data_dir / name / "raw"]
+    tried = []
+    for folder in folders:
+        for fname in (base, base + ".gz", base.replace("-idx3-", ".idx3-")):
+            p = folder / fname
+            tried.append(str(p))
+            if p.is_file():
+                return p, tried
+    return None, tried
+
+
+def _torchvision_fetch(data_dir: Path, name: str) -> bool:
+    try:
+        import torchvision.datasets as tvd  # optional; not a dependency
+    except ImportError:
+        return False
+    cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+    try:
+        for train in (True, False):
+            cls(root=str(data_dir), train=train, download=True)
+    except Exception as e:  # network errors come in many types; report, don't crash
+        print(f"torchvision could not download {name}: {e}")
+        return False
+    return True
+
+
+def load_idx_dataset(name: str, data_dir, download: bool = False) -> Dataset:
+    """MNIST or Fashion-MNIST from IDX files in ``data_dir`` (see module doc)."""
+    data_dir = Path(data_dir if data_dir is not None else "data")
+    out = {}
+    for split in ("train", "test"):
+        path, tried = _find_idx(data_dir, name, split)
+        if path is None and download and _torchvision_fetch(data_dir, name):
+            path, tried = _find_idx(data_dir, name, split)
+        if path is None:
+            raise DataError(
+                f"{name}: {IDX_FILES[split]}[.gz] not found; looked for "
+                f"{', '.join(tried[:4])} (and {len(tried) - 4} more). "
+                f"To get it: {_HOW_TO_GET[name]} and put the files in {data_dir}/ "
+                "(or pass --download with torchvision installed)."
+            )
+        arr = read_idx(path)
+        if arr.ndim != 3:
+            raise DataError(f"{path}: expected images (N, H, W), got shape {arr.shape}; "
+                            "is this a labels file?")
+        out[split] = _as_images(arr, str(path))
+    return Dataset(name, out["train"], out["test"])
+
+
+def load_array_file(path) -> Dataset:
+    """Images from ``.npy`` (one array, split 80/20) or ``.npz`` (keys ``train``/``test``
+    or ``x_train``/``x_test``, else its only array, split 80/20)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset file {path} not found (resolved to {path.resolve()}); pass "
+                        "--dataset digits|mnist|fashion-mnist or a path to an .npy/.npz of images")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if hasattr(loaded, "files"):  # an NpzFile
+            with loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
+        else:
+            arrays = {"": loaded}
+    except Exception as e:  # numpy/zipfile/zlib raise many types for a bad file
+        raise DataError(f"{path} is not a readable .npy/.npz array file "
+                        f"(corrupt, truncated or pickled objects?): {e}") from None
+    for tr, te in (("train", "test"), ("x_train", "x_test")):
+        if tr in arrays and te in arrays:
+            return Dataset(path.name, _as_images(arrays[tr], f"{path}[{tr}]"),
+                           _as_images(arrays[te], f"{path}[{te}]"))
+    if len(arrays) != 1:
+        raise DataError(f"{path}: an .npz needs keys train/test (or x_train/x_test) or a single "
+                        f"array, found keys {sorted(arrays)}")
+    (key, arr), = arrays.items()
+    train, test = _split(_as_images(arr, f"{path}[{key}]" if key else str(path)))
+    return Dataset(path.name, train, test)
+
+
+def load_dataset(name: str = "digits", data_dir=None, download: bool = False) -> Dataset:
+    """``digits`` | ``mnist`` | ``fashion-mnist`` | a path to ``.npy``/``.npz``."""
+    if name == "digits":
+        return load_digits()
+    if name in IDX_NAMES:
+        return load_idx_dataset(name, data_dir, download=download)
+    if name.endswith((".npy", ".npz")) or os.sep in name:
+        return load_array_file(name)
+    raise DataError(f"unknown dataset {name!r}: use digits, mnist, fashion-mnist or a path "
+                    "to an .npy/.npz file of images")

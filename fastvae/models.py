@@ -1,0 +1,254 @@
+"""Standard PyTorch VAEs built on the fastvae ops.
+
+``VAE`` (MLP) and ``ConvVAE`` (convolutional, any ``(C, H, W)``) share one API:
+
+* ``forward(x)`` -> ``(recon, mu, logvar, z)``; recon has x's shape (logits for the
+  Bernoulli-type likelihoods, the mean for "gaussian").
+* ``elbo(x, ...)`` -> :func:`fastvae.elbo` of a forward pass (maximize it).
+* ``sample(n)`` -> ``n`` images from the prior, as the decoder's mean.
+* ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise).
+* ``iwae_nll(x, k)`` -> per-sample ``-L_K`` (Burda et al. 2016), batched over K.
+
+Models only call the public API (``fastvae.reparameterize``, ``elbo``, ``iwae_bound``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .functional import elbo as _elbo
+from .functional import iwae_bound, reparameterize
+from .validation import LIKELIHOODS, check_option
+
+# Elements of one chunk's decoder output in iwae_nll; 4M floats = 16 MiB, small
+# enough for any machine and large enough that K=1000 is a handful of chunks.
+_IWAE_CHUNK_ELEMENTS = 1 << 22
+
+
+def _cb_mean(logits: torch.Tensor) -> torch.Tensor:
+    """Mean of the continuous Bernoulli with natural parameter ``logits``.
+
+    ``E[x] = p/(2p-1) + 1/(2 artanh(1-2p))``, written in logits as
+    ``1/(1-exp(-l)) - 1/l``; it tends to 1/2 at ``l = 0``, where we use the series
+    ``1/2 + l/12`` to avoid 0/0.
+    """
+    small = logits.abs() < 1e-3
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    mean = -torch.expm1(-safe).reciprocal() - safe.reciprocal()
+    return torch.where(small, 0.5 + logits / 12, mean)
+
+
+class _VAEBase(nn.Module):
+    """Shared logic; subclasses define ``encode(x) -> (mu, logvar)`` and ``decode(z)``."""
+
+    def __init__(self, data_shape, latent_dim: int, likelihood: str):
+        super().__init__()
+        check_option("likelihood", likelihood, LIKELIHOODS)
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.latent_dim = int(latent_dim)
+        self.likelihood = likelihood
+        if likelihood == "gaussian":
+            # Learnable per-dimension observation log-variance; starting at 0 (unit
+            # variance) is the usual neutral choice.
+            self.obs_logvar = nn.Parameter(torch.zeros(self.data_shape))
+        else:
+            self.register_parameter("obs_logvar", None)
+
+    # -- pieces ---------------------------------------------------------------
+    def _obs(self):
+        return self.obs_logvar if self.obs_logvar is not None else 0.0
+
+    def mean(self, recon: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> the observation model's mean (an image)."""
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(recon)
+        if self.likelihood == "continuous_bernoulli":
+            return _cb_mean(recon.float()).to(recon.dtype)
+        return recon
+
+    def decode_any(self, z: torch.Tensor) -> torch.Tensor:
+        """Decode ``(..., L)`` latents to ``(..., *data_shape)``."""
+        lead = z.shape[:-1]
+        out = self.decode(z.reshape(-1, self.latent_dim))
+        return out.reshape(*lead, *self.data_shape)
+
+    # -- public API -----------------------------------------------------------
+    def forward(self, x: torch.Tensor, generator=None, backend=None):
+        """``x (B, *data_shape)`` -> ``(recon, mu, logvar, z)``, one posterior sample."""
+        mu, logvar = self.encode(x)
+        z = reparameterize(mu, logvar, generator=generator, backend=backend)
+        return self.decode(z), mu, logvar, z
+
+    def elbo(self, x, beta=1.0, kl="analytic", reduction="mean", free_bits=0.0,
+             generator=None, backend=None):
+        """The ELBO of ``x`` under one posterior sample (see :func:`fastvae.elbo`)."""
+        recon, mu, logvar, z = self(x, generator=generator, backend=backend)
+        return _elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=kl,
+                     z=z if kl == "mc" else None, beta=beta, free_bits=free_bits,
+                     obs_logvar=self._obs(), reduction=reduction, backend=backend)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        """``n`` images ``(n, *data_shape)`` decoded from ``z ~ N(0, I)`` (the mean)."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return self.mean(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean at the posterior mean ``z = mu`` (deterministic)."""
+        mu, _ = self.encode(x)
+        return self.mean(self.decode(mu))
+
+    @torch.no_grad()
+    def iwae_nll(self, x: torch.Tensor, k: int = 1000, chunk_size=None, generator=None,
+                 backend=None) -> torch.Tensor:
+        """Per-sample importance-sampled NLL estimate ``-L_K`` (nats), shape ``(B,)``.
+
+        The K samples are drawn ``chunk_size`` at a time (default: as many as fit in
+        ~16 MiB of decoder output) so K=1000 fits in memory. Each chunk's
+        :func:`fastvae.iwae_bound` is ``logsumexp(log w) - log k_c``, so the chunk's
+        logsumexp is ``bound + log k_c``; the chunks combine as
+        ``L_K = logsumexp_c(lse_c) - log K``.
+        """
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        batch = x.shape[0]
+        per_sample = max(1, math.prod(self.data_shape))
+        if chunk_size is None:
+            chunk_size = max(1, _IWAE_CHUNK_ELEMENTS // max(1, batch * per_sample))
+        chunk_size = max(1, min(int(chunk_size), k))
+        mu, logvar = self.encode(x)
+        lses = []
+        done = 0
+        while done < k:
+            kc = min(chunk_size, k - done)
+            z_k = reparameterize(mu, logvar, n_samples=kc, generator=generator, backend=backend)
+            recon_k = self.decode_any(z_k)
+            bound = iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,
+                               obs_logvar=self._obs(), reduction="none", backend=backend)
+            lses.append(bound.double() + math.log(kc))
+            done += kc
+        total = torch.logsumexp(torch.stack(lses), dim=0) - math.log(k)
+        return -total.float()
+
+
+class VAE(_VAEBase):
+    """MLP VAE: ``D -> hidden... -> (mu, logvar)``; ``L -> ...hidden -> D``.
+
+    Args:
+        data_shape: one sample's shape, e.g. ``(1, 8, 8)`` or ``(784,)``.
+        latent_dim: L.
+        hidden: hidden layer widths (encoder; the decoder mirrors them).
+        likelihood: "bernoulli" (decoder gives logits), "continuous_bernoulli"
+            (logits) or "gaussian" (mean, with a learnable per-dimension
+            ``obs_logvar``).
+    """
+
+    def __init__(self, data_shape=(1, 8, 8), latent_dim=8, hidden=(256,), likelihood="bernoulli"):
+        super().__init__(data_shape, latent_dim, likelihood)
+        hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
+        d = math.prod(self.data_shape)
+        self.hidden = tuple(hidden)
+        enc, width = [], d
+        for h in hidden:
+            enc += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.encoder = nn.Sequential(*enc)
+        self.to_stats = nn.Linear(width, 2 * self.latent_dim)
+        dec, width = [], self.latent_dim
+        for h in reversed(hidden):
+            dec += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        dec.append(nn.Linear(width, d))
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x):
+        """``(B, *data_shape)`` -> ``mu, logvar`` each ``(B, L)``."""
+        stats = self.to_stats(self.encoder(x.reshape(x.shape[0], -1)))
+        mu, logvar = stats.chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z):
+        """``(B, L)`` -> ``(B, *data_shape)`` decoder output."""
+        return self.decoder(z).reshape(z.shape[0], *self.data_shape)
+
+
+class ConvVAE(_VAEBase):
+    """Convolutional VAE for ``(C, H, W)`` images of any size.
+
+    Each encoder stage is a stride-2 3x3 convolution (``H -> ceil(H/2)``); the
+    decoder mirrors it with transposed convolutions whose ``output_padding`` is
+    chosen per stage so the output is exactly ``H x W`` again (8x8, 28x28, odd sizes).
+
+    Args:
+        data_shape: ``(C, H, W)``.
+        latent_dim: L.
+        channels: channels of each encoder stage.
+        hidden: width of the fully connected layer between convolutions and latents.
+        likelihood: as in :class:`VAE`.
+    """
+
+    def __init__(self, data_shape=(1, 8, 8), latent_dim=8, channels=(32, 64), hidden=256,
+                 likelihood="bernoulli"):
+        super().__init__(data_shape, latent_dim, likelihood)
+        if len(self.data_shape) != 3:
+            raise ValueError(f"ConvVAE needs (C, H, W) data, got shape {self.data_shape}")
+        hidden = int(hidden[0] if isinstance(hidden, (list, tuple)) else hidden)
+        c, h, w = self.data_shape
+        sizes = [(h, w)]
+        for _ in channels:
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        self.channels, self.hidden, self._sizes = tuple(channels), hidden, sizes
+        enc, cin = [], c
+        for cout in channels:
+            enc += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU()]
+            cin = cout
+        self.encoder = nn.Sequential(*enc, nn.Flatten())
+        flat = cin * sizes[-1][0] * sizes[-1][1]
+        self.enc_fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.to_stats = nn.Linear(hidden, 2 * self.latent_dim)
+        self.dec_fc = nn.Sequential(nn.Linear(self.latent_dim, hidden), nn.ReLU(),
+                                    nn.Linear(hidden, flat), nn.ReLU())
+        dec = []
+        outs = list(reversed(channels[:-1])) + [c]
+        for i, cout in enumerate(outs):
+            (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
+            # ConvTranspose2d(k=3, s=2, p=1) gives 2*n - 1 + output_padding.
+            pad = (ho - (2 * hi - 1), wo - (2 * wi - 1))
+            dec.append(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=pad))
+            if i < len(outs) - 1:
+                dec.append(nn.ReLU())
+            cin = cout
+        self.decoder = nn.Sequential(*dec)
+
+    def encode(self, x):
+        """``(B, C, H, W)`` -> ``mu, logvar`` each ``(B, L)``."""
+        stats = self.to_stats(self.enc_fc(self.encoder(x)))
+        mu, logvar = stats.chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z):
+        """``(B, L)`` -> ``(B, C, H, W)`` decoder output."""
+        h, w = self._sizes[-1]
+        t = self.dec_fc(z).reshape(z.shape[0], self.channels[-1], h, w)
+        return self.decoder(t)
+
+
+def build_model(config: dict) -> _VAEBase:
+    """A model from a plain config dict (``model``, ``data_shape``, ``latent``,
+    ``hidden``, ``likelihood``, optional ``channels``), as stored in checkpoints."""
+    kind = config.get("model", "mlp")
+    common = dict(data_shape=tuple(config["data_shape"]), latent_dim=int(config["latent"]),
+                  likelihood=config.get("likelihood", "bernoulli"))
+    hidden = config.get("hidden", [256])
+    if kind == "mlp":
+        return VAE(hidden=tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,),
+                   **common)
+    if kind == "conv":
+        channels = tuple(config.get("channels", (32, 64)))
+        return ConvVAE(channels=channels, hidden=hidden, **common)
+    raise ValueError(f"model must be 'mlp' or 'conv', got {kind!r}")

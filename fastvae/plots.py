@@ -1,0 +1,95 @@
+"""Pictures of a run: image grids (samples, reconstructions, latent traversal) and
+training curves. matplotlib with the Agg backend (no display needed)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def grid(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
+    """``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, ...)`` array (gray or RGB)."""
+    x = images.detach().float().clamp(0, 1).cpu().numpy()
+    n, c, h, w = x.shape
+    if c not in (1, 3):  # show the first channel of anything else
+        x, c = x[:, :1], 1
+    rows = max(1, math.ceil(n / ncol))
+    out = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32) * 0.5
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h,
+            pad + col * (w + pad):pad + col * (w + pad) + w] = x[i].transpose(1, 2, 0)
+    return out[..., 0] if c == 1 else out
+
+
+def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> Path:
+    """Save ``(N, C, H, W)`` images in [0, 1] as a PNG grid; small images are scaled up
+    by an integer factor (nearest neighbour) so an 8x8 digit is still visible."""
+    if images.dim() == 2:
+        images = images[:, None, None, :]
+    elif images.dim() == 3:
+        images = images[:, None]
+    h = images.shape[-2]
+    scale = max(1, math.ceil(min_cell / max(h, 1)))
+    g = grid(images, ncol)
+    if scale > 1:
+        g = np.kron(g, np.ones((scale, scale) + (() if g.ndim == 2 else (1,)), dtype=g.dtype))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _plt().imsave(path, g, cmap="gray" if g.ndim == 2 else None, vmin=0.0, vmax=1.0)
+    return path
+
+
+def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8) -> Path:
+    """Rows of inputs, each directly above the row of their reconstructions."""
+    n = (min(len(inputs), len(recons)) // ncol) * ncol or min(len(inputs), len(recons))
+    ncol = min(ncol, n)
+    rows = []
+    for start in range(0, n, ncol):
+        rows += [inputs[start:start + ncol], recons[start:start + ncol]]
+    return save_grid(torch.cat(rows).reshape(-1, *inputs.shape[1:]), path, ncol=ncol)
+
+
+def latent_traversal(model, steps: int = 15, span: float = 0.95) -> torch.Tensor:
+    """Decode a ``steps x steps`` grid of 2-D latents at Gaussian quantiles in
+    ``[1-span, span]`` (so the grid covers the prior's mass, not its tails)."""
+    q = torch.linspace(1 - span, span, steps, dtype=torch.float64)
+    vals = torch.special.ndtri(q).float()
+    zy, zx = torch.meshgrid(vals.flip(0), vals, indexing="ij")
+    z = torch.stack([zx.reshape(-1), zy.reshape(-1)], dim=1)
+    p = next(model.parameters())
+    with torch.no_grad():
+        return model.mean(model.decode(z.to(p.device, p.dtype)))
+
+
+def save_curves(history: list, path) -> Path:
+    """Train/test ELBO, KL and reconstruction term per epoch (one panel each)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    epochs = [h["epoch"] for h in history]
+    for ax, key, title in zip(axes, ("elbo", "kl", "rec"),
+                              ("ELBO (nats, higher is better)", "KL(q(z|x) || p(z))",
+                               "reconstruction  E[log p(x|z)]")):
+        for split, style in (("train", "-o"), ("test", "-s")):
+            ys = [h[split][key] for h in history]
+            ax.plot(epochs, ys, style, markersize=3, label=split)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -10,6 +10,7 @@ custom op cannot return None. Registering fake (meta) kernels lets
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from typing import List, Optional
@@ -71,6 +72,34 @@ def _weigh(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
     return g * grad_out.reshape(shape).to(g.dtype)
 
 
+_TWICE = (b"fastvae's fused ops are differentiable once (their backward returns saved closed-form "
+          b"gradients); for higher-order gradients (create_graph=True) use backend='reference'")
+
+
+def _once_differentiable(backward):
+    """Like ``torch.autograd.function.once_differentiable``, for register_autograd.
+
+    The backward hands back saved *outputs* of the op, which carry the op's grad_fn; under
+    ``create_graph=True`` autograd would differentiate them as if the gradient outputs had
+    zero gradient, giving silently wrong second derivatives. Instead, detach them and make
+    any attempt to differentiate them raise.
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            out = backward(ctx, *grads)
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return out
+        def fake(v):
+            if v is None:
+                return None
+            v = v.detach()
+            v.requires_grad_(True)
+            return v
+        return torch._C._functions.DelayedError(_TWICE, len(out))(*[fake(v) for v in out])
+    return wrapper
+
+
 def _to_shape(g, shape):
     """Collect a per-row (B, D) gradient of a (D,) tensor over rows."""
     if g is None or shape is None or g.shape == shape:
@@ -107,6 +136,7 @@ def _elbo_setup(ctx, inputs, output):
     ctx.obs_shape = None if obs is None else obs.shape
 
 
+@_once_differentiable
 def _elbo_backward(ctx, grad_out, *_):
     g = [_weigh(t, grad_out, 0) for t in ctx.saved_tensors]
     g[5] = _to_shape(g[5], ctx.obs_shape)
@@ -152,6 +182,7 @@ def _iwae_setup(ctx, inputs, output):
     ctx.obs_shape = None if obs is None else obs.shape
 
 
+@_once_differentiable
 def _iwae_backward(ctx, grad_out, *_):
     g_x, g_r, g_mu, g_lv, g_z, g_obs = ctx.saved_tensors
     g = [_weigh(g_x, grad_out, 0), _weigh(g_r, grad_out, 1), _weigh(g_mu, grad_out, 0),
@@ -190,6 +221,7 @@ def _gauss_setup(ctx, inputs, output):
     ctx.lv_shape = None if inputs[2] is None else inputs[2].shape
 
 
+@_once_differentiable
 def _gauss_backward(ctx, grad_out, *_):
     g = [_weigh(t, grad_out, 0) for t in ctx.saved_tensors]
     return g[0], g[1], _to_shape(g[2], ctx.lv_shape), None, None, None
@@ -219,6 +251,7 @@ def _kl_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
 
 
+@_once_differentiable
 def _kl_backward(ctx, grad_out, *_):
     return (*(_weigh(t, grad_out, 0) for t in ctx.saved_tensors), None, None)
 

@@ -1,0 +1,6 @@
+"""``python -m fastvae`` (and ``torchrun -m fastvae``): the ``fastvae`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

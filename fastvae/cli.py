@@ -1,0 +1,227 @@
+"""The ``fastvae`` command: ``train``, ``eval``, ``sample`` and ``bench``.
+
+``python -m fastvae`` and ``torchrun -m fastvae`` run the same thing. Errors the user
+can fix (missing data, bad checkpoint, non-finite loss) print one clear line and exit
+non-zero instead of a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _bool_flag(p, name, help_):
+    p.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+
+
+def _add_train(sub):
+    from .train import default_config
+
+    d = default_config()
+    p = sub.add_parser("train", help="train a VAE and write a run folder",
+                       description="Train a VAE. Writes checkpoint.pt, metrics.json, "
+                       "reconstructions.png, samples.png, curves.png (and latent.png for a "
+                       "2-D latent space) to --out. Under torchrun it trains with DDP.")
+    a = p.add_argument
+    a("--dataset", default=None,
+      help=f"digits (embedded 8x8, no download), mnist, fashion-mnist, or a path to an "
+           f".npy/.npz of images [default: {d['dataset']}]")
+    a("--data-dir", default=None,
+      help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}]")
+    _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
+               "into --data-dir when the files are missing [default: off]")
+    a("--model", choices=["mlp", "conv"], default=None,
+      help=f"MLP VAE or convolutional VAE [default: {d['model']}]")
+    a("--latent", type=int, default=None,
+      help=f"latent dimensions L; 2 also draws latent.png [default: {d['latent']}]")
+    a("--hidden", type=int, nargs="+", default=None,
+      help=f"hidden layer width(s); the decoder mirrors the encoder [default: {d['hidden']}]")
+    a("--channels", type=int, nargs="+", default=None,
+      help=f"conv model: channels per stride-2 stage [default: {d['channels']}]")
+    a("--epochs", type=int, default=None,
+      help=f"total epochs (with --resume: train until this many) [default: {d['epochs']}]")
+    a("--batch-size", type=int, default=None,
+      help=f"global batch size (split across torchrun ranks) [default: {d['batch_size']}]")
+    a("--lr", type=float, default=None, help=f"Adam learning rate [default: {d['lr']}]")
+    a("--beta", type=float, default=None,
+      help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
+    a("--kl", choices=["analytic", "mc"], default=None,
+      help=f"closed-form KL or the single-sample Monte-Carlo estimate [default: {d['kl']}]")
+    a("--likelihood", choices=["bernoulli", "gaussian", "continuous_bernoulli"], default=None,
+      help=f"decoder likelihood; gaussian learns a per-pixel variance "
+           f"[default: {d['likelihood']}]")
+    a("--backend", choices=["auto", "torch", "triton", "reference"], default=None,
+      help=f"fastvae backend for the loss ops [default: {d['backend']}]")
+    _bool_flag(p, "--amp", "mixed precision (bf16 autocast on CPU, fp16 + GradScaler on CUDA) "
+               "[default: off]")
+    _bool_flag(p, "--compile", "torch.compile the model [default: off]")
+    a("--seed", type=int, default=None, help=f"random seed [default: {d['seed']}]")
+    a("--device", default=None, help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
+    a("--out", default=None,
+      help="run folder, e.g. runs/NAME [default: runs/<date-time>]")
+    a("--resume", action="store_true", default=None,
+      help="continue the run in --out from its checkpoint (bit-for-bit on CPU)")
+    a("--iwae-k", type=int, default=None,
+      help=f"importance samples for the final test NLL estimate; 0 skips it "
+           f"[default: {d['iwae_k']}]")
+    _bool_flag(p, "--progress", "show the tqdm progress bar [default: on]")
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="test ELBO and IWAE NLL of a trained run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--k", type=int, default=1000, help="importance samples per test image")
+    p.add_argument("--data-dir", default=None, help="override the run's data folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _add_sample(sub):
+    p = sub.add_parser("sample", help="draw images from a trained run's prior",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--out", default=None, help="PNG to write [default: RUN/samples-N.png]")
+    p.add_argument("--seed", type=int, default=0, help="random seed for z ~ N(0, I)")
+    p.add_argument("--ncol", type=int, default=8, help="images per row")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _add_bench(sub):
+    # Listed here for --help only: fastvae.bench is written separately and imported
+    # when bench runs (see _run_bench), so train/eval/sample never depend on it.
+    sub.add_parser("bench", help="benchmark table of the fused ops (fastvae bench --help)",
+                   add_help=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``fastvae`` command."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="fastvae", description="Fused VAE objectives: train, "
+                                     "evaluate and sample VAEs, and benchmark the ops.")
+    parser.add_argument("--version", action="version", version=f"fastvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_sample(sub)
+    _add_bench(sub)
+    return parser
+
+
+# -- handlers -------------------------------------------------------------------
+def _cmd_train(args):
+    from .train import train
+
+    keys = ("dataset", "data_dir", "download", "model", "latent", "hidden", "channels",
+            "epochs", "batch_size", "lr", "beta", "kl", "likelihood", "backend", "amp",
+            "compile", "seed", "device", "out", "resume", "iwae_k", "progress")
+    train({k: getattr(args, k) for k in keys})
+    return 0
+
+
+def _load_run(run, device_name):
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .models import build_model
+    from .train import resolve_device
+
+    state = load_checkpoint(run)
+    device = resolve_device(device_name)
+    model = build_model(state["config"])
+    model.load_state_dict(state["model"])
+    return state, model.to(device).eval(), device, torch
+
+
+def _cmd_eval(args):
+    from .data import load_dataset
+    from .train import evaluate, iwae_nll
+
+    state, model, device, _ = _load_run(args.run, args.device)
+    cfg = dict(state["config"])
+    if args.data_dir is not None:
+        cfg["data_dir"] = args.data_dir
+    test = load_dataset(cfg["dataset"], cfg["data_dir"]).test
+    if args.limit:
+        test = test[:args.limit]
+    m = evaluate(model, test, cfg, device)
+    m["iwae_nll"] = iwae_nll(model, test, args.k, device, cfg["seed"]) if args.k > 0 else None
+    m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
+    if args.json:
+        print(json.dumps(m))
+    else:
+        nll = f"{m['iwae_nll']:.3f}" if m["iwae_nll"] is not None else "n/a"
+        print(f"{args.run} (epoch {state['epoch']}, {len(test)} test images): test elbo "
+              f"{m['elbo']:.3f} (kl {m['kl']:.3f}, rec {m['rec']:.3f}), IWAE NLL (K={args.k}) {nll}")
+    return 0
+
+
+def _cmd_sample(args):
+    from . import plots
+    from .checkpoint import checkpoint_path
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    _, model, device, torch = _load_run(args.run, args.device)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    images = model.sample(args.n, generator=gen).float().cpu()
+    out = Path(args.out) if args.out else checkpoint_path(args.run).parent / f"samples-{args.n}.png"
+    plots.save_grid(images, out, ncol=args.ncol)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def _run_bench(argv) -> int:
+    try:
+        from . import bench
+    except ImportError as e:
+        print(f"fastvae bench: the benchmark module fastvae.bench is not available ({e}); it "
+              "ships with the benchmarks, so update fastvae to a version that has it.",
+              file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="fastvae bench", description=bench.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench.add_arguments(parser)
+    return int(bench.run(parser.parse_args(argv)) or 0)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``fastvae`` command; returns the exit status."""
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import NonFiniteLoss
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":
+        return _run_bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, CheckpointError, ValueError) as e:
+        if os.environ.get("FASTVAE_DEBUG"):
+            raise
+        print(f"fastvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as e:
+        print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"fastvae {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

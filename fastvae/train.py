@@ -1,0 +1,375 @@
+"""The training loop behind ``fastvae train``.
+
+One function, :func:`train`, takes a plain config dict (see :func:`default_config`)
+and writes a run folder: ``checkpoint.pt`` after every epoch, ``metrics.json``,
+``reconstructions.png``, ``samples.png``, ``curves.png`` and, for a 2-D latent
+space, ``latent.png``.
+
+Reproducibility: the global torch RNG draws the model's initial weights and the
+posterior noise; a separate generator shuffles the data; evaluation and pictures use
+their own fixed generators so they never disturb training. All of these states go
+into the checkpoint, so ``--resume`` continues bit-for-bit on CPU.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
+DistributedDataParallel (gloo on CPU, nccl on GPU), each rank reads its share of
+every global batch through a DistributedSampler, DDP averages the per-rank mean
+gradients (= the gradient of the global batch mean, since the shares are equal)
+and rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from . import backends as _backends
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
+                         write_json)
+from .data import DataError, load_dataset
+from .functional import elbo as fv_elbo
+from .functional import kl_standard_normal
+from .models import build_model
+
+# Settings a resumed run takes from the command line instead of the checkpoint.
+RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
+                "download")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; carries the epoch and step."""
+
+
+def default_config() -> dict:
+    """The defaults of ``fastvae train``: digits, MLP, Bernoulli; ~10 s on 2 CPU cores."""
+    return dict(dataset="digits", data_dir="data", download=False, model="mlp", latent=8,
+                hidden=[256], channels=[32, 64], epochs=60, batch_size=32, lr=1e-3, beta=1.0,
+                kl="analytic", likelihood="bernoulli", backend="auto", amp=False,
+                compile=False, seed=0, device="auto", out=None, resume=False, progress=True,
+                iwae_k=1000)
+
+
+# -- distributed ----------------------------------------------------------------
+def _dist_env():
+    """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """"auto" -> the local CUDA device when there is one, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def _all_reduce_(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        torch.distributed.all_reduce(t)
+    return t
+
+
+# -- one step and evaluation --------------------------------------------------------
+def _core(model):
+    """The plain VAE under DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def batch_loss(model, x, cfg: dict):
+    """``-ELBO`` (batch mean, what we minimize) of one forward pass through ``model``
+    (possibly DDP- or compile-wrapped), and the pieces for logging."""
+    recon, mu, logvar, z = model(x, backend=cfg["backend"])
+    core = _core(model)
+    e = fv_elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
+                z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"], obs_logvar=core._obs(),
+                reduction="mean", backend=cfg["backend"])
+    return -e, (recon, mu, logvar)
+
+
+@torch.no_grad()
+def _terms(core, x, recon, mu, logvar, backend):
+    """Summed reconstruction term ``log p(x|z)`` and analytic KL of a batch."""
+    rec = fv_elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
+                  obs_logvar=core._obs(), reduction="sum", backend=backend)
+    kl = kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
+    return rec.double(), kl.double()
+
+
+@torch.no_grad()
+def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 512) -> dict:
+    """Mean test ELBO (beta = 1, analytic KL), KL and reconstruction term, per sample.
+
+    Uses its own fixed generator, so the numbers are comparable across epochs and the
+    training RNG is untouched.
+    """
+    was = core.training
+    core.eval()
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
+    rec = kl = 0.0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        recon, mu, logvar, _ = core(x, generator=gen, backend=cfg["backend"])
+        r, k = _terms(core, x, recon, mu, logvar, cfg["backend"])
+        rec, kl = rec + float(r), kl + float(k)
+    core.train(was)
+    n = max(1, len(images))
+    return {"elbo": (rec - kl) / n, "kl": kl / n, "rec": rec / n}
+
+
+@torch.no_grad()
+def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: int = 256) -> float:
+    """Mean importance-sampled NLL estimate over ``images`` with ``k`` samples each."""
+    core.eval()
+    gen = torch.Generator(device=device).manual_seed(seed + 3)
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        total += float(core.iwae_nll(images[i:i + batch_size].to(device), k, generator=gen).sum())
+    return total / max(1, len(images))
+
+
+# -- the loop -----------------------------------------------------------------------
+def _check_data(data, likelihood: str):
+    if likelihood in ("bernoulli", "continuous_bernoulli"):
+        lo = min(float(data.train.min()), float(data.test.min()))
+        hi = max(float(data.train.max()), float(data.test.max()))
+        if lo < 0 or hi > 1:
+            raise DataError(f"{data.name}: likelihood {likelihood!r} needs pixels in [0, 1], got "
+                            f"[{lo:g}, {hi:g}]; rescale the data or use --likelihood gaussian")
+
+
+def _rng_state(shuffle_gen, world: int) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if world > 1:  # every rank draws its own noise; rank 0 saves them all
+        states = [None] * world
+        torch.distributed.all_gather_object(states, torch.get_rng_state())
+        state["torch_per_rank"] = states
+    return state
+
+
+def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
+    per_rank = state.get("torch_per_rank")
+    if world > 1 and per_rank and len(per_rank) == world:
+        torch.set_rng_state(per_rank[rank])
+    else:
+        torch.set_rng_state(state["torch"])
+    shuffle_gen.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
+    """Fill defaults; on --resume take the saved settings (bar RUNTIME_KEYS)."""
+    full = default_config()
+    full.update({k: v for k, v in cfg.items() if v is not None})
+    if full["out"] is None:
+        full["out"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
+    if not full["resume"]:
+        if ckpt_file.exists():
+            raise CheckpointError(f"{ckpt_file} already exists; pass --resume to continue that "
+                                  "run, or choose another --out")
+        return full, None
+    state = load_checkpoint(ckpt_file)
+    saved = dict(state["config"])
+    changed = [k for k in cfg if k not in RUNTIME_KEYS and cfg[k] is not None
+               and k in saved and cfg[k] != saved[k]]
+    if changed:
+        log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
+    saved.update({k: full[k] for k in RUNTIME_KEYS})
+    return saved, state
+
+
+def train(cfg: dict, log=print) -> dict:
+    """Train per ``cfg`` (see :func:`default_config`); returns the metrics dict also
+    written to ``metrics.json``. Raises :class:`NonFiniteLoss` on a NaN/inf loss
+    (the last good checkpoint stays), :class:`DataError`, :class:`CheckpointError`."""
+    rank, world, local_rank = _dist_env()
+    is_main = rank == 0
+    say = log if is_main else (lambda *a, **k: None)
+    cfg, state = _prepare_config(cfg, say)
+    device = resolve_device(cfg["device"], local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    out = Path(cfg["out"])
+    data = load_dataset(cfg["dataset"], cfg["data_dir"], download=cfg["download"] and is_main)
+    _check_data(data, cfg["likelihood"])
+    cfg["data_shape"] = list(data.shape)
+
+    torch.manual_seed(cfg["seed"])
+    core = build_model(cfg).to(device)
+    opt = torch.optim.Adam(core.parameters(), lr=cfg["lr"])
+    use_scaler = cfg["amp"] and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    shuffle_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    history, initial, start = [], None, 0
+    if state is not None:
+        core.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if use_scaler and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], shuffle_gen, rank, world)
+        history, initial, start = list(state["history"]), state.get("initial_test"), state["epoch"]
+        say(f"resuming {out} at epoch {start}")
+    else:
+        initial = evaluate(core, data.test, cfg, device)
+        if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
+            torch.manual_seed(cfg["seed"] + 1000 * rank)
+    backend_name = _backends.select(cfg["backend"], device)
+    model = core
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg["compile"]:
+        model = torch.compile(model)
+    sampler = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(range(len(data.train)), num_replicas=world, rank=rank,
+                                     shuffle=True, seed=cfg["seed"])
+    local_bs = math.ceil(cfg["batch_size"] / world)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    train_x = data.train.to(device)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
+            f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
+            f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
+            f"out {out}")
+        if initial is not None and state is None:
+            say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
+
+    t_run = time.perf_counter()
+    for epoch in range(start + 1, cfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
+        else:
+            order = torch.randperm(len(train_x), generator=shuffle_gen)
+        steps = math.ceil(len(order) / local_bs)
+        sums = torch.zeros(4, dtype=torch.float64)  # loss*n, rec, kl, n (this rank)
+        bar = _progress(steps, epoch, cfg, is_main)
+        core.train()
+        for step in range(steps):
+            x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
+            ctx = torch.autocast(device.type, dtype=amp_dtype) if cfg["amp"] else contextlib.nullcontext()
+            with ctx:
+                loss, (recon, mu, logvar) = batch_loss(model, x, cfg)
+            glob = _all_reduce_(loss.detach().double().reshape(1).cpu(), world) / world
+            if not math.isfinite(float(glob)):
+                kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept at "
+                        f"{out / CHECKPOINT_NAME}" if history else "no checkpoint was written yet")
+                raise NonFiniteLoss(f"non-finite loss ({float(glob)}) at epoch {epoch}, step "
+                                    f"{step + 1}/{steps}; {kept}. Try a lower --lr.")
+            rec, kl = _terms(core, x, recon.detach(), mu.detach(), logvar.detach(), cfg["backend"])
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            n = x.shape[0]
+            sums += torch.tensor([float(loss.detach()) * n, float(rec), float(kl), n],
+                                 dtype=torch.float64)
+            if bar is not None:
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(elbo=f"{-sums[0].item() / sums[3].item():.2f}",
+                                samples_s=f"{sums[3].item() * world / elapsed:.0f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        _all_reduce_(sums, world)
+        n = sums[3].item()
+        train_m = {"loss": sums[0].item() / n, "rec": sums[1].item() / n, "kl": sums[2].item() / n}
+        train_m["elbo"] = train_m["rec"] - train_m["kl"]
+        wall = time.perf_counter() - t0
+        test_m = evaluate(core, data.test, cfg, device)
+        wall_eval = time.perf_counter() - t0
+        history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
+                        "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
+        rng = _rng_state(shuffle_gen, world)
+        if is_main:
+            save_checkpoint({"config": cfg, "model": core.state_dict(), "optimizer": opt.state_dict(),
+                             "scaler": scaler.state_dict() if use_scaler else {},
+                             "epoch": epoch, "history": history, "initial_test": initial,
+                             "rng": rng}, out / CHECKPOINT_NAME)
+            say(f"epoch {epoch:3d}/{cfg['epochs']}  train elbo {train_m['elbo']:8.2f} "
+                f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
+                f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f})  "
+                f"{wall:5.2f}s {n / wall:7.0f} samples/s")
+    train_wall = time.perf_counter() - t_run
+
+    metrics = None
+    if is_main:
+        metrics = _finish(core, data, cfg, device, out, history, initial, backend_name, world,
+                          train_wall, say)
+    if world > 1:
+        torch.distributed.barrier()
+    return metrics
+
+
+def _progress(steps, epoch, cfg, is_main):
+    if not (cfg["progress"] and is_main):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=steps, desc=f"epoch {epoch}/{cfg['epochs']}", unit="batch", leave=False,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _finish(core, data, cfg, device, out, history, initial, backend_name, world, train_wall, say):
+    """Final IWAE estimate, pictures and metrics.json (rank 0)."""
+    from . import plots
+
+    core.eval()
+    t0 = time.perf_counter()
+    nll = iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"]) if cfg["iwae_k"] else None
+    iwae_s = time.perf_counter() - t0
+    last_backend = _backends.last_used()
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
+    x = data.test[:32].to(device)
+    with torch.no_grad():
+        plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
+                                   out / "reconstructions.png")
+        plots.save_grid(core.sample(64, generator=gen).float().cpu(), out / "samples.png")
+        if core.latent_dim == 2:
+            plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png", ncol=15)
+    if history:
+        plots.save_curves(history, out / "curves.png")
+    final_test = history[-1]["test"] if history else initial
+    metrics = {
+        "config": cfg, "fastvae": __version__, "torch": torch.__version__,
+        "backend": last_backend, "backend_selected": backend_name, "device": str(device),
+        "world_size": world, "initial_test": initial, "epochs": history,
+        "final": {"test_elbo": final_test["elbo"] if final_test else None,
+                  "test_kl": final_test["kl"] if final_test else None,
+                  "test_rec": final_test["rec"] if final_test else None,
+                  "test_iwae_nll": nll, "iwae_k": cfg["iwae_k"], "iwae_s": iwae_s},
+        "train_wall_s": train_wall,
+    }
+    write_json(metrics, out / "metrics.json")
+    nll_txt = f", test IWAE NLL (K={cfg['iwae_k']}) {nll:.2f} nats" if nll is not None else ""
+    if final_test:
+        say(f"done: test elbo {final_test['elbo']:.2f}{nll_txt}; pictures and metrics in {out}")
+    return metrics

@@ -1,0 +1,137 @@
+"""Datasets: the embedded digits, IDX files (written here), .npy/.npz, and clear
+errors for missing or malformed files."""
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from fastvae.data import DataError, load_dataset, read_idx, write_idx
+
+
+def test_digits_fixed_split_in_unit_range():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert a.shape == (1, 8, 8)
+    assert len(a.train) + len(a.test) == 1797 and len(a.test) == 359
+    assert float(a.train.min()) == 0.0 and float(a.train.max()) == 1.0
+    assert a.train.dtype == torch.float32
+    assert torch.equal(a.train, b.train) and torch.equal(a.test, b.test)
+    # The split is a partition of all 1797 images (compare as sorted rows).
+    from sklearn.datasets import load_digits
+
+    rows = sorted(map(tuple, torch.cat([a.train, a.test]).reshape(-1, 64).tolist()))
+    want = sorted(map(tuple, (load_digits().images.reshape(-1, 64) / 16.0).tolist()))
+    assert rows == want
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_idx_round_trip(tmp_path, suffix, dtype):
+    arr = (np.arange(2 * 3 * 5) % 200).astype(dtype).reshape(2, 3, 5)
+    path = tmp_path / f"x-idx3-ubyte{suffix}"
+    write_idx(path, arr)
+    out = read_idx(path)
+    assert out.shape == (2, 3, 5) and np.array_equal(out, arr)
+
+
+def _fake_mnist(folder, n_train=20, n_test=10, gz=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(0)
+    ext = ".gz" if gz else ""
+    write_idx(folder / f"train-images-idx3-ubyte{ext}", rng.randint(0, 256, (n_train, 28, 28)).astype(np.uint8))
+    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", rng.randint(0, 256, (n_test, 28, 28)).astype(np.uint8))
+
+
+@pytest.mark.parametrize("layout", ["", "MNIST/raw", "mnist"])
+def test_mnist_from_idx_files(tmp_path, layout):
+    _fake_mnist(tmp_path / layout if layout else tmp_path, gz=layout != "mnist")
+    ds = load_dataset("mnist", tmp_path)
+    assert ds.train.shape == (20, 1, 28, 28) and ds.test.shape == (10, 1, 28, 28)
+    assert float(ds.train.max()) <= 1.0 and float(ds.train.min()) >= 0.0
+    raw = read_idx(tmp_path / layout / ("train-images-idx3-ubyte" + (".gz" if layout != "mnist" else "")))
+    assert torch.allclose(ds.train[:, 0], torch.from_numpy(raw.astype(np.float32) / 255))
+
+
+def test_fashion_mnist_uses_its_folder(tmp_path):
+    _fake_mnist(tmp_path / "FashionMNIST" / "raw")
+    assert load_dataset("fashion-mnist", tmp_path).train.shape == (20, 1, 28, 28)
+
+
+def test_missing_idx_says_what_where_and_how(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", tmp_path)
+    msg = str(e.value)
+    assert "train-images-idx3-ubyte" in msg and str(tmp_path) in msg and "To get it" in msg
+
+
+def test_truncated_idx(tmp_path):
+    _fake_mnist(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated") as e:
+        load_dataset("mnist", tmp_path)
+    assert str(path) in str(e.value)
+    path.write_bytes(b"\x00\x00\x08\x03\x00")  # header cut short
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+def test_wrong_magic_and_labels_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"PK\x03\x04 not an idx file at all")
+    with pytest.raises(DataError, match="magic") as e:
+        read_idx(path)
+    assert str(path) in str(e.value)
+    write_idx(path, np.zeros(20, dtype=np.uint8))  # a labels file (idx1) in the images' place
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28), dtype=np.uint8))
+    with pytest.raises(DataError, match="labels"):
+        load_dataset("mnist", tmp_path)
+
+
+def test_corrupt_gzip(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\x00" * 1000)[:20])
+    with pytest.raises(DataError, match=str(path.name)):
+        read_idx(path)
+
+
+def test_npy_and_npz(tmp_path):
+    imgs = np.random.RandomState(0).randint(0, 256, (50, 12, 10)).astype(np.uint8)
+    np.save(tmp_path / "a.npy", imgs)
+    ds = load_dataset(str(tmp_path / "a.npy"))
+    assert ds.train.shape == (40, 1, 12, 10) and ds.test.shape == (10, 1, 12, 10)
+    assert float(ds.train.max()) <= 1.0
+    rgb = np.random.RandomState(1).rand(30, 6, 6, 3).astype(np.float32)  # NHWC floats
+    np.savez(tmp_path / "b.npz", train=rgb[:20], test=rgb[20:])
+    ds = load_dataset(str(tmp_path / "b.npz"))
+    assert ds.train.shape == (20, 3, 6, 6) and ds.test.shape == (10, 3, 6, 6)
+    assert torch.allclose(ds.train[3], torch.from_numpy(rgb[3]).permute(2, 0, 1))
+    np.savez(tmp_path / "c.npz", images=imgs)
+    assert load_dataset(str(tmp_path / "c.npz")).shape == (1, 12, 10)
+
+
+def test_bad_array_files(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    with pytest.raises(DataError, match="bad.npz"):
+        load_dataset(str(bad))
+    good = tmp_path / "t.npz"
+    np.savez(good, images=np.zeros((10, 4, 4), np.uint8))
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(DataError, match="trunc.npz"):
+        load_dataset(str(truncated))
+    obj = tmp_path / "obj.npy"
+    np.save(obj, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="obj.npy"):
+        load_dataset(str(obj))
+    np.savez(tmp_path / "two.npz", a=np.zeros((4, 2, 2)), b=np.zeros((4, 2, 2)))
+    with pytest.raises(DataError, match="keys"):
+        load_dataset(str(tmp_path / "two.npz"))
+    np.save(tmp_path / "flat5d.npy", np.zeros((2, 1, 1, 1, 1)))
+    with pytest.raises(DataError, match="shape"):
+        load_dataset(str(tmp_path / "flat5d.npy"))
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(str(tmp_path / "nope.npz"))
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_dataset("cifar")

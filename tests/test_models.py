@@ -1,0 +1,125 @@
+"""VAE / ConvVAE: shapes for 8x8 and 28x28, the ELBO wiring, sampling, and the
+chunked IWAE NLL estimate."""
+import math
+
+import pytest
+import torch
+
+import fastvae
+from fastvae import models
+from fastvae.models import VAE, ConvVAE, build_model
+
+
+@pytest.mark.parametrize("cls", [VAE, ConvVAE])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 7, 9)])
+def test_shapes(cls, shape):
+    torch.manual_seed(0)
+    model = cls(shape, latent_dim=3)
+    x = torch.rand(5, *shape)
+    recon, mu, logvar, z = model(x)
+    assert recon.shape == x.shape
+    assert mu.shape == logvar.shape == z.shape == (5, 3)
+    assert model.sample(4).shape == (4, *shape)
+    rec = model.reconstruct(x)
+    assert rec.shape == x.shape and float(rec.min()) >= 0 and float(rec.max()) <= 1
+    assert model.elbo(x).shape == ()
+    assert model.elbo(x, reduction="none").shape == (5,)
+    assert model.iwae_nll(x, k=4).shape == (5,)
+
+
+@pytest.mark.parametrize("cls", [VAE, ConvVAE])
+def test_elbo_backprops_and_matches_public_op(cls):
+    torch.manual_seed(0)
+    model = cls((1, 8, 8), latent_dim=2)
+    x = torch.rand(6, 1, 8, 8)
+    torch.manual_seed(1)
+    e = model.elbo(x, kl="mc")
+    e.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    torch.manual_seed(1)
+    recon, mu, logvar, z = model(x)
+    want = fastvae.elbo(x, recon, mu, logvar, kl="mc", z=z, backend="reference")
+    torch.testing.assert_close(e.detach(), want.detach(), rtol=1e-5, atol=1e-4)
+
+
+def test_gaussian_decoder_learns_its_variance():
+    model = VAE((1, 8, 8), latent_dim=2, hidden=(16,), likelihood="gaussian")
+    assert isinstance(model.obs_logvar, torch.nn.Parameter)
+    assert model.obs_logvar.shape == (1, 8, 8)
+    model.elbo(torch.rand(4, 1, 8, 8)).backward()
+    assert model.obs_logvar.grad is not None and model.obs_logvar.grad.abs().sum() > 0
+    assert VAE((1, 8, 8), 2).obs_logvar is None  # Bernoulli has none
+
+
+def test_continuous_bernoulli_mean_matches_torch_distributions():
+    logits = torch.tensor([-8.0, -2.0, -0.3, -1e-5, 0.0, 1e-5, 0.3, 2.0, 8.0], dtype=torch.float64)
+    want = torch.distributions.ContinuousBernoulli(logits=logits).mean
+    torch.testing.assert_close(models._cb_mean(logits), want, rtol=1e-6, atol=1e-6)
+
+
+def test_build_model_from_plain_config():
+    m = build_model({"model": "conv", "data_shape": [1, 28, 28], "latent": 4, "hidden": [32],
+                     "channels": [8, 16]})
+    assert isinstance(m, ConvVAE) and m.sample(2).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError, match="mlp"):
+        build_model({"model": "rnn", "data_shape": [4], "latent": 2})
+
+
+def _fixed_noise(mu, logvar, n_samples=None, generator=None, backend=None):
+    """A deterministic stand-in for reparameterize: z = mu + std * 0.5."""
+    z = mu + torch.exp(0.5 * logvar) * 0.5
+    return z if n_samples is None else z.expand(n_samples, *z.shape).clone()
+
+
+def test_iwae_chunks_combine_exactly(monkeypatch):
+    """With identical samples every log w_k is the same number, so L_K must equal it for
+    any chunking (uneven last chunk included): this pins the logsumexp combination."""
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+    x = torch.rand(4, 1, 8, 8)
+    monkeypatch.setattr(models, "reparameterize", _fixed_noise)
+    mu, logvar = model.encode(x)
+    z = _fixed_noise(mu, logvar)
+    with torch.no_grad():
+        log_w = fastvae.iwae_bound(x, model.decode(z)[None], mu, logvar, z[None])
+    for chunk in (1000, 7, 333, 1):
+        nll = model.iwae_nll(x, k=1000, chunk_size=chunk)
+        torch.testing.assert_close(nll, -log_w, rtol=1e-5, atol=1e-4)
+
+
+def test_iwae_k1000_is_chunked_and_tighter_than_elbo(monkeypatch):
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), latent_dim=4, hidden=(32,))
+    x = torch.rand(16, 1, 28, 28).round()
+    calls = []
+    real = models.iwae_bound
+
+    def counting(x, recon_k, *a, **kw):
+        calls.append(recon_k.shape[0])
+        return real(x, recon_k, *a, **kw)
+
+    monkeypatch.setattr(models, "iwae_bound", counting)
+    # A small budget forces several chunks: 16 * 784 * 80 elements per chunk.
+    monkeypatch.setattr(models, "_IWAE_CHUNK_ELEMENTS", 16 * 784 * 80)
+    nll = model.iwae_nll(x, k=1000)
+    assert sum(calls) == 1000 and max(calls) == 80 and len(calls) == 13
+    assert nll.shape == (16,) and torch.isfinite(nll).all()
+    with torch.no_grad():
+        neg_elbo = -model.elbo(x, reduction="none")
+    # L_K >= ELBO in expectation; K=1000 is far tighter than one ELBO sample here.
+    assert float(nll.mean()) < float(neg_elbo.mean())
+
+
+def test_iwae_nll_rejects_bad_k():
+    with pytest.raises(ValueError, match="k must be"):
+        VAE((4,), 2, hidden=(8,)).iwae_nll(torch.rand(2, 4), k=0)
+
+
+def test_iwae_k1_equals_mc_elbo_in_expectation():
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=2, hidden=(16,))
+    x = torch.rand(64, 1, 8, 8)
+    nll1 = model.iwae_nll(x, k=1).mean()
+    with torch.no_grad():
+        neg_elbo = -model.elbo(x, kl="mc")
+    assert math.isclose(float(nll1), float(neg_elbo), rel_tol=0.05)

@@ -1,0 +1,163 @@
+"""The training loop: it learns, writes every output, matches across backends, resumes
+bit-for-bit, never loses a checkpoint, and stops cleanly on a non-finite loss."""
+import json
+import os
+
+import pytest
+import torch
+
+from fastvae import train as T
+from fastvae.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint,
+                                save_checkpoint)
+
+
+def tiny(out, **kw):
+    """A few seconds of training on the embedded digits."""
+    cfg = dict(out=str(out), epochs=2, hidden=[32], latent=4, batch_size=64, lr=3e-3,
+               iwae_k=10, progress=False)
+    cfg.update(kw)
+    return cfg
+
+
+def quiet(*args, **kw):
+    pass
+
+
+def test_short_run_learns_and_writes_everything(tmp_path):
+    out = tmp_path / "run"
+    m = T.train(tiny(out, epochs=3, latent=2, hidden=[64], iwae_k=50), log=quiet)
+    for name in ("checkpoint.pt", "metrics.json", "reconstructions.png", "samples.png",
+                 "curves.png", "latent.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["backend"] == "torch" and saved["device"] == "cpu"
+    assert [e["epoch"] for e in saved["epochs"]] == [1, 2, 3]
+    for e in saved["epochs"]:
+        assert {"elbo", "kl", "rec"} <= set(e["train"]) and {"elbo", "kl", "rec"} <= set(e["test"])
+        assert e["wall_s"] > 0
+        assert e["test"]["elbo"] == pytest.approx(e["test"]["rec"] - e["test"]["kl"])
+    # Learning: the untrained model's test ELBO is ~ -45 nats; 3 short epochs gain > 10.
+    assert saved["final"]["test_elbo"] > saved["initial_test"]["elbo"] + 10
+    nll = saved["final"]["test_iwae_nll"]
+    assert 0 < nll < -saved["initial_test"]["elbo"]
+    assert m["final"] == saved["final"]
+
+
+def test_reference_and_fused_backends_follow_the_same_curve(tmp_path):
+    a = T.train(tiny(tmp_path / "ref", backend="reference", iwae_k=0), log=quiet)
+    b = T.train(tiny(tmp_path / "fused", backend="torch", iwae_k=0), log=quiet)
+    assert a["backend"] == "reference" and b["backend"] == "torch"
+    for ea, eb in zip(a["epochs"], b["epochs"]):
+        for split in ("train", "test"):
+            for key in ("elbo", "kl", "rec"):
+                assert ea[split][key] == pytest.approx(eb[split][key], rel=1e-4, abs=1e-3)
+
+
+def _states_equal(a, b):
+    ma, mb = a["model"], b["model"]
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), k
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in oa:
+        for name in oa[k]:
+            assert torch.equal(torch.as_tensor(oa[k][name]), torch.as_tensor(ob[k][name]))
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["shuffle"], b["rng"]["shuffle"])
+
+
+def _numbers(history):
+    return [(e["epoch"], e["train"], e["test"]) for e in history]
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    T.train(tiny(tmp_path / "straight", epochs=2), log=quiet)
+    T.train(tiny(tmp_path / "split", epochs=1), log=quiet)
+    first = load_checkpoint(tmp_path / "split")
+    assert first["epoch"] == 1
+    T.train(tiny(tmp_path / "split", epochs=2, resume=True), log=quiet)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["epoch"] == b["epoch"] == 2
+    _states_equal(a, b)
+    assert _numbers(a["history"]) == _numbers(b["history"])
+    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert ma["final"]["test_iwae_nll"] == mb["final"]["test_iwae_nll"]
+
+
+def test_checkpoint_loads_weights_only_and_refuses_to_overwrite(tmp_path):
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert state["format"] == "fastvae-checkpoint" and isinstance(state["config"], dict)
+    with pytest.raises(CheckpointError, match="--resume"):
+        T.train(tiny(tmp_path, epochs=1), log=quiet)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        T.train(tiny(tmp_path / "empty", resume=True), log=quiet)
+
+
+def test_crash_between_write_and_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("simulated kill between write and rename")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(tmp_path, epochs=2, resume=True), log=quiet)
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if "checkpoint" in p.name) == [CHECKPOINT_NAME]
+    # A hard kill cannot clean up: a stray temp file must not count as the checkpoint.
+    (tmp_path / ".tmp-checkpoint.pt.abc123").write_bytes(b"half a checkpoint")
+    T.train(tiny(tmp_path, epochs=2, resume=True), log=quiet)
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_save_checkpoint_failure_leaves_no_temp(tmp_path, monkeypatch):
+    save_checkpoint({"config": {}, "model": {}, "epoch": 1}, tmp_path / "c.pt")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        save_checkpoint({"config": {}, "model": {}, "epoch": 2}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 1
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    T.train(tiny(tmp_path / "run", epochs=1, iwae_k=0), log=quiet)
+    good = (tmp_path / "run" / CHECKPOINT_NAME).read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="trunc.pt"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a fastvae checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = T.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, cfg):
+        loss, parts = real(model, x, cfg)
+        calls["n"] += 1
+        if calls["n"] == 23 + 3:  # digits: 1438 / 64 -> 23 steps per epoch; epoch 2, step 3
+            loss = loss * float("nan")
+        return loss, parts
+
+    monkeypatch.setattr(T, "batch_loss", poisoned)
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, step 3/23") as e:
+        T.train(tiny(tmp_path, epochs=3), log=quiet)
+    assert "epoch 1" in str(e.value) and CHECKPOINT_NAME in str(e.value)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -1,0 +1,90 @@
+"""The ``fastvae`` command: help, train -> eval -> sample, errors, the bench hook."""
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from fastvae import cli
+
+TRAIN_FLAGS = ["--dataset", "--data-dir", "--model", "--latent", "--hidden", "--epochs",
+               "--batch-size", "--lr", "--beta", "--kl", "--likelihood", "--backend", "--amp",
+               "--compile", "--seed", "--device", "--out", "--resume"]
+TINY = ["--epochs", "1", "--hidden", "32", "--latent", "2", "--batch-size", "128",
+        "--iwae-k", "5", "--no-progress"]
+
+
+def test_python_m_fastvae_help():
+    r = subprocess.run([sys.executable, "-m", "fastvae", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for cmd in ("train", "eval", "sample", "bench"):
+        assert cmd in r.stdout
+
+
+def test_train_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in TRAIN_FLAGS:
+        assert flag in text, flag
+    # every flag has its own help text (argparse would print the bare flag otherwise)
+    parser = cli.build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    assert all(a.help for a in train._actions)
+
+
+def test_train_eval_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/1" in out and "test elbo" in out
+    assert (run / "latent.png").is_file() and (run / "metrics.json").is_file()
+    assert cli.main(["eval", str(run), "--k", "5", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["k"] == 5 and m["n_test"] == 359 and m["iwae_nll"] > 0 and m["elbo"] < 0
+    png = tmp_path / "s.png"
+    assert cli.main(["sample", str(run), "--n", "10", "--out", str(png)]) == 0
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    # --resume continues the same run to more epochs
+    assert cli.main(["train", "--epochs", "2", "--out", str(run), "--resume", "--no-progress",
+                     "--iwae-k", "0"]) == 0
+    assert len(json.loads((run / "metrics.json").read_text())["epochs"]) == 2
+
+
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(tmp_path),
+                     "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and str(tmp_path) in err and "Traceback" not in err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert cli.main(["eval", str(tmp_path / "bad")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert cli.main(["sample", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_non_finite_loss_exits_non_zero(tmp_path, capsys):
+    code = cli.main(["train", *TINY, "--lr", "1e30", "--out", str(tmp_path / "r")])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "epoch 1, step" in err
+
+
+def test_bench_hook_without_and_with_module(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastvae.bench", None)  # import fails
+    assert cli.main(["bench"]) == 2
+    assert "fastvae.bench is not available" in capsys.readouterr().err
+    seen = {}
+    fake = types.ModuleType("fastvae.bench")
+    fake.add_arguments = lambda p: p.add_argument("--sizes", default="s")
+    fake.run = lambda args: seen.setdefault("sizes", args.sizes) and 0
+    monkeypatch.setitem(sys.modules, "fastvae.bench", fake)
+    import fastvae
+
+    monkeypatch.setattr(fastvae, "bench", fake, raising=False)
+    assert cli.main(["bench", "--sizes", "big"]) == 0
+    assert seen == {"sizes": "big"}

@@ -61,9 +61,14 @@ def _is_one(g: Tensor) -> bool:
             and g.numel() == 1 and bool(g == 1))
 
 
-def _weigh(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
-    """g * grad_out, grad_out () or (B,) laid along g's dim ``row_dim``."""
-    if g.numel() == 0:
+def _weigh(g: Tensor, grad_out: Tensor, row_dim: int, need: bool = True) -> Tensor:
+    """g * grad_out, grad_out () or (B,) laid along g's dim ``row_dim``; None if not needed.
+
+    ``need`` (the op's ``needs`` flag), not ``g.numel()``, tells a placeholder from a real
+    gradient: an empty batch has real, empty gradients (eager autograd gives zero-size
+    grads there, and the layers upstream then get zero gradients rather than None).
+    """
+    if not need:
         return None
     if grad_out.dim() == 0:
         return g if _is_one(grad_out) else g * grad_out.to(g.dtype)
@@ -131,6 +136,7 @@ def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
 
 def _elbo_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.needs = list(inputs[13])
     obs, reduction = inputs[5], inputs[11]
     ctx.per_row = reduction == "none"
     ctx.obs_shape = None if obs is None else obs.shape
@@ -138,7 +144,7 @@ def _elbo_setup(ctx, inputs, output):
 
 @_once_differentiable
 def _elbo_backward(ctx, grad_out, *_):
-    g = [_weigh(t, grad_out, 0) for t in ctx.saved_tensors]
+    g = [_weigh(t, grad_out, 0, n) for t, n in zip(ctx.saved_tensors, ctx.needs)]
     g[5] = _to_shape(g[5], ctx.obs_shape)
     return (*g, None, None, None, None, None, None, None, None, None)
 
@@ -178,6 +184,7 @@ def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs
 
 def _iwae_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.needs = list(inputs[9])
     obs, reduction = inputs[5], inputs[8]
     ctx.obs_shape = None if obs is None else obs.shape
 
@@ -185,8 +192,10 @@ def _iwae_setup(ctx, inputs, output):
 @_once_differentiable
 def _iwae_backward(ctx, grad_out, *_):
     g_x, g_r, g_mu, g_lv, g_z, g_obs = ctx.saved_tensors
-    g = [_weigh(g_x, grad_out, 0), _weigh(g_r, grad_out, 1), _weigh(g_mu, grad_out, 0),
-         _weigh(g_lv, grad_out, 0), _weigh(g_z, grad_out, 1), _weigh(g_obs, grad_out, 0)]
+    n = ctx.needs
+    g = [_weigh(g_x, grad_out, 0, n[0]), _weigh(g_r, grad_out, 1, n[1]),
+         _weigh(g_mu, grad_out, 0, n[2]), _weigh(g_lv, grad_out, 0, n[3]),
+         _weigh(g_z, grad_out, 1, n[4]), _weigh(g_obs, grad_out, 0, n[5])]
     g[5] = _to_shape(g[5], ctx.obs_shape)
     return (*g, None, None, None, None, None)
 
@@ -218,12 +227,13 @@ def _(x, mean, logvar, logvar_scalar, needs, backend):
 
 def _gauss_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.needs = list(inputs[4])
     ctx.lv_shape = None if inputs[2] is None else inputs[2].shape
 
 
 @_once_differentiable
 def _gauss_backward(ctx, grad_out, *_):
-    g = [_weigh(t, grad_out, 0) for t in ctx.saved_tensors]
+    g = [_weigh(t, grad_out, 0, n) for t, n in zip(ctx.saved_tensors, ctx.needs)]
     return g[0], g[1], _to_shape(g[2], ctx.lv_shape), None, None, None
 
 
@@ -249,11 +259,13 @@ def _(mu, logvar, needs, backend):
 
 def _kl_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.needs = list(inputs[2])
 
 
 @_once_differentiable
 def _kl_backward(ctx, grad_out, *_):
-    return (*(_weigh(t, grad_out, 0) for t in ctx.saved_tensors), None, None)
+    return (*(_weigh(t, grad_out, 0, n) for t, n in zip(ctx.saved_tensors, ctx.needs)),
+            None, None)
 
 
 _kl_op.register_autograd(_kl_backward, setup_context=_kl_setup)

@@ -1,0 +1,150 @@
+"""Fused importance-weighted bound (Burda et al. 2016) over K samples.
+
+``iwae_rows_kernel`` — grid ``cdiv(B, BLOCK_B)``; each program owns ``BLOCK_B`` rows.
+Pass 1 walks the K samples: each sample's log-weight
+``log w_k = log p(x|z_k) - (log q(z_k|x) - log p(z_k))`` from one read of its
+``recon_k`` rows and ``z_k`` rows, kept in a (K, B) fp32 scratch, with an online
+logsumexp (running max and rescaled sum). The bound ``logsumexp_k - log K`` is written
+per row. Only when a gradient is needed, pass 2 reads the rows again and writes every
+gradient already weighted by ``softmax_k(log w_k) * c``: d/drecon_k and d/dz_k per
+sample, and d/dx, d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers.
+The softmax weights need every sample's log-weight, so a gradient cannot be written
+before pass 1 ends: forward-only use (NLL estimation with large K) is one pass,
+training is two reads of recon_k and one write. Mean/sum reductions and per-dimension
+obs_logvar sums go to ``fastvae.kernels.elbo.elbo_finish_kernel`` (no atomics).
+"""
+import triton
+import triton.language as tl
+
+from ._math import kl_tile, likelihood_tile
+
+# flags bits: the ELBO kernel's (fastvae.kernels.elbo) d/d flags, reused
+NEED_GX = 1
+NEED_GR = 2
+NEED_GOBS_ROWS = 4
+NEED_GOBS_PARTIAL = 8
+NEED_GMU = 16
+NEED_GLV = 32
+NEED_GZ = 64
+
+
+@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
+def iwae_rows_kernel(
+    X, R, OBS, MU, LV, Z,
+    LOGW, ROWV, GX, GR, GOBS, GMU, GLV, GZ,
+    K, B, D, L,
+    stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
+    obs_scalar, c, row_scale, log_k, flags,
+    LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    obs_scalar = tl.cast(obs_scalar, tl.float32)
+    c = tl.cast(c, tl.float32)
+    row_scale = tl.cast(row_scale, tl.float32)
+    log_k = tl.cast(log_k, tl.float32)
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    rmask = rows < B
+    rows2 = rows[:, None]
+    zero_i64 = pid * 0
+    size_bd = (zero_i64 + B) * D  # one sample's (B, D) gradient, in int64
+    size_bl = (zero_i64 + B) * L
+
+    # ---- pass 1: log-weights and their logsumexp ------------------------------------
+    run_max = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
+    r_base = zero_i64   # k * stride_rk in int64
+    z_base = zero_i64
+    for k in range(0, K):
+        acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
+            m = rmask[:, None] & (cols2 < D)
+            x = tl.load(X + rows2 * stride_x + cols2, mask=m, other=0.0).to(tl.float32)
+            r = tl.load(R + r_base + rows2 * stride_rb + cols2, mask=m, other=0.0).to(tl.float32)
+            if LIK == 3:
+                s = tl.load(OBS + rows2 * stride_obs + cols2, mask=m, other=0.0).to(tl.float32)
+            else:
+                s = obs_scalar
+            value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+            acc += tl.where(m, value, 0.0)
+        kacc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
+            m = rmask[:, None] & (lat2 < L)
+            mu = tl.load(MU + rows2 * stride_mu + lat2, mask=m, other=0.0).to(tl.float32)
+            lv = tl.load(LV + rows2 * stride_lv + lat2, mask=m, other=0.0).to(tl.float32)
+            z = tl.load(Z + z_base + rows2 * stride_zb + lat2, mask=m, other=0.0).to(tl.float32)
+            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kacc += tl.where(m, kl, 0.0)
+        log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
+        tl.store(LOGW + (zero_i64 + k) * B + rows, log_w, mask=rmask)
+        new_max = tl.maximum(run_max, log_w)
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(log_w - new_max)
+        run_max = new_max
+        r_base += stride_rk
+        z_base += stride_zk
+    lse = run_max + tl.log(run_sum)
+    tl.store(ROWV + rows, ((lse - log_k) * row_scale).to(ROWV.dtype.element_ty), mask=rmask)
+
+    # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
+    if (flags & 127) != 0:
+        tl.debug_barrier()  # LOGW is read back by other threads of this program
+        if (flags & 15) != 0:
+            for d0 in range(0, D, BLOCK_D):
+                cols = d0 + tl.arange(0, BLOCK_D)
+                cols2 = cols[None, :]
+                m = rmask[:, None] & (cols2 < D)
+                x = tl.load(X + rows2 * stride_x + cols2, mask=m, other=0.0).to(tl.float32)
+                if LIK == 3:
+                    s = tl.load(OBS + rows2 * stride_obs + cols2, mask=m, other=0.0).to(tl.float32)
+                else:
+                    s = obs_scalar
+                gx_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+                gs_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+                r_base = zero_i64
+                gr_base = zero_i64
+                for k in range(0, K):
+                    lw = tl.load(LOGW + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    w = (tl.exp(lw - lse) * c)[:, None]
+                    r = tl.load(R + r_base + rows2 * stride_rb + cols2, mask=m, other=0.0).to(tl.float32)
+                    value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+                    if (flags & 2) != 0:
+                        tl.store(GR + gr_base + rows2 * D + cols2, (g_r * w).to(GR.dtype.element_ty), mask=m)
+                    gx_acc += g_x * w
+                    gs_acc += g_s * w
+                    r_base += stride_rk
+                    gr_base += size_bd
+                out_off = rows2 * D + cols2
+                if (flags & 1) != 0:
+                    tl.store(GX + out_off, gx_acc.to(GX.dtype.element_ty), mask=m)
+                if (flags & 4) != 0:
+                    tl.store(GOBS + out_off, gs_acc.to(GOBS.dtype.element_ty), mask=m)
+                if (flags & 8) != 0:
+                    part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
+                    tl.store(GOBS + pid * D + cols, part, mask=cols < D)
+        if (flags & 112) != 0:
+            for l0 in range(0, L, BLOCK_L):
+                lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
+                m = rmask[:, None] & (lat2 < L)
+                mu = tl.load(MU + rows2 * stride_mu + lat2, mask=m, other=0.0).to(tl.float32)
+                lv = tl.load(LV + rows2 * stride_lv + lat2, mask=m, other=0.0).to(tl.float32)
+                gmu_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                glv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                z_base = zero_i64
+                gz_base = zero_i64
+                for k in range(0, K):
+                    lw = tl.load(LOGW + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    w = (tl.exp(lw - lse) * c)[:, None]
+                    z = tl.load(Z + z_base + rows2 * stride_zb + lat2, mask=m, other=0.0).to(tl.float32)
+                    kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+                    if (flags & 64) != 0:
+                        tl.store(GZ + gz_base + rows2 * L + lat2, (-d_z * w).to(GZ.dtype.element_ty), mask=m)
+                    gmu_acc += d_mu * w
+                    glv_acc += d_lv * w
+                    z_base += stride_zk
+                    gz_base += size_bl
+                out_off = rows2 * L + lat2
+                if (flags & 16) != 0:
+                    tl.store(GMU + out_off, (-gmu_acc).to(GMU.dtype.element_ty), mask=m)
+                if (flags & 32) != 0:
+                    tl.store(GLV + out_off, (-glv_acc).to(GLV.dtype.element_ty), mask=m)

@@ -55,10 +55,18 @@ def _grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Ten
     return t.new_empty(shape if shape is not None else t.shape)
 
 
+def _graph_kept() -> bool:
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
+
+
 def _is_one(g: Tensor) -> bool:
-    # Only on real tensors outside tracing: a traced grad_output has no value.
+    # Only on real tensors outside tracing: a traced grad_output has no value. And only
+    # when the graph is freed after this backward: the saved gradient handed out as is
+    # becomes the leaf's .grad, and a later backward of a retained graph accumulates
+    # into it in place, overwriting the saved gradient that graph still needs.
     return (type(g) is torch.Tensor and not torch.compiler.is_compiling()
-            and g.numel() == 1 and bool(g == 1))
+            and g.numel() == 1 and bool(g == 1) and not _graph_kept())
 
 
 def _weigh(g: Tensor, grad_out: Tensor, row_dim: int, need: bool = True) -> Tensor:

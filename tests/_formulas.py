@@ -1,0 +1,196 @@
+"""Independent float64 formulas for the core-op tests, written from DESIGN.md.
+
+Nothing here imports fastvae: ``fastvae.reference`` is under test too, so both the
+fused backend and the reference are checked against these. Every function upcasts
+its tensor arguments to float64 and keeps the autograd graph (so gradients of the
+formulas serve as the expected gradients).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG2 = math.log(2.0)
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def d(t):
+    """float64 view of a tensor (keeps autograd), floats unchanged."""
+    return t.double() if isinstance(t, torch.Tensor) else float(t)
+
+
+# -- per-element terms -------------------------------------------------------------
+
+def softplus(l):
+    l = d(l)
+    return l.clamp(min=0) + torch.log1p(torch.exp(-l.abs()))
+
+
+def bernoulli_ll(x, l):
+    """x*l - softplus(l), elementwise."""
+    return d(x) * d(l) - softplus(l)
+
+
+def log_tanh(a):
+    """log(tanh a) for a > 0, without cancellation: log((1-e)/(1+e)), e = exp(-2a)."""
+    e = torch.exp(-2 * a)
+    return torch.log1p(-e) - torch.log1p(e)
+
+
+def cb_log_norm(l):
+    """log C(l) = log 2 + log(u / tanh u), u = l/2: a three-term series below |u| < 1e-2
+    (next term ~ u^8, below 1e-16 there), the log-tanh form elsewhere."""
+    u = d(l) / 2
+    a = u.abs()
+    small = a < 1e-2
+    a_safe = torch.where(small, torch.ones_like(a), a)
+    exact = torch.log(a_safe) - log_tanh(a_safe)
+    u2 = u * u
+    series = u2 / 3 - 7 * u2 * u2 / 90 + 62 * u2 * u2 * u2 / 2835
+    return LOG2 + torch.where(small, series, exact)
+
+
+def cb_log_norm_mpmath(l: float, dps: int | None = None) -> float:
+    """High-precision log C(l) = log(2 artanh(1-2p) / (1-2p)), p = sigmoid(l) (the paper's form)."""
+    import mpmath
+
+    # 1 - 2p loses ~|l|/2.3 digits to cancellation: carry that many more
+    with mpmath.workdps(dps or 40 + int(abs(l))):
+        l = mpmath.mpf(l)
+        if l == 0:
+            return float(mpmath.log(2))
+        p = 1 / (1 + mpmath.exp(-l))
+        q = 1 - 2 * p
+        return float(mpmath.log(2 * mpmath.atanh(q) / q))
+
+
+def cb_log_norm_grad_mpmath(l: float, dps: int = 50) -> float:
+    import mpmath
+
+    with mpmath.workdps(dps):
+        if l == 0:
+            return 0.0
+        u = mpmath.mpf(l) / 2
+        return float(0.5 * (1 / u - 1 / mpmath.tanh(u) + mpmath.tanh(u)))
+
+
+def gaussian_ll(x, m, s):
+    """-0.5 * ((x-m)^2 * exp(-s) + s + log(2 pi)), elementwise; s a float or tensor."""
+    s = d(s)
+    inv = torch.exp(-s) if isinstance(s, torch.Tensor) else math.exp(-s)
+    return -0.5 * ((d(x) - d(m)) ** 2 * inv + s + LOG_2PI)
+
+
+def kl_analytic_dim(mu, lv):
+    mu, lv = d(mu), d(lv)
+    return 0.5 * (mu * mu + torch.exp(lv) - 1 - lv)
+
+
+def kl_mc_dim(z, mu, lv):
+    """log q(z|x) - log p(z) per latent dim (the log 2pi terms cancel)."""
+    z, mu, lv = d(z), d(mu), d(lv)
+    return -0.5 * ((z - mu) ** 2 * torch.exp(-lv) + lv) + 0.5 * z * z
+
+
+# -- per-sample and reduced ----------------------------------------------------------
+
+def log_likelihood(x, recon, likelihood, obs_logvar=0.0):
+    """log p(x|z) per sample: x, recon (B, *) -> (B,) (or (K, B, *) -> (K, B))."""
+    lead = recon.dim() - x.dim() + 1
+    if likelihood == "bernoulli":
+        e = bernoulli_ll(x, recon)
+    elif likelihood == "continuous_bernoulli":
+        e = bernoulli_ll(x, recon) + cb_log_norm(recon)
+    elif likelihood == "gaussian":
+        e = gaussian_ll(x, recon, obs_logvar)
+    else:
+        raise AssertionError(likelihood)
+    if isinstance(e, torch.Tensor) and e.shape != recon.shape:
+        e = e.expand(recon.shape)
+    per_row = math.prod(recon.shape[lead:])
+    return e.reshape(*recon.shape[:lead], per_row).sum(-1)
+
+
+def reduce(per_sample, reduction):
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample.sum() / max(per_sample.shape[0], 1)
+
+
+def elbo(x, recon, mu, logvar, likelihood="bernoulli", kl="analytic", z=None, beta=1.0,
+         free_bits=0.0, obs_logvar=0.0, reduction="mean"):
+    log_px = log_likelihood(x, recon, likelihood, obs_logvar)
+    kl_bl = kl_analytic_dim(mu, logvar) if kl == "analytic" else kl_mc_dim(z, mu, logvar)
+    if free_bits > 0 and kl_bl.shape[0] > 0:
+        # Kingma et al. 2016: a dim whose batch-mean KL is below free_bits counts as the
+        # constant free_bits for every sample (no gradient).
+        below = kl_bl.detach().mean(0, keepdim=True) < free_bits
+        kl_bl = torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl)
+    return reduce(log_px - beta * kl_bl.sum(-1), reduction)
+
+
+def iwae(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0, reduction="none"):
+    """Brute-force float64 importance-weighted bound: logsumexp_k log w_k - log K."""
+    k = recon_k.shape[0]
+    log_w = log_likelihood(x, recon_k, likelihood, obs_logvar)
+    log_w = log_w - kl_mc_dim(z_k, mu.unsqueeze(0), logvar.unsqueeze(0)).sum(-1)
+    m = log_w.detach().max(0).values
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    lse = m + torch.log(torch.exp(log_w - m).sum(0))
+    return reduce(lse - math.log(k), reduction)
+
+
+def examples_loss_function(recon_logits, x, mu, logvar):
+    """pytorch/examples' VAE loss_function, BCE-with-logits form (verbatim)."""
+    BCE = F.binary_cross_entropy_with_logits(recon_logits, x, reduction="sum")
+    KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return BCE + KLD
+
+
+# -- comparison helpers --------------------------------------------------------------
+
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 2e-5,
+}
+
+
+def assert_close(actual, expected, rtol, scale=None, what=""):
+    """|actual - expected| <= rtol * max(|expected|, scale, 1e-30) elementwise, in float64.
+
+    ``scale``: the magnitude of the terms that were summed (a sum can cancel).
+    """
+    assert isinstance(actual, torch.Tensor), f"{what}: got {type(actual)}"
+    a, e = actual.detach().double(), expected.detach().double()
+    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
+    if a.numel() == 0:
+        return
+    assert torch.isfinite(a).all(), f"{what}: non-finite values {a}"
+    bound = e.abs()
+    if scale is not None:
+        bound = torch.maximum(bound, torch.as_tensor(scale).detach().double().expand_as(bound))
+    bound = rtol * bound.clamp(min=1e-30)
+    err = (a - e).abs()
+    worst = int((err - bound).argmax())
+    assert bool((err <= bound).all()), (
+        f"{what}: max excess at flat index {worst}: got {a.flatten()[worst].item()!r}, "
+        f"expected {e.flatten()[worst].item()!r} (rtol {rtol}, |err| {err.flatten()[worst].item():.3e})"
+    )
+
+
+def grads(value, inputs, weight=None):
+    """Gradients of ``(value * weight).sum()`` (weight: a fixed random cotangent)."""
+    if weight is not None:
+        value = value * weight
+    need = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    got = torch.autograd.grad(value.sum(), need, allow_unused=True, retain_graph=True)
+    it = iter(got)
+    return [next(it) if isinstance(t, torch.Tensor) and t.requires_grad else None for t in inputs]
+
+
+def leaf(t, requires_grad=True):
+    return t.detach().clone().requires_grad_(requires_grad)

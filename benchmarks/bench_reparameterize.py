@@ -1,0 +1,23 @@
+"""Reparameterization z = mu + exp(0.5*logvar)*eps, forward+backward, K in {1, 16}.
+
+Samples cannot be compared draw for draw across RNG streams: each variant is checked
+for self-consistency instead (eps = (z - mu)/std is N(0, 1), gradients are the closed
+form of its own z).
+
+Variants: eager (pytorch/examples), torch.distributions, torch.compile of the eager
+loss, fastvae "torch" backend, fastvae "triton" backend (CUDA only). Each case's
+variants are checked against eager before any is timed (``fastvae.bench.prepare``).
+"""
+import pytest
+
+from fastvae import bench
+
+
+@pytest.fixture(scope="module", params=bench.suite_cases("reparameterize"), ids=lambda c: c.id)
+def prepared(request):
+    yield bench.prepare(request.param)
+
+
+@pytest.mark.parametrize("variant", bench.VARIANT_ORDER)
+def test_reparameterize(benchmark, prepared, variant):
+    bench.run_benchmark(benchmark, prepared, variant)

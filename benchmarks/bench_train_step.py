@@ -1,0 +1,24 @@
+"""One full training step (forward, loss, backward, Adam) of the standard VAEs.
+
+``fastvae.models.VAE`` (MLP, D -> 400 -> L as in pytorch/examples) and ``ConvVAE``
+(1x28x28 for D=784, 3x32x32 for D=3072). Variants: the same model with the eager
+pytorch/examples loss, the torch.distributions loss and torch.compile of the eager loss
+(z drawn by the eager reparameterization), against the model on fastvae's "torch"
+(and on CUDA "triton") backend end to end. The first step of every variant starts
+from the same weights and noise; loss and every parameter's gradient must agree.
+"""
+import pytest
+
+from fastvae import bench
+
+
+@pytest.fixture(scope="module",
+                params=bench.suite_cases("train_mlp") + bench.suite_cases("train_conv"),
+                ids=lambda c: f"{c.op.split('_')[1]}-{c.id}")
+def prepared(request):
+    yield bench.prepare(request.param)
+
+
+@pytest.mark.parametrize("variant", bench.VARIANT_ORDER)
+def test_train_step(benchmark, prepared, variant):
+    bench.run_benchmark(benchmark, prepared, variant)

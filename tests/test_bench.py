@@ -1,0 +1,126 @@
+"""Smoke tests of ``fastvae.bench``: it runs, reports, and refuses wrong answers.
+
+Tiny shapes, no timed assertions; ``compile`` is left out to keep this under seconds.
+"""
+import json
+
+import pytest
+import torch
+
+from fastvae import bench
+
+TINY = ["--batch", "16", "--dim", "12", "--latent", "3", "--k-reparam", "2", "--k-iwae", "3",
+        "--reps", "2", "--budget", "0.01", "--variants", "eager,distributions,fastvae-torch"]
+
+
+def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert bench.main(["--ops", "elbo,elbo_eval,reparameterize,iwae", *TINY,
+                       "--json", str(out_json), "--plot", str(out_png)]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if line.startswith("variant"))
+    for column in bench.COLUMNS:
+        assert column in header
+    data = json.loads(out_json.read_text())
+    rows = data["rows"]
+    assert {r["op"] for r in rows} == {"elbo", "elbo_eval", "reparameterize", "iwae"}
+    assert {r["variant"] for r in rows} == {"eager", "distributions", "fastvae-torch"}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["rounds"] >= 5
+        assert r["saved_bytes"] is not None and r["peak_extra_bytes"] is not None
+        if r["variant"] == "eager":
+            assert r["speedup_vs_eager"] == pytest.approx(1.0)
+        assert r["speedup_vs_compile"] is None  # compile was not run
+    assert data["environment"]["processor"]
+    assert data["environment"]["copy_bandwidth_gbps"] > 0
+    assert out_png.stat().st_size > 0
+
+
+def test_fastvae_bench_subcommand(capsys):
+    from fastvae import cli
+
+    assert cli.main(["bench", "--ops", "elbo", "--no-extras", *TINY]) == 0
+    assert "x eager" in capsys.readouterr().out
+
+
+def test_train_step_variants_agree_on_the_first_step():
+    prepared = bench.prepare(bench.Case("train_mlp", 8, 16, 2), ["eager", "fastvae-torch"],
+                             warmup=0)
+    assert set(prepared.steps) == {"eager", "fastvae-torch"}
+
+
+def _wrong_elbo(case, inputs):
+    names = ("x", "recon", "mu", "logvar")
+
+    def loss(x, recon, mu, logvar):  # KL with the wrong sign: a classic slip
+        return bench.eager_loss(x, recon, mu, logvar) + 2 * 0.5 * torch.sum(
+            1 + logvar - mu.pow(2) - logvar.exp())
+    return bench._loss_step(loss, inputs, names, backward=True)
+
+
+def _wrong_grad_elbo(case, inputs):
+    class HalfGrad(torch.autograd.Function):  # right value, gradient off by 2x
+        @staticmethod
+        def forward(ctx, recon):
+            return recon.view_as(recon)
+
+        @staticmethod
+        def backward(ctx, g):
+            return 0.5 * g
+
+    names = ("x", "recon", "mu", "logvar")
+    return bench._loss_step(lambda x, r, mu, lv: bench.eager_loss(x, HalfGrad.apply(r), mu, lv),
+                            inputs, names, backward=True)
+
+
+@pytest.mark.parametrize("build", [_wrong_elbo, _wrong_grad_elbo], ids=["value", "gradient"])
+def test_agreement_check_rejects_a_wrong_variant(build):
+    case = bench.Case("elbo", 16, 12, 3)
+    with pytest.raises(bench.AgreementError, match="wrong"):
+        bench.prepare(case, ["eager"], extra_variants={"wrong": bench.Variant("wrong", build)},
+                      warmup=0)
+
+
+def _no_noise(case, inputs):
+    mu, logvar, dz = inputs["mu"], inputs["logvar"], inputs["dz"]
+
+    def step():
+        mu.grad = logvar.grad = None
+        z = mu + 0 * logvar  # forgot the noise
+        z.backward(dz)
+        return z.detach(), mu.grad, logvar.grad
+    return step
+
+
+def _wrong_dlogvar(case, inputs):
+    mu, logvar, dz = inputs["mu"], inputs["logvar"], inputs["dz"]
+
+    def step():
+        mu.grad = logvar.grad = None
+        z = mu + torch.exp(logvar) * torch.randn_like(mu)  # std = exp(logvar): wrong
+        z.backward(dz)
+        return z.detach(), mu.grad, logvar.grad
+    return step
+
+
+@pytest.mark.parametrize("build", [_no_noise, _wrong_dlogvar], ids=["no-noise", "dlogvar"])
+def test_reparameterize_self_check_rejects_a_wrong_sampler(build):
+    case = bench.Case("reparameterize", 512, 1, 8, k=1)
+    with pytest.raises(bench.AgreementError, match="wrong"):
+        bench.prepare(case, ["eager", "fastvae-torch"],
+                      extra_variants={"wrong": bench.Variant("wrong", build)}, warmup=0)
+
+
+def test_bytes_moved_model():
+    # elbo: 3BD + 4BL fp32 elements; eval: 2BD + 2BL; training steps have no roofline.
+    assert bench.bytes_moved(bench.Case("elbo", 2, 3, 1)) == (18 + 8) * 4
+    assert bench.bytes_moved(bench.Case("elbo_eval", 2, 3, 1)) == (12 + 4) * 4
+    assert bench.bytes_moved(bench.Case("iwae", 2, 3, 1, k=4)) == (6 + 48 + 16 + 8) * 4
+    assert bench.bytes_moved(bench.Case("train_mlp", 2, 3, 1)) is None
+
+
+def test_suite_grid_leaves_out_oversized_cases(monkeypatch):
+    monkeypatch.setenv("FASTVAE_BENCH_MAX_ELEMENTS", str(1 << 24))
+    grid = bench.suite_cases("iwae", device="cpu")
+    assert grid and all(c.largest_elements() <= 1 << 24 for c in grid)
+    assert {c.k for c in grid} == {5, 50}

@@ -8,7 +8,7 @@ or globally with :func:`set_validation` (off by default, like
 """
 from __future__ import annotations
 
-from numbers import Real
+from numbers import Integral, Real
 
 import torch
 
@@ -47,7 +47,8 @@ def check_option(name: str, value, allowed) -> None:
 
 
 def check_number(name: str, value, *, minimum=None, integer=False) -> float:
-    bad_type = isinstance(value, bool) or not isinstance(value, (int if integer else Real))
+    # numbers.Integral/Real, so numpy scalars (np.int64 from a config array) pass too
+    bad_type = isinstance(value, bool) or not isinstance(value, (Integral if integer else Real))
     if bad_type:
         kind = "an int" if integer else "a real number"
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")

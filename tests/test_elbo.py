@@ -488,6 +488,7 @@ def test_double_backward_is_an_error_not_a_wrong_answer(seed):
     x, recon, mu, lv, _ = leaves(*make(3, (5,), 2))
     v = fastvae.elbo(x, recon, mu, lv, reduction="sum", backend="torch")
     (g,) = torch.autograd.grad(v, mu, create_graph=True)
+    assert g.requires_grad  # else a penalty on g would be silently dropped
     with pytest.raises(RuntimeError, match="differentiable once|differentiated Tensor"):
         torch.autograd.grad(g.sum(), mu)
     with pytest.raises(RuntimeError, match="differentiable once"):

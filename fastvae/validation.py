@@ -149,7 +149,8 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
             raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
     if x is not None and x.numel():
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("x has non-finite value(s) (NaN or inf)")
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"x has {bad} non-finite value(s) (NaN or inf)")
         if likelihood in ("bernoulli", "continuous_bernoulli"):
             lo, hi = float(x.min()), float(x.max())
             if lo < 0.0 or hi > 1.0:

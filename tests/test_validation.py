@@ -1,0 +1,312 @@
+"""Every error path: structural checks (always on) and value checks (validate= / set_validation).
+
+Messages must name the argument and the shapes / dtypes / values seen.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastvae
+
+BACKENDS = ["torch", "reference"]
+
+
+def inputs(b=3, d=4, l=2, dtype=torch.float32):
+    return (torch.rand(b, d, dtype=dtype), torch.randn(b, d, dtype=dtype),
+            torch.randn(b, l, dtype=dtype), torch.randn(b, l, dtype=dtype))
+
+
+# -- option values --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,value", [("likelihood", "bce"), ("likelihood", "Bernoulli"),
+                                        ("likelihood", None), ("kl", "MC"), ("kl", "exact"),
+                                        ("reduction", "avg"), ("reduction", "batchmean")])
+def test_unknown_option_values(name, value):
+    x, r, mu, lv = inputs()
+    with pytest.raises(ValueError, match=rf"{name} must be one of .*got {value!r}".replace("(", r"\(")):
+        fastvae.elbo(x, r, mu, lv, **{name: value})
+    if name != "kl":
+        with pytest.raises(ValueError, match=f"{name} must be one of"):
+            fastvae.iwae_bound(x, r[None], mu, lv, mu[None], **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be one of"):
+        fastvae.ELBOLoss(**{name: value})
+
+
+@pytest.mark.parametrize("op", ["elbo", "kl", "gauss", "reparam", "iwae"])
+def test_unknown_backend(op, monkeypatch):
+    x, r, mu, lv = inputs()
+    call = {"elbo": lambda **k: fastvae.elbo(x, r, mu, lv, **k),
+            "kl": lambda **k: fastvae.kl_standard_normal(mu, lv, **k),
+            "gauss": lambda **k: fastvae.gaussian_log_prob(x, r, 0.0, **k),
+            "reparam": lambda **k: fastvae.reparameterize(mu, lv, **k),
+            "iwae": lambda **k: fastvae.iwae_bound(x, r[None], mu, lv, mu[None], **k)}[op]
+    with pytest.raises(ValueError, match=r"backend must be one of .*got 'gpu'"):
+        call(backend="gpu")
+    monkeypatch.setenv("FASTVAE_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"FASTVAE_BACKEND must be one of .*got 'fast'"):
+        call()
+    assert call(backend="reference") is not None  # the argument overrides the variable
+
+
+@pytest.mark.parametrize("name,value,exc,msg", [
+    ("beta", -0.1, ValueError, r"beta must be >= 0.0, got -0.1"),
+    ("beta", float("nan"), ValueError, r"beta must be finite"),
+    ("beta", float("inf"), ValueError, r"beta must be finite"),
+    ("beta", "1", TypeError, r"beta must be a real number, got str"),
+    ("beta", True, TypeError, r"beta must be a real number, got bool"),
+    ("beta", None, TypeError, r"beta must be a real number, got NoneType"),
+    ("free_bits", -1.0, ValueError, r"free_bits must be >= 0.0, got -1.0"),
+    ("free_bits", float("nan"), ValueError, r"free_bits must be finite"),
+    ("free_bits", [0.1], TypeError, r"free_bits must be a real number, got list"),
+    ("validate", "yes", TypeError, r"validate must be None or a bool, got str"),
+    ("validate", 1, TypeError, r"validate must be None or a bool, got int"),
+])
+def test_bad_numbers(name, value, exc, msg):
+    x, r, mu, lv = inputs()
+    with pytest.raises(exc, match=msg):
+        fastvae.elbo(x, r, mu, lv, **{name: value})
+    if name in ("beta", "free_bits"):
+        with pytest.raises(exc, match=msg):
+            fastvae.ELBOLoss(**{name: value})
+
+
+def test_bad_obs_logvar():
+    x, r, mu, lv = inputs()
+    with pytest.raises(ValueError, match=r"obs_logvar must be finite"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=float("inf"))
+    with pytest.raises(TypeError, match=r"obs_logvar must be a real number, got str"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar="0")
+    with pytest.raises(ValueError, match=r"obs_logvar of shape \(3,\) does not broadcast to x's shape \(3, 4\)"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"obs_logvar of shape \(2, 3, 4\) does not broadcast"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match=r"obs_logvar must be a floating-point tensor, got dtype torch.int64"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=torch.zeros(4, dtype=torch.long))
+    for lik in ("bernoulli", "continuous_bernoulli"):
+        with pytest.raises(ValueError, match=rf"obs_logvar is only used with likelihood='gaussian', not '{lik}'"):
+            fastvae.elbo(x, r, mu, lv, likelihood=lik, obs_logvar=0.5)
+        with pytest.raises(ValueError, match="obs_logvar is only used"):
+            fastvae.elbo(x, r, mu, lv, likelihood=lik, obs_logvar=torch.zeros(4))
+    with pytest.raises(ValueError, match=r"logvar of shape \(5,\) does not broadcast to x's shape \(3, 4\)"):
+        fastvae.gaussian_log_prob(x, r, torch.zeros(5))
+
+
+# -- kl='mc' and z ---------------------------------------------------------------------
+
+def test_mc_needs_z_and_analytic_refuses_it():
+    x, r, mu, lv = inputs()
+    with pytest.raises(ValueError, match=r"kl='mc' needs the sample z"):
+        fastvae.elbo(x, r, mu, lv, kl="mc")
+    with pytest.raises(ValueError, match=r"z is only used with kl='mc'"):
+        fastvae.elbo(x, r, mu, lv, z=mu.clone())
+    with pytest.raises(ValueError, match=r"z must have mu's shape \(3, 2\), got \(3, 3\)"):
+        fastvae.elbo(x, r, mu, lv, kl="mc", z=torch.zeros(3, 3))
+    with pytest.raises(TypeError, match=r"z must be a floating-point tensor, got dtype torch.int32"):
+        fastvae.elbo(x, r, mu, lv, kl="mc", z=torch.zeros(3, 2, dtype=torch.int32))
+    with pytest.raises(TypeError, match=r"z must be a torch.Tensor, got ndarray"):
+        fastvae.elbo(x, r, mu, lv, kl="mc", z=mu.numpy())
+    loss = fastvae.ELBOLoss(kl="mc")
+    with pytest.raises(ValueError, match=r"kl='mc' needs the sample z"):
+        loss(x, r, mu, lv)
+
+
+# -- shapes, dtypes, devices -------------------------------------------------------------
+
+def test_shape_mismatches_name_argument_and_shapes():
+    x, r, mu, lv = inputs()
+    with pytest.raises(ValueError, match=r"recon must have shape \(3, 4\) \(x's shape\), got \(3, 5\)"):
+        fastvae.elbo(x, torch.zeros(3, 5), mu, lv)
+    with pytest.raises(ValueError, match=r"recon must have shape \(3, 4\).*got \(12,\)"):
+        fastvae.elbo(x, r.flatten(), mu, lv)
+    with pytest.raises(ValueError, match=r"x must have the batch size of mu \(3\) as its first dim, got shape \(2, 4\)"):
+        fastvae.elbo(x[:2], r[:2], mu, lv)
+    with pytest.raises(ValueError, match=r"logvar must have mu's shape \(3, 2\), got \(3, 1\)"):
+        fastvae.elbo(x, r, mu, lv[:, :1])
+    with pytest.raises(ValueError, match=r"mu must be 2-D \(batch, latent\), got shape \(3, 2, 1\)"):
+        fastvae.elbo(x, r, mu[..., None], lv[..., None])
+    with pytest.raises(ValueError, match=r"mu must be 2-D .*got shape \(\)"):
+        fastvae.elbo(x, r, torch.tensor(0.0), torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"x must have the batch size of mu \(3\).*got shape \(\)"):
+        fastvae.elbo(torch.tensor(0.5), torch.tensor(0.0), mu, lv)
+    with pytest.raises(ValueError, match=r"mu and logvar must share a shape \(\*, L\), got \(3, 2\) and \(2, 3\)"):
+        fastvae.kl_standard_normal(mu, lv.t())
+    with pytest.raises(ValueError, match=r"mu and logvar must share a shape.*got \(\) and \(\)"):
+        fastvae.kl_standard_normal(torch.tensor(0.0), torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"x and mean must share a shape \(\*, D\), got \(3, 4\) and \(4,\)"):
+        fastvae.gaussian_log_prob(x, r[0], 0.0)
+
+
+@pytest.mark.parametrize("arg", ["x", "recon", "mu", "logvar"])
+@pytest.mark.parametrize("bad", [torch.int64, torch.bool, torch.complex64])
+def test_non_float_dtypes(arg, bad):
+    ins = dict(zip(["x", "recon", "mu", "logvar"], inputs()))
+    ins[arg] = ins[arg].to(bad)
+    with pytest.raises(TypeError, match=rf"{arg} must be a floating-point tensor, got dtype {bad}"):
+        fastvae.elbo(**ins)
+
+
+@pytest.mark.parametrize("arg", ["x", "recon", "mu", "logvar"])
+def test_non_tensors(arg):
+    ins = dict(zip(["x", "recon", "mu", "logvar"], inputs()))
+    ins[arg] = ins[arg].tolist()
+    with pytest.raises(TypeError, match=rf"{arg} must be a torch.Tensor, got list"):
+        fastvae.elbo(**ins)
+
+
+def test_mixed_dtypes_are_allowed_in_the_loss_but_not_the_sampler():
+    x, r, mu, lv = inputs()
+    assert fastvae.elbo(x.half(), r.bfloat16(), mu, lv.double()).dtype == torch.float64
+    with pytest.raises(TypeError, match=r"mu and logvar must share a dtype, got torch.float32 and torch.float16"):
+        fastvae.reparameterize(mu, lv.half())
+
+
+@pytest.mark.parametrize("which", ["x", "recon", "mu", "logvar"])
+def test_device_mismatch(which):
+    """Tensors on two devices (meta stands in for a GPU on this CPU-only machine)."""
+    ins = dict(zip(["x", "recon", "mu", "logvar"], inputs()))
+    ins[which] = ins[which].to("meta")
+    with pytest.raises(ValueError, match=rf"all tensors must be on one device, got .*{which} on meta"):
+        fastvae.elbo(**ins)
+    x, r, mu, lv = inputs()
+    with pytest.raises(ValueError, match=r"z on meta"):
+        fastvae.elbo(x, r, mu, lv, kl="mc", z=mu.to("meta"))
+    with pytest.raises(ValueError, match=r"obs_logvar on meta"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=torch.zeros(4, device="meta"))
+    with pytest.raises(ValueError, match=r"one device.*logvar on meta"):
+        fastvae.kl_standard_normal(mu, lv.to("meta"))
+    with pytest.raises(ValueError, match=r"one device.*mean on meta"):
+        fastvae.gaussian_log_prob(x, r.to("meta"), 0.0)
+
+
+def test_triton_backend_on_cpu_tensors_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, r, mu, lv = inputs()
+    if fastvae.triton_available():
+        with pytest.raises(ValueError, match=r"backend='triton' needs CUDA tensors, got tensors on cpu"):
+            fastvae.elbo(x, r, mu, lv, backend="triton")
+    else:
+        with pytest.raises(RuntimeError, match=r"needs the triton package"):
+            fastvae.elbo(x, r, mu, lv, backend="triton")
+
+
+# -- value checks ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli"])
+@pytest.mark.parametrize("bad", [-0.01, 1.5])
+def test_x_outside_unit_interval(likelihood, bad, restore_validation):
+    x, r, mu, lv = inputs()
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"likelihood='{likelihood}' needs x in \[0, 1\], got values in"):
+        fastvae.elbo(x, r, mu, lv, likelihood=likelihood, validate=True)
+    with pytest.raises(ValueError, match=r"needs x in \[0, 1\]"):
+        fastvae.iwae_bound(x, r[None], mu, lv, mu[None], likelihood=likelihood, validate=True)
+    # off by default (it costs a pass over the data): no error, a finite number
+    assert fastvae.get_validation() is False
+    assert torch.isfinite(fastvae.elbo(x, r, mu, lv, likelihood=likelihood))
+    # the global switch, and the per-call argument overriding it
+    fastvae.set_validation(True)
+    assert fastvae.get_validation() is True
+    with pytest.raises(ValueError, match=r"needs x in \[0, 1\]"):
+        fastvae.elbo(x, r, mu, lv, likelihood=likelihood)
+    with pytest.raises(ValueError, match=r"needs x in \[0, 1\]"):
+        fastvae.ELBOLoss(likelihood=likelihood)(x, r, mu, lv)
+    assert torch.isfinite(fastvae.elbo(x, r, mu, lv, likelihood=likelihood, validate=False))
+    # the Gaussian likelihood takes any real x
+    assert torch.isfinite(fastvae.elbo(x * 10, r, mu, lv, likelihood="gaussian"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("where", ["x", "recon", "mu", "logvar", "z", "obs_logvar"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs(backend, where, bad, restore_validation):
+    x, r, mu, lv = inputs()
+    z = mu.clone()
+    obs = torch.zeros(4)
+    ins = dict(x=x, recon=r, mu=mu, logvar=lv, z=z, obs_logvar=obs)
+    ins[where].view(-1)[1] = bad
+    kw = dict(likelihood="gaussian", kl="mc", backend=backend)
+    with pytest.raises(ValueError, match=rf"{where} has 1 non-finite value\(s\)"):
+        fastvae.elbo(**ins, **kw, validate=True)
+    fastvae.set_validation(True)
+    with pytest.raises(ValueError, match=rf"{where} has 1 non-finite"):
+        fastvae.elbo(**ins, **kw)
+
+
+def test_non_finite_in_other_ops(restore_validation):
+    x, r, mu, lv = inputs()
+    lv[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"logvar has 1 non-finite"):
+        fastvae.kl_standard_normal(mu, lv, validate=True)
+    with pytest.raises(ValueError, match=r"logvar has 1 non-finite"):
+        fastvae.iwae_bound(x, r[None], mu, lv, mu[None], validate=True)
+    r[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"mean has 1 non-finite"):
+        fastvae.gaussian_log_prob(x, r, 0.0, validate=True)
+    with pytest.raises(ValueError, match=r"logvar has 4 non-finite"):
+        fastvae.gaussian_log_prob(x, x, torch.full((4,), float("nan")), validate=True)
+    x2, r2, mu2, lv2 = inputs()
+    z_k = mu2[None].clone()
+    z_k[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"z_k has 1 non-finite"):
+        fastvae.iwae_bound(x2, r2[None], mu2, lv2, z_k, validate=True)
+    # validation off: no error (NaN flows through like any torch op)
+    assert torch.isnan(fastvae.kl_standard_normal(mu, lv)[0])
+
+
+def test_validation_on_with_good_and_empty_inputs(restore_validation):
+    fastvae.set_validation(True)
+    x, r, mu, lv = inputs()
+    assert torch.isfinite(fastvae.elbo(x, r, mu, lv))
+    x[:] = 1.0
+    x[0] = 0.0  # the closed interval's ends are fine
+    assert torch.isfinite(fastvae.elbo(x, r, mu, lv, likelihood="continuous_bernoulli"))
+    e = inputs(b=0)
+    assert fastvae.elbo(*e).item() == 0.0
+
+
+def test_set_validation_wants_a_bool(restore_validation):
+    for bad in (1, "true", None):
+        with pytest.raises(TypeError, match="set_validation expects a bool"):
+            fastvae.set_validation(bad)
+    assert fastvae.get_validation() is False
+
+
+# -- backend selection -----------------------------------------------------------------
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.delenv("FASTVAE_BACKEND", raising=False)
+    cpu = torch.device("cpu")
+    assert fastvae.select_backend(None, cpu) == "torch"  # auto on CPU: the fused CPU path
+    assert fastvae.select_backend("auto", cpu) == "torch"
+    assert fastvae.select_backend("reference", cpu) == "reference"
+    x, r, mu, lv = inputs()
+    fastvae.elbo(x, r, mu, lv)
+    assert fastvae.last_backend() == "torch"
+    fastvae.kl_standard_normal(mu, lv, backend="reference")
+    assert fastvae.last_backend() == "reference"
+    monkeypatch.setenv("FASTVAE_BACKEND", "reference")
+    assert fastvae.select_backend(None, cpu) == "reference"
+    fastvae.reparameterize(mu, lv)
+    assert fastvae.last_backend() == "reference"
+    fastvae.gaussian_log_prob(x, r, 0.0, backend="torch")  # the argument wins over the variable
+    assert fastvae.last_backend() == "torch"
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    fastvae.ELBOLoss()(x, r, mu, lv)
+    assert fastvae.last_backend() == "torch"
+    monkeypatch.setenv("FASTVAE_BACKEND", "auto")
+    fastvae.iwae_bound(x, r[None], mu, lv, mu[None])
+    assert fastvae.last_backend() == "torch"
+
+
+def test_same_result_whatever_the_selection_route(monkeypatch):
+    x, r, mu, lv = inputs(dtype=torch.float64)
+    a = fastvae.elbo(x, r, mu, lv, backend="reference")
+    monkeypatch.setenv("FASTVAE_BACKEND", "reference")
+    b = fastvae.elbo(x, r, mu, lv)
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    c = fastvae.elbo(x, r, mu, lv)
+    assert torch.equal(a, b)
+    assert math.isclose(a.item(), c.item(), rel_tol=1e-12)

@@ -1,0 +1,117 @@
+"""fastvae.ELBOLoss: an nn.Module returning -ELBO, value and gradient."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fastvae
+import _formulas as F
+
+BACKENDS = ["torch", "reference"]
+F64 = torch.float64
+
+
+def make(b=5, d=11, l=3, dtype=F64):
+    return [F.leaf(t) for t in (torch.rand(b, d, dtype=dtype), torch.randn(b, d, dtype=dtype) * 2,
+                                torch.randn(b, l, dtype=dtype), torch.randn(b, l, dtype=dtype),
+                                torch.randn(b, l, dtype=dtype))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "continuous_bernoulli"])
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_is_minus_elbo_value_and_gradient(seed, backend, likelihood, kl, reduction):
+    x, r, mu, lv, z = make()
+    zz = z if kl == "mc" else None
+    obs = F.leaf(torch.randn(11, dtype=F64)) if likelihood == "gaussian" else 0.0
+    loss_fn = fastvae.ELBOLoss(likelihood=likelihood, kl=kl, beta=0.8, free_bits=0.05,
+                               reduction=reduction, backend=backend)
+    assert isinstance(loss_fn, nn.Module)
+    loss = loss_fn(x, r, mu, lv, z=zz, obs_logvar=obs)
+    el = fastvae.elbo(x, r, mu, lv, likelihood=likelihood, kl=kl, z=zz, beta=0.8, free_bits=0.05,
+                      obs_logvar=obs, reduction=reduction, backend=backend)
+    want = F.elbo(x, r, mu, lv, likelihood=likelihood, kl=kl, z=zz, beta=0.8, free_bits=0.05,
+                  obs_logvar=obs, reduction=reduction)
+    F.assert_close(loss, -el, 1e-14, scale=1.0)
+    F.assert_close(loss, -want, 1e-10, scale=100.0)
+    ins = [x, r, mu, lv, zz, obs if isinstance(obs, torch.Tensor) else None]
+    w = torch.rand(loss.shape, dtype=F64) + 0.5
+    for g, e in zip(F.grads(loss, ins, w), F.grads(want, ins, w)):
+        if e is not None:
+            F.assert_close(g, -e, 1e-10, scale=e.abs().max() + 1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_sum_is_pytorch_examples_loss_function(seed, backend, dtype):
+    x, r, mu, lv, _ = make(64, 784, 20, dtype=dtype)
+    loss = fastvae.ELBOLoss(reduction="sum", backend=backend)(x, r, mu, lv)
+    e = [F.leaf(t) for t in (r, mu, lv)]
+    want = F.examples_loss_function(e[0], x, e[1], e[2])
+    rtol = 1e-12 if dtype == F64 else 2e-6
+    F.assert_close(loss, want, rtol)
+    loss.backward()
+    want.backward()
+    for a, b in zip((r, mu, lv), e):
+        F.assert_close(a.grad, b.grad, rtol, scale=b.grad.abs().max())
+
+
+def test_plain_backward_like_a_torch_loss(seed):
+    """loss.backward() with the implicit grad_output of 1, repeated steps, zero_grad between."""
+    enc, dec = nn.Linear(8, 4), nn.Linear(2, 8)
+    opt = torch.optim.SGD([*enc.parameters(), *dec.parameters()], lr=0.1)
+    loss_fn = fastvae.ELBOLoss()
+    x = torch.rand(16, 8)
+    losses = []
+    for _ in range(30):
+        mu, lv = enc(x).chunk(2, -1)
+        z = fastvae.reparameterize(mu, lv)
+        loss = loss_fn(x, dec(z), mu, lv)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # it trains
+    # and the gradients equal the reference backend's on the same z
+    mu, lv = enc(x).chunk(2, -1)
+    z = fastvae.reparameterize(mu, lv).detach()
+    grads = []
+    for backend in BACKENDS:
+        enc.zero_grad()
+        dec.zero_grad()
+        mu, lv = enc(x).chunk(2, -1)
+        fastvae.ELBOLoss(backend=backend)(x, dec(z), mu, lv).backward()
+        grads.append([p.grad.clone() for p in (*enc.parameters(), *dec.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_half_inputs_give_fp32_loss(seed):
+    x, r, mu, lv, _ = (F.leaf(t.detach().to(torch.bfloat16)) for t in make())
+    loss = fastvae.ELBOLoss()(x, r, mu, lv)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert r.grad.dtype == torch.bfloat16
+
+
+def test_constructor_and_repr():
+    m = fastvae.ELBOLoss(likelihood="gaussian", kl="mc", beta=4, free_bits=0.5, reduction="sum")
+    assert m.beta == 4.0 and isinstance(m.beta, float) and m.free_bits == 0.5
+    r = repr(m)
+    for part in ("likelihood='gaussian'", "kl='mc'", "beta=4.0", "free_bits=0.5", "reduction='sum'"):
+        assert part in r
+    assert list(m.parameters()) == []  # no state of its own
+    with pytest.raises(ValueError, match="kl must be one of"):
+        fastvae.ELBOLoss(kl="sampled")
+
+
+def test_per_call_validate_setting(restore_validation):
+    x, r, mu, lv, _ = make()
+    x = x.detach().clone()
+    x[0, 0] = 2.0
+    with pytest.raises(ValueError, match=r"needs x in \[0, 1\]"):
+        fastvae.ELBOLoss(validate=True)(x, r, mu, lv)
+    fastvae.set_validation(True)
+    assert torch.isfinite(fastvae.ELBOLoss(validate=False)(x, r, mu, lv))

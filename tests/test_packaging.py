@@ -1,0 +1,95 @@
+"""Packaging: version, fastvae.kernels importable, no top-level ``kernels`` installed by us."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import fastvae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version():
+    assert isinstance(fastvae.__version__, str)
+    assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?(a|b|rc|dev|post)\d*)?(\+[\w.]+)?", fastvae.__version__)
+    assert md.version("fastvae") == fastvae.__version__  # installed metadata agrees
+
+
+def test_fastvae_kernels_importable():
+    mod = importlib.import_module("fastvae.kernels")
+    assert mod.__name__ == "fastvae.kernels"
+    assert Path(mod.__file__).resolve().parent == (ROOT / "kernels").resolve()
+
+
+_PROBE = """
+import importlib.metadata as md, importlib.util, json
+dist = md.distribution("fastvae")
+spec = importlib.util.find_spec("kernels")
+import fastvae.kernels
+print(json.dumps({
+    "top_level": (dist.read_text("top_level.txt") or "").split(),
+    "first_parts": sorted({f.parts[0] for f in (dist.files or [])}),
+    "kernels_dists": md.packages_distributions().get("kernels", []),
+    "kernels_origin": None if spec is None else spec.origin,
+    "fastvae_kernels": fastvae.kernels.__name__,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """What the installed distribution provides, seen from a directory outside the checkout
+    (run from the repo root, Python would find the source tree's kernels/ and egg-info)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", _PROBE], cwd=tmp_path_factory.mktemp("elsewhere"),
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_no_top_level_kernels_from_this_distribution(installed):
+    assert "kernels" not in installed["top_level"], installed
+    assert "kernels" not in installed["first_parts"], installed  # no site-packages/kernels/...
+    assert "fastvae" not in installed["kernels_dists"], installed
+
+
+def test_find_spec_kernels_outside_the_checkout(installed):
+    """``import kernels`` must not find ours (None, or someone else's package)."""
+    origin = installed["kernels_origin"]
+    assert origin is None or str(ROOT) not in origin, (
+        f"top-level 'kernels' resolves into this project: {origin}")
+    assert installed["fastvae_kernels"] == "fastvae.kernels"
+
+
+def test_built_wheel_has_only_the_fastvae_namespace(tmp_path):
+    """Build the wheel (no network, no isolation) and list its top-level entries."""
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    src = tmp_path / "src"  # a copy: setuptools builds in-tree (build/, egg-info)
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "fastvae", src / "fastvae", ignore=ignore)
+    shutil.copytree(ROOT / "kernels", src / "kernels", ignore=ignore)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-q", "-w", str(tmp_path), str(src)],
+        capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"wheel build unavailable here: {proc.stderr[-500:]}")
+    (whl,) = tmp_path.glob("fastvae-*.whl")
+    names = zipfile.ZipFile(whl).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"fastvae", f"fastvae-{fastvae.__version__}.dist-info"}, tops
+    assert "fastvae/kernels/__init__.py" in names
+    assert not any(n.startswith("kernels/") for n in names)

@@ -149,7 +149,8 @@ def kl_standard_normal(mu, logvar, backend=None, validate=None):
     V.check_values(V.resolve_validate(validate), mu=mu, logvar=logvar)
     lead = mu.shape[:-1]
     fn = _run(backend, device, "kl_standard_normal")
-    return fn(mu.reshape(-1, mu.shape[-1]), logvar.reshape(-1, mu.shape[-1])).reshape(lead)
+    n, l = lead.numel(), mu.shape[-1]  # not reshape(-1, l): ambiguous when L == 0
+    return fn(mu.reshape(n, l), logvar.reshape(n, l)).reshape(lead)
 
 
 def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):

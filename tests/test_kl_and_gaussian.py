@@ -69,6 +69,9 @@ def test_kl_gradcheck():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kl_empty_and_noncontiguous(seed, backend):
     assert fastvae.kl_standard_normal(torch.zeros(0, 3), torch.zeros(0, 3), backend=backend).shape == (0,)
+    # no latent dims: a KL of exactly 0 per row (as elbo treats L = 0)
+    assert torch.equal(fastvae.kl_standard_normal(torch.zeros(2, 0), torch.zeros(2, 0), backend=backend),
+                       torch.zeros(2))
     base = torch.randn(6, 10, dtype=torch.float64)
     mu = base[:, ::2]  # strided
     lv = torch.randn(1, 5, dtype=torch.float64).expand(6, 5)  # expanded

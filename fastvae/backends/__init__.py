@@ -38,13 +38,24 @@ _MODULES = {
 _last_used: str | None = None
 
 
+_triton_ok: bool | None = None
+
+
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """True when the Triton backend can be imported (it needs the ``triton`` package)."""
-    try:
-        importlib.import_module(_MODULES["triton"])
-    except ImportError:
-        return False
-    return True
+    """True when the Triton backend can be imported (it needs the ``triton`` package).
+
+    Answered once and cached; under ``torch.compile`` it is evaluated at trace time as
+    a constant (dynamo does not trace ``importlib``: it would be a graph break).
+    """
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            importlib.import_module(_MODULES["triton"])
+            _triton_ok = True
+        except ImportError:
+            _triton_ok = False
+    return _triton_ok
 
 
 def _interpreting() -> bool:

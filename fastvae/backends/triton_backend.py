@@ -202,13 +202,16 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
                 _or(gobs_part, x), _or(gobs, x),
                 b, l, d, nprog, float(beta), float(free_bits), float(c), fin_flags, flags,
                 BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, num_warps=fwarps)
-    none = x.new_empty(0)
-    return (out, _or(gx, none), _or(gr, none), _or(gmu, none), _or(glv, none), _or(gz, none),
-            _or(gobs, none))
+    return (out, *_outs(x, gx, gr, gmu, glv, gz, gobs))
 
 
 def _or(t, other):
     return other if t is None else t
+
+
+def _outs(like, *ts):
+    """The gradients, each absent one as its own empty placeholder (outputs may not alias)."""
+    return tuple(like.new_empty(0) if t is None else t for t in ts)
 
 
 # ---------------------------------------------------------------------------------
@@ -273,9 +276,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
                 rowv, x, x, x, x, x, out, _or(gobs_part, x), _or(gobs, x),
                 b, l, d, nprog, 0.0, 0.0, float(c), _ke.FIN_REDUCE, 0,
                 BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, num_warps=fwarps)
-    none = x.new_empty(0)
-    return (out, _or(gx, none), _or(gr, none), _or(gmu, none), _or(glv, none), _or(gz, none),
-            _or(gobs, none))
+    return (out, *_outs(x, gx, gr, gmu, glv, gz, gobs))
 
 
 # ---------------------------------------------------------------------------------
@@ -307,8 +308,7 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
             x.stride(0), mean.stride(0), stride_obs, 0, 0, 0,
             float(logvar_scalar), 0.0, 1.0, 1.0, flags,
             LIK=lik, BLOCK_B=bb, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
-    none = x.new_empty(0)
-    return out, _or(gx, none), _or(gm, none), _or(glv, none)
+    return (out, *_outs(x, gx, gm, glv))
 
 
 def kl_standard_normal_fwd(mu, logvar, needs):
@@ -332,8 +332,7 @@ def kl_standard_normal_fwd(mu, logvar, needs):
             0, 0, 0, mu.stride(0), logvar.stride(0), 0,
             0.0, -1.0, 1.0, 1.0, flags,
             LIK=LIK_BERNOULLI, BLOCK_B=bb, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
-    none = mu.new_empty(0)
-    return out, _or(gmu, none), _or(glv, none)
+    return (out, *_outs(mu, gmu, glv))
 
 
 # ---------------------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Shared helpers of the Triton tests (tests/test_triton_*.py).
+
+Those modules run their kernels where they can: on CUDA tensors when a GPU is present
+(compiled kernels), else on CPU tensors under ``TRITON_INTERPRET=1``. The main pytest
+session does not set TRITON_INTERPRET (it must be set before the kernels are first
+imported, and other suites expect backend="triton" to refuse CPU tensors), so
+tests/test_triton_interpreter.py runs these modules in a child pytest with it set.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+HAS_CUDA = torch.cuda.is_available()
+
+try:
+    import triton  # noqa: F401
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+DEVICE = "cuda" if (HAS_CUDA and not INTERPRET) else "cpu"
+
+needs_kernels = pytest.mark.skipif(
+    not HAS_TRITON or not (INTERPRET or HAS_CUDA),
+    reason="Triton kernels need a GPU or TRITON_INTERPRET=1 (test_triton_interpreter.py runs "
+           "these modules with it)",
+)
+
+TOL = {torch.float32: 2e-4, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def assert_close(got, want, dtype=torch.float32, what=""):
+    """got vs an fp64 oracle: rtol per input dtype, atol that times the largest |want|."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    tol = TOL[dtype]
+    scale = float(want.detach().abs().max()) if want.numel() else 0.0
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol * max(scale, 1e-6),
+                               msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every buffer the Triton backend allocates starts as NaN (ints: a huge value), so an
+    output element that a kernel forgets to write shows up."""
+    from fastvae.backends import triton_backend as tb
+
+    def alloc(shape, dtype, device):
+        if dtype.is_floating_point:
+            return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.full(shape, 2**30, dtype=dtype, device=device)
+
+    monkeypatch.setattr(tb, "_alloc", alloc)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """A list that records the name of every kernel the Triton backend launches."""
+    from fastvae.backends import triton_backend as tb
+
+    seen = []
+    real = tb._launch
+
+    def count(kernel, grid, *args, **meta):
+        seen.append(getattr(kernel, "__name__", None) or kernel.fn.__name__)
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(tb, "_launch", count)
+    return seen
+
+
+def leaf(t, grad=True):
+    return t.detach().clone().requires_grad_(grad)
+
+
+def grads(out, inputs, weight=None):
+    """d(sum(weight * out)) / d(inputs) (None for inputs that do not require grad)."""
+    want = [t for t in inputs if t is not None and t.requires_grad]
+    g = torch.autograd.grad(out, want, grad_outputs=weight, allow_unused=True)
+    it = iter(g)
+    return [next(it) if (t is not None and t.requires_grad) else None for t in inputs]
+
+
+def oracle_inputs(*ts):
+    """fp64 leaf copies of (low-precision) inputs: the oracle sees exactly the same numbers."""
+    return [None if t is None else (t.detach().double().requires_grad_(t.requires_grad)
+                                    if isinstance(t, torch.Tensor) else t) for t in ts]

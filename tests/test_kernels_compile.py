@@ -1,0 +1,157 @@
+"""Every Triton kernel at every constexpr configuration we ship, compiled for real GPUs
+(sm_80 and sm_90) with no GPU present: ``triton.compile(ASTSource(...), target=GPUTarget(...))``.
+
+The interpreter accepts code the real compiler rejects, and no CPU test sees register
+spills or unvectorized loads, so this checks, per kernel and configuration:
+  * it builds (PTX and cubin);
+  * ptxas reports 0 bytes of spill stores and loads (its -v log, from the same compile);
+  * the contiguous path uses vectorized global loads (``ld.global.v4`` in the PTX) when the
+    arguments carry the divisibility-by-16 the GPU JIT infers for aligned tensors.
+Run ``python tests/test_kernels_compile.py`` for the table (registers, spills, stack,
+shared memory) that benchmarks/RESULTS.md quotes.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+triton = pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(INTERPRET, reason="kernels are interpreted functions under "
+                                                  "TRITON_INTERPRET=1; nothing to compile")
+
+TARGETS = (80, 90)
+
+
+def _configs():
+    from fastvae.backends import triton_backend as tb
+    return {c["name"]: c for c in tb.shipped_configs()}
+
+
+def _compile_one(job):
+    """Compile one (config, cc) in a fresh cache; return what the test and the table need."""
+    name, cc, cache_dir = job
+    os.environ["TRITON_CACHE_DIR"] = cache_dir
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    cfg = _configs()[name]
+    triton.knobs.nvidia.dump_ptxas_log = True
+    attrs = {(i,): [["tt.divisibility", 16]] for i in cfg["divisible"]}
+    src = ASTSource(fn=cfg["kernel"], signature=cfg["signature"], constexprs=cfg["constexprs"],
+                    attrs=attrs)
+    out = {"name": name, "cc": cc, "num_warps": cfg["num_warps"]}
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            k = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                               options={"num_warps": cfg["num_warps"]})
+    except Exception as e:  # reported by the test, with the compiler's message
+        out["error"] = f"{type(e).__name__}: {e}"[-3000:]
+        return out
+    log = buf.getvalue()
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    regs = re.search(r"Used (\d+) registers", log)
+    out.update(ptxas_log=log[-2000:], spill_stores=spill and int(spill.group(1)),
+               spill_loads=spill and int(spill.group(2)), regs=regs and int(regs.group(1)),
+               shared=k.metadata.shared)
+    ptx = k.asm["ptx"]
+    out["ld_v4"] = len(re.findall(r"ld\.global(\.\w+)*\.v4", ptx))
+    out["ld_v2"] = len(re.findall(r"ld\.global(\.\w+)*\.v2", ptx))
+    out["ld_all"] = len(re.findall(r"ld\.global", ptx))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
+    if os.path.exists(cuobjdump):
+        with tempfile.NamedTemporaryFile(suffix=".cubin", dir=cache_dir) as f:
+            f.write(k.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
+                                   capture_output=True, text=True).stdout
+        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", usage)
+        if m:
+            out.update(cubin_regs=int(m.group(1)), stack=int(m.group(2)),
+                       cubin_shared=int(m.group(3)))
+    return out
+
+
+def compile_all(workers: int = 2):
+    names = list(_configs())
+    with tempfile.TemporaryDirectory() as tmp:
+        jobs = [(n, cc, os.path.join(tmp, f"{i}-{cc}")) for i, n in enumerate(names)
+                for cc in TARGETS]
+        import multiprocessing as mp
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
+            results = list(ex.map(_compile_one, jobs))
+    return {(r["name"], r["cc"]): r for r in results}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return compile_all(workers=max(1, min(4, os.cpu_count() or 1)))
+
+
+def _ids():
+    try:
+        return [(n, cc) for n in _configs() for cc in TARGETS]
+    except ImportError:  # no triton: the module is skipped anyway
+        return []
+
+
+@pytest.mark.parametrize("name,cc", _ids(), ids=[f"{n}-sm{cc}" for n, cc in _ids()])
+def test_kernel_compiles_without_spills(compiled, name, cc):
+    r = compiled[(name, cc)]
+    assert "error" not in r, r.get("error")
+    assert r["spill_stores"] is not None, f"no ptxas -v log captured:\n{r['ptxas_log']}"
+    assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r["ptxas_log"]
+    assert r["regs"] <= 255
+
+
+@pytest.mark.parametrize("name,cc", _ids(), ids=[f"{n}-sm{cc}" for n, cc in _ids()])
+def test_contiguous_path_loads_are_vectorized(compiled, name, cc):
+    r = compiled[(name, cc)]
+    assert "error" not in r, r.get("error")
+    assert r["ld_v4"] > 0, f"{name}: no ld.global.v4 among {r['ld_all']} global loads"
+
+
+def test_every_launch_configuration_is_shipped():
+    """The host code only launches configurations this file compiles."""
+    from fastvae.backends import triton_backend as tb
+    names = set(_configs())
+    old = tb.CONFIG_MODE
+    tb.CONFIG_MODE = "gpu"
+    try:
+        for kernel in ("elbo", "iwae"):
+            for d in (1, 7, 64, 65, 256, 784, 1003, 1024, 4100, 50_000):
+                for lik in range(4):
+                    bb, bd, bl, warps = tb.row_config(256, d, 32, kernel, lik)
+                    assert f"{kernel}_rows[LIK={lik},{bb}x{bd},L{bl}]" in names
+    finally:
+        tb.CONFIG_MODE = old
+
+
+def markdown_table(results) -> str:
+    lines = ["| kernel [config] | sm | warps | regs | spill st/ld (B) | stack (B) | shared (B) "
+             "| ld.global v4/v2/all |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, cc), r in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        if "error" in r:
+            lines.append(f"| {name} | {cc} | {r['num_warps']} | build error | | | | |")
+            continue
+        lines.append(f"| {name} | {cc} | {r['num_warps']} | {r['regs']} | {r['spill_stores']}/"
+                     f"{r['spill_loads']} | {r.get('stack', '?')} | {r['shared']} | "
+                     f"{r['ld_v4']}/{r['ld_v2']}/{r['ld_all']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    print(markdown_table(compile_all(workers=os.cpu_count() or 1)))

@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from . import _native
+
 _LOG2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -67,6 +69,108 @@ def _log_likelihood(x, recon, likelihood, obs_logvar):
     return value, grad, None
 
 
+# -- the ELBO's likelihood term, row chunk by row chunk -----------------------------------
+#
+# Eager autograd keeps several B x D tensors alive (the BCE's intermediates, then the
+# gradient); here the only B x D tensors are the gradients we return. Everything else
+# is a temporary of one row chunk, sized to stay in L2 cache (1 MiB per core on the
+# development machine): _CHUNK_ELEMS fp32 elements are 256 KiB per temporary.
+_CHUNK_ELEMS = 1 << 16
+
+
+def _row_chunks(batch: int, d: int):
+    rows = max(1, _CHUNK_ELEMS // max(d, 1))
+    return [(i, min(i + rows, batch)) for i in range(0, batch, rows)]
+
+
+def _scale_into(out, g, c: float):
+    """out = c * g (out may be g itself, or of another dtype)."""
+    if c == 1.0:
+        if out is not g:
+            out.copy_(g)
+    else:
+        torch.mul(g, c, out=out)
+
+
+def _bernoulli_chunk(x, logits, g, c: float, rows):
+    """rows = sum_d x*l - softplus(l); g (if given) = c * (x - sigmoid(l)).
+
+    x, logits: one chunk in the compute dtype. The compiled kernel (float32) does it
+    in one pass; otherwise aten ops over the chunk, with one chunk-sized temporary.
+    """
+    if logits.dtype == torch.float32 and _native.load() is not None:
+        x, logits = x.contiguous(), logits.contiguous()
+        direct = g is None or (g.dtype == torch.float32 and g.is_contiguous())
+        out = g if direct else torch.empty_like(logits)
+        _native.bernoulli_rows(x, logits, out, c, rows)
+        if not direct:
+            g.copy_(out)
+        return
+    s = torch.sigmoid(logits)
+    if g is not None:
+        if c == -1.0:      # -ELBO (ELBOLoss): one pass, straight into g
+            torch.sub(s, x, out=g)
+        elif c == 1.0:
+            torch.sub(x, s, out=g)
+        else:
+            torch.mul(x - s, c, out=g)
+    # softplus(l) = relu(l) + log1p(e), e = exp(-|l|), and -log1p(e) = log sigmoid(|l|)
+    # = log(0.5 + |s - 0.5|): the sigmoid we already have, one log instead of
+    # softplus's exp + log1p (3x slower in aten). The log's argument is in [0.5, 1], so
+    # the error is absolute, below 1e-7 per element, like fp32 rounding of the value.
+    # float64 keeps log1p: there the tests ask for full precision.
+    if s.dtype == torch.float64:
+        t = torch.log1p(torch.exp(-logits.abs())).neg_()
+    else:
+        t = s.sub_(0.5).abs_().add_(0.5).log_()
+    t.addcmul_(x, logits).sub_(logits.clamp(min=0))
+    torch.sum(t, -1, out=rows)
+
+
+def _log_px_rows(x, recon, likelihood, obs, c, dtype, g_x, g_r, g_obs):
+    """log p(x|z) per row (in ``dtype``); writes the c-scaled gradients into the given
+    outputs (None where not needed). g_obs is (D,) (summed over rows) or (B, D)."""
+    batch, d = x.shape
+    rows = torch.empty(batch, dtype=dtype, device=x.device)
+    if likelihood == "bernoulli":
+        if (dtype == torch.float32 and _native.usable(x, recon) and _native.load() is not None
+                and (g_r is None or g_r.dtype == torch.float32)):
+            chunks = [(0, batch)]  # the kernel makes no temporaries: no need to chunk
+        else:
+            chunks = _row_chunks(batch, d)
+        for i, j in chunks:
+            rs = recon[i:j].to(dtype)
+            _bernoulli_chunk(x[i:j].to(dtype), rs, None if g_r is None else g_r[i:j], c,
+                             rows[i:j])
+            if g_x is not None:  # d/dx of x*l is the logits
+                torch.mul(rs, c, out=g_x[i:j])
+        return rows
+    obs_rows = isinstance(obs, torch.Tensor) and obs.dim() == 2
+    if isinstance(obs, torch.Tensor) and not obs_rows:
+        obs = obs.to(dtype)
+    # A (D,) gradient is summed over rows chunk after chunk, in a fixed order, in dtype.
+    g_obs_sum = None
+    if g_obs is not None and g_obs.dim() == 1:
+        g_obs_sum = torch.zeros(d, dtype=dtype, device=x.device)
+    for i, j in _row_chunks(batch, d):
+        xs, rs = x[i:j].to(dtype), recon[i:j].to(dtype)
+        o = obs[i:j].to(dtype) if obs_rows else obs
+        value, g, g_o = _log_likelihood(xs, rs, likelihood, o)
+        rows[i:j] = value
+        if g_r is not None:
+            torch.mul(g, c, out=g_r[i:j])
+        if g_x is not None:  # d/dx: the logits (continuous Bernoulli), -(x - m) / var (Gaussian)
+            torch.mul(g if likelihood == "gaussian" else rs,
+                      -c if likelihood == "gaussian" else c, out=g_x[i:j])
+        if g_obs_sum is not None:
+            g_obs_sum.add_(g_o.sum(0), alpha=c)
+        elif g_obs is not None:
+            torch.mul(g_o, c, out=g_obs[i:j])
+    if g_obs_sum is not None:
+        g_obs.copy_(g_obs_sum)
+    return rows
+
+
 def _kl_terms(mu, logvar, z, kl):
     """Per-dim KL (B, L) and its partials w.r.t. mu, logvar, z (z's is None for analytic)."""
     if kl == "analytic":
@@ -94,41 +198,50 @@ def _obs(obs, obs_scalar):
     return obs_scalar if obs is None else obs
 
 
+def _grad_buffer(t, need: bool, shape=None):
+    """The output a gradient is written into (t's dtype), or None when not needed."""
+    if not need or t is None:
+        return None
+    return torch.empty(shape if shape is not None else t.shape, dtype=t.dtype, device=t.device)
+
+
 def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
              reduction, scale, needs):
     """ELBO (times ``scale``) and its gradients w.r.t. (x, recon, mu, logvar, z, obs).
 
     The gradients are of the returned value: for "mean"/"sum" of the reduced value,
     for "none" of each row's own value (backward weighs rows by grad_output).
+    The Bernoulli term of fp32 inputs runs in the compiled kernel of
+    ``fastvae.backends._native`` when it is available (first use compiles it, about
+    0.2 s, once per machine); otherwise in row chunks of aten ops.
     """
-    obs_t = obs
     dtype = _compute_dtype(x, recon, mu, logvar, z, obs)
-    xf, rf, muf, lvf, zf = (_f(t, dtype) for t in (x, recon, mu, logvar, z))
-    of = _f(_obs(obs, obs_scalar), dtype)
-    log_px, g_recon, g_obs = _log_likelihood(xf, rf, likelihood, of)
-    kl_bl, d_mu, d_lv, d_z = _kl_terms(muf, lvf, zf, kl)
+    batch = x.shape[0]
+    c = scale * _reduce_scale(batch, reduction)
+    g_x, g_r = _grad_buffer(x, needs[0]), _grad_buffer(recon, needs[1])
+    g_obs = None
+    if needs[5] and obs is not None and likelihood == "gaussian":
+        g_obs = _grad_buffer(obs, True, x.shape if reduction == "none" else obs.shape)
+    log_px = _log_px_rows(x, recon, likelihood, _obs(obs, obs_scalar), c, dtype,
+                          g_x, g_r, g_obs)
+    kl_bl, d_mu, d_lv, d_z = _kl_terms(_f(mu, dtype), _f(logvar, dtype), _f(z, dtype), kl)
     if free_bits > 0 and kl_bl.shape[0] > 0:
         below = kl_bl.mean(0, keepdim=True) < free_bits
         kl_bl = torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl)
         keep = (~below).to(dtype)
         d_mu, d_lv = d_mu * keep, d_lv * keep
         d_z = None if d_z is None else d_z * keep
-    per_sample = log_px - beta * kl_bl.sum(-1)
-    c = scale * _reduce_scale(x.shape[0], reduction)
-    g_x = None
-    if needs[0]:  # d/dx: the logits (Bernoulli kinds), -(x - m) / var (Gaussian)
-        g_x = (-g_recon if likelihood == "gaussian" else rf) * c
-    if needs[5] and g_obs is not None and reduction != "none" and obs_t.shape != g_obs.shape:
-        g_obs = g_obs.sum(0)
-    value = per_sample * c if reduction == "none" else per_sample.sum() * c
+    per_sample = log_px.sub_(kl_bl.sum(-1), alpha=beta) if beta != 0 else log_px
+    value = per_sample.mul_(c) if reduction == "none" else per_sample.sum() * c
+    kc = -beta * c
     return (
         value.to(dtype),
-        _out(g_x, x, needs[0]),
-        _out(g_recon * c, recon, needs[1]),
-        _out(d_mu * (-beta * c), mu, needs[2]),
-        _out(d_lv * (-beta * c), logvar, needs[3]),
-        _out(None if d_z is None else d_z * (-beta * c), z if z is not None else mu, needs[4]),
-        _out(None if g_obs is None else g_obs * c, obs_t if obs_t is not None else x, needs[5]),
+        g_x if g_x is not None else x.new_empty(0),
+        g_r if g_r is not None else x.new_empty(0),
+        _out(d_mu * kc, mu, needs[2]),
+        _out(d_lv * kc, logvar, needs[3]),
+        _out(None if d_z is None else d_z * kc, z if z is not None else mu, needs[4]),
+        g_obs if g_obs is not None else x.new_empty(0),
     )
 
 
@@ -180,22 +293,25 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
 
 
 class _Reparameterize(torch.autograd.Function):
-    """Saves std * eps, the one tensor dlogvar needs (the Triton backend regenerates eps)."""
+    """Saves std * eps, the one new tensor dlogvar needs (the Triton backend regenerates eps),
+    and logvar itself (a reference, no memory) for second-order gradients."""
 
     @staticmethod
     def forward(ctx, mu, logvar, eps):
         std = torch.exp(0.5 * logvar)
-        ctx.save_for_backward(std * eps if ctx.needs_input_grad[1] else None)
+        ctx.save_for_backward(std * eps if ctx.needs_input_grad[1] else None, logvar)
         ctx.sample_dims = eps.dim() - mu.dim()
         return torch.addcmul(mu, std, eps)
 
     @staticmethod
     def backward(ctx, dz):
-        (std_eps,) = ctx.saved_tensors
+        std_eps, logvar = ctx.saved_tensors
         dims = tuple(range(ctx.sample_dims))
         dmu = dz.sum(dims) if dims else dz
         dlv = None
         if std_eps is not None:
+            if torch.is_grad_enabled():  # create_graph: std * eps as a function of logvar
+                std_eps = std_eps * torch.exp(0.5 * (logvar - logvar.detach()))
             prod = dz * std_eps * 0.5
             dlv = prod.sum(dims) if dims else prod
         return dmu, dlv, None

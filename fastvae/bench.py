@@ -95,14 +95,15 @@ class Case:
 
     @property
     def shape(self) -> str:
-        s = f"B={self.batch} D={self.dim} L={self.latent}"
-        return s + (f" K={self.k}" if OPS[self.op].uses_k else "")
+        """``B=4096 D=784 L=32`` (+ `` K=16``; the sampler has no D)."""
+        d = "" if self.op == "reparameterize" else f" D={self.dim}"
+        return f"B={self.batch}{d} L={self.latent}" + (
+            f" K={self.k}" if OPS[self.op].uses_k else "")
 
     @property
     def id(self) -> str:
         """A pytest id: ``B4096-D784-L32[-K16]-fp32``."""
-        s = f"B{self.batch}-D{self.dim}-L{self.latent}"
-        return s + (f"-K{self.k}" if OPS[self.op].uses_k else "") + f"-{self.dtype_name}"
+        return self.shape.replace("=", "").replace(" ", "-") + f"-{self.dtype_name}"
 
     def largest_elements(self) -> int:
         """Elements of the case's largest tensor (the memory it needs scales with it)."""
@@ -385,34 +386,53 @@ def _train_inputs(case: Case, gen: torch.Generator) -> dict:
     return {"x": x.to(case.dtype), "model": model, "seed": 1234}
 
 
+def train_step_builder(get_loss: Callable, backend: str, own_rng: bool = False):
+    """A training-step variant's ``build``: one Adam step of a copy of the case's
+    model, on ``backend``, with the loss ``get_loss()`` computed from its outputs.
+    ``own_rng``: the backend's sampler does not draw from torch's stream, so the
+    checked first step draws z with the eager sampler instead."""
+    def build(case, inputs):
+        x, model = inputs["x"], copy.deepcopy(inputs["model"])
+        loss_fn = get_loss()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        params = list(model.parameters())
+
+        def run(eager_noise):
+            opt.zero_grad(set_to_none=True)
+            if eager_noise:  # the same z as eager's, from torch's RNG stream
+                mu, logvar = model.encode(x)
+                z = fastvae.reparameterize(mu, logvar, backend="reference")
+                recon = model.decode(z)
+            else:
+                recon, mu, logvar, _ = model(x, backend=backend)
+            loss = loss_fn(x, recon, mu, logvar)
+            loss.backward()
+            opt.step()
+            return (loss.detach(), *(p.grad for p in params))
+
+        def step():
+            return run(False)
+        if own_rng:
+            # Triton draws eps from in-kernel Philox, not torch.randn: its first
+            # (checked) step uses eager's noise; the sampler has its own check.
+            step.check_step = lambda: run(True)
+        return step
+    return build
+
+
 def _train_variants() -> Dict[str, Variant]:
     """One Adam step. ``eager``/``distributions``/``compile`` draw z with the eager
     reparameterization (backend "reference") and compute their own loss from the
     model's outputs; ``fastvae-*`` run the model on the fused backend end to end."""
 
-    def make(get_loss, backend):
-        def build(case, inputs):
-            x, model = inputs["x"], copy.deepcopy(inputs["model"])
-            loss_fn = get_loss()
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            params = list(model.parameters())
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                recon, mu, logvar, _ = model(x, backend=backend)
-                loss = loss_fn(x, recon, mu, logvar)
-                loss.backward()
-                opt.step()
-                return (loss.detach(), *(p.grad for p in params))
-            return step
-        return build
-
+    make = train_step_builder
     return {
         "eager": Variant("eager", make(lambda: eager_loss, "reference")),
         "distributions": Variant("distributions", make(lambda: distributions_loss, "reference")),
         "compile": Variant("compile", make(lambda: compiled(eager_loss), "reference")),
         "fastvae-torch": Variant("fastvae-torch", make(lambda: fastvae_loss("torch"), "torch")),
-        "fastvae-triton": Variant("fastvae-triton", make(lambda: fastvae_loss("triton"), "triton"),
+        "fastvae-triton": Variant("fastvae-triton",
+                                  make(lambda: fastvae_loss("triton"), "triton", own_rng=True),
                                   cuda_only=True),
     }
 
@@ -686,7 +706,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
         # The first call is checked: every variant starts from the same inputs (and, for
         # training steps, the same weights and the same seed, hence the same noise).
         torch.manual_seed(inputs.get("seed", seed))
-        first[n], out = _timed(steps[n], case.device)
+        first[n], out = _timed(getattr(steps[n], "check_step", steps[n]), case.device)
         if check:  # keep a copy: later calls of the same step may reuse the buffers
             outputs[n] = tuple(None if t is None else t.detach().clone() for t in out)
         del out
@@ -760,7 +780,6 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
 def run_case(case: Case, variants=None, **kw) -> List[dict]:
     """prepare + measure, freeing the case's tensors before returning."""
     prep_kw = {k: kw.pop(k) for k in ("seed", "extra_variants", "warmup", "check") if k in kw}
-    
     prepared = prepare(case, variants, **prep_kw)
     try:
         return measure(prepared, **kw)

@@ -44,9 +44,24 @@ def test_fastvae_bench_subcommand(capsys):
 
 
 def test_train_step_variants_agree_on_the_first_step():
+    # "own-rng" checks the path the Triton variant takes on a GPU: its checked first
+    # step draws z with the eager sampler, later steps with the backend's own.
+    own = bench.Variant("own-rng", bench.train_step_builder(
+        lambda: bench.fastvae_loss("torch"), "torch", own_rng=True))
     prepared = bench.prepare(bench.Case("train_mlp", 8, 16, 2), ["eager", "fastvae-torch"],
-                             warmup=0)
-    assert set(prepared.steps) == {"eager", "fastvae-torch"}
+                             extra_variants={"own-rng": own}, warmup=0)
+    assert set(prepared.steps) == {"eager", "fastvae-torch", "own-rng"}
+
+
+def test_train_step_check_rejects_a_wrong_loss():
+    def half_kl(x, recon, mu, logvar):  # beta = 0.5 where 1 was asked for
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(recon, x, reduction="sum")
+        return bce - 0.25 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+    wrong = bench.Variant("wrong", bench.train_step_builder(lambda: half_kl, "torch"))
+    with pytest.raises(bench.AgreementError, match="wrong"):
+        bench.prepare(bench.Case("train_conv", 4, 64, 2), ["eager"],
+                      extra_variants={"wrong": wrong}, warmup=0)
 
 
 def _wrong_elbo(case, inputs):

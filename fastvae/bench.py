@@ -1028,7 +1028,8 @@ def plot(rows: List[dict], path: str) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
         ax.set_xscale("log", base=2)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{op} D={d} L={l}" + (f" K={k}" if k else "") + f" {dt}", fontsize=9)
+        shape = rs[0]["shape"].split(" ", 1)[1]  # the case's shape without its B
+        ax.set_title(f"{op} {shape} {dt}", fontsize=9)
         ax.set_xlabel("batch size B")
         ax.set_ylabel("speed-up vs eager")
         ax.legend(fontsize=7)

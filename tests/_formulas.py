@@ -24,8 +24,10 @@ def d(t):
 # -- per-element terms -------------------------------------------------------------
 
 def softplus(l):
+    """log(1 + e^l), stable, with the exact derivative sigmoid(l) everywhere (a
+    clamp/abs form would give autograd's subgradient 1 instead of 0.5 at l = 0)."""
     l = d(l)
-    return l.clamp(min=0) + torch.log1p(torch.exp(-l.abs()))
+    return torch.logaddexp(torch.zeros_like(l), l)
 
 
 def bernoulli_ll(x, l):

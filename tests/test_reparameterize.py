@@ -199,34 +199,23 @@ def test_numpy_integer_n_samples():
     assert fastvae.reparameterize(mu, lv, n_samples=np.int64(3)).shape == (3, 2, 3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "closed_form._Reparameterize is not once-differentiable-safe: with create_graph=True its "
-    "backward returns a dlogvar built from the graph-less saved std*eps, so it does not require "
-    "grad and a gradient penalty on it is silently dropped (true d(dlogvar)/dlogvar = "
-    "0.25*dz*std*eps). Eager gives a differentiable gradient; fastvae's other ops raise. "
-    "Reported to the lead."))
-def test_double_backward_correct_or_raises():
-    """create_graph=True: the first gradient must either carry a correct graph or make any
-    use of it in a further backward raise; silently dropping it is the failure."""
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_samples", [None, 2])
+def test_double_backward(backend, n_samples):
+    """create_graph=True (gradient penalties): the first gradient must carry a correct graph
+    (or make any use of it raise); silently dropping it is the failure. True second
+    derivative: d/dlogvar of sum(dz * 0.5 * std * eps) = sum(dz * 0.25 * std * eps)."""
     mu, lv = latents(3, 2)
     g = torch.Generator().manual_seed(5)
-    z = fastvae.reparameterize(mu, lv, generator=g, backend="torch")
-    (glv,) = torch.autograd.grad(z.sum(), lv, create_graph=True)
+    z = fastvae.reparameterize(mu, lv, n_samples=n_samples, generator=g, backend=backend)
+    dz = torch.randn(z.shape, dtype=F64)
+    (glv,) = torch.autograd.grad(z, lv, dz, create_graph=True)
     assert glv.requires_grad, "dlogvar lost its graph: a penalty on it would be silently ignored"
     try:
         (h,) = torch.autograd.grad(glv.sum(), lv)
     except RuntimeError:
         return  # raising is acceptable
     eps = ((z - mu) * torch.exp(-0.5 * lv)).detach()
-    want = 0.25 * torch.exp(0.5 * lv.detach()) * eps
+    want = dz * 0.25 * torch.exp(0.5 * lv.detach()) * eps
+    want = want.sum(0) if n_samples else want
     F.assert_close(h, want, 1e-12, scale=1.0)
-
-
-@pytest.mark.parametrize("backend", ["reference"])
-def test_double_backward_reference(backend):
-    mu, lv = latents(3, 2)
-    z = fastvae.reparameterize(mu, lv, generator=torch.Generator().manual_seed(5), backend=backend)
-    (glv,) = torch.autograd.grad(z.sum(), lv, create_graph=True)
-    (h,) = torch.autograd.grad(glv.sum(), lv)
-    eps = ((z - mu) * torch.exp(-0.5 * lv)).detach()
-    F.assert_close(h, 0.25 * torch.exp(0.5 * lv.detach()) * eps, 1e-12, scale=1.0)

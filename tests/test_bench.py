@@ -2,6 +2,7 @@
 
 Tiny shapes, no timed assertions; ``compile`` is left out to keep this under seconds.
 """
+import argparse
 import json
 
 import pytest
@@ -132,6 +133,21 @@ def test_reparameterize_self_check_rejects_a_wrong_sampler(build):
     with pytest.raises(bench.AgreementError, match="wrong"):
         bench.prepare(case, ["eager", "fastvae-torch"],
                       extra_variants={"wrong": bench.Variant("wrong", build)}, warmup=0)
+
+
+def test_default_grids():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    cpu = bench.grid_from_args(parser.parse_args([]), "cpu", [])
+    gpu = bench.grid_from_args(parser.parse_args([]), "cuda", [])
+    quick = bench.grid_from_args(parser.parse_args(["--quick"]), "cpu", [])
+    assert bench.Case("elbo", 4096, 784, 32) in cpu and bench.Case("elbo", 32768, 784, 32) in cpu
+    for grid in (cpu, quick):  # the CPU bar's training step
+        assert bench.Case("train_mlp", 4096, 784, 32) in grid
+    for dtype in (torch.float32, torch.bfloat16):  # the GPU bar's shape, both dtypes
+        assert bench.Case("elbo", 65536, 784, 32, dtype=dtype, device="cuda") in gpu
+        assert bench.Case("train_mlp", 65536, 784, 32, dtype=dtype, device="cuda") in gpu
+    assert all(c.largest_elements() <= 1 << 27 for c in cpu)
 
 
 def test_bytes_moved_model():

@@ -254,12 +254,16 @@ def _loss_step(loss_fn: Callable, inputs: dict, names: Sequence[str], backward: 
                 return (loss_fn(*args),)
         return step
 
-    def step():
+    def release():
         for t in leaves:
             t.grad = None
+
+    def step():
+        release()
         loss = loss_fn(*args)
         loss.backward()
         return (loss.detach(), *(t.grad for t in leaves))
+    step.release = release
     return step
 
 
@@ -291,11 +295,15 @@ def _reparam_variants() -> Dict[str, Variant]:
         def build(case, inputs):
             draw, mu, logvar, dz = get_fn(), inputs["mu"], inputs["logvar"], inputs["dz"]
 
-            def step():
+            def release():
                 mu.grad = logvar.grad = None
+
+            def step():
+                release()
                 z = draw(mu, logvar, case.k)
                 z.backward(dz)
                 return z.detach(), mu.grad, logvar.grad
+            step.release = release
             return step
         return build
 
@@ -412,6 +420,7 @@ def train_step_builder(get_loss: Callable, backend: str, own_rng: bool = False):
 
         def step():
             return run(False)
+        step.release = lambda: opt.zero_grad(set_to_none=True)
         if own_rng:
             # Triton draws eps from in-kernel Philox, not torch.randn: its first
             # (checked) step uses eager's noise; the sampler has its own check.
@@ -654,23 +663,30 @@ _NON_COMPUTE = {"aten::" + n for n in (
 def extras(step: Callable, device: str) -> Tuple[Optional[int], int, Optional[int]]:
     """(peak extra bytes allocated during ``step``, bytes saved for backward, kernels).
 
-    CUDA: ``max_memory_allocated`` above the start, and kernel launches seen by the
-    profiler. CPU: the running sum of the allocator's events under the profiler (it
-    sees inductor's buffers, unlike a dispatch mode), and the leaf aten ops that do
-    work plus inductor's C++ kernels. One profiled call (plus one on CUDA).
+    The previous call's gradients are freed first (``step.release``), so the peak
+    counts everything the step allocates and holds at once, its new gradients
+    included. CUDA: ``max_memory_allocated`` above the start, and kernel launches
+    seen by the profiler. CPU: the running sum of the allocator's events under the
+    profiler (it sees inductor's buffers, unlike a dispatch mode), and the leaf aten
+    ops that do work plus inductor's C++ kernels. One profiled call (plus one on CUDA).
     """
     from torch.profiler import ProfilerActivity, profile
 
     is_cuda = torch.device(device).type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if is_cuda else [])
+    # Free the previous call's gradients first: frees inside the window of memory
+    # allocated before it would otherwise offset (some of) the new allocations.
+    release = getattr(step, "release", lambda: None)
     peak = None
     if is_cuda:
+        release()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         step()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
+    release()
     _sync(device)
     with _quiet_stderr(), profile(activities=activities, profile_memory=not is_cuda) as prof:
         with count_saved() as saved:

@@ -235,3 +235,40 @@ def test_property_torch_vs_reference(k, b, d, l, likelihood, reduction, dtype, s
             s = (e.abs().max() if e.numel() else 0.0) + 1
             F.assert_close(g1, e, tol, scale=s)
             F.assert_close(g2, e, tol, scale=s)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["float", "0-d", "(D,)", "full", "per-sample", "channel"])
+def test_gaussian_obs_logvar_layouts(seed, backend, reduction, kind):
+    k, b = 3, 4
+    x, recon_k, mu, lv, z_k = make(k, b, (2, 3, 3), 2)
+    obs = {"float": 0.3, "0-d": torch.tensor(-0.2, dtype=F64), "(D,)": torch.randn(2, 3, 3, dtype=F64),
+           "full": torch.randn(b, 2, 3, 3, dtype=F64), "per-sample": torch.randn(b, 1, 1, 1, dtype=F64),
+           "channel": torch.randn(2, 1, 1, dtype=F64)}[kind]
+    if isinstance(obs, torch.Tensor):
+        obs = F.leaf(obs * 0.5)
+    got = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood="gaussian", obs_logvar=obs,
+                             reduction=reduction, backend=backend)
+    want = F.iwae(x, recon_k, mu, lv, z_k, likelihood="gaussian", obs_logvar=obs, reduction=reduction)
+    F.assert_close(got, want, 1e-10, scale=100.0)
+    ins = [x, recon_k, mu, lv, z_k] + ([obs] if isinstance(obs, torch.Tensor) else [])
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for g, e in zip(F.grads(got, ins, w), F.grads(want, ins, w)):
+        assert g.shape == e.shape
+        F.assert_close(g, e, 1e-10, scale=e.abs().max() + 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_many_rows(seed, dtype):
+    k, b, d, l = 3, 16, 1003, 8
+    ins = [F.leaf(t.detach().to(dtype)) for t in make(k, b, (d,), l)]
+    for likelihood in LIKELIHOODS:
+        got = fastvae.iwae_bound(*ins, likelihood=likelihood, reduction="none", backend="torch")
+        want = F.iwae(*ins, likelihood=likelihood, reduction="none")
+        F.assert_close(got, want, F.TOL[dtype], scale=3.0 * d)
+        # The softmax weights are as exact as log w's absolute error allows: a fp32 sum of
+        # ~D terms of size ~3 is good to ~eps * 3D, and that is the gradients' relative error.
+        gtol = 1e-10 if dtype == F64 else 4 * torch.finfo(dtype).eps * 3 * d
+        for g, e in zip(F.grads(got, ins), F.grads(want, ins)):
+            F.assert_close(g, e, gtol, scale=e.abs().max() + 1e-3)

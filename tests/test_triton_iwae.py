@@ -44,15 +44,22 @@ def check(k, b, d, l, like, reduction, dtype=torch.float32):
     ref = oracle_inputs(*inputs)
     want = iwae(*ref[:5], ref[5] if isinstance(obs, torch.Tensor) else obs, like, reduction,
                 "reference")
-    assert_close(got, want, dtype, "bound")
+    # the eager reference in fp32 on the same inputs: the softmax weights amplify fp32
+    # rounding of large log-weights in any fp32 implementation
+    ref32 = [None if t is None else t.detach().float().requires_grad_(t.requires_grad)
+             for t in ref]
+    eager = iwae(*ref32[:5], ref32[5] if isinstance(obs, torch.Tensor) else obs, like, reduction,
+                 "reference")
+    assert_close(got, want, dtype, "bound", eager=eager)
     wg = torch.linspace(0.5, 2.0, b, device=DEVICE) if got.dim() else None
     g = grads(got, inputs, wg)
     gw = grads(want, ref, None if wg is None else wg.double())
-    for name, t, a, w in zip(("x", "recon_k", "mu", "logvar", "z_k", "obs"), inputs, g, gw):
+    ge = grads(eager, ref32, wg)
+    for name, t, a, w, e in zip(("x", "recon_k", "mu", "logvar", "z_k", "obs"), inputs, g, gw, ge):
         if t is None:
             continue
         assert a.dtype == t.dtype and torch.isfinite(a).all(), name
-        assert_close(a, w, dtype, f"d/d{name}")
+        assert_close(a, w, dtype, f"d/d{name}", eager=e)
 
 
 @pytest.mark.parametrize("k,like,reduction", list(itertools.product(

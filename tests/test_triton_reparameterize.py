@@ -144,3 +144,14 @@ def test_large_counters_use_the_high_word():
     draw[(1,)](seed, ctr, out)
     assert out[0] == out[3]
     assert len({float(v) for v in out[:3]}) == 3
+
+
+def test_double_backward_raises(seed):
+    """Like every fused op: differentiable once; a second derivative raises, never silently
+    drops d(dlogvar)/dlogvar."""
+    mu = leaf(torch.randn(3, 4, device=DEVICE))
+    lv = leaf(torch.randn(3, 4, device=DEVICE))
+    z = fastvae.reparameterize(mu, lv, n_samples=2, backend="triton")
+    (g,) = torch.autograd.grad(z.sum(), [lv], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        g.sum().backward()

@@ -395,10 +395,17 @@ def _reparam_setup(ctx, inputs, output):
     ctx.save_for_backward(logvar, seed)
 
 
-def _reparam_backward(ctx, dz):
+def _reparam_backward_once(ctx, dz):
     logvar, seed = ctx.saved_tensors
     dmu, dlv = reparameterize_bwd_op(dz, logvar, seed, ctx.n_samples, bool(ctx.need[1]))
     return (dmu if ctx.need[0] else None, dlv if ctx.need[1] else None, None, None)
+
+
+def _reparam_backward(ctx, dz):
+    # Differentiable once, like every fused op: under create_graph=True the gradients
+    # raise when differentiated instead of silently missing d(dlogvar)/dlogvar.
+    from fastvae.ops import _once_differentiable  # ops imports this module: resolve late
+    return _once_differentiable(_reparam_backward_once)(ctx, dz)
 
 
 reparameterize_op.register_autograd(_reparam_backward, setup_context=_reparam_setup)

@@ -61,12 +61,16 @@ def _add_train(sub):
     a("--seed", type=int, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", default=None, help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
     a("--out", default=None,
-      help="run folder, e.g. runs/NAME [default: runs/<date-time>]")
+      help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
+           "... when that one already holds a run]")
     a("--resume", action="store_true", default=None,
       help="continue the run in --out from its checkpoint (bit-for-bit on CPU)")
     a("--iwae-k", type=int, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
            f"[default: {d['iwae_k']}]")
+    a("--threads", type=int, default=None,
+      help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such as digits "
+           "and MNIST, where more threads only add waiting; else torch's default) [default: 0]")
     _bool_flag(p, "--progress", "show the tqdm progress bar [default: on]")
     p.set_defaults(func=_cmd_train)
 
@@ -123,7 +127,7 @@ def _cmd_train(args):
 
     keys = ("dataset", "data_dir", "download", "model", "latent", "hidden", "channels",
             "epochs", "batch_size", "lr", "beta", "kl", "likelihood", "backend", "amp",
-            "compile", "seed", "device", "out", "resume", "iwae_k", "progress")
+            "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads")
     train({k: getattr(args, k) for k in keys})
     return 0
 

@@ -1,12 +1,14 @@
 """DistributedDataParallel on CPU (gloo, loopback only): the gradient averaged over 2
 ranks equals the single-process gradient of the same global batch, and
 ``torchrun -m fastvae train`` runs end to end with rank 0 writing the files."""
+import datetime
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -46,7 +48,8 @@ def _grads(model):
 def _worker(rank, port, x, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=120))
     try:
         models.reparameterize = _fixed_noise
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -56,13 +59,25 @@ def _worker(rank, port, x, out):
         loss, _ = batch_loss(ddp, x.chunk(WORLD)[rank], CFG)
         loss.backward()
         torch.save(_grads(core), f"{out}.{rank}")
+        dist.barrier()  # leave together: a rank tearing down alone can hang the other
     finally:
         dist.destroy_process_group()
 
 
+def _spawn(fn, args, timeout=180):
+    """mp.spawn with a deadline, so a stuck rank fails the test instead of hanging it."""
+    ctx = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"DDP workers did not finish in {timeout} s")
+
+
 def test_ddp_gradient_equals_single_process_gradient(tmp_path, monkeypatch):
     x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    mp.spawn(_worker, args=(_free_port(), x, str(tmp_path / "g")), nprocs=WORLD, join=True)
+    _spawn(_worker, (_free_port(), x, str(tmp_path / "g")))
     monkeypatch.setattr(models, "reparameterize", _fixed_noise)
     single = _model()
     loss, _ = batch_loss(single, x, CFG)  # mean over the whole global batch

@@ -161,3 +161,25 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     state = load_checkpoint(tmp_path)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_default_run_folder_never_overwrites(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny(None, epochs=1, iwae_k=0)
+    cfg.pop("out")
+    T.train(dict(cfg), log=quiet)
+    T.train(dict(cfg), log=quiet)
+    assert (tmp_path / "runs" / "digits" / CHECKPOINT_NAME).is_file()
+    assert (tmp_path / "runs" / "digits-2" / CHECKPOINT_NAME).is_file()
+    T.train(dict(cfg, epochs=2, resume=True), log=quiet)  # continues the newest
+    assert load_checkpoint(tmp_path / "runs" / "digits-2")["epoch"] == 2
+    assert load_checkpoint(tmp_path / "runs" / "digits")["epoch"] == 1
+
+
+def test_threads_setting_is_scoped_to_the_run(tmp_path):
+    before = torch.get_num_threads()
+    seen = []
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0, threads=before + 1),
+            log=lambda *a: seen.append(torch.get_num_threads()))
+    assert seen and seen[-1] == before + 1
+    assert torch.get_num_threads() == before

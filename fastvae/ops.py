@@ -76,7 +76,7 @@ def _weigh(g: Tensor, grad_out: Tensor, row_dim: int, need: bool = True) -> Tens
     gradient: an empty batch has real, empty gradients (eager autograd gives zero-size
     grads there, and the layers upstream then get zero gradients rather than None).
     """
-    if not need:
+    if not need or grad_out is None:  # None: an undefined (zero) grad_output
         return None
     if grad_out.dim() == 0:
         return g if _is_one(grad_out) else g * grad_out.to(g.dtype)
@@ -144,6 +144,10 @@ def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
 
 def _elbo_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    # Only output 0 (the value) is ever differentiated: do not let autograd fill the
+    # gradient outputs' grads with B x D zeros (a memset and a buffer the size of
+    # the gradients, every backward).
+    ctx.set_materialize_grads(False)
     ctx.needs = list(inputs[13])
     obs, reduction = inputs[5], inputs[11]
     ctx.per_row = reduction == "none"
@@ -192,6 +196,7 @@ def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs
 
 def _iwae_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.set_materialize_grads(False)  # as in _elbo_setup
     ctx.needs = list(inputs[9])
     obs, reduction = inputs[5], inputs[8]
     ctx.obs_shape = None if obs is None else obs.shape
@@ -235,6 +240,7 @@ def _(x, mean, logvar, logvar_scalar, needs, backend):
 
 def _gauss_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.set_materialize_grads(False)  # as in _elbo_setup
     ctx.needs = list(inputs[4])
     ctx.lv_shape = None if inputs[2] is None else inputs[2].shape
 
@@ -267,6 +273,7 @@ def _(mu, logvar, needs, backend):
 
 def _kl_setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:])
+    ctx.set_materialize_grads(False)  # as in _elbo_setup
     ctx.needs = list(inputs[2])
 
 

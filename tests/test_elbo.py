@@ -599,6 +599,8 @@ def cpu_path(request, monkeypatch):
 def test_many_rows(seed, cpu_path, dtype, likelihood, layout):
     """B * D past the fused backend's row chunk (65 rows of D = 1003, then a ragged 5),
     values and gradients vs the formula, per-row and summed, both obs_logvar layouts."""
+    if cpu_path == "aten" and likelihood != "bernoulli":
+        pytest.skip("only the Bernoulli term has a compiled kernel: the aten path is the same")
     b, d, l = 70, 1003, 4
     x, recon, mu, lv, z = make(b, (d,), l, dtype=dtype)
     if layout == "strided":

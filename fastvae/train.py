@@ -290,7 +290,9 @@ def _train_in_group(cfg, state, device, rank, world, say):
 
         model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:
-        model = torch.compile(model)
+        # dynamic=False: one graph per batch shape (full and last batch); fastvae's
+        # sampler draws noise with torch.randn(generator=...), which needs concrete sizes.
+        model = torch.compile(model, dynamic=False)
     sampler = None
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler

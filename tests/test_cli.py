@@ -88,3 +88,29 @@ def test_bench_hook_without_and_with_module(monkeypatch, capsys):
     monkeypatch.setattr(fastvae, "bench", fake, raising=False)
     assert cli.main(["bench", "--sizes", "big"]) == 0
     assert seen == {"sizes": "big"}
+
+
+def test_conv_on_mnist_idx_files_with_amp(tmp_path, capsys):
+    """28x28 IDX files in torchvision's layout -> conv VAE, bf16 autocast, Gaussian
+    likelihood with the MC KL: the whole path runs and the run can be evaluated."""
+    import numpy as np
+
+    from fastvae.data import write_idx
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    write_idx(raw / "train-images-idx3-ubyte.gz", rng.randint(0, 256, (48, 28, 28)).astype(np.uint8))
+    write_idx(raw / "t10k-images-idx3-ubyte", rng.randint(0, 256, (8, 28, 28)).astype(np.uint8))
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--model", "conv",
+            "--channels", "4", "8", "--hidden", "16", "--latent", "2", "--epochs", "1",
+            "--batch-size", "16", "--amp", "--likelihood", "gaussian", "--kl", "mc",
+            "--iwae-k", "3", "--no-progress", "--out", str(run)]
+    assert cli.main(args) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["config"]["data_shape"] == [1, 28, 28] and m["config"]["amp"] is True
+    assert np.isfinite(m["final"]["test_iwae_nll"])
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_test"] == 8

@@ -697,3 +697,58 @@ def test_create_graph_first_order_values_unchanged(seed):
     g2 = torch.autograd.grad(fastvae.elbo(x, recon, mu, lv, backend="torch"), [recon, mu])
     for a, b in zip(g1, g2):
         assert torch.equal(a.detach(), b)
+
+
+# -- no side effects: inputs untouched, results and gradients not shared between calls ------
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.bfloat16])
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_inputs_not_modified_and_no_shared_buffers(seed, dtype, likelihood, reduction):
+    b, d, l = 9, 77, 3
+    obs = torch.randn(d, dtype=dtype) * 0.3 if likelihood == "gaussian" else 0.0
+
+    def run(x, r, mu, lv, z, o):
+        ins = [F.leaf(t) for t in (x, r, mu, lv, z)] + ([F.leaf(o)] if isinstance(o, torch.Tensor) else [])
+        for kl in ("analytic", "mc"):
+            v = fastvae.elbo(ins[0], ins[1], ins[2], ins[3], likelihood=likelihood, kl=kl,
+                             z=ins[4] if kl == "mc" else None, beta=1.0, free_bits=0.01,
+                             obs_logvar=ins[5] if len(ins) > 5 else o, reduction=reduction,
+                             backend="torch")
+            v.sum().backward()
+        return v.detach(), [t.grad for t in ins], ins
+
+    first = make(b, (d,), l, dtype=dtype)
+    snapshot = [t.clone() for t in first] + ([obs.clone()] if isinstance(obs, torch.Tensor) else [])
+    v1, g1, ins1 = run(*first, obs)
+    for t, s in zip(ins1, snapshot):
+        assert torch.equal(t.detach(), s), "an input was modified in place"
+    keep_v, keep_g = v1.clone(), [g.clone() for g in g1]
+    second = make(b, (d,), l, dtype=dtype)
+    v2, g2, _ = run(*second, obs * 2 if isinstance(obs, torch.Tensor) else obs)
+    assert torch.equal(v1, keep_v), "a later call overwrote an earlier result"
+    for a, k in zip(g1, keep_g):
+        assert torch.equal(a, k), "a later call overwrote an earlier gradient"
+    ptrs = [g.data_ptr() for g in g1 + g2 if g.numel()]
+    assert len(set(ptrs)) == len(ptrs), "two gradients share storage"
+
+
+@pytest.mark.parametrize("op", ["kl", "gauss", "iwae", "reparam"])
+def test_other_ops_do_not_modify_inputs(seed, op):
+    x, recon, mu, lv, z = make(5, (13,), 4, dtype=torch.float32)
+    ins = [F.leaf(t) for t in (x, recon, mu, lv, z)]
+    snap = [t.detach().clone() for t in ins]
+    if op == "kl":
+        out = fastvae.kl_standard_normal(ins[2], ins[3], backend="torch")
+    elif op == "gauss":
+        out = fastvae.gaussian_log_prob(ins[0], ins[1], ins[3][:, :1], backend="torch")
+    elif op == "iwae":
+        out = fastvae.iwae_bound(ins[0], ins[1][None], ins[2], ins[3], ins[4][None], backend="torch")
+    else:
+        out = fastvae.reparameterize(ins[2], ins[3], n_samples=2, backend="torch")
+    out.sum().backward()
+    for t, s in zip(ins, snap):
+        assert torch.equal(t.detach(), s)
+    for t in ins:
+        if t.grad is not None and t.grad.numel():
+            assert t.grad.data_ptr() != t.data_ptr(), "a gradient aliases its input"

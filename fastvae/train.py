@@ -89,10 +89,12 @@ def _set_threads(cfg: dict, device, sample_size: int) -> None:
         torch.set_num_threads(n)
 
 
-def _all_reduce_(t: torch.Tensor, world: int) -> torch.Tensor:
+def _all_reduce(t: torch.Tensor, world: int, device) -> torch.Tensor:
+    """Sum over ranks, returned on the CPU (NCCL reduces only CUDA tensors)."""
     if world > 1:
+        t = t.to(device)
         torch.distributed.all_reduce(t)
-    return t
+    return t.cpu()
 
 
 # -- one step and evaluation --------------------------------------------------------
@@ -170,21 +172,20 @@ def _rng_state(shuffle_gen, world: int) -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if world > 1:  # every rank draws its own noise; rank 0 saves them all
+        mine = {k: v for k, v in state.items() if k != "shuffle"}
         states = [None] * world
-        torch.distributed.all_gather_object(states, torch.get_rng_state())
-        state["torch_per_rank"] = states
+        torch.distributed.all_gather_object(states, mine)
+        state["per_rank"] = states
     return state
 
 
 def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
-    per_rank = state.get("torch_per_rank")
-    if world > 1 and per_rank and len(per_rank) == world:
-        torch.set_rng_state(per_rank[rank])
-    else:
-        torch.set_rng_state(state["torch"])
+    per_rank = state.get("per_rank")
+    own = per_rank[rank] if world > 1 and per_rank and len(per_rank) == world else state
+    torch.set_rng_state(own["torch"])
+    if "cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
     shuffle_gen.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _default_out(dataset: str, resume: bool) -> Path:
@@ -328,7 +329,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
             ctx = torch.autocast(device.type, dtype=amp_dtype) if cfg["amp"] else contextlib.nullcontext()
             with ctx:
                 loss, (recon, mu, logvar) = batch_loss(model, x, cfg)
-            glob = _all_reduce_(loss.detach().double().reshape(1).cpu(), world) / world
+            glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world
             if not math.isfinite(float(glob)):
                 kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept at "
                         f"{out / CHECKPOINT_NAME}" if history else "no checkpoint was written yet")
@@ -349,7 +350,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
                                 samples_s=f"{sums[3].item() * world / elapsed:.0f}", refresh=False)
         if bar is not None:
             bar.close()
-        _all_reduce_(sums, world)
+        sums = _all_reduce(sums, world, device)
         n = sums[3].item()
         train_m = {"loss": sums[0].item() / n, "rec": sums[1].item() / n, "kl": sums[2].item() / n}
         train_m["elbo"] = train_m["rec"] - train_m["kl"]

@@ -111,4 +111,5 @@ def test_torchrun_trains_with_rank0_writing(tmp_path):
     assert r.stdout.count("epoch   1/1") == 1  # only rank 0 prints
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert len(state["rng"]["torch_per_rank"]) == WORLD
+    per_rank = state["rng"]["per_rank"]
+    assert len(per_rank) == WORLD and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])

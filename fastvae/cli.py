@@ -133,8 +133,7 @@ def _cmd_train(args):
 
 
 def _load_run(run, device_name):
-    import torch
-
+    """(checkpoint dict, model in eval mode on its device, device)."""
     from .checkpoint import load_checkpoint
     from .models import build_model
     from .train import resolve_device
@@ -143,14 +142,14 @@ def _load_run(run, device_name):
     device = resolve_device(device_name)
     model = build_model(state["config"])
     model.load_state_dict(state["model"])
-    return state, model.to(device).eval(), device, torch
+    return state, model.to(device).eval(), device
 
 
 def _cmd_eval(args):
     from .data import load_dataset
     from .train import evaluate, iwae_nll
 
-    state, model, device, _ = _load_run(args.run, args.device)
+    state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])
     if args.data_dir is not None:
         cfg["data_dir"] = args.data_dir
@@ -175,7 +174,9 @@ def _cmd_sample(args):
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    _, model, device, torch = _load_run(args.run, args.device)
+    import torch
+
+    _, model, device = _load_run(args.run, args.device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     images = model.sample(args.n, generator=gen).float().cpu()
     out = Path(args.out) if args.out else checkpoint_path(args.run).parent / f"samples-{args.n}.png"

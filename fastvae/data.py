@@ -125,10 +125,10 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
 
 def _split(images: torch.Tensor, seed: int = SPLIT_SEED):
     """The fixed, seeded train/test split (test = the first 20% of a permutation)."""
-    perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(images)))
-    n_test = max(1, int(round(len(images) * TEST_FRACTION)))
     if len(images) < 2:
         raise DataError(f"need at least 2 images to split into train and test, got {len(images)}")
+    perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(images)))
+    n_test = max(1, int(round(len(images) * TEST_FRACTION)))
     return images[perm[n_test:]], images[perm[:n_test]]
 
 

@@ -89,7 +89,7 @@ def compile_all(workers: int = 2):
         jobs = [(n, cc, os.path.join(tmp, f"{i}-{cc}")) for i, n in enumerate(names)
                 for cc in TARGETS]
         import multiprocessing as mp
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as ex:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
             results = list(ex.map(_compile_one, jobs))
     return {(r["name"], r["cc"]): r for r in results}
 

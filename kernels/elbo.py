@@ -9,7 +9,9 @@ logvar and z are written in the same pass, already multiplied by the backward sc
 
 ``elbo_finish_kernel`` — grid ``1 + cdiv(D, BLOCK_D)`` (only when needed): program 0
 applies free bits (per-latent batch mean of the saved (B, L) KL, clamp, row values
-fixed up, clamped latents' gradients zeroed) and sums the rows in a fixed order;
+fixed up, clamped latents' gradients zeroed; one program, so O(B*L / 2048) dependent
+steps: free bits is cheap only for modest B*L) and sums the rows in a fixed order
+(without free bits in blocks of BLOCK_B*BLOCK_L rows);
 programs 1.. sum the per-program partial obs_logvar gradients column by column.
 No atomics: the same inputs give the same bits.
 
@@ -162,12 +164,15 @@ def elbo_finish_kernel(
                     total += tl.where(rmask, v, 0.0)
                 else:
                     tl.store(OUT + rows, (v * c).to(OUT.dtype.element_ty), mask=rmask)
+            if (flags & 2) != 0:
+                tl.store(OUT, (tl.sum(total, axis=0) * c).to(OUT.dtype.element_ty))
         else:
-            for b0 in range(0, B, BLOCK_B):
-                rows = b0 + tl.arange(0, BLOCK_B).to(tl.int64)
-                total += tl.load(ROWV + rows, mask=rows < B, other=0.0)
-        if (flags & 2) != 0:
-            tl.store(OUT, (tl.sum(total, axis=0) * c).to(OUT.dtype.element_ty))
+            # The plain batch sum: wide 1-D blocks, so a large B takes few dependent loads.
+            wide = tl.zeros([BLOCK_B * BLOCK_L], dtype=tl.float32)
+            for b0 in range(0, B, BLOCK_B * BLOCK_L):
+                rows = b0 + tl.arange(0, BLOCK_B * BLOCK_L).to(tl.int64)
+                wide += tl.load(ROWV + rows, mask=rows < B, other=0.0)
+            tl.store(OUT, (tl.sum(wide, axis=0) * c).to(OUT.dtype.element_ty))
     else:
         # Column sums of the per-program partial d/dobs_logvar, in program order.
         cols = (pid - 1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)

@@ -9,6 +9,8 @@ import itertools
 import pytest
 import torch
 
+pytest.importorskip("triton")
+
 import fastvae
 from _triton_testing import (DEVICE, assert_close, grads, launches, leaf, needs_kernels,  # noqa: F401
                              oracle_inputs, poison)

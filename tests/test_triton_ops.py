@@ -6,6 +6,8 @@ Compiled on CUDA when present, else under TRITON_INTERPRET=1 (test_triton_interp
 import pytest
 import torch
 
+pytest.importorskip("triton")
+
 import fastvae
 from fastvae import ops
 from fastvae.backends import triton_backend as tb

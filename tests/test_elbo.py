@@ -109,7 +109,8 @@ def test_equals_minus_pytorch_examples_loss(seed, backend, dtype, b, d, l):
     want.backward()
     for p, q, name in zip(a, e, ["recon", "mu", "logvar"]):
         assert p.grad.dtype == dtype
-        F.assert_close(p.grad, q.grad, rtol, scale=q.grad.abs().max(), what=f"d/d{name}")
+        # d/dlogvar = 0.5 (exp(lv) - 1) cancels near lv = 0: terms of size ~1 set the scale
+        F.assert_close(p.grad, q.grad, rtol, scale=q.grad.abs().max().clamp(min=1), what=f"d/d{name}")
 
 
 # -- free bits -------------------------------------------------------------------------

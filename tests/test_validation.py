@@ -310,3 +310,19 @@ def test_same_result_whatever_the_selection_route(monkeypatch):
     c = fastvae.elbo(x, r, mu, lv)
     assert torch.equal(a, b)
     assert math.isclose(a.item(), c.item(), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_validation_off_means_no_value_errors_on_any_backend(backend, restore_validation):
+    """With validation off, NaN flows through (like any torch op) on every backend; the
+    reference must not raise torch.distributions' own argument errors instead."""
+    x, r, mu, lv = inputs()
+    lv[0, 0] = float("nan")
+    assert torch.isnan(fastvae.elbo(x, r, mu, lv, backend=backend, reduction="none")[0])
+    assert torch.isnan(fastvae.kl_standard_normal(mu, lv, backend=backend)[0])
+    z = mu.clone()
+    assert torch.isnan(fastvae.elbo(x, r, mu, lv, kl="mc", z=z, backend=backend, reduction="none")[0])
+    r[0, 0] = float("nan")
+    assert torch.isnan(fastvae.gaussian_log_prob(x, r, 0.0, backend=backend)[0])
+    with pytest.raises(ValueError, match="(recon|logvar) has 1 non-finite"):
+        fastvae.elbo(x, r, mu, lv, backend=backend, validate=True)

@@ -24,6 +24,17 @@ except ImportError:
 
 DEVICE = "cuda" if (HAS_CUDA and not INTERPRET) else "cpu"
 
+KERNELS_RUN = HAS_TRITON and (INTERPRET or HAS_CUDA)
+SKIP_REASON = ("Triton kernels need a GPU or TRITON_INTERPRET=1 (test_triton_interpreter.py runs "
+               "these modules with it)")
+
+
+def skip_module_unless_kernels_run():
+    """One skip line per module (not per test) in the main CPU session."""
+    if not KERNELS_RUN:
+        pytest.skip(SKIP_REASON, allow_module_level=True)
+
+
 needs_kernels = pytest.mark.skipif(
     not HAS_TRITON or not (INTERPRET or HAS_CUDA),
     reason="Triton kernels need a GPU or TRITON_INTERPRET=1 (test_triton_interpreter.py runs "

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+from _triton_testing import skip_module_unless_kernels_run  # noqa: E402
+
+skip_module_unless_kernels_run()
 
 import fastvae
 from _triton_testing import (DEVICE, assert_close, grads, launches, leaf, needs_kernels,  # noqa: F401

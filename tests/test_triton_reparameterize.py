@@ -7,6 +7,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+from _triton_testing import skip_module_unless_kernels_run  # noqa: E402
+
+skip_module_unless_kernels_run()
 from scipy import stats
 
 import fastvae

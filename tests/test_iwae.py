@@ -272,3 +272,25 @@ def test_many_rows(seed, dtype):
         gtol = 1e-10 if dtype == F64 else 4 * torch.finfo(dtype).eps * 3 * d
         for g, e in zip(F.grads(got, ins), F.grads(want, ins)):
             F.assert_close(g, e, gtol, scale=e.abs().max() + 1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_usage_through_reparameterize(seed, backend):
+    """z_k = reparameterize(mu, logvar, K), recon_k = decoder(z_k): the gradient w.r.t. the
+    encoder outputs includes the paths through z_k and recon_k, as the formula on the same eps."""
+    k, b, l, d = 5, 4, 3, 8
+    x = torch.rand(b, d, dtype=F64)
+    w_dec = torch.randn(l, d, dtype=F64)
+    mu, lv = F.leaf(torch.randn(b, l, dtype=F64)), F.leaf(torch.randn(b, l, dtype=F64) * 0.3)
+    z_k = fastvae.reparameterize(mu, lv, n_samples=k, generator=torch.Generator().manual_seed(11),
+                                 backend=backend)
+    v = fastvae.iwae_bound(x, z_k @ w_dec, mu, lv, z_k, reduction="mean", backend=backend)
+    eps = torch.randn(k, b, l, generator=torch.Generator().manual_seed(11), dtype=F64)
+    m2, l2 = F.leaf(mu), F.leaf(lv)
+    z2 = m2 + torch.exp(0.5 * l2) * eps
+    want = F.iwae(x, z2 @ w_dec, m2, l2, z2, reduction="mean")
+    F.assert_close(v, want, 1e-12, scale=10.0)
+    v.backward()
+    want.backward()
+    F.assert_close(mu.grad, m2.grad, 1e-11, scale=1.0)
+    F.assert_close(lv.grad, l2.grad, 1e-11, scale=1.0)

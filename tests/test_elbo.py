@@ -753,3 +753,23 @@ def test_other_ops_do_not_modify_inputs(seed, op):
     for t in ins:
         if t.grad is not None and t.grad.numel():
             assert t.grad.data_ptr() != t.data_ptr(), "a gradient aliases its input"
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+def test_deterministic_across_calls_and_thread_counts(seed, cpu_path, likelihood):
+    """Same inputs, same bits: repeated calls and 1 vs 2 intra-op threads (row sums are
+    done by one thread in a fixed order)."""
+    x, recon, mu, lv, _ = make(300, (257,), 5, dtype=torch.float32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            r = F.leaf(recon)
+            v = fastvae.elbo(x, r, mu, lv, likelihood=likelihood, reduction="none", backend="torch")
+            v.sum().backward()
+            outs.append((v.detach(), r.grad))
+    finally:
+        torch.set_num_threads(before)
+    for v, g in outs[1:]:
+        assert torch.equal(v, outs[0][0]) and torch.equal(g, outs[0][1])

@@ -231,3 +231,64 @@ def test_memory(batch, variant, record_property):
         assert saved == grads  # the gradients, nothing else
         if peak is not None:  # the gradients plus row chunks / per-row sums, well under 2x
             assert peak <= grads * 1.25 + (4 << 20)
+
+
+# -- a side-by-side table: python benchmarks/bench_elbo.py [--rounds N] [--threads T] ---
+
+def _table(rounds, cpu_time):
+    import platform
+    import statistics
+    import time
+
+    clock = time.thread_time if cpu_time else time.perf_counter
+    lines = []
+    for batch in BATCHES:
+        check_agreement(batch)
+        inputs = make_inputs(batch)
+        steps = {v: make_step(v, inputs) for v in VARIANTS}
+        first = {}
+        for v, s in steps.items():
+            t = time.perf_counter()
+            s()
+            first[v] = time.perf_counter() - t
+            s()
+        reps = max(1, int(2e7 // (batch * D)))
+        times = {v: [] for v in VARIANTS}
+        order = list(VARIANTS)
+        for r in range(rounds):  # interleaved, order rotating: load drifts hit all alike
+            order = order[1:] + order[:1]
+            for v in order:
+                for _ in range(reps):
+                    t = clock()
+                    steps[v]()
+                    times[v].append(clock() - t)
+        med = {v: statistics.median(ts) * 1e3 for v, ts in times.items()}
+        low = {v: min(ts) * 1e3 for v, ts in times.items()}
+        for v in VARIANTS:
+            saved, peak = saved_bytes(v, batch), peak_bytes(v, batch)
+            lines.append(
+                f"| {batch} | {v} | {med[v]:.3f} | {low[v]:.3f} | {med['eager'] / med[v]:.2f}x "
+                f"| {med['compile'] / med[v]:.2f}x | {saved / 1e6:.1f} MB "
+                f"| {'n/a' if peak is None else f'{peak / 1e6:.1f} MB'} | {first[v]:.2f} s |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time with time.thread_time (only meaningful with --threads 1): "
+                        "robust to other processes on a shared machine")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native kernel: "
+          f"{(_native.load(), _native.status())[1]}")
+    print("| B | variant | median ms | min ms | vs eager | vs compile | saved for bwd "
+          "| peak extra | first call |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    _table(a.rounds, a.cpu_time)

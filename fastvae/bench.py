@@ -846,6 +846,11 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "first_call_ms": prepared.first_call_s[n] * 1e3,
             "speedup_vs_eager": med["eager"] / med[n] if "eager" in med else None,
             "speedup_vs_compile": med["compile"] / med[n] if "compile" in med else None,
+            # The same ratio taken within each round, then the median: variants that
+            # ran back to back share the machine's load, so this one is steadier.
+            "paired_speedup_vs_eager": _paired(times, "eager", n),
+            "paired_speedup_vs_compile": _paired(times, "compile", n),
+            "times_ms": [t * 1e3 for t in times[n]],
             "peak_extra_bytes": None, "saved_bytes": None, "kernels": None,
             "bytes_moved": moved, "gbps": None, "pct_roofline": None,
         }
@@ -858,6 +863,12 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
                 steps[n], case.device)
         rows.append(row)
     return rows
+
+
+def _paired(times: Dict[str, List[float]], base: str, n: str) -> Optional[float]:
+    if base not in times:
+        return None
+    return statistics.median(b / t for b, t in zip(times[base], times[n]))
 
 
 def run_case(case: Case, variants=None, **kw) -> List[dict]:

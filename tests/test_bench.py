@@ -29,8 +29,10 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
     for r in rows:
         assert r["median_ms"] > 0 and r["rounds"] >= 5
         assert r["saved_bytes"] is not None and r["peak_extra_bytes"] is not None
+        assert len(r["times_ms"]) == r["rounds"]
         if r["variant"] == "eager":
             assert r["speedup_vs_eager"] == pytest.approx(1.0)
+            assert r["paired_speedup_vs_eager"] == pytest.approx(1.0)
         assert r["speedup_vs_compile"] is None  # compile was not run
     assert data["environment"]["processor"]
     assert data["environment"]["copy_bandwidth_gbps"] > 0

@@ -129,5 +129,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
 
 def reparameterize(mu, logvar, n_samples, generator):
     shape = mu.shape if n_samples is None else (n_samples,) + tuple(mu.shape)
-    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
+    rng = {} if generator is None else {"generator": generator}
+    eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
     return mu + torch.exp(0.5 * logvar) * eps

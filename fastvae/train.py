@@ -291,8 +291,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
 
         model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg["compile"]:
-        # dynamic=False: one graph per batch shape (full and last batch); fastvae's
-        # sampler draws noise with torch.randn(generator=...), which needs concrete sizes.
+        # dynamic=False: one graph per batch shape (full and last batch), each fully
+        # specialized; there are only two shapes per run.
         model = torch.compile(model, dynamic=False)
     sampler = None
     if world > 1:

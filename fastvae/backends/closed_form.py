@@ -351,5 +351,7 @@ class _Reparameterize(torch.autograd.Function):
 
 def reparameterize(mu, logvar, n_samples, generator):
     shape = mu.shape if n_samples is None else (n_samples,) + tuple(mu.shape)
-    eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
+    rng = {} if generator is None else {"generator": generator}
+    eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
     return _Reparameterize.apply(mu, logvar, eps)

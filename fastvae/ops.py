@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .backends import closed_form
+from .backends import closed_form, result_dtype
 
 _IMPLS = {"torch": closed_form}
 
@@ -36,12 +36,6 @@ if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in (
         _impl("triton")
     except ImportError:
         pass
-
-
-def _result_dtype(*ts) -> torch.dtype:
-    if any(t is not None and t.dtype == torch.float64 for t in ts):
-        return torch.float64
-    return torch.float32
 
 
 def _needs(*ts) -> List[bool]:
@@ -136,7 +130,7 @@ def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
       scale, needs, backend):
     out_shape = (x.shape[0],) if reduction == "none" else ()
     obs_shape = x.shape if (reduction == "none" and obs is not None) else None
-    return (x.new_empty(out_shape, dtype=_result_dtype(x, recon, mu, logvar, z, obs)),
+    return (x.new_empty(out_shape, dtype=result_dtype(x, recon, mu, logvar, z, obs)),
             _grad_like(x, needs[0], x), _grad_like(recon, needs[1], x),
             _grad_like(mu, needs[2], x), _grad_like(logvar, needs[3], x),
             _grad_like(z, needs[4], x), _grad_like(obs, needs[5], x, obs_shape))
@@ -188,7 +182,7 @@ def _iwae_op(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k: Tensor
 def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs, backend):
     out_shape = (x.shape[0],) if reduction == "none" else ()
     obs_shape = x.shape if (reduction == "none" and obs is not None) else None
-    return (x.new_empty(out_shape, dtype=_result_dtype(x, recon_k, mu, logvar, z_k, obs)),
+    return (x.new_empty(out_shape, dtype=result_dtype(x, recon_k, mu, logvar, z_k, obs)),
             _grad_like(x, needs[0], x), _grad_like(recon_k, needs[1], x),
             _grad_like(mu, needs[2], x), _grad_like(logvar, needs[3], x),
             _grad_like(z_k, needs[4], x), _grad_like(obs, needs[5], x, obs_shape))
@@ -233,7 +227,7 @@ def _gauss_op(x: Tensor, mean: Tensor, logvar: Optional[Tensor], logvar_scalar: 
 
 @_gauss_op.register_fake
 def _(x, mean, logvar, logvar_scalar, needs, backend):
-    return (x.new_empty(x.shape[:1], dtype=_result_dtype(x, mean, logvar)),
+    return (x.new_empty(x.shape[:1], dtype=result_dtype(x, mean, logvar)),
             _grad_like(x, needs[0], x), _grad_like(mean, needs[1], x),
             _grad_like(logvar, needs[2], x, x.shape))
 
@@ -267,7 +261,7 @@ def _kl_op(mu: Tensor, logvar: Tensor, needs: List[bool], backend: str
 
 @_kl_op.register_fake
 def _(mu, logvar, needs, backend):
-    return (mu.new_empty(mu.shape[:1], dtype=_result_dtype(mu, logvar)),
+    return (mu.new_empty(mu.shape[:1], dtype=result_dtype(mu, logvar)),
             _grad_like(mu, needs[0], mu), _grad_like(logvar, needs[1], mu))
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
+from .backends import result_dtype, upcast
+
 # Value checks are fastvae's (validate= / set_validation), the same for every backend:
 # torch.distributions' own argument checks would raise on NaN inputs with validation off
 # (where the fused backends return NaN), and on a scale exp(0.5 * logvar) that underflows.
@@ -24,16 +26,6 @@ _CB_SERIES_BELOW = 1e-3
 # In float32 the log form's derivative, 1/u - 1/tanh u + tanh u, loses ~eps/|u| to
 # cancellation (1e-5 relative just above 1e-3); the series is exact to fp32 up to 5e-2.
 _CB_SERIES_BELOW_FP32 = 5e-2
-
-
-def _compute_dtype(*tensors) -> torch.dtype:
-    if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
-    return torch.float32
-
-
-def _up(t, dtype):
-    return t.to(dtype) if isinstance(t, torch.Tensor) else t
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -69,8 +61,8 @@ def log_likelihood(x, recon, likelihood: str, obs_logvar=0.0) -> torch.Tensor:
 
 def gaussian_log_prob(x, mean, logvar):
     """sum_d log N(x_d; mean_d, exp(logvar_d))."""
-    dtype = _compute_dtype(x, mean, logvar)
-    x, mean = _up(x, dtype), _up(mean, dtype)
+    dtype = result_dtype(x, mean, logvar)
+    x, mean = upcast(x, dtype), upcast(mean, dtype)
     logvar = torch.as_tensor(logvar, dtype=dtype, device=x.device) if not isinstance(
         logvar, torch.Tensor) else logvar.to(dtype)
     return Normal(mean, torch.exp(0.5 * logvar), validate_args=_NO_CHECKS).log_prob(x).sum(-1)
@@ -82,7 +74,7 @@ def kl_standard_normal(mu, logvar):
 
 
 def kl_per_dim(mu, logvar):
-    dtype = _compute_dtype(mu, logvar)
+    dtype = result_dtype(mu, logvar)
     mu, logvar = mu.to(dtype), logvar.to(dtype)
     q = Normal(mu, torch.exp(0.5 * logvar), validate_args=_NO_CHECKS)
     return kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=_NO_CHECKS))
@@ -90,7 +82,7 @@ def kl_per_dim(mu, logvar):
 
 def mc_kl_per_dim(z, mu, logvar):
     """log q(z|x) - log p(z) per latent dim, from one sample z."""
-    dtype = _compute_dtype(z, mu, logvar)
+    dtype = result_dtype(z, mu, logvar)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
     q = Normal(mu, torch.exp(0.5 * logvar), validate_args=_NO_CHECKS)
     p = Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=_NO_CHECKS)
@@ -111,16 +103,16 @@ def _free_bits(kl_bl: torch.Tensor, free_bits: float) -> torch.Tensor:
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction):
-    dtype = _compute_dtype(x, recon, mu, logvar, z, obs_logvar)
-    x, recon, obs_logvar = _up(x, dtype), _up(recon, dtype), _up(obs_logvar, dtype)
+    dtype = result_dtype(x, recon, mu, logvar, z, obs_logvar)
+    x, recon, obs_logvar = upcast(x, dtype), upcast(recon, dtype), upcast(obs_logvar, dtype)
     log_px = log_likelihood(x, recon, likelihood, obs_logvar)
     kl_bl = kl_per_dim(mu, logvar) if kl == "analytic" else mc_kl_per_dim(z, mu, logvar)
     return _reduce(log_px - beta * _free_bits(kl_bl, free_bits), reduction)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction):
-    dtype = _compute_dtype(x, recon_k, mu, logvar, z_k, obs_logvar)
-    x, recon_k, obs_logvar = _up(x, dtype), _up(recon_k, dtype), _up(obs_logvar, dtype)
+    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs_logvar)
+    x, recon_k, obs_logvar = upcast(x, dtype), upcast(recon_k, dtype), upcast(obs_logvar, dtype)
     k = recon_k.shape[0]
     log_w = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
     log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k)).sum(-1)

@@ -42,6 +42,19 @@ _triton_ok: bool | None = None
 
 
 @torch.compiler.assume_constant_result
+def result_dtype(*ts) -> torch.dtype:
+    """The dtype every backend computes and returns in: float64 when any tensor among ``ts``
+    is float64, else float32 (also for half inputs, whose sums would overflow)."""
+    if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in ts):
+        return torch.float64
+    return torch.float32
+
+
+def upcast(t, dtype):
+    """t in ``dtype`` (floats and None pass through)."""
+    return t.to(dtype) if isinstance(t, torch.Tensor) else t
+
+
 def triton_available() -> bool:
     """True when the Triton backend can be imported (it needs the ``triton`` package).
 

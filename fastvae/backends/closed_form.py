@@ -21,19 +21,10 @@ import math
 import torch
 
 from . import _native
+from . import result_dtype, upcast
 
 _LOG2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def _compute_dtype(*ts) -> torch.dtype:
-    if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in ts):
-        return torch.float64
-    return torch.float32
-
-
-def _f(t, dtype):
-    return t.to(dtype) if isinstance(t, torch.Tensor) else t
 
 
 # -- likelihood terms: value per row and d/d(recon), d/d(obs_logvar) per element ----------
@@ -229,7 +220,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     ``fastvae.backends._native`` when it is available (first use compiles it, about
     0.2 s, once per machine); otherwise in row chunks of aten ops.
     """
-    dtype = _compute_dtype(x, recon, mu, logvar, z, obs)
+    dtype = result_dtype(x, recon, mu, logvar, z, obs)
     batch = x.shape[0]
     c = scale * _reduce_scale(batch, reduction)
     g_x, g_r = _grad_buffer(x, needs[0]), _grad_buffer(recon, needs[1])
@@ -240,11 +231,11 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
                           g_x, g_r, g_obs)
     kc = -beta * c
     if kl == "analytic" and free_bits <= 0:
-        kl_rows, g_mu, g_lv = _analytic_kl_rows(_f(mu, dtype), _f(logvar, dtype), kc,
+        kl_rows, g_mu, g_lv = _analytic_kl_rows(upcast(mu, dtype), upcast(logvar, dtype), kc,
                                                 needs[2], needs[3])
         g_z = None
     else:
-        kl_bl, d_mu, d_lv, d_z = _kl_terms(_f(mu, dtype), _f(logvar, dtype), _f(z, dtype), kl)
+        kl_bl, d_mu, d_lv, d_z = _kl_terms(upcast(mu, dtype), upcast(logvar, dtype), upcast(z, dtype), kl)
         if free_bits > 0 and kl_bl.shape[0] > 0:
             below = kl_bl.mean(0, keepdim=True) < free_bits
             kl_bl = torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl)
@@ -279,28 +270,28 @@ def _analytic_kl_rows(mu, logvar, kc: float, need_mu: bool, need_lv: bool):
 
 def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     """Per-row log density and its per-row gradients w.r.t. (x, mean, logvar)."""
-    dtype = _compute_dtype(x, mean, logvar)
-    value, g_mean, g_lv = _gaussian(_f(x, dtype), _f(mean, dtype), _f(_obs(logvar, logvar_scalar), dtype))
+    dtype = result_dtype(x, mean, logvar)
+    value, g_mean, g_lv = _gaussian(upcast(x, dtype), upcast(mean, dtype), upcast(_obs(logvar, logvar_scalar), dtype))
     return (value, _out(-g_mean, x, needs[0]), _out(g_mean, mean, needs[1]),
             _out(g_lv, logvar if logvar is not None else x, needs[2]))
 
 
 def kl_standard_normal_fwd(mu, logvar, needs):
-    dtype = _compute_dtype(mu, logvar)
-    kl_bl, d_mu, d_lv, _ = _kl_terms(_f(mu, dtype), _f(logvar, dtype), None, "analytic")
+    dtype = result_dtype(mu, logvar)
+    kl_bl, d_mu, d_lv, _ = _kl_terms(upcast(mu, dtype), upcast(logvar, dtype), None, "analytic")
     # d_mu is mu itself: clone it, a custom op's output may not alias its input.
     return kl_bl.sum(-1), _out(d_mu.clone(), mu, needs[0]), _out(d_lv, logvar, needs[1])
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
     """Per-row bound (reduced unless "none") and gradients w.r.t. (x, recon_k, mu, logvar, z_k, obs)."""
-    dtype = _compute_dtype(x, recon_k, mu, logvar, z_k, obs)
+    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs)
     k, batch = recon_k.shape[0], recon_k.shape[1]
-    xf, rf, of = _f(x, dtype), _f(recon_k, dtype), _f(_obs(obs, obs_scalar), dtype)
+    xf, rf, of = upcast(x, dtype), upcast(recon_k, dtype), upcast(_obs(obs, obs_scalar), dtype)
     log_px, g_recon, g_obs = _log_likelihood(xf.expand_as(rf), rf, likelihood, of)
-    kl_kbl, d_mu, d_lv, d_z = _kl_terms(_f(mu, dtype).expand(k, -1, -1),
-                                        _f(logvar, dtype).expand(k, -1, -1),
-                                        _f(z_k, dtype), "mc")
+    kl_kbl, d_mu, d_lv, d_z = _kl_terms(upcast(mu, dtype).expand(k, -1, -1),
+                                        upcast(logvar, dtype).expand(k, -1, -1),
+                                        upcast(z_k, dtype), "mc")
     log_w = log_px - kl_kbl.sum(-1)                       # (K, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
     c = _reduce_scale(batch, reduction)

@@ -134,6 +134,17 @@ def _ready(t: Tensor):
 # ---------------------------------------------------------------------------------
 # elbo
 
+def _obs_grad_buffers(need: bool, partial: bool, nprog: int, b: int, d: int, obs, dev):
+    """(gradient, per-program fp32 partials) for a tensor obs_logvar: a (D,) one is summed
+    from one row of partials per program (deterministic, no atomics); a (B, D) one is
+    written row by row."""
+    if not need:
+        return None, None
+    if partial:
+        return _alloc((d,), obs.dtype, dev), _alloc((nprog, d), torch.float32, dev)
+    return _alloc((b, d), obs.dtype, dev), None
+
+
 def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
              reduction, scale, needs):
     """Same contract as ``closed_form.elbo_fwd``: (value, gx, grecon, gmu, glogvar, gz, gobs)."""
@@ -167,13 +178,8 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     gmu = _empty_like_rows(mu) if needs[2] else None
     glv = _empty_like_rows(logvar) if needs[3] else None
     gz = _empty_like_rows(z) if (needs[4] and z is not None) else None
-    gobs = gobs_part = None
-    if needs[5] and gaussian_tensor:
-        if gobs_partial:
-            gobs_part = _alloc((nprog, d), f32, dev)
-            gobs = _alloc((d,), obs.dtype, dev)
-        else:
-            gobs = _alloc((b, d), obs.dtype, dev)
+    gobs, gobs_part = _obs_grad_buffers(needs[5] and gaussian_tensor, gobs_partial, nprog, b, d,
+                                        obs, dev)
 
     flags = ((_ke.NEED_GX if gx is not None else 0) | (_ke.NEED_GR if gr is not None else 0)
              | (_ke.NEED_GMU if gmu is not None else 0) | (_ke.NEED_GLV if glv is not None else 0)
@@ -246,13 +252,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     gmu = _empty_like_rows(mu) if needs[2] else None
     glv = _empty_like_rows(logvar) if needs[3] else None
     gz = _alloc(z_k.shape, z_k.dtype, dev) if needs[4] else None
-    gobs = gobs_part = None
-    if needs[5] and gaussian_tensor:
-        if gobs_partial:
-            gobs_part = _alloc((nprog, d), f32, dev)
-            gobs = _alloc((d,), obs.dtype, dev)
-        else:
-            gobs = _alloc((b, d), obs.dtype, dev)
+    gobs, gobs_part = _obs_grad_buffers(needs[5] and gaussian_tensor, gobs_partial, nprog, b, d,
+                                        obs, dev)
     flags = ((_ki.NEED_GX if gx is not None else 0) | (_ki.NEED_GR if gr is not None else 0)
              | (_ki.NEED_GMU if gmu is not None else 0) | (_ki.NEED_GLV if glv is not None else 0)
              | (_ki.NEED_GZ if gz is not None else 0))

@@ -26,27 +26,24 @@ Q = 1024  # the counter layout's quarter length; part of the sampling contract
 
 
 @triton.jit
-def _quarters(CHUNKS: tl.constexpr, Q: tl.constexpr):
+def _quarters(BL, CHUNKS: tl.constexpr, Q: tl.constexpr):
+    """This program's four quarters: element indices, their in-range masks, and the
+    Philox counter (within one sample) that feeds all four."""
     pid = tl.program_id(0).to(tl.int64)
     chunk = pid * CHUNKS + tl.arange(0, CHUNKS)
     lane = tl.arange(0, Q)[None, :]
-    base = chunk[:, None] * (4 * Q) + lane      # element index of quarter 0
-    counter = chunk[:, None] * Q + lane         # Philox counter within one sample
-    return base, counter
+    i0 = chunk[:, None] * (4 * Q) + lane        # element index of quarter 0
+    i1 = i0 + Q
+    i2 = i0 + 2 * Q
+    i3 = i0 + 3 * Q
+    counter = chunk[:, None] * Q + lane
+    return i0, i1, i2, i3, i0 < BL, i1 < BL, i2 < BL, i3 < BL, counter
 
 
 @triton.jit
 def reparam_fwd_kernel(MU, LV, SEED, Z, BL, K, CPAD,
                        CHUNKS: tl.constexpr, Q: tl.constexpr):
-    base, counter = _quarters(CHUNKS, Q)
-    i0 = base
-    i1 = base + Q
-    i2 = base + 2 * Q
-    i3 = base + 3 * Q
-    m0 = i0 < BL
-    m1 = i1 < BL
-    m2 = i2 < BL
-    m3 = i3 < BL
+    i0, i1, i2, i3, m0, m1, m2, m3, counter = _quarters(BL, CHUNKS, Q)
     mu0 = tl.load(MU + i0, mask=m0, other=0.0).to(tl.float32)
     mu1 = tl.load(MU + i1, mask=m1, other=0.0).to(tl.float32)
     mu2 = tl.load(MU + i2, mask=m2, other=0.0).to(tl.float32)
@@ -72,15 +69,7 @@ def reparam_fwd_kernel(MU, LV, SEED, Z, BL, K, CPAD,
 @triton.jit
 def reparam_bwd_kernel(DZ, LV, SEED, DMU, DLV, BL, K, CPAD, need_dlv,
                        CHUNKS: tl.constexpr, Q: tl.constexpr):
-    base, counter = _quarters(CHUNKS, Q)
-    i0 = base
-    i1 = base + Q
-    i2 = base + 2 * Q
-    i3 = base + 3 * Q
-    m0 = i0 < BL
-    m1 = i1 < BL
-    m2 = i2 < BL
-    m3 = i3 < BL
+    i0, i1, i2, i3, m0, m1, m2, m3, counter = _quarters(BL, CHUNKS, Q)
     seed = tl.load(SEED)
     zero = tl.zeros([CHUNKS, Q], dtype=tl.float32)
     gm0, gm1, gm2, gm3 = zero, zero, zero, zero

@@ -114,6 +114,28 @@ def _to_shape(g, shape):
     return g.sum(0).reshape(shape)
 
 
+def _fake_value_and_grads(tensors, reduction, needs):
+    """Fake outputs of elbo and iwae_bound: the value, then one gradient (or placeholder)
+    for each of ``tensors`` = (x, recon, mu, logvar, z, obs), as their ``*_fwd`` return."""
+    x, obs = tensors[0], tensors[5]
+    out_shape = (x.shape[0],) if reduction == "none" else ()
+    obs_shape = x.shape if (reduction == "none" and obs is not None) else None
+    grads = [_grad_like(t, n, x) for t, n in zip(tensors[:5], needs)]
+    grads.append(_grad_like(obs, needs[5], x, obs_shape))
+    return (x.new_empty(out_shape, dtype=result_dtype(*tensors)), *grads)
+
+
+def _save_grads(ctx, output, obs, needs):
+    """Setup shared by elbo and iwae_bound: keep only the gradient outputs."""
+    ctx.save_for_backward(*output[1:])
+    # Only output 0 (the value) is ever differentiated: do not let autograd fill the
+    # gradient outputs' grads with B x D zeros (a memset and a buffer the size of
+    # the gradients, every backward).
+    ctx.set_materialize_grads(False)
+    ctx.needs = list(needs)
+    ctx.obs_shape = None if obs is None else obs.shape
+
+
 # -- elbo ---------------------------------------------------------------------------
 
 @torch.library.custom_op("fastvae::elbo", mutates_args=())
@@ -128,24 +150,11 @@ def _elbo_op(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, z: Optional[T
 @_elbo_op.register_fake
 def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits, reduction,
       scale, needs, backend):
-    out_shape = (x.shape[0],) if reduction == "none" else ()
-    obs_shape = x.shape if (reduction == "none" and obs is not None) else None
-    return (x.new_empty(out_shape, dtype=result_dtype(x, recon, mu, logvar, z, obs)),
-            _grad_like(x, needs[0], x), _grad_like(recon, needs[1], x),
-            _grad_like(mu, needs[2], x), _grad_like(logvar, needs[3], x),
-            _grad_like(z, needs[4], x), _grad_like(obs, needs[5], x, obs_shape))
+    return _fake_value_and_grads((x, recon, mu, logvar, z, obs), reduction, needs)
 
 
 def _elbo_setup(ctx, inputs, output):
-    ctx.save_for_backward(*output[1:])
-    # Only output 0 (the value) is ever differentiated: do not let autograd fill the
-    # gradient outputs' grads with B x D zeros (a memset and a buffer the size of
-    # the gradients, every backward).
-    ctx.set_materialize_grads(False)
-    ctx.needs = list(inputs[13])
-    obs, reduction = inputs[5], inputs[11]
-    ctx.per_row = reduction == "none"
-    ctx.obs_shape = None if obs is None else obs.shape
+    _save_grads(ctx, output, obs=inputs[5], needs=inputs[13])
 
 
 @_once_differentiable
@@ -180,20 +189,11 @@ def _iwae_op(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k: Tensor
 
 @_iwae_op.register_fake
 def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs, backend):
-    out_shape = (x.shape[0],) if reduction == "none" else ()
-    obs_shape = x.shape if (reduction == "none" and obs is not None) else None
-    return (x.new_empty(out_shape, dtype=result_dtype(x, recon_k, mu, logvar, z_k, obs)),
-            _grad_like(x, needs[0], x), _grad_like(recon_k, needs[1], x),
-            _grad_like(mu, needs[2], x), _grad_like(logvar, needs[3], x),
-            _grad_like(z_k, needs[4], x), _grad_like(obs, needs[5], x, obs_shape))
+    return _fake_value_and_grads((x, recon_k, mu, logvar, z_k, obs), reduction, needs)
 
 
 def _iwae_setup(ctx, inputs, output):
-    ctx.save_for_backward(*output[1:])
-    ctx.set_materialize_grads(False)  # as in _elbo_setup
-    ctx.needs = list(inputs[9])
-    obs, reduction = inputs[5], inputs[8]
-    ctx.obs_shape = None if obs is None else obs.shape
+    _save_grads(ctx, output, obs=inputs[5], needs=inputs[9])
 
 
 @_once_differentiable

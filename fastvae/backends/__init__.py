@@ -50,6 +50,12 @@ def result_dtype(*ts) -> torch.dtype:
     return torch.float32
 
 
+def reduce_scale(batch: int, reduction: str) -> float:
+    """The factor a per-sample term gets in the reduced value: 1/B for "mean" (an empty
+    batch gives 0, not NaN), else 1."""
+    return 1.0 / max(batch, 1) if reduction == "mean" else 1.0
+
+
 def upcast(t, dtype):
     """t in ``dtype`` (floats and None pass through)."""
     return t.to(dtype) if isinstance(t, torch.Tensor) else t

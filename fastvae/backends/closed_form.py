@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import _native
-from . import result_dtype, upcast
+from . import reduce_scale, result_dtype, upcast
 
 _LOG2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -188,10 +188,6 @@ def _kl_terms(mu, logvar, z, kl):
     return value, diff * inv_var, 0.5 * (sq - 1), z - diff * inv_var
 
 
-def _reduce_scale(batch: int, reduction: str) -> float:
-    return 1.0 / max(batch, 1) if reduction == "mean" else 1.0
-
-
 def _out(g, like, need: bool):
     """A gradient output in its input's dtype, or the empty placeholder ops.py expects."""
     if not need or g is None:
@@ -222,7 +218,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     """
     dtype = result_dtype(x, recon, mu, logvar, z, obs)
     batch = x.shape[0]
-    c = scale * _reduce_scale(batch, reduction)
+    c = scale * reduce_scale(batch, reduction)
     g_x, g_r = _grad_buffer(x, needs[0]), _grad_buffer(recon, needs[1])
     g_obs = None
     if needs[5] and obs is not None and likelihood == "gaussian":
@@ -315,7 +311,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
                                         upcast(z_k, dtype), "mc")
     log_w = log_px.sub_(kl_kbl.sum(-1))                   # (K, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
-    c = _reduce_scale(batch, reduction)
+    c = reduce_scale(batch, reduction)
     wc = (torch.softmax(log_w, dim=0) * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
     if g_r is not None:
         g_r.mul_(wc.to(g_r.dtype))

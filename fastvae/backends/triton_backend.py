@@ -35,7 +35,7 @@ from fastvae.kernels import reparameterize as _kr
 from fastvae.kernels._math import (LIK_BERNOULLI, LIK_CONTINUOUS_BERNOULLI, LIK_GAUSSIAN_SCALAR,
                                    LIK_GAUSSIAN_TENSOR)
 
-from . import closed_form
+from . import closed_form, reduce_scale
 
 # ---------------------------------------------------------------------------------
 # Hooks for tests: every output is allocated through _alloc (tests poison it with NaN)
@@ -134,6 +134,13 @@ def _ready(t: Tensor):
 # ---------------------------------------------------------------------------------
 # elbo
 
+def _likelihood_code(likelihood: str, obs):
+    """(kernel LIK constexpr, whether obs_logvar is a tensor, obs laid out as rows)."""
+    if likelihood == "gaussian" and obs is not None:
+        return LIK_GAUSSIAN_TENSOR, True, _rows(obs)
+    return LIKELIHOODS[likelihood], False, obs
+
+
 def _obs_grad_buffers(need: bool, partial: bool, nprog: int, b: int, d: int, obs, dev):
     """(gradient, per-program fp32 partials) for a tensor obs_logvar: a (D,) one is summed
     from one row of partials per program (deterministic, no atomics); a (B, D) one is
@@ -156,14 +163,10 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     l = mu.shape[1]
     x, recon, mu, logvar = _rows(x), _rows(recon), _rows(mu), _rows(logvar)
     z = _rows(z) if z is not None else None
-    lik = LIKELIHOODS[likelihood]
-    gaussian_tensor = likelihood == "gaussian" and obs is not None
-    if gaussian_tensor:
-        lik = LIK_GAUSSIAN_TENSOR
-        obs = _rows(obs)
+    lik, gaussian_tensor, obs = _likelihood_code(likelihood, obs)
     reduce = reduction != "none"
     fb = free_bits > 0
-    c = scale * (1.0 / max(b, 1) if reduction == "mean" else 1.0)
+    c = scale * reduce_scale(b, reduction)
     bb, bd, bl, warps = row_config(b, d, l, "elbo", lik)
     nprog = triton.cdiv(b, bb)
     finish = reduce or fb
@@ -232,13 +235,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     k, b, d = recon_k.shape
     l = mu.shape[1]
     x, recon_k, mu, logvar, z_k = _rows(x), _rows(recon_k), _rows(mu), _rows(logvar), _rows(z_k)
-    lik = LIKELIHOODS[likelihood]
-    gaussian_tensor = likelihood == "gaussian" and obs is not None
-    if gaussian_tensor:
-        lik = LIK_GAUSSIAN_TENSOR
-        obs = _rows(obs)
+    lik, gaussian_tensor, obs = _likelihood_code(likelihood, obs)
     reduce = reduction != "none"
-    c = 1.0 / max(b, 1) if reduction == "mean" else 1.0
+    c = reduce_scale(b, reduction)
     bb, bd, bl, warps = row_config(b, d, l, "iwae", lik)
     nprog = triton.cdiv(b, bb)
     gobs_partial = bool(needs[5]) and gaussian_tensor and obs.dim() == 1 and reduce

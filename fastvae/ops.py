@@ -2,9 +2,10 @@
 
 Each op's forward runs a backend's ``*_fwd`` ("torch": ``backends.closed_form``,
 "triton": ``backends.triton_backend``), which returns the value *and* its gradients
-in one pass. Only those gradients are saved; backward returns them untouched when
-grad_output is exactly 1 and otherwise scales them (Liger-Kernel's cross-entropy
-trick). Gradients that are not needed come back as empty placeholders, since a
+in one pass. Only those gradients are saved; backward scales them by grad_output
+(Liger-Kernel's cross-entropy trick), in place and not at all when it is exactly 1:
+the backend decides that where grad_output lives (the Triton kernel reads it on the
+GPU, so backward never syncs with the host). Gradients that are not needed come back as empty placeholders, since a
 custom op cannot return None. Registering fake (meta) kernels lets
 ``torch.compile(fullgraph=True)`` trace through every op without a graph break.
 """
@@ -54,29 +55,36 @@ def _graph_kept() -> bool:
     return True if keep is None else bool(keep())
 
 
-def _is_one(g: Tensor) -> bool:
-    # Only on real tensors outside tracing: a traced grad_output has no value. And only
-    # when the graph is freed after this backward: the saved gradient handed out as is
-    # becomes the leaf's .grad, and a later backward of a retained graph accumulates
-    # into it in place, overwriting the saved gradient that graph still needs.
-    return (type(g) is torch.Tensor and not torch.compiler.is_compiling()
-            and g.numel() == 1 and bool(g == 1) and not _graph_kept())
-
-
-def _weigh(g: Tensor, grad_out: Tensor, row_dim: int, need: bool = True) -> Tensor:
-    """g * grad_out, grad_out () or (B,) laid along g's dim ``row_dim``; None if not needed.
-
-    ``need`` (the op's ``needs`` flag), not ``g.numel()``, tells a placeholder from a real
-    gradient: an empty batch has real, empty gradients (eager autograd gives zero-size
-    grads there, and the layers upstream then get zero gradients rather than None).
-    """
-    if not need or grad_out is None:  # None: an undefined (zero) grad_output
+def _weigh(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
+    """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``."""
+    if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
     if grad_out.dim() == 0:
-        return g if _is_one(grad_out) else g * grad_out.to(g.dtype)
+        return g * grad_out.to(g.dtype)
     shape = [1] * g.dim()
     shape[row_dim] = -1
     return g * grad_out.reshape(shape).to(g.dtype)
+
+
+def _weigh_saved(ctx, grad_out: Tensor, row_dims) -> List[Optional[Tensor]]:
+    """The saved gradients times grad_out; None where the op's ``needs`` says not needed.
+
+    ``needs``, not ``g.numel()``, tells a placeholder from a real gradient: an empty batch
+    has real, empty gradients (eager autograd gives zero-size grads there). A scalar
+    grad_output (every mean/sum loss) scales the saved gradients in place, and the
+    backend skips even that when it is exactly 1, as for ``loss.backward()``. Allowed
+    only when nothing else can see them: the public wrappers drop the op's gradient
+    outputs and say so (``_owned``; a direct call of the op keeps them, and they must
+    not change under it), the tensors are real (a traced grad_output has no value) and
+    the graph is freed after this backward (a retained graph still needs the saved
+    gradients, and a later backward of it accumulates into the leaf's .grad in place).
+    """
+    gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    if (ctx.owns_saved and grad_out is not None and grad_out.dim() == 0
+            and type(grad_out) is torch.Tensor and not torch.compiler.is_compiling()
+            and not _graph_kept()):
+        return list(_impl(ctx.backend).scale_saved_(gs, grad_out))
+    return [_weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
 
 
 _TWICE = (b"fastvae's fused ops are differentiable once (their backward returns saved closed-form "
@@ -125,7 +133,7 @@ def _fake_value_and_grads(tensors, reduction, needs):
     return (x.new_empty(out_shape, dtype=result_dtype(*tensors)), *grads)
 
 
-def _save_grads(ctx, output, obs, needs):
+def _save_grads(ctx, output, obs, needs, backend):
     """Setup shared by elbo and iwae_bound: keep only the gradient outputs."""
     ctx.save_for_backward(*output[1:])
     # Only output 0 (the value) is ever differentiated: do not let autograd fill the
@@ -133,7 +141,18 @@ def _save_grads(ctx, output, obs, needs):
     # the gradients, every backward).
     ctx.set_materialize_grads(False)
     ctx.needs = list(needs)
+    ctx.backend = backend
+    ctx.owns_saved = False  # set by _owned
     ctx.obs_shape = None if obs is None else obs.shape
+
+
+def _owned(outputs):
+    """The value of a value-and-gradients op whose caller drops the gradient outputs:
+    backward may then scale them in place (``_weigh_saved``)."""
+    value = outputs[0]
+    if not torch.compiler.is_compiling() and value.grad_fn is not None:
+        value.grad_fn.owns_saved = True  # the node is the op's autograd ctx
+    return value
 
 
 # -- elbo ---------------------------------------------------------------------------
@@ -154,12 +173,12 @@ def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
 
 
 def _elbo_setup(ctx, inputs, output):
-    _save_grads(ctx, output, obs=inputs[5], needs=inputs[13])
+    _save_grads(ctx, output, obs=inputs[5], needs=inputs[13], backend=inputs[14])
 
 
 @_once_differentiable
 def _elbo_backward(ctx, grad_out, *_):
-    g = [_weigh(t, grad_out, 0, n) for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    g = _weigh_saved(ctx, grad_out, (0, 0, 0, 0, 0, 0))
     g[5] = _to_shape(g[5], ctx.obs_shape)
     return (*g, None, None, None, None, None, None, None, None, None)
 
@@ -172,8 +191,8 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     needs = _needs(x, recon, mu, logvar, z, obs)
-    return _elbo_op(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl, float(beta),
-                    float(free_bits), reduction, float(scale), needs, backend)[0]
+    return _owned(_elbo_op(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl,
+                           float(beta), float(free_bits), reduction, float(scale), needs, backend))
 
 
 # -- iwae_bound ---------------------------------------------------------------------
@@ -193,16 +212,12 @@ def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs
 
 
 def _iwae_setup(ctx, inputs, output):
-    _save_grads(ctx, output, obs=inputs[5], needs=inputs[9])
+    _save_grads(ctx, output, obs=inputs[5], needs=inputs[9], backend=inputs[10])
 
 
 @_once_differentiable
 def _iwae_backward(ctx, grad_out, *_):
-    g_x, g_r, g_mu, g_lv, g_z, g_obs = ctx.saved_tensors
-    n = ctx.needs
-    g = [_weigh(g_x, grad_out, 0, n[0]), _weigh(g_r, grad_out, 1, n[1]),
-         _weigh(g_mu, grad_out, 0, n[2]), _weigh(g_lv, grad_out, 0, n[3]),
-         _weigh(g_z, grad_out, 1, n[4]), _weigh(g_obs, grad_out, 0, n[5])]
+    g = _weigh_saved(ctx, grad_out, (0, 1, 0, 0, 1, 0))  # recon_k, z_k: (K, B, ...)
     g[5] = _to_shape(g[5], ctx.obs_shape)
     return (*g, None, None, None, None, None)
 
@@ -213,8 +228,8 @@ _iwae_op.register_autograd(_iwae_backward, setup_context=_iwae_setup)
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend):
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     needs = _needs(x, recon_k, mu, logvar, z_k, obs)
-    return _iwae_op(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood, reduction,
-                    needs, backend)[0]
+    return _owned(_iwae_op(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood,
+                           reduction, needs, backend))
 
 
 # -- gaussian_log_prob and kl_standard_normal (per row, so backward weighs rows) --------
@@ -241,7 +256,7 @@ def _gauss_setup(ctx, inputs, output):
 
 @_once_differentiable
 def _gauss_backward(ctx, grad_out, *_):
-    g = [_weigh(t, grad_out, 0, n) for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    g = [_weigh(t if n else None, grad_out, 0) for t, n in zip(ctx.saved_tensors, ctx.needs)]
     return g[0], g[1], _to_shape(g[2], ctx.lv_shape), None, None, None
 
 
@@ -273,7 +288,7 @@ def _kl_setup(ctx, inputs, output):
 
 @_once_differentiable
 def _kl_backward(ctx, grad_out, *_):
-    return (*(_weigh(t, grad_out, 0, n) for t, n in zip(ctx.saved_tensors, ctx.needs)),
+    return (*(_weigh(t if n else None, grad_out, 0) for t, n in zip(ctx.saved_tensors, ctx.needs)),
             None, None)
 
 

@@ -171,18 +171,54 @@ def test_elbo_is_deterministic(seed):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("reduction,fb,want", [("none", 0.0, 1), ("none", 0.5, 2),
-                                               ("mean", 0.0, 2), ("sum", 0.5, 2)])
-def test_elbo_launch_counts(launches, reduction, fb, want):
+@pytest.mark.parametrize("reduction,fb,want,bwd", [("none", 0.0, 1, 0), ("none", 0.5, 2, 0),
+                                                   ("mean", 0.0, 2, 1), ("sum", 0.5, 2, 1)])
+def test_elbo_launch_counts(launches, reduction, fb, want, bwd):
     """Forward: one row pass, plus one finish launch for a batch reduction or free bits.
-    Backward: no kernel of ours (the saved gradients are the answer)."""
+    Backward: the saved gradients are the answer; a scalar grad_output takes one launch
+    that scales them all (a (B,) one is torch's multiply)."""
     x, recon, mu, lv, z, obs = make(20, 30, 4, "gaussian_perdim", "mc")
     v = fastvae.elbo(x, recon, mu, lv, likelihood="gaussian", kl="mc", z=z, obs_logvar=obs,
                      free_bits=fb, reduction=reduction, backend="triton")
     assert len(launches) == want <= 2, launches
     del launches[:]
     v.sum().backward()
-    assert len(launches) == 0, launches
+    assert launches == ["scale_grads_kernel"] * bwd
+
+
+@pytest.mark.parametrize("factor", [1.0, -2.5])
+def test_backward_never_reads_grad_output_on_the_host(monkeypatch, launches, factor):
+    """Whether grad_output is 1 is decided in the kernel: a host read would be a GPU sync
+    every step (and an error under CUDA-graph capture). Values as the reference's."""
+    x, recon, mu, lv, z, obs = make(33, 70, 5, "gaussian_perdim", "mc")
+    ins = [recon, mu, lv, z, obs]
+    got = run(x, recon, mu, lv, z, obs, "gaussian_perdim", "mc", "triton", reduction="mean")
+    ox, orecon, omu, olv, oz, oobs = oracle_inputs(x, recon, mu, lv, z, obs)
+    want = run(ox, orecon, omu, olv, oz, oobs, "gaussian_perdim", "mc", "reference",
+               reduction="mean")
+    want_g = torch.autograd.grad(want * factor, [orecon, omu, olv, oz, oobs])
+
+    def host_read(*_):
+        raise AssertionError("backward read a tensor's value on the host")
+    for name in ("__bool__", "item", "tolist", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    del launches[:]
+    got_g = torch.autograd.grad(got * factor if factor != 1.0 else got, ins)
+    monkeypatch.undo()
+    assert launches == ["scale_grads_kernel"]
+    for g, w, name in zip(got_g, want_g, ("recon", "mu", "logvar", "z", "obs_logvar")):
+        assert_close(g, w, torch.float32, f"d/d{name} x {factor}")
+
+
+def test_retained_graph_backward_accumulates(seed):
+    """With retain_graph the saved gradients must survive: they are scaled into new tensors."""
+    x, recon, mu, lv, z, obs = make(9, 40, 3, "bernoulli", "analytic")
+    v = fastvae.elbo(x, recon, mu, lv, reduction="sum", backend="triton")
+    v.backward(retain_graph=True)
+    g1 = recon.grad.clone()
+    (2 * v).backward(retain_graph=True)
+    v.backward()
+    assert torch.equal(recon.grad, 4 * g1)
 
 
 def test_elbo_saves_only_gradients(seed):

@@ -206,6 +206,15 @@ def _grad_buffer(t, need: bool, shape=None):
     return torch.empty(shape if shape is not None else t.shape, dtype=t.dtype, device=t.device)
 
 
+def scale_saved_(grads, grad_out):
+    """Backward of the fused losses (``fastvae.ops``): the saved gradients times the
+    scalar ``grad_out``, in place; untouched when it is exactly 1 (reading it is a host
+    sync on a GPU, which the Triton backend avoids; this one is the CPU path)."""
+    if bool(grad_out == 1):
+        return grads
+    return [None if g is None else g.mul_(grad_out) for g in grads]
+
+
 def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
              reduction, scale, needs):
     """ELBO (times ``scale``) and its gradients w.r.t. (x, recon, mu, logvar, z, obs).

@@ -10,9 +10,11 @@ Launches per call (machine-independent; tests count them through :func:`_launch`
     reparameterize       forward 1, backward 1
     elbo                 1 (reduction "none", no free bits) or 2 (row pass + finish:
                          the deterministic batch sum, free bits' per-latent clamp,
-                         per-dimension obs_logvar column sums); backward: 0 launches of
-                         ours (ops.py scales the saved gradients, or skips it at 1)
-    iwae_bound           1, or 2 with a mean/sum reduction or a (D,) obs_logvar sum
+                         per-dimension obs_logvar column sums); backward: 1 with a
+                         scalar grad_output (``scale_saved_``: all gradients in place,
+                         no bytes moved at 1), else torch's multiply by the (B,) one
+    iwae_bound           1, or 2 with a mean/sum reduction or a (D,) obs_logvar sum;
+                         backward as elbo's
     gaussian_log_prob    1            kl_standard_normal    1
 
 Where the kernels do not apply the call goes to ``closed_form`` (same contract):
@@ -32,6 +34,7 @@ from torch import Tensor
 from fastvae.kernels import elbo as _ke
 from fastvae.kernels import iwae as _ki
 from fastvae.kernels import reparameterize as _kr
+from fastvae.kernels import scale as _ks
 from fastvae.kernels._math import (LIK_BERNOULLI, LIK_CONTINUOUS_BERNOULLI, LIK_GAUSSIAN_SCALAR,
                                    LIK_GAUSSIAN_TENSOR)
 
@@ -68,6 +71,8 @@ FINISH_TILE = (64, 32, 64)   # BLOCK_B, BLOCK_L, BLOCK_D
 FINISH_WARPS = 4
 REPARAM_CHUNKS = 1           # chunks of 4*Q = 4096 latents per program
 REPARAM_WARPS = 8
+SCALE_BLOCK, SCALE_WARPS = 2048, 4
+SCALE_SLOTS = 6              # gradient tensors one scale launch serves
 LIKELIHOODS = {"bernoulli": LIK_BERNOULLI, "continuous_bernoulli": LIK_CONTINUOUS_BERNOULLI,
                "gaussian": LIK_GAUSSIAN_SCALAR}
 
@@ -103,6 +108,10 @@ def finish_config():
     if _interpreting():
         return 256, 64, 256, FINISH_WARPS
     return (*FINISH_TILE, FINISH_WARPS)
+
+
+def scale_block() -> int:
+    return _INTERP_TILE if _interpreting() else SCALE_BLOCK
 
 
 def reparam_chunks(bl: int) -> int:
@@ -277,6 +286,32 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
                 b, l, d, nprog, 0.0, 0.0, float(c), _ke.FIN_REDUCE, 0,
                 BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, num_warps=fwarps)
     return (out, *_outs(x, gx, gr, gmu, glv, gz, gobs))
+
+
+# ---------------------------------------------------------------------------------
+# backward of elbo and iwae_bound: one launch, no host read of grad_output
+
+def scale_saved_(grads, grad_out):
+    """The saved gradients times the scalar ``grad_out``, in place (``fastvae.ops``).
+
+    The kernel reads grad_out on the device and moves no gradient bytes when it is 1,
+    so backward never waits for the GPU. Gradients the kernel does not take (float64
+    from the closed-form delegation, a non-contiguous one) are scaled by torch,
+    unconditionally, for the same reason.
+    """
+    live = [g for g in grads if g is not None and g.numel()]
+    if not live:
+        return grads
+    if (len(live) > SCALE_SLOTS or grad_out.device != live[0].device
+            or any(g.dtype == torch.float64 or not g.is_contiguous() for g in live)):
+        return [None if g is None else g.mul_(grad_out) for g in grads]
+    slots = []
+    for i in range(SCALE_SLOTS):
+        slots += [live[i], live[i].numel()] if i < len(live) else [live[0], 0]
+    block = scale_block()
+    _launch(_ks.scale_grads_kernel, (triton.cdiv(max(g.numel() for g in live), block),),
+            grad_out.contiguous(), *slots, BLOCK=block, num_warps=SCALE_WARPS)
+    return grads
 
 
 # ---------------------------------------------------------------------------------
@@ -481,3 +516,9 @@ def shipped_configs() -> List[dict]:
                                    "need_dlv": "i32", "CHUNKS": "constexpr", "Q": "constexpr"},
                         constexprs=cx, num_warps=REPARAM_WARPS, divisible=[0, 1, 2, 3, 4, 5, 7]))
     return configs
+    sig = {"GO": "*fp32"}
+    for i in range(SCALE_SLOTS):
+        sig.update({f"G{i}": "*fp32", f"N{i}": "i32"})
+    configs.append(dict(name=f"scale_grads[BLOCK={SCALE_BLOCK}]", kernel=_ks.scale_grads_kernel,
+                        signature=dict(sig, BLOCK="constexpr"), constexprs={"BLOCK": SCALE_BLOCK},
+                        num_warps=SCALE_WARPS, divisible=list(range(1 + 2 * SCALE_SLOTS))))

@@ -40,9 +40,12 @@ import fastvae
 #   ``fastvae.models.VAE`` / ``ConvVAE``).
 # * **variants** of each op: ``eager`` (the pytorch/examples VAE loss, written by
 #   hand), ``distributions`` (``torch.distributions``), ``compile`` (``torch.compile``
-#   of the eager loss), ``fastvae-torch`` and ``fastvae-triton`` (CUDA only). Every
-#   loss variant returns the *loss*, ``-ELBO`` summed over the batch, as
-#   pytorch/examples' ``loss_function`` does.
+#   of the eager loss), ``fastvae-torch``, ``fastvae-aten`` (CPU only: the "torch"
+#   backend with its compiled C row kernel switched off, i.e. the fallback where no C
+#   compiler exists, as ``FASTVAE_NATIVE=0``; ops whose torch backend has no such
+#   kernel do not list it) and ``fastvae-triton`` (CUDA only). Every loss variant
+#   returns the *loss*, ``-ELBO`` summed over the batch, as pytorch/examples'
+#   ``loss_function`` does.
 # * **agreement**: before anything is timed, every variant's outputs (value and
 #   gradients) are checked against ``eager``'s; a mismatch raises
 #   :class:`AgreementError` (a fast wrong answer is not a result). Samplers cannot be
@@ -51,10 +54,15 @@ import fastvae
 #   the gradients must be the closed form of the variant's own ``z``.
 # * **timing**: one timed first call (the compile time of ``compile``), warm-up,
 #   then all variants interleaved round-robin (the order rotates each round) and the
-#   median of each taken.
+#   median of each taken. Wall clock, or with ``--cpu-time --threads 1`` the calling
+#   thread's CPU time (``time.thread_time``), which other processes on a shared
+#   machine do not inflate.
 # * **extras**, measured on one separate untimed call: peak extra memory (CPU: the
 #   allocator's events under ``torch.profiler(profile_memory=True)``, which sees
-#   inductor's buffers too; CUDA: ``max_memory_allocated``), bytes saved for backward
+#   inductor's buffers too; at the ELBO's B=4096 it agreed within 0.1% with glibc's
+#   "max mmap bytes" in a fresh process, the measure of the retired script
+#   ``benchmarks/bench_elbo.py``, see benchmarks/RESULTS_elbo_cpu.md;
+#   CUDA: ``max_memory_allocated``), bytes saved for backward
 #   (``torch.autograd.graph.saved_tensors_hooks``, unique storages), kernels (CUDA:
 #   kernel launches from the profiler; CPU: leaf aten compute ops plus inductor's C++
 #   kernels, a machine-independent count of passes), and achieved GB/s and % of the
@@ -218,6 +226,7 @@ class Variant:
     name: str
     build: Callable[[Case, dict], Callable[[], tuple]]
     cuda_only: bool = False
+    cpu_only: bool = False
 
 
 @dataclass
@@ -267,20 +276,67 @@ def _loss_step(loss_fn: Callable, inputs: dict, names: Sequence[str], backward: 
     return step
 
 
+@contextlib.contextmanager
+def native_kernel_off():
+    """Inside the block the "torch" backend runs as where no C compiler exists (as with
+    ``FASTVAE_NATIVE=0``): its compiled row kernel reports itself unavailable. Swapping
+    ``_native.load`` leaves the loaded kernel in place, so switching back costs nothing
+    (``FASTVAE_NATIVE`` plus ``_native.reset()`` would look for the kernel again on the
+    next variant's call, inside its timing)."""
+    from .backends import _native
+
+    load = _native.load
+    _native.load = lambda: None
+    try:
+        yield
+    finally:
+        _native.load = load
+
+
+def aten_variant(fastvae_torch: Variant) -> Variant:
+    """``fastvae-aten``: the ``fastvae-torch`` variant with the compiled kernel off."""
+    def build(case, inputs):
+        inner = fastvae_torch.build(case, inputs)
+
+        def off(fn):
+            def run():
+                with native_kernel_off():
+                    return fn()
+            return run
+
+        step = off(inner)
+        if hasattr(inner, "release"):
+            step.release = inner.release
+        if hasattr(inner, "check_step"):
+            step.check_step = off(inner.check_step)
+        return step
+    return Variant("fastvae-aten", build, cpu_only=True)
+
+
+def _with_aten(variants: Dict[str, Variant]) -> Dict[str, Variant]:
+    """Insert ``fastvae-aten`` after ``fastvae-torch`` (ops that use the C row kernel)."""
+    out = {}
+    for name, v in variants.items():
+        out[name] = v
+        if name == "fastvae-torch":
+            out["fastvae-aten"] = aten_variant(v)
+    return out
+
+
 def _elbo_variants(backward: bool) -> Dict[str, Variant]:
     names = ("x", "recon", "mu", "logvar")
 
     def make(get_fn):
         return lambda case, inputs: _loss_step(get_fn(), inputs, names, backward)
 
-    return {
+    return _with_aten({
         "eager": Variant("eager", make(lambda: eager_loss)),
         "distributions": Variant("distributions", make(lambda: distributions_loss)),
         "compile": Variant("compile", make(lambda: compiled(eager_loss))),
         "fastvae-torch": Variant("fastvae-torch", make(lambda: fastvae_loss("torch"))),
         "fastvae-triton": Variant("fastvae-triton", make(lambda: fastvae_loss("triton")),
                                   cuda_only=True),
-    }
+    })
 
 
 def _reparam_inputs(case: Case, gen: torch.Generator) -> dict:
@@ -358,14 +414,14 @@ def _iwae_variants() -> Dict[str, Variant]:
     def make(get_fn):
         return lambda case, inputs: _loss_step(get_fn(), inputs, names, True)
 
-    return {
+    return _with_aten({
         "eager": Variant("eager", make(lambda: eager_iwae_loss)),
         "distributions": Variant("distributions", make(lambda: distributions_iwae_loss)),
         "compile": Variant("compile", make(lambda: compiled(eager_iwae_loss))),
         "fastvae-torch": Variant("fastvae-torch", make(lambda: fastvae_iwae_loss("torch"))),
         "fastvae-triton": Variant("fastvae-triton", make(lambda: fastvae_iwae_loss("triton")),
                                   cuda_only=True),
-    }
+    })
 
 
 def image_shape(dim: int) -> Tuple[int, int, int]:
@@ -461,14 +517,17 @@ OPS: Dict[str, Op] = {
     "train_conv": Op("train_conv", "Conv VAE training step (Adam)", _train_inputs,
                      _train_variants()),
 }
-VARIANT_ORDER = ("eager", "distributions", "compile", "fastvae-torch", "fastvae-triton")
+VARIANT_ORDER = ("eager", "distributions", "compile", "fastvae-torch", "fastvae-aten",
+                 "fastvae-triton")
 
 
 def variant_names(op: str, device: str = "cpu") -> List[str]:
-    """The variants of ``op`` that can run on ``device`` (triton needs CUDA and triton)."""
+    """The variants of ``op`` that can run on ``device`` (triton needs CUDA and triton;
+    ``fastvae-aten``, the C kernel's fallback, is a CPU variant)."""
     cuda = torch.device(device).type == "cuda"
     return [n for n, v in OPS[op].variants.items()
-            if not (v.cuda_only and not (cuda and fastvae.triton_available()))]
+            if not (v.cuda_only and not (cuda and fastvae.triton_available()))
+            and not (v.cpu_only and cuda)]
 
 
 # -- the bytes each op must move (the roofline's numerator) --------------------------
@@ -606,23 +665,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(step: Callable, device: str) -> Tuple[float, tuple]:
+def _timed(step: Callable, device: str,
+           clock: Callable[[], float] = time.perf_counter) -> Tuple[float, tuple]:
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     out = step()
     _sync(device)
-    return time.perf_counter() - t0, out
+    return clock() - t0, out
 
 
-def time_interleaved(steps: Dict[str, Callable], device: str, reps: int) -> Dict[str, List[float]]:
+def time_interleaved(steps: Dict[str, Callable], device: str, reps: int,
+                     clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
     """``reps`` rounds; each round runs every variant once, starting one further along
-    the list each round, so drift and noise hit all variants alike."""
+    the list each round, so drift and noise hit all variants alike. ``clock``: wall
+    clock, or ``time.thread_time`` (see :func:`check_cpu_time`)."""
     names = list(steps)
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(reps):
         for j in range(len(names)):
             n = names[(r + j) % len(names)]
-            dt, out = _timed(steps[n], device)
+            dt, out = _timed(steps[n], device, clock)
             del out
             times[n].append(dt)
     return times
@@ -823,16 +885,21 @@ def _on_device(op: Op, case: Case, seed: int) -> dict:
 
 
 def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_reps: int = 5,
-            with_extras: bool = True, bandwidth: Optional[float] = None) -> List[dict]:
+            with_extras: bool = True, bandwidth: Optional[float] = None,
+            cpu_time: bool = False) -> List[dict]:
     """Time the prepared variants interleaved and return one row per variant.
 
     The number of rounds is ``reps``, lowered towards ``min_reps`` so that each
-    variant's timed calls take about ``budget_s`` (big shapes on 2 cores)."""
+    variant's timed calls take about ``budget_s`` (big shapes on 2 cores).
+    ``cpu_time``: time the calling thread's CPU time, not the wall clock."""
     case, steps = prepared.case, prepared.steps
     slowest = max(prepared.first_call_s[n] for n in steps if n != "compile") if len(steps) > 1 \
         else max(prepared.first_call_s.values())
     rounds = max(min_reps, min(reps, int(budget_s / max(slowest, 1e-6))))
-    times = time_interleaved(steps, case.device, rounds)
+    if cpu_time:
+        check_cpu_time(case.device)
+    times = time_interleaved(steps, case.device, rounds,
+                             time.thread_time if cpu_time else time.perf_counter)
     med = {n: statistics.median(ts) for n, ts in times.items()}
     moved = bytes_moved(case)
     rows = []
@@ -841,7 +908,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "op": case.op, "variant": n, "batch": case.batch, "dim": case.dim,
             "latent": case.latent, "k": case.k if OPS[case.op].uses_k else None,
             "dtype": case.dtype_name, "device": case.device, "shape": case.shape,
-            "median_ms": med[n] * 1e3, "rounds": rounds,
+            "median_ms": med[n] * 1e3, "rounds": rounds, "clock": "cpu" if cpu_time else "wall",
             "min_ms": min(times[n]) * 1e3, "max_ms": max(times[n]) * 1e3,
             "first_call_ms": prepared.first_call_s[n] * 1e3,
             "speedup_vs_eager": med["eager"] / med[n] if "eager" in med else None,
@@ -863,6 +930,14 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
                 steps[n], case.device)
         rows.append(row)
     return rows
+
+
+def check_cpu_time(device: str) -> None:
+    """CPU time of the calling thread is the work only when that thread does all of it:
+    a CPU run with one torch thread. Raises ``ValueError`` otherwise."""
+    if torch.device(device).type != "cpu" or torch.get_num_threads() != 1:
+        raise ValueError(f"--cpu-time times the calling thread: it needs device cpu and "
+                         f"--threads 1 (have {device}, {torch.get_num_threads()} threads)")
 
 
 def _paired(times: Dict[str, List[float]], base: str, n: str) -> Optional[float]:
@@ -1031,6 +1106,10 @@ def environment(device: str) -> dict:
     }
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+    else:  # whether fastvae-torch runs the compiled C row kernel or its aten fallback
+        from .backends import _native
+        _native.load()
+        env["native_kernel"] = _native.status()
     return env
 
 
@@ -1164,6 +1243,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.set_num_threads for the run (default: torch's, one per core)")
     parser.add_argument("--reps", type=int, default=None,
                         help="most interleaved rounds (default 15, quick 9)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the calling thread's CPU time (time.thread_time) instead of "
+                             "the wall clock: robust to other processes on a shared machine; "
+                             "CPU only, needs --threads 1")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed calls per variant per case; fewer rounds on big "
                              "shapes, never under 5 (default 1.5, quick 0.5)")
@@ -1192,6 +1275,8 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        check_cpu_time(device)
     skipped: list = []
     grid = grid_from_args(args, device, skipped)
     reps = args.reps if args.reps is not None else (9 if args.quick else 15)
@@ -1199,9 +1284,12 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     env = environment(device)
     bw = copy_bandwidth(device)
     env["copy_bandwidth_gbps"] = bw / 1e9
+    env["clock"] = "cpu (thread_time)" if args.cpu_time else "wall"
     head = (f"fastvae bench  {env['date']}  {env.get('gpu', env['processor'])}  "
             f"({env['cpu_count']} cores, {env['torch_threads']} threads)  torch {env['torch']}  "
-            f"copy {bw / 1e9:.1f} GB/s")
+            f"copy {bw / 1e9:.1f} GB/s  clock {env['clock']}")
+    if "native_kernel" in env:
+        head += f"\nC row kernel (fastvae-aten runs without it): {env['native_kernel']}"
     print(head, flush=True)
     rows: List[dict] = []
     t0 = time.perf_counter()
@@ -1212,7 +1300,7 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
         print(f"[{i + 1}/{len(grid)}] {case.op} {case.shape} {case.dtype_name} ...",
               file=sys.stderr, flush=True)
         rows += run_case(case, names, reps=reps, budget_s=budget, with_extras=not args.no_extras,
-                         bandwidth=bw)
+                         bandwidth=bw, cpu_time=args.cpu_time)
     env["wall_s"] = time.perf_counter() - t0
     print(format_table(rows, markdown=args.markdown))
     first = format_first_calls(rows)

@@ -137,12 +137,16 @@ def test_reparameterize_self_check_rejects_a_wrong_sampler(build):
                       extra_variants={"wrong": bench.Variant("wrong", build)}, warmup=0)
 
 
-def test_default_grids():
+def _parse(argv):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    cpu = bench.grid_from_args(parser.parse_args([]), "cpu", [])
-    gpu = bench.grid_from_args(parser.parse_args([]), "cuda", [])
-    quick = bench.grid_from_args(parser.parse_args(["--quick"]), "cpu", [])
+    return parser.parse_args(argv)
+
+
+def test_default_grids():
+    cpu = bench.grid_from_args(_parse([]), "cpu", [])
+    gpu = bench.grid_from_args(_parse([]), "cuda", [])
+    quick = bench.grid_from_args(_parse(["--quick"]), "cpu", [])
     assert bench.Case("elbo", 4096, 784, 32) in cpu and bench.Case("elbo", 32768, 784, 32) in cpu
     for grid in (cpu, quick):  # the CPU bar's training step
         assert bench.Case("train_mlp", 4096, 784, 32) in grid
@@ -165,3 +169,55 @@ def test_suite_grid_leaves_out_oversized_cases(monkeypatch):
     grid = bench.suite_cases("iwae", device="cpu")
     assert grid and all(c.largest_elements() <= 1 << 24 for c in grid)
     assert {c.k for c in grid} == {5, 50}
+
+
+def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
+    # The torch backend's no-C-compiler fallback, on CPU, for the ops that have the kernel.
+    from fastvae.backends import _native
+
+    for op in ("elbo", "elbo_eval", "iwae"):
+        names = bench.variant_names(op, "cpu")
+        assert names.index("fastvae-aten") == names.index("fastvae-torch") + 1
+        assert "fastvae-aten" not in bench.variant_names(op, "cuda")
+    assert "fastvae-aten" not in bench.variant_names("reparameterize", "cpu")
+    if _native.load() is None:
+        pytest.skip(f"compiled kernel unavailable here: {_native.status()}")
+    calls = []
+    rows = _native.bernoulli_rows
+    monkeypatch.setattr(_native, "bernoulli_rows", lambda *a: calls.append(1) or rows(*a))
+    load = _native.load
+    prepared = bench.prepare(bench.Case("elbo", 64, 40, 3), ["fastvae-torch", "fastvae-aten"],
+                             warmup=0)  # and the two agree with eager
+    del calls[:]
+    prepared.steps["fastvae-aten"]()
+    assert calls == [] and _native.load is load  # off inside the step, back on after it
+    prepared.steps["fastvae-torch"]()
+    assert calls
+
+
+def test_fused_elbo_peak_memory_is_its_gradients():
+    # What the retired benchmarks/bench_elbo.py asserted of the fused variants: autograd
+    # keeps exactly the gradients (d recon, d mu, d logvar), and one forward+backward
+    # peaks at those gradients plus row chunks, well under eager's ~2x.
+    case = bench.Case("elbo", 4096, 784, 32)
+    grads = 4 * (case.batch * case.dim + 2 * case.batch * case.latent)
+    prepared = bench.prepare(case, ["eager", "fastvae-torch", "fastvae-aten"], warmup=0)
+    peak = {}
+    for name, step in prepared.steps.items():
+        peak[name], saved, _ = bench.extras(step, "cpu")
+        if name != "eager":
+            assert saved == grads, name
+            assert grads <= peak[name] <= grads * 1.25 + (4 << 20), (name, peak[name], grads)
+    assert peak["eager"] > 1.5 * grads
+
+
+def test_cpu_time_clock():
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.measure_grid(_parse(["--ops", "elbo", "--no-extras", "--cpu-time",
+                                          "--threads", "1", *TINY]))
+    finally:
+        torch.set_num_threads(threads)
+    assert rows and all(r["clock"] == "cpu" and r["median_ms"] >= 0 for r in rows)
+    with pytest.raises(ValueError, match="--threads 1"):
+        bench.check_cpu_time("cuda")

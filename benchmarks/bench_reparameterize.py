@@ -8,16 +8,10 @@ Variants: eager (pytorch/examples), torch.distributions, torch.compile of the ea
 loss, fastvae "torch" backend, fastvae "triton" backend (CUDA only). Each case's
 variants are checked against eager before any is timed (``fastvae.bench.prepare``).
 """
-import pytest
-
 from fastvae import bench
 
-
-@pytest.fixture(scope="module", params=bench.suite_cases("reparameterize"), ids=lambda c: c.id)
-def prepared(request):
-    yield bench.prepare(request.param)
+CASES = bench.suite_cases("reparameterize")
 
 
-@pytest.mark.parametrize("variant", bench.VARIANT_ORDER)
 def test_reparameterize(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)

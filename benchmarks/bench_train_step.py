@@ -7,18 +7,14 @@ pytorch/examples loss, the torch.distributions loss and torch.compile of the eag
 (and on CUDA "triton") backend end to end. The first step of every variant starts
 from the same weights and noise; loss and every parameter's gradient must agree.
 """
-import pytest
-
 from fastvae import bench
 
-
-@pytest.fixture(scope="module",
-                params=bench.suite_cases("train_mlp") + bench.suite_cases("train_conv"),
-                ids=lambda c: f"{c.op.split('_')[1]}-{c.id}")
-def prepared(request):
-    yield bench.prepare(request.param)
+CASES = bench.suite_cases("train_mlp") + bench.suite_cases("train_conv")
 
 
-@pytest.mark.parametrize("variant", bench.VARIANT_ORDER)
+def case_id(case):
+    return f"{case.op.split('_')[1]}-{case.id}"
+
+
 def test_train_step(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)

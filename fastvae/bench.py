@@ -665,26 +665,45 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(step: Callable, device: str,
-           clock: Callable[[], float] = time.perf_counter) -> Tuple[float, tuple]:
+def _timed(step: Callable, device: str, clock: Callable[[], float] = time.perf_counter,
+           inner: int = 1) -> Tuple[float, tuple]:
+    """Seconds per call of ``inner`` back-to-back calls between two syncs, and the
+    last call's output."""
     _sync(device)
     t0 = clock()
-    out = step()
+    for _ in range(inner):
+        out = step()
     _sync(device)
-    return clock() - t0, out
+    return (clock() - t0) / inner, out
+
+
+# A GPU sample is several back-to-back calls, as in a training loop: the host's launch
+# work for one call overlaps the GPU's work on the one before, and the two syncs' fixed
+# cost (tens of microseconds, a tenth of a fused ELBO step at B=65536) is spread out.
+CUDA_SAMPLE_S = 0.02   # about this long per sample, for the slowest variant
+CUDA_MAX_INNER = 10
+
+
+def inner_calls(device: str, slowest_s: float) -> int:
+    """Calls per timed sample: 1 on the CPU; on a GPU enough to fill CUDA_SAMPLE_S."""
+    if torch.device(device).type != "cuda":
+        return 1
+    return max(1, min(CUDA_MAX_INNER, int(CUDA_SAMPLE_S / max(slowest_s, 1e-6))))
 
 
 def time_interleaved(steps: Dict[str, Callable], device: str, reps: int,
-                     clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
-    """``reps`` rounds; each round runs every variant once, starting one further along
-    the list each round, so drift and noise hit all variants alike. ``clock``: wall
-    clock, or ``time.thread_time`` (see :func:`check_cpu_time`)."""
+                     clock: Callable[[], float] = time.perf_counter,
+                     inner: int = 1) -> Dict[str, List[float]]:
+    """``reps`` rounds; each round runs every variant once (``inner`` calls, see
+    :func:`_timed`), starting one further along the list each round, so drift and noise
+    hit all variants alike. ``clock``: wall clock, or ``time.thread_time`` (see
+    :func:`check_cpu_time`)."""
     names = list(steps)
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(reps):
         for j in range(len(names)):
             n = names[(r + j) % len(names)]
-            dt, out = _timed(steps[n], device, clock)
+            dt, out = _timed(steps[n], device, clock, inner)
             del out
             times[n].append(dt)
     return times
@@ -800,10 +819,8 @@ def copy_bandwidth(device: str, nbytes: int = 256 << 20, reps: int = 10) -> floa
     src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    times = []
-    for _ in range(reps):
-        dt, _ = _timed(lambda: dst.copy_(src), device)
-        times.append(dt)
+    inner = inner_calls(device, _timed(lambda: dst.copy_(src), device)[0])
+    times = [_timed(lambda: dst.copy_(src), device, inner=inner)[0] for _ in range(reps)]
     return 2 * n * 4 / statistics.median(times)
 
 
@@ -895,11 +912,14 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     case, steps = prepared.case, prepared.steps
     slowest = max(prepared.first_call_s[n] for n in steps if n != "compile") if len(steps) > 1 \
         else max(prepared.first_call_s.values())
-    rounds = max(min_reps, min(reps, int(budget_s / max(slowest, 1e-6))))
+    if torch.device(case.device).type == "cuda":  # first calls there include Triton's JIT
+        slowest = max(_timed(step, case.device)[0] for step in steps.values())
+    inner = inner_calls(case.device, slowest)
+    rounds = max(min_reps, min(reps, int(budget_s / max(slowest * inner, 1e-6))))
     if cpu_time:
         check_cpu_time(case.device)
     times = time_interleaved(steps, case.device, rounds,
-                             time.thread_time if cpu_time else time.perf_counter)
+                             time.thread_time if cpu_time else time.perf_counter, inner)
     med = {n: statistics.median(ts) for n, ts in times.items()}
     moved = bytes_moved(case)
     rows = []
@@ -908,7 +928,8 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "op": case.op, "variant": n, "batch": case.batch, "dim": case.dim,
             "latent": case.latent, "k": case.k if OPS[case.op].uses_k else None,
             "dtype": case.dtype_name, "device": case.device, "shape": case.shape,
-            "median_ms": med[n] * 1e3, "rounds": rounds, "clock": "cpu" if cpu_time else "wall",
+            "median_ms": med[n] * 1e3, "rounds": rounds, "calls_per_sample": inner,
+            "clock": "cpu" if cpu_time else "wall",
             "min_ms": min(times[n]) * 1e3, "max_ms": max(times[n]) * 1e3,
             "first_call_ms": prepared.first_call_s[n] * 1e3,
             "speedup_vs_eager": med["eager"] / med[n] if "eager" in med else None,

@@ -221,3 +221,17 @@ def test_cpu_time_clock():
     assert rows and all(r["clock"] == "cpu" and r["median_ms"] >= 0 for r in rows)
     with pytest.raises(ValueError, match="--threads 1"):
         bench.check_cpu_time("cuda")
+
+
+def test_gpu_samples_are_back_to_back_calls():
+    """On a GPU a sample is several calls between two syncs (host work overlaps the
+    GPU's, as in a training loop); the time is per call. The CPU times single calls."""
+    assert bench.inner_calls("cpu", 1e-4) == 1
+    assert bench.inner_calls("cuda", 1e-4) == bench.CUDA_MAX_INNER
+    assert bench.inner_calls("cuda", 5e-3) == 4
+    assert bench.inner_calls("cuda", 1.0) == 1
+    calls = []
+    dt, out = bench._timed(lambda: calls.append(1) or len(calls), "cpu", inner=3)
+    assert calls == [1, 1, 1] and out == 3 and dt >= 0
+    times = bench.time_interleaved({"a": lambda: calls.append(1)}, "cpu", reps=2, inner=4)
+    assert len(times["a"]) == 2 and len(calls) == 3 + 8

@@ -193,8 +193,8 @@ def _run_bench(argv) -> int:
               "ships with the benchmarks, so update fastvae to a version that has it.",
               file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="fastvae bench", description=bench.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # bench's help strings state their own defaults (per-op and per-device ones among them)
+    parser = argparse.ArgumentParser(prog="fastvae bench", description=bench.__doc__)
     bench.add_arguments(parser)
     return int(bench.run(parser.parse_args(argv)) or 0)
 

@@ -4,31 +4,33 @@ The forward kernels already wrote every gradient; backward has only to multiply
 them by the (scalar) grad_output, and nothing at all when it is exactly 1, as it is
 for ``loss.backward()``. Testing ``grad_output == 1`` on the host would read a GPU
 value back (a sync every step, and an error under CUDA-graph capture), so this kernel
-reads it on the device: at 1 every load and store is masked off and the launch moves
-no gradient bytes; otherwise it scales. One launch serves all of an op's gradients
-(up to six tensors of different sizes and dtypes): program ``p`` handles block ``p``
-of each, so the grid covers the largest.
+reads it on the device. One launch serves all of an op's gradients (up to six tensors
+of different sizes and dtypes): block ``i`` of every tensor is scaled by the same
+program. The grid is capped near the SM count and each program strides over the
+blocks, so at grad_output 1 the launch is a few hundred programs that read one
+scalar and exit, not one program per block.
 """
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def _scale_block(G, N, offs, go, live):
-    m = offs < tl.where(live, N, 0)  # at grad_output 1 nothing is in range
+def _scale_block(G, N, offs, go):
+    m = offs < N
     g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(G + offs, (g * go).to(G.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def scale_grads_kernel(GO, G0, N0, G1, N1, G2, N2, G3, N3, G4, N4, G5, N5,
+def scale_grads_kernel(GO, G0, N0, G1, N1, G2, N2, G3, N3, G4, N4, G5, N5, NBLK,
                        BLOCK: tl.constexpr):
     go = tl.load(GO).to(tl.float32)
-    live = go != 1.0
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    _scale_block(G0, N0, offs, go, live)
-    _scale_block(G1, N1, offs, go, live)
-    _scale_block(G2, N2, offs, go, live)
-    _scale_block(G3, N3, offs, go, live)
-    _scale_block(G4, N4, offs, go, live)
-    _scale_block(G5, N5, offs, go, live)
+    if go != 1.0:
+        for blk in range(tl.program_id(0), NBLK, tl.num_programs(0)):
+            offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
+            _scale_block(G0, N0, offs, go)
+            _scale_block(G1, N1, offs, go)
+            _scale_block(G2, N2, offs, go)
+            _scale_block(G3, N3, offs, go)
+            _scale_block(G4, N4, offs, go)
+            _scale_block(G5, N5, offs, go)

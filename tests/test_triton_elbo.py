@@ -269,3 +269,21 @@ def gpu_tiles():
 def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
     check(b, d, l, like, kl, "mean", free_bits=0.5)
     check(b, d, l, like, kl, "none")
+
+
+def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches):
+    """The scale launch's grid is capped (4 programs off a GPU): with the shipped block of
+    2048, d/drecon's 14 blocks are walked by striding programs; every element scaled."""
+    from fastvae.backends import triton_backend as tb
+    x, recon, mu, lv, z, obs = make(40, 700, 6, "bernoulli", "analytic")
+    got = run(x, recon, mu, lv, z, obs, "bernoulli", "analytic", "triton", reduction="sum")
+    del launches[:]
+    g = torch.autograd.grad(got * 0.75, [recon, mu, lv])
+    assert launches == ["scale_grads_kernel"]
+    assert tb.triton.cdiv(recon.numel(), tb.SCALE_BLOCK) > tb._scale_programs(recon.device)
+    ox, orecon, omu, olv = oracle_inputs(x, recon, mu, lv)
+    want = run(ox, orecon, omu, olv, None, 0.0, "bernoulli", "analytic", "reference",
+               reduction="sum")
+    for a, w, name in zip(g, torch.autograd.grad(want * 0.75, [orecon, omu, olv]),
+                          ("recon", "mu", "logvar")):
+        assert_close(a, w, torch.float32, f"d/d{name}")

@@ -23,6 +23,7 @@ gradcheck want fp64 math) and empty dimensions (B, D or L of 0: nothing to launc
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import List
@@ -78,6 +79,7 @@ LIKELIHOODS = {"bernoulli": LIK_BERNOULLI, "continuous_bernoulli": LIK_CONTINUOU
 
 # None: interpreter tiles under TRITON_INTERPRET=1, GPU tiles otherwise. Tests set "gpu"
 # to run the shipped GPU tiles under the interpreter.
+SCALE_PROGRAMS_PER_SM = 8
 CONFIG_MODE = None
 _INTERP_TILE = 1 << 15
 
@@ -309,8 +311,9 @@ def scale_saved_(grads, grad_out):
     for i in range(SCALE_SLOTS):
         slots += [live[i], live[i].numel()] if i < len(live) else [live[0], 0]
     block = scale_block()
-    _launch(_ks.scale_grads_kernel, (triton.cdiv(max(g.numel() for g in live), block),),
-            grad_out.contiguous(), *slots, BLOCK=block, num_warps=SCALE_WARPS)
+    nblk = triton.cdiv(max(g.numel() for g in live), block)
+    _launch(_ks.scale_grads_kernel, (min(nblk, _scale_programs(grad_out.device)),),
+            grad_out.contiguous(), *slots, nblk, BLOCK=block, num_warps=SCALE_WARPS)
     return grads
 
 
@@ -319,6 +322,14 @@ def scale_saved_(grads, grad_out):
 
 def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     """Same contract as ``closed_form.gaussian_log_prob_fwd``: (value, gx, gmean, glogvar)."""
+@functools.lru_cache(maxsize=None)
+def _scale_programs(device: torch.device) -> int:
+    """Programs of a scale launch: enough to keep every SM streaming when it scales."""
+    if device.type != "cuda":
+        return 4
+    return SCALE_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
     if _delegate(x, mean, logvar):
         return closed_form.gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs)
     dev = x.device
@@ -522,3 +533,4 @@ def shipped_configs() -> List[dict]:
     configs.append(dict(name=f"scale_grads[BLOCK={SCALE_BLOCK}]", kernel=_ks.scale_grads_kernel,
                         signature=dict(sig, BLOCK="constexpr"), constexprs={"BLOCK": SCALE_BLOCK},
                         num_warps=SCALE_WARPS, divisible=list(range(1 + 2 * SCALE_SLOTS))))
+    sig["NBLK"] = "i32"

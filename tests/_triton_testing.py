@@ -22,6 +22,33 @@ try:
 except ImportError:
     HAS_TRITON = False
 
+
+def _interpreter_index_for_numpy_2_4():
+    """Triton < 3.7's interpreter turns a scalar argument into a loop bound (``range(0, D,
+    BLOCK_D)``) with ``int()`` of a shape-(1,) array, which NumPy >= 2.4 refuses
+    (triton-lang/triton#9171, fixed in 3.7 by squeezing first). Same fix, for the
+    interpreter runs of these tests only; later Triton and older NumPy are left alone."""
+    import numpy as np
+    from triton.runtime import interpreter as ti
+    if (tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7)
+            or tuple(int(p) for p in np.__version__.split(".")[:2]) < (2, 4)
+            or not hasattr(ti, "_patch_lang_tensor")):
+        return
+    original = ti._patch_lang_tensor
+
+    def patch(tensor, *scope):
+        original(tensor, *scope)
+        index = lambda self: int(np.asarray(self.handle.data).squeeze())  # noqa: E731
+        if scope:  # the versions that restore what they patch do it through a scope
+            scope[0].set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
+
+    ti._patch_lang_tensor = patch
+
+if HAS_TRITON and INTERPRET:
+    _interpreter_index_for_numpy_2_4()
+
 DEVICE = "cuda" if (HAS_CUDA and not INTERPRET) else "cpu"
 
 KERNELS_RUN = HAS_TRITON and (INTERPRET or HAS_CUDA)

@@ -65,9 +65,14 @@ ROW_TILES = {
     "iwae": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 1, 1024, 128), (None, 1, 2048, 128)),
 }
 ROW_WARPS = 8
-# num_warps where 8 makes ptxas (Triton 3.9, --regAllocOptLevel=2) spill a few bytes:
-# (kernel, LIK, BLOCK_B, BLOCK_D) -> warps. tests/test_kernels_compile.py keeps this honest.
-ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 2, 1, 2048): 4}
+# num_warps where 8 makes ptxas spill a few bytes: (kernel, LIK, BLOCK_B, BLOCK_D) -> warps.
+# One table for Triton 3.6 (its ptxas 12.8) and 3.9 (ptxas 12.9, --regAllocOptLevel=2),
+# measured with fp32, bf16 and fp16 pointers on sm_80 and sm_90: each entry is spill-free
+# in all twelve; 16 where both 4 and 8 spill in at least one of them (the 1-row tiles).
+# tests/test_kernels_compile.py keeps this honest.
+ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
+                      ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
+                      ("iwae", 1, 1, 1024): 16, ("iwae", 2, 1, 2048): 16}
 FINISH_TILE = (64, 32, 64)   # BLOCK_B, BLOCK_L, BLOCK_D
 FINISH_WARPS = 4
 REPARAM_CHUNKS = 1           # chunks of 4*Q = 4096 latents per program
@@ -474,19 +479,35 @@ def reparameterize(mu, logvar, n_samples, generator):
 # What we ship, for tests/test_kernels_compile.py: every kernel at every constexpr
 # configuration the host code above can launch on a GPU.
 
-def shipped_configs() -> List[dict]:
-    """Each: name, kernel, signature (all pointers fp32), constexprs, num_warps, and the
-    indices of the arguments the GPU JIT would mark divisible by 16 on the contiguous
-    path (every pointer; row strides and sizes like D = 784)."""
+def shipped_configs(dtype: str = "fp32") -> List[dict]:
+    """Each: name, kernel, signature, constexprs, num_warps, and the indices of the
+    arguments the GPU JIT would mark divisible by 16 on the contiguous path (every
+    pointer; row strides and sizes like D = 784).
+
+    ``dtype`` ("fp32", "bf16" or "fp16") is the pointer type of the caller's tensors:
+    x, recon, obs_logvar, mu, logvar, z and their gradients (allocated like the inputs).
+    The kernels' own buffers stay fp32, as the host functions above allocate them: row
+    values and the loss, the free-bits KL, IWAE log-weights, obs_logvar partials. (Without
+    free bits or partials those slots get ``x`` as a placeholder: another compilation that
+    differs only in the element type of a store the flags skip.) The JIT specializes on
+    pointer types, so each dtype is its own compilation; its names end in ``,{dtype}]``
+    unless fp32.
+    """
+    io = f"*{dtype}"
+    tag = "" if dtype == "fp32" else f",{dtype}"
+
+    def ptrs(names, fp32=()):  # in argument order: the signature is positional
+        return {n: "*fp32" if n in fp32 else io for n in names}
+
     configs = []
-    row_sig = {n: "*fp32" for n in ("X", "R", "OBS", "MU", "LV", "Z", "ROWV", "KLBL", "GX", "GR",
-                                    "GOBS", "GMU", "GLV", "GZ")}
+    row_sig = ptrs(("X", "R", "OBS", "MU", "LV", "Z", "ROWV", "KLBL", "GX", "GR", "GOBS", "GMU",
+                    "GLV", "GZ"), fp32=("ROWV", "KLBL", "GOBS"))
     row_sig.update({n: "i32" for n in ("B", "D", "L", "stride_x", "stride_r", "stride_obs",
                                        "stride_mu", "stride_lv", "stride_z")})
     row_sig.update({"obs_scalar": "fp32", "beta": "fp32", "c": "fp32", "row_scale": "fp32",
                     "flags": "i32"})
-    iw_sig = {n: "*fp32" for n in ("X", "R", "OBS", "MU", "LV", "Z", "LOGW", "ROWV", "GX", "GR",
-                                   "GOBS", "GMU", "GLV", "GZ")}
+    iw_sig = ptrs(("X", "R", "OBS", "MU", "LV", "Z", "LOGW", "ROWV", "GX", "GR", "GOBS", "GMU",
+                   "GLV", "GZ"), fp32=("LOGW", "ROWV", "GOBS"))
     iw_sig.update({n: "i32" for n in ("K", "B", "D", "L", "stride_x", "stride_rk", "stride_rb",
                                       "stride_obs", "stride_mu", "stride_lv", "stride_zk",
                                       "stride_zb")})
@@ -499,34 +520,35 @@ def shipped_configs() -> List[dict]:
         for _, bb, bd, bl in ROW_TILES[name]:
             for lik in (0, 1, 2, 3):
                 cx = {"LIK": lik, "BLOCK_B": bb, "BLOCK_D": bd, "BLOCK_L": bl}
-                configs.append(dict(name=f"{name}_rows[LIK={lik},{bb}x{bd},L{bl}]", kernel=kernel,
+                configs.append(dict(name=f"{name}_rows[LIK={lik},{bb}x{bd},L{bl}{tag}]",
+                                    kernel=kernel,
                                     signature=dict(sig, **{k: "constexpr" for k in cx}),
                                     constexprs=cx, divisible=divisible,
                                     num_warps=ROW_WARPS_OVERRIDE.get((name, lik, bb, bd), ROW_WARPS)))
-    fin_sig = {n: "*fp32" for n in ("ROWV", "KLBL", "BELOW", "GMU", "GLV", "GZ", "OUT",
-                                    "GOBS_PART", "GOBS")}
+    fin_sig = ptrs(("ROWV", "KLBL", "BELOW", "GMU", "GLV", "GZ", "OUT", "GOBS_PART", "GOBS"),
+                   fp32=("ROWV", "KLBL", "OUT", "GOBS_PART"))
     fin_sig["BELOW"] = "*i32"
     fin_sig.update({"B": "i32", "L": "i32", "D": "i32", "NPART": "i32", "beta": "fp32",
                     "free_bits": "fp32", "c": "fp32", "flags": "i32", "grad_flags": "i32"})
     fbb, fbl, fbd = FINISH_TILE
     cx = {"BLOCK_B": fbb, "BLOCK_L": fbl, "BLOCK_D": fbd}
-    configs.append(dict(name=f"elbo_finish[{fbb}x{fbl},D{fbd}]", kernel=_ke.elbo_finish_kernel,
+    configs.append(dict(name=f"elbo_finish[{fbb}x{fbl},D{fbd}{tag}]",
+                        kernel=_ke.elbo_finish_kernel,
                         signature=dict(fin_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
                         num_warps=FINISH_WARPS, divisible=list(range(9)) + [10, 11]))
     cx = {"CHUNKS": REPARAM_CHUNKS, "Q": _kr.Q}
-    configs.append(dict(name=f"reparam_fwd[CHUNKS={REPARAM_CHUNKS},Q={_kr.Q}]",
+    configs.append(dict(name=f"reparam_fwd[CHUNKS={REPARAM_CHUNKS},Q={_kr.Q}{tag}]",
                         kernel=_kr.reparam_fwd_kernel,
-                        signature={"MU": "*fp32", "LV": "*fp32", "SEED": "*i64", "Z": "*fp32",
+                        signature={"MU": io, "LV": io, "SEED": "*i64", "Z": io,
                                    "BL": "i32", "K": "i32", "CPAD": "i32", "CHUNKS": "constexpr",
                                    "Q": "constexpr"},
                         constexprs=cx, num_warps=REPARAM_WARPS, divisible=[0, 1, 2, 3, 4, 6]))
-    configs.append(dict(name=f"reparam_bwd[CHUNKS={REPARAM_CHUNKS},Q={_kr.Q}]",
+    configs.append(dict(name=f"reparam_bwd[CHUNKS={REPARAM_CHUNKS},Q={_kr.Q}{tag}]",
                         kernel=_kr.reparam_bwd_kernel,
-                        signature={"DZ": "*fp32", "LV": "*fp32", "SEED": "*i64", "DMU": "*fp32",
-                                   "DLV": "*fp32", "BL": "i32", "K": "i32", "CPAD": "i32",
+                        signature={"DZ": io, "LV": io, "SEED": "*i64", "DMU": io,
+                                   "DLV": io, "BL": "i32", "K": "i32", "CPAD": "i32",
                                    "need_dlv": "i32", "CHUNKS": "constexpr", "Q": "constexpr"},
                         constexprs=cx, num_warps=REPARAM_WARPS, divisible=[0, 1, 2, 3, 4, 5, 7]))
-    return configs
     sig = {"GO": "*fp32"}
     for i in range(SCALE_SLOTS):
         sig.update({f"G{i}": "*fp32", f"N{i}": "i32"})
@@ -534,3 +556,4 @@ def shipped_configs() -> List[dict]:
     configs.append(dict(name=f"scale_grads[BLOCK={SCALE_BLOCK}]", kernel=_ks.scale_grads_kernel,
                         signature=dict(sig, BLOCK="constexpr"), constexprs={"BLOCK": SCALE_BLOCK},
                         num_warps=SCALE_WARPS, divisible=list(range(1 + 2 * SCALE_SLOTS))))
+    return configs

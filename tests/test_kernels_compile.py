@@ -31,8 +31,15 @@ import pytest
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 triton = pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(INTERPRET, reason="kernels are interpreted functions under "
-                                                  "TRITON_INTERPRET=1; nothing to compile")
+pytestmark = [
+    pytest.mark.skipif(INTERPRET, reason="kernels are interpreted functions under "
+                                         "TRITON_INTERPRET=1; nothing to compile"),
+    # The harness speaks newer Triton's compile API (triton.knobs, ASTSource with named
+    # constexprs; 3.6 and 3.9 checked). Triton 3.0's differs; by hand there, every
+    # shipped fp32 config compiled for sm_90.
+    pytest.mark.skipif(not hasattr(triton, "knobs"),
+                       reason="the compile harness needs triton.knobs (newer Triton)"),
+]
 
 TARGETS = (80, 90)
 LOW_PRECISION = ("bf16", "fp16")

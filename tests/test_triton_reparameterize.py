@@ -15,6 +15,7 @@ from scipy import stats
 import fastvae
 from fastvae.backends import triton_backend as tb
 from _triton_testing import DEVICE, assert_close, launches, leaf, needs_kernels, poison  # noqa: F401
+import triton.language as tl  # noqa: E402
 
 pytestmark = [needs_kernels, pytest.mark.usefixtures("poison")]
 
@@ -134,8 +135,9 @@ def test_large_counters_use_the_high_word():
     draw far down the K axis is not a copy of an early one. Checked on the counter
     itself (such tensors do not fit a CPU test) through randn4x, as the kernels call it."""
     import triton
-    import triton.language as tl
 
+    # tl comes from the module's globals: Triton 3.0's interpreter looks for
+    # triton.language there, not among a test function's locals.
     @triton.jit
     def draw(SEED, CTR, OUT):
         i = tl.arange(0, 4)

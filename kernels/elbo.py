@@ -11,7 +11,7 @@ logvar and z are written in the same pass, already multiplied by the backward sc
 applies free bits (per-latent batch mean of the saved (B, L) KL, clamp, row values
 fixed up, clamped latents' gradients zeroed; one program, so O(B*L / 2048) dependent
 steps: free bits is cheap only for modest B*L) and sums the rows in a fixed order
-(without free bits in blocks of BLOCK_B*BLOCK_L rows);
+(without free bits in blocks of BLOCK_SUM rows);
 programs 1.. sum the per-program partial obs_logvar gradients column by column.
 No atomics: the same inputs give the same bits.
 
@@ -118,7 +118,7 @@ def elbo_finish_kernel(
     ROWV, KLBL, BELOW, GMU, GLV, GZ, OUT, GOBS_PART, GOBS,
     B, L, D, NPART,
     beta, free_bits, c, flags, grad_flags,
-    BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SUM: tl.constexpr,
 ):
     beta = tl.cast(beta, tl.float32)
     free_bits = tl.cast(free_bits, tl.float32)
@@ -167,10 +167,11 @@ def elbo_finish_kernel(
             if (flags & 2) != 0:
                 tl.store(OUT, (tl.sum(total, axis=0) * c).to(OUT.dtype.element_ty))
         else:
-            # The plain batch sum: wide 1-D blocks, so a large B takes few dependent loads.
-            wide = tl.zeros([BLOCK_B * BLOCK_L], dtype=tl.float32)
-            for b0 in range(0, B, BLOCK_B * BLOCK_L):
-                rows = b0 + tl.arange(0, BLOCK_B * BLOCK_L).to(tl.int64)
+            # The plain batch sum: wide 1-D blocks (many loads in flight per step), so a
+            # large B takes few dependent steps in this one program.
+            wide = tl.zeros([BLOCK_SUM], dtype=tl.float32)
+            for b0 in range(0, B, BLOCK_SUM):
+                rows = b0 + tl.arange(0, BLOCK_SUM).to(tl.int64)
                 wide += tl.load(ROWV + rows, mask=rows < B, other=0.0)
             tl.store(OUT, (tl.sum(wide, axis=0) * c).to(OUT.dtype.element_ty))
     else:

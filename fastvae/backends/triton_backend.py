@@ -51,6 +51,12 @@ def _alloc(shape, dtype, device) -> Tensor:
 
 
 def _launch(kernel, grid, *args, **meta):
+    # Triton launches on the *current* CUDA device; tensors on another one (a model moved
+    # to cuda:1 without torch.cuda.set_device) need it switched for the launch.
+    dev = next((a.device for a in args if isinstance(a, Tensor)), None)
+    if dev is not None and dev.type == "cuda" and dev.index != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            return kernel[grid](*args, **meta)
     return kernel[grid](*args, **meta)
 
 
@@ -73,7 +79,7 @@ ROW_WARPS = 8
 ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
                       ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
                       ("iwae", 1, 1, 1024): 16, ("iwae", 2, 1, 2048): 16}
-FINISH_TILE = (64, 32, 64)   # BLOCK_B, BLOCK_L, BLOCK_D
+FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B, BLOCK_L, BLOCK_D, BLOCK_SUM (B=65536: 8 steps)
 FINISH_WARPS = 4
 REPARAM_CHUNKS = 1           # chunks of 4*Q = 4096 latents per program
 REPARAM_WARPS = 8
@@ -113,7 +119,7 @@ def row_config(b: int, d: int, l: int, kernel: str = "elbo", lik: int = 0):
 
 def finish_config():
     if _interpreting():
-        return 256, 64, 256, FINISH_WARPS
+        return 256, 64, 256, _INTERP_TILE, FINISH_WARPS
     return (*FINISH_TILE, FINISH_WARPS)
 
 
@@ -218,7 +224,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
             float(obs_scalar), float(beta), float(c), 1.0 if finish else float(c), flags,
             LIK=lik, BLOCK_B=bb, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
     if finish:
-        fbb, fbl, fbd, fwarps = finish_config()
+        fbb, fbl, fbd, fsum, fwarps = finish_config()
         below = _alloc((l,), torch.int32, dev) if fb else x
         fin_flags = (_ke.FIN_FREE_BITS if fb else 0) | (_ke.FIN_REDUCE if reduce else 0)
         grid = (1 + (triton.cdiv(d, fbd) if gobs_partial else 0),)
@@ -226,7 +232,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
                 rowv, klbl, below, _or(gmu, x), _or(glv, x), _or(gz, x), out,
                 _or(gobs_part, x), _or(gobs, x),
                 b, l, d, nprog, float(beta), float(free_bits), float(c), fin_flags, flags,
-                BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, num_warps=fwarps)
+                BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, BLOCK_SUM=fsum, num_warps=fwarps)
     return (out, *_outs(x, gx, gr, gmu, glv, gz, gobs))
 
 
@@ -286,12 +292,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             float(obs_scalar), float(c), 1.0, math.log(k), flags,
             LIK=lik, BLOCK_B=bb, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
     if reduce:
-        fbb, fbl, fbd, fwarps = finish_config()
+        fbb, fbl, fbd, fsum, fwarps = finish_config()
         grid = (1 + (triton.cdiv(d, fbd) if gobs_partial else 0),)
         _launch(_ke.elbo_finish_kernel, grid,
                 rowv, x, x, x, x, x, out, _or(gobs_part, x), _or(gobs, x),
                 b, l, d, nprog, 0.0, 0.0, float(c), _ke.FIN_REDUCE, 0,
-                BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, num_warps=fwarps)
+                BLOCK_B=fbb, BLOCK_L=fbl, BLOCK_D=fbd, BLOCK_SUM=fsum, num_warps=fwarps)
     return (out, *_outs(x, gx, gr, gmu, glv, gz, gobs))
 
 
@@ -530,9 +536,9 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     fin_sig["BELOW"] = "*i32"
     fin_sig.update({"B": "i32", "L": "i32", "D": "i32", "NPART": "i32", "beta": "fp32",
                     "free_bits": "fp32", "c": "fp32", "flags": "i32", "grad_flags": "i32"})
-    fbb, fbl, fbd = FINISH_TILE
-    cx = {"BLOCK_B": fbb, "BLOCK_L": fbl, "BLOCK_D": fbd}
-    configs.append(dict(name=f"elbo_finish[{fbb}x{fbl},D{fbd}{tag}]",
+    fbb, fbl, fbd, fsum = FINISH_TILE
+    cx = {"BLOCK_B": fbb, "BLOCK_L": fbl, "BLOCK_D": fbd, "BLOCK_SUM": fsum}
+    configs.append(dict(name=f"elbo_finish[{fbb}x{fbl},D{fbd},S{fsum}{tag}]",
                         kernel=_ke.elbo_finish_kernel,
                         signature=dict(fin_sig, **{k: "constexpr" for k in cx}), constexprs=cx,
                         num_warps=FINISH_WARPS, divisible=list(range(9)) + [10, 11]))
@@ -549,11 +555,12 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
                                    "DLV": io, "BL": "i32", "K": "i32", "CPAD": "i32",
                                    "need_dlv": "i32", "CHUNKS": "constexpr", "Q": "constexpr"},
                         constexprs=cx, num_warps=REPARAM_WARPS, divisible=[0, 1, 2, 3, 4, 5, 7]))
-    sig = {"GO": "*fp32"}
+    sig = {"GO": "*fp32"}  # grad_output: the value's dtype, fp32 unless float64
     for i in range(SCALE_SLOTS):
-        sig.update({f"G{i}": "*fp32", f"N{i}": "i32"})
+        sig.update({f"G{i}": io, f"N{i}": "i32"})
     sig["NBLK"] = "i32"
-    configs.append(dict(name=f"scale_grads[BLOCK={SCALE_BLOCK}]", kernel=_ks.scale_grads_kernel,
+    configs.append(dict(name=f"scale_grads[BLOCK={SCALE_BLOCK}{tag}]",
+                        kernel=_ks.scale_grads_kernel,
                         signature=dict(sig, BLOCK="constexpr"), constexprs={"BLOCK": SCALE_BLOCK},
                         num_warps=SCALE_WARPS, divisible=list(range(1 + 2 * SCALE_SLOTS))))
     return configs

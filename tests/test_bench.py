@@ -171,6 +171,17 @@ def test_suite_grid_leaves_out_oversized_cases(monkeypatch):
     assert {c.k for c in grid} == {5, 50}
 
 
+def test_cuda_suite_grid_fits_a_card(monkeypatch):
+    """The CUDA grid adds B=65536 and bf16 but leaves out what no card holds (IWAE K=50 at
+    B=65536, D=3072 is 10 G elements a tensor)."""
+    monkeypatch.delenv("FASTVAE_BENCH_MAX_ELEMENTS", raising=False)
+    grid = bench.suite_cases("iwae", device="cuda")
+    assert {c.batch for c in grid} >= {65536} and {c.dtype for c in grid} == {torch.float32,
+                                                                              torch.bfloat16}
+    assert all(c.largest_elements() <= 1 << 29 for c in grid)
+    assert not any(c.batch == 65536 and c.k == 50 and c.dim == 3072 for c in grid)
+
+
 def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
     # The torch backend's no-C-compiler fallback, on CPU, for the ops that have the kernel.
     from fastvae.backends import _native

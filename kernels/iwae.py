@@ -1,6 +1,20 @@
-"""Fused importance-weighted bound (Burda et al. 2016) over K samples.
+"""Fused importance-weighted bound (Burda et al. 2016) over K samples: two kernels, one
+contract (same outputs, flags bits, gradient scale ``c``, row values / per-program
+obs_logvar partials for ``fastvae.kernels.elbo.elbo_finish_kernel``; no atomics).
+The host (``fastvae.backends.triton_backend.iwae_bound_fwd``) picks one per call.
 
-``iwae_rows_kernel`` — grid ``cdiv(B, BLOCK_B)``; each program owns ``BLOCK_B`` rows.
+``iwae_onepass_kernel`` — where a row's K samples fit on chip (K <= 8, D <= 1024,
+L <= 128; the continuous Bernoulli K <= 4 above D = 256: ``IWAE_ONEPASS_TILES``).
+Grid ``cdiv(B, BLOCK_B)``; each program loads a (BLOCK_B, BLOCK_K, BLOCK_D) tile of
+recon_k and a (BLOCK_B, BLOCK_K, BLOCK_L) tile of z_k once (K padded to the power of
+two BLOCK_K, masked), forms every log-weight, the logsumexp and the softmax weights in
+registers, and writes every gradient already weighted from the same registers. Bytes
+per row, ``s`` per element: training ``(D + 2KD + 2KL + 4L) s`` (read x, recon_k,
+z_k, mu, logvar; write d recon_k, d z_k, d mu, d logvar; d x and d obs_logvar add
+``D s`` each where needed), forward only ``(D + KD + KL + 2L) s``: the floor, no scratch.
+
+``iwae_rows_kernel`` — every other shape (K = 50, D = 3072, ...): grid
+``cdiv(B, BLOCK_B)``; each program owns ``BLOCK_B`` rows and walks D and L in blocks.
 Pass 1 walks the K samples: each sample's log-weight
 ``log w_k = log p(x|z_k) - (log q(z_k|x) - log p(z_k))`` from one read of its
 ``recon_k`` rows and ``z_k`` rows, kept in a (K, B) fp32 scratch, with an online
@@ -9,9 +23,12 @@ per row. Only when a gradient is needed, pass 2 reads the rows again and writes 
 gradient already weighted by ``softmax_k(log w_k) * c``: d/drecon_k and d/dz_k per
 sample, and d/dx, d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers.
 The softmax weights need every sample's log-weight, so a gradient cannot be written
-before pass 1 ends: forward-only use (NLL estimation with large K) is one pass,
-training is two reads of recon_k and one write. Mean/sum reductions and per-dimension
-obs_logvar sums go to ``fastvae.kernels.elbo.elbo_finish_kernel`` (no atomics).
+before pass 1 ends: forward-only use (NLL estimation with large K) is one pass
+(``(D + KD + KL + 2L) s`` plus 4K bytes of log-weights), training reads the inputs
+twice: ``(2D + 3KD + 3KL + 6L) s`` plus 8K bytes, ``KD s`` more than the one-pass kernel
+and its floor (a program reads its rows back right after pass 1, so part of that may
+come from L2: unmeasured, no GPU run yet). Mean/sum reductions and per-dimension obs_logvar sums
+go to ``fastvae.kernels.elbo.elbo_finish_kernel`` (no atomics).
 """
 import triton
 import triton.language as tl
@@ -148,3 +165,108 @@ def iwae_rows_kernel(
                     tl.store(GMU + out_off, (-gmu_acc).to(GMU.dtype.element_ty), mask=m)
                 if (flags & 32) != 0:
                     tl.store(GLV + out_off, (-glv_acc).to(GLV.dtype.element_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
+def iwae_onepass_kernel(
+    X, R, OBS, MU, LV, Z,
+    ROWV, GX, GR, GOBS, GMU, GLV, GZ,
+    K, B, D, L,
+    stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
+    obs_scalar, c, row_scale, log_k, flags,
+    LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks).
+
+    Tiles are (BLOCK_B rows, BLOCK_K samples, BLOCK_D columns) and (rows, samples,
+    BLOCK_L latents); every log-weight, the logsumexp and the softmax weights stay in
+    registers, and the gradients are written from the same tiles.
+    """
+    obs_scalar = tl.cast(obs_scalar, tl.float32)
+    c = tl.cast(c, tl.float32)
+    row_scale = tl.cast(row_scale, tl.float32)
+    log_k = tl.cast(log_k, tl.float32)
+    pid = tl.program_id(0).to(tl.int64)
+    zero_i64 = pid * 0
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)          # int64
+    rmask = rows < B
+    ks = tl.arange(0, BLOCK_K)
+    kmask = ks < K
+    ks64 = zero_i64 + ks                                  # int64: k * (B*D) exceeds 2**31
+    cols = tl.arange(0, BLOCK_D)
+    lats = tl.arange(0, BLOCK_L)
+    rows3 = rows[:, None, None]
+    k3 = ks64[None, :, None]
+    c3 = cols[None, None, :]
+    l3 = lats[None, None, :]
+    rk3 = rmask[:, None, None] & kmask[None, :, None]
+    m_row = rmask[:, None, None] & (c3 < D)              # (BLOCK_B, 1, BLOCK_D)
+    m_d = rk3 & (c3 < D)                                  # (BLOCK_B, BLOCK_K, BLOCK_D)
+    ml_row = rmask[:, None, None] & (l3 < L)
+    m_l = rk3 & (l3 < L)
+
+    # ---- the only read: x, obs, recon_k rows; mu, logvar, z_k rows (fp32 at once) ---
+    x = tl.load(X + rows3 * stride_x + c3, mask=m_row, other=0.0).to(tl.float32)
+    if LIK == 3:
+        s = tl.load(OBS + rows3 * stride_obs + c3, mask=m_row, other=0.0).to(tl.float32)
+    else:
+        s = obs_scalar
+    r = tl.load(R + k3 * stride_rk + rows3 * stride_rb + c3, mask=m_d, other=0.0).to(tl.float32)
+    mu = tl.load(MU + rows3 * stride_mu + l3, mask=ml_row, other=0.0).to(tl.float32)
+    lv = tl.load(LV + rows3 * stride_lv + l3, mask=ml_row, other=0.0).to(tl.float32)
+    z = tl.load(Z + k3 * stride_zk + rows3 * stride_zb + l3, mask=m_l, other=0.0).to(tl.float32)
+
+    # Only the values here; each gradient is computed again from the same registers in
+    # the branch that stores it (CSE shares the exp/log work), so no gradient tile lives
+    # across the reductions below: what stays live is recon_k, z_k and a few row tiles.
+    value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+    kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+    log_w = tl.sum(tl.where(m_d, value, 0.0), axis=2) - tl.sum(tl.where(m_l, kl, 0.0), axis=2)
+    rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
+    log_w = tl.where(rk, log_w, float("-inf"))
+    row_max = tl.where(rmask, tl.max(log_w, axis=1), 0.0)
+    p = tl.exp(log_w - row_max[:, None])                  # 0 for padded samples and rows
+    p_sum = tl.sum(p, axis=1)
+    lse = row_max + tl.log(tl.where(rmask, p_sum, 1.0))
+    tl.store(ROWV + rows, ((lse - log_k) * row_scale).to(ROWV.dtype.element_ty), mask=rmask)
+
+    # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
+    if (flags & 127) != 0:
+        w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
+        w3 = w[:, :, None]
+        rows2 = rows[:, None]
+        cols2 = cols[None, :]
+        m2 = rmask[:, None] & (cols2 < D)
+        if (flags & 2) != 0:
+            size_bd = (zero_i64 + B) * D
+            value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+            tl.store(GR + k3 * size_bd + rows3 * D + c3, (g_r * w3).to(GR.dtype.element_ty),
+                     mask=m_d)
+        if (flags & 1) != 0:
+            value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+            gx = tl.sum(g_x * w3, axis=1)
+            tl.store(GX + rows2 * D + cols2, gx.to(GX.dtype.element_ty), mask=m2)
+        if (flags & 12) != 0:
+            value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+            gs = tl.sum(g_s * w3, axis=1)
+            if (flags & 4) != 0:
+                tl.store(GOBS + rows2 * D + cols2, gs.to(GOBS.dtype.element_ty), mask=m2)
+            if (flags & 8) != 0:
+                part = tl.sum(tl.where(m2, gs, 0.0), axis=0)
+                tl.store(GOBS + pid * D + cols, part, mask=cols < D)
+        lats2 = lats[None, :]
+        ml2 = rmask[:, None] & (lats2 < L)
+        if (flags & 64) != 0:
+            size_bl = (zero_i64 + B) * L
+            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            tl.store(GZ + k3 * size_bl + rows3 * L + l3, (-d_z * w3).to(GZ.dtype.element_ty),
+                     mask=m_l)
+        if (flags & 16) != 0:
+            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            gmu = tl.sum(d_mu * w3, axis=1)
+            tl.store(GMU + rows2 * L + lats2, (-gmu).to(GMU.dtype.element_ty), mask=ml2)
+        if (flags & 32) != 0:
+            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            glv = tl.sum(d_lv * w3, axis=1)
+            tl.store(GLV + rows2 * L + lats2, (-glv).to(GLV.dtype.element_ty), mask=ml2)

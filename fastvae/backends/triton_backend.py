@@ -14,7 +14,12 @@ Launches per call (machine-independent; tests count them through :func:`_launch`
                          scalar grad_output (``scale_saved_``: all gradients in place,
                          no bytes moved at 1), else torch's multiply by the (B,) one
     iwae_bound           1, or 2 with a mean/sum reduction or a (D,) obs_logvar sum;
-                         backward as elbo's
+                         backward as elbo's. The row launch is the one-pass kernel
+                         where a row's K x D fits on chip (iwae_onepass_config: K <= 8,
+                         D <= 1024, L <= 128; continuous Bernoulli K <= 4 above D = 256):
+                         recon_k read once, training (D + 2KD + 2KL + 4L) s per row;
+                         else the two-pass kernel, which reads the row again for the
+                         softmax-weighted gradients: (2D + 3KD + 3KL + 6L) s + 8K bytes
     gaussian_log_prob    1            kl_standard_normal    1
 
 Where the kernels do not apply the call goes to ``closed_form`` (same contract):
@@ -70,6 +75,35 @@ ROW_TILES = {
     "elbo": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 2, 1024, 128), (None, 1, 2048, 128)),
     "iwae": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 1, 1024, 128), (None, 1, 2048, 128)),
 }
+# The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one
+# with K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L wins; with none (K > 8, D > 1024,
+# L > 128, or a continuous Bernoulli with K > 4 and D > 256) the two-pass kernel runs.
+# A tile's recon_k part (BLOCK_B * BLOCK_K * BLOCK_D) is at most 8192 elements (K=5,
+# D=784 is 8 x 1024 of them), 4096 for the continuous Bernoulli, whose log-normaliser
+# keeps more values live (at 8192 ptxas spills hundreds of bytes at 8 and 16 warps); its
+# z_k part at most 4096. Multi-row tiles stay at 2048: at 4096 the per-row reductions
+# push the continuous Bernoulli to the register limit.
+IWAE_ONEPASS_TILES = ((8, 4, 64, 128), (4, 8, 64, 128), (2, 4, 256, 128), (1, 8, 256, 128),
+                      (1, 4, 1024, 128), (1, 8, 1024, 128))
+IWAE_ONEPASS_ELEMENTS = {LIK_BERNOULLI: 8192, LIK_CONTINUOUS_BERNOULLI: 4096,
+                         LIK_GAUSSIAN_SCALAR: 8192, LIK_GAUSSIAN_TENSOR: 8192}
+
+# num_warps of a one-pass tile, by (LIK, BLOCK_B, BLOCK_K, BLOCK_D), where not ROW_WARPS:
+# 16 for the 8192-element tiles (16 elements per thread: 77-105 registers instead of
+# 160-190 at 8 warps, twice the threads at the same one CTA per SM) and for the
+# continuous Bernoulli's 2x4x256 (ptxas spills 4-16 bytes at 8 and 4 warps in some of
+# fp32/bf16/fp16 x sm_80/sm_90; 16 warps: about 90 registers). Its 1x4x1024 stays at 8:
+# 182-255 registers, spill-free in all six, while 16 warps spill 4 bytes (fp16, sm_90).
+# tests/test_kernels_compile.py keeps this honest.
+IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (0, 2, 3)}, (1, 2, 4, 256): 16}
+
+
+def iwae_onepass_tiles(lik: int):
+    """The one-pass tiles shipped for likelihood code ``lik``."""
+    return tuple(t for t in IWAE_ONEPASS_TILES
+                 if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
+
+
 ROW_WARPS = 8
 # num_warps where 8 makes ptxas spill a few bytes: (kernel, LIK, BLOCK_B, BLOCK_D) -> warps.
 # One table for Triton 3.6 (its ptxas 12.8) and 3.9 (ptxas 12.9, --regAllocOptLevel=2),
@@ -115,6 +149,21 @@ def row_config(b: int, d: int, l: int, kernel: str = "elbo", lik: int = 0):
     for upto, bb, bd, bl in ROW_TILES[kernel]:
         if upto is None or d <= upto:
             return bb, bd, bl, ROW_WARPS_OVERRIDE.get((kernel, lik, bb, bd), ROW_WARPS)
+
+
+def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = 0):
+    """(BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L, num_warps) of the one-pass IWAE kernel, or None
+    when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs)."""
+    tile = next((t for t in iwae_onepass_tiles(lik) if k <= t[1] and d <= t[2] and l <= t[3]),
+                None)
+    if tile is None:
+        return None
+    bb, bk, bd, bl = tile
+    if _interpreting():  # same choice of kernel, bigger tiles (the interpreter pays per program)
+        bk, bd, bl = _p2(k), max(_p2(d), 16), max(_p2(l), 16)
+        bb = max(1, min(_INTERP_TILE // (bk * max(bd, bl)), _p2(b)))
+        return bb, bk, bd, bl, ROW_WARPS
+    return bb, bk, bd, bl, IWAE_ONEPASS_WARPS.get((lik, bb, bk, bd), ROW_WARPS)
 
 
 def finish_config():
@@ -260,14 +309,17 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     lik, gaussian_tensor, obs = _likelihood_code(likelihood, obs)
     reduce = reduction != "none"
     c = reduce_scale(b, reduction)
-    bb, bd, bl, warps = row_config(b, d, l, "iwae", lik)
+    onepass = iwae_onepass_config(b, k, d, l, lik)
+    if onepass is not None:
+        bb, bk, bd, bl, warps = onepass
+    else:
+        bb, bd, bl, warps = row_config(b, d, l, "iwae", lik)
     nprog = triton.cdiv(b, bb)
     gobs_partial = bool(needs[5]) and gaussian_tensor and obs.dim() == 1 and reduce
 
     f32 = torch.float32
     out = _alloc((b,) if not reduce else (), f32, dev)
     rowv = _alloc((b,), f32, dev) if reduce else out
-    logw = _alloc((k, b), f32, dev)
     gx = _empty_like_rows(x) if needs[0] else None
     gr = _alloc(recon_k.shape, recon_k.dtype, dev) if needs[1] else None
     gmu = _empty_like_rows(mu) if needs[2] else None
@@ -282,15 +334,21 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
         flags |= _ki.NEED_GOBS_PARTIAL if gobs_partial else _ki.NEED_GOBS_ROWS
     obs_arg = obs if gaussian_tensor else x
     stride_obs = (0 if obs.dim() == 1 else obs.stride(0)) if gaussian_tensor else 0
-    _launch(_ki.iwae_rows_kernel, (nprog,),
-            x, recon_k, obs_arg, mu, logvar, z_k,
-            logw, rowv, _or(gx, x), _or(gr, x), _or(gobs_part if gobs_partial else gobs, x),
-            _or(gmu, x), _or(glv, x), _or(gz, x),
-            k, b, d, l,
+    outs = (rowv, _or(gx, x), _or(gr, x), _or(gobs_part if gobs_partial else gobs, x),
+            _or(gmu, x), _or(glv, x), _or(gz, x))
+    args = (k, b, d, l,
             x.stride(0), recon_k.stride(0), recon_k.stride(1), stride_obs, mu.stride(0),
             logvar.stride(0), z_k.stride(0), z_k.stride(1),
-            float(obs_scalar), float(c), 1.0, math.log(k), flags,
-            LIK=lik, BLOCK_B=bb, BLOCK_D=bd, BLOCK_L=bl, num_warps=warps)
+            float(obs_scalar), float(c), 1.0, math.log(k), flags)
+    if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
+        _launch(_ki.iwae_onepass_kernel, (nprog,), x, recon_k, obs_arg, mu, logvar, z_k,
+                *outs, *args, LIK=lik, BLOCK_B=bb, BLOCK_K=bk, BLOCK_D=bd, BLOCK_L=bl,
+                num_warps=warps)
+    else:
+        logw = _alloc((k, b), f32, dev)
+        _launch(_ki.iwae_rows_kernel, (nprog,), x, recon_k, obs_arg, mu, logvar, z_k,
+                logw, *outs, *args, LIK=lik, BLOCK_B=bb, BLOCK_D=bd, BLOCK_L=bl,
+                num_warps=warps)
     if reduce:
         fbb, fbl, fbd, fsum, fwarps = finish_config()
         grid = (1 + (triton.cdiv(d, fbd) if gobs_partial else 0),)
@@ -531,6 +589,17 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
                                     signature=dict(sig, **{k: "constexpr" for k in cx}),
                                     constexprs=cx, divisible=divisible,
                                     num_warps=ROW_WARPS_OVERRIDE.get((name, lik, bb, bd), ROW_WARPS)))
+    one_sig = {n: t for n, t in iw_sig.items() if n != "LOGW"}
+    # divisible: as the two-pass kernel's, one pointer (LOGW) fewer
+    one_div = list(range(13)) + list(range(15, 25))
+    for lik in (0, 1, 2, 3):
+        for bb, bk, bd, bl in iwae_onepass_tiles(lik):
+            cx = {"LIK": lik, "BLOCK_B": bb, "BLOCK_K": bk, "BLOCK_D": bd, "BLOCK_L": bl}
+            configs.append(dict(name=f"iwae_onepass[LIK={lik},{bb}x{bk}x{bd},L{bl}{tag}]",
+                                kernel=_ki.iwae_onepass_kernel,
+                                signature=dict(one_sig, **{k: "constexpr" for k in cx}),
+                                constexprs=cx, divisible=one_div,
+                                num_warps=IWAE_ONEPASS_WARPS.get((lik, bb, bk, bd), ROW_WARPS)))
     fin_sig = ptrs(("ROWV", "KLBL", "BELOW", "GMU", "GLV", "GZ", "OUT", "GOBS_PART", "GOBS"),
                    fp32=("ROWV", "KLBL", "OUT", "GOBS_PART"))
     fin_sig["BELOW"] = "*i32"

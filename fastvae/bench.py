@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
@@ -1030,7 +1031,8 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
 
     The case was warmed up and checked by :func:`prepare` (an :class:`AgreementError`
     fails the fixture, hence every variant of the case). Rounds: about ``budget_s``
-    of calls, at least 3, at most 20."""
+    of calls, at least 3, at most 20. On a GPU a round is up to 10 back-to-back calls
+    and one sync (``calls_per_round`` in ``extra_info``), like :func:`measure`'s samples."""
     import pytest
 
     if variant not in prepared.steps:
@@ -1042,14 +1044,20 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
         op=case.op, shape=case.shape, dtype=case.dtype_name, first_call_ms=first * 1e3,
         bytes_moved=bytes_moved(case), saved_bytes=saved_bytes(prepared.steps[variant]))
     warm = min(first, prepared.first_call_s["eager"] * 4) if variant == "compile" else first
-    rounds = max(3, min(20, int(budget_s / max(warm, 1e-6))))
-    step = prepared.steps[variant]
+    step, inner = prepared.steps[variant], 1
     if torch.device(case.device).type == "cuda":
-        def step():  # noqa: F811 - time the work, not the launch
+        warm = _timed(step, case.device)[0]  # first calls there include Triton's JIT
+        inner = inner_calls(case.device, warm)
+        calls = itertools.count(1)
+
+        def step():  # noqa: F811 - as measure()'s samples: `inner` calls, then one sync
             out = prepared.steps[variant]()
-            torch.cuda.synchronize()
+            if next(calls) % inner == 0:
+                torch.cuda.synchronize()
             return out
-    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["calls_per_round"] = inner
+    rounds = max(3, min(20, int(budget_s / max(warm * inner, 1e-6))))
+    benchmark.pedantic(step, rounds=rounds, iterations=inner, warmup_rounds=1)
 
 
 # -- reporting -----------------------------------------------------------------------

@@ -246,3 +246,33 @@ def test_gpu_samples_are_back_to_back_calls():
     assert calls == [1, 1, 1] and out == 3 and dt >= 0
     times = bench.time_interleaved({"a": lambda: calls.append(1)}, "cpu", reps=2, inner=4)
     assert len(times["a"]) == 2 and len(calls) == 3 + 8
+
+
+def test_pytest_benchmark_rounds_on_a_gpu_are_back_to_back(monkeypatch):
+    """run_benchmark on a CUDA case: `inner` calls per round and one sync after them."""
+    import dataclasses
+
+    prepared = bench.prepare(bench.Case("elbo", 8, 16, 4, 1, torch.float32, "cpu"),
+                             ["fastvae-torch"])
+    prepared.case = dataclasses.replace(prepared.case, device="cuda")
+    syncs, calls = [], []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: syncs.append(len(calls)))
+    real = prepared.steps["fastvae-torch"]
+    prepared.steps["fastvae-torch"] = lambda: calls.append(1) or real()
+
+    class FakeBenchmark:
+        extra_info = {}
+
+        def pedantic(self, fn, rounds, iterations, warmup_rounds):
+            self.iterations = iterations
+            for _ in range((rounds + warmup_rounds) * iterations):
+                fn()
+
+    b = FakeBenchmark()
+    del syncs[:], calls[:]
+    bench.run_benchmark(b, prepared, "fastvae-torch")
+    inner = b.extra_info["calls_per_round"]
+    assert inner == b.iterations > 1
+    timed = syncs[2:]  # the calibration call's two syncs come first
+    assert len(timed) > 1 and timed[-1] == len(calls), (inner, timed, len(calls))
+    assert all(b - a == inner for a, b in zip(timed, timed[1:])), (inner, timed)

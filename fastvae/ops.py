@@ -5,9 +5,10 @@ Each op's forward runs a backend's ``*_fwd`` ("torch": ``backends.closed_form``,
 in one pass. Only those gradients are saved; backward scales them by grad_output
 (Liger-Kernel's cross-entropy trick), in place and not at all when it is exactly 1:
 the backend decides that where grad_output lives (the Triton kernel reads it on the
-GPU, so backward never syncs with the host). Gradients that are not needed come back as empty placeholders, since a
-custom op cannot return None. Registering fake (meta) kernels lets
-``torch.compile(fullgraph=True)`` trace through every op without a graph break.
+GPU, so backward never syncs with the host). Gradients that are not needed come back
+as empty placeholders, since a custom op cannot return None. Registering fake (meta)
+kernels lets ``torch.compile(fullgraph=True)`` trace through every op without a graph
+break; eager calls run the same functions as a plain autograd.Function (``_Fused``).
 """
 from __future__ import annotations
 
@@ -174,8 +175,8 @@ class _Fused:
     The ``torch.library`` custom op is what torch.compile, fake/meta tensors, dispatch
     modes and ``opcheck`` see. An eager call on real tensors takes the same three
     functions as a plain ``autograd.Function`` instead: the custom op's dispatch (its
-    schema's default filling, the dispatcher, dynamo's disable guards) measured about
-    70 us a call on this project's CPUs, near a tenth of a whole fused ELBO step at B=256.
+    schema's default filling, the dispatcher, dynamo's disable guards) measured 0.17-0.19
+    ms per ELBO fwd+bwd on this project's CPUs, a sixth of a whole fused step at B=256.
     """
 
     def __init__(self, op, forward, setup, backward):

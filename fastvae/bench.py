@@ -911,10 +911,12 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     variant's timed calls take about ``budget_s`` (big shapes on 2 cores).
     ``cpu_time``: time the calling thread's CPU time, not the wall clock."""
     case, steps = prepared.case, prepared.steps
-    slowest = max(prepared.first_call_s[n] for n in steps if n != "compile") if len(steps) > 1 \
-        else max(prepared.first_call_s.values())
     if torch.device(case.device).type == "cuda":  # first calls there include Triton's JIT
         slowest = max(_timed(step, case.device)[0] for step in steps.values())
+    elif len(steps) > 1:
+        slowest = max(prepared.first_call_s[n] for n in steps if n != "compile")
+    else:
+        slowest = max(prepared.first_call_s.values())
     inner = inner_calls(case.device, slowest)
     rounds = max(min_reps, min(reps, int(budget_s / max(slowest * inner, 1e-6))))
     if cpu_time:
@@ -1043,9 +1045,10 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
     benchmark.extra_info.update(
         op=case.op, shape=case.shape, dtype=case.dtype_name, first_call_ms=first * 1e3,
         bytes_moved=bytes_moved(case), saved_bytes=saved_bytes(prepared.steps[variant]))
-    warm = min(first, prepared.first_call_s["eager"] * 4) if variant == "compile" else first
     step, inner = prepared.steps[variant], 1
-    if torch.device(case.device).type == "cuda":
+    if torch.device(case.device).type != "cuda":
+        warm = min(first, prepared.first_call_s["eager"] * 4) if variant == "compile" else first
+    else:
         warm = _timed(step, case.device)[0]  # first calls there include Triton's JIT
         inner = inner_calls(case.device, warm)
         calls = itertools.count(1)

@@ -4,6 +4,7 @@ top-level ``kernels`` import belongs to another PyPI package."""
 from setuptools import setup
 
 setup(
-    packages=["fastvae", "fastvae.backends", "fastvae.kernels"],
+    packages=["fastvae", "fastvae.ops", "fastvae.backends", "fastvae.backends.torch_backend",
+              "fastvae.backends.triton_backend", "fastvae.kernels"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
 )

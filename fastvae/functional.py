@@ -18,15 +18,21 @@ from . import backends, ops, reference
 from . import validation as V
 
 
+
 def _run(backend, device, op: str):
+    """The function that computes ``op``: the reference for "reference", and under a
+    ``torch.func`` transform (whose every order and batching rule autograd-built math
+    has), else the fused op of the selected backend."""
     name = backends.select(backend, device)
+    if ops.functorch_active():
+        name = "reference"
     backends.mark_used(name)
     if name == "reference":
         return getattr(reference, op)
     return functools.partial(getattr(ops, op), backend=name)
 
 
-def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None):
+def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, validate=None):
     r"""Draw ``z = mu + exp(0.5 * logvar) * eps`` with ``eps ~ N(0, I)``, differentiably.
 
     Args:
@@ -37,6 +43,8 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None):
             ``torch.manual_seed(s)`` makes the call reproducible.
         backend: "auto", "torch", "triton", "reference" or None (``FASTVAE_BACKEND``,
             else "auto").
+        validate: check that mu and logvar are finite; None uses the global default
+            set by :func:`fastvae.set_validation`.
 
     Gradients: ``dmu = dz``, ``dlogvar = dz * 0.5 * exp(0.5 * logvar) * eps``.
     Returns ``z`` in mu's dtype.
@@ -45,6 +53,7 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None):
     if mu.dtype != logvar.dtype:
         raise TypeError(f"mu and logvar must share a dtype, got {mu.dtype} and {logvar.dtype}")
     device = V.check_same_device(mu=mu, logvar=logvar)
+    V.check_values(V.resolve_validate(validate), mu=mu, logvar=logvar)
     if n_samples is not None:
         n_samples = int(V.check_number("n_samples", n_samples, minimum=1, integer=True))
     if generator is not None and not isinstance(generator, torch.Generator):

@@ -3,7 +3,8 @@
 Every other backend is tested against these functions and benchmarked against
 them; they are never the default. Same call signatures as every backend (see
 ``fastvae.backends``). Math runs in float32 at least (float64 stays float64) and
-autograd builds the gradients.
+autograd builds the gradients. The fused ops also recompute with these functions when a
+graph of their backward is asked for (higher-order gradients).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from .backends import result_dtype, upcast
+from ._dtypes import result_dtype, upcast
 
 # Value checks are fastvae's (validate= / set_validation), the same for every backend:
 # torch.distributions' own argument checks would raise on NaN inputs with validation off

@@ -1,28 +1,54 @@
-"""Shared ``@triton.jit`` math for the fastvae kernels: one tile of a likelihood, one
-tile of a KL term, each returning its value *and* its partial derivatives.
+"""Shared ``@triton.jit`` math and memory helpers for the fastvae kernels: one tile of a
+likelihood, one tile of a KL term, each returning its value *and* its partial
+derivatives, plus the load/store idioms every kernel repeats.
 
-All arguments are fp32 tiles (loads upcast at once, see the kernels); every formula
-is the stable form that ``fastvae.backends.closed_form`` uses, so the two backends
-agree to fp32 rounding. Only ``tl.exp``/``tl.log`` and elementary arithmetic are
-used, so the same code runs compiled (PTX) and under ``TRITON_INTERPRET=1``.
-
-Likelihood codes (the ``LIK`` constexpr of the row kernels):
-    0 Bernoulli (logits), 1 continuous Bernoulli (logits),
-    2 Gaussian with a scalar observation log-variance, 3 Gaussian with a tensor one.
+All arithmetic is on fp32 tiles (``load_f32`` upcasts at once; the interpreter gets bf16
+arithmetic wrong, and real kernels should not do it either); every formula is the
+stable form that ``fastvae.backends.torch_backend.terms`` uses, so the two backends
+agree to fp32 rounding. Only ``tl.exp``/``tl.log`` and elementary arithmetic are used,
+so the same code runs compiled and under ``TRITON_INTERPRET=1``. No exponential is
+multiplied into a product that can overflow where the result does not:
+``(d * exp(-s/2))^2``, never ``d^2 * exp(-s)``.
 """
 import triton
 import triton.language as tl
 
-LIK_BERNOULLI = 0
-LIK_CONTINUOUS_BERNOULLI = 1
-LIK_GAUSSIAN_SCALAR = 2
-LIK_GAUSSIAN_TENSOR = 3
+# The LIK constexpr of the row kernels.
+LIK_BERNOULLI = tl.constexpr(0)
+LIK_CONTINUOUS_BERNOULLI = tl.constexpr(1)
+LIK_GAUSSIAN_SCALAR = tl.constexpr(2)   # obs_logvar a float
+LIK_GAUSSIAN_TENSOR = tl.constexpr(3)   # obs_logvar a (D,) or (B, D) tensor
 
-LOG_2 = 0.6931471805599453
-LOG_2PI = 1.8378770664093453
+# Bits of the runtime ``flags`` argument of the row kernels: which outputs to write.
+NEED_GX = tl.constexpr(1)
+NEED_GR = tl.constexpr(2)
+NEED_GOBS_ROWS = tl.constexpr(4)       # d/dobs per element, (B, D)
+NEED_GOBS_PARTIAL = tl.constexpr(8)    # d/dobs summed over each program's rows, (programs, D)
+NEED_GMU = tl.constexpr(16)
+NEED_GLV = tl.constexpr(32)
+NEED_GZ = tl.constexpr(64)
+KL_MC = tl.constexpr(128)              # the single-sample KL from z, else the analytic one
+STORE_KL = tl.constexpr(256)           # save the per-latent KL (B, L) for free bits
+NEED_DATA_GRADS = tl.constexpr(1 | 2 | 4 | 8)
+NEED_LATENT_GRADS = tl.constexpr(16 | 32 | 64)
+
+LOG_2 = tl.constexpr(0.6931471805599453)
+LOG_2PI = tl.constexpr(1.8378770664093453)
 # Below |u| = 0.25 the four-term series of log(u / tanh u) is exact to ~1e-9; above it
 # the closed form has no cancellation worth the name (tanh(0.25) is 0.245).
-CB_SERIES_BELOW = 0.25
+CB_SERIES_BELOW = tl.constexpr(0.25)
+
+
+@triton.jit
+def load_f32(ptr, offsets, mask):
+    """A masked tile load, upcast to fp32 at once (masked lanes read 0)."""
+    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_as(ptr, offsets, value, mask):
+    """A masked tile store in the pointer's own element type."""
+    tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -47,19 +73,19 @@ def bernoulli_tile(x, l):
 def cb_log_norm_tile(l):
     """log C(l) = log 2 + log(u / tanh u), u = l/2, and its derivative in l.
 
-    tanh from one exp (|u| >= 0.25 only, so 1 - exp(-2|u|) does not cancel); the
-    series u^2/3 - 7u^4/90 + 62u^6/2835 - 127u^8/18900 below that.
+    tanh from one exp (|u| >= CB_SERIES_BELOW only, so 1 - exp(-2|u|) does not cancel);
+    the series u^2/3 - 7u^4/90 + 62u^6/2835 - 127u^8/18900 below that.
     """
     u = 0.5 * l
     a = tl.abs(u)
-    small = a < 0.25
+    small = a < CB_SERIES_BELOW
     a_safe = tl.where(small, 1.0, a)
     em = tl.exp(-2.0 * a_safe)
     t = (1.0 - em) / (1.0 + em)
     exact = tl.log(a_safe) - tl.log(t)
     u2 = u * u
     series = u2 * (1.0 / 3.0 + u2 * (-7.0 / 90.0 + u2 * (62.0 / 2835.0 + u2 * (-127.0 / 18900.0))))
-    value = tl.where(small, series, exact) + 0.6931471805599453
+    value = tl.where(small, series, exact) + LOG_2
     sgn = tl.where(u >= 0.0, 1.0, -1.0)
     d_exact = sgn * (1.0 / a_safe - 1.0 / t + t)
     d_series = u * (2.0 / 3.0 + u2 * (-14.0 / 45.0 + u2 * (124.0 / 945.0 + u2 * (-254.0 / 4725.0))))
@@ -72,17 +98,17 @@ def likelihood_tile(x, r, s, LIK: tl.constexpr):
 
     ``s`` is the observation log-variance (a scalar or a tile; ignored unless Gaussian).
     """
-    if LIK >= 2:
-        inv_var = tl.exp(-s)
-        diff = x - r
-        g_r = diff * inv_var
-        sq = diff * g_r
-        value = -0.5 * (sq + s + 1.8378770664093453)
+    if LIK >= LIK_GAUSSIAN_SCALAR:
+        inv_sd = tl.exp(-0.5 * s)
+        t = (x - r) * inv_sd
+        g_r = t * inv_sd
+        sq = t * t
+        value = -0.5 * (sq + s + LOG_2PI)
         g_s = 0.5 * (sq - 1.0)
         g_x = -g_r
     else:
         value, g_r = bernoulli_tile(x, r)
-        if LIK == 1:
+        if LIK == LIK_CONTINUOUS_BERNOULLI:
             log_c, d_log_c = cb_log_norm_tile(r)
             value += log_c
             g_r += d_log_c
@@ -96,17 +122,17 @@ def kl_tile(mu, lv, z, is_mc):
     """Per latent: (KL term, d/dmu, d/dlogvar, d/dz) of the analytic KL to N(0, I)
     or, when ``is_mc``, of the single-sample ``log q(z|x) - log p(z)``."""
     if is_mc:
-        inv_var = tl.exp(-lv)
-        diff = z - mu
-        d_mu = diff * inv_var
-        sq = diff * d_mu
+        inv_sd = tl.exp(-0.5 * lv)
+        t = (z - mu) * inv_sd   # the standardized sample: moderate even where 1/var overflows
+        d_mu = t * inv_sd
+        sq = t * t
         value = 0.5 * (z * z - sq - lv)
         d_lv = 0.5 * (sq - 1.0)
         d_z = z - d_mu
     else:
-        var = tl.exp(lv)
-        value = 0.5 * (mu * mu + var - 1.0 - lv)
+        half_var = tl.exp(lv - LOG_2)
+        value = 0.5 * (mu * mu - 1.0 - lv) + half_var
         d_mu = mu
-        d_lv = 0.5 * (var - 1.0)
+        d_lv = half_var - 0.5
         d_z = z * 0.0
     return value, d_mu, d_lv, d_z

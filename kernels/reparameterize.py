@@ -14,13 +14,15 @@ the seed and its position): the B*L latents of one sample are cut into chunks of
 ``CPAD = cdiv(B*L, 4Q) * Q`` counters per sample. Each Philox call feeds four
 contiguous, vectorizable quarters.
 
-``reparam_fwd_kernel`` — grid ``cdiv(B*L, 4*Q*CHUNKS)``: loads mu/logvar once and
+``reparameterize_fwd_kernel`` — grid ``cdiv(B*L, 4*Q*CHUNKS)``: loads mu/logvar once and
 writes all K samples (``(K, B, L)``, contiguous).
-``reparam_bwd_kernel`` — same grid: ``dmu = sum_k dz_k``,
+``reparameterize_bwd_kernel`` — same grid: ``dmu = sum_k dz_k``,
 ``dlogvar = 0.5 * exp(0.5*logvar) * sum_k dz_k * eps_k``.
 """
 import triton
 import triton.language as tl
+
+from ._math import load_f32, store_as
 
 Q = 1024  # the counter layout's quarter length; part of the sampling contract
 
@@ -41,34 +43,48 @@ def _quarters(BL, CHUNKS: tl.constexpr, Q: tl.constexpr):
 
 
 @triton.jit
-def reparam_fwd_kernel(MU, LV, SEED, Z, BL, K, CPAD,
-                       CHUNKS: tl.constexpr, Q: tl.constexpr):
+def _load4(PTR, i0, i1, i2, i3, m0, m1, m2, m3):
+    return (load_f32(PTR, i0, m0), load_f32(PTR, i1, m1), load_f32(PTR, i2, m2),
+            load_f32(PTR, i3, m3))
+
+
+@triton.jit
+def _store4(PTR, i0, i1, i2, i3, v0, v1, v2, v3, m0, m1, m2, m3):
+    store_as(PTR, i0, v0, m0)
+    store_as(PTR, i1, v1, m1)
+    store_as(PTR, i2, v2, m2)
+    store_as(PTR, i3, v3, m3)
+
+
+@triton.jit
+def reparameterize_fwd_kernel(
+    MU, LV, SEED,          # inputs: (B*L,) each, SEED one int64
+    Z,                     # output: (K, B*L)
+    BL, K, CPAD,
+    CHUNKS: tl.constexpr, Q: tl.constexpr,
+):
     i0, i1, i2, i3, m0, m1, m2, m3, counter = _quarters(BL, CHUNKS, Q)
-    mu0 = tl.load(MU + i0, mask=m0, other=0.0).to(tl.float32)
-    mu1 = tl.load(MU + i1, mask=m1, other=0.0).to(tl.float32)
-    mu2 = tl.load(MU + i2, mask=m2, other=0.0).to(tl.float32)
-    mu3 = tl.load(MU + i3, mask=m3, other=0.0).to(tl.float32)
-    sd0 = tl.exp(0.5 * tl.load(LV + i0, mask=m0, other=0.0).to(tl.float32))
-    sd1 = tl.exp(0.5 * tl.load(LV + i1, mask=m1, other=0.0).to(tl.float32))
-    sd2 = tl.exp(0.5 * tl.load(LV + i2, mask=m2, other=0.0).to(tl.float32))
-    sd3 = tl.exp(0.5 * tl.load(LV + i3, mask=m3, other=0.0).to(tl.float32))
+    mu0, mu1, mu2, mu3 = _load4(MU, i0, i1, i2, i3, m0, m1, m2, m3)
+    lv0, lv1, lv2, lv3 = _load4(LV, i0, i1, i2, i3, m0, m1, m2, m3)
+    sd0, sd1, sd2, sd3 = tl.exp(0.5 * lv0), tl.exp(0.5 * lv1), tl.exp(0.5 * lv2), tl.exp(0.5 * lv3)
     seed = tl.load(SEED)
     k_ctr = tl.program_id(0).to(tl.int64) * 0   # k * CPAD, int64
     k_off = k_ctr                                # k * BL, int64
     for k in range(0, K):
         n0, n1, n2, n3 = tl.randn4x(seed, k_ctr + counter)
-        zk = Z + k_off
-        tl.store(zk + i0, (mu0 + sd0 * n0).to(Z.dtype.element_ty), mask=m0)
-        tl.store(zk + i1, (mu1 + sd1 * n1).to(Z.dtype.element_ty), mask=m1)
-        tl.store(zk + i2, (mu2 + sd2 * n2).to(Z.dtype.element_ty), mask=m2)
-        tl.store(zk + i3, (mu3 + sd3 * n3).to(Z.dtype.element_ty), mask=m3)
+        _store4(Z + k_off, i0, i1, i2, i3, mu0 + sd0 * n0, mu1 + sd1 * n1, mu2 + sd2 * n2,
+                mu3 + sd3 * n3, m0, m1, m2, m3)
         k_ctr += CPAD
         k_off += BL
 
 
 @triton.jit
-def reparam_bwd_kernel(DZ, LV, SEED, DMU, DLV, BL, K, CPAD, need_dlv,
-                       CHUNKS: tl.constexpr, Q: tl.constexpr):
+def reparameterize_bwd_kernel(
+    DZ, LV, SEED,          # inputs: (K, B*L), (B*L,), one int64
+    DMU, DLV,              # outputs: (B*L,) each (DLV written when need_dlv)
+    BL, K, CPAD, need_dlv,
+    CHUNKS: tl.constexpr, Q: tl.constexpr,
+):
     i0, i1, i2, i3, m0, m1, m2, m3, counter = _quarters(BL, CHUNKS, Q)
     seed = tl.load(SEED)
     zero = tl.zeros([CHUNKS, Q], dtype=tl.float32)
@@ -78,11 +94,7 @@ def reparam_bwd_kernel(DZ, LV, SEED, DMU, DLV, BL, K, CPAD, need_dlv,
     k_off = k_ctr
     for k in range(0, K):
         n0, n1, n2, n3 = tl.randn4x(seed, k_ctr + counter)
-        dzk = DZ + k_off
-        d0 = tl.load(dzk + i0, mask=m0, other=0.0).to(tl.float32)
-        d1 = tl.load(dzk + i1, mask=m1, other=0.0).to(tl.float32)
-        d2 = tl.load(dzk + i2, mask=m2, other=0.0).to(tl.float32)
-        d3 = tl.load(dzk + i3, mask=m3, other=0.0).to(tl.float32)
+        d0, d1, d2, d3 = _load4(DZ + k_off, i0, i1, i2, i3, m0, m1, m2, m3)
         gm0 += d0
         gm1 += d1
         gm2 += d2
@@ -93,16 +105,8 @@ def reparam_bwd_kernel(DZ, LV, SEED, DMU, DLV, BL, K, CPAD, need_dlv,
         ge3 += d3 * n3
         k_ctr += CPAD
         k_off += BL
-    tl.store(DMU + i0, gm0.to(DMU.dtype.element_ty), mask=m0)
-    tl.store(DMU + i1, gm1.to(DMU.dtype.element_ty), mask=m1)
-    tl.store(DMU + i2, gm2.to(DMU.dtype.element_ty), mask=m2)
-    tl.store(DMU + i3, gm3.to(DMU.dtype.element_ty), mask=m3)
+    _store4(DMU, i0, i1, i2, i3, gm0, gm1, gm2, gm3, m0, m1, m2, m3)
     if need_dlv != 0:
-        h0 = 0.5 * tl.exp(0.5 * tl.load(LV + i0, mask=m0, other=0.0).to(tl.float32))
-        h1 = 0.5 * tl.exp(0.5 * tl.load(LV + i1, mask=m1, other=0.0).to(tl.float32))
-        h2 = 0.5 * tl.exp(0.5 * tl.load(LV + i2, mask=m2, other=0.0).to(tl.float32))
-        h3 = 0.5 * tl.exp(0.5 * tl.load(LV + i3, mask=m3, other=0.0).to(tl.float32))
-        tl.store(DLV + i0, (h0 * ge0).to(DLV.dtype.element_ty), mask=m0)
-        tl.store(DLV + i1, (h1 * ge1).to(DLV.dtype.element_ty), mask=m1)
-        tl.store(DLV + i2, (h2 * ge2).to(DLV.dtype.element_ty), mask=m2)
-        tl.store(DLV + i3, (h3 * ge3).to(DLV.dtype.element_ty), mask=m3)
+        lv0, lv1, lv2, lv3 = _load4(LV, i0, i1, i2, i3, m0, m1, m2, m3)
+        _store4(DLV, i0, i1, i2, i3, 0.5 * tl.exp(0.5 * lv0) * ge0, 0.5 * tl.exp(0.5 * lv1) * ge1,
+                0.5 * tl.exp(0.5 * lv2) * ge2, 0.5 * tl.exp(0.5 * lv3) * ge3, m0, m1, m2, m3)

@@ -13,17 +13,22 @@ scalar and exit, not one program per block.
 import triton
 import triton.language as tl
 
+from ._math import load_f32, store_as
+
 
 @triton.jit
 def _scale_block(G, N, offs, go):
     m = offs < N
-    g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
-    tl.store(G + offs, (g * go).to(G.dtype.element_ty), mask=m)
+    store_as(G, offs, load_f32(G, offs, m) * go, m)
 
 
 @triton.jit
-def scale_grads_kernel(GO, G0, N0, G1, N1, G2, N2, G3, N3, G4, N4, G5, N5, NBLK,
-                       BLOCK: tl.constexpr):
+def scale_grads_kernel(
+    GO,                                              # grad_output, one element
+    G0, N0, G1, N1, G2, N2, G3, N3, G4, N4, G5, N5,  # gradients and their sizes (0: unused)
+    NBLK,
+    BLOCK: tl.constexpr,
+):
     go = tl.load(GO).to(tl.float32)
     if go != 1.0:
         for blk in range(tl.program_id(0), NBLK, tl.num_programs(0)):

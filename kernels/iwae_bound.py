@@ -1,9 +1,9 @@
 """Fused importance-weighted bound (Burda et al. 2016) over K samples: two kernels, one
-contract (same outputs, flags bits, gradient scale ``c``, row values / per-program
-obs_logvar partials for ``fastvae.kernels.elbo.elbo_finish_kernel``; no atomics).
-The host (``fastvae.backends.triton_backend.iwae_bound_fwd``) picks one per call.
+contract (same outputs, ``_math.NEED_*`` flags bits, gradient scale ``c``, row values /
+per-program obs_logvar partials for ``reduce.finish_kernel``; no atomics). The host
+(``fastvae.backends.triton_backend.iwae_bound``) picks one per call.
 
-``iwae_onepass_kernel`` — where a row's K samples fit on chip (K <= 8, D <= 1024,
+``iwae_bound_onepass_kernel`` — where a row's K samples fit on chip (K <= 8, D <= 1024,
 L <= 128; the continuous Bernoulli K <= 4 above D = 256: ``IWAE_ONEPASS_TILES``).
 Grid ``cdiv(B, BLOCK_B)``; each program loads a (BLOCK_B, BLOCK_K, BLOCK_D) tile of
 recon_k and a (BLOCK_B, BLOCK_K, BLOCK_L) tile of z_k once (K padded to the power of
@@ -13,7 +13,7 @@ per row, ``s`` per element: training ``(D + 2KD + 2KL + 4L) s`` (read x, recon_k
 z_k, mu, logvar; write d recon_k, d z_k, d mu, d logvar; d x and d obs_logvar add
 ``D s`` each where needed), forward only ``(D + KD + KL + 2L) s``: the floor, no scratch.
 
-``iwae_rows_kernel`` — every other shape (K = 50, D = 3072, ...): grid
+``iwae_bound_rows_kernel`` — every other shape (K = 50, D = 3072, ...): grid
 ``cdiv(B, BLOCK_B)``; each program owns ``BLOCK_B`` rows and walks D and L in blocks.
 Pass 1 walks the K samples: each sample's log-weight
 ``log w_k = log p(x|z_k) - (log q(z_k|x) - log p(z_k))`` from one read of its
@@ -27,28 +27,22 @@ before pass 1 ends: forward-only use (NLL estimation with large K) is one pass
 (``(D + KD + KL + 2L) s`` plus 4K bytes of log-weights), training reads the inputs
 twice: ``(2D + 3KD + 3KL + 6L) s`` plus 8K bytes, ``KD s`` more than the one-pass kernel
 and its floor (a program reads its rows back right after pass 1, so part of that may
-come from L2: unmeasured, no GPU run yet). Mean/sum reductions and per-dimension obs_logvar sums
-go to ``fastvae.kernels.elbo.elbo_finish_kernel`` (no atomics).
+come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
+``reduce.finish_kernel`` (no atomics).
 """
 import triton
 import triton.language as tl
 
-from ._math import kl_tile, likelihood_tile
-
-# flags bits: the ELBO kernel's (fastvae.kernels.elbo) d/d flags, reused
-NEED_GX = 1
-NEED_GR = 2
-NEED_GOBS_ROWS = 4
-NEED_GOBS_PARTIAL = 8
-NEED_GMU = 16
-NEED_GLV = 32
-NEED_GZ = 64
+from ._math import (LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
+                    NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, kl_tile,
+                    likelihood_tile, load_f32, store_as)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
-def iwae_rows_kernel(
-    X, R, OBS, MU, LV, Z,
-    LOGW, ROWV, GX, GR, GOBS, GMU, GLV, GZ,
+def iwae_bound_rows_kernel(
+    X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
+    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
     obs_scalar, c, row_scale, log_k, flags,
@@ -76,10 +70,10 @@ def iwae_rows_kernel(
         for d0 in range(0, D, BLOCK_D):
             cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
             m = rmask[:, None] & (cols2 < D)
-            x = tl.load(X + rows2 * stride_x + cols2, mask=m, other=0.0).to(tl.float32)
-            r = tl.load(R + r_base + rows2 * stride_rb + cols2, mask=m, other=0.0).to(tl.float32)
-            if LIK == 3:
-                s = tl.load(OBS + rows2 * stride_obs + cols2, mask=m, other=0.0).to(tl.float32)
+            x = load_f32(X, rows2 * stride_x + cols2, m)
+            r = load_f32(R, r_base + rows2 * stride_rb + cols2, m)
+            if LIK == LIK_GAUSSIAN_TENSOR:
+                s = load_f32(OBS, rows2 * stride_obs + cols2, m)
             else:
                 s = obs_scalar
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
@@ -88,32 +82,32 @@ def iwae_rows_kernel(
         for l0 in range(0, L, BLOCK_L):
             lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
             m = rmask[:, None] & (lat2 < L)
-            mu = tl.load(MU + rows2 * stride_mu + lat2, mask=m, other=0.0).to(tl.float32)
-            lv = tl.load(LV + rows2 * stride_lv + lat2, mask=m, other=0.0).to(tl.float32)
-            z = tl.load(Z + z_base + rows2 * stride_zb + lat2, mask=m, other=0.0).to(tl.float32)
+            mu = load_f32(MU, rows2 * stride_mu + lat2, m)
+            lv = load_f32(LV, rows2 * stride_lv + lat2, m)
+            z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             kacc += tl.where(m, kl, 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
-        tl.store(LOGW + (zero_i64 + k) * B + rows, log_w, mask=rmask)
+        tl.store(LOG_W + (zero_i64 + k) * B + rows, log_w, mask=rmask)
         new_max = tl.maximum(run_max, log_w)
         run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(log_w - new_max)
         run_max = new_max
         r_base += stride_rk
         z_base += stride_zk
     lse = run_max + tl.log(run_sum)
-    tl.store(ROWV + rows, ((lse - log_k) * row_scale).to(ROWV.dtype.element_ty), mask=rmask)
+    store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
-    if (flags & 127) != 0:
-        tl.debug_barrier()  # LOGW is read back by other threads of this program
-        if (flags & 15) != 0:
+    if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
+        tl.debug_barrier()  # LOG_W is read back by other threads of this program
+        if (flags & NEED_DATA_GRADS) != 0:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 cols2 = cols[None, :]
                 m = rmask[:, None] & (cols2 < D)
-                x = tl.load(X + rows2 * stride_x + cols2, mask=m, other=0.0).to(tl.float32)
-                if LIK == 3:
-                    s = tl.load(OBS + rows2 * stride_obs + cols2, mask=m, other=0.0).to(tl.float32)
+                x = load_f32(X, rows2 * stride_x + cols2, m)
+                if LIK == LIK_GAUSSIAN_TENSOR:
+                    s = load_f32(OBS, rows2 * stride_obs + cols2, m)
                 else:
                     s = obs_scalar
                 gx_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
@@ -121,56 +115,57 @@ def iwae_rows_kernel(
                 r_base = zero_i64
                 gr_base = zero_i64
                 for k in range(0, K):
-                    lw = tl.load(LOGW + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
                     w = (tl.exp(lw - lse) * c)[:, None]
-                    r = tl.load(R + r_base + rows2 * stride_rb + cols2, mask=m, other=0.0).to(tl.float32)
+                    r = load_f32(R, r_base + rows2 * stride_rb + cols2, m)
                     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-                    if (flags & 2) != 0:
-                        tl.store(GR + gr_base + rows2 * D + cols2, (g_r * w).to(GR.dtype.element_ty), mask=m)
+                    if (flags & NEED_GR) != 0:
+                        store_as(GR, gr_base + rows2 * D + cols2, g_r * w, m)
                     gx_acc += g_x * w
                     gs_acc += g_s * w
                     r_base += stride_rk
                     gr_base += size_bd
                 out_off = rows2 * D + cols2
-                if (flags & 1) != 0:
-                    tl.store(GX + out_off, gx_acc.to(GX.dtype.element_ty), mask=m)
-                if (flags & 4) != 0:
-                    tl.store(GOBS + out_off, gs_acc.to(GOBS.dtype.element_ty), mask=m)
-                if (flags & 8) != 0:
+                if (flags & NEED_GX) != 0:
+                    store_as(GX, out_off, gx_acc, m)
+                if (flags & NEED_GOBS_ROWS) != 0:
+                    store_as(GOBS, out_off, gs_acc, m)
+                if (flags & NEED_GOBS_PARTIAL) != 0:
                     part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
                     tl.store(GOBS + pid * D + cols, part, mask=cols < D)
-        if (flags & 112) != 0:
+        if (flags & NEED_LATENT_GRADS) != 0:
             for l0 in range(0, L, BLOCK_L):
                 lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
                 m = rmask[:, None] & (lat2 < L)
-                mu = tl.load(MU + rows2 * stride_mu + lat2, mask=m, other=0.0).to(tl.float32)
-                lv = tl.load(LV + rows2 * stride_lv + lat2, mask=m, other=0.0).to(tl.float32)
+                mu = load_f32(MU, rows2 * stride_mu + lat2, m)
+                lv = load_f32(LV, rows2 * stride_lv + lat2, m)
                 gmu_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 glv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 z_base = zero_i64
                 gz_base = zero_i64
                 for k in range(0, K):
-                    lw = tl.load(LOGW + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
                     w = (tl.exp(lw - lse) * c)[:, None]
-                    z = tl.load(Z + z_base + rows2 * stride_zb + lat2, mask=m, other=0.0).to(tl.float32)
+                    z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
                     kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
-                    if (flags & 64) != 0:
-                        tl.store(GZ + gz_base + rows2 * L + lat2, (-d_z * w).to(GZ.dtype.element_ty), mask=m)
+                    if (flags & NEED_GZ) != 0:
+                        store_as(GZ, gz_base + rows2 * L + lat2, -d_z * w, m)
                     gmu_acc += d_mu * w
                     glv_acc += d_lv * w
                     z_base += stride_zk
                     gz_base += size_bl
                 out_off = rows2 * L + lat2
-                if (flags & 16) != 0:
-                    tl.store(GMU + out_off, (-gmu_acc).to(GMU.dtype.element_ty), mask=m)
-                if (flags & 32) != 0:
-                    tl.store(GLV + out_off, (-glv_acc).to(GLV.dtype.element_ty), mask=m)
+                if (flags & NEED_GMU) != 0:
+                    store_as(GMU, out_off, -gmu_acc, m)
+                if (flags & NEED_GLV) != 0:
+                    store_as(GLV, out_off, -glv_acc, m)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
-def iwae_onepass_kernel(
-    X, R, OBS, MU, LV, Z,
-    ROWV, GX, GR, GOBS, GMU, GLV, GZ,
+def iwae_bound_onepass_kernel(
+    X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    ROW_VALUES,                               # (B,) fp32 rows
+    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
     obs_scalar, c, row_scale, log_k, flags,
@@ -207,15 +202,15 @@ def iwae_onepass_kernel(
     m_l = rk3 & (l3 < L)
 
     # ---- the only read: x, obs, recon_k rows; mu, logvar, z_k rows (fp32 at once) ---
-    x = tl.load(X + rows3 * stride_x + c3, mask=m_row, other=0.0).to(tl.float32)
-    if LIK == 3:
-        s = tl.load(OBS + rows3 * stride_obs + c3, mask=m_row, other=0.0).to(tl.float32)
+    x = load_f32(X, rows3 * stride_x + c3, m_row)
+    if LIK == LIK_GAUSSIAN_TENSOR:
+        s = load_f32(OBS, rows3 * stride_obs + c3, m_row)
     else:
         s = obs_scalar
-    r = tl.load(R + k3 * stride_rk + rows3 * stride_rb + c3, mask=m_d, other=0.0).to(tl.float32)
-    mu = tl.load(MU + rows3 * stride_mu + l3, mask=ml_row, other=0.0).to(tl.float32)
-    lv = tl.load(LV + rows3 * stride_lv + l3, mask=ml_row, other=0.0).to(tl.float32)
-    z = tl.load(Z + k3 * stride_zk + rows3 * stride_zb + l3, mask=m_l, other=0.0).to(tl.float32)
+    r = load_f32(R, k3 * stride_rk + rows3 * stride_rb + c3, m_d)
+    mu = load_f32(MU, rows3 * stride_mu + l3, ml_row)
+    lv = load_f32(LV, rows3 * stride_lv + l3, ml_row)
+    z = load_f32(Z, k3 * stride_zk + rows3 * stride_zb + l3, m_l)
 
     # Only the values here; each gradient is computed again from the same registers in
     # the branch that stores it (CSE shares the exp/log work), so no gradient tile lives
@@ -229,44 +224,42 @@ def iwae_onepass_kernel(
     p = tl.exp(log_w - row_max[:, None])                  # 0 for padded samples and rows
     p_sum = tl.sum(p, axis=1)
     lse = row_max + tl.log(tl.where(rmask, p_sum, 1.0))
-    tl.store(ROWV + rows, ((lse - log_k) * row_scale).to(ROWV.dtype.element_ty), mask=rmask)
+    store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
-    if (flags & 127) != 0:
+    if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
         w3 = w[:, :, None]
         rows2 = rows[:, None]
         cols2 = cols[None, :]
         m2 = rmask[:, None] & (cols2 < D)
-        if (flags & 2) != 0:
+        if (flags & NEED_GR) != 0:
             size_bd = (zero_i64 + B) * D
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-            tl.store(GR + k3 * size_bd + rows3 * D + c3, (g_r * w3).to(GR.dtype.element_ty),
-                     mask=m_d)
-        if (flags & 1) != 0:
+            store_as(GR, k3 * size_bd + rows3 * D + c3, g_r * w3, m_d)
+        if (flags & NEED_GX) != 0:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             gx = tl.sum(g_x * w3, axis=1)
-            tl.store(GX + rows2 * D + cols2, gx.to(GX.dtype.element_ty), mask=m2)
-        if (flags & 12) != 0:
+            store_as(GX, rows2 * D + cols2, gx, m2)
+        if (flags & (NEED_GOBS_ROWS | NEED_GOBS_PARTIAL)) != 0:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             gs = tl.sum(g_s * w3, axis=1)
-            if (flags & 4) != 0:
-                tl.store(GOBS + rows2 * D + cols2, gs.to(GOBS.dtype.element_ty), mask=m2)
-            if (flags & 8) != 0:
+            if (flags & NEED_GOBS_ROWS) != 0:
+                store_as(GOBS, rows2 * D + cols2, gs, m2)
+            if (flags & NEED_GOBS_PARTIAL) != 0:
                 part = tl.sum(tl.where(m2, gs, 0.0), axis=0)
                 tl.store(GOBS + pid * D + cols, part, mask=cols < D)
         lats2 = lats[None, :]
         ml2 = rmask[:, None] & (lats2 < L)
-        if (flags & 64) != 0:
+        if (flags & NEED_GZ) != 0:
             size_bl = (zero_i64 + B) * L
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
-            tl.store(GZ + k3 * size_bl + rows3 * L + l3, (-d_z * w3).to(GZ.dtype.element_ty),
-                     mask=m_l)
-        if (flags & 16) != 0:
+            store_as(GZ, k3 * size_bl + rows3 * L + l3, -d_z * w3, m_l)
+        if (flags & NEED_GMU) != 0:
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             gmu = tl.sum(d_mu * w3, axis=1)
-            tl.store(GMU + rows2 * L + lats2, (-gmu).to(GMU.dtype.element_ty), mask=ml2)
-        if (flags & 32) != 0:
+            store_as(GMU, rows2 * L + lats2, -gmu, ml2)
+        if (flags & NEED_GLV) != 0:
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             glv = tl.sum(d_lv * w3, axis=1)
-            tl.store(GLV + rows2 * L + lats2, (-glv).to(GLV.dtype.element_ty), mask=ml2)
+            store_as(GLV, rows2 * L + lats2, -glv, ml2)

@@ -1,0 +1,14 @@
+"""Process-wide switches read from the environment, each read in one place."""
+from __future__ import annotations
+
+import os
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run under ``TRITON_INTERPRET=1`` (on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def backend_default() -> str:
+    """``FASTVAE_BACKEND``, the backend a call with ``backend=None`` asks for."""
+    return os.environ.get("FASTVAE_BACKEND", "auto")

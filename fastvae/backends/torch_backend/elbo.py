@@ -1,0 +1,52 @@
+"""The ELBO on the "torch" backend: the value and every gradient in one pass."""
+from __future__ import annotations
+
+import torch
+
+from ..._dtypes import reduce_scale, result_dtype, upcast
+from . import terms
+from .rows import grad_buffer, grad_out, log_px_rows
+
+
+def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
+             reduction, scale, needs):
+    """``scale * ELBO`` and its gradients w.r.t. (x, recon, mu, logvar, z, obs).
+
+    The gradients are of the returned value: for "mean"/"sum" of the reduced value,
+    for "none" of each row's own value (backward weighs rows by grad_output).
+    """
+    dtype = result_dtype(x, recon, mu, logvar, z, obs)
+    batch = x.shape[0]
+    c = scale * reduce_scale(batch, reduction)
+    g_x, g_r = grad_buffer(x, needs[0]), grad_buffer(recon, needs[1])
+    g_obs = None
+    if needs[5] and obs is not None and likelihood == "gaussian":
+        g_obs = grad_buffer(obs, True, x.shape if reduction == "none" else obs.shape)
+    log_px = log_px_rows(x, recon, likelihood, obs_scalar if obs is None else obs, c, dtype,
+                         g_x, g_r, g_obs)
+    kc = -beta * c
+    mu_c, lv_c, z_c = upcast(mu, dtype), upcast(logvar, dtype), upcast(z, dtype)
+    if kl == "analytic" and free_bits <= 0:
+        kl_rows, g_mu, g_lv = terms.analytic_kl_rows(mu_c, lv_c, kc, needs[2], needs[3])
+        g_z = None
+    else:
+        kl_bl, d_mu, d_lv, d_z = terms.kl_terms(mu_c, lv_c, z_c, kl)
+        if free_bits > 0 and kl_bl.shape[0] > 0:
+            below = kl_bl.mean(0, keepdim=True) < free_bits
+            kl_bl = torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl)
+            keep = (~below).to(dtype)
+            d_mu, d_lv = d_mu * keep, d_lv * keep
+            d_z = None if d_z is None else d_z * keep
+        kl_rows, g_mu, g_lv = kl_bl.sum(-1), d_mu * kc, d_lv * kc
+        g_z = None if d_z is None else d_z * kc
+    per_sample = log_px.sub_(kl_rows, alpha=beta) if beta != 0 else log_px
+    value = per_sample.mul_(c) if reduction == "none" else per_sample.sum() * c
+    return (
+        value.to(dtype),
+        g_x if g_x is not None else x.new_empty(0),
+        g_r if g_r is not None else x.new_empty(0),
+        grad_out(g_mu, mu, needs[2]),
+        grad_out(g_lv, logvar, needs[3]),
+        grad_out(g_z, z if z is not None else mu, needs[4]),
+        g_obs if g_obs is not None else x.new_empty(0),
+    )

@@ -1,0 +1,65 @@
+"""The importance-weighted bound on the "torch" backend: value and gradients in one pass."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..._dtypes import reduce_scale, result_dtype, upcast
+from . import terms
+from .rows import grad_out, log_px_rows
+
+
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
+    """Per-row bound (reduced unless "none") and gradients w.r.t. (x, recon_k, mu, logvar, z_k, obs).
+
+    Each sample's log p(x|z_k) runs through the ELBO's row machinery, writing
+    d log p / d recon_k straight into the returned gradient, which is then weighted in
+    place by softmax_k(log w): no other (K, B, D) temporaries.
+    """
+    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs)
+    k, batch = recon_k.shape[0], recon_k.shape[1]
+    ob = obs_scalar if obs is None else obs
+    gaussian = likelihood == "gaussian"
+    # d/drecon is also what d/dx (Gaussian) and d/dobs are built from.
+    want_r = needs[1] or (needs[0] and gaussian)
+    g_r = None
+    if want_r:  # low-precision recon: weigh in dtype, round once at the end
+        g_r = torch.empty(recon_k.shape, dtype=dtype if recon_k.dtype != dtype else recon_k.dtype,
+                          device=recon_k.device)
+    need_obs = needs[5] and obs is not None and gaussian
+    g_o_k = torch.empty(x.shape, dtype=dtype, device=x.device) if need_obs else None
+    g_obs_k = [] if need_obs else None
+    log_px = torch.empty(k, batch, dtype=dtype, device=x.device)
+    for i in range(k):
+        log_px[i] = log_px_rows(x, recon_k[i], likelihood, ob, 1.0, dtype, None,
+                                None if g_r is None else g_r[i], g_o_k)
+        if need_obs:
+            g_obs_k.append(g_o_k.clone())
+    kl_kbl, d_mu, d_lv, d_z = terms.kl_terms(upcast(mu, dtype).expand(k, -1, -1),
+                                             upcast(logvar, dtype).expand(k, -1, -1),
+                                             upcast(z_k, dtype), "mc")
+    log_w = log_px.sub_(kl_kbl.sum(-1))                   # (K, B)
+    bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
+    c = reduce_scale(batch, reduction)
+    wc = (torch.softmax(log_w, dim=0) * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
+    if g_r is not None:
+        g_r.mul_(wc.to(g_r.dtype))
+    g_x = None
+    if needs[0]:
+        g_x = -g_r.sum(0) if gaussian else (upcast(recon_k, dtype) * wc).sum(0)
+    g_obs = None
+    if need_obs:
+        g_obs = sum(g * wc[i] for i, g in enumerate(g_obs_k))  # (B, D), in sample order
+        if reduction != "none" and obs.shape != g_obs.shape:
+            g_obs = g_obs.sum(0)
+    value = bound if reduction == "none" else bound.sum() * c
+    return (
+        value,
+        grad_out(g_x, x, needs[0]),
+        grad_out(g_r, recon_k, needs[1]),
+        grad_out(-(d_mu * wc).sum(0), mu, needs[2]),
+        grad_out(-(d_lv * wc).sum(0), logvar, needs[3]),
+        grad_out(-d_z * wc, z_k, needs[4]),
+        grad_out(g_obs, obs if obs is not None else x, needs[5]),
+    )

@@ -1,0 +1,32 @@
+"""The "triton" backend: host side of the fused kernels in ``fastvae.kernels``, one file
+per op (``elbo``, ``iwae_bound``, ``gaussian_log_prob``, ``kl_standard_normal``,
+``reparameterize``, ``scale``), with the same functions and contracts as the "torch"
+backend. Launch configurations live in ``configs``; every allocation and launch goes
+through ``_launch`` (tests hook both); what the JIT may build is listed by ``shipped``.
+
+Launches per call (machine-independent; tests count them):
+    reparameterize       forward 1, backward 1
+    elbo                 1 (reduction "none", no free bits) or 2 (row pass + finish: the
+                         deterministic batch sum, free bits' per-latent clamp,
+                         per-dimension obs_logvar column sums); backward: 1 with a scalar
+                         grad_output (``scale_saved_``: all gradients in place, no bytes
+                         moved at 1), else torch's multiply by the (B,) one
+    iwae_bound           1, or 2 with a mean/sum reduction or a (D,) obs_logvar sum;
+                         backward as elbo's. The one-pass kernel runs where a row's K x D
+                         fits on chip (``configs.iwae_onepass_config``), else the two-pass
+                         kernel, which reads the row again for the weighted gradients
+    gaussian_log_prob    1            kl_standard_normal    1
+
+Float64 inputs and empty dimensions go to the "torch" backend (same contract).
+"""
+from .elbo import elbo_fwd
+from .gaussian_log_prob import gaussian_log_prob_fwd
+from .iwae_bound import iwae_bound_fwd
+from .kl_standard_normal import kl_standard_normal_fwd
+from .reparameterize import (reparameterize_bwd, reparameterize_fwd, reparameterize_noise,
+                             reparameterize_std_eps)
+from .scale import scale_saved_
+
+__all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_normal_fwd",
+           "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
+           "reparameterize_std_eps", "scale_saved_"]

@@ -1,0 +1,63 @@
+"""What every host function of the Triton backend goes through: output allocation and
+kernel launches (hooks: tests poison every output with NaN through ``alloc`` and count
+launches through ``launch``), and the small argument helpers they share."""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+
+def alloc(shape, dtype, device) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def launch(kernel, grid, **args):
+    """``kernel[grid](**args)`` on the device of its tensors: Triton launches on the
+    *current* CUDA device, and tensors on another one (a model moved to cuda:1 without
+    ``torch.cuda.set_device``) need it switched for the launch."""
+    dev = next((a.device for a in args.values() if isinstance(a, Tensor)), None)
+    if dev is not None and dev.type == "cuda" and dev.index != torch.cuda.current_device():
+        with torch.cuda.device(dev):
+            return kernel[grid](**args)
+    return kernel[grid](**args)
+
+
+@functools.lru_cache(maxsize=None)
+def _dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(1, dtype=dtype, device=device)
+
+
+def dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The stand-in for a pointer the flags never touch. It has the dtype the real
+    tensor would have, so a launch without it compiles the same specialization as one
+    with it (Triton specializes on pointer element types)."""
+    return _dummy(dtype, torch.device(device))
+
+
+def given(t, dtype, device) -> Tensor:
+    """``t``, or the dummy of ``dtype`` where it is absent."""
+    return dummy(dtype, device) if t is None else t
+
+
+def rows(t: Tensor) -> Tensor:
+    """A 2-D view the kernels can read: unit stride along the row (else a copy)."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def delegated(*ts) -> bool:
+    """Whether the call goes to the "torch" backend instead: float64 inputs (the kernels
+    compute in fp32 by design; fp64 callers such as gradcheck want fp64 math) and empty
+    dimensions (nothing to launch)."""
+    return any(t is not None and (t.dtype == torch.float64 or t.numel() == 0) for t in ts)
+
+
+def placeholders(like: Tensor, *ts):
+    """The gradients, each absent one as its own empty placeholder (outputs may not alias)."""
+    return tuple(like.new_empty(0) if t is None else t for t in ts)
+
+
+def flag_bits(*bits_on) -> int:
+    """The runtime ``flags`` int from ``(bit, on)`` pairs (the bits: ``kernels._math``)."""
+    return sum(int(bit.value) for bit, on in bits_on if on)

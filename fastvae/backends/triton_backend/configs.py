@@ -1,0 +1,128 @@
+"""Launch configurations of the Triton kernels: tiles, warps and grids per op.
+
+GPU tiles hold ~2048 elements per program (4-16 warps: spill-free on Triton 3.6 and the
+latest, sm_80 and sm_90, fp32/bf16/fp16, which tests/test_kernels_compile.py keeps
+honest); the interpreter pays per program instance, so it gets few large tiles. The
+math does not depend on the tile.
+"""
+from __future__ import annotations
+
+import triton
+
+from fastvae.kernels import reparameterize as kr
+from fastvae.kernels._math import (LIK_BERNOULLI, LIK_CONTINUOUS_BERNOULLI, LIK_GAUSSIAN_SCALAR,
+                                   LIK_GAUSSIAN_TENSOR)
+
+from ... import _env
+
+BERNOULLI = LIK_BERNOULLI.value
+CONTINUOUS_BERNOULLI = LIK_CONTINUOUS_BERNOULLI.value
+GAUSSIAN_SCALAR = LIK_GAUSSIAN_SCALAR.value
+GAUSSIAN_TENSOR = LIK_GAUSSIAN_TENSOR.value
+LIKELIHOOD_CODES = {"bernoulli": BERNOULLI, "continuous_bernoulli": CONTINUOUS_BERNOULLI,
+                    "gaussian": GAUSSIAN_SCALAR}
+
+# (D up to, BLOCK_B, BLOCK_D, BLOCK_L) of the row kernels; the last row covers any D.
+ROW_TILES = {
+    "elbo": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 2, 1024, 128), (None, 1, 2048, 128)),
+    "iwae_bound": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 1, 1024, 128),
+                   (None, 1, 2048, 128)),
+}
+ROW_WARPS = 8
+# num_warps where 8 makes ptxas spill: (kernel, LIK, BLOCK_B, BLOCK_D) -> warps; 16 where
+# both 4 and 8 spill in one of the compiled variants (the measurements: RESULTS.md).
+ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
+                      ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
+                      ("iwae_bound", 1, 1, 1024): 16, ("iwae_bound", 2, 1, 2048): 16}
+
+# The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one with
+# K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L wins; with none the two-pass kernel runs. A
+# tile's recon_k part is at most IWAE_ONEPASS_ELEMENTS (the continuous Bernoulli's
+# log-normaliser keeps more values live, so it gets half) and its z_k part 4096.
+IWAE_ONEPASS_TILES = ((8, 4, 64, 128), (4, 8, 64, 128), (2, 4, 256, 128), (1, 8, 256, 128),
+                      (1, 4, 1024, 128), (1, 8, 1024, 128))
+IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_SCALAR: 8192,
+                         GAUSSIAN_TENSOR: 8192}
+# num_warps of a one-pass tile by (LIK, BLOCK_B, BLOCK_K, BLOCK_D), where not ROW_WARPS:
+# 16 warps keep 16 elements per thread in the 8192-element tiles.
+IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR,
+                                                          GAUSSIAN_TENSOR)},
+                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16}
+
+FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
+FINISH_WARPS = 4
+REPARAMETERIZE_CHUNKS = 1          # chunks of 4*Q latents per program
+REPARAMETERIZE_WARPS = 8
+SCALE_BLOCK, SCALE_WARPS = 2048, 4
+SCALE_SLOTS = 6                    # gradient tensors one scale launch serves
+SCALE_PROGRAMS_PER_SM = 8
+
+# None: interpreter tiles under TRITON_INTERPRET=1, GPU tiles otherwise. Tests set "gpu"
+# to run the shipped GPU tiles under the interpreter.
+CONFIG_MODE = None
+_INTERP_TILE = 1 << 15
+
+
+def interpreter_tiles() -> bool:
+    if CONFIG_MODE is not None:
+        return CONFIG_MODE == "interpret"
+    return _env.interpreting()
+
+
+def _p2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def row_config(b: int, d: int, l: int, kernel: str = "elbo", lik: int = BERNOULLI):
+    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of a row kernel for a (B, D) x (B, L) problem."""
+    if interpreter_tiles():
+        block_d = min(max(_p2(d), 16), 4096)
+        block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
+        block_l = max(16, min(_p2(l), max(_INTERP_TILE // block_b, 16)))
+        return block_b, block_d, block_l, ROW_WARPS
+    for upto, block_b, block_d, block_l in ROW_TILES[kernel]:
+        if upto is None or d <= upto:
+            warps = ROW_WARPS_OVERRIDE.get((kernel, lik, block_b, block_d), ROW_WARPS)
+            return block_b, block_d, block_l, warps
+
+
+def iwae_onepass_tiles(lik: int):
+    """The one-pass tiles shipped for likelihood code ``lik``."""
+    return tuple(t for t in IWAE_ONEPASS_TILES
+                 if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
+
+
+def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
+    """(BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L, num_warps) of the one-pass IWAE kernel, or None
+    when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs)."""
+    tile = next((t for t in iwae_onepass_tiles(lik) if k <= t[1] and d <= t[2] and l <= t[3]),
+                None)
+    if tile is None:
+        return None
+    block_b, block_k, block_d, block_l = tile
+    if interpreter_tiles():  # same choice of kernel, bigger tiles
+        block_k, block_d, block_l = _p2(k), max(_p2(d), 16), max(_p2(l), 16)
+        block_b = max(1, min(_INTERP_TILE // (block_k * max(block_d, block_l)), _p2(b)))
+        return block_b, block_k, block_d, block_l, ROW_WARPS
+    warps = IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d), ROW_WARPS)
+    return block_b, block_k, block_d, block_l, warps
+
+
+def finish_config():
+    """(BLOCK_B, BLOCK_L, BLOCK_D, BLOCK_SUM, num_warps) of the finish kernels."""
+    if interpreter_tiles():
+        return 256, 64, 256, _INTERP_TILE, FINISH_WARPS
+    return (*FINISH_TILE, FINISH_WARPS)
+
+
+def scale_block() -> int:
+    return _INTERP_TILE if interpreter_tiles() else SCALE_BLOCK
+
+
+def reparameterize_grid(bl: int):
+    """(grid, CHUNKS, CPAD) of the sampler for B*L latents per sample."""
+    chunks = REPARAMETERIZE_CHUNKS
+    if interpreter_tiles():
+        chunks = max(1, min(16, _p2(triton.cdiv(bl, 4 * kr.Q))))
+    cpad = triton.cdiv(bl, 4 * kr.Q) * kr.Q
+    return (triton.cdiv(bl, 4 * kr.Q * chunks),), chunks, cpad

@@ -1,0 +1,49 @@
+"""Host side of gaussian_log_prob: the ELBO row kernel with no latents (L = 0)."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from fastvae.kernels import elbo as ke
+from fastvae.kernels._math import NEED_GOBS_ROWS, NEED_GR, NEED_GX
+
+from .. import torch_backend
+from . import _launch, configs
+
+
+def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
+    """Same contract as the "torch" backend's: (value, gx, gmean, glogvar)."""
+    if _launch.delegated(x, mean, logvar):
+        return torch_backend.gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs)
+    dev = x.device
+    n, d = x.shape
+    x, mean = _launch.rows(x), _launch.rows(mean)
+    lik, lv_arg, stride_lv, tensor_lv = _likelihood(logvar, x)
+    block_b, block_d, block_l, warps = configs.row_config(n, d, 1, "elbo", lik)
+    out = _launch.alloc((n,), torch.float32, dev)
+    gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
+    gm = _launch.alloc(mean.shape, mean.dtype, dev) if needs[1] else None
+    glv = _launch.alloc((n, d), lv_arg.dtype, dev) if (needs[2] and tensor_lv) else None
+    flags = _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gm is not None),
+                              (NEED_GOBS_ROWS, glv is not None))
+    latent = _launch.dummy(x.dtype, dev)  # L = 0: the latent pointers are never read
+    _launch.launch(
+        ke.elbo_rows_kernel, (triton.cdiv(n, block_b),),
+        X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent,
+        ROW_VALUES=out, KL_LATENT=_launch.dummy(torch.float32, dev),
+        GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gm, mean.dtype, dev),
+        GOBS=_launch.given(glv, lv_arg.dtype, dev), GMU=latent, GLV=latent, GZ=latent,
+        B=n, D=d, L=0,
+        stride_x=x.stride(0), stride_r=mean.stride(0), stride_obs=stride_lv,
+        stride_mu=0, stride_lv=0, stride_z=0,
+        obs_scalar=float(logvar_scalar), beta=0.0, c=1.0, row_scale=1.0, flags=flags,
+        LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+    return (out, *_launch.placeholders(x, gx, gm, glv))
+
+
+def _likelihood(logvar, x):
+    """(LIK code, logvar as rows or the dummy, its row stride, whether it is a tensor)."""
+    if logvar is None:
+        return configs.GAUSSIAN_SCALAR, _launch.dummy(x.dtype, x.device), 0, False
+    logvar = _launch.rows(logvar)
+    return configs.GAUSSIAN_TENSOR, logvar, (0 if logvar.dim() == 1 else logvar.stride(0)), True

@@ -1,0 +1,84 @@
+"""Host side of the fused importance-weighted bound (``fastvae.kernels.iwae_bound``): the
+one-pass kernel where a row's K x D fits on chip, else the two-pass kernel; plus one
+finish launch for a mean/sum reduction or a (D,) obs_logvar gradient."""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from fastvae.kernels import iwae_bound as ki
+from fastvae.kernels import reduce as kred
+from fastvae.kernels._math import (NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS, NEED_GR,
+                                   NEED_GX, NEED_GZ)
+
+from ..._dtypes import reduce_scale
+from .. import torch_backend
+from . import _launch, configs
+from ._likelihood import likelihood_args, obs_grad_buffers
+
+
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
+    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs)."""
+    if _launch.delegated(x, recon_k, mu, logvar, z_k, obs):
+        return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar,
+                                            likelihood, reduction, needs)
+    dev = x.device
+    k, b, d = recon_k.shape
+    l = mu.shape[1]
+    x, recon_k = _launch.rows(x), _launch.rows(recon_k)
+    mu, logvar, z_k = _launch.rows(mu), _launch.rows(logvar), _launch.rows(z_k)
+    lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
+    reduce = reduction != "none"
+    c = reduce_scale(b, reduction)
+    onepass = configs.iwae_onepass_config(b, k, d, l, lik)
+    if onepass is not None:
+        block_b, block_k, block_d, block_l, warps = onepass
+    else:
+        block_b, block_d, block_l, warps = configs.row_config(b, d, l, "iwae_bound", lik)
+    programs = triton.cdiv(b, block_b)
+    gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
+
+    f32 = torch.float32
+    out = _launch.alloc((b,) if not reduce else (), f32, dev)
+    row_values = _launch.alloc((b,), f32, dev) if reduce else out
+    gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
+    gr = _launch.alloc(recon_k.shape, recon_k.dtype, dev) if needs[1] else None
+    gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[2] else None
+    glv = _launch.alloc(logvar.shape, logvar.dtype, dev) if needs[3] else None
+    gz = _launch.alloc(z_k.shape, z_k.dtype, dev) if needs[4] else None
+    gobs, gobs_partials = obs_grad_buffers(needs[5] and obs_tensor, gobs_partial, programs, b, d,
+                                           obs_arg, dev)
+    flags = _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gr is not None),
+                              (NEED_GOBS_ROWS, gobs is not None and not gobs_partial),
+                              (NEED_GOBS_PARTIAL, gobs_partial),
+                              (NEED_GMU, gmu is not None), (NEED_GLV, glv is not None),
+                              (NEED_GZ, gz is not None))
+    args = dict(
+        X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
+        GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
+        GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
+        GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
+        GZ=_launch.given(gz, z_k.dtype, dev),
+        K=k, B=b, D=d, L=l,
+        stride_x=x.stride(0), stride_rk=recon_k.stride(0), stride_rb=recon_k.stride(1),
+        stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
+        stride_zk=z_k.stride(0), stride_zb=z_k.stride(1),
+        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k), flags=flags,
+        LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+    if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
+        _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
+    else:
+        _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
+                       LOG_W=_launch.alloc((k, b), f32, dev), **args)
+    if reduce:
+        fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
+        grid = (1 + (triton.cdiv(d, fin_d) if gobs_partial else 0),)
+        _launch.launch(
+            kred.finish_kernel, grid,
+            ROW_VALUES=row_values, GOBS_PARTIALS=_launch.given(gobs_partials, f32, dev),
+            OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
+            B=b, D=d, NPART=programs, c=float(c),
+            BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs))

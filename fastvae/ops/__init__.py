@@ -1,0 +1,15 @@
+"""The fused ops: each public op defined once, as a ``torch.library`` custom op with its
+fake kernel and autograd (one file per op), computed by a backend's ``<op>_fwd``.
+
+Registering fake (meta) kernels lets ``torch.compile(fullgraph=True)`` trace through
+every op without a graph break; eager calls run the same functions as a plain
+``autograd.Function`` (``_autograd.Fused``). What they share lives in ``_autograd``.
+"""
+from ._autograd import functorch_active
+from .elbo import elbo
+from .gaussian_log_prob import gaussian_log_prob
+from .iwae_bound import iwae_bound
+from .kl_standard_normal import kl_standard_normal
+from .reparameterize import reparameterize
+
+__all__ = ["functorch_active", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob", "kl_standard_normal"]

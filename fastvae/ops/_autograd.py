@@ -1,0 +1,194 @@
+"""What every fused op shares: the custom op and the plain autograd.Function built from the
+same three functions, the gradient placeholders a custom op needs, the backward that
+scales saved gradients, and higher-order gradients by recomputation.
+
+A fused op's forward returns its value *and* its gradients; only those gradients are
+saved, and backward multiplies them by grad_output (Liger-Kernel's cross-entropy trick):
+in place, and not at all when it is exactly 1 (the backend decides that where
+grad_output lives). When a graph of the backward is asked for (``create_graph=True``,
+``torch.autograd.functional.hessian``), backward recomputes the gradients from the
+inputs with the reference math under autograd instead, so every order of derivative is
+right on every backend.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends
+
+
+def needs(*ts) -> List[bool]:
+    """Which of ``ts`` need a gradient from this call."""
+    grad = torch.is_grad_enabled()
+    return [bool(grad and t is not None and t.requires_grad) for t in ts]
+
+
+def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tensor:
+    """A fake gradient output: t's shape, or the empty placeholder when not needed."""
+    if not need or t is None:
+        return like.new_empty(0)
+    return t.new_empty(shape if shape is not None else t.shape)
+
+
+def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:
+    """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``."""
+    if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
+        return None
+    if grad_out.dim() == 0:
+        return g * grad_out.to(g.dtype)
+    shape = [1] * g.dim()
+    shape[row_dim] = -1
+    return g * grad_out.reshape(shape).to(g.dtype)
+
+
+def to_shape(g: Optional[Tensor], shape) -> Optional[Tensor]:
+    """Collect a per-row (B, D) gradient of a (D,) tensor over rows."""
+    if g is None or shape is None or g.shape == shape:
+        return g
+    return g.sum(0).reshape(shape)
+
+
+def _graph_kept() -> bool:
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else bool(keep())
+
+
+def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tensor]]:
+    """The saved gradients times grad_out; None where ``ctx.needs`` says not needed.
+
+    ``needs``, not ``g.numel()``, tells a placeholder from a real gradient: an empty batch
+    has real, empty gradients. A scalar grad_output (every mean/sum loss) scales the saved
+    gradients in place, and the backend skips even that when it is exactly 1. Allowed
+    only when nothing else can see them: the public wrappers drop the op's gradient
+    outputs and say so (``owned``; a direct call of the op keeps them, and they must not
+    change under it), the tensors are real (a traced grad_output has no value) and the
+    graph is freed after this backward (a retained graph still needs the saved gradients).
+    """
+    gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    if (ctx.owns_saved and grad_out is not None and grad_out.dim() == 0
+            and type(grad_out) is torch.Tensor and not torch.compiler.is_compiling()
+            and not _graph_kept()):
+        return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
+    return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
+
+
+def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
+    """Setup shared by every value-and-gradients op: keep only the gradient outputs, and a
+    reference (no copy) to the inputs for higher-order gradients."""
+    ctx.save_for_backward(*grads)
+    # Only output 0 (the value) is ever differentiated: do not let autograd fill the
+    # gradient outputs' grads with zeros (a memset the size of the gradients, every backward).
+    ctx.set_materialize_grads(False)
+    ctx.needs = list(needs_)
+    ctx.backend = backend
+    ctx.owns_saved = False  # set by owned()
+    keep_inputs(ctx, inputs)
+
+
+def keep_inputs(ctx, inputs) -> None:
+    """Remember the inputs, and their versions, for :func:`kept_inputs`. Not through
+    ``save_for_backward``: these are the caller's tensors, not new memory."""
+    if torch.compiler.is_compiling():
+        return
+    ctx.inputs = tuple(inputs)
+    ctx.versions = tuple(t._version if isinstance(t, Tensor) else None for t in inputs)
+
+
+def kept_inputs(ctx, op: str):
+    inputs = getattr(ctx, "inputs", None)
+    if inputs is None:
+        raise RuntimeError(f"fastvae.{op}: higher-order gradients are not available under "
+                           "torch.compile; use backend='reference' there")
+    for t, v in zip(inputs, ctx.versions):
+        if isinstance(t, Tensor) and t._version != v:
+            raise RuntimeError(f"fastvae.{op}: an input was modified in place after the call, so "
+                               "its higher-order gradients cannot be computed")
+    return inputs
+
+
+def owned(outputs):
+    """The value of a value-and-gradients op whose caller drops the gradient outputs:
+    backward may then scale them in place (:func:`weigh_saved`)."""
+    value = outputs[0]
+    if not torch.compiler.is_compiling() and value.grad_fn is not None:
+        value.grad_fn.owns_saved = True  # the node is the op's autograd ctx
+    return value
+
+
+def graph_of_backward_wanted() -> bool:
+    """Whether this backward must itself be differentiable (``create_graph=True``)."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def recompute_grads(value: Tensor, inputs, needs_, grad_out: Optional[Tensor]):
+    """d value / d inputs (None where not needed) as differentiable tensors: the graph of
+    the backward that ``create_graph=True`` asks for."""
+    wanted = [t for t, n in zip(inputs, needs_) if n]
+    if grad_out is None or not wanted:
+        return [None] * len(inputs)
+    got = iter(torch.autograd.grad(value, wanted, grad_out, create_graph=True, allow_unused=True))
+    return [next(got) if n else None for n in needs_]
+
+
+def with_higher_order(backward: Callable, higher: Callable) -> Callable:
+    """The backward of a fused op: the saved gradients, or :func:`recompute_grads` through
+    ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if graph_of_backward_wanted():
+            return higher(ctx, *grads)
+        with torch.no_grad():
+            return backward(ctx, *grads)
+    return wrapper
+
+
+def plain_eager(args) -> bool:
+    """Real tensors, no tracing, no dispatch mode watching: the autograd.Function path."""
+    if torch.compiler.is_compiling() or _dispatch_modes():
+        return False
+    return all(type(a) is Tensor and a.device.type != "meta" for a in args
+               if isinstance(a, Tensor))
+
+
+def _dispatch_modes() -> int:
+    depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return 1 if depth is None else depth()
+
+
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running."""
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
+class Fused:
+    """One fused op, two ways in, the same forward, setup and backward.
+
+    The ``torch.library`` custom op is what torch.compile, fake/meta tensors, dispatch
+    modes and ``opcheck`` see. An eager call on real tensors takes the same three
+    functions as a plain ``autograd.Function`` instead: the custom op's dispatch costs
+    about as much as a whole small fused step on CPU (RESULTS.md).
+    """
+
+    def __init__(self, op, forward, setup, backward):
+        op.register_autograd(backward, setup_context=setup)
+        self.op = op
+
+        def forward_with_ctx(ctx, *args):
+            # ctx-style, not setup_context-style: apply() then skips an inspect.signature
+            # bind per call (as slow as the dispatch this path avoids).
+            output = forward(*args)
+            setup(ctx, args, output)
+            return output
+
+        self.function = type(f"{forward.__name__.strip('_')}_function",
+                             (torch.autograd.Function,),
+                             {"forward": staticmethod(forward_with_ctx),
+                              "backward": staticmethod(backward)})
+
+    def __call__(self, *args):
+        return self.function.apply(*args) if plain_eager(args) else self.op(*args)

@@ -1,0 +1,54 @@
+"""``fastvae::gaussian_log_prob``: per-row Gaussian log density as a custom op."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends, reference
+from .._dtypes import result_dtype
+from . import _autograd as A
+
+
+def _gaussian_log_prob_fwd(x: Tensor, mean: Tensor, logvar: Optional[Tensor],
+                           logvar_scalar: float, needs: List[bool], backend: str
+                           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(backends.get(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar,
+                                                             needs))
+
+
+_op = torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())(
+    _gaussian_log_prob_fwd)
+
+
+@_op.register_fake
+def _(x, mean, logvar, logvar_scalar, needs, backend):
+    return (x.new_empty(x.shape[:1], dtype=result_dtype(x, mean, logvar)),
+            A.grad_like(x, needs[0], x), A.grad_like(mean, needs[1], x),
+            A.grad_like(logvar, needs[2], x, x.shape))
+
+
+def _setup(ctx, inputs, output):
+    A.save_grads(ctx, output[1:], needs_=inputs[4], backend=inputs[5], inputs=inputs[:4])
+    ctx.lv_shape = None if inputs[2] is None else inputs[2].shape
+
+
+def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
+    g = [A.weigh(t if n else None, grad_out, 0) for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    return g[0], g[1], A.to_shape(g[2], ctx.lv_shape), None, None, None
+
+
+def _higher_order(ctx, grad_out, *_):
+    x, mean, logvar, logvar_scalar = A.kept_inputs(ctx, "gaussian_log_prob")
+    value = reference.gaussian_log_prob(x, mean, logvar_scalar if logvar is None else logvar)
+    return (*A.recompute_grads(value, (x, mean, logvar), ctx.needs, grad_out), None, None, None)
+
+
+_gaussian_log_prob = A.Fused(_op, _gaussian_log_prob_fwd, _setup,
+                             A.with_higher_order(_backward, _higher_order))
+
+
+def gaussian_log_prob(x, mean, logvar, *, backend):
+    lv, lv_scalar = (logvar, 0.0) if isinstance(logvar, Tensor) else (None, logvar)
+    return _gaussian_log_prob(x, mean, lv, float(lv_scalar), A.needs(x, mean, lv), backend)[0]

@@ -1,0 +1,53 @@
+"""The deterministic finish of a row pass: the batch sum, and column sums of per-program
+partial gradients. Shared by the ELBO and the IWAE bound.
+
+``finish_kernel`` — grid ``1 + cdiv(D, BLOCK_D)`` (1 when there are no partials):
+program 0 sums the ``B`` row values in a fixed order, in wide 1-D blocks (many loads in
+flight per step, so a large B takes few dependent steps) and writes ``c * sum``;
+programs 1.. each sum a ``BLOCK_D`` slice of columns of the ``(NPART, D)`` partial
+d/dobs_logvar, in program order. No atomics: the same inputs give the same bits.
+"""
+import triton
+import triton.language as tl
+
+from ._math import store_as
+
+
+@triton.jit
+def sum_rows(ROW_VALUES, B, BLOCK_SUM: tl.constexpr):
+    """The sum of ``B`` fp32 row values, in a fixed order."""
+    wide = tl.zeros([BLOCK_SUM], dtype=tl.float32)
+    for b0 in range(0, B, BLOCK_SUM):
+        rows = b0 + tl.arange(0, BLOCK_SUM).to(tl.int64)
+        wide += tl.load(ROW_VALUES + rows, mask=rows < B, other=0.0)
+    return tl.sum(wide, axis=0)
+
+
+@triton.jit
+def sum_partial_columns(PARTIALS, OUT, block, D, NPART,
+                        BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    """OUT[cols] = sum over the NPART rows of PARTIALS (NPART, D), for column block ``block``."""
+    cols = block.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+    for p0 in range(0, NPART, BLOCK_P):
+        parts = p0 + tl.arange(0, BLOCK_P).to(tl.int64)
+        m = (parts < NPART)[:, None] & cmask[None, :]
+        acc += tl.load(PARTIALS + parts[:, None] * D + cols[None, :], mask=m, other=0.0)
+    store_as(OUT, cols, tl.sum(acc, axis=0), cmask)
+
+
+@triton.jit(do_not_specialize=["c"])
+def finish_kernel(
+    ROW_VALUES, GOBS_PARTIALS,      # inputs: (B,) fp32 row values, (NPART, D) fp32 partials
+    OUT, GOBS,                      # outputs: () the reduced value, (D,) d/dobs_logvar
+    B, D, NPART,
+    c,
+    BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SUM: tl.constexpr,
+):
+    c = tl.cast(c, tl.float32)  # scalars from inductor arrive as fp64
+    pid = tl.program_id(0)
+    if pid == 0:
+        tl.store(OUT, (sum_rows(ROW_VALUES, B, BLOCK_SUM) * c).to(OUT.dtype.element_ty))
+    else:
+        sum_partial_columns(GOBS_PARTIALS, GOBS, pid - 1, D, NPART, BLOCK_P, BLOCK_D)

@@ -52,6 +52,28 @@ def store_as(ptr, offsets, value, mask):
 
 
 @triton.jit
+def program_rows(B, BLOCK_B: tl.constexpr):
+    """This program's row indices (int64: row offsets overflow int32 on large batches),
+    the program id (int64) and the in-range mask."""
+    pid = tl.program_id(0).to(tl.int64)
+    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    return pid, rows, rows < B
+
+
+@triton.jit
+def load_data(X, R, OBS, x_off, r_off, obs_off, mask, obs_scalar, LIK: tl.constexpr):
+    """(x, recon, obs_logvar) of one tile, fp32; obs_logvar is the scalar unless LIK says
+    it is a tensor."""
+    x = load_f32(X, x_off, mask)
+    r = load_f32(R, r_off, mask)
+    if LIK == LIK_GAUSSIAN_TENSOR:
+        s = load_f32(OBS, obs_off, mask)
+    else:
+        s = obs_scalar
+    return x, r, s
+
+
+@triton.jit
 def log1p_small(e):
     """log(1 + e) for e in [0, 1], accurate where e << 1 (Goldberg's trick, no libdevice)."""
     w = 1.0 + e

@@ -23,9 +23,9 @@ beta = -1) are this same row kernel with one half of the row empty.
 import triton
 import triton.language as tl
 
-from ._math import (KL_MC, LIK_GAUSSIAN_TENSOR, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
-                    NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, STORE_KL, kl_tile,
-                    likelihood_tile, load_f32, store_as)
+from ._math import (KL_MC, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS, NEED_GR,
+                    NEED_GX, NEED_GZ, STORE_KL, kl_tile, likelihood_tile, load_data, load_f32,
+                    program_rows, store_as)
 from .reduce import sum_partial_columns
 
 
@@ -44,9 +44,7 @@ def elbo_rows_kernel(
     beta = tl.cast(beta, tl.float32)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
+    pid, rows, rmask = program_rows(B, BLOCK_B)
     rows2 = rows[:, None]
 
     # ---- log p(x|z) over the D columns -------------------------------------------
@@ -55,12 +53,8 @@ def elbo_rows_kernel(
         cols = d0 + tl.arange(0, BLOCK_D)
         cols2 = cols[None, :]
         m = rmask[:, None] & (cols2 < D)
-        x = load_f32(X, rows2 * stride_x + cols2, m)
-        r = load_f32(R, rows2 * stride_r + cols2, m)
-        if LIK == LIK_GAUSSIAN_TENSOR:
-            s = load_f32(OBS, rows2 * stride_obs + cols2, m)
-        else:
-            s = obs_scalar
+        x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2, rows2 * stride_r + cols2,
+                            rows2 * stride_obs + cols2, m, obs_scalar, LIK)
         value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
         acc += tl.where(m, value, 0.0)
         out = rows2 * D + cols2

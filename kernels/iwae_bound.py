@@ -35,7 +35,7 @@ import triton.language as tl
 
 from ._math import (LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
                     NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, kl_tile,
-                    likelihood_tile, load_f32, store_as)
+                    likelihood_tile, load_data, load_f32, program_rows, store_as)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
@@ -52,9 +52,7 @@ def iwae_bound_rows_kernel(
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
     log_k = tl.cast(log_k, tl.float32)
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    rmask = rows < B
+    pid, rows, rmask = program_rows(B, BLOCK_B)
     rows2 = rows[:, None]
     zero_i64 = pid * 0
     size_bd = (zero_i64 + B) * D  # one sample's (B, D) gradient, in int64
@@ -70,12 +68,9 @@ def iwae_bound_rows_kernel(
         for d0 in range(0, D, BLOCK_D):
             cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
             m = rmask[:, None] & (cols2 < D)
-            x = load_f32(X, rows2 * stride_x + cols2, m)
-            r = load_f32(R, r_base + rows2 * stride_rb + cols2, m)
-            if LIK == LIK_GAUSSIAN_TENSOR:
-                s = load_f32(OBS, rows2 * stride_obs + cols2, m)
-            else:
-                s = obs_scalar
+            x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
+                                r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
+                                m, obs_scalar, LIK)
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             acc += tl.where(m, value, 0.0)
         kacc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
@@ -182,10 +177,8 @@ def iwae_bound_onepass_kernel(
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
     log_k = tl.cast(log_k, tl.float32)
-    pid = tl.program_id(0).to(tl.int64)
+    pid, rows, rmask = program_rows(B, BLOCK_B)
     zero_i64 = pid * 0
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)          # int64
-    rmask = rows < B
     ks = tl.arange(0, BLOCK_K)
     kmask = ks < K
     ks64 = zero_i64 + ks                                  # int64: k * (B*D) exceeds 2**31

@@ -7,13 +7,12 @@ import triton
 
 from fastvae.kernels import elbo as ke
 from fastvae.kernels import reduce as kred
-from fastvae.kernels._math import (KL_MC, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS,
-                                   NEED_GR, NEED_GX, NEED_GZ, STORE_KL)
+from fastvae.kernels._math import KL_MC, STORE_KL
 
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from ._likelihood import likelihood_args, obs_grad_buffers
+from ._rows import gradient_buffers, gradient_flags, likelihood_args
 
 
 def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
@@ -40,18 +39,10 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
     row_values = _launch.alloc((b,), f32, dev) if finish else out
     kl_latent = _launch.alloc((b, l), f32, dev) if free else None
-    gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
-    gr = _launch.alloc(recon.shape, recon.dtype, dev) if needs[1] else None
-    gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[2] else None
-    glv = _launch.alloc(logvar.shape, logvar.dtype, dev) if needs[3] else None
-    gz = _launch.alloc(z.shape, z.dtype, dev) if (needs[4] and z is not None) else None
-    gobs, gobs_partials = obs_grad_buffers(needs[5] and obs_tensor, gobs_partial, programs, b, d,
-                                           obs_arg, dev)
-    flags = _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gr is not None),
-                              (NEED_GOBS_ROWS, gobs is not None and not gobs_partial),
-                              (NEED_GOBS_PARTIAL, gobs_partial),
-                              (NEED_GMU, gmu is not None), (NEED_GLV, glv is not None),
-                              (NEED_GZ, gz is not None), (KL_MC, kl == "mc"), (STORE_KL, free))
+    gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
+        (x, recon, mu, logvar, z), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
+    flags = (gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial)
+             | _launch.flag_bits((KL_MC, kl == "mc"), (STORE_KL, free)))
     _launch.launch(
         ke.elbo_rows_kernel, (programs,),
         X=x, R=recon, OBS=obs_arg, MU=mu, LV=logvar, Z=_launch.given(z, mu.dtype, dev),

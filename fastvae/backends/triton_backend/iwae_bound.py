@@ -10,13 +10,11 @@ import triton
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
-from fastvae.kernels._math import (NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS, NEED_GR,
-                                   NEED_GX, NEED_GZ)
 
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from ._likelihood import likelihood_args, obs_grad_buffers
+from ._rows import gradient_buffers, gradient_flags, likelihood_args
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
@@ -43,18 +41,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     f32 = torch.float32
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
-    gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
-    gr = _launch.alloc(recon_k.shape, recon_k.dtype, dev) if needs[1] else None
-    gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[2] else None
-    glv = _launch.alloc(logvar.shape, logvar.dtype, dev) if needs[3] else None
-    gz = _launch.alloc(z_k.shape, z_k.dtype, dev) if needs[4] else None
-    gobs, gobs_partials = obs_grad_buffers(needs[5] and obs_tensor, gobs_partial, programs, b, d,
-                                           obs_arg, dev)
-    flags = _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gr is not None),
-                              (NEED_GOBS_ROWS, gobs is not None and not gobs_partial),
-                              (NEED_GOBS_PARTIAL, gobs_partial),
-                              (NEED_GMU, gmu is not None), (NEED_GLV, glv is not None),
-                              (NEED_GZ, gz is not None))
+    gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
+        (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
+    flags = gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial)
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),

@@ -4,6 +4,7 @@ top-level ``kernels`` import belongs to another PyPI package."""
 from setuptools import setup
 
 setup(
-    packages=["fastvae", "fastvae.backends", "fastvae.kernels"],
+    packages=["fastvae", "fastvae.backends", "fastvae.bench", "fastvae.bench.specs",
+              "fastvae.kernels"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
 )

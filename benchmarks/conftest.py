@@ -7,7 +7,8 @@ names its grid ``CASES`` (a list of ``fastvae.bench.Case``, usually
 ``fastvae.bench.suite_cases(op)``; optionally ``case_id(case)`` for the test ids) and
 has one test taking ``benchmark, prepared, variant``: it runs once per case and variant
 of the op (``fastvae.bench.OPS``), and every case is built, warmed up and checked
-against eager once (``prepared``).
+against eager once (``prepared``). On a GPU the rounds run with L2 warm (see
+``fastvae.bench.run_benchmark``); ``fastvae bench`` flushes it.
 Quick subset: ``pytest benchmarks/ -k "not 32768"``.
 """
 import pytest

@@ -37,6 +37,7 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
             assert r["speedup_vs_eager"] == pytest.approx(1.0)
             assert r["paired_speedup_vs_eager"] == pytest.approx(1.0)
         assert r["speedup_vs_compile"] is None  # compile was not run
+        assert r["l2_flushed"] is False  # CPU timing is unchanged: no flush
     assert data["environment"]["processor"]
     assert data["environment"]["copy_bandwidth_gbps"] > 0
     assert out_png.stat().st_size > 0
@@ -372,3 +373,40 @@ def test_a_new_op_needs_only_its_spec(monkeypatch, capsys):
     rows = bench.measure_grid(args)
     assert [r["variant"] for r in rows] == ["eager", "distributions", "fastvae-torch"]
     assert "toy_kl" in capsys.readouterr().out
+
+
+def test_l2_flush_runs_before_every_call_outside_the_timed_span():
+    """The GPU timing's control flow, driven on the CPU with a clock that the flush
+    moves by 1000 s and a step by 1 s: one flush before each call, none timed."""
+    log, now = [], [0.0]
+
+    def flush():
+        log.append("flush")
+        now[0] += 1000.0
+
+    def step():
+        log.append("step")
+        now[0] += 1.0
+        return len(log)
+
+    dt, out = timing.timed(step, "cpu", lambda: now[0], inner=3, flush=flush)
+    assert log == ["flush", "step"] * 3 and dt == 1.0 and out == 6
+    log.clear()
+    times = timing.time_interleaved({"a": step, "b": step}, "cpu", reps=2,
+                                    clock=lambda: now[0], inner=2, flush=flush)
+    assert log == ["flush", "step"] * 8
+    assert times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    log.clear()  # no flush: one span over the back-to-back calls, as the CPU path
+    dt, _ = timing.timed(step, "cpu", lambda: now[0], inner=3)
+    assert log == ["step"] * 3 and dt == 1.0
+    assert timing.l2_flusher("cpu") is None  # the CPU is never flushed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_l2_flush_on_a_gpu():
+    props = torch.cuda.get_device_properties(0)
+    assert timing.L2_FLUSH_BYTES >= 2 * getattr(props, "L2_cache_size", 0)
+    flush = timing.l2_flusher("cuda")
+    x = torch.randn(1 << 20, device="cuda")
+    dt, _ = timing.timed(lambda: x.mul_(1.0), "cuda", inner=4, flush=flush)
+    assert 0 < dt < 0.1

@@ -3,8 +3,9 @@
 Prints one table: variant, op, shape, dtype, median ms, speed-up vs eager and vs
 torch.compile, peak extra memory, bytes saved for backward, kernels, GB/s and % of
 the measured copy-bandwidth roofline. Every case first checks that its variants
-agree numerically and stops with an error if one does not. ``--quick`` is a subset
-that takes under two minutes on 2 CPU cores.
+agree numerically and stops with an error if one does not. On a GPU, L2 is flushed
+before every timed call (--warm-l2 leaves it warm). ``--quick`` is a subset that
+takes under two minutes on 2 CPU cores.
 
 Layout: ``core`` (cases, variants, ops and their registry), ``harness`` (prepare,
 check, time and measure a case; the pytest-benchmark adapter), ``timing``, ``check``,

@@ -14,7 +14,7 @@ from .core import OPS, VARIANT_ORDER, variant_names
 from .grids import grid_from_args
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
-from .timing import check_cpu_time, copy_bandwidth
+from .timing import check_cpu_time, copy_bandwidth, is_cuda
 
 DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compile."
 
@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time the calling thread's CPU time (time.thread_time) instead of "
                              "the wall clock: robust to other processes on a shared machine; "
                              "CPU only, needs --threads 1")
+    parser.add_argument("--warm-l2", action="store_true",
+                        help="GPU: time back-to-back calls with L2 left warm instead of "
+                             "flushing it before each call (the default; CPU runs never flush)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timed calls per variant per case; fewer rounds on big "
                              "shapes, never under 5 (default 1.5, quick 0.5)")
@@ -93,10 +96,13 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     grid = grid_from_args(args, device, skipped)
     reps = args.reps if args.reps is not None else (9 if args.quick else 15)
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 1.5)
+    warm_l2 = args.warm_l2
     env = environment(device)
     bw = copy_bandwidth(device)
     env["copy_bandwidth_gbps"] = bw / 1e9
     env["clock"] = "cpu (thread_time)" if args.cpu_time else "wall"
+    if is_cuda(device):
+        env["clock"] += ", L2 warm" if warm_l2 else ", L2 flushed before each call"
     print(header(env), flush=True)
     rows: List[dict] = []
     t0 = time.perf_counter()
@@ -107,7 +113,7 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
         print(f"[{i + 1}/{len(grid)}] {case.op} {case.shape} {case.dtype_name} ...",
               file=sys.stderr, flush=True)
         rows += run_case(case, names, reps=reps, budget_s=budget, with_extras=not args.no_extras,
-                         bandwidth=bw, cpu_time=args.cpu_time)
+                         bandwidth=bw, cpu_time=args.cpu_time, flush_l2=not warm_l2)
     env["wall_s"] = time.perf_counter() - t0
     print(format_table(rows, markdown=args.markdown))
     first = format_first_calls(rows)

@@ -19,7 +19,8 @@ from .check import check_agreement, low_precision, upcast_inputs
 from .core import (COMPILE, REFERENCE, Case, Op, Variant, bytes_moved, get_op, leaf,
                    variant_names)
 from .extras import extras, saved_bytes
-from .timing import check_cpu_time, inner_calls, is_cuda, time_interleaved, timed
+from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_interleaved,
+                     timed)
 
 
 @dataclass
@@ -105,12 +106,14 @@ def make_inputs(op: Op, case: Case, seed: int) -> dict:
 
 def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_reps: int = 5,
             with_extras: bool = True, bandwidth: Optional[float] = None,
-            cpu_time: bool = False) -> List[dict]:
+            cpu_time: bool = False, flush_l2: bool = True) -> List[dict]:
     """Time the prepared variants interleaved and return one row per variant.
 
     The number of rounds is ``reps``, lowered towards ``min_reps`` so that each
     variant's timed calls take about ``budget_s`` (big shapes on 2 cores).
-    ``cpu_time``: time the calling thread's CPU time, not the wall clock."""
+    ``cpu_time``: time the calling thread's CPU time, not the wall clock.
+    ``flush_l2``: on a GPU, evict L2 before every timed call (see ``timing.py``);
+    the CPU is never flushed."""
     case, steps = prepared.case, prepared.steps
     if is_cuda(case.device):  # first calls there include Triton's JIT
         slowest = max(timed(step, case.device)[0] for step in steps.values())
@@ -122,8 +125,10 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     rounds = max(min_reps, min(reps, int(budget_s / max(slowest * inner, 1e-6))))
     if cpu_time:
         check_cpu_time(case.device)
+    flush = l2_flusher(case.device) if flush_l2 else None
     times = time_interleaved(steps, case.device, rounds,
-                             time.thread_time if cpu_time else time.perf_counter, inner)
+                             time.thread_time if cpu_time else time.perf_counter, inner, flush)
+    del flush
     med = {n: statistics.median(ts) for n, ts in times.items()}
     moved = bytes_moved(case)
     rows = []
@@ -134,6 +139,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "dtype": case.dtype_name, "device": case.device, "shape": case.shape,
             "median_ms": med[n] * 1e3, "rounds": rounds, "calls_per_sample": inner,
             "clock": "cpu" if cpu_time else "wall",
+            "l2_flushed": is_cuda(case.device) and flush_l2,
             "min_ms": min(times[n]) * 1e3, "max_ms": max(times[n]) * 1e3,
             "first_call_ms": prepared.first_call_s[n] * 1e3,
             "speedup_vs_eager": med[REFERENCE] / med[n] if REFERENCE in med else None,
@@ -180,7 +186,9 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
     :class:`~.core.AgreementError` fails the fixture, hence every variant of the case).
     Rounds: about ``budget_s`` of calls, at least 3, at most 20. On a GPU a round is up
     to 10 back-to-back calls and one sync (``calls_per_round`` in ``extra_info``), like
-    :func:`measure`'s samples."""
+    :func:`measure`'s samples, but L2 is not flushed: pytest-benchmark times the whole
+    round with its own clock, so a flush could not be left out of it
+    (``extra_info["l2"]`` says so; ``fastvae bench`` reports flushed times)."""
     import pytest
 
     if variant not in prepared.steps:
@@ -198,6 +206,7 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
         warm = timed(step, case.device)[0]  # first calls there include Triton's JIT
         inner = inner_calls(case.device, warm)
         calls = itertools.count(1)
+        benchmark.extra_info["l2"] = "warm"
 
         def step():  # noqa: F811 - as measure()'s samples: `inner` calls, then one sync
             out = prepared.steps[variant]()

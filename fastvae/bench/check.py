@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import testing
-from .core import REFERENCE, AgreementError, Case, get_op, leaf
+from .core import REFERENCE, AgreementError, Case, convert_inputs, get_op
 
 
 def assert_agrees(what: str, got, want, dtype) -> None:
@@ -99,13 +99,6 @@ def _what(i: int) -> str:
 
 
 def upcast_inputs(inputs: dict) -> dict:
-    """The inputs in fp32 (tensors and modules copied), for the fp32 reference."""
-    out = {}
-    for k, v in inputs.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = leaf(v.detach().float(), v.requires_grad)
-        elif isinstance(v, torch.nn.Module):
-            out[k] = copy.deepcopy(v).float()
-        else:
-            out[k] = v
-    return out
+    """The inputs in fp32 (modules copied), for the fp32 reference."""
+    return convert_inputs(inputs, lambda v: (
+        copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v).float())

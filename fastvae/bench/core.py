@@ -157,6 +157,20 @@ def leaf(t: torch.Tensor, grad: bool) -> torch.Tensor:
     return t.detach().requires_grad_(grad)
 
 
+def convert_inputs(inputs: dict, convert: Callable) -> dict:
+    """``inputs`` with ``convert`` applied to every tensor (kept a leaf that requires
+    grad as before) and every module; other values as they are."""
+    out = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = leaf(convert(v.detach()), v.requires_grad)
+        elif isinstance(v, torch.nn.Module):
+            out[k] = convert(v)
+        else:
+            out[k] = v
+    return out
+
+
 def loss_step(loss_fn: Callable, inputs: dict, names: Sequence[str], backward: bool):
     """A step computing ``loss_fn(*inputs[names])``: with ``backward``, also its
     gradients w.r.t. the inputs that require them (returned after the loss, in order);

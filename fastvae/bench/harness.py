@@ -16,8 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .check import check_agreement, low_precision, upcast_inputs
-from .core import (COMPILE, REFERENCE, Case, Op, Variant, bytes_moved, get_op, leaf,
-                   variant_names)
+from .core import (COMPILE, REFERENCE, Case, Op, Variant, bytes_moved, convert_inputs,
+                   get_op, variant_names)
 from .extras import extras, saved_bytes
 from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_interleaved,
                      timed)
@@ -93,15 +93,7 @@ def make_inputs(op: Op, case: Case, seed: int) -> dict:
     if case.device == "cpu":
         return op.make_inputs(case, gen)
     inputs = op.make_inputs(dataclasses.replace(case, device="cpu"), gen)
-    out = {}
-    for k, v in inputs.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = leaf(v.to(case.device), v.requires_grad)
-        elif isinstance(v, torch.nn.Module):
-            out[k] = v.to(case.device)
-        else:
-            out[k] = v
-    return out
+    return convert_inputs(inputs, lambda v: v.to(case.device))
 
 
 def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_reps: int = 5,

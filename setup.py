@@ -5,6 +5,7 @@ from setuptools import setup
 
 setup(
     packages=["fastvae", "fastvae.ops", "fastvae.backends", "fastvae.backends.torch_backend",
-              "fastvae.backends.triton_backend", "fastvae.kernels"],
+              "fastvae.backends.triton_backend", "fastvae.bench", "fastvae.bench.specs",
+              "fastvae.kernels"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
 )

@@ -5,7 +5,7 @@ Variants: eager (pytorch/examples), torch.distributions, torch.compile of the ea
 loss, fastvae "torch" backend, the same with its compiled C row kernel off
 (``fastvae-aten``, the no-C-compiler fallback; CPU only), fastvae "triton" backend
 (CUDA only). Each case's variants are checked against eager before any is timed
-(``fastvae.bench.prepare``). Bytes saved for backward are in each result's
+(``fastvae.bench.prepare``; the op's spec is in ``fastvae/bench/specs/``). Bytes saved for backward are in each result's
 ``extra_info``; peak memory and kernel counts are columns of ``fastvae bench``.
 """
 from fastvae import bench

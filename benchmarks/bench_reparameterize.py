@@ -6,7 +6,7 @@ form of its own z).
 
 Variants: eager (pytorch/examples), torch.distributions, torch.compile of the eager
 loss, fastvae "torch" backend, fastvae "triton" backend (CUDA only). Each case's
-variants are checked against eager before any is timed (``fastvae.bench.prepare``).
+variants are checked against eager before any is timed (``fastvae.bench.prepare``; the op's spec is in ``fastvae/bench/specs/``).
 """
 from fastvae import bench
 

@@ -1,12 +1,14 @@
 """pytest-benchmark suites: ``pytest benchmarks/`` (not part of the test command,
 which only looks in ``tests/``).
 
-Files here are named ``bench_<op>.py``; this hook collects them. The shared machinery
-(variants, agreement checks, grids, bytes-moved model) lives in ``fastvae.bench``. A
-suite names its grid ``CASES`` (a list of ``fastvae.bench.Case``; optionally
-``case_id(case)`` for the test ids) and has one test taking ``benchmark, prepared,
-variant``: it runs once per case and variant of the op (``fastvae.bench.OPS``), and
-every case is built, warmed up and checked against eager once (``prepared``).
+Files here are named ``bench_<op>.py``, after the op's spec ``fastvae/bench/specs/<op>.py``
+(inputs, variants, baselines, bytes moved, grids); this hook collects them. A suite
+names its grid ``CASES`` (a list of ``fastvae.bench.Case``, usually
+``fastvae.bench.suite_cases(op)``; optionally ``case_id(case)`` for the test ids) and
+has one test taking ``benchmark, prepared, variant``: it runs once per case and variant
+of the op (``fastvae.bench.OPS``), and every case is built, warmed up and checked
+against eager once (``prepared``). On a GPU the rounds run with L2 warm (see
+``fastvae.bench.run_benchmark``); ``fastvae bench`` flushes it.
 Quick subset: ``pytest benchmarks/ -k "not 32768"``.
 """
 import pytest

@@ -8,7 +8,10 @@ import json
 import pytest
 import torch
 
-from fastvae import bench
+import fastvae
+from fastvae import bench, testing
+from fastvae.bench import core, extras, grids, report, timing
+from fastvae.bench.specs import _common, train_step
 
 TINY = ["--batch", "16", "--dim", "12", "--latent", "3", "--k-reparam", "2", "--k-iwae", "3",
         "--reps", "2", "--budget", "0.01", "--variants", "eager,distributions,fastvae-torch"]
@@ -20,7 +23,7 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
                        "--json", str(out_json), "--plot", str(out_png)]) == 0
     text = capsys.readouterr().out
     header = next(line for line in text.splitlines() if line.startswith("variant"))
-    for column in bench.COLUMNS:
+    for column in report.COLUMNS:
         assert column in header
     data = json.loads(out_json.read_text())
     rows = data["rows"]
@@ -34,6 +37,7 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
             assert r["speedup_vs_eager"] == pytest.approx(1.0)
             assert r["paired_speedup_vs_eager"] == pytest.approx(1.0)
         assert r["speedup_vs_compile"] is None  # compile was not run
+        assert r["l2_flushed"] is False  # CPU timing is unchanged: no flush
     assert data["environment"]["processor"]
     assert data["environment"]["copy_bandwidth_gbps"] > 0
     assert out_png.stat().st_size > 0
@@ -55,8 +59,8 @@ def test_bf16_variants_pass_against_fp32_eager():
 def test_train_step_variants_agree_on_the_first_step():
     # "own-rng" checks the path the Triton variant takes on a GPU: its checked first
     # step draws z with the eager sampler, later steps with the backend's own.
-    own = bench.Variant("own-rng", bench.train_step_builder(
-        lambda: bench.fastvae_loss("torch"), "torch", own_rng=True))
+    own = bench.Variant("own-rng", train_step.train_step_builder(
+        lambda: _common.fastvae_loss("torch"), "torch", own_rng=True))
     prepared = bench.prepare(bench.Case("train_mlp", 8, 16, 2), ["eager", "fastvae-torch"],
                              extra_variants={"own-rng": own}, warmup=0)
     assert set(prepared.steps) == {"eager", "fastvae-torch", "own-rng"}
@@ -67,7 +71,7 @@ def test_train_step_check_rejects_a_wrong_loss():
         bce = torch.nn.functional.binary_cross_entropy_with_logits(recon, x, reduction="sum")
         return bce - 0.25 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
-    wrong = bench.Variant("wrong", bench.train_step_builder(lambda: half_kl, "torch"))
+    wrong = bench.Variant("wrong", train_step.train_step_builder(lambda: half_kl, "torch"))
     with pytest.raises(bench.AgreementError, match="wrong"):
         bench.prepare(bench.Case("train_conv", 4, 64, 2), ["eager"],
                       extra_variants={"wrong": wrong}, warmup=0)
@@ -77,9 +81,9 @@ def _wrong_elbo(case, inputs):
     names = ("x", "recon", "mu", "logvar")
 
     def loss(x, recon, mu, logvar):  # KL with the wrong sign: a classic slip
-        return bench.eager_loss(x, recon, mu, logvar) + 2 * 0.5 * torch.sum(
+        return _common.eager_loss(x, recon, mu, logvar) + 2 * 0.5 * torch.sum(
             1 + logvar - mu.pow(2) - logvar.exp())
-    return bench._loss_step(loss, inputs, names, backward=True)
+    return core.loss_step(loss, inputs, names, backward=True)
 
 
 def _wrong_grad_elbo(case, inputs):
@@ -93,7 +97,7 @@ def _wrong_grad_elbo(case, inputs):
             return 0.5 * g
 
     names = ("x", "recon", "mu", "logvar")
-    return bench._loss_step(lambda x, r, mu, lv: bench.eager_loss(x, HalfGrad.apply(r), mu, lv),
+    return core.loss_step(lambda x, r, mu, lv: _common.eager_loss(x, HalfGrad.apply(r), mu, lv),
                             inputs, names, backward=True)
 
 
@@ -184,13 +188,13 @@ def test_cuda_suite_grid_fits_a_card(monkeypatch):
 
 def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
     # The torch backend's no-C-compiler fallback, on CPU, for the ops that have the kernel.
-    from fastvae.backends import _native
+    _native = _common._native  # the one module the bench reaches into
 
     for op in ("elbo", "elbo_eval", "iwae"):
-        names = bench.variant_names(op, "cpu")
+        names = core.variant_names(op, "cpu")
         assert names.index("fastvae-aten") == names.index("fastvae-torch") + 1
-        assert "fastvae-aten" not in bench.variant_names(op, "cuda")
-    assert "fastvae-aten" not in bench.variant_names("reparameterize", "cpu")
+        assert "fastvae-aten" not in core.variant_names(op, "cuda")
+    assert "fastvae-aten" not in core.variant_names("reparameterize", "cpu")
     if _native.load() is None:
         pytest.skip(f"compiled kernel unavailable here: {_native.status()}")
     calls = []
@@ -200,10 +204,12 @@ def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
     prepared = bench.prepare(bench.Case("elbo", 64, 40, 3), ["fastvae-torch", "fastvae-aten"],
                              warmup=0)  # and the two agree with eager
     del calls[:]
-    prepared.steps["fastvae-aten"]()
+    aten = [t.clone() for t in prepared.steps["fastvae-aten"]()]
     assert calls == [] and _native.load is load  # off inside the step, back on after it
-    prepared.steps["fastvae-torch"]()
+    fused = prepared.steps["fastvae-torch"]()
     assert calls
+    for i, (a, f) in enumerate(zip(aten, fused)):  # the same numbers by the tests' rule
+        testing.assert_close(f"output #{i}", a, f, torch.float32)
 
 
 def test_fused_elbo_peak_memory_is_its_gradients():
@@ -215,7 +221,7 @@ def test_fused_elbo_peak_memory_is_its_gradients():
     prepared = bench.prepare(case, ["eager", "fastvae-torch", "fastvae-aten"], warmup=0)
     peak = {}
     for name, step in prepared.steps.items():
-        peak[name], saved, _ = bench.extras(step, "cpu")
+        peak[name], saved, _ = extras.extras(step, "cpu")
         if name != "eager":
             assert saved == grads, name
             assert grads <= peak[name] <= grads * 1.25 + (4 << 20), (name, peak[name], grads)
@@ -231,20 +237,20 @@ def test_cpu_time_clock():
         torch.set_num_threads(threads)
     assert rows and all(r["clock"] == "cpu" and r["median_ms"] >= 0 for r in rows)
     with pytest.raises(ValueError, match="--threads 1"):
-        bench.check_cpu_time("cuda")
+        timing.check_cpu_time("cuda")
 
 
 def test_gpu_samples_are_back_to_back_calls():
     """On a GPU a sample is several calls between two syncs (host work overlaps the
     GPU's, as in a training loop); the time is per call. The CPU times single calls."""
-    assert bench.inner_calls("cpu", 1e-4) == 1
-    assert bench.inner_calls("cuda", 1e-4) == bench.CUDA_MAX_INNER
-    assert bench.inner_calls("cuda", 5e-3) == 4
-    assert bench.inner_calls("cuda", 1.0) == 1
+    assert timing.inner_calls("cpu", 1e-4) == 1
+    assert timing.inner_calls("cuda", 1e-4) == timing.CUDA_MAX_INNER
+    assert timing.inner_calls("cuda", 5e-3) == 4
+    assert timing.inner_calls("cuda", 1.0) == 1
     calls = []
-    dt, out = bench._timed(lambda: calls.append(1) or len(calls), "cpu", inner=3)
+    dt, out = timing.timed(lambda: calls.append(1) or len(calls), "cpu", inner=3)
     assert calls == [1, 1, 1] and out == 3 and dt >= 0
-    times = bench.time_interleaved({"a": lambda: calls.append(1)}, "cpu", reps=2, inner=4)
+    times = timing.time_interleaved({"a": lambda: calls.append(1)}, "cpu", reps=2, inner=4)
     assert len(times["a"]) == 2 and len(calls) == 3 + 8
 
 
@@ -276,3 +282,131 @@ def test_pytest_benchmark_rounds_on_a_gpu_are_back_to_back(monkeypatch):
     timed = syncs[2:]  # the calibration call's two syncs come first
     assert len(timed) > 1 and timed[-1] == len(calls), (inner, timed, len(calls))
     assert all(b - a == inner for a, b in zip(timed, timed[1:])), (inner, timed)
+
+
+def test_agreement_check_uses_the_shared_tolerance():
+    """The check before timing is fastvae.testing's rule: a loss off by half the
+    float32 allowance passes, one off by twice it is rejected."""
+    rtol, atol = testing.tolerance(torch.float32)
+
+    def scaled(factor):
+        def build(case, inputs):
+            return core.loss_step(lambda *a: _common.eager_loss(*a) * factor, inputs,
+                                  ("x", "recon", "mu", "logvar"), backward=False)
+        return bench.Variant("scaled", build)
+
+    case = bench.Case("elbo_eval", 16, 12, 3)
+    bench.prepare(case, ["eager"], extra_variants={"scaled": scaled(1 + (rtol + atol) / 2)},
+                  warmup=0)
+    with pytest.raises(bench.AgreementError, match="scaled vs eager, loss"):
+        bench.prepare(case, ["eager"], extra_variants={"scaled": scaled(1 + 2 * (rtol + atol))},
+                      warmup=0)
+
+
+@pytest.mark.parametrize("op", list(bench.OPS))
+def test_every_op_agrees_at_a_tiny_shape(op):
+    """Every registered op, a new one included, passes its own check on the CPU
+    variants (compile left out for time) and reports bytes moved consistently."""
+    spec = bench.OPS[op]
+    case = bench.Case(op, 8, 64, 3, k=max(spec.k_values or (1,)))
+    names = [n for n in core.variant_names(op, "cpu") if n != "compile"]
+    prepared = bench.prepare(case, names, warmup=0)
+    assert set(prepared.steps) == set(names)
+    moved = bench.bytes_moved(case)
+    assert moved is None or moved > 0
+
+
+def test_every_spec_module_is_registered_and_has_a_suite():
+    """Adding an op = a spec module in fastvae/bench/specs/ + benchmarks/bench_<op>.py."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    from fastvae.bench import specs
+
+    modules = [m.name for m in pkgutil.iter_modules(specs.__path__) if not m.name.startswith("_")]
+    ops = [op.name for m in modules
+           for op in importlib.import_module(f"{specs.__name__}.{m}").OPS]
+    assert sorted(ops) == sorted(bench.OPS)
+    # Today's table order, kept by the specs' ORDER.
+    assert list(bench.OPS) == ["elbo", "elbo_eval", "reparameterize", "iwae", "train_mlp",
+                               "train_conv"]
+    suites = Path(__file__).resolve().parents[1] / "benchmarks"
+    for m in modules:
+        assert (suites / f"bench_{m}.py").exists(), m
+
+
+def test_a_new_op_needs_only_its_spec(monkeypatch, capsys):
+    """What a spec file does, done here: the grids, the K flag, the check, the timing
+    and the table take a new op with no change anywhere else."""
+    import torch.distributions as D
+
+    def make_inputs(case, gen):
+        mu = torch.randn(case.k, case.batch, case.latent, generator=gen)
+        lv = 0.5 * torch.randn(case.k, case.batch, case.latent, generator=gen)
+        return {"mu": core.leaf(mu, True), "logvar": core.leaf(lv, True)}
+
+    def eager(mu, logvar):
+        return 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum()
+
+    def dist(mu, logvar):
+        q = D.Normal(mu, (0.5 * logvar).exp())
+        return D.kl_divergence(q, D.Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum()
+
+    def fused(backend):
+        return lambda mu, lv: fastvae.kl_standard_normal(
+            mu.reshape(-1, mu.shape[-1]), lv.reshape(-1, lv.shape[-1]), backend=backend).sum()
+
+    def make(get_fn, backend):
+        return lambda case, inputs: core.loss_step(get_fn(), inputs, ("mu", "logvar"), True)
+
+    toy = core.Op("toy_kl", make_inputs, _common.standard_variants(make, eager, dist, fused),
+                  elements_moved=lambda c: 4 * c.k * c.batch * c.latent, uses_dim=False,
+                  k_values=(1, 2), k_flag="--k-toy", grids={"cpu": dict(batch=[8])})
+    monkeypatch.setitem(core.OPS, "toy_kl", toy)
+    assert bench.Case("toy_kl", 8, 784, 3, k=2).shape == "B=8 L=3 K=2"
+    assert bench.bytes_moved(bench.Case("toy_kl", 8, 784, 3, k=2)) == 4 * 2 * 8 * 3 * 4
+    args = _parse(["--ops", "toy_kl", "--k-toy", "3", "--latent", "3", "--reps", "2",
+                   "--budget", "0.01", "--no-extras", "--variants",
+                   "eager,distributions,fastvae-torch"])
+    assert grids.grid_from_args(args, "cpu", []) == [bench.Case("toy_kl", 8, 784, 3, k=3)]
+    rows = bench.measure_grid(args)
+    assert [r["variant"] for r in rows] == ["eager", "distributions", "fastvae-torch"]
+    assert "toy_kl" in capsys.readouterr().out
+
+
+def test_l2_flush_runs_before_every_call_outside_the_timed_span():
+    """The GPU timing's control flow, driven on the CPU with a clock that the flush
+    moves by 1000 s and a step by 1 s: one flush before each call, none timed."""
+    log, now = [], [0.0]
+
+    def flush():
+        log.append("flush")
+        now[0] += 1000.0
+
+    def step():
+        log.append("step")
+        now[0] += 1.0
+        return len(log)
+
+    dt, out = timing.timed(step, "cpu", lambda: now[0], inner=3, flush=flush)
+    assert log == ["flush", "step"] * 3 and dt == 1.0 and out == 6
+    log.clear()
+    times = timing.time_interleaved({"a": step, "b": step}, "cpu", reps=2,
+                                    clock=lambda: now[0], inner=2, flush=flush)
+    assert log == ["flush", "step"] * 8
+    assert times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    log.clear()  # no flush: one span over the back-to-back calls, as the CPU path
+    dt, _ = timing.timed(step, "cpu", lambda: now[0], inner=3)
+    assert log == ["step"] * 3 and dt == 1.0
+    assert timing.l2_flusher("cpu") is None  # the CPU is never flushed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_l2_flush_on_a_gpu():
+    props = torch.cuda.get_device_properties(0)
+    assert timing.L2_FLUSH_BYTES >= 2 * getattr(props, "L2_cache_size", 0)
+    flush = timing.l2_flusher("cuda")
+    x = torch.randn(1 << 20, device="cuda")
+    dt, _ = timing.timed(lambda: x.mul_(1.0), "cuda", inner=4, flush=flush)
+    assert 0 < dt < 0.1

@@ -1,0 +1,104 @@
+"""The agreement check run before anything is timed: a fast wrong answer is not a result.
+
+Every variant's outputs (the value and every gradient) are compared with ``eager``'s
+by :func:`fastvae.testing.assert_close`, the rule the tests use; ops whose variants
+cannot be compared (samplers on different RNG streams) check each variant alone with
+their spec's ``self_check``. In bf16/fp16 the reference is eager run in fp32 instead,
+see :func:`check_against_fp32`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, Optional
+
+import torch
+
+from .. import testing
+from .core import REFERENCE, AgreementError, Case, convert_inputs, get_op
+
+
+def assert_agrees(what: str, got, want, dtype) -> None:
+    """:func:`fastvae.testing.assert_close`, raising :class:`AgreementError`."""
+    try:
+        testing.assert_close(what, got, want, dtype)
+    except AssertionError as e:
+        raise AgreementError(str(e)) from None
+
+
+def low_precision(dtype) -> bool:
+    return dtype in (torch.bfloat16, torch.float16)
+
+
+def check_agreement(case: Case, inputs: dict, outputs: Dict[str, tuple],
+                    reference: Optional[tuple] = None) -> None:
+    """Raise :class:`AgreementError` unless every variant matches ``eager`` (or passes
+    the op's ``self_check``).
+
+    In bf16/fp16, ``reference`` is eager run in fp32 on the same (upcast) inputs, and
+    each variant's error against it may be at most twice eager's own same-dtype error
+    (flash-attention's rule), or the dtype's tolerance if that is larger: eager in
+    bf16 is itself far from exact (an IWAE's log-weights summed in bf16 are off by
+    nats), so "close to eager" would be the wrong test.
+    """
+    op = get_op(case.op)
+    if op.self_check is not None:
+        for name, out in outputs.items():
+            op.self_check(case, inputs, out, name)
+        return
+    if reference is not None:
+        check_against_fp32(case, outputs, reference)
+        return
+    ref = outputs[REFERENCE]
+    for name, out in outputs.items():
+        if name == REFERENCE:
+            continue
+        _same_count(name, out, ref)
+        for i, (g, w) in enumerate(zip(out, ref)):
+            assert_agrees(f"{case.op} {case.shape} {case.dtype_name}: {name} vs eager, "
+                          f"{_what(i)}", g, w, case.dtype)
+
+
+def check_against_fp32(case: Case, outputs: Dict[str, tuple], reference: tuple) -> None:
+    """Low precision: each output's relative L2 error against eager in fp32 may be at
+    most ``max(2 x eager's own, the dtype's rtol)`` (norm-wise, since a bf16 training
+    step's gradients scatter element by element through ReLUs and convolutions)."""
+    floor = testing.tolerance(case.dtype)[0]
+    eager_err = [_rel_err(g, w) for g, w in zip(outputs[REFERENCE], reference)]
+    for name, out in outputs.items():
+        _same_count(name, out, reference)
+        for i, (g, w) in enumerate(zip(out, reference)):
+            e, bound = _rel_err(g, w), max(2 * eager_err[i], floor)
+            if e > bound:
+                raise AgreementError(
+                    f"{case.op} {case.shape} {case.dtype_name}: {name}, {_what(i)}: relative "
+                    f"error {e:.4g} against eager in fp32, over max(2 x eager's own "
+                    f"{case.dtype_name} error {eager_err[i]:.4g}, {floor})")
+
+
+def _rel_err(got, want) -> float:
+    if got is None or want is None:
+        return 0.0 if got is want else math.inf
+    if tuple(got.shape) != tuple(want.shape):
+        return math.inf
+    g, w = got.detach().double(), want.detach().double()
+    if not torch.isfinite(g).all():
+        return math.inf
+    if not w.numel():
+        return 0.0
+    return (torch.linalg.vector_norm(g - w) / torch.linalg.vector_norm(w).clamp_min(1e-30)).item()
+
+
+def _same_count(name: str, out: tuple, ref: tuple) -> None:
+    if len(out) != len(ref):
+        raise AgreementError(f"{name}: returned {len(out)} tensors, eager {len(ref)}")
+
+
+def _what(i: int) -> str:
+    return "loss" if i == 0 else f"gradient #{i}"
+
+
+def upcast_inputs(inputs: dict) -> dict:
+    """The inputs in fp32 (modules copied), for the fp32 reference."""
+    return convert_inputs(inputs, lambda v: (
+        copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v).float())

@@ -1,0 +1,140 @@
+"""``fastvae bench``: its flags, and the run that measures a grid and prints the table."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import List
+
+import torch
+
+from .core import OPS, VARIANT_ORDER, variant_names
+from .grids import grid_from_args
+from .harness import run_case
+from .report import environment, format_first_calls, format_table, header, plot
+from .timing import check_cpu_time, copy_bandwidth, is_cuda
+
+DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compile."
+
+
+def _ints(s: str) -> List[int]:
+    return [int(v) for v in s.split(",") if v]
+
+
+def _strs(s: str) -> List[str]:
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``fastvae bench`` flags (an op with a sample axis K adds its ``k_flag``)."""
+    parser.add_argument("--quick", action="store_true",
+                        help="a small subset (B=4096, D=784, L=32; IWAE at B=256 K=5; no Conv "
+                             "step): under 2 minutes on 2 CPU cores")
+    parser.add_argument("--ops", type=_strs, default=None,
+                        help=f"comma list of {','.join(OPS)} (default: all)")
+    parser.add_argument("--variants", type=_strs, default=None,
+                        help=f"comma list of {','.join(VARIANT_ORDER)} (eager always runs)")
+    parser.add_argument("--batch", type=_ints, default=None,
+                        help="batch sizes for every op (default: per op, the grids of its "
+                             "spec in fastvae/bench/specs/)")
+    parser.add_argument("--dim", type=_ints, default=None,
+                        help="data dims D for every op (default: per op, 784 and/or 3072)")
+    parser.add_argument("--latent", type=_ints, default=None,
+                        help="latent dims L (default 32)")
+    for op in OPS.values():
+        if op.k_flag:
+            parser.add_argument(op.k_flag, type=_ints, default=None,
+                                help=f"samples for {op.name} (default "
+                                     f"{','.join(map(str, op.k_values))})")
+    parser.add_argument("--dtype", type=_strs, default=None,
+                        help="fp32 (CPU default), bf16, fp16 (GPU default fp32,bf16)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (default: torch's, one per core)")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="most interleaved rounds (default 15, quick 9)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time the calling thread's CPU time (time.thread_time) instead of "
+                             "the wall clock: robust to other processes on a shared machine; "
+                             "CPU only, needs --threads 1")
+    parser.add_argument("--warm-l2", action="store_true",
+                        help="GPU: time back-to-back calls with L2 left warm instead of "
+                             "flushing it before each call (the default; CPU runs never flush)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timed calls per variant per case; fewer rounds on big "
+                             "shapes, never under 5 (default 1.5, quick 0.5)")
+    parser.add_argument("--max-elements", type=int, default=None,
+                        help="skip cases whose largest tensor has more elements "
+                             "(default 2**27 on CPU, 2**29 on CUDA)")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip memory, saved-bytes and kernel measurements")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write rows and environment")
+    parser.add_argument("--plot", metavar="FILE.png", default=None,
+                        help="speed-up vs batch size per variant (matplotlib)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fastvae bench``: run the chosen grid, print the table, write JSON / plot.
+    Returns the exit status (0); an :class:`~.core.AgreementError` propagates."""
+    measure_grid(args)
+    return 0
+
+
+def measure_grid(args: argparse.Namespace) -> List[dict]:
+    """What :func:`run` does, returning the rows."""
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        check_cpu_time(device)
+    skipped: list = []
+    grid = grid_from_args(args, device, skipped)
+    reps = args.reps if args.reps is not None else (9 if args.quick else 15)
+    budget = args.budget if args.budget is not None else (0.5 if args.quick else 1.5)
+    warm_l2 = args.warm_l2
+    env = environment(device)
+    bw = copy_bandwidth(device)
+    env["copy_bandwidth_gbps"] = bw / 1e9
+    env["clock"] = "cpu (thread_time)" if args.cpu_time else "wall"
+    if is_cuda(device):
+        env["clock"] += ", L2 warm" if warm_l2 else ", L2 flushed before each call"
+    print(header(env), flush=True)
+    rows: List[dict] = []
+    t0 = time.perf_counter()
+    for i, case in enumerate(grid):
+        names = None
+        if args.variants:
+            names = [n for n in args.variants if n in variant_names(case.op, device)]
+        print(f"[{i + 1}/{len(grid)}] {case.op} {case.shape} {case.dtype_name} ...",
+              file=sys.stderr, flush=True)
+        rows += run_case(case, names, reps=reps, budget_s=budget, with_extras=not args.no_extras,
+                         bandwidth=bw, cpu_time=args.cpu_time, flush_l2=not warm_l2)
+    env["wall_s"] = time.perf_counter() - t0
+    print(format_table(rows, markdown=args.markdown))
+    first = format_first_calls(rows)
+    if first:
+        print(first)
+    if skipped:
+        print("skipped (largest tensor over --max-elements): "
+              + "; ".join(f"{c.op} {c.shape}" for c in skipped))
+    print(f"speed-ups are eager's (compile's) median over the variant's; {len(grid)} cases in "
+          f"{env['wall_s']:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows,
+                       "skipped": [dict(dataclasses.asdict(c), dtype=c.dtype_name)
+                                   for c in skipped]}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastvae bench", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,140 @@
+"""Reporting measured rows: the table (plain or markdown), the first-call table, the
+environment header and the speed-up plot."""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import sys
+from typing import Dict, List
+
+import torch
+
+import fastvae
+
+from .core import COMPILE, REFERENCE, VARIANT_ORDER
+from .specs._common import native_status
+from .timing import is_cuda
+
+COLUMNS = ("variant", "op", "shape", "dtype", "median ms", "x eager", "x compile",
+           "peak MB", "saved MB", "kernels", "GB/s", "% roof")
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table_rows(rows: List[dict]) -> List[List[str]]:
+    mb = 1 / 2**20
+    out = []
+    for r in rows:
+        out.append([
+            r["variant"], r["op"], r["shape"], r["dtype"], _fmt(r["median_ms"], ".3f"),
+            _fmt(r["speedup_vs_eager"], ".2f"), _fmt(r["speedup_vs_compile"], ".2f"),
+            _fmt(None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] * mb, ".1f"),
+            _fmt(None if r["saved_bytes"] is None else r["saved_bytes"] * mb, ".1f"),
+            _fmt(r["kernels"], "d"), _fmt(r["gbps"], ".1f"), _fmt(r["pct_roofline"], ".1f"),
+        ])
+    return out
+
+
+def format_table(rows: List[dict], markdown: bool = False) -> str:
+    """One table, a row per (case, variant): speed-ups are eager (or compile) median
+    over this variant's median, so > 1 is faster."""
+    body = table_rows(rows)
+    if markdown:
+        lines = ["| " + " | ".join(COLUMNS) + " |",
+                 "|" + "|".join("---" if i < 4 else "---:" for i in range(len(COLUMNS))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c)
+              for i, c in enumerate(COLUMNS)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < 4 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in body])
+
+
+def format_first_calls(rows: List[dict]) -> str:
+    """The untimed-in-the-table first calls: compile time of ``compile``, warm-up of the rest."""
+    lines = ["first call (compile for 'compile'; not in the medians):"]
+    for r in rows:
+        if r["variant"] == COMPILE:
+            eager = next((q for q in rows if q["op"] == r["op"] and q["shape"] == r["shape"]
+                          and q["dtype"] == r["dtype"] and q["variant"] == REFERENCE), None)
+            lines.append(f"  {r['op']:<15} {r['shape']:<28} {r['dtype']}: compile "
+                         f"{r['first_call_ms'] / 1e3:.2f} s"
+                         + (f" (eager first call {eager['first_call_ms']:.1f} ms)"
+                            if eager else ""))
+    return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def processor_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "processor": processor_name(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(), "fastvae": fastvae.__version__,
+        "device": device, "command": " ".join(["fastvae bench"] + sys.argv[1:]),
+    }
+    if is_cuda(device):
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:  # whether fastvae-torch runs the compiled C row kernel or its aten fallback
+        env["native_kernel"] = native_status()
+    return env
+
+
+def header(env: dict) -> str:
+    """The lines printed before the table: machine, software, roofline, clock."""
+    head = (f"fastvae bench  {env['date']}  {env.get('gpu', env['processor'])}  "
+            f"({env['cpu_count']} cores, {env['torch_threads']} threads)  torch {env['torch']}  "
+            f"copy {env['copy_bandwidth_gbps']:.1f} GB/s  clock {env['clock']}")
+    if "native_kernel" in env:
+        head += f"\nC row kernel (fastvae-aten runs without it): {env['native_kernel']}"
+    return head
+
+
+def plot(rows: List[dict], path: str) -> None:
+    """Speed-up vs eager against batch size, a line per variant, a panel per
+    (op, D, L, K, dtype)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["dim"], r["latent"], r["k"], r["dtype"]), []).append(r)
+    n = max(1, len(groups))
+    cols = min(3, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, ((op, d, l, k, dt), rs) in zip(axes.flat, sorted(groups.items(), key=str)):
+        for v in VARIANT_ORDER:
+            pts = sorted((r["batch"], r["speedup_vs_eager"]) for r in rs if r["variant"] == v)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
+        ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        shape = rs[0]["shape"].split(" ", 1)[1]  # the case's shape without its B
+        ax.set_title(f"{op} {shape} {dt}", fontsize=9)
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel("speed-up vs eager")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""What the specs share: the pytorch/examples loss, ``torch.compile`` of a baseline,
+the standard set of variants, and ``fastvae-aten``, the one place the benchmarks reach
+into a backend's internals."""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+import fastvae
+from fastvae.backends import _native
+
+from ..core import Case, Variant, leaf
+
+
+# -- baselines --------------------------------------------------------------------
+
+def eager_loss(x, recon, mu, logvar):
+    """pytorch/examples' VAE ``loss_function`` (BCE on logits + analytic KL), summed."""
+    bce = F.binary_cross_entropy_with_logits(recon, x, reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def distributions_loss(x, recon, mu, logvar):
+    """The same loss through ``torch.distributions`` (Bernoulli log_prob, Normal KL)."""
+    rec = Bernoulli(logits=recon, validate_args=False).log_prob(x).sum()
+    q = Normal(mu, torch.exp(0.5 * logvar), validate_args=False)
+    p = Normal(torch.zeros_like(mu), torch.ones_like(mu), validate_args=False)
+    return kl_divergence(q, p).sum() - rec
+
+
+def fastvae_loss(backend: str) -> Callable:
+    """``fastvae.ELBOLoss(reduction="sum")``: the drop-in for the examples' loss."""
+    loss = fastvae.ELBOLoss(reduction="sum", backend=backend)
+    return lambda x, recon, mu, logvar: loss(x, recon, mu, logvar)
+
+
+def _configure_compile() -> None:
+    """Every shape is its own static graph: raise dynamo's recompile limit so the
+    ``compile`` variant never silently falls back to eager after 8 shapes."""
+    import torch._dynamo.config as dcfg
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dcfg, name):
+            setattr(dcfg, name, max(getattr(dcfg, name), 1024))
+    if hasattr(dcfg, "accumulated_recompile_limit"):
+        dcfg.accumulated_recompile_limit = max(dcfg.accumulated_recompile_limit, 4096)
+    try:  # name inductor's C++ kernels in the profiler, so CPU kernel counts see them
+        import torch._inductor.config as icfg
+        icfg.cpp.enable_kernel_profile = True
+    except (ImportError, AttributeError):
+        pass
+
+
+_COMPILED: Dict[str, Callable] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """``torch.compile(fn, dynamic=False)``, built once per function."""
+    if fn.__name__ not in _COMPILED:
+        _configure_compile()
+        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn.__name__]
+
+
+# -- the standard variants ----------------------------------------------------------
+
+def standard_variants(make: Callable, eager: Callable, distributions: Callable,
+                      fastvae_fn: Callable[[str], Callable], *,
+                      aten: bool = False) -> Dict[str, Variant]:
+    """``eager``, ``distributions``, ``compile`` (of ``eager``), ``fastvae-torch``, with
+    ``aten`` also ``fastvae-aten`` (ops whose torch backend has the C row kernel), and
+    ``fastvae-triton`` (CUDA only).
+
+    ``make(get_fn, backend)`` returns a variant's ``build``: ``get_fn()`` gives the
+    function to time (called at build time, so ``compile`` compiles only when used);
+    ``backend`` is the fastvae backend the variant runs on, None for the baselines.
+    ``fastvae_fn(backend)`` is fastvae's function on that backend.
+    """
+    variants = {
+        "eager": Variant("eager", make(lambda: eager, None)),
+        "distributions": Variant("distributions", make(lambda: distributions, None)),
+        "compile": Variant("compile", make(lambda: compiled(eager), None)),
+        "fastvae-torch": Variant("fastvae-torch", make(lambda: fastvae_fn("torch"), "torch")),
+    }
+    if aten:
+        variants["fastvae-aten"] = aten_variant(variants["fastvae-torch"])
+    variants["fastvae-triton"] = Variant(
+        "fastvae-triton", make(lambda: fastvae_fn("triton"), "triton"), cuda_only=True)
+    return variants
+
+
+# -- fastvae-aten: the torch backend without its compiled C row kernel ---------------
+# The only use of a backend's internals in the benchmarks (``_native``, the C kernel).
+
+@contextlib.contextmanager
+def native_kernel_off():
+    """Inside the block the "torch" backend runs as where no C compiler exists (as with
+    ``FASTVAE_NATIVE=0``): its compiled row kernel reports itself unavailable. Swapping
+    ``_native.load`` leaves the loaded kernel in place, so switching back costs nothing
+    (``FASTVAE_NATIVE`` plus ``_native.reset()`` would look for the kernel again on the
+    next variant's call, inside its timing)."""
+    load = _native.load
+    _native.load = lambda: None
+    try:
+        yield
+    finally:
+        _native.load = load
+
+
+def aten_variant(fastvae_torch: Variant) -> Variant:
+    """``fastvae-aten``: the ``fastvae-torch`` variant with the compiled kernel off
+    (CPU only)."""
+    def build(case, inputs):
+        inner = fastvae_torch.build(case, inputs)
+
+        def off(fn):
+            def run():
+                with native_kernel_off():
+                    return fn()
+            return run
+
+        step = off(inner)
+        if hasattr(inner, "release"):
+            step.release = inner.release
+        if hasattr(inner, "check_step"):
+            step.check_step = off(inner.check_step)
+        return step
+    return Variant("fastvae-aten", build, cpu_only=True)
+
+
+def native_status() -> str:
+    """Whether ``fastvae-torch`` runs the compiled C row kernel here, or why not."""
+    _native.load()
+    return _native.status()
+
+
+# -- inputs ---------------------------------------------------------------------------
+
+def vae_inputs(case: Case, gen: torch.Generator, grad: bool) -> dict:
+    """A VAE loss's inputs: data ``x`` in [0, 1] (B, D), decoder logits ``recon``
+    (B, D), encoder outputs ``mu`` and ``logvar`` (B, L); leaves with ``grad``."""
+    dev, dt = case.device, case.dtype
+    x = torch.rand(case.batch, case.dim, generator=gen, device=dev).to(dt)
+    recon = 2.0 * torch.randn(case.batch, case.dim, generator=gen, device=dev)
+    mu = torch.randn(case.batch, case.latent, generator=gen, device=dev)
+    logvar = 0.5 * torch.randn(case.batch, case.latent, generator=gen, device=dev)
+    return {"x": x, "recon": leaf(recon.to(dt), grad), "mu": leaf(mu.to(dt), grad),
+            "logvar": leaf(logvar.to(dt), grad)}

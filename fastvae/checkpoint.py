@@ -9,6 +9,7 @@ so a crash mid-write leaves the previous checkpoint intact. Only the file named
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -52,9 +53,21 @@ def save_checkpoint(state: dict, path) -> Path:
     return Path(path)
 
 
+def _json_safe(obj):
+    """NaN and +-inf -> None: JSON has no tokens for them (json.dumps would write the
+    non-standard ``NaN``/``Infinity``, which strict parsers reject)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(obj, path) -> Path:
-    """Atomically write ``obj`` as pretty JSON."""
-    data = (json.dumps(obj, indent=2) + "\n").encode()
+    """Atomically write ``obj`` as pretty, strictly valid JSON (non-finite floats as null)."""
+    data = (json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n").encode()
     _atomic_write(Path(path), lambda f: f.write(data))
     return Path(path)
 

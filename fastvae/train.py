@@ -27,22 +27,22 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from . import backends as _backends
+import fastvae
+
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
                          write_json)
 from .data import DataError, load_dataset
-from .functional import elbo as fv_elbo
-from .functional import kl_standard_normal
+from .guard import Guard, NonFiniteLoss
 from .models import build_model
+
+__all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
+           "NonFiniteLoss", "DataError", "CheckpointError"]
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
                 "download", "threads")
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; carries the epoch and step."""
+# Settings a resumed run may change, with a note (a lower --lr after a divergence).
+RESUME_OVERRIDES = ("lr",)
 
 
 def default_config() -> dict:
@@ -110,7 +110,7 @@ def batch_loss(model, x, cfg: dict):
     (possibly DDP- or compile-wrapped), and the pieces for logging."""
     recon, mu, logvar, z = model(x, backend=cfg["backend"])
     core = _core(model)
-    e = fv_elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
+    e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
                 z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"], obs_logvar=core._obs(),
                 reduction="mean", backend=cfg["backend"])
     return -e, (recon, mu, logvar)
@@ -119,9 +119,9 @@ def batch_loss(model, x, cfg: dict):
 @torch.no_grad()
 def _terms(core, x, recon, mu, logvar, backend):
     """Summed reconstruction term ``log p(x|z)`` and analytic KL of a batch."""
-    rec = fv_elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
+    rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
                   obs_logvar=core._obs(), reduction="sum", backend=backend)
-    kl = kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
+    kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
     return rec.double(), kl.double()
 
 
@@ -217,6 +217,11 @@ def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
     saved = dict(state["config"])
     changed = [k for k in cfg if k not in RUNTIME_KEYS and cfg[k] is not None
                and k in saved and cfg[k] != saved[k]]
+    for k in RESUME_OVERRIDES:
+        if k in changed:
+            log(f"resuming with --{k} {cfg[k]:g} (the checkpoint had {saved[k]:g})")
+            saved[k] = cfg[k]
+            changed.remove(k)
     if changed:
         log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
     saved.update({k: full[k] for k in RUNTIME_KEYS})
@@ -225,8 +230,9 @@ def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
 
 def train(cfg: dict, log=print) -> dict:
     """Train per ``cfg`` (see :func:`default_config`); returns the metrics dict also
-    written to ``metrics.json``. Raises :class:`NonFiniteLoss` on a NaN/inf loss
-    (the last good checkpoint stays), :class:`DataError`, :class:`CheckpointError`."""
+    written to ``metrics.json``. Raises :class:`NonFiniteLoss` on a NaN/inf loss,
+    gradient, weight, optimizer state or epoch metric (see :mod:`fastvae.guard`; the
+    last good checkpoint stays), :class:`DataError`, :class:`CheckpointError`."""
     threads = torch.get_num_threads()
     try:
         return _train(cfg, log)
@@ -275,6 +281,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if state is not None:
         core.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups:  # a new --lr on resume (RESUME_OVERRIDES)
+            group["lr"] = cfg["lr"]
         if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], shuffle_gen, rank, world)
@@ -284,7 +292,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         initial = evaluate(core, data.test, cfg, device)
         if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
             torch.manual_seed(cfg["seed"] + 1000 * rank)
-    backend_name = _backends.select(cfg["backend"], device)
+    backend_name = fastvae.select_backend(cfg["backend"], device)
     model = core
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -312,6 +320,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
+    guard = Guard(out / CHECKPOINT_NAME, start if state is not None else None, out, cfg["lr"],
+                  check_grads=not use_scaler)
     t_run = time.perf_counter()
     for epoch in range(start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
@@ -330,16 +340,13 @@ def _train_in_group(cfg, state, device, rank, world, say):
             with ctx:
                 loss, (recon, mu, logvar) = batch_loss(model, x, cfg)
             glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world
-            if not math.isfinite(float(glob)):
-                kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept at "
-                        f"{out / CHECKPOINT_NAME}" if history else "no checkpoint was written yet")
-                raise NonFiniteLoss(f"non-finite loss ({float(glob)}) at epoch {epoch}, step "
-                                    f"{step + 1}/{steps}; {kept}. Try a lower --lr.")
+            guard.loss(float(glob), epoch, step + 1, steps)
             rec, kl = _terms(core, x, recon.detach(), mu.detach(), logvar.detach(), cfg["backend"])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            guard.step(core, epoch, step + 1, steps)
             n = x.shape[0]
             sums += torch.tensor([float(loss.detach()) * n, float(rec), float(kl), n],
                                  dtype=torch.float64)
@@ -357,6 +364,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         wall = time.perf_counter() - t0
         test_m = evaluate(core, data.test, cfg, device)
         wall_eval = time.perf_counter() - t0
+        guard.epoch_end(opt, train_m, test_m, epoch, steps)
         history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
                         "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
         rng = _rng_state(shuffle_gen, world)
@@ -369,6 +377,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
                 f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
                 f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f})  "
                 f"{wall:5.2f}s {n / wall:7.0f} samples/s")
+        guard.saved(epoch)
     train_wall = time.perf_counter() - t_run
 
     metrics = None
@@ -399,7 +408,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
     t0 = time.perf_counter()
     nll = iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"]) if cfg["iwae_k"] else None
     iwae_s = time.perf_counter() - t0
-    last_backend = _backends.last_used()
+    last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
     x = data.test[:32].to(device)
     with torch.no_grad():
@@ -412,7 +421,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
         plots.save_curves(history, out / "curves.png")
     final_test = history[-1]["test"] if history else initial
     metrics = {
-        "config": cfg, "fastvae": __version__, "torch": torch.__version__,
+        "config": cfg, "fastvae": fastvae.__version__, "torch": torch.__version__,
         "backend": last_backend, "backend_selected": backend_name, "device": str(device),
         "world_size": world, "initial_test": initial, "epochs": history,
         "final": {"test_elbo": final_test["elbo"] if final_test else None,

@@ -135,14 +135,12 @@ def _cmd_train(args):
 def _load_run(run, device_name):
     """(checkpoint dict, model in eval mode on its device, device)."""
     from .checkpoint import load_checkpoint
-    from .models import build_model
+    from .runs import restore_model
     from .train import resolve_device
 
     state = load_checkpoint(run)
     device = resolve_device(device_name)
-    model = build_model(state["config"])
-    model.load_state_dict(state["model"])
-    return state, model.to(device).eval(), device
+    return state, restore_model(state, run).to(device).eval(), device
 
 
 def _cmd_eval(args):
@@ -215,7 +213,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (DataError, CheckpointError, ValueError) as e:
+    except (DataError, CheckpointError, ValueError, OSError) as e:
+        # OSError: the file system refused (disk full, read-only, ...); its message names
+        # the file (WriteError adds that the previous version is intact).
         if os.environ.get("FASTVAE_DEBUG"):
             raise
         print(f"fastvae {args.command}: error: {e}", file=sys.stderr)

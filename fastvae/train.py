@@ -29,11 +29,12 @@ import torch
 
 import fastvae
 
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
-                         write_json)
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
+                         save_checkpoint, write_json)
 from .data import DataError, load_dataset
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
+from .runs import RESUME_KEYS, load_weights
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
            "NonFiniteLoss", "DataError", "CheckpointError"]
@@ -214,6 +215,7 @@ def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
                                   "run, or choose another --out")
         return full, None
     state = load_checkpoint(ckpt_file)
+    require(state, ckpt_file, RESUME_KEYS, "to resume")
     saved = dict(state["config"])
     changed = [k for k in cfg if k not in RUNTIME_KEYS and cfg[k] is not None
                and k in saved and cfg[k] != saved[k]]
@@ -268,6 +270,10 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if wait_for_download and is_main:
         torch.distributed.barrier()
     _check_data(data, cfg["likelihood"])
+    ckpt_file = out / CHECKPOINT_NAME
+    if state is not None and cfg.get("data_shape") not in (None, list(data.shape)):
+        raise CheckpointError(f"{ckpt_file} was trained on images of shape "
+                              f"{tuple(cfg['data_shape'])}, but {data.name} has {data.shape}")
     cfg["data_shape"] = list(data.shape)
     _set_threads(cfg, device, math.prod(data.shape))
 
@@ -279,8 +285,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
     shuffle_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     history, initial, start = [], None, 0
     if state is not None:
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        load_weights(core, state["model"], ckpt_file)
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt_file}: its optimizer state does not match the model "
+                                  f"({e})") from None
         for group in opt.param_groups:  # a new --lr on resume (RESUME_OVERRIDES)
             group["lr"] = cfg["lr"]
         if use_scaler and state.get("scaler"):

@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .runs import RunFolderError
     from .train import NonFiniteLoss
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (DataError, CheckpointError, ValueError, OSError) as e:
+    except (DataError, CheckpointError, RunFolderError, ValueError, OSError) as e:
         # OSError: the file system refused (disk full, read-only, ...); its message names
         # the file (WriteError adds that the previous version is intact).
         if os.environ.get("FASTVAE_DEBUG"):

@@ -34,10 +34,10 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, requ
 from .data import DataError, load_dataset
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
-from .runs import RESUME_KEYS, load_weights
+from .runs import RESUME_KEYS, RunFolder, RunFolderError, load_weights
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
-           "NonFiniteLoss", "DataError", "CheckpointError"]
+           "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError"]
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
@@ -189,25 +189,9 @@ def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
     shuffle_gen.set_state(state["shuffle"])
 
 
-def _default_out(dataset: str, resume: bool) -> Path:
-    """``runs/<dataset>``; a fresh run never overwrites an earlier one, so when that
-    folder has a checkpoint it goes to ``runs/<dataset>-2``, ``-3``, ... (--resume
-    continues the newest)."""
-    stem = Path(dataset).stem if dataset.endswith((".npy", ".npz")) else dataset
-    base = Path("runs") / stem
-    taken = [base] + [Path(f"{base}-{i}") for i in range(2, 10_000)]
-    used = [p for p in taken if (p / CHECKPOINT_NAME).exists()]
-    if resume:
-        return used[-1] if used else base
-    return next(p for p in taken if not (p / CHECKPOINT_NAME).exists())
-
-
-def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
-    """Fill defaults; on --resume take the saved settings (bar RUNTIME_KEYS)."""
-    full = default_config()
-    full.update({k: v for k, v in cfg.items() if v is not None})
-    if full["out"] is None:
-        full["out"] = str(_default_out(full["dataset"], full["resume"]))
+def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
+    """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES) and
+    the checkpoint; a fresh run refuses a folder that already holds one."""
     ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
     if not full["resume"]:
         if ckpt_file.exists():
@@ -217,17 +201,37 @@ def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
     saved = dict(state["config"])
-    changed = [k for k in cfg if k not in RUNTIME_KEYS and cfg[k] is not None
-               and k in saved and cfg[k] != saved[k]]
+    changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
+               and k in saved and given[k] != saved[k]]
     for k in RESUME_OVERRIDES:
         if k in changed:
-            log(f"resuming with --{k} {cfg[k]:g} (the checkpoint had {saved[k]:g})")
-            saved[k] = cfg[k]
+            log(f"resuming with --{k} {given[k]:g} (the checkpoint had {saved[k]:g})")
+            saved[k] = given[k]
             changed.remove(k)
     if changed:
         log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
     saved.update({k: full[k] for k in RUNTIME_KEYS})
     return saved, state
+
+
+def _claim_folder(full: dict, is_main: bool, world: int):
+    """Rank 0 claims the run folder (see RunFolder) and tells the other ranks its path,
+    or its error, so that they fail with it instead of waiting."""
+    folder, error = None, None
+    if is_main:
+        try:
+            folder = RunFolder.claim(full["out"], full["dataset"], full["resume"])
+        except RunFolderError as e:
+            error = e
+    if world > 1:
+        msg = [str(folder.path) if folder else None, str(error) if error else None]
+        torch.distributed.broadcast_object_list(msg, src=0)
+        if msg[1] is not None:
+            raise error or RunFolderError(msg[1])
+        return folder, msg[0]
+    if error is not None:
+        raise error
+    return folder, str(folder.path)
 
 
 def train(cfg: dict, log=print) -> dict:
@@ -242,20 +246,28 @@ def train(cfg: dict, log=print) -> dict:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: dict, log) -> dict:
+def _train(given: dict, log) -> dict:
     rank, world, local_rank = _dist_env()
     is_main = rank == 0
     say = log if is_main else (lambda *a, **k: None)
-    cfg, state = _prepare_config(cfg, say)
-    device = resolve_device(cfg["device"], local_rank)
+    full = default_config()
+    full.update({k: v for k, v in given.items() if v is not None})
+    device = resolve_device(full["device"], local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    folder, failed = None, True
     try:
-        return _train_in_group(cfg, state, device, rank, world, say)
+        folder, full["out"] = _claim_folder(full, is_main, world)
+        cfg, state = _prepare_config(given, full, say)
+        metrics = _train_in_group(cfg, state, device, rank, world, say)
+        failed = False
+        return metrics
     finally:
+        if folder is not None:
+            folder.close(failed)
         if own_group:
             torch.distributed.destroy_process_group()
 
@@ -322,7 +334,6 @@ def _train_in_group(cfg, state, device, rank, world, say):
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     train_x = data.train.to(device)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "

@@ -34,6 +34,7 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, requ
 from .data import DataError, load_dataset
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
+from .options import check_train_config
 from .runs import RESUME_KEYS, RunFolder, RunFolderError, load_weights
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
@@ -252,6 +253,7 @@ def _train(given: dict, log) -> dict:
     say = log if is_main else (lambda *a, **k: None)
     full = default_config()
     full.update({k: v for k, v in given.items() if v is not None})
+    check_train_config(full)
     device = resolve_device(full["device"], local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:

@@ -68,7 +68,8 @@ def _add_train(sub):
                "[default: off]")
     _bool_flag(p, "--compile", "torch.compile the model [default: off]")
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
-    a("--device", type=o.device, default=None, help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
+    a("--device", type=o.device, default=None,
+      help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
     a("--out", default=None,
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
            "... when that one already holds a run]")
@@ -88,10 +89,13 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="test ELBO and IWAE NLL of a trained run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--k", type=o.non_negative_int, default=1000, help="importance samples per test image")
+    p.add_argument("--k", type=o.non_negative_int, default=1000,
+                   help="importance samples per test image")
     p.add_argument("--data-dir", default=None, help="override the run's data folder")
-    p.add_argument("--device", type=o.device, default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--limit", type=o.positive_int, default=None, help="use only the first N test images")
+    p.add_argument("--device", type=o.device, default="auto",
+                   help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--limit", type=o.positive_int, default=None,
+                   help="use only the first N test images")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -104,7 +108,8 @@ def _add_sample(sub):
     p.add_argument("--out", default=None, help="PNG to write [default: RUN/samples-N.png]")
     p.add_argument("--seed", type=o.seed, default=0, help="random seed for z ~ N(0, I)")
     p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
-    p.add_argument("--device", type=o.device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=o.device, default="auto",
+                   help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -177,6 +182,9 @@ def _cmd_eval(args):
 
 
 def _cmd_sample(args):
+    from .runs import check_extras
+
+    check_extras("sample", pictures=True)
     from . import plots
     from .checkpoint import checkpoint_path
 
@@ -209,7 +217,7 @@ def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .runs import RunFolderError
+    from .runs import MissingExtra, RunFolderError
     from .train import NonFiniteLoss
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -222,7 +230,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (DataError, CheckpointError, RunFolderError, ValueError, OSError) as e:
+    except (DataError, CheckpointError, RunFolderError, MissingExtra, ValueError, OSError) as e:
         # OSError: the file system refused (disk full, read-only, ...); its message names
         # the file (WriteError adds that the previous version is intact).
         if os.environ.get("FASTVAE_DEBUG"):

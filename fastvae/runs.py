@@ -167,3 +167,34 @@ class RunFolder:
                     p.rmdir()
                 except OSError:
                     break
+
+
+# -- optional dependencies ----------------------------------------------------------------
+class MissingExtra(Exception):
+    """A package of the ``train`` extra that this command needs is not installed."""
+
+
+# import name -> (pip name, what needs it)
+_EXTRAS = {"matplotlib": ("matplotlib", "the pictures"),
+           "sklearn": ("scikit-learn", "the digits dataset")}
+
+
+def check_extras(command: str, pictures: bool, dataset: str | None = None) -> None:
+    """Before any work: the packages ``command`` will import later (matplotlib for
+    pictures, scikit-learn for the digits), so a plain ``pip install fastvae`` fails in
+    the first second with the fix, not after a whole training run."""
+    import importlib.util
+
+    wanted = (["matplotlib"] if pictures else []) + (["sklearn"] if dataset == "digits" else [])
+    missing = []
+    for name in wanted:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        what = " and ".join(f"{_EXTRAS[m][0]} (for {_EXTRAS[m][1]})" for m in missing)
+        raise MissingExtra(f"fastvae {command} needs {what}, which is not installed: "
+                           "pip install 'fastvae[train]'")

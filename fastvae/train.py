@@ -35,10 +35,12 @@ from .data import DataError, load_dataset
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_train_config
-from .runs import RESUME_KEYS, RunFolder, RunFolderError, load_weights
+from .runs import (RESUME_KEYS, MissingExtra, RunFolder, RunFolderError, check_extras,
+                   load_weights)
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
-           "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError"]
+           "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
+           "MissingExtra"]
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
@@ -254,6 +256,8 @@ def _train(given: dict, log) -> dict:
     full = default_config()
     full.update({k: v for k, v in given.items() if v is not None})
     check_train_config(full)
+    if is_main:  # rank 0 alone draws the pictures
+        check_extras("train", pictures=True, dataset=full["dataset"])
     device = resolve_device(full["device"], local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:

@@ -171,3 +171,35 @@ def test_good_edge_values_are_accepted():
                               "--beta", "0", "--seed", "0", "--lr", "1e-5", "--hidden", "8", "4"])
     assert (args.device, args.iwae_k, args.beta, args.hidden) == ("cuda:1", 0, 0.0, [8, 4])
     assert parser.parse_args(["eval", "r", "--k", "0"]).k == 0
+
+
+# -- optional dependencies are checked before any work ------------------------------------
+@pytest.mark.parametrize("missing", ["matplotlib", "sklearn"])
+def test_train_without_the_train_extra_fails_first(tmp_path, capsys, monkeypatch, missing):
+    from fastvae import train as T
+
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert missing in err.replace("scikit-learn", "sklearn")
+    assert "pip install 'fastvae[train]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_without_matplotlib_fails_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["sample", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install" in err and "no checkpoint" not in err, err
+
+
+def test_train_on_array_files_needs_no_scikit_learn(tmp_path, monkeypatch):
+    import numpy as np
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert cli.main(["train", *TINY, "--dataset", str(tmp_path / "x.npy"),
+                     "--out", str(tmp_path / "run")]) == 0

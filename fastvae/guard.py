@@ -33,13 +33,16 @@ def _all_finite(tensors) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def _grad_norm(params) -> torch.Tensor:
-    """The global 2-norm of the gradients, as a tensor (no host sync)."""
-    grads = _floating(p.grad for p in params if p.grad is not None)
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(
-        [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]))
+def _norms(tensors) -> torch.Tensor:
+    """Each tensor's 2-norm, stacked: one fused call where torch has it (it is what
+    clip_grad_norm_ uses), a Python loop otherwise. A norm is finite iff every element is
+    (up to squares beyond float32's range, i.e. a model that has already diverged)."""
+    if not tensors:
+        return torch.zeros(0)
+    foreach = getattr(torch, "_foreach_norm", None)
+    norms = foreach(tensors) if foreach is not None else [torch.linalg.vector_norm(t)
+                                                          for t in tensors]
+    return torch.stack([n.float() for n in norms])
 
 
 def _optimizer_tensors(opt):
@@ -74,15 +77,18 @@ class Guard:
             self._stop("loss", value, f"at epoch {epoch}, step {step}/{steps}")
 
     def step(self, model, epoch: int, step: int, steps: int) -> None:
-        """After the optimizer step: the gradients it used and the weights it wrote."""
-        params = list(model.parameters())
-        norm = _grad_norm(params) if self.check_grads else torch.zeros(())
-        weights_ok = torch.stack([torch.isfinite(t).all() for t in _floating(params)]).all()
-        if bool(torch.isfinite(norm).to(weights_ok.device) & weights_ok):
+        """After the optimizer step: the gradients it used and the weights it wrote, in
+        one fused pass and one host sync (about 4% of a default digits step on CPU)."""
+        params = _floating(model.parameters())
+        grads = _floating(p.grad for p in model.parameters()
+                          if self.check_grads and p.grad is not None)
+        norms = _norms(grads + params)
+        if bool(torch.isfinite(norms).all()):
             return
         where = f"at epoch {epoch}, step {step}/{steps}"
-        if not math.isfinite(float(norm)):
-            self._stop("gradient norm", float(norm), where)
+        grad_norm = float(torch.linalg.vector_norm(norms[:len(grads)]))
+        if not math.isfinite(grad_norm):
+            self._stop("gradient norm", grad_norm, where)
         self._stop("weights after the optimizer step", "nan or inf", where)
 
     def epoch_end(self, opt, train_m: dict, test_m: dict, epoch: int, steps: int) -> None:

@@ -72,7 +72,7 @@ def _add_train(sub):
       help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
     a("--out", default=None,
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
-           "... when that one already holds a run]")
+           "... when that one already exists]")
     a("--resume", action="store_true", default=None,
       help="continue the run in --out from its checkpoint (bit-for-bit on CPU)")
     a("--iwae-k", type=o.non_negative_int, default=None,
@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``fastvae`` command."""
     from . import __version__
 
-    parser = _Parser(prog="fastvae", description="Fused VAE objectives: train, "
-                                     "evaluate and sample VAEs, and benchmark the ops.")
+    parser = _Parser(prog="fastvae", description="Fused VAE objectives: train, evaluate and "
+                     "sample VAEs, and benchmark the ops.")
     parser.add_argument("--version", action="version", version=f"fastvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)

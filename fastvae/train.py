@@ -4,6 +4,8 @@ One function, :func:`train`, takes a plain config dict (see :func:`default_confi
 and writes a run folder: ``checkpoint.pt`` after every epoch, ``metrics.json``,
 ``reconstructions.png``, ``samples.png``, ``curves.png`` and, for a 2-D latent
 space, ``latent.png``.
+The folder is claimed, locked and checked writable first (:mod:`fastvae.runs`); the
+NaN policy, which decides what may be saved, is :mod:`fastvae.guard`.
 
 Reproducibility: the global torch RNG draws the model's initial weights and the
 posterior noise; a separate generator shuffles the data; evaluation and pictures use
@@ -115,8 +117,8 @@ def batch_loss(model, x, cfg: dict):
     recon, mu, logvar, z = model(x, backend=cfg["backend"])
     core = _core(model)
     e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
-                z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"], obs_logvar=core._obs(),
-                reduction="mean", backend=cfg["backend"])
+                     z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
+                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"])
     return -e, (recon, mu, logvar)
 
 
@@ -124,7 +126,7 @@ def batch_loss(model, x, cfg: dict):
 def _terms(core, x, recon, mu, logvar, backend):
     """Summed reconstruction term ``log p(x|z)`` and analytic KL of a batch."""
     rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
-                  obs_logvar=core._obs(), reduction="sum", backend=backend)
+                       obs_logvar=core._obs(), reduction="sum", backend=backend)
     kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
     return rec.double(), kl.double()
 

@@ -4,6 +4,7 @@ One function, :func:`train`, takes a plain config dict (see :func:`default_confi
 and writes a run folder: ``checkpoint.pt`` after every epoch, ``metrics.json``,
 ``reconstructions.png``, ``samples.png``, ``curves.png`` and, for a 2-D latent
 space, ``latent.png``.
+
 The folder is claimed, locked and checked writable first (:mod:`fastvae.runs`); the
 NaN policy, which decides what may be saved, is :mod:`fastvae.guard`.
 

@@ -297,3 +297,17 @@ def test_metrics_json_never_holds_nan_tokens(tmp_path):
                tmp_path / "m.json")
     assert _assert_strict_json(tmp_path / "m.json") == {"a": None, "b": [None, None, 1.5],
                                                         "c": {"d": 2}}
+
+
+def test_guard_tells_huge_finite_weights_from_non_finite_ones():
+    from fastvae.guard import Guard
+
+    model = torch.nn.Linear(3, 2)
+    guard = Guard(CHECKPOINT_NAME, None, "out", 1e-3)
+    with torch.no_grad():
+        model.weight[0, 0] = 3e38  # finite, though its square overflows float32
+    guard.step(model, 1, 1, 1)
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(T.NonFiniteLoss, match="weights"):
+        guard.step(model, 1, 1, 1)

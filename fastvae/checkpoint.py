@@ -1,22 +1,32 @@
-"""Checkpoints that survive crashes and load with ``torch.load(weights_only=True)``.
+"""Checkpoints that survive crashes, carry a checksum and load with
+``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dict of tensors, dicts, lists and primitives tagged
-``format = "fastvae-checkpoint"``. It is written to a temporary file in the run
-folder and moved into place with :func:`os.replace` (atomic on POSIX and Windows),
-so a crash mid-write leaves the previous checkpoint intact. Only the file named
-``checkpoint.pt`` counts as the run's checkpoint; a leftover temporary file never does.
+``format = "fastvae-checkpoint"``, plus ``checksum``: the SHA-256 of everything else
+(every tensor's dtype, shape and bytes, every key and value), verified on load. torch's
+zip reader checks no CRC, so without it a flipped bit in a weight loads silently.
+
+Every file of a run (checkpoint, metrics, pictures) is written by :func:`atomic_write`:
+to a temporary file in the same folder, flushed to disk, then renamed into place
+(:func:`os.replace`, atomic on POSIX and Windows), so a crash or a full disk mid-write
+leaves the previous file intact and no half-written one. A hard kill can still leave the
+temporary file; the next write of the same name removes it. Files get the mode the
+umask gives (``0o666 & ~umask``), like any other file the user creates.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
 
 FORMAT = "fastvae-checkpoint"
-VERSION = 1
+VERSION = 2            # 2: with checksum; 1 (no checksum) still loads
 CHECKPOINT_NAME = "checkpoint.pt"
 _TMP_PREFIX = ".tmp-"
 
@@ -25,38 +35,148 @@ class CheckpointError(Exception):
     """A checkpoint is missing, corrupt, or not a fastvae checkpoint."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(file_object)`` to a temp file beside ``path``, then rename."""
+class WriteError(OSError):
+    """A run file could not be written (disk full, read-only, ...); the previous
+    version of the file is intact."""
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f"{_TMP_PREFIX}{path.name}."
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporary files of ``path`` left by a killed writer. One process writes a run
+    folder (see fastvae.runs), so any such file is stale."""
+    prefix = _tmp_prefix(path)
+    for p in path.parent.iterdir():
+        if p.name.startswith(prefix):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _open_temp(path: Path):
+    """A new temporary file beside ``path``, created with mode 0o666 so the umask
+    decides the final mode (tempfile.mkstemp would force 0o600)."""
+    while True:
+        tmp = path.parent / f"{_tmp_prefix(path)}{secrets.token_hex(6)}"
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+
+
+def _reason(e: BaseException) -> str:
+    """The OS's words for a failed write; torch's writer wraps the OSError (ENOSPC,
+    EFBIG) in a RuntimeError that says only 'enforce fail at inline_container.cc'."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return f"{os.strerror(seen.errno)} ({errno.errorcode.get(seen.errno, seen.errno)})"
+        seen = seen.__cause__ or seen.__context__
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); not possible or needed on Windows."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write) -> Path:
+    """Write ``path`` via ``write(binary_file)``: temp file, fsync, rename. Raises
+    :class:`WriteError` naming the file when the file system refuses."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        tmp, fd = _open_temp(path)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {_reason(e)}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # The rename did not happen: the old file is untouched; drop the partial one.
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, WriteError):
+            kept = f"the previous {path.name} is intact" if existed else "nothing was written"
+            raise WriteError(f"cannot write {path}: {_reason(e)}; {kept}") from None
         raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _feed(h, obj) -> None:
+    """Hash ``obj`` by content: tensors by dtype, shape and bytes; containers in order."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"D%d;" % len(obj))
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"L%d;" % len(obj))
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def checksum(state: dict) -> str:
+    """SHA-256 of a checkpoint's content, its ``checksum`` entry left out."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "checksum"})
+    return h.hexdigest()
 
 
 def save_checkpoint(state: dict, path) -> Path:
-    """Atomically save ``state`` (plus the format tag) to ``path``."""
+    """Atomically save ``state`` (plus the format tag and its checksum) to ``path``."""
     state = dict(state, format=FORMAT, version=VERSION)
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
-    return Path(path)
+    state["checksum"] = checksum(state)
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _json_safe(obj):
+    """NaN and +-inf -> None: JSON has no tokens for them (json.dumps would write the
+    non-standard ``NaN``/``Infinity``, which strict parsers reject)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def json_text(obj, indent=None) -> str:
+    """``obj`` as strictly valid JSON (non-finite floats as null)."""
+    return json.dumps(_json_safe(obj), indent=indent, allow_nan=False)
 
 
 def write_json(obj, path) -> Path:
-    """Atomically write ``obj`` as pretty JSON."""
-    data = (json.dumps(obj, indent=2) + "\n").encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
-    return Path(path)
+    """Atomically write ``obj`` as pretty, strictly valid JSON (non-finite floats as null)."""
+    data = (json_text(obj, indent=2) + "\n").encode()
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def checkpoint_path(run) -> Path:
@@ -69,7 +189,8 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     """Load and check a checkpoint from a run folder or a file.
 
     Raises :class:`CheckpointError` with the path and the reason when it is missing,
-    unreadable (truncated, corrupt) or not written by fastvae.
+    unreadable (empty, truncated, corrupt), not written by fastvae, or its content does
+    not match its checksum.
     """
     path = checkpoint_path(run)
     if not path.is_file():
@@ -77,19 +198,37 @@ def load_checkpoint(run, map_location="cpu") -> dict:
             f"no checkpoint at {path}; train one with `fastvae train --out {path.parent}`"
         )
     try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle, zip and torch raise many types for a bad file
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickle, zip, torch and the OS raise many types for a bad file
         raise CheckpointError(
             f"{path} is not a readable checkpoint (truncated, corrupt, or holds objects "
-            f"weights_only loading refuses): {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            f"weights_only loading refuses): {type(e).__name__}: {_reason(e)}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastvae checkpoint (no '{FORMAT}' tag); "
                               "it was written by something else")
-    if state.get("version") != VERSION:
+    if state.get("version") not in (1, VERSION):
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, "
-                              f"this fastvae reads version {VERSION}")
-    for key in ("config", "model", "epoch"):
-        if key not in state:
-            raise CheckpointError(f"{path} lacks '{key}'; the file is incomplete")
+                              f"this fastvae reads versions 1 to {VERSION}")
+    if state["version"] >= 2:
+        want = state.pop("checksum", None)
+        if want is None:
+            raise CheckpointError(f"{path} has no checksum; the file is incomplete or was "
+                                  "edited")
+        if checksum(state) != want:
+            raise CheckpointError(f"{path} does not match its checksum: the file is damaged "
+                                  "(disk or copy error) or was edited; use another copy")
+    require(state, path, ("config", "model", "epoch"), "to use it")
     return state
+
+
+def require(state: dict, path, keys, purpose: str) -> None:
+    """CheckpointError naming ``path`` and the first of ``keys`` the checkpoint lacks."""
+    for key in keys:
+        if key not in state:
+            raise CheckpointError(f"{path} lacks '{key}', needed {purpose}; the file is "
+                                  "incomplete")

@@ -7,10 +7,19 @@ non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
+
+from . import options as o
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage block first, which for
+    ``train`` is a dozen lines above the one that matters)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _bool_flag(p, name, help_):
@@ -35,18 +44,18 @@ def _add_train(sub):
                "into --data-dir when the files are missing [default: off]")
     a("--model", choices=["mlp", "conv"], default=None,
       help=f"MLP VAE or convolutional VAE [default: {d['model']}]")
-    a("--latent", type=int, default=None,
+    a("--latent", type=o.positive_int, default=None,
       help=f"latent dimensions L; 2 also draws latent.png [default: {d['latent']}]")
-    a("--hidden", type=int, nargs="+", default=None,
+    a("--hidden", type=o.positive_int, nargs="+", default=None,
       help=f"hidden layer width(s); the decoder mirrors the encoder [default: {d['hidden']}]")
-    a("--channels", type=int, nargs="+", default=None,
+    a("--channels", type=o.positive_int, nargs="+", default=None,
       help=f"conv model: channels per stride-2 stage [default: {d['channels']}]")
-    a("--epochs", type=int, default=None,
+    a("--epochs", type=o.positive_int, default=None,
       help=f"total epochs (with --resume: train until this many) [default: {d['epochs']}]")
-    a("--batch-size", type=int, default=None,
+    a("--batch-size", type=o.positive_int, default=None,
       help=f"global batch size (split across torchrun ranks) [default: {d['batch_size']}]")
-    a("--lr", type=float, default=None, help=f"Adam learning rate [default: {d['lr']}]")
-    a("--beta", type=float, default=None,
+    a("--lr", type=o.positive_float, default=None, help=f"Adam learning rate [default: {d['lr']}]")
+    a("--beta", type=o.non_negative_float, default=None,
       help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
     a("--kl", choices=["analytic", "mc"], default=None,
       help=f"closed-form KL or the single-sample Monte-Carlo estimate [default: {d['kl']}]")
@@ -58,17 +67,18 @@ def _add_train(sub):
     _bool_flag(p, "--amp", "mixed precision (bf16 autocast on CPU, fp16 + GradScaler on CUDA) "
                "[default: off]")
     _bool_flag(p, "--compile", "torch.compile the model [default: off]")
-    a("--seed", type=int, default=None, help=f"random seed [default: {d['seed']}]")
-    a("--device", default=None, help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
+    a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
+    a("--device", type=o.device, default=None,
+      help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
     a("--out", default=None,
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
-           "... when that one already holds a run]")
+           "... when that one already exists]")
     a("--resume", action="store_true", default=None,
       help="continue the run in --out from its checkpoint (bit-for-bit on CPU)")
-    a("--iwae-k", type=int, default=None,
+    a("--iwae-k", type=o.non_negative_int, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
            f"[default: {d['iwae_k']}]")
-    a("--threads", type=int, default=None,
+    a("--threads", type=o.non_negative_int, default=None,
       help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such as digits "
            "and MNIST, where more threads only add waiting; else torch's default) [default: 0]")
     _bool_flag(p, "--progress", "show the tqdm progress bar [default: on]")
@@ -79,10 +89,13 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="test ELBO and IWAE NLL of a trained run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--k", type=int, default=1000, help="importance samples per test image")
+    p.add_argument("--k", type=o.non_negative_int, default=1000,
+                   help="importance samples per test image")
     p.add_argument("--data-dir", default=None, help="override the run's data folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--device", type=o.device, default="auto",
+                   help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--limit", type=o.positive_int, default=None,
+                   help="use only the first N test images")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -91,11 +104,12 @@ def _add_sample(sub):
     p = sub.add_parser("sample", help="draw images from a trained run's prior",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
     p.add_argument("--out", default=None, help="PNG to write [default: RUN/samples-N.png]")
-    p.add_argument("--seed", type=int, default=0, help="random seed for z ~ N(0, I)")
-    p.add_argument("--ncol", type=int, default=8, help="images per row")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=o.seed, default=0, help="random seed for z ~ N(0, I)")
+    p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
+    p.add_argument("--device", type=o.device, default="auto",
+                   help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -110,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``fastvae`` command."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="fastvae", description="Fused VAE objectives: train, "
-                                     "evaluate and sample VAEs, and benchmark the ops.")
+    parser = _Parser(prog="fastvae", description="Fused VAE objectives: train, evaluate and "
+                     "sample VAEs, and benchmark the ops.")
     parser.add_argument("--version", action="version", version=f"fastvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
@@ -135,17 +149,16 @@ def _cmd_train(args):
 def _load_run(run, device_name):
     """(checkpoint dict, model in eval mode on its device, device)."""
     from .checkpoint import load_checkpoint
-    from .models import build_model
+    from .runs import restore_model
     from .train import resolve_device
 
     state = load_checkpoint(run)
     device = resolve_device(device_name)
-    model = build_model(state["config"])
-    model.load_state_dict(state["model"])
-    return state, model.to(device).eval(), device
+    return state, restore_model(state, run).to(device).eval(), device
 
 
 def _cmd_eval(args):
+    from .checkpoint import json_text
     from .data import load_dataset
     from .train import evaluate, iwae_nll
 
@@ -154,13 +167,13 @@ def _cmd_eval(args):
     if args.data_dir is not None:
         cfg["data_dir"] = args.data_dir
     test = load_dataset(cfg["dataset"], cfg["data_dir"]).test
-    if args.limit:
+    if args.limit is not None:
         test = test[:args.limit]
     m = evaluate(model, test, cfg, device)
     m["iwae_nll"] = iwae_nll(model, test, args.k, device, cfg["seed"]) if args.k > 0 else None
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
     if args.json:
-        print(json.dumps(m))
+        print(json_text(m))
     else:
         nll = f"{m['iwae_nll']:.3f}" if m["iwae_nll"] is not None else "n/a"
         print(f"{args.run} (epoch {state['epoch']}, {len(test)} test images): test elbo "
@@ -169,11 +182,12 @@ def _cmd_eval(args):
 
 
 def _cmd_sample(args):
+    from .runs import check_extras
+
+    check_extras("sample", pictures=True)
     from . import plots
     from .checkpoint import checkpoint_path
 
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     import torch
 
     _, model, device = _load_run(args.run, args.device)
@@ -203,6 +217,7 @@ def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .runs import MissingExtra, RunFolderError
     from .train import NonFiniteLoss
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -215,7 +230,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (DataError, CheckpointError, ValueError) as e:
+    except (DataError, CheckpointError, RunFolderError, MissingExtra, ValueError, OSError) as e:
+        # OSError: the file system refused (disk full, read-only, ...); its message names
+        # the file (WriteError adds that the previous version is intact).
         if os.environ.get("FASTVAE_DEBUG"):
             raise
         print(f"fastvae {args.command}: error: {e}", file=sys.stderr)

@@ -2,19 +2,22 @@
 
 * ``digits`` (default): scikit-learn's 1,797 handwritten 8x8 digits, shipped inside
   the scikit-learn package (no download), scaled to [0, 1] by dividing by 16, split
-  into train/test by a fixed seeded permutation.
+  1438 train / 359 test by a fixed seeded permutation.
 * ``mnist``, ``fashion-mnist``: the standard IDX files (``train-images-idx3-ubyte``,
   ``t10k-images-idx3-ubyte``, ``.gz`` or raw) in ``data_dir``, read by :func:`read_idx`;
   scaled to [0, 1] by dividing by 255. With ``download=True`` and torchvision
   installed, torchvision may fetch them first.
-* a path to an ``.npy`` / ``.npz`` file of images.
+* a path to an ``.npy`` / ``.npz`` file of images. 8-bit integers are divided by 255;
+  wider integers and floats are used as they are.
 
 Every problem with a file is a :class:`DataError` whose message names the file,
-where it was looked for and how to get it.
+where it was looked for and how to get it; train and test images of different shapes
+are one too.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -80,7 +83,7 @@ def read_idx(path) -> np.ndarray:
     if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path} is truncated: the header promises {ndim} dims")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    want = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    want = math.prod(dims) * dtype.itemsize  # Python ints: np.int64 wraps at 2**63
     body = len(raw) - 4 - 4 * ndim
     if body != want:
         what = "truncated" if body < want else "longer than its header says"
@@ -115,8 +118,8 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
                         f"or (N, D), got shape {array.shape}")
     if array.shape[0] == 0:
         raise DataError(f"{source}: the array holds no images (shape {array.shape})")
-    if np.issubdtype(array.dtype, np.integer):
-        array = array.astype(np.float32) / 255.0     # 8-bit pixels
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 1:
+        array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
     out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if not bool(torch.isfinite(out).all()):
         raise DataError(f"{source}: the images contain NaN or inf")
@@ -132,8 +135,16 @@ def _split(images: torch.Tensor, seed: int = SPLIT_SEED):
     return images[perm[n_test:]], images[perm[:n_test]]
 
 
+def _pair(name: str, train: torch.Tensor, test: torch.Tensor, train_src, test_src) -> Dataset:
+    """A Dataset, once train and test images are known to have the same shape."""
+    if train.shape[1:] != test.shape[1:]:
+        raise DataError(f"{name}: train images {train_src} are {tuple(train.shape[1:])} but test "
+                        f"images {test_src} are {tuple(test.shape[1:])}; they must match")
+    return Dataset(name, train, test)
+
+
 def load_digits() -> Dataset:
-    """scikit-learn's 8x8 digits in [0, 1], fixed 1437/360 train/test split."""
+    """scikit-learn's 8x8 digits in [0, 1], fixed 1438/359 train/test split."""
     try:
         from sklearn.datasets import load_digits as sk_load
     except ImportError:
@@ -175,7 +186,7 @@ def _torchvision_fetch(data_dir: Path, name: str) -> bool:
 def load_idx_dataset(name: str, data_dir, download: bool = False) -> Dataset:
     """MNIST or Fashion-MNIST from IDX files in ``data_dir`` (see module doc)."""
     data_dir = Path(data_dir if data_dir is not None else "data")
-    out = {}
+    out, found = {}, {}
     for split in ("train", "test"):
         path, tried = _find_idx(data_dir, name, split)
         if path is None and download and _torchvision_fetch(data_dir, name):
@@ -191,8 +202,8 @@ def load_idx_dataset(name: str, data_dir, download: bool = False) -> Dataset:
         if arr.ndim != 3:
             raise DataError(f"{path}: expected images (N, H, W), got shape {arr.shape}; "
                             "is this a labels file?")
-        out[split] = _as_images(arr, str(path))
-    return Dataset(name, out["train"], out["test"])
+        out[split], found[split] = _as_images(arr, str(path)), path
+    return _pair(name, out["train"], out["test"], found["train"], found["test"])
 
 
 def load_array_file(path) -> Dataset:
@@ -214,8 +225,8 @@ def load_array_file(path) -> Dataset:
                         f"(corrupt, truncated or pickled objects?): {e}") from None
     for tr, te in (("train", "test"), ("x_train", "x_test")):
         if tr in arrays and te in arrays:
-            return Dataset(path.name, _as_images(arrays[tr], f"{path}[{tr}]"),
-                           _as_images(arrays[te], f"{path}[{te}]"))
+            return _pair(path.name, _as_images(arrays[tr], f"{path}[{tr}]"),
+                         _as_images(arrays[te], f"{path}[{te}]"), f"{path}[{tr}]", f"{path}[{te}]")
     if len(arrays) != 1:
         raise DataError(f"{path}: an .npz needs keys train/test (or x_train/x_test) or a single "
                         f"array, found keys {sorted(arrays)}")

@@ -1,12 +1,17 @@
 """Pictures of a run: image grids (samples, reconstructions, latent traversal) and
-training curves. matplotlib with the Agg backend (no display needed)."""
+training curves. matplotlib with the Agg backend (no display needed). Each PNG is
+rendered in memory and written atomically, like every other run file, so a crash or a
+full disk never leaves half a picture."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .checkpoint import atomic_write
 
 
 def _plt():
@@ -45,10 +50,10 @@ def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> 
     g = grid(images, ncol)
     if scale > 1:
         g = np.kron(g, np.ones((scale, scale) + (() if g.ndim == 2 else (1,)), dtype=g.dtype))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _plt().imsave(path, g, cmap="gray" if g.ndim == 2 else None, vmin=0.0, vmax=1.0)
-    return path
+    buf = io.BytesIO()
+    _plt().imsave(buf, g, format="png", cmap="gray" if g.ndim == 2 else None, vmin=0.0,
+                  vmax=1.0)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8) -> Path:
@@ -89,7 +94,7 @@ def save_curves(history: list, path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))

@@ -5,6 +5,9 @@ and writes a run folder: ``checkpoint.pt`` after every epoch, ``metrics.json``,
 ``reconstructions.png``, ``samples.png``, ``curves.png`` and, for a 2-D latent
 space, ``latent.png``.
 
+The folder is claimed, locked and checked writable first (:mod:`fastvae.runs`); the
+NaN policy, which decides what may be saved, is :mod:`fastvae.guard`.
+
 Reproducibility: the global torch RNG draws the model's initial weights and the
 posterior noise; a separate generator shuffles the data; evaluation and pictures use
 their own fixed generators so they never disturb training. All of these states go
@@ -27,22 +30,26 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from . import backends as _backends
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint,
-                         write_json)
+import fastvae
+
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
+                         save_checkpoint, write_json)
 from .data import DataError, load_dataset
-from .functional import elbo as fv_elbo
-from .functional import kl_standard_normal
+from .guard import Guard, NonFiniteLoss
 from .models import build_model
+from .options import check_train_config
+from .runs import (RESUME_KEYS, MissingExtra, RunFolder, RunFolderError, check_extras,
+                   load_weights)
+
+__all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
+           "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
+           "MissingExtra"]
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
                 "download", "threads")
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; carries the epoch and step."""
+# Settings a resumed run may change, with a note (a lower --lr after a divergence).
+RESUME_OVERRIDES = ("lr",)
 
 
 def default_config() -> dict:
@@ -110,18 +117,18 @@ def batch_loss(model, x, cfg: dict):
     (possibly DDP- or compile-wrapped), and the pieces for logging."""
     recon, mu, logvar, z = model(x, backend=cfg["backend"])
     core = _core(model)
-    e = fv_elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
-                z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"], obs_logvar=core._obs(),
-                reduction="mean", backend=cfg["backend"])
+    e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
+                     z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
+                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"])
     return -e, (recon, mu, logvar)
 
 
 @torch.no_grad()
 def _terms(core, x, recon, mu, logvar, backend):
     """Summed reconstruction term ``log p(x|z)`` and analytic KL of a batch."""
-    rec = fv_elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
-                  obs_logvar=core._obs(), reduction="sum", backend=backend)
-    kl = kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
+    rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
+                       obs_logvar=core._obs(), reduction="sum", backend=backend)
+    kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
     return rec.double(), kl.double()
 
 
@@ -188,25 +195,9 @@ def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
     shuffle_gen.set_state(state["shuffle"])
 
 
-def _default_out(dataset: str, resume: bool) -> Path:
-    """``runs/<dataset>``; a fresh run never overwrites an earlier one, so when that
-    folder has a checkpoint it goes to ``runs/<dataset>-2``, ``-3``, ... (--resume
-    continues the newest)."""
-    stem = Path(dataset).stem if dataset.endswith((".npy", ".npz")) else dataset
-    base = Path("runs") / stem
-    taken = [base] + [Path(f"{base}-{i}") for i in range(2, 10_000)]
-    used = [p for p in taken if (p / CHECKPOINT_NAME).exists()]
-    if resume:
-        return used[-1] if used else base
-    return next(p for p in taken if not (p / CHECKPOINT_NAME).exists())
-
-
-def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
-    """Fill defaults; on --resume take the saved settings (bar RUNTIME_KEYS)."""
-    full = default_config()
-    full.update({k: v for k, v in cfg.items() if v is not None})
-    if full["out"] is None:
-        full["out"] = str(_default_out(full["dataset"], full["resume"]))
+def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
+    """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES) and
+    the checkpoint; a fresh run refuses a folder that already holds one."""
     ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
     if not full["resume"]:
         if ckpt_file.exists():
@@ -214,19 +205,46 @@ def _prepare_config(cfg: dict, log) -> tuple[dict, dict | None]:
                                   "run, or choose another --out")
         return full, None
     state = load_checkpoint(ckpt_file)
+    require(state, ckpt_file, RESUME_KEYS, "to resume")
     saved = dict(state["config"])
-    changed = [k for k in cfg if k not in RUNTIME_KEYS and cfg[k] is not None
-               and k in saved and cfg[k] != saved[k]]
+    changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
+               and k in saved and given[k] != saved[k]]
+    for k in RESUME_OVERRIDES:
+        if k in changed:
+            log(f"resuming with --{k} {given[k]:g} (the checkpoint had {saved[k]:g})")
+            saved[k] = given[k]
+            changed.remove(k)
     if changed:
         log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
     saved.update({k: full[k] for k in RUNTIME_KEYS})
     return saved, state
 
 
+def _claim_folder(full: dict, is_main: bool, world: int):
+    """Rank 0 claims the run folder (see RunFolder) and tells the other ranks its path,
+    or its error, so that they fail with it instead of waiting."""
+    folder, error = None, None
+    if is_main:
+        try:
+            folder = RunFolder.claim(full["out"], full["dataset"], full["resume"])
+        except RunFolderError as e:
+            error = e
+    if world > 1:
+        msg = [str(folder.path) if folder else None, str(error) if error else None]
+        torch.distributed.broadcast_object_list(msg, src=0)
+        if msg[1] is not None:
+            raise error or RunFolderError(msg[1])
+        return folder, msg[0]
+    if error is not None:
+        raise error
+    return folder, str(folder.path)
+
+
 def train(cfg: dict, log=print) -> dict:
     """Train per ``cfg`` (see :func:`default_config`); returns the metrics dict also
-    written to ``metrics.json``. Raises :class:`NonFiniteLoss` on a NaN/inf loss
-    (the last good checkpoint stays), :class:`DataError`, :class:`CheckpointError`."""
+    written to ``metrics.json``. Raises :class:`NonFiniteLoss` on a NaN/inf loss,
+    gradient, weight, optimizer state or epoch metric (see :mod:`fastvae.guard`; the
+    last good checkpoint stays), :class:`DataError`, :class:`CheckpointError`."""
     threads = torch.get_num_threads()
     try:
         return _train(cfg, log)
@@ -234,20 +252,31 @@ def train(cfg: dict, log=print) -> dict:
         torch.set_num_threads(threads)
 
 
-def _train(cfg: dict, log) -> dict:
+def _train(given: dict, log) -> dict:
     rank, world, local_rank = _dist_env()
     is_main = rank == 0
     say = log if is_main else (lambda *a, **k: None)
-    cfg, state = _prepare_config(cfg, say)
-    device = resolve_device(cfg["device"], local_rank)
+    full = default_config()
+    full.update({k: v for k, v in given.items() if v is not None})
+    check_train_config(full)
+    if is_main:  # rank 0 alone draws the pictures
+        check_extras("train", pictures=True, dataset=full["dataset"])
+    device = resolve_device(full["device"], local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    folder, failed = None, True
     try:
-        return _train_in_group(cfg, state, device, rank, world, say)
+        folder, full["out"] = _claim_folder(full, is_main, world)
+        cfg, state = _prepare_config(given, full, say)
+        metrics = _train_in_group(cfg, state, device, rank, world, say)
+        failed = False
+        return metrics
     finally:
+        if folder is not None:
+            folder.close(failed)
         if own_group:
             torch.distributed.destroy_process_group()
 
@@ -262,6 +291,10 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if wait_for_download and is_main:
         torch.distributed.barrier()
     _check_data(data, cfg["likelihood"])
+    ckpt_file = out / CHECKPOINT_NAME
+    if state is not None and cfg.get("data_shape") not in (None, list(data.shape)):
+        raise CheckpointError(f"{ckpt_file} was trained on images of shape "
+                              f"{tuple(cfg['data_shape'])}, but {data.name} has {data.shape}")
     cfg["data_shape"] = list(data.shape)
     _set_threads(cfg, device, math.prod(data.shape))
 
@@ -273,8 +306,14 @@ def _train_in_group(cfg, state, device, rank, world, say):
     shuffle_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     history, initial, start = [], None, 0
     if state is not None:
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        load_weights(core, state["model"], ckpt_file)
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt_file}: its optimizer state does not match the model "
+                                  f"({e})") from None
+        for group in opt.param_groups:  # a new --lr on resume (RESUME_OVERRIDES)
+            group["lr"] = cfg["lr"]
         if use_scaler and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], shuffle_gen, rank, world)
@@ -284,7 +323,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         initial = evaluate(core, data.test, cfg, device)
         if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
             torch.manual_seed(cfg["seed"] + 1000 * rank)
-    backend_name = _backends.select(cfg["backend"], device)
+    backend_name = fastvae.select_backend(cfg["backend"], device)
     model = core
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -304,7 +343,6 @@ def _train_in_group(cfg, state, device, rank, world, say):
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     train_x = data.train.to(device)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
@@ -312,6 +350,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
+    guard = Guard(out / CHECKPOINT_NAME, start if state is not None else None, out, cfg["lr"],
+                  check_grads=not use_scaler)
     t_run = time.perf_counter()
     for epoch in range(start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
@@ -330,16 +370,13 @@ def _train_in_group(cfg, state, device, rank, world, say):
             with ctx:
                 loss, (recon, mu, logvar) = batch_loss(model, x, cfg)
             glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world
-            if not math.isfinite(float(glob)):
-                kept = (f"the last good checkpoint (epoch {history[-1]['epoch']}) is kept at "
-                        f"{out / CHECKPOINT_NAME}" if history else "no checkpoint was written yet")
-                raise NonFiniteLoss(f"non-finite loss ({float(glob)}) at epoch {epoch}, step "
-                                    f"{step + 1}/{steps}; {kept}. Try a lower --lr.")
+            guard.loss(float(glob), epoch, step + 1, steps)
             rec, kl = _terms(core, x, recon.detach(), mu.detach(), logvar.detach(), cfg["backend"])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+            guard.step(core, epoch, step + 1, steps)
             n = x.shape[0]
             sums += torch.tensor([float(loss.detach()) * n, float(rec), float(kl), n],
                                  dtype=torch.float64)
@@ -357,6 +394,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         wall = time.perf_counter() - t0
         test_m = evaluate(core, data.test, cfg, device)
         wall_eval = time.perf_counter() - t0
+        guard.epoch_end(opt, train_m, test_m, epoch, steps)
         history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
                         "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
         rng = _rng_state(shuffle_gen, world)
@@ -369,6 +407,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
                 f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
                 f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f})  "
                 f"{wall:5.2f}s {n / wall:7.0f} samples/s")
+        guard.saved(epoch)
     train_wall = time.perf_counter() - t_run
 
     metrics = None
@@ -399,7 +438,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
     t0 = time.perf_counter()
     nll = iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"]) if cfg["iwae_k"] else None
     iwae_s = time.perf_counter() - t0
-    last_backend = _backends.last_used()
+    last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
     x = data.test[:32].to(device)
     with torch.no_grad():
@@ -412,7 +451,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
         plots.save_curves(history, out / "curves.png")
     final_test = history[-1]["test"] if history else initial
     metrics = {
-        "config": cfg, "fastvae": __version__, "torch": torch.__version__,
+        "config": cfg, "fastvae": fastvae.__version__, "torch": torch.__version__,
         "backend": last_backend, "backend_selected": backend_name, "device": str(device),
         "world_size": world, "initial_test": initial, "epochs": history,
         "final": {"test_elbo": final_test["elbo"] if final_test else None,

@@ -119,3 +119,87 @@ def test_conv_on_mnist_idx_files_with_amp(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(run), "--k", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_test"] == 8
+
+
+# -- every numeric flag is checked by argparse: exit 2, one line naming the flag, no work ---
+BAD_VALUES = [
+    ("train", "--batch-size", "0"), ("train", "--batch-size", "-4"),
+    ("train", "--epochs", "-3"), ("train", "--epochs", "0"),
+    ("train", "--latent", "0"), ("train", "--latent", "-1"),
+    ("train", "--hidden", "0"), ("train", "--hidden", "32 -1"),
+    ("train", "--channels", "0"), ("train", "--device", "tpu"), ("train", "--device", "meta"),
+    ("train", "--device", "cuda:x"), ("train", "--lr", "0"), ("train", "--lr", "-1e-3"),
+    ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--beta", "-1"),
+    ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"),
+    ("train", "--seed", "-1"), ("train", "--batch-size", "many"),
+    ("sample", "--ncol", "0"), ("sample", "--n", "0"), ("sample", "--seed", "-5"),
+    ("sample", "--device", "tpu"),
+    ("eval", "--limit", "-5"), ("eval", "--limit", "0"), ("eval", "--k", "-1"),
+    ("eval", "--device", "tpu"),
+]
+
+
+@pytest.mark.parametrize("command,flag,value", BAD_VALUES)
+def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, command, flag,
+                                                 value):
+    monkeypatch.chdir(tmp_path)
+    run = [] if command == "train" else [str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, *run, flag, *value.split()])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert flag in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was created
+
+
+@pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
+                                       ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
+                                       ("beta", float("nan")), ("iwae_k", -1), ("threads", -1),
+                                       ("device", "tpu"), ("seed", -1)])
+def test_the_training_api_checks_its_settings_too(tmp_path, key, value):
+    from fastvae import train as T
+
+    with pytest.raises(ValueError, match=key):
+        T.train({"out": str(tmp_path / "r"), "progress": False, key: value}, log=print)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_good_edge_values_are_accepted():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--device", "cuda:1", "--iwae-k", "0", "--threads", "0",
+                              "--beta", "0", "--seed", "0", "--lr", "1e-5", "--hidden", "8", "4"])
+    assert (args.device, args.iwae_k, args.beta, args.hidden) == ("cuda:1", 0, 0.0, [8, 4])
+    assert parser.parse_args(["eval", "r", "--k", "0"]).k == 0
+
+
+# -- optional dependencies are checked before any work ------------------------------------
+@pytest.mark.parametrize("missing", ["matplotlib", "sklearn"])
+def test_train_without_the_train_extra_fails_first(tmp_path, capsys, monkeypatch, missing):
+    from fastvae import train as T
+
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert missing in err.replace("scikit-learn", "sklearn")
+    assert "pip install 'fastvae[train]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_without_matplotlib_fails_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert cli.main(["sample", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install" in err and "no checkpoint" not in err, err
+
+
+def test_train_on_array_files_needs_no_scikit_learn(tmp_path, monkeypatch):
+    import numpy as np
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert cli.main(["train", *TINY, "--dataset", str(tmp_path / "x.npy"),
+                     "--out", str(tmp_path / "run")]) == 0

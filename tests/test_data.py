@@ -135,3 +135,49 @@ def test_bad_array_files(tmp_path):
         load_dataset(str(tmp_path / "nope.npz"))
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("cifar")
+
+
+def test_idx_header_whose_size_overflows_int64(tmp_path):
+    """2**31 x 2**31 x 4 bytes is 2**64: in int64 that wraps to 0 and matched an empty body."""
+    import struct
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2 ** 31, 2 ** 31, 4))
+    with pytest.raises(DataError, match="truncated") as e:
+        read_idx(path)
+    assert str(path) in str(e.value)
+
+
+def test_train_and_test_images_of_different_sizes(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(DataError, match="28, 28.*32, 32") as e:
+        load_dataset("mnist", tmp_path)
+    assert "train-images-idx3-ubyte" in str(e.value) and "t10k-images-idx3-ubyte" in str(e.value)
+    np.savez(tmp_path / "mixed.npz", train=np.zeros((4, 6, 6), np.uint8),
+             test=np.zeros((2, 5, 5), np.uint8))
+    with pytest.raises(DataError, match="mixed.npz"):
+        load_dataset(str(tmp_path / "mixed.npz"))
+
+
+@pytest.mark.parametrize("dtype,scaled", [(np.uint8, True), (np.int8, True), (np.int16, False),
+                                          (np.int32, False), (np.float32, False)])
+def test_only_8_bit_integers_are_divided_by_255(tmp_path, dtype, scaled):
+    arr = np.zeros((10, 3, 3), dtype)
+    arr[:, 1, 1] = 1
+    np.save(tmp_path / "a.npy", arr)
+    ds = load_dataset(str(tmp_path / "a.npy"))
+    assert float(torch.cat([ds.train, ds.test]).max()) == pytest.approx(1 / 255 if scaled else 1.0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", arr)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", arr[:2])
+    ds = load_dataset("mnist", tmp_path)
+    assert float(ds.train.max()) == pytest.approx(1 / 255 if scaled else 1.0)
+
+
+def test_digits_docstring_states_the_split_it_makes():
+    from fastvae import data
+
+    ds = load_dataset("digits")
+    split = f"{len(ds.train)}/{len(ds.test)}"
+    assert split in data.load_digits.__doc__
+    assert "1437/360" not in (data.__doc__ or "") + data.load_digits.__doc__

@@ -1,6 +1,7 @@
 """The training loop: it learns, writes every output, matches across backends, resumes
 bit-for-bit, never loses a checkpoint, and stops cleanly on a non-finite loss."""
 import json
+import math
 import os
 
 import pytest
@@ -183,3 +184,130 @@ def test_threads_setting_is_scoped_to_the_run(tmp_path):
             log=lambda *a: seen.append(torch.get_num_threads()))
     assert seen and seen[-1] == before + 1
     assert torch.get_num_threads() == before
+
+
+# -- the NaN policy: nothing non-finite is ever saved, the run stops and says where ------
+def _finite_state(state):
+    tensors = list(state["model"].values())
+    for per_param in state["optimizer"]["state"].values():
+        tensors += [torch.as_tensor(v) for v in per_param.values()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _assert_strict_json(path):
+    def refuse(token):
+        raise ValueError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("epochs", [1, 5])
+def test_diverging_epoch_is_not_saved_and_the_run_fails(tmp_path, epochs):
+    """The issue's repro: one huge step per epoch at lr 0.3 leaves finite weights whose
+    test ELBO is NaN. That epoch must not be saved, and even as the last epoch the run
+    must not end 'done' with NaN in metrics.json."""
+    cfg = dict(out=str(tmp_path), batch_size=2000, lr=0.3, epochs=epochs, seed=1, iwae_k=0,
+               progress=False)
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 1\b.*step 1/1") as e:
+        T.train(cfg, log=quiet)
+    assert "no checkpoint was written" in str(e.value)
+    assert not (tmp_path / CHECKPOINT_NAME).exists()
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def _poison_after_step(monkeypatch, at_step, what):
+    """Make the optimizer step number ``at_step`` (1-based, over the run) leave a NaN in
+    a weight or in Adam's state, as an overflow would."""
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            p = self.param_groups[0]["params"][0]
+            with torch.no_grad():
+                if what == "weight":
+                    p.view(-1)[0] = float("nan")
+                else:
+                    self.state[p]["exp_avg_sq"].view(-1)[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+@pytest.mark.parametrize("what", ["weight", "optimizer"])
+def test_non_finite_weights_at_epoch_end_keep_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                       what):
+    _poison_after_step(monkeypatch, 23 + 23, what)  # the last step of epoch 2
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, step 23/23") as e:
+        T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
+    assert "(epoch 1)" in str(e.value) and CHECKPOINT_NAME in str(e.value)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and _finite_state(state)
+    assert all(math.isfinite(h["test"]["elbo"]) for h in state["history"])
+
+
+def test_non_finite_gradient_stops_before_the_step(tmp_path, monkeypatch):
+    real = T.batch_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, cfg):
+        loss, parts = real(model, x, cfg)
+        calls["n"] += 1
+        if calls["n"] == 23 + 5:  # finite loss, NaN gradient: epoch 2, step 5
+            loss.register_hook(lambda g: g * float("nan"))
+        return loss, parts
+
+    monkeypatch.setattr(T, "batch_loss", poisoned)
+    with pytest.raises(T.NonFiniteLoss, match=r"gradient.*epoch 2, step 5/23"):
+        T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and _finite_state(state)
+
+
+def test_resume_after_a_stop_with_a_lower_lr(tmp_path, monkeypatch):
+    _poison_after_step(monkeypatch, 23 + 23, "weight")
+    with pytest.raises(T.NonFiniteLoss, match="--lr"):
+        T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
+    monkeypatch.undo()
+    seen = []
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, lr=1e-4, resume=True), log=seen.append)
+    assert any("--lr 0.0001" in line and "0.003" in line for line in seen), seen
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 2 and state["config"]["lr"] == 1e-4
+    assert state["optimizer"]["param_groups"][0]["lr"] == 1e-4
+    _assert_strict_json(tmp_path / "metrics.json")
+
+
+def test_resume_without_lr_keeps_the_saved_one_silently(tmp_path):
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+    seen = []
+    cfg = tiny(tmp_path, epochs=2, iwae_k=0, resume=True)
+    cfg.pop("lr")
+    T.train(cfg, log=seen.append)
+    assert not any("--lr" in line for line in seen), seen
+    assert load_checkpoint(tmp_path)["config"]["lr"] == 3e-3
+
+
+def test_metrics_json_never_holds_nan_tokens(tmp_path):
+    from fastvae.checkpoint import write_json
+
+    write_json({"a": float("nan"), "b": [float("inf"), -float("inf"), 1.5], "c": {"d": 2}},
+               tmp_path / "m.json")
+    assert _assert_strict_json(tmp_path / "m.json") == {"a": None, "b": [None, None, 1.5],
+                                                        "c": {"d": 2}}
+
+
+def test_guard_tells_huge_finite_weights_from_non_finite_ones():
+    from fastvae.guard import Guard
+
+    model = torch.nn.Linear(3, 2)
+    guard = Guard(CHECKPOINT_NAME, None, "out", 1e-3)
+    with torch.no_grad():
+        model.weight[0, 0] = 3e38  # finite, though its square overflows float32
+    guard.step(model, 1, 1, 1)
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    with pytest.raises(T.NonFiniteLoss, match="weights"):
+        guard.step(model, 1, 1, 1)

@@ -1,0 +1,106 @@
+"""The NaN policy of ``fastvae train``: nothing non-finite is trained on, counted as good or
+saved.
+
+Checked every step: the loss before backward, then the gradient norm and the weights
+after the optimizer step (one host sync for both). Checked every epoch, before the
+checkpoint is written: the optimizer state and the epoch's train and test metrics (finite
+weights can still give a NaN test ELBO, e.g. a log-variance that overflows ``exp``).
+A failure raises :class:`NonFiniteLoss` naming the epoch and step and the checkpoint that
+stays, which is always the last one written, so it never holds a non-finite number.
+
+With a GradScaler (fp16 on CUDA) non-finite gradients are expected: the scaler skips
+that step and lowers its scale, so the gradient check is left to it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or inf (loss, gradient, weight, optimizer state or metric);
+    the message names the epoch, the step and the checkpoint that is kept."""
+
+
+def _floating(tensors):
+    return [t.detach() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
+
+
+def _all_finite(tensors) -> bool:
+    flags = [torch.isfinite(t).all() for t in _floating(tensors)]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _norms(tensors) -> torch.Tensor:
+    """Each tensor's 2-norm, stacked, summed in float64: the square of any float32 value
+    fits there, so a norm is finite iff every element is (in float32 a finite weight of
+    1e30 would overflow to an inf norm). One fused call where torch has it (what
+    clip_grad_norm_ uses), a loop otherwise; MPS has no float64."""
+    if not tensors:
+        return torch.zeros(0)
+    wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
+    try:
+        norms = torch._foreach_norm(tensors, 2, dtype=wide)
+    except (AttributeError, TypeError, RuntimeError):
+        norms = [torch.linalg.vector_norm(t, dtype=wide) for t in tensors]
+    return torch.stack(norms)
+
+
+def _optimizer_tensors(opt):
+    for per_param in opt.state.values():
+        yield from per_param.values()
+
+
+class Guard:
+    """Checks one run against the NaN policy; knows which checkpoint is the last good one."""
+
+    def __init__(self, checkpoint: Path, saved_epoch: int | None, out, lr: float,
+                 check_grads: bool = True):
+        self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
+        self.out, self.lr, self.check_grads = out, lr, check_grads
+
+    def saved(self, epoch: int) -> None:
+        """Record that ``epoch``'s checkpoint is now on disk."""
+        self.saved_epoch = epoch
+
+    def _stop(self, what: str, value, where: str):
+        if self.saved_epoch is None:
+            kept = "no checkpoint was written yet; start again with a lower --lr"
+        else:
+            kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
+                    f"{self.checkpoint}; continue from it with a lower learning rate: "
+                    f"fastvae train --out {self.out} --resume --lr {self.lr / 10:g}")
+        raise NonFiniteLoss(f"non-finite {what} ({value}) {where}; {kept}")
+
+    def loss(self, value: float, epoch: int, step: int, steps: int) -> None:
+        """Before backward: the (globally averaged) loss of this step."""
+        if not math.isfinite(value):
+            self._stop("loss", value, f"at epoch {epoch}, step {step}/{steps}")
+
+    def step(self, model, epoch: int, step: int, steps: int) -> None:
+        """After the optimizer step: the gradients it used and the weights it wrote, in
+        one fused pass and one host sync (about 0.2 ms, 3% of a default digits step on
+        one CPU thread)."""
+        params = _floating(model.parameters())
+        grads = _floating(p.grad for p in model.parameters()
+                          if self.check_grads and p.grad is not None)
+        norms = _norms(grads + params)
+        if bool(torch.isfinite(norms).all()):
+            return
+        where = f"at epoch {epoch}, step {step}/{steps}"
+        grad_norm = float(torch.linalg.vector_norm(norms[:len(grads)]))
+        if not math.isfinite(grad_norm):
+            self._stop("gradient norm", grad_norm, where)
+        self._stop("weights after the optimizer step", "nan or inf", where)
+
+    def epoch_end(self, opt, train_m: dict, test_m: dict, epoch: int, steps: int) -> None:
+        """Before the checkpoint: the optimizer state and the epoch's metrics."""
+        where = f"after epoch {epoch}, step {steps}/{steps}"
+        if not _all_finite(_optimizer_tensors(opt)):
+            self._stop("optimizer state", "nan or inf", where)
+        for split, m in (("train", train_m), ("test", test_m)):
+            for key, value in m.items():
+                if not math.isfinite(value):
+                    self._stop(f"{split} {key}", value, where)

@@ -1,0 +1,110 @@
+"""Checks of the command's numeric and device settings, shared by argparse (as ``type=``
+functions: a bad value is a one-line usage error naming the flag) and by the training API
+(:func:`check_train_config`: a ``ValueError`` naming the key). Values that would train a
+degenerate model (``--latent 0``) or crash deep inside torch (``--batch-size 0``,
+``--device tpu``) are refused before any work."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+class BadValue(argparse.ArgumentTypeError, ValueError):
+    """A setting's value is out of range; argparse reports it with the flag's name."""
+
+
+def _int(value) -> int:
+    if isinstance(value, bool):
+        raise BadValue(f"must be an integer, got {value!r}")
+    try:
+        return int(value) if isinstance(value, str) else int(value.__index__())
+    except (TypeError, ValueError, AttributeError):
+        raise BadValue(f"must be an integer, got {value!r}") from None
+
+
+def _float(value) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise BadValue(f"must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise BadValue(f"must be a finite number, got {value!r}")
+    return out
+
+
+def positive_int(value) -> int:
+    n = _int(value)
+    if n < 1:
+        raise BadValue(f"must be a positive integer, got {n}")
+    return n
+
+
+def non_negative_int(value) -> int:
+    n = _int(value)
+    if n < 0:
+        raise BadValue(f"must be 0 or a positive integer, got {n}")
+    return n
+
+
+def seed(value) -> int:
+    n = _int(value)
+    if not 0 <= n < 2 ** 63 - 2 ** 20:  # the run adds small offsets for its generators
+        raise BadValue(f"must be an integer in [0, 2**63), got {n}")
+    return n
+
+
+def positive_float(value) -> float:
+    x = _float(value)
+    if x <= 0:
+        raise BadValue(f"must be a positive number, got {value!r}")
+    return x
+
+
+def non_negative_float(value) -> float:
+    x = _float(value)
+    if x < 0:
+        raise BadValue(f"must be 0 or a positive number, got {value!r}")
+    return x
+
+
+def device(value) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (or ``mps``): what torch can place a model on.
+    Whether such a device is present is checked when the run starts."""
+    if value == "auto":
+        return value
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in _DEVICE_TYPES:
+        raise BadValue(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return str(value)
+
+
+# The training settings with a range, and their checks (lists are checked per item).
+TRAIN_CHECKS = {
+    "latent": positive_int, "hidden": positive_int, "channels": positive_int,
+    "epochs": positive_int, "batch_size": positive_int, "lr": positive_float,
+    "beta": non_negative_float, "seed": seed, "device": device, "iwae_k": non_negative_int,
+    "threads": non_negative_int,
+}
+
+
+def check_train_config(cfg: dict) -> None:
+    """ValueError naming the first setting of ``cfg`` out of range."""
+    for key, check in TRAIN_CHECKS.items():
+        value = cfg.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if key in ("hidden", "channels") and not items:
+            raise ValueError(f"{key}: needs at least one width")
+        for item in items:
+            try:
+                check(item)
+            except BadValue as e:
+                raise ValueError(f"{key}: {e}") from None

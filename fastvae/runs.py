@@ -1,0 +1,200 @@
+"""Run folders (claimed, locked, checked writable) and what is restored from them: the
+model a checkpoint describes.
+
+Everything that can be wrong with a checkpoint's content is a :class:`CheckpointError`
+naming the file, so the command prints one line instead of a ``KeyError`` or a
+``size mismatch`` traceback.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path
+from .models import build_model
+
+# What build_model cannot default: a checkpoint's config must hold these.
+MODEL_KEYS = ("data_shape", "latent")
+# What --resume needs beyond the weights.
+RESUME_KEYS = ("optimizer", "rng", "history")
+
+
+def load_weights(model: torch.nn.Module, weights, path) -> None:
+    """``model.load_state_dict(weights)``, or a CheckpointError naming ``path``."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = detail[1] if len(detail) > 1 else (detail[0] if detail else type(e).__name__)
+        raise CheckpointError(f"{path}: the weights do not match the model its config "
+                              f"describes ({first[:300]})") from None
+
+
+def restore_model(state: dict, run) -> torch.nn.Module:
+    """The model of a loaded checkpoint, weights in place (CPU, train mode)."""
+    path = checkpoint_path(run)
+    config = state["config"]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a dict")
+    for key in MODEL_KEYS:
+        if key not in config:
+            raise CheckpointError(f"{path}: its config lacks '{key}', needed to build the model")
+    try:
+        model = build_model(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its config does not describe a model: {e}") from None
+    load_weights(model, state["model"], path)
+    return model
+
+
+# -- the run folder ---------------------------------------------------------------------
+class RunFolderError(Exception):
+    """The run folder cannot be used (a file, not writable, or in use by another run)."""
+
+
+def _default_candidates(dataset: str) -> list[Path]:
+    stem = Path(dataset).stem if dataset.endswith((".npy", ".npz")) else dataset
+    base = Path("runs") / stem
+    return [base] + [Path(f"{base}-{i}") for i in range(2, 10_000)]
+
+
+def newest_run(dataset: str) -> Path:
+    """The default folder --resume continues: the last ``runs/<dataset>[-N]`` with a
+    checkpoint (``runs/<dataset>`` when there is none, to say so)."""
+    used = [p for p in _default_candidates(dataset) if (p / CHECKPOINT_NAME).exists()]
+    return used[-1] if used else _default_candidates(dataset)[0]
+
+
+def _mkdirs(path: Path, exist_ok: bool) -> list[Path]:
+    """``mkdir -p``; returns the folders it created, outermost first. With
+    ``exist_ok=False`` the last one must be new (FileExistsError otherwise): that
+    exclusive create is what claims a folder when two runs start together."""
+    missing = [p for p in [path, *path.parents] if not p.exists()][::-1]
+    created = []
+    for p in missing:
+        try:
+            p.mkdir()
+            created.append(p)
+        except FileExistsError:
+            if p == path and not exist_ok:
+                raise
+    if not exist_ok and path not in created:
+        raise FileExistsError(path)
+    return created
+
+
+class RunFolder:
+    """The folder of one run, held for the run's lifetime by one process (rank 0).
+
+    Claimed: a folder name chosen for the user (``runs/<dataset>-N``) is created
+    exclusively, so two runs started together never pick the same one. Locked: an
+    advisory lock (``flock`` on the folder; nothing is written for it) refuses a second
+    run into the same ``--out`` and lets the first remove stale temporary files safely;
+    the OS releases it when the process dies. Checked writable by creating and removing
+    a file. Closed after a failure, folders it created and left empty are removed.
+    """
+
+    def __init__(self, path: Path, created: list[Path]):
+        self.path, self.created, self._fd = Path(path), created, None
+
+    @classmethod
+    def claim(cls, out, dataset: str, resume: bool) -> "RunFolder":
+        if out is None and not resume:
+            for cand in _default_candidates(dataset):
+                try:
+                    folder = cls(cand, _mkdirs(cand, exist_ok=False))
+                    break
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise RunFolderError(f"cannot create the run folder {cand}: "
+                                         f"{e.strerror or e}") from None
+            else:
+                raise RunFolderError(f"no free run folder name left under "
+                                     f"{_default_candidates(dataset)[0].parent}; pass --out")
+        else:
+            path = Path(out) if out is not None else newest_run(dataset)
+            if path.exists() and not path.is_dir():
+                raise RunFolderError(f"--out {path} is a file, not a folder; choose another --out")
+            try:
+                folder = cls(path, _mkdirs(path, exist_ok=True))
+            except OSError as e:
+                raise RunFolderError(f"cannot create the run folder {path}: "
+                                     f"{e.strerror or e}") from None
+        try:
+            folder._lock()
+            folder._check_writable()
+        except BaseException:
+            folder.close(failed=True)
+            raise
+        return folder
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the exclusive create still holds
+            return
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{self.path} is in use by another fastvae run; wait for it "
+                                 "or choose another --out") from None
+        except OSError:
+            pass  # a file system without flock (some network mounts): run unlocked
+
+    def _check_writable(self) -> None:
+        probe = self.path / f".tmp-write-check.{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise RunFolderError(f"cannot write to the run folder {self.path}: "
+                                 f"{e.strerror or e}; choose another --out") from None
+
+    def close(self, failed: bool) -> None:
+        """Release the lock; after a failure remove the folders this run created if
+        they are still empty (a folder that holds anything stays)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+        if failed:
+            for p in reversed(self.created):
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+
+
+# -- optional dependencies ----------------------------------------------------------------
+class MissingExtra(Exception):
+    """A package of the ``train`` extra that this command needs is not installed."""
+
+
+# import name -> (pip name, what needs it)
+_EXTRAS = {"matplotlib": ("matplotlib", "the pictures"),
+           "sklearn": ("scikit-learn", "the digits dataset")}
+
+
+def check_extras(command: str, pictures: bool, dataset: str | None = None) -> None:
+    """Before any work: the packages ``command`` will import later (matplotlib for
+    pictures, scikit-learn for the digits), so a plain ``pip install fastvae`` fails in
+    the first second with the fix, not after a whole training run."""
+    import importlib.util
+
+    wanted = (["matplotlib"] if pictures else []) + (["sklearn"] if dataset == "digits" else [])
+    missing = []
+    for name in wanted:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        what = " and ".join(f"{_EXTRAS[m][0]} (for {_EXTRAS[m][1]})" for m in missing)
+        raise MissingExtra(f"fastvae {command} needs {what}, which is not installed: "
+                           "pip install 'fastvae[train]'")

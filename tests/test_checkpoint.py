@@ -1,0 +1,210 @@
+"""Checkpoints and run files: checksummed, atomic, cleaned up, umask-following, and every
+bad file is one clear error (exit status 2 from the command), never a traceback."""
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+from fastvae import cli
+from fastvae import train as T
+from fastvae.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint,
+                                save_checkpoint)
+
+TINY = dict(epochs=1, hidden=[32], latent=4, batch_size=256, lr=3e-3, iwae_k=0, progress=False)
+
+
+def quiet(*args, **kw):
+    pass
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """One finished tiny run; tests copy its checkpoint, never change it."""
+    out = tmp_path_factory.mktemp("good") / "run"
+    T.train(dict(TINY, out=str(out)), log=quiet)
+    return out
+
+
+def _copy_run(good_run, dst):
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / CHECKPOINT_NAME).write_bytes((good_run / CHECKPOINT_NAME).read_bytes())
+    return dst
+
+
+def _one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for n in needles:
+        assert str(n) in err, (n, err)
+    return err
+
+
+# -- item 6: integrity --------------------------------------------------------------------
+def _largest_record(path):
+    """(offset, size) of the largest tensor record inside the checkpoint's zip, whose
+    bytes are stored uncompressed: flipping them changes weights, not the zip layout."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = path.read_bytes()
+    # local file header: 30 bytes, then the name and the extra field
+    name_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_flipped_bits_in_the_weights_are_refused(good_run, tmp_path, capsys):
+    run = _copy_run(good_run, tmp_path / "run")
+    path = run / CHECKPOINT_NAME
+    assert load_checkpoint(path)["epoch"] == 1
+    offset, size = _largest_record(path)
+    raw = bytearray(path.read_bytes())
+    for i in range(64):  # one bit in each of 64 float32 weights
+        raw[offset + (i * 4 * 7) % size + 1] ^= 0x10
+    path.write_bytes(bytes(raw))
+    state = torch.load(path, weights_only=True)  # torch itself notices nothing
+    assert state["format"] == "fastvae-checkpoint"
+    with pytest.raises(CheckpointError, match="checksum") as e:
+        load_checkpoint(path)
+    assert str(path) in str(e.value)
+    assert cli.main(["eval", str(run), "--k", "0"]) == 2
+    _one_error_line(capsys, path, "checksum")
+
+
+def test_checksum_covers_config_optimizer_and_history(good_run, tmp_path):
+    for key, change in (("config", lambda s: s["config"].update(latent=3)),
+                        ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(lr=1.0)),
+                        ("history", lambda s: s["history"][0]["test"].update(elbo=0.0)),
+                        ("epoch", lambda s: s.update(epoch=7))):
+        state = torch.load(good_run / CHECKPOINT_NAME, weights_only=True)
+        change(state)
+        torch.save(state, tmp_path / f"{key}.pt")  # the old checksum, edited content
+        with pytest.raises(CheckpointError, match="checksum"):
+            load_checkpoint(tmp_path / f"{key}.pt")
+
+
+def test_checkpoint_without_checksum_is_refused(good_run, tmp_path):
+    state = torch.load(good_run / CHECKPOINT_NAME, weights_only=True)
+    del state["checksum"]
+    torch.save(state, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+# -- item 7: bad checkpoints are one line, exit 2 -----------------------------------------
+def test_empty_checkpoint(tmp_path, capsys):
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path)
+    assert cli.main(["eval", str(tmp_path)]) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME)
+    assert cli.main(["train", "--out", str(tmp_path), "--resume", "--no-progress"]) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME)
+
+
+@pytest.mark.parametrize("key", ["optimizer", "rng", "history"])
+def test_resume_from_a_checkpoint_missing_a_part(good_run, tmp_path, capsys, key):
+    state = load_checkpoint(good_run)
+    del state[key]
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)  # well-formed, checksum and all
+    assert load_checkpoint(tmp_path)["epoch"] == 1       # eval/sample need only the weights
+    assert cli.main(["train", "--out", str(tmp_path), "--resume", "--epochs", "2",
+                     "--no-progress", "--iwae-k", "0"]) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, key)
+
+
+@pytest.mark.parametrize("command", ["eval", "sample", "resume"])
+def test_config_that_disagrees_with_the_weights(good_run, tmp_path, capsys, command):
+    state = load_checkpoint(good_run)
+    state["config"]["latent"] = 5
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    argv = {"eval": ["eval", str(tmp_path), "--k", "0"],
+            "sample": ["sample", str(tmp_path), "--out", str(tmp_path / "s.png")],
+            "resume": ["train", "--out", str(tmp_path), "--resume", "--epochs", "2",
+                       "--no-progress"]}[command]
+    assert cli.main(argv) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "do not match")
+
+
+@pytest.mark.parametrize("key", ["data_shape", "latent"])
+def test_config_missing_a_model_setting(good_run, tmp_path, capsys, key):
+    state = load_checkpoint(good_run)
+    del state["config"][key]
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    assert cli.main(["eval", str(tmp_path), "--k", "0"]) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, key)
+
+
+# -- item 8: a full disk while saving ------------------------------------------------------
+_FULL_DISK = """
+import resource, signal, sys
+from fastvae import cli
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_disk_full_while_saving_is_one_line_and_keeps_the_old_checkpoint(good_run, tmp_path):
+    run = _copy_run(good_run, tmp_path / "run")
+    before = (run / CHECKPOINT_NAME).read_bytes()
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, "train", "--out", str(run), "--resume",
+                        "--epochs", "2", "--no-progress", "--iwae-k", "0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(run / CHECKPOINT_NAME) in r.stderr and "intact" in r.stderr
+    assert (run / CHECKPOINT_NAME).read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_disk_full_while_drawing_leaves_no_half_picture(good_run, tmp_path):
+    run = _copy_run(good_run, tmp_path / "run")
+    png = tmp_path / "big.png"
+    r = subprocess.run([sys.executable, "-c", _FULL_DISK, "sample", str(run), "--n", "256",
+                        "--out", str(png)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and str(png) in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_torch_writer_errors_are_reported_with_the_file(tmp_path, monkeypatch):
+    from fastvae import checkpoint as C
+
+    save_checkpoint({"config": {}, "model": {}, "epoch": 1}, tmp_path / "c.pt")
+
+    def full(obj, f):
+        f.write(b"PK\x03\x04partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(C.torch, "save", full)
+    with pytest.raises(C.WriteError, match="c.pt") as e:
+        save_checkpoint({"config": {}, "model": {}, "epoch": 2}, tmp_path / "c.pt")
+    assert "intact" in str(e.value)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert load_checkpoint(tmp_path / "c.pt")["epoch"] == 1
+
+
+# -- item 11: housekeeping -------------------------------------------------------------------
+def test_stale_temporary_files_are_removed_by_the_next_save(good_run, tmp_path):
+    run = _copy_run(good_run, tmp_path / "run")
+    for name in (".tmp-checkpoint.pt.k1ll3d", ".tmp-checkpoint.pt.x_9"):  # left by kill -9
+        (run / name).write_bytes(b"\0" * 1000)
+    (run / ".tmp-notes.txt").write_text("not ours")  # a user's file: left alone
+    T.train(dict(TINY, out=str(run), epochs=2, resume=True), log=quiet)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".tmp-notes.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_run_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "run"
+        T.train(dict(TINY, out=str(out), latent=2), log=quiet)
+    finally:
+        os.umask(old)
+    for p in out.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, (p.name, oct(p.stat().st_mode))

@@ -1,0 +1,127 @@
+"""The run folder: claimed atomically (two runs started together never share one), locked
+for the run, checked writable before any data is loaded, and not left behind empty."""
+import os
+
+import pytest
+
+from fastvae import cli
+from fastvae import train as T
+from fastvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+TINY = dict(epochs=1, hidden=[32], latent=4, batch_size=256, lr=3e-3, iwae_k=0, progress=False)
+TINY_ARGS = ["--epochs", "1", "--hidden", "32", "--latent", "2", "--batch-size", "256",
+             "--iwae-k", "0", "--no-progress"]
+
+
+def quiet(*args, **kw):
+    pass
+
+
+def _second_run_during_data_loading(monkeypatch, second):
+    """Start ``second()`` while the first run loads its data: the two runs have chosen
+    their folders, neither has written a checkpoint yet."""
+    real = T.load_dataset
+    seen = {}
+
+    def load(*a, **k):
+        if "second" not in seen:
+            seen["second"] = None
+            try:
+                seen["second"] = second()
+            except Exception as e:  # reported to the test below
+                seen["second"] = e
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "load_dataset", load)
+    return seen
+
+
+def test_two_default_runs_started_together_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    seen = _second_run_during_data_loading(
+        monkeypatch, lambda: T.train(dict(TINY, seed=2), log=quiet))
+    first = T.train(dict(TINY, seed=1), log=quiet)
+    second = seen["second"]
+    assert not isinstance(second, Exception), second
+    assert {first["config"]["out"], second["config"]["out"]} == {
+        os.path.join("runs", "digits"), os.path.join("runs", "digits-2")}
+    for m in (first, second):  # each folder holds its own run, nothing overwritten
+        state = load_checkpoint(tmp_path / m["config"]["out"])
+        assert state["config"]["seed"] == m["config"]["seed"]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen = _second_run_during_data_loading(
+        monkeypatch, lambda: T.train(dict(TINY, out=str(out), seed=2), log=quiet))
+    T.train(dict(TINY, out=str(out), seed=1), log=quiet)
+    assert "another fastvae run" in str(seen["second"]) and str(out) in str(seen["second"])
+    assert load_checkpoint(out)["config"]["seed"] == 1
+
+
+def test_out_naming_a_file(tmp_path, capsys, monkeypatch):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
+    assert cli.main(["train", *TINY_ARGS, "--out", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(f) in err
+    assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_unwritable_run_folder_is_found_before_loading_data(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so the refusal is simulated at os.open; the test
+    below checks a real read-only folder where it can."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_open = os.open
+
+    def refusing(path, flags, *a, **k):
+        if os.path.dirname(os.fspath(path)) == str(out) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", refusing)
+    monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
+    assert cli.main(["train", *TINY_ARGS, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(out) in err and "Permission denied" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes to read-only folders")
+def test_read_only_run_folder(tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert cli.main(["train", *TINY_ARGS, "--out", str(out)]) == 2
+    finally:
+        out.chmod(0o755)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(out) in err
+
+
+FAILURES = {"data": (["--dataset", "mnist", "--data-dir", "nodata"], 2),
+            "diverged": (["--batch-size", "2000", "--lr", "0.3", "--seed", "1", "--hidden", "256",
+                         "--latent", "8"], 3)}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+@pytest.mark.parametrize("explicit", [True, False])
+def test_a_failed_start_leaves_no_empty_run_folder(tmp_path, capsys, monkeypatch, explicit,
+                                                   failure):
+    monkeypatch.chdir(tmp_path)
+    flags, code = FAILURES[failure]
+    where = ["--out", str(tmp_path / "new" / "run")] if explicit else []
+    assert cli.main(["train", *TINY_ARGS, *flags, *where]) == code
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+
+
+def test_a_failed_start_keeps_a_folder_it_did_not_create(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    assert cli.main(["train", *TINY_ARGS, "--dataset", "mnist", "--data-dir",
+                     str(tmp_path / "nodata"), "--out", str(out)]) == 2
+    assert out.is_dir()

@@ -207,10 +207,7 @@ def _run_bench(argv) -> int:
               "ships with the benchmarks, so update fastvae to a version that has it.",
               file=sys.stderr)
         return 2
-    # bench's help strings state their own defaults (per-op and per-device ones among them)
-    parser = argparse.ArgumentParser(prog="fastvae bench", description=bench.__doc__)
-    bench.add_arguments(parser)
-    return int(bench.run(parser.parse_args(argv)) or 0)
+    return int(bench.main(argv) or 0)
 
 
 def main(argv=None) -> int:

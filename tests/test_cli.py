@@ -87,12 +87,11 @@ def test_bench_hook_without_and_with_module(monkeypatch, capsys):
     assert "fastvae.bench is not available" in capsys.readouterr().err
     seen = {}
     fake = types.ModuleType("fastvae.bench")
-    fake.add_arguments = lambda p: p.add_argument("--sizes", default="s")
-    fake.run = lambda args: seen.setdefault("sizes", args.sizes) and 0
+    fake.main = lambda argv: seen.setdefault("argv", argv) and 0
     monkeypatch.setitem(sys.modules, "fastvae.bench", fake)
     monkeypatch.setattr(fastvae, "bench", fake, raising=False)
     assert cli.main(["bench", "--sizes", "big"]) == 0
-    assert seen == {"sizes": "big"}
+    assert seen == {"argv": ["--sizes", "big"]}
 
 
 def test_conv_on_mnist_idx_files_with_amp(tmp_path, capsys):

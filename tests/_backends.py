@@ -43,13 +43,13 @@ else:
 # the two-pass IWAE kernel loops over K: so D, L and K get a cap each, and B a budget of
 # elements. The caps keep what the sizes are there to test: odd tails past a tile, D
 # past the interpreter's 4096-column block, L past 128, K past the one-pass limit of 8.
-CAPS = {"d": 4100, "l": 130, "k": 64}
+CAPS = {"d": 4100, "l": 130, "k": 16}
 ELEMENTS = 1 << 16
 
 
 def bounded(b=None, d=None, l=None, k=None):
     """The sizes a case runs at: as given, or under the interpreter capped to D <= 4100,
-    L <= 130, K <= 64, and then B <= 2**16 / (K * max(D, L)) (at least 1). Returns the
+    L <= 130, K <= 16, and then B <= 2**16 / (K * max(D, L)) (at least 1). Returns the
     sizes given, in the order b, d, l, k (one size: that int)."""
     sizes = {"b": b, "d": d, "l": l, "k": k}
     if INTERPRET:

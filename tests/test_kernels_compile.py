@@ -146,6 +146,7 @@ def _ids():
         return []
 
 
+@pytest.mark.slow  # the module's compiles: minutes on two cores
 @pytest.mark.parametrize("name,cc", _ids(), ids=[f"{n}-sm{cc}" for n, cc in _ids()])
 def test_kernel_compiles_without_spills(compiled, name, cc):
     r = compiled[(name, cc)]
@@ -155,6 +156,7 @@ def test_kernel_compiles_without_spills(compiled, name, cc):
     assert r["regs"] <= 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,cc", _ids(), ids=[f"{n}-sm{cc}" for n, cc in _ids()])
 def test_contiguous_path_loads_are_vectorized(compiled, name, cc):
     r = compiled[(name, cc)]

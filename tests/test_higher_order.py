@@ -209,6 +209,13 @@ def test_reparameterize_under_torch_func(backend):
     z = mu.double() + torch.exp(0.5 * lv.double()) * eps
     assert_close("dmu", g_mu, 2 * z, dt, rtol={F64: 1e-13})
     assert_close("dlogvar", g_lv, z * torch.exp(0.5 * lv.double()) * eps, dt, rtol={F64: 1e-13})
+    # vmap: each slice draws its own eps (randomness="different"), of mu's shape
+    mus, lvs = torch.randn(4, 3, 2, dtype=dt), torch.randn(4, 3, 2, dtype=dt)
+    zs = torch.func.vmap(lambda m, v: fastvae.reparameterize(m, v, backend=backend),
+                         randomness="different")(mus, lvs)
+    eps = (zs.double() - mus.double()) * torch.exp(-0.5 * lvs.double())
+    assert zs.shape == (4, 3, 2) and zs.dtype == dt and torch.isfinite(eps).all()
+    assert len({tuple(e.flatten().tolist()) for e in eps}) == 4
 
 
 # -- what cannot be done says so ---------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Independent float64 formulas for the core-op tests, written from DESIGN.md.
+"""Independent float64 formulas for the op suites, written from the math of the design
+notes (shared/DESIGN.md, "The math").
 
-Nothing here imports fastvae: ``fastvae.reference`` is under test too, so both the
-fused backend and the reference are checked against these. Every function upcasts
-its tensor arguments to float64 and keeps the autograd graph (so gradients of the
-formulas serve as the expected gradients).
+Nothing here imports fastvae: ``fastvae.reference`` is under test too, so every backend,
+the reference included, is checked against these. Every function upcasts its tensor
+arguments to float64 and keeps the autograd graph (so gradients of the formulas serve
+as the expected gradients). Comparing with them: tests/_compare.py.
 """
 from __future__ import annotations
 
@@ -151,48 +152,3 @@ def examples_loss_function(recon_logits, x, mu, logvar):
     BCE = F.binary_cross_entropy_with_logits(recon_logits, x, reduction="sum")
     KLD = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
     return BCE + KLD
-
-
-# -- comparison helpers --------------------------------------------------------------
-
-TOL = {
-    torch.float64: 1e-10,
-    torch.float32: 2e-5,
-}
-
-
-def assert_close(actual, expected, rtol, scale=None, what=""):
-    """|actual - expected| <= rtol * max(|expected|, scale, 1e-30) elementwise, in float64.
-
-    ``scale``: the magnitude of the terms that were summed (a sum can cancel).
-    """
-    assert isinstance(actual, torch.Tensor), f"{what}: got {type(actual)}"
-    a, e = actual.detach().double(), expected.detach().double()
-    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != expected {tuple(e.shape)}"
-    if a.numel() == 0:
-        return
-    assert torch.isfinite(a).all(), f"{what}: non-finite values {a}"
-    bound = e.abs()
-    if scale is not None:
-        bound = torch.maximum(bound, torch.as_tensor(scale).detach().double().expand_as(bound))
-    bound = rtol * bound.clamp(min=1e-30)
-    err = (a - e).abs()
-    worst = int((err - bound).argmax())
-    assert bool((err <= bound).all()), (
-        f"{what}: max excess at flat index {worst}: got {a.flatten()[worst].item()!r}, "
-        f"expected {e.flatten()[worst].item()!r} (rtol {rtol}, |err| {err.flatten()[worst].item():.3e})"
-    )
-
-
-def grads(value, inputs, weight=None):
-    """Gradients of ``(value * weight).sum()`` (weight: a fixed random cotangent)."""
-    if weight is not None:
-        value = value * weight
-    need = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
-    got = torch.autograd.grad(value.sum(), need, allow_unused=True, retain_graph=True)
-    it = iter(got)
-    return [next(it) if isinstance(t, torch.Tensor) and t.requires_grad else None for t in inputs]
-
-
-def leaf(t, requires_grad=True):
-    return t.detach().clone().requires_grad_(requires_grad)

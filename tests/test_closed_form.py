@@ -1,8 +1,8 @@
-"""What is specific to the "torch" backend's implementation (fastvae/backends/closed_form.py
-and its optional compiled kernel, fastvae/backends/_native.py): row chunking, the
-compiled/aten switch and its fallback, the kernel's SIMD tails and strides, and the
-memory it saves for backward. The op-level contract (all options, dtypes, reductions)
-is tested for every backend in test_elbo.py and friends."""
+"""What is specific to the "torch" backend's implementation (fastvae/backends/torch_backend/,
+row chunks in its rows.py, and its optional compiled kernel, fastvae/backends/_native.py):
+row chunking, the compiled/aten switch and its fallback, the kernel's SIMD tails and
+strides, and the memory it saves for backward. The op-level contract (all options,
+dtypes, reductions) is tested for every backend in test_elbo.py and friends."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +10,8 @@ import torch
 
 import fastvae
 from fastvae import reference
-from fastvae.backends import _native, closed_form
+from fastvae.backends import _native, torch_backend
+from fastvae.backends.torch_backend import rows
 
 F64 = torch.float64
 
@@ -66,7 +67,7 @@ def _assert_matches_reference(tol, *args, **opts):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_chunk_boundaries_match_reference(path, monkeypatch, chunk_elems, likelihood, obs_kind,
                                           reduction):
-    monkeypatch.setattr(closed_form, "_CHUNK_ELEMS", chunk_elems)
+    monkeypatch.setattr(rows, "CHUNK_ELEMS", chunk_elems)
     b, d, l = 11, 13, 3  # 13 // (3*13+5) -> 3 rows a chunk: chunks of 3, 3, 3, 2
     x, recon, mu, lv, z = _inputs(b, d, l, F64)
     obs = 0.0
@@ -87,7 +88,7 @@ def test_chunk_boundaries_match_reference(path, monkeypatch, chunk_elems, likeli
 
 
 def test_gradcheck_through_small_chunks(path, monkeypatch):
-    monkeypatch.setattr(closed_form, "_CHUNK_ELEMS", 10)
+    monkeypatch.setattr(rows, "CHUNK_ELEMS", 10)
     x, recon, mu, lv, _ = _inputs(5, 7, 2, F64)
     x.requires_grad_()
     for t in (recon, mu, lv):
@@ -251,4 +252,4 @@ def test_deterministic(path):
 
 def test_reference_module_untouched():
     """The oracle is never routed through the fused path (sanity for the comparisons above)."""
-    assert fastvae.elbo.__module__ == "fastvae.functional" and reference.elbo is not closed_form.elbo_fwd
+    assert fastvae.elbo.__module__ == "fastvae.functional" and reference.elbo is not torch_backend.elbo_fwd

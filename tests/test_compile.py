@@ -1,6 +1,9 @@
 """torch.compile(fullgraph=True) through the public API, and torch.library.opcheck on every
-custom op in fastvae.ops (schema, autograd registration, fake tensors, AOT dispatch)."""
+custom op in fastvae/ops/ (schema, autograd registration, fake tensors, AOT dispatch), on
+the "torch" backend (the Triton backend's: tests/test_triton_backend.py)."""
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -8,6 +11,9 @@ from torch import nn
 
 import fastvae
 import fastvae.ops  # noqa: F401  (registers torch.ops.fastvae.*)
+
+# fastvae/ops/elbo.py, the module (``fastvae.ops.elbo`` is the function it exports)
+ELBO_OP = importlib.import_module("fastvae.ops.elbo")
 
 
 class TinyVAE(nn.Module):
@@ -23,13 +29,33 @@ class TinyVAE(nn.Module):
         return fastvae.elbo(x, logits, mu, lv, kl="mc", z=z, beta=0.5, backend="torch")
 
 
+# Found by these tests: under torch.compile, fastvae.ops.functorch_active() is true (dynamo
+# answers peek_interpreter_stack() with a non-None value), so the public functions take the
+# reference math instead of the fused op; torch.distributions' kl_divergence then breaks
+# the graph (the analytic KL), and nothing the fused backends do is compiled.
+COMPILE_RUNS_REFERENCE = ("under torch.compile functorch_active() is true: the reference math "
+                          "runs instead of the fused op")
+
+
+def fused_calls(monkeypatch, op: str):
+    """A list that records each call of the "torch" backend's ``<op>_fwd``: a compiled call
+    must reach the fused op (one custom-op node), not trace the reference math."""
+    from fastvae.backends import torch_backend
+    calls = []
+    real = getattr(torch_backend, f"{op}_fwd")
+    monkeypatch.setattr(torch_backend, f"{op}_fwd", lambda *a: calls.append(op) or real(*a))
+    return calls
+
+
 def _grads(model):
     return [p.grad.clone() for p in model.parameters()]
 
 
-def test_compiled_train_step_fullgraph_matches_eager():
+@pytest.mark.xfail(strict=True, reason=COMPILE_RUNS_REFERENCE)
+def test_compiled_train_step_fullgraph_matches_eager(monkeypatch):
     """One graph (no break) for encoder -> reparameterize -> decoder -> elbo; the same value
     and parameter gradients as eager when both draw the same eps."""
+    calls = fused_calls(monkeypatch, "elbo")
     torch._dynamo.reset()
     model = TinyVAE()
     x = torch.rand(9, 12)
@@ -53,6 +79,9 @@ def test_compiled_train_step_fullgraph_matches_eager():
         opt.zero_grad()
         (-compiled(x)).backward()
         opt.step()
+    del calls[:]
+    compiled(x)
+    assert calls, "the compiled step never reached the fused op"
 
 
 OPS = {
@@ -78,11 +107,13 @@ def _case(op):
             torch.randn(k, b, l, requires_grad=True)), dict(reduction="mean")
 
 
+@pytest.mark.xfail(strict=True, reason=COMPILE_RUNS_REFERENCE)
 @pytest.mark.parametrize("op", list(OPS))
-def test_each_op_compiles_without_graph_break(op):
+def test_each_op_compiles_without_graph_break(monkeypatch, op):
     args, kw = _case(op)
     fn = OPS[op]
     eager = fn(args, dict(kw, backend="torch"))
+    calls = fused_calls(monkeypatch, op)
     torch._dynamo.reset()
     compiled = torch.compile(lambda *a: fn(a, dict(kw, backend="torch")), fullgraph=True,
                              backend="aot_eager")
@@ -94,6 +125,7 @@ def test_each_op_compiles_without_graph_break(op):
     g2 = torch.autograd.grad(eager.sum(), ins)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b)
+    assert calls, "the compiled call never reached the fused op"
 
 
 def _op_args():
@@ -126,6 +158,13 @@ def _op_args():
         t(b, d), t(b, d), t(d), 0.0, [True, True, True], "torch")
     yield "kl", torch.ops.fastvae.kl_standard_normal.default, (
         t(b, l), t(b, l), [True, True], "torch")
+    # the sampler: noise is eps itself on the "torch" backend
+    for n in (0, 3):
+        shape = (b, l) if n == 0 else (n, b, l)
+        yield f"reparameterize-k{n}", torch.ops.fastvae.reparameterize.default, (
+            t(b, l), t(b, l), torch.randn(shape), n, "torch")
+        yield f"reparameterize-bwd-k{n}", torch.ops.fastvae.reparameterize_bwd.default, (
+            torch.randn(shape), t(b, l, grad=False), torch.randn(shape), n, n == 0, "torch")
 
 
 CASES = list(_op_args())
@@ -137,16 +176,19 @@ def test_opcheck(name, op, args):
 
 
 def test_every_registered_op_is_opchecked():
-    registered = {n for n in dir(torch.ops.fastvae) if not n.startswith("_")}
+    registered = {n for n in dir(torch.ops.fastvae) if not n.startswith("_")
+                  and isinstance(getattr(torch.ops.fastvae, n), torch._ops.OpOverloadPacket)}
     covered = {c[1].name().split("::")[1].split(".")[0] for c in CASES}
-    public = {"elbo", "iwae_bound", "gaussian_log_prob", "kl_standard_normal"}
+    public = {"elbo", "iwae_bound", "gaussian_log_prob", "kl_standard_normal", "reparameterize"}
     assert public <= registered
-    assert public <= covered
+    assert registered == covered, registered ^ covered
 
 
-def test_dynamic_batch_sizes_compile_once():
+@pytest.mark.xfail(strict=True, reason=COMPILE_RUNS_REFERENCE)
+def test_dynamic_batch_sizes_compile_once(monkeypatch):
     """Dynamic shapes: one compiled graph serves several batch sizes (the fake kernels are
     shape-generic), with eager's values."""
+    calls = fused_calls(monkeypatch, "elbo")
     torch._dynamo.reset()
 
     def loss(x, r, mu, lv):
@@ -169,6 +211,7 @@ def test_dynamic_batch_sizes_compile_once():
         for a, c in zip(g1, g2):
             torch.testing.assert_close(a, c)
     assert counts[0] >= 1 and counts[1:] == [counts[0]] * 2, f"recompiled for a new batch size: {counts}"
+    assert len(calls) >= 6, "the compiled calls never reached the fused op"  # 3 eager, 3 compiled
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
@@ -205,11 +248,10 @@ def test_eager_calls_skip_the_custom_op_dispatch(monkeypatch):
     autograd.Function (the custom op's dispatch costs tens of microseconds a call);
     tracing, fake or meta tensors and dispatch modes still see the custom op."""
     from torch.utils.flop_counter import FlopCounterMode
-    from fastvae import ops
 
     calls = []
-    real_op = ops._elbo.op
-    monkeypatch.setattr(ops._elbo, "op", lambda *a: calls.append("op") or real_op(*a))
+    real_op = ELBO_OP._elbo.op
+    monkeypatch.setattr(ELBO_OP._elbo, "op", lambda *a: calls.append("op") or real_op(*a))
     x, recon, mu, lv = _elbo_args()[:4]
     fastvae.elbo(x, recon, mu, lv, backend="torch").backward()
     assert calls == [] and recon.grad is not None
@@ -222,10 +264,8 @@ def test_eager_calls_skip_the_custom_op_dispatch(monkeypatch):
 
 
 def test_function_path_and_custom_op_agree_bitwise():
-    from fastvae import ops
-
     outs = []
-    for call in (ops._elbo.function.apply, ops._elbo.op):
+    for call in (ELBO_OP._elbo.function.apply, ELBO_OP._elbo.op):
         args = _elbo_args()
         res = call(*args)
         grads = torch.autograd.grad(res[0] * 3.0, args[1:4])

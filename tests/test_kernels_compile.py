@@ -146,6 +146,7 @@ def _ids():
         return []
 
 
+@pytest.mark.slow  # the module's compiles: minutes on two cores
 @pytest.mark.parametrize("name,cc", _ids(), ids=[f"{n}-sm{cc}" for n, cc in _ids()])
 def test_kernel_compiles_without_spills(compiled, name, cc):
     r = compiled[(name, cc)]
@@ -155,6 +156,7 @@ def test_kernel_compiles_without_spills(compiled, name, cc):
     assert r["regs"] <= 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,cc", _ids(), ids=[f"{n}-sm{cc}" for n, cc in _ids()])
 def test_contiguous_path_loads_are_vectorized(compiled, name, cc):
     r = compiled[(name, cc)]
@@ -178,6 +180,34 @@ def test_every_launch_configuration_is_shipped():
                     assert f"{kernel}_rows[LIK={lik},{bb}x{bd},L{bl}]" in names
     finally:
         configs.CONFIG_MODE = old
+
+
+def test_iwae_onepass_gpu_configs_are_shipped():
+    """Every one-pass IWAE configuration the host can launch on a GPU is compiled here
+    (the two-pass kernel's tiles: the test above)."""
+    from fastvae.backends.triton_backend import configs
+    from fastvae.backends.triton_backend.shipped import shipped_configs
+    old = configs.CONFIG_MODE
+    configs.CONFIG_MODE = "gpu"
+    try:
+        names = {c["name"]: c for c in shipped_configs()}
+        hit = set()
+        for k in (1, 2, 3, 4, 5, 8, 9, 50):
+            for d in (1, 7, 64, 65, 256, 784, 1024, 1025):
+                for l in (1, 32, 128, 129):
+                    for lik in range(4):
+                        cfg = configs.iwae_onepass_config(256, k, d, l, lik)
+                        if cfg is None:
+                            assert k > 8 or d > 1024 or l > 128 or (lik == 1 and k > 4 and d > 256)
+                            continue
+                        bb, bk, bd, bl, warps = cfg
+                        name = f"iwae_bound_onepass[LIK={lik},{bb}x{bk}x{bd},L{bl}]"
+                        assert name in names and names[name]["num_warps"] == warps, name
+                        assert k <= bk and d <= bd and l <= bl
+                        hit.add(name)
+    finally:
+        configs.CONFIG_MODE = old
+    assert hit == {n for n in names if n.startswith("iwae_bound_onepass[")}
 
 
 def markdown_table(results) -> str:

@@ -1,32 +1,68 @@
-"""Runs the Triton kernel tests (tests/test_triton_*.py) under TRITON_INTERPRET=1.
+"""Runs the op suites on the Triton backend under TRITON_INTERPRET=1, in a child pytest.
 
-TRITON_INTERPRET must be set before the kernels are first imported, and setting it for
-the whole session would change what other suites see (backend="triton" accepting CPU
-tensors), so the kernel tests run in a child pytest that has it. On a GPU machine the
-same modules also run in this session, compiled, on CUDA tensors.
+Every op suite takes the ``backend`` fixture; in the child it yields "triton" only (see
+tests/_backends.py), so the same cases that run on "reference" and "torch" here run on
+the kernels there: on float32 inputs, against the float64 oracles, sizes capped by
+``_backends.bounded``. The Triton-only modules (launch counts, tiles) run there too.
+TRITON_INTERPRET must be set before the kernels are first imported, and setting it here
+would change what other suites see (backend="triton" accepting CPU tensors), hence the
+child. On a GPU machine the same suites also run in this session, compiled, on CUDA.
 """
+import ast
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from _triton_testing import HAS_TRITON, INTERPRET
+from _backends import HAS_TRITON, INTERPRET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODULES = ["test_triton_elbo.py", "test_triton_iwae.py", "test_triton_ops.py",
-           "test_triton_reparameterize.py"]
+MODULES = [
+    # one suite per op
+    "test_elbo.py", "test_elbo_numerics.py", "test_elbo_autograd.py", "test_iwae_bound.py",
+    "test_reparameterize.py", "test_kl_standard_normal.py", "test_gaussian_log_prob.py",
+    "test_higher_order.py", "test_loss_module.py",
+    # the Triton backend's own
+    "test_triton_backend.py", "test_triton_tiles.py",
+]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
 @pytest.mark.skipif(INTERPRET, reason="already under TRITON_INTERPRET=1: the modules run directly")
-def test_triton_kernels_under_interpreter():
+def test_op_suites_on_triton_under_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1",
                PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-           "-o", "addopts=", *[os.path.join(HERE, m) for m in MODULES]]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--maxfail=20",
+           "-o", "addopts=", "-rfEX", "--durations=5", *[os.path.join(HERE, m) for m in MODULES]]
+    start = time.monotonic()
     proc = subprocess.run(cmd, cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True)
     tail = (proc.stdout + proc.stderr)[-6000:]
-    print(tail)
-    assert proc.returncode == 0, f"kernel tests under TRITON_INTERPRET=1 failed:\n{tail}"
+    print(f"child pytest under TRITON_INTERPRET=1: {time.monotonic() - start:.0f} s\n{tail}")
+    assert proc.returncode == 0, f"the op suites under TRITON_INTERPRET=1 failed:\n{tail}"
     assert " passed" in proc.stdout, tail
+
+
+def _takes_backend_fixture(fn: ast.FunctionDef) -> bool:
+    """A test taking ``backend`` as a fixture, not through its own parametrize."""
+    if "backend" not in [a.arg for a in fn.args.args]:
+        return False
+    return not any("parametrize" in ast.unparse(d) and "backend" in ast.unparse(d)
+                   for d in fn.decorator_list)
+
+
+def test_every_suite_over_backends_runs_under_the_interpreter():
+    """A new module whose tests take the ``backend`` fixture is listed above, else its
+    cases would never run on the kernels."""
+    missing = []
+    for name in sorted(os.listdir(HERE)):
+        if not (name.startswith("test_") and name.endswith(".py")) or name in MODULES:
+            continue
+        with open(os.path.join(HERE, name)) as f:
+            tree = ast.parse(f.read())
+        if any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+               and _takes_backend_fixture(n) for n in ast.walk(tree)):
+            missing.append(name)
+    assert not missing, f"add to MODULES: {missing}"

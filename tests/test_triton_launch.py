@@ -1,11 +1,13 @@
-"""Host-side launch logic of the Triton backend, checked without running a kernel."""
+"""The Triton backend's launch helpers (fastvae/backends/triton_backend/_launch.py),
+checked without running a kernel: ``launch`` switches to the tensors' CUDA device,
+``dummy`` is one dedicated stand-in per dtype for absent pointers."""
 import contextlib
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
-from fastvae.backends import triton_backend as tb  # noqa: E402
+from fastvae.backends.triton_backend import _launch  # noqa: E402
 
 
 class FakeCudaTensor:
@@ -18,13 +20,14 @@ class FakeKernel:
         self.log = log
 
     def __getitem__(self, grid):
-        return lambda *args, **meta: self.log.append(("launch", grid))
+        return lambda **args: self.log.append(("launch", grid, sorted(args)))
 
 
 @pytest.mark.parametrize("index,current,switched", [(1, 0, True), (0, 0, False)])
 def test_launch_runs_on_the_tensors_device(monkeypatch, index, current, switched):
     """Triton launches on the current device: tensors on another GPU switch it for the
-    launch (and only then), instead of running on the wrong device's stream."""
+    launch (and only then), instead of running on the wrong device's stream. Keyword
+    arguments only, passed through as given."""
     log = []
 
     @contextlib.contextmanager
@@ -33,18 +36,36 @@ def test_launch_runs_on_the_tensors_device(monkeypatch, index, current, switched
         yield
         log.append(("exit", torch.device(d)))
 
-    monkeypatch.setattr(tb, "Tensor", FakeCudaTensor)
+    monkeypatch.setattr(_launch, "Tensor", FakeCudaTensor)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
     monkeypatch.setattr(torch.cuda, "device", device)
-    tb._launch(FakeKernel(log), (3,), 1.0, FakeCudaTensor(index), FakeCudaTensor(index), BLOCK=4)
+    _launch.launch(FakeKernel(log), (3,), c=1.0, X=FakeCudaTensor(index), Y=FakeCudaTensor(index),
+                   BLOCK=4)
     cuda = torch.device("cuda", index)
-    want = [("enter", cuda), ("launch", (3,)), ("exit", cuda)] if switched else [("launch", (3,))]
-    assert log == want
+    launched = ("launch", (3,), ["BLOCK", "X", "Y", "c"])
+    assert log == ([("enter", cuda), launched, ("exit", cuda)] if switched else [launched])
 
 
 def test_launch_on_cpu_tensors_never_touches_cuda(monkeypatch):
     log = []
     monkeypatch.setattr(torch.cuda, "current_device",
                         lambda: pytest.fail("asked CUDA for the current device"))
-    tb._launch(FakeKernel(log), (1,), torch.zeros(2), 3)
-    assert log == [("launch", (1,))]
+    _launch.launch(FakeKernel(log), (1,), X=torch.zeros(2), n=3)
+    assert log == [("launch", (1,), ["X", "n"])]
+
+
+def test_launch_takes_keyword_arguments_only():
+    with pytest.raises(TypeError):
+        _launch.launch(FakeKernel([]), (1,), torch.zeros(2))
+
+
+def test_dummy_is_one_stand_in_per_dtype():
+    """An absent pointer gets a dummy of the dtype the real tensor would have (the JIT
+    specializes on pointer element types), never another input."""
+    a = _launch.dummy(torch.bfloat16, "cpu")
+    assert a.dtype == torch.bfloat16 and a.numel() == 1
+    assert _launch.dummy(torch.bfloat16, torch.device("cpu")) is a
+    assert _launch.dummy(torch.float32, "cpu") is not a
+    x = torch.zeros(3)
+    assert _launch.given(x, torch.float16, "cpu") is x
+    assert _launch.given(None, torch.float16, "cpu") is _launch.dummy(torch.float16, "cpu")

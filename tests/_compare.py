@@ -1,0 +1,104 @@
+"""The tests' one comparison rule, and the autograd helpers every op suite uses.
+
+Rule: ``got`` matches ``want`` when both have the same shape, ``got`` is finite and,
+elementwise in float64,
+
+    |got - want| <= rtol * max(|want|, scale) + 2 * max|eager - want|
+
+``rtol``: by the dtype the compared implementation computed in (``TOL``), unless the
+check passes its own. ``scale``: the magnitude of the terms summed into ``want`` (a sum
+can cancel far below its terms' rounding); by default ``max|want|``, so one rule serves
+a summed loss and its per-element gradients alike. ``eager``: the same quantity from
+eager PyTorch in the same low precision; twice its error is allowed on top
+(flash-attention's rule), for quantities whose rounding error any implementation in
+that precision shares (e.g. softmax weights of log-weights of order 1e4).
+
+``fastvae.testing`` (being written on another branch) states the same kind of rule for
+the library and the benchmarks; when it lands, ``assert_close`` below delegates to it
+and the call sites stay as they are.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+import torch
+
+F64 = torch.float64
+
+# rtol by compute dtype. float64: the formulas and the fused math agree to ~1e-13; 1e-10
+# leaves room for sums of 1e3 terms. float32: ~100 ulp. Half types: a few of their ulps
+# (the fused math runs in fp32 and rounds once, on store).
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 2e-5,
+    torch.float16: 3e-3,
+    torch.bfloat16: 2e-2,
+}
+
+Rtol = Union[None, float, Mapping[torch.dtype, float]]
+
+
+def tolerance(dtype: torch.dtype, rtol: Rtol = None) -> float:
+    """The rtol of a check at ``dtype``: ``TOL``'s, or the check's own (a float, or a
+    ``{dtype: rtol}`` map for checks tighter or looser than the table at some dtypes,
+    e.g. ``{torch.float64: 1e-13}``: a case that runs in float32 on the Triton backend
+    keeps float32's tolerance)."""
+    if isinstance(rtol, Mapping):
+        return rtol.get(dtype, TOL[dtype])
+    return TOL[dtype] if rtol is None else rtol
+
+
+def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Tensor],
+                 dtype: torch.dtype = F64, *, rtol: Rtol = None, scale=None,
+                 eager: Optional[torch.Tensor] = None) -> None:
+    """Assert the module's rule; the message starts with ``what``. ``None`` (a gradient
+    that was not computed) matches only ``None``."""
+    if got is None or want is None:
+        assert got is None and want is None, f"{what}: got {got!r}, want {want!r}"
+        return
+    assert isinstance(got, torch.Tensor), f"{what}: got {type(got).__name__}"
+    assert tuple(got.shape) == tuple(want.shape), (
+        f"{what}: shape {tuple(got.shape)} != expected {tuple(want.shape)}")
+    if want.numel() == 0:
+        return
+    g, w = got.detach().double(), want.detach().double().to(got.device)
+    assert bool(torch.isfinite(g).all()), f"{what}: non-finite values in {g}"
+    tol = tolerance(dtype, rtol)
+    s = w.abs().max() if scale is None else torch.as_tensor(scale, dtype=F64, device=g.device)
+    bound = tol * torch.maximum(w.abs(), s.detach().double().expand_as(w)).clamp(min=1e-300)
+    if eager is not None:
+        bound = bound + 2 * (eager.detach().double().to(g.device) - w).abs().max()
+    err = (g - w).abs()
+    if not bool((err <= bound).all()):
+        i = int((err - bound).flatten().argmax())
+        raise AssertionError(
+            f"{what}: {int((err > bound).sum())} of {w.numel()} values off; worst at flat "
+            f"index {i}: got {g.flatten()[i].item()!r}, expected {w.flatten()[i].item()!r} "
+            f"(|err| {err.flatten()[i].item():.3e} > allowed {bound.flatten()[i].item():.3e}, "
+            f"rtol {tol:g})")
+
+
+# -- autograd helpers ------------------------------------------------------------------
+
+def leaf(t, requires_grad: bool = True):
+    """A fresh leaf with t's values (None and numbers pass through)."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    return t.detach().clone().requires_grad_(requires_grad)
+
+
+def oracle(*ts):
+    """float64 leaves of ``ts`` (same numbers, same requires_grad): the oracle's inputs."""
+    return [t.detach().double().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor)
+            else t for t in ts]
+
+
+def grads(value, inputs, weight=None):
+    """d sum(weight * value) / d inputs, in the inputs' order; None for an input that is
+    not a tensor requiring grad. ``weight``: a fixed cotangent (default ones)."""
+    if weight is not None:
+        value = value * weight.to(value.device)
+    need = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    got = iter(torch.autograd.grad(value.sum(), need, allow_unused=True, retain_graph=True))
+    return [next(got) if isinstance(t, torch.Tensor) and t.requires_grad else None
+            for t in inputs]

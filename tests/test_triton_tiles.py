@@ -1,0 +1,175 @@
+"""The Triton backend's launch configurations (fastvae/backends/triton_backend/configs.py):
+the tiles shipped for GPUs run under the interpreter too (``gpu_tiles``: their masking
+and loop bounds, not only the interpreter's big tiles), and the IWAE bound's choice of
+kernel: one pass where a row's K x D fits on chip, else two (which one ran, what each
+reads). That every configuration the host can pick is one tests/test_kernels_compile.py
+compiles is checked there.
+
+Runs where kernels run (tests/test_triton_interpreter.py runs this module under
+TRITON_INTERPRET=1).
+"""
+import ast
+import inspect
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+from _backends import KERNELS_RUN  # noqa: E402
+
+if not KERNELS_RUN:  # one line in the report, not one per test
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/test_triton_interpreter.py "
+                "runs this module with it)", allow_module_level=True)
+
+import fastvae  # noqa: E402
+from _compare import assert_close, oracle  # noqa: E402
+import _formulas as F  # noqa: E402
+from test_elbo import check_against_formula, make_like  # noqa: E402
+from test_iwae_bound import check as check_iwae  # noqa: E402
+from test_iwae_bound import make_like as iwae_inputs  # noqa: E402
+
+F32 = torch.float32
+ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel")
+
+
+@pytest.fixture
+def kernels(kernel_device):
+    """Tensors on the device the kernels run on (CUDA unless interpreted)."""
+    before = torch.get_default_device()
+    torch.set_default_device(kernel_device)
+    yield kernel_device
+    torch.set_default_device(before)
+
+
+@pytest.fixture
+def gpu_tiles(kernels):
+    """Launch with the tiles and warps shipped for GPUs (the ones test_kernels_compile.py
+    builds), whatever the session."""
+    from fastvae.backends.triton_backend import configs
+    old = configs.CONFIG_MODE
+    configs.CONFIG_MODE = "gpu"
+    yield configs
+    configs.CONFIG_MODE = old
+
+
+def row_kernel(launches):
+    rows = [n for n in launches if n in ROW_KERNELS]
+    assert len(rows) == 1, launches
+    return "onepass" if rows[0] == ROW_KERNELS[0] else "twopass"
+
+
+# -- the ELBO's row tiles ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("b,d,l,like,kl", [
+    (33, 7, 70, "bernoulli", "mc"),                   # 32x64 tile, two row programs, L > BLOCK_L
+    (9, 200, 5, "gaussian_perdim", "analytic"),       # 8x256 tile
+    (3, 784, 130, "continuous_bernoulli", "analytic"),  # 2x1024 tile, L > BLOCK_L
+    (2, 4100, 3, "gaussian_full", "mc"),              # 1x2048 tile, three column blocks
+])
+def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
+    for reduction, fb in (("mean", 0.5), ("none", 0.0)):
+        (x, recon, mu, lv, z), obs, likelihood = make_like(b, d, l, like, F32)
+        check_against_formula(x, recon, mu, lv, z if kl == "mc" else None, "triton",
+                              likelihood=likelihood, kl=kl, obs_logvar=obs, reduction=reduction,
+                              free_bits=fb)
+
+
+def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches):
+    """The scale launch's grid is capped (4 programs off a GPU): with the shipped block of
+    2048, d/drecon's 14 blocks are walked by striding programs; every element scaled."""
+    import triton
+    from fastvae.backends.triton_backend import scale
+    (x, recon, mu, lv, _), _, _ = make_like(40, 700, 6, "bernoulli", F32)
+    got = fastvae.elbo(x, recon, mu, lv, reduction="sum", backend="triton")
+    del launches[:]
+    g = torch.autograd.grad(got * 0.75, [recon, mu, lv])
+    assert launches == ["scale_grads_kernel"]
+    assert triton.cdiv(recon.numel(), gpu_tiles.SCALE_BLOCK) > scale._programs(recon.device)
+    o = oracle(x, recon, mu, lv)
+    want = torch.autograd.grad(F.elbo(*o, reduction="sum") * 0.75, o[1:])
+    for a, w, name in zip(g, want, ("recon", "mu", "logvar")):
+        assert_close(f"d/d{name}", a, w, F32)
+
+
+# -- the IWAE bound: which kernel, and every shipped tile ----------------------------------------
+
+@pytest.mark.parametrize("k,like", [(k, like) for k in (1, 4, 8, 9) for like in
+                                    ("bernoulli", "continuous_bernoulli", "gaussian_full")])
+def test_iwae_kernel_choice(seed, kernels, launches, k, like):
+    """K <= 8 with small D and L: the one-pass kernel; K = 9: the two-pass one."""
+    check_iwae("triton", k, 3, 7, 5, like, "mean")
+    assert row_kernel(launches) == ("onepass" if k <= 8 else "twopass")
+
+
+# (K, B, D, L) per path, odd sizes; the two-pass ones exceed one of K <= 8, D <= 1024, L <= 128
+@pytest.mark.parametrize("path,shape,like,reduction,dtype,noncontig", [
+    ("onepass", (1, 3, 7, 5), "gaussian_perdim", "mean", F32, True),
+    ("onepass", (3, 5, 7, 3), "continuous_bernoulli", "none", torch.bfloat16, False),
+    ("onepass", (3, 5, 7, 3), "gaussian_full", "sum", F32, True),
+    ("onepass", (5, 4, 784, 32), "bernoulli", "sum", F32, False),
+    ("onepass", (5, 4, 784, 32), "gaussian_full", "mean", torch.bfloat16, True),
+    ("onepass", (5, 4, 784, 32), "gaussian_perdim", "sum", F32, False),
+    ("onepass", (8, 2, 33, 128), "gaussian", "none", F32, True),
+    ("onepass", (5, 3, 1024, 1), "bernoulli", "mean", F32, False),
+    ("twopass", (9, 3, 7, 5), "gaussian_perdim", "mean", torch.bfloat16, True),
+    ("twopass", (3, 2, 1030, 3), "bernoulli", "none", F32, True),
+    ("twopass", (2, 3, 7, 129), "gaussian_full", "sum", F32, False),
+    ("twopass", (16, 2, 30, 4), "continuous_bernoulli", "mean", F32, False),
+])
+def test_iwae_paths(seed, kernels, launches, path, shape, like, reduction, dtype, noncontig):
+    check_iwae("triton", *shape, like, reduction, dtype, noncontig=noncontig)
+    assert row_kernel(launches) == path
+
+
+def _recon_loads(kernel):
+    """The calls in a kernel's source that load from recon_k (the pointer R)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(kernel.fn)))
+    return tree, [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+                  and ast.unparse(n.func).split(".")[-1] in ("load", "load_f32")
+                  and n.args and ast.unparse(n.args[0]).split(" ")[0] == "R"]
+
+
+def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
+    """K=5, D=784 (the benchmark's shape): one row kernel, no (K, B) log-weight scratch,
+    the gradients written in the forward launch, and the kernel's source loads recon_k at
+    one place, outside any loop (the two-pass kernel, for contrast, at two)."""
+    from fastvae.backends.triton_backend import _launch
+    from fastvae.kernels import iwae_bound as ki
+    allocs = []
+    real = _launch.alloc
+    monkeypatch.setattr(_launch, "alloc", lambda shape, dtype, device:
+                        allocs.append(tuple(shape)) or real(shape, dtype, device))
+    k, b = 5, 3
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, 784, 32, "bernoulli", F32)
+    v = fastvae.iwae_bound(x, recon, mu, lv, z, backend="triton")
+    assert launches == ["iwae_bound_onepass_kernel"], launches
+    assert (k, b) not in allocs, allocs
+    del launches[:]
+    torch.autograd.grad(v.sum(), [recon, mu, lv, z])
+    assert launches == [], launches
+    tree, loads = _recon_loads(ki.iwae_bound_onepass_kernel)
+    assert len(loads) == 1
+    assert not any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(tree))
+    assert len(_recon_loads(ki.iwae_bound_rows_kernel)[1]) == 2
+
+
+# every one-pass GPU tile (B > BLOCK_B where it has several rows: masked tail rows and
+# per-program obs_logvar partials), the continuous Bernoulli's 8192-element fallback to
+# two passes, and the two-pass tiles
+@pytest.mark.parametrize("k,b,d,l,like,path", [
+    (3, 33, 7, 70, "gaussian_perdim", "onepass"),        # 8x4x64
+    (6, 9, 60, 128, "bernoulli", "onepass"),             # 4x8x64
+    (2, 9, 200, 5, "gaussian_perdim", "onepass"),        # 4x4x256
+    (7, 5, 256, 3, "continuous_bernoulli", "onepass"),   # 2x8x256
+    (2, 3, 784, 3, "continuous_bernoulli", "onepass"),   # 1x4x1024
+    (5, 2, 784, 32, "gaussian_full", "onepass"),         # 1x8x1024, 16 warps
+    (5, 2, 784, 32, "continuous_bernoulli", "twopass"),  # 8192 elements: CB spills
+    (9, 33, 7, 70, "bernoulli", "twopass"),
+    (2, 2, 4100, 3, "gaussian_full", "twopass")])
+def test_iwae_shipped_gpu_tiles(seed, launches, gpu_tiles, k, b, d, l, like, path):
+    for reduction in ("mean", "none"):
+        del launches[:]
+        check_iwae("triton", k, b, d, l, like, reduction)
+        assert row_kernel(launches) == path
+

@@ -33,7 +33,7 @@ come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 import triton
 import triton.language as tl
 
-from ._math import (LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
+from ._math import (LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
                     NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, kl_tile,
                     likelihood_tile, load_data, load_f32, program_rows, store_as)
 
@@ -117,17 +117,19 @@ def iwae_bound_rows_kernel(
                     if (flags & NEED_GR) != 0:
                         store_as(GR, gr_base + rows2 * D + cols2, g_r * w, m)
                     gx_acc += g_x * w
-                    gs_acc += g_s * w
+                    if LIK >= LIK_GAUSSIAN_SCALAR:  # else no obs_logvar: keep no dead accumulator
+                        gs_acc += g_s * w
                     r_base += stride_rk
                     gr_base += size_bd
                 out_off = rows2 * D + cols2
                 if (flags & NEED_GX) != 0:
                     store_as(GX, out_off, gx_acc, m)
-                if (flags & NEED_GOBS_ROWS) != 0:
-                    store_as(GOBS, out_off, gs_acc, m)
-                if (flags & NEED_GOBS_PARTIAL) != 0:
-                    part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
-                    tl.store(GOBS + pid * D + cols, part, mask=cols < D)
+                if LIK >= LIK_GAUSSIAN_SCALAR:
+                    if (flags & NEED_GOBS_ROWS) != 0:
+                        store_as(GOBS, out_off, gs_acc, m)
+                    if (flags & NEED_GOBS_PARTIAL) != 0:
+                        part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
+                        tl.store(GOBS + pid * D + cols, part, mask=cols < D)
         if (flags & NEED_LATENT_GRADS) != 0:
             for l0 in range(0, L, BLOCK_L):
                 lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]

@@ -29,14 +29,6 @@ class TinyVAE(nn.Module):
         return fastvae.elbo(x, logits, mu, lv, kl="mc", z=z, beta=0.5, backend="torch")
 
 
-# Found by these tests: under torch.compile, fastvae.ops.functorch_active() is true (dynamo
-# answers peek_interpreter_stack() with a non-None value), so the public functions take the
-# reference math instead of the fused op; torch.distributions' kl_divergence then breaks
-# the graph (the analytic KL), and nothing the fused backends do is compiled.
-COMPILE_RUNS_REFERENCE = ("under torch.compile functorch_active() is true: the reference math "
-                          "runs instead of the fused op")
-
-
 def fused_calls(monkeypatch, op: str):
     """A list that records each call of the "torch" backend's ``<op>_fwd``: a compiled call
     must reach the fused op (one custom-op node), not trace the reference math."""
@@ -51,7 +43,6 @@ def _grads(model):
     return [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.xfail(strict=True, reason=COMPILE_RUNS_REFERENCE)
 def test_compiled_train_step_fullgraph_matches_eager(monkeypatch):
     """One graph (no break) for encoder -> reparameterize -> decoder -> elbo; the same value
     and parameter gradients as eager when both draw the same eps."""
@@ -107,7 +98,6 @@ def _case(op):
             torch.randn(k, b, l, requires_grad=True)), dict(reduction="mean")
 
 
-@pytest.mark.xfail(strict=True, reason=COMPILE_RUNS_REFERENCE)
 @pytest.mark.parametrize("op", list(OPS))
 def test_each_op_compiles_without_graph_break(monkeypatch, op):
     args, kw = _case(op)
@@ -184,7 +174,6 @@ def test_every_registered_op_is_opchecked():
     assert registered == covered, registered ^ covered
 
 
-@pytest.mark.xfail(strict=True, reason=COMPILE_RUNS_REFERENCE)
 def test_dynamic_batch_sizes_compile_once(monkeypatch):
     """Dynamic shapes: one compiled graph serves several batch sizes (the fake kernels are
     shape-generic), with eager's values."""

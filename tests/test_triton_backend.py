@@ -268,8 +268,6 @@ def _train_step(x, w, mu, lv):
 
 # inductor on CUDA only: on CPU tensors it spends ~40 s building C++ around the same
 # custom-op nodes (tests/test_compile.py covers inductor on the CPU backends)
-@pytest.mark.xfail(strict=True, reason="under torch.compile functorch_active() is true: the "
-                   "reference math runs instead of the fused op (see tests/test_compile.py)")
 @pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor",
                                                                        marks=pytest.mark.gpu)])
 def test_compiled_train_step_has_no_graph_break(seed, monkeypatch, launches, compile_backend):

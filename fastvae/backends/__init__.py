@@ -97,7 +97,9 @@ def last_used() -> str | None:
     return _last_used
 
 
-# Import the Triton backend now where it can run, so that torch.compile never traces an
-# import; elsewhere (CPU-only machines) importing triton would only cost start-up time.
+# Import the backends now, so that torch.compile never traces an import: the Triton one
+# only where it can run (elsewhere importing triton would only cost start-up time).
+get("torch")
+get("reference")
 if torch.cuda.is_available() or _env.interpreting():
     triton_available()

@@ -160,7 +160,10 @@ def _dispatch_modes() -> int:
 
 
 def functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running."""
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running eagerly.
+    (torch.compile traces through the custom ops; its own tracing looks like one.)"""
+    if torch.compiler.is_compiling():
+        return False
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
     return peek is not None and peek() is not None
 

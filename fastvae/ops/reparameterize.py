@@ -36,6 +36,7 @@ def _(mu, logvar, noise, n_samples, backend):
 @torch.library.custom_op("fastvae::reparameterize_bwd", mutates_args=())
 def _bwd_op(dz: Tensor, logvar: Tensor, noise: Tensor, n_samples: int, need_dlogvar: bool,
             backend: str) -> tuple[Tensor, Tensor]:
+    """(dmu, dlogvar) of reparameterize; called where dlogvar is needed."""
     dmu, dlv = backends.get(backend).reparameterize_bwd(dz, logvar, noise, n_samples,
                                                         need_dlogvar)
     return (dmu.clone() if dmu is dz else dmu), dlv  # an op's output may not alias its input
@@ -58,12 +59,14 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, dz):
     logvar, noise = ctx.saved_tensors
     need_mu, need_lv = ctx.need
+    if not need_lv:  # dmu alone needs no noise and no backend: the sum over samples
+        return (dz.sum(0) if ctx.n_samples else dz) if need_mu else None, None, None, None, None
     if A.plain_eager((dz, logvar)):
         dmu, dlv = backends.get(ctx.backend).reparameterize_bwd(dz, logvar, noise, ctx.n_samples,
                                                                 need_lv)
     else:
         dmu, dlv = _bwd_op(dz, logvar, noise, ctx.n_samples, need_lv, ctx.backend)
-    return (dmu if need_mu else None, dlv if need_lv else None, None, None, None)
+    return (dmu if need_mu else None, dlv, None, None, None)
 
 
 def _higher_order(ctx, dz):

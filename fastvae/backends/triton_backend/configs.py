@@ -28,12 +28,19 @@ ROW_TILES = {
     "iwae_bound": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 1, 1024, 128),
                    (None, 1, 2048, 128)),
 }
+# Per likelihood, where a tile of ROW_TILES spills at every warps count: the continuous
+# Bernoulli's log-normaliser keeps more values live in the IWAE gradient pass.
+ROW_TILES_BY_LIK = {
+    ("iwae_bound", CONTINUOUS_BERNOULLI): ((64, 32, 64, 64), (256, 4, 128, 128),
+                                           (1024, 1, 1024, 128), (None, 1, 2048, 128)),
+}
 ROW_WARPS = 8
 # num_warps where 8 makes ptxas spill: (kernel, LIK, BLOCK_B, BLOCK_D) -> warps; 16 where
 # both 4 and 8 spill in one of the compiled variants (the measurements: RESULTS.md).
 ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
                       ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
-                      ("iwae_bound", 1, 1, 1024): 16, ("iwae_bound", 2, 1, 2048): 16}
+                      ("iwae_bound", 1, 32, 64): 4, ("iwae_bound", 1, 1, 1024): 16,
+                      ("iwae_bound", 2, 1, 2048): 16}
 
 # The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one with
 # K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L wins; with none the two-pass kernel runs. A
@@ -80,10 +87,15 @@ def row_config(b: int, d: int, l: int, kernel: str = "elbo", lik: int = BERNOULL
         block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
         block_l = max(16, min(_p2(l), max(_INTERP_TILE // block_b, 16)))
         return block_b, block_d, block_l, ROW_WARPS
-    for upto, block_b, block_d, block_l in ROW_TILES[kernel]:
+    for upto, block_b, block_d, block_l in row_tiles(kernel, lik):
         if upto is None or d <= upto:
             warps = ROW_WARPS_OVERRIDE.get((kernel, lik, block_b, block_d), ROW_WARPS)
             return block_b, block_d, block_l, warps
+
+
+def row_tiles(kernel: str, lik: int):
+    """The (D up to, BLOCK_B, BLOCK_D, BLOCK_L) tiles of a row kernel for likelihood ``lik``."""
+    return ROW_TILES_BY_LIK.get((kernel, lik), ROW_TILES[kernel])
 
 
 def iwae_onepass_tiles(lik: int):

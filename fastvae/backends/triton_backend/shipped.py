@@ -67,8 +67,8 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     out = []
     rows = {"elbo": ke.elbo_rows_kernel, "iwae_bound": ki.iwae_bound_rows_kernel}
     for op, kernel in rows.items():
-        for _, block_b, block_d, block_l in configs.ROW_TILES[op]:
-            for lik in LIKELIHOOD_CODES:
+        for lik in LIKELIHOOD_CODES:
+            for _, block_b, block_d, block_l in configs.row_tiles(op, lik):
                 cx = {"LIK": lik, "BLOCK_B": block_b, "BLOCK_D": block_d, "BLOCK_L": block_l}
                 warps = configs.ROW_WARPS_OVERRIDE.get((op, lik, block_b, block_d),
                                                        configs.ROW_WARPS)

@@ -284,7 +284,7 @@ def native_kernel_off():
     ``_native.load`` leaves the loaded kernel in place, so switching back costs nothing
     (``FASTVAE_NATIVE`` plus ``_native.reset()`` would look for the kernel again on the
     next variant's call, inside its timing)."""
-    from .backends import _native
+    from .backends.torch_backend import native as _native
 
     load = _native.load
     _native.load = lambda: None
@@ -1140,7 +1140,7 @@ def environment(device: str) -> dict:
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     else:  # whether fastvae-torch runs the compiled C row kernel or its aten fallback
-        from .backends import _native
+        from .backends.torch_backend import native as _native
         _native.load()
         env["native_kernel"] = _native.status()
     return env

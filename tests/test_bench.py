@@ -184,7 +184,7 @@ def test_cuda_suite_grid_fits_a_card(monkeypatch):
 
 def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
     # The torch backend's no-C-compiler fallback, on CPU, for the ops that have the kernel.
-    from fastvae.backends import _native
+    from fastvae.backends.torch_backend import native as _native
 
     for op in ("elbo", "elbo_eval", "iwae"):
         names = bench.variant_names(op, "cpu")

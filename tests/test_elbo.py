@@ -578,7 +578,7 @@ def cpu_path(request, monkeypatch):
     import importlib
 
     try:
-        native = importlib.import_module("fastvae.backends._native")
+        native = importlib.import_module("fastvae.backends.torch_backend.native")
     except ImportError:
         native = None
     if request.param == "aten":

@@ -5,7 +5,7 @@ autograd wiring that saves only those gradients lives once, in ``fastvae.ops``.
 
 Speed (the ELBO): the Bernoulli term is nearly all of the cost (two transcendentals
 per element), so for float32 (and fp16/bf16, upcast a row chunk at a time) it runs in
-a small C kernel, ``fastvae.backends._native``, that does one ``exp`` and one
+a small C kernel, ``fastvae.backends.torch_backend.native``, that does one ``exp`` and one
 ``log1p`` per element and writes the gradient straight into its output. That kernel
 is compiled with the system C compiler on first use (about 0.2 s, cached on disk
 per machine, ``~/.cache/fastvae``); with no compiler, a failed build, or
@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from . import _native
+from .torch_backend import native as _native
 from . import reduce_scale, result_dtype, upcast
 
 _LOG2 = math.log(2.0)
@@ -222,7 +222,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     The gradients are of the returned value: for "mean"/"sum" of the reduced value,
     for "none" of each row's own value (backward weighs rows by grad_output).
     The Bernoulli term of fp32 inputs runs in the compiled kernel of
-    ``fastvae.backends._native`` when it is available (first use compiles it, about
+    ``fastvae.backends.torch_backend.native`` when it is available (first use compiles it, about
     0.2 s, once per machine); otherwise in row chunks of aten ops.
     """
     dtype = result_dtype(x, recon, mu, logvar, z, obs)

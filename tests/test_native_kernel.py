@@ -156,6 +156,18 @@ def test_torch_openmp_runtime_read_from_its_library():
     assert runtime is not None and runtime in needed and native._loaded(runtime)
 
 
+def test_status_names_torchs_runtime_beside_other_copies():
+    """scikit-learn ships its own libgomp under another soname; the status names the file
+    the OpenMP build shares, torch's."""
+    pytest.importorskip("sklearn.utils._openmp_helpers")
+    _kernel_or_skip()
+    runtime = native.torch_openmp_runtime()
+    if not native._openmp or runtime is None:
+        pytest.skip(native.status())
+    (path,) = native._mapped_paths(runtime)
+    assert os.path.basename(path).startswith(runtime) and path in native.status()
+
+
 def test_elf_needed_of_non_elf(tmp_path):
     p = tmp_path / "x.so"
     p.write_bytes(b"not an ELF file at all" * 10)
@@ -169,7 +181,7 @@ def _rows(x, l, threads):
     return rows, g
 
 
-@pytest.mark.parametrize("why", ["torch-not-openmp", "runtime-not-loaded"])
+@pytest.mark.parametrize("why", ["torch-not-openmp", "runtime-not-loaded", "two-copies"])
 def test_without_torchs_runtime_builds_without_openmp(cache, monkeypatch, why):
     """Where the OpenMP build would bring a second runtime, the library is built without
     OpenMP and rows are split over Python threads, with bitwise the same results."""
@@ -182,8 +194,10 @@ def test_without_torchs_runtime_builds_without_openmp(cache, monkeypatch, why):
     want = _rows(x, l, 1)
     if why == "torch-not-openmp":
         monkeypatch.setattr(native, "torch_openmp_runtime", lambda: None)
-    else:
+    elif why == "runtime-not-loaded":
         monkeypatch.setattr(native, "_loaded", lambda soname: False)
+    else:
+        monkeypatch.setattr(native, "_mapped_paths", lambda soname: ["/a/" + soname, "/b/" + soname])
     loaded = []
     bind = native._bind
     monkeypatch.setattr(native, "_bind", lambda p: loaded.append(p) or bind(p))
@@ -319,7 +333,8 @@ def _child(cache_dir):
 
 
 def _kind(status: str) -> str:
-    return status.split(";")[0]
+    """Which build a status names (OpenMP in which runtime, or none), without the details."""
+    return status.split(" (")[0]
 
 
 def _check_child(proc, want_status):

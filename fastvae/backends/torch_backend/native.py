@@ -203,16 +203,20 @@ def _loaded(soname: str) -> bool:
         return False
 
 
-def _mapped_path(soname: str) -> str:
+def _mapped_paths(soname: str) -> List[str]:
+    """The distinct files mapped under ``soname`` (other copies of a runtime, e.g.
+    scikit-learn's ``libgomp-<hash>.so.1.0.0``, carry sonames of their own)."""
+    paths: List[str] = []
     try:
         with open("/proc/self/maps") as f:
             for line in f:
                 p = line.split()[-1]
-                if os.path.basename(p).startswith(soname.split(".so")[0]):
-                    return p
+                name = os.path.basename(p)
+                if (name == soname or name.startswith(soname + ".")) and p not in paths:
+                    paths.append(p)
     except OSError:
         pass
-    return "?"
+    return paths
 
 
 def torch_openmp_runtime() -> Optional[str]:
@@ -235,6 +239,8 @@ def _openmp_check(path: str) -> str:
         return f"the OpenMP build links {ours or 'no known runtime'}, torch links {torch_omp}"
     if not _loaded(torch_omp):
         return f"{torch_omp} is not loaded in this process"
+    if len(_mapped_paths(torch_omp)) > 1:  # which one would the linker bind? not ours to guess
+        return f"two files named {torch_omp} are loaded: {_mapped_paths(torch_omp)}"
     return ""
 
 
@@ -276,8 +282,9 @@ def _load():
             if not why_not_omp:
                 lib, fn, omp = _bind(path)
                 runtime = torch_openmp_runtime()
+                where = (_mapped_paths(runtime) or ["?"])[0]
                 return lib, fn, omp, (f"loaded: OpenMP threads in torch's runtime {runtime} "
-                                      f"({_mapped_path(runtime)}); {cc} {' '.join(_OPENMP_FLAGS)}")
+                                      f"({where}); {cc} {' '.join(_OPENMP_FLAGS)}")
         except (OSError, subprocess.SubprocessError, AttributeError) as e:
             why_not_omp = "the OpenMP build failed"
             errors.append(_error(_OPENMP_FLAGS, e))

@@ -10,10 +10,10 @@
  * element. exp(-|l|) is shared by softplus and sigmoid, so one exp and one log1p
  * per element suffice; aten needs separate passes and inductor's Sleef functions
  * handle ranges this loop never sees (the argument of exp is <= 0, that of log1p is
- * in [0, 1]), which lets the polynomials below skip the range checks.
+ * in [0, 1]), which lets the approximations below skip the range checks.
  *
- * Accuracy: exp and log are the Cephes single-precision polynomials; the tests sweep
- * them densely against float64 and state the bounds. Arguments of exp below -87 give
+ * Accuracy: exp is the Cephes single-precision polynomial, log1p a short atanh series
+ * (below); the tests sweep both densely against float64 and state the bounds. Arguments of exp below -87 give
  * exp(-87) rather than a denormal (an absolute error below 2e-38).
  *
  * Threads: rows are split over an OpenMP team only when the loader has checked that
@@ -50,26 +50,18 @@ static inline vf exp_nonpos(vf x) {
   return p * (vf)((n + 127) << 23);               /* times 2^n, n in [-126, 0] */
 }
 
-/* log(1 + e) for e in [0, 1]: Cephes logf of m = (1 + e) / 2^k with k = (1 + e > sqrt 2);
-   for k = 0 the polynomial's argument m - 1 is e itself, exact however small. */
+/* log(1 + e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: 2s (1 + t Q(t)),
+   t = s^2 <= 1/9, Q a cubic fitted (Lawson's minimax) to atanh(sqrt t) / sqrt t on [0, 1/9]
+   with relative error 4.5e-9. A division, then four multiply-adds: cheaper than a logf
+   (range split and a degree-8 polynomial). Tiny e: 2 + e rounds to 2 and 2s = e. */
 static inline vf log1p_unit(vf e) {
-  vi big = e > 0.41421356f;
-  vf f = sel(big, (e - 1.0f) * 0.5f, e);
-  vf k = (vf)(big & (vi)SPLAT(1.0f));
-  vf z = f * f;
-  vf y = SPLAT(7.0376836292E-2f);
-  y = y * f - 1.1514610310E-1f;
-  y = y * f + 1.1676998740E-1f;
-  y = y * f - 1.2420140846E-1f;
-  y = y * f + 1.4249322787E-1f;
-  y = y * f - 1.6668057665E-1f;
-  y = y * f + 2.0000714765E-1f;
-  y = y * f - 2.4999993993E-1f;
-  y = y * f + 3.3333331174E-1f;
-  y = y * f * z;
-  y = y + k * -2.12194440e-4f;
-  y = y - 0.5f * z;
-  return (f + y) + k * 0.693359375f;
+  vf s = e / (2.0f + e);
+  vf t = s * s;
+  vf q = t * 1.4005856216E-1f + 1.4001007378E-1f;
+  q = q * t + 2.0010748506E-1f;
+  q = q * t + 3.3333209157E-1f;
+  vf s2 = s + s;
+  return s2 + (s2 * t) * q;
 }
 
 /* x*l - softplus(l) and, into *g, c * (x - sigmoid(l)); e = exp(-|l|) serves both. */

@@ -46,8 +46,10 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bernoulli_row
 _OPENMP_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
 # Without OpenMP: tuned for this CPU, then portable (a compiler without -march=native).
 _PLAIN_FLAG_SETS = (["-O3", "-march=native", "-fPIC", "-shared"], ["-O3", "-fPIC", "-shared"])
-# Below this many elements one thread is faster than waking a second.
+# Below this many elements one thread is faster than waking a second: an OpenMP worker
+# is woken in microseconds, a pool thread (a futex, then the GIL for a moment) in tens.
 PARALLEL_MIN_ELEMS = 1 << 15
+POOL_MIN_ELEMS = 1 << 20
 _EVAL_CODES = {"exp": 0, "log1p": 1, "softplus": 2, "sigmoid": 3}
 
 _lock = threading.Lock()
@@ -350,9 +352,11 @@ def bernoulli_rows(x: torch.Tensor, logits: torch.Tensor, grad, c: float, out: t
                    threads: Optional[int] = None):
     """out[i] = sum_d x*l - softplus(l); grad (contiguous (B, D) or None) = c * (x - sigmoid(l)).
 
-    ``threads`` (default ``torch.get_num_threads()``, one below PARALLEL_MIN_ELEMS)."""
+    ``threads`` (default ``torch.get_num_threads()``, one below PARALLEL_MIN_ELEMS, or
+    POOL_MIN_ELEMS for a build without OpenMP)."""
     rows, d = x.shape
-    n = threads or (torch.get_num_threads() if rows * d >= PARALLEL_MIN_ELEMS else 1)
+    n = threads or (torch.get_num_threads()
+                    if rows * d >= (PARALLEL_MIN_ELEMS if _openmp else POOL_MIN_ELEMS) else 1)
     n = max(1, min(n, rows))
     xp, sx, lp, sl = x.data_ptr(), x.stride(0), logits.data_ptr(), logits.stride(0)
     gp, op = None if grad is None else grad.data_ptr(), out.data_ptr()

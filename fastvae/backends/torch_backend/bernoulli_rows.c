@@ -11,10 +11,13 @@
  * per element suffice; aten needs separate passes and inductor's Sleef functions
  * handle ranges this loop never sees (the argument of exp is <= 0, that of log1p is
  * in [0, 1]), which lets the approximations below skip the range checks.
+ * torch.compile of the same closed form was measured against it before keeping it
+ * (benchmarks/RESULTS.md, "CPU row kernel: C or torch.compile").
  *
- * Accuracy: exp is the Cephes single-precision polynomial, log1p a short atanh series
- * (below); the tests sweep both densely against float64 and state the bounds. Arguments of exp below -87 give
- * exp(-87) rather than a denormal (an absolute error below 2e-38).
+ * Accuracy: exp is the Cephes single-precision polynomial, log1p a short atanh
+ * series (below); the tests sweep both densely against float64 and state the
+ * bounds. Arguments of exp below -87 give exp(-87) rather than a denormal (an
+ * absolute error below 2e-38).
  *
  * Threads: rows are split over an OpenMP team only when the loader has checked that
  * the OpenMP runtime this library links is the one torch already uses; otherwise

@@ -138,3 +138,18 @@ def reparameterize_grid(bl: int):
         chunks = max(1, min(16, _p2(triton.cdiv(bl, 4 * kr.Q))))
     cpad = triton.cdiv(bl, 4 * kr.Q) * kr.Q
     return (triton.cdiv(bl, 4 * kr.Q * chunks),), chunks, cpad
+
+
+# The discretized logistic mixture: (BLOCK_P, num_warps) by BLOCK_M, the number of mixture
+# components M padded to a power of two (at least 4): ~1024-element tiles. Larger M runs
+# on the "torch" backend.
+DMOL_TILES = {4: (256, 4), 8: (128, 4), 16: (64, 4), 32: (32, 4), 64: (16, 4)}
+DMOL_MAX_MIX = 64
+
+
+def dmol_config(m: int, hw: int):
+    """(BLOCK_M, BLOCK_P, num_warps) of the DMoL kernel for M components and HW pixels."""
+    block_m = max(4, _p2(m))
+    if interpreter_tiles():
+        return block_m, max(16, min(_p2(hw), _INTERP_TILE // block_m)), ROW_WARPS
+    return (block_m, *DMOL_TILES[block_m])

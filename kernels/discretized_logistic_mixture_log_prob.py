@@ -1,0 +1,165 @@
+"""Fused discretized mixture of logistics: the per-sample log-likelihood of images and its
+gradient w.r.t. the mixture's parameters, in one pass.
+
+``dmol_rows_kernel`` — grid ``B * cdiv(HW, BLOCK_P)`` (flattened: B may exceed the 65535
+of a second grid axis); program ``pid`` owns ``BLOCK_P`` pixels of sample
+``pid // n_blocks``. It loads the pixels' C data values and their ``S*M`` parameters
+(a ``(BLOCK_M, BLOCK_P)`` tile per parameter slot, M padded to BLOCK_M, pixels
+contiguous) once, forms each channel's log bin mass for every component, the mixture's
+logsumexp over components, and from the same registers the gradient: responsibilities
+``r_m`` times each channel's partials, ``r - softmax(logits)`` for the logits, written
+once, already multiplied by ``c``. Each program writes the sum of its pixels' log p to
+``PARTIALS[pid]`` (fp32); the host sums a sample's blocks (torch, fixed order: no
+atomics). Bytes: read params and x once, write d/dparams once: ``(2 S M + C) s`` per
+pixel for elements of ``s`` bytes (``S M`` = 10M for RGB, 3M for grayscale).
+
+The math (``fastvae.backends.torch_backend.terms.logistic_bin``): with
+``a, b = (y - m +- h) e^-s`` and ``w = 2h e^-s``, a bin's log mass is ``log sigmoid(a)``
+(bottom), ``log sigmoid(-b)`` (top) or ``log sigmoid(a) + log sigmoid(-b) + log(1 -
+e^-w)`` (interior), the last as ``log w + log((1 - e^-w)/w)``, exact where w underflows.
+``1 - e^-w`` and tanh use Kahan's ``expm1(x) = (e^x - 1) x / log(e^x)``: exp and log
+only, so the interpreter runs the same code.
+"""
+import triton
+import triton.language as tl
+
+from ._math import load_f32, log1p_small, store_as
+
+LOG_SCALE_MIN = tl.constexpr(-7.0)
+
+
+@triton.jit
+def gap_ratio(w):
+    """``((1 - e^-w) / w, e^-w)`` for w >= 0: 1 at w = 0; Kahan's expm1 below w = 1, where
+    ``1 - e^-w`` would cancel; the plain difference above, where ``log(e^-w)`` may be
+    ``-inf``."""
+    u = tl.exp(-w)
+    skip = (u == 1.0) | (u == 0.0)  # where the other branch is taken: no 0/0, no log 0
+    kahan = tl.where(skip, 1.0, (1.0 - u) / -tl.log(tl.where(skip, 0.5, u)))
+    return tl.where(w > 1.0, (1.0 - u) / tl.maximum(w, 1.0), kahan), u
+
+
+@triton.jit
+def tanh(v):
+    """tanh from ``expm1(-2|v|)`` (Kahan below |v| = 0.5, where ``e^-2|v| - 1`` cancels)."""
+    a = tl.abs(v)
+    u = tl.exp(-2.0 * a)
+    skip = (u == 1.0) | (u == 0.0)  # where the other branch is taken: no 0/0, no log 0
+    em = tl.where(skip, -2.0 * a, (u - 1.0) * (-2.0 * a) / tl.log(tl.where(skip, 0.5, u)))
+    em = tl.where(a > 0.5, u - 1.0, em)
+    t = -em / (2.0 + em)
+    return tl.where(v < 0.0, -t, t)
+
+
+@triton.jit
+def logistic_bin_tile(y, mean, log_scale, bottom, top, half_width, log_2h):
+    """One channel's (log bin mass, d/dmean, d/dlog_scale) per element; ``log_scale`` is
+    already clamped, ``bottom``/``top`` mark the edge bins."""
+    inv_s = tl.exp(-log_scale)
+    centered = y - mean
+    a = (centered + half_width) * inv_s
+    b = (centered - half_width) * inv_s
+    log_w = log_2h - log_scale
+    ratio, e_w = gap_ratio(tl.exp(log_w))
+    ea = tl.exp(-tl.abs(a))
+    eb = tl.exp(-tl.abs(b))
+    lsa = tl.minimum(a, 0.0) - log1p_small(ea)      # log sigmoid(a)
+    lsb = tl.minimum(-b, 0.0) - log1p_small(eb)     # log sigmoid(-b)
+    sig_na = tl.where(a >= 0.0, ea, 1.0) / (1.0 + ea)   # sigmoid(-a)
+    sig_b = tl.where(b >= 0.0, 1.0, eb) / (1.0 + eb)    # sigmoid(b)
+    interior = (bottom == 0) & (top == 0)
+    pa = tl.where(top, 0.0, sig_na)
+    pb = tl.where(bottom, 0.0, sig_b)
+    value = (tl.where(top, 0.0, lsa) + tl.where(bottom, 0.0, lsb)
+             + tl.where(interior, log_w + tl.log(ratio), 0.0))
+    d_mean = (pb - pa) * inv_s
+    d_log_scale = b * pb - a * pa - tl.where(interior, e_w / ratio, 0.0)
+    return value, d_mean, d_log_scale
+
+
+@triton.jit
+def _channel(PB, slot_mean, slot_ls, poff, mask, x, shift, levels, half_width, log_2h):
+    """One channel at every (component, pixel) of the tile: (log bin mass, d/dmean,
+    d/dlog_scale, where the log-scale is above the clamp, y), the mean being the slot's
+    plus ``shift`` (the autoregressive part)."""
+    k = tl.minimum(tl.maximum(tl.floor(x * levels + 0.5), 0.0), levels)
+    y = (k * (2.0 / levels) - 1.0)[None, :]
+    raw_ls = load_f32(PB, slot_ls + poff, mask)
+    mean = load_f32(PB, slot_mean + poff, mask) + shift
+    value, d_mean, d_ls = logistic_bin_tile(y, mean, tl.maximum(raw_ls, LOG_SCALE_MIN),
+                                            (k <= 0.0)[None, :], (k >= levels)[None, :],
+                                            half_width, log_2h)
+    return value, d_mean, d_ls, raw_ls >= LOG_SCALE_MIN, y
+
+
+@triton.jit(do_not_specialize=["c", "levels", "need_grad"])
+def dmol_rows_kernel(
+    X, P,                            # inputs: x (B, C, HW), params (B, S*M, HW), contiguous pixels
+    PARTIALS, G,                     # (B * n_blocks,) fp32 sums; d/dparams, contiguous (need_grad)
+    n_pix, n_mix, n_blocks,
+    levels,                          # 2^bits - 1, as a float
+    stride_xb, stride_pb, stride_gb,
+    c, need_grad,
+    C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    c = tl.cast(c, tl.float32)  # scalars from inductor arrive as fp64
+    lv = tl.cast(levels, tl.float32)                     # 2^bits - 1
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // n_blocks
+    pix = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = pix < n_pix
+    comp = tl.arange(0, BLOCK_M)
+    cmask = comp < n_mix
+    mask = cmask[:, None] & pmask[None, :]
+    poff = comp[:, None] * n_pix + pix[None, :]
+    slot = (pid * 0 + n_mix) * n_pix                    # one parameter slot, int64
+    PB = P + row * stride_pb
+    GB = G + row * stride_gb
+    XB = X + row * stride_xb
+    half_width = 1.0 / lv
+    log_2h = tl.log(2.0 * half_width)
+
+    logits = tl.where(cmask[:, None], load_f32(PB, poff, mask), float("-inf"))
+    l_max = tl.max(logits, axis=0)
+    l_sum = tl.sum(tl.exp(logits - l_max[None, :]), axis=0)
+    log_pi = logits - (l_max + tl.log(l_sum))[None, :]  # log_softmax; -inf on padded comps
+    if C == 3:
+        x0 = load_f32(XB, pix, pmask)
+        x1 = load_f32(XB, n_pix + pix, pmask)
+        x2 = load_f32(XB, 2 * n_pix + pix, pmask)
+        raw0 = load_f32(PB, 3 * slot + poff, mask)
+        raw1 = load_f32(PB, 6 * slot + poff, mask)
+        raw2 = load_f32(PB, 9 * slot + poff, mask)
+        t0, t1, t2 = tanh(raw0), tanh(raw1), tanh(raw2)
+        v0, dm0, ds0, keep0, y0 = _channel(PB, slot, 2 * slot, poff, mask, x0, 0.0, lv,
+                                           half_width, log_2h)
+        v1, dm1, ds1, keep1, y1 = _channel(PB, 4 * slot, 5 * slot, poff, mask, x1, t0 * y0,
+                                           lv, half_width, log_2h)
+        v2, dm2, ds2, keep2, y2 = _channel(PB, 7 * slot, 8 * slot, poff, mask, x2,
+                                           t1 * y0 + t2 * y1, lv, half_width, log_2h)
+        lp = log_pi + (v0 + v1 + v2)
+    else:
+        x0 = load_f32(XB, pix, pmask)
+        v0, dm0, ds0, keep0, y0 = _channel(PB, slot, 2 * slot, poff, mask, x0, 0.0, lv,
+                                           half_width, log_2h)
+        lp = log_pi + v0
+    lp_max = tl.max(lp, axis=0)
+    lse = lp_max + tl.log(tl.sum(tl.exp(lp - lp_max[None, :]), axis=0))
+    tl.store(PARTIALS + pid, tl.sum(tl.where(pmask, lse, 0.0), axis=0))
+
+    if need_grad != 0:
+        w = tl.exp(lp - lse[None, :]) * c                # c * responsibilities; 0 when padded
+        store_as(GB, poff, w - tl.exp(log_pi) * c, mask)
+        store_as(GB, slot + poff, w * dm0, mask)
+        store_as(GB, 2 * slot + poff, tl.where(keep0, w * ds0, 0.0), mask)
+        if C == 3:
+            g1 = w * dm1
+            g2 = w * dm2
+            store_as(GB, 4 * slot + poff, g1, mask)
+            store_as(GB, 5 * slot + poff, tl.where(keep1, w * ds1, 0.0), mask)
+            store_as(GB, 7 * slot + poff, g2, mask)
+            store_as(GB, 8 * slot + poff, tl.where(keep2, w * ds2, 0.0), mask)
+            # through m1 = mean1 + tanh(c0) y0 and m2 = mean2 + tanh(c1) y0 + tanh(c2) y1
+            store_as(GB, 3 * slot + poff, g1 * y0 * (1.0 - t0 * t0), mask)
+            store_as(GB, 6 * slot + poff, g2 * y0 * (1.0 - t1 * t1), mask)
+            store_as(GB, 9 * slot + poff, g2 * y1 * (1.0 - t2 * t2), mask)

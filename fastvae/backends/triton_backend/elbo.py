@@ -18,11 +18,13 @@ from ._rows import gradient_buffers, gradient_flags, likelihood_args
 def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
              reduction, scale, needs):
     """Same contract as the "torch" backend's: (value, gx, grecon, gmu, glogvar, gz, gobs)."""
-    if _launch.delegated(x, recon, mu, logvar, z, obs):
+    b, d = x.shape
+    # D = 0 (the latent part of a DMoL ELBO) runs here too, reading no data pointer
+    if _launch.delegated(x if d else None, recon if d else None, mu, logvar, z, obs) or (
+            d == 0 and torch.float64 in (x.dtype, recon.dtype)):
         return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl,
                                       beta, free_bits, reduction, scale, needs)
     dev = x.device
-    b, d = x.shape
     l = mu.shape[1]
     x, recon, mu, logvar = _launch.rows(x), _launch.rows(recon), _launch.rows(mu), _launch.rows(logvar)
     z = _launch.rows(z) if z is not None else None
@@ -45,9 +47,11 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
              | _launch.flag_bits((KL_MC, kl == "mc"), (STORE_KL, free)))
     _launch.launch(
         ke.elbo_rows_kernel, (programs,),
-        X=x, R=recon, OBS=obs_arg, MU=mu, LV=logvar, Z=_launch.given(z, mu.dtype, dev),
+        X=x if d else _launch.dummy(x.dtype, dev), R=recon if d else _launch.dummy(recon.dtype, dev),
+        OBS=obs_arg, MU=mu, LV=logvar, Z=_launch.given(z, mu.dtype, dev),
         ROW_VALUES=row_values, KL_LATENT=_launch.given(kl_latent, f32, dev),
-        GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon.dtype, dev),
+        GX=_launch.given(gx if d else None, x.dtype, dev),
+        GR=_launch.given(gr if d else None, recon.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
         GZ=_launch.given(gz, mu.dtype, dev),

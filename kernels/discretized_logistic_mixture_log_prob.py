@@ -78,18 +78,24 @@ def logistic_bin_tile(y, mean, log_scale, bottom, top, half_width, log_2h):
 
 
 @triton.jit
-def _channel(PB, slot_mean, slot_ls, poff, mask, x, shift, levels, half_width, log_2h):
-    """One channel at every (component, pixel) of the tile: (log bin mass, d/dmean,
-    d/dlog_scale, where the log-scale is above the clamp, y), the mean being the slot's
-    plus ``shift`` (the autoregressive part)."""
-    k = tl.minimum(tl.maximum(tl.floor(x * levels + 0.5), 0.0), levels)
-    y = (k * (2.0 / levels) - 1.0)[None, :]
+def _grid(XB, offs, pmask, levels):
+    """A channel's data on the grid: (y on [-1, 1] as a (1, BLOCK_P) row, bottom-bin and
+    top-bin masks), from the integer bin ``round(x (2^bits - 1))``."""
+    k = tl.floor(load_f32(XB, offs, pmask) * levels + 0.5)
+    y = tl.minimum(tl.maximum(k, 0.0), levels) * (2.0 / levels) - 1.0
+    return y[None, :], (k <= 0.0)[None, :], (k >= levels)[None, :]
+
+
+@triton.jit
+def _channel(PB, slot_mean, slot_ls, poff, mask, y, bottom, top, shift, half_width, log_2h):
+    """One channel at every (component, pixel) of the tile, its parameters loaded here:
+    (log bin mass, d/dmean, d/dlog_scale, whether the log-scale is above the clamp), the
+    mean being the slot's plus ``shift`` (the autoregressive part)."""
     raw_ls = load_f32(PB, slot_ls + poff, mask)
     mean = load_f32(PB, slot_mean + poff, mask) + shift
     value, d_mean, d_ls = logistic_bin_tile(y, mean, tl.maximum(raw_ls, LOG_SCALE_MIN),
-                                            (k <= 0.0)[None, :], (k >= levels)[None, :],
-                                            half_width, log_2h)
-    return value, d_mean, d_ls, raw_ls >= LOG_SCALE_MIN, y
+                                            bottom, top, half_width, log_2h)
+    return value, d_mean, d_ls, raw_ls >= LOG_SCALE_MIN
 
 
 @triton.jit(do_not_specialize=["c", "levels", "need_grad"])
@@ -102,8 +108,13 @@ def dmol_rows_kernel(
     c, need_grad,
     C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
+    """Two phases over the same tile. Values: every channel's log mass, the mixture's
+    logsumexp. Gradients: each channel's parameters loaded again (after a store, so the
+    compiler cannot keep the first phase's registers alive instead: one channel's
+    partials live at a time, not all of them across the logsumexp) and its gradients
+    stored at once."""
     c = tl.cast(c, tl.float32)  # scalars from inductor arrive as fp64
-    lv = tl.cast(levels, tl.float32)                     # 2^bits - 1
+    lv = tl.cast(levels, tl.float32)
     pid = tl.program_id(0).to(tl.int64)
     row = pid // n_blocks
     pix = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -119,47 +130,55 @@ def dmol_rows_kernel(
     half_width = 1.0 / lv
     log_2h = tl.log(2.0 * half_width)
 
+    # ---- values -------------------------------------------------------------------
     logits = tl.where(cmask[:, None], load_f32(PB, poff, mask), float("-inf"))
     l_max = tl.max(logits, axis=0)
-    l_sum = tl.sum(tl.exp(logits - l_max[None, :]), axis=0)
-    log_pi = logits - (l_max + tl.log(l_sum))[None, :]  # log_softmax; -inf on padded comps
+    log_pi = logits - (l_max + tl.log(tl.sum(tl.exp(logits - l_max[None, :]), axis=0)))[None, :]
+    y0, bot0, top0 = _grid(XB, pix, pmask, lv)
     if C == 3:
-        x0 = load_f32(XB, pix, pmask)
-        x1 = load_f32(XB, n_pix + pix, pmask)
-        x2 = load_f32(XB, 2 * n_pix + pix, pmask)
-        raw0 = load_f32(PB, 3 * slot + poff, mask)
-        raw1 = load_f32(PB, 6 * slot + poff, mask)
-        raw2 = load_f32(PB, 9 * slot + poff, mask)
-        t0, t1, t2 = tanh(raw0), tanh(raw1), tanh(raw2)
-        v0, dm0, ds0, keep0, y0 = _channel(PB, slot, 2 * slot, poff, mask, x0, 0.0, lv,
-                                           half_width, log_2h)
-        v1, dm1, ds1, keep1, y1 = _channel(PB, 4 * slot, 5 * slot, poff, mask, x1, t0 * y0,
-                                           lv, half_width, log_2h)
-        v2, dm2, ds2, keep2, y2 = _channel(PB, 7 * slot, 8 * slot, poff, mask, x2,
-                                           t1 * y0 + t2 * y1, lv, half_width, log_2h)
+        y1, bot1, top1 = _grid(XB, n_pix + pix, pmask, lv)
+        y2, bot2, top2 = _grid(XB, 2 * n_pix + pix, pmask, lv)
+        t0 = tanh(load_f32(PB, 3 * slot + poff, mask))
+        t1 = tanh(load_f32(PB, 6 * slot + poff, mask))
+        t2 = tanh(load_f32(PB, 9 * slot + poff, mask))
+        v0, _, _, _ = _channel(PB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
+                               half_width, log_2h)
+        v1, _, _, _ = _channel(PB, 4 * slot, 5 * slot, poff, mask, y1, bot1, top1, t0 * y0,
+                               half_width, log_2h)
+        v2, _, _, _ = _channel(PB, 7 * slot, 8 * slot, poff, mask, y2, bot2, top2,
+                               t1 * y0 + t2 * y1, half_width, log_2h)
         lp = log_pi + (v0 + v1 + v2)
     else:
-        x0 = load_f32(XB, pix, pmask)
-        v0, dm0, ds0, keep0, y0 = _channel(PB, slot, 2 * slot, poff, mask, x0, 0.0, lv,
-                                           half_width, log_2h)
+        v0, _, _, _ = _channel(PB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
+                               half_width, log_2h)
         lp = log_pi + v0
     lp_max = tl.max(lp, axis=0)
     lse = lp_max + tl.log(tl.sum(tl.exp(lp - lp_max[None, :]), axis=0))
     tl.store(PARTIALS + pid, tl.sum(tl.where(pmask, lse, 0.0), axis=0))
 
+    # ---- gradients: c * responsibilities times each channel's partials ----------------
     if need_grad != 0:
-        w = tl.exp(lp - lse[None, :]) * c                # c * responsibilities; 0 when padded
+        w = tl.exp(lp - lse[None, :]) * c                # 0 on padded components
         store_as(GB, poff, w - tl.exp(log_pi) * c, mask)
-        store_as(GB, slot + poff, w * dm0, mask)
-        store_as(GB, 2 * slot + poff, tl.where(keep0, w * ds0, 0.0), mask)
+        _v, dm, ds, keep = _channel(PB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
+                                   half_width, log_2h)
+        store_as(GB, slot + poff, w * dm, mask)
+        store_as(GB, 2 * slot + poff, tl.where(keep, w * ds, 0.0), mask)
         if C == 3:
-            g1 = w * dm1
-            g2 = w * dm2
-            store_as(GB, 4 * slot + poff, g1, mask)
-            store_as(GB, 5 * slot + poff, tl.where(keep1, w * ds1, 0.0), mask)
-            store_as(GB, 7 * slot + poff, g2, mask)
-            store_as(GB, 8 * slot + poff, tl.where(keep2, w * ds2, 0.0), mask)
             # through m1 = mean1 + tanh(c0) y0 and m2 = mean2 + tanh(c1) y0 + tanh(c2) y1
-            store_as(GB, 3 * slot + poff, g1 * y0 * (1.0 - t0 * t0), mask)
-            store_as(GB, 6 * slot + poff, g2 * y0 * (1.0 - t1 * t1), mask)
-            store_as(GB, 9 * slot + poff, g2 * y1 * (1.0 - t2 * t2), mask)
+            t0 = tanh(load_f32(PB, 3 * slot + poff, mask))
+            _v, dm, ds, keep = _channel(PB, 4 * slot, 5 * slot, poff, mask, y1, bot1, top1,
+                                       t0 * y0, half_width, log_2h)
+            g = w * dm
+            store_as(GB, 4 * slot + poff, g, mask)
+            store_as(GB, 5 * slot + poff, tl.where(keep, w * ds, 0.0), mask)
+            store_as(GB, 3 * slot + poff, g * y0 * (1.0 - t0 * t0), mask)
+            t1 = tanh(load_f32(PB, 6 * slot + poff, mask))
+            t2 = tanh(load_f32(PB, 9 * slot + poff, mask))
+            _v, dm, ds, keep = _channel(PB, 7 * slot, 8 * slot, poff, mask, y2, bot2, top2,
+                                       t1 * y0 + t2 * y1, half_width, log_2h)
+            g = w * dm
+            store_as(GB, 7 * slot + poff, g, mask)
+            store_as(GB, 8 * slot + poff, tl.where(keep, w * ds, 0.0), mask)
+            store_as(GB, 6 * slot + poff, g * y0 * (1.0 - t1 * t1), mask)
+            store_as(GB, 9 * slot + poff, g * y1 * (1.0 - t2 * t2), mask)

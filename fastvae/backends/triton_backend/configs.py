@@ -141,15 +141,16 @@ def reparameterize_grid(bl: int):
 
 
 # The discretized logistic mixture: (BLOCK_P, num_warps) by BLOCK_M, the number of mixture
-# components M padded to a power of two (at least 4): ~1024-element tiles. Larger M runs
-# on the "torch" backend.
-DMOL_TILES = {4: (256, 4), 8: (128, 4), 16: (64, 4), 32: (32, 4), 64: (16, 4)}
+# components M padded to a power of two (at least 8): 1024-element tiles, 4 elements per
+# thread (8 per thread spill for RGB, as does a 4 x 256 tile on sm_80). Larger M runs on
+# the "torch" backend.
+DMOL_TILES = {8: (128, 8), 16: (64, 8), 32: (32, 8), 64: (16, 8)}
 DMOL_MAX_MIX = 64
 
 
 def dmol_config(m: int, hw: int):
     """(BLOCK_M, BLOCK_P, num_warps) of the DMoL kernel for M components and HW pixels."""
-    block_m = max(4, _p2(m))
+    block_m = max(8, _p2(m))
     if interpreter_tiles():
         return block_m, max(16, min(_p2(hw), _INTERP_TILE // block_m)), ROW_WARPS
     return (block_m, *DMOL_TILES[block_m])

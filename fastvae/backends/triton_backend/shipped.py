@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from fastvae.kernels import discretized_logistic_mixture_log_prob as kd
 from fastvae.kernels import elbo as ke
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
@@ -25,6 +26,9 @@ _DIVISIBLE_INTS = {"D", "L", "BL", "CPAD", "stride_x", "stride_r", "stride_obs",
                    "stride_zb", "N0", "N1", "N2", "N3", "N4", "N5"}
 _SCALARS = {"obs_scalar", "beta", "c", "row_scale", "log_k", "free_bits"}
 _SIZES = {"B", "D", "L", "K", "BL", "CPAD", "NPART", "NBLK", *(f"N{i}" for i in range(6))}
+# The DMoL kernel's: 32x32 and 64x64 images make these multiples of 16.
+_DIVISIBLE_INTS |= {"n_pix", "stride_xb", "stride_pb", "stride_gb"}
+_SCALARS |= {"levels"}
 
 
 def _signature(kernel, io: str, constexprs: Dict[str, int], pointers_of=None):
@@ -90,6 +94,13 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     cx = {"BLOCK_B": fin_b, "BLOCK_L": fin_l, "BLOCK_D": fin_d}
     out.append(_config(f"elbo_free_bits[{fin_b}x{fin_l},D{fin_d}{tag}]", ke.elbo_free_bits_kernel,
                        io, cx, configs.FINISH_WARPS, {"CLAMPED": "*i32"}))
+    # DMoL: x is the data (float32 under autocast too), params and their gradient the io type
+    for block_m, (block_p, warps) in configs.DMOL_TILES.items():
+        for channels in (1, 3):
+            cx = {"C": channels, "BLOCK_M": block_m, "BLOCK_P": block_p}
+            out.append(_config(f"dmol_rows[C={channels},{block_m}x{block_p}{tag}]",
+                               kd.dmol_rows_kernel, io, cx, warps,
+                               {"X": "*fp32", "PARTIALS": "*fp32"}))
     cx = {"CHUNKS": configs.REPARAMETERIZE_CHUNKS, "Q": kr.Q}
     for direction, kernel in (("fwd", kr.reparameterize_fwd_kernel),
                               ("bwd", kr.reparameterize_bwd_kernel)):

@@ -19,13 +19,26 @@ The math (``fastvae.backends.torch_backend.terms.logistic_bin``): with
 e^-w)`` (interior), the last as ``log w + log((1 - e^-w)/w)``, exact where w underflows.
 ``1 - e^-w`` and tanh use Kahan's ``expm1(x) = (e^x - 1) x / log(e^x)``: exp and log
 only, so the interpreter runs the same code.
+
+Fast math (``kernels/_math.py``): compiled, exponentials are ``ex2.approx`` (relative
+2^-22), divisions ``div.approx`` (2 ulp), and the logs whose argument is a sum of
+exponentials (``log(1 + e^-|a|)``, the log-softmax's and the logsumexp's ``log sum`` in
+[0, ln M], the bin-gap ratio's ``log`` in [-8, 0]) are ``lg2.approx`` (2^-22 in log2,
+absolute on [0.5, 2], relative beyond). Against the same formulas with exact logs and
+divisions that adds at most ``FAST_MATH_BOUND`` = 1e-5 nat to a pixel's log p, the
+fp32 rounding of a typical per-pixel value (tests/test_discretized_logistic_mixture_
+log_prob.py runs the formulas at the approximations' worst errors, every sign). Exact
+where an error would be amplified: Kahan's ``log(e^x)`` (its quotient needs a log
+accurate *relative* to ``e^x - 1`` near 1) and tanh's divisions (a coefficient off by 2
+ulp moves a component's mean by 2 ulp of ``e^7`` at the sharpest scale).
 """
 import triton
 import triton.language as tl
 
-from ._math import load_f32, log1p_small, store_as
+from ._math import div_, exp_, load_f32, log_, store_as
 
 LOG_SCALE_MIN = tl.constexpr(-7.0)
+FAST_MATH_BOUND = 1e-5  # nat per pixel, see above
 
 
 @triton.jit
@@ -33,18 +46,19 @@ def gap_ratio(w):
     """``((1 - e^-w) / w, e^-w)`` for w >= 0: 1 at w = 0; Kahan's expm1 below w = 1, where
     ``1 - e^-w`` would cancel; the plain difference above, where ``log(e^-w)`` may be
     ``-inf``."""
-    u = tl.exp(-w)
+    u = exp_(-w)
     skip = (u == 1.0) | (u == 0.0)  # where the other branch is taken: no 0/0, no log 0
-    kahan = tl.where(skip, 1.0, (1.0 - u) / -tl.log(tl.where(skip, 0.5, u)))
-    return tl.where(w > 1.0, (1.0 - u) / tl.maximum(w, 1.0), kahan), u
+    kahan = tl.where(skip, 1.0, div_(1.0 - u, -tl.log(tl.where(skip, 0.5, u))))
+    return tl.where(w > 1.0, div_(1.0 - u, tl.maximum(w, 1.0)), kahan), u
 
 
 @triton.jit
 def tanh(v):
     """tanh from ``expm1(-2|v|)`` (Kahan below |v| = 0.5, where ``e^-2|v| - 1`` cancels)."""
     a = tl.abs(v)
-    u = tl.exp(-2.0 * a)
+    u = exp_(-2.0 * a)
     skip = (u == 1.0) | (u == 0.0)  # where the other branch is taken: no 0/0, no log 0
+    # exact divisions: a tanh off by 2 ulp moves a sharp component's mean (see above)
     em = tl.where(skip, -2.0 * a, (u - 1.0) * (-2.0 * a) / tl.log(tl.where(skip, 0.5, u)))
     em = tl.where(a > 0.5, u - 1.0, em)
     t = -em / (2.0 + em)
@@ -55,25 +69,25 @@ def tanh(v):
 def logistic_bin_tile(y, mean, log_scale, bottom, top, half_width, log_2h):
     """One channel's (log bin mass, d/dmean, d/dlog_scale) per element; ``log_scale`` is
     already clamped, ``bottom``/``top`` mark the edge bins."""
-    inv_s = tl.exp(-log_scale)
+    inv_s = exp_(-log_scale)
     centered = y - mean
     a = (centered + half_width) * inv_s
     b = (centered - half_width) * inv_s
     log_w = log_2h - log_scale
-    ratio, e_w = gap_ratio(tl.exp(log_w))
-    ea = tl.exp(-tl.abs(a))
-    eb = tl.exp(-tl.abs(b))
-    lsa = tl.minimum(a, 0.0) - log1p_small(ea)      # log sigmoid(a)
-    lsb = tl.minimum(-b, 0.0) - log1p_small(eb)     # log sigmoid(-b)
-    sig_na = tl.where(a >= 0.0, ea, 1.0) / (1.0 + ea)   # sigmoid(-a)
-    sig_b = tl.where(b >= 0.0, 1.0, eb) / (1.0 + eb)    # sigmoid(b)
+    ratio, e_w = gap_ratio(exp_(log_w))
+    ea = exp_(-tl.abs(a))
+    eb = exp_(-tl.abs(b))
+    lsa = tl.minimum(a, 0.0) - log_(1.0 + ea)      # log sigmoid(a)
+    lsb = tl.minimum(-b, 0.0) - log_(1.0 + eb)     # log sigmoid(-b)
+    sig_na = div_(tl.where(a >= 0.0, ea, 1.0), 1.0 + ea)   # sigmoid(-a)
+    sig_b = div_(tl.where(b >= 0.0, 1.0, eb), 1.0 + eb)    # sigmoid(b)
     interior = (bottom == 0) & (top == 0)
     pa = tl.where(top, 0.0, sig_na)
     pb = tl.where(bottom, 0.0, sig_b)
     value = (tl.where(top, 0.0, lsa) + tl.where(bottom, 0.0, lsb)
-             + tl.where(interior, log_w + tl.log(ratio), 0.0))
+             + tl.where(interior, log_w + log_(ratio), 0.0))
     d_mean = (pb - pa) * inv_s
-    d_log_scale = b * pb - a * pa - tl.where(interior, e_w / ratio, 0.0)
+    d_log_scale = b * pb - a * pa - tl.where(interior, div_(e_w, ratio), 0.0)
     return value, d_mean, d_log_scale
 
 
@@ -98,15 +112,16 @@ def _channel(PB, slot_mean, slot_ls, poff, mask, y, bottom, top, shift, half_wid
     return value, d_mean, d_ls, raw_ls >= LOG_SCALE_MIN
 
 
-@triton.jit(do_not_specialize=["c", "levels", "need_grad"])
+@triton.jit(do_not_specialize=["c", "levels"])
 def dmol_rows_kernel(
     X, P,                            # inputs: x (B, C, HW), params (B, S*M, HW), contiguous pixels
-    PARTIALS, G,                     # (B * n_blocks,) fp32 sums; d/dparams, contiguous (need_grad)
+    PARTIALS, G,                     # (B * n_blocks,) fp32 sums; d/dparams, contiguous (NEED_GRAD)
     n_pix, n_mix, n_blocks,
     levels,                          # 2^bits - 1, as a float
     stride_xb, stride_pb, stride_gb,
-    c, need_grad,
-    C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
+    c,
+    C: tl.constexpr, NEED_GRAD: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """Two phases over the same tile. Values: every channel's log mass, the mixture's
     logsumexp. Gradients: each channel's parameters loaded again (after a store, so the
@@ -115,7 +130,9 @@ def dmol_rows_kernel(
     stored at once."""
     c = tl.cast(c, tl.float32)  # scalars from inductor arrive as fp64
     lv = tl.cast(levels, tl.float32)
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0)
+    if INT64:  # the host's choice: some offset (row x stride, 9 slots) passes 2^31
+        pid = pid.to(tl.int64)
     row = pid // n_blocks
     pix = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = pix < n_pix
@@ -123,17 +140,17 @@ def dmol_rows_kernel(
     cmask = comp < n_mix
     mask = cmask[:, None] & pmask[None, :]
     poff = comp[:, None] * n_pix + pix[None, :]
-    slot = (pid * 0 + n_mix) * n_pix                    # one parameter slot, int64
+    slot = (pid * 0 + n_mix) * n_pix                    # one parameter slot, pid's int type
     PB = P + row * stride_pb
     GB = G + row * stride_gb
     XB = X + row * stride_xb
     half_width = 1.0 / lv
-    log_2h = tl.log(2.0 * half_width)
+    log_2h = tl.log(2.0 * half_width)  # once per program: exact
 
     # ---- values -------------------------------------------------------------------
     logits = tl.where(cmask[:, None], load_f32(PB, poff, mask), float("-inf"))
     l_max = tl.max(logits, axis=0)
-    log_pi = logits - (l_max + tl.log(tl.sum(tl.exp(logits - l_max[None, :]), axis=0)))[None, :]
+    log_pi = logits - (l_max + log_(tl.sum(exp_(logits - l_max[None, :]), axis=0)))[None, :]
     y0, bot0, top0 = _grid(XB, pix, pmask, lv)
     if C == 3:
         y1, bot1, top1 = _grid(XB, n_pix + pix, pmask, lv)
@@ -153,13 +170,13 @@ def dmol_rows_kernel(
                                half_width, log_2h)
         lp = log_pi + v0
     lp_max = tl.max(lp, axis=0)
-    lse = lp_max + tl.log(tl.sum(tl.exp(lp - lp_max[None, :]), axis=0))
+    lse = lp_max + log_(tl.sum(exp_(lp - lp_max[None, :]), axis=0))
     tl.store(PARTIALS + pid, tl.sum(tl.where(pmask, lse, 0.0), axis=0))
 
     # ---- gradients: c * responsibilities times each channel's partials ----------------
-    if need_grad != 0:
-        w = tl.exp(lp - lse[None, :]) * c                # 0 on padded components
-        store_as(GB, poff, w - tl.exp(log_pi) * c, mask)
+    if NEED_GRAD:
+        w = exp_(lp - lse[None, :]) * c                  # 0 on padded components
+        store_as(GB, poff, w - exp_(log_pi) * c, mask)
         _v, dm, ds, keep = _channel(PB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
                                    half_width, log_2h)
         store_as(GB, slot + poff, w * dm, mask)

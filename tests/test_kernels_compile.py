@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 import subprocess
@@ -195,8 +196,11 @@ def test_dmol_gpu_configs_are_shipped():
             for hw in (1, 64, 784, 1024, 4096):
                 bm, bp, warps = configs.dmol_config(m, hw)
                 assert m <= bm
-                for c in (1, 3):
-                    assert f"dmol_rows[C={c},{bm}x{bp}]" in names
+                for c, mode in itertools.product((1, 3), ("grad", "eval")):
+                    assert f"dmol_rows[C={c},{mode},{bm}x{bp}]" in names
+        for element, tag in ((4, ""), (2, ",bf16"), (2, ",fp16")):
+            bb, bd, bl, _ = configs.elbo_config(256, 0, 32, element)
+            assert f"elbo_rows[latents-train,{bb}x{bd},L{bl}{tag}]" in names
     finally:
         configs.CONFIG_MODE = old
 

@@ -31,13 +31,14 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits, reduction, scale,
     partials = _launch.alloc((b * n_blocks,), torch.float32, dev)
     g = _launch.alloc(params.shape, params.dtype, dev) if needs[0] else None
     c = scale * reduce_scale(b, reduction)
+    int64 = configs.needs_int64(b * x3.stride(0), b * p.stride(0), b * n_blocks)
     _launch.launch(
         kd.dmol_rows_kernel, (b * n_blocks,),
         X=x3, P=p, PARTIALS=partials, G=_launch.given(g, params.dtype, dev),
         n_pix=hw, n_mix=m, n_blocks=n_blocks, levels=float(2 ** bits - 1),
         stride_xb=x3.stride(0), stride_pb=p.stride(0), stride_gb=s * m * hw,
-        c=float(c), need_grad=int(g is not None),
-        C=ch, BLOCK_M=block_m, BLOCK_P=block_p, num_warps=warps)
+        c=float(c), C=ch, NEED_GRAD=g is not None, INT64=int64,
+        BLOCK_M=block_m, BLOCK_P=block_p, num_warps=warps)
     rows = partials.view(b, n_blocks).sum(1)
     value = rows.mul_(scale) if reduction == "none" else rows.sum() * c
     return value, (g if g is not None else params.new_empty(0))

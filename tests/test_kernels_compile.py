@@ -199,7 +199,7 @@ def test_dmol_gpu_configs_are_shipped():
                 for c, mode in itertools.product((1, 3), ("grad", "eval")):
                     assert f"dmol_rows[C={c},{mode},{bm}x{bp}]" in names
         for element, tag in ((4, ""), (2, ",bf16"), (2, ",fp16")):
-            bb, bd, bl, _ = configs.elbo_config(256, 0, 32, element)
+            bb, bd, bl, _ = configs.elbo_config(256, 0, 64, element)  # the shipped L
             assert f"elbo_rows[latents-train,{bb}x{bd},L{bl}{tag}]" in names
     finally:
         configs.CONFIG_MODE = old

@@ -400,7 +400,7 @@ def test_torch_backend_makes_no_full_size_intermediate():
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    b, c, h, w, m = 4, 3, 32, 32, 10
+    b, c, h, w, m = 16, 3, 32, 32, 10   # a sample's parameters fit one chunk
     x, p = make(b, c, h, w, m, torch.float32)
     p.requires_grad_(True)
     full = b * c * m * h * w

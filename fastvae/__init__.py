@@ -6,6 +6,7 @@ from ._version import __version__
 from .backends import last_used as last_backend
 from .backends import select as select_backend
 from .backends import triton_available
+from .functional import discretized_logistic_mixture_log_prob
 from .functional import elbo, gaussian_log_prob, iwae_bound, kl_standard_normal, reparameterize
 from .loss import ELBOLoss
 from .validation import get_validation, set_validation
@@ -24,3 +25,4 @@ __all__ = [
     "last_backend",
     "triton_available",
 ]
+__all__ += ["discretized_logistic_mixture_log_prob"]

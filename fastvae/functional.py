@@ -11,6 +11,7 @@ is float64, else float32; gradients come back in each input's dtype.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -78,6 +79,7 @@ def elbo(
     backend=None,
     validate=None,
     *,
+    bits=8,
     _scale=1.0,
 ):
     r"""The evidence lower bound, ``log p(x|z) - beta * KL``, per sample then reduced.
@@ -108,6 +110,14 @@ def elbo(
         backend: see :func:`reparameterize`.
         validate: run the value checks (x range, finiteness); None uses the global
             default set by :func:`fastvae.set_validation`.
+        bits: ``"discretized_logistic_mixture"`` only: the data's bit depth (see
+            :func:`discretized_logistic_mixture_log_prob`, whose op computes log p(x|z)
+            and its gradient in one pass; the latent part is this op with no data
+            columns, and the two values add).
+
+    ``likelihood="discretized_logistic_mixture"``: x is ``(B, C, H, W)`` on the
+    ``bits`` grid and recon the mixture's parameters ``(B, 10*M, H, W)`` (C = 3) or
+    ``(B, 3*M, H, W)`` (C = 1); M is read from recon's channel count.
 
     Returns the ELBO, to be maximized (``fastvae.ELBOLoss`` returns its negative).
     With ``reduction="sum"`` and the Bernoulli likelihood this is exactly minus the
@@ -118,6 +128,9 @@ def elbo(
     V.check_option("reduction", reduction, V.REDUCTIONS)
     beta = V.check_number("beta", beta, minimum=0.0)
     free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
+    if likelihood == V.DMOL:
+        return _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits,
+                          reduction, backend, validate, _scale)
     batch, latent = V.check_latents(mu, logvar)
     x2, r2 = V.flatten_data(x, recon, batch)
     if kl == "mc":
@@ -184,7 +197,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
-               reduction="none", backend=None, validate=None):
+               reduction="none", backend=None, validate=None, *, bits=8):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -195,11 +208,15 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     Args:
         x: ``(B, *)``; recon_k: ``(K, B, *)`` decoder outputs for each z_k;
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
-        likelihood, obs_logvar, backend, validate: as in :func:`elbo`.
+        likelihood, obs_logvar, backend, validate, bits: as in :func:`elbo`; for
+            ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    if likelihood == V.DMOL:
+        return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
+                                backend, validate)
     batch, latent = V.check_latents(mu, logvar)
     V.check_tensor("z_k", z_k)
     if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
@@ -216,3 +233,99 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
                    recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
     fn = _run(backend, device, "iwae_bound")
     return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction)
+
+
+def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, validate=None):
+    r"""Per-sample log-likelihood of images under a discretized mixture of logistics
+    (PixelCNN++, NVAE), exactly normalized over the ``2^bits`` values of each channel.
+
+    Args:
+        x: ``(B, C, H, W)``, C = 1 or 3, values ``k / (2^bits - 1)`` in [0, 1] (checked
+            when validation is on); the integer bin ``k = round(x (2^bits - 1))``
+            decides the edge bins. No gradient flows to x.
+        params: NVAE's channels-first layout, M components: for C = 3 ``(B, 10*M, H,
+            W)`` = ``[logit_probs | channel 0: means, log_scales, coeffs | channel 1:
+            ... | channel 2: ...]`` (M each); for C = 1 ``(B, 3*M, H, W)`` =
+            ``[logit_probs | means | log_scales]``.
+        bits: bit depth of the data, 1..16.
+        backend, validate: as in :func:`elbo`.
+
+    On the [-1, 1] scale, ``y = 2k/(2^bits - 1) - 1``, ``h = 1/(2^bits - 1)``,
+    ``s = max(log_scale, -7)`` (no gradient below the clamp), coefficients
+    ``tanh(coeffs)``; means are autoregressive over channels: ``m0 = mean0``,
+    ``m1 = mean1 + c0*y0``, ``m2 = mean2 + c1*y0 + c2*y1``. With
+    ``u+- = exp(-s) (y - m +- h)`` a channel's log mass is ``log sigmoid(u+)`` in the
+    bottom bin, ``log(1 - sigmoid(u-))`` in the top one and
+    ``log(sigmoid(u+) - sigmoid(u-))`` between (in log space, finite for every input), and
+    ``log p(x) = sum_pixels logsumexp_m [log_softmax(logit_probs)_m + sum_c l_cm]``.
+
+    Returns ``(B,)`` (float32, float64 if an input is). The fused backends compute the
+    value and d/dparams in one pass with no ``B x C x M x H x W`` tensor (the CPU path
+    chunk by chunk of pixels); gradients come back in params' dtype.
+    """
+    return _dmol(x, params, bits, "none", 1.0, backend, validate)
+
+
+def _dmol(x, params, bits, reduction, scale, backend, validate, params_name="params"):
+    """``scale`` times the DMoL log-likelihood, reduced inside the fused op."""
+    V.check_dmol(x, params, params_name=params_name)
+    bits = V.check_bits(bits)
+    device = V.check_same_device(x=x, params=params)
+    V.check_dmol_values(V.resolve_validate(validate), x, bits, **{params_name: params})
+    fn = _run(backend, device, "discretized_logistic_mixture_log_prob")
+    if isinstance(fn, functools.partial):
+        return fn(x, params, bits, reduction, scale=scale)
+    value = fn(x, params, bits, reduction)
+    return value if scale == 1.0 else scale * value
+
+
+def _no_obs_logvar(obs_logvar):
+    if isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0:
+        raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {V.DMOL!r}")
+
+
+def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, reduction,
+               backend, validate, scale):
+    """The ELBO of a DMoL decoder as two fused ops whose values add: the DMoL op (log
+    p(x|z), reduced and scaled, its gradient made in its forward) and the ELBO op on no
+    data columns (the KL part: free bits, "mc", ...). Backward hands each a scalar
+    grad_output, which at 1 touches no saved gradient."""
+    _no_obs_logvar(obs_logvar)
+    batch, _ = V.check_latents(mu, logvar)
+    V.check_dmol(x, recon, params_name="recon")
+    if x.shape[0] != batch:
+        raise ValueError(f"x must have the batch size of mu ({batch}) as its first dim, got "
+                         f"shape {tuple(x.shape)}")
+    log_px = _dmol(x, recon, bits, reduction, scale, backend, validate, params_name="recon")
+    no_data = x.new_zeros(batch, 0)
+    latent = elbo(no_data, no_data, mu, logvar, kl=kl, z=z, beta=beta, free_bits=free_bits,
+                  reduction=reduction, backend=backend, validate=validate, _scale=scale)
+    return log_px + latent
+
+
+def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, backend,
+                     validate):
+    """The IWAE bound of a DMoL decoder: log p(x|z_k) from the fused DMoL op (K*B rows,
+    their gradients saved and weighed in place by softmax_k(log w_k) in backward), and
+    ``log p(z_k) - log q(z_k|x)`` as two fused Gaussian log densities (their log 2 pi
+    terms cancel)."""
+    _no_obs_logvar(obs_logvar)
+    batch, latent = V.check_latents(mu, logvar)
+    V.check_tensor("z_k", z_k)
+    if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
+        raise ValueError(
+            f"z_k must have shape (K, {batch}, {latent}) with K >= 1, got {tuple(z_k.shape)}")
+    k = z_k.shape[0]
+    V.check_dmol(x, recon_k, params_name="recon_k", k=k)
+    x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
+    log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
+                   backend, validate, params_name="recon_k").reshape(k, batch)
+    log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k), 0.0, backend=backend,
+                               validate=validate)
+    log_qz = gaussian_log_prob(z_k, mu.expand_as(z_k), logvar, backend=backend,
+                               validate=validate)
+    bound = torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
+    if reduction == "none":
+        return bound
+    total = bound.sum()
+    return total if reduction == "sum" else total / max(batch, 1)

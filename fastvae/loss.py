@@ -12,14 +12,17 @@ class ELBOLoss(nn.Module):
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
     reduction="mean")``; ``loss(x, recon, mu, logvar, z=None, obs_logvar=0.0)``.
-    Every argument means what it means in :func:`fastvae.elbo`. With
+    Every argument means what it means in :func:`fastvae.elbo` (``bits``: the data's bit
+    depth for ``likelihood="discretized_logistic_mixture"``, whose recon is the
+    mixture's parameters). With
     ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
     VAE ``loss_function``.
     """
 
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
-                 reduction="mean", backend=None, validate=None):
+                 reduction="mean", backend=None, validate=None, *, bits=8):
         super().__init__()
+        self.bits = V.check_bits(bits)
         V.check_option("likelihood", likelihood, V.LIKELIHOODS)
         V.check_option("kl", kl, V.KL_MODES)
         V.check_option("reduction", reduction, V.REDUCTIONS)
@@ -34,8 +37,9 @@ class ELBOLoss(nn.Module):
         return elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
                     beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
                     reduction=self.reduction, backend=self.backend, validate=self.validate,
-                    _scale=-1.0)
+                    bits=self.bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "
-                f"free_bits={self.free_bits}, reduction={self.reduction!r}")
+                f"free_bits={self.free_bits}, reduction={self.reduction!r}"
+                + (f", bits={self.bits}" if self.likelihood == V.DMOL else ""))

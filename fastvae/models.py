@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DMoL decoders)
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
 from .validation import LIKELIHOODS, check_option

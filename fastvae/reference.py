@@ -124,3 +124,55 @@ def reparameterize(mu, logvar, n_samples, generator):
     rng = {} if generator is None else {"generator": generator}
     eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+# -- discretized mixture of logistics -------------------------------------------------
+
+DMOL_LOG_SCALE_MIN = -7.0
+
+
+def dmol_split(params, channels: int):
+    """(logit_probs (B, M, H, W), means, log_scales, coeffs (B, C, M, H, W) each) of the
+    channels-first DMoL ``params``: ``[logit_probs | channel 0: means, log_scales, coeffs
+    | channel 1: ... ]`` (NVAE's layout; C = 1 has no coeffs: None)."""
+    b, _, h, w = params.shape
+    per = 3 if channels == 3 else 2
+    m = params.shape[1] // (1 + per * channels)
+    rest = params[:, m:].reshape(b, channels, per * m, h, w)
+    coeffs = rest[:, :, 2 * m:] if per == 3 else None
+    return params[:, :m], rest[:, :, :m], rest[:, :, m:2 * m], coeffs
+
+
+def discretized_logistic_mixture_log_prob(x, params, bits, reduction="none"):
+    """log p(x) of the discretized mixture of logistics, summed per sample (no gradient to
+    the discrete x). Each bin of width 2h, h = 1/(2^bits - 1), on the [-1, 1] scale:
+    ``log F(y+h)`` at the bottom, ``log(1 - F(y-h))`` at the top, and in between
+    ``log(F(y+h) - F(y-h)) = log F(y+h) + log(1 - F(y-h)) + log(1 - exp(-2h/s))``,
+    an identity of the logistic CDF F that is finite wherever the bin's mass is."""
+    dtype = result_dtype(x, params)
+    x, params = x.detach().to(dtype), params.to(dtype)
+    c = x.shape[1]
+    n = 2 ** bits - 1
+    logit_probs, means, log_scales, coeffs = dmol_split(params, c)
+    log_scales = log_scales.clamp(min=DMOL_LOG_SCALE_MIN)
+    k = torch.floor(x * n + 0.5).clamp(0, n)            # the bin decides the edges
+    y = (2 * k / n - 1).unsqueeze(2)                     # (B, C, 1, H, W), snapped to the grid
+    if c == 3:  # autoregressive over channels: m1 += c0*y0, m2 += c1*y0 + c2*y1
+        t = torch.tanh(coeffs)
+        means = torch.stack([means[:, 0], means[:, 1] + t[:, 0] * y[:, 0],
+                             means[:, 2] + t[:, 1] * y[:, 0] + t[:, 2] * y[:, 1]], dim=1)
+    inv_s = torch.exp(-log_scales)
+    plus = inv_s * (y - means + 1.0 / n)
+    minus = inv_s * (y - means - 1.0 / n)
+    log_cdf_plus = F.logsigmoid(plus)                    # log F(y + h)
+    log_sf_minus = F.logsigmoid(-minus)                  # log(1 - F(y - h))
+    log_width = math.log(2.0 / n) - log_scales           # log(plus - minus), exact at any s
+    width = torch.exp(log_width)
+    safe = torch.where(width > 0, width, torch.ones_like(width))  # 0 only where exp underflows
+    log_gap = log_width + torch.log(torch.where(width > 0, -torch.expm1(-safe) / safe,
+                                                torch.ones_like(width)))
+    k = k.unsqueeze(2)
+    log_bin = torch.where(k == 0, log_cdf_plus,
+                          torch.where(k == n, log_sf_minus, log_cdf_plus + log_sf_minus + log_gap))
+    log_px = torch.logsumexp(torch.log_softmax(logit_probs, dim=1) + log_bin.sum(1), dim=1)
+    return _reduce(log_px.sum((1, 2)), reduction)

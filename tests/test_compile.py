@@ -80,6 +80,8 @@ OPS = {
     "kl_standard_normal": lambda a, k: fastvae.kl_standard_normal(*a, **k),
     "gaussian_log_prob": lambda a, k: fastvae.gaussian_log_prob(*a, **k),
     "iwae_bound": lambda a, k: fastvae.iwae_bound(*a, **k),
+    "discretized_logistic_mixture_log_prob":
+        lambda a, k: fastvae.discretized_logistic_mixture_log_prob(*a, **k),
 }
 
 
@@ -94,6 +96,9 @@ def _case(op):
         return (mu, lv), {}
     if op == "gaussian_log_prob":
         return (x, r, torch.zeros(d, requires_grad=True)), {}
+    if op == "discretized_logistic_mixture_log_prob":
+        return (torch.randint(0, 256, (b, 3, 2, 3)) / 255.0,
+                torch.randn(b, 20, 2, 3, requires_grad=True)), dict(bits=8)
     return (x, torch.randn(k, b, d, requires_grad=True), mu, lv,
             torch.randn(k, b, l, requires_grad=True)), dict(reduction="mean")
 
@@ -148,6 +153,11 @@ def _op_args():
         t(b, d), t(b, d), t(d), 0.0, [True, True, True], "torch")
     yield "kl", torch.ops.fastvae.kl_standard_normal.default, (
         t(b, l), t(b, l), [True, True], "torch")
+    images = torch.randint(0, 256, (b, 3, 2, 3)) / 255.0
+    yield "dmol-rgb-mean", torch.ops.fastvae.discretized_logistic_mixture_log_prob.default, (
+        images, t(b, 20, 2, 3), 8, "mean", -1.0, [True], "torch")
+    yield "dmol-gray-none-nograd", torch.ops.fastvae.discretized_logistic_mixture_log_prob.default, (
+        images[:, :1], t(b, 6, 2, 3, grad=False), 5, "none", 1.0, [False], "torch")
     # the sampler: noise is eps itself on the "torch" backend
     for n in (0, 3):
         shape = (b, l) if n == 0 else (n, b, l)

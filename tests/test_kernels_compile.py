@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 import subprocess
@@ -65,6 +66,8 @@ def _widest_load_allowed(cfg) -> int:
         per_thread = max(1, cx["BLOCK_B"] * cx["BLOCK_D"] // threads)
     elif "Q" in cx:
         per_thread = max(1, cx["Q"] // threads)
+    elif "BLOCK_P" in cx:  # the DMoL kernel's (components, pixels) parameter tiles
+        per_thread = max(1, cx["BLOCK_M"] * cx["BLOCK_P"] // threads)
     else:
         return 16
     return min(16, per_thread * BYTES[cfg["dtype"]])
@@ -178,6 +181,26 @@ def test_every_launch_configuration_is_shipped():
                 for lik in range(4):
                     bb, bd, bl, warps = configs.row_config(256, d, 32, kernel, lik)
                     assert f"{kernel}_rows[LIK={lik},{bb}x{bd},L{bl}]" in names
+    finally:
+        configs.CONFIG_MODE = old
+
+
+def test_dmol_gpu_configs_are_shipped():
+    """Every DMoL configuration the host can launch on a GPU (M up to DMOL_MAX_MIX)."""
+    from fastvae.backends.triton_backend import configs
+    names = set(_configs())
+    old = configs.CONFIG_MODE
+    configs.CONFIG_MODE = "gpu"
+    try:
+        for m in range(1, configs.DMOL_MAX_MIX + 1):
+            for hw in (1, 64, 784, 1024, 4096):
+                bm, bp, warps = configs.dmol_config(m, hw)
+                assert m <= bm
+                for c, mode in itertools.product((1, 3), ("grad", "eval")):
+                    assert f"dmol_rows[C={c},{mode},{bm}x{bp}]" in names
+        for element, tag in ((4, ""), (2, ",bf16"), (2, ",fp16")):
+            bb, bd, bl, _ = configs.elbo_config(256, 0, 64, element)  # the shipped L
+            assert f"elbo_rows[latents-train,{bb}x{bd},L{bl}{tag}]" in names
     finally:
         configs.CONFIG_MODE = old
 

@@ -69,11 +69,16 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
     graph is freed after this backward (a retained graph still needs the saved gradients).
     """
     gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    if (ctx.owns_saved and grad_out is not None and grad_out.dim() == 0
-            and type(grad_out) is torch.Tensor and not torch.compiler.is_compiling()
-            and not _graph_kept()):
+    if grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out):
         return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
     return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
+
+
+def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
+    """Whether backward may multiply the saved gradients by ``grad_out`` in place (see
+    :func:`weigh_saved` for why each condition)."""
+    return (ctx.owns_saved and grad_out is not None and type(grad_out) is torch.Tensor
+            and not torch.compiler.is_compiling() and not _graph_kept())
 
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:

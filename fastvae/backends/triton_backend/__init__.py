@@ -16,9 +16,12 @@ Launches per call (machine-independent; tests count them):
                          fits on chip (``configs.iwae_onepass_config``), else the two-pass
                          kernel, which reads the row again for the weighted gradients
     gaussian_log_prob    1            kl_standard_normal    1
+    discretized_logistic_mixture_log_prob   1 (+ torch's sum of per-block partials);
+                         backward as elbo's
 
 Float64 inputs and empty dimensions go to the "torch" backend (same contract).
 """
+from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob_fwd
 from .elbo import elbo_fwd
 from .gaussian_log_prob import gaussian_log_prob_fwd
 from .iwae_bound import iwae_bound_fwd
@@ -30,3 +33,4 @@ from .scale import scale_saved_
 __all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_normal_fwd",
            "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
            "reparameterize_std_eps", "scale_saved_"]
+__all__ += ["discretized_logistic_mixture_log_prob_fwd"]

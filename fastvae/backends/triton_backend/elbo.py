@@ -18,11 +18,14 @@ from ._rows import gradient_buffers, likelihood_args
 def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
              reduction, scale, needs):
     """Same contract as the "torch" backend's: (value, gx, grecon, gmu, glogvar, gz, gobs)."""
-    if _launch.delegated(x, recon, mu, logvar, z, obs):
+    b, d = x.shape
+    # D = 0 (the latent part of a DMoL ELBO) runs here too: the row kernel's data loops are
+    # empty and read no data pointer.
+    if _launch.delegated(x if d else None, recon if d else None, mu, logvar, z, obs) or (
+            d == 0 and torch.float64 in (x.dtype, recon.dtype)):
         return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl,
                                       beta, free_bits, reduction, scale, needs)
     dev = x.device
-    b, d = x.shape
     l = mu.shape[1]
     x, recon, mu, logvar = _launch.rows(x), _launch.rows(recon), _launch.rows(mu), _launch.rows(logvar)
     z = _launch.rows(z) if z is not None else None
@@ -59,12 +62,14 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     out = _launch.alloc(() if reduce else (b,), f32, dev)
     _launch.launch(
         ke.elbo_rows_kernel, (programs,),
-        X=x, R=recon, OBS=obs_arg, MU=mu, LV=logvar, Z=z_arg,
+        X=x if d else _launch.dummy(x.dtype, dev), R=recon if d else _launch.dummy(recon.dtype, dev),
+        OBS=obs_arg, MU=mu, LV=logvar, Z=z_arg,
         CLAMPED=_launch.given(clamped, torch.int32, dev),
         ROW_VALUES=out,
         PARTIALS=_launch.alloc((programs,), f32, dev) if reduce else _launch.dummy(f32, dev),
         COUNTER=_launch.ticket(dev) if reduce else _launch.dummy(torch.int32, dev),
-        GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon.dtype, dev),
+        GX=_launch.given(gx if d else None, x.dtype, dev),
+        GR=_launch.given(gr if d else None, recon.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
         GZ=_launch.given(gz, mu.dtype, dev),
@@ -73,7 +78,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=stride_z,
         obs_scalar=float(obs_scalar), beta=float(beta), c=float(c), free_bits=float(free_bits),
         LIK=lik, KL_MC=mc, FREE_BITS=free, REDUCE=reduce,
-        NEED_GX=gx is not None, NEED_GR=gr is not None,
+        NEED_GX=gx is not None and d > 0, NEED_GR=gr is not None and d > 0,
         OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
                   else GOBS_NONE).value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,

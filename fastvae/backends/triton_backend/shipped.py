@@ -4,8 +4,10 @@ divisibility-by-16 the GPU JIT would infer on the contiguous path.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List
 
+from fastvae.kernels import discretized_logistic_mixture_log_prob as kd
 from fastvae.kernels import elbo as ke
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
@@ -25,6 +27,9 @@ _DIVISIBLE_INTS = {"D", "L", "BL", "CPAD", "stride_x", "stride_r", "stride_obs",
                    "stride_zb", "N0", "N1", "N2", "N3", "N4", "N5"}
 _SCALARS = {"obs_scalar", "beta", "c", "row_scale", "log_k", "free_bits"}
 _SIZES = {"B", "D", "L", "K", "BL", "CPAD", "NPART", "NBLK", *(f"N{i}" for i in range(6))}
+# The DMoL kernel's: 32x32 and 64x64 images make these multiples of 16.
+_DIVISIBLE_INTS |= {"n_pix", "stride_xb", "stride_pb", "stride_gb"}
+_SCALARS |= {"levels"}
 
 
 def _signature(kernel, io: str, constexprs: Dict[str, int], pointers_of=None):
@@ -68,10 +73,42 @@ _IWAE_MODES = {
 }
 
 
+# The ELBO row kernel with no data columns: the latent half of a DMoL ELBO (its data half
+# is the DMoL kernel), at the tile configs.elbo_config gives D = 0.
+_LATENT_MODES = {f"latents-{mode}": dict(_ELBO_MODES[mode], NEED_GR=False, OBS_GRAD_TENSOR=0)
+                 for mode in _ELBO_MODES}
+
+
 def _config(name, kernel, io, constexprs, num_warps, pointers_of=None):
     sig, divisible = _signature(kernel, io, constexprs, pointers_of)
     return dict(name=name, kernel=kernel, signature=sig, constexprs=constexprs,
                 divisible=divisible, num_warps=num_warps)
+
+
+def _dmol_configs(io: str, tag: str, element: int) -> List[dict]:
+    """The DMoL kernel at every BLOCK_M tile, both channel counts, with and without the
+    gradient; x is float32 (data under autocast) or, for 16-bit params, of their type
+    too. Then the ELBO row kernel's latent-only modes."""
+    out = []
+    xs = ("*fp32",) if io == "*fp32" else ("*fp32", io)
+    for block_m, (block_p, warps) in configs.DMOL_TILES.items():
+        for channels, grad, x_type in itertools.product((1, 3), (True, False), xs):
+            cx = {"C": channels, "NEED_GRAD": grad, "INT64": False, "BLOCK_M": block_m,
+                  "BLOCK_P": block_p}
+            x_tag = ",x16" if x_type != "*fp32" else ""
+            out.append(_config(
+                f"dmol_rows[C={channels},{'grad' if grad else 'eval'},{block_m}x{block_p}"
+                f"{x_tag}{tag}]", kd.dmol_rows_kernel, io, cx, warps,
+                {"X": x_type, "PARTIALS": "*fp32"}))
+    block_b, block_d, block_l, warps = configs.elbo_config(65536, 0, 64, element)
+    for mode, switches in _LATENT_MODES.items():
+        cx = dict(switches, LIK=configs.BERNOULLI, NEED_GX=False, INT64=False, BLOCK_B=block_b,
+                  BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=configs.TICKET_SUM_BLOCK)
+        cx["OBS_GRAD"] = cx.pop("OBS_GRAD_TENSOR")
+        out.append(_config(f"elbo_rows[{mode},{block_b}x{block_d},L{block_l}{tag}]",
+                           ke.elbo_rows_kernel, io, cx, warps,
+                           {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+    return out
 
 
 def shipped_configs(dtype: str = "fp32") -> List[dict]:
@@ -123,6 +160,7 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     cx = {"SUM_ROWS": True, "BLOCK_P": fin_b, "BLOCK_D": fin_d, "BLOCK_SUM": fin_sum}
     out.append(_config(f"finish[{fin_b},D{fin_d},S{fin_sum}{tag}]", kred.finish_kernel, io, cx,
                        configs.FINISH_WARPS))
+    out += _dmol_configs(io, tag, element)
     cx = {"CHUNKS": configs.REPARAMETERIZE_CHUNKS, "Q": kr.Q}
     for direction, kernel in (("fwd", kr.reparameterize_fwd_kernel),
                               ("bwd", kr.reparameterize_bwd_kernel)):

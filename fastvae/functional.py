@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from . import backends, ops, reference
+from . import backends, estimators, ops, reference
 from . import validation as V
 
 
@@ -77,6 +77,7 @@ def elbo(
     reduction="mean",
     backend=None,
     validate=None,
+    estimator="standard",
     *,
     _scale=1.0,
 ):
@@ -108,6 +109,13 @@ def elbo(
         backend: see :func:`reparameterize`.
         validate: run the value checks (x range, finiteness); None uses the global
             default set by :func:`fastvae.set_validation`.
+        estimator: the gradient estimator (the value is the same):
+            ``"standard"``: the reparameterized gradient of the value;
+            ``"stl"`` (sticking the landing, Roeder et al. 2017; needs ``kl="mc"``):
+            ``log q(z|x)`` differentiated through z only, its parameters mu, logvar
+            held fixed: no direct gradient w.r.t. mu and logvar, ``d/dz`` unchanged,
+            so the encoder's gradient arrives through z (pass the z of
+            :func:`reparameterize`). Unbiased; zero variance where q is the posterior.
 
     Returns the ELBO, to be maximized (``fastvae.ELBOLoss`` returns its negative).
     With ``reduction="sum"`` and the Bernoulli likelihood this is exactly minus the
@@ -116,6 +124,7 @@ def elbo(
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("kl", kl, V.KL_MODES)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    estimators.check_elbo(estimator, kl)
     beta = V.check_number("beta", beta, minimum=0.0)
     free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
     batch, latent = V.check_latents(mu, logvar)
@@ -135,7 +144,8 @@ def elbo(
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
                    recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
     fn = _run(backend, device, "elbo")
-    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction)
+    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
+                  estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
@@ -184,7 +194,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
-               reduction="none", backend=None, validate=None):
+               reduction="none", backend=None, validate=None, estimator="standard"):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -197,9 +207,27 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
         likelihood, obs_logvar, backend, validate: as in :func:`elbo`.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
+        estimator: the gradient estimator; the value is the bound whatever it is.
+            With ``w~_k = softmax_k(log w_k)``:
+            ``"standard"``: the gradient of the bound, ``sum_k w~_k d log w_k``;
+            ``"stl"``: the same with ``log q`` at stopped parameters (no direct
+            gradient w.r.t. mu and logvar; the encoder's arrives through z_k).
+            Biased for K > 1 (Tucker et al. 2018), unlike DReG;
+            ``"dreg"`` (doubly reparameterized, Tucker et al. 2018): decoder gradients
+            as "standard" (``w~_k`` weighting), encoder gradient
+            ``sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi)`` with log q at stopped
+            parameters. Unbiased, and its signal-to-noise ratio does not decay with K.
+            The second ``w~_k`` is a gradient hook this call registers on ``z_k``: in
+            this bound's backward it multiplies *every* gradient reaching z_k (the
+            decoder's path included) by ``w~_k``, so ``z_k.grad`` is
+            ``w~_k^2 d log w_k / d z_k``. Draw z_k with :func:`reparameterize`, decode
+            it, and use it for this bound alone (another loss on the same z_k in the
+            same backward would be weighted too). Eager only: inside
+            ``torch.compile`` and ``torch.func`` transforms it raises.
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    estimators.check_iwae(estimator)
     batch, latent = V.check_latents(mu, logvar)
     V.check_tensor("z_k", z_k)
     if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
@@ -214,5 +242,12 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
                    recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
+    if estimator == "dreg":
+        if ops.functorch_active():
+            raise RuntimeError("estimator='dreg' is not available under torch.func transforms: "
+                               "its second weight is a gradient hook on z_k, which they do not "
+                               "run; use estimator='stl' or 'standard' there")
+        estimators.check_dreg_graph(recon_k, z_k)
     fn = _run(backend, device, "iwae_bound")
-    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction)
+    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,
+              estimator=estimator)

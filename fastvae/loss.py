@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import estimators
 from . import validation as V
 from .functional import elbo
 
@@ -11,18 +12,20 @@ class ELBOLoss(nn.Module):
     r"""``-ELBO = -(log p(x|z) - beta * KL)``, to be minimized.
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
-    reduction="mean")``; ``loss(x, recon, mu, logvar, z=None, obs_logvar=0.0)``.
+    reduction="mean", estimator="standard")``; ``loss(x, recon, mu, logvar, z=None, obs_logvar=0.0)``.
     Every argument means what it means in :func:`fastvae.elbo`. With
     ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
     VAE ``loss_function``.
     """
 
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
-                 reduction="mean", backend=None, validate=None):
+                 reduction="mean", backend=None, validate=None, estimator="standard"):
         super().__init__()
         V.check_option("likelihood", likelihood, V.LIKELIHOODS)
         V.check_option("kl", kl, V.KL_MODES)
         V.check_option("reduction", reduction, V.REDUCTIONS)
+        estimators.check_elbo(estimator, kl)
+        self.estimator = estimator
         self.likelihood, self.kl, self.reduction = likelihood, kl, reduction
         self.beta = V.check_number("beta", beta, minimum=0.0)
         self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
@@ -34,8 +37,9 @@ class ELBOLoss(nn.Module):
         return elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
                     beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
                     reduction=self.reduction, backend=self.backend, validate=self.validate,
-                    _scale=-1.0)
+                    estimator=self.estimator, _scale=-1.0)
 
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "
-                f"free_bits={self.free_bits}, reduction={self.reduction!r}")
+                f"free_bits={self.free_bits}, reduction={self.reduction!r}"
+                + (f", estimator={self.estimator!r}" if self.estimator != "standard" else ""))

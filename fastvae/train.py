@@ -58,7 +58,7 @@ def default_config() -> dict:
                 hidden=[256], channels=[32, 64], epochs=60, batch_size=32, lr=1e-3, beta=1.0,
                 kl="analytic", likelihood="bernoulli", backend="auto", amp=False,
                 compile=False, seed=0, device="auto", out=None, resume=False, progress=True,
-                iwae_k=1000, threads=0)
+                iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
 
 
 # -- distributed ----------------------------------------------------------------
@@ -113,14 +113,35 @@ def _core(model):
 
 
 def batch_loss(model, x, cfg: dict):
-    """``-ELBO`` (batch mean, what we minimize) of one forward pass through ``model``
-    (possibly DDP- or compile-wrapped), and the pieces for logging."""
-    recon, mu, logvar, z = model(x, backend=cfg["backend"])
+    """The loss (batch mean, what we minimize) of one forward pass through ``model``
+    (possibly DDP- or compile-wrapped), and the pieces for logging (one sample's).
+
+    ``objective`` "elbo": ``-ELBO``, averaged over ``k`` samples per example (Burda et
+    al.'s k-sample VAE baseline); "iwae": ``-L_k``, the importance-weighted bound. The
+    gradient is the ``estimator``'s (:func:`fastvae.iwae_bound`)."""
     core = _core(model)
-    e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
-                     z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
-                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"])
-    return -e, (recon, mu, logvar)
+    k, objective, estimator = cfg.get("k", 1), cfg.get("objective", "elbo"), cfg.get(
+        "estimator", "standard")
+    if objective == "elbo" and k == 1:
+        recon, mu, logvar, z = model(x, backend=cfg["backend"])
+        e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
+                         z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
+                         obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"],
+                         estimator=estimator)
+        return -e, (recon, mu, logvar)
+    recon_k, mu, logvar, z_k = model(x, backend=cfg["backend"], n_samples=k)
+    if objective == "iwae":
+        bound = fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=core.likelihood,
+                                   obs_logvar=core._obs(), reduction="mean",
+                                   backend=cfg["backend"], estimator=estimator)
+        return -bound, (recon_k[0], mu, logvar)
+    rows = lambda t: t.expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])  # noqa: E731
+    e = fastvae.elbo(rows(x), recon_k.flatten(0, 1), rows(mu), rows(logvar),
+                     likelihood=core.likelihood, kl=cfg["kl"],
+                     z=z_k.flatten(0, 1) if cfg["kl"] == "mc" else None, beta=cfg["beta"],
+                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"],
+                     estimator=estimator)
+    return -e, (recon_k[0], mu, logvar)
 
 
 @torch.no_grad()
@@ -329,7 +350,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["compile"]:
+    if cfg["compile"] and cfg.get("estimator") == "dreg":
+        # DReG's hook on z_k must see the decoder's gradient into z_k, which a graph that
+        # samples and decodes keeps inside: compile the two halves, sample between them.
+        core.encode = torch.compile(core.encode, dynamic=False)
+        core.decode = torch.compile(core.decode, dynamic=False)
+    elif cfg["compile"]:
         # dynamic=False: one graph per batch shape (full and last batch), each fully
         # specialized; there are only two shapes per run.
         model = torch.compile(model, dynamic=False)
@@ -346,7 +372,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
-            f"out {out}")
+            f"{_objective_text(cfg)}, out {out}")
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
@@ -417,6 +443,13 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if world > 1:
         torch.distributed.barrier()
     return metrics
+
+
+def _objective_text(cfg) -> str:
+    """``elbo``, ``iwae K=5 dreg``, ...: the training objective and its estimator."""
+    k, estimator = cfg.get("k", 1), cfg.get("estimator", "standard")
+    return (cfg.get("objective", "elbo") + (f" K={k}" if k > 1 else "")
+            + (f" {estimator}" if estimator != "standard" else ""))
 
 
 def _progress(steps, epoch, cfg, is_main):

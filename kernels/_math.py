@@ -29,6 +29,7 @@ NEED_GLV = tl.constexpr(32)
 NEED_GZ = tl.constexpr(64)
 KL_MC = tl.constexpr(128)              # the single-sample KL from z, else the analytic one
 STORE_KL = tl.constexpr(256)           # save the per-latent KL (B, L) for free bits
+STORE_WEIGHTS = tl.constexpr(1024)     # IWAE: save softmax_k(log w_k) (K, B), for DReG
 NEED_DATA_GRADS = tl.constexpr(1 | 2 | 4 | 8)
 NEED_LATENT_GRADS = tl.constexpr(16 | 32 | 64)
 

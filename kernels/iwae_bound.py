@@ -29,19 +29,24 @@ twice: ``(2D + 3KD + 3KL + 6L) s`` plus 8K bytes, ``KD s`` more than the one-pas
 and its floor (a program reads its rows back right after pass 1, so part of that may
 come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 ``reduce.finish_kernel`` (no atomics).
+
+Estimators (``fastvae.estimators``) need no kernel code of their own: STL and DReG
+stop log q's parameters, so the host leaves the ``NEED_GMU``/``NEED_GLV`` bits off;
+DReG's hook needs the softmax weights, which ``STORE_WEIGHTS`` writes to ``WEIGHTS``
+(K, B) fp32 from the gradient pass (4K bytes per row).
 """
 import triton
 import triton.language as tl
 
 from ._math import (LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
-                    NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, kl_tile,
+                    NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, STORE_WEIGHTS, kl_tile,
                     likelihood_tile, load_data, load_f32, program_rows, store_as)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
-    LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
+    LOG_W, ROW_VALUES, WEIGHTS,               # (K, B) fp32 scratch; (B,) fp32 rows; (K, B) fp32
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
@@ -95,6 +100,11 @@ def iwae_bound_rows_kernel(
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
     if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
         tl.debug_barrier()  # LOG_W is read back by other threads of this program
+        if (flags & STORE_WEIGHTS) != 0:
+            for k in range(0, K):
+                lw_off = (zero_i64 + k) * B + rows
+                lw = tl.load(LOG_W + lw_off, mask=rmask, other=0.0)
+                tl.store(WEIGHTS + lw_off, tl.exp(lw - lse), mask=rmask)
         if (flags & NEED_DATA_GRADS) != 0:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
@@ -161,7 +171,7 @@ def iwae_bound_rows_kernel(
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
-    ROW_VALUES,                               # (B,) fp32 rows
+    ROW_VALUES, WEIGHTS,                      # (B,) fp32 rows; (K, B) fp32 (STORE_WEIGHTS)
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
@@ -224,6 +234,9 @@ def iwae_bound_onepass_kernel(
     # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
     if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
+        if (flags & STORE_WEIGHTS) != 0:
+            tl.store(WEIGHTS + ks64[None, :] * B + rows[:, None],
+                     p / tl.where(rmask, p_sum, 1.0)[:, None], mask=rk)
         w3 = w[:, :, None]
         rows2 = rows[:, None]
         cols2 = cols[None, :]

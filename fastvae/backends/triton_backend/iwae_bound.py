@@ -10,6 +10,7 @@ import triton
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
+from fastvae.kernels._math import STORE_WEIGHTS
 
 from ..._dtypes import reduce_scale
 from .. import torch_backend
@@ -17,11 +18,13 @@ from . import _launch, configs
 from ._rows import gradient_buffers, gradient_flags, likelihood_args
 
 
-def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
-    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs)."""
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs,
+                   weights=False):
+    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
+    softmax weights (K, B) fp32 or empty)."""
     if _launch.delegated(x, recon_k, mu, logvar, z_k, obs):
         return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar,
-                                            likelihood, reduction, needs)
+                                            likelihood, reduction, needs, weights)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]
@@ -43,9 +46,13 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
     gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
         (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
-    flags = gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial)
+    # DReG's weights are written only where a gradient is: in the kernels' gradient pass.
+    w_out = _launch.alloc((k, b), f32, dev) if weights else None
+    flags = (gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial)
+             | _launch.flag_bits((STORE_WEIGHTS, weights)))
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
+        WEIGHTS=_launch.given(w_out, f32, dev),
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
@@ -70,4 +77,5 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
             B=b, D=d, NPART=programs, c=float(c),
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs))
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs),
+            w_out if weights else out.new_empty(0))

@@ -17,7 +17,7 @@ from . import configs
 LIKELIHOOD_CODES = (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
                     configs.GAUSSIAN_TENSOR)
 # The kernels' own buffers, fp32 whatever the caller's dtype (as the host allocates them).
-_FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS"}
+_FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS", "WEIGHTS"}
 # Integer arguments the JIT sees divisible by 16 at the benchmark shapes (D = 784, L = 32):
 # the sizes and row strides; counts such as B, K or the program count are not.
 _DIVISIBLE_INTS = {"D", "L", "BL", "CPAD", "stride_x", "stride_r", "stride_obs",

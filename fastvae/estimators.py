@@ -24,7 +24,9 @@ see. So the op registers a gradient hook on z_k (:func:`attach_dreg_hook`, mmvae
 construction) that multiplies the gradient arriving at z_k by ``w~_k`` during the
 backward pass of that bound: z_k's own gradient (``z_k.grad`` for a leaf) is then
 ``w~_k^2 d log w_k / d z_k``, and ``reparameterize``'s backward turns it into the
-encoder's DReG gradient.
+encoder's DReG gradient. Higher-order gradients (``create_graph=True``) differentiate
+that gradient with the weights held constant: the hook weighs the bound's own backward,
+not the backward of its gradient.
 """
 from __future__ import annotations
 
@@ -107,21 +109,41 @@ def _single_parent_chain(node, depth: int = 8) -> list:
     return out
 
 
+def _hidden_producer(recon_k: Tensor, z_k: Tensor, depth: int = 8):
+    """The autograd node that made z_k (or a node it is a view of) *and* recon_k, where
+    recon_k reaches it other than through z_k itself; else None. Walks recon_k's
+    single-parent ancestors (views, a bias-free last layer) only: a decoder layer with
+    parameters has several parents, and there the path is visible."""
+    producers = {id(n) for n in _single_parent_chain(z_k.grad_fn, depth)}
+    node = recon_k.grad_fn
+    for _ in range(depth):
+        if node is None:
+            return None
+        if id(node) in producers:
+            return node
+        edges = [(n, i) for n, i in node.next_functions if n is not None]
+        if any(n is z_k.grad_fn and i == z_k.output_nr for n, i in edges):
+            return None  # recon_k comes from z_k itself: the hook sees that gradient
+        if len({id(n) for n, _ in edges}) != 1:
+            return None
+        node = edges[0][0]
+    return None
+
+
 def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
     """ValueError where the decoder's path from z_k to recon_k is hidden inside one autograd
     node that outputs both (a torch.compile'd or DDP-synced model that samples *and*
     decodes): the hook on z_k would only see the bound's direct gradient there."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or z_k.grad_fn is None:
         return
-    zs = {id(n) for n in _single_parent_chain(z_k.grad_fn)}
-    shared = [n for n in _single_parent_chain(recon_k.grad_fn) if id(n) in zs]
-    if shared:
+    node = _hidden_producer(recon_k, z_k)
+    if node is not None:
         raise ValueError(
             f"estimator='dreg': recon_k and z_k come out of one autograd node "
-            f"({type(shared[0]).__name__}, e.g. a torch.compile'd model that samples and "
-            "decodes), which hides the decoder's path from z_k to recon_k from DReG's hook on "
-            "z_k. Draw z_k outside that region (fastvae.reparameterize) and pass it to the "
-            "decoder, or use estimator='stl'")
+            f"({type(node).__name__}, e.g. a torch.compile'd model that samples and decodes), "
+            "which hides the decoder's path from z_k to recon_k from DReG's hook on z_k. Draw "
+            "z_k outside that region (fastvae.reparameterize) and pass it to the decoder, or "
+            "use estimator='stl'")
 
 
 def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:

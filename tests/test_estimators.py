@@ -367,3 +367,118 @@ def test_launches_are_the_standard_estimators(seed, kernel_device, launches):
                                               reduction="mean", free_bits=0.1, **o), case)
         seen[est] = [n for n in launches if "elbo" in n]
     assert seen["stl"] == seen["standard"] and seen["standard"], seen
+
+
+# -- torch.compile, torch.func, modules, errors (the CPU "torch" backend) ---------------------
+
+def _eager_and_compiled(fn, *args, fullgraph):
+    torch._dynamo.reset()
+    want = fn(*args)
+    want_g = torch.autograd.grad(want, args[:3])
+    got = torch.compile(fn, fullgraph=fullgraph, backend="aot_eager")(*args)
+    return want, want_g, got, torch.autograd.grad(got, args[:3])
+
+
+def _iwae_step(estimator):
+    def step(mu, lv, w, eps, x):
+        z = mu + torch.exp(0.5 * lv) * eps
+        return fastvae.iwae_bound(x, z @ w, mu, lv, z, reduction="mean", backend="torch",
+                                  estimator=estimator)
+    return step
+
+
+def _inputs(seed):
+    g = torch.Generator().manual_seed(seed)
+    mu, lv, w = (leaf(torch.randn(s, generator=g) * 0.5) for s in ((3, 2), (3, 2), (2, 5)))
+    return mu, lv, w, torch.randn(4, 3, 2, generator=g), torch.rand(3, 5, generator=g)
+
+
+def test_stl_compiles_without_graph_break(seed):
+    """STL is only a needs pattern and the estimator string: one custom-op node each."""
+    def elbo_step(mu, lv, w, eps, x):
+        z = mu + torch.exp(0.5 * lv) * eps[0]
+        return fastvae.elbo(x, z @ w, mu, lv, kl="mc", z=z, backend="torch", estimator="stl")
+    for fn in (_iwae_step("stl"), elbo_step):
+        want, want_g, got, got_g = _eager_and_compiled(fn, *_inputs(seed), fullgraph=True)
+        torch.testing.assert_close(got, want)
+        for a, b in zip(got_g, want_g):
+            torch.testing.assert_close(a, b)
+
+
+def test_dreg_under_compile_runs_eagerly_or_says_why(seed):
+    """Its hook cannot live in a graph: a fullgraph compile raises an error that says so;
+    otherwise dynamo runs the bound eagerly and the gradients are eager's."""
+    want, want_g, got, got_g = _eager_and_compiled(_iwae_step("dreg"), *_inputs(seed),
+                                                   fullgraph=False)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(got_g, want_g):
+        torch.testing.assert_close(a, b)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match=r"estimator='dreg' is not supported inside torch.compile"):
+        torch.compile(_iwae_step("dreg"), fullgraph=True, backend="aot_eager")(*_inputs(seed))
+
+
+def test_dreg_refuses_a_graph_that_hides_the_decoders_path(seed):
+    """A compiled function that samples *and* decodes returns z_k and recon_k from one node:
+    the decoder's path into z_k is inside it, out of the hook's reach."""
+    mu, lv, w, eps, x = _inputs(seed)
+
+    def sample_and_decode(mu, lv, w):
+        z = mu + torch.exp(0.5 * lv) * eps
+        return z @ w, z
+    torch._dynamo.reset()
+    recon, z = torch.compile(sample_and_decode, backend="aot_eager")(mu, lv, w)
+    with pytest.raises(ValueError, match="come out of one autograd node"):
+        fastvae.iwae_bound(x, recon, mu, lv, z, estimator="dreg", backend="torch")
+    # sampling outside, decoding inside a compiled function: the path is visible
+    decode = torch.compile(lambda z, w: z @ w, backend="aot_eager")
+    z = mu + torch.exp(0.5 * lv) * eps
+    v = fastvae.iwae_bound(x, decode(z, w), mu, lv, z, reduction="sum", estimator="dreg",
+                           backend="torch")
+    z2 = mu + torch.exp(0.5 * lv) * eps
+    want = fastvae.iwae_bound(x, z2 @ w, mu, lv, z2, reduction="sum", estimator="dreg",
+                              backend="torch")
+    for a, b in zip(torch.autograd.grad(v, [mu, lv]), torch.autograd.grad(want, [mu, lv])):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_func(seed):
+    """torch.func runs the reference: STL works there (stopped parameters are a detach);
+    DReG's hook does not exist there, and it says so."""
+    mu, lv, w, eps, x = _inputs(seed)
+
+    def stl(mu):
+        z = mu + torch.exp(0.5 * lv.detach()) * eps[0]
+        return fastvae.elbo(x, z @ w.detach(), mu, lv.detach(), kl="mc", z=z, estimator="stl")
+    got = torch.func.grad(stl)(mu.detach())
+    torch.testing.assert_close(got, torch.autograd.grad(stl(mu), mu)[0])
+    with pytest.raises(RuntimeError, match="not available under torch.func"):
+        torch.func.grad(lambda m: _iwae_step("dreg")(m, lv.detach(), w.detach(), eps, x))(
+            mu.detach())
+
+
+def test_elbo_loss_module_takes_the_estimator(seed):
+    mu, lv, w, eps, x = _inputs(seed)
+    loss = fastvae.ELBOLoss(kl="mc", estimator="stl", backend="torch")
+    assert "estimator='stl'" in repr(loss)
+    z = mu + torch.exp(0.5 * lv) * eps[0]
+    got = torch.autograd.grad(loss(x, z @ w, mu, lv, z=z), [mu, lv, w])
+    z = mu + torch.exp(0.5 * lv) * eps[0]
+    e = fastvae.elbo(x, z @ w, mu, lv, kl="mc", z=z, estimator="stl", backend="torch")
+    for a, b in zip(got, torch.autograd.grad(-e, [mu, lv, w])):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="needs kl='mc'"):
+        fastvae.ELBOLoss(estimator="stl")
+
+
+def test_errors():
+    x, recon, mu, lv = torch.rand(2, 3), torch.randn(2, 3), torch.randn(2, 2), torch.randn(2, 2)
+    z = torch.randn(2, 2)
+    with pytest.raises(ValueError, match="estimator='stl' .* needs kl='mc'"):
+        fastvae.elbo(x, recon, mu, lv, estimator="stl")
+    with pytest.raises(ValueError, match="estimator='dreg' is the importance-weighted bound's"):
+        fastvae.elbo(x, recon, mu, lv, kl="mc", z=z, estimator="dreg")
+    with pytest.raises(ValueError, match=r"estimator must be one of \('standard', 'stl'\)"):
+        fastvae.elbo(x, recon, mu, lv, kl="mc", z=z, estimator="STL")
+    with pytest.raises(ValueError, match=r"estimator must be one of \('standard', 'stl', 'dreg'\)"):
+        fastvae.iwae_bound(x, recon[None], mu, lv, z[None], estimator="drge")

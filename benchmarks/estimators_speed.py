@@ -4,6 +4,7 @@ backward, the estimators of one backend timed interleaved in one run
 (``fastvae.bench.timing.time_interleaved``), so their ratios are side by side.
 
     python benchmarks/estimators_speed.py [--quick] [--device cuda] [--reps 31] [--threads 1]
+                                          [--cpu-time]
 
 Cases: the ELBO with the Monte-Carlo KL (standard, STL) at B=4096 D=784 L=32, and the IWAE
 bound (standard, STL, DReG) at B=256 D=784 L=32, K = 5 and 50; Bernoulli, reduction "sum",
@@ -11,7 +12,9 @@ every input a leaf that requires grad (DReG's hook runs on z_k). Backends: on th
 "torch", "aten" (the torch backend with its compiled C row kernel off) and "reference";
 on CUDA "triton" and "reference". ``x standard`` is standard's median over the
 estimator's (> 1: faster); ``paired`` is the median over rounds of the ratio within each
-round, with its interquartile range: the spread of the machine.
+round, with its interquartile range: the spread of the machine. ``--cpu-time`` (CPU,
+``--threads 1``) times the calling thread's CPU time instead of the wall clock, which other
+processes on a shared machine disturb less.
 """
 from __future__ import annotations
 
@@ -19,12 +22,13 @@ import argparse
 import json
 import statistics
 import sys
+import time
 
 import torch
 
 import fastvae
 from fastvae.bench.specs._common import native_kernel_off
-from fastvae.bench.timing import inner_calls, time_interleaved, timed
+from fastvae.bench.timing import check_cpu_time, inner_calls, time_interleaved, timed
 
 
 def _leaf(t):
@@ -79,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the IWAE K=5 case only, fewer rounds")
     p.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 31)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time the thread's CPU time (CPU, --threads 1)")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
     device = args.device if args.device != "auto" else (
@@ -86,6 +92,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = args.reps or (11 if args.quick else 31)
+    clock = time.perf_counter
+    if args.cpu_time:
+        check_cpu_time(device)
+        clock = time.thread_time
     cases = [("iwae", 256, 784, 32, 5)]
     if not args.quick:
         cases = [("elbo", 4096, 784, 32, 1)] + cases + [("iwae", 256, 784, 32, 50)]
@@ -101,7 +111,7 @@ def main(argv=None) -> int:
             for s in steps.values():  # warm-up
                 s()
             inner = inner_calls(device, max(timed(s, device)[0] for s in steps.values()))
-            times = time_interleaved(steps, device, reps, inner=inner)
+            times = time_interleaved(steps, device, reps, clock=clock, inner=inner)
             base = statistics.median(times["standard"])
             for e in ests:
                 paired = [s / t for s, t in zip(times["standard"], times[e])]
@@ -115,7 +125,8 @@ def main(argv=None) -> int:
                 file=sys.stderr, flush=True)
     env = (f"torch {torch.__version__}, {device}"
            + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else "")
-           + f", {torch.get_num_threads()} threads, {reps} interleaved rounds")
+           + f", {torch.get_num_threads()} threads, {reps} interleaved rounds, "
+           + ("thread CPU time" if args.cpu_time else "wall clock"))
     print(f"\n{env}\n")
     print("| op | shape | backend | estimator | median ms | x standard | paired [IQR] |")
     print("|---|---|---|---|---|---|---|")

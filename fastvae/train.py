@@ -32,6 +32,7 @@ import torch
 
 import fastvae
 
+from . import objectives
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
 from .data import DataError, load_dataset
@@ -114,34 +115,9 @@ def _core(model):
 
 def batch_loss(model, x, cfg: dict):
     """The loss (batch mean, what we minimize) of one forward pass through ``model``
-    (possibly DDP- or compile-wrapped), and the pieces for logging (one sample's).
-
-    ``objective`` "elbo": ``-ELBO``, averaged over ``k`` samples per example (Burda et
-    al.'s k-sample VAE baseline); "iwae": ``-L_k``, the importance-weighted bound. The
-    gradient is the ``estimator``'s (:func:`fastvae.iwae_bound`)."""
-    core = _core(model)
-    k, objective, estimator = cfg.get("k", 1), cfg.get("objective", "elbo"), cfg.get(
-        "estimator", "standard")
-    if objective == "elbo" and k == 1:
-        recon, mu, logvar, z = model(x, backend=cfg["backend"])
-        e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
-                         z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
-                         obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"],
-                         estimator=estimator)
-        return -e, (recon, mu, logvar)
-    recon_k, mu, logvar, z_k = model(x, backend=cfg["backend"], n_samples=k)
-    if objective == "iwae":
-        bound = fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=core.likelihood,
-                                   obs_logvar=core._obs(), reduction="mean",
-                                   backend=cfg["backend"], estimator=estimator)
-        return -bound, (recon_k[0], mu, logvar)
-    rows = lambda t: t.expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])  # noqa: E731
-    e = fastvae.elbo(rows(x), recon_k.flatten(0, 1), rows(mu), rows(logvar),
-                     likelihood=core.likelihood, kl=cfg["kl"],
-                     z=z_k.flatten(0, 1) if cfg["kl"] == "mc" else None, beta=cfg["beta"],
-                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"],
-                     estimator=estimator)
-    return -e, (recon_k[0], mu, logvar)
+    (possibly DDP- or compile-wrapped), and the pieces for logging: ``-ELBO``, or ``-L_K``
+    with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
+    return objectives.loss(model, _core(model), x, cfg)
 
 
 @torch.no_grad()
@@ -372,7 +348,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
-            f"{_objective_text(cfg)}, out {out}")
+            f"{objectives.describe(cfg)}, out {out}")
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
@@ -443,13 +419,6 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if world > 1:
         torch.distributed.barrier()
     return metrics
-
-
-def _objective_text(cfg) -> str:
-    """``elbo``, ``iwae K=5 dreg``, ...: the training objective and its estimator."""
-    k, estimator = cfg.get("k", 1), cfg.get("estimator", "standard")
-    return (cfg.get("objective", "elbo") + (f" K={k}" if k > 1 else "")
-            + (f" {estimator}" if estimator != "standard" else ""))
 
 
 def _progress(steps, epoch, cfg, is_main):

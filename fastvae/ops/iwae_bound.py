@@ -16,14 +16,17 @@ def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k:
                     obs: Optional[Tensor], obs_scalar: float, likelihood: str, reduction: str,
                     estimator: str, needs: List[bool], backend: str
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    # The last output: the softmax weights (K, B) DReG's hook needs, else empty.
+    # The last output: the softmax weights (K, B) DReG's hook needs (STL and DReG), else empty.
     return tuple(backends.get(backend).iwae_bound_fwd(
         x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs,
         _wants_weights(estimator, needs)))
 
 
 def _wants_weights(estimator: str, needs) -> bool:
-    return estimator == "dreg" and bool(needs[4])
+    """DReG's hook needs the weights; STL gets them too, so that the Triton backend
+    compiles one kernel specialization for both (stopped parameters, weights stored),
+    not two, for 4K bytes per row that STL leaves unused."""
+    return estimators.stops_parameters(estimator) and bool(needs[4])
 
 
 _iwae_bound_op = torch.library.custom_op("fastvae::iwae_bound", mutates_args=())(_iwae_bound_fwd)
@@ -69,9 +72,9 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
     """The IWAE bound through the fused op; arguments as ``fastvae.backends`` documents.
 
     ``estimator`` (``fastvae.estimators``): "stl" and "dreg" stop log q's parameters, so
-    the backend is not asked for direct mu/logvar gradients (they are zero); "dreg" also
-    has it return the softmax weights, which the hook registered on z_k here applies to
-    every gradient reaching z_k in this bound's backward."""
+    the backend is not asked for direct mu/logvar gradients (they are zero) and returns
+    the softmax weights, which for "dreg" the hook registered on z_k here applies to every
+    gradient reaching z_k in this bound's backward."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     needs = A.needs(x, recon_k, mu, logvar, z_k, obs)
     if estimators.stops_parameters(estimator):
@@ -79,6 +82,6 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
     outputs = _iwae_bound(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood,
                           reduction, estimator, needs, backend)
     value = A.owned(outputs)
-    if _wants_weights(estimator, needs):
+    if estimator == "dreg" and _wants_weights(estimator, needs):
         estimators.attach_dreg_hook(value, z_k, outputs[7])
     return value

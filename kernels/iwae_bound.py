@@ -30,11 +30,11 @@ and its floor (a program reads its rows back right after pass 1, so part of that
 come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 ``reduce.finish_kernel`` (no atomics).
 
-Estimators (``fastvae.estimators``) add one switch: STL and DReG stop log q's
-parameters, which is ``NEED_GMU = NEED_GLV = False``; DReG's gradient hook on z_k needs
+Estimators (``fastvae.estimators``) add one switch: DReG's gradient hook on z_k needs
 the softmax weights, which ``STORE_WEIGHTS`` writes to ``WEIGHTS`` (K, B) fp32 from the
-gradient pass (4K bytes per row; the rows kernel reads its log-weights once more). The
-host sets it for STL as well: one compiled specialization serves both estimators.
+gradient pass (4K bytes per row; the rows kernel from its latent loop, where each weight
+is formed anyway). STL and DReG stop log q's parameters: the host drops the direct
+mu/logvar gradients (and sets ``STORE_WEIGHTS`` for both: one compiled specialization).
 """
 import triton
 import triton.language as tl
@@ -105,11 +105,6 @@ def iwae_bound_rows_kernel(
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ):
         tl.debug_barrier()  # LOG_W is read back by other threads of this program
-        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
-            for k in range(0, K):
-                lw_off = (zero_i64 + k) * B + rows
-                lw = tl.load(LOG_W + lw_off, mask=rmask, other=0.0)
-                tl.store(WEIGHTS + lw_off, exp_(lw - lse), mask=rmask)
         if NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
@@ -156,7 +151,10 @@ def iwae_bound_rows_kernel(
                 z_base = zero_i64
                 gz_base = zero_i64
                 for k in range(0, K):
-                    lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    lw_off = (zero_i64 + k) * B + rows
+                    lw = tl.load(LOG_W + lw_off, mask=rmask, other=0.0)
+                    if STORE_WEIGHTS:  # softmax_k(log w_k) for DReG's hook, once per row
+                        tl.store(WEIGHTS + lw_off, exp_(lw - lse), mask=rmask & (l0 == 0))
                     w = (exp_(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
                     kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
@@ -242,9 +240,6 @@ def iwae_bound_onepass_kernel(
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ):
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
-        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
-            tl.store(WEIGHTS + ks64[None, :] * B + rows[:, None],
-                     p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)
         w3 = w[:, :, None]
         rows2 = rows[:, None]
         cols2 = cols[None, :]
@@ -279,3 +274,6 @@ def iwae_bound_onepass_kernel(
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             glv = tl.sum(d_lv * w3, axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)
+        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
+            tl.store(WEIGHTS + ks64[None, :] * B + rows2,
+                     p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)

@@ -44,8 +44,14 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     f32 = torch.float32
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
+    # STL and DReG (``weights``) take no direct mu/logvar gradient, yet the kernel writes
+    # one, into scratch dropped below: compiled without those gradients the kernels spill
+    # on sm_80/sm_90 (ptxas, 12 of 43 shipped tiles, 4-16 bytes at 40-170 registers), and
+    # they cost 2BL elements against recon_k's KBD.
+    dropped = bool(weights)
+    kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
     gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
-        (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
+        (x, recon_k, mu, logvar, z_k), kneeds, obs_tensor, gobs_partial, programs, obs_arg, dev)
     # DReG's weights are written only where a gradient is: in the kernels' gradient pass.
     w_out = _launch.alloc((k, b), f32, dev) if weights else None
     args = dict(
@@ -80,5 +86,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
             B=b, D=d, NPART=programs, c=float(c), SUM_ROWS=True,
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
+    if dropped:
+        gmu = glv = None
     return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs),
             w_out if weights else out.new_empty(0))

@@ -63,15 +63,15 @@ _ELBO_MODES = {
                  NEED_GLV=False, NEED_GZ=False, OBS_GRAD_TENSOR=0),
 }
 # The IWAE kernels': training (every gradient but d/dx), the NLL estimate (none), and
-# training with estimator="stl" or "dreg" (one specialization: no direct mu/logvar
-# gradient, the softmax weights stored for DReG's hook).
+# training with estimator="stl" or "dreg": the training switches plus the softmax weights
+# for DReG's hook (the host drops the direct mu/logvar gradients, see iwae_bound.py).
 _IWAE_MODES = {
     "train": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True, NEED_GLV=True,
                   NEED_GZ=True, STORE_WEIGHTS=False),
     "eval": dict(NEED_GX=False, NEED_GR=False, OBS_GRAD=0, NEED_GMU=False, NEED_GLV=False,
                  NEED_GZ=False, STORE_WEIGHTS=False),
-    "train-stl-dreg": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=False,
-                           NEED_GLV=False, NEED_GZ=True, STORE_WEIGHTS=True),
+    "train-stl-dreg": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True,
+                           NEED_GLV=True, NEED_GZ=True, STORE_WEIGHTS=True),
 }
 
 

@@ -58,7 +58,17 @@ def _add_train(sub):
     a("--beta", type=o.non_negative_float, default=None,
       help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
     a("--kl", choices=["analytic", "mc"], default=None,
-      help=f"closed-form KL or the single-sample Monte-Carlo estimate [default: {d['kl']}]")
+      help=f"closed-form KL or the single-sample Monte-Carlo estimate (--objective elbo; the "
+           f"IWAE bound always uses the sampled log-weights) [default: {d['kl']}]")
+    a("--objective", choices=["elbo", "iwae"], default=None,
+      help=f"training objective: the ELBO (averaged over --k samples), or the importance-"
+           f"weighted bound with --k samples (Burda et al. 2016) [default: {d['objective']}]")
+    a("--k", type=o.positive_int, default=None,
+      help=f"posterior samples per training example [default: {d['k']}]")
+    a("--estimator", choices=["standard", "stl", "dreg"], default=None,
+      help=f"encoder gradient estimator: stl (sticking the landing; --objective elbo needs "
+           f"--kl mc) or dreg (doubly reparameterized; --objective iwae) [default: "
+           f"{d['estimator']}]")
     a("--likelihood", choices=["bernoulli", "gaussian", "continuous_bernoulli"], default=None,
       help=f"decoder likelihood; gaussian learns a per-pixel variance "
            f"[default: {d['likelihood']}]")
@@ -141,7 +151,8 @@ def _cmd_train(args):
 
     keys = ("dataset", "data_dir", "download", "model", "latent", "hidden", "channels",
             "epochs", "batch_size", "lr", "beta", "kl", "likelihood", "backend", "amp",
-            "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads")
+            "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads",
+            "objective", "k", "estimator")
     train({k: getattr(args, k) for k in keys})
     return 0
 

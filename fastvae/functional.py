@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from . import backends, ops, reference
+from . import backends, estimators, ops, reference
 from . import validation as V
 
 
@@ -78,6 +78,7 @@ def elbo(
     reduction="mean",
     backend=None,
     validate=None,
+    estimator="standard",
     *,
     bits=8,
     _scale=1.0,
@@ -110,6 +111,13 @@ def elbo(
         backend: see :func:`reparameterize`.
         validate: run the value checks (x range, finiteness); None uses the global
             default set by :func:`fastvae.set_validation`.
+        estimator: the gradient estimator (the value is the same):
+            ``"standard"``: the reparameterized gradient of the value;
+            ``"stl"`` (sticking the landing, Roeder et al. 2017; needs ``kl="mc"``):
+            ``log q(z|x)`` differentiated through z only, its parameters mu, logvar
+            held fixed: no direct gradient w.r.t. mu and logvar, ``d/dz`` unchanged,
+            so the encoder's gradient arrives through z (pass the z of
+            :func:`reparameterize`). Unbiased; zero variance where q is the posterior.
         bits: ``"discretized_logistic_mixture"`` only: the data's bit depth (see
             :func:`discretized_logistic_mixture_log_prob`, whose op computes log p(x|z)
             and its gradient in one pass; the latent part is this op with no data
@@ -126,11 +134,12 @@ def elbo(
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("kl", kl, V.KL_MODES)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    estimators.check_elbo(estimator, kl)
     beta = V.check_number("beta", beta, minimum=0.0)
     free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
     if likelihood == V.DMOL:
         return _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits,
-                          reduction, backend, validate, _scale)
+                          reduction, backend, validate, _scale, estimator)
     batch, latent = V.check_latents(mu, logvar)
     x2, r2 = V.flatten_data(x, recon, batch)
     if kl == "mc":
@@ -148,7 +157,8 @@ def elbo(
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
                    recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
     fn = _run(backend, device, "elbo")
-    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction)
+    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
+                  estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
@@ -197,7 +207,8 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
-               reduction="none", backend=None, validate=None, *, bits=8):
+               reduction="none", backend=None, validate=None, estimator="standard", *,
+               bits=8):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -211,12 +222,30 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
         likelihood, obs_logvar, backend, validate, bits: as in :func:`elbo`; for
             ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
+        estimator: the gradient estimator; the value is the bound whatever it is.
+            With ``w~_k = softmax_k(log w_k)``:
+            ``"standard"``: the gradient of the bound, ``sum_k w~_k d log w_k``;
+            ``"stl"``: the same with ``log q`` at stopped parameters (no direct
+            gradient w.r.t. mu and logvar; the encoder's arrives through z_k).
+            Biased for K > 1 (Tucker et al. 2018), unlike DReG;
+            ``"dreg"`` (doubly reparameterized, Tucker et al. 2018): decoder gradients
+            as "standard" (``w~_k`` weighting), encoder gradient
+            ``sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi)`` with log q at stopped
+            parameters. Unbiased, and its signal-to-noise ratio does not decay with K.
+            The second ``w~_k`` is a gradient hook this call registers on ``z_k``: in
+            this bound's backward it multiplies *every* gradient reaching z_k (the
+            decoder's path included) by ``w~_k``, so ``z_k.grad`` is
+            ``w~_k^2 d log w_k / d z_k``. Draw z_k with :func:`reparameterize`, decode
+            it, and use it for this bound alone (another loss on the same z_k in the
+            same backward would be weighted too). Eager only: inside
+            ``torch.compile`` and ``torch.func`` transforms it raises.
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    estimators.check_iwae(estimator)
     if likelihood == V.DMOL:
         return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
-                                backend, validate)
+                                backend, validate, estimator)
     batch, latent = V.check_latents(mu, logvar)
     V.check_tensor("z_k", z_k)
     if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
@@ -231,8 +260,15 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
                    recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
+    if estimator == "dreg":
+        if ops.functorch_active():
+            raise RuntimeError("estimator='dreg' is not available under torch.func transforms: "
+                               "its second weight is a gradient hook on z_k, which they do not "
+                               "run; use estimator='stl' or 'standard' there")
+        estimators.check_dreg_graph(recon_k, z_k)
     fn = _run(backend, device, "iwae_bound")
-    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction)
+    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,
+              estimator=estimator)
 
 
 def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, validate=None):
@@ -285,7 +321,7 @@ def _no_obs_logvar(obs_logvar):
 
 
 def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, reduction,
-               backend, validate, scale):
+               backend, validate, scale, estimator="standard"):
     """The ELBO of a DMoL decoder as two fused ops whose values add: the DMoL op (log
     p(x|z), reduced and scaled, its gradient made in its forward) and the ELBO op on no
     data columns (the KL part: free bits, "mc", ...). Backward hands each a scalar
@@ -299,16 +335,21 @@ def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, r
     log_px = _dmol(x, recon, bits, reduction, scale, backend, validate, params_name="recon")
     no_data = x.new_zeros(batch, 0)
     latent = elbo(no_data, no_data, mu, logvar, kl=kl, z=z, beta=beta, free_bits=free_bits,
-                  reduction=reduction, backend=backend, validate=validate, _scale=scale)
+                  reduction=reduction, backend=backend, validate=validate,
+                  estimator=estimator, _scale=scale)
     return log_px + latent
 
 
 def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, backend,
-                     validate):
+                     validate, estimator="standard"):
     """The IWAE bound of a DMoL decoder: log p(x|z_k) from the fused DMoL op (K*B rows,
     their gradients saved and weighed in place by softmax_k(log w_k) in backward), and
     ``log p(z_k) - log q(z_k|x)`` as two fused Gaussian log densities (their log 2 pi
-    terms cancel)."""
+    terms cancel). ``estimator="stl"`` evaluates log q at stopped mu, logvar; DReG's
+    gradient hook is not built for this likelihood."""
+    if estimator == "dreg":
+        raise ValueError("estimator='dreg' is not available with likelihood="
+                         f"{V.DMOL!r}; use 'stl' or 'standard'")
     _no_obs_logvar(obs_logvar)
     batch, latent = V.check_latents(mu, logvar)
     V.check_tensor("z_k", z_k)
@@ -322,6 +363,8 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
                    backend, validate, params_name="recon_k").reshape(k, batch)
     log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k), 0.0, backend=backend,
                                validate=validate)
+    if estimator == "stl":
+        mu, logvar = mu.detach(), logvar.detach()
     log_qz = gaussian_log_prob(z_k, mu.expand_as(z_k), logvar, backend=backend,
                                validate=validate)
     bound = torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import estimators
 from ._dtypes import result_dtype, upcast
 
 LOG_2 = math.log(2.0)
@@ -101,21 +102,54 @@ def _free_bits(kl_bl: torch.Tensor, free_bits: float) -> torch.Tensor:
     return torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl).sum(-1)
 
 
-def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction):
+def _stopped(estimator, mu, logvar):
+    """log q's parameters as the estimator differentiates them (fastvae.estimators)."""
+    if estimator is not None and estimators.stops_parameters(estimator):
+        return mu.detach(), logvar.detach()
+    return mu, logvar
+
+
+def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
+         estimator="standard"):
     dtype = result_dtype(x, recon, mu, logvar, z, obs_logvar)
     x, recon, obs_logvar = upcast(x, dtype), upcast(recon, dtype), upcast(obs_logvar, dtype)
     log_px = log_likelihood(x, recon, likelihood, obs_logvar)
-    kl_bl = kl_per_dim(mu, logvar) if kl == "analytic" else mc_kl_per_dim(z, mu, logvar)
+    if kl == "analytic":
+        kl_bl = kl_per_dim(mu, logvar)
+    else:
+        kl_bl = mc_kl_per_dim(z, *_stopped(estimator, mu, logvar))
     return _reduce(log_px - beta * _free_bits(kl_bl, free_bits), reduction)
 
 
-def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction):
+def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction,
+               estimator="standard"):
+    value, weights = iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar,
+                                          likelihood=likelihood, reduction=reduction,
+                                          estimator=estimator)
+    if estimator == "dreg":
+        estimators.attach_dreg_hook(value, z_k, weights)
+    return value
+
+
+def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction,
+                         estimator="standard"):
+    """(the bound, the softmax weights w~ (K, B), detached): the bound's value with the
+    estimator's gradients, except DReG's second weight on the paths into z_k (the hook
+    of ``fastvae.estimators`` adds it). "stl": log q at stopped parameters. "dreg":
+    mmvae's surrogate ``sum_k w~_k log w_k`` with w~ held constant, on top of the value:
+    the same first derivatives as STL, and its own higher ones."""
     dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs_logvar)
     x, recon_k, obs_logvar = upcast(x, dtype), upcast(recon_k, dtype), upcast(obs_logvar, dtype)
     k = recon_k.shape[0]
+    mu, logvar = _stopped(estimator, mu, logvar)
     log_w = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
     log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k)).sum(-1)
-    return _reduce(torch.logsumexp(log_w, dim=0) - math.log(k), reduction)
+    lse = torch.logsumexp(log_w, dim=0)
+    weights = torch.softmax(log_w.detach(), dim=0)
+    if estimator == "dreg":
+        surrogate = (weights * log_w).sum(0)
+        lse = lse.detach() + (surrogate - surrogate.detach())  # adds exactly 0 to the value
+    return _reduce(lse - math.log(k), reduction), weights
 
 
 def reparameterize(mu, logvar, n_samples, generator):

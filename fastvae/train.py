@@ -32,6 +32,7 @@ import torch
 
 import fastvae
 
+from . import objectives
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
 from .data import DataError, load_dataset
@@ -58,7 +59,7 @@ def default_config() -> dict:
                 hidden=[256], channels=[32, 64], epochs=60, batch_size=32, lr=1e-3, beta=1.0,
                 kl="analytic", likelihood="bernoulli", backend="auto", amp=False,
                 compile=False, seed=0, device="auto", out=None, resume=False, progress=True,
-                iwae_k=1000, threads=0)
+                iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
 
 
 # -- distributed ----------------------------------------------------------------
@@ -113,14 +114,10 @@ def _core(model):
 
 
 def batch_loss(model, x, cfg: dict):
-    """``-ELBO`` (batch mean, what we minimize) of one forward pass through ``model``
-    (possibly DDP- or compile-wrapped), and the pieces for logging."""
-    recon, mu, logvar, z = model(x, backend=cfg["backend"])
-    core = _core(model)
-    e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
-                     z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
-                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"])
-    return -e, (recon, mu, logvar)
+    """The loss (batch mean, what we minimize) of one forward pass through ``model``
+    (possibly DDP- or compile-wrapped), and the pieces for logging: ``-ELBO``, or ``-L_K``
+    with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
+    return objectives.loss(model, _core(model), x, cfg)
 
 
 @torch.no_grad()
@@ -329,7 +326,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["compile"]:
+    if cfg["compile"] and cfg.get("estimator") == "dreg":
+        # DReG's hook on z_k must see the decoder's gradient into z_k, which a graph that
+        # samples and decodes keeps inside: compile the two halves, sample between them.
+        core.encode = torch.compile(core.encode, dynamic=False)
+        core.decode = torch.compile(core.decode, dynamic=False)
+    elif cfg["compile"]:
         # dynamic=False: one graph per batch shape (full and last batch), each fully
         # specialized; there are only two shapes per run.
         model = torch.compile(model, dynamic=False)
@@ -346,7 +348,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
-            f"out {out}")
+            f"{objectives.describe(cfg)}, out {out}")
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 

@@ -29,6 +29,12 @@ twice: ``(2D + 3KD + 3KL + 6L) s`` plus 8K bytes, ``KD s`` more than the one-pas
 and its floor (a program reads its rows back right after pass 1, so part of that may
 come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 ``reduce.finish_kernel`` (no atomics).
+
+Estimators (``fastvae.estimators``) add one switch: DReG's gradient hook on z_k needs
+the softmax weights, which ``STORE_WEIGHTS`` writes to ``WEIGHTS`` (K, B) fp32 from the
+gradient pass (4K bytes per row; the rows kernel from its latent loop, where each weight
+is formed anyway). STL and DReG stop log q's parameters: the host drops the direct
+mu/logvar gradients (and sets ``STORE_WEIGHTS`` for both: one compiled specialization).
 """
 import triton
 import triton.language as tl
@@ -41,13 +47,14 @@ from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
-    LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
+    LOG_W, ROW_VALUES, WEIGHTS,               # (K, B) fp32 scratch; (B,) fp32; (K, B) fp32
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
     obs_scalar, c, row_scale, log_k,
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     obs_scalar = tl.cast(obs_scalar, tl.float32)
@@ -144,7 +151,10 @@ def iwae_bound_rows_kernel(
                 z_base = zero_i64
                 gz_base = zero_i64
                 for k in range(0, K):
-                    lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    lw_off = (zero_i64 + k) * B + rows
+                    lw = tl.load(LOG_W + lw_off, mask=rmask, other=0.0)
+                    if STORE_WEIGHTS:  # softmax_k(log w_k) for DReG's hook, once per row
+                        tl.store(WEIGHTS + lw_off, exp_(lw - lse), mask=rmask & (l0 == 0))
                     w = (exp_(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
                     kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
@@ -164,13 +174,14 @@ def iwae_bound_rows_kernel(
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
-    ROW_VALUES,                               # (B,) fp32 rows
+    ROW_VALUES, WEIGHTS,                      # (B,) fp32 rows; (K, B) fp32 (STORE_WEIGHTS)
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
     obs_scalar, c, row_scale, log_k,
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks).
@@ -263,3 +274,6 @@ def iwae_bound_onepass_kernel(
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             glv = tl.sum(d_lv * w3, axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)
+        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
+            tl.store(WEIGHTS + ks64[None, :] * B + rows2,
+                     p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)

@@ -133,20 +133,29 @@ def _op_args():
     x = torch.rand(b, d)
     yield "elbo-bern-mean", torch.ops.fastvae.elbo.default, (
         x, t(b, d), t(b, l), t(b, l), None, None, 0.0, "bernoulli", "analytic", 1.0, 0.0, "mean",
-        1.0, [False, True, True, True, False, False], "torch")
+        1.0, "standard", [False, True, True, True, False, False], "torch")
     yield "elbo-gauss-mc-none-obs", torch.ops.fastvae.elbo.default, (
         x, t(b, d), t(b, l), t(b, l), t(b, l), t(d), 0.0, "gaussian", "mc", 0.7, 0.2, "none",
-        -1.0, [False, True, True, True, True, True], "torch")
+        -1.0, "standard", [False, True, True, True, True, True], "torch")
+    # sticking the landing: the op is not asked for mu/logvar gradients
+    yield "elbo-bern-mc-stl", torch.ops.fastvae.elbo.default, (
+        x, t(b, d), t(b, l), t(b, l), t(b, l), None, 0.0, "bernoulli", "mc", 1.0, 0.0, "mean",
+        1.0, "stl", [False, True, False, False, True, False], "torch")
     yield "elbo-cb-sum-nograd", torch.ops.fastvae.elbo.default, (
         x, t(b, d, grad=False), t(b, l, grad=False), t(b, l), None, None, 0.0,
-        "continuous_bernoulli", "analytic", 1.0, 0.0, "sum", 1.0,
+        "continuous_bernoulli", "analytic", 1.0, 0.0, "sum", 1.0, "standard",
         [False, False, False, True, False, False], "torch")
     yield "iwae-bern", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, 0.0, "bernoulli", "none",
-        [False, True, True, True, True, False], "torch")
+        "standard", [False, True, True, True, True, False], "torch")
     yield "iwae-gauss-obs", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), t(b, d), 0.0, "gaussian", "mean",
-        [False, True, True, True, True, True], "torch")
+        "standard", [False, True, True, True, True, True], "torch")
+    # the estimators: DReG's op also returns the softmax weights for its hook
+    for est in ("stl", "dreg"):
+        yield f"iwae-bern-{est}", torch.ops.fastvae.iwae_bound.default, (
+            x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, 0.0, "bernoulli", "sum",
+            est, [False, True, False, False, True, False], "torch")
     yield "gauss-float", torch.ops.fastvae.gaussian_log_prob.default, (
         t(b, d), t(b, d), None, 0.3, [True, True, False], "torch")
     yield "gauss-tensor", torch.ops.fastvae.gaussian_log_prob.default, (
@@ -239,7 +248,7 @@ def _elbo_args(needs=(False, True, True, True, False, False)):
     x = torch.rand(6, 10, generator=g)
     recon, mu, lv = (torch.randn(s, generator=g).requires_grad_() for s in ((6, 10), (6, 3), (6, 3)))
     return (x, recon, mu, lv, None, None, 0.0, "bernoulli", "analytic", 1.0, 0.0, "mean", -1.0,
-            list(needs), "torch")
+            "standard", list(needs), "torch")
 
 
 def test_eager_calls_skip_the_custom_op_dispatch(monkeypatch):

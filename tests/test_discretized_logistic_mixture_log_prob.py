@@ -376,6 +376,41 @@ def test_iwae_bound(seed, backend, reduction, k):
         assert_close(f"d bound / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
 
 
+def _no_grad(g):
+    return g is None or not g.abs().any()
+
+
+def test_estimators(seed, backend):
+    """STL in both bounds is log q at stopped mu, logvar (no direct gradient for them; z's
+    and the parameters' as the float64 formula); DReG's z_k hook is not built for this
+    likelihood: a clear error."""
+    dt = case_dtype(backend)
+    b, l, k = 3, 4, 2
+    x, p = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, z = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    with pytest.raises(ValueError, match="dreg"):
+        fastvae.iwae_bound(x, pk, mu, lv, zk, likelihood=DMOL, estimator="dreg", backend=backend)
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
+    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, estimator="stl", backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    want = torch.logsumexp(log_px - F.kl_mc_dim(ins[3], ins[1].detach(), ins[2].detach())
+                           .sum(-1), 0) - math.log(k)
+    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z)]
+    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], estimator="stl",
+                         reduction="none", backend=backend)
+    want_e = F.dmol_log_prob(x, ones[0]) - F.kl_mc_dim(ones[3], ones[1].detach(),
+                                                       ones[2].detach()).sum(-1)
+    for name, g_v, w_v, leaves in (("iwae", got, want, ins), ("elbo", got_e, want_e, ones)):
+        assert_close(name, g_v, w_v, dt, scale=w_v.abs().max() + 1)
+        g = torch.autograd.grad(g_v.sum(), leaves, allow_unused=True)
+        e = torch.autograd.grad(w_v.sum(), [leaves[0], leaves[3]])
+        assert _no_grad(g[1]) and _no_grad(g[2]), name
+        for n, gi, ei in (("params", g[0], e[0]), ("z", g[3], e[1])):
+            assert_close(f"d {name} / d {n}", gi, ei, dt, scale=ei.abs().max() + 1e-3)
+
+
 def test_likelihood_errors():
     x, p = make(2, 3, 2, 2, 2)
     mu, lv, z = _latents(2, 3, F64)

@@ -277,13 +277,18 @@ def test_opcheck_every_op(seed):
     rk, zk = leaf(torch.randn(k, b, d)), leaf(torch.randn(k, b, l))
     cases = [
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, None, None, 0.0, "bernoulli", "analytic", 1.0,
-                                0.0, "mean", 1.0, _needs(x, recon, mu, lv, None, None), "triton")),
+                                0.0, "mean", 1.0, "standard", _needs(x, recon, mu, lv, None, None),
+                                "triton")),
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, obs, 0.0, "gaussian", "mc", 0.5, 0.2, "none",
-                                -1.0, _needs(x, recon, mu, lv, z, obs), "triton")),
+                                -1.0, "standard", _needs(x, recon, mu, lv, z, obs), "triton")),
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, 0.0, "continuous_bernoulli", "mc", 1.0,
-                                0.0, "sum", 1.0, _needs(x, recon, mu, lv, z, None), "triton")),
+                                0.0, "sum", 1.0, "stl", [False, True, False, False, True, False],
+                                "triton")),
         (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, obs, 0.0, "gaussian", "mean",
-                                            _needs(x, rk, mu, lv, zk, obs), "triton")),
+                                            "standard", _needs(x, rk, mu, lv, zk, obs), "triton")),
+        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, None, 0.0, "bernoulli", "none",
+                                            "dreg", [False, True, False, False, True, False],
+                                            "triton")),
         (ops["gaussian_log_prob"]._op, (x, recon, obs, 0.0, _needs(x, recon, obs), "triton")),
         (ops["kl_standard_normal"]._op, (mu, lv, [True, True], "triton")),
     ]

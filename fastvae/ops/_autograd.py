@@ -112,7 +112,10 @@ def kept_inputs(ctx, op: str):
         if isinstance(t, Tensor) and t._version != v:
             raise RuntimeError(f"fastvae.{op}: an input was modified in place after the call, so "
                                "its higher-order gradients cannot be computed")
-    return inputs
+    # Each tensor as a view of its own: the op's gradient w.r.t. an input is the partial
+    # derivative, and autograd.grad w.r.t. mu itself would also follow mu's path through
+    # z (z = mu + sigma * eps), which autograd then adds a second time.
+    return tuple(t.view_as(t) if isinstance(t, Tensor) else t for t in inputs)
 
 
 def owned(outputs):

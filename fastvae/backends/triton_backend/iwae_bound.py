@@ -18,11 +18,13 @@ from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args
 
 
-def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
-    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs)."""
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs,
+                   weights=False):
+    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
+    softmax weights (K, B) fp32 or empty)."""
     if _launch.delegated(x, recon_k, mu, logvar, z_k, obs):
         return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar,
-                                            likelihood, reduction, needs)
+                                            likelihood, reduction, needs, weights)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]
@@ -42,10 +44,19 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     f32 = torch.float32
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
+    # STL and DReG (``weights``) take no direct mu/logvar gradient, yet the kernel writes
+    # one, into scratch dropped below: compiled without those gradients the kernels spill
+    # on sm_80/sm_90 (ptxas, 12 of 43 shipped tiles, 4-16 bytes at 40-170 registers), and
+    # they cost 2BL elements against recon_k's KBD.
+    dropped = bool(weights)
+    kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
     gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
-        (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
+        (x, recon_k, mu, logvar, z_k), kneeds, obs_tensor, gobs_partial, programs, obs_arg, dev)
+    # DReG's weights are written only where a gradient is: in the kernels' gradient pass.
+    w_out = _launch.alloc((k, b), f32, dev) if weights else None
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
+        WEIGHTS=_launch.given(w_out, f32, dev),
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
@@ -59,6 +70,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
         OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
                   else GOBS_NONE).value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,
+        STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
@@ -74,4 +86,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
             B=b, D=d, NPART=programs, c=float(c), SUM_ROWS=True,
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs))
+    if dropped:
+        gmu = glv = None
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs),
+            w_out if weights else out.new_empty(0))

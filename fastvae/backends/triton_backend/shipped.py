@@ -19,7 +19,7 @@ from . import configs
 LIKELIHOOD_CODES = (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
                     configs.GAUSSIAN_TENSOR)
 # The kernels' own buffers, fp32 whatever the caller's dtype (as the host allocates them).
-_FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS"}
+_FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS", "WEIGHTS"}
 # Integer arguments the JIT sees divisible by 16 at the benchmark shapes (D = 784, L = 32):
 # the sizes and row strides; counts such as B, K or the program count are not.
 _DIVISIBLE_INTS = {"D", "L", "BL", "CPAD", "stride_x", "stride_r", "stride_obs",
@@ -59,17 +59,24 @@ _ELBO_MODES = {
                   NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
     "train-mc": dict(KL_MC=True, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=True,
                      NEED_GLV=True, NEED_GZ=True, OBS_GRAD_TENSOR=2),
+    # estimator="stl": log q's parameters stopped, so no direct mu/logvar gradient
+    "train-mc-stl": dict(KL_MC=True, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=False,
+                         NEED_GLV=False, NEED_GZ=True, OBS_GRAD_TENSOR=2),
     "free-bits": dict(KL_MC=False, FREE_BITS=True, REDUCE=True, NEED_GR=True, NEED_GMU=True,
                       NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
     "eval": dict(KL_MC=False, FREE_BITS=False, REDUCE=False, NEED_GR=False, NEED_GMU=False,
                  NEED_GLV=False, NEED_GZ=False, OBS_GRAD_TENSOR=0),
 }
-# The IWAE kernels': training (every gradient but d/dx) and the NLL estimate (none).
+# The IWAE kernels': training (every gradient but d/dx), the NLL estimate (none), and
+# training with estimator="stl" or "dreg": the training switches plus the softmax weights
+# for DReG's hook (the host drops the direct mu/logvar gradients, see iwae_bound.py).
 _IWAE_MODES = {
     "train": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True, NEED_GLV=True,
-                  NEED_GZ=True),
+                  NEED_GZ=True, STORE_WEIGHTS=False),
     "eval": dict(NEED_GX=False, NEED_GR=False, OBS_GRAD=0, NEED_GMU=False, NEED_GLV=False,
-                 NEED_GZ=False),
+                 NEED_GZ=False, STORE_WEIGHTS=False),
+    "train-stl-dreg": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True,
+                           NEED_GLV=True, NEED_GZ=True, STORE_WEIGHTS=True),
 }
 
 

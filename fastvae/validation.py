@@ -107,6 +107,8 @@ def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
     d = 1
     for s in x.shape[1:]:
         d *= s
+    if x.dim() == 2:  # already canonical: no reshape (a new view object) per call
+        return x, (recon if k is None else recon.reshape(k, batch, d))
     x2 = x.reshape(batch, d)
     r2 = recon.reshape(batch, d) if k is None else recon.reshape(k, batch, d)
     return x2, r2

@@ -69,9 +69,8 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
     graph is freed after this backward (a retained graph still needs the saved gradients).
     """
     gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    if (ctx.owns_saved and grad_out is not None and grad_out.dim() == 0
-            and type(grad_out) is torch.Tensor and not torch.compiler.is_compiling()
-            and not _graph_kept()):
+    if (ctx.owns_saved and type(grad_out) is torch.Tensor and grad_out.dim() == 0
+            and not _graph_kept() and not torch.compiler.is_compiling()):
         return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
     return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
 
@@ -139,6 +138,8 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
     ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():  # the usual backward: no graph of it, no mode switch
+            return backward(ctx, *grads)
         if graph_of_backward_wanted():
             return higher(ctx, *grads)
         with torch.no_grad():
@@ -188,10 +189,28 @@ class Fused:
             setup(ctx, args, output)
             return output
 
-        self.function = type(f"{forward.__name__.strip('_')}_function",
-                             (torch.autograd.Function,),
+        def value_with_ctx(ctx, *args):
+            output = forward(*args)
+            setup(ctx, args, output)
+            ctx.owns_saved = True  # nobody else holds the gradient outputs
+            return output[0]
+
+        name = forward.__name__.strip('_')
+        self.function = type(f"{name}_function", (torch.autograd.Function,),
                              {"forward": staticmethod(forward_with_ctx),
                               "backward": staticmethod(backward)})
+        # The value alone, for value-and-gradients ops whose caller drops the gradients:
+        # every output of an autograd.Function costs autograd bookkeeping, per call.
+        self.value_function = type(f"{name}_value_function", (torch.autograd.Function,),
+                                   {"forward": staticmethod(value_with_ctx),
+                                    "backward": staticmethod(backward)})
 
     def __call__(self, *args):
         return self.function.apply(*args) if plain_eager(args) else self.op(*args)
+
+    def value(self, *args):
+        """Output 0 of a value-and-gradients op, whose gradients backward may then scale in
+        place (:func:`owned`)."""
+        if plain_eager(args):
+            return self.value_function.apply(*args)
+        return owned(self.op(*args))

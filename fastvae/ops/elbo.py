@@ -69,5 +69,5 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     needs = A.needs(x, recon, mu, logvar, z, obs)
-    return A.owned(_elbo(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl,
-                         float(beta), float(free_bits), reduction, float(scale), needs, backend))
+    return _elbo.value(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl,
+                       float(beta), float(free_bits), reduction, float(scale), needs, backend)

@@ -56,5 +56,5 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
     """The IWAE bound through the fused op; arguments as ``fastvae.backends`` documents."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     needs = A.needs(x, recon_k, mu, logvar, z_k, obs)
-    return A.owned(_iwae_bound(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood,
-                               reduction, needs, backend))
+    return _iwae_bound.value(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood,
+                             reduction, needs, backend)

@@ -90,7 +90,7 @@ print("backend for CUDA tensors:", fastvae.backends.select("auto", torch.device(
   echo "commit: $(git log -1 --format='%H %s' 2>/dev/null || echo unknown)"
   git status --short 2>/dev/null | head -20 | sed 's/^/uncommitted: /'
 } >"$OUT/env.txt"
-if ! "$PY" -c "import fastvae.kernels" >/dev/null 2>&1; then
+if ! timeout 60 "$PY" -c "import fastvae.kernels" >/dev/null 2>&1; then
   stage "install" 25 "$OUT/env.txt" "$PY" -m pip install -q --no-deps --no-build-isolation \
     --no-index -e .
 fi

@@ -21,7 +21,8 @@ for the small tensors used here (keep ``--batch`` small: large CPU tensors go to
 which the caching allocator never does). The machine is shared and slow at times, so
 each round also times a fixed calibration loop (``calib``: 20 ``torch.empty(1)`` plus
 200 empty Python calls); ``step / calib`` is comparable across runs and machines, the
-microseconds only within one run. Times are the thread's CPU time (``time.thread_time``). ``py calls`` counts Python-level function calls per step
+microseconds only within one run. ``floor`` is the same step through a bare
+autograd.Function that only allocates its outputs: what autograd itself costs. Times are the thread's CPU time (``time.thread_time``). ``py calls`` counts Python-level function calls per step
 (``sys.setprofile``), independent of the machine.
 """
 from __future__ import annotations
@@ -77,6 +78,34 @@ def make_step(args):
         for t in leaves:  # the next backward hands its gradient over, no accumulation
             t.grad = None
     return step, forward
+
+
+def make_floor(args):
+    """The same step through a bare autograd.Function that only allocates the value and
+    the gradients and hands them back: what any custom op costs in autograd and the
+    allocator, the floor under fastvae's own host work."""
+    dt = DTYPES[args.dtype]
+    b, d, l = args.batch, args.dim, args.latent
+    x = torch.rand(b, d).to(dt)
+    leaves = (torch.randn(b, d).to(dt).requires_grad_(), torch.randn(b, l).to(dt).requires_grad_(),
+              torch.randn(b, l).to(dt).requires_grad_())
+
+    class Bare(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, recon, mu, logvar):
+            ctx.save_for_backward(torch.empty_like(recon), torch.empty_like(mu),
+                                  torch.empty_like(logvar))
+            return torch.empty((), dtype=torch.float32)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return (None, *ctx.saved_tensors)
+
+    def step():
+        Bare.apply(x, *leaves).backward()
+        for t in leaves:
+            t.grad = None
+    return step
 
 
 def calib():
@@ -161,11 +190,13 @@ def main(argv=None):
     per_step = len(record)
     record[:] = []
 
-    steps, fwds, cals = [], [], []
+    floor = make_floor(args)
+    steps, fwds, cals, floors = [], [], [], []
     for _ in range(args.rounds):  # interleaved, so load changes hit every column alike
         cals.append(timed(calib, max(args.calls // 4, 20)))
         steps.append(timed(step, args.calls))
         fwds.append(timed(lambda: forward(), args.calls))
+        floors.append(timed(floor, args.calls))
     binds = binder_cost(launches[:per_step], max(args.calls, 200))
     calls = count_calls(step)
     med = statistics.median
@@ -175,6 +206,7 @@ def main(argv=None):
         "launches_per_step": per_step,
         "step_us": med(steps), "step_us_min": min(steps), "forward_us": med(fwds),
         "calib_us": med(cals), "step_over_calib": med(s / c for s, c in zip(steps, cals)),
+        "floor_us": med(floors), "step_over_floor": med(s / f for s, f in zip(steps, floors)),
         "bind_us": {name: round(us, 2) for name, us in binds},
         "bind_total_us": sum(us for _, us in binds),
         "py_calls_per_step": calls,
@@ -185,6 +217,8 @@ def main(argv=None):
     print(f"  launches per step          {per_step}")
     print(f"  fwd+bwd, launches stubbed  {res['step_us']:.1f} us median "
           f"(min {res['step_us_min']:.1f}; forward alone {res['forward_us']:.1f})")
+    print(f"  bare autograd.Function     {res['floor_us']:.1f} us (the floor: autograd and "
+          f"4 allocations); step / floor {res['step_over_floor']:.2f}")
     print(f"  Triton binding             {res['bind_total_us']:.1f} us "
           f"({', '.join(f'{n} {us:.1f}' for n, us in binds)})")
     print(f"  host total                 {res['host_total_us']:.1f} us")

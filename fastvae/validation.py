@@ -69,6 +69,15 @@ def check_tensor(name: str, t) -> torch.Tensor:
 
 
 def check_same_device(**tensors) -> torch.device:
+    first = None
+    for t in tensors.values():  # the common case without building anything
+        if isinstance(t, torch.Tensor):
+            if first is None:
+                first = t.device
+            elif t.device != first:
+                break
+    else:
+        return first
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
         seen = ", ".join(f"{n} on {d}" for n, d in devices.items())

@@ -94,7 +94,7 @@ def keep_inputs(ctx, inputs) -> None:
     if torch.compiler.is_compiling():
         return
     ctx.inputs = tuple(inputs)
-    ctx.versions = tuple(t._version if isinstance(t, Tensor) else None for t in inputs)
+    ctx.versions = tuple([t._version if isinstance(t, Tensor) else None for t in inputs])
 
 
 def kept_inputs(ctx, op: str):
@@ -151,8 +151,10 @@ def plain_eager(args) -> bool:
     """Real tensors, no tracing, no dispatch mode watching: the autograd.Function path."""
     if torch.compiler.is_compiling() or _dispatch_modes():
         return False
-    return all(type(a) is Tensor and a.device.type != "meta" for a in args
-               if isinstance(a, Tensor))
+    for a in args:  # a loop, not all(genexpr): this runs on every call
+        if isinstance(a, Tensor) and (type(a) is not Tensor or a.device.type == "meta"):
+            return False
+    return True
 
 
 def _dispatch_modes() -> int:

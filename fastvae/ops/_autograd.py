@@ -180,9 +180,10 @@ class Fused:
     about as much as a whole small fused step on CPU (RESULTS.md).
     """
 
-    def __init__(self, op, forward, setup, backward):
+    def __init__(self, op, forward, setup, backward, tensor_args: int = 0):
         op.register_autograd(backward, setup_context=setup)
         self.op = op
+        self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())
 
         def forward_with_ctx(ctx, *args):
             # ctx-style, not setup_context-style: apply() then skips an inspect.signature
@@ -192,10 +193,19 @@ class Fused:
             return output
 
         def value_with_ctx(ctx, *args):
+            # (*tensor arguments, the rest packed in one tuple): apply() handles each of
+            # its arguments on every call, and only the tensors need it
+            lead = len(args) - 1
+            args = (*args[:-1], *args[-1])
             output = forward(*args)
             setup(ctx, args, output)
             ctx.owns_saved = True  # nobody else holds the gradient outputs
+            ctx.lead = lead
             return output[0]
+
+        def value_backward(ctx, *grads):
+            got = backward(ctx, *grads)
+            return (*got[:ctx.lead], None)
 
         name = forward.__name__.strip('_')
         self.function = type(f"{name}_function", (torch.autograd.Function,),
@@ -205,7 +215,7 @@ class Fused:
         # every output of an autograd.Function costs autograd bookkeeping, per call.
         self.value_function = type(f"{name}_value_function", (torch.autograd.Function,),
                                    {"forward": staticmethod(value_with_ctx),
-                                    "backward": staticmethod(backward)})
+                                    "backward": staticmethod(value_backward)})
 
     def __call__(self, *args):
         return self.function.apply(*args) if plain_eager(args) else self.op(*args)
@@ -213,6 +223,7 @@ class Fused:
     def value(self, *args):
         """Output 0 of a value-and-gradients op, whose gradients backward may then scale in
         place (:func:`owned`)."""
-        if plain_eager(args):
-            return self.value_function.apply(*args)
+        n = self.tensor_args or len(args)
+        if plain_eager(args[:n]):
+            return self.value_function.apply(*args[:n], args[n:])
         return owned(self.op(*args))

@@ -61,7 +61,8 @@ def _higher_order(ctx, grad_out, *_):
     return (*g, None, None, None, None, None, None, None, None, None)
 
 
-_elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order))
+_elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order),
+                tensor_args=6)
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,

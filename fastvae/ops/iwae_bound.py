@@ -49,7 +49,7 @@ def _higher_order(ctx, grad_out, *_):
 
 
 _iwae_bound = A.Fused(_iwae_bound_op, _iwae_bound_fwd, _setup,
-                      A.with_higher_order(_backward, _higher_order))
+                      A.with_higher_order(_backward, _higher_order), tensor_args=6)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend):

@@ -20,6 +20,8 @@ from .. import torch_backend
 from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args
 
+# Plans read ``configs`` once per key (its CONFIG_MODE is part of the key): code that edits
+# the tile tables at run time clears this.
 _PLANS: dict = {}
 _PLANS_MAX = 256   # distinct shapes/options kept; a workload with more rebuilds some
 

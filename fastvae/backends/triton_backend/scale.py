@@ -38,7 +38,7 @@ def scale_saved_(grads, grad_out):
 
 
 _TORCH = "torch"    # the plan of gradients the kernel does not take
-_PLANS: dict = {}
+_PLANS: dict = {}   # read configs once per key, as elbo's
 _PLANS_MAX = 256
 _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
 

@@ -74,8 +74,8 @@ def _add_train(sub):
            f"[default: {d['likelihood']}]")
     a("--backend", choices=["auto", "torch", "triton", "reference"], default=None,
       help=f"fastvae backend for the loss ops [default: {d['backend']}]")
-    _bool_flag(p, "--amp", "mixed precision (bf16 autocast on CPU, fp16 + GradScaler on CUDA) "
-               "[default: off]")
+    _bool_flag(p, "--amp", "mixed precision: on CUDA bf16 autocast where the card has bf16 "
+               "(sm_80+), else fp16 + GradScaler; on CPU bf16 autocast [default: off]")
     _bool_flag(p, "--compile", "torch.compile the model [default: off]")
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", type=o.device, default=None,

@@ -33,6 +33,7 @@ import torch
 import fastvae
 
 from . import objectives
+from .amp import amp_policy, describe as describe_amp
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
 from .data import DataError, load_dataset
@@ -298,7 +299,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
     torch.manual_seed(cfg["seed"])
     core = build_model(cfg).to(device)
     opt = torch.optim.Adam(core.parameters(), lr=cfg["lr"])
-    use_scaler = cfg["amp"] and device.type == "cuda"
+    amp_dtype, use_scaler = amp_policy(cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     shuffle_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     history, initial, start = [], None, 0
@@ -342,13 +343,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
         sampler = DistributedSampler(range(len(data.train)), num_replicas=world, rank=rank,
                                      shuffle=True, seed=cfg["seed"])
     local_bs = math.ceil(cfg["batch_size"] / world)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     train_x = data.train.to(device)
     if is_main:
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
-            f"{objectives.describe(cfg)}, out {out}")
+            f"{objectives.describe(cfg)}, amp {describe_amp(amp_dtype, use_scaler)}, out {out}")
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
@@ -368,7 +368,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
         core.train()
         for step in range(steps):
             x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if cfg["amp"] else contextlib.nullcontext()
+            ctx = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                   else contextlib.nullcontext())
             with ctx:
                 loss, (recon, mu, logvar) = batch_loss(model, x, cfg)
             glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world

@@ -71,6 +71,15 @@ def check_tensor(name: str, t) -> torch.Tensor:
 
 
 def check_same_device(**tensors) -> torch.device:
+    first = None
+    for t in tensors.values():  # the common case without building anything
+        if isinstance(t, torch.Tensor):
+            if first is None:
+                first = t.device
+            elif t.device != first:
+                break
+    else:
+        return first
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
         seen = ", ".join(f"{n} on {d}" for n, d in devices.items())
@@ -109,6 +118,8 @@ def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
     d = 1
     for s in x.shape[1:]:
         d *= s
+    if x.dim() == 2:  # already canonical: no reshape (a new view object) per call
+        return x, (recon if k is None else recon.reshape(k, batch, d))
     x2 = x.reshape(batch, d)
     r2 = recon.reshape(batch, d) if k is None else recon.reshape(k, batch, d)
     return x2, r2

@@ -62,7 +62,8 @@ def _higher_order(ctx, grad_out, *_):
     return (*g, None, None, None, None, None, None, None, None, None, None)
 
 
-_elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order))
+_elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order),
+                tensor_args=6)
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
@@ -75,6 +76,6 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     needs = A.needs(x, recon, mu, logvar, z, obs)
     if estimators.stops_parameters(estimator):
         needs[2] = needs[3] = False
-    return A.owned(_elbo(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl,
-                         float(beta), float(free_bits), reduction, float(scale), estimator,
-                         needs, backend))
+    return _elbo.value(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl,
+                       float(beta), float(free_bits), reduction, float(scale), estimator, needs,
+                       backend)

@@ -64,7 +64,7 @@ def _higher_order(ctx, grad_out, *_):
 
 
 _iwae_bound = A.Fused(_iwae_bound_op, _iwae_bound_fwd, _setup,
-                      A.with_higher_order(_backward, _higher_order))
+                      A.with_higher_order(_backward, _higher_order), tensor_args=6)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend,
@@ -79,9 +79,11 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
     needs = A.needs(x, recon_k, mu, logvar, z_k, obs)
     if estimators.stops_parameters(estimator):
         needs[2] = needs[3] = False
-    outputs = _iwae_bound(x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood,
-                          reduction, estimator, needs, backend)
+    args = (x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood, reduction,
+            estimator, needs, backend)
+    if not (estimator == "dreg" and _wants_weights(estimator, needs)):
+        return _iwae_bound.value(*args)
+    outputs = _iwae_bound(*args)  # the weights too, for DReG's hook
     value = A.owned(outputs)
-    if estimator == "dreg" and _wants_weights(estimator, needs):
-        estimators.attach_dreg_hook(value, z_k, outputs[7])
+    estimators.attach_dreg_hook(value, z_k, outputs[7])
     return value

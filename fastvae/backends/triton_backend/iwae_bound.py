@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
@@ -38,7 +37,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
         block_b, block_k, block_d, block_l, warps = onepass
     else:
         block_b, block_d, block_l, warps = configs.row_config(b, d, l, "iwae_bound", lik)
-    programs = triton.cdiv(b, block_b)
+    programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
 
     f32 = torch.float32
@@ -79,7 +78,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
                        LOG_W=_launch.alloc((k, b), f32, dev), **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
-        grid = (1 + (triton.cdiv(d, fin_d) if gobs_partial else 0),)
+        grid = (1 + (_launch.cdiv(d, fin_d) if gobs_partial else 0),)
         _launch.launch(
             kred.finish_kernel, grid,
             ROW_VALUES=row_values, GOBS_PARTIALS=_launch.given(gobs_partials, f32, dev),

@@ -1,0 +1,284 @@
+"""Representative calls of every public op, for the capture (``capture.capturing``): what
+a user's forward and backward can make the Triton backend launch.
+
+Axes: op x likelihood x KL mode x reduction x free bits x obs_logvar layout (float, a
+0-dim, per-dimension, per-row or full tensor; learned or fixed) x which inputs need
+gradients (training, training with x or without z, evaluation under ``no_grad``) x
+dtypes (fp32, bf16, fp16, and autocast's mix: fp32 data with 16-bit network outputs)
+x layouts (mu and logvar as separate tensors or the two halves of one encoder output),
+at the benchmark shapes (``fastvae/bench/specs``, ``grids.py``, the issue's bar shapes)
+and at the odd shapes the tests use (1, 7, non-multiples of 16, each tile class of
+``configs``, L over one latent block, one-pass and two-pass IWAE).
+
+Inputs are ``torch.empty``: nothing reads them. Backward runs where it launches kernels;
+at the large shapes a ``reduction="none"`` backward is torch's own multiply by the
+(B,) grad_output, so it runs at the small shapes only.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import torch
+
+import fastvae
+
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+# (x, network outputs) dtypes: pure, and autocast's (data stays fp32).
+DTYPES = {"fp32": (F32, F32), "bf16": (BF16, BF16), "fp16": (F16, F16),
+          "amp-bf16": (F32, BF16), "amp-fp16": (F32, F16)}
+ALL_DTYPES = tuple(DTYPES)
+PURE = ("fp32", "bf16", "fp16")
+# Shapes (B, D, L): the benchmarks' class (B=4096 and 65536, D=784, L=32 and 64 launch the
+# same specializations), the other tiles of configs.ROW_TILES at aligned sizes, then
+# the tests' odd ones (ones, and non-multiples of 16 in each tile, L over one block).
+ELBO_BENCH = ((4096, 784, 32),)
+ELBO_TILES = ((4096, 64, 16), (4096, 256, 32), (4096, 3072, 32))
+ELBO_ODD = ((1, 1, 1), (7, 7, 3), (13, 100, 17), (1003, 1003, 130), (3, 4100, 5))
+# (B, D, L, K): the IWAE benchmark's (one-pass K=5, two-pass K=50), then each one-pass
+# tile of configs.IWAE_ONEPASS_TILES and the two-pass kernel at odd sizes.
+IWAE_BENCH = ((4096, 784, 32, 5), (4096, 784, 32, 50))
+IWAE_ODD = ((1, 1, 1, 1), (7, 7, 3, 2), (5, 60, 5, 7), (5, 300, 33, 4), (5, 100, 7, 6),
+            (3, 1003, 7, 3), (3, 784, 32, 8), (3, 1025, 129, 9))
+# (B, L, K): the bar's and benchmarks', then odd ones; K None is one (B, L) sample.
+REPARAM_SHAPES = ((65536, 64, None), (65536, 64, 16), (65536, 32, 1), (4096, 32, 16),
+                  (1, 1, None), (7, 3, 2), (1003, 33, 5))
+# likelihood, obs_logvar layout ("" for none, else float / 0-dim / (D,) / (1, D) /
+# (B, 1) / (B, D)) and whether obs_logvar is learned.
+LIKELIHOODS = (("bernoulli", "", False), ("continuous_bernoulli", "", False),
+               ("gaussian", "float", False), ("gaussian", "0d", True), ("gaussian", "D", True),
+               ("gaussian", "1D", False), ("gaussian", "B1", True), ("gaussian", "BD", True),
+               ("gaussian", "BD", False))
+REDUCTIONS = ("mean", "sum", "none")
+MODES = ("train", "train+x", "eval")
+# Every (kl, reduction, free_bits, mode) at the benchmark shapes; at the others, these.
+ELBO_SEMANTICS = tuple(itertools.product(("analytic", "mc"), REDUCTIONS, (0.0, 0.5), MODES))
+ELBO_FEW = (("analytic", "mean", 0.0, "train"), ("mc", "none", 0.5, "train+x"),
+            ("analytic", "sum", 0.5, "eval"))
+IWAE_SEMANTICS = tuple(itertools.product(("mean", "none"), ("train", "train-z", "eval")))
+IWAE_FEW = (("mean", "train"), ("none", "train+x"), ("sum", "eval"))
+
+
+def _empty(shape, dtype, grad=False):
+    return torch.empty(shape, dtype=dtype).requires_grad_(grad)
+
+
+def _obs(layout: str, learned: bool, b: int, d: int):
+    shape = {"0d": (), "D": (d,), "1D": (1, d), "B1": (b, 1), "BD": (b, d)}.get(layout)
+    if shape is None:
+        return 1.3 if layout == "float" else 0.0
+    return _empty(shape, F32, learned)  # a learned obs_logvar is an fp32 parameter
+
+
+def _latents(b, l, dt, grad, chunked):
+    """mu, logvar: separate tensors, or the two halves of one (B, 2L) encoder output."""
+    if chunked:
+        h = _empty((b, 2 * l), dt, grad)
+        return h[:, :l], h[:, l:]
+    return _empty((b, l), dt, grad), _empty((b, l), dt, grad)
+
+
+def _finish(value, mode: str, big: bool) -> None:
+    """Backward as training does it (a loss is a scalar; "none" is summed by the
+    caller). ``autograd.grad``, not ``backward``: the same launches, without copying
+    each gradient into a ``.grad``."""
+    if mode == "eval" or value.grad_fn is None or (value.dim() and big):
+        return
+    leaves = [t for t in _leaves(value.grad_fn)]
+    torch.autograd.grad(value if value.dim() == 0 else value.sum(), leaves, allow_unused=True)
+
+
+def _leaves(fn, seen=None):
+    """The leaf tensors a graph reaches (what ``backward`` would fill ``.grad`` of)."""
+    seen = set() if seen is None else seen
+    for nxt, _ in fn.next_functions:
+        if nxt is None or nxt in seen:
+            continue
+        seen.add(nxt)
+        if hasattr(nxt, "variable"):
+            yield nxt.variable
+        else:
+            yield from _leaves(nxt, seen)
+
+
+def _run(mode: str, fn: Callable) -> None:
+    if mode == "eval":
+        with torch.no_grad():
+            fn()
+    else:
+        fn()
+
+
+def elbo_calls(shapes, dtypes, semantics, chunked=(False,),
+               likelihoods=LIKELIHOODS) -> Iterator[Tuple[str, Callable]]:
+    for (b, d, l), dname, (lik, obs, learned), (kl, red, fb, mode), chunk in itertools.product(
+            shapes, dtypes, likelihoods, semantics, chunked):
+        if chunk and (dname not in ("fp32", "amp-bf16") or red == "none"):
+            continue  # the chunked layout: in the common training setups
+        big = b * d > 1 << 22
+
+        def call(b=b, d=d, l=l, dname=dname, lik=lik, obs=obs, learned=learned, kl=kl, red=red,
+                 fb=fb, mode=mode, chunk=chunk, big=big):
+            xt, nt = DTYPES[dname]
+            train = mode != "eval"
+
+            def fwd():
+                x = _empty((b, d), xt, mode == "train+x")
+                recon = _empty((b, d), nt, train)
+                mu, lv = _latents(b, l, nt, train, chunk)
+                z = _empty((b, l), nt, train) if kl == "mc" else None
+                ob = _obs(obs, learned and train, b, d) if obs else 0.0
+                v = fastvae.elbo(x, recon, mu, lv, likelihood=lik, kl=kl, z=z, free_bits=fb,
+                                 obs_logvar=ob, reduction=red, backend="triton", validate=False)
+                _finish(v, mode, big)
+            _run(mode, fwd)
+        yield (f"elbo B={b} D={d} L={l} {dname} {lik}{'/' + obs if obs else ''} kl={kl} "
+               f"{red} fb={fb} {mode}{' chunked' if chunk else ''}"), call
+
+
+def loss_calls(shapes) -> Iterator[Tuple[str, Callable]]:
+    """``fastvae.ELBOLoss`` as the benchmarks and training call it (grad_output 1)."""
+    for (b, d, l), dname in itertools.product(shapes, DTYPES):
+        def call(b=b, d=d, l=l, dname=dname):
+            xt, nt = DTYPES[dname]
+            loss = fastvae.ELBOLoss(reduction="sum", backend="triton")
+            loss(_empty((b, d), xt), _empty((b, d), nt, True), _empty((b, l), nt, True),
+                 _empty((b, l), nt, True)).backward()
+        yield f"ELBOLoss B={b} D={d} L={l} {dname}", call
+
+
+def iwae_calls(shapes, dtypes, semantics,
+               likelihoods=LIKELIHOODS) -> Iterator[Tuple[str, Callable]]:
+    for (b, d, l, k), dname, (lik, obs, learned), (red, mode) in itertools.product(
+            shapes, dtypes, likelihoods, semantics):
+        big = k * b * d > 1 << 22
+
+        def call(b=b, d=d, l=l, k=k, dname=dname, lik=lik, obs=obs, learned=learned, red=red,
+                 mode=mode, big=big):
+            xt, nt = DTYPES[dname]
+            train = mode != "eval"
+
+            def fwd():
+                x = _empty((b, d), xt, mode == "train+x")
+                mu, lv = _latents(b, l, nt, train, False)
+                z_k = _empty((k, b, l), nt, mode in ("train", "train+x"))
+                ob = _obs(obs, learned and train, b, d) if obs else 0.0
+                v = fastvae.iwae_bound(x, _empty((k, b, d), nt, train), mu, lv, z_k,
+                                       likelihood=lik, obs_logvar=ob, reduction=red,
+                                       backend="triton", validate=False)
+                _finish(v, mode, big)
+            _run(mode, fwd)
+        yield (f"iwae B={b} D={d} L={l} K={k} {dname} {lik}{'/' + obs if obs else ''} {red} "
+               f"{mode}"), call
+
+
+def reparameterize_calls(shapes) -> Iterator[Tuple[str, Callable]]:
+    for (b, l, k), dname, grads in itertools.product(
+            shapes, ("fp32", "bf16", "fp16"), ("both", "mu", "logvar", "eval")):
+        def call(b=b, l=l, k=k, dname=dname, grads=grads):
+            dt = DTYPES[dname][1]
+            mu = _empty((b, l), dt, grads in ("both", "mu"))
+            lv = _empty((b, l), dt, grads in ("both", "logvar"))
+
+            def fwd():
+                z = fastvae.reparameterize(mu, lv, n_samples=k, backend="triton", validate=False)
+                if grads != "eval":
+                    torch.autograd.grad(z, [t for t in (mu, lv) if t.requires_grad],
+                                        torch.empty_like(z))
+            _run("eval" if grads == "eval" else "train", fwd)
+        yield f"reparameterize B={b} L={l} K={k} {dname} grads={grads}", call
+
+
+def small_op_calls() -> Iterator[Tuple[str, Callable]]:
+    """kl_standard_normal and gaussian_log_prob (their own host functions)."""
+    for (n, l), dname, grads in itertools.product(
+            ((4096, 32), (65536, 64), (1, 1), (7, 3), (1003, 130)), ("fp32", "bf16", "fp16"),
+            ("both", "mu", "logvar", "eval")):
+        def call(n=n, l=l, dname=dname, grads=grads):
+            dt = DTYPES[dname][1]
+            mu = _empty((n, l), dt, grads in ("both", "mu"))
+            lv = _empty((n, l), dt, grads in ("both", "logvar"))
+            _run("eval" if grads == "eval" else "train",
+                 lambda: _finish(fastvae.kl_standard_normal(mu, lv, backend="triton",
+                                                            validate=False), grads, False))
+        yield f"kl_standard_normal N={n} L={l} {dname} grads={grads}", call
+    for (n, d), dname, lv_layout, mode in itertools.product(
+            ((4096, 784), (1, 1), (7, 7), (1003, 1003), (3, 4100)), ("fp32", "bf16", "fp16"),
+            ("float", "D", "BD", "BD-fixed"), ("train", "train+x", "eval")):
+        def call(n=n, d=d, dname=dname, lv_layout=lv_layout, mode=mode):
+            dt = DTYPES[dname][1]
+            train = mode != "eval"
+
+            def fwd():
+                x = _empty((n, d), dt, mode == "train+x")
+                mean = _empty((n, d), dt, train)
+                lv = _obs(lv_layout.split("-")[0], train and "fixed" not in lv_layout, n, d)
+                _finish(fastvae.gaussian_log_prob(x, mean, lv, backend="triton", validate=False),
+                        mode, False)
+            _run(mode, fwd)
+        yield f"gaussian_log_prob N={n} D={d} {dname} logvar={lv_layout} {mode}", call
+
+
+def calls(bench_only: bool = False) -> List[Tuple[str, Callable]]:
+    """Every catalog call as (label, zero-argument function): at the benchmark shapes,
+    every semantic combination in every dtype (autocast's included); at the other
+    tiles and the odd shapes, every likelihood and obs_logvar layout with a few
+    combinations, in the pure dtypes (fp32 and bf16 at the odd shapes). ``bench_only``:
+    the benchmark shapes alone."""
+    out = [*elbo_calls(ELBO_BENCH, ALL_DTYPES, ELBO_SEMANTICS, (False, True)),
+           *loss_calls(ELBO_BENCH), *iwae_calls(IWAE_BENCH, ALL_DTYPES, IWAE_SEMANTICS),
+           *reparameterize_calls(REPARAM_SHAPES[:4])]
+    if not bench_only:
+        out += [*elbo_calls(ELBO_TILES, PURE, ELBO_FEW),
+                *elbo_calls(ELBO_ODD, ("fp32", "bf16"), ELBO_FEW, (False, True)),
+                *iwae_calls(IWAE_ODD, PURE, IWAE_FEW),
+                *reparameterize_calls(REPARAM_SHAPES[4:]), *small_op_calls()]
+    return out
+
+
+def sweep_calls() -> List[Tuple[str, Callable]]:
+    """Forward calls over a sweep of sizes (D, L, K from 1 to 50,000; each likelihood),
+    fp32 in training and evaluation, bf16 in training: which tiles the host picks."""
+    ds = (1, 7, 16, 63, 64, 65, 100, 255, 256, 257, 784, 1003, 1024, 1025, 2048, 3072, 4100,
+          50000)
+    liks = [lk for lk in LIKELIHOODS if lk[1] in ("", "float", "BD")][:4]
+    out = []
+    for dname, mode in (("fp32", "train"), ("fp32", "eval"), ("bf16", "train")):
+        out += elbo_calls([(3, d, l) for d in ds for l in (1, 32, 129)], (dname,),
+                          (("analytic", "none", 0.0, mode),), likelihoods=liks)
+        out += iwae_calls([(3, d, l, k) for d in (1, 64, 65, 256, 257, 1024, 1025, 3072)
+                           for l in (32, 129) for k in (1, 2, 4, 5, 8, 9, 50)], (dname,),
+                          (("none", mode),), likelihoods=liks)
+    return out
+
+
+def kernels() -> List[str]:
+    """The names of the ``@triton.jit`` kernels in ``fastvae.kernels``: the jit functions
+    no other one calls (those are helpers)."""
+    import importlib
+    import pkgutil
+    import re
+
+    from triton.runtime.jit import JITFunction
+
+    import fastvae.kernels as pkg
+    fns = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, JITFunction) and obj.fn.__module__ == mod.__name__:
+                fns[f"{mod.__name__}.{name}"] = obj
+    called = {n for n, f in fns.items() for other in fns.values() if other is not f
+              and re.search(rf"\b{re.escape(n.rsplit('.', 1)[-1])}\s*\(", other.src)}
+    return sorted(set(fns) - called)
+
+
+def record(recorder, entries: Optional[List[Tuple[str, Callable]]] = None) -> None:
+    """Run ``entries`` (default: every call) under ``recorder`` (from ``capturing``),
+    each labelled; a call that raises is a catalog bug and stops the capture."""
+    for label, fn in (calls() if entries is None else entries):
+        recorder.label = label
+        try:
+            fn()
+        except Exception as e:
+            raise RuntimeError(f"catalog call {label!r} failed: {type(e).__name__}: {e}") from e

@@ -1,5 +1,5 @@
 """Fused importance-weighted bound (Burda et al. 2016) over K samples: two kernels, one
-contract (same outputs, ``_math.NEED_*`` flags bits, gradient scale ``c``, row values /
+contract (same outputs, ``NEED_*`` constexpr switches, gradient scale ``c``, row values /
 per-program obs_logvar partials for ``reduce.finish_kernel``; no atomics). The host
 (``fastvae.backends.triton_backend.iwae_bound``) picks one per call.
 
@@ -33,20 +33,22 @@ come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 import triton
 import triton.language as tl
 
-from ._math import (LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
-                    NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, kl_tile,
-                    likelihood_tile, load_data, load_f32, program_rows, store_as)
+from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
+                    exp_, kl_tile, likelihood_tile, load_data, load_f32, log_, program_rows,
+                    store_as)
 
 
-@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
+@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
     LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
-    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
-    obs_scalar, c, row_scale, log_k, flags,
-    LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    obs_scalar, c, row_scale, log_k,
+    LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
+    NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     c = tl.cast(c, tl.float32)
@@ -85,17 +87,18 @@ def iwae_bound_rows_kernel(
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero_i64 + k) * B + rows, log_w, mask=rmask)
         new_max = tl.maximum(run_max, log_w)
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(log_w - new_max)
+        run_sum = run_sum * exp_(run_max - new_max) + exp_(log_w - new_max)
         run_max = new_max
         r_base += stride_rk
         z_base += stride_zk
-    lse = run_max + tl.log(run_sum)
+    lse = run_max + log_(run_sum)
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
-    if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
+    if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
+            or NEED_GZ):
         tl.debug_barrier()  # LOG_W is read back by other threads of this program
-        if (flags & NEED_DATA_GRADS) != 0:
+        if NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 cols2 = cols[None, :]
@@ -111,10 +114,10 @@ def iwae_bound_rows_kernel(
                 gr_base = zero_i64
                 for k in range(0, K):
                     lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
-                    w = (tl.exp(lw - lse) * c)[:, None]
+                    w = (exp_(lw - lse) * c)[:, None]
                     r = load_f32(R, r_base + rows2 * stride_rb + cols2, m)
                     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-                    if (flags & NEED_GR) != 0:
+                    if NEED_GR:
                         store_as(GR, gr_base + rows2 * D + cols2, g_r * w, m)
                     gx_acc += g_x * w
                     if LIK >= LIK_GAUSSIAN_SCALAR:  # else no obs_logvar: keep no dead accumulator
@@ -122,15 +125,15 @@ def iwae_bound_rows_kernel(
                     r_base += stride_rk
                     gr_base += size_bd
                 out_off = rows2 * D + cols2
-                if (flags & NEED_GX) != 0:
+                if NEED_GX:
                     store_as(GX, out_off, gx_acc, m)
                 if LIK >= LIK_GAUSSIAN_SCALAR:
-                    if (flags & NEED_GOBS_ROWS) != 0:
+                    if OBS_GRAD == GOBS_ROWS:
                         store_as(GOBS, out_off, gs_acc, m)
-                    if (flags & NEED_GOBS_PARTIAL) != 0:
+                    if OBS_GRAD == GOBS_PARTIAL:
                         part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
                         tl.store(GOBS + pid * D + cols, part, mask=cols < D)
-        if (flags & NEED_LATENT_GRADS) != 0:
+        if NEED_GMU or NEED_GLV or NEED_GZ:
             for l0 in range(0, L, BLOCK_L):
                 lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
                 m = rmask[:, None] & (lat2 < L)
@@ -142,32 +145,33 @@ def iwae_bound_rows_kernel(
                 gz_base = zero_i64
                 for k in range(0, K):
                     lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
-                    w = (tl.exp(lw - lse) * c)[:, None]
+                    w = (exp_(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
                     kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
-                    if (flags & NEED_GZ) != 0:
+                    if NEED_GZ:
                         store_as(GZ, gz_base + rows2 * L + lat2, -d_z * w, m)
                     gmu_acc += d_mu * w
                     glv_acc += d_lv * w
                     z_base += stride_zk
                     gz_base += size_bl
                 out_off = rows2 * L + lat2
-                if (flags & NEED_GMU) != 0:
+                if NEED_GMU:
                     store_as(GMU, out_off, -gmu_acc, m)
-                if (flags & NEED_GLV) != 0:
+                if NEED_GLV:
                     store_as(GLV, out_off, -glv_acc, m)
 
 
-@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
+@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
     ROW_VALUES,                               # (B,) fp32 rows
-    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
-    obs_scalar, c, row_scale, log_k, flags,
-    LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    obs_scalar, c, row_scale, log_k,
+    LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
+    NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks).
 
@@ -216,45 +220,46 @@ def iwae_bound_onepass_kernel(
     rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
     log_w = tl.where(rk, log_w, float("-inf"))
     row_max = tl.where(rmask, tl.max(log_w, axis=1), 0.0)
-    p = tl.exp(log_w - row_max[:, None])                  # 0 for padded samples and rows
+    p = exp_(log_w - row_max[:, None])                  # 0 for padded samples and rows
     p_sum = tl.sum(p, axis=1)
-    lse = row_max + tl.log(tl.where(rmask, p_sum, 1.0))
+    lse = row_max + log_(tl.where(rmask, p_sum, 1.0))
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
-    if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
+    if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
+            or NEED_GZ):
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
         w3 = w[:, :, None]
         rows2 = rows[:, None]
         cols2 = cols[None, :]
         m2 = rmask[:, None] & (cols2 < D)
-        if (flags & NEED_GR) != 0:
+        if NEED_GR:
             size_bd = (zero_i64 + B) * D
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             store_as(GR, k3 * size_bd + rows3 * D + c3, g_r * w3, m_d)
-        if (flags & NEED_GX) != 0:
+        if NEED_GX:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             gx = tl.sum(g_x * w3, axis=1)
             store_as(GX, rows2 * D + cols2, gx, m2)
-        if (flags & (NEED_GOBS_ROWS | NEED_GOBS_PARTIAL)) != 0:
+        if OBS_GRAD != GOBS_NONE:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             gs = tl.sum(g_s * w3, axis=1)
-            if (flags & NEED_GOBS_ROWS) != 0:
+            if OBS_GRAD == GOBS_ROWS:
                 store_as(GOBS, rows2 * D + cols2, gs, m2)
-            if (flags & NEED_GOBS_PARTIAL) != 0:
+            if OBS_GRAD == GOBS_PARTIAL:
                 part = tl.sum(tl.where(m2, gs, 0.0), axis=0)
                 tl.store(GOBS + pid * D + cols, part, mask=cols < D)
         lats2 = lats[None, :]
         ml2 = rmask[:, None] & (lats2 < L)
-        if (flags & NEED_GZ) != 0:
+        if NEED_GZ:
             size_bl = (zero_i64 + B) * L
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             store_as(GZ, k3 * size_bl + rows3 * L + l3, -d_z * w3, m_l)
-        if (flags & NEED_GMU) != 0:
+        if NEED_GMU:
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             gmu = tl.sum(d_mu * w3, axis=1)
             store_as(GMU, rows2 * L + lats2, -gmu, ml2)
-        if (flags & NEED_GLV) != 0:
+        if NEED_GLV:
             kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
             glv = tl.sum(d_lv * w3, axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)

@@ -1,12 +1,8 @@
 """Host code shared by the ELBO's and the IWAE bound's row launches: the likelihood's
-arguments (LIK code, obs_logvar pointer and stride), the gradient buffers and the
-``flags`` that say which of them the kernel writes."""
+arguments (LIK code, obs_logvar pointer and stride) and the gradient buffers."""
 from __future__ import annotations
 
 import torch
-
-from fastvae.kernels._math import (NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS,
-                                   NEED_GR, NEED_GX, NEED_GZ)
 
 from . import _launch, configs
 
@@ -30,14 +26,6 @@ def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: i
     b, d = inputs[0].shape
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
                                        device))
-
-
-def gradient_flags(gx, gr, gmu, glv, gz, gobs, partial: bool) -> int:
-    """The ``flags`` bits of the gradients a row kernel writes."""
-    return _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gr is not None),
-                             (NEED_GOBS_ROWS, gobs is not None and not partial),
-                             (NEED_GOBS_PARTIAL, partial), (NEED_GMU, gmu is not None),
-                             (NEED_GLV, glv is not None), (NEED_GZ, gz is not None))
 
 
 def _obs_grad_buffers(need: bool, partial: bool, programs: int, b: int, d: int, obs, device):

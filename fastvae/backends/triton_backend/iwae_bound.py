@@ -10,11 +10,12 @@ import triton
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
+from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from ._rows import gradient_buffers, gradient_flags, likelihood_args
+from ._rows import gradient_buffers, likelihood_args
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
@@ -43,7 +44,6 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
     gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
         (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
-    flags = gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial)
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
@@ -54,8 +54,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
         stride_x=x.stride(0), stride_rk=recon_k.stride(0), stride_rb=recon_k.stride(1),
         stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
         stride_zk=z_k.stride(0), stride_zb=z_k.stride(1),
-        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k), flags=flags,
-        LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k),
+        LIK=lik, NEED_GX=gx is not None, NEED_GR=gr is not None,
+        OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
+                  else GOBS_NONE).value,
+        NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
     else:
@@ -68,6 +72,6 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             kred.finish_kernel, grid,
             ROW_VALUES=row_values, GOBS_PARTIALS=_launch.given(gobs_partials, f32, dev),
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
-            B=b, D=d, NPART=programs, c=float(c),
+            B=b, D=d, NPART=programs, c=float(c), SUM_ROWS=True,
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs))

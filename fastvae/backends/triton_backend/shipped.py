@@ -47,6 +47,27 @@ def _signature(kernel, io: str, constexprs: Dict[str, int], pointers_of=None):
     return sig, divisible
 
 
+# The ELBO row kernel's switches in the calls that matter: training (the decoder's and
+# encoder's gradients, a batch mean; the MC KL adds d/dz), free bits, and evaluation.
+_ELBO_MODES = {
+    "train": dict(KL_MC=False, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=True,
+                  NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
+    "train-mc": dict(KL_MC=True, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=True,
+                     NEED_GLV=True, NEED_GZ=True, OBS_GRAD_TENSOR=2),
+    "free-bits": dict(KL_MC=False, FREE_BITS=True, REDUCE=True, NEED_GR=True, NEED_GMU=True,
+                      NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
+    "eval": dict(KL_MC=False, FREE_BITS=False, REDUCE=False, NEED_GR=False, NEED_GMU=False,
+                 NEED_GLV=False, NEED_GZ=False, OBS_GRAD_TENSOR=0),
+}
+# The IWAE kernels': training (every gradient but d/dx) and the NLL estimate (none).
+_IWAE_MODES = {
+    "train": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True, NEED_GLV=True,
+                  NEED_GZ=True),
+    "eval": dict(NEED_GX=False, NEED_GR=False, OBS_GRAD=0, NEED_GMU=False, NEED_GLV=False,
+                 NEED_GZ=False),
+}
+
+
 def _config(name, kernel, io, constexprs, num_warps, pointers_of=None):
     sig, divisible = _signature(kernel, io, constexprs, pointers_of)
     return dict(name=name, kernel=kernel, signature=sig, constexprs=constexprs,
@@ -65,31 +86,43 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     io = f"*{dtype}"
     tag = "" if dtype == "fp32" else f",{dtype}"
     out = []
-    rows = {"elbo": ke.elbo_rows_kernel, "iwae_bound": ki.iwae_bound_rows_kernel}
-    for op, kernel in rows.items():
-        for lik in LIKELIHOOD_CODES:
-            for _, block_b, block_d, block_l in configs.row_tiles(op, lik):
-                cx = {"LIK": lik, "BLOCK_B": block_b, "BLOCK_D": block_d, "BLOCK_L": block_l}
-                warps = configs.ROW_WARPS_OVERRIDE.get((op, lik, block_b, block_d),
-                                                       configs.ROW_WARPS)
-                out.append(_config(f"{op}_rows[LIK={lik},{block_b}x{block_d},L{block_l}{tag}]",
-                                   kernel, io, cx, warps))
-    for lik in LIKELIHOOD_CODES:
-        for block_b, block_k, block_d, block_l in configs.iwae_onepass_tiles(lik):
-            cx = {"LIK": lik, "BLOCK_B": block_b, "BLOCK_K": block_k, "BLOCK_D": block_d,
-                  "BLOCK_L": block_l}
-            warps = configs.IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d),
-                                                   configs.ROW_WARPS)
-            out.append(_config(
-                f"iwae_bound_onepass[LIK={lik},{block_b}x{block_k}x{block_d},L{block_l}{tag}]",
-                ki.iwae_bound_onepass_kernel, io, cx, warps))
+    element = {"fp32": 4, "bf16": 2, "fp16": 2}[dtype]
+    block_b, block_d, block_l, warps = configs.elbo_config(65536, 784, 64, element)
     fin_b, fin_l, fin_d, fin_sum = configs.FINISH_TILE
-    cx = {"BLOCK_P": fin_b, "BLOCK_D": fin_d, "BLOCK_SUM": fin_sum}
+    for lik in LIKELIHOOD_CODES:
+        for mode, switches in _ELBO_MODES.items():
+            cx = dict(switches, LIK=lik, NEED_GX=False, INT64=False, BLOCK_B=block_b,
+                      BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=configs.TICKET_SUM_BLOCK)
+            tensor_grad = cx.pop("OBS_GRAD_TENSOR")
+            cx["OBS_GRAD"] = tensor_grad if lik == configs.GAUSSIAN_TENSOR else 0
+            out.append(_config(f"elbo_rows[LIK={lik},{mode},{block_b}x{block_d},L{block_l}{tag}]",
+                               ke.elbo_rows_kernel, io, cx, warps,
+                               {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+        for mode, switches in _IWAE_MODES.items():
+            for _, tb, td, tl_ in configs.row_tiles("iwae_bound", lik):
+                cx = dict(switches, LIK=lik, BLOCK_B=tb, BLOCK_D=td, BLOCK_L=tl_)
+                if lik != configs.GAUSSIAN_TENSOR:
+                    cx["OBS_GRAD"] = 0
+                w = configs.ROW_WARPS_OVERRIDE.get(("iwae_bound", lik, tb, td), configs.ROW_WARPS)
+                out.append(_config(f"iwae_bound_rows[LIK={lik},{mode},{tb}x{td},L{tl_}{tag}]",
+                                   ki.iwae_bound_rows_kernel, io, cx, w))
+            for tb, tk, td, tl_ in configs.iwae_onepass_tiles(lik):
+                cx = dict(switches, LIK=lik, BLOCK_B=tb, BLOCK_K=tk, BLOCK_D=td, BLOCK_L=tl_)
+                if lik != configs.GAUSSIAN_TENSOR:
+                    cx["OBS_GRAD"] = 0
+                w = configs.IWAE_ONEPASS_WARPS.get((lik, tb, tk, td), configs.ROW_WARPS)
+                out.append(_config(
+                    f"iwae_bound_onepass[LIK={lik},{mode},{tb}x{tk}x{td},L{tl_}{tag}]",
+                    ki.iwae_bound_onepass_kernel, io, cx, w))
+    clamp_b, clamp_l = configs.KL_CLAMP_TILE
+    for mc in (False, True):
+        cx = {"KL_MC": mc, "INT64": False, "BLOCK_B": clamp_b, "BLOCK_L": clamp_l}
+        out.append(_config(f"kl_clamp[MC={int(mc)},{clamp_b}x{clamp_l}{tag}]",
+                           ke.kl_clamp_kernel, io, cx, configs.ELBO_WARPS,
+                           {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+    cx = {"SUM_ROWS": True, "BLOCK_P": fin_b, "BLOCK_D": fin_d, "BLOCK_SUM": fin_sum}
     out.append(_config(f"finish[{fin_b},D{fin_d},S{fin_sum}{tag}]", kred.finish_kernel, io, cx,
                        configs.FINISH_WARPS))
-    cx = {"BLOCK_B": fin_b, "BLOCK_L": fin_l, "BLOCK_D": fin_d}
-    out.append(_config(f"elbo_free_bits[{fin_b}x{fin_l},D{fin_d}{tag}]", ke.elbo_free_bits_kernel,
-                       io, cx, configs.FINISH_WARPS, {"CLAMPED": "*i32"}))
     cx = {"CHUNKS": configs.REPARAMETERIZE_CHUNKS, "Q": kr.Q}
     for direction, kernel in (("fwd", kr.reparameterize_fwd_kernel),
                               ("bwd", kr.reparameterize_bwd_kernel)):

@@ -1,9 +1,11 @@
 """``python -m fastvae.bench.offline``: the offline judge from the command line.
 
-    compile [--bench-only] [--workers N] [--json FILE]
+    compile [--tier ci|bench|full] [--workers N] [--json FILE]
         capture the catalog under this Triton and compile every specialization for
-        sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all)
-    table [--triton PATH ...] [--workers N]
+        sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all);
+        "ci" is what tests/test_kernels_compile.py compiles, "bench" every semantic
+        combination at the benchmark shapes, "full" those and the odd shapes (hours)
+    table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes
     proxy [--ops elbo,iwae,reparameterize] [--dtype fp32,bf16] [--triton PATH] [--json FILE]
@@ -17,7 +19,7 @@ import json
 import sys
 import warnings
 
-from . import judge, report
+from . import catalog, judge, report
 
 
 def _strs(s):
@@ -30,12 +32,13 @@ def main(argv=None) -> int:
                                 description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
-    c.add_argument("--bench-only", action="store_true")
+    c.add_argument("--tier", choices=catalog.TIERS, default="ci")
     c.add_argument("--workers", type=int, default=judge.default_workers())
     c.add_argument("--json", default=None)
     t = sub.add_parser("table")
     t.add_argument("--triton", action="append", default=[])
     t.add_argument("--workers", type=int, default=judge.default_workers())
+    t.add_argument("--tier", choices=catalog.TIERS, default="ci")
     x = sub.add_parser("proxy")
     x.add_argument("--ops", type=_strs, default=None)
     x.add_argument("--dtype", type=_strs, default=list(judge.BAR_DTYPES))
@@ -45,10 +48,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "compile":
-        out = judge.compile_catalog(workers=args.workers, bench_only=args.bench_only)
+        out = judge.compile_catalog(workers=args.workers, tier=args.tier)
         print(report.compile_summary(out), file=sys.stderr)
     elif args.cmd == "table":
-        runs = report.compile_versions([None, *args.triton], workers=args.workers)
+        runs = report.compile_versions([None, *args.triton], workers=args.workers,
+                                       tier=args.tier)
         print(report.compile_table(runs))
         return 0
     else:

@@ -219,6 +219,19 @@ def small_op_calls() -> Iterator[Tuple[str, Callable]]:
         yield f"gaussian_log_prob N={n} D={d} {dname} logvar={lv_layout} {mode}", call
 
 
+TIERS = ("ci", "bench", "full")
+
+
+def tier_calls(tier: str) -> List[Tuple[str, Callable]]:
+    """The calls of a tier: "ci" (:func:`ci_calls`, what the test compiles), "bench"
+    (every semantic combination at the benchmark shapes) or "full" (:func:`calls`)."""
+    if tier == "ci":
+        return ci_calls()
+    if tier not in TIERS:
+        raise ValueError(f"unknown catalog tier {tier!r}; one of {TIERS}")
+    return calls(bench_only=tier == "bench")
+
+
 def calls(bench_only: bool = False) -> List[Tuple[str, Callable]]:
     """Every catalog call as (label, zero-argument function): at the benchmark shapes,
     every semantic combination in every dtype (autocast's included); at the other
@@ -250,6 +263,104 @@ def sweep_calls() -> List[Tuple[str, Callable]]:
                            for l in (32, 129) for k in (1, 2, 4, 5, 8, 9, 50)], (dname,),
                           (("none", mode),), likelihoods=liks)
     return out
+
+
+# The CI tier (tests/test_kernels_compile.py): each distinct specialization costs about
+# 2 s of one core per target and Triton version, so it compiles a chosen subset (below)
+# rather than every combination of ``calls()``.
+CORE_LIKELIHOODS = (("bernoulli", "", False), ("continuous_bernoulli", "", False),
+                    ("gaussian", "float", False), ("gaussian", "BD", True))
+TRAIN = ("analytic", "mean", 0.0, "train")
+
+
+def ci_calls() -> List[Tuple[str, Callable]]:
+    """What CI compiles, about 130 specializations per target and Triton:
+
+    * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
+      autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,
+      and evaluation; the (D,) and (B, 1) obs_logvar gradients; the chunked layout;
+      ``ELBOLoss``; IWAE one-pass (K=5) and two-pass (K=50) likewise; the sampler and
+      the two small ops;
+    * a few odd shapes (ones, sizes not multiples of 16: the masked, unaligned
+      specializations);
+    * every layout (:func:`layout_of`: kernel, tile, warps, likelihood) the host picks
+      over the size sweep, once, in training (the most values live).
+
+    To extend it when a kernel gains a switch: add the call that turns the switch on to
+    the first group (one dtype is enough unless the switch changes pointer types);
+    ``tests/test_kernels_compile.py`` then compiles it. A new tile table or size class
+    is picked up by the sweep (:func:`sweep_calls`) without any change here.
+    """
+    bern, cb, gauss_bd = CORE_LIKELIHOODS[0], CORE_LIKELIHOODS[1], CORE_LIKELIHOODS[3]
+    mc_fb_x = ("mc", "sum", 0.5, "train+x")
+    evaluate = ("analytic", "none", 0.0, "eval")
+    out = [*elbo_calls(ELBO_BENCH, ("fp32", "bf16", "fp16"), (TRAIN,),
+                       likelihoods=CORE_LIKELIHOODS),
+           *elbo_calls(ELBO_BENCH, ("amp-bf16",), (TRAIN,), likelihoods=(bern, gauss_bd)),
+           *elbo_calls(ELBO_BENCH, ("fp32",), (mc_fb_x, evaluate), likelihoods=CORE_LIKELIHOODS),
+           *elbo_calls(ELBO_BENCH, ("bf16",), (mc_fb_x,), likelihoods=(cb, gauss_bd)),
+           *elbo_calls(ELBO_BENCH, ("bf16",), (evaluate,), likelihoods=(bern,)),
+           *elbo_calls(ELBO_BENCH, ("fp32",), (TRAIN,),
+                       likelihoods=(("gaussian", "D", True), ("gaussian", "B1", True))),
+           *elbo_calls(ELBO_BENCH, ("fp32",), (TRAIN,), (True,), likelihoods=(bern,)),
+           *[c for c in loss_calls(ELBO_BENCH) if c[0].endswith(("fp32", " bf16"))],
+           *iwae_calls(IWAE_BENCH, ("fp32", "bf16"), (("mean", "train"),),
+                       likelihoods=CORE_LIKELIHOODS),
+           *iwae_calls(IWAE_BENCH, ("fp32",), (("none", "eval"),), likelihoods=CORE_LIKELIHOODS),
+           *iwae_calls(IWAE_BENCH, ("fp16", "amp-bf16"), (("mean", "train"),),
+                       likelihoods=(bern,)),
+           *iwae_calls(IWAE_BENCH[:1], ("fp32",), (("mean", "train"),),
+                       likelihoods=(("gaussian", "D", True),)),
+           *[c for c in reparameterize_calls(REPARAM_SHAPES[:2])
+             if c[0].split()[4] in ("fp32", "bf16") and c[0].endswith(("both", "eval"))],
+           *[c for c in reparameterize_calls(REPARAM_SHAPES[:2] + REPARAM_SHAPES[5:6])
+             if " fp16 grads=both" in c[0] or "B=7 " in c[0] and " fp32 " in c[0]],
+           *[c for c in small_op_calls() if c[0].startswith(
+               ("kl_standard_normal N=4096 L=32 fp32 grads=both",
+                "kl_standard_normal N=4096 L=32 bf16 grads=both",
+                "gaussian_log_prob N=4096 D=784 fp32 logvar=BD train",
+                "gaussian_log_prob N=7 D=7 fp32 logvar=float train"))],
+           *elbo_calls(((7, 7, 3),), ("fp32",), (TRAIN,), likelihoods=(bern,)),
+           *elbo_calls(((13, 100, 17),), ("bf16",), (("mc", "none", 0.5, "train+x"),),
+                       likelihoods=(gauss_bd,)),
+           *iwae_calls(((7, 7, 3, 2),), ("fp32",), (("none", "train"),), likelihoods=(bern,))]
+    return out + layout_calls(have=out)
+
+
+def layout_of(launch) -> tuple:
+    """What decides a compiled kernel's registers and spills most, besides its mode and
+    likelihood: the kernel, its BLOCK_* tile and warps (a tile or warps count chosen per
+    likelihood is a layout of its own)."""
+    cx = launch.constexprs()
+    return (launch.short, tuple(sorted((k, v) for k, v in cx.items() if k.startswith("BLOCK"))),
+            launch.options()["num_warps"])
+
+
+def _layouts(entries) -> dict:
+    """{layout: label of the first entry that launches it} (captured for sm_90)."""
+    from . import capture
+    out: dict = {}
+    with capture.capturing((90,)) as rec:
+        for label, fn in entries:
+            rec.label = label
+            fn()
+    for la in rec.launches:
+        out.setdefault(layout_of(la), la.call)
+    return out
+
+
+def layout_calls(have=()) -> List[Tuple[str, Callable]]:
+    """One training call (fp32 or bf16) per layout of :func:`sweep_calls` not already
+    launched by ``have``: with the continuous Bernoulli where it has the layout (its
+    log-normaliser keeps the most values live), else the learned (B, D) Gaussian."""
+    covered = set(_layouts(have))
+    weight = {"continuous_bernoulli": 0, "gaussian/BD": 1}
+    train = sorted((c for c in sweep_calls() if " train" in c[0]),
+                   key=lambda c: min((w for k, w in weight.items() if f" {k} " in c[0]),
+                                     default=2))
+    by_label = dict(train)
+    return [(label, by_label[label]) for lay, label in _layouts(train).items()
+            if lay not in covered]
 
 
 def kernels() -> List[str]:

@@ -24,12 +24,12 @@ BAR = (("elbo", 65536, 784, 64, 1), ("reparameterize", 65536, 784, 64, 1),
 BAR_DTYPES = ("fp32", "bf16")
 
 
-def compile_catalog(workers: int = 1, bench_only: bool = False, targets=capture.TARGETS,
-                    progress=None) -> dict:
-    """Capture the catalog under this Triton, compile each distinct specialization for
-    each target; a JSON-able report."""
+def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS) -> dict:
+    """Capture the catalog's ``tier`` under this Triton, compile each distinct
+    specialization for each target; a JSON-able report."""
     t0 = time.perf_counter()
-    entries = catalog.calls(bench_only=bench_only)
+    cpu0 = _cpu_seconds()
+    entries = catalog.tier_calls(tier)
     with capture.capturing(targets) as rec:
         catalog.record(rec, entries)
     t1 = time.perf_counter()
@@ -43,13 +43,22 @@ def compile_catalog(workers: int = 1, bench_only: bool = False, targets=capture.
         r["key"] = la.key
     launched = sorted({la.kernel for la in rec.launches})
     per_kernel = collections.Counter(la.short for la in distinct)
-    return dict(triton=compiler.triton_version(), calls=len(entries),
+    return dict(triton=compiler.triton_version(), tier=tier, calls=len(entries),
                 launches=len(rec.launches), targets=list(targets),
                 specializations=len(distinct) // max(len(targets), 1),
                 per_kernel={k: v // max(len(targets), 1) for k, v in per_kernel.items()},
                 kernels_launched=launched, results=results,
                 tiles=sorted({la.tile() for la in distinct}, key=repr),
-                seconds=dict(capture=t1 - t0, compile=t2 - t1))
+                layouts=sorted({catalog.layout_of(la) for la in distinct}, key=repr),
+                seconds=dict(capture=t1 - t0, compile=t2 - t1, cpu=_cpu_seconds() - cpu0))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (ptxas, the workers): the
+    cost on a loaded machine, where wall time says little."""
+    import resource
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def _stand_in(case, seed: int = 0) -> dict:

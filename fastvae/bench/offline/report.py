@@ -22,11 +22,11 @@ def pinned_triton() -> Optional[str]:
 
 
 def compile_versions(paths: Sequence[Optional[str]], workers: int,
-                     bench_only: bool = False) -> List[dict]:
-    """The catalog compiled under each Triton (None: this interpreter's), side by side;
-    the cores are shared between them."""
+                     tier: str = "ci") -> List[dict]:
+    """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
+    by side; the cores are shared between them."""
     each = max(1, workers // max(len(paths), 1))
-    args = ["compile", "--workers", str(each)] + (["--bench-only"] if bench_only else [])
+    args = ["compile", "--workers", str(each), "--tier", tier]
     with ThreadPoolExecutor(max_workers=len(paths)) as ex:
         return list(ex.map(lambda p: compiler.run_version(p, args), paths))
 
@@ -39,7 +39,8 @@ def compile_summary(run: dict) -> str:
             f"{run['specializations']} distinct specializations per target "
             f"({', '.join(f'{k} {v}' for k, v in sorted(run['per_kernel'].items()))}); "
             f"{len(res)} compiles, {len(bad)} failing or spilling; capture "
-            f"{secs['capture']:.0f} s, compile {secs['compile']:.0f} s")
+            f"{secs['capture']:.0f} s, compile {secs['compile']:.0f} s (wall), "
+            f"{secs.get('cpu', float('nan')):.0f} CPU s")
 
 
 def compile_table(runs: Sequence[dict]) -> str:
@@ -73,9 +74,10 @@ def proxy_run(triton_path: Optional[str] = None, ops=None, dtypes=None) -> dict:
 
 
 def _range(pair, fmt="{:.0f}") -> str:
+    """``static`` or, where the cheapest path is shorter, ``static (cheapest)``."""
     lo, hi = pair
-    return fmt.format(lo) if abs(hi - lo) <= 0.005 * max(abs(hi), 1e-9) else \
-        f"{fmt.format(lo)}-{fmt.format(hi)}"
+    return fmt.format(hi) if abs(hi - lo) <= 0.005 * max(abs(hi), 1e-9) else \
+        f"{fmt.format(hi)} ({fmt.format(lo)})"
 
 
 def proxy_table(out: dict) -> str:
@@ -86,7 +88,9 @@ def proxy_table(out: dict) -> str:
     head = (f"Speed proxy: SASS of Triton {out['triton']['version']} for sm_90; {gpu['name']} "
             f"issue {gpu['sms']} SMs x {gpu['schedulers']} x {gpu['clock_hz'] / 1e9:.2f} GHz, "
             f"MUFU {gpu['mufu_per_sm_cycle']}/SM/cycle, memory {gpu['copy_bytes_per_s'] / 1e12:.1f}"
-            " TB/s. lo-hi: cheapest path .. every instruction (runtime branches).")
+            " TB/s.\nCounts are static: every instruction of a loop's body issues on each pass (predicated "
+            "ones too); in parentheses, the cheapest path where a branch can skip code (a "
+            "masked-out row, grad_output == 1). issue/memory <= 50% is the target.")
     if out["triton"]["version"] != TRITON_GPU_MACHINES:
         head += (f"\nNOTE: Triton {TRITON_GPU_MACHINES} (the GPU machines') not found "
                  "(./dev setup installs it in .triton36): these counts are this Triton's.")

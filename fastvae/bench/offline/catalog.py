@@ -10,6 +10,10 @@ at the benchmark shapes (``fastvae/bench/specs``, ``grids.py``, the issue's bar 
 and at the odd shapes the tests use (1, 7, non-multiples of 16, each tile class of
 ``configs``, L over one latent block, one-pass and two-pass IWAE).
 
+Three tiers (``tier_calls``): "ci" (:func:`ci_calls`, what tests/test_kernels_compile.py
+compiles in minutes; its docstring says how to extend it), "bench" and "full" (every
+combination; hours, ``python -m fastvae.bench.offline compile --tier full``).
+
 Inputs are ``torch.empty``: nothing reads them. Backward runs where it launches kernels;
 at the large shapes a ``reduction="none"`` backward is torch's own multiply by the
 (B,) grad_output, so it runs at the small shapes only.

@@ -86,9 +86,25 @@ def capture_case(case, variant: str = "fastvae-triton", cc: int = 90) -> List[ca
 def proxy_cases(cases: Sequence, gpu=P.H200) -> dict:
     """The proxy for each case: per launch the compiled kernel's counts, and per case the
     issue, MUFU and memory times (JSON-able)."""
-    from fastvae.bench.core import bytes_moved, get_op
     compiled: Dict[tuple, dict] = {}
-    out = []
+    out: List[dict] = []
+    # An empty Triton cache of its own: a cached kernel skips ptxas and its -v report.
+    import shutil
+    import tempfile
+    saved = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastvae-proxy-")
+    try:
+        return _proxy_cases(cases, gpu, compiled, out)
+    finally:
+        shutil.rmtree(os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
+        if saved is None:
+            os.environ.pop("TRITON_CACHE_DIR")
+        else:
+            os.environ["TRITON_CACHE_DIR"] = saved
+
+
+def _proxy_cases(cases, gpu, compiled, out) -> dict:
+    from fastvae.bench.core import bytes_moved, get_op
     for case in cases:
         launches = capture_case(case)
         rows = []

@@ -35,10 +35,20 @@ ELBO_BLOCK_D = 64
 ELBO_TILE_ELEMENTS = {1: 2048, 2: 2048, 4: 1024}   # by element size in bytes
 ELBO_WARPS = 4
 ELBO_BLOCK_L = 64
+# At most this many latents a step (16 a thread at 4 warps): with one data column
+# (kl_standard_normal) the rows alone would make a 128 x 64 latent tile, which spills
+# hundreds of bytes (both Tritons).
+ELBO_LATENT_TILE = 2048
+# num_warps by likelihood where not ELBO_WARPS: the continuous Bernoulli's
+# log-normaliser keeps more values live, and 4 warps spill 4 bytes (bf16 with the MC KL,
+# free bits and d/dx on Triton 3.6; fp32 at L = 1 on 3.9, sm_80).
+ELBO_WARPS_BY_LIK = {CONTINUOUS_BERNOULLI: 8}
 # The last program's sum of the per-program partials, a few per thread a step: a wider
 # block would raise the whole kernel's register count (occupancy) for one program's use.
 TICKET_SUM_BLOCK = 512
-KL_CLAMP_TILE = (64, 64)   # BLOCK_B, BLOCK_L of free bits' first pass
+# BLOCK_B, BLOCK_L of free bits' first pass (64 x 64 with the MC KL spills 20-88 bytes
+# in bf16 on sm_90)
+KL_CLAMP_TILE = (32, 64)
 INT32_LIMIT = 2**31 - 1
 
 # Per likelihood, where a tile of ROW_TILES spills at every warps count: the continuous
@@ -53,6 +63,7 @@ ROW_WARPS = 8
 ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
                       ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
                       ("iwae_bound", 1, 32, 64): 4, ("iwae_bound", 1, 1, 1024): 16,
+                      ("iwae_bound", 1, 4, 128): 4,
                       ("iwae_bound", 2, 1, 2048): 16}
 
 # The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one with
@@ -67,7 +78,7 @@ IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_S
 # 16 warps keep 16 elements per thread in the 8192-element tiles.
 IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR,
                                                           GAUSSIAN_TENSOR)},
-                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16}
+                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16}
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
@@ -114,15 +125,16 @@ def row_tiles(kernel: str, lik: int):
     return ROW_TILES_BY_LIK.get((kernel, lik), ROW_TILES[kernel])
 
 
-def elbo_config(b: int, d: int, l: int, element_size: int):
+def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):
     """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel."""
     if interpreter_tiles():
         block_d = min(max(_p2(d), 16), 4096)
         block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
         return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
     block_d = min(ELBO_BLOCK_D, max(16, _p2(d)))
-    block_b = ELBO_TILE_ELEMENTS[element_size] // block_d
-    return block_b, block_d, min(ELBO_BLOCK_L, max(16, _p2(l))), ELBO_WARPS
+    block_l = min(ELBO_BLOCK_L, max(16, _p2(l)))
+    block_b = min(ELBO_TILE_ELEMENTS[element_size] // block_d, ELBO_LATENT_TILE // block_l)
+    return block_b, block_d, block_l, ELBO_WARPS_BY_LIK.get(lik, ELBO_WARPS)
 
 
 def ticket_sum_block() -> int:

@@ -31,7 +31,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     free = free_bits > 0
     mc = kl == "mc"
     c = scale * reduce_scale(b, reduction)
-    block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size())
+    block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik)
     programs = triton.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(

@@ -85,6 +85,9 @@ FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D,
 FINISH_WARPS = 4
 REPARAMETERIZE_CHUNKS = 1          # chunks of 4*Q latents per program
 REPARAMETERIZE_WARPS = 8
+# Where B*L is not a multiple of 16 the JIT sees no divisibility, the loads are narrow
+# anyway, and 8 warps spill 4 bytes (Triton 3.9, sm_80); 16 warps: 40-54 registers.
+REPARAMETERIZE_WARPS_UNALIGNED = 16
 # One program per SM, each striding over 8192-element blocks (32 elements, two 16-byte
 # loads per thread per tensor for fp32): at grad_output 1 a launch of that many programs
 # reading one scalar; otherwise enough bytes in flight per SM to stream.
@@ -186,6 +189,11 @@ def finish_config():
 
 def scale_block() -> int:
     return _INTERP_TILE if interpreter_tiles() else SCALE_BLOCK
+
+
+def reparameterize_warps(bl: int) -> int:
+    """num_warps of the sampler's kernels for B*L latents per sample."""
+    return REPARAMETERIZE_WARPS if bl % 16 == 0 else REPARAMETERIZE_WARPS_UNALIGNED
 
 
 def reparameterize_grid(bl: int):

@@ -39,10 +39,12 @@ ELBO_BLOCK_L = 64
 # (kl_standard_normal) the rows alone would make a 128 x 64 latent tile, which spills
 # hundreds of bytes (both Tritons).
 ELBO_LATENT_TILE = 2048
-# num_warps by likelihood where not ELBO_WARPS: the continuous Bernoulli's
-# log-normaliser keeps more values live, and 4 warps spill 4 bytes (bf16 with the MC KL,
-# free bits and d/dx on Triton 3.6; fp32 at L = 1 on 3.9, sm_80).
-ELBO_WARPS_BY_LIK = {CONTINUOUS_BERNOULLI: 8}
+# (tile elements, num_warps) by (likelihood, element size) where not the above: the
+# continuous Bernoulli's log-normaliser and the tensor obs_logvar's gradient keep more
+# values live; the default tiles spill 4-32 bytes there in some of Triton 3.6/3.9 x
+# sm_80/sm_90 (RESULTS.md).
+ELBO_TILE_BY_LIK = {(CONTINUOUS_BERNOULLI, 4): (1024, 8), (CONTINUOUS_BERNOULLI, 2): (1024, 4),
+                    (GAUSSIAN_TENSOR, 2): (1024, 4)}
 # The last program's sum of the per-program partials, a few per thread a step: a wider
 # block would raise the whole kernel's register count (occupancy) for one program's use.
 TICKET_SUM_BLOCK = 512
@@ -137,8 +139,10 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI)
         return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
     block_d = min(ELBO_BLOCK_D, max(16, _p2(d)))
     block_l = min(ELBO_BLOCK_L, max(16, _p2(l)))
-    block_b = min(ELBO_TILE_ELEMENTS[element_size] // block_d, ELBO_LATENT_TILE // block_l)
-    return block_b, block_d, block_l, ELBO_WARPS_BY_LIK.get(lik, ELBO_WARPS)
+    elements, warps = ELBO_TILE_BY_LIK.get((lik, element_size),
+                                           (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
+    block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)
+    return block_b, block_d, block_l, warps
 
 
 def ticket_sum_block() -> int:

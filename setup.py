@@ -7,7 +7,7 @@ from setuptools import setup
 
 setup(
     packages=["fastvae", "fastvae.ops", "fastvae.backends", "fastvae.backends.torch_backend",
-              "fastvae.backends.triton_backend", "fastvae.bench", "fastvae.bench.specs",
+              "fastvae.backends.triton_backend", "fastvae.bench", "fastvae.bench.specs", "fastvae.bench.offline",
               "fastvae.kernels"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
     package_data={"fastvae.backends.torch_backend": ["*.c"]},

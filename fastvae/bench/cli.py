@@ -78,6 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="speed-up vs batch size per variant (matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--proxy", action="store_true",
+                        help="no timing, no GPU: the offline speed proxy of the Triton kernels at "
+                             "the bar shapes (ELBO B=65536 D=784 L=64; IWAE B=4096 K=5,50; "
+                             "reparameterize B=65536 L=64 K=1,16): each launch compiled for "
+                             "sm_90 under Triton 3.6.0 (.triton36, from ./dev setup), the static "
+                             "SASS instructions of its hot loop per data element, the issue-time "
+                             "lower bound beside the H200's memory floor (4.3 TB/s) and their "
+                             "ratio (benchmarks/ROOFLINE.md). Honours --ops (elbo, iwae, "
+                             "reparameterize), --dtype (default fp32,bf16) and --json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         args.ops = ["train_mlp", "train_conv"]
         args.batch, args.dim = [GPU_TRAIN_BATCH], [784]
         args.device = "cuda" if args.device == "auto" else args.device
+    if args.proxy:
+        return run_proxy(args)
     measure_grid(args)
     return 0
 
@@ -107,6 +118,24 @@ def gpu_train_step_unavailable(device: str) -> str:
         return ("no CUDA device (torch.cuda.is_available() is False): a B=65536 Conv step "
                 "is minutes on a CPU")
     return ""
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    """``fastvae bench --proxy``: the offline speed proxy's table (and JSON)."""
+    from .offline import judge, report
+    ops = [op for op in (args.ops or [b[0] for b in judge.BAR])]
+    unknown = sorted(set(ops) - {b[0] for b in judge.BAR})
+    if unknown:
+        print(f"fastvae bench --proxy: no bar shape for {unknown}; the proxy covers "
+              f"{sorted({b[0] for b in judge.BAR})}", file=sys.stderr)
+        return 2
+    out = report.proxy_run(ops=ops, dtypes=args.dtype or list(judge.BAR_DTYPES))
+    print(report.proxy_table(out))
+    if args.json:
+        out.pop("stderr", None)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
 
 
 def measure_grid(args: argparse.Namespace) -> List[dict]:

@@ -35,10 +35,22 @@ ELBO_BLOCK_D = 64
 ELBO_TILE_ELEMENTS = {1: 2048, 2: 2048, 4: 1024}   # by element size in bytes
 ELBO_WARPS = 4
 ELBO_BLOCK_L = 64
+# At most this many latents a step (16 a thread at 4 warps): with one data column
+# (kl_standard_normal) the rows alone would make a 128 x 64 latent tile, which spills
+# hundreds of bytes (both Tritons).
+ELBO_LATENT_TILE = 2048
+# (tile elements, num_warps) by (likelihood, element size) where not the above: the
+# continuous Bernoulli's log-normaliser and the tensor obs_logvar's gradient keep more
+# values live; the default tiles spill 4-32 bytes there in some of Triton 3.6/3.9 x
+# sm_80/sm_90 (RESULTS.md).
+ELBO_TILE_BY_LIK = {(CONTINUOUS_BERNOULLI, 4): (1024, 8), (CONTINUOUS_BERNOULLI, 2): (1024, 4),
+                    (GAUSSIAN_TENSOR, 2): (1024, 8)}
 # The last program's sum of the per-program partials, a few per thread a step: a wider
 # block would raise the whole kernel's register count (occupancy) for one program's use.
 TICKET_SUM_BLOCK = 512
-KL_CLAMP_TILE = (64, 64)   # BLOCK_B, BLOCK_L of free bits' first pass
+# BLOCK_B, BLOCK_L of free bits' first pass (64 x 64 with the MC KL spills 20-88 bytes
+# in bf16 on sm_90)
+KL_CLAMP_TILE = (32, 64)
 INT32_LIMIT = 2**31 - 1
 
 # Per likelihood, where a tile of ROW_TILES spills at every warps count: the continuous
@@ -53,6 +65,7 @@ ROW_WARPS = 8
 ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
                       ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
                       ("iwae_bound", 1, 32, 64): 4, ("iwae_bound", 1, 1, 1024): 16,
+                      ("iwae_bound", 1, 4, 128): 4,
                       ("iwae_bound", 2, 1, 2048): 16}
 
 # The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one with
@@ -64,15 +77,19 @@ IWAE_ONEPASS_TILES = ((8, 4, 64, 128), (4, 8, 64, 128), (2, 4, 256, 128), (1, 8,
 IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_SCALAR: 8192,
                          GAUSSIAN_TENSOR: 8192}
 # num_warps of a one-pass tile by (LIK, BLOCK_B, BLOCK_K, BLOCK_D), where not ROW_WARPS:
-# 16 warps keep 16 elements per thread in the 8192-element tiles.
-IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR,
-                                                          GAUSSIAN_TENSOR)},
-                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16}
+# 16 warps keep 16 elements per thread in the 8192-element tiles; the Gaussian with a
+# tensor obs_logvar stays at 8 there (16 spill 4 bytes with its (D,) gradient on Triton
+# 3.6, sm_90; 8: 80-96 registers, no spill).
+IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR)},
+                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16}
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
 REPARAMETERIZE_CHUNKS = 1          # chunks of 4*Q latents per program
 REPARAMETERIZE_WARPS = 8
+# Where B*L is not a multiple of 16 the JIT sees no divisibility, the loads are narrow
+# anyway, and 8 warps spill 4 bytes (Triton 3.9, sm_80); 16 warps: 40-54 registers.
+REPARAMETERIZE_WARPS_UNALIGNED = 16
 # One program per SM, each striding over 8192-element blocks (32 elements, two 16-byte
 # loads per thread per tensor for fp32): at grad_output 1 a launch of that many programs
 # reading one scalar; otherwise enough bytes in flight per SM to stream.
@@ -114,7 +131,7 @@ def row_tiles(kernel: str, lik: int):
     return ROW_TILES_BY_LIK.get((kernel, lik), ROW_TILES[kernel])
 
 
-def elbo_config(b: int, d: int, l: int, element_size: int):
+def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):
     """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel."""
     if interpreter_tiles():
         block_d = min(max(_p2(d), 16), 4096)
@@ -122,8 +139,11 @@ def elbo_config(b: int, d: int, l: int, element_size: int):
         return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
     # D = 0 (the latent half of a DMoL ELBO): the D >= 64 tile, whose latent part ships
     block_d = min(ELBO_BLOCK_D, max(16, _p2(d))) if d else ELBO_BLOCK_D
-    block_b = ELBO_TILE_ELEMENTS[element_size] // block_d
-    return block_b, block_d, min(ELBO_BLOCK_L, max(16, _p2(l))), ELBO_WARPS
+    block_l = min(ELBO_BLOCK_L, max(16, _p2(l)))
+    elements, warps = ELBO_TILE_BY_LIK.get((lik, element_size),
+                                           (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
+    block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)
+    return block_b, block_d, block_l, warps
 
 
 def ticket_sum_block() -> int:
@@ -174,6 +194,11 @@ def finish_config():
 
 def scale_block() -> int:
     return _INTERP_TILE if interpreter_tiles() else SCALE_BLOCK
+
+
+def reparameterize_warps(bl: int) -> int:
+    """num_warps of the sampler's kernels for B*L latents per sample."""
+    return REPARAMETERIZE_WARPS if bl % 16 == 0 else REPARAMETERIZE_WARPS_UNALIGNED
 
 
 def reparameterize_grid(bl: int):

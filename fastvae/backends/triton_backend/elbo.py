@@ -100,7 +100,7 @@ def _plan(x, recon, mu, logvar, z, obs, likelihood, kl, free, reduction, needs) 
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
     reduce = reduction != "none"
     mc = kl == "mc"
-    block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size())
+    block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik)
     programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     gobs_rows = bool(needs[5]) and obs_tensor and not gobs_partial

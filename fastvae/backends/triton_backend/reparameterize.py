@@ -41,7 +41,7 @@ def reparameterize_fwd(mu, logvar, noise, n_samples: int):
     grid, chunks, cpad = configs.reparameterize_grid(bl)
     _launch.launch(kr.reparameterize_fwd_kernel, grid, MU=mu, LV=logvar, SEED=noise, Z=z,
                    BL=bl, K=max(n_samples, 1), CPAD=cpad,
-                   CHUNKS=chunks, Q=kr.Q, num_warps=configs.REPARAMETERIZE_WARPS)
+                   CHUNKS=chunks, Q=kr.Q, num_warps=configs.reparameterize_warps(bl))
     return z
 
 
@@ -65,5 +65,5 @@ def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
     _launch.launch(kr.reparameterize_bwd_kernel, grid, DZ=dz, LV=logvar, SEED=noise, DMU=dmu,
                    DLV=dlv if need_dlogvar else _launch.dummy(logvar.dtype, logvar.device),
                    BL=bl, K=max(n_samples, 1), CPAD=cpad, need_dlv=int(need_dlogvar),
-                   CHUNKS=chunks, Q=kr.Q, num_warps=configs.REPARAMETERIZE_WARPS)
+                   CHUNKS=chunks, Q=kr.Q, num_warps=configs.reparameterize_warps(bl))
     return dmu, dlv

@@ -131,9 +131,9 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     tag = "" if dtype == "fp32" else f",{dtype}"
     out = []
     element = {"fp32": 4, "bf16": 2, "fp16": 2}[dtype]
-    block_b, block_d, block_l, warps = configs.elbo_config(65536, 784, 64, element)
     fin_b, fin_l, fin_d, fin_sum = configs.FINISH_TILE
     for lik in LIKELIHOOD_CODES:
+        block_b, block_d, block_l, warps = configs.elbo_config(65536, 784, 64, element, lik)
         for mode, switches in _ELBO_MODES.items():
             cx = dict(switches, LIK=lik, NEED_GX=False, INT64=False, BLOCK_B=block_b,
                       BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=configs.TICKET_SUM_BLOCK)

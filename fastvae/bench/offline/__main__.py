@@ -1,0 +1,71 @@
+"""``python -m fastvae.bench.offline``: the offline judge from the command line.
+
+    compile [--tier ci|bench|full] [--workers N] [--json FILE]
+        capture the catalog under this Triton and compile every specialization for
+        sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all);
+        "ci" is what tests/test_kernels_compile.py compiles, "bench" every semantic
+        combination at the benchmark shapes, "full" those and the odd shapes (hours)
+    table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
+        the compile report as markdown, under this Triton and each folder given
+        (e.g. .triton36): what benchmarks/RESULTS.md quotes
+    proxy [--ops elbo,iwae,reparameterize] [--dtype fp32,bf16] [--triton PATH] [--json FILE]
+        the speed proxy at the bar shapes (sm_90; under the Triton in PATH, default
+        .triton36 when present): what ``fastvae bench --proxy`` prints
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from . import catalog, judge, report
+
+
+def _strs(s):
+    return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    p = argparse.ArgumentParser(prog="python -m fastvae.bench.offline",
+                                description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compile")
+    c.add_argument("--tier", choices=catalog.TIERS, default="ci")
+    c.add_argument("--workers", type=int, default=judge.default_workers())
+    c.add_argument("--json", default=None)
+    t = sub.add_parser("table")
+    t.add_argument("--triton", action="append", default=[])
+    t.add_argument("--workers", type=int, default=judge.default_workers())
+    t.add_argument("--tier", choices=catalog.TIERS, default="ci")
+    x = sub.add_parser("proxy")
+    x.add_argument("--ops", type=_strs, default=None)
+    x.add_argument("--dtype", type=_strs, default=list(judge.BAR_DTYPES))
+    x.add_argument("--triton", default=None)
+    x.add_argument("--here", action="store_true", help="run under this interpreter's Triton")
+    x.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+
+    if args.cmd == "compile":
+        out = judge.compile_catalog(workers=args.workers, tier=args.tier)
+        print(report.compile_summary(out), file=sys.stderr)
+    elif args.cmd == "table":
+        runs = report.compile_versions([None, *args.triton], workers=args.workers,
+                                       tier=args.tier)
+        print(report.compile_table(runs))
+        return 0
+    else:
+        if args.here:
+            out = judge.proxy_cases(judge.bar_cases(args.dtype, args.ops))
+        else:
+            out = report.proxy_run(args.triton, args.ops, args.dtype)
+        print(report.proxy_table(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

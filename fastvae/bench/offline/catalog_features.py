@@ -1,0 +1,69 @@
+"""Catalog calls for switches and ops beyond the core likelihoods: the discretized
+mixture of logistics (its own kernel, and the ELBO's latent-only launch, D = 0) and the
+gradient estimators (the ELBO without direct mu/logvar gradients; the IWAE kernels'
+STORE_WEIGHTS). One call turns each switch on, at the benchmark shapes and one odd
+shape, in the dtypes whose pointer types differ (see ``catalog.ci_calls``)."""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterator, Tuple
+
+import fastvae
+
+from .stand_ins import DTYPES, empty, finish, run_in_mode, stand_in_latents
+
+DMOL = "discretized_logistic_mixture"
+# (B, C, H, W, M): the benchmark's RGB case, a grayscale one, an odd one
+DMOL_SHAPES = ((64, 3, 32, 32, 10), (8, 1, 28, 28, 5), (3, 3, 5, 7, 3))
+
+
+def dmol_calls() -> Iterator[Tuple[str, Callable]]:
+    for (b, c, h, w, m), dname, mode in itertools.product(
+            DMOL_SHAPES, ("fp32", "bf16"), ("train", "eval")):
+        def call(b=b, c=c, h=h, w=w, m=m, dname=dname, mode=mode):
+            xt, nt = DTYPES[dname]
+
+            def fwd():
+                x = empty((b, c, h, w), xt)
+                params = empty((b, (10 if c == 3 else 3) * m, h, w), nt, mode != "eval")
+                finish(fastvae.discretized_logistic_mixture_log_prob(
+                    x, params, backend="triton", validate=False), mode, False)
+            run_in_mode(mode, fwd)
+        yield f"dmol B={b} C={c} {h}x{w} M={m} {dname} {mode}", call
+    for dname, kl in (("fp32", "analytic"), ("bf16", "mc")):
+        def elbo_call(dname=dname, kl=kl):
+            xt, nt = DTYPES[dname]
+            b, c, h, w, m = DMOL_SHAPES[0]
+            x = empty((b, c, h, w), xt)
+            params = empty((b, 10 * m, h, w), nt, True)
+            mu, lv = stand_in_latents(b, 64, nt, True, False)
+            z = empty((b, 64), nt, True) if kl == "mc" else None
+            finish(fastvae.elbo(x, params, mu, lv, likelihood=DMOL, kl=kl, z=z,
+                                backend="triton", validate=False), "train", False)
+        yield f"elbo {DMOL} B=64 L=64 {dname} kl={kl} train", elbo_call
+
+
+def estimator_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
+    for (b, d, l), dname in itertools.product(elbo_shapes, ("fp32", "bf16")):
+        def call(b=b, d=d, l=l, dname=dname):
+            xt, nt = DTYPES[dname]
+            mu, lv = stand_in_latents(b, l, nt, True, False)
+            v = fastvae.elbo(empty((b, d), xt), empty((b, d), nt, True), mu, lv, kl="mc",
+                             z=empty((b, l), nt, True), estimator="stl", backend="triton",
+                             validate=False)
+            finish(v, "train", False)
+        yield f"elbo B={b} D={d} L={l} {dname} estimator=stl", call
+    for (b, d, l, k), dname in itertools.product(iwae_shapes, ("fp32", "bf16")):
+        def call(b=b, d=d, l=l, k=k, dname=dname):
+            xt, nt = DTYPES[dname]
+            mu, lv = stand_in_latents(b, l, nt, True, False)
+            # "stl" and "dreg" launch the same specialization (weights stored)
+            v = fastvae.iwae_bound(empty((b, d), xt), empty((k, b, d), nt, True), mu, lv,
+                                   empty((k, b, l), nt, True), reduction="mean",
+                                   estimator="stl", backend="triton", validate=False)
+            finish(v, "train", False)
+        yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator=stl", call
+
+
+def feature_calls(elbo_shapes, iwae_shapes):
+    return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes)]

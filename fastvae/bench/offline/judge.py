@@ -1,0 +1,151 @@
+"""The offline judge's two jobs, each run under one Triton (this interpreter's; another
+version through ``compiler.run_version``):
+
+* :func:`compile_catalog`: every specialization the catalog's calls make the JIT build,
+  compiled once per target, with the compiler's report;
+* :func:`proxy_cases`: the speed proxy for benchmark cases (sm_90).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from . import capture, catalog, compiler
+from . import proxy as P
+
+# The issue's bar shapes: (op, B, D, L, K) x dtypes.
+BAR = (("elbo", 65536, 784, 64, 1), ("reparameterize", 65536, 784, 64, 1),
+       ("reparameterize", 65536, 784, 64, 16), ("iwae", 4096, 784, 32, 5),
+       ("iwae", 4096, 784, 32, 50))
+BAR_DTYPES = ("fp32", "bf16")
+
+
+def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS) -> dict:
+    """Capture the catalog's ``tier`` under this Triton, compile each distinct
+    specialization for each target; a JSON-able report."""
+    t0 = time.perf_counter()
+    cpu0 = _cpu_seconds()
+    entries = catalog.tier_calls(tier)
+    with capture.capturing(targets) as rec:
+        catalog.record(rec, entries)
+    t1 = time.perf_counter()
+    distinct = rec.distinct()
+    jobs = [(la.spec, la.cc, False) for la in distinct]
+    results = compiler.compile_all(jobs, workers)
+    t2 = time.perf_counter()
+    for la, r in zip(distinct, results):
+        r["call"] = la.call
+        r["kernel"] = la.short
+        r["key"] = la.key
+    launched = sorted({la.kernel for la in rec.launches})
+    per_kernel = collections.Counter(la.short for la in distinct)
+    return dict(triton=compiler.triton_version(), tier=tier, calls=len(entries),
+                launches=len(rec.launches), targets=list(targets),
+                specializations=len(distinct) // max(len(targets), 1),
+                per_kernel={k: v // max(len(targets), 1) for k, v in per_kernel.items()},
+                kernels_launched=launched, results=results,
+                tiles=sorted({la.tile() for la in distinct}, key=repr),
+                layouts=sorted({catalog.layout_of(la) for la in distinct}, key=repr),
+                seconds=dict(capture=t1 - t0, compile=t2 - t1, cpu=_cpu_seconds() - cpu0))
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (ptxas, the workers): the
+    cost on a loaded machine, where wall time says little."""
+    import resource
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _stand_in(case, seed: int = 0) -> dict:
+    """The benchmark's inputs for ``case``, as ``torch.empty`` on the CPU (drawn on the
+    meta device first: nothing is computed, shapes, dtypes and grads are the spec's)."""
+    from fastvae.bench.core import Case, convert_inputs, get_op
+    op = get_op(case.op)
+    meta = Case(case.op, case.batch, case.dim, case.latent, case.k, case.dtype, "meta")
+    inputs = op.make_inputs(meta, torch.Generator().manual_seed(seed))
+    return convert_inputs(inputs, lambda t: torch.empty(t.shape, dtype=t.dtype)
+                          if t.device.type == "meta" else t)
+
+
+def capture_case(case, variant: str = "fastvae-triton", cc: int = 90) -> List[capture.Launch]:
+    """The launches of one step (forward and backward) of ``variant`` on ``case``."""
+    from fastvae.bench.core import get_op
+    inputs = _stand_in(case)
+    with capture.capturing((cc,)) as rec:
+        step = get_op(case.op).variants[variant].build(case, inputs)
+        rec.label = f"{case.op} {case.shape} {case.dtype_name}"
+        step()
+    return rec.launches
+
+
+def proxy_cases(cases: Sequence, gpu=P.H200) -> dict:
+    """The proxy for each case: per launch the compiled kernel's counts, and per case the
+    issue, MUFU and memory times (JSON-able)."""
+    compiled: Dict[tuple, dict] = {}
+    out: List[dict] = []
+    # An empty Triton cache of its own: a cached kernel skips ptxas and its -v report.
+    import shutil
+    import tempfile
+    saved = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastvae-proxy-")
+    try:
+        return _proxy_cases(cases, gpu, compiled, out)
+    finally:
+        shutil.rmtree(os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
+        if saved is None:
+            os.environ.pop("TRITON_CACHE_DIR")
+        else:
+            os.environ["TRITON_CACHE_DIR"] = saved
+
+
+def _proxy_cases(cases, gpu, compiled, out) -> dict:
+    from fastvae.bench.core import bytes_moved, get_op
+    for case in cases:
+        launches = capture_case(case)
+        rows = []
+        for la in launches:
+            if la.ident() not in compiled:
+                compiled[la.ident()] = compiler.compile_one(la.spec, la.cc, sass=True)
+            comp = compiled[la.ident()]
+            if "error" in comp:
+                raise RuntimeError(f"{comp['name']}: {comp['error']}")
+            warps = la.options()["num_warps"]
+            args = {k: v for k, v in la.args.items()}
+            args.update(la.constexprs())
+            lc = P.count_launch(P.jit_function(la.kernel), comp["sass"], args, la.grid, warps)
+            lo, hi = lc.warp_insns()
+            mlo, mhi = lc.mufu_warp_insns()
+            hot = lc.hot()
+            elements = get_op(case.op).largest(case)
+            rows.append(dict(
+                kernel=la.short, name=comp["name"], grid=list(la.grid), warps=warps,
+                regs=comp["regs"], spills=comp["spill_stores"],
+                hot=hot.where, hot_static=hot.static, hot_shortest=hot.shortest,
+                hot_executions=list(hot.executions),
+                per_element=[hot.shortest * hot.executions[0] * warps * 32 / elements,
+                             hot.static * hot.executions[1] * warps * 32 / elements],
+                warp_insns=[lo, hi], mufu_warp_insns=[mlo, mhi],
+                issue_us=[P.issue_seconds(lo, gpu) * 1e6, P.issue_seconds(hi, gpu) * 1e6],
+                mufu_us=[P.mufu_seconds(mlo, gpu) * 1e6, P.mufu_seconds(mhi, gpu) * 1e6],
+                regions=[vars(r) for r in lc.regions], notes=lc.notes))
+        nbytes = bytes_moved(case)
+        out.append(dict(op=case.op, shape=case.shape, dtype=case.dtype_name,
+                        elements=get_op(case.op).largest(case), bytes=nbytes,
+                        memory_us=P.memory_seconds(nbytes, gpu) * 1e6 if nbytes else None,
+                        launches=rows))
+    return dict(triton=compiler.triton_version(), gpu=gpu, cases=out)
+
+
+def bar_cases(dtypes: Sequence[str] = BAR_DTYPES, only: Optional[Sequence[str]] = None):
+    from fastvae.bench.core import DTYPES, Case
+    return [Case(op, b, d, l, k, DTYPES[dt], "cpu") for op, b, d, l, k in BAR for dt in dtypes
+            if only is None or op in only]
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))

@@ -1,0 +1,121 @@
+"""Running the judge under several Triton versions, and its tables."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional, Sequence
+
+from . import compiler
+
+TRITON_GPU_MACHINES = "3.6.0"   # the Triton of the project's GPU machines
+
+
+def pinned_triton() -> Optional[str]:
+    """The folder holding Triton 3.6.0 (``./dev setup`` installs it in ``.triton36``;
+    ``FASTVAE_TRITON36`` names another), or None where there is none."""
+    path = os.environ.get("FASTVAE_TRITON36")
+    if not path:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))))
+        path = os.path.join(root, ".triton36")
+    return path if os.path.isdir(os.path.join(path, "triton")) else None
+
+
+def compile_versions(paths: Sequence[Optional[str]], workers: int,
+                     tier: str = "ci") -> List[dict]:
+    """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
+    by side; the cores are shared between them."""
+    each = max(1, workers // max(len(paths), 1))
+    args = ["compile", "--workers", str(each), "--tier", tier]
+    with ThreadPoolExecutor(max_workers=len(paths)) as ex:
+        return list(ex.map(lambda p: compiler.run_version(p, args), paths))
+
+
+def compile_summary(run: dict) -> str:
+    res = run["results"]
+    bad = [r for r in res if "error" in r or r.get("spill_stores")]
+    secs = run["seconds"]
+    return (f"Triton {run['triton']['version']}: {run['calls']} calls, {run['launches']} launches, "
+            f"{run['specializations']} distinct specializations per target "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(run['per_kernel'].items()))}); "
+            f"{len(res)} compiles, {len(bad)} failing or spilling; capture "
+            f"{secs['capture']:.0f} s, compile {secs['compile']:.0f} s (wall), "
+            f"{secs.get('cpu', float('nan')):.0f} CPU s")
+
+
+def compile_table(runs: Sequence[dict]) -> str:
+    lines = ["| Triton | kernel [constexprs, warps] (pointer types) | sm | regs | spill st/ld (B) "
+             "| stack (B) | shared (B) | ld.global v4/v2/all | widest / allowed (B) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        v = run["triton"]["version"]
+        for r in sorted(run["results"], key=lambda r: (r["name"], r["cc"])):
+            if "error" in r:
+                lines.append(f"| {v} | {r['name']} | {r['cc']} | build error | | | | | |")
+                continue
+            lines.append(
+                f"| {v} | {r['name']} | {r['cc']} | {r['regs']} | {r['spill_stores']}/"
+                f"{r['spill_loads']} | {r.get('stack', '?')} | {r['shared']} | {r['ld_v4']}/"
+                f"{r['ld_v2']}/{r['ld_all']} | {r['ld_widest']} / {r['ld_allowed']} |")
+    return "\n".join(lines + [""] + [compile_summary(r) for r in runs])
+
+
+def proxy_run(triton_path: Optional[str] = None, ops=None, dtypes=None) -> dict:
+    """The proxy under the GPU machines' Triton (``triton_path``, default
+    :func:`pinned_triton`), in a child process; under this one where none is installed
+    (the table says which)."""
+    path = triton_path or pinned_triton()
+    args = ["proxy", "--here"]
+    if ops:
+        args += ["--ops", ",".join(ops)]
+    if dtypes:
+        args += ["--dtype", ",".join(dtypes)]
+    return compiler.run_version(path, args)
+
+
+def _range(pair, fmt="{:.0f}") -> str:
+    """``static`` or, where the cheapest path is shorter, ``static (cheapest)``."""
+    lo, hi = pair
+    return fmt.format(hi) if abs(hi - lo) <= 0.005 * max(abs(hi), 1e-9) else \
+        f"{fmt.format(hi)} ({fmt.format(lo)})"
+
+
+def proxy_table(out: dict) -> str:
+    """One row per launch: the hot loop's instructions, instructions per element of the
+    largest tensor, issue and MUFU time; a row per case with the totals beside the
+    memory floor."""
+    gpu = out["gpu"]
+    head = (f"Speed proxy: SASS of Triton {out['triton']['version']} for sm_90; {gpu['name']} "
+            f"issue {gpu['sms']} SMs x {gpu['schedulers']} x {gpu['clock_hz'] / 1e9:.2f} GHz, "
+            f"MUFU {gpu['mufu_per_sm_cycle']}/SM/cycle, memory {gpu['copy_bytes_per_s'] / 1e12:.1f}"
+            " TB/s.\nCounts are static: every instruction of a loop's body issues on each pass (predicated "
+            "ones too); in parentheses, the cheapest path where a branch can skip code (a "
+            "masked-out row, grad_output == 1). issue/memory <= 50% is the target.")
+    if out["triton"]["version"] != TRITON_GPU_MACHINES:
+        head += (f"\nNOTE: Triton {TRITON_GPU_MACHINES} (the GPU machines') not found "
+                 "(./dev setup installs it in .triton36): these counts are this Triton's.")
+    cols = ("case", "kernel", "grid x warps", "regs", "hot loop insns", "insns/elem",
+            "issue us", "MUFU us", "memory us", "issue/memory")
+    rows = []
+    for c in out["cases"]:
+        case = f"{c['op']} {c['shape']} {c['dtype']}"
+        tot = [0.0, 0.0]
+        mtot = [0.0, 0.0]
+        for la in c["launches"]:
+            tot = [tot[0] + la["issue_us"][0], tot[1] + la["issue_us"][1]]
+            mtot = [mtot[0] + la["mufu_us"][0], mtot[1] + la["mufu_us"][1]]
+            mem = c["memory_us"]
+            rows.append([case, la["kernel"], f"{la['grid'][0]} x {la['warps']}", str(la["regs"]),
+                         _range((la["hot_shortest"], la["hot_static"])),
+                         _range(la["per_element"], "{:.1f}"), _range(la["issue_us"], "{:.1f}"),
+                         _range(la["mufu_us"], "{:.1f}"), "", _range(
+                             [u / mem * 100 for u in la["issue_us"]], "{:.0f}%") if mem else "-"])
+            case = ""
+        mem = c["memory_us"]
+        rows.append(["", "(all launches)", "", "", "", "", _range(tot, "{:.1f}"),
+                     _range(mtot, "{:.1f}"), f"{mem:.1f}" if mem else "-",
+                     _range([u / mem * 100 for u in tot], "{:.0f}%") if mem else "-"])
+    widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(cols)]
+    fmt = lambda cells: "  ".join(x.ljust(w) if i < 2 else x.rjust(w)  # noqa: E731
+                                  for i, (x, w) in enumerate(zip(cells, widths)))
+    return "\n".join([head, fmt(cols), fmt(["-" * w for w in widths]), *map(fmt, rows)])

@@ -6,7 +6,8 @@ from ._version import __version__
 from .backends import last_used as last_backend
 from .backends import select as select_backend
 from .backends import triton_available
-from .functional import elbo, gaussian_log_prob, iwae_bound, kl_standard_normal, reparameterize
+from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_standard_normal,
+                         reparameterize, sample_with_kl)
 from .loss import ELBOLoss
 from .validation import get_validation, set_validation
 
@@ -15,6 +16,8 @@ __all__ = [
     "elbo",
     "reparameterize",
     "kl_standard_normal",
+    "kl_normal",
+    "sample_with_kl",
     "gaussian_log_prob",
     "iwae_bound",
     "ELBOLoss",

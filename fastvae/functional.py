@@ -2,7 +2,8 @@
 
 Notation: batch ``B``, data dims flattened to ``D`` per sample, latent dims ``L``,
 importance samples ``K``. Posterior ``q(z|x) = N(mu, diag(exp(logvar)))``, prior
-``p(z) = N(0, I)``.
+``p(z) = N(0, I)``, or a learned ``N(prior_mu, diag(exp(prior_logvar)))`` where the op
+takes one.
 
 Dtypes: inputs may be float16, bfloat16, float32 or float64 (mixing is allowed, as
 under autocast). Math runs in float32 at least; results are float64 when any input
@@ -32,6 +33,13 @@ def _run(backend, device, op: str):
     return functools.partial(getattr(ops, op), backend=name)
 
 
+def _check_generator(generator, device) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, tensors on {device}")
+
+
 def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, validate=None):
     r"""Draw ``z = mu + exp(0.5 * logvar) * eps`` with ``eps ~ N(0, I)``, differentiably.
 
@@ -56,10 +64,7 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, val
     V.check_values(V.resolve_validate(validate), mu=mu, logvar=logvar)
     if n_samples is not None:
         n_samples = int(V.check_number("n_samples", n_samples, minimum=1, integer=True))
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device}, tensors on {device}")
+    _check_generator(generator, device)
     return _run(backend, device, "reparameterize")(mu, logvar, n_samples, generator)
 
 
@@ -77,6 +82,8 @@ def elbo(
     reduction="mean",
     backend=None,
     validate=None,
+    prior_mu=None,
+    prior_logvar=None,
     *,
     _scale=1.0,
 ):
@@ -108,6 +115,14 @@ def elbo(
         backend: see :func:`reparameterize`.
         validate: run the value checks (x range, finiteness); None uses the global
             default set by :func:`fastvae.set_validation`.
+        prior_mu, prior_logvar: a learned prior ``N(prior_mu, exp(prior_logvar))``
+            instead of N(0, I): each None (0), a number, or a tensor broadcastable to
+            mu's ``(B, L)`` (e.g. ``(L,)`` shared, or ``(B, L)`` from a conditional
+            prior); tensors get gradients. The analytic KL becomes
+            ``0.5 * sum_l (plv - lv + exp(lv - plv) + (mu - pm)^2 exp(-plv) - 1)``
+            (:func:`kl_normal`), the "mc" one's ``log p(z)`` becomes
+            ``-0.5 * sum_l ((z - pm)^2 exp(-plv) + plv)``; beta and free bits apply to it
+            as to the N(0, I) KL.
 
     Returns the ELBO, to be maximized (``fastvae.ELBOLoss`` returns its negative).
     With ``reduction="sum"`` and the Bernoulli likelihood this is exactly minus the
@@ -131,11 +146,16 @@ def elbo(
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
     obs = V.canonical_obs_logvar(obs_logvar, x.shape)
-    device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z, obs_logvar=obs,
+                                 prior_mu=pm, prior_logvar=plv)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
-                   recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
+                   recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs, prior_mu=pm,
+                   prior_logvar=plv)
     fn = _run(backend, device, "elbo")
-    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction)
+    kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
+                  prior_mu=pm, prior_logvar=plv)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
@@ -184,7 +204,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
-               reduction="none", backend=None, validate=None):
+               reduction="none", backend=None, validate=None, prior_mu=None, prior_logvar=None):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -197,6 +217,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
         likelihood, obs_logvar, backend, validate: as in :func:`elbo`.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
+        prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
+            (broadcastable to mu's ``(B, L)``, shared by the K samples).
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
@@ -211,8 +233,89 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
     obs = V.canonical_obs_logvar(obs_logvar, x.shape)
-    device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k,
+                                 obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
-                   recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
+                   recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs, prior_mu=pm,
+                   prior_logvar=plv)
     fn = _run(backend, device, "iwae_bound")
-    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction)
+    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,
+              prior_mu=pm, prior_logvar=plv)
+
+
+def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
+    """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
+    (None, ``(N,)`` or ``(B, N)``), and the device."""
+    V.check_tensor("mu_q", mu_q)
+    V.check_tensor("logvar_q", logvar_q)
+    if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
+        raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got {tuple(mu_q.shape)} "
+                         f"and {tuple(logvar_q.shape)}")
+    pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q")
+    plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q")
+    device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
+    V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
+                   logvar_p=plv)
+    b, n = mu_q.shape[0], mu_q.shape[1:].numel()  # not reshape(b, -1): ambiguous when B == 0
+    return mu_q.reshape(b, n), logvar_q.reshape(b, n), pm, plv, device
+
+
+def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
+    r"""Per-sample ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` between diagonal
+    Gaussians, summed over every non-batch dimension:
+
+    ``0.5 * sum (lv_p - lv_q + exp(lv_q - lv_p) + (d * exp(-lv_p / 2))^2 - 1)``,
+    ``d = mu_q - mu_p`` (the stable forms: float32 at log-variances of +-80 stays finite
+    wherever the KL is). With ``mu_p = logvar_p = 0`` it is :func:`kl_standard_normal`.
+
+    Args:
+        mu_q, logvar_q: ``(B, *)`` posterior (any shape, e.g. ``(B, C, H, W)`` latents).
+        mu_p, logvar_p: the prior: numbers, or tensors broadcastable to mu_q's shape
+            (their gradients are summed over the broadcast dimensions).
+        backend, validate: as in :func:`reparameterize`.
+
+    Gradients: ``dKL/dmu_q = d exp(-lv_p) = -dKL/dmu_p``, ``dKL/dlogvar_q =
+    0.5 (exp(lv_q - lv_p) - 1)``, ``dKL/dlogvar_p = 0.5 (1 - exp(lv_q - lv_p) - d^2
+    exp(-lv_p))``. Returns ``(B,)``, float64 when any input is, else float32.
+    """
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
+    return _run(backend, device, "kl_normal")(mu2, lv2, pm, plv)
+
+
+def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, backend=None,
+                   validate=None):
+    r"""Draw ``z = mu_q + exp(0.5 * logvar_q) * eps`` and compute
+    ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` per sample, in one fused op:
+    the per-group step of a hierarchical VAE (one launch forward, one backward on the
+    Triton backend).
+
+    Args:
+        mu_q, logvar_q: ``(B, *)`` posterior, one dtype.
+        mu_p, logvar_p: the prior, as in :func:`kl_normal`; both None (the default) is
+            N(0, I).
+        generator, backend, validate: as in :func:`reparameterize`.
+
+    Seeds: eps is drawn exactly as :func:`reparameterize` draws it on the same backend
+    (``torch.randn`` of mu_q's shape on "torch" and "reference"; on "triton" one int64
+    Philox seed from ``torch.randint`` and the same counter layout, element by element
+    in the row-major order of mu_q), so after ``torch.manual_seed(s)`` (or with equally
+    seeded generators) ``z`` equals ``reparameterize(mu_q.flatten(1),
+    logvar_q.flatten(1)).reshape(mu_q.shape)`` bit for bit.
+
+    Gradients: ``dmu_q = dz + g_kl dKL/dmu_q``, ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps +
+    g_kl dKL/dlogvar_q``, the prior's from the KL alone (:func:`kl_normal`), where
+    ``g_kl`` is the KL's grad_output. No noise tensor is saved on "triton" (eps is
+    regenerated from the seed in backward).
+
+    Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
+    any input is, else float32).
+    """
+    if mu_q.dtype != logvar_q.dtype:
+        raise TypeError(f"mu_q and logvar_q must share a dtype, got {mu_q.dtype} and "
+                        f"{logvar_q.dtype}")
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
+    _check_generator(generator, device)
+    z, kl = _run(backend, device, "sample_with_kl")(mu2, lv2, pm, plv, generator)
+    return z.reshape(mu_q.shape), kl

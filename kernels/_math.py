@@ -29,8 +29,11 @@ NEED_GLV = tl.constexpr(32)
 NEED_GZ = tl.constexpr(64)
 KL_MC = tl.constexpr(128)              # the single-sample KL from z, else the analytic one
 STORE_KL = tl.constexpr(256)           # save the per-latent KL (B, L) for free bits
+PRIOR = tl.constexpr(512)              # a learned prior N(prior_mu, exp(prior_logvar)), else N(0, I)
+NEED_GPM = tl.constexpr(1024)          # d/dprior_mu per latent, (B, L)
+NEED_GPLV = tl.constexpr(2048)         # d/dprior_logvar per latent, (B, L)
 NEED_DATA_GRADS = tl.constexpr(1 | 2 | 4 | 8)
-NEED_LATENT_GRADS = tl.constexpr(16 | 32 | 64)
+NEED_LATENT_GRADS = tl.constexpr(16 | 32 | 64 | 1024 | 2048)
 
 LOG_2 = tl.constexpr(0.6931471805599453)
 LOG_2PI = tl.constexpr(1.8378770664093453)
@@ -158,3 +161,66 @@ def kl_tile(mu, lv, z, is_mc):
         d_lv = half_var - 0.5
         d_z = z * 0.0
     return value, d_mu, d_lv, d_z
+
+
+@triton.jit
+def load_prior(PM, PLV, pm_off, plv_off, mask, has_prior):
+    """The prior's (mean, log-variance) tile in fp32, or zeros (N(0, I)) without one."""
+    if has_prior:
+        pm = load_f32(PM, pm_off, mask)
+        plv = load_f32(PLV, plv_off, mask)
+    else:
+        pm = tl.zeros_like(pm_off).to(tl.float32)
+        plv = pm
+    return pm, plv
+
+
+@triton.jit
+def kl_prior_tile(mu, lv, z, pm, plv, is_mc):
+    """Per latent, to the prior N(pm, exp(plv)): (KL term, d/dmu, d/dlogvar, d/dz,
+    d/dprior_mu, d/dprior_logvar).
+
+    Analytic: with ``d = mu - pm``, ``u = d * exp(-plv/2)``, ``r = exp(lv - plv)``:
+    ``0.5 * (plv - lv + r + u^2 - 1)``; d/dmu ``u * exp(-plv/2)`` (= -d/dpm), d/dlv
+    ``0.5 * (r - 1)``, d/dplv ``0.5 * (1 - r - u^2)``. "mc" (``is_mc``): the
+    single-sample ``log q(z|x) - log p(z) = 0.5 * (tp^2 + plv - t^2 - lv)`` with the
+    standardized ``t = (z - mu) * exp(-lv/2)`` and ``tp = (z - pm) * exp(-plv/2)``.
+    With ``pm = plv = 0`` both are :func:`kl_tile`'s.
+    """
+    inv_sdp = tl.exp(-0.5 * plv)
+    if is_mc:
+        inv_sd = tl.exp(-0.5 * lv)
+        t = (z - mu) * inv_sd
+        tp = (z - pm) * inv_sdp
+        d_mu = t * inv_sd
+        d_pm = -(tp * inv_sdp)
+        sq = t * t
+        sqp = tp * tp
+        value = 0.5 * (sqp + plv - sq - lv)
+        d_lv = 0.5 * (sq - 1.0)
+        d_plv = 0.5 * (1.0 - sqp)
+        d_z = -d_pm - d_mu
+    else:
+        u = (mu - pm) * inv_sdp
+        r = tl.exp(lv - plv)   # one exponential of the difference: exp(lv) * exp(-plv) overflows
+        sq = u * u
+        value = 0.5 * (plv - lv + r + sq - 1.0)
+        d_mu = u * inv_sdp
+        d_pm = -d_mu
+        d_lv = 0.5 * (r - 1.0)
+        d_plv = 0.5 * (1.0 - r - sq)
+        d_z = z * 0.0
+    return value, d_mu, d_lv, d_z, d_pm, d_plv
+
+
+@triton.jit
+def latent_kl_tile(mu, lv, z, pm, plv, is_mc, has_prior):
+    """:func:`kl_prior_tile` when ``has_prior`` (a runtime flag, so no new specialization),
+    else :func:`kl_tile` with zero prior gradients: the KL part of every row kernel."""
+    if has_prior:
+        value, d_mu, d_lv, d_z, d_pm, d_plv = kl_prior_tile(mu, lv, z, pm, plv, is_mc)
+    else:
+        value, d_mu, d_lv, d_z = kl_tile(mu, lv, z, is_mc)
+        d_pm = d_mu * 0.0
+        d_plv = d_pm
+    return value, d_mu, d_lv, d_z, d_pm, d_plv

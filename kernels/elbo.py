@@ -5,7 +5,8 @@ or free bits, one small deterministic finish launch.
 walks their ``D`` data columns in ``BLOCK_D`` blocks (any D: masked tail), then their
 ``L`` latents in ``BLOCK_L`` blocks. Every input element is read once; the per-row value
 and, per the ``flags`` bits (``_math.NEED_*``), the gradients w.r.t. x, recon,
-obs_logvar, mu, logvar and z are written in the same pass, already multiplied by the
+obs_logvar, mu, logvar and z (and a learned prior's mean and log-variance, ``PRIOR``:
+``_math.kl_prior_tile``) are written in the same pass, already multiplied by the
 backward scale (``c`` for data terms, ``-beta*c`` for latent terms). Row offsets are
 int64. Bytes per row, ``s`` per element, training: ``(2D + 4L) s`` in and out for
 Bernoulli with the analytic KL (read x, recon, mu, logvar; write d recon, d mu, d logvar).
@@ -17,25 +18,27 @@ cheap only for modest B*L), then writes the rows or their sum; programs 1.. sum 
 per-program partial obs_logvar gradients (``reduce.sum_partial_columns``). Without free
 bits a reduction finishes in ``reduce.finish_kernel``.
 
-The standalone ``gaussian_log_prob`` (L = 0) and ``kl_standard_normal`` (D = 0,
-beta = -1) are this same row kernel with one half of the row empty.
+The standalone ``gaussian_log_prob`` (L = 0), ``kl_standard_normal`` and ``kl_normal``
+(D = 0, beta = -1) are this same row kernel with one half of the row empty.
 """
 import triton
 import triton.language as tl
 
-from ._math import (KL_MC, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS, NEED_GR,
-                    NEED_GX, NEED_GZ, STORE_KL, kl_tile, likelihood_tile, load_data, load_f32,
-                    program_rows, store_as)
+from ._math import (KL_MC, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS, NEED_GPLV,
+                    NEED_GPM, NEED_GR, NEED_GX, NEED_GZ, PRIOR, STORE_KL, latent_kl_tile,
+                    likelihood_tile, load_data, load_f32, load_prior, program_rows, store_as)
 from .reduce import sum_partial_columns
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "beta", "c", "row_scale", "flags"])
 def elbo_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR; Z: KL_MC)
+    PM, PLV,                                  # the prior's mean and log-variance (PRIOR)
     ROW_VALUES, KL_LATENT,                    # (B,) fp32 rows; (B, L) fp32 KL (STORE_KL)
-    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ, GPM, GPLV,    # gradients, per the flags
     B, D, L,
     stride_x, stride_r, stride_obs, stride_mu, stride_lv, stride_z,
+    stride_pm, stride_plv,                    # 0 for a prior shared by every row
     obs_scalar, beta, c, row_scale, flags,
     LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -70,6 +73,7 @@ def elbo_rows_kernel(
 
     # ---- KL over the L latents ---------------------------------------------------
     is_mc = (flags & KL_MC) != 0
+    has_prior = (flags & PRIOR) != 0
     g_scale = -beta * c
     kacc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
     for l0 in range(0, L, BLOCK_L):
@@ -81,7 +85,9 @@ def elbo_rows_kernel(
             z = load_f32(Z, rows2 * stride_z + lat2, m)
         else:
             z = mu * 0.0
-        kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, is_mc)
+        pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2, rows2 * stride_plv + lat2, m,
+                             has_prior)
+        kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, is_mc, has_prior)
         kl = tl.where(m, kl, 0.0)
         kacc += kl
         out = rows2 * L + lat2
@@ -93,6 +99,10 @@ def elbo_rows_kernel(
             store_as(GLV, out, d_lv * g_scale, m)
         if (flags & NEED_GZ) != 0:
             store_as(GZ, out, d_z * g_scale, m)
+        if (flags & NEED_GPM) != 0:
+            store_as(GPM, out, d_pm * g_scale, m)
+        if (flags & NEED_GPLV) != 0:
+            store_as(GPLV, out, d_plv * g_scale, m)
     per_row = log_px - beta * tl.sum(kacc, axis=1)
     store_as(ROW_VALUES, rows, per_row * row_scale, rmask)
 
@@ -100,7 +110,8 @@ def elbo_rows_kernel(
 @triton.jit(do_not_specialize=["beta", "free_bits", "c", "reduce", "flags"])
 def elbo_free_bits_kernel(
     ROW_VALUES, KL_LATENT, GOBS_PARTIALS,     # inputs from the row pass (fp32)
-    CLAMPED, OUT, GMU, GLV, GZ, GOBS,         # (L,) i32 scratch; the value; gradients to fix
+    CLAMPED, OUT, GMU, GLV, GZ, GPM, GPLV,    # (L,) i32 scratch; the value; gradients to fix
+    GOBS,
     B, L, D, NPART,
     beta, free_bits, c, reduce, flags,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -143,6 +154,10 @@ def elbo_free_bits_kernel(
                     store_as(GLV, off, zero, m)
                 if (flags & NEED_GZ) != 0:
                     store_as(GZ, off, zero, m)
+                if (flags & NEED_GPM) != 0:
+                    store_as(GPM, off, zero, m)
+                if (flags & NEED_GPLV) != 0:
+                    store_as(GPLV, off, zero, m)
             v = tl.load(ROW_VALUES + rows, mask=rmask, other=0.0) - beta * tl.sum(adj, axis=1)
             if reduce != 0:
                 total += tl.where(rmask, v, 0.0)

@@ -3,6 +3,10 @@ contract (same outputs, ``_math.NEED_*`` flags bits, gradient scale ``c``, row v
 per-program obs_logvar partials for ``reduce.finish_kernel``; no atomics). The host
 (``fastvae.backends.triton_backend.iwae_bound``) picks one per call.
 
+Both weigh each sample's ``log p(z_k)`` under N(0, I), or under a learned prior
+``N(prior_mu, exp(prior_logvar))`` when the ``PRIOR`` flag is set (``_math.kl_prior_tile``;
+its gradients, weighted and summed over k like mu's, per ``NEED_GPM`` / ``NEED_GPLV``).
+
 ``iwae_bound_onepass_kernel`` — where a row's K samples fit on chip (K <= 8, D <= 1024,
 L <= 128; the continuous Bernoulli K <= 4 above D = 256: ``IWAE_ONEPASS_TILES``).
 Grid ``cdiv(B, BLOCK_B)``; each program loads a (BLOCK_B, BLOCK_K, BLOCK_D) tile of
@@ -34,17 +38,20 @@ import triton
 import triton.language as tl
 
 from ._math import (LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
-                    NEED_GOBS_ROWS, NEED_GR, NEED_GX, NEED_GZ, NEED_LATENT_GRADS, kl_tile,
-                    likelihood_tile, load_data, load_f32, program_rows, store_as)
+                    NEED_GOBS_ROWS, NEED_GPLV, NEED_GPM, NEED_GR, NEED_GX, NEED_GZ,
+                    NEED_LATENT_GRADS, PRIOR, latent_kl_tile, likelihood_tile, load_data,
+                    load_f32, load_prior, program_rows, store_as)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    PM, PLV,                                  # the prior's mean and log-variance (PRIOR)
     LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
-    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ, GPM, GPLV,    # gradients, per the flags
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
+    stride_pm, stride_plv,                    # 0 for a prior shared by every row
     obs_scalar, c, row_scale, log_k, flags,
     LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -57,6 +64,7 @@ def iwae_bound_rows_kernel(
     zero_i64 = pid * 0
     size_bd = (zero_i64 + B) * D  # one sample's (B, D) gradient, in int64
     size_bl = (zero_i64 + B) * L
+    has_prior = (flags & PRIOR) != 0
 
     # ---- pass 1: log-weights and their logsumexp ------------------------------------
     run_max = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
@@ -80,7 +88,10 @@ def iwae_bound_rows_kernel(
             mu = load_f32(MU, rows2 * stride_mu + lat2, m)
             lv = load_f32(LV, rows2 * stride_lv + lat2, m)
             z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2, rows2 * stride_plv + lat2,
+                                 m, has_prior)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                               has_prior)
             kacc += tl.where(m, kl, 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero_i64 + k) * B + rows, log_w, mask=rmask)
@@ -136,19 +147,27 @@ def iwae_bound_rows_kernel(
                 m = rmask[:, None] & (lat2 < L)
                 mu = load_f32(MU, rows2 * stride_mu + lat2, m)
                 lv = load_f32(LV, rows2 * stride_lv + lat2, m)
+                pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2,
+                                     rows2 * stride_plv + lat2, m, has_prior)
                 gmu_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 glv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                gpm_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                gplv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 z_base = zero_i64
                 gz_base = zero_i64
                 for k in range(0, K):
                     lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
                     w = (tl.exp(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
-                    kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+                    kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                                       has_prior)
                     if (flags & NEED_GZ) != 0:
                         store_as(GZ, gz_base + rows2 * L + lat2, -d_z * w, m)
                     gmu_acc += d_mu * w
                     glv_acc += d_lv * w
+                    if has_prior:
+                        gpm_acc += d_pm * w
+                        gplv_acc += d_plv * w
                     z_base += stride_zk
                     gz_base += size_bl
                 out_off = rows2 * L + lat2
@@ -156,15 +175,21 @@ def iwae_bound_rows_kernel(
                     store_as(GMU, out_off, -gmu_acc, m)
                 if (flags & NEED_GLV) != 0:
                     store_as(GLV, out_off, -glv_acc, m)
+                if (flags & NEED_GPM) != 0:
+                    store_as(GPM, out_off, -gpm_acc, m)
+                if (flags & NEED_GPLV) != 0:
+                    store_as(GPLV, out_off, -gplv_acc, m)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    PM, PLV,                                  # the prior's mean and log-variance (PRIOR)
     ROW_VALUES,                               # (B,) fp32 rows
-    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ, GPM, GPLV,    # gradients, per the flags
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
+    stride_pm, stride_plv,                    # 0 for a prior shared by every row
     obs_scalar, c, row_scale, log_k, flags,
     LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_L: tl.constexpr,
@@ -206,12 +231,15 @@ def iwae_bound_onepass_kernel(
     mu = load_f32(MU, rows3 * stride_mu + l3, ml_row)
     lv = load_f32(LV, rows3 * stride_lv + l3, ml_row)
     z = load_f32(Z, k3 * stride_zk + rows3 * stride_zb + l3, m_l)
+    has_prior = (flags & PRIOR) != 0
+    pm, plv = load_prior(PM, PLV, rows3 * stride_pm + l3, rows3 * stride_plv + l3, ml_row,
+                         has_prior)
 
     # Only the values here; each gradient is computed again from the same registers in
     # the branch that stores it (CSE shares the exp/log work), so no gradient tile lives
     # across the reductions below: what stays live is recon_k, z_k and a few row tiles.
     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+    kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, has_prior)
     log_w = tl.sum(tl.where(m_d, value, 0.0), axis=2) - tl.sum(tl.where(m_l, kl, 0.0), axis=2)
     rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
     log_w = tl.where(rk, log_w, float("-inf"))
@@ -248,13 +276,26 @@ def iwae_bound_onepass_kernel(
         ml2 = rmask[:, None] & (lats2 < L)
         if (flags & NEED_GZ) != 0:
             size_bl = (zero_i64 + B) * L
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                               has_prior)
             store_as(GZ, k3 * size_bl + rows3 * L + l3, -d_z * w3, m_l)
         if (flags & NEED_GMU) != 0:
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                               has_prior)
             gmu = tl.sum(d_mu * w3, axis=1)
             store_as(GMU, rows2 * L + lats2, -gmu, ml2)
         if (flags & NEED_GLV) != 0:
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                               has_prior)
             glv = tl.sum(d_lv * w3, axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)
+        if (flags & NEED_GPM) != 0:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                               has_prior)
+            gpm = tl.sum(d_pm * w3, axis=1)
+            store_as(GPM, rows2 * L + lats2, -gpm, ml2)
+        if (flags & NEED_GPLV) != 0:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                               has_prior)
+            gplv = tl.sum(d_plv * w3, axis=1)
+            store_as(GPLV, rows2 * L + lats2, -gplv, ml2)

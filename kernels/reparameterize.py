@@ -43,6 +43,21 @@ def _quarters(BL, CHUNKS: tl.constexpr, Q: tl.constexpr):
 
 
 @triton.jit
+def normal_at(seed, i, Q: tl.constexpr):
+    """The draw of the layout above at flat element ``i`` (an int64 tile) of sample 0, for
+    kernels that walk elements in another order (``sample_with_kl``'s row tiles): normal
+    ``(i % 4Q) // Q`` of ``randn4x(seed, (i // 4Q) * Q + i % Q)``, bit for bit. Each
+    element runs its own Philox call (the fwd/bwd kernels here share one among four)."""
+    quarter = (i // Q) % 4
+    r0, r1, r2, r3 = tl.randint4x(seed, (i // (4 * Q)) * Q + i % Q)
+    low = quarter < 2  # quarters 0, 1 are randn4x's first Box-Muller pair, 2, 3 its second
+    u1 = tl.uint_to_uniform_float(tl.where(low, r0, r2))
+    u2 = tl.uint_to_uniform_float(tl.where(low, r1, r3))
+    n_cos, n_sin = tl.pair_uniform_to_normal(u1, u2)
+    return tl.where(quarter % 2 == 0, n_cos, n_sin)
+
+
+@triton.jit
 def _load4(PTR, i0, i1, i2, i3, m0, m1, m2, m3):
     return (load_f32(PTR, i0, m0), load_f32(PTR, i1, m1), load_f32(PTR, i2, m2),
             load_f32(PTR, i3, m3))

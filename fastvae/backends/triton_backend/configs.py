@@ -60,6 +60,9 @@ FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D,
 FINISH_WARPS = 4
 REPARAMETERIZE_CHUNKS = 1          # chunks of 4*Q latents per program
 REPARAMETERIZE_WARPS = 8
+# (N up to, BLOCK_B, BLOCK_N, num_warps) of sample_with_kl's row tiles; the last covers any
+# N. 1024 elements a tile: each element runs its own Philox call (``normal_at``).
+SAMPLE_WITH_KL_TILES = ((64, 16, 64, 4), (256, 4, 256, 4), (None, 1, 1024, 8))
 SCALE_BLOCK, SCALE_WARPS = 2048, 4
 SCALE_SLOTS = 6                    # gradient tensors one scale launch serves
 SCALE_PROGRAMS_PER_SM = 8
@@ -129,6 +132,16 @@ def finish_config():
 
 def scale_block() -> int:
     return _INTERP_TILE if interpreter_tiles() else SCALE_BLOCK
+
+
+def sample_with_kl_config(b: int, n: int):
+    """(BLOCK_B, BLOCK_N, num_warps) of the sample_with_kl kernels for (B, N) latents."""
+    if interpreter_tiles():
+        block_n = min(max(_p2(n), 16), 4096)
+        return max(1, min(_INTERP_TILE // block_n, _p2(b))), block_n, ROW_WARPS
+    for upto, block_b, block_n, warps in SAMPLE_WITH_KL_TILES:
+        if upto is None or n <= upto:
+            return block_b, block_n, warps
 
 
 def reparameterize_grid(bl: int):

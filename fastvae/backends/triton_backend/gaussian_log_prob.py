@@ -33,9 +33,10 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
         ROW_VALUES=out, KL_LATENT=_launch.dummy(torch.float32, dev),
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gm, mean.dtype, dev),
         GOBS=_launch.given(glv, lv_arg.dtype, dev), GMU=latent, GLV=latent, GZ=latent,
+        PM=latent, PLV=latent, GPM=latent, GPLV=latent,
         B=n, D=d, L=0,
         stride_x=x.stride(0), stride_r=mean.stride(0), stride_obs=stride_lv,
-        stride_mu=0, stride_lv=0, stride_z=0,
+        stride_mu=0, stride_lv=0, stride_z=0, stride_pm=0, stride_plv=0,
         obs_scalar=float(logvar_scalar), beta=0.0, c=1.0, row_scale=1.0, flags=flags,
         LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     return (out, *_launch.placeholders(x, gx, gm, glv))

@@ -14,20 +14,26 @@ from fastvae.kernels import reduce as kred
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from ._rows import gradient_buffers, gradient_flags, likelihood_args
+from fastvae.kernels._math import PRIOR
+
+from ._rows import gradient_buffers, gradient_flags, likelihood_args, prior_args
 
 
-def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs):
-    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs)."""
-    if _launch.delegated(x, recon_k, mu, logvar, z_k, obs):
-        return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar,
-                                            likelihood, reduction, needs)
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
+                   likelihood, reduction, needs):
+    """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
+    gprior_mu, gprior_logvar)."""
+    if _launch.delegated(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar):
+        return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu,
+                                            prior_logvar, obs_scalar, likelihood, reduction,
+                                            needs)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]
     x, recon_k = _launch.rows(x), _launch.rows(recon_k)
     mu, logvar, z_k = _launch.rows(mu), _launch.rows(logvar), _launch.rows(z_k)
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
+    pm, plv, stride_pm, stride_plv = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     c = reduce_scale(b, reduction)
     onepass = configs.iwae_onepass_config(b, k, d, l, lik)
@@ -41,19 +47,24 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     f32 = torch.float32
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
-    gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
-        (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev)
-    flags = gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial)
+    gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
+        (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev,
+        (pm, plv))
+    flags = (gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial, gpm, gplv)
+             | _launch.flag_bits((PRIOR, prior_mu is not None or prior_logvar is not None)))
     args = dict(
-        X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
+        X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, PM=pm, PLV=plv,
+        ROW_VALUES=row_values,
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=_launch.given(gz, z_k.dtype, dev),
+        GZ=_launch.given(gz, z_k.dtype, dev), GPM=_launch.given(gpm, pm.dtype, dev),
+        GPLV=_launch.given(gplv, plv.dtype, dev),
         K=k, B=b, D=d, L=l,
         stride_x=x.stride(0), stride_rk=recon_k.stride(0), stride_rb=recon_k.stride(1),
         stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
-        stride_zk=z_k.stride(0), stride_zb=z_k.stride(1),
+        stride_zk=z_k.stride(0), stride_zb=z_k.stride(1), stride_pm=stride_pm,
+        stride_plv=stride_plv,
         obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k), flags=flags,
         LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
@@ -70,4 +81,4 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
             B=b, D=d, NPART=programs, c=float(c),
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs))
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))

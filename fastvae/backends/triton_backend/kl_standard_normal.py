@@ -1,41 +1,62 @@
-"""Host side of kl_standard_normal: the ELBO row kernel with no data columns (D = 0)."""
+"""Host side of kl_standard_normal and kl_normal: the ELBO row kernel with no data columns
+(D = 0) and beta = -1, so the row value is +KL and the latent gradients are the KL's own."""
 from __future__ import annotations
 
 import torch
 import triton
 
 from fastvae.kernels import elbo as ke
-from fastvae.kernels._math import NEED_GLV, NEED_GMU
+from fastvae.kernels._math import NEED_GLV, NEED_GMU, NEED_GPLV, NEED_GPM, PRIOR
 
 from .. import torch_backend
 from . import _launch, configs
+from ._rows import prior_args
 
 
 def kl_standard_normal_fwd(mu, logvar, needs):
     """Same contract as the "torch" backend's: (value, gmu, glogvar)."""
     if _launch.delegated(mu, logvar):
         return torch_backend.kl_standard_normal_fwd(mu, logvar, needs)
+    return _kl_rows(mu, logvar, None, None, list(needs) + [False, False])[:3]
+
+
+def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
+    """Same contract as the "torch" backend's: (value, gmu_q, glogvar_q, gmu_p, glogvar_p),
+    the prior's per row."""
+    if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
+        return torch_backend.kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
+    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs)
+
+
+def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     dev = mu.device
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
+    pm, plv, stride_pm, stride_plv = prior_args(mu_p, logvar_p, mu)
     block_b, block_d, block_l, warps = configs.row_config(n, 1, l, "elbo", configs.BERNOULLI)
     out = _launch.alloc((n,), torch.float32, dev)
-    gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[0] else None
-    glv = _launch.alloc(logvar.shape, logvar.dtype, dev) if needs[1] else None
-    flags = _launch.flag_bits((NEED_GMU, gmu is not None), (NEED_GLV, glv is not None))
+    grads = [_launch.alloc(mu.shape, t.dtype, dev) if need else None
+             for t, need in zip((mu, logvar, pm, plv), needs)]
+    gmu, glv, gpm, gplv = grads
+    flags = _launch.flag_bits((NEED_GMU, gmu is not None), (NEED_GLV, glv is not None),
+                              (PRIOR, mu_p is not None or logvar_p is not None),
+                              (NEED_GPM, gpm is not None), (NEED_GPLV, gplv is not None))
     data = _launch.dummy(mu.dtype, dev)  # D = 0: the data pointers are never read
     # beta = -1: the row value is +KL and the latent gradients d KL / d(mu, logvar) themselves.
     _launch.launch(
         ke.elbo_rows_kernel, (triton.cdiv(n, block_b),),
         X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=_launch.dummy(mu.dtype, dev),
+        PM=pm, PLV=plv,
         ROW_VALUES=out, KL_LATENT=_launch.dummy(torch.float32, dev),
         GX=data, GR=data, GOBS=data,
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=_launch.dummy(mu.dtype, dev),
+        GZ=_launch.dummy(mu.dtype, dev), GPM=_launch.given(gpm, pm.dtype, dev),
+        GPLV=_launch.given(gplv, plv.dtype, dev),
         B=n, D=0, L=l,
         stride_x=0, stride_r=0, stride_obs=0,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=mu.stride(0),
+        stride_pm=stride_pm, stride_plv=stride_plv,
         obs_scalar=0.0, beta=-1.0, c=1.0, row_scale=1.0, flags=flags,
         LIK=configs.BERNOULLI, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
         num_warps=warps)
-    return (out, *_launch.placeholders(mu, gmu, glv))
+    return (out, *_launch.placeholders(mu, *grads))

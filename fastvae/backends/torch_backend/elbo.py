@@ -60,6 +60,6 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
         grad_out(g_lv, logvar, needs[3]),
         grad_out(g_z, z if z is not None else mu, needs[4]),
         g_obs if g_obs is not None else x.new_empty(0),
-        grad_out(g_pm, prior_mu, needs[6], mu.shape),
-        grad_out(g_plv, prior_logvar, needs[7], mu.shape),
+        grad_out(g_pm, mu if prior_mu is None else prior_mu, needs[6], mu.shape),
+        grad_out(g_plv, mu if prior_logvar is None else prior_logvar, needs[7], mu.shape),
     )

@@ -69,6 +69,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         grad_out(-(d_lv * wc).sum(0), logvar, needs[3]),
         grad_out(-d_z * wc, z_k, needs[4]),
         grad_out(g_obs, obs if obs is not None else x, needs[5]),
-        grad_out(None if d_pm is None else -(d_pm * wc).sum(0), prior_mu, needs[6]),
-        grad_out(None if d_plv is None else -(d_plv * wc).sum(0), prior_logvar, needs[7]),
+        grad_out(None if d_pm is None else -(d_pm * wc).sum(0),
+                 mu if prior_mu is None else prior_mu, needs[6]),
+        grad_out(None if d_plv is None else -(d_plv * wc).sum(0),
+                 mu if prior_logvar is None else prior_logvar, needs[7]),
     )

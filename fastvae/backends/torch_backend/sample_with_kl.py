@@ -64,7 +64,7 @@ def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
         g_lv.copy_(half_r1)
     neg_gplv = half_r1.addcmul_(u, u, value=0.5)        # 0.5 (r - 1) + 0.5 u^2
     if g_plv is not None:
-        torch.neg(neg_gplv, out=g_plv)
+        torch.mul(neg_gplv, -1.0, out=g_plv)
     torch.sum(half_lv_diff.add_(neg_gplv), -1, out=kl)
 
 

@@ -10,6 +10,7 @@ from fastvae.kernels import elbo as ke
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
 from fastvae.kernels import reparameterize as kr
+from fastvae.kernels import sample_with_kl as kswk
 from fastvae.kernels import scale as ks
 
 from . import configs
@@ -22,9 +23,9 @@ _FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS"}
 # the sizes and row strides; counts such as B, K or the program count are not.
 _DIVISIBLE_INTS = {"D", "L", "BL", "CPAD", "stride_x", "stride_r", "stride_obs",
                    "stride_mu", "stride_lv", "stride_z", "stride_rk", "stride_rb", "stride_zk",
-                   "stride_zb", "N0", "N1", "N2", "N3", "N4", "N5"}
+                   "stride_zb", "stride_pm", "stride_plv", "N", "N0", "N1", "N2", "N3", "N4", "N5"}
 _SCALARS = {"obs_scalar", "beta", "c", "row_scale", "log_k", "free_bits"}
-_SIZES = {"B", "D", "L", "K", "BL", "CPAD", "NPART", "NBLK", *(f"N{i}" for i in range(6))}
+_SIZES = {"B", "D", "L", "K", "N", "BL", "CPAD", "NPART", "NBLK", *(f"N{i}" for i in range(6))}
 
 
 def _signature(kernel, io: str, constexprs: Dict[str, int], pointers_of=None):
@@ -95,6 +96,12 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
                               ("bwd", kr.reparameterize_bwd_kernel)):
         out.append(_config(f"reparameterize_{direction}[CHUNKS={cx['CHUNKS']},Q={kr.Q}{tag}]",
                            kernel, io, cx, configs.REPARAMETERIZE_WARPS, {"SEED": "*i64"}))
+    for _, block_b, block_n, warps in configs.SAMPLE_WITH_KL_TILES:
+        cx = {"BLOCK_B": block_b, "BLOCK_N": block_n, "Q": kr.Q}
+        for direction, kernel in (("fwd", kswk.sample_with_kl_fwd_kernel),
+                                  ("bwd", kswk.sample_with_kl_bwd_kernel)):
+            out.append(_config(f"sample_with_kl_{direction}[{block_b}x{block_n}{tag}]", kernel, io,
+                               cx, warps, {"SEED": "*i64", "KL": "*fp32", "GKL": "*fp32"}))
     cx = {"BLOCK": configs.SCALE_BLOCK}
     # grad_output: the value's dtype, fp32 unless float64 (which the kernel never sees)
     out.append(_config(f"scale_grads[BLOCK={configs.SCALE_BLOCK}{tag}]", ks.scale_grads_kernel,

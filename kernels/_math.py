@@ -4,14 +4,31 @@ derivatives, plus the load/store idioms every kernel repeats.
 
 All arithmetic is on fp32 tiles (``load_f32`` upcasts at once; the interpreter gets bf16
 arithmetic wrong, and real kernels should not do it either); every formula is the
-stable form that ``fastvae.backends.torch_backend.terms`` uses, so the two backends
-agree to fp32 rounding. Only ``tl.exp``/``tl.log`` and elementary arithmetic are used,
-so the same code runs compiled and under ``TRITON_INTERPRET=1``. No exponential is
+stable form that ``fastvae.backends.torch_backend.terms`` uses. No exponential is
 multiplied into a product that can overflow where the result does not:
 ``(d * exp(-s/2))^2``, never ``d^2 * exp(-s)``.
+
+Fast math: compiled, ``exp2``/``log2`` are the hardware's ``ex2.approx``/``lg2.approx``
+(one MUFU instruction each; ``tl.log`` would be a ~25-instruction polynomial) and no
+formula divides. Their error (PTX ISA: ``ex2.approx`` relative 2^-22, ``lg2.approx``
+absolute 2^-22 on [0.5, 2], which is where every log2 here lands) bounds every value:
+the Bernoulli term's softplus and sigmoid are within 5e-7 absolute of the exact ones,
+below fp32 rounding of a typical row sum; tests/test_elbo_numerics.py checks the bound
+against float64 over the whole logit range. Under ``TRITON_INTERPRET=1`` (which has no
+libdevice) the same formulas run with exact ``log2``.
 """
+import os
+
 import triton
 import triton.language as tl
+
+try:  # the hardware approximations, compiled only (the interpreter has no libdevice)
+    from triton.language.extra import libdevice
+except ImportError:  # older Triton: exact math everywhere
+    libdevice = None
+
+FAST_MATH = tl.constexpr(libdevice is not None
+                         and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 # The LIK constexpr of the row kernels.
 LIK_BERNOULLI = tl.constexpr(0)
@@ -19,23 +36,13 @@ LIK_CONTINUOUS_BERNOULLI = tl.constexpr(1)
 LIK_GAUSSIAN_SCALAR = tl.constexpr(2)   # obs_logvar a float
 LIK_GAUSSIAN_TENSOR = tl.constexpr(3)   # obs_logvar a (D,) or (B, D) tensor
 
-# Bits of the runtime ``flags`` argument of the row kernels: which outputs to write.
-NEED_GX = tl.constexpr(1)
-NEED_GR = tl.constexpr(2)
-NEED_GOBS_ROWS = tl.constexpr(4)       # d/dobs per element, (B, D)
-NEED_GOBS_PARTIAL = tl.constexpr(8)    # d/dobs summed over each program's rows, (programs, D)
-NEED_GMU = tl.constexpr(16)
-NEED_GLV = tl.constexpr(32)
-NEED_GZ = tl.constexpr(64)
-KL_MC = tl.constexpr(128)              # the single-sample KL from z, else the analytic one
-STORE_KL = tl.constexpr(256)           # save the per-latent KL (B, L) for free bits
-PRIOR = tl.constexpr(512)              # a learned prior N(prior_mu, exp(prior_logvar)), else N(0, I)
-NEED_GPM = tl.constexpr(1024)          # d/dprior_mu per latent, (B, L)
-NEED_GPLV = tl.constexpr(2048)         # d/dprior_logvar per latent, (B, L)
-NEED_DATA_GRADS = tl.constexpr(1 | 2 | 4 | 8)
-NEED_LATENT_GRADS = tl.constexpr(16 | 32 | 64 | 1024 | 2048)
+# What a row kernel does with d/dobs_logvar (its GOBS constexpr).
+GOBS_NONE = tl.constexpr(0)
+GOBS_ROWS = tl.constexpr(1)       # per element, (B, D)
+GOBS_PARTIAL = tl.constexpr(2)    # summed over each program's rows, (programs, D)
 
 LOG_2 = tl.constexpr(0.6931471805599453)
+LOG2_E = tl.constexpr(1.4426950408889634)
 LOG_2PI = tl.constexpr(1.8378770664093453)
 # Below |u| = 0.25 the four-term series of log(u / tanh u) is exact to ~1e-9; above it
 # the closed form has no cancellation worth the name (tanh(0.25) is 0.245).
@@ -52,6 +59,45 @@ def load_f32(ptr, offsets, mask):
 def store_as(ptr, offsets, value, mask):
     """A masked tile store in the pointer's own element type."""
     tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def exp_(x):
+    """e^x as one ``ex2.approx`` (what ``tl.exp`` compiles to as well, spelled out)."""
+    return tl.exp2(x * LOG2_E)
+
+
+@triton.jit
+def log_(x):
+    """ln x as one ``lg2.approx`` compiled (``tl.log`` is a polynomial); exact interpreted."""
+    if FAST_MATH:
+        y = libdevice.fast_log2f(x)
+    else:
+        y = tl.log2(x)
+    return y * LOG_2
+
+
+@triton.jit
+def cos_sin_(theta):
+    """(cos, sin) of theta in [-pi, pi) as ``cos.approx``/``sin.approx`` compiled (2^-20.9
+    absolute there; libdevice's would reduce the range again, dozens of instructions)."""
+    if FAST_MATH:
+        c = libdevice.fast_cosf(theta)
+        s = libdevice.fast_sinf(theta)
+    else:
+        c = tl.cos(theta)
+        s = tl.sin(theta)
+    return c, s
+
+
+@triton.jit
+def div_(a, b):
+    """a / b as ``div.approx`` compiled (2 ulp; ``/`` is a ~10-instruction ``div.full``)."""
+    if FAST_MATH:
+        q = libdevice.fast_dividef(a, b)
+    else:
+        q = a / b
+    return q
 
 
 @triton.jit
@@ -77,42 +123,40 @@ def load_data(X, R, OBS, x_off, r_off, obs_off, mask, obs_scalar, LIK: tl.conste
 
 
 @triton.jit
-def log1p_small(e):
-    """log(1 + e) for e in [0, 1], accurate where e << 1 (Goldberg's trick, no libdevice)."""
-    w = 1.0 + e
-    d = w - 1.0
-    return tl.where(d == 0.0, e, tl.log(w) * (e / tl.where(d == 0.0, 1.0, d)))
-
-
-@triton.jit
 def bernoulli_tile(x, l):
-    """Per element: value ``x*l - softplus(l)``, d/dl ``x - sigmoid(l)``."""
-    e = tl.exp(-tl.abs(l))
-    softplus = tl.maximum(l, 0.0) + log1p_small(e)
-    inv = 1.0 / (1.0 + e)
-    sig = tl.where(l >= 0.0, inv, e * inv)
-    return x * l - softplus, x - sig
+    """Per element: value ``x*l - softplus(l)``, d/dl ``x - sigmoid(l)``.
+
+    ``softplus(l) = max(l, 0) + log(1 + e)`` with ``e = exp(-|l|)`` in (0, 1], so the log's
+    argument lies in (1, 2]; ``sigmoid(l) = exp(l - softplus(l)) = exp(min(l, 0) - log(1 +
+    e))`` (written without the cancellation of l - softplus(l)): three MUFU operations, no
+    division, exact in the tails (large |l| gives e = 0 and sigmoid 0 or 1).
+    """
+    e = exp_(-tl.abs(l))
+    log1p_e = log_(1.0 + e)
+    return x * l - (tl.maximum(l, 0.0) + log1p_e), x - exp_(tl.minimum(l, 0.0) - log1p_e)
 
 
 @triton.jit
 def cb_log_norm_tile(l):
     """log C(l) = log 2 + log(u / tanh u), u = l/2, and its derivative in l.
 
-    tanh from one exp (|u| >= CB_SERIES_BELOW only, so 1 - exp(-2|u|) does not cancel);
-    the series u^2/3 - 7u^4/90 + 62u^6/2835 - 127u^8/18900 below that.
+    For |u| >= CB_SERIES_BELOW, with m = exp(-2|u|): tanh|u| = (1 - m) / (1 + m), so
+    ``log(u / tanh u) = log(|u| (1 + m) / (1 - m))`` and its derivative in |u| is
+    ``1/|u| - 1/tanh|u| + tanh|u| = 1/|u| - 4m / (1 - m^2)`` (1 - m >= 0.39 there: no
+    cancellation in the denominators). Below, the series u^2/3 - 7u^4/90 + 62u^6/2835 -
+    127u^8/18900 and its derivative.
     """
     u = 0.5 * l
     a = tl.abs(u)
     small = a < CB_SERIES_BELOW
     a_safe = tl.where(small, 1.0, a)
-    em = tl.exp(-2.0 * a_safe)
-    t = (1.0 - em) / (1.0 + em)
-    exact = tl.log(a_safe) - tl.log(t)
+    m = exp_(-2.0 * a_safe)
+    exact = log_(div_(a_safe * (1.0 + m), 1.0 - m))
     u2 = u * u
     series = u2 * (1.0 / 3.0 + u2 * (-7.0 / 90.0 + u2 * (62.0 / 2835.0 + u2 * (-127.0 / 18900.0))))
     value = tl.where(small, series, exact) + LOG_2
-    sgn = tl.where(u >= 0.0, 1.0, -1.0)
-    d_exact = sgn * (1.0 / a_safe - 1.0 / t + t)
+    d_exact = div_(1.0, a_safe) - div_(4.0 * m, 1.0 - m * m)
+    d_exact = tl.where(u >= 0.0, d_exact, -d_exact)
     d_series = u * (2.0 / 3.0 + u2 * (-14.0 / 45.0 + u2 * (124.0 / 945.0 + u2 * (-254.0 / 4725.0))))
     return value, 0.5 * tl.where(small, d_series, d_exact)
 
@@ -121,10 +165,11 @@ def cb_log_norm_tile(l):
 def likelihood_tile(x, r, s, LIK: tl.constexpr):
     """One tile of log p(x|z): (value, d/drecon, d/dx, d/dobs_logvar) per element.
 
-    ``s`` is the observation log-variance (a scalar or a tile; ignored unless Gaussian).
+    ``s`` is the observation log-variance (a scalar or a tile; Gaussian only). The
+    Bernoulli likelihoods have no d/dobs_logvar: theirs is a 0.0 the callers never store.
     """
     if LIK >= LIK_GAUSSIAN_SCALAR:
-        inv_sd = tl.exp(-0.5 * s)
+        inv_sd = exp_(-0.5 * s)
         t = (x - r) * inv_sd
         g_r = t * inv_sd
         sq = t * t
@@ -138,16 +183,17 @@ def likelihood_tile(x, r, s, LIK: tl.constexpr):
             value += log_c
             g_r += d_log_c
         g_x = r
-        g_s = r * 0.0
+        g_s = 0.0
     return value, g_r, g_x, g_s
 
 
 @triton.jit
-def kl_tile(mu, lv, z, is_mc):
+def kl_tile(mu, lv, z, KL_MC: tl.constexpr):
     """Per latent: (KL term, d/dmu, d/dlogvar, d/dz) of the analytic KL to N(0, I)
-    or, when ``is_mc``, of the single-sample ``log q(z|x) - log p(z)``."""
-    if is_mc:
-        inv_sd = tl.exp(-0.5 * lv)
+    or, with ``KL_MC``, of the single-sample ``log q(z|x) - log p(z)`` (the analytic KL
+    has no d/dz: a 0.0 the callers never store)."""
+    if KL_MC:
+        inv_sd = exp_(-0.5 * lv)
         t = (z - mu) * inv_sd   # the standardized sample: moderate even where 1/var overflows
         d_mu = t * inv_sd
         sq = t * t
@@ -155,41 +201,42 @@ def kl_tile(mu, lv, z, is_mc):
         d_lv = 0.5 * (sq - 1.0)
         d_z = z - d_mu
     else:
-        half_var = tl.exp(lv - LOG_2)
+        half_var = exp_(lv - LOG_2)
         value = 0.5 * (mu * mu - 1.0 - lv) + half_var
         d_mu = mu
         d_lv = half_var - 0.5
-        d_z = z * 0.0
+        d_z = 0.0
     return value, d_mu, d_lv, d_z
 
 
 @triton.jit
-def load_prior(PM, PLV, pm_off, plv_off, mask, has_prior):
-    """The prior's (mean, log-variance) tile in fp32, or zeros (N(0, I)) without one."""
-    if has_prior:
+def load_prior(PM, PLV, pm_off, plv_off, mask, PRIOR: tl.constexpr):
+    """The prior's (mean, log-variance) tile in fp32 with ``PRIOR``; else the scalars 0.0
+    (N(0, I): nothing is read, and :func:`latent_kl_tile` never uses them)."""
+    if PRIOR:
         pm = load_f32(PM, pm_off, mask)
         plv = load_f32(PLV, plv_off, mask)
     else:
-        pm = tl.zeros_like(pm_off).to(tl.float32)
-        plv = pm
+        pm = 0.0
+        plv = 0.0
     return pm, plv
 
 
 @triton.jit
-def kl_prior_tile(mu, lv, z, pm, plv, is_mc):
+def kl_prior_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr):
     """Per latent, to the prior N(pm, exp(plv)): (KL term, d/dmu, d/dlogvar, d/dz,
     d/dprior_mu, d/dprior_logvar).
 
-    Analytic: with ``d = mu - pm``, ``u = d * exp(-plv/2)``, ``r = exp(lv - plv)``:
+    Analytic: with ``u = (mu - pm) * exp(-plv/2)``, ``r = exp(lv - plv)``:
     ``0.5 * (plv - lv + r + u^2 - 1)``; d/dmu ``u * exp(-plv/2)`` (= -d/dpm), d/dlv
-    ``0.5 * (r - 1)``, d/dplv ``0.5 * (1 - r - u^2)``. "mc" (``is_mc``): the
-    single-sample ``log q(z|x) - log p(z) = 0.5 * (tp^2 + plv - t^2 - lv)`` with the
-    standardized ``t = (z - mu) * exp(-lv/2)`` and ``tp = (z - pm) * exp(-plv/2)``.
-    With ``pm = plv = 0`` both are :func:`kl_tile`'s.
+    ``0.5 * (r - 1)``, d/dplv ``0.5 * (1 - r - u^2)``. ``KL_MC``: the single-sample
+    ``log q(z|x) - log p(z) = 0.5 * (tp^2 + plv - t^2 - lv)`` with the standardized
+    ``t = (z - mu) * exp(-lv/2)`` and ``tp = (z - pm) * exp(-plv/2)``. With
+    ``pm = plv = 0`` both are :func:`kl_tile`'s.
     """
-    inv_sdp = tl.exp(-0.5 * plv)
-    if is_mc:
-        inv_sd = tl.exp(-0.5 * lv)
+    inv_sdp = exp_(-0.5 * plv)
+    if KL_MC:
+        inv_sd = exp_(-0.5 * lv)
         t = (z - mu) * inv_sd
         tp = (z - pm) * inv_sdp
         d_mu = t * inv_sd
@@ -202,25 +249,25 @@ def kl_prior_tile(mu, lv, z, pm, plv, is_mc):
         d_z = -d_pm - d_mu
     else:
         u = (mu - pm) * inv_sdp
-        r = tl.exp(lv - plv)   # one exponential of the difference: exp(lv) * exp(-plv) overflows
+        r = exp_(lv - plv)   # one exponential of the difference: exp(lv) * exp(-plv) overflows
         sq = u * u
         value = 0.5 * (plv - lv + r + sq - 1.0)
         d_mu = u * inv_sdp
         d_pm = -d_mu
         d_lv = 0.5 * (r - 1.0)
         d_plv = 0.5 * (1.0 - r - sq)
-        d_z = z * 0.0
+        d_z = 0.0
     return value, d_mu, d_lv, d_z, d_pm, d_plv
 
 
 @triton.jit
-def latent_kl_tile(mu, lv, z, pm, plv, is_mc, has_prior):
-    """:func:`kl_prior_tile` when ``has_prior`` (a runtime flag, so no new specialization),
-    else :func:`kl_tile` with zero prior gradients: the KL part of every row kernel."""
-    if has_prior:
-        value, d_mu, d_lv, d_z, d_pm, d_plv = kl_prior_tile(mu, lv, z, pm, plv, is_mc)
+def latent_kl_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr, PRIOR: tl.constexpr):
+    """:func:`kl_prior_tile` with ``PRIOR``, else :func:`kl_tile` (no prior gradients:
+    0.0s the callers never store): the KL part of every row kernel."""
+    if PRIOR:
+        value, d_mu, d_lv, d_z, d_pm, d_plv = kl_prior_tile(mu, lv, z, pm, plv, KL_MC)
     else:
-        value, d_mu, d_lv, d_z = kl_tile(mu, lv, z, is_mc)
-        d_pm = d_mu * 0.0
-        d_plv = d_pm
+        value, d_mu, d_lv, d_z = kl_tile(mu, lv, z, KL_MC)
+        d_pm = 0.0
+        d_plv = 0.0
     return value, d_mu, d_lv, d_z, d_pm, d_plv

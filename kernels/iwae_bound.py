@@ -1,11 +1,11 @@
 """Fused importance-weighted bound (Burda et al. 2016) over K samples: two kernels, one
-contract (same outputs, ``_math.NEED_*`` flags bits, gradient scale ``c``, row values /
+contract (same outputs, ``NEED_*`` constexpr switches, gradient scale ``c``, row values /
 per-program obs_logvar partials for ``reduce.finish_kernel``; no atomics). The host
 (``fastvae.backends.triton_backend.iwae_bound``) picks one per call.
 
-Both weigh each sample's ``log p(z_k)`` under N(0, I), or under a learned prior
-``N(prior_mu, exp(prior_logvar))`` when the ``PRIOR`` flag is set (``_math.kl_prior_tile``;
-its gradients, weighted and summed over k like mu's, per ``NEED_GPM`` / ``NEED_GPLV``).
+Both weigh each sample's ``log p(z_k)`` under N(0, I), or with ``PRIOR`` under a learned
+prior ``N(prior_mu, exp(prior_logvar))`` (``_math.kl_prior_tile``); ``NEED_GPM`` /
+``NEED_GPLV`` write its gradients per row, weighted and summed over k like mu's.
 
 ``iwae_bound_onepass_kernel`` — where a row's K samples fit on chip (K <= 8, D <= 1024,
 L <= 128; the continuous Bernoulli K <= 4 above D = 256: ``IWAE_ONEPASS_TILES``).
@@ -37,23 +37,26 @@ come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 import triton
 import triton.language as tl
 
-from ._math import (LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR, NEED_DATA_GRADS, NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL,
-                    NEED_GOBS_ROWS, NEED_GPLV, NEED_GPM, NEED_GR, NEED_GX, NEED_GZ,
-                    NEED_LATENT_GRADS, PRIOR, latent_kl_tile, likelihood_tile, load_data,
-                    load_f32, load_prior, program_rows, store_as)
+from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
+                    exp_, latent_kl_tile, likelihood_tile, load_data, load_f32, load_prior, log_,
+                    program_rows, store_as)
 
 
-@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
+@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
-    PM, PLV,                                  # the prior's mean and log-variance (PRIOR)
+    PM, PLV,                                  # PRIOR: the prior's mean and log-variance
     LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
-    GX, GR, GOBS, GMU, GLV, GZ, GPM, GPLV,    # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
+    GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
-    stride_pm, stride_plv,                    # 0 for a prior shared by every row
-    obs_scalar, c, row_scale, log_k, flags,
-    LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    stride_pm, stride_plv,                    # 0 for one prior row shared by every row
+    obs_scalar, c, row_scale, log_k,
+    LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
+    NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     c = tl.cast(c, tl.float32)
@@ -64,7 +67,6 @@ def iwae_bound_rows_kernel(
     zero_i64 = pid * 0
     size_bd = (zero_i64 + B) * D  # one sample's (B, D) gradient, in int64
     size_bl = (zero_i64 + B) * L
-    has_prior = (flags & PRIOR) != 0
 
     # ---- pass 1: log-weights and their logsumexp ------------------------------------
     run_max = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
@@ -89,24 +91,24 @@ def iwae_bound_rows_kernel(
             lv = load_f32(LV, rows2 * stride_lv + lat2, m)
             z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
             pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2, rows2 * stride_plv + lat2,
-                                 m, has_prior)
-            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                               has_prior)
+                                 m, PRIOR)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             kacc += tl.where(m, kl, 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero_i64 + k) * B + rows, log_w, mask=rmask)
         new_max = tl.maximum(run_max, log_w)
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(log_w - new_max)
+        run_sum = run_sum * exp_(run_max - new_max) + exp_(log_w - new_max)
         run_max = new_max
         r_base += stride_rk
         z_base += stride_zk
-    lse = run_max + tl.log(run_sum)
+    lse = run_max + log_(run_sum)
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
-    if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
+    if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
+            or NEED_GZ or NEED_GPM or NEED_GPLV):
         tl.debug_barrier()  # LOG_W is read back by other threads of this program
-        if (flags & NEED_DATA_GRADS) != 0:
+        if NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE:
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
                 cols2 = cols[None, :]
@@ -122,10 +124,10 @@ def iwae_bound_rows_kernel(
                 gr_base = zero_i64
                 for k in range(0, K):
                     lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
-                    w = (tl.exp(lw - lse) * c)[:, None]
+                    w = (exp_(lw - lse) * c)[:, None]
                     r = load_f32(R, r_base + rows2 * stride_rb + cols2, m)
                     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-                    if (flags & NEED_GR) != 0:
+                    if NEED_GR:
                         store_as(GR, gr_base + rows2 * D + cols2, g_r * w, m)
                     gx_acc += g_x * w
                     if LIK >= LIK_GAUSSIAN_SCALAR:  # else no obs_logvar: keep no dead accumulator
@@ -133,22 +135,22 @@ def iwae_bound_rows_kernel(
                     r_base += stride_rk
                     gr_base += size_bd
                 out_off = rows2 * D + cols2
-                if (flags & NEED_GX) != 0:
+                if NEED_GX:
                     store_as(GX, out_off, gx_acc, m)
                 if LIK >= LIK_GAUSSIAN_SCALAR:
-                    if (flags & NEED_GOBS_ROWS) != 0:
+                    if OBS_GRAD == GOBS_ROWS:
                         store_as(GOBS, out_off, gs_acc, m)
-                    if (flags & NEED_GOBS_PARTIAL) != 0:
+                    if OBS_GRAD == GOBS_PARTIAL:
                         part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
                         tl.store(GOBS + pid * D + cols, part, mask=cols < D)
-        if (flags & NEED_LATENT_GRADS) != 0:
+        if NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
             for l0 in range(0, L, BLOCK_L):
                 lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
                 m = rmask[:, None] & (lat2 < L)
                 mu = load_f32(MU, rows2 * stride_mu + lat2, m)
                 lv = load_f32(LV, rows2 * stride_lv + lat2, m)
                 pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2,
-                                     rows2 * stride_plv + lat2, m, has_prior)
+                                     rows2 * stride_plv + lat2, m, PRIOR)
                 gmu_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 glv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 gpm_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
@@ -157,42 +159,46 @@ def iwae_bound_rows_kernel(
                 gz_base = zero_i64
                 for k in range(0, K):
                     lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
-                    w = (tl.exp(lw - lse) * c)[:, None]
+                    w = (exp_(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
                     kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                                       has_prior)
-                    if (flags & NEED_GZ) != 0:
+                                                                       PRIOR)
+                    if NEED_GZ:
                         store_as(GZ, gz_base + rows2 * L + lat2, -d_z * w, m)
                     gmu_acc += d_mu * w
                     glv_acc += d_lv * w
-                    if has_prior:
+                    if NEED_GPM:
                         gpm_acc += d_pm * w
+                    if NEED_GPLV:
                         gplv_acc += d_plv * w
                     z_base += stride_zk
                     gz_base += size_bl
                 out_off = rows2 * L + lat2
-                if (flags & NEED_GMU) != 0:
+                if NEED_GMU:
                     store_as(GMU, out_off, -gmu_acc, m)
-                if (flags & NEED_GLV) != 0:
+                if NEED_GLV:
                     store_as(GLV, out_off, -glv_acc, m)
-                if (flags & NEED_GPM) != 0:
+                if NEED_GPM:
                     store_as(GPM, out_off, -gpm_acc, m)
-                if (flags & NEED_GPLV) != 0:
+                if NEED_GPLV:
                     store_as(GPLV, out_off, -gplv_acc, m)
 
 
-@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "flags"])
+@triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
-    PM, PLV,                                  # the prior's mean and log-variance (PRIOR)
+    PM, PLV,                                  # PRIOR: the prior's mean and log-variance
     ROW_VALUES,                               # (B,) fp32 rows
-    GX, GR, GOBS, GMU, GLV, GZ, GPM, GPLV,    # gradients, per the flags
+    GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
+    GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
-    stride_pm, stride_plv,                    # 0 for a prior shared by every row
-    obs_scalar, c, row_scale, log_k, flags,
-    LIK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    stride_pm, stride_plv,                    # 0 for one prior row shared by every row
+    obs_scalar, c, row_scale, log_k,
+    LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
+    NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks).
 
@@ -231,71 +237,63 @@ def iwae_bound_onepass_kernel(
     mu = load_f32(MU, rows3 * stride_mu + l3, ml_row)
     lv = load_f32(LV, rows3 * stride_lv + l3, ml_row)
     z = load_f32(Z, k3 * stride_zk + rows3 * stride_zb + l3, m_l)
-    has_prior = (flags & PRIOR) != 0
-    pm, plv = load_prior(PM, PLV, rows3 * stride_pm + l3, rows3 * stride_plv + l3, ml_row,
-                         has_prior)
+    pm, plv = load_prior(PM, PLV, rows3 * stride_pm + l3, rows3 * stride_plv + l3, ml_row, PRIOR)
 
     # Only the values here; each gradient is computed again from the same registers in
     # the branch that stores it (CSE shares the exp/log work), so no gradient tile lives
     # across the reductions below: what stays live is recon_k, z_k and a few row tiles.
     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, has_prior)
+    kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
     log_w = tl.sum(tl.where(m_d, value, 0.0), axis=2) - tl.sum(tl.where(m_l, kl, 0.0), axis=2)
     rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
     log_w = tl.where(rk, log_w, float("-inf"))
     row_max = tl.where(rmask, tl.max(log_w, axis=1), 0.0)
-    p = tl.exp(log_w - row_max[:, None])                  # 0 for padded samples and rows
+    p = exp_(log_w - row_max[:, None])                  # 0 for padded samples and rows
     p_sum = tl.sum(p, axis=1)
-    lse = row_max + tl.log(tl.where(rmask, p_sum, 1.0))
+    lse = row_max + log_(tl.where(rmask, p_sum, 1.0))
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
-    if (flags & (NEED_DATA_GRADS | NEED_LATENT_GRADS)) != 0:
+    if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
+            or NEED_GZ or NEED_GPM or NEED_GPLV):
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
         w3 = w[:, :, None]
         rows2 = rows[:, None]
         cols2 = cols[None, :]
         m2 = rmask[:, None] & (cols2 < D)
-        if (flags & NEED_GR) != 0:
+        if NEED_GR:
             size_bd = (zero_i64 + B) * D
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             store_as(GR, k3 * size_bd + rows3 * D + c3, g_r * w3, m_d)
-        if (flags & NEED_GX) != 0:
+        if NEED_GX:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             gx = tl.sum(g_x * w3, axis=1)
             store_as(GX, rows2 * D + cols2, gx, m2)
-        if (flags & (NEED_GOBS_ROWS | NEED_GOBS_PARTIAL)) != 0:
+        if OBS_GRAD != GOBS_NONE:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
             gs = tl.sum(g_s * w3, axis=1)
-            if (flags & NEED_GOBS_ROWS) != 0:
+            if OBS_GRAD == GOBS_ROWS:
                 store_as(GOBS, rows2 * D + cols2, gs, m2)
-            if (flags & NEED_GOBS_PARTIAL) != 0:
+            if OBS_GRAD == GOBS_PARTIAL:
                 part = tl.sum(tl.where(m2, gs, 0.0), axis=0)
                 tl.store(GOBS + pid * D + cols, part, mask=cols < D)
         lats2 = lats[None, :]
         ml2 = rmask[:, None] & (lats2 < L)
-        if (flags & NEED_GZ) != 0:
+        if NEED_GZ:
             size_bl = (zero_i64 + B) * L
-            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                               has_prior)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             store_as(GZ, k3 * size_bl + rows3 * L + l3, -d_z * w3, m_l)
-        if (flags & NEED_GMU) != 0:
-            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                               has_prior)
+        if NEED_GMU:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             gmu = tl.sum(d_mu * w3, axis=1)
             store_as(GMU, rows2 * L + lats2, -gmu, ml2)
-        if (flags & NEED_GLV) != 0:
-            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                               has_prior)
+        if NEED_GLV:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             glv = tl.sum(d_lv * w3, axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)
-        if (flags & NEED_GPM) != 0:
-            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                               has_prior)
-            gpm = tl.sum(d_pm * w3, axis=1)
-            store_as(GPM, rows2 * L + lats2, -gpm, ml2)
-        if (flags & NEED_GPLV) != 0:
-            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
-                                                               has_prior)
-            gplv = tl.sum(d_plv * w3, axis=1)
-            store_as(GPLV, rows2 * L + lats2, -gplv, ml2)
+        if NEED_GPM:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
+            store_as(GPM, rows2 * L + lats2, -tl.sum(d_pm * w3, axis=1), ml2)
+        if NEED_GPLV:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
+            store_as(GPLV, rows2 * L + lats2, -tl.sum(d_plv * w3, axis=1), ml2)

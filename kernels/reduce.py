@@ -1,11 +1,15 @@
-"""The deterministic finish of a row pass: the batch sum, and column sums of per-program
-partial gradients. Shared by the ELBO and the IWAE bound.
+"""Deterministic reductions shared by the ELBO and the IWAE bound: no float atomics, so
+the same inputs give the same bits.
 
-``finish_kernel`` — grid ``1 + cdiv(D, BLOCK_D)`` (1 when there are no partials):
-program 0 sums the ``B`` row values in a fixed order, in wide 1-D blocks (many loads in
-flight per step, so a large B takes few dependent steps) and writes ``c * sum``;
-programs 1.. each sum a ``BLOCK_D`` slice of columns of the ``(NPART, D)`` partial
-d/dobs_logvar, in program order. No atomics: the same inputs give the same bits.
+``finish_by_ticket`` — inside a row kernel: each program writes its partial sum, takes an
+integer ticket, and the program with the last ticket sums every partial in a fixed order,
+writes ``c * sum`` and resets the ticket counter (zero between launches). The row pass
+and the batch sum are then one launch.
+
+``finish_kernel`` — a launch of its own, grid ``SUM_ROWS + cdiv(D, BLOCK_D)``: with
+``SUM_ROWS`` program 0 sums the ``B`` row values in wide 1-D blocks and writes
+``c * sum``; the other programs each sum a ``BLOCK_D`` slice of columns of the
+``(NPART, D)`` partial d/dobs_logvar, in program order.
 """
 import triton
 import triton.language as tl
@@ -37,17 +41,36 @@ def sum_partial_columns(PARTIALS, OUT, block, D, NPART,
     store_as(OUT, cols, tl.sum(acc, axis=0), cmask)
 
 
+@triton.jit
+def finish_by_ticket(PARTIALS, COUNTER, OUT, pid, partial, c, BLOCK_SUM: tl.constexpr):
+    """Write this program's ``partial``; the last program to arrive writes ``c`` times the
+    sum of all of them to OUT. ``COUNTER`` (one int32, zero between launches) is the
+    ticket; the barriers order this program's threads around it."""
+    tl.store(PARTIALS + pid, partial)
+    tl.debug_barrier()
+    ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")
+    if ticket == tl.num_programs(0) - 1:
+        tl.debug_barrier()
+        total = sum_rows(PARTIALS, tl.num_programs(0), BLOCK_SUM)
+        tl.store(OUT, (total * c).to(OUT.dtype.element_ty))
+        tl.atomic_xchg(COUNTER, 0)
+
+
 @triton.jit(do_not_specialize=["c"])
 def finish_kernel(
     ROW_VALUES, GOBS_PARTIALS,      # inputs: (B,) fp32 row values, (NPART, D) fp32 partials
     OUT, GOBS,                      # outputs: () the reduced value, (D,) d/dobs_logvar
     B, D, NPART,
     c,
+    SUM_ROWS: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SUM: tl.constexpr,
 ):
     c = tl.cast(c, tl.float32)  # scalars from inductor arrive as fp64
     pid = tl.program_id(0)
-    if pid == 0:
-        tl.store(OUT, (sum_rows(ROW_VALUES, B, BLOCK_SUM) * c).to(OUT.dtype.element_ty))
+    if SUM_ROWS:
+        if pid == 0:
+            tl.store(OUT, (sum_rows(ROW_VALUES, B, BLOCK_SUM) * c).to(OUT.dtype.element_ty))
+        else:
+            sum_partial_columns(GOBS_PARTIALS, GOBS, pid - 1, D, NPART, BLOCK_P, BLOCK_D)
     else:
-        sum_partial_columns(GOBS_PARTIALS, GOBS, pid - 1, D, NPART, BLOCK_P, BLOCK_D)
+        sum_partial_columns(GOBS_PARTIALS, GOBS, pid, D, NPART, BLOCK_P, BLOCK_D)

@@ -1,6 +1,7 @@
 """Reparameterization ``z = mu + exp(0.5*logvar) * eps`` with ``eps`` drawn in the kernel.
 
-No noise tensor exists: the forward draws ``eps`` from Philox (``tl.randn4x``) at
+No noise tensor exists: the forward draws ``eps`` from Philox (``normal4x``: the stream
+and Box-Muller pairing of ``tl.randn4x``, with fast transcendentals) at
 ``(seed, counter)`` and the backward draws the very same numbers again from the same
 ``(seed, counter)``. The seed is a one-element int64 tensor read inside the kernel
 (drawn by ``torch.randint`` from torch's generator, so ``torch.manual_seed`` and a
@@ -10,7 +11,7 @@ Counter layout (independent of the launch configuration, so a sample depends onl
 the seed and its position): the B*L latents of one sample are cut into chunks of
 ``4*Q`` elements (``Q = 1024``); element ``i`` of sample ``k`` is quarter
 ``j = (i % 4Q) // Q`` of chunk ``i // 4Q`` and takes normal ``j`` of the four that
-``randn4x`` returns for the int64 counter ``k*CPAD + (i // 4Q)*Q + i % Q``, with
+``normal4x`` returns for the int64 counter ``k*CPAD + (i // 4Q)*Q + i % Q``, with
 ``CPAD = cdiv(B*L, 4Q) * Q`` counters per sample. Each Philox call feeds four
 contiguous, vectorizable quarters.
 
@@ -22,7 +23,7 @@ writes all K samples (``(K, B, L)``, contiguous).
 import triton
 import triton.language as tl
 
-from ._math import load_f32, store_as
+from ._math import cos_sin_, load_f32, log_, store_as
 
 Q = 1024  # the counter layout's quarter length; part of the sampling contract
 
@@ -43,17 +44,36 @@ def _quarters(BL, CHUNKS: tl.constexpr, Q: tl.constexpr):
 
 
 @triton.jit
+def _box_muller(u1, u2):
+    """Two normals from two uniforms in [0, 1), as ``tl.randn4x`` pairs them. The angle is
+    reduced exactly first: u2 - 1/2 in [-1/2, 1/2) is exact in fp32, and cos(2 pi u2) =
+    -cos(2 pi (u2 - 1/2)), sin likewise, so the fast cos/sin see [-pi, pi)."""
+    r = tl.sqrt(-2.0 * log_(tl.maximum(1.0e-7, u1)))
+    c, s = cos_sin_(6.283185307179586 * (u2 - 0.5))
+    return -r * c, -r * s
+
+
+@triton.jit
+def normal4x(seed, counter):
+    """Four blocks of N(0, 1) from Philox at (seed, counter): ``tl.randn4x``'s stream and
+    pairing (the sampling contract), with fast transcendentals."""
+    u1, u2, u3, u4 = tl.rand4x(seed, counter)
+    n1, n2 = _box_muller(u1, u2)
+    n3, n4 = _box_muller(u3, u4)
+    return n1, n2, n3, n4
+
+
+@triton.jit
 def normal_at(seed, i, Q: tl.constexpr):
     """The draw of the layout above at flat element ``i`` (an int64 tile) of sample 0, for
     kernels that walk elements in another order (``sample_with_kl``'s row tiles): normal
-    ``(i % 4Q) // Q`` of ``randn4x(seed, (i // 4Q) * Q + i % Q)``, bit for bit. Each
-    element runs its own Philox call (the fwd/bwd kernels here share one among four)."""
+    ``(i % 4Q) // Q`` of ``normal4x(seed, (i // 4Q) * Q + i % Q)``, bit for bit (the same
+    uniforms through the same ``_box_muller``). Each element runs its own Philox call
+    (the kernels here share one among four)."""
     quarter = (i // Q) % 4
-    r0, r1, r2, r3 = tl.randint4x(seed, (i // (4 * Q)) * Q + i % Q)
-    low = quarter < 2  # quarters 0, 1 are randn4x's first Box-Muller pair, 2, 3 its second
-    u1 = tl.uint_to_uniform_float(tl.where(low, r0, r2))
-    u2 = tl.uint_to_uniform_float(tl.where(low, r1, r3))
-    n_cos, n_sin = tl.pair_uniform_to_normal(u1, u2)
+    u1, u2, u3, u4 = tl.rand4x(seed, (i // (4 * Q)) * Q + i % Q)
+    low = quarter < 2  # quarters 0, 1 are normal4x's first Box-Muller pair, 2, 3 its second
+    n_cos, n_sin = _box_muller(tl.where(low, u1, u3), tl.where(low, u2, u4))
     return tl.where(quarter % 2 == 0, n_cos, n_sin)
 
 
@@ -86,7 +106,7 @@ def reparameterize_fwd_kernel(
     k_ctr = tl.program_id(0).to(tl.int64) * 0   # k * CPAD, int64
     k_off = k_ctr                                # k * BL, int64
     for k in range(0, K):
-        n0, n1, n2, n3 = tl.randn4x(seed, k_ctr + counter)
+        n0, n1, n2, n3 = normal4x(seed, k_ctr + counter)
         _store4(Z + k_off, i0, i1, i2, i3, mu0 + sd0 * n0, mu1 + sd1 * n1, mu2 + sd2 * n2,
                 mu3 + sd3 * n3, m0, m1, m2, m3)
         k_ctr += CPAD
@@ -108,7 +128,7 @@ def reparameterize_bwd_kernel(
     k_ctr = tl.program_id(0).to(tl.int64) * 0
     k_off = k_ctr
     for k in range(0, K):
-        n0, n1, n2, n3 = tl.randn4x(seed, k_ctr + counter)
+        n0, n1, n2, n3 = normal4x(seed, k_ctr + counter)
         d0, d1, d2, d3 = _load4(DZ + k_off, i0, i1, i2, i3, m0, m1, m2, m3)
         gm0 += d0
         gm1 += d1

@@ -6,9 +6,8 @@ for ``loss.backward()``. Testing ``grad_output == 1`` on the host would read a G
 value back (a sync every step, and an error under CUDA-graph capture), so this kernel
 reads it on the device. One launch serves all of an op's gradients (up to six tensors
 of different sizes and dtypes): block ``i`` of every tensor is scaled by the same
-program. The grid is capped near the SM count and each program strides over the
-blocks, so at grad_output 1 the launch is a few hundred programs that read one
-scalar and exit, not one program per block.
+program. The grid is one program per SM and each program strides over the blocks, so
+at grad_output 1 the launch is one wave of programs that read one scalar and exit.
 """
 import triton
 import triton.language as tl

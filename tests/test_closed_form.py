@@ -1,8 +1,10 @@
-"""What is specific to the "torch" backend's implementation (fastvae/backends/torch_backend/,
-row chunks in its rows.py, and its optional compiled kernel, fastvae/backends/_native.py):
-row chunking, the compiled/aten switch and its fallback, the kernel's SIMD tails and
-strides, and the memory it saves for backward. The op-level contract (all options,
-dtypes, reductions) is tested for every backend in test_elbo.py and friends."""
+"""What is specific to the "torch" backend's implementation (fastvae/backends/torch_backend/:
+row chunks in its rows.py, and the optional compiled kernel, native.py and
+bernoulli_rows.c): row chunking, the compiled/aten switch and its fallback, the kernel's
+SIMD tails and strides, and the memory it saves for backward. The kernel's accuracy
+sweep, threading and cache durability are in test_native_kernel.py. The op-level
+contract (all options, dtypes, reductions) is tested for every backend in test_elbo.py
+and friends."""
 from __future__ import annotations
 
 import pytest
@@ -10,7 +12,8 @@ import torch
 
 import fastvae
 from fastvae import reference
-from fastvae.backends import _native, torch_backend
+from fastvae.backends import torch_backend
+from fastvae.backends.torch_backend import native as _native
 from fastvae.backends.torch_backend import rows
 
 F64 = torch.float64
@@ -157,7 +160,7 @@ def test_kernel_result_independent_of_thread_count():
     out = []
     for n in (1, 2, 3):
         rows, g = torch.empty(b), torch.empty(b, d)
-        _native._fn(b, d, x.data_ptr(), d, l.data_ptr(), d, g.data_ptr(), 1.0, rows.data_ptr(), n)
+        _native.bernoulli_rows(x, l, g, 1.0, rows, threads=n)
         out.append((rows, g))
     for rows, g in out[1:]:
         assert torch.equal(rows, out[0][0]) and torch.equal(g, out[0][1])
@@ -173,6 +176,7 @@ def _elbo_matches_reference():
 
 def test_fallback_without_compiler(monkeypatch):
     monkeypatch.setattr(_native, "_compiler", lambda: None)
+    monkeypatch.setattr(_native, "_warned", True)  # the warning has its own tests
     _native.reset()
     try:
         assert _native.load() is None
@@ -185,7 +189,9 @@ def test_fallback_without_compiler(monkeypatch):
 
 def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(_native, "_FLAG_SETS", (["--no-such-flag-for-fastvae"],))
+    monkeypatch.setattr(_native, "_OPENMP_FLAGS", ["--no-such-flag-for-fastvae"])
+    monkeypatch.setattr(_native, "_PLAIN_FLAG_SETS", (["--no-such-flag-for-fastvae"],))
+    monkeypatch.setattr(_native, "_warned", True)
     _native.reset()
     try:
         assert _native.load() is None
@@ -215,7 +221,8 @@ def test_fresh_build_into_cache_dir(monkeypatch, tmp_path):
     try:
         if _native.load() is None:
             pytest.skip(f"compiled kernel unavailable here: {_native.status()}")
-        assert [p.suffix for p in tmp_path.iterdir()] == [".so"]  # no leftovers
+        # the library and its hash, no leftovers
+        assert sorted(p.name.split(".", 1)[1] for p in tmp_path.iterdir()) == ["so", "so.sha256"]
         _elbo_matches_reference()
     finally:
         monkeypatch.undo()

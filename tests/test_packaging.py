@@ -1,4 +1,5 @@
-"""Packaging: version, fastvae.kernels importable, no top-level ``kernels`` installed by us."""
+"""Packaging: version, fastvae.kernels importable, no top-level ``kernels`` installed by us,
+the C kernel's source in the wheel and the sdist."""
 from __future__ import annotations
 
 import importlib
@@ -9,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -70,17 +72,27 @@ def test_find_spec_kernels_outside_the_checkout(installed):
     assert installed["fastvae_kernels"] == "fastvae.kernels"
 
 
-def test_built_wheel_has_only_the_fastvae_namespace(tmp_path):
-    """Build the wheel (no network, no isolation) and list its top-level entries."""
-    pytest.importorskip("setuptools")
-    pytest.importorskip("wheel")
-    src = tmp_path / "src"  # a copy: setuptools builds in-tree (build/, egg-info)
+def _source_copy(tmp_path) -> Path:
+    """The files a build reads, copied (setuptools builds in-tree: build/, egg-info)."""
+    src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "fastvae", src / "fastvae", ignore=ignore)
     shutil.copytree(ROOT / "kernels", src / "kernels", ignore=ignore)
+    return src
+
+
+# The torch backend's C row kernel is compiled from this file at first use: it must ship.
+C_SOURCE = "fastvae/backends/torch_backend/bernoulli_rows.c"
+
+
+def test_built_wheel_has_only_the_fastvae_namespace(tmp_path):
+    """Build the wheel (no network, no isolation) and list its top-level entries."""
+    pytest.importorskip("setuptools")
+    pytest.importorskip("wheel")
+    src = _source_copy(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
          "-q", "-w", str(tmp_path), str(src)],
@@ -93,3 +105,35 @@ def test_built_wheel_has_only_the_fastvae_namespace(tmp_path):
     assert tops == {"fastvae", f"fastvae-{fastvae.__version__}.dist-info"}, tops
     assert "fastvae/kernels/__init__.py" in names
     assert not any(n.startswith("kernels/") for n in names)
+    assert C_SOURCE in names and "fastvae/backends/torch_backend/native.py" in names
+    assert zipfile.ZipFile(whl).read(C_SOURCE) == (ROOT / C_SOURCE).read_bytes()
+
+
+def test_sdist_ships_the_c_kernel_source(tmp_path):
+    """The sdist (PEP 517 hook, no isolation) carries the C file, and a wheel built from
+    that sdist does too."""
+    pytest.importorskip("setuptools")
+    src = _source_copy(tmp_path)
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, setuptools.build_meta as b; "
+         "print(b.build_sdist(sys.argv[1]))", str(out)],
+        cwd=src, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"sdist build unavailable here: {proc.stderr[-500:]}")
+    (sdist,) = out.glob("fastvae-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+        top = names[0].split("/")[0]
+        assert f"{top}/{C_SOURCE}" in names, names
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(tmp_path / "unpacked", **safe)
+    pytest.importorskip("wheel")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-q", "-w", str(tmp_path / "whl"), str(tmp_path / "unpacked" / top)],
+        capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"wheel build unavailable here: {proc.stderr[-500:]}")
+    (whl,) = (tmp_path / "whl").glob("fastvae-*.whl")
+    assert C_SOURCE in zipfile.ZipFile(whl).namelist()

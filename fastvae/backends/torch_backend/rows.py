@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _native as native
+from . import native
 from . import terms
 
 CHUNK_ELEMS = 1 << 17

@@ -1,8 +1,9 @@
 """The "triton" backend: host side of the fused kernels in ``fastvae.kernels``, one file
 per op (``elbo``, ``iwae_bound``, ``gaussian_log_prob``, ``kl_standard_normal`` (with
-``kl_normal``), ``reparameterize``, ``sample_with_kl``, ``scale``), with the same functions and contracts as the "torch"
-backend. Launch configurations live in ``configs``; every allocation and launch goes
-through ``_launch`` (tests hook both); what the JIT may build is listed by ``shipped``.
+``kl_normal``), ``reparameterize``, ``sample_with_kl``, ``scale``), with the same functions
+and contracts as the "torch" backend. Launch configurations live in ``configs``; every
+allocation and launch goes through ``_launch`` (tests hook both); what the JIT may build
+is listed by ``shipped``.
 
 Launches per call (machine-independent; tests count them):
     reparameterize       forward 1, backward 1

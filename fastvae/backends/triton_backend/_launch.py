@@ -36,6 +36,21 @@ def dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
     return _dummy(dtype, torch.device(device))
 
 
+_tickets: dict = {}
+
+
+def ticket(device: torch.device) -> Tensor:
+    """The one-int32 ticket counter of ``reduce.finish_by_ticket`` for this device and
+    stream: zero between launches (the last program resets it), so it is allocated once
+    and kernels on one stream never share it concurrently."""
+    device = torch.device(device)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    counter = _tickets.get((device, stream))
+    if counter is None:
+        counter = _tickets[(device, stream)] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
+
+
 def given(t, dtype, device) -> Tensor:
     """``t``, or the dummy of ``dtype`` where it is absent."""
     return dummy(dtype, device) if t is None else t
@@ -56,8 +71,3 @@ def delegated(*ts) -> bool:
 def placeholders(like: Tensor, *ts):
     """The gradients, each absent one as its own empty placeholder (outputs may not alias)."""
     return tuple(like.new_empty(0) if t is None else t for t in ts)
-
-
-def flag_bits(*bits_on) -> int:
-    """The runtime ``flags`` int from ``(bit, on)`` pairs (the bits: ``kernels._math``)."""
-    return sum(int(bit.value) for bit, on in bits_on if on)

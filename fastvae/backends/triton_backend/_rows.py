@@ -1,12 +1,8 @@
 """Host code shared by the ELBO's and the IWAE bound's row launches: the likelihood's
-arguments (LIK code, obs_logvar pointer and stride), the gradient buffers and the
-``flags`` that say which of them the kernel writes."""
+arguments (LIK code, obs_logvar pointer and stride) and the gradient buffers."""
 from __future__ import annotations
 
 import torch
-
-from fastvae.kernels._math import (NEED_GLV, NEED_GMU, NEED_GOBS_PARTIAL, NEED_GOBS_ROWS,
-                                   NEED_GPLV, NEED_GPM, NEED_GR, NEED_GX, NEED_GZ)
 
 from . import _launch, configs
 
@@ -32,33 +28,24 @@ def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: i
              for t, need in zip(inputs, needs)]
     b, d = inputs[0].shape
     mu = inputs[2]
-    prior_grads = [_launch.alloc(mu.shape, p.dtype, device) if need else None
-                   for p, need in zip(priors, needs[6:8])]
+    prior_grads = [_launch.alloc(mu.shape, p.dtype, device) if need and p is not None else None
+                   for p, need in zip(priors, tuple(needs[6:8]) + (False, False))]
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
-                                       device), *prior_grads)
-
-
-def gradient_flags(gx, gr, gmu, glv, gz, gobs, partial: bool, gpm=None, gplv=None) -> int:
-    """The ``flags`` bits of the gradients a row kernel writes."""
-    return _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gr is not None),
-                             (NEED_GOBS_ROWS, gobs is not None and not partial),
-                             (NEED_GOBS_PARTIAL, partial), (NEED_GMU, gmu is not None),
-                             (NEED_GLV, glv is not None), (NEED_GZ, gz is not None),
-                             (NEED_GPM, gpm is not None), (NEED_GPLV, gplv is not None))
+                                       device), *prior_grads[:2])
 
 
 def prior_args(prior_mu, prior_logvar, mu):
-    """(mean, log-variance, their row strides) of a prior for the row kernels: a missing
-    half is a zero row when the other is given (one ``PRIOR`` flag covers both), both
+    """(mean, log-variance, their row strides, whether there is a prior) for the row
+    kernels' PRIOR switch: a missing half is a zero row when the other is given, both
     dummies of mu's dtype for N(0, I). A shared ``(L,)`` row has stride 0."""
     if prior_mu is None and prior_logvar is None:
         dummy = _launch.dummy(mu.dtype, mu.device)
-        return dummy, dummy, 0, 0
+        return dummy, dummy, 0, 0, False
     like = prior_logvar if prior_mu is None else prior_mu
     zeros = torch.zeros(mu.shape[1:], dtype=like.dtype, device=mu.device)
     pm = zeros if prior_mu is None else _launch.rows(prior_mu)
     plv = zeros if prior_logvar is None else _launch.rows(prior_logvar)
-    return pm, plv, _row_stride(pm), _row_stride(plv)
+    return pm, plv, _row_stride(pm), _row_stride(plv), True
 
 
 def _row_stride(t) -> int:

@@ -28,6 +28,19 @@ ROW_TILES = {
     "iwae_bound": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 1, 1024, 128),
                    (None, 1, 2048, 128)),
 }
+# The ELBO row kernel: BLOCK_D columns a step (the tail block is the only masked one, so
+# D = 784 wastes 48 of 832 lanes), BLOCK_B rows a program; ELBO_TILE_ELEMENTS elements a
+# step by ELBO_WARPS warps is two 16-byte loads per tensor per thread for every dtype.
+ELBO_BLOCK_D = 64
+ELBO_TILE_ELEMENTS = {1: 2048, 2: 2048, 4: 1024}   # by element size in bytes
+ELBO_WARPS = 4
+ELBO_BLOCK_L = 64
+# The last program's sum of the per-program partials, a few per thread a step: a wider
+# block would raise the whole kernel's register count (occupancy) for one program's use.
+TICKET_SUM_BLOCK = 512
+KL_CLAMP_TILE = (64, 64)   # BLOCK_B, BLOCK_L of free bits' first pass
+INT32_LIMIT = 2**31 - 1
+
 # Per likelihood, where a tile of ROW_TILES spills at every warps count: the continuous
 # Bernoulli's log-normaliser keeps more values live in the IWAE gradient pass.
 ROW_TILES_BY_LIK = {
@@ -63,9 +76,12 @@ REPARAMETERIZE_WARPS = 8
 # (N up to, BLOCK_B, BLOCK_N, num_warps) of sample_with_kl's row tiles; the last covers any
 # N. 1024 elements a tile: each element runs its own Philox call (``normal_at``).
 SAMPLE_WITH_KL_TILES = ((64, 16, 64, 4), (256, 4, 256, 4), (None, 1, 1024, 8))
-SCALE_BLOCK, SCALE_WARPS = 2048, 4
+# One program per SM, each striding over 8192-element blocks (32 elements, two 16-byte
+# loads per thread per tensor for fp32): at grad_output 1 a launch of that many programs
+# reading one scalar; otherwise enough bytes in flight per SM to stream.
+SCALE_BLOCK, SCALE_WARPS = 8192, 8
 SCALE_SLOTS = 6                    # gradient tensors one scale launch serves
-SCALE_PROGRAMS_PER_SM = 8
+SCALE_PROGRAMS_PER_SM = 1
 
 # None: interpreter tiles under TRITON_INTERPRET=1, GPU tiles otherwise. Tests set "gpu"
 # to run the shipped GPU tiles under the interpreter.
@@ -99,6 +115,34 @@ def row_config(b: int, d: int, l: int, kernel: str = "elbo", lik: int = BERNOULL
 def row_tiles(kernel: str, lik: int):
     """The (D up to, BLOCK_B, BLOCK_D, BLOCK_L) tiles of a row kernel for likelihood ``lik``."""
     return ROW_TILES_BY_LIK.get((kernel, lik), ROW_TILES[kernel])
+
+
+def elbo_config(b: int, d: int, l: int, element_size: int):
+    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel."""
+    if interpreter_tiles():
+        block_d = min(max(_p2(d), 16), 4096)
+        block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
+        return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
+    block_d = min(ELBO_BLOCK_D, max(16, _p2(d)))
+    block_b = ELBO_TILE_ELEMENTS[element_size] // block_d
+    return block_b, block_d, min(ELBO_BLOCK_L, max(16, _p2(l))), ELBO_WARPS
+
+
+def ticket_sum_block() -> int:
+    return _INTERP_TILE if interpreter_tiles() else TICKET_SUM_BLOCK
+
+
+def kl_clamp_config(l: int):
+    """(BLOCK_B, BLOCK_L, num_warps) of free bits' first pass."""
+    if interpreter_tiles():
+        return 256, max(16, min(_p2(l), 128)), ROW_WARPS
+    return (*KL_CLAMP_TILE, ELBO_WARPS)
+
+
+def needs_int64(*extents: int) -> bool:
+    """Whether an offset (the largest of ``extents``: rows x row stride, programs x D, ...)
+    can pass int32."""
+    return max(extents, default=0) > INT32_LIMIT
 
 
 def iwae_onepass_tiles(lik: int):

@@ -5,7 +5,7 @@ import torch
 import triton
 
 from fastvae.kernels import elbo as ke
-from fastvae.kernels._math import NEED_GOBS_ROWS, NEED_GR, NEED_GX
+from fastvae.kernels._math import GOBS_NONE, GOBS_ROWS
 
 from .. import torch_backend
 from . import _launch, configs
@@ -19,26 +19,32 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     n, d = x.shape
     x, mean = _launch.rows(x), _launch.rows(mean)
     lik, lv_arg, stride_lv, tensor_lv = _likelihood(logvar, x)
-    block_b, block_d, block_l, warps = configs.row_config(n, d, 1, "elbo", lik)
+    block_b, block_d, block_l, warps = configs.elbo_config(n, d, 1, x.element_size())
     out = _launch.alloc((n,), torch.float32, dev)
     gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
     gm = _launch.alloc(mean.shape, mean.dtype, dev) if needs[1] else None
     glv = _launch.alloc((n, d), lv_arg.dtype, dev) if (needs[2] and tensor_lv) else None
-    flags = _launch.flag_bits((NEED_GX, gx is not None), (NEED_GR, gm is not None),
-                              (NEED_GOBS_ROWS, glv is not None))
     latent = _launch.dummy(x.dtype, dev)  # L = 0: the latent pointers are never read
+    i32 = _launch.dummy(torch.int32, dev)
     _launch.launch(
         ke.elbo_rows_kernel, (triton.cdiv(n, block_b),),
-        X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent,
-        ROW_VALUES=out, KL_LATENT=_launch.dummy(torch.float32, dev),
+        X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent, PM=latent, PLV=latent,
+        CLAMPED=i32,
+        ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gm, mean.dtype, dev),
         GOBS=_launch.given(glv, lv_arg.dtype, dev), GMU=latent, GLV=latent, GZ=latent,
-        PM=latent, PLV=latent, GPM=latent, GPLV=latent,
+        GPM=latent, GPLV=latent,
         B=n, D=d, L=0,
         stride_x=x.stride(0), stride_r=mean.stride(0), stride_obs=stride_lv,
         stride_mu=0, stride_lv=0, stride_z=0, stride_pm=0, stride_plv=0,
-        obs_scalar=float(logvar_scalar), beta=0.0, c=1.0, row_scale=1.0, flags=flags,
-        LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+        obs_scalar=float(logvar_scalar), beta=0.0, c=1.0, free_bits=0.0,
+        LIK=lik, KL_MC=False, FREE_BITS=False, REDUCE=False,
+        NEED_GX=gx is not None, NEED_GR=gm is not None,
+        OBS_GRAD=(GOBS_ROWS if glv is not None else GOBS_NONE).value,
+        NEED_GMU=False, NEED_GLV=False, NEED_GZ=False,
+        PRIOR=False, NEED_GPM=False, NEED_GPLV=False,
+        INT64=configs.needs_int64(n * max(x.stride(0), mean.stride(0), stride_lv, d)),
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, num_warps=warps)
     return (out, *_launch.placeholders(x, gx, gm, glv))
 
 

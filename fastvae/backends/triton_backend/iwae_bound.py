@@ -10,19 +10,18 @@ import triton
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
+from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from fastvae.kernels._math import PRIOR
-
-from ._rows import gradient_buffers, gradient_flags, likelihood_args, prior_args
+from ._rows import gradient_buffers, likelihood_args, prior_args
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
                    likelihood, reduction, needs):
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
-    gprior_mu, gprior_logvar)."""
+    gprior_mu, gprior_logvar), the prior's per row."""
     if _launch.delegated(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar):
         return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu,
                                             prior_logvar, obs_scalar, likelihood, reduction,
@@ -33,7 +32,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     x, recon_k = _launch.rows(x), _launch.rows(recon_k)
     mu, logvar, z_k = _launch.rows(mu), _launch.rows(logvar), _launch.rows(z_k)
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
-    pm, plv, stride_pm, stride_plv = prior_args(prior_mu, prior_logvar, mu)
+    pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     c = reduce_scale(b, reduction)
     onepass = configs.iwae_onepass_config(b, k, d, l, lik)
@@ -50,23 +49,26 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
         (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev,
         (pm, plv))
-    flags = (gradient_flags(gx, gr, gmu, glv, gz, gobs, gobs_partial, gpm, gplv)
-             | _launch.flag_bits((PRIOR, prior_mu is not None or prior_logvar is not None)))
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, PM=pm, PLV=plv,
         ROW_VALUES=row_values,
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=_launch.given(gz, z_k.dtype, dev), GPM=_launch.given(gpm, pm.dtype, dev),
-        GPLV=_launch.given(gplv, plv.dtype, dev),
+        GZ=_launch.given(gz, z_k.dtype, dev),
+        GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
         K=k, B=b, D=d, L=l,
         stride_x=x.stride(0), stride_rk=recon_k.stride(0), stride_rb=recon_k.stride(1),
         stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
         stride_zk=z_k.stride(0), stride_zb=z_k.stride(1), stride_pm=stride_pm,
         stride_plv=stride_plv,
-        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k), flags=flags,
-        LIK=lik, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k),
+        LIK=lik, NEED_GX=gx is not None, NEED_GR=gr is not None,
+        OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
+                  else GOBS_NONE).value,
+        NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,
+        PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
     else:
@@ -79,6 +81,6 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             kred.finish_kernel, grid,
             ROW_VALUES=row_values, GOBS_PARTIALS=_launch.given(gobs_partials, f32, dev),
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
-            B=b, D=d, NPART=programs, c=float(c),
+            B=b, D=d, NPART=programs, c=float(c), SUM_ROWS=True,
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))

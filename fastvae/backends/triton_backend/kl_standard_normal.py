@@ -6,7 +6,7 @@ import torch
 import triton
 
 from fastvae.kernels import elbo as ke
-from fastvae.kernels._math import NEED_GLV, NEED_GMU, NEED_GPLV, NEED_GPM, PRIOR
+from fastvae.kernels._math import GOBS_NONE
 
 from .. import torch_backend
 from . import _launch, configs
@@ -32,31 +32,32 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     dev = mu.device
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
-    pm, plv, stride_pm, stride_plv = prior_args(mu_p, logvar_p, mu)
-    block_b, block_d, block_l, warps = configs.row_config(n, 1, l, "elbo", configs.BERNOULLI)
+    pm, plv, stride_pm, stride_plv, prior = prior_args(mu_p, logvar_p, mu)
+    block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size())
     out = _launch.alloc((n,), torch.float32, dev)
     grads = [_launch.alloc(mu.shape, t.dtype, dev) if need else None
              for t, need in zip((mu, logvar, pm, plv), needs)]
     gmu, glv, gpm, gplv = grads
-    flags = _launch.flag_bits((NEED_GMU, gmu is not None), (NEED_GLV, glv is not None),
-                              (PRIOR, mu_p is not None or logvar_p is not None),
-                              (NEED_GPM, gpm is not None), (NEED_GPLV, gplv is not None))
     data = _launch.dummy(mu.dtype, dev)  # D = 0: the data pointers are never read
+    i32 = _launch.dummy(torch.int32, dev)
     # beta = -1: the row value is +KL and the latent gradients d KL / d(mu, logvar) themselves.
     _launch.launch(
         ke.elbo_rows_kernel, (triton.cdiv(n, block_b),),
-        X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=_launch.dummy(mu.dtype, dev),
-        PM=pm, PLV=plv,
-        ROW_VALUES=out, KL_LATENT=_launch.dummy(torch.float32, dev),
+        X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, PM=pm, PLV=plv, CLAMPED=i32,
+        ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=data, GR=data, GOBS=data,
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=_launch.dummy(mu.dtype, dev), GPM=_launch.given(gpm, pm.dtype, dev),
-        GPLV=_launch.given(gplv, plv.dtype, dev),
+        GZ=data, GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
         B=n, D=0, L=l,
         stride_x=0, stride_r=0, stride_obs=0,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=mu.stride(0),
         stride_pm=stride_pm, stride_plv=stride_plv,
-        obs_scalar=0.0, beta=-1.0, c=1.0, row_scale=1.0, flags=flags,
-        LIK=configs.BERNOULLI, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
-        num_warps=warps)
+        obs_scalar=0.0, beta=-1.0, c=1.0, free_bits=0.0,
+        LIK=configs.BERNOULLI, KL_MC=False, FREE_BITS=False, REDUCE=False,
+        NEED_GX=False, NEED_GR=False, OBS_GRAD=GOBS_NONE.value,
+        NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=False,
+        PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
+        INT64=configs.needs_int64(n * max(mu.stride(0), logvar.stride(0), l, stride_pm,
+                                          stride_plv)),
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, num_warps=warps)
     return (out, *_launch.placeholders(mu, *grads))

@@ -11,7 +11,6 @@ import triton
 
 from fastvae.kernels import reparameterize as kr
 from fastvae.kernels import sample_with_kl as ks
-from fastvae.kernels._math import NEED_GLV, NEED_GMU, NEED_GPLV, NEED_GPM, PRIOR
 
 from ..._dtypes import result_dtype
 from .. import torch_backend
@@ -27,15 +26,12 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     dev = mu.device
     b, n = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
-    pm, plv, stride_pm, stride_plv = prior_args(prior_mu, prior_logvar, mu)
+    pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     z = _launch.alloc(mu.shape, mu.dtype, dev)
     kl = _launch.alloc((b,), result_dtype(mu, logvar, prior_mu, prior_logvar), dev)
     gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[0] or needs[2] else None
     glv = _launch.alloc(mu.shape, logvar.dtype, dev) if needs[1] else None
     gplv = _launch.alloc(mu.shape, plv.dtype, dev) if needs[3] else None
-    flags = _launch.flag_bits((PRIOR, prior_mu is not None or prior_logvar is not None),
-                              (NEED_GMU, gmu is not None), (NEED_GLV, glv is not None),
-                              (NEED_GPLV, gplv is not None))
     block_b, block_n, warps = configs.sample_with_kl_config(b, n)
     _launch.launch(
         ks.sample_with_kl_fwd_kernel, (triton.cdiv(b, block_b),),
@@ -43,7 +39,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
         GPLV=_launch.given(gplv, plv.dtype, dev),
         B=b, N=n, stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_pm=stride_pm,
-        stride_plv=stride_plv, flags=flags,
+        stride_plv=stride_plv, PRIOR=prior, NEED_GMU=gmu is not None,
+        NEED_GLV=glv is not None, NEED_GPLV=gplv is not None,
         BLOCK_B=block_b, BLOCK_N=block_n, Q=kr.Q, num_warps=warps)
     return (z, kl, *_launch.placeholders(mu, gmu, glv, gplv))
 
@@ -60,9 +57,6 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
     outs = [_launch.alloc(logvar.shape, logvar.dtype, dev) if need else None for need in needs]
     dmu, dlv, dpm, dplv = outs
     f32 = torch.float32
-    flags = _launch.flag_bits((ks.HAS_DZ, dz is not None), (ks.HAS_GKL, g_kl is not None),
-                              (NEED_GMU, dmu is not None), (NEED_GLV, dlv is not None),
-                              (NEED_GPM, dpm is not None), (NEED_GPLV, dplv is not None))
     like = logvar.dtype
     block_b, block_n, warps = configs.sample_with_kl_config(b, n)
     _launch.launch(
@@ -74,7 +68,9 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
         GMU=_saved(g_mu, like, dev), GLV=_saved(g_lv, like, dev), GPLV=_saved(g_plv, like, dev),
         DMU=_launch.given(dmu, like, dev), DLV=_launch.given(dlv, like, dev),
         DPM=_launch.given(dpm, like, dev), DPLV=_launch.given(dplv, like, dev),
-        B=b, N=n, stride_lv=_launch.rows(logvar).stride(0), flags=flags,
+        B=b, N=n, stride_lv=_launch.rows(logvar).stride(0),
+        HAS_DZ=dz is not None, HAS_GKL=g_kl is not None, NEED_GMU=dmu is not None,
+        NEED_GLV=dlv is not None, NEED_GPM=dpm is not None, NEED_GPLV=dplv is not None,
         BLOCK_B=block_b, BLOCK_N=block_n, Q=kr.Q, num_warps=warps)
     return tuple(logvar.new_empty(0) if o is None else o for o in outs)
 

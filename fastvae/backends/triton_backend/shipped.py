@@ -48,6 +48,63 @@ def _signature(kernel, io: str, constexprs: Dict[str, int], pointers_of=None):
     return sig, divisible
 
 
+# The ELBO row kernel's switches in the calls that matter: training (the decoder's and
+# encoder's gradients, a batch mean; the MC KL adds d/dz), free bits, and evaluation.
+_ELBO_MODES = {
+    "train": dict(KL_MC=False, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=True,
+                  NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
+    "train-mc": dict(KL_MC=True, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=True,
+                     NEED_GLV=True, NEED_GZ=True, OBS_GRAD_TENSOR=2),
+    "free-bits": dict(KL_MC=False, FREE_BITS=True, REDUCE=True, NEED_GR=True, NEED_GMU=True,
+                      NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
+    "eval": dict(KL_MC=False, FREE_BITS=False, REDUCE=False, NEED_GR=False, NEED_GMU=False,
+                 NEED_GLV=False, NEED_GZ=False, OBS_GRAD_TENSOR=0),
+}
+_NO_PRIOR = dict(PRIOR=False, NEED_GPM=False, NEED_GPLV=False)
+_LEARNED_PRIOR = dict(PRIOR=True, NEED_GPM=True, NEED_GPLV=True)
+_ELBO_MODES = {mode: dict(switches, **_NO_PRIOR) for mode, switches in _ELBO_MODES.items()}
+# A learned prior (fastvae.elbo(prior_mu=..., prior_logvar=...)) trains both KL forms.
+_ELBO_MODES["train-prior"] = dict(_ELBO_MODES["train"], **_LEARNED_PRIOR)
+_ELBO_MODES["train-mc-prior"] = dict(_ELBO_MODES["train-mc"], **_LEARNED_PRIOR)
+# The IWAE kernels': training (every gradient but d/dx) and the NLL estimate (none).
+_IWAE_MODES = {
+    "train": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True, NEED_GLV=True,
+                  NEED_GZ=True),
+    "eval": dict(NEED_GX=False, NEED_GR=False, OBS_GRAD=0, NEED_GMU=False, NEED_GLV=False,
+                 NEED_GZ=False),
+}
+_IWAE_MODES = {mode: dict(switches, **_NO_PRIOR) for mode, switches in _IWAE_MODES.items()}
+# The learned prior's IWAE: the tiles of the benchmark shape only (D = 784, K = 5 on chip,
+# K = 50 two-pass), to keep the compile test's time in bounds.
+_IWAE_MODES["train-prior"] = dict(_IWAE_MODES["train"], **_LEARNED_PRIOR)
+_PRIOR_D, _PRIOR_K = 784, 5
+
+
+def _iwae_tiles(mode, lik):
+    """(two-pass tiles, one-pass tiles) shipped for ``mode``."""
+    rows = configs.row_tiles("iwae_bound", lik)
+    onepass = configs.iwae_onepass_tiles(lik)
+    if not mode.endswith("-prior"):
+        return rows, onepass
+    rows = [next(t for t in rows if t[0] is None or _PRIOR_D <= t[0])]
+    onepass = [t for t in onepass if _PRIOR_K <= t[1] and _PRIOR_D <= t[2]][:1]
+    return rows, onepass
+# kl_normal: the ELBO row kernel with D = 0 and every latent and prior gradient.
+_KL_NORMAL = dict(LIK=0, KL_MC=False, FREE_BITS=False, REDUCE=False, NEED_GX=False,
+                  NEED_GR=False, OBS_GRAD=0, NEED_GMU=True, NEED_GLV=True, NEED_GZ=False,
+                  **_LEARNED_PRIOR)
+# sample_with_kl: forward with and without a prior (every gradient saved), backward with
+# both z and the KL differentiated.
+_SAMPLE_WITH_KL_MODES = (
+    ("fwd", "std", dict(PRIOR=False, NEED_GMU=True, NEED_GLV=True, NEED_GPLV=False)),
+    ("fwd", "prior", dict(PRIOR=True, NEED_GMU=True, NEED_GLV=True, NEED_GPLV=True)),
+    ("bwd", "std", dict(HAS_DZ=True, HAS_GKL=True, NEED_GMU=True, NEED_GLV=True,
+                        NEED_GPM=False, NEED_GPLV=False)),
+    ("bwd", "prior", dict(HAS_DZ=True, HAS_GKL=True, NEED_GMU=True, NEED_GLV=True,
+                          NEED_GPM=True, NEED_GPLV=True)),
+)
+
+
 def _config(name, kernel, io, constexprs, num_warps, pointers_of=None):
     sig, divisible = _signature(kernel, io, constexprs, pointers_of)
     return dict(name=name, kernel=kernel, signature=sig, constexprs=constexprs,
@@ -66,42 +123,63 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     io = f"*{dtype}"
     tag = "" if dtype == "fp32" else f",{dtype}"
     out = []
-    rows = {"elbo": ke.elbo_rows_kernel, "iwae_bound": ki.iwae_bound_rows_kernel}
-    for op, kernel in rows.items():
-        for lik in LIKELIHOOD_CODES:
-            for _, block_b, block_d, block_l in configs.row_tiles(op, lik):
-                cx = {"LIK": lik, "BLOCK_B": block_b, "BLOCK_D": block_d, "BLOCK_L": block_l}
-                warps = configs.ROW_WARPS_OVERRIDE.get((op, lik, block_b, block_d),
-                                                       configs.ROW_WARPS)
-                out.append(_config(f"{op}_rows[LIK={lik},{block_b}x{block_d},L{block_l}{tag}]",
-                                   kernel, io, cx, warps))
-    for lik in LIKELIHOOD_CODES:
-        for block_b, block_k, block_d, block_l in configs.iwae_onepass_tiles(lik):
-            cx = {"LIK": lik, "BLOCK_B": block_b, "BLOCK_K": block_k, "BLOCK_D": block_d,
-                  "BLOCK_L": block_l}
-            warps = configs.IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d),
-                                                   configs.ROW_WARPS)
-            out.append(_config(
-                f"iwae_bound_onepass[LIK={lik},{block_b}x{block_k}x{block_d},L{block_l}{tag}]",
-                ki.iwae_bound_onepass_kernel, io, cx, warps))
+    element = {"fp32": 4, "bf16": 2, "fp16": 2}[dtype]
+    block_b, block_d, block_l, warps = configs.elbo_config(65536, 784, 64, element)
     fin_b, fin_l, fin_d, fin_sum = configs.FINISH_TILE
-    cx = {"BLOCK_P": fin_b, "BLOCK_D": fin_d, "BLOCK_SUM": fin_sum}
+    for lik in LIKELIHOOD_CODES:
+        for mode, switches in _ELBO_MODES.items():
+            cx = dict(switches, LIK=lik, NEED_GX=False, INT64=False, BLOCK_B=block_b,
+                      BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=configs.TICKET_SUM_BLOCK)
+            tensor_grad = cx.pop("OBS_GRAD_TENSOR")
+            cx["OBS_GRAD"] = tensor_grad if lik == configs.GAUSSIAN_TENSOR else 0
+            out.append(_config(f"elbo_rows[LIK={lik},{mode},{block_b}x{block_d},L{block_l}{tag}]",
+                               ke.elbo_rows_kernel, io, cx, warps,
+                               {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+        for mode, switches in _IWAE_MODES.items():
+            row_tiles, onepass_tiles = _iwae_tiles(mode, lik)
+            for _, tb, td, tl_ in row_tiles:
+                cx = dict(switches, LIK=lik, BLOCK_B=tb, BLOCK_D=td, BLOCK_L=tl_)
+                if lik != configs.GAUSSIAN_TENSOR:
+                    cx["OBS_GRAD"] = 0
+                w = configs.ROW_WARPS_OVERRIDE.get(("iwae_bound", lik, tb, td), configs.ROW_WARPS)
+                out.append(_config(f"iwae_bound_rows[LIK={lik},{mode},{tb}x{td},L{tl_}{tag}]",
+                                   ki.iwae_bound_rows_kernel, io, cx, w))
+            for tb, tk, td, tl_ in onepass_tiles:
+                cx = dict(switches, LIK=lik, BLOCK_B=tb, BLOCK_K=tk, BLOCK_D=td, BLOCK_L=tl_)
+                if lik != configs.GAUSSIAN_TENSOR:
+                    cx["OBS_GRAD"] = 0
+                w = configs.IWAE_ONEPASS_WARPS.get((lik, tb, tk, td), configs.ROW_WARPS)
+                out.append(_config(
+                    f"iwae_bound_onepass[LIK={lik},{mode},{tb}x{tk}x{td},L{tl_}{tag}]",
+                    ki.iwae_bound_onepass_kernel, io, cx, w))
+    kb, kd, kl_, kw = configs.elbo_config(65536, 1, 64, element)
+    cx = dict(_KL_NORMAL, INT64=False, BLOCK_B=kb, BLOCK_D=kd, BLOCK_L=kl_,
+              BLOCK_SUM=configs.TICKET_SUM_BLOCK)
+    out.append(_config(f"elbo_rows[kl_normal,{kb}x{kd},L{kl_}{tag}]", ke.elbo_rows_kernel, io,
+                       cx, kw, {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+    clamp_b, clamp_l = configs.KL_CLAMP_TILE
+    for mc, prior in ((False, False), (True, False), (False, True)):
+        cx = {"KL_MC": mc, "PRIOR": prior, "INT64": False, "BLOCK_B": clamp_b,
+              "BLOCK_L": clamp_l}
+        name = f"kl_clamp[MC={int(mc)}{',prior' if prior else ''},{clamp_b}x{clamp_l}{tag}]"
+        out.append(_config(name, ke.kl_clamp_kernel, io, cx, configs.ELBO_WARPS,
+                           {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+    cx = {"SUM_ROWS": True, "BLOCK_P": fin_b, "BLOCK_D": fin_d, "BLOCK_SUM": fin_sum}
     out.append(_config(f"finish[{fin_b},D{fin_d},S{fin_sum}{tag}]", kred.finish_kernel, io, cx,
                        configs.FINISH_WARPS))
-    cx = {"BLOCK_B": fin_b, "BLOCK_L": fin_l, "BLOCK_D": fin_d}
-    out.append(_config(f"elbo_free_bits[{fin_b}x{fin_l},D{fin_d}{tag}]", ke.elbo_free_bits_kernel,
-                       io, cx, configs.FINISH_WARPS, {"CLAMPED": "*i32"}))
     cx = {"CHUNKS": configs.REPARAMETERIZE_CHUNKS, "Q": kr.Q}
     for direction, kernel in (("fwd", kr.reparameterize_fwd_kernel),
                               ("bwd", kr.reparameterize_bwd_kernel)):
         out.append(_config(f"reparameterize_{direction}[CHUNKS={cx['CHUNKS']},Q={kr.Q}{tag}]",
                            kernel, io, cx, configs.REPARAMETERIZE_WARPS, {"SEED": "*i64"}))
     for _, block_b, block_n, warps in configs.SAMPLE_WITH_KL_TILES:
-        cx = {"BLOCK_B": block_b, "BLOCK_N": block_n, "Q": kr.Q}
-        for direction, kernel in (("fwd", kswk.sample_with_kl_fwd_kernel),
-                                  ("bwd", kswk.sample_with_kl_bwd_kernel)):
-            out.append(_config(f"sample_with_kl_{direction}[{block_b}x{block_n}{tag}]", kernel, io,
-                               cx, warps, {"SEED": "*i64", "KL": "*fp32", "GKL": "*fp32"}))
+        for direction, prior, switches in _SAMPLE_WITH_KL_MODES:
+            kernel = (kswk.sample_with_kl_fwd_kernel if direction == "fwd"
+                      else kswk.sample_with_kl_bwd_kernel)
+            cx = dict(switches, BLOCK_B=block_b, BLOCK_N=block_n, Q=kr.Q)
+            out.append(_config(f"sample_with_kl_{direction}[{prior},{block_b}x{block_n}{tag}]",
+                               kernel, io, cx, warps,
+                               {"SEED": "*i64", "KL": "*fp32", "GKL": "*fp32"}))
     cx = {"BLOCK": configs.SCALE_BLOCK}
     # grad_output: the value's dtype, fp32 unless float64 (which the kernel never sees)
     out.append(_config(f"scale_grads[BLOCK={configs.SCALE_BLOCK}{tag}]", ks.scale_grads_kernel,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 import fastvae
-from fastvae.backends import _native
+from fastvae.backends.torch_backend import native as _native
 
 from ..core import Case, Variant, leaf
 

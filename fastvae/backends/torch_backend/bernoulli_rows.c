@@ -1,0 +1,158 @@
+/* The Bernoulli rows of the ELBO on CPU, float32: per row the value
+ * sum_j x*l - softplus(l) and, per element, the scaled gradient c * (x - sigmoid(l)).
+ *
+ * Built at first use by fastvae/backends/torch_backend/native.py with the system C
+ * compiler (-march=native: the library is built on the machine that runs it) and
+ * loaded with ctypes; no torch headers, no intrinsics: GCC/Clang vector extensions,
+ * 8 floats wide.
+ *
+ * Why a kernel of its own: the row pass is bound by its two transcendentals per
+ * element. exp(-|l|) is shared by softplus and sigmoid, so one exp and one log1p
+ * per element suffice; aten needs separate passes and inductor's Sleef functions
+ * handle ranges this loop never sees (the argument of exp is <= 0, that of log1p is
+ * in [0, 1]), which lets the approximations below skip the range checks.
+ * torch.compile of the same closed form was measured against it before keeping it
+ * (benchmarks/RESULTS.md, "CPU row kernel: C or torch.compile").
+ *
+ * Accuracy: exp is the Cephes single-precision polynomial, log1p a short atanh
+ * series (below); the tests sweep both densely against float64 and state the
+ * bounds. Arguments of exp below -87 give exp(-87) rather than a denormal (an
+ * absolute error below 2e-38).
+ *
+ * Threads: rows are split over an OpenMP team only when the loader has checked that
+ * the OpenMP runtime this library links is the one torch already uses; otherwise
+ * the library is built without -fopenmp and the loader splits rows itself. A row's
+ * sum is always done by one thread in a fixed order, so results do not depend on
+ * the thread count.
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+#define W 8
+#define SPLAT(v) ((vf){v, v, v, v, v, v, v, v})
+
+static inline vf sel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
+
+/* exp(x) for x <= 0 (Cephes expf); x < -87 gives exp(-87) rather than a denormal. */
+static inline vf exp_nonpos(vf x) {
+  x = sel(x < SPLAT(-87.0f), SPLAT(-87.0f), x);
+  vf t = x * 1.44269504088896341f + 12582912.0f;  /* round(x / ln 2) by the 1.5 * 2^23 trick */
+  vf fn = t - 12582912.0f;
+  vi n = (vi)t - 0x4B400000;
+  vf r = x - fn * 0.693359375f;                   /* ln 2 in two parts: exact reduction */
+  r = r + fn * 2.12194440e-4f;
+  vf p = SPLAT(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  return p * (vf)((n + 127) << 23);               /* times 2^n, n in [-126, 0] */
+}
+
+/* log(1 + e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: 2s (1 + t Q(t)),
+   t = s^2 <= 1/9, Q a cubic fitted (Lawson's minimax) to atanh(sqrt t) / sqrt t on [0, 1/9]
+   with relative error 4.5e-9. A division, then four multiply-adds: cheaper than a logf
+   (range split and a degree-8 polynomial). Tiny e: 2 + e rounds to 2 and 2s = e. */
+static inline vf log1p_unit(vf e) {
+  vf s = e / (2.0f + e);
+  vf t = s * s;
+  vf q = t * 1.4005856216E-1f + 1.4001007378E-1f;
+  q = q * t + 2.0010748506E-1f;
+  q = q * t + 3.3333209157E-1f;
+  vf s2 = s + s;
+  return s2 + (s2 * t) * q;
+}
+
+/* x*l - softplus(l) and, into *g, c * (x - sigmoid(l)); e = exp(-|l|) serves both. */
+static inline vf bern(vf l, vf x, vf c, vf *g) {
+  vf e = exp_nonpos((vf)((vi)l | (vi)SPLAT(-0.0f)));
+  vi pos = l >= 0.0f;
+  vf sp = sel(pos, l, SPLAT(0.0f)) + log1p_unit(e);
+  vf s = sel(pos, SPLAT(1.0f), e) / (1.0f + e);
+  *g = c * (x - s);
+  return x * l - sp;
+}
+
+static void row(int64_t d, const float *x, const float *l, float *g, float c, float *out) {
+  vf acc = SPLAT(0.0f), cv = SPLAT(c), gv, xv, lv;
+  int64_t j = 0;
+  for (; j + W <= d; j += W) {
+    memcpy(&xv, x + j, sizeof xv);
+    memcpy(&lv, l + j, sizeof lv);
+    acc += bern(lv, xv, cv, &gv);
+    if (g) memcpy(g + j, &gv, sizeof gv);
+  }
+  if (j < d) { /* the tail: padded lanes are computed, then left out of the sum */
+    int64_t n = d - j;
+    xv = SPLAT(0.0f);
+    lv = SPLAT(0.0f);
+    memcpy(&xv, x + j, n * sizeof(float));
+    memcpy(&lv, l + j, n * sizeof(float));
+    vf v = bern(lv, xv, cv, &gv);
+    for (int64_t k = 0; k < n; ++k) acc[k] += v[k];
+    if (g) memcpy(g + j, &gv, n * sizeof(float));
+  }
+  float s = 0.0f;
+  for (int k = 0; k < W; ++k) s += acc[k];
+  *out = s;
+}
+
+/* Per row i: out[i] = sum_j x*l - softplus(l); g[i, :] = c * (x - sigmoid(l)) if g.
+   x and l rows may be strided (stride 0 for a broadcast x); elements are contiguous.
+   nthreads is used only by the OpenMP build. */
+int fastvae_bernoulli_rows(int64_t rows, int64_t d, const float *x, int64_t sx,
+                           const float *l, int64_t sl, float *g, float c, float *out,
+                           int nthreads) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nthreads) if (nthreads > 1)
+#endif
+  for (int64_t i = 0; i < rows; ++i)
+    row(d, x + i * sx, l + i * sl, g ? g + i * d : 0, c, out + i);
+  (void)nthreads;
+  return 0;
+}
+
+/* Whether this build splits rows over OpenMP threads itself (1) or not (0). */
+int fastvae_openmp(void) {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+/* Test entry point: the building blocks above, elementwise, on n floats (for the
+   accuracy sweep against float64, and for timing them alone). what: 0 exp_nonpos(in),
+   1 log1p_unit(in), 2 softplus(in), 3 sigmoid(in). Returns -1 for an unknown what. */
+static inline vf eval1(int what, vf v) {
+  vf g, r;
+  switch (what) {
+    case 0: return exp_nonpos(v);
+    case 1: return log1p_unit(v);
+    default: /* x = 0, c = -1: the value is -softplus, the gradient sigmoid */
+      r = -bern(v, SPLAT(0.0f), SPLAT(-1.0f), &g);
+      return what == 2 ? r : g;
+  }
+}
+
+int fastvae_eval(int what, int64_t n, const float *in, float *out) {
+  if (what < 0 || what > 3) return -1;
+  vf v, r;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    memcpy(&v, in + j, sizeof v);
+    r = eval1(what, v);
+    memcpy(out + j, &r, sizeof r);
+  }
+  if (j < n) {
+    v = SPLAT(0.0f);
+    memcpy(&v, in + j, (n - j) * sizeof(float));
+    r = eval1(what, v);
+    memcpy(out + j, &r, (n - j) * sizeof(float));
+  }
+  return 0;
+}

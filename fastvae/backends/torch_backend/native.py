@@ -1,0 +1,390 @@
+"""Loader of the C row kernel ``bernoulli_rows.c`` (float32 Bernoulli rows of the ELBO).
+
+The kernel is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/
+``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``~/.cache/fastvae``),
+keyed by a hash of source, compiler, flags and CPU, and loaded with ctypes; later
+processes load the cached library. :func:`load` returns None where it cannot be
+used (no compiler, failed build or load, ``FASTVAE_NATIVE=0``); the caller then runs
+the same math as aten ops, and :func:`status` says why. A fallback caused by a
+failure warns once per process; one asked for with ``FASTVAE_NATIVE=0`` does not.
+
+Threads. An OpenMP build shares torch's OpenMP runtime only when the runtime it
+links (its ``DT_NEEDED`` entry, e.g. ``libgomp.so.1``) is already loaded in this
+process and is the one torch's own library links; two OpenMP runtimes in one process
+oversubscribe the cores and can deadlock after ``fork``. Where that does not hold
+(torch built with TBB or native threads, Intel OpenMP in conda/MKL builds, macOS)
+the library is built without OpenMP and rows are split over a Python thread pool:
+ctypes releases the GIL during the call.
+
+Cache. A cached library is loaded only after its SHA-256 matches the hash recorded
+beside it (``<name>.so.sha256``): a truncated ``.so`` would otherwise be mapped and
+crash the process with SIGBUS, and one that fails to load would silently select the
+slower build. Builds go to a private temporary folder in the cache directory, are
+fsynced, then renamed into place with their hash, so a crash or a concurrent builder
+leaves either no file or a complete one. The hash guards against damage, not
+against someone who can write to the cache directory.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import tempfile
+import threading
+import warnings
+from typing import List, Optional
+
+import torch
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bernoulli_rows.c")
+
+_OPENMP_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+# Without OpenMP: tuned for this CPU, then portable (a compiler without -march=native).
+_PLAIN_FLAG_SETS = (["-O3", "-march=native", "-fPIC", "-shared"], ["-O3", "-fPIC", "-shared"])
+# Below this many elements one thread is faster than waking a second: an OpenMP worker
+# is woken in microseconds, a pool thread (a futex, then the GIL for a moment) in tens.
+PARALLEL_MIN_ELEMS = 1 << 15
+POOL_MIN_ELEMS = 1 << 20
+_EVAL_CODES = {"exp": 0, "log1p": 1, "softplus": 2, "sigmoid": 3}
+
+_lock = threading.Lock()
+_fn = None            # the ctypes function fastvae_bernoulli_rows, or None
+_lib = None
+_openmp = False       # whether _fn splits rows over OpenMP threads itself
+_status = "not loaded yet"
+_warned = False
+_pool = None          # (pid, workers, ThreadPoolExecutor) for builds without OpenMP
+
+
+def _compiler():
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(ln for ln in f if ln.startswith(("model name", "flags")))[:4096]
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> str:
+    d = os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastvae")
+    try:
+        os.makedirs(d, exist_ok=True)
+        if os.access(d, os.W_OK):
+            return d
+    except OSError:
+        pass
+    return tempfile.mkdtemp(prefix="fastvae-")
+
+
+def library_path(source: bytes, cc: str, flags) -> str:
+    """Where the library for this source, compiler and flags is cached."""
+    key = hashlib.sha256(b"\0".join([source, cc.encode(), *(f.encode() for f in flags),
+                                     platform.machine().encode(), _cpu_id().encode()]))
+    return os.path.join(_cache_dir(), f"bernoulli_rows_{key.hexdigest()[:20]}.so")
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def verified(path: str) -> bool:
+    """Whether ``path`` exists and its SHA-256 is the one recorded beside it."""
+    try:
+        with open(path + ".sha256") as f:
+            want = f.read().strip()
+        return len(want) == 64 and _sha256(path) == want
+    except OSError:
+        return False
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _build(source: bytes, cc: str, flags, path: str) -> None:
+    """Compile into a private folder beside ``path``, fsync, record the hash, rename both.
+
+    The compiler runs in that folder on a fixed file name, so concurrent builders
+    produce the same bytes and whichever rename lands last leaves a matching pair."""
+    d = os.path.dirname(path)
+    work = tempfile.mkdtemp(prefix=".build-", dir=d)
+    try:
+        with open(os.path.join(work, "bernoulli_rows.c"), "wb") as f:
+            f.write(source)
+        out = os.path.join(work, "lib.so")
+        subprocess.run([cc, *flags, "-o", out, "bernoulli_rows.c"], cwd=work, check=True,
+                       capture_output=True, timeout=120)
+        with open(out, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+            os.fsync(f.fileno())
+        with open(out + ".sha256", "w") as f:
+            f.write(digest + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(out, path)
+        os.replace(out + ".sha256", path + ".sha256")
+        _fsync_dir(d)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _library(source: bytes, cc: str, flags) -> str:
+    """The path of a verified library for these flags, built (or rebuilt) if needed."""
+    path = library_path(source, cc, flags)
+    if not verified(path):  # missing, truncated, zero-length, altered, or no hash file
+        _build(source, cc, flags, path)
+        if not verified(path):
+            raise OSError(f"{path} does not match its recorded hash after a rebuild")
+    return path
+
+
+def elf_needed(path: str) -> Optional[List[str]]:
+    """The ``DT_NEEDED`` sonames of an ELF64 little-endian shared library; None if
+    ``path`` is not one (or cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            h = f.read(64)
+            if len(h) < 64 or h[:4] != b"\x7fELF" or h[4] != 2 or h[5] != 1:
+                return None
+            (shoff,) = struct.unpack_from("<Q", h, 0x28)
+            shentsize, shnum = struct.unpack_from("<HH", h, 0x3A)
+            f.seek(shoff)
+            table = f.read(shentsize * shnum)
+            # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+            secs = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
+            for sec in secs:
+                if sec[1] != 6:  # SHT_DYNAMIC
+                    continue
+                f.seek(sec[4])
+                dyn = f.read(sec[5])
+                strtab = secs[sec[6]]
+                f.seek(strtab[4])
+                names = f.read(strtab[5])
+                needed = []
+                for i in range(0, len(dyn) - 15, 16):
+                    tag, val = struct.unpack_from("<qQ", dyn, i)
+                    if tag == 0:
+                        break
+                    if tag == 1:  # DT_NEEDED
+                        needed.append(names[val:names.index(b"\0", val)].decode())
+                return needed
+            return []
+    except (OSError, struct.error, ValueError, IndexError):
+        return None
+
+
+def _loaded(soname: str) -> bool:
+    """Whether a library with this soname is already loaded (the dynamic linker's own
+    test: it binds a DT_NEEDED entry to a loaded object of the same soname)."""
+    try:
+        ctypes.CDLL(soname, mode=getattr(os, "RTLD_NOLOAD", 4) | os.RTLD_LAZY)
+        return True
+    except OSError:
+        return False
+
+
+def _mapped_paths(soname: str) -> List[str]:
+    """The distinct files mapped under ``soname`` (other copies of a runtime, e.g.
+    scikit-learn's ``libgomp-<hash>.so.1.0.0``, carry sonames of their own)."""
+    paths: List[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                p = line.split()[-1]
+                name = os.path.basename(p)
+                if (name == soname or name.startswith(soname + ".")) and p not in paths:
+                    paths.append(p)
+    except OSError:
+        pass
+    return paths
+
+
+def torch_openmp_runtime() -> Optional[str]:
+    """The OpenMP runtime's soname torch links, if torch's parallel backend is OpenMP
+    and the soname can be read from its library; else None."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    omp = [n for n in elf_needed(lib) or [] if "omp" in n]
+    return omp[0] if len(omp) == 1 else None
+
+
+def _openmp_check(path: str) -> str:
+    """Empty when the OpenMP build at ``path`` would share torch's runtime, else why not."""
+    torch_omp = torch_openmp_runtime()
+    if torch_omp is None:
+        return "torch's parallel backend is not a known OpenMP runtime"
+    ours = [n for n in elf_needed(path) or [] if "omp" in n]
+    if ours != [torch_omp]:
+        return f"the OpenMP build links {ours or 'no known runtime'}, torch links {torch_omp}"
+    if not _loaded(torch_omp):
+        return f"{torch_omp} is not loaded in this process"
+    if len(_mapped_paths(torch_omp)) > 1:  # which one would the linker bind? not ours to guess
+        return f"two files named {torch_omp} are loaded: {_mapped_paths(torch_omp)}"
+    return ""
+
+
+def _bind(path: str):
+    lib = ctypes.CDLL(path)
+    fn = lib.fastvae_bernoulli_rows
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float,
+                   ctypes.c_void_p, ctypes.c_int]
+    lib.fastvae_eval.restype = ctypes.c_int
+    lib.fastvae_eval.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    return lib, fn, bool(lib.fastvae_openmp())
+
+
+def _error(flags, e) -> str:
+    detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace")[-300:]
+    return f"{' '.join(flags)}: {e} {detail}".strip()
+
+
+def _load():
+    """(lib, fn, openmp, status)."""
+    if os.environ.get("FASTVAE_NATIVE", "1").strip().lower() in ("0", "", "false", "no", "off"):
+        return None, None, False, "disabled by FASTVAE_NATIVE"
+    cc = _compiler()
+    if cc is None:
+        return None, None, False, "no C compiler found (set CC)"
+    try:
+        with open(SOURCE, "rb") as f:
+            source = f.read()
+    except OSError as e:
+        return None, None, False, f"kernel source unreadable: {e}"
+    errors = []
+    why_not_omp = "torch's parallel backend is not a known OpenMP runtime"
+    if torch_openmp_runtime() is not None:
+        try:
+            path = _library(source, cc, _OPENMP_FLAGS)
+            why_not_omp = _openmp_check(path)  # before dlopen: it would load the runtime
+            if not why_not_omp:
+                lib, fn, omp = _bind(path)
+                runtime = torch_openmp_runtime()
+                where = (_mapped_paths(runtime) or ["?"])[0]
+                return lib, fn, omp, (f"loaded: OpenMP threads in torch's runtime {runtime} "
+                                      f"({where}); {cc} {' '.join(_OPENMP_FLAGS)}")
+        except (OSError, subprocess.SubprocessError, AttributeError) as e:
+            why_not_omp = "the OpenMP build failed"
+            errors.append(_error(_OPENMP_FLAGS, e))
+    for flags in _PLAIN_FLAG_SETS:
+        try:
+            lib, fn, omp = _bind(_library(source, cc, flags))
+        except (OSError, subprocess.SubprocessError, AttributeError) as e:
+            errors.append(_error(flags, e))
+            continue
+        return lib, fn, omp, (f"loaded: built without OpenMP ({why_not_omp}), rows split over "
+                              f"a Python thread pool; {cc} {' '.join(flags)}")
+    return None, None, False, "build failed: " + " | ".join(errors)
+
+
+def load():
+    """The compiled row kernel (a ctypes function), or None where it cannot be used."""
+    global _lib, _fn, _openmp, _status, _warned
+    if _status == "not loaded yet":
+        with _lock:
+            if _status == "not loaded yet":
+                _lib, _fn, _openmp, _status = _load()
+                if _fn is None and not _status.startswith("disabled") and not _warned:
+                    _warned = True
+                    warnings.warn(f"fastvae: the C row kernel is unavailable ({_status}); the "
+                                  "torch backend runs its slower aten path. FASTVAE_NATIVE=0 "
+                                  "selects that path without this warning.", RuntimeWarning,
+                                  stacklevel=3)
+    return _fn
+
+
+def status() -> str:
+    """Why :func:`load` gives what it gives, and how rows are threaded (after the first call)."""
+    return _status
+
+
+def reset() -> None:
+    """Forget the loaded kernel so the next :func:`load` looks again (tests use this)."""
+    global _lib, _fn, _openmp, _status
+    with _lock:
+        _lib, _fn, _openmp, _status = None, None, False, "not loaded yet"
+
+
+def usable(x: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether the kernel can take these (B, D) tensors as they are."""
+    return (x.dtype == torch.float32 and logits.dtype == torch.float32
+            and x.device.type == "cpu" and logits.device.type == "cpu"
+            and x.dim() == 2 and x.shape == logits.shape and x.numel() > 0
+            and x.stride(1) == 1 and logits.stride(1) == 1)
+
+
+def _thread_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A pool of at least n workers, made afresh in a forked child: the parent's worker
+    threads do not exist there, and its executor would wait on them for ever."""
+    global _pool
+    with _lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < n:
+            _pool = (os.getpid(), n, concurrent.futures.ThreadPoolExecutor(
+                n, thread_name_prefix="fastvae-rows"))
+        return _pool[2]
+
+
+def bernoulli_rows(x: torch.Tensor, logits: torch.Tensor, grad, c: float, out: torch.Tensor,
+                   threads: Optional[int] = None):
+    """out[i] = sum_d x*l - softplus(l); grad (contiguous (B, D) or None) = c * (x - sigmoid(l)).
+
+    ``threads`` (default ``torch.get_num_threads()``, one below PARALLEL_MIN_ELEMS, or
+    POOL_MIN_ELEMS for a build without OpenMP)."""
+    rows, d = x.shape
+    n = threads or (torch.get_num_threads()
+                    if rows * d >= (PARALLEL_MIN_ELEMS if _openmp else POOL_MIN_ELEMS) else 1)
+    n = max(1, min(n, rows))
+    xp, sx, lp, sl = x.data_ptr(), x.stride(0), logits.data_ptr(), logits.stride(0)
+    gp, op = None if grad is None else grad.data_ptr(), out.data_ptr()
+    if _openmp or n == 1:
+        _fn(rows, d, xp, sx, lp, sl, gp, c, op, n)
+        return
+    # Contiguous row blocks, one per thread; the caller's thread takes the first.
+    edges = [rows * k // n for k in range(n + 1)]
+
+    def block(k):
+        i, j = edges[k], edges[k + 1]
+        _fn(j - i, d, xp + 4 * i * sx, sx, lp + 4 * i * sl, sl,
+            None if gp is None else gp + 4 * i * d, c, op + 4 * i, 1)
+
+    pool = _thread_pool(n - 1)
+    futures = [pool.submit(block, k) for k in range(1, n)]
+    block(0)
+    for f in futures:
+        f.result()
+
+
+def eval_elementwise(what: str, inp: torch.Tensor, out: torch.Tensor) -> None:
+    """Test entry point: ``out`` = the kernel's own ``exp`` (argument <= 0), ``log1p``
+    (argument in [0, 1]), ``softplus`` or ``sigmoid`` of ``inp`` (contiguous float32)."""
+    if load() is None:
+        raise RuntimeError(f"C row kernel unavailable: {status()}")
+    if not (inp.dtype == out.dtype == torch.float32 and inp.is_contiguous()
+            and out.is_contiguous() and inp.numel() == out.numel()):
+        raise ValueError("eval_elementwise takes contiguous float32 tensors of one size")
+    if _lib.fastvae_eval(_EVAL_CODES[what], inp.numel(), inp.data_ptr(), out.data_ptr()) != 0:
+        raise ValueError(what)

@@ -1,0 +1,462 @@
+"""The torch backend's C row kernel (fastvae/backends/torch_backend/bernoulli_rows.c and
+its loader native.py): accuracy of its own exp/log1p against float64, the choice of
+threads, the warning on fallback, and the on-disk cache's integrity.
+
+The results on real ELBO inputs (tails, strides, extreme logits, both paths) are in
+test_closed_form.py."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fastvae.backends.torch_backend import native
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A private cache directory; the loader forgets what it had before and after."""
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTVAE_NATIVE", raising=False)
+    native.reset()
+    yield tmp_path
+    monkeypatch.undo()
+    native.reset()
+
+
+def _kernel_or_skip():
+    native.reset()
+    if native.load() is None:
+        pytest.skip(f"compiled kernel unavailable here: {native.status()}")
+
+
+# -- accuracy: a dense sweep of float32 inputs against float64 ----------------------------
+
+def _floats(lo: float, hi: float, step: int) -> np.ndarray:
+    """Every ``step``-th float32 in [lo, hi] by bit pattern (same sign), ends included."""
+    a, b = sorted(int(i) for i in np.array([lo, hi], dtype=np.float32).view(np.int32))
+    bits = np.arange(a, b + 1, step, dtype=np.int32)
+    if bits[-1] != b:
+        bits = np.append(bits, np.int32(b))
+    return bits.view(np.float32)
+
+
+def _run(what: str, v: np.ndarray) -> np.ndarray:
+    inp = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+    out = torch.empty_like(inp)
+    native.eval_elementwise(what, inp, out)
+    return out.numpy()
+
+
+def _ulps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """|got - want| in units of the float32 spacing at ``want`` (float64)."""
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / ulp
+
+
+# A prime stride over the bit patterns visits every mantissa residue: ~5M points per range.
+# The bounds below hold with margin over a 16x denser sweep (stride 13, ~86M points per
+# function; the measured maxima are in benchmarks/RESULTS.md). An ulp is the float32
+# spacing at the float64 value, so a correctly rounded result is within 0.5 ulp.
+STRIDE = 211
+
+
+def test_exp_ulps():
+    """exp(x), x in [-87, 0]: within 1.5 ulps (Cephes expf); below -87: exp(-87), an
+    absolute error below 1.7e-38."""
+    _kernel_or_skip()
+    x = _floats(-0.0, -87.0, STRIDE)
+    got, want = _run("exp", x), np.exp(x.astype(np.float64))
+    assert _ulps(got, want).max() <= 1.5
+    low = np.array([-87.0001, -88, -100, -1e4, -3.4e38, -np.inf], dtype=np.float32)
+    got = _run("exp", low)
+    assert np.all(got > 0) and np.all(np.abs(got - np.exp(low.astype(np.float64))) < 1.7e-38)
+
+
+def test_log1p_ulps():
+    """log1p(e), e in [0, 1] (the kernel's only range), denormals included: within 2.5
+    ulps (2 atanh(e / (2 + e)): the rounded 2 + e and the division cost about 1 ulp);
+    exact for e in [2^-125, 2^-24), where log1p(e) rounds to e and e / 2 is exact."""
+    _kernel_or_skip()
+    e = _floats(0.0, 1.0, STRIDE)
+    got, want = _run("log1p", e), np.log1p(e.astype(np.float64))
+    assert _ulps(got, want).max() <= 2.5
+    tiny = e[(e < 2.0 ** -24) & (e >= 2.0 ** -125)]
+    assert np.array_equal(_run("log1p", tiny), tiny)
+
+
+def _softplus64(l):
+    return np.logaddexp(0.0, l)
+
+
+def _sigmoid64(l):
+    e = np.exp(-np.abs(l))
+    return np.where(l >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_softplus_and_sigmoid_ulps(sign):
+    """Logits of either sign up to |l| = 100, where l >= -87: softplus within 3 ulps and
+    sigmoid within 3 (exp's error, then a rounded 1 + e and a division). Below -87, where
+    both are exp(l) < 1.7e-38 and the kernel uses exp(-87): within 1.7e-38 absolute. (The
+    row's value sums softplus, the gradient is x - sigmoid: ulps of these, not of their
+    differences, are what the kernel controls.)"""
+    _kernel_or_skip()
+    l = _floats(0.0 * sign, 100.0 * sign, STRIDE)  # -0.0: negative floats share its sign bit
+    l64 = l.astype(np.float64)
+    sp, sig = _run("softplus", l), _run("sigmoid", l)
+    want_sp, want_sig = _softplus64(l64), _sigmoid64(l64)
+    normal = l64 >= -87.0
+    assert _ulps(sp[normal], want_sp[normal]).max() <= 3.0
+    assert _ulps(sig[normal], want_sig[normal]).max() <= 3.0
+    assert np.all(np.abs(sp[~normal] - want_sp[~normal]) < 1.7e-38)
+    assert np.all(np.abs(sig[~normal] - want_sig[~normal]) < 1.7e-38)
+    if sign > 0:  # no overflow far out: softplus(l) = l, sigmoid = 1
+        big = np.array([88.0, 1e4, 3.4e38], dtype=np.float32)
+        assert np.array_equal(_run("softplus", big), big)
+        assert np.array_equal(_run("sigmoid", big), np.ones(3, np.float32))
+
+
+def test_eval_rejects_unknown():
+    _kernel_or_skip()
+    with pytest.raises(KeyError):
+        native.eval_elementwise("tanh", torch.zeros(8), torch.zeros(8))
+
+
+# -- threads: OpenMP only in torch's own runtime, else a Python thread pool ---------------
+
+def test_status_names_the_threading():
+    _kernel_or_skip()
+    s = native.status()
+    runtime = native.torch_openmp_runtime()
+    if runtime is not None and "OpenMP threads" in s:
+        assert runtime in s and native._openmp
+    else:
+        assert "without OpenMP" in s and "thread pool" in s and not native._openmp
+
+
+def test_torch_openmp_runtime_read_from_its_library():
+    """On an OpenMP build of torch the runtime's soname comes from torch's own library,
+    and that library is mapped in this process."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        assert native.torch_openmp_runtime() is None
+        return
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    needed = native.elf_needed(lib)
+    if needed is None:
+        pytest.skip("torch's library is not ELF64 here")
+    assert "libc10.so" in needed
+    runtime = native.torch_openmp_runtime()
+    assert runtime is not None and runtime in needed and native._loaded(runtime)
+
+
+def test_status_names_torchs_runtime_beside_other_copies():
+    """scikit-learn ships its own libgomp under another soname; the status names the file
+    the OpenMP build shares, torch's."""
+    pytest.importorskip("sklearn.utils._openmp_helpers")
+    _kernel_or_skip()
+    runtime = native.torch_openmp_runtime()
+    if not native._openmp or runtime is None:
+        pytest.skip(native.status())
+    (path,) = native._mapped_paths(runtime)
+    assert os.path.basename(path).startswith(runtime) and path in native.status()
+
+
+def test_elf_needed_of_non_elf(tmp_path):
+    p = tmp_path / "x.so"
+    p.write_bytes(b"not an ELF file at all" * 10)
+    assert native.elf_needed(str(p)) is None
+    assert native.elf_needed(str(tmp_path / "missing.so")) is None
+
+
+def _rows(x, l, threads):
+    rows, g = torch.empty(x.shape[0]), torch.empty(x.shape)
+    native.bernoulli_rows(x, l, g, -0.5, rows, threads=threads)
+    return rows, g
+
+
+@pytest.mark.parametrize("why", ["torch-not-openmp", "runtime-not-loaded", "two-copies"])
+def test_without_torchs_runtime_builds_without_openmp(cache, monkeypatch, why):
+    """Where the OpenMP build would bring a second runtime, the library is built without
+    OpenMP and rows are split over Python threads, with bitwise the same results."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    b, d = 301, 333
+    x, l = torch.rand(b, d), torch.randn(b, d) * 4
+    if native.load() is None:
+        pytest.skip(f"compiled kernel unavailable here: {native.status()}")
+    want = _rows(x, l, 1)
+    if why == "torch-not-openmp":
+        monkeypatch.setattr(native, "torch_openmp_runtime", lambda: None)
+    elif why == "runtime-not-loaded":
+        monkeypatch.setattr(native, "_loaded", lambda soname: False)
+    else:
+        monkeypatch.setattr(native, "_mapped_paths", lambda so: ["/a/" + so, "/b/" + so])
+    loaded = []
+    bind = native._bind
+    monkeypatch.setattr(native, "_bind", lambda p: loaded.append(p) or bind(p))
+    native.reset()
+    assert native.load() is not None
+    assert "without OpenMP" in native.status() and not native._openmp
+    for p in loaded:  # the OpenMP build was never dlopen'ed
+        needed = native.elf_needed(p)
+        assert needed is not None and not any("omp" in n for n in needed), (p, needed)
+    for n in (1, 2, 3, 7):
+        got = _rows(x, l, n)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_thread_pool_is_rebuilt_in_a_forked_child(cache, monkeypatch):
+    """A forked child has none of the parent's pool threads: it must not wait on them."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    monkeypatch.setattr(native, "torch_openmp_runtime", lambda: None)
+    _kernel_or_skip()
+    x, l = torch.rand(64, 600), torch.randn(64, 600)
+    want = _rows(x, l, 2)  # starts the parent's pool
+    pid = os.fork()
+    if pid == 0:  # the child: same result, then leave at once
+        ok = False
+        try:
+            # torch's own OpenMP team does not survive a fork (why DataLoader workers use
+            # one thread); the two threads here are the kernel's pool.
+            torch.set_num_threads(1)
+            got = _rows(x, l, 2)
+            ok = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        finally:
+            os._exit(0 if ok else 1)
+    import time
+    for _ in range(600):  # 60 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung on the thread pool")
+
+
+# -- one warning when the kernel falls back because of a failure ---------------------------
+
+def test_build_failure_warns_once(cache, monkeypatch):
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setattr(native, "_OPENMP_FLAGS", ["--no-such-flag-for-fastvae"])
+    monkeypatch.setattr(native, "_PLAIN_FLAG_SETS", (["--no-such-flag-for-fastvae"],))
+    with pytest.warns(RuntimeWarning, match="C row kernel is unavailable.*build failed"):
+        assert native.load() is None
+    native.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.load() is None  # once per process
+
+
+def test_no_compiler_warns(cache, monkeypatch):
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert native.load() is None
+
+
+def test_disabled_does_not_warn(cache, monkeypatch):
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setenv("FASTVAE_NATIVE", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.load() is None
+    assert "FASTVAE_NATIVE" in native.status() and not native._warned
+
+
+# -- the cache: never load a library that does not match its recorded hash ----------------
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A cache directory holding a freshly built library for each flag set the loader may
+    use (built, not loaded: the tests damage copies, and a mapped file must never be)."""
+    cc = native._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    d = tmp_path_factory.mktemp("cache-template")
+    old = os.environ.get("FASTVAE_CACHE_DIR")
+    os.environ["FASTVAE_CACHE_DIR"] = str(d)
+    try:
+        with open(native.SOURCE, "rb") as f:
+            source = f.read()
+        for flags in (native._OPENMP_FLAGS, *native._PLAIN_FLAG_SETS):
+            try:
+                native._library(source, cc, flags)
+            except (OSError, subprocess.SubprocessError):
+                pass
+    finally:
+        if old is None:
+            del os.environ["FASTVAE_CACHE_DIR"]
+        else:
+            os.environ["FASTVAE_CACHE_DIR"] = old
+    if not any(d.glob("*.so")):
+        pytest.skip("the kernel does not build here")
+    return d
+
+
+def _copy_cache(built, dest):
+    for p in built.iterdir():
+        shutil.copy(p, dest / p.name)
+    return sorted(dest.glob("*.so"))
+
+
+_CHILD = """
+import json, warnings
+warnings.simplefilter("always")
+import torch, fastvae
+from fastvae.backends.torch_backend import native
+g = torch.Generator().manual_seed(0)
+x, r = torch.rand(33, 101, generator=g), torch.randn(33, 101, generator=g).requires_grad_()
+mu, lv = torch.randn(33, 4, generator=g), torch.randn(33, 4, generator=g)
+with warnings.catch_warnings(record=True) as w:
+    v = fastvae.elbo(x, r, mu, lv, backend="torch", reduction="sum")
+    v.backward()
+ref = fastvae.elbo(x, r.detach(), mu, lv, backend="reference", reduction="sum")
+print(json.dumps({"status": native.status(), "value": v.item(), "ref": ref.item(),
+                  "warnings": [str(m.message) for m in w]}))
+"""
+
+
+def _child(cache_dir):
+    env = {k: v for k, v in os.environ.items() if k != "FASTVAE_NATIVE"}
+    env["FASTVAE_CACHE_DIR"] = str(cache_dir)
+    return subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _kind(status: str) -> str:
+    """Which build a status names (OpenMP in which runtime, or none), without the details."""
+    return status.split(" (")[0]
+
+
+def _check_child(proc, want_status):
+    import json
+
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert _kind(out["status"]) == _kind(want_status), out  # the same build as a clean cache
+    assert abs(out["value"] - out["ref"]) <= 1e-4 * abs(out["ref"])
+    assert not any("C row kernel" in w for w in out["warnings"]), out
+    return out
+
+
+@pytest.fixture
+def clean_status(built, monkeypatch):
+    """What the loader reports with the intact cache (loaded here: the tests damage only
+    copies of it, never a file this process has mapped)."""
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(built))
+    native.reset()
+    try:
+        assert native.load() is not None, native.status()
+        return native.status()
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
+def _damage(cache_dir, how: str) -> None:
+    """Damage every cached library in ``cache_dir`` the way ``how`` says."""
+    for so in cache_dir.glob("*.so"):
+        data = so.read_bytes()
+        if how == "truncated":
+            so.write_bytes(data[: len(data) // 2])
+        elif how == "zero-length":
+            so.write_bytes(b"")
+        elif how == "bit-flip":
+            i = len(data) // 3
+            so.write_bytes(data[:i] + bytes([data[i] ^ 0x10]) + data[i + 1:])
+        elif how == "hash-missing":
+            os.remove(str(so) + ".sha256")
+        elif how == "hash-garbage":
+            (cache_dir / (so.name + ".sha256")).write_text("0" * 64)
+        assert not native.verified(str(so))
+
+
+# Damage that could crash the process that maps it is tested in a fresh process.
+
+def test_truncated_cached_library_is_rebuilt_not_mapped(built, clean_status, tmp_path):
+    """Issue 14, item 4: a truncated cached .so used to crash every later process with
+    SIGBUS (exit 135, or -7 from subprocess) while dlopen mapped it."""
+    _copy_cache(built, tmp_path)
+    _damage(tmp_path, "truncated")
+    _check_child(_child(tmp_path), clean_status)
+    assert any(native.verified(str(so)) for so in tmp_path.glob("*.so"))  # the one it rebuilt
+
+
+def test_zero_length_cached_library_is_rebuilt(built, clean_status, tmp_path):
+    """Issue 14, item 4: a zero-length cached .so used to make every later process fall
+    back, silently and for good, to the build without OpenMP."""
+    _copy_cache(built, tmp_path)
+    _damage(tmp_path, "zero-length")
+    out = _check_child(_child(tmp_path), clean_status)
+    used = [so for so in tmp_path.glob("*.so") if so.stat().st_size]
+    assert used and all(native.verified(str(so)) for so in used), out
+
+
+def test_bit_flipped_cached_library_is_rebuilt(built, clean_status, tmp_path):
+    _copy_cache(built, tmp_path)
+    _damage(tmp_path, "bit-flip")
+    _check_child(_child(tmp_path), clean_status)
+    assert any(native.verified(str(so)) for so in tmp_path.glob("*.so"))
+
+
+@pytest.mark.parametrize("damage", ["hash-missing", "hash-garbage", "zero-length"])
+def test_damaged_cache_is_rebuilt(built, clean_status, cache, monkeypatch, damage):
+    """A library that does not match its recorded hash is rebuilt before loading, with no
+    warning, into the same build as from a clean cache. (In this process: these kinds
+    of damage cannot crash it should the check regress; dlopen rejects an empty file.)"""
+    _copy_cache(built, cache)
+    _damage(cache, damage)
+    monkeypatch.setattr(native, "_warned", False)
+    builds = []
+    build = native._build
+    monkeypatch.setattr(native, "_build", lambda *a: builds.append(a[2]) or build(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.load() is not None, native.status()
+    assert _kind(native.status()) == _kind(clean_status)
+    assert builds, "a library that did not match its hash was loaded without a rebuild"
+    with open(native.SOURCE, "rb") as f:
+        source = f.read()
+    assert all(native.verified(native.library_path(source, native._compiler(), f)) for f in builds)
+    x, l = torch.rand(5, 19), torch.randn(5, 19)
+    rows, g = _rows(x, l, 1)
+    want = (x.double() * l.double() - torch.nn.functional.softplus(l.double())).sum(-1)
+    torch.testing.assert_close(rows.double(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g.double(), -0.5 * (x.double() - torch.sigmoid(l.double())),
+                               rtol=0, atol=1e-7)
+
+
+def test_unverifiable_library_is_never_loaded(cache, monkeypatch):
+    """If a rebuilt library still does not match (a file system that loses writes), the
+    loader falls back to aten with one warning and never dlopens the file."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setattr(native, "verified", lambda path: False)
+    bound = []
+    monkeypatch.setattr(native, "_bind", lambda p: bound.append(p))
+    with pytest.warns(RuntimeWarning, match="does not match its recorded hash"):
+        assert native.load() is None
+    assert bound == []
+
+
+def test_fresh_build_leaves_only_the_library_and_its_hash(cache):
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    if native.load() is None:
+        pytest.skip(f"compiled kernel unavailable here: {native.status()}")
+    names = sorted(p.name for p in cache.iterdir())
+    assert names and all(n.endswith((".so", ".so.sha256")) for n in names), names
+    assert all(native.verified(str(p)) for p in cache.glob("*.so"))

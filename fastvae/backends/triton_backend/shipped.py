@@ -152,7 +152,7 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
                 out.append(_config(
                     f"iwae_bound_onepass[LIK={lik},{mode},{tb}x{tk}x{td},L{tl_}{tag}]",
                     ki.iwae_bound_onepass_kernel, io, cx, w))
-    kb, kd, kl_, kw = configs.elbo_config(65536, 1, 64, element)
+    kb, kd, kl_, kw = configs.elbo_config(65536, 1, 64, 4)  # fp32's tile in every dtype
     cx = dict(_KL_NORMAL, INT64=False, BLOCK_B=kb, BLOCK_D=kd, BLOCK_L=kl_,
               BLOCK_SUM=configs.TICKET_SUM_BLOCK)
     out.append(_config(f"elbo_rows[kl_normal,{kb}x{kd},L{kl_}{tag}]", ke.elbo_rows_kernel, io,

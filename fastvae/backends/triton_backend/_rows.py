@@ -28,10 +28,11 @@ def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: i
              for t, need in zip(inputs, needs)]
     b, d = inputs[0].shape
     mu = inputs[2]
+    prior_needs = tuple(needs[6:8]) or (False, False)
     prior_grads = [_launch.alloc(mu.shape, p.dtype, device) if need and p is not None else None
-                   for p, need in zip(priors, tuple(needs[6:8]) + (False, False))]
+                   for p, need in zip(priors, prior_needs)]
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
-                                       device), *prior_grads[:2])
+                                       device), *prior_grads)
 
 
 def prior_args(prior_mu, prior_logvar, mu):

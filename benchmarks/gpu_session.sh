@@ -1,71 +1,195 @@
 #!/usr/bin/env bash
-# Everything only a GPU can show, for one lent GPU machine (see benchmarks/RESULTS.md).
-# Run from the repository root with the machine's own CUDA torch and triton:
-#   OUT=/some/dir benchmarks/gpu_session.sh STAGE...
-# Stages (each fits one 10-minute device call; give several to run them in order):
-#   tests   the whole test suite compiled for the card, no interpreter (tests.log)
-#   bar     the issue's bar shapes: ELBO fwd+bwd B=65536 D=784 L=64 fp32+bf16, and
-#           reparameterize B=65536 L=64 K=1,16, against eager and torch.compile
-#           (bar.md, bar.json)
-#   grid    fastvae bench's default GPU grid with its plot (grid.md, grid.json, grid.png)
-#   pytest  the pytest-benchmark suites at B=65536, D=784, L=32 (pytest-bench.json)
-# Each stage's table is printed last, so a tool that keeps only the end of the output
-# still has it. Nothing is fetched from the network: the package installs editable
-# with --no-deps --no-build-isolation on top of what the machine has.
-set -uo pipefail
-cd "$(dirname "$0")/.."
+# Everything only a GPU can show, in ONE call of under 8 minutes (a lent GPU slot is 15
+# minutes in all, start-up included, at most 10 minutes a command). From the repository
+# root, with the machine's own CUDA torch and triton:
+#     OUT=/some/dir bash benchmarks/gpu_session.sh        # default OUT=gpu_out
+# Stages, in this order, each under its own timeout (cut to a 420 s budget, so with the
+# kill grace and nvidia-smi the call ends within 8 minutes even when every stage hangs;
+# a stage that ends early leaves its time to the tests; a failed or timed-out stage
+# does not stop the next):
+#   env      40 s  card, SMs, memory, driver, torch/triton/python versions; installs
+#                  fastvae offline (pip -e --no-deps --no-index) only when it does not
+#                  import                                          -> env.txt
+#   bar     155 s  the issue's bar: fastvae bench, ELBO fwd+bwd B=65536 D=784 L=64 fp32,bf16
+#                  and reparameterize B=65536 L=64 K=1,16 (eager, compile, fastvae)
+#                                                                  -> bar.md, bar_*.json
+#   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
+#                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
+#   ncu      45 s  ncu on the ELBO row kernel (instructions, issue, DRAM throughput,
+#                  registers), fp32 then bf16, where ncu exists    -> ncu.txt
+#   tests  >=100 s the GPU test modules only (the op suites on the compiled kernels via
+#                  FASTVAE_TEST_BACKENDS=triton, and every module with @pytest.mark.gpu),
+#                  listed in tests.txt; no -k filter; 60 s a test where pytest-timeout
+#                  exists                                          -> tests.txt
+#   summary        card, versions, the bar table, the probe table, the steps -> summary.md
+#                  (printed last, so a tool keeping only the end of the output has it)
+# CPU-only work (the kernel compile test, the interpreter suite) never runs here.
+# Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
+# FASTVAE_GPU_SMOKE=1 also runs the probe's CPU smoke mode (tiny shapes), to check the
+# script on a machine without a GPU. Nothing is fetched from the network.
+set -u
+set -o pipefail
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu_out}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || { echo "cannot create OUT=$OUT"; exit 1; }
 PY=${PYTHON:-python3}
+BUDGET=${FASTVAE_GPU_BUDGET_S:-420}
+SMOKE=${FASTVAE_GPU_SMOKE:-0}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-unset TRITON_INTERPRET
+unset TRITON_INTERPRET FASTVAE_BACKEND
+T0=$(date +%s)
+STEPS="$OUT/steps.tsv"
+printf 'stage\tstatus\tseconds\ttimeout\n' >"$STEPS"
 
-if ! "$PY" -c "import fastvae.kernels" 2>/dev/null; then
-  "$PY" -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-    || { cat "$OUT/install.log"; exit 1; }
-fi
-"$PY" - <<'EOF' | tee "$OUT/env.txt"
-import platform, torch, triton, fastvae
-assert torch.cuda.is_available(), "no CUDA device: this script is for a GPU machine"
+elapsed() { echo $(( $(date +%s) - T0 )); }
+# stage NAME TIMEOUT LOG CMD...: runs CMD under TIMEOUT (cut to what the budget has
+# left), output appended to LOG; records the outcome in steps.tsv.
+stage() {
+  local name=$1 t=$2 log=$3 left rc s st
+  shift 3
+  left=$(( BUDGET - $(elapsed) ))
+  [ "$t" -gt "$left" ] && t=$left
+  if [ "$t" -lt 5 ]; then
+    echo "== $name: skipped, the ${BUDGET}s budget is spent"
+    printf '%s\tskipped (budget spent)\t0\t0\n' "$name" >>"$STEPS"
+    return 99
+  fi
+  echo "== $name (timeout ${t}s, at $(elapsed)s)"
+  s=$(date +%s)
+  timeout -k 5 "$t" "$@" >>"$log" 2>&1
+  rc=$?
+  case $rc in 0) st=ok ;; 124|137) st=TIMEOUT ;; *) st="exit $rc" ;; esac
+  printf '%s\t%s\t%s\t%s\n' "$name" "$st" $(( $(date +%s) - s )) "$t" >>"$STEPS"
+  echo "== $name: $st in $(( $(date +%s) - s ))s"
+  return $rc
+}
+skip() {  # skip NAME REASON
+  echo "== $1: skipped, $2"
+  printf '%s\tskipped (%s)\t0\t0\n' "$1" "$2" >>"$STEPS"
+}
+
+# ------------------------------------------------------------------ env
+ENV_PY='
+import platform, sys, torch
+print(f"python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}")
+try:
+    import triton; print(f"triton {triton.__version__}")
+except ImportError:
+    print("triton not installed")
+import fastvae, fastvae.kernels
+print(f"fastvae {fastvae.__version__} from {fastvae.__file__}")
+if not torch.cuda.is_available():
+    print("cuda: none (torch.cuda.is_available() is False)"); sys.exit(3)
 p = torch.cuda.get_device_properties(0)
 print(f"gpu: {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB, "
-      f"cc {p.major}.{p.minor}")
-print(f"torch {torch.__version__}, triton {triton.__version__}, python "
-      f"{platform.python_version()}, fastvae {fastvae.__version__}")
-print("fastvae backend for CUDA tensors:", fastvae.backends.select("auto", torch.device("cuda")))
-EOF
-[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+      f"cc {p.major}.{p.minor}, {torch.cuda.device_count()} device(s)")
+print("backend for CUDA tensors:", fastvae.backends.select("auto", torch.device("cuda")))
+'
+{
+  echo "# fastvae GPU session, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "commit: $(git log -1 --format='%H %s' 2>/dev/null || echo unknown)"
+  git status --short 2>/dev/null | head -20 | sed 's/^/uncommitted: /'
+} >"$OUT/env.txt"
+if ! timeout 60 "$PY" -c "import fastvae.kernels" >/dev/null 2>&1; then
+  stage "install" 25 "$OUT/env.txt" "$PY" -m pip install -q --no-deps --no-build-isolation \
+    --no-index -e .
+fi
+stage "env" 40 "$OUT/env.txt" "$PY" -c "$ENV_PY"
+HAVE_CUDA=$?
+if command -v nvidia-smi >/dev/null 2>&1; then
+  timeout 10 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu \
+    --format=csv >>"$OUT/env.txt" 2>&1
+fi
+cat "$OUT/env.txt"
+if [ "$HAVE_CUDA" != 0 ]; then
+  REASON="no CUDA device (see env.txt)"
+  [ "$HAVE_CUDA" = 3 ] || REASON="the env stage failed (exit $HAVE_CUDA, see env.txt)"
+fi
 
-status=0
-for stage in "$@"; do
-  echo "== $stage"
-  case "$stage" in
-    tests)
-      "$PY" -m pytest tests -q -p no:cacheprovider -o addopts= 2>&1 | tee "$OUT/tests.log"
-      s=${PIPESTATUS[0]} ;;
-    bar)
-      "$PY" -m fastvae bench --ops elbo --batch 65536 --dim 784 --latent 64 --dtype fp32,bf16 \
-        --json "$OUT/bar_elbo.json" >"$OUT/bar.md" 2>&1
-      s=$?
-      "$PY" -m fastvae bench --ops reparameterize --batch 65536 --latent 64 --k-reparam 1,16 \
-        --dtype fp32,bf16 --json "$OUT/bar_reparam.json" >>"$OUT/bar.md" 2>&1
-      s=$((s | $?))
-      cat "$OUT/bar.md" ;;
-    grid)
-      "$PY" -m fastvae bench --json "$OUT/grid.json" --plot "$OUT/grid.png" --markdown \
-        >"$OUT/grid.md" 2>&1
-      s=$?
-      cat "$OUT/grid.md" ;;
-    pytest)
-      # The full CUDA grid holds IWAE K=50 at B=65536, D=3072 (40 GB a tensor): not here.
-      "$PY" -m pytest benchmarks -q -p no:cacheprovider -o addopts= \
-        -k "B65536 and D784 and L32 and not K50" \
-        --benchmark-json "$OUT/pytest-bench.json" --benchmark-columns=median,min,rounds 2>&1 \
-        | tail -60
-      s=${PIPESTATUS[0]} ;;
-    *) echo "unknown stage $stage (tests, bar, grid, pytest)"; s=2 ;;
-  esac
-  echo "== $stage: exit $s"
-  status=$((status | s))
-done
-exit $status
+# ------------------------------------------------------------------ bar
+if [ "$HAVE_CUDA" = 0 ]; then
+  : >"$OUT/bar.md"
+  stage "bar elbo" 110 "$OUT/bar.md" "$PY" -m fastvae bench --ops elbo --batch 65536 --dim 784 \
+    --latent 64 --dtype fp32,bf16 --variants eager,compile,fastvae-triton --budget 1 \
+    --json "$OUT/bar_elbo.json"
+  stage "bar reparameterize" 45 "$OUT/bar.md" "$PY" -m fastvae bench --ops reparameterize \
+    --batch 65536 --latent 64 --k-reparam 1,16 --dtype fp32 --variants eager,fastvae-triton \
+    --budget 1 --no-extras --json "$OUT/bar_reparam.json"
+else
+  skip "bar" "$REASON"
+fi
+
+# ------------------------------------------------------------------ probe
+if [ "$HAVE_CUDA" = 0 ]; then
+  stage "probe" 80 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --out "$OUT" --budget-s 60
+elif [ "$SMOKE" != 0 ]; then
+  stage "probe (CPU smoke)" 90 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --smoke \
+    --out "$OUT" --reps 3
+else
+  skip "probe" "$REASON"
+fi
+
+# ------------------------------------------------------------------ ncu
+if [ "$HAVE_CUDA" != 0 ]; then
+  skip "ncu" "$REASON"
+elif ! command -v ncu >/dev/null 2>&1; then
+  skip "ncu" "ncu not on PATH"
+  echo "ncu not on PATH: no counters this session" >"$OUT/ncu.txt"
+else
+  stage "ncu" 45 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:elbo_rows \
+    --launch-count 4 --csv --metrics \
+    gpu__time_duration.sum,sm__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+    "$PY" benchmarks/gpu_probe.py --ncu-target
+fi
+
+# ------------------------------------------------------------------ tests
+MODULES=$("$PY" - <<'EOF'
+import ast, glob, os
+tree = ast.parse(open("tests/test_triton_interpreter.py").read())
+mods = next(ast.literal_eval(n.value) for n in tree.body
+            if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MODULES")
+gpu = sorted(os.path.basename(f) for f in glob.glob("tests/test_*.py")
+             if "mark.gpu" in open(f).read())
+cpu_only = {"test_triton_interpreter.py", "test_kernels_compile.py"}
+seen = []
+for m in gpu + mods:          # the GPU-marked modules first: they exist only for this
+    if m not in seen and m not in cpu_only:
+        seen.append(m)
+print(" ".join("tests/" + m for m in seen))
+EOF
+)
+if [ "$HAVE_CUDA" != 0 ]; then
+  skip "tests" "$REASON"
+  echo "tests not run: $REASON; the modules would be: $MODULES" >"$OUT/tests.txt"
+else
+  PT=(-m pytest -q -p no:cacheprovider -o addopts= -rfEs --maxfail=30 --durations=10)
+  "$PY" -c "import pytest_timeout" >/dev/null 2>&1 && PT+=(--timeout 60)
+  echo "# FASTVAE_TEST_BACKENDS=triton $PY ${PT[*]} $MODULES" >"$OUT/tests.txt"
+  t=$(( BUDGET - $(elapsed) - 10 ))
+  [ "$t" -gt 240 ] && t=240
+  # shellcheck disable=SC2086
+  FASTVAE_TEST_BACKENDS=triton stage "tests" "$t" "$OUT/tests.txt" "$PY" "${PT[@]}" $MODULES
+fi
+
+# ------------------------------------------------------------------ summary
+{
+  echo "# fastvae GPU session summary ($(elapsed) s in all, budget ${BUDGET} s)"
+  echo
+  grep -E '^(commit|python|triton|fastvae|gpu|cuda|backend)' "$OUT/env.txt"
+  echo
+  echo '```'
+  column -t -s "$(printf '\t')" "$STEPS" 2>/dev/null || cat "$STEPS"
+  echo '```'
+  if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
+    grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
+  if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
+  if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (elbo_rows_kernel)"; echo '```'; \
+    grep -E '^"|ncu not' "$OUT/ncu.txt" | cut -c1-220 | tail -n 40; echo '```'; fi
+  echo; echo "## tests"; echo '```'; tail -n 15 "$OUT/tests.txt"; echo '```'
+} >"$OUT/summary.md" 2>&1
+echo
+echo "================================================================ summary.md"
+cat "$OUT/summary.md"
+echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+[ "$HAVE_CUDA" = 0 ] || exit 2
+exit 0

@@ -8,6 +8,7 @@ from .backends import select as select_backend
 from .backends import triton_available
 from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_standard_normal,
                          reparameterize, sample_with_kl)
+from .functional import discretized_logistic_mixture_log_prob
 from .loss import ELBOLoss
 from .validation import get_validation, set_validation
 
@@ -27,3 +28,4 @@ __all__ = [
     "last_backend",
     "triton_available",
 ]
+__all__ += ["discretized_logistic_mixture_log_prob"]

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ._durable import fsync_dir
+
 FORMAT = "fastvae-checkpoint"
 VERSION = 2            # 2: with checksum; 1 (no checksum) still loads
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -78,19 +80,6 @@ def _reason(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); not possible or needed on Windows."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def atomic_write(path, write) -> Path:
     """Write ``path`` via ``write(binary_file)``: temp file, fsync, rename. Raises
@@ -119,7 +108,7 @@ def atomic_write(path, write) -> Path:
             kept = f"the previous {path.name} is intact" if existed else "nothing was written"
             raise WriteError(f"cannot write {path}: {_reason(e)}; {kept}") from None
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -66,14 +66,24 @@ def _add_train(sub):
       help="epochs over which the KL weight ramps linearly from 0 to --beta (per step) "
            "[default: 10 for hvae, whose latent groups collapse without it, else 0]")
     a("--kl", choices=["analytic", "mc"], default=None,
-      help=f"closed-form KL or the single-sample Monte-Carlo estimate [default: {d['kl']}]")
+      help=f"closed-form KL or the single-sample Monte-Carlo estimate (--objective elbo; the "
+           f"IWAE bound always uses the sampled log-weights) [default: {d['kl']}]")
+    a("--objective", choices=["elbo", "iwae"], default=None,
+      help=f"training objective: the ELBO (averaged over --k samples), or the importance-"
+           f"weighted bound with --k samples (Burda et al. 2016) [default: {d['objective']}]")
+    a("--k", type=o.positive_int, default=None,
+      help=f"posterior samples per training example [default: {d['k']}]")
+    a("--estimator", choices=["standard", "stl", "dreg"], default=None,
+      help=f"encoder gradient estimator: stl (sticking the landing; --objective elbo needs "
+           f"--kl mc) or dreg (doubly reparameterized; --objective iwae) [default: "
+           f"{d['estimator']}]")
     a("--likelihood", choices=["bernoulli", "gaussian", "continuous_bernoulli"], default=None,
       help=f"decoder likelihood; gaussian learns a per-pixel variance "
            f"[default: {d['likelihood']}]")
     a("--backend", choices=["auto", "torch", "triton", "reference"], default=None,
       help=f"fastvae backend for the loss ops [default: {d['backend']}]")
-    _bool_flag(p, "--amp", "mixed precision (bf16 autocast on CPU, fp16 + GradScaler on CUDA) "
-               "[default: off]")
+    _bool_flag(p, "--amp", "mixed precision: on CUDA bf16 autocast where the card has bf16 "
+               "(sm_80+), else fp16 + GradScaler; on CPU bf16 autocast [default: off]")
     _bool_flag(p, "--compile", "torch.compile the model [default: off]")
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", type=o.device, default=None,
@@ -150,7 +160,8 @@ def _cmd_train(args):
     keys = ("dataset", "data_dir", "download", "model", "latent", "hidden", "channels", "groups",
             "epochs", "batch_size", "lr", "beta", "kl_warmup", "kl", "likelihood", "backend",
             "amp",
-            "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads")
+            "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads",
+            "objective", "k", "estimator")
     train({k: getattr(args, k) for k in keys})
     return 0
 

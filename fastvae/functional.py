@@ -12,32 +12,15 @@ is float64, else float32; gradients come back in each input's dtype.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
-from . import backends, ops, reference
+from . import estimators, ops
 from . import validation as V
-
-
-
-def _run(backend, device, op: str):
-    """The function that computes ``op``: the reference for "reference", and under a
-    ``torch.func`` transform (whose every order and batching rule autograd-built math
-    has), else the fused op of the selected backend."""
-    name = backends.select(backend, device)
-    if ops.functorch_active():
-        name = "reference"
-    backends.mark_used(name)
-    if name == "reference":
-        return getattr(reference, op)
-    return functools.partial(getattr(ops, op), backend=name)
-
-
-def _check_generator(generator, device) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device}, tensors on {device}")
+from .dispatch import check_generator as _check_generator
+from .dispatch import run as _run
+from .gaussians import kl_normal, sample_with_kl  # noqa: F401  (public here too)
 
 
 def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, validate=None):
@@ -84,7 +67,9 @@ def elbo(
     validate=None,
     prior_mu=None,
     prior_logvar=None,
+    estimator="standard",
     *,
+    bits=8,
     _scale=1.0,
 ):
     r"""The evidence lower bound, ``log p(x|z) - beta * KL``, per sample then reduced.
@@ -123,6 +108,21 @@ def elbo(
             (:func:`kl_normal`), the "mc" one's ``log p(z)`` becomes
             ``-0.5 * sum_l ((z - pm)^2 exp(-plv) + plv)``; beta and free bits apply to it
             as to the N(0, I) KL.
+        estimator: the gradient estimator (the value is the same):
+            ``"standard"``: the reparameterized gradient of the value;
+            ``"stl"`` (sticking the landing, Roeder et al. 2017; needs ``kl="mc"``):
+            ``log q(z|x)`` differentiated through z only, its parameters mu, logvar
+            held fixed: no direct gradient w.r.t. mu and logvar, ``d/dz`` unchanged,
+            so the encoder's gradient arrives through z (pass the z of
+            :func:`reparameterize`). Unbiased; zero variance where q is the posterior.
+        bits: ``"discretized_logistic_mixture"`` only: the data's bit depth (see
+            :func:`discretized_logistic_mixture_log_prob`, whose op computes log p(x|z)
+            and its gradient in one pass; the latent part is this op with no data
+            columns, and the two values add).
+
+    ``likelihood="discretized_logistic_mixture"``: x is ``(B, C, H, W)`` on the
+    ``bits`` grid and recon the mixture's parameters ``(B, 10*M, H, W)`` (C = 3) or
+    ``(B, 3*M, H, W)`` (C = 1); M is read from recon's channel count.
 
     Returns the ELBO, to be maximized (``fastvae.ELBOLoss`` returns its negative).
     With ``reduction="sum"`` and the Bernoulli likelihood this is exactly minus the
@@ -131,8 +131,13 @@ def elbo(
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("kl", kl, V.KL_MODES)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    estimators.check_elbo(estimator, kl)
     beta = V.check_number("beta", beta, minimum=0.0)
     free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
+    if likelihood == V.DMOL:
+        return _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits,
+                          reduction, backend, validate, _scale, estimator, prior_mu,
+                          prior_logvar)
     batch, latent = V.check_latents(mu, logvar)
     x2, r2 = V.flatten_data(x, recon, batch)
     if kl == "mc":
@@ -155,7 +160,7 @@ def elbo(
                    prior_logvar=plv)
     fn = _run(backend, device, "elbo")
     kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
-                  prior_mu=pm, prior_logvar=plv)
+                  prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
@@ -204,7 +209,8 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
-               reduction="none", backend=None, validate=None, prior_mu=None, prior_logvar=None):
+               reduction="none", backend=None, validate=None, prior_mu=None, prior_logvar=None,
+               estimator="standard", *, bits=8):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -215,13 +221,35 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     Args:
         x: ``(B, *)``; recon_k: ``(K, B, *)`` decoder outputs for each z_k;
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
-        likelihood, obs_logvar, backend, validate: as in :func:`elbo`.
+        likelihood, obs_logvar, backend, validate, bits: as in :func:`elbo`; for
+            ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
         prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
             (broadcastable to mu's ``(B, L)``, shared by the K samples).
+        estimator: the gradient estimator; the value is the bound whatever it is.
+            With ``w~_k = softmax_k(log w_k)``:
+            ``"standard"``: the gradient of the bound, ``sum_k w~_k d log w_k``;
+            ``"stl"``: the same with ``log q`` at stopped parameters (no direct
+            gradient w.r.t. mu and logvar; the encoder's arrives through z_k).
+            Biased for K > 1 (Tucker et al. 2018), unlike DReG;
+            ``"dreg"`` (doubly reparameterized, Tucker et al. 2018): decoder gradients
+            as "standard" (``w~_k`` weighting), encoder gradient
+            ``sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi)`` with log q at stopped
+            parameters. Unbiased, and its signal-to-noise ratio does not decay with K.
+            The second ``w~_k`` is a gradient hook this call registers on ``z_k``: in
+            this bound's backward it multiplies *every* gradient reaching z_k (the
+            decoder's path included) by ``w~_k``, so ``z_k.grad`` is
+            ``w~_k^2 d log w_k / d z_k``. Draw z_k with :func:`reparameterize`, decode
+            it, and use it for this bound alone (another loss on the same z_k in the
+            same backward would be weighted too). Eager only: inside
+            ``torch.compile`` and ``torch.func`` transforms it raises.
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
+    estimators.check_iwae(estimator)
+    if likelihood == V.DMOL:
+        return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
+                                backend, validate, estimator, prior_mu, prior_logvar)
     batch, latent = V.check_latents(mu, logvar)
     V.check_tensor("z_k", z_k)
     if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
@@ -240,82 +268,120 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
                    recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs, prior_mu=pm,
                    prior_logvar=plv)
+    if estimator == "dreg":
+        if ops.functorch_active():
+            raise RuntimeError("estimator='dreg' is not available under torch.func transforms: "
+                               "its second weight is a gradient hook on z_k, which they do not "
+                               "run; use estimator='stl' or 'standard' there")
+        estimators.check_dreg_graph(recon_k, z_k)
     fn = _run(backend, device, "iwae_bound")
     return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,
-              prior_mu=pm, prior_logvar=plv)
+              prior_mu=pm, prior_logvar=plv, estimator=estimator)
 
 
-def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
-    """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
-    (None, ``(N,)`` or ``(B, N)``), and the device."""
-    V.check_tensor("mu_q", mu_q)
-    V.check_tensor("logvar_q", logvar_q)
-    if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
-        raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got {tuple(mu_q.shape)} "
-                         f"and {tuple(logvar_q.shape)}")
-    pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q")
-    plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q")
-    device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
-    V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
-                   logvar_p=plv)
-    b, n = mu_q.shape[0], mu_q.shape[1:].numel()  # not reshape(b, -1): ambiguous when B == 0
-    return mu_q.reshape(b, n), logvar_q.reshape(b, n), pm, plv, device
-
-
-def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
-    r"""Per-sample ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` between diagonal
-    Gaussians, summed over every non-batch dimension:
-
-    ``0.5 * sum (lv_p - lv_q + exp(lv_q - lv_p) + (d * exp(-lv_p / 2))^2 - 1)``,
-    ``d = mu_q - mu_p`` (the stable forms: float32 at log-variances of +-80 stays finite
-    wherever the KL is). With ``mu_p = logvar_p = 0`` it is :func:`kl_standard_normal`.
+def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, validate=None):
+    r"""Per-sample log-likelihood of images under a discretized mixture of logistics
+    (PixelCNN++, NVAE), exactly normalized over the ``2^bits`` values of each channel.
 
     Args:
-        mu_q, logvar_q: ``(B, *)`` posterior (any shape, e.g. ``(B, C, H, W)`` latents).
-        mu_p, logvar_p: the prior: numbers, or tensors broadcastable to mu_q's shape
-            (their gradients are summed over the broadcast dimensions).
-        backend, validate: as in :func:`reparameterize`.
+        x: ``(B, C, H, W)``, C = 1 or 3, values ``k / (2^bits - 1)`` in [0, 1] (checked
+            when validation is on); the integer bin ``k = round(x (2^bits - 1))``
+            decides the edge bins. No gradient flows to x.
+        params: NVAE's channels-first layout, M components: for C = 3 ``(B, 10*M, H,
+            W)`` = ``[logit_probs | channel 0: means, log_scales, coeffs | channel 1:
+            ... | channel 2: ...]`` (M each); for C = 1 ``(B, 3*M, H, W)`` =
+            ``[logit_probs | means | log_scales]``.
+        bits: bit depth of the data, 1..16.
+        backend, validate: as in :func:`elbo`.
 
-    Gradients: ``dKL/dmu_q = d exp(-lv_p) = -dKL/dmu_p``, ``dKL/dlogvar_q =
-    0.5 (exp(lv_q - lv_p) - 1)``, ``dKL/dlogvar_p = 0.5 (1 - exp(lv_q - lv_p) - d^2
-    exp(-lv_p))``. Returns ``(B,)``, float64 when any input is, else float32.
+    On the [-1, 1] scale, ``y = 2k/(2^bits - 1) - 1``, ``h = 1/(2^bits - 1)``,
+    ``s = max(log_scale, -7)`` (no gradient below the clamp), coefficients
+    ``tanh(coeffs)``; means are autoregressive over channels: ``m0 = mean0``,
+    ``m1 = mean1 + c0*y0``, ``m2 = mean2 + c1*y0 + c2*y1``. With
+    ``u+- = exp(-s) (y - m +- h)`` a channel's log mass is ``log sigmoid(u+)`` in the
+    bottom bin, ``log(1 - sigmoid(u-))`` in the top one and
+    ``log(sigmoid(u+) - sigmoid(u-))`` between (in log space, finite for every input), and
+    ``log p(x) = sum_pixels logsumexp_m [log_softmax(logit_probs)_m + sum_c l_cm]``.
+
+    Returns ``(B,)`` (float32, float64 if an input is). The fused backends compute the
+    value and d/dparams in one pass with no ``B x C x M x H x W`` tensor (the CPU path
+    chunk by chunk of pixels); gradients come back in params' dtype.
     """
-    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
-    return _run(backend, device, "kl_normal")(mu2, lv2, pm, plv)
+    return _dmol(x, params, bits, "none", 1.0, backend, validate)
 
 
-def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, backend=None,
-                   validate=None):
-    r"""Draw ``z = mu_q + exp(0.5 * logvar_q) * eps`` and compute
-    ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` per sample, in one fused op:
-    the per-group step of a hierarchical VAE (one launch forward, one backward on the
-    Triton backend).
+def _dmol(x, params, bits, reduction, scale, backend, validate, params_name="params"):
+    """``scale`` times the DMoL log-likelihood, reduced inside the fused op."""
+    V.check_dmol(x, params, params_name=params_name)
+    bits = V.check_bits(bits)
+    device = V.check_same_device(x=x, params=params)
+    V.check_dmol_values(V.resolve_validate(validate), x, bits, **{params_name: params})
+    fn = _run(backend, device, "discretized_logistic_mixture_log_prob")
+    if isinstance(fn, functools.partial):
+        return fn(x, params, bits, reduction, scale=scale)
+    value = fn(x, params, bits, reduction)
+    return value if scale == 1.0 else scale * value
 
-    Args:
-        mu_q, logvar_q: ``(B, *)`` posterior, one dtype.
-        mu_p, logvar_p: the prior, as in :func:`kl_normal`; both None (the default) is
-            N(0, I).
-        generator, backend, validate: as in :func:`reparameterize`.
 
-    Seeds: eps is drawn exactly as :func:`reparameterize` draws it on the same backend
-    (``torch.randn`` of mu_q's shape on "torch" and "reference"; on "triton" one int64
-    Philox seed from ``torch.randint`` and the same counter layout, element by element
-    in the row-major order of mu_q), so after ``torch.manual_seed(s)`` (or with equally
-    seeded generators) ``z`` equals ``reparameterize(mu_q.flatten(1),
-    logvar_q.flatten(1)).reshape(mu_q.shape)`` bit for bit.
+def _no_obs_logvar(obs_logvar):
+    if isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0:
+        raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {V.DMOL!r}")
 
-    Gradients: ``dmu_q = dz + g_kl dKL/dmu_q``, ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps +
-    g_kl dKL/dlogvar_q``, the prior's from the KL alone (:func:`kl_normal`), where
-    ``g_kl`` is the KL's grad_output. No noise tensor is saved on "triton" (eps is
-    regenerated from the seed in backward).
 
-    Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
-    any input is, else float32).
-    """
-    if mu_q.dtype != logvar_q.dtype:
-        raise TypeError(f"mu_q and logvar_q must share a dtype, got {mu_q.dtype} and "
-                        f"{logvar_q.dtype}")
-    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
-    _check_generator(generator, device)
-    z, kl = _run(backend, device, "sample_with_kl")(mu2, lv2, pm, plv, generator)
-    return z.reshape(mu_q.shape), kl
+def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, reduction,
+               backend, validate, scale, estimator="standard", prior_mu=None,
+               prior_logvar=None):
+    """The ELBO of a DMoL decoder as two fused ops whose values add: the DMoL op (log
+    p(x|z), reduced and scaled, its gradient made in its forward) and the ELBO op on no
+    data columns (the KL part: free bits, "mc", ...). Backward hands each a scalar
+    grad_output, which at 1 touches no saved gradient."""
+    _no_obs_logvar(obs_logvar)
+    batch, _ = V.check_latents(mu, logvar)
+    V.check_dmol(x, recon, params_name="recon")
+    if x.shape[0] != batch:
+        raise ValueError(f"x must have the batch size of mu ({batch}) as its first dim, got "
+                         f"shape {tuple(x.shape)}")
+    log_px = _dmol(x, recon, bits, reduction, scale, backend, validate, params_name="recon")
+    no_data = x.new_zeros(batch, 0)
+    latent = elbo(no_data, no_data, mu, logvar, kl=kl, z=z, beta=beta, free_bits=free_bits,
+                  reduction=reduction, backend=backend, validate=validate,
+                  prior_mu=prior_mu, prior_logvar=prior_logvar, estimator=estimator,
+                  _scale=scale)
+    return log_px + latent
+
+
+def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, backend,
+                     validate, estimator="standard", prior_mu=None, prior_logvar=None):
+    """The IWAE bound of a DMoL decoder: log p(x|z_k) from the fused DMoL op (K*B rows,
+    their gradients saved and weighed in place by softmax_k(log w_k) in backward), and
+    ``log p(z_k) - log q(z_k|x)`` as two fused Gaussian log densities (their log 2 pi
+    terms cancel). ``estimator="stl"`` evaluates log q at stopped mu, logvar; DReG's
+    gradient hook is not built for this likelihood."""
+    if estimator == "dreg":
+        raise ValueError("estimator='dreg' is not available with likelihood="
+                         f"{V.DMOL!r}; use 'stl' or 'standard'")
+    _no_obs_logvar(obs_logvar)
+    batch, latent = V.check_latents(mu, logvar)
+    V.check_tensor("z_k", z_k)
+    if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
+        raise ValueError(
+            f"z_k must have shape (K, {batch}, {latent}) with K >= 1, got {tuple(z_k.shape)}")
+    k = z_k.shape[0]
+    V.check_dmol(x, recon_k, params_name="recon_k", k=k)
+    x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
+    log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
+                   backend, validate, params_name="recon_k").reshape(k, batch)
+    # log p(z_k) under the prior, with its gradients (not stopped by STL)
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k) if pm is None else pm.expand_as(z_k),
+                               0.0 if plv is None else plv, backend=backend, validate=validate)
+    if estimator == "stl":
+        mu, logvar = mu.detach(), logvar.detach()
+    log_qz = gaussian_log_prob(z_k, mu.expand_as(z_k), logvar, backend=backend,
+                               validate=validate)
+    bound = torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
+    if reduction == "none":
+        return bound
+    total = bound.sum()
+    return total if reduction == "sum" else total / max(batch, 1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import estimators
 from . import validation as V
 from .functional import elbo
 
@@ -11,19 +12,25 @@ class ELBOLoss(nn.Module):
     r"""``-ELBO = -(log p(x|z) - beta * KL)``, to be minimized.
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
-    reduction="mean")``; ``loss(x, recon, mu, logvar, z=None, obs_logvar=0.0,
-    prior_mu=None, prior_logvar=None)`` (a learned prior, as in :func:`fastvae.elbo`).
-    Every argument means what it means in :func:`fastvae.elbo`. With
+    reduction="mean", estimator="standard")``; ``loss(x, recon, mu, logvar, z=None,
+    obs_logvar=0.0, prior_mu=None, prior_logvar=None)`` (a learned prior, as in
+    :func:`fastvae.elbo`). Every argument means what it means in :func:`fastvae.elbo`
+    (``bits``: the data's bit depth for ``likelihood="discretized_logistic_mixture"``,
+    whose recon is the mixture's parameters). With
     ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
     VAE ``loss_function``.
     """
 
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
-                 reduction="mean", backend=None, validate=None):
+                 reduction="mean", backend=None, validate=None, estimator="standard", *,
+                 bits=8):
         super().__init__()
+        self.bits = V.check_bits(bits)
         V.check_option("likelihood", likelihood, V.LIKELIHOODS)
         V.check_option("kl", kl, V.KL_MODES)
         V.check_option("reduction", reduction, V.REDUCTIONS)
+        estimators.check_elbo(estimator, kl)
+        self.estimator = estimator
         self.likelihood, self.kl, self.reduction = likelihood, kl, reduction
         self.beta = V.check_number("beta", beta, minimum=0.0)
         self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
@@ -36,8 +43,11 @@ class ELBOLoss(nn.Module):
         return elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
                     beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
                     reduction=self.reduction, backend=self.backend, validate=self.validate,
-                    prior_mu=prior_mu, prior_logvar=prior_logvar, _scale=-1.0)
+                    prior_mu=prior_mu, prior_logvar=prior_logvar, estimator=self.estimator,
+                    bits=self.bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "
-                f"free_bits={self.free_bits}, reduction={self.reduction!r}")
+                f"free_bits={self.free_bits}, reduction={self.reduction!r}"
+                + (f", bits={self.bits}" if self.likelihood == V.DMOL else "")
+                + (f", estimator={self.estimator!r}" if self.estimator != "standard" else ""))

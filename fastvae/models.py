@@ -8,6 +8,7 @@
 * ``forward(x)`` -> ``(recon, mu, logvar, z)``; recon has x's shape (logits for the
   Bernoulli-type likelihoods, the mean for "gaussian").
 * ``elbo(x, ...)`` -> :func:`fastvae.elbo` of a forward pass (maximize it).
+* ``iwae_bound(x, k, estimator=...)`` -> :func:`fastvae.iwae_bound` of ``k`` samples.
 * ``sample(n)`` -> ``n`` images from the prior, as the decoder's mean.
 * ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise).
 * ``iwae_nll(x, k)`` -> per-sample ``-L_K`` (Burda et al. 2016), batched over K.
@@ -21,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DMoL decoders)
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
@@ -49,11 +51,12 @@ class _VAEBase(ObservationModel):
         return out.reshape(*lead, *self.data_shape)
 
     # -- public API -----------------------------------------------------------
-    def forward(self, x: torch.Tensor, generator=None, backend=None):
-        """``x (B, *data_shape)`` -> ``(recon, mu, logvar, z)``, one posterior sample."""
+    def forward(self, x: torch.Tensor, generator=None, backend=None, n_samples=None):
+        """``x (B, *data_shape)`` -> ``(recon, mu, logvar, z)``, one posterior sample; with
+        ``n_samples=K``, K of them: ``recon (K, B, *data_shape)``, ``z (K, B, L)``."""
         mu, logvar = self.encode(x)
-        z = reparameterize(mu, logvar, generator=generator, backend=backend)
-        return self.decode(z), mu, logvar, z
+        z = reparameterize(mu, logvar, n_samples=n_samples, generator=generator, backend=backend)
+        return (self.decode(z) if n_samples is None else self.decode_any(z)), mu, logvar, z
 
     def elbo(self, x, beta=1.0, kl="analytic", reduction="mean", free_bits=0.0,
              generator=None, backend=None):
@@ -62,6 +65,17 @@ class _VAEBase(ObservationModel):
         return _elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=kl,
                      z=z if kl == "mc" else None, beta=beta, free_bits=free_bits,
                      obs_logvar=self._obs(), reduction=reduction, backend=backend)
+
+    def iwae_bound(self, x, k: int, estimator="standard", reduction="mean", generator=None,
+                   backend=None):
+        """The importance-weighted bound of ``x`` from ``k`` posterior samples, with the
+        gradient ``estimator`` (see :func:`fastvae.iwae_bound`). "dreg" needs z_k to reach
+        the decoder as a tensor of its own: compile ``encode`` and ``decode``, not the
+        whole module (``fastvae train --compile`` does that)."""
+        recon_k, mu, logvar, z_k = self(x, generator=generator, backend=backend, n_samples=k)
+        return iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,
+                          obs_logvar=self._obs(), reduction=reduction, backend=backend,
+                          estimator=estimator)
 
     @torch.no_grad()
     def sample(self, n: int, generator=None) -> torch.Tensor:

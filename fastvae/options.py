@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .estimators import ESTIMATORS
+
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
@@ -91,8 +93,9 @@ TRAIN_CHECKS = {
     "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
     "lr": positive_float,
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device, "iwae_k": non_negative_int,
-    "threads": non_negative_int,
+    "threads": non_negative_int, "k": positive_int,
 }
+OBJECTIVES = ("elbo", "iwae")
 
 
 def check_train_config(cfg: dict) -> None:
@@ -113,3 +116,29 @@ def check_train_config(cfg: dict) -> None:
                 check(item)
             except BadValue as e:
                 raise ValueError(f"{key}: {e}") from None
+    check_objective(cfg)
+
+
+def check_objective(cfg: dict) -> None:
+    """ValueError naming the setting when the training objective and its gradient
+    estimator do not go together (shared by argparse's caller and the training API)."""
+    objective = cfg.get("objective") or "elbo"
+    estimator = cfg.get("estimator") or "standard"
+    if cfg.get("model") == "hvae" and (objective != "elbo" or estimator != "standard"
+                                       or int(cfg.get("k") or 1) != 1):
+        raise ValueError("objective/k/estimator: --model hvae trains the ELBO of its fused "
+                         "per-group KLs only; leave --objective elbo --k 1 --estimator standard")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if objective == "elbo":
+        if estimator == "dreg":
+            raise ValueError("estimator: dreg is the estimator of --objective iwae; the ELBO's "
+                             "is stl (DReG at K=1)")
+        if estimator == "stl" and cfg.get("kl", "analytic") != "mc":
+            raise ValueError("estimator: stl changes the gradient of the Monte-Carlo KL; add "
+                             "--kl mc (the analytic KL has no sampling noise to remove)")
+    elif float(cfg.get("beta", 1.0)) != 1.0:
+        raise ValueError("beta: --objective iwae is the importance-weighted bound, which has no "
+                         "KL weight; leave --beta at 1 or use --objective elbo")

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import estimators
 from ._dtypes import result_dtype, upcast
 
 LOG_2 = math.log(2.0)
@@ -137,27 +138,57 @@ def _free_bits(kl_bl: torch.Tensor, free_bits: float) -> torch.Tensor:
     return torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl).sum(-1)
 
 
+def _stopped(estimator, mu, logvar):
+    """log q's parameters as the estimator differentiates them (fastvae.estimators)."""
+    if estimator is not None and estimators.stops_parameters(estimator):
+        return mu.detach(), logvar.detach()
+    return mu, logvar
+
+
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
-         prior_mu=None, prior_logvar=None):
+         prior_mu=None, prior_logvar=None, estimator="standard"):
     dtype = result_dtype(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar)
     x, recon, obs_logvar = upcast(x, dtype), upcast(recon, dtype), upcast(obs_logvar, dtype)
     log_px = log_likelihood(x, recon, likelihood, obs_logvar)
     if kl == "analytic":
         kl_bl = kl_normal_per_dim(mu, logvar, prior_mu, prior_logvar)
-    else:
-        kl_bl = mc_kl_per_dim(z, mu, logvar, prior_mu, prior_logvar)
+    else:  # STL stops log q's parameters only: log p(z) keeps the prior's and z's gradients
+        kl_bl = mc_kl_per_dim(z, *_stopped(estimator, mu, logvar), prior_mu, prior_logvar)
     return _reduce(log_px - beta * _free_bits(kl_bl, free_bits), reduction)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction,
-               prior_mu=None, prior_logvar=None):
+               estimator="standard", prior_mu=None, prior_logvar=None):
+    value, weights = iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar,
+                                          likelihood=likelihood, reduction=reduction,
+                                          estimator=estimator, prior_mu=prior_mu,
+                                          prior_logvar=prior_logvar)
+    if estimator == "dreg":
+        estimators.attach_dreg_hook(value, z_k, weights)
+    return value
+
+
+def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction,
+                         estimator="standard", prior_mu=None, prior_logvar=None):
+    """(the bound, the softmax weights w~ (K, B), detached): the bound's value with the
+    estimator's gradients, except DReG's second weight on the paths into z_k (the hook
+    of ``fastvae.estimators`` adds it). "stl": log q at stopped parameters (a learned
+    prior's log p(z_k) is not stopped). "dreg":
+    mmvae's surrogate ``sum_k w~_k log w_k`` with w~ held constant, on top of the value:
+    the same first derivatives as STL, and its own higher ones."""
     dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs_logvar, prior_mu, prior_logvar)
     x, recon_k, obs_logvar = upcast(x, dtype), upcast(recon_k, dtype), upcast(obs_logvar, dtype)
     k = recon_k.shape[0]
+    mu, logvar = _stopped(estimator, mu, logvar)
     log_w = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
     log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k), prior_mu,
                                   prior_logvar).sum(-1)
-    return _reduce(torch.logsumexp(log_w, dim=0) - math.log(k), reduction)
+    lse = torch.logsumexp(log_w, dim=0)
+    weights = torch.softmax(log_w.detach(), dim=0)
+    if estimator == "dreg":
+        surrogate = (weights * log_w).sum(0)
+        lse = lse.detach() + (surrogate - surrogate.detach())  # adds exactly 0 to the value
+    return _reduce(lse - math.log(k), reduction), weights
 
 
 def reparameterize(mu, logvar, n_samples, generator):
@@ -166,3 +197,55 @@ def reparameterize(mu, logvar, n_samples, generator):
     rng = {} if generator is None else {"generator": generator}
     eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
     return mu + torch.exp(0.5 * logvar) * eps
+
+
+# -- discretized mixture of logistics -------------------------------------------------
+
+DMOL_LOG_SCALE_MIN = -7.0
+
+
+def dmol_split(params, channels: int):
+    """(logit_probs (B, M, H, W), means, log_scales, coeffs (B, C, M, H, W) each) of the
+    channels-first DMoL ``params``: ``[logit_probs | channel 0: means, log_scales, coeffs
+    | channel 1: ... ]`` (NVAE's layout; C = 1 has no coeffs: None)."""
+    b, _, h, w = params.shape
+    per = 3 if channels == 3 else 2
+    m = params.shape[1] // (1 + per * channels)
+    rest = params[:, m:].reshape(b, channels, per * m, h, w)
+    coeffs = rest[:, :, 2 * m:] if per == 3 else None
+    return params[:, :m], rest[:, :, :m], rest[:, :, m:2 * m], coeffs
+
+
+def discretized_logistic_mixture_log_prob(x, params, bits, reduction="none"):
+    """log p(x) of the discretized mixture of logistics, summed per sample (no gradient to
+    the discrete x). Each bin of width 2h, h = 1/(2^bits - 1), on the [-1, 1] scale:
+    ``log F(y+h)`` at the bottom, ``log(1 - F(y-h))`` at the top, and in between
+    ``log(F(y+h) - F(y-h)) = log F(y+h) + log(1 - F(y-h)) + log(1 - exp(-2h/s))``,
+    an identity of the logistic CDF F that is finite wherever the bin's mass is."""
+    dtype = result_dtype(x, params)
+    x, params = x.detach().to(dtype), params.to(dtype)
+    c = x.shape[1]
+    n = 2 ** bits - 1
+    logit_probs, means, log_scales, coeffs = dmol_split(params, c)
+    log_scales = log_scales.clamp(min=DMOL_LOG_SCALE_MIN)
+    k = torch.floor(x * n + 0.5).clamp(0, n)            # the bin decides the edges
+    y = (2 * k / n - 1).unsqueeze(2)                     # (B, C, 1, H, W), snapped to the grid
+    if c == 3:  # autoregressive over channels: m1 += c0*y0, m2 += c1*y0 + c2*y1
+        t = torch.tanh(coeffs)
+        means = torch.stack([means[:, 0], means[:, 1] + t[:, 0] * y[:, 0],
+                             means[:, 2] + t[:, 1] * y[:, 0] + t[:, 2] * y[:, 1]], dim=1)
+    inv_s = torch.exp(-log_scales)
+    plus = inv_s * (y - means + 1.0 / n)
+    minus = inv_s * (y - means - 1.0 / n)
+    log_cdf_plus = F.logsigmoid(plus)                    # log F(y + h)
+    log_sf_minus = F.logsigmoid(-minus)                  # log(1 - F(y - h))
+    log_width = math.log(2.0 / n) - log_scales           # log(plus - minus), exact at any s
+    width = torch.exp(log_width)
+    safe = torch.where(width > 0, width, torch.ones_like(width))  # 0 only where exp underflows
+    log_gap = log_width + torch.log(torch.where(width > 0, -torch.expm1(-safe) / safe,
+                                                torch.ones_like(width)))
+    k = k.unsqueeze(2)
+    log_bin = torch.where(k == 0, log_cdf_plus,
+                          torch.where(k == n, log_sf_minus, log_cdf_plus + log_sf_minus + log_gap))
+    log_px = torch.logsumexp(torch.log_softmax(logit_probs, dim=1) + log_bin.sum(1), dim=1)
+    return _reduce(log_px.sum((1, 2)), reduction)

@@ -32,6 +32,8 @@ import torch
 
 import fastvae
 
+from . import objectives
+from .amp import amp_policy, describe as describe_amp
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
 from .data import DataError, load_dataset
@@ -59,7 +61,7 @@ def default_config() -> dict:
                 kl_warmup=None,
                 kl="analytic", likelihood="bernoulli", backend="auto", amp=False,
                 compile=False, seed=0, device="auto", out=None, resume=False, progress=True,
-                iwae_k=1000, threads=0)
+                iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
 
 
 # -- distributed ----------------------------------------------------------------
@@ -114,18 +116,10 @@ def _core(model):
 
 
 def batch_loss(model, x, cfg: dict):
-    """``-ELBO`` (batch mean, what we minimize) of one forward pass through ``model``
-    (possibly DDP- or compile-wrapped), and the pieces for logging (:func:`_terms`)."""
-    core = _core(model)
-    if getattr(core, "hierarchical", False):  # ELBO = log p(x|z) - sum of the groups' KLs
-        recon, kl = model(x, backend=cfg["backend"])
-        rec = core.log_px(x, recon, cfg["backend"])
-        return -(rec - cfg["beta"] * kl.sum(0)).mean(), (recon, rec, kl)
-    recon, mu, logvar, z = model(x, backend=cfg["backend"])
-    e = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, kl=cfg["kl"],
-                     z=z if cfg["kl"] == "mc" else None, beta=cfg["beta"],
-                     obs_logvar=core._obs(), reduction="mean", backend=cfg["backend"])
-    return -e, (recon, mu, logvar)
+    """The loss (batch mean, what we minimize) of one forward pass through ``model``
+    (possibly DDP- or compile-wrapped), and the pieces for logging (:func:`_terms`):
+    ``-ELBO``, or ``-L_K`` with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
+    return objectives.loss(model, _core(model), x, cfg)
 
 
 @torch.no_grad()
@@ -325,7 +319,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
     torch.manual_seed(cfg["seed"])
     core = build_model(cfg).to(device)
     opt = torch.optim.Adam(core.parameters(), lr=cfg["lr"])
-    use_scaler = cfg["amp"] and device.type == "cuda"
+    amp_dtype, use_scaler = amp_policy(cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     shuffle_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     history, initial, start = [], None, 0
@@ -353,7 +347,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg["compile"]:
+    if cfg["compile"] and cfg.get("estimator") == "dreg":
+        # DReG's hook on z_k must see the decoder's gradient into z_k, which a graph that
+        # samples and decodes keeps inside: compile the two halves, sample between them.
+        core.encode = torch.compile(core.encode, dynamic=False)
+        core.decode = torch.compile(core.decode, dynamic=False)
+    elif cfg["compile"]:
         # dynamic=False: one graph per batch shape (full and last batch), each fully
         # specialized; there are only two shapes per run.
         model = torch.compile(model, dynamic=False)
@@ -364,13 +363,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
         sampler = DistributedSampler(range(len(data.train)), num_replicas=world, rank=rank,
                                      shuffle=True, seed=cfg["seed"])
     local_bs = math.ceil(cfg["batch_size"] / world)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     train_x = data.train.to(device)
     if is_main:
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
             f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
             f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
-            f"out {out}")
+            f"{objectives.describe(cfg)}, amp {describe_amp(amp_dtype, use_scaler)}, out {out}")
         if initial is not None and state is None:
             say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
@@ -390,7 +388,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
         core.train()
         for step in range(steps):
             x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
-            ctx = torch.autocast(device.type, dtype=amp_dtype) if cfg["amp"] else contextlib.nullcontext()
+            ctx = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                   else contextlib.nullcontext())
             with ctx:
                 loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
             glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world

@@ -12,7 +12,9 @@ from numbers import Integral, Real
 
 import torch
 
-LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
+# The discretized mixture of logistics: recon is its parameters, not x's shape.
+DMOL = "discretized_logistic_mixture"
+LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", DMOL)
 KL_MODES = ("analytic", "mc")
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -69,6 +71,15 @@ def check_tensor(name: str, t) -> torch.Tensor:
 
 
 def check_same_device(**tensors) -> torch.device:
+    first = None
+    for t in tensors.values():  # the common case without building anything
+        if isinstance(t, torch.Tensor):
+            if first is None:
+                first = t.device
+            elif t.device != first:
+                break
+    else:
+        return first
     devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
     if len(set(devices.values())) > 1:
         seen = ", ".join(f"{n} on {d}" for n, d in devices.items())
@@ -107,6 +118,8 @@ def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
     d = 1
     for s in x.shape[1:]:
         d *= s
+    if x.dim() == 2:  # already canonical: no reshape (a new view object) per call
+        return x, (recon if k is None else recon.reshape(k, batch, d))
     x2 = x.reshape(batch, d)
     r2 = recon.reshape(batch, d) if k is None else recon.reshape(k, batch, d)
     return x2, r2
@@ -177,3 +190,65 @@ def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str):
         dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
         return torch.full((like.shape[1:].numel(),), value, dtype=dtype, device=like.device)
     return canonical_obs_logvar(prior, like.shape, name=name, against=like_name)
+# -- discretized mixture of logistics ------------------------------------------------
+
+def check_bits(bits) -> int:
+    """The bit depth of a DMoL's data grid: an int in 1..16."""
+    bits = int(check_number("bits", bits, minimum=1, integer=True))
+    if bits > 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    return bits
+
+
+def dmol_slots(channels: int) -> int:
+    """Parameters per mixture component: the logit and (mean, log-scale, coeff) per
+    channel for RGB (10), the logit, mean and log-scale for grayscale (3)."""
+    return 10 if channels == 3 else 3
+
+
+def check_dmol(x, params, *, params_name="params", k=None) -> tuple[int, int]:
+    """x ``(B, C, H, W)`` with C in {1, 3}; params ``(B, S*M, H, W)`` (``(K, B, S*M, H, W)``
+    with ``k``), S = :func:`dmol_slots`. Returns (C, M)."""
+    check_tensor("x", x)
+    check_tensor(params_name, params)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError("the discretized logistic mixture needs x of shape (B, C, H, W) with "
+                         f"C = 1 or 3 channels, got shape {tuple(x.shape)}")
+    b, c, h, w = x.shape
+    s = dmol_slots(c)
+    lead = (b,) if k is None else (k, b)
+    shape = tuple(params.shape)
+    layout = "(B, 10*M, H, W): logit, then mean, log-scale, coeff per channel" if c == 3 else \
+        "(B, 3*M, H, W): logit, mean, log-scale"
+    if k is not None:
+        layout = "(K, " + layout[1:]
+    if (len(shape) != len(lead) + 3 or shape[:len(lead)] != lead or shape[-2:] != (h, w)
+            or shape[len(lead)] == 0 or shape[len(lead)] % s):
+        raise ValueError(f"{params_name} must be {layout} for M mixture components, with x's "
+                         f"batch {b} and size {h}x{w}; got shape {shape} for x of shape "
+                         f"{tuple(x.shape)}")
+    return c, shape[len(lead)] // s
+
+
+def check_dmol_values(validate: bool, x, bits: int, **tensors) -> None:
+    """With validation on: finite parameters, x in [0, 1] on the grid ``k / (2^bits - 1)``
+    (to within the rounding of x's dtype: bf16 cannot resolve an 8-bit grid, so there
+    only the range is checked)."""
+    if not validate:
+        return
+    check_values(True, **tensors)
+    if not x.numel():
+        return
+    check_values(True, x=x)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"the discretized logistic mixture needs x in [0, 1], got values in "
+                         f"[{lo}, {hi}]")
+    n = 2 ** bits - 1
+    scaled = x.double() * n
+    off = float((scaled - torch.floor(scaled + 0.5)).abs().max())
+    tol = min(0.5, max(1e-3, torch.finfo(x.dtype).eps * n))
+    if off > tol:
+        raise ValueError(f"x must lie on the {bits}-bit grid k / {n}: a value is {off:.3g} of a "
+                         f"bin off it (tolerance {tol:.3g}); quantize the data first, e.g. "
+                         f"torch.round(x * {n}) / {n}")

@@ -33,6 +33,12 @@ twice: ``(2D + 3KD + 3KL + 6L) s`` plus 8K bytes, ``KD s`` more than the one-pas
 and its floor (a program reads its rows back right after pass 1, so part of that may
 come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 ``reduce.finish_kernel`` (no atomics).
+
+Estimators (``fastvae.estimators``) add one switch: DReG's gradient hook on z_k needs
+the softmax weights, which ``STORE_WEIGHTS`` writes to ``WEIGHTS`` (K, B) fp32 from the
+gradient pass (4K bytes per row; the rows kernel from its latent loop, where each weight
+is formed anyway). STL and DReG stop log q's parameters: the host drops the direct
+mu/logvar gradients (and sets ``STORE_WEIGHTS`` for both: one compiled specialization).
 """
 import triton
 import triton.language as tl
@@ -46,7 +52,7 @@ from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
     PM, PLV,                                  # PRIOR: the prior's mean and log-variance
-    LOG_W, ROW_VALUES,                        # (K, B) fp32 scratch; (B,) fp32 rows
+    LOG_W, ROW_VALUES, WEIGHTS,               # (K, B) fp32 scratch; (B,) fp32; (K, B) fp32
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
@@ -56,6 +62,7 @@ def iwae_bound_rows_kernel(
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
     PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
+    STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     obs_scalar = tl.cast(obs_scalar, tl.float32)
@@ -158,7 +165,10 @@ def iwae_bound_rows_kernel(
                 z_base = zero_i64
                 gz_base = zero_i64
                 for k in range(0, K):
-                    lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
+                    lw_off = (zero_i64 + k) * B + rows
+                    lw = tl.load(LOG_W + lw_off, mask=rmask, other=0.0)
+                    if STORE_WEIGHTS:  # softmax_k(log w_k) for DReG's hook, once per row
+                        tl.store(WEIGHTS + lw_off, exp_(lw - lse), mask=rmask & (l0 == 0))
                     w = (exp_(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
                     kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
@@ -188,7 +198,7 @@ def iwae_bound_rows_kernel(
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
     PM, PLV,                                  # PRIOR: the prior's mean and log-variance
-    ROW_VALUES,                               # (B,) fp32 rows
+    ROW_VALUES, WEIGHTS,                      # (B,) fp32 rows; (K, B) fp32 (STORE_WEIGHTS)
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
@@ -198,6 +208,7 @@ def iwae_bound_onepass_kernel(
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
     PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
+    STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks).
@@ -297,3 +308,6 @@ def iwae_bound_onepass_kernel(
         if NEED_GPLV:
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             store_as(GPLV, rows2 * L + lats2, -tl.sum(d_plv * w3, axis=1), ml2)
+        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
+            tl.store(WEIGHTS + ks64[None, :] * B + rows2,
+                     p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)

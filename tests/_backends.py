@@ -37,6 +37,11 @@ if INTERPRET:
     BACKENDS = ["triton"] if HAS_TRITON else []
 else:
     BACKENDS = ["reference", "torch"] + (["triton"] if KERNELS_RUN else [])
+# FASTVAE_TEST_BACKENDS=triton (a comma list) keeps only those: benchmarks/gpu_session.sh
+# runs the op suites on the compiled kernels without redoing the CPU backends' cases.
+if os.environ.get("FASTVAE_TEST_BACKENDS"):
+    _wanted = os.environ["FASTVAE_TEST_BACKENDS"].split(",")
+    BACKENDS = [b for b in BACKENDS if b in _wanted]
 
 # Interpreter caps. The interpreter pays per program instance (a few ms) and per element
 # (numpy under the hood: ~2 us per element of an ELBO's fwd+bwd on these machines), and

@@ -10,7 +10,8 @@ from fastvae import cli
 
 TRAIN_FLAGS = ["--dataset", "--data-dir", "--model", "--latent", "--hidden", "--epochs",
                "--batch-size", "--lr", "--beta", "--kl", "--likelihood", "--backend", "--amp",
-               "--compile", "--seed", "--device", "--out", "--resume"]
+               "--compile", "--seed", "--device", "--out", "--resume", "--objective", "--k",
+               "--estimator"]
 TINY = ["--epochs", "1", "--hidden", "32", "--latent", "2", "--batch-size", "128",
         "--iwae-k", "5", "--no-progress"]
 

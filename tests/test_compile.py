@@ -81,6 +81,8 @@ OPS = {
     "gaussian_log_prob": lambda a, k: fastvae.gaussian_log_prob(*a, **k),
     "iwae_bound": lambda a, k: fastvae.iwae_bound(*a, **k),
     "kl_normal": lambda a, k: fastvae.kl_normal(*a, **k),
+    "discretized_logistic_mixture_log_prob":
+        lambda a, k: fastvae.discretized_logistic_mixture_log_prob(*a, **k),
 }
 
 
@@ -98,6 +100,9 @@ def _case(op):
     if op == "kl_normal":
         return (mu, lv, torch.randn(b, l, requires_grad=True),
                 torch.randn(l, requires_grad=True)), {}
+    if op == "discretized_logistic_mixture_log_prob":
+        return (torch.randint(0, 256, (b, 3, 2, 3)) / 255.0,
+                torch.randn(b, 20, 2, 3, requires_grad=True)), dict(bits=8)
     return (x, torch.randn(k, b, d, requires_grad=True), mu, lv,
             torch.randn(k, b, l, requires_grad=True)), dict(reduction="mean")
 
@@ -132,23 +137,41 @@ def _op_args():
     x = torch.rand(b, d)
     yield "elbo-bern-mean", torch.ops.fastvae.elbo.default, (
         x, t(b, d), t(b, l), t(b, l), None, None, None, None, 0.0, "bernoulli", "analytic", 1.0,
-        0.0, "mean", 1.0, [False, True, True, True, False, False, False, False], "torch")
+        0.0, "mean", 1.0, "standard", [False, True, True, True, False, False, False, False],
+        "torch")
     yield "elbo-gauss-mc-none-obs", torch.ops.fastvae.elbo.default, (
         x, t(b, d), t(b, l), t(b, l), t(b, l), t(d), None, None, 0.0, "gaussian", "mc", 0.7, 0.2,
-        "none", -1.0, [False, True, True, True, True, True, False, False], "torch")
+        "none", -1.0, "standard", [False, True, True, True, True, True, False, False], "torch")
     yield "elbo-bern-prior", torch.ops.fastvae.elbo.default, (
         x, t(b, d), t(b, l), t(b, l), t(b, l), None, t(b, l), t(l), 0.0, "bernoulli", "mc", 1.0,
-        0.1, "mean", 1.0, [False, True, True, True, True, False, True, True], "torch")
+        0.1, "mean", 1.0, "standard", [False, True, True, True, True, False, True, True],
+        "torch")
+    # sticking the landing: the op is not asked for mu/logvar gradients (a prior's stay)
+    yield "elbo-bern-mc-stl", torch.ops.fastvae.elbo.default, (
+        x, t(b, d), t(b, l), t(b, l), t(b, l), None, None, None, 0.0, "bernoulli", "mc", 1.0,
+        0.0, "mean", 1.0, "stl", [False, True, False, False, True, False, False, False],
+        "torch")
+    yield "elbo-bern-mc-stl-prior", torch.ops.fastvae.elbo.default, (
+        x, t(b, d), t(b, l), t(b, l), t(b, l), None, t(l), t(b, l), 0.0, "bernoulli", "mc", 1.0,
+        0.0, "mean", 1.0, "stl", [False, True, False, False, True, False, True, True], "torch")
     yield "elbo-cb-sum-nograd", torch.ops.fastvae.elbo.default, (
         x, t(b, d, grad=False), t(b, l, grad=False), t(b, l), None, None, None, None, 0.0,
-        "continuous_bernoulli", "analytic", 1.0, 0.0, "sum", 1.0,
+        "continuous_bernoulli", "analytic", 1.0, 0.0, "sum", 1.0, "standard",
         [False, False, False, True, False, False, False, False], "torch")
     yield "iwae-bern", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, None, None, 0.0, "bernoulli", "none",
-        [False, True, True, True, True, False, False, False], "torch")
+        "standard", [False, True, True, True, True, False, False, False], "torch")
     yield "iwae-gauss-obs", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), t(b, d), t(b, l), t(b, l), 0.0, "gaussian",
-        "mean", [False, True, True, True, True, True, True, True], "torch")
+        "mean", "standard", [False, True, True, True, True, True, True, True], "torch")
+    # the estimators: DReG's op also returns the softmax weights for its hook
+    for est in ("stl", "dreg"):
+        yield f"iwae-bern-{est}", torch.ops.fastvae.iwae_bound.default, (
+            x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, None, None, 0.0, "bernoulli",
+            "sum", est, [False, True, False, False, True, False, False, False], "torch")
+        yield f"iwae-bern-{est}-prior", torch.ops.fastvae.iwae_bound.default, (
+            x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, t(b, l), t(l), 0.0, "bernoulli",
+            "sum", est, [False, True, False, False, True, False, True, True], "torch")
     yield "gauss-float", torch.ops.fastvae.gaussian_log_prob.default, (
         t(b, d), t(b, d), None, 0.3, [True, True, False], "torch")
     yield "gauss-tensor", torch.ops.fastvae.gaussian_log_prob.default, (
@@ -171,6 +194,11 @@ def _op_args():
     yield "sample-with-kl-bwd-kl-only", torch.ops.fastvae.sample_with_kl_bwd.default, (
         None, torch.randn(b), t(b, l, grad=False), torch.randn(b, l), *saved,
         [True, False, True, True], "torch")
+    images = torch.randint(0, 256, (b, 3, 2, 3)) / 255.0
+    yield "dmol-rgb-mean", torch.ops.fastvae.discretized_logistic_mixture_log_prob.default, (
+        images, t(b, 20, 2, 3), 8, "mean", -1.0, [True], "torch")
+    yield "dmol-gray-none-nograd", torch.ops.fastvae.discretized_logistic_mixture_log_prob.default, (
+        images[:, :1], t(b, 6, 2, 3, grad=False), 5, "none", 1.0, [False], "torch")
     # the sampler: noise is eps itself on the "torch" backend
     for n in (0, 3):
         shape = (b, l) if n == 0 else (n, b, l)
@@ -253,7 +281,7 @@ def _elbo_args(needs=(False, True, True, True, False, False, False, False)):
     x = torch.rand(6, 10, generator=g)
     recon, mu, lv = (torch.randn(s, generator=g).requires_grad_() for s in ((6, 10), (6, 3), (6, 3)))
     return (x, recon, mu, lv, None, None, None, None, 0.0, "bernoulli", "analytic", 1.0, 0.0,
-            "mean", -1.0, list(needs), "torch")
+            "mean", -1.0, "standard", list(needs), "torch")
 
 
 def test_eager_calls_skip_the_custom_op_dispatch(monkeypatch):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import re
 import subprocess
@@ -65,6 +66,8 @@ def _widest_load_allowed(cfg) -> int:
         per_thread = max(1, cx["BLOCK_B"] * cx["BLOCK_D"] // threads)
     elif "Q" in cx:
         per_thread = max(1, cx["Q"] // threads)
+    elif "BLOCK_P" in cx:  # the DMoL kernel's (components, pixels) parameter tiles
+        per_thread = max(1, cx["BLOCK_M"] * cx["BLOCK_P"] // threads)
     else:
         return 16
     return min(16, per_thread * BYTES[cfg["dtype"]])
@@ -182,11 +185,31 @@ def test_every_launch_configuration_is_shipped():
         configs.CONFIG_MODE = old
 
 
+def test_dmol_gpu_configs_are_shipped():
+    """Every DMoL configuration the host can launch on a GPU (M up to DMOL_MAX_MIX)."""
+    from fastvae.backends.triton_backend import configs
+    names = set(_configs())
+    old = configs.CONFIG_MODE
+    configs.CONFIG_MODE = "gpu"
+    try:
+        for m in range(1, configs.DMOL_MAX_MIX + 1):
+            for hw in (1, 64, 784, 1024, 4096):
+                bm, bp, warps = configs.dmol_config(m, hw)
+                assert m <= bm
+                for c, mode in itertools.product((1, 3), ("grad", "eval")):
+                    assert f"dmol_rows[C={c},{mode},{bm}x{bp}]" in names
+        for element, tag in ((4, ""), (2, ",bf16"), (2, ",fp16")):
+            bb, bd, bl, _ = configs.elbo_config(256, 0, 64, element)  # the shipped L
+            assert f"elbo_rows[latents-train,{bb}x{bd},L{bl}{tag}]" in names
+    finally:
+        configs.CONFIG_MODE = old
+
+
 def test_iwae_onepass_gpu_configs_are_shipped():
     """Every one-pass IWAE configuration the host can launch on a GPU is compiled here
     (the two-pass kernel's tiles: the test above)."""
     from fastvae.backends.triton_backend import configs
-    from fastvae.backends.triton_backend.shipped import shipped_configs
+    from fastvae.backends.triton_backend.shipped import _IWAE_MODES, shipped_configs
     old = configs.CONFIG_MODE
     configs.CONFIG_MODE = "gpu"
     try:
@@ -201,10 +224,11 @@ def test_iwae_onepass_gpu_configs_are_shipped():
                             assert k > 8 or d > 1024 or l > 128 or (lik == 1 and k > 4 and d > 256)
                             continue
                         bb, bk, bd, bl, warps = cfg
-                        name = f"iwae_bound_onepass[LIK={lik},{bb}x{bk}x{bd},L{bl}]"
-                        assert name in names and names[name]["num_warps"] == warps, name
                         assert k <= bk and d <= bd and l <= bl
-                        hit.add(name)
+                        for mode in _IWAE_MODES:  # each mode is a compilation of its own
+                            name = f"iwae_bound_onepass[LIK={lik},{mode},{bb}x{bk}x{bd},L{bl}]"
+                            assert name in names and names[name]["num_warps"] == warps, name
+                            hit.add(name)
     finally:
         configs.CONFIG_MODE = old
     assert hit == {n for n in names if n.startswith("iwae_bound_onepass[")}

@@ -86,6 +86,37 @@ def test_per_row_ops_launch_once_and_backward_launches_nothing(seed, launches, o
     assert len(launches) == 1
 
 
+def test_dmol_launches_once_and_is_deterministic(seed, launches):
+    """The DMoL op: one launch (a sample's block sums are torch's, in a fixed order);
+    backward of per-sample values is torch's in-place multiply. Its ELBO adds one ELBO
+    launch with no data columns (D = 0), and loss.backward() one scale launch per op,
+    which at grad_output 1 moves nothing."""
+    x = torch.randint(0, 256, (5, 3, 9, 7)) / 255.0
+    params = leaf(torch.randn(5, 40, 9, 7))
+    outs = []
+    for _ in range(2):
+        del launches[:]
+        v = fastvae.discretized_logistic_mixture_log_prob(x, params, backend="triton")
+        assert launches == ["dmol_rows_kernel"], launches
+        del launches[:]
+        (g,) = torch.autograd.grad(v.sum(), params)
+        assert launches == [], launches
+        outs.append((v, g))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    mu, lv = leaf(torch.randn(5, 4)), leaf(torch.randn(5, 4))
+    del launches[:]
+    loss = fastvae.ELBOLoss(likelihood="discretized_logistic_mixture", free_bits=0.1,
+                            backend="triton")(x, params, mu, lv)
+    assert sorted(launches) == ["dmol_rows_kernel", "elbo_rows_kernel", "kl_clamp_kernel"]
+    del launches[:]
+    loss.backward()
+    assert launches == ["scale_grads_kernel"] * 2, launches
+    want = fastvae.ELBOLoss(likelihood="discretized_logistic_mixture", free_bits=0.1,
+                            backend="torch")(x.cpu(), params.detach().cpu(), mu.detach().cpu(),
+                                             lv.detach().cpu())
+    assert_close("loss", loss, want, F32, scale=want.abs())
+
+
 @pytest.mark.parametrize("k", [4, 9])   # one pass, two passes
 def test_iwae_launches_and_determinism(seed, launches, k):
     x, recon, mu, lv, z = (leaf(t) for t in _iwae_inputs(k, 50, 60, 5))
@@ -288,25 +319,46 @@ def test_opcheck_every_op(seed):
     rk, zk = leaf(torch.randn(k, b, d)), leaf(torch.randn(k, b, l))
     cases = [
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, None, None, None, None, 0.0, "bernoulli",
-                                "analytic", 1.0, 0.0, "mean", 1.0,
+                                "analytic", 1.0, 0.0, "mean", 1.0, "standard",
                                 _needs(x, recon, mu, lv, None, None, None, None), "triton")),
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, obs, None, None, 0.0, "gaussian", "mc", 0.5,
-                                0.2, "none", -1.0, _needs(x, recon, mu, lv, z, obs, None, None),
-                                "triton")),
+                                0.2, "none", -1.0, "standard",
+                                _needs(x, recon, mu, lv, z, obs, None, None), "triton")),
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, pm, plv, 0.0, "continuous_bernoulli",
-                                "mc", 1.0, 0.0, "sum", 1.0,
+                                "mc", 1.0, 0.0, "sum", 1.0, "standard",
                                 _needs(x, recon, mu, lv, z, None, pm, plv), "triton")),
         (ops["elbo"]._elbo_op, (x, recon, mu, lv, None, None, pm, None, 0.0, "bernoulli",
-                                "analytic", 1.0, 0.3, "none", 1.0,
+                                "analytic", 1.0, 0.3, "none", 1.0, "standard",
                                 _needs(x, recon, mu, lv, None, None, pm, None), "triton")),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, None, None, 0.0,
+                                "continuous_bernoulli", "mc", 1.0, 0.0, "sum", 1.0, "stl",
+                                [False, True, False, False, True, False, False, False],
+                                "triton")),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, pm, plv, 0.0, "bernoulli", "mc", 1.0,
+                                0.0, "sum", 1.0, "stl",
+                                [False, True, False, False, True, False, True, True], "triton")),
         (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, obs, pm, plv, 0.0, "gaussian",
-                                            "mean", _needs(x, rk, mu, lv, zk, obs, pm, plv),
+                                            "mean", "standard",
+                                            _needs(x, rk, mu, lv, zk, obs, pm, plv), "triton")),
+        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, None, None, None, 0.0,
+                                            "bernoulli", "none", "dreg",
+                                            [False, True, False, False, True, False, False,
+                                             False], "triton")),
+        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, None, pm, plv, 0.0, "bernoulli",
+                                            "none", "dreg",
+                                            [False, True, False, False, True, False, True, True],
                                             "triton")),
         (ops["gaussian_log_prob"]._op, (x, recon, obs, 0.0, _needs(x, recon, obs), "triton")),
         (ops["kl_standard_normal"]._op, (mu, lv, [True, True], "triton")),
         (ops["kl_normal"]._op, (mu, lv, pm, plv, [True, True, True, True], "triton")),
         (ops["kl_normal"]._op, (mu, lv, None, plv, [True, False, False, True], "triton")),
     ]
+    dmol = importlib.import_module("fastvae.ops.discretized_logistic_mixture_log_prob")
+    images = torch.randint(0, 256, (b, 3, 2, 5)) / 255.0
+    cases += [(dmol._op, (images, leaf(torch.randn(b, 30, 2, 5)), 8, "sum", -1.0, [True],
+                          "triton")),
+              (dmol._op, (images[:, :1], torch.randn(b, 6, 2, 5), 3, "none", 1.0, [False],
+                          "triton"))]
     for n in (3, 0):
         noise = backends.get("triton").reparameterize_noise(mu, n, None)
         cases.append((ops["reparameterize"]._op, (mu, lv, noise, n, "triton")))

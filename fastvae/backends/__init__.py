@@ -11,7 +11,8 @@ gradients together (see ``fastvae.ops``), ``reparameterize_noise`` /
 ``elbo``: x, recon ``(B, D)``; mu, logvar ``(B, L)``; z ``(B, L)`` or None (given iff
     kl == "mc"); obs_logvar a float, or a tensor ``(D,)`` or ``(B, D)``. The value is
     ``()`` for "mean"/"sum", ``(B,)`` for "none".
-``iwae_bound``: x ``(B, D)``, recon_k ``(K, B, D)``, mu/logvar ``(B, L)``, z_k ``(K, B, L)``.
+``iwae_bound``: x ``(B, D)``, recon_k ``(K, B, D)``, mu/logvar ``(B, L)``, z_k ``(K, B, L)``;
+    with ``weights=True`` (STL, DReG: ``fastvae.estimators``) also the softmax weights ``(K, B)``.
 ``kl_standard_normal``: ``(N, L)`` -> ``(N,)``.
 ``gaussian_log_prob``: x, mean ``(N, D)``; logvar a float or ``(D,)`` / ``(N, D)`` -> ``(N,)``.
 ``reparameterize``: mu, logvar ``(B, L)``; ``(B, L)``, or ``(K, B, L)`` for K samples.

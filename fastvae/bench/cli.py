@@ -70,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 2**27 on CPU, 2**29 on CUDA)")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip memory, saved-bytes and kernel measurements")
+    parser.add_argument("--gpu-train-step", action="store_true",
+                        help="the large-batch GPU training step: train_mlp and train_conv at "
+                             f"B={GPU_TRAIN_BATCH}, D=784 on CUDA (dtypes as --dtype); without "
+                             "CUDA it says so and measures nothing (exit status 2)")
     parser.add_argument("--json", metavar="FILE", default=None, help="write rows and environment")
     parser.add_argument("--plot", metavar="FILE.png", default=None,
                         help="speed-up vs batch size per variant (matplotlib)")
@@ -78,9 +82,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``fastvae bench``: run the chosen grid, print the table, write JSON / plot.
-    Returns the exit status (0); an :class:`~.core.AgreementError` propagates."""
+    Returns the exit status (0; 2 when the grid asked for needs CUDA and there is none);
+    an :class:`~.core.AgreementError` propagates."""
+    if getattr(args, "gpu_train_step", False):
+        why = gpu_train_step_unavailable(args.device)
+        if why:
+            print(f"fastvae bench --gpu-train-step: skipped, {why}", file=sys.stderr)
+            return 2
+        args.ops = ["train_mlp", "train_conv"]
+        args.batch, args.dim = [GPU_TRAIN_BATCH], [784]
+        args.device = "cuda" if args.device == "auto" else args.device
     measure_grid(args)
     return 0
+
+
+GPU_TRAIN_BATCH = 65536
+
+
+def gpu_train_step_unavailable(device: str) -> str:
+    """Why the large-batch GPU training-step case cannot run here ('' when it can)."""
+    if device not in ("auto", "cuda") and not str(device).startswith("cuda:"):
+        return f"it runs on CUDA only, not --device {device}"
+    if not torch.cuda.is_available():
+        return ("no CUDA device (torch.cuda.is_available() is False): a B=65536 Conv step "
+                "is minutes on a CPU")
+    return ""
 
 
 def measure_grid(args: argparse.Namespace) -> List[dict]:

@@ -48,6 +48,8 @@ class Case:
     def shape(self) -> str:
         """``B=4096 D=784 L=32`` (+ `` K=16`` for ops with K; no D for ops without one)."""
         op = OPS[self.op]
+        if op.label is not None:
+            return op.label(self)
         d = f" D={self.dim}" if op.uses_dim else ""
         return f"B={self.batch}{d} L={self.latent}" + (f" K={self.k}" if op.uses_k else "")
 
@@ -110,6 +112,7 @@ class Op:
     grids: Dict[str, dict] = field(default_factory=dict)
     self_check: Optional[Callable[[Case, dict, tuple, str], None]] = None
     largest: Callable[[Case], int] = _largest
+    label: Optional[Callable[[Case], str]] = None   # the case's shape, where not B/D/L/K
 
     @property
     def uses_k(self) -> bool:

@@ -6,6 +6,7 @@ every op without a graph break; eager calls run the same functions as a plain
 ``autograd.Function`` (``_autograd.Fused``). What they share lives in ``_autograd``.
 """
 from ._autograd import functorch_active
+from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob
 from .elbo import elbo
 from .gaussian_log_prob import gaussian_log_prob
 from .iwae_bound import iwae_bound
@@ -16,3 +17,4 @@ from .sample_with_kl import sample_with_kl
 
 __all__ = ["functorch_active", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob",
            "kl_standard_normal", "kl_normal", "sample_with_kl"]
+__all__ += ["discretized_logistic_mixture_log_prob"]

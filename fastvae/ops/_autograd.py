@@ -69,11 +69,16 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
     graph is freed after this backward (a retained graph still needs the saved gradients).
     """
     gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    if (ctx.owns_saved and grad_out is not None and grad_out.dim() == 0
-            and type(grad_out) is torch.Tensor and not torch.compiler.is_compiling()
-            and not _graph_kept()):
+    if grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out):
         return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
     return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
+
+
+def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
+    """Whether backward may multiply the saved gradients by ``grad_out`` in place (see
+    :func:`weigh_saved` for why each condition)."""
+    return (ctx.owns_saved and grad_out is not None and type(grad_out) is torch.Tensor
+            and not torch.compiler.is_compiling() and not _graph_kept())
 
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
@@ -95,7 +100,7 @@ def keep_inputs(ctx, inputs) -> None:
     if torch.compiler.is_compiling():
         return
     ctx.inputs = tuple(inputs)
-    ctx.versions = tuple(t._version if isinstance(t, Tensor) else None for t in inputs)
+    ctx.versions = tuple([t._version if isinstance(t, Tensor) else None for t in inputs])
 
 
 def kept_inputs(ctx, op: str):
@@ -107,7 +112,10 @@ def kept_inputs(ctx, op: str):
         if isinstance(t, Tensor) and t._version != v:
             raise RuntimeError(f"fastvae.{op}: an input was modified in place after the call, so "
                                "its higher-order gradients cannot be computed")
-    return inputs
+    # Each tensor as a view of its own: the op's gradient w.r.t. an input is the partial
+    # derivative, and autograd.grad w.r.t. mu itself would also follow mu's path through
+    # z (z = mu + sigma * eps), which autograd then adds a second time.
+    return tuple(t.view_as(t) if isinstance(t, Tensor) else t for t in inputs)
 
 
 def owned(outputs):
@@ -139,6 +147,8 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
     ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        if not torch.is_grad_enabled():  # the usual backward: no graph of it, no mode switch
+            return backward(ctx, *grads)
         if graph_of_backward_wanted():
             return higher(ctx, *grads)
         with torch.no_grad():
@@ -150,8 +160,10 @@ def plain_eager(args) -> bool:
     """Real tensors, no tracing, no dispatch mode watching: the autograd.Function path."""
     if torch.compiler.is_compiling() or _dispatch_modes():
         return False
-    return all(type(a) is Tensor and a.device.type != "meta" for a in args
-               if isinstance(a, Tensor))
+    for a in args:  # a loop, not all(genexpr): this runs on every call
+        if isinstance(a, Tensor) and (type(a) is not Tensor or a.device.type == "meta"):
+            return False
+    return True
 
 
 def _dispatch_modes() -> int:
@@ -177,9 +189,10 @@ class Fused:
     about as much as a whole small fused step on CPU (RESULTS.md).
     """
 
-    def __init__(self, op, forward, setup, backward):
+    def __init__(self, op, forward, setup, backward, tensor_args: int = 0):
         op.register_autograd(backward, setup_context=setup)
         self.op = op
+        self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())
 
         def forward_with_ctx(ctx, *args):
             # ctx-style, not setup_context-style: apply() then skips an inspect.signature
@@ -188,10 +201,38 @@ class Fused:
             setup(ctx, args, output)
             return output
 
-        self.function = type(f"{forward.__name__.strip('_')}_function",
-                             (torch.autograd.Function,),
+        def value_with_ctx(ctx, *args):
+            # (*tensor arguments, the rest packed in one tuple): apply() handles each of
+            # its arguments on every call, and only the tensors need it
+            lead = len(args) - 1
+            args = (*args[:-1], *args[-1])
+            output = forward(*args)
+            setup(ctx, args, output)
+            ctx.owns_saved = True  # nobody else holds the gradient outputs
+            ctx.lead = lead
+            return output[0]
+
+        def value_backward(ctx, *grads):
+            got = backward(ctx, *grads)
+            return (*got[:ctx.lead], None)
+
+        name = forward.__name__.strip('_')
+        self.function = type(f"{name}_function", (torch.autograd.Function,),
                              {"forward": staticmethod(forward_with_ctx),
                               "backward": staticmethod(backward)})
+        # The value alone, for value-and-gradients ops whose caller drops the gradients:
+        # every output of an autograd.Function costs autograd bookkeeping, per call.
+        self.value_function = type(f"{name}_value_function", (torch.autograd.Function,),
+                                   {"forward": staticmethod(value_with_ctx),
+                                    "backward": staticmethod(value_backward)})
 
     def __call__(self, *args):
         return self.function.apply(*args) if plain_eager(args) else self.op(*args)
+
+    def value(self, *args):
+        """Output 0 of a value-and-gradients op, whose gradients backward may then scale in
+        place (:func:`owned`)."""
+        n = self.tensor_args or len(args)
+        if plain_eager(args[:n]):
+            return self.value_function.apply(*args[:n], args[n:])
+        return owned(self.op(*args))

@@ -6,7 +6,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .. import backends, reference
+from .. import backends, estimators, reference
 from .._dtypes import result_dtype
 from . import _autograd as A
 
@@ -27,8 +27,9 @@ def fake_value_and_grads(tensors, reduction, needs):
 def _elbo_fwd(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, z: Optional[Tensor],
               obs: Optional[Tensor], prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor],
               obs_scalar: float, likelihood: str, kl: str, beta: float, free_bits: float,
-              reduction: str, scale: float, needs: List[bool], backend: str
+              reduction: str, scale: float, estimator: str, needs: List[bool], backend: str
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # estimator: for the higher-order recomputation only; its first-order effect is in needs
     return tuple(backends.get(backend).elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu,
                                                 prior_logvar, obs_scalar, likelihood, kl, beta,
                                                 free_bits, reduction, scale, needs))
@@ -39,7 +40,7 @@ _elbo_op = torch.library.custom_op("fastvae::elbo", mutates_args=())(_elbo_fwd)
 
 @_elbo_op.register_fake
 def _(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl, beta,
-      free_bits, reduction, scale, needs, backend):
+      free_bits, reduction, scale, estimator, needs, backend):
     return fake_value_and_grads((x, recon, mu, logvar, z, obs, prior_mu, prior_logvar),
                                 reduction, needs)
 
@@ -58,35 +59,43 @@ def finish_grads(ctx, g):
 
 
 def _setup(ctx, inputs, output):
-    A.save_grads(ctx, output[1:], needs_=inputs[15], backend=inputs[16], inputs=inputs[:15])
+    A.save_grads(ctx, output[1:], needs_=inputs[16], backend=inputs[17], inputs=inputs[:16])
     setup_shapes(ctx, inputs)
 
 
 def _backward(ctx, grad_out, *_):
     g = finish_grads(ctx, A.weigh_saved(ctx, grad_out, (0,) * 8))
-    return (*g, None, None, None, None, None, None, None, None, None)
+    return (*g, None, None, None, None, None, None, None, None, None, None)
 
 
 def _higher_order(ctx, grad_out, *_):
     (x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl, beta,
-     free_bits, reduction, scale) = A.kept_inputs(ctx, "elbo")
+     free_bits, reduction, scale, estimator) = A.kept_inputs(ctx, "elbo")
     value = scale * reference.elbo(x, recon, mu, logvar, z, obs_scalar if obs is None else obs,
                                    likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits,
                                    reduction=reduction, prior_mu=prior_mu,
-                                   prior_logvar=prior_logvar)
+                                   prior_logvar=prior_logvar, estimator=estimator)
     g = A.recompute_grads(value, (x, recon, mu, logvar, z, obs, prior_mu, prior_logvar),
                           ctx.needs, grad_out)
-    return (*g, None, None, None, None, None, None, None, None, None)
+    return (*g, None, None, None, None, None, None, None, None, None, None)
 
 
-_elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order))
+_elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order),
+                tensor_args=8)
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
-         backend, scale=1.0, prior_mu=None, prior_logvar=None):
-    """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents."""
+         backend, scale=1.0, prior_mu=None, prior_logvar=None, estimator="standard"):
+    """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents.
+
+    ``estimator="stl"`` (``fastvae.estimators``): the direct gradients w.r.t. mu and
+    logvar are zero, so the backend is simply not asked for them. A learned prior's
+    log p(z) does not involve mu or logvar, so its gradients (w.r.t. z and the prior)
+    are the standard ones under either estimator."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     needs = A.needs(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar)
-    return A.owned(_elbo(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, float(obs_scalar),
-                         likelihood, kl, float(beta), float(free_bits), reduction, float(scale),
-                         needs, backend))
+    if estimators.stops_parameters(estimator):
+        needs[2] = needs[3] = False
+    return _elbo.value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, float(obs_scalar),
+                       likelihood, kl, float(beta), float(free_bits), reduction, float(scale),
+                       estimator, needs, backend)

@@ -7,6 +7,7 @@ nearly all of a typical ELBO's cost on CPU, run in a small compiled C kernel whe
 can be built (``rows``); everything else is aten ops over row chunks sized for L2.
 Memory: the only B x D tensors are the returned gradients.
 """
+from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob_fwd
 from .elbo import elbo_fwd
 from .gaussian_log_prob import gaussian_log_prob_fwd
 from .iwae_bound import iwae_bound_fwd
@@ -21,3 +22,4 @@ __all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_n
            "kl_normal_fwd", "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
            "reparameterize_std_eps", "sample_with_kl_fwd", "sample_with_kl_bwd",
            "scale_saved_"]
+__all__ += ["discretized_logistic_mixture_log_prob_fwd"]

@@ -11,9 +11,10 @@ from .rows import grad_out, log_px_rows
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
-                   likelihood, reduction, needs):
-    """Per-row bound (reduced unless "none") and gradients w.r.t. (x, recon_k, mu, logvar, z_k,
-    obs, prior_mu, prior_logvar); a prior's are per row, (B, L).
+                   likelihood, reduction, needs, weights=False):
+    """Per-row bound (reduced unless "none"), gradients w.r.t. (x, recon_k, mu, logvar, z_k,
+    obs, prior_mu, prior_logvar) (a prior's are per row, (B, L)) and, with ``weights``, the
+    softmax weights ``softmax_k(log w_k)`` (K, B) (else empty).
 
     Each sample's log p(x|z_k) runs through the ELBO's row machinery, writing
     d log p / d recon_k straight into the returned gradient, which is then weighted in
@@ -49,7 +50,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     log_w = log_px.sub_(kl_kbl.sum(-1))                   # (K, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
     c = reduce_scale(batch, reduction)
-    wc = (torch.softmax(log_w, dim=0) * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
+    w = torch.softmax(log_w, dim=0)
+    wc = (w * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
     if g_r is not None:
         g_r.mul_(wc.to(g_r.dtype))
     g_x = None
@@ -65,12 +67,13 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         value,
         grad_out(g_x, x, needs[0]),
         grad_out(g_r, recon_k, needs[1]),
-        grad_out(-(d_mu * wc).sum(0), mu, needs[2]),
-        grad_out(-(d_lv * wc).sum(0), logvar, needs[3]),
-        grad_out(-d_z * wc, z_k, needs[4]),
+        grad_out(-(d_mu * wc).sum(0) if needs[2] else None, mu, needs[2]),
+        grad_out(-(d_lv * wc).sum(0) if needs[3] else None, logvar, needs[3]),
+        grad_out(-d_z * wc if needs[4] else None, z_k, needs[4]),
         grad_out(g_obs, obs if obs is not None else x, needs[5]),
         grad_out(None if d_pm is None else -(d_pm * wc).sum(0),
                  mu if prior_mu is None else prior_mu, needs[6]),
         grad_out(None if d_plv is None else -(d_plv * wc).sum(0),
                  mu if prior_logvar is None else prior_logvar, needs[7]),
+        w if weights else log_w.new_empty(0),
     )

@@ -41,6 +41,8 @@ from typing import List, Optional
 
 import torch
 
+from ..._durable import fsync_dir
+
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bernoulli_rows.c")
 
 _OPENMP_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
@@ -110,18 +112,6 @@ def verified(path: str) -> bool:
         return False
 
 
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def _build(source: bytes, cc: str, flags, path: str) -> None:
     """Compile into a private folder beside ``path``, fsync, record the hash, rename both.
@@ -145,7 +135,7 @@ def _build(source: bytes, cc: str, flags, path: str) -> None:
             os.fsync(f.fileno())
         os.replace(out, path)
         os.replace(out + ".sha256", path + ".sha256")
-        _fsync_dir(d)
+        fsync_dir(d)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -19,9 +19,12 @@ Launches per call (machine-independent; tests count them):
     gaussian_log_prob    1            kl_standard_normal    1            kl_normal    1
     sample_with_kl       forward 1, backward 1 (plus torch's sum over rows of a prior's
                          gradient where one prior row is shared by every row)
+    discretized_logistic_mixture_log_prob   1 (+ torch's sum of per-block partials);
+                         backward as elbo's
 
 Float64 inputs and empty dimensions go to the "torch" backend (same contract).
 """
+from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob_fwd
 from .elbo import elbo_fwd
 from .gaussian_log_prob import gaussian_log_prob_fwd
 from .iwae_bound import iwae_bound_fwd
@@ -35,3 +38,4 @@ __all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_n
            "kl_normal_fwd", "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
            "reparameterize_std_eps", "sample_with_kl_fwd", "sample_with_kl_bwd",
            "scale_saved_"]
+__all__ += ["discretized_logistic_mixture_log_prob_fwd"]

@@ -29,25 +29,50 @@ def _dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(1, dtype=dtype, device=device)
 
 
+_dummies: dict = {}
+
+
 def dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
     """The stand-in for a pointer the flags never touch. It has the dtype the real
     tensor would have, so a launch without it compiles the same specialization as one
     with it (Triton specializes on pointer element types)."""
-    return _dummy(dtype, torch.device(device))
+    t = _dummies.get((dtype, device))  # a torch.device or a string, as the caller has it
+    if t is None:
+        t = _dummies[(dtype, device)] = _dummy(dtype, torch.device(device))
+    return t
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for host ints (``triton.cdiv`` is a constexpr function: several
+    times slower per call on the host path)."""
+    return -(-a // b)
 
 
 _tickets: dict = {}
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def _stream(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    if _raw_stream is not None:  # the handle alone, without building a Stream object
+        return _raw_stream(torch.cuda.current_device() if device.index is None else device.index)
+    return torch.cuda.current_stream(device).cuda_stream
 
 
 def ticket(device: torch.device) -> Tensor:
     """The one-int32 ticket counter of ``reduce.finish_by_ticket`` for this device and
     stream: zero between launches (the last program resets it), so it is allocated once
-    and kernels on one stream never share it concurrently."""
-    device = torch.device(device)
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    counter = _tickets.get((device, stream))
+    and kernels on one stream never share it concurrently. Nothing on the host reads or
+    writes it, so a launch using it can be captured in a CUDA graph: a capture runs on
+    its own stream, which gets its own counter (allocated, zeroed, by the first capture
+    that needs it); replays of one graph must not overlap on two streams."""
+    if type(device) is not torch.device:
+        device = torch.device(device)
+    counter = _tickets.get((device, _stream(device)))
     if counter is None:
-        counter = _tickets[(device, stream)] = torch.zeros(1, dtype=torch.int32, device=device)
+        counter = _tickets[(device, _stream(device))] = torch.zeros(1, dtype=torch.int32,
+                                                                      device=device)
     return counter
 
 
@@ -65,9 +90,12 @@ def delegated(*ts) -> bool:
     """Whether the call goes to the "torch" backend instead: float64 inputs (the kernels
     compute in fp32 by design; fp64 callers such as gradcheck want fp64 math) and empty
     dimensions (nothing to launch)."""
-    return any(t is not None and (t.dtype == torch.float64 or t.numel() == 0) for t in ts)
+    for t in ts:  # a loop, not any(genexpr): this runs on every call
+        if t is not None and (t.dtype == torch.float64 or t.numel() == 0):
+            return True
+    return False
 
 
 def placeholders(like: Tensor, *ts):
     """The gradients, each absent one as its own empty placeholder (outputs may not alias)."""
-    return tuple(like.new_empty(0) if t is None else t for t in ts)
+    return tuple([like.new_empty(0) if t is None else t for t in ts])

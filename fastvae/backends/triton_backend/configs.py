@@ -123,7 +123,8 @@ def elbo_config(b: int, d: int, l: int, element_size: int):
         block_d = min(max(_p2(d), 16), 4096)
         block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
         return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
-    block_d = min(ELBO_BLOCK_D, max(16, _p2(d)))
+    # D = 0 (the latent half of a DMoL ELBO): the D >= 64 tile, whose latent part ships
+    block_d = min(ELBO_BLOCK_D, max(16, _p2(d))) if d else ELBO_BLOCK_D
     block_b = ELBO_TILE_ELEMENTS[element_size] // block_d
     return block_b, block_d, min(ELBO_BLOCK_L, max(16, _p2(l))), ELBO_WARPS
 
@@ -195,3 +196,19 @@ def reparameterize_grid(bl: int):
         chunks = max(1, min(16, _p2(triton.cdiv(bl, 4 * kr.Q))))
     cpad = triton.cdiv(bl, 4 * kr.Q) * kr.Q
     return (triton.cdiv(bl, 4 * kr.Q * chunks),), chunks, cpad
+
+
+# The discretized logistic mixture: (BLOCK_P, num_warps) by BLOCK_M, the number of mixture
+# components M padded to a power of two (at least 8): 1024-element tiles, 4 elements per
+# thread (8 per thread spill for RGB, as does a 4 x 256 tile on sm_80). Larger M runs on
+# the "torch" backend.
+DMOL_TILES = {8: (128, 8), 16: (64, 8), 32: (32, 8), 64: (16, 8)}
+DMOL_MAX_MIX = 64
+
+
+def dmol_config(m: int, hw: int):
+    """(BLOCK_M, BLOCK_P, num_warps) of the DMoL kernel for M components and HW pixels."""
+    block_m = max(8, _p2(m))
+    if interpreter_tiles():
+        return block_m, max(16, min(_p2(hw), _INTERP_TILE // block_m)), ROW_WARPS
+    return (block_m, *DMOL_TILES[block_m])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import triton
 
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE, GOBS_ROWS
@@ -27,7 +26,7 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     latent = _launch.dummy(x.dtype, dev)  # L = 0: the latent pointers are never read
     i32 = _launch.dummy(torch.int32, dev)
     _launch.launch(
-        ke.elbo_rows_kernel, (triton.cdiv(n, block_b),),
+        ke.elbo_rows_kernel, (_launch.cdiv(n, block_b),),
         X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent, PM=latent, PLV=latent,
         CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
@@ -19,13 +18,13 @@ from ._rows import gradient_buffers, likelihood_args, prior_args
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
-                   likelihood, reduction, needs):
+                   likelihood, reduction, needs, weights=False):
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
-    gprior_mu, gprior_logvar), the prior's per row."""
+    gprior_mu, gprior_logvar (the prior's per row), softmax weights (K, B) fp32 or empty)."""
     if _launch.delegated(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar):
         return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu,
                                             prior_logvar, obs_scalar, likelihood, reduction,
-                                            needs)
+                                            needs, weights)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]
@@ -40,18 +39,26 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         block_b, block_k, block_d, block_l, warps = onepass
     else:
         block_b, block_d, block_l, warps = configs.row_config(b, d, l, "iwae_bound", lik)
-    programs = triton.cdiv(b, block_b)
+    programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
 
     f32 = torch.float32
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
     row_values = _launch.alloc((b,), f32, dev) if reduce else out
+    # STL and DReG (``weights``) take no direct mu/logvar gradient, yet the kernel writes
+    # one, into scratch dropped below: compiled without those gradients the kernels spill
+    # on sm_80/sm_90 (ptxas, 12 of 43 shipped tiles, 4-16 bytes at 40-170 registers), and
+    # they cost 2BL elements against recon_k's KBD. The prior's gradients are kept.
+    dropped = bool(weights)
+    kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
-        (x, recon_k, mu, logvar, z_k), needs, obs_tensor, gobs_partial, programs, obs_arg, dev,
+        (x, recon_k, mu, logvar, z_k), kneeds, obs_tensor, gobs_partial, programs, obs_arg, dev,
         (pm, plv))
+    # DReG's weights are written only where a gradient is: in the kernels' gradient pass.
+    w_out = _launch.alloc((k, b), f32, dev) if weights else None
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, PM=pm, PLV=plv,
-        ROW_VALUES=row_values,
+        ROW_VALUES=row_values, WEIGHTS=_launch.given(w_out, f32, dev),
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
@@ -68,6 +75,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                   else GOBS_NONE).value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
+        STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
@@ -76,11 +84,14 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        LOG_W=_launch.alloc((k, b), f32, dev), **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
-        grid = (1 + (triton.cdiv(d, fin_d) if gobs_partial else 0),)
+        grid = (1 + (_launch.cdiv(d, fin_d) if gobs_partial else 0),)
         _launch.launch(
             kred.finish_kernel, grid,
             ROW_VALUES=row_values, GOBS_PARTIALS=_launch.given(gobs_partials, f32, dev),
             OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
             B=b, D=d, NPART=programs, c=float(c), SUM_ROWS=True,
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))
+    if dropped:
+        gmu = glv = None
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv),
+            w_out if weights else out.new_empty(0))

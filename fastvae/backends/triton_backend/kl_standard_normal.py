@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import triton
 
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE
@@ -45,7 +44,7 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     i32 = _launch.dummy(torch.int32, dev)
     # beta = -1: the row value is +KL and the latent gradients d KL / d(mu, logvar) themselves.
     _launch.launch(
-        ke.elbo_rows_kernel, (triton.cdiv(n, block_b),),
+        ke.elbo_rows_kernel, (_launch.cdiv(n, block_b),),
         X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, PM=pm, PLV=plv, CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=data, GR=data, GOBS=data,

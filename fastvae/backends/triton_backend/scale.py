@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 
 from fastvae.kernels import scale as ks
 
@@ -22,18 +21,40 @@ def scale_saved_(grads, grad_out):
     live = [g for g in grads if g is not None and g.numel()]
     if not live:
         return grads
-    if (len(live) > configs.SCALE_SLOTS or grad_out.device != live[0].device
-            or any(g.dtype == torch.float64 or not g.is_contiguous() for g in live)):
+    key = (grad_out.device, configs.interpreter_tiles(),
+           *((g.numel(), g.dtype, g.device, g.is_contiguous()) for g in live))
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        plan = _PLANS[key] = _plan(live, grad_out.device)
+    if plan is _TORCH:
         return [None if g is None else g.mul_(grad_out) for g in grads]
     slots = {}
-    for i in range(configs.SCALE_SLOTS):
-        slots[f"G{i}"], slots[f"N{i}"] = (live[i], live[i].numel()) if i < len(live) else (live[0], 0)
-    block = configs.scale_block()
-    blocks = triton.cdiv(max(g.numel() for g in live), block)
-    _launch.launch(ks.scale_grads_kernel, (min(blocks, _programs(grad_out.device)),),
-                   GO=grad_out.contiguous(), **slots, NBLK=blocks, BLOCK=block,
-                   num_warps=configs.SCALE_WARPS)
+    for i, name in enumerate(_SLOT_NAMES):
+        slots[name] = live[i] if i < len(live) else live[0]
+    _launch.launch(ks.scale_grads_kernel, plan[0], GO=grad_out.contiguous(), **slots, **plan[1])
     return grads
+
+
+_TORCH = "torch"    # the plan of gradients the kernel does not take
+_PLANS: dict = {}   # read configs once per key, as elbo's
+_PLANS_MAX = 256
+_SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
+
+
+def _plan(live, device):
+    """(grid, the launch's int and constexpr arguments) of a scale launch for these
+    gradients, or ``_TORCH``; depends only on their sizes, dtypes and layout."""
+    if (len(live) > configs.SCALE_SLOTS or device != live[0].device
+            or any(g.dtype == torch.float64 or not g.is_contiguous() for g in live)):
+        return _TORCH
+    sizes = {f"N{i}": (live[i].numel() if i < len(live) else 0)
+             for i in range(configs.SCALE_SLOTS)}
+    block = configs.scale_block()
+    blocks = _launch.cdiv(max(g.numel() for g in live), block)
+    return ((min(blocks, _programs(device)),),
+            dict(**sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS))
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,8 +4,10 @@ divisibility-by-16 the GPU JIT would infer on the contiguous path.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List
 
+from fastvae.kernels import discretized_logistic_mixture_log_prob as kd
 from fastvae.kernels import elbo as ke
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import reduce as kred
@@ -18,7 +20,7 @@ from . import configs
 LIKELIHOOD_CODES = (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
                     configs.GAUSSIAN_TENSOR)
 # The kernels' own buffers, fp32 whatever the caller's dtype (as the host allocates them).
-_FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS"}
+_FP32_BUFFERS = {"ROW_VALUES", "KL_LATENT", "LOG_W", "OUT", "GOBS_PARTIALS", "WEIGHTS"}
 # Integer arguments the JIT sees divisible by 16 at the benchmark shapes (D = 784, L = 32):
 # the sizes and row strides; counts such as B, K or the program count are not.
 _DIVISIBLE_INTS = {"D", "L", "BL", "CPAD", "stride_x", "stride_r", "stride_obs",
@@ -55,6 +57,9 @@ _ELBO_MODES = {
                   NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
     "train-mc": dict(KL_MC=True, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=True,
                      NEED_GLV=True, NEED_GZ=True, OBS_GRAD_TENSOR=2),
+    # estimator="stl": log q's parameters stopped, so no direct mu/logvar gradient
+    "train-mc-stl": dict(KL_MC=True, FREE_BITS=False, REDUCE=True, NEED_GR=True, NEED_GMU=False,
+                         NEED_GLV=False, NEED_GZ=True, OBS_GRAD_TENSOR=2),
     "free-bits": dict(KL_MC=False, FREE_BITS=True, REDUCE=True, NEED_GR=True, NEED_GMU=True,
                       NEED_GLV=True, NEED_GZ=False, OBS_GRAD_TENSOR=2),
     "eval": dict(KL_MC=False, FREE_BITS=False, REDUCE=False, NEED_GR=False, NEED_GMU=False,
@@ -66,17 +71,22 @@ _ELBO_MODES = {mode: dict(switches, **_NO_PRIOR) for mode, switches in _ELBO_MOD
 # A learned prior (fastvae.elbo(prior_mu=..., prior_logvar=...)) trains both KL forms.
 _ELBO_MODES["train-prior"] = dict(_ELBO_MODES["train"], **_LEARNED_PRIOR)
 _ELBO_MODES["train-mc-prior"] = dict(_ELBO_MODES["train-mc"], **_LEARNED_PRIOR)
-# The IWAE kernels': training (every gradient but d/dx) and the NLL estimate (none).
+# The IWAE kernels': training (every gradient but d/dx), the NLL estimate (none), and
+# training with estimator="stl" or "dreg": the training switches plus the softmax weights
+# for DReG's hook (the host drops the direct mu/logvar gradients, see iwae_bound.py).
 _IWAE_MODES = {
     "train": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True, NEED_GLV=True,
-                  NEED_GZ=True),
+                  NEED_GZ=True, STORE_WEIGHTS=False),
     "eval": dict(NEED_GX=False, NEED_GR=False, OBS_GRAD=0, NEED_GMU=False, NEED_GLV=False,
-                 NEED_GZ=False),
+                 NEED_GZ=False, STORE_WEIGHTS=False),
+    "train-stl-dreg": dict(NEED_GX=False, NEED_GR=True, OBS_GRAD=2, NEED_GMU=True,
+                           NEED_GLV=True, NEED_GZ=True, STORE_WEIGHTS=True),
 }
 _IWAE_MODES = {mode: dict(switches, **_NO_PRIOR) for mode, switches in _IWAE_MODES.items()}
 # The learned prior's IWAE: the tiles of the benchmark shape only (D = 784, K = 5 on chip,
 # K = 50 two-pass), to keep the compile test's time in bounds.
 _IWAE_MODES["train-prior"] = dict(_IWAE_MODES["train"], **_LEARNED_PRIOR)
+_IWAE_MODES["train-stl-dreg-prior"] = dict(_IWAE_MODES["train-stl-dreg"], **_LEARNED_PRIOR)
 _PRIOR_D, _PRIOR_K = 784, 5
 
 
@@ -105,10 +115,42 @@ _SAMPLE_WITH_KL_MODES = (
 )
 
 
+# The ELBO row kernel with no data columns: the latent half of a DMoL ELBO (its data half
+# is the DMoL kernel), at the tile configs.elbo_config gives D = 0.
+_LATENT_MODES = {f"latents-{mode}": dict(_ELBO_MODES[mode], NEED_GR=False, OBS_GRAD_TENSOR=0)
+                 for mode in _ELBO_MODES}
+
+
 def _config(name, kernel, io, constexprs, num_warps, pointers_of=None):
     sig, divisible = _signature(kernel, io, constexprs, pointers_of)
     return dict(name=name, kernel=kernel, signature=sig, constexprs=constexprs,
                 divisible=divisible, num_warps=num_warps)
+
+
+def _dmol_configs(io: str, tag: str, element: int) -> List[dict]:
+    """The DMoL kernel at every BLOCK_M tile, both channel counts, with and without the
+    gradient; x is float32 (data under autocast) or, for 16-bit params, of their type
+    too. Then the ELBO row kernel's latent-only modes."""
+    out = []
+    xs = ("*fp32",) if io == "*fp32" else ("*fp32", io)
+    for block_m, (block_p, warps) in configs.DMOL_TILES.items():
+        for channels, grad, x_type in itertools.product((1, 3), (True, False), xs):
+            cx = {"C": channels, "NEED_GRAD": grad, "INT64": False, "BLOCK_M": block_m,
+                  "BLOCK_P": block_p}
+            x_tag = ",x16" if x_type != "*fp32" else ""
+            out.append(_config(
+                f"dmol_rows[C={channels},{'grad' if grad else 'eval'},{block_m}x{block_p}"
+                f"{x_tag}{tag}]", kd.dmol_rows_kernel, io, cx, warps,
+                {"X": x_type, "PARTIALS": "*fp32"}))
+    block_b, block_d, block_l, warps = configs.elbo_config(65536, 0, 64, element)
+    for mode, switches in _LATENT_MODES.items():
+        cx = dict(switches, LIK=configs.BERNOULLI, NEED_GX=False, INT64=False, BLOCK_B=block_b,
+                  BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=configs.TICKET_SUM_BLOCK)
+        cx["OBS_GRAD"] = cx.pop("OBS_GRAD_TENSOR")
+        out.append(_config(f"elbo_rows[{mode},{block_b}x{block_d},L{block_l}{tag}]",
+                           ke.elbo_rows_kernel, io, cx, warps,
+                           {"CLAMPED": "*i32", "COUNTER": "*i32"}))
+    return out
 
 
 def shipped_configs(dtype: str = "fp32") -> List[dict]:
@@ -167,6 +209,7 @@ def shipped_configs(dtype: str = "fp32") -> List[dict]:
     cx = {"SUM_ROWS": True, "BLOCK_P": fin_b, "BLOCK_D": fin_d, "BLOCK_SUM": fin_sum}
     out.append(_config(f"finish[{fin_b},D{fin_d},S{fin_sum}{tag}]", kred.finish_kernel, io, cx,
                        configs.FINISH_WARPS))
+    out += _dmol_configs(io, tag, element)
     cx = {"CHUNKS": configs.REPARAMETERIZE_CHUNKS, "Q": kr.Q}
     for direction, kernel in (("fwd", kr.reparameterize_fwd_kernel),
                               ("bwd", kr.reparameterize_bwd_kernel)):

@@ -1,0 +1,290 @@
+"""Per-kernel probe for one GPU session (``benchmarks/gpu_session.sh`` runs it after the
+bar stage): for each fused op at the bar shapes, the GPU time of each kernel it
+launches, the GPU time per step, the host time to enqueue one step, the bytes it must
+move as a % of the copy bandwidth measured here, and a CUDA-graph replay of the ELBO step
+(GPU time without the host in the way).
+
+    python benchmarks/gpu_probe.py --out DIR [--budget-s 120]   # CUDA: DIR/probe.{json,md}
+    python benchmarks/gpu_probe.py --ncu-target                 # 2 ELBO steps per dtype, for ncu
+    python benchmarks/gpu_probe.py --smoke --out DIR            # CPU, tiny shapes: the code paths
+
+Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm);
+``host us`` = median wall time of the Python call that enqueues one step (fwd+bwd);
+``% roof`` = bytes the fused op must move (``fastvae.bench.core.bytes_moved``) over
+``gpu ms``, against the device-to-device copy bandwidth; ``kernels`` = each kernel's
+device time per step (torch.profiler), so the row kernel's share is visible.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import fastvae
+from fastvae.bench.core import Case, bytes_moved
+
+BAR = dict(batch=65536, dim=784, latent=64)
+SMOKE = dict(batch=64, dim=784, latent=16)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+T0 = time.monotonic()
+
+
+def elbo_step(shape, dtype, device, backend):
+    b, d, l = shape["batch"], shape["dim"], shape["latent"]
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(b, d, device=device, generator=g).to(dtype)
+    leaves = [torch.randn(b, d, device=device, generator=g).to(dtype).requires_grad_(),
+              torch.randn(b, l, device=device, generator=g).to(dtype).requires_grad_(),
+              (0.1 * torch.randn(b, l, device=device, generator=g)).to(dtype).requires_grad_()]
+    loss_fn = fastvae.ELBOLoss(reduction="sum", backend=backend)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        loss = loss_fn(x, *leaves)
+        loss.backward()
+        return loss
+    return step, Case("elbo", b, d, l, dtype=dtype, device=device.type)
+
+
+def iwae_step(shape, k, dtype, device, backend):
+    b, d, l = shape["batch"], shape["dim"], shape["latent"]
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.rand(b, d, device=device, generator=g).to(dtype)
+    leaves = [torch.randn(k, b, d, device=device, generator=g).to(dtype).requires_grad_(),
+              torch.randn(b, l, device=device, generator=g).to(dtype).requires_grad_(),
+              (0.1 * torch.randn(b, l, device=device, generator=g)).to(dtype).requires_grad_(),
+              torch.randn(k, b, l, device=device, generator=g).to(dtype).requires_grad_()]
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        r, mu, lv, z = leaves
+        out = fastvae.iwae_bound(x, r, mu, lv, z, reduction="sum", backend=backend)
+        out.backward()
+        return out
+    return step, Case("iwae", b, d, l, k=k, dtype=dtype, device=device.type)
+
+
+def reparam_step(shape, k, dtype, device, backend):
+    b, l = shape["batch"], shape["latent"]
+    mu = torch.randn(b, l, device=device, dtype=dtype).requires_grad_()
+    lv = (0.1 * torch.randn(b, l, device=device)).to(dtype).requires_grad_()
+    dz = torch.ones((k, b, l) if k > 1 else (b, l), device=device, dtype=dtype)
+
+    def step():
+        mu.grad = lv.grad = None
+        z = fastvae.reparameterize(mu, lv, n_samples=k if k > 1 else None, backend=backend)
+        z.backward(dz)
+        return z
+    return step, Case("reparameterize", b, 0, l, k=k, dtype=dtype, device=device.type)
+
+
+def copy_bandwidth(device, nbytes):
+    a = torch.empty(nbytes // 4, device=device)
+    b = torch.empty_like(a)
+    times = [timed_gpu(lambda: b.copy_(a), device, 1) for _ in range(7)]
+    del a, b
+    return 2 * nbytes / (statistics.median(times) / 1e3)
+
+
+def timed_gpu(fn, device, n):
+    """ms per call over ``n`` back-to-back calls (CUDA events; wall clock on CPU)."""
+    if device.type != "cuda":
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t) / n * 1e3
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / n
+
+
+def host_us(fn, device, n):
+    """Median wall time of the call itself (enqueue only on CUDA), synced between calls."""
+    out = []
+    for _ in range(n):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e6)
+    return statistics.median(out)
+
+
+def kernel_times(fn, device, steps=3):
+    """{kernel name: (launches per step, device us per step)} from torch.profiler."""
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for e in prof.key_averages():
+        dev_us = getattr(e, "device_time_total", None)
+        if dev_us is None:
+            dev_us = getattr(e, "cuda_time_total", 0)
+        if dev_us and e.count:
+            out[e.key] = (e.count / steps, dev_us / steps)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))
+
+
+def graph_ms(step, device, n):
+    """GPU ms per replay of ``step`` captured in a CUDA graph (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    ms = timed_gpu(graph.replay, device, n)
+    del graph
+    return ms
+
+
+def probe_case(name, make, device, bw, reps, with_graph):
+    step, case = make()
+    for _ in range(3):  # compile and warm up
+        step()
+    gpu = statistics.median(timed_gpu(step, device, reps) for _ in range(3))
+    host = host_us(step, device, reps)
+    kernels = kernel_times(step, device)
+    nbytes = bytes_moved(case)
+    row = {"case": name, "gpu_ms": gpu, "host_us": host, "bytes": nbytes,
+           "gbps": nbytes / (gpu / 1e3) / 1e9 if nbytes else None,
+           "pct_roof": 100 * nbytes / (gpu / 1e3) / bw if nbytes and bw else None,
+           "kernels": {k: {"per_step": c, "us": us} for k, (c, us) in kernels.items()}}
+    if with_graph:
+        try:
+            row["graph_ms"] = graph_ms(step, device, reps)
+        except Exception as e:  # reported, the other cases still run
+            row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+    del step
+    return row
+
+
+def cases(shape, device, backend, smoke):
+    out = []
+    for dt in ("fp32", "bf16"):
+        out.append((f"elbo {dt}", lambda dt=dt: elbo_step(shape, DTYPES[dt], device, backend), True))
+    for k in (1, 16):
+        out.append((f"reparameterize K={k} fp32",
+                    lambda k=k: reparam_step(shape, k, torch.float32, device, backend), False))
+    for k in ((5,) if smoke else (5, 50)):
+        out.append((f"iwae K={k} fp32",
+                    lambda k=k: iwae_step(shape, k, torch.float32, device, backend), False))
+    return out
+
+
+def markdown(res):
+    lines = [f"# fastvae per-kernel probe: {res['device']}, torch {res['torch']}, "
+             f"triton {res['triton']}, backend {res['backend']}",
+             f"shape {res['shape']}; copy bandwidth {res['copy_gbps']:.0f} GB/s "
+             f"(read + write of a {res['copy_bytes'] >> 20} MiB device copy)", "",
+             "| case | gpu ms | graph ms | host us | GB/s | % roof | kernels (us per step, launches) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['case']} | FAILED: {r['error']} | | | | | |")
+            continue
+        ks = "; ".join(f"{k[:40]} {v['us']:.1f} x{v['per_step']:g}"
+                       for k, v in list(r["kernels"].items())[:6])
+        def fmt(v, spec):
+            return "-" if v is None else format(v, spec)
+        lines.append(f"| {r['case']} | {r['gpu_ms']:.3f} | {fmt(r.get('graph_ms'), '.3f')} | "
+                     f"{r['host_us']:.0f} | {fmt(r['gbps'], '.0f')} | {fmt(r['pct_roof'], '.0f')} "
+                     f"| {ks} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
+    p.add_argument("--ncu-target", action="store_true",
+                   help="run 2 ELBO fwd+bwd steps per dtype at the bar shape, nothing else")
+    p.add_argument("--budget-s", type=float, default=150.0,
+                   help="stop starting new cases after this many seconds")
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        print("gpu_probe.py: no CUDA device (torch.cuda.is_available() is False); "
+              "--smoke exercises the code paths on CPU", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if cuda else "cpu")
+    backend = "triton" if cuda else "torch"
+    shape = SMOKE if args.smoke else BAR
+    if args.ncu_target:
+        for dt in DTYPES:
+            step, _ = elbo_step(shape, DTYPES[dt], device, backend)
+            for _ in range(2):
+                step()
+        if cuda:
+            torch.cuda.synchronize()
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    bw_bytes = (64 << 20) if args.smoke else (1 << 30)
+    bw = copy_bandwidth(device, bw_bytes)
+    log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
+    res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
+           "torch": torch.__version__, "backend": backend,
+           "triton": _triton_version(), "shape": shape, "copy_gbps": bw / 1e9,
+           "copy_bytes": bw_bytes, "rows": []}
+    for name, make, with_graph in cases(shape, device, backend, args.smoke):
+        if time.monotonic() - T0 > args.budget_s:
+            res["rows"].append({"case": name, "error": "skipped: probe budget spent"})
+            continue
+        try:
+            res["rows"].append(probe_case(name, make, device, bw, args.reps, with_graph))
+            r = res["rows"][-1]
+            log(f"case {name}: gpu {r['gpu_ms']:.3f} ms, host {r['host_us']:.0f} us"
+                + (f", {r['pct_roof']:.0f}% roof" if r["pct_roof"] else ""))
+        except Exception as e:  # one failed case must not lose the others
+            res["rows"].append({"case": name, "error": f"{type(e).__name__}: {e}"[:300]})
+            log(f"case {name}: FAILED {res['rows'][-1]['error']}")
+        if cuda:
+            torch.cuda.empty_cache()
+    with open(os.path.join(args.out, "probe.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res)
+    with open(os.path.join(args.out, "probe.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    return 1 if any("error" in r and not r["error"].startswith("skipped") for r in res["rows"]) else 0
+
+
+def _triton_version():
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

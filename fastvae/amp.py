@@ -1,0 +1,44 @@
+"""Mixed precision for training (``fastvae train --amp``): which autocast dtype, and
+whether a gradient scaler runs.
+
+CUDA: bfloat16 autocast where the card computes in bfloat16 natively (compute capability
+8.0 and up: A100, H100, H200, ...): bfloat16 has float32's exponent range, so gradients
+do not underflow and no GradScaler runs (no scale bookkeeping, no inf checks that read
+back to the host). Older cards: float16 autocast with a GradScaler.
+CPU: bfloat16 autocast (what CPU autocast supports), no scaler: it runs, and is
+usually slower than float32 on CPUs without bfloat16 units (the documented behaviour,
+not an error, so a CPU smoke run of a GPU recipe works).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+
+def amp_policy(enabled: bool, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
+    """(autocast dtype, or None when off; whether a GradScaler runs) for ``device``."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"amp must be a bool, got {type(enabled).__name__}")
+    if not enabled:
+        return None, False
+    device = torch.device(device)
+    if device.type == "cuda":
+        if bf16_native(device):
+            return torch.bfloat16, False
+        return torch.float16, True
+    if device.type == "cpu":
+        return torch.bfloat16, False
+    raise ValueError(f"--amp runs on cuda or cpu devices, not {device.type}")
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether the CUDA device computes in bfloat16 natively (compute capability >= 8.0)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def describe(dtype: Optional[torch.dtype], scaler: bool) -> str:
+    if dtype is None:
+        return "off"
+    return f"{str(dtype).replace('torch.', '')} autocast{' + GradScaler' if scaler else ''}"

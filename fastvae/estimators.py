@@ -1,0 +1,163 @@
+r"""Gradient estimators of the sampled objectives: the option, its checks, and the
+gradient hook that DReG's second weight rides on.
+
+Notation: ``z = mu + sigma * eps``, ``sigma = exp(logvar / 2)``; ``phi`` = the encoder
+outputs (mu, logvar); ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k; phi)``,
+``w~_k = softmax_k(log w_k)``. The reported value never depends on the estimator.
+
+``"standard"``: the reparameterized gradient of the value itself.
+
+``"stl"``, sticking the landing (Roeder et al. 2017): ``log q(z; phi)`` is
+differentiated only through z, its parameters held fixed (phi stopped). For the
+diagonal Gaussian the direct partials of ``-log q`` w.r.t. (mu, logvar) vanish and the
+one w.r.t. z, ``(z - mu) / sigma^2``, stays; the fused ops simply do not form the
+direct mu/logvar gradients (the encoder's gradient arrives through z alone). Unbiased
+for the ELBO, zero variance at the optimum where q equals the posterior; for the IWAE
+bound with K > 1 it is biased (Tucker et al. 2018).
+
+``"dreg"``, doubly reparameterized (Tucker et al. 2018), for the IWAE bound: decoder
+gradients ``sum_k w~_k d log w_k / d theta`` (unchanged), encoder gradient
+``sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi)`` with log q at stopped phi.
+The fused op writes the STL gradients (``w~_k`` once) for recon_k and z_k; the second
+``w~_k`` must reach *every* path into z_k, the decoder's included, which the op cannot
+see. So the op registers a gradient hook on z_k (:func:`attach_dreg_hook`, mmvae's
+construction) that multiplies the gradient arriving at z_k by ``w~_k`` during the
+backward pass of that bound: z_k's own gradient (``z_k.grad`` for a leaf) is then
+``w~_k^2 d log w_k / d z_k``, and ``reparameterize``'s backward turns it into the
+encoder's DReG gradient. Higher-order gradients (``create_graph=True``) differentiate
+that gradient with the weights held constant: the hook weighs the bound's own backward,
+not the backward of its gradient.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+ESTIMATORS = ("standard", "stl", "dreg")
+ELBO_ESTIMATORS = ("standard", "stl")
+
+
+def check_elbo(estimator: str, kl: str) -> None:
+    """ValueError unless ``estimator`` is one of ELBO_ESTIMATORS, and "stl" has kl="mc"."""
+    if estimator == "dreg":
+        raise ValueError("estimator='dreg' is the importance-weighted bound's estimator "
+                         "(fastvae.iwae_bound); for the ELBO use 'stl', which DReG equals at K=1")
+    if estimator not in ELBO_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ELBO_ESTIMATORS}, got {estimator!r}")
+    if estimator == "stl" and kl != "mc":
+        raise ValueError("estimator='stl' changes the gradient of the Monte-Carlo KL term: it "
+                         "needs kl='mc' and the sample z (the analytic KL has no sampling noise "
+                         "to remove)")
+
+
+def check_iwae(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def stops_parameters(estimator: str) -> bool:
+    """Whether log q's parameters are stopped: no direct gradient w.r.t. mu and logvar."""
+    return estimator != "standard"
+
+
+def _graph_task() -> Optional[int]:
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return None if current is None else int(current())
+
+
+class DregHook:
+    """The second DReG weight: multiplies the gradient reaching z_k (K, B, L) by the
+    bound's softmax weights ``w~`` (K, B), in a backward pass that goes through the
+    bound, and only there.
+
+    Two tensor hooks: one on the bound's value arms it with the current graph task (the
+    value's gradient is always computed before z_k's, which needs every consumer of z_k
+    done), one on z_k applies it in that same task. A backward that does not go through
+    the bound (another loss of the same z_k alone) leaves z_k's gradient unchanged.
+    Within the bound's backward the hook sees the *total* gradient of z_k, so every
+    other loss that also uses z_k in that backward gets the weight too: give a DReG
+    bound its own z_k.
+    """
+
+    def __init__(self, weights: Tensor):
+        self.weights = weights.detach().unsqueeze(-1)
+        self.task: Optional[int] = None
+        self.armed = False
+
+    def arm(self, grad):
+        self.task, self.armed = _graph_task(), True
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        if not self.armed or self.task != _graph_task():
+            return grad
+        if self.task is None:  # no graph-task ids in this torch: one use per arming
+            self.armed = False
+        return grad * self.weights.to(grad.dtype)
+
+
+def _single_parent_chain(node, depth: int = 8) -> list:
+    """``node`` and its ancestors while each has one parent node (views, reshapes)."""
+    out = []
+    while node is not None and len(out) < depth:
+        out.append(node)
+        parents = {id(n): n for n, _ in node.next_functions if n is not None}
+        if len(parents) != 1:
+            break
+        node = next(iter(parents.values()))
+    return out
+
+
+def _hidden_producer(recon_k: Tensor, z_k: Tensor, depth: int = 8):
+    """The autograd node that made z_k (or a node it is a view of) *and* recon_k, where
+    recon_k reaches it other than through z_k itself; else None. Walks recon_k's
+    single-parent ancestors (views, a bias-free last layer) only: a decoder layer with
+    parameters has several parents, and there the path is visible."""
+    producers = {id(n) for n in _single_parent_chain(z_k.grad_fn, depth)}
+    node = recon_k.grad_fn
+    for _ in range(depth):
+        if node is None:
+            return None
+        if id(node) in producers:
+            return node
+        edges = [(n, i) for n, i in node.next_functions if n is not None]
+        if any(n is z_k.grad_fn and i == z_k.output_nr for n, i in edges):
+            return None  # recon_k comes from z_k itself: the hook sees that gradient
+        if len({id(n) for n, _ in edges}) != 1:
+            return None
+        node = edges[0][0]
+    return None
+
+
+def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
+    """ValueError where the decoder's path from z_k to recon_k is hidden inside one autograd
+    node that outputs both (a torch.compile'd or DDP-synced model that samples *and*
+    decodes): the hook on z_k would only see the bound's direct gradient there."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or z_k.grad_fn is None:
+        return
+    node = _hidden_producer(recon_k, z_k)
+    if node is not None:
+        raise ValueError(
+            f"estimator='dreg': recon_k and z_k come out of one autograd node "
+            f"({type(node).__name__}, e.g. a torch.compile'd model that samples and decodes), "
+            "which hides the decoder's path from z_k to recon_k from DReG's hook on z_k. Draw "
+            "z_k outside that region (fastvae.reparameterize) and pass it to the decoder, or "
+            "use estimator='stl'")
+
+
+def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
+    """Register DReG's hook (see :class:`DregHook`) for a bound ``value`` computed from
+    ``z_k`` with softmax weights ``weights`` (K, B). Nothing when no gradient can flow.
+    Not under torch.compile: dynamo cannot trace the hooks' Python state."""
+    if not (torch.is_grad_enabled() and value.requires_grad and z_k.requires_grad):
+        return
+    if torch.compiler.is_compiling():
+        raise RuntimeError(
+            "estimator='dreg' is not supported inside torch.compile: its second weight is a "
+            "gradient hook on z_k that the compiled graph cannot hold. Call fastvae.iwae_bound "
+            "outside the compiled function (compile the model, not the loss), or use "
+            "estimator='stl'")
+    hook = DregHook(weights)
+    value.register_hook(hook.arm)
+    z_k.register_hook(hook)

@@ -1,0 +1,603 @@
+"""fastvae.discretized_logistic_mixture_log_prob on every backend (the ``backend`` fixture):
+value and d/dparams against the float64 bin-probability formula of tests/_formulas.py
+(RGB and grayscale, several shapes and M, edge bins), exact normalization over every
+value of a pixel at random and extreme parameters, mpmath at extreme parameters, the
+log-scale clamp, dtypes, errors, empty batches, gradcheck, higher-order gradients; its
+likelihood in fastvae.elbo / ELBOLoss / iwae_bound; and, on the "torch" backend, that no
+B x C x M x H x W tensor is ever made.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import fastvae
+import _formulas as F
+from _backends import INTERPRET, case_dtype
+from _compare import assert_close, grads, leaf
+
+F64 = torch.float64
+DMOL = "discretized_logistic_mixture"
+OP = fastvae.discretized_logistic_mixture_log_prob
+
+
+def slots(c):
+    return 10 if c == 3 else 3
+
+
+def make(b, c, h, w, m, dtype=F64, bits=8):
+    """On-grid x with both edge bins and their neighbours present; logits ~ N(0, 4),
+    means in [-1, 1], log-scales in [-5, 3], coefficients ~ N(0, 1): wide, and within
+    the float64 formula's reach (extremes: the mpmath and normalization tests)."""
+    n = 2 ** bits - 1
+    x = torch.randint(0, n + 1, (b, c, h, w)).to(F64)
+    flat = x.view(-1)
+    for i, v in enumerate((0, n, 1, n - 1)):
+        flat[i::7] = v
+    p = torch.randn(b, slots(c) * m, h, w, dtype=F64)
+    p[:, :m] *= 2
+    per = 3 if c == 3 else 2
+    for ch in range(c):
+        base = m + per * m * ch
+        p[:, base:base + m] = torch.rand(b, m, h, w, dtype=F64) * 2 - 1
+        p[:, base + m:base + 2 * m] = (p[:, base + m:base + 2 * m] * 1.5 - 1.5).clamp(-5, 3)
+    return (x / n).to(dtype), p.to(dtype)
+
+
+def check(x, params, backend, bits=8, rtol=None):
+    dt = params.dtype
+    p = leaf(params)
+    got = OP(x, p, bits=bits, backend=backend)
+    assert fastvae.last_backend() == backend
+    assert got.shape == (x.shape[0],) and got.dtype == (F64 if dt == F64 else torch.float32)
+    want = F.dmol_log_prob(x, p, bits)
+    # summed terms: log p per pixel is of the order of C * |log bin mass|
+    assert_close("log p", got, want, dt, rtol=rtol, scale=want.abs().max() + 1)
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    (g,), (e,) = grads(got, [p], w), grads(want, [p], w)
+    assert g.dtype == dt and g.shape == p.shape
+    assert_close("d log p / d params", g, e, dt, rtol=rtol, scale=e.abs().max() + 1e-3)
+
+
+SHAPES = [(1, 1, 1, 1), (3, 4, 5, 10), (2, 7, 3, 4), (2, 9, 11, 3), (5, 2, 2, 33)]
+
+
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_formula(seed, backend, c, shape):
+    b, h, w, m = shape
+    x, p = make(b, c, h, w, m, case_dtype(backend))
+    check(x, p, backend)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5, 12, 16])
+def test_other_bit_depths(seed, backend, bits):
+    x, p = make(3, 3, 4, 3, 5, case_dtype(backend), bits=bits)
+    check(x, p, backend, bits=bits)
+
+
+def test_chunks_split_rows_and_pixels(seed, backend, monkeypatch):
+    """The "torch" backend cuts samples into pixel chunks when one sample's parameters
+    exceed its chunk: the same values at every chunk size (the other backends: as is)."""
+    from fastvae.backends.torch_backend import discretized_logistic_mixture_log_prob as T
+    x, p = make(3, 3, 5, 7, 4, case_dtype(backend))
+    for elems in (1, 37, 400, T.CHUNK_ELEMS):
+        monkeypatch.setattr(T, "CHUNK_ELEMS", elems)
+        check(x, p, backend)
+
+
+def _all_values(c, bits, dtype):
+    """Every value of one pixel, one per sample: (2^bits, 1, 1, 1) or (2^(3 bits), 3, 1, 1)."""
+    n = 2 ** bits - 1
+    levels = torch.arange(n + 1, dtype=F64) / n
+    if c == 1:
+        return levels.view(-1, 1, 1, 1).to(dtype)
+    return torch.cartesian_prod(levels, levels, levels).view(-1, 3, 1, 1).to(dtype)
+
+
+def _extreme_params(c, m, g, dtype):
+    """One pixel's parameters: random logits and means, log-scales from below the clamp
+    to where the logistic is far wider than [-1, 1], large coefficients."""
+    p = torch.randn(1, slots(c) * m, 1, 1, generator=g, dtype=F64) * 3
+    per = 3 if c == 3 else 2
+    scales = torch.tensor([-9.0, -7.0, -4.0, 0.0, 2.5, 9.0, 40.0], dtype=F64)
+    for ch in range(c):
+        base = m + per * m * ch
+        p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64) * 3 - 1.5
+        p[0, base + m:base + 2 * m, 0, 0] = scales[torch.randperm(len(scales), generator=g)[:m]]
+    return p.to(dtype)
+
+
+# The interpreter runs a program per pixel value here, at ~0.2 s each: it stops at 64 values.
+NORMALIZATION = [(1, 1), (1, 2), (1, 5), (3, 1), (3, 2)] + ([] if INTERPRET else [(1, 8), (3, 3)])
+
+
+@pytest.mark.parametrize("c,bits", NORMALIZATION)
+def test_exact_normalization(seed, backend, c, bits):
+    """Summed over every value of a pixel (all 2^bits gray levels; all (2^bits)^3 RGB
+    triples), the probabilities add up to 1 to float64 rounding (float32's on "triton"),
+    at random parameters with log-scales from -9 (clamped) to 40."""
+    dt = case_dtype(backend)
+    g = torch.Generator().manual_seed(seed)
+    x = _all_values(c, bits, dt)
+    for m in ((7,) if INTERPRET else (1, 7)):
+        p = _extreme_params(c, m, g, dt).expand(x.shape[0], -1, -1, -1).contiguous()
+        total = OP(x, p, bits=bits, backend=backend).double().exp().sum().item()
+        assert abs(total - 1.0) <= (1e-13 if dt == F64 else 2e-5), (m, total)
+
+
+def test_top_edge_is_decided_by_the_bin(seed, backend):
+    """254/255 is an interior bin: NVAE's ``x > 0.99`` threshold would give it the mass
+    of the whole top edge [253.5/255 + ..., inf) and make the 256 masses add up to more
+    than one. A component centred at 1 with a narrow scale shows the difference."""
+    dt = case_dtype(backend)
+    p = torch.zeros(2, 3, 1, 1, dtype=F64)
+    p[:, 1], p[:, 2] = 1.0, -5.0                      # mean 1, log-scale -5: width ~0.007
+    x = torch.tensor([254.0, 255.0], dtype=F64).view(2, 1, 1, 1) / 255
+    got = OP(x.to(dt), p.to(dt), backend=backend).double()
+    want = F.dmol_log_prob(x, p)
+    assert_close("log p", got, want, dt, rtol={F64: 1e-13})
+    y, h = 2 * 254 / 255 - 1, 1 / 255
+    as_top_edge = torch.nn.functional.logsigmoid(torch.tensor(-(y - h - 1.0) * math.exp(5.0)))
+    assert abs(got[0].item() - as_top_edge.item()) > 1.0
+    assert got.exp().sum() < 1.0 < as_top_edge.exp() + got[1].exp()
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_extreme_parameters_against_mpmath(seed, backend, c):
+    """One pixel at a time, values far in every tail, against mpmath at 100 digits."""
+    dt = case_dtype(backend)
+    g = torch.Generator().manual_seed(seed)
+    m = 7
+    per = 3 if c == 3 else 2
+    pixels, params = [], []
+    for k in (0, 1, 2, 127, 253, 254, 255):
+        p = _extreme_params(c, m, g, F64)
+        p[0, :m] *= 10                                   # logits up to ~+-60
+        for ch in range(c):
+            base = m + per * m * ch
+            p[0, base:base + m] = p[0, base:base + m] * 20   # means far outside [-1, 1]
+            if per == 3:
+                p[0, base + 2 * m:base + 3 * m] *= 5
+        p[0, m + m:m + 2 * m, 0, 0] = torch.tensor([-9.0, -7.0, 0.0, 9.0, 60.0, 120.0, 3.0])
+        pixels.append(torch.full((c,), k / 255.0, dtype=F64))
+        params.append(p.view(-1))
+    x = torch.stack(pixels).view(-1, c, 1, 1)
+    p = torch.stack(params).view(len(params), -1, 1, 1)
+    got = OP(x.to(dt), p.to(dt), backend=backend).double()
+    assert torch.isfinite(got).all()
+    # float32 rounds the inputs: compare with the oracle at the rounded inputs
+    want = torch.tensor([F.dmol_log_prob_mpmath(xi.to(dt).double().tolist(),
+                                                pi.to(dt).double().tolist())
+                         for xi, pi in zip(x.view(-1, c), p.view(len(params), -1))], dtype=F64)
+    # float32: the inputs' rounding is exact; its error is the math's (|log p| up to ~1e4),
+    # relative to |log p| plus the kernel's absolute floor (its log(1 + e) is fp32's
+    # log of a rounded 1 + e, and compiled lg2.approx: kernels/discretized_logistic_...)
+    floor = 0.0 if dt == F64 else 5.0   # rtol 2e-6 x 5 = FAST_MATH_BOUND
+    assert_close("log p vs mpmath", got, want, dt, rtol={F64: 1e-12, torch.float32: 2e-6},
+                 scale=want.abs() + floor)
+    gp = leaf(p.to(dt))
+    value = OP(x.to(dt), gp, backend=backend)
+    (g,) = grads(value, [gp])
+    assert torch.isfinite(g).all()
+
+
+def test_log_scale_clamp(backend):
+    """Below -7 the log-scale is clamped: the same value as at -7, and no gradient."""
+    dt = case_dtype(backend)
+    x = torch.full((3, 1, 1, 1), 100 / 255, dtype=dt)
+    p = torch.zeros(3, 3, 1, 1, dtype=dt)
+    p[:, 1] = 100 / 255 * 2 - 1 + 0.003
+    p[:, 2, 0, 0] = torch.tensor([-7.5, -7.0, -6.9], dtype=dt)
+    p = leaf(p)
+    v = OP(x, p, backend=backend)
+    v.sum().backward()
+    assert v[0].item() == pytest.approx(v[1].item(), rel=1e-6)
+    assert p.grad[0, 2].item() == 0.0
+    assert p.grad[1, 2].item() != 0.0 and p.grad[2, 2].item() != 0.0
+
+
+def test_scale_beyond_float32_exp(backend):
+    """log-scales where exp(-s) underflows (float32: ~88 and beyond; float64: ~745): the
+    interior bin's log mass is log(2h) - s - log 4 + O(e^-s), finite, and d/ds -1."""
+    dt = case_dtype(backend)
+    s = torch.tensor([100.0, 200.0, 800.0 if dt == F64 else 300.0], dtype=F64)
+    p = torch.zeros(3, 3, 1, 1, dtype=F64)
+    p[:, 2, 0, 0] = s
+    x = torch.full((3, 1, 1, 1), 100 / 255, dtype=F64)
+    gp = leaf(p.to(dt))
+    v = OP(x.to(dt), gp, backend=backend)
+    want = math.log(2 / 255) - s - math.log(4.0)
+    assert_close("log p", v, want, dt, rtol={F64: 1e-14}, scale=want.abs())
+    v.sum().backward()
+    assert_close("d/ds", gp.grad[:, 2, 0, 0], -torch.ones(3, dtype=F64), dt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision(seed, backend, dtype):
+    """Half inputs: math in float32, value float32, the gradient in params' dtype."""
+    x, p = make(3, 3, 4, 5, 6)
+    p = leaf(p.to(dtype))
+    x = x.to(torch.float32)
+    got = OP(x, p, backend=backend)
+    assert got.dtype == torch.float32
+    want = F.dmol_log_prob(x, p)  # at the rounded parameters
+    assert_close("log p", got, want, torch.float32, rtol=1e-5, scale=want.abs().max())
+    got.sum().backward()
+    assert p.grad.dtype == dtype
+    (e,) = grads(want, [p])
+    # fp32 math, then one rounding to dtype
+    assert_close("d/dparams", p.grad, e, dtype, rtol=max(2 * torch.finfo(dtype).eps, 2e-5),
+                 scale=e.abs().max())
+
+
+def test_autocast(seed, backend):
+    """Under CPU autocast (bf16) a decoder's output feeds the op as it is."""
+    if backend == "triton" and not INTERPRET:
+        pytest.skip("CUDA autocast: tests/test_models.py")
+    x, _ = make(2, 3, 4, 4, 3)
+    x = x.float()
+    lin = torch.nn.Linear(5, 30 * 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        params = lin(torch.randn(2, 5)).view(2, 30, 4, 4)
+        value = OP(x, params, backend=backend)
+    assert params.dtype == torch.bfloat16 and value.dtype == torch.float32
+    value.sum().backward()
+    assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all()
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_gradcheck(backend, c):
+    """float64 finite differences (on "triton": the float64 path)."""
+    x, p = make(2, c, 1, 2, 2)
+    p.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q: OP(x, q, backend=backend), (p,))
+
+
+def test_higher_order(seed, backend):
+    """create_graph: d/dparams of (d log p / d params . v) matches the formula's."""
+    x, p = make(2, 3, 2, 2, 3)
+    p = leaf(p.to(case_dtype(backend)))
+    v = torch.randn(p.shape, dtype=p.dtype)
+    (g,) = torch.autograd.grad(OP(x.to(p.dtype), p, backend=backend).sum(), p, create_graph=True)
+    (hv,) = torch.autograd.grad((g * v).sum(), p)
+    q = leaf(p.detach().double())
+    (ge,) = torch.autograd.grad(F.dmol_log_prob(x, q).sum(), q, create_graph=True)
+    (hve,) = torch.autograd.grad((ge * v.double()).sum(), q)
+    assert_close("Hv", hv, hve, p.dtype, scale=hve.abs().max())
+
+
+def test_empty_batch(backend):
+    x = torch.zeros(0, 3, 4, 4)
+    p = torch.zeros(0, 20, 4, 4, requires_grad=True)
+    out = OP(x, p, backend=backend)
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert p.grad.shape == p.shape
+
+
+def test_x_gets_no_gradient(backend):
+    x, p = make(2, 1, 3, 3, 2, case_dtype(backend))
+    x.requires_grad_(True)
+    p.requires_grad_(True)
+    OP(x, p, backend=backend).sum().backward()
+    assert x.grad is None and p.grad is not None
+
+
+# -- errors (before any backend runs) ------------------------------------------------
+
+@pytest.mark.parametrize("xs,ps,match", [
+    ((2, 2, 4, 4), (2, 20, 4, 4), "C = 1 or 3"),
+    ((2, 3, 16), (2, 30, 16), r"\(B, C, H, W\)"),
+    ((2, 3, 4, 4), (2, 25, 4, 4), r"10\*M"),
+    ((2, 1, 4, 4), (2, 10, 4, 4), r"3\*M"),
+    ((2, 3, 4, 4), (3, 30, 4, 4), "batch 2"),
+    ((2, 3, 4, 4), (2, 30, 4, 5), "4x4"),
+    ((2, 3, 4, 4), (2, 0, 4, 4), r"10\*M"),
+])
+def test_shape_errors(xs, ps, match):
+    with pytest.raises(ValueError, match=match):
+        OP(torch.zeros(xs), torch.zeros(ps))
+
+
+def test_value_errors():
+    p = torch.zeros(1, 3, 2, 2)
+    with pytest.raises(ValueError, match="8-bit grid"):
+        OP(torch.full((1, 1, 2, 2), 10 / 256), p, validate=True)
+    OP(torch.full((1, 1, 2, 2), 10 / 256), p)  # validation off: the nearest bin
+    OP(torch.full((1, 1, 2, 2), 10 / 255), p, validate=True)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        OP(torch.full((1, 1, 2, 2), 1.5), p, validate=True)
+    with pytest.raises(ValueError, match="non-finite"):
+        OP(torch.zeros(1, 1, 2, 2), torch.full((1, 3, 2, 2), float("nan")), validate=True)
+    for bits in (0, 17, 2.5):
+        with pytest.raises((ValueError, TypeError), match="bits"):
+            OP(torch.zeros(1, 1, 2, 2), p, bits=bits)
+    with pytest.raises(TypeError, match="floating-point"):
+        OP(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), p)
+
+
+# -- the likelihood in the ELBO and the IWAE bound -------------------------------------
+
+def _latents(b, l, dt):
+    mu, lv = torch.randn(b, l, dtype=dt), torch.randn(b, l, dtype=dt) * 0.5
+    return mu, lv, mu + torch.exp(0.5 * lv) * torch.randn(b, l, dtype=dt)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kl,free_bits,beta", [("analytic", 0.0, 1.0), ("mc", 0.0, 0.5),
+                                               ("analytic", 0.3, 2.0)])
+def test_elbo(seed, backend, reduction, kl, free_bits, beta):
+    dt = case_dtype(backend)
+    x, p = make(4, 3, 3, 5, 4, dt)
+    mu, lv, z = _latents(4, 6, dt)
+    ins = [leaf(p), leaf(mu), leaf(lv), leaf(z) if kl == "mc" else None]
+    got = fastvae.elbo(x, ins[0], ins[1], ins[2], likelihood=DMOL, kl=kl, z=ins[3], beta=beta,
+                       free_bits=free_bits, reduction=reduction, backend=backend)
+    kl_dim = F.kl_analytic_dim(ins[1], ins[2]) if kl == "analytic" else F.kl_mc_dim(
+        ins[3], ins[1], ins[2])
+    if free_bits:
+        below = kl_dim.mean(0, keepdim=True) < free_bits
+        kl_dim = torch.where(below, torch.full_like(kl_dim, free_bits), kl_dim)
+    want = F.reduce(F.dmol_log_prob(x, ins[0]) - beta * kl_dim.sum(-1), reduction)
+    assert_close("elbo", got, want, dt, scale=want.abs().max() + 1)
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for name, g, e in zip(("recon", "mu", "logvar", "z"), grads(got, ins, w), grads(want, ins, w)):
+        if e is not None:
+            assert g.dtype == dt
+            assert_close(f"d elbo / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
+    loss = fastvae.ELBOLoss(likelihood=DMOL, kl=kl, beta=beta, free_bits=free_bits,
+                            reduction=reduction, backend=backend)
+    assert_close("ELBOLoss", loss(x, ins[0], ins[1], ins[2], z=ins[3]), -want, dt,
+                 scale=want.abs().max() + 1)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_iwae_bound(seed, backend, reduction, k):
+    dt = case_dtype(backend)
+    b, l = 3, 4
+    x, _ = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, _ = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
+    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, reduction=reduction, backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    log_w = log_px - F.kl_mc_dim(ins[3], ins[1], ins[2]).sum(-1)
+    want = F.reduce(torch.logsumexp(log_w, 0) - math.log(k), reduction)
+    assert_close("bound", got, want, dt, scale=want.abs().max() + 1)
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for name, g, e in zip(("recon_k", "mu", "logvar", "z_k"), grads(got, ins, w),
+                          grads(want, ins, w)):
+        assert_close(f"d bound / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
+
+
+def _no_grad(g):
+    return g is None or not g.abs().any()
+
+
+def test_estimators(seed, backend):
+    """STL in both bounds is log q at stopped mu, logvar (no direct gradient for them; z's
+    and the parameters' as the float64 formula); DReG's z_k hook is not built for this
+    likelihood: a clear error."""
+    dt = case_dtype(backend)
+    b, l, k = 3, 4, 2
+    x, p = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, z = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    with pytest.raises(ValueError, match="dreg"):
+        fastvae.iwae_bound(x, pk, mu, lv, zk, likelihood=DMOL, estimator="dreg", backend=backend)
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
+    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, estimator="stl", backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    want = torch.logsumexp(log_px - F.kl_mc_dim(ins[3], ins[1].detach(), ins[2].detach())
+                           .sum(-1), 0) - math.log(k)
+    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z)]
+    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], estimator="stl",
+                         reduction="none", backend=backend)
+    want_e = F.dmol_log_prob(x, ones[0]) - F.kl_mc_dim(ones[3], ones[1].detach(),
+                                                       ones[2].detach()).sum(-1)
+    for name, g_v, w_v, leaves in (("iwae", got, want, ins), ("elbo", got_e, want_e, ones)):
+        assert_close(name, g_v, w_v, dt, scale=w_v.abs().max() + 1)
+        g = torch.autograd.grad(g_v.sum(), leaves, allow_unused=True)
+        e = torch.autograd.grad(w_v.sum(), [leaves[0], leaves[3]])
+        assert _no_grad(g[1]) and _no_grad(g[2]), name
+        for n, gi, ei in (("params", g[0], e[0]), ("z", g[3], e[1])):
+            assert_close(f"d {name} / d {n}", gi, ei, dt, scale=ei.abs().max() + 1e-3)
+
+
+def test_likelihood_errors():
+    x, p = make(2, 3, 2, 2, 2)
+    mu, lv, z = _latents(2, 3, F64)
+    with pytest.raises(ValueError, match="obs_logvar"):
+        fastvae.elbo(x, p, mu, lv, likelihood=DMOL, obs_logvar=0.5)
+    with pytest.raises(ValueError, match="batch size"):
+        fastvae.elbo(x[:1], p[:1], mu, lv, likelihood=DMOL)
+    with pytest.raises(ValueError, match="recon must be"):
+        fastvae.elbo(x, p[:, :7], mu, lv, likelihood=DMOL)
+    with pytest.raises(ValueError, match="recon_k must be"):
+        fastvae.iwae_bound(x, p, mu, lv, z[None], likelihood=DMOL)
+    with pytest.raises(ValueError, match="bits"):
+        fastvae.ELBOLoss(likelihood=DMOL, bits=0)
+
+
+# -- the "torch" backend's memory: no B x C x M x H x W tensor --------------------------
+
+def test_torch_backend_makes_no_full_size_intermediate():
+    """Every tensor an aten op creates during the forward (value and gradient) holds at
+    most a chunk's worth, except the gradient itself: eager autograd makes ~25 tensors
+    of B x C x M x H x W elements."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    b, c, h, w, m = 16, 3, 32, 32, 10   # a sample's parameters fit one chunk
+    x, p = make(b, c, h, w, m, torch.float32)
+    p.requires_grad_(True)
+    full = b * c * m * h * w
+    sizes = []
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            seen = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                    if isinstance(t, torch.Tensor)}
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    sizes.append((t.numel(), tuple(t.shape), str(func)))  # new memory
+            return out
+
+    with Sizes():
+        from fastvae.backends.torch_backend import discretized_logistic_mixture_log_prob as T
+        T.discretized_logistic_mixture_log_prob_fwd(x, p.detach(), 8, "mean", -1.0, [True])
+    big = [s for s in sizes if s[0] >= full // 4 and s[1] != tuple(p.shape)]
+    assert not big, big[:5]
+    assert any(s[1] == tuple(p.shape) for s in sizes)  # the gradient, allocated once
+
+
+@pytest.mark.parametrize("shape", list(itertools.product([1, 3], [(2, 5, 7, 3)])))
+def test_forward_without_grad_matches(seed, backend, shape):
+    """Without a gradient wanted, the fused backends skip writing it: the same value."""
+    c, (b, h, w, m) = shape
+    x, p = make(b, c, h, w, m, case_dtype(backend))
+    with torch.no_grad():
+        v = OP(x, p, backend=backend)
+    assert_close("log p", v, F.dmol_log_prob(x, p), p.dtype, scale=v.abs().max() + 1)
+
+
+# -- fast math: the stated bound of kernels/discretized_logistic_mixture_log_prob.py -------
+
+def _kernel_value(x, params, bits, lg, dv):
+    """The kernel's value formulas in float32 per pixel (x (N, C), params (N, S*M)), with
+    ``lg(t)`` for its fast logs and ``dv(a, b)`` for its fast divisions; exact logs where
+    the kernel keeps them (Kahan's expm1)."""
+    n = 2 ** bits - 1
+    lv = torch.tensor(float(n))
+    h = 1.0 / lv
+    log_2h = torch.log(2.0 * h)
+    m = params.shape[1] // slots(x.shape[1])
+    k = torch.floor(x * lv + 0.5)
+    y = k.clamp(0, n) * (2.0 / lv) - 1.0
+    logits = params[:, :m]
+    l_max = logits.max(1, keepdim=True).values
+    log_pi = logits - (l_max + lg(torch.exp(logits - l_max).sum(1, keepdim=True)))
+
+    def kahan_tanh(v):
+        a = v.abs()
+        u = torch.exp(-2.0 * a)
+        skip = (u == 1.0) | (u == 0.0)
+        em = torch.where(skip, -2.0 * a,
+                         (u - 1.0) * (-2.0 * a) / torch.log(torch.where(skip, 0.5, u)))
+        em = torch.where(a > 0.5, u - 1.0, em)
+        t = -em / (2.0 + em)
+        return torch.where(v < 0, -t, t)
+
+    def bin_value(yc, mean, ls, kc):
+        inv_s = torch.exp(-ls)
+        a, b = (yc - mean + h) * inv_s, (yc - mean - h) * inv_s
+        log_w = log_2h - ls
+        w = torch.exp(log_w)
+        u = torch.exp(-w)
+        skip = (u == 1.0) | (u == 0.0)
+        kahan = torch.where(skip, 1.0, dv(1.0 - u, -torch.log(torch.where(skip, 0.5, u))))
+        ratio = torch.where(w > 1.0, dv(1.0 - u, w.clamp(min=1.0)), kahan)
+        lsa = a.clamp(max=0) - lg(1.0 + torch.exp(-a.abs()))
+        lsb = (-b).clamp(max=0) - lg(1.0 + torch.exp(-b.abs()))
+        top, bottom = kc >= n, kc <= 0
+        return (torch.where(top, 0.0, lsa) + torch.where(bottom, 0.0, lsb)
+                + torch.where(~top & ~bottom, log_w + lg(ratio), 0.0))
+
+    per = 3 if x.shape[1] == 3 else 2
+    total = log_pi
+    for c in range(x.shape[1]):
+        base = m + per * m * c
+        mean = params[:, base:base + m]
+        if c == 1:
+            mean = mean + kahan_tanh(params[:, m + 2 * m:m + 3 * m]) * y[:, :1]
+        if c == 2:
+            mean = (mean + kahan_tanh(params[:, m + per * m + 2 * m:m + per * m + 3 * m])
+                    * y[:, :1] + kahan_tanh(params[:, base + 2 * m:base + 3 * m]) * y[:, 1:2])
+        ls = params[:, base + m:base + 2 * m].clamp(min=-7.0)
+        total = total + bin_value(y[:, c:c + 1], mean, ls, k[:, c:c + 1])
+    t_max = total.max(1, keepdim=True).values
+    return (t_max + lg(torch.exp(total - t_max).sum(1, keepdim=True)))[:, 0]
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_fast_math_within_the_stated_bound(c):
+    """Compiled, the kernel's logs are lg2.approx (2^-22 in log2: absolute on [0.5, 2],
+    relative beyond) and its divisions div.approx (2 ulp): at those worst errors, every
+    sign, a pixel's log p stays within FAST_MATH_BOUND of the same float32 formulas with
+    exact logs and divisions, from below the log-scale clamp to very wide components.
+    (What the interpreter cannot run, bounded on CPU; the formulas are checked against
+    the float64 ones first.)"""
+    from fastvae.kernels.discretized_logistic_mixture_log_prob import FAST_MATH_BOUND
+    g = torch.Generator().manual_seed(7 + c)
+    m, n_pix, bits = 16, 4000, 8
+    x = torch.randint(0, 256, (n_pix, c), generator=g).float() / 255
+    x[:200] = 0.0
+    x[200:400] = 1.0
+    p = torch.randn(n_pix, slots(c) * m, generator=g) * 3
+    per = 3 if c == 3 else 2
+    for ch in range(c):  # log-scales over [-9, 12]: the clamp, sharp bins, wide logistics
+        base = m + per * m * ch
+        p[:, base + m:base + 2 * m] = torch.rand(n_pix, m, generator=g) * 21 - 9
+    exact = _kernel_value(x, p, bits, torch.log, torch.div)
+    want = F.dmol_log_prob(x.double()[:, :, None, None], p.double()[:, :, None, None], bits)
+    assert_close("float32 formulas", exact, want, torch.float32, scale=want.abs() + 1)
+    ln2 = math.log(2.0)
+    for lg_sign, dv_sign in itertools.product((-1, 1), (-1, 1)):
+        e = lg_sign * 2.0 ** -22
+
+        def lg(t):
+            l2 = torch.log2(t)
+            return (l2 + e * torch.clamp(l2.abs(), min=1.0)) * ln2
+
+        def dv(a, b):
+            return a / b * (1 + dv_sign * 2.0 ** -23)
+        err = (_kernel_value(x, p, bits, lg, dv).double() - exact.double()).abs()
+        assert float(err.max()) <= FAST_MATH_BOUND, float(err.max())
+
+
+# -- pictures: fastvae.models.dmol_sample / dmol_mean ---------------------------------------
+
+@pytest.mark.parametrize("c,bits", [(1, 3), (3, 1)])
+def test_samples_follow_the_likelihood(c, bits):
+    """Frequencies of 40000 draws at one pixel (Gumbel-max over components, logistic
+    inversion, autoregressive over channels) match exp(log p) of every value within 5
+    standard errors, with sharp, wide and clamped components."""
+    from fastvae.models import dmol_sample
+    g = torch.Generator().manual_seed(11 * c + bits)
+    m, draws = 4, 40000
+    p = _extreme_params(c, m, g, F64)
+    per = 3 if c == 3 else 2
+    for ch in range(c):  # scales from the clamp to wide, means near the grid
+        base = m + per * m * ch
+        p[0, base + m:base + 2 * m, 0, 0] = torch.tensor([-9.0, -2.0, -0.5, 1.0])
+        p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64) * 1.6 - 0.8
+    values = _all_values(c, bits, F64)
+    prob = OP(values, p.expand(len(values), -1, -1, -1), bits=bits, backend="torch").exp()
+    x = dmol_sample(p.float().expand(draws, -1, -1, -1), channels=c, bits=bits, generator=g)
+    n = 2 ** bits - 1
+    k = torch.round(x.double() * n).long().view(draws, c)
+    index = k[:, 0] if c == 1 else (k[:, 0] * (n + 1) + k[:, 1]) * (n + 1) + k[:, 2]
+    freq = torch.bincount(index, minlength=len(values)).double() / draws
+    se = (prob * (1 - prob) / draws).sqrt()
+    assert bool(((freq - prob).abs() <= 5 * se + 1e-4).all()), (freq, prob)
+
+
+def test_mean_is_the_mixture_of_locations():
+    from fastvae.models import dmol_mean
+    q = torch.zeros(30)                   # M = 3, RGB, one pixel
+    q[:3] = torch.tensor([0.0, 20.0, -20.0])               # component 1 only
+    q[3 + 1], q[12 + 1], q[21 + 1] = 0.5, -0.2, 3.0        # its means per channel
+    q[9 + 1] = 1.0                        # tanh(1) of y0 into channel 1
+    p = q.view(1, 30, 1, 1)
+    want = torch.tensor([0.5, -0.2 + math.tanh(1.0) * 0.5, 1.0])  # channel 2 clamped
+    assert_close("mean", dmol_mean(p, 3)[0, :, 0, 0], (want + 1) / 2, torch.float32)
+    gray = torch.tensor([0.0, 0.0, -0.3, 0.9, 0.0, 0.0]).view(1, 6, 1, 1)  # equal weights
+    assert abs(dmol_mean(gray, 1).item() - (0.5 * (-0.3 + 0.9) + 1) / 2) < 1e-6

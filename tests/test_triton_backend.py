@@ -190,6 +190,40 @@ def test_kl_normal_launches_once(seed, launches):
     assert launches == ["elbo_rows_kernel"]  # backward weighs the saved gradients
 
 
+def test_elbo_plans_key_on_the_prior(seed, launches):
+    """The ELBO host's launch plans (built once per key) hold the prior's switches and
+    strides: the same shapes with no prior, a shared (L,) row, a (B, L) prior, a
+    mean-only prior and no prior again each get their own plan, and every call matches
+    the float64 formula (a plan reused across priors would read the wrong rows or none)."""
+    from fastvae.backends.triton_backend import elbo as host
+    b, d, l = 6, 9, 4
+    x, recon = torch.rand(b, d), leaf(torch.randn(b, d))
+    mu, lv, z = leaf(torch.randn(b, l)), leaf(torch.randn(b, l) * 0.5), leaf(torch.randn(b, l))
+    priors = [(None, None), (leaf(torch.randn(l)), leaf(torch.randn(l) * 0.5)),
+              (leaf(torch.randn(b, l)), leaf(torch.randn(b, l) * 0.5)),
+              (leaf(torch.randn(b, l)), None), (None, None)]
+    host._PLANS.clear()
+    for i, (pm, plv) in enumerate(priors):
+        for kl in ("analytic", "mc"):
+            ins = [recon, mu, lv] + ([z] if kl == "mc" else []) + [t for t in (pm, plv)
+                                                                  if t is not None]
+            got = fastvae.elbo(x, recon, mu, lv, kl=kl, z=z if kl == "mc" else None,
+                               prior_mu=pm, prior_logvar=plv, reduction="sum",
+                               backend="triton")
+            o = [t.detach().double().requires_grad_() for t in ins]
+            n = 4 if kl == "mc" else 3
+            o_pm = o[n] if pm is not None else None
+            o_plv = o[-1] if plv is not None else None
+            want = F.elbo(x.double(), o[0], o[1], o[2], kl=kl, z=o[3] if kl == "mc" else None,
+                          prior_mu=o_pm, prior_logvar=o_plv, reduction="sum")
+            assert_close(f"prior {i}, {kl}: value", got, want, F32)
+            for j, (g, w) in enumerate(zip(torch.autograd.grad(got, ins),
+                                           torch.autograd.grad(want, o))):
+                assert_close(f"prior {i}, {kl}: gradient {j}", g, w, F32)
+    # no prior twice reuses its plans; each prior form added its own (analytic and mc)
+    assert len(host._PLANS) == 2 * 4
+
+
 def test_float64_and_empty_inputs_take_the_torch_path(launches):
     """float64 (gradcheck) and empty batches: the documented hand-over, same contract."""
     mu = leaf(torch.randn(4, 3, dtype=torch.float64))

@@ -126,8 +126,8 @@ def check_objective(cfg: dict) -> None:
     estimator = cfg.get("estimator") or "standard"
     if cfg.get("model") == "hvae" and (objective != "elbo" or estimator != "standard"
                                        or int(cfg.get("k") or 1) != 1):
-        raise ValueError("objective/k/estimator: --model hvae trains the ELBO of its fused "
-                         "per-group KLs only; leave --objective elbo --k 1 --estimator standard")
+        raise ValueError("model: hvae trains the ELBO of its fused per-group KLs only; leave "
+                         "--objective elbo --k 1 --estimator standard")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if estimator not in ESTIMATORS:

@@ -107,7 +107,8 @@ def elbo(
             ``0.5 * sum_l (plv - lv + exp(lv - plv) + (mu - pm)^2 exp(-plv) - 1)``
             (:func:`kl_normal`), the "mc" one's ``log p(z)`` becomes
             ``-0.5 * sum_l ((z - pm)^2 exp(-plv) + plv)``; beta and free bits apply to it
-            as to the N(0, I) KL.
+            as to the N(0, I) KL. With ``estimator="stl"`` only log q's mu, logvar are
+            stopped: log p(z) keeps its gradients w.r.t. the prior and z.
         estimator: the gradient estimator (the value is the same):
             ``"standard"``: the reparameterized gradient of the value;
             ``"stl"`` (sticking the landing, Roeder et al. 2017; needs ``kl="mc"``):
@@ -225,7 +226,9 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
             ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
         prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
-            (broadcastable to mu's ``(B, L)``, shared by the K samples).
+            (broadcastable to mu's ``(B, L)``, shared by the K samples). Under "stl" and
+            "dreg" its gradients are the standard ones (``w~_k`` weighting); its
+            ``d log p(z_k) / d z_k`` is part of ``d log w_k / d z_k`` (DReG's ``w~_k^2``).
         estimator: the gradient estimator; the value is the bound whatever it is.
             With ``w~_k = softmax_k(log w_k)``:
             ``"standard"``: the gradient of the bound, ``sum_k w~_k d log w_k``;

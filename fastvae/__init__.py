@@ -6,8 +6,9 @@ from ._version import __version__
 from .backends import last_used as last_backend
 from .backends import select as select_backend
 from .backends import triton_available
+from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_standard_normal,
+                         reparameterize, sample_with_kl)
 from .functional import discretized_logistic_mixture_log_prob
-from .functional import elbo, gaussian_log_prob, iwae_bound, kl_standard_normal, reparameterize
 from .loss import ELBOLoss
 from .validation import get_validation, set_validation
 
@@ -16,6 +17,8 @@ __all__ = [
     "elbo",
     "reparameterize",
     "kl_standard_normal",
+    "kl_normal",
+    "sample_with_kl",
     "gaussian_log_prob",
     "iwae_bound",
     "ELBOLoss",

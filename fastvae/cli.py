@@ -42,14 +42,19 @@ def _add_train(sub):
       help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}]")
     _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
                "into --data-dir when the files are missing [default: off]")
-    a("--model", choices=["mlp", "conv"], default=None,
-      help=f"MLP VAE or convolutional VAE [default: {d['model']}]")
+    a("--model", choices=["mlp", "conv", "hvae"], default=None,
+      help=f"MLP VAE, convolutional VAE or hierarchical VAE (top-down latent groups with "
+           f"learned priors) [default: {d['model']}]")
     a("--latent", type=o.positive_int, default=None,
-      help=f"latent dimensions L; 2 also draws latent.png [default: {d['latent']}]")
+      help=f"latent dimensions L (hvae: channels of each group's latent map); 2 also draws "
+           f"latent.png [default: {d['latent']}]")
     a("--hidden", type=o.positive_int, nargs="+", default=None,
       help=f"hidden layer width(s); the decoder mirrors the encoder [default: {d['hidden']}]")
     a("--channels", type=o.positive_int, nargs="+", default=None,
-      help=f"conv model: channels per stride-2 stage [default: {d['channels']}]")
+      help=f"conv and hvae models: channels per stride-2 stage; hvae: one latent "
+           f"resolution per stage [default: {d['channels']}]")
+    a("--groups", type=o.positive_int, default=None,
+      help=f"hvae model: stochastic latent groups per stage [default: {d['groups']}]")
     a("--epochs", type=o.positive_int, default=None,
       help=f"total epochs (with --resume: train until this many) [default: {d['epochs']}]")
     a("--batch-size", type=o.positive_int, default=None,
@@ -57,6 +62,9 @@ def _add_train(sub):
     a("--lr", type=o.positive_float, default=None, help=f"Adam learning rate [default: {d['lr']}]")
     a("--beta", type=o.non_negative_float, default=None,
       help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
+    a("--kl-warmup", type=o.non_negative_int, default=None,
+      help="epochs over which the KL weight ramps linearly from 0 to --beta (per step) "
+           "[default: 10 for hvae, whose latent groups collapse without it, else 0]")
     a("--kl", choices=["analytic", "mc"], default=None,
       help=f"closed-form KL or the single-sample Monte-Carlo estimate (--objective elbo; the "
            f"IWAE bound always uses the sampled log-weights) [default: {d['kl']}]")
@@ -149,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args):
     from .train import train
 
-    keys = ("dataset", "data_dir", "download", "model", "latent", "hidden", "channels",
-            "epochs", "batch_size", "lr", "beta", "kl", "likelihood", "backend", "amp",
+    keys = ("dataset", "data_dir", "download", "model", "latent", "hidden", "channels", "groups",
+            "epochs", "batch_size", "lr", "beta", "kl_warmup", "kl", "likelihood", "backend",
+            "amp",
             "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads",
             "objective", "k", "estimator")
     train({k: getattr(args, k) for k in keys})
@@ -187,8 +196,12 @@ def _cmd_eval(args):
         print(json_text(m))
     else:
         nll = f"{m['iwae_nll']:.3f}" if m["iwae_nll"] is not None else "n/a"
+        groups = m.get("kl_groups")
+        per_group = (" [KL per group: " + ", ".join(f"{v:.3f}" for v in groups) + "]"
+                     if groups else "")
         print(f"{args.run} (epoch {state['epoch']}, {len(test)} test images): test elbo "
-              f"{m['elbo']:.3f} (kl {m['kl']:.3f}, rec {m['rec']:.3f}), IWAE NLL (K={args.k}) {nll}")
+              f"{m['elbo']:.3f} (kl {m['kl']:.3f}, rec {m['rec']:.3f}), IWAE NLL (K={args.k}) "
+              f"{nll}{per_group}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Notation: batch ``B``, data dims flattened to ``D`` per sample, latent dims ``L``,
 importance samples ``K``. Posterior ``q(z|x) = N(mu, diag(exp(logvar)))``, prior
-``p(z) = N(0, I)``.
+``p(z) = N(0, I)``, or a learned ``N(prior_mu, diag(exp(prior_logvar)))`` where the op
+takes one.
 
 Dtypes: inputs may be float16, bfloat16, float32 or float64 (mixing is allowed, as
 under autocast). Math runs in float32 at least; results are float64 when any input
@@ -15,22 +16,11 @@ import math
 
 import torch
 
-from . import backends, estimators, ops, reference
+from . import estimators, ops
 from . import validation as V
-
-
-
-def _run(backend, device, op: str):
-    """The function that computes ``op``: the reference for "reference", and under a
-    ``torch.func`` transform (whose every order and batching rule autograd-built math
-    has), else the fused op of the selected backend."""
-    name = backends.select(backend, device)
-    if ops.functorch_active():
-        name = "reference"
-    backends.mark_used(name)
-    if name == "reference":
-        return getattr(reference, op)
-    return functools.partial(getattr(ops, op), backend=name)
+from .dispatch import check_generator as _check_generator
+from .dispatch import run as _run
+from .gaussians import kl_normal, sample_with_kl  # noqa: F401  (public here too)
 
 
 def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, validate=None):
@@ -57,10 +47,7 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, val
     V.check_values(V.resolve_validate(validate), mu=mu, logvar=logvar)
     if n_samples is not None:
         n_samples = int(V.check_number("n_samples", n_samples, minimum=1, integer=True))
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator is not None and generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device}, tensors on {device}")
+    _check_generator(generator, device)
     return _run(backend, device, "reparameterize")(mu, logvar, n_samples, generator)
 
 
@@ -78,6 +65,8 @@ def elbo(
     reduction="mean",
     backend=None,
     validate=None,
+    prior_mu=None,
+    prior_logvar=None,
     estimator="standard",
     *,
     bits=8,
@@ -111,6 +100,15 @@ def elbo(
         backend: see :func:`reparameterize`.
         validate: run the value checks (x range, finiteness); None uses the global
             default set by :func:`fastvae.set_validation`.
+        prior_mu, prior_logvar: a learned prior ``N(prior_mu, exp(prior_logvar))``
+            instead of N(0, I): each None (0), a number, or a tensor broadcastable to
+            mu's ``(B, L)`` (e.g. ``(L,)`` shared, or ``(B, L)`` from a conditional
+            prior); tensors get gradients. The analytic KL becomes
+            ``0.5 * sum_l (plv - lv + exp(lv - plv) + (mu - pm)^2 exp(-plv) - 1)``
+            (:func:`kl_normal`), the "mc" one's ``log p(z)`` becomes
+            ``-0.5 * sum_l ((z - pm)^2 exp(-plv) + plv)``; beta and free bits apply to it
+            as to the N(0, I) KL. With ``estimator="stl"`` only log q's mu, logvar are
+            stopped: log p(z) keeps its gradients w.r.t. the prior and z.
         estimator: the gradient estimator (the value is the same):
             ``"standard"``: the reparameterized gradient of the value;
             ``"stl"`` (sticking the landing, Roeder et al. 2017; needs ``kl="mc"``):
@@ -139,7 +137,8 @@ def elbo(
     free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
     if likelihood == V.DMOL:
         return _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits,
-                          reduction, backend, validate, _scale, estimator)
+                          reduction, backend, validate, _scale, estimator, prior_mu,
+                          prior_logvar)
     batch, latent = V.check_latents(mu, logvar)
     x2, r2 = V.flatten_data(x, recon, batch)
     if kl == "mc":
@@ -153,12 +152,16 @@ def elbo(
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
     obs = V.canonical_obs_logvar(obs_logvar, x.shape)
-    device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z, obs_logvar=obs,
+                                 prior_mu=pm, prior_logvar=plv)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
-                   recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs)
+                   recon=r2, mu=mu, logvar=logvar, z=z, obs_logvar=obs, prior_mu=pm,
+                   prior_logvar=plv)
     fn = _run(backend, device, "elbo")
     kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
-                  estimator=estimator)
+                  prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
@@ -207,8 +210,8 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
-               reduction="none", backend=None, validate=None, estimator="standard", *,
-               bits=8):
+               reduction="none", backend=None, validate=None, prior_mu=None, prior_logvar=None,
+               estimator="standard", *, bits=8):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -222,6 +225,10 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
         likelihood, obs_logvar, backend, validate, bits: as in :func:`elbo`; for
             ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
+        prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
+            (broadcastable to mu's ``(B, L)``, shared by the K samples). Under "stl" and
+            "dreg" its gradients are the standard ones (``w~_k`` weighting); its
+            ``d log p(z_k) / d z_k`` is part of ``d log w_k / d z_k`` (DReG's ``w~_k^2``).
         estimator: the gradient estimator; the value is the bound whatever it is.
             With ``w~_k = softmax_k(log w_k)``:
             ``"standard"``: the gradient of the bound, ``sum_k w~_k d log w_k``;
@@ -245,7 +252,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     estimators.check_iwae(estimator)
     if likelihood == V.DMOL:
         return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
-                                backend, validate, estimator)
+                                backend, validate, estimator, prior_mu, prior_logvar)
     batch, latent = V.check_latents(mu, logvar)
     V.check_tensor("z_k", z_k)
     if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
@@ -257,9 +264,13 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
     obs = V.canonical_obs_logvar(obs_logvar, x.shape)
-    device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k,
+                                 obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
-                   recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs)
+                   recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs, prior_mu=pm,
+                   prior_logvar=plv)
     if estimator == "dreg":
         if ops.functorch_active():
             raise RuntimeError("estimator='dreg' is not available under torch.func transforms: "
@@ -268,7 +279,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
         estimators.check_dreg_graph(recon_k, z_k)
     fn = _run(backend, device, "iwae_bound")
     return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,
-              estimator=estimator)
+              prior_mu=pm, prior_logvar=plv, estimator=estimator)
 
 
 def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, validate=None):
@@ -321,7 +332,8 @@ def _no_obs_logvar(obs_logvar):
 
 
 def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, reduction,
-               backend, validate, scale, estimator="standard"):
+               backend, validate, scale, estimator="standard", prior_mu=None,
+               prior_logvar=None):
     """The ELBO of a DMoL decoder as two fused ops whose values add: the DMoL op (log
     p(x|z), reduced and scaled, its gradient made in its forward) and the ELBO op on no
     data columns (the KL part: free bits, "mc", ...). Backward hands each a scalar
@@ -336,12 +348,13 @@ def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, r
     no_data = x.new_zeros(batch, 0)
     latent = elbo(no_data, no_data, mu, logvar, kl=kl, z=z, beta=beta, free_bits=free_bits,
                   reduction=reduction, backend=backend, validate=validate,
-                  estimator=estimator, _scale=scale)
+                  prior_mu=prior_mu, prior_logvar=prior_logvar, estimator=estimator,
+                  _scale=scale)
     return log_px + latent
 
 
 def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, backend,
-                     validate, estimator="standard"):
+                     validate, estimator="standard", prior_mu=None, prior_logvar=None):
     """The IWAE bound of a DMoL decoder: log p(x|z_k) from the fused DMoL op (K*B rows,
     their gradients saved and weighed in place by softmax_k(log w_k) in backward), and
     ``log p(z_k) - log q(z_k|x)`` as two fused Gaussian log densities (their log 2 pi
@@ -361,8 +374,11 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
                    backend, validate, params_name="recon_k").reshape(k, batch)
-    log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k), 0.0, backend=backend,
-                               validate=validate)
+    # log p(z_k) under the prior, with its gradients (not stopped by STL)
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k) if pm is None else pm.expand_as(z_k),
+                               0.0 if plv is None else plv, backend=backend, validate=validate)
     if estimator == "stl":
         mu, logvar = mu.detach(), logvar.detach()
     log_qz = gaussian_log_prob(z_k, mu.expand_as(z_k), logvar, backend=backend,

@@ -102,5 +102,7 @@ class Guard:
             self._stop("optimizer state", "nan or inf", where)
         for split, m in (("train", train_m), ("test", test_m)):
             for key, value in m.items():
-                if not math.isfinite(value):
-                    self._stop(f"{split} {key}", value, where)
+                for i, v in enumerate(value if isinstance(value, list) else [value]):
+                    if not math.isfinite(v):  # a list: one number per latent group
+                        name = f"{key}[{i}]" if isinstance(value, list) else key
+                        self._stop(f"{split} {name}", v, where)

@@ -13,7 +13,8 @@ class ELBOLoss(nn.Module):
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
     reduction="mean", estimator="standard")``; ``loss(x, recon, mu, logvar, z=None,
-    obs_logvar=0.0)``. Every argument means what it means in :func:`fastvae.elbo`
+    obs_logvar=0.0, prior_mu=None, prior_logvar=None)`` (a learned prior, as in
+    :func:`fastvae.elbo`). Every argument means what it means in :func:`fastvae.elbo`
     (``bits``: the data's bit depth for ``likelihood="discretized_logistic_mixture"``,
     whose recon is the mixture's parameters). With
     ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
@@ -35,13 +36,15 @@ class ELBOLoss(nn.Module):
         self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
         self.backend, self.validate = backend, validate
 
-    def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0):
+    def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0, prior_mu=None,
+                prior_logvar=None):
         # _scale=-1 computes -ELBO inside the fused op, so loss.backward() hands it a
         # grad_output of exactly 1 and the saved gradients need no scaling pass.
         return elbo(x, recon, mu, logvar, likelihood=self.likelihood, kl=self.kl, z=z,
                     beta=self.beta, free_bits=self.free_bits, obs_logvar=obs_logvar,
                     reduction=self.reduction, backend=self.backend, validate=self.validate,
-                    estimator=self.estimator, bits=self.bits, _scale=-1.0)
+                    prior_mu=prior_mu, prior_logvar=prior_logvar, estimator=self.estimator,
+                    bits=self.bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "

@@ -1,5 +1,8 @@
 """Standard PyTorch VAEs built on the fastvae ops.
 
+``HierarchicalVAE`` (top-down, several latent groups with learned priors) lives in
+``fastvae.hvae`` and is exported here too.
+
 ``VAE`` (MLP) and ``ConvVAE`` (convolutional, any ``(C, H, W)``) share one API:
 
 * ``forward(x)`` -> ``(recon, mu, logvar, z)``; recon has x's shape (logits for the
@@ -22,54 +25,25 @@ from torch import nn
 from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DMoL decoders)
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
-from .validation import LIKELIHOODS, check_option
+from .hvae import HierarchicalVAE
+from .observation import ObservationModel
+from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
+
+__all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
 # Elements of one chunk's decoder output in iwae_nll; 4M floats = 16 MiB, small
 # enough for any machine and large enough that K=1000 is a handful of chunks.
 _IWAE_CHUNK_ELEMENTS = 1 << 22
 
 
-def _cb_mean(logits: torch.Tensor) -> torch.Tensor:
-    """Mean of the continuous Bernoulli with natural parameter ``logits``.
-
-    ``E[x] = p/(2p-1) + 1/(2 artanh(1-2p))``, written in logits as
-    ``1/(1-exp(-l)) - 1/l``; it tends to 1/2 at ``l = 0``, where we use the series
-    ``1/2 + l/12`` to avoid 0/0.
-    """
-    small = logits.abs() < 1e-3
-    safe = torch.where(small, torch.ones_like(logits), logits)
-    mean = -torch.expm1(-safe).reciprocal() - safe.reciprocal()
-    return torch.where(small, 0.5 + logits / 12, mean)
-
-
-class _VAEBase(nn.Module):
+class _VAEBase(ObservationModel):
     """Shared logic; subclasses define ``encode(x) -> (mu, logvar)`` and ``decode(z)``."""
 
     def __init__(self, data_shape, latent_dim: int, likelihood: str):
-        super().__init__()
-        check_option("likelihood", likelihood, LIKELIHOODS)
-        self.data_shape = tuple(int(s) for s in data_shape)
+        super().__init__(data_shape, likelihood)
         self.latent_dim = int(latent_dim)
-        self.likelihood = likelihood
-        if likelihood == "gaussian":
-            # Learnable per-dimension observation log-variance; starting at 0 (unit
-            # variance) is the usual neutral choice.
-            self.obs_logvar = nn.Parameter(torch.zeros(self.data_shape))
-        else:
-            self.register_parameter("obs_logvar", None)
 
     # -- pieces ---------------------------------------------------------------
-    def _obs(self):
-        return self.obs_logvar if self.obs_logvar is not None else 0.0
-
-    def mean(self, recon: torch.Tensor) -> torch.Tensor:
-        """Decoder output -> the observation model's mean (an image)."""
-        if self.likelihood == "bernoulli":
-            return torch.sigmoid(recon)
-        if self.likelihood == "continuous_bernoulli":
-            return _cb_mean(recon.float()).to(recon.dtype)
-        return recon
-
     def decode_any(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``(..., L)`` latents to ``(..., *data_shape)``."""
         lead = z.shape[:-1]
@@ -252,9 +226,10 @@ class ConvVAE(_VAEBase):
         return self.decoder(t)
 
 
-def build_model(config: dict) -> _VAEBase:
+def build_model(config: dict) -> ObservationModel:
     """A model from a plain config dict (``model``, ``data_shape``, ``latent``,
-    ``hidden``, ``likelihood``, optional ``channels``), as stored in checkpoints."""
+    ``hidden``, ``likelihood``, optional ``channels`` and, for "hvae", ``groups``), as
+    stored in checkpoints."""
     kind = config.get("model", "mlp")
     common = dict(data_shape=tuple(config["data_shape"]), latent_dim=int(config["latent"]),
                   likelihood=config.get("likelihood", "bernoulli"))
@@ -265,4 +240,10 @@ def build_model(config: dict) -> _VAEBase:
     if kind == "conv":
         channels = tuple(config.get("channels", (32, 64)))
         return ConvVAE(channels=channels, hidden=hidden, **common)
-    raise ValueError(f"model must be 'mlp' or 'conv', got {kind!r}")
+    if kind == "hvae":
+        return HierarchicalVAE(data_shape=common["data_shape"],
+                               latent_channels=common["latent_dim"],
+                               channels=tuple(config.get("channels", (32, 64))),
+                               groups=int(config.get("groups", 2)),
+                               likelihood=common["likelihood"])
+    raise ValueError(f"model must be 'mlp', 'conv' or 'hvae', got {kind!r}")

@@ -14,7 +14,13 @@ def loss(model, core, x, cfg: dict):
     ``objective`` "elbo": ``-ELBO``, averaged over ``k`` samples per example (Burda et
     al.'s k-sample VAE baseline); "iwae": ``-L_k``. The gradient is the ``estimator``'s
     (:func:`fastvae.iwae_bound`); K = 1 with the ELBO is the single-sample path as before.
+    A hierarchical model (``--model hvae``): its ELBO, ``log p(x|z) - beta * sum of the
+    groups' KLs``, and (recon, log p(x|z), the groups' KLs) for logging.
     """
+    if getattr(core, "hierarchical", False):  # ELBO = log p(x|z) - sum of the groups' KLs
+        recon, kl = model(x, backend=cfg["backend"])  # (objective "elbo", k 1: options.py)
+        rec = core.log_px(x, recon, cfg["backend"])
+        return -(rec - cfg["beta"] * kl.sum(0)).mean(), (recon, rec, kl)
     k, objective = cfg.get("k", 1), cfg.get("objective", "elbo")
     estimator = cfg.get("estimator", "standard")
     common = dict(likelihood=core.likelihood, obs_logvar=core._obs(), reduction="mean",

@@ -90,15 +90,20 @@ def device(value) -> str:
 # The training settings with a range, and their checks (lists are checked per item).
 TRAIN_CHECKS = {
     "latent": positive_int, "hidden": positive_int, "channels": positive_int,
-    "epochs": positive_int, "batch_size": positive_int, "lr": positive_float,
-    "beta": non_negative_float, "seed": seed, "device": device, "iwae_k": non_negative_int,
+    "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
+    "lr": positive_float,
+    "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device, "iwae_k": non_negative_int,
     "threads": non_negative_int, "k": positive_int,
 }
 OBJECTIVES = ("elbo", "iwae")
 
 
 def check_train_config(cfg: dict) -> None:
-    """ValueError naming the first setting of ``cfg`` out of range."""
+    """ValueError naming the first setting of ``cfg`` out of range, or a combination the
+    model cannot train with."""
+    if cfg.get("model") == "hvae" and cfg.get("kl") == "mc":
+        raise ValueError("kl: the hierarchical VAE trains on each group's analytic KL "
+                         "(sample_with_kl); --kl mc is for the mlp and conv models")
     for key, check in TRAIN_CHECKS.items():
         value = cfg.get(key)
         if value is None:
@@ -119,6 +124,10 @@ def check_objective(cfg: dict) -> None:
     estimator do not go together (shared by argparse's caller and the training API)."""
     objective = cfg.get("objective") or "elbo"
     estimator = cfg.get("estimator") or "standard"
+    if cfg.get("model") == "hvae" and (objective != "elbo" or estimator != "standard"
+                                       or int(cfg.get("k") or 1) != 1):
+        raise ValueError("model: hvae trains the ELBO of its fused per-group KLs only; leave "
+                         "--objective elbo --k 1 --estimator standard")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if estimator not in ESTIMATORS:

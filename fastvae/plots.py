@@ -79,9 +79,11 @@ def latent_traversal(model, steps: int = 15, span: float = 0.95) -> torch.Tensor
 
 
 def save_curves(history: list, path) -> Path:
-    """Train/test ELBO, KL and reconstruction term per epoch (one panel each)."""
+    """Train/test ELBO, KL and reconstruction term per epoch (one panel each), and for a
+    hierarchical model the KL of every latent group (a fourth panel)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    groups = len(history[0]["test"].get("kl_groups") or []) if history else 0
+    fig, axes = plt.subplots(1, 4 if groups else 3, figsize=(16 if groups else 12, 3.5))
     epochs = [h["epoch"] for h in history]
     for ax, key, title in zip(axes, ("elbo", "kl", "rec"),
                               ("ELBO (nats, higher is better)", "KL(q(z|x) || p(z))",
@@ -93,6 +95,17 @@ def save_curves(history: list, path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
+    if groups:
+        ax = axes[3]
+        for g in range(groups):
+            line, = ax.plot(epochs, [h["test"]["kl_groups"][g] for h in history], "-s",
+                            markersize=3, label=f"group {g + 1} (test)")
+            ax.plot(epochs, [h["train"]["kl_groups"][g] for h in history], "--",
+                    color=line.get_color())
+        ax.set_title("KL per latent group (1 = top; dashed: train)")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

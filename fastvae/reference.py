@@ -80,13 +80,49 @@ def kl_per_dim(mu, logvar):
     return 0.5 * (mu * mu - 1 - logvar) + torch.exp(logvar - LOG_2)
 
 
-def mc_kl_per_dim(z, mu, logvar):
+def kl_normal_per_dim(mu_q, logvar_q, mu_p, logvar_p):
+    """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) per element:
+    ``0.5 * (lv_p - lv_q + exp(lv_q - lv_p) + (d * exp(-lv_p / 2))^2 - 1)``, d = mu_q - mu_p.
+    A prior given as None is 0 (N(0, I) when both are)."""
+    if mu_p is None and logvar_p is None:
+        return kl_per_dim(mu_q, logvar_q)
+    dtype = result_dtype(mu_q, logvar_q, mu_p, logvar_p)
+    mu_q, logvar_q = mu_q.to(dtype), logvar_q.to(dtype)
+    mu_p = 0.0 if mu_p is None else mu_p.to(dtype)
+    logvar_p = torch.zeros((), dtype=dtype, device=mu_q.device) if logvar_p is None else (
+        logvar_p.to(dtype))
+    u = (mu_q - mu_p) * torch.exp(-0.5 * logvar_p)  # not d^2 * exp(-lv_p): it overflows
+    return 0.5 * (logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + u * u - 1)
+
+
+def kl_normal(mu_q, logvar_q, mu_p, logvar_p):
+    """Per-row KL between diagonal Gaussians: (B, N) and priors None / (N,) / (B, N) -> (B,)."""
+    return kl_normal_per_dim(mu_q, logvar_q, mu_p, logvar_p).sum(-1)
+
+
+def sample_with_kl(mu_q, logvar_q, mu_p, logvar_p, generator):
+    """(z, KL per row): the reparameterized sample (eps drawn as :func:`reparameterize`
+    draws it) and :func:`kl_normal` of the same call."""
+    return reparameterize(mu_q, logvar_q, None, generator), kl_normal(mu_q, logvar_q, mu_p,
+                                                                      logvar_p)
+
+
+def mc_kl_per_dim(z, mu, logvar, prior_mu=None, prior_logvar=None):
     """log q(z|x) - log p(z) per latent dim, from one sample z:
-    -0.5 * ((z - mu)^2 exp(-logvar) + logvar) + 0.5 * z^2 (the log 2pi terms cancel)."""
-    dtype = result_dtype(z, mu, logvar)
+    -0.5 * ((z - mu)^2 exp(-logvar) + logvar) + 0.5 * z^2 (the log 2pi terms cancel), or
+    with a prior N(prior_mu, exp(prior_logvar)) (None: 0) its
+    ``+ 0.5 * ((z - prior_mu)^2 exp(-prior_logvar) + prior_logvar)`` for the last term."""
+    dtype = result_dtype(z, mu, logvar, prior_mu, prior_logvar)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
     t = (z - mu) * torch.exp(-0.5 * logvar)
-    return -0.5 * (t * t + logvar) + 0.5 * z * z
+    if prior_mu is None and prior_logvar is None:
+        return -0.5 * (t * t + logvar) + 0.5 * z * z
+    tp = z - (0.0 if prior_mu is None else prior_mu.to(dtype))
+    if prior_logvar is None:
+        return -0.5 * (t * t + logvar) + 0.5 * tp * tp
+    prior_logvar = prior_logvar.to(dtype)
+    tp = tp * torch.exp(-0.5 * prior_logvar)
+    return -0.5 * (t * t + logvar) + 0.5 * (tp * tp + prior_logvar)
 
 
 def _free_bits(kl_bl: torch.Tensor, free_bits: float) -> torch.Tensor:
@@ -110,40 +146,43 @@ def _stopped(estimator, mu, logvar):
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
-         estimator="standard"):
-    dtype = result_dtype(x, recon, mu, logvar, z, obs_logvar)
+         prior_mu=None, prior_logvar=None, estimator="standard"):
+    dtype = result_dtype(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar)
     x, recon, obs_logvar = upcast(x, dtype), upcast(recon, dtype), upcast(obs_logvar, dtype)
     log_px = log_likelihood(x, recon, likelihood, obs_logvar)
     if kl == "analytic":
-        kl_bl = kl_per_dim(mu, logvar)
-    else:
-        kl_bl = mc_kl_per_dim(z, *_stopped(estimator, mu, logvar))
+        kl_bl = kl_normal_per_dim(mu, logvar, prior_mu, prior_logvar)
+    else:  # STL stops log q's parameters only: log p(z) keeps the prior's and z's gradients
+        kl_bl = mc_kl_per_dim(z, *_stopped(estimator, mu, logvar), prior_mu, prior_logvar)
     return _reduce(log_px - beta * _free_bits(kl_bl, free_bits), reduction)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction,
-               estimator="standard"):
+               estimator="standard", prior_mu=None, prior_logvar=None):
     value, weights = iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar,
                                           likelihood=likelihood, reduction=reduction,
-                                          estimator=estimator)
+                                          estimator=estimator, prior_mu=prior_mu,
+                                          prior_logvar=prior_logvar)
     if estimator == "dreg":
         estimators.attach_dreg_hook(value, z_k, weights)
     return value
 
 
 def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction,
-                         estimator="standard"):
+                         estimator="standard", prior_mu=None, prior_logvar=None):
     """(the bound, the softmax weights w~ (K, B), detached): the bound's value with the
     estimator's gradients, except DReG's second weight on the paths into z_k (the hook
-    of ``fastvae.estimators`` adds it). "stl": log q at stopped parameters. "dreg":
+    of ``fastvae.estimators`` adds it). "stl": log q at stopped parameters (a learned
+    prior's log p(z_k) is not stopped). "dreg":
     mmvae's surrogate ``sum_k w~_k log w_k`` with w~ held constant, on top of the value:
     the same first derivatives as STL, and its own higher ones."""
-    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs_logvar)
+    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs_logvar, prior_mu, prior_logvar)
     x, recon_k, obs_logvar = upcast(x, dtype), upcast(recon_k, dtype), upcast(obs_logvar, dtype)
     k = recon_k.shape[0]
     mu, logvar = _stopped(estimator, mu, logvar)
     log_w = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
-    log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k)).sum(-1)
+    log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k), prior_mu,
+                                  prior_logvar).sum(-1)
     lse = torch.logsumexp(log_w, dim=0)
     weights = torch.softmax(log_w.detach(), dim=0)
     if estimator == "dreg":

@@ -57,7 +57,8 @@ RESUME_OVERRIDES = ("lr",)
 def default_config() -> dict:
     """The defaults of ``fastvae train``: digits, MLP, Bernoulli; ~10 s on 2 CPU cores."""
     return dict(dataset="digits", data_dir="data", download=False, model="mlp", latent=8,
-                hidden=[256], channels=[32, 64], epochs=60, batch_size=32, lr=1e-3, beta=1.0,
+                hidden=[256], channels=[32, 64], groups=2, epochs=60, batch_size=32, lr=1e-3, beta=1.0,
+                kl_warmup=None,
                 kl="analytic", likelihood="bernoulli", backend="auto", amp=False,
                 compile=False, seed=0, device="auto", out=None, resume=False, progress=True,
                 iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
@@ -116,18 +117,32 @@ def _core(model):
 
 def batch_loss(model, x, cfg: dict):
     """The loss (batch mean, what we minimize) of one forward pass through ``model``
-    (possibly DDP- or compile-wrapped), and the pieces for logging: ``-ELBO``, or ``-L_K``
-    with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
+    (possibly DDP- or compile-wrapped), and the pieces for logging (:func:`_terms`):
+    ``-ELBO``, or ``-L_K`` with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
     return objectives.loss(model, _core(model), x, cfg)
 
 
 @torch.no_grad()
-def _terms(core, x, recon, mu, logvar, backend):
-    """Summed reconstruction term ``log p(x|z)`` and analytic KL of a batch."""
+def _terms(core, x, parts, backend) -> torch.Tensor:
+    """A batch's summed reconstruction term ``log p(x|z)``, analytic KL and, for a
+    hierarchical model, each group's KL: ``[rec, kl, kl_1, ..., kl_G]`` in float64."""
+    if getattr(core, "hierarchical", False):
+        _, rec, kl = parts
+        return torch.cat([torch.stack([rec.sum(), kl.sum()]), kl.sum(1)]).double()
+    recon, mu, logvar = (t.detach() for t in parts)
     rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
                        obs_logvar=core._obs(), reduction="sum", backend=backend)
     kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
-    return rec.double(), kl.double()
+    return torch.stack([rec.double(), kl.double()])
+
+
+def _summary(sums: torch.Tensor, n: float) -> dict:
+    """Per-sample means of :func:`_terms`' sums: rec, kl and, where there are groups,
+    ``kl_groups`` (top group first)."""
+    m = {"rec": sums[0].item() / n, "kl": sums[1].item() / n}
+    if sums.numel() > 2:
+        m["kl_groups"] = [v / n for v in sums[2:].tolist()]
+    return m
 
 
 @torch.no_grad()
@@ -140,15 +155,18 @@ def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 51
     was = core.training
     core.eval()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
-    rec = kl = 0.0
+    sums = 0
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device)
-        recon, mu, logvar, _ = core(x, generator=gen, backend=cfg["backend"])
-        r, k = _terms(core, x, recon, mu, logvar, cfg["backend"])
-        rec, kl = rec + float(r), kl + float(k)
+        out = core(x, generator=gen, backend=cfg["backend"])
+        if getattr(core, "hierarchical", False):
+            parts = (out[0], core.log_px(x, out[0], cfg["backend"]), out[1])
+        else:
+            parts = out[:3]
+        sums = sums + _terms(core, x, parts, cfg["backend"])
     core.train(was)
-    n = max(1, len(images))
-    return {"elbo": (rec - kl) / n, "kl": kl / n, "rec": rec / n}
+    m = _summary(sums, max(1, len(images)))
+    return {"elbo": m["rec"] - m["kl"], **m}
 
 
 @torch.no_grad()
@@ -256,6 +274,8 @@ def _train(given: dict, log) -> dict:
     say = log if is_main else (lambda *a, **k: None)
     full = default_config()
     full.update({k: v for k, v in given.items() if v is not None})
+    if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
+        full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
     check_train_config(full)
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
@@ -363,7 +383,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         else:
             order = torch.randperm(len(train_x), generator=shuffle_gen)
         steps = math.ceil(len(order) / local_bs)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss*n, rec, kl, n (this rank)
+        sums = None  # loss*n, n, then _terms' sums: rec, kl (, each group's kl) (this rank)
         bar = _progress(steps, epoch, cfg, is_main)
         core.train()
         for step in range(steps):
@@ -371,28 +391,29 @@ def _train_in_group(cfg, state, device, rank, world, say):
             ctx = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                    else contextlib.nullcontext())
             with ctx:
-                loss, (recon, mu, logvar) = batch_loss(model, x, cfg)
+                loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
             glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world
             guard.loss(float(glob), epoch, step + 1, steps)
-            rec, kl = _terms(core, x, recon.detach(), mu.detach(), logvar.detach(), cfg["backend"])
+            terms = _terms(core, x, parts, cfg["backend"])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             guard.step(core, epoch, step + 1, steps)
             n = x.shape[0]
-            sums += torch.tensor([float(loss.detach()) * n, float(rec), float(kl), n],
-                                 dtype=torch.float64)
+            step_sums = torch.cat([torch.tensor([float(loss.detach()) * n, n],
+                                                dtype=torch.float64), terms])
+            sums = step_sums if sums is None else sums + step_sums
             if bar is not None:
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
-                bar.set_postfix(elbo=f"{-sums[0].item() / sums[3].item():.2f}",
-                                samples_s=f"{sums[3].item() * world / elapsed:.0f}", refresh=False)
+                bar.set_postfix(elbo=f"{-sums[0].item() / sums[1].item():.2f}",
+                                samples_s=f"{sums[1].item() * world / elapsed:.0f}", refresh=False)
         if bar is not None:
             bar.close()
         sums = _all_reduce(sums, world, device)
-        n = sums[3].item()
-        train_m = {"loss": sums[0].item() / n, "rec": sums[1].item() / n, "kl": sums[2].item() / n}
+        n = sums[1].item()
+        train_m = {"loss": sums[0].item() / n, **_summary(sums[2:], n)}
         train_m["elbo"] = train_m["rec"] - train_m["kl"]
         wall = time.perf_counter() - t0
         test_m = evaluate(core, data.test, cfg, device)
@@ -422,6 +443,12 @@ def _train_in_group(cfg, state, device, rank, world, say):
     return metrics
 
 
+def _warmed(cfg: dict, epoch: int, step: int, steps: int) -> dict:
+    """cfg with beta ramped linearly from 0 over the first ``kl_warmup`` epochs (by step)."""
+    done = ((epoch - 1) * steps + step + 1) / max(1, cfg.get("kl_warmup", 0) * steps)
+    return cfg if done >= 1 else dict(cfg, beta=cfg["beta"] * done)
+
+
 def _progress(steps, epoch, cfg, is_main):
     if not (cfg["progress"] and is_main):
         return None
@@ -448,7 +475,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
         plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
                                    out / "reconstructions.png")
         plots.save_grid(core.sample(64, generator=gen).float().cpu(), out / "samples.png")
-        if core.latent_dim == 2:
+        if core.latent_dim == 2 and not getattr(core, "hierarchical", False):
             plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png", ncol=15)
     if history:
         plots.save_curves(history, out / "curves.png")
@@ -460,6 +487,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
         "final": {"test_elbo": final_test["elbo"] if final_test else None,
                   "test_kl": final_test["kl"] if final_test else None,
                   "test_rec": final_test["rec"] if final_test else None,
+                  "test_kl_groups": final_test.get("kl_groups") if final_test else None,
                   "test_iwae_nll": nll, "iwae_k": cfg["iwae_k"], "iwae_s": iwae_s},
         "train_wall_s": train_wall,
     }

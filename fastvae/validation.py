@@ -125,8 +125,10 @@ def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
     return x2, r2
 
 
-def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "obs_logvar"):
-    """obs_logvar (float, or a tensor broadcastable to x) -> float, ``(D,)`` or ``(N, D)``.
+def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "obs_logvar",
+                         against: str = "x"):
+    """obs_logvar (float, or a tensor broadcastable to x) -> float, ``(D,)`` or ``(N, D)``
+    (also a prior's mean or log-variance against its posterior, :func:`canonical_prior`).
 
     The first ``row_dims`` dims of x are rows (N of them), the rest one row's D
     elements. A tensor constant across rows becomes ``(D,)``; otherwise ``(N, D)``.
@@ -141,7 +143,8 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
         fits = False
     if not fits:
         raise ValueError(
-            f"{name} of shape {tuple(obs_logvar.shape)} does not broadcast to x's shape {tuple(x_shape)}"
+            f"{name} of shape {tuple(obs_logvar.shape)} does not broadcast to {against}'s shape "
+            f"{tuple(x_shape)}"
         )
     per_row = x_shape[row_dims:]
     n, d = x_shape[:row_dims].numel(), per_row.numel()
@@ -172,6 +175,21 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
                 )
 
 
+def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str):
+    """A prior's mean or log-variance for posteriors shaped like ``like`` ``(B, *)``: None
+    (the N(0, I) value, 0), a number, or a tensor broadcastable to ``like`` -> None, a
+    shared row ``(N,)`` or per-row ``(B, N)`` with ``N = like[0].numel()`` (the
+    canonical form every backend takes; a number becomes a float32 row, float64 where
+    ``like`` is)."""
+    if prior is None:
+        return None
+    if not isinstance(prior, torch.Tensor):
+        value = check_number(name, prior)
+        if value == 0.0:
+            return None
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        return torch.full((like.shape[1:].numel(),), value, dtype=dtype, device=like.device)
+    return canonical_obs_logvar(prior, like.shape, name=name, against=like_name)
 # -- discretized mixture of logistics ------------------------------------------------
 
 def check_bits(bits) -> int:

@@ -207,3 +207,67 @@ def kl_tile(mu, lv, z, KL_MC: tl.constexpr):
         d_lv = half_var - 0.5
         d_z = 0.0
     return value, d_mu, d_lv, d_z
+
+
+@triton.jit
+def load_prior(PM, PLV, pm_off, plv_off, mask, PRIOR: tl.constexpr):
+    """The prior's (mean, log-variance) tile in fp32 with ``PRIOR``; else the scalars 0.0
+    (N(0, I): nothing is read, and :func:`latent_kl_tile` never uses them)."""
+    if PRIOR:
+        pm = load_f32(PM, pm_off, mask)
+        plv = load_f32(PLV, plv_off, mask)
+    else:
+        pm = 0.0
+        plv = 0.0
+    return pm, plv
+
+
+@triton.jit
+def kl_prior_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr):
+    """Per latent, to the prior N(pm, exp(plv)): (KL term, d/dmu, d/dlogvar, d/dz,
+    d/dprior_mu, d/dprior_logvar).
+
+    Analytic: with ``u = (mu - pm) * exp(-plv/2)``, ``r = exp(lv - plv)``:
+    ``0.5 * (plv - lv + r + u^2 - 1)``; d/dmu ``u * exp(-plv/2)`` (= -d/dpm), d/dlv
+    ``0.5 * (r - 1)``, d/dplv ``0.5 * (1 - r - u^2)``. ``KL_MC``: the single-sample
+    ``log q(z|x) - log p(z) = 0.5 * (tp^2 + plv - t^2 - lv)`` with the standardized
+    ``t = (z - mu) * exp(-lv/2)`` and ``tp = (z - pm) * exp(-plv/2)``. With
+    ``pm = plv = 0`` both are :func:`kl_tile`'s.
+    """
+    inv_sdp = exp_(-0.5 * plv)
+    if KL_MC:
+        inv_sd = exp_(-0.5 * lv)
+        t = (z - mu) * inv_sd
+        tp = (z - pm) * inv_sdp
+        d_mu = t * inv_sd
+        d_pm = -(tp * inv_sdp)
+        sq = t * t
+        sqp = tp * tp
+        value = 0.5 * (sqp + plv - sq - lv)
+        d_lv = 0.5 * (sq - 1.0)
+        d_plv = 0.5 * (1.0 - sqp)
+        d_z = -d_pm - d_mu
+    else:
+        u = (mu - pm) * inv_sdp
+        r = exp_(lv - plv)   # one exponential of the difference: exp(lv) * exp(-plv) overflows
+        sq = u * u
+        value = 0.5 * (plv - lv + r + sq - 1.0)
+        d_mu = u * inv_sdp
+        d_pm = -d_mu
+        d_lv = 0.5 * (r - 1.0)
+        d_plv = 0.5 * (1.0 - r - sq)
+        d_z = 0.0
+    return value, d_mu, d_lv, d_z, d_pm, d_plv
+
+
+@triton.jit
+def latent_kl_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr, PRIOR: tl.constexpr):
+    """:func:`kl_prior_tile` with ``PRIOR``, else :func:`kl_tile` (no prior gradients:
+    0.0s the callers never store): the KL part of every row kernel."""
+    if PRIOR:
+        value, d_mu, d_lv, d_z, d_pm, d_plv = kl_prior_tile(mu, lv, z, pm, plv, KL_MC)
+    else:
+        value, d_mu, d_lv, d_z = kl_tile(mu, lv, z, KL_MC)
+        d_pm = 0.0
+        d_plv = 0.0
+    return value, d_mu, d_lv, d_z, d_pm, d_plv

@@ -20,14 +20,19 @@ of the per-latent KL over the batch (the same ticket finish) that marks each lat
 batch mean lies below ``free_bits``; the row pass then gives a marked latent the
 constant ``free_bits`` and no gradient.
 
-The standalone ``gaussian_log_prob`` (L = 0) and ``kl_standard_normal`` (D = 0,
-beta = -1) are this same row kernel with one half of the row empty.
+A learned prior (``PRIOR``): the KL is to ``N(prior_mu, exp(prior_logvar))`` per latent
+(``_math.kl_prior_tile``; row stride 0 for one prior row shared by the batch), and
+``NEED_GPM`` / ``NEED_GPLV`` write its gradients per row like mu's. Without it the
+prior pointers are never read and the kernel is the N(0, I) one.
+
+The standalone ``gaussian_log_prob`` (L = 0), ``kl_standard_normal`` and ``kl_normal``
+(D = 0, beta = -1) are this same row kernel with one half of the row empty.
 """
 import triton
 import triton.language as tl
 
-from ._math import (GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, kl_tile, likelihood_tile,
-                    load_data, load_f32, store_as)
+from ._math import (GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, latent_kl_tile,
+                    likelihood_tile, load_data, load_f32, load_prior, store_as)
 from .reduce import finish_by_ticket
 
 
@@ -43,9 +48,11 @@ def _row_index(B, BLOCK_B: tl.constexpr, INT64: tl.constexpr):
 
 
 @triton.jit
-def _latents(MU, LV, Z, CLAMPED, GMU, GLV, GZ, rows2, rmask2, L, stride_mu, stride_lv,
-             stride_z, g_scale, free_bits, KL_MC: tl.constexpr, FREE_BITS: tl.constexpr,
+def _latents(MU, LV, Z, PM, PLV, CLAMPED, GMU, GLV, GZ, GPM, GPLV, rows2, rmask2, L,
+             stride_mu, stride_lv, stride_z, stride_pm, stride_plv, g_scale, free_bits,
+             KL_MC: tl.constexpr, FREE_BITS: tl.constexpr, PRIOR: tl.constexpr,
              NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+             NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
              BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr):
     """The rows' KL term (BLOCK_B,), its gradients times ``g_scale`` written on the way."""
     kl_rows = tl.zeros([BLOCK_B], dtype=tl.float32)
@@ -59,7 +66,9 @@ def _latents(MU, LV, Z, CLAMPED, GMU, GLV, GZ, rows2, rmask2, L, stride_mu, stri
             z = load_f32(Z, rows2 * stride_z + lat2, m)
         else:
             z = mu
-        kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, KL_MC)
+        pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2, rows2 * stride_plv + lat2, m,
+                             PRIOR)
+        kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, KL_MC, PRIOR)
         if FREE_BITS:  # a clamped latent: the constant free_bits and no gradient
             clamped = (tl.load(CLAMPED + lat, mask=lat < L, other=0) != 0)[None, :]
             kl = tl.where(clamped, free_bits, kl)
@@ -67,6 +76,9 @@ def _latents(MU, LV, Z, CLAMPED, GMU, GLV, GZ, rows2, rmask2, L, stride_mu, stri
             d_lv = tl.where(clamped, 0.0, d_lv)
             if KL_MC:
                 d_z = tl.where(clamped, 0.0, d_z)
+            if PRIOR:
+                d_pm = tl.where(clamped, 0.0, d_pm)
+                d_plv = tl.where(clamped, 0.0, d_plv)
         kl_rows += tl.sum(tl.where(m, kl, 0.0), axis=1)
         out = rows2 * L + lat2
         if NEED_GMU:
@@ -75,6 +87,10 @@ def _latents(MU, LV, Z, CLAMPED, GMU, GLV, GZ, rows2, rmask2, L, stride_mu, stri
             store_as(GLV, out, d_lv * g_scale, m)
         if NEED_GZ:
             store_as(GZ, out, d_z * g_scale, m)
+        if NEED_GPM:
+            store_as(GPM, out, d_pm * g_scale, m)
+        if NEED_GPLV:
+            store_as(GPLV, out, d_plv * g_scale, m)
     return kl_rows
 
 
@@ -104,15 +120,19 @@ def _data_block(X, R, OBS, GX, GR, GOBS, pid, rows2, cols, m, D, stride_x, strid
 @triton.jit(do_not_specialize=["obs_scalar", "beta", "c", "free_bits"])
 def elbo_rows_kernel(
     X, R, OBS, MU, LV, Z,             # inputs (OBS: LIK_GAUSSIAN_TENSOR; Z: KL_MC)
+    PM, PLV,                          # PRIOR: the prior's mean and log-variance
     CLAMPED,                          # FREE_BITS: (L,) int32 from kl_clamp_kernel
     ROW_VALUES, PARTIALS, COUNTER,    # (B,) rows, or with REDUCE (programs,) fp32 + ticket
     GX, GR, GOBS, GMU, GLV, GZ,       # gradients, per the NEED_* switches
+    GPM, GPLV,                        # the prior's gradients per row (NEED_GPM, NEED_GPLV)
     B, D, L,
     stride_x, stride_r, stride_obs, stride_mu, stride_lv, stride_z,
+    stride_pm, stride_plv,            # 0 for one prior row shared by every row
     obs_scalar, beta, c, free_bits,
     LIK: tl.constexpr, KL_MC: tl.constexpr, FREE_BITS: tl.constexpr, REDUCE: tl.constexpr,
     NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_SUM: tl.constexpr,
@@ -126,9 +146,10 @@ def elbo_rows_kernel(
     rows2 = rows[:, None]
     rmask2 = rmask[:, None]
 
-    kl_rows = _latents(MU, LV, Z, CLAMPED, GMU, GLV, GZ, rows2, rmask2, L, stride_mu,
-                       stride_lv, stride_z, -beta * c, free_bits, KL_MC, FREE_BITS, NEED_GMU,
-                       NEED_GLV, NEED_GZ, BLOCK_B, BLOCK_L)
+    kl_rows = _latents(MU, LV, Z, PM, PLV, CLAMPED, GMU, GLV, GZ, GPM, GPLV, rows2, rmask2, L,
+                       stride_mu, stride_lv, stride_z, stride_pm, stride_plv, -beta * c,
+                       free_bits, KL_MC, FREE_BITS, PRIOR, NEED_GMU, NEED_GLV, NEED_GZ,
+                       NEED_GPM, NEED_GPLV, BLOCK_B, BLOCK_L)
 
     # Full column blocks need no column mask, and a padded row's values are dropped with
     # the row: only the tail block masks its sum.
@@ -155,12 +176,12 @@ def elbo_rows_kernel(
 
 @triton.jit(do_not_specialize=["free_bits"])
 def kl_clamp_kernel(
-    MU, LV, Z,                        # inputs (Z: KL_MC)
+    MU, LV, Z, PM, PLV,               # inputs (Z: KL_MC; PM, PLV: PRIOR)
     PARTIALS, COUNTER, CLAMPED,       # (programs, L) fp32 scratch + ticket; (L,) int32 out
     B, L,
-    stride_mu, stride_lv, stride_z,
+    stride_mu, stride_lv, stride_z, stride_pm, stride_plv,
     free_bits,
-    KL_MC: tl.constexpr, INT64: tl.constexpr,
+    KL_MC: tl.constexpr, PRIOR: tl.constexpr, INT64: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Free bits' first pass: which latents' batch-mean KL lies below ``free_bits``.
@@ -180,7 +201,9 @@ def kl_clamp_kernel(
             z = load_f32(Z, rows2 * stride_z + lat[None, :], m)
         else:
             z = mu
-        kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, KL_MC)
+        p_mu, p_lv = load_prior(PM, PLV, rows2 * stride_pm + lat[None, :],
+                                rows2 * stride_plv + lat[None, :], m, PRIOR)
+        kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, p_mu, p_lv, KL_MC, PRIOR)
         tl.store(PARTIALS + pid * L + lat, tl.sum(tl.where(m, kl, 0.0), axis=0), mask=lat < L)
     tl.debug_barrier()
     ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")

@@ -3,6 +3,10 @@ contract (same outputs, ``NEED_*`` constexpr switches, gradient scale ``c``, row
 per-program obs_logvar partials for ``reduce.finish_kernel``; no atomics). The host
 (``fastvae.backends.triton_backend.iwae_bound``) picks one per call.
 
+Both weigh each sample's ``log p(z_k)`` under N(0, I), or with ``PRIOR`` under a learned
+prior ``N(prior_mu, exp(prior_logvar))`` (``_math.kl_prior_tile``); ``NEED_GPM`` /
+``NEED_GPLV`` write its gradients per row, weighted and summed over k like mu's.
+
 ``iwae_bound_onepass_kernel`` — where a row's K samples fit on chip (K <= 8, D <= 1024,
 L <= 128; the continuous Bernoulli K <= 4 above D = 256: ``IWAE_ONEPASS_TILES``).
 Grid ``cdiv(B, BLOCK_B)``; each program loads a (BLOCK_B, BLOCK_K, BLOCK_D) tile of
@@ -40,20 +44,24 @@ import triton
 import triton.language as tl
 
 from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
-                    exp_, kl_tile, likelihood_tile, load_data, load_f32, log_, program_rows,
-                    store_as)
+                    exp_, latent_kl_tile, likelihood_tile, load_data, load_f32, load_prior, log_,
+                    program_rows, store_as)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    PM, PLV,                                  # PRIOR: the prior's mean and log-variance
     LOG_W, ROW_VALUES, WEIGHTS,               # (K, B) fp32 scratch; (B,) fp32; (K, B) fp32
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
+    GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
+    stride_pm, stride_plv,                    # 0 for one prior row shared by every row
     obs_scalar, c, row_scale, log_k,
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
     STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -89,7 +97,9 @@ def iwae_bound_rows_kernel(
             mu = load_f32(MU, rows2 * stride_mu + lat2, m)
             lv = load_f32(LV, rows2 * stride_lv + lat2, m)
             z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2, rows2 * stride_plv + lat2,
+                                 m, PRIOR)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             kacc += tl.where(m, kl, 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero_i64 + k) * B + rows, log_w, mask=rmask)
@@ -103,7 +113,7 @@ def iwae_bound_rows_kernel(
 
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
-            or NEED_GZ):
+            or NEED_GZ or NEED_GPM or NEED_GPLV):
         tl.debug_barrier()  # LOG_W is read back by other threads of this program
         if NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE:
             for d0 in range(0, D, BLOCK_D):
@@ -140,14 +150,18 @@ def iwae_bound_rows_kernel(
                     if OBS_GRAD == GOBS_PARTIAL:
                         part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
                         tl.store(GOBS + pid * D + cols, part, mask=cols < D)
-        if NEED_GMU or NEED_GLV or NEED_GZ:
+        if NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
             for l0 in range(0, L, BLOCK_L):
                 lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
                 m = rmask[:, None] & (lat2 < L)
                 mu = load_f32(MU, rows2 * stride_mu + lat2, m)
                 lv = load_f32(LV, rows2 * stride_lv + lat2, m)
+                pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2,
+                                     rows2 * stride_plv + lat2, m, PRIOR)
                 gmu_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 glv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                gpm_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                gplv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 z_base = zero_i64
                 gz_base = zero_i64
                 for k in range(0, K):
@@ -157,11 +171,16 @@ def iwae_bound_rows_kernel(
                         tl.store(WEIGHTS + lw_off, exp_(lw - lse), mask=rmask & (l0 == 0))
                     w = (exp_(lw - lse) * c)[:, None]
                     z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
-                    kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+                    kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
+                                                                       PRIOR)
                     if NEED_GZ:
                         store_as(GZ, gz_base + rows2 * L + lat2, -d_z * w, m)
                     gmu_acc += d_mu * w
                     glv_acc += d_lv * w
+                    if NEED_GPM:
+                        gpm_acc += d_pm * w
+                    if NEED_GPLV:
+                        gplv_acc += d_plv * w
                     z_base += stride_zk
                     gz_base += size_bl
                 out_off = rows2 * L + lat2
@@ -169,18 +188,26 @@ def iwae_bound_rows_kernel(
                     store_as(GMU, out_off, -gmu_acc, m)
                 if NEED_GLV:
                     store_as(GLV, out_off, -glv_acc, m)
+                if NEED_GPM:
+                    store_as(GPM, out_off, -gpm_acc, m)
+                if NEED_GPLV:
+                    store_as(GPLV, out_off, -gplv_acc, m)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_onepass_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    PM, PLV,                                  # PRIOR: the prior's mean and log-variance
     ROW_VALUES, WEIGHTS,                      # (B,) fp32 rows; (K, B) fp32 (STORE_WEIGHTS)
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
+    GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
+    stride_pm, stride_plv,                    # 0 for one prior row shared by every row
     obs_scalar, c, row_scale, log_k,
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
+    PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
     STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -221,12 +248,13 @@ def iwae_bound_onepass_kernel(
     mu = load_f32(MU, rows3 * stride_mu + l3, ml_row)
     lv = load_f32(LV, rows3 * stride_lv + l3, ml_row)
     z = load_f32(Z, k3 * stride_zk + rows3 * stride_zb + l3, m_l)
+    pm, plv = load_prior(PM, PLV, rows3 * stride_pm + l3, rows3 * stride_plv + l3, ml_row, PRIOR)
 
     # Only the values here; each gradient is computed again from the same registers in
     # the branch that stores it (CSE shares the exp/log work), so no gradient tile lives
     # across the reductions below: what stays live is recon_k, z_k and a few row tiles.
     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+    kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
     log_w = tl.sum(tl.where(m_d, value, 0.0), axis=2) - tl.sum(tl.where(m_l, kl, 0.0), axis=2)
     rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
     log_w = tl.where(rk, log_w, float("-inf"))
@@ -238,7 +266,7 @@ def iwae_bound_onepass_kernel(
 
     # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
-            or NEED_GZ):
+            or NEED_GZ or NEED_GPM or NEED_GPLV):
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
         w3 = w[:, :, None]
         rows2 = rows[:, None]
@@ -264,16 +292,22 @@ def iwae_bound_onepass_kernel(
         ml2 = rmask[:, None] & (lats2 < L)
         if NEED_GZ:
             size_bl = (zero_i64 + B) * L
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             store_as(GZ, k3 * size_bl + rows3 * L + l3, -d_z * w3, m_l)
         if NEED_GMU:
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             gmu = tl.sum(d_mu * w3, axis=1)
             store_as(GMU, rows2 * L + lats2, -gmu, ml2)
         if NEED_GLV:
-            kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             glv = tl.sum(d_lv * w3, axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)
+        if NEED_GPM:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
+            store_as(GPM, rows2 * L + lats2, -tl.sum(d_pm * w3, axis=1), ml2)
+        if NEED_GPLV:
+            kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
+            store_as(GPLV, rows2 * L + lats2, -tl.sum(d_plv * w3, axis=1), ml2)
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + ks64[None, :] * B + rows2,
                      p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)

@@ -64,6 +64,20 @@ def normal4x(seed, counter):
 
 
 @triton.jit
+def normal_at(seed, i, Q: tl.constexpr):
+    """The draw of the layout above at flat element ``i`` (an int64 tile) of sample 0, for
+    kernels that walk elements in another order (``sample_with_kl``'s row tiles): normal
+    ``(i % 4Q) // Q`` of ``normal4x(seed, (i // 4Q) * Q + i % Q)``, bit for bit (the same
+    uniforms through the same ``_box_muller``). Each element runs its own Philox call
+    (the kernels here share one among four)."""
+    quarter = (i // Q) % 4
+    u1, u2, u3, u4 = tl.rand4x(seed, (i // (4 * Q)) * Q + i % Q)
+    low = quarter < 2  # quarters 0, 1 are normal4x's first Box-Muller pair, 2, 3 its second
+    n_cos, n_sin = _box_muller(tl.where(low, u1, u3), tl.where(low, u2, u4))
+    return tl.where(quarter % 2 == 0, n_cos, n_sin)
+
+
+@triton.jit
 def _load4(PTR, i0, i1, i2, i3, m0, m1, m2, m3):
     return (load_f32(PTR, i0, m0), load_f32(PTR, i1, m1), load_f32(PTR, i2, m2),
             load_f32(PTR, i3, m3))

@@ -97,6 +97,21 @@ def kl_mc_dim(z, mu, lv):
     return -0.5 * ((z - mu) ** 2 * torch.exp(-lv) + lv) + 0.5 * z * z
 
 
+def kl_normal_dim(mu_q, lv_q, mu_p, lv_p):
+    """KL(N(mu_q, e^lv_q) || N(mu_p, e^lv_p)) per element, the textbook form
+    0.5 * (lv_p - lv_q + (e^lv_q + (mu_q - mu_p)^2) / e^lv_p - 1), in float64."""
+    mu_q, lv_q, mu_p, lv_p = d(mu_q), d(lv_q), d(mu_p), d(lv_p)
+    exp = torch.exp if isinstance(lv_p, torch.Tensor) else math.exp
+    return 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) / exp(lv_p) - 1)
+
+
+def kl_mc_prior_dim(z, mu, lv, mu_p, lv_p):
+    """log q(z|x) - log p(z) per latent dim with p = N(mu_p, e^lv_p)."""
+    z, mu, lv, mu_p, lv_p = d(z), d(mu), d(lv), d(mu_p), d(lv_p)
+    exp = torch.exp if isinstance(lv_p, torch.Tensor) else math.exp
+    return -0.5 * ((z - mu) ** 2 * torch.exp(-lv) + lv) + 0.5 * ((z - mu_p) ** 2 / exp(lv_p) + lv_p)
+
+
 # -- per-sample and reduced ----------------------------------------------------------
 
 def log_likelihood(x, recon, likelihood, obs_logvar=0.0):
@@ -125,9 +140,15 @@ def reduce(per_sample, reduction):
 
 
 def elbo(x, recon, mu, logvar, likelihood="bernoulli", kl="analytic", z=None, beta=1.0,
-         free_bits=0.0, obs_logvar=0.0, reduction="mean"):
+         free_bits=0.0, obs_logvar=0.0, reduction="mean", prior_mu=None, prior_logvar=None):
     log_px = log_likelihood(x, recon, likelihood, obs_logvar)
-    kl_bl = kl_analytic_dim(mu, logvar) if kl == "analytic" else kl_mc_dim(z, mu, logvar)
+    if prior_mu is not None or prior_logvar is not None:
+        pm = 0.0 if prior_mu is None else prior_mu
+        plv = 0.0 if prior_logvar is None else prior_logvar
+        kl_bl = (kl_normal_dim(mu, logvar, pm, plv) if kl == "analytic"
+                 else kl_mc_prior_dim(z, mu, logvar, pm, plv))
+    else:
+        kl_bl = kl_analytic_dim(mu, logvar) if kl == "analytic" else kl_mc_dim(z, mu, logvar)
     if free_bits > 0 and kl_bl.shape[0] > 0:
         # Kingma et al. 2016: a dim whose batch-mean KL is below free_bits counts as the
         # constant free_bits for every sample (no gradient).
@@ -136,11 +157,17 @@ def elbo(x, recon, mu, logvar, likelihood="bernoulli", kl="analytic", z=None, be
     return reduce(log_px - beta * kl_bl.sum(-1), reduction)
 
 
-def iwae(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0, reduction="none"):
+def iwae(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0, reduction="none",
+         prior_mu=None, prior_logvar=None):
     """Brute-force float64 importance-weighted bound: logsumexp_k log w_k - log K."""
     k = recon_k.shape[0]
     log_w = log_likelihood(x, recon_k, likelihood, obs_logvar)
-    log_w = log_w - kl_mc_dim(z_k, mu.unsqueeze(0), logvar.unsqueeze(0)).sum(-1)
+    if prior_mu is None and prior_logvar is None:
+        log_w = log_w - kl_mc_dim(z_k, mu.unsqueeze(0), logvar.unsqueeze(0)).sum(-1)
+    else:
+        log_w = log_w - kl_mc_prior_dim(z_k, mu.unsqueeze(0), logvar.unsqueeze(0),
+                                        0.0 if prior_mu is None else prior_mu,
+                                        0.0 if prior_logvar is None else prior_logvar).sum(-1)
     m = log_w.detach().max(0).values
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     lse = m + torch.log(torch.exp(log_w - m).sum(0))

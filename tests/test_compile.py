@@ -80,6 +80,7 @@ OPS = {
     "kl_standard_normal": lambda a, k: fastvae.kl_standard_normal(*a, **k),
     "gaussian_log_prob": lambda a, k: fastvae.gaussian_log_prob(*a, **k),
     "iwae_bound": lambda a, k: fastvae.iwae_bound(*a, **k),
+    "kl_normal": lambda a, k: fastvae.kl_normal(*a, **k),
     "discretized_logistic_mixture_log_prob":
         lambda a, k: fastvae.discretized_logistic_mixture_log_prob(*a, **k),
 }
@@ -96,6 +97,9 @@ def _case(op):
         return (mu, lv), {}
     if op == "gaussian_log_prob":
         return (x, r, torch.zeros(d, requires_grad=True)), {}
+    if op == "kl_normal":
+        return (mu, lv, torch.randn(b, l, requires_grad=True),
+                torch.randn(l, requires_grad=True)), {}
     if op == "discretized_logistic_mixture_log_prob":
         return (torch.randint(0, 256, (b, 3, 2, 3)) / 255.0,
                 torch.randn(b, 20, 2, 3, requires_grad=True)), dict(bits=8)
@@ -132,36 +136,64 @@ def _op_args():
 
     x = torch.rand(b, d)
     yield "elbo-bern-mean", torch.ops.fastvae.elbo.default, (
-        x, t(b, d), t(b, l), t(b, l), None, None, 0.0, "bernoulli", "analytic", 1.0, 0.0, "mean",
-        1.0, "standard", [False, True, True, True, False, False], "torch")
+        x, t(b, d), t(b, l), t(b, l), None, None, None, None, 0.0, "bernoulli", "analytic", 1.0,
+        0.0, "mean", 1.0, "standard", [False, True, True, True, False, False, False, False],
+        "torch")
     yield "elbo-gauss-mc-none-obs", torch.ops.fastvae.elbo.default, (
-        x, t(b, d), t(b, l), t(b, l), t(b, l), t(d), 0.0, "gaussian", "mc", 0.7, 0.2, "none",
-        -1.0, "standard", [False, True, True, True, True, True], "torch")
-    # sticking the landing: the op is not asked for mu/logvar gradients
+        x, t(b, d), t(b, l), t(b, l), t(b, l), t(d), None, None, 0.0, "gaussian", "mc", 0.7, 0.2,
+        "none", -1.0, "standard", [False, True, True, True, True, True, False, False], "torch")
+    yield "elbo-bern-prior", torch.ops.fastvae.elbo.default, (
+        x, t(b, d), t(b, l), t(b, l), t(b, l), None, t(b, l), t(l), 0.0, "bernoulli", "mc", 1.0,
+        0.1, "mean", 1.0, "standard", [False, True, True, True, True, False, True, True],
+        "torch")
+    # sticking the landing: the op is not asked for mu/logvar gradients (a prior's stay)
     yield "elbo-bern-mc-stl", torch.ops.fastvae.elbo.default, (
-        x, t(b, d), t(b, l), t(b, l), t(b, l), None, 0.0, "bernoulli", "mc", 1.0, 0.0, "mean",
-        1.0, "stl", [False, True, False, False, True, False], "torch")
+        x, t(b, d), t(b, l), t(b, l), t(b, l), None, None, None, 0.0, "bernoulli", "mc", 1.0,
+        0.0, "mean", 1.0, "stl", [False, True, False, False, True, False, False, False],
+        "torch")
+    yield "elbo-bern-mc-stl-prior", torch.ops.fastvae.elbo.default, (
+        x, t(b, d), t(b, l), t(b, l), t(b, l), None, t(l), t(b, l), 0.0, "bernoulli", "mc", 1.0,
+        0.0, "mean", 1.0, "stl", [False, True, False, False, True, False, True, True], "torch")
     yield "elbo-cb-sum-nograd", torch.ops.fastvae.elbo.default, (
-        x, t(b, d, grad=False), t(b, l, grad=False), t(b, l), None, None, 0.0,
+        x, t(b, d, grad=False), t(b, l, grad=False), t(b, l), None, None, None, None, 0.0,
         "continuous_bernoulli", "analytic", 1.0, 0.0, "sum", 1.0, "standard",
-        [False, False, False, True, False, False], "torch")
+        [False, False, False, True, False, False, False, False], "torch")
     yield "iwae-bern", torch.ops.fastvae.iwae_bound.default, (
-        x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, 0.0, "bernoulli", "none",
-        "standard", [False, True, True, True, True, False], "torch")
+        x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, None, None, 0.0, "bernoulli", "none",
+        "standard", [False, True, True, True, True, False, False, False], "torch")
     yield "iwae-gauss-obs", torch.ops.fastvae.iwae_bound.default, (
-        x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), t(b, d), 0.0, "gaussian", "mean",
-        "standard", [False, True, True, True, True, True], "torch")
+        x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), t(b, d), t(b, l), t(b, l), 0.0, "gaussian",
+        "mean", "standard", [False, True, True, True, True, True, True, True], "torch")
     # the estimators: DReG's op also returns the softmax weights for its hook
     for est in ("stl", "dreg"):
         yield f"iwae-bern-{est}", torch.ops.fastvae.iwae_bound.default, (
-            x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, 0.0, "bernoulli", "sum",
-            est, [False, True, False, False, True, False], "torch")
+            x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, None, None, 0.0, "bernoulli",
+            "sum", est, [False, True, False, False, True, False, False, False], "torch")
+        yield f"iwae-bern-{est}-prior", torch.ops.fastvae.iwae_bound.default, (
+            x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, t(b, l), t(l), 0.0, "bernoulli",
+            "sum", est, [False, True, False, False, True, False, True, True], "torch")
     yield "gauss-float", torch.ops.fastvae.gaussian_log_prob.default, (
         t(b, d), t(b, d), None, 0.3, [True, True, False], "torch")
     yield "gauss-tensor", torch.ops.fastvae.gaussian_log_prob.default, (
         t(b, d), t(b, d), t(d), 0.0, [True, True, True], "torch")
     yield "kl", torch.ops.fastvae.kl_standard_normal.default, (
         t(b, l), t(b, l), [True, True], "torch")
+    yield "kl-normal", torch.ops.fastvae.kl_normal.default, (
+        t(b, l), t(b, l), t(b, l), t(l), [True, True, True, True], "torch")
+    yield "kl-normal-half-prior", torch.ops.fastvae.kl_normal.default, (
+        t(b, l), t(b, l), None, t(b, l), [True, False, False, True], "torch")
+    # one latent group: noise is eps itself on the "torch" backend
+    for prior in (True, False):
+        pm, plv = (t(b, l), t(l)) if prior else (None, None)
+        yield f"sample-with-kl-prior{int(prior)}", torch.ops.fastvae.sample_with_kl.default, (
+            t(b, l), t(b, l), pm, plv, torch.randn(b, l), [True, True, prior, prior], "torch")
+    saved = [torch.randn(b, l) for _ in range(3)]
+    yield "sample-with-kl-bwd", torch.ops.fastvae.sample_with_kl_bwd.default, (
+        torch.randn(b, l), torch.randn(b), t(b, l, grad=False), torch.randn(b, l), *saved,
+        [True, True, True, True], "torch")
+    yield "sample-with-kl-bwd-kl-only", torch.ops.fastvae.sample_with_kl_bwd.default, (
+        None, torch.randn(b), t(b, l, grad=False), torch.randn(b, l), *saved,
+        [True, False, True, True], "torch")
     images = torch.randint(0, 256, (b, 3, 2, 3)) / 255.0
     yield "dmol-rgb-mean", torch.ops.fastvae.discretized_logistic_mixture_log_prob.default, (
         images, t(b, 20, 2, 3), 8, "mean", -1.0, [True], "torch")
@@ -188,7 +220,8 @@ def test_every_registered_op_is_opchecked():
     registered = {n for n in dir(torch.ops.fastvae) if not n.startswith("_")
                   and isinstance(getattr(torch.ops.fastvae, n), torch._ops.OpOverloadPacket)}
     covered = {c[1].name().split("::")[1].split(".")[0] for c in CASES}
-    public = {"elbo", "iwae_bound", "gaussian_log_prob", "kl_standard_normal", "reparameterize"}
+    public = {"elbo", "iwae_bound", "gaussian_log_prob", "kl_standard_normal", "reparameterize",
+              "kl_normal", "sample_with_kl"}
     assert public <= registered
     assert registered == covered, registered ^ covered
 
@@ -243,12 +276,12 @@ def test_reparameterize_compiles_with_dynamic_batch(backend):
         torch.testing.assert_close(mu.grad, torch.ones_like(mu))
 
 
-def _elbo_args(needs=(False, True, True, True, False, False)):
+def _elbo_args(needs=(False, True, True, True, False, False, False, False)):
     g = torch.Generator().manual_seed(7)
     x = torch.rand(6, 10, generator=g)
     recon, mu, lv = (torch.randn(s, generator=g).requires_grad_() for s in ((6, 10), (6, 3), (6, 3)))
-    return (x, recon, mu, lv, None, None, 0.0, "bernoulli", "analytic", 1.0, 0.0, "mean", -1.0,
-            "standard", list(needs), "torch")
+    return (x, recon, mu, lv, None, None, None, None, 0.0, "bernoulli", "analytic", 1.0, 0.0,
+            "mean", -1.0, "standard", list(needs), "torch")
 
 
 def test_eager_calls_skip_the_custom_op_dispatch(monkeypatch):

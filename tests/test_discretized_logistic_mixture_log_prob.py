@@ -411,6 +411,44 @@ def test_estimators(seed, backend):
             assert_close(f"d {name} / d {n}", gi, ei, dt, scale=ei.abs().max() + 1e-3)
 
 
+@pytest.mark.parametrize("estimator", ["standard", "stl"])
+def test_learned_prior(seed, backend, estimator):
+    """A learned prior in both DMoL bounds: the ELBO's latent half (the ELBO op on no data
+    columns) and the IWAE's log p(z_k) use N(prior_mu, exp(prior_logvar)); its gradients,
+    and z's, are the formula's under STL too (only log q's mu, logvar are stopped)."""
+    dt = case_dtype(backend)
+    b, l, k = 3, 4, 2
+    x, p = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, z = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    pm, plv = leaf(torch.randn(l, dtype=dt) * 0.5), leaf(torch.randn(b, l, dtype=dt) * 0.4)
+    stl = estimator == "stl"
+
+    def q(t):
+        return t.detach() if stl else t
+    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z), pm, plv]
+    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], prior_mu=pm,
+                         prior_logvar=plv, estimator=estimator, reduction="sum",
+                         backend=backend)
+    want_e = (F.dmol_log_prob(x, ones[0])
+              - F.kl_mc_prior_dim(ones[3], q(ones[1]), q(ones[2]), pm, plv).sum(-1)).sum()
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk), pm, plv]
+    got_i = fastvae.iwae_bound(x, *ins[:4], likelihood=DMOL, prior_mu=pm, prior_logvar=plv,
+                               estimator=estimator, reduction="sum", backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    log_w = log_px - F.kl_mc_prior_dim(ins[3], q(ins[1]), q(ins[2]), pm, plv).sum(-1)
+    want_i = (torch.logsumexp(log_w, 0) - math.log(k)).sum()
+    names = ("recon", "mu", "logvar", "z", "prior_mu", "prior_logvar")
+    for what, g_v, w_v, leaves in (("elbo", got_e, want_e, ones), ("iwae", got_i, want_i, ins)):
+        assert_close(what, g_v, w_v, dt, scale=w_v.abs().max() + 1)
+        for name, g, e in zip(names, grads(g_v, leaves), grads(w_v, leaves)):
+            if stl and name in ("mu", "logvar"):
+                assert _no_grad(g), (what, name)
+                continue
+            assert_close(f"d {what} / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
+
+
 def test_likelihood_errors():
     x, p = make(2, 3, 2, 2, 2)
     mu, lv, z = _latents(2, 3, F64)

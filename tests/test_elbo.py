@@ -318,3 +318,66 @@ def test_property_matches_formula(backend, b, data, l, likelihood, kl, reduction
     for i, (g, e) in enumerate(zip(grads(got, ins, w), grads(want, ins, w))):
         s = (e.abs().max() if e.numel() else 0.0) + 1
         assert_close(f"grad {i}", g, e, dt, scale=s)
+
+
+# -- a learned prior N(prior_mu, exp(prior_logvar)) ----------------------------------------
+
+def prior_inputs(layout, b, l, dtype):
+    if layout == "(L,)":
+        return leaf(torch.randn(l, dtype=dtype)), leaf(torch.randn(l, dtype=dtype))
+    if layout == "(B,L)":
+        return leaf(torch.randn(b, l, dtype=dtype)), leaf(torch.randn(b, l, dtype=dtype))
+    if layout == "(B,1)+(1,L)":
+        return leaf(torch.randn(b, 1, dtype=dtype)), leaf(torch.randn(1, l, dtype=dtype))
+    if layout == "numbers":
+        return 0.3, -0.5
+    return leaf(torch.randn(b, l, dtype=dtype)), None  # the mean only: unit variances
+
+
+@pytest.mark.parametrize("layout", ["(L,)", "(B,L)", "(B,1)+(1,L)", "numbers", "mean only"])
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("fb", [0.0, 0.4])
+def test_learned_prior(seed, backend, layout, kl, reduction, fb):
+    """The analytic KL becomes kl_normal's, the MC one's log p(z) the prior's; beta and
+    free bits apply as to the N(0, I) KL; the prior's tensors get their gradients."""
+    dt = case_dtype(backend)
+    b, l = 9, 5
+    x, recon, mu, lv, z = (leaf(t) for t in make(b, (13,), l, dt))
+    pm, plv = prior_inputs(layout, b, l, dt)
+    opts = dict(kl=kl, z=z if kl == "mc" else None, free_bits=fb, beta=0.7, reduction=reduction,
+                likelihood="bernoulli")
+    got = fastvae.elbo(x, recon, mu, lv, prior_mu=pm, prior_logvar=plv, backend=backend, **opts)
+    want = F.elbo(x, recon, mu, lv, prior_mu=0.0 if pm is None else pm,
+                  prior_logvar=0.0 if plv is None else plv, **opts)
+    assert got.shape == want.shape
+    assert_close("value", got, want, dt, rtol={F64: 1e-11})
+    ins = [recon, mu, lv, z] + [t for t in (pm, plv) if isinstance(t, torch.Tensor)]
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for i, (g, e) in enumerate(zip(grads(got, ins, w), grads(want, ins, w))):
+        if e is None:
+            assert g is None or not g.any()
+            continue
+        assert g.shape == ins[i].shape and g.dtype == ins[i].dtype
+        assert_close(f"grad {i}", g, e, dt, rtol={F64: 1e-11}, scale=e.abs().max() + 1e-3)
+
+
+def test_zero_prior_is_the_standard_normal(seed, backend):
+    dt = case_dtype(backend)
+    x, recon, mu, lv, z = make(6, (20,), 4, dt)
+    zero = torch.zeros(6, 4, dtype=dt)
+    for kl in ("analytic", "mc"):
+        opts = dict(kl=kl, z=z if kl == "mc" else None, reduction="none", backend=backend)
+        assert_close(kl, fastvae.elbo(x, recon, mu, lv, prior_mu=zero, prior_logvar=zero, **opts),
+                     fastvae.elbo(x, recon, mu, lv, **opts), dt)
+
+
+def test_learned_prior_errors(backend):
+    x, recon, mu, lv, _ = make(4, (5,), 3, torch.float32)
+    with pytest.raises(ValueError, match=r"prior_mu of shape \(2,\) does not broadcast to mu"):
+        fastvae.elbo(x, recon, mu, lv, prior_mu=torch.zeros(2), backend=backend)
+    with pytest.raises(TypeError, match="prior_logvar must be a real number"):
+        fastvae.elbo(x, recon, mu, lv, prior_logvar="big", backend=backend)
+    with pytest.raises(ValueError, match="prior_logvar has 1 non-finite"):
+        fastvae.elbo(x, recon, mu, lv, prior_logvar=torch.tensor([0.0, float("nan"), 0.0]),
+                     backend=backend, validate=True)

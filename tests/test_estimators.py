@@ -42,14 +42,21 @@ def make_case(k, b, l, d, likelihood, dtype):
     return {n: None if t is None else leaf(t.to(dtype), n not in ("eps",)) for n, t in case.items()}
 
 
-def dreg_reference(x, recon_k, mu, lv, z_k, likelihood, obs, reduction):
+def dreg_reference(x, recon_k, mu, lv, z_k, likelihood, obs, reduction, prior_mu=None,
+                   prior_logvar=None):
     """mmvae's DReG (iffsid/mmvae, objectives.py): log w with q's parameters stopped, the
     surrogate ``sum_k w~_k log w_k`` (w~ constant) under the bound's value, and a hook on
     z_k that multiplies its gradient by w~_k. The hook weighs the first backward only, so a
     second derivative is that of the DReG gradient with the weights held constant (mmvae's
-    hook, which fires in every backward, would weigh the z_k path of the second one again)."""
-    log_w = (F.log_likelihood(x, recon_k, likelihood, obs)
-             - F.kl_mc_dim(z_k, mu.detach().unsqueeze(0), lv.detach().unsqueeze(0)).sum(-1))
+    hook, which fires in every backward, would weigh the z_k path of the second one again).
+    A learned prior's log p(z_k) is not stopped."""
+    mu_q, lv_q = mu.detach().unsqueeze(0), lv.detach().unsqueeze(0)
+    if prior_mu is None and prior_logvar is None:
+        kl = F.kl_mc_dim(z_k, mu_q, lv_q)
+    else:
+        kl = F.kl_mc_prior_dim(z_k, mu_q, lv_q, 0.0 if prior_mu is None else prior_mu,
+                               0.0 if prior_logvar is None else prior_logvar)
+    log_w = F.log_likelihood(x, recon_k, likelihood, obs) - kl.sum(-1)
     wt = torch.softmax(log_w.detach(), 0)
     if z_k.requires_grad:
         fired = []
@@ -68,13 +75,13 @@ def dreg_reference(x, recon_k, mu, lv, z_k, likelihood, obs, reduction):
 def reference(objective, estimator, x, recon, mu, lv, z, likelihood, obs, reduction, **kw):
     """The float64 oracle of one objective and estimator (stopped parameters for STL)."""
     if objective == "iwae" and estimator == "dreg":
-        return dreg_reference(x, recon, mu, lv, z, likelihood, obs, reduction)
+        return dreg_reference(x, recon, mu, lv, z, likelihood, obs, reduction, **kw)
     if estimator != "standard":
         mu, lv = mu.detach(), lv.detach()
     obs = 0.0 if obs is None else obs
     if objective == "iwae":
         return F.iwae(x, recon, mu, lv, z, likelihood=likelihood, obs_logvar=obs,
-                      reduction=reduction)
+                      reduction=reduction, **kw)
     return F.elbo(x, recon, mu, lv, likelihood=likelihood, kl="mc", z=z, obs_logvar=obs,
                   reduction=reduction, **kw)
 
@@ -84,7 +91,7 @@ def fastvae_call(backend, objective, estimator, x, recon, mu, lv, z, likelihood,
     opts = dict(likelihood=likelihood, obs_logvar=0.0 if obs is None else obs,
                 reduction=reduction, backend=backend, estimator=estimator)
     if objective == "iwae":
-        return fastvae.iwae_bound(x, recon, mu, lv, z, **opts)
+        return fastvae.iwae_bound(x, recon, mu, lv, z, **opts, **kw)
     return fastvae.elbo(x, recon, mu, lv, kl="mc", z=z, **opts, **kw)
 
 
@@ -367,6 +374,41 @@ def test_launches_are_the_standard_estimators(seed, kernel_device, launches):
                                               reduction="mean", free_bits=0.1, **o), case)
         seen[est] = [n for n in launches if "elbo" in n]
     assert seen["stl"] == seen["standard"] and seen["standard"], seen
+
+
+# -- with a learned prior ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("objective,estimator,k", [("elbo", "stl", 0), ("iwae", "stl", 4),
+                                                   ("iwae", "dreg", 4), ("iwae", "dreg", 9)])
+def test_learned_prior(seed, backend, objective, estimator, k):
+    """STL/DReG with a learned prior: log q at stopped (mu, logvar) only; log p(z) keeps its
+    gradients w.r.t. prior_mu, prior_logvar and z (so, through z, the encoder's), against
+    the float64 estimators with the prior (one-pass and two-pass IWAE kernels on Triton)."""
+    dt = case_dtype(backend)
+    b, l, d = 5, 3, 7
+    case = make_case(k, b, l, d, "gaussian", dt)
+    case["pm"] = leaf((torch.randn(l) * 0.5).to(dt))
+    case["plv"] = leaf((torch.randn(b, l) * 0.4).to(dt))
+
+    def run(fn, c):
+        z = c["mu"] + torch.exp(0.5 * c["lv"]) * c["eps"]
+        value = fn(c["x"], z @ c["w"] + c["bias"], c["mu"], c["lv"], z, obs=c["obs"],
+                   likelihood="gaussian", reduction="sum", prior_mu=c["pm"],
+                   prior_logvar=c["plv"])
+        return value, grads(value, [c[n] for n in ("mu", "lv", "w", "bias", "obs", "pm", "plv")])
+    got, got_g = run(lambda *a, **o: fastvae_call(backend, objective, estimator, *a, **o), case)
+    c64 = {n: None if t is None else leaf(t.double(), t.requires_grad) for n, t in case.items()}
+    want, want_g = run(lambda *a, **o: reference(objective, estimator, *a, **o), c64)
+    assert_close("value", got, want, dt, scale=want.abs().max() + 1.0)
+    for name, g, e in zip(("mu", "logvar", "W", "b", "obs_logvar", "prior_mu", "prior_logvar"),
+                          got_g, want_g):
+        assert_close(f"{objective}/{estimator} with a prior: d/d{name}", g, e, dt,
+                     scale=e.abs().max() + 1e-3)
+    # the prior matters: without it the encoder's gradient differs
+    _, plain = run(lambda *a, **o: fastvae_call(backend, objective, estimator, *a,
+                                                **dict(o, prior_mu=None, prior_logvar=None)),
+                   case)
+    assert not torch.allclose(plain[0].double(), want_g[0], rtol=1e-3, atol=1e-4)
 
 
 # -- torch.compile, torch.func, modules, errors (the CPU "torch" backend) ---------------------

@@ -405,3 +405,28 @@ def test_property_matches_formula(backend, k, b, d, l, likelihood, reduction, dt
     if got.numel():
         for i, (g, e) in enumerate(zip(grads(got, ins), grads(want, ins))):
             assert_close(f"grad {i}", g, e, dt, scale=(e.abs().max() if e.numel() else 0.0) + 1)
+
+
+@pytest.mark.parametrize("layout", ["(L,)", "(B,L)", "numbers"])
+@pytest.mark.parametrize("k", [1, 3, 12])  # 12: past the one-pass kernel's K
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_learned_prior(seed, backend, layout, k, reduction):
+    """log p(z_k) under N(prior_mu, exp(prior_logvar)), shared by the K samples; the
+    prior's gradients weighted by softmax_k like mu's."""
+    dt = case_dtype(backend)
+    b, l = 6, 4
+    x, recon_k, mu, lv, z_k = make(k, b, (11,), l, dt)
+    if layout == "numbers":
+        pm, plv = -0.2, 0.4
+    else:
+        shape = (l,) if layout == "(L,)" else (b, l)
+        pm, plv = leaf(torch.randn(shape, dtype=dt)), leaf(torch.randn(shape, dtype=dt))
+    got = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, prior_mu=pm, prior_logvar=plv,
+                             reduction=reduction, backend=backend)
+    want = F.iwae(x, recon_k, mu, lv, z_k, prior_mu=pm, prior_logvar=plv, reduction=reduction)
+    assert_close("bound", got, want, dt, rtol={F64: 1e-11})
+    ins = [recon_k, mu, lv, z_k] + [t for t in (pm, plv) if isinstance(t, torch.Tensor)]
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for i, (g, e) in enumerate(zip(grads(got, ins, w), grads(want, ins, w))):
+        assert g.shape == ins[i].shape
+        assert_close(f"grad {i}", g, e, dt, rtol={F64: 1e-11}, scale=e.abs().max() + 1e-3)

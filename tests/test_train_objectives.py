@@ -58,7 +58,9 @@ def test_the_defaults_are_the_single_sample_elbo(tmp_path):
     (dict(objective="iwae", beta=0.5), "beta", "no KL weight"),
     (dict(objective="iwae", k=0), "k", "positive integer"),
     (dict(objective="vae"), "objective", "must be one of elbo, iwae"),
-    (dict(estimator="rws"), "estimator", "must be one of standard, stl, dreg")])
+    (dict(estimator="rws"), "estimator", "must be one of standard, stl, dreg"),
+    (dict(model="hvae", objective="iwae", k=2), "model", "hvae trains the ELBO"),
+    (dict(model="hvae", k=3), "model", "hvae trains the ELBO")])
 def test_bad_combinations_are_refused_first(tmp_path, settings, key, message):
     with pytest.raises(ValueError, match=f"{key}: .*{message}"):
         T.train(tiny(tmp_path / "r", **settings), log=quiet)

@@ -150,6 +150,80 @@ def test_reparameterize_launches(seed, launches):
     assert launches == ["reparameterize_fwd_kernel", "reparameterize_bwd_kernel"]
 
 
+@pytest.mark.parametrize("prior", ["none", "full", "shared"])
+def test_sample_with_kl_launches_once_each_way(seed, launches, prior):
+    """One launch forward (z, the KL rows and the KL's gradients), one backward (eps
+    regenerated): the per-group cost of a hierarchical VAE. A prior shared by every row
+    adds torch's sum of its per-row gradient, nothing else."""
+    shape = (6, 3, 5, 7)
+    mu, lv = leaf(torch.randn(shape)), leaf(torch.randn(shape))
+    pm = {"none": None, "full": leaf(torch.randn(shape)), "shared": leaf(torch.randn(3, 1, 1))}
+    pm = pm[prior]
+    plv = None if pm is None else leaf(torch.randn(shape))
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
+    assert launches == ["sample_with_kl_fwd_kernel"]
+    del launches[:]
+    ins = [t for t in (mu, lv, pm, plv) if t is not None]
+    grads = torch.autograd.grad([z, kl], ins, [torch.randn_like(z), torch.randn_like(kl)])
+    assert launches == ["sample_with_kl_bwd_kernel"]
+    assert all(g.shape == t.shape and torch.isfinite(g).all() for g, t in zip(grads, ins))
+
+
+def test_sample_with_kl_saves_no_noise(seed):
+    """What autograd keeps: logvar_q (the caller's), the one-element seed and the KL's
+    gradients (dKL/dmu_p is -dKL/dmu_q, kept once): no eps, no z."""
+    b, n = 16, 40
+    mu, lv, pm, plv = (leaf(torch.randn(b, n)) for _ in range(4))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
+    assert sorted(tuple(t.shape) for t in saved) == [(1,)] + [(b, n)] * 4
+    assert sum(t.data_ptr() == lv.data_ptr() for t in saved) == 1
+    assert not any(t.data_ptr() == z.data_ptr() for t in saved)
+
+
+def test_kl_normal_launches_once(seed, launches):
+    mu, lv, pm, plv = (leaf(torch.randn(9, 13)) for _ in range(4))
+    kl = fastvae.kl_normal(mu, lv, pm, plv, backend="triton")
+    assert launches == ["elbo_rows_kernel"]
+    kl.sum().backward()
+    assert launches == ["elbo_rows_kernel"]  # backward weighs the saved gradients
+
+
+def test_elbo_plans_key_on_the_prior(seed, launches):
+    """The ELBO host's launch plans (built once per key) hold the prior's switches and
+    strides: the same shapes with no prior, a shared (L,) row, a (B, L) prior, a
+    mean-only prior and no prior again each get their own plan, and every call matches
+    the float64 formula (a plan reused across priors would read the wrong rows or none)."""
+    from fastvae.backends.triton_backend import elbo as host
+    b, d, l = 6, 9, 4
+    x, recon = torch.rand(b, d), leaf(torch.randn(b, d))
+    mu, lv, z = leaf(torch.randn(b, l)), leaf(torch.randn(b, l) * 0.5), leaf(torch.randn(b, l))
+    priors = [(None, None), (leaf(torch.randn(l)), leaf(torch.randn(l) * 0.5)),
+              (leaf(torch.randn(b, l)), leaf(torch.randn(b, l) * 0.5)),
+              (leaf(torch.randn(b, l)), None), (None, None)]
+    host._PLANS.clear()
+    for i, (pm, plv) in enumerate(priors):
+        for kl in ("analytic", "mc"):
+            ins = [recon, mu, lv] + ([z] if kl == "mc" else []) + [t for t in (pm, plv)
+                                                                  if t is not None]
+            got = fastvae.elbo(x, recon, mu, lv, kl=kl, z=z if kl == "mc" else None,
+                               prior_mu=pm, prior_logvar=plv, reduction="sum",
+                               backend="triton")
+            o = [t.detach().double().requires_grad_() for t in ins]
+            n = 4 if kl == "mc" else 3
+            o_pm = o[n] if pm is not None else None
+            o_plv = o[-1] if plv is not None else None
+            want = F.elbo(x.double(), o[0], o[1], o[2], kl=kl, z=o[3] if kl == "mc" else None,
+                          prior_mu=o_pm, prior_logvar=o_plv, reduction="sum")
+            assert_close(f"prior {i}, {kl}: value", got, want, F32)
+            for j, (g, w) in enumerate(zip(torch.autograd.grad(got, ins),
+                                           torch.autograd.grad(want, o))):
+                assert_close(f"prior {i}, {kl}: gradient {j}", g, w, F32)
+    # no prior twice reuses its plans; each prior form added its own (analytic and mc)
+    assert len(host._PLANS) == 2 * 4
+
+
 def test_float64_and_empty_inputs_take_the_torch_path(launches):
     """float64 (gradcheck) and empty batches: the documented hand-over, same contract."""
     mu = leaf(torch.randn(4, 3, dtype=torch.float64))
@@ -267,30 +341,51 @@ def _needs(*ts):
 def test_opcheck_every_op(seed):
     import importlib
     ops = {n: importlib.import_module(f"fastvae.ops.{n}") for n in (
-        "elbo", "iwae_bound", "gaussian_log_prob", "kl_standard_normal", "reparameterize")}
+        "elbo", "iwae_bound", "gaussian_log_prob", "kl_standard_normal", "reparameterize",
+        "kl_normal", "sample_with_kl")}
     from fastvae import backends
     b, d, l, k = 3, 10, 4, 2
     x = torch.rand(b, d)
     recon = leaf(torch.randn(b, d))
-    mu, lv, z = (leaf(torch.randn(b, l)) for _ in range(3))
+    mu, lv, z, pm = (leaf(torch.randn(b, l)) for _ in range(4))
+    plv = leaf(torch.randn(l))
     obs = leaf(torch.randn(d))
     rk, zk = leaf(torch.randn(k, b, d)), leaf(torch.randn(k, b, l))
     cases = [
-        (ops["elbo"]._elbo_op, (x, recon, mu, lv, None, None, 0.0, "bernoulli", "analytic", 1.0,
-                                0.0, "mean", 1.0, "standard", _needs(x, recon, mu, lv, None, None),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, None, None, None, None, 0.0, "bernoulli",
+                                "analytic", 1.0, 0.0, "mean", 1.0, "standard",
+                                _needs(x, recon, mu, lv, None, None, None, None), "triton")),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, obs, None, None, 0.0, "gaussian", "mc", 0.5,
+                                0.2, "none", -1.0, "standard",
+                                _needs(x, recon, mu, lv, z, obs, None, None), "triton")),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, pm, plv, 0.0, "continuous_bernoulli",
+                                "mc", 1.0, 0.0, "sum", 1.0, "standard",
+                                _needs(x, recon, mu, lv, z, None, pm, plv), "triton")),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, None, None, pm, None, 0.0, "bernoulli",
+                                "analytic", 1.0, 0.3, "none", 1.0, "standard",
+                                _needs(x, recon, mu, lv, None, None, pm, None), "triton")),
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, None, None, 0.0,
+                                "continuous_bernoulli", "mc", 1.0, 0.0, "sum", 1.0, "stl",
+                                [False, True, False, False, True, False, False, False],
                                 "triton")),
-        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, obs, 0.0, "gaussian", "mc", 0.5, 0.2, "none",
-                                -1.0, "standard", _needs(x, recon, mu, lv, z, obs), "triton")),
-        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, 0.0, "continuous_bernoulli", "mc", 1.0,
-                                0.0, "sum", 1.0, "stl", [False, True, False, False, True, False],
-                                "triton")),
-        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, obs, 0.0, "gaussian", "mean",
-                                            "standard", _needs(x, rk, mu, lv, zk, obs), "triton")),
-        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, None, 0.0, "bernoulli", "none",
-                                            "dreg", [False, True, False, False, True, False],
+        (ops["elbo"]._elbo_op, (x, recon, mu, lv, z, None, pm, plv, 0.0, "bernoulli", "mc", 1.0,
+                                0.0, "sum", 1.0, "stl",
+                                [False, True, False, False, True, False, True, True], "triton")),
+        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, obs, pm, plv, 0.0, "gaussian",
+                                            "mean", "standard",
+                                            _needs(x, rk, mu, lv, zk, obs, pm, plv), "triton")),
+        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, None, None, None, 0.0,
+                                            "bernoulli", "none", "dreg",
+                                            [False, True, False, False, True, False, False,
+                                             False], "triton")),
+        (ops["iwae_bound"]._iwae_bound_op, (x, rk, mu, lv, zk, None, pm, plv, 0.0, "bernoulli",
+                                            "none", "dreg",
+                                            [False, True, False, False, True, False, True, True],
                                             "triton")),
         (ops["gaussian_log_prob"]._op, (x, recon, obs, 0.0, _needs(x, recon, obs), "triton")),
         (ops["kl_standard_normal"]._op, (mu, lv, [True, True], "triton")),
+        (ops["kl_normal"]._op, (mu, lv, pm, plv, [True, True, True, True], "triton")),
+        (ops["kl_normal"]._op, (mu, lv, None, plv, [True, False, False, True], "triton")),
     ]
     dmol = importlib.import_module("fastvae.ops.discretized_logistic_mixture_log_prob")
     images = torch.randint(0, 256, (b, 3, 2, 5)) / 255.0
@@ -304,6 +399,15 @@ def test_opcheck_every_op(seed):
         cases.append((ops["reparameterize"]._bwd_op,
                       (torch.randn((n, b, l) if n else (b, l)), lv.detach(), noise, n, True,
                        "triton")))
+    noise = backends.get("triton").reparameterize_noise(mu, 0, None)
+    swk = ops["sample_with_kl"]
+    for prior, needs in (((pm, plv), [True] * 4), ((None, None), [True, True, False, False])):
+        cases.append((swk._op, (mu, lv, *prior, noise, needs, "triton")))
+    g = [leaf(torch.randn(b, l), False) for _ in range(3)]
+    cases.append((swk._bwd_op, (torch.randn(b, l), torch.randn(b), lv.detach(), noise, *g,
+                                [True] * 4, "triton")))
+    cases.append((swk._bwd_op, (None, torch.randn(b), lv.detach(), noise, *g,
+                                [True, False, True, True], "triton")))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

@@ -10,8 +10,11 @@ from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_
 from .elbo import elbo
 from .gaussian_log_prob import gaussian_log_prob
 from .iwae_bound import iwae_bound
+from .kl_normal import kl_normal
 from .kl_standard_normal import kl_standard_normal
 from .reparameterize import reparameterize
+from .sample_with_kl import sample_with_kl
 
-__all__ = ["functorch_active", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob", "kl_standard_normal"]
+__all__ = ["functorch_active", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob",
+           "kl_standard_normal", "kl_normal", "sample_with_kl"]
 __all__ += ["discretized_logistic_mixture_log_prob"]

@@ -13,69 +13,89 @@ from . import _autograd as A
 
 def fake_value_and_grads(tensors, reduction, needs):
     """Fake outputs of elbo and iwae_bound: the value, then one gradient (or placeholder)
-    for each of ``tensors`` = (x, recon, mu, logvar, z, obs), as their ``*_fwd`` return."""
-    x, obs = tensors[0], tensors[5]
+    for each of ``tensors`` = (x, recon, mu, logvar, z, obs, prior_mu, prior_logvar), as
+    their ``*_fwd`` return (a prior's gradient per row, mu's shape)."""
+    x, mu, obs = tensors[0], tensors[2], tensors[5]
     out_shape = (x.shape[0],) if reduction == "none" else ()
     obs_shape = x.shape if (reduction == "none" and obs is not None) else None
     grads = [A.grad_like(t, n, x) for t, n in zip(tensors[:5], needs)]
     grads.append(A.grad_like(obs, needs[5], x, obs_shape))
+    grads += [A.grad_like(t, n, x, mu.shape) for t, n in zip(tensors[6:], needs[6:])]
     return (x.new_empty(out_shape, dtype=result_dtype(*tensors)), *grads)
 
 
 def _elbo_fwd(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, z: Optional[Tensor],
-              obs: Optional[Tensor], obs_scalar: float, likelihood: str, kl: str, beta: float,
-              free_bits: float, reduction: str, scale: float, estimator: str, needs: List[bool],
-              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+              obs: Optional[Tensor], prior_mu: Optional[Tensor], prior_logvar: Optional[Tensor],
+              obs_scalar: float, likelihood: str, kl: str, beta: float, free_bits: float,
+              reduction: str, scale: float, estimator: str, needs: List[bool], backend: str
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     # estimator: for the higher-order recomputation only; its first-order effect is in needs
-    return tuple(backends.get(backend).elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar,
-                                                likelihood, kl, beta, free_bits, reduction,
-                                                scale, needs))
+    return tuple(backends.get(backend).elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu,
+                                                prior_logvar, obs_scalar, likelihood, kl, beta,
+                                                free_bits, reduction, scale, needs))
 
 
 _elbo_op = torch.library.custom_op("fastvae::elbo", mutates_args=())(_elbo_fwd)
 
 
 @_elbo_op.register_fake
-def _(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits, reduction,
-      scale, estimator, needs, backend):
-    return fake_value_and_grads((x, recon, mu, logvar, z, obs), reduction, needs)
+def _(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl, beta,
+      free_bits, reduction, scale, estimator, needs, backend):
+    return fake_value_and_grads((x, recon, mu, logvar, z, obs, prior_mu, prior_logvar),
+                                reduction, needs)
+
+
+def setup_shapes(ctx, inputs) -> None:
+    """The shapes backward sums per-row gradients to: obs_logvar's and the prior's."""
+    ctx.sum_to = [None if t is None else t.shape for t in inputs[5:8]]
+
+
+def finish_grads(ctx, g):
+    """The gradients of (..., obs, prior_mu, prior_logvar), per row where the inputs are
+    shared by every row, summed to the inputs' shapes."""
+    for i, shape in zip((5, 6, 7), ctx.sum_to):
+        g[i] = A.to_shape(g[i], shape)
+    return g
 
 
 def _setup(ctx, inputs, output):
-    A.save_grads(ctx, output[1:], needs_=inputs[14], backend=inputs[15], inputs=inputs[:14])
-    ctx.obs_shape = None if inputs[5] is None else inputs[5].shape
+    A.save_grads(ctx, output[1:], needs_=inputs[16], backend=inputs[17], inputs=inputs[:16])
+    setup_shapes(ctx, inputs)
 
 
 def _backward(ctx, grad_out, *_):
-    g = A.weigh_saved(ctx, grad_out, (0, 0, 0, 0, 0, 0))
-    g[5] = A.to_shape(g[5], ctx.obs_shape)
+    g = finish_grads(ctx, A.weigh_saved(ctx, grad_out, (0,) * 8))
     return (*g, None, None, None, None, None, None, None, None, None, None)
 
 
 def _higher_order(ctx, grad_out, *_):
-    (x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits, reduction,
-     scale, estimator) = A.kept_inputs(ctx, "elbo")
+    (x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl, beta,
+     free_bits, reduction, scale, estimator) = A.kept_inputs(ctx, "elbo")
     value = scale * reference.elbo(x, recon, mu, logvar, z, obs_scalar if obs is None else obs,
                                    likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits,
-                                   reduction=reduction, estimator=estimator)
-    g = A.recompute_grads(value, (x, recon, mu, logvar, z, obs), ctx.needs, grad_out)
+                                   reduction=reduction, prior_mu=prior_mu,
+                                   prior_logvar=prior_logvar, estimator=estimator)
+    g = A.recompute_grads(value, (x, recon, mu, logvar, z, obs, prior_mu, prior_logvar),
+                          ctx.needs, grad_out)
     return (*g, None, None, None, None, None, None, None, None, None, None)
 
 
 _elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order),
-                tensor_args=6)
+                tensor_args=8)
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,
-         backend, scale=1.0, estimator="standard"):
+         backend, scale=1.0, prior_mu=None, prior_logvar=None, estimator="standard"):
     """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents.
 
     ``estimator="stl"`` (``fastvae.estimators``): the direct gradients w.r.t. mu and
-    logvar are zero, so the backend is simply not asked for them."""
+    logvar are zero, so the backend is simply not asked for them. A learned prior's
+    log p(z) does not involve mu or logvar, so its gradients (w.r.t. z and the prior)
+    are the standard ones under either estimator."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
-    needs = A.needs(x, recon, mu, logvar, z, obs)
+    needs = A.needs(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar)
     if estimators.stops_parameters(estimator):
         needs[2] = needs[3] = False
-    return _elbo.value(x, recon, mu, logvar, z, obs, float(obs_scalar), likelihood, kl,
-                       float(beta), float(free_bits), reduction, float(scale), estimator, needs,
-                       backend)
+    return _elbo.value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, float(obs_scalar),
+                       likelihood, kl, float(beta), float(free_bits), reduction, float(scale),
+                       estimator, needs, backend)

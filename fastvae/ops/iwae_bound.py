@@ -9,17 +9,19 @@ from torch import Tensor
 from .. import backends, estimators, reference
 from .._dtypes import result_dtype
 from . import _autograd as A
-from .elbo import fake_value_and_grads
+from .elbo import fake_value_and_grads, finish_grads, setup_shapes
 
 
 def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k: Tensor,
-                    obs: Optional[Tensor], obs_scalar: float, likelihood: str, reduction: str,
-                    estimator: str, needs: List[bool], backend: str
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                    obs: Optional[Tensor], prior_mu: Optional[Tensor],
+                    prior_logvar: Optional[Tensor], obs_scalar: float, likelihood: str,
+                    reduction: str, estimator: str, needs: List[bool], backend: str
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                               Tensor, Tensor]:
     # The last output: the softmax weights (K, B) DReG's hook needs (STL and DReG), else empty.
     return tuple(backends.get(backend).iwae_bound_fwd(
-        x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs,
-        _wants_weights(estimator, needs)))
+        x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
+        reduction, needs, _wants_weights(estimator, needs)))
 
 
 def _wants_weights(estimator: str, needs) -> bool:
@@ -33,57 +35,62 @@ _iwae_bound_op = torch.library.custom_op("fastvae::iwae_bound", mutates_args=())
 
 
 @_iwae_bound_op.register_fake
-def _(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, estimator, needs,
-      backend):
+def _(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
+      reduction, estimator, needs, backend):
+    tensors = (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     shape = tuple(z_k.shape[:2]) if _wants_weights(estimator, needs) else (0,)
-    weights = x.new_empty(shape, dtype=result_dtype(x, recon_k, mu, logvar, z_k, obs))
-    return (*fake_value_and_grads((x, recon_k, mu, logvar, z_k, obs), reduction, needs), weights)
+    weights = x.new_empty(shape, dtype=result_dtype(*tensors))
+    return (*fake_value_and_grads(tensors, reduction, needs), weights)
 
 
 def _setup(ctx, inputs, output):
-    A.save_grads(ctx, output[1:7], needs_=inputs[10], backend=inputs[11], inputs=inputs[:10])
-    ctx.obs_shape = None if inputs[5] is None else inputs[5].shape
+    A.save_grads(ctx, output[1:9], needs_=inputs[12], backend=inputs[13], inputs=inputs[:12])
+    setup_shapes(ctx, inputs)
 
 
 def _backward(ctx, grad_out, *_):
-    g = A.weigh_saved(ctx, grad_out, (0, 1, 0, 0, 1, 0))  # recon_k, z_k: (K, B, ...)
-    g[5] = A.to_shape(g[5], ctx.obs_shape)
+    # recon_k, z_k: (K, B, ...)
+    g = finish_grads(ctx, A.weigh_saved(ctx, grad_out, (0, 1, 0, 0, 1, 0, 0, 0)))
     return (*g, None, None, None, None, None, None)
 
 
 def _higher_order(ctx, grad_out, *_):
-    x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, estimator = (
-        A.kept_inputs(ctx, "iwae_bound"))
+    (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
+     reduction, estimator) = A.kept_inputs(ctx, "iwae_bound")
     # Without DReG's hook: the op's own one, registered at the call, still applies.
     value, _ = reference.iwae_bound_surrogate(x, recon_k, mu, logvar, z_k,
                                               obs_scalar if obs is None else obs,
                                               likelihood=likelihood, reduction=reduction,
-                                              estimator=estimator)
-    g = A.recompute_grads(value, (x, recon_k, mu, logvar, z_k, obs), ctx.needs, grad_out)
+                                              estimator=estimator, prior_mu=prior_mu,
+                                              prior_logvar=prior_logvar)
+    g = A.recompute_grads(value, (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar),
+                          ctx.needs, grad_out)
     return (*g, None, None, None, None, None, None)
 
 
 _iwae_bound = A.Fused(_iwae_bound_op, _iwae_bound_fwd, _setup,
-                      A.with_higher_order(_backward, _higher_order), tensor_args=6)
+                      A.with_higher_order(_backward, _higher_order), tensor_args=8)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend,
-               estimator="standard"):
+               estimator="standard", prior_mu=None, prior_logvar=None):
     """The IWAE bound through the fused op; arguments as ``fastvae.backends`` documents.
 
     ``estimator`` (``fastvae.estimators``): "stl" and "dreg" stop log q's parameters, so
     the backend is not asked for direct mu/logvar gradients (they are zero) and returns
     the softmax weights, which for "dreg" the hook registered on z_k here applies to every
-    gradient reaching z_k in this bound's backward."""
+    gradient reaching z_k in this bound's backward. A learned prior's gradients are the
+    standard ones (weighted by w~_k) under every estimator; its d log p(z_k) / d z_k is part
+    of d log w_k / d z_k, so DReG weighs it like the rest."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
-    needs = A.needs(x, recon_k, mu, logvar, z_k, obs)
+    needs = A.needs(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     if estimators.stops_parameters(estimator):
         needs[2] = needs[3] = False
-    args = (x, recon_k, mu, logvar, z_k, obs, float(obs_scalar), likelihood, reduction,
-            estimator, needs, backend)
+    args = (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, float(obs_scalar),
+            likelihood, reduction, estimator, needs, backend)
     if not (estimator == "dreg" and _wants_weights(estimator, needs)):
         return _iwae_bound.value(*args)
     outputs = _iwae_bound(*args)  # the weights too, for DReG's hook
     value = A.owned(outputs)
-    estimators.attach_dreg_hook(value, z_k, outputs[7])
+    estimators.attach_dreg_hook(value, z_k, outputs[9])
     return value

@@ -10,16 +10,17 @@ from . import terms
 from .rows import grad_out, log_px_rows
 
 
-def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs,
-                   weights=False):
-    """Per-row bound (reduced unless "none"), gradients w.r.t. (x, recon_k, mu, logvar, z_k, obs)
-    and, with ``weights``, the softmax weights ``softmax_k(log w_k)`` (K, B) (else empty).
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
+                   likelihood, reduction, needs, weights=False):
+    """Per-row bound (reduced unless "none"), gradients w.r.t. (x, recon_k, mu, logvar, z_k,
+    obs, prior_mu, prior_logvar) (a prior's are per row, (B, L)) and, with ``weights``, the
+    softmax weights ``softmax_k(log w_k)`` (K, B) (else empty).
 
     Each sample's log p(x|z_k) runs through the ELBO's row machinery, writing
     d log p / d recon_k straight into the returned gradient, which is then weighted in
     place by softmax_k(log w): no other (K, B, D) temporaries.
     """
-    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs)
+    dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     k, batch = recon_k.shape[0], recon_k.shape[1]
     ob = obs_scalar if obs is None else obs
     gaussian = likelihood == "gaussian"
@@ -38,9 +39,14 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
                                 None if g_r is None else g_r[i], g_o_k)
         if need_obs:
             g_obs_k.append(g_o_k.clone())
-    kl_kbl, d_mu, d_lv, d_z = terms.kl_terms(upcast(mu, dtype).expand(k, -1, -1),
-                                             upcast(logvar, dtype).expand(k, -1, -1),
-                                             upcast(z_k, dtype), "mc")
+    mu_k, lv_k = upcast(mu, dtype).expand(k, -1, -1), upcast(logvar, dtype).expand(k, -1, -1)
+    if prior_mu is None and prior_logvar is None:
+        kl_kbl, d_mu, d_lv, d_z = terms.kl_terms(mu_k, lv_k, upcast(z_k, dtype), "mc")
+        d_pm = d_plv = None
+    else:
+        kl_kbl, d_mu, d_lv, d_z, d_pm, d_plv = terms.kl_prior_terms(
+            mu_k, lv_k, upcast(z_k, dtype), upcast(prior_mu, dtype), upcast(prior_logvar, dtype),
+            "mc")
     log_w = log_px.sub_(kl_kbl.sum(-1))                   # (K, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
     c = reduce_scale(batch, reduction)
@@ -65,5 +71,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
         grad_out(-(d_lv * wc).sum(0) if needs[3] else None, logvar, needs[3]),
         grad_out(-d_z * wc if needs[4] else None, z_k, needs[4]),
         grad_out(g_obs, obs if obs is not None else x, needs[5]),
+        grad_out(None if d_pm is None else -(d_pm * wc).sum(0),
+                 mu if prior_mu is None else prior_mu, needs[6]),
+        grad_out(None if d_plv is None else -(d_plv * wc).sum(0),
+                 mu if prior_logvar is None else prior_logvar, needs[7]),
         w if weights else log_w.new_empty(0),
     )

@@ -30,11 +30,14 @@ def grad_buffer(t, need: bool, shape=None):
     return torch.empty(shape if shape is not None else t.shape, dtype=t.dtype, device=t.device)
 
 
-def grad_out(g, like, need: bool):
-    """A gradient output in its input's dtype, or the empty placeholder ``fastvae.ops``
-    expects (a custom op cannot return None)."""
+def grad_out(g, like, need: bool, shape=None):
+    """A gradient output in its input's dtype (in ``shape``, a copy where ``g`` is a
+    broadcast view), or the empty placeholder ``fastvae.ops`` expects (a custom op
+    cannot return None)."""
     if not need or g is None:
         return like.new_empty(0)
+    if shape is not None and g.shape != shape:
+        return g.expand(shape).to(like.dtype, copy=True)
     return g.to(like.dtype)
 
 

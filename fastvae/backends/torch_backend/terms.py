@@ -91,6 +91,32 @@ def analytic_kl_rows(mu, logvar, kc: float, need_mu: bool, need_lv: bool):
     return rows.sub_(0.5 * mu.shape[-1]), g_mu, g_lv
 
 
+def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
+    """:func:`kl_terms` to the prior N(prior_mu, exp(prior_logvar)) (each None, or a tensor
+    broadcastable to mu; None is 0): per-latent KL and its partials w.r.t. mu, logvar, z
+    (None for analytic), prior_mu and prior_logvar.
+
+    analytic, ``u = (mu - pm) * exp(-plv/2)``, ``r = exp(lv - plv)``:
+    ``0.5 * (plv - lv + r + u^2 - 1)``; "mc", ``t = (z - mu) exp(-lv/2)``,
+    ``tp = (z - pm) exp(-plv/2)``: ``0.5 * (tp^2 + plv - t^2 - lv)``.
+    """
+    pm = 0.0 if prior_mu is None else prior_mu
+    plv = 0.0 if prior_logvar is None else prior_logvar
+    inv_sdp = 1.0 if prior_logvar is None else torch.exp(-0.5 * plv)
+    if kl == "analytic":
+        u = (mu - pm) * inv_sdp
+        r = torch.exp(logvar - plv)   # not exp(lv) * exp(-plv): that overflows first
+        sq = u * u
+        value = 0.5 * (plv - logvar + r + sq - 1)
+        d_mu = u * inv_sdp
+        return value, d_mu, 0.5 * (r - 1), None, -d_mu, 0.5 * (1 - r - sq)
+    inv_sd = torch.exp(-0.5 * logvar)
+    t = (z - mu) * inv_sd
+    tp = (z - pm) * inv_sdp
+    sq, sqp = t * t, tp * tp
+    d_mu, d_p = t * inv_sd, tp * inv_sdp
+    value = 0.5 * (sqp + plv - sq - logvar)
+    return value, d_mu, 0.5 * (sq - 1), d_p - d_mu, -d_p, 0.5 * (1 - sqp)
 def logistic_bin(y, mean, log_scale, bottom, top, half_width: float):
     """The discretized logistic's log mass of the bin at ``y`` (width ``2h``, h =
     ``half_width``) and its partials w.r.t. the mean and the log-scale s, per element.

@@ -1,8 +1,9 @@
 """The "triton" backend: host side of the fused kernels in ``fastvae.kernels``, one file
-per op (``elbo``, ``iwae_bound``, ``gaussian_log_prob``, ``kl_standard_normal``,
-``reparameterize``, ``scale``), with the same functions and contracts as the "torch"
-backend. Launch configurations live in ``configs``; every allocation and launch goes
-through ``_launch`` (tests hook both); what the JIT may build is listed by ``shipped``.
+per op (``elbo``, ``iwae_bound``, ``gaussian_log_prob``, ``kl_standard_normal`` (with
+``kl_normal``), ``reparameterize``, ``sample_with_kl``, ``scale``), with the same functions
+and contracts as the "torch" backend. Launch configurations live in ``configs``; every
+allocation and launch goes through ``_launch`` (tests hook both); what the JIT builds for
+real calls is captured and compiled by ``fastvae.bench.offline`` (tests/test_kernels_compile.py).
 
 Launches per call (machine-independent; tests count them):
     reparameterize       forward 1, backward 1
@@ -15,7 +16,9 @@ Launches per call (machine-independent; tests count them):
                          backward as elbo's. The one-pass kernel runs where a row's K x D
                          fits on chip (``configs.iwae_onepass_config``), else the two-pass
                          kernel, which reads the row again for the weighted gradients
-    gaussian_log_prob    1            kl_standard_normal    1
+    gaussian_log_prob    1            kl_standard_normal    1            kl_normal    1
+    sample_with_kl       forward 1, backward 1 (plus torch's sum over rows of a prior's
+                         gradient where one prior row is shared by every row)
     discretized_logistic_mixture_log_prob   1 (+ torch's sum of per-block partials);
                          backward as elbo's
 
@@ -25,12 +28,14 @@ from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_
 from .elbo import elbo_fwd
 from .gaussian_log_prob import gaussian_log_prob_fwd
 from .iwae_bound import iwae_bound_fwd
-from .kl_standard_normal import kl_standard_normal_fwd
+from .kl_standard_normal import kl_normal_fwd, kl_standard_normal_fwd
 from .reparameterize import (reparameterize_bwd, reparameterize_fwd, reparameterize_noise,
                              reparameterize_std_eps)
+from .sample_with_kl import sample_with_kl_bwd, sample_with_kl_fwd
 from .scale import scale_saved_
 
 __all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_normal_fwd",
-           "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
-           "reparameterize_std_eps", "scale_saved_"]
+           "kl_normal_fwd", "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
+           "reparameterize_std_eps", "sample_with_kl_fwd", "sample_with_kl_bwd",
+           "scale_saved_"]
 __all__ += ["discretized_logistic_mixture_log_prob_fwd"]

@@ -18,14 +18,39 @@ def likelihood_args(likelihood: str, obs, like):
     return configs.LIKELIHOOD_CODES[likelihood], _launch.dummy(like.dtype, like.device), 0, False
 
 
-def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: int, obs, device):
-    """(gx, grecon, gmu, glogvar, gz, gobs, gobs_partials) for ``inputs`` = (x, recon, mu,
-    logvar, z): each needed one in its input's shape and dtype, else None."""
+def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: int, obs, device,
+                     priors=(None, None)):
+    """(gx, grecon, gmu, glogvar, gz, gobs, gobs_partials, gprior_mu, gprior_logvar) for
+    ``inputs`` = (x, recon, mu, logvar, z) and the kernel's ``priors`` (``prior_args``):
+    each needed one in its input's shape and dtype (a prior's per row, mu's shape), else
+    None."""
     grads = [_launch.alloc(t.shape, t.dtype, device) if need and t is not None else None
              for t, need in zip(inputs, needs)]
     b, d = inputs[0].shape
+    mu = inputs[2]
+    prior_needs = tuple(needs[6:8]) or (False, False)
+    prior_grads = [_launch.alloc(mu.shape, p.dtype, device) if need and p is not None else None
+                   for p, need in zip(priors, prior_needs)]
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
-                                       device))
+                                       device), *prior_grads)
+
+
+def prior_args(prior_mu, prior_logvar, mu):
+    """(mean, log-variance, their row strides, whether there is a prior) for the row
+    kernels' PRIOR switch: a missing half is a zero row when the other is given, both
+    dummies of mu's dtype for N(0, I). A shared ``(L,)`` row has stride 0."""
+    if prior_mu is None and prior_logvar is None:
+        dummy = _launch.dummy(mu.dtype, mu.device)
+        return dummy, dummy, 0, 0, False
+    like = prior_logvar if prior_mu is None else prior_mu
+    zeros = torch.zeros(mu.shape[1:], dtype=like.dtype, device=mu.device)
+    pm = zeros if prior_mu is None else _launch.rows(prior_mu)
+    plv = zeros if prior_logvar is None else _launch.rows(prior_logvar)
+    return pm, plv, _row_stride(pm), _row_stride(plv), True
+
+
+def _row_stride(t) -> int:
+    return 0 if t.dim() == 1 else t.stride(0)
 
 
 def _obs_grad_buffers(need: bool, partial: bool, programs: int, b: int, d: int, obs, device):

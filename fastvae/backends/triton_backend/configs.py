@@ -90,6 +90,9 @@ REPARAMETERIZE_WARPS = 8
 # Where B*L is not a multiple of 16 the JIT sees no divisibility, the loads are narrow
 # anyway, and 8 warps spill 4 bytes (Triton 3.9, sm_80); 16 warps: 40-54 registers.
 REPARAMETERIZE_WARPS_UNALIGNED = 16
+# (N up to, BLOCK_B, BLOCK_N, num_warps) of sample_with_kl's row tiles; the last covers any
+# N. 1024 elements a tile: each element runs its own Philox call (``normal_at``).
+SAMPLE_WITH_KL_TILES = ((64, 16, 64, 4), (256, 4, 256, 4), (None, 1, 1024, 8))
 # One program per SM, each striding over 8192-element blocks (32 elements, two 16-byte
 # loads per thread per tensor for fp32): at grad_output 1 a launch of that many programs
 # reading one scalar; otherwise enough bytes in flight per SM to stream.
@@ -199,6 +202,16 @@ def scale_block() -> int:
 def reparameterize_warps(bl: int) -> int:
     """num_warps of the sampler's kernels for B*L latents per sample."""
     return REPARAMETERIZE_WARPS if bl % 16 == 0 else REPARAMETERIZE_WARPS_UNALIGNED
+
+
+def sample_with_kl_config(b: int, n: int):
+    """(BLOCK_B, BLOCK_N, num_warps) of the sample_with_kl kernels for (B, N) latents."""
+    if interpreter_tiles():
+        block_n = min(max(_p2(n), 16), 4096)
+        return max(1, min(_INTERP_TILE // block_n, _p2(b))), block_n, ROW_WARPS
+    for upto, block_b, block_n, warps in SAMPLE_WITH_KL_TILES:
+        if upto is None or n <= upto:
+            return block_b, block_n, warps
 
 
 def reparameterize_grid(bl: int):

@@ -18,7 +18,7 @@ from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from ._rows import gradient_buffers, likelihood_args
+from ._rows import gradient_buffers, likelihood_args, prior_args
 
 # Plans read ``configs`` once per key (its CONFIG_MODE is part of the key): code that edits
 # the tile tables at run time clears this.
@@ -26,16 +26,18 @@ _PLANS: dict = {}
 _PLANS_MAX = 256   # distinct shapes/options kept; a workload with more rebuilds some
 
 
-def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, free_bits,
-             reduction, scale, needs):
-    """Same contract as the "torch" backend's: (value, gx, grecon, gmu, glogvar, gz, gobs)."""
+def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl,
+             beta, free_bits, reduction, scale, needs):
+    """Same contract as the "torch" backend's: (value, gx, grecon, gmu, glogvar, gz, gobs,
+    gprior_mu, gprior_logvar), the prior's per row."""
     b, d = x.shape
     # D = 0 (the latent part of a DMoL ELBO) runs here too: the row kernel's data loops are
     # empty and read no data pointer.
-    if _launch.delegated(x if d else None, recon if d else None, mu, logvar, z, obs) or (
-            d == 0 and torch.float64 in (x.dtype, recon.dtype)):
-        return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl,
-                                      beta, free_bits, reduction, scale, needs)
+    if _launch.delegated(x if d else None, recon if d else None, mu, logvar, z, obs, prior_mu,
+                         prior_logvar) or (d == 0 and torch.float64 in (x.dtype, recon.dtype)):
+        return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
+                                      obs_scalar, likelihood, kl, beta, free_bits, reduction,
+                                      scale, needs)
     dev = x.device
     x, recon, mu, logvar = _launch.rows(x), _launch.rows(recon), _launch.rows(mu), _launch.rows(logvar)
     z = _launch.rows(z) if z is not None else None
@@ -44,25 +46,30 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
            mu.dtype, logvar.stride(0), logvar.dtype,
            None if z is None else (z.stride(0), z.dtype),
            None if obs is None else (obs.shape, obs.stride(), obs.dtype),
+           None if prior_mu is None else (prior_mu.shape, prior_mu.stride(), prior_mu.dtype),
+           None if prior_logvar is None else (prior_logvar.shape, prior_logvar.stride(),
+                                              prior_logvar.dtype),
            dev, likelihood, kl, free, reduction, tuple(needs), configs.interpreter_tiles())
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.clear()
-        plan = _PLANS[key] = _plan(x, recon, mu, logvar, z, obs, likelihood, kl, free,
-                                   reduction, needs)
+        plan = _PLANS[key] = _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
+                                   likelihood, kl, free, reduction, needs)
     b, d = x.shape
     f32 = torch.float32
     lik, obs_arg, _, obs_tensor = likelihood_args(likelihood, obs, x)
-    gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
+    # the prior's tensors per call (a missing half is a zero row), its switches in the plan
+    pm, plv, _, _, _ = prior_args(prior_mu, prior_logvar, mu)
+    gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
         (x, recon, mu, logvar, z), needs, obs_tensor, plan["gobs_partial"], plan["programs"],
-        obs_arg, dev)
+        obs_arg, dev, (pm, plv))
     z_arg = _launch.given(z, mu.dtype, dev)
     clamped = None
     if free:
         clamped = _launch.alloc((mu.shape[1],), torch.int32, dev)
         _launch.launch(
-            ke.kl_clamp_kernel, plan["clamp_grid"], MU=mu, LV=logvar, Z=z_arg,
+            ke.kl_clamp_kernel, plan["clamp_grid"], MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
             PARTIALS=_launch.alloc(plan["clamp_partials"], f32, dev),
             COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits),
             **plan["clamp"])
@@ -71,7 +78,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
     _launch.launch(
         ke.elbo_rows_kernel, plan["grid"],
         X=x if d else _launch.dummy(x.dtype, dev), R=recon if d else _launch.dummy(recon.dtype, dev),
-        OBS=obs_arg, MU=mu, LV=logvar, Z=z_arg,
+        OBS=obs_arg, MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
         CLAMPED=_launch.given(clamped, torch.int32, dev),
         ROW_VALUES=out,
         PARTIALS=_launch.alloc(plan["grid"], f32, dev) if reduce else _launch.dummy(f32, dev),
@@ -81,6 +88,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
         GOBS=gobs_partials if plan["gobs_partial"] else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
         GZ=_launch.given(gz, mu.dtype, dev),
+        GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
         obs_scalar=float(obs_scalar), beta=float(beta),
         c=float(scale * reduce_scale(b, reduction)), free_bits=float(free_bits),
         **plan["rows"])
@@ -89,15 +97,17 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, obs_scalar, likelihood, kl, beta, fre
             kred.finish_kernel, plan["finish_grid"],
             ROW_VALUES=_launch.dummy(f32, dev), GOBS_PARTIALS=gobs_partials,
             OUT=_launch.dummy(f32, dev), GOBS=gobs, c=1.0, **plan["finish"])
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs))
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))
 
 
-def _plan(x, recon, mu, logvar, z, obs, likelihood, kl, free, reduction, needs) -> dict:
+def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free,
+          reduction, needs) -> dict:
     """The launch arguments of :func:`elbo_fwd` that are not tensors or floats, for these
     shapes, strides, dtypes and options."""
     b, d = x.shape
     l = mu.shape[1]
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
+    _, _, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     mc = kl == "mc"
     block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik)
@@ -106,7 +116,8 @@ def _plan(x, recon, mu, logvar, z, obs, likelihood, kl, free, reduction, needs) 
     gobs_rows = bool(needs[5]) and obs_tensor and not gobs_partial
     int64 = configs.needs_int64(b * max(x.stride(0), recon.stride(0), stride_obs, d),
                                 b * max(mu.stride(0), logvar.stride(0), l,
-                                        z.stride(0) if z is not None else 0),
+                                        z.stride(0) if z is not None else 0,
+                                        stride_pm, stride_plv),
                                 programs * max(d, l))
     stride_z = (z if z is not None else mu).stride(0)
     plan = {"programs": programs, "grid": (programs,), "reduce": reduce,
@@ -117,17 +128,20 @@ def _plan(x, recon, mu, logvar, z, obs, likelihood, kl, free, reduction, needs) 
         plan["clamp_grid"] = (clamp_programs,)
         plan["clamp_partials"] = (clamp_programs, l)
         plan["clamp"] = dict(B=b, L=l, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
-                             stride_z=stride_z, KL_MC=mc, INT64=int64, BLOCK_B=clamp_b,
+                             stride_z=stride_z, stride_pm=stride_pm, stride_plv=stride_plv,
+                             KL_MC=mc, PRIOR=prior, INT64=int64, BLOCK_B=clamp_b,
                              BLOCK_L=clamp_l, num_warps=clamp_warps)
     plan["rows"] = dict(
         B=b, D=d, L=l,
         stride_x=x.stride(0), stride_r=recon.stride(0), stride_obs=stride_obs,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=stride_z,
+        stride_pm=stride_pm, stride_plv=stride_plv,
         LIK=lik, KL_MC=mc, FREE_BITS=free, REDUCE=reduce,
         NEED_GX=bool(needs[0]) and d > 0, NEED_GR=bool(needs[1]) and d > 0,
         OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs_rows
                   else GOBS_NONE).value,
         NEED_GMU=bool(needs[2]), NEED_GLV=bool(needs[3]), NEED_GZ=bool(needs[4]) and z is not None,
+        PRIOR=prior, NEED_GPM=prior and bool(needs[6]), NEED_GPLV=prior and bool(needs[7]),
         INT64=int64, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_SUM=configs.ticket_sum_block(),
         num_warps=warps)

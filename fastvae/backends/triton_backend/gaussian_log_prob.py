@@ -27,18 +27,21 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     i32 = _launch.dummy(torch.int32, dev)
     _launch.launch(
         ke.elbo_rows_kernel, (_launch.cdiv(n, block_b),),
-        X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent, CLAMPED=i32,
+        X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent, PM=latent, PLV=latent,
+        CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gm, mean.dtype, dev),
         GOBS=_launch.given(glv, lv_arg.dtype, dev), GMU=latent, GLV=latent, GZ=latent,
+        GPM=latent, GPLV=latent,
         B=n, D=d, L=0,
         stride_x=x.stride(0), stride_r=mean.stride(0), stride_obs=stride_lv,
-        stride_mu=0, stride_lv=0, stride_z=0,
+        stride_mu=0, stride_lv=0, stride_z=0, stride_pm=0, stride_plv=0,
         obs_scalar=float(logvar_scalar), beta=0.0, c=1.0, free_bits=0.0,
         LIK=lik, KL_MC=False, FREE_BITS=False, REDUCE=False,
         NEED_GX=gx is not None, NEED_GR=gm is not None,
         OBS_GRAD=(GOBS_ROWS if glv is not None else GOBS_NONE).value,
         NEED_GMU=False, NEED_GLV=False, NEED_GZ=False,
+        PRIOR=False, NEED_GPM=False, NEED_GPLV=False,
         INT64=configs.needs_int64(n * max(x.stride(0), mean.stride(0), stride_lv, d)),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, num_warps=warps)
     return (out, *_launch.placeholders(x, gx, gm, glv))

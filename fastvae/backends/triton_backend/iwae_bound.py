@@ -14,22 +14,24 @@ from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
-from ._rows import gradient_buffers, likelihood_args
+from ._rows import gradient_buffers, likelihood_args, prior_args
 
 
-def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, reduction, needs,
-                   weights=False):
+def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
+                   likelihood, reduction, needs, weights=False):
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
-    softmax weights (K, B) fp32 or empty)."""
-    if _launch.delegated(x, recon_k, mu, logvar, z_k, obs):
-        return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar,
-                                            likelihood, reduction, needs, weights)
+    gprior_mu, gprior_logvar (the prior's per row), softmax weights (K, B) fp32 or empty)."""
+    if _launch.delegated(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar):
+        return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu,
+                                            prior_logvar, obs_scalar, likelihood, reduction,
+                                            needs, weights)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]
     x, recon_k = _launch.rows(x), _launch.rows(recon_k)
     mu, logvar, z_k = _launch.rows(mu), _launch.rows(logvar), _launch.rows(z_k)
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
+    pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     c = reduce_scale(b, reduction)
     onepass = configs.iwae_onepass_config(b, k, d, l, lik)
@@ -46,29 +48,33 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
     # STL and DReG (``weights``) take no direct mu/logvar gradient, yet the kernel writes
     # one, into scratch dropped below: compiled without those gradients the kernels spill
     # on sm_80/sm_90 (ptxas, 12 of 43 shipped tiles, 4-16 bytes at 40-170 registers), and
-    # they cost 2BL elements against recon_k's KBD.
+    # they cost 2BL elements against recon_k's KBD. The prior's gradients are kept.
     dropped = bool(weights)
     kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
-    gx, gr, gmu, glv, gz, gobs, gobs_partials = gradient_buffers(
-        (x, recon_k, mu, logvar, z_k), kneeds, obs_tensor, gobs_partial, programs, obs_arg, dev)
+    gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
+        (x, recon_k, mu, logvar, z_k), kneeds, obs_tensor, gobs_partial, programs, obs_arg, dev,
+        (pm, plv))
     # DReG's weights are written only where a gradient is: in the kernels' gradient pass.
     w_out = _launch.alloc((k, b), f32, dev) if weights else None
     args = dict(
-        X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, ROW_VALUES=row_values,
-        WEIGHTS=_launch.given(w_out, f32, dev),
+        X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, PM=pm, PLV=plv,
+        ROW_VALUES=row_values, WEIGHTS=_launch.given(w_out, f32, dev),
         GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
         GZ=_launch.given(gz, z_k.dtype, dev),
+        GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
         K=k, B=b, D=d, L=l,
         stride_x=x.stride(0), stride_rk=recon_k.stride(0), stride_rb=recon_k.stride(1),
         stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
-        stride_zk=z_k.stride(0), stride_zb=z_k.stride(1),
+        stride_zk=z_k.stride(0), stride_zb=z_k.stride(1), stride_pm=stride_pm,
+        stride_plv=stride_plv,
         obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k),
         LIK=lik, NEED_GX=gx is not None, NEED_GR=gr is not None,
         OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
                   else GOBS_NONE).value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,
+        PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
@@ -87,5 +93,5 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, obs_scalar, likelihood, red
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     if dropped:
         gmu = glv = None
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs),
+    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv),
             w_out if weights else out.new_empty(0))

@@ -1,4 +1,5 @@
-"""Host side of kl_standard_normal: the ELBO row kernel with no data columns (D = 0)."""
+"""Host side of kl_standard_normal and kl_normal: the ELBO row kernel with no data columns
+(D = 0) and beta = -1, so the row value is +KL and the latent gradients are the KL's own."""
 from __future__ import annotations
 
 import torch
@@ -8,36 +9,57 @@ from fastvae.kernels._math import GOBS_NONE
 
 from .. import torch_backend
 from . import _launch, configs
+from ._rows import prior_args
 
 
 def kl_standard_normal_fwd(mu, logvar, needs):
     """Same contract as the "torch" backend's: (value, gmu, glogvar)."""
     if _launch.delegated(mu, logvar):
         return torch_backend.kl_standard_normal_fwd(mu, logvar, needs)
+    return _kl_rows(mu, logvar, None, None, list(needs) + [False, False])[:3]
+
+
+def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
+    """Same contract as the "torch" backend's: (value, gmu_q, glogvar_q, gmu_p, glogvar_p),
+    the prior's per row."""
+    if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
+        return torch_backend.kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
+    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs)
+
+
+def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     dev = mu.device
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
-    block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size())
+    pm, plv, stride_pm, stride_plv, prior = prior_args(mu_p, logvar_p, mu)
+    # A prior adds two input and two gradient tiles: 16-bit inputs get the fp32 tile (the
+    # 16-bit one, twice as many rows, spills with them).
+    block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l,
+                                                           4 if prior else mu.element_size())
     out = _launch.alloc((n,), torch.float32, dev)
-    gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[0] else None
-    glv = _launch.alloc(logvar.shape, logvar.dtype, dev) if needs[1] else None
+    grads = [_launch.alloc(mu.shape, t.dtype, dev) if need else None
+             for t, need in zip((mu, logvar, pm, plv), needs)]
+    gmu, glv, gpm, gplv = grads
     data = _launch.dummy(mu.dtype, dev)  # D = 0: the data pointers are never read
     i32 = _launch.dummy(torch.int32, dev)
     # beta = -1: the row value is +KL and the latent gradients d KL / d(mu, logvar) themselves.
     _launch.launch(
         ke.elbo_rows_kernel, (_launch.cdiv(n, block_b),),
-        X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, CLAMPED=i32,
+        X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, PM=pm, PLV=plv, CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=data, GR=data, GOBS=data,
         GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=data,
+        GZ=data, GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
         B=n, D=0, L=l,
         stride_x=0, stride_r=0, stride_obs=0,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=mu.stride(0),
+        stride_pm=stride_pm, stride_plv=stride_plv,
         obs_scalar=0.0, beta=-1.0, c=1.0, free_bits=0.0,
         LIK=configs.BERNOULLI, KL_MC=False, FREE_BITS=False, REDUCE=False,
         NEED_GX=False, NEED_GR=False, OBS_GRAD=GOBS_NONE.value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=False,
-        INT64=configs.needs_int64(n * max(mu.stride(0), logvar.stride(0), l)),
+        PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
+        INT64=configs.needs_int64(n * max(mu.stride(0), logvar.stride(0), l, stride_pm,
+                                          stride_plv)),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, num_warps=warps)
-    return (out, *_launch.placeholders(mu, gmu, glv))
+    return (out, *_launch.placeholders(mu, *grads))

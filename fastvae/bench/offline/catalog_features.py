@@ -1,7 +1,8 @@
 """Catalog calls for switches and ops beyond the core likelihoods: the discretized
 mixture of logistics (its own kernel, and the ELBO's latent-only launch, D = 0) and the
 gradient estimators (the ELBO without direct mu/logvar gradients; the IWAE kernels'
-STORE_WEIGHTS). One call turns each switch on, at the benchmark shapes and one odd
+STORE_WEIGHTS) and the learned prior (kl_normal, sample_with_kl, the PRIOR switches).
+One call turns each switch on, at the benchmark shapes and one odd
 shape, in the dtypes whose pointer types differ (see ``catalog.ci_calls``)."""
 from __future__ import annotations
 
@@ -65,5 +66,57 @@ def estimator_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
         yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator=stl", call
 
 
+
+
+def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
+    """The learned prior: kl_normal, sample_with_kl (its own kernels, forward and
+    backward), and the PRIOR switches of the ELBO (analytic and MC KL, free bits' pass,
+    with STL) and IWAE kernels; a per-latent (L,) prior and a per-sample (B, L) one."""
+    for (b, l), dname in itertools.product(((4096, 64), (7, 3)), ("fp32", "bf16")):
+        def kl_call(b=b, l=l, dname=dname):
+            nt = DTYPES[dname][1]
+            mu, lv = stand_in_latents(b, l, nt, True, False)
+            pm, plv = stand_in_latents(b, l, nt, True, False)
+            finish(fastvae.kl_normal(mu, lv, pm, plv, backend="triton"), "train", False)
+        yield f"kl_normal B={b} L={l} {dname} train", kl_call
+
+        def sample_call(b=b, l=l, dname=dname):
+            nt = DTYPES[dname][1]
+            mu, lv = stand_in_latents(b, l, nt, True, False)
+            pm, plv = stand_in_latents(b, l, nt, True, False)
+            z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
+            finish(z.sum() + kl.sum(), "train", False)
+        yield f"sample_with_kl B={b} L={l} {dname} train", sample_call
+    for (b, d, l), dname, (kl, fb, est), per_sample in itertools.product(
+            elbo_shapes, ("fp32", "bf16"),
+            (("analytic", 0.0, "standard"), ("mc", 0.5, "standard"), ("mc", 0.0, "stl")),
+            (False, True)):
+        def elbo_call(b=b, d=d, l=l, dname=dname, kl=kl, fb=fb, est=est, per_sample=per_sample):
+            xt, nt = DTYPES[dname]
+            mu, lv = stand_in_latents(b, l, nt, True, False)
+            shape = (b, l) if per_sample else (l,)
+            v = fastvae.elbo(empty((b, d), xt), empty((b, d), nt, True), mu, lv, kl=kl,
+                             z=empty((b, l), nt, True) if kl == "mc" else None, free_bits=fb,
+                             estimator=est, prior_mu=empty(shape, nt, True),
+                             prior_logvar=empty(shape, nt, True), backend="triton",
+                             validate=False)
+            finish(v, "train", False)
+        yield (f"elbo B={b} D={d} L={l} {dname} kl={kl} fb={fb} estimator={est} "
+               f"prior={'BL' if per_sample else 'L'}"), elbo_call
+    for (b, d, l, k), dname, est in itertools.product(iwae_shapes, ("fp32", "bf16"),
+                                                       ("standard", "stl")):
+        def iwae_call(b=b, d=d, l=l, k=k, dname=dname, est=est):
+            xt, nt = DTYPES[dname]
+            mu, lv = stand_in_latents(b, l, nt, True, False)
+            v = fastvae.iwae_bound(empty((b, d), xt), empty((k, b, d), nt, True), mu, lv,
+                                   empty((k, b, l), nt, True), reduction="mean", estimator=est,
+                                   prior_mu=empty((l,), nt, True),
+                                   prior_logvar=empty((l,), nt, True), backend="triton",
+                                   validate=False)
+            finish(v, "train", False)
+        yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator={est} prior=L", iwae_call
+
+
 def feature_calls(elbo_shapes, iwae_shapes):
-    return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes)]
+    return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes),
+            *prior_calls(elbo_shapes, iwae_shapes)]

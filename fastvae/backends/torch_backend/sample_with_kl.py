@@ -1,0 +1,104 @@
+"""sample_with_kl on the "torch" backend: z, the per-row KL to the prior and the KL's
+gradients in one closed-form pass; backward in one more, row chunk by row chunk.
+
+``noise`` is eps, drawn by :func:`reparameterize_noise` exactly as ``reparameterize``
+draws it, and ``z`` is computed by the same expression, so the two give the same z for
+the same seed. Only the KL's gradients are saved (``fastvae.ops.sample_with_kl``), and
+``dKL/dmu_p = -dKL/dmu_q`` is not saved twice. Every B x N temporary is one row chunk
+(``rows.CHUNK_ELEMS``), so the passes run in cache and allocate no large buffers.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..._dtypes import result_dtype, upcast
+from .reparameterize import reparameterize_fwd
+from .rows import grad_buffer, row_chunks
+
+
+def _rows(t, i, j):
+    """Rows i:j of a prior (None, a shared (N,) row, or (B, N))."""
+    return t if t is None or t.dim() == 1 else t[i:j]
+
+
+def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
+    """(z, KL per row, dKL/dmu_q, dKL/dlogvar_q, dKL/dlogvar_p): the gradients where
+    ``needs`` = (mu_q, logvar_q, mu_p, logvar_p) asks for them (dKL/dmu_q also for mu_p),
+    empty placeholders otherwise."""
+    z = reparameterize_fwd(mu, logvar, noise, 0)
+    dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
+    batch, n = mu.shape
+    kl = torch.empty(batch, dtype=dtype, device=mu.device)
+    g_mu = grad_buffer(mu, needs[0] or needs[2])
+    g_lv = grad_buffer(logvar, needs[1])
+    g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
+    for i, j in row_chunks(batch, n):
+        _kl_chunk(upcast(mu[i:j], dtype), upcast(logvar[i:j], dtype),
+                  upcast(_rows(prior_mu, i, j), dtype), upcast(_rows(prior_logvar, i, j), dtype),
+                  kl[i:j], *(None if g is None else g[i:j] for g in (g_mu, g_lv, g_plv)))
+    return (z, kl, *(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv)))
+
+
+def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
+    """KL rows and the wanted gradients of one chunk, written into the given outputs.
+
+    With ``u = (mu - pm) exp(-plv/2)``, ``r = exp(lv - plv)``: d/dmu ``u exp(-plv/2)``,
+    d/dlv ``0.5 (r - 1)``, d/dplv ``-(0.5 (r - 1) + 0.5 u^2)`` and the KL
+    ``0.5 (plv - lv) - d/dplv``: seven chunk passes for all of it.
+    """
+    if plv is None:
+        u = mu.clone() if pm is None else mu - pm
+        r = torch.exp(lv)
+        half_lv_diff = lv * -0.5
+    else:
+        inv_sdp = torch.mul(plv, -0.5).exp_()
+        u = torch.sub(mu, pm).mul_(inv_sdp) if pm is not None else mu * inv_sdp
+        if g_mu is not None:
+            torch.mul(u, inv_sdp, out=g_mu)
+        r = torch.sub(lv, plv).exp_()
+        half_lv_diff = torch.sub(plv, lv).mul_(0.5)
+    if plv is None and g_mu is not None:
+        g_mu.copy_(u)
+    half_r1 = r.sub_(1).mul_(0.5)                       # 0.5 (r - 1) = d/dlogvar_q
+    if g_lv is not None:
+        g_lv.copy_(half_r1)
+    neg_gplv = half_r1.addcmul_(u, u, value=0.5)        # 0.5 (r - 1) + 0.5 u^2
+    if g_plv is not None:
+        torch.mul(neg_gplv, -1.0, out=g_plv)
+    torch.sum(half_lv_diff.add_(neg_gplv), -1, out=kl)
+
+
+def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
+    """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) from dz and the KL's grad_output ``g_kl`` (either
+    may be None: that output was not used): ``dmu_q = dz + g_kl dKL/dmu_q``,
+    ``dlogvar_q = 0.5 dz exp(logvar/2) eps + g_kl dKL/dlogvar_q``, and the prior's from the
+    KL alone, per row (B, N). Empty placeholders where ``needs`` says not needed."""
+    batch, n = logvar.shape
+    outs = [grad_buffer(logvar, need, logvar.shape) for need in needs]
+    gk = None if g_kl is None else g_kl.unsqueeze(-1)
+    for i, j in row_chunks(batch, n):
+        d_mu, d_lv, d_pm, d_plv = (None if o is None else o[i:j] for o in outs)
+        dzc = None if dz is None else dz[i:j]
+        gkc = None if gk is None else gk[i:j]
+        if d_mu is not None:
+            _sum_into(d_mu, dzc, gkc, g_mu, i, j)
+        if d_lv is not None:
+            h = None
+            if dzc is not None:  # 0.5 * dz * exp(logvar / 2) * eps
+                h = torch.mul(logvar[i:j], 0.5).exp_().mul_(noise[i:j]).mul_(dzc).mul_(0.5)
+            _sum_into(d_lv, h, gkc, g_lv, i, j)
+        if d_pm is not None:
+            _sum_into(d_pm, None, gkc, g_mu, i, j, sign=-1.0)
+        if d_plv is not None:
+            _sum_into(d_plv, None, gkc, g_plv, i, j)
+    return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+
+
+def _sum_into(out, base, gk, g, i, j, sign=1.0):
+    """out = base + sign * gk * g[i:j] (a missing term counts as 0)."""
+    if gk is None:
+        out.copy_(base) if base is not None else out.zero_()
+    elif base is None:
+        torch.mul(g[i:j], gk if sign == 1.0 else -gk, out=out)
+    else:
+        torch.addcmul(base, gk, g[i:j], value=sign, out=out)

@@ -1,0 +1,29 @@
+"""Which function computes an op (the backend's fused op or the reference), shared by the
+public functions of ``fastvae.functional`` and ``fastvae.gaussians``."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from . import backends, ops, reference
+
+
+def run(backend, device, op: str):
+    """The function that computes ``op``: the reference for "reference", and under a
+    ``torch.func`` transform (whose every order and batching rule autograd-built math
+    has), else the fused op of the selected backend."""
+    name = backends.select(backend, device)
+    if ops.functorch_active():
+        name = "reference"
+    backends.mark_used(name)
+    if name == "reference":
+        return getattr(reference, op)
+    return functools.partial(getattr(ops, op), backend=name)
+
+
+def check_generator(generator, device) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, tensors on {device}")

@@ -1,0 +1,83 @@
+"""The public ops between two diagonal Gaussians: ``kl_normal`` and ``sample_with_kl``
+(re-exported by ``fastvae.functional``): validate once, pick the backend, call it."""
+from __future__ import annotations
+
+from . import validation as V
+from .dispatch import check_generator as _check_generator
+from .dispatch import run as _run
+
+
+def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
+    """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
+    (None, ``(N,)`` or ``(B, N)``), and the device."""
+    V.check_tensor("mu_q", mu_q)
+    V.check_tensor("logvar_q", logvar_q)
+    if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
+        raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got {tuple(mu_q.shape)} "
+                         f"and {tuple(logvar_q.shape)}")
+    pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q")
+    plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q")
+    device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
+    V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
+                   logvar_p=plv)
+    b, n = mu_q.shape[0], mu_q.shape[1:].numel()  # not reshape(b, -1): ambiguous when B == 0
+    return mu_q.reshape(b, n), logvar_q.reshape(b, n), pm, plv, device
+
+
+def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
+    r"""Per-sample ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` between diagonal
+    Gaussians, summed over every non-batch dimension:
+
+    ``0.5 * sum (lv_p - lv_q + exp(lv_q - lv_p) + (d * exp(-lv_p / 2))^2 - 1)``,
+    ``d = mu_q - mu_p`` (the stable forms: float32 at log-variances of +-80 stays finite
+    wherever the KL is). With ``mu_p = logvar_p = 0`` it is :func:`kl_standard_normal`.
+
+    Args:
+        mu_q, logvar_q: ``(B, *)`` posterior (any shape, e.g. ``(B, C, H, W)`` latents).
+        mu_p, logvar_p: the prior: numbers, or tensors broadcastable to mu_q's shape
+            (their gradients are summed over the broadcast dimensions).
+        backend, validate: as in :func:`reparameterize`.
+
+    Gradients: ``dKL/dmu_q = d exp(-lv_p) = -dKL/dmu_p``, ``dKL/dlogvar_q =
+    0.5 (exp(lv_q - lv_p) - 1)``, ``dKL/dlogvar_p = 0.5 (1 - exp(lv_q - lv_p) - d^2
+    exp(-lv_p))``. Returns ``(B,)``, float64 when any input is, else float32.
+    """
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
+    return _run(backend, device, "kl_normal")(mu2, lv2, pm, plv)
+
+
+def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, backend=None,
+                   validate=None):
+    r"""Draw ``z = mu_q + exp(0.5 * logvar_q) * eps`` and compute
+    ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` per sample, in one fused op:
+    the per-group step of a hierarchical VAE (one launch forward, one backward on the
+    Triton backend).
+
+    Args:
+        mu_q, logvar_q: ``(B, *)`` posterior, one dtype.
+        mu_p, logvar_p: the prior, as in :func:`kl_normal`; both None (the default) is
+            N(0, I).
+        generator, backend, validate: as in :func:`reparameterize`.
+
+    Seeds: eps is drawn exactly as :func:`reparameterize` draws it on the same backend
+    (``torch.randn`` of mu_q's shape on "torch" and "reference"; on "triton" one int64
+    Philox seed from ``torch.randint`` and the same counter layout, element by element
+    in the row-major order of mu_q), so after ``torch.manual_seed(s)`` (or with equally
+    seeded generators) ``z`` equals ``reparameterize(mu_q.flatten(1),
+    logvar_q.flatten(1)).reshape(mu_q.shape)`` bit for bit.
+
+    Gradients: ``dmu_q = dz + g_kl dKL/dmu_q``, ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps +
+    g_kl dKL/dlogvar_q``, the prior's from the KL alone (:func:`kl_normal`), where
+    ``g_kl`` is the KL's grad_output. No noise tensor is saved on "triton" (eps is
+    regenerated from the seed in backward).
+
+    Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
+    any input is, else float32).
+    """
+    if mu_q.dtype != logvar_q.dtype:
+        raise TypeError(f"mu_q and logvar_q must share a dtype, got {mu_q.dtype} and "
+                        f"{logvar_q.dtype}")
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
+    _check_generator(generator, device)
+    z, kl = _run(backend, device, "sample_with_kl")(mu2, lv2, pm, plv, generator)
+    return z.reshape(mu_q.shape), kl

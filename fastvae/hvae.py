@@ -1,0 +1,252 @@
+"""A hierarchical VAE (top-down inference, Ladder VAE / VDVAE style) built on
+:func:`fastvae.sample_with_kl`.
+
+Architecture, for ``(C, H, W)`` images and ``channels = (c_1, ..., c_S)``:
+
+* bottom-up (deterministic): a 3x3 stem, then per stage ``s`` a stride-2 convolution to
+  ``c_s`` channels at ``ceil(H / 2^s)`` and a residual block; the stage's output ``f_s``
+  is what the posterior sees at that resolution.
+* top-down (generative and inference at once): a learned state ``h`` at the coarsest
+  resolution; per stage, from coarse to fine, ``groups`` stochastic groups, then an
+  upsampling (nearest, and a 1x1 convolution to the next stage's width); finally an
+  upsampling to ``H x W``, a residual block and a 3x3 convolution to the decoder output
+  (logits, or the mean for "gaussian").
+* one group ``i``: prior ``p(z_i | z_>i) = N(mu_p, exp(logvar_p))`` from ``h``, posterior
+  ``q(z_i | x, z_>i) = N(mu_q, exp(logvar_q))`` from ``h`` and ``f_s`` (as a residual on
+  the prior's parameters, NVAE's choice: a group starts with a KL near 0), both
+  ``latent_channels`` maps at the stage's resolution; ``z_i, KL_i =
+  sample_with_kl(mu_q, logvar_q, mu_p, logvar_p)`` (one fused op: in a training step the
+  sampling and the KL of a group cost one launch forward and one backward on a GPU);
+  ``h <- res(h + conv1x1(z_i))``.
+
+ELBO per sample: ``log p(x | z) - sum_i KL_i``; each ``KL_i`` is the analytic KL of the
+group given the sampled ``z_>i`` (so its expectation is the hierarchical KL term).
+
+**Bounded parameterization.** Every mean and log-standard-deviation the network emits
+goes through NVAE's soft clamp ``5 * tanh(x / 5)`` (Vahdat & Kautz 2020): means in
+(-5, 5), log-variances in (-10, 10). Why: the log-variance enters ``exp`` in the
+sample, the KL and its gradients; unbounded, one large step sends it to where ``exp``
+overflows (or the KL's ``exp(-logvar_p)`` does), the loss turns NaN, and the run is
+lost - the most reported VAE failure (pythae, NVAE and AntixK/PyTorch-VAE issues). A
+hard ``clamp`` would stop the gradient at the bound; ``tanh`` is the identity near 0,
+smooth and never flat. ``exp(10)`` is far inside float16's range, so the bound also
+holds under mixed precision.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .functional import elbo as _elbo
+from .functional import gaussian_log_prob, reparameterize, sample_with_kl
+from .observation import ObservationModel
+
+BOUND = 5.0  # the soft clamp of means and log-standard-deviations
+
+
+def soft_clamp(x: torch.Tensor, bound: float = BOUND) -> torch.Tensor:
+    """``bound * tanh(x / bound)``: the identity near 0, smoothly bounded in (-bound, bound)."""
+    return bound * torch.tanh(x / bound)
+
+
+def gaussian_params(raw: torch.Tensor):
+    """A ``2k``-channel map -> (mean, log-variance) of ``k`` channels, bounded."""
+    mu, log_sigma = raw.chunk(2, dim=1)
+    return soft_clamp(mu), 2.0 * soft_clamp(log_sigma)
+
+
+class _Res(nn.Module):
+    """``x + conv(act(conv(act(x))))`` at one width and resolution."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.a = nn.Conv2d(width, width, 3, padding=1)
+        self.b = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.b(F.silu(self.a(F.silu(x))))
+
+
+class _Group(nn.Module):
+    """One stochastic group: its prior from ``h``, its posterior from ``h`` and the
+    bottom-up features, and the update of ``h`` by the sampled ``z``."""
+
+    def __init__(self, width: int, z_channels: int):
+        super().__init__()
+        self.prior = nn.Conv2d(width, 2 * z_channels, 3, padding=1)
+        self.posterior = nn.Conv2d(2 * width, 2 * z_channels, 3, padding=1)
+        self.z_in = nn.Conv2d(z_channels, width, 1)
+        self.res = _Res(width)
+
+    def prior_params(self, h):
+        return gaussian_params(self.prior(F.silu(h)))
+
+    def posterior_params(self, h, f):
+        return gaussian_params(self.posterior(F.silu(torch.cat([h, f], 1))))
+
+    def update(self, h, z):
+        return self.res(h + self.z_in(z))
+
+
+class HierarchicalVAE(ObservationModel):
+    """Top-down hierarchical VAE for ``(C, H, W)`` images (see the module docstring).
+
+    Args:
+        data_shape: ``(C, H, W)``.
+        latent_channels: channels of every group's latent map.
+        channels: width of each stage, fine to coarse; one resolution per stage (stage
+            ``s`` at ``ceil(H / 2^s)``).
+        groups: stochastic groups per stage (the default 2 stages x 2 groups: 4 groups
+            at two resolutions).
+        likelihood: as in :class:`fastvae.models.VAE`.
+
+    ``forward(x)`` -> ``(recon, kl)`` with ``kl`` of shape ``(groups total, B)``, top
+    group first; :meth:`elbo`, :meth:`sample`, :meth:`reconstruct` and :meth:`iwae_nll`
+    as for the other models.
+    """
+
+    hierarchical = True
+
+    def __init__(self, data_shape=(1, 8, 8), latent_channels=8, channels=(32, 64), groups=2,
+                 likelihood="bernoulli"):
+        super().__init__(data_shape, likelihood)
+        if len(self.data_shape) != 3:
+            raise ValueError(f"HierarchicalVAE needs (C, H, W) data, got {self.data_shape}")
+        if groups < 1 or not channels:
+            raise ValueError("HierarchicalVAE needs at least one stage and one group per stage")
+        c, h, w = self.data_shape
+        self.channels, self.groups_per_stage = tuple(int(ch) for ch in channels), int(groups)
+        self.latent_channels = int(latent_channels)
+        sizes = [(h, w)]
+        for _ in self.channels:
+            sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+        self.sizes = sizes
+        self.stem = nn.Conv2d(c, self.channels[0], 3, padding=1)
+        downs, ups, stages = [], [], []
+        width = self.channels[0]
+        for ch in self.channels:
+            downs.append(nn.Sequential(nn.Conv2d(width, ch, 3, stride=2, padding=1), _Res(ch)))
+            width = ch
+        for s in reversed(range(len(self.channels))):  # top-down: coarse to fine
+            stages.append(nn.ModuleList(_Group(self.channels[s], self.latent_channels)
+                                        for _ in range(self.groups_per_stage)))
+            ups.append(nn.Conv2d(self.channels[s], self.channels[max(s - 1, 0)], 1))
+        self.down, self.stages, self.up = nn.ModuleList(downs), nn.ModuleList(stages), \
+            nn.ModuleList(ups)
+        self.h_top = nn.Parameter(torch.zeros(1, self.channels[-1], *sizes[-1]))
+        self.out = nn.Sequential(_Res(self.channels[0]), nn.SiLU(),
+                                 nn.Conv2d(self.channels[0], c, 3, padding=1))
+        # latent dims per sample, top group first
+        self.group_dims = [self.latent_channels * sizes[s + 1][0] * sizes[s + 1][1]
+                           for s in reversed(range(len(self.channels)))
+                           for _ in range(self.groups_per_stage)]
+        self.latent_dim = sum(self.group_dims)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_dims)
+
+    # -- the two passes ---------------------------------------------------------------
+    def _bottom_up(self, x):
+        """The posterior's features per stage, coarsest first (the top-down order)."""
+        f = self.stem(x)
+        feats = []
+        for down in self.down:
+            f = down(f)
+            feats.append(f)
+        return feats[::-1]
+
+    def _top_down(self, batch, feats, draw):
+        """Run the top-down path; ``draw(q, p)`` returns ``(z, stat)`` for one group from
+        its posterior ``q`` (``(mu, logvar)``, None without features) and prior ``p``.
+        Returns the decoder output and the list of stats, top group first."""
+        h = self.h_top.expand(batch, -1, -1, -1)
+        stats = []
+        for s, groups in enumerate(self.stages):
+            for group in groups:
+                p = group.prior_params(h)
+                q = None if feats is None else group.posterior_params(h, feats[s])
+                z, stat = draw(q, p)
+                stats.append(stat)
+                h = group.update(h, z.to(h.dtype))
+            size = self.sizes[len(self.stages) - s - 1]  # the next finer resolution
+            h = self.up[s](F.interpolate(h, size=size, mode="nearest"))
+        return self.out(h), stats
+
+    # -- public API ---------------------------------------------------------------------
+    def forward(self, x, generator=None, backend=None):
+        """``x (B, C, H, W)`` -> ``(recon, kl)``: the decoder output of one posterior draw
+        and each group's KL ``(groups, B)``, top group first (:func:`sample_with_kl`)."""
+        def draw(q, p):
+            return sample_with_kl(*q, *p, generator=generator, backend=backend)
+        recon, kls = self._top_down(x.shape[0], self._bottom_up(x), draw)
+        return recon, torch.stack(kls)
+
+    def log_px(self, x, recon, backend=None):
+        """``log p(x | z)`` per sample, ``(B,)``: :func:`fastvae.elbo` with no latents."""
+        none = x.new_zeros(x.shape[0], 0)
+        return _elbo(x, recon, none, none, likelihood=self.likelihood, obs_logvar=self._obs(),
+                     reduction="none", backend=backend)
+
+    def elbo(self, x, beta=1.0, reduction="mean", generator=None, backend=None):
+        """``log p(x|z) - beta * sum_i KL_i`` of one posterior draw, reduced like
+        :func:`fastvae.elbo` ("mean", "sum" or "none")."""
+        recon, kl = self(x, generator=generator, backend=backend)
+        per_sample = self.log_px(x, recon, backend) - beta * kl.sum(0)
+        if reduction == "none":
+            return per_sample
+        return per_sample.sum() if reduction == "sum" else per_sample.mean()
+
+    @torch.no_grad()
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        """``n`` images from the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down (the mean)."""
+        def draw(q, p):
+            mu, logvar = p
+            z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator)
+            return z.reshape(mu.shape), None
+        return self.mean(self._top_down(n, None, draw)[0])
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean with every group at its posterior mean (deterministic)."""
+        return self.mean(self._top_down(x.shape[0], self._bottom_up(x),
+                                        lambda q, p: (q[0], None))[0])
+
+    @torch.no_grad()
+    def iwae_nll(self, x: torch.Tensor, k: int = 1000, chunk_size=None, generator=None,
+                 backend=None) -> torch.Tensor:
+        """Per-sample importance-sampled NLL estimate ``-L_K`` (nats), ``(B,)``, from the
+        per-group log-densities: ``log w_k = log p(x|z_k) + sum_i (log p(z_i | z_>i) -
+        log q(z_i | x, z_>i))`` (each by :func:`fastvae.gaussian_log_prob`), ``L_K =
+        logsumexp_k log w_k - log K``. The bottom-up pass runs once; the K top-down
+        passes ``chunk_size`` at a time (default: about 2^20 latent values per chunk)."""
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        batch = x.shape[0]
+        if chunk_size is None:
+            chunk_size = max(1, (1 << 20) // max(1, batch * max(self.latent_dim, 1)))
+        chunk_size = max(1, min(int(chunk_size), k))
+        feats = self._bottom_up(x)
+
+        def draw(q, p):
+            z, _ = sample_with_kl(*q, generator=generator, backend=backend)
+            flat = [t.flatten(1) for t in (z, *q, *p)]
+            log_q = gaussian_log_prob(flat[0], flat[1], flat[2], backend=backend)
+            log_p = gaussian_log_prob(flat[0], flat[3], flat[4], backend=backend)
+            return z, log_p - log_q
+
+        log_ws, done = [], 0
+        while done < k:
+            kc = min(chunk_size, k - done)
+            rep = [f.repeat(kc, 1, 1, 1) for f in feats]  # sample-major: row j*B + b
+            xs = x.repeat(kc, *([1] * (x.dim() - 1)))
+            recon, stats = self._top_down(kc * batch, rep, draw)
+            log_w = self.log_px(xs, recon, backend).double() + torch.stack(stats).sum(0).double()
+            log_ws.append(log_w.reshape(kc, batch))
+            done += kc
+        lse = torch.logsumexp(torch.cat(log_ws), dim=0) - math.log(k)
+        return -lse.float()

@@ -1,0 +1,54 @@
+"""``fastvae::kl_normal``: per-row KL between diagonal Gaussians as a custom op."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends, reference
+from .._dtypes import result_dtype
+from . import _autograd as A
+
+
+def _kl_normal_fwd(mu_q: Tensor, logvar_q: Tensor, mu_p: Optional[Tensor],
+                   logvar_p: Optional[Tensor], needs: List[bool], backend: str
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(backends.get(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs))
+
+
+_op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_fwd)
+
+
+@_op.register_fake
+def _(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
+    grads = [A.grad_like(t, n, mu_q, mu_q.shape)
+             for t, n in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
+    return (mu_q.new_empty(mu_q.shape[:1], dtype=result_dtype(mu_q, logvar_q, mu_p, logvar_p)),
+            *grads)
+
+
+def _setup(ctx, inputs, output):
+    A.save_grads(ctx, output[1:], needs_=inputs[4], backend=inputs[5], inputs=inputs[:4])
+    ctx.sum_to = [None if t is None else t.shape for t in inputs[2:4]]
+
+
+def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
+    g = [A.weigh(t if n else None, grad_out, 0) for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    return (g[0], g[1], A.to_shape(g[2], ctx.sum_to[0]), A.to_shape(g[3], ctx.sum_to[1]),
+            None, None)
+
+
+def _higher_order(ctx, grad_out, *_):
+    inputs = A.kept_inputs(ctx, "kl_normal")
+    value = reference.kl_normal(*inputs)
+    return (*A.recompute_grads(value, inputs, ctx.needs, grad_out), None, None)
+
+
+_kl_normal = A.Fused(_op, _kl_normal_fwd, _setup, A.with_higher_order(_backward, _higher_order))
+
+
+def kl_normal(mu_q, logvar_q, mu_p, logvar_p, *, backend):
+    """(N, L) posterior, prior None / (L,) / (N, L) -> (N,)."""
+    return _kl_normal(mu_q, logvar_q, mu_p, logvar_p, A.needs(mu_q, logvar_q, mu_p, logvar_p),
+                      backend)[0]

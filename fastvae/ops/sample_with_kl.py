@@ -1,0 +1,119 @@
+"""``fastvae::sample_with_kl``: ``z = mu_q + exp(0.5*logvar_q) * eps`` and the per-row
+``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` in one op, the same on every
+backend; ``fastvae::sample_with_kl_bwd`` is its backward, an op of its own so that
+torch.compile traces the Triton backward kernel as one node.
+
+The noise is drawn first, outside the op, by the backend's ``reparameterize_noise``
+(eps on "torch", a Philox seed on "triton"), exactly as ``reparameterize`` draws it:
+the same seed gives the same z. The forward also returns the KL's gradients, and only
+those are saved with the noise and a reference to logvar_q (``dKL/dmu_p = -dKL/dmu_q``
+is saved once). Backward: ``dmu_q = dz + g_kl dKL/dmu_q``,
+``dlogvar_q = 0.5 dz exp(logvar_q/2) eps + g_kl dKL/dlogvar_q``, the prior's from the
+KL alone (per row, then summed over rows for a prior shared by every row).
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from .. import backends, reference
+from .._dtypes import result_dtype
+from . import _autograd as A
+
+
+def _sample_with_kl_fwd(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
+                        prior_logvar: Optional[Tensor], noise: Tensor, needs: List[bool],
+                        backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(backends.get(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar,
+                                                          noise, needs))
+
+
+_op = torch.library.custom_op("fastvae::sample_with_kl", mutates_args=())(_sample_with_kl_fwd)
+
+
+@_op.register_fake
+def _(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
+    return (mu.new_empty(mu.shape),
+            mu.new_empty(mu.shape[:1], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar)),
+            A.grad_like(mu, needs[0] or needs[2], mu), A.grad_like(logvar, needs[1], mu),
+            A.grad_like(prior_logvar, needs[3], mu, mu.shape))
+
+
+@torch.library.custom_op("fastvae::sample_with_kl_bwd", mutates_args=())
+def _bwd_op(dz: Optional[Tensor], g_kl: Optional[Tensor], logvar: Tensor, noise: Tensor,
+            g_mu: Tensor, g_lv: Tensor, g_plv: Tensor, needs: List[bool], backend: str
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dmu_q, dlogvar_q, dmu_p, dlogvar_p), each (B, N) or an empty placeholder."""
+    return tuple(backends.get(backend).sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv,
+                                                          g_plv, needs))
+
+
+@_bwd_op.register_fake
+def _(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, backend):
+    return tuple(logvar.new_empty(logvar.shape if n else (0,)) for n in needs)
+
+
+def _setup(ctx, inputs, output):
+    mu, logvar, prior_mu, prior_logvar, noise, needs, backend = inputs
+    ctx.set_materialize_grads(False)  # z or the KL may go unused: their grads stay None
+    ctx.needs, ctx.backend = list(needs), backend
+    # logvar is the caller's tensor and noise eps or a seed: saved only where dlogvar_q needs them
+    ctx.save_for_backward(logvar if needs[1] else None, noise if needs[1] else None, *output[2:])
+    ctx.like = [None if t is None else (t.shape, t.dtype)
+                for t in (mu, logvar, prior_mu, prior_logvar)]
+    A.keep_inputs(ctx, inputs[:5])
+
+
+def _finish(ctx, grads):
+    """Each gradient in its input's dtype, a shared prior's summed over rows."""
+    out = []
+    for g, need, like in zip(grads, ctx.needs, ctx.like):
+        if not need:
+            out.append(None)
+            continue
+        g = A.to_shape(g, like[0])
+        out.append(g if g.dtype == like[1] else g.to(like[1]))
+    return (*out, None, None, None)
+
+
+def _backward(ctx, dz, g_kl, *_):
+    logvar, noise, g_mu, g_lv, g_plv = ctx.saved_tensors
+    if logvar is None:
+        logvar = g_mu if ctx.needs[0] or ctx.needs[2] else g_plv  # for its shape only
+    args = (dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, ctx.needs)
+    if A.plain_eager((dz, g_kl, logvar)):
+        grads = backends.get(ctx.backend).sample_with_kl_bwd(*args)
+    else:
+        grads = _bwd_op(*args, ctx.backend)
+    return _finish(ctx, list(grads))
+
+
+def _higher_order(ctx, dz, g_kl, *_):
+    """The same gradients as differentiable functions: z and the KL rebuilt from the same
+    eps (``reparameterize_std_eps``) and the reference KL."""
+    mu, logvar, prior_mu, prior_logvar, noise = A.kept_inputs(ctx, "sample_with_kl")
+    value = 0.0
+    if dz is not None:
+        with torch.no_grad():
+            std_eps = backends.get(ctx.backend).reparameterize_std_eps(logvar, noise, 0)
+        z = mu + std_eps * torch.exp(0.5 * (logvar - logvar.detach()))
+        value = (z * dz).sum()
+    if g_kl is not None:
+        value = value + (reference.kl_normal(mu, logvar, prior_mu, prior_logvar) * g_kl).sum()
+    grads = A.recompute_grads(value, (mu, logvar, prior_mu, prior_logvar), ctx.needs,
+                              torch.ones_like(value))
+    return (*grads, None, None, None)
+
+
+_sample_with_kl = A.Fused(_op, _sample_with_kl_fwd, _setup,
+                          A.with_higher_order(_backward, _higher_order))
+
+
+def sample_with_kl(mu, logvar, prior_mu, prior_logvar, generator, *, backend):
+    """(z (B, N), KL per row (B,)); prior None / (N,) / (B, N)."""
+    noise = backends.get(backend).reparameterize_noise(mu, 0, generator)
+    needs = A.needs(mu, logvar, prior_mu, prior_logvar)
+    out = _sample_with_kl(mu, logvar, prior_mu, prior_logvar, noise, needs, backend)
+    return out[0], out[1]

@@ -1,0 +1,181 @@
+"""The hierarchical VAE (fastvae.models.HierarchicalVAE) and ``fastvae train --model hvae``:
+shapes at several image sizes, the ELBO as the sum of its parts (log p(x|z) minus each
+group's KL, that KL being kl_normal of the group's posterior and prior), the bounded
+parameterization, the IWAE estimate from per-group log-densities, and the run: it
+learns, writes per-group KLs, resumes bit for bit on CPU, round-trips its checkpoint
+through eval and sample, and refuses settings it cannot train with."""
+import json
+
+import pytest
+import torch
+
+import fastvae
+from fastvae import cli
+from fastvae import train as T
+from fastvae.checkpoint import load_checkpoint
+from fastvae.hvae import soft_clamp
+from fastvae.models import HierarchicalVAE, build_model
+
+
+def small(shape=(1, 8, 8), **kw):
+    torch.manual_seed(0)
+    return HierarchicalVAE(shape, **{"latent_channels": 3, "channels": (8, 12), **kw})
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 7, 9)])
+def test_shapes_and_api(shape):
+    model = small(shape, groups=2)
+    x = torch.rand(5, *shape)
+    recon, kl = model(x)
+    assert recon.shape == x.shape and kl.shape == (model.num_groups, 5) == (4, 5)
+    assert (kl >= 0).all()
+    assert len(model.group_dims) == 4 and model.latent_dim == sum(model.group_dims)
+    assert model.sample(3).shape == (3, *shape)
+    rec = model.reconstruct(x)
+    assert rec.shape == x.shape and 0 <= float(rec.min()) and float(rec.max()) <= 1
+    assert model.elbo(x).shape == () and model.elbo(x, reduction="none").shape == (5,)
+    assert model.iwae_nll(x, k=3).shape == (5,)
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        HierarchicalVAE((64,))
+
+
+def test_elbo_is_the_sum_of_its_parts():
+    """elbo = log p(x|z) - sum_i KL_i for one draw, and KL_i is kl_normal of group i's
+    posterior and prior (the tensors the model fed sample_with_kl)."""
+    model = small(groups=2, likelihood="gaussian")
+    x = torch.rand(6, 1, 8, 8)
+    seen = []
+
+    def draw(q, p):
+        z, kl = fastvae.sample_with_kl(*q, *p)
+        seen.append((q, p, kl))
+        return z, kl
+
+    torch.manual_seed(3)
+    recon, kls = model._top_down(6, model._bottom_up(x), draw)
+    torch.manual_seed(3)
+    e = model.elbo(x, reduction="none")
+    want = model.log_px(x, recon) - torch.stack(kls).sum(0)
+    torch.testing.assert_close(e, want)
+    rec = fastvae.gaussian_log_prob(x.flatten(1), recon.flatten(1),
+                                    model.obs_logvar.expand_as(x).flatten(1))
+    torch.testing.assert_close(model.log_px(x, recon), rec, rtol=1e-5, atol=1e-4)
+    for q, p, kl in seen:
+        torch.testing.assert_close(kl, fastvae.kl_normal(*q, *p, backend="reference"))
+    # the same draws on the eager reference: the fused ops change nothing
+    torch.manual_seed(3)
+    e_ref = model.elbo(x, reduction="none", backend="reference")
+    torch.testing.assert_close(e, e_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_bounded_parameterization_keeps_everything_finite():
+    """Means in (-5, 5), log-variances in (-10, 10) whatever the weights: an exploding
+    layer cannot send exp(logvar) to inf (the NaN the docs warn about)."""
+    torch.testing.assert_close(soft_clamp(torch.tensor([0.0, 1e-3, 1e9, -1e9])),
+                               torch.tensor([0.0, 1e-3, 5.0, -5.0]))
+    model = small()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e4)
+    x = torch.rand(4, 1, 8, 8)
+    seen = []
+    model._top_down(4, model._bottom_up(x),
+                    lambda q, p: seen.append((q, p)) or fastvae.sample_with_kl(*q, *p))
+    for q, p in seen:
+        for mu, lv in (q, p):
+            assert mu.abs().max() <= 5 and lv.abs().max() <= 10
+    recon, kl = model(x)
+    assert torch.isfinite(kl).all()
+
+
+def test_iwae_estimate_is_a_tighter_bound():
+    model = small()
+    x = torch.rand(8, 1, 8, 8).round()
+    torch.manual_seed(0)
+    elbo = torch.stack([model.elbo(x, reduction="none") for _ in range(20)]).mean(0)
+    nll = model.iwae_nll(x, k=64, chunk_size=16, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(nll).all()
+    assert (-nll).mean() >= elbo.mean() - 0.05
+    with pytest.raises(ValueError, match="k must be"):
+        model.iwae_nll(x, k=0)
+
+
+def test_build_model_from_config():
+    m = build_model({"model": "hvae", "data_shape": [1, 8, 8], "latent": 2, "channels": [4, 8],
+                     "groups": 3})
+    assert isinstance(m, HierarchicalVAE) and m.num_groups == 6 and m.latent_channels == 2
+
+
+def hvae_cfg(out, **kw):
+    cfg = dict(out=str(out), model="hvae", epochs=2, latent=2, channels=[8, 12], groups=2,
+               batch_size=128, lr=3e-3, iwae_k=4, progress=False)
+    cfg.update(kw)
+    return cfg
+
+
+def quiet(*args, **kw):
+    pass
+
+
+def test_trains_and_reports_every_group(tmp_path):
+    out = tmp_path / "run"
+    m = T.train(hvae_cfg(out, epochs=3), log=quiet)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["final"]["test_elbo"] > saved["initial_test"]["elbo"] + 5
+    for e in saved["epochs"]:
+        for split in ("train", "test"):
+            groups = e[split]["kl_groups"]
+            assert len(groups) == 4 and all(g >= 0 for g in groups)
+            assert sum(groups) == pytest.approx(e[split]["kl"], rel=1e-6, abs=1e-6)
+            assert e[split]["elbo"] == pytest.approx(e[split]["rec"] - e[split]["kl"])
+    assert len(saved["final"]["test_kl_groups"]) == 4
+    assert 0 < saved["final"]["test_iwae_nll"] < -saved["initial_test"]["elbo"]
+    for name in ("checkpoint.pt", "curves.png", "samples.png", "reconstructions.png"):
+        assert (out / name).stat().st_size > 0
+    assert not (out / "latent.png").exists()
+    assert m["final"] == saved["final"]
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    T.train(hvae_cfg(tmp_path / "straight", iwae_k=0), log=quiet)
+    T.train(hvae_cfg(tmp_path / "split", epochs=1, iwae_k=0), log=quiet)
+    T.train(hvae_cfg(tmp_path / "split", resume=True, iwae_k=0), log=quiet)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["test"] for h in a["history"]] == [h["test"] for h in b["history"]]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+def test_checkpoint_round_trip_through_eval_and_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "hvae", "--epochs", "1", "--latent", "2",
+                     "--channels", "8", "12", "--groups", "1", "--batch-size", "128",
+                     "--iwae-k", "0", "--no-progress", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "training hvae VAE" in out
+    assert cli.main(["eval", str(run), "--k", "3", "--limit", "20", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert len(m["kl_groups"]) == 2 and m["iwae_nll"] > 0
+    assert m["elbo"] == pytest.approx(json.loads((run / "metrics.json").read_text())
+                                      ["epochs"][0]["test"]["elbo"], abs=2.0)
+    assert cli.main(["eval", str(run), "--k", "2", "--limit", "10"]) == 0
+    assert "KL per group" in capsys.readouterr().out
+    png = tmp_path / "s.png"
+    assert cli.main(["sample", str(run), "--n", "6", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_settings_it_cannot_train_with(tmp_path, capsys):
+    args = ["train", "--model", "hvae", "--epochs", "1", "--no-progress",
+            "--out", str(tmp_path / "r")]
+    assert cli.main([*args, "--kl", "mc"]) == 2
+    assert "analytic KL" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main([*args, "--groups", "0"])
+    assert e.value.code == 2 and "--groups" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="groups"):
+        T.train(hvae_cfg(tmp_path / "r", groups=0), log=quiet)
+    assert not (tmp_path / "r").exists()

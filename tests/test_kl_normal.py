@@ -1,0 +1,191 @@
+"""fastvae.kl_normal on every backend (the ``backend`` fixture): the KL between diagonal
+Gaussians, value and all four gradients against the float64 textbook formula and
+``torch.distributions.kl_divergence(Normal, Normal)``, for any ``(B, *)`` shape and
+every broadcast pattern of the prior, at extreme log-variances (+-80, where
+``exp(lv_q) * exp(-lv_p)`` overflows float32), in low precision, on empty inputs, under
+gradcheck, and its errors.
+
+Launch counts and what autograd saves on Triton: tests/test_triton_backend.py.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import fastvae
+import _formulas as F
+from _backends import case_dtype
+from _compare import assert_close, grads, leaf
+
+F64 = torch.float64
+
+# prior layout -> its shape for a (B, C, H, W) posterior (None: a Python number)
+PRIORS = {"number": None, "0-d": (), "trailing (W,)": (-1,), "channel (1,C,1,1)": (1, -2, 1, 1),
+          "per-sample (B,1,1,1)": (-4, 1, 1, 1), "full": (-4, -2, -3, -1), "(C,H,W)": (-2, -3, -1)}
+
+
+def prior_tensor(kind, shape, dtype, scale=1.0, shift=0.0):
+    if PRIORS[kind] is None:
+        return 0.7 * scale + shift
+    b, c, h, w = shape
+    dims = {-1: w, -2: c, -3: h, -4: b}
+    sizes = [dims.get(s, s) for s in PRIORS[kind]]
+    return leaf(torch.randn(sizes, dtype=dtype) * scale + shift)
+
+
+def distributions_kl(mu_q, lv_q, mu_p, lv_p):
+    """torch.distributions' KL in float64, summed per sample."""
+    as64 = lambda t: t.detach().double() if isinstance(t, torch.Tensor) else torch.tensor(  # noqa: E731
+        float(t), dtype=F64)
+    q = Normal(as64(mu_q), torch.exp(0.5 * as64(lv_q)))
+    p = Normal(as64(mu_p), torch.exp(0.5 * as64(lv_p)))
+    kl = kl_divergence(q, p).expand(mu_q.shape)
+    return kl.reshape(mu_q.shape[0], -1).sum(-1)
+
+
+@pytest.mark.parametrize("kind", list(PRIORS))
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 3, 4, 7), (2, 16, 8, 8), (33, 2, 1, 3)])
+def test_matches_formula_every_broadcast(seed, backend, kind, shape):
+    dt = case_dtype(backend)
+    mu, lv = leaf(torch.randn(shape, dtype=dt) * 2), leaf(torch.randn(shape, dtype=dt) * 2)
+    pm, plv = prior_tensor(kind, shape, dt, 2.0), prior_tensor(kind, shape, dt, 1.5)
+    got = fastvae.kl_normal(mu, lv, pm, plv, backend=backend)
+    assert fastvae.last_backend() == backend
+    assert got.shape == shape[:1] and got.dtype == (F64 if dt == F64 else torch.float32)
+    want = F.kl_normal_dim(mu, lv, pm, plv).expand(shape).reshape(shape[0], -1).sum(-1)
+    assert_close("kl", got, want, dt, rtol={F64: 1e-12})
+    assert_close("kl vs torch.distributions", got, distributions_kl(mu, lv, pm, plv), dt,
+                 rtol={F64: 1e-12})
+    ins = [t for t in (mu, lv, pm, plv) if isinstance(t, torch.Tensor)]
+    w = torch.randn(shape[0], dtype=F64)
+    for name, g, e in zip(("mu_q", "logvar_q", "mu_p", "logvar_p"), grads(got, ins, w),
+                          grads(want, ins, w)):
+        assert g.dtype == dt
+        assert_close(f"d kl / d {name}", g, e, dt, rtol={F64: 1e-11})
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 9), (3, 1003), (257, 33)])
+def test_any_rank_and_standard_normal_prior(seed, backend, shape):
+    """(B,) and (B, L) posteriors; with mu_p = logvar_p = 0 it is kl_standard_normal."""
+    dt = case_dtype(backend)
+    mu, lv = torch.randn(shape, dtype=dt), torch.randn(shape, dtype=dt)
+    got = fastvae.kl_normal(mu, lv, 0.0, 0.0, backend=backend)
+    flat = (shape[0], -1)
+    want = fastvae.kl_standard_normal(mu.reshape(flat), lv.reshape(flat), backend="reference")
+    assert_close("kl", got, want, dt)
+    zero = torch.zeros_like(mu)
+    assert_close("tensor zeros", fastvae.kl_normal(mu, lv, zero, zero, backend=backend), want, dt)
+    assert torch.equal(fastvae.kl_normal(mu, lv, mu, lv, backend=backend), torch.zeros(shape[0],
+                                                                                      dtype=want.dtype))
+
+
+EXTREME = [-88.0, -80.0, -40.0, 0.0, 40.0, 80.0, 88.0]
+
+
+# pairs whose variance ratio exp(lv_q - lv_p) itself fits float32
+@pytest.mark.parametrize("lv_q,lv_p", [(q, p) for q in EXTREME for p in EXTREME if abs(q - p) <= 80])
+def test_extreme_log_variances(seed, backend, lv_q, lv_p):
+    """float32 inputs at log-variances up to +-88: the value and gradients stay finite and
+    right wherever the float64 KL fits float32, though ``exp(lv_q)``, ``exp(-lv_p)`` and
+    ``d^2`` alone over- or underflow there (below)."""
+    dt = torch.float32
+    b, n = 4, 6
+    lv = leaf(torch.full((b, n), lv_q) + 0.1 * torch.randn(b, n))
+    plv = leaf(torch.full((b, n), lv_p) + 0.1 * torch.randn(b, n))
+    pm = leaf(torch.randn(b, n))
+    # a mean difference of a few prior standard deviations: d ~ exp(lv_p / 2)
+    mu = leaf(pm.detach() + torch.randn(b, n) * math.exp(lv_p / 2))
+    got = fastvae.kl_normal(mu, lv, pm, plv, backend=backend)
+    o = [t.detach().double().requires_grad_() for t in (mu, lv, pm, plv)]
+    want = F.kl_normal_dim(*o).sum(-1)
+    assert torch.isfinite(got).all()
+    assert_close("kl", got, want, dt, rtol=1e-4)
+    assert_close("kl vs torch.distributions", got, distributions_kl(*o), dt, rtol=1e-4)
+    for name, g, e in zip(("mu_q", "logvar_q", "mu_p", "logvar_p"),
+                          grads(got, [mu, lv, pm, plv]), grads(want, o)):
+        assert torch.isfinite(g).all(), name
+        assert_close(f"d kl / d {name}", g, e, dt, rtol=1e-4)
+
+
+def test_where_the_textbook_form_overflows(backend):
+    """At lv_p = 88.7 a mean difference of 3 prior standard deviations squares past
+    float32 (d^2 = 9 exp(88.7)): the textbook ``(e^lv_q + d^2) / e^lv_p`` is inf, the KL
+    (about 4.8 per element) is not."""
+    lv_q, lv_p = torch.full((2, 3), 88.0), torch.full((2, 3), 88.7)
+    d = 3 * math.exp(44.35)
+    mu_p = torch.zeros(2, 3)
+    mu_q = mu_p + d
+    naive = F.kl_normal_dim(mu_q, lv_q, mu_p, lv_p).float()  # float64 math, fine
+    textbook32 = 0.5 * (lv_p - lv_q + (torch.exp(lv_q) + (mu_q - mu_p) ** 2) / torch.exp(lv_p) - 1)
+    assert not torch.isfinite(textbook32).all()
+    got = fastvae.kl_normal(mu_q, lv_q, mu_p, lv_p, backend=backend)
+    assert_close("kl", got, naive.double().sum(-1), torch.float32, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision(seed, backend, dtype):
+    shape = (9, 4, 5)
+    mu, lv, pm, plv = (leaf(torch.randn(shape).to(dtype)) for _ in range(4))
+    got = fastvae.kl_normal(mu, lv, pm, plv, backend=backend)
+    assert got.dtype == torch.float32
+    want = F.kl_normal_dim(mu, lv, pm, plv).reshape(9, -1).sum(-1)
+    assert_close("kl", got, want, torch.float32, rtol=1e-5)
+    got.sum().backward()
+    eps = 4 * torch.finfo(dtype).eps
+    for t, e in zip((mu, lv, pm, plv), grads(want, [mu, lv, pm, plv])):
+        assert t.grad.dtype == dtype
+        assert_close("grad", t.grad, e, dtype, rtol=eps)
+
+
+def test_gradcheck(backend):
+    """float64 finite differences for every input, a broadcast prior included."""
+    mu = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)
+    lv = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)
+    pm = torch.randn(2, 1, dtype=F64, requires_grad=True)
+    plv = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)
+    fn = lambda a, b, c, d: fastvae.kl_normal(a, b, c, d, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (mu, lv, pm, plv))
+    assert torch.autograd.gradgradcheck(fn, (mu, lv, pm, plv))
+    assert torch.autograd.gradcheck(lambda c: fn(mu.detach(), lv.detach(), c, 0.5), (pm,))
+
+
+def test_empty_and_strided(seed, backend):
+    dt = case_dtype(backend)
+    kl = fastvae.kl_normal
+    assert kl(torch.zeros(0, 3, 2), torch.zeros(0, 3, 2), 0.0, 1.0, backend=backend).shape == (0,)
+    assert torch.equal(kl(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0), 0.0,
+                          backend=backend), torch.zeros(2))
+    base = leaf(torch.randn(6, 10, dtype=dt))
+    mu = base[:, ::2]
+    lv = leaf(torch.randn(5, 6, dtype=dt)).t()
+    pm = leaf(torch.randn(1, 5, dtype=dt))
+    got = kl(mu, lv, pm.expand(6, 5), 0.3, backend=backend)
+    want = F.kl_normal_dim(mu, lv, pm, 0.3).sum(-1)
+    assert_close("kl", got, want, dt, rtol={F64: 1e-12})
+    for g, e in zip(grads(got, [base, pm]), grads(want, [base, pm])):
+        assert_close("grad", g, e, dt, rtol={F64: 1e-12})
+
+
+def test_errors(backend, restore_validation):
+    mu = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="mu_q and logvar_q must share a shape"):
+        fastvae.kl_normal(mu, torch.randn(4, 2), 0.0, 0.0, backend=backend)
+    with pytest.raises(ValueError, match=r"mu_p of shape \(2,\) does not broadcast to mu_q"):
+        fastvae.kl_normal(mu, mu, torch.zeros(2), 0.0, backend=backend)
+    with pytest.raises(ValueError, match="logvar_p of shape"):
+        fastvae.kl_normal(mu, mu, 0.0, torch.zeros(5, 3), backend=backend)
+    with pytest.raises(TypeError, match="mu_q must be a torch.Tensor"):
+        fastvae.kl_normal([1.0], mu, 0.0, 0.0, backend=backend)
+    with pytest.raises(TypeError, match="mu_p must be a real number"):
+        fastvae.kl_normal(mu, mu, "0", 0.0, backend=backend)
+    with pytest.raises(TypeError, match="floating-point"):
+        fastvae.kl_normal(mu, mu, torch.zeros(3, dtype=torch.long), 0.0, backend=backend)
+    bad = mu.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="logvar_p has 1 non-finite"):
+        fastvae.kl_normal(mu, mu, 0.0, bad, backend=backend, validate=True)
+    with pytest.raises(ValueError, match="mu_p must be finite"):
+        fastvae.kl_normal(mu, mu, float("inf"), 0.0, backend=backend)

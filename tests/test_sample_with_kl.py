@@ -1,0 +1,210 @@
+"""fastvae.sample_with_kl on every backend (the ``backend`` fixture): z is
+``mu_q + exp(0.5*logvar_q) * eps`` with the very eps ``reparameterize`` draws for the
+same seed, the KL is ``kl_normal``'s, and the gradients obey
+``dmu_q = dz + g_kl dKL/dmu_q``, ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps + g_kl
+dKL/dlogvar_q``, prior gradients from the KL alone; the draws' mean and variance;
+seeding; z or the KL unused; dtypes, empty inputs, gradcheck and errors.
+
+eps is never returned (and on "triton" never stored): the tests recover it from z.
+Launches (1 forward, 1 backward) and what autograd saves: tests/test_triton_backend.py.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastvae
+import _formulas as F
+from _backends import bounded, case_dtype, generator
+from _compare import assert_close, grads, leaf
+
+F64 = torch.float64
+
+
+def posterior(shape, dtype, grad=True):
+    mu, lv = torch.randn(shape, dtype=dtype) * 2, torch.randn(shape, dtype=dtype)
+    return (leaf(mu), leaf(lv)) if grad else (mu, lv)
+
+
+def make_prior(kind, shape, dtype):
+    if kind == "standard":
+        return None, None
+    if kind == "full":
+        return leaf(torch.randn(shape, dtype=dtype)), leaf(torch.randn(shape, dtype=dtype))
+    if kind == "channel":  # (1, C, 1, ...) mean, full log-variance
+        c = [1] * len(shape)
+        c[1] = shape[1]
+        return leaf(torch.randn(c, dtype=dtype)), leaf(torch.randn(shape, dtype=dtype))
+    return 0.5, leaf(torch.randn(shape[1:], dtype=dtype))  # a number and a shared row
+
+
+def eps_of(z, mu, lv):
+    return (z.detach().double() - mu.detach().double()) * torch.exp(-0.5 * lv.detach().double())
+
+
+@pytest.mark.parametrize("kind", ["standard", "full", "channel", "shared"])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (4, 3, 5, 6), (33, 2, 1, 3), (3, 1003)])
+def test_value_and_gradient_identity(seed, backend, kind, shape):
+    dt = case_dtype(backend)
+    mu, lv = posterior(shape, dt)
+    pm, plv = make_prior(kind, shape, dt)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    assert fastvae.last_backend() == backend
+    assert z.shape == shape and z.dtype == dt and kl.shape == shape[:1]
+    assert kl.dtype == (F64 if dt == F64 else torch.float32)
+    eps = eps_of(z, mu, lv)
+    assert eps.abs().max() < 7
+    # the KL: the float64 formula (N(0, I) when no prior is given)
+    ins = [t for t in (mu, lv, pm, plv) if isinstance(t, torch.Tensor)]
+    prior = (0.0 if pm is None else pm, 0.0 if plv is None else plv)
+    want_kl = F.kl_normal_dim(mu, lv, *prior).expand(shape).reshape(shape[0], -1).sum(-1)
+    assert_close("kl", kl, want_kl, dt, rtol={F64: 1e-12})
+    # gradients under random cotangents for z and the KL, against the same eps
+    dz, gk = torch.randn(shape, dtype=dt), torch.randn(shape[0], dtype=dt)
+    got = torch.autograd.grad([z, kl], ins, [dz, gk])
+    z64 = mu.double() + torch.exp(0.5 * lv.double()) * eps
+    want = torch.autograd.grad([z64, want_kl], ins, [dz.double(), gk.double()])
+    for name, g, e, t in zip(("mu_q", "logvar_q", "mu_p", "logvar_p")[:len(ins)] if pm is not None
+                             else ("mu_q", "logvar_q", "logvar_p"), got, want, ins):
+        assert g.dtype == t.dtype and g.shape == t.shape
+        assert_close(f"d/d{name}", g, e, dt, rtol={F64: 1e-11})
+
+
+def test_the_identity_term_by_term(seed, backend):
+    """dmu_q = dz + g_kl dKL/dmu_q and dlogvar_q = 0.5 dz std eps + g_kl dKL/dlogvar_q,
+    the prior's = g_kl dKL/dprior, with dKL/d* from kl_normal of the same inputs."""
+    dt = case_dtype(backend)
+    shape = (6, 4, 3)
+    mu, lv = posterior(shape, dt)
+    pm, plv = make_prior("full", shape, dt)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    dz, gk = torch.randn(shape, dtype=dt), torch.randn(6, dtype=dt)
+    g_mu, g_lv, g_pm, g_plv = torch.autograd.grad([z, kl], [mu, lv, pm, plv], [dz, gk])
+    k_mu, k_lv, k_pm, k_plv = grads(fastvae.kl_normal(mu, lv, pm, plv, backend=backend),
+                                    [mu, lv, pm, plv], gk.double())
+    eps = eps_of(z, mu, lv)
+    std = torch.exp(0.5 * lv.detach().double())
+    assert_close("dmu_q", g_mu, dz.double() + k_mu.double(), dt)
+    assert_close("dlogvar_q", g_lv, 0.5 * dz.double() * std * eps + k_lv.double(), dt)
+    assert_close("dmu_p", g_pm, k_pm, dt)
+    assert_close("dlogvar_p", g_plv, k_plv, dt)
+    assert_close("dmu_p = -(dmu_q - dz)", g_pm, -(g_mu.double() - dz.double()), dt)
+
+
+@pytest.mark.parametrize("use", ["z", "kl"])
+def test_only_one_output_used(seed, backend, use):
+    dt = case_dtype(backend)
+    mu, lv = posterior((5, 7), dt)
+    pm, plv = make_prior("full", (5, 7), dt)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    out = z.sum() if use == "z" else kl.sum()
+    g = torch.autograd.grad(out, [mu, lv, pm, plv], allow_unused=True)
+    if use == "z":
+        assert_close("dmu_q", g[0], torch.ones(5, 7, dtype=F64), dt)
+        assert_close("dlogvar_q", g[1], 0.5 * (z.double() - mu.double()).detach(), dt)
+        assert all(x is None or not x.any() for x in g[2:])
+    else:
+        want = grads(F.kl_normal_dim(mu, lv, pm, plv).sum(-1), [mu, lv, pm, plv])
+        for a, b in zip(g, want):
+            assert_close("grad", a, b, dt)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (3, 2, 4, 4), (2, 5000)])
+def test_same_z_as_reparameterize(backend, shape):
+    """The seed contract: after torch.manual_seed(s), or with equally seeded generators,
+    z is reparameterize's z of the flattened posterior, bit for bit."""
+    mu, lv = posterior(shape, case_dtype(backend), grad=False)
+    pm, plv = torch.randn(shape, dtype=mu.dtype), torch.randn(shape, dtype=mu.dtype)
+    flat = (shape[0], -1)
+    torch.manual_seed(77)
+    z, _ = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    torch.manual_seed(77)
+    want = fastvae.reparameterize(mu.reshape(flat), lv.reshape(flat), backend=backend)
+    assert torch.equal(z, want.reshape(shape))
+    z2, _ = fastvae.sample_with_kl(mu, lv, generator=generator(5), backend=backend)
+    want2 = fastvae.reparameterize(mu.reshape(flat), lv.reshape(flat), generator=generator(5),
+                                   backend=backend)
+    assert torch.equal(z2, want2.reshape(shape))
+
+
+def test_seeding(backend):
+    mu, lv = posterior((6, 3), case_dtype(backend), grad=False)
+    torch.manual_seed(1234)
+    a, ka = fastvae.sample_with_kl(mu, lv, backend=backend)
+    b, _ = fastvae.sample_with_kl(mu, lv, backend=backend)
+    torch.manual_seed(1234)
+    c, kc = fastvae.sample_with_kl(mu, lv, backend=backend)
+    assert torch.equal(a, c) and torch.equal(ka, kc) and not torch.equal(a, b)
+    g1, g2 = generator(9), generator(9)
+    assert torch.equal(fastvae.sample_with_kl(mu, lv, generator=g1, backend=backend)[0],
+                       fastvae.sample_with_kl(mu, lv, generator=g2, backend=backend)[0])
+
+
+def test_mean_and_variance(seed, backend):
+    """One (mu, logvar) repeated: the draws' mean and variance are mu and exp(logvar)."""
+    dt = case_dtype(backend)
+    n = bounded(b=200_000, l=1)[0]
+    mu = torch.full((n, 1, 1), 1.5, dtype=dt)
+    lv = torch.full((n, 1, 1), math.log(0.25), dtype=dt)
+    z, kl = fastvae.sample_with_kl(mu, lv, 1.0, 0.0, backend=backend)
+    z = z.double().flatten()
+    assert abs(z.mean().item() - 1.5) < 6 * 0.5 / math.sqrt(n)
+    assert abs(z.var().item() - 0.25) < 6 * 0.25 * math.sqrt(2 / n)
+    want = 0.5 * (0.0 - math.log(0.25) + 0.25 + 0.25 - 1)  # KL(N(1.5, 1/4) || N(1, 1))
+    assert_close("kl", kl, torch.full((n,), want, dtype=F64), dt)
+
+
+def test_gradcheck(backend):
+    """float64 finite differences, re-seeded so that every evaluation draws the same eps."""
+    mu, lv = posterior((3, 2, 2), F64)
+    pm, plv = make_prior("channel", (3, 2, 2), F64)
+
+    def fn(a, b, c, d):
+        return fastvae.sample_with_kl(a, b, c, d, generator=generator(7), backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (mu, lv, pm, plv))
+    assert torch.autograd.gradgradcheck(fn, (mu, lv, pm, plv))
+    assert torch.autograd.gradcheck(lambda b: fn(mu.detach(), b, None, None), (lv,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision(seed, backend, dtype):
+    mu, lv = posterior((16, 3, 5), dtype)
+    pm, plv = make_prior("full", (16, 3, 5), dtype)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    assert z.dtype == dtype and kl.dtype == torch.float32
+    assert torch.isfinite(z).all() and eps_of(z, mu, lv).abs().max() < 8
+    assert_close("kl", kl, F.kl_normal_dim(mu, lv, pm, plv).reshape(16, -1).sum(-1),
+                 torch.float32, rtol=1e-5)
+    (z.float().sum() + kl.sum()).backward()
+    for t in (mu, lv, pm, plv):
+        assert t.grad.dtype == dtype and torch.isfinite(t.grad).all()
+    assert_close("dmu_p", pm.grad, grads(F.kl_normal_dim(mu, lv, pm, plv).sum(), [pm])[0], dtype,
+                 rtol=4 * torch.finfo(dtype).eps)
+
+
+def test_empty(backend):
+    dt = case_dtype(backend)
+    mu, lv = posterior((0, 3, 2), dt)
+    z, kl = fastvae.sample_with_kl(mu, lv, backend=backend)
+    assert z.shape == (0, 3, 2) and kl.shape == (0,)
+    (z.sum() + kl.sum()).backward()
+    assert mu.grad.shape == (0, 3, 2)
+    z, kl = fastvae.sample_with_kl(torch.zeros(2, 0), torch.zeros(2, 0), backend=backend)
+    assert z.shape == (2, 0) and torch.equal(kl, torch.zeros(2))
+
+
+def test_errors(backend):
+    mu = torch.randn(4, 3)
+    with pytest.raises(TypeError, match="must share a dtype"):
+        fastvae.sample_with_kl(mu, mu.double(), backend=backend)
+    with pytest.raises(ValueError, match="mu_q and logvar_q must share a shape"):
+        fastvae.sample_with_kl(mu, mu[:, :2], backend=backend)
+    with pytest.raises(ValueError, match="mu_p of shape"):
+        fastvae.sample_with_kl(mu, mu, torch.zeros(4, 2), backend=backend)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        fastvae.sample_with_kl(mu, mu, generator=3, backend=backend)
+    with pytest.raises(ValueError, match="non-finite"):
+        fastvae.sample_with_kl(mu, mu * float("nan"), backend=backend, validate=True)

@@ -21,5 +21,4 @@ from .scale import scale_saved_
 __all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_normal_fwd",
            "kl_normal_fwd", "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
            "reparameterize_std_eps", "sample_with_kl_fwd", "sample_with_kl_bwd",
-           "scale_saved_"]
-__all__ += ["discretized_logistic_mixture_log_prob_fwd"]
+           "scale_saved_", "discretized_logistic_mixture_log_prob_fwd"]

@@ -134,8 +134,13 @@ def row_tiles(kernel: str, lik: int):
     return ROW_TILES_BY_LIK.get((kernel, lik), ROW_TILES[kernel])
 
 
-def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):
-    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel."""
+def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
+                prior: bool = False):
+    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel. A learned prior adds
+    two input and two gradient latent tiles: 16-bit inputs then take the fp32 tile (the
+    16-bit one, twice the rows, spills 8-52 bytes at small D with the MC KL)."""
+    if prior:
+        element_size = 4
     if interpreter_tiles():
         block_d = min(max(_p2(d), 16), 4096)
         block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))

@@ -110,7 +110,8 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
     _, _, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     mc = kl == "mc"
-    block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik)
+    block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik,
+                                                           prior)
     programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     gobs_rows = bool(needs[5]) and obs_tensor and not gobs_partial

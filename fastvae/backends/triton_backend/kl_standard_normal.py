@@ -32,10 +32,8 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
     pm, plv, stride_pm, stride_plv, prior = prior_args(mu_p, logvar_p, mu)
-    # A prior adds two input and two gradient tiles: 16-bit inputs get the fp32 tile (the
-    # 16-bit one, twice as many rows, spills with them).
-    block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l,
-                                                           4 if prior else mu.element_size())
+    block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size(),
+                                                           prior=prior)
     out = _launch.alloc((n,), torch.float32, dev)
     grads = [_launch.alloc(mu.shape, t.dtype, dev) if need else None
              for t, need in zip((mu, logvar, pm, plv), needs)]

@@ -253,13 +253,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     if likelihood == V.DMOL:
         return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
                                 backend, validate, estimator, prior_mu, prior_logvar)
-    batch, latent = V.check_latents(mu, logvar)
-    V.check_tensor("z_k", z_k)
-    if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
-        raise ValueError(
-            f"z_k must have shape (K, {batch}, {latent}) with K >= 1, got {tuple(z_k.shape)}"
-        )
-    k = z_k.shape[0]
+    batch, _ = V.check_latents(mu, logvar)
+    k = V.check_samples(z_k, mu)
     x2, r2 = V.flatten_data(x, recon_k, batch, recon_name="recon_k", k=k)
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
@@ -364,12 +359,8 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
         raise ValueError("estimator='dreg' is not available with likelihood="
                          f"{V.DMOL!r}; use 'stl' or 'standard'")
     _no_obs_logvar(obs_logvar)
-    batch, latent = V.check_latents(mu, logvar)
-    V.check_tensor("z_k", z_k)
-    if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
-        raise ValueError(
-            f"z_k must have shape (K, {batch}, {latent}) with K >= 1, got {tuple(z_k.shape)}")
-    k = z_k.shape[0]
+    batch, _ = V.check_latents(mu, logvar)
+    k = V.check_samples(z_k, mu)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,

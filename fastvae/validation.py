@@ -101,6 +101,15 @@ def check_latents(mu, logvar, *, prefix=()) -> tuple[int, int]:
     return mu.shape[0], mu.shape[1]
 
 
+def check_samples(z_k, mu) -> int:
+    """z_k: ``(K, B, L)`` samples for mu ``(B, L)``, K >= 1. Returns K."""
+    check_tensor("z_k", z_k)
+    if z_k.dim() != 3 or z_k.shape[1:] != mu.shape or z_k.shape[0] < 1:
+        raise ValueError(f"z_k must have shape (K, {mu.shape[0]}, {mu.shape[1]}) with K >= 1, "
+                         f"got {tuple(z_k.shape)}")
+    return z_k.shape[0]
+
+
 def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
     """x ``(B, ...)`` and recon ``(B, ...)`` (or ``(K, B, ...)``) -> ``(B, D)`` views/copies."""
     check_tensor("x", x)

@@ -376,6 +376,15 @@ def test_iwae_bound(seed, backend, reduction, k):
         assert_close(f"d bound / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
 
 
+def _bound_inputs(b, l, k, dt):
+    """Grayscale images, one set of parameters and K sets, latents, z and z_k."""
+    x, p = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, z = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    return x, p, pk, mu, lv, z, zk
+
+
 def _no_grad(g):
     return g is None or not g.abs().any()
 
@@ -386,10 +395,7 @@ def test_estimators(seed, backend):
     likelihood: a clear error."""
     dt = case_dtype(backend)
     b, l, k = 3, 4, 2
-    x, p = make(b, 1, 4, 3, 5, dt)
-    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
-    mu, lv, z = _latents(b, l, dt)
-    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    x, p, pk, mu, lv, z, zk = _bound_inputs(b, l, k, dt)
     with pytest.raises(ValueError, match="dreg"):
         fastvae.iwae_bound(x, pk, mu, lv, zk, likelihood=DMOL, estimator="dreg", backend=backend)
     ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
@@ -418,10 +424,7 @@ def test_learned_prior(seed, backend, estimator):
     and z's, are the formula's under STL too (only log q's mu, logvar are stopped)."""
     dt = case_dtype(backend)
     b, l, k = 3, 4, 2
-    x, p = make(b, 1, 4, 3, 5, dt)
-    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
-    mu, lv, z = _latents(b, l, dt)
-    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    x, p, pk, mu, lv, z, zk = _bound_inputs(b, l, k, dt)
     pm, plv = leaf(torch.randn(l, dtype=dt) * 0.5), leaf(torch.randn(b, l, dtype=dt) * 0.4)
     stl = estimator == "stl"
 

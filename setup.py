@@ -10,5 +10,5 @@ setup(
               "fastvae.backends.triton_backend", "fastvae.bench", "fastvae.bench.specs", "fastvae.bench.offline",
               "fastvae.kernels"],
     package_dir={"fastvae": "fastvae", "fastvae.kernels": "kernels"},
-    package_data={"fastvae.backends.torch_backend": ["*.c"]},
+    package_data={"fastvae.backends.torch_backend": ["*.c", "*.h"]},
 )

@@ -1,4 +1,4 @@
-"""The torch backend's C row kernel (fastvae/backends/torch_backend/bernoulli_rows.c and
+"""The torch backend's C kernels (fastvae/backends/torch_backend/*.c, vecmath.h and
 its loader native.py): accuracy of its own exp/log1p against float64, the choice of
 threads, the warning on fallback, and the on-disk cache's integrity.
 
@@ -251,7 +251,7 @@ def test_build_failure_warns_once(cache, monkeypatch):
     monkeypatch.setattr(native, "_warned", False)
     monkeypatch.setattr(native, "_OPENMP_FLAGS", ["--no-such-flag-for-fastvae"])
     monkeypatch.setattr(native, "_PLAIN_FLAG_SETS", (["--no-such-flag-for-fastvae"],))
-    with pytest.warns(RuntimeWarning, match="C row kernel is unavailable.*build failed"):
+    with pytest.warns(RuntimeWarning, match="C kernels are unavailable.*build failed"):
         assert native.load() is None
     native.reset()
     with warnings.catch_warnings():
@@ -288,8 +288,7 @@ def built(tmp_path_factory):
     old = os.environ.get("FASTVAE_CACHE_DIR")
     os.environ["FASTVAE_CACHE_DIR"] = str(d)
     try:
-        with open(native.SOURCE, "rb") as f:
-            source = f.read()
+        source = native.read_sources()
         for flags in (native._OPENMP_FLAGS, *native._PLAIN_FLAG_SETS):
             try:
                 native._library(source, cc, flags)
@@ -427,8 +426,7 @@ def test_damaged_cache_is_rebuilt(built, clean_status, cache, monkeypatch, damag
         assert native.load() is not None, native.status()
     assert _kind(native.status()) == _kind(clean_status)
     assert builds, "a library that did not match its hash was loaded without a rebuild"
-    with open(native.SOURCE, "rb") as f:
-        source = f.read()
+    source = native.read_sources()
     assert all(native.verified(native.library_path(source, native._compiler(), f)) for f in builds)
     x, l = torch.rand(5, 19), torch.randn(5, 19)
     rows, g = _rows(x, l, 1)

@@ -84,8 +84,9 @@ def _source_copy(tmp_path) -> Path:
     return src
 
 
-# The torch backend's C row kernel is compiled from this file at first use: it must ship.
-C_SOURCE = "fastvae/backends/torch_backend/bernoulli_rows.c"
+# The torch backend's C kernels are compiled from these files at first use: they must ship.
+C_SOURCES = sorted(str(p.relative_to(ROOT)) for ext in ("*.c", "*.h")
+                   for p in (ROOT / "fastvae/backends/torch_backend").glob(ext))
 
 
 def test_built_wheel_has_only_the_fastvae_namespace(tmp_path):
@@ -105,12 +106,14 @@ def test_built_wheel_has_only_the_fastvae_namespace(tmp_path):
     assert tops == {"fastvae", f"fastvae-{fastvae.__version__}.dist-info"}, tops
     assert "fastvae/kernels/__init__.py" in names
     assert not any(n.startswith("kernels/") for n in names)
-    assert C_SOURCE in names and "fastvae/backends/torch_backend/native.py" in names
-    assert zipfile.ZipFile(whl).read(C_SOURCE) == (ROOT / C_SOURCE).read_bytes()
+    assert "fastvae/backends/torch_backend/native.py" in names
+    assert "fastvae/backends/torch_backend/vecmath.h" in C_SOURCES
+    for c_source in C_SOURCES:
+        assert zipfile.ZipFile(whl).read(c_source) == (ROOT / c_source).read_bytes()
 
 
 def test_sdist_ships_the_c_kernel_source(tmp_path):
-    """The sdist (PEP 517 hook, no isolation) carries the C file, and a wheel built from
+    """The sdist (PEP 517 hook, no isolation) carries the C files, and a wheel built from
     that sdist does too."""
     pytest.importorskip("setuptools")
     src = _source_copy(tmp_path)
@@ -125,7 +128,7 @@ def test_sdist_ships_the_c_kernel_source(tmp_path):
     with tarfile.open(sdist) as tar:
         names = tar.getnames()
         top = names[0].split("/")[0]
-        assert f"{top}/{C_SOURCE}" in names, names
+        assert all(f"{top}/{c}" in names for c in C_SOURCES), names
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(tmp_path / "unpacked", **safe)
     pytest.importorskip("wheel")
@@ -136,4 +139,4 @@ def test_sdist_ships_the_c_kernel_source(tmp_path):
     if proc.returncode != 0:
         pytest.skip(f"wheel build unavailable here: {proc.stderr[-500:]}")
     (whl,) = (tmp_path / "whl").glob("fastvae-*.whl")
-    assert C_SOURCE in zipfile.ZipFile(whl).namelist()
+    assert set(C_SOURCES) <= set(zipfile.ZipFile(whl).namelist())

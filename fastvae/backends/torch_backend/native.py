@@ -1,6 +1,9 @@
-"""Loader of the C row kernel ``bernoulli_rows.c`` (float32 Bernoulli rows of the ELBO).
+"""Loader of the torch backend's C kernels: every ``*.c`` file in this folder (with the
+shared ``vecmath.h``) is built into one library; ``bernoulli_rows.c`` holds the float32
+Bernoulli rows of the ELBO, and other kernels bind their entry points with
+:func:`symbol` and split rows over threads with :func:`for_rows`.
 
-The kernel is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/
+The library is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/
 ``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``~/.cache/fastvae``),
 keyed by a hash of source, compiler, flags and CPU, and loaded with ctypes; later
 processes load the cached library. :func:`load` returns None where it cannot be
@@ -37,13 +40,13 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
 from ..._durable import fsync_dir
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bernoulli_rows.c")
+FOLDER = os.path.dirname(os.path.abspath(__file__))
 
 _OPENMP_FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
 # Without OpenMP: tuned for this CPU, then portable (a compiler without -march=native).
@@ -61,6 +64,7 @@ _openmp = False       # whether _fn splits rows over OpenMP threads itself
 _status = "not loaded yet"
 _warned = False
 _pool = None          # (pid, workers, ThreadPoolExecutor) for builds without OpenMP
+_symbols = {}         # name -> ctypes function, bound by symbol()
 
 
 def _compiler():
@@ -90,11 +94,22 @@ def _cache_dir() -> str:
     return tempfile.mkdtemp(prefix="fastvae-")
 
 
-def library_path(source: bytes, cc: str, flags) -> str:
-    """Where the library for this source, compiler and flags is cached."""
-    key = hashlib.sha256(b"\0".join([source, cc.encode(), *(f.encode() for f in flags),
+def read_sources() -> Tuple[Tuple[str, bytes], ...]:
+    """(file name, contents) of every C source and header the library is built from."""
+    out = []
+    for name in sorted(os.listdir(FOLDER)):
+        if name.endswith((".c", ".h")):
+            with open(os.path.join(FOLDER, name), "rb") as f:
+                out.append((name, f.read()))
+    return tuple(out)
+
+
+def library_path(sources, cc: str, flags) -> str:
+    """Where the library for these sources, compiler and flags is cached."""
+    parts = [p for name, text in sources for p in (name.encode(), text)]
+    key = hashlib.sha256(b"\0".join([*parts, cc.encode(), *(f.encode() for f in flags),
                                      platform.machine().encode(), _cpu_id().encode()]))
-    return os.path.join(_cache_dir(), f"bernoulli_rows_{key.hexdigest()[:20]}.so")
+    return os.path.join(_cache_dir(), f"fastvae_cpu_{key.hexdigest()[:20]}.so")
 
 
 def _sha256(path: str) -> str:
@@ -113,18 +128,20 @@ def verified(path: str) -> bool:
 
 
 
-def _build(source: bytes, cc: str, flags, path: str) -> None:
+def _build(sources, cc: str, flags, path: str) -> None:
     """Compile into a private folder beside ``path``, fsync, record the hash, rename both.
 
-    The compiler runs in that folder on a fixed file name, so concurrent builders
+    The compiler runs in that folder on fixed file names, so concurrent builders
     produce the same bytes and whichever rename lands last leaves a matching pair."""
     d = os.path.dirname(path)
     work = tempfile.mkdtemp(prefix=".build-", dir=d)
     try:
-        with open(os.path.join(work, "bernoulli_rows.c"), "wb") as f:
-            f.write(source)
+        for name, text in sources:
+            with open(os.path.join(work, name), "wb") as f:
+                f.write(text)
         out = os.path.join(work, "lib.so")
-        subprocess.run([cc, *flags, "-o", out, "bernoulli_rows.c"], cwd=work, check=True,
+        units = [name for name, _ in sources if name.endswith(".c")]
+        subprocess.run([cc, *flags, "-o", out, *units], cwd=work, check=True,
                        capture_output=True, timeout=120)
         with open(out, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
@@ -140,11 +157,11 @@ def _build(source: bytes, cc: str, flags, path: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _library(source: bytes, cc: str, flags) -> str:
+def _library(sources, cc: str, flags) -> str:
     """The path of a verified library for these flags, built (or rebuilt) if needed."""
-    path = library_path(source, cc, flags)
+    path = library_path(sources, cc, flags)
     if not verified(path):  # missing, truncated, zero-length, altered, or no hash file
-        _build(source, cc, flags, path)
+        _build(sources, cc, flags, path)
         if not verified(path):
             raise OSError(f"{path} does not match its recorded hash after a rebuild")
     return path
@@ -261,8 +278,7 @@ def _load():
     if cc is None:
         return None, None, False, "no C compiler found (set CC)"
     try:
-        with open(SOURCE, "rb") as f:
-            source = f.read()
+        source = read_sources()
     except OSError as e:
         return None, None, False, f"kernel source unreadable: {e}"
     errors = []
@@ -292,7 +308,8 @@ def _load():
 
 
 def load():
-    """The compiled row kernel (a ctypes function), or None where it cannot be used."""
+    """The compiled Bernoulli row kernel (a ctypes function), or None where the library
+    cannot be used."""
     global _lib, _fn, _openmp, _status, _warned
     if _status == "not loaded yet":
         with _lock:
@@ -300,8 +317,8 @@ def load():
                 _lib, _fn, _openmp, _status = _load()
                 if _fn is None and not _status.startswith("disabled") and not _warned:
                     _warned = True
-                    warnings.warn(f"fastvae: the C row kernel is unavailable ({_status}); the "
-                                  "torch backend runs its slower aten path. FASTVAE_NATIVE=0 "
+                    warnings.warn(f"fastvae: the C kernels are unavailable ({_status}); the "
+                                  "torch backend runs its slower aten paths. FASTVAE_NATIVE=0 "
                                   "selects that path without this warning.", RuntimeWarning,
                                   stacklevel=3)
     return _fn
@@ -317,6 +334,7 @@ def reset() -> None:
     global _lib, _fn, _openmp, _status
     with _lock:
         _lib, _fn, _openmp, _status = None, None, False, "not loaded yet"
+        _symbols.clear()
 
 
 def usable(x: torch.Tensor, logits: torch.Tensor) -> bool:
@@ -338,41 +356,64 @@ def _thread_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
         return _pool[2]
 
 
+def for_rows(rows: int, elems: int, block: Callable[[int, int, int], None],
+             threads: Optional[int] = None) -> None:
+    """Run ``block(first_row, row_count, nthreads)`` over ``rows`` rows (``elems`` elements
+    in all): once over every row where the library threads itself (OpenMP: ``nthreads``
+    is its team size) or one thread suffices, else as contiguous row blocks, one per
+    pool thread, the caller's thread taking the first (``nthreads`` = 1 in each).
+
+    ``threads`` defaults to ``torch.get_num_threads()``, or 1 below PARALLEL_MIN_ELEMS
+    (POOL_MIN_ELEMS for a build without OpenMP)."""
+    n = threads or (torch.get_num_threads()
+                    if elems >= (PARALLEL_MIN_ELEMS if _openmp else POOL_MIN_ELEMS) else 1)
+    n = max(1, min(n, rows))
+    if _openmp or n == 1:
+        block(0, rows, n)
+        return
+    edges = [rows * k // n for k in range(n + 1)]
+    pool = _thread_pool(n - 1)
+    futures = [pool.submit(block, edges[k], edges[k + 1] - edges[k], 1) for k in range(1, n)]
+    block(0, edges[1], 1)
+    for f in futures:
+        f.result()
+
+
+def symbol(name: str, argtypes, restype=ctypes.c_int):
+    """The library's C function ``name`` with these ctypes types, or None where the
+    library cannot be used (:func:`status` says why)."""
+    if load() is None:
+        return None
+    with _lock:
+        fn = _symbols.get(name)
+        if fn is None:
+            fn = getattr(_lib, name)
+            fn.argtypes, fn.restype = argtypes, restype
+            _symbols[name] = fn
+        return fn
+
+
 def bernoulli_rows(x: torch.Tensor, logits: torch.Tensor, grad, c: float, out: torch.Tensor,
                    threads: Optional[int] = None):
     """out[i] = sum_d x*l - softplus(l); grad (contiguous (B, D) or None) = c * (x - sigmoid(l)).
 
-    ``threads`` (default ``torch.get_num_threads()``, one below PARALLEL_MIN_ELEMS, or
-    POOL_MIN_ELEMS for a build without OpenMP)."""
+    ``threads``: see :func:`for_rows`."""
     rows, d = x.shape
-    n = threads or (torch.get_num_threads()
-                    if rows * d >= (PARALLEL_MIN_ELEMS if _openmp else POOL_MIN_ELEMS) else 1)
-    n = max(1, min(n, rows))
     xp, sx, lp, sl = x.data_ptr(), x.stride(0), logits.data_ptr(), logits.stride(0)
     gp, op = None if grad is None else grad.data_ptr(), out.data_ptr()
-    if _openmp or n == 1:
-        _fn(rows, d, xp, sx, lp, sl, gp, c, op, n)
-        return
-    # Contiguous row blocks, one per thread; the caller's thread takes the first.
-    edges = [rows * k // n for k in range(n + 1)]
 
-    def block(k):
-        i, j = edges[k], edges[k + 1]
-        _fn(j - i, d, xp + 4 * i * sx, sx, lp + 4 * i * sl, sl,
-            None if gp is None else gp + 4 * i * d, c, op + 4 * i, 1)
+    def block(i, count, nthreads):
+        _fn(count, d, xp + 4 * i * sx, sx, lp + 4 * i * sl, sl,
+            None if gp is None else gp + 4 * i * d, c, op + 4 * i, nthreads)
 
-    pool = _thread_pool(n - 1)
-    futures = [pool.submit(block, k) for k in range(1, n)]
-    block(0)
-    for f in futures:
-        f.result()
+    for_rows(rows, rows * d, block, threads)
 
 
 def eval_elementwise(what: str, inp: torch.Tensor, out: torch.Tensor) -> None:
     """Test entry point: ``out`` = the kernel's own ``exp`` (argument <= 0), ``log1p``
     (argument in [0, 1]), ``softplus`` or ``sigmoid`` of ``inp`` (contiguous float32)."""
     if load() is None:
-        raise RuntimeError(f"C row kernel unavailable: {status()}")
+        raise RuntimeError(f"C kernels unavailable: {status()}")
     if not (inp.dtype == out.dtype == torch.float32 and inp.is_contiguous()
             and out.is_contiguous() and inp.numel() == out.numel()):
         raise ValueError("eval_elementwise takes contiguous float32 tensors of one size")

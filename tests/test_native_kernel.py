@@ -93,6 +93,36 @@ def test_log1p_ulps():
     assert np.array_equal(_run("log1p", tiny), tiny)
 
 
+def test_exp_any_ulps():
+    """exp(x) for any x: within 1.5 ulps wherever the result is a normal float32
+    (x in [-87.3, 88.7]); denormal results within 1.5e-45 (one denormal step); inf above
+    88.73, 0 far below, NaN kept."""
+    _kernel_or_skip()
+    x = np.concatenate([_floats(-0.0, -87.3, STRIDE), _floats(0.0, 88.72, STRIDE)])
+    got, want = _run("exp_any", x), np.exp(x.astype(np.float64))
+    assert _ulps(got, want).max() <= 1.5
+    sub = _floats(-87.34, -103.9, 97)
+    assert np.all(np.abs(_run("exp_any", sub) - np.exp(sub.astype(np.float64))) <= 1.5e-45)
+    edge = np.array([88.73, 89.0, 1e4, np.inf, -104.0, -1e4, -np.inf, np.nan], np.float32)
+    got = _run("exp_any", edge)
+    assert np.array_equal(got[:4], np.full(4, np.inf, np.float32))
+    assert np.array_equal(got[4:7], np.zeros(3, np.float32)) and np.isnan(got[7])
+
+
+def test_log_ulps():
+    """log(x) for every positive float32 (denormals included): within 2.5 ulps (the
+    series' 2.5 near 1, plus the exponent's two-part ln 2); log 0 = -inf, log inf = inf,
+    NaN below 0 and for NaN."""
+    _kernel_or_skip()
+    x = np.concatenate([_floats(1.4e-45, 3.4e38, STRIDE), _floats(0.5, 2.0, 7)])
+    got, want = _run("log", x), np.log(x.astype(np.float64))
+    assert _ulps(got, want).max() <= 2.5
+    edge = np.array([0.0, -0.0, np.inf, -1.0, -np.inf, np.nan], np.float32)
+    got = _run("log", edge)
+    assert np.array_equal(got[:3], np.array([-np.inf, -np.inf, np.inf], np.float32))
+    assert np.all(np.isnan(got[3:]))
+
+
 def _softplus64(l):
     return np.logaddexp(0.0, l)
 

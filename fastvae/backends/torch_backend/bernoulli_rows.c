@@ -84,12 +84,15 @@ int fastvae_openmp(void) {
 
 /* Test entry point: the building blocks above, elementwise, on n floats (for the
    accuracy sweep against float64, and for timing them alone). what: 0 exp_nonpos(in),
-   1 log1p_unit(in), 2 softplus(in), 3 sigmoid(in). Returns -1 for an unknown what. */
+   1 log1p_unit(in), 2 softplus(in), 3 sigmoid(in), 4 exp_any(in), 5 log_any(in).
+   Returns -1 for an unknown what. */
 static inline vf eval1(int what, vf v) {
   vf g, r;
   switch (what) {
     case 0: return exp_nonpos(v);
     case 1: return log1p_unit(v);
+    case 4: return exp_any(v);
+    case 5: return log_any(v);
     default: /* x = 0, c = -1: the value is -softplus, the gradient sigmoid */
       r = -bern(v, SPLAT(0.0f), SPLAT(-1.0f), &g);
       return what == 2 ? r : g;
@@ -97,7 +100,7 @@ static inline vf eval1(int what, vf v) {
 }
 
 int fastvae_eval(int what, int64_t n, const float *in, float *out) {
-  if (what < 0 || what > 3) return -1;
+  if (what < 0 || what > 5) return -1;
   vf v, r;
   int64_t j = 0;
   for (; j + W <= n; j += W) {

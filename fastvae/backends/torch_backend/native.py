@@ -55,7 +55,7 @@ _PLAIN_FLAG_SETS = (["-O3", "-march=native", "-fPIC", "-shared"], ["-O3", "-fPIC
 # is woken in microseconds, a pool thread (a futex, then the GIL for a moment) in tens.
 PARALLEL_MIN_ELEMS = 1 << 15
 POOL_MIN_ELEMS = 1 << 20
-_EVAL_CODES = {"exp": 0, "log1p": 1, "softplus": 2, "sigmoid": 3}
+_EVAL_CODES = {"exp": 0, "log1p": 1, "softplus": 2, "sigmoid": 3, "exp_any": 4, "log": 5}
 
 _lock = threading.Lock()
 _fn = None            # the ctypes function fastvae_bernoulli_rows, or None
@@ -410,8 +410,9 @@ def bernoulli_rows(x: torch.Tensor, logits: torch.Tensor, grad, c: float, out: t
 
 
 def eval_elementwise(what: str, inp: torch.Tensor, out: torch.Tensor) -> None:
-    """Test entry point: ``out`` = the kernel's own ``exp`` (argument <= 0), ``log1p``
-    (argument in [0, 1]), ``softplus`` or ``sigmoid`` of ``inp`` (contiguous float32)."""
+    """Test entry point: ``out`` = the kernels' own ``exp`` (argument <= 0), ``log1p``
+    (argument in [0, 1]), ``softplus``, ``sigmoid``, ``exp_any`` or ``log`` (any argument)
+    of ``inp`` (contiguous float32)."""
     if load() is None:
         raise RuntimeError(f"C kernels unavailable: {status()}")
     if not (inp.dtype == out.dtype == torch.float32 and inp.is_contiguous()

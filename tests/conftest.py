@@ -6,7 +6,8 @@
 * ``kernel_device``: for Triton-only tests; skips where no kernel can run.
 * ``launches``: the names of the Triton kernels launched, in order.
 * markers: ``gpu`` tests are skipped without CUDA; ``slow`` ones run in the suite too
-  (``-m "not slow"`` leaves them out while iterating).
+  (``-m "not slow"`` leaves them out while iterating); ``background(name, job)`` ones run
+  last, their job started in the background when collection ends (tests/_background.py).
 * Hypothesis: a derandomized profile, so the examples are the same on every run.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from hypothesis import HealthCheck, settings
 # The helper modules (tests/_compare.py, _formulas.py, _backends.py) are plain modules.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _background  # noqa: E402
 from _backends import BACKENDS, INTERPRET, KERNEL_DEVICE, KERNELS_RUN  # noqa: E402
 
 # "fastvae" (the default): derandomized, every run draws the same examples; no deadline
@@ -165,18 +167,41 @@ def launches(monkeypatch):
 
 # -- markers and the interpreter session ---------------------------------------------------
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(config, items):
     """Under TRITON_INTERPRET=1, only the tests that run Triton kernels (those taking
-    ``backend`` or ``kernel_device``): the rest ran in the main session already."""
-    if not INTERPRET:
-        return
-    keep, drop = [], []
+    ``backend`` or ``kernel_device``): the rest ran in the main session already.
+
+    Tests marked ``background(name, job)`` go last, and each selected, not skipped one's
+    job starts now in the background (tests/_background.py): the slow children run beside
+    the rest of the session, and their tests find the results ready at the end."""
+    if INTERPRET:
+        keep, drop = [], []
+        for item in items:
+            names = getattr(item, "fixturenames", ())
+            (keep if ("backend" in names or "kernel_device" in names) else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+    jobs, later, now = {}, [], []
     for item in items:
-        names = getattr(item, "fixturenames", ())
-        (keep if ("backend" in names or "kernel_device" in names) else drop).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+        mark = item.get_closest_marker("background")
+        if mark is None:
+            now.append(item)
+            continue
+        later.append(item)
+        skipped = any(m.args and m.args[0] is True for m in item.iter_markers("skipif"))
+        if not skipped:
+            jobs.setdefault(mark.args[0], mark.args[1])
+    items[:] = now + later
+    if config.option.collectonly:
+        return
+    for name, job in jobs.items():
+        _background.start(name, job)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _background.stop()
 
 
 def pytest_runtest_setup(item):

@@ -17,9 +17,10 @@ version and target this checks:
   * ptxas reports 0 bytes of spill stores and loads (its -v log, from the same compile);
   * where the JIT saw every pointer and size divisible by 16, the widest global load is
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
-Both versions run side by side in child processes (the cores shared): 116
-specializations per target, 464 compiles, about 500 CPU seconds (4-5 minutes on two free
-cores; far longer on a loaded machine). ``python -m fastvae.bench.offline table --triton .triton36`` prints the
+Both versions run side by side in child processes (the cores shared), started in the
+background when collection ends so they overlap the rest of the suite
+(tests/_background.py): about 200 specializations per target, 800 compiles, about 700
+CPU seconds. ``python -m fastvae.bench.offline table --triton .triton36`` prints the
 registers, spills, stack and loads of every specialization (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
@@ -27,6 +28,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+import _background
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 triton = pytest.importorskip("triton")
@@ -44,17 +47,26 @@ VERSIONS = ("latest", "3.6.0")
 TARGETS = (80, 90)
 
 
-@pytest.fixture(scope="module")
-def judged():
+def _compile_both():
     """{"latest": run, "3.6.0": run (where installed)}: each the catalog captured and
-    compiled under that Triton (``judge.compile_catalog``)."""
+    compiled under that Triton (``judge.compile_catalog``), in child processes."""
     from fastvae.bench.offline import report
     paths = {"latest": None}
     pinned = report.pinned_triton()
     if pinned:
         paths["3.6.0"] = pinned
-    runs = report.compile_versions(list(paths.values()), workers=os.cpu_count() or 1)
+    runs = report.compile_versions(list(paths.values()), workers=os.cpu_count() or 1,
+                                   popen=_background.popen)
     return dict(zip(paths, runs))
+
+
+pytestmark.append(pytest.mark.background("kernels_compile", _compile_both))
+
+
+@pytest.fixture(scope="module")
+def judged():
+    """The result of ``_compile_both``, started when collection ended (conftest.py)."""
+    return _background.result("kernels_compile", _compile_both)
 
 
 def _run(judged, version):

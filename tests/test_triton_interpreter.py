@@ -6,7 +6,8 @@ the kernels there: on float32 inputs, against the float64 oracles, sizes capped 
 ``_backends.bounded``. The Triton-only modules (launch counts, tiles) run there too.
 TRITON_INTERPRET must be set before the kernels are first imported, and setting it here
 would change what other suites see (backend="triton" accepting CPU tensors), hence the
-child. On a GPU machine the same suites also run in this session, compiled, on CUDA.
+child; it starts when collection ends and runs beside the rest of the session
+(tests/_background.py). On a GPU machine the same suites also run in this session, compiled, on CUDA.
 """
 import ast
 import os
@@ -16,6 +17,7 @@ import time
 
 import pytest
 
+import _background
 from _backends import HAS_TRITON, INTERPRET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,20 +33,29 @@ MODULES = [
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
-@pytest.mark.skipif(INTERPRET, reason="already under TRITON_INTERPRET=1: the modules run directly")
-def test_op_suites_on_triton_under_interpreter():
+def _interpreter_child():
+    """(return code, output, seconds) of the child pytest over MODULES."""
     env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1",
                PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--maxfail=20",
            "-o", "addopts=", "-rfEX", "--durations=5", *[os.path.join(HERE, m) for m in MODULES]]
     start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True)
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    print(f"child pytest under TRITON_INTERPRET=1: {time.monotonic() - start:.0f} s\n{tail}")
-    assert proc.returncode == 0, f"the op suites under TRITON_INTERPRET=1 failed:\n{tail}"
-    assert " passed" in proc.stdout, tail
+    proc = _background.popen(cmd, cwd=os.path.dirname(HERE), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate()
+    return proc.returncode, out, time.monotonic() - start
+
+
+@pytest.mark.slow
+@pytest.mark.background("triton_interpreter", _interpreter_child)
+@pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
+@pytest.mark.skipif(INTERPRET, reason="already under TRITON_INTERPRET=1: the modules run directly")
+def test_op_suites_on_triton_under_interpreter():
+    returncode, out, seconds = _background.result("triton_interpreter", _interpreter_child)
+    tail = out[-6000:]
+    print(f"child pytest under TRITON_INTERPRET=1: {seconds:.0f} s\n{tail}")
+    assert returncode == 0, f"the op suites under TRITON_INTERPRET=1 failed:\n{tail}"
+    assert " passed" in out, tail
 
 
 def _takes_backend_fixture(fn: ast.FunctionDef) -> bool:

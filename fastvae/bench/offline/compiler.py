@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 ELEMENT_BYTES = {"fp32": 4, "f32": 4, "bf16": 2, "fp16": 2, "f16": 2, "i32": 4, "i64": 8,
                  "fp64": 8, "f64": 8, "i8": 1, "i1": 1, "i16": 2}
@@ -182,9 +182,11 @@ def compile_all(jobs: Sequence[tuple], workers: int) -> List[dict]:
         shutil.rmtree(cache_root, ignore_errors=True)
 
 
-def run_version(triton_path: Optional[str], args: Iterable[str], timeout: float = 3600) -> dict:
+def run_version(triton_path: Optional[str], args: Iterable[str], timeout: float = 3600,
+                popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> dict:
     """``python -m fastvae.bench.offline <args> --json FILE`` under the Triton in folder
-    ``triton_path`` (None: this interpreter's own), in a child process; its JSON."""
+    ``triton_path`` (None: this interpreter's own), in a child process started with
+    ``popen`` (the test suite passes one that kills it when the session ends); its JSON."""
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     if triton_path:
@@ -193,14 +195,20 @@ def run_version(triton_path: Optional[str], args: Iterable[str], timeout: float 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     try:
-        proc = subprocess.run([sys.executable, "-m", "fastvae.bench.offline", *args, "--json",
-                               path], env=env, capture_output=True, text=True, timeout=timeout)
+        proc = popen([sys.executable, "-m", "fastvae.bench.offline", *args, "--json", path],
+                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
         if proc.returncode != 0:
             raise RuntimeError(f"the offline judge under {triton_path or 'this Triton'} failed "
-                               f"({proc.returncode}):\n{proc.stderr[-4000:]}")
+                               f"({proc.returncode}):\n{stderr[-4000:]}")
         with open(path) as f:
             out = json.load(f)
-        out["stderr"] = proc.stderr
+        out["stderr"] = stderr
         return out
     finally:
         os.unlink(path)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from . import compiler
 
@@ -21,14 +22,14 @@ def pinned_triton() -> Optional[str]:
     return path if os.path.isdir(os.path.join(path, "triton")) else None
 
 
-def compile_versions(paths: Sequence[Optional[str]], workers: int,
-                     tier: str = "ci") -> List[dict]:
+def compile_versions(paths: Sequence[Optional[str]], workers: int, tier: str = "ci",
+                     popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> List[dict]:
     """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
-    by side; the cores are shared between them."""
+    by side in child processes started with ``popen``; the cores are shared between them."""
     each = max(1, workers // max(len(paths), 1))
     args = ["compile", "--workers", str(each), "--tier", tier]
     with ThreadPoolExecutor(max_workers=len(paths)) as ex:
-        return list(ex.map(lambda p: compiler.run_version(p, args), paths))
+        return list(ex.map(lambda p: compiler.run_version(p, args, popen=popen), paths))
 
 
 def compile_summary(run: dict) -> str:

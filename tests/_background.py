@@ -1,0 +1,60 @@
+"""Slow, self-contained jobs of the suite (the interpreter child pytest, the kernels'
+compile under two Tritons) started when collection ends, so that they run in child
+processes beside the rest of the session instead of after it: on two cores the suite's
+wall time is then about its CPU time over two. The tests that need a job's result wait
+for it with :func:`result`, which starts it if collection did not (a test run alone).
+
+A job is a zero-argument function. Child processes it starts through :func:`popen`
+are killed when the session ends, so an interrupted run leaves none behind.
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Dict, List
+
+_lock = threading.Lock()
+_pool = None
+_jobs: Dict[str, Future] = {}
+_procs: List[subprocess.Popen] = []
+_stopped = False
+
+
+def start(name: str, job: Callable[[], object]) -> None:
+    """Run ``job`` in a background thread under ``name`` (once)."""
+    global _pool
+    with _lock:
+        if name in _jobs:
+            return
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fastvae-test-job")
+        _jobs[name] = _pool.submit(job)
+
+
+def result(name: str, job: Callable[[], object]):
+    """The job's result (its exception re-raised), waiting for it; started here if needed."""
+    start(name, job)
+    return _jobs[name].result()
+
+
+def popen(cmd, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` whose process :func:`stop` kills."""
+    with _lock:
+        if _stopped:
+            raise RuntimeError("the test session has ended")
+        proc = subprocess.Popen(cmd, **kwargs)
+        _procs.append(proc)
+    return proc
+
+
+def stop() -> None:
+    """Kill the child processes still running (the session ended, perhaps interrupted)."""
+    global _stopped
+    with _lock:
+        _stopped = True
+        procs = list(_procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

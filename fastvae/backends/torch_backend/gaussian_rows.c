@@ -43,8 +43,9 @@ typedef struct {
 
 /* Elements [j, j + k) of a row (k <= W; k < W only for the tail); returns the KL terms
    with the lanes past k zeroed. HAS_PM / HAS_PLV / HAS_Z are constants after inlining. */
-static inline __attribute__((always_inline)) vf fwd_vec(const fwd_row *p, int64_t j, int64_t k,
+static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, int64_t k,
                                                         int has_pm, int has_plv, int has_z) {
+  const fwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
   vf mu, lv, pm = SPLAT(0.0f), plv = SPLAT(0.0f), eps = SPLAT(0.0f);
   int full = k == W;
   if (full) {
@@ -99,11 +100,12 @@ static inline __attribute__((always_inline)) vf fwd_vec(const fwd_row *p, int64_
 static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p, int64_t n,
                                                                int has_pm, int has_plv,
                                                                int has_z) {
+  fwd_row row = *p;
   vd acc = {0};
   int64_t j = 0;
   for (; j + W <= n; j += W)
-    acc += __builtin_convertvector(fwd_vec(p, j, W, has_pm, has_plv, has_z), vd);
-  if (j < n) acc += __builtin_convertvector(fwd_vec(p, j, n - j, has_pm, has_plv, has_z), vd);
+    acc += __builtin_convertvector(fwd_vec(row, j, W, has_pm, has_plv, has_z), vd);
+  if (j < n) acc += __builtin_convertvector(fwd_vec(row, j, n - j, has_pm, has_plv, has_z), vd);
   double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   return (float)s;
 }
@@ -184,8 +186,9 @@ typedef struct {
   float *d_mu, *d_lv, *d_pm, *d_plv;
 } bwd_row;
 
-static inline __attribute__((always_inline)) void bwd_vec(const bwd_row *p, int64_t j, int64_t k,
+static inline __attribute__((always_inline)) void bwd_vec(bwd_row row, int64_t j, int64_t k,
                                                           int has_dz, int has_gk) {
+  const bwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
   size_t bytes = (size_t)k * sizeof(float);
   vf dz = SPLAT(0.0f), gk = SPLAT(p->gk), g = SPLAT(0.0f), out;
   if (has_dz) memcpy(&dz, p->dz + j, bytes);
@@ -226,9 +229,10 @@ static inline __attribute__((always_inline)) void bwd_vec(const bwd_row *p, int6
 
 static inline __attribute__((always_inline)) void bwd_row_run(const bwd_row *p, int64_t n,
                                                               int has_dz, int has_gk) {
+  bwd_row row = *p;
   int64_t j = 0;
-  for (; j + W <= n; j += W) bwd_vec(p, j, W, has_dz, has_gk);
-  if (j < n) bwd_vec(p, j, n - j, has_dz, has_gk);
+  for (; j + W <= n; j += W) bwd_vec(row, j, W, has_dz, has_gk);
+  if (j < n) bwd_vec(row, j, n - j, has_dz, has_gk);
 }
 
 #define BWD_ROW_FN(name, DZ, GK) \

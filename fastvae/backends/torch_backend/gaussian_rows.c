@@ -15,8 +15,9 @@
  * Layout: rows of n contiguous floats; a row stride of 0 broadcasts one row to every
  * row (a prior shared by the batch, or a number made a row). A NULL prior is 0 (the
  * kernel is specialized for it: no exp for s, no subtraction for d); a NULL output is
- * not written. The row sum is accumulated in double, per lane, and added up in a fixed
- * order by the one thread that owns the row: the bits do not depend on the thread count.
+ * not written. The row sum is accumulated per lane (in float over blocks of 256
+ * elements, the blocks in double) and added up in a fixed order by the one thread that
+ * owns the row: the bits do not depend on the thread count.
  *
  * The sample: draw() is the only definition of z, shared by the forward here and by
  * fastvae_gauss_sample_rows (reparameterize), so that both give the same bits for the
@@ -25,6 +26,9 @@
 #include "vecmath.h"
 
 typedef double vd __attribute__((vector_size(64)));
+/* Row sums: each lane adds BLOCK terms in float, the blocks are added in double (a
+   conversion per vector costs as much as the KL's own arithmetic). */
+#define BLOCK 32
 
 static inline vf load_part(const float *p, int64_t k) {
   vf v = SPLAT(0.0f);
@@ -103,8 +107,12 @@ static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p,
   fwd_row row = *p;
   vd acc = {0};
   int64_t j = 0;
-  for (; j + W <= n; j += W)
-    acc += __builtin_convertvector(fwd_vec(row, j, W, has_pm, has_plv, has_z), vd);
+  while (j + W <= n) { /* float sums of BLOCK vectors, added up in double */
+    vf part = SPLAT(0.0f);
+    int64_t end = n - j > BLOCK * W ? j + BLOCK * W : n;
+    for (; j + W <= end; j += W) part += fwd_vec(row, j, W, has_pm, has_plv, has_z);
+    acc += __builtin_convertvector(part, vd);
+  }
   if (j < n) acc += __builtin_convertvector(fwd_vec(row, j, n - j, has_pm, has_plv, has_z), vd);
   double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   return (float)s;

@@ -38,15 +38,15 @@ def calls(monkeypatch):
 def test_every_op_takes_the_kernel(kernel, calls):
     mu, lv, pm, plv = (leaf(torch.randn(4, 3, 5)) for _ in range(4))
     fastvae.kl_normal(mu, lv, pm, plv, backend="torch").sum().backward()
-    assert calls == ["fastvae_gauss_kl_rows"]
+    assert calls == ["fastvae_gauss_kl_rows", "fastvae_gauss_kl_bwd_rows"]
     z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
     (z.sum() + kl.sum()).backward()
-    assert calls[1:] == ["fastvae_gauss_kl_rows", "fastvae_gauss_kl_bwd_rows"]
+    assert calls[2:] == ["fastvae_gauss_kl_rows", "fastvae_gauss_kl_bwd_rows"]
     fastvae.reparameterize(mu.reshape(4, -1), lv.reshape(4, -1), n_samples=2, backend="torch")
-    assert calls[3:] == ["fastvae_gauss_sample_rows"] * 2
+    assert calls[4:] == ["fastvae_gauss_sample_rows"] * 2
     for half in (torch.float16, torch.bfloat16):  # forward on upcast chunks, z from aten
         fastvae.sample_with_kl(mu.detach().to(half), lv.detach().to(half), backend="torch")
-    assert calls[5:] == ["fastvae_gauss_kl_rows"] * 2
+    assert calls[6:] == ["fastvae_gauss_kl_rows"] * 2
 
 
 def test_fallback_without_the_library(monkeypatch):
@@ -212,3 +212,20 @@ def test_float64_and_cuda_like_inputs_decline(kernel):
     assert not gaussian_rows.sample_rows(x, x, x, torch.empty_like(x))
     assert not gaussian_rows.kl_bwd_rows(x, None, x, x, x, x, x, torch.empty_like(x), None,
                                          None, None)
+
+
+@pytest.mark.parametrize("wanted", ["all", "prior mean only", "posterior only"])
+def test_kl_normal_backward_in_one_pass(kernel, calls, wanted):
+    """kl_normal's backward weighs the saved gradients in one kernel pass (dKL/dmu_p from
+    dKL/dmu_q), with the same values as weighing each alone."""
+    need = {"all": (1, 1, 1, 1), "prior mean only": (0, 0, 1, 0),
+            "posterior only": (1, 1, 0, 0)}[wanted]
+    ts = [torch.randn(5, 3, 4).requires_grad_(bool(n)) for n in need]
+    w = torch.randn(5)
+    got = torch.autograd.grad(fastvae.kl_normal(*ts, backend="torch"), [t for t in ts
+                                                                        if t.requires_grad], w)
+    assert calls[-1] == "fastvae_gauss_kl_bwd_rows"
+    want = grads(F.kl_normal_dim(*ts).reshape(5, -1).sum(-1), [t for t in ts
+                                                               if t.requires_grad], w.double())
+    for g, e in zip(got, want):
+        assert_close("grad", g, e, F32)

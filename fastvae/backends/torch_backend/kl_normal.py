@@ -29,3 +29,22 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
             grad_out(d_lv, logvar_q, needs[1], shape),
             grad_out(d_pm, mu_q if mu_p is None else mu_p, needs[2], shape),
             grad_out(d_plv, mu_q if logvar_p is None else logvar_p, needs[3], shape))
+
+
+def kl_normal_bwd(grad_out, g_mu, g_lv, g_pm, g_plv, needs):
+    """The saved gradients times the KL's grad_output (B,), per row, in one pass of the C
+    kernel: [d_mu, d_lv, d_pm, d_plv], None where not needed; d_pm from g_mu (one read
+    less). None where the C path cannot run (the caller weighs them in aten)."""
+    saved = (g_mu, g_lv, g_pm, g_plv)
+    if grad_out.dim() != 1 or not any(needs):
+        return None
+    outs = [torch.empty_like(g) if n else None for g, n in zip(saved, needs)]
+    if needs[0]:   # d_mu and d_pm = -d_mu both from g_mu
+        first, first_out, pm_out = g_mu, outs[0], outs[2]
+    else:          # d_pm alone: gk * g_pm through the same slot
+        first, first_out, pm_out = (g_pm, outs[2], None) if needs[2] else (None, None, None)
+    if not gaussian_rows.kl_bwd_rows(None, grad_out, None, None, first,
+                                     g_lv if needs[1] else None, g_plv if needs[3] else None,
+                                     first_out, outs[1], pm_out, outs[3]):
+        return None
+    return outs

@@ -23,7 +23,8 @@ def reparameterize_noise(mu, n_samples: int, generator):
 
 def reparameterize_fwd(mu, logvar, noise, n_samples: int):
     """``mu + exp(0.5 * logvar) * eps``, ``(B, L)`` or ``(K, B, L)`` like ``noise``."""
-    if mu.dim() == 2 and mu.dtype == torch.float32 and noise.is_contiguous():
+    if (mu.dim() == 2 and mu.dtype == torch.float32 and mu.device.type == "cpu"
+            and noise.is_contiguous()):
         z = torch.empty(noise.shape, dtype=mu.dtype, device=mu.device)
         samples = [(noise, z)] if n_samples == 0 else list(zip(noise, z))
         if all(gaussian_rows.sample_rows(mu, logvar, e, out) for e, out in samples):

@@ -36,7 +36,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
     grads = (g_mu, None, g_lv, g_plv)
     saved = tuple(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv))
-    if mu.dtype == torch.float32:  # z from the kernel's pass: reparameterize's z, bit for bit
+    if mu.dtype == torch.float32 and mu.device.type == "cpu":  # z from the kernel's pass,
+        # the same code as reparameterize's z: the same bits
         z = torch.empty_like(mu, memory_format=torch.contiguous_format)
         if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl, *grads):
             return (z, kl, *saved)

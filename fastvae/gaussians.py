@@ -20,6 +20,8 @@ def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
     device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
     V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
                    logvar_p=plv)
+    if mu_q.dim() == 2:  # already (B, N): no view (an autograd node each) per call
+        return mu_q, logvar_q, pm, plv, device
     b, n = mu_q.shape[0], mu_q.shape[1:].numel()  # not reshape(b, -1): ambiguous when B == 0
     return mu_q.reshape(b, n), logvar_q.reshape(b, n), pm, plv, device
 
@@ -51,7 +53,7 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     r"""Draw ``z = mu_q + exp(0.5 * logvar_q) * eps`` and compute
     ``KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p)))`` per sample, in one fused op:
     the per-group step of a hierarchical VAE (one launch forward, one backward on the
-    Triton backend).
+    Triton backend; one C pass each way on "torch" for float32).
 
     Args:
         mu_q, logvar_q: ``(B, *)`` posterior, one dtype.
@@ -80,4 +82,4 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
     _check_generator(generator, device)
     z, kl = _run(backend, device, "sample_with_kl")(mu2, lv2, pm, plv, generator)
-    return z.reshape(mu_q.shape), kl
+    return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl

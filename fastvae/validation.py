@@ -146,8 +146,9 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
         return check_number(name, obs_logvar)
     check_tensor(name, obs_logvar)
     x_shape = torch.Size(x_shape)
-    try:
-        fits = torch.broadcast_shapes(obs_logvar.shape, x_shape) == x_shape
+    try:  # the same shape (a learned prior's usual case) without broadcast_shapes' cost
+        fits = (obs_logvar.shape == x_shape
+                or torch.broadcast_shapes(obs_logvar.shape, x_shape) == x_shape)
     except RuntimeError:
         fits = False
     if not fits:

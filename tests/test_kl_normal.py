@@ -3,7 +3,9 @@ Gaussians, value and all four gradients against the float64 textbook formula and
 ``torch.distributions.kl_divergence(Normal, Normal)``, for any ``(B, *)`` shape and
 every broadcast pattern of the prior, at extreme log-variances (+-80, where
 ``exp(lv_q) * exp(-lv_p)`` overflows float32), in low precision, on empty inputs, under
-gradcheck, and its errors.
+gradcheck, and its errors. On "torch" the float32 cases run the C kernel
+(gaussian_rows.c); ``cpu_path`` runs the broadcast cases once more on the aten fallback;
+the kernel's own checks (threads, layouts, chunks): test_gaussian_rows.py.
 
 Launch counts and what autograd saves on Triton: tests/test_triton_backend.py.
 """
@@ -48,7 +50,7 @@ def distributions_kl(mu_q, lv_q, mu_p, lv_p):
 
 @pytest.mark.parametrize("kind", list(PRIORS))
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 3, 4, 7), (2, 16, 8, 8), (33, 2, 1, 3)])
-def test_matches_formula_every_broadcast(seed, backend, kind, shape):
+def test_matches_formula_every_broadcast(seed, backend, cpu_path, kind, shape):
     dt = case_dtype(backend)
     mu, lv = leaf(torch.randn(shape, dtype=dt) * 2), leaf(torch.randn(shape, dtype=dt) * 2)
     pm, plv = prior_tensor(kind, shape, dt, 2.0), prior_tensor(kind, shape, dt, 1.5)

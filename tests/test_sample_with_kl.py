@@ -7,6 +7,8 @@ seeding; z or the KL unused; dtypes, empty inputs, gradcheck and errors.
 
 eps is never returned (and on "triton" never stored): the tests recover it from z.
 Launches (1 forward, 1 backward) and what autograd saves: tests/test_triton_backend.py.
+On "torch" float32 runs the C kernel (gaussian_rows.c, z from the same code as
+reparameterize's); ``cpu_path`` runs the main cases once more on the aten fallback.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def eps_of(z, mu, lv):
 
 @pytest.mark.parametrize("kind", ["standard", "full", "channel", "shared"])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (4, 3, 5, 6), (33, 2, 1, 3), (3, 1003)])
-def test_value_and_gradient_identity(seed, backend, kind, shape):
+def test_value_and_gradient_identity(seed, backend, cpu_path, kind, shape):
     dt = case_dtype(backend)
     mu, lv = posterior(shape, dt)
     pm, plv = make_prior(kind, shape, dt)
@@ -112,7 +114,7 @@ def test_only_one_output_used(seed, backend, use):
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (3, 2, 4, 4), (2, 5000)])
-def test_same_z_as_reparameterize(backend, shape):
+def test_same_z_as_reparameterize(backend, cpu_path, shape):
     """The seed contract: after torch.manual_seed(s), or with equally seeded generators,
     z is reparameterize's z of the flattened posterior, bit for bit."""
     mu, lv = posterior(shape, case_dtype(backend), grad=False)
@@ -208,3 +210,24 @@ def test_errors(backend):
         fastvae.sample_with_kl(mu, mu, generator=3, backend=backend)
     with pytest.raises(ValueError, match="non-finite"):
         fastvae.sample_with_kl(mu, mu * float("nan"), backend=backend, validate=True)
+
+
+def test_halves_of_one_encoder_output(seed, backend):
+    """``mu, logvar = h.chunk(2, dim=1)`` (row-strided views, as hierarchical VAEs split
+    one convolution's output): the same z as reparameterize, the KL and the gradients."""
+    dt = case_dtype(backend)
+    h = leaf(torch.randn(3, 4, 2, 5, dtype=dt))
+    mu, lv = h.chunk(2, dim=1)
+    pm, plv = torch.randn(3, 2, 2, 5, dtype=dt), torch.randn(3, 2, 2, 5, dtype=dt)
+    torch.manual_seed(8)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    torch.manual_seed(8)
+    want_z = fastvae.reparameterize(mu.reshape(3, -1), lv.reshape(3, -1), backend=backend)
+    assert torch.equal(z.detach(), want_z.detach().reshape(z.shape))
+    want_kl = F.kl_normal_dim(mu, lv, pm, plv).reshape(3, -1).sum(-1)
+    assert_close("kl", kl, want_kl, dt, rtol={F64: 1e-12})
+    dz, gk = torch.randn(z.shape, dtype=dt), torch.randn(3, dtype=dt)
+    (g,) = torch.autograd.grad([z, kl], [h], [dz, gk])
+    z64 = mu.double() + torch.exp(0.5 * lv.double()) * eps_of(z, mu, lv)
+    (want,) = torch.autograd.grad([z64, want_kl], [h], [dz.double(), gk.double()])
+    assert_close("d/dh", g, want, dt, rtol={F64: 1e-11})

@@ -6,7 +6,8 @@ compute module here with :func:`get`. A fused backend module provides, on canoni
 (already checked, flattened) arguments, per op ``<op>_fwd`` returning the value and its
 gradients together (see ``fastvae.ops``), ``reparameterize_noise`` /
 ``reparameterize_fwd`` / ``reparameterize_bwd`` / ``reparameterize_std_eps`` and
-``scale_saved_``. The canonical shapes:
+``scale_saved_``; optionally ``kl_normal_bwd`` (the saved gradients weighed by grad_output
+in one pass; None where it cannot, and ``fastvae.ops`` weighs them). The canonical shapes:
 
 ``elbo``: x, recon ``(B, D)``; mu, logvar ``(B, L)``; z ``(B, L)`` or None (given iff
     kl == "mc"); obs_logvar a float, or a tensor ``(D,)`` or ``(B, D)``. The value is

@@ -34,7 +34,13 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
-    g = [A.weigh(t if n else None, grad_out, 0) for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    g = None
+    fused = getattr(backends.get(ctx.backend), "kl_normal_bwd", None)  # one pass, where offered
+    if fused is not None and grad_out is not None and A.plain_eager((grad_out,)):
+        g = fused(grad_out, *ctx.saved_tensors, ctx.needs)
+    if g is None:
+        g = [A.weigh(t if n else None, grad_out, 0)
+             for t, n in zip(ctx.saved_tensors, ctx.needs)]
     return (g[0], g[1], A.to_shape(g[2], ctx.sum_to[0]), A.to_shape(g[3], ctx.sum_to[1]),
             None, None)
 

@@ -1,4 +1,6 @@
 """reparameterize on the "torch" backend: eps drawn by torch.randn and kept for backward.
+float32 z is computed by the C kernel of ``gaussian_rows`` where it is available, by the
+same code as sample_with_kl's z (so both give the same bits for the same seed).
 
 ``noise`` is eps itself, ``(B, L)`` or ``(K, B, L)`` in mu's dtype (the Triton backend's
 is a Philox seed instead); backward needs ``exp(0.5 * logvar) * eps``, so only eps and a
@@ -7,6 +9,8 @@ reference to logvar are kept, as eager autograd would keep them.
 from __future__ import annotations
 
 import torch
+
+from . import gaussian_rows
 
 
 def reparameterize_noise(mu, n_samples: int, generator):
@@ -18,6 +22,13 @@ def reparameterize_noise(mu, n_samples: int, generator):
 
 
 def reparameterize_fwd(mu, logvar, noise, n_samples: int):
+    """``mu + exp(0.5 * logvar) * eps``, ``(B, L)`` or ``(K, B, L)`` like ``noise``."""
+    if (mu.dim() == 2 and mu.dtype == torch.float32 and mu.device.type == "cpu"
+            and noise.is_contiguous()):
+        z = torch.empty(noise.shape, dtype=mu.dtype, device=mu.device)
+        samples = [(noise, z)] if n_samples == 0 else list(zip(noise, z))
+        if all(gaussian_rows.sample_rows(mu, logvar, e, out) for e, out in samples):
+            return z
     return torch.addcmul(mu, torch.exp(0.5 * logvar), noise)
 
 

@@ -1,5 +1,7 @@
 """sample_with_kl on the "torch" backend: z, the per-row KL to the prior and the KL's
-gradients in one closed-form pass; backward in one more, row chunk by row chunk.
+gradients in one pass; backward in one more. Both run in the C kernel of
+``gaussian_rows`` where it is available (float32; 16-bit forward on upcast row chunks,
+with aten's z), else as row-chunked aten ops (float64, ``FASTVAE_NATIVE=0``, no compiler).
 
 ``noise`` is eps, drawn by :func:`reparameterize_noise` exactly as ``reparameterize``
 draws it, and ``z`` is computed by the same expression, so the two give the same z for
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..._dtypes import result_dtype, upcast
+from . import gaussian_rows
 from .reparameterize import reparameterize_fwd
 from .rows import grad_buffer, row_chunks
 
@@ -25,18 +28,27 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """(z, KL per row, dKL/dmu_q, dKL/dlogvar_q, dKL/dlogvar_p): the gradients where
     ``needs`` = (mu_q, logvar_q, mu_p, logvar_p) asks for them (dKL/dmu_q also for mu_p),
     empty placeholders otherwise."""
-    z = reparameterize_fwd(mu, logvar, noise, 0)
     dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
     batch, n = mu.shape
     kl = torch.empty(batch, dtype=dtype, device=mu.device)
     g_mu = grad_buffer(mu, needs[0] or needs[2])
     g_lv = grad_buffer(logvar, needs[1])
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
+    grads = (g_mu, None, g_lv, g_plv)
+    saved = tuple(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv))
+    if mu.dtype == torch.float32 and mu.device.type == "cpu":  # z from the kernel's pass,
+        # the same code as reparameterize's z: the same bits
+        z = torch.empty_like(mu, memory_format=torch.contiguous_format)
+        if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl, *grads):
+            return (z, kl, *saved)
+    z = reparameterize_fwd(mu, logvar, noise, 0)
+    if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, None, None, kl, *grads):
+        return (z, kl, *saved)
     for i, j in row_chunks(batch, n):
         _kl_chunk(upcast(mu[i:j], dtype), upcast(logvar[i:j], dtype),
                   upcast(_rows(prior_mu, i, j), dtype), upcast(_rows(prior_logvar, i, j), dtype),
                   kl[i:j], *(None if g is None else g[i:j] for g in (g_mu, g_lv, g_plv)))
-    return (z, kl, *(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv)))
+    return (z, kl, *saved)
 
 
 def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
@@ -75,6 +87,11 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
     KL alone, per row (B, N). Empty placeholders where ``needs`` says not needed."""
     batch, n = logvar.shape
     outs = [grad_buffer(logvar, need, logvar.shape) for need in needs]
+    real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are empty placeholders
+    if any(needs) and gaussian_rows.kl_bwd_rows(
+            dz, g_kl, logvar if needs[1] else None, noise if needs[1] else None,
+            *(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real)), *outs):
+        return tuple(logvar.new_empty(0) if o is None else o for o in outs)
     gk = None if g_kl is None else g_kl.unsqueeze(-1)
     for i, j in row_chunks(batch, n):
         d_mu, d_lv, d_pm, d_plv = (None if o is None else o[i:j] for o in outs)

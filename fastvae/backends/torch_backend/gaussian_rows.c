@@ -1,0 +1,278 @@
+/* One latent group with a diagonal Gaussian prior on CPU, float32: the reparameterized
+ * sample z = mu + exp(lv/2) eps, the per-row KL(N(mu, e^lv) || N(pm, e^plv)) and its
+ * gradients in one pass forward, the gradients of sample_with_kl in one pass backward.
+ * Used by the torch backend's kl_normal, sample_with_kl and reparameterize
+ * (gaussian_rows.py binds and calls them).
+ *
+ * Per element, with d = mu - pm, s = exp(-plv/2), u = d s, r = exp(lv - plv):
+ *   KL = 0.5 (plv - lv) + 0.5 (r - 1) + 0.5 u^2
+ *   dKL/dmu = u s = -dKL/dpm, dKL/dlv = 0.5 (r - 1), dKL/dplv = -(0.5 (r - 1) + 0.5 u^2)
+ * r is exp(lv - plv), never exp(lv) * exp(-plv), and u^2 is (d s)^2, never d^2 exp(-plv):
+ * at log-variances of +-80 every factor stays inside float32 wherever the KL does.
+ * Three exponentials per element forward (the sample's exp(lv/2), s and r), one
+ * backward (exp(lv/2) again, for 0.5 dz exp(lv/2) eps); none without a prior's plv.
+ *
+ * Layout: rows of n contiguous floats; a row stride of 0 broadcasts one row to every
+ * row (a prior shared by the batch, or a number made a row). A NULL prior is 0 (a
+ * NULL plv has a loop of its own, without the exp for s); a NULL output is
+ * not written. The row sum is accumulated per lane (in float over blocks of 256
+ * elements, the blocks in double) and added up in a fixed order by the one thread that
+ * owns the row: the bits do not depend on the thread count.
+ *
+ * The sample: draw() is the only definition of z, shared by the forward here and by
+ * fastvae_gauss_sample_rows (reparameterize), so that both give the same bits for the
+ * same eps (the seed contract of sample_with_kl).
+ */
+#include "vecmath.h"
+
+typedef double vd __attribute__((vector_size(64)));
+/* Row sums: each lane adds BLOCK terms in float, the blocks are added in double (a
+   conversion per vector costs as much as the KL's own arithmetic). */
+#define BLOCK 32
+
+static inline vf load_part(const float *p, int64_t k) {
+  vf v = SPLAT(0.0f);
+  memcpy(&v, p, k * sizeof(float));
+  return v;
+}
+
+/* z = mu + exp(lv / 2) eps. */
+static inline vf draw(vf mu, vf lv, vf eps) { return mu + exp_any(0.5f * lv) * eps; }
+
+/* The row pointers of one row, NULL where absent. */
+typedef struct {
+  const float *mu, *lv, *pm, *plv, *eps;
+  float *z, *g_mu, *g_pm, *g_lv, *g_plv;
+} fwd_row;
+
+/* Elements [j, j + k) of a row (k <= W; k < W only for the tail); returns the KL terms
+   with the lanes past k zeroed. has_plv is a constant after inlining, has_pm and has_z
+   loop-invariant. */
+static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, int64_t k,
+                                                        int has_pm, int has_plv, int has_z) {
+  const fwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
+  vf mu, lv, pm = SPLAT(0.0f), plv = SPLAT(0.0f), eps = SPLAT(0.0f);
+  int full = k == W;
+  if (full) {
+    memcpy(&mu, p->mu + j, sizeof mu);
+    memcpy(&lv, p->lv + j, sizeof lv);
+    if (has_pm) memcpy(&pm, p->pm + j, sizeof pm);
+    if (has_plv) memcpy(&plv, p->plv + j, sizeof plv);
+    if (has_z) memcpy(&eps, p->eps + j, sizeof eps);
+  } else {
+    mu = load_part(p->mu + j, k);
+    lv = load_part(p->lv + j, k);
+    if (has_pm) pm = load_part(p->pm + j, k);
+    if (has_plv) plv = load_part(p->plv + j, k);
+    if (has_z) eps = load_part(p->eps + j, k);
+  }
+  vf d = has_pm ? mu - pm : mu, u, gm, r;
+  if (has_plv) {
+    vf s = exp_any(-0.5f * plv);
+    u = d * s;
+    gm = u * s;
+    r = exp_any(lv - plv);
+  } else {
+    u = d;
+    gm = d;
+    r = exp_any(lv);
+  }
+  vf g_lv = 0.5f * (r - 1.0f);
+  vf neg_g_plv = g_lv + 0.5f * (u * u);
+  vf kl = (has_plv ? 0.5f * (plv - lv) : -0.5f * lv) + neg_g_plv;
+  size_t bytes = (size_t)k * sizeof(float);
+  if (has_z) {
+    vf z = draw(mu, lv, eps);
+    memcpy(p->z + j, &z, bytes);
+  }
+  if (p->g_mu) memcpy(p->g_mu + j, &gm, bytes);
+  if (p->g_pm) {
+    vf gp = -gm;
+    memcpy(p->g_pm + j, &gp, bytes);
+  }
+  if (p->g_lv) memcpy(p->g_lv + j, &g_lv, bytes);
+  if (p->g_plv) {
+    vf gp = -neg_g_plv;
+    memcpy(p->g_plv + j, &gp, bytes);
+  }
+  if (!full) {
+    vi lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    kl = sel(lane < (int)k, kl, SPLAT(0.0f));
+  }
+  return kl;
+}
+
+static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p, int64_t n,
+                                                               int has_pm, int has_plv,
+                                                               int has_z) {
+  fwd_row row = *p;
+  vd acc = {0};
+  int64_t j = 0;
+  while (j + W <= n) { /* float sums of BLOCK vectors, added up in double */
+    vf part = SPLAT(0.0f);
+    int64_t end = n - j > BLOCK * W ? j + BLOCK * W : n;
+    for (; j + W <= end; j += W) part += fwd_vec(row, j, W, has_pm, has_plv, has_z);
+    acc += __builtin_convertvector(part, vd);
+  }
+  if (j < n) acc += __builtin_convertvector(fwd_vec(row, j, n - j, has_pm, has_plv, has_z), vd);
+  double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return (float)s;
+}
+
+/* Specialized on plv only (it decides two of the three exps); pm and z are branches on
+   loop-invariant pointers: eight specializations tripled the library's build time. */
+static float fwd_plv(const fwd_row *p, int64_t n) {
+  return fwd_row_sum(p, n, p->pm != 0, 1, p->z != 0);
+}
+static float fwd_no_plv(const fwd_row *p, int64_t n) {
+  return fwd_row_sum(p, n, p->pm != 0, 0, p->z != 0);
+}
+
+/* Per row i < rows: kl[i] = the row's KL; z, g_mu (dKL/dmu), g_pm (dKL/dpm), g_lv
+   (dKL/dlv), g_plv (dKL/dplv), each (rows, n) contiguous, where not NULL. mu, lv, pm,
+   plv: rows of n contiguous floats at the given row strides (0: one row for all); pm or
+   plv NULL: 0. eps: (rows, n) contiguous, given exactly when z is. */
+int fastvae_gauss_kl_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
+                          const float *lv, int64_t slv, const float *pm, int64_t spm,
+                          const float *plv, int64_t splv, const float *eps, float *z,
+                          float *kl, float *g_mu, float *g_pm, float *g_lv, float *g_plv,
+                          int nthreads) {
+  if ((eps == 0) != (z == 0) || rows < 0 || n < 0) return -1;
+  float (*fn)(const fwd_row *, int64_t) = plv ? fwd_plv : fwd_no_plv;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+  for (int64_t i = 0; i < rows; ++i) {
+    int64_t o = i * n;
+    fwd_row p = {mu + i * smu, lv + i * slv, pm ? pm + i * spm : 0, plv ? plv + i * splv : 0,
+                 eps ? eps + o : 0, z ? z + o : 0, g_mu ? g_mu + o : 0, g_pm ? g_pm + o : 0,
+                 g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0};
+    kl[i] = fn(&p, n);
+  }
+  (void)nthreads;
+  return 0;
+}
+
+/* z = mu + exp(lv / 2) eps per row: reparameterize's z, the same bits as the forward
+   above gives for the same eps. mu, lv at row strides; eps, z (rows, n) contiguous. */
+int fastvae_gauss_sample_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
+                              const float *lv, int64_t slv, const float *eps, float *z,
+                              int nthreads) {
+  if (rows < 0 || n < 0) return -1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+  for (int64_t i = 0; i < rows; ++i) {
+    const float *m = mu + i * smu, *l = lv + i * slv, *e = eps + i * n;
+    float *zr = z + i * n;
+    vf a, b, c, r;
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+      memcpy(&a, m + j, sizeof a);
+      memcpy(&b, l + j, sizeof b);
+      memcpy(&c, e + j, sizeof c);
+      r = draw(a, b, c);
+      memcpy(zr + j, &r, sizeof r);
+    }
+    if (j < n) {
+      int64_t k = n - j;
+      r = draw(load_part(m + j, k), load_part(l + j, k), load_part(e + j, k));
+      memcpy(zr + j, &r, k * sizeof(float));
+    }
+  }
+  (void)nthreads;
+  return 0;
+}
+
+/* The row pointers of one backward row, NULL where absent. */
+typedef struct {
+  const float *dz, *lv, *eps, *g_mu, *g_lv, *g_plv;
+  float gk;
+  float *d_mu, *d_lv, *d_pm, *d_plv;
+} bwd_row;
+
+static inline __attribute__((always_inline)) void bwd_vec(bwd_row row, int64_t j, int64_t k,
+                                                          int has_dz, int has_gk) {
+  const bwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
+  size_t bytes = (size_t)k * sizeof(float);
+  vf dz = SPLAT(0.0f), gk = SPLAT(p->gk), g = SPLAT(0.0f), out;
+  if (has_dz) memcpy(&dz, p->dz + j, bytes);
+  if (p->d_mu || p->d_pm) {
+    if (has_gk) memcpy(&g, p->g_mu + j, bytes);
+    if (p->d_mu) {
+      out = has_gk ? (has_dz ? dz + gk * g : gk * g) : dz;
+      memcpy(p->d_mu + j, &out, bytes);
+    }
+    if (p->d_pm) {
+      out = -(gk * g);
+      memcpy(p->d_pm + j, &out, bytes);
+    }
+  }
+  if (p->d_lv) {
+    out = SPLAT(0.0f);
+    if (has_dz) {
+      vf lv = SPLAT(0.0f), eps = SPLAT(0.0f);
+      memcpy(&lv, p->lv + j, bytes);
+      memcpy(&eps, p->eps + j, bytes);
+      out = (0.5f * dz) * (exp_any(0.5f * lv) * eps);
+    }
+    if (has_gk) {
+      memcpy(&g, p->g_lv + j, bytes);
+      out = has_dz ? out + gk * g : gk * g;
+    }
+    memcpy(p->d_lv + j, &out, bytes);
+  }
+  if (p->d_plv) {
+    out = SPLAT(0.0f);
+    if (has_gk) {
+      memcpy(&g, p->g_plv + j, bytes);
+      out = gk * g;
+    }
+    memcpy(p->d_plv + j, &out, bytes);
+  }
+}
+
+static inline __attribute__((always_inline)) void bwd_row_run(const bwd_row *p, int64_t n,
+                                                              int has_dz, int has_gk) {
+  bwd_row row = *p;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) bwd_vec(row, j, W, has_dz, has_gk);
+  if (j < n) bwd_vec(row, j, n - j, has_dz, has_gk);
+}
+
+#define BWD_ROW_FN(name, DZ, GK) \
+  static void name(const bwd_row *p, int64_t n) { bwd_row_run(p, n, DZ, GK); }
+BWD_ROW_FN(bwd_00, 0, 0)
+BWD_ROW_FN(bwd_01, 0, 1)
+BWD_ROW_FN(bwd_10, 1, 0)
+BWD_ROW_FN(bwd_11, 1, 1)
+static void (*const bwd_fns[4])(const bwd_row *, int64_t) = {bwd_00, bwd_01, bwd_10, bwd_11};
+
+/* sample_with_kl's backward per row i (dz or gk NULL: that output was not used, 0):
+     d_mu = dz + gk[i] g_mu, d_pm = -gk[i] g_mu, d_plv = gk[i] g_plv,
+     d_lv = 0.5 dz exp(lv / 2) eps + gk[i] g_lv,
+   each (rows, n) contiguous, written where not NULL. dz, eps, g_*: (rows, n) contiguous;
+   lv at row stride slv. The inputs a wanted output needs must be given. */
+int fastvae_gauss_kl_bwd_rows(int64_t rows, int64_t n, const float *dz, const float *gk,
+                              const float *lv, int64_t slv, const float *eps,
+                              const float *g_mu, const float *g_lv, const float *g_plv,
+                              float *d_mu, float *d_lv, float *d_pm, float *d_plv,
+                              int nthreads) {
+  if (rows < 0 || n < 0) return -1;
+  if (gk && (((d_mu || d_pm) && !g_mu) || (d_lv && !g_lv) || (d_plv && !g_plv))) return -1;
+  if (dz && d_lv && (!lv || !eps)) return -1;
+  void (*fn)(const bwd_row *, int64_t) = bwd_fns[(dz != 0) * 2 + (gk != 0)];
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#endif
+  for (int64_t i = 0; i < rows; ++i) {
+    int64_t o = i * n;
+    bwd_row p = {dz ? dz + o : 0, lv ? lv + i * slv : 0, eps ? eps + o : 0,
+                 g_mu ? g_mu + o : 0, g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0,
+                 gk ? gk[i] : 0.0f, d_mu ? d_mu + o : 0, d_lv ? d_lv + o : 0,
+                 d_pm ? d_pm + o : 0, d_plv ? d_plv + o : 0};
+    fn(&p, n);
+  }
+  (void)nthreads;
+  return 0;
+}

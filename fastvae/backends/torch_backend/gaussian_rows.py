@@ -1,0 +1,167 @@
+"""The Gaussian-prior rows of ``gaussian_rows.c`` for kl_normal, sample_with_kl and
+reparameterize on the "torch" backend: z, the per-row KL and its gradients in one pass,
+sample_with_kl's gradients in one more.
+
+Each function returns False where the C library is unavailable (``native.status()``
+says why: ``FASTVAE_NATIVE=0``, no compiler, a failed build) or the tensors are not CPU
+float32/16-bit; the caller then runs its aten path. float64 always takes the aten path
+(the tests hold it to float64 precision). 16-bit inputs: the forward upcasts one row
+chunk (``rows.CHUNK_ELEMS``) at a time to float32 temporaries and writes back, as the
+aten path does; a 16-bit sample's z stays aten's (``reparameterize_fwd``) and the
+backward of 16-bit gradients stays on the aten path.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from . import native
+from .rows import row_chunks
+
+_P, _N = ctypes.c_void_p, ctypes.c_int64
+_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
+_BWD = [_N, _N, _P, _P, _P, _N, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
+_SAMPLE = [_N, _N, _P, _N, _P, _N, _P, _P, ctypes.c_int]
+F32 = torch.float32
+_ANY = (F32, torch.float16, torch.bfloat16)
+
+
+def _usable(ts, dtypes) -> bool:
+    """Whether every tensor among ``ts`` (None skipped) is a CPU tensor of these dtypes."""
+    for t in ts:
+        if t is not None and (t.dtype not in dtypes or t.device.type != "cpu"):
+            return False
+    return True
+
+
+def _rows_of(t):
+    """(address, row stride in elements) of a float32 (N,) or (B, N) tensor with
+    contiguous elements (a copy where they are not, kept alive in ``keep``), or (None, 0)."""
+    if t is None:
+        return None, 0, None
+    if t.stride(-1) != 1 and t.shape[-1] > 1:
+        t = t.contiguous()
+    stride = 0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0)
+    return t.data_ptr(), stride, t
+
+
+def _addr(t):
+    return None if t is None else t.data_ptr()
+
+
+def _at(base, offset: int):
+    """The address ``offset`` floats past ``base``, or None."""
+    return None if base is None else base + 4 * offset
+
+
+def _check(rc: int, name: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"fastvae: {name} rejected its arguments (code {rc})")
+
+
+def _kl_f32(fn, mu, lv, pm, plv, eps, z, kl, outs, threads):
+    """The forward kernel on float32 tensors: outs = (g_mu, g_pm, g_lv, g_plv), each a
+    contiguous float32 (B, N) or None; eps and z contiguous, or both None."""
+    rows, n = mu.shape
+    ins = [_rows_of(t) for t in (mu, lv, pm, plv)]
+    o = [_addr(t) for t in (eps, z, *outs)]
+    k = kl.data_ptr()
+
+    def block(i, count, nthreads):
+        args = [a for p, s, _ in ins for a in (_at(p, i * s), s)]
+        oi = [_at(p, i * n) for p in o]
+        _check(fn(count, n, *args, oi[0], oi[1], k + 4 * i, *oi[2:], nthreads),
+               "fastvae_gauss_kl_rows")
+
+    native.for_rows(rows, rows * n, block, threads)
+
+
+def _direct(t) -> bool:
+    return t is None or (t.dtype == F32 and t.is_contiguous())
+
+
+def kl_rows(mu, lv, pm, plv, eps, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None) -> bool:
+    """kl (B,) float32 = the per-row KL(N(mu, e^lv) || N(pm, e^plv)); z = mu + exp(lv/2) eps
+    where z is given (float32 only); g_mu, g_pm, g_lv, g_plv (contiguous (B, N) in any
+    float dtype, or None) = dKL/dmu, dKL/dpm, dKL/dlv, dKL/dplv. mu, lv (B, N); pm, plv
+    None, (N,) or (B, N). False (nothing written) where the C path cannot run."""
+    outs = (g_mu, g_pm, g_lv, g_plv)
+    ins = (mu, lv, pm, plv)
+    if kl.dtype != F32 or not _usable(ins + outs, _ANY):
+        return False
+    if z is not None and not (_usable((mu, lv, eps, z), (F32,)) and eps.is_contiguous()
+                              and z.is_contiguous()):
+        return False
+    fn = native.symbol("fastvae_gauss_kl_rows", _FWD)
+    if fn is None:
+        return False
+    if mu.numel() == 0:
+        kl.zero_()
+        return True
+    if _usable(ins, (F32,)) and all(_direct(t) for t in outs):
+        _kl_f32(fn, mu, lv, pm, plv, eps, z, kl, outs, threads)
+        return True
+    # 16-bit somewhere: row chunks upcast to float32, results written back
+    for i, j in row_chunks(*mu.shape):
+        part = [None if t is None else (t if t.dim() == 1 else t[i:j]).to(F32) for t in ins]
+        tmp = [None if t is None else (t[i:j] if _direct(t) else torch.empty(
+            (j - i, mu.shape[1]), dtype=F32)) for t in outs]
+        _kl_f32(fn, *part, None if z is None else eps[i:j], None if z is None else z[i:j],
+                kl[i:j], tmp, threads)
+        for t, w in zip(outs, tmp):
+            if t is not None and not _direct(t):
+                t[i:j].copy_(w)
+    return True
+
+
+def sample_rows(mu, lv, eps, z, threads=None) -> bool:
+    """z = mu + exp(lv/2) eps, float32 (B, N) (eps and z contiguous; mu, lv at any row
+    stride), by the same code as :func:`kl_rows`'s z. False where the C path cannot run."""
+    if not (_usable((mu, lv, eps, z), (F32,)) and eps.is_contiguous() and z.is_contiguous()):
+        return False
+    fn = native.symbol("fastvae_gauss_sample_rows", _SAMPLE)
+    if fn is None:
+        return False
+    rows, n = mu.shape
+    if mu.numel() == 0:
+        return True
+    (m, sm, _m), (v, sv, _v) = _rows_of(mu), _rows_of(lv)
+    e, o = eps.data_ptr(), z.data_ptr()
+
+    def block(i, count, nthreads):
+        _check(fn(count, n, m + 4 * i * sm, sm, v + 4 * i * sv, sv, e + 4 * i * n,
+                  o + 4 * i * n, nthreads), "fastvae_gauss_sample_rows")
+
+    native.for_rows(rows, rows * n, block, threads)
+    return True
+
+
+def kl_bwd_rows(dz, gk, lv, eps, g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv,
+                threads=None) -> bool:
+    """sample_with_kl's backward, float32: ``d_mu = dz + gk g_mu``, ``d_pm = -gk g_mu``,
+    ``d_lv = 0.5 dz exp(lv/2) eps + gk g_lv``, ``d_plv = gk g_plv`` per row (dz None or gk
+    None: that term is 0; an output None: not written). Outputs contiguous (B, N).
+    False where the C path cannot run."""
+    saved = (g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv)
+    if not (_usable((dz, gk, lv, eps) + saved, (F32,)) and all(_direct(t) for t in saved)):
+        return False
+    fn = native.symbol("fastvae_gauss_kl_bwd_rows", _BWD)
+    if fn is None:
+        return False
+    rows, n = next(t for t in (d_mu, d_lv, d_pm, d_plv) if t is not None).shape
+    if rows * n == 0:
+        return True
+    dz = None if dz is None else dz.contiguous()
+    gk = None if gk is None else gk.contiguous()
+    eps = None if eps is None else eps.contiguous()
+    v, sv, _v = _rows_of(lv)
+    d, g = _addr(dz), _addr(gk)
+    rest = [_addr(t) for t in (eps, *saved)]
+
+    def block(i, count, nthreads):
+        _check(fn(count, n, _at(d, i * n), _at(g, i), _at(v, i * sv), sv,
+                  *(_at(p, i * n) for p in rest), nthreads), "fastvae_gauss_kl_bwd_rows")
+
+    native.for_rows(rows, rows * n, block, threads)
+    return True

@@ -1,0 +1,231 @@
+"""The torch backend's C kernel for a Gaussian prior (gaussian_rows.c, bound by
+fastvae/backends/torch_backend/gaussian_rows.py): that kl_normal, sample_with_kl and
+reparameterize take it for float32 (and 16-bit, on upcast row chunks), that its results
+do not depend on the thread count, every prior layout and row stride it is handed, the
+16-bit chunking, and the aten fallback when the library is off.
+
+The ops' results on both paths (formulas, extremes, broadcasts, the seed contract) are
+in test_kl_normal.py and test_sample_with_kl.py (``cpu_path``)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastvae
+import _formulas as F
+from _compare import assert_close, grads, leaf
+from fastvae.backends.torch_backend import gaussian_rows, native, rows
+
+F32 = torch.float32
+
+
+@pytest.fixture
+def kernel():
+    if native.load() is None:
+        pytest.skip(f"compiled kernel unavailable here: {native.status()}")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The kernels' entry points looked up, in order."""
+    seen = []
+    symbol = native.symbol
+    monkeypatch.setattr(native, "symbol", lambda name, *a, **k: seen.append(name) or symbol(
+        name, *a, **k))
+    return seen
+
+
+def test_every_op_takes_the_kernel(kernel, calls):
+    mu, lv, pm, plv = (leaf(torch.randn(4, 3, 5)) for _ in range(4))
+    fastvae.kl_normal(mu, lv, pm, plv, backend="torch").sum().backward()
+    assert calls == ["fastvae_gauss_kl_rows", "fastvae_gauss_kl_bwd_rows"]
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
+    (z.sum() + kl.sum()).backward()
+    assert calls[2:] == ["fastvae_gauss_kl_rows", "fastvae_gauss_kl_bwd_rows"]
+    fastvae.reparameterize(mu.reshape(4, -1), lv.reshape(4, -1), n_samples=2, backend="torch")
+    assert calls[4:] == ["fastvae_gauss_sample_rows"] * 2
+    for half in (torch.float16, torch.bfloat16):  # forward on upcast chunks, z from aten
+        fastvae.sample_with_kl(mu.detach().to(half), lv.detach().to(half), backend="torch")
+    assert calls[6:] == ["fastvae_gauss_kl_rows"] * 2
+
+
+def test_fallback_without_the_library(monkeypatch):
+    """FASTVAE_NATIVE=0: the kernels decline, the aten path gives the same results (z to
+    a few ulps: its exp is aten's)."""
+    mu, lv, pm, plv = (torch.randn(6, 40) for _ in range(4))
+    torch.manual_seed(3)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
+    monkeypatch.setenv("FASTVAE_NATIVE", "0")
+    native.reset()
+    try:
+        torch.manual_seed(3)
+        z2, kl2 = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
+        assert not gaussian_rows.kl_rows(mu, lv, pm, plv, None, None, torch.empty(6), None,
+                                         None, None, None)
+        assert native.load() is None
+    finally:
+        monkeypatch.undo()
+        native.reset()
+    assert_close("z", z, z2, F32)
+    assert_close("kl", kl, kl2, F32)
+
+
+def _inputs(b, n, layout, gen):
+    mu, lv = torch.randn(b, n, generator=gen), torch.randn(b, n, generator=gen) * 3
+    if layout == "none":
+        return mu, lv, None, None
+    if layout == "shared":
+        return mu, lv, torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    if layout == "broadcast rows":  # a (1, N) prior expanded: row stride 0
+        return mu, lv, torch.randn(1, n, generator=gen).expand(b, n), torch.randn(
+            1, n, generator=gen).expand(b, n)
+    if layout == "mean only":
+        return mu, lv, torch.randn(b, n, generator=gen), None
+    return mu, lv, torch.randn(b, n, generator=gen), torch.randn(b, n, generator=gen)
+
+
+def _forward(mu, lv, pm, plv, eps, threads):
+    b, n = mu.shape
+    outs = [torch.empty(b, n) for _ in range(5)]
+    kl = torch.empty(b)
+    assert gaussian_rows.kl_rows(mu, lv, pm, plv, eps, outs[0], kl, *outs[1:], threads=threads)
+    return [kl, *outs]
+
+
+LAYOUTS = ["none", "mean only", "shared", "broadcast rows", "full"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_against_float64_and_threads(kernel, layout):
+    """Each prior layout (and a row-strided posterior: the two halves of one encoder
+    output), a row length with a vector tail: the KL, z and every gradient against the
+    float64 formulas, and the same bits on one thread and on two."""
+    gen = torch.Generator().manual_seed(11)
+    b, n = 37, 203
+    mu, lv, pm, plv = _inputs(b, n, layout, gen)
+    both = torch.cat([mu, lv], 1)                   # row stride 2n, elements contiguous
+    mu, lv = both[:, :n], both[:, n:]
+    eps = torch.randn(b, n, generator=gen)
+    one = _forward(mu, lv, pm, plv, eps, threads=1)
+    two = _forward(mu, lv, pm, plv, eps, threads=2)
+    for a, c in zip(one, two):
+        assert torch.equal(a, c)
+    kl, z, g_mu, g_pm, g_lv, g_plv = one
+    # per-row prior gradients: the kernel's are (B, N) whatever the prior's layout
+    o = [None if t is None else t.double().expand(b, n).clone().requires_grad_()
+         for t in (mu, lv, pm, plv)]
+    prior = [0.0 if t is None else t for t in o[2:]]
+    want = F.kl_normal_dim(o[0], o[1], *prior).sum(-1)
+    assert_close("kl", kl, want, F32)
+    ins = [t for t in o if t is not None]
+    g = dict(zip([k for k, t in zip(("mu", "lv", "pm", "plv"), o) if t is not None],
+                 grads(want, ins)))
+    assert_close("dKL/dmu", g_mu, g["mu"], F32)
+    assert_close("dKL/dlv", g_lv, g["lv"], F32)
+    assert_close("dKL/dpm", g_pm, -g["mu"], F32)
+    if "plv" in g:
+        assert_close("dKL/dplv", g_plv, g["plv"], F32)
+    assert_close("z", z, mu.double() + torch.exp(0.5 * lv.double()) * eps.double(), F32)
+    z2 = torch.empty(b, n)
+    assert gaussian_rows.sample_rows(mu, lv, eps, z2, threads=2)
+    assert torch.equal(z2, z)  # reparameterize's z: the same bits
+
+
+@pytest.mark.parametrize("use", ["both", "z", "kl"])
+def test_backward_threads_and_formula(kernel, use):
+    gen = torch.Generator().manual_seed(5)
+    b, n = 33, 517
+    lv, eps, g_mu, g_lv, g_plv = (torch.randn(b, n, generator=gen) for _ in range(5))
+    dz = None if use == "kl" else torch.randn(b, n, generator=gen)
+    gk = None if use == "z" else torch.randn(b, generator=gen)
+    runs = []
+    for threads in (1, 2):
+        outs = [torch.empty(b, n) for _ in range(4)]
+        assert gaussian_rows.kl_bwd_rows(dz, gk, lv, eps, g_mu, g_lv, g_plv, *outs,
+                                         threads=threads)
+        runs.append(outs)
+    for a, c in zip(*runs):
+        assert torch.equal(a, c)
+    d_mu, d_lv, d_pm, d_plv = runs[0]
+    dz64 = torch.zeros(b, n, dtype=torch.float64) if dz is None else dz.double()
+    gk64 = torch.zeros(b, 1, dtype=torch.float64) if gk is None else gk.double()[:, None]
+    assert_close("d_mu", d_mu, dz64 + gk64 * g_mu.double(), F32)
+    assert_close("d_lv", d_lv, 0.5 * dz64 * torch.exp(0.5 * lv.double()) * eps.double()
+                 + gk64 * g_lv.double(), F32)
+    assert_close("d_pm", d_pm, -gk64 * g_mu.double(), F32)
+    assert_close("d_plv", d_plv, gk64 * g_plv.double(), F32)
+
+
+def test_extremes_stay_finite(kernel):
+    """Log-variances of +-80 (and of 88 against 88): exp(lv - plv) and (d exp(-plv/2))^2,
+    never a product of exponentials, so every output is finite and right."""
+    lv = torch.tensor([[80.0, -80.0, 80.0, -80.0, 88.0, 0.0, 40.0, -40.0, 1.0]])
+    plv = torch.tensor([[80.0, -80.0, 10.0, -10.0, 88.0, 80.0, -40.0, 40.0, -80.0]])
+    pm = torch.zeros(1, 9)
+    mu = pm + 2.0 * torch.exp(0.5 * plv)           # two prior standard deviations away
+    eps = torch.randn(1, 9)
+    kl, z, g_mu, g_pm, g_lv, g_plv = _forward(mu, lv, pm, plv, eps, threads=1)
+    o = [t.double().requires_grad_() for t in (mu, lv, pm, plv)]
+    terms = F.kl_normal_dim(*o)
+    for t in (kl, g_mu, g_lv, g_plv):
+        assert torch.isfinite(t).all()
+    assert_close("kl", kl, terms.sum(-1), F32, rtol=1e-5)
+    want = grads(terms.sum(), o)
+    assert_close("dKL/dmu", g_mu, want[0], F32, rtol=1e-5)
+    assert_close("dKL/dlv", g_lv, want[1], F32, rtol=1e-5)
+    assert_close("dKL/dplv", g_plv, want[3], F32, rtol=1e-5)
+    finite = lv < 88  # exp(44) * eps: z itself is finite everywhere here
+    assert torch.isfinite(z[finite]).all()
+
+
+def test_half_inputs_in_row_chunks(kernel, monkeypatch):
+    """16-bit inputs go through the kernel one upcast row chunk at a time (chunks of a
+    few rows here), a float32 posterior with a 16-bit prior with z from the same pass."""
+    monkeypatch.setattr(rows, "CHUNK_ELEMS", 64)
+    gen = torch.Generator().manual_seed(2)
+    b, n = 9, 30
+    mu, lv, pm, plv = (torch.randn(b, n, generator=gen) for _ in range(4))
+    ref = _forward(mu, lv, pm, plv, torch.zeros(b, n), threads=1)
+    for dt in (torch.float16, torch.bfloat16):
+        h = [t.to(dt) for t in (mu, lv, pm, plv)]
+        kl = torch.empty(b)
+        outs = [torch.empty(b, n, dtype=dt) for _ in range(4)]
+        assert gaussian_rows.kl_rows(*h, None, None, kl, *outs)
+        want = _forward(*[t.float() for t in h], torch.zeros(b, n), threads=1)
+        assert torch.equal(kl, want[0])
+        for got, w in zip(outs, want[2:]):
+            assert torch.equal(got, w.to(dt))
+        # float32 posterior, 16-bit prior: z in the chunked pass, as reparameterize's
+        eps, z, kl = torch.randn(b, n, generator=gen), torch.empty(b, n), torch.empty(b)
+        assert gaussian_rows.kl_rows(mu, lv, h[2], h[3], eps, z, kl, None, None, None, None)
+        z2 = torch.empty(b, n)
+        assert gaussian_rows.sample_rows(mu, lv, eps, z2)
+        assert torch.equal(z, z2)
+    assert_close("kl f32", ref[0], F.kl_normal_dim(mu, lv, pm, plv).sum(-1), F32)
+
+
+def test_float64_and_cuda_like_inputs_decline(kernel):
+    """float64 keeps the aten path (its tests ask for float64 precision)."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    kl = torch.empty(3, dtype=torch.float64)
+    assert not gaussian_rows.kl_rows(x, x, None, None, None, None, kl, None, None, None, None)
+    assert not gaussian_rows.sample_rows(x, x, x, torch.empty_like(x))
+    assert not gaussian_rows.kl_bwd_rows(x, None, x, x, x, x, x, torch.empty_like(x), None,
+                                         None, None)
+
+
+@pytest.mark.parametrize("wanted", ["all", "prior mean only", "posterior only"])
+def test_kl_normal_backward_in_one_pass(kernel, calls, wanted):
+    """kl_normal's backward weighs the saved gradients in one kernel pass (dKL/dmu_p from
+    dKL/dmu_q), with the same values as weighing each alone."""
+    need = {"all": (1, 1, 1, 1), "prior mean only": (0, 0, 1, 0),
+            "posterior only": (1, 1, 0, 0)}[wanted]
+    ts = [torch.randn(5, 3, 4).requires_grad_(bool(n)) for n in need]
+    w = torch.randn(5)
+    got = torch.autograd.grad(fastvae.kl_normal(*ts, backend="torch"), [t for t in ts
+                                                                        if t.requires_grad], w)
+    assert calls[-1] == "fastvae_gauss_kl_bwd_rows"
+    want = grads(F.kl_normal_dim(*ts).reshape(5, -1).sum(-1), [t for t in ts
+                                                               if t.requires_grad], w.double())
+    for g, e in zip(got, want):
+        assert_close("grad", g, e, F32)

@@ -77,9 +77,13 @@ def _add_train(sub):
       help=f"encoder gradient estimator: stl (sticking the landing; --objective elbo needs "
            f"--kl mc) or dreg (doubly reparameterized; --objective iwae) [default: "
            f"{d['estimator']}]")
-    a("--likelihood", choices=["bernoulli", "gaussian", "continuous_bernoulli"], default=None,
-      help=f"decoder likelihood; gaussian learns a per-pixel variance "
+    a("--likelihood", choices=["bernoulli", "gaussian", "continuous_bernoulli",
+                               "discretized_logistic_mixture"], default=None,
+      help=f"decoder likelihood; gaussian learns a per-pixel variance; "
+           f"discretized_logistic_mixture (8-bit gray or RGB images, reports bits/dim) "
            f"[default: {d['likelihood']}]")
+    a("--n-mix", type=o.positive_int, default=None,
+      help="mixture components of --likelihood discretized_logistic_mixture [default: 10]")
     a("--backend", choices=["auto", "torch", "triton", "reference"], default=None,
       help=f"fastvae backend for the loss ops [default: {d['backend']}]")
     _bool_flag(p, "--amp", "mixed precision: on CUDA bf16 autocast where the card has bf16 "
@@ -161,7 +165,7 @@ def _cmd_train(args):
             "epochs", "batch_size", "lr", "beta", "kl_warmup", "kl", "likelihood", "backend",
             "amp",
             "compile", "seed", "device", "out", "resume", "iwae_k", "progress", "threads",
-            "objective", "k", "estimator")
+            "objective", "k", "estimator", "n_mix")
     train({k: getattr(args, k) for k in keys})
     return 0
 
@@ -180,18 +184,20 @@ def _load_run(run, device_name):
 def _cmd_eval(args):
     from .checkpoint import json_text
     from .data import load_dataset
+    from .dmol_training import add_bpd, bpd_text, prepare
     from .train import evaluate, iwae_nll
 
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])
     if args.data_dir is not None:
         cfg["data_dir"] = args.data_dir
-    test = load_dataset(cfg["dataset"], cfg["data_dir"]).test
+    test = prepare(load_dataset(cfg["dataset"], cfg["data_dir"]), model.likelihood).test
     if args.limit is not None:
         test = test[:args.limit]
     m = evaluate(model, test, cfg, device)
     m["iwae_nll"] = iwae_nll(model, test, args.k, device, cfg["seed"]) if args.k > 0 else None
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
+    m = add_bpd(m, model)
     if args.json:
         print(json_text(m))
     else:
@@ -201,7 +207,7 @@ def _cmd_eval(args):
                      if groups else "")
         print(f"{args.run} (epoch {state['epoch']}, {len(test)} test images): test elbo "
               f"{m['elbo']:.3f} (kl {m['kl']:.3f}, rec {m['rec']:.3f}), IWAE NLL (K={args.k}) "
-              f"{nll}{per_group}")
+              f"{nll}{bpd_text(m)}{per_group}")
     return 0
 
 

@@ -101,7 +101,8 @@ class HierarchicalVAE(ObservationModel):
             ``s`` at ``ceil(H / 2^s)``).
         groups: stochastic groups per stage (the default 2 stages x 2 groups: 4 groups
             at two resolutions).
-        likelihood: as in :class:`fastvae.models.VAE`.
+        likelihood, n_mix: as in :class:`fastvae.models.VAE` (a DMoL decoder's last
+            convolution gives the mixture's parameters).
 
     ``forward(x)`` -> ``(recon, kl)`` with ``kl`` of shape ``(groups total, B)``, top
     group first; :meth:`elbo`, :meth:`sample`, :meth:`reconstruct` and :meth:`iwae_nll`
@@ -111,8 +112,8 @@ class HierarchicalVAE(ObservationModel):
     hierarchical = True
 
     def __init__(self, data_shape=(1, 8, 8), latent_channels=8, channels=(32, 64), groups=2,
-                 likelihood="bernoulli"):
-        super().__init__(data_shape, likelihood)
+                 likelihood="bernoulli", n_mix=None):
+        super().__init__(data_shape, likelihood, n_mix)
         if len(self.data_shape) != 3:
             raise ValueError(f"HierarchicalVAE needs (C, H, W) data, got {self.data_shape}")
         if groups < 1 or not channels:
@@ -138,7 +139,7 @@ class HierarchicalVAE(ObservationModel):
             nn.ModuleList(ups)
         self.h_top = nn.Parameter(torch.zeros(1, self.channels[-1], *sizes[-1]))
         self.out = nn.Sequential(_Res(self.channels[0]), nn.SiLU(),
-                                 nn.Conv2d(self.channels[0], c, 3, padding=1))
+                                 nn.Conv2d(self.channels[0], self.out_shape[0], 3, padding=1))
         # latent dims per sample, top group first
         self.group_dims = [self.latent_channels * sizes[s + 1][0] * sizes[s + 1][1]
                            for s in reversed(range(len(self.channels)))
@@ -202,12 +203,13 @@ class HierarchicalVAE(ObservationModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n`` images from the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down (the mean)."""
+        """``n`` images from the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down (the mean,
+        or a draw from a DMoL decoder)."""
         def draw(q, p):
             mu, logvar = p
             z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator)
             return z.reshape(mu.shape), None
-        return self.mean(self._top_down(n, None, draw)[0])
+        return self.draw(self._top_down(n, None, draw)[0], generator=generator)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,14 @@
 ``VAE`` (MLP) and ``ConvVAE`` (convolutional, any ``(C, H, W)``) share one API:
 
 * ``forward(x)`` -> ``(recon, mu, logvar, z)``; recon has x's shape (logits for the
-  Bernoulli-type likelihoods, the mean for "gaussian").
+  Bernoulli-type likelihoods, the mean for "gaussian"), or for
+  ``likelihood="discretized_logistic_mixture"`` the mixture's parameters
+  ``(B, 10*M, H, W)`` (RGB) / ``(B, 3*M, H, W)`` (gray), ``M = n_mix``.
 * ``elbo(x, ...)`` -> :func:`fastvae.elbo` of a forward pass (maximize it).
 * ``iwae_bound(x, k, estimator=...)`` -> :func:`fastvae.iwae_bound` of ``k`` samples.
-* ``sample(n)`` -> ``n`` images from the prior, as the decoder's mean.
-* ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise).
+* ``sample(n)`` -> ``n`` images from the prior, as the decoder's mean (DMoL: an image
+  drawn from the decoder's mixture).
+* ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise; DMoL: the mixture mean).
 * ``iwae_nll(x, k)`` -> per-sample ``-L_K`` (Burda et al. 2016), batched over K.
 
 Models only call the public API (``fastvae.reparameterize``, ``elbo``, ``iwae_bound``).
@@ -39,16 +42,16 @@ _IWAE_CHUNK_ELEMENTS = 1 << 22
 class _VAEBase(ObservationModel):
     """Shared logic; subclasses define ``encode(x) -> (mu, logvar)`` and ``decode(z)``."""
 
-    def __init__(self, data_shape, latent_dim: int, likelihood: str):
-        super().__init__(data_shape, likelihood)
+    def __init__(self, data_shape, latent_dim: int, likelihood: str, n_mix=None):
+        super().__init__(data_shape, likelihood, n_mix)
         self.latent_dim = int(latent_dim)
 
     # -- pieces ---------------------------------------------------------------
     def decode_any(self, z: torch.Tensor) -> torch.Tensor:
-        """Decode ``(..., L)`` latents to ``(..., *data_shape)``."""
+        """Decode ``(..., L)`` latents to ``(..., *out_shape)``."""
         lead = z.shape[:-1]
         out = self.decode(z.reshape(-1, self.latent_dim))
-        return out.reshape(*lead, *self.data_shape)
+        return out.reshape(*lead, *self.out_shape)
 
     # -- public API -----------------------------------------------------------
     def forward(self, x: torch.Tensor, generator=None, backend=None, n_samples=None):
@@ -79,10 +82,11 @@ class _VAEBase(ObservationModel):
 
     @torch.no_grad()
     def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n`` images ``(n, *data_shape)`` decoded from ``z ~ N(0, I)`` (the mean)."""
+        """``n`` images ``(n, *data_shape)`` decoded from ``z ~ N(0, I)``: the mean, or a
+        draw from a DMoL decoder (:meth:`ObservationModel.draw`)."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return self.mean(self.decode(z))
+        return self.draw(self.decode(z), generator=generator)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +109,7 @@ class _VAEBase(ObservationModel):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         batch = x.shape[0]
-        per_sample = max(1, math.prod(self.data_shape))
+        per_sample = max(1, math.prod(self.out_shape))
         if chunk_size is None:
             chunk_size = max(1, _IWAE_CHUNK_ELEMENTS // max(1, batch * per_sample))
         chunk_size = max(1, min(int(chunk_size), k))
@@ -132,12 +136,16 @@ class VAE(_VAEBase):
         latent_dim: L.
         hidden: hidden layer widths (encoder; the decoder mirrors them).
         likelihood: "bernoulli" (decoder gives logits), "continuous_bernoulli"
-            (logits) or "gaussian" (mean, with a learnable per-dimension
-            ``obs_logvar``).
+            (logits), "gaussian" (mean, with a learnable per-dimension
+            ``obs_logvar``) or "discretized_logistic_mixture" (``(C, H, W)`` images,
+            C = 1 or 3, on the 8-bit grid; the last layer gives the mixture's
+            parameters).
+        n_mix: mixture components of "discretized_logistic_mixture" (default 10).
     """
 
-    def __init__(self, data_shape=(1, 8, 8), latent_dim=8, hidden=(256,), likelihood="bernoulli"):
-        super().__init__(data_shape, latent_dim, likelihood)
+    def __init__(self, data_shape=(1, 8, 8), latent_dim=8, hidden=(256,), likelihood="bernoulli",
+                 n_mix=None):
+        super().__init__(data_shape, latent_dim, likelihood, n_mix)
         hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
         d = math.prod(self.data_shape)
         self.hidden = tuple(hidden)
@@ -151,7 +159,7 @@ class VAE(_VAEBase):
         for h in reversed(hidden):
             dec += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        dec.append(nn.Linear(width, d))
+        dec.append(nn.Linear(width, math.prod(self.out_shape)))
         self.decoder = nn.Sequential(*dec)
 
     def encode(self, x):
@@ -161,8 +169,8 @@ class VAE(_VAEBase):
         return mu, logvar
 
     def decode(self, z):
-        """``(B, L)`` -> ``(B, *data_shape)`` decoder output."""
-        return self.decoder(z).reshape(z.shape[0], *self.data_shape)
+        """``(B, L)`` -> ``(B, *out_shape)`` decoder output."""
+        return self.decoder(z).reshape(z.shape[0], *self.out_shape)
 
 
 class ConvVAE(_VAEBase):
@@ -177,12 +185,13 @@ class ConvVAE(_VAEBase):
         latent_dim: L.
         channels: channels of each encoder stage.
         hidden: width of the fully connected layer between convolutions and latents.
-        likelihood: as in :class:`VAE`.
+        likelihood, n_mix: as in :class:`VAE`; a DMoL decoder's last transposed
+            convolution gives the mixture's ``10*M`` (RGB) or ``3*M`` (gray) channels.
     """
 
     def __init__(self, data_shape=(1, 8, 8), latent_dim=8, channels=(32, 64), hidden=256,
-                 likelihood="bernoulli"):
-        super().__init__(data_shape, latent_dim, likelihood)
+                 likelihood="bernoulli", n_mix=None):
+        super().__init__(data_shape, latent_dim, likelihood, n_mix)
         if len(self.data_shape) != 3:
             raise ValueError(f"ConvVAE needs (C, H, W) data, got shape {self.data_shape}")
         hidden = int(hidden[0] if isinstance(hidden, (list, tuple)) else hidden)
@@ -202,7 +211,7 @@ class ConvVAE(_VAEBase):
         self.dec_fc = nn.Sequential(nn.Linear(self.latent_dim, hidden), nn.ReLU(),
                                     nn.Linear(hidden, flat), nn.ReLU())
         dec = []
-        outs = list(reversed(channels[:-1])) + [c]
+        outs = list(reversed(channels[:-1])) + [self.out_shape[0]]
         for i, cout in enumerate(outs):
             (hi, wi), (ho, wo) = sizes[-1 - i], sizes[-2 - i]
             # ConvTranspose2d(k=3, s=2, p=1) gives 2*n - 1 + output_padding.
@@ -220,7 +229,7 @@ class ConvVAE(_VAEBase):
         return mu, logvar
 
     def decode(self, z):
-        """``(B, L)`` -> ``(B, C, H, W)`` decoder output."""
+        """``(B, L)`` -> ``(B, *out_shape)`` decoder output."""
         h, w = self._sizes[-1]
         t = self.dec_fc(z).reshape(z.shape[0], self.channels[-1], h, w)
         return self.decoder(t)
@@ -228,11 +237,12 @@ class ConvVAE(_VAEBase):
 
 def build_model(config: dict) -> ObservationModel:
     """A model from a plain config dict (``model``, ``data_shape``, ``latent``,
-    ``hidden``, ``likelihood``, optional ``channels`` and, for "hvae", ``groups``), as
-    stored in checkpoints."""
+    ``hidden``, ``likelihood``, optional ``channels``, ``n_mix`` (DMoL) and, for "hvae",
+    ``groups``), as stored in checkpoints."""
     kind = config.get("model", "mlp")
     common = dict(data_shape=tuple(config["data_shape"]), latent_dim=int(config["latent"]),
-                  likelihood=config.get("likelihood", "bernoulli"))
+                  likelihood=config.get("likelihood", "bernoulli"),
+                  n_mix=config.get("n_mix"))
     hidden = config.get("hidden", [256])
     if kind == "mlp":
         return VAE(hidden=tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,),
@@ -245,5 +255,5 @@ def build_model(config: dict) -> ObservationModel:
                                latent_channels=common["latent_dim"],
                                channels=tuple(config.get("channels", (32, 64))),
                                groups=int(config.get("groups", 2)),
-                               likelihood=common["likelihood"])
+                               likelihood=common["likelihood"], n_mix=common["n_mix"])
     raise ValueError(f"model must be 'mlp', 'conv' or 'hvae', got {kind!r}")

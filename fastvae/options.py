@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from . import dmol_training
 from .estimators import ESTIMATORS
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -93,7 +94,7 @@ TRAIN_CHECKS = {
     "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
     "lr": positive_float,
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device, "iwae_k": non_negative_int,
-    "threads": non_negative_int, "k": positive_int,
+    "threads": non_negative_int, "k": positive_int, "n_mix": positive_int,
 }
 OBJECTIVES = ("elbo", "iwae")
 
@@ -117,6 +118,7 @@ def check_train_config(cfg: dict) -> None:
             except BadValue as e:
                 raise ValueError(f"{key}: {e}") from None
     check_objective(cfg)
+    dmol_training.check_config(cfg)
 
 
 def check_objective(cfg: dict) -> None:

@@ -32,7 +32,7 @@ import torch
 
 import fastvae
 
-from . import objectives
+from . import dmol_training as dmol, objectives
 from .amp import amp_policy, describe as describe_amp
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
@@ -58,7 +58,7 @@ def default_config() -> dict:
     """The defaults of ``fastvae train``: digits, MLP, Bernoulli; ~10 s on 2 CPU cores."""
     return dict(dataset="digits", data_dir="data", download=False, model="mlp", latent=8,
                 hidden=[256], channels=[32, 64], groups=2, epochs=60, batch_size=32, lr=1e-3, beta=1.0,
-                kl_warmup=None,
+                kl_warmup=None, n_mix=None,
                 kl="analytic", likelihood="bernoulli", backend="auto", amp=False,
                 compile=False, seed=0, device="auto", out=None, resume=False, progress=True,
                 iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
@@ -166,7 +166,7 @@ def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 51
         sums = sums + _terms(core, x, parts, cfg["backend"])
     core.train(was)
     m = _summary(sums, max(1, len(images)))
-    return {"elbo": m["rec"] - m["kl"], **m}
+    return dmol.add_bpd({"elbo": m["rec"] - m["kl"], **m}, core)
 
 
 @torch.no_grad()
@@ -309,6 +309,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if wait_for_download and is_main:
         torch.distributed.barrier()
     _check_data(data, cfg["likelihood"])
+    data = dmol.setup(data, cfg, say if is_main else None)
     ckpt_file = out / CHECKPOINT_NAME
     if state is not None and cfg.get("data_shape") not in (None, list(data.shape)):
         raise CheckpointError(f"{ckpt_file} was trained on images of shape "
@@ -429,8 +430,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
                              "rng": rng}, out / CHECKPOINT_NAME)
             say(f"epoch {epoch:3d}/{cfg['epochs']}  train elbo {train_m['elbo']:8.2f} "
                 f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
-                f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f})  "
-                f"{wall:5.2f}s {n / wall:7.0f} samples/s")
+                f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f}"
+                f"{dmol.bpd_text(test_m)})  {wall:5.2f}s {n / wall:7.0f} samples/s")
         guard.saved(epoch)
     train_wall = time.perf_counter() - t_run
 
@@ -484,15 +485,16 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
         "config": cfg, "fastvae": fastvae.__version__, "torch": torch.__version__,
         "backend": last_backend, "backend_selected": backend_name, "device": str(device),
         "world_size": world, "initial_test": initial, "epochs": history,
-        "final": {"test_elbo": final_test["elbo"] if final_test else None,
+        "final": dmol.add_final_bpd({"test_elbo": final_test["elbo"] if final_test else None,
                   "test_kl": final_test["kl"] if final_test else None,
                   "test_rec": final_test["rec"] if final_test else None,
                   "test_kl_groups": final_test.get("kl_groups") if final_test else None,
-                  "test_iwae_nll": nll, "iwae_k": cfg["iwae_k"], "iwae_s": iwae_s},
+                  "test_iwae_nll": nll, "iwae_k": cfg["iwae_k"], "iwae_s": iwae_s}, core),
         "train_wall_s": train_wall,
     }
     write_json(metrics, out / "metrics.json")
-    nll_txt = f", test IWAE NLL (K={cfg['iwae_k']}) {nll:.2f} nats" if nll is not None else ""
+    nll_txt = (f", test IWAE NLL (K={cfg['iwae_k']}) {nll:.2f} nats" if nll is not None else ""
+               ) + dmol.bpd_text(metrics["final"], prefix="test_")
     if final_test:
         say(f"done: test elbo {final_test['elbo']:.2f}{nll_txt}; pictures and metrics in {out}")
     return metrics

@@ -11,7 +11,7 @@ from fastvae import cli
 TRAIN_FLAGS = ["--dataset", "--data-dir", "--model", "--latent", "--hidden", "--epochs",
                "--batch-size", "--lr", "--beta", "--kl", "--likelihood", "--backend", "--amp",
                "--compile", "--seed", "--device", "--out", "--resume", "--objective", "--k",
-               "--estimator"]
+               "--estimator", "--n-mix"]
 TINY = ["--epochs", "1", "--hidden", "32", "--latent", "2", "--batch-size", "128",
         "--iwae-k", "5", "--no-progress"]
 
@@ -131,7 +131,7 @@ BAD_VALUES = [
     ("train", "--device", "cuda:x"), ("train", "--lr", "0"), ("train", "--lr", "-1e-3"),
     ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--beta", "-1"),
     ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"),
-    ("train", "--seed", "-1"), ("train", "--batch-size", "many"),
+    ("train", "--seed", "-1"), ("train", "--batch-size", "many"), ("train", "--n-mix", "0"),
     ("sample", "--ncol", "0"), ("sample", "--n", "0"), ("sample", "--seed", "-5"),
     ("sample", "--device", "tpu"),
     ("eval", "--limit", "-5"), ("eval", "--limit", "0"), ("eval", "--k", "-1"),
@@ -156,7 +156,7 @@ def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, 
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
                                        ("beta", float("nan")), ("iwae_k", -1), ("threads", -1),
-                                       ("device", "tpu"), ("seed", -1)])
+                                       ("device", "tpu"), ("seed", -1), ("n_mix", 0)])
 def test_the_training_api_checks_its_settings_too(tmp_path, key, value):
     from fastvae import train as T
 

@@ -274,7 +274,8 @@ int fastvae_dmol_rows(int64_t u0, int64_t count, int64_t nblk, int64_t pb, int64
 
 /* Test entry point: vecmath.h's functions added for this kernel, elementwise on n floats.
    what: 0 expm1_nonpos, 1 tanh_any, 2 sigmoid_any, 3 softplus_any, 4 log_sigmoid_any,
-   5 the derivative log_sigmoid_and_grad gives (sigmoid(-x)). Returns -1 for an unknown
+   5 the derivative log_sigmoid_and_grad gives (sigmoid(-x)), 6 log1mexp_and_grad's value
+   log(1 - e^-w) (log_w = log_any(w)), 7 its w / (e^w - 1). Returns -1 for an unknown
    what. */
 static inline vf eval_dmol1(int what, vf v) {
   vf d;
@@ -284,12 +285,14 @@ static inline vf eval_dmol1(int what, vf v) {
     case 2: return sigmoid_any(v);
     case 3: return softplus_any(v);
     case 4: return log_sigmoid_any(v);
-    default: log_sigmoid_and_grad(v, &d); return d;
+    case 5: log_sigmoid_and_grad(v, &d); return d;
+    case 6: return log1mexp_and_grad(v, log_any(v), &d);
+    default: log1mexp_and_grad(v, log_any(v), &d); return d;
   }
 }
 
 int fastvae_dmol_eval(int what, int64_t n, const float *in, float *out) {
-  if (what < 0 || what > 5) return -1;
+  if (what < 0 || what > 7) return -1;
   int64_t j = 0;
   for (; j + W <= n; j += W) store(out + j, eval_dmol1(what, load(in + j, W)), W);
   if (j < n) store(out + j, eval_dmol1(what, load(in + j, (int)(n - j))), (int)(n - j));

@@ -190,6 +190,11 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
   return logp;
 }
 
+/* TILE floats, as vector moves (a memcpy of 256 bytes is a library call). */
+static inline void copy_tile(float *dst, const float *src) {
+  for (int l = 0; l < TILE; l += W) store(dst + l, load(src + l, W), W);
+}
+
 /* One unit: pixels [j0, j1) of one sample; returns their log p summed in a fixed order.
    Tiles of TILE pixels are copied from the planes into a contiguous stage first, and the
    tile's gradient copied out of one: the S*M planes lie hw floats apart, so that for
@@ -212,10 +217,14 @@ __attribute__((flatten)) static float unit(int rgb, int64_t j0, int64_t j1, cons
           __builtin_prefetch(p + k * hw + j + TILE + l, 0, 3);
           if (g) __builtin_prefetch(g + k * hw + j + TILE + l, 1, 3);
         }
-    for (int64_t k = 0; k < c; ++k) memcpy(in + k * TILE, x + k * hw + j, n * sizeof(float));
-    for (int64_t k = 0; k < planes; ++k) memcpy(sp + k * TILE, p + k * hw + j, n * sizeof(float));
-    if (n < TILE) /* zeros: finite, computed, then left out of the sum and the copy-out */
+    if (n == TILE) {
+      for (int64_t k = 0; k < c; ++k) copy_tile(in + k * TILE, x + k * hw + j);
+      for (int64_t k = 0; k < planes; ++k) copy_tile(sp + k * TILE, p + k * hw + j);
+    } else { /* zeros past n: finite, computed, then left out of the sum and the copy-out */
+      for (int64_t k = 0; k < c; ++k) memcpy(in + k * TILE, x + k * hw + j, n * sizeof(float));
+      for (int64_t k = 0; k < planes; ++k) memcpy(sp + k * TILE, p + k * hw + j, n * sizeof(float));
       for (int64_t k = 0; k < c + planes; ++k) memset(in + k * TILE + n, 0, (TILE - n) * sizeof(float));
+    }
     for (int64_t v = 0; v < n; v += W) {
       vf r = rgb ? pixels(1, in + v, sp + v, g ? out + v : 0, d, buf)
                  : pixels(0, in + v, sp + v, g ? out + v : 0, d, buf);
@@ -225,7 +234,9 @@ __attribute__((flatten)) static float unit(int rgb, int64_t j0, int64_t j1, cons
         for (int64_t k = 0; k < n - v; ++k) acc[k] += r[k];
       }
     }
-    if (g)
+    if (g && n == TILE)
+      for (int64_t k = 0; k < planes; ++k) copy_tile(g + k * hw + j, out + k * TILE);
+    else if (g)
       for (int64_t k = 0; k < planes; ++k) memcpy(g + k * hw + j, out + k * TILE, n * sizeof(float));
   }
   float s = 0.0f;

@@ -486,6 +486,8 @@ def test_torch_backend_makes_no_full_size_intermediate(native, monkeypatch):
     """Every tensor an aten op creates during the forward (value and gradient) holds at
     most a chunk's worth, except the gradient itself: eager autograd makes ~25 tensors
     of B x C x M x H x W elements. On the C kernel's path and on its aten fallback."""
+    if INTERPRET:
+        pytest.skip("the torch backend's own: runs in the main session")
     from fastvae.backends.torch_backend import native as N
     if not native:
         monkeypatch.setenv("FASTVAE_NATIVE", "0")
@@ -568,6 +570,8 @@ def test_kernel_same_bits_for_any_thread_count(monkeypatch):
     """Per-sample values and the gradient are the same bits for 1, 2 and 3 threads, on
     OpenMP or the Python pool: a sample's pixels are cut into units by the shape alone
     (here 4 units of at most 16 pixels), each summed by one thread in a fixed order."""
+    if INTERPRET:
+        pytest.skip("the torch backend's own: runs in the main session")
     from fastvae.backends.torch_backend import discretized_logistic_mixture_log_prob as T
     from fastvae.backends.torch_backend import native
     fn = T.native_kernel()

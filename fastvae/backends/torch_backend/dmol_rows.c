@@ -5,14 +5,16 @@
  * Layout: channels-first, x (B, C, HW), params (B, S*M, HW) with S = 10 slots for RGB
  * ([logits | mean, log-scale, coeff of channel 0 | of channel 1 | of channel 2]) and 3
  * for grayscale ([logits | mean | log-scale]), each slot M planes of HW pixels. The 8
- * lanes of a vector are 8 neighbouring pixels of one plane; a pixel's M components and
- * C channels are walked in registers, their per-component partials kept in a small
- * buffer until the responsibilities are known, then the gradient is written.
+ * lanes of a vector are 8 neighbouring pixels of one plane; tiles of TILE pixels of every
+ * plane are staged into a contiguous buffer (see unit), a pixel's C*M (channel,
+ * component) terms computed in small work arrays, their partials kept until the
+ * responsibilities are known, then the gradient written and copied out.
  *
  * Per channel c and component m (l_cm, u+- = e^-s (y - mean +- h), w = 2h e^-s):
  * bottom bin log sigmoid(u+), top bin log sigmoid(-u-), interior
  * log sigmoid(u+) + log sigmoid(-u-) + log(1 - e^-w) (= log(sigmoid(u+) - sigmoid(u-)),
- * stable for every input; log(1 - e^-w) is log(2h) - s where w underflows). The bin is
+ * stable for every input; log(1 - e^-w) from log w = log(2h) - s plus a series for w <= 1,
+ * so it stays exact where w underflows). The bin is
  * decided by k = round(x * n), n = 2^bits - 1, never by a float threshold. log-scales
  * clamped below at -7 (no gradient below), coeffs through tanh, autoregressive means
  * m1 = mean1 + t0 y0, m2 = mean2 + t1 y0 + t2 y1. The same math as terms.logistic_bin.

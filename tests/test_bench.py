@@ -190,7 +190,7 @@ def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
     # The torch backend's no-C-compiler fallback, on CPU, for the ops that have the kernel.
     _native = _common._native  # the one module the bench reaches into
 
-    for op in ("elbo", "elbo_eval", "iwae"):
+    for op in ("elbo", "elbo_eval", "iwae", "dmol"):
         names = core.variant_names(op, "cpu")
         assert names.index("fastvae-aten") == names.index("fastvae-torch") + 1
         assert "fastvae-aten" not in core.variant_names(op, "cuda")

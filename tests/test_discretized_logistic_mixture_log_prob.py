@@ -4,7 +4,10 @@ value and d/dparams against the float64 bin-probability formula of tests/_formul
 value of a pixel at random and extreme parameters, mpmath at extreme parameters, the
 log-scale clamp, dtypes, errors, empty batches, gradcheck, higher-order gradients; its
 likelihood in fastvae.elbo / ELBOLoss / iwae_bound; and, on the "torch" backend, that no
-B x C x M x H x W tensor is ever made.
+B x C x M x H x W tensor is ever made. The "torch" backend runs float32 math in its C
+kernel (dmol_rows.c) and float64 on aten ops: the formula, normalization and extreme-scale
+tests run it in both (``dtypes``); its aten fallback for float32 (``cpu_path``) and the
+kernel's thread-count independence are tested at the end.
 """
 from __future__ import annotations
 
@@ -62,6 +65,12 @@ def check(x, params, backend, bits=8, rtol=None):
     assert_close("d log p / d params", g, e, dt, rtol=rtol, scale=e.abs().max() + 1e-3)
 
 
+def dtypes(backend):
+    """The dtypes a case runs in: the backend's own (case_dtype), and on "torch" float32
+    too, which its C kernel computes (float64 runs its aten path)."""
+    return [case_dtype(backend)] + ([torch.float32] if backend == "torch" else [])
+
+
 SHAPES = [(1, 1, 1, 1), (3, 4, 5, 10), (2, 7, 3, 4), (2, 9, 11, 3), (5, 2, 2, 33)]
 
 
@@ -69,14 +78,16 @@ SHAPES = [(1, 1, 1, 1), (3, 4, 5, 10), (2, 7, 3, 4), (2, 9, 11, 3), (5, 2, 2, 33
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_formula(seed, backend, c, shape):
     b, h, w, m = shape
-    x, p = make(b, c, h, w, m, case_dtype(backend))
-    check(x, p, backend)
+    for dt in dtypes(backend):
+        x, p = make(b, c, h, w, m, dt)
+        check(x, p, backend)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 5, 12, 16])
 def test_other_bit_depths(seed, backend, bits):
-    x, p = make(3, 3, 4, 3, 5, case_dtype(backend), bits=bits)
-    check(x, p, backend, bits=bits)
+    for dt in dtypes(backend):
+        x, p = make(3, 3, 4, 3, 5, dt, bits=bits)
+        check(x, p, backend, bits=bits)
 
 
 def test_chunks_split_rows_and_pixels(seed, backend, monkeypatch):
@@ -120,36 +131,35 @@ def test_exact_normalization(seed, backend, c, bits):
     """Summed over every value of a pixel (all 2^bits gray levels; all (2^bits)^3 RGB
     triples), the probabilities add up to 1 to float64 rounding (float32's on "triton"),
     at random parameters with log-scales from -9 (clamped) to 40."""
-    dt = case_dtype(backend)
-    g = torch.Generator().manual_seed(seed)
-    x = _all_values(c, bits, dt)
-    for m in ((7,) if INTERPRET else (1, 7)):
-        p = _extreme_params(c, m, g, dt).expand(x.shape[0], -1, -1, -1).contiguous()
-        total = OP(x, p, bits=bits, backend=backend).double().exp().sum().item()
-        assert abs(total - 1.0) <= (1e-13 if dt == F64 else 2e-5), (m, total)
+    for dt in dtypes(backend):
+        g = torch.Generator().manual_seed(seed)
+        x = _all_values(c, bits, dt)
+        for m in ((7,) if INTERPRET else (1, 7)):
+            p = _extreme_params(c, m, g, dt).expand(x.shape[0], -1, -1, -1).contiguous()
+            total = OP(x, p, bits=bits, backend=backend).double().exp().sum().item()
+            assert abs(total - 1.0) <= (1e-13 if dt == F64 else 2e-5), (dt, m, total)
 
 
 def test_top_edge_is_decided_by_the_bin(seed, backend):
     """254/255 is an interior bin: NVAE's ``x > 0.99`` threshold would give it the mass
     of the whole top edge [253.5/255 + ..., inf) and make the 256 masses add up to more
     than one. A component centred at 1 with a narrow scale shows the difference."""
-    dt = case_dtype(backend)
     p = torch.zeros(2, 3, 1, 1, dtype=F64)
     p[:, 1], p[:, 2] = 1.0, -5.0                      # mean 1, log-scale -5: width ~0.007
     x = torch.tensor([254.0, 255.0], dtype=F64).view(2, 1, 1, 1) / 255
-    got = OP(x.to(dt), p.to(dt), backend=backend).double()
-    want = F.dmol_log_prob(x, p)
-    assert_close("log p", got, want, dt, rtol={F64: 1e-13})
     y, h = 2 * 254 / 255 - 1, 1 / 255
     as_top_edge = torch.nn.functional.logsigmoid(torch.tensor(-(y - h - 1.0) * math.exp(5.0)))
-    assert abs(got[0].item() - as_top_edge.item()) > 1.0
-    assert got.exp().sum() < 1.0 < as_top_edge.exp() + got[1].exp()
+    for dt in dtypes(backend):
+        got = OP(x.to(dt), p.to(dt), backend=backend).double()
+        want = F.dmol_log_prob(x, p)
+        assert_close("log p", got, want, dt, rtol={F64: 1e-13})
+        assert abs(got[0].item() - as_top_edge.item()) > 1.0
+        assert got.exp().sum() < 1.0 < as_top_edge.exp() + got[1].exp()
 
 
 @pytest.mark.parametrize("c", [1, 3])
 def test_extreme_parameters_against_mpmath(seed, backend, c):
     """One pixel at a time, values far in every tail, against mpmath at 100 digits."""
-    dt = case_dtype(backend)
     g = torch.Generator().manual_seed(seed)
     m = 7
     per = 3 if c == 3 else 2
@@ -167,53 +177,55 @@ def test_extreme_parameters_against_mpmath(seed, backend, c):
         params.append(p.view(-1))
     x = torch.stack(pixels).view(-1, c, 1, 1)
     p = torch.stack(params).view(len(params), -1, 1, 1)
-    got = OP(x.to(dt), p.to(dt), backend=backend).double()
-    assert torch.isfinite(got).all()
-    # float32 rounds the inputs: compare with the oracle at the rounded inputs
-    want = torch.tensor([F.dmol_log_prob_mpmath(xi.to(dt).double().tolist(),
-                                                pi.to(dt).double().tolist())
-                         for xi, pi in zip(x.view(-1, c), p.view(len(params), -1))], dtype=F64)
-    # float32: the inputs' rounding is exact; its error is the math's (|log p| up to ~1e4),
-    # relative to |log p| plus the kernel's absolute floor (its log(1 + e) is fp32's
-    # log of a rounded 1 + e, and compiled lg2.approx: kernels/discretized_logistic_...)
-    floor = 0.0 if dt == F64 else 5.0   # rtol 2e-6 x 5 = FAST_MATH_BOUND
-    assert_close("log p vs mpmath", got, want, dt, rtol={F64: 1e-12, torch.float32: 2e-6},
-                 scale=want.abs() + floor)
-    gp = leaf(p.to(dt))
-    value = OP(x.to(dt), gp, backend=backend)
-    (g,) = grads(value, [gp])
-    assert torch.isfinite(g).all()
+    for dt in dtypes(backend):
+        got = OP(x.to(dt), p.to(dt), backend=backend).double()
+        assert torch.isfinite(got).all()
+        # float32 rounds the inputs: compare with the oracle at the rounded inputs
+        want = torch.tensor([F.dmol_log_prob_mpmath(xi.to(dt).double().tolist(),
+                                                    pi.to(dt).double().tolist())
+                             for xi, pi in zip(x.view(-1, c), p.view(len(params), -1))],
+                            dtype=F64)
+        # float32: the inputs' rounding is exact; its error is the math's (|log p| up to
+        # ~1e4), relative to |log p| plus the kernel's absolute floor (its log(1 + e) is
+        # fp32's log of a rounded 1 + e, and compiled lg2.approx: kernels/discretized_...)
+        floor = 0.0 if dt == F64 else 5.0   # rtol 2e-6 x 5 = FAST_MATH_BOUND
+        assert_close("log p vs mpmath", got, want, dt,
+                     rtol={F64: 1e-12, torch.float32: 2e-6}, scale=want.abs() + floor)
+        gp = leaf(p.to(dt))
+        value = OP(x.to(dt), gp, backend=backend)
+        (gr,) = grads(value, [gp])
+        assert torch.isfinite(gr).all()
 
 
 def test_log_scale_clamp(backend):
     """Below -7 the log-scale is clamped: the same value as at -7, and no gradient."""
-    dt = case_dtype(backend)
-    x = torch.full((3, 1, 1, 1), 100 / 255, dtype=dt)
-    p = torch.zeros(3, 3, 1, 1, dtype=dt)
-    p[:, 1] = 100 / 255 * 2 - 1 + 0.003
-    p[:, 2, 0, 0] = torch.tensor([-7.5, -7.0, -6.9], dtype=dt)
-    p = leaf(p)
-    v = OP(x, p, backend=backend)
-    v.sum().backward()
-    assert v[0].item() == pytest.approx(v[1].item(), rel=1e-6)
-    assert p.grad[0, 2].item() == 0.0
-    assert p.grad[1, 2].item() != 0.0 and p.grad[2, 2].item() != 0.0
+    for dt in dtypes(backend):
+        x = torch.full((3, 1, 1, 1), 100 / 255, dtype=dt)
+        p = torch.zeros(3, 3, 1, 1, dtype=dt)
+        p[:, 1] = 100 / 255 * 2 - 1 + 0.003
+        p[:, 2, 0, 0] = torch.tensor([-7.5, -7.0, -6.9], dtype=dt)
+        p = leaf(p)
+        v = OP(x, p, backend=backend)
+        v.sum().backward()
+        assert v[0].item() == pytest.approx(v[1].item(), rel=1e-6)
+        assert p.grad[0, 2].item() == 0.0
+        assert p.grad[1, 2].item() != 0.0 and p.grad[2, 2].item() != 0.0
 
 
 def test_scale_beyond_float32_exp(backend):
     """log-scales where exp(-s) underflows (float32: ~88 and beyond; float64: ~745): the
     interior bin's log mass is log(2h) - s - log 4 + O(e^-s), finite, and d/ds -1."""
-    dt = case_dtype(backend)
-    s = torch.tensor([100.0, 200.0, 800.0 if dt == F64 else 300.0], dtype=F64)
-    p = torch.zeros(3, 3, 1, 1, dtype=F64)
-    p[:, 2, 0, 0] = s
-    x = torch.full((3, 1, 1, 1), 100 / 255, dtype=F64)
-    gp = leaf(p.to(dt))
-    v = OP(x.to(dt), gp, backend=backend)
-    want = math.log(2 / 255) - s - math.log(4.0)
-    assert_close("log p", v, want, dt, rtol={F64: 1e-14}, scale=want.abs())
-    v.sum().backward()
-    assert_close("d/ds", gp.grad[:, 2, 0, 0], -torch.ones(3, dtype=F64), dt)
+    for dt in dtypes(backend):
+        s = torch.tensor([100.0, 200.0, 800.0 if dt == F64 else 300.0], dtype=F64)
+        p = torch.zeros(3, 3, 1, 1, dtype=F64)
+        p[:, 2, 0, 0] = s
+        x = torch.full((3, 1, 1, 1), 100 / 255, dtype=F64)
+        gp = leaf(p.to(dt))
+        v = OP(x.to(dt), gp, backend=backend)
+        want = math.log(2 / 255) - s - math.log(4.0)
+        assert_close("log p", v, want, dt, rtol={F64: 1e-14}, scale=want.abs())
+        v.sum().backward()
+        assert_close("d/ds", gp.grad[:, 2, 0, 0], -torch.ones(3, dtype=F64), dt)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -469,10 +481,17 @@ def test_likelihood_errors():
 
 # -- the "torch" backend's memory: no B x C x M x H x W tensor --------------------------
 
-def test_torch_backend_makes_no_full_size_intermediate():
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "aten"])
+def test_torch_backend_makes_no_full_size_intermediate(native, monkeypatch):
     """Every tensor an aten op creates during the forward (value and gradient) holds at
     most a chunk's worth, except the gradient itself: eager autograd makes ~25 tensors
-    of B x C x M x H x W elements."""
+    of B x C x M x H x W elements. On the C kernel's path and on its aten fallback."""
+    if INTERPRET:
+        pytest.skip("the torch backend's own: runs in the main session")
+    from fastvae.backends.torch_backend import native as N
+    if not native:
+        monkeypatch.setenv("FASTVAE_NATIVE", "0")
+    N.reset()
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
@@ -498,6 +517,80 @@ def test_torch_backend_makes_no_full_size_intermediate():
     big = [s for s in sizes if s[0] >= full // 4 and s[1] != tuple(p.shape)]
     assert not big, big[:5]
     assert any(s[1] == tuple(p.shape) for s in sizes)  # the gradient, allocated once
+    monkeypatch.undo()
+    N.reset()
+
+
+# -- the "torch" backend's C kernel: its path, its aten fallback, its threads -----------
+
+def _kernel_calls(monkeypatch):
+    """A list that grows by one per call of the C kernel's wrapper."""
+    from fastvae.backends.torch_backend import discretized_logistic_mixture_log_prob as T
+    calls, real = [], T.native_rows
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "native_rows", counting)
+    return calls
+
+
+def test_kernel_and_its_fallback(seed, backend, cpu_path, monkeypatch):
+    """float32 math on the "torch" backend runs the C kernel where it builds ("default")
+    and aten ops with FASTVAE_NATIVE=0 ("aten"); both match the float64 formula, RGB and
+    gray, at pixel counts that leave a partial vector and a partial tile (99 and 75
+    pixels), channels-last parameters, and bfloat16 ones (upcast to float32 a chunk of
+    samples at a time, the gradient rounded once)."""
+    if backend != "torch":
+        pytest.skip("the torch backend's two paths")
+    from fastvae.backends.torch_backend import discretized_logistic_mixture_log_prob as T
+    from fastvae.backends.torch_backend import native
+    if cpu_path == "default" and native.load() is None:
+        pytest.skip(f"C kernels unavailable here: {native.status()}")
+    calls = _kernel_calls(monkeypatch)
+    monkeypatch.setattr(T, "NATIVE_CHUNK", 500)
+    for c, (b, h, w, m) in ((1, (3, 9, 11, 4)), (3, (2, 5, 15, 3))):
+        x, p = make(b, c, h, w, m, torch.float32)
+        check(x, p, backend)
+        check(x, p.to(memory_format=torch.channels_last), backend)
+    x, p = make(4, 3, 3, 5, 2)
+    p = leaf(p.to(torch.bfloat16))        # 300 elements a sample: one sample a chunk
+    got = OP(x.float(), p, backend=backend)
+    want = F.dmol_log_prob(x, p)
+    assert_close("log p", got, want, torch.float32, rtol=1e-5, scale=want.abs().max())
+    got.sum().backward()
+    (e,) = grads(want, [p])
+    assert p.grad.dtype == torch.bfloat16
+    assert_close("d/dparams", p.grad, e, torch.bfloat16, scale=e.abs().max())
+    assert bool(calls) == (cpu_path == "default")
+
+
+def test_kernel_same_bits_for_any_thread_count(monkeypatch):
+    """Per-sample values and the gradient are the same bits for 1, 2 and 3 threads, on
+    OpenMP or the Python pool: a sample's pixels are cut into units by the shape alone
+    (here 4 units of at most 16 pixels), each summed by one thread in a fixed order."""
+    if INTERPRET:
+        pytest.skip("the torch backend's own: runs in the main session")
+    from fastvae.backends.torch_backend import discretized_logistic_mixture_log_prob as T
+    from fastvae.backends.torch_backend import native
+    fn = T.native_kernel()
+    if fn is None:
+        pytest.skip(f"C kernels unavailable here: {native.status()}")
+    monkeypatch.setattr(T, "PIXEL_BLOCK", 16)
+    for c in (1, 3):
+        x, p = make(5, c, 7, 9, 4, torch.float32)
+        runs = []
+        for threads, pool in itertools.product((1, 2, 3), (False, True)):
+            monkeypatch.setattr(native, "_openmp", native._openmp and not pool)
+            g = torch.empty_like(p)
+            runs.append((T.native_rows(fn, x, p, g, 8, -0.5, threads=threads), g))
+            monkeypatch.undo()
+            monkeypatch.setattr(T, "PIXEL_BLOCK", 16)
+        for rows, g in runs[1:]:
+            assert torch.equal(rows, runs[0][0]) and torch.equal(g, runs[0][1])
+        want = F.dmol_log_prob(x.double(), p.double())
+        assert_close("log p", runs[0][0], want, torch.float32, scale=want.abs().max())
 
 
 @pytest.mark.parametrize("shape", list(itertools.product([1, 3], [(2, 5, 7, 3)])))

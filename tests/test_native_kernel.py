@@ -155,6 +155,89 @@ def test_softplus_and_sigmoid_ulps(sign):
         assert np.array_equal(_run("sigmoid", big), np.ones(3, np.float32))
 
 
+# -- the functions vecmath.h gained for the DMoL kernel (dmol_rows.c's test entry) -------
+
+_DMOL_EVAL = {"expm1": 0, "tanh": 1, "sigmoid": 2, "softplus": 3, "log_sigmoid": 4,
+              "log_sigmoid_grad": 5, "log1mexp": 6, "log1mexp_grad": 7}
+
+
+def _run_dmol(what: str, v: np.ndarray) -> np.ndarray:
+    import ctypes
+    fn = native.symbol("fastvae_dmol_eval", [ctypes.c_int, ctypes.c_int64, ctypes.c_void_p,
+                                             ctypes.c_void_p])
+    inp = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+    out = torch.empty_like(inp)
+    assert fn(_DMOL_EVAL[what], inp.numel(), inp.data_ptr(), out.data_ptr()) == 0
+    return out.numpy()
+
+
+def test_expm1_ulps():
+    """expm1(x), x in [-87, 0]: within 1.5 ulps, relative to the result near 0 where
+    e^x - 1 cancels (tiny x: exactly x); below -87: -1."""
+    _kernel_or_skip()
+    x = _floats(-0.0, -87.0, STRIDE)
+    assert _ulps(_run_dmol("expm1", x), np.expm1(x.astype(np.float64))).max() <= 1.5
+    tiny = x[(x > -2.0 ** -30) & (x < -2.0 ** -125)]
+    assert np.array_equal(_run_dmol("expm1", tiny), tiny)
+    low = np.array([-87.5, -1e4, -np.inf], dtype=np.float32)
+    assert np.array_equal(_run_dmol("expm1", low), -np.ones(3, np.float32))
+
+
+def test_tanh_ulps():
+    """tanh(x), |x| <= 20: within 3 ulps (expm1, then a rounded 2 + e and a division),
+    odd to the bit, tiny x exact; +-1 beyond, NaN kept."""
+    _kernel_or_skip()
+    x = _floats(0.0, 20.0, STRIDE)
+    got = _run_dmol("tanh", x)
+    assert _ulps(got, np.tanh(x.astype(np.float64))).max() <= 3.0
+    assert np.array_equal(_run_dmol("tanh", -x), -got)
+    tiny = x[(x > 0) & (x < 2.0 ** -30) & (x > 2.0 ** -100)]
+    assert np.array_equal(_run_dmol("tanh", tiny), tiny)
+    edge = np.array([30.0, 1e30, np.inf, -np.inf, np.nan], dtype=np.float32)
+    got = _run_dmol("tanh", edge)
+    assert np.array_equal(got[:4], np.array([1, 1, 1, -1], np.float32)) and np.isnan(got[4])
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_sigmoid_family_ulps(sign):
+    """|x| <= 87: sigmoid within 4.5 ulps, softplus 5, log sigmoid 5, and the derivative
+    log_sigmoid_and_grad returns with it (sigmoid(-x)) 4.5: one exp, one division shared
+    by sigmoid and log1p (their (1 + e)(2 + e) rounded once more than separate divisions).
+    Four functions: a 3x sparser stride than the others (the bounds hold at STRIDE).
+    Beyond 87, where the kernels' exp stops at e^-87: within 1.7e-38 of the exact values
+    (softplus(x) = x, sigmoid 1, log sigmoid 0 far out on the right)."""
+    _kernel_or_skip()
+    x = _floats(0.0 * sign, 87.0 * sign, 631)  # prime, ~3x STRIDE
+    x64 = x.astype(np.float64)
+    ls = -np.logaddexp(0.0, -x64)
+    for what, want, bound in (("sigmoid", _sigmoid64(x64), 4.5),
+                              ("softplus", _softplus64(x64), 5.0),
+                              ("log_sigmoid", ls, 5.0),
+                              ("log_sigmoid_grad", _sigmoid64(-x64), 4.5)):
+        assert _ulps(_run_dmol(what, x), want).max() <= bound, what
+    far = np.array([87.5, 100.0, 1e4, 3.4e38], dtype=np.float32) * sign
+    f64 = far.astype(np.float64)
+    for what, want in (("sigmoid", _sigmoid64(f64)), ("softplus", _softplus64(f64)),
+                       ("log_sigmoid", -np.logaddexp(0.0, -f64)),
+                       ("log_sigmoid_grad", _sigmoid64(-f64))):
+        got = _run_dmol(what, far).astype(np.float64)
+        assert np.all(np.abs(got - want) <= 1.7e-38 + 1e-7 * np.abs(want)), what
+
+
+def test_log1mexp_ulps():
+    """log(1 - e^-w) and w / (e^w - 1), w in (0, 87]: within 3 ulps each (series below 1,
+    log1p(-e^-w) above); w = 0: -inf and 1; w below 1e-30: log w to the ulp."""
+    _kernel_or_skip()
+    w = _floats(1.4e-45, 87.0, 631)  # prime, ~3x STRIDE: two functions, float64 log1p/expm1
+    w64 = w.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        want = np.where(w64 > np.log(2.0), np.log1p(-np.exp(-w64)), np.log(-np.expm1(-w64)))
+    assert _ulps(_run_dmol("log1mexp", w), want).max() <= 3.0
+    assert _ulps(_run_dmol("log1mexp_grad", w), w64 / np.expm1(w64)).max() <= 3.0
+    zero = np.zeros(1, np.float32)
+    assert _run_dmol("log1mexp", zero)[0] == -np.inf and _run_dmol("log1mexp_grad", zero)[0] == 1
+
+
 def test_eval_rejects_unknown():
     _kernel_or_skip()
     with pytest.raises(KeyError):

@@ -1,5 +1,12 @@
 """The discretized mixture of logistics on the "torch" backend: the log-likelihood and its
-gradient w.r.t. the parameters in one pass, chunk of pixels by chunk of pixels.
+gradient w.r.t. the parameters in one pass.
+
+float32 math (float32, float16 and bfloat16 parameters) runs in the C kernel
+``dmol_rows.c`` where the library builds (``native``): one read of the parameters, one
+write of the gradient, threads over blocks of ``PIXEL_BLOCK`` pixels; 16-bit parameters
+are upcast ``NATIVE_CHUNK`` elements' worth of samples at a time. Elsewhere (float64,
+``FASTVAE_NATIVE=0``, no compiler) the same math runs as aten ops, chunk of pixels by
+chunk of pixels:
 
 Eager autograd keeps ~25 tensors of shape B x C x M x H x W for backward; here the only
 tensor of the parameters' size is the returned gradient, and every B x C x M x H x W
@@ -9,15 +16,26 @@ so the chunk's ~20 temporaries take a few MB). The per-element math is
 """
 from __future__ import annotations
 
+import ctypes
+from typing import Optional
+
 import torch
 
 from ..._dtypes import reduce_scale, result_dtype
-from . import terms
+from . import native, terms
 
 # 2^17 as the row chunks of rows.py: ~90 aten ops a chunk, so at 2^14 their per-op cost
 # made the fused path 4x slower than eager at B=16 3x32x32 M=10; at 2^17 it is about even.
 CHUNK_ELEMS = 1 << 17
 LOG_SCALE_MIN = -7.0
+# The C kernel's unit of work: a block of pixels of one sample, summed by one thread in a
+# fixed order (the same bits for any thread count); 2048 pixels of RGB M=10 are 800 KB of
+# parameters, enough to amortize a thread's start, small enough to balance 2+ threads.
+PIXEL_BLOCK = 2048
+NATIVE_CHUNK = 1 << 20   # 16-bit parameters upcast to float32 this many elements at a time
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_NATIVE_ARGS = [_I64] * 8 + [_PTR, _I64, _PTR, _I64, _PTR, _I64, ctypes.c_float, _PTR,
+                             ctypes.c_int]
 
 
 def slots(channels: int) -> int:
@@ -75,6 +93,59 @@ def _chunk(xs, ps, n: int, c: float, g):
     return lse.sum(-1)
 
 
+def native_kernel():
+    """The C entry point ``fastvae_dmol_rows``, or None where the library is unavailable."""
+    return native.symbol("fastvae_dmol_rows", _NATIVE_ARGS)
+
+
+def native_rows(fn, x, params, g, bits: int, c: float, threads: Optional[int] = None):
+    """Per-sample log p (float32, (B,)) of contiguous float32 ``x`` (B, C, H, W) and
+    contiguous float32 ``params``; ``g`` (params' shape, float32, contiguous, or None)
+    gets ``c`` * d log p / d params. ``threads``: see ``native.for_rows``."""
+    batch, channels = x.shape[:2]
+    hw = x.shape[2] * x.shape[3]
+    m = params.shape[1] // slots(channels)
+    nblk = -(-hw // PIXEL_BLOCK)
+    units = batch * nblk
+    partial = torch.empty(units, dtype=torch.float32)
+    xp, pp, op = x.data_ptr(), params.data_ptr(), partial.data_ptr()
+    gp = None if g is None else g.data_ptr()
+    sx, sp = channels * hw, params.shape[1] * hw
+
+    def block(u0, count, nthreads):
+        err = fn(u0, count, nblk, PIXEL_BLOCK, hw, channels, m, bits, xp, sx, pp, sp, gp, sp,
+                 c, op + 4 * u0, nthreads)
+        if err == -2:
+            raise MemoryError("fastvae: the DMoL kernel could not allocate its work buffer")
+        if err != 0:
+            raise ValueError(f"fastvae: the DMoL kernel rejected its arguments ({err})")
+
+    native.for_rows(units, params.numel(), block, threads)
+    cols = partial.view(batch, nblk)
+    rows = cols[:, 0].clone()
+    for j in range(1, nblk):  # in order: the sum does not depend on torch's reductions
+        rows += cols[:, j]
+    return rows
+
+
+def _native_fwd(fn, x, params, g, bits: int, c: float):
+    """native_rows over the whole batch (float32 parameters) or over chunks of samples
+    upcast to float32 (16-bit ones, the gradient rounded once into g's dtype)."""
+    xf = x.to(torch.float32).contiguous()
+    if params.dtype == torch.float32:
+        return native_rows(fn, xf, params.contiguous(), g, bits, c)
+    per_sample = max(params[0].numel(), 1)
+    step = max(1, NATIVE_CHUNK // per_sample)
+    out = []
+    for b0 in range(0, x.shape[0], step):
+        pc = params[b0:b0 + step].to(torch.float32).contiguous()
+        gc = None if g is None else torch.empty_like(pc)
+        out.append(native_rows(fn, xf[b0:b0 + step], pc, gc, bits, c))
+        if g is not None:
+            g[b0:b0 + step].copy_(gc)
+    return torch.cat(out)
+
+
 def discretized_logistic_mixture_log_prob_fwd(x, params, bits: int, reduction: str,
                                               scale: float, needs):
     """``scale`` times the per-sample log p (reduced unless "none") and its gradient
@@ -85,10 +156,17 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits: int, reduction: s
     m = params.shape[1] // s
     n = 2 ** bits - 1
     c = scale * reduce_scale(batch, reduction)
-    rows = torch.zeros(batch, dtype=dtype, device=x.device)
     g = None
     if needs[0]:
         g = torch.empty(params.shape, dtype=params.dtype, device=params.device)
+    fn = None
+    if dtype == torch.float32 and params.device.type == "cpu" and x.numel() > 0:
+        fn = native_kernel()
+    if fn is not None:
+        rows = _native_fwd(fn, x, params, g, bits, c)
+        value = rows.mul_(scale) if reduction == "none" else rows.sum() * c
+        return value, (g if g is not None else params.new_empty(0))
+    rows = torch.zeros(batch, dtype=dtype, device=x.device)
     xv, pv = x.reshape(batch, channels, hw), params.reshape(batch, s, m, hw)
     gv = None if g is None else g.view(batch, s, m, hw)
     for b0, b1, p0, p1 in pixel_chunks(batch, hw, s * m):

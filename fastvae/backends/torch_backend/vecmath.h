@@ -93,4 +93,126 @@ static inline vf log_any(vf x) {
   return sel(x < SPLAT(0.0f), SPLAT(__builtin_nanf("")), sel(x != x, x, r));
 }
 
+/* expm1(x) = e^x - 1 for x <= 0, accurate relative to the result near 0 where e^x - 1
+   cancels: the Cephes polynomial of exp_nonpos without its leading 1 (expm1(r) =
+   r + r^2 P(r) on the reduced r), then 2^n expm1(r) + (2^n - 1), both terms exact
+   products or differences of powers of two. x < -87 gives e^-87 - 1 = -1. */
+static inline vf expm1_nonpos(vf x) {
+  x = sel(x < SPLAT(-87.0f), SPLAT(-87.0f), x);
+  vf t = x * 1.44269504088896341f + 12582912.0f;
+  vf fn = t - 12582912.0f;
+  vi n = (vi)t - 0x4B400000;
+  vf r = x - fn * 0.693359375f;
+  r = r + fn * 2.12194440e-4f;
+  vf p = SPLAT(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r;                              /* expm1(r), |r| <= ln 2 / 2 */
+  vf two_n = (vf)((n + 127) << 23);
+  return p * two_n + (two_n - 1.0f);
+}
+
+/* tanh(x) for any x: sign(x) * -e / (2 + e), e = expm1(-2|x|) (no cancellation near 0,
+   where 1 - exp(-2|x|) would lose all digits); +-1 beyond |x| ~ 9, NaN kept. */
+static inline vf tanh_any(vf x) {
+  vf a = (vf)((vi)x & 0x7fffffff);               /* |x| */
+  vf e = expm1_nonpos(-2.0f * a);
+  vf t = -e / (2.0f + e);
+  t = (vf)((vi)t | ((vi)x & (vi)SPLAT(-0.0f)));   /* the sign of x */
+  return sel(x != x, x, t);
+}
+
+/* log sigmoid(x) = min(x, 0) - log1p(e^-|x|) for any x, and into *d its derivative
+   sigmoid(-x) = 1 - sigmoid(x), from the same exp and one division: with e = e^-|x| and
+   q = 1 / ((1 + e)(2 + e)), log1p(e) = 2 atanh(s) with s = e / (2 + e) = e (1 + e) q (the
+   series of log1p_unit) and sigmoid(-x) = [x >= 0 ? e : 1] / (1 + e) = [..] (2 + e) q.
+   Below x = -87, where e^-|x| would be a denormal, exp_nonpos gives e^-87: log sigmoid(x)
+   = x - 1.6e-38 then, and *d = 1. log_sigmoid_given takes e from the caller (a kernel
+   that computes the exps of many arguments in one loop and finishes them in another). */
+static inline vf log_sigmoid_given(vf x, vf e, vf *d) {   /* e = e^-|x|, computed by the caller */
+  vi pos = x >= 0.0f;
+  vf e1 = 1.0f + e, e2 = 2.0f + e;
+  vf q = 1.0f / (e1 * e2);
+  *d = sel(pos, e, SPLAT(1.0f)) * e2 * q;
+  vf s = e * e1 * q;
+  vf t = s * s;
+  vf r = t * 1.4005856216E-1f + 1.4001007378E-1f;
+  r = r * t + 2.0010748506E-1f;
+  r = r * t + 3.3333209157E-1f;
+  vf s2 = s + s;
+  return sel(pos, SPLAT(0.0f), x) - (s2 + (s2 * t) * r);
+}
+
+static inline vf log_sigmoid_and_grad(vf x, vf *d) {
+  return log_sigmoid_given(x, exp_nonpos((vf)((vi)x | (vi)SPLAT(-0.0f))), d);  /* e^-|x| */
+}
+
+/* Whether any lane of a mask is set. */
+static inline int any_lane(vi m) {
+  vi r = m;
+  int k = 0;
+  for (int i = 0; i < W; ++i) k |= r[i];
+  return k != 0;
+}
+
+/* log(1 - e^-w) for 0 <= w <= 1, given log_w = log(w) (exact where w underflows), and
+   into *d w / (e^w - 1) (= -d/ds of the result when w = c e^-s), with no transcendental:
+   log w - w/2 + log(sinh(u) / u), u = w/2, and 1 - w/2 + sum B_2k w^2k / (2k)!, both even
+   series truncated after the 10th power (error below 1e-9 at w = 1). */
+static inline vf log1mexp_small(vf w, vf log_w, vf *d) {
+  vf u2 = w * w * 0.25f;
+  vf p = u2 * 2.13779007e-6f - 2.64550265e-5f;    /* 1/467775, -1/37800 */
+  p = p * u2 + 3.52733686e-4f;                      /* 1/2835 */
+  p = p * u2 - 5.55555556e-3f;                      /* -1/180 */
+  p = p * u2 + 1.66666667e-1f;                      /* 1/6 */
+  vf w2 = w * w;
+  vf b = w2 * 2.08767570e-8f - 8.26719577e-7f;     /* 1/47900160, -1/1209600 */
+  b = b * w2 + 3.30687831e-5f;                      /* 1/30240 */
+  b = b * w2 - 1.38888889e-3f;                      /* -1/720 */
+  b = b * w2 + 8.33333333e-2f;                      /* 1/12 */
+  *d = (b * w2 - 0.5f * w) + 1.0f;
+  return log_w - 0.5f * w + p * u2;
+}
+
+/* The same for w >= 1 (any w >= 0 in fact, less accurately below 1): log1p(-e^-w)
+   (log1p_unit's series, its argument in [-0.37, 0]) and w e^-w / (1 - e^-w). */
+static inline vf log1mexp_large(vf w, vf *d) {
+  vf ew = exp_nonpos(-w);
+  *d = w * ew / (1.0f - ew);
+  return log1p_unit(-ew);
+}
+
+/* Both, by lane (w above 1: the large form); the large form is evaluated only when some
+   lane needs it. */
+static inline vf log1mexp_and_grad(vf w, vf log_w, vf *d) {
+  vf v = log1mexp_small(w, log_w, d);
+  vi big = w > SPLAT(1.0f);
+  if (any_lane(big)) {
+    vf dl, vl = log1mexp_large(w, &dl);
+    v = sel(big, vl, v);
+    *d = sel(big, dl, *d);
+  }
+  return v;
+}
+
+/* log sigmoid(x), sigmoid(x) = e^(log sigmoid) without it, softplus(x) = -log sigmoid(-x):
+   for any x, the forms above. */
+static inline vf log_sigmoid_any(vf x) {
+  vf d;
+  return log_sigmoid_and_grad(x, &d);
+}
+
+static inline vf sigmoid_any(vf x) {
+  vf d;
+  log_sigmoid_and_grad(-x, &d);
+  return d;
+}
+
+static inline vf softplus_any(vf x) {
+  return -log_sigmoid_any(-x);
+}
+
 #endif

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import fastvae
 
 from ..core import Op, Variant, leaf, loss_step
-from ._common import compiled
+from ._common import aten_variant, compiled
 
 ORDER = 6
 NAMES = ("x", "params")
@@ -98,11 +98,14 @@ def elements_moved(case):
     return 2 * case.batch * 10 * case.latent * hw + 3 * case.batch * hw
 
 
+_TORCH = _variant("fastvae-torch", lambda: fastvae_dmol_loss("torch"))
+
 OPS = [Op(
     "dmol", make_inputs,
     {"eager": _variant("eager", lambda: eager_dmol_loss),
      "compile": _variant("compile", lambda: compiled(eager_dmol_loss)),
-     "fastvae-torch": _variant("fastvae-torch", lambda: fastvae_dmol_loss("torch")),
+     "fastvae-torch": _TORCH,
+     "fastvae-aten": aten_variant(_TORCH),   # float32 on aten ops, without the C kernel
      "fastvae-triton": _variant("fastvae-triton", lambda: fastvae_dmol_loss("triton"),
                                 cuda_only=True)},
     elements_moved=elements_moved, label=label,

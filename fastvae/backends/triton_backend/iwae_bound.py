@@ -17,6 +17,18 @@ from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args, prior_args
 
 
+def _span(t) -> int:
+    """One past the largest element offset of ``t``."""
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n)
+
+
+def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad) -> bool:
+    """Whether an offset of the two-pass kernel can pass int32: the inputs' spans, the
+    (K, B, D) and (K, B, L) gradients, the (K, B_pad) scratch, the per-program partials."""
+    return configs.needs_int64(*map(_span, (x, recon_k, mu, logvar, z_k, obs)),
+                               k * b * d, k * b * l, k * b_pad, b_pad * d)
+
+
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
                    likelihood, reduction, needs, weights=False):
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
@@ -38,7 +50,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     if onepass is not None:
         block_b, block_k, block_d, block_l, warps = onepass
     else:
-        block_b, block_d, block_l, warps = configs.row_config(b, d, l, "iwae_bound", lik)
+        block_b, block_d, block_l, warps = configs.iwae_rows_config(b, d, l,
+                                                                     recon_k.element_size(), lik)
     programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
 
@@ -81,7 +94,10 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
     else:
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
-                       LOG_W=_launch.alloc((k, b), f32, dev), **args)
+                       LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
+                       INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
+                                          programs * block_b),
+                       **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
         grid = (1 + (_launch.cdiv(d, fin_d) if gobs_partial else 0),)

@@ -74,11 +74,20 @@ IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_S
                       (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16}
 
 # The two-pass IWAE kernel (iwae_rows_config): (tile elements, num_warps) by element size
-# in bytes, or by (LIK, element size) where that differs.
+# in bytes, or by (LIK, element size) where that differs: 16-bit tiles at 4 warps spill
+# 16 bytes (sm_90, Triton 3.6), the continuous Bernoulli's fp32 one 8 (sm_80).
 IWAE_ROWS_BLOCK_D = 64
 IWAE_ROWS_BLOCK_L = 64
-IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4)}
-IWAE_ROWS_LATENT_TILE = 2048
+IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4),
+                  (CONTINUOUS_BERNOULLI, 4): (1024, 4)}
+IWAE_ROWS_LATENT_TILE = 1024
+
+# The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
+# program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
+# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64; num_warps by BLOCK_D.
+IWAE_PAIRS_BLOCK_P = 16
+IWAE_PAIRS_LIMITS = (16, 256, 1024, 64)
+IWAE_PAIRS_WARPS = {1024: 16, 512: 8}
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
@@ -174,6 +183,19 @@ def iwae_onepass_tiles(lik: int):
                  if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
 
 
+def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool):
+    """(BLOCK_P, BLOCK_R, BLOCK_D, BLOCK_L, num_warps) of the (row, sample)-pair one-pass
+    IWAE kernel, or None where it does not apply: a gradient summed over k per data column
+    (d/dx, d/dobs_logvar), the continuous Bernoulli, or K, D, L out of IWAE_PAIRS_LIMITS."""
+    k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
+    if (per_column_grads or lik == CONTINUOUS_BERNOULLI or not k <= k_max
+            or not d_min < d <= d_max or l > l_max):
+        return None
+    block_d = _p2(d)
+    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), block_d, max(16, _p2(l)),
+            IWAE_PAIRS_WARPS.get(block_d, ROW_WARPS))
+
+
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
     """(BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L, num_warps) of the one-pass IWAE kernel, or None
     when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs)."""
@@ -193,7 +215,7 @@ def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
 def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):
     """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the two-pass IWAE kernel: the ELBO's shape
     of tile, BLOCK_B rows by IWAE_ROWS_BLOCK_D columns a step (only the tail block masked),
-    IWAE_ROWS_TILE_ELEMENTS elements a step by element size."""
+    IWAE_ROWS_TILE's elements a step."""
     if interpreter_tiles():
         block_d = min(max(_p2(d), 16), 4096)
         block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))

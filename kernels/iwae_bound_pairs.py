@@ -13,7 +13,9 @@ and a learned prior's per row (summed over the row's pairs through a (rows, BLOC
 BLOCK_L) selection). Bytes as the one-pass kernel's: the floor, no scratch.
 
 The host runs it where nothing is summed over k per data column (no d/dx, no
-d/dobs_logvar: those keep the 3-D one-pass kernel) and K x D fits (``configs``).
+d/dobs_logvar: those keep the 3-D one-pass kernel) and K x D fits; the Gaussian
+likelihoods compile too, but the host sends only the Bernoulli here
+(``configs.iwae_pairs_config``).
 """
 import triton
 import triton.language as tl

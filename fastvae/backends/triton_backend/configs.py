@@ -75,16 +75,17 @@ IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_S
 
 # The two-pass IWAE kernel (iwae_rows_config): (tile elements, num_warps) by element size
 # in bytes, or by (LIK, element size) where that differs: 16-bit tiles at 4 warps spill
-# 16 bytes (sm_90, Triton 3.6), the continuous Bernoulli's fp32 one 8 (sm_80).
+# 16 bytes (sm_90, Triton 3.6); the continuous Bernoulli's fp32 1024-element tile spills
+# 8-24 bytes at 4 or 8 warps (Triton 3.6), 512 elements at 8 warps none.
 IWAE_ROWS_BLOCK_D = 64
 IWAE_ROWS_BLOCK_L = 64
 IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4),
-                  (CONTINUOUS_BERNOULLI, 4): (1024, 4)}
+                  (CONTINUOUS_BERNOULLI, 4): (512, 8)}
 IWAE_ROWS_LATENT_TILE = 1024
 
 # The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
 # program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
-# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64; num_warps by BLOCK_D.
+# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli; warps by BLOCK_D.
 IWAE_PAIRS_BLOCK_P = 16
 IWAE_PAIRS_LIMITS = (16, 256, 1024, 64)
 IWAE_PAIRS_WARPS = {1024: 16, 512: 8}
@@ -186,9 +187,11 @@ def iwae_onepass_tiles(lik: int):
 def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool):
     """(BLOCK_P, BLOCK_R, BLOCK_D, BLOCK_L, num_warps) of the (row, sample)-pair one-pass
     IWAE kernel, or None where it does not apply: a gradient summed over k per data column
-    (d/dx, d/dobs_logvar), the continuous Bernoulli, or K, D, L out of IWAE_PAIRS_LIMITS."""
+    (d/dx), a likelihood other than the Bernoulli (the Gaussian's (16, 1024) bf16 tile
+    spills 4 bytes on sm_80 under Triton 3.9, 16 warps), or K, D, L out of
+    IWAE_PAIRS_LIMITS."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
-    if (per_column_grads or lik == CONTINUOUS_BERNOULLI or not k <= k_max
+    if (per_column_grads or lik != BERNOULLI or not k <= k_max
             or not d_min < d <= d_max or l > l_max):
         return None
     block_d = _p2(d)

@@ -18,41 +18,116 @@ z_k, mu, logvar; write d recon_k, d z_k, d mu, d logvar; d x and d obs_logvar ad
 ``D s`` each where needed), forward only ``(D + KD + KL + 2L) s``: the floor, no scratch.
 
 ``iwae_bound_rows_kernel`` — every other shape (K = 50, D = 3072, ...): grid
-``cdiv(B, BLOCK_B)``; each program owns ``BLOCK_B`` rows and walks D and L in blocks.
-Pass 1 walks the K samples: each sample's log-weight
-``log w_k = log p(x|z_k) - (log q(z_k|x) - log p(z_k))`` from one read of its
-``recon_k`` rows and ``z_k`` rows, kept in a (K, B) fp32 scratch, with an online
+``cdiv(B, BLOCK_B)``; each program owns ``BLOCK_B`` rows (the ELBO row kernel's tile:
+``BLOCK_D`` columns a step, full blocks unmasked, one masked tail; int32 offsets unless
+the host's ``INT64`` says they can pass 2^31). Pass 1 walks the K samples: each
+sample's log-weight ``log w_k = log p(x|z_k) - (log q(z_k|x) - log p(z_k))`` from one
+read of its ``recon_k`` and ``z_k`` rows (values only: the Bernoulli's is one ex2 and
+one lg2 per element), kept in a (K, programs * BLOCK_B) fp32 scratch, with an online
 logsumexp (running max and rescaled sum). The bound ``logsumexp_k - log K`` is written
-per row. Only when a gradient is needed, pass 2 reads the rows again and writes every
-gradient already weighted by ``softmax_k(log w_k) * c``: d/drecon_k and d/dz_k per
-sample, and d/dx, d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers.
-The softmax weights need every sample's log-weight, so a gradient cannot be written
-before pass 1 ends: forward-only use (NLL estimation with large K) is one pass
-(``(D + KD + KL + 2L) s`` plus 4K bytes of log-weights), training reads the inputs
-twice: ``(2D + 3KD + 3KL + 6L) s`` plus 8K bytes, ``KD s`` more than the one-pass kernel
-and its floor (a program reads its rows back right after pass 1, so part of that may
+per row. Only when a gradient is needed, each log-weight becomes ``softmax_k * c`` in
+the scratch and pass 2 walks the columns once, reading x once per block and each
+sample's recon_k block, and writes every gradient already weighted: d/drecon_k and
+d/dz_k per sample, d/dx, d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers.
+The softmax weights need every sample's log-weight, so no gradient can be written
+before pass 1 ends (an online logsumexp gives the bound in one pass, not the weights):
+forward-only use (NLL estimation with large K) is one pass (``(D + KD + KL + 2L) s``
+plus 4K bytes of log-weights), training reads recon_k and z_k twice:
+``(2D + 3KD + 3KL + 6L) s`` plus 12K bytes of scratch (a block's reads of the weights
+hit the cache), ``D + KD + KL + 2L`` more than the one-pass kernel and its floor (a program reads its rows back right after pass 1, so part of that may
 come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 ``reduce.finish_kernel`` (no atomics).
 
 Estimators (``fastvae.estimators``) add one switch: DReG's gradient hook on z_k needs
 the softmax weights, which ``STORE_WEIGHTS`` writes to ``WEIGHTS`` (K, B) fp32 from the
-gradient pass (4K bytes per row; the rows kernel from its latent loop, where each weight
-is formed anyway). STL and DReG stop log q's parameters: the host drops the direct
+gradient pass (4K bytes per row; the rows kernel where it forms each weight). STL and
+DReG stop log q's parameters: the host drops the direct
 mu/logvar gradients (and sets ``STORE_WEIGHTS`` for both: one compiled specialization).
 """
 import triton
 import triton.language as tl
 
-from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
-                    exp_, latent_kl_tile, likelihood_tile, load_data, load_f32, load_prior, log_,
-                    program_rows, store_as)
+from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_BERNOULLI, LIK_GAUSSIAN_SCALAR,
+                    LIK_GAUSSIAN_TENSOR, LOG2_E, exp_, latent_kl_tile, likelihood_tile,
+                    load_data, load_f32, load_prior, log_, program_rows, rcp_, row_block,
+                    store_as)
+
+
+@triton.jit
+def _log_px(x, r, s, LIK: tl.constexpr):
+    """log p(x|z) per element, the value alone (pass 1). Bernoulli: ``x*l - max(l, 0) -
+    log(1 + exp(-|l|))``, one ex2 and one lg2 (``bernoulli_tile``'s value without its
+    gradient's work); the other likelihoods: ``likelihood_tile``'s value (the compiler
+    drops the unused gradients)."""
+    if LIK == LIK_BERNOULLI:
+        value = x * r - tl.maximum(r, 0.0) - log_(1.0 + tl.exp2(tl.abs(r) * -LOG2_E))
+    else:
+        value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+    return value
+
+
+@triton.jit
+def _dlog_px(x, r, s, LIK: tl.constexpr):
+    """(d/drecon, d/dx, d/dobs_logvar) of log p(x|z) per element (pass 2). Bernoulli:
+    ``x - sigmoid(l)`` with ``sigmoid(l) = 1 / (1 + 2^(-l log2 e))``, one ex2 and one
+    approximate reciprocal (relative error 2^-21: 1e-7 absolute on a value in [0, 1]; at
+    l < -88 the power overflows to inf and the reciprocal is exactly 0, the sigmoid's
+    limit); else ``likelihood_tile``'s."""
+    if LIK == LIK_BERNOULLI:
+        g_r = x - rcp_(1.0 + tl.exp2(r * -LOG2_E))
+        g_x = r
+        g_s = 0.0
+    else:
+        value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+    return g_r, g_x, g_s
+
+
+@triton.jit
+def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, B, b_pad, D,
+                stride_x, stride_rk, stride_rb, stride_obs, obs_scalar,
+                LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr,
+                OBS_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pass 2 over one (BLOCK_B, BLOCK_D) block of columns: x read once, then each sample's
+    recon_k block and weight ``W[k, rows]`` (softmax * c); d/drecon_k written per sample,
+    d/dx and d/dobs_logvar summed over k in registers."""
+    cols2 = cols[None, :]
+    x = load_f32(X, rows2 * stride_x + cols2, m)
+    if LIK == LIK_GAUSSIAN_TENSOR:
+        s = load_f32(OBS, rows2 * stride_obs + cols2, m)
+    else:
+        s = obs_scalar
+    gx_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    gs_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    r_off = rows2 * stride_rb + cols2
+    g_off = rows2 * D + cols2
+    size_bd = (zero + B) * D
+    for k in range(0, K):
+        w = tl.load(W + (zero + k) * b_pad + rows)[:, None]   # 0 on padded rows
+        r = load_f32(R, r_off, m)
+        g_r, g_x, g_s = _dlog_px(x, r, s, LIK)
+        if NEED_GR:
+            store_as(GR, g_off, g_r * w, m)
+        if NEED_GX:
+            gx_acc += g_x * w
+        if OBS_GRAD != GOBS_NONE:
+            gs_acc += g_s * w
+        r_off += stride_rk
+        g_off += size_bd
+    out = rows2 * D + cols2
+    if NEED_GX:
+        store_as(GX, out, gx_acc, m)
+    if LIK >= LIK_GAUSSIAN_SCALAR:
+        if OBS_GRAD == GOBS_ROWS:
+            store_as(GOBS, out, gs_acc, m)
+        if OBS_GRAD == GOBS_PARTIAL:
+            store_as(GOBS, pid * D + cols, tl.sum(tl.where(m, gs_acc, 0.0), axis=0), cols < D)
 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_rows_kernel(
     X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
     PM, PLV,                                  # PRIOR: the prior's mean and log-variance
-    LOG_W, ROW_VALUES, WEIGHTS,               # (K, B) fp32 scratch; (B,) fp32; (K, B) fp32
+    LOG_W, ROW_VALUES, WEIGHTS,               # (K, programs * BLOCK_B), (B,), (K, B) fp32
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
     GPM, GPLV,                                # the prior's, per row (NEED_GPM, NEED_GPLV)
     K, B, D, L,
@@ -62,38 +137,31 @@ def iwae_bound_rows_kernel(
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
     PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
-    STORE_WEIGHTS: tl.constexpr,
+    STORE_WEIGHTS: tl.constexpr, INT64: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
     log_k = tl.cast(log_k, tl.float32)
-    pid, rows, rmask = program_rows(B, BLOCK_B)
+    pid, rows, rmask = row_block(B, BLOCK_B, INT64)
     rows2 = rows[:, None]
-    zero_i64 = pid * 0
-    size_bd = (zero_i64 + B) * D  # one sample's (B, D) gradient, in int64
-    size_bl = (zero_i64 + B) * L
+    rmask2 = rmask[:, None]
+    zero = pid * 0                       # int64 with INT64, else int32
+    b_pad = (zero + tl.num_programs(0)) * BLOCK_B   # LOG_W's row stride: padded rows too
+    d_full = (D // BLOCK_D) * BLOCK_D    # full column blocks: no column mask (and the tail's
+                                         # start visibly aligned: its loads stay vectorized)
 
-    # ---- pass 1: log-weights and their logsumexp ------------------------------------
+    # ---- pass 1: log-weights, their online logsumexp ---------------------------------
     run_max = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
-    r_base = zero_i64   # k * stride_rk in int64
-    z_base = zero_i64
+    r_base = zero
+    z_base = zero
     for k in range(0, K):
-        acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
-            m = rmask[:, None] & (cols2 < D)
-            x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
-                                r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
-                                m, obs_scalar, LIK)
-            value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-            acc += tl.where(m, value, 0.0)
         kacc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
         for l0 in range(0, L, BLOCK_L):
             lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
-            m = rmask[:, None] & (lat2 < L)
+            m = rmask2 & (lat2 < L)
             mu = load_f32(MU, rows2 * stride_mu + lat2, m)
             lv = load_f32(LV, rows2 * stride_lv + lat2, m)
             z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
@@ -101,8 +169,23 @@ def iwae_bound_rows_kernel(
                                  m, PRIOR)
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
             kacc += tl.where(m, kl, 0.0)
+        # a padded row reads zeros: finite values, dropped with the row
+        acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, d_full, BLOCK_D):
+            cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
+            x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
+                                r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
+                                rmask2, obs_scalar, LIK)
+            acc += _log_px(x, r, s, LIK)
+        if d_full < D:
+            cols2 = (d_full + tl.arange(0, BLOCK_D))[None, :]
+            m = rmask2 & (cols2 < D)
+            x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
+                                r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
+                                m, obs_scalar, LIK)
+            acc += tl.where(m, _log_px(x, r, s, LIK), 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
-        tl.store(LOG_W + (zero_i64 + k) * B + rows, log_w, mask=rmask)
+        tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
         new_max = tl.maximum(run_max, log_w)
         run_sum = run_sum * exp_(run_max - new_max) + exp_(log_w - new_max)
         run_max = new_max
@@ -114,46 +197,28 @@ def iwae_bound_rows_kernel(
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ or NEED_GPM or NEED_GPLV):
-        tl.debug_barrier()  # LOG_W is read back by other threads of this program
+        # each log-weight becomes its weight times c in place (0 on padded rows), read
+        # back by other threads below
+        for k in range(0, K):
+            lw_off = (zero + k) * b_pad + rows
+            w = tl.where(rmask, exp_(tl.load(LOG_W + lw_off) - lse), 0.0)
+            if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
+                tl.store(WEIGHTS + (zero + k) * B + rows, w, mask=rmask)
+            tl.store(LOG_W + lw_off, w * c)
+        tl.debug_barrier()
         if NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE:
+            # one loop, the column mask hoisted out of the samples' loop (_grad_block)
             for d0 in range(0, D, BLOCK_D):
                 cols = d0 + tl.arange(0, BLOCK_D)
-                cols2 = cols[None, :]
-                m = rmask[:, None] & (cols2 < D)
-                x = load_f32(X, rows2 * stride_x + cols2, m)
-                if LIK == LIK_GAUSSIAN_TENSOR:
-                    s = load_f32(OBS, rows2 * stride_obs + cols2, m)
-                else:
-                    s = obs_scalar
-                gx_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-                gs_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
-                r_base = zero_i64
-                gr_base = zero_i64
-                for k in range(0, K):
-                    lw = tl.load(LOG_W + (zero_i64 + k) * B + rows, mask=rmask, other=0.0)
-                    w = (exp_(lw - lse) * c)[:, None]
-                    r = load_f32(R, r_base + rows2 * stride_rb + cols2, m)
-                    value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-                    if NEED_GR:
-                        store_as(GR, gr_base + rows2 * D + cols2, g_r * w, m)
-                    gx_acc += g_x * w
-                    if LIK >= LIK_GAUSSIAN_SCALAR:  # else no obs_logvar: keep no dead accumulator
-                        gs_acc += g_s * w
-                    r_base += stride_rk
-                    gr_base += size_bd
-                out_off = rows2 * D + cols2
-                if NEED_GX:
-                    store_as(GX, out_off, gx_acc, m)
-                if LIK >= LIK_GAUSSIAN_SCALAR:
-                    if OBS_GRAD == GOBS_ROWS:
-                        store_as(GOBS, out_off, gs_acc, m)
-                    if OBS_GRAD == GOBS_PARTIAL:
-                        part = tl.sum(tl.where(m, gs_acc, 0.0), axis=0)
-                        tl.store(GOBS + pid * D + cols, part, mask=cols < D)
+                _grad_block(X, R, OBS, LOG_W, GX, GR, GOBS, pid, rows, rows2, cols,
+                            rmask2 & (cols[None, :] < D), zero, K, B, b_pad, D, stride_x,
+                            stride_rk, stride_rb, stride_obs, obs_scalar, LIK, NEED_GX,
+                            NEED_GR, OBS_GRAD, BLOCK_B, BLOCK_D)
         if NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
+            size_bl = (zero + B) * L
             for l0 in range(0, L, BLOCK_L):
                 lat2 = (l0 + tl.arange(0, BLOCK_L))[None, :]
-                m = rmask[:, None] & (lat2 < L)
+                m = rmask2 & (lat2 < L)
                 mu = load_f32(MU, rows2 * stride_mu + lat2, m)
                 lv = load_f32(LV, rows2 * stride_lv + lat2, m)
                 pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lat2,
@@ -162,27 +227,23 @@ def iwae_bound_rows_kernel(
                 glv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 gpm_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 gplv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
-                z_base = zero_i64
-                gz_base = zero_i64
+                z_off = rows2 * stride_zb + lat2
+                gz_off = rows2 * L + lat2
                 for k in range(0, K):
-                    lw_off = (zero_i64 + k) * B + rows
-                    lw = tl.load(LOG_W + lw_off, mask=rmask, other=0.0)
-                    if STORE_WEIGHTS:  # softmax_k(log w_k) for DReG's hook, once per row
-                        tl.store(WEIGHTS + lw_off, exp_(lw - lse), mask=rmask & (l0 == 0))
-                    w = (exp_(lw - lse) * c)[:, None]
-                    z = load_f32(Z, z_base + rows2 * stride_zb + lat2, m)
+                    w = tl.load(LOG_W + (zero + k) * b_pad + rows)[:, None]
+                    z = load_f32(Z, z_off, m)
                     kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
                                                                        PRIOR)
                     if NEED_GZ:
-                        store_as(GZ, gz_base + rows2 * L + lat2, -d_z * w, m)
+                        store_as(GZ, gz_off, -d_z * w, m)
                     gmu_acc += d_mu * w
                     glv_acc += d_lv * w
                     if NEED_GPM:
                         gpm_acc += d_pm * w
                     if NEED_GPLV:
                         gplv_acc += d_plv * w
-                    z_base += stride_zk
-                    gz_base += size_bl
+                    z_off += stride_zk
+                    gz_off += size_bl
                 out_off = rows2 * L + lat2
                 if NEED_GMU:
                     store_as(GMU, out_off, -gmu_acc, m)

@@ -27,10 +27,11 @@ from _compare import assert_close, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
 from test_elbo import check_against_formula, make_like  # noqa: E402
 from test_iwae_bound import check as check_iwae  # noqa: E402
+from test_iwae_bound import eager_fp32  # noqa: E402
 from test_iwae_bound import make_like as iwae_inputs  # noqa: E402
 
 F32 = torch.float32
-ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel")
+ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_bound_pairs_kernel")
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def gpu_tiles(kernels):
 def row_kernel(launches):
     rows = [n for n in launches if n in ROW_KERNELS]
     assert len(rows) == 1, launches
-    return "onepass" if rows[0] == ROW_KERNELS[0] else "twopass"
+    return {ROW_KERNELS[0]: "onepass", ROW_KERNELS[1]: "twopass"}.get(rows[0], "pairs")
 
 
 # -- the ELBO's row tiles ---------------------------------------------------------------------
@@ -136,26 +137,29 @@ def _recon_loads(kernel):
 
 
 def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
-    """K=5, D=784 (the benchmark's shape): one row kernel, no (K, B) log-weight scratch,
-    the gradients written in the forward launch, and the kernel's source loads recon_k at
-    one place, outside any loop (the two-pass kernel, for contrast, at two)."""
+    """K=5, D=784 (the benchmark's shape, x without a gradient): one row kernel (the pair
+    kernel), no (K, B) log-weight scratch, the gradients written in the forward launch, and
+    the one-pass kernels' sources load recon_k at one place, outside any loop (the
+    two-pass kernel, for contrast, at two)."""
     from fastvae.backends.triton_backend import _launch
     from fastvae.kernels import iwae_bound as ki
+    from fastvae.kernels import iwae_bound_pairs as kp
     allocs = []
     real = _launch.alloc
     monkeypatch.setattr(_launch, "alloc", lambda shape, dtype, device:
                         allocs.append(tuple(shape)) or real(shape, dtype, device))
     k, b = 5, 3
     (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, 784, 32, "bernoulli", F32)
-    v = fastvae.iwae_bound(x, recon, mu, lv, z, backend="triton")
-    assert launches == ["iwae_bound_onepass_kernel"], launches
+    v = fastvae.iwae_bound(x.detach(), recon, mu, lv, z, backend="triton")
+    assert launches == ["iwae_bound_pairs_kernel"], launches
     assert (k, b) not in allocs, allocs
     del launches[:]
     torch.autograd.grad(v.sum(), [recon, mu, lv, z])
     assert launches == [], launches
-    tree, loads = _recon_loads(ki.iwae_bound_onepass_kernel)
-    assert len(loads) == 1
-    assert not any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(tree))
+    for kernel in (ki.iwae_bound_onepass_kernel, kp.iwae_bound_pairs_kernel):
+        tree, loads = _recon_loads(kernel)
+        assert len(loads) == 1
+        assert not any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(tree))
     assert len(_recon_loads(ki.iwae_bound_rows_kernel)[1]) == 2
 
 
@@ -178,3 +182,79 @@ def test_iwae_shipped_gpu_tiles(seed, launches, gpu_tiles, k, b, d, l, like, pat
         check_iwae("triton", k, b, d, l, like, reduction)
         assert row_kernel(launches) == path
 
+
+
+# the two-pass kernel's multi-row tiles (16 x 64 fp32, 32 x 64 bf16): a padded last
+# program (its log-weight scratch rows), full column blocks and a masked tail, none, two
+# latent blocks, K not a power of two
+@pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
+    (9, 17, 80, 70, "bernoulli", F32, "none"),
+    (10, 33, 64, 5, "bernoulli", torch.bfloat16, "mean"),
+    (11, 3, 70, 3, "gaussian_perdim", F32, "sum"),
+])
+def test_iwae_rows_tiles(seed, launches, gpu_tiles, k, b, d, l, like, dtype, reduction):
+    check_iwae("triton", k, b, d, l, like, reduction, dtype)
+    assert row_kernel(launches) == "twopass"
+
+
+def test_iwae_rows_extreme_logits(seed, launches, gpu_tiles):
+    """Logits of +-120 in the two-pass kernel's tile: the sigmoid's 1 / (1 + 2^(-l log2 e))
+    meets an overflow to inf (weight 0) and an underflow to 0 (weight 1); softplus stays
+    exact; values and gradients as the float64 formula."""
+    k, b, d, l = 9, 5, 70, 3
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", F32)
+    with torch.no_grad():
+        recon.mul_(40.0).clamp_(-120.0, 120.0)
+        recon[:, :, :4] = torch.tensor([120.0, -120.0, 89.0, -89.0])
+    got = fastvae.iwae_bound(x, recon, mu, lv, z, backend="triton")
+    assert row_kernel(launches) == "twopass"
+    o = oracle(x, recon, mu, lv, z)
+    want = F.iwae(*o)
+    # each term rounds to ~ulp(|l|), and the softmax carries that into the weights in any
+    # fp32 implementation: the terms' size sets the value's scale, fp32 eager the gradients'
+    assert_close("bound", got, want, F32, scale=recon.detach().abs().sum(-1).max(0).values)
+    g = torch.autograd.grad(got.sum(), [recon, mu, lv, z])
+    e = torch.autograd.grad(want.sum(), o[1:5])
+    eager = eager_fp32([x, recon, mu, lv, z])[1][1:5]
+    for a, w, ee, name in zip(g, e, eager, ("recon_k", "mu", "logvar", "z_k")):
+        assert torch.isfinite(a).all(), name
+        assert_close(f"d/d{name}", a, w, F32, eager=ee)
+
+
+def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):
+    """The two-pass kernel's int64 offsets (INT64, where K*B*D can pass 2^31), taken here
+    at a small shape by lowering the limit: the same values and gradients."""
+    from fastvae.backends.triton_backend import iwae_bound as host
+    monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", 100)
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(9, 3, 20, 3, "bernoulli", F32)
+    assert host._needs_int64(x, recon, mu, lv, z, x, 9, 3, 20, 3, 16)
+    check_iwae("triton", 9, 3, 20, 3, "bernoulli", "none")
+    assert row_kernel(launches) == "twopass"
+
+
+# the pair kernel: (row, sample) pairs as tile rows (Bernoulli, x without a gradient;
+# 256 < D <= 1024, K <= 16, L <= 64): K not dividing 16 (a padded pair and a padded last
+# program), K = 16 (one row a program), two rows of 7 in 16
+@pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
+    (5, 4, 300, 33, "bernoulli", F32, "none"),
+    (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean"),
+    (7, 5, 1000, 64, "bernoulli", F32, "sum"),
+])
+def test_iwae_pairs(seed, launches, gpu_tiles, k, b, d, l, like, dtype, reduction):
+    (x, recon, mu, lv, z), obs, likelihood = iwae_inputs(k, b, d, l, like, dtype)
+    x = x.detach()
+    obs = obs.detach() if isinstance(obs, torch.Tensor) else obs
+    opts = dict(likelihood=likelihood, obs_logvar=obs, reduction=reduction)
+    got = fastvae.iwae_bound(x, recon, mu, lv, z, backend="triton", **opts)
+    assert row_kernel(launches) == "pairs"
+    o = oracle(x, recon, mu, lv, z)
+    want = F.iwae(*o, likelihood=likelihood, reduction=reduction,
+                  obs_logvar=oracle(obs)[0] if isinstance(obs, torch.Tensor) else obs)
+    ins = [x, recon, mu, lv, z, obs if isinstance(obs, torch.Tensor) else None]
+    eager, eager_g = eager_fp32(ins, **opts)
+    assert_close("bound", got, want, dtype, eager=eager)
+    g = torch.autograd.grad(got.sum(), [recon, mu, lv, z])
+    e = torch.autograd.grad(want.sum(), o[1:5])
+    for a, w, ee, name in zip(g, e, eager_g[1:5], ("recon_k", "mu", "logvar", "z_k")):
+        assert a.dtype == dtype, name
+        assert_close(f"d/d{name}", a, w, dtype, rtol={F32: 1e-3}, eager=ee)

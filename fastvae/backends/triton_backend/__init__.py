@@ -13,9 +13,11 @@ Launches per call (machine-independent; tests count them):
                          grad_output (``scale_saved_``: all gradients in place, no bytes
                          moved at 1), else torch's multiply by the (B,) one
     iwae_bound           1, or 2 with a mean/sum reduction or a (D,) obs_logvar sum;
-                         backward as elbo's. The one-pass kernel runs where a row's K x D
-                         fits on chip (``configs.iwae_onepass_config``), else the two-pass
-                         kernel, which reads the row again for the weighted gradients
+                         backward as elbo's. One pass where a row's K x D fits on chip:
+                         the pair kernel ((row, sample) pairs as tile rows,
+                         ``configs.iwae_pairs_config``) where no gradient sums over k per
+                         column, else the 3-D one (``configs.iwae_onepass_config``); else
+                         the two-pass kernel, which reads the row again for the gradients
     gaussian_log_prob    1            kl_standard_normal    1            kl_normal    1
     sample_with_kl       forward 1, backward 1 (plus torch's sum over rows of a prior's
                          gradient where one prior row is shared by every row)

@@ -25,8 +25,6 @@ LIKELIHOOD_CODES = {"bernoulli": BERNOULLI, "continuous_bernoulli": CONTINUOUS_B
 # (D up to, BLOCK_B, BLOCK_D, BLOCK_L) of the row kernels; the last row covers any D.
 ROW_TILES = {
     "elbo": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 2, 1024, 128), (None, 1, 2048, 128)),
-    "iwae_bound": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 1, 1024, 128),
-                   (None, 1, 2048, 128)),
 }
 # The ELBO row kernel: BLOCK_D columns a step (the tail block is the only masked one, so
 # D = 784 wastes 48 of 832 lanes), BLOCK_B rows a program; ELBO_TILE_ELEMENTS elements a
@@ -53,20 +51,12 @@ TICKET_SUM_BLOCK = 512
 KL_CLAMP_TILE = (32, 64)
 INT32_LIMIT = 2**31 - 1
 
-# Per likelihood, where a tile of ROW_TILES spills at every warps count: the continuous
-# Bernoulli's log-normaliser keeps more values live in the IWAE gradient pass.
-ROW_TILES_BY_LIK = {
-    ("iwae_bound", CONTINUOUS_BERNOULLI): ((64, 32, 64, 64), (256, 4, 128, 128),
-                                           (1024, 1, 1024, 128), (None, 1, 2048, 128)),
-}
+ROW_TILES_BY_LIK = {}
 ROW_WARPS = 8
 # num_warps where 8 makes ptxas spill: (kernel, LIK, BLOCK_B, BLOCK_D) -> warps; 16 where
 # both 4 and 8 spill in one of the compiled variants (the measurements: RESULTS.md).
 ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
-                      ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16,
-                      ("iwae_bound", 1, 32, 64): 4, ("iwae_bound", 1, 1, 1024): 16,
-                      ("iwae_bound", 1, 4, 128): 4,
-                      ("iwae_bound", 2, 1, 2048): 16}
+                      ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16}
 
 # The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one with
 # K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L wins; with none the two-pass kernel runs. A
@@ -82,6 +72,23 @@ IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_S
 # 3.6, sm_90; 8: 80-96 registers, no spill).
 IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR)},
                       (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16}
+
+# The two-pass IWAE kernel (iwae_rows_config): (tile elements, num_warps) by element size
+# in bytes, or by (LIK, element size) where that differs: 16-bit tiles at 4 warps spill
+# 16 bytes (sm_90, Triton 3.6); the continuous Bernoulli's fp32 1024-element tile spills
+# 8-24 bytes at 4 or 8 warps (Triton 3.6), 512 elements at 8 warps none.
+IWAE_ROWS_BLOCK_D = 64
+IWAE_ROWS_BLOCK_L = 64
+IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4),
+                  (CONTINUOUS_BERNOULLI, 4): (512, 8)}
+IWAE_ROWS_LATENT_TILE = 1024
+
+# The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
+# program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
+# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli; warps by BLOCK_D.
+IWAE_PAIRS_BLOCK_P = 16
+IWAE_PAIRS_LIMITS = (16, 256, 1024, 64)
+IWAE_PAIRS_WARPS = {1024: 16, 512: 8}
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
@@ -177,6 +184,21 @@ def iwae_onepass_tiles(lik: int):
                  if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
 
 
+def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool):
+    """(BLOCK_P, BLOCK_R, BLOCK_D, BLOCK_L, num_warps) of the (row, sample)-pair one-pass
+    IWAE kernel, or None where it does not apply: a gradient summed over k per data column
+    (d/dx), a likelihood other than the Bernoulli (the Gaussian's (16, 1024) bf16 tile
+    spills 4 bytes on sm_80 under Triton 3.9, 16 warps), or K, D, L out of
+    IWAE_PAIRS_LIMITS."""
+    k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
+    if (per_column_grads or lik != BERNOULLI or not k <= k_max
+            or not d_min < d <= d_max or l > l_max):
+        return None
+    block_d = _p2(d)
+    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), block_d, max(16, _p2(l)),
+            IWAE_PAIRS_WARPS.get(block_d, ROW_WARPS))
+
+
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
     """(BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L, num_warps) of the one-pass IWAE kernel, or None
     when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs)."""
@@ -191,6 +213,21 @@ def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
         return block_b, block_k, block_d, block_l, ROW_WARPS
     warps = IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d), ROW_WARPS)
     return block_b, block_k, block_d, block_l, warps
+
+
+def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):
+    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the two-pass IWAE kernel: the ELBO's shape
+    of tile, BLOCK_B rows by IWAE_ROWS_BLOCK_D columns a step (only the tail block masked),
+    IWAE_ROWS_TILE's elements a step."""
+    if interpreter_tiles():
+        block_d = min(max(_p2(d), 16), 4096)
+        block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
+        return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
+    block_d = min(IWAE_ROWS_BLOCK_D, max(16, _p2(d)))
+    block_l = min(IWAE_ROWS_BLOCK_L, max(16, _p2(l)))
+    elements, warps = IWAE_ROWS_TILE.get((lik, element_size), IWAE_ROWS_TILE[element_size])
+    block_b = min(elements // block_d, IWAE_ROWS_LATENT_TILE // block_l)
+    return block_b, block_d, block_l, warps
 
 
 def finish_config():

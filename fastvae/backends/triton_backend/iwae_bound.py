@@ -8,6 +8,7 @@ import math
 import torch
 
 from fastvae.kernels import iwae_bound as ki
+from fastvae.kernels import iwae_bound_pairs as kp
 from fastvae.kernels import reduce as kred
 from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
@@ -15,6 +16,18 @@ from ..._dtypes import reduce_scale
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args, prior_args
+
+
+def _span(t) -> int:
+    """One past the largest element offset of ``t``."""
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n)
+
+
+def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad) -> bool:
+    """Whether an offset of the two-pass kernel can pass int32: the inputs' spans, the
+    (K, B, D) and (K, B, L) gradients, the (K, B_pad) scratch, the per-program partials."""
+    return configs.needs_int64(*map(_span, (x, recon_k, mu, logvar, z_k, obs)),
+                               k * b * d, k * b * l, k * b_pad, b_pad * d)
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
@@ -34,13 +47,18 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     c = reduce_scale(b, reduction)
-    onepass = configs.iwae_onepass_config(b, k, d, l, lik)
-    if onepass is not None:
+    gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
+    pairs = configs.iwae_pairs_config(b, k, d, l, lik, bool(needs[0]) or bool(needs[5]))
+    onepass = configs.iwae_onepass_config(b, k, d, l, lik) if pairs is None else None
+    if pairs is not None:
+        block_p, block_r, block_d, block_l, warps = pairs
+        block_b = block_p // k
+    elif onepass is not None:
         block_b, block_k, block_d, block_l, warps = onepass
     else:
-        block_b, block_d, block_l, warps = configs.row_config(b, d, l, "iwae_bound", lik)
+        block_b, block_d, block_l, warps = configs.iwae_rows_config(b, d, l,
+                                                                     recon_k.element_size(), lik)
     programs = _launch.cdiv(b, block_b)
-    gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
 
     f32 = torch.float32
     out = _launch.alloc((b,) if not reduce else (), f32, dev)
@@ -77,11 +95,21 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
-    if onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
+    if pairs is not None:  # (row, sample) pairs on chip: one read, no K padding
+        for name in ("GX", "GOBS", "BLOCK_B", "NEED_GX", "OBS_GRAD"):
+            del args[name]
+        _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
+                       BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
+                       INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b),
+                       **args)
+    elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
     else:
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
-                       LOG_W=_launch.alloc((k, b), f32, dev), **args)
+                       LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
+                       INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
+                                          programs * block_b),
+                       **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
         grid = (1 + (_launch.cdiv(d, fin_d) if gobs_partial else 0),)

@@ -117,6 +117,25 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
         yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator={est} prior=L", iwae_call
 
 
+def int64_calls() -> Iterator[Tuple[str, Callable]]:
+    """The two-pass IWAE kernel's INT64 switch at a small shape (the int32 limit lowered
+    for the call: a real K*B*D > 2^31 would need tens of GB of stand-ins)."""
+    from fastvae.backends.triton_backend import configs
+
+    def call():
+        xt, nt = DTYPES["fp32"]
+        mu, lv = stand_in_latents(64, 32, nt, True, False)
+        saved, configs.INT32_LIMIT = configs.INT32_LIMIT, 1000
+        try:
+            v = fastvae.iwae_bound(empty((64, 784), xt), empty((50, 64, 784), nt, True), mu,
+                                   lv, empty((50, 64, 32), nt, True), reduction="mean",
+                                   backend="triton", validate=False)
+        finally:
+            configs.INT32_LIMIT = saved
+        finish(v, "train", False)
+    yield "iwae B=64 D=784 L=32 K=50 fp32 INT64", call
+
+
 def feature_calls(elbo_shapes, iwae_shapes):
     return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes),
-            *prior_calls(elbo_shapes, iwae_shapes)]
+            *prior_calls(elbo_shapes, iwae_shapes), *int64_calls()]

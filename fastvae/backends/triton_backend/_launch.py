@@ -1,12 +1,16 @@
 """What every host function of the Triton backend goes through: output allocation and
 kernel launches (hooks: tests poison every output with NaN through ``alloc`` and count
-launches through ``launch``), and the small argument helpers they share."""
+launches through ``launch``; ``launch_planned`` goes through ``launch`` whenever it is
+replaced), and the small argument helpers they share."""
 from __future__ import annotations
 
 import functools
 
 import torch
 from torch import Tensor
+
+from . import _planned
+from ._planned import Planned
 
 
 def alloc(shape, dtype, device) -> Tensor:
@@ -22,6 +26,18 @@ def launch(kernel, grid, **args):
         with torch.cuda.device(dev):
             return kernel[grid](**args)
     return kernel[grid](**args)
+
+
+_triton_launch = launch
+
+
+def launch_planned(p: Planned, **args):
+    """``launch(p.kernel, p.grid, **p.fixed, **args)``; a repeated call skips Triton's
+    argument binding (``_planned``). Only when ``launch`` is this module's own: a test
+    or the capture that replaces it sees every planned launch too."""
+    if launch is _triton_launch and p.direct:
+        return _planned.launch(p, args, launch)
+    return launch(p.kernel, p.grid, **p.fixed, **args)
 
 
 @functools.lru_cache(maxsize=None)

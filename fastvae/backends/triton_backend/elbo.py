@@ -4,8 +4,9 @@ the batch sum; free bits add one launch before it, a (D,) obs_logvar gradient on
 Everything a launch needs besides the tensors and the float arguments (tiles, grid,
 strides, int32/int64 offsets, the constexpr switches) depends only on the shapes,
 strides, dtypes, options and ``needs``: it is worked out once per such key
-(:func:`_plan`) and reused, so a repeated call (a training step) does little more on
-the host than allocate its outputs and launch.
+(:func:`_plan`) as planned launches (``_planned``: a repeated launch skips Triton's
+argument binding), so a repeated call (a training step) does little more on the host
+than allocate its outputs and launch.
 """
 from __future__ import annotations
 
@@ -68,15 +69,14 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
     clamped = None
     if free:
         clamped = _launch.alloc((mu.shape[1],), torch.int32, dev)
-        _launch.launch(
-            ke.kl_clamp_kernel, plan["clamp_grid"], MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
+        _launch.launch_planned(
+            plan["clamp"], MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
             PARTIALS=_launch.alloc(plan["clamp_partials"], f32, dev),
-            COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits),
-            **plan["clamp"])
+            COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits))
     reduce = plan["reduce"]
     out = _launch.alloc(() if reduce else (b,), f32, dev)
-    _launch.launch(
-        ke.elbo_rows_kernel, plan["grid"],
+    _launch.launch_planned(
+        plan["rows"],
         X=x if d else _launch.dummy(x.dtype, dev), R=recon if d else _launch.dummy(recon.dtype, dev),
         OBS=obs_arg, MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
         CLAMPED=_launch.given(clamped, torch.int32, dev),
@@ -90,13 +90,11 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
         GZ=_launch.given(gz, mu.dtype, dev),
         GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
         obs_scalar=float(obs_scalar), beta=float(beta),
-        c=float(scale * reduce_scale(b, reduction)), free_bits=float(free_bits),
-        **plan["rows"])
+        c=float(scale * reduce_scale(b, reduction)), free_bits=float(free_bits))
     if plan["gobs_partial"]:
-        _launch.launch(
-            kred.finish_kernel, plan["finish_grid"],
-            ROW_VALUES=_launch.dummy(f32, dev), GOBS_PARTIALS=gobs_partials,
-            OUT=_launch.dummy(f32, dev), GOBS=gobs, c=1.0, **plan["finish"])
+        _launch.launch_planned(
+            plan["finish"], ROW_VALUES=_launch.dummy(f32, dev), GOBS_PARTIALS=gobs_partials,
+            OUT=_launch.dummy(f32, dev), GOBS=gobs, c=1.0)
     return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))
 
 
@@ -126,14 +124,14 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
     if free:
         clamp_b, clamp_l, clamp_warps = configs.kl_clamp_config(l)
         clamp_programs = _launch.cdiv(b, clamp_b)
-        plan["clamp_grid"] = (clamp_programs,)
         plan["clamp_partials"] = (clamp_programs, l)
-        plan["clamp"] = dict(B=b, L=l, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
-                             stride_z=stride_z, stride_pm=stride_pm, stride_plv=stride_plv,
-                             KL_MC=mc, PRIOR=prior, INT64=int64, BLOCK_B=clamp_b,
-                             BLOCK_L=clamp_l, num_warps=clamp_warps)
-    plan["rows"] = dict(
-        B=b, D=d, L=l,
+        plan["clamp"] = _launch.Planned(
+            ke.kl_clamp_kernel, (clamp_programs,), x.device, B=b, L=l,
+            stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=stride_z,
+            stride_pm=stride_pm, stride_plv=stride_plv, KL_MC=mc, PRIOR=prior, INT64=int64,
+            BLOCK_B=clamp_b, BLOCK_L=clamp_l, num_warps=clamp_warps)
+    plan["rows"] = _launch.Planned(
+        ke.elbo_rows_kernel, (programs,), x.device, B=b, D=d, L=l,
         stride_x=x.stride(0), stride_r=recon.stride(0), stride_obs=stride_obs,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=stride_z,
         stride_pm=stride_pm, stride_plv=stride_plv,
@@ -148,7 +146,7 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         num_warps=warps)
     if gobs_partial:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
-        plan["finish_grid"] = (_launch.cdiv(d, fin_d),)
-        plan["finish"] = dict(B=b, D=d, NPART=programs, SUM_ROWS=False, BLOCK_P=fin_b,
-                              BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
+        plan["finish"] = _launch.Planned(
+            kred.finish_kernel, (_launch.cdiv(d, fin_d),), x.device, B=b, D=d, NPART=programs,
+            SUM_ROWS=False, BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     return plan

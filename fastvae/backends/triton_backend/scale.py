@@ -33,7 +33,7 @@ def scale_saved_(grads, grad_out):
     slots = {}
     for i, name in enumerate(_SLOT_NAMES):
         slots[name] = live[i] if i < len(live) else live[0]
-    _launch.launch(ks.scale_grads_kernel, plan[0], GO=grad_out.contiguous(), **slots, **plan[1])
+    _launch.launch_planned(plan, GO=grad_out.contiguous(), **slots)
     return grads
 
 
@@ -44,8 +44,8 @@ _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
 
 
 def _plan(live, device):
-    """(grid, the launch's int and constexpr arguments) of a scale launch for these
-    gradients, or ``_TORCH``; depends only on their sizes, dtypes and layout."""
+    """The planned scale launch for these gradients, or ``_TORCH``; depends only on their
+    sizes, dtypes and layout."""
     if (len(live) > configs.SCALE_SLOTS or device != live[0].device
             or any(g.dtype == torch.float64 or not g.is_contiguous() for g in live)):
         return _TORCH
@@ -53,8 +53,8 @@ def _plan(live, device):
              for i in range(configs.SCALE_SLOTS)}
     block = configs.scale_block()
     blocks = _launch.cdiv(max(g.numel() for g in live), block)
-    return ((min(blocks, _programs(device)),),
-            dict(**sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS))
+    return _launch.Planned(ks.scale_grads_kernel, (min(blocks, _programs(device)),), device,
+                           **sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS)
 
 
 @functools.lru_cache(maxsize=None)

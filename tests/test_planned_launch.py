@@ -54,7 +54,7 @@ class Checked:
         _planned_launch(p, args, counted)
         planned = self.runs[n:]
         n = len(self.runs)
-        p.kernel[p.grid](**p.fixed, **args)   # what Triton would do with these arguments
+        p.kernel[p.grid](**p.arguments(args))   # what Triton would do with these arguments
         triton = self.runs[n:]
         assert len(triton) == 1, "Triton's launch did not run a cached kernel"
         if not planned:
@@ -156,8 +156,8 @@ def test_each_call_keys_on_its_tensors_and_ints(checked):
     """A plan reused with other tensor dtypes, pointer alignments or per-call ints (the
     host functions fix these per plan; the key does not rely on it)."""
     k = fastvae.kernels.scale.scale_grads_kernel
-    p = _launch.Planned(k, (2,), torch.device("cpu"), N1=0, N2=0, N3=0, N4=0, N5=0,
-                        NBLK=1, BLOCK=16, num_warps=1)
+    p = _launch.Planned(k, (2,), torch.device("cpu"), dict(N1=0, N2=0, N3=0, N4=0, N5=0,
+                                                           NBLK=1, BLOCK=16, num_warps=1))
     calls = [(torch.float32, 0, 4), (torch.bfloat16, 0, 4), (torch.float32, 1, 4),
              (torch.float32, 0, 1), (torch.float32, 0, 16), (torch.float32, 0, True)]
     for dtype, offset, n0 in calls * 3:
@@ -182,8 +182,8 @@ def test_a_call_that_does_not_fit_the_plan_goes_to_triton():
     """An argument the plan does not expect, or one missing: Triton's own path, with
     its own error; a callable grid or an interpreted kernel: never direct."""
     k = fastvae.kernels.scale.scale_grads_kernel
-    p = _launch.Planned(k, (1,), torch.device("cpu"), N0=4, N1=0, N2=0, N3=0, N4=0, N5=0,
-                        NBLK=1, BLOCK=4, num_warps=1)
+    p = _launch.Planned(k, (1,), torch.device("cpu"), dict(
+        N0=4, N1=0, N2=0, N3=0, N4=0, N5=0, NBLK=1, BLOCK=4, num_warps=1))
     seen = []
 
     def slow(kernel, grid, **args):
@@ -194,8 +194,8 @@ def test_a_call_that_does_not_fit_the_plan_goes_to_triton():
     del slots["G0"]
     _planned_launch(p, dict(GO=torch.ones(()), G7=g, **slots), slow)
     assert len(seen) == 2 and "extra" in seen[0] and "G7" in seen[1]
-    assert not _launch.Planned(k, lambda meta: (1,), torch.device("cpu")).direct
-    assert not _launch.Planned(lambda: None, (1,), torch.device("cpu")).direct
+    assert not _launch.Planned(k, lambda meta: (1,), torch.device("cpu"), {}).direct
+    assert not _launch.Planned(lambda: None, (1,), torch.device("cpu"), {}).direct
 
 
 CHILD = os.environ.get("FASTVAE_PLANNED_CHILD") == "1"

@@ -32,12 +32,13 @@ _triton_launch = launch
 
 
 def launch_planned(p: Planned, **args):
-    """``launch(p.kernel, p.grid, **p.fixed, **args)``; a repeated call skips Triton's
-    argument binding (``_planned``). Only when ``launch`` is this module's own: a test
-    or the capture that replaces it sees every planned launch too."""
+    """``launch(p.kernel, p.grid, **p.fixed, **args)``, a None pointer replaced by the
+    plan's dummy; a repeated call skips Triton's argument binding (``_planned``). Only
+    when ``launch`` is this module's own: a test or the capture that replaces it sees
+    every planned launch too."""
     if launch is _triton_launch and p.direct:
         return _planned.launch(p, args, launch)
-    return launch(p.kernel, p.grid, **p.fixed, **args)
+    return launch(p.kernel, p.grid, **p.arguments(args))
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,6 +24,8 @@ switches it), an argument the plan does not expect, a changed global the kernel 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor
 
 try:
@@ -41,13 +43,16 @@ _MAX_KEYS = 64    # specializations kept per plan (alignments x devices x knob s
 class Planned:
     """``kernel[grid](**fixed, **args)`` with ``fixed`` (ints, bools, constexprs, options)
     and ``grid`` chosen once per shape key; each call gives ``args``, tensors and floats.
-    ``device`` is the device of the plan's tensors."""
+    ``absent``: the stand-in tensor of each pointer argument a call may give as None (the
+    plan's dummies: fixed objects, never written, so their key is fixed too). ``device``
+    is the device of the plan's tensors."""
 
-    __slots__ = ("kernel", "grid", "device", "fixed", "direct", "_call", "_template",
-                 "_grid3", "_compiled")
+    __slots__ = ("kernel", "grid", "device", "fixed", "absent", "direct", "_call",
+                 "_template", "_grid3", "_compiled")
 
-    def __init__(self, kernel, grid, device, **fixed):
-        self.kernel, self.grid, self.device, self.fixed = kernel, grid, device, fixed
+    def __init__(self, kernel, grid, device, fixed: dict, absent: Optional[dict] = None):
+        self.kernel, self.grid, self.device = kernel, grid, device
+        self.fixed, self.absent = fixed, absent or {}
         self._compiled: dict = {}
         self.direct = (_JITFunction is not None and type(kernel) is _JITFunction
                        and type(grid) is tuple and 1 <= len(grid) <= 3)
@@ -56,8 +61,15 @@ class Planned:
         # the binder's bound arguments in the kernel's parameter order; every parameter
         # not fixed is given per call (a default left to Triton takes the slow path)
         self._template = [fixed.get(n, _ABSENT) for n in kernel.arg_names]
-        self._call = tuple((n, i) for i, n in enumerate(kernel.arg_names) if n not in fixed)
+        self._call = tuple((n, i, self.absent.get(n)) for i, n in enumerate(kernel.arg_names)
+                           if n not in fixed)
         self._grid3 = (grid + (1, 1))[:3]
+
+    def arguments(self, args: dict) -> dict:
+        """Every keyword argument of ``kernel[grid](...)`` for a call's ``args``."""
+        absent = self.absent
+        return {**self.fixed, **{k: absent[k] if v is None and k in absent else v
+                                 for k, v in args.items()}}
 
     def __repr__(self):
         return f"Planned({getattr(self.kernel, '__name__', self.kernel)!r}, grid={self.grid})"
@@ -81,8 +93,11 @@ def bind(p: Planned, args: dict):
         return None
     vals = p._template.copy()
     key = []
-    for name, i in p._call:
+    for name, i, stand_in in p._call:
         v = args.get(name, _ABSENT)
+        if v is None and stand_in is not None:
+            vals[i] = stand_in    # fixed with the plan: nothing to key on
+            continue
         if v is _ABSENT:
             return None
         vals[i] = v
@@ -97,23 +112,23 @@ def bind(p: Planned, args: dict):
 
 def launch(p: Planned, args: dict, slow):
     """Launch ``p`` with ``args``: through the compiled kernel Triton chose for the same key
-    before, else through ``slow(kernel, grid, **fixed, **args)`` (``_launch.launch``),
+    before, else through ``slow(kernel, grid, **p.arguments(args))`` (``_launch.launch``),
     remembering what it returns."""
     kernel = p.kernel
     knobs = knob_state(kernel)
     bound = bind(p, args) if knobs is not None else None
     if bound is None:
-        return slow(kernel, p.grid, **p.fixed, **args)
+        return slow(kernel, p.grid, **p.arguments(args))
     key, vals = bound
     device = _driver.active.get_current_device()
     if p.device.type == "cuda" and p.device.index != device:
-        return slow(kernel, p.grid, **p.fixed, **args)
+        return slow(kernel, p.grid, **p.arguments(args))
     key.append(device)
     key.append(knobs)
     key = tuple(key)
     compiled = p._compiled.get(key)
     if compiled is None or not _globals_unchanged(kernel):
-        compiled = slow(kernel, p.grid, **p.fixed, **args)
+        compiled = slow(kernel, p.grid, **p.arguments(args))
         # None: the compile was cancelled or deferred; a future: not resolved yet
         if compiled is not None and not hasattr(compiled, "result"):
             if len(p._compiled) >= _MAX_KEYS:

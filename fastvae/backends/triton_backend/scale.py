@@ -30,9 +30,9 @@ def scale_saved_(grads, grad_out):
         plan = _PLANS[key] = _plan(live, grad_out.device)
     if plan is _TORCH:
         return [None if g is None else g.mul_(grad_out) for g in grads]
-    slots = {}
-    for i, name in enumerate(_SLOT_NAMES):
-        slots[name] = live[i] if i < len(live) else live[0]
+    slots = dict.fromkeys(_SLOT_NAMES)   # None: the plan's stand-in (its size is 0)
+    for name, g in zip(_SLOT_NAMES, live):
+        slots[name] = g
     _launch.launch_planned(plan, GO=grad_out.contiguous(), **slots)
     return grads
 
@@ -53,8 +53,11 @@ def _plan(live, device):
              for i in range(configs.SCALE_SLOTS)}
     block = configs.scale_block()
     blocks = _launch.cdiv(max(g.numel() for g in live), block)
+    # an unused slot's pointer: live[0]'s dtype (as the slot held live[0] itself)
+    stand_in = _launch.dummy(live[0].dtype, device)
     return _launch.Planned(ks.scale_grads_kernel, (min(blocks, _programs(device)),), device,
-                           **sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS)
+                           dict(**sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS),
+                           {name: stand_in for name in _SLOT_NAMES[len(live):]})
 
 
 @functools.lru_cache(maxsize=None)

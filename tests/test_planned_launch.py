@@ -62,7 +62,7 @@ class Checked:
             self.counts["cancelled"] += 1
             return
         assert len(planned) == 1
-        (key, grid, got), (want_key, want_grid, want) = planned[0], triton[0]
+        (key, grid, got, _), (want_key, want_grid, want, _) = planned[0], triton[0]
         assert key == want_key, f"{p}: a different specialization than Triton's"
         assert grid == want_grid and _same(got, want), f"{p}: other arguments than Triton's"
         self.counts["triton" if slowed else "direct"] += 1
@@ -166,6 +166,30 @@ def test_each_call_keys_on_its_tensors_and_ints(checked):
                                **{f"G{i}": g for i in range(configs.SCALE_SLOTS)})
     assert checked.counts == dict(cancelled=6, triton=6, direct=6)
     assert len(set(checked.keys)) == 6
+
+
+def test_launch_hooks_get_the_launch_metadata(checked):
+    """With a launch hook registered (a profiler), a direct launch hands the launcher
+    Triton's launch metadata; with none, it does not build it (nothing reads it)."""
+    import triton
+    hook = triton.knobs.runtime.launch_enter_hook
+    x, recon, mu, lv = _inputs(5, 7, 3)
+    for _ in range(3):
+        _step(x, recon, mu, lv, reduction="sum")
+    # each launch twice: planned (rows, then scale), then Triton's own
+    assert checked.runs[-4][3] is None and checked.runs[-2][3] is None
+    assert checked.counts["direct"] == 2
+
+    def seen(meta):
+        pass
+    hook.add(seen)
+    try:
+        _step(x, recon, mu, lv, reduction="sum")
+    finally:
+        hook.remove(seen)
+    assert checked.counts["direct"] == 4
+    assert [run[3].get()["name"] for run in checked.runs[-4:]] == ["elbo_rows_kernel"] * 2 + [
+        "scale_grads_kernel"] * 2
 
 
 def test_a_replaced_launch_sees_every_planned_launch(checked, launches):

@@ -30,6 +30,7 @@ from torch import Tensor
 
 try:
     from triton import knobs as _knobs
+    from triton.knobs import HookChain as _HookChain
     from triton.runtime.driver import driver as _driver
     from triton.runtime.jit import JITFunction as _JITFunction
 except ImportError:  # triton missing or too old: every launch goes through kernel[grid]
@@ -135,13 +136,21 @@ def launch(p: Planned, args: dict, slow):
                 p._compiled.clear()
             p._compiled[key] = compiled
         return compiled
-    # what JITFunction.run does once it has found the compiled kernel
+    # what JITFunction.run does once it has found the compiled kernel; the launch metadata
+    # is only ever handed to the launch hooks, so it is not built when none is registered
     stream = _driver.active.get_current_stream(device)
     g = p._grid3
-    meta = compiled.launch_metadata(p.grid, stream, *vals)
+    enter, leave = _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook
+    meta = (None if _idle(enter) and _idle(leave)
+            else compiled.launch_metadata(p.grid, stream, *vals))
     compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, meta,
-                 _knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook, *vals)
+                 enter, leave, *vals)
     return compiled
+
+
+def _idle(hook) -> bool:
+    """Whether a launch hook calls nothing (Triton's HookChain with no hook added)."""
+    return hook is None or (type(hook) is _HookChain and not hook.calls)
 
 
 def _globals_unchanged(kernel) -> bool:

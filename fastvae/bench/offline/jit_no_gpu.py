@@ -5,7 +5,7 @@ Inside :func:`jit_no_gpu`, ``kernel[grid](**args)`` on CPU tensors goes through 
 stand-in device of compute capability ``cc``; where it would compile, the specialization
 gets a :class:`NoGPUKernel` in the JIT's own cache instead (that launch ends there, as a
 cancelled compile), and every later launch of it "runs" that kernel: its launcher records
-``((device, Triton's cache key), grid, arguments)`` instead of calling the driver. What this cannot
+``((device, Triton's cache key), grid, arguments, launch metadata)`` instead of calling the driver. What this cannot
 time: the C launcher (argument packing, ``cuLaunchKernel``).
 
 Used by ``benchmarks/host_path.py`` (host cost of a step with Triton's Python included) and
@@ -38,14 +38,14 @@ def _kernel_class():
         def run(self, g0, g1, g2, stream, function, packed_metadata, launch_metadata,
                 enter_hook, exit_hook, *args):
             if self.runs is not None:
-                self.runs.append((self.key, (g0, g1, g2), args))
+                self.runs.append((self.key, (g0, g1, g2), args, launch_metadata))
 
     return NoGPUKernel
 
 
 @contextlib.contextmanager
 def jit_no_gpu(cc: int = 90, record: bool = True) -> Iterator[List[tuple]]:
-    """Yields the list of runs ``(key, grid, args)``, in order (none when ``record`` is
+    """Yields the list of runs ``(key, grid, args, launch metadata)``, in order (none when ``record`` is
     false). Restores Triton's driver and hook, and empties the caches it filled."""
     import triton
     from triton.runtime.driver import driver

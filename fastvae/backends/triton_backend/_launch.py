@@ -93,6 +93,22 @@ def ticket(device: torch.device) -> Tensor:
     return counter
 
 
+_scratch: dict = {}
+
+
+def scratch(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer only kernels use within one launch (per-program partial sums, written by
+    every program before the last one reads them): one per (device, stream, shape, dtype),
+    kept, like :func:`ticket`'s counter, so a call allocates nothing for it and a CUDA
+    graph captures the same buffer every replay uses. Launches on one stream run in
+    order, so they never share it concurrently."""
+    key = (device, _stream(device), shape, dtype)
+    buf = _scratch.get(key)
+    if buf is None:
+        buf = _scratch[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
+
+
 def given(t, dtype, device) -> Tensor:
     """``t``, or the dummy of ``dtype`` where it is absent."""
     return dummy(dtype, device) if t is None else t

@@ -72,7 +72,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
         clamped = _launch.alloc((mu.shape[1],), torch.int32, dev)
         _launch.launch_planned(
             plan["clamp"], MU=mu, LV=logvar, Z=z, PM=pm, PLV=plv,
-            PARTIALS=_launch.alloc(plan["clamp_partials"], f32, dev),
+            PARTIALS=_launch.scratch(plan["clamp_partials"], f32, dev),
             COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits))
     reduce = plan["reduce"]
     out = _launch.alloc(() if reduce else (b,), f32, dev)
@@ -80,7 +80,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
     _launch.launch_planned(
         plan["rows"], X=x if d else None, R=recon if d else None, OBS=obs_arg, MU=mu, LV=logvar,
         Z=z, PM=pm, PLV=plv, CLAMPED=clamped, ROW_VALUES=out,
-        PARTIALS=_launch.alloc(plan["grid"], f32, dev) if reduce else None,
+        PARTIALS=_launch.scratch(plan["grid"], f32, dev) if reduce else None,
         COUNTER=_launch.ticket(dev) if reduce else None,
         GX=gx if d else None, GR=gr if d else None,
         GOBS=gobs_partials if plan["gobs_partial"] else gobs, GMU=gmu, GLV=glv, GZ=gz,

@@ -21,8 +21,10 @@ def scale_saved_(grads, grad_out):
     live = [g for g in grads if g is not None and g.numel()]
     if not live:
         return grads
-    key = (grad_out.device, configs.interpreter_tiles(),
-           *((g.numel(), g.dtype, g.device, g.is_contiguous()) for g in live))
+    key = [grad_out.device, configs.interpreter_tiles()]
+    for g in live:  # a loop, not a generator: this runs every backward
+        key += (g.numel(), g.dtype, g.device, g.is_contiguous())
+    key = tuple(key)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _PLANS_MAX:

@@ -25,7 +25,8 @@ for the small tensors used here (keep ``--batch`` small: large CPU tensors go to
 which the caching allocator never does). The machine is shared and slow at times, so
 each round also times a fixed calibration loop (``calib``: 20 ``torch.empty(1)`` plus
 200 empty Python calls); ``step / calib`` is comparable across runs and machines, the
-microseconds only within one run. ``floor`` is the same step through a bare
+microseconds only within one run; ``/ floor`` is the median of the rounds' ratios,
+``min/min`` the ratio of the least-disturbed rounds. ``floor`` is the same step through a bare
 autograd.Function that only allocates its outputs: what autograd itself costs. Times are
 the thread's CPU time (``time.thread_time``). ``py calls`` counts Python-level function
 calls per step (``sys.setprofile``), independent of the machine.
@@ -207,18 +208,22 @@ def measure(args, modes, record):
         **{f"{name}_us": med(times[name]) for name in times},
         **{f"{name}_us_min": min(times[name]) for name in MODES},
         **{f"{name}_over_floor": ratio(name, "floor") for name in MODES},
+        # the least-disturbed round of each: on a loaded machine, the steadier figure
+        **{f"{name}_min_over_floor_min": min(times[name]) / min(times["floor"])
+           for name in MODES},
+        "floor_us_min": min(times["floor"]),
         "planned_over_calib": ratio("planned", "calib"),
         "py_calls_per_step": calls,
     }
     print(f"host path, {res['shape']}, torch {res['torch']}, triton {res['triton']}, "
           f"{args.rounds} rounds x {args.calls} steps, {per_step} launches per step")
-    print(f"  {'':28} {'median us':>10} {'min us':>8} {'/ floor':>8}")
+    print(f"  {'':28} {'median us':>10} {'min us':>8} {'/ floor':>8} {'min/min':>8}")
     for name, what in (("planned", "fwd+bwd, planned launches"),
                        ("triton", "fwd+bwd, kernel[grid] each"),
                        ("stub", "fwd+bwd, launches stubbed")):
         print(f"  {what:28} {res[name + '_us']:10.1f} {res[name + '_us_min']:8.1f} "
-              f"{res[name + '_over_floor']:8.2f}")
-    print(f"  {'bare autograd.Function':28} {res['floor_us']:10.1f}")
+              f"{res[name + '_over_floor']:8.2f} {res[name + '_min_over_floor_min']:8.2f}")
+    print(f"  {'bare autograd.Function':28} {res['floor_us']:10.1f} {res['floor_us_min']:8.1f}")
     print(f"  forward alone (planned)      {res['forward_us']:10.1f}")
     print(f"  calib {res['calib_us']:.1f} us; planned / calib {res['planned_over_calib']:.2f}; "
           f"Python calls per step (planned) {calls}")

@@ -2,7 +2,8 @@
 GPU work stubbed out, on a machine without a GPU.
 
     .venv/bin/python benchmarks/host_path.py [--batch 64] [--dim 784] [--latent 64]
-        [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400] [--profile 25] [--json F]
+        [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400] [--layers 25]
+        [--profile 25] [--json F]
 
 What stands in for CUDA: CPU tensors, the backend told it may run there (as under
 ``TRITON_INTERPRET=1``) with the GPU tiles (``configs.CONFIG_MODE = "gpu"``). Three ways
@@ -121,6 +122,51 @@ def make_floor(args):
     return step
 
 
+def layer_times(args, floor, rounds, calls):
+    """Each layer of the planned step called alone (least-disturbed round, us): the host
+    function, the op (autograd.Function around it), ``fastvae.elbo`` (validation and
+    dispatch around that), the module, and ``backward()`` of the op's value."""
+    import importlib
+    op = importlib.import_module("fastvae.ops.elbo").elbo
+    host = backends.get("triton").elbo_fwd
+    dt = DTYPES[args.dtype]
+    b, d, l = args.batch, args.dim, args.latent
+    x = torch.rand(b, d).to(dt)
+    recon, mu, lv = (torch.randn(b, n).to(dt).requires_grad_() for n in (d, l, l))
+    needs = [False, True, True, True, False, False, False, False]
+    loss_fn = fastvae.ELBOLoss(reduction=args.reduction, backend="triton")
+    red = args.reduction
+
+    def backward():
+        value = op(x, recon, mu, lv, None, 0.0, likelihood="bernoulli", kl="analytic", beta=1.0,
+                   free_bits=0.0, reduction=red, backend="triton", scale=-1.0)
+        if red == "none":
+            value = value.sum()
+        t = time.thread_time()
+        value.backward()
+        t = time.thread_time() - t
+        recon.grad = mu.grad = lv.grad = None
+        return t
+
+    parts = {
+        "host": lambda: host(x, recon, mu, lv, None, None, None, None, 0.0, "bernoulli",
+                             "analytic", 1.0, 0.0, red, -1.0, needs),
+        "op": lambda: op(x, recon, mu, lv, None, 0.0, likelihood="bernoulli", kl="analytic",
+                         beta=1.0, free_bits=0.0, reduction=red, backend="triton", scale=-1.0),
+        "fastvae.elbo": lambda: fastvae.elbo(x, recon, mu, lv, reduction=red, backend="triton",
+                                             _scale=-1.0),
+        "module": lambda: loss_fn(x, recon, mu, lv),
+    }
+    best = {name: float("inf") for name in (*parts, "backward", "floor")}
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            best[name] = min(best[name], timed(fn, calls))
+        best["backward"] = min(best["backward"],
+                               sum(backward() for _ in range(calls)) / calls * 1e6)
+        best["floor"] = min(best["floor"], timed(floor, calls))
+    return best
+
+
 def calib():
     def f():
         pass
@@ -165,6 +211,8 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=400)
     p.add_argument("--profile", type=int, default=0,
                    help="print the N functions with the most own time (cProfile)")
+    p.add_argument("--layers", type=int, default=0,
+                   help="also time each layer of the step alone, over N rounds")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -195,8 +243,14 @@ def measure(args, modes, record):
             times[name].append(timed(step, args.calls))
         times["forward"].append(timed(lambda: forward(), args.calls))  # planned
         times["floor"].append(timed(floor, args.calls))
-    _launch.launch = modes["planned"]   # for the call count and the profile
+    _launch.launch = modes["planned"]   # for the call count, the layers and the profile
     calls = count_calls(step)
+    if args.layers:
+        best = layer_times(args, floor, args.layers, max(args.calls // 2, 20))
+        print("  each layer alone, least-disturbed of", args.layers, "rounds (us; / floor):")
+        for name, us in best.items():
+            print(f"    {name:14} {us:8.1f} {us / best['floor']:6.2f}")
+
     med = statistics.median
 
     def ratio(a, b):

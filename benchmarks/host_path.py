@@ -2,28 +2,35 @@
 GPU work stubbed out, on a machine without a GPU.
 
     .venv/bin/python benchmarks/host_path.py [--batch 64] [--dim 784] [--latent 64]
-        [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400] [--profile 25] [--json F]
+        [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400] [--layers 25]
+        [--profile 25] [--json F]
 
 What stands in for CUDA: CPU tensors, the backend told it may run there (as under
-``TRITON_INTERPRET=1``) with the GPU tiles (``configs.CONFIG_MODE = "gpu"``), and
-``_launch.launch`` replaced by a recorder that returns at once. What is timed is then
-everything fastvae and autograd do on the host for one step: validation, backend choice,
-the autograd.Function, allocations, the ticket, launch arguments, backward's scaling.
+``TRITON_INTERPRET=1``) with the GPU tiles (``configs.CONFIG_MODE = "gpu"``). Three ways
+to launch, timed interleaved in the same rounds:
 
-Measured apart, because the stub skips it: Triton's own argument binding for each launch
-the step makes (``JITFunction.run`` up to the driver: the generated binder that
-specializes every argument, and the cache key), with Triton's binder for an sm_90
-target on the same CPU tensors. Not measured: the C launcher and the driver's
-``cuLaunchKernel`` (a few microseconds per launch on a GPU host).
+- ``planned``: the launches as a training step makes them. Triton's ``JITFunction.run``
+  runs for real on a stand-in sm_90 device (``fastvae.bench.offline.jit_no_gpu``): its
+  binder, cache key and lookup on a launch that takes Triton's path, the compiled
+  kernel's own ``launch_metadata`` and launcher call on every launch; the launcher
+  itself (C argument packing, ``cuLaunchKernel``, a few microseconds per launch on a GPU
+  host) is what is not run.
+- ``triton``: the same with every launch through ``kernel[grid](**args)`` (a pass-through
+  ``_launch.launch``, which planned launches always go through when it is replaced): what
+  the step cost before planned launches skipped Triton's binder on repeated calls.
+- ``stub``: ``_launch.launch`` replaced by a recorder that returns at once: fastvae's own
+  host work and autograd, no Triton at all.
 
 CPU allocations stand in for the CUDA caching allocator's; both are a free-list lookup
 for the small tensors used here (keep ``--batch`` small: large CPU tensors go to mmap,
 which the caching allocator never does). The machine is shared and slow at times, so
 each round also times a fixed calibration loop (``calib``: 20 ``torch.empty(1)`` plus
 200 empty Python calls); ``step / calib`` is comparable across runs and machines, the
-microseconds only within one run. ``floor`` is the same step through a bare
-autograd.Function that only allocates its outputs: what autograd itself costs. Times are the thread's CPU time (``time.thread_time``). ``py calls`` counts Python-level function calls per step
-(``sys.setprofile``), independent of the machine.
+microseconds only within one run; ``/ floor`` is the median of the rounds' ratios,
+``min/min`` the ratio of the least-disturbed rounds. ``floor`` is the same step through a bare
+autograd.Function that only allocates its outputs: what autograd itself costs. Times are
+the thread's CPU time (``time.thread_time``). ``py calls`` counts Python-level function
+calls per step (``sys.setprofile``), independent of the machine.
 """
 from __future__ import annotations
 
@@ -39,24 +46,31 @@ import fastvae
 from fastvae import _env
 import fastvae.backends as backends
 from fastvae.backends.triton_backend import _launch, configs
+from fastvae.bench.offline.jit_no_gpu import jit_no_gpu
+
+MODES = ("planned", "triton", "stub")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def stub_gpu():
-    """Let the Triton backend run on CPU tensors with its GPU tiles, launching nothing;
-    returns the list every launch's (kernel, grid, kwargs) is appended to."""
+    """Let the Triton backend run on CPU tensors with its GPU tiles; returns the three ways
+    to launch (name -> the function ``_launch.launch`` is set to) and the list the stub
+    appends every launch's (kernel, grid, kwargs) to."""
+    if not backends.triton_available():
+        raise SystemExit("host_path.py needs the triton package")
     _env.interpreting = lambda: True
     configs.CONFIG_MODE = "gpu"
     record = []
+    real = _launch.launch
 
-    def launch(kernel, grid, **args):
-        if record is not None and len(record) < 64:
+    def stub(kernel, grid, **args):
+        if len(record) < 64:
             record.append((kernel, grid, args))
-    _launch.launch = launch
-    if not backends.triton_available():
-        raise SystemExit("host_path.py needs the triton package (for its binder)")
-    return record
+
+    def through_triton(kernel, grid, **args):
+        return real(kernel, grid, **args)
+    return {"stub": stub, "triton": through_triton, "planned": real}, record
 
 
 def make_step(args):
@@ -108,6 +122,51 @@ def make_floor(args):
     return step
 
 
+def layer_times(args, floor, rounds, calls):
+    """Each layer of the planned step called alone (least-disturbed round, us): the host
+    function, the op (autograd.Function around it), ``fastvae.elbo`` (validation and
+    dispatch around that), the module, and ``backward()`` of the op's value."""
+    import importlib
+    op = importlib.import_module("fastvae.ops.elbo").elbo
+    host = backends.get("triton").elbo_fwd
+    dt = DTYPES[args.dtype]
+    b, d, l = args.batch, args.dim, args.latent
+    x = torch.rand(b, d).to(dt)
+    recon, mu, lv = (torch.randn(b, n).to(dt).requires_grad_() for n in (d, l, l))
+    needs = [False, True, True, True, False, False, False, False]
+    loss_fn = fastvae.ELBOLoss(reduction=args.reduction, backend="triton")
+    red = args.reduction
+
+    def backward():
+        value = op(x, recon, mu, lv, None, 0.0, likelihood="bernoulli", kl="analytic", beta=1.0,
+                   free_bits=0.0, reduction=red, backend="triton", scale=-1.0)
+        if red == "none":
+            value = value.sum()
+        t = time.thread_time()
+        value.backward()
+        t = time.thread_time() - t
+        recon.grad = mu.grad = lv.grad = None
+        return t
+
+    parts = {
+        "host": lambda: host(x, recon, mu, lv, None, None, None, None, 0.0, "bernoulli",
+                             "analytic", 1.0, 0.0, red, -1.0, needs),
+        "op": lambda: op(x, recon, mu, lv, None, 0.0, likelihood="bernoulli", kl="analytic",
+                         beta=1.0, free_bits=0.0, reduction=red, backend="triton", scale=-1.0),
+        "fastvae.elbo": lambda: fastvae.elbo(x, recon, mu, lv, reduction=red, backend="triton",
+                                             _scale=-1.0),
+        "module": lambda: loss_fn(x, recon, mu, lv),
+    }
+    best = {name: float("inf") for name in (*parts, "backward", "floor")}
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            best[name] = min(best[name], timed(fn, calls))
+        best["backward"] = min(best["backward"],
+                               sum(backward() for _ in range(calls)) / calls * 1e6)
+        best["floor"] = min(best["floor"], timed(floor, calls))
+    return best
+
+
 def calib():
     def f():
         pass
@@ -124,29 +183,6 @@ def timed(fn, n):
     for _ in range(n):
         fn()
     return (time.thread_time() - t) / n * 1e6
-
-
-def binder_cost(launches, n):
-    """Microseconds of Triton's binder + cache key per recorded launch (sm_90 target)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.runtime import jit
-
-    be = make_backend(GPUTarget("cuda", 90, 32))
-    out = []
-    for kernel, _grid, kw in launches:
-        fn = kernel
-        while not hasattr(fn, "params"):  # an autotuner/heuristics wrapper holds the JIT
-            fn = fn.fn
-        binder = jit.create_function_from_signature(fn.signature, fn.params, be)
-        cache = {}
-
-        def bind():
-            _, spec, opts = binder(**kw)
-            jit.compute_cache_key(cache, spec, opts)
-        bind()
-        out.append((fn.__name__, timed(bind, n)))
-    return out
 
 
 def count_calls(fn):
@@ -175,56 +211,76 @@ def main(argv=None):
     p.add_argument("--calls", type=int, default=400)
     p.add_argument("--profile", type=int, default=0,
                    help="print the N functions with the most own time (cProfile)")
+    p.add_argument("--layers", type=int, default=0,
+                   help="also time each layer of the step alone, over N rounds")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    record = stub_gpu()
+    modes, record = stub_gpu()
+    with jit_no_gpu(90, record=False):
+        return measure(args, modes, record)
+
+
+def measure(args, modes, record):
     step, forward = make_step(args)
-    for _ in range(50):
-        step()
-    launches = list(record)
+    for name in MODES:   # each way's first launches (Triton's binder, compile stand-ins)
+        _launch.launch = modes[name]
+        for _ in range(20):
+            step()
     if backends.last_used() != "triton":
         raise SystemExit(f"the step ran backend {backends.last_used()!r}, not triton")
+    _launch.launch = modes["stub"]
     record.clear()
     step()
     per_step = len(record)
-    record[:] = []
 
     floor = make_floor(args)
-    steps, fwds, cals, floors = [], [], [], []
+    times = {name: [] for name in ("calib", *MODES, "forward", "floor")}
     for _ in range(args.rounds):  # interleaved, so load changes hit every column alike
-        cals.append(timed(calib, max(args.calls // 4, 20)))
-        steps.append(timed(step, args.calls))
-        fwds.append(timed(lambda: forward(), args.calls))
-        floors.append(timed(floor, args.calls))
-    binds = binder_cost(launches[:per_step], max(args.calls, 200))
+        times["calib"].append(timed(calib, max(args.calls // 4, 20)))
+        for name in MODES:
+            _launch.launch = modes[name]
+            times[name].append(timed(step, args.calls))
+        times["forward"].append(timed(lambda: forward(), args.calls))  # planned
+        times["floor"].append(timed(floor, args.calls))
+    _launch.launch = modes["planned"]   # for the call count, the layers and the profile
     calls = count_calls(step)
+    if args.layers:
+        best = layer_times(args, floor, args.layers, max(args.calls // 2, 20))
+        print("  each layer alone, least-disturbed of", args.layers, "rounds (us; / floor):")
+        for name, us in best.items():
+            print(f"    {name:14} {us:8.1f} {us / best['floor']:6.2f}")
+
     med = statistics.median
+
+    def ratio(a, b):
+        return med(x / y for x, y in zip(times[a], times[b]))
     res = {
         "shape": f"B={args.batch} D={args.dim} L={args.latent} {args.dtype} {args.reduction}",
         "torch": torch.__version__, "triton": __import__("triton").__version__,
         "launches_per_step": per_step,
-        "step_us": med(steps), "step_us_min": min(steps), "forward_us": med(fwds),
-        "calib_us": med(cals), "step_over_calib": med(s / c for s, c in zip(steps, cals)),
-        "floor_us": med(floors), "step_over_floor": med(s / f for s, f in zip(steps, floors)),
-        "bind_us": {name: round(us, 2) for name, us in binds},
-        "bind_total_us": sum(us for _, us in binds),
+        **{f"{name}_us": med(times[name]) for name in times},
+        **{f"{name}_us_min": min(times[name]) for name in MODES},
+        **{f"{name}_over_floor": ratio(name, "floor") for name in MODES},
+        # the least-disturbed round of each: on a loaded machine, the steadier figure
+        **{f"{name}_min_over_floor_min": min(times[name]) / min(times["floor"])
+           for name in MODES},
+        "floor_us_min": min(times["floor"]),
+        "planned_over_calib": ratio("planned", "calib"),
         "py_calls_per_step": calls,
     }
-    res["host_total_us"] = res["step_us"] + res["bind_total_us"]
     print(f"host path, {res['shape']}, torch {res['torch']}, triton {res['triton']}, "
-          f"{args.rounds} rounds x {args.calls} steps")
-    print(f"  launches per step          {per_step}")
-    print(f"  fwd+bwd, launches stubbed  {res['step_us']:.1f} us median "
-          f"(min {res['step_us_min']:.1f}; forward alone {res['forward_us']:.1f})")
-    print(f"  bare autograd.Function     {res['floor_us']:.1f} us (the floor: autograd and "
-          f"4 allocations); step / floor {res['step_over_floor']:.2f}")
-    print(f"  Triton binding             {res['bind_total_us']:.1f} us "
-          f"({', '.join(f'{n} {us:.1f}' for n, us in binds)})")
-    print(f"  host total                 {res['host_total_us']:.1f} us")
-    print(f"  calib                      {res['calib_us']:.1f} us; step / calib "
-          f"{res['step_over_calib']:.2f}")
-    print(f"  Python calls per step      {calls}")
+          f"{args.rounds} rounds x {args.calls} steps, {per_step} launches per step")
+    print(f"  {'':28} {'median us':>10} {'min us':>8} {'/ floor':>8} {'min/min':>8}")
+    for name, what in (("planned", "fwd+bwd, planned launches"),
+                       ("triton", "fwd+bwd, kernel[grid] each"),
+                       ("stub", "fwd+bwd, launches stubbed")):
+        print(f"  {what:28} {res[name + '_us']:10.1f} {res[name + '_us_min']:8.1f} "
+              f"{res[name + '_over_floor']:8.2f} {res[name + '_min_over_floor_min']:8.2f}")
+    print(f"  {'bare autograd.Function':28} {res['floor_us']:10.1f} {res['floor_us_min']:8.1f}")
+    print(f"  forward alone (planned)      {res['forward_us']:10.1f}")
+    print(f"  calib {res['calib_us']:.1f} us; planned / calib {res['planned_over_calib']:.2f}; "
+          f"Python calls per step (planned) {calls}")
     if args.profile:
         import cProfile
         import pstats

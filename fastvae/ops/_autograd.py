@@ -83,8 +83,13 @@ def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
     """Setup shared by every value-and-gradients op: keep only the gradient outputs, and a
-    reference (no copy) to the inputs for higher-order gradients."""
-    ctx.save_for_backward(*grads)
+    reference (no copy) to the inputs for higher-order gradients. A gradient not needed
+    (a placeholder) is saved as None: backward reads none of them (``ctx.needs``)."""
+    saved = list(grads)
+    for i, need in enumerate(needs_):
+        if not need and i < len(saved):
+            saved[i] = None
+    ctx.save_for_backward(*saved)
     # Only output 0 (the value) is ever differentiated: do not let autograd fill the
     # gradient outputs' grads with zeros (a memset the size of the gradients, every backward).
     ctx.set_materialize_grads(False)

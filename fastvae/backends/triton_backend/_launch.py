@@ -1,12 +1,16 @@
 """What every host function of the Triton backend goes through: output allocation and
 kernel launches (hooks: tests poison every output with NaN through ``alloc`` and count
-launches through ``launch``), and the small argument helpers they share."""
+launches through ``launch``; ``launch_planned`` goes through ``launch`` whenever it is
+replaced), and the small argument helpers they share."""
 from __future__ import annotations
 
 import functools
 
 import torch
 from torch import Tensor
+
+from . import _planned
+from ._planned import Planned
 
 
 def alloc(shape, dtype, device) -> Tensor:
@@ -22,6 +26,19 @@ def launch(kernel, grid, **args):
         with torch.cuda.device(dev):
             return kernel[grid](**args)
     return kernel[grid](**args)
+
+
+_triton_launch = launch
+
+
+def launch_planned(p: Planned, **args):
+    """``launch(p.kernel, p.grid, **p.fixed, **args)``, a None pointer replaced by the
+    plan's dummy; a repeated call skips Triton's argument binding (``_planned``). Only
+    when ``launch`` is this module's own: a test or the capture that replaces it sees
+    every planned launch too."""
+    if launch is _triton_launch and p.direct:
+        return _planned.launch(p, args, launch)
+    return launch(p.kernel, p.grid, **p.arguments(args))
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,6 +91,22 @@ def ticket(device: torch.device) -> Tensor:
         counter = _tickets[(device, _stream(device))] = torch.zeros(1, dtype=torch.int32,
                                                                       device=device)
     return counter
+
+
+_scratch: dict = {}
+
+
+def scratch(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer only kernels use within one launch (per-program partial sums, written by
+    every program before the last one reads them): one per (device, stream, shape, dtype),
+    kept, like :func:`ticket`'s counter, so a call allocates nothing for it and a CUDA
+    graph captures the same buffer every replay uses. Launches on one stream run in
+    order, so they never share it concurrently."""
+    key = (device, _stream(device), shape, dtype)
+    buf = _scratch.get(key)
+    if buf is None:
+        buf = _scratch[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buf
 
 
 def given(t, dtype, device) -> Tensor:

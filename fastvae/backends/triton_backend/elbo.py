@@ -4,8 +4,9 @@ the batch sum; free bits add one launch before it, a (D,) obs_logvar gradient on
 Everything a launch needs besides the tensors and the float arguments (tiles, grid,
 strides, int32/int64 offsets, the constexpr switches) depends only on the shapes,
 strides, dtypes, options and ``needs``: it is worked out once per such key
-(:func:`_plan`) and reused, so a repeated call (a training step) does little more on
-the host than allocate its outputs and launch.
+(:func:`_plan`) as planned launches (``_planned``: a repeated launch skips Triton's
+argument binding), so a repeated call (a training step) does little more on the host
+than allocate its outputs and launch.
 """
 from __future__ import annotations
 
@@ -58,45 +59,35 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
                                    likelihood, kl, free, reduction, needs)
     b, d = x.shape
     f32 = torch.float32
-    lik, obs_arg, _, obs_tensor = likelihood_args(likelihood, obs, x)
+    obs_arg = _launch.rows(obs) if plan["obs_tensor"] else None
     # the prior's tensors per call (a missing half is a zero row), its switches in the plan
-    pm, plv, _, _, _ = prior_args(prior_mu, prior_logvar, mu)
+    pm = plv = None
+    if plan["prior"]:
+        pm, plv, _, _, _ = prior_args(prior_mu, prior_logvar, mu)
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
-        (x, recon, mu, logvar, z), needs, obs_tensor, plan["gobs_partial"], plan["programs"],
-        obs_arg, dev, (pm, plv))
-    z_arg = _launch.given(z, mu.dtype, dev)
+        (x, recon, mu, logvar, z), needs, plan["obs_tensor"], plan["gobs_partial"],
+        plan["programs"], obs_arg, dev, (pm, plv))
     clamped = None
     if free:
         clamped = _launch.alloc((mu.shape[1],), torch.int32, dev)
-        _launch.launch(
-            ke.kl_clamp_kernel, plan["clamp_grid"], MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
-            PARTIALS=_launch.alloc(plan["clamp_partials"], f32, dev),
-            COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits),
-            **plan["clamp"])
+        _launch.launch_planned(
+            plan["clamp"], MU=mu, LV=logvar, Z=z, PM=pm, PLV=plv,
+            PARTIALS=_launch.scratch(plan["clamp_partials"], f32, dev),
+            COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits))
     reduce = plan["reduce"]
     out = _launch.alloc(() if reduce else (b,), f32, dev)
-    _launch.launch(
-        ke.elbo_rows_kernel, plan["grid"],
-        X=x if d else _launch.dummy(x.dtype, dev), R=recon if d else _launch.dummy(recon.dtype, dev),
-        OBS=obs_arg, MU=mu, LV=logvar, Z=z_arg, PM=pm, PLV=plv,
-        CLAMPED=_launch.given(clamped, torch.int32, dev),
-        ROW_VALUES=out,
-        PARTIALS=_launch.alloc(plan["grid"], f32, dev) if reduce else _launch.dummy(f32, dev),
-        COUNTER=_launch.ticket(dev) if reduce else _launch.dummy(torch.int32, dev),
-        GX=_launch.given(gx if d else None, x.dtype, dev),
-        GR=_launch.given(gr if d else None, recon.dtype, dev),
-        GOBS=gobs_partials if plan["gobs_partial"] else _launch.given(gobs, obs_arg.dtype, dev),
-        GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=_launch.given(gz, mu.dtype, dev),
-        GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
-        obs_scalar=float(obs_scalar), beta=float(beta),
-        c=float(scale * reduce_scale(b, reduction)), free_bits=float(free_bits),
-        **plan["rows"])
+    # None: the plan's dummy of the dtype the tensor would have
+    _launch.launch_planned(
+        plan["rows"], X=x if d else None, R=recon if d else None, OBS=obs_arg, MU=mu, LV=logvar,
+        Z=z, PM=pm, PLV=plv, CLAMPED=clamped, ROW_VALUES=out,
+        PARTIALS=_launch.scratch(plan["grid"], f32, dev) if reduce else None,
+        COUNTER=_launch.ticket(dev) if reduce else None,
+        GX=gx if d else None, GR=gr if d else None,
+        GOBS=gobs_partials if plan["gobs_partial"] else gobs, GMU=gmu, GLV=glv, GZ=gz,
+        GPM=gpm, GPLV=gplv, obs_scalar=float(obs_scalar), beta=float(beta),
+        c=float(scale * plan["reduce_scale"]), free_bits=float(free_bits))
     if plan["gobs_partial"]:
-        _launch.launch(
-            kred.finish_kernel, plan["finish_grid"],
-            ROW_VALUES=_launch.dummy(f32, dev), GOBS_PARTIALS=gobs_partials,
-            OUT=_launch.dummy(f32, dev), GOBS=gobs, c=1.0, **plan["finish"])
+        _launch.launch_planned(plan["finish"], GOBS_PARTIALS=gobs_partials, GOBS=gobs, c=1.0)
     return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))
 
 
@@ -107,7 +98,7 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
     b, d = x.shape
     l = mu.shape[1]
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
-    _, _, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
+    pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     mc = kl == "mc"
     block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik,
@@ -122,17 +113,23 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
                                 programs * max(d, l))
     stride_z = (z if z is not None else mu).stride(0)
     plan = {"programs": programs, "grid": (programs,), "reduce": reduce,
-            "gobs_partial": gobs_partial}
+            "reduce_scale": reduce_scale(b, reduction), "gobs_partial": gobs_partial,
+            "obs_tensor": obs_tensor, "prior": prior}
+    dev = x.device
+
+    def dummies(**dtypes):
+        return {name: _launch.dummy(dt, dev) for name, dt in dtypes.items()}
     if free:
         clamp_b, clamp_l, clamp_warps = configs.kl_clamp_config(l)
         clamp_programs = _launch.cdiv(b, clamp_b)
-        plan["clamp_grid"] = (clamp_programs,)
         plan["clamp_partials"] = (clamp_programs, l)
-        plan["clamp"] = dict(B=b, L=l, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
-                             stride_z=stride_z, stride_pm=stride_pm, stride_plv=stride_plv,
-                             KL_MC=mc, PRIOR=prior, INT64=int64, BLOCK_B=clamp_b,
-                             BLOCK_L=clamp_l, num_warps=clamp_warps)
-    plan["rows"] = dict(
+        plan["clamp"] = _launch.Planned(
+            ke.kl_clamp_kernel, (clamp_programs,), dev, dict(
+                B=b, L=l, stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=stride_z,
+                stride_pm=stride_pm, stride_plv=stride_plv, KL_MC=mc, PRIOR=prior, INT64=int64,
+                BLOCK_B=clamp_b, BLOCK_L=clamp_l, num_warps=clamp_warps),
+            dummies(Z=mu.dtype, PM=pm.dtype, PLV=plv.dtype))
+    plan["rows"] = _launch.Planned(ke.elbo_rows_kernel, (programs,), dev, dict(
         B=b, D=d, L=l,
         stride_x=x.stride(0), stride_r=recon.stride(0), stride_obs=stride_obs,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=stride_z,
@@ -145,10 +142,19 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         PRIOR=prior, NEED_GPM=prior and bool(needs[6]), NEED_GPLV=prior and bool(needs[7]),
         INT64=int64, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_SUM=configs.ticket_sum_block(),
-        num_warps=warps)
+        num_warps=warps),
+        # absent pointers: a dummy of the dtype the tensor would have (Triton specializes
+        # on it), the gradients' as their inputs', z's gradient as mu's
+        dummies(X=x.dtype, R=recon.dtype, OBS=obs_arg.dtype, Z=mu.dtype, PM=pm.dtype,
+                PLV=plv.dtype, CLAMPED=torch.int32, PARTIALS=torch.float32,
+                COUNTER=torch.int32, GX=x.dtype, GR=recon.dtype, GOBS=obs_arg.dtype,
+                GMU=mu.dtype, GLV=logvar.dtype, GZ=mu.dtype, GPM=pm.dtype, GPLV=plv.dtype))
     if gobs_partial:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
-        plan["finish_grid"] = (_launch.cdiv(d, fin_d),)
-        plan["finish"] = dict(B=b, D=d, NPART=programs, SUM_ROWS=False, BLOCK_P=fin_b,
-                              BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
+        f32 = torch.float32
+        plan["finish"] = _launch.Planned(
+            kred.finish_kernel, (_launch.cdiv(d, fin_d),), dev, dict(
+                B=b, D=d, NPART=programs, SUM_ROWS=False, BLOCK_P=fin_b, BLOCK_D=fin_d,
+                BLOCK_SUM=fin_sum, num_warps=fin_warps,
+                ROW_VALUES=_launch.dummy(f32, dev), OUT=_launch.dummy(f32, dev)))
     return plan

@@ -21,8 +21,10 @@ def scale_saved_(grads, grad_out):
     live = [g for g in grads if g is not None and g.numel()]
     if not live:
         return grads
-    key = (grad_out.device, configs.interpreter_tiles(),
-           *((g.numel(), g.dtype, g.device, g.is_contiguous()) for g in live))
+    key = [grad_out.device, configs.interpreter_tiles()]
+    for g in live:  # a loop, not a generator: this runs every backward
+        key += (g.numel(), g.dtype, g.device, g.is_contiguous())
+    key = tuple(key)
     plan = _PLANS.get(key)
     if plan is None:
         if len(_PLANS) >= _PLANS_MAX:
@@ -30,10 +32,10 @@ def scale_saved_(grads, grad_out):
         plan = _PLANS[key] = _plan(live, grad_out.device)
     if plan is _TORCH:
         return [None if g is None else g.mul_(grad_out) for g in grads]
-    slots = {}
-    for i, name in enumerate(_SLOT_NAMES):
-        slots[name] = live[i] if i < len(live) else live[0]
-    _launch.launch(ks.scale_grads_kernel, plan[0], GO=grad_out.contiguous(), **slots, **plan[1])
+    slots = dict.fromkeys(_SLOT_NAMES)   # None: the plan's stand-in (its size is 0)
+    for name, g in zip(_SLOT_NAMES, live):
+        slots[name] = g
+    _launch.launch_planned(plan, GO=grad_out.contiguous(), **slots)
     return grads
 
 
@@ -44,8 +46,8 @@ _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
 
 
 def _plan(live, device):
-    """(grid, the launch's int and constexpr arguments) of a scale launch for these
-    gradients, or ``_TORCH``; depends only on their sizes, dtypes and layout."""
+    """The planned scale launch for these gradients, or ``_TORCH``; depends only on their
+    sizes, dtypes and layout."""
     if (len(live) > configs.SCALE_SLOTS or device != live[0].device
             or any(g.dtype == torch.float64 or not g.is_contiguous() for g in live)):
         return _TORCH
@@ -53,8 +55,11 @@ def _plan(live, device):
              for i in range(configs.SCALE_SLOTS)}
     block = configs.scale_block()
     blocks = _launch.cdiv(max(g.numel() for g in live), block)
-    return ((min(blocks, _programs(device)),),
-            dict(**sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS))
+    # an unused slot's pointer: live[0]'s dtype (as the slot held live[0] itself)
+    stand_in = _launch.dummy(live[0].dtype, device)
+    return _launch.Planned(ks.scale_grads_kernel, (min(blocks, _programs(device)),), device,
+                           dict(**sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS),
+                           {name: stand_in for name in _SLOT_NAMES[len(live):]})
 
 
 @functools.lru_cache(maxsize=None)

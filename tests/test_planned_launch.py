@@ -222,6 +222,18 @@ def test_a_call_that_does_not_fit_the_plan_goes_to_triton():
     assert not _launch.Planned(lambda: None, (1,), torch.device("cpu"), {}).direct
 
 
+def test_direct_launch_can_be_switched_off(monkeypatch):
+    """FASTVAE_DIRECT_LAUNCH=0 (read at import as ``_planned.ENABLED``): no plan is direct."""
+    k = fastvae.kernels.scale.scale_grads_kernel
+    assert _launch.Planned(k, (1,), torch.device("cpu"), {}).direct
+    monkeypatch.setattr(_planned, "ENABLED", False)
+    assert not _launch.Planned(k, (1,), torch.device("cpu"), {}).direct
+    code = "from fastvae.backends.triton_backend import _planned; print(_planned.ENABLED)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, FASTVAE_DIRECT_LAUNCH="0")).stdout
+    assert out.strip() == "False"
+
+
 CHILD = os.environ.get("FASTVAE_PLANNED_CHILD") == "1"
 
 

@@ -24,6 +24,7 @@ switches it), an argument the plan does not expect, a changed global the kernel 
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from torch import Tensor
@@ -36,6 +37,11 @@ try:
 except ImportError:  # triton missing or too old: every launch goes through kernel[grid]
     _JITFunction = None
 
+# FASTVAE_DIRECT_LAUNCH=0 sends every launch through kernel[grid], Triton's own path: the
+# direct one is checked against Triton's binder on CPU (tests/test_planned_launch.py), and
+# a GPU is what would show a launcher difference those checks cannot see.
+ENABLED = os.environ.get("FASTVAE_DIRECT_LAUNCH", "1").strip().lower() not in (
+    "0", "", "false", "no", "off")
 _FLOAT = "fp32"   # the key of every Python float argument (Triton never specializes them)
 _ABSENT = object()
 _MAX_KEYS = 64    # specializations kept per plan (alignments x devices x knob states)
@@ -55,7 +61,7 @@ class Planned:
         self.kernel, self.grid, self.device = kernel, grid, device
         self.fixed, self.absent = fixed, absent or {}
         self._compiled: dict = {}
-        self.direct = (_JITFunction is not None and type(kernel) is _JITFunction
+        self.direct = (ENABLED and _JITFunction is not None and type(kernel) is _JITFunction
                        and type(grid) is tuple and 1 <= len(grid) <= 3)
         if not self.direct:
             return

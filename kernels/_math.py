@@ -50,12 +50,6 @@ CB_SERIES_BELOW = tl.constexpr(0.25)
 
 
 @triton.jit
-def load_f32(ptr, offsets, mask):
-    """A masked tile load, upcast to fp32 at once (masked lanes read 0)."""
-    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def to_f32(v):
     """``v.to(tl.float32)``; compiled, a bf16 tile unpacks two elements a 32-bit register
     with one shift and one mask (``cvt.f32.bf16`` costs ptxas a third instruction for
@@ -66,6 +60,12 @@ def to_f32(v):
     else:
         out = v.to(tl.float32)
     return out
+
+
+@triton.jit
+def load_f32(ptr, offsets, mask):
+    """A masked tile load, upcast to fp32 at once (masked lanes read 0)."""
+    return to_f32(tl.load(ptr + offsets, mask=mask, other=0.0))
 
 
 @triton.jit

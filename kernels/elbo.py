@@ -151,6 +151,11 @@ def elbo_rows_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_SUM: tl.constexpr,
 ):
+    # The tail's step with the GPU tiles (BLOCK_D <= 64): 512-element tiles, at least 16
+    # columns (BLOCK_B 32: 16 columns; 16: 32, which keeps ptxas from unrolling a one-trip
+    # loop of two elements a thread); one block with the interpreter's wide ones.
+    TAIL_D: tl.constexpr = (min(max(512 // BLOCK_B, 16), BLOCK_D) if BLOCK_D <= 64
+                            else BLOCK_D)
     # Scalars from inductor arrive as fp64: cast once.
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     beta = tl.cast(beta, tl.float32)
@@ -165,36 +170,43 @@ def elbo_rows_kernel(
                        free_bits, KL_MC, FREE_BITS, PRIOR, NEED_GMU, NEED_GLV, NEED_GZ,
                        NEED_GPM, NEED_GPLV, BLOCK_B, BLOCK_L)
 
-    # Pointer tiles at column 0, moved BLOCK_D a step. Full column blocks load from rows
-    # clamped into the batch, unmasked (a padded row reads row B - 1; its values are
-    # dropped with the row, its stores masked); only the tail block masks its loads and
-    # its sum.
-    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    # Full column blocks: pointer tiles at column 0, moved BLOCK_D a step; rows clamped
+    # into the batch, so the loads need no mask (a padded row reads row B - 1; its values
+    # are dropped with the row, its stores masked).
     rows_in = tl.minimum(rows2, B - 1)
+    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    out = rows2 * D + cols0
     x_at = X + rows_in * stride_x + cols0
     r_at = R + rows_in * stride_r + cols0
     obs_at = OBS + rows_in * stride_obs + cols0
-    out = rows2 * D + cols0
-    gx_at = GX + out
-    gr_at = GR + out
-    gobs_at = GOBS + out
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     d_full = D - D % BLOCK_D
     for d0 in range(0, d_full, BLOCK_D):
-        acc += _data_block(x_at + d0, r_at + d0, obs_at + d0, gx_at + d0, gr_at + d0,
-                           gobs_at + d0, GOBS, pid, d0 + tl.arange(0, BLOCK_D), rmask2, D,
+        acc += _data_block(x_at + d0, r_at + d0, obs_at + d0, GX + out + d0, GR + out + d0,
+                           GOBS + out + d0, GOBS, pid, d0 + tl.arange(0, BLOCK_D), rmask2, D,
                            obs_scalar, c, LIK, NEED_GX, NEED_GR, OBS_GRAD, False)
-    if d_full < D:
-        # A multiple of BLOCK_D the compiler can see: the tail's masks then hold per
-        # 16-byte vector (with D a multiple of 16), and its loads and stores stay vectorized.
-        d_tail = tl.multiple_of(d_full, BLOCK_D)
-        cols = d_tail + tl.arange(0, BLOCK_D)
+    per_row = tl.sum(acc, axis=1)
+    # The D % BLOCK_D columns left, masked, in narrower TAIL_D steps (D = 784: one step of
+    # 16 columns, where a BLOCK_D step would compute 64). A multiple of TAIL_D the
+    # compiler can see: the masks then hold per 16-byte vector (D a multiple of 16), and
+    # the loads and stores stay vectorized.
+    cols0 = tl.arange(0, TAIL_D)[None, :]
+    out = rows2 * D + cols0
+    x_at = X + rows_in * stride_x + cols0
+    r_at = R + rows_in * stride_r + cols0
+    obs_at = OBS + rows_in * stride_obs + cols0
+    acc_tail = tl.zeros([BLOCK_B, TAIL_D], dtype=tl.float32)
+    d_start = tl.multiple_of(d_full, BLOCK_D)
+    for d_tail in range(0, D - d_full, TAIL_D):
+        d0 = d_start + d_tail
+        cols = d0 + tl.arange(0, TAIL_D)
         m = rmask2 & (cols[None, :] < D)
-        value = _data_block(x_at + d_tail, r_at + d_tail, obs_at + d_tail, gx_at + d_tail,
-                            gr_at + d_tail, gobs_at + d_tail, GOBS, pid, cols, m, D,
-                            obs_scalar, c, LIK, NEED_GX, NEED_GR, OBS_GRAD, True)
-        acc += tl.where(m, value, 0.0)
-    per_row = tl.sum(acc, axis=1) - beta * kl_rows
+        value = _data_block(x_at + d0, r_at + d0, obs_at + d0, GX + out + d0, GR + out + d0,
+                            GOBS + out + d0, GOBS, pid, cols, m, D, obs_scalar, c, LIK,
+                            NEED_GX, NEED_GR, OBS_GRAD, True)
+        acc_tail += tl.where(m, value, 0.0)
+    per_row += tl.sum(acc_tail, axis=1)
+    per_row -= beta * kl_rows
 
     if REDUCE:
         finish_by_ticket(PARTIALS, COUNTER, ROW_VALUES, pid,

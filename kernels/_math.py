@@ -50,9 +50,22 @@ CB_SERIES_BELOW = tl.constexpr(0.25)
 
 
 @triton.jit
+def to_f32(v):
+    """``v.to(tl.float32)``; compiled, a bf16 tile unpacks two elements a 32-bit register
+    with one shift and one mask (``cvt.f32.bf16`` costs ptxas a third instruction for
+    the upper half). The same bits either way: bf16 is fp32's upper half."""
+    if FAST_MATH and v.dtype == tl.bfloat16:
+        out = tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }",
+                                        "=r,=r,r", [v], dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        out = v.to(tl.float32)
+    return out
+
+
+@triton.jit
 def load_f32(ptr, offsets, mask):
     """A masked tile load, upcast to fp32 at once (masked lanes read 0)."""
-    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return to_f32(tl.load(ptr + offsets, mask=mask, other=0.0))
 
 
 @triton.jit
@@ -75,6 +88,16 @@ def log_(x):
     else:
         y = tl.log2(x)
     return y * LOG_2
+
+
+@triton.jit
+def log2_(x):
+    """log2 x as one ``lg2.approx`` compiled; exact interpreted."""
+    if FAST_MATH:
+        y = libdevice.fast_log2f(x)
+    else:
+        y = tl.log2(x)
+    return y
 
 
 @triton.jit
@@ -154,9 +177,11 @@ def bernoulli_tile(x, l):
     e))`` (written without the cancellation of l - softplus(l)): three MUFU operations, no
     division, exact in the tails (large |l| gives e = 0 and sigmoid 0 or 1).
     """
-    e = exp_(-tl.abs(l))
-    log1p_e = log_(1.0 + e)
-    return x * l - (tl.maximum(l, 0.0) + log1p_e), x - exp_(tl.minimum(l, 0.0) - log1p_e)
+    e = tl.exp2(tl.abs(l) * -LOG2_E)
+    # log2(1 + e), kept in bits: scaled into the softplus' fma and subtracted from the
+    # sigmoid's exponent in bits (min(l, 0) * log2(e) - log2(1 + e), one fma rounding)
+    lg = log2_(1.0 + e)
+    return x * l - (tl.maximum(l, 0.0) + lg * LOG_2), x - tl.exp2(tl.minimum(l, 0.0) * LOG2_E - lg)
 
 
 @triton.jit

@@ -31,8 +31,8 @@ The standalone ``gaussian_log_prob`` (L = 0), ``kl_standard_normal`` and ``kl_no
 import triton
 import triton.language as tl
 
-from ._math import (GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, latent_kl_tile,
-                    likelihood_tile, load_data, load_f32, load_prior, store_as)
+from ._math import (GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
+                    latent_kl_tile, likelihood_tile, load_f32, load_prior, store_as, to_f32)
 from .reduce import finish_by_ticket
 
 
@@ -95,22 +95,36 @@ def _latents(MU, LV, Z, PM, PLV, CLAMPED, GMU, GLV, GZ, GPM, GPLV, rows2, rmask2
 
 
 @triton.jit
-def _data_block(X, R, OBS, GX, GR, GOBS, pid, rows2, cols, m, D, stride_x, stride_r,
-                stride_obs, obs_scalar, c, LIK: tl.constexpr, NEED_GX: tl.constexpr,
-                NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr):
-    """One (BLOCK_B, BLOCK_D) block of log p(x|z): its values, gradients written."""
-    cols2 = cols[None, :]
-    x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2, rows2 * stride_r + cols2,
-                        rows2 * stride_obs + cols2, m, obs_scalar, LIK)
+def _load(at, m, MASKED: tl.constexpr):
+    """A tile in fp32: masked (0 where ``m`` is false) in the tail block; unmasked in the
+    full blocks, whose rows are clamped into the batch (no predicate, no zero fill)."""
+    if MASKED:
+        v = tl.load(at, mask=m, other=0.0)
+    else:
+        v = tl.load(at)
+    return to_f32(v)
+
+
+@triton.jit
+def _data_block(x_at, r_at, obs_at, gx_at, gr_at, gobs_at, GOBS, pid, cols, m, D, obs_scalar,
+                c, LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr,
+                OBS_GRAD: tl.constexpr, MASKED: tl.constexpr):
+    """One (BLOCK_B, BLOCK_D) block of log p(x|z) at the pointer tiles ``*_at``: its
+    values, gradients written where ``m``."""
+    x = _load(x_at, m, MASKED)
+    r = _load(r_at, m, MASKED)
+    if LIK == LIK_GAUSSIAN_TENSOR:
+        s = _load(obs_at, m, MASKED)
+    else:
+        s = obs_scalar
     value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    out = rows2 * D + cols2
     if NEED_GX:
-        store_as(GX, out, g_x * c, m)
+        tl.store(gx_at, (g_x * c).to(gx_at.dtype.element_ty), mask=m)
     if NEED_GR:
-        store_as(GR, out, g_r * c, m)
+        tl.store(gr_at, (g_r * c).to(gr_at.dtype.element_ty), mask=m)
     if LIK >= LIK_GAUSSIAN_SCALAR:
         if OBS_GRAD == GOBS_ROWS:
-            store_as(GOBS, out, g_s * c, m)
+            tl.store(gobs_at, (g_s * c).to(gobs_at.dtype.element_ty), mask=m)
         if OBS_GRAD == GOBS_PARTIAL:
             store_as(GOBS, pid * D + cols, tl.sum(tl.where(m, g_s * c, 0.0), axis=0),
                      cols < D)
@@ -137,6 +151,11 @@ def elbo_rows_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_SUM: tl.constexpr,
 ):
+    # The tail's step with the GPU tiles (BLOCK_D <= 64): 512-element tiles, at least 16
+    # columns (BLOCK_B 32: 16 columns; 16: 32, which keeps ptxas from unrolling a one-trip
+    # loop of two elements a thread); one block with the interpreter's wide ones.
+    TAIL_D: tl.constexpr = (min(max(512 // BLOCK_B, 16), BLOCK_D) if BLOCK_D <= 64
+                            else BLOCK_D)
     # Scalars from inductor arrive as fp64: cast once.
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     beta = tl.cast(beta, tl.float32)
@@ -151,21 +170,43 @@ def elbo_rows_kernel(
                        free_bits, KL_MC, FREE_BITS, PRIOR, NEED_GMU, NEED_GLV, NEED_GZ,
                        NEED_GPM, NEED_GPLV, BLOCK_B, BLOCK_L)
 
-    # Full column blocks need no column mask, and a padded row's values are dropped with
-    # the row: only the tail block masks its sum.
+    # Full column blocks: pointer tiles at column 0, moved BLOCK_D a step; rows clamped
+    # into the batch, so the loads need no mask (a padded row reads row B - 1; its values
+    # are dropped with the row, its stores masked).
+    rows_in = tl.minimum(rows2, B - 1)
+    cols0 = tl.arange(0, BLOCK_D)[None, :]
+    out = rows2 * D + cols0
+    x_at = X + rows_in * stride_x + cols0
+    r_at = R + rows_in * stride_r + cols0
+    obs_at = OBS + rows_in * stride_obs + cols0
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     d_full = D - D % BLOCK_D
     for d0 in range(0, d_full, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        acc += _data_block(X, R, OBS, GX, GR, GOBS, pid, rows2, cols, rmask2, D, stride_x,
-                           stride_r, stride_obs, obs_scalar, c, LIK, NEED_GX, NEED_GR, OBS_GRAD)
-    if d_full < D:
-        cols = d_full + tl.arange(0, BLOCK_D)
+        acc += _data_block(x_at + d0, r_at + d0, obs_at + d0, GX + out + d0, GR + out + d0,
+                           GOBS + out + d0, GOBS, pid, d0 + tl.arange(0, BLOCK_D), rmask2, D,
+                           obs_scalar, c, LIK, NEED_GX, NEED_GR, OBS_GRAD, False)
+    per_row = tl.sum(acc, axis=1)
+    # The D % BLOCK_D columns left, masked, in narrower TAIL_D steps (D = 784: one step of
+    # 16 columns, where a BLOCK_D step would compute 64). A multiple of TAIL_D the
+    # compiler can see: the masks then hold per 16-byte vector (D a multiple of 16), and
+    # the loads and stores stay vectorized.
+    cols0 = tl.arange(0, TAIL_D)[None, :]
+    out = rows2 * D + cols0
+    x_at = X + rows_in * stride_x + cols0
+    r_at = R + rows_in * stride_r + cols0
+    obs_at = OBS + rows_in * stride_obs + cols0
+    acc_tail = tl.zeros([BLOCK_B, TAIL_D], dtype=tl.float32)
+    d_start = tl.multiple_of(d_full, BLOCK_D)
+    for d_tail in range(0, D - d_full, TAIL_D):
+        d0 = d_start + d_tail
+        cols = d0 + tl.arange(0, TAIL_D)
         m = rmask2 & (cols[None, :] < D)
-        value = _data_block(X, R, OBS, GX, GR, GOBS, pid, rows2, cols, m, D, stride_x,
-                            stride_r, stride_obs, obs_scalar, c, LIK, NEED_GX, NEED_GR, OBS_GRAD)
-        acc += tl.where(m, value, 0.0)
-    per_row = tl.sum(acc, axis=1) - beta * kl_rows
+        value = _data_block(x_at + d0, r_at + d0, obs_at + d0, GX + out + d0, GR + out + d0,
+                            GOBS + out + d0, GOBS, pid, cols, m, D, obs_scalar, c, LIK,
+                            NEED_GX, NEED_GR, OBS_GRAD, True)
+        acc_tail += tl.where(m, value, 0.0)
+    per_row += tl.sum(acc_tail, axis=1)
+    per_row -= beta * kl_rows
 
     if REDUCE:
         finish_by_ticket(PARTIALS, COUNTER, ROW_VALUES, pid,

@@ -65,6 +65,7 @@ def row_kernel(launches):
 @pytest.mark.parametrize("b,d,l,like,kl", [
     (33, 7, 70, "bernoulli", "mc"),                   # 32x64 tile, two row programs, L > BLOCK_L
     (9, 200, 5, "gaussian_perdim", "analytic"),       # 8x256 tile
+    (17, 100, 3, "bernoulli", "analytic"),            # 16x64 tile, two 32-wide tail steps
     (3, 784, 130, "continuous_bernoulli", "analytic"),  # 2x1024 tile, L > BLOCK_L
     (2, 4100, 3, "gaussian_full", "mc"),              # 1x2048 tile, three column blocks
 ])

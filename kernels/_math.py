@@ -319,3 +319,16 @@ def latent_kl_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr, PRIOR: tl.constexpr)
         d_pm = 0.0
         d_plv = 0.0
     return value, d_mu, d_lv, d_z, d_pm, d_plv
+
+
+@triton.jit
+def log_px_value(x, r, s, LIK: tl.constexpr):
+    """log p(x|z) per element, the value alone (the IWAE kernels' log-weights).
+    Bernoulli: ``x*l - max(l, 0) - log(1 + exp(-|l|))``, one ex2 and one lg2
+    (``bernoulli_tile``'s value without its gradient's work); the other likelihoods:
+    ``likelihood_tile``'s value (the compiler drops the unused gradients)."""
+    if LIK == LIK_BERNOULLI:
+        value = x * r - tl.maximum(r, 0.0) - log_(1.0 + tl.exp2(tl.abs(r) * -LOG2_E))
+    else:
+        value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
+    return value

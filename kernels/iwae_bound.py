@@ -49,21 +49,8 @@ import triton.language as tl
 
 from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_BERNOULLI, LIK_GAUSSIAN_SCALAR,
                     LIK_GAUSSIAN_TENSOR, LOG2_E, exp_, latent_kl_tile, likelihood_tile,
-                    load_data, load_f32, load_prior, log_, program_rows, rcp_, row_block,
-                    store_as)
-
-
-@triton.jit
-def _log_px(x, r, s, LIK: tl.constexpr):
-    """log p(x|z) per element, the value alone (pass 1). Bernoulli: ``x*l - max(l, 0) -
-    log(1 + exp(-|l|))``, one ex2 and one lg2 (``bernoulli_tile``'s value without its
-    gradient's work); the other likelihoods: ``likelihood_tile``'s value (the compiler
-    drops the unused gradients)."""
-    if LIK == LIK_BERNOULLI:
-        value = x * r - tl.maximum(r, 0.0) - log_(1.0 + tl.exp2(tl.abs(r) * -LOG2_E))
-    else:
-        value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    return value
+                    load_data, load_f32, load_prior, log_, log_px_value, program_rows, rcp_,
+                    row_block, store_as)
 
 
 @triton.jit
@@ -176,14 +163,14 @@ def iwae_bound_rows_kernel(
             x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
                                 r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
                                 rmask2, obs_scalar, LIK)
-            acc += _log_px(x, r, s, LIK)
+            acc += log_px_value(x, r, s, LIK)
         if d_full < D:
             cols2 = (d_full + tl.arange(0, BLOCK_D))[None, :]
             m = rmask2 & (cols2 < D)
             x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
                                 r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
                                 m, obs_scalar, LIK)
-            acc += tl.where(m, _log_px(x, r, s, LIK), 0.0)
+            acc += tl.where(m, log_px_value(x, r, s, LIK), 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
         new_max = tl.maximum(run_max, log_w)

@@ -21,17 +21,7 @@ import triton
 import triton.language as tl
 
 from ._math import (LIK_BERNOULLI, LIK_GAUSSIAN_TENSOR, LOG2_E, exp_, latent_kl_tile,
-                    likelihood_tile, load_f32, load_prior, log_, rcp_, store_as)
-
-
-@triton.jit
-def _pair_values(x, r, s, LIK: tl.constexpr):
-    """log p(x|z) per element (the Bernoulli's: one ex2 and one lg2)."""
-    if LIK == LIK_BERNOULLI:
-        value = x * r - tl.maximum(r, 0.0) - log_(1.0 + tl.exp2(tl.abs(r) * -LOG2_E))
-    else:
-        value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    return value
+                    likelihood_tile, load_f32, load_prior, log_, log_px_value, rcp_, store_as)
 
 
 @triton.jit
@@ -107,7 +97,7 @@ def iwae_bound_pairs_kernel(
                          PRIOR)
 
     kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-    log_w = (tl.sum(tl.where(m, _pair_values(x, r, s, LIK), 0.0), axis=1)
+    log_w = (tl.sum(tl.where(m, log_px_value(x, r, s, LIK), 0.0), axis=1)
              - tl.sum(tl.where(ml, kl, 0.0), axis=1))
     log_w = tl.where(pmask, log_w, float("-inf"))
     # logsumexp over each row's pairs: the same-row mask gives every pair its row's max

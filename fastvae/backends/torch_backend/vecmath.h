@@ -20,12 +20,12 @@ typedef int32_t vi __attribute__((vector_size(32)));
 
 static inline vf sel(vi m, vf a, vf b) { return (vf)((m & (vi)a) | (~m & (vi)b)); }
 
-/* exp(x) for x <= 0 (Cephes expf); x < -87 gives exp(-87) rather than a denormal. */
-static inline vf exp_nonpos(vf x) {
-  x = sel(x < SPLAT(-87.0f), SPLAT(-87.0f), x);
+/* Cephes expf's reduction and polynomial, shared by the exps below: x = n ln 2 + r with
+   |r| <= ln 2 / 2, and the result expm1(r) = r + r^2 P(r); exp(x) = 2^n (1 + expm1(r)). */
+static inline vf expm1_reduced(vf x, vi *n_out) {
   vf t = x * 1.44269504088896341f + 12582912.0f;  /* round(x / ln 2) by the 1.5 * 2^23 trick */
   vf fn = t - 12582912.0f;
-  vi n = (vi)t - 0x4B400000;
+  *n_out = (vi)t - 0x4B400000;
   vf r = x - fn * 0.693359375f;                   /* ln 2 in two parts: exact reduction */
   r = r + fn * 2.12194440e-4f;
   vf p = SPLAT(1.9875691500E-4f);
@@ -34,8 +34,14 @@ static inline vf exp_nonpos(vf x) {
   p = p * r + 4.1665795894E-2f;
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  return p * (vf)((n + 127) << 23);               /* times 2^n, n in [-126, 0] */
+  return p * r * r + r;
+}
+
+/* exp(x) for x <= 0 (Cephes expf); x < -87 gives exp(-87) rather than a denormal. */
+static inline vf exp_nonpos(vf x) {
+  vi n;
+  vf q = expm1_reduced(sel(x < SPLAT(-87.0f), SPLAT(-87.0f), x), &n);
+  return (q + 1.0f) * (vf)((n + 127) << 23);      /* times 2^n, n in [-126, 0] */
 }
 
 /* exp(x) for any x: the same polynomial as exp_nonpos; inf above ~88.72, denormals then
@@ -44,18 +50,8 @@ static inline vf exp_nonpos(vf x) {
 static inline vf exp_any(vf x) {
   x = sel(x > SPLAT(89.0f), SPLAT(89.0f), x);
   x = sel(x < SPLAT(-104.0f), SPLAT(-104.0f), x);
-  vf t = x * 1.44269504088896341f + 12582912.0f;
-  vf fn = t - 12582912.0f;
-  vi n = (vi)t - 0x4B400000;
-  vf r = x - fn * 0.693359375f;
-  r = r + fn * 2.12194440e-4f;
-  vf p = SPLAT(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
+  vi n;
+  vf p = expm1_reduced(x, &n) + 1.0f;
   vi n1 = n >> 1, n2 = n - n1;                    /* n in [-150, 128]: each in [-75, 64] */
   return p * (vf)((n1 + 127) << 23) * (vf)((n2 + 127) << 23);
 }
@@ -98,19 +94,8 @@ static inline vf log_any(vf x) {
    r + r^2 P(r) on the reduced r), then 2^n expm1(r) + (2^n - 1), both terms exact
    products or differences of powers of two. x < -87 gives e^-87 - 1 = -1. */
 static inline vf expm1_nonpos(vf x) {
-  x = sel(x < SPLAT(-87.0f), SPLAT(-87.0f), x);
-  vf t = x * 1.44269504088896341f + 12582912.0f;
-  vf fn = t - 12582912.0f;
-  vi n = (vi)t - 0x4B400000;
-  vf r = x - fn * 0.693359375f;
-  r = r + fn * 2.12194440e-4f;
-  vf p = SPLAT(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r;                              /* expm1(r), |r| <= ln 2 / 2 */
+  vi n;
+  vf p = expm1_reduced(sel(x < SPLAT(-87.0f), SPLAT(-87.0f), x), &n);
   vf two_n = (vf)((n + 127) << 23);
   return p * two_n + (two_n - 1.0f);
 }

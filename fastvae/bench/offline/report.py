@@ -25,9 +25,10 @@ def pinned_triton() -> Optional[str]:
 def compile_versions(paths: Sequence[Optional[str]], workers: int, tier: str = "ci",
                      popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> List[dict]:
     """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
-    by side in child processes started with ``popen``; the cores are shared between them."""
-    each = max(1, workers // max(len(paths), 1))
-    args = ["compile", "--workers", str(each), "--tier", tier]
+    by side in child processes started with ``popen``. Each gets ``workers`` compile
+    processes: the versions finish at different times, and a share of the cores fixed at
+    the start would leave some idle after the first one is done."""
+    args = ["compile", "--workers", str(max(1, workers)), "--tier", tier]
     with ThreadPoolExecutor(max_workers=len(paths)) as ex:
         return list(ex.map(lambda p: compiler.run_version(p, args, popen=popen), paths))
 

@@ -10,6 +10,7 @@ child; it starts when collection ends and runs beside the rest of the session
 (tests/_background.py). On a GPU machine the same suites also run in this session, compiled, on CUDA.
 """
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -33,12 +34,12 @@ MODULES = [
 ]
 
 
-def _interpreter_child():
-    """(return code, output, seconds) of the child pytest over MODULES."""
+def _interpreter_child(modules):
+    """(return code, output, seconds) of a child pytest over ``modules``."""
     env = dict(os.environ, TRITON_INTERPRET="1", TRITON_DEFAULT_FP_FUSION="1",
                PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--maxfail=20",
-           "-o", "addopts=", "-rfEX", "--durations=5", *[os.path.join(HERE, m) for m in MODULES]]
+           "-o", "addopts=", "-rfEX", "--durations=5", *[os.path.join(HERE, m) for m in modules]]
     start = time.monotonic()
     proc = _background.popen(cmd, cwd=os.path.dirname(HERE), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -46,14 +47,22 @@ def _interpreter_child():
     return proc.returncode, out, time.monotonic() - start
 
 
+# Two children, every other module each: the last one to finish then shares the cores
+# with the other instead of running alone at the end of the session.
+HALVES = [MODULES[0::2], MODULES[1::2]]
+JOBS = [(f"triton_interpreter_{i}", functools.partial(_interpreter_child, half))
+        for i, half in enumerate(HALVES)]
+
+
 @pytest.mark.slow
-@pytest.mark.background("triton_interpreter", _interpreter_child)
 @pytest.mark.skipif(not HAS_TRITON, reason="needs the triton package")
 @pytest.mark.skipif(INTERPRET, reason="already under TRITON_INTERPRET=1: the modules run directly")
-def test_op_suites_on_triton_under_interpreter():
-    returncode, out, seconds = _background.result("triton_interpreter", _interpreter_child)
+@pytest.mark.parametrize("half", [pytest.param(i, marks=pytest.mark.background(*JOBS[i]))
+                                  for i in range(len(JOBS))])
+def test_op_suites_on_triton_under_interpreter(half):
+    returncode, out, seconds = _background.result(*JOBS[half])
     tail = out[-6000:]
-    print(f"child pytest under TRITON_INTERPRET=1: {seconds:.0f} s\n{tail}")
+    print(f"child pytest under TRITON_INTERPRET=1 over {HALVES[half]}: {seconds:.0f} s\n{tail}")
     assert returncode == 0, f"the op suites under TRITON_INTERPRET=1 failed:\n{tail}"
     assert " passed" in out, tail
 

@@ -185,7 +185,7 @@ def _cmd_eval(args):
     from .checkpoint import json_text
     from .data import load_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
-    from .train import evaluate, iwae_nll
+    from .evaluation import evaluate, iwae_nll
 
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])

@@ -27,6 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -37,6 +38,7 @@ from .amp import amp_policy, describe as describe_amp
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
 from .data import DataError, load_dataset
+from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_train_config
@@ -105,79 +107,6 @@ def _all_reduce(t: torch.Tensor, world: int, device) -> torch.Tensor:
         t = t.to(device)
         torch.distributed.all_reduce(t)
     return t.cpu()
-
-
-# -- one step and evaluation --------------------------------------------------------
-def _core(model):
-    """The plain VAE under DDP / torch.compile wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
-def batch_loss(model, x, cfg: dict):
-    """The loss (batch mean, what we minimize) of one forward pass through ``model``
-    (possibly DDP- or compile-wrapped), and the pieces for logging (:func:`_terms`):
-    ``-ELBO``, or ``-L_K`` with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
-    return objectives.loss(model, _core(model), x, cfg)
-
-
-@torch.no_grad()
-def _terms(core, x, parts, backend) -> torch.Tensor:
-    """A batch's summed reconstruction term ``log p(x|z)``, analytic KL and, for a
-    hierarchical model, each group's KL: ``[rec, kl, kl_1, ..., kl_G]`` in float64."""
-    if getattr(core, "hierarchical", False):
-        _, rec, kl = parts
-        return torch.cat([torch.stack([rec.sum(), kl.sum()]), kl.sum(1)]).double()
-    recon, mu, logvar = (t.detach() for t in parts)
-    rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
-                       obs_logvar=core._obs(), reduction="sum", backend=backend)
-    kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
-    return torch.stack([rec.double(), kl.double()])
-
-
-def _summary(sums: torch.Tensor, n: float) -> dict:
-    """Per-sample means of :func:`_terms`' sums: rec, kl and, where there are groups,
-    ``kl_groups`` (top group first)."""
-    m = {"rec": sums[0].item() / n, "kl": sums[1].item() / n}
-    if sums.numel() > 2:
-        m["kl_groups"] = [v / n for v in sums[2:].tolist()]
-    return m
-
-
-@torch.no_grad()
-def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 512) -> dict:
-    """Mean test ELBO (beta = 1, analytic KL), KL and reconstruction term, per sample.
-
-    Uses its own fixed generator, so the numbers are comparable across epochs and the
-    training RNG is untouched.
-    """
-    was = core.training
-    core.eval()
-    gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
-    sums = 0
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        out = core(x, generator=gen, backend=cfg["backend"])
-        if getattr(core, "hierarchical", False):
-            parts = (out[0], core.log_px(x, out[0], cfg["backend"]), out[1])
-        else:
-            parts = out[:3]
-        sums = sums + _terms(core, x, parts, cfg["backend"])
-    core.train(was)
-    m = _summary(sums, max(1, len(images)))
-    return dmol.add_bpd({"elbo": m["rec"] - m["kl"], **m}, core)
-
-
-@torch.no_grad()
-def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: int = 256) -> float:
-    """Mean importance-sampled NLL estimate over ``images`` with ``k`` samples each."""
-    core.eval()
-    gen = torch.Generator(device=device).manual_seed(seed + 3)
-    total = 0.0
-    for i in range(0, len(images), batch_size):
-        total += float(core.iwae_nll(images[i:i + batch_size].to(device), k, generator=gen).sum())
-    return total / max(1, len(images))
 
 
 # -- the loop -----------------------------------------------------------------------
@@ -302,6 +231,71 @@ def _train(given: dict, log) -> dict:
 def _train_in_group(cfg, state, device, rank, world, say):
     is_main = rank == 0
     out = Path(cfg["out"])
+    data = _load_data(cfg, state, device, is_main, world, say)
+    run = _build(cfg, state, data, device, rank, world, say)
+    model = _wrap(run.core, cfg, device, world)
+    sampler = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(range(len(data.train)), num_replicas=world, rank=rank,
+                                     shuffle=True, seed=cfg["seed"])
+    train_x = data.train.to(device)
+    if is_main:
+        say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
+            f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
+            f"device {device}{f' x{world}' if world > 1 else ''}, backend {run.backend_name}, "
+            f"{objectives.describe(cfg)}, amp {describe_amp(run.amp_dtype, run.use_scaler)}, "
+            f"out {out}")
+        if run.initial is not None and state is None:
+            say(f"epoch 0 (untrained): test elbo {run.initial['elbo']:.2f}")
+
+    guard = Guard(out / CHECKPOINT_NAME, run.start if state is not None else None, out,
+                  cfg["lr"], check_grads=not run.use_scaler)
+    t_run = time.perf_counter()
+    for epoch in range(run.start + 1, cfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
+        else:
+            order = torch.randperm(len(train_x), generator=run.shuffle_gen)
+        sums, steps = _train_epoch(run, model, guard, train_x, order, epoch, is_main)
+        sums = _all_reduce(sums, world, device)
+        n = sums[1].item()
+        train_m = {"loss": sums[0].item() / n, **summarize(sums[2:], n)}
+        train_m["elbo"] = train_m["rec"] - train_m["kl"]
+        wall = time.perf_counter() - t0
+        test_m = evaluate(run.core, data.test, cfg, device)
+        wall_eval = time.perf_counter() - t0
+        guard.epoch_end(run.opt, train_m, test_m, epoch, steps)
+        run.history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
+                            "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
+        rng = _rng_state(run.shuffle_gen, world)
+        if is_main:
+            save_checkpoint({"config": cfg, "model": run.core.state_dict(),
+                             "optimizer": run.opt.state_dict(),
+                             "scaler": run.scaler.state_dict() if run.use_scaler else {},
+                             "epoch": epoch, "history": run.history, "initial_test": run.initial,
+                             "rng": rng}, out / CHECKPOINT_NAME)
+            say(f"epoch {epoch:3d}/{cfg['epochs']}  train elbo {train_m['elbo']:8.2f} "
+                f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
+                f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f}"
+                f"{dmol.bpd_text(test_m)})  {wall:5.2f}s {n / wall:7.0f} samples/s")
+        guard.saved(epoch)
+    train_wall = time.perf_counter() - t_run
+
+    metrics = None
+    if is_main:
+        metrics = _finish(run.core, data, cfg, device, out, run.history, run.initial,
+                          run.backend_name, world, train_wall, say)
+    if world > 1:
+        torch.distributed.barrier()
+    return metrics
+
+
+def _load_data(cfg, state, device, is_main, world, say):
+    """The dataset, checked against the likelihood and a resumed run's image shape."""
     wait_for_download = world > 1 and cfg["download"]
     if wait_for_download and not is_main:
         torch.distributed.barrier()  # rank 0 fetches the files first
@@ -310,21 +304,29 @@ def _train_in_group(cfg, state, device, rank, world, say):
         torch.distributed.barrier()
     _check_data(data, cfg["likelihood"])
     data = dmol.setup(data, cfg, say if is_main else None)
-    ckpt_file = out / CHECKPOINT_NAME
+    ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
     if state is not None and cfg.get("data_shape") not in (None, list(data.shape)):
         raise CheckpointError(f"{ckpt_file} was trained on images of shape "
                               f"{tuple(cfg['data_shape'])}, but {data.name} has {data.shape}")
     cfg["data_shape"] = list(data.shape)
     _set_threads(cfg, device, math.prod(data.shape))
+    return data
 
+
+def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
+    """The model, optimizer, scaler and shuffling generator, fresh (seeded; the untrained
+    model's test ELBO as ``initial``) or restored from ``state`` (a checkpoint)."""
     torch.manual_seed(cfg["seed"])
     core = build_model(cfg).to(device)
     opt = torch.optim.Adam(core.parameters(), lr=cfg["lr"])
     amp_dtype, use_scaler = amp_policy(cfg["amp"], device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    shuffle_gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    history, initial, start = [], None, 0
+    run = SimpleNamespace(
+        core=core, opt=opt, amp_dtype=amp_dtype, use_scaler=use_scaler,
+        scaler=torch.amp.GradScaler("cuda", enabled=use_scaler),
+        shuffle_gen=torch.Generator().manual_seed(cfg["seed"] + 1), history=[], initial=None,
+        start=0, cfg=cfg, device=device, world=world)
     if state is not None:
+        ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
         load_weights(core, state["model"], ckpt_file)
         try:
             opt.load_state_dict(state["optimizer"])
@@ -334,15 +336,21 @@ def _train_in_group(cfg, state, device, rank, world, say):
         for group in opt.param_groups:  # a new --lr on resume (RESUME_OVERRIDES)
             group["lr"] = cfg["lr"]
         if use_scaler and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], shuffle_gen, rank, world)
-        history, initial, start = list(state["history"]), state.get("initial_test"), state["epoch"]
-        say(f"resuming {out} at epoch {start}")
+            run.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], run.shuffle_gen, rank, world)
+        run.history, run.initial = list(state["history"]), state.get("initial_test")
+        run.start = state["epoch"]
+        say(f"resuming {cfg['out']} at epoch {run.start}")
     else:
-        initial = evaluate(core, data.test, cfg, device)
+        run.initial = evaluate(core, data.test, cfg, device)
         if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
             torch.manual_seed(cfg["seed"] + 1000 * rank)
-    backend_name = fastvae.select_backend(cfg["backend"], device)
+    run.backend_name = fastvae.select_backend(cfg["backend"], device)
+    return run
+
+
+def _wrap(core, cfg, device, world):
+    """The module the steps call: DDP across ranks, torch.compile on --compile."""
     model = core
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -357,91 +365,46 @@ def _train_in_group(cfg, state, device, rank, world, say):
         # dynamic=False: one graph per batch shape (full and last batch), each fully
         # specialized; there are only two shapes per run.
         model = torch.compile(model, dynamic=False)
-    sampler = None
-    if world > 1:
-        from torch.utils.data.distributed import DistributedSampler
+    return model
 
-        sampler = DistributedSampler(range(len(data.train)), num_replicas=world, rank=rank,
-                                     shuffle=True, seed=cfg["seed"])
-    local_bs = math.ceil(cfg["batch_size"] / world)
-    train_x = data.train.to(device)
-    if is_main:
-        say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
-            f"({len(data.train)} train / {len(data.test)} test), latent {cfg['latent']}, "
-            f"device {device}{f' x{world}' if world > 1 else ''}, backend {backend_name}, "
-            f"{objectives.describe(cfg)}, amp {describe_amp(amp_dtype, use_scaler)}, out {out}")
-        if initial is not None and state is None:
-            say(f"epoch 0 (untrained): test elbo {initial['elbo']:.2f}")
 
-    guard = Guard(out / CHECKPOINT_NAME, start if state is not None else None, out, cfg["lr"],
-                  check_grads=not use_scaler)
-    t_run = time.perf_counter()
-    for epoch in range(start + 1, cfg["epochs"] + 1):
-        t0 = time.perf_counter()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-            order = torch.tensor(list(sampler))
-        else:
-            order = torch.randperm(len(train_x), generator=shuffle_gen)
-        steps = math.ceil(len(order) / local_bs)
-        sums = None  # loss*n, n, then _terms' sums: rec, kl (, each group's kl) (this rank)
-        bar = _progress(steps, epoch, cfg, is_main)
-        core.train()
-        for step in range(steps):
-            x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
-            ctx = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                   else contextlib.nullcontext())
-            with ctx:
-                loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
-            glob = _all_reduce(loss.detach().double().reshape(1), world, device) / world
-            guard.loss(float(glob), epoch, step + 1, steps)
-            terms = _terms(core, x, parts, cfg["backend"])
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            guard.step(core, epoch, step + 1, steps)
-            n = x.shape[0]
-            step_sums = torch.cat([torch.tensor([float(loss.detach()) * n, n],
-                                                dtype=torch.float64), terms])
-            sums = step_sums if sums is None else sums + step_sums
-            if bar is not None:
-                elapsed = time.perf_counter() - t0
-                bar.update(1)
-                bar.set_postfix(elbo=f"{-sums[0].item() / sums[1].item():.2f}",
-                                samples_s=f"{sums[1].item() * world / elapsed:.0f}", refresh=False)
+def _train_epoch(run, model, guard, train_x, order, epoch, is_main):
+    """One epoch of optimizer steps over ``order``; returns this rank's sums (loss*n, n,
+    then :func:`batch_terms`' rec, kl and each group's kl) and the number of steps."""
+    cfg, device = run.cfg, run.device
+    local_bs = math.ceil(cfg["batch_size"] / run.world)
+    steps = math.ceil(len(order) / local_bs)
+    sums = None
+    bar = _progress(steps, epoch, cfg, is_main)
+    run.core.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
+        ctx = (torch.autocast(device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
+        glob = _all_reduce(loss.detach().double().reshape(1), run.world, device) / run.world
+        guard.loss(float(glob), epoch, step + 1, steps)
+        terms = batch_terms(run.core, x, parts, cfg["backend"])
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        guard.step(run.core, epoch, step + 1, steps)
+        n = x.shape[0]
+        step_sums = torch.cat([torch.tensor([float(loss.detach()) * n, n],
+                                            dtype=torch.float64), terms])
+        sums = step_sums if sums is None else sums + step_sums
         if bar is not None:
-            bar.close()
-        sums = _all_reduce(sums, world, device)
-        n = sums[1].item()
-        train_m = {"loss": sums[0].item() / n, **_summary(sums[2:], n)}
-        train_m["elbo"] = train_m["rec"] - train_m["kl"]
-        wall = time.perf_counter() - t0
-        test_m = evaluate(core, data.test, cfg, device)
-        wall_eval = time.perf_counter() - t0
-        guard.epoch_end(opt, train_m, test_m, epoch, steps)
-        history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
-                        "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
-        rng = _rng_state(shuffle_gen, world)
-        if is_main:
-            save_checkpoint({"config": cfg, "model": core.state_dict(), "optimizer": opt.state_dict(),
-                             "scaler": scaler.state_dict() if use_scaler else {},
-                             "epoch": epoch, "history": history, "initial_test": initial,
-                             "rng": rng}, out / CHECKPOINT_NAME)
-            say(f"epoch {epoch:3d}/{cfg['epochs']}  train elbo {train_m['elbo']:8.2f} "
-                f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
-                f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f}"
-                f"{dmol.bpd_text(test_m)})  {wall:5.2f}s {n / wall:7.0f} samples/s")
-        guard.saved(epoch)
-    train_wall = time.perf_counter() - t_run
-
-    metrics = None
-    if is_main:
-        metrics = _finish(core, data, cfg, device, out, history, initial, backend_name, world,
-                          train_wall, say)
-    if world > 1:
-        torch.distributed.barrier()
-    return metrics
+            elapsed = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(elbo=f"{-sums[0].item() / sums[1].item():.2f}",
+                            samples_s=f"{sums[1].item() * run.world / elapsed:.0f}",
+                            refresh=False)
+    if bar is not None:
+        bar.close()
+    return sums, steps
 
 
 def _warmed(cfg: dict, epoch: int, step: int, steps: int) -> dict:

@@ -1,0 +1,88 @@
+"""Evaluation of a trained VAE: the test ELBO and its parts, and the IWAE NLL estimate;
+also one training batch's loss and its logged parts (:func:`batch_loss`,
+:func:`batch_terms`), shared by the training loop and ``fastvae eval``.
+
+Each evaluation draws from its own fixed generator, so the numbers are comparable across
+epochs and the training RNG is untouched.
+"""
+from __future__ import annotations
+
+import torch
+
+import fastvae
+
+from . import dmol_training as dmol, objectives
+
+__all__ = ["batch_loss", "batch_terms", "summarize", "evaluate", "iwae_nll"]
+
+
+def _core(model):
+    """The plain VAE under DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def batch_loss(model, x, cfg: dict):
+    """The loss (batch mean, what we minimize) of one forward pass through ``model``
+    (possibly DDP- or compile-wrapped), and the pieces for logging (:func:`batch_terms`):
+    ``-ELBO``, or ``-L_K`` with ``--objective iwae`` (:func:`fastvae.objectives.loss`)."""
+    return objectives.loss(model, _core(model), x, cfg)
+
+
+@torch.no_grad()
+def batch_terms(core, x, parts, backend) -> torch.Tensor:
+    """A batch's summed reconstruction term ``log p(x|z)``, analytic KL and, for a
+    hierarchical model, each group's KL: ``[rec, kl, kl_1, ..., kl_G]`` in float64."""
+    if getattr(core, "hierarchical", False):
+        _, rec, kl = parts
+        return torch.cat([torch.stack([rec.sum(), kl.sum()]), kl.sum(1)]).double()
+    recon, mu, logvar = (t.detach() for t in parts)
+    rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
+                       obs_logvar=core._obs(), reduction="sum", backend=backend)
+    kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
+    return torch.stack([rec.double(), kl.double()])
+
+
+def summarize(sums: torch.Tensor, n: float) -> dict:
+    """Per-sample means of :func:`batch_terms`' sums: rec, kl and, where there are groups,
+    ``kl_groups`` (top group first)."""
+    m = {"rec": sums[0].item() / n, "kl": sums[1].item() / n}
+    if sums.numel() > 2:
+        m["kl_groups"] = [v / n for v in sums[2:].tolist()]
+    return m
+
+
+@torch.no_grad()
+def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 512) -> dict:
+    """Mean test ELBO (beta = 1, analytic KL), KL and reconstruction term, per sample.
+
+    Uses its own fixed generator, so the numbers are comparable across epochs and the
+    training RNG is untouched.
+    """
+    was = core.training
+    core.eval()
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
+    sums = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        out = core(x, generator=gen, backend=cfg["backend"])
+        if getattr(core, "hierarchical", False):
+            parts = (out[0], core.log_px(x, out[0], cfg["backend"]), out[1])
+        else:
+            parts = out[:3]
+        sums = sums + batch_terms(core, x, parts, cfg["backend"])
+    core.train(was)
+    m = summarize(sums, max(1, len(images)))
+    return dmol.add_bpd({"elbo": m["rec"] - m["kl"], **m}, core)
+
+
+@torch.no_grad()
+def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: int = 256) -> float:
+    """Mean importance-sampled NLL estimate over ``images`` with ``k`` samples each."""
+    core.eval()
+    gen = torch.Generator(device=device).manual_seed(seed + 3)
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        total += float(core.iwae_nll(images[i:i + batch_size].to(device), k, generator=gen).sum())
+    return total / max(1, len(images))

@@ -5,10 +5,14 @@ wall time is then about its CPU time over two. The tests that need a job's resul
 for it with :func:`result`, which starts it if collection did not (a test run alone).
 
 A job is a zero-argument function. Child processes it starts through :func:`popen`
-are killed when the session ends, so an interrupted run leaves none behind.
+run in process groups of their own, killed whole (their workers too) when the session
+ends or is interrupted (Ctrl-C), or when pytest gets a SIGTERM (a CI timeout), so no
+run leaves any behind.
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +33,7 @@ def start(name: str, job: Callable[[], object]) -> None:
             return
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fastvae-test-job")
+            _stop_on_sigterm()
         _jobs[name] = _pool.submit(job)
 
 
@@ -43,7 +48,7 @@ def popen(cmd, **kwargs) -> subprocess.Popen:
     with _lock:
         if _stopped:
             raise RuntimeError("the test session has ended")
-        proc = subprocess.Popen(cmd, **kwargs)
+        proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
         _procs.append(proc)
     return proc
 
@@ -56,5 +61,23 @@ def stop() -> None:
         procs = list(_procs)
     for proc in procs:
         if proc.poll() is None:
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
+
+
+def _stop_on_sigterm() -> None:
+    """On SIGTERM, kill the children, then die of the signal as before (Python's default
+    SIGTERM ends the process without pytest's session end, which would leave them)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return
+
+    def handler(signum, frame):
+        stop()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)

@@ -44,9 +44,9 @@ GOBS_PARTIAL = tl.constexpr(2)    # summed over each program's rows, (programs, 
 LOG_2 = tl.constexpr(0.6931471805599453)
 LOG2_E = tl.constexpr(1.4426950408889634)
 LOG_2PI = tl.constexpr(1.8378770664093453)
-# Below |u| = 0.25 the four-term series of log(u / tanh u) is exact to ~1e-9; above it
-# the closed form has no cancellation worth the name (tanh(0.25) is 0.245).
-CB_SERIES_BELOW = tl.constexpr(0.25)
+# Below |l| = 1 the continuous Bernoulli's log-partition is a series (truncation 2e-9, its
+# derivative's 2e-8 at |l| = 1); above it the closed form's terms are all positive.
+CB_SERIES_BELOW = tl.constexpr(1.0)
 
 
 @triton.jit
@@ -185,28 +185,32 @@ def bernoulli_tile(x, l):
 
 
 @triton.jit
-def cb_log_norm_tile(l):
-    """log C(l) = log 2 + log(u / tanh u), u = l/2, and its derivative in l.
+def continuous_bernoulli_tile(x, l):
+    """Per element: value ``x*l - A(l)``, d/dl ``x - A'(l)`` of the continuous Bernoulli with
+    logits l, whose log-partition is ``A(l) = log((e^l - 1) / l)``: its log C(lambda) minus
+    the Bernoulli's softplus(l), in which the two log(1 + e^-|l|) cancel.
 
-    For |u| >= CB_SERIES_BELOW, with m = exp(-2|u|): tanh|u| = (1 - m) / (1 + m), so
-    ``log(u / tanh u) = log(|u| (1 + m) / (1 - m))`` and its derivative in |u| is
-    ``1/|u| - 1/tanh|u| + tanh|u| = 1/|u| - 4m / (1 - m^2)`` (1 - m >= 0.39 there: no
-    cancellation in the denominators). Below, the series u^2/3 - 7u^4/90 + 62u^6/2835 -
-    127u^8/18900 and its derivative.
+    For |l| >= CB_SERIES_BELOW, with ``e = exp(-|l|)`` and ``rr = 1 / (|l| (1 - e))``:
+    ``A(l) = max(l, 0) + log((1 - e)^2 rr)``, ``A'(|l|) = rr (|l| - 1 + e)`` (every term
+    positive, 1 - e >= 0.63: no cancellation) and ``A'(l) = 1 - A'(-l)`` for l < 0: one
+    ex2, one rcp, one lg2. Below, the series ``l/2 + l^2/24 - l^4/2880 + l^6/181440 -
+    l^8/9676800`` and its derivative.
     """
-    u = 0.5 * l
-    a = tl.abs(u)
+    a = tl.abs(l)
     small = a < CB_SERIES_BELOW
     a_safe = tl.where(small, 1.0, a)
-    m = exp_(-2.0 * a_safe)
-    exact = log_(div_(a_safe * (1.0 + m), 1.0 - m))
-    u2 = u * u
-    series = u2 * (1.0 / 3.0 + u2 * (-7.0 / 90.0 + u2 * (62.0 / 2835.0 + u2 * (-127.0 / 18900.0))))
-    value = tl.where(small, series, exact) + LOG_2
-    d_exact = div_(1.0, a_safe) - div_(4.0 * m, 1.0 - m * m)
-    d_exact = tl.where(u >= 0.0, d_exact, -d_exact)
-    d_series = u * (2.0 / 3.0 + u2 * (-14.0 / 45.0 + u2 * (124.0 / 945.0 + u2 * (-254.0 / 4725.0))))
-    return value, 0.5 * tl.where(small, d_series, d_exact)
+    e = tl.exp2(a_safe * -LOG2_E)
+    one_m_e = 1.0 - e
+    rr = rcp_(a_safe * one_m_e)
+    a_big = tl.maximum(l, 0.0) + log2_(one_m_e * one_m_e * rr) * LOG_2
+    d_big = rr * ((a_safe - 1.0) + e)
+    d_big = tl.where(l >= 0.0, d_big, 1.0 - d_big)
+    l2 = l * l
+    a_series = l * 0.5 + l2 * (1.0 / 24.0 + l2 * (-1.0 / 2880.0 + l2 * (
+        1.0 / 181440.0 + l2 * (-1.0 / 9676800.0))))
+    d_series = 0.5 + l * (1.0 / 12.0 + l2 * (-1.0 / 720.0 + l2 * (
+        1.0 / 30240.0 + l2 * (-1.0 / 1209600.0))))
+    return x * l - tl.where(small, a_series, a_big), x - tl.where(small, d_series, d_big)
 
 
 @triton.jit
@@ -225,11 +229,10 @@ def likelihood_tile(x, r, s, LIK: tl.constexpr):
         g_s = 0.5 * (sq - 1.0)
         g_x = -g_r
     else:
-        value, g_r = bernoulli_tile(x, r)
         if LIK == LIK_CONTINUOUS_BERNOULLI:
-            log_c, d_log_c = cb_log_norm_tile(r)
-            value += log_c
-            g_r += d_log_c
+            value, g_r = continuous_bernoulli_tile(x, r)
+        else:
+            value, g_r = bernoulli_tile(x, r)
         g_x = r
         g_s = 0.0
     return value, g_r, g_x, g_s

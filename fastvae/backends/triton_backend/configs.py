@@ -38,9 +38,10 @@ ELBO_BLOCK_L = 64
 # hundreds of bytes (both Tritons).
 ELBO_LATENT_TILE = 2048
 # (tile elements, num_warps) by (likelihood, element size) where not the above: the
-# continuous Bernoulli's log-normaliser and the tensor obs_logvar's gradient keep more
-# values live; the default tiles spill 4-32 bytes there in some of Triton 3.6/3.9 x
-# sm_80/sm_90 (RESULTS.md).
+# continuous Bernoulli (its series and closed form both live) and the tensor obs_logvar's
+# gradient keep more values live; the default tiles spill 4-32 bytes there in some of
+# Triton 3.6/3.9 x sm_80/sm_90 (RESULTS.md), as does a 2048 x 8 continuous Bernoulli
+# bf16 tile (8-16 bytes, Triton 3.9, sm_90).
 ELBO_TILE_BY_LIK = {(CONTINUOUS_BERNOULLI, 4): (1024, 8), (CONTINUOUS_BERNOULLI, 2): (1024, 4),
                     (GAUSSIAN_TENSOR, 2): (1024, 8)}
 # The last program's sum of the per-program partials, a few per thread a step: a wider

@@ -229,7 +229,7 @@ def kl_bwd_rows(dz, gk, lv, seed, g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv,
 
 def philox_eval(seed: int, first_counter: int, count: int):
     """Test entry point: (uniforms, normals), each ``(count, 4)`` float32: the four words of
-    the counters ``first_counter + c`` as philox.h draws them (count a multiple of 8)."""
+    the counters ``first_counter + c`` as philox.h draws them (count a multiple of 16)."""
     fn = native.symbol("fastvae_philox_eval", _EVAL)
     if fn is None:
         raise RuntimeError(f"C kernels unavailable: {native.status()}")

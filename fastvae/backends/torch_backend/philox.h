@@ -29,35 +29,60 @@
 typedef uint32_t vu __attribute__((vector_size(32)));
 typedef uint64_t vq __attribute__((vector_size(32)));
 
-/* The low and high 32 bits of a * b per lane: a 32 x 32 -> 64 multiply of the even
-   lanes and one of the odd lanes (vpmuludq), recombined. */
+/* The 64-bit products of the even 32-bit lanes of a and b (vpmuludq). GCC synthesizes a
+   full 64 x 64 multiply (three vpmuludq and shifts) from the portable form even though
+   the high halves are zero: the AVX2 builtin where it exists. */
+static inline vq mul_even(vu a, vu b) {
+#if defined(__AVX2__) && defined(__GNUC__)
+  typedef int vsi __attribute__((vector_size(32)));
+  return (vq)__builtin_ia32_pmuludq256((vsi)a, (vsi)b);
+#else
+  return ((vq)a & 0xffffffffu) * ((vq)b & 0xffffffffu);
+#endif
+}
+
+/* The low and high 32 bits of a * b per lane: the even lanes' products and the odd
+   lanes' (shifted down), recombined. */
 static inline void mulhilo(uint32_t a, vu b, vu *lo, vu *hi) {
-  vq b64 = (vq)b;
-  vq even = (b64 & 0xffffffffu) * (uint64_t)a;
-  vq odd = (b64 >> 32) * (uint64_t)a;
-  *lo = (vu)((even & 0xffffffffu) | (odd << 32));
-  *hi = (vu)((even >> 32) | (odd & 0xffffffff00000000u));
+  vu av = (vu){0} + a;
+  vq even = mul_even(av, b);
+  vq odd = mul_even(av, (vu)((vq)b >> 32));
+  /* blends of 32-bit lanes: even lanes from the first vector, odd from the second */
+  *lo = __builtin_shufflevector((vu)even, (vu)(odd << 32), 0, 9, 2, 11, 4, 13, 6, 15);
+  *hi = __builtin_shufflevector((vu)(even >> 32), (vu)odd, 0, 9, 2, 11, 4, 13, 6, 15);
 }
 
 /* Philox4x32, 10 rounds, on counters (c0, c1, 0, 0) and key (k0, k1): Triton's
-   philox_impl with its constants. */
-static inline void philox4x32_10(vu c0, vu c1, uint32_t k0, uint32_t k1, vu x[4]) {
-  vu c2 = (vu){0}, c3 = (vu){0};
+   philox_impl with its constants, for PHILOX_V independent vectors of counters at once
+   (one vector's rounds are a chain of multiply latencies; two interleave). */
+#define PHILOX_V 2
+static inline void philox4x32_10(const vu *c0_in, const vu *c1_in, uint32_t k0, uint32_t k1,
+                                 vu x[][4]) {
+  vu c0[PHILOX_V], c1[PHILOX_V], c2[PHILOX_V], c3[PHILOX_V];
+  for (int v = 0; v < PHILOX_V; ++v) {
+    c0[v] = c0_in[v];
+    c1[v] = c1_in[v];
+    c2[v] = c3[v] = (vu){0};
+  }
   for (int round = 0; round < 10; ++round) {
-    vu lo_b, hi_b, lo_a, hi_a;
-    mulhilo(0xCD9E8D57u, c2, &lo_b, &hi_b);
-    mulhilo(0xD2511F53u, c0, &lo_a, &hi_a);
-    c0 = hi_b ^ c1 ^ k0;
-    c2 = hi_a ^ c3 ^ k1;
-    c1 = lo_b;
-    c3 = lo_a;
+    for (int v = 0; v < PHILOX_V; ++v) {
+      vu lo_b, hi_b, lo_a, hi_a;
+      mulhilo(0xCD9E8D57u, c2[v], &lo_b, &hi_b);
+      mulhilo(0xD2511F53u, c0[v], &lo_a, &hi_a);
+      c0[v] = hi_b ^ c1[v] ^ k0;
+      c2[v] = hi_a ^ c3[v] ^ k1;
+      c1[v] = lo_b;
+      c3[v] = lo_a;
+    }
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
   }
-  x[0] = c0;
-  x[1] = c1;
-  x[2] = c2;
-  x[3] = c3;
+  for (int v = 0; v < PHILOX_V; ++v) {
+    x[v][0] = c0[v];
+    x[v][1] = c1[v];
+    x[v][2] = c2[v];
+    x[v][3] = c3[v];
+  }
 }
 
 /* Triton's uint_to_uniform_float for 32-bit words: [0, 1), the largest 1 - 2^-24. */
@@ -70,7 +95,7 @@ static inline vf uniform_of(vu x) {
 /* Two normals from two uniforms, as kernels/reparameterize.py's _box_muller pairs them. */
 static inline void box_muller(vf u1, vf u2, vf *n_cos, vf *n_sin) {
   vf lo = SPLAT(0x1.ad7f2ap-24f);                  /* 1e-7 in float32, tl.maximum's bound */
-  vf r = sqrt_nonneg(-2.0f * log_any(sel(u1 < lo, lo, u1)));
+  vf r = sqrt_nonneg(-2.0f * log_normal(sel(u1 < lo, lo, u1)));
   vf c, s;
   cos_sin_turn(u2 - 0.5f, &c, &s);
   *n_cos = -r * c;
@@ -85,25 +110,28 @@ static inline void counters(uint64_t base, vu *c0, vu *c1) {
   *c1 = ((vu){0} + (uint32_t)(base >> 32)) - (vu)(*c0 < lo);  /* the carry: mask -1 */
 }
 
-/* The uniforms of counters base + 0..7 (tests compare them with tl.rand4x's). */
-static inline void uniforms8(uint64_t seed, uint64_t base, vf u[4]) {
-  vu c0, c1, x[4];
-  counters(base, &c0, &c1);
+/* The uniforms u[v][j] (word j) of the counters base + 8 v + 0..7, v < PHILOX_V (tests
+   compare them with tl.rand4x's). */
+static inline void uniforms(uint64_t seed, uint64_t base, vf u[][4]) {
+  vu c0[PHILOX_V], c1[PHILOX_V], x[PHILOX_V][4];
+  for (int v = 0; v < PHILOX_V; ++v) counters(base + (uint64_t)(W * v), &c0[v], &c1[v]);
   philox4x32_10(c0, c1, (uint32_t)seed, (uint32_t)(seed >> 32), x);
-  for (int j = 0; j < 4; ++j) u[j] = uniform_of(x[j]);
+  for (int v = 0; v < PHILOX_V; ++v)
+    for (int j = 0; j < 4; ++j) u[v][j] = uniform_of(x[v][j]);
 }
 
-/* buf[j Q + l] = normal j of counter ctr + l, for l in [l0, l1) (multiples of W). */
+/* buf[j Q + l] = normal j of counter ctr + l, for l in [l0, l1) (multiples of PHILOX_STEP). */
+#define PHILOX_STEP (W * PHILOX_V)
 static void normals_fill(float *buf, uint64_t seed, int64_t ctr, int64_t l0, int64_t l1) {
-  for (int64_t l = l0; l < l1; l += W) {
-    vf u[4], n0, n1, n2, n3;
-    uniforms8(seed, (uint64_t)(ctr + l), u);
-    box_muller(u[0], u[1], &n0, &n1);
-    box_muller(u[2], u[3], &n2, &n3);
-    memcpy(buf + l, &n0, sizeof n0);
-    memcpy(buf + PHILOX_Q + l, &n1, sizeof n1);
-    memcpy(buf + 2 * PHILOX_Q + l, &n2, sizeof n2);
-    memcpy(buf + 3 * PHILOX_Q + l, &n3, sizeof n3);
+  for (int64_t l = l0; l < l1; l += PHILOX_STEP) {
+    vf u[PHILOX_V][4], n[PHILOX_V][4];
+    uniforms(seed, (uint64_t)(ctr + l), u);
+    for (int v = 0; v < PHILOX_V; ++v) {
+      box_muller(u[v][0], u[v][1], &n[v][0], &n[v][1]);
+      box_muller(u[v][2], u[v][3], &n[v][2], &n[v][3]);
+    }
+    for (int v = 0; v < PHILOX_V; ++v)
+      for (int j = 0; j < 4; ++j) memcpy(buf + j * PHILOX_Q + l + W * v, &n[v][j], sizeof(vf));
   }
 }
 
@@ -133,8 +161,8 @@ static inline const float *eps_at(eps_stream *s, int64_t i, int64_t *avail) {
     int64_t b = (s->hi < first + PHILOX_CHUNK ? s->hi : first + PHILOX_CHUNK) - first;
     int64_t l0 = 0, l1 = PHILOX_Q;
     if (b - a < PHILOX_Q && a % PHILOX_Q < (b - 1) % PHILOX_Q + 1) { /* one quarter's part */
-      l0 = a % PHILOX_Q / W * W;
-      l1 = ((b - 1) % PHILOX_Q + W) / W * W;
+      l0 = a % PHILOX_Q / PHILOX_STEP * PHILOX_STEP;
+      l1 = ((b - 1) % PHILOX_Q + PHILOX_STEP) / PHILOX_STEP * PHILOX_STEP;
     }
     normals_fill(s->buf, s->seed, s->ctr + c * PHILOX_Q, l0, l1);
     s->chunk = c;

@@ -201,18 +201,34 @@ static inline vf softplus_any(vf x) {
   return -log_sigmoid_any(-x);
 }
 
-/* sqrt(x) for x = 0 or x in [2^-126, 2^126] (the Box-Muller radius needs [0, 33]) without
-   a sqrt instruction: GCC's per-lane __builtin_sqrtf keeps errno and stays scalar. The
-   bit-trick estimate of 1/sqrt(x) (3.4% off), two Newton steps on it (4.5e-6), then
-   s = x y and one Newton step on s itself, s + (y/2)(x - s^2), which squares the error:
-   within 1 ulp. sqrt(0) = 0 (the estimate is finite there and x y = 0). */
+/* sqrt(x) for x = 0 or x in [2^-126, 2^126] (the Box-Muller radius needs [0, 33]):
+   vsqrtps where AVX is there (correctly rounded); else, as GCC's per-lane
+   __builtin_sqrtf keeps errno and stays scalar, the bit-trick estimate of 1/sqrt(x)
+   (3.4% off), two Newton steps on it (4.5e-6), then s = x y and one Newton step on s
+   itself, s + (y/2)(x - s^2), which squares the error: within 1 ulp. sqrt(0) = 0. */
 static inline vf sqrt_nonneg(vf x) {
+#if defined(__AVX__) && defined(__GNUC__)
+  return __builtin_ia32_sqrtps256(x);
+#else
   vf y = (vf)(0x5f375a86 - ((vi)x >> 1));
   vf hx = 0.5f * x;
   y = y * (1.5f - hx * y * y);
   y = y * (1.5f - hx * y * y);
   vf s = x * y;
   return s + (0.5f * y) * (x - s * s);
+#endif
+}
+
+/* log(x) for positive normal finite x (no special values: a Box-Muller uniform in
+   [1e-7, 1)): log_any's reduction and series without its guards. */
+static inline vf log_normal(vf x) {
+  vi bits = (vi)x;
+  vi k = ((bits >> 23) & 0xff) - 127;
+  vf m = (vf)((bits & 0x007fffff) | 0x3f800000);  /* [1, 2) */
+  vi big = m > SPLAT(1.41421356f);
+  m = sel(big, m * 0.5f, m);
+  vf fk = __builtin_convertvector(k + (big & 1), vf);
+  return (log1p_unit(m - 1.0f) - fk * 2.12194440e-4f) + fk * 0.693359375f;
 }
 
 /* cos(2 pi t) and sin(2 pi t) for t in [-1/2, 1/2] (a Box-Muller angle in turns). The

@@ -254,6 +254,37 @@ int fastvae_gauss_sample_rows(int64_t rows, int64_t n, const float *mu, int64_t 
   return 0;
 }
 
+/* Elements [j, j + k) of a row of reparameterize's backward, sample by sample: d_lv
+   accumulates dz_k eps_k (scaled by 0.5 exp(lv / 2) at the last), d_mu dz_k. */
+static inline __attribute__((always_inline)) void sample_bwd_vec(
+    const float *d, const float *l, const float *e, float *gm, float *gl, int64_t j, int64_t k,
+    int first, int last) {
+  vf dv, ev, acc, lv;
+  if (k == W) {
+    memcpy(&dv, d + j, sizeof dv);
+    memcpy(&ev, e, sizeof ev);
+  } else {
+    dv = load_part(d + j, k);
+    ev = load_part(e, k);
+  }
+  size_t bytes = (size_t)k * sizeof(float);
+  acc = dv * ev;
+  if (!first) {
+    vf prev = load_part(gl + j, k);
+    acc = prev + acc;
+  }
+  if (last) {
+    lv = k == W ? load_part(l + j, W) : load_part(l + j, k);
+    acc = (0.5f * exp_any(0.5f * lv)) * acc;
+  }
+  memcpy(gl + j, &acc, bytes);
+  if (gm) {
+    vf s = dv;
+    if (!first) s = load_part(gm + j, k) + dv;
+    memcpy(gm + j, &s, bytes);
+  }
+}
+
 /* reparameterize's backward per row: d_mu = sum_k dz_k (where d_mu is not NULL) and
    d_lv = 0.5 exp(lv / 2) sum_k dz_k eps_k, eps_k drawn again as the forward drew them;
    dz_k at dz + k dzk, rows of n contiguous floats, like d_mu and d_lv. d_lv holds the
@@ -279,19 +310,11 @@ int fastvae_gauss_sample_bwd_rows(int64_t rows, int64_t n, const float *dz, int6
         int64_t j = 0;
         while (j < n) {
           const float *e = eps_span(&es, flat0 + i * n, j, n, &end);
-          for (; j < end; j += W, e += W) {
-            int64_t c = end - j < W ? end - j : W;
-            size_t bytes = (size_t)c * sizeof(float);
-            vf dv = load_part(d + j, c), ev = load_part(e, c);
-            vf acc = first ? dv * ev : load_part(gl + j, c) + dv * ev;
-            if (last) acc = (0.5f * exp_any(0.5f * load_part(l + j, c))) * acc;
-            memcpy(gl + j, &acc, bytes);
-            if (gm) {
-              vf s = first ? dv : load_part(gm + j, c) + dv;
-              memcpy(gm + j, &s, bytes);
-            }
+          for (; j + W <= end; j += W, e += W) sample_bwd_vec(d, l, e, gm, gl, j, W, first, last);
+          if (j < end) {
+            sample_bwd_vec(d, l, e, gm, gl, j, end - j, first, last);
+            j = end;
           }
-          j = end;
         }
       }
     }

@@ -139,12 +139,13 @@ def cpu_path(request, backend, monkeypatch):
 
 
 @pytest.fixture
-def randn_noise(monkeypatch):
+def randn_noise():
     """The "torch" backend draws ``torch.randn``'s eps (its aten sampler) as the reference
     does, instead of its C kernel's Philox stream: for tests that follow the two backends
     draw by draw (training curves)."""
-    from fastvae.backends.torch_backend import reparameterize as _reparameterize
-    monkeypatch.setattr(_reparameterize, "_drawn_in_c", lambda: False)
+    from fastvae.backends.torch_backend.reparameterize import randn_noise as _randn_noise
+    with _randn_noise():
+        yield
 
 
 @pytest.fixture

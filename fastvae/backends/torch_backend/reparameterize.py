@@ -13,9 +13,13 @@ max(1, |eps|) of float64 Box-Muller of the shared uniforms; tests/test_philox.py
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import gaussian_rows
+
+_randn_only = False
 
 
 def _seeded(noise) -> bool:
@@ -24,7 +28,21 @@ def _seeded(noise) -> bool:
 
 @torch.compiler.assume_constant_result
 def _drawn_in_c() -> bool:
-    return gaussian_rows.available()
+    return not _randn_only and gaussian_rows.available()
+
+
+@contextlib.contextmanager
+def randn_noise():
+    """Within it, this backend draws ``torch.randn``'s eps for every input (the reference
+    backend's stream, and the aten sampler), not its C kernel's Philox stream: for checks
+    that follow the reference draw by draw (the benchmark's first-step agreement, tests).
+    Process-wide, not thread-local."""
+    global _randn_only
+    before, _randn_only = _randn_only, True
+    try:
+        yield
+    finally:
+        _randn_only = before
 
 
 def reparameterize_noise(mu, n_samples: int, generator):

@@ -62,16 +62,18 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
         generator, backend, validate: as in :func:`reparameterize`.
 
     Seeds: eps is drawn exactly as :func:`reparameterize` draws it on the same backend
-    (``torch.randn`` of mu_q's shape on "torch" and "reference"; on "triton" one int64
-    Philox seed from ``torch.randint`` and the same counter layout, element by element
-    in the row-major order of mu_q), so after ``torch.manual_seed(s)`` (or with equally
-    seeded generators) ``z`` equals ``reparameterize(mu_q.flatten(1),
-    logvar_q.flatten(1)).reshape(mu_q.shape)`` bit for bit.
+    (on "triton", and on "torch" for float32 CPU inputs where its C kernel runs, one int64
+    Philox seed from ``torch.randint`` and the Triton kernels' counter layout, element by
+    element in the row-major order of mu_q; else ``torch.randn`` of mu_q's shape, as on
+    "reference"), so after ``torch.manual_seed(s)`` (or with equally seeded generators)
+    ``z`` equals ``reparameterize(mu_q.flatten(1), logvar_q.flatten(1)).reshape(mu_q.shape)``
+    bit for bit. The two Philox backends share the uniforms bit for bit; their float32 z
+    differ only by their transcendentals (tests/test_philox.py states the bound).
 
     Gradients: ``dmu_q = dz + g_kl dKL/dmu_q``, ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps +
     g_kl dKL/dlogvar_q``, the prior's from the KL alone (:func:`kl_normal`), where
-    ``g_kl`` is the KL's grad_output. No noise tensor is saved on "triton" (eps is
-    regenerated from the seed in backward).
+    ``g_kl`` is the KL's grad_output. No noise tensor is saved where eps comes from a seed
+    (it is drawn again in backward).
 
     Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
     any input is, else float32).

@@ -4,6 +4,7 @@
 * ``backend``: runs a test once per backend of the session (tests/_backends.py says which);
   with ``cpu_path`` also on the "torch" backend's aten fallback.
 * ``kernel_device``: for Triton-only tests; skips where no kernel can run.
+* ``randn_noise``: the "torch" backend draws ``torch.randn``'s eps, as the reference does.
 * ``launches``: the names of the Triton kernels launched, in order.
 * markers: ``gpu`` tests are skipped without CUDA; ``slow`` ones run in the suite too
   (``-m "not slow"`` leaves them out while iterating); ``background(name, job)`` ones run
@@ -135,6 +136,16 @@ def cpu_path(request, backend, monkeypatch):
     yield "aten"
     monkeypatch.undo()
     _native.reset()
+
+
+@pytest.fixture
+def randn_noise():
+    """The "torch" backend draws ``torch.randn``'s eps (its aten sampler) as the reference
+    does, instead of its C kernel's Philox stream: for tests that follow the two backends
+    draw by draw (training curves)."""
+    from fastvae.backends.torch_backend.reparameterize import randn_noise as _randn_noise
+    with _randn_noise():
+        yield
 
 
 @pytest.fixture

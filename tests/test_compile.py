@@ -206,6 +206,12 @@ def _op_args():
             t(b, l), t(b, l), torch.randn(shape), n, "torch")
         yield f"reparameterize-bwd-k{n}", torch.ops.fastvae.reparameterize_bwd.default, (
             torch.randn(shape), t(b, l, grad=False), torch.randn(shape), n, n == 0, "torch")
+    # float32 where the C kernel runs: noise is a Philox seed, eps drawn in the kernel
+    seed = torch.tensor([12345], dtype=torch.int64)
+    yield "reparameterize-seed-k3", torch.ops.fastvae.reparameterize.default, (
+        t(b, l), t(b, l), seed, 3, "torch")
+    yield "sample-with-kl-seed", torch.ops.fastvae.sample_with_kl.default, (
+        t(b, l), t(b, l), t(b, l), t(l), seed, [True, True, True, True], "torch")
 
 
 CASES = list(_op_args())

@@ -42,32 +42,45 @@ def test_every_op_takes_the_kernel(kernel, calls):
     z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
     (z.sum() + kl.sum()).backward()
     assert calls[2:] == ["fastvae_gauss_kl_rows", "fastvae_gauss_kl_bwd_rows"]
-    fastvae.reparameterize(mu.reshape(4, -1), lv.reshape(4, -1), n_samples=2, backend="torch")
-    assert calls[4:] == ["fastvae_gauss_sample_rows"] * 2
+    m2, l2 = leaf(mu.detach().reshape(4, -1)), leaf(lv.detach().reshape(4, -1))
+    fastvae.reparameterize(m2, l2, n_samples=2, backend="torch").sum().backward()
+    assert calls[4:] == ["fastvae_gauss_sample_rows", "fastvae_gauss_sample_bwd_rows"]
     for half in (torch.float16, torch.bfloat16):  # forward on upcast chunks, z from aten
         fastvae.sample_with_kl(mu.detach().to(half), lv.detach().to(half), backend="torch")
     assert calls[6:] == ["fastvae_gauss_kl_rows"] * 2
 
 
 def test_fallback_without_the_library(monkeypatch):
-    """FASTVAE_NATIVE=0: the kernels decline, the aten path gives the same results (z to
-    a few ulps: its exp is aten's)."""
+    """FASTVAE_NATIVE=0: the kernels decline and the noise is torch.randn's eps (the C
+    path draws its own stream from a seed), with the same KL and z = mu + e^(lv/2) eps."""
     mu, lv, pm, plv = (torch.randn(6, 40) for _ in range(4))
-    torch.manual_seed(3)
     z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
     monkeypatch.setenv("FASTVAE_NATIVE", "0")
     native.reset()
     try:
         torch.manual_seed(3)
         z2, kl2 = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
+        torch.manual_seed(3)
+        eps = torch.randn(6, 40)
         assert not gaussian_rows.kl_rows(mu, lv, pm, plv, None, None, torch.empty(6), None,
                                          None, None, None)
         assert native.load() is None
     finally:
         monkeypatch.undo()
         native.reset()
-    assert_close("z", z, z2, F32)
+    assert_close("z", z2, mu.double() + torch.exp(0.5 * lv.double()) * eps, F32)
     assert_close("kl", kl, kl2, F32)
+
+
+def seed_of(value: int):
+    return torch.tensor([value], dtype=torch.int64)
+
+
+def stream(seed, b, n, n_samples=0):
+    """The C stream's eps for a (B, N) draw: exp(0/2) eps = eps exactly."""
+    out = torch.empty((b, n) if n_samples == 0 else (n_samples, b, n))
+    assert gaussian_rows.sample_rows(None, torch.zeros(b, n), seed, n_samples, out)
+    return out
 
 
 def _inputs(b, n, layout, gen):
@@ -84,11 +97,12 @@ def _inputs(b, n, layout, gen):
     return mu, lv, torch.randn(b, n, generator=gen), torch.randn(b, n, generator=gen)
 
 
-def _forward(mu, lv, pm, plv, eps, threads):
+def _forward(mu, lv, pm, plv, seed, threads):
     b, n = mu.shape
     outs = [torch.empty(b, n) for _ in range(5)]
     kl = torch.empty(b)
-    assert gaussian_rows.kl_rows(mu, lv, pm, plv, eps, outs[0], kl, *outs[1:], threads=threads)
+    assert gaussian_rows.kl_rows(mu, lv, pm, plv, seed, outs[0], kl, *outs[1:],
+                                 threads=threads)
     return [kl, *outs]
 
 
@@ -105,9 +119,9 @@ def test_every_layout_against_float64_and_threads(kernel, layout):
     mu, lv, pm, plv = _inputs(b, n, layout, gen)
     both = torch.cat([mu, lv], 1)                   # row stride 2n, elements contiguous
     mu, lv = both[:, :n], both[:, n:]
-    eps = torch.randn(b, n, generator=gen)
-    one = _forward(mu, lv, pm, plv, eps, threads=1)
-    two = _forward(mu, lv, pm, plv, eps, threads=2)
+    seed = seed_of(2**40 + 17)
+    one = _forward(mu, lv, pm, plv, seed, threads=1)
+    two = _forward(mu, lv, pm, plv, seed, threads=2)
     for a, c in zip(one, two):
         assert torch.equal(a, c)
     kl, z, g_mu, g_pm, g_lv, g_plv = one
@@ -125,9 +139,10 @@ def test_every_layout_against_float64_and_threads(kernel, layout):
     assert_close("dKL/dpm", g_pm, -g["mu"], F32)
     if "plv" in g:
         assert_close("dKL/dplv", g_plv, g["plv"], F32)
+    eps = stream(seed, b, n)
     assert_close("z", z, mu.double() + torch.exp(0.5 * lv.double()) * eps.double(), F32)
     z2 = torch.empty(b, n)
-    assert gaussian_rows.sample_rows(mu, lv, eps, z2, threads=2)
+    assert gaussian_rows.sample_rows(mu, lv, seed, 0, z2, threads=2)
     assert torch.equal(z2, z)  # reparameterize's z: the same bits
 
 
@@ -135,13 +150,15 @@ def test_every_layout_against_float64_and_threads(kernel, layout):
 def test_backward_threads_and_formula(kernel, use):
     gen = torch.Generator().manual_seed(5)
     b, n = 33, 517
-    lv, eps, g_mu, g_lv, g_plv = (torch.randn(b, n, generator=gen) for _ in range(5))
+    lv, g_mu, g_lv, g_plv = (torch.randn(b, n, generator=gen) for _ in range(4))
+    seed = seed_of(99)
+    eps = stream(seed, b, n)
     dz = None if use == "kl" else torch.randn(b, n, generator=gen)
     gk = None if use == "z" else torch.randn(b, generator=gen)
     runs = []
     for threads in (1, 2):
         outs = [torch.empty(b, n) for _ in range(4)]
-        assert gaussian_rows.kl_bwd_rows(dz, gk, lv, eps, g_mu, g_lv, g_plv, *outs,
+        assert gaussian_rows.kl_bwd_rows(dz, gk, lv, seed, g_mu, g_lv, g_plv, *outs,
                                          threads=threads)
         runs.append(outs)
     for a, c in zip(*runs):
@@ -163,8 +180,7 @@ def test_extremes_stay_finite(kernel):
     plv = torch.tensor([[80.0, -80.0, 10.0, -10.0, 88.0, 80.0, -40.0, 40.0, -80.0]])
     pm = torch.zeros(1, 9)
     mu = pm + 2.0 * torch.exp(0.5 * plv)           # two prior standard deviations away
-    eps = torch.randn(1, 9)
-    kl, z, g_mu, g_pm, g_lv, g_plv = _forward(mu, lv, pm, plv, eps, threads=1)
+    kl, z, g_mu, g_pm, g_lv, g_plv = _forward(mu, lv, pm, plv, seed_of(5), threads=1)
     o = [t.double().requires_grad_() for t in (mu, lv, pm, plv)]
     terms = F.kl_normal_dim(*o)
     for t in (kl, g_mu, g_lv, g_plv):
@@ -185,21 +201,22 @@ def test_half_inputs_in_row_chunks(kernel, monkeypatch):
     gen = torch.Generator().manual_seed(2)
     b, n = 9, 30
     mu, lv, pm, plv = (torch.randn(b, n, generator=gen) for _ in range(4))
-    ref = _forward(mu, lv, pm, plv, torch.zeros(b, n), threads=1)
+    ref = _forward(mu, lv, pm, plv, seed_of(0), threads=1)
     for dt in (torch.float16, torch.bfloat16):
         h = [t.to(dt) for t in (mu, lv, pm, plv)]
         kl = torch.empty(b)
         outs = [torch.empty(b, n, dtype=dt) for _ in range(4)]
         assert gaussian_rows.kl_rows(*h, None, None, kl, *outs)
-        want = _forward(*[t.float() for t in h], torch.zeros(b, n), threads=1)
+        want = _forward(*[t.float() for t in h], seed_of(0), threads=1)
         assert torch.equal(kl, want[0])
         for got, w in zip(outs, want[2:]):
             assert torch.equal(got, w.to(dt))
         # float32 posterior, 16-bit prior: z in the chunked pass, as reparameterize's
-        eps, z, kl = torch.randn(b, n, generator=gen), torch.empty(b, n), torch.empty(b)
-        assert gaussian_rows.kl_rows(mu, lv, h[2], h[3], eps, z, kl, None, None, None, None)
+        z, kl = torch.empty(b, n), torch.empty(b)
+        assert gaussian_rows.kl_rows(mu, lv, h[2], h[3], seed_of(7), z, kl, None, None, None,
+                                     None)
         z2 = torch.empty(b, n)
-        assert gaussian_rows.sample_rows(mu, lv, eps, z2)
+        assert gaussian_rows.sample_rows(mu, lv, seed_of(7), 0, z2)
         assert torch.equal(z, z2)
     assert_close("kl f32", ref[0], F.kl_normal_dim(mu, lv, pm, plv).sum(-1), F32)
 
@@ -209,9 +226,9 @@ def test_float64_and_cuda_like_inputs_decline(kernel):
     x = torch.randn(3, 4, dtype=torch.float64)
     kl = torch.empty(3, dtype=torch.float64)
     assert not gaussian_rows.kl_rows(x, x, None, None, None, None, kl, None, None, None, None)
-    assert not gaussian_rows.sample_rows(x, x, x, torch.empty_like(x))
-    assert not gaussian_rows.kl_bwd_rows(x, None, x, x, x, x, x, torch.empty_like(x), None,
-                                         None, None)
+    assert not gaussian_rows.sample_rows(x, x, seed_of(1), 0, torch.empty_like(x))
+    assert not gaussian_rows.kl_bwd_rows(x, None, x, seed_of(1), x, x, x, torch.empty_like(x),
+                                         None, None, None)
 
 
 @pytest.mark.parametrize("wanted", ["all", "prior mean only", "posterior only"])

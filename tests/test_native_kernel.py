@@ -124,6 +124,40 @@ def test_log_ulps():
     assert np.all(np.isnan(got[3:]))
 
 
+def test_log_normal_ulps():
+    """log(x) for positive normal x without log_any's guards (the Box-Muller radius):
+    within 2.5 ulps, as log_any."""
+    _kernel_or_skip()
+    x = np.concatenate([_floats(1.1754944e-38, 3.4e38, STRIDE), _floats(1e-7, 1.0, STRIDE)])
+    assert _ulps(_run("log_normal", x), np.log(x.astype(np.float64))).max() <= 2.5
+
+
+def test_sqrt_ulps():
+    """sqrt(x) for x = 0 and normal x up to 2^126: within 0.5 ulp with AVX (vsqrtps), 1
+    ulp from the Newton steps without; the Box-Muller radius needs [0, 33]."""
+    _kernel_or_skip()
+    x = np.concatenate([_floats(1.1754944e-38, 8.5e37, STRIDE), _floats(0.0, 64.0, 10 * STRIDE + 1)])
+    got = _run("sqrt", x)
+    assert _ulps(got, np.sqrt(x.astype(np.float64))).max() <= 1.0
+    assert got[x == 0].tolist() == [0.0]
+
+
+@pytest.mark.parametrize("what,fn", [("cos_turn", np.cos), ("sin_turn", np.sin)])
+def test_cos_sin_of_turns(what, fn):
+    """cos(2 pi t), sin(2 pi t) for t in [-1/2, 1/2] (the Box-Muller angle, reduced
+    exactly in turns): within 2 ulps of the float64 value and 1e-7 absolute; exact at
+    multiples of 1/4 (where float64's own sin(pi) is 1.2e-16, not 0)."""
+    _kernel_or_skip()
+    t = np.concatenate([_floats(-0.0, -0.5, STRIDE), _floats(0.0, 0.5, STRIDE)])
+    t = t[np.abs(t) != 0.5]
+    got, want = _run(what, t), fn(2 * np.pi * t.astype(np.float64))
+    assert np.abs(got - want).max() <= 1e-7
+    assert _ulps(got, want)[t != 0].max() <= 2.0
+    quarters = np.array([-0.5, -0.25, 0.0, 0.25, 0.5], np.float32)
+    want = np.round(fn(2 * np.pi * quarters.astype(np.float64)))
+    assert np.array_equal(_run(what, quarters), want.astype(np.float32))
+
+
 def _softplus64(l):
     return np.logaddexp(0.0, l)
 

@@ -44,7 +44,7 @@ def test_short_run_learns_and_writes_everything(tmp_path):
     assert m["final"] == saved["final"]
 
 
-def test_reference_and_fused_backends_follow_the_same_curve(tmp_path):
+def test_reference_and_fused_backends_follow_the_same_curve(tmp_path, randn_noise):
     a = T.train(tiny(tmp_path / "ref", backend="reference", iwae_k=0), log=quiet)
     b = T.train(tiny(tmp_path / "fused", backend="torch", iwae_k=0), log=quiet)
     assert a["backend"] == "reference" and b["backend"] == "torch"

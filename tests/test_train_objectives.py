@@ -33,8 +33,9 @@ def test_iwae_dreg_training_learns(tmp_path):
                                                       ("iwae", 3, "stl", "analytic"),
                                                       ("elbo", 3, "stl", "mc"),
                                                       ("elbo", 1, "stl", "mc")])
-def test_backends_follow_the_same_curve(tmp_path, objective, k, estimator, kl):
-    """The fused "torch" backend and the eager reference train the same model."""
+def test_backends_follow_the_same_curve(tmp_path, objective, k, estimator, kl, randn_noise):
+    """The fused "torch" backend and the eager reference train the same model (with the
+    same draws: ``randn_noise``)."""
     cfg = dict(epochs=2, iwae_k=0, objective=objective, k=k, estimator=estimator, kl=kl)
     a = T.train(tiny(tmp_path / "ref", backend="reference", **cfg), log=quiet)
     b = T.train(tiny(tmp_path / "fused", backend="torch", **cfg), log=quiet)

@@ -2,9 +2,10 @@
 on every backend; ``fastvae::reparameterize_bwd`` is its backward, an op of its own so
 that torch.compile traces the Triton backward kernel as one node.
 
-The backend draws ``noise`` first, outside the op (``reparameterize_noise``: eps itself
-on the "torch" backend, a Philox seed on "triton"), from torch's generator or the one
-passed, so ``torch.manual_seed`` governs both. Backward: ``dmu = sum_k dz_k``,
+The backend draws ``noise`` first, outside the op (``reparameterize_noise``: a Philox
+seed on "triton" and for float32 CPU inputs on "torch" where its C kernel runs, eps
+itself otherwise), from torch's generator or the one passed, so ``torch.manual_seed``
+governs both. Backward: ``dmu = sum_k dz_k``,
 ``dlogvar = 0.5 * exp(0.5*logvar) * sum_k dz_k * eps_k``.
 """
 from __future__ import annotations

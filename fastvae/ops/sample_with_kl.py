@@ -4,7 +4,8 @@ backend; ``fastvae::sample_with_kl_bwd`` is its backward, an op of its own so th
 torch.compile traces the Triton backward kernel as one node.
 
 The noise is drawn first, outside the op, by the backend's ``reparameterize_noise``
-(eps on "torch", a Philox seed on "triton"), exactly as ``reparameterize`` draws it:
+(a Philox seed, or eps itself where the backend has no in-kernel draw for these
+inputs), exactly as ``reparameterize`` draws it:
 the same seed gives the same z. The forward also returns the KL's gradients, and only
 those are saved with the noise and a reference to logvar_q (``dKL/dmu_p = -dKL/dmu_q``
 is saved once). Backward: ``dmu_q = dz + g_kl dKL/dmu_q``,

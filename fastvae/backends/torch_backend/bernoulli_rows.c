@@ -84,7 +84,8 @@ int fastvae_openmp(void) {
 
 /* Test entry point: the building blocks above, elementwise, on n floats (for the
    accuracy sweep against float64, and for timing them alone). what: 0 exp_nonpos(in),
-   1 log1p_unit(in), 2 softplus(in), 3 sigmoid(in), 4 exp_any(in), 5 log_any(in).
+   1 log1p_unit(in), 2 softplus(in), 3 sigmoid(in), 4 exp_any(in), 5 log_any(in),
+   6 sqrt_nonneg(in), 7 cos(2 pi in), 8 sin(2 pi in) (cos_sin_turn), 9 log_normal(in).
    Returns -1 for an unknown what. */
 static inline vf eval1(int what, vf v) {
   vf g, r;
@@ -93,6 +94,10 @@ static inline vf eval1(int what, vf v) {
     case 1: return log1p_unit(v);
     case 4: return exp_any(v);
     case 5: return log_any(v);
+    case 6: return sqrt_nonneg(v);
+    case 7: cos_sin_turn(v, &r, &g); return r;
+    case 8: cos_sin_turn(v, &g, &r); return r;
+    case 9: return log_normal(v);
     default: /* x = 0, c = -1: the value is -softplus, the gradient sigmoid */
       r = -bern(v, SPLAT(0.0f), SPLAT(-1.0f), &g);
       return what == 2 ? r : g;
@@ -100,7 +105,7 @@ static inline vf eval1(int what, vf v) {
 }
 
 int fastvae_eval(int what, int64_t n, const float *in, float *out) {
-  if (what < 0 || what > 5) return -1;
+  if (what < 0 || what > 9) return -1;
   vf v, r;
   int64_t j = 0;
   for (; j + W <= n; j += W) {

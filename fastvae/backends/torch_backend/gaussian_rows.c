@@ -19,11 +19,19 @@
  * elements, the blocks in double) and added up in a fixed order by the one thread that
  * owns the row: the bits do not depend on the thread count.
  *
- * The sample: draw() is the only definition of z, shared by the forward here and by
- * fastvae_gauss_sample_rows (reparameterize), so that both give the same bits for the
- * same eps (the seed contract of sample_with_kl).
+ * The sample: eps is drawn here from the seed (philox.h: the Triton backend's stream and
+ * layout, element i of the row-major (B, N) draw at flat index i), never read from or
+ * written to memory, and drawn again in the backward. draw() is the only definition of
+ * z, shared by the forward here and by fastvae_gauss_sample_rows (reparameterize), so
+ * both give the same bits for the same seed (the seed contract of sample_with_kl).
+ *
+ * Threads: each takes a contiguous block of rows (thread_rows) and one eps_stream, so a
+ * chunk of normals is drawn once per thread; the bits depend on no thread count.
  */
-#include "vecmath.h"
+#include "philox.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 typedef double vd __attribute__((vector_size(64)));
 /* Row sums: each lane adds BLOCK terms in float, the blocks are added in double (a
@@ -39,9 +47,32 @@ static inline vf load_part(const float *p, int64_t k) {
 /* z = mu + exp(lv / 2) eps. */
 static inline vf draw(vf mu, vf lv, vf eps) { return mu + exp_any(0.5f * lv) * eps; }
 
+/* This thread's rows [*r0, *r1) of rows, inside an OpenMP parallel region (or all). */
+static inline void thread_rows(int64_t rows, int64_t *r0, int64_t *r1) {
+#ifdef _OPENMP
+  int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+  int64_t t = 0, nt = 1;
+#endif
+  *r0 = rows * t / nt;
+  *r1 = rows * (t + 1) / nt;
+}
+
+/* The next span of a row's eps: the row's elements [j, *end) lie in one chunk of the
+   stream (flat index flat + j on), at the returned pointer; NULL (and *end = n) without. */
+static inline const float *eps_span(eps_stream *es, int64_t flat, int64_t j, int64_t n,
+                                    int64_t *end) {
+  *end = n;
+  if (!es) return 0;
+  int64_t avail;
+  const float *e = eps_at(es, flat + j, &avail);
+  if (j + avail < n) *end = j + avail;
+  return e;
+}
+
 /* The row pointers of one row, NULL where absent. */
 typedef struct {
-  const float *mu, *lv, *pm, *plv, *eps;
+  const float *mu, *lv, *pm, *plv;
   float *z, *g_mu, *g_pm, *g_lv, *g_plv;
 } fwd_row;
 
@@ -49,7 +80,8 @@ typedef struct {
    with the lanes past k zeroed. has_plv is a constant after inlining, has_pm and has_z
    loop-invariant. */
 static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, int64_t k,
-                                                        int has_pm, int has_plv, int has_z) {
+                                                        const float *e, int has_pm,
+                                                        int has_plv, int has_z) {
   const fwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
   vf mu, lv, pm = SPLAT(0.0f), plv = SPLAT(0.0f), eps = SPLAT(0.0f);
   int full = k == W;
@@ -58,13 +90,13 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
     memcpy(&lv, p->lv + j, sizeof lv);
     if (has_pm) memcpy(&pm, p->pm + j, sizeof pm);
     if (has_plv) memcpy(&plv, p->plv + j, sizeof plv);
-    if (has_z) memcpy(&eps, p->eps + j, sizeof eps);
+    if (has_z) memcpy(&eps, e, sizeof eps);
   } else {
     mu = load_part(p->mu + j, k);
     lv = load_part(p->lv + j, k);
     if (has_pm) pm = load_part(p->pm + j, k);
     if (has_plv) plv = load_part(p->plv + j, k);
-    if (has_z) eps = load_part(p->eps + j, k);
+    if (has_z) eps = load_part(e, k);
   }
   vf d = has_pm ? mu - pm : mu, u, gm, r;
   if (has_plv) {
@@ -102,82 +134,189 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
   return kl;
 }
 
+/* The row's KL; its eps (with z) from es at flat index flat + j. The spans of one chunk
+   of eps end a stretch of vectors (a partial vector at a chunk's edge mid-row). */
 static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p, int64_t n,
+                                                               eps_stream *es, int64_t flat,
                                                                int has_pm, int has_plv,
                                                                int has_z) {
   fwd_row row = *p;
   vd acc = {0};
-  int64_t j = 0;
-  while (j + W <= n) { /* float sums of BLOCK vectors, added up in double */
-    vf part = SPLAT(0.0f);
-    int64_t end = n - j > BLOCK * W ? j + BLOCK * W : n;
-    for (; j + W <= end; j += W) part += fwd_vec(row, j, W, has_pm, has_plv, has_z);
-    acc += __builtin_convertvector(part, vd);
+  vf part = SPLAT(0.0f);
+  int count = 0;
+  int64_t j = 0, end;
+  while (j < n) {
+    const float *e = eps_span(has_z ? es : 0, flat, j, n, &end);
+    for (; j + W <= end; j += W, e += W) { /* float sums of BLOCK vectors, added in double */
+      part += fwd_vec(row, j, W, e, has_pm, has_plv, has_z);
+      if (++count == BLOCK) {
+        acc += __builtin_convertvector(part, vd);
+        part = SPLAT(0.0f);
+        count = 0;
+      }
+    }
+    if (j < end) {
+      part += fwd_vec(row, j, end - j, e, has_pm, has_plv, has_z);
+      j = end;
+    }
   }
-  if (j < n) acc += __builtin_convertvector(fwd_vec(row, j, n - j, has_pm, has_plv, has_z), vd);
+  acc += __builtin_convertvector(part, vd);
   double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   return (float)s;
 }
 
 /* Specialized on plv only (it decides two of the three exps); pm and z are branches on
    loop-invariant pointers: eight specializations tripled the library's build time. */
-static float fwd_plv(const fwd_row *p, int64_t n) {
-  return fwd_row_sum(p, n, p->pm != 0, 1, p->z != 0);
+static float fwd_plv(const fwd_row *p, int64_t n, eps_stream *es, int64_t flat) {
+  return fwd_row_sum(p, n, es, flat, p->pm != 0, 1, p->z != 0);
 }
-static float fwd_no_plv(const fwd_row *p, int64_t n) {
-  return fwd_row_sum(p, n, p->pm != 0, 0, p->z != 0);
+static float fwd_no_plv(const fwd_row *p, int64_t n, eps_stream *es, int64_t flat) {
+  return fwd_row_sum(p, n, es, flat, p->pm != 0, 0, p->z != 0);
 }
 
 /* Per row i < rows: kl[i] = the row's KL; z, g_mu (dKL/dmu), g_pm (dKL/dpm), g_lv
    (dKL/dlv), g_plv (dKL/dplv), each (rows, n) contiguous, where not NULL. mu, lv, pm,
    plv: rows of n contiguous floats at the given row strides (0: one row for all); pm or
-   plv NULL: 0. eps: (rows, n) contiguous, given exactly when z is. */
+   plv NULL: 0. seed (one int64) is given exactly when z is; row i's eps are the stream's
+   flat elements flat0 + i n on (flat0: this call's first row in the whole (B, N)). */
 int fastvae_gauss_kl_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
                           const float *lv, int64_t slv, const float *pm, int64_t spm,
-                          const float *plv, int64_t splv, const float *eps, float *z,
-                          float *kl, float *g_mu, float *g_pm, float *g_lv, float *g_plv,
-                          int nthreads) {
-  if ((eps == 0) != (z == 0) || rows < 0 || n < 0) return -1;
-  float (*fn)(const fwd_row *, int64_t) = plv ? fwd_plv : fwd_no_plv;
+                          const float *plv, int64_t splv, const int64_t *seed, int64_t flat0,
+                          float *z, float *kl, float *g_mu, float *g_pm, float *g_lv,
+                          float *g_plv, int nthreads) {
+  if ((seed == 0) != (z == 0) || rows < 0 || n < 0 || flat0 < 0) return -1;
+  float (*fn)(const fwd_row *, int64_t, eps_stream *, int64_t) = plv ? fwd_plv : fwd_no_plv;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
-  for (int64_t i = 0; i < rows; ++i) {
-    int64_t o = i * n;
-    fwd_row p = {mu + i * smu, lv + i * slv, pm ? pm + i * spm : 0, plv ? plv + i * splv : 0,
-                 eps ? eps + o : 0, z ? z + o : 0, g_mu ? g_mu + o : 0, g_pm ? g_pm + o : 0,
-                 g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0};
-    kl[i] = fn(&p, n);
+  {
+    int64_t r0, r1;
+    thread_rows(rows, &r0, &r1);
+    eps_stream es;
+    if (seed) eps_start(&es, (uint64_t)*seed, 0, flat0 + r0 * n, flat0 + r1 * n);
+    for (int64_t i = r0; i < r1; ++i) {
+      int64_t o = i * n;
+      fwd_row p = {mu + i * smu, lv + i * slv, pm ? pm + i * spm : 0, plv ? plv + i * splv : 0,
+                   z ? z + o : 0, g_mu ? g_mu + o : 0, g_pm ? g_pm + o : 0,
+                   g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0};
+      kl[i] = fn(&p, n, seed ? &es : 0, flat0 + o);
+    }
   }
   (void)nthreads;
   return 0;
 }
 
-/* z = mu + exp(lv / 2) eps per row: reparameterize's z, the same bits as the forward
-   above gives for the same eps. mu, lv at row strides; eps, z (rows, n) contiguous. */
+/* reparameterize's K samples per row: z[k] = mu + exp(lv / 2) eps_k (mu NULL: 0, which
+   gives exp(lv / 2) eps_k, the higher-order path's factor), eps_k the stream's sample k
+   (counters from k cpad on) at flat index flat0 + i n for row i; the same bits as the
+   forward above gives for sample 0. mu, lv at row strides; z[k] at z + k zk, rows of n
+   contiguous floats. */
 int fastvae_gauss_sample_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
-                              const float *lv, int64_t slv, const float *eps, float *z,
+                              const float *lv, int64_t slv, const int64_t *seed, int64_t k_count,
+                              int64_t cpad, int64_t flat0, float *z, int64_t zk,
                               int nthreads) {
-  if (rows < 0 || n < 0) return -1;
+  if (rows < 0 || n < 0 || k_count < 1 || flat0 < 0 || !seed) return -1;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
-  for (int64_t i = 0; i < rows; ++i) {
-    const float *m = mu + i * smu, *l = lv + i * slv, *e = eps + i * n;
-    float *zr = z + i * n;
-    vf a, b, c, r;
-    int64_t j = 0;
-    for (; j + W <= n; j += W) {
-      memcpy(&a, m + j, sizeof a);
-      memcpy(&b, l + j, sizeof b);
-      memcpy(&c, e + j, sizeof c);
-      r = draw(a, b, c);
-      memcpy(zr + j, &r, sizeof r);
+  {
+    int64_t r0, r1, end;
+    thread_rows(rows, &r0, &r1);
+    eps_stream es;
+    for (int64_t k = 0; k < k_count; ++k) {
+      eps_start(&es, (uint64_t)*seed, k * cpad, flat0 + r0 * n, flat0 + r1 * n);
+      for (int64_t i = r0; i < r1; ++i) {
+        const float *m = mu ? mu + i * smu : 0, *l = lv + i * slv;
+        float *zr = z + k * zk + i * n;
+        vf a = SPLAT(0.0f), b, r;
+        int64_t j = 0;
+        while (j < n) {
+          const float *e = eps_span(&es, flat0 + i * n, j, n, &end);
+          for (; j + W <= end; j += W, e += W) {
+            vf c;
+            if (m) memcpy(&a, m + j, sizeof a);
+            memcpy(&b, l + j, sizeof b);
+            memcpy(&c, e, sizeof c);
+            r = draw(a, b, c);
+            memcpy(zr + j, &r, sizeof r);
+          }
+          if (j < end) {
+            int64_t c = end - j;
+            r = draw(m ? load_part(m + j, c) : a, load_part(l + j, c), load_part(e, c));
+            memcpy(zr + j, &r, c * sizeof(float));
+            j = end;
+          }
+        }
+      }
     }
-    if (j < n) {
-      int64_t k = n - j;
-      r = draw(load_part(m + j, k), load_part(l + j, k), load_part(e + j, k));
-      memcpy(zr + j, &r, k * sizeof(float));
+  }
+  (void)nthreads;
+  return 0;
+}
+
+/* Elements [j, j + k) of a row of reparameterize's backward, sample by sample: d_lv
+   accumulates dz_k eps_k (scaled by 0.5 exp(lv / 2) at the last), d_mu dz_k. */
+static inline __attribute__((always_inline)) void sample_bwd_vec(
+    const float *d, const float *l, const float *e, float *gm, float *gl, int64_t j, int64_t k,
+    int first, int last) {
+  vf dv, ev, acc, lv;
+  if (k == W) {
+    memcpy(&dv, d + j, sizeof dv);
+    memcpy(&ev, e, sizeof ev);
+  } else {
+    dv = load_part(d + j, k);
+    ev = load_part(e, k);
+  }
+  size_t bytes = (size_t)k * sizeof(float);
+  acc = dv * ev;
+  if (!first) {
+    vf prev = load_part(gl + j, k);
+    acc = prev + acc;
+  }
+  if (last) {
+    lv = k == W ? load_part(l + j, W) : load_part(l + j, k);
+    acc = (0.5f * exp_any(0.5f * lv)) * acc;
+  }
+  memcpy(gl + j, &acc, bytes);
+  if (gm) {
+    vf s = dv;
+    if (!first) s = load_part(gm + j, k) + dv;
+    memcpy(gm + j, &s, bytes);
+  }
+}
+
+/* reparameterize's backward per row: d_mu = sum_k dz_k (where d_mu is not NULL) and
+   d_lv = 0.5 exp(lv / 2) sum_k dz_k eps_k, eps_k drawn again as the forward drew them;
+   dz_k at dz + k dzk, rows of n contiguous floats, like d_mu and d_lv. d_lv holds the
+   running sum until the last sample scales it. */
+int fastvae_gauss_sample_bwd_rows(int64_t rows, int64_t n, const float *dz, int64_t dzk,
+                                  const float *lv, int64_t slv, const int64_t *seed,
+                                  int64_t k_count, int64_t cpad, int64_t flat0, float *d_mu,
+                                  float *d_lv, int nthreads) {
+  if (rows < 0 || n < 0 || k_count < 1 || flat0 < 0 || !seed || !d_lv) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+#endif
+  {
+    int64_t r0, r1, end;
+    thread_rows(rows, &r0, &r1);
+    eps_stream es;
+    for (int64_t k = 0; k < k_count; ++k) {
+      int first = k == 0, last = k == k_count - 1;
+      eps_start(&es, (uint64_t)*seed, k * cpad, flat0 + r0 * n, flat0 + r1 * n);
+      for (int64_t i = r0; i < r1; ++i) {
+        const float *d = dz + k * dzk + i * n, *l = lv + i * slv;
+        float *gm = d_mu ? d_mu + i * n : 0, *gl = d_lv + i * n;
+        int64_t j = 0;
+        while (j < n) {
+          const float *e = eps_span(&es, flat0 + i * n, j, n, &end);
+          for (; j + W <= end; j += W, e += W) sample_bwd_vec(d, l, e, gm, gl, j, W, first, last);
+          if (j < end) {
+            sample_bwd_vec(d, l, e, gm, gl, j, end - j, first, last);
+            j = end;
+          }
+        }
+      }
     }
   }
   (void)nthreads;
@@ -186,13 +325,14 @@ int fastvae_gauss_sample_rows(int64_t rows, int64_t n, const float *mu, int64_t 
 
 /* The row pointers of one backward row, NULL where absent. */
 typedef struct {
-  const float *dz, *lv, *eps, *g_mu, *g_lv, *g_plv;
+  const float *dz, *lv, *g_mu, *g_lv, *g_plv;
   float gk;
   float *d_mu, *d_lv, *d_pm, *d_plv;
 } bwd_row;
 
 static inline __attribute__((always_inline)) void bwd_vec(bwd_row row, int64_t j, int64_t k,
-                                                          int has_dz, int has_gk) {
+                                                          const float *e, int has_dz,
+                                                          int has_gk) {
   const bwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
   size_t bytes = (size_t)k * sizeof(float);
   vf dz = SPLAT(0.0f), gk = SPLAT(p->gk), g = SPLAT(0.0f), out;
@@ -213,7 +353,7 @@ static inline __attribute__((always_inline)) void bwd_vec(bwd_row row, int64_t j
     if (has_dz) {
       vf lv = SPLAT(0.0f), eps = SPLAT(0.0f);
       memcpy(&lv, p->lv + j, bytes);
-      memcpy(&eps, p->eps + j, bytes);
+      memcpy(&eps, e, bytes);
       out = (0.5f * dz) * (exp_any(0.5f * lv) * eps);
     }
     if (has_gk) {
@@ -232,47 +372,86 @@ static inline __attribute__((always_inline)) void bwd_vec(bwd_row row, int64_t j
   }
 }
 
+/* One backward row; eps (for d_lv with dz) from es at flat index flat + j. */
 static inline __attribute__((always_inline)) void bwd_row_run(const bwd_row *p, int64_t n,
+                                                              eps_stream *es, int64_t flat,
                                                               int has_dz, int has_gk) {
   bwd_row row = *p;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) bwd_vec(row, j, W, has_dz, has_gk);
-  if (j < n) bwd_vec(row, j, n - j, has_dz, has_gk);
+  int64_t j = 0, end;
+  while (j < n) {
+    const float *e = eps_span(has_dz && row.d_lv ? es : 0, flat, j, n, &end);
+    for (; j + W <= end; j += W, e += W) bwd_vec(row, j, W, e, has_dz, has_gk);
+    if (j < end) {
+      bwd_vec(row, j, end - j, e, has_dz, has_gk);
+      j = end;
+    }
+  }
 }
 
-#define BWD_ROW_FN(name, DZ, GK) \
-  static void name(const bwd_row *p, int64_t n) { bwd_row_run(p, n, DZ, GK); }
+#define BWD_ROW_FN(name, DZ, GK)                                               \
+  static void name(const bwd_row *p, int64_t n, eps_stream *es, int64_t flat) { \
+    bwd_row_run(p, n, es, flat, DZ, GK);                                       \
+  }
 BWD_ROW_FN(bwd_00, 0, 0)
 BWD_ROW_FN(bwd_01, 0, 1)
 BWD_ROW_FN(bwd_10, 1, 0)
 BWD_ROW_FN(bwd_11, 1, 1)
-static void (*const bwd_fns[4])(const bwd_row *, int64_t) = {bwd_00, bwd_01, bwd_10, bwd_11};
+static void (*const bwd_fns[4])(const bwd_row *, int64_t, eps_stream *, int64_t) = {
+    bwd_00, bwd_01, bwd_10, bwd_11};
 
 /* sample_with_kl's backward per row i (dz or gk NULL: that output was not used, 0):
      d_mu = dz + gk[i] g_mu, d_pm = -gk[i] g_mu, d_plv = gk[i] g_plv,
      d_lv = 0.5 dz exp(lv / 2) eps + gk[i] g_lv,
-   each (rows, n) contiguous, written where not NULL. dz, eps, g_*: (rows, n) contiguous;
-   lv at row stride slv. The inputs a wanted output needs must be given. */
+   each (rows, n) contiguous, written where not NULL. dz, g_*: (rows, n) contiguous;
+   lv at row stride slv; eps drawn again from seed at flat index flat0 + i n for row i,
+   as the forward drew it. The inputs a wanted output needs must be given. */
 int fastvae_gauss_kl_bwd_rows(int64_t rows, int64_t n, const float *dz, const float *gk,
-                              const float *lv, int64_t slv, const float *eps,
+                              const float *lv, int64_t slv, const int64_t *seed, int64_t flat0,
                               const float *g_mu, const float *g_lv, const float *g_plv,
                               float *d_mu, float *d_lv, float *d_pm, float *d_plv,
                               int nthreads) {
-  if (rows < 0 || n < 0) return -1;
+  if (rows < 0 || n < 0 || flat0 < 0) return -1;
   if (gk && (((d_mu || d_pm) && !g_mu) || (d_lv && !g_lv) || (d_plv && !g_plv))) return -1;
-  if (dz && d_lv && (!lv || !eps)) return -1;
-  void (*fn)(const bwd_row *, int64_t) = bwd_fns[(dz != 0) * 2 + (gk != 0)];
+  if (dz && d_lv && (!lv || !seed)) return -1;
+  void (*fn)(const bwd_row *, int64_t, eps_stream *, int64_t) =
+      bwd_fns[(dz != 0) * 2 + (gk != 0)];
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
-  for (int64_t i = 0; i < rows; ++i) {
-    int64_t o = i * n;
-    bwd_row p = {dz ? dz + o : 0, lv ? lv + i * slv : 0, eps ? eps + o : 0,
-                 g_mu ? g_mu + o : 0, g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0,
-                 gk ? gk[i] : 0.0f, d_mu ? d_mu + o : 0, d_lv ? d_lv + o : 0,
-                 d_pm ? d_pm + o : 0, d_plv ? d_plv + o : 0};
-    fn(&p, n);
+  {
+    int64_t r0, r1;
+    thread_rows(rows, &r0, &r1);
+    eps_stream es;
+    if (seed) eps_start(&es, (uint64_t)*seed, 0, flat0 + r0 * n, flat0 + r1 * n);
+    for (int64_t i = r0; i < r1; ++i) {
+      int64_t o = i * n;
+      bwd_row p = {dz ? dz + o : 0, lv ? lv + i * slv : 0, g_mu ? g_mu + o : 0,
+                   g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0, gk ? gk[i] : 0.0f,
+                   d_mu ? d_mu + o : 0, d_lv ? d_lv + o : 0, d_pm ? d_pm + o : 0,
+                   d_plv ? d_plv + o : 0};
+      fn(&p, n, seed ? &es : 0, flat0 + o);
+    }
   }
   (void)nthreads;
+  return 0;
+}
+
+/* Test entry point: the stream's uniforms u[4 c + j] (word j of counter ctr0 + c) for
+   count counters (a multiple of PHILOX_STEP), and its normals n[4 c + j] likewise. */
+int fastvae_philox_eval(int64_t seed, int64_t ctr0, int64_t count, float *u, float *nrm) {
+  if (count < 0 || count % PHILOX_STEP || ctr0 < 0) return -1;
+  for (int64_t c = 0; c < count; c += PHILOX_STEP) {
+    vf v[PHILOX_V][4], nv[4];
+    uniforms((uint64_t)seed, (uint64_t)(ctr0 + c), v);
+    for (int b = 0; b < PHILOX_V; ++b) {
+      box_muller(v[b][0], v[b][1], &nv[0], &nv[1]);
+      box_muller(v[b][2], v[b][3], &nv[2], &nv[3]);
+      for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < W; ++l) {
+          u[4 * (c + W * b + l) + j] = v[b][j][l];
+          nrm[4 * (c + W * b + l) + j] = nv[j][l];
+        }
+    }
+  }
   return 0;
 }

@@ -20,11 +20,24 @@ from . import native
 from .rows import row_chunks
 
 _P, _N = ctypes.c_void_p, ctypes.c_int64
-_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
-_BWD = [_N, _N, _P, _P, _P, _N, _P, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
-_SAMPLE = [_N, _N, _P, _N, _P, _N, _P, _P, ctypes.c_int]
+_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, ctypes.c_int]
+_BWD = [_N, _N, _P, _P, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
+_SAMPLE = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _N, ctypes.c_int]
+_SAMPLE_BWD = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _P, ctypes.c_int]
+_EVAL = [_N, _N, _N, _P, _P]
 F32 = torch.float32
 _ANY = (F32, torch.float16, torch.bfloat16)
+Q = 1024  # the counter layout's quarter (philox.h, kernels/reparameterize.py)
+
+
+def available() -> bool:
+    """Whether the C library (and so the in-kernel Philox draw) can run here."""
+    return native.load() is not None
+
+
+def cpad(bl: int) -> int:
+    """Counters per sample of a B*L draw: ``ceil(B L / 4Q) Q``, as the Triton kernels use."""
+    return -(-bl // (4 * Q)) * Q
 
 
 def _usable(ts, dtypes) -> bool:
@@ -60,18 +73,19 @@ def _check(rc: int, name: str) -> None:
         raise RuntimeError(f"fastvae: {name} rejected its arguments (code {rc})")
 
 
-def _kl_f32(fn, mu, lv, pm, plv, eps, z, kl, outs, threads):
+def _kl_f32(fn, mu, lv, pm, plv, seed, flat0, z, kl, outs, threads):
     """The forward kernel on float32 tensors: outs = (g_mu, g_pm, g_lv, g_plv), each a
-    contiguous float32 (B, N) or None; eps and z contiguous, or both None."""
+    contiguous float32 (B, N) or None; z contiguous with the seed, or both None; row 0 is
+    the draw's flat element ``flat0`` on."""
     rows, n = mu.shape
     ins = [_rows_of(t) for t in (mu, lv, pm, plv)]
-    o = [_addr(t) for t in (eps, z, *outs)]
-    k = kl.data_ptr()
+    o = [_addr(t) for t in (z, *outs)]
+    k, sd = kl.data_ptr(), _addr(seed)
 
     def block(i, count, nthreads):
         args = [a for p, s, _ in ins for a in (_at(p, i * s), s)]
         oi = [_at(p, i * n) for p in o]
-        _check(fn(count, n, *args, oi[0], oi[1], k + 4 * i, *oi[2:], nthreads),
+        _check(fn(count, n, *args, sd, flat0 + i * n, oi[0], k + 4 * i, *oi[1:], nthreads),
                "fastvae_gauss_kl_rows")
 
     native.for_rows(rows, rows * n, block, threads)
@@ -81,16 +95,21 @@ def _direct(t) -> bool:
     return t is None or (t.dtype == F32 and t.is_contiguous())
 
 
-def kl_rows(mu, lv, pm, plv, eps, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None) -> bool:
+def _seed(seed) -> bool:
+    return seed is not None and seed.dtype == torch.int64 and seed.device.type == "cpu"
+
+
+def kl_rows(mu, lv, pm, plv, seed, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None) -> bool:
     """kl (B,) float32 = the per-row KL(N(mu, e^lv) || N(pm, e^plv)); z = mu + exp(lv/2) eps
-    where z is given (float32 only); g_mu, g_pm, g_lv, g_plv (contiguous (B, N) in any
-    float dtype, or None) = dKL/dmu, dKL/dpm, dKL/dlv, dKL/dplv. mu, lv (B, N); pm, plv
-    None, (N,) or (B, N). False (nothing written) where the C path cannot run."""
+    where z is given (float32 mu, lv, z; eps drawn from the one-element int64 ``seed``,
+    philox.h); g_mu, g_pm, g_lv, g_plv (contiguous (B, N) in any float dtype, or None) =
+    dKL/dmu, dKL/dpm, dKL/dlv, dKL/dplv. mu, lv (B, N); pm, plv None, (N,) or (B, N).
+    False (nothing written) where the C path cannot run."""
     outs = (g_mu, g_pm, g_lv, g_plv)
     ins = (mu, lv, pm, plv)
     if kl.dtype != F32 or not _usable(ins + outs, _ANY):
         return False
-    if z is not None and not (_usable((mu, lv, eps, z), (F32,)) and eps.is_contiguous()
+    if z is not None and not (_usable((mu, lv, z), (F32,)) and _seed(seed)
                               and z.is_contiguous()):
         return False
     fn = native.symbol("fastvae_gauss_kl_rows", _FWD)
@@ -99,52 +118,94 @@ def kl_rows(mu, lv, pm, plv, eps, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None) 
     if mu.numel() == 0:
         kl.zero_()
         return True
+    seed = seed if z is not None else None
     if _usable(ins, (F32,)) and all(_direct(t) for t in outs):
-        _kl_f32(fn, mu, lv, pm, plv, eps, z, kl, outs, threads)
+        _kl_f32(fn, mu, lv, pm, plv, seed, 0, z, kl, outs, threads)
         return True
     # 16-bit somewhere: row chunks upcast to float32, results written back
+    n = mu.shape[1]
     for i, j in row_chunks(*mu.shape):
         part = [None if t is None else (t if t.dim() == 1 else t[i:j]).to(F32) for t in ins]
         tmp = [None if t is None else (t[i:j] if _direct(t) else torch.empty(
-            (j - i, mu.shape[1]), dtype=F32)) for t in outs]
-        _kl_f32(fn, *part, None if z is None else eps[i:j], None if z is None else z[i:j],
-                kl[i:j], tmp, threads)
+            (j - i, n), dtype=F32)) for t in outs]
+        _kl_f32(fn, *part, seed, i * n, None if z is None else z[i:j], kl[i:j], tmp, threads)
         for t, w in zip(outs, tmp):
             if t is not None and not _direct(t):
                 t[i:j].copy_(w)
     return True
 
 
-def sample_rows(mu, lv, eps, z, threads=None) -> bool:
-    """z = mu + exp(lv/2) eps, float32 (B, N) (eps and z contiguous; mu, lv at any row
-    stride), by the same code as :func:`kl_rows`'s z. False where the C path cannot run."""
-    if not (_usable((mu, lv, eps, z), (F32,)) and eps.is_contiguous() and z.is_contiguous()):
+def sample_rows(mu, lv, seed, n_samples: int, z, threads=None) -> bool:
+    """z = mu + exp(lv/2) eps_k for each of max(n_samples, 1) samples, eps from the seed
+    (philox.h; sample k from counter ``k * cpad(B N)`` on), by the same code as
+    :func:`kl_rows`'s z. mu None: 0 (z is then ``exp(lv/2) eps``). mu, lv float32 (B, N) at
+    any row stride; z contiguous ``(B, N)`` or ``(K, B, N)``. False where the C path cannot
+    run."""
+    return _sample(mu, lv, seed, n_samples, z, 0, cpad(lv.numel()), threads)
+
+
+def _sample(mu, lv, seed, n_samples, z, flat0, cp, threads):
+    if not (_usable((mu, lv, z), (F32,)) and _seed(seed) and z.is_contiguous()):
         return False
     fn = native.symbol("fastvae_gauss_sample_rows", _SAMPLE)
     if fn is None:
         return False
-    rows, n = mu.shape
-    if mu.numel() == 0:
+    rows, n = lv.shape
+    if lv.numel() == 0:
         return True
     (m, sm, _m), (v, sv, _v) = _rows_of(mu), _rows_of(lv)
-    e, o = eps.data_ptr(), z.data_ptr()
+    o, sd, k = z.data_ptr(), seed.data_ptr(), max(n_samples, 1)
 
     def block(i, count, nthreads):
-        _check(fn(count, n, m + 4 * i * sm, sm, v + 4 * i * sv, sv, e + 4 * i * n,
-                  o + 4 * i * n, nthreads), "fastvae_gauss_sample_rows")
+        _check(fn(count, n, _at(m, i * sm), sm, v + 4 * i * sv, sv, sd, k, cp, flat0 + i * n,
+                  o + 4 * i * n, rows * n, nthreads), "fastvae_gauss_sample_rows")
 
-    native.for_rows(rows, rows * n, block, threads)
+    native.for_rows(rows, rows * n * k, block, threads)
     return True
 
 
-def kl_bwd_rows(dz, gk, lv, eps, g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv,
+def std_eps_rows(lv, seed, flat0: int, cp: int, out, threads=None) -> bool:
+    """out = exp(lv/2) eps for rows of a larger one-sample draw (row 0 at flat element
+    ``flat0``, ``cp`` its counters per sample): the aten fallback's factor for dlogvar."""
+    return _sample(None, lv, seed, 0, out, flat0, cp, threads)
+
+
+def sample_bwd_rows(dz, lv, seed, n_samples: int, d_mu, d_lv, threads=None) -> bool:
+    """reparameterize's backward: d_lv = 0.5 exp(lv/2) sum_k dz_k eps_k, and d_mu = sum_k
+    dz_k where d_mu is given, eps drawn again from the seed. dz ``(B, N)`` or ``(K, B, N)``,
+    d_mu and d_lv contiguous float32 (B, N). False where the C path cannot run."""
+    if not (_usable((dz, lv, d_mu, d_lv), (F32,)) and _seed(seed) and _direct(d_lv)
+            and _direct(d_mu)):
+        return False
+    fn = native.symbol("fastvae_gauss_sample_bwd_rows", _SAMPLE_BWD)
+    if fn is None:
+        return False
+    rows, n = lv.shape
+    if lv.numel() == 0:
+        return True
+    dz = dz.contiguous()
+    (v, sv, _v), k = _rows_of(lv), max(n_samples, 1)
+    d, sd, gm, gl = dz.data_ptr(), seed.data_ptr(), _addr(d_mu), d_lv.data_ptr()
+    cp = cpad(rows * n)
+
+    def block(i, count, nthreads):
+        _check(fn(count, n, d + 4 * i * n, rows * n, v + 4 * i * sv, sv, sd, k, cp, i * n,
+                  _at(gm, i * n), gl + 4 * i * n, nthreads), "fastvae_gauss_sample_bwd_rows")
+
+    native.for_rows(rows, rows * n * k, block, threads)
+    return True
+
+
+def kl_bwd_rows(dz, gk, lv, seed, g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv,
                 threads=None) -> bool:
     """sample_with_kl's backward, float32: ``d_mu = dz + gk g_mu``, ``d_pm = -gk g_mu``,
-    ``d_lv = 0.5 dz exp(lv/2) eps + gk g_lv``, ``d_plv = gk g_plv`` per row (dz None or gk
-    None: that term is 0; an output None: not written). Outputs contiguous (B, N).
-    False where the C path cannot run."""
+    ``d_lv = 0.5 dz exp(lv/2) eps + gk g_lv``, ``d_plv = gk g_plv`` per row, eps drawn
+    again from the seed (dz None or gk None: that term is 0; an output None: not written).
+    Outputs contiguous (B, N). False where the C path cannot run."""
     saved = (g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv)
-    if not (_usable((dz, gk, lv, eps) + saved, (F32,)) and all(_direct(t) for t in saved)):
+    if not (_usable((dz, gk, lv) + saved, (F32,)) and all(_direct(t) for t in saved)):
+        return False
+    if dz is not None and d_lv is not None and not _seed(seed):
         return False
     fn = native.symbol("fastvae_gauss_kl_bwd_rows", _BWD)
     if fn is None:
@@ -154,14 +215,24 @@ def kl_bwd_rows(dz, gk, lv, eps, g_mu, g_lv, g_plv, d_mu, d_lv, d_pm, d_plv,
         return True
     dz = None if dz is None else dz.contiguous()
     gk = None if gk is None else gk.contiguous()
-    eps = None if eps is None else eps.contiguous()
     v, sv, _v = _rows_of(lv)
-    d, g = _addr(dz), _addr(gk)
-    rest = [_addr(t) for t in (eps, *saved)]
+    d, g, sd = _addr(dz), _addr(gk), _addr(seed if _seed(seed) else None)
+    rest = [_addr(t) for t in saved]
 
     def block(i, count, nthreads):
-        _check(fn(count, n, _at(d, i * n), _at(g, i), _at(v, i * sv), sv,
+        _check(fn(count, n, _at(d, i * n), _at(g, i), _at(v, i * sv), sv, sd, i * n,
                   *(_at(p, i * n) for p in rest), nthreads), "fastvae_gauss_kl_bwd_rows")
 
     native.for_rows(rows, rows * n, block, threads)
     return True
+
+
+def philox_eval(seed: int, first_counter: int, count: int):
+    """Test entry point: (uniforms, normals), each ``(count, 4)`` float32: the four words of
+    the counters ``first_counter + c`` as philox.h draws them (count a multiple of 16)."""
+    fn = native.symbol("fastvae_philox_eval", _EVAL)
+    if fn is None:
+        raise RuntimeError(f"C kernels unavailable: {native.status()}")
+    u, nrm = torch.empty(count, 4), torch.empty(count, 4)
+    _check(fn(seed, first_counter, count, u.data_ptr(), nrm.data_ptr()), "fastvae_philox_eval")
+    return u, nrm

@@ -55,7 +55,8 @@ _PLAIN_FLAG_SETS = (["-O3", "-march=native", "-fPIC", "-shared"], ["-O3", "-fPIC
 # is woken in microseconds, a pool thread (a futex, then the GIL for a moment) in tens.
 PARALLEL_MIN_ELEMS = 1 << 15
 POOL_MIN_ELEMS = 1 << 20
-_EVAL_CODES = {"exp": 0, "log1p": 1, "softplus": 2, "sigmoid": 3, "exp_any": 4, "log": 5}
+_EVAL_CODES = {"exp": 0, "log1p": 1, "softplus": 2, "sigmoid": 3, "exp_any": 4, "log": 5,
+               "sqrt": 6, "cos_turn": 7, "sin_turn": 8, "log_normal": 9}
 
 _lock = threading.Lock()
 _fn = None            # the ctypes function fastvae_bernoulli_rows, or None
@@ -411,8 +412,10 @@ def bernoulli_rows(x: torch.Tensor, logits: torch.Tensor, grad, c: float, out: t
 
 def eval_elementwise(what: str, inp: torch.Tensor, out: torch.Tensor) -> None:
     """Test entry point: ``out`` = the kernels' own ``exp`` (argument <= 0), ``log1p``
-    (argument in [0, 1]), ``softplus``, ``sigmoid``, ``exp_any`` or ``log`` (any argument)
-    of ``inp`` (contiguous float32)."""
+    (argument in [0, 1]), ``softplus``, ``sigmoid``, ``exp_any`` or ``log`` (any argument),
+    ``sqrt`` (argument >= 0), ``cos_turn`` / ``sin_turn`` (cos, sin of 2 pi times an
+    argument in [-1/2, 1/2]), ``log_normal`` (positive normal floats) of ``inp``
+    (contiguous float32)."""
     if load() is None:
         raise RuntimeError(f"C kernels unavailable: {status()}")
     if not (inp.dtype == out.dtype == torch.float32 and inp.is_contiguous()

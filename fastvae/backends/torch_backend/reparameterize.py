@@ -1,45 +1,104 @@
-"""reparameterize on the "torch" backend: eps drawn by torch.randn and kept for backward.
-float32 z is computed by the C kernel of ``gaussian_rows`` where it is available, by the
-same code as sample_with_kl's z (so both give the same bits for the same seed).
+"""reparameterize on the "torch" backend.
 
-``noise`` is eps itself, ``(B, L)`` or ``(K, B, L)`` in mu's dtype (the Triton backend's
-is a Philox seed instead); backward needs ``exp(0.5 * logvar) * eps``, so only eps and a
-reference to logvar are kept, as eager autograd would keep them.
+``noise`` (:func:`reparameterize_noise`) is, for a non-empty float32 CPU ``mu`` where the
+C library runs, a one-element int64 Philox seed, drawn exactly as the Triton backend
+draws its own: eps is drawn inside the C kernel of ``gaussian_rows`` (philox.h: the
+Triton kernels' counter layout and uniforms bit for bit, Box-Muller with the CPU's own
+transcendentals), never stored, and drawn again in backward; only the seed and a
+reference to logvar are kept. Otherwise (float64, 16-bit, ``FASTVAE_NATIVE=0``, no
+compiler, empty) it is eps itself, ``(B, L)`` or ``(K, B, L)`` in mu's dtype, from
+``torch.randn``, and the math runs as aten ops. float32 z equals the Triton backend's z
+for the same seed up to the transcendentals' difference (each C normal within 8e-7 *
+max(1, |eps|) of float64 Box-Muller of the shared uniforms; tests/test_philox.py).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from . import gaussian_rows
 
+_randn_only = False
+
+
+def _seeded(noise) -> bool:
+    return noise.dtype == torch.int64
+
+
+@torch.compiler.assume_constant_result
+def _drawn_in_c() -> bool:
+    return not _randn_only and gaussian_rows.available()
+
+
+@contextlib.contextmanager
+def randn_noise():
+    """Within it, this backend draws ``torch.randn``'s eps for every input (the reference
+    backend's stream, and the aten sampler), not its C kernel's Philox stream: for checks
+    that follow the reference draw by draw (the benchmark's first-step agreement, tests).
+    Process-wide, not thread-local."""
+    global _randn_only
+    before, _randn_only = _randn_only, True
+    try:
+        yield
+    finally:
+        _randn_only = before
+
 
 def reparameterize_noise(mu, n_samples: int, generator):
-    """eps ~ N(0, I) of the output's shape (n_samples 0: ``(B, L)``, else ``(K, B, L)``)."""
-    shape = mu.shape if n_samples == 0 else (n_samples,) + tuple(mu.shape)
+    """A Philox seed (one int64, ``torch.randint(0, 2**62)`` from torch's generator or the
+    one passed, as the Triton backend draws it) for float32 CPU ``mu`` where the C kernel
+    runs; else eps ~ N(0, I) of the output's shape (n_samples 0: ``(B, L)``, else
+    ``(K, B, L)``)."""
     # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
     rng = {} if generator is None else {"generator": generator}
+    if (mu.dtype == torch.float32 and mu.device.type == "cpu" and mu.numel() > 0
+            and _drawn_in_c()):
+        return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=mu.device, **rng)
+    shape = mu.shape if n_samples == 0 else (n_samples,) + tuple(mu.shape)
     return torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
 
 
+def _sample_shape(mu, n_samples: int):
+    return tuple(mu.shape) if n_samples == 0 else (n_samples,) + tuple(mu.shape)
+
+
+def _c_failed(what: str):
+    return RuntimeError(f"fastvae: reparameterize's {what} got a Philox seed but the C kernel "
+                        "cannot run on these tensors (float32 CPU (B, L) expected)")
+
+
 def reparameterize_fwd(mu, logvar, noise, n_samples: int):
-    """``mu + exp(0.5 * logvar) * eps``, ``(B, L)`` or ``(K, B, L)`` like ``noise``."""
-    if (mu.dim() == 2 and mu.dtype == torch.float32 and mu.device.type == "cpu"
-            and noise.is_contiguous()):
-        z = torch.empty(noise.shape, dtype=mu.dtype, device=mu.device)
-        samples = [(noise, z)] if n_samples == 0 else list(zip(noise, z))
-        if all(gaussian_rows.sample_rows(mu, logvar, e, out) for e, out in samples):
-            return z
+    """``mu + exp(0.5 * logvar) * eps``, ``(B, L)`` or ``(K, B, L)``."""
+    if _seeded(noise):
+        z = torch.empty(_sample_shape(mu, n_samples), dtype=mu.dtype, device=mu.device)
+        if not gaussian_rows.sample_rows(mu, logvar, noise, n_samples, z):
+            raise _c_failed("forward")
+        return z
     return torch.addcmul(mu, torch.exp(0.5 * logvar), noise)
 
 
 def reparameterize_std_eps(logvar, noise, n_samples: int):
     """``exp(0.5 * logvar) * eps`` per sample: what dz is multiplied by for dlogvar."""
+    if _seeded(noise):
+        out = torch.empty(_sample_shape(logvar, n_samples), dtype=logvar.dtype,
+                          device=logvar.device)
+        if not gaussian_rows.sample_rows(None, logvar, noise, n_samples, out):
+            raise _c_failed("higher-order path")
+        return out
     return torch.exp(0.5 * logvar) * noise
 
 
 def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
     """(dmu, dlogvar): ``sum_k dz_k`` and ``0.5 * exp(0.5 * logvar) * sum_k dz_k * eps_k``
     (dlogvar empty unless needed). dmu is dz itself for one sample."""
+    if _seeded(noise) and need_dlogvar:
+        dlv = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device)
+        dmu = dz if n_samples == 0 else torch.empty_like(dlv)
+        if not gaussian_rows.sample_bwd_rows(dz.to(logvar.dtype), logvar, noise, n_samples,
+                                             None if n_samples == 0 else dmu, dlv):
+            raise _c_failed("backward")
+        return dmu, dlv
     dmu = dz if n_samples == 0 else dz.sum(0)
     if not need_dlogvar:
         return dmu, logvar.new_empty(0)

@@ -3,9 +3,12 @@ gradients in one pass; backward in one more. Both run in the C kernel of
 ``gaussian_rows`` where it is available (float32; 16-bit forward on upcast row chunks,
 with aten's z), else as row-chunked aten ops (float64, ``FASTVAE_NATIVE=0``, no compiler).
 
-``noise`` is eps, drawn by :func:`reparameterize_noise` exactly as ``reparameterize``
-draws it, and ``z`` is computed by the same expression, so the two give the same z for
-the same seed. Only the KL's gradients are saved (``fastvae.ops.sample_with_kl``), and
+``noise`` is drawn by :func:`reparameterize_noise` exactly as ``reparameterize`` draws
+it: for float32 where the C kernel runs a Philox seed, eps drawn in the kernel's
+registers forward and again backward (no eps tensor exists; the Triton backend's stream,
+so float32 z matches its z for the same seed to a float32 bound), else eps itself. ``z``
+is computed by the same code as reparameterize's, so the two give the same z for the
+same seed, bit for bit. Only the KL's gradients are saved (``fastvae.ops.sample_with_kl``), and
 ``dKL/dmu_p = -dKL/dmu_q`` is not saved twice. Every B x N temporary is one row chunk
 (``rows.CHUNK_ELEMS``), so the passes run in cache and allocate no large buffers.
 """
@@ -36,8 +39,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
     grads = (g_mu, None, g_lv, g_plv)
     saved = tuple(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv))
-    if mu.dtype == torch.float32 and mu.device.type == "cpu":  # z from the kernel's pass,
-        # the same code as reparameterize's z: the same bits
+    if noise.dtype == torch.int64:  # z from the kernel's pass, eps drawn there, the same
+        # code as reparameterize's z: the same bits
         z = torch.empty_like(mu, memory_format=torch.contiguous_format)
         if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl, *grads):
             return (z, kl, *saved)
@@ -102,13 +105,25 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
         if d_lv is not None:
             h = None
             if dzc is not None:  # 0.5 * dz * exp(logvar / 2) * eps
-                h = torch.mul(logvar[i:j], 0.5).exp_().mul_(noise[i:j]).mul_(dzc).mul_(0.5)
+                h = _std_eps(logvar, noise, i, j).mul_(dzc).mul_(0.5)
             _sum_into(d_lv, h, gkc, g_lv, i, j)
         if d_pm is not None:
             _sum_into(d_pm, None, gkc, g_mu, i, j, sign=-1.0)
         if d_plv is not None:
             _sum_into(d_plv, None, gkc, g_plv, i, j)
     return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+
+
+def _std_eps(logvar, noise, i, j):
+    """exp(logvar / 2) * eps of rows i:j, eps drawn again from a seed or given."""
+    if noise.dtype != torch.int64:
+        return torch.mul(logvar[i:j], 0.5).exp_().mul_(noise[i:j])
+    out = torch.empty((j - i, logvar.shape[1]), dtype=logvar.dtype)
+    if not gaussian_rows.std_eps_rows(logvar[i:j], noise, i * logvar.shape[1],
+                                      gaussian_rows.cpad(logvar.numel()), out):
+        raise RuntimeError("fastvae: sample_with_kl's backward got a Philox seed but the C "
+                           "kernel cannot run on these tensors")
+    return out
 
 
 def _sum_into(out, base, gk, g, i, j, sign=1.0):

@@ -3,7 +3,8 @@
  * all of them into one library.
  *
  * Accuracy: exp is the Cephes single-precision polynomial, log1p a short atanh
- * series, log that series after splitting off the exponent; tests/test_native_kernel.py
+ * series, log that series after splitting off the exponent, sqrt Newton steps, cos/sin
+ * of an angle in turns Cephes' polynomials after an exact reduction; tests/test_native_kernel.py
  * sweeps each densely against float64 and states the bounds. Arguments of exp below -87 give exp(-87) rather than a denormal (an
  * absolute error below 2e-38).
  */
@@ -198,6 +199,57 @@ static inline vf sigmoid_any(vf x) {
 
 static inline vf softplus_any(vf x) {
   return -log_sigmoid_any(-x);
+}
+
+/* sqrt(x) for x = 0 or x in [2^-126, 2^126] (the Box-Muller radius needs [0, 33]):
+   vsqrtps where AVX is there (correctly rounded); else, as GCC's per-lane
+   __builtin_sqrtf keeps errno and stays scalar, the bit-trick estimate of 1/sqrt(x)
+   (3.4% off), two Newton steps on it (4.5e-6), then s = x y and one Newton step on s
+   itself, s + (y/2)(x - s^2), which squares the error: within 1 ulp. sqrt(0) = 0. */
+static inline vf sqrt_nonneg(vf x) {
+#if defined(__AVX__) && defined(__GNUC__)
+  return __builtin_ia32_sqrtps256(x);
+#else
+  vf y = (vf)(0x5f375a86 - ((vi)x >> 1));
+  vf hx = 0.5f * x;
+  y = y * (1.5f - hx * y * y);
+  y = y * (1.5f - hx * y * y);
+  vf s = x * y;
+  return s + (0.5f * y) * (x - s * s);
+#endif
+}
+
+/* log(x) for positive normal finite x (no special values: a Box-Muller uniform in
+   [1e-7, 1)): log_any's reduction and series without its guards. */
+static inline vf log_normal(vf x) {
+  vi bits = (vi)x;
+  vi k = ((bits >> 23) & 0xff) - 127;
+  vf m = (vf)((bits & 0x007fffff) | 0x3f800000);  /* [1, 2) */
+  vi big = m > SPLAT(1.41421356f);
+  m = sel(big, m * 0.5f, m);
+  vf fk = __builtin_convertvector(k + (big & 1), vf);
+  return (log1p_unit(m - 1.0f) - fk * 2.12194440e-4f) + fk * 0.693359375f;
+}
+
+/* cos(2 pi t) and sin(2 pi t) for t in [-1/2, 1/2] (a Box-Muller angle in turns). The
+   reduction is exact in turns: q = round(4 t) and f = t - q/4 (a float: f is a multiple
+   of t's spacing and |f| <= 1/8 <= |t| when q != 0), so the only rounding before the
+   polynomials is r = 2 pi f in [-pi/4, pi/4]; Cephes sinf/cosf's polynomials there, then
+   the quadrant q mod 4 swaps and negates them. */
+static inline void cos_sin_turn(vf t, vf *c, vf *s) {
+  vf qf = (t * 4.0f + 12582912.0f) - 12582912.0f;  /* round(4 t), 4 t exact */
+  vi q = __builtin_convertvector(qf, vi);
+  vf r = (t - 0.25f * qf) * 6.28318530717958648f;
+  vf r2 = r * r;
+  vf sp = ((-1.9515295891E-4f * r2 + 8.3321608736E-3f) * r2 - 1.6666654611E-1f) * r2 * r + r;
+  vf cp = ((2.443315711809948E-5f * r2 - 1.388731625493765E-3f) * r2 + 4.166664568298827E-2f)
+          * r2 * r2 - 0.5f * r2 + 1.0f;
+  vi odd = (q & 1) != 0;                           /* quadrants 1, 3: cos and sin swap */
+  vi qm = q & 3;                                   /* 0..3, negative q included */
+  vi cneg = (qm == 1) | (qm == 2), sneg = qm >= 2;
+  vi sign = (vi)SPLAT(-0.0f);
+  *c = (vf)((vi)sel(odd, sp, cp) ^ (cneg & sign));
+  *s = (vf)((vi)sel(odd, cp, sp) ^ (sneg & sign));
 }
 
 #endif

@@ -1,8 +1,9 @@
 """Host side of the sampler (``fastvae.kernels.reparameterize``): ``noise`` is a one-element
 int64 Philox seed, and eps exists only inside the kernels (regenerated in backward).
 
-float64 and empty inputs go to the "torch" backend, whose noise is eps itself; the
-noise's dtype tells the later calls which path the forward took.
+float64 and empty inputs go to the "torch" backend, whose noise for them is eps itself
+(its own Philox seed is only for non-empty float32), so an int64 noise here is always
+this backend's seed: the noise's dtype tells the later calls which path the forward took.
 """
 from __future__ import annotations
 

@@ -7,9 +7,10 @@ latent groups at two resolutions, ``L`` channels per group) on ``D``-pixel image
 "reference": ``z = mu + exp(logvar/2) * randn`` and the KL term by term, autograd for the
 backward, the pattern VDVAE and NVAE write); ``fastvae-torch`` and ``fastvae-triton`` run
 every group through the fused :func:`fastvae.sample_with_kl`. Every variant's checked
-first step starts from the same weights and the same seed (the "torch" backend draws its
-noise from torch's stream as eager does; Triton's in-kernel Philox does not, so its
-checked step draws eagerly and its sampler is checked in ``sample_with_kl``). The step is
+first step starts from the same weights and the same seed. Neither fused backend's
+float32 sampler draws from torch's stream (in-kernel Philox), so the checked step of
+"torch" draws ``torch.randn``'s eps inside the fused ops (``randn_noise``) and Triton's
+draws eagerly; the samplers are checked in ``sample_with_kl``. The step is
 convolution-bound: no roofline.
 """
 import copy
@@ -17,6 +18,7 @@ import math
 
 import torch
 
+from fastvae.backends.torch_backend.reparameterize import randn_noise
 from fastvae.hvae import HierarchicalVAE
 
 from ..core import Op, Variant
@@ -41,7 +43,7 @@ def make_inputs(case, gen):
     return {"x": x.to(device=case.device, dtype=case.dtype), "model": model, "seed": 1234}
 
 
-def _build(backend: str, own_rng: bool = False):
+def _build(backend: str, own_rng: bool = False, randn_check: bool = False):
     def build(case, inputs):
         x, model = inputs["x"], copy.deepcopy(inputs["model"])
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -59,13 +61,18 @@ def _build(backend: str, own_rng: bool = False):
         step.release = lambda: opt.zero_grad(set_to_none=True)
         if own_rng:
             step.check_step = lambda: run("reference")
+        if randn_check:
+            def check_step():
+                with randn_noise():
+                    return run(backend)
+            step.check_step = check_step
         return step
     return build
 
 
 VARIANTS = {
     "eager": Variant("eager", _build("reference")),
-    "fastvae-torch": Variant("fastvae-torch", _build("torch")),
+    "fastvae-torch": Variant("fastvae-torch", _build("torch", randn_check=True)),
     "fastvae-triton": Variant("fastvae-triton", _build("triton", own_rng=True), cuda_only=True),
 }
 

@@ -85,10 +85,14 @@ IWAE_ROWS_LATENT_TILE = 1024
 
 # The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
 # program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
-# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli; warps by BLOCK_D.
+# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli. A pair's columns
+# in one warp (its sums stay there), in chunks of one 16-byte load a lane; 8 warps (two
+# pairs each): at 16 warps the per-program work is spread over half the elements a
+# thread, and 32 pairs a program spill (RESULTS.md, "fewer MUFU per element").
 IWAE_PAIRS_BLOCK_P = 16
+IWAE_PAIRS_WARPS = 8
 IWAE_PAIRS_LIMITS = (16, 256, 1024, 64)
-IWAE_PAIRS_WARPS = {1024: 16, 512: 8}
+IWAE_PAIRS_LOAD_BYTES = 16
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
@@ -184,19 +188,24 @@ def iwae_onepass_tiles(lik: int):
                  if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
 
 
-def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool):
-    """(BLOCK_P, BLOCK_R, BLOCK_D, BLOCK_L, num_warps) of the (row, sample)-pair one-pass
-    IWAE kernel, or None where it does not apply: a gradient summed over k per data column
-    (d/dx), a likelihood other than the Bernoulli (the Gaussian's (16, 1024) bf16 tile
-    spills 4 bytes on sm_80 under Triton 3.9, 16 warps), or K, D, L out of
-    IWAE_PAIRS_LIMITS."""
+def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
+                      element_size: int = 4):
+    """(BLOCK_P, BLOCK_R, BLOCK_L, num_warps, (W, NA, NB, NC, TAIL)) of the (row,
+    sample)-pair one-pass IWAE kernel, or None where it does not apply: a gradient summed
+    over k per data column (d/dx), a likelihood other than the Bernoulli, or K, D, L out
+    of IWAE_PAIRS_LIMITS. A row's D columns are pieces of NA, NB, NC chunks of W columns
+    (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
     if (per_column_grads or lik != BERNOULLI or not k <= k_max
             or not d_min < d <= d_max or l > l_max):
         return None
-    block_d = _p2(d)
-    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), block_d, max(16, _p2(l)),
-            IWAE_PAIRS_WARPS.get(block_d, ROW_WARPS))
+    w = 32 * IWAE_PAIRS_LOAD_BYTES // element_size
+    n, rem = divmod(d, w)
+    chunks = [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
+    na, nb, nc = (chunks + [0, 0])[:3]
+    tail = max(16, _p2(rem)) if rem else 0
+    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), max(16, _p2(l)),
+            IWAE_PAIRS_WARPS, (w, na, nb, nc, tail))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):

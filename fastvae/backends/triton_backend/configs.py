@@ -82,6 +82,12 @@ IWAE_ROWS_BLOCK_L = 64
 IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4),
                   (CONTINUOUS_BERNOULLI, 4): (512, 8)}
 IWAE_ROWS_LATENT_TILE = 1024
+# Pass 1 of the Bernoulli takes one lg2 of the product of the (1 + e) factors of up to
+# IWAE_ROWS_PRODUCT_BLOCKS full column blocks (each in (1, 2]: <= 126 cannot overflow)
+# instead of one per element, for 16-bit inputs, whose MUFU time is past the memory floor;
+# fp32's tiles spill 8-16 bytes on sm_80 with the product (Triton 3.6: 1024 elements at 4
+# warps, 2048 at 8) and have MUFU to spare. The interpreter runs it for every dtype.
+IWAE_ROWS_PRODUCT_BLOCKS = 126
 
 # The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
 # program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
@@ -222,6 +228,13 @@ def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
         return block_b, block_k, block_d, block_l, ROW_WARPS
     warps = IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d), ROW_WARPS)
     return block_b, block_k, block_d, block_l, warps
+
+
+def iwae_rows_log_of_product(d: int, block_d: int, element_size: int, lik: int) -> bool:
+    """Whether pass 1 of the two-pass kernel takes the Bernoulli's logs as one lg2 of a
+    product (``IWAE_ROWS_PRODUCT_BLOCKS``)."""
+    return (lik == BERNOULLI and (interpreter_tiles() or element_size < 4)
+            and d // block_d <= IWAE_ROWS_PRODUCT_BLOCKS)
 
 
 def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):

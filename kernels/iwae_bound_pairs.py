@@ -9,8 +9,8 @@ of N chunks being one (N * BLOCK_P, W) tile whose row ``n * BLOCK_P + p`` is chu
 pair p: the compiler's layout puts a pair's chunks in one warp, so a chunk row is one
 vector load a lane and every sum over a pair's columns is in-thread adds across chunks
 and one in-warp reduction. D = 784 in fp32 is pieces of 4 and 2 chunks and a 16-column
-tail (``NA``, ``NB``, ``NC`` chunks and ``TAIL`` columns, from the host): no padded
-lanes. The log-weights are (BLOCK_P,) sums; their logsumexp and softmax over each row's
+tail (``BLOCK_NA`` and ``BLOCK_NB`` chunks and ``BLOCK_TAIL`` columns, from the host): no
+padded lanes. The log-weights are (BLOCK_P,) sums; their logsumexp and softmax over each row's
 pairs come from a (BLOCK_P, BLOCK_P) same-row mask, and every gradient is written from
 registers, already weighted by ``softmax * c``: d/drecon_k and d/dz_k per pair, d/dmu,
 d/dlogvar and a learned prior's per row (summed over the row's pairs through a (rows,
@@ -20,12 +20,12 @@ Per element, with ``e = 2^(-|l| log2 e)`` in (0, 1]: value ``x*l - max(l, 0) - l
 e)``, d/dl ``x - (l >= 0 ? 1 : e) / (1 + e)``: one ex2 and one rcp. The logs are not
 taken per element: ``sum_d ln(1 + e_d) = ln prod_d (1 + e_d)`` over the chunks of a
 piece and across pieces (one lg2 per element of a (BLOCK_P, W) product tile; the tail's
-per element). Each factor is in (1, 2], a product of n of them at most 2^n (n <= 8
+per element). Each factor is in (1, 2], a product of n of them at most 2^n (n <= 6
 here: no overflow), and the rounding of a product of n factors is a relative error of
 at most ``n u`` (u = 2^-24) plus the factors' own ``u`` and ``ex2.approx``'s 2^-22
 relative error of e (at most 2^-22 in 1 + e): the log is off by at most ``n (2^-22 + 2
 u) + 2^-22`` absolute (lg2.approx: 2^-22 absolute over [1, 2], relative beyond), below
-5e-6 for n = 8, against ``8 x`` the per-element logs' 2^-22 each; fp32 rounding of the
+4e-6 for n = 6, against ``6 x`` the per-element logs' 2^-22 each; fp32 rounding of the
 row sum (D terms) is larger. tests/test_iwae_bound.py checks it against float64 with
 logits up to +-1e4.
 
@@ -116,11 +116,11 @@ def iwae_bound_pairs_kernel(
     NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr, STORE_WEIGHTS: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-    W: tl.constexpr, NA: tl.constexpr, NB: tl.constexpr, NC: tl.constexpr,
-    TAIL: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_NA: tl.constexpr, BLOCK_NB: tl.constexpr,
+    BLOCK_TAIL: tl.constexpr,
 ):
-    """Needs K <= BLOCK_P, D <= (NA + NB + NC) W + TAIL (NA >= 1; NB, NC, TAIL powers of
-    two or 0), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host checks)."""
+    """Needs K <= BLOCK_P, D <= (NA + NB) W + TAIL (NA >= 1; NB, TAIL powers of two or 0;
+    each ``BLOCK_`` + its name), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host checks)."""
     tl.static_assert(LIK == LIK_BERNOULLI)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
@@ -137,24 +137,20 @@ def iwae_bound_pairs_kernel(
     ml = pmask[:, None] & (lats < L)
 
     # ---- the only read -----------------------------------------------------------------
+    W: tl.constexpr = BLOCK_W
     v_a, prod, g_a = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                                      k_magic, 0, NA, W, BLOCK_P)
+                            k_magic, 0, BLOCK_NA, W, BLOCK_P)
     value = v_a
-    if NB > 0:
+    if BLOCK_NB > 0:
         v_b, p_b, g_b = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                                         k_magic, NA * W, NB, W, BLOCK_P)
+                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P)
         value += v_b
         prod *= p_b
-    if NC > 0:
-        v_c, p_c, g_c = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                                         k_magic, (NA + NB) * W, NC, W, BLOCK_P)
-        value += v_c
-        prod *= p_c
     # one reduction across the lanes for the whole row (the tail's another)
     log_px = tl.sum(value - log2_(prod) * LOG_2, axis=1)
-    if TAIL > 0:
-        v_t, p_t, g_t = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                               k_magic, (NA + NB + NC) * W, 1, TAIL, BLOCK_P)
+    if BLOCK_TAIL > 0:
+        v_t, p_t, g_t = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic,
+                               (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P)
         log_px += tl.sum(v_t - log2_(p_t) * LOG_2, axis=1)
     mu = load_f32(MU, rows[:, None] * stride_mu + lats, ml)
     lv = load_f32(LV, rows[:, None] * stride_lv + lats, ml)
@@ -181,14 +177,13 @@ def iwae_bound_pairs_kernel(
         soft = e * rcp_(row_sum)                          # 0 on padded pairs
         w = soft * c
         if NEED_GR:
-            _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, NA, W, BLOCK_P)
-            if NB > 0:
-                _store_piece(GR, g_b, w, pid, K, B, D, k_magic, NA * W, NB, W, BLOCK_P)
-            if NC > 0:
-                _store_piece(GR, g_c, w, pid, K, B, D, k_magic, (NA + NB) * W, NC, W, BLOCK_P)
-            if TAIL > 0:
-                _store_piece(GR, g_t, w, pid, K, B, D, k_magic, (NA + NB + NC) * W, 1, TAIL,
+            _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P)
+            if BLOCK_NB > 0:
+                _store_piece(GR, g_b, w, pid, K, B, D, k_magic, BLOCK_NA * W, BLOCK_NB, W,
                              BLOCK_P)
+            if BLOCK_TAIL > 0:
+                _store_piece(GR, g_t, w, pid, K, B, D, k_magic, (BLOCK_NA + BLOCK_NB) * W, 1,
+                             BLOCK_TAIL, BLOCK_P)
         w2 = w[:, None]
         if NEED_GZ:
             size_bl = (pid * 0 + B) * L

@@ -94,10 +94,14 @@ IWAE_ROWS_PRODUCT_BLOCKS = 126
 # 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli. A pair's columns
 # in one warp (its sums stay there), in chunks of one 16-byte load a lane; 8 warps (two
 # pairs each): at 16 warps the per-program work is spread over half the elements a
-# thread, and 32 pairs a program spill (RESULTS.md, "fewer MUFU per element").
+# thread, and 32 pairs a program spill (RESULTS.md, "fewer MUFU per element"). D <= 784:
+# 49 elements a thread at most; wider rows spilled 16-764 bytes at 8 and 16 warps.
 IWAE_PAIRS_BLOCK_P = 16
 IWAE_PAIRS_WARPS = 8
-IWAE_PAIRS_LIMITS = (16, 256, 1024, 64)
+IWAE_PAIRS_LIMITS = (16, 256, 784, 64)
+# D not a multiple of 16: scalar loads, an address per element; D = 700 in bf16 spilled
+# 12 bytes on sm_80 (Triton 3.6), D = 257 and 700 in fp32 none.
+IWAE_PAIRS_UNALIGNED_D_MAX = 512
 IWAE_PAIRS_LOAD_BYTES = 16
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
@@ -196,22 +200,25 @@ def iwae_onepass_tiles(lik: int):
 
 def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
                       element_size: int = 4):
-    """(BLOCK_P, BLOCK_R, BLOCK_L, num_warps, (W, NA, NB, NC, TAIL)) of the (row,
+    """(BLOCK_P, BLOCK_R, BLOCK_L, num_warps, (BLOCK_W, BLOCK_NA, BLOCK_NB, BLOCK_TAIL)) of
+    the (row,
     sample)-pair one-pass IWAE kernel, or None where it does not apply: a gradient summed
     over k per data column (d/dx), a likelihood other than the Bernoulli, or K, D, L out
-    of IWAE_PAIRS_LIMITS. A row's D columns are pieces of NA, NB, NC chunks of W columns
-    (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two."""
+    of IWAE_PAIRS_LIMITS. A row's D columns are pieces of NA and NB chunks of W columns
+    (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two
+    (named BLOCK_*: each decomposition is a layout of its own for the compile test)."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
     if (per_column_grads or lik != BERNOULLI or not k <= k_max
-            or not d_min < d <= d_max or l > l_max):
+            or not d_min < d <= d_max or l > l_max
+            or d > IWAE_PAIRS_UNALIGNED_D_MAX and d % 16):
         return None
     w = 32 * IWAE_PAIRS_LOAD_BYTES // element_size
     n, rem = divmod(d, w)
     chunks = [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
-    na, nb, nc = (chunks + [0, 0])[:3]
+    na, nb = (chunks + [0])[:2]   # D <= 784: n <= 6, at most two binary digits
     tail = max(16, _p2(rem)) if rem else 0
     return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), max(16, _p2(l)),
-            IWAE_PAIRS_WARPS, (w, na, nb, nc, tail))
+            IWAE_PAIRS_WARPS, (w, na, nb, tail))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):

@@ -101,7 +101,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             del args[name]
         _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
                        BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
-                       **dict(zip(("W", "NA", "NB", "NC", "TAIL"), pieces)),
+                       **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b),
                        **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch

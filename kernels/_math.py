@@ -83,11 +83,7 @@ def exp_(x):
 @triton.jit
 def log_(x):
     """ln x as one ``lg2.approx`` compiled (``tl.log`` is a polynomial); exact interpreted."""
-    if FAST_MATH:
-        y = libdevice.fast_log2f(x)
-    else:
-        y = tl.log2(x)
-    return y * LOG_2
+    return log2_(x) * LOG_2
 
 
 @triton.jit

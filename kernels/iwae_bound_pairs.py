@@ -1,38 +1,96 @@
 """The importance-weighted bound in one pass over (row, sample) pairs: the one-pass
-kernel's contract (``iwae_bound.py``) without its K padding.
+kernel's contract (``iwae_bound.py``) without its K padding, for the Bernoulli likelihood.
 
 ``iwae_bound_pairs_kernel`` — grid ``cdiv(B, BLOCK_P // K)``; each program owns
-``BLOCK_P // K`` whole rows, laid out as the rows of a (BLOCK_P, BLOCK_D) tile: pair
-``p`` is sample ``p % K`` of row ``p // K`` (K = 5 fills 15 of 16 tile rows where the
-(rows, BLOCK_K = 8, D) tile of ``iwae_bound_onepass_kernel`` fills 5 of 8). Each pair's
-recon_k row and z_k row are read once; the log-weights are (BLOCK_P,) row sums, their
-logsumexp and softmax over each row's pairs come from a (BLOCK_P, BLOCK_P) same-row
-mask (a few hundred elements), and every gradient is written from the same registers,
-already weighted by ``softmax * c``: d/drecon_k and d/dz_k per pair, d/dmu, d/dlogvar
-and a learned prior's per row (summed over the row's pairs through a (rows, BLOCK_P,
-BLOCK_L) selection). Bytes as the one-pass kernel's: the floor, no scratch.
+``BLOCK_P // K`` whole rows as BLOCK_P (row, sample) pairs: pair ``p`` is sample ``p % K``
+of row ``p // K`` (K = 5 fills 15 of 16). Each pair's recon_k row is read once, in pieces
+of whole ``W``-column chunks, ``W`` = 32 lanes x 16 bytes (128 fp32, 256 bf16), a piece
+of N chunks being one (N * BLOCK_P, W) tile whose row ``n * BLOCK_P + p`` is chunk n of
+pair p: the compiler's layout puts a pair's chunks in one warp, so a chunk row is one
+vector load a lane and every sum over a pair's columns is in-thread adds across chunks
+and one in-warp reduction. D = 784 in fp32 is pieces of 4 and 2 chunks and a 16-column
+tail (``BLOCK_NA`` and ``BLOCK_NB`` chunks and ``BLOCK_TAIL`` columns, from the host): no
+padded lanes. The log-weights are (BLOCK_P,) sums; their logsumexp and softmax over each row's
+pairs come from a (BLOCK_P, BLOCK_P) same-row mask, and every gradient is written from
+registers, already weighted by ``softmax * c``: d/drecon_k and d/dz_k per pair, d/dmu,
+d/dlogvar and a learned prior's per row (summed over the row's pairs through a (rows,
+BLOCK_P, BLOCK_L) selection). Bytes as the one-pass kernel's: the floor, no scratch.
 
-The host runs it where nothing is summed over k per data column (no d/dx, no
-d/dobs_logvar: those keep the 3-D one-pass kernel) and K x D fits; the Gaussian
-likelihoods compile too, but the host sends only the Bernoulli here
-(``configs.iwae_pairs_config``).
+Per element, with ``e = 2^(-|l| log2 e)`` in (0, 1]: value ``x*l - max(l, 0) - ln(1 +
+e)``, d/dl ``x - (l >= 0 ? 1 : e) / (1 + e)``: one ex2 and one rcp. The logs are not
+taken per element: ``sum_d ln(1 + e_d) = ln prod_d (1 + e_d)`` over the chunks of a
+piece and across pieces (one lg2 per element of a (BLOCK_P, W) product tile; the tail's
+per element). Each factor is in (1, 2], a product of n of them at most 2^n (n <= 6
+here: no overflow), and the rounding of a product of n factors is a relative error of
+at most ``n u`` (u = 2^-24) plus the factors' own ``u`` and ``ex2.approx``'s 2^-22
+relative error of e (at most 2^-22 in 1 + e): the log is off by at most ``n (2^-22 + 2
+u) + 2^-22`` absolute (lg2.approx: 2^-22 absolute over [1, 2], relative beyond), below
+4e-6 for n = 6, against ``6 x`` the per-element logs' 2^-22 each; fp32 rounding of the
+row sum (D terms) is larger. tests/test_iwae_bound.py checks it against float64 with
+logits up to +-1e4.
+
+The host runs it where nothing is summed over k per data column (no d/dx) and K x D
+fits (``configs.iwae_pairs_config``).
 """
 import triton
 import triton.language as tl
 
-from ._math import (LIK_BERNOULLI, LIK_GAUSSIAN_TENSOR, LOG2_E, exp_, latent_kl_tile,
-                    likelihood_tile, load_f32, load_prior, log_, log_px_value, rcp_, store_as)
+from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, exp_, latent_kl_tile, load_f32,
+                    load_prior, log2_, log_, rcp_, store_as, to_f32)
+
+# What a masked lane reads as its logit: e = 2^(-1e4 log2 e) = 0, so its factor is 1, its
+# value x*l - max(l, 0) = 0 (x reads 0) and its gradient 0; representable in fp16 too.
+MASKED_LOGIT = tl.constexpr(-1.0e4)
 
 
 @triton.jit
-def _pair_grad(x, r, s, LIK: tl.constexpr):
-    """d log p(x|z) / d recon per element (the Bernoulli's ``x - 1 / (1 + 2^(-l log2 e))``:
-    one ex2 and one approximate reciprocal, 0 where the power overflows)."""
-    if LIK == LIK_BERNOULLI:
-        g_r = x - rcp_(1.0 + tl.exp2(r * -LOG2_E))
-    else:
-        value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-    return g_r
+def _mul(a, b):
+    return a * b
+
+
+@triton.jit
+def _pairs(p, pid, K, B, k_magic, BLOCK_P: tl.constexpr):
+    """For pair indices ``p`` (any vector, taken modulo BLOCK_P): (row, sample, in range)."""
+    per = BLOCK_P // K                                    # whole rows a program
+    p = p % BLOCK_P
+    local = (p * k_magic) >> 16                           # = p // K for p < 2^16 / K^2
+    ks = p - local * K
+    rows = pid * per + local
+    return rows, pid * 0 + ks, (local < per) & (rows < B)  # ks int64 with INT64
+
+
+@triton.jit
+def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
+           N: tl.constexpr, W: tl.constexpr, BLOCK_P: tl.constexpr):
+    """N chunks of W columns from ``col0`` of every pair as one (N * BLOCK_P, W) tile,
+    tile row ``n * BLOCK_P + p`` chunk n of pair p (one warp's rows are one pair's
+    chunks): (the sum of ``x*l - max(l, 0)`` and the product of ``1 + e`` over the N
+    chunks, each (BLOCK_P, W): no reduction across lanes yet; d/dl)."""
+    j = tl.arange(0, N * BLOCK_P)
+    rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
+    cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
+    m = pmask[:, None] & (cols < D)
+    x = to_f32(tl.load(X + (rows * stride_x)[:, None] + cols, mask=m, other=0.0))
+    l = to_f32(tl.load(R + (ks * stride_rk + rows * stride_rb)[:, None] + cols, mask=m,
+                       other=MASKED_LOGIT))
+    e = tl.exp2(tl.abs(l) * -LOG2_E)
+    q = 1.0 + e
+    value = tl.sum(tl.reshape(x * l - tl.maximum(l, 0.0), [N, BLOCK_P, W]), axis=0)
+    g = x - tl.where(l >= 0.0, 1.0, e) * rcp_(q)
+    return value, tl.reduce(tl.reshape(q, [N, BLOCK_P, W]), 0, _mul), g
+
+
+@triton.jit
+def _store_piece(GR, g, w, pid, K, B, D, k_magic, col0, N: tl.constexpr, W: tl.constexpr,
+                 BLOCK_P: tl.constexpr):
+    """d/drecon_k of one :func:`_piece`'s tile: its d/dl ``g`` times the pairs' weights
+    ``w`` (BLOCK_P,), at offsets formed here (not kept live across the softmax)."""
+    j = tl.arange(0, N * BLOCK_P)
+    rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
+    cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
+    w_rows = tl.reshape(tl.broadcast_to(w[None, :], [N, BLOCK_P]), [N * BLOCK_P])
+    store_as(GR, (ks * ((pid * 0 + B) * D) + rows * D)[:, None] + cols, g * w_rows[:, None],
+             pmask[:, None] & (cols < D))
 
 
 @triton.jit
@@ -44,7 +102,7 @@ def _to_rows(t, sel):
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k", "k_magic"])
 def iwae_bound_pairs_kernel(
-    X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    X, R, OBS, MU, LV, Z,                     # inputs (OBS: unused, the Bernoulli has none)
     PM, PLV,                                  # PRIOR: the prior's mean and log-variance
     ROW_VALUES, WEIGHTS,                      # (B,) fp32 rows; (K, B) fp32 (STORE_WEIGHTS)
     GR, GMU, GLV, GZ, GPM, GPLV,              # gradients, per the NEED_* switches
@@ -57,12 +115,13 @@ def iwae_bound_pairs_kernel(
     NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr, PRIOR: tl.constexpr,
     NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr, STORE_WEIGHTS: tl.constexpr,
     INT64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_NA: tl.constexpr, BLOCK_NB: tl.constexpr,
+    BLOCK_TAIL: tl.constexpr,
 ):
-    """Needs K <= BLOCK_P, D <= BLOCK_D, L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host
-    checks)."""
-    obs_scalar = tl.cast(obs_scalar, tl.float32)
+    """Needs K <= BLOCK_P, D <= (NA + NB) W + TAIL (NA >= 1; NB, TAIL powers of two or 0;
+    each ``BLOCK_`` + its name), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host checks)."""
+    tl.static_assert(LIK == LIK_BERNOULLI)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
     log_k = tl.cast(log_k, tl.float32)
@@ -71,34 +130,36 @@ def iwae_bound_pairs_kernel(
         pid = pid.to(tl.int64)
     per = BLOCK_P // K                                    # whole rows a program
     p = tl.arange(0, BLOCK_P)
-    local = (p * k_magic) >> 16                           # = p // K for p < 2^16 / K^2
-    ks = p - local * K
-    rows = pid * per + local
-    pmask = (local < per) & (rows < B)
-    rows2 = rows[:, None]
-    k2 = (pid * 0 + ks)[:, None]                          # int64 with INT64
-    pm2 = pmask[:, None]
-    cols = tl.arange(0, BLOCK_D)[None, :]
+    local = (p * k_magic) >> 16
+    rows, k1, pmask = _pairs(p, pid, K, B, k_magic, BLOCK_P)
+    ks = k1
     lats = tl.arange(0, BLOCK_L)[None, :]
-    m = pm2 & (cols < D)
-    ml = pm2 & (lats < L)
+    ml = pmask[:, None] & (lats < L)
 
     # ---- the only read -----------------------------------------------------------------
-    x = load_f32(X, rows2 * stride_x + cols, m)
-    if LIK == LIK_GAUSSIAN_TENSOR:
-        s = load_f32(OBS, rows2 * stride_obs + cols, m)
-    else:
-        s = obs_scalar
-    r = load_f32(R, k2 * stride_rk + rows2 * stride_rb + cols, m)
-    mu = load_f32(MU, rows2 * stride_mu + lats, ml)
-    lv = load_f32(LV, rows2 * stride_lv + lats, ml)
-    z = load_f32(Z, k2 * stride_zk + rows2 * stride_zb + lats, ml)
-    pm, plv = load_prior(PM, PLV, rows2 * stride_pm + lats, rows2 * stride_plv + lats, ml,
-                         PRIOR)
+    W: tl.constexpr = BLOCK_W
+    v_a, prod, g_a = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
+                            k_magic, 0, BLOCK_NA, W, BLOCK_P)
+    value = v_a
+    if BLOCK_NB > 0:
+        v_b, p_b, g_b = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
+                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P)
+        value += v_b
+        prod *= p_b
+    # one reduction across the lanes for the whole row (the tail's another)
+    log_px = tl.sum(value - log2_(prod) * LOG_2, axis=1)
+    if BLOCK_TAIL > 0:
+        v_t, p_t, g_t = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic,
+                               (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P)
+        log_px += tl.sum(v_t - log2_(p_t) * LOG_2, axis=1)
+    mu = load_f32(MU, rows[:, None] * stride_mu + lats, ml)
+    lv = load_f32(LV, rows[:, None] * stride_lv + lats, ml)
+    z = load_f32(Z, (k1 * stride_zk + rows * stride_zb)[:, None] + lats, ml)
+    pm, plv = load_prior(PM, PLV, rows[:, None] * stride_pm + lats,
+                         rows[:, None] * stride_plv + lats, ml, PRIOR)
 
     kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-    log_w = (tl.sum(tl.where(m, log_px_value(x, r, s, LIK), 0.0), axis=1)
-             - tl.sum(tl.where(ml, kl, 0.0), axis=1))
+    log_w = log_px - tl.sum(tl.where(ml, kl, 0.0), axis=1)
     log_w = tl.where(pmask, log_w, float("-inf"))
     # logsumexp over each row's pairs: the same-row mask gives every pair its row's max
     # and sum (padded pairs: -inf, weight 0; their own "row" gets max 0)
@@ -114,13 +175,19 @@ def iwae_bound_pairs_kernel(
     # ---- gradients weighted by softmax * c, from the registers above --------------------
     if NEED_GR or NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
         soft = e * rcp_(row_sum)                          # 0 on padded pairs
-        w2 = (soft * c)[:, None]
+        w = soft * c
         if NEED_GR:
-            size_bd = (pid * 0 + B) * D
-            store_as(GR, k2 * size_bd + rows2 * D + cols, _pair_grad(x, r, s, LIK) * w2, m)
+            _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P)
+            if BLOCK_NB > 0:
+                _store_piece(GR, g_b, w, pid, K, B, D, k_magic, BLOCK_NA * W, BLOCK_NB, W,
+                             BLOCK_P)
+            if BLOCK_TAIL > 0:
+                _store_piece(GR, g_t, w, pid, K, B, D, k_magic, (BLOCK_NA + BLOCK_NB) * W, 1,
+                             BLOCK_TAIL, BLOCK_P)
+        w2 = w[:, None]
         if NEED_GZ:
             size_bl = (pid * 0 + B) * L
-            store_as(GZ, k2 * size_bl + rows2 * L + lats, -d_z * w2, ml)
+            store_as(GZ, (k1 * size_bl + rows * L)[:, None] + lats, -d_z * w2, ml)
         if NEED_GMU or NEED_GLV or NEED_GPM or NEED_GPLV:
             rr = tl.arange(0, BLOCK_R)
             sel = rr[:, None] == local[None, :]           # (BLOCK_R, BLOCK_P)
@@ -136,4 +203,4 @@ def iwae_bound_pairs_kernel(
             if NEED_GPLV:
                 store_as(GPLV, out, -_to_rows(d_plv * w2, sel), mo)
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
-            tl.store(WEIGHTS + (pid * 0 + ks) * B + rows, soft, mask=pmask)
+            tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)

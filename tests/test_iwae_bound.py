@@ -430,3 +430,34 @@ def test_learned_prior(seed, backend, layout, k, reduction):
     for i, (g, e) in enumerate(zip(grads(got, ins, w), grads(want, ins, w))):
         assert g.shape == ins[i].shape
         assert_close(f"grad {i}", g, e, dt, rtol={F64: 1e-11}, scale=e.abs().max() + 1e-3)
+
+
+@pytest.mark.parametrize("k, d", [(5, 784), (2, 8200)], ids=["pairs", "two-pass"])
+def test_bernoulli_logits_over_the_whole_range(seed, backend, k, d):
+    """The Bernoulli's sum of ln(1 + e^-|l|), taken by the Triton kernels as the log of
+    products of (1 + e) factors, against float64 over the whole logit range: uniform in
+    [-100, 100] (row 0), near 0 where every factor is ~2 (row 1), +-88 and +-1e4 among
+    moderate logits (row 2). D = 784 runs the pair kernel, D = 8200 the two-pass kernel
+    (under the interpreter a product over two 4096-column blocks)."""
+    dt = case_dtype(backend)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, d, generator=g, dtype=F64)
+    l = torch.randn(k, 3, d, generator=g, dtype=F64)
+    l[:, 0] = torch.rand(k, d, generator=g, dtype=F64) * 200 - 100
+    l[:, 1] *= 1e-3
+    extremes = torch.tensor([1e4, -1e4, 88.0, -88.0, 87.5, -87.5, 20.0, -20.0], dtype=F64)
+    l[:, 2, torch.randperm(d, generator=g)[:64]] = extremes.repeat(8)
+    x[2, :8] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.0, 1.0], dtype=F64)
+    mu = torch.zeros(3, 2, dtype=F64)
+    z_k = torch.randn(k, 3, 2, generator=g, dtype=F64)
+    ins = [leaf(t.to(dt)) for t in (x, l, mu, mu, z_k)]
+    v = fastvae.iwae_bound(*ins, backend=backend)
+    want = F.iwae(*ins)
+    # a sum of D terms x*l - softplus(l) rounds at the scale of its terms, per row
+    terms = (ins[0].detach().double() * ins[1].detach().double()).sub(
+        torch.nn.functional.softplus(ins[1].detach().double())).abs().sum(-1).max(0).values
+    assert_close("value", v, want, dt, rtol={F64: 1e-12}, scale=terms)
+    eager = eager_fp32(ins)[1] if dt != F64 else [None] * 5
+    for name, a, e, ee, t in zip(("x", "recon_k", "mu", "logvar", "z_k"), grads(v, ins),
+                                 grads(want, ins), eager, ins):
+        assert_close(f"d/d{name}", a, e, dt, eager=ee)

@@ -140,8 +140,8 @@ def _recon_loads(kernel):
 def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
     """K=5, D=784 (the benchmark's shape, x without a gradient): one row kernel (the pair
     kernel), no (K, B) log-weight scratch, the gradients written in the forward launch, and
-    the one-pass kernels' sources load recon_k at one place, outside any loop (the
-    two-pass kernel, for contrast, at two)."""
+    the one-pass kernels' sources load recon_k at one place each, outside any loop (the
+    pair kernel's per piece of columns; the two-pass kernel, for contrast, in loops)."""
     from fastvae.backends.triton_backend import _launch
     from fastvae.kernels import iwae_bound as ki
     from fastvae.kernels import iwae_bound_pairs as kp
@@ -157,11 +157,15 @@ def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
     del launches[:]
     torch.autograd.grad(v.sum(), [recon, mu, lv, z])
     assert launches == [], launches
-    for kernel in (ki.iwae_bound_onepass_kernel, kp.iwae_bound_pairs_kernel):
+    # the pair kernel reads in _piece, once per piece of disjoint columns
+    for kernel, n in ((ki.iwae_bound_onepass_kernel, 1), (kp._piece, 1),
+                      (kp.iwae_bound_pairs_kernel, 0)):
         tree, loads = _recon_loads(kernel)
-        assert len(loads) == 1
+        assert len(loads) == n, kernel.fn.__name__
         assert not any(isinstance(n, (ast.For, ast.While)) for n in ast.walk(tree))
-    assert len(_recon_loads(ki.iwae_bound_rows_kernel)[1]) == 2
+    # the Bernoulli's column loop, the other likelihoods', the masked tail (pass 2 reads
+    # again in _grad_block)
+    assert len(_recon_loads(ki.iwae_bound_rows_kernel)[1]) == 3
 
 
 # every one-pass GPU tile (B > BLOCK_B where it has several rows: masked tail rows and
@@ -234,12 +238,13 @@ def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):
 
 
 # the pair kernel: (row, sample) pairs as tile rows (Bernoulli, x without a gradient;
-# 256 < D <= 1024, K <= 16, L <= 64): K not dividing 16 (a padded pair and a padded last
-# program), K = 16 (one row a program), two rows of 7 in 16
+# 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64): K not dividing 16 (a
+# padded pair and a padded last program), K = 16 (one row a program), two rows of 7 in
+# 16 (two pieces and a wide tail)
 @pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
     (5, 4, 300, 33, "bernoulli", F32, "none"),
     (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean"),
-    (7, 5, 1000, 64, "bernoulli", F32, "sum"),
+    (7, 5, 688, 64, "bernoulli", F32, "sum"),
 ])
 def test_iwae_pairs(seed, launches, gpu_tiles, k, b, d, l, like, dtype, reduction):
     (x, recon, mu, lv, z), obs, likelihood = iwae_inputs(k, b, d, l, like, dtype)

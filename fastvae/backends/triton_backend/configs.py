@@ -83,13 +83,27 @@ IWAE_ROWS_BLOCK_L = 64
 IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4),
                   (CONTINUOUS_BERNOULLI, 4): (512, 8)}
 IWAE_ROWS_LATENT_TILE = 1024
+# Pass 1 of the Bernoulli takes one lg2 of the product of the (1 + e) factors of up to
+# IWAE_ROWS_PRODUCT_BLOCKS full column blocks (each in (1, 2]: <= 126 cannot overflow)
+# instead of one per element, for 16-bit inputs, whose MUFU time is past the memory floor;
+# fp32's tiles spill 8-16 bytes on sm_80 with the product (Triton 3.6: 1024 elements at 4
+# warps, 2048 at 8) and have MUFU to spare. The interpreter runs it for every dtype.
+IWAE_ROWS_PRODUCT_BLOCKS = 126
 
 # The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
 # program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
-# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli; warps by BLOCK_D.
+# 3-D one-pass tile most: K <= 16, 256 < D <= 1024, L <= 64, Bernoulli. A pair's columns
+# in one warp (its sums stay there), in chunks of one 16-byte load a lane; 8 warps (two
+# pairs each): at 16 warps the per-program work is spread over half the elements a
+# thread, and 32 pairs a program spill (RESULTS.md, "fewer MUFU per element"). D <= 784:
+# 49 elements a thread at most; wider rows spilled 16-764 bytes at 8 and 16 warps.
 IWAE_PAIRS_BLOCK_P = 16
-IWAE_PAIRS_LIMITS = (16, 256, 1024, 64)
-IWAE_PAIRS_WARPS = {1024: 16, 512: 8}
+IWAE_PAIRS_WARPS = 8
+IWAE_PAIRS_LIMITS = (16, 256, 784, 64)
+# D not a multiple of 16: scalar loads, an address per element; D = 700 in bf16 spilled
+# 12 bytes on sm_80 (Triton 3.6), D = 257 and 700 in fp32 none.
+IWAE_PAIRS_UNALIGNED_D_MAX = 512
+IWAE_PAIRS_LOAD_BYTES = 16
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
@@ -185,19 +199,27 @@ def iwae_onepass_tiles(lik: int):
                  if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
 
 
-def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool):
-    """(BLOCK_P, BLOCK_R, BLOCK_D, BLOCK_L, num_warps) of the (row, sample)-pair one-pass
-    IWAE kernel, or None where it does not apply: a gradient summed over k per data column
-    (d/dx), a likelihood other than the Bernoulli (the Gaussian's (16, 1024) bf16 tile
-    spills 4 bytes on sm_80 under Triton 3.9, 16 warps), or K, D, L out of
-    IWAE_PAIRS_LIMITS."""
+def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
+                      element_size: int = 4):
+    """(BLOCK_P, BLOCK_R, BLOCK_L, num_warps, (BLOCK_W, BLOCK_NA, BLOCK_NB, BLOCK_TAIL)) of
+    the (row,
+    sample)-pair one-pass IWAE kernel, or None where it does not apply: a gradient summed
+    over k per data column (d/dx), a likelihood other than the Bernoulli, or K, D, L out
+    of IWAE_PAIRS_LIMITS. A row's D columns are pieces of NA and NB chunks of W columns
+    (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two
+    (named BLOCK_*: each decomposition is a layout of its own for the compile test)."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
     if (per_column_grads or lik != BERNOULLI or not k <= k_max
-            or not d_min < d <= d_max or l > l_max):
+            or not d_min < d <= d_max or l > l_max
+            or d > IWAE_PAIRS_UNALIGNED_D_MAX and d % 16):
         return None
-    block_d = _p2(d)
-    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), block_d, max(16, _p2(l)),
-            IWAE_PAIRS_WARPS.get(block_d, ROW_WARPS))
+    w = 32 * IWAE_PAIRS_LOAD_BYTES // element_size
+    n, rem = divmod(d, w)
+    chunks = [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
+    na, nb = (chunks + [0])[:2]   # D <= 784: n <= 6, at most two binary digits
+    tail = max(16, _p2(rem)) if rem else 0
+    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), max(16, _p2(l)),
+            IWAE_PAIRS_WARPS, (w, na, nb, tail))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
@@ -214,6 +236,13 @@ def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
         return block_b, block_k, block_d, block_l, ROW_WARPS
     warps = IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d), ROW_WARPS)
     return block_b, block_k, block_d, block_l, warps
+
+
+def iwae_rows_log_of_product(d: int, block_d: int, element_size: int, lik: int) -> bool:
+    """Whether pass 1 of the two-pass kernel takes the Bernoulli's logs as one lg2 of a
+    product (``IWAE_ROWS_PRODUCT_BLOCKS``)."""
+    return (lik == BERNOULLI and (interpreter_tiles() or element_size < 4)
+            and d // block_d <= IWAE_ROWS_PRODUCT_BLOCKS)
 
 
 def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):

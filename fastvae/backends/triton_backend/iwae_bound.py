@@ -48,11 +48,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     reduce = reduction != "none"
     c = reduce_scale(b, reduction)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
-    pairs = configs.iwae_pairs_config(b, k, d, l, lik, bool(needs[0]) or bool(needs[5]))
+    pairs = configs.iwae_pairs_config(b, k, d, l, lik, bool(needs[0]) or bool(needs[5]),
+                                      recon_k.element_size())
     onepass = configs.iwae_onepass_config(b, k, d, l, lik) if pairs is None else None
     if pairs is not None:
-        block_p, block_r, block_d, block_l, warps = pairs
-        block_b = block_p // k
+        block_p, block_r, block_l, warps, pieces = pairs
+        block_b, block_d = block_p // k, 0
     elif onepass is not None:
         block_b, block_k, block_d, block_l, warps = onepass
     else:
@@ -96,10 +97,11 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
     if pairs is not None:  # (row, sample) pairs on chip: one read, no K padding
-        for name in ("GX", "GOBS", "BLOCK_B", "NEED_GX", "OBS_GRAD"):
+        for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):
             del args[name]
         _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
                        BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
+                       **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b),
                        **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
@@ -107,6 +109,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     else:
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
                        LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
+                       LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
+                           d, block_d, recon_k.element_size(), lik),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
                                           programs * block_b),
                        **args)

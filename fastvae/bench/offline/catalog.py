@@ -277,6 +277,10 @@ def ci_calls() -> List[Tuple[str, Callable]]:
            *elbo_calls(((13, 100, 17),), ("bf16",), (("mc", "none", 0.5, "train+x"),),
                        likelihoods=(gauss_bd,)),
            *iwae_calls(((7, 7, 3, 2),), ("fp32",), (("none", "train"),), likelihoods=(bern,)),
+           # the pair kernel's two column pieces and a wide masked tail (fp32: 4 + 1 chunks
+           # of 128 and 48 columns; bf16: 2 of 256 and 176)
+           *iwae_calls(((3, 688, 3, 5),), ("fp32", "bf16"), (("none", "train"),),
+                       likelihoods=(bern,)),
            *feature_calls(ELBO_BENCH + ((7, 7, 3),), IWAE_BENCH + ((7, 7, 3, 2),))]
     return out + layout_calls(have=out)
 
@@ -333,8 +337,11 @@ def kernels() -> List[str]:
         for name, obj in vars(mod).items():
             if isinstance(obj, JITFunction) and obj.fn.__module__ == mod.__name__:
                 fns[f"{mod.__name__}.{name}"] = obj
+    def used(name, src):  # called, or passed as an argument (a reduction's combine_fn)
+        name = re.escape(name)
+        return re.search(rf"\b{name}\s*\(|[,(=]\s*{name}\s*[,)]", src)
     called = {n for n, f in fns.items() for other in fns.values() if other is not f
-              and re.search(rf"\b{re.escape(n.rsplit('.', 1)[-1])}\s*\(", other.src)}
+              and used(n.rsplit('.', 1)[-1], other.src)}
     return sorted(set(fns) - called)
 
 

@@ -70,6 +70,20 @@ static inline const float *eps_span(eps_stream *es, int64_t flat, int64_t j, int
   return e;
 }
 
+/* The walk every entry point shares: STEP(j, k, e) for each vector of a row's n elements,
+   j its first element, k its length (the literal W in the hot loop, so the copies are
+   whole vectors; less only where a chunk of the eps stream or the row ends) and e the eps
+   of element j (es NULL: none, e NULL). */
+#define FOR_ROW_VECTORS(es, flat, n, STEP)                         \
+  for (int64_t j_ = 0, end_ = 0; j_ < (n);) {                      \
+    const float *e_ = eps_span((es), (flat), j_, (n), &end_);      \
+    for (; j_ + W <= end_; j_ += W, e_ += W) STEP(j_, W, e_);      \
+    if (j_ < end_) {                                               \
+      STEP(j_, end_ - j_, e_);                                     \
+      j_ = end_;                                                   \
+    }                                                              \
+  }
+
 /* The row pointers of one row, NULL where absent. */
 typedef struct {
   const float *mu, *lv, *pm, *plv;
@@ -144,22 +158,18 @@ static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p,
   vd acc = {0};
   vf part = SPLAT(0.0f);
   int count = 0;
-  int64_t j = 0, end;
-  while (j < n) {
-    const float *e = eps_span(has_z ? es : 0, flat, j, n, &end);
-    for (; j + W <= end; j += W, e += W) { /* float sums of BLOCK vectors, added in double */
-      part += fwd_vec(row, j, W, e, has_pm, has_plv, has_z);
-      if (++count == BLOCK) {
-        acc += __builtin_convertvector(part, vd);
-        part = SPLAT(0.0f);
-        count = 0;
-      }
-    }
-    if (j < end) {
-      part += fwd_vec(row, j, end - j, e, has_pm, has_plv, has_z);
-      j = end;
-    }
-  }
+  /* float sums of BLOCK vectors, added in double */
+#define FWD_STEP(j, k, e)                                          \
+  do {                                                             \
+    part += fwd_vec(row, j, k, e, has_pm, has_plv, has_z);         \
+    if (++count == BLOCK) {                                        \
+      acc += __builtin_convertvector(part, vd);                    \
+      part = SPLAT(0.0f);                                          \
+      count = 0;                                                   \
+    }                                                              \
+  } while (0)
+  FOR_ROW_VECTORS(has_z ? es : 0, flat, n, FWD_STEP);
+#undef FWD_STEP
   acc += __builtin_convertvector(part, vd);
   double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   return (float)s;
@@ -206,6 +216,24 @@ int fastvae_gauss_kl_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
   return 0;
 }
 
+/* Elements [j, j + k) of a row of z = mu + exp(lv / 2) eps (mu NULL: 0). */
+static inline __attribute__((always_inline)) void sample_vec(const float *m, const float *l,
+                                                             const float *e, float *zr,
+                                                             int64_t j, int64_t k) {
+  vf mu = SPLAT(0.0f), lv, eps, r;
+  if (k == W) {
+    if (m) memcpy(&mu, m + j, sizeof mu);
+    memcpy(&lv, l + j, sizeof lv);
+    memcpy(&eps, e, sizeof eps);
+  } else {
+    if (m) mu = load_part(m + j, k);
+    lv = load_part(l + j, k);
+    eps = load_part(e, k);
+  }
+  r = draw(mu, lv, eps);
+  memcpy(zr + j, &r, (size_t)k * sizeof(float));
+}
+
 /* reparameterize's K samples per row: z[k] = mu + exp(lv / 2) eps_k (mu NULL: 0, which
    gives exp(lv / 2) eps_k, the higher-order path's factor), eps_k the stream's sample k
    (counters from k cpad on) at flat index flat0 + i n for row i; the same bits as the
@@ -220,7 +248,7 @@ int fastvae_gauss_sample_rows(int64_t rows, int64_t n, const float *mu, int64_t 
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
   {
-    int64_t r0, r1, end;
+    int64_t r0, r1;
     thread_rows(rows, &r0, &r1);
     eps_stream es;
     for (int64_t k = 0; k < k_count; ++k) {
@@ -228,25 +256,9 @@ int fastvae_gauss_sample_rows(int64_t rows, int64_t n, const float *mu, int64_t 
       for (int64_t i = r0; i < r1; ++i) {
         const float *m = mu ? mu + i * smu : 0, *l = lv + i * slv;
         float *zr = z + k * zk + i * n;
-        vf a = SPLAT(0.0f), b, r;
-        int64_t j = 0;
-        while (j < n) {
-          const float *e = eps_span(&es, flat0 + i * n, j, n, &end);
-          for (; j + W <= end; j += W, e += W) {
-            vf c;
-            if (m) memcpy(&a, m + j, sizeof a);
-            memcpy(&b, l + j, sizeof b);
-            memcpy(&c, e, sizeof c);
-            r = draw(a, b, c);
-            memcpy(zr + j, &r, sizeof r);
-          }
-          if (j < end) {
-            int64_t c = end - j;
-            r = draw(m ? load_part(m + j, c) : a, load_part(l + j, c), load_part(e, c));
-            memcpy(zr + j, &r, c * sizeof(float));
-            j = end;
-          }
-        }
+#define SAMPLE_STEP(j, kk, e) sample_vec(m, l, e, zr, j, kk)
+        FOR_ROW_VECTORS(&es, flat0 + i * n, n, SAMPLE_STEP);
+#undef SAMPLE_STEP
       }
     }
   }
@@ -298,7 +310,7 @@ int fastvae_gauss_sample_bwd_rows(int64_t rows, int64_t n, const float *dz, int6
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
   {
-    int64_t r0, r1, end;
+    int64_t r0, r1;
     thread_rows(rows, &r0, &r1);
     eps_stream es;
     for (int64_t k = 0; k < k_count; ++k) {
@@ -307,15 +319,9 @@ int fastvae_gauss_sample_bwd_rows(int64_t rows, int64_t n, const float *dz, int6
       for (int64_t i = r0; i < r1; ++i) {
         const float *d = dz + k * dzk + i * n, *l = lv + i * slv;
         float *gm = d_mu ? d_mu + i * n : 0, *gl = d_lv + i * n;
-        int64_t j = 0;
-        while (j < n) {
-          const float *e = eps_span(&es, flat0 + i * n, j, n, &end);
-          for (; j + W <= end; j += W, e += W) sample_bwd_vec(d, l, e, gm, gl, j, W, first, last);
-          if (j < end) {
-            sample_bwd_vec(d, l, e, gm, gl, j, end - j, first, last);
-            j = end;
-          }
-        }
+#define SAMPLE_BWD_STEP(j, kk, e) sample_bwd_vec(d, l, e, gm, gl, j, kk, first, last)
+        FOR_ROW_VECTORS(&es, flat0 + i * n, n, SAMPLE_BWD_STEP);
+#undef SAMPLE_BWD_STEP
       }
     }
   }
@@ -377,15 +383,9 @@ static inline __attribute__((always_inline)) void bwd_row_run(const bwd_row *p, 
                                                               eps_stream *es, int64_t flat,
                                                               int has_dz, int has_gk) {
   bwd_row row = *p;
-  int64_t j = 0, end;
-  while (j < n) {
-    const float *e = eps_span(has_dz && row.d_lv ? es : 0, flat, j, n, &end);
-    for (; j + W <= end; j += W, e += W) bwd_vec(row, j, W, e, has_dz, has_gk);
-    if (j < end) {
-      bwd_vec(row, j, end - j, e, has_dz, has_gk);
-      j = end;
-    }
-  }
+#define BWD_STEP(j, k, e) bwd_vec(row, j, k, e, has_dz, has_gk)
+  FOR_ROW_VECTORS(has_dz && row.d_lv ? es : 0, flat, n, BWD_STEP);
+#undef BWD_STEP
 }
 
 #define BWD_ROW_FN(name, DZ, GK)                                               \

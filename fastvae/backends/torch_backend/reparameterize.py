@@ -22,8 +22,22 @@ from . import gaussian_rows
 _randn_only = False
 
 
-def _seeded(noise) -> bool:
+def seeded(noise) -> bool:
+    """Whether ``noise`` is a Philox seed (one int64; eps is drawn in the kernel), not eps."""
     return noise.dtype == torch.int64
+
+
+def sample_shape(mu, n_samples: int):
+    """z's shape: ``(B, L)`` for n_samples 0, else ``(K, B, L)``."""
+    return tuple(mu.shape) if n_samples == 0 else (n_samples,) + tuple(mu.shape)
+
+
+def philox_seed(device, generator):
+    """One int64 Philox seed from torch's generator or the one passed, so
+    ``torch.manual_seed`` and ``generator`` govern the kernels' stream (no host sync)."""
+    # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
+    rng = {} if generator is None else {"generator": generator}
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device, **rng)
 
 
 @torch.compiler.assume_constant_result
@@ -50,17 +64,11 @@ def reparameterize_noise(mu, n_samples: int, generator):
     one passed, as the Triton backend draws it) for float32 CPU ``mu`` where the C kernel
     runs; else eps ~ N(0, I) of the output's shape (n_samples 0: ``(B, L)``, else
     ``(K, B, L)``)."""
-    # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
-    rng = {} if generator is None else {"generator": generator}
     if (mu.dtype == torch.float32 and mu.device.type == "cpu" and mu.numel() > 0
             and _drawn_in_c()):
-        return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=mu.device, **rng)
-    shape = mu.shape if n_samples == 0 else (n_samples,) + tuple(mu.shape)
-    return torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
-
-
-def _sample_shape(mu, n_samples: int):
-    return tuple(mu.shape) if n_samples == 0 else (n_samples,) + tuple(mu.shape)
+        return philox_seed(mu.device, generator)
+    rng = {} if generator is None else {"generator": generator}
+    return torch.randn(sample_shape(mu, n_samples), device=mu.device, dtype=mu.dtype, **rng)
 
 
 def _c_failed(what: str):
@@ -70,8 +78,8 @@ def _c_failed(what: str):
 
 def reparameterize_fwd(mu, logvar, noise, n_samples: int):
     """``mu + exp(0.5 * logvar) * eps``, ``(B, L)`` or ``(K, B, L)``."""
-    if _seeded(noise):
-        z = torch.empty(_sample_shape(mu, n_samples), dtype=mu.dtype, device=mu.device)
+    if seeded(noise):
+        z = torch.empty(sample_shape(mu, n_samples), dtype=mu.dtype, device=mu.device)
         if not gaussian_rows.sample_rows(mu, logvar, noise, n_samples, z):
             raise _c_failed("forward")
         return z
@@ -80,8 +88,8 @@ def reparameterize_fwd(mu, logvar, noise, n_samples: int):
 
 def reparameterize_std_eps(logvar, noise, n_samples: int):
     """``exp(0.5 * logvar) * eps`` per sample: what dz is multiplied by for dlogvar."""
-    if _seeded(noise):
-        out = torch.empty(_sample_shape(logvar, n_samples), dtype=logvar.dtype,
+    if seeded(noise):
+        out = torch.empty(sample_shape(logvar, n_samples), dtype=logvar.dtype,
                           device=logvar.device)
         if not gaussian_rows.sample_rows(None, logvar, noise, n_samples, out):
             raise _c_failed("higher-order path")
@@ -92,7 +100,7 @@ def reparameterize_std_eps(logvar, noise, n_samples: int):
 def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
     """(dmu, dlogvar): ``sum_k dz_k`` and ``0.5 * exp(0.5 * logvar) * sum_k dz_k * eps_k``
     (dlogvar empty unless needed). dmu is dz itself for one sample."""
-    if _seeded(noise) and need_dlogvar:
+    if seeded(noise) and need_dlogvar:
         dlv = torch.empty(logvar.shape, dtype=logvar.dtype, device=logvar.device)
         dmu = dz if n_samples == 0 else torch.empty_like(dlv)
         if not gaussian_rows.sample_bwd_rows(dz.to(logvar.dtype), logvar, noise, n_samples,

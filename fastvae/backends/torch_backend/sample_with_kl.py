@@ -18,7 +18,7 @@ import torch
 
 from ..._dtypes import result_dtype, upcast
 from . import gaussian_rows
-from .reparameterize import reparameterize_fwd
+from .reparameterize import reparameterize_fwd, seeded
 from .rows import grad_buffer, row_chunks
 
 
@@ -39,7 +39,7 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
     grads = (g_mu, None, g_lv, g_plv)
     saved = tuple(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv))
-    if noise.dtype == torch.int64:  # z from the kernel's pass, eps drawn there, the same
+    if seeded(noise):  # z from the kernel's pass, eps drawn there, the same
         # code as reparameterize's z: the same bits
         z = torch.empty_like(mu, memory_format=torch.contiguous_format)
         if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl, *grads):
@@ -116,7 +116,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
 
 def _std_eps(logvar, noise, i, j):
     """exp(logvar / 2) * eps of rows i:j, eps drawn again from a seed or given."""
-    if noise.dtype != torch.int64:
+    if not seeded(noise):
         return torch.mul(logvar[i:j], 0.5).exp_().mul_(noise[i:j])
     out = torch.empty((j - i, logvar.shape[1]), dtype=logvar.dtype)
     if not gaussian_rows.std_eps_rows(logvar[i:j], noise, i * logvar.shape[1],

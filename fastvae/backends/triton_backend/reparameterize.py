@@ -8,20 +8,12 @@ this backend's seed: the noise's dtype tells the later calls which path the forw
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from fastvae.kernels import reparameterize as kr
 
 from .. import torch_backend
+from ..torch_backend.reparameterize import philox_seed, sample_shape, seeded
 from . import _launch, configs
-
-
-def _sampled_here(noise: Tensor) -> bool:
-    return noise.dtype == torch.int64
-
-
-def _sample_shape(mu: Tensor, n_samples: int):
-    return tuple(mu.shape) if n_samples == 0 else (n_samples,) + tuple(mu.shape)
 
 
 def reparameterize_noise(mu, n_samples: int, generator):
@@ -29,15 +21,15 @@ def reparameterize_noise(mu, n_samples: int, generator):
     ``torch.manual_seed`` and a passed ``generator`` control the kernel's Philox stream."""
     if _launch.delegated(mu):
         return torch_backend.reparameterize_noise(mu, n_samples, generator)
-    return torch.randint(0, 2**62, (1,), device=mu.device, dtype=torch.int64, generator=generator)
+    return philox_seed(mu.device, generator)
 
 
 def reparameterize_fwd(mu, logvar, noise, n_samples: int):
     """``mu + exp(0.5*logvar) * eps``, eps from Philox at the seed ``noise``."""
-    if not _sampled_here(noise):
+    if not seeded(noise):
         return torch_backend.reparameterize_fwd(mu, logvar, noise, n_samples)
     mu, logvar = mu.contiguous(), logvar.contiguous()
-    z = _launch.alloc(_sample_shape(mu, n_samples), mu.dtype, mu.device)
+    z = _launch.alloc(sample_shape(mu, n_samples), mu.dtype, mu.device)
     bl = mu.numel()
     grid, chunks, cpad = configs.reparameterize_grid(bl)
     _launch.launch(kr.reparameterize_fwd_kernel, grid, MU=mu, LV=logvar, SEED=noise, Z=z,
@@ -48,14 +40,14 @@ def reparameterize_fwd(mu, logvar, noise, n_samples: int):
 
 def reparameterize_std_eps(logvar, noise, n_samples: int):
     """``exp(0.5*logvar) * eps`` per sample: the forward kernel with mu = 0."""
-    if not _sampled_here(noise):
+    if not seeded(noise):
         return torch_backend.reparameterize_std_eps(logvar, noise, n_samples)
     return reparameterize_fwd(torch.zeros_like(logvar), logvar, noise, n_samples)
 
 
 def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
     """(dmu, dlogvar) from dz, regenerating eps from the seed (dlogvar empty unless needed)."""
-    if not _sampled_here(noise):
+    if not seeded(noise):
         return torch_backend.reparameterize_bwd(dz, logvar, noise, n_samples, need_dlogvar)
     dz, logvar = dz.contiguous(), logvar.contiguous()
     dmu = _launch.alloc(logvar.shape, logvar.dtype, logvar.device)

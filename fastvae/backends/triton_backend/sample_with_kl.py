@@ -14,6 +14,7 @@ from fastvae.kernels import sample_with_kl as ks
 
 from ..._dtypes import result_dtype
 from .. import torch_backend
+from ..torch_backend.reparameterize import seeded
 from . import _launch, configs
 from ._rows import prior_args
 
@@ -21,7 +22,7 @@ from ._rows import prior_args
 def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """Same contract as the "torch" backend's: (z, kl, dKL/dmu_q, dKL/dlogvar_q,
     dKL/dlogvar_p), the gradients per ``needs`` (dKL/dmu_q also for mu_p)."""
-    if noise.dtype != torch.int64:
+    if not seeded(noise):
         return torch_backend.sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
     dev = mu.device
     b, n = mu.shape
@@ -49,7 +50,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
     """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) per row, (B, N) each or an empty placeholder;
     eps regenerated from the seed. ``logvar`` is the posterior's log-variance where
     dlogvar_q is needed, else any (B, N) tensor of the call (for the shape)."""
-    if (noise.dtype != torch.int64) if noise is not None else _launch.delegated(logvar):
+    if (not seeded(noise)) if noise is not None else _launch.delegated(logvar):
         return torch_backend.sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv,
                                                 needs)
     dev = logvar.device

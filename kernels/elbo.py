@@ -106,6 +106,16 @@ def _load(at, m, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _tile_at(X, R, OBS, rows_in, rows2, stride_x, stride_r, stride_obs, D,
+             WIDTH: tl.constexpr):
+    """Pointer tiles of a (BLOCK_B, WIDTH) column step at column 0: x, recon and
+    obs_logvar at rows ``rows_in``, and the (B, D) gradients' offsets at rows ``rows2``."""
+    cols0 = tl.arange(0, WIDTH)[None, :]
+    return (X + rows_in * stride_x + cols0, R + rows_in * stride_r + cols0,
+            OBS + rows_in * stride_obs + cols0, rows2 * D + cols0)
+
+
+@triton.jit
 def _data_block(x_at, r_at, obs_at, gx_at, gr_at, gobs_at, GOBS, pid, cols, m, D, obs_scalar,
                 c, LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr,
                 OBS_GRAD: tl.constexpr, MASKED: tl.constexpr):
@@ -174,11 +184,8 @@ def elbo_rows_kernel(
     # into the batch, so the loads need no mask (a padded row reads row B - 1; its values
     # are dropped with the row, its stores masked).
     rows_in = tl.minimum(rows2, B - 1)
-    cols0 = tl.arange(0, BLOCK_D)[None, :]
-    out = rows2 * D + cols0
-    x_at = X + rows_in * stride_x + cols0
-    r_at = R + rows_in * stride_r + cols0
-    obs_at = OBS + rows_in * stride_obs + cols0
+    x_at, r_at, obs_at, out = _tile_at(X, R, OBS, rows_in, rows2, stride_x, stride_r,
+                                       stride_obs, D, BLOCK_D)
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     d_full = D - D % BLOCK_D
     for d0 in range(0, d_full, BLOCK_D):
@@ -190,11 +197,8 @@ def elbo_rows_kernel(
     # 16 columns, where a BLOCK_D step would compute 64). A multiple of TAIL_D the
     # compiler can see: the masks then hold per 16-byte vector (D a multiple of 16), and
     # the loads and stores stay vectorized.
-    cols0 = tl.arange(0, TAIL_D)[None, :]
-    out = rows2 * D + cols0
-    x_at = X + rows_in * stride_x + cols0
-    r_at = R + rows_in * stride_r + cols0
-    obs_at = OBS + rows_in * stride_obs + cols0
+    x_at, r_at, obs_at, out = _tile_at(X, R, OBS, rows_in, rows2, stride_x, stride_r,
+                                       stride_obs, D, TAIL_D)
     acc_tail = tl.zeros([BLOCK_B, TAIL_D], dtype=tl.float32)
     d_start = tl.multiple_of(d_full, BLOCK_D)
     for d_tail in range(0, D - d_full, TAIL_D):

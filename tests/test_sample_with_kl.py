@@ -231,3 +231,45 @@ def test_halves_of_one_encoder_output(seed, backend):
     z64 = mu.double() + torch.exp(0.5 * lv.double()) * eps_of(z, mu, lv)
     (want,) = torch.autograd.grad([z64, want_kl], [h], [dz.double(), gk.double()])
     assert_close("d/dh", g, want, dt, rtol={F64: 1e-11})
+
+
+@pytest.mark.parametrize("centre", [-170.0, -80.0, 80.0, 170.0, 200.0])
+def test_extreme_log_variances(seed, backend, centre):
+    """float32 log-variances far out, in lanes mixed with ordinary ones: the KL and its
+    gradients stay finite and right (the C forward takes r = exp(lv - plv) from the
+    sample's exp(lv/2) only while both log-variances are within +-160). A prior variance
+    of e^-170 makes (mu_q - mu_p)^2 / var_p overflow float32: those lanes have mu_p = mu_q."""
+    dt = torch.float32
+    shape = (4, 19)
+    lv = torch.randn(shape, dtype=dt)
+    lv[:, ::3] += centre
+    mu = torch.randn(shape, dtype=dt)
+    pm = torch.randn(shape, dtype=dt)
+    if centre < -88:
+        pm[:, ::3] = mu[:, ::3]
+    plv = lv + torch.randn(shape, dtype=dt)
+    mu, lv, pm, plv = (leaf(t) for t in (mu, lv, pm, plv))
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    want = F.kl_normal_dim(mu, lv, pm, plv).sum(-1)
+    assert_close("kl", kl, want, dt)
+    gk = torch.randn(4, dtype=dt)
+    got = torch.autograd.grad(kl, [mu, lv, pm, plv], gk)
+    for name, g, e in zip(("mu_q", "logvar_q", "mu_p", "logvar_p"), got,
+                          grads(F.kl_normal_dim(mu, lv, pm, plv).sum(-1), [mu, lv, pm, plv],
+                                gk.double())):
+        assert_close(f"d/d{name}", g, e, dt)
+
+
+def test_retained_graph_gives_the_same_gradients_twice(seed, backend):
+    """Backward may write its outputs over the saved gradients only when the graph is freed
+    after it: with retain_graph a second backward sees them unchanged (float32: the C
+    kernel's case on "torch")."""
+    dt = torch.float32
+    mu, lv = posterior((5, 9), dt)
+    pm, plv = make_prior("full", (5, 9), dt)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    dz, gk = torch.randn(5, 9, dtype=dt), torch.randn(5, dtype=dt)
+    first = torch.autograd.grad([z, kl], [mu, lv, pm, plv], [dz, gk], retain_graph=True)
+    second = torch.autograd.grad([z, kl], [mu, lv, pm, plv], [dz, gk])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)

@@ -77,8 +77,13 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
 def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
     """Whether backward may multiply the saved gradients by ``grad_out`` in place (see
     :func:`weigh_saved` for why each condition)."""
-    return (ctx.owns_saved and grad_out is not None and type(grad_out) is torch.Tensor
-            and not torch.compiler.is_compiling() and not _graph_kept())
+    return grad_out is not None and type(grad_out) is torch.Tensor and may_overwrite_saved(ctx)
+
+
+def may_overwrite_saved(ctx) -> bool:
+    """Whether backward may write over the saved gradients: the caller dropped them
+    (:func:`owned`), nothing is being traced, and the graph is freed after this backward."""
+    return (ctx.owns_saved and not torch.compiler.is_compiling() and not _graph_kept())
 
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:

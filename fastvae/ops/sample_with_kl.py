@@ -10,7 +10,9 @@ the same seed gives the same z. The forward also returns the KL's gradients, and
 those are saved with the noise and a reference to logvar_q (``dKL/dmu_p = -dKL/dmu_q``
 is saved once). Backward: ``dmu_q = dz + g_kl dKL/dmu_q``,
 ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps + g_kl dKL/dlogvar_q``, the prior's from the
-KL alone (per row, then summed over rows for a prior shared by every row).
+KL alone (per row, then summed over rows for a prior shared by every row). Where the
+public function dropped the gradient outputs and the graph is freed after this backward,
+the backend may write its outputs over the saved gradients (``reuse_saved``).
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ def _setup(ctx, inputs, output):
     mu, logvar, prior_mu, prior_logvar, noise, needs, backend = inputs
     ctx.set_materialize_grads(False)  # z or the KL may go unused: their grads stay None
     ctx.needs, ctx.backend = list(needs), backend
+    ctx.owns_saved = False  # set by A.owned() where the caller drops the gradient outputs
     # logvar is the caller's tensor and noise eps or a seed: saved only where dlogvar_q needs them
     ctx.save_for_backward(logvar if needs[1] else None, noise if needs[1] else None, *output[2:])
     ctx.like = [None if t is None else (t.shape, t.dtype)
@@ -85,7 +88,8 @@ def _backward(ctx, dz, g_kl, *_):
         logvar = g_mu if ctx.needs[0] or ctx.needs[2] else g_plv  # for its shape only
     args = (dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, ctx.needs)
     if A.plain_eager((dz, g_kl, logvar)):
-        grads = backends.get(ctx.backend).sample_with_kl_bwd(*args)
+        grads = backends.get(ctx.backend).sample_with_kl_bwd(
+            *args, reuse_saved=A.may_overwrite_saved(ctx))
     else:
         grads = _bwd_op(*args, ctx.backend)
     return _finish(ctx, list(grads))
@@ -117,4 +121,5 @@ def sample_with_kl(mu, logvar, prior_mu, prior_logvar, generator, *, backend):
     noise = backends.get(backend).reparameterize_noise(mu, 0, generator)
     needs = A.needs(mu, logvar, prior_mu, prior_logvar)
     out = _sample_with_kl(mu, logvar, prior_mu, prior_logvar, noise, needs, backend)
+    A.owned(out)  # the gradient outputs end here: backward may write over them
     return out[0], out[1]

@@ -9,8 +9,9 @@
  *   dKL/dmu = u s = -dKL/dpm, dKL/dlv = 0.5 (r - 1), dKL/dplv = -(0.5 (r - 1) + 0.5 u^2)
  * r is exp(lv - plv), never exp(lv) * exp(-plv), and u^2 is (d s)^2, never d^2 exp(-plv):
  * at log-variances of +-80 every factor stays inside float32 wherever the KL does.
- * Three exponentials per element forward (the sample's exp(lv/2), s and r), one
- * backward (exp(lv/2) again, for 0.5 dz exp(lv/2) eps); none without a prior's plv.
+ * Forward, exponentials per element: two (s and r), one without a prior's plv; with the
+ * sample no more, as r is then (exp(lv/2) s)^2 from the sample's exp (R_FROM_HALVES);
+ * backward one (exp(lv/2) again, for 0.5 dz exp(lv/2) eps).
  *
  * Layout: rows of n contiguous floats; a row stride of 0 broadcasts one row to every
  * row (a prior shared by the batch, or a number made a row). A NULL prior is 0 (a
@@ -44,8 +45,18 @@ static inline vf load_part(const float *p, int64_t k) {
   return v;
 }
 
-/* z = mu + exp(lv / 2) eps. */
-static inline vf draw(vf mu, vf lv, vf eps) { return mu + exp_any(0.5f * lv) * eps; }
+/* z = mu + exp(lv / 2) eps, given sd = exp_any(lv / 2): the one definition of z. */
+static inline vf draw_with(vf mu, vf sd, vf eps) { return mu + sd * eps; }
+static inline vf draw(vf mu, vf lv, vf eps) { return draw_with(mu, exp_any(0.5f * lv), eps); }
+
+/* |x| */
+static inline vf abs_v(vf x) { return (vf)((vi)x & 0x7fffffff); }
+
+/* With the sample, r = exp(lv - plv) is (exp(lv/2) exp(-plv/2))^2, the sample's exp
+   reused: one exp fewer per element. Both halves are normal floats, and their product's
+   square within 6 ulp of exp(lv - plv), while |lv| and |plv| <= 160 (each half within
+   e^(+-80)); a vector with a lane past that takes exp(lv - plv) itself. */
+#define R_FROM_HALVES 160.0f
 
 /* This thread's rows [*r0, *r1) of rows, inside an OpenMP parallel region (or all). */
 static inline void thread_rows(int64_t rows, int64_t *r0, int64_t *r1) {
@@ -112,23 +123,30 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
     if (has_plv) plv = load_part(p->plv + j, k);
     if (has_z) eps = load_part(e, k);
   }
-  vf d = has_pm ? mu - pm : mu, u, gm, r;
+  vf d = has_pm ? mu - pm : mu, u, gm, r, sd = SPLAT(0.0f);
+  if (has_z) sd = exp_any(0.5f * lv);
   if (has_plv) {
     vf s = exp_any(-0.5f * plv);
     u = d * s;
     gm = u * s;
-    r = exp_any(lv - plv);
+    if (has_z && !any_lane((vi)(abs_v(lv) > SPLAT(R_FROM_HALVES)) |
+                           (vi)(abs_v(plv) > SPLAT(R_FROM_HALVES)))) {
+      vf t = sd * s;
+      r = t * t;
+    } else {
+      r = exp_any(lv - plv);
+    }
   } else {
     u = d;
     gm = d;
-    r = exp_any(lv);
+    r = has_z && !any_lane((vi)(abs_v(lv) > SPLAT(R_FROM_HALVES))) ? sd * sd : exp_any(lv);
   }
   vf g_lv = 0.5f * (r - 1.0f);
   vf neg_g_plv = g_lv + 0.5f * (u * u);
   vf kl = (has_plv ? 0.5f * (plv - lv) : -0.5f * lv) + neg_g_plv;
   size_t bytes = (size_t)k * sizeof(float);
   if (has_z) {
-    vf z = draw(mu, lv, eps);
+    vf z = draw_with(mu, sd, eps);
     memcpy(p->z + j, &z, bytes);
   }
   if (p->g_mu) memcpy(p->g_mu + j, &gm, bytes);

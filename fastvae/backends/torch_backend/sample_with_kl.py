@@ -83,18 +83,25 @@ def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
     torch.sum(half_lv_diff.add_(neg_gplv), -1, out=kl)
 
 
-def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
+def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_saved=False):
     """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) from dz and the KL's grad_output ``g_kl`` (either
     may be None: that output was not used): ``dmu_q = dz + g_kl dKL/dmu_q``,
     ``dlogvar_q = 0.5 dz exp(logvar/2) eps + g_kl dKL/dlogvar_q``, and the prior's from the
-    KL alone, per row (B, N). Empty placeholders where ``needs`` says not needed."""
+    KL alone, per row (B, N). Empty placeholders where ``needs`` says not needed.
+
+    ``reuse_saved``: the caller owns g_mu, g_lv and g_plv and drops them after this call,
+    so the C kernel may write dmu_q (else dmu_p), dlogvar_q and dlogvar_p over them, each
+    element right after reading it: no new buffers, and no cache lines fetched only to be
+    overwritten (the pass is memory-bound)."""
     batch, n = logvar.shape
-    outs = [grad_buffer(logvar, need, logvar.shape) for need in needs]
     real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are empty placeholders
-    if any(needs) and gaussian_rows.kl_bwd_rows(
-            dz, g_kl, logvar if needs[1] else None, noise if needs[1] else None,
-            *(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real)), *outs):
-        return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+    saved = tuple(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real))
+    if any(needs):
+        outs = _bwd_outputs(logvar, needs, saved if reuse_saved else (None, None, None))
+        if gaussian_rows.kl_bwd_rows(dz, g_kl, logvar if needs[1] else None,
+                                     noise if needs[1] else None, *saved, *outs):
+            return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+    outs = _bwd_outputs(logvar, needs, (None, None, None))
     gk = None if g_kl is None else g_kl.unsqueeze(-1)
     for i, j in row_chunks(batch, n):
         d_mu, d_lv, d_pm, d_plv = (None if o is None else o[i:j] for o in outs)
@@ -112,6 +119,18 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
         if d_plv is not None:
             _sum_into(d_plv, None, gkc, g_plv, i, j)
     return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+
+
+def _bwd_outputs(logvar, needs, over):
+    """The four (B, N) backward outputs (None where not needed): new buffers, or the saved
+    gradient each may overwrite (``over`` = (g_mu, g_lv, g_plv) or Nones): dmu_q, else
+    dmu_p, over g_mu; dlogvar_q over g_lv; dlogvar_p over g_plv."""
+    g_mu, g_lv, g_plv = over
+    reuse = [g_mu if needs[0] else None, g_lv, None if needs[0] else g_mu, g_plv]
+    return [None if not need else (r if r is not None and r.dtype == logvar.dtype and
+                                   r.shape == logvar.shape and r.is_contiguous()
+                                   else grad_buffer(logvar, True))
+            for need, r in zip(needs, reuse)]
 
 
 def _std_eps(logvar, noise, i, j):

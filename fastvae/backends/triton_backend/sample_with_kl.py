@@ -46,13 +46,15 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     return (z, kl, *_launch.placeholders(mu, gmu, glv, gplv))
 
 
-def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs):
+def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_saved=False):
     """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) per row, (B, N) each or an empty placeholder;
     eps regenerated from the seed. ``logvar`` is the posterior's log-variance where
-    dlogvar_q is needed, else any (B, N) tensor of the call (for the shape)."""
+    dlogvar_q is needed, else any (B, N) tensor of the call (for the shape).
+    ``reuse_saved`` (the saved gradients may be overwritten) serves the torch backend's
+    CPU pass, where it saves memory traffic; the kernel here writes new buffers."""
     if (not seeded(noise)) if noise is not None else _launch.delegated(logvar):
         return torch_backend.sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv,
-                                                needs)
+                                                needs, reuse_saved)
     dev = logvar.device
     b, n = logvar.shape
     outs = [_launch.alloc(logvar.shape, logvar.dtype, dev) if need else None for need in needs]

@@ -95,6 +95,15 @@ static inline const float *eps_span(eps_stream *es, int64_t flat, int64_t j, int
     }                                                              \
   }
 
+/* The KL passes read four or five streams at once, usually from memory (a training step
+   touches far more than the caches hold between a group's forward and its backward): the
+   hardware prefetchers alone leave the loads waiting. A prefetch 4 KB ahead in every
+   input stream took 8% off a cold forward + backward at (4096, 64) and (32, 16384)
+   (write streams prefetched as well: no further gain). Past a row's end the address is
+   the next row's, or unmapped, which a prefetch ignores. */
+#define PREFETCH_AHEAD 1024 /* floats */
+#define PREFETCH(p) __builtin_prefetch((p) + PREFETCH_AHEAD, 0, 3)
+
 /* The row pointers of one row, NULL where absent. */
 typedef struct {
   const float *mu, *lv, *pm, *plv;
@@ -111,6 +120,10 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
   vf mu, lv, pm = SPLAT(0.0f), plv = SPLAT(0.0f), eps = SPLAT(0.0f);
   int full = k == W;
   if (full) {
+    PREFETCH(p->mu + j);
+    PREFETCH(p->lv + j);
+    if (has_pm) PREFETCH(p->pm + j);
+    if (has_plv) PREFETCH(p->plv + j);
     memcpy(&mu, p->mu + j, sizeof mu);
     memcpy(&lv, p->lv + j, sizeof lv);
     if (has_pm) memcpy(&pm, p->pm + j, sizeof pm);
@@ -360,6 +373,11 @@ static inline __attribute__((always_inline)) void bwd_vec(bwd_row row, int64_t j
   const bwd_row *p = &row; /* by value: stores through the outputs cannot change the pointers */
   size_t bytes = (size_t)k * sizeof(float);
   vf dz = SPLAT(0.0f), gk = SPLAT(p->gk), g = SPLAT(0.0f), out;
+  if (has_dz) PREFETCH(p->dz + j);
+  if (has_gk && (p->d_mu || p->d_pm)) PREFETCH(p->g_mu + j);
+  if (has_gk && p->d_lv) PREFETCH(p->g_lv + j);
+  if (has_gk && p->d_plv) PREFETCH(p->g_plv + j);
+  if (has_dz && p->d_lv) PREFETCH(p->lv + j);
   if (has_dz) memcpy(&dz, p->dz + j, bytes);
   if (p->d_mu || p->d_pm) {
     if (has_gk) memcpy(&g, p->g_mu + j, bytes);

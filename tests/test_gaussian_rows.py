@@ -246,3 +246,19 @@ def test_kl_normal_backward_in_one_pass(kernel, calls, wanted):
                                                                if t.requires_grad], w.double())
     for g, e in zip(got, want):
         assert_close("grad", g, e, F32)
+
+
+@pytest.mark.parametrize("b,n", [(1024, 64), (1001, 67)])
+def test_large_calls_store_the_same_gradients(kernel, b, n):
+    """From 2^16 elements on, with rows on vector boundaries ((1024, 64)), the forward
+    stores the gradients it saves past the caches (non-temporal stores); (1001, 67) keeps
+    cached stores. Either way the values are those of small calls over the same rows."""
+    gen = torch.Generator().manual_seed(4)
+    mu, lv, pm, plv = (torch.randn(b, n, generator=gen) for _ in range(4))
+    whole = _forward(mu, lv, pm, plv, None, threads=1)
+    for i in range(0, b, 100):
+        part = _forward(mu[i:i + 100], lv[i:i + 100], pm[i:i + 100], plv[i:i + 100], None,
+                        threads=1)
+        for k in (0, 2, 3, 4, 5):  # kl and the four gradients (no z without a seed)
+            assert torch.equal(whole[k][i:i + 100], part[k])
+    assert_close("kl", whole[0], F.kl_normal_dim(mu, lv, pm, plv).sum(-1), F32)

@@ -20,7 +20,8 @@ from . import native
 from .rows import row_chunks
 
 _P, _N = ctypes.c_void_p, ctypes.c_int64
-_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, ctypes.c_int]
+_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, ctypes.c_int,
+        ctypes.c_int]
 _BWD = [_N, _N, _P, _P, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
 _SAMPLE = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _N, ctypes.c_int]
 _SAMPLE_BWD = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _P, ctypes.c_int]
@@ -73,10 +74,11 @@ def _check(rc: int, name: str) -> None:
         raise RuntimeError(f"fastvae: {name} rejected its arguments (code {rc})")
 
 
-def _kl_f32(fn, mu, lv, pm, plv, seed, flat0, z, kl, outs, threads):
+def _kl_f32(fn, mu, lv, pm, plv, seed, flat0, z, kl, outs, threads, saved):
     """The forward kernel on float32 tensors: outs = (g_mu, g_pm, g_lv, g_plv), each a
     contiguous float32 (B, N) or None; z contiguous with the seed, or both None; row 0 is
-    the draw's flat element ``flat0`` on."""
+    the draw's flat element ``flat0`` on. ``saved``: outs are kept for a backward pass, not
+    read back at once (the kernel may then store them past the caches)."""
     rows, n = mu.shape
     ins = [_rows_of(t) for t in (mu, lv, pm, plv)]
     o = [_addr(t) for t in (z, *outs)]
@@ -85,8 +87,8 @@ def _kl_f32(fn, mu, lv, pm, plv, seed, flat0, z, kl, outs, threads):
     def block(i, count, nthreads):
         args = [a for p, s, _ in ins for a in (_at(p, i * s), s)]
         oi = [_at(p, i * n) for p in o]
-        _check(fn(count, n, *args, sd, flat0 + i * n, oi[0], k + 4 * i, *oi[1:], nthreads),
-               "fastvae_gauss_kl_rows")
+        _check(fn(count, n, *args, sd, flat0 + i * n, oi[0], k + 4 * i, *oi[1:], int(saved),
+                  nthreads), "fastvae_gauss_kl_rows")
 
     native.for_rows(rows, rows * n, block, threads)
 
@@ -103,8 +105,9 @@ def kl_rows(mu, lv, pm, plv, seed, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None)
     """kl (B,) float32 = the per-row KL(N(mu, e^lv) || N(pm, e^plv)); z = mu + exp(lv/2) eps
     where z is given (float32 mu, lv, z; eps drawn from the one-element int64 ``seed``,
     philox.h); g_mu, g_pm, g_lv, g_plv (contiguous (B, N) in any float dtype, or None) =
-    dKL/dmu, dKL/dpm, dKL/dlv, dKL/dplv. mu, lv (B, N); pm, plv None, (N,) or (B, N).
-    False (nothing written) where the C path cannot run."""
+    dKL/dmu, dKL/dpm, dKL/dlv, dKL/dplv, kept for a backward pass (a large call stores them
+    past the caches). mu, lv (B, N); pm, plv None, (N,) or (B, N). False (nothing written)
+    where the C path cannot run."""
     outs = (g_mu, g_pm, g_lv, g_plv)
     ins = (mu, lv, pm, plv)
     if kl.dtype != F32 or not _usable(ins + outs, _ANY):
@@ -120,7 +123,7 @@ def kl_rows(mu, lv, pm, plv, seed, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None)
         return True
     seed = seed if z is not None else None
     if _usable(ins, (F32,)) and all(_direct(t) for t in outs):
-        _kl_f32(fn, mu, lv, pm, plv, seed, 0, z, kl, outs, threads)
+        _kl_f32(fn, mu, lv, pm, plv, seed, 0, z, kl, outs, threads, saved=True)
         return True
     # 16-bit somewhere: row chunks upcast to float32, results written back
     n = mu.shape[1]
@@ -128,7 +131,8 @@ def kl_rows(mu, lv, pm, plv, seed, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None)
         part = [None if t is None else (t if t.dim() == 1 else t[i:j]).to(F32) for t in ins]
         tmp = [None if t is None else (t[i:j] if _direct(t) else torch.empty(
             (j - i, n), dtype=F32)) for t in outs]
-        _kl_f32(fn, *part, seed, i * n, None if z is None else z[i:j], kl[i:j], tmp, threads)
+        _kl_f32(fn, *part, seed, i * n, None if z is None else z[i:j], kl[i:j], tmp, threads,
+                saved=False)  # temporaries, read back below
         for t, w in zip(outs, tmp):
             if t is not None and not _direct(t):
                 t[i:j].copy_(w)

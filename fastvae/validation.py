@@ -160,6 +160,9 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
         )
     per_row = x_shape[row_dims:]
     n, d = x_shape[:row_dims].numel(), per_row.numel()
+    if obs_logvar.shape == x_shape and n > 1:  # per row already: no expand (views are
+        # autograd nodes, each one a step of every backward)
+        return obs_logvar if row_dims == 1 and len(x_shape) == 2 else obs_logvar.reshape(n, d)
     lead = obs_logvar.dim() - len(per_row)
     if lead <= 0 or all(s == 1 for s in obs_logvar.shape[:lead]):
         trailing = obs_logvar.reshape(obs_logvar.shape[max(lead, 0):])

@@ -44,7 +44,7 @@ def cpad(bl: int) -> int:
 def _usable(ts, dtypes) -> bool:
     """Whether every tensor among ``ts`` (None skipped) is a CPU tensor of these dtypes."""
     for t in ts:
-        if t is not None and (t.dtype not in dtypes or t.device.type != "cpu"):
+        if t is not None and (t.dtype not in dtypes or not t.is_cpu):
             return False
     return True
 
@@ -98,7 +98,7 @@ def _direct(t) -> bool:
 
 
 def _seed(seed) -> bool:
-    return seed is not None and seed.dtype == torch.int64 and seed.device.type == "cpu"
+    return seed is not None and seed.dtype == torch.int64 and seed.is_cpu
 
 
 def kl_rows(mu, lv, pm, plv, seed, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None) -> bool:

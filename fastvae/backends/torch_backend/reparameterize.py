@@ -64,7 +64,7 @@ def reparameterize_noise(mu, n_samples: int, generator):
     one passed, as the Triton backend draws it) for float32 CPU ``mu`` where the C kernel
     runs; else eps ~ N(0, I) of the output's shape (n_samples 0: ``(B, L)``, else
     ``(K, B, L)``)."""
-    if (mu.dtype == torch.float32 and mu.device.type == "cpu" and mu.numel() > 0
+    if (mu.dtype == torch.float32 and mu.is_cpu and mu.numel() > 0
             and _drawn_in_c()):
         return philox_seed(mu.device, generator)
     rng = {} if generator is None else {"generator": generator}

@@ -33,7 +33,7 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     empty placeholders otherwise."""
     dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
     batch, n = mu.shape
-    kl = torch.empty(batch, dtype=dtype, device=mu.device)
+    kl = mu.new_empty(batch, dtype=dtype)
     g_mu = grad_buffer(mu, needs[0] or needs[2])
     g_lv = grad_buffer(logvar, needs[1])
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)

@@ -54,8 +54,9 @@ static inline vf abs_v(vf x) { return (vf)((vi)x & 0x7fffffff); }
 
 /* With the sample, r = exp(lv - plv) is (exp(lv/2) exp(-plv/2))^2, the sample's exp
    reused: one exp fewer per element. Both halves are normal floats, and their product's
-   square within 6 ulp of exp(lv - plv), while |lv| and |plv| <= 160 (each half within
-   e^(+-80)); a vector with a lane past that takes exp(lv - plv) itself. */
+   square within 4 ulp of exp(lv - plv) (3.3 measured against float64, exp's own 0.9),
+   while |lv| and |plv| <= 160 (each half within e^(+-80)); a vector with a lane past that
+   takes exp(lv - plv) itself. */
 #define R_FROM_HALVES 160.0f
 
 /* This thread's rows [*r0, *r1) of rows, inside an OpenMP parallel region (or all). */

@@ -207,7 +207,7 @@ def test_half_inputs_in_row_chunks(kernel, monkeypatch):
         kl = torch.empty(b)
         outs = [torch.empty(b, n, dtype=dt) for _ in range(4)]
         assert gaussian_rows.kl_rows(*h, None, None, kl, *outs)
-        want = _forward(*[t.float() for t in h], None, threads=1)  # without z, as here
+        want = _forward(*[t.float() for t in h], seed_of(0), threads=1)
         assert torch.equal(kl, want[0])
         for got, w in zip(outs, want[2:]):
             assert torch.equal(got, w.to(dt))
@@ -249,16 +249,65 @@ def test_kl_normal_backward_in_one_pass(kernel, calls, wanted):
 
 
 @pytest.mark.parametrize("b,n", [(1024, 64), (1001, 67)])
-def test_large_calls_store_the_same_gradients(kernel, b, n):
+@pytest.mark.parametrize("with_z", [False, True])
+def test_large_calls_store_the_same_gradients(kernel, b, n, with_z):
     """From 2^16 elements on, with rows on vector boundaries ((1024, 64)), the forward
     stores the gradients it saves past the caches (non-temporal stores); (1001, 67) keeps
-    cached stores. Either way the values are those of small calls over the same rows."""
+    cached stores. Either way the gradients are those of small calls over the same rows
+    (with z, the rows split where the eps stream's chunks end)."""
     gen = torch.Generator().manual_seed(4)
     mu, lv, pm, plv = (torch.randn(b, n, generator=gen) for _ in range(4))
-    whole = _forward(mu, lv, pm, plv, None, threads=1)
+    whole = _forward(mu, lv, pm, plv, seed_of(5) if with_z else None, threads=1)
     for i in range(0, b, 100):
         part = _forward(mu[i:i + 100], lv[i:i + 100], pm[i:i + 100], plv[i:i + 100], None,
                         threads=1)
-        for k in (0, 2, 3, 4, 5):  # kl and the four gradients (no z without a seed)
+        for k in (2, 3, 4, 5):  # the four gradients
             assert torch.equal(whole[k][i:i + 100], part[k])
+        if not with_z:  # with z a row split at a chunk's edge sums its KL in another order
+            assert torch.equal(whole[0][i:i + 100], part[0])
     assert_close("kl", whole[0], F.kl_normal_dim(mu, lv, pm, plv).sum(-1), F32)
+
+
+def _saved_and_outputs(monkeypatch):
+    """Records, per backward of sample_with_kl on "torch", the addresses of the saved KL
+    gradients it got and of the four gradients it returned."""
+    from fastvae.backends import torch_backend
+    seen = []
+    real = torch_backend.sample_with_kl_bwd
+
+    def spy(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, *rest, **kw):
+        out = real(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, *rest, **kw)
+        seen.append(([t.data_ptr() for t in (g_mu, g_lv, g_plv)],
+                     [t.data_ptr() for t in out]))
+        return out
+
+    monkeypatch.setattr(torch_backend, "sample_with_kl_bwd", spy)
+    return seen
+
+
+def test_backward_writes_over_the_saved_gradients(kernel, monkeypatch):
+    """The public call drops the KL's gradient outputs: its backward writes d mu_q,
+    d logvar_q and d logvar_p over them (d mu_p gets a buffer of its own)."""
+    seen = _saved_and_outputs(monkeypatch)
+    mu, lv, pm, plv = (leaf(torch.randn(6, 16)) for _ in range(4))
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
+    torch.autograd.backward([z, kl], [torch.randn(6, 16), torch.randn(6)])
+    (saved, out), = seen
+    assert out[0] == saved[0] and out[1] == saved[1] and out[3] == saved[2]
+    assert out[2] not in saved
+
+
+def test_a_direct_op_call_keeps_its_gradient_outputs(kernel, monkeypatch):
+    """torch.ops.fastvae.sample_with_kl returns the KL's gradients to its caller: backward
+    must leave them as they were."""
+    from fastvae.backends import torch_backend
+    seen = _saved_and_outputs(monkeypatch)
+    mu, lv, pm, plv = (leaf(torch.randn(6, 16)) for _ in range(4))
+    noise = torch_backend.reparameterize_noise(mu, 0, None)
+    out = torch.ops.fastvae.sample_with_kl(mu, lv, pm, plv, noise, [True] * 4, "torch")
+    kept = [t.detach().clone() for t in out[2:]]
+    torch.autograd.backward([out[0], out[1]], [torch.randn(6, 16), torch.randn(6)])
+    for a, b in zip(out[2:], kept):
+        assert torch.equal(a, b)
+    (saved, got), = seen
+    assert not set(got) & set(saved)

@@ -235,10 +235,9 @@ def test_halves_of_one_encoder_output(seed, backend):
 
 @pytest.mark.parametrize("centre", [-170.0, -80.0, 80.0, 170.0, 200.0])
 def test_extreme_log_variances(seed, backend, centre):
-    """float32 log-variances far out, in lanes mixed with ordinary ones: the KL and its
-    gradients stay finite and right (the C forward takes r = exp(lv - plv) from the
-    sample's exp(lv/2) only while both log-variances are within +-160). A prior variance
-    of e^-170 makes (mu_q - mu_p)^2 / var_p overflow float32: those lanes have mu_p = mu_q."""
+    """float32 log-variances far out, in lanes mixed with ordinary ones, with z drawn: the
+    KL and its gradients stay finite and right. A prior variance of e^-170 makes
+    (mu_q - mu_p)^2 / var_p overflow float32: those lanes have mu_p = mu_q."""
     dt = torch.float32
     shape = (4, 19)
     lv = torch.randn(shape, dtype=dt)

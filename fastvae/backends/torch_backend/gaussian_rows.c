@@ -9,9 +9,8 @@
  *   dKL/dmu = u s = -dKL/dpm, dKL/dlv = 0.5 (r - 1), dKL/dplv = -(0.5 (r - 1) + 0.5 u^2)
  * r is exp(lv - plv), never exp(lv) * exp(-plv), and u^2 is (d s)^2, never d^2 exp(-plv):
  * at log-variances of +-80 every factor stays inside float32 wherever the KL does.
- * Forward, exponentials per element: two (s and r), one without a prior's plv; with the
- * sample no more, as r is then (exp(lv/2) s)^2 from the sample's exp (R_FROM_HALVES);
- * backward one (exp(lv/2) again, for 0.5 dz exp(lv/2) eps).
+ * Three exponentials per element forward (the sample's exp(lv/2), s and r), one
+ * backward (exp(lv/2) again, for 0.5 dz exp(lv/2) eps); none without a prior's plv.
  *
  * Layout: rows of n contiguous floats; a row stride of 0 broadcasts one row to every
  * row (a prior shared by the batch, or a number made a row). A NULL prior is 0 (a
@@ -30,6 +29,7 @@
  * chunk of normals is drawn once per thread; the bits depend on no thread count.
  */
 #include "philox.h"
+#include "stream.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -45,19 +45,8 @@ static inline vf load_part(const float *p, int64_t k) {
   return v;
 }
 
-/* z = mu + exp(lv / 2) eps, given sd = exp_any(lv / 2): the one definition of z. */
-static inline vf draw_with(vf mu, vf sd, vf eps) { return mu + sd * eps; }
-static inline vf draw(vf mu, vf lv, vf eps) { return draw_with(mu, exp_any(0.5f * lv), eps); }
-
-/* |x| */
-static inline vf abs_v(vf x) { return (vf)((vi)x & 0x7fffffff); }
-
-/* With the sample, r = exp(lv - plv) is (exp(lv/2) exp(-plv/2))^2, the sample's exp
-   reused: one exp fewer per element. Both halves are normal floats, and their product's
-   square within 4 ulp of exp(lv - plv) (3.3 measured against float64, exp's own 0.9),
-   while |lv| and |plv| <= 160 (each half within e^(+-80)); a vector with a lane past that
-   takes exp(lv - plv) itself. */
-#define R_FROM_HALVES 160.0f
+/* z = mu + exp(lv / 2) eps. */
+static inline vf draw(vf mu, vf lv, vf eps) { return mu + exp_any(0.5f * lv) * eps; }
 
 /* This thread's rows [*r0, *r1) of rows, inside an OpenMP parallel region (or all). */
 static inline void thread_rows(int64_t rows, int64_t *r0, int64_t *r1) {
@@ -96,52 +85,18 @@ static inline const float *eps_span(eps_stream *es, int64_t flat, int64_t j, int
     }                                                              \
   }
 
-/* The KL passes read four or five streams at once, usually from memory (a training step
-   touches far more than the caches hold between a group's forward and its backward): the
-   hardware prefetchers alone leave the loads waiting. A prefetch 4 KB ahead in every
-   input stream took 8% off a cold forward + backward at (4096, 64) and (32, 16384)
-   (write streams prefetched as well: no further gain); as non-temporal prefetches,
-   which displace less of what runs next, 3% more at (4096, 64). Past a row's end the
-   address is the next row's, or unmapped, which a prefetch ignores. */
-#define PREFETCH_AHEAD 1024 /* floats */
-#define PREFETCH(p) __builtin_prefetch((p) + PREFETCH_AHEAD, 0, 0)
-
 /* The row pointers of one row, NULL where absent. */
 typedef struct {
   const float *mu, *lv, *pm, *plv;
   float *z, *g_mu, *g_pm, *g_lv, *g_plv;
-  int stream; /* store the gradients past the caches (store_grad) */
+  int stream; /* store the gradients past the caches (stream.h) */
 } fwd_row;
 
 /* The saved gradients are read again only by the backward pass, after the rest of the
    model's forward and most of its backward, by when a large call's would have left the
-   caches anyway: from STREAM_MIN_ELEMS elements on they are stored past them
-   (non-temporal stores of whole aligned vectors), so the caches keep what runs next
-   (the Python and torch code between the passes runs several times slower when its
-   lines were evicted) and no line is fetched only to be overwritten. */
+   caches anyway: from STREAM_MIN_ELEMS elements on they are stored past them, and no
+   line is fetched only to be overwritten. */
 #define STREAM_MIN_ELEMS (1 << 16)
-static inline void store_grad(float *p, vf v, size_t bytes, int stream) {
-#if defined(__AVX__) && defined(__GNUC__)
-  if (stream && bytes == sizeof v) {
-    __builtin_ia32_movntps256(p, v);
-    return;
-  }
-#endif
-  (void)stream;
-  memcpy(p, &v, bytes);
-}
-
-static inline void stream_fence(void) {
-#if defined(__AVX__) && defined(__GNUC__)
-  __builtin_ia32_sfence();
-#endif
-}
-
-/* Whether every row of n floats from p starts on a vector boundary (true where p is
-   absent). */
-static inline int aligned_rows(const float *p, int64_t n) {
-  return !p || (((uintptr_t)p % sizeof(vf)) == 0 && n % W == 0);
-}
 
 /* Elements [j, j + k) of a row (k <= W; k < W only for the tail); returns the KL terms
    with the lanes past k zeroed. has_plv is a constant after inlining, has_pm and has_z
@@ -169,36 +124,29 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
     if (has_plv) plv = load_part(p->plv + j, k);
     if (has_z) eps = load_part(e, k);
   }
-  vf d = has_pm ? mu - pm : mu, u, gm, r, sd = SPLAT(0.0f);
-  if (has_z) sd = exp_any(0.5f * lv);
+  vf d = has_pm ? mu - pm : mu, u, gm, r;
   if (has_plv) {
     vf s = exp_any(-0.5f * plv);
     u = d * s;
     gm = u * s;
-    if (has_z && !any_lane((vi)(abs_v(lv) > SPLAT(R_FROM_HALVES)) |
-                           (vi)(abs_v(plv) > SPLAT(R_FROM_HALVES)))) {
-      vf t = sd * s;
-      r = t * t;
-    } else {
-      r = exp_any(lv - plv);
-    }
+    r = exp_any(lv - plv);
   } else {
     u = d;
     gm = d;
-    r = has_z && !any_lane((vi)(abs_v(lv) > SPLAT(R_FROM_HALVES))) ? sd * sd : exp_any(lv);
+    r = exp_any(lv);
   }
   vf g_lv = 0.5f * (r - 1.0f);
   vf neg_g_plv = g_lv + 0.5f * (u * u);
   vf kl = (has_plv ? 0.5f * (plv - lv) : -0.5f * lv) + neg_g_plv;
   size_t bytes = (size_t)k * sizeof(float);
   if (has_z) {
-    vf z = draw_with(mu, sd, eps);
+    vf z = draw(mu, lv, eps);
     memcpy(p->z + j, &z, bytes);
   }
-  if (p->g_mu) store_grad(p->g_mu + j, gm, bytes, p->stream);
-  if (p->g_pm) store_grad(p->g_pm + j, -gm, bytes, p->stream);
-  if (p->g_lv) store_grad(p->g_lv + j, g_lv, bytes, p->stream);
-  if (p->g_plv) store_grad(p->g_plv + j, -neg_g_plv, bytes, p->stream);
+  if (p->g_mu) store_streamed(p->g_mu + j, gm, bytes, p->stream);
+  if (p->g_pm) store_streamed(p->g_pm + j, -gm, bytes, p->stream);
+  if (p->g_lv) store_streamed(p->g_lv + j, g_lv, bytes, p->stream);
+  if (p->g_plv) store_streamed(p->g_plv + j, -neg_g_plv, bytes, p->stream);
   if (!full) {
     vi lane = {0, 1, 2, 3, 4, 5, 6, 7};
     kl = sel(lane < (int)k, kl, SPLAT(0.0f));
@@ -256,8 +204,11 @@ int fastvae_gauss_kl_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
                           float *g_plv, int saved, int nthreads) {
   if ((seed == 0) != (z == 0) || rows < 0 || n < 0 || flat0 < 0) return -1;
   float (*fn)(const fwd_row *, int64_t, eps_stream *, int64_t) = plv ? fwd_plv : fwd_no_plv;
-  int stream = saved && rows * n >= STREAM_MIN_ELEMS && aligned_rows(g_mu, n) &&
-               aligned_rows(g_pm, n) && aligned_rows(g_lv, n) && aligned_rows(g_plv, n);
+  /* whole vectors only where rows, and the eps chunks that split them (flat multiples of
+     PHILOX_CHUNK), start on vector boundaries */
+  int stream = saved && rows * n >= STREAM_MIN_ELEMS && flat0 % W == 0 &&
+               aligned_rows(g_mu, n) && aligned_rows(g_pm, n) && aligned_rows(g_lv, n) &&
+               aligned_rows(g_plv, n);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif

@@ -248,16 +248,17 @@ def test_kl_normal_backward_in_one_pass(kernel, calls, wanted):
         assert_close("grad", g, e, F32)
 
 
-@pytest.mark.parametrize("b,n", [(1024, 64), (1001, 67)])
+@pytest.mark.parametrize("b,n,threads", [(1024, 64, 1), (1024, 64, 2), (1001, 67, 1)])
 @pytest.mark.parametrize("with_z", [False, True])
-def test_large_calls_store_the_same_gradients(kernel, b, n, with_z):
+def test_large_calls_store_the_same_gradients(kernel, b, n, threads, with_z):
     """From 2^16 elements on, with rows on vector boundaries ((1024, 64)), the forward
     stores the gradients it saves past the caches (non-temporal stores); (1001, 67) keeps
     cached stores. Either way the gradients are those of small calls over the same rows
-    (with z, the rows split where the eps stream's chunks end)."""
+    (with z, the rows split where the eps stream's chunks end), on one thread or two (each
+    fences its own streamed stores)."""
     gen = torch.Generator().manual_seed(4)
     mu, lv, pm, plv = (torch.randn(b, n, generator=gen) for _ in range(4))
-    whole = _forward(mu, lv, pm, plv, seed_of(5) if with_z else None, threads=1)
+    whole = _forward(mu, lv, pm, plv, seed_of(5) if with_z else None, threads=threads)
     for i in range(0, b, 100):
         part = _forward(mu[i:i + 100], lv[i:i + 100], pm[i:i + 100], plv[i:i + 100], None,
                         threads=1)

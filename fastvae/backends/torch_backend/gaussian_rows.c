@@ -236,6 +236,8 @@ static inline __attribute__((always_inline)) void sample_vec(const float *m, con
                                                              int64_t j, int64_t k) {
   vf mu = SPLAT(0.0f), lv, eps, r;
   if (k == W) {
+    if (m) PREFETCH(m + j);
+    PREFETCH(l + j);
     if (m) memcpy(&mu, m + j, sizeof mu);
     memcpy(&lv, l + j, sizeof lv);
     memcpy(&eps, e, sizeof eps);
@@ -287,6 +289,10 @@ static inline __attribute__((always_inline)) void sample_bwd_vec(
     int first, int last) {
   vf dv, ev, acc, lv;
   if (k == W) {
+    PREFETCH(d + j);
+    if (!first) PREFETCH(gl + j);
+    if (!first && gm) PREFETCH(gm + j);
+    if (last) PREFETCH(l + j);
     memcpy(&dv, d + j, sizeof dv);
     memcpy(&ev, e, sizeof ev);
   } else {

@@ -171,7 +171,7 @@ def plain_eager(args) -> bool:
     if torch.compiler.is_compiling() or _dispatch_modes():
         return False
     for a in args:  # a loop, not all(genexpr): this runs on every call
-        if isinstance(a, Tensor) and (type(a) is not Tensor or a.device.type == "meta"):
+        if isinstance(a, Tensor) and (type(a) is not Tensor or a.is_meta):
             return False
     return True
 

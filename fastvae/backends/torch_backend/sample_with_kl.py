@@ -96,12 +96,12 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     batch, n = logvar.shape
     real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are empty placeholders
     saved = tuple(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real))
-    if any(needs):
-        outs = _bwd_outputs(logvar, needs, saved if reuse_saved else (None, None, None))
-        if gaussian_rows.kl_bwd_rows(dz, g_kl, logvar if needs[1] else None,
-                                     noise if needs[1] else None, *saved, *outs):
-            return tuple(logvar.new_empty(0) if o is None else o for o in outs)
-    outs = _bwd_outputs(logvar, needs, (None, None, None))
+    outs = _bwd_outputs(logvar, needs, saved if reuse_saved else (None, None, None))
+    if any(needs) and gaussian_rows.kl_bwd_rows(dz, g_kl, logvar if needs[1] else None,
+                                                noise if needs[1] else None, *saved, *outs):
+        return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+    if reuse_saved:  # the aten path below reads g_mu after writing d_mu: new buffers
+        outs = _bwd_outputs(logvar, needs, (None, None, None))
     gk = None if g_kl is None else g_kl.unsqueeze(-1)
     for i, j in row_chunks(batch, n):
         d_mu, d_lv, d_pm, d_plv = (None if o is None else o[i:j] for o in outs)

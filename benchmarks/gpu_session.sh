@@ -3,7 +3,7 @@
 # minutes in all, start-up included, at most 10 minutes a command). From the repository
 # root, with the machine's own CUDA torch and triton:
 #     OUT=/some/dir bash benchmarks/gpu_session.sh        # default OUT=gpu_out
-# Stages, in this order, each under its own timeout (cut to a 420 s budget, so with the
+# Stages, in this order, each under its own timeout (cut to a 450 s budget, so with the
 # kill grace and nvidia-smi the call ends within 8 minutes even when every stage hangs;
 # a stage that ends early leaves its time to the tests; a failed or timed-out stage
 # does not stop the next):
@@ -15,6 +15,9 @@
 #                                                                  -> bar.md, bar_*.json
 #   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
 #                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
+#   hvae     70 s  benchmarks/gpu_hvae_loop.py: issue 11's bar, sample_with_kl in a VDVAE-like
+#                  loop of 75 groups at batch 16 (eager, compile, fastvae; CUDA-graph
+#                  replay; launches per group), single groups -> hvae_loop.md, .json
 #   ncu      45 s  ncu on the ELBO row kernel (instructions, issue, DRAM throughput,
 #                  registers), fp32 then bf16, where ncu exists    -> ncu.txt
 #   tests  >=100 s the GPU test modules only (the op suites on the compiled kernels via
@@ -33,7 +36,7 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || { echo "cannot create OUT=$OUT"; exit 1; }
 PY=${PYTHON:-python3}
-BUDGET=${FASTVAE_GPU_BUDGET_S:-420}
+BUDGET=${FASTVAE_GPU_BUDGET_S:-450}
 SMOKE=${FASTVAE_GPU_SMOKE:-0}
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 unset TRITON_INTERPRET FASTVAE_BACKEND
@@ -129,6 +132,17 @@ else
   skip "probe" "$REASON"
 fi
 
+# ------------------------------------------------------------------ hvae
+if [ "$HAVE_CUDA" = 0 ]; then
+  stage "hvae loop" 70 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py --out "$OUT" \
+    --budget-s 55
+elif [ "$SMOKE" != 0 ]; then
+  stage "hvae loop (CPU smoke)" 60 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py \
+    --smoke --out "$OUT" --reps 3
+else
+  skip "hvae loop" "$REASON"
+fi
+
 # ------------------------------------------------------------------ ncu
 if [ "$HAVE_CUDA" != 0 ]; then
   skip "ncu" "$REASON"
@@ -183,6 +197,7 @@ fi
   if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
     grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
   if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
+  if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi
   if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (elbo_rows_kernel)"; echo '```'; \
     grep -E '^"|ncu not' "$OUT/ncu.txt" | cut -c1-220 | tail -n 40; echo '```'; fi
   echo; echo "## tests"; echo '```'; tail -n 15 "$OUT/tests.txt"; echo '```'

@@ -1,0 +1,232 @@
+"""Issue 11's GPU bar in one script (``benchmarks/gpu_session.sh`` runs it after the probe):
+a VDVAE-like top-down pass of 75 latent groups at batch 16, each group drawing
+``z = mu_q + sigma_q * eps`` and its KL to a learned prior, forward and backward, and
+single groups at the CPU bar's shapes (B=32, 16x32x32) and (B=4096, L=64).
+
+    python benchmarks/gpu_hvae_loop.py --out DIR [--budget-s 90]   # CUDA: DIR/hvae_loop.{json,md}
+    python benchmarks/gpu_hvae_loop.py --smoke --out DIR           # CPU, tiny: the code paths
+
+Groups: 16 latent channels at VDVAE ImageNet-64's decoder resolutions, 2, 3, 7, 15 and 31
+groups at 1, 4, 8, 16 and 32 pixels, and 17 at 64 (VDVAE has 12 there; 17 makes the
+issue's 75). Variants: ``eager`` (VDVAE's pattern, ``fastvae.bench.specs.sample_with_kl``),
+``compile`` (torch.compile of that group function), ``fastvae`` (``sample_with_kl``,
+backend triton), and the eager and fastvae steps captured in a CUDA graph.
+
+Columns: ``ms`` = CUDA-event time per step over back-to-back steps (host included: at batch
+16 the host is the bottleneck); ``host us`` = wall time to enqueue one step; ``graph ms`` =
+replay of the step captured in a CUDA graph; ``launches/group`` = kernel launches per group
+per step (fwd+bwd, torch.profiler), the issue asks 1 + 1. Each fastvae step is checked
+first: the KL against the float64 closed form, every gradient against the closed form of its
+own z (as the bench's check does).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import fastvae
+from fastvae.bench.specs.sample_with_kl import eager_sample_with_kl
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_probe import graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
+
+LOOP = [(1, 2), (4, 3), (8, 7), (16, 15), (32, 31), (64, 17)]   # (resolution, groups)
+SMOKE_LOOP = [(1, 2), (4, 2)]
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+def group_shapes(batch, loop):
+    return [(batch, 16, r, r) for r, n in loop for _ in range(n)]
+
+
+def make_groups(shapes, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    groups = []
+    for s in shapes:
+        def draw(scale=1.0):
+            return (scale * torch.randn(s, device=device, generator=g)).requires_grad_()
+        groups.append({"leaves": [draw(), draw(0.5), draw(), draw(0.5)],
+                       "dz": torch.randn(s, device=device, generator=g),
+                       "dkl": torch.randn(s[0], device=device, generator=g)})
+    return groups
+
+
+def make_step(groups, fn):
+    """One fwd+bwd over every group: the cotangents are fixed tensors, as a decoder's
+    upstream gradient would be."""
+    def step():
+        outs, cots = [], []
+        for gr in groups:
+            for t in gr["leaves"]:
+                t.grad = None
+            z, kl = fn(*gr["leaves"])
+            outs += [z, kl]
+            cots += [gr["dz"], gr["dkl"]]
+        torch.autograd.backward(outs, cots)
+        return outs
+    return step
+
+
+def check_fastvae(groups, fn):
+    """KL = closed form; dmu_q = dz + g dKL/dmu_q; dlogvar_q = dz (z - mu_q)/2 + g (r-1)/2;
+    prior gradients from the KL alone; float64 closed forms, float32 tolerances."""
+    worst = 0.0
+    for gr in groups:
+        for t in gr["leaves"]:
+            t.grad = None
+        z, kl = fn(*gr["leaves"])
+        torch.autograd.backward([z, kl], [gr["dz"], gr["dkl"]])
+        mu, lv, pm, plv = (t.detach().double() for t in gr["leaves"])
+        dz = gr["dz"].double()
+        gk = gr["dkl"].double().reshape(-1, *([1] * (mu.dim() - 1)))
+        d, r = mu - pm, torch.exp(lv - plv)
+        t_ = (d * torch.exp(-plv / 2)) ** 2
+        want = {"kl": (0.5 * (plv - lv + r + t_ - 1)).flatten(1).sum(1),
+                "mu": dz + gk * d * torch.exp(-plv),
+                "lv": dz * 0.5 * (z.detach().double() - mu) + gk * 0.5 * (r - 1),
+                "pm": -gk * d * torch.exp(-plv),
+                "plv": gk * 0.5 * (1 - r - t_)}
+        got = {"kl": kl.detach().double(), "mu": gr["leaves"][0].grad.double(),
+               "lv": gr["leaves"][1].grad.double(), "pm": gr["leaves"][2].grad.double(),
+               "plv": gr["leaves"][3].grad.double()}
+        for k, w in want.items():
+            err = ((got[k] - w).abs() / (1 + w.abs())).max().item()
+            worst = max(worst, err)
+            if not err < 1e-4:
+                raise AssertionError(f"{k} of a {tuple(mu.shape)} group: relative error {err:.2e}")
+    return worst
+
+
+def launches(step, device, n_groups):
+    ks = kernel_times(step, device)
+    total = sum(c for c, _ in ks.values())
+    return total / n_groups, {k[:50]: c for k, (c, _) in list(ks.items())[:8]}
+
+
+def measure(name, step, device, reps, n_groups, graph=True):
+    for _ in range(3):
+        step()
+    row = {"variant": name,
+           "ms": statistics.median(timed_gpu(step, device, reps) for _ in range(3)),
+           "host_us": host_us(step, device, reps)}
+    row["launches_per_group"], row["kernels"] = launches(step, device, n_groups)
+    if graph and device.type == "cuda":
+        try:
+            row["graph_ms"] = graph_ms(step, device, reps)
+        except Exception as e:  # reported; the other variants still run
+            row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+    log(f"  {name}: {row['ms']:.3f} ms, host {row['host_us']:.0f} us, graph "
+        f"{row.get('graph_ms', row.get('graph_error'))}, {row['launches_per_group']:.1f} "
+        "launches/group")
+    return row
+
+
+def run_case(label, shapes, device, backend, reps, budget_s, with_compile):
+    log(f"case {label}: {len(shapes)} group(s)")
+    groups = make_groups(shapes, device)
+
+    def fused(*a):
+        return fastvae.sample_with_kl(*a, backend=backend)
+    res = {"case": label, "groups": len(shapes), "shapes": sorted({str(s) for s in shapes}),
+           "rows": []}
+    res["max_rel_err"] = check_fastvae(groups, fused)
+    variants = [("eager", eager_sample_with_kl), (f"fastvae-{backend}", fused)]
+    if with_compile:
+        variants.append(("compile", torch.compile(eager_sample_with_kl)))
+    for name, fn in variants:
+        if time.monotonic() - T0 > budget_s:
+            res["rows"].append({"variant": name, "error": "skipped: budget spent"})
+            continue
+        try:
+            res["rows"].append(measure(name, make_step(groups, fn), device, reps, len(shapes),
+                                       graph=name != "compile"))
+        except Exception as e:  # one failed variant must not lose the others
+            res["rows"].append({"variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
+            log(f"  {name}: FAILED {res['rows'][-1]['error']}")
+    eager = next((r for r in res["rows"] if r["variant"] == "eager" and "ms" in r), None)
+    for r in res["rows"]:
+        if eager and "ms" in r:
+            r["x_eager"] = eager["ms"] / r["ms"]
+            if r.get("graph_ms"):
+                r["graph_x_eager"] = eager["ms"] / r["graph_ms"]
+    return res
+
+
+def markdown(res):
+    out = [f"# sample_with_kl on the GPU (issue 11): {res['device']}, torch {res['torch']}, "
+           f"triton {res['triton']}", ""]
+    for c in res["cases"]:
+        out += [f"## {c['case']}: {c['groups']} group(s), fastvae checked (max rel err "
+                f"{c['max_rel_err']:.1e})", "",
+                "| variant | ms | x eager | host us | graph ms | graph x eager | launches/group |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in c["rows"]:
+            if "error" in r:
+                out.append(f"| {r['variant']} | {r['error']} | | | | | |")
+                continue
+            g = r.get("graph_ms")
+            gs = "- | -" if g is None else f"{g:.3f} | {r['graph_x_eager']:.2f}"
+            out.append(f"| {r['variant']} | {r['ms']:.3f} | {r.get('x_eager', 0):.2f} | "
+                       f"{r['host_us']:.0f} | {gs} | {r['launches_per_group']:.1f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
+    p.add_argument("--budget-s", type=float, default=90.0,
+                   help="stop starting new variants after this many seconds")
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args(argv)
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        print("gpu_hvae_loop.py: no CUDA device; --smoke exercises the code paths on CPU",
+              file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if cuda else "cpu")
+    backend = "triton" if cuda else "torch"
+    try:
+        import triton
+        tv = triton.__version__
+    except ImportError:
+        tv = "not installed"
+    res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
+           "torch": torch.__version__, "triton": tv, "cases": []}
+    loop = SMOKE_LOOP if args.smoke else LOOP
+    cases = [("VDVAE-like loop, batch 16", group_shapes(16 if cuda else 2, loop), cuda)]
+    if cuda:  # before the loop, whose compile variant may take what is left of the budget
+        cases = [("one group (32, 16, 32, 32)", [(32, 16, 32, 32)], False),
+                 ("one group (4096, 64)", [(4096, 64)], False)] + cases
+    for label, shapes, with_compile in cases:
+        try:
+            res["cases"].append(run_case(label, shapes, device, backend, args.reps,
+                                         args.budget_s, with_compile))
+        except Exception as e:
+            log(f"case {label}: FAILED {type(e).__name__}: {e}")
+            res.setdefault("failed", []).append(f"{label}: {type(e).__name__}: {e}"[:300])
+        if cuda:
+            torch.cuda.empty_cache()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "hvae_loop.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res) + "".join(f"\nFAILED {f}" for f in res.get("failed", []))
+    with open(os.path.join(args.out, "hvae_loop.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    return 1 if res.get("failed") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -107,7 +107,7 @@ def native_rows(fn, x, params, g, bits: int, c: float, threads: Optional[int] = 
     m = params.shape[1] // slots(channels)
     nblk = -(-hw // PIXEL_BLOCK)
     units = batch * nblk
-    partial = torch.empty(units, dtype=torch.float32)
+    partial = torch.empty(units, dtype=torch.float32, device=x.device)
     xp, pp, op = x.data_ptr(), params.data_ptr(), partial.data_ptr()
     gp = None if g is None else g.data_ptr()
     sx, sp = channels * hw, params.shape[1] * hw

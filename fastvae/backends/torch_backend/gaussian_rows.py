@@ -130,7 +130,7 @@ def kl_rows(mu, lv, pm, plv, seed, z, kl, g_mu, g_pm, g_lv, g_plv, threads=None)
     for i, j in row_chunks(*mu.shape):
         part = [None if t is None else (t if t.dim() == 1 else t[i:j]).to(F32) for t in ins]
         tmp = [None if t is None else (t[i:j] if _direct(t) else torch.empty(
-            (j - i, n), dtype=F32)) for t in outs]
+            (j - i, n), dtype=F32, device=mu.device)) for t in outs]
         _kl_f32(fn, *part, seed, i * n, None if z is None else z[i:j], kl[i:j], tmp, threads,
                 saved=False)  # temporaries, read back below
         for t, w in zip(outs, tmp):
@@ -237,6 +237,6 @@ def philox_eval(seed: int, first_counter: int, count: int):
     fn = native.symbol("fastvae_philox_eval", _EVAL)
     if fn is None:
         raise RuntimeError(f"C kernels unavailable: {native.status()}")
-    u, nrm = torch.empty(count, 4), torch.empty(count, 4)
+    u, nrm = torch.empty(count, 4, device="cpu"), torch.empty(count, 4, device="cpu")
     _check(fn(seed, first_counter, count, u.data_ptr(), nrm.data_ptr()), "fastvae_philox_eval")
     return u, nrm

@@ -47,7 +47,8 @@ def _bernoulli_chunk(x, logits, g, c: float, rows):
     x, logits: one chunk in the compute dtype. The compiled kernel (float32) does it
     in one pass; otherwise aten ops over the chunk, with one chunk-sized temporary.
     """
-    if logits.dtype == torch.float32 and native.load() is not None:
+    if (logits.dtype == torch.float32 and logits.is_cpu and x.is_cpu
+            and native.load() is not None):
         x, logits = x.contiguous(), logits.contiguous()
         direct = g is None or (g.dtype == torch.float32 and g.is_contiguous())
         out = g if direct else torch.empty_like(logits)

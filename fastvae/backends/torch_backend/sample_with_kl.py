@@ -137,7 +137,7 @@ def _std_eps(logvar, noise, i, j):
     """exp(logvar / 2) * eps of rows i:j, eps drawn again from a seed or given."""
     if not seeded(noise):
         return torch.mul(logvar[i:j], 0.5).exp_().mul_(noise[i:j])
-    out = torch.empty((j - i, logvar.shape[1]), dtype=logvar.dtype)
+    out = torch.empty((j - i, logvar.shape[1]), dtype=logvar.dtype, device=logvar.device)
     if not gaussian_rows.std_eps_rows(logvar[i:j], noise, i * logvar.shape[1],
                                       gaussian_rows.cpad(logvar.numel()), out):
         raise RuntimeError("fastvae: sample_with_kl's backward got a Philox seed but the C "

@@ -7,6 +7,7 @@ move as a % of the copy bandwidth measured here, and a CUDA-graph replay of the 
     python benchmarks/gpu_probe.py --out DIR [--budget-s 120]   # CUDA: DIR/probe.{json,md}
     python benchmarks/gpu_probe.py --ncu-target                 # 2 ELBO steps per dtype, for ncu
     python benchmarks/gpu_probe.py --smoke --out DIR            # CPU, tiny shapes: the code paths
+    python benchmarks/gpu_probe.py --host-profile --out DIR     # where the host time goes
 
 Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm);
 ``host us`` = median wall time of the Python call that enqueues one step (fwd+bwd);
@@ -200,6 +201,61 @@ def cases(shape, device, backend, smoke):
     return out
 
 
+HOST_SHAPE = dict(batch=64, dim=784, latent=16)   # small: the GPU never holds the host up
+
+
+def swk_step(device, backend):
+    """One sample_with_kl group fwd+bwd at batch 16 (the VDVAE loop's smallest groups)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    leaves = [torch.randn(16, 16, 8, 8, device=device, generator=g).requires_grad_()
+              for _ in range(4)]
+    dz = torch.randn(16, 16, 8, 8, device=device, generator=g)
+    dkl = torch.randn(16, device=device, generator=g)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        z, kl = fastvae.sample_with_kl(*leaves, backend=backend)
+        torch.autograd.backward([z, kl], [dz, dkl])
+        return z
+    return step
+
+
+def host_profile(device, backend, out_dir, calls=300):
+    """Per fused call (fwd+bwd at small shapes): median host time, and a cProfile of
+    ``calls`` calls (functions by own time and by cumulative time) -> host_profile.txt."""
+    import cProfile
+    import io
+    import pstats
+    steps = [("ELBOLoss fp32", elbo_step(HOST_SHAPE, torch.float32, device, backend)[0]),
+             ("reparameterize K=1", reparam_step(HOST_SHAPE, 1, torch.float32, device,
+                                                 backend)[0]),
+             ("sample_with_kl (16,16,8,8)", swk_step(device, backend))]
+    text = []
+    for name, step in steps:
+        for _ in range(5):
+            step()
+        us = host_us(step, device, 100)
+        prof = cProfile.Profile()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        prof.enable()
+        for _ in range(calls):
+            step()
+        prof.disable()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        buf = io.StringIO()
+        st = pstats.Stats(prof, stream=buf)
+        st.sort_stats("tottime").print_stats(25)
+        st.sort_stats("cumulative").print_stats(30)
+        text.append(f"## {name}: host {us:.0f} us per fwd+bwd (median of 100, synced between "
+                    f"calls); cProfile of {calls} calls below\n{buf.getvalue()}")
+        log(f"host {name}: {us:.0f} us")
+    with open(os.path.join(out_dir, "host_profile.txt"), "w") as f:
+        f.write("\n".join(text))
+
+
 def markdown(res):
     lines = [f"# fastvae per-kernel probe: {res['device']}, torch {res['torch']}, "
              f"triton {res['triton']}, backend {res['backend']}",
@@ -227,6 +283,8 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--ncu-target", action="store_true",
                    help="run 2 ELBO fwd+bwd steps per dtype at the bar shape, nothing else")
+    p.add_argument("--host-profile", action="store_true",
+                   help="only the host-time profile of small fused calls -> host_profile.txt")
     p.add_argument("--budget-s", type=float, default=150.0,
                    help="stop starting new cases after this many seconds")
     p.add_argument("--reps", type=int, default=20)
@@ -248,6 +306,9 @@ def main(argv=None):
             torch.cuda.synchronize()
         return 0
     os.makedirs(args.out, exist_ok=True)
+    if args.host_profile:
+        host_profile(device, backend, args.out)
+        return 0
     bw_bytes = (64 << 20) if args.smoke else (1 << 30)
     bw = copy_bandwidth(device, bw_bytes)
     log(f"copy bandwidth {bw / 1e9:.0f} GB/s")

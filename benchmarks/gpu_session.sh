@@ -15,6 +15,8 @@
 #                                                                  -> bar.md, bar_*.json
 #   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
 #                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
+#   host     30 s  gpu_probe.py --host-profile: host time of small fused calls (ELBOLoss,
+#                  reparameterize, sample_with_kl) and a cProfile of each -> host_profile.txt
 #   hvae     70 s  benchmarks/gpu_hvae_loop.py: issue 11's bar, sample_with_kl in a VDVAE-like
 #                  loop of 75 groups at batch 16 (eager, compile, fastvae; CUDA-graph
 #                  replay; launches per group), single groups -> hvae_loop.md, .json
@@ -22,10 +24,12 @@
 #                  registers), fp32 then bf16, where ncu exists    -> ncu.txt
 #   tests  >=100 s the GPU test modules only (the op suites on the compiled kernels via
 #                  FASTVAE_TEST_BACKENDS=triton, and every module with @pytest.mark.gpu),
-#                  listed in tests.txt; no -k filter; 60 s a test where pytest-timeout
-#                  exists                                          -> tests.txt
+#                  one pytest process per module (a segfault loses only its module), at
+#                  most 90 s each, under faulthandler; no -k filter; 60 s a test where
+#                  pytest-timeout exists                           -> tests.txt
 #   summary        card, versions, the bar table, the probe table, the steps -> summary.md
 #                  (printed last, so a tool keeping only the end of the output has it)
+# Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
 # CPU-only work (the kernel compile test, the interpreter suite) never runs here.
 # Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
 # FASTVAE_GPU_SMOKE=1 also runs the probe's CPU smoke mode (tiny shapes), to check the
@@ -35,6 +39,13 @@ set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || { echo "cannot create OUT=$OUT"; exit 1; }
+# Stages write under $OUT/raw; after each stage it is packed into $OUT/0-session.tgz and the
+# summary copied to $OUT/0-summary.md, so a tool that fetches only a few files, or a call cut
+# short, still brings everything back. raw/ is removed at the end unless
+# FASTVAE_GPU_KEEP_RAW=1.
+FINAL=$OUT
+OUT=$FINAL/raw
+mkdir -p "$OUT" || exit 1
 PY=${PYTHON:-python3}
 BUDGET=${FASTVAE_GPU_BUDGET_S:-450}
 SMOKE=${FASTVAE_GPU_SMOKE:-0}
@@ -64,7 +75,12 @@ stage() {
   case $rc in 0) st=ok ;; 124|137) st=TIMEOUT ;; *) st="exit $rc" ;; esac
   printf '%s\t%s\t%s\t%s\n' "$name" "$st" $(( $(date +%s) - s )) "$t" >>"$STEPS"
   echo "== $name: $st in $(( $(date +%s) - s ))s"
+  bundle
   return $rc
+}
+bundle() {
+  tar czf "$FINAL/0-session.tgz.part" -C "$FINAL" raw 2>/dev/null \
+    && mv -f "$FINAL/0-session.tgz.part" "$FINAL/0-session.tgz"
 }
 skip() {  # skip NAME REASON
   echo "== $1: skipped, $2"
@@ -132,6 +148,12 @@ else
   skip "probe" "$REASON"
 fi
 
+# ------------------------------------------------------------------ host
+if [ "$HAVE_CUDA" = 0 ]; then
+  stage "host profile" 30 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --host-profile \
+    --out "$OUT"
+fi
+
 # ------------------------------------------------------------------ hvae
 if [ "$HAVE_CUDA" = 0 ]; then
   stage "hvae loop" 70 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py --out "$OUT" \
@@ -176,13 +198,19 @@ if [ "$HAVE_CUDA" != 0 ]; then
   skip "tests" "$REASON"
   echo "tests not run: $REASON; the modules would be: $MODULES" >"$OUT/tests.txt"
 else
-  PT=(-m pytest -q -p no:cacheprovider -o addopts= -rfEs --maxfail=30 --durations=10)
+  PT=(-X faulthandler -m pytest -q -p no:cacheprovider -o addopts= -rfEs --maxfail=10
+      --durations=5)
   "$PY" -c "import pytest_timeout" >/dev/null 2>&1 && PT+=(--timeout 60)
-  echo "# FASTVAE_TEST_BACKENDS=triton $PY ${PT[*]} $MODULES" >"$OUT/tests.txt"
-  t=$(( BUDGET - $(elapsed) - 10 ))
-  [ "$t" -gt 240 ] && t=240
-  # shellcheck disable=SC2086
-  FASTVAE_TEST_BACKENDS=triton stage "tests" "$t" "$OUT/tests.txt" "$PY" "${PT[@]}" $MODULES
+  echo "# FASTVAE_TEST_BACKENDS=triton $PY ${PT[*]} MODULE, one process per module (a crash" \
+    "loses only its module)" >"$OUT/tests.txt"
+  for m in $MODULES; do
+    t=$(( BUDGET - $(elapsed) - 10 ))
+    [ "$t" -gt 90 ] && t=90
+    echo "=== $m" >>"$OUT/tests.txt"
+    FASTVAE_TEST_BACKENDS=triton stage "tests $(basename "$m" .py)" "$t" "$OUT/tests.txt" \
+      "$PY" "${PT[@]}" "$m"
+    echo "rc=$?" >>"$OUT/tests.txt"
+  done
 fi
 
 # ------------------------------------------------------------------ summary
@@ -197,14 +225,22 @@ fi
   if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
     grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
   if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
+  if [ -s "$OUT/host_profile.txt" ]; then echo; echo "## host time per fused call"; \
+    grep '^## ' "$OUT/host_profile.txt"; fi
   if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi
   if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (elbo_rows_kernel)"; echo '```'; \
     grep -E '^"|ncu not' "$OUT/ncu.txt" | cut -c1-220 | tail -n 40; echo '```'; fi
-  echo; echo "## tests"; echo '```'; tail -n 15 "$OUT/tests.txt"; echo '```'
+  echo; echo "## tests"; echo '```'
+  grep -E '^(=== |rc=|FAILED|ERROR|Fatal|[0-9]+ (passed|failed)|.*(passed|failed|error).* in )' \
+    "$OUT/tests.txt" | tail -n 80 || head -c 600 "$OUT/tests.txt"
+  echo '```'
 } >"$OUT/summary.md" 2>&1
 echo
 echo "================================================================ summary.md"
 cat "$OUT/summary.md"
-echo "files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+cp "$OUT/summary.md" "$FINAL/0-summary.md"
+bundle
+echo "files in $FINAL/0-session.tgz: $(ls "$OUT" | tr '\n' ' ')"
+[ "${FASTVAE_GPU_KEEP_RAW:-0}" = 1 ] || rm -rf "$OUT"
 [ "$HAVE_CUDA" = 0 ] || exit 2
 exit 0

@@ -29,6 +29,9 @@
 #                  pytest-timeout exists                           -> tests.txt
 #   summary        card, versions, the bar table, the probe table, the steps -> summary.md
 #                  (printed last, so a tool keeping only the end of the output has it)
+# FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs), and
+# FASTVAE_GPU_TESTS="tests/test_a.py tests/test_b.py" only those test modules: a rerun of
+# what a previous session showed, in a short slot.
 # Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
 # CPU-only work (the kernel compile test, the interpreter suite) never runs here.
 # Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
@@ -82,6 +85,9 @@ bundle() {
   tar czf "$FINAL/0-session.tgz.part" -C "$FINAL" raw 2>/dev/null \
     && mv -f "$FINAL/0-session.tgz.part" "$FINAL/0-session.tgz"
 }
+want() {  # want STAGE: whether FASTVAE_GPU_STAGES (a comma list; default all) names it
+  [ -z "${FASTVAE_GPU_STAGES:-}" ] || [[ ",$FASTVAE_GPU_STAGES," == *",$1,"* ]]
+}
 skip() {  # skip NAME REASON
   echo "== $1: skipped, $2"
   printf '%s\tskipped (%s)\t0\t0\n' "$1" "$2" >>"$STEPS"
@@ -126,56 +132,66 @@ if [ "$HAVE_CUDA" != 0 ]; then
 fi
 
 # ------------------------------------------------------------------ bar
-if [ "$HAVE_CUDA" = 0 ]; then
-  : >"$OUT/bar.md"
-  stage "bar elbo" 110 "$OUT/bar.md" "$PY" -m fastvae bench --ops elbo --batch 65536 --dim 784 \
-    --latent 64 --dtype fp32,bf16 --variants eager,compile,fastvae-triton --budget 1 \
-    --json "$OUT/bar_elbo.json"
-  stage "bar reparameterize" 45 "$OUT/bar.md" "$PY" -m fastvae bench --ops reparameterize \
-    --batch 65536 --latent 64 --k-reparam 1,16 --dtype fp32 --variants eager,fastvae-triton \
-    --budget 1 --no-extras --json "$OUT/bar_reparam.json"
-else
-  skip "bar" "$REASON"
+if want bar; then
+  if [ "$HAVE_CUDA" = 0 ]; then
+    : >"$OUT/bar.md"
+    stage "bar elbo" 110 "$OUT/bar.md" "$PY" -m fastvae bench --ops elbo --batch 65536 --dim 784 \
+      --latent 64 --dtype fp32,bf16 --variants eager,compile,fastvae-triton --budget 1 \
+      --json "$OUT/bar_elbo.json"
+    stage "bar reparameterize" 45 "$OUT/bar.md" "$PY" -m fastvae bench --ops reparameterize \
+      --batch 65536 --latent 64 --k-reparam 1,16 --dtype fp32 --variants eager,fastvae-triton \
+      --budget 1 --no-extras --json "$OUT/bar_reparam.json"
+  else
+    skip "bar" "$REASON"
+  fi
 fi
 
 # ------------------------------------------------------------------ probe
-if [ "$HAVE_CUDA" = 0 ]; then
-  stage "probe" 80 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --out "$OUT" --budget-s 60
-elif [ "$SMOKE" != 0 ]; then
-  stage "probe (CPU smoke)" 90 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --smoke \
-    --out "$OUT" --reps 3
-else
-  skip "probe" "$REASON"
+if want probe; then
+  if [ "$HAVE_CUDA" = 0 ]; then
+    stage "probe" 80 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --out "$OUT" --budget-s 60
+  elif [ "$SMOKE" != 0 ]; then
+    stage "probe (CPU smoke)" 90 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --smoke \
+      --out "$OUT" --reps 3
+  else
+    skip "probe" "$REASON"
+  fi
 fi
 
 # ------------------------------------------------------------------ host
-if [ "$HAVE_CUDA" = 0 ]; then
-  stage "host profile" 30 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --host-profile \
-    --out "$OUT"
+if want host; then
+  if [ "$HAVE_CUDA" = 0 ]; then
+    stage "host profile" 30 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --host-profile \
+      --out "$OUT"
+  fi
 fi
 
 # ------------------------------------------------------------------ hvae
-if [ "$HAVE_CUDA" = 0 ]; then
-  stage "hvae loop" 70 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py --out "$OUT" \
-    --budget-s 55
-elif [ "$SMOKE" != 0 ]; then
-  stage "hvae loop (CPU smoke)" 60 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py \
-    --smoke --out "$OUT" --reps 3
-else
-  skip "hvae loop" "$REASON"
+if want hvae; then
+  if [ "$HAVE_CUDA" = 0 ]; then
+    stage "hvae loop" 70 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py --out "$OUT" \
+      --budget-s 55
+  elif [ "$SMOKE" != 0 ]; then
+    stage "hvae loop (CPU smoke)" 60 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py \
+      --smoke --out "$OUT" --reps 3
+  else
+    skip "hvae loop" "$REASON"
+  fi
 fi
 
 # ------------------------------------------------------------------ ncu
-if [ "$HAVE_CUDA" != 0 ]; then
-  skip "ncu" "$REASON"
-elif ! command -v ncu >/dev/null 2>&1; then
-  skip "ncu" "ncu not on PATH"
-  echo "ncu not on PATH: no counters this session" >"$OUT/ncu.txt"
-else
-  stage "ncu" 45 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:elbo_rows \
-    --launch-count 4 --csv --metrics \
-    gpu__time_duration.sum,sm__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
-    "$PY" benchmarks/gpu_probe.py --ncu-target
+if want ncu; then
+  if [ "$HAVE_CUDA" != 0 ]; then
+    skip "ncu" "$REASON"
+  elif ! command -v ncu >/dev/null 2>&1; then
+    skip "ncu" "ncu not on PATH"
+    echo "ncu not on PATH: no counters this session" >"$OUT/ncu.txt"
+  else
+    stage "ncu" 45 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:elbo_rows \
+      --launch-count 4 --csv --metrics \
+      gpu__time_duration.sum,sm__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+      "$PY" benchmarks/gpu_probe.py --ncu-target
+  fi
 fi
 
 # ------------------------------------------------------------------ tests
@@ -194,23 +210,26 @@ for m in gpu + mods:          # the GPU-marked modules first: they exist only fo
 print(" ".join("tests/" + m for m in seen))
 EOF
 )
-if [ "$HAVE_CUDA" != 0 ]; then
-  skip "tests" "$REASON"
-  echo "tests not run: $REASON; the modules would be: $MODULES" >"$OUT/tests.txt"
-else
-  PT=(-X faulthandler -m pytest -q -p no:cacheprovider -o addopts= -rfEs --maxfail=10
-      --durations=5)
-  "$PY" -c "import pytest_timeout" >/dev/null 2>&1 && PT+=(--timeout 60)
-  echo "# FASTVAE_TEST_BACKENDS=triton $PY ${PT[*]} MODULE, one process per module (a crash" \
-    "loses only its module)" >"$OUT/tests.txt"
-  for m in $MODULES; do
-    t=$(( BUDGET - $(elapsed) - 10 ))
-    [ "$t" -gt 90 ] && t=90
-    echo "=== $m" >>"$OUT/tests.txt"
-    FASTVAE_TEST_BACKENDS=triton stage "tests $(basename "$m" .py)" "$t" "$OUT/tests.txt" \
-      "$PY" "${PT[@]}" "$m"
-    echo "rc=$?" >>"$OUT/tests.txt"
-  done
+[ -n "${FASTVAE_GPU_TESTS:-}" ] && MODULES=$FASTVAE_GPU_TESTS
+if want tests; then
+  if [ "$HAVE_CUDA" != 0 ]; then
+    skip "tests" "$REASON"
+    echo "tests not run: $REASON; the modules would be: $MODULES" >"$OUT/tests.txt"
+  else
+    PT=(-X faulthandler -m pytest -q -p no:cacheprovider -o addopts= -rfEs --maxfail=10
+        --durations=5)
+    "$PY" -c "import pytest_timeout" >/dev/null 2>&1 && PT+=(--timeout 60)
+    echo "# FASTVAE_TEST_BACKENDS=triton $PY ${PT[*]} MODULE, one process per module (a crash" \
+      "loses only its module)" >"$OUT/tests.txt"
+    for m in $MODULES; do
+      t=$(( BUDGET - $(elapsed) - 10 ))
+      [ "$t" -gt 90 ] && t=90
+      echo "=== $m" >>"$OUT/tests.txt"
+      FASTVAE_TEST_BACKENDS=triton stage "tests $(basename "$m" .py)" "$t" "$OUT/tests.txt" \
+        "$PY" "${PT[@]}" "$m"
+      echo "rc=$?" >>"$OUT/tests.txt"
+    done
+  fi
 fi
 
 # ------------------------------------------------------------------ summary
@@ -230,10 +249,10 @@ fi
   if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi
   if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (elbo_rows_kernel)"; echo '```'; \
     grep -E '^"|ncu not' "$OUT/ncu.txt" | cut -c1-220 | tail -n 40; echo '```'; fi
-  echo; echo "## tests"; echo '```'
+  [ -s "$OUT/tests.txt" ] && { echo; echo "## tests"; echo '```'
   grep -E '^(=== |rc=|FAILED|ERROR|Fatal|[0-9]+ (passed|failed)|.*(passed|failed|error).* in )' \
     "$OUT/tests.txt" | tail -n 80 || head -c 600 "$OUT/tests.txt"
-  echo '```'
+  echo '```'; }
 } >"$OUT/summary.md" 2>&1
 echo
 echo "================================================================ summary.md"

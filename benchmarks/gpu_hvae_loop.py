@@ -110,7 +110,10 @@ def check_fastvae(groups, fn):
 def launches(step, device, n_groups):
     ks = kernel_times(step, device)
     total = sum(c for c, _ in ks.values())
-    return total / n_groups, {k[:50]: c for k, (c, _) in list(ks.items())[:8]}
+    names: dict = {}
+    for k, (c, _) in ks.items():   # full names: torch's elementwise kernels share a prefix
+        names[k[:160]] = names.get(k[:160], 0) + c / n_groups
+    return total / n_groups, names
 
 
 def measure(name, step, device, reps, n_groups, graph=True):
@@ -178,6 +181,11 @@ def markdown(res):
             gs = "- | -" if g is None else f"{g:.3f} | {r['graph_x_eager']:.2f}"
             out.append(f"| {r['variant']} | {r['ms']:.3f} | {r.get('x_eager', 0):.2f} | "
                        f"{r['host_us']:.0f} | {gs} | {r['launches_per_group']:.1f} |")
+        out.append("")
+        for r in c["rows"]:
+            if r.get("kernels"):
+                out.append(f"- {r['variant']}, kernels per group: " + "; ".join(
+                    f"{k[:90]} x{v:g}" for k, v in r["kernels"].items()))
         out.append("")
     return "\n".join(out)
 

@@ -6,6 +6,7 @@ move as a % of the copy bandwidth measured here, and a CUDA-graph replay of the 
 
     python benchmarks/gpu_probe.py --out DIR [--budget-s 120]   # CUDA: DIR/probe.{json,md}
     python benchmarks/gpu_probe.py --ncu-target                 # 2 ELBO steps per dtype, for ncu
+    python benchmarks/gpu_probe.py --ncu-target iwae            # 2 IWAE K=5 steps (fp32), for ncu
     python benchmarks/gpu_probe.py --smoke --out DIR            # CPU, tiny shapes: the code paths
     python benchmarks/gpu_probe.py --host-profile --out DIR     # where the host time goes
 
@@ -281,8 +282,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
-    p.add_argument("--ncu-target", action="store_true",
-                   help="run 2 ELBO fwd+bwd steps per dtype at the bar shape, nothing else")
+    p.add_argument("--ncu-target", nargs="?", const="elbo", choices=("elbo", "iwae"),
+                   help="run 2 fwd+bwd steps at the bar shape, nothing else: ELBO (the "
+                        "default; per dtype) or IWAE K=5 fp32")
     p.add_argument("--host-profile", action="store_true",
                    help="only the host-time profile of small fused calls -> host_profile.txt")
     p.add_argument("--budget-s", type=float, default=150.0,
@@ -297,11 +299,16 @@ def main(argv=None):
     device = torch.device("cuda" if cuda else "cpu")
     backend = "triton" if cuda else "torch"
     shape = SMOKE if args.smoke else BAR
-    if args.ncu_target:
+    if args.ncu_target == "iwae":
+        step, _ = iwae_step(shape, 5, torch.float32, device, backend)
+        for _ in range(2):
+            step()
+    elif args.ncu_target:
         for dt in DTYPES:
             step, _ = elbo_step(shape, DTYPES[dt], device, backend)
             for _ in range(2):
                 step()
+    if args.ncu_target:
         if cuda:
             torch.cuda.synchronize()
         return 0

@@ -20,13 +20,14 @@
 #   hvae     70 s  benchmarks/gpu_hvae_loop.py: issue 11's bar, sample_with_kl in a VDVAE-like
 #                  loop of 75 groups at batch 16 (eager, compile, fastvae; CUDA-graph
 #                  replay; launches per group), single groups -> hvae_loop.md, .json
-#   ncu      45 s  ncu on the ELBO row kernel (instructions, issue, DRAM throughput,
-#                  registers), fp32 then bf16, where ncu exists    -> ncu.txt
-#   tests  >=100 s the GPU test modules only (the op suites on the compiled kernels via
+#   ncu      80 s  ncu on the ELBO row kernel (instructions, issue, DRAM throughput,
+#                  registers), fp32 then bf16, and on IWAE K=5's, where ncu exists -> ncu.txt
+#   tests   rest   the GPU test modules only (the op suites on the compiled kernels via
 #                  FASTVAE_TEST_BACKENDS=triton, and every module with @pytest.mark.gpu),
 #                  one pytest process per module (a segfault loses only its module), at
 #                  most 90 s each, under faulthandler; no -k filter; 60 s a test where
-#                  pytest-timeout exists                           -> tests.txt
+#                  pytest-timeout exists; a full run leaves them ~35 s: rerun with
+#                  FASTVAE_GPU_STAGES=tests for all of them (~6 min) -> tests.txt
 #   summary        card, versions, the bar table, the probe table, the steps -> summary.md
 #                  (printed last, so a tool keeping only the end of the output has it)
 # FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs), and
@@ -180,6 +181,7 @@ if want hvae; then
 fi
 
 # ------------------------------------------------------------------ ncu
+NCU_METRICS=gpu__time_duration.sum,sm__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active
 if want ncu; then
   if [ "$HAVE_CUDA" != 0 ]; then
     skip "ncu" "$REASON"
@@ -189,8 +191,10 @@ if want ncu; then
   else
     stage "ncu" 45 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:elbo_rows \
       --launch-count 4 --csv --metrics \
-      gpu__time_duration.sum,sm__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,dram__bytes_write.sum,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
+      "$NCU_METRICS" \
       "$PY" benchmarks/gpu_probe.py --ncu-target
+    stage "ncu iwae" 35 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:iwae_bound \
+      --launch-count 2 --csv --metrics "$NCU_METRICS" "$PY" benchmarks/gpu_probe.py --ncu-target iwae
   fi
 fi
 
@@ -247,8 +251,9 @@ fi
   if [ -s "$OUT/host_profile.txt" ]; then echo; echo "## host time per fused call"; \
     grep '^## ' "$OUT/host_profile.txt"; fi
   if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi
-  if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (elbo_rows_kernel)"; echo '```'; \
-    grep -E '^"|ncu not' "$OUT/ncu.txt" | cut -c1-220 | tail -n 40; echo '```'; fi
+  if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (ELBO and IWAE row kernels)"; echo '```'; \
+    grep -E '^"[0-9]|ncu not' "$OUT/ncu.txt" | awk -F'","' '{print $1"\t"$5"\t"$9"\t"$13"\t"$15}' \
+      | tr -d '"' | tail -n 60; echo '```'; fi
   [ -s "$OUT/tests.txt" ] && { echo; echo "## tests"; echo '```'
   grep -E '^(=== |rc=|FAILED|ERROR|Fatal|[0-9]+ (passed|failed)|.*(passed|failed|error).* in )' \
     "$OUT/tests.txt" | tail -n 80 || head -c 600 "$OUT/tests.txt"

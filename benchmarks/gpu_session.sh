@@ -30,7 +30,8 @@
 #                  FASTVAE_GPU_STAGES=tests for all of them (~6 min) -> tests.txt
 #   summary        card, versions, the bar table, the probe table, the steps -> summary.md
 #                  (printed last, so a tool keeping only the end of the output has it)
-# FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs), and
+# FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs; the
+# names: bar, probe, host, hvae, ncu, ncu-iwae, tests), and
 # FASTVAE_GPU_TESTS="tests/test_a.py tests/test_b.py" only those test modules: a rerun of
 # what a previous session showed, in a short slot.
 # Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
@@ -193,9 +194,12 @@ if want ncu; then
       --launch-count 4 --csv --metrics \
       "$NCU_METRICS" \
       "$PY" benchmarks/gpu_probe.py --ncu-target
-    stage "ncu iwae" 35 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:iwae_bound \
-      --launch-count 2 --csv --metrics "$NCU_METRICS" "$PY" benchmarks/gpu_probe.py --ncu-target iwae
   fi
+fi
+
+if want ncu-iwae && [ "$HAVE_CUDA" = 0 ] && command -v ncu >/dev/null 2>&1; then
+  stage "ncu iwae" 35 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:iwae_bound \
+    --launch-count 2 --csv --metrics "$NCU_METRICS" "$PY" benchmarks/gpu_probe.py --ncu-target iwae
 fi
 
 # ------------------------------------------------------------------ tests

@@ -165,6 +165,9 @@ if want host; then
   if [ "$HAVE_CUDA" = 0 ]; then
     stage "host profile" 30 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --host-profile \
       --out "$OUT"
+  elif [ "$SMOKE" != 0 ]; then
+    stage "host profile (CPU smoke)" 30 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py \
+      --smoke --host-profile --out "$OUT"
   fi
 fi
 

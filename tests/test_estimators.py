@@ -260,12 +260,16 @@ def test_encoder_gradients_are_unbiased(seed, backend, objective, k, estimator, 
     dt = case_dtype(backend)
     n = bounded(b=20000, d=6, l=2, k=k)[0]
     l, d = 2, 6
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.rand(1, d, generator=g) > 0.5).to(dt).expand(n, d)
-    w, bias = torch.randn(l, d, generator=g).to(dt) * 1.5, torch.randn(d, generator=g).to(dt) * 0.5
-    mu1 = torch.randn(1, l, generator=g).to(dt) * 0.5
-    lv1 = torch.randn(1, l, generator=g).to(dt) * 0.3 - 0.5
-    eps = torch.randn((n, l) if objective == "elbo" else (k, n, l), generator=g).to(dt)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same draws on every backend
+    dev = torch.get_default_device()
+
+    def draw(fn, *shape):
+        return fn(*shape, generator=g, device="cpu").to(dev, dt)
+    x = (draw(torch.rand, 1, d) > 0.5).to(dt).expand(n, d)
+    w, bias = draw(torch.randn, l, d) * 1.5, draw(torch.randn, d) * 0.5
+    mu1 = draw(torch.randn, 1, l) * 0.5
+    lv1 = draw(torch.randn, 1, l) * 0.3 - 0.5
+    eps = draw(torch.randn, *((n, l) if objective == "elbo" else (k, n, l)))
     per_draw = {}
     for est in ("standard", estimator):
         mu, lv = leaf(mu1.expand(n, l)), leaf(lv1.expand(n, l))
@@ -432,8 +436,10 @@ def _iwae_step(estimator):
 
 def _inputs(seed):
     g = torch.Generator().manual_seed(seed)
-    mu, lv, w = (leaf(torch.randn(s, generator=g) * 0.5) for s in ((3, 2), (3, 2), (2, 5)))
-    return mu, lv, w, torch.randn(4, 3, 2, generator=g), torch.rand(3, 5, generator=g)
+    mu, lv, w = (leaf(torch.randn(s, generator=g, device="cpu") * 0.5)
+                 for s in ((3, 2), (3, 2), (2, 5)))
+    return (mu, lv, w, torch.randn(4, 3, 2, generator=g, device="cpu"),
+            torch.rand(3, 5, generator=g, device="cpu"))
 
 
 def test_stl_compiles_without_graph_break(seed):

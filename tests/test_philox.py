@@ -20,6 +20,12 @@ from _compare import leaf
 from fastvae import backends
 from fastvae.backends.torch_backend import gaussian_rows, native
 
+try:  # the Triton kernels' Box-Muller (a test kernel below calls it; a jit function's
+    # names resolve in this module's globals)
+    from fastvae.kernels.reparameterize import _box_muller
+except ImportError:  # no triton: the kernel_device tests skip
+    _box_muller = None
+
 Q = gaussian_rows.Q
 # |n - n64| <= NORMAL_BOUND * max(1, |n64|) between the C normals and float64 Box-Muller
 # of the same uniforms (measured: 7.5e-7 absolute, 5.4e-7 relative over 8M normals).
@@ -207,6 +213,48 @@ def test_fast_math_eps_bound_covers_the_stated_errors():
         assert (err <= bound).all(), (s_lg, s_sq, s_tr, float((err - bound).max()))
         worst = max(worst, float((err / bound).max()))
     assert worst > 0.5
+
+
+def test_box_muller_where_the_fast_math_is_worst(kernel_device):
+    """The kernel's _box_muller at the uniforms its fast math handles worst: u1 within a
+    few ulps of 1 (log2 u1 as small as lg2.approx's error: r must stay a number; a log
+    that came out >= 0 there would make it NaN), at and below the 1e-7 clamp, and angles
+    where cos or sin is 0 or +-1. Within _fast_math_eps_error compiled, NORMAL_BOUND
+    interpreted (exact float32 math), of float64 Box-Muller."""
+    import triton
+    import triton.language as tl
+    from fastvae.kernels import _math
+
+    @triton.jit
+    def box_muller(U1, U2, N1, N2, N: tl.constexpr):
+        i = tl.arange(0, N)
+        n1, n2 = _box_muller(tl.load(U1 + i), tl.load(U2 + i))
+        tl.store(N1 + i, n1)
+        tl.store(N2 + i, n2)
+
+    near_one = [1 - j * 2.0 ** -24 for j in range(1, 17)]
+    u1s = near_one + [1e-9, 1e-7, 1.1e-7, 2e-7, 0.25, 0.5 - 2.0 ** -25, 0.5, 0.75,
+                      1e-3, 0.1, 0.3, 0.6, 0.9, 0.99, 0.999, 0.9999]
+    u2s = [0.0, 0.125, 0.25, 0.5, 0.75, 0.875, 0.5 - 2.0 ** -25, 1 - 2.0 ** -24]
+    u1, u2 = (t.reshape(-1) for t in torch.meshgrid(
+        torch.tensor(u1s, dtype=torch.float32), torch.tensor(u2s, dtype=torch.float32),
+        indexing="ij"))
+    n1 = torch.full_like(u1, float("nan"), device=kernel_device)
+    n2 = torch.full_like(n1, float("nan"))
+    box_muller[(1,)](u1.to(kernel_device), u2.to(kernel_device), n1, n2, N=len(u1))
+    u1d, u2d = u1.double(), u2.double()
+    r = (-2 * torch.log(u1d.clamp(min=float(np.float32(1e-7))))).sqrt()
+    theta = 2 * np.pi * (u2d - 0.5)
+    for got, cosine, want in ((n1, True, -r * theta.cos()), (n2, False, -r * theta.sin())):
+        got = got.cpu().double()
+        if _math.FAST_MATH.value:
+            bound = _fast_math_eps_error(u1d, u2d, torch.tensor(cosine).expand(len(u1)))
+        else:
+            bound = NORMAL_BOUND * want.abs().clamp(min=1)
+        bad = ~((got - want).abs() <= bound)
+        assert not bad.any(), [
+            (u1[j].item(), u2[j].item(), got[j].item(), want[j].item(), bound[j].item())
+            for j in bad.nonzero().flatten()[:8]]
 
 
 def test_z_matches_the_triton_backend(kernel_device, kernel):

@@ -29,3 +29,20 @@ __all__ = [
     "triton_available",
 ]
 __all__ += ["discretized_logistic_mixture_log_prob"]
+
+# Submodules loaded on first use: ``import fastvae; fastvae.models.VAE(...)`` as the README
+# writes it, without importing the models (and what they pull in) with every op call's package.
+_LAZY_SUBMODULES = ("models",)
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

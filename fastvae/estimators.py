@@ -114,7 +114,11 @@ def _hidden_producer(recon_k: Tensor, z_k: Tensor, depth: int = 8):
     recon_k reaches it other than through z_k itself; else None. Walks recon_k's
     single-parent ancestors (views, a bias-free last layer) only: a decoder layer with
     parameters has several parents, and there the path is visible."""
-    producers = {id(n) for n in _single_parent_chain(z_k.grad_fn, depth)}
+    # The chain's node objects are held until the walk ends: in torch 2.11 a node's Python
+    # object lives only while referenced (a ``grad_fn`` access makes a new one once the last
+    # is freed), so a freed one's id could come back as recon_k's node's.
+    chain = _single_parent_chain(z_k.grad_fn, depth)
+    producers = {id(n) for n in chain}
     node = recon_k.grad_fn
     for _ in range(depth):
         if node is None:

@@ -114,15 +114,18 @@ def _all_values(c, bits, dtype):
 
 def _extreme_params(c, m, g, dtype):
     """One pixel's parameters: random logits and means, log-scales from below the clamp
-    to where the logistic is far wider than [-1, 1], large coefficients."""
-    p = torch.randn(1, slots(c) * m, 1, 1, generator=g, dtype=F64) * 3
+    to where the logistic is far wider than [-1, 1], large coefficients. Drawn on the CPU
+    (``g`` is a CPU generator; compiled Triton tests make CUDA the default device), then
+    moved to the default device: every backend gets the same numbers."""
+    p = torch.randn(1, slots(c) * m, 1, 1, generator=g, dtype=F64, device="cpu") * 3
     per = 3 if c == 3 else 2
-    scales = torch.tensor([-9.0, -7.0, -4.0, 0.0, 2.5, 9.0, 40.0], dtype=F64)
+    scales = torch.tensor([-9.0, -7.0, -4.0, 0.0, 2.5, 9.0, 40.0], dtype=F64, device="cpu")
     for ch in range(c):
         base = m + per * m * ch
-        p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64) * 3 - 1.5
-        p[0, base + m:base + 2 * m, 0, 0] = scales[torch.randperm(len(scales), generator=g)[:m]]
-    return p.to(dtype)
+        p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64, device="cpu") * 3 - 1.5
+        order = torch.randperm(len(scales), generator=g, device="cpu")
+        p[0, base + m:base + 2 * m, 0, 0] = scales[order[:m]]
+    return p.to(torch.get_default_device(), dtype)
 
 
 # The interpreter runs a program per pixel value here, at ~0.2 s each: it stops at 64 values.

@@ -440,17 +440,18 @@ def test_bernoulli_logits_over_the_whole_range(seed, backend, k, d):
     moderate logits (row 2). D = 784 runs the pair kernel, D = 8200 the two-pass kernel
     (under the interpreter a product over two 4096-column blocks)."""
     dt = case_dtype(backend)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(3, d, generator=g, dtype=F64)
-    l = torch.randn(k, 3, d, generator=g, dtype=F64)
-    l[:, 0] = torch.rand(k, d, generator=g, dtype=F64) * 200 - 100
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, moved to the default device
+    cpu = dict(dtype=F64, device="cpu")
+    x = torch.rand(3, d, generator=g, dtype=F64, device="cpu")
+    l = torch.randn(k, 3, d, generator=g, dtype=F64, device="cpu")
+    l[:, 0] = torch.rand(k, d, generator=g, dtype=F64, device="cpu") * 200 - 100
     l[:, 1] *= 1e-3
-    extremes = torch.tensor([1e4, -1e4, 88.0, -88.0, 87.5, -87.5, 20.0, -20.0], dtype=F64)
-    l[:, 2, torch.randperm(d, generator=g)[:64]] = extremes.repeat(8)
-    x[2, :8] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.0, 1.0], dtype=F64)
-    mu = torch.zeros(3, 2, dtype=F64)
-    z_k = torch.randn(k, 3, 2, generator=g, dtype=F64)
-    ins = [leaf(t.to(dt)) for t in (x, l, mu, mu, z_k)]
+    extremes = torch.tensor([1e4, -1e4, 88.0, -88.0, 87.5, -87.5, 20.0, -20.0], **cpu)
+    l[:, 2, torch.randperm(d, generator=g, device="cpu")[:64]] = extremes.repeat(8)
+    x[2, :8] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.0, 1.0], **cpu)
+    mu = torch.zeros(3, 2, **cpu)
+    z_k = torch.randn(k, 3, 2, generator=g, dtype=F64, device="cpu")
+    ins = [leaf(t.to(torch.get_default_device(), dt)) for t in (x, l, mu, mu, z_k)]
     v = fastvae.iwae_bound(*ins, backend=backend)
     want = F.iwae(*ins)
     # a sum of D terms x*l - softplus(l) rounds at the scale of its terms, per row

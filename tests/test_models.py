@@ -10,6 +10,18 @@ from fastvae import models
 from fastvae.models import VAE, ConvVAE, build_model
 
 
+def test_models_on_first_use_after_a_bare_import_fastvae(monkeypatch):
+    """``import fastvae; fastvae.models.VAE`` (the README's spelling) works though
+    ``fastvae/__init__.py`` does not import the models: the attribute is made on first use
+    (the GPU run's CUDA-graph test found it missing where nothing had imported them)."""
+    monkeypatch.delattr(fastvae, "models")  # as after a bare ``import fastvae``
+    assert "models" not in vars(fastvae)
+    assert fastvae.models.VAE is VAE and "models" in dir(fastvae)
+    assert vars(fastvae)["models"] is models
+    with pytest.raises(AttributeError, match="has no attribute 'modelz'"):
+        fastvae.modelz
+
+
 @pytest.mark.parametrize("cls", [VAE, ConvVAE])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 7, 9)])
 def test_shapes(cls, shape):

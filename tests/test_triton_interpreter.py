@@ -88,3 +88,65 @@ def test_every_suite_over_backends_runs_under_the_interpreter():
                and _takes_backend_fixture(n) for n in ast.walk(tree)):
             missing.append(name)
     assert not missing, f"add to MODULES: {missing}"
+
+
+# Run on a GPU as well (benchmarks/gpu_session.sh), where the fixtures below make CUDA the
+# default device: a draw there with a CPU generator and no device= raises ("Expected a 'cuda'
+# device type for generator"), and the CPU sessions never see it.
+GPU_MODULES = sorted(set(MODULES) | {"test_amp.py", "test_cuda_graph.py"})
+_DEFAULT_DEVICE_FIXTURES = {"backend", "kernels", "gpu_tiles"}
+
+
+def _from_default_device_generator(fn: ast.FunctionDef) -> set:
+    """Names ``fn`` binds to ``generator(...)`` (tests/_backends.py: on the default device)."""
+    names = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            t, v = node.targets[0], node.value
+            both = isinstance(t, ast.Tuple) and isinstance(v, ast.Tuple)
+            names |= {a.id for a, b in (zip(t.elts, v.elts) if both else [(t, v)])
+                      if isinstance(a, ast.Name) and _is_generator_call(b)}
+    return names
+
+
+def _is_generator_call(v) -> bool:
+    return (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "generator")
+
+
+def _cpu_generator_draws(tree) -> list:
+    """Calls given ``generator=`` that neither name ``device=`` nor take a generator from
+    ``_backends.generator``, in tests taking a fixture that sets the default device and in
+    the module's helpers (which such tests call). Not followed: a generator handed to a
+    helper and used there with ``device=`` (the helper is checked on its own)."""
+    found = []
+    for fn in tree.body:
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        args = {a.arg for a in fn.args.args}
+        if fn.name.startswith("test_") and not args & _DEFAULT_DEVICE_FIXTURES:
+            continue  # the default device stays the CPU there, on a GPU too
+        ok = _from_default_device_generator(fn)
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.Call):
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            g = kw.get("generator")
+            if g is None or "device" in kw or isinstance(g, ast.Constant) or _is_generator_call(g):
+                continue
+            if isinstance(g, ast.Name) and g.id in ok:
+                continue
+            found.append(f"{fn.name}, line {node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_gpu_modules_draw_with_a_cpu_generator_only_on_the_cpu():
+    """In the modules a GPU session runs, every call given a generator either says
+    ``device=`` (draw on the CPU, then move: the same numbers on every backend) or takes
+    ``_backends.generator(seed)`` (on the default device)."""
+    bad = {}
+    for name in GPU_MODULES:
+        with open(os.path.join(HERE, name)) as f:
+            found = _cpu_generator_draws(ast.parse(f.read()))
+        if found:
+            bad[name] = found
+    assert not bad, f"draws that fail where CUDA is the default device: {bad}"

@@ -77,17 +77,25 @@ def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
                               free_bits=fb)
 
 
-def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches):
-    """The scale launch's grid is capped (4 programs off a GPU): with the shipped block of
-    8192, d/drecon's 6 blocks are walked by striding programs; every element scaled."""
-    import triton
-    from fastvae.backends.triton_backend import scale
+def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches, monkeypatch):
+    """The scale launch's grid is capped (one program per SM on a GPU, 4 off it); capped
+    here at 2 on every device, d/drecon's 6 blocks of the shipped 8192 are walked by
+    striding programs (3 blocks each): every element scaled."""
+    from fastvae.backends.triton_backend import _launch, scale
+    monkeypatch.setattr(scale, "_programs", lambda device: 2)
+    monkeypatch.setattr(scale, "_PLANS", {})  # a plan made under the real cap is not reused
+    grids, inner = [], _launch.launch
+
+    def record(kernel, grid, **args):
+        grids.append((tuple(grid), args.get("NBLK")))
+        return inner(kernel, grid, **args)
+    monkeypatch.setattr(_launch, "launch", record)
     (x, recon, mu, lv, _), _, _ = make_like(48, 1000, 6, "bernoulli", F32)
     got = fastvae.elbo(x, recon, mu, lv, reduction="sum", backend="triton")
-    del launches[:]
+    del launches[:], grids[:]
     g = torch.autograd.grad(got * 0.75, [recon, mu, lv])
     assert launches == ["scale_grads_kernel"]
-    assert triton.cdiv(recon.numel(), gpu_tiles.SCALE_BLOCK) > scale._programs(recon.device)
+    assert grids == [((2,), 6)] and gpu_tiles.SCALE_BLOCK == 8192
     o = oracle(x, recon, mu, lv)
     want = torch.autograd.grad(F.elbo(*o, reduction="sum") * 0.75, o[1:])
     for a, w, name in zip(g, want, ("recon", "mu", "logvar")):

@@ -83,6 +83,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
         B=b, N=n, CHUNK=chunk, stride_lv=_launch.rows(logvar).stride(0),
         HAS_DZ=dz is not None, HAS_GKL=g_kl is not None, NEED_GMU=dmu is not None,
         NEED_GLV=dlv is not None, NEED_GPM=dpm is not None, NEED_GPLV=dplv is not None,
+        SPLIT=chunks > 1,
         BLOCK_B=block_b, BLOCK_N=block_n, Q=kr.Q, num_warps=warps)
     return tuple(logvar.new_empty(0) if o is None else o for o in outs)
 

@@ -1,8 +1,8 @@
 """The Triton backend's launch configurations (fastvae/backends/triton_backend/configs.py):
 the tiles shipped for GPUs run under the interpreter too (``gpu_tiles``: their masking
-and loop bounds, not only the interpreter's big tiles), and the IWAE bound's choice of
+and loop bounds, not only the interpreter's big tiles), the IWAE bound's choice of
 kernel: one pass where a row's K x D fits on chip, else two (which one ran, what each
-reads). That every configuration the host can pick is one tests/test_kernels_compile.py
+reads), and sample_with_kl's rows cut into column chunks (the KL folded by ticket). That every configuration the host can pick is one tests/test_kernels_compile.py
 compiles is checked there.
 
 Runs where kernels run (tests/test_triton_interpreter.py runs this module under

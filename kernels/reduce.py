@@ -4,7 +4,9 @@ the same inputs give the same bits.
 ``finish_by_ticket`` — inside a row kernel: each program writes its partial sum, takes an
 integer ticket, and the program with the last ticket sums every partial in a fixed order,
 writes ``c * sum`` and resets the ticket counter (zero between launches). The row pass
-and the batch sum are then one launch.
+and the batch sum are then one launch. ``last_ticket`` is its ticket alone, for a kernel
+whose programs fold in groups (sample_with_kl: the column chunks of one row block, each
+group its own counter).
 
 ``finish_kernel`` — a launch of its own, grid ``SUM_ROWS + cdiv(D, BLOCK_D)``: with
 ``SUM_ROWS`` program 0 sums the ``B`` row values in wide 1-D blocks and writes
@@ -42,14 +44,24 @@ def sum_partial_columns(PARTIALS, OUT, block, D, NPART,
 
 
 @triton.jit
+def last_ticket(COUNTER, programs):
+    """Whether this program is the last of ``programs`` to take a ticket from ``COUNTER``
+    (one int32, zero between launches): the stores every program made before its ticket
+    are visible to the last one after it. The barrier orders this program's threads
+    before the ticket; the last one puts the counter back to zero when it is done with the
+    partials (``tl.atomic_xchg(COUNTER, 0)``), after a barrier of its own."""
+    tl.debug_barrier()
+    ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")
+    return ticket == programs - 1
+
+
+@triton.jit
 def finish_by_ticket(PARTIALS, COUNTER, OUT, pid, partial, c, BLOCK_SUM: tl.constexpr):
     """Write this program's ``partial``; the last program to arrive writes ``c`` times the
     sum of all of them to OUT. ``COUNTER`` (one int32, zero between launches) is the
-    ticket; the barriers order this program's threads around it."""
+    ticket (``last_ticket``)."""
     tl.store(PARTIALS + pid, partial)
-    tl.debug_barrier()
-    ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")
-    if ticket == tl.num_programs(0) - 1:
+    if last_ticket(COUNTER, tl.num_programs(0)):
         tl.debug_barrier()
         total = sum_rows(PARTIALS, tl.num_programs(0), BLOCK_SUM)
         tl.store(OUT, (total * c).to(OUT.dtype.element_ty))

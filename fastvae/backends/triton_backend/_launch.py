@@ -77,19 +77,22 @@ def _stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def ticket(device: torch.device) -> Tensor:
-    """The one-int32 ticket counter of ``reduce.finish_by_ticket`` for this device and
-    stream: zero between launches (the last program resets it), so it is allocated once
-    and kernels on one stream never share it concurrently. Nothing on the host reads or
-    writes it, so a launch using it can be captured in a CUDA graph: a capture runs on
-    its own stream, which gets its own counter (allocated, zeroed, by the first capture
-    that needs it); replays of one graph must not overlap on two streams."""
+def ticket(device: torch.device, n: int = 1) -> Tensor:
+    """The int32 ticket counter of ``reduce.finish_by_ticket`` (``n`` of them, one per
+    group of programs that folds its own partials, ``reduce.last_ticket``) for this device
+    and stream: zero between launches (each group's last program resets its counter), so
+    it is allocated once and kernels on one stream never share it concurrently. Nothing on
+    the host reads or writes it, so a launch using it can be captured in a CUDA graph: a
+    capture runs on its own stream, which gets its own counters (allocated, zeroed, by the
+    first capture that needs them); replays of one graph must not overlap on two streams.
+    Counters come in powers of two (the first ``n`` used): few buffers for many shapes."""
     if type(device) is not torch.device:
         device = torch.device(device)
-    counter = _tickets.get((device, _stream(device)))
+    size = 1 << max(n - 1, 0).bit_length()
+    key = (device, _stream(device)) if size == 1 else (device, _stream(device), size)
+    counter = _tickets.get(key)
     if counter is None:
-        counter = _tickets[(device, _stream(device))] = torch.zeros(1, dtype=torch.int32,
-                                                                      device=device)
+        counter = _tickets[key] = torch.zeros(size, dtype=torch.int32, device=device)
     return counter
 
 
@@ -107,6 +110,14 @@ def scratch(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     if buf is None:
         buf = _scratch[key] = torch.empty(shape, dtype=dtype, device=device)
     return buf
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device):
+    """The SMs of a CUDA device, None for any other."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def given(t, dtype, device) -> Tensor:

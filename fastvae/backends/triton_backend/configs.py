@@ -115,6 +115,19 @@ REPARAMETERIZE_WARPS_UNALIGNED = 16
 # (N up to, BLOCK_B, BLOCK_N, num_warps) of sample_with_kl's row tiles; the last covers any
 # N. 1024 elements a tile: each element runs its own Philox call (``normal_at``).
 SAMPLE_WITH_KL_TILES = ((64, 16, 64, 4), (256, 4, 256, 4), (None, 1, 1024, 8))
+# Long rows are cut into column chunks, one program per (row block, chunk), where the row
+# blocks alone would leave SMs idle (a hierarchical VAE at batch 16: 16 programs of 65,536
+# latents on 132 SMs): chunks enough for SAMPLE_WITH_KL_WAVES programs per SM, each at
+# least SAMPLE_WITH_KL_MIN_CHUNK latents (two 1024-element steps: below that a program's
+# start-up and the KL's ticket weigh). The forward folds the chunks' KL partials in the
+# launch (``reduce.sum_partial_columns``, SAMPLE_WITH_KL_SUM_BLOCK chunks a step).
+SAMPLE_WITH_KL_WAVES = 4
+SAMPLE_WITH_KL_MIN_CHUNK = 2048
+SAMPLE_WITH_KL_SUM_BLOCK = 64
+SAMPLE_WITH_KL_DEFAULT_SMS = 132   # CPU tensors with the GPU tiles (tests, the catalog)
+# Under the interpreter: this many chunks a row where N allows (16 latents a chunk at
+# least), so the interpreter's tests run the split path and the one-chunk one.
+SAMPLE_WITH_KL_INTERP_CHUNKS = 3
 # One program per SM, each striding over 8192-element blocks (32 elements, two 16-byte
 # loads per thread per tensor for fp32): at grad_output 1 a launch of that many programs
 # reading one scalar; otherwise enough bytes in flight per SM to stream.
@@ -132,6 +145,10 @@ def interpreter_tiles() -> bool:
     if CONFIG_MODE is not None:
         return CONFIG_MODE == "interpret"
     return _env.interpreting()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _p2(n: int) -> int:
@@ -276,14 +293,28 @@ def reparameterize_warps(bl: int) -> int:
     return REPARAMETERIZE_WARPS if bl % 16 == 0 else REPARAMETERIZE_WARPS_UNALIGNED
 
 
-def sample_with_kl_config(b: int, n: int):
-    """(BLOCK_B, BLOCK_N, num_warps) of the sample_with_kl kernels for (B, N) latents."""
+def sample_with_kl_config(b: int, n: int, sms: int | None = None):
+    """(BLOCK_B, BLOCK_N, CHUNK, chunks, num_warps) of the sample_with_kl kernels for (B, N)
+    latents on a GPU of ``sms`` SMs (None: not a CUDA device): grid ``(cdiv(B, BLOCK_B),
+    chunks)``, each program BLOCK_B rows by CHUNK columns (a multiple of BLOCK_N on the
+    GPU), the last chunk of a row shorter."""
     if interpreter_tiles():
-        block_n = min(max(_p2(n), 16), 4096)
-        return max(1, min(_INTERP_TILE // block_n, _p2(b))), block_n, ROW_WARPS
-    for upto, block_b, block_n, warps in SAMPLE_WITH_KL_TILES:
-        if upto is None or n <= upto:
-            return block_b, block_n, warps
+        chunk = max(1, _cdiv(n, max(1, min(SAMPLE_WITH_KL_INTERP_CHUNKS, n // 16))))
+        block_n = min(max(_p2(chunk), 16), 4096)
+        block_b = max(1, min(_INTERP_TILE // block_n, _p2(b)))
+        return block_b, block_n, chunk, _cdiv(n, chunk), ROW_WARPS
+    block_b, block_n, warps = next(t[1:] for t in SAMPLE_WITH_KL_TILES
+                                   if t[0] is None or n <= t[0])
+    programs = SAMPLE_WITH_KL_WAVES * (sms or SAMPLE_WITH_KL_DEFAULT_SMS)
+    wanted = _cdiv(programs, _cdiv(b, block_b))          # chunks a row that fill the GPU
+    most = n // max(block_n, SAMPLE_WITH_KL_MIN_CHUNK // block_b)   # none under the minimum
+    chunk = max(1, _cdiv(_cdiv(n, max(1, min(wanted, most))), block_n)) * block_n
+    return block_b, block_n, chunk, _cdiv(n, chunk), warps
+
+
+def sample_with_kl_sum_block() -> int:
+    """Chunks a step of the forward's fold of the KL partials (BLOCK_P)."""
+    return 16 if interpreter_tiles() else SAMPLE_WITH_KL_SUM_BLOCK
 
 
 def reparameterize_grid(bl: int):

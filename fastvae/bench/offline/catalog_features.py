@@ -80,13 +80,12 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
             finish(fastvae.kl_normal(mu, lv, pm, plv, backend="triton"), "train", False)
         yield f"kl_normal B={b} L={l} {dname} train", kl_call
 
-        def sample_call(b=b, l=l, dname=dname):
-            nt = DTYPES[dname][1]
-            mu, lv = stand_in_latents(b, l, nt, True, False)
-            pm, plv = stand_in_latents(b, l, nt, True, False)
-            z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
-            finish(z.sum() + kl.sum(), "train", False)
-        yield f"sample_with_kl B={b} L={l} {dname} train", sample_call
+        yield f"sample_with_kl B={b} L={l} {dname} train", _sample_call((b, l), dname, True)
+    # rows cut into column chunks (the SPLIT switch): the VDVAE loop's largest group, and an
+    # odd row length (2 chunks, rows not a multiple of 16) without a prior
+    for shape, dname, prior in (((16, 16, 64, 64), "fp32", True), ((3, 5000), "fp32", False)):
+        yield (f"sample_with_kl {shape} {dname} prior={prior} train",
+               _sample_call(shape, dname, prior))
     for (b, d, l), dname, (kl, fb, est), per_sample in itertools.product(
             elbo_shapes, ("fp32", "bf16"),
             (("analytic", 0.0, "standard"), ("mc", 0.5, "standard"), ("mc", 0.0, "stl")),
@@ -115,6 +114,16 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
                                    validate=False)
             finish(v, "train", False)
         yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator={est} prior=L", iwae_call
+
+
+def _sample_call(shape, dname, prior):
+    def call():
+        nt = DTYPES[dname][1]
+        mu, lv = empty(shape, nt, True), empty(shape, nt, True)
+        pm, plv = (empty(shape, nt, True), empty(shape, nt, True)) if prior else (None, None)
+        z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
+        finish(z.sum() + kl.sum(), "train", False)
+    return call
 
 
 def int64_calls() -> Iterator[Tuple[str, Callable]]:

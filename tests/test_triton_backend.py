@@ -160,8 +160,14 @@ def test_sample_with_kl_launches_once_each_way(seed, launches, prior):
     pm = {"none": None, "full": leaf(torch.randn(shape)), "shared": leaf(torch.randn(3, 1, 1))}
     pm = pm[prior]
     plv = None if pm is None else leaf(torch.randn(shape))
-    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
+    from torch.profiler import ProfilerActivity, profile
+    fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")   # per-device buffers made once
+    del launches[:]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
     assert launches == ["sample_with_kl_fwd_kernel"]
+    fills = [e.name for e in prof.events() if e.name == "aten::zeros"]
+    assert not fills, fills   # no zero row for a full prior: a fill launch per call
     del launches[:]
     ins = [t for t in (mu, lv, pm, plv) if t is not None]
     grads = torch.autograd.grad([z, kl], ins, [torch.randn_like(z), torch.randn_like(kl)])

@@ -23,6 +23,7 @@ import fastvae  # noqa: E402
 from fastvae import _env  # noqa: E402
 from fastvae.backends.triton_backend import _launch, _planned, configs  # noqa: E402
 from fastvae.backends.triton_backend import elbo as elbo_host  # noqa: E402
+from fastvae.backends.triton_backend import sample_with_kl as swk_host  # noqa: E402
 from fastvae.backends.triton_backend import scale as scale_host  # noqa: E402
 from fastvae.bench.offline.jit_no_gpu import jit_no_gpu, set_device  # noqa: E402
 
@@ -76,14 +77,15 @@ _planned_launch = _planned.launch
 def checked(monkeypatch):
     monkeypatch.setattr(_env, "interpreting", lambda: True)   # CPU tensors stand in for CUDA
     monkeypatch.setattr(configs, "CONFIG_MODE", "gpu")
-    elbo_host._PLANS.clear()
-    scale_host._PLANS.clear()
+    hosts = (elbo_host, scale_host, swk_host)
+    for h in hosts:
+        h._PLANS.clear()
     with jit_no_gpu(90) as runs:
         check = Checked(runs)
         monkeypatch.setattr(_planned, "launch", check)
         yield check
-    elbo_host._PLANS.clear()    # their caches hold the stand-in kernels
-    scale_host._PLANS.clear()
+    for h in hosts:     # their caches hold the stand-in kernels
+        h._PLANS.clear()
 
 
 def _step(x, recon, mu, lv, **kw):
@@ -128,6 +130,28 @@ def test_planned_launches_pick_what_triton_picks(checked):
         _step(x, recon, mu, lv, likelihood="gaussian", obs_logvar=torch.zeros(9,
               requires_grad=True), reduction="sum")
     assert len(set(checked.keys)) >= 10
+
+
+def test_sample_with_kl_planned_launches_pick_what_triton_picks(checked):
+    """sample_with_kl's two launches, planned per shape: with and without a prior, rows
+    split into column chunks or not, bf16; each third step launches directly."""
+    def leaf(*shape, dtype=torch.float32):
+        return torch.randn(*shape, dtype=dtype).requires_grad_()
+    cases = [((6, 9), None, torch.float32), ((3, 5000), "full", torch.float32),
+             ((4, 2, 3, 3), "shared", torch.bfloat16)]
+    for shape, prior, dtype in cases:
+        mu, lv = leaf(*shape, dtype=dtype), leaf(*shape, dtype=dtype)
+        pm = plv = None
+        if prior == "full":
+            pm, plv = leaf(*shape), leaf(*shape)
+        elif prior == "shared":
+            pm, plv = leaf(*shape[1:], dtype=dtype), leaf(*shape[1:], dtype=dtype)
+        before = dict(checked.counts)
+        for _ in range(3):
+            z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
+            torch.autograd.backward([z, kl], [torch.ones_like(z), torch.ones_like(kl)])
+        got = {k: checked.counts[k] - before[k] for k in before}
+        assert got == dict(cancelled=2, triton=2, direct=2), (shape, prior, got)
 
 
 def test_device_and_knobs_key_the_cache(checked):
@@ -257,5 +281,5 @@ def test_under_triton_3_6():
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p",
                            "no:cacheprovider", "-k", "pick or keys_on or child_runs"],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "3 passed" in proc.stdout, \
+    assert proc.returncode == 0 and "4 passed" in proc.stdout, \
         proc.stdout[-3000:] + proc.stderr[-2000:]

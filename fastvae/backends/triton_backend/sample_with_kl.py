@@ -19,6 +19,21 @@ from . import _launch, configs
 from ._rows import prior_args
 
 
+# Planned launches per (shapes, strides, dtypes, prior pattern, needs, device) key: a
+# repeated call (every group of every step of a hierarchical VAE) skips Triton's binder.
+_PLANS: dict = {}
+_PLANS_MAX = 256
+
+
+def _planned(key, build):
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        plan = _PLANS[key] = build()
+    return plan
+
+
 def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """Same contract as the "torch" backend's: (z, kl, dKL/dmu_q, dKL/dlogvar_q,
     dKL/dlogvar_p), the gradients per ``needs`` (dKL/dmu_q also for mu_p)."""
@@ -28,30 +43,44 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     b, n = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
     pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
+    kl_dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
+    key = (mu.shape, mu.stride(0), mu.dtype, logvar.stride(0), logvar.dtype, prior, pm.dtype,
+           stride_pm, plv.dtype, stride_plv, kl_dtype, tuple(needs), dev,
+           configs.interpreter_tiles())
+    plan = _planned(key, lambda: _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior,
+                                           needs))
     z = _launch.alloc(mu.shape, mu.dtype, dev)
-    kl = _launch.alloc((b,), result_dtype(mu, logvar, prior_mu, prior_logvar), dev)
+    kl = _launch.alloc((b,), kl_dtype, dev)
     gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[0] or needs[2] else None
     glv = _launch.alloc(mu.shape, logvar.dtype, dev) if needs[1] else None
     gplv = _launch.alloc(mu.shape, plv.dtype, dev) if needs[3] else None
+    split = plan["split"]
+    _launch.launch_planned(
+        plan["launch"], MU=mu, LV=logvar, PM=pm, PLV=plv, SEED=noise, Z=z, KL=kl,
+        GMU=gmu, GLV=glv, GPLV=gplv,
+        PARTIALS=_launch.scratch(plan["partials"], torch.float32, dev) if split else None,
+        COUNTER=_launch.ticket(dev, plan["row_blocks"]) if split else None)
+    return (z, kl, *_launch.placeholders(mu, gmu, glv, gplv))
+
+
+def _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior, needs) -> dict:
+    dev = mu.device
+    b, n = mu.shape
     block_b, block_n, chunk, chunks, warps = configs.sample_with_kl_config(
         b, n, _launch.sm_count(dev))
     row_blocks = _launch.cdiv(b, block_b)
-    split = chunks > 1
     f32 = torch.float32
-    _launch.launch(
-        ks.sample_with_kl_fwd_kernel, (row_blocks, chunks),
-        MU=mu, LV=logvar, PM=pm, PLV=plv, SEED=noise, Z=z, KL=kl,
-        GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GPLV=_launch.given(gplv, plv.dtype, dev),
-        PARTIALS=_launch.scratch((chunks, b), f32, dev) if split else _launch.dummy(f32, dev),
-        COUNTER=(_launch.ticket(dev, row_blocks) if split
-                 else _launch.dummy(torch.int32, dev)),
+    dummies = {"GMU": _launch.dummy(mu.dtype, dev), "GLV": _launch.dummy(logvar.dtype, dev),
+               "GPLV": _launch.dummy(plv.dtype, dev), "PARTIALS": _launch.dummy(f32, dev),
+               "COUNTER": _launch.dummy(torch.int32, dev)}
+    launch = _launch.Planned(ks.sample_with_kl_fwd_kernel, (row_blocks, chunks), dev, dict(
         B=b, N=n, CHUNK=chunk, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
-        stride_pm=stride_pm, stride_plv=stride_plv, PRIOR=prior, NEED_GMU=gmu is not None,
-        NEED_GLV=glv is not None, NEED_GPLV=gplv is not None, SPLIT=split,
-        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_P=configs.sample_with_kl_sum_block(), Q=kr.Q,
-        num_warps=warps)
-    return (z, kl, *_launch.placeholders(mu, gmu, glv, gplv))
+        stride_pm=stride_pm, stride_plv=stride_plv, PRIOR=prior,
+        NEED_GMU=bool(needs[0] or needs[2]), NEED_GLV=bool(needs[1]),
+        NEED_GPLV=bool(needs[3]), SPLIT=chunks > 1, BLOCK_B=block_b, BLOCK_N=block_n,
+        BLOCK_P=configs.sample_with_kl_sum_block(), Q=kr.Q, num_warps=warps), dummies)
+    return {"launch": launch, "split": chunks > 1, "partials": (chunks, b),
+            "row_blocks": row_blocks}
 
 
 def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_saved=False):
@@ -64,28 +93,39 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
         return torch_backend.sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv,
                                                 needs, reuse_saved)
     dev = logvar.device
-    b, n = logvar.shape
-    outs = [_launch.alloc(logvar.shape, logvar.dtype, dev) if need else None for need in needs]
+    lv = _launch.rows(logvar)
+    dz = None if dz is None else dz.contiguous()
+    g_kl = None if g_kl is None else g_kl.contiguous()
+    saved = [g if g is not None and g.numel() else None for g in (g_mu, g_lv, g_plv)]
+    key = (lv.shape, lv.stride(0), lv.dtype, None if dz is None else dz.dtype,
+           None if g_kl is None else g_kl.dtype, tuple(g is not None for g in saved),
+           tuple(needs), dev, configs.interpreter_tiles())
+    plan = _planned(key, lambda: _bwd_plan(lv, dz, g_kl, needs))
+    outs = [_launch.alloc(lv.shape, lv.dtype, dev) if need else None for need in needs]
     dmu, dlv, dpm, dplv = outs
-    f32 = torch.float32
-    like = logvar.dtype
+    _launch.launch_planned(
+        plan, DZ=dz, GKL=g_kl, LV=lv, SEED=noise,
+        GMU=saved[0], GLV=saved[1], GPLV=saved[2], DMU=dmu, DLV=dlv, DPM=dpm, DPLV=dplv)
+    return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+
+
+def _bwd_plan(lv, dz, g_kl, needs):
+    dev = lv.device
+    b, n = lv.shape
+    like = lv.dtype
     block_b, block_n, chunk, chunks, warps = configs.sample_with_kl_config(
         b, n, _launch.sm_count(dev))
-    _launch.launch(
-        ks.sample_with_kl_bwd_kernel, (_launch.cdiv(b, block_b), chunks),
-        DZ=_launch.given(None if dz is None else dz.contiguous(), like, dev),
-        GKL=_launch.given(None if g_kl is None else g_kl.contiguous(), f32, dev),
-        LV=_launch.rows(logvar),
-        SEED=_launch.given(noise, torch.int64, dev),
-        GMU=_saved(g_mu, like, dev), GLV=_saved(g_lv, like, dev), GPLV=_saved(g_plv, like, dev),
-        DMU=_launch.given(dmu, like, dev), DLV=_launch.given(dlv, like, dev),
-        DPM=_launch.given(dpm, like, dev), DPLV=_launch.given(dplv, like, dev),
-        B=b, N=n, CHUNK=chunk, stride_lv=_launch.rows(logvar).stride(0),
-        HAS_DZ=dz is not None, HAS_GKL=g_kl is not None, NEED_GMU=dmu is not None,
-        NEED_GLV=dlv is not None, NEED_GPM=dpm is not None, NEED_GPLV=dplv is not None,
-        SPLIT=chunks > 1,
-        BLOCK_B=block_b, BLOCK_N=block_n, Q=kr.Q, num_warps=warps)
-    return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+    dummies = {name: _launch.dummy(like, dev) for name in
+               ("DZ", "GMU", "GLV", "GPLV", "DMU", "DLV", "DPM", "DPLV")}
+    dummies["GKL"] = _launch.dummy(torch.float32, dev)
+    dummies["SEED"] = _launch.dummy(torch.int64, dev)
+    return _launch.Planned(ks.sample_with_kl_bwd_kernel, (_launch.cdiv(b, block_b), chunks),
+                           dev, dict(
+        B=b, N=n, CHUNK=chunk, stride_lv=lv.stride(0),
+        HAS_DZ=dz is not None, HAS_GKL=g_kl is not None, NEED_GMU=bool(needs[0]),
+        NEED_GLV=bool(needs[1]), NEED_GPM=bool(needs[2]), NEED_GPLV=bool(needs[3]),
+        SPLIT=chunks > 1, BLOCK_B=block_b, BLOCK_N=block_n, Q=kr.Q, num_warps=warps),
+        dummies)
 
 
 def _saved(g, dtype, device):

@@ -23,6 +23,7 @@ import fastvae  # noqa: E402
 from fastvae import _env  # noqa: E402
 from fastvae.backends.triton_backend import _launch, _planned, configs  # noqa: E402
 from fastvae.backends.triton_backend import elbo as elbo_host  # noqa: E402
+from fastvae.backends.triton_backend import reparameterize as reparam_host  # noqa: E402
 from fastvae.backends.triton_backend import sample_with_kl as swk_host  # noqa: E402
 from fastvae.backends.triton_backend import scale as scale_host  # noqa: E402
 from fastvae.bench.offline.jit_no_gpu import jit_no_gpu, set_device  # noqa: E402
@@ -77,7 +78,7 @@ _planned_launch = _planned.launch
 def checked(monkeypatch):
     monkeypatch.setattr(_env, "interpreting", lambda: True)   # CPU tensors stand in for CUDA
     monkeypatch.setattr(configs, "CONFIG_MODE", "gpu")
-    hosts = (elbo_host, scale_host, swk_host)
+    hosts = (elbo_host, scale_host, swk_host, reparam_host)
     for h in hosts:
         h._PLANS.clear()
     with jit_no_gpu(90) as runs:
@@ -132,9 +133,10 @@ def test_planned_launches_pick_what_triton_picks(checked):
     assert len(set(checked.keys)) >= 10
 
 
-def test_sample_with_kl_planned_launches_pick_what_triton_picks(checked):
-    """sample_with_kl's two launches, planned per shape: with and without a prior, rows
-    split into column chunks or not, bf16; each third step launches directly."""
+def test_sampler_planned_launches_pick_what_triton_picks(checked):
+    """sample_with_kl's and reparameterize's launches, planned per shape: with and without
+    a prior, rows split into column chunks or not, bf16, K samples; each third step
+    launches directly."""
     def leaf(*shape, dtype=torch.float32):
         return torch.randn(*shape, dtype=dtype).requires_grad_()
     cases = [((6, 9), None, torch.float32), ((3, 5000), "full", torch.float32),
@@ -152,6 +154,14 @@ def test_sample_with_kl_planned_launches_pick_what_triton_picks(checked):
             torch.autograd.backward([z, kl], [torch.ones_like(z), torch.ones_like(kl)])
         got = {k: checked.counts[k] - before[k] for k in before}
         assert got == dict(cancelled=2, triton=2, direct=2), (shape, prior, got)
+    for k in (None, 3):   # reparameterize's two
+        mu, lv = leaf(5, 7), leaf(5, 7)
+        before = dict(checked.counts)
+        for _ in range(3):
+            z = fastvae.reparameterize(mu, lv, n_samples=k, backend="triton")
+            z.backward(torch.ones_like(z))
+        got = {k: checked.counts[k] - before[k] for k in before}
+        assert got == dict(cancelled=2, triton=2, direct=2), (k, got)
 
 
 def test_device_and_knobs_key_the_cache(checked):

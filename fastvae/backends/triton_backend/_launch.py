@@ -59,6 +59,21 @@ def dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
     return t
 
 
+PLANS_MAX = 256   # plans kept per host function; a workload with more rebuilds some
+
+
+def plan_for(plans: dict, key, build):
+    """``plans[key]``, built by ``build()`` the first time (a host function's planned
+    launches per shapes, strides, dtypes and options; ``configs`` is read once per key, so
+    code that edits the tile tables at run time clears the cache)."""
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= PLANS_MAX:
+            plans.clear()
+        plan = plans[key] = build()
+    return plan
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for host ints (``triton.cdiv`` is a constexpr function: several
     times slower per call on the host path)."""

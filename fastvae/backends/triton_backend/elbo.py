@@ -21,10 +21,7 @@ from .. import torch_backend
 from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args, prior_args
 
-# Plans read ``configs`` once per key (its CONFIG_MODE is part of the key): code that edits
-# the tile tables at run time clears this.
-_PLANS: dict = {}
-_PLANS_MAX = 256   # distinct shapes/options kept; a workload with more rebuilds some
+_PLANS: dict = {}   # per key (_launch.plan_for); configs' CONFIG_MODE is part of the key
 
 
 def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl,
@@ -51,12 +48,9 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
            None if prior_logvar is None else (prior_logvar.shape, prior_logvar.stride(),
                                               prior_logvar.dtype),
            dev, likelihood, kl, free, reduction, tuple(needs), configs.interpreter_tiles())
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        plan = _PLANS[key] = _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
-                                   likelihood, kl, free, reduction, needs)
+    plan = _launch.plan_for(_PLANS, key, lambda: _plan(
+        x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free, reduction,
+        needs))
     b, d = x.shape
     f32 = torch.float32
     obs_arg = _launch.rows(obs) if plan["obs_tensor"] else None

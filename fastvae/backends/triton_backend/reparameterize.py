@@ -15,6 +15,8 @@ from .. import torch_backend
 from ..torch_backend.reparameterize import philox_seed, sample_shape, seeded
 from . import _launch, configs
 
+_PLANS: dict = {}   # per key (_launch.plan_for): a training step's repeated launches
+
 
 def reparameterize_noise(mu, n_samples: int, generator):
     """A one-element int64 seed from torch's generator (no host sync, traceable), so
@@ -30,12 +32,20 @@ def reparameterize_fwd(mu, logvar, noise, n_samples: int):
         return torch_backend.reparameterize_fwd(mu, logvar, noise, n_samples)
     mu, logvar = mu.contiguous(), logvar.contiguous()
     z = _launch.alloc(sample_shape(mu, n_samples), mu.dtype, mu.device)
-    bl = mu.numel()
-    grid, chunks, cpad = configs.reparameterize_grid(bl)
-    _launch.launch(kr.reparameterize_fwd_kernel, grid, MU=mu, LV=logvar, SEED=noise, Z=z,
-                   BL=bl, K=max(n_samples, 1), CPAD=cpad,
-                   CHUNKS=chunks, Q=kr.Q, num_warps=configs.reparameterize_warps(bl))
+    plan = _launch.plan_for(_PLANS, ("fwd", mu.numel(), n_samples, mu.device,
+                                     configs.interpreter_tiles()),
+                            lambda: _plan(kr.reparameterize_fwd_kernel, mu, n_samples))
+    _launch.launch_planned(plan, MU=mu, LV=logvar, SEED=noise, Z=z)
     return z
+
+
+def _plan(kernel, like, n_samples: int, **fixed):
+    """The planned launch of ``kernel`` over B*L = ``like.numel()`` latents."""
+    bl = like.numel()
+    grid, chunks, cpad = configs.reparameterize_grid(bl)
+    return _launch.Planned(kernel, grid, like.device, dict(
+        BL=bl, K=max(n_samples, 1), CPAD=cpad, CHUNKS=chunks, Q=kr.Q,
+        num_warps=configs.reparameterize_warps(bl), **fixed))
 
 
 def reparameterize_std_eps(logvar, noise, n_samples: int):
@@ -53,10 +63,12 @@ def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
     dmu = _launch.alloc(logvar.shape, logvar.dtype, logvar.device)
     dlv = (_launch.alloc(logvar.shape, logvar.dtype, logvar.device) if need_dlogvar
            else logvar.new_empty(0))
-    bl = logvar.numel()
-    grid, chunks, cpad = configs.reparameterize_grid(bl)
-    _launch.launch(kr.reparameterize_bwd_kernel, grid, DZ=dz, LV=logvar, SEED=noise, DMU=dmu,
-                   DLV=dlv if need_dlogvar else _launch.dummy(logvar.dtype, logvar.device),
-                   BL=bl, K=max(n_samples, 1), CPAD=cpad, need_dlv=int(need_dlogvar),
-                   CHUNKS=chunks, Q=kr.Q, num_warps=configs.reparameterize_warps(bl))
+    plan = _launch.plan_for(
+        _PLANS, ("bwd", logvar.numel(), n_samples, bool(need_dlogvar), logvar.device,
+                 configs.interpreter_tiles()),
+        lambda: _plan(kr.reparameterize_bwd_kernel, logvar, n_samples,
+                      need_dlv=int(need_dlogvar)))
+    _launch.launch_planned(plan, DZ=dz, LV=logvar, SEED=noise, DMU=dmu,
+                           DLV=dlv if need_dlogvar else _launch.dummy(logvar.dtype,
+                                                                      logvar.device))
     return dmu, dlv

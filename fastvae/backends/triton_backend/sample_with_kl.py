@@ -22,16 +22,6 @@ from ._rows import prior_args
 # Planned launches per (shapes, strides, dtypes, prior pattern, needs, device) key: a
 # repeated call (every group of every step of a hierarchical VAE) skips Triton's binder.
 _PLANS: dict = {}
-_PLANS_MAX = 256
-
-
-def _planned(key, build):
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        plan = _PLANS[key] = build()
-    return plan
 
 
 def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
@@ -47,8 +37,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     key = (mu.shape, mu.stride(0), mu.dtype, logvar.stride(0), logvar.dtype, prior, pm.dtype,
            stride_pm, plv.dtype, stride_plv, kl_dtype, tuple(needs), dev,
            configs.interpreter_tiles())
-    plan = _planned(key, lambda: _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior,
-                                           needs))
+    plan = _launch.plan_for(_PLANS, key, lambda: _fwd_plan(mu, logvar, pm, plv, stride_pm,
+                                                           stride_plv, prior, needs))
     z = _launch.alloc(mu.shape, mu.dtype, dev)
     kl = _launch.alloc((b,), kl_dtype, dev)
     gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[0] or needs[2] else None
@@ -100,7 +90,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     key = (lv.shape, lv.stride(0), lv.dtype, None if dz is None else dz.dtype,
            None if g_kl is None else g_kl.dtype, tuple(g is not None for g in saved),
            tuple(needs), dev, configs.interpreter_tiles())
-    plan = _planned(key, lambda: _bwd_plan(lv, dz, g_kl, needs))
+    plan = _launch.plan_for(_PLANS, key, lambda: _bwd_plan(lv, dz, g_kl, needs))
     outs = [_launch.alloc(lv.shape, lv.dtype, dev) if need else None for need in needs]
     dmu, dlv, dpm, dplv = outs
     _launch.launch_planned(

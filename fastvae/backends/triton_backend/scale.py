@@ -25,11 +25,7 @@ def scale_saved_(grads, grad_out):
     for g in live:  # a loop, not a generator: this runs every backward
         key += (g.numel(), g.dtype, g.device, g.is_contiguous())
     key = tuple(key)
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.clear()
-        plan = _PLANS[key] = _plan(live, grad_out.device)
+    plan = _launch.plan_for(_PLANS, key, lambda: _plan(live, grad_out.device))
     if plan is _TORCH:
         return [None if g is None else g.mul_(grad_out) for g in grads]
     slots = dict.fromkeys(_SLOT_NAMES)   # None: the plan's stand-in (its size is 0)
@@ -40,8 +36,7 @@ def scale_saved_(grads, grad_out):
 
 
 _TORCH = "torch"    # the plan of gradients the kernel does not take
-_PLANS: dict = {}   # read configs once per key, as elbo's
-_PLANS_MAX = 256
+_PLANS: dict = {}   # per key (_launch.plan_for)
 _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
 
 

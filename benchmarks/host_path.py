@@ -1,9 +1,10 @@
-"""Host cost of one fused ``ELBOLoss`` forward+backward on the "triton" backend, with the
-GPU work stubbed out, on a machine without a GPU.
+"""Host cost of one fused ``ELBOLoss`` forward+backward on the "triton" backend (or, with
+``--op``, of ``sample_with_kl`` with a learned prior or ``reparameterize``), with the GPU
+work stubbed out, on a machine without a GPU.
 
-    .venv/bin/python benchmarks/host_path.py [--batch 64] [--dim 784] [--latent 64]
-        [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400] [--layers 25]
-        [--profile 25] [--json F]
+    .venv/bin/python benchmarks/host_path.py [--op elbo] [--batch 64] [--dim 784]
+        [--latent 64] [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400]
+        [--layers 25] [--profile 25] [--json F]
 
 What stands in for CUDA: CPU tensors, the backend told it may run there (as under
 ``TRITON_INTERPRET=1``) with the GPU tiles (``configs.CONFIG_MODE = "gpu"``). Three ways
@@ -74,6 +75,8 @@ def stub_gpu():
 
 
 def make_step(args):
+    if args.op != "elbo":
+        return make_sampler_step(args)
     dt = DTYPES[args.dtype]
     g = torch.Generator().manual_seed(0)
     b, d, l = args.batch, args.dim, args.latent
@@ -94,21 +97,48 @@ def make_step(args):
     return step, forward
 
 
+def make_sampler_step(args):
+    """sample_with_kl (a full learned prior) or reparameterize (K=1) on (B, L) latents,
+    fwd+bwd with fixed cotangents."""
+    dt = DTYPES[args.dtype]
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch, args.latent)
+    leaves = [torch.randn(shape, generator=g).to(dt).requires_grad_()
+              for _ in range(4 if args.op == "sample_with_kl" else 2)]
+    dz = torch.randn(shape, generator=g).to(dt)
+    dkl = torch.randn(args.batch, generator=g)
+
+    def forward():
+        if args.op == "sample_with_kl":
+            return fastvae.sample_with_kl(*leaves, backend="triton")
+        return (fastvae.reparameterize(*leaves, backend="triton"),)
+
+    def step():
+        out = forward()
+        torch.autograd.backward(out, [dz, dkl][:len(out)])
+        for t in leaves:
+            t.grad = None
+    return step, forward
+
+
+def leaf_shapes(args):
+    b, d, l = args.batch, args.dim, args.latent
+    return {"elbo": [(b, d), (b, l), (b, l)], "sample_with_kl": [(b, l)] * 4,
+            "reparameterize": [(b, l)] * 2}[args.op]
+
+
 def make_floor(args):
     """The same step through a bare autograd.Function that only allocates the value and
     the gradients and hands them back: what any custom op costs in autograd and the
     allocator, the floor under fastvae's own host work."""
     dt = DTYPES[args.dtype]
-    b, d, l = args.batch, args.dim, args.latent
-    x = torch.rand(b, d).to(dt)
-    leaves = (torch.randn(b, d).to(dt).requires_grad_(), torch.randn(b, l).to(dt).requires_grad_(),
-              torch.randn(b, l).to(dt).requires_grad_())
+    x = torch.rand(args.batch, args.dim).to(dt)
+    leaves = [torch.randn(s).to(dt).requires_grad_() for s in leaf_shapes(args)]
 
     class Bare(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, recon, mu, logvar):
-            ctx.save_for_backward(torch.empty_like(recon), torch.empty_like(mu),
-                                  torch.empty_like(logvar))
+        def forward(ctx, x, *ins):
+            ctx.save_for_backward(*(torch.empty_like(t) for t in ins))
             return torch.empty((), dtype=torch.float32)
 
         @staticmethod
@@ -202,6 +232,8 @@ def count_calls(fn):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", choices=("elbo", "sample_with_kl", "reparameterize"),
+                   default="elbo", help="the fused call measured (default: ELBOLoss)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--dim", type=int, default=784)
     p.add_argument("--latent", type=int, default=64)
@@ -215,6 +247,8 @@ def main(argv=None):
                    help="also time each layer of the step alone, over N rounds")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
+    if args.layers and args.op != "elbo":
+        p.error("--layers times the ELBO's layers only")
     torch.set_num_threads(1)
     modes, record = stub_gpu()
     with jit_no_gpu(90, record=False):
@@ -256,7 +290,9 @@ def measure(args, modes, record):
     def ratio(a, b):
         return med(x / y for x, y in zip(times[a], times[b]))
     res = {
-        "shape": f"B={args.batch} D={args.dim} L={args.latent} {args.dtype} {args.reduction}",
+        "shape": (f"B={args.batch} D={args.dim} L={args.latent} {args.dtype} {args.reduction}"
+                  if args.op == "elbo" else f"{args.op} B={args.batch} L={args.latent} "
+                  f"{args.dtype}"),
         "torch": torch.__version__, "triton": __import__("triton").__version__,
         "launches_per_step": per_step,
         **{f"{name}_us": med(times[name]) for name in times},

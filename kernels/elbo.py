@@ -33,7 +33,7 @@ import triton.language as tl
 
 from ._math import (GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
                     latent_kl_tile, likelihood_tile, load_f32, load_prior, store_as, to_f32)
-from .reduce import finish_by_ticket
+from .reduce import finish_by_ticket, last_ticket
 
 
 @triton.jit
@@ -250,9 +250,7 @@ def kl_clamp_kernel(
                                 rows2 * stride_plv + lat[None, :], m, PRIOR)
         kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, p_mu, p_lv, KL_MC, PRIOR)
         tl.store(PARTIALS + pid * L + lat, tl.sum(tl.where(m, kl, 0.0), axis=0), mask=lat < L)
-    tl.debug_barrier()
-    ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")
-    if ticket == tl.num_programs(0) - 1:
+    if last_ticket(COUNTER, tl.num_programs(0)):
         tl.debug_barrier()
         for l0 in range(0, L, BLOCK_L):
             lat = l0 + tl.arange(0, BLOCK_L)

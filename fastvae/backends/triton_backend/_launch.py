@@ -104,7 +104,7 @@ def ticket(device: torch.device, n: int = 1) -> Tensor:
     if type(device) is not torch.device:
         device = torch.device(device)
     size = 1 << max(n - 1, 0).bit_length()
-    key = (device, _stream(device)) if size == 1 else (device, _stream(device), size)
+    key = (device, _stream(device), size)
     counter = _tickets.get(key)
     if counter is None:
         counter = _tickets[key] = torch.zeros(size, dtype=torch.int32, device=device)

@@ -42,13 +42,12 @@ def prior_args(prior_mu, prior_logvar, mu):
     if prior_mu is None and prior_logvar is None:
         dummy = _launch.dummy(mu.dtype, mu.device)
         return dummy, dummy, 0, 0, False
-    if prior_mu is None or prior_logvar is None:  # a zero row (one fill launch) only then
-        like = prior_logvar if prior_mu is None else prior_mu
-        zeros = torch.zeros(mu.shape[1:], dtype=like.dtype, device=mu.device)
-        pm = zeros if prior_mu is None else _launch.rows(prior_mu)
-        plv = zeros if prior_logvar is None else _launch.rows(prior_logvar)
-    else:
-        pm, plv = _launch.rows(prior_mu), _launch.rows(prior_logvar)
+    pm = None if prior_mu is None else _launch.rows(prior_mu)
+    plv = None if prior_logvar is None else _launch.rows(prior_logvar)
+    if pm is None or plv is None:  # the zero row (a fill launch) only for a missing half
+        zeros = torch.zeros(mu.shape[1:], dtype=(plv if pm is None else pm).dtype,
+                            device=mu.device)
+        pm, plv = (zeros if pm is None else pm), (zeros if plv is None else plv)
     return pm, plv, _row_stride(pm), _row_stride(plv), True
 
 

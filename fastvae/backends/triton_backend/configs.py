@@ -14,6 +14,7 @@ from fastvae.kernels._math import (LIK_BERNOULLI, LIK_CONTINUOUS_BERNOULLI, LIK_
                                    LIK_GAUSSIAN_TENSOR)
 
 from ... import _env
+from . import _launch
 
 BERNOULLI = LIK_BERNOULLI.value
 CONTINUOUS_BERNOULLI = LIK_CONTINUOUS_BERNOULLI.value
@@ -145,10 +146,6 @@ def interpreter_tiles() -> bool:
     if CONFIG_MODE is not None:
         return CONFIG_MODE == "interpret"
     return _env.interpreting()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _p2(n: int) -> int:
@@ -299,17 +296,17 @@ def sample_with_kl_config(b: int, n: int, sms: int | None = None):
     chunks)``, each program BLOCK_B rows by CHUNK columns (a multiple of BLOCK_N on the
     GPU), the last chunk of a row shorter."""
     if interpreter_tiles():
-        chunk = max(1, _cdiv(n, max(1, min(SAMPLE_WITH_KL_INTERP_CHUNKS, n // 16))))
+        chunk = max(1, _launch.cdiv(n, max(1, min(SAMPLE_WITH_KL_INTERP_CHUNKS, n // 16))))
         block_n = min(max(_p2(chunk), 16), 4096)
         block_b = max(1, min(_INTERP_TILE // block_n, _p2(b)))
-        return block_b, block_n, chunk, _cdiv(n, chunk), ROW_WARPS
+        return block_b, block_n, chunk, _launch.cdiv(n, chunk), ROW_WARPS
     block_b, block_n, warps = next(t[1:] for t in SAMPLE_WITH_KL_TILES
                                    if t[0] is None or n <= t[0])
     programs = SAMPLE_WITH_KL_WAVES * (sms or SAMPLE_WITH_KL_DEFAULT_SMS)
-    wanted = _cdiv(programs, _cdiv(b, block_b))          # chunks a row that fill the GPU
+    wanted = _launch.cdiv(programs, _launch.cdiv(b, block_b))          # chunks a row that fill the GPU
     most = n // max(block_n, SAMPLE_WITH_KL_MIN_CHUNK // block_b)   # none under the minimum
-    chunk = max(1, _cdiv(_cdiv(n, max(1, min(wanted, most))), block_n)) * block_n
-    return block_b, block_n, chunk, _cdiv(n, chunk), warps
+    chunk = max(1, _launch.cdiv(_launch.cdiv(n, max(1, min(wanted, most))), block_n)) * block_n
+    return block_b, block_n, chunk, _launch.cdiv(n, chunk), warps
 
 
 def sample_with_kl_sum_block() -> int:

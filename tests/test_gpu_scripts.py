@@ -24,10 +24,10 @@ def test_hvae_loop_check_passes_the_op_and_catches_a_wrong_gradient():
 
     def fused(*a):
         return fastvae.sample_with_kl(*a, backend="torch")
-    assert loop.check_fastvae(groups, fused) < 1e-5
+    loop.check_fastvae(groups, fused)
 
     def wrong(mu, lv, pm, plv):   # the KL's dlogvar_p off by a factor: only a gradient moves
         z, kl = fused(mu, lv, pm, plv)
         return z, kl + 0.01 * (plv - plv.detach()).flatten(1).sum(1)
-    with pytest.raises(AssertionError, match="plv"):
+    with pytest.raises(AssertionError, match="dlogvar_p"):
         loop.check_fastvae(groups, wrong)

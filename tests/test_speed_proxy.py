@@ -95,6 +95,13 @@ def test_proxy_arithmetic_on_the_snippet():
     assert P.mufu_seconds(warps * passes) == pytest.approx(
         warps * passes * 32 / (132 * 16 * 1.98e9))
     assert P.memory_seconds(4.3e12) == pytest.approx(1.0)
+    # occupancy on an H200 SM: registers go by 256 a warp (48 a thread: 1536 a warp)
+    assert P.programs_per_sm(48, 4, 0) == 10          # 65536 // (1536 * 4)
+    assert P.programs_per_sm(179, 8, 0) == 1          # 184 a thread: 47104 a program
+    assert P.programs_per_sm(16, 1, 0) == 32          # the program limit
+    assert P.programs_per_sm(16, 8, 0) == 8           # 64 warps
+    assert P.programs_per_sm(32, 4, 100_000) == 2     # 228 KB, 1 KB reserved a program
+    assert P.launch_seconds(2.0, 1.0, 1) == 3.0 and P.launch_seconds(2.0, 1.0, 2) == 2.0
     # a mis-attributed loop is reported, never guessed
     lc2 = P.count_launch(_toy_kernel, _snippet(line=_FOR_LINE + 1), {"N": n, "BLOCK": block},
                          grid, warps)
@@ -122,3 +129,6 @@ def test_proxy_end_to_end_on_the_elbo_row_kernel():
     assert row["per_element"][1] == pytest.approx(static_per_elem)
     assert case["memory_us"] == pytest.approx((3 * 65536 * 784 + 4 * 65536 * 64) * 4 / 4.3e6)
     assert row["issue_us"][1] <= 0.5 * case["memory_us"], row
+    # several programs an SM overlap loads and arithmetic: the bound is the memory floor
+    assert row["programs_per_sm"] >= 2 and case["overlap"]
+    assert case["bound_us"] == pytest.approx([case["memory_us"]] * 2)

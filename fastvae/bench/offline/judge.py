@@ -8,6 +8,7 @@ version through ``compiler.run_version``):
 from __future__ import annotations
 
 import collections
+import math
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -122,6 +123,8 @@ def _proxy_cases(cases, gpu, compiled, out) -> dict:
             mlo, mhi = lc.mufu_warp_insns()
             hot = lc.hot()
             elements = get_op(case.op).largest(case)
+            fit = P.programs_per_sm(comp["regs"], warps, comp["shared"], gpu)
+            programs = math.prod(la.grid)
             rows.append(dict(
                 kernel=la.short, name=comp["name"], grid=list(la.grid), warps=warps,
                 regs=comp["regs"], spills=comp["spill_stores"],
@@ -132,11 +135,19 @@ def _proxy_cases(cases, gpu, compiled, out) -> dict:
                 warp_insns=[lo, hi], mufu_warp_insns=[mlo, mhi],
                 issue_us=[P.issue_seconds(lo, gpu) * 1e6, P.issue_seconds(hi, gpu) * 1e6],
                 mufu_us=[P.mufu_seconds(mlo, gpu) * 1e6, P.mufu_seconds(mhi, gpu) * 1e6],
+                shared=comp["shared"], programs_per_sm=fit,
+                warps_per_sm=min(fit, -(-programs // gpu["sms"])) * warps,
+                waves=programs / (gpu["sms"] * fit) if fit else None,
                 regions=[vars(r) for r in lc.regions], notes=lc.notes))
         nbytes = bytes_moved(case)
+        memory_s = P.memory_seconds(nbytes, gpu) if nbytes else 0.0
+        main = max(rows, key=lambda r: r["issue_us"][0])   # what runs at grad_output 1
+        bound = [P.launch_seconds(memory_s, sum(r["issue_us"][i] for r in rows) / 1e6,
+                                  main["programs_per_sm"]) * 1e6 for i in (0, 1)]
         out.append(dict(op=case.op, shape=case.shape, dtype=case.dtype_name,
                         elements=get_op(case.op).largest(case), bytes=nbytes,
                         memory_us=P.memory_seconds(nbytes, gpu) * 1e6 if nbytes else None,
+                        bound_us=bound, overlap=main["programs_per_sm"] > 1,
                         launches=rows))
     return dict(triton=compiler.triton_version(), gpu=gpu, cases=out)
 

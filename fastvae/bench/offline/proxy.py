@@ -15,7 +15,13 @@ as the JIT would build it for sm_90, disassembled, and read:
   scheduler per cycle (H200: 132 x 4 x 1.98e9 per second);
 * MUFU time: the MUFU (special-function) warp-instructions likewise, at 16 results per
   SM per cycle, i.e. 8 scheduler cycles a warp-instruction;
-* memory time: ``bench.bytes_moved(case)`` / 4.3 TB/s (the H200's copy bandwidth).
+* memory time: ``bench.bytes_moved(case)`` / 4.3 TB/s (the H200's copy bandwidth);
+* occupancy: programs (and warps) resident on an SM, from the registers, warps and shared
+  memory the compiler reports and the SM's limits. At one program per SM a program's
+  loads and its arithmetic cannot overlap with another program's, so such a launch takes
+  at least memory + issue time, not the larger of the two (``launch_seconds``). The
+  floor is the op's bytes: a kernel that reads its data twice (IWAE's two-pass kernel,
+  recon_k) or waits on latency at low occupancy is slower than this bound says.
 
 Each count is a range, ``lo`` (cheapest paths; ``if``s on loaded values not taken) to
 ``hi`` (every instruction of each region; such ``if``s taken). With compile-time flags
@@ -34,8 +40,12 @@ from . import trips
 # H200 SXM: SMs, warp schedulers per SM, boost clock, measured copy bandwidth, MUFU
 # results per SM per cycle (CUDA C++ Programming Guide, arithmetic instruction
 # throughput, compute capability 9.0).
+# Occupancy limits per SM (CUDA occupancy calculator, compute capability 9.0): 64K
+# registers allocated per warp in units of 256, 64 warps, 32 programs, 228 KB of shared
+# memory of which each program also reserves 1 KB.
 H200 = dict(name="H200", sms=132, schedulers=4, clock_hz=1.98e9, copy_bytes_per_s=4.3e12,
-            mufu_per_sm_cycle=16)
+            mufu_per_sm_cycle=16, regs_per_sm=65536, reg_unit=256, warps_per_sm=64,
+            programs_per_sm=32, shared_per_sm=233472, shared_reserved=1024)
 
 
 def issue_seconds(warp_insns: float, gpu=H200) -> float:
@@ -50,6 +60,25 @@ def mufu_seconds(mufu_warp_insns: float, gpu=H200) -> float:
 
 def memory_seconds(nbytes: float, gpu=H200) -> float:
     return nbytes / gpu["copy_bytes_per_s"]
+
+
+def programs_per_sm(regs: int, warps: int, shared: int, gpu=H200) -> int:
+    """Programs of ``warps`` warps at ``regs`` registers a thread and ``shared`` bytes of
+    shared memory that fit on one SM at once."""
+    unit = gpu["reg_unit"]
+    regs_per_warp = -(-regs * 32 // unit) * unit
+    fit = [gpu["programs_per_sm"], gpu["warps_per_sm"] // warps,
+           gpu["regs_per_sm"] // (regs_per_warp * warps)]
+    if shared:
+        fit.append(gpu["shared_per_sm"] // (shared + gpu["shared_reserved"]))
+    return min(fit)
+
+
+def launch_seconds(memory_s: float, issue_s: float, programs: int) -> float:
+    """A launch's lower bound: the larger of its memory and issue times where programs
+    on an SM overlap each other's loads and arithmetic, their sum where one program
+    runs alone."""
+    return memory_s + issue_s if programs <= 1 else max(memory_s, issue_s)
 
 
 @dataclasses.dataclass

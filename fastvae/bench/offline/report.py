@@ -92,12 +92,17 @@ def proxy_table(out: dict) -> str:
             f"MUFU {gpu['mufu_per_sm_cycle']}/SM/cycle, memory {gpu['copy_bytes_per_s'] / 1e12:.1f}"
             " TB/s.\nCounts are static: every instruction of a loop's body issues on each pass (predicated "
             "ones too); in parentheses, the cheapest path where a branch can skip code (a "
-            "masked-out row, grad_output == 1). issue/memory <= 50% is the target.")
+            "masked-out row, grad_output == 1). issue/memory <= 50% is the target.\n"
+            "occupancy: programs that fit on an SM at once (warps resident at this grid). bound: max(memory, issue), or "
+            "their sum where the main launch runs one program per SM (its loads and arithmetic "
+            "cannot overlap another program's); % roof: the memory floor over the bound, an "
+            "upper estimate (latency and re-read data are not in it).")
     if out["triton"]["version"] != TRITON_GPU_MACHINES:
         head += (f"\nNOTE: Triton {TRITON_GPU_MACHINES} (the GPU machines') not found "
                  "(./dev setup installs it in .triton36): these counts are this Triton's.")
-    cols = ("case", "kernel", "grid x warps", "regs", "hot loop insns", "insns/elem",
-            "issue us", "MUFU us", "memory us", "issue/memory")
+    cols = ("case", "kernel", "grid x warps", "regs", "occupancy", "hot loop insns",
+            "insns/elem", "issue us", "MUFU us", "memory us", "issue/memory", "bound us",
+            "% roof")
     rows = []
     for c in out["cases"]:
         case = f"{c['op']} {c['shape']} {c['dtype']}"
@@ -108,15 +113,21 @@ def proxy_table(out: dict) -> str:
             mtot = [mtot[0] + la["mufu_us"][0], mtot[1] + la["mufu_us"][1]]
             mem = c["memory_us"]
             rows.append([case, la["kernel"], f"{la['grid'][0]} x {la['warps']}", str(la["regs"]),
+                         f"{la['programs_per_sm']} ({la['warps_per_sm']}w)",
                          _range((la["hot_shortest"], la["hot_static"])),
                          _range(la["per_element"], "{:.1f}"), _range(la["issue_us"], "{:.1f}"),
                          _range(la["mufu_us"], "{:.1f}"), "", _range(
-                             [u / mem * 100 for u in la["issue_us"]], "{:.0f}%") if mem else "-"])
+                             [u / mem * 100 for u in la["issue_us"]], "{:.0f}%") if mem else "-",
+                         "", ""])
             case = ""
         mem = c["memory_us"]
-        rows.append(["", "(all launches)", "", "", "", "", _range(tot, "{:.1f}"),
+        bound = c["bound_us"]
+        rows.append(["", "(all launches)", "", "", "", "", "", _range(tot, "{:.1f}"),
                      _range(mtot, "{:.1f}"), f"{mem:.1f}" if mem else "-",
-                     _range([u / mem * 100 for u in tot], "{:.0f}%") if mem else "-"])
+                     _range([u / mem * 100 for u in tot], "{:.0f}%") if mem else "-",
+                     _range(bound, "{:.1f}") + ("" if c["overlap"] else " (no overlap)"),
+                     _range([mem / b * 100 for b in bound], "{:.0f}%")
+                     if mem and all(bound) else "-"])
     widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(cols)]
     fmt = lambda cells: "  ".join(x.ljust(w) if i < 2 else x.rjust(w)  # noqa: E731
                                   for i, (x, w) in enumerate(zip(cells, widths)))

@@ -5,7 +5,8 @@ Rule: ``got`` matches ``want`` when both have the same shape, ``got`` is finite,
 
 The absolute part scales with the reference's largest magnitude, so one rule serves a
 summed loss (hundreds of nats) and its per-element gradients alike. The benchmarks
-check every variant with it before timing one; tests use it for the same comparisons.
+check every variant with it before timing one (eager, ``torch.compile`` and fastvae's
+alike, so the tolerances are those of a low-precision eager computation).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ if not KERNELS_RUN:  # one line in the report, not one per test
 import triton.language as tl  # noqa: E402
 
 import fastvae  # noqa: E402
-from _compare import assert_close, leaf, oracle  # noqa: E402
+from _compare import assert_close, check_no_noise_saved, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
 from test_elbo import make_like  # noqa: E402
 
@@ -175,17 +175,8 @@ def test_sample_with_kl_launches_once_each_way(seed, launches, prior):
     assert all(g.shape == t.shape and torch.isfinite(g).all() for g, t in zip(grads, ins))
 
 
-def test_sample_with_kl_saves_no_noise(seed):
-    """What autograd keeps: logvar_q (the caller's), the one-element seed and the KL's
-    gradients (dKL/dmu_p is -dKL/dmu_q, kept once): no eps, no z."""
-    b, n = 16, 40
-    mu, lv, pm, plv = (leaf(torch.randn(b, n)) for _ in range(4))
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
-    assert sorted(tuple(t.shape) for t in saved) == [(1,)] + [(b, n)] * 4
-    assert sum(t.data_ptr() == lv.data_ptr() for t in saved) == 1
-    assert not any(t.data_ptr() == z.data_ptr() for t in saved)
+def test_samplers_save_no_noise(seed):
+    check_no_noise_saved("triton")
 
 
 def test_kl_normal_launches_once(seed, launches):
@@ -278,18 +269,6 @@ def test_elbo_saves_only_gradients(seed):
     big = [t for t in saved if t.numel() >= 8 * 50]
     assert sum(t.numel() for t in saved) <= 2 * 8 * 50 + 2 * 8 * 4 + 8, [t.shape for t in saved]
     assert len(big) <= 2
-
-
-def test_reparameterize_saves_no_noise(seed):
-    """saved_tensors_hooks: autograd keeps logvar (an input) and the one-element seed."""
-    b, l, k = 64, 16, 8
-    mu, lv = leaf(torch.randn(b, l)), leaf(torch.randn(b, l))
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        z = fastvae.reparameterize(mu, lv, n_samples=k, backend="triton")
-    assert sorted(tuple(t.shape) for t in saved) == [(1,), (b, l)]
-    assert sum(t.numel() * t.element_size() for t in saved) == b * l * 4 + 8
-    z.sum().backward()
 
 
 # -- the sampler's counter contract --------------------------------------------------------------

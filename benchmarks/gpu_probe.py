@@ -199,7 +199,29 @@ def cases(shape, device, backend, smoke):
     for k in ((5,) if smoke else (5, 50)):
         out.append((f"iwae K={k} fp32",
                     lambda k=k: iwae_step(shape, k, torch.float32, device, backend), False))
+    if not smoke:
+        # The pair kernel fills an SM with one program either way (RESULTS.md, "The speed
+        # proxy against the H200"); 16 warps give each scheduler 4 warps to issue from, not 2.
+        out.append(("iwae K=5 fp32, pair kernel at 16 warps", with_pair_warps(
+            16, lambda: iwae_step(shape, 5, torch.float32, device, backend)), False))
     return out
+
+
+def with_pair_warps(warps, make):
+    """``make``'s step with the IWAE pair kernel launched at ``warps`` warps."""
+    from fastvae.backends.triton_backend import configs
+
+    def wrapped():
+        step, case = make()
+
+        def run():
+            saved, configs.IWAE_PAIRS_WARPS = configs.IWAE_PAIRS_WARPS, warps
+            try:
+                return step()
+            finally:
+                configs.IWAE_PAIRS_WARPS = saved
+        return run, case
+    return wrapped
 
 
 HOST_SHAPE = dict(batch=64, dim=784, latent=16)   # small: the GPU never holds the host up

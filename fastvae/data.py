@@ -105,8 +105,11 @@ def write_idx(path, array: np.ndarray) -> None:
 
 def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
     """``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, D)`` -> float32 NCHW."""
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise DataError(f"{source}: expected a numeric array of images, got dtype {array.dtype}")
+    # complex is a number to numpy, but the float32 cast would drop its imaginary part
+    if (array.dtype == object or np.issubdtype(array.dtype, np.complexfloating)
+            or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):
+        raise DataError(f"{source}: expected a real numeric array of images, got dtype "
+                        f"{array.dtype}")
     if array.ndim == 2:
         array = array[:, None, None, :]
     elif array.ndim == 3:

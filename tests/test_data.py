@@ -125,6 +125,9 @@ def test_bad_array_files(tmp_path):
     np.save(obj, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="obj.npy"):
         load_dataset(str(obj))
+    np.save(tmp_path / "complex.npy", np.full((4, 2, 2), 0.5 + 0.5j))
+    with pytest.raises(DataError, match=r"complex.npy: expected a real .*complex128"):
+        load_dataset(str(tmp_path / "complex.npy"))
     np.savez(tmp_path / "two.npz", a=np.zeros((4, 2, 2)), b=np.zeros((4, 2, 2)))
     with pytest.raises(DataError, match="keys"):
         load_dataset(str(tmp_path / "two.npz"))

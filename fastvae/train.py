@@ -85,6 +85,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise ValueError("--device cuda asked for, but torch sees no CUDA device")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps asked for, but torch sees no MPS device")
     return dev
 
 

@@ -5,6 +5,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from fastvae import cli
 
@@ -66,6 +67,14 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert cli.main(["sample", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a torch without MPS")
+def test_a_device_torch_cannot_use_is_one_line(tmp_path, capsys):
+    assert cli.main(["train", *TINY, "--device", "mps", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "--device mps asked for, but torch sees no MPS device" in err, err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
 def test_non_finite_loss_exits_non_zero(tmp_path, capsys):

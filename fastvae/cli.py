@@ -14,14 +14,6 @@ from pathlib import Path
 from . import options as o
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (argparse prints the whole usage block first, which for
-    ``train`` is a dozen lines above the one that matters)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def _bool_flag(p, name, help_):
     p.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help_)
 
@@ -146,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``fastvae`` command."""
     from . import __version__
 
-    parser = _Parser(prog="fastvae", description="Fused VAE objectives: train, evaluate and "
+    parser = o.Parser(prog="fastvae", description="Fused VAE objectives: train, evaluate and "
                      "sample VAEs, and benchmark the ops.")
     parser.add_argument("--version", action="version", version=f"fastvae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

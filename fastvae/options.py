@@ -16,6 +16,14 @@ from .estimators import ESTIMATORS
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage block first, which for
+    ``train`` is a dozen lines above the one that matters)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class BadValue(argparse.ArgumentTypeError, ValueError):
     """A setting's value is out of range; argparse reports it with the flag's name."""
 

@@ -50,6 +50,22 @@ def test_fastvae_bench_subcommand(capsys):
     assert "x eager" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("flag,value", [
+    ("--ops", "foo"), ("--variants", "bogus"), ("--dtype", "fp8"), ("--batch", "-5"),
+    ("--k-iwae", "0"), ("--dim", "-1"), ("--reps", "0"), ("--budget", "nan"),
+    ("--threads", "0"), ("--device", "tpu"), ("--max-elements", "-1"),
+    ("--json", "/nonexistent-dir/x.json"), ("--cpu-time", None)])
+def test_bad_flag_values_are_one_line_before_any_work(capsys, flag, value):
+    from fastvae import cli
+
+    argv = ["bench", flag] + ([value] if value else []) + ["--threads", "2"] * (value is None)
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert flag in err and "Traceback" not in err, err
+
+
 def test_bf16_variants_pass_against_fp32_eager():
     # eager in bf16 is far from exact for IWAE; the check must not reject the others.
     bench.prepare(bench.Case("iwae", 32, 20, 3, k=4, dtype=torch.bfloat16),

@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import List
 
 import torch
 
-from .core import OPS, VARIANT_ORDER, variant_names
+from .. import options as o
+from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
 from .grids import grid_from_args
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
@@ -19,12 +21,30 @@ from .timing import check_cpu_time, copy_bandwidth, is_cuda
 DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compile."
 
 
-def _ints(s: str) -> List[int]:
-    return [int(v) for v in s.split(",") if v]
+# Flag values are checked as argparse parses them: a bad one is a one-line usage error
+# naming the flag, before minutes of measuring, not a traceback from deep in a spec.
+def _ints(s: str, check=o.positive_int) -> List[int]:
+    return [check(v) for v in s.split(",") if v]
+
+
+def _sizes(s: str) -> List[int]:
+    return _ints(s, o.non_negative_int)
 
 
 def _strs(s: str) -> List[str]:
     return [v.strip() for v in s.split(",") if v.strip()]
+
+
+def _names(allowed):
+    """A comma list whose items must be keys of ``allowed`` (read when the flag is parsed,
+    so an op registered later counts)."""
+    def parse(s: str) -> List[str]:
+        names = _strs(s)
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise o.BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")
+        return names
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,28 +52,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a small subset (B=4096, D=784, L=32; IWAE at B=256 K=5; no Conv "
                              "step): under 2 minutes on 2 CPU cores")
-    parser.add_argument("--ops", type=_strs, default=None,
+    parser.add_argument("--ops", type=_names(OPS), default=None,
                         help=f"comma list of {','.join(OPS)} (default: all)")
-    parser.add_argument("--variants", type=_strs, default=None,
+    parser.add_argument("--variants", type=_names(VARIANT_ORDER), default=None,
                         help=f"comma list of {','.join(VARIANT_ORDER)} (eager always runs)")
     parser.add_argument("--batch", type=_ints, default=None,
                         help="batch sizes for every op (default: per op, the grids of its "
                              "spec in fastvae/bench/specs/)")
-    parser.add_argument("--dim", type=_ints, default=None,
+    parser.add_argument("--dim", type=_sizes, default=None,
                         help="data dims D for every op (default: per op, 784 and/or 3072)")
-    parser.add_argument("--latent", type=_ints, default=None,
+    parser.add_argument("--latent", type=_sizes, default=None,
                         help="latent dims L (default 32)")
     for op in OPS.values():
         if op.k_flag:
             parser.add_argument(op.k_flag, type=_ints, default=None,
                                 help=f"samples for {op.name} (default "
                                      f"{','.join(map(str, op.k_values))})")
-    parser.add_argument("--dtype", type=_strs, default=None,
+    parser.add_argument("--dtype", type=_names(DTYPES), default=None,
                         help="fp32 (CPU default), bf16, fp16 (GPU default fp32,bf16)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--device", type=o.device, default="auto",
+                        help="cpu, cuda or auto (default)")
+    parser.add_argument("--threads", type=o.positive_int, default=None,
                         help="torch.set_num_threads for the run (default: torch's, one per core)")
-    parser.add_argument("--reps", type=int, default=None,
+    parser.add_argument("--reps", type=o.positive_int, default=None,
                         help="most interleaved rounds (default 15, quick 9)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time the calling thread's CPU time (time.thread_time) instead of "
@@ -62,10 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warm-l2", action="store_true",
                         help="GPU: time back-to-back calls with L2 left warm instead of "
                              "flushing it before each call (the default; CPU runs never flush)")
-    parser.add_argument("--budget", type=float, default=None,
+    parser.add_argument("--budget", type=o.positive_float, default=None,
                         help="seconds of timed calls per variant per case; fewer rounds on big "
                              "shapes, never under 5 (default 1.5, quick 0.5)")
-    parser.add_argument("--max-elements", type=int, default=None,
+    parser.add_argument("--max-elements", type=o.non_negative_int, default=None,
                         help="skip cases whose largest tensor has more elements "
                              "(default 2**27 on CPU, 2**29 on CUDA)")
     parser.add_argument("--no-extras", action="store_true",
@@ -190,6 +211,20 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fastvae bench", description=DESCRIPTION)
+    parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.cpu_time:
+        device = args.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        threads = args.threads or torch.get_num_threads()
+        if torch.device(device).type != "cpu" or threads != 1:
+            parser.error(f"--cpu-time times the calling thread: it needs device cpu and "
+                         f"--threads 1 (have {device}, {threads} threads)")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        # written after the whole run: a path that cannot be written would lose it all
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
+            parser.error(f"argument {flag}: cannot write {path}")
+    return run(args)

@@ -14,6 +14,7 @@ from . import dmol_training
 from .estimators import ESTIMATORS
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
+_F32_MAX = torch.finfo(torch.float32).max
 
 
 class Parser(argparse.ArgumentParser):
@@ -44,6 +45,9 @@ def _float(value) -> float:
         raise BadValue(f"must be a number, got {value!r}") from None
     if not math.isfinite(out):
         raise BadValue(f"must be a finite number, got {value!r}")
+    if abs(out) > _F32_MAX:  # lr and beta scale float32 tensors, where torch's overflow
+        # error is a traceback naming no flag
+        raise BadValue(f"must be within float32's range (+-{_F32_MAX:.4g}), got {value!r}")
     return out
 
 

@@ -19,6 +19,7 @@ KL_MODES = ("analytic", "mc")
 REDUCTIONS = ("mean", "sum", "none")
 
 _validate_default = False
+_F32_MAX = torch.finfo(torch.float32).max
 
 
 def set_validation(enabled: bool) -> None:
@@ -59,6 +60,9 @@ def check_number(name: str, value, *, minimum=None, integer=False) -> float:
     value = int(value) if integer else float(value)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {value}")
+    if not integer and not -_F32_MAX <= value <= _F32_MAX:
+        # the fused math runs in float32: torch's overflow error there names no argument
+        raise ValueError(f"{name} must be within float32's range (+-{_F32_MAX:.4g}), got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value

@@ -138,7 +138,8 @@ BAD_VALUES = [
     ("train", "--hidden", "0"), ("train", "--hidden", "32 -1"),
     ("train", "--channels", "0"), ("train", "--device", "tpu"), ("train", "--device", "meta"),
     ("train", "--device", "cuda:x"), ("train", "--lr", "0"), ("train", "--lr", "-1e-3"),
-    ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--beta", "-1"),
+    ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--lr", "1e300"),
+    ("train", "--beta", "-1"), ("train", "--beta", "1e39"),
     ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"),
     ("train", "--seed", "-1"), ("train", "--batch-size", "many"), ("train", "--n-mix", "0"),
     ("sample", "--ncol", "0"), ("sample", "--n", "0"), ("sample", "--seed", "-5"),
@@ -164,7 +165,7 @@ def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, 
 
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
-                                       ("beta", float("nan")), ("iwae_k", -1), ("threads", -1),
+                                       ("beta", float("nan")), ("lr", 1e300), ("iwae_k", -1), ("threads", -1),
                                        ("device", "tpu"), ("seed", -1), ("n_mix", 0)])
 def test_the_training_api_checks_its_settings_too(tmp_path, key, value):
     from fastvae import train as T

@@ -58,7 +58,9 @@ def test_unknown_backend(op, monkeypatch):
     ("beta", "1", TypeError, r"beta must be a real number, got str"),
     ("beta", True, TypeError, r"beta must be a real number, got bool"),
     ("beta", None, TypeError, r"beta must be a real number, got NoneType"),
+    ("beta", 1e39, ValueError, r"beta must be within float32's range \(\+-3.403e\+38\), got 1e\+39"),
     ("free_bits", -1.0, ValueError, r"free_bits must be >= 0.0, got -1.0"),
+    ("free_bits", 1e300, ValueError, r"free_bits must be within float32's range"),
     ("free_bits", float("nan"), ValueError, r"free_bits must be finite"),
     ("free_bits", [0.1], TypeError, r"free_bits must be a real number, got list"),
     ("validate", "yes", TypeError, r"validate must be None or a bool, got str"),
@@ -77,6 +79,12 @@ def test_bad_obs_logvar():
     x, r, mu, lv = inputs()
     with pytest.raises(ValueError, match=r"obs_logvar must be finite"):
         fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=float("inf"))
+    with pytest.raises(ValueError, match=r"obs_logvar must be within float32's range"):
+        fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar=-1e39)
+    with pytest.raises(ValueError, match=r"prior_logvar must be within float32's range"):
+        fastvae.elbo(x, r, mu, lv, prior_logvar=1e39)
+    with pytest.raises(ValueError, match=r"mu_p must be within float32's range"):
+        fastvae.kl_normal(mu, lv, 1e39, 0.0)
     with pytest.raises(TypeError, match=r"obs_logvar must be a real number, got str"):
         fastvae.elbo(x, r, mu, lv, likelihood="gaussian", obs_logvar="0")
     with pytest.raises(ValueError, match=r"obs_logvar of shape \(3,\) does not broadcast to x's shape \(3, 4\)"):

@@ -84,7 +84,7 @@ def _add_train(sub):
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", type=o.device, default=None,
       help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
-    a("--out", default=None,
+    a("--out", type=o.folder, default=None,
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
            "... when that one already exists]")
     a("--resume", action="store_true", default=None,
@@ -119,7 +119,8 @@ def _add_sample(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
-    p.add_argument("--out", default=None, help="PNG to write [default: RUN/samples-N.png]")
+    p.add_argument("--out", type=o.folder, default=None,
+                   help="PNG to write [default: RUN/samples-N.png]")
     p.add_argument("--seed", type=o.seed, default=0, help="random seed for z ~ N(0, I)")
     p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
     p.add_argument("--device", type=o.device, default="auto",

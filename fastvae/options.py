@@ -86,6 +86,14 @@ def non_negative_float(value) -> float:
     return x
 
 
+def folder(value) -> str:
+    """A path to write to. An empty one (``--out "$UNSET"``) would mean the current
+    directory, filling it with run files."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadValue(f"must name a folder or file, got {value!r}")
+    return value
+
+
 def device(value) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (or ``mps``): what torch can place a model on.
     Whether such a device is present is checked when the run starts."""
@@ -106,7 +114,7 @@ TRAIN_CHECKS = {
     "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
     "lr": positive_float,
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device, "iwae_k": non_negative_int,
-    "threads": non_negative_int, "k": positive_int, "n_mix": positive_int,
+    "threads": non_negative_int, "k": positive_int, "n_mix": positive_int, "out": folder,
 }
 OBJECTIVES = ("elbo", "iwae")
 

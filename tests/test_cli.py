@@ -142,6 +142,7 @@ BAD_VALUES = [
     ("train", "--beta", "-1"), ("train", "--beta", "1e39"),
     ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"),
     ("train", "--seed", "-1"), ("train", "--batch-size", "many"), ("train", "--n-mix", "0"),
+    ("train", "--out", ""), ("sample", "--out", " "),
     ("sample", "--ncol", "0"), ("sample", "--n", "0"), ("sample", "--seed", "-5"),
     ("sample", "--device", "tpu"),
     ("eval", "--limit", "-5"), ("eval", "--limit", "0"), ("eval", "--k", "-1"),
@@ -155,7 +156,7 @@ def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     run = [] if command == "train" else [str(tmp_path / "run")]
     with pytest.raises(SystemExit) as e:
-        cli.main([command, *run, flag, *value.split()])
+        cli.main([command, *run, flag, *(value.split() or [value])])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
@@ -165,8 +166,9 @@ def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, 
 
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
-                                       ("beta", float("nan")), ("lr", 1e300), ("iwae_k", -1), ("threads", -1),
-                                       ("device", "tpu"), ("seed", -1), ("n_mix", 0)])
+                                       ("beta", float("nan")), ("lr", 1e300), ("iwae_k", -1),
+                                       ("threads", -1), ("device", "tpu"), ("seed", -1),
+                                       ("n_mix", 0), ("out", "")])
 def test_the_training_api_checks_its_settings_too(tmp_path, key, value):
     from fastvae import train as T
 

@@ -77,6 +77,23 @@ def test_a_device_torch_cannot_use_is_one_line(tmp_path, capsys):
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
 
 
+def test_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(monkeypatch, capsys):
+    from fastvae import train as T
+
+    def too_big(cfg):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 25600000000000 bytes.")
+    monkeypatch.setattr(T, "train", too_big)
+    assert cli.main(["train", "--hidden", "100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastvae train: error: out of memory") and err.count("\n") == 1, err
+    def bug(cfg):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(T, "train", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train"])
+
+
 def test_non_finite_loss_exits_non_zero(tmp_path, capsys):
     code = cli.main(["train", *TINY, "--lr", "1e30", "--out", str(tmp_path / "r")])
     assert code == 3

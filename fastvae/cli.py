@@ -175,16 +175,20 @@ def _load_run(run, device_name):
 
 
 def _cmd_eval(args):
-    from .checkpoint import json_text
+    from .checkpoint import checkpoint_path, json_text
     from .data import load_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
+    from .train import check_run_data
 
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])
     if args.data_dir is not None:
         cfg["data_dir"] = args.data_dir
-    test = prepare(load_dataset(cfg["dataset"], cfg["data_dir"]), model.likelihood).test
+    data = load_dataset(cfg["dataset"], cfg["data_dir"])
+    # the files may have changed since training: a traceback or a meaningless number else
+    check_run_data(data, model.likelihood, cfg.get("data_shape"), checkpoint_path(args.run))
+    test = prepare(data, model.likelihood).test
     if args.limit is not None:
         test = test[:args.limit]
     m = evaluate(model, test, cfg, device)

@@ -121,6 +121,15 @@ def _check_data(data, likelihood: str):
                             f"[{lo:g}, {hi:g}]; rescale the data or use --likelihood gaussian")
 
 
+def check_run_data(data, likelihood: str, data_shape, ckpt_file) -> None:
+    """The data a saved model meets (resumed or evaluated): in range for its likelihood and
+    of the shape it was trained on (``data_shape``; None skips that check)."""
+    _check_data(data, likelihood)
+    if data_shape is not None and list(data_shape) != list(data.shape):
+        raise CheckpointError(f"{ckpt_file} was trained on images of shape "
+                              f"{tuple(data_shape)}, but {data.name} has {data.shape}")
+
+
 def _rng_state(shuffle_gen, world: int) -> dict:
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state()}
     if torch.cuda.is_available():
@@ -304,12 +313,9 @@ def _load_data(cfg, state, device, is_main, world, say):
     data = load_dataset(cfg["dataset"], cfg["data_dir"], download=cfg["download"] and is_main)
     if wait_for_download and is_main:
         torch.distributed.barrier()
-    _check_data(data, cfg["likelihood"])
+    check_run_data(data, cfg["likelihood"], cfg.get("data_shape") if state else None,
+                   Path(cfg["out"]) / CHECKPOINT_NAME)
     data = dmol.setup(data, cfg, say if is_main else None)
-    ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
-    if state is not None and cfg.get("data_shape") not in (None, list(data.shape)):
-        raise CheckpointError(f"{ckpt_file} was trained on images of shape "
-                              f"{tuple(cfg['data_shape'])}, but {data.name} has {data.shape}")
     cfg["data_shape"] = list(data.shape)
     _set_threads(cfg, device, math.prod(data.shape))
     return data

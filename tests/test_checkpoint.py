@@ -5,6 +5,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,6 +127,18 @@ def test_config_that_disagrees_with_the_weights(good_run, tmp_path, capsys, comm
                        "--no-progress"]}[command]
     assert cli.main(argv) == 2
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "do not match")
+
+
+@pytest.mark.parametrize("images,needle", [
+    (np.full((10, 5, 7), 128, np.uint8), "was trained on images of shape (1, 8, 8)"),
+    (np.full((10, 8, 8), 3.0, np.float32), "needs pixels in [0, 1]")])
+def test_eval_on_data_that_changed_since_training(good_run, tmp_path, capsys, images, needle):
+    np.save(tmp_path / "x.npy", images)
+    state = load_checkpoint(good_run)
+    state["config"]["dataset"] = str(tmp_path / "x.npy")
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    assert cli.main(["eval", str(tmp_path), "--k", "0"]) == 2
+    _one_error_line(capsys, "x.npy", needle)
 
 
 @pytest.mark.parametrize("key", ["data_shape", "latent"])

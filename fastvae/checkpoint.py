@@ -171,7 +171,9 @@ def write_json(obj, path) -> Path:
 def checkpoint_path(run) -> Path:
     """A run folder -> its ``checkpoint.pt``; a file path is returned as is."""
     run = Path(run)
-    return run / CHECKPOINT_NAME if run.is_dir() or not run.suffix else run
+    # a missing path without a suffix is taken for a run folder (for the error message),
+    # but a file is a file whatever its name
+    return run / CHECKPOINT_NAME if run.is_dir() or not (run.suffix or run.is_file()) else run
 
 
 def load_checkpoint(run, map_location="cpu") -> dict:

@@ -141,6 +141,12 @@ def test_eval_on_data_that_changed_since_training(good_run, tmp_path, capsys, im
     _one_error_line(capsys, "x.npy", needle)
 
 
+def test_a_checkpoint_file_named_without_a_suffix(good_run, tmp_path, capsys):
+    (tmp_path / "ckpt").write_bytes((good_run / CHECKPOINT_NAME).read_bytes())
+    assert cli.main(["eval", str(tmp_path / "ckpt"), "--k", "0", "--limit", "2"]) == 0
+    assert "(epoch 1, 2 test images)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("key", ["data_shape", "latent"])
 def test_config_missing_a_model_setting(good_run, tmp_path, capsys, key):
     state = load_checkpoint(good_run)

@@ -290,6 +290,9 @@ def test_backend_selection(monkeypatch):
     assert fastvae.select_backend(None, cpu) == "torch"  # auto on CPU: the fused CPU path
     assert fastvae.select_backend("auto", cpu) == "torch"
     assert fastvae.select_backend("reference", cpu) == "reference"
+    assert fastvae.select_backend(None, "cpu") == "torch"  # a device string, as torch takes
+    with pytest.raises(TypeError, match=r"device must be a torch.device or a string .*got None"):
+        fastvae.select_backend(None, None)
     x, r, mu, lv = inputs()
     fastvae.elbo(x, r, mu, lv)
     assert fastvae.last_backend() == "torch"

@@ -88,6 +88,19 @@ def select(backend: str | None, device: torch.device) -> str:
     return name
 
 
+def select_for_user(backend: str | None, device) -> str:
+    """:func:`select` as ``fastvae.select_backend``: ``device`` may also be what
+    ``torch.device()`` takes ("cuda:0"), as everywhere in torch (the ops' own calls
+    pass a torch.device and skip this)."""
+    if not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise TypeError(f"device must be a torch.device or a string such as 'cpu' or "
+                            f"'cuda:0', got {device!r}") from None
+    return select(backend, device)
+
+
 def mark_used(name: str) -> None:
     """Record that backend ``name`` (resolved by :func:`select`) runs the current op."""
     global _last_used

@@ -541,16 +541,6 @@ def test_truncated_cached_library_is_rebuilt_not_mapped(built, clean_status, tmp
     assert any(native.verified(str(so)) for so in tmp_path.glob("*.so"))  # the one it rebuilt
 
 
-def test_zero_length_cached_library_is_rebuilt(built, clean_status, tmp_path):
-    """Issue 14, item 4: a zero-length cached .so used to make every later process fall
-    back, silently and for good, to the build without OpenMP."""
-    _copy_cache(built, tmp_path)
-    _damage(tmp_path, "zero-length")
-    out = _check_child(_child(tmp_path), clean_status)
-    used = [so for so in tmp_path.glob("*.so") if so.stat().st_size]
-    assert used and all(native.verified(str(so)) for so in used), out
-
-
 def test_bit_flipped_cached_library_is_rebuilt(built, clean_status, tmp_path):
     _copy_cache(built, tmp_path)
     _damage(tmp_path, "bit-flip")
@@ -562,7 +552,9 @@ def test_bit_flipped_cached_library_is_rebuilt(built, clean_status, tmp_path):
 def test_damaged_cache_is_rebuilt(built, clean_status, cache, monkeypatch, damage):
     """A library that does not match its recorded hash is rebuilt before loading, with no
     warning, into the same build as from a clean cache. (In this process: these kinds
-    of damage cannot crash it should the check regress; dlopen rejects an empty file.)"""
+    of damage cannot crash it should the check regress; dlopen rejects an empty file.
+    The same build kind as a clean cache: a zero-length library once made every later
+    process fall back, silently and for good, to the build without OpenMP.)"""
     _copy_cache(built, cache)
     _damage(cache, damage)
     monkeypatch.setattr(native, "_warned", False)

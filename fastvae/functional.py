@@ -69,7 +69,7 @@ def elbo(
     prior_logvar=None,
     estimator="standard",
     *,
-    bits=8,
+    bits=None,
     _scale=1.0,
 ):
     r"""The evidence lower bound, ``log p(x|z) - beta * KL``, per sample then reduced.
@@ -116,10 +116,10 @@ def elbo(
             held fixed: no direct gradient w.r.t. mu and logvar, ``d/dz`` unchanged,
             so the encoder's gradient arrives through z (pass the z of
             :func:`reparameterize`). Unbiased; zero variance where q is the posterior.
-        bits: ``"discretized_logistic_mixture"`` only: the data's bit depth (see
-            :func:`discretized_logistic_mixture_log_prob`, whose op computes log p(x|z)
-            and its gradient in one pass; the latent part is this op with no data
-            columns, and the two values add).
+        bits: ``"discretized_logistic_mixture"`` only: the data's bit depth, None for 8
+            (see :func:`discretized_logistic_mixture_log_prob`, whose op computes
+            log p(x|z) and its gradient in one pass; the latent part is this op with no
+            data columns, and the two values add). Any other likelihood refuses a value.
 
     ``likelihood="discretized_logistic_mixture"``: x is ``(B, C, H, W)`` on the
     ``bits`` grid and recon the mixture's parameters ``(B, 10*M, H, W)`` (C = 3) or
@@ -135,6 +135,7 @@ def elbo(
     estimators.check_elbo(estimator, kl)
     beta = V.check_number("beta", beta, minimum=0.0)
     free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
+    bits = V.check_likelihood_bits(likelihood, bits)
     if likelihood == V.DMOL:
         return _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits,
                           reduction, backend, validate, _scale, estimator, prior_mu,
@@ -211,7 +212,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
                reduction="none", backend=None, validate=None, prior_mu=None, prior_logvar=None,
-               estimator="standard", *, bits=8):
+               estimator="standard", *, bits=None):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -250,6 +251,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
     estimators.check_iwae(estimator)
+    bits = V.check_likelihood_bits(likelihood, bits)
     if likelihood == V.DMOL:
         return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
                                 backend, validate, estimator, prior_mu, prior_logvar)

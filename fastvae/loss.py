@@ -16,17 +16,18 @@ class ELBOLoss(nn.Module):
     obs_logvar=0.0, prior_mu=None, prior_logvar=None)`` (a learned prior, as in
     :func:`fastvae.elbo`). Every argument means what it means in :func:`fastvae.elbo`
     (``bits``: the data's bit depth for ``likelihood="discretized_logistic_mixture"``,
-    whose recon is the mixture's parameters). With
+    whose recon is the mixture's parameters; None for 8, refused with any other
+    likelihood). With
     ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
     VAE ``loss_function``.
     """
 
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
                  reduction="mean", backend=None, validate=None, estimator="standard", *,
-                 bits=8):
+                 bits=None):
         super().__init__()
-        self.bits = V.check_bits(bits)
         V.check_option("likelihood", likelihood, V.LIKELIHOODS)
+        self.bits = V.check_likelihood_bits(likelihood, bits)
         V.check_option("kl", kl, V.KL_MODES)
         V.check_option("reduction", reduction, V.REDUCTIONS)
         estimators.check_elbo(estimator, kl)

@@ -219,6 +219,16 @@ def check_bits(bits) -> int:
     return bits
 
 
+def check_likelihood_bits(likelihood: str, bits):
+    """``bits`` as ``likelihood`` reads it: the DMoL's bit depth (None: 8), and None for
+    every other likelihood, which has no grid, so an explicit value there is a mistake."""
+    if likelihood != DMOL:
+        if bits is not None:
+            raise ValueError(f"bits is only used with likelihood={DMOL!r}, not {likelihood!r}")
+        return None
+    return check_bits(8 if bits is None else bits)
+
+
 def dmol_slots(channels: int) -> int:
     """Parameters per mixture component: the logit and (mean, log-scale, coeff) per
     channel for RGB (10), the logit, mean and log-scale for grayscale (3)."""

@@ -102,6 +102,20 @@ def test_bad_obs_logvar():
         fastvae.gaussian_log_prob(x, r, torch.zeros(5))
 
 
+@pytest.mark.parametrize("lik", ["bernoulli", "gaussian", "continuous_bernoulli"])
+def test_bits_only_with_dmol(lik):
+    x, r, mu, lv = inputs()
+    msg = rf"bits is only used with likelihood='discretized_logistic_mixture', not '{lik}'"
+    with pytest.raises(ValueError, match=msg):
+        fastvae.elbo(x, r, mu, lv, likelihood=lik, bits=8)
+    with pytest.raises(ValueError, match=msg):
+        fastvae.iwae_bound(x, r[None], mu, lv, mu[None], likelihood=lik, bits=4)
+    with pytest.raises(ValueError, match=msg):
+        fastvae.ELBOLoss(likelihood=lik, bits=8)
+    assert " bits=" not in repr(fastvae.ELBOLoss(likelihood=lik))
+    assert " bits=8" in repr(fastvae.ELBOLoss(likelihood="discretized_logistic_mixture"))
+
+
 # -- kl='mc' and z ---------------------------------------------------------------------
 
 def test_mc_needs_z_and_analytic_refuses_it():

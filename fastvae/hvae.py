@@ -43,6 +43,7 @@ from torch import nn
 from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
 from .observation import ObservationModel
+from .validation import check_size, check_sizes
 
 BOUND = 5.0  # the soft clamp of means and log-standard-deviations
 
@@ -97,6 +98,8 @@ class HierarchicalVAE(ObservationModel):
     Args:
         data_shape: ``(C, H, W)``.
         latent_channels: channels of every group's latent map.
+        (Every size here, each of ``channels`` included, is an int >= 1: a bad one is a
+        ``ValueError`` (a ``TypeError`` for a non-int) that names it.)
         channels: width of each stage, fine to coarse; one resolution per stage (stage
             ``s`` at ``ceil(H / 2^s)``).
         groups: stochastic groups per stage (the default 2 stages x 2 groups: 4 groups
@@ -116,11 +119,10 @@ class HierarchicalVAE(ObservationModel):
         super().__init__(data_shape, likelihood, n_mix)
         if len(self.data_shape) != 3:
             raise ValueError(f"HierarchicalVAE needs (C, H, W) data, got {self.data_shape}")
-        if groups < 1 or not channels:
-            raise ValueError("HierarchicalVAE needs at least one stage and one group per stage")
         c, h, w = self.data_shape
-        self.channels, self.groups_per_stage = tuple(int(ch) for ch in channels), int(groups)
-        self.latent_channels = int(latent_channels)
+        self.channels = check_sizes("channels", channels)
+        self.groups_per_stage = check_size("groups", groups)
+        self.latent_channels = check_size("latent_channels", latent_channels)
         sizes = [(h, w)]
         for _ in self.channels:
             sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))

@@ -16,6 +16,9 @@
 * ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise; DMoL: the mixture mean).
 * ``iwae_nll(x, k)`` -> per-sample ``-L_K`` (Burda et al. 2016), batched over K.
 
+Every size a model is built from (``data_shape``, ``latent_dim``, widths, counts) is an
+int >= 1, checked before any layer is made: a bad one is an error that names it.
+
 Models only call the public API (``fastvae.reparameterize``, ``elbo``, ``iwae_bound``).
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
 from .observation import ObservationModel
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
+from .validation import check_size, check_sizes
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
@@ -44,7 +48,7 @@ class _VAEBase(ObservationModel):
 
     def __init__(self, data_shape, latent_dim: int, likelihood: str, n_mix=None):
         super().__init__(data_shape, likelihood, n_mix)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = check_size("latent_dim", latent_dim)
 
     # -- pieces ---------------------------------------------------------------
     def decode_any(self, z: torch.Tensor) -> torch.Tensor:
@@ -146,7 +150,8 @@ class VAE(_VAEBase):
     def __init__(self, data_shape=(1, 8, 8), latent_dim=8, hidden=(256,), likelihood="bernoulli",
                  n_mix=None):
         super().__init__(data_shape, latent_dim, likelihood, n_mix)
-        hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
+        hidden = check_sizes("hidden", [hidden] if isinstance(hidden, int) else hidden,
+                             allow_empty=True)  # no hidden layer: a linear encoder and decoder
         d = math.prod(self.data_shape)
         self.hidden = tuple(hidden)
         enc, width = [], d
@@ -194,7 +199,8 @@ class ConvVAE(_VAEBase):
         super().__init__(data_shape, latent_dim, likelihood, n_mix)
         if len(self.data_shape) != 3:
             raise ValueError(f"ConvVAE needs (C, H, W) data, got shape {self.data_shape}")
-        hidden = int(hidden[0] if isinstance(hidden, (list, tuple)) else hidden)
+        hidden = check_size("hidden", hidden[0] if isinstance(hidden, (list, tuple)) else hidden)
+        channels = check_sizes("channels", channels)
         c, h, w = self.data_shape
         sizes = [(h, w)]
         for _ in channels:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .dmol_sampling import dmol_mean, dmol_sample
-from .validation import DMOL, LIKELIHOODS, check_number, check_option, dmol_slots
+from .validation import DMOL, LIKELIHOODS, check_number, check_option, check_sizes, dmol_slots
 
 # NVAE's and PixelCNN++'s mixture size: what a DMoL decoder gets unless told.
 DEFAULT_N_MIX = 10
@@ -43,7 +43,7 @@ class ObservationModel(nn.Module):
     def __init__(self, data_shape, likelihood: str, n_mix=None):
         super().__init__()
         check_option("likelihood", likelihood, LIKELIHOODS)
-        self.data_shape = tuple(int(s) for s in data_shape)
+        self.data_shape = check_sizes("data_shape", data_shape)
         self.likelihood = likelihood
         self.n_mix = None
         self.out_shape = self.data_shape

@@ -68,6 +68,23 @@ def check_number(name: str, value, *, minimum=None, integer=False) -> float:
     return value
 
 
+def check_size(name: str, value) -> int:
+    """A count or width a model is built with: an int >= 1."""
+    return int(check_number(name, value, minimum=1, integer=True))
+
+
+def check_sizes(name: str, values, *, allow_empty=False) -> tuple[int, ...]:
+    """A shape or a list of widths: ints >= 1, as a tuple; an element's error names its
+    index, since torch's own error for a zero or negative size names no argument."""
+    try:
+        items = tuple(values)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}") from None
+    if not items and not allow_empty:
+        raise ValueError(f"{name} must hold at least one size, got ()")
+    return tuple(check_size(f"{name}[{i}]", v) for i, v in enumerate(items))
+
+
 def check_tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")

@@ -39,6 +39,18 @@ def test_shapes_and_api(shape):
         HierarchicalVAE((64,))
 
 
+@pytest.mark.parametrize("kw,msg", [
+    (dict(latent_channels=0), r"latent_channels must be >= 1, got 0"),
+    (dict(data_shape=(1, 0, 8)), r"data_shape\[1\] must be >= 1, got 0"),
+    (dict(channels=(-3,)), r"channels\[0\] must be >= 1, got -3"),
+    (dict(channels=()), r"channels must hold at least one size"),
+    (dict(groups=0), r"groups must be >= 1, got 0"),
+])
+def test_bad_sizes_name_the_argument(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        HierarchicalVAE(**kw)
+
+
 def test_elbo_is_the_sum_of_its_parts():
     """elbo = log p(x|z) - sum_i KL_i for one draw, and KL_i is kl_normal of group i's
     posterior and prior (the tensors the model fed sample_with_kl)."""

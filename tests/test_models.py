@@ -77,6 +77,20 @@ def test_build_model_from_plain_config():
         build_model({"model": "rnn", "data_shape": [4], "latent": 2})
 
 
+@pytest.mark.parametrize("cls,kw,msg", [
+    (VAE, dict(latent_dim=0), r"latent_dim must be >= 1, got 0"),
+    (VAE, dict(data_shape=(0,)), r"data_shape\[0\] must be >= 1, got 0"),
+    (VAE, dict(hidden=(8, -1)), r"hidden\[1\] must be >= 1, got -1"),
+    (ConvVAE, dict(channels=()), r"channels must hold at least one size"),
+    (ConvVAE, dict(channels=(8, 0)), r"channels\[1\] must be >= 1, got 0"),
+    (ConvVAE, dict(hidden=0), r"hidden must be >= 1, got 0"),
+])
+def test_bad_sizes_name_the_argument(cls, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        cls(**kw)
+    assert VAE(hidden=()).hidden == ()  # no hidden layer is a linear VAE, not an error
+
+
 def _fixed_noise(mu, logvar, n_samples=None, generator=None, backend=None):
     """A deterministic stand-in for reparameterize: z = mu + std * 0.5."""
     z = mu + torch.exp(0.5 * logvar) * 0.5

@@ -119,8 +119,8 @@ def _add_sample(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
-    p.add_argument("--out", type=o.folder, default=None,
-                   help="PNG to write [default: RUN/samples-N.png]")
+    p.add_argument("--out", type=o.png_file, default=None,
+                   help="PNG to write, its name ending in .png [default: RUN/samples-N.png]")
     p.add_argument("--seed", type=o.seed, default=0, help="random seed for z ~ N(0, I)")
     p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
     p.add_argument("--device", type=o.device, default="auto",

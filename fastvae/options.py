@@ -94,6 +94,15 @@ def folder(value) -> str:
     return value
 
 
+def png_file(value) -> str:
+    """A picture to write: the grids are encoded as PNG whatever the name says, so another
+    suffix would make a file its name misdescribes."""
+    value = folder(value)
+    if not value.lower().endswith(".png"):
+        raise BadValue(f"must name a .png file (the images are written as PNG), got {value!r}")
+    return value
+
+
 def device(value) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (or ``mps``): what torch can place a model on.
     Whether such a device is present is checked when the run starts."""

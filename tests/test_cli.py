@@ -159,7 +159,8 @@ BAD_VALUES = [
     ("train", "--beta", "-1"), ("train", "--beta", "1e39"),
     ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"),
     ("train", "--seed", "-1"), ("train", "--batch-size", "many"), ("train", "--n-mix", "0"),
-    ("train", "--out", ""), ("sample", "--out", " "),
+    ("train", "--out", ""), ("sample", "--out", " "), ("sample", "--out", "x.txt"),
+    ("sample", "--out", "x"), ("sample", "--out", "pngs/"),
     ("sample", "--ncol", "0"), ("sample", "--n", "0"), ("sample", "--seed", "-5"),
     ("sample", "--device", "tpu"),
     ("eval", "--limit", "-5"), ("eval", "--limit", "0"), ("eval", "--k", "-1"),
@@ -200,6 +201,7 @@ def test_good_edge_values_are_accepted():
                               "--beta", "0", "--seed", "0", "--lr", "1e-5", "--hidden", "8", "4"])
     assert (args.device, args.iwae_k, args.beta, args.hidden) == ("cuda:1", 0, 0.0, [8, 4])
     assert parser.parse_args(["eval", "r", "--k", "0"]).k == 0
+    assert parser.parse_args(["sample", "r", "--out", "a/B.PNG"]).out == "a/B.PNG"
 
 
 # -- optional dependencies are checked before any work ------------------------------------

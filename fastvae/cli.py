@@ -48,7 +48,8 @@ def _add_train(sub):
     a("--groups", type=o.positive_int, default=None,
       help=f"hvae model: stochastic latent groups per stage [default: {d['groups']}]")
     a("--epochs", type=o.positive_int, default=None,
-      help=f"total epochs (with --resume: train until this many) [default: {d['epochs']}]")
+      help=f"total epochs (with --resume: train until this many, more than the run has) "
+           f"[default: {d['epochs']}]")
     a("--batch-size", type=o.positive_int, default=None,
       help=f"global batch size (split across torchrun ranks) [default: {d['batch_size']}]")
     a("--lr", type=o.positive_float, default=None, help=f"Adam learning rate [default: {d['lr']}]")

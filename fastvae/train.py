@@ -162,6 +162,11 @@ def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
         return full, None
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
+    done = int(state["epoch"])
+    if full["epochs"] <= done:  # no epoch to train, and metrics.json would be rewritten
+        raise ValueError(f"--epochs {full['epochs']}: the run in {ckpt_file.parent} has already "
+                         f"trained {done} epoch{'s' if done != 1 else ''}; --epochs is the total "
+                         f"to reach, so it must exceed {done} to continue the run")
     saved = dict(state["config"])
     changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
                and k in saved and given[k] != saved[k]]

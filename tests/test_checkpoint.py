@@ -116,6 +116,21 @@ def test_resume_from_a_checkpoint_missing_a_part(good_run, tmp_path, capsys, key
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, key)
 
 
+@pytest.mark.parametrize("done,epochs", [(1, "1"), (3, "2")])
+def test_resume_to_no_more_epochs_is_refused_and_changes_nothing(good_run, tmp_path, capsys,
+                                                                done, epochs):
+    run = _copy_run(good_run, tmp_path / "run")
+    (run / "metrics.json").write_bytes((good_run / "metrics.json").read_bytes())
+    if done != 1:  # as if it had trained more, without the time it takes
+        save_checkpoint(dict(load_checkpoint(run), epoch=done), run / CHECKPOINT_NAME)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", epochs,
+                     "--no-progress"]) == 2
+    _one_error_line(capsys, f"--epochs {epochs}:", f"already trained {done} epoch",
+                    f"must exceed {done}")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 @pytest.mark.parametrize("command", ["eval", "sample", "resume"])
 def test_config_that_disagrees_with_the_weights(good_run, tmp_path, capsys, command):
     state = load_checkpoint(good_run)

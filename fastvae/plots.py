@@ -23,6 +23,18 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path, dpi: int, format=None) -> Path:
+    """Render a matplotlib figure in memory, close it, and write it atomically.
+    ``format``: default the path's suffix (PNG without one), as ``savefig`` infers it; an
+    unknown one fails before any file is touched."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=format or Path(path).suffix[1:].lower() or "png", dpi=dpi)
+    finally:
+        _plt().close(fig)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
 def grid(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
     """``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, ...)`` array (gray or RGB)."""
     x = images.detach().float().clamp(0, 1).cpu().numpy()
@@ -107,7 +119,4 @@ def save_curves(history: list, path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return save_figure(fig, path, dpi=100, format="png")

@@ -43,6 +43,36 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
     assert out_png.stat().st_size > 0
 
 
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_json_and_plot_are_written_atomically(tmp_path, capsys, monkeypatch, flag):
+    """A write that fails (the disk refuses the flush) keeps the previous file whole and
+    leaves no temporary file; an empty grid gets to the writing in a blink."""
+    import errno
+    import os
+
+    from fastvae.bench import cli as bench_cli
+    from fastvae.checkpoint import WriteError
+
+    out = tmp_path / ("b.json" if flag == "--json" else "b.png")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", flag, str(out)])
+    monkeypatch.setattr(bench_cli, "grid_from_args", lambda *a: [])
+    monkeypatch.setattr(bench_cli, "copy_bandwidth", lambda device: 1e9)
+    bench_cli.measure_grid(args)
+    assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
+    out.write_bytes(b"the last run's")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteError, match=str(out)):
+        bench_cli.measure_grid(args)
+    assert out.read_bytes() == b"the last run's"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
 def test_fastvae_bench_subcommand(capsys):
     from fastvae import cli
 

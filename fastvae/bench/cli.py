@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import List
 import torch
 
 from .. import options as o
+from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
 from .grids import grid_from_args
 from .harness import run_case
@@ -154,8 +154,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     print(report.proxy_table(out))
     if args.json:
         out.pop("stderr", None)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(out, args.json)
     return 0
 
 
@@ -200,11 +199,10 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
               + "; ".join(f"{c.op} {c.shape}" for c in skipped))
     print(f"speed-ups are eager's (compile's) median over the variant's; {len(grid)} cases in "
           f"{env['wall_s']:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": rows,
-                       "skipped": [dict(dataclasses.asdict(c), dtype=c.dtype_name)
-                                   for c in skipped]}, f, indent=1)
+    if args.json:  # atomic: a failed write keeps the last run's file whole
+        write_json({"environment": env, "rows": rows,
+                    "skipped": [dict(dataclasses.asdict(c), dtype=c.dtype_name)
+                                for c in skipped]}, args.json)
     if args.plot:
         plot(rows, args.plot)
     return rows

@@ -13,6 +13,7 @@ import torch
 
 import fastvae
 
+from ..plots import save_figure
 from .core import COMPILE, REFERENCE, VARIANT_ORDER
 from .specs._common import native_status
 from .timing import is_cuda
@@ -109,7 +110,8 @@ def header(env: dict) -> str:
 
 def plot(rows: List[dict], path: str) -> None:
     """Speed-up vs eager against batch size, a line per variant, a panel per
-    (op, D, L, K, dtype)."""
+    (op, D, L, K, dtype); written atomically (the previous file stays whole if writing
+    fails)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -136,5 +138,4 @@ def plot(rows: List[dict], path: str) -> None:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -73,6 +73,21 @@ def test_json_and_plot_are_written_atomically(tmp_path, capsys, monkeypatch, fla
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
+def test_a_refused_write_is_one_line(capsys, monkeypatch):
+    """The table is printed before the files are written; a disk that refuses them ends
+    the command with the file system's message, not a traceback."""
+    from fastvae import cli
+    from fastvae.bench import cli as bench_cli
+
+    def refused(args):
+        raise OSError(28, "No space left on device: 'b.json'")
+
+    monkeypatch.setattr(bench_cli, "run", refused)
+    assert cli.main(["bench", "--json", "b.json"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "fastvae bench: error: [Errno 28] No space left on device: 'b.json'"
+
+
 def test_fastvae_bench_subcommand(capsys):
     from fastvae import cli
 
@@ -84,7 +99,7 @@ def test_fastvae_bench_subcommand(capsys):
     ("--ops", "foo"), ("--variants", "bogus"), ("--dtype", "fp8"), ("--batch", "-5"),
     ("--k-iwae", "0"), ("--dim", "-1"), ("--reps", "0"), ("--budget", "nan"),
     ("--threads", "0"), ("--device", "tpu"), ("--max-elements", "-1"),
-    ("--json", "/nonexistent-dir/x.json"), ("--cpu-time", None)])
+    ("--json", "/nonexistent-dir/x.json"), ("--plot", "speedups.txt"), ("--cpu-time", None)])
 def test_bad_flag_values_are_one_line_before_any_work(capsys, flag, value):
     from fastvae import cli
 

@@ -208,6 +208,11 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     return rows
 
 
+# What matplotlib's Agg canvas writes, by suffix (a short fixed list: importing matplotlib
+# to ask it would slow every parse).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
+
+
 def main(argv=None) -> int:
     parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
@@ -225,4 +230,11 @@ def main(argv=None) -> int:
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
             parser.error(f"argument {flag}: cannot write {path}")
-    return run(args)
+    if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:
+        parser.error(f"argument --plot: the figure's format follows its suffix, one of "
+                     f"{', '.join(PLOT_SUFFIXES)}; got {args.plot!r}")
+    try:
+        return run(args)
+    except OSError as e:  # the table is printed; the file system refused --json or --plot
+        print(f"fastvae bench: error: {e}", file=sys.stderr)
+        return 2

@@ -1,8 +1,6 @@
 """Backward of the fused losses on the Triton backend: one launch, no host read."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from fastvae.kernels import scale as ks
@@ -57,9 +55,7 @@ def _plan(live, device):
                            {name: stand_in for name in _SLOT_NAMES[len(live):]})
 
 
-@functools.lru_cache(maxsize=None)
 def _programs(device: torch.device) -> int:
     """Programs of a scale launch: enough to keep every SM streaming when it scales."""
-    if device.type != "cuda":
-        return 4
-    return configs.SCALE_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _launch.sm_count(device)
+    return 4 if sms is None else configs.SCALE_PROGRAMS_PER_SM * sms

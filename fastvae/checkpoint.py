@@ -47,22 +47,39 @@ def _tmp_prefix(path: Path) -> str:
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Temporary files of ``path`` left by a killed writer. One process writes a run
-    folder (see fastvae.runs), so any such file is stale."""
+    """Temporary files of ``path`` left by a killed writer. A temp file is named with its
+    writer's process id: one of another process still running is that writer's file in
+    progress (two ``fastvae bench --json F`` at once), so it is left; any other is stale
+    (this process writes one file at a time)."""
     prefix = _tmp_prefix(path)
     for p in path.parent.iterdir():
-        if p.name.startswith(prefix):
+        if p.name.startswith(prefix) and not _written_by_another_live_process(p.name[len(prefix):]):
             try:
                 p.unlink()
             except OSError:
                 pass
 
 
+def _written_by_another_live_process(suffix: str) -> bool:
+    """Whether a temp file's ``{pid}-{token}`` suffix names a running process other than
+    this one (a name without a pid: a killed writer's, or an older fastvae's)."""
+    pid, sep, _ = suffix.partition("-")
+    if not sep or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
 def _open_temp(path: Path):
     """A new temporary file beside ``path``, created with mode 0o666 so the umask
     decides the final mode (tempfile.mkstemp would force 0o600)."""
     while True:
-        tmp = path.parent / f"{_tmp_prefix(path)}{secrets.token_hex(6)}"
+        tmp = path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
         try:
             return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:

@@ -232,6 +232,20 @@ def test_stale_temporary_files_are_removed_by_the_next_save(good_run, tmp_path):
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".tmp-notes.txt"]
 
 
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    """Two processes writing the same file at once (two benches given one --json): the
+    second's housekeeping must not delete the first's file in progress; a dead writer's
+    and this process's own leftovers go."""
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    names = {"live": f".tmp-c.pt.{os.getppid()}-0a1b2c", "dead": f".tmp-c.pt.{dead.pid}-0a1b2c",
+             "own": f".tmp-c.pt.{os.getpid()}-0a1b2c", "old style": ".tmp-c.pt.k1ll3d"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    save_checkpoint({"config": {}, "model": {}, "epoch": 1}, tmp_path / "c.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", names["live"]])
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_run_files_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)

@@ -164,9 +164,10 @@ def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     require(state, ckpt_file, RESUME_KEYS, "to resume")
     done = int(state["epoch"])
     if full["epochs"] <= done:  # no epoch to train, and metrics.json would be rewritten
-        raise ValueError(f"--epochs {full['epochs']}: the run in {ckpt_file.parent} has already "
-                         f"trained {done} epoch{'s' if done != 1 else ''}; --epochs is the total "
-                         f"to reach, so it must exceed {done} to continue the run")
+        default = "" if given.get("epochs") is not None else " (the default)"
+        raise ValueError(f"--epochs {full['epochs']}{default}: the run in {ckpt_file.parent} "
+                         f"has already trained {done} epoch{'s' if done != 1 else ''}; --epochs "
+                         f"is the total to reach, so it must exceed {done} to continue the run")
     saved = dict(state["config"])
     changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
                and k in saved and given[k] != saved[k]]

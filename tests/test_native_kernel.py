@@ -279,6 +279,54 @@ def test_eval_rejects_unknown():
         native.eval_elementwise("tanh", torch.zeros(8), torch.zeros(8))
 
 
+# Inputs of each elementwise function, within its documented domain (native.eval_elementwise).
+DOMAINS = {"exp": (-100.0, -1e-30), "log1p": (1e-30, 1.0), "softplus": (-100.0, 100.0),
+           "sigmoid": (-100.0, 100.0), "exp_any": (-110.0, 90.0), "log": (1e-30, 1e30),
+           "sqrt": (1e-30, 1e30), "cos_turn": (-0.5, 0.5), "sin_turn": (-0.5, 0.5),
+           "log_normal": (1.2e-38, 1e30)}
+
+
+def test_both_vector_widths_compute_the_same_bits(tmp_path, monkeypatch):
+    """Where the CPU has AVX-512 the library is 16 lanes wide, elsewhere 8 (vecmath.h); the
+    per-lane math must not depend on it. An 8-lane build of the same sources here
+    (-mno-avx512f) draws the same Philox uniforms and normals and computes the same
+    elementwise functions, bit for bit, over sizes with ragged tails."""
+    import ctypes
+
+    from fastvae.backends.torch_backend import gaussian_rows
+
+    _kernel_or_skip()
+    if native.lanes(native._lib) != 16:
+        pytest.skip("this CPU's build is 8 lanes wide: the 16-lane one needs AVX-512")
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
+    narrow = ctypes.CDLL(native._library(native.read_sources(), native._compiler(),
+                                         ["-O3", "-march=native", "-mno-avx512f", "-fPIC",
+                                          "-shared"]))
+    assert native.lanes(narrow) == 8
+
+    seed, first, count = 0x1234_5678_9ABC_DEF, (1 << 32) - 40, 4096 + 96  # a carry inside
+    u, n = torch.empty(count, 4), torch.empty(count, 4)
+    assert narrow.fastvae_philox_eval(ctypes.c_int64(seed), ctypes.c_int64(first),
+                                      ctypes.c_int64(count), ctypes.c_void_p(u.data_ptr()),
+                                      ctypes.c_void_p(n.data_ptr())) == 0
+    wide_u, wide_n = gaussian_rows.philox_eval(seed, first, count)
+    assert torch.equal(u, wide_u) and torch.equal(n, wide_n)
+
+    for what, (lo, hi) in DOMAINS.items():
+        step = 2049 if lo * hi > 0 else 4099  # ~1-4e5 points, an odd count
+        v = np.concatenate([_floats(lo, -1e-30, step), _floats(1e-30, hi, step)]
+                           if lo < 0 < hi else [_floats(lo, hi, step)])
+        inp = torch.from_numpy(np.ascontiguousarray(v[: len(v) // 16 * 16 - 3]))
+        out = torch.empty_like(inp)
+        assert narrow.fastvae_eval(native._EVAL_CODES[what], ctypes.c_int64(inp.numel()),
+                                   ctypes.c_void_p(inp.data_ptr()),
+                                   ctypes.c_void_p(out.data_ptr())) == 0
+        want = torch.empty_like(inp)
+        native.eval_elementwise(what, inp, want)
+        assert torch.equal(out, want) or torch.equal(out.isnan(), want.isnan()) and torch.equal(
+            out.nan_to_num(), want.nan_to_num()), what
+
+
 # -- threads: OpenMP only in torch's own runtime, else a Python thread pool ---------------
 
 def test_status_names_the_threading():

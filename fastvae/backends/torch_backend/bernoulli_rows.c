@@ -3,8 +3,8 @@
  *
  * Built at first use by fastvae/backends/torch_backend/native.py with the system C
  * compiler (-march=native: the library is built on the machine that runs it) and
- * loaded with ctypes; no torch headers, no intrinsics: GCC/Clang vector extensions,
- * 8 floats wide.
+ * loaded with ctypes; no torch headers: GCC/Clang vector extensions, W floats wide
+ * (vecmath.h).
  *
  * Why a kernel of its own: the row pass is bound by its two transcendentals per
  * element. exp(-|l|) is shared by softplus and sigmoid, so one exp and one log1p
@@ -103,6 +103,9 @@ static inline vf eval1(int what, vf v) {
       return what == 2 ? r : g;
   }
 }
+
+/* The vector width this build was compiled for (vecmath.h's W). */
+int fastvae_lanes(void) { return W; }
 
 int fastvae_eval(int what, int64_t n, const float *in, float *out) {
   if (what < 0 || what > 9) return -1;

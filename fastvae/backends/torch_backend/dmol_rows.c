@@ -4,8 +4,8 @@
  *
  * Layout: channels-first, x (B, C, HW), params (B, S*M, HW) with S = 10 slots for RGB
  * ([logits | mean, log-scale, coeff of channel 0 | of channel 1 | of channel 2]) and 3
- * for grayscale ([logits | mean | log-scale]), each slot M planes of HW pixels. The 8
- * lanes of a vector are 8 neighbouring pixels of one plane; tiles of TILE pixels of every
+ * for grayscale ([logits | mean | log-scale]), each slot M planes of HW pixels. The W
+ * lanes of a vector are W neighbouring pixels of one plane; tiles of TILE pixels of every
  * plane are staged into a contiguous buffer (see unit), a pixel's C*M (channel,
  * component) terms computed in small work arrays, their partials kept until the
  * responsibilities are known, then the gradient written and copied out.
@@ -68,7 +68,7 @@ static inline vf grid(vf x, const dims *d, vi *use_a, vi *use_b) {
    total: RGB 32, gray 11. */
 static inline int64_t buf_per_m(int rgb) { return rgb ? 32 : 11; }
 
-/* log p of 8 pixels at x, p (plane stride TILE: the staged tile) and, when g, their
+/* log p of W pixels at x, p (plane stride TILE: the staged tile) and, when g, their
    gradient.
    The work is a series of loops over the C*M (channel, component) pairs whose
    iterations are independent and short, so that the core overlaps many of them (one

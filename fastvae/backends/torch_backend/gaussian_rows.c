@@ -34,10 +34,19 @@
 #include <omp.h>
 #endif
 
-typedef double vd __attribute__((vector_size(64)));
+typedef double vd __attribute__((vector_size(8 * W)));
 /* Row sums: each lane adds BLOCK terms in float, the blocks are added in double (a
    conversion per vector costs as much as the KL's own arithmetic). */
 #define BLOCK 32
+
+/* The lanes' sum as a tree of neighbours: ((a0 + a1) + (a2 + a3)) + ... */
+static inline double sum_lanes(vd a) {
+  double t[W];
+  for (int i = 0; i < W; ++i) t[i] = a[i];
+  for (int n = W; n > 1; n /= 2)
+    for (int i = 0; i < n / 2; ++i) t[i] = t[2 * i] + t[2 * i + 1];
+  return t[0];
+}
 
 static inline vf load_part(const float *p, int64_t k) {
   vf v = SPLAT(0.0f);
@@ -148,7 +157,7 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
   if (p->g_lv) store_streamed(p->g_lv + j, g_lv, bytes, p->stream);
   if (p->g_plv) store_streamed(p->g_plv + j, -neg_g_plv, bytes, p->stream);
   if (!full) {
-    vi lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    vi lane = LANES;
     kl = sel(lane < (int)k, kl, SPLAT(0.0f));
   }
   return kl;
@@ -177,8 +186,7 @@ static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p,
   FOR_ROW_VECTORS(has_z ? es : 0, flat, n, FWD_STEP);
 #undef FWD_STEP
   acc += __builtin_convertvector(part, vd);
-  double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  return (float)s;
+  return (float)sum_lanes(acc);
 }
 
 /* Specialized on plv only (it decides two of the three exps); pm and z are branches on

@@ -266,6 +266,13 @@ def _bind(path: str):
     return lib, fn, bool(lib.fastvae_openmp())
 
 
+def lanes(lib) -> int:
+    """The float32 lanes a loaded library's vectors hold: 16 where it was built for
+    AVX-512, else 8 (vecmath.h)."""
+    lib.fastvae_lanes.restype = ctypes.c_int
+    return int(lib.fastvae_lanes())
+
+
 def _error(flags, e) -> str:
     detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace")[-300:]
     return f"{' '.join(flags)}: {e} {detail}".strip()
@@ -293,7 +300,8 @@ def _load():
                 runtime = torch_openmp_runtime()
                 where = (_mapped_paths(runtime) or ["?"])[0]
                 return lib, fn, omp, (f"loaded: OpenMP threads in torch's runtime {runtime} "
-                                      f"({where}); {cc} {' '.join(_OPENMP_FLAGS)}")
+                                      f"({where}); {lanes(lib)} lanes; {cc} "
+                                      f"{' '.join(_OPENMP_FLAGS)}")
         except (OSError, subprocess.SubprocessError, AttributeError) as e:
             why_not_omp = "the OpenMP build failed"
             errors.append(_error(_OPENMP_FLAGS, e))
@@ -304,7 +312,7 @@ def _load():
             errors.append(_error(flags, e))
             continue
         return lib, fn, omp, (f"loaded: built without OpenMP ({why_not_omp}), rows split over "
-                              f"a Python thread pool; {cc} {' '.join(flags)}")
+                              f"a Python thread pool; {lanes(lib)} lanes; {cc} {' '.join(flags)}")
     return None, None, False, "build failed: " + " | ".join(errors)
 
 

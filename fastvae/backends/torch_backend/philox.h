@@ -26,14 +26,16 @@
 #define PHILOX_Q 1024
 #define PHILOX_CHUNK (4 * PHILOX_Q)
 
-typedef uint32_t vu __attribute__((vector_size(32)));
-typedef uint64_t vq __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(4 * W)));
+typedef uint64_t vq __attribute__((vector_size(4 * W)));
 
 /* The 64-bit products of the even 32-bit lanes of a and b (vpmuludq). GCC synthesizes a
    full 64 x 64 multiply (three vpmuludq and shifts) from the portable form even though
-   the high halves are zero: the AVX2 builtin where it exists. */
+   the high halves are zero: the AVX-512 or AVX2 instruction where it exists. */
 static inline vq mul_even(vu a, vu b) {
-#if defined(__AVX2__) && defined(__GNUC__)
+#if W == 16
+  return (vq)_mm512_mul_epu32((__m512i)a, (__m512i)b);
+#elif defined(__AVX2__) && defined(__GNUC__)
   typedef int vsi __attribute__((vector_size(32)));
   return (vq)__builtin_ia32_pmuludq256((vsi)a, (vsi)b);
 #else
@@ -51,7 +53,12 @@ static inline void mulhilo(uint32_t a, vu b, vu *lo, vu *hi) {
   vq odd = mul_even(av, (vu)((vq)b >> 32));
   *lo = av * b;
   /* a blend of 32-bit lanes: even lanes from the first vector, odd from the second */
+#if W == 16
+  *hi = __builtin_shufflevector((vu)(even >> 32), (vu)odd, 0, 17, 2, 19, 4, 21, 6, 23, 8, 25,
+                                10, 27, 12, 29, 14, 31);
+#else
   *hi = __builtin_shufflevector((vu)(even >> 32), (vu)odd, 0, 9, 2, 11, 4, 13, 6, 15);
+#endif
 }
 
 /* Philox4x32, 10 rounds, on counters (c0, c1, 0, 0) and key (k0, k1): Triton's
@@ -104,15 +111,15 @@ static inline void box_muller(vf u1, vf u2, vf *n_cos, vf *n_sin) {
   *n_sin = -r * s;
 }
 
-/* The eight counters base + 0..7 as (lo, hi) words. */
+/* The W counters base + 0..W-1 as (lo, hi) words. */
 static inline void counters(uint64_t base, vu *c0, vu *c1) {
-  vu lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  vu lane = (vu)LANES;
   vu lo = (vu){0} + (uint32_t)base;
   *c0 = lo + lane;
   *c1 = ((vu){0} + (uint32_t)(base >> 32)) - (vu)(*c0 < lo);  /* the carry: mask -1 */
 }
 
-/* The uniforms u[v][j] (word j) of the counters base + 8 v + 0..7, v < PHILOX_V (tests
+/* The uniforms u[v][j] (word j) of the counters base + W v + 0..W-1, v < PHILOX_V (tests
    compare them with tl.rand4x's). */
 static inline void uniforms(uint64_t seed, uint64_t base, vf u[][4]) {
   vu c0[PHILOX_V], c1[PHILOX_V], x[PHILOX_V][4];

@@ -30,7 +30,12 @@ static inline int aligned_rows(const float *p, int64_t n) {
 /* bytes of v stored at p: past the caches where stream is set and v is stored whole (p is
    then vector-aligned: aligned_rows), else an ordinary store. */
 static inline void store_streamed(float *p, vf v, size_t bytes, int stream) {
-#ifdef __AVX__
+#if W == 16
+  if (stream && bytes == sizeof v) {
+    _mm512_stream_ps(p, (__m512)v);
+    return;
+  }
+#elif defined(__AVX__)
   if (stream && bytes == sizeof v) {
     _mm256_stream_ps(p, (__m256)v);
     return;

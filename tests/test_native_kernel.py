@@ -304,13 +304,14 @@ def test_both_vector_widths_compute_the_same_bits(tmp_path, monkeypatch):
                                           "-shared"]))
     assert native.lanes(narrow) == 8
 
-    seed, first, count = 0x1234_5678_9ABC_DEF, (1 << 32) - 40, 4096 + 96  # a carry inside
+    seed, first, count = 0x1234_5678_9ABC_DEF, (1 << 32) - 40, 4096 + 83  # a carry, a tail
     u, n = torch.empty(count, 4), torch.empty(count, 4)
     assert narrow.fastvae_philox_eval(ctypes.c_int64(seed), ctypes.c_int64(first),
                                       ctypes.c_int64(count), ctypes.c_void_p(u.data_ptr()),
                                       ctypes.c_void_p(n.data_ptr())) == 0
     wide_u, wide_n = gaussian_rows.philox_eval(seed, first, count)
-    assert torch.equal(u, wide_u) and torch.equal(n, wide_n)
+    assert torch.equal(u.view(torch.int32), wide_u.view(torch.int32))
+    assert torch.equal(n.view(torch.int32), wide_n.view(torch.int32))
 
     for what, (lo, hi) in DOMAINS.items():
         step = 2049 if lo * hi > 0 else 4099  # ~1-4e5 points, an odd count
@@ -323,8 +324,7 @@ def test_both_vector_widths_compute_the_same_bits(tmp_path, monkeypatch):
                                    ctypes.c_void_p(out.data_ptr())) == 0
         want = torch.empty_like(inp)
         native.eval_elementwise(what, inp, want)
-        assert torch.equal(out, want) or torch.equal(out.isnan(), want.isnan()) and torch.equal(
-            out.nan_to_num(), want.nan_to_num()), what
+        assert torch.equal(out.view(torch.int32), want.view(torch.int32)), what
 
 
 # -- threads: OpenMP only in torch's own runtime, else a Python thread pool ---------------

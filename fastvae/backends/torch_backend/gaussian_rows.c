@@ -470,9 +470,9 @@ int fastvae_gauss_kl_bwd_rows(int64_t rows, int64_t n, const float *dz, const fl
 }
 
 /* Test entry point: the stream's uniforms u[4 c + j] (word j of counter ctr0 + c) for
-   count counters (a multiple of PHILOX_STEP), and its normals n[4 c + j] likewise. */
+   count counters, and its normals n[4 c + j] likewise. */
 int fastvae_philox_eval(int64_t seed, int64_t ctr0, int64_t count, float *u, float *nrm) {
-  if (count < 0 || count % PHILOX_STEP || ctr0 < 0) return -1;
+  if (count < 0 || ctr0 < 0) return -1;
   for (int64_t c = 0; c < count; c += PHILOX_STEP) {
     vf v[PHILOX_V][4], nv[4];
     uniforms((uint64_t)seed, (uint64_t)(ctr0 + c), v);
@@ -480,7 +480,7 @@ int fastvae_philox_eval(int64_t seed, int64_t ctr0, int64_t count, float *u, flo
       box_muller(v[b][0], v[b][1], &nv[0], &nv[1]);
       box_muller(v[b][2], v[b][3], &nv[2], &nv[3]);
       for (int j = 0; j < 4; ++j)
-        for (int l = 0; l < W; ++l) {
+        for (int l = 0; l < W && c + W * b + l < count; ++l) {
           u[4 * (c + W * b + l) + j] = v[b][j][l];
           nrm[4 * (c + W * b + l) + j] = nv[j][l];
         }

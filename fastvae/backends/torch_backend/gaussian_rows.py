@@ -237,11 +237,6 @@ def philox_eval(seed: int, first_counter: int, count: int):
     fn = native.symbol("fastvae_philox_eval", _EVAL)
     if fn is None:
         raise RuntimeError(f"C kernels unavailable: {native.status()}")
-    drawn = -(-count // _PHILOX_STEP_MAX) * _PHILOX_STEP_MAX
-    u, nrm = torch.empty(drawn, 4, device="cpu"), torch.empty(drawn, 4, device="cpu")
-    _check(fn(seed, first_counter, drawn, u.data_ptr(), nrm.data_ptr()), "fastvae_philox_eval")
-    return u[:count], nrm[:count]
-
-
-# philox.h draws counters PHILOX_STEP (2 vectors: 16 or 32) at a time
-_PHILOX_STEP_MAX = 32
+    u, nrm = torch.empty(count, 4, device="cpu"), torch.empty(count, 4, device="cpu")
+    _check(fn(seed, first_counter, count, u.data_ptr(), nrm.data_ptr()), "fastvae_philox_eval")
+    return u, nrm

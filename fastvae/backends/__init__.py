@@ -4,7 +4,8 @@
 or ``fastvae.ops`` (custom ops with autograd) for the fused backends, which fetch their
 compute module here with :func:`get`. A fused backend module provides, on canonical
 (already checked, flattened) arguments, per op ``<op>_fwd`` returning the value and its
-gradients together (see ``fastvae.ops``), ``reparameterize_noise`` /
+gradients together (see ``fastvae.ops``; None for a gradient not needed, which the op
+turns into the custom op's empty placeholder), ``reparameterize_noise`` /
 ``reparameterize_fwd`` / ``reparameterize_bwd`` / ``reparameterize_std_eps`` and
 ``scale_saved_``; optionally ``kl_normal_bwd`` (the saved gradients weighed by grad_output
 in one pass; None where it cannot, and ``fastvae.ops`` weighs them). The canonical shapes:

@@ -27,6 +27,13 @@ def needs(*ts) -> List[bool]:
     return [bool(grad and t is not None and t.requires_grad) for t in ts]
 
 
+def filled(outputs, like: Tensor) -> tuple:
+    """A backend's outputs as a custom op returns them: a gradient it left out (None) as
+    an empty placeholder of its own (a custom op returns no None, and its outputs may not
+    alias). The value path (:meth:`Fused.value`) skips this: it saves None as None."""
+    return tuple([like.new_empty(0) if t is None else t for t in outputs])
+
+
 def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tensor:
     """A fake gradient output: t's shape, or the empty placeholder when not needed."""
     if not need or t is None:
@@ -199,10 +206,13 @@ class Fused:
     about as much as a whole small fused step on CPU (RESULTS.md).
     """
 
-    def __init__(self, op, forward, setup, backward, tensor_args: int = 0):
+    def __init__(self, op, forward, setup, backward, tensor_args: int = 0, value_forward=None):
         op.register_autograd(backward, setup_context=setup)
         self.op = op
         self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())
+        # value(): forward's arguments, the backend's outputs as they come (None for a
+        # gradient not needed: nothing outside the op sees them, so no placeholders)
+        value_forward = value_forward or forward
 
         def forward_with_ctx(ctx, *args):
             # ctx-style, not setup_context-style: apply() then skips an inspect.signature
@@ -216,7 +226,7 @@ class Fused:
             # its arguments on every call, and only the tensors need it
             lead = len(args) - 1
             args = (*args[:-1], *args[-1])
-            output = forward(*args)
+            output = value_forward(*args)
             setup(ctx, args, output)
             ctx.owns_saved = True  # nobody else holds the gradient outputs
             ctx.lead = lead

@@ -29,10 +29,18 @@ def _elbo_fwd(x: Tensor, recon: Tensor, mu: Tensor, logvar: Tensor, z: Optional[
               obs_scalar: float, likelihood: str, kl: str, beta: float, free_bits: float,
               reduction: str, scale: float, estimator: str, needs: List[bool], backend: str
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    # estimator: for the higher-order recomputation only; its first-order effect is in needs
-    return tuple(backends.get(backend).elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu,
-                                                prior_logvar, obs_scalar, likelihood, kl, beta,
-                                                free_bits, reduction, scale, needs))
+    return A.filled(_elbo_value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
+                                obs_scalar, likelihood, kl, beta, free_bits, reduction, scale,
+                                estimator, needs, backend), x)
+
+
+def _elbo_value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
+                kl, beta, free_bits, reduction, scale, estimator, needs, backend):
+    """The backend's (value, *gradients), None for a gradient not needed. ``estimator``:
+    for the higher-order recomputation only; its first-order effect is in ``needs``."""
+    return backends.get(backend).elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
+                                          obs_scalar, likelihood, kl, beta, free_bits,
+                                          reduction, scale, needs)
 
 
 _elbo_op = torch.library.custom_op("fastvae::elbo", mutates_args=())(_elbo_fwd)
@@ -81,7 +89,7 @@ def _higher_order(ctx, grad_out, *_):
 
 
 _elbo = A.Fused(_elbo_op, _elbo_fwd, _setup, A.with_higher_order(_backward, _higher_order),
-                tensor_args=8)
+                tensor_args=8, value_forward=_elbo_value)
 
 
 def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits, reduction,

@@ -14,8 +14,8 @@ from . import _autograd as A
 def _gaussian_log_prob_fwd(x: Tensor, mean: Tensor, logvar: Optional[Tensor],
                            logvar_scalar: float, needs: List[bool], backend: str
                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(backends.get(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar,
-                                                             needs))
+    return A.filled(backends.get(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar,
+                                                                needs), x)
 
 
 _op = torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())(

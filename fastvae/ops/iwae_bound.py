@@ -19,9 +19,17 @@ def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k:
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                Tensor, Tensor]:
     # The last output: the softmax weights (K, B) DReG's hook needs (STL and DReG), else empty.
-    return tuple(backends.get(backend).iwae_bound_fwd(
+    return A.filled(_iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar,
+                                      obs_scalar, likelihood, reduction, estimator, needs,
+                                      backend), x)
+
+
+def _iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
+                      likelihood, reduction, estimator, needs, backend):
+    """The backend's outputs, None for a gradient not needed (and the weights not wanted)."""
+    return backends.get(backend).iwae_bound_fwd(
         x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
-        reduction, needs, _wants_weights(estimator, needs)))
+        reduction, needs, _wants_weights(estimator, needs))
 
 
 def _wants_weights(estimator: str, needs) -> bool:
@@ -69,7 +77,8 @@ def _higher_order(ctx, grad_out, *_):
 
 
 _iwae_bound = A.Fused(_iwae_bound_op, _iwae_bound_fwd, _setup,
-                      A.with_higher_order(_backward, _higher_order), tensor_args=8)
+                      A.with_higher_order(_backward, _higher_order), tensor_args=8,
+                      value_forward=_iwae_bound_value)
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend,

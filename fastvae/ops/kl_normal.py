@@ -14,7 +14,8 @@ from . import _autograd as A
 def _kl_normal_fwd(mu_q: Tensor, logvar_q: Tensor, mu_p: Optional[Tensor],
                    logvar_p: Optional[Tensor], needs: List[bool], backend: str
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(backends.get(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs))
+    return A.filled(backends.get(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs),
+                    mu_q)
 
 
 _op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_fwd)

@@ -13,7 +13,7 @@ from . import _autograd as A
 
 def _kl_standard_normal_fwd(mu: Tensor, logvar: Tensor, needs: List[bool], backend: str
                             ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(backends.get(backend).kl_standard_normal_fwd(mu, logvar, needs))
+    return A.filled(backends.get(backend).kl_standard_normal_fwd(mu, logvar, needs), mu)
 
 
 _op = torch.library.custom_op("fastvae::kl_standard_normal", mutates_args=())(

@@ -29,8 +29,8 @@ from . import _autograd as A
 def _sample_with_kl_fwd(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
                         prior_logvar: Optional[Tensor], noise: Tensor, needs: List[bool],
                         backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(backends.get(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar,
-                                                          noise, needs))
+    return A.filled(backends.get(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar,
+                                                             noise, needs), mu)
 
 
 _op = torch.library.custom_op("fastvae::sample_with_kl", mutates_args=())(_sample_with_kl_fwd)
@@ -49,8 +49,8 @@ def _bwd_op(dz: Optional[Tensor], g_kl: Optional[Tensor], logvar: Tensor, noise:
             g_mu: Tensor, g_lv: Tensor, g_plv: Tensor, needs: List[bool], backend: str
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dmu_q, dlogvar_q, dmu_p, dlogvar_p), each (B, N) or an empty placeholder."""
-    return tuple(backends.get(backend).sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv,
-                                                          g_plv, needs))
+    return A.filled(backends.get(backend).sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv,
+                                                             g_plv, needs), logvar)
 
 
 @_bwd_op.register_fake

@@ -54,12 +54,12 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
     value = per_sample.mul_(c) if reduction == "none" else per_sample.sum() * c
     return (
         value.to(dtype),
-        g_x if g_x is not None else x.new_empty(0),
-        g_r if g_r is not None else x.new_empty(0),
+        g_x,
+        g_r,
         grad_out(g_mu, mu, needs[2]),
         grad_out(g_lv, logvar, needs[3]),
         grad_out(g_z, z if z is not None else mu, needs[4]),
-        g_obs if g_obs is not None else x.new_empty(0),
+        g_obs,
         grad_out(g_pm, mu if prior_mu is None else prior_mu, needs[6], mu.shape),
         grad_out(g_plv, mu if prior_logvar is None else prior_logvar, needs[7], mu.shape),
     )

@@ -75,5 +75,5 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                  mu if prior_mu is None else prior_mu, needs[6]),
         grad_out(None if d_plv is None else -(d_plv * wc).sum(0),
                  mu if prior_logvar is None else prior_logvar, needs[7]),
-        w if weights else log_w.new_empty(0),
+        w if weights else None,
     )

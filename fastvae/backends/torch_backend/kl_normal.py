@@ -21,7 +21,7 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     g_mu, g_lv, g_pm, g_plv = outs
     if gaussian_rows.kl_rows(mu_q, logvar_q, mu_p, logvar_p, None, None, kl, g_mu, g_pm, g_lv,
                              g_plv):
-        return (kl, *(mu_q.new_empty(0) if g is None else g for g in outs))
+        return (kl, *outs)
     kl_bn, d_mu, d_lv, _, d_pm, d_plv = terms.kl_prior_terms(
         upcast(mu_q, dtype), upcast(logvar_q, dtype), None, upcast(mu_p, dtype),
         upcast(logvar_p, dtype), "analytic")

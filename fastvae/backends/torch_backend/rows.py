@@ -32,10 +32,10 @@ def grad_buffer(t, need: bool, shape=None):
 
 def grad_out(g, like, need: bool, shape=None):
     """A gradient output in its input's dtype (in ``shape``, a copy where ``g`` is a
-    broadcast view), or the empty placeholder ``fastvae.ops`` expects (a custom op
-    cannot return None)."""
+    broadcast view), or None when not needed (``fastvae.ops`` gives a custom op its
+    placeholder)."""
     if not need or g is None:
-        return like.new_empty(0)
+        return None
     if shape is not None and g.shape != shape:
         return g.expand(shape).to(like.dtype, copy=True)
     return g.to(like.dtype)

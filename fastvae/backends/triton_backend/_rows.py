@@ -24,12 +24,12 @@ def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: i
     ``inputs`` = (x, recon, mu, logvar, z) and the kernel's ``priors`` (``prior_args``):
     each needed one in its input's shape and dtype (a prior's per row, mu's shape), else
     None."""
-    grads = [_launch.alloc(t.shape, t.dtype, device) if need and t is not None else None
+    grads = [_launch.alloc_like(t) if need and t is not None else None
              for t, need in zip(inputs, needs)]
     b, d = inputs[0].shape
     mu = inputs[2]
     prior_needs = tuple(needs[6:8]) or (False, False)
-    prior_grads = [_launch.alloc(mu.shape, p.dtype, device) if need and p is not None else None
+    prior_grads = [_launch.alloc_like(mu, p.dtype) if need and p is not None else None
                    for p, need in zip(priors, prior_needs)]
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
                                        device), *prior_grads)

@@ -82,7 +82,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
         c=float(scale * plan["reduce_scale"]), free_bits=float(free_bits))
     if plan["gobs_partial"]:
         _launch.launch_planned(plan["finish"], GOBS_PARTIALS=gobs_partials, GOBS=gobs, c=1.0)
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv))
+    return out, gx, gr, gmu, glv, gz, gobs, gpm, gplv
 
 
 def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free,

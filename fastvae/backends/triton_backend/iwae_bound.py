@@ -125,5 +125,4 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     if dropped:
         gmu = glv = None
-    return (out, *_launch.placeholders(x, gx, gr, gmu, glv, gz, gobs, gpm, gplv),
-            w_out if weights else out.new_empty(0))
+    return out, gx, gr, gmu, glv, gz, gobs, gpm, gplv, (w_out if weights else None)

@@ -39,18 +39,18 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
            configs.interpreter_tiles())
     plan = _launch.plan_for(_PLANS, key, lambda: _fwd_plan(mu, logvar, pm, plv, stride_pm,
                                                            stride_plv, prior, needs))
-    z = _launch.alloc(mu.shape, mu.dtype, dev)
+    z = _launch.alloc_like(mu)
     kl = _launch.alloc((b,), kl_dtype, dev)
-    gmu = _launch.alloc(mu.shape, mu.dtype, dev) if needs[0] or needs[2] else None
-    glv = _launch.alloc(mu.shape, logvar.dtype, dev) if needs[1] else None
-    gplv = _launch.alloc(mu.shape, plv.dtype, dev) if needs[3] else None
+    gmu = _launch.alloc_like(mu) if needs[0] or needs[2] else None
+    glv = _launch.alloc_like(mu, logvar.dtype) if needs[1] else None
+    gplv = _launch.alloc_like(mu, plv.dtype) if needs[3] else None
     split = plan["split"]
     _launch.launch_planned(
         plan["launch"], MU=mu, LV=logvar, PM=pm, PLV=plv, SEED=noise, Z=z, KL=kl,
         GMU=gmu, GLV=glv, GPLV=gplv,
         PARTIALS=_launch.scratch(plan["partials"], torch.float32, dev) if split else None,
         COUNTER=_launch.ticket(dev, plan["row_blocks"]) if split else None)
-    return (z, kl, *_launch.placeholders(mu, gmu, glv, gplv))
+    return z, kl, gmu, glv, gplv
 
 
 def _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior, needs) -> dict:
@@ -74,7 +74,7 @@ def _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior, needs) -> dict:
 
 
 def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_saved=False):
-    """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) per row, (B, N) each or an empty placeholder;
+    """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) per row, (B, N) each or None where not needed;
     eps regenerated from the seed. ``logvar`` is the posterior's log-variance where
     dlogvar_q is needed, else any (B, N) tensor of the call (for the shape).
     ``reuse_saved`` (the saved gradients may be overwritten) serves the torch backend's
@@ -91,12 +91,12 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
            None if g_kl is None else g_kl.dtype, tuple(g is not None for g in saved),
            tuple(needs), dev, configs.interpreter_tiles())
     plan = _launch.plan_for(_PLANS, key, lambda: _bwd_plan(lv, dz, g_kl, needs))
-    outs = [_launch.alloc(lv.shape, lv.dtype, dev) if need else None for need in needs]
+    outs = [_launch.alloc_like(lv) if need else None for need in needs]
     dmu, dlv, dpm, dplv = outs
     _launch.launch_planned(
         plan, DZ=dz, GKL=g_kl, LV=lv, SEED=noise,
         GMU=saved[0], GLV=saved[1], GPLV=saved[2], DMU=dmu, DLV=dlv, DPM=dpm, DPLV=dplv)
-    return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+    return tuple(outs)
 
 
 def _bwd_plan(lv, dz, g_kl, needs):

@@ -147,6 +147,11 @@ def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
             f"{recon_name} must have shape {tuple(want)} (x's shape"
             f"{'' if k is None else ' with K in front'}), got {tuple(recon.shape)}"
         )
+    return data_rows(x, recon, batch, k)
+
+
+def data_rows(x, recon, batch: int, k=None):
+    """:func:`flatten_data` without its checks: for shapes that passed them."""
     d = 1
     for s in x.shape[1:]:
         d *= s

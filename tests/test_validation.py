@@ -351,3 +351,52 @@ def test_validation_off_means_no_value_errors_on_any_backend(backend, restore_va
     assert torch.isnan(fastvae.gaussian_log_prob(x, r, 0.0, backend=backend)[0])
     with pytest.raises(ValueError, match="(recon|logvar) has 1 non-finite"):
         fastvae.elbo(x, r, mu, lv, backend=backend, validate=True)
+
+
+# -- the checks' memo ---------------------------------------------------------------------
+
+def test_a_passed_signature_skips_the_checks_and_nothing_else_does(monkeypatch):
+    """fastvae.elbo checks a call's structure once per signature (shapes, dtypes, devices,
+    options, numbers): a repeated training step skips the checks, a call that differs in
+    any one of them is checked again, and with the same error as on its own."""
+    from fastvae import functional as F
+    from fastvae import validation as V
+    monkeypatch.setattr(F, "_ELBO_CHECKED", set())
+    x, r, mu, lv = inputs(b=5, d=6, l=3)
+    good = dict(x=x, recon=r, mu=mu, logvar=lv, likelihood="gaussian", kl="mc", z=mu.clone(),
+                beta=0.5, free_bits=0.0, obs_logvar=0.25, reduction="sum")
+    first = fastvae.elbo(**good)
+    checked = []
+    real = V.check_latents
+    monkeypatch.setattr(V, "check_latents", lambda *a, **k: checked.append(1) or real(*a, **k))
+    assert torch.equal(fastvae.elbo(**good), first) and checked == []  # skipped
+    x4 = torch.rand(5, 2, 3)  # another shape with the same D: checked once, then skipped
+    fastvae.elbo(**{**good, "x": x4, "recon": r.reshape(5, 2, 3)})
+    fastvae.elbo(**{**good, "x": x4, "recon": r.reshape(5, 2, 3)})
+    assert checked == [1]
+    bad = [
+        ({"recon": torch.zeros(5, 7)}, ValueError, r"recon must have shape \(5, 6\)"),
+        ({"x": x[:4], "recon": r[:4]}, ValueError, r"x must have the batch size of mu \(5\)"),
+        ({"logvar": lv[:, :2]}, ValueError, r"logvar must have mu's shape"),
+        ({"z": torch.zeros(5, 2)}, ValueError, r"z must have mu's shape"),
+        ({"z": None}, ValueError, r"kl='mc' needs the sample z"),
+        ({"kl": "analytic"}, ValueError, r"z is only used with kl='mc'"),
+        ({"x": x.double().to(torch.int64)}, TypeError, r"x must be a floating-point tensor"),
+        ({"mu": mu.to("meta")}, ValueError, r"all tensors must be on one device"),
+        ({"z": mu.to("meta")}, ValueError, r"z on meta"),
+        ({"beta": -1.0}, ValueError, r"beta must be >= 0.0"),
+        ({"beta": float("nan")}, ValueError, r"beta must be finite"),
+        ({"free_bits": -0.5}, ValueError, r"free_bits must be >= 0.0"),
+        ({"obs_logvar": float("inf")}, ValueError, r"obs_logvar must be finite"),
+        ({"likelihood": "bernoulli"}, ValueError, r"obs_logvar is only used with likelihood"),
+        ({"likelihood": "bce"}, ValueError, r"likelihood must be one of"),
+        ({"reduction": "avg"}, ValueError, r"reduction must be one of"),
+        ({"estimator": "stl", "kl": "analytic", "z": None}, ValueError, r"estimator"),
+        ({"bits": 5}, ValueError, r"bits is only used with likelihood="),
+    ]
+    for change, exc, msg in bad:
+        with pytest.raises(exc, match=msg):
+            fastvae.elbo(**{**good, **change})
+        with pytest.raises(exc, match=msg):  # refused again: a failed check is not kept
+            fastvae.elbo(**{**good, **change})
+    assert torch.equal(fastvae.elbo(**good), first)

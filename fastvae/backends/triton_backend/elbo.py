@@ -28,29 +28,25 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
              beta, free_bits, reduction, scale, needs):
     """Same contract as the "torch" backend's: (value, gx, grecon, gmu, glogvar, gz, gobs,
     gprior_mu, gprior_logvar), the prior's per row."""
-    b, d = x.shape
-    # D = 0 (the latent part of a DMoL ELBO) runs here too: the row kernel's data loops are
-    # empty and read no data pointer.
-    if _launch.delegated(x if d else None, recon if d else None, mu, logvar, z, obs, prior_mu,
-                         prior_logvar) or (d == 0 and torch.float64 in (x.dtype, recon.dtype)):
+    free = free_bits > 0
+    # the inputs as given: the plan says whether they go to the "torch" backend and whether
+    # any needs a copy with unit stride along its rows
+    key = (x.shape, x.stride(), x.dtype, recon.stride(), recon.dtype, mu.shape, mu.stride(),
+           mu.dtype, logvar.stride(), logvar.dtype, _layout(z), _layout(obs),
+           _layout(prior_mu), _layout(prior_logvar), x.device, likelihood, kl, free, reduction,
+           tuple(needs), configs.interpreter_tiles())
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _launch.plan_for(_PLANS, key, lambda: _plan_for_inputs(
+            x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free,
+            reduction, needs))
+    if plan is _DELEGATE:
         return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
                                       obs_scalar, likelihood, kl, beta, free_bits, reduction,
                                       scale, needs)
+    if plan["copy"]:
+        x, recon, mu, logvar, z = _rows_of(x, recon, mu, logvar, z)
     dev = x.device
-    x, recon, mu, logvar = _launch.rows(x), _launch.rows(recon), _launch.rows(mu), _launch.rows(logvar)
-    z = _launch.rows(z) if z is not None else None
-    free = free_bits > 0
-    key = (x.shape, x.stride(0), x.dtype, recon.stride(0), recon.dtype, mu.shape, mu.stride(0),
-           mu.dtype, logvar.stride(0), logvar.dtype,
-           None if z is None else (z.stride(0), z.dtype),
-           None if obs is None else (obs.shape, obs.stride(), obs.dtype),
-           None if prior_mu is None else (prior_mu.shape, prior_mu.stride(), prior_mu.dtype),
-           None if prior_logvar is None else (prior_logvar.shape, prior_logvar.stride(),
-                                              prior_logvar.dtype),
-           dev, likelihood, kl, free, reduction, tuple(needs), configs.interpreter_tiles())
-    plan = _launch.plan_for(_PLANS, key, lambda: _plan(
-        x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free, reduction,
-        needs))
     b, d = x.shape
     f32 = torch.float32
     obs_arg = _launch.rows(obs) if plan["obs_tensor"] else None
@@ -83,6 +79,32 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
     if plan["gobs_partial"]:
         _launch.launch_planned(plan["finish"], GOBS_PARTIALS=gobs_partials, GOBS=gobs, c=1.0)
     return out, gx, gr, gmu, glv, gz, gobs, gpm, gplv
+
+
+_DELEGATE = "torch"   # the plan of inputs the "torch" backend computes
+
+
+def _layout(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype)
+
+
+def _rows_of(*ts):
+    return [None if t is None else _launch.rows(t) for t in ts]
+
+
+def _plan_for_inputs(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl,
+                     free, reduction, needs):
+    """:func:`_plan` for the inputs as given, or ``_DELEGATE``."""
+    d = x.shape[1]
+    # D = 0 (the latent part of a DMoL ELBO) runs here too: the row kernel's data loops are
+    # empty and read no data pointer.
+    if _launch.delegated(x if d else None, recon if d else None, mu, logvar, z, obs, prior_mu,
+                         prior_logvar) or (d == 0 and torch.float64 in (x.dtype, recon.dtype)):
+        return _DELEGATE
+    rows = _rows_of(x, recon, mu, logvar, z)
+    plan = _plan(*rows, obs, prior_mu, prior_logvar, likelihood, kl, free, reduction, needs)
+    plan["copy"] = any(r is not t for r, t in zip(rows, (x, recon, mu, logvar, z)))
+    return plan
 
 
 def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free,

@@ -19,23 +19,20 @@ def scale_saved_(grads, grad_out):
     live = [g for g in grads if g is not None and g.numel()]
     if not live:
         return grads
-    key = [grad_out.device, configs.interpreter_tiles()]
-    for g in live:  # a loop, not a generator: this runs every backward
-        key += (g.numel(), g.dtype, g.device, g.is_contiguous())
-    key = tuple(key)
+    key = (grad_out.device, configs.interpreter_tiles(),
+           *[(g.numel(), g.dtype, g.device, g.is_contiguous()) for g in live])
     plan = _launch.plan_for(_PLANS, key, lambda: _plan(live, grad_out.device))
     if plan is _TORCH:
         return [None if g is None else g.mul_(grad_out) for g in grads]
-    slots = dict.fromkeys(_SLOT_NAMES)   # None: the plan's stand-in (its size is 0)
-    for name, g in zip(_SLOT_NAMES, live):
-        slots[name] = g
-    _launch.launch_planned(plan, GO=grad_out.contiguous(), **slots)
+    live += _UNUSED[len(live):]   # None: the plan's stand-in (its size is 0)
+    _launch.launch_planned(plan, GO=grad_out.contiguous(), **dict(zip(_SLOT_NAMES, live)))
     return grads
 
 
 _TORCH = "torch"    # the plan of gradients the kernel does not take
 _PLANS: dict = {}   # per key (_launch.plan_for)
 _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
+_UNUSED = [None] * configs.SCALE_SLOTS
 
 
 def _plan(live, device):

@@ -194,8 +194,11 @@ def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
     """Everything :func:`elbo`'s structural checks read, for the common call (plain
     tensors, a float obs_logvar, no prior): the tensors' shapes, dtypes and devices and
     the other arguments' values. A call whose signature passed the checks once skips
-    them (a training step repeats one signature). None for any other call: it is
-    checked every time."""
+    them (a training step repeats one signature). None for any other call, and under
+    torch.compile (a traced lookup would guard on every size it holds): checked every
+    time."""
+    if torch.compiler.is_compiling():
+        return None
     if (type(x) is not _TENSOR or type(recon) is not _TENSOR or type(mu) is not _TENSOR
             or type(logvar) is not _TENSOR or (z is not None and type(z) is not _TENSOR)
             or type(obs_logvar) is not float or type(beta) is not float

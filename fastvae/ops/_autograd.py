@@ -206,10 +206,12 @@ class Fused:
     about as much as a whole small fused step on CPU (RESULTS.md).
     """
 
-    def __init__(self, op, forward, setup, backward, tensor_args: int = 0, value_forward=None):
+    def __init__(self, op, forward, setup, backward, tensor_args: int = 0, value_forward=None,
+                 values: int = 1):
         op.register_autograd(backward, setup_context=setup)
         self.op = op
         self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())
+        self.values = values            # the leading outputs value() returns
         # value(): forward's arguments, the backend's outputs as they come (None for a
         # gradient not needed: nothing outside the op sees them, so no placeholders)
         value_forward = value_forward or forward
@@ -230,7 +232,7 @@ class Fused:
             setup(ctx, args, output)
             ctx.owns_saved = True  # nobody else holds the gradient outputs
             ctx.lead = lead
-            return output[0]
+            return output[0] if values == 1 else tuple(output[:values])
 
         def value_backward(ctx, *grads):
             got = backward(ctx, *grads)
@@ -250,9 +252,12 @@ class Fused:
         return self.function.apply(*args) if plain_eager(args) else self.op(*args)
 
     def value(self, *args):
-        """Output 0 of a value-and-gradients op, whose gradients backward may then scale in
-        place (:func:`owned`)."""
+        """Output 0 of a value-and-gradients op (the first ``values`` outputs, a tuple, for
+        an op with several), whose gradients backward may then scale or overwrite in place
+        (:func:`owned`)."""
         n = self.tensor_args or len(args)
         if plain_eager(args[:n]):
             return self.value_function.apply(*args[:n], args[n:])
-        return owned(self.op(*args))
+        outputs = self.op(*args)
+        value = owned(outputs)
+        return value if self.values == 1 else tuple(outputs[:self.values])

@@ -29,8 +29,14 @@ from . import _autograd as A
 def _sample_with_kl_fwd(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
                         prior_logvar: Optional[Tensor], noise: Tensor, needs: List[bool],
                         backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return A.filled(backends.get(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar,
-                                                             noise, needs), mu)
+    return A.filled(_sample_with_kl_value(mu, logvar, prior_mu, prior_logvar, noise, needs,
+                                          backend), mu)
+
+
+def _sample_with_kl_value(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
+    """The backend's (z, kl, *the KL's gradients), None for a gradient not needed."""
+    return backends.get(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise,
+                                                    needs)
 
 
 _op = torch.library.custom_op("fastvae::sample_with_kl", mutates_args=())(_sample_with_kl_fwd)
@@ -90,8 +96,9 @@ def _backward(ctx, dz, g_kl, *_):
     if A.plain_eager((dz, g_kl, logvar)):
         grads = backends.get(ctx.backend).sample_with_kl_bwd(
             *args, reuse_saved=A.may_overwrite_saved(ctx))
-    else:
-        grads = _bwd_op(*args, ctx.backend)
+    else:  # the op takes tensors: the value path saved None for a gradient not needed
+        grads = _bwd_op(dz, g_kl, logvar, noise, *A.filled((g_mu, g_lv, g_plv), logvar),
+                        ctx.needs, ctx.backend)
     return _finish(ctx, list(grads))
 
 
@@ -113,13 +120,13 @@ def _higher_order(ctx, dz, g_kl, *_):
 
 
 _sample_with_kl = A.Fused(_op, _sample_with_kl_fwd, _setup,
-                          A.with_higher_order(_backward, _higher_order))
+                          A.with_higher_order(_backward, _higher_order), tensor_args=5,
+                          value_forward=_sample_with_kl_value, values=2)
 
 
 def sample_with_kl(mu, logvar, prior_mu, prior_logvar, generator, *, backend):
     """(z (B, N), KL per row (B,)); prior None / (N,) / (B, N)."""
     noise = backends.get(backend).reparameterize_noise(mu, 0, generator)
     needs = A.needs(mu, logvar, prior_mu, prior_logvar)
-    out = _sample_with_kl(mu, logvar, prior_mu, prior_logvar, noise, needs, backend)
-    A.owned(out)  # the gradient outputs end here: backward may write over them
-    return out[0], out[1]
+    # z and the KL only: the gradient outputs end here, so backward may write over them
+    return _sample_with_kl.value(mu, logvar, prior_mu, prior_logvar, noise, needs, backend)

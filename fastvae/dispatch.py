@@ -19,7 +19,13 @@ def run(backend, device, op: str):
     backends.mark_used(name)
     if name == "reference":
         return getattr(reference, op)
-    return functools.partial(getattr(ops, op), backend=name)
+    fn = _fused.get((op, name))
+    if fn is None:
+        fn = _fused[(op, name)] = functools.partial(getattr(ops, op), backend=name)
+    return fn
+
+
+_fused: dict = {}   # (op, backend) -> the fused op bound to its backend
 
 
 def check_generator(generator, device) -> None:

@@ -131,7 +131,7 @@ def elbo(
     """
     sig = _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
                           likelihood, kl, beta, free_bits, reduction, estimator, bits)
-    if sig is not None and sig in _ELBO_CHECKED:  # the checks below passed on these
+    if sig in _ELBO_CHECKED:  # the checks below passed on these
         x2, r2 = V.data_rows(x, recon, mu.shape[0])
         obs = obs_logvar
         pm = plv = None
@@ -168,10 +168,7 @@ def elbo(
         plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
         device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z,
                                      obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
-        if sig is not None:
-            if len(_ELBO_CHECKED) >= _CHECKED_MAX:
-                _ELBO_CHECKED.clear()
-            _ELBO_CHECKED.add(sig)
+        _ELBO_CHECKED.add(sig)
     if V.resolve_validate(validate):  # (off: not even the keyword dict, on every call)
         V.check_values(True, likelihood=likelihood, x=x2, recon=r2, mu=mu, logvar=logvar, z=z,
                        obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
@@ -184,21 +181,15 @@ def elbo(
     return value if _scale == 1.0 else _scale * value
 
 
-_ELBO_CHECKED: set = set()
-_CHECKED_MAX = 256
+_ELBO_CHECKED = V.Checked()
 _TENSOR = torch.Tensor
 
 
 def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar, likelihood,
                     kl, beta, free_bits, reduction, estimator, bits):
-    """Everything :func:`elbo`'s structural checks read, for the common call (plain
-    tensors, a float obs_logvar, no prior): the tensors' shapes, dtypes and devices and
-    the other arguments' values. A call whose signature passed the checks once skips
-    them (a training step repeats one signature). None for any other call, and under
-    torch.compile (a traced lookup would guard on every size it holds): checked every
-    time."""
-    if torch.compiler.is_compiling():
-        return None
+    """Everything :func:`elbo`'s structural checks read (``V.Checked``), for the common call
+    (plain tensors, a float obs_logvar, no prior): the tensors' shapes, dtypes and devices
+    and the other arguments' values. None for any other call: checked every time."""
     if (type(x) is not _TENSOR or type(recon) is not _TENSOR or type(mu) is not _TENSOR
             or type(logvar) is not _TENSOR or (z is not None and type(z) is not _TENSOR)
             or type(obs_logvar) is not float or type(beta) is not float
@@ -207,10 +198,8 @@ def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
             or type(kl) is not str or type(reduction) is not str
             or type(estimator) is not str or bits is not None):
         return None
-    return (x.shape, x.dtype, x.device, recon.shape, recon.dtype, recon.device, mu.shape,
-            mu.dtype, mu.device, logvar.shape, logvar.dtype, logvar.device,
-            None if z is None else (z.shape, z.dtype, z.device), obs_logvar, likelihood, kl,
-            beta, free_bits, reduction, estimator)
+    return (V.layout(x), V.layout(recon), V.layout(mu), V.layout(logvar), V.layout(z),
+            obs_logvar, likelihood, kl, beta, free_bits, reduction, estimator)
 
 
 def kl_standard_normal(mu, logvar, backend=None, validate=None):

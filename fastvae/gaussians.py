@@ -2,22 +2,45 @@
 (re-exported by ``fastvae.functional``): validate once, pick the backend, call it."""
 from __future__ import annotations
 
+import torch
+
 from . import validation as V
 from .dispatch import check_generator as _check_generator
 from .dispatch import run as _run
+
+_CHECKED = V.Checked()
+_TENSOR = torch.Tensor
+
+
+def _signature(mu_q, logvar_q, mu_p, logvar_p):
+    """What :func:`_gaussians`' checks read (``V.Checked``), for plain tensors and a prior
+    of None or plain tensors; None otherwise (a number's row is built every call)."""
+    if (type(mu_q) is not _TENSOR or type(logvar_q) is not _TENSOR
+            or (mu_p is not None and type(mu_p) is not _TENSOR)
+            or (logvar_p is not None and type(logvar_p) is not _TENSOR)):
+        return None
+    return V.layout(mu_q), V.layout(logvar_q), V.layout(mu_p), V.layout(logvar_p)
 
 
 def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
     """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
     (None, ``(N,)`` or ``(B, N)``), and the device."""
-    V.check_tensor("mu_q", mu_q)
-    V.check_tensor("logvar_q", logvar_q)
-    if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
-        raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got {tuple(mu_q.shape)} "
-                         f"and {tuple(logvar_q.shape)}")
-    pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q")
-    plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q")
-    device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
+    sig = _signature(mu_q, logvar_q, mu_p, logvar_p)
+    if sig in _CHECKED:  # the checks below passed on these
+        shape = mu_q.shape
+        pm = None if mu_p is None else V.broadcast_rows(mu_p, shape)
+        plv = None if logvar_p is None else V.broadcast_rows(logvar_p, shape)
+        device = mu_q.device
+    else:
+        V.check_tensor("mu_q", mu_q)
+        V.check_tensor("logvar_q", logvar_q)
+        if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
+            raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got "
+                             f"{tuple(mu_q.shape)} and {tuple(logvar_q.shape)}")
+        pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q")
+        plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q")
+        device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
+        _CHECKED.add(sig)
     V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
                    logvar_p=plv)
     if mu_q.dim() == 2:  # already (B, N): no view (an autograd node each) per call

@@ -49,6 +49,37 @@ def check_option(name: str, value, allowed) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+class Checked:
+    """Signatures of calls whose structural checks passed: a call with one of them skips
+    the checks (a training step repeats one signature, and the checks cost more than the
+    rest of a small call's Python). A signature is a tuple of everything the checks read
+    (each public op builds its own); None stands for a call it does not describe, never
+    in the set. Off under torch.compile: a traced lookup would guard on every size in the
+    set, so a dynamic-shape graph would recompile per size. Bounded."""
+
+    def __init__(self, limit: int = 256):
+        self._seen: set = set()
+        self._limit = limit
+
+    def __contains__(self, sig) -> bool:
+        return sig is not None and not torch.compiler.is_compiling() and sig in self._seen
+
+    def add(self, sig) -> None:
+        if sig is None or torch.compiler.is_compiling():
+            return
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        self._seen.add(sig)
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
+def layout(t):
+    """What the structural checks read of a plain tensor (or None): shape, dtype, device."""
+    return None if t is None else (t.shape, t.dtype, t.device)
+
+
 def check_number(name: str, value, *, minimum=None, integer=False) -> float:
     # numbers.Integral/Real, so numpy scalars (np.int64 from a config array) pass too; a
     # plain float (every call's beta, free_bits) skips those ABC checks (~1 us each)
@@ -184,6 +215,15 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
             f"{name} of shape {tuple(obs_logvar.shape)} does not broadcast to {against}'s shape "
             f"{tuple(x_shape)}"
         )
+    return broadcast_rows(obs_logvar, x_shape, row_dims)
+
+
+def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
+    """:func:`canonical_obs_logvar` of a tensor, without its checks: for shapes that passed."""
+    if type(x_shape) is not torch.Size:
+        x_shape = torch.Size(x_shape)
+    if row_dims == 1 and len(x_shape) == 2 and obs_logvar.shape == x_shape and x_shape[0] > 1:
+        return obs_logvar   # the usual (B, N) prior: per row already
     per_row = x_shape[row_dims:]
     n, d = x_shape[:row_dims].numel(), per_row.numel()
     if obs_logvar.shape == x_shape and n > 1:  # per row already: no expand (views are

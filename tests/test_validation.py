@@ -361,7 +361,7 @@ def test_a_passed_signature_skips_the_checks_and_nothing_else_does(monkeypatch):
     any one of them is checked again, and with the same error as on its own."""
     from fastvae import functional as F
     from fastvae import validation as V
-    monkeypatch.setattr(F, "_ELBO_CHECKED", set())
+    monkeypatch.setattr(F, "_ELBO_CHECKED", V.Checked())
     x, r, mu, lv = inputs(b=5, d=6, l=3)
     good = dict(x=x, recon=r, mu=mu, logvar=lv, likelihood="gaussian", kl="mc", z=mu.clone(),
                 beta=0.5, free_bits=0.0, obs_logvar=0.25, reduction="sum")
@@ -400,3 +400,39 @@ def test_a_passed_signature_skips_the_checks_and_nothing_else_does(monkeypatch):
         with pytest.raises(exc, match=msg):  # refused again: a failed check is not kept
             fastvae.elbo(**{**good, **change})
     assert torch.equal(fastvae.elbo(**good), first)
+
+
+def test_a_passed_gaussian_signature_skips_the_checks_and_nothing_else_does(monkeypatch):
+    """kl_normal and sample_with_kl share the memo: a repeated call (one group of a
+    hierarchical VAE, every step) skips the checks and gives the same values; a call that
+    differs in one shape, dtype, device or prior pattern is checked and refused as alone."""
+    from fastvae import gaussians as G
+    from fastvae import validation as V
+    monkeypatch.setattr(G, "_CHECKED", V.Checked())
+    mu, lv = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    pm, plv = torch.randn(2, 1, 3), torch.randn(4, 2, 3, 3)   # a broadcast row, a full map
+    first = fastvae.kl_normal(mu, lv, pm, plv)
+    checked = []
+    real = V.check_same_device
+    monkeypatch.setattr(V, "check_same_device",
+                        lambda **k: checked.append(1) or real(**k))
+    assert torch.equal(fastvae.kl_normal(mu, lv, pm, plv), first) and checked == []
+    torch.manual_seed(0)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv)
+    assert torch.equal(kl, first) and z.shape == mu.shape and checked == []
+    bad = [
+        ((mu, lv[:, :1], pm, plv), ValueError, r"mu_q and logvar_q must share a shape"),
+        ((mu, lv, torch.randn(2, 2, 3), plv), ValueError, r"mu_p of shape \(2, 2, 3\) does not "
+                                                          r"broadcast to mu_q"),
+        ((mu, lv, pm, plv[:2]), ValueError, r"logvar_p of shape \(2, 2, 3, 3\) does not"),
+        ((mu, lv, pm.to(torch.int32), plv), TypeError, r"mu_p must be a floating-point"),
+        ((mu, lv.to("meta"), pm, plv), ValueError, r"all tensors must be on one device"),
+        ((mu, lv, pm, plv.to("meta")), ValueError, r"logvar_p on meta"),
+        ((mu, lv, pm, plv.tolist()), TypeError, r"logvar_p must be a real number, got list"),
+    ]
+    for args, exc, msg in bad:
+        for _ in range(2):  # refused again: a failed check is not kept
+            with pytest.raises(exc, match=msg):
+                fastvae.kl_normal(*args)
+    assert len(checked) == 2 * 2  # the two device mismatches reach that check, both times
+    assert torch.equal(fastvae.kl_normal(mu, lv, pm, plv), first)

@@ -119,3 +119,29 @@ def test_per_call_validate_setting(restore_validation):
         fastvae.ELBOLoss(validate=True)(x, r, mu, lv)
     fastvae.set_validation(True)
     assert torch.isfinite(fastvae.ELBOLoss(validate=False)(x, r, mu, lv))
+
+
+def test_the_value_path_keeps_no_placeholders(seed, backend, monkeypatch):
+    """ELBOLoss and sample_with_kl return values only: the gradients they drop are never
+    turned into the custom op's empty placeholders (a call allocates none), while a call of
+    the custom op itself still gets them (its outputs may not be None)."""
+    if backend == "reference":
+        pytest.skip("the reference has no fused op")
+    from fastvae.ops import _autograd as A
+    dt = case_dtype(backend)
+    x, r, mu, lv, _ = make(dtype=dt)
+    filled = []
+    real = A.filled
+    monkeypatch.setattr(A, "filled", lambda outs, like: filled.append(1) or real(outs, like))
+    loss = fastvae.ELBOLoss(reduction="sum", backend=backend)(x, r, mu, lv)
+    loss.backward()
+    z, kl = fastvae.sample_with_kl(mu, lv, torch.zeros_like(mu), lv.detach(), backend=backend)
+    (z.sum() + kl.sum()).backward()
+    assert filled == []
+    assert r.grad is not None and mu.grad is not None and x.grad is not None
+    import importlib
+    elbo_op = importlib.import_module("fastvae.ops.elbo")
+    out = elbo_op._elbo_op(x.detach(), r.detach(), mu.detach(), lv.detach(), None, None, None,
+                           None, 0.0, "bernoulli", "analytic", 1.0, 0.0, "sum", 1.0, "standard",
+                           [False] * 8, backend)
+    assert filled == [1] and all(t.numel() == 0 for t in out[1:])

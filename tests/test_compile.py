@@ -164,6 +164,12 @@ def _op_args():
     yield "iwae-gauss-obs", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), t(b, d), t(b, l), t(b, l), 0.0, "gaussian",
         "mean", "standard", [False, True, True, True, True, True, True, True], "torch")
+    # x's dtype is not the result's: the weights' placeholder (no weights wanted) is
+    # the fake's, in the result dtype, not x's
+    yield "iwae-bf16-x-prior", torch.ops.fastvae.iwae_bound.default, (
+        x.bfloat16(), t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, t(b, l), t(l), 0.0,
+        "bernoulli", "none", "standard", [False, True, True, True, True, False, True, True],
+        "torch")
     # the estimators: DReG's op also returns the softmax weights for its hook
     for est in ("stl", "dreg"):
         yield f"iwae-bern-{est}", torch.ops.fastvae.iwae_bound.default, (

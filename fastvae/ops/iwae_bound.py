@@ -19,9 +19,12 @@ def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k:
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                Tensor, Tensor]:
     # The last output: the softmax weights (K, B) DReG's hook needs (STL and DReG), else empty.
-    return A.filled(_iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar,
-                                      obs_scalar, likelihood, reduction, estimator, needs,
-                                      backend), x)
+    out = _iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar,
+                            obs_scalar, likelihood, reduction, estimator, needs, backend)
+    # the weights' placeholder in the result dtype, as the fake kernel's (not x's)
+    weights = out[9] if out[9] is not None else x.new_empty(0, dtype=result_dtype(
+        x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar))
+    return (*A.filled(out[:9], x), weights)
 
 
 def _iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,

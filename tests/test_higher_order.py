@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.autograd.functional import hessian
+from torch.autograd.functional import hessian, jacobian
 
 import fastvae
 from _backends import case_dtype, generator
@@ -102,6 +102,58 @@ def test_gradient_penalty(backend, name):
         assert_close(f"first order {i}, plain", b, a, dt, scale=e.abs().max() + 1e-3)
     for i, (a, e) in enumerate(zip(pen, pen_ref)):
         assert_close(f"penalty gradient {i}", a, e, dt, scale=e.abs().max() + 1e-3)
+
+
+# the ops whose backward runs a C kernel or a Triton kernel on the grads, besides CASES
+VECTORIZED = {
+    **CASES,
+    "kl_normal": (lambda be, f, m, v, pm: fastvae.kl_normal(m, v, pm, f["lv"] * 0.5, backend=be),
+                  ["mu", "lv", "z"]),
+    "sample_with_kl": (lambda be, f, m, v, pm: fastvae.sample_with_kl(
+        m, v, pm, f["lv"] * 0.5, backend=be)[1], ["mu", "lv", "z"]),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])  # float32: the C kernels' inputs
+@pytest.mark.parametrize("name", list(VECTORIZED))
+def test_vectorized_jacobian_and_hessian(backend, name, dtype):
+    """``vectorize=True`` runs the backward under a (legacy) vmap, whose batched grads have
+    no storage for a kernel to read: the ops recompute there, with the right numbers."""
+    fn, names = VECTORIZED[name]
+    dt = case_dtype(backend, dtype)
+    fixed, fixed64 = _inputs(dt), _inputs(F64)
+    ins, ins64 = tuple(fixed[n] for n in names), tuple(fixed64[n] for n in names)
+    got = jacobian(lambda *ts: fn(backend, fixed, *ts), ins, vectorize=True)
+    want = jacobian(lambda *ts: fn("reference", fixed64, *ts), ins64)
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert_close(f"jacobian {i}", a, e, dt, scale=e.abs().max() + 1e-3)
+    w = torch.linspace(0.5, 1.5, B, dtype=dt)
+
+    def scalar(be, fx):
+        def f(*ts):
+            out = fn(be, fx, *ts)
+            return (out * w.to(out.dtype)).sum() if out.dim() else out
+        return f
+    got = hessian(scalar(backend, fixed), ins, vectorize=True)
+    want = hessian(scalar("reference", fixed64), ins64)
+    for i, (row, row_want) in enumerate(zip(got, want)):
+        for j, (h, e) in enumerate(zip(row, row_want)):
+            assert_close(f"d2 / d{i} d{j}", h, e, dt, scale=e.abs().max() + 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_sample_with_kl_z_jacobian_vectorized(backend, dtype):
+    """z's Jacobian under a vmap over the backward equals the plain one (the same eps)."""
+    dt = case_dtype(backend, dtype)
+    f = _inputs(dt)
+
+    def z_of(m, v):
+        torch.manual_seed(3)
+        return fastvae.sample_with_kl(m, v, f["z"], f["lv"] * 0.5, backend=backend)[0]
+    plain = jacobian(z_of, (f["mu"], f["lv"]))
+    vec = jacobian(z_of, (f["mu"], f["lv"]), vectorize=True)
+    for i, (a, e) in enumerate(zip(vec, plain)):
+        assert_close(f"d z / d input {i}", a, e, dt, scale=e.abs().max() + 1e-3)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -149,9 +149,10 @@ def graph_of_backward_wanted() -> bool:
     return torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
-def recompute_grads(value: Tensor, inputs, needs_, grad_out: Optional[Tensor]):
+def recompute_grads(value, inputs, needs_, grad_out):
     """d value / d inputs (None where not needed) as differentiable tensors: the graph of
-    the backward that ``create_graph=True`` asks for."""
+    the backward that ``create_graph=True`` asks for. ``value`` and ``grad_out``: a tensor
+    and its cotangent, or lists of them (as ``torch.autograd.grad`` takes)."""
     wanted = [t for t, n in zip(inputs, needs_) if n]
     if grad_out is None or not wanted:
         return [None] * len(inputs)
@@ -164,6 +165,11 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
     ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
+        if batched_backward(grads):
+            # the backends' kernels cannot read batched grads (no storage); the
+            # recomputation is aten math every transform composes with
+            with torch.enable_grad():
+                return higher(ctx, *grads)
         if not torch.is_grad_enabled():  # the usual backward: no graph of it, no mode switch
             return backward(ctx, *grads)
         if graph_of_backward_wanted():
@@ -171,6 +177,22 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
         with torch.no_grad():
             return backward(ctx, *grads)
     return wrapper
+
+
+_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+
+
+def batched_backward(grads) -> bool:
+    """Whether a vmap runs over this backward alone: torch.func's, or the legacy one that
+    ``torch.autograd.functional.jacobian/hessian(vectorize=True)`` use (a forward under
+    torch.func already took the reference, :func:`functorch_active`)."""
+    if functorch_active():
+        return True
+    if _legacy_batched is not None:
+        for g in grads:  # a loop, not any(genexpr): this runs on every backward
+            if g is not None and _legacy_batched(g):
+                return True
+    return False
 
 
 def plain_eager(args) -> bool:

@@ -106,16 +106,17 @@ def _higher_order(ctx, dz, g_kl, *_):
     """The same gradients as differentiable functions: z and the KL rebuilt from the same
     eps (``reparameterize_std_eps``) and the reference KL."""
     mu, logvar, prior_mu, prior_logvar, noise = A.kept_inputs(ctx, "sample_with_kl")
-    value = 0.0
-    if dz is not None:
+    outputs, cotangents = [], []   # as autograd.grad's pairs: a batched cotangent (a vmap
+    if dz is not None:             # over this backward) may not enter an output
         with torch.no_grad():
             std_eps = backends.get(ctx.backend).reparameterize_std_eps(logvar, noise, 0)
-        z = mu + std_eps * torch.exp(0.5 * (logvar - logvar.detach()))
-        value = (z * dz).sum()
+        outputs.append(mu + std_eps * torch.exp(0.5 * (logvar - logvar.detach())))
+        cotangents.append(dz)
     if g_kl is not None:
-        value = value + (reference.kl_normal(mu, logvar, prior_mu, prior_logvar) * g_kl).sum()
-    grads = A.recompute_grads(value, (mu, logvar, prior_mu, prior_logvar), ctx.needs,
-                              torch.ones_like(value))
+        outputs.append(reference.kl_normal(mu, logvar, prior_mu, prior_logvar))
+        cotangents.append(g_kl)
+    grads = A.recompute_grads(outputs, (mu, logvar, prior_mu, prior_logvar), ctx.needs,
+                              cotangents or None)
     return (*grads, None, None, None)
 
 

@@ -122,9 +122,10 @@ def test_per_call_validate_setting(restore_validation):
 
 
 def test_the_value_path_keeps_no_placeholders(seed, backend, monkeypatch):
-    """ELBOLoss and sample_with_kl return values only: the gradients they drop are never
-    turned into the custom op's empty placeholders (a call allocates none), while a call of
-    the custom op itself still gets them (its outputs may not be None)."""
+    """ELBOLoss, sample_with_kl and the other value-and-gradients ops return values only:
+    the gradients they drop are never turned into the custom op's empty placeholders (a
+    call allocates none), while a call of the custom op itself still gets them (its
+    outputs may not be None)."""
     if backend == "reference":
         pytest.skip("the reference has no fused op")
     from fastvae.ops import _autograd as A
@@ -137,7 +138,14 @@ def test_the_value_path_keeps_no_placeholders(seed, backend, monkeypatch):
     loss.backward()
     z, kl = fastvae.sample_with_kl(mu, lv, torch.zeros_like(mu), lv.detach(), backend=backend)
     (z.sum() + kl.sum()).backward()
+    fastvae.kl_normal(mu, lv, 0.5, lv.detach(), backend=backend).sum().backward()
+    fastvae.kl_standard_normal(mu, lv, backend=backend).sum().backward()
+    fastvae.gaussian_log_prob(x.detach(), r, 0.3, backend=backend).sum().backward()
+    px = torch.randint(0, 256, (2, 3, 2, 2)).to(dt) / 127.5 - 1
+    params = leaf(torch.randn(2, 30, 2, 2, dtype=dt))
+    fastvae.discretized_logistic_mixture_log_prob(px, params, backend=backend).sum().backward()
     assert filled == []
+    assert params.grad is not None
     assert r.grad is not None and mu.grad is not None and x.grad is not None
     import importlib
     elbo_op = importlib.import_module("fastvae.ops.elbo")

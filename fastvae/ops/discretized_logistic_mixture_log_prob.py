@@ -21,8 +21,13 @@ from . import _autograd as A
 
 def _dmol_fwd(x: Tensor, params: Tensor, bits: int, reduction: str, scale: float,
               needs: List[bool], backend: str) -> tuple[Tensor, Tensor]:
-    return tuple(backends.get(backend).discretized_logistic_mixture_log_prob_fwd(
-        x, params, bits, reduction, scale, needs))
+    return A.filled(_dmol_value(x, params, bits, reduction, scale, needs, backend), x)
+
+
+def _dmol_value(x, params, bits, reduction, scale, needs, backend):
+    """The backend's (value, d/dparams), None for the gradient when not needed."""
+    return backends.get(backend).discretized_logistic_mixture_log_prob_fwd(
+        x, params, bits, reduction, scale, needs)
 
 
 _op = torch.library.custom_op("fastvae::discretized_logistic_mixture_log_prob",
@@ -59,7 +64,8 @@ def _higher_order(ctx, grad_out, *_):
     return None, g, None, None, None, None, None
 
 
-_dmol = A.Fused(_op, _dmol_fwd, _setup, A.with_higher_order(_backward, _higher_order))
+_dmol = A.Fused(_op, _dmol_fwd, _setup, A.with_higher_order(_backward, _higher_order),
+                tensor_args=2, value_forward=_dmol_value)
 
 
 def discretized_logistic_mixture_log_prob(x, params, bits, reduction="none", *, backend,
@@ -67,4 +73,4 @@ def discretized_logistic_mixture_log_prob(x, params, bits, reduction="none", *, 
     """``scale`` times the per-sample DMoL log-likelihood, reduced per ``reduction``;
     arguments as ``fastvae.backends`` documents."""
     needs = A.needs(params)
-    return A.owned(_dmol(x, params, int(bits), reduction, float(scale), needs, backend))
+    return _dmol.value(x, params, int(bits), reduction, float(scale), needs, backend)

@@ -14,8 +14,12 @@ from . import _autograd as A
 def _gaussian_log_prob_fwd(x: Tensor, mean: Tensor, logvar: Optional[Tensor],
                            logvar_scalar: float, needs: List[bool], backend: str
                            ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return A.filled(backends.get(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar,
-                                                                needs), x)
+    return A.filled(_gaussian_log_prob_value(x, mean, logvar, logvar_scalar, needs, backend), x)
+
+
+def _gaussian_log_prob_value(x, mean, logvar, logvar_scalar, needs, backend):
+    """The backend's (log-density, *gradients), None for a gradient not needed."""
+    return backends.get(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs)
 
 
 _op = torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())(
@@ -46,9 +50,10 @@ def _higher_order(ctx, grad_out, *_):
 
 
 _gaussian_log_prob = A.Fused(_op, _gaussian_log_prob_fwd, _setup,
-                             A.with_higher_order(_backward, _higher_order))
+                             A.with_higher_order(_backward, _higher_order), tensor_args=3,
+                             value_forward=_gaussian_log_prob_value)
 
 
 def gaussian_log_prob(x, mean, logvar, *, backend):
     lv, lv_scalar = (logvar, 0.0) if isinstance(logvar, Tensor) else (None, logvar)
-    return _gaussian_log_prob(x, mean, lv, float(lv_scalar), A.needs(x, mean, lv), backend)[0]
+    return _gaussian_log_prob.value(x, mean, lv, float(lv_scalar), A.needs(x, mean, lv), backend)

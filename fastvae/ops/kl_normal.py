@@ -14,8 +14,12 @@ from . import _autograd as A
 def _kl_normal_fwd(mu_q: Tensor, logvar_q: Tensor, mu_p: Optional[Tensor],
                    logvar_p: Optional[Tensor], needs: List[bool], backend: str
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return A.filled(backends.get(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs),
-                    mu_q)
+    return A.filled(_kl_normal_value(mu_q, logvar_q, mu_p, logvar_p, needs, backend), mu_q)
+
+
+def _kl_normal_value(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
+    """The backend's (KL, *gradients), None for a gradient not needed."""
+    return backends.get(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
 
 
 _op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_fwd)
@@ -52,10 +56,11 @@ def _higher_order(ctx, grad_out, *_):
     return (*A.recompute_grads(value, inputs, ctx.needs, grad_out), None, None)
 
 
-_kl_normal = A.Fused(_op, _kl_normal_fwd, _setup, A.with_higher_order(_backward, _higher_order))
+_kl_normal = A.Fused(_op, _kl_normal_fwd, _setup, A.with_higher_order(_backward, _higher_order),
+                     tensor_args=4, value_forward=_kl_normal_value)
 
 
 def kl_normal(mu_q, logvar_q, mu_p, logvar_p, *, backend):
     """(N, L) posterior, prior None / (L,) / (N, L) -> (N,)."""
-    return _kl_normal(mu_q, logvar_q, mu_p, logvar_p, A.needs(mu_q, logvar_q, mu_p, logvar_p),
-                      backend)[0]
+    return _kl_normal.value(mu_q, logvar_q, mu_p, logvar_p,
+                            A.needs(mu_q, logvar_q, mu_p, logvar_p), backend)

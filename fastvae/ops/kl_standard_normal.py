@@ -13,7 +13,12 @@ from . import _autograd as A
 
 def _kl_standard_normal_fwd(mu: Tensor, logvar: Tensor, needs: List[bool], backend: str
                             ) -> tuple[Tensor, Tensor, Tensor]:
-    return A.filled(backends.get(backend).kl_standard_normal_fwd(mu, logvar, needs), mu)
+    return A.filled(_kl_standard_normal_value(mu, logvar, needs, backend), mu)
+
+
+def _kl_standard_normal_value(mu, logvar, needs, backend):
+    """The backend's (KL, *gradients), None for a gradient not needed."""
+    return backends.get(backend).kl_standard_normal_fwd(mu, logvar, needs)
 
 
 _op = torch.library.custom_op("fastvae::kl_standard_normal", mutates_args=())(
@@ -42,8 +47,9 @@ def _higher_order(ctx, grad_out, *_):
 
 
 _kl_standard_normal = A.Fused(_op, _kl_standard_normal_fwd, _setup,
-                              A.with_higher_order(_backward, _higher_order))
+                              A.with_higher_order(_backward, _higher_order), tensor_args=2,
+                              value_forward=_kl_standard_normal_value)
 
 
 def kl_standard_normal(mu, logvar, *, backend):
-    return _kl_standard_normal(mu, logvar, A.needs(mu, logvar), backend)[0]
+    return _kl_standard_normal.value(mu, logvar, A.needs(mu, logvar), backend)

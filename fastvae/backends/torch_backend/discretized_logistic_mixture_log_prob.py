@@ -165,7 +165,7 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits: int, reduction: s
     if fn is not None:
         rows = _native_fwd(fn, x, params, g, bits, c)
         value = rows.mul_(scale) if reduction == "none" else rows.sum() * c
-        return value, (g if g is not None else params.new_empty(0))
+        return value, g
     rows = torch.zeros(batch, dtype=dtype, device=x.device)
     xv, pv = x.reshape(batch, channels, hw), params.reshape(batch, s, m, hw)
     gv = None if g is None else g.view(batch, s, m, hw)
@@ -173,4 +173,4 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits: int, reduction: s
         rows[b0:b1] += _chunk(xv[b0:b1, :, p0:p1].to(dtype), pv[b0:b1, :, :, p0:p1].to(dtype),
                               n, c, None if gv is None else gv[b0:b1, :, :, p0:p1])
     value = rows.mul_(scale) if reduction == "none" else rows.sum() * c
-    return value, (g if g is not None else params.new_empty(0))
+    return value, g

@@ -325,3 +325,27 @@ def test_function_path_and_custom_op_agree_bitwise():
         outs.append([t.detach() for t in res] + list(grads))
     for a, b in zip(*outs):
         assert torch.equal(a, b)
+
+
+def test_sample_with_kl_compiles_without_graph_break(monkeypatch):
+    """The op with two values (z and the KL) on the custom op's path: one graph, eager's
+    z for the same seed, eager's KL and gradients."""
+    b, l = 4, 3
+    leaves = [torch.randn(b, l, requires_grad=True) for _ in range(4)]
+    dz, dkl = torch.randn(b, l), torch.randn(b)
+
+    def fn(*a):
+        return fastvae.sample_with_kl(*a, backend="torch")
+    torch.manual_seed(7)
+    z_e, kl_e = fn(*leaves)
+    g_e = torch.autograd.grad([z_e, kl_e], leaves, [dz, dkl])
+    calls = fused_calls(monkeypatch, "sample_with_kl")
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(7)
+    z, kl = compiled(*leaves)
+    torch.testing.assert_close(z, z_e)
+    torch.testing.assert_close(kl, kl_e)
+    for a, e in zip(torch.autograd.grad([z, kl], leaves, [dz, dkl]), g_e):
+        torch.testing.assert_close(a, e)
+    assert calls, "the compiled call never reached the fused op"

@@ -30,7 +30,7 @@ def _rows(t, i, j):
 def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """(z, KL per row, dKL/dmu_q, dKL/dlogvar_q, dKL/dlogvar_p): the gradients where
     ``needs`` = (mu_q, logvar_q, mu_p, logvar_p) asks for them (dKL/dmu_q also for mu_p),
-    empty placeholders otherwise."""
+    None otherwise."""
     dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
     batch, n = mu.shape
     kl = mu.new_empty(batch, dtype=dtype)
@@ -38,20 +38,19 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     g_lv = grad_buffer(logvar, needs[1])
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
     grads = (g_mu, None, g_lv, g_plv)
-    saved = tuple(mu.new_empty(0) if g is None else g for g in (g_mu, g_lv, g_plv))
     if seeded(noise):  # z from the kernel's pass, eps drawn there, the same
         # code as reparameterize's z: the same bits
         z = torch.empty_like(mu, memory_format=torch.contiguous_format)
         if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl, *grads):
-            return (z, kl, *saved)
+            return z, kl, g_mu, g_lv, g_plv
     z = reparameterize_fwd(mu, logvar, noise, 0)
     if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, None, None, kl, *grads):
-        return (z, kl, *saved)
+        return z, kl, g_mu, g_lv, g_plv
     for i, j in row_chunks(batch, n):
         _kl_chunk(upcast(mu[i:j], dtype), upcast(logvar[i:j], dtype),
                   upcast(_rows(prior_mu, i, j), dtype), upcast(_rows(prior_logvar, i, j), dtype),
                   kl[i:j], *(None if g is None else g[i:j] for g in (g_mu, g_lv, g_plv)))
-    return (z, kl, *saved)
+    return z, kl, g_mu, g_lv, g_plv
 
 
 def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
@@ -87,19 +86,19 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) from dz and the KL's grad_output ``g_kl`` (either
     may be None: that output was not used): ``dmu_q = dz + g_kl dKL/dmu_q``,
     ``dlogvar_q = 0.5 dz exp(logvar/2) eps + g_kl dKL/dlogvar_q``, and the prior's from the
-    KL alone, per row (B, N). Empty placeholders where ``needs`` says not needed.
+    KL alone, per row (B, N). None where ``needs`` says not needed.
 
     ``reuse_saved``: the caller owns g_mu, g_lv and g_plv and drops them after this call,
     so the C kernel may write dmu_q (else dmu_p), dlogvar_q and dlogvar_p over them, each
     element right after reading it: no new buffers, and no cache lines fetched only to be
     overwritten (the pass is memory-bound)."""
     batch, n = logvar.shape
-    real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are empty placeholders
+    real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are None or placeholders
     saved = tuple(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real))
     outs = _bwd_outputs(logvar, needs, saved if reuse_saved else (None, None, None))
     if any(needs) and gaussian_rows.kl_bwd_rows(dz, g_kl, logvar if needs[1] else None,
                                                 noise if needs[1] else None, *saved, *outs):
-        return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+        return tuple(outs)
     if reuse_saved:  # the aten path below reads g_mu after writing d_mu: new buffers
         outs = _bwd_outputs(logvar, needs, (None, None, None))
     gk = None if g_kl is None else g_kl.unsqueeze(-1)
@@ -118,7 +117,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
             _sum_into(d_pm, None, gkc, g_mu, i, j, sign=-1.0)
         if d_plv is not None:
             _sum_into(d_plv, None, gkc, g_plv, i, j)
-    return tuple(logvar.new_empty(0) if o is None else o for o in outs)
+    return tuple(outs)
 
 
 def _bwd_outputs(logvar, needs, over):

@@ -182,7 +182,6 @@ def elbo(
 
 
 _ELBO_CHECKED = V.Checked()
-_TENSOR = torch.Tensor
 
 
 def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar, likelihood,
@@ -190,16 +189,15 @@ def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
     """Everything :func:`elbo`'s structural checks read (``V.Checked``), for the common call
     (plain tensors, a float obs_logvar, no prior): the tensors' shapes, dtypes and devices
     and the other arguments' values. None for any other call: checked every time."""
-    if (type(x) is not _TENSOR or type(recon) is not _TENSOR or type(mu) is not _TENSOR
-            or type(logvar) is not _TENSOR or (z is not None and type(z) is not _TENSOR)
-            or type(obs_logvar) is not float or type(beta) is not float
+    if (type(obs_logvar) is not float or type(beta) is not float
             or type(free_bits) is not float or prior_mu is not None
             or prior_logvar is not None or type(likelihood) is not str
             or type(kl) is not str or type(reduction) is not str
             or type(estimator) is not str or bits is not None):
         return None
-    return (V.layout(x), V.layout(recon), V.layout(mu), V.layout(logvar), V.layout(z),
-            obs_logvar, likelihood, kl, beta, free_bits, reduction, estimator)
+    tensors = V.layouts(x, recon, mu, logvar, z)
+    return None if tensors is None else (tensors, obs_logvar, likelihood, kl, beta, free_bits,
+                                         reduction, estimator)
 
 
 def kl_standard_normal(mu, logvar, backend=None, validate=None):

@@ -2,30 +2,17 @@
 (re-exported by ``fastvae.functional``): validate once, pick the backend, call it."""
 from __future__ import annotations
 
-import torch
-
 from . import validation as V
 from .dispatch import check_generator as _check_generator
 from .dispatch import run as _run
 
-_CHECKED = V.Checked()
-_TENSOR = torch.Tensor
-
-
-def _signature(mu_q, logvar_q, mu_p, logvar_p):
-    """What :func:`_gaussians`' checks read (``V.Checked``), for plain tensors and a prior
-    of None or plain tensors; None otherwise (a number's row is built every call)."""
-    if (type(mu_q) is not _TENSOR or type(logvar_q) is not _TENSOR
-            or (mu_p is not None and type(mu_p) is not _TENSOR)
-            or (logvar_p is not None and type(logvar_p) is not _TENSOR)):
-        return None
-    return V.layout(mu_q), V.layout(logvar_q), V.layout(mu_p), V.layout(logvar_p)
+_CHECKED = V.Checked()   # signatures: plain tensors and a prior of None or plain tensors
 
 
 def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
     """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
     (None, ``(N,)`` or ``(B, N)``), and the device."""
-    sig = _signature(mu_q, logvar_q, mu_p, logvar_p)
+    sig = V.layouts(mu_q, logvar_q, mu_p, logvar_p)   # a numeric prior: checked every call
     if sig in _CHECKED:  # the checks below passed on these
         shape = mu_q.shape
         pm = None if mu_p is None else V.broadcast_rows(mu_p, shape)

@@ -75,9 +75,20 @@ class Checked:
         self._seen.clear()
 
 
-def layout(t):
-    """What the structural checks read of a plain tensor (or None): shape, dtype, device."""
-    return None if t is None else (t.shape, t.dtype, t.device)
+def layouts(*ts):
+    """What the structural checks read of each of ``ts`` for a :class:`Checked` signature:
+    shape, dtype and device of a plain tensor, None for None; None for the whole when any
+    is something else (a subclass, a number: such a call is checked every time). A None
+    where a tensor is required never passes the checks, so it is never in the set."""
+    out = []
+    for t in ts:  # a loop, not a genexpr: this runs on every call
+        if t is None:
+            out.append(None)
+        elif type(t) is torch.Tensor:
+            out.append((t.shape, t.dtype, t.device))
+        else:
+            return None
+    return tuple(out)
 
 
 def check_number(name: str, value, *, minimum=None, integer=False) -> float:

@@ -35,11 +35,9 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
            mu.dtype, logvar.stride(), logvar.dtype, _layout(z), _layout(obs),
            _layout(prior_mu), _layout(prior_logvar), x.device, likelihood, kl, free, reduction,
            tuple(needs), configs.interpreter_tiles())
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = _launch.plan_for(_PLANS, key, lambda: _plan_for_inputs(
-            x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free,
-            reduction, needs))
+    plan = _launch.plan_for(_PLANS, key, lambda: _plan_for_inputs(
+        x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free, reduction,
+        needs))
     if plan is _DELEGATE:
         return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
                                       obs_scalar, likelihood, kl, beta, free_bits, reduction,

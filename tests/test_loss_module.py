@@ -153,3 +153,41 @@ def test_the_value_path_keeps_no_placeholders(seed, backend, monkeypatch):
                            None, 0.0, "bernoulli", "analytic", 1.0, 0.0, "sum", 1.0, "standard",
                            [False] * 8, backend)
     assert filled == [1] and all(t.numel() == 0 for t in out[1:])
+
+
+def test_every_op_takes_inference_tensors(seed, backend):
+    """Inference tensors have no version counter, which the ops' higher-order support reads:
+    every fused op runs inside ``torch.inference_mode()`` with the reference's values, and
+    an inference tensor (a prior made there) passed beside inputs that need gradients
+    gives the reference's gradients."""
+    dt = case_dtype(backend)
+    with torch.inference_mode():
+        x, r, mu, lv, z = (t.detach().clone() for t in make(dtype=dt))
+        px = torch.randint(0, 256, (2, 3, 2, 2)).to(dt) / 127.5 - 1
+        params = torch.randn(2, 30, 2, 2, dtype=dt)
+        prior = torch.randn(mu.shape[1], dtype=dt)
+        calls = {
+            "elbo": lambda b: fastvae.elbo(x, r, mu, lv, prior_mu=prior, backend=b),
+            "iwae": lambda b: fastvae.iwae_bound(x, r[None], mu, lv, z[None], backend=b),
+            "kl_normal": lambda b: fastvae.kl_normal(mu, lv, prior, 0.5, backend=b),
+            "kl_standard_normal": lambda b: fastvae.kl_standard_normal(mu, lv, backend=b),
+            "gaussian_log_prob": lambda b: fastvae.gaussian_log_prob(x, r, 0.3, backend=b),
+            "dmol": lambda b: fastvae.discretized_logistic_mixture_log_prob(px, params,
+                                                                             backend=b),
+            "sample_with_kl": lambda b: fastvae.sample_with_kl(mu, lv, prior, 0.5, backend=b)[1],
+        }
+        for name, call in calls.items():
+            got = call(backend)
+            assert got.is_inference(), name
+            assert_close(name, got, call("reference"), dt, scale=10.0)
+    mu_g, lv_g = leaf(mu.clone()), leaf(lv.clone())
+    for b in (backend, "reference"):
+        for t in (mu_g, lv_g):
+            t.grad = None
+        fastvae.kl_normal(mu_g, lv_g, prior, 0.5, backend=b).sum().backward()
+        (fastvae.elbo(x.clone(), r.clone(), mu_g, lv_g, prior_mu=prior, backend=b)
+         + fastvae.sample_with_kl(mu_g, lv_g, prior, 0.5, backend=b)[1].sum()).backward()
+        if b == backend:
+            got = (mu_g.grad, lv_g.grad)
+    assert_close("dmu", got[0], mu_g.grad, dt, scale=10.0)
+    assert_close("dlogvar", got[1], lv_g.grad, dt, scale=10.0)

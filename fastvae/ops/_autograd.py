@@ -117,7 +117,12 @@ def keep_inputs(ctx, inputs) -> None:
     if torch.compiler.is_compiling():
         return
     ctx.inputs = tuple(inputs)
-    ctx.versions = tuple([t._version if isinstance(t, Tensor) else None for t in inputs])
+    try:
+        ctx.versions = tuple([t._version if isinstance(t, Tensor) else None for t in inputs])
+    except RuntimeError:  # inference tensors have no version counter: an in-place change
+        # to one (allowed only inside inference mode) cannot be detected
+        ctx.versions = tuple([t._version if isinstance(t, Tensor) and not t.is_inference()
+                              else None for t in inputs])
 
 
 def kept_inputs(ctx, op: str):
@@ -126,7 +131,7 @@ def kept_inputs(ctx, op: str):
         raise RuntimeError(f"fastvae.{op}: higher-order gradients are not available under "
                            "torch.compile; use backend='reference' there")
     for t, v in zip(inputs, ctx.versions):
-        if isinstance(t, Tensor) and t._version != v:
+        if v is not None and t._version != v:
             raise RuntimeError(f"fastvae.{op}: an input was modified in place after the call, so "
                                "its higher-order gradients cannot be computed")
     # Each tensor as a view of its own: the op's gradient w.r.t. an input is the partial

@@ -22,3 +22,23 @@ def reduce_scale(batch: int, reduction: str) -> float:
     """The factor a per-sample term gets in the reduced value: 1/B for "mean" (an empty
     batch gives 0, not NaN), else 1."""
     return 1.0 / max(batch, 1) if reduction == "mean" else 1.0
+
+
+def row_grad_dtype(t, shape) -> torch.dtype:
+    """The dtype a backend writes t's gradient in, given the gradient's ``shape``: t's own
+    where that is t's shape; float32 at least where t is shared by every row and its
+    gradient is written per row, to be summed over rows by ``fastvae.ops`` (then cast to
+    t's dtype). Per-row terms rounded to a 16-bit t's dtype first would put one rounding
+    per row into the sum (bf16: errors of tens of percent over a few hundred rows)."""
+    if shape is None or tuple(shape) == tuple(t.shape):
+        return t.dtype
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
+    """The dtype of ``sample_with_kl``'s one saved dKL/dmu_q, which is also -dKL/dmu_p:
+    mu's, widened to the prior mean's gradient dtype (:func:`row_grad_dtype`) where that
+    gradient is wanted (a 16-bit posterior with a float32 or a shared prior)."""
+    if not need_prior_mean or prior_mu is None:
+        return mu.dtype
+    return torch.promote_types(mu.dtype, row_grad_dtype(prior_mu, mu.shape))

@@ -218,6 +218,30 @@ def _op_args():
         t(b, l), t(b, l), seed, 3, "torch")
     yield "sample-with-kl-seed", torch.ops.fastvae.sample_with_kl.default, (
         t(b, l), t(b, l), t(b, l), t(l), seed, [True, True, True, True], "torch")
+    # 16-bit inputs shared by every row, or beside a float32 prior: the per-row gradients
+    # such an input's sum is made from are float32 (row_grad_dtype), in the fakes as well
+    def h(*s, grad=True):
+        return t(*s, grad=False).bfloat16().requires_grad_(grad)
+
+    yield "kl-normal-bf16-shared-prior", torch.ops.fastvae.kl_normal.default, (
+        h(b, l), h(b, l), h(l), h(l), [True, True, True, True], "torch")
+    yield "elbo-gauss-none-bf16-shared", torch.ops.fastvae.elbo.default, (
+        x.bfloat16(), h(b, d), h(b, l), h(b, l), None, h(d), h(l), h(l), 0.0, "gaussian",
+        "analytic", 1.0, 0.0, "none", 1.0, "standard",
+        [False, True, True, True, False, True, True, True], "torch")
+    yield "iwae-bf16-shared-prior", torch.ops.fastvae.iwae_bound.default, (
+        x.bfloat16(), h(k, b, d), h(b, l), h(b, l), h(k, b, l), None, h(l), h(l), 0.0,
+        "bernoulli", "none", "standard", [False, True, True, True, True, False, True, True],
+        "torch")
+    yield "gauss-tensor-bf16-shared", torch.ops.fastvae.gaussian_log_prob.default, (
+        h(b, d), h(b, d), h(d), 0.0, [True, True, True], "torch")
+    yield "sample-with-kl-bf16-f32-prior", torch.ops.fastvae.sample_with_kl.default, (
+        h(b, l), h(b, l), t(l), t(b, l), torch.randn(b, l).bfloat16(), [True, True, True, True],
+        "torch")
+    yield "sample-with-kl-bwd-mixed", torch.ops.fastvae.sample_with_kl_bwd.default, (
+        torch.randn(b, l).bfloat16(), torch.randn(b), h(b, l, grad=False),
+        torch.randn(b, l).bfloat16(), torch.randn(b, l), torch.randn(b, l).bfloat16(),
+        torch.randn(b, l), [True, True, True, True], "torch")
 
 
 CASES = list(_op_args())

@@ -26,7 +26,7 @@ MODULES = [
     # one suite per op
     "test_elbo.py", "test_elbo_numerics.py", "test_elbo_autograd.py", "test_iwae_bound.py",
     "test_reparameterize.py", "test_kl_standard_normal.py", "test_gaussian_log_prob.py",
-    "test_kl_normal.py", "test_sample_with_kl.py",
+    "test_kl_normal.py", "test_sample_with_kl.py", "test_shared_inputs.py",
     "test_higher_order.py", "test_loss_module.py", "test_estimators.py",
     "test_discretized_logistic_mixture_log_prob.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream

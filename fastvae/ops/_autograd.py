@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._dtypes import row_grad_dtype
 
 
 def needs(*ts) -> List[bool]:
@@ -35,10 +36,13 @@ def filled(outputs, like: Tensor) -> tuple:
 
 
 def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tensor:
-    """A fake gradient output: t's shape, or the empty placeholder when not needed."""
+    """A fake gradient output as the backends write it: ``shape`` (default t's) in the
+    dtype of ``row_grad_dtype``, or the empty placeholder when not needed."""
     if not need or t is None:
         return like.new_empty(0)
-    return t.new_empty(shape if shape is not None else t.shape)
+    if shape is None:
+        return t.new_empty(t.shape)
+    return t.new_empty(shape, dtype=row_grad_dtype(t, shape))
 
 
 def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:
@@ -52,11 +56,22 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     return g * grad_out.reshape(shape).to(g.dtype)
 
 
-def to_shape(g: Optional[Tensor], shape) -> Optional[Tensor]:
-    """Collect a per-row (B, D) gradient of a (D,) tensor over rows."""
-    if g is None or shape is None or g.shape == shape:
+def input_like(t: Optional[Tensor]):
+    """(shape, dtype) of an input whose gradient :func:`to_shape` finishes, or None."""
+    return None if t is None else (t.shape, t.dtype)
+
+
+def to_shape(g: Optional[Tensor], like) -> Optional[Tensor]:
+    """The gradient of an input with ``like`` = (shape, dtype) (:func:`input_like`) from
+    ``g``: a per-row (B, D) gradient of a shared (D,) input summed over rows, in the
+    input's dtype (a shared input's per-row gradient is float32 at least,
+    ``row_grad_dtype``, so the sum rounds once)."""
+    if g is None or like is None:
         return g
-    return g.sum(0).reshape(shape)
+    shape, dtype = like
+    if g.shape != shape:
+        g = g.sum(0).reshape(shape)
+    return g if g.dtype == dtype else g.to(dtype)
 
 
 def _graph_kept() -> bool:

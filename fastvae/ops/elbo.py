@@ -55,14 +55,14 @@ def _(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likeliho
 
 def setup_shapes(ctx, inputs) -> None:
     """The shapes backward sums per-row gradients to: obs_logvar's and the prior's."""
-    ctx.sum_to = [None if t is None else t.shape for t in inputs[5:8]]
+    ctx.sum_to = [A.input_like(t) for t in inputs[5:8]]
 
 
 def finish_grads(ctx, g):
     """The gradients of (..., obs, prior_mu, prior_logvar), per row where the inputs are
     shared by every row, summed to the inputs' shapes."""
-    for i, shape in zip((5, 6, 7), ctx.sum_to):
-        g[i] = A.to_shape(g[i], shape)
+    for i, like in zip((5, 6, 7), ctx.sum_to):
+        g[i] = A.to_shape(g[i], like)
     return g
 
 

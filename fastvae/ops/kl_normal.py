@@ -35,7 +35,7 @@ def _(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
 
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:], needs_=inputs[4], backend=inputs[5], inputs=inputs[:4])
-    ctx.sum_to = [None if t is None else t.shape for t in inputs[2:4]]
+    ctx.sum_to = [A.input_like(t) for t in inputs[2:4]]
 
 
 def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import backends, reference
-from .._dtypes import result_dtype
+from .._dtypes import kl_mean_grad_dtype, result_dtype
 from . import _autograd as A
 
 
@@ -46,7 +46,9 @@ _op = torch.library.custom_op("fastvae::sample_with_kl", mutates_args=())(_sampl
 def _(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
     return (mu.new_empty(mu.shape),
             mu.new_empty(mu.shape[:1], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar)),
-            A.grad_like(mu, needs[0] or needs[2], mu), A.grad_like(logvar, needs[1], mu),
+            (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
+             if needs[0] or needs[2] else mu.new_empty(0)),
+            A.grad_like(logvar, needs[1], mu),
             A.grad_like(prior_logvar, needs[3], mu, mu.shape))
 
 
@@ -61,7 +63,9 @@ def _bwd_op(dz: Optional[Tensor], g_kl: Optional[Tensor], logvar: Tensor, noise:
 
 @_bwd_op.register_fake
 def _(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, backend):
-    return tuple(logvar.new_empty(logvar.shape if n else (0,)) for n in needs)
+    # each in the dtype of the saved gradient it is made from (as the backends write them)
+    return tuple(logvar.new_empty(logvar.shape, dtype=s.dtype) if n else logvar.new_empty(0)
+                 for n, s in zip(needs, (g_mu, g_lv, g_mu, g_plv)))
 
 
 def _setup(ctx, inputs, output):
@@ -71,20 +75,14 @@ def _setup(ctx, inputs, output):
     ctx.owns_saved = False  # set by A.owned() where the caller drops the gradient outputs
     # logvar is the caller's tensor and noise eps or a seed: saved only where dlogvar_q needs them
     ctx.save_for_backward(logvar if needs[1] else None, noise if needs[1] else None, *output[2:])
-    ctx.like = [None if t is None else (t.shape, t.dtype)
-                for t in (mu, logvar, prior_mu, prior_logvar)]
+    ctx.like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
     A.keep_inputs(ctx, inputs[:5])
 
 
 def _finish(ctx, grads):
     """Each gradient in its input's dtype, a shared prior's summed over rows."""
-    out = []
-    for g, need, like in zip(grads, ctx.needs, ctx.like):
-        if not need:
-            out.append(None)
-            continue
-        g = A.to_shape(g, like[0])
-        out.append(g if g.dtype == like[1] else g.to(like[1]))
+    out = [A.to_shape(g, like) if need else None
+           for g, need, like in zip(grads, ctx.needs, ctx.like)]
     return (*out, None, None, None)
 
 

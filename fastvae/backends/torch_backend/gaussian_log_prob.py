@@ -12,4 +12,4 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     lv = logvar_scalar if logvar is None else upcast(logvar, dtype)
     value, g_mean, g_lv = terms.gaussian(upcast(x, dtype), upcast(mean, dtype), lv)
     return (value, grad_out(-g_mean, x, needs[0]), grad_out(g_mean, mean, needs[1]),
-            grad_out(g_lv, logvar if logvar is not None else x, needs[2]))
+            grad_out(g_lv, logvar if logvar is not None else x, needs[2], x.shape))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._dtypes import row_grad_dtype
 from . import native
 from . import terms
 
@@ -24,21 +25,25 @@ def row_chunks(batch: int, d: int):
 
 
 def grad_buffer(t, need: bool, shape=None):
-    """The output a gradient is written into (t's dtype), or None when not needed."""
+    """The output t's gradient is written into, in ``shape`` (default t's) and the dtype
+    of ``row_grad_dtype``, or None when not needed."""
     if not need or t is None:
         return None
-    return t.new_empty(shape if shape is not None else t.shape)  # new_empty: a fifth of the cost
+    if shape is None:
+        return t.new_empty(t.shape)  # new_empty: a fifth of the cost
+    return t.new_empty(shape, dtype=row_grad_dtype(t, shape))
 
 
 def grad_out(g, like, need: bool, shape=None):
-    """A gradient output in its input's dtype (in ``shape``, a copy where ``g`` is a
-    broadcast view), or None when not needed (``fastvae.ops`` gives a custom op its
-    placeholder)."""
+    """A gradient output of input ``like`` in ``shape`` (default like's; a copy where ``g``
+    is a broadcast view) and the dtype of ``row_grad_dtype``, or None when not needed
+    (``fastvae.ops`` gives a custom op its placeholder)."""
     if not need or g is None:
         return None
+    dtype = like.dtype if shape is None else row_grad_dtype(like, shape)
     if shape is not None and g.shape != shape:
-        return g.expand(shape).to(like.dtype, copy=True)
-    return g.to(like.dtype)
+        return g.expand(shape).to(dtype, copy=True)
+    return g.to(dtype)
 
 
 def _bernoulli_chunk(x, logits, g, c: float, rows):

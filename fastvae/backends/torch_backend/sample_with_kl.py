@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import result_dtype, upcast
+from ..._dtypes import kl_mean_grad_dtype, result_dtype, upcast
 from . import gaussian_rows
 from .reparameterize import reparameterize_fwd, seeded
 from .rows import grad_buffer, row_chunks
@@ -34,7 +34,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
     batch, n = mu.shape
     kl = mu.new_empty(batch, dtype=dtype)
-    g_mu = grad_buffer(mu, needs[0] or needs[2])
+    g_mu = (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
+            if needs[0] or needs[2] else None)
     g_lv = grad_buffer(logvar, needs[1])
     g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
     grads = (g_mu, None, g_lv, g_plv)
@@ -95,12 +96,12 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     batch, n = logvar.shape
     real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are None or placeholders
     saved = tuple(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real))
-    outs = _bwd_outputs(logvar, needs, saved if reuse_saved else (None, None, None))
+    outs = _bwd_outputs(logvar, needs, saved, reuse_saved)
     if any(needs) and gaussian_rows.kl_bwd_rows(dz, g_kl, logvar if needs[1] else None,
                                                 noise if needs[1] else None, *saved, *outs):
         return tuple(outs)
     if reuse_saved:  # the aten path below reads g_mu after writing d_mu: new buffers
-        outs = _bwd_outputs(logvar, needs, (None, None, None))
+        outs = _bwd_outputs(logvar, needs, saved, False)
     gk = None if g_kl is None else g_kl.unsqueeze(-1)
     for i, j in row_chunks(batch, n):
         d_mu, d_lv, d_pm, d_plv = (None if o is None else o[i:j] for o in outs)
@@ -120,16 +121,19 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     return tuple(outs)
 
 
-def _bwd_outputs(logvar, needs, over):
-    """The four (B, N) backward outputs (None where not needed): new buffers, or the saved
-    gradient each may overwrite (``over`` = (g_mu, g_lv, g_plv) or Nones): dmu_q, else
-    dmu_p, over g_mu; dlogvar_q over g_lv; dlogvar_p over g_plv."""
-    g_mu, g_lv, g_plv = over
-    reuse = [g_mu if needs[0] else None, g_lv, None if needs[0] else g_mu, g_plv]
-    return [None if not need else (r if r is not None and r.dtype == logvar.dtype and
-                                   r.shape == logvar.shape and r.is_contiguous()
-                                   else grad_buffer(logvar, True))
-            for need, r in zip(needs, reuse)]
+def _bwd_outputs(logvar, needs, saved, reuse: bool):
+    """The four (B, N) backward outputs (None where not needed), each in the dtype of the
+    saved gradient it is made from (``saved`` = (g_mu, g_lv, g_plv)): dmu_q and dmu_p
+    g_mu's, dlogvar_q g_lv's, dlogvar_p g_plv's. New buffers, or with ``reuse`` the saved
+    gradient itself: dmu_q, else dmu_p, over g_mu; dlogvar_q over g_lv; dlogvar_p over
+    g_plv."""
+    g_mu, g_lv, g_plv = saved
+    source = (g_mu, g_lv, g_mu, g_plv)
+    over = (g_mu if needs[0] else None, g_lv, None if needs[0] else g_mu, g_plv)
+    return [None if not need else (r if reuse and r is not None and r.shape == logvar.shape
+                                   and r.is_contiguous()
+                                   else logvar.new_empty(logvar.shape, dtype=s.dtype))
+            for need, s, r in zip(needs, source, over)]
 
 
 def _std_eps(logvar, noise, i, j):

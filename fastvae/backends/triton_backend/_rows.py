@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..._dtypes import row_grad_dtype
 from . import _launch, configs
 
 
@@ -29,8 +30,8 @@ def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: i
     b, d = inputs[0].shape
     mu = inputs[2]
     prior_needs = tuple(needs[6:8]) or (False, False)
-    prior_grads = [_launch.alloc_like(mu, p.dtype) if need and p is not None else None
-                   for p, need in zip(priors, prior_needs)]
+    prior_grads = [_launch.alloc_like(mu, row_grad_dtype(p, mu.shape))
+                   if need and p is not None else None for p, need in zip(priors, prior_needs)]
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
                                        device), *prior_grads)
 
@@ -64,4 +65,4 @@ def _obs_grad_buffers(need: bool, partial: bool, programs: int, b: int, d: int, 
     if partial:
         return (_launch.alloc((d,), obs.dtype, device),
                 _launch.alloc((programs, d), torch.float32, device))
-    return _launch.alloc((b, d), obs.dtype, device), None
+    return _launch.alloc((b, d), row_grad_dtype(obs, (b, d)), device), None

@@ -6,6 +6,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE, GOBS_ROWS
 
+from ..._dtypes import row_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 
@@ -22,7 +23,8 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     out = _launch.alloc((n,), torch.float32, dev)
     gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
     gm = _launch.alloc(mean.shape, mean.dtype, dev) if needs[1] else None
-    glv = _launch.alloc((n, d), lv_arg.dtype, dev) if (needs[2] and tensor_lv) else None
+    glv = (_launch.alloc((n, d), row_grad_dtype(lv_arg, (n, d)), dev)
+           if (needs[2] and tensor_lv) else None)
     latent = _launch.dummy(x.dtype, dev)  # L = 0: the latent pointers are never read
     i32 = _launch.dummy(torch.int32, dev)
     _launch.launch(

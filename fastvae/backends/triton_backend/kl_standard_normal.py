@@ -7,6 +7,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE
 
+from ..._dtypes import row_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import prior_args
@@ -35,7 +36,7 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size(),
                                                            prior=prior)
     out = _launch.alloc((n,), torch.float32, dev)
-    grads = [_launch.alloc(mu.shape, t.dtype, dev) if need else None
+    grads = [_launch.alloc(mu.shape, row_grad_dtype(t, mu.shape), dev) if need else None
              for t, need in zip((mu, logvar, pm, plv), needs)]
     gmu, glv, gpm, gplv = grads
     data = _launch.dummy(mu.dtype, dev)  # D = 0: the data pointers are never read

@@ -12,7 +12,7 @@ import torch
 from fastvae.kernels import reparameterize as kr
 from fastvae.kernels import sample_with_kl as ks
 
-from ..._dtypes import result_dtype
+from ..._dtypes import kl_mean_grad_dtype, result_dtype, row_grad_dtype
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
 from . import _launch, configs
@@ -41,9 +41,10 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
                                                            stride_plv, prior, needs))
     z = _launch.alloc_like(mu)
     kl = _launch.alloc((b,), kl_dtype, dev)
-    gmu = _launch.alloc_like(mu) if needs[0] or needs[2] else None
+    gmu = (_launch.alloc_like(mu, kl_mean_grad_dtype(mu, prior_mu, needs[2]))
+           if needs[0] or needs[2] else None)
     glv = _launch.alloc_like(mu, logvar.dtype) if needs[1] else None
-    gplv = _launch.alloc_like(mu, plv.dtype) if needs[3] else None
+    gplv = _launch.alloc_like(mu, row_grad_dtype(plv, mu.shape)) if needs[3] else None
     split = plan["split"]
     _launch.launch_planned(
         plan["launch"], MU=mu, LV=logvar, PM=pm, PLV=plv, SEED=noise, Z=z, KL=kl,
@@ -88,10 +89,13 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     g_kl = None if g_kl is None else g_kl.contiguous()
     saved = [g if g is not None and g.numel() else None for g in (g_mu, g_lv, g_plv)]
     key = (lv.shape, lv.stride(0), lv.dtype, None if dz is None else dz.dtype,
-           None if g_kl is None else g_kl.dtype, tuple(g is not None for g in saved),
+           None if g_kl is None else g_kl.dtype, tuple(None if g is None else g.dtype
+                                                       for g in saved),
            tuple(needs), dev, configs.interpreter_tiles())
     plan = _launch.plan_for(_PLANS, key, lambda: _bwd_plan(lv, dz, g_kl, needs))
-    outs = [_launch.alloc_like(lv) if need else None for need in needs]
+    # each output in the dtype of the saved gradient it is made from, as the torch backend's
+    source = (saved[0], saved[1], saved[0], saved[2])
+    outs = [_launch.alloc_like(lv, s.dtype) if need else None for need, s in zip(needs, source)]
     dmu, dlv, dpm, dplv = outs
     _launch.launch_planned(
         plan, DZ=dz, GKL=g_kl, LV=lv, SEED=noise,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Iterator, Tuple
 
+import torch
+
 import fastvae
 
 from .stand_ins import DTYPES, empty, finish, run_in_mode, stand_in_latents
@@ -72,18 +74,26 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
     """The learned prior: kl_normal, sample_with_kl (its own kernels, forward and
     backward), and the PRIOR switches of the ELBO (analytic and MC KL, free bits' pass,
     with STL) and IWAE kernels; a per-latent (L,) prior and a per-sample (B, L) one."""
-    for (b, l), dname in itertools.product(((4096, 64), (7, 3)), ("fp32", "bf16")):
-        def kl_call(b=b, l=l, dname=dname):
+    for (b, l), dname, shared in itertools.product(((4096, 64), (7, 3)), ("fp32", "bf16"),
+                                                   (False, True)):
+        def kl_call(b=b, l=l, dname=dname, shared=shared):
             nt = DTYPES[dname][1]
             mu, lv = stand_in_latents(b, l, nt, True, False)
-            pm, plv = stand_in_latents(b, l, nt, True, False)
+            if shared:  # one (L,) row: float32 per-row gradients for a bf16 one
+                pm, plv = empty((l,), nt, True), empty((l,), nt, True)
+            else:
+                pm, plv = stand_in_latents(b, l, nt, True, False)
             finish(fastvae.kl_normal(mu, lv, pm, plv, backend="triton"), "train", False)
-        yield f"kl_normal B={b} L={l} {dname} train", kl_call
-
-        yield f"sample_with_kl B={b} L={l} {dname} train", _sample_call((b, l), dname, True)
+        prior = "L" if shared else "BL"
+        yield f"kl_normal B={b} L={l} {dname} prior={prior} train", kl_call
+        yield (f"sample_with_kl B={b} L={l} {dname} prior={prior} train",
+               _sample_call((b, l), dname, prior))
+    # a bf16 posterior beside a float32 prior: dKL/dmu_q saved in float32 for dmu_p
+    yield ("sample_with_kl B=4096 L=64 bf16 prior=BL-fp32 train",
+           _sample_call((4096, 64), "bf16", "BL", prior_dtype=torch.float32))
     # rows cut into column chunks (the SPLIT switch): the VDVAE loop's largest group, and an
     # odd row length (2 chunks, rows not a multiple of 16) without a prior
-    for shape, dname, prior in (((16, 16, 64, 64), "fp32", True), ((3, 5000), "fp32", False)):
+    for shape, dname, prior in (((16, 16, 64, 64), "fp32", "BL"), ((3, 5000), "fp32", None)):
         yield (f"sample_with_kl {shape} {dname} prior={prior} train",
                _sample_call(shape, dname, prior))
     for (b, d, l), dname, (kl, fb, est), per_sample in itertools.product(
@@ -116,11 +126,14 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
         yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator={est} prior=L", iwae_call
 
 
-def _sample_call(shape, dname, prior):
+def _sample_call(shape, dname, prior, prior_dtype=None):
+    """One group: prior None (N(0, I)), "BL" (the posterior's shape) or "L" (one row)."""
     def call():
         nt = DTYPES[dname][1]
         mu, lv = empty(shape, nt, True), empty(shape, nt, True)
-        pm, plv = (empty(shape, nt, True), empty(shape, nt, True)) if prior else (None, None)
+        pt = prior_dtype or nt
+        p_shape = shape if prior == "BL" else shape[1:]
+        pm, plv = (empty(p_shape, pt, True), empty(p_shape, pt, True)) if prior else (None, None)
         z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
         finish(z.sum() + kl.sum(), "train", False)
     return call

@@ -264,8 +264,11 @@ def test_every_registered_op_is_opchecked():
 
 def test_dynamic_batch_sizes_compile_once(monkeypatch):
     """Dynamic shapes: one compiled graph serves several batch sizes (the fake kernels are
-    shape-generic), with eager's values."""
+    shape-generic), with eager's values. It starts as a fresh process does, with no fused
+    op bound yet (``dispatch._fused``), which a compiled call must not guard on."""
     calls = fused_calls(monkeypatch, "elbo")
+    from fastvae import dispatch
+    monkeypatch.setattr(dispatch, "_fused", {})
     torch._dynamo.reset()
 
     def loss(x, r, mu, lv):

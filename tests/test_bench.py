@@ -4,6 +4,7 @@ Tiny shapes, no timed assertions; ``compile`` is left out to keep this under sec
 """
 import argparse
 import json
+import os
 
 import pytest
 import torch
@@ -99,7 +100,9 @@ def test_fastvae_bench_subcommand(capsys):
     ("--ops", "foo"), ("--variants", "bogus"), ("--dtype", "fp8"), ("--batch", "-5"),
     ("--k-iwae", "0"), ("--dim", "-1"), ("--reps", "0"), ("--budget", "nan"),
     ("--threads", "0"), ("--device", "tpu"), ("--max-elements", "-1"),
-    ("--json", "/nonexistent-dir/x.json"), ("--plot", "speedups.txt"), ("--cpu-time", None)])
+    ("--json", "/nonexistent-dir/x.json"), ("--plot", "speedups.txt"), ("--cpu-time", None),
+    ("--json", os.path.join(__file__, "x.json")),   # under a file, not a folder
+    *([("--device", "cuda")] if not torch.cuda.is_available() else [])])
 def test_bad_flag_values_are_one_line_before_any_work(capsys, flag, value):
     from fastvae import cli
 

@@ -217,6 +217,10 @@ def main(argv=None) -> int:
     parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if torch.device(args.device if args.device != "auto" else "cpu").type == "cuda" and (
+            not torch.cuda.is_available()):
+        parser.error(f"argument --device: {args.device} asked for, but torch sees no CUDA "
+                     "device")
     if args.cpu_time:
         device = args.device
         if device == "auto":
@@ -228,6 +232,8 @@ def main(argv=None) -> int:
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         # written after the whole run: a path that cannot be written would lose it all
         folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder) and os.path.exists(folder):
+            parser.error(f"argument {flag}: cannot write {path}: {folder} is not a folder")
         if folder and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
             parser.error(f"argument {flag}: cannot write {path}")
     if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:

@@ -121,6 +121,8 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
                         f"or (N, D), got shape {array.shape}")
     if array.shape[0] == 0:
         raise DataError(f"{source}: the array holds no images (shape {array.shape})")
+    if math.prod(array.shape[1:]) == 0:
+        raise DataError(f"{source}: each image holds no values (shape {array.shape})")
     if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 1:
         array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
     out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -131,6 +131,10 @@ def test_bad_array_files(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((4, 2, 2)), b=np.zeros((4, 2, 2)))
     with pytest.raises(DataError, match="keys"):
         load_dataset(str(tmp_path / "two.npz"))
+    for shape in ((200, 0), (5, 0, 3), (5, 3, 0, 2)):   # images without a single value
+        np.save(tmp_path / "hollow.npy", np.zeros(shape, np.float32))
+        with pytest.raises(DataError, match=r"hollow.npy: each image holds no values"):
+            load_dataset(str(tmp_path / "hollow.npy"))
     np.save(tmp_path / "flat5d.npy", np.zeros((2, 1, 1, 1, 1)))
     with pytest.raises(DataError, match="shape"):
         load_dataset(str(tmp_path / "flat5d.npy"))

@@ -57,9 +57,10 @@ class Guard:
     """Checks one run against the NaN policy; knows which checkpoint is the last good one."""
 
     def __init__(self, checkpoint: Path, saved_epoch: int | None, out, lr: float,
-                 check_grads: bool = True):
+                 check_grads: bool = True, epochs: int | None = None):
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
         self.out, self.lr, self.check_grads = out, lr, check_grads
+        self.epochs = epochs  # the run's target, which the resume command must repeat
 
     def saved(self, epoch: int) -> None:
         """Record that ``epoch``'s checkpoint is now on disk."""
@@ -71,7 +72,9 @@ class Guard:
         else:
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
                     f"{self.checkpoint}; continue from it with a lower learning rate: "
-                    f"fastvae train --out {self.out} --resume --lr {self.lr / 10:g}")
+                    f"fastvae train --out {self.out} --resume"
+                    f"{'' if self.epochs is None else f' --epochs {self.epochs}'} "
+                    f"--lr {self.lr / 10:g}")
         raise NonFiniteLoss(f"non-finite {what} ({value}) {where}; {kept}")
 
     def loss(self, value: float, epoch: int, step: int, steps: int) -> None:

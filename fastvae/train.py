@@ -268,7 +268,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
             say(f"epoch 0 (untrained): test elbo {run.initial['elbo']:.2f}")
 
     guard = Guard(out / CHECKPOINT_NAME, run.start if state is not None else None, out,
-                  cfg["lr"], check_grads=not run.use_scaler)
+                  cfg["lr"], check_grads=not run.use_scaler, epochs=cfg["epochs"])
     t_run = time.perf_counter()
     for epoch in range(run.start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()

@@ -159,6 +159,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, step 3/23") as e:
         T.train(tiny(tmp_path, epochs=3), log=quiet)
     assert "epoch 1" in str(e.value) and CHECKPOINT_NAME in str(e.value)
+    # the command to continue repeats the run's target: the default (60) would be refused
+    # where the run asked for other than that
+    assert "--resume --epochs 3 --lr" in str(e.value), str(e.value)
     state = load_checkpoint(tmp_path)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -163,11 +163,18 @@ def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
     done = int(state["epoch"])
-    if full["epochs"] <= done:  # no epoch to train, and metrics.json would be rewritten
+    # --epochs equal to what is done finishes a run stopped after its last epoch (in the
+    # final estimate or the pictures: no metrics.json); otherwise there is nothing to do,
+    # and a finished run's metrics.json would be rewritten
+    unfinished = not (ckpt_file.parent / "metrics.json").exists()
+    if full["epochs"] < done or (full["epochs"] == done and not unfinished):
         default = "" if given.get("epochs") is not None else " (the default)"
         raise ValueError(f"--epochs {full['epochs']}{default}: the run in {ckpt_file.parent} "
                          f"has already trained {done} epoch{'s' if done != 1 else ''}; --epochs "
                          f"is the total to reach, so it must exceed {done} to continue the run")
+    if full["epochs"] == done:
+        log(f"finishing the run in {ckpt_file.parent}: its {done} epochs are trained, its "
+            "final estimate, pictures and metrics.json are not")
     saved = dict(state["config"])
     changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
                and k in saved and given[k] != saved[k]]

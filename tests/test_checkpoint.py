@@ -1,5 +1,6 @@
 """Checkpoints and run files: checksummed, atomic, cleaned up, umask-following, and every
 bad file is one clear error (exit status 2 from the command), never a traceback."""
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,25 @@ def test_resume_to_no_more_epochs_is_refused_and_changes_nothing(good_run, tmp_p
     _one_error_line(capsys, f"--epochs {epochs}:", f"already trained {done} epoch",
                     f"must exceed {done}")
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_at_the_same_epochs_finishes_a_run_stopped_before_its_metrics(good_run, tmp_path):
+    """A run stopped after its last epoch's checkpoint (Ctrl-C in the final IWAE estimate, a
+    full disk at the pictures) has no metrics.json: --resume with the same --epochs writes
+    the final estimate, pictures and metrics.json, trains nothing and keeps the checkpoint;
+    once finished, the same command is refused as before."""
+    run = _copy_run(good_run, tmp_path / "run")
+    ckpt = (run / CHECKPOINT_NAME).read_bytes()
+    done = load_checkpoint(run)["epoch"]
+    argv = ["train", "--out", str(run), "--resume", "--epochs", str(done), "--no-progress",
+            "--iwae-k", "0"]
+    assert cli.main(argv) == 0
+    got = json.loads((run / "metrics.json").read_text())
+    want = json.loads((good_run / "metrics.json").read_text())
+    got["final"].pop("iwae_s"), want["final"].pop("iwae_s")
+    assert got["epochs"] == want["epochs"] and got["final"] == want["final"]
+    assert (run / "curves.png").is_file() and (run / CHECKPOINT_NAME).read_bytes() == ckpt
+    assert cli.main(argv) == 2
 
 
 @pytest.mark.parametrize("command", ["eval", "sample", "resume"])

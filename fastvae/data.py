@@ -240,6 +240,15 @@ def load_array_file(path) -> Dataset:
     return Dataset(path.name, train, test)
 
 
+def stored_name(name: str) -> str:
+    """The dataset as a run's config keeps it: an array file by its absolute path, so that
+    ``fastvae eval`` and ``--resume`` find it from any working directory; a named one as is."""
+    if name != "digits" and name not in IDX_NAMES and (name.endswith((".npy", ".npz"))
+                                                       or os.sep in name):
+        return os.path.abspath(name)
+    return name
+
+
 def load_dataset(name: str = "digits", data_dir=None, download: bool = False) -> Dataset:
     """``digits`` | ``mnist`` | ``fashion-mnist`` | a path to ``.npy``/``.npz``."""
     if name == "digits":

@@ -37,7 +37,7 @@ from . import dmol_training as dmol, objectives
 from .amp import amp_policy, describe as describe_amp
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          save_checkpoint, write_json)
-from .data import DataError, load_dataset
+from .data import DataError, load_dataset, stored_name
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
@@ -159,7 +159,7 @@ def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
         if ckpt_file.exists():
             raise CheckpointError(f"{ckpt_file} already exists; pass --resume to continue that "
                                   "run, or choose another --out")
-        return full, None
+        return dict(full, dataset=stored_name(full["dataset"])), None
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
     done = int(state["epoch"])

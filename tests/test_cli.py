@@ -234,3 +234,20 @@ def test_train_on_array_files_needs_no_scikit_learn(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     assert cli.main(["train", *TINY, "--dataset", str(tmp_path / "x.npy"),
                      "--out", str(tmp_path / "run")]) == 0
+
+
+def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeypatch):
+    """The config keeps an array file's absolute path: eval and --resume work from another
+    working directory (the path as typed resolved against theirs)."""
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    np.save(tmp_path / "data" / "x.npy", images)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--dataset", "data/x.npy", "--out", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli.main(["eval", str(tmp_path / "run"), "--k", "0"]) == 0
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
+                     "--no-progress", "--iwae-k", "0"]) == 0

@@ -364,6 +364,11 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         say(f"resuming {cfg['out']} at epoch {run.start}")
     else:
         run.initial = evaluate(core, data.test, cfg, device)
+        if not math.isfinite(run.initial["elbo"]):  # before any step: no --lr can help
+            lo, hi = float(data.test.min()), float(data.test.max())
+            raise DataError(f"the untrained model's test ELBO is {run.initial['elbo']} on "
+                            f"{cfg['dataset']} (values in [{lo:g}, {hi:g}]): its densities "
+                            "overflow before training starts; scale the data to about [0, 1]")
         if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
             torch.manual_seed(cfg["seed"] + 1000 * rank)
     run.backend_name = fastvae.select_backend(cfg["backend"], device)

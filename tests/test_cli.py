@@ -251,3 +251,18 @@ def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeyp
     assert cli.main(["eval", str(tmp_path / "run"), "--k", "0"]) == 0
     assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
                      "--no-progress", "--iwae-k", "0"]) == 0
+
+
+def test_data_the_untrained_model_cannot_score_is_refused_before_training(tmp_path, capsys):
+    """Values in the thousands as int32 (used as they are) under the Gaussian likelihood: the
+    untrained test ELBO is not finite, so no learning rate helps; one line naming the data,
+    no run folder."""
+    import numpy as np
+
+    np.save(tmp_path / "wide.npy", np.random.RandomState(0).randint(7, 5000, (40, 8, 8))
+            .astype(np.int32))
+    assert cli.main(["train", *TINY, "--likelihood", "gaussian", "--dataset",
+                     str(tmp_path / "wide.npy"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wide.npy" in err and "values in [" in err, err
+    assert "--lr" not in err and not (tmp_path / "run").exists()

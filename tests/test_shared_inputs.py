@@ -23,7 +23,8 @@ def _grads(fn, inputs, wanted):
     either sign (a sum over rows that cancels, as a loss's gradient does)."""
     ins = [leaf(t) if i in wanted else t for i, t in enumerate(inputs)]
     out = fn(*ins)
-    w = torch.randn(out.shape[0], generator=torch.Generator().manual_seed(1)).to(out.dtype)
+    w = torch.randn(out.shape[0], generator=torch.Generator().manual_seed(1),
+                    device="cpu").to(out.device, out.dtype)
     return torch.autograd.grad((out * w).sum(), [ins[i] for i in wanted])
 
 

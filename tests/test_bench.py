@@ -97,7 +97,7 @@ def test_fastvae_bench_subcommand(capsys):
 
 
 @pytest.mark.parametrize("flag,value", [
-    ("--ops", "foo"), ("--variants", "bogus"), ("--dtype", "fp8"), ("--batch", "-5"),
+    ("--ops", "foo"), ("--variants", "bogus"), ("--ops", ","), ("--variants", ""), ("--dtype", "fp8"), ("--batch", "-5"),
     ("--k-iwae", "0"), ("--dim", "-1"), ("--reps", "0"), ("--budget", "nan"),
     ("--threads", "0"), ("--device", "tpu"), ("--max-elements", "-1"),
     ("--json", "/nonexistent-dir/x.json"), ("--plot", "speedups.txt"), ("--cpu-time", None),

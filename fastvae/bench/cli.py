@@ -40,6 +40,8 @@ def _names(allowed):
     so an op registered later counts)."""
     def parse(s: str) -> List[str]:
         names = _strs(s)
+        if not names:  # "" or "," would otherwise read as the flag left out: the whole suite
+            raise o.BadValue("an empty list; name at least one")
         unknown = [n for n in names if n not in allowed]
         if unknown:
             raise o.BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")

@@ -215,6 +215,9 @@ def load_array_file(path) -> Dataset:
     """Images from ``.npy`` (one array, split 80/20) or ``.npz`` (keys ``train``/``test``
     or ``x_train``/``x_test``, else its only array, split 80/20)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"dataset {path} is a folder; pass an .npy/.npz file of images, or "
+                        "--dataset mnist|fashion-mnist with --data-dir for IDX files")
     if not path.is_file():
         raise DataError(f"dataset file {path} not found (resolved to {path.resolve()}); pass "
                         "--dataset digits|mnist|fashion-mnist or a path to an .npy/.npz of images")

@@ -1,6 +1,7 @@
 """Datasets: the embedded digits, IDX files (written here), .npy/.npz, and clear
 errors for missing or malformed files."""
 import gzip
+import os
 
 import numpy as np
 import pytest
@@ -140,6 +141,8 @@ def test_bad_array_files(tmp_path):
         load_dataset(str(tmp_path / "flat5d.npy"))
     with pytest.raises(DataError, match="not found"):
         load_dataset(str(tmp_path / "nope.npz"))
+    with pytest.raises(DataError, match="is a folder"):
+        load_dataset(str(tmp_path) + os.sep)
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("cifar")
 

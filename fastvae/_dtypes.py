@@ -42,3 +42,12 @@ def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
     if not need_prior_mean or prior_mu is None:
         return mu.dtype
     return torch.promote_types(mu.dtype, row_grad_dtype(prior_mu, mu.shape))
+
+
+def widened(t):
+    """A 16-bit tensor in float32, anything else as is: for a tensor about to be repeated
+    over rows (``expand``), whose gradient autograd sums over the copies in the copies'
+    dtype, so that the sum rounds to t's dtype once (as :func:`row_grad_dtype`'s rule)."""
+    if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t

@@ -17,6 +17,7 @@ import math
 import torch
 
 from . import estimators, ops
+from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
 from .dispatch import run as _run
@@ -398,15 +399,17 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
                    backend, validate, params_name="recon_k").reshape(k, batch)
-    # log p(z_k) under the prior, with its gradients (not stopped by STL)
-    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
-    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    # log p(z_k) under the prior, with its gradients (not stopped by STL). The latents'
+    # parameters are repeated over the K samples: widened first, so each gradient's sum
+    # over the copies is float32 and rounds to a 16-bit input's dtype once
+    pm = widened(V.canonical_prior("prior_mu", prior_mu, mu, "mu"))
+    plv = widened(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu"))
     log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k) if pm is None else pm.expand_as(z_k),
                                0.0 if plv is None else plv, backend=backend, validate=validate)
     if estimator == "stl":
         mu, logvar = mu.detach(), logvar.detach()
-    log_qz = gaussian_log_prob(z_k, mu.expand_as(z_k), logvar, backend=backend,
-                               validate=validate)
+    log_qz = gaussian_log_prob(z_k, widened(mu).expand_as(z_k), widened(logvar),
+                               backend=backend, validate=validate)
     bound = torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
     if reduction == "none":
         return bound

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import fastvae
 
+from ._dtypes import widened
+
 
 def loss(model, core, x, cfg: dict):
     """The loss (batch mean, what we minimize) of one forward pass through ``model`` (``core``
@@ -36,7 +38,10 @@ def loss(model, core, x, cfg: dict):
 
     def rows(t):  # (B, ...) repeated for each of the K samples: (K * B, ...)
         return t.expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])
-    e = fastvae.elbo(rows(x), recon_k.flatten(0, 1), rows(mu), rows(logvar), kl=cfg["kl"],
+    # mu and logvar widened before they are repeated: their gradients' sums over the K
+    # copies round to a 16-bit dtype once (fastvae._dtypes.widened)
+    e = fastvae.elbo(rows(x), recon_k.flatten(0, 1), rows(widened(mu)), rows(widened(logvar)),
+                     kl=cfg["kl"],
                      z=z_k.flatten(0, 1) if cfg["kl"] == "mc" else None, beta=cfg["beta"],
                      **common)
     return -e, (recon_k[0], mu, logvar)

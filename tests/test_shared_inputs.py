@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import fastvae
-from _backends import bounded
+from _backends import INTERPRET, bounded
 from _compare import assert_close, leaf
 
 BF16, F64 = torch.bfloat16, torch.float64
@@ -74,3 +74,18 @@ def test_a_half_posterior_keeps_a_float32_prior_gradient(seed, backend, half):
         for what, g, w in zip(("dmu_p", "dlogvar_p"), got, want):
             assert g.dtype == torch.float32
             assert_close(f"{name} {what}", g, w, torch.float32)
+
+
+def test_repeated_latents_of_the_mixture_bound_are_rounded_once(seed, backend):
+    """The discretized-logistic IWAE bound repeats mu, logvar and a prior over its K samples
+    before its Gaussian log densities; each gradient's sum over the copies rounds to bf16
+    once."""
+    b, l, k = (400 if INTERPRET else 2000), 8, 4   # the interpreter pays per mixture row
+    r = lambda *s: torch.randn(*s).to(BF16)  # noqa: E731
+    x = (torch.randint(0, 256, (b, 1, 2, 2)) / 127.5 - 1).to(BF16)
+    mq, lq, mp, lp = r(b, l), r(b, l) * 0.5, r(l), r(l) * 0.5
+    zk = (mq.float() + torch.randn(k, b, l)).to(BF16)
+    _check("iwae_bound (mixture)", lambda x, rk, m, v, z, pm, pv, backend: fastvae.iwae_bound(
+        x, rk, m, v, z, likelihood="discretized_logistic_mixture", prior_mu=pm,
+        prior_logvar=pv, backend=backend), (x, r(k, b, 6, 2, 2), mq, lq, zk, mp, lp),
+        (2, 3, 5, 6), backend)

@@ -393,6 +393,24 @@ def test_opcheck_every_op(seed):
                                 [True] * 4, "triton")))
     cases.append((swk._bwd_op, (None, torch.randn(b), lv.detach(), noise, *g,
                                 [True, False, True, True], "triton")))
+    # bf16 inputs shared by every row, or beside a float32 prior: float32 per-row gradients
+    # (row_grad_dtype, kl_mean_grad_dtype) in the kernels' buffers and in the fakes alike
+    def h(*s):
+        return leaf(torch.randn(*s).bfloat16())
+    hm, hl = h(b, l), h(b, l)
+    cases += [
+        (ops["kl_normal"]._op, (hm, hl, h(l), h(l), [True] * 4, "triton")),
+        (ops["elbo"]._elbo_op, (x.bfloat16(), h(b, d), hm, hl, None, h(d), h(l), h(l), 0.0,
+                                "gaussian", "analytic", 1.0, 0.0, "none", 1.0, "standard",
+                                [False, True, True, True, False, True, True, True], "triton")),
+        (ops["gaussian_log_prob"]._op, (h(b, d), h(b, d), h(d), 0.0, [True] * 3, "triton")),
+        (swk._op, (hm, hl, leaf(torch.randn(l)), leaf(torch.randn(b, l)),
+                   backends.get("triton").reparameterize_noise(hm, 0, None), [True] * 4,
+                   "triton"))]
+    cases.append((swk._bwd_op, (torch.randn(b, l).bfloat16(), torch.randn(b), hl.detach(),
+                                backends.get("triton").reparameterize_noise(hm, 0, None),
+                                torch.randn(b, l), torch.randn(b, l).bfloat16(),
+                                torch.randn(b, l), [True] * 4, "triton")))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

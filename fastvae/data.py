@@ -243,13 +243,16 @@ def load_array_file(path) -> Dataset:
     return Dataset(path.name, train, test)
 
 
+def _is_array_file(name: str) -> bool:
+    """Whether ``--dataset`` names an .npy/.npz file rather than a named dataset."""
+    return (name != "digits" and name not in IDX_NAMES
+            and (name.endswith((".npy", ".npz")) or os.sep in name))
+
+
 def stored_name(name: str) -> str:
     """The dataset as a run's config keeps it: an array file by its absolute path, so that
     ``fastvae eval`` and ``--resume`` find it from any working directory; a named one as is."""
-    if name != "digits" and name not in IDX_NAMES and (name.endswith((".npy", ".npz"))
-                                                       or os.sep in name):
-        return os.path.abspath(name)
-    return name
+    return os.path.abspath(name) if _is_array_file(name) else name
 
 
 def load_dataset(name: str = "digits", data_dir=None, download: bool = False) -> Dataset:
@@ -258,7 +261,7 @@ def load_dataset(name: str = "digits", data_dir=None, download: bool = False) ->
         return load_digits()
     if name in IDX_NAMES:
         return load_idx_dataset(name, data_dir, download=download)
-    if name.endswith((".npy", ".npz")) or os.sep in name:
+    if _is_array_file(name):
         return load_array_file(name)
     raise DataError(f"unknown dataset {name!r}: use digits, mnist, fashion-mnist or a path "
                     "to an .npy/.npz file of images")

@@ -166,8 +166,8 @@ def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     # --epochs equal to what is done finishes a run stopped after its last epoch (in the
     # final estimate or the pictures: no metrics.json); otherwise there is nothing to do,
     # and a finished run's metrics.json would be rewritten
-    unfinished = not (ckpt_file.parent / "metrics.json").exists()
-    if full["epochs"] < done or (full["epochs"] == done and not unfinished):
+    finished = (ckpt_file.parent / "metrics.json").exists()
+    if full["epochs"] < done or (full["epochs"] == done and finished):
         default = "" if given.get("epochs") is not None else " (the default)"
         raise ValueError(f"--epochs {full['epochs']}{default}: the run in {ckpt_file.parent} "
                          f"has already trained {done} epoch{'s' if done != 1 else ''}; --epochs "

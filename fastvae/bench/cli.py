@@ -219,10 +219,11 @@ def main(argv=None) -> int:
     parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if torch.device(args.device if args.device != "auto" else "cpu").type == "cuda" and (
-            not torch.cuda.is_available()):
-        parser.error(f"argument --device: {args.device} asked for, but torch sees no CUDA "
-                     "device")
+    from ..train import resolve_device   # train's and eval's own check of --device
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        parser.error(f"argument {e}")
     if args.cpu_time:
         device = args.device
         if device == "auto":

@@ -1,6 +1,6 @@
 """torch.compile(fullgraph=True) through the public API, and torch.library.opcheck on every
 custom op in fastvae/ops/ (schema, autograd registration, fake tensors, AOT dispatch), on
-the "torch" backend (the Triton backend's: tests/test_triton_backend.py)."""
+the "torch" backend (the Triton backend's: tests/test_triton_custom_ops.py)."""
 from __future__ import annotations
 
 import importlib

@@ -161,6 +161,16 @@ def kernel_device(monkeypatch):
 
 
 @pytest.fixture
+def kernels(kernel_device):
+    """``kernel_device``, with torch's default device set to it for the test: tensors on
+    the device the kernels run on (CUDA unless interpreted)."""
+    before = torch.get_default_device()
+    torch.set_default_device(kernel_device)
+    yield kernel_device
+    torch.set_default_device(before)
+
+
+@pytest.fixture
 def launches(monkeypatch):
     """A list that records the name of every kernel the Triton backend launches."""
     from fastvae.backends.triton_backend import _launch

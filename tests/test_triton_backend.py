@@ -28,13 +28,7 @@ from test_elbo import make_like  # noqa: E402
 F32 = torch.float32
 
 
-@pytest.fixture(autouse=True)
-def _default_device(kernel_device):
-    """Tensors on the device the kernels run on (CUDA unless interpreted)."""
-    before = torch.get_default_device()
-    torch.set_default_device(kernel_device)
-    yield
-    torch.set_default_device(before)
+pytestmark = pytest.mark.usefixtures("kernels")   # tensors on the kernels' device
 
 
 def _elbo(like="gaussian_perdim", kl="mc", b=20, d=30, l=4):

@@ -19,13 +19,7 @@ import fastvae  # noqa: E402
 from _compare import leaf  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _default_device(kernel_device):
-    """Tensors on the device the kernels run on (CUDA unless interpreted)."""
-    before = torch.get_default_device()
-    torch.set_default_device(kernel_device)
-    yield
-    torch.set_default_device(before)
+pytestmark = pytest.mark.usefixtures("kernels")   # tensors on the kernels' device
 
 
 def _needs(*ts):

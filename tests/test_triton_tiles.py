@@ -35,15 +35,6 @@ ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_boun
 
 
 @pytest.fixture
-def kernels(kernel_device):
-    """Tensors on the device the kernels run on (CUDA unless interpreted)."""
-    before = torch.get_default_device()
-    torch.set_default_device(kernel_device)
-    yield kernel_device
-    torch.set_default_device(before)
-
-
-@pytest.fixture
 def gpu_tiles(kernels):
     """Launch with the tiles and warps shipped for GPUs (the ones test_kernels_compile.py
     builds), whatever the session."""

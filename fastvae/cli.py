@@ -24,8 +24,9 @@ def _add_train(sub):
     d = default_config()
     p = sub.add_parser("train", help="train a VAE and write a run folder",
                        description="Train a VAE. Writes checkpoint.pt, metrics.json, "
-                       "reconstructions.png, samples.png, curves.png (and latent.png for a "
-                       "2-D latent space) to --out. Under torchrun it trains with DDP.")
+                       "reconstructions.png, samples.png, curves.png (and latent.png for an "
+                       "mlp or conv model's 2-D latent space) to --out. Under torchrun it "
+                       "trains with DDP.")
     a = p.add_argument
     a("--dataset", default=None,
       help=f"digits (embedded 8x8, no download), mnist, fashion-mnist, or a path to an "
@@ -39,7 +40,7 @@ def _add_train(sub):
            f"learned priors) [default: {d['model']}]")
     a("--latent", type=o.positive_int, default=None,
       help=f"latent dimensions L (hvae: channels of each group's latent map); 2 also draws "
-           f"latent.png [default: {d['latent']}]")
+           f"latent.png (mlp and conv) [default: {d['latent']}]")
     a("--hidden", type=o.positive_int, nargs="+", default=None,
       help=f"hidden layer width(s); the decoder mirrors the encoder [default: {d['hidden']}]")
     a("--channels", type=o.positive_int, nargs="+", default=None,

@@ -221,6 +221,7 @@ def load_array_file(path) -> Dataset:
     if not path.is_file():
         raise DataError(f"dataset file {path} not found (resolved to {path.resolve()}); pass "
                         "--dataset digits|mnist|fashion-mnist or a path to an .npy/.npz of images")
+    _check_array_magic(path)
     try:
         loaded = np.load(path, allow_pickle=False)
         if hasattr(loaded, "files"):  # an NpzFile
@@ -241,6 +242,20 @@ def load_array_file(path) -> Dataset:
     (key, arr), = arrays.items()
     train, test = _split(_as_images(arr, f"{path}[{key}]" if key else str(path)))
     return Dataset(path.name, train, test)
+
+
+def _check_array_magic(path: Path) -> None:
+    """DataError for a file that is neither an .npy nor a zip (.npz): numpy would read
+    any other file as a pickle and say it holds pickled objects."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"dataset file {path} cannot be read: {e.strerror or e}") from None
+    if not head.startswith((b"\x93NUMPY", b"PK")):
+        what = "it is empty" if not head else "a text or other file?"
+        raise DataError(f"{path} is not an .npy/.npz array file ({what}); write images "
+                        "with numpy.save or numpy.savez")
 
 
 def _is_array_file(name: str) -> bool:

@@ -126,6 +126,10 @@ TRAIN_CHECKS = {
     "threads": non_negative_int, "k": positive_int, "n_mix": positive_int, "out": folder,
 }
 OBJECTIVES = ("elbo", "iwae")
+# The architecture settings each model reads: another one given is refused, not ignored.
+MODEL_SIZES = {"mlp": ("hidden",), "conv": ("hidden", "channels"), "hvae": ("channels", "groups")}
+_SIZE_NAMES = {"hidden": "hidden layers", "channels": "convolution stages",
+               "groups": "latent groups"}
 
 
 def check_train_config(cfg: dict) -> None:
@@ -148,6 +152,18 @@ def check_train_config(cfg: dict) -> None:
                 raise ValueError(f"{key}: {e}") from None
     check_objective(cfg)
     dmol_training.check_config(cfg)
+
+
+def check_model_sizes(given: dict, model: str) -> None:
+    """ValueError for an architecture setting in ``given`` (the settings asked for, None
+    where not) that ``model`` has no use for."""
+    reads = MODEL_SIZES.get(model)
+    if reads is None:
+        return  # an unknown model is refused where it is built
+    for key, what in _SIZE_NAMES.items():
+        if given.get(key) is not None and key not in reads:
+            raise ValueError(f"{key}: the {model} model has no {what} to size; its sizes are "
+                             + " and ".join(f"--{k}" for k in reads))
 
 
 def check_objective(cfg: dict) -> None:
@@ -173,3 +189,6 @@ def check_objective(cfg: dict) -> None:
     elif float(cfg.get("beta", 1.0)) != 1.0:
         raise ValueError("beta: --objective iwae is the importance-weighted bound, which has no "
                          "KL weight; leave --beta at 1 or use --objective elbo")
+    elif int(cfg.get("kl_warmup") or 0) != 0:
+        raise ValueError("kl_warmup: --objective iwae is the importance-weighted bound, which has "
+                         "no KL weight to ramp; leave --kl-warmup at 0 or use --objective elbo")

@@ -41,7 +41,7 @@ from .data import DataError, load_dataset, stored_name
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
-from .options import check_train_config
+from .options import check_model_sizes, check_train_config
 from .runs import (RESUME_KEYS, MissingExtra, RunFolder, RunFolderError, check_extras,
                    load_weights)
 
@@ -230,6 +230,8 @@ def _train(given: dict, log) -> dict:
     if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
         full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
     check_train_config(full)
+    if not full["resume"]:  # a resumed run's sizes are its checkpoint's
+        check_model_sizes(given, full["model"])
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
     device = resolve_device(full["device"], local_rank)

@@ -114,8 +114,15 @@ def test_npy_and_npz(tmp_path):
 def test_bad_array_files(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"this is not a zip archive")
-    with pytest.raises(DataError, match="bad.npz"):
+    with pytest.raises(DataError, match="bad.npz is not an .npy/.npz array file"):
         load_dataset(str(bad))
+    text = tmp_path / "text.npy"   # numpy would call any non-.npy file pickled objects
+    text.write_text("1 2 3\n4 5 6\n")
+    with pytest.raises(DataError, match=r"text.npy is not an .npy/.npz array file \(a text"):
+        load_dataset(str(text))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty.npy .*\(it is empty\)"):
+        load_dataset(str(tmp_path / "empty.npy"))
     good = tmp_path / "t.npz"
     np.savez(good, images=np.zeros((10, 4, 4), np.uint8))
     truncated = tmp_path / "trunc.npz"

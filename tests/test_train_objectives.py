@@ -61,7 +61,13 @@ def test_the_defaults_are_the_single_sample_elbo(tmp_path):
     (dict(objective="vae"), "objective", "must be one of elbo, iwae"),
     (dict(estimator="rws"), "estimator", "must be one of standard, stl, dreg"),
     (dict(model="hvae", objective="iwae", k=2), "model", "hvae trains the ELBO"),
-    (dict(model="hvae", k=3), "model", "hvae trains the ELBO")])
+    (dict(model="hvae", k=3), "model", "hvae trains the ELBO"),
+    # settings a run would otherwise ignore without a word
+    (dict(objective="iwae", k=2, kl_warmup=3), "kl_warmup", "no KL weight to ramp"),
+    (dict(model="hvae", hidden=[64]), "hidden", "hvae model has no hidden layers"),
+    (dict(model="mlp", groups=3), "groups", "mlp model has no latent groups"),
+    (dict(model="mlp", channels=[8]), "channels", "its sizes are --hidden$"),
+    (dict(model="conv", groups=3), "groups", "its sizes are --hidden and --channels")])
 def test_bad_combinations_are_refused_first(tmp_path, settings, key, message):
     with pytest.raises(ValueError, match=f"{key}: .*{message}"):
         T.train(tiny(tmp_path / "r", **settings), log=quiet)
@@ -69,6 +75,7 @@ def test_bad_combinations_are_refused_first(tmp_path, settings, key, message):
 
 
 @pytest.mark.parametrize("flags", [["--estimator", "stl"], ["--objective", "iwae", "--beta", "2"],
+                                   ["--model", "hvae", "--hidden", "32"],
                                    ["--objective", "elbo", "--estimator", "dreg"]])
 def test_the_command_says_so_in_one_line(tmp_path, capsys, monkeypatch, flags):
     monkeypatch.chdir(tmp_path)

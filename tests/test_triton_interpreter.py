@@ -99,7 +99,8 @@ _DEFAULT_DEVICE_FIXTURES = {"backend", "kernels", "gpu_tiles"}
 
 
 def _from_default_device_generator(fn: ast.FunctionDef) -> set:
-    """Names ``fn`` binds to ``generator(...)`` (tests/_backends.py: on the default device)."""
+    """Names ``fn`` binds to a generator on the default device or a named one
+    (:func:`_is_generator_call`)."""
     names = set()
     for node in ast.walk(fn):
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
@@ -111,7 +112,24 @@ def _from_default_device_generator(fn: ast.FunctionDef) -> set:
 
 
 def _is_generator_call(v) -> bool:
-    return (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "generator")
+    """``generator(...)`` (tests/_backends.py), or a ``torch.Generator(device=...)``
+    (seeded or not): a generator on a named device."""
+    if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "generator":
+        return True
+    return any(isinstance(c, ast.Call) and isinstance(c.func, (ast.Attribute, ast.Name))
+               and getattr(c.func, "attr", getattr(c.func, "id", None)) == "Generator"
+               and any(k.arg == "device" for k in c.keywords) for c in ast.walk(v))
+
+
+def _used_fixtures(node) -> set:
+    """Fixture names in ``pytest.mark.usefixtures(...)`` calls under ``node`` (a module's
+    ``pytestmark`` or a test's decorators)."""
+    names = set()
+    for call in ast.walk(node):
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and call.func.attr == "usefixtures"):
+            names |= {a.value for a in call.args if isinstance(a, ast.Constant)}
+    return names
 
 
 def _cpu_generator_draws(tree) -> list:
@@ -120,10 +138,17 @@ def _cpu_generator_draws(tree) -> list:
     the module's helpers (which such tests call). Not followed: a generator handed to a
     helper and used there with ``device=`` (the helper is checked on its own)."""
     found = []
+    module_wide = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
+                                                for t in node.targets):
+            module_wide |= _used_fixtures(node.value)
     for fn in tree.body:
         if not isinstance(fn, ast.FunctionDef):
             continue
-        args = {a.arg for a in fn.args.args}
+        args = {a.arg for a in fn.args.args} | module_wide
+        for d in fn.decorator_list:
+            args |= _used_fixtures(d)
         if fn.name.startswith("test_") and not args & _DEFAULT_DEVICE_FIXTURES:
             continue  # the default device stays the CPU there, on a GPU too
         ok = _from_default_device_generator(fn)
@@ -151,3 +176,22 @@ def test_gpu_modules_draw_with_a_cpu_generator_only_on_the_cpu():
         if found:
             bad[name] = found
     assert not bad, f"draws that fail where CUDA is the default device: {bad}"
+
+
+def test_the_generator_check_sees_fixtures_however_they_are_used():
+    src = """
+import pytest, torch
+pytestmark = pytest.mark.usefixtures("kernels")
+def test_module_wide():
+    g = torch.Generator().manual_seed(0)
+    torch.randn(3, generator=g)
+def test_named_device():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    torch.randn(3, generator=g)
+"""
+    assert _cpu_generator_draws(ast.parse(src)) == [
+        "test_module_wide, line 6: torch.randn(3, generator=g)"]
+    assert _cpu_generator_draws(ast.parse(src.replace("pytestmark", "unused"))) == []
+    decorated = src.replace("pytestmark = ", "").replace("def test_module_wide", (
+        "@pytest.mark.usefixtures('backend')\ndef test_module_wide"))
+    assert len(_cpu_generator_draws(ast.parse(decorated))) == 1

@@ -187,6 +187,33 @@ def test_low_precision(seed, backend, dtype):
                  rtol=4 * torch.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kind", ["full", "shared"])
+def test_a_float64_prior_beside_a_narrower_posterior(seed, backend, dtype, kind):
+    """The KL and the prior's gradients in float64 (on "triton" too, whose kernels' math is
+    float32: that half runs in the torch backend's aten there); z the same as beside a
+    prior in the posterior's dtype (the seed is drawn from mu), its gradients as usual."""
+    shape = (9, 3, 5)
+    mu, lv = posterior(shape, dtype)
+    pm, plv = make_prior(kind, shape, F64)
+    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, generator=generator(4), backend=backend)
+    narrow = [p.detach().to(dtype) if isinstance(p, torch.Tensor) else p for p in (pm, plv)]
+    z_narrow, _ = fastvae.sample_with_kl(mu, lv, *narrow, generator=generator(4),
+                                         backend=backend)
+    assert torch.equal(z, z_narrow) and kl.dtype == F64
+    want_kl = F.kl_normal_dim(mu, lv, pm, plv).expand(shape).reshape(9, -1).sum(-1)
+    assert_close("kl", kl, want_kl, F64, rtol=1e-12)
+    ins = [t for t in (mu, lv, pm, plv) if isinstance(t, torch.Tensor)]
+    dz, gk = torch.randn(shape, dtype=dtype), torch.randn(9, dtype=F64)
+    got = torch.autograd.grad([z, kl], ins, [dz, gk])
+    eps = eps_of(z, mu, lv)
+    z64 = mu.double() + torch.exp(0.5 * lv.double()) * eps
+    want = torch.autograd.grad([z64, want_kl], ins, [dz.double(), gk])
+    for g, e, t in zip(got, want, ins):
+        assert g.dtype == t.dtype and g.shape == t.shape
+        assert_close("grad", g, e, t.dtype, rtol={F64: 1e-12})
+
+
 def test_empty(backend):
     dt = case_dtype(backend)
     mu, lv = posterior((0, 3, 2), dt)

@@ -114,6 +114,13 @@ def test_opcheck_every_op(seed):
                                 backends.get("triton").reparameterize_noise(hm, 0, None),
                                 torch.randn(b, l), torch.randn(b, l).bfloat16(),
                                 torch.randn(b, l), [True] * 4, "triton")))
+    # a float64 prior beside float32 latents: the seed's z, the KL half in float64
+    d = [leaf(torch.randn(s, dtype=torch.float64)) for s in ((l,), (b, l))]
+    cases.append((swk._op, (mu, lv, *d, noise, [True] * 4, "triton")))
+    cases.append((swk._bwd_op, (torch.randn(b, l), torch.randn(b, dtype=torch.float64),
+                                lv.detach(), noise, torch.randn(b, l, dtype=torch.float64),
+                                torch.randn(b, l), torch.randn(b, l, dtype=torch.float64),
+                                [True] * 4, "triton")))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

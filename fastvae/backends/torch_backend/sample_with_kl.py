@@ -31,27 +31,45 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """(z, KL per row, dKL/dmu_q, dKL/dlogvar_q, dKL/dlogvar_p): the gradients where
     ``needs`` = (mu_q, logvar_q, mu_p, logvar_p) asks for them (dKL/dmu_q also for mu_p),
     None otherwise."""
-    dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
-    batch, n = mu.shape
-    kl = mu.new_empty(batch, dtype=dtype)
-    g_mu = (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
-            if needs[0] or needs[2] else None)
-    g_lv = grad_buffer(logvar, needs[1])
-    g_plv = grad_buffer(prior_logvar, needs[3], mu.shape)
-    grads = (g_mu, None, g_lv, g_plv)
+    kl, g_mu, g_lv, g_plv = _kl_outputs(mu, logvar, prior_mu, prior_logvar, needs)
     if seeded(noise):  # z from the kernel's pass, eps drawn there, the same
         # code as reparameterize's z: the same bits
         z = torch.empty_like(mu, memory_format=torch.contiguous_format)
-        if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl, *grads):
+        if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, noise, z, kl,
+                                 g_mu, None, g_lv, g_plv):
             return z, kl, g_mu, g_lv, g_plv
     z = reparameterize_fwd(mu, logvar, noise, 0)
-    if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, None, None, kl, *grads):
-        return z, kl, g_mu, g_lv, g_plv
-    for i, j in row_chunks(batch, n):
+    return (z, *_kl_into(mu, logvar, prior_mu, prior_logvar, kl, g_mu, g_lv, g_plv))
+
+
+def kl_with_grads(mu, logvar, prior_mu, prior_logvar, needs):
+    """sample_with_kl_fwd's KL half alone: (KL per row, dKL/dmu_q, dKL/dlogvar_q,
+    dKL/dlogvar_p) in the same dtypes, on any device (the Triton backend's float64 prior)."""
+    return _kl_into(mu, logvar, prior_mu, prior_logvar,
+                    *_kl_outputs(mu, logvar, prior_mu, prior_logvar, needs))
+
+
+def _kl_outputs(mu, logvar, prior_mu, prior_logvar, needs):
+    """New buffers for the KL (B,) and its wanted gradients (B, N) (None where not wanted)."""
+    kl = mu.new_empty(mu.shape[0], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar))
+    g_mu = (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
+            if needs[0] or needs[2] else None)
+    return (kl, g_mu, grad_buffer(logvar, needs[1]),
+            grad_buffer(prior_logvar, needs[3], mu.shape))
+
+
+def _kl_into(mu, logvar, prior_mu, prior_logvar, kl, g_mu, g_lv, g_plv):
+    """The KL and its gradients written into the given buffers: the C kernel where it
+    runs, else row-chunked aten in the KL's dtype."""
+    if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, None, None, kl,
+                             g_mu, None, g_lv, g_plv):
+        return kl, g_mu, g_lv, g_plv
+    dtype = kl.dtype
+    for i, j in row_chunks(*mu.shape):
         _kl_chunk(upcast(mu[i:j], dtype), upcast(logvar[i:j], dtype),
                   upcast(_rows(prior_mu, i, j), dtype), upcast(_rows(prior_logvar, i, j), dtype),
                   kl[i:j], *(None if g is None else g[i:j] for g in (g_mu, g_lv, g_plv)))
-    return z, kl, g_mu, g_lv, g_plv
+    return kl, g_mu, g_lv, g_plv
 
 
 def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):

@@ -3,7 +3,10 @@
 each over (row block, column chunk) programs (``configs.sample_with_kl_config``).
 
 Where ``reparameterize_noise`` handed the draw to the "torch" backend (float64 or empty
-inputs: its noise is eps itself), both directions go there too.
+inputs: its noise is eps itself), both directions go there too. A float64 prior beside a
+narrower posterior keeps the seed (drawn from mu): z and dz's terms come from Philox as
+everywhere, the KL and its gradients from the torch backend's float64 math (the kernels'
+is float32).
 """
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from fastvae.kernels import sample_with_kl as ks
 from ..._dtypes import kl_mean_grad_dtype, result_dtype, row_grad_dtype
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
+from ..torch_backend.sample_with_kl import kl_with_grads
 from . import _launch, configs
 from ._rows import prior_args
+from .reparameterize import reparameterize_fwd, reparameterize_std_eps
 
 
 # Planned launches per (shapes, strides, dtypes, prior pattern, needs, device) key: a
@@ -29,6 +34,9 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     dKL/dlogvar_p), the gradients per ``needs`` (dKL/dmu_q also for mu_p)."""
     if not seeded(noise):
         return torch_backend.sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
+    if _launch.delegated(prior_mu, prior_logvar):  # float64 (an empty one: mu is empty too)
+        return (reparameterize_fwd(mu, logvar, noise, 0),
+                *kl_with_grads(mu, logvar, prior_mu, prior_logvar, needs))
     dev = mu.device
     b, n = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
@@ -83,11 +91,13 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     if (not seeded(noise)) if noise is not None else _launch.delegated(logvar):
         return torch_backend.sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv,
                                                 needs, reuse_saved)
+    saved = [g if g is not None and g.numel() else None for g in (g_mu, g_lv, g_plv)]
+    if _launch.delegated(*saved):  # a float64 prior's gradients (sample_with_kl_fwd)
+        return _bwd_wide(dz, g_kl, logvar, noise, saved, needs)
     dev = logvar.device
     lv = _launch.rows(logvar)
     dz = None if dz is None else dz.contiguous()
     g_kl = None if g_kl is None else g_kl.contiguous()
-    saved = [g if g is not None and g.numel() else None for g in (g_mu, g_lv, g_plv)]
     key = (lv.shape, lv.stride(0), lv.dtype, None if dz is None else dz.dtype,
            None if g_kl is None else g_kl.dtype, tuple(None if g is None else g.dtype
                                                        for g in saved),
@@ -100,6 +110,18 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     _launch.launch_planned(
         plan, DZ=dz, GKL=g_kl, LV=lv, SEED=noise,
         GMU=saved[0], GLV=saved[1], GPLV=saved[2], DMU=dmu, DLV=dlv, DPM=dpm, DPLV=dplv)
+    return tuple(outs)
+
+
+def _bwd_wide(dz, g_kl, logvar, noise, saved, needs):
+    """The backward beside a float64 prior: the KL's terms in aten (in the saved
+    gradients' dtypes, float64 for the prior's), dz's added, eps drawn again by Philox."""
+    outs = list(torch_backend.sample_with_kl_bwd(None, g_kl, logvar, None, *saved, needs))
+    if dz is not None:
+        if needs[0]:
+            outs[0].add_(dz)
+        if needs[1]:
+            outs[1].add_(reparameterize_std_eps(logvar, noise, 0).mul_(dz).mul_(0.5))
     return tuple(outs)
 
 

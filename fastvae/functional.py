@@ -370,9 +370,7 @@ def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, r
     _no_obs_logvar(obs_logvar)
     batch, _ = V.check_latents(mu, logvar)
     V.check_dmol(x, recon, params_name="recon")
-    if x.shape[0] != batch:
-        raise ValueError(f"x must have the batch size of mu ({batch}) as its first dim, got "
-                         f"shape {tuple(x.shape)}")
+    _x_batch(x, batch)
     log_px = _dmol(x, recon, bits, reduction, scale, backend, validate, params_name="recon")
     no_data = x.new_zeros(batch, 0)
     latent = elbo(no_data, no_data, mu, logvar, kl=kl, z=z, beta=beta, free_bits=free_bits,
@@ -380,6 +378,12 @@ def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, r
                   prior_mu=prior_mu, prior_logvar=prior_logvar, estimator=estimator,
                   _scale=scale)
     return log_px + latent
+
+
+def _x_batch(x, batch: int) -> None:
+    if x.shape[0] != batch:
+        raise ValueError(f"x must have the batch size of mu ({batch}) as its first dim, got "
+                         f"shape {tuple(x.shape)}")
 
 
 def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, backend,
@@ -396,19 +400,22 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     batch, _ = V.check_latents(mu, logvar)
     k = V.check_samples(z_k, mu)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
+    _x_batch(x, batch)
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
                    backend, validate, params_name="recon_k").reshape(k, batch)
     # log p(z_k) under the prior, with its gradients (not stopped by STL). The latents'
-    # parameters are repeated over the K samples: widened first, so each gradient's sum
-    # over the copies is float32 and rounds to a 16-bit input's dtype once
+    # parameters are repeated over the K samples, and z_k enters both densities: each
+    # widened first, so that a gradient summed over copies or over the two terms (which
+    # nearly cancel where q is close to p) is float32 and rounds to a 16-bit input's dtype once
+    z = widened(z_k)
     pm = widened(V.canonical_prior("prior_mu", prior_mu, mu, "mu"))
     plv = widened(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu"))
-    log_pz = gaussian_log_prob(z_k, torch.zeros_like(z_k) if pm is None else pm.expand_as(z_k),
+    log_pz = gaussian_log_prob(z, torch.zeros_like(z) if pm is None else pm.expand_as(z),
                                0.0 if plv is None else plv, backend=backend, validate=validate)
     if estimator == "stl":
         mu, logvar = mu.detach(), logvar.detach()
-    log_qz = gaussian_log_prob(z_k, widened(mu).expand_as(z_k), widened(logvar),
+    log_qz = gaussian_log_prob(z, widened(mu).expand_as(z), widened(logvar),
                                backend=backend, validate=validate)
     bound = torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
     if reduction == "none":

@@ -89,3 +89,19 @@ def test_repeated_latents_of_the_mixture_bound_are_rounded_once(seed, backend):
         x, rk, m, v, z, likelihood="discretized_logistic_mixture", prior_mu=pm,
         prior_logvar=pv, backend=backend), (x, r(k, b, 6, 2, 2), mq, lq, zk, mp, lp),
         (2, 3, 5, 6), backend)
+
+
+def test_the_mixture_bounds_z_is_rounded_once(seed, backend):
+    """z_k enters the discretized-logistic IWAE bound twice, in log p(z_k) and log q(z_k|x),
+    whose gradients nearly cancel where q is close to p: their sum is float32 and rounds
+    to bf16 once (rounded separately first, elements were off by 20-100%)."""
+    b, l, k = 6, 8, 4
+    x = (torch.randint(0, 256, (b, 1, 2, 2)) / 127.5 - 1).to(BF16)
+    mp, lp = torch.randn(l).to(BF16), (torch.randn(l) * 0.5).to(BF16)
+    mq = (mp.float() + 0.02 * torch.randn(b, l)).to(BF16)   # q close to p
+    lq = (lp.float() + 0.03 * torch.randn(b, l)).to(BF16)
+    zk = (mq.float() + 3 * torch.randn(k, b, l)).to(BF16)
+    _check("iwae_bound (mixture)", lambda x, rk, m, v, z, pm, pv, backend: fastvae.iwae_bound(
+        x, rk, m, v, z, likelihood="discretized_logistic_mixture", prior_mu=pm,
+        prior_logvar=pv, backend=backend), (x, torch.randn(k, b, 6, 2, 2).to(BF16), mq, lq, zk,
+                                            mp, lp), (4,), backend)

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from .validation import check_bits, dmol_slots
+from .validation import check_bits, check_tensor, dmol_slots, holds_grid
 
 LOG_SCALE_MIN = -7.0
 
 
 def _split(params: torch.Tensor, channels: int):
     """(logits (B, M, H, W), [(means, log_scales, coeffs or None) per channel])."""
-    if channels not in (1, 3) or params.dim() != 4 or params.shape[1] % dmol_slots(channels):
-        raise ValueError(f"params must be (B, {dmol_slots(channels)}*M, H, W) for "
+    if (channels not in (1, 3) or params.dim() != 4 or params.shape[1] == 0
+            or params.shape[1] % dmol_slots(channels)):
+        raise ValueError(f"params must be (B, {dmol_slots(channels)}*M, H, W), M >= 1, for "
                          f"channels={channels} (1 or 3), got shape {tuple(params.shape)}")
     m = params.shape[1] // dmol_slots(channels)
     per = 3 if channels == 3 else 2
@@ -45,9 +46,11 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
     logistic draw ``mean + e^s log(u / (1 - u))`` (inversion), rounded to its bin (the
     edge bins take the tails, as the likelihood's do), each channel's mean shifted by
     the earlier channels' drawn values. Exactly the distribution whose log-probability
-    :func:`fastvae.discretized_logistic_mixture_log_prob` computes."""
-    n = 2 ** check_bits(bits) - 1
-    logits, chans = _split(params.float(), channels)
+    :func:`fastvae.discretized_logistic_mixture_log_prob` computes. In params' dtype
+    where it holds the grid (float16 up to 11 bits, bfloat16 up to 8), else float32."""
+    bits = check_bits(bits)
+    n = 2 ** bits - 1
+    logits, chans = _split(check_tensor("params", params).float(), channels)
     rng = {} if generator is None else {"generator": generator}
     tiny = torch.finfo(torch.float32).tiny
 
@@ -70,7 +73,8 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
         k = torch.round((draw.clamp(-1.0, 1.0) + 1.0) * (n / 2.0))
         ks.append(k)
         y.append(2.0 * k / n - 1.0)
-    return (torch.stack(ks, 1) / n).to(params.dtype)
+    return (torch.stack(ks, 1) / n).to(params.dtype if holds_grid(params.dtype, bits)
+                                       else torch.float32)
 
 
 @torch.no_grad()
@@ -79,7 +83,7 @@ def dmol_mean(params: torch.Tensor, channels: int = 3) -> torch.Tensor:
     mixture-weighted component location, each component's autoregressive shift taken at
     the earlier channels' locations, clamped to [-1, 1] (the logistic's mean without its
     discretization, the usual choice for reconstructions)."""
-    logits, chans = _split(params.float(), channels)
+    logits, chans = _split(check_tensor("params", params).float(), channels)
     weights = torch.softmax(logits, 1)
     locs, out = [], []
     for c, (means, _, _) in enumerate(chans):

@@ -318,7 +318,8 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, valid
     Args:
         x: ``(B, C, H, W)``, C = 1 or 3, values ``k / (2^bits - 1)`` in [0, 1] (checked
             when validation is on); the integer bin ``k = round(x (2^bits - 1))``
-            decides the edge bins. No gradient flows to x.
+            decides the edge bins. No gradient flows to x. A dtype that cannot hold the
+            grid is refused (float16 above 11 bits, bfloat16 above 8).
         params: NVAE's channels-first layout, M components: for C = 3 ``(B, 10*M, H,
             W)`` = ``[logit_probs | channel 0: means, log_scales, coeffs | channel 1:
             ... | channel 2: ...]`` (M each); for C = 1 ``(B, 3*M, H, W)`` =
@@ -346,6 +347,7 @@ def _dmol(x, params, bits, reduction, scale, backend, validate, params_name="par
     """``scale`` times the DMoL log-likelihood, reduced inside the fused op."""
     V.check_dmol(x, params, params_name=params_name)
     bits = V.check_bits(bits)
+    V.check_grid_dtype(x, bits)
     device = V.check_same_device(x=x, params=params)
     V.check_dmol_values(V.resolve_validate(validate), x, bits, **{params_name: params})
     fn = _run(backend, device, "discretized_logistic_mixture_log_prob")

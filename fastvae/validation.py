@@ -292,6 +292,22 @@ def check_bits(bits) -> int:
     return bits
 
 
+def holds_grid(dtype: torch.dtype, bits: int) -> bool:
+    """Whether every value ``k / (2^bits - 1)`` of [0, 1], rounded to ``dtype``, still
+    rounds back to its ``k``: the rounding, at most eps/4 below 1, must stay under half a
+    bin (float16: up to 11 bits, bfloat16: up to 8, float32 and float64: all 16)."""
+    return (2 ** bits - 1) * torch.finfo(dtype).eps < 2
+
+
+def check_grid_dtype(x, bits: int) -> None:
+    """TypeError for an x whose dtype cannot hold the ``bits`` grid (:func:`holds_grid`):
+    its values would be scored in a neighbouring bin."""
+    if x.dtype.is_floating_point and not holds_grid(x.dtype, bits):
+        raise TypeError(f"x in {x.dtype} cannot hold a {bits}-bit grid (some values round to a "
+                        "neighbouring bin); pass x as float32 (params may stay in "
+                        f"{x.dtype})")
+
+
 def check_likelihood_bits(likelihood: str, bits):
     """``bits`` as ``likelihood`` reads it: the DMoL's bit depth (None: 8), and None for
     every other likelihood, which has no grid, so an explicit value there is a mistake."""
@@ -334,8 +350,8 @@ def check_dmol(x, params, *, params_name="params", k=None) -> tuple[int, int]:
 
 def check_dmol_values(validate: bool, x, bits: int, **tensors) -> None:
     """With validation on: finite parameters, x in [0, 1] on the grid ``k / (2^bits - 1)``
-    (to within the rounding of x's dtype: bf16 cannot resolve an 8-bit grid, so there
-    only the range is checked)."""
+    to within the rounding of x's dtype (up to half a bin for bfloat16 at 8 bits, so there
+    in effect only the range is checked)."""
     if not validate:
         return
     check_values(True, **tensors)

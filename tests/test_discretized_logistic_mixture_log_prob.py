@@ -306,6 +306,20 @@ def test_x_gets_no_gradient(backend):
     assert x.grad is None and p.grad is not None
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_a_shift_of_every_logit_leaves_log_p(backend, c):
+    """log_softmax is shift-invariant; computed as l - (max + log sum) the sum rounded to
+    the logits' magnitude (7e-2 nat off at a shift of 1e6 in float32)."""
+    x, p = make(3, c, 2, 2, 4)
+    x, p = x.float(), p.float()
+    for shift in (1e3, 1e5, -1e6):
+        q = p.clone()
+        q[:, :4] += shift
+        got = OP(x, q, backend=backend)
+        want = OP(x.double(), q.double(), backend="reference")   # the same float32 inputs
+        assert float((got.double() - want).abs().max()) < 1e-4, shift
+
+
 # -- errors (before any backend runs) ------------------------------------------------
 
 @pytest.mark.parametrize("xs,ps,match", [
@@ -745,3 +759,42 @@ def test_mean_is_the_mixture_of_locations():
     assert_close("mean", dmol_mean(p, 3)[0, :, 0, 0], (want + 1) / 2, torch.float32)
     gray = torch.tensor([0.0, 0.0, -0.3, 0.9, 0.0, 0.0]).view(1, 6, 1, 1)  # equal weights
     assert abs(dmol_mean(gray, 1).item() - (0.5 * (-0.3 + 0.9) + 1) / 2) < 1e-6
+
+
+def test_pictures_refuse_what_they_cannot_draw_and_keep_the_grid():
+    from fastvae.models import dmol_mean, dmol_sample
+    for fn in (dmol_sample, dmol_mean):
+        with pytest.raises(TypeError, match="params must be a floating-point tensor"):
+            fn(torch.zeros(1, 10, 2, 2, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"M >= 1"):
+            fn(torch.zeros(1, 0, 2, 2))
+    # float16 holds an 11-bit grid, not a 12-bit one: there the samples are float32
+    for bits, dtype in ((11, torch.float16), (12, torch.float32), (8, torch.bfloat16),
+                        (9, torch.float32)):
+        half = torch.float16 if bits >= 11 else torch.bfloat16
+        x = dmol_sample(torch.randn(4, 30, 3, 3).to(half), bits=bits,
+                        generator=torch.Generator().manual_seed(bits))
+        n = 2 ** bits - 1
+        k = torch.round(x.double() * n)
+        assert x.dtype == dtype and torch.equal(x, (k / n).to(dtype))   # k / n, rounded
+
+
+# -- the dtypes x may come in ---------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_a_grid_is_refused_exactly_where_x_dtype_cannot_hold_it(dtype):
+    """``validation.holds_grid`` against every value of every grid: refused bits are those
+    where some ``k / (2^bits - 1)``, rounded to x's dtype, rounds back to another bin."""
+    from fastvae.validation import holds_grid
+    p = torch.zeros(1, 3, 1, 1)
+    for bits in range(1, 17):
+        n = 2 ** bits - 1
+        k = torch.arange(n + 1, dtype=F64)
+        kept = torch.equal(torch.round((k / n).to(dtype).double() * n), k)
+        assert holds_grid(dtype, bits) == kept, bits
+        x = torch.full((1, 1, 1, 1), 1 / n).to(dtype)
+        if kept:
+            OP(x, p, bits=bits)
+        else:
+            with pytest.raises(TypeError, match=f"cannot hold a {bits}-bit grid"):
+                OP(x, p, bits=bits)

@@ -149,8 +149,10 @@ def dmol_rows_kernel(
 
     # ---- values -------------------------------------------------------------------
     logits = tl.where(cmask[:, None], load_f32(PB, poff, mask), float("-inf"))
-    l_max = tl.max(logits, axis=0)
-    log_pi = logits - (l_max + log_(tl.sum(exp_(logits - l_max[None, :]), axis=0)))[None, :]
+    # log_softmax as (l - max) - log sum: l - (max + log sum) would round the sum to the
+    # logits' magnitude, so a shift of every logit by c would move log p by ~ulp(c)
+    shifted = logits - tl.max(logits, axis=0)[None, :]
+    log_pi = shifted - log_(tl.sum(exp_(shifted), axis=0))[None, :]
     y0, bot0, top0 = _grid(XB, pix, pmask, lv)
     if C == 3:
         y1, bot1, top1 = _grid(XB, n_pix + pix, pmask, lv)

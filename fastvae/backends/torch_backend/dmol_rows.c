@@ -148,8 +148,12 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
       mu[i] = sel(uac, la, SPLAT(0.0f)) + sel(ubc, lb, SPLAT(0.0f)) + sel(inter, gap, SPLAT(0.0f));
     }
   }
-  vf lmax = SPLAT(-__builtin_inff()), pmax = lmax;
+  /* logits relative to the first one: log p is lse(pi + l) - lse(pi), and pi + l taken at
+     the logits' own magnitude would round l to ulp(pi), so that a shift of every logit
+     moved log p */
+  vf lmax = SPLAT(-__builtin_inff()), pmax = lmax, p0 = pi[0];
   for (int64_t m = 0; m < M; ++m) {
+    pi[m] -= p0;
     vf tot = pi[m];
     for (int64_t c = 0; c < C; ++c) tot += mu[c * M + m];
     lp[m] = tot;

@@ -43,7 +43,8 @@ from torch import nn
 from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
 from .observation import ObservationModel
-from .validation import check_size, check_sizes
+from ._dtypes import reduce_scale
+from .validation import REDUCTIONS, check_number, check_option, check_size, check_sizes
 
 BOUND = 5.0  # the soft clamp of means and log-standard-deviations
 
@@ -155,7 +156,7 @@ class HierarchicalVAE(ObservationModel):
     # -- the two passes ---------------------------------------------------------------
     def _bottom_up(self, x):
         """The posterior's features per stage, coarsest first (the top-down order)."""
-        f = self.stem(x)
+        f = self.stem(self.check_images(x))
         feats = []
         for down in self.down:
             f = down(f)
@@ -196,12 +197,14 @@ class HierarchicalVAE(ObservationModel):
 
     def elbo(self, x, beta=1.0, reduction="mean", generator=None, backend=None):
         """``log p(x|z) - beta * sum_i KL_i`` of one posterior draw, reduced like
-        :func:`fastvae.elbo` ("mean", "sum" or "none")."""
+        :func:`fastvae.elbo` ("mean", "sum" or "none"; the mean of no samples is 0)."""
+        check_option("reduction", reduction, REDUCTIONS)
+        beta = check_number("beta", beta, minimum=0.0)
         recon, kl = self(x, generator=generator, backend=backend)
         per_sample = self.log_px(x, recon, backend) - beta * kl.sum(0)
         if reduction == "none":
             return per_sample
-        return per_sample.sum() if reduction == "sum" else per_sample.mean()
+        return per_sample.sum() * reduce_scale(per_sample.shape[0], reduction)
 
     @torch.no_grad()
     def sample(self, n: int, generator=None) -> torch.Tensor:

@@ -61,7 +61,7 @@ class _VAEBase(ObservationModel):
     def forward(self, x: torch.Tensor, generator=None, backend=None, n_samples=None):
         """``x (B, *data_shape)`` -> ``(recon, mu, logvar, z)``, one posterior sample; with
         ``n_samples=K``, K of them: ``recon (K, B, *data_shape)``, ``z (K, B, L)``."""
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(self.check_images(x))
         z = reparameterize(mu, logvar, n_samples=n_samples, generator=generator, backend=backend)
         return (self.decode(z) if n_samples is None else self.decode_any(z)), mu, logvar, z
 
@@ -95,7 +95,7 @@ class _VAEBase(ObservationModel):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's mean at the posterior mean ``z = mu`` (deterministic)."""
-        mu, _ = self.encode(x)
+        mu, _ = self.encode(self.check_images(x))
         return self.mean(self.decode(mu))
 
     @torch.no_grad()
@@ -112,7 +112,7 @@ class _VAEBase(ObservationModel):
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        batch = x.shape[0]
+        batch = self.check_images(x).shape[0]
         per_sample = max(1, math.prod(self.out_shape))
         if chunk_size is None:
             chunk_size = max(1, _IWAE_CHUNK_ELEMENTS // max(1, batch * per_sample))
@@ -169,7 +169,7 @@ class VAE(_VAEBase):
 
     def encode(self, x):
         """``(B, *data_shape)`` -> ``mu, logvar`` each ``(B, L)``."""
-        stats = self.to_stats(self.encoder(x.reshape(x.shape[0], -1)))
+        stats = self.to_stats(self.encoder(x.flatten(1)))
         mu, logvar = stats.chunk(2, dim=-1)
         return mu, logvar
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from .dmol_sampling import dmol_mean, dmol_sample
-from .validation import DMOL, LIKELIHOODS, check_number, check_option, check_sizes, dmol_slots
+from .validation import (DMOL, LIKELIHOODS, check_number, check_option, check_sizes,
+                         check_tensor, dmol_slots)
 
 # NVAE's and PixelCNN++'s mixture size: what a DMoL decoder gets unless told.
 DEFAULT_N_MIX = 10
@@ -65,6 +66,17 @@ class ObservationModel(nn.Module):
 
     def _obs(self):
         return self.obs_logvar if self.obs_logvar is not None else 0.0
+
+    def check_images(self, x) -> torch.Tensor:
+        """x itself, a floating-point ``(B, *data_shape)`` tensor; else the error that says
+        so (the layers would fail later, or run on another size and leave the blame to
+        the loss's shape check)."""
+        check_tensor("x", x)
+        if x.dim() == 0 or tuple(x.shape[1:]) != self.data_shape:
+            raise ValueError(f"x must be (B, *data_shape) = (B, "
+                             f"{', '.join(map(str, self.data_shape))}) for this model, got "
+                             f"shape {tuple(x.shape)}")
+        return x
 
     def mean(self, recon: torch.Tensor) -> torch.Tensor:
         """Decoder output -> the observation model's mean (an image)."""

@@ -1,5 +1,6 @@
 """VAE / ConvVAE: shapes for 8x8 and 28x28, the ELBO wiring, sampling, and the
-chunked IWAE NLL estimate."""
+chunked IWAE NLL estimate; every model (HierarchicalVAE too): images of another shape, empty
+batches."""
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 import fastvae
 from fastvae import models
-from fastvae.models import VAE, ConvVAE, build_model
+from fastvae.models import VAE, ConvVAE, HierarchicalVAE, build_model
 
 
 def test_models_on_first_use_after_a_bare_import_fastvae(monkeypatch):
@@ -149,3 +150,34 @@ def test_iwae_k1_equals_mc_elbo_in_expectation():
     with torch.no_grad():
         neg_elbo = -model.elbo(x, kl="mc")
     assert math.isclose(float(nll1), float(neg_elbo), rel_tol=0.05)
+
+
+_EVERY_MODEL = [lambda: VAE((1, 4, 4), 2, (8,)), lambda: ConvVAE((1, 4, 4), 2, (4,), 8),
+                lambda: HierarchicalVAE((1, 4, 4), 2, (4, 8), 1)]
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_images_of_another_shape_are_refused_by_name(make):
+    """Before any layer runs: a 7x7 image in an 8x8 model ran, and the loss then blamed
+    recon's shape (or a convolution failed deep inside)."""
+    m = make()
+    for bad in (torch.rand(2, 16), torch.rand(2, 1, 3, 4), torch.rand(2, 3, 4, 4)):
+        for call in (m, m.elbo, m.reconstruct, m.iwae_nll):
+            with pytest.raises(ValueError, match=r"x must be \(B, \*data_shape\) = \(B, 1, 4, "
+                               rf"4\) for this model, got shape \({bad.shape[0]}, "):
+                call(bad)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        m.elbo(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_an_empty_batch_is_an_elbo_of_zero_as_in_fastvae_elbo(make):
+    m = make()
+    x = torch.rand(0, 1, 4, 4)
+    assert m.elbo(x).item() == 0.0 and m.elbo(x, reduction="sum").item() == 0.0
+    assert m.elbo(x, reduction="none").shape == (0,)
+    assert m.reconstruct(x).shape == (0, 1, 4, 4)
+    for bad, msg in ((dict(reduction="avg"), "reduction must be one of"),
+                     (dict(beta=-1.0), "beta must be >= 0")):
+        with pytest.raises(ValueError, match=msg):
+            m.elbo(torch.rand(2, 1, 4, 4), **bad)

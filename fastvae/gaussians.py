@@ -88,10 +88,10 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
     any input is, else float32).
     """
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
     if mu_q.dtype != logvar_q.dtype:
         raise TypeError(f"mu_q and logvar_q must share a dtype, got {mu_q.dtype} and "
                         f"{logvar_q.dtype}")
-    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
     _check_generator(generator, device)
     z, kl = _run(backend, device, "sample_with_kl")(mu2, lv2, pm, plv, generator)
     return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl

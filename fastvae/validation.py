@@ -204,6 +204,15 @@ def data_rows(x, recon, batch: int, k=None):
     return x2, r2
 
 
+def number_or_tensor(name: str, value, against: str) -> float:
+    """A value that is not a tensor as :func:`check_number` takes it; the TypeError for one
+    that is not a number either names both forms."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number or a tensor broadcastable to {against}, got "
+                        f"{type(value).__name__}")
+    return check_number(name, value)
+
+
 def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "obs_logvar",
                          against: str = "x"):
     """obs_logvar (float, or a tensor broadcastable to x) -> float, ``(D,)`` or ``(N, D)``
@@ -213,7 +222,7 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
     elements. A tensor constant across rows becomes ``(D,)``; otherwise ``(N, D)``.
     """
     if not isinstance(obs_logvar, torch.Tensor):
-        return check_number(name, obs_logvar)
+        return number_or_tensor(name, obs_logvar, against)
     check_tensor(name, obs_logvar)
     x_shape = torch.Size(x_shape)
     try:  # the same shape (a learned prior's usual case) without broadcast_shapes' cost
@@ -276,7 +285,7 @@ def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str):
     if prior is None:
         return None
     if not isinstance(prior, torch.Tensor):
-        value = check_number(name, prior)
+        value = number_or_tensor(name, prior, like_name)
         if value == 0.0:
             return None
         dtype = torch.float64 if like.dtype == torch.float64 else torch.float32

@@ -229,6 +229,14 @@ def test_errors(backend):
     mu = torch.randn(4, 3)
     with pytest.raises(TypeError, match="must share a dtype"):
         fastvae.sample_with_kl(mu, mu.double(), backend=backend)
+    # what is wrong with a tensor comes before how it differs from another
+    with pytest.raises(TypeError, match="mu_q must be a floating-point tensor"):
+        fastvae.sample_with_kl(mu.long(), mu, backend=backend)
+    with pytest.raises(TypeError, match="mu_q must be a torch.Tensor, got list"):
+        fastvae.sample_with_kl(mu.tolist(), mu, backend=backend)
+    with pytest.raises(TypeError, match="mu_p must be a number or a tensor broadcastable to "
+                       "mu_q, got ndarray"):
+        fastvae.sample_with_kl(mu, mu, mu.numpy(), backend=backend)
     with pytest.raises(ValueError, match="mu_q and logvar_q must share a shape"):
         fastvae.sample_with_kl(mu, mu[:, :2], backend=backend)
     with pytest.raises(ValueError, match="mu_p of shape"):

@@ -148,26 +148,26 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
       mu[i] = sel(uac, la, SPLAT(0.0f)) + sel(ubc, lb, SPLAT(0.0f)) + sel(inter, gap, SPLAT(0.0f));
     }
   }
-  /* logits relative to the first one: log p is lse(pi + l) - lse(pi), and pi + l taken at
-     the logits' own magnitude would round l to ulp(pi), so that a shift of every logit
-     moved log p */
-  vf lmax = SPLAT(-__builtin_inff()), pmax = lmax, p0 = pi[0];
+  /* log p = lse(pi + l) - lse(pi) with the logits taken relative to their largest: pi + l
+     at the logits' own magnitude would round l to ulp(pi), so that a shift of every
+     logit moved log p */
+  vf lmax = SPLAT(-__builtin_inff()), pmax = lmax;
+  for (int64_t m = 0; m < M; ++m) pmax = sel(pi[m] > pmax, pi[m], pmax);
   for (int64_t m = 0; m < M; ++m) {
-    pi[m] -= p0;
+    pi[m] -= pmax;
     vf tot = pi[m];
     for (int64_t c = 0; c < C; ++c) tot += mu[c * M + m];
     lp[m] = tot;
     lmax = sel(tot > lmax, tot, lmax);
-    pmax = sel(pi[m] > pmax, pi[m], pmax);
   }
   vf sl = SPLAT(0.0f), sp = SPLAT(0.0f);
   for (int64_t m = 0; m < M; ++m) {
     lp[m] = exp_nonpos(lp[m] - lmax);
-    pi[m] = exp_nonpos(pi[m] - pmax);
+    pi[m] = exp_nonpos(pi[m]);
     sl += lp[m];
     sp += pi[m];
   }
-  vf logp = (lmax + log_any(sl)) - (pmax + log_any(sp));
+  vf logp = (lmax + log_any(sl)) - log_any(sp);
   if (g) {
     vf il = d->scale / sl, ip = d->scale / sp;
     for (int64_t m = 0; m < M; ++m) {

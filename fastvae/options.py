@@ -154,14 +154,18 @@ def check_train_config(cfg: dict) -> None:
     dmol_training.check_config(cfg)
 
 
-def check_model_sizes(given: dict, model: str) -> None:
+def check_model_sizes(given: dict, model: str, defaults: dict) -> None:
     """ValueError for an architecture setting in ``given`` (the settings asked for, None
-    where not) that ``model`` has no use for."""
+    where not) that ``model`` has no use for. A value equal to its default is not refused:
+    a config made from the defaults holds every setting."""
     reads = MODEL_SIZES.get(model)
     if reads is None:
         return  # an unknown model is refused where it is built
     for key, what in _SIZE_NAMES.items():
-        if given.get(key) is not None and key not in reads:
+        value = given.get(key)
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is not None and value != defaults.get(key) and key not in reads:
             raise ValueError(f"{key}: the {model} model has no {what} to size; its sizes are "
                              + " and ".join(f"--{k}" for k in reads))
 

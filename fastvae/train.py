@@ -231,7 +231,7 @@ def _train(given: dict, log) -> dict:
         full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
     check_train_config(full)
     if not full["resume"]:  # a resumed run's sizes are its checkpoint's
-        check_model_sizes(given, full["model"])
+        check_model_sizes(given, full["model"], default_config())
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
     device = resolve_device(full["device"], local_rank)

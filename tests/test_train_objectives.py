@@ -74,6 +74,17 @@ def test_bad_combinations_are_refused_first(tmp_path, settings, key, message):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_config_of_every_default_is_not_refused_for_sizes_it_holds():
+    """train(default_config() | ...) holds every size; only a value away from its default
+    that the model does not read is refused (a tuple as a list)."""
+    from fastvae.options import check_model_sizes
+    for model in ("mlp", "conv", "hvae"):
+        check_model_sizes(dict(T.default_config(), model=model), model, T.default_config())
+    with pytest.raises(ValueError, match="hidden: the hvae model"):
+        check_model_sizes(dict(T.default_config(), hidden=(64,)), "hvae", T.default_config())
+    check_model_sizes(dict(T.default_config(), channels=(32, 64)), "mlp", T.default_config())
+
+
 @pytest.mark.parametrize("flags", [["--estimator", "stl"], ["--objective", "iwae", "--beta", "2"],
                                    ["--model", "hvae", "--hidden", "32"],
                                    ["--objective", "elbo", "--estimator", "dreg"]])

@@ -214,6 +214,35 @@ def test_a_float64_prior_beside_a_narrower_posterior(seed, backend, dtype, kind)
         assert_close("grad", g, e, t.dtype, rtol={F64: 1e-12})
 
 
+def test_a_float64_prior_rounds_a_16_bit_posteriors_gradient_once(seed, backend):
+    """Beside a float64 prior (on "triton": the KL half apart from the kernel), the bf16
+    dlogvar_q = 0.5 dz std eps + g_kl dKL/dlogvar_q is summed wide and rounded once, from
+    the saved bf16 dKL/dlogvar_q: elementwise within one bf16 rounding of that sum, also
+    where q is close to p and the two terms cancel. (The reference rounds as eager
+    autograd does: each path's gradient in bf16, then their sum.)"""
+    if backend == "reference":
+        pytest.skip("eager autograd's rounding")
+    shape = (64, 32)
+    mu = (torch.randn(shape) * 0.1).bfloat16()
+    lv = (torch.randn(shape) * 0.1).bfloat16()
+    pm = leaf((mu.float() + 0.05 * torch.randn(shape)).double())
+    plv = leaf((lv.float() + 0.05 * torch.randn(shape)).double())
+    dz, gk = torch.randn(shape).bfloat16(), torch.randn(64, dtype=F64)
+    ins = [leaf(mu), leaf(lv), pm, plv]
+    z, kl = fastvae.sample_with_kl(*ins, generator=generator(3), backend=backend)
+    got = torch.autograd.grad([z, kl], ins[1], [dz, gk])[0]
+    # eps as drawn (z's bf16 rounding hides it): the noise itself, or Philox's at std 1
+    impl = fastvae.backends.get(backend)
+    noise = impl.reparameterize_noise(mu, 0, generator(3))
+    eps = (noise if noise.shape == shape else
+           impl.reparameterize_std_eps(torch.zeros(shape), noise, 0)).double()
+    lv64 = lv.double()
+    saved = (0.5 * torch.expm1(lv64 - plv.detach())).bfloat16().double()
+    once = (0.5 * dz.double() * torch.exp(0.5 * lv64) * eps + gk[:, None] * saved).bfloat16()
+    ulp = torch.exp2(torch.floor(torch.log2(once.double().abs().clamp(min=1e-30))) - 7)
+    assert float(((got.double() - once.double()) / ulp).abs().max()) <= 1.0
+
+
 def test_empty(backend):
     dt = case_dtype(backend)
     mu, lv = posterior((0, 3, 2), dt)

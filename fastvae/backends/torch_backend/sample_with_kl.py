@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import kl_mean_grad_dtype, result_dtype, upcast
+from ..._dtypes import kl_mean_grad_dtype, result_dtype, upcast, widened
 from . import gaussian_rows
 from .reparameterize import reparameterize_fwd, seeded
 from .rows import grad_buffer, row_chunks
@@ -155,9 +155,10 @@ def _bwd_outputs(logvar, needs, saved, reuse: bool):
 
 
 def _std_eps(logvar, noise, i, j):
-    """exp(logvar / 2) * eps of rows i:j, eps drawn again from a seed or given."""
+    """exp(logvar / 2) * eps of rows i:j, eps drawn again from a seed or given; float32
+    at least (a 16-bit term is summed wide, then rounded once)."""
     if not seeded(noise):
-        return torch.mul(logvar[i:j], 0.5).exp_().mul_(noise[i:j])
+        return torch.mul(widened(logvar[i:j]), 0.5).exp_().mul_(noise[i:j])
     out = torch.empty((j - i, logvar.shape[1]), dtype=logvar.dtype, device=logvar.device)
     if not gaussian_rows.std_eps_rows(logvar[i:j], noise, i * logvar.shape[1],
                                       gaussian_rows.cpad(logvar.numel()), out):
@@ -167,10 +168,13 @@ def _std_eps(logvar, noise, i, j):
 
 
 def _sum_into(out, base, gk, g, i, j, sign=1.0):
-    """out = base + sign * gk * g[i:j] (a missing term counts as 0)."""
+    """out = base + sign * gk * g[i:j] (a missing term counts as 0), summed in float32 at
+    least and rounded to a 16-bit out once."""
     if gk is None:
         out.copy_(base) if base is not None else out.zero_()
     elif base is None:
         torch.mul(g[i:j], gk if sign == 1.0 else -gk, out=out)
+    elif out.dtype in (torch.float16, torch.bfloat16):
+        out.copy_(torch.addcmul(widened(base), gk, widened(g[i:j]), value=sign))
     else:
         torch.addcmul(base, gk, g[i:j], value=sign, out=out)

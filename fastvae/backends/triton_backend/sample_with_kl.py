@@ -15,7 +15,7 @@ import torch
 from fastvae.kernels import reparameterize as kr
 from fastvae.kernels import sample_with_kl as ks
 
-from ..._dtypes import kl_mean_grad_dtype, result_dtype, row_grad_dtype
+from ..._dtypes import kl_mean_grad_dtype, result_dtype, row_grad_dtype, widened
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
 from ..torch_backend.sample_with_kl import kl_with_grads
@@ -92,7 +92,9 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
         return torch_backend.sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv,
                                                 needs, reuse_saved)
     saved = [g if g is not None and g.numel() else None for g in (g_mu, g_lv, g_plv)]
-    if _launch.delegated(*saved):  # a float64 prior's gradients (sample_with_kl_fwd)
+    if _launch.delegated(*saved):
+        # a float64 saved gradient with a seed: only sample_with_kl_fwd's float64-prior path
+        # makes one (a float64 posterior draws eps itself, and goes to "torch" above)
         return _bwd_wide(dz, g_kl, logvar, noise, saved, needs)
     dev = logvar.device
     lv = _launch.rows(logvar)
@@ -114,15 +116,19 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
 
 
 def _bwd_wide(dz, g_kl, logvar, noise, saved, needs):
-    """The backward beside a float64 prior: the KL's terms in aten (in the saved
-    gradients' dtypes, float64 for the prior's), dz's added, eps drawn again by Philox."""
-    outs = list(torch_backend.sample_with_kl_bwd(None, g_kl, logvar, None, *saved, needs))
+    """The backward beside a float64 prior: the KL's terms in aten, dz's added, eps drawn
+    again by Philox; summed in float32 at least and rounded to each output's dtype (the
+    saved gradient's it is made from, float64 for the prior's) once, as the kernel does."""
+    outs = list(torch_backend.sample_with_kl_bwd(None, g_kl, logvar, None,
+                                                 *[widened(g) for g in saved], needs))
     if dz is not None:
         if needs[0]:
             outs[0].add_(dz)
         if needs[1]:
-            outs[1].add_(reparameterize_std_eps(logvar, noise, 0).mul_(dz).mul_(0.5))
-    return tuple(outs)
+            outs[1].add_(reparameterize_std_eps(widened(logvar), noise, 0).mul_(dz).mul_(0.5))
+    source = (saved[0], saved[1], saved[0], saved[2])
+    return tuple(o if o is None or o.dtype == s.dtype else o.to(s.dtype)
+                 for o, s in zip(outs, source))
 
 
 def _bwd_plan(lv, dz, g_kl, needs):

@@ -186,7 +186,8 @@ class HierarchicalVAE(ObservationModel):
         and each group's KL ``(groups, B)``, top group first (:func:`sample_with_kl`)."""
         def draw(q, p):
             return sample_with_kl(*q, *p, generator=generator, backend=backend)
-        recon, kls = self._top_down(x.shape[0], self._bottom_up(x), draw)
+        feats = self._bottom_up(x)
+        recon, kls = self._top_down(x.shape[0], feats, draw)
         return recon, torch.stack(kls)
 
     def log_px(self, x, recon, backend=None):
@@ -219,8 +220,8 @@ class HierarchicalVAE(ObservationModel):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's mean with every group at its posterior mean (deterministic)."""
-        return self.mean(self._top_down(x.shape[0], self._bottom_up(x),
-                                        lambda q, p: (q[0], None))[0])
+        feats = self._bottom_up(x)
+        return self.mean(self._top_down(x.shape[0], feats, lambda q, p: (q[0], None))[0])
 
     @torch.no_grad()
     def iwae_nll(self, x: torch.Tensor, k: int = 1000, chunk_size=None, generator=None,
@@ -233,11 +234,11 @@ class HierarchicalVAE(ObservationModel):
         k = int(k)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        feats = self._bottom_up(x)
         batch = x.shape[0]
         if chunk_size is None:
             chunk_size = max(1, (1 << 20) // max(1, batch * max(self.latent_dim, 1)))
         chunk_size = max(1, min(int(chunk_size), k))
-        feats = self._bottom_up(x)
 
         def draw(q, p):
             z, _ = sample_with_kl(*q, generator=generator, backend=backend)

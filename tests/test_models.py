@@ -158,16 +158,22 @@ _EVERY_MODEL = [lambda: VAE((1, 4, 4), 2, (8,)), lambda: ConvVAE((1, 4, 4), 2, (
 
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
 def test_images_of_another_shape_are_refused_by_name(make):
-    """Before any layer runs: a 7x7 image in an 8x8 model ran, and the loss then blamed
-    recon's shape (or a convolution failed deep inside)."""
+    """Before any layer runs, and before x's batch size is read: otherwise the layers run
+    on another image size and the loss blames recon's shape, or a convolution fails deep
+    inside. Flattened images too, for the MLP VAE as for the others."""
     m = make()
     for bad in (torch.rand(2, 16), torch.rand(2, 1, 3, 4), torch.rand(2, 3, 4, 4)):
         for call in (m, m.elbo, m.reconstruct, m.iwae_nll):
             with pytest.raises(ValueError, match=r"x must be \(B, \*data_shape\) = \(B, 1, 4, "
                                rf"4\) for this model, got shape \({bad.shape[0]}, "):
                 call(bad)
-    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
-        m.elbo(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+    for call in (m, m.elbo, m.reconstruct, m.iwae_nll):
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            call(torch.zeros(2, 1, 4, 4, dtype=torch.uint8))
+        with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+            call([[0.0]])
+        with pytest.raises(ValueError, match=r"got shape \(\)"):
+            call(torch.tensor(0.5))
 
 
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])

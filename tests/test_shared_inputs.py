@@ -94,7 +94,7 @@ def test_repeated_latents_of_the_mixture_bound_are_rounded_once(seed, backend):
 def test_the_mixture_bounds_z_is_rounded_once(seed, backend):
     """z_k enters the discretized-logistic IWAE bound twice, in log p(z_k) and log q(z_k|x),
     whose gradients nearly cancel where q is close to p: their sum is float32 and rounds
-    to bf16 once (rounded separately first, elements were off by 20-100%)."""
+    to bf16 once (each rounded first, the rounding would dominate the sum)."""
     b, l, k = 6, 8, 4
     x = (torch.randint(0, 256, (b, 1, 2, 2)) / 127.5 - 1).to(BF16)
     mp, lp = torch.randn(l).to(BF16), (torch.randn(l) * 0.5).to(BF16)

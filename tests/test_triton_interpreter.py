@@ -113,12 +113,20 @@ def _from_default_device_generator(fn: ast.FunctionDef) -> set:
 
 def _is_generator_call(v) -> bool:
     """``generator(...)`` (tests/_backends.py), or a ``torch.Generator(device=...)``
-    (seeded or not): a generator on a named device."""
+    (seeded or not) on a device other than the CPU."""
     if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "generator":
         return True
     return any(isinstance(c, ast.Call) and isinstance(c.func, (ast.Attribute, ast.Name))
                and getattr(c.func, "attr", getattr(c.func, "id", None)) == "Generator"
-               and any(k.arg == "device" for k in c.keywords) for c in ast.walk(v))
+               and any(k.arg == "device" and not _names_cpu(k.value) for k in c.keywords)
+               for c in ast.walk(v))
+
+
+def _names_cpu(node) -> bool:
+    """``"cpu"``, or ``torch.device("cpu")``."""
+    if isinstance(node, ast.Call) and node.args:
+        node = node.args[0]
+    return isinstance(node, ast.Constant) and node.value == "cpu"
 
 
 def _used_fixtures(node) -> set:
@@ -188,9 +196,13 @@ def test_module_wide():
 def test_named_device():
     g = torch.Generator(device="cuda").manual_seed(0)
     torch.randn(3, generator=g)
+def test_named_cpu():
+    g = torch.Generator(device=torch.device("cpu"))
+    torch.randn(3, generator=g)
 """
     assert _cpu_generator_draws(ast.parse(src)) == [
-        "test_module_wide, line 6: torch.randn(3, generator=g)"]
+        "test_module_wide, line 6: torch.randn(3, generator=g)",
+        "test_named_cpu, line 12: torch.randn(3, generator=g)"]
     assert _cpu_generator_draws(ast.parse(src.replace("pytestmark", "unused"))) == []
     decorated = src.replace("pytestmark = ", "").replace("def test_module_wide", (
         "@pytest.mark.usefixtures('backend')\ndef test_module_wide"))

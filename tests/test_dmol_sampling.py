@@ -1,0 +1,69 @@
+"""Pictures from a discretized mixture of logistics (fastvae.dmol_sampling, exported by
+fastvae.models): draws follow the log-probability of every value, the mean is the mixture of
+component locations, and what cannot be drawn (integer params, no component, a grid the
+params' dtype cannot hold) is refused or drawn in float32."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from _compare import assert_close
+from test_discretized_logistic_mixture_log_prob import F64, OP, _all_values, _extreme_params
+
+
+@pytest.mark.parametrize("c,bits", [(1, 3), (3, 1)])
+def test_samples_follow_the_likelihood(c, bits):
+    """Frequencies of 40000 draws at one pixel (Gumbel-max over components, logistic
+    inversion, autoregressive over channels) match exp(log p) of every value within 5
+    standard errors, with sharp, wide and clamped components."""
+    from fastvae.models import dmol_sample
+    g = torch.Generator().manual_seed(11 * c + bits)
+    m, draws = 4, 40000
+    p = _extreme_params(c, m, g, F64)
+    per = 3 if c == 3 else 2
+    for ch in range(c):  # scales from the clamp to wide, means near the grid
+        base = m + per * m * ch
+        p[0, base + m:base + 2 * m, 0, 0] = torch.tensor([-9.0, -2.0, -0.5, 1.0])
+        p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64) * 1.6 - 0.8
+    values = _all_values(c, bits, F64)
+    prob = OP(values, p.expand(len(values), -1, -1, -1), bits=bits, backend="torch").exp()
+    x = dmol_sample(p.float().expand(draws, -1, -1, -1), channels=c, bits=bits, generator=g)
+    n = 2 ** bits - 1
+    k = torch.round(x.double() * n).long().view(draws, c)
+    index = k[:, 0] if c == 1 else (k[:, 0] * (n + 1) + k[:, 1]) * (n + 1) + k[:, 2]
+    freq = torch.bincount(index, minlength=len(values)).double() / draws
+    se = (prob * (1 - prob) / draws).sqrt()
+    assert bool(((freq - prob).abs() <= 5 * se + 1e-4).all()), (freq, prob)
+
+
+def test_mean_is_the_mixture_of_locations():
+    from fastvae.models import dmol_mean
+    q = torch.zeros(30)                   # M = 3, RGB, one pixel
+    q[:3] = torch.tensor([0.0, 20.0, -20.0])               # component 1 only
+    q[3 + 1], q[12 + 1], q[21 + 1] = 0.5, -0.2, 3.0        # its means per channel
+    q[9 + 1] = 1.0                        # tanh(1) of y0 into channel 1
+    p = q.view(1, 30, 1, 1)
+    want = torch.tensor([0.5, -0.2 + math.tanh(1.0) * 0.5, 1.0])  # channel 2 clamped
+    assert_close("mean", dmol_mean(p, 3)[0, :, 0, 0], (want + 1) / 2, torch.float32)
+    gray = torch.tensor([0.0, 0.0, -0.3, 0.9, 0.0, 0.0]).view(1, 6, 1, 1)  # equal weights
+    assert abs(dmol_mean(gray, 1).item() - (0.5 * (-0.3 + 0.9) + 1) / 2) < 1e-6
+
+
+def test_pictures_refuse_what_they_cannot_draw_and_keep_the_grid():
+    from fastvae.models import dmol_mean, dmol_sample
+    for fn in (dmol_sample, dmol_mean):
+        with pytest.raises(TypeError, match="params must be a floating-point tensor"):
+            fn(torch.zeros(1, 10, 2, 2, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"M >= 1"):
+            fn(torch.zeros(1, 0, 2, 2))
+    # float16 holds an 11-bit grid, not a 12-bit one: there the samples are float32
+    for bits, dtype in ((11, torch.float16), (12, torch.float32), (8, torch.bfloat16),
+                        (9, torch.float32)):
+        half = torch.float16 if bits >= 11 else torch.bfloat16
+        x = dmol_sample(torch.randn(4, 30, 3, 3).to(half), bits=bits,
+                        generator=torch.Generator().manual_seed(bits))
+        n = 2 ** bits - 1
+        k = torch.round(x.double() * n)
+        assert x.dtype == dtype and torch.equal(x, (k / n).to(dtype))   # k / n, rounded

@@ -318,7 +318,7 @@ def floor() -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--parts", default="first,steady,floor")
     p.add_argument("--batches", default="256,4096,32768")
     p.add_argument("--rounds", type=int, default=15)

@@ -27,8 +27,10 @@ import time
 import torch
 
 import fastvae
+from fastvae import options as o
 from fastvae.bench.specs._common import native_kernel_off
 from fastvae.bench.timing import check_cpu_time, inner_calls, time_interleaved, timed
+from fastvae.train import resolve_device
 
 
 def _leaf(t):
@@ -79,16 +81,20 @@ def _iqr(values):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=o.device, default="auto")
     p.add_argument("--quick", action="store_true", help="the IWAE K=5 case only, fewer rounds")
-    p.add_argument("--reps", type=int, default=None, help="interleaved rounds (default 31)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--reps", type=o.positive_int, default=None, help="interleaved rounds (default 31)")
+    p.add_argument("--threads", type=o.positive_int, default=None, help="torch threads")
     p.add_argument("--cpu-time", action="store_true",
                    help="time the thread's CPU time (CPU, --threads 1)")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
-    device = args.device if args.device != "auto" else (
-        "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = str(resolve_device(args.device))
+    except ValueError as e:
+        p.error(f"argument {e}")
+    if args.cpu_time and (not device.startswith("cpu") or args.threads != 1):
+        p.error("--cpu-time times the calling thread: it needs the CPU and --threads 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = args.reps or (11 if args.quick else 31)

@@ -28,6 +28,7 @@ import time
 import torch
 
 import fastvae
+from fastvae import options as o
 from fastvae.bench.core import Case, bytes_moved
 
 BAR = dict(batch=65536, dim=784, latent=64)
@@ -311,7 +312,7 @@ def main(argv=None):
                    help="only the host-time profile of small fused calls -> host_profile.txt")
     p.add_argument("--budget-s", type=float, default=150.0,
                    help="stop starting new cases after this many seconds")
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=o.positive_int, default=20)
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.smoke
     if not cuda and not args.smoke:

@@ -11,7 +11,8 @@
 #                  fastvae offline (pip -e --no-deps --no-index) only when it does not
 #                  import                                          -> env.txt
 #   bar     155 s  the issue's bar: fastvae bench, ELBO fwd+bwd B=65536 D=784 L=64 fp32,bf16
-#                  and reparameterize B=65536 L=64 K=1,16 (eager, compile, fastvae)
+#                  (eager, compile, fastvae) and reparameterize B=65536 L=64 K=1,16 fp32
+#                  (eager, fastvae: its bar is against eager)
 #                                                                  -> bar.md, bar_*.json
 #   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
 #                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
@@ -263,8 +264,8 @@ fi
       | tr -d '"' | tail -n 60; echo '```'; fi
   [ -s "$OUT/tests.txt" ] && { echo; echo "## tests"; echo '```'
   grep -E '^(=== |rc=|FAILED|ERROR|Fatal|[0-9]+ (passed|failed)|.*(passed|failed|error).* in )' \
-    "$OUT/tests.txt" | tail -n 80 || head -c 600 "$OUT/tests.txt"
-  echo '```'; }
+    "$OUT/tests.txt" | tail -n 80 || tail -n 5 "$OUT/tests.txt"
+  echo; echo '```'; }
 } >"$OUT/summary.md" 2>&1
 echo
 echo "================================================================ summary.md"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,6 +46,7 @@ import torch
 
 import fastvae
 from fastvae import _env
+from fastvae import options as o
 import fastvae.backends as backends
 from fastvae.backends.triton_backend import _launch, configs
 from fastvae.bench.offline.jit_no_gpu import jit_no_gpu
@@ -234,21 +236,23 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--op", choices=("elbo", "sample_with_kl", "reparameterize"),
                    default="elbo", help="the fused call measured (default: ELBOLoss)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--dim", type=int, default=784)
-    p.add_argument("--latent", type=int, default=64)
+    p.add_argument("--batch", type=o.positive_int, default=64)
+    p.add_argument("--dim", type=o.positive_int, default=784)
+    p.add_argument("--latent", type=o.positive_int, default=64)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--reduction", choices=("sum", "mean", "none"), default="sum")
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--calls", type=int, default=400)
-    p.add_argument("--profile", type=int, default=0,
+    p.add_argument("--rounds", type=o.positive_int, default=9)
+    p.add_argument("--calls", type=o.positive_int, default=400)
+    p.add_argument("--profile", type=o.non_negative_int, default=0,
                    help="print the N functions with the most own time (cProfile)")
-    p.add_argument("--layers", type=int, default=0,
+    p.add_argument("--layers", type=o.non_negative_int, default=0,
                    help="also time each layer of the step alone, over N rounds")
-    p.add_argument("--json", help="write the numbers here")
+    p.add_argument("--json", type=o.folder, help="write the numbers here")
     args = p.parse_args(argv)
     if args.layers and args.op != "elbo":
         p.error("--layers times the ELBO's layers only")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        p.error(f"argument --json: cannot write {args.json}: no such folder")
     torch.set_num_threads(1)
     modes, record = stub_gpu()
     with jit_no_gpu(90, record=False):

@@ -239,13 +239,6 @@ def _run_bench(argv) -> int:
     return int(bench.main(argv) or 0)
 
 
-def _out_of_memory(e: RuntimeError) -> bool:
-    import torch
-
-    return (isinstance(e, getattr(torch, "OutOfMemoryError", ()))
-            or "can't allocate memory" in str(e))
-
-
 def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
     from .checkpoint import CheckpointError
@@ -276,7 +269,7 @@ def main(argv=None) -> int:
     except RuntimeError as e:
         # a size flag too big for the machine (--hidden, --batch-size, --n, --k): torch's
         # allocators raise RuntimeError, on the CPU with no subclass to tell it by
-        if not _out_of_memory(e) or os.environ.get("FASTVAE_DEBUG"):
+        if not o.out_of_memory(e) or os.environ.get("FASTVAE_DEBUG"):
             raise
         print(f"fastvae {args.command}: error: out of memory ({str(e).splitlines()[0]}); "
               "try smaller sizes", file=sys.stderr)

@@ -25,6 +25,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def out_of_memory(e: RuntimeError) -> bool:
+    """Whether torch's allocator raised ``e`` (on the CPU a RuntimeError with no subclass to
+    tell it by): a size flag too big for the machine, for a one-line error."""
+    return (isinstance(e, getattr(torch, "OutOfMemoryError", ()))
+            or "can't allocate memory" in str(e))
+
+
 class BadValue(argparse.ArgumentTypeError, ValueError):
     """A setting's value is out of range; argparse reports it with the flag's name."""
 

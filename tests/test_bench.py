@@ -5,6 +5,7 @@ Tiny shapes, no timed assertions; ``compile`` is left out to keep this under sec
 import argparse
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
     assert {r["op"] for r in rows} == {"elbo", "elbo_eval", "reparameterize", "iwae"}
     assert {r["variant"] for r in rows} == {"eager", "distributions", "fastvae-torch"}
     for r in rows:
-        assert r["median_ms"] > 0 and r["rounds"] >= 5
+        assert r["median_ms"] > 0 and r["rounds"] == 2   # --reps, under the floor of 5
         assert r["saved_bytes"] is not None and r["peak_extra_bytes"] is not None
         assert len(r["times_ms"]) == r["rounds"]
         if r["variant"] == "eager":
@@ -102,6 +103,7 @@ def test_fastvae_bench_subcommand(capsys):
     ("--threads", "0"), ("--device", "tpu"), ("--max-elements", "-1"),
     ("--json", "/nonexistent-dir/x.json"), ("--plot", "speedups.txt"), ("--cpu-time", None),
     ("--json", os.path.join(__file__, "x.json")),   # under a file, not a folder
+    ("--batch", ","), ("--latent", ""), ("--json", ""), ("--plot", ""),
     *([("--device", "cuda")] if not torch.cuda.is_available() else [])])
 def test_bad_flag_values_are_one_line_before_any_work(capsys, flag, value):
     from fastvae import cli
@@ -112,6 +114,47 @@ def test_bad_flag_values_are_one_line_before_any_work(capsys, flag, value):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert flag in err and "Traceback" not in err, err
+
+
+def test_what_only_a_later_step_would_refuse_is_refused_first(capsys, monkeypatch):
+    """The proxy's dtypes, and matplotlib for --plot (it is not a dependency)."""
+    from fastvae import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--proxy", "--dtype", "fp64", "--ops", "elbo"])
+    assert e.value.code == 2 and "the proxy judges fp32, bf16, not fp64" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--ops", "elbo", *TINY, "--plot", "x.png"])
+    assert e.value.code == 2 and "--plot: needs matplotlib" in capsys.readouterr().err
+
+
+def test_a_variant_the_op_lacks_here_is_named_not_dropped(capsys, tmp_path):
+    from fastvae import cli
+
+    assert cli.main(["bench", "--ops", "kl_normal", "--batch", "8", "--latent", "4", "--reps",
+                     "2", "--budget", "0.01", "--variants", "fastvae-triton", "--no-extras",
+                     "--json", str(tmp_path / "b.json")]) == 0
+    if not torch.cuda.is_available():
+        assert ("not run (no such variant of the op on cpu): fastvae-triton for kl_normal"
+                in capsys.readouterr().out)
+    command = json.loads((tmp_path / "b.json").read_text())["environment"]["command"]
+    assert not command.startswith("fastvae bench bench")
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["proxy", "--ops", "foo"], "--ops: unknown foo"),
+    (["proxy", "--dtype", "fp8"], "--dtype: unknown fp8"),
+    (["proxy", "--json", "/nonexistent-dir/x.json"], "--json: cannot write"),
+    (["proxy", "--triton", "/nonexistent-dir"], "holds no triton package"),
+    (["compile", "--workers", "0"], "--workers: must be a positive integer")])
+def test_the_offline_judge_refuses_bad_options_before_any_work(capsys, argv, msg):
+    from fastvae.bench.offline.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_bf16_variants_pass_against_fp32_eager():

@@ -24,7 +24,10 @@ DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compi
 # Flag values are checked as argparse parses them: a bad one is a one-line usage error
 # naming the flag, before minutes of measuring, not a traceback from deep in a spec.
 def _ints(s: str, check=o.positive_int) -> List[int]:
-    return [check(v) for v in s.split(",") if v]
+    values = [check(v) for v in s.split(",") if v]
+    if not values:  # "" or "," would otherwise read as the flag left out: the default grid
+        raise o.BadValue("an empty list; give at least one size")
+    return values
 
 
 def _sizes(s: str) -> List[int]:
@@ -64,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=_sizes, default=None,
                         help="data dims D for every op (default: per op, 784 and/or 3072)")
     parser.add_argument("--latent", type=_sizes, default=None,
-                        help="latent dims L (default 32)")
+                        help="latent dims L for every op (default: per op, as --dim)")
     for op in OPS.values():
         if op.k_flag:
             parser.add_argument(op.k_flag, type=_ints, default=None,
@@ -77,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=o.positive_int, default=None,
                         help="torch.set_num_threads for the run (default: torch's, one per core)")
     parser.add_argument("--reps", type=o.positive_int, default=None,
-                        help="most interleaved rounds (default 15, quick 9)")
+                        help="most interleaved rounds (default 15, quick 9); --budget lowers "
+                             "them on big shapes, to no fewer than 5 or --reps")
     parser.add_argument("--cpu-time", action="store_true",
                         help="time the calling thread's CPU time (time.thread_time) instead of "
                              "the wall clock: robust to other processes on a shared machine; "
@@ -87,7 +91,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "flushing it before each call (the default; CPU runs never flush)")
     parser.add_argument("--budget", type=o.positive_float, default=None,
                         help="seconds of timed calls per variant per case; fewer rounds on big "
-                             "shapes, never under 5 (default 1.5, quick 0.5)")
+                             "shapes, never under 5 unless --reps asks for fewer (default 1.5, "
+                             "quick 0.5)")
     parser.add_argument("--max-elements", type=o.non_negative_int, default=None,
                         help="skip cases whose largest tensor has more elements "
                              "(default 2**27 on CPU, 2**29 on CUDA)")
@@ -183,10 +188,15 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     print(header(env), flush=True)
     rows: List[dict] = []
     t0 = time.perf_counter()
+    unavailable: dict = {}
     for i, case in enumerate(grid):
         names = None
         if args.variants:
-            names = [n for n in args.variants if n in variant_names(case.op, device)]
+            have = variant_names(case.op, device)
+            names = [n for n in args.variants if n in have]
+            for n in args.variants:
+                if n not in have:
+                    unavailable.setdefault(n, set()).add(case.op)
         print(f"[{i + 1}/{len(grid)}] {case.op} {case.shape} {case.dtype_name} ...",
               file=sys.stderr, flush=True)
         rows += run_case(case, names, reps=reps, budget_s=budget, with_extras=not args.no_extras,
@@ -196,6 +206,10 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     first = format_first_calls(rows)
     if first:
         print(first)
+    if unavailable:
+        print(f"not run (no such variant of the op on {device}): "
+              + "; ".join(f"{n} for {', '.join(sorted(ops))}"
+                          for n, ops in unavailable.items()))
     if skipped:
         print("skipped (largest tensor over --max-elements): "
               + "; ".join(f"{c.op} {c.shape}" for c in skipped))
@@ -234,6 +248,8 @@ def main(argv=None) -> int:
                          f"--threads 1 (have {device}, {threads} threads)")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         # written after the whole run: a path that cannot be written would lose it all
+        if path == "":
+            parser.error(f"argument {flag}: an empty file name")
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder) and os.path.exists(folder):
             parser.error(f"argument {flag}: cannot write {path}: {folder} is not a folder")
@@ -242,8 +258,30 @@ def main(argv=None) -> int:
     if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:
         parser.error(f"argument --plot: the figure's format follows its suffix, one of "
                      f"{', '.join(PLOT_SUFFIXES)}; got {args.plot!r}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("argument --plot: needs matplotlib (pip install matplotlib, or the "
+                         "package's [train] extra)")
+    if args.proxy:
+        from .offline.judge import BAR_DTYPES
+        wrong = [d for d in args.dtype or () if d not in BAR_DTYPES]
+        if wrong:
+            parser.error(f"argument --dtype: the proxy judges {', '.join(BAR_DTYPES)}, not "
+                         f"{', '.join(wrong)}")
     try:
         return run(args)
     except OSError as e:  # the table is printed; the file system refused --json or --plot
         print(f"fastvae bench: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not o.out_of_memory(e) or os.environ.get("FASTVAE_DEBUG"):
+            raise
+        print(f"fastvae bench: error: out of memory ({str(e).splitlines()[0]}); try smaller "
+              "sizes or --max-elements", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastvae bench: interrupted; --json and --plot files are written only at the end, "
+              "so none was", file=sys.stderr)
+        return 130

@@ -101,8 +101,9 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             cpu_time: bool = False, flush_l2: bool = True) -> List[dict]:
     """Time the prepared variants interleaved and return one row per variant.
 
-    The number of rounds is ``reps``, lowered towards ``min_reps`` so that each
-    variant's timed calls take about ``budget_s`` (big shapes on 2 cores).
+    The number of rounds is ``reps``, lowered towards ``min_reps`` (or ``reps`` where
+    that is fewer) so that each variant's timed calls take about ``budget_s`` (big shapes
+    on 2 cores).
     ``cpu_time``: time the calling thread's CPU time, not the wall clock.
     ``flush_l2``: on a GPU, evict L2 before every timed call (see ``timing.py``);
     the CPU is never flushed."""
@@ -114,7 +115,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     else:
         slowest = max(prepared.first_call_s.values())
     inner = inner_calls(case.device, slowest)
-    rounds = max(min_reps, min(reps, int(budget_s / max(slowest * inner, 1e-6))))
+    rounds = max(min(min_reps, reps), min(reps, int(budget_s / max(slowest * inner, 1e-6))))
     if cpu_time:
         check_cpu_time(case.device)
     flush = l2_flusher(case.device) if flush_l2 else None

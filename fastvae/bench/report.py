@@ -89,7 +89,7 @@ def environment(device: str) -> dict:
         "processor": processor_name(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "fastvae": fastvae.__version__,
-        "device": device, "command": " ".join(["fastvae bench"] + sys.argv[1:]),
+        "device": device, "command": " ".join(["fastvae bench"] + _bench_args()),
     }
     if is_cuda(device):
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -139,3 +139,11 @@ def plot(rows: List[dict], path: str) -> None:
         ax.axis("off")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+def _bench_args() -> list:
+    """The flags after ``fastvae bench``: sys.argv holds ``bench`` first when the run came
+    through the ``fastvae`` command (``fastvae bench``, ``python -m fastvae bench``), not
+    through ``python -m fastvae.bench``."""
+    args = sys.argv[1:]
+    return args[1:] if args[:1] == ["bench"] else args

@@ -266,13 +266,11 @@ def main(argv=None) -> int:
     except NonFiniteLoss as e:
         print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
-    except RuntimeError as e:
-        # a size flag too big for the machine (--hidden, --batch-size, --n, --k): torch's
-        # allocators raise RuntimeError, on the CPU with no subclass to tell it by
-        if not o.out_of_memory(e) or os.environ.get("FASTVAE_DEBUG"):
+    except RuntimeError as e:  # out of memory: --hidden, --batch-size, --n, --k too big
+        line = o.out_of_memory_line(f"fastvae {args.command}", e, "try smaller sizes")
+        if line is None:
             raise
-        print(f"fastvae {args.command}: error: out of memory ({str(e).splitlines()[0]}); "
-              "try smaller sizes", file=sys.stderr)
+        print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fastvae {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)

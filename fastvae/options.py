@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 import torch
 
@@ -25,11 +26,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def out_of_memory(e: RuntimeError) -> bool:
-    """Whether torch's allocator raised ``e`` (on the CPU a RuntimeError with no subclass to
-    tell it by): a size flag too big for the machine, for a one-line error."""
-    return (isinstance(e, getattr(torch, "OutOfMemoryError", ()))
-            or "can't allocate memory" in str(e))
+def out_of_memory_line(prog: str, e: RuntimeError, hint: str):
+    """The one-line error for ``e`` where torch's allocator raised it (a size flag too big
+    for the machine; on the CPU a RuntimeError with no subclass to tell it by); None for
+    any other error, and under FASTVAE_DEBUG (the traceback wanted)."""
+    if os.environ.get("FASTVAE_DEBUG") or not (
+            isinstance(e, getattr(torch, "OutOfMemoryError", ()))
+            or "can't allocate memory" in str(e)):
+        return None
+    return f"{prog}: error: out of memory ({str(e).splitlines()[0]}); {hint}"
 
 
 class BadValue(argparse.ArgumentTypeError, ValueError):

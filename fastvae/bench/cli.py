@@ -276,10 +276,10 @@ def main(argv=None) -> int:
         print(f"fastvae bench: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        if not o.out_of_memory(e) or os.environ.get("FASTVAE_DEBUG"):
+        line = o.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
+        if line is None:
             raise
-        print(f"fastvae bench: error: out of memory ({str(e).splitlines()[0]}); try smaller "
-              "sizes or --max-elements", file=sys.stderr)
+        print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastvae bench: interrupted; --json and --plot files are written only at the end, "

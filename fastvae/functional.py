@@ -372,7 +372,7 @@ def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, r
     _no_obs_logvar(obs_logvar)
     batch, _ = V.check_latents(mu, logvar)
     V.check_dmol(x, recon, params_name="recon")
-    _x_batch(x, batch)
+    V.check_x_batch(x, batch)
     log_px = _dmol(x, recon, bits, reduction, scale, backend, validate, params_name="recon")
     no_data = x.new_zeros(batch, 0)
     latent = elbo(no_data, no_data, mu, logvar, kl=kl, z=z, beta=beta, free_bits=free_bits,
@@ -380,12 +380,6 @@ def _dmol_elbo(x, recon, mu, logvar, kl, z, beta, free_bits, obs_logvar, bits, r
                   prior_mu=prior_mu, prior_logvar=prior_logvar, estimator=estimator,
                   _scale=scale)
     return log_px + latent
-
-
-def _x_batch(x, batch: int) -> None:
-    if x.shape[0] != batch:
-        raise ValueError(f"x must have the batch size of mu ({batch}) as its first dim, got "
-                         f"shape {tuple(x.shape)}")
 
 
 def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, backend,
@@ -402,7 +396,7 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     batch, _ = V.check_latents(mu, logvar)
     k = V.check_samples(z_k, mu)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
-    _x_batch(x, batch)
+    V.check_x_batch(x, batch)
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
                    backend, validate, params_name="recon_k").reshape(k, batch)

@@ -175,14 +175,19 @@ def check_samples(z_k, mu) -> int:
     return z_k.shape[0]
 
 
-def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
-    """x ``(B, ...)`` and recon ``(B, ...)`` (or ``(K, B, ...)``) -> ``(B, D)`` views/copies."""
-    check_tensor("x", x)
-    check_tensor(recon_name, recon)
+def check_x_batch(x, batch: int) -> None:
+    """ValueError unless x's first dim is mu's batch size."""
     if x.dim() < 1 or x.shape[0] != batch:
         raise ValueError(
             f"x must have the batch size of mu ({batch}) as its first dim, got shape {tuple(x.shape)}"
         )
+
+
+def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
+    """x ``(B, ...)`` and recon ``(B, ...)`` (or ``(K, B, ...)``) -> ``(B, D)`` views/copies."""
+    check_tensor("x", x)
+    check_tensor(recon_name, recon)
+    check_x_batch(x, batch)
     want = x.shape if k is None else (k,) + tuple(x.shape)
     if tuple(recon.shape) != tuple(want):
         raise ValueError(

@@ -115,6 +115,33 @@ def png_file(value) -> str:
     return value
 
 
+def names_from(allowed):
+    """A comma list whose items must be keys of ``allowed`` (read when the flag is parsed,
+    so a name registered later counts), at least one."""
+    def parse(s: str) -> list:
+        names = [v.strip() for v in s.split(",") if v.strip()]
+        if not names:  # "" or "," would otherwise read as the flag left out: every name
+            raise BadValue("an empty list; name at least one")
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")
+        return names
+    return parse
+
+
+def file_to_write(value) -> str:
+    """A file a command writes when its work is done: checked before the work starts, so
+    that a path which cannot be written loses nothing."""
+    if not isinstance(value, str) or not value:
+        raise BadValue("an empty file name")
+    folder = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(folder) and os.path.exists(folder):
+        raise BadValue(f"cannot write {value}: {folder} is not a folder")
+    if os.path.isdir(value) or not os.access(folder, os.W_OK):
+        raise BadValue(f"cannot write {value}")
+    return value
+
+
 def device(value) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` (or ``mps``): what torch can place a model on.
     Whether such a device is present is checked when the run starts."""

@@ -34,32 +34,14 @@ def _sizes(s: str) -> List[int]:
     return _ints(s, o.non_negative_int)
 
 
-def _strs(s: str) -> List[str]:
-    return [v.strip() for v in s.split(",") if v.strip()]
-
-
-def _names(allowed):
-    """A comma list whose items must be keys of ``allowed`` (read when the flag is parsed,
-    so an op registered later counts)."""
-    def parse(s: str) -> List[str]:
-        names = _strs(s)
-        if not names:  # "" or "," would otherwise read as the flag left out: the whole suite
-            raise o.BadValue("an empty list; name at least one")
-        unknown = [n for n in names if n not in allowed]
-        if unknown:
-            raise o.BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")
-        return names
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``fastvae bench`` flags (an op with a sample axis K adds its ``k_flag``)."""
     parser.add_argument("--quick", action="store_true",
                         help="a small subset (B=4096, D=784, L=32; IWAE at B=256 K=5; no Conv "
                              "step): under 2 minutes on 2 CPU cores")
-    parser.add_argument("--ops", type=_names(OPS), default=None,
+    parser.add_argument("--ops", type=o.names_from(OPS), default=None,
                         help=f"comma list of {','.join(OPS)} (default: all)")
-    parser.add_argument("--variants", type=_names(VARIANT_ORDER), default=None,
+    parser.add_argument("--variants", type=o.names_from(VARIANT_ORDER), default=None,
                         help=f"comma list of {','.join(VARIANT_ORDER)} (eager always runs)")
     parser.add_argument("--batch", type=_ints, default=None,
                         help="batch sizes for every op (default: per op, the grids of its "
@@ -73,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(op.k_flag, type=_ints, default=None,
                                 help=f"samples for {op.name} (default "
                                      f"{','.join(map(str, op.k_values))})")
-    parser.add_argument("--dtype", type=_names(DTYPES), default=None,
+    parser.add_argument("--dtype", type=o.names_from(DTYPES), default=None,
                         help="fp32 (CPU default), bf16, fp16 (GPU default fp32,bf16)")
     parser.add_argument("--device", type=o.device, default="auto",
                         help="cpu, cuda or auto (default)")
@@ -102,8 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the large-batch GPU training step: train_mlp and train_conv at "
                              f"B={GPU_TRAIN_BATCH}, D=784 on CUDA (dtypes as --dtype); without "
                              "CUDA it says so and measures nothing (exit status 2)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="write rows and environment")
-    parser.add_argument("--plot", metavar="FILE.png", default=None,
+    # --json and --plot are written after the whole run: checked now, or it would be lost
+    parser.add_argument("--json", metavar="FILE", type=o.file_to_write, default=None,
+                        help="write rows and environment")
+    parser.add_argument("--plot", metavar="FILE.png", type=o.file_to_write, default=None,
                         help="speed-up vs batch size per variant (matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--proxy", action="store_true",
@@ -246,15 +230,6 @@ def main(argv=None) -> int:
         if torch.device(device).type != "cpu" or threads != 1:
             parser.error(f"--cpu-time times the calling thread: it needs device cpu and "
                          f"--threads 1 (have {device}, {threads} threads)")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        # written after the whole run: a path that cannot be written would lose it all
-        if path == "":
-            parser.error(f"argument {flag}: an empty file name")
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder) and os.path.exists(folder):
-            parser.error(f"argument {flag}: cannot write {path}: {folder} is not a folder")
-        if folder and (os.path.isdir(path) or not os.access(folder, os.W_OK)):
-            parser.error(f"argument {flag}: cannot write {path}")
     if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:
         parser.error(f"argument --plot: the figure's format follows its suffix, one of "
                      f"{', '.join(PLOT_SUFFIXES)}; got {args.plot!r}")

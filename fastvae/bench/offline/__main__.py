@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
@@ -24,55 +23,32 @@ from ...checkpoint import write_json
 from . import catalog, judge, report
 
 
-def _names(allowed):
-    """A comma list of names from ``allowed``, at least one."""
-    def parse(s):
-        names = [v.strip() for v in s.split(",") if v.strip()]
-        unknown = [n for n in names if n not in allowed]
-        if not names or unknown:
-            raise argparse.ArgumentTypeError(
-                f"{'unknown ' + ', '.join(unknown) if unknown else 'an empty list'}; have "
-                f"{', '.join(allowed)}")
-        return names
-    return parse
-
-
 def _triton_folder(path):
     """A folder holding a ``triton`` package (what ``./dev setup`` puts in .triton36)."""
     if not os.path.isdir(os.path.join(path, "triton")):
-        raise argparse.ArgumentTypeError(f"{path} holds no triton package (a folder made by "
-                                         "pip install --target, e.g. .triton36)")
-    return path
-
-
-def _json_file(path):
-    """A file that can be written once the work is done (checked before it starts)."""
-    folder = os.path.dirname(os.path.abspath(path)) if path else ""
-    if not path or os.path.isdir(path) or not os.path.isdir(folder) \
-            or not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"cannot write {path!r}")
+        raise o.BadValue(f"{path} holds no triton package (a folder made by pip install "
+                         "--target, e.g. .triton36)")
     return path
 
 
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    p = o.Parser(prog="python -m fastvae.bench.offline",
-                                description=__doc__.split("\n")[0])
+    p = o.Parser(prog="python -m fastvae.bench.offline", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
     c.add_argument("--tier", choices=catalog.TIERS, default="ci")
     c.add_argument("--workers", type=o.positive_int, default=judge.default_workers())
-    c.add_argument("--json", type=_json_file, default=None)
+    c.add_argument("--json", type=o.file_to_write, default=None)
     t = sub.add_parser("table")
     t.add_argument("--triton", type=_triton_folder, action="append", default=[])
     t.add_argument("--workers", type=o.positive_int, default=judge.default_workers())
     t.add_argument("--tier", choices=catalog.TIERS, default="ci")
     x = sub.add_parser("proxy")
-    x.add_argument("--ops", type=_names(sorted({b[0] for b in judge.BAR})), default=None)
-    x.add_argument("--dtype", type=_names(judge.BAR_DTYPES), default=list(judge.BAR_DTYPES))
+    x.add_argument("--ops", type=o.names_from(sorted({b[0] for b in judge.BAR})), default=None)
+    x.add_argument("--dtype", type=o.names_from(judge.BAR_DTYPES), default=list(judge.BAR_DTYPES))
     x.add_argument("--triton", type=_triton_folder, default=None)
     x.add_argument("--here", action="store_true", help="run under this interpreter's Triton")
-    x.add_argument("--json", type=_json_file, default=None)
+    x.add_argument("--json", type=o.file_to_write, default=None)
     args = p.parse_args(argv)
 
     if args.cmd == "compile":

@@ -44,6 +44,13 @@ def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
     return torch.promote_types(mu.dtype, row_grad_dtype(prior_mu, mu.shape))
 
 
+def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:
+    """The saved gradient each of ``sample_with_kl``'s backward outputs (dmu_q, dlogvar_q,
+    dmu_p, dlogvar_p) is made from, and so is written in the dtype of: the one saved
+    dKL/dmu_q serves both means."""
+    return g_mu, g_lv, g_mu, g_plv
+
+
 def widened(t):
     """A 16-bit tensor in float32, anything else as is: for a tensor about to be repeated
     over rows (``expand``), whose gradient autograd sums over the copies in the copies'

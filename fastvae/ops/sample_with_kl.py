@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import backends, reference
-from .._dtypes import kl_mean_grad_dtype, result_dtype
+from .._dtypes import kl_bwd_sources, kl_mean_grad_dtype, result_dtype
 from . import _autograd as A
 
 
@@ -65,7 +65,7 @@ def _bwd_op(dz: Optional[Tensor], g_kl: Optional[Tensor], logvar: Tensor, noise:
 def _(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, backend):
     # each in the dtype of the saved gradient it is made from (as the backends write them)
     return tuple(logvar.new_empty(logvar.shape, dtype=s.dtype) if n else logvar.new_empty(0)
-                 for n, s in zip(needs, (g_mu, g_lv, g_mu, g_plv)))
+                 for n, s in zip(needs, kl_bwd_sources(g_mu, g_lv, g_plv)))
 
 
 def _setup(ctx, inputs, output):

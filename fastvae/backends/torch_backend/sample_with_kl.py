@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import kl_mean_grad_dtype, result_dtype, upcast, widened
+from ..._dtypes import kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast, widened
 from . import gaussian_rows
 from .reparameterize import reparameterize_fwd, seeded
 from .rows import grad_buffer, row_chunks
@@ -146,7 +146,7 @@ def _bwd_outputs(logvar, needs, saved, reuse: bool):
     gradient itself: dmu_q, else dmu_p, over g_mu; dlogvar_q over g_lv; dlogvar_p over
     g_plv."""
     g_mu, g_lv, g_plv = saved
-    source = (g_mu, g_lv, g_mu, g_plv)
+    source = kl_bwd_sources(*saved)
     over = (g_mu if needs[0] else None, g_lv, None if needs[0] else g_mu, g_plv)
     return [None if not need else (r if reuse and r is not None and r.shape == logvar.shape
                                    and r.is_contiguous()

@@ -15,7 +15,8 @@ import torch
 from fastvae.kernels import reparameterize as kr
 from fastvae.kernels import sample_with_kl as ks
 
-from ..._dtypes import kl_mean_grad_dtype, result_dtype, row_grad_dtype, widened
+from ..._dtypes import (kl_bwd_sources, kl_mean_grad_dtype, result_dtype, row_grad_dtype,
+                        widened)
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
 from ..torch_backend.sample_with_kl import kl_with_grads
@@ -105,9 +106,8 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
                                                        for g in saved),
            tuple(needs), dev, configs.interpreter_tiles())
     plan = _launch.plan_for(_PLANS, key, lambda: _bwd_plan(lv, dz, g_kl, needs))
-    # each output in the dtype of the saved gradient it is made from, as the torch backend's
-    source = (saved[0], saved[1], saved[0], saved[2])
-    outs = [_launch.alloc_like(lv, s.dtype) if need else None for need, s in zip(needs, source)]
+    outs = [_launch.alloc_like(lv, s.dtype) if need else None
+            for need, s in zip(needs, kl_bwd_sources(*saved))]
     dmu, dlv, dpm, dplv = outs
     _launch.launch_planned(
         plan, DZ=dz, GKL=g_kl, LV=lv, SEED=noise,
@@ -126,9 +126,8 @@ def _bwd_wide(dz, g_kl, logvar, noise, saved, needs):
             outs[0].add_(dz)
         if needs[1]:
             outs[1].add_(reparameterize_std_eps(widened(logvar), noise, 0).mul_(dz).mul_(0.5))
-    source = (saved[0], saved[1], saved[0], saved[2])
     return tuple(o if o is None or o.dtype == s.dtype else o.to(s.dtype)
-                 for o, s in zip(outs, source))
+                 for o, s in zip(outs, kl_bwd_sources(*saved)))
 
 
 def _bwd_plan(lv, dz, g_kl, needs):

@@ -117,12 +117,16 @@ def test_bad_flag_values_are_one_line_before_any_work(capsys, flag, value):
 
 
 def test_what_only_a_later_step_would_refuse_is_refused_first(capsys, monkeypatch):
-    """The proxy's dtypes, and matplotlib for --plot (it is not a dependency)."""
+    """The proxy's dtypes, --plot with --proxy, and matplotlib for --plot (it is not a
+    dependency)."""
     from fastvae import cli
 
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--proxy", "--dtype", "fp64", "--ops", "elbo"])
     assert e.value.code == 2 and "the proxy judges fp32, bf16, not fp64" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--proxy", "--ops", "elbo", "--plot", "x.png"])
+    assert e.value.code == 2 and "--proxy times nothing" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "--ops", "elbo", *TINY, "--plot", "x.png"])

@@ -230,6 +230,9 @@ def main(argv=None) -> int:
         if torch.device(device).type != "cpu" or threads != 1:
             parser.error(f"--cpu-time times the calling thread: it needs device cpu and "
                          f"--threads 1 (have {device}, {threads} threads)")
+    if args.plot and args.proxy:  # speed-ups against batch size: the proxy times nothing
+        parser.error("argument --plot: --proxy times nothing, so there is no speed-up to plot; "
+                     "drop one of them")
     if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:
         parser.error(f"argument --plot: the figure's format follows its suffix, one of "
                      f"{', '.join(PLOT_SUFFIXES)}; got {args.plot!r}")

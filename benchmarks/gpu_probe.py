@@ -10,7 +10,8 @@ move as a % of the copy bandwidth measured here, and a CUDA-graph replay of the 
     python benchmarks/gpu_probe.py --smoke --out DIR            # CPU, tiny shapes: the code paths
     python benchmarks/gpu_probe.py --host-profile --out DIR     # where the host time goes
 
-Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm);
+Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm; under
+``--smoke``, ``cpu wall ms``: wall time per step, the CPU having no events);
 ``host us`` = median wall time of the Python call that enqueues one step (fwd+bwd);
 ``% roof`` = bytes the fused op must move (``fastvae.bench.core.bytes_moved``) over
 ``gpu ms``, against the device-to-device copy bandwidth; ``kernels`` = each kernel's
@@ -285,7 +286,8 @@ def markdown(res):
              f"triton {res['triton']}, backend {res['backend']}",
              f"shape {res['shape']}; copy bandwidth {res['copy_gbps']:.0f} GB/s "
              f"(read + write of a {res['copy_bytes'] >> 20} MiB device copy)", "",
-             "| case | gpu ms | graph ms | host us | GB/s | % roof | kernels (us per step, launches) |",
+             f"| case | {'gpu' if res['cuda'] else 'cpu wall'} ms | graph ms | host us | GB/s "
+             "| % roof | kernels (us per step, launches) |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in res["rows"]:
         if "error" in r:
@@ -345,7 +347,7 @@ def main(argv=None):
     res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
            "torch": torch.__version__, "backend": backend,
            "triton": _triton_version(), "shape": shape, "copy_gbps": bw / 1e9,
-           "copy_bytes": bw_bytes, "rows": []}
+           "copy_bytes": bw_bytes, "cuda": cuda, "rows": []}
     for name, make, with_graph in cases(shape, device, backend, args.smoke):
         if time.monotonic() - T0 > args.budget_s:
             res["rows"].append({"case": name, "error": "skipped: probe budget spent"})
@@ -353,7 +355,8 @@ def main(argv=None):
         try:
             res["rows"].append(probe_case(name, make, device, bw, args.reps, with_graph))
             r = res["rows"][-1]
-            log(f"case {name}: gpu {r['gpu_ms']:.3f} ms, host {r['host_us']:.0f} us"
+            log(f"case {name}: {'gpu' if cuda else 'cpu wall'} {r['gpu_ms']:.3f} ms, "
+                f"host {r['host_us']:.0f} us"
                 + (f", {r['pct_roof']:.0f}% roof" if r["pct_roof"] else ""))
         except Exception as e:  # one failed case must not lose the others
             res["rows"].append({"case": name, "error": f"{type(e).__name__}: {e}"[:300]})

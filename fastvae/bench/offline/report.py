@@ -98,8 +98,10 @@ def proxy_table(out: dict) -> str:
             "cannot overlap another program's); % roof: the memory floor over the bound, an "
             "upper estimate (latency and re-read data are not in it).")
     if out["triton"]["version"] != TRITON_GPU_MACHINES:
-        head += (f"\nNOTE: Triton {TRITON_GPU_MACHINES} (the GPU machines') not found "
-                 "(./dev setup installs it in .triton36): these counts are this Triton's.")
+        head += (f"\nNOTE: these counts are Triton {out['triton']['version']}'s, not "
+                 f"{TRITON_GPU_MACHINES}'s (the GPU machines')"
+                 + (" (not found: ./dev setup installs it in .triton36)."
+                    if pinned_triton() is None else "."))
     cols = ("case", "kernel", "grid x warps", "regs", "occupancy", "hot loop insns",
             "insns/elem", "issue us", "MUFU us", "memory us", "issue/memory", "bound us",
             "% roof")

@@ -365,6 +365,26 @@ def test_gpu_samples_are_back_to_back_calls():
     assert len(times["a"]) == 2 and len(calls) == 3 + 8
 
 
+def test_rounds_are_sized_from_a_warm_call_not_the_cold_first_one():
+    """A first call many times slower than the rest (JIT, tracing, first pages) must not
+    cut the rounds to the minimum: measure() and run_benchmark() size from a warm call."""
+    prepared = bench.prepare(bench.Case("elbo", 8, 16, 4, 1, torch.float32, "cpu"),
+                             ["fastvae-torch"])
+    prepared.first_call_s = {n: 10.0 for n in prepared.first_call_s}
+    rows = bench.measure(prepared, reps=12, budget_s=0.5, min_reps=3, with_extras=False)
+    assert rows[0]["rounds"] == 12
+
+    class FakeBenchmark:
+        extra_info = {}
+
+        def pedantic(self, fn, rounds, iterations, warmup_rounds):
+            self.rounds = rounds
+
+    b = FakeBenchmark()
+    bench.run_benchmark(b, prepared, "fastvae-torch", budget_s=0.5)
+    assert b.rounds == 20
+
+
 def test_pytest_benchmark_rounds_on_a_gpu_are_back_to_back(monkeypatch):
     """run_benchmark on a CUDA case: `inner` calls per round and one sync after them."""
     import dataclasses

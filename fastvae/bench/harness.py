@@ -108,12 +108,9 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     ``flush_l2``: on a GPU, evict L2 before every timed call (see ``timing.py``);
     the CPU is never flushed."""
     case, steps = prepared.case, prepared.steps
-    if is_cuda(case.device):  # first calls there include Triton's JIT
-        slowest = max(timed(step, case.device)[0] for step in steps.values())
-    elif len(steps) > 1:
-        slowest = max(prepared.first_call_s[n] for n in steps if n != COMPILE)
-    else:
-        slowest = max(prepared.first_call_s.values())
+    # Sized from one warm call of each: a first call (Triton's JIT, compile's tracing, the
+    # allocator's first pages) can be many times slower, and would size too few rounds.
+    slowest = max(timed(step, case.device)[0] for step in steps.values())
     inner = inner_calls(case.device, slowest)
     rounds = max(min(min_reps, reps), min(reps, int(budget_s / max(slowest * inner, 1e-6))))
     if cpu_time:
@@ -193,10 +190,8 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
         op=case.op, shape=case.shape, dtype=case.dtype_name, first_call_ms=first * 1e3,
         bytes_moved=bytes_moved(case), saved_bytes=saved_bytes(prepared.steps[variant]))
     step, inner = prepared.steps[variant], 1
-    if not is_cuda(case.device):
-        warm = min(first, prepared.first_call_s[REFERENCE] * 4) if variant == COMPILE else first
-    else:
-        warm = timed(step, case.device)[0]  # first calls there include Triton's JIT
+    warm = timed(step, case.device)[0]  # sized as measure() sizes its rounds
+    if is_cuda(case.device):
         inner = inner_calls(case.device, warm)
         calls = itertools.count(1)
         benchmark.extra_info["l2"] = "warm"

@@ -2,8 +2,8 @@
 value and d/dparams against the float64 bin-probability formula of tests/_formulas.py
 (RGB and grayscale, several shapes and M, edge bins), exact normalization over every
 value of a pixel at random and extreme parameters, mpmath at extreme parameters, the
-log-scale clamp, dtypes, errors, empty batches, gradcheck, higher-order gradients; its
-likelihood in fastvae.elbo / ELBOLoss / iwae_bound; and, on the "torch" backend, that no
+log-scale clamp, dtypes, errors, empty batches, gradcheck, higher-order gradients (its
+likelihood in the objectives: tests/test_dmol_objectives.py); and, on the "torch" backend, that no
 B x C x M x H x W tensor is ever made. The "torch" backend runs float32 math in its C
 kernel (dmol_rows.c) and float64 on aten ops: the formula, normalization and extreme-scale
 tests run it in both (``dtypes``); its aten fallback for float32 (``cpu_path``) and the
@@ -21,36 +21,7 @@ import fastvae
 import _formulas as F
 from _backends import INTERPRET, case_dtype
 from _compare import assert_close, grads, leaf
-
-F64 = torch.float64
-DMOL = "discretized_logistic_mixture"
-OP = fastvae.discretized_logistic_mixture_log_prob
-
-
-def slots(c):
-    return 10 if c == 3 else 3
-
-
-def make(b, c, h, w, m, dtype=F64, bits=8):
-    """On-grid x with both edge bins and their neighbours present; logits ~ N(0, 4),
-    means in [-1, 1], log-scales s ~ N(-2, 4), coefficients ~ N(0, 1): wide, and within
-    the float64 formula's reach (larger scales: the mpmath and normalization tests).
-    s lies in [-9, 3] in float64 (some below the clamp at -7), in [-5, 3] in lower
-    precisions, whose gradient error grows as e^-s (the rounding of ``y - mean``, times
-    e^-s): 1e-4 relative at the clamp, past the comparisons' tolerance."""
-    n = 2 ** bits - 1
-    x = torch.randint(0, n + 1, (b, c, h, w)).to(F64)
-    flat = x.view(-1)
-    for i, v in enumerate((0, n, 1, n - 1)):
-        flat[i::7] = v
-    p = torch.randn(b, slots(c) * m, h, w, dtype=F64)
-    p[:, :m] *= 2
-    per = 3 if c == 3 else 2
-    for ch in range(c):
-        base = m + per * m * ch
-        p[:, base:base + m] = torch.rand(b, m, h, w, dtype=F64) * 2 - 1
-        p[:, base + m:base + 2 * m] = (p[:, base + m:base + 2 * m] * 2 - 2).clamp(-9 if dtype == F64 else -5, 3)
-    return (x / n).to(dtype), p.to(dtype)
+from _dmol import F64, OP, all_values, extreme_params, make, slots
 
 
 def check(x, params, backend, bits=8, rtol=None):
@@ -103,29 +74,6 @@ def test_chunks_split_rows_and_pixels(seed, backend, monkeypatch):
         check(x, p, backend)
 
 
-def _all_values(c, bits, dtype):
-    """Every value of one pixel, one per sample: (2^bits, 1, 1, 1) or (2^(3 bits), 3, 1, 1)."""
-    n = 2 ** bits - 1
-    levels = torch.arange(n + 1, dtype=F64) / n
-    if c == 1:
-        return levels.view(-1, 1, 1, 1).to(dtype)
-    return torch.cartesian_prod(levels, levels, levels).view(-1, 3, 1, 1).to(dtype)
-
-
-def _extreme_params(c, m, g, dtype):
-    """One pixel's parameters: random logits and means, log-scales from below the clamp
-    to where the logistic is far wider than [-1, 1], large coefficients. Drawn on the CPU
-    (``g`` is a CPU generator; compiled Triton tests make CUDA the default device), then
-    moved to the default device: every backend gets the same numbers."""
-    p = torch.randn(1, slots(c) * m, 1, 1, generator=g, dtype=F64, device="cpu") * 3
-    per = 3 if c == 3 else 2
-    scales = torch.tensor([-9.0, -7.0, -4.0, 0.0, 2.5, 9.0, 40.0], dtype=F64, device="cpu")
-    for ch in range(c):
-        base = m + per * m * ch
-        p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64, device="cpu") * 3 - 1.5
-        order = torch.randperm(len(scales), generator=g, device="cpu")
-        p[0, base + m:base + 2 * m, 0, 0] = scales[order[:m]]
-    return p.to(torch.get_default_device(), dtype)
 
 
 # The interpreter runs a program per pixel value here, at ~0.2 s each: it stops at 64 values.
@@ -139,9 +87,9 @@ def test_exact_normalization(seed, backend, c, bits):
     at random parameters with log-scales from -9 (clamped) to 40."""
     for dt in dtypes(backend):
         g = torch.Generator().manual_seed(seed)
-        x = _all_values(c, bits, dt)
+        x = all_values(c, bits, dt)
         for m in ((7,) if INTERPRET else (1, 7)):
-            p = _extreme_params(c, m, g, dt).expand(x.shape[0], -1, -1, -1).contiguous()
+            p = extreme_params(c, m, g, dt).expand(x.shape[0], -1, -1, -1).contiguous()
             total = OP(x, p, bits=bits, backend=backend).double().exp().sum().item()
             assert abs(total - 1.0) <= (1e-13 if dt == F64 else 2e-5), (dt, m, total)
 
@@ -171,7 +119,7 @@ def test_extreme_parameters_against_mpmath(seed, backend, c):
     per = 3 if c == 3 else 2
     pixels, params = [], []
     for k in (0, 1, 2, 127, 253, 254, 255):
-        p = _extreme_params(c, m, g, F64)
+        p = extreme_params(c, m, g, F64)
         p[0, :m] *= 10                                   # logits up to ~+-60
         for ch in range(c):
             base = m + per * m * ch
@@ -368,155 +316,6 @@ def test_value_errors():
     with pytest.raises(TypeError, match="floating-point"):
         OP(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), p)
 
-
-# -- the likelihood in the ELBO and the IWAE bound -------------------------------------
-
-def _latents(b, l, dt):
-    mu, lv = torch.randn(b, l, dtype=dt), torch.randn(b, l, dtype=dt) * 0.5
-    return mu, lv, mu + torch.exp(0.5 * lv) * torch.randn(b, l, dtype=dt)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("kl,free_bits,beta", [("analytic", 0.0, 1.0), ("mc", 0.0, 0.5),
-                                               ("analytic", 0.3, 2.0)])
-def test_elbo(seed, backend, reduction, kl, free_bits, beta):
-    dt = case_dtype(backend)
-    x, p = make(4, 3, 3, 5, 4, dt)
-    mu, lv, z = _latents(4, 6, dt)
-    ins = [leaf(p), leaf(mu), leaf(lv), leaf(z) if kl == "mc" else None]
-    got = fastvae.elbo(x, ins[0], ins[1], ins[2], likelihood=DMOL, kl=kl, z=ins[3], beta=beta,
-                       free_bits=free_bits, reduction=reduction, backend=backend)
-    kl_dim = F.kl_analytic_dim(ins[1], ins[2]) if kl == "analytic" else F.kl_mc_dim(
-        ins[3], ins[1], ins[2])
-    if free_bits:
-        below = kl_dim.mean(0, keepdim=True) < free_bits
-        kl_dim = torch.where(below, torch.full_like(kl_dim, free_bits), kl_dim)
-    want = F.reduce(F.dmol_log_prob(x, ins[0]) - beta * kl_dim.sum(-1), reduction)
-    assert_close("elbo", got, want, dt, scale=want.abs().max() + 1)
-    w = torch.rand(got.shape, dtype=F64) + 0.5
-    for name, g, e in zip(("recon", "mu", "logvar", "z"), grads(got, ins, w), grads(want, ins, w)):
-        if e is not None:
-            assert g.dtype == dt
-            assert_close(f"d elbo / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
-    loss = fastvae.ELBOLoss(likelihood=DMOL, kl=kl, beta=beta, free_bits=free_bits,
-                            reduction=reduction, backend=backend)
-    assert_close("ELBOLoss", loss(x, ins[0], ins[1], ins[2], z=ins[3]), -want, dt,
-                 scale=want.abs().max() + 1)
-
-
-@pytest.mark.parametrize("reduction", ["none", "mean"])
-@pytest.mark.parametrize("k", [1, 3])
-def test_iwae_bound(seed, backend, reduction, k):
-    dt = case_dtype(backend)
-    b, l = 3, 4
-    x, _ = make(b, 1, 4, 3, 5, dt)
-    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
-    mu, lv, _ = _latents(b, l, dt)
-    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
-    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
-    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, reduction=reduction, backend=backend)
-    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
-    log_w = log_px - F.kl_mc_dim(ins[3], ins[1], ins[2]).sum(-1)
-    want = F.reduce(torch.logsumexp(log_w, 0) - math.log(k), reduction)
-    assert_close("bound", got, want, dt, scale=want.abs().max() + 1)
-    w = torch.rand(got.shape, dtype=F64) + 0.5
-    for name, g, e in zip(("recon_k", "mu", "logvar", "z_k"), grads(got, ins, w),
-                          grads(want, ins, w)):
-        assert_close(f"d bound / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
-
-
-def _bound_inputs(b, l, k, dt):
-    """Grayscale images, one set of parameters and K sets, latents, z and z_k."""
-    x, p = make(b, 1, 4, 3, 5, dt)
-    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
-    mu, lv, z = _latents(b, l, dt)
-    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
-    return x, p, pk, mu, lv, z, zk
-
-
-def _no_grad(g):
-    return g is None or not g.abs().any()
-
-
-def test_estimators(seed, backend):
-    """STL in both bounds is log q at stopped mu, logvar (no direct gradient for them; z's
-    and the parameters' as the float64 formula); DReG's z_k hook is not built for this
-    likelihood: a clear error."""
-    dt = case_dtype(backend)
-    b, l, k = 3, 4, 2
-    x, p, pk, mu, lv, z, zk = _bound_inputs(b, l, k, dt)
-    with pytest.raises(ValueError, match="dreg"):
-        fastvae.iwae_bound(x, pk, mu, lv, zk, likelihood=DMOL, estimator="dreg", backend=backend)
-    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
-    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, estimator="stl", backend=backend)
-    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
-    want = torch.logsumexp(log_px - F.kl_mc_dim(ins[3], ins[1].detach(), ins[2].detach())
-                           .sum(-1), 0) - math.log(k)
-    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z)]
-    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], estimator="stl",
-                         reduction="none", backend=backend)
-    want_e = F.dmol_log_prob(x, ones[0]) - F.kl_mc_dim(ones[3], ones[1].detach(),
-                                                       ones[2].detach()).sum(-1)
-    for name, g_v, w_v, leaves in (("iwae", got, want, ins), ("elbo", got_e, want_e, ones)):
-        assert_close(name, g_v, w_v, dt, scale=w_v.abs().max() + 1)
-        g = torch.autograd.grad(g_v.sum(), leaves, allow_unused=True)
-        e = torch.autograd.grad(w_v.sum(), [leaves[0], leaves[3]])
-        assert _no_grad(g[1]) and _no_grad(g[2]), name
-        for n, gi, ei in (("params", g[0], e[0]), ("z", g[3], e[1])):
-            assert_close(f"d {name} / d {n}", gi, ei, dt, scale=ei.abs().max() + 1e-3)
-
-
-@pytest.mark.parametrize("estimator", ["standard", "stl"])
-def test_learned_prior(seed, backend, estimator):
-    """A learned prior in both DMoL bounds: the ELBO's latent half (the ELBO op on no data
-    columns) and the IWAE's log p(z_k) use N(prior_mu, exp(prior_logvar)); its gradients,
-    and z's, are the formula's under STL too (only log q's mu, logvar are stopped)."""
-    dt = case_dtype(backend)
-    b, l, k = 3, 4, 2
-    x, p, pk, mu, lv, z, zk = _bound_inputs(b, l, k, dt)
-    pm, plv = leaf(torch.randn(l, dtype=dt) * 0.5), leaf(torch.randn(b, l, dtype=dt) * 0.4)
-    stl = estimator == "stl"
-
-    def q(t):
-        return t.detach() if stl else t
-    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z), pm, plv]
-    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], prior_mu=pm,
-                         prior_logvar=plv, estimator=estimator, reduction="sum",
-                         backend=backend)
-    want_e = (F.dmol_log_prob(x, ones[0])
-              - F.kl_mc_prior_dim(ones[3], q(ones[1]), q(ones[2]), pm, plv).sum(-1)).sum()
-    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk), pm, plv]
-    got_i = fastvae.iwae_bound(x, *ins[:4], likelihood=DMOL, prior_mu=pm, prior_logvar=plv,
-                               estimator=estimator, reduction="sum", backend=backend)
-    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
-    log_w = log_px - F.kl_mc_prior_dim(ins[3], q(ins[1]), q(ins[2]), pm, plv).sum(-1)
-    want_i = (torch.logsumexp(log_w, 0) - math.log(k)).sum()
-    names = ("recon", "mu", "logvar", "z", "prior_mu", "prior_logvar")
-    for what, g_v, w_v, leaves in (("elbo", got_e, want_e, ones), ("iwae", got_i, want_i, ins)):
-        assert_close(what, g_v, w_v, dt, scale=w_v.abs().max() + 1)
-        for name, g, e in zip(names, grads(g_v, leaves), grads(w_v, leaves)):
-            if stl and name in ("mu", "logvar"):
-                assert _no_grad(g), (what, name)
-                continue
-            assert_close(f"d {what} / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
-
-
-def test_likelihood_errors():
-    x, p = make(2, 3, 2, 2, 2)
-    mu, lv, z = _latents(2, 3, F64)
-    with pytest.raises(ValueError, match="obs_logvar"):
-        fastvae.elbo(x, p, mu, lv, likelihood=DMOL, obs_logvar=0.5)
-    with pytest.raises(ValueError, match="batch size"):
-        fastvae.elbo(x[:1], p[:1], mu, lv, likelihood=DMOL)
-    with pytest.raises(ValueError, match="recon must be"):
-        fastvae.elbo(x, p[:, :7], mu, lv, likelihood=DMOL)
-    with pytest.raises(ValueError, match="recon_k must be"):
-        fastvae.iwae_bound(x, p, mu, lv, z[None], likelihood=DMOL)
-    x3, p3 = make(3, 3, 2, 2, 2)   # x and recon_k agree, mu and z_k have another batch
-    with pytest.raises(ValueError, match=r"x must have the batch size of mu \(2\)"):
-        fastvae.iwae_bound(x3, p3[None], mu, lv, z[None], likelihood=DMOL)
-    with pytest.raises(ValueError, match="bits"):
-        fastvae.ELBOLoss(likelihood=DMOL, bits=0)
 
 
 # -- the "torch" backend's memory: no B x C x M x H x W tensor --------------------------

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _compare import assert_close
-from test_discretized_logistic_mixture_log_prob import F64, OP, _all_values, _extreme_params
+from _dmol import F64, OP, all_values, extreme_params
 
 
 @pytest.mark.parametrize("c,bits", [(1, 3), (3, 1)])
@@ -21,13 +21,13 @@ def test_samples_follow_the_likelihood(c, bits):
     from fastvae.models import dmol_sample
     g = torch.Generator().manual_seed(11 * c + bits)
     m, draws = 4, 40000
-    p = _extreme_params(c, m, g, F64)
+    p = extreme_params(c, m, g, F64)
     per = 3 if c == 3 else 2
     for ch in range(c):  # scales from the clamp to wide, means near the grid
         base = m + per * m * ch
         p[0, base + m:base + 2 * m, 0, 0] = torch.tensor([-9.0, -2.0, -0.5, 1.0])
         p[0, base:base + m, 0, 0] = torch.rand(m, generator=g, dtype=F64) * 1.6 - 0.8
-    values = _all_values(c, bits, F64)
+    values = all_values(c, bits, F64)
     prob = OP(values, p.expand(len(values), -1, -1, -1), bits=bits, backend="torch").exp()
     x = dmol_sample(p.float().expand(draws, -1, -1, -1), channels=c, bits=bits, generator=g)
     n = 2 ** bits - 1

@@ -1,0 +1,164 @@
+"""The discretized mixture of logistics as the likelihood of fastvae.elbo, ELBOLoss and
+iwae_bound, on every backend (the ``backend`` fixture): values and every gradient against
+the float64 formula of tests/_formulas.py plus the latent terms, each reduction, KL mode,
+free bits and beta, K samples, both estimators, a learned prior; and its errors."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastvae
+import _formulas as F
+from _backends import case_dtype
+from _compare import assert_close, grads, leaf
+from _dmol import DMOL, F64, make
+
+
+def _latents(b, l, dt):
+    mu, lv = torch.randn(b, l, dtype=dt), torch.randn(b, l, dtype=dt) * 0.5
+    return mu, lv, mu + torch.exp(0.5 * lv) * torch.randn(b, l, dtype=dt)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kl,free_bits,beta", [("analytic", 0.0, 1.0), ("mc", 0.0, 0.5),
+                                               ("analytic", 0.3, 2.0)])
+def test_elbo(seed, backend, reduction, kl, free_bits, beta):
+    dt = case_dtype(backend)
+    x, p = make(4, 3, 3, 5, 4, dt)
+    mu, lv, z = _latents(4, 6, dt)
+    ins = [leaf(p), leaf(mu), leaf(lv), leaf(z) if kl == "mc" else None]
+    got = fastvae.elbo(x, ins[0], ins[1], ins[2], likelihood=DMOL, kl=kl, z=ins[3], beta=beta,
+                       free_bits=free_bits, reduction=reduction, backend=backend)
+    kl_dim = F.kl_analytic_dim(ins[1], ins[2]) if kl == "analytic" else F.kl_mc_dim(
+        ins[3], ins[1], ins[2])
+    if free_bits:
+        below = kl_dim.mean(0, keepdim=True) < free_bits
+        kl_dim = torch.where(below, torch.full_like(kl_dim, free_bits), kl_dim)
+    want = F.reduce(F.dmol_log_prob(x, ins[0]) - beta * kl_dim.sum(-1), reduction)
+    assert_close("elbo", got, want, dt, scale=want.abs().max() + 1)
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for name, g, e in zip(("recon", "mu", "logvar", "z"), grads(got, ins, w), grads(want, ins, w)):
+        if e is not None:
+            assert g.dtype == dt
+            assert_close(f"d elbo / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
+    loss = fastvae.ELBOLoss(likelihood=DMOL, kl=kl, beta=beta, free_bits=free_bits,
+                            reduction=reduction, backend=backend)
+    assert_close("ELBOLoss", loss(x, ins[0], ins[1], ins[2], z=ins[3]), -want, dt,
+                 scale=want.abs().max() + 1)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_iwae_bound(seed, backend, reduction, k):
+    dt = case_dtype(backend)
+    b, l = 3, 4
+    x, _ = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, _ = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
+    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, reduction=reduction, backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    log_w = log_px - F.kl_mc_dim(ins[3], ins[1], ins[2]).sum(-1)
+    want = F.reduce(torch.logsumexp(log_w, 0) - math.log(k), reduction)
+    assert_close("bound", got, want, dt, scale=want.abs().max() + 1)
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    for name, g, e in zip(("recon_k", "mu", "logvar", "z_k"), grads(got, ins, w),
+                          grads(want, ins, w)):
+        assert_close(f"d bound / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
+
+
+def _bound_inputs(b, l, k, dt):
+    """Grayscale images, one set of parameters and K sets, latents, z and z_k."""
+    x, p = make(b, 1, 4, 3, 5, dt)
+    pk = torch.stack([make(b, 1, 4, 3, 5, dt)[1] for _ in range(k)])
+    mu, lv, z = _latents(b, l, dt)
+    zk = mu + torch.exp(0.5 * lv) * torch.randn(k, b, l, dtype=dt)
+    return x, p, pk, mu, lv, z, zk
+
+
+def _no_grad(g):
+    return g is None or not g.abs().any()
+
+
+def test_estimators(seed, backend):
+    """STL in both bounds is log q at stopped mu, logvar (no direct gradient for them; z's
+    and the parameters' as the float64 formula); DReG's z_k hook is not built for this
+    likelihood: a clear error."""
+    dt = case_dtype(backend)
+    b, l, k = 3, 4, 2
+    x, p, pk, mu, lv, z, zk = _bound_inputs(b, l, k, dt)
+    with pytest.raises(ValueError, match="dreg"):
+        fastvae.iwae_bound(x, pk, mu, lv, zk, likelihood=DMOL, estimator="dreg", backend=backend)
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk)]
+    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, estimator="stl", backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    want = torch.logsumexp(log_px - F.kl_mc_dim(ins[3], ins[1].detach(), ins[2].detach())
+                           .sum(-1), 0) - math.log(k)
+    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z)]
+    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], estimator="stl",
+                         reduction="none", backend=backend)
+    want_e = F.dmol_log_prob(x, ones[0]) - F.kl_mc_dim(ones[3], ones[1].detach(),
+                                                       ones[2].detach()).sum(-1)
+    for name, g_v, w_v, leaves in (("iwae", got, want, ins), ("elbo", got_e, want_e, ones)):
+        assert_close(name, g_v, w_v, dt, scale=w_v.abs().max() + 1)
+        g = torch.autograd.grad(g_v.sum(), leaves, allow_unused=True)
+        e = torch.autograd.grad(w_v.sum(), [leaves[0], leaves[3]])
+        assert _no_grad(g[1]) and _no_grad(g[2]), name
+        for n, gi, ei in (("params", g[0], e[0]), ("z", g[3], e[1])):
+            assert_close(f"d {name} / d {n}", gi, ei, dt, scale=ei.abs().max() + 1e-3)
+
+
+@pytest.mark.parametrize("estimator", ["standard", "stl"])
+def test_learned_prior(seed, backend, estimator):
+    """A learned prior in both DMoL bounds: the ELBO's latent half (the ELBO op on no data
+    columns) and the IWAE's log p(z_k) use N(prior_mu, exp(prior_logvar)); its gradients,
+    and z's, are the formula's under STL too (only log q's mu, logvar are stopped)."""
+    dt = case_dtype(backend)
+    b, l, k = 3, 4, 2
+    x, p, pk, mu, lv, z, zk = _bound_inputs(b, l, k, dt)
+    pm, plv = leaf(torch.randn(l, dtype=dt) * 0.5), leaf(torch.randn(b, l, dtype=dt) * 0.4)
+    stl = estimator == "stl"
+
+    def q(t):
+        return t.detach() if stl else t
+    ones = [leaf(p), leaf(mu), leaf(lv), leaf(z), pm, plv]
+    got_e = fastvae.elbo(x, *ones[:3], likelihood=DMOL, kl="mc", z=ones[3], prior_mu=pm,
+                         prior_logvar=plv, estimator=estimator, reduction="sum",
+                         backend=backend)
+    want_e = (F.dmol_log_prob(x, ones[0])
+              - F.kl_mc_prior_dim(ones[3], q(ones[1]), q(ones[2]), pm, plv).sum(-1)).sum()
+    ins = [leaf(pk), leaf(mu), leaf(lv), leaf(zk), pm, plv]
+    got_i = fastvae.iwae_bound(x, *ins[:4], likelihood=DMOL, prior_mu=pm, prior_logvar=plv,
+                               estimator=estimator, reduction="sum", backend=backend)
+    log_px = torch.stack([F.dmol_log_prob(x, ins[0][i]) for i in range(k)])
+    log_w = log_px - F.kl_mc_prior_dim(ins[3], q(ins[1]), q(ins[2]), pm, plv).sum(-1)
+    want_i = (torch.logsumexp(log_w, 0) - math.log(k)).sum()
+    names = ("recon", "mu", "logvar", "z", "prior_mu", "prior_logvar")
+    for what, g_v, w_v, leaves in (("elbo", got_e, want_e, ones), ("iwae", got_i, want_i, ins)):
+        assert_close(what, g_v, w_v, dt, scale=w_v.abs().max() + 1)
+        for name, g, e in zip(names, grads(g_v, leaves), grads(w_v, leaves)):
+            if stl and name in ("mu", "logvar"):
+                assert _no_grad(g), (what, name)
+                continue
+            assert_close(f"d {what} / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
+
+
+def test_likelihood_errors():
+    x, p = make(2, 3, 2, 2, 2)
+    mu, lv, z = _latents(2, 3, F64)
+    with pytest.raises(ValueError, match="obs_logvar"):
+        fastvae.elbo(x, p, mu, lv, likelihood=DMOL, obs_logvar=0.5)
+    with pytest.raises(ValueError, match="batch size"):
+        fastvae.elbo(x[:1], p[:1], mu, lv, likelihood=DMOL)
+    with pytest.raises(ValueError, match="recon must be"):
+        fastvae.elbo(x, p[:, :7], mu, lv, likelihood=DMOL)
+    with pytest.raises(ValueError, match="recon_k must be"):
+        fastvae.iwae_bound(x, p, mu, lv, z[None], likelihood=DMOL)
+    x3, p3 = make(3, 3, 2, 2, 2)   # x and recon_k agree, mu and z_k have another batch
+    with pytest.raises(ValueError, match=r"x must have the batch size of mu \(2\)"):
+        fastvae.iwae_bound(x3, p3[None], mu, lv, z[None], likelihood=DMOL)
+    with pytest.raises(ValueError, match="bits"):
+        fastvae.ELBOLoss(likelihood=DMOL, bits=0)

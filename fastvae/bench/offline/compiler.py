@@ -136,12 +136,17 @@ def compile_one(spec_json: str, cc: int, sass: bool = False) -> dict:
     triton.knobs.nvidia.dump_ptxas_log = True
     buf = io.StringIO()
     t0 = time.perf_counter()
+    kernel = _kernel(spec)
     try:
         with jit_target(cc), contextlib.redirect_stdout(buf):
-            k = _kernel(spec).preload(spec_json)
+            k = kernel.preload(spec_json)
     except Exception as e:  # reported by the caller, with the compiler's message
         out["error"] = f"{type(e).__name__}: {e}"[-3000:]
         return out
+    finally:
+        # preload leaves the kernel in the JIT's cache for the stand-in device: a later
+        # capture in this process would find it there and try to run it
+        kernel.device_caches.pop(cc, None)
     out["seconds"] = time.perf_counter() - t0
     log = buf.getvalue()
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)

@@ -159,7 +159,7 @@ def elbo_rows_kernel(
     PRIOR: tl.constexpr, NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr,
     INT64: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    BLOCK_SUM: tl.constexpr,
+    BLOCK_SUM: tl.constexpr, STAGES: tl.constexpr,
 ):
     # The tail's step with the GPU tiles (BLOCK_D <= 64): 512-element tiles, at least 16
     # columns (BLOCK_B 32: 16 columns; 16: 32, which keeps ptxas from unrolling a one-trip
@@ -188,7 +188,9 @@ def elbo_rows_kernel(
                                        stride_obs, D, BLOCK_D)
     acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     d_full = D - D % BLOCK_D
-    for d0 in range(0, d_full, BLOCK_D):
+    # STAGES > 1: the next blocks' loads go to shared memory (cp.async) while this one is
+    # computed, so a program keeps more bytes in flight than its registers hold; 1: none.
+    for d0 in tl.range(0, d_full, BLOCK_D, num_stages=STAGES):
         acc += _data_block(x_at + d0, r_at + d0, obs_at + d0, GX + out + d0, GR + out + d0,
                            GOBS + out + d0, GOBS, pid, d0 + tl.arange(0, BLOCK_D), rmask2, D,
                            obs_scalar, c, LIK, NEED_GX, NEED_GR, OBS_GRAD, False)

@@ -45,6 +45,11 @@ ELBO_LATENT_TILE = 2048
 # bf16 tile (8-16 bytes, Triton 3.9, sm_90).
 ELBO_TILE_BY_LIK = {(CONTINUOUS_BERNOULLI, 4): (1024, 8), (CONTINUOUS_BERNOULLI, 2): (1024, 4),
                     (GAUSSIAN_TENSOR, 2): (1024, 8)}
+# Software-pipeline stages of the ELBO row kernel's column loop, by element size in bytes:
+# 1 keeps every load in registers (the tiles above, as measured on the H200); 2-3 stage
+# the next blocks in shared memory (8-16 KB a program), which benchmarks/gpu_tiles.py
+# measures against 1 where a GPU is lent.
+ELBO_STAGES = {1: 1, 2: 1, 4: 1}
 # The last program's sum of the per-program partials, a few per thread a step: a wider
 # block would raise the whole kernel's register count (occupancy) for one program's use.
 TICKET_SUM_BLOCK = 512
@@ -188,6 +193,11 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
                                            (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
     block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)
     return block_b, block_d, block_l, warps
+
+
+def elbo_stages(element_size: int) -> int:
+    """STAGES of the ELBO row kernel (its column loop's pipeline depth)."""
+    return 1 if interpreter_tiles() else ELBO_STAGES[element_size]
 
 
 def ticket_sum_block() -> int:

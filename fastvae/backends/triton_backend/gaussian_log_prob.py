@@ -45,7 +45,8 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
         NEED_GMU=False, NEED_GLV=False, NEED_GZ=False,
         PRIOR=False, NEED_GPM=False, NEED_GPLV=False,
         INT64=configs.needs_int64(n * max(x.stride(0), mean.stride(0), stride_lv, d)),
-        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, num_warps=warps)
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16,
+        STAGES=configs.elbo_stages(x.element_size()), num_warps=warps)
     return out, gx, gm, glv
 
 

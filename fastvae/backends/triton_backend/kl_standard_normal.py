@@ -60,5 +60,6 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         INT64=configs.needs_int64(n * max(mu.stride(0), logvar.stride(0), l, stride_pm,
                                           stride_plv)),
-        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, num_warps=warps)
+        BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, STAGES=1,  # no columns
+        num_warps=warps)
     return (out, *grads)

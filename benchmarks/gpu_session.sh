@@ -16,6 +16,9 @@
 #                                                                  -> bar.md, bar_*.json
 #   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
 #                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
+#   tiles    85 s  benchmarks/gpu_tiles.py: the ELBO row kernel under candidate tiles, warps
+#                  and pipeline depths (each checked against the shipped one first), fp32
+#                  and bf16: kernel us, % roof, registers, spills      -> tiles.md, .json
 #   host     30 s  gpu_probe.py --host-profile: host time of small fused calls (ELBOLoss,
 #                  reparameterize, sample_with_kl) and a cProfile of each -> host_profile.txt
 #   hvae     70 s  benchmarks/gpu_hvae_loop.py: issue 11's bar, sample_with_kl in a VDVAE-like
@@ -27,18 +30,18 @@
 #                  FASTVAE_TEST_BACKENDS=triton, and every module with @pytest.mark.gpu),
 #                  one pytest process per module (a segfault loses only its module), at
 #                  most 90 s each, under faulthandler; no -k filter; 60 s a test where
-#                  pytest-timeout exists; a full run leaves them ~35 s: rerun with
+#                  pytest-timeout exists; a full run leaves them little or nothing: run
 #                  FASTVAE_GPU_STAGES=tests for all of them (~6 min) -> tests.txt
 #   summary        card, versions, the bar table, the probe table, the steps -> summary.md
 #                  (printed last, so a tool keeping only the end of the output has it)
 # FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs; the
-# names: bar, probe, host, hvae, ncu, ncu-iwae, tests), and
+# names: bar, probe, tiles, host, hvae, ncu, ncu-iwae, tests), and
 # FASTVAE_GPU_TESTS="tests/test_a.py tests/test_b.py" only those test modules: a rerun of
 # what a previous session showed, in a short slot.
 # Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
 # CPU-only work (the kernel compile test, the interpreter suite) never runs here.
 # Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
-# FASTVAE_GPU_SMOKE=1 also runs the probe's CPU smoke mode (tiny shapes), to check the
+# FASTVAE_GPU_SMOKE=1 also runs the probe's and the tile sweep's CPU smoke modes (tiny shapes), to check the
 # script on a machine without a GPU. Nothing is fetched from the network.
 set -u
 set -o pipefail
@@ -161,6 +164,18 @@ if want probe; then
   fi
 fi
 
+# ------------------------------------------------------------------ tiles
+if want tiles; then
+  if [ "$HAVE_CUDA" = 0 ]; then
+    stage "tiles" 85 "$OUT/tiles.log" "$PY" benchmarks/gpu_tiles.py --out "$OUT" --budget-s 70
+  elif [ "$SMOKE" != 0 ]; then
+    stage "tiles (CPU smoke)" 60 "$OUT/tiles.log" "$PY" benchmarks/gpu_tiles.py --smoke \
+      --out "$OUT"
+  else
+    skip "tiles" "$REASON"
+  fi
+fi
+
 # ------------------------------------------------------------------ host
 if want host; then
   if [ "$HAVE_CUDA" = 0 ]; then
@@ -256,6 +271,7 @@ fi
   if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
     grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
   if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
+  if [ -s "$OUT/tiles.md" ]; then echo; cat "$OUT/tiles.md"; fi
   if [ -s "$OUT/host_profile.txt" ]; then echo; echo "## host time per fused call"; \
     grep '^## ' "$OUT/host_profile.txt"; fi
   if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi

@@ -1,4 +1,5 @@
-"""The GPU session's own checks run on CPU too: the VDVAE-like loop's closed-form check of
+"""The GPU session's own checks run on CPU too: the tile sweep's agreement check and its
+configuration patch (benchmarks/gpu_tiles.py), and the VDVAE-like loop's closed-form check of
 sample_with_kl (benchmarks/gpu_hvae_loop.py) passes the real op and catches a wrong one."""
 import importlib.util
 import pathlib
@@ -31,3 +32,35 @@ def test_hvae_loop_check_passes_the_op_and_catches_a_wrong_gradient():
         return z, kl + 0.01 * (plv - plv.detach()).flatten(1).sum(1)
     with pytest.raises(AssertionError, match="dlogvar_p"):
         loop.check_fastvae(groups, wrong)
+
+
+def test_tile_sweep_checks_every_candidate_and_restores_the_shipped_tiles(monkeypatch):
+    """benchmarks/gpu_tiles.py: its check passes equal outputs and names a gradient or a
+    value that moved; a candidate's tables hold inside its block only, and the ELBO's plans
+    are rebuilt on the way in and out."""
+    pytest.importorskip("triton")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    tiles = _module("gpu_tiles")
+    g = [torch.randn(4, 3), torch.randn(4, 2)]
+    want = (10.0, g)
+    assert tiles.agreement((10.0, [t.clone() for t in g]), want) == ""
+    moved = [g[0].clone(), g[1].clone()]
+    moved[1][2, 1] = torch.nextafter(moved[1][2, 1], torch.tensor(1e9))
+    assert "gradients [1] differ" in tiles.agreement((10.0, moved), want)
+    assert "value" in tiles.agreement((10.001, g), want)
+
+    from fastvae.backends.triton_backend import configs, elbo
+    before = (dict(configs.ELBO_TILE_ELEMENTS), configs.ELBO_WARPS, configs.ELBO_BLOCK_D,
+              dict(configs.ELBO_STAGES))
+    elbo._PLANS["stale"] = None
+    with pytest.raises(RuntimeError):
+        with tiles.Patched(2, dict(tile=1024, warps=8, block_d=128, stages=3)):
+            assert "stale" not in elbo._PLANS
+            assert (configs.ELBO_TILE_ELEMENTS[2], configs.ELBO_WARPS, configs.ELBO_BLOCK_D,
+                    configs.ELBO_STAGES[2]) == (1024, 8, 128, 3)
+            assert configs.ELBO_TILE_ELEMENTS[4] == before[0][4]
+            elbo._PLANS["stale"] = None
+            raise RuntimeError("a failed candidate")
+    assert "stale" not in elbo._PLANS
+    assert (dict(configs.ELBO_TILE_ELEMENTS), configs.ELBO_WARPS, configs.ELBO_BLOCK_D,
+            dict(configs.ELBO_STAGES)) == before

@@ -1,0 +1,298 @@
+"""The ELBO row kernel under candidate launch configurations, where a GPU is lent: which
+tile, warps and column-loop pipeline depth reach the most of the copy roofline at the bar
+shape (B=65536, D=784, L=64, Bernoulli, sum), fp32 and bf16.
+
+    python benchmarks/gpu_tiles.py --out DIR [--budget-s 75]   # CUDA: DIR/tiles.{md,json}
+    python benchmarks/gpu_tiles.py --smoke --out DIR           # CPU: the code paths
+    PYTHONPATH=.triton36 python benchmarks/gpu_tiles.py --offline   # no GPU: each one's SASS
+
+A candidate sets ``configs.ELBO_TILE_ELEMENTS`` (elements a program's step, by element
+size), ``ELBO_WARPS``, ``ELBO_BLOCK_D`` and ``ELBO_STAGES`` (the column loop's pipeline
+depth, ``tl.range(num_stages=)``); the ELBO's launch plans are rebuilt for it and restored
+after. Each is first checked against the shipped configuration on the same inputs: every
+gradient bit for bit (a tile changes no element's math), the value to summation order
+(relative 1e-5); a candidate that differs is reported and not ranked. Then, over 5
+fwd+bwd steps, the row kernel's device time per launch (torch.profiler), its registers
+and spills (the compiled kernel) and the bytes the step must move
+(``fastvae.bench.core.bytes_moved``) over that time as a % of the device-to-device copy
+bandwidth measured here. Candidates run in order of interest: a budget cut loses the last.
+``--offline`` compiles each for sm_90 under this interpreter's Triton (the GPU machines' with
+``PYTHONPATH=.triton36``) and prints the speed proxy's view of it (``fastvae bench --proxy``:
+registers, spills, shared memory, programs an SM, issue time against the memory floor),
+which cannot see latency: that is what the GPU run is for. ``--smoke`` runs them on CPU
+tensors under TRITON_INTERPRET=1 with the GPU tiles at B=64 (the step's wall time stands in
+for the kernel's; no registers).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if "--smoke" in sys.argv[1:]:  # before triton's jit decorators run: the kernels interpret
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import argparse  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+import fastvae  # noqa: E402
+from fastvae.bench.core import Case, bytes_moved  # noqa: E402
+
+import gpu_probe as gp  # noqa: E402
+
+BAR = dict(batch=65536, dim=784, latent=64)
+SMOKE = dict(batch=64, dim=784, latent=16)
+SHIPPED = "shipped"
+# (label, {dtype: patch}): patch keys tile (elements), warps, block_d, stages. Per dtype, in
+# order of interest; the proxy's regs / programs per SM on sm_90 (Triton 3.6.0) in comments.
+CANDIDATES = {
+    "bf16": [
+        ("stages 3", dict(stages=3)),                            # 56 regs, 9 an SM
+        ("1024 el, stages 3", dict(tile=1024, stages=3)),        # 32 regs, 16 an SM
+        ("1024 el", dict(tile=1024)),                            # 32 regs, 16 an SM
+        ("stages 2", dict(stages=2)),                            # 64 regs, 8 an SM
+        ("1024 el, stages 2", dict(tile=1024, stages=2)),        # 40 regs, 12 an SM
+        ("8 warps", dict(warps=8)),                              # 40 regs, 6 an SM
+        ("8 warps, stages 3", dict(warps=8, stages=3)),          # 40 regs, 6 an SM
+    ],
+    "fp32": [
+        ("stages 3", dict(stages=3)),                            # 48 regs, 10 an SM
+        ("512 el", dict(tile=512)),                              # 32 regs, 16 an SM
+        ("512 el, stages 2", dict(tile=512, stages=2)),          # 32 regs, 16 an SM
+        ("stages 2", dict(stages=2)),                            # 48 regs, 10 an SM
+    ],
+}
+T0 = time.monotonic()
+
+
+def log(msg):
+    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+class Patched:
+    """``configs`` set to one candidate for a ``with`` block, the ELBO's plans rebuilt on
+    entry and on exit (they were made for the tables as they were)."""
+
+    def __init__(self, element_size: int, patch: dict):
+        self.size, self.patch = element_size, patch
+        self.configs = importlib.import_module("fastvae.backends.triton_backend.configs")
+        self.host = importlib.import_module("fastvae.backends.triton_backend.elbo")
+
+    def __enter__(self):
+        c = self.configs
+        self.saved = (dict(c.ELBO_TILE_ELEMENTS), c.ELBO_WARPS, c.ELBO_BLOCK_D,
+                      dict(c.ELBO_STAGES))
+        p = self.patch
+        if "tile" in p:
+            c.ELBO_TILE_ELEMENTS[self.size] = p["tile"]
+        if "stages" in p:
+            c.ELBO_STAGES[self.size] = p["stages"]
+        c.ELBO_WARPS = p.get("warps", c.ELBO_WARPS)
+        c.ELBO_BLOCK_D = p.get("block_d", c.ELBO_BLOCK_D)
+        self.host._PLANS.clear()
+        return self
+
+    def __exit__(self, *exc):
+        c = self.configs
+        tiles, c.ELBO_WARPS, c.ELBO_BLOCK_D, stages = self.saved
+        c.ELBO_TILE_ELEMENTS.clear()
+        c.ELBO_TILE_ELEMENTS.update(tiles)
+        c.ELBO_STAGES.clear()
+        c.ELBO_STAGES.update(stages)
+        self.host._PLANS.clear()
+
+    def launch_config(self):
+        """(BLOCK_B, BLOCK_D, warps, STAGES) the row launch uses under this candidate."""
+        fixed = next(iter(self.host._PLANS.values()))["rows"].fixed
+        return fixed["BLOCK_B"], fixed["BLOCK_D"], fixed["num_warps"], fixed["STAGES"]
+
+    def compiled(self):
+        """(registers, spilled bytes) of the row kernel the plan launched, where known."""
+        compiled = next(iter(self.host._PLANS.values()))["rows"]._compiled
+        for k in compiled.values():
+            return getattr(k, "n_regs", None), getattr(k, "n_spills", None)
+        return None, None
+
+
+def inputs(shape, dtype, device):
+    b, d, l = shape["batch"], shape["dim"], shape["latent"]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.rand(b, d, generator=g).to(device, dtype)
+    leaves = [torch.randn(b, d, generator=g), torch.randn(b, l, generator=g),
+              0.1 * torch.randn(b, l, generator=g)]
+    return x, [t.to(device, dtype).requires_grad_() for t in leaves]
+
+
+def make_step(x, leaves):
+    loss_fn = fastvae.ELBOLoss(reduction="sum", backend="triton")
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        loss = loss_fn(x, *leaves)
+        loss.backward()
+        return loss
+    return step
+
+
+def outputs(step, leaves):
+    loss = step()
+    return float(loss), [t.grad.detach().clone() for t in leaves]
+
+
+def agreement(got, want) -> str:
+    """'' when ``got`` matches ``want`` (gradients bit for bit, value to 1e-5), else what
+    differs."""
+    (v, gs), (v0, gs0) = got, want
+    bad = [i for i, (g, g0) in enumerate(zip(gs, gs0)) if not torch.equal(g, g0)]
+    if bad:
+        worst = max(float((gs[i].float() - gs0[i].float()).abs().max()) for i in bad)
+        return f"gradients {bad} differ (max abs {worst:.3g})"
+    if abs(v - v0) > 1e-5 * max(abs(v0), 1.0):
+        return f"value {v!r} against {v0!r}"
+    return ""
+
+
+def row_kernel_us(step, device, cuda, steps=5):
+    """Device us per launch of the row kernel (CUDA), or the step's wall us (smoke)."""
+    if not cuda:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return (time.perf_counter() - t) / steps * 1e6
+    for name, (count, us) in gp.kernel_times(step, device, steps).items():
+        if "elbo_rows_kernel" in name:
+            return us / count
+    raise RuntimeError("no elbo_rows_kernel launch in the profile")
+
+
+def sweep(shape, device, cuda, bw, budget_s):
+    rows = []
+    for dt, candidates in CANDIDATES.items():
+        dtype = gp.DTYPES[dt]
+        x, leaves = inputs(shape, dtype, device)
+        step = make_step(x, leaves)
+        case = Case("elbo", shape["batch"], shape["dim"], shape["latent"], dtype=dtype,
+                    device=device.type)
+        nbytes = bytes_moved(case)
+        want = None
+        for label, patch in [(SHIPPED, {}), *candidates]:
+            if time.monotonic() - T0 > budget_s:
+                rows.append(dict(dtype=dt, candidate=label, error="skipped: budget spent"))
+                continue
+            try:
+                with Patched(x.element_size(), patch) as p:
+                    got = outputs(step, leaves)   # compiles this candidate, warms up
+                    step()
+                    mismatch = "" if want is None else agreement(got, want)
+                    want = want or got
+                    us = row_kernel_us(step, device, cuda)
+                    regs, spills = p.compiled()
+                    block_b, block_d, warps, stages = p.launch_config()
+                row = dict(dtype=dt, candidate=label, block_b=block_b, block_d=block_d,
+                           warps=warps, stages=stages, us=us, regs=regs, spills=spills,
+                           pct_roof=100 * nbytes / (us * 1e-6) / bw if cuda else None,
+                           mismatch=mismatch)
+                log(f"{dt} {label}: {us:.1f} us" + (f", {row['pct_roof']:.1f}% roof"
+                                                     if cuda else "") + f" {mismatch}")
+            except Exception as e:  # one failed candidate must not lose the others
+                row = dict(dtype=dt, candidate=label, error=f"{type(e).__name__}: {e}"[:300])
+                log(f"{dt} {label}: FAILED {row['error']}")
+            rows.append(row)
+        del x, leaves, step
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def offline() -> str:
+    """The speed proxy of every candidate (sm_90, this Triton), one line each."""
+    from fastvae.bench.offline import judge
+    import triton
+    lines = [f"ELBO row kernel at B=65536 D=784 L=64, sm_90, Triton {triton.__version__}",
+             "| dtype | candidate | grid x warps | regs | spill B | shared B | programs an SM "
+             "(warps) | issue us | memory us |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for dt, candidates in CANDIDATES.items():
+        size = gp.DTYPES[dt].itemsize
+        for label, patch in [(SHIPPED, {}), *candidates]:
+            with Patched(size, patch):
+                (case,) = judge.proxy_cases(judge.bar_cases((dt,), ("elbo",)))["cases"]
+            r = next(la for la in case["launches"] if la["kernel"] == "elbo_rows_kernel")
+            lines.append(f"| {dt} | {label} | {r['grid'][0]} x {r['warps']} | {r['regs']} | "
+                         f"{r['spills']} | {r['shared']} | {r['programs_per_sm']} "
+                         f"({r['warps_per_sm']}) | {r['issue_us'][1]:.1f} | "
+                         f"{case['memory_us']:.1f} |")
+    return "\n".join(lines)
+
+
+def markdown(res) -> str:
+    unit = "kernel us" if res["cuda"] else "step wall us (smoke)"
+    lines = [f"# ELBO row kernel, candidate configurations: {res['device']}, torch "
+             f"{res['torch']}, triton {res['triton']}",
+             f"shape {res['shape']}; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
+             f"| dtype | candidate | BLOCK_B x BLOCK_D, warps, stages | {unit} | % roof | "
+             "regs | spill B | x shipped | checked |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    shipped = {r["dtype"]: r["us"] for r in res["rows"]
+               if r["candidate"] == SHIPPED and "us" in r}
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['dtype']} | {r['candidate']} | {r['error']} | | | | | | |")
+            continue
+        def fmt(v, spec=""):
+            return "-" if v is None else format(v, spec)
+        base = shipped.get(r["dtype"])
+        lines.append(
+            f"| {r['dtype']} | {r['candidate']} | {r['block_b']} x {r['block_d']}, "
+            f"{r['warps']}, {r['stages']} | {r['us']:.1f} | {fmt(r['pct_roof'], '.1f')} | "
+            f"{fmt(r['regs'])} | {fmt(r['spills'])} | "
+            f"{fmt(base / r['us'] if base else None, '.3f')} | "
+            f"{'MISMATCH: ' + r['mismatch'] if r['mismatch'] else 'ok'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU tensors under TRITON_INTERPRET=1, B=64: the code paths")
+    p.add_argument("--offline", action="store_true",
+                   help="no GPU: the speed proxy of each candidate (sm_90), printed")
+    p.add_argument("--budget-s", type=float, default=75.0,
+                   help="stop starting new candidates after this many seconds")
+    args = p.parse_args(argv)
+    if args.offline:
+        print(offline())
+        return 0
+    cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        print("gpu_tiles.py: no CUDA device (torch.cuda.is_available() is False); "
+              "--smoke exercises the code paths on CPU", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:  # the GPU tiles, run by the interpreter (as benchmarks/host_path.py)
+        importlib.import_module("fastvae.backends.triton_backend.configs").CONFIG_MODE = "gpu"
+    shape = SMOKE if args.smoke else BAR
+    os.makedirs(args.out, exist_ok=True)
+    bw_bytes = (64 << 20) if args.smoke else (1 << 30)
+    bw = gp.copy_bandwidth(device, bw_bytes)
+    res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
+           "torch": torch.__version__, "triton": gp._triton_version(), "shape": shape,
+           "copy_gbps": bw / 1e9, "cuda": cuda, "rows": sweep(shape, device, cuda, bw,
+                                                              args.budget_s)}
+    with open(os.path.join(args.out, "tiles.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    md = markdown(res)
+    with open(os.path.join(args.out, "tiles.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    failed = any("error" in r and not r["error"].startswith("skipped") or r.get("mismatch")
+                 for r in res["rows"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ move as a % of the copy bandwidth measured here, and a CUDA-graph replay of the 
     python benchmarks/gpu_probe.py --ncu-target iwae            # 2 IWAE K=5 steps (fp32), for ncu
     python benchmarks/gpu_probe.py --smoke --out DIR            # CPU, tiny shapes: the code paths
     python benchmarks/gpu_probe.py --host-profile --out DIR     # where the host time goes
+    python benchmarks/gpu_probe.py --captured-bar --out DIR     # the ELBO bar, CUDA graphs
 
 Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm; under
 ``--smoke``, ``cpu wall ms``: wall time per step, the CPU having no events);
@@ -16,6 +17,12 @@ Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm;
 ``% roof`` = bytes the fused op must move (``fastvae.bench.core.bytes_moved``) over
 ``gpu ms``, against the device-to-device copy bandwidth; ``kernels`` = each kernel's
 device time per step (torch.profiler), so the row kernel's share is visible.
+
+``--captured-bar``: the ELBO bar case (B=65536, D=784, L=64, fp32 and bf16) for eager
+(pytorch/examples' loss), ``torch.compile`` of it and fastvae, each variant's fwd+bwd step
+built and checked against eager by ``fastvae.bench.prepare`` as the bar stage does, then
+captured in a CUDA graph and replayed back-to-back: GPU time with no host in the way, for
+every variant alike, beside the uncaptured bar -> captured_bar.{md,json}.
 """
 from __future__ import annotations
 
@@ -281,6 +288,71 @@ def host_profile(device, backend, out_dir, calls=300):
         f.write("\n".join(text))
 
 
+CAPTURED_VARIANTS = ("eager", "compile", "fastvae-triton")
+
+
+def captured_bar(device, bw, reps, budget_s, smoke):
+    """Rows of ``--captured-bar``: per dtype and variant, ms per graph replay (None off
+    CUDA), % of the copy roofline and the ratios to eager's and compile's replays."""
+    from fastvae import bench
+    shape = SMOKE if smoke else BAR
+    variants = ("eager", "fastvae-torch") if smoke else CAPTURED_VARIANTS
+    rows = []
+    for dt, dtype in DTYPES.items():
+        case = Case("elbo", shape["batch"], shape["dim"], shape["latent"], dtype=dtype,
+                    device=device.type)
+        if time.monotonic() - T0 > budget_s:
+            rows.append({"dtype": dt, "error": "skipped: budget spent"})
+            continue
+        try:
+            prepared = bench.prepare(case, list(variants))
+        except Exception as e:  # a variant that disagrees or fails: reported, the rest run
+            rows.append({"dtype": dt, "error": f"{type(e).__name__}: {e}"[:300]})
+            log(f"captured {dt}: FAILED {rows[-1]['error']}")
+            continue
+        got = {}
+        for v in variants:
+            try:
+                got[v] = graph_ms(prepared.steps[v], device, reps)
+            except Exception as e:  # reported, the other variants still run
+                rows.append({"dtype": dt, "variant": v, "error": f"{type(e).__name__}: {e}"[:300]})
+                log(f"captured {dt} {v}: FAILED {rows[-1]['error']}")
+        nbytes = bytes_moved(case)
+        for v, ms in got.items():
+            def ratio(ref):
+                return got[ref] / ms if ms and got.get(ref) else None
+            rows.append({"dtype": dt, "variant": v, "graph_ms": ms,
+                         "pct_roof": 100 * nbytes / (ms / 1e3) / bw if ms else None,
+                         "x_eager": ratio("eager"), "x_compile": ratio("compile")})
+            log(f"captured {dt} {v}: " + (f"{ms:.3f} ms, {rows[-1]['pct_roof']:.1f}% roof"
+                                           if ms else "no CUDA graph off a GPU"))
+        del prepared
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def captured_markdown(res):
+    lines = [f"# ELBO bar, each variant's fwd+bwd captured in a CUDA graph: {res['device']}, "
+             f"torch {res['torch']}, triton {res['triton']}",
+             f"shape {res['shape']}; copy bandwidth {res['copy_gbps']:.0f} GB/s; ms per replay, "
+             "back-to-back replays (L2 warm)", "",
+             "| dtype | variant | graph ms | % roof | x eager | x compile |",
+             "|---|---|---:|---:|---:|---:|"]
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['dtype']} | {r.get('variant', '')} | FAILED: {r['error']} "
+                         "| | | |")
+            continue
+        lines.append(f"| {r['dtype']} | {r['variant']} | {fmt(r['graph_ms'], '.3f')} | "
+                     f"{fmt(r['pct_roof'], '.1f')} | {fmt(r['x_eager'], '.2f')} | "
+                     f"{fmt(r['x_compile'], '.2f')} |")
+    return "\n".join(lines)
+
+
 def markdown(res):
     lines = [f"# fastvae per-kernel probe: {res['device']}, torch {res['torch']}, "
              f"triton {res['triton']}, backend {res['backend']}",
@@ -312,6 +384,9 @@ def main(argv=None):
                         "default; per dtype) or IWAE K=5 fp32")
     p.add_argument("--host-profile", action="store_true",
                    help="only the host-time profile of small fused calls -> host_profile.txt")
+    p.add_argument("--captured-bar", action="store_true",
+                   help="only the ELBO bar case with every variant captured in a CUDA graph "
+                        "-> captured_bar.md, .json")
     p.add_argument("--budget-s", type=float, default=150.0,
                    help="stop starting new cases after this many seconds")
     p.add_argument("--reps", type=o.positive_int, default=20)
@@ -348,6 +423,16 @@ def main(argv=None):
            "torch": torch.__version__, "backend": backend,
            "triton": _triton_version(), "shape": shape, "copy_gbps": bw / 1e9,
            "copy_bytes": bw_bytes, "cuda": cuda, "rows": []}
+    if args.captured_bar:
+        res["rows"] = captured_bar(device, bw, args.reps, args.budget_s, args.smoke)
+        with open(os.path.join(args.out, "captured_bar.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        md = captured_markdown(res)
+        with open(os.path.join(args.out, "captured_bar.md"), "w") as f:
+            f.write(md + "\n")
+        print(md)
+        return 1 if any("error" in r and not r["error"].startswith("skipped")
+                        for r in res["rows"]) else 0
     for name, make, with_graph in cases(shape, device, backend, args.smoke):
         if time.monotonic() - T0 > args.budget_s:
             res["rows"].append({"case": name, "error": "skipped: probe budget spent"})

@@ -14,6 +14,9 @@
 #                  (eager, compile, fastvae) and reparameterize B=65536 L=64 K=1,16 fp32
 #                  (eager, fastvae: its bar is against eager)
 #                                                                  -> bar.md, bar_*.json
+#   captured 90 s  gpu_probe.py --captured-bar: the ELBO bar case again, each variant's step
+#                  (eager, compile, fastvae; checked as bench checks them) captured in a CUDA
+#                  graph and replayed: GPU time without the host   -> captured_bar.md, .json
 #   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
 #                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
 #   tiles    85 s  benchmarks/gpu_tiles.py: the ELBO row kernel under candidate tiles, warps
@@ -35,14 +38,16 @@
 #   summary        card, versions, the bar table, the probe table, the steps -> summary.md
 #                  (printed last, so a tool keeping only the end of the output has it)
 # FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs; the
-# names: bar, probe, tiles, host, hvae, ncu, ncu-iwae, tests), and
+# names: bar, captured, probe, tiles, host, hvae, ncu, ncu-iwae, tests), and
 # FASTVAE_GPU_TESTS="tests/test_a.py tests/test_b.py" only those test modules: a rerun of
 # what a previous session showed, in a short slot.
 # Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
 # CPU-only work (the kernel compile test, the interpreter suite) never runs here.
 # Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
-# FASTVAE_GPU_SMOKE=1 also runs the probe's and the tile sweep's CPU smoke modes (tiny shapes), to check the
-# script on a machine without a GPU. Nothing is fetched from the network.
+# FASTVAE_GPU_SMOKE=1 also runs the probe's, the captured bar's and the tile sweep's CPU smoke
+# modes (tiny shapes), to check the script on a machine without a GPU. Nothing is fetched
+# from the network. The stages' timeouts add up to more than the budget: in a full run the
+# last ones are cut short or skipped (steps.tsv says which); FASTVAE_GPU_STAGES picks.
 set -u
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -149,6 +154,19 @@ if want bar; then
       --budget 1 --no-extras --json "$OUT/bar_reparam.json"
   else
     skip "bar" "$REASON"
+  fi
+fi
+
+# ------------------------------------------------------------------ captured
+if want captured; then
+  if [ "$HAVE_CUDA" = 0 ]; then
+    stage "captured bar" 90 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --captured-bar \
+      --out "$OUT" --budget-s 75
+  elif [ "$SMOKE" != 0 ]; then
+    stage "captured bar (CPU smoke)" 60 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py \
+      --smoke --captured-bar --out "$OUT" --reps 3
+  else
+    skip "captured bar" "$REASON"
   fi
 fi
 
@@ -270,6 +288,7 @@ fi
   echo '```'
   if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
     grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
+  if [ -s "$OUT/captured_bar.md" ]; then echo; cat "$OUT/captured_bar.md"; fi
   if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
   if [ -s "$OUT/tiles.md" ]; then echo; cat "$OUT/tiles.md"; fi
   if [ -s "$OUT/host_profile.txt" ]; then echo; echo "## host time per fused call"; \

@@ -18,11 +18,12 @@ Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm;
 ``gpu ms``, against the device-to-device copy bandwidth; ``kernels`` = each kernel's
 device time per step (torch.profiler), so the row kernel's share is visible.
 
-``--captured-bar``: the ELBO bar case (B=65536, D=784, L=64, fp32 and bf16) for eager
-(pytorch/examples' loss), ``torch.compile`` of it and fastvae, each variant's fwd+bwd step
-built and checked against eager by ``fastvae.bench.prepare`` as the bar stage does, then
-captured in a CUDA graph and replayed back-to-back: GPU time with no host in the way, for
-every variant alike, beside the uncaptured bar -> captured_bar.{md,json}.
+``--captured-bar``: the bar's cases (ELBO at B=65536, D=784, L=64, fp32 and bf16, for eager
+(pytorch/examples' loss), ``torch.compile`` of it and fastvae; reparameterize at B=65536,
+L=64, K=1 and 16, fp32, eager and fastvae), each variant's fwd+bwd step built and checked
+against eager by ``fastvae.bench.prepare`` as the bar stage does, then captured in a CUDA
+graph and replayed back-to-back: GPU time with no host in the way, for every variant
+alike, beside the uncaptured bar -> captured_bar.{md,json}.
 """
 from __future__ import annotations
 
@@ -288,44 +289,52 @@ def host_profile(device, backend, out_dir, calls=300):
         f.write("\n".join(text))
 
 
-CAPTURED_VARIANTS = ("eager", "compile", "fastvae-triton")
+def captured_cases(shape, device, smoke):
+    """(case, variants) of ``--captured-bar``: the issue's bar cases, ELBO fp32 and bf16
+    against eager and compile, reparameterize K=1 and 16 fp32 against eager."""
+    b, d, l = shape["batch"], shape["dim"], shape["latent"]
+    fused = "fastvae-torch" if smoke else "fastvae-triton"
+    out = [(Case("elbo", b, d, l, dtype=dtype, device=device.type),
+            ("eager",) + (() if smoke else ("compile",)) + (fused,))
+           for dtype in DTYPES.values()]
+    out += [(Case("reparameterize", b, 0, l, k=k, device=device.type), ("eager", fused))
+            for k in (1, 16)]
+    return out
 
 
 def captured_bar(device, bw, reps, budget_s, smoke):
-    """Rows of ``--captured-bar``: per dtype and variant, ms per graph replay (None off
+    """Rows of ``--captured-bar``: per case and variant, ms per graph replay (None off
     CUDA), % of the copy roofline and the ratios to eager's and compile's replays."""
     from fastvae import bench
-    shape = SMOKE if smoke else BAR
-    variants = ("eager", "fastvae-torch") if smoke else CAPTURED_VARIANTS
     rows = []
-    for dt, dtype in DTYPES.items():
-        case = Case("elbo", shape["batch"], shape["dim"], shape["latent"], dtype=dtype,
-                    device=device.type)
+    for case, variants in captured_cases(SMOKE if smoke else BAR, device, smoke):
+        label = f"{case.op} {case.shape} {case.dtype_name}"
         if time.monotonic() - T0 > budget_s:
-            rows.append({"dtype": dt, "error": "skipped: budget spent"})
+            rows.append({"case": label, "error": "skipped: budget spent"})
             continue
         try:
             prepared = bench.prepare(case, list(variants))
         except Exception as e:  # a variant that disagrees or fails: reported, the rest run
-            rows.append({"dtype": dt, "error": f"{type(e).__name__}: {e}"[:300]})
-            log(f"captured {dt}: FAILED {rows[-1]['error']}")
+            rows.append({"case": label, "error": f"{type(e).__name__}: {e}"[:300]})
+            log(f"captured {label}: FAILED {rows[-1]['error']}")
             continue
         got = {}
         for v in variants:
             try:
                 got[v] = graph_ms(prepared.steps[v], device, reps)
             except Exception as e:  # reported, the other variants still run
-                rows.append({"dtype": dt, "variant": v, "error": f"{type(e).__name__}: {e}"[:300]})
-                log(f"captured {dt} {v}: FAILED {rows[-1]['error']}")
+                rows.append({"case": label, "variant": v,
+                             "error": f"{type(e).__name__}: {e}"[:300]})
+                log(f"captured {label} {v}: FAILED {rows[-1]['error']}")
         nbytes = bytes_moved(case)
         for v, ms in got.items():
             def ratio(ref):
                 return got[ref] / ms if ms and got.get(ref) else None
-            rows.append({"dtype": dt, "variant": v, "graph_ms": ms,
-                         "pct_roof": 100 * nbytes / (ms / 1e3) / bw if ms else None,
+            rows.append({"case": label, "variant": v, "graph_ms": ms,
+                         "pct_roof": 100 * nbytes / (ms / 1e3) / bw if ms and nbytes else None,
                          "x_eager": ratio("eager"), "x_compile": ratio("compile")})
-            log(f"captured {dt} {v}: " + (f"{ms:.3f} ms, {rows[-1]['pct_roof']:.1f}% roof"
-                                           if ms else "no CUDA graph off a GPU"))
+            log(f"captured {label} {v}: " + (f"{ms:.3f} ms" if ms else
+                                              "no CUDA graph off a GPU"))
         del prepared
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -333,21 +342,21 @@ def captured_bar(device, bw, reps, budget_s, smoke):
 
 
 def captured_markdown(res):
-    lines = [f"# ELBO bar, each variant's fwd+bwd captured in a CUDA graph: {res['device']}, "
+    lines = [f"# The bar cases, each variant's fwd+bwd captured in a CUDA graph: {res['device']}, "
              f"torch {res['torch']}, triton {res['triton']}",
              f"shape {res['shape']}; copy bandwidth {res['copy_gbps']:.0f} GB/s; ms per replay, "
              "back-to-back replays (L2 warm)", "",
-             "| dtype | variant | graph ms | % roof | x eager | x compile |",
+             "| case | variant | graph ms | % roof | x eager | x compile |",
              "|---|---|---:|---:|---:|---:|"]
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
     for r in res["rows"]:
         if "error" in r:
-            lines.append(f"| {r['dtype']} | {r.get('variant', '')} | FAILED: {r['error']} "
+            lines.append(f"| {r['case']} | {r.get('variant', '')} | FAILED: {r['error']} "
                          "| | | |")
             continue
-        lines.append(f"| {r['dtype']} | {r['variant']} | {fmt(r['graph_ms'], '.3f')} | "
+        lines.append(f"| {r['case']} | {r['variant']} | {fmt(r['graph_ms'], '.3f')} | "
                      f"{fmt(r['pct_roof'], '.1f')} | {fmt(r['x_eager'], '.2f')} | "
                      f"{fmt(r['x_compile'], '.2f')} |")
     return "\n".join(lines)

@@ -14,9 +14,10 @@
 #                  (eager, compile, fastvae) and reparameterize B=65536 L=64 K=1,16 fp32
 #                  (eager, fastvae: its bar is against eager)
 #                                                                  -> bar.md, bar_*.json
-#   captured 90 s  gpu_probe.py --captured-bar: the ELBO bar case again, each variant's step
-#                  (eager, compile, fastvae; checked as bench checks them) captured in a CUDA
-#                  graph and replayed: GPU time without the host   -> captured_bar.md, .json
+#   captured 110 s gpu_probe.py --captured-bar: the bar's cases again (ELBO fp32, bf16;
+#                  reparameterize K=1, 16), each variant's step (eager, compile, fastvae;
+#                  checked as bench checks them) captured in a CUDA graph and replayed: GPU
+#                  time without the host                         -> captured_bar.md, .json
 #   probe    80 s  benchmarks/gpu_probe.py: per-kernel GPU time, host enqueue time, % of
 #                  the copy roofline, CUDA-graph replay; IWAE K=5,50 -> probe.md, probe.json
 #   tiles    85 s  benchmarks/gpu_tiles.py: the ELBO row kernel under candidate tiles, warps
@@ -160,8 +161,8 @@ fi
 # ------------------------------------------------------------------ captured
 if want captured; then
   if [ "$HAVE_CUDA" = 0 ]; then
-    stage "captured bar" 90 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --captured-bar \
-      --out "$OUT" --budget-s 75
+    stage "captured bar" 110 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --captured-bar \
+      --out "$OUT" --budget-s 95
   elif [ "$SMOKE" != 0 ]; then
     stage "captured bar (CPU smoke)" 60 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py \
       --smoke --captured-bar --out "$OUT" --reps 3

@@ -52,6 +52,45 @@ def log(msg):
 T0 = time.monotonic()
 
 
+def fmt(v, spec=""):
+    """A table cell: ``v`` formatted, "-" for None."""
+    return "-" if v is None else format(v, spec)
+
+
+def device_for(script: str, smoke: bool):
+    """The device a script measures on: CUDA, or the CPU under ``--smoke``; None (after a
+    one-line reason) when neither."""
+    if torch.cuda.is_available() and not smoke:
+        return torch.device("cuda")
+    if smoke:
+        return torch.device("cpu")
+    print(f"{script}: no CUDA device (torch.cuda.is_available() is False); --smoke exercises "
+          "the code paths on CPU", file=sys.stderr)
+    return None
+
+
+def environment(device, shape, bw, **extra) -> dict:
+    """The head of a report: card (or "cpu (smoke)"), versions, shape, copy bandwidth."""
+    cuda = device.type == "cuda"
+    return {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
+            "torch": torch.__version__, "triton": _triton_version(), **extra, "shape": shape,
+            "copy_gbps": bw / 1e9, "cuda": cuda}
+
+
+def write_report(out_dir: str, name: str, res: dict, md: str) -> None:
+    """``name``.json and ``name``.md in ``out_dir``; the table printed."""
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+
+
+def failed(rows) -> bool:
+    """Whether a row failed (a row skipped for the budget did not)."""
+    return any("error" in r and not r["error"].startswith("skipped") for r in rows)
+
+
 def elbo_step(shape, dtype, device, backend):
     b, d, l = shape["batch"], shape["dim"], shape["latent"]
     g = torch.Generator(device=device).manual_seed(0)
@@ -348,9 +387,6 @@ def captured_markdown(res):
              "back-to-back replays (L2 warm)", "",
              "| case | variant | graph ms | % roof | x eager | x compile |",
              "|---|---|---:|---:|---:|---:|"]
-
-    def fmt(v, spec):
-        return "-" if v is None else format(v, spec)
     for r in res["rows"]:
         if "error" in r:
             lines.append(f"| {r['case']} | {r.get('variant', '')} | FAILED: {r['error']} "
@@ -376,8 +412,6 @@ def markdown(res):
             continue
         ks = "; ".join(f"{k[:40]} {v['us']:.1f} x{v['per_step']:g}"
                        for k, v in list(r["kernels"].items())[:6])
-        def fmt(v, spec):
-            return "-" if v is None else format(v, spec)
         lines.append(f"| {r['case']} | {r['gpu_ms']:.3f} | {fmt(r.get('graph_ms'), '.3f')} | "
                      f"{r['host_us']:.0f} | {fmt(r['gbps'], '.0f')} | {fmt(r['pct_roof'], '.0f')} "
                      f"| {ks} |")
@@ -400,12 +434,10 @@ def main(argv=None):
                    help="stop starting new cases after this many seconds")
     p.add_argument("--reps", type=o.positive_int, default=20)
     args = p.parse_args(argv)
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda and not args.smoke:
-        print("gpu_probe.py: no CUDA device (torch.cuda.is_available() is False); "
-              "--smoke exercises the code paths on CPU", file=sys.stderr)
+    device = device_for("gpu_probe.py", args.smoke)
+    if device is None:
         return 2
-    device = torch.device("cuda" if cuda else "cpu")
+    cuda = device.type == "cuda"
     backend = "triton" if cuda else "torch"
     shape = SMOKE if args.smoke else BAR
     if args.ncu_target == "iwae":
@@ -428,20 +460,12 @@ def main(argv=None):
     bw_bytes = (64 << 20) if args.smoke else (1 << 30)
     bw = copy_bandwidth(device, bw_bytes)
     log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
-    res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
-           "torch": torch.__version__, "backend": backend,
-           "triton": _triton_version(), "shape": shape, "copy_gbps": bw / 1e9,
-           "copy_bytes": bw_bytes, "cuda": cuda, "rows": []}
+    res = environment(device, shape, bw, backend=backend, copy_bytes=bw_bytes)
     if args.captured_bar:
         res["rows"] = captured_bar(device, bw, args.reps, args.budget_s, args.smoke)
-        with open(os.path.join(args.out, "captured_bar.json"), "w") as f:
-            json.dump(res, f, indent=1)
-        md = captured_markdown(res)
-        with open(os.path.join(args.out, "captured_bar.md"), "w") as f:
-            f.write(md + "\n")
-        print(md)
-        return 1 if any("error" in r and not r["error"].startswith("skipped")
-                        for r in res["rows"]) else 0
+        write_report(args.out, "captured_bar", res, captured_markdown(res))
+        return 1 if failed(res["rows"]) else 0
+    res["rows"] = []
     for name, make, with_graph in cases(shape, device, backend, args.smoke):
         if time.monotonic() - T0 > args.budget_s:
             res["rows"].append({"case": name, "error": "skipped: probe budget spent"})
@@ -457,13 +481,8 @@ def main(argv=None):
             log(f"case {name}: FAILED {res['rows'][-1]['error']}")
         if cuda:
             torch.cuda.empty_cache()
-    with open(os.path.join(args.out, "probe.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    md = markdown(res)
-    with open(os.path.join(args.out, "probe.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
-    return 1 if any("error" in r and not r["error"].startswith("skipped") for r in res["rows"]) else 0
+    write_report(args.out, "probe", res, markdown(res))
+    return 1 if failed(res["rows"]) else 0
 
 
 def _triton_version():

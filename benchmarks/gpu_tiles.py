@@ -33,7 +33,6 @@ if "--smoke" in sys.argv[1:]:  # before triton's jit decorators run: the kernels
 
 import argparse  # noqa: E402
 import importlib  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -242,14 +241,12 @@ def markdown(res) -> str:
         if "error" in r:
             lines.append(f"| {r['dtype']} | {r['candidate']} | {r['error']} | | | | | | |")
             continue
-        def fmt(v, spec=""):
-            return "-" if v is None else format(v, spec)
         base = shipped.get(r["dtype"])
         lines.append(
             f"| {r['dtype']} | {r['candidate']} | {r['block_b']} x {r['block_d']}, "
-            f"{r['warps']}, {r['stages']} | {r['us']:.1f} | {fmt(r['pct_roof'], '.1f')} | "
-            f"{fmt(r['regs'])} | {fmt(r['spills'])} | "
-            f"{fmt(base / r['us'] if base else None, '.3f')} | "
+            f"{r['warps']}, {r['stages']} | {r['us']:.1f} | {gp.fmt(r['pct_roof'], '.1f')} | "
+            f"{gp.fmt(r['regs'])} | {gp.fmt(r['spills'])} | "
+            f"{gp.fmt(base / r['us'] if base else None, '.3f')} | "
             f"{'MISMATCH: ' + r['mismatch'] if r['mismatch'] else 'ok'} |")
     return "\n".join(lines)
 
@@ -267,31 +264,20 @@ def main(argv=None):
     if args.offline:
         print(offline())
         return 0
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda and not args.smoke:
-        print("gpu_tiles.py: no CUDA device (torch.cuda.is_available() is False); "
-              "--smoke exercises the code paths on CPU", file=sys.stderr)
+    device = gp.device_for("gpu_tiles.py", args.smoke)
+    if device is None:
         return 2
-    device = torch.device("cuda" if cuda else "cpu")
+    cuda = device.type == "cuda"
     if not cuda:  # the GPU tiles, run by the interpreter (as benchmarks/host_path.py)
         importlib.import_module("fastvae.backends.triton_backend.configs").CONFIG_MODE = "gpu"
     shape = SMOKE if args.smoke else BAR
     os.makedirs(args.out, exist_ok=True)
     bw_bytes = (64 << 20) if args.smoke else (1 << 30)
     bw = gp.copy_bandwidth(device, bw_bytes)
-    res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
-           "torch": torch.__version__, "triton": gp._triton_version(), "shape": shape,
-           "copy_gbps": bw / 1e9, "cuda": cuda, "rows": sweep(shape, device, cuda, bw,
-                                                              args.budget_s)}
-    with open(os.path.join(args.out, "tiles.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    md = markdown(res)
-    with open(os.path.join(args.out, "tiles.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
-    failed = any("error" in r and not r["error"].startswith("skipped") or r.get("mismatch")
-                 for r in res["rows"])
-    return 1 if failed else 0
+    res = gp.environment(device, shape, bw)
+    res["rows"] = sweep(shape, device, cuda, bw, args.budget_s)
+    gp.write_report(args.out, "tiles", res, markdown(res))
+    return 1 if gp.failed(res["rows"]) or any(r.get("mismatch") for r in res["rows"]) else 0
 
 
 if __name__ == "__main__":

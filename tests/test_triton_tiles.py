@@ -68,6 +68,31 @@ def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
                               free_bits=fb)
 
 
+@pytest.mark.parametrize("like,prior,stages", [("bernoulli", False, 3),
+                                               ("gaussian", False, 3),
+                                               ("continuous_bernoulli", False, 1),
+                                               ("bernoulli", True, 1)])
+def test_elbo_staged_column_loop(seed, gpu_tiles, monkeypatch, like, prior, stages):
+    """ELBO_STAGES > 1 (benchmarks/gpu_tiles.py's candidates) pipelines the column loop of
+    the tiles ELBO_TILE_ELEMENTS gives, values and gradients as the formula's; a learned
+    prior's fp32 tile and ELBO_TILE_BY_LIK's keep 1 (the sweep never timed them)."""
+    from fastvae.backends.triton_backend import _launch, elbo
+    monkeypatch.setitem(gpu_tiles.ELBO_STAGES, 4, 3)
+    monkeypatch.setattr(elbo, "_PLANS", {})
+    seen, inner = [], _launch.launch
+
+    def record(kernel, grid, **args):
+        if "STAGES" in args:
+            seen.append(args["STAGES"])
+        return inner(kernel, grid, **args)
+    monkeypatch.setattr(_launch, "launch", record)
+    (x, recon, mu, lv, _), obs, likelihood = make_like(5, 200, 3, like, F32)
+    opts = dict(prior_mu=leaf(torch.randn(3)), prior_logvar=leaf(torch.randn(3))) if prior else {}
+    check_against_formula(x, recon, mu, lv, None, "triton", likelihood=likelihood,
+                          obs_logvar=obs, reduction="sum", **opts)
+    assert seen and set(seen) == {stages}, seen
+
+
 def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches, monkeypatch):
     """The scale launch's grid is capped (one program per SM on a GPU, 4 off it); capped
     here at 2 on every device, d/drecon's 6 blocks of the shipped 8192 are walked by

@@ -195,9 +195,13 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
     return block_b, block_d, block_l, warps
 
 
-def elbo_stages(element_size: int) -> int:
-    """STAGES of the ELBO row kernel (its column loop's pipeline depth)."""
-    return 1 if interpreter_tiles() else ELBO_STAGES[element_size]
+def elbo_stages(element_size: int, lik: int = BERNOULLI, prior: bool = False) -> int:
+    """STAGES of the ELBO row kernel (its column loop's pipeline depth): ELBO_STAGES for
+    the tiles ELBO_TILE_ELEMENTS gives (what benchmarks/gpu_tiles.py times), 1 for the
+    others (a learned prior's fp32 tile, ELBO_TILE_BY_LIK's) and the interpreter's."""
+    if interpreter_tiles() or prior or (lik, element_size) in ELBO_TILE_BY_LIK:
+        return 1
+    return ELBO_STAGES[element_size]
 
 
 def ticket_sum_block() -> int:

@@ -155,8 +155,8 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         NEED_GMU=bool(needs[2]), NEED_GLV=bool(needs[3]), NEED_GZ=bool(needs[4]) and z is not None,
         PRIOR=prior, NEED_GPM=prior and bool(needs[6]), NEED_GPLV=prior and bool(needs[7]),
         INT64=int64, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
-        BLOCK_SUM=configs.ticket_sum_block(), STAGES=configs.elbo_stages(x.element_size()),
-        num_warps=warps),
+        BLOCK_SUM=configs.ticket_sum_block(),
+        STAGES=configs.elbo_stages(x.element_size(), lik, prior), num_warps=warps),
         # absent pointers: a dummy of the dtype the tensor would have (Triton specializes
         # on it), the gradients' as their inputs', z's gradient as mu's
         dummies(X=x.dtype, R=recon.dtype, OBS=obs_arg.dtype, Z=mu.dtype, PM=pm.dtype,

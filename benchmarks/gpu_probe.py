@@ -77,13 +77,15 @@ def environment(device, shape, bw, **extra) -> dict:
             "copy_gbps": bw / 1e9, "cuda": cuda}
 
 
-def write_report(out_dir: str, name: str, res: dict, md: str) -> None:
-    """``name``.json and ``name``.md in ``out_dir``; the table printed."""
+def write_report(out_dir: str, name: str, res: dict, md: str, quiet: bool = False) -> None:
+    """``name``.json and ``name``.md in ``out_dir``, the table printed unless ``quiet``
+    (a partial report, rewritten after each row)."""
     with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
         json.dump(res, f, indent=1)
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(md + "\n")
-    print(md)
+    if not quiet:
+        print(md)
 
 
 def failed(rows) -> bool:
@@ -341,12 +343,13 @@ def captured_cases(shape, device, smoke):
     return out
 
 
-def captured_bar(device, bw, reps, budget_s, smoke):
-    """Rows of ``--captured-bar``: per case and variant, ms per graph replay (None off
-    CUDA), % of the copy roofline and the ratios to eager's and compile's replays."""
+def captured_bar(device, bw, reps, budget_s, smoke, rows, saved=lambda: None):
+    """Append the rows of ``--captured-bar`` to ``rows``: per case and variant, ms per
+    graph replay (None off CUDA), % of the copy roofline and the ratios to eager's and
+    compile's replays; ``saved()`` after each case (a killed stage keeps what it has)."""
     from fastvae import bench
-    rows = []
     for case, variants in captured_cases(SMOKE if smoke else BAR, device, smoke):
+        saved()  # the rows so far, a failed case's too
         label = f"{case.op} {case.shape} {case.dtype_name}"
         if time.monotonic() - T0 > budget_s:
             rows.append({"case": label, "error": "skipped: budget spent"})
@@ -375,9 +378,9 @@ def captured_bar(device, bw, reps, budget_s, smoke):
             log(f"captured {label} {v}: " + (f"{ms:.3f} ms" if ms else
                                               "no CUDA graph off a GPU"))
         del prepared
+        saved()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return rows
 
 
 def captured_markdown(res):
@@ -462,7 +465,10 @@ def main(argv=None):
     log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
     res = environment(device, shape, bw, backend=backend, copy_bytes=bw_bytes)
     if args.captured_bar:
-        res["rows"] = captured_bar(device, bw, args.reps, args.budget_s, args.smoke)
+        res["rows"] = []
+        captured_bar(device, bw, args.reps, args.budget_s, args.smoke, res["rows"],
+                     lambda: write_report(args.out, "captured_bar", res,
+                                          captured_markdown(res), quiet=True))
         write_report(args.out, "captured_bar", res, captured_markdown(res))
         return 1 if failed(res["rows"]) else 0
     res["rows"] = []

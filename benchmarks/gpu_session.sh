@@ -97,6 +97,12 @@ bundle() {
   tar czf "$FINAL/0-session.tgz.part" -C "$FINAL" raw 2>/dev/null \
     && mv -f "$FINAL/0-session.tgz.part" "$FINAL/0-session.tgz"
 }
+script_budget() {  # script_budget MAX: a script's own --budget-s, within what the session has
+  local left=$(( BUDGET - $(elapsed) - 20 ))
+  [ "$left" -gt "$1" ] && left=$1
+  [ "$left" -lt 5 ] && left=5
+  echo "$left"
+}
 want() {  # want STAGE: whether FASTVAE_GPU_STAGES (a comma list; default all) names it
   [ -z "${FASTVAE_GPU_STAGES:-}" ] || [[ ",$FASTVAE_GPU_STAGES," == *",$1,"* ]]
 }
@@ -162,7 +168,7 @@ fi
 if want captured; then
   if [ "$HAVE_CUDA" = 0 ]; then
     stage "captured bar" 110 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --captured-bar \
-      --out "$OUT" --budget-s 95
+      --out "$OUT" --budget-s "$(script_budget 95)"
   elif [ "$SMOKE" != 0 ]; then
     stage "captured bar (CPU smoke)" 60 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py \
       --smoke --captured-bar --out "$OUT" --reps 3
@@ -174,7 +180,8 @@ fi
 # ------------------------------------------------------------------ probe
 if want probe; then
   if [ "$HAVE_CUDA" = 0 ]; then
-    stage "probe" 80 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --out "$OUT" --budget-s 60
+    stage "probe" 80 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --out "$OUT" \
+      --budget-s "$(script_budget 60)"
   elif [ "$SMOKE" != 0 ]; then
     stage "probe (CPU smoke)" 90 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py --smoke \
       --out "$OUT" --reps 3
@@ -186,7 +193,8 @@ fi
 # ------------------------------------------------------------------ tiles
 if want tiles; then
   if [ "$HAVE_CUDA" = 0 ]; then
-    stage "tiles" 85 "$OUT/tiles.log" "$PY" benchmarks/gpu_tiles.py --out "$OUT" --budget-s 70
+    stage "tiles" 85 "$OUT/tiles.log" "$PY" benchmarks/gpu_tiles.py --out "$OUT" \
+      --budget-s "$(script_budget 70)"
   elif [ "$SMOKE" != 0 ]; then
     stage "tiles (CPU smoke)" 60 "$OUT/tiles.log" "$PY" benchmarks/gpu_tiles.py --smoke \
       --out "$OUT"
@@ -210,7 +218,7 @@ fi
 if want hvae; then
   if [ "$HAVE_CUDA" = 0 ]; then
     stage "hvae loop" 70 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py --out "$OUT" \
-      --budget-s 55
+      --budget-s "$(script_budget 55)"
   elif [ "$SMOKE" != 0 ]; then
     stage "hvae loop (CPU smoke)" 60 "$OUT/hvae_loop.log" "$PY" benchmarks/gpu_hvae_loop.py \
       --smoke --out "$OUT" --reps 3

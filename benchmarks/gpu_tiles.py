@@ -232,12 +232,14 @@ def offline() -> str:
 
 
 def markdown(res) -> str:
+    """The report's table; ``local B``: the compiled kernel's local memory a thread
+    (Triton's ``n_spills``, which counts spills and stack alike)."""
     unit = "kernel us" if res["cuda"] else "step wall us (smoke)"
     lines = [f"# ELBO row kernel, candidate configurations: {res['device']}, torch "
              f"{res['torch']}, triton {res['triton']}",
              f"shape {res['shape']}; copy bandwidth {res['copy_gbps']:.0f} GB/s", "",
              f"| dtype | candidate | BLOCK_B x BLOCK_D, warps, stages | {unit} | % roof | "
-             "regs | spill B | x shipped | checked |",
+             "regs | local B | x shipped | checked |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     shipped = {r["dtype"]: r["us"] for r in res["rows"]
                if r["candidate"] == SHIPPED and "us" in r}

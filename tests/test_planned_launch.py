@@ -202,6 +202,55 @@ def test_each_call_keys_on_its_tensors_and_ints(checked):
     assert len(set(checked.keys)) == 6
 
 
+def test_a_rebound_kernel_global_keys_on_its_value(checked):
+    """A global the kernel read when compiled (Triton compares their values on every
+    launch; a direct launch once, then checks each name still holds that object): rebound
+    to an equal value, launches stay direct; to another value, the planned launch raises
+    Triton's own error, as kernel[grid] does; bound back, direct again."""
+    import triton.language as tl
+    k = fastvae.kernels.elbo.elbo_rows_kernel
+    x, recon, mu, lv = _inputs(5, 7, 3)
+    for _ in range(3):
+        _step(x, recon, mu, lv, reduction="sum")
+    numeric = [(name, g) for (name, _), (val, g) in k.used_global_vals.items()
+               if type(getattr(val, "value", None)) is int]
+    assert numeric, "the stand-in compile records the globals the kernel reads"
+    name, g = numeric[0]
+    old = g[name]
+    compared, inside = [], []
+    ne, planned = type(old).__ne__, _planned_launch
+
+    def counted_ne(a, b):
+        compared.extend(inside)
+        return ne(a, b)
+
+    def flagged(p, args, slow):   # the planned launch only, not Triton's own after it
+        inside.append(1)
+        try:
+            return planned(p, args, slow)
+        finally:
+            inside.pop()
+    with pytest.MonkeyPatch.context() as m:   # values compared once, not every launch
+        m.setattr(type(old), "__ne__", counted_ne)
+        m.setattr(sys.modules[__name__], "_planned_launch", flagged)
+        direct = checked.counts["direct"]
+        _step(x, recon, mu, lv, reduction="sum")
+    assert checked.counts["direct"] == direct + 2 and not compared, compared
+    try:
+        direct = checked.counts["direct"]
+        g[name] = tl.constexpr(old.value)          # another object, the same value
+        _step(x, recon, mu, lv, reduction="sum")
+        assert checked.counts["direct"] == direct + 2
+        g[name] = tl.constexpr(old.value + 100)
+        with pytest.raises(RuntimeError, match=f"Global variable {name} has changed"):
+            _step(x, recon, mu, lv, reduction="sum")
+    finally:
+        g[name] = old
+    direct = checked.counts["direct"]
+    _step(x, recon, mu, lv, reduction="sum")
+    assert checked.counts["direct"] == direct + 2
+
+
 def test_launch_hooks_get_the_launch_metadata(checked):
     """With a launch hook registered (a profiler), a direct launch hands the launcher
     Triton's launch metadata; with none, it does not build it (nothing reads it)."""
@@ -291,5 +340,5 @@ def test_under_triton_3_6():
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p",
                            "no:cacheprovider", "-k", "pick or keys_on or child_runs"],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "4 passed" in proc.stdout, \
+    assert proc.returncode == 0 and "5 passed" in proc.stdout, \
         proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -56,6 +56,8 @@ def jit_no_gpu(cc: int = 90, record: bool = True) -> Iterator[List[tuple]]:
 
     def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
         jf = fn.jit_function
+        jf.cache_key  # as a compile would: it records the globals the kernel reads, which
+        # every later launch checks (JITFunction.run, _planned) and so pays for
         jf.device_caches[compile["device"]][0][key] = kernel_class(
             (compile["device"], str(key)), fn.name, runs if record else None)
         filled.append((jf, compile["device"]))

@@ -29,7 +29,10 @@ each round also times a fixed calibration loop (``calib``: 20 ``torch.empty(1)``
 200 empty Python calls); ``step / calib`` is comparable across runs and machines, the
 microseconds only within one run; ``/ floor`` is the median of the rounds' ratios,
 ``min/min`` the ratio of the least-disturbed rounds. ``floor`` is the same step through a bare
-autograd.Function that only allocates its outputs: what autograd itself costs. Times are
+autograd.Function that only allocates its outputs: what autograd itself costs.
+``launches only`` (the ELBO): that Function plus the step's two planned launches, stubbed,
+with the real step's arguments: the least any design of the op can cost here; the stubbed
+step above it is fastvae's dispatch, checks, plan lookups and bookkeeping. Times are
 the thread's CPU time (``time.thread_time``). ``py calls`` counts Python-level function
 calls per step (``sys.setprofile``), independent of the machine.
 """
@@ -154,6 +157,46 @@ def make_floor(args):
     return step
 
 
+def make_launches_only(args, record):
+    """The ELBO step as a bare autograd.Function that does only what no design can skip:
+    the floor's allocations and autograd, plus the step's two planned launches (the row
+    kernel forward, the scale kernel backward) with the arguments the real step passed
+    (``record``: its launches, stubbed). What is left above this is fastvae's dispatch,
+    checks, plan lookups and higher-order bookkeeping. None for another op."""
+    if args.op != "elbo" or len(record) != 2:
+        return None
+    import importlib
+    plans = {p.kernel: p for host in ("elbo", "scale") for plan in importlib.import_module(
+        f"fastvae.backends.triton_backend.{host}")._PLANS.values()
+        for p in ((plan["rows"],) if isinstance(plan, dict) else (plan,))}
+    (row_k, _, row_args), (scale_k, _, scale_args) = record
+    row, scale = plans[row_k], plans[scale_k]
+    row_args = {k: v for k, v in row_args.items() if k not in row.fixed}
+    scale_args = {k: v for k, v in scale_args.items() if k not in scale.fixed}
+    dt = DTYPES[args.dtype]
+    x = torch.rand(args.batch, args.dim).to(dt)
+    leaves = [torch.randn(s).to(dt).requires_grad_() for s in leaf_shapes(args)]
+
+    class Launches(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, *ins):
+            grads = [torch.empty_like(t) for t in ins]
+            _launch.launch_planned(row, **row_args)
+            ctx.save_for_backward(*grads)
+            return torch.empty((), dtype=torch.float32)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            _launch.launch_planned(scale, **scale_args)
+            return (None, *ctx.saved_tensors)
+
+    def step():
+        Launches.apply(x, *leaves).backward()
+        for t in leaves:
+            t.grad = None
+    return step
+
+
 def layer_times(args, floor, rounds, calls):
     """Each layer of the planned step called alone (least-disturbed round, us): the host
     function, the op (autograd.Function around it), ``fastvae.elbo`` (validation and
@@ -273,13 +316,20 @@ def measure(args, modes, record):
     per_step = len(record)
 
     floor = make_floor(args)
+    launches_only = make_launches_only(args, record)
     times = {name: [] for name in ("calib", *MODES, "forward", "floor")}
+    if launches_only is not None:
+        times["launches_only"] = []
     for _ in range(args.rounds):  # interleaved, so load changes hit every column alike
         times["calib"].append(timed(calib, max(args.calls // 4, 20)))
         for name in MODES:
             _launch.launch = modes[name]
             times[name].append(timed(step, args.calls))
-        times["forward"].append(timed(lambda: forward(), args.calls))  # planned
+        _launch.launch = modes["planned"]
+        times["forward"].append(timed(lambda: forward(), args.calls))
+        if launches_only is not None:   # stubbed, as the stub mode's launches
+            _launch.launch = modes["stub"]
+            times["launches_only"].append(timed(launches_only, args.calls))
         times["floor"].append(timed(floor, args.calls))
     _launch.launch = modes["planned"]   # for the call count, the layers and the profile
     calls = count_calls(step)
@@ -317,6 +367,9 @@ def measure(args, modes, record):
                        ("stub", "fwd+bwd, launches stubbed")):
         print(f"  {what:28} {res[name + '_us']:10.1f} {res[name + '_us_min']:8.1f} "
               f"{res[name + '_over_floor']:8.2f} {res[name + '_min_over_floor_min']:8.2f}")
+    if "launches_only_us" in res:
+        print(f"  {'launches only, stubbed':28} {res['launches_only_us']:10.1f} "
+              f"{min(times['launches_only']):8.1f} {ratio('launches_only', 'floor'):8.2f}")
     print(f"  {'bare autograd.Function':28} {res['floor_us']:10.1f} {res['floor_us_min']:8.1f}")
     print(f"  forward alone (planned)      {res['forward_us']:10.1f}")
     print(f"  calib {res['calib_us']:.1f} us; planned / calib {res['planned_over_calib']:.2f}; "

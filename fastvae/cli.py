@@ -167,13 +167,18 @@ def _cmd_train(args):
 
 def _load_run(run, device_name):
     """(checkpoint dict, model in eval mode on its device, device)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint
     from .runs import restore_model
     from .train import resolve_device
 
     state = load_checkpoint(run)
     device = resolve_device(device_name)
-    return state, restore_model(state, run).to(device).eval(), device
+    model = restore_model(state, run)
+    if not all(bool(t.isfinite().all()) for t in model.state_dict().values()
+               if t.is_floating_point()):
+        raise CheckpointError(f"{checkpoint_path(run)}: the model's weights are not all finite; "
+                              "nothing it computes or draws would be")
+    return state, model.to(device).eval(), device
 
 
 def _cmd_eval(args):
@@ -181,7 +186,7 @@ def _cmd_eval(args):
     from .data import load_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
-    from .train import check_run_data
+    from .train import check_elbo_finite, check_run_data
 
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])
@@ -194,6 +199,8 @@ def _cmd_eval(args):
     if args.limit is not None:
         test = test[:args.limit]
     m = evaluate(model, test, cfg, device)
+    check_elbo_finite(m, test, cfg["dataset"], "the model's",
+                      "on this data; was it scaled otherwise when the run was trained?")
     m["iwae_nll"] = iwae_nll(model, test, args.k, device, cfg["seed"]) if args.k > 0 else None
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
     m = add_bpd(m, model)
@@ -266,7 +273,8 @@ def main(argv=None) -> int:
     except NonFiniteLoss as e:
         print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
-    except RuntimeError as e:  # out of memory: --hidden, --batch-size, --n, --k too big
+    except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,
+        # --k too big (numpy's picture grid raises MemoryError)
         line = o.out_of_memory_line(f"fastvae {args.command}", e, "try smaller sizes")
         if line is None:
             raise

@@ -26,12 +26,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def out_of_memory_line(prog: str, e: RuntimeError, hint: str):
-    """The one-line error for ``e`` where torch's allocator raised it (a size flag too big
-    for the machine; on the CPU a RuntimeError with no subclass to tell it by); None for
-    any other error, and under FASTVAE_DEBUG (the traceback wanted)."""
+def out_of_memory_line(prog: str, e: Exception, hint: str):
+    """The one-line error for ``e`` where an allocator raised it (a size flag too big for
+    the machine: torch's, on the CPU a RuntimeError with no subclass to tell it by, or
+    numpy's / Python's MemoryError); None for any other error, and under FASTVAE_DEBUG
+    (the traceback wanted)."""
     if os.environ.get("FASTVAE_DEBUG") or not (
-            isinstance(e, getattr(torch, "OutOfMemoryError", ()))
+            isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
             or "can't allocate memory" in str(e)):
         return None
     return f"{prog}: error: out of memory ({str(e).splitlines()[0]}); {hint}"
@@ -235,3 +236,7 @@ def check_objective(cfg: dict) -> None:
     elif int(cfg.get("kl_warmup") or 0) != 0:
         raise ValueError("kl_warmup: --objective iwae is the importance-weighted bound, which has "
                          "no KL weight to ramp; leave --kl-warmup at 0 or use --objective elbo")
+    elif (cfg.get("kl") or "analytic") != "analytic":
+        raise ValueError("kl: --objective iwae scores each sample's log-weight, log p(x, z) - "
+                         "log q(z|x), with no separate KL to choose; leave --kl analytic or use "
+                         "--objective elbo")

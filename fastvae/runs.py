@@ -55,8 +55,9 @@ class RunFolderError(Exception):
 
 
 def _default_candidates(dataset: str) -> list[Path]:
-    stem = Path(dataset).stem if dataset.endswith((".npy", ".npz")) else dataset
-    base = Path("runs") / stem
+    # a file's name without its folders or suffix, whatever its case (UP.NPY -> runs/UP);
+    # a named dataset (digits, mnist, fashion-mnist) is its own stem
+    base = Path("runs") / (Path(dataset).stem or dataset)
     return [base] + [Path(f"{base}-{i}") for i in range(2, 10_000)]
 
 

@@ -49,6 +49,8 @@ __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "res
            "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
            "MissingExtra"]
 
+# The files a run writes in its folder besides the checkpoint (_finish).
+RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png", "latent.png")
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
                 "download", "threads")
@@ -121,6 +123,16 @@ def _check_data(data, likelihood: str):
                             f"[{lo:g}, {hi:g}]; rescale the data or use --likelihood gaussian")
 
 
+def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str, fix: str) -> None:
+    """DataError when ``m`` (:func:`~fastvae.evaluation.evaluate` on ``images``) has a
+    non-finite ELBO: the model's densities overflow on this data, which no learning rate
+    can help; ``whose`` model it is and what to ``fix`` go into the message."""
+    if not math.isfinite(m["elbo"]):
+        lo, hi = float(images.min()), float(images.max())
+        raise DataError(f"{whose} test ELBO is {m['elbo']} on {dataset} (values in "
+                        f"[{lo:g}, {hi:g}]): its densities overflow {fix}")
+
+
 def check_run_data(data, likelihood: str, data_shape, ckpt_file) -> None:
     """The data a saved model meets (resumed or evaluated): in range for its likelihood and
     of the shape it was trained on (``data_shape``; None skips that check)."""
@@ -159,6 +171,12 @@ def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
         if ckpt_file.exists():
             raise CheckpointError(f"{ckpt_file} already exists; pass --resume to continue that "
                                   "run, or choose another --out")
+        # what a run writes: a folder holding any of them (without a checkpoint) is not
+        # taken over either, or a fresh run would overwrite them
+        held = [n for n in RUN_FILES if (ckpt_file.parent / n).exists()]
+        if held:
+            raise RunFolderError(f"{ckpt_file.parent} already holds {', '.join(held)}, which a "
+                                 "run writes; choose another --out (or move them)")
         return dict(full, dataset=stored_name(full["dataset"])), None
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
@@ -363,14 +381,17 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         _set_rng_state(state["rng"], run.shuffle_gen, rank, world)
         run.history, run.initial = list(state["history"]), state.get("initial_test")
         run.start = state["epoch"]
+        # data changed since (rescaled, replaced): said now, not as a non-finite loss that
+        # a lower --lr cannot fix (evaluate draws from its own generator: resume stays exact)
+        check_elbo_finite(evaluate(core, data.test, cfg, device), data.test, cfg["dataset"],
+                          "the resumed model's", "on this data; was it scaled otherwise when "
+                          "the run was trained?")
         say(f"resuming {cfg['out']} at epoch {run.start}")
     else:
         run.initial = evaluate(core, data.test, cfg, device)
-        if not math.isfinite(run.initial["elbo"]):  # before any step: no --lr can help
-            lo, hi = float(data.test.min()), float(data.test.max())
-            raise DataError(f"the untrained model's test ELBO is {run.initial['elbo']} on "
-                            f"{cfg['dataset']} (values in [{lo:g}, {hi:g}]): its densities "
-                            "overflow before training starts; scale the data to about [0, 1]")
+        # before any step: no --lr can help
+        check_elbo_finite(run.initial, data.test, cfg["dataset"], "the untrained model's",
+                          "before training starts; scale the data to about [0, 1]")
         if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
             torch.manual_seed(cfg["seed"] + 1000 * rank)
     run.backend_name = fastvae.select_backend(cfg["backend"], device)

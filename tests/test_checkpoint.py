@@ -176,6 +176,36 @@ def test_eval_on_data_that_changed_since_training(good_run, tmp_path, capsys, im
     _one_error_line(capsys, "x.npy", needle)
 
 
+def test_eval_and_resume_on_data_scaled_since_training(tmp_path, capsys):
+    """A Gaussian run's images replaced by others x 1e20: eval and a resume say that the
+    model's densities overflow on them (one line, exit 2), not a NaN ELBO with exit 0, nor
+    a non-finite loss blamed on the learning rate."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "g.npy"
+    np.save(data, rng.random((40, 4, 4), dtype=np.float32))
+    run = tmp_path / "run"
+    T.train(dict(TINY, out=str(run), dataset=str(data), likelihood="gaussian"), log=quiet)
+    np.save(data, rng.random((40, 4, 4), dtype=np.float32) * 1e20)
+    assert cli.main(["eval", str(run), "--k", "2"]) == 2
+    _one_error_line(capsys, "the model's test ELBO is", "g.npy", "densities overflow")
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2",
+                     "--no-progress"]) == 2
+    _one_error_line(capsys, "the resumed model's test ELBO is", "g.npy")
+    assert load_checkpoint(run)["epoch"] == 1
+
+
+def test_weights_that_are_not_finite_are_refused_by_eval_and_sample(good_run, tmp_path,
+                                                                    capsys):
+    state = load_checkpoint(good_run)
+    next(v for v in state["model"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    for argv in (["eval", str(tmp_path), "--k", "0"],
+                 ["sample", str(tmp_path), "--out", str(tmp_path / "s.png")]):
+        assert cli.main(argv) == 2
+        _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "weights are not all finite")
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_a_checkpoint_file_named_without_a_suffix(good_run, tmp_path, capsys):
     (tmp_path / "ckpt").write_bytes((good_run / CHECKPOINT_NAME).read_bytes())
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--k", "0", "--limit", "2"]) == 0

@@ -38,7 +38,7 @@ def test_train_help_documents_every_flag(capsys):
     assert all(a.help for a in train._actions)
 
 
-def test_train_eval_sample(tmp_path, capsys):
+def test_train_eval_sample(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--out", str(run)]) == 0
     out = capsys.readouterr().out
@@ -50,6 +50,16 @@ def test_train_eval_sample(tmp_path, capsys):
     png = tmp_path / "s.png"
     assert cli.main(["sample", str(run), "--n", "10", "--out", str(png)]) == 0
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    # numpy's MemoryError (the picture grid of a huge --n) is the out-of-memory line too
+    from fastvae import plots
+
+    def no_memory(*a, **k):
+        raise MemoryError("Unable to allocate 46.6 GiB for an array with shape (10000000, 8)")
+    with monkeypatch.context() as m:
+        m.setattr(plots, "save_grid", no_memory)
+        assert cli.main(["sample", str(run), "--n", "10", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out of memory (Unable to allocate" in err, err
     # --resume continues the same run to more epochs
     assert cli.main(["train", "--epochs", "2", "--out", str(run), "--resume", "--no-progress",
                      "--iwae-k", "0"]) == 0

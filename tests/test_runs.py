@@ -1,6 +1,7 @@
 """The run folder: claimed atomically (two runs started together never share one), locked
 for the run, checked writable before any data is loaded, and not left behind empty."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,26 @@ def test_a_failed_start_keeps_a_folder_it_did_not_create(tmp_path, capsys):
     assert cli.main(["train", *TINY_ARGS, "--dataset", "mnist", "--data-dir",
                      str(tmp_path / "nodata"), "--out", str(out)]) == 2
     assert out.is_dir()
+
+
+def test_a_folder_holding_a_run_s_files_without_a_checkpoint_is_not_taken_over(tmp_path):
+    """metrics.json or a picture a run would write, with no checkpoint to resume: refused,
+    the files as they were."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": 1}')
+    (out / "samples.png").write_bytes(b"x")
+    with pytest.raises(T.RunFolderError, match="already holds metrics.json, samples.png"):
+        T.train(dict(TINY, out=str(out)), log=quiet)
+    assert (out / "metrics.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.png"]
+
+
+def test_the_default_folder_of_an_array_file_is_named_for_it_whatever_its_suffix(tmp_path,
+                                                                                monkeypatch):
+    from fastvae.runs import newest_run
+    monkeypatch.chdir(tmp_path)
+    for name in ("/data/UP.NPY", "rel/dir/imgs.npz", "/data/plain", "digits", "fashion-mnist"):
+        want = {"/data/UP.NPY": "UP", "rel/dir/imgs.npz": "imgs", "/data/plain": "plain"}.get(
+            name, name)
+        assert newest_run(name) == Path("runs") / want

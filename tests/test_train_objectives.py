@@ -64,6 +64,7 @@ def test_the_defaults_are_the_single_sample_elbo(tmp_path):
     (dict(model="hvae", k=3), "model", "hvae trains the ELBO"),
     # settings a run would otherwise ignore without a word
     (dict(objective="iwae", k=2, kl_warmup=3), "kl_warmup", "no KL weight to ramp"),
+    (dict(objective="iwae", k=2, kl="mc"), "kl", "no separate KL to choose"),
     (dict(model="hvae", hidden=[64]), "hidden", "hvae model has no hidden layers"),
     (dict(model="mlp", groups=3), "groups", "mlp model has no latent groups"),
     (dict(model="mlp", channels=[8]), "channels", "its sizes are --hidden$"),

@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     except OSError as e:  # the table is printed; the file system refused --json or --plot
         print(f"fastvae bench: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
+    except (RuntimeError, MemoryError) as e:
         line = o.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
         if line is None:
             raise

@@ -231,6 +231,14 @@ def load_checkpoint(run, map_location="cpu") -> dict:
             raise CheckpointError(f"{path} does not match its checksum: the file is damaged "
                                   "(disk or copy error) or was edited; use another copy")
     require(state, path, ("config", "model", "epoch"), "to use it")
+    # what every use reads first: a config that is no dict, or an epoch no count, is a
+    # file written by something else (its checksum can still match)
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: its config is a {type(state['config']).__name__}, not a "
+                              "dict")
+    epoch = state["epoch"]
+    if type(epoch) is not int or epoch < 0:
+        raise CheckpointError(f"{path}: its epoch is {epoch!r}, not a count of trained epochs")
     return state
 
 

@@ -94,7 +94,7 @@ def _add_train(sub):
     a("--iwae-k", type=o.non_negative_int, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
            f"[default: {d['iwae_k']}]")
-    a("--threads", type=o.non_negative_int, default=None,
+    a("--threads", type=o.threads, default=None,
       help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such as digits "
            "and MNIST, where more threads only add waiting; else torch's default) [default: 0]")
     _bool_flag(p, "--progress", "show the tqdm progress bar [default: on]")
@@ -121,8 +121,8 @@ def _add_sample(sub):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
-    p.add_argument("--out", type=o.png_file, default=None,
-                   help="PNG to write, its name ending in .png [default: RUN/samples-N.png]")
+    p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
+                   help="PNG to write, its name ending in .png (default: RUN/samples-N.png)")
     p.add_argument("--seed", type=o.seed, default=0, help="random seed for z ~ N(0, I)")
     p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
     p.add_argument("--device", type=o.device, default="auto",
@@ -229,7 +229,8 @@ def _cmd_sample(args):
     _, model, device = _load_run(args.run, args.device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     images = model.sample(args.n, generator=gen).float().cpu()
-    out = Path(args.out) if args.out else checkpoint_path(args.run).parent / f"samples-{args.n}.png"
+    out = getattr(args, "out", None)
+    out = Path(out) if out else checkpoint_path(args.run).parent / f"samples-{args.n}.png"
     plots.save_grid(images, out, ncol=args.ncol)
     print(f"wrote {args.n} samples to {out}")
     return 0
@@ -281,7 +282,10 @@ def main(argv=None) -> int:
         print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fastvae {args.command}: interrupted; the last checkpoint is intact", file=sys.stderr)
+        # nothing eval or sample writes is left half-written either; train's checkpoints
+        # are replaced whole (--resume continues from the last one, if any was written)
+        done = "; any checkpoint it wrote is intact" if args.command == "train" else ""
+        print(f"fastvae {args.command}: interrupted{done}", file=sys.stderr)
         return 130
 
 

@@ -78,6 +78,24 @@ def non_negative_int(value) -> int:
     return n
 
 
+# More CPU threads than any machine has cores: OpenMP would try to start them all (libgomp
+# aborts the process, out of memory, at 100000).
+MAX_THREADS = 1024
+
+
+def threads(value) -> int:
+    """A CPU thread count: 0 (automatic) to MAX_THREADS."""
+    n = non_negative_int(value)
+    if n > MAX_THREADS:
+        raise BadValue(f"must be at most {MAX_THREADS}, got {n}")
+    return n
+
+
+def positive_threads(value) -> int:
+    """A CPU thread count: 1 to MAX_THREADS."""
+    return threads(positive_int(value))
+
+
 def seed(value) -> int:
     n = _int(value)
     if not 0 <= n < 2 ** 63 - 2 ** 20:  # the run adds small offsets for its generators
@@ -163,7 +181,7 @@ TRAIN_CHECKS = {
     "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
     "lr": positive_float,
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device, "iwae_k": non_negative_int,
-    "threads": non_negative_int, "k": positive_int, "n_mix": positive_int, "out": folder,
+    "threads": threads, "k": positive_int, "n_mix": positive_int, "out": folder,
 }
 OBJECTIVES = ("elbo", "iwae")
 # The architecture settings each model reads: another one given is refused, not ignored.

@@ -35,9 +35,7 @@ def load_weights(model: torch.nn.Module, weights, path) -> None:
 def restore_model(state: dict, run) -> torch.nn.Module:
     """The model of a loaded checkpoint, weights in place (CPU, train mode)."""
     path = checkpoint_path(run)
-    config = state["config"]
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a dict")
+    config = state["config"]   # a dict: load_checkpoint checked it
     for key in MODEL_KEYS:
         if key not in config:
             raise CheckpointError(f"{path}: its config lacks '{key}', needed to build the model")

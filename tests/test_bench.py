@@ -100,7 +100,7 @@ def test_fastvae_bench_subcommand(capsys):
 @pytest.mark.parametrize("flag,value", [
     ("--ops", "foo"), ("--variants", "bogus"), ("--ops", ","), ("--variants", ""), ("--dtype", "fp8"), ("--batch", "-5"),
     ("--k-iwae", "0"), ("--dim", "-1"), ("--reps", "0"), ("--budget", "nan"),
-    ("--threads", "0"), ("--device", "tpu"), ("--max-elements", "-1"),
+    ("--threads", "0"), ("--threads", "100000"), ("--device", "tpu"), ("--max-elements", "-1"),
     ("--json", "/nonexistent-dir/x.json"), ("--plot", "speedups.txt"), ("--cpu-time", None),
     ("--json", os.path.join(__file__, "x.json")),   # under a file, not a folder
     ("--batch", ","), ("--latent", ""), ("--json", ""), ("--plot", ""),

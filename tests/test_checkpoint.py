@@ -194,6 +194,24 @@ def test_eval_and_resume_on_data_scaled_since_training(tmp_path, capsys):
     assert load_checkpoint(run)["epoch"] == 1
 
 
+@pytest.mark.parametrize("key,value,needle", [("config", [1, 2], "its config is a list"),
+                                               ("epoch", -1, "its epoch is -1"),
+                                               ("epoch", "3", "its epoch is '3'")])
+@pytest.mark.parametrize("command", ["eval", "sample", "resume"])
+def test_a_config_or_epoch_of_the_wrong_kind(good_run, tmp_path, capsys, key, value, needle,
+                                             command):
+    """Written by something else, with a checksum that matches: one line, exit 2."""
+    state = load_checkpoint(good_run)
+    state[key] = value
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    argv = {"eval": ["eval", str(tmp_path), "--k", "0"],
+            "sample": ["sample", str(tmp_path), "--out", str(tmp_path / "s.png")],
+            "resume": ["train", "--out", str(tmp_path), "--resume", "--epochs", "2",
+                       "--no-progress"]}[command]
+    assert cli.main(argv) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, needle)
+
+
 def test_weights_that_are_not_finite_are_refused_by_eval_and_sample(good_run, tmp_path,
                                                                     capsys):
     state = load_checkpoint(good_run)

@@ -167,7 +167,7 @@ BAD_VALUES = [
     ("train", "--device", "cuda:x"), ("train", "--lr", "0"), ("train", "--lr", "-1e-3"),
     ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--lr", "1e300"),
     ("train", "--beta", "-1"), ("train", "--beta", "1e39"),
-    ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"),
+    ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"), ("train", "--threads", "100000"),
     ("train", "--seed", "-1"), ("train", "--batch-size", "many"), ("train", "--n-mix", "0"),
     ("train", "--out", ""), ("sample", "--out", " "), ("sample", "--out", "x.txt"),
     ("sample", "--out", "x"), ("sample", "--out", "pngs/"),
@@ -195,7 +195,8 @@ def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, 
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
                                        ("beta", float("nan")), ("lr", 1e300), ("iwae_k", -1),
-                                       ("threads", -1), ("device", "tpu"), ("seed", -1),
+                                       ("threads", -1), ("threads", 100000),
+                                       ("device", "tpu"), ("seed", -1),
                                        ("n_mix", 0), ("out", "")])
 def test_the_training_api_checks_its_settings_too(tmp_path, key, value):
     from fastvae import train as T
@@ -276,3 +277,16 @@ def test_data_the_untrained_model_cannot_score_is_refused_before_training(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "wide.npy" in err and "values in [" in err, err
     assert "--lr" not in err and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_is_one_line_that_promises_only_what_the_command_keeps(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    for command, cmd_fn, tail in (("eval", "_cmd_eval", "interrupted"),
+                                  ("sample", "_cmd_sample", "interrupted"),
+                                  ("train", "_cmd_train",
+                                   "interrupted; any checkpoint it wrote is intact")):
+        monkeypatch.setattr(cli, cmd_fn, interrupted)
+        argv = [command] + (["some_run"] if command != "train" else [])
+        assert cli.main(argv) == 130
+        assert capsys.readouterr().err == f"fastvae {command}: {tail}\n"

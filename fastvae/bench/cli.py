@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fp32 (CPU default), bf16, fp16 (GPU default fp32,bf16)")
     parser.add_argument("--device", type=o.device, default="auto",
                         help="cpu, cuda or auto (default)")
-    parser.add_argument("--threads", type=o.positive_int, default=None,
+    parser.add_argument("--threads", type=o.positive_threads, default=None,
                         help="torch.set_num_threads for the run (default: torch's, one per core)")
     parser.add_argument("--reps", type=o.positive_int, default=None,
                         help="most interleaved rounds (default 15, quick 9); --budget lowers "

@@ -109,6 +109,11 @@ def test_npy_and_npz(tmp_path):
     assert torch.allclose(ds.train[3], torch.from_numpy(rgb[3]).permute(2, 0, 1))
     np.savez(tmp_path / "c.npz", images=imgs)
     assert load_dataset(str(tmp_path / "c.npz")).shape == (1, 12, 10)
+    # the last axis is channels where it holds 1 to 4 and axis 1 more: two channels too
+    for shape, want in (((20, 8, 8, 2), (2, 8, 8)), ((20, 2, 8, 8), (2, 8, 8)),
+                        ((20, 16, 9, 9), (16, 9, 9)), ((20, 3, 3, 3), (3, 3, 3))):
+        np.save(tmp_path / "d.npy", np.zeros(shape, np.uint8))
+        assert load_dataset(str(tmp_path / "d.npy")).shape == want, shape
 
 
 def test_bad_array_files(tmp_path):

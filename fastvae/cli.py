@@ -183,7 +183,7 @@ def _load_run(run, device_name):
 
 def _cmd_eval(args):
     from .checkpoint import checkpoint_path, json_text
-    from .data import load_dataset
+    from .data import IDX_NAMES, load_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
     from .train import check_elbo_finite, check_run_data
@@ -191,6 +191,9 @@ def _cmd_eval(args):
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])
     if args.data_dir is not None:
+        if cfg["dataset"] not in IDX_NAMES:  # would be ignored: said, not silently dropped
+            raise ValueError(f"--data-dir: the run's dataset {cfg['dataset']} is not read from a "
+                             f"data folder (only {' and '.join(IDX_NAMES)} are); drop --data-dir")
         cfg["data_dir"] = args.data_dir
     data = load_dataset(cfg["dataset"], cfg["data_dir"])
     # the files may have changed since training: a traceback or a meaningless number else

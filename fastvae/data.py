@@ -263,7 +263,7 @@ def _check_array_magic(path: Path) -> None:
 def _is_array_file(name: str) -> bool:
     """Whether ``--dataset`` names an .npy/.npz file rather than a named dataset."""
     return (name != "digits" and name not in IDX_NAMES
-            and (name.endswith((".npy", ".npz")) or os.sep in name))
+            and (name.lower().endswith((".npy", ".npz")) or os.sep in name))
 
 
 def stored_name(name: str) -> str:

@@ -224,6 +224,11 @@ def test_weights_that_are_not_finite_are_refused_by_eval_and_sample(good_run, tm
     assert not (tmp_path / "s.png").exists()
 
 
+def test_eval_data_dir_of_a_run_that_reads_no_data_folder(good_run, tmp_path, capsys):
+    assert cli.main(["eval", str(good_run), "--k", "0", "--data-dir", str(tmp_path)]) == 2
+    _one_error_line(capsys, "--data-dir: the run's dataset digits is not read from a data folder")
+
+
 def test_a_checkpoint_file_named_without_a_suffix(good_run, tmp_path, capsys):
     (tmp_path / "ckpt").write_bytes((good_run / CHECKPOINT_NAME).read_bytes())
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--k", "0", "--limit", "2"]) == 0

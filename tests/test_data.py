@@ -96,7 +96,7 @@ def test_corrupt_gzip(tmp_path):
         read_idx(path)
 
 
-def test_npy_and_npz(tmp_path):
+def test_npy_and_npz(tmp_path, monkeypatch):
     imgs = np.random.RandomState(0).randint(0, 256, (50, 12, 10)).astype(np.uint8)
     np.save(tmp_path / "a.npy", imgs)
     ds = load_dataset(str(tmp_path / "a.npy"))
@@ -109,6 +109,10 @@ def test_npy_and_npz(tmp_path):
     assert torch.allclose(ds.train[3], torch.from_numpy(rgb[3]).permute(2, 0, 1))
     np.savez(tmp_path / "c.npz", images=imgs)
     assert load_dataset(str(tmp_path / "c.npz")).shape == (1, 12, 10)
+    np.save(tmp_path / "UP.npy", imgs)   # a file named in capitals, from its own folder
+    (tmp_path / "UP.npy").rename(tmp_path / "UP.NPY")
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("UP.NPY").shape == (1, 12, 10)
     # the last axis is channels where it holds 1 to 4 and axis 1 more: two channels too
     for shape, want in (((20, 8, 8, 2), (2, 8, 8)), ((20, 2, 8, 8), (2, 8, 8)),
                         ((20, 16, 9, 9), (16, 9, 9)), ((20, 3, 3, 3), (3, 3, 3))):

@@ -84,9 +84,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+            raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev} asked for, but torch sees "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("--device mps asked for, but torch sees no MPS device")
     return dev

@@ -290,3 +290,16 @@ def test_ctrl_c_is_one_line_that_promises_only_what_the_command_keeps(capsys, mo
         argv = [command] + (["some_run"] if command != "train" else [])
         assert cli.main(argv) == 130
         assert capsys.readouterr().err == f"fastvae {command}: {tail}\n"
+
+
+def test_a_cuda_device_that_is_not_there_is_named_as_asked(monkeypatch):
+    import torch
+    from fastvae.train import resolve_device
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"--device cuda:99 asked for, but torch sees no CUDA"):
+            resolve_device("cuda:99")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"--device cuda:99 asked for, but torch sees 2 CUDA"):
+        resolve_device("cuda:99")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)

@@ -95,7 +95,10 @@ def save_curves(history: list, path) -> Path:
     hierarchical model the KL of every latent group (a fourth panel)."""
     plt = _plt()
     groups = len(history[0]["test"].get("kl_groups") or []) if history else 0
-    fig, axes = plt.subplots(1, 4 if groups else 3, figsize=(16 if groups else 12, 3.5))
+    # the groups' legend beside its panel, 10 entries a column (tens of groups fit)
+    cols = -(-groups // 10)
+    fig, axes = plt.subplots(1, 4 if groups else 3,
+                             figsize=(16 + 1.6 * cols if groups else 12, 3.5))
     epochs = [h["epoch"] for h in history]
     for ax, key, title in zip(axes, ("elbo", "kl", "rec"),
                               ("ELBO (nats, higher is better)", "KL(q(z|x) || p(z))",
@@ -117,6 +120,6 @@ def save_curves(history: list, path) -> Path:
         ax.set_title("KL per latent group (1 = top; dashed: train)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=cols, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return save_figure(fig, path, dpi=100, format="png")

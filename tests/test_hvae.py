@@ -152,6 +152,21 @@ def test_trains_and_reports_every_group(tmp_path):
     assert m["final"] == saved["final"]
 
 
+def test_curves_of_many_groups_lay_out_without_a_warning(tmp_path):
+    """40 groups (--groups 20 over two stages): the legend goes beside the panel in columns;
+    matplotlib's 'tight layout not applied' warning reached the terminal before."""
+    import warnings
+    from fastvae import plots
+    pytest.importorskip("matplotlib")
+    kl = [0.1 * g for g in range(40)]
+    history = [{"epoch": e, "train": {"elbo": -1.0, "kl": 1.0, "rec": 0.0, "kl_groups": kl},
+                "test": {"elbo": -1.0, "kl": 1.0, "rec": 0.0, "kl_groups": kl}} for e in (1, 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.save_curves(history, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_resume_is_bit_for_bit(tmp_path):
     T.train(hvae_cfg(tmp_path / "straight", iwae_k=0), log=quiet)
     T.train(hvae_cfg(tmp_path / "split", epochs=1, iwae_k=0), log=quiet)

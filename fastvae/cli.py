@@ -186,7 +186,7 @@ def _cmd_eval(args):
     from .data import IDX_NAMES, load_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
-    from .train import check_elbo_finite, check_run_data
+    from .run_data import check_elbo_finite, check_run_data
 
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])

@@ -24,6 +24,7 @@ def test_on_another_device_it_refuses(monkeypatch, capsys):
 @pytest.mark.parametrize("device", ["auto", "cuda:1"])
 def test_with_cuda_it_runs_both_models_at_the_large_batch(monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     seen = []
     monkeypatch.setattr(bench_cli, "measure_grid", seen.append)
     assert bench_cli.main(["--gpu-train-step", "--device", device, "--dtype", "bf16"]) == 0

@@ -1,0 +1,40 @@
+"""The data a run's model meets, checked before it is used: in range for the likelihood,
+of the image shape the model was trained on, and with a finite ELBO under the model (its
+densities overflow on data of another scale, which no learning rate can help). Shared by
+``fastvae train`` (fresh and resumed) and ``fastvae eval``."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .checkpoint import CheckpointError
+from .data import DataError
+
+
+def _check_range(data, likelihood: str) -> None:
+    if likelihood in ("bernoulli", "continuous_bernoulli"):
+        lo = min(float(data.train.min()), float(data.test.min()))
+        hi = max(float(data.train.max()), float(data.test.max()))
+        if lo < 0 or hi > 1:
+            raise DataError(f"{data.name}: likelihood {likelihood!r} needs pixels in [0, 1], got "
+                            f"[{lo:g}, {hi:g}]; rescale the data or use --likelihood gaussian")
+
+
+def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str, fix: str) -> None:
+    """DataError when ``m`` (:func:`~fastvae.evaluation.evaluate` on ``images``) has a
+    non-finite ELBO: the model's densities overflow on this data, which no learning rate
+    can help; ``whose`` model it is and what to ``fix`` go into the message."""
+    if not math.isfinite(m["elbo"]):
+        lo, hi = float(images.min()), float(images.max())
+        raise DataError(f"{whose} test ELBO is {m['elbo']} on {dataset} (values in "
+                        f"[{lo:g}, {hi:g}]): its densities overflow {fix}")
+
+
+def check_run_data(data, likelihood: str, data_shape, ckpt_file) -> None:
+    """The data a saved model meets (resumed or evaluated): in range for its likelihood and
+    of the shape it was trained on (``data_shape``; None skips that check)."""
+    _check_range(data, likelihood)
+    if data_shape is not None and list(data_shape) != list(data.shape):
+        raise CheckpointError(f"{ckpt_file} was trained on images of shape "
+                              f"{tuple(data_shape)}, but {data.name} has {data.shape}")

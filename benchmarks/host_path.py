@@ -136,6 +136,12 @@ def make_floor(args):
     """The same step through a bare autograd.Function that only allocates the value and
     the gradients and hands them back: what any custom op costs in autograd and the
     allocator, the floor under fastvae's own host work."""
+    return _bare_step(args)
+
+
+def _bare_step(args, forward_launch=None, backward_launch=None):
+    """The bare Function's fwd+bwd step on leaves of the op's shapes; ``forward_launch``
+    and ``backward_launch`` (no arguments) run inside its forward and backward."""
     dt = DTYPES[args.dtype]
     x = torch.rand(args.batch, args.dim).to(dt)
     leaves = [torch.randn(s).to(dt).requires_grad_() for s in leaf_shapes(args)]
@@ -143,11 +149,16 @@ def make_floor(args):
     class Bare(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, *ins):
-            ctx.save_for_backward(*(torch.empty_like(t) for t in ins))
+            grads = [torch.empty_like(t) for t in ins]
+            if forward_launch is not None:
+                forward_launch()
+            ctx.save_for_backward(*grads)
             return torch.empty((), dtype=torch.float32)
 
         @staticmethod
         def backward(ctx, grad_out):
+            if backward_launch is not None:
+                backward_launch()
             return (None, *ctx.saved_tensors)
 
     def step():
@@ -158,11 +169,11 @@ def make_floor(args):
 
 
 def make_launches_only(args, record):
-    """The ELBO step as a bare autograd.Function that does only what no design can skip:
-    the floor's allocations and autograd, plus the step's two planned launches (the row
-    kernel forward, the scale kernel backward) with the arguments the real step passed
-    (``record``: its launches, stubbed). What is left above this is fastvae's dispatch,
-    checks, plan lookups and higher-order bookkeeping. None for another op."""
+    """The ELBO step as the bare Function (:func:`make_floor`) plus what no design can
+    skip: the step's two planned launches (the row kernel forward, the scale kernel
+    backward) with the arguments the real step passed (``record``: its launches,
+    stubbed). What is left above this is fastvae's dispatch, checks, plan lookups and
+    higher-order bookkeeping. None for another op."""
     if args.op != "elbo" or len(record) != 2:
         return None
     import importlib
@@ -173,28 +184,8 @@ def make_launches_only(args, record):
     row, scale = plans[row_k], plans[scale_k]
     row_args = {k: v for k, v in row_args.items() if k not in row.fixed}
     scale_args = {k: v for k, v in scale_args.items() if k not in scale.fixed}
-    dt = DTYPES[args.dtype]
-    x = torch.rand(args.batch, args.dim).to(dt)
-    leaves = [torch.randn(s).to(dt).requires_grad_() for s in leaf_shapes(args)]
-
-    class Launches(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, *ins):
-            grads = [torch.empty_like(t) for t in ins]
-            _launch.launch_planned(row, **row_args)
-            ctx.save_for_backward(*grads)
-            return torch.empty((), dtype=torch.float32)
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            _launch.launch_planned(scale, **scale_args)
-            return (None, *ctx.saved_tensors)
-
-    def step():
-        Launches.apply(x, *leaves).backward()
-        for t in leaves:
-            t.grad = None
-    return step
+    return _bare_step(args, lambda: _launch.launch_planned(row, **row_args),
+                      lambda: _launch.launch_planned(scale, **scale_args))
 
 
 def layer_times(args, floor, rounds, calls):

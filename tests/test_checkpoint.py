@@ -151,16 +151,20 @@ def test_resume_at_the_same_epochs_finishes_a_run_stopped_before_its_metrics(goo
     assert cli.main(argv) == 2
 
 
+def _command(command, run):
+    """The argv of eval, sample or a resume of the run in folder ``run``."""
+    return {"eval": ["eval", str(run), "--k", "0"],
+            "sample": ["sample", str(run), "--out", str(run / "s.png")],
+            "resume": ["train", "--out", str(run), "--resume", "--epochs", "2",
+                       "--no-progress"]}[command]
+
+
 @pytest.mark.parametrize("command", ["eval", "sample", "resume"])
 def test_config_that_disagrees_with_the_weights(good_run, tmp_path, capsys, command):
     state = load_checkpoint(good_run)
     state["config"]["latent"] = 5
     save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
-    argv = {"eval": ["eval", str(tmp_path), "--k", "0"],
-            "sample": ["sample", str(tmp_path), "--out", str(tmp_path / "s.png")],
-            "resume": ["train", "--out", str(tmp_path), "--resume", "--epochs", "2",
-                       "--no-progress"]}[command]
-    assert cli.main(argv) == 2
+    assert cli.main(_command(command, tmp_path)) == 2
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "do not match")
 
 
@@ -204,11 +208,7 @@ def test_a_config_or_epoch_of_the_wrong_kind(good_run, tmp_path, capsys, key, va
     state = load_checkpoint(good_run)
     state[key] = value
     save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
-    argv = {"eval": ["eval", str(tmp_path), "--k", "0"],
-            "sample": ["sample", str(tmp_path), "--out", str(tmp_path / "s.png")],
-            "resume": ["train", "--out", str(tmp_path), "--resume", "--epochs", "2",
-                       "--no-progress"]}[command]
-    assert cli.main(argv) == 2
+    assert cli.main(_command(command, tmp_path)) == 2
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, needle)
 
 

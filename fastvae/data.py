@@ -203,7 +203,7 @@ def load_idx_dataset(name: str, data_dir, download: bool = False) -> Dataset:
                 f"{name}: {IDX_FILES[split]}[.gz] not found; looked for "
                 f"{', '.join(tried[:4])} (and {len(tried) - 4} more). "
                 f"To get it: {_HOW_TO_GET[name]} and put the files in {data_dir}/ "
-                "(or pass --download with torchvision installed)."
+                "(or let `fastvae train --download` fetch them, with torchvision installed)."
             )
         arr = read_idx(path)
         if arr.ndim != 3:
@@ -221,8 +221,9 @@ def load_array_file(path) -> Dataset:
         raise DataError(f"dataset {path} is a folder; pass an .npy/.npz file of images, or "
                         "--dataset mnist|fashion-mnist with --data-dir for IDX files")
     if not path.is_file():
-        raise DataError(f"dataset file {path} not found (resolved to {path.resolve()}); pass "
-                        "--dataset digits|mnist|fashion-mnist or a path to an .npy/.npz of images")
+        raise DataError(f"dataset file {path} not found (resolved to {path.resolve()}); a "
+                        "dataset is digits, mnist, fashion-mnist or a path to an .npy/.npz of "
+                        "images")
     _check_array_magic(path)
     try:
         loaded = np.load(path, allow_pickle=False)

@@ -114,10 +114,8 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
         array = array[:, None, None, :]
     elif array.ndim == 3:
         array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] > 4 and array.shape[3] <= 4:
-        # NHWC -> NCHW: images have 1 to 4 channels; one as narrow as 4 pixels with more
-        # channels than that is the rarer reading (both axes <= 4: taken as NCHW)
-        array = array.transpose(0, 3, 1, 2)
+    elif array.ndim == 4 and array.shape[1] not in (1, 3, 4) and array.shape[3] in (1, 3, 4):
+        array = array.transpose(0, 3, 1, 2)          # NHWC -> NCHW
     elif array.ndim != 4:
         raise DataError(f"{source}: expected images shaped (N, H, W), (N, C, H, W), (N, H, W, C) "
                         f"or (N, D), got shape {array.shape}")

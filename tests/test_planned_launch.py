@@ -205,8 +205,9 @@ def test_each_call_keys_on_its_tensors_and_ints(checked):
 def test_a_rebound_kernel_global_keys_on_its_value(checked):
     """A global the kernel read when compiled (Triton compares their values on every
     launch; a direct launch once, then checks each name still holds that object): rebound
-    to an equal value, launches stay direct; to another value, the planned launch raises
-    Triton's own error, as kernel[grid] does; bound back, direct again."""
+    to an equal value, launches stay direct; to another value, or its value changed in
+    place, the planned launch raises Triton's own error, as kernel[grid] does; bound back,
+    direct again."""
     import triton.language as tl
     k = fastvae.kernels.elbo.elbo_rows_kernel
     x, recon, mu, lv = _inputs(5, 7, 3)
@@ -244,6 +245,25 @@ def test_a_rebound_kernel_global_keys_on_its_value(checked):
         g[name] = tl.constexpr(old.value + 100)
         with pytest.raises(RuntimeError, match=f"Global variable {name} has changed"):
             _step(x, recon, mu, lv, reduction="sum")
+        g[name] = old
+        _step(x, recon, mu, lv, reduction="sum")
+        raised = []
+
+        def planned_raises(p, args, slow):   # the planned launch itself, before Triton's
+            try:
+                return planned(p, args, slow)
+            except RuntimeError as e:
+                raised.append(str(e))
+                raise
+        value, old.value = old.value, old.value + 100   # changed in place, not rebound
+        try:
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(sys.modules[__name__], "_planned_launch", planned_raises)
+                with pytest.raises(RuntimeError, match=f"Global variable {name} has changed"):
+                    _step(x, recon, mu, lv, reduction="sum")
+        finally:
+            old.value = value
+        assert raised and f"Global variable {name} has changed" in raised[0]
     finally:
         g[name] = old
     direct = checked.counts["direct"]

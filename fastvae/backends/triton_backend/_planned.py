@@ -165,19 +165,25 @@ def _globals_unchanged(p: Planned) -> bool:
     those values (else the slow path raises Triton's own error). Triton compares the
     values on every launch: ~0.4 us a global on this project's CPU (a ``tl.constexpr``'s
     ``!=`` builds constexprs), 11 globals for the ELBO row kernel. Here they are compared
-    once, then a launch checks that each name still holds the very object it held then:
-    a global rebound since is compared by value again."""
+    once, then a launch checks that each name still holds the very object it held then,
+    and a constexpr the very ``.value``: a global rebound or changed in place since is
+    compared by value again."""
     used = p.kernel.used_global_vals
     seen = p._globals
     if seen is not None and seen[0] is used:
-        for globals_dict, name, obj in seen[1]:
-            if globals_dict.get(name, _ABSENT) is not obj:
+        for globals_dict, name, obj, value in seen[1]:
+            if (globals_dict.get(name, _ABSENT) is not obj
+                    or getattr(obj, "value", _ABSENT) is not value):
                 break
         else:
             return True
     for (name, _), (val, globals_dict) in used.items():
         if globals_dict.get(name, _ABSENT) != val:
             return False
-    p._globals = (used, tuple((g, name, g.get(name, _ABSENT)) for (name, _), (_, g) in
-                              used.items()))
+    p._globals = (used, tuple(_held(g, name) for (name, _), (_, g) in used.items()))
     return True
+
+
+def _held(globals_dict: dict, name: str) -> tuple:
+    obj = globals_dict.get(name, _ABSENT)
+    return globals_dict, name, obj, getattr(obj, "value", _ABSENT)

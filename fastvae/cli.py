@@ -167,17 +167,15 @@ def _cmd_train(args):
 
 def _load_run(run, device_name):
     """(checkpoint dict, model in eval mode on its device, device)."""
-    from .checkpoint import CheckpointError, checkpoint_path, load_checkpoint
+    from .checkpoint import checkpoint_path, load_checkpoint
+    from .run_data import check_weights_finite
     from .runs import restore_model
     from .train import resolve_device
 
     state = load_checkpoint(run)
     device = resolve_device(device_name)
     model = restore_model(state, run)
-    if not all(bool(t.isfinite().all()) for t in model.state_dict().values()
-               if t.is_floating_point()):
-        raise CheckpointError(f"{checkpoint_path(run)}: the model's weights are not all finite; "
-                              "nothing it computes or draws would be")
+    check_weights_finite(model, checkpoint_path(run))
     return state, model.to(device).eval(), device
 
 

@@ -28,7 +28,8 @@ def _floating(tensors):
     return [t.detach() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
 
 
-def _all_finite(tensors) -> bool:
+def all_finite(tensors) -> bool:
+    """Whether every floating-point tensor among ``tensors`` is finite (one host sync)."""
     flags = [torch.isfinite(t).all() for t in _floating(tensors)]
     return bool(torch.stack(flags).all()) if flags else True
 
@@ -101,7 +102,7 @@ class Guard:
     def epoch_end(self, opt, train_m: dict, test_m: dict, epoch: int, steps: int) -> None:
         """Before the checkpoint: the optimizer state and the epoch's metrics."""
         where = f"after epoch {epoch}, step {steps}/{steps}"
-        if not _all_finite(_optimizer_tensors(opt)):
+        if not all_finite(_optimizer_tensors(opt)):
             self._stop("optimizer state", "nan or inf", where)
         for split, m in (("train", train_m), ("test", test_m)):
             for key, value in m.items():

@@ -1,7 +1,8 @@
-"""The data a run's model meets, checked before it is used: in range for the likelihood,
-of the image shape the model was trained on, and with a finite ELBO under the model (its
-densities overflow on data of another scale, which no learning rate can help). Shared by
-``fastvae train`` (fresh and resumed) and ``fastvae eval``."""
+"""A saved model and the data it meets, checked before either is used: the weights finite;
+the data in range for the likelihood, of the image shape the model was trained on, and
+with a finite ELBO under the model (its densities overflow on data of another scale,
+which no learning rate can help). Shared by ``fastvae train`` (fresh and resumed),
+``fastvae eval`` and ``fastvae sample``."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,15 @@ import torch
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from .guard import all_finite
+
+
+def check_weights_finite(model: torch.nn.Module, ckpt_file) -> None:
+    """CheckpointError naming ``ckpt_file`` when a weight of ``model`` is NaN or inf:
+    nothing it computes or draws would be finite, whatever the data."""
+    if not all_finite(model.state_dict().values()):
+        raise CheckpointError(f"{ckpt_file}: the model's weights are not all finite; nothing "
+                              "it computes or draws would be")
 
 
 def _check_range(data, likelihood: str) -> None:

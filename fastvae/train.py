@@ -42,7 +42,7 @@ from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config
-from .run_data import check_elbo_finite, check_run_data
+from .run_data import check_elbo_finite, check_run_data, check_weights_finite
 from .runs import (RESUME_KEYS, MissingExtra, RunFolder, RunFolderError, check_extras,
                    load_weights)
 
@@ -345,6 +345,7 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
     if state is not None:
         ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
         load_weights(core, state["model"], ckpt_file)
+        check_weights_finite(core, ckpt_file)   # said so, not blamed on the data below
         try:
             opt.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, TypeError) as e:

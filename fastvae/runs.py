@@ -52,18 +52,26 @@ class RunFolderError(Exception):
     """The run folder cannot be used (a file, not writable, or in use by another run)."""
 
 
-def _default_candidates(dataset: str) -> list[Path]:
+def _default_candidates(dataset: str, base=None) -> list[Path]:
     # a file's name without its folders or suffix, whatever its case (UP.NPY -> runs/UP);
     # a named dataset (digits, mnist, fashion-mnist) is its own stem
-    base = Path("runs") / (Path(dataset).stem or dataset)
+    base = base or Path("runs") / (Path(dataset).stem or dataset)
     return [base] + [Path(f"{base}-{i}") for i in range(2, 10_000)]
 
 
 def newest_run(dataset: str) -> Path:
     """The default folder --resume continues: the last ``runs/<dataset>[-N]`` with a
-    checkpoint (``runs/<dataset>`` when there is none, to say so)."""
-    used = [p for p in _default_candidates(dataset) if (p / CHECKPOINT_NAME).exists()]
-    return used[-1] if used else _default_candidates(dataset)[0]
+    checkpoint (``runs/<dataset>`` when there is none, to say so); also under the earlier
+    rule's name, ``runs/`` joined to the dataset as given (what a file not named .npy or
+    .npz in lower case got)."""
+    bases = [None] + ([Path("runs") / dataset] if _default_candidates(dataset)[0]
+                      != Path("runs") / dataset else [])
+    for base in bases:
+        used = [p for p in _default_candidates(dataset, base)
+                if (p / CHECKPOINT_NAME).exists()]
+        if used:
+            return used[-1]
+    return _default_candidates(dataset)[0]
 
 
 def _mkdirs(path: Path, exist_ok: bool) -> list[Path]:

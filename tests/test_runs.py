@@ -149,3 +149,8 @@ def test_the_default_folder_of_an_array_file_is_named_for_it_whatever_its_suffix
         want = {"/data/UP.NPY": "UP", "rel/dir/imgs.npz": "imgs", "/data/plain": "plain"}.get(
             name, name)
         assert newest_run(name) == Path("runs") / want
+    # a run named the old way (runs/ joined to the whole path) is still found to resume
+    legacy = Path("runs") / "rel" / "UP.NPY-2"
+    legacy.mkdir(parents=True)
+    (legacy / CHECKPOINT_NAME).write_bytes(b"")
+    assert newest_run("rel/UP.NPY") == legacy

@@ -25,7 +25,7 @@ from .validation import DMOL
 DIGITS_LEVELS = 16  # scikit-learn's digits: integers 0..16, divided by 16 in fastvae.data
 # Largest distance from the grid, in bins, still taken as on it: float32 data written
 # as k / 255 is off by ~1e-5 bins; a genuinely different grid is off by >= 0.0625
-# (16-bit files: _on_grid also takes the 16-bit rounding of k / 255 itself).
+# (float16 files: _on_grid also takes the float16 rounding of k / 255 itself).
 GRID_TOLERANCE = 1e-3
 
 
@@ -83,11 +83,10 @@ def _on_grid(x: torch.Tensor, n: int, name: str) -> torch.Tensor:
                         "images as uint8 (0..255)")
     k = torch.round(x.double() * n)
     dist = (x.double() * n - k).abs()
-    # a file stored in 16 bits holds k/255 rounded to its dtype (float16: up to 0.125 of a
-    # bin off); a value that is exactly such a rounding of the nearest k is on the grid too
-    grid = (k / n).float()
-    for low in (torch.float16, torch.bfloat16):
-        dist = torch.where(grid.to(low).float() == x.float(), 0.0, dist)
+    # a float16 file holds k/255 rounded to float16 (up to 0.062 of a bin off): a value
+    # that is exactly that rounding of its nearest k is on the grid too. (bfloat16, whose
+    # roundings are up to half a bin off, would let other grids through; numpy has none.)
+    dist = torch.where((k / n).half().float() == x.float(), 0.0, dist)
     off = float(dist.max())
     if off > GRID_TOLERANCE:
         raise DataError(f"{name}: --likelihood {DMOL} needs pixels on the {DMOL_BITS}-bit grid "

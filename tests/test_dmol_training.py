@@ -131,16 +131,15 @@ def test_color_arrays_in_either_layout_and_off_grid_data(tmp_path):
         dmol_training.prepare(data([0.0, 0.5 / 255, 1.0]), DMOL)
     with pytest.raises(DataError, match=r"in \[0, 1\].*\[0, 2\]"):
         dmol_training.prepare(data([0.0, 2.0]), DMOL)
-    # every k/255 stored as float16 or bfloat16 (up to 0.125 of a bin off): on the grid,
-    # snapped back; a 12-bit grid in float16 is not (its values round to no k/255's)
+    # every k/255 stored as float16 (up to 0.062 of a bin off): on the grid, snapped back;
+    # a 12-bit grid in float16 is not, nor k/255 in bfloat16 (up to half a bin off)
     grid = torch.arange(256, dtype=torch.float64) / 255
-    for low in (torch.float16, torch.bfloat16):
-        x = grid.to(low).float()
-        assert float((x.double() * 255 - torch.arange(256)).abs().max()) > 0.01
-        assert torch.equal(dmol_training.prepare(data(x), DMOL).train.flatten(), grid.float())
-    with pytest.raises(DataError, match="of a bin off"):
-        dmol_training.prepare(data((torch.arange(4096, dtype=torch.float64) / 4095).half()
-                                   .float()), DMOL)
+    x = grid.half().float()
+    assert float((x.double() * 255 - torch.arange(256)).abs().max()) > 0.01
+    assert torch.equal(dmol_training.prepare(data(x), DMOL).train.flatten(), grid.float())
+    for other in ((torch.arange(4096, dtype=torch.float64) / 4095).half(), grid.bfloat16()):
+        with pytest.raises(DataError, match="of a bin off"):
+            dmol_training.prepare(data(other.float()), DMOL)
     with pytest.raises(DataError, match="1 \\(gray\\) or 3 \\(RGB\\) channels"):
         dmol_training.prepare(Dataset("rgba", torch.zeros(2, 4, 3, 3), torch.zeros(1, 4, 3, 3)),
                               DMOL)

@@ -9,7 +9,7 @@ move as a % of the copy bandwidth measured here, and a CUDA-graph replay of the 
     python benchmarks/gpu_probe.py --ncu-target iwae            # 2 IWAE K=5 steps (fp32), for ncu
     python benchmarks/gpu_probe.py --smoke --out DIR            # CPU, tiny shapes: the code paths
     python benchmarks/gpu_probe.py --host-profile --out DIR     # where the host time goes
-    python benchmarks/gpu_probe.py --captured-bar --out DIR     # the ELBO bar, CUDA graphs
+    python benchmarks/gpu_probe.py --captured-bar --out DIR     # the bar, CUDA graphs
 
 Columns: ``gpu ms`` = CUDA-event time per step over back-to-back steps (L2 warm; under
 ``--smoke``, ``cpu wall ms``: wall time per step, the CPU having no events);
@@ -94,6 +94,8 @@ def failed(rows) -> bool:
 
 
 def elbo_step(shape, dtype, device, backend):
+    """(step, case): ELBOLoss(sum) fwd+bwd on fixed inputs; ``step.leaves`` holds the
+    tensors whose gradients each step writes (recon, mu, logvar)."""
     b, d, l = shape["batch"], shape["dim"], shape["latent"]
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.rand(b, d, device=device, generator=g).to(dtype)
@@ -108,6 +110,7 @@ def elbo_step(shape, dtype, device, backend):
         loss = loss_fn(x, *leaves)
         loss.backward()
         return loss
+    step.leaves = leaves
     return step, Case("elbo", b, d, l, dtype=dtype, device=device.type)
 
 
@@ -431,8 +434,8 @@ def main(argv=None):
     p.add_argument("--host-profile", action="store_true",
                    help="only the host-time profile of small fused calls -> host_profile.txt")
     p.add_argument("--captured-bar", action="store_true",
-                   help="only the ELBO bar case with every variant captured in a CUDA graph "
-                        "-> captured_bar.md, .json")
+                   help="only the bar's cases (ELBO, reparameterize) with every variant "
+                        "captured in a CUDA graph -> captured_bar.md, .json")
     p.add_argument("--budget-s", type=float, default=150.0,
                    help="stop starting new cases after this many seconds")
     p.add_argument("--reps", type=o.positive_int, default=20)
@@ -463,15 +466,13 @@ def main(argv=None):
     bw_bytes = (64 << 20) if args.smoke else (1 << 30)
     bw = copy_bandwidth(device, bw_bytes)
     log(f"copy bandwidth {bw / 1e9:.0f} GB/s")
-    res = environment(device, shape, bw, backend=backend, copy_bytes=bw_bytes)
+    res = environment(device, shape, bw, backend=backend, copy_bytes=bw_bytes, rows=[])
     if args.captured_bar:
-        res["rows"] = []
         captured_bar(device, bw, args.reps, args.budget_s, args.smoke, res["rows"],
                      lambda: write_report(args.out, "captured_bar", res,
                                           captured_markdown(res), quiet=True))
         write_report(args.out, "captured_bar", res, captured_markdown(res))
         return 1 if failed(res["rows"]) else 0
-    res["rows"] = []
     for name, make, with_graph in cases(shape, device, backend, args.smoke):
         if time.monotonic() - T0 > args.budget_s:
             res["rows"].append({"case": name, "error": "skipped: probe budget spent"})

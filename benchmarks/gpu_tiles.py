@@ -37,13 +37,11 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-import fastvae  # noqa: E402
-from fastvae.bench.core import Case, bytes_moved  # noqa: E402
+from fastvae.bench.core import bytes_moved  # noqa: E402
 
 import gpu_probe as gp  # noqa: E402
+from gpu_probe import BAR, SMOKE, T0, log  # noqa: E402
 
-BAR = dict(batch=65536, dim=784, latent=64)
-SMOKE = dict(batch=64, dim=784, latent=16)
 SHIPPED = "shipped"
 # (label, {dtype: patch}): patch keys tile (elements), warps, block_d, stages. Per dtype, in
 # order of interest; the proxy's regs / programs per SM on sm_90 (Triton 3.6.0) in comments.
@@ -64,11 +62,6 @@ CANDIDATES = {
         ("stages 2", dict(stages=2)),                            # 48 regs, 10 an SM
     ],
 }
-T0 = time.monotonic()
-
-
-def log(msg):
-    print(f"[{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
 
 
 class Patched:
@@ -116,30 +109,10 @@ class Patched:
         return None, None
 
 
-def inputs(shape, dtype, device):
-    b, d, l = shape["batch"], shape["dim"], shape["latent"]
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.rand(b, d, generator=g).to(device, dtype)
-    leaves = [torch.randn(b, d, generator=g), torch.randn(b, l, generator=g),
-              0.1 * torch.randn(b, l, generator=g)]
-    return x, [t.to(device, dtype).requires_grad_() for t in leaves]
-
-
-def make_step(x, leaves):
-    loss_fn = fastvae.ELBOLoss(reduction="sum", backend="triton")
-
-    def step():
-        for t in leaves:
-            t.grad = None
-        loss = loss_fn(x, *leaves)
-        loss.backward()
-        return loss
-    return step
-
-
-def outputs(step, leaves):
+def outputs(step):
+    """(value, the gradients) of one step of :func:`gpu_probe.elbo_step`."""
     loss = step()
-    return float(loss), [t.grad.detach().clone() for t in leaves]
+    return float(loss), [t.grad.detach().clone() for t in step.leaves]
 
 
 def agreement(got, want) -> str:
@@ -172,11 +145,7 @@ def sweep(shape, device, cuda, bw, budget_s, rows, saved=lambda: None):
     """Append a row per candidate to ``rows``, calling ``saved()`` after each (the report
     is rewritten: a stage killed at its timeout keeps what it measured)."""
     for dt, candidates in CANDIDATES.items():
-        dtype = gp.DTYPES[dt]
-        x, leaves = inputs(shape, dtype, device)
-        step = make_step(x, leaves)
-        case = Case("elbo", shape["batch"], shape["dim"], shape["latent"], dtype=dtype,
-                    device=device.type)
+        step, case = gp.elbo_step(shape, gp.DTYPES[dt], device, "triton")
         nbytes = bytes_moved(case)
         want = None
         for label, patch in [(SHIPPED, {}), *candidates]:
@@ -184,8 +153,8 @@ def sweep(shape, device, cuda, bw, budget_s, rows, saved=lambda: None):
                 rows.append(dict(dtype=dt, candidate=label, error="skipped: budget spent"))
                 continue
             try:
-                with Patched(x.element_size(), patch) as p:
-                    got = outputs(step, leaves)   # compiles this candidate, warms up
+                with Patched(case.dtype.itemsize, patch) as p:
+                    got = outputs(step)   # compiles this candidate, warms up
                     step()
                     if label == SHIPPED:
                         want, mismatch = got, ""
@@ -206,7 +175,7 @@ def sweep(shape, device, cuda, bw, budget_s, rows, saved=lambda: None):
                 log(f"{dt} {label}: FAILED {row['error']}")
             rows.append(row)
             saved()
-        del x, leaves, step
+        del step
         if cuda:
             torch.cuda.empty_cache()
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import torch
 
+# The floating-point dtypes narrower than float32: what is widened before a sum.
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
 
 @torch.compiler.assume_constant_result
 def result_dtype(*ts) -> torch.dtype:
@@ -55,6 +58,6 @@ def widened(t):
     """A 16-bit tensor in float32, anything else as is: for a tensor about to be repeated
     over rows (``expand``), whose gradient autograd sums over the copies in the copies'
     dtype, so that the sum rounds to t's dtype once (as :func:`row_grad_dtype`'s rule)."""
-    if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16):
+    if isinstance(t, torch.Tensor) and t.dtype in SIXTEEN_BIT:
         return t.float()
     return t

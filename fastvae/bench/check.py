@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import testing
+from .._dtypes import SIXTEEN_BIT
 from .core import REFERENCE, AgreementError, Case, convert_inputs, get_op
 
 
@@ -27,7 +28,7 @@ def assert_agrees(what: str, got, want, dtype) -> None:
 
 
 def low_precision(dtype) -> bool:
-    return dtype in (torch.bfloat16, torch.float16)
+    return dtype in SIXTEEN_BIT
 
 
 def check_agreement(case: Case, inputs: dict, outputs: Dict[str, tuple],

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast, widened
+from ..._dtypes import (SIXTEEN_BIT, kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast,
+                        widened)
 from . import gaussian_rows
 from .reparameterize import reparameterize_fwd, seeded
 from .rows import grad_buffer, row_chunks
@@ -174,7 +175,7 @@ def _sum_into(out, base, gk, g, i, j, sign=1.0):
         out.copy_(base) if base is not None else out.zero_()
     elif base is None:
         torch.mul(g[i:j], gk if sign == 1.0 else -gk, out=out)
-    elif out.dtype in (torch.float16, torch.bfloat16):
+    elif out.dtype in SIXTEEN_BIT:
         out.copy_(torch.addcmul(widened(base), gk, widened(g[i:j]), value=sign))
     else:
         torch.addcmul(base, gk, g[i:j], value=sign, out=out)

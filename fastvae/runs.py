@@ -52,10 +52,13 @@ class RunFolderError(Exception):
     """The run folder cannot be used (a file, not writable, or in use by another run)."""
 
 
-def _default_candidates(dataset: str, base=None) -> list[Path]:
+def _default_base(dataset: str) -> Path:
     # a file's name without its folders or suffix, whatever its case (UP.NPY -> runs/UP);
     # a named dataset (digits, mnist, fashion-mnist) is its own stem
-    base = base or Path("runs") / (Path(dataset).stem or dataset)
+    return Path("runs") / (Path(dataset).stem or dataset)
+
+
+def _candidates(base: Path) -> list[Path]:
     return [base] + [Path(f"{base}-{i}") for i in range(2, 10_000)]
 
 
@@ -64,14 +67,12 @@ def newest_run(dataset: str) -> Path:
     checkpoint (``runs/<dataset>`` when there is none, to say so); also under the earlier
     rule's name, ``runs/`` joined to the dataset as given (what a file not named .npy or
     .npz in lower case got)."""
-    bases = [None] + ([Path("runs") / dataset] if _default_candidates(dataset)[0]
-                      != Path("runs") / dataset else [])
-    for base in bases:
-        used = [p for p in _default_candidates(dataset, base)
-                if (p / CHECKPOINT_NAME).exists()]
+    base = _default_base(dataset)
+    for b in dict.fromkeys((base, Path("runs") / dataset)):
+        used = [p for p in _candidates(b) if (p / CHECKPOINT_NAME).exists()]
         if used:
             return used[-1]
-    return _default_candidates(dataset)[0]
+    return base
 
 
 def _mkdirs(path: Path, exist_ok: bool) -> list[Path]:
@@ -109,7 +110,7 @@ class RunFolder:
     @classmethod
     def claim(cls, out, dataset: str, resume: bool) -> "RunFolder":
         if out is None and not resume:
-            for cand in _default_candidates(dataset):
+            for cand in _candidates(_default_base(dataset)):
                 try:
                     folder = cls(cand, _mkdirs(cand, exist_ok=False))
                     break
@@ -120,7 +121,7 @@ class RunFolder:
                                          f"{e.strerror or e}") from None
             else:
                 raise RunFolderError(f"no free run folder name left under "
-                                     f"{_default_candidates(dataset)[0].parent}; pass --out")
+                                     f"{_default_base(dataset).parent}; pass --out")
         else:
             path = Path(out) if out is not None else newest_run(dataset)
             if path.exists() and not path.is_dir():

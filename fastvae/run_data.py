@@ -31,10 +31,13 @@ def _check_range(data, likelihood: str) -> None:
                             f"[{lo:g}, {hi:g}]; rescale the data or use --likelihood gaussian")
 
 
-def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str, fix: str) -> None:
+def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str,
+                      fix: str = "on this data; was it scaled otherwise when the run was "
+                                 "trained?") -> None:
     """DataError when ``m`` (:func:`~fastvae.evaluation.evaluate` on ``images``) has a
     non-finite ELBO: the model's densities overflow on this data, which no learning rate
-    can help; ``whose`` model it is and what to ``fix`` go into the message."""
+    can help; ``whose`` model it is and what to ``fix`` go into the message (by default,
+    for a trained model: the data may have been rescaled since)."""
     if not math.isfinite(m["elbo"]):
         lo, hi = float(images.min()), float(images.max())
         raise DataError(f"{whose} test ELBO is {m['elbo']} on {dataset} (values in "

@@ -361,8 +361,7 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         # data changed since (rescaled, replaced): said now, not as a non-finite loss that
         # a lower --lr cannot fix (evaluate draws from its own generator: resume stays exact)
         check_elbo_finite(evaluate(core, data.test, cfg, device), data.test, cfg["dataset"],
-                          "the resumed model's", "on this data; was it scaled otherwise when "
-                          "the run was trained?")
+                          "the resumed model's")
         say(f"resuming {cfg['out']} at epoch {run.start}")
     else:
         run.initial = evaluate(core, data.test, cfg, device)

@@ -30,7 +30,6 @@ import fastvae
 from fastvae import options as o
 from fastvae.bench.specs._common import native_kernel_off
 from fastvae.bench.timing import check_cpu_time, inner_calls, time_interleaved, timed
-from fastvae.train import resolve_device
 
 
 def _leaf(t):
@@ -90,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
     try:
-        device = str(resolve_device(args.device))
+        device = str(o.resolve_device(args.device))
     except ValueError as e:
         p.error(f"argument {e}")
     if args.cpu_time and (not device.startswith("cpu") or args.threads != 1):

@@ -170,7 +170,7 @@ def _load_run(run, device_name):
     from .checkpoint import checkpoint_path, load_checkpoint
     from .run_data import check_weights_finite
     from .runs import restore_model
-    from .train import resolve_device
+    from .options import resolve_device
 
     state = load_checkpoint(run)
     device = resolve_device(device_name)

@@ -175,6 +175,25 @@ def device(value) -> str:
     return str(value)
 
 
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device a run places its model on: "auto" -> the local CUDA device when there is
+    one, else CPU; a device torch does not see is a ValueError that names it."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev} asked for, but torch sees "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps asked for, but torch sees no MPS device")
+    return dev
+
+
 # The training settings with a range, and their checks (lists are checked per item).
 TRAIN_CHECKS = {
     "latent": positive_int, "hidden": positive_int, "channels": positive_int,

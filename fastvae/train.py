@@ -41,7 +41,7 @@ from .data import DataError, load_dataset, stored_name
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
-from .options import check_model_sizes, check_train_config
+from .options import check_model_sizes, check_train_config, resolve_device
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite
 from .runs import (RESUME_KEYS, MissingExtra, RunFolder, RunFolderError, check_extras,
                    load_weights)
@@ -76,24 +76,6 @@ def _dist_env():
     if world <= 1:
         return 0, 1, 0
     return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """"auto" -> the local CUDA device when there is one, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        if dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {dev} asked for, but torch sees "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps asked for, but torch sees no MPS device")
-    return dev
 
 
 def _set_threads(cfg: dict, device, sample_size: int) -> None:

@@ -294,7 +294,7 @@ def test_ctrl_c_is_one_line_that_promises_only_what_the_command_keeps(capsys, mo
 
 def test_a_cuda_device_that_is_not_there_is_named_as_asked(monkeypatch):
     import torch
-    from fastvae.train import resolve_device
+    from fastvae.options import resolve_device
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"--device cuda:99 asked for, but torch sees no CUDA"):
             resolve_device("cuda:99")

@@ -217,9 +217,8 @@ def main(argv=None) -> int:
     parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    from ..train import resolve_device   # train's and eval's own check of --device
-    try:
-        resolve_device(args.device)
+    try:   # train's and eval's own check of --device
+        o.resolve_device(args.device)
     except ValueError as e:
         parser.error(f"argument {e}")
     if args.cpu_time:

@@ -22,6 +22,18 @@ def small(shape=(1, 8, 8), **kw):
     return HierarchicalVAE(shape, **{"latent_channels": 3, "channels": (8, 12), **kw})
 
 
+def with_heads(model):
+    """``model`` with every group's prior and posterior head at PyTorch's default
+    initialization instead of zero: posteriors and priors that differ, as after training,
+    for the tests of the math (a fresh model's groups all start at q = p = N(0, I))."""
+    torch.manual_seed(1)
+    for groups in model.stages:
+        for group in groups:
+            group.prior.reset_parameters()
+            group.posterior.reset_parameters()
+    return model
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 7, 9)])
 def test_shapes_and_api(shape):
     model = small(shape, groups=2)
@@ -39,6 +51,21 @@ def test_shapes_and_api(shape):
         HierarchicalVAE((64,))
 
 
+def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():
+    """Zero heads: every group starts at q = p = N(0, I), a KL of exactly 0. Depth-scaled
+    residual branches: the top-down state of 40 groups is within 3x the scale of 4 groups'
+    (PyTorch's default initialization: 80x, and a starting KL of ~5e9 nats)."""
+    scale = {}
+    for groups in (2, 20):
+        model = small(groups=groups)
+        model.out.register_forward_pre_hook(lambda mod, inp: scale.__setitem__(groups,
+                                                                               inp[0].std()))
+        with torch.no_grad():
+            recon, kl = model(torch.rand(16, 1, 8, 8).round())
+        assert kl.shape == (2 * groups, 16) and (kl == 0).all()
+    assert scale[20] < 3 * scale[2]
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(latent_channels=0), r"latent_channels must be >= 1, got 0"),
     (dict(data_shape=(1, 0, 8)), r"data_shape\[1\] must be >= 1, got 0"),
@@ -54,7 +81,7 @@ def test_bad_sizes_name_the_argument(kw, msg):
 def test_elbo_is_the_sum_of_its_parts():
     """elbo = log p(x|z) - sum_i KL_i for one draw, and KL_i is kl_normal of group i's
     posterior and prior (the tensors the model fed sample_with_kl)."""
-    model = small(groups=2, likelihood="gaussian")
+    model = with_heads(small(groups=2, likelihood="gaussian"))
     x = torch.rand(6, 1, 8, 8)
     seen = []
 
@@ -73,6 +100,7 @@ def test_elbo_is_the_sum_of_its_parts():
                                     model.obs_logvar.expand_as(x).flatten(1))
     torch.testing.assert_close(model.log_px(x, recon), rec, rtol=1e-5, atol=1e-4)
     for q, p, kl in seen:
+        assert (kl > 0).all()
         torch.testing.assert_close(kl, fastvae.kl_normal(*q, *p, backend="reference"))
     # the same draws on the eager reference: the fused ops change nothing (in float64, where
     # both draw torch.randn; float32 on "torch" draws its own Philox stream in C)
@@ -89,7 +117,7 @@ def test_bounded_parameterization_keeps_everything_finite():
     layer cannot send exp(logvar) to inf (the NaN the docs warn about)."""
     torch.testing.assert_close(soft_clamp(torch.tensor([0.0, 1e-3, 1e9, -1e9])),
                                torch.tensor([0.0, 1e-3, 5.0, -5.0]))
-    model = small()
+    model = with_heads(small())
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e4)
@@ -105,7 +133,7 @@ def test_bounded_parameterization_keeps_everything_finite():
 
 
 def test_iwae_estimate_is_a_tighter_bound():
-    model = small()
+    model = with_heads(small())
     x = torch.rand(8, 1, 8, 8).round()
     torch.manual_seed(0)
     elbo = torch.stack([model.elbo(x, reduction="none") for _ in range(20)]).mean(0)

@@ -30,10 +30,12 @@ not the backward of its gradient.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
 ESTIMATORS = ("standard", "stl", "dreg")
 ELBO_ESTIMATORS = ("standard", "stl")
@@ -97,57 +99,75 @@ class DregHook:
         return grad * self.weights.to(grad.dtype)
 
 
-def _single_parent_chain(node, depth: int = 8) -> list:
-    """``node`` and its ancestors while each has one parent node (views, reshapes)."""
-    out = []
-    while node is not None and len(out) < depth:
-        out.append(node)
-        parents = {id(n): n for n, _ in node.next_functions if n is not None}
-        if len(parents) != 1:
-            break
-        node = next(iter(parents.values()))
-    return out
+def _edge(t: Tensor):
+    """(node, output index) through which gradient reaches ``t``: its grad_fn, or a leaf's
+    gradient accumulator; None where torch cannot say."""
+    if t.grad_fn is not None:
+        return t.grad_fn, t.output_nr
+    get = getattr(torch.autograd.graph, "get_gradient_edge", None)
+    if get is None:
+        return None
+    edge = get(t)
+    return edge.node, edge.output_nr
 
 
-def _hidden_producer(recon_k: Tensor, z_k: Tensor, depth: int = 8):
-    """The autograd node that made z_k (or a node it is a view of) *and* recon_k, where
-    recon_k reaches it other than through z_k itself; else None. Walks recon_k's
-    single-parent ancestors (views, a bias-free last layer) only: a decoder layer with
-    parameters has several parents, and there the path is visible."""
-    # The chain's node objects are held until the walk ends: in torch 2.11 a node's Python
-    # object lives only while referenced (a ``grad_fn`` access makes a new one once the last
-    # is freed), so a freed one's id could come back as recon_k's node's.
-    chain = _single_parent_chain(z_k.grad_fn, depth)
-    producers = {id(n) for n in chain}
-    node = recon_k.grad_fn
-    for _ in range(depth):
-        if node is None:
-            return None
-        if id(node) in producers:
+def _decoder_path(recon_k: Tensor, z_k: Tensor):
+    """How recon_k's graph meets z_k: None where it reads z_k itself (the decoder took z_k
+    or a view taken from it: the hook on z_k sees that gradient) or nothing z_k came from;
+    else the node it meets instead, which is z_k's own producer (one node made both, as a
+    torch.compile'd model that samples and decodes) or one z_k was made from (z_k is a
+    copy, cast or view of the tensor that was decoded). Both leave the decoder's gradient
+    out of the hook's reach."""
+    target, start = _edge(z_k), recon_k.grad_fn
+    if target is None or start is None:
+        return None
+    # Node objects are held until the walks end: in torch 2.11 a node's Python object lives
+    # only while referenced (a new one is made on the next access once the last is freed),
+    # so a freed one's id could come back as another node's.
+    seen, stack = {id(start): start}, [start]
+    while stack:
+        for n, i in stack.pop().next_functions:
+            if n is None:
+                continue
+            if n is target[0] and i == target[1]:
+                return None
+            if id(n) not in seen:
+                seen[id(n)] = n
+                stack.append(n)
+    made_from, stack = {id(target[0]): target[0]}, [target[0]]
+    while stack:
+        node = stack.pop()
+        if seen.get(id(node)) is node:
             return node
-        edges = [(n, i) for n, i in node.next_functions if n is not None]
-        if any(n is z_k.grad_fn and i == z_k.output_nr for n, i in edges):
-            return None  # recon_k comes from z_k itself: the hook sees that gradient
-        if len({id(n) for n, _ in edges}) != 1:
-            return None
-        node = edges[0][0]
+        for n, _ in node.next_functions:
+            if n is not None and id(n) not in made_from:
+                made_from[id(n)] = n
+                stack.append(n)
     return None
 
 
 def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
-    """ValueError where the decoder's path from z_k to recon_k is hidden inside one autograd
-    node that outputs both (a torch.compile'd or DDP-synced model that samples *and*
-    decodes): the hook on z_k would only see the bound's direct gradient there."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or z_k.grad_fn is None:
+    """ValueError where the decoder's gradient would reach the sample other than through
+    z_k (:func:`_decoder_path`): DReG's hook on z_k would then weigh only the bound's
+    direct gradient, and the encoder's gradient would be silently wrong."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not z_k.requires_grad:
         return
-    node = _hidden_producer(recon_k, z_k)
-    if node is not None:
+    node = _decoder_path(recon_k, z_k)
+    if node is None:
+        return
+    if node is z_k.grad_fn:
         raise ValueError(
             f"estimator='dreg': recon_k and z_k come out of one autograd node "
             f"({type(node).__name__}, e.g. a torch.compile'd model that samples and decodes), "
             "which hides the decoder's path from z_k to recon_k from DReG's hook on z_k. Draw "
             "z_k outside that region (fastvae.reparameterize) and pass it to the decoder, or "
             "use estimator='stl'")
+    raise ValueError(
+        "estimator='dreg': recon_k was not decoded from this z_k but from a tensor z_k was "
+        f"made from (z_k is a copy, cast or view of it; they meet at {type(node).__name__}), "
+        "so DReG's hook on z_k would miss the decoder's gradient and the encoder's gradient "
+        "would be wrong. Pass the very tensor the decoder read as z_k (the bound takes mixed "
+        "dtypes: no cast is needed), or use estimator='stl'")
 
 
 def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
@@ -164,4 +184,15 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
             "estimator='stl'")
     hook = DregHook(weights)
     value.register_hook(hook.arm)
-    z_k.register_hook(hook)
+    # A hook stays on z_k until z_k is freed; a z_k kept across steps (a leaf) would gather
+    # one per call. Those of bounds already freed can never be armed again: drop them.
+    kept = []
+    for bound, handle in _hooks_on.get(z_k, ()):
+        if bound() is None:
+            handle.remove()
+        else:
+            kept.append((bound, handle))
+    _hooks_on[z_k] = kept + [(weakref.ref(value), z_k.register_hook(hook))]
+
+
+_hooks_on = WeakTensorKeyDictionary()   # z_k -> [(its bound's value, hook handle)]

@@ -527,20 +527,56 @@ class _Out:
 
 
 def test_dreg_graph_check_with_short_lived_node_objects():
-    """z = mu + s * eps, recon = view(z W) + b: no hidden producer, though a node's object
-    is freed between accesses (the GPU run's torch 2.11: recon's new object took the freed
-    id of z's, and the check refused the plain pipeline); a sampler that also outputs
-    recon through views is still caught, and recon = view(z) is z's own path."""
-    from fastvae.estimators import _hidden_producer
+    """z = mu + s * eps, recon = view(z W) + b: recon reads z, though a node's object is
+    freed between accesses (the GPU run's torch 2.11: recon's new object took the freed id
+    of z's, and the check refused the plain pipeline); a sampler that also outputs recon
+    through views is still caught, and recon = view(z) is z's own path."""
+    from fastvae.estimators import _decoder_path
     z_add = _Node((_Node(), 0), (_Node((_Node((_Node(), 0)), 0)), 0))
     mm = _Node((_Node((z_add, 0)), 0), (_Node(), 0))
     recon = _Out(_Node((_Node((mm, 0)), 0), (_Node(), 0)))
     for _ in range(5):
-        assert _hidden_producer(recon, _Out(z_add)) is None
+        assert _decoder_path(recon, _Out(z_add)) is None
     sampler = _Node((_Node(), 0), (_Node(), 0))     # one node outputs recon (0) and z (1)
     z, hidden = _Out(_Node((sampler, 1))), _Out(_Node((_Node((sampler, 0)), 0)))
-    assert _hidden_producer(hidden, z) is not None
-    assert _hidden_producer(_Out(_Node((z.node, 0))), z) is None
+    assert _decoder_path(hidden, z) is not None
+    assert _decoder_path(_Out(_Node((z.node, 0))), z) is None
+
+
+@pytest.mark.parametrize("passed", ["view", "clone", "cast", "leaf cast"])
+def test_dreg_refuses_a_z_k_that_is_not_the_decoded_tensor(seed, passed):
+    """A view, copy or cast of the decoded samples as z_k: the decoder's gradient reaches
+    the samples around the hook on z_k, so the encoder's gradient would be wrong (it was,
+    silently: 31-67% off). What the decoder read may be reshaped, and a no-op contiguous()
+    is z_k itself."""
+    mu, lv, w, eps, x = _inputs(seed)
+    z = torch.randn(4, 3, 2, requires_grad=True) if passed == "leaf cast" else (
+        mu + torch.exp(0.5 * lv) * eps)
+    given = {"view": lambda t: t.view_as(t), "clone": torch.clone,
+             "cast": lambda t: t.double(), "leaf cast": lambda t: t.double()}[passed]
+    with pytest.raises(ValueError, match=r"copy, cast or view of it"):
+        fastvae.iwae_bound(x, z @ w, mu, lv, given(z), estimator="dreg", backend="torch")
+    for recon, z_k in ((z @ w, z.contiguous()), ((z.reshape(-1, 2) @ w).reshape(4, 3, 5), z)):
+        fastvae.iwae_bound(x, recon, mu, lv, z_k, estimator="dreg", backend="torch")
+
+
+def test_dreg_hooks_do_not_pile_up_on_a_kept_z_k(seed):
+    """A leaf z_k used for many bounds holds the hooks of the bounds still alive only (each
+    call added one, kept until z_k was freed); the gradients are unchanged by the pruning."""
+    mu, lv, w, eps, x = _inputs(seed)
+    z = (mu + torch.exp(0.5 * lv) * eps).detach().requires_grad_()
+    grads = []
+    for _ in range(6):
+        v = fastvae.iwae_bound(x, z @ w, mu, lv, z, estimator="dreg", reduction="sum",
+                               backend="torch")
+        grads.append(torch.autograd.grad(v, [z, w]))
+    assert len(z._backward_hooks) <= 2
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=0, atol=0)
+    alive = [fastvae.iwae_bound(x, z @ w, mu, lv, z, estimator="dreg", backend="torch")
+             for _ in range(3)]
+    assert len(z._backward_hooks) >= 3   # a bound still alive keeps its hook
+    del alive
 
 
 def test_torch_func(seed):

@@ -209,10 +209,13 @@ _SIZE_NAMES = {"hidden": "hidden layers", "channels": "convolution stages",
                "groups": "latent groups"}
 
 
-def check_train_config(cfg: dict) -> None:
-    """ValueError naming the first setting of ``cfg`` out of range, or a combination the
-    model cannot train with."""
-    if cfg.get("model") == "hvae" and cfg.get("kl") == "mc":
+def check_train_config(cfg: dict, combinations: bool = True) -> None:
+    """ValueError naming the first setting of ``cfg`` out of range, or (``combinations``) a
+    combination the model cannot train with. A resumed run's flags are checked without
+    the combinations: the run trains with its checkpoint's settings, which the flags'
+    values mixed with the defaults are not (``--resume --estimator dreg`` of an IWAE run
+    would read as DReG with the default ELBO)."""
+    if combinations and cfg.get("model") == "hvae" and cfg.get("kl") == "mc":
         raise ValueError("kl: the hierarchical VAE trains on each group's analytic KL "
                          "(sample_with_kl); --kl mc is for the mlp and conv models")
     for key, check in TRAIN_CHECKS.items():
@@ -227,8 +230,9 @@ def check_train_config(cfg: dict) -> None:
                 check(item)
             except BadValue as e:
                 raise ValueError(f"{key}: {e}") from None
-    check_objective(cfg)
-    dmol_training.check_config(cfg)
+    if combinations:
+        check_objective(cfg)
+        dmol_training.check_config(cfg)
 
 
 def check_model_sizes(given: dict, model: str, defaults: dict) -> None:

@@ -205,7 +205,7 @@ def _train(given: dict, log) -> dict:
     full.update({k: v for k, v in given.items() if v is not None})
     if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
         full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
-    check_train_config(full)
+    check_train_config(full, combinations=not full["resume"])
     if not full["resume"]:  # a resumed run's sizes are its checkpoint's
         check_model_sizes(given, full["model"], default_config())
     if is_main:  # rank 0 alone draws the pictures
@@ -220,6 +220,7 @@ def _train(given: dict, log) -> dict:
     try:
         folder, full["out"] = _claim_folder(full, is_main, world)
         cfg, state = _prepare_config(given, full, say)
+        check_train_config(cfg)   # a resumed run's: its checkpoint's, as it trains
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics

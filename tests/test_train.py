@@ -293,6 +293,25 @@ def test_resume_without_lr_keeps_the_saved_one_silently(tmp_path):
     assert load_checkpoint(tmp_path)["config"]["lr"] == 3e-3
 
 
+@pytest.mark.parametrize("flags", [dict(estimator="dreg"), dict(estimator="stl"),
+                                   dict(estimator="stl", kl="mc"), dict(objective="elbo")])
+def test_resume_judges_the_objective_by_the_checkpoint_not_the_defaults(tmp_path, flags):
+    """An IWAE DReG run resumed with objective flags: they are the checkpoint's or ignored
+    with the note, never refused as if combined with the defaults (--estimator dreg read
+    as DReG with the ELBO, --estimator stl as STL with the analytic KL)."""
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0, objective="iwae", k=3, estimator="dreg"),
+            log=quiet)
+    seen = []
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True, **flags), log=seen.append)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 2
+    assert (state["config"]["objective"], state["config"]["estimator"]) == ("iwae", "dreg")
+    ignored = [k for k, v in flags.items() if v != state["config"][k]]
+    notes = [line for line in seen if "command-line values ignored" in line]
+    assert notes == ([f"resuming: using the checkpoint's {', '.join(ignored)} (command-line "
+                      "values ignored)"] if ignored else []), seen
+
+
 def test_metrics_json_never_holds_nan_tokens(tmp_path):
     from fastvae.checkpoint import write_json
 

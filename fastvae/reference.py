@@ -186,7 +186,8 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
     lse = torch.logsumexp(log_w, dim=0)
     weights = torch.softmax(log_w.detach(), dim=0)
     if estimator == "dreg":
-        surrogate = (weights * log_w).sum(0)
+        # a sample of log w = -inf has weight 0: 0 * -inf would turn the value NaN
+        surrogate = (weights * torch.where(weights > 0, log_w, 0.0)).sum(0)
         lse = lse.detach() + (surrogate - surrogate.detach())  # adds exactly 0 to the value
     return _reduce(lse - math.log(k), reduction), weights
 

@@ -579,6 +579,25 @@ def test_dreg_hooks_do_not_pile_up_on_a_kept_z_k(seed):
     del alive
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_a_sample_of_zero_weight_leaves_every_estimator_finite(backend):
+    """log w = -inf for one sample (its Gaussian density underflows): the bound is the other
+    samples', whatever the estimator (the reference's DReG surrogate made it 0 * -inf = NaN),
+    and that sample passes no gradient."""
+    x = torch.zeros(1, 2)
+    mu, lv = (torch.zeros(1, 1, requires_grad=True) for _ in range(2))
+    z = mu + torch.exp(0.5 * lv) * torch.tensor([[[0.5]], [[-0.3]]])
+    recon = torch.tensor([[[1e20, 0.0]], [[0.1, 0.2]]], requires_grad=True)
+    want = fastvae.iwae_bound(x, recon[1:], mu, lv, z[1:], likelihood="gaussian",
+                              backend="reference") - math.log(2)
+    for est in fastvae.estimators.ESTIMATORS:
+        v = fastvae.iwae_bound(x, recon, mu, lv, z, likelihood="gaussian", estimator=est,
+                               backend=backend)
+        torch.testing.assert_close(v, want)
+        g = torch.autograd.grad(v, [recon, mu])
+        assert all(torch.isfinite(t).all() for t in g) and not g[0][0].any()
+
+
 def test_torch_func(seed):
     """torch.func runs the reference: STL works there (stopped parameters are a detach);
     DReG's hook does not exist there, and it says so."""

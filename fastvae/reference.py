@@ -42,7 +42,8 @@ def cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
     small = u.abs() < (_CB_SERIES_BELOW if u.dtype == torch.float64 else _CB_SERIES_BELOW_FP32)
     safe_u = torch.where(small, torch.ones_like(u), u).abs()  # keeps 1/u out of the gradient
     exact = torch.log(safe_u) - torch.log(torch.tanh(safe_u))
-    series = u**2 / 3 - 7 * u**4 / 90
+    small_u = torch.where(small, u, torch.zeros_like(u))  # keeps u**4's overflow out too
+    series = small_u**2 / 3 - 7 * small_u**4 / 90
     return LOG_2 + torch.where(small, series, exact)
 
 

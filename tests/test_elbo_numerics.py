@@ -109,6 +109,23 @@ def test_cb_gradient_everywhere(backend, dtype):
     assert ((l.grad.double().flatten() - want).abs() <= tol).all(), (l.grad.flatten(), want)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_cb_gradient_at_huge_logits(backend, dtype, create_graph):
+    """|l| up to 3e38: d/dl = x - sigmoid(l) (the normaliser's part vanishes), also where a
+    graph of the gradient is built (the reference math): its small-|u| series, unselected,
+    overflowed in u**4 and its zero gradient times inf was NaN."""
+    dt = case_dtype(backend, dtype)
+    l = torch.tensor([[1e13, -1e13, 3e38, -3e38]], dtype=dt, requires_grad=True)
+    x = torch.tensor([[0.2, 0.7, 0.5, 0.1]], dtype=dt)
+    z = torch.zeros(1, 1, dtype=dt)
+    v = fastvae.elbo(x, l, z, z, likelihood="continuous_bernoulli", reduction="sum",
+                     backend=backend)
+    (g,) = torch.autograd.grad(v, l, create_graph=create_graph)
+    assert torch.isfinite(v) and torch.isfinite(g).all(), g
+    torch.testing.assert_close(g.detach(), x - (l > 0).to(dt), rtol=0, atol=1e-6)
+
+
 # -- extreme values ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])

@@ -276,9 +276,16 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
             this bound's backward it multiplies *every* gradient reaching z_k (the
             decoder's path included) by ``w~_k``, so ``z_k.grad`` is
             ``w~_k^2 d log w_k / d z_k``. Draw z_k with :func:`reparameterize`, decode
-            it, and use it for this bound alone (another loss on the same z_k in the
-            same backward would be weighted too). Eager only: inside
-            ``torch.compile`` and ``torch.func`` transforms it raises.
+            it, and pass the very tensor the decoder read (a copy, cast or view of it
+            is refused: the decoder's gradient would go around the hook) for this bound
+            alone (another loss on the same z_k in the same backward would be weighted
+            too). Eager only: inside ``torch.compile`` and ``torch.func`` transforms it
+            raises. Not with ``likelihood="discretized_logistic_mixture"``. Higher-order
+            gradients (``create_graph=True``) differentiate the first-order DReG
+            gradient with the weights ``w~_k`` held constant: a surrogate's, not the
+            derivative of that gradient field.
+            Under "stl" and "dreg" the encoder's gradient arrives through z_k alone: a
+            z_k cut from mu, logvar (detached, or drawn under ``no_grad``) gives it none.
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)

@@ -309,6 +309,19 @@ def test_low_precision_inputs(seed, backend, dtype, like, kl):
             assert_close(f"d/d{name}", g, e, dtype)
 
 
+def test_a_per_row_grad_output_past_float16s_range(backend):
+    """reduction="none" under a loss scale: each row's grad_output (70,000) times a float16
+    gradient that fits (-350) was computed with grad_output cast to float16 first: inf."""
+    x = torch.full((8, 20), 0.5, dtype=torch.float16)
+    recon = leaf(torch.full((8, 20), 0.02, dtype=torch.float16))
+    z = torch.zeros(8, 4, dtype=torch.float16)
+    v = fastvae.elbo(x, recon, z, z, reduction="none", backend=backend)
+    v.backward(torch.full((8,), 70000.0, dtype=v.dtype))
+    want = 70000.0 * (0.5 - 1 / (1 + math.exp(-0.02)))
+    torch.testing.assert_close(recon.grad.double(), torch.full_like(recon.grad.double(), want),
+                               rtol=2e-3, atol=0)
+
+
 def test_mixed_dtypes_like_autocast(seed, backend):
     """x fp32 (data), recon bf16 (decoder under autocast), latents fp32; and x fp16."""
     x, recon, mu, lv, _ = make(8, (50,), 4, dtype=torch.float32)

@@ -142,6 +142,30 @@ def test_low_precision(seed, backend, dtype):
         assert_close("grad", t.grad, e, dtype, rtol=eps)
 
 
+@pytest.mark.parametrize("op", ["kl_normal", "sample_with_kl"])
+def test_float16_gradients_that_fit_float16_are_not_inf(backend, op):
+    """Inside the hierarchical VAE's clamp (a mean gap of 3, logvar_p = -10) the per-row
+    dKL/dmu_q = 3 e^10 = 66,079 is past float16's range while the batch mean's gradient
+    (1/64 of it) fits: the saved KL gradients are float32 (``kl_grad_dtype``), and a
+    grad_output past 65504 (a loss scale) is multiplied in float32 too. Both gave inf."""
+    b = 64
+    fn = fastvae.kl_normal if op == "kl_normal" else (
+        lambda *a, **k: fastvae.sample_with_kl(*a, **k)[1])
+    ins = [leaf(torch.full((b, 4), v, dtype=torch.float16)) for v in (3.0, 2.0, 0.0, -10.0)]
+    fn(*ins, backend=backend).mean().backward()
+    r, t = math.exp(12.0), 9 * math.exp(10.0)
+    want = (3 * math.exp(10.0), 0.5 * (r - 1), -3 * math.exp(10.0), 0.5 * (1 - r - t))
+    for x, w in zip(ins, want):
+        assert x.grad.dtype == torch.float16
+        torch.testing.assert_close(x.grad.double(), torch.full_like(x.grad.double(), w / b),
+                                   rtol=2e-3, atol=0)
+    mu = leaf(torch.full((b, 4), 0.01, dtype=torch.float16))
+    lv = leaf(torch.zeros(b, 4, dtype=torch.float16))
+    (fn(mu, lv, 0.0, 0.0, backend=backend).sum() * 70000.0).backward()
+    torch.testing.assert_close(mu.grad.double(), torch.full_like(mu.grad.double(), 700.0),
+                               rtol=2e-3, atol=0)
+
+
 def test_gradcheck(backend):
     """float64 finite differences for every input, a broadcast prior included."""
     mu = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from .._dtypes import row_grad_dtype
+from .._dtypes import kl_grad_dtype, row_grad_dtype
 
 
 def needs(*ts) -> List[bool]:
@@ -45,15 +45,26 @@ def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tens
     return t.new_empty(shape, dtype=row_grad_dtype(t, shape))
 
 
+def kl_grad_like(t: Optional[Tensor], need: bool, mu: Tensor) -> Tensor:
+    """A fake KL gradient of t as the backends write it: mu's shape in ``kl_grad_dtype``,
+    or the empty placeholder when not needed."""
+    if not need or t is None:
+        return mu.new_empty(0)
+    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t))
+
+
 def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:
     """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``."""
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
-    if grad_out.dim() == 0:
-        return g * grad_out.to(g.dtype)
-    shape = [1] * g.dim()
-    shape[row_dim] = -1
-    return g * grad_out.reshape(shape).to(g.dtype)
+    if grad_out.dim() != 0:
+        shape = [1] * g.dim()
+        shape[row_dim] = -1
+        grad_out = grad_out.reshape(shape)
+    # in the wider dtype, rounded once: grad_out cast to a 16-bit g first is inf past 65504
+    # (a loss scale) where the product fits
+    out = g * grad_out
+    return out if out.dtype == g.dtype else out.to(g.dtype)
 
 
 def input_like(t: Optional[Tensor]):

@@ -27,15 +27,16 @@ _op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_
 
 @_op.register_fake
 def _(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
-    grads = [A.grad_like(t, n, mu_q, mu_q.shape)
-             for t, n in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
+    grads = [A.kl_grad_like(t, n, mu_q) for t, n in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
     return (mu_q.new_empty(mu_q.shape[:1], dtype=result_dtype(mu_q, logvar_q, mu_p, logvar_p)),
             *grads)
 
 
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:], needs_=inputs[4], backend=inputs[5], inputs=inputs[:4])
-    ctx.sum_to = [A.input_like(t) for t in inputs[2:4]]
+    # each gradient back in its input's dtype (saved wider: kl_grad_dtype), a shared
+    # prior's summed over rows
+    ctx.like = [A.input_like(t) for t in inputs[:4]]
 
 
 def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
@@ -46,8 +47,7 @@ def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in pla
     if g is None:
         g = [A.weigh(t if n else None, grad_out, 0)
              for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    return (g[0], g[1], A.to_shape(g[2], ctx.sum_to[0]), A.to_shape(g[3], ctx.sum_to[1]),
-            None, None)
+    return (*[A.to_shape(t, like) for t, like in zip(g, ctx.like)], None, None)
 
 
 def _higher_order(ctx, grad_out, *_):

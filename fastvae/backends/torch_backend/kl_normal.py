@@ -7,7 +7,7 @@ import torch
 
 from ..._dtypes import result_dtype, upcast
 from . import gaussian_rows, terms
-from .rows import grad_buffer, grad_out
+from .rows import kl_grad_buffer
 
 
 def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
@@ -16,7 +16,7 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     dtype = result_dtype(mu_q, logvar_q, mu_p, logvar_p)
     shape = mu_q.shape
     kl = torch.empty(shape[0], dtype=dtype, device=mu_q.device)
-    outs = [grad_buffer(t, need, shape)
+    outs = [kl_grad_buffer(t, need, mu_q)
             for t, need in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
     g_mu, g_lv, g_pm, g_plv = outs
     if gaussian_rows.kl_rows(mu_q, logvar_q, mu_p, logvar_p, None, None, kl, g_mu, g_pm, g_lv,
@@ -25,10 +25,9 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     kl_bn, d_mu, d_lv, _, d_pm, d_plv = terms.kl_prior_terms(
         upcast(mu_q, dtype), upcast(logvar_q, dtype), None, upcast(mu_p, dtype),
         upcast(logvar_p, dtype), "analytic")
-    return (kl_bn.sum(-1), grad_out(d_mu, mu_q, needs[0], shape),
-            grad_out(d_lv, logvar_q, needs[1], shape),
-            grad_out(d_pm, mu_q if mu_p is None else mu_p, needs[2], shape),
-            grad_out(d_plv, mu_q if logvar_p is None else logvar_p, needs[3], shape))
+    grads = (d_mu, d_lv, d_pm, d_plv)
+    return (kl_bn.sum(-1), *[None if o is None else o.copy_(g.expand(shape))
+                             for o, g in zip(outs, grads)])
 
 
 def kl_normal_bwd(grad_out, g_mu, g_lv, g_pm, g_plv, needs):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import row_grad_dtype
+from ..._dtypes import kl_grad_dtype, row_grad_dtype
 from . import native
 from . import terms
 
@@ -32,6 +32,12 @@ def grad_buffer(t, need: bool, shape=None):
     if shape is None:
         return t.new_empty(t.shape)  # new_empty: a fifth of the cost
     return t.new_empty(shape, dtype=row_grad_dtype(t, shape))
+
+
+def kl_grad_buffer(t, need: bool, mu):
+    """The (B, N) output t's KL gradient is written into (``kl_normal``, ``sample_with_kl``),
+    in the dtype of ``kl_grad_dtype``, or None when not needed."""
+    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t)) if need and t is not None else None
 
 
 def grad_out(g, like, need: bool, shape=None):

@@ -7,7 +7,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE
 
-from ..._dtypes import row_grad_dtype
+from ..._dtypes import kl_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import prior_args
@@ -25,10 +25,12 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     the prior's per row."""
     if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
         return torch_backend.kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
-    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs)
+    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs, kl_grad_dtype)
 
 
-def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
+def _kl_rows(mu, logvar, mu_p, logvar_p, needs, grad_dtype=lambda t: t.dtype):
+    """The row kernel's KL; each gradient in ``grad_dtype(input)`` (kl_normal's rule, or
+    the input's own: kl_standard_normal's)."""
     dev = mu.device
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
@@ -36,7 +38,7 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
     block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size(),
                                                            prior=prior)
     out = _launch.alloc((n,), torch.float32, dev)
-    grads = [_launch.alloc(mu.shape, row_grad_dtype(t, mu.shape), dev) if need else None
+    grads = [_launch.alloc(mu.shape, grad_dtype(t), dev) if need else None
              for t, need in zip((mu, logvar, pm, plv), needs)]
     gmu, glv, gpm, gplv = grads
     data = _launch.dummy(mu.dtype, dev)  # D = 0: the data pointers are never read
@@ -47,8 +49,9 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
         X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, PM=pm, PLV=plv, CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=data, GR=data, GOBS=data,
-        GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=data, GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
+        GMU=_launch.given(gmu, grad_dtype(mu), dev), GLV=_launch.given(glv, grad_dtype(logvar), dev),
+        GZ=data, GPM=_launch.given(gpm, grad_dtype(pm), dev),
+        GPLV=_launch.given(gplv, grad_dtype(plv), dev),
         B=n, D=0, L=l,
         stride_x=0, stride_r=0, stride_obs=0,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=mu.stride(0),

@@ -123,7 +123,9 @@ def _add_sample(sub):
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
                    help="PNG to write, its name ending in .png (default: RUN/samples-N.png)")
-    p.add_argument("--seed", type=o.seed, default=0, help="random seed for z ~ N(0, I)")
+    p.add_argument("--seed", type=o.seed, default=0,
+                   help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
+                   "learned priors)")
     p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda or cuda:N")

@@ -37,7 +37,8 @@ overflows (or the KL's ``exp(-logvar_p)`` does), the loss turns NaN, and the run
 lost - the most reported VAE failure (pythae, NVAE and AntixK/PyTorch-VAE issues). A
 hard ``clamp`` would stop the gradient at the bound; ``tanh`` is the identity near 0,
 smooth and never flat. ``exp(10)`` is far inside float16's range, so the bound also
-holds under mixed precision.
+holds under mixed precision; the KL's gradients, up to 2e8 inside it, are kept in float32
+by the fused ops (``fastvae._dtypes.kl_grad_dtype``).
 """
 from __future__ import annotations
 
@@ -231,6 +232,8 @@ class HierarchicalVAE(ObservationModel):
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """``n`` images from the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down (the mean,
         or a draw from a DMoL decoder)."""
+        n = int(check_number("n", n, minimum=0, integer=True))  # expand(-1) would keep 1
+
         def draw(q, p):
             mu, logvar = p
             z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator)

@@ -34,7 +34,7 @@ from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
 from .observation import ObservationModel
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
-from .validation import check_size, check_sizes
+from .validation import check_number, check_size, check_sizes
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
@@ -88,6 +88,7 @@ class _VAEBase(ObservationModel):
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """``n`` images ``(n, *data_shape)`` decoded from ``z ~ N(0, I)``: the mean, or a
         draw from a DMoL decoder (:meth:`ObservationModel.draw`)."""
+        n = int(check_number("n", n, minimum=0, integer=True))
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         return self.draw(self.decode(z), generator=generator)

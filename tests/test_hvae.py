@@ -51,6 +51,14 @@ def test_shapes_and_api(shape):
         HierarchicalVAE((64,))
 
 
+@pytest.mark.parametrize("n,error", [(-1, "n must be >= 0, got -1"), (2.5, "n must be an int")])
+def test_sample_checks_n(n, error):
+    """expand(-1, ...) keeps a size of 1: sample(-1) drew one image, silently."""
+    with pytest.raises((ValueError, TypeError), match=error):
+        small().sample(n)
+    assert small().sample(0).shape == (0, 1, 8, 8)
+
+
 def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():
     """Zero heads: every group starts at q = p = N(0, I), a KL of exactly 0. Depth-scaled
     residual branches: the top-down state of 40 groups is within 3x the scale of 4 groups'

@@ -14,12 +14,11 @@ on CUDA "triton" and "reference". ``x standard`` is standard's median over the
 estimator's (> 1: faster); ``paired`` is the median over rounds of the ratio within each
 round, with its interquartile range: the spread of the machine. ``--cpu-time`` (CPU,
 ``--threads 1``) times the calling thread's CPU time instead of the wall clock, which other
-processes on a shared machine disturb less.
+processes on a shared machine disturb less. ``--reps`` is at least 2: the paired ratio's
+spread needs two rounds. ``--json`` is checked before the run and written atomically.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ import fastvae
 from fastvae import options as o
 from fastvae.bench.specs._common import native_kernel_off
 from fastvae.bench.timing import check_cpu_time, inner_calls, time_interleaved, timed
+from fastvae.checkpoint import write_json
 
 
 def _leaf(t):
@@ -74,19 +74,35 @@ def make_step(op, inputs, backend, estimator):
 
 
 def _iqr(values):
-    q = statistics.quantiles(values, n=4)
+    # "inclusive": quartiles within the rounds seen; the default ("exclusive")
+    # extrapolates past them for few rounds (2 rounds of ratios 0.3 and 1.3 gave a
+    # negative ratio as the first quartile)
+    q = statistics.quantiles(values, n=4, method="inclusive")
     return q[0], q[2]
 
 
+def rounds(value) -> int:
+    """--reps: the interquartile range of the paired ratios needs two rounds at least
+    (statistics.quantiles refuses one, after the whole run)."""
+    n = o.positive_int(value)
+    if n < 2:
+        raise o.BadValue(f"must be at least 2 (the paired ratio's spread needs two rounds), "
+                         f"got {n}")
+    return n
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = o.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", type=o.device, default="auto")
     p.add_argument("--quick", action="store_true", help="the IWAE K=5 case only, fewer rounds")
-    p.add_argument("--reps", type=o.positive_int, default=None, help="interleaved rounds (default 31)")
+    p.add_argument("--reps", type=rounds, default=None,
+                   help="interleaved rounds, at least 2 (default 31; 11 with --quick)")
     p.add_argument("--threads", type=o.positive_int, default=None, help="torch threads")
     p.add_argument("--cpu-time", action="store_true",
                    help="time the thread's CPU time (CPU, --threads 1)")
-    p.add_argument("--json", default=None, help="write the rows here")
+    # written after the whole run: checked now, or a bad path would lose it
+    p.add_argument("--json", metavar="FILE", type=o.file_to_write, default=None,
+                   help="write the rows here (atomically)")
     args = p.parse_args(argv)
     try:
         device = str(o.resolve_device(args.device))
@@ -140,8 +156,11 @@ def main(argv=None) -> int:
               f"{r['median_ms']:.2f} | {r['x_standard']:.3f} | {r['paired']:.3f} "
               f"[{r['paired_q1']:.3f}, {r['paired_q3']:.3f}] |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=1)
+        try:  # atomic: a failed write keeps the last run's file whole
+            write_json({"environment": env, "rows": rows}, args.json)
+        except OSError as e:  # the table is printed; only the file is lost
+            print(f"{p.prog}: error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -13,14 +13,17 @@ every draw, dead ReLU units, are left out and counted) and its median. Rainforth
 (2018) show the standard estimator's encoder SNR decays like 1/sqrt(K); Tucker et al.
 (2018) that DReG's does not. STL at K = 1 is DReG at K = 1.
 
-Writes ``OUT.json`` (every number and the settings) and ``OUT.png`` (SNR against K per
-estimator, log-log) and prints a markdown table. Needs the train extra (matplotlib).
+Writes ``OUT.json`` (every number and the settings; first, atomically) and ``OUT.png`` (SNR
+against K per estimator, log-log; not with ``--no-plot``) and prints a markdown table. The
+flags, the backend, ``--run`` and matplotlib (for the plot, and for training, which draws
+the run's pictures) are checked before any work; a model trained here is removed at the end.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -30,8 +33,10 @@ from pathlib import Path
 import torch
 
 import fastvae
-from fastvae.checkpoint import load_checkpoint
+from fastvae import options as o
+from fastvae.checkpoint import CheckpointError, load_checkpoint, write_json
 from fastvae.data import load_dataset
+from fastvae.plots import save_figure
 from fastvae.runs import restore_model
 
 ESTIMATORS = ("standard", "stl", "dreg")
@@ -108,28 +113,82 @@ def plot(rows, path: Path, title: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)  # atomic, as every picture of a run; closes fig
+
+
+def draws(value) -> int:
+    """--draws: the SNR divides by a standard deviation over the draws, which one draw
+    does not have (every entry NaN, then a plot that cannot be log-scaled)."""
+    n = o.positive_int(value)
+    if n < 2:
+        raise o.BadValue(f"must be at least 2 (the SNR divides by the standard deviation over "
+                         f"the draws), got {n}")
+    return n
+
+
+def parser():
+    p = o.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default=None, help="run folder of `fastvae train` (default: train one)")
+    p.add_argument("--epochs", type=o.positive_int, default=60,
+                   help="epochs when training (default 60)")
+    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
+                   help="objective when training (iwae: K=5, standard estimator)")
+    p.add_argument("--k", type=o.positive_ints, default=[1, 5, 50],
+                   help="comma list of K (default 1,5,50)")
+    p.add_argument("--draws", type=draws, default=1000,
+                   help="noise draws per point, at least 2 (default 1000)")
+    p.add_argument("--batch", type=o.positive_int, default=32,
+                   help="test images in the mini-batch")
+    p.add_argument("--backend", default="torch", help="fastvae backend (default torch)")
+    p.add_argument("--seed", type=o.seed, default=0)
+    p.add_argument("--threads", type=o.positive_threads, default=1, help="torch threads (default 1)")
+    p.add_argument("--out", type=o.folder, default="benchmarks/gradient_snr",
+                   help="writes OUT.json and OUT.png (default benchmarks/gradient_snr)")
+    p.add_argument("--no-plot", action="store_true",
+                   help="write OUT.json only (with --run, matplotlib is then not needed)")
+    p.add_argument("--replot", metavar="JSON", default=None,
+                   help="only redraw OUT.png from the numbers of an earlier run's JSON")
+    return p
+
+
+def check(p, args):
+    """Every refusal before any work, as one usage line: a study takes minutes, and its
+    numbers used to be lost to a missing matplotlib or folder at the end."""
+    if args.no_plot and args.replot:
+        p.error("--no-plot and --replot: --replot only draws the plot")
+    if not args.no_plot or not args.run:  # the plot, or training's own pictures
+        try:
+            import matplotlib  # noqa: F401  (an import, not find_spec: a broken one counts)
+        except ImportError as e:
+            why = "to draw OUT.png" if args.run else "to train (the run's pictures)"
+            p.error(f"needs matplotlib {why}, and it does not import ({e}): "
+                    "pip install 'fastvae[train]'" + (", or --no-plot" if args.run else ""))
+    out = Path(args.out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (() if args.no_plot else (".png",)) + (() if args.replot else (".json",)):
+            o.file_to_write(str(out.with_suffix(suffix)))
+    except (OSError, o.BadValue) as e:
+        p.error(f"argument --out: {e}")
+    if args.replot:
+        if not os.path.isfile(args.replot):
+            p.error(f"argument --replot: no file {args.replot}")
+        return
+    try:
+        fastvae.backends.select(args.backend, torch.device("cpu"))  # the model is on the CPU
+    except (ValueError, RuntimeError) as e:
+        p.error(f"argument --backend: {e}")
+    if args.run:
+        try:
+            load_checkpoint(args.run)
+        except CheckpointError as e:
+            p.error(f"argument --run: {e}")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default=None, help="run folder of `fastvae train` (default: train one)")
-    p.add_argument("--epochs", type=int, default=60, help="epochs when training (default 60)")
-    p.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
-                   help="objective when training (iwae: K=5, standard estimator)")
-    p.add_argument("--k", type=lambda s: [int(v) for v in s.split(",")], default=[1, 5, 50],
-                   help="comma list of K (default 1,5,50)")
-    p.add_argument("--draws", type=int, default=1000, help="noise draws per point (default 1000)")
-    p.add_argument("--batch", type=int, default=32, help="test images in the mini-batch")
-    p.add_argument("--backend", default="torch", help="fastvae backend (default torch)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--out", default="benchmarks/gradient_snr",
-                   help="writes OUT.json and OUT.png (default benchmarks/gradient_snr)")
-    p.add_argument("--replot", metavar="JSON", default=None,
-                   help="only redraw OUT.png from the numbers of an earlier run's JSON")
+    p = parser()
     args = p.parse_args(argv)
+    check(p, args)
     if args.replot:
         with open(args.replot) as f:
             saved = json.load(f)
@@ -137,6 +196,14 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     run = trained_run(args)
+    try:
+        return study(args, run)
+    finally:
+        if not args.run:  # trained here, into a temporary folder: nobody else will remove it
+            shutil.rmtree(run.parent, ignore_errors=True)
+
+
+def study(args, run) -> int:
     state = load_checkpoint(run)
     model = restore_model(state, run).eval()
     cfg = state["config"]
@@ -153,12 +220,11 @@ def main(argv=None) -> int:
     title = (f"{cfg['dataset']} {cfg.get('model', 'mlp')} VAE, latent {cfg['latent']}, trained: "
              f"{trained}\n{args.draws} noise draws, mini-batch of {args.batch}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plot(rows, out.with_suffix(".png"), title)
-    with open(out.with_suffix(".json"), "w") as f:
-        json.dump({"settings": {**vars(args), "run": str(run), "trained": trained, "title": title,
-                                "torch": torch.__version__, "fastvae": fastvae.__version__},
-                   "rows": rows}, f, indent=1)
+    # the numbers first (minutes of work), atomically; the plot is drawn from them after
+    write_json({"settings": {**vars(args), "run": args.run or "trained here, then removed",
+                             "trained": trained, "title": title, "torch": torch.__version__,
+                             "fastvae": fastvae.__version__}, "rows": rows},
+               out.with_suffix(".json"))
     print(f"\n{title.replace(chr(10), '; ')}\n")
     print("| K | estimator | mean SNR | median SNR | x standard (mean) |")
     print("|---|---|---|---|---|")
@@ -168,7 +234,16 @@ def main(argv=None) -> int:
               f"{r['mean_snr'] / std:.2f} |")
     dead = statistics.mean(r["dead"] for r in rows)
     print(f"\n({rows[0]['parameters'] + rows[0]['dead']} encoder parameters, {dead:.0f} always-zero "
-          f"left out; wrote {out.with_suffix('.png')} and {out.with_suffix('.json')})")
+          f"left out; wrote {out.with_suffix('.json')})")
+    if args.no_plot:
+        return 0
+    try:
+        plot(rows, out.with_suffix(".png"), title)
+    except (ValueError, OSError) as e:  # e.g. every SNR NaN: nothing to log-scale
+        print(f"gradient_snr.py: error: cannot draw {out.with_suffix('.png')} ({e}); the numbers "
+              f"are in {out.with_suffix('.json')} (--replot redraws it)", file=sys.stderr)
+        return 1
+    print(f"wrote {out.with_suffix('.png')}")
     return 0
 
 

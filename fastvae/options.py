@@ -148,6 +148,15 @@ def names_from(allowed):
     return parse
 
 
+def positive_ints(value) -> list:
+    """A comma list of positive integers, at least one (``--k 1,5,50``): a 0 or a word
+    would otherwise fail inside the work, as a traceback naming no flag."""
+    items = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        raise BadValue("an empty list; name at least one positive integer")
+    return [positive_int(v) for v in items]
+
+
 def file_to_write(value) -> str:
     """A file a command writes when its work is done: checked before the work starts, so
     that a path which cannot be written loses nothing."""

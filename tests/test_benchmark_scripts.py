@@ -59,3 +59,67 @@ def test_estimators_speed_writes_its_json_atomically(monkeypatch, tmp_path):
     assert written == [out] and {r["estimator"] for r in rows} == {"standard", "stl", "dreg"}
     assert all(r["paired_q1"] <= r["paired_q3"] for r in rows)
     assert es._iqr([1.0, 3.0]) == (1.5, 2.5)   # within the rounds, even for two of them
+
+
+# ------------------------------------------------------------------ gradient_snr.py
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--draws", "1"], "--draws"), (["--batch", "0"], "--batch"), (["--k", "1,0"], "--k"),
+    (["--backend", "bogus"], "--backend"), (["--epochs", "0"], "--epochs"),
+    (["--run", "/nonexistent/run"], "--run"), (["--out", "{file}/sub/x"], "--out")])
+def test_gradient_snr_refuses_bad_flags_before_training(monkeypatch, capsys, tmp_path, argv,
+                                                          flag):
+    snr = _module("gradient_snr", monkeypatch)
+    monkeypatch.setattr(snr, "trained_run", _no_work)
+    (tmp_path / "file").write_text("")   # a folder that cannot be made: a file is in the way
+    _usage_error(capsys, snr.main, [a.format(file=tmp_path / "file") for a in argv], flag)
+
+
+def test_gradient_snr_refuses_triton_on_the_cpu(monkeypatch, capsys):
+    snr = _module("gradient_snr", monkeypatch)
+    monkeypatch.setattr(snr, "trained_run", _no_work)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _usage_error(capsys, snr.main, ["--backend", "triton"], "--backend")
+
+
+def test_gradient_snr_needs_matplotlib_up_front_unless_no_plot_of_a_run(monkeypatch, capsys,
+                                                                          tmp_path):
+    snr = _module("gradient_snr", monkeypatch)
+    monkeypatch.setattr(snr, "trained_run", _no_work)
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import fails
+    err = _usage_error(capsys, snr.main, ["--out", str(tmp_path / "x")], "matplotlib")
+    assert "train" in err   # training draws the run's pictures, --no-plot or not
+    _usage_error(capsys, snr.main, ["--no-plot", "--out", str(tmp_path / "x")], "matplotlib")
+    monkeypatch.setattr(snr, "load_checkpoint", lambda run: {})
+    monkeypatch.setattr(snr, "trained_run", lambda args: pathlib.Path(args.run))
+    monkeypatch.setattr(snr, "study", lambda args, run: 0)
+    assert snr.main(["--run", str(tmp_path), "--no-plot", "--out", str(tmp_path / "x")]) == 0
+
+
+def test_gradient_snr_writes_the_json_before_the_plot_and_removes_its_training(
+        monkeypatch, capsys, tmp_path):
+    """A plot that fails (all NaN: "Data cannot be log-scaled") loses no number, and the
+    model trained into a temporary folder is removed, on success as on failure."""
+    snr = _module("gradient_snr", monkeypatch)
+    monkeypatch.setattr(snr.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def broken_plot(*a):
+        raise ValueError("Data cannot be log-scaled")
+    monkeypatch.setattr(snr, "plot", broken_plot)
+    out = tmp_path / "out" / "snr"
+    argv = ["--epochs", "1", "--draws", "2", "--k", "1", "--batch", "2", "--out", str(out)]
+    assert snr.main(argv) == 1
+    assert "log-scaled" in capsys.readouterr().err
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["estimator"] for r in rows] == list(snr.ESTIMATORS)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    def crash(args, run):
+        assert (run / "checkpoint.pt").is_file()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(snr, "study", crash)
+    with pytest.raises(KeyboardInterrupt):
+        snr.main(argv)
+    assert list((tmp_path / "tmp").iterdir()) == []

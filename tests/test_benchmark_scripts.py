@@ -123,3 +123,30 @@ def test_gradient_snr_writes_the_json_before_the_plot_and_removes_its_training(
     with pytest.raises(KeyboardInterrupt):
         snr.main(argv)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# ------------------------------------------------------------------ cpu_kernel_decision.py
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--parts", "bogus"], "--parts"), (["--parts", "steady", "--batches", "0"], "--batches"),
+    (["--batches", "x"], "--batches"), (["--rounds", "0"], "--rounds"),
+    (["--first-repeats", "0"], "--first-repeats"), (["--json", "{tmp}"], "--json")])
+def test_cpu_kernel_decision_refuses_bad_flags_before_timing(monkeypatch, capsys, tmp_path,
+                                                             argv, flag):
+    ckd = _module("cpu_kernel_decision", monkeypatch)
+    for part in ("first_call", "steady", "floor"):
+        monkeypatch.setattr(ckd, part, _no_work)
+    _usage_error(capsys, ckd.main, [a.format(tmp=tmp_path) for a in argv], flag)
+
+
+def test_cpu_kernel_decision_runs_the_parts_named_and_writes_the_json(monkeypatch, tmp_path):
+    ckd = _module("cpu_kernel_decision", monkeypatch)
+    seen = []
+    monkeypatch.setattr(ckd, "first_call", _no_work)
+    monkeypatch.setattr(ckd, "steady", lambda b, r, th, clock: seen.append((b, r)) or [])
+    monkeypatch.setattr(ckd, "floor", lambda: "| floor |")
+    out = tmp_path / "d.json"
+    ckd.main(["--parts", "steady, floor", "--batches", "8,16", "--rounds", "1", "--json",
+              str(out)])
+    assert seen == [([8, 16], 1)] * 2   # the wall clock, then the CPU clock
+    assert json.loads(out.read_text())["floor"] == "| floor |"

@@ -211,6 +211,8 @@ if want host; then
   elif [ "$SMOKE" != 0 ]; then
     stage "host profile (CPU smoke)" 30 "$OUT/probe.log" "$PY" benchmarks/gpu_probe.py \
       --smoke --host-profile --out "$OUT"
+  else  # as every GPU stage: in the console and steps.tsv, not silently missing
+    skip "host profile" "$REASON"
   fi
 fi
 

@@ -1,8 +1,12 @@
 """The GPU session's own checks run on CPU too: the tile sweep's agreement check and its
-configuration patch (benchmarks/gpu_tiles.py), and the VDVAE-like loop's closed-form check of
-sample_with_kl (benchmarks/gpu_hvae_loop.py) passes the real op and catches a wrong one."""
+configuration patch (benchmarks/gpu_tiles.py), the VDVAE-like loop's closed-form check of
+sample_with_kl (benchmarks/gpu_hvae_loop.py) passes the real op and catches a wrong one, and
+benchmarks/gpu_session.sh without CUDA reports every GPU stage as skipped."""
 import importlib.util
+import os
 import pathlib
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -64,3 +68,30 @@ def test_tile_sweep_checks_every_candidate_and_restores_the_shipped_tiles(monkey
     assert "stale" not in elbo._PLANS
     assert (dict(configs.ELBO_TILE_ELEMENTS), configs.ELBO_WARPS, configs.ELBO_BLOCK_D,
             dict(configs.ELBO_STAGES)) == before
+
+
+# The console and steps.tsv names of the stages that need CUDA (ncu-iwae runs under ncu's).
+GPU_STAGES = ("bar", "captured bar", "probe", "tiles", "host profile", "hvae loop", "ncu",
+              "tests")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="gpu_session.sh needs bash and coreutils' timeout")
+def test_gpu_session_without_cuda_skips_every_gpu_stage_with_its_reason(tmp_path):
+    """The header's promise: without CUDA (and without FASTVAE_GPU_SMOKE) each GPU stage is
+    skipped with a one-line reason, on the console and in steps.tsv, and the script exits 2.
+    A stub interpreter stands in for Python: the env stage's CUDA probe says "none" (exit
+    3), as on a CPU machine, whatever this one has, in a second instead of torch's import."""
+    py = tmp_path / "python"
+    py.write_text('#!/bin/sh\ncase "$*" in\n  *is_available*) echo "cuda: none (stub)"; exit 3 ;;\n'
+                  '  -) cat >/dev/null ;;\nesac\nexit 0\n')
+    py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVAE_GPU_")}
+    env.update(PYTHON=str(py), OUT=str(tmp_path / "out"), FASTVAE_GPU_KEEP_RAW="1")
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr
+    steps = (tmp_path / "out" / "raw" / "steps.tsv").read_text().splitlines()
+    for name in GPU_STAGES:
+        assert f"== {name}: skipped, no CUDA device" in res.stdout, name
+        assert f"{name}\tskipped (no CUDA device (see env.txt))\t0\t0" in steps, name

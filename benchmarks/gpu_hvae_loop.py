@@ -15,9 +15,11 @@ backend triton), and the eager and fastvae steps captured in a CUDA graph.
 Columns: ``ms`` = CUDA-event time per step over back-to-back steps (host included: at batch
 16 the host is the bottleneck); ``host us`` = wall time to enqueue one step; ``graph ms`` =
 replay of the step captured in a CUDA graph; ``launches/group`` = kernel launches per group
-per step (fwd+bwd, torch.profiler), the issue asks 1 + 1. Each fastvae step is checked
-first with the benchmark's own check: the KL and every gradient against the float64 closed
-form of its own z.
+per step (fwd+bwd, torch.profiler), the issue asks 1 + 1. Under ``--smoke`` (CPU, batch 2)
+``ms`` is ``cpu wall ms``, the wall time per step (the CPU has no events), and
+``launches/group`` is "-" (the profiler counts CUDA kernels only: 0 would read as none).
+Each fastvae step is checked first with the benchmark's own check: the KL and every
+gradient against the float64 closed form of its own z.
 """
 from __future__ import annotations
 
@@ -110,15 +112,16 @@ def measure(name, step, device, reps, n_groups, graph=True):
     row = {"variant": name,
            "ms": statistics.median(timed_gpu(step, device, reps) for _ in range(3)),
            "host_us": host_us(step, device, reps)}
-    row["launches_per_group"], row["kernels"] = launches(step, device, n_groups)
+    # None on the CPU: the profiler counts CUDA kernels only, and 0 would read as "none"
+    row["launches_per_group"], row["kernels"] = (
+        launches(step, device, n_groups) if device.type == "cuda" else (None, {}))
     if graph and device.type == "cuda":
         try:
             row["graph_ms"] = graph_ms(step, device, reps)
         except Exception as e:  # reported; the other variants still run
             row["graph_error"] = f"{type(e).__name__}: {e}"[:300]
     log(f"  {name}: {row['ms']:.3f} ms, host {row['host_us']:.0f} us, graph "
-        f"{row.get('graph_ms', row.get('graph_error'))}, {row['launches_per_group']:.1f} "
-        "launches/group")
+        f"{row.get('graph_ms', row.get('graph_error'))}, {_launches(row)} launches/group")
     return row
 
 
@@ -153,13 +156,20 @@ def run_case(label, shapes, device, backend, reps, budget_s, with_compile):
     return res
 
 
+def _launches(row) -> str:
+    n = row.get("launches_per_group")
+    return "-" if n is None else f"{n:.1f}"
+
+
 def markdown(res):
+    ms = "ms" if res.get("cuda") else "cpu wall ms"   # CUDA-event time only on CUDA
     out = [f"# sample_with_kl on the GPU (issue 11): {res['device']}, torch {res['torch']}, "
            f"triton {res['triton']}", ""]
     for c in res["cases"]:
         out += [f"## {c['case']}: {c['groups']} group(s), fastvae checked against the float64 "
                 "closed forms", "",
-                "| variant | ms | x eager | host us | graph ms | graph x eager | launches/group |",
+                f"| variant | {ms} | x eager | host us | graph ms | graph x eager "
+                "| launches/group |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         for r in c["rows"]:
             if "error" in r:
@@ -168,7 +178,7 @@ def markdown(res):
             g = r.get("graph_ms")
             gs = "- | -" if g is None else f"{g:.3f} | {r['graph_x_eager']:.2f}"
             out.append(f"| {r['variant']} | {r['ms']:.3f} | {r.get('x_eager', 0):.2f} | "
-                       f"{r['host_us']:.0f} | {gs} | {r['launches_per_group']:.1f} |")
+                       f"{r['host_us']:.0f} | {gs} | {_launches(r)} |")
         out.append("")
         for r in c["rows"]:
             if r.get("kernels"):
@@ -199,9 +209,10 @@ def main(argv=None):
     except ImportError:
         tv = "not installed"
     res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
-           "torch": torch.__version__, "triton": tv, "cases": []}
+           "torch": torch.__version__, "triton": tv, "cuda": cuda, "cases": []}
     loop = SMOKE_LOOP if args.smoke else LOOP
-    cases = [("VDVAE-like loop, batch 16", group_shapes(16 if cuda else 2, loop), cuda)]
+    batch = 16 if cuda else 2
+    cases = [(f"VDVAE-like loop, batch {batch}", group_shapes(batch, loop), cuda)]
     if cuda:  # before the loop, whose compile variant may take what is left of the budget
         cases = [("one group (32, 16, 32, 32)", [(32, 16, 32, 32)], False),
                  ("one group (4096, 64)", [(4096, 64)], False)] + cases

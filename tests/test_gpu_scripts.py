@@ -3,6 +3,7 @@ configuration patch (benchmarks/gpu_tiles.py), the VDVAE-like loop's closed-form
 sample_with_kl (benchmarks/gpu_hvae_loop.py) passes the real op and catches a wrong one, and
 benchmarks/gpu_session.sh without CUDA reports every GPU stage as skipped."""
 import importlib.util
+import json
 import os
 import pathlib
 import shutil
@@ -36,6 +37,21 @@ def test_hvae_loop_check_passes_the_op_and_catches_a_wrong_gradient():
         return z, kl + 0.01 * (plv - plv.detach()).flatten(1).sum(1)
     with pytest.raises(AssertionError, match="dlogvar_p"):
         loop.check_fastvae(groups, wrong)
+
+
+def test_hvae_loop_smoke_labels_its_cpu_columns(tmp_path):
+    """--smoke times the CPU's wall clock, and the profiler counts CUDA kernels only: the
+    table says "cpu wall ms" and "-" launches (a 0.0 read as no launch at all)."""
+    loop = _module("gpu_hvae_loop")
+    assert loop.main(["--smoke", "--out", str(tmp_path), "--reps", "1"]) == 0
+    md = (tmp_path / "hvae_loop.md").read_text()
+    head = md.split("| variant | ")[1].splitlines()[0]
+    assert head.startswith("cpu wall ms |"), head
+    table = [line for line in md.splitlines() if line.startswith(("| eager", "| fastvae"))]
+    assert len(table) == 2 and all(line.endswith("| - |") for line in table), table
+    res = json.loads((tmp_path / "hvae_loop.json").read_text())
+    assert all(r["launches_per_group"] is None for r in res["cases"][0]["rows"])
+    assert "batch 2" in res["cases"][0]["case"]
 
 
 def test_tile_sweep_checks_every_candidate_and_restores_the_shipped_tiles(monkeypatch):

@@ -141,7 +141,8 @@ def parser():
                    help="test images in the mini-batch")
     p.add_argument("--backend", default="torch", help="fastvae backend (default torch)")
     p.add_argument("--seed", type=o.seed, default=0)
-    p.add_argument("--threads", type=o.positive_threads, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=o.positive_threads, default=1,
+                   help="torch threads (default 1)")
     p.add_argument("--out", type=o.folder, default="benchmarks/gradient_snr",
                    help="writes OUT.json and OUT.png (default benchmarks/gradient_snr)")
     p.add_argument("--no-plot", action="store_true",

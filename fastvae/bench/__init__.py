@@ -3,7 +3,8 @@
 Prints one table: variant, op, shape, dtype, median ms, speed-up vs eager and vs
 torch.compile, peak extra memory, bytes saved for backward, kernels, GB/s and % of
 the measured copy-bandwidth roofline. Every case first checks that its variants
-agree numerically and stops with an error if one does not. On a GPU, L2 is flushed
+agree numerically; one that does not is not timed but reported (a line under the table,
+an ``error`` row in the JSON, exit status 1), and the run goes on. On a GPU, L2 is flushed
 before every timed call (--warm-l2 leaves it warm). ``--quick`` is a subset that
 takes under two minutes on 2 CPU cores.
 

@@ -33,8 +33,17 @@ def low_precision(dtype) -> bool:
 
 def check_agreement(case: Case, inputs: dict, outputs: Dict[str, tuple],
                     reference: Optional[tuple] = None) -> None:
-    """Raise :class:`AgreementError` unless every variant matches ``eager`` (or passes
-    the op's ``self_check``).
+    """Raise :class:`AgreementError` (the first variant's, in order) unless every variant
+    matches ``eager`` (or passes the op's ``self_check``); see :func:`disagreements`."""
+    bad = disagreements(case, inputs, outputs, reference)
+    if bad:
+        raise AgreementError(next(iter(bad.values())))
+
+
+def disagreements(case: Case, inputs: dict, outputs: Dict[str, tuple],
+                  reference: Optional[tuple] = None) -> Dict[str, str]:
+    """``{variant: why}`` for every variant that fails the check (empty: all agree), so a
+    run can drop the variants that fail and still time the others.
 
     In bf16/fp16, ``reference`` is eager run in fp32 on the same (upcast) inputs, and
     each variant's error against it may be at most twice eager's own same-dtype error
@@ -43,38 +52,44 @@ def check_agreement(case: Case, inputs: dict, outputs: Dict[str, tuple],
     nats), so "close to eager" would be the wrong test.
     """
     op = get_op(case.op)
-    if op.self_check is not None:
-        for name, out in outputs.items():
-            op.self_check(case, inputs, out, name)
-        return
-    if reference is not None:
-        check_against_fp32(case, outputs, reference)
-        return
-    ref = outputs[REFERENCE]
+    bad: Dict[str, str] = {}
     for name, out in outputs.items():
-        if name == REFERENCE:
-            continue
-        _same_count(name, out, ref)
-        for i, (g, w) in enumerate(zip(out, ref)):
-            assert_agrees(f"{case.op} {case.shape} {case.dtype_name}: {name} vs eager, "
-                          f"{_what(i)}", g, w, case.dtype)
+        if name == REFERENCE and op.self_check is None and reference is None:
+            continue   # eager against itself
+        try:
+            if op.self_check is not None:
+                op.self_check(case, inputs, out, name)
+            elif reference is not None:
+                check_against_fp32(case, name, out, outputs[REFERENCE], reference)
+            else:
+                _check_against_eager(case, name, out, outputs[REFERENCE])
+        except AgreementError as e:
+            bad[name] = str(e)
+    return bad
 
 
-def check_against_fp32(case: Case, outputs: Dict[str, tuple], reference: tuple) -> None:
+def _check_against_eager(case: Case, name: str, out: tuple, ref: tuple) -> None:
+    _same_count(name, out, ref)
+    for i, (g, w) in enumerate(zip(out, ref)):
+        assert_agrees(f"{case.op} {case.shape} {case.dtype_name}: {name} vs eager, "
+                      f"{_what(i)}", g, w, case.dtype)
+
+
+def check_against_fp32(case: Case, name: str, out: tuple, eager: tuple,
+                       reference: tuple) -> None:
     """Low precision: each output's relative L2 error against eager in fp32 may be at
     most ``max(2 x eager's own, the dtype's rtol)`` (norm-wise, since a bf16 training
     step's gradients scatter element by element through ReLUs and convolutions)."""
     floor = testing.tolerance(case.dtype)[0]
-    eager_err = [_rel_err(g, w) for g, w in zip(outputs[REFERENCE], reference)]
-    for name, out in outputs.items():
-        _same_count(name, out, reference)
-        for i, (g, w) in enumerate(zip(out, reference)):
-            e, bound = _rel_err(g, w), max(2 * eager_err[i], floor)
-            if e > bound:
-                raise AgreementError(
-                    f"{case.op} {case.shape} {case.dtype_name}: {name}, {_what(i)}: relative "
-                    f"error {e:.4g} against eager in fp32, over max(2 x eager's own "
-                    f"{case.dtype_name} error {eager_err[i]:.4g}, {floor})")
+    _same_count(name, out, reference)
+    for i, (g, w) in enumerate(zip(out, reference)):
+        eager_err = _rel_err(eager[i], w) if i < len(eager) else math.inf
+        e, bound = _rel_err(g, w), max(2 * eager_err, floor)
+        if e > bound:
+            raise AgreementError(
+                f"{case.op} {case.shape} {case.dtype_name}: {name}, {_what(i)}: relative "
+                f"error {e:.4g} against eager in fp32, over max(2 x eager's own "
+                f"{case.dtype_name} error {eager_err:.4g}, {floor})")
 
 
 def _rel_err(got, want) -> float:

@@ -103,8 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``fastvae bench``: run the chosen grid, print the table, write JSON / plot.
-    Returns the exit status (0; 2 when the grid asked for needs CUDA and there is none);
-    an :class:`~.core.AgreementError` propagates."""
+    Returns the exit status: 0; 1 when a variant disagreed with eager (its case's other
+    variants, and every other case, are still timed, printed and written); 2 when the
+    grid asked for needs CUDA and there is none."""
     if getattr(args, "gpu_train_step", False):
         why = gpu_train_step_unavailable(args.device)
         if why:
@@ -115,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cuda" if args.device == "auto" else args.device
     if args.proxy:
         return run_proxy(args)
-    measure_grid(args)
+    failed = [r for r in measure_grid(args) if r.get("error")]
+    if failed:
+        print(f"fastvae bench: error: {len(failed)} variant(s) disagreed with eager and were not "
+              "timed: " + "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
+                                    for r in failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -183,11 +189,17 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
                     unavailable.setdefault(n, set()).add(case.op)
         print(f"[{i + 1}/{len(grid)}] {case.op} {case.shape} {case.dtype_name} ...",
               file=sys.stderr, flush=True)
+        # A variant that disagrees gets an error row; the case's others are still timed.
         rows += run_case(case, names, reps=reps, budget_s=budget, with_extras=not args.no_extras,
-                         bandwidth=bw, cpu_time=args.cpu_time, flush_l2=not warm_l2)
+                         bandwidth=bw, cpu_time=args.cpu_time, flush_l2=not warm_l2,
+                         drop_disagreeing=True)
     env["wall_s"] = time.perf_counter() - t0
-    print(format_table(rows, markdown=args.markdown))
-    first = format_first_calls(rows)
+    timed_rows = [r for r in rows if not r.get("error")]
+    print(format_table(timed_rows, markdown=args.markdown))
+    for r in rows:
+        if r.get("error"):
+            print(f"not timed, disagrees with eager: {r['error']}")
+    first = format_first_calls(timed_rows)
     if first:
         print(first)
     if unavailable:
@@ -204,7 +216,7 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
                     "skipped": [dict(dataclasses.asdict(c), dtype=c.dtype_name)
                                 for c in skipped]}, args.json)
     if args.plot:
-        plot(rows, args.plot)
+        plot(timed_rows, args.plot)
     return rows
 
 

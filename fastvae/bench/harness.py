@@ -10,12 +10,12 @@ import dataclasses
 import itertools
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .check import check_agreement, low_precision, upcast_inputs
+from .check import check_agreement, disagreements, low_precision, upcast_inputs
 from .core import (COMPILE, REFERENCE, Case, Op, Variant, bytes_moved, convert_inputs,
                    get_op, variant_names)
 from .extras import extras, saved_bytes
@@ -25,12 +25,14 @@ from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_inte
 
 @dataclass
 class Prepared:
-    """A case with its inputs, one built step per variant, warmed up and checked."""
+    """A case with its inputs, one built step per variant, warmed up and checked;
+    ``failed``: the variants dropped for disagreeing, with the check's message."""
 
     case: Case
     inputs: dict
     steps: Dict[str, Callable]
     first_call_s: Dict[str, float]
+    failed: Dict[str, str] = field(default_factory=dict)
 
 
 def _detached(out) -> tuple:
@@ -39,10 +41,12 @@ def _detached(out) -> tuple:
 
 def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int = 0,
             extra_variants: Optional[Dict[str, Variant]] = None, warmup: int = 1,
-            check: bool = True) -> Prepared:
+            check: bool = True, drop_disagreeing: bool = False) -> Prepared:
     """Build every variant's step on shared inputs, time the first call (the compile
     of ``compile``), warm up, and check agreement (raises
-    :class:`~.core.AgreementError`).
+    :class:`~.core.AgreementError`; with ``drop_disagreeing``, leaves the variants that
+    fail out of ``steps`` and names them in ``failed`` instead, so a run of many cases
+    still times the rest).
 
     ``extra_variants`` adds variants beyond the op's (tests inject a wrong one).
     ``eager`` always runs: it is the reference of the check and of the ratios.
@@ -71,6 +75,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
         slow = first[n] > 1.0 and n != COMPILE
         for _ in range(0 if slow else warmup):
             timed(steps[n], case.device)
+    failed: Dict[str, str] = {}
     if check:
         reference = None
         if low_precision(case.dtype) and op.self_check is None:
@@ -80,10 +85,15 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             reference = _detached(ref_step())
             del ref_step
         try:
-            check_agreement(case, inputs, outputs, reference)
+            if drop_disagreeing:
+                failed = disagreements(case, inputs, outputs, reference)
+            else:
+                check_agreement(case, inputs, outputs, reference)
         finally:
             outputs.clear()
-    return Prepared(case, inputs, steps, first)
+    for n in failed:
+        del steps[n], first[n]
+    return Prepared(case, inputs, steps, first, failed)
 
 
 def make_inputs(op: Op, case: Case, seed: int) -> dict:
@@ -108,6 +118,8 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     ``flush_l2``: on a GPU, evict L2 before every timed call (see ``timing.py``);
     the CPU is never flushed."""
     case, steps = prepared.case, prepared.steps
+    if not steps:   # every variant disagreed (drop_disagreeing): nothing to time
+        return []
     # Sized from one warm call of each: a first call (Triton's JIT, compile's tracing, the
     # allocator's first pages) can be many times slower, and would size too few rounds.
     slowest = max(timed(step, case.device)[0] for step in steps.values())
@@ -140,7 +152,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "paired_speedup_vs_compile": _paired(times, COMPILE, n),
             "times_ms": [t * 1e3 for t in times[n]],
             "peak_extra_bytes": None, "saved_bytes": None, "kernels": None,
-            "bytes_moved": moved, "gbps": None, "pct_roofline": None,
+            "bytes_moved": moved, "gbps": None, "pct_roofline": None, "error": None,
         }
         if moved is not None:
             row["gbps"] = moved / med[n] / 1e9
@@ -160,13 +172,25 @@ def _paired(times: Dict[str, List[float]], base: str, n: str) -> Optional[float]
 
 
 def run_case(case: Case, variants=None, **kw) -> List[dict]:
-    """prepare + measure, freeing the case's tensors before returning."""
-    prep_kw = {k: kw.pop(k) for k in ("seed", "extra_variants", "warmup", "check") if k in kw}
+    """prepare + measure, freeing the case's tensors before returning. With
+    ``drop_disagreeing``, a variant that fails the check gets a row of its own holding
+    the check's message under ``"error"`` (and no timings) instead of raising."""
+    prep_kw = {k: kw.pop(k) for k in ("seed", "extra_variants", "warmup", "check",
+                                      "drop_disagreeing") if k in kw}
     prepared = prepare(case, variants, **prep_kw)
     try:
-        return measure(prepared, **kw)
+        return measure(prepared, **kw) + [error_row(case, n, why)
+                                          for n, why in prepared.failed.items()]
     finally:
         del prepared
+
+
+def error_row(case: Case, variant: str, why: str) -> dict:
+    """The row of a variant that was not timed: the case's keys, ``"error"``, no numbers."""
+    return {"op": case.op, "variant": variant, "batch": case.batch, "dim": case.dim,
+            "latent": case.latent, "k": case.k if get_op(case.op).uses_k else None,
+            "dtype": case.dtype_name, "device": case.device, "shape": case.shape,
+            "error": why}
 
 
 def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float = 2.0) -> None:

@@ -48,3 +48,57 @@ def test_a_disagreeing_variant_is_an_error_row_and_the_run_goes_on(tmp_path, cap
     assert err.strip().splitlines()[-1] == (
         "fastvae bench: error: 1 variant(s) disagreed with eager and were not timed: "
         "distributions on elbo B=16 D=12 L=3 fp32")
+
+
+@pytest.mark.parametrize("argv,flag,value,ops", [
+    (["--ops", "elbo,train_conv", "--dim", "10"], "--dim", "10", ["train_conv"]),
+    (["--dim", "0"], "--dim", "0", ["train_mlp", "train_conv", "train_hvae"]),
+    (["--latent", "0"], "--latent", "0", ["train_mlp", "train_conv", "dmol", "train_hvae"]),
+    (["--ops", "train_hvae", "--dim", "784,3072"], "--dim", "3072", ["train_hvae"]),
+    (["--gpu-train-step", "--latent", "0"], "--latent", "0", ["train_mlp", "train_conv"])])
+def test_sizes_an_op_cannot_take_are_a_usage_error_before_any_work(capsys, monkeypatch, argv,
+                                                                    flag, value, ops):
+    """Each op states its sizes once (Op.needs); --dim / --latent are checked against the
+    ops that will run when the command is parsed, not at the op's first case."""
+    from fastvae.bench import cli as bench_cli
+
+    monkeypatch.setattr(bench_cli, "copy_bandwidth", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"argument {flag}: {', '.join(ops)} cannot run at {flag} {value} (" in err, err
+    others = [n for n in core.OPS if n not in ops]
+    if "--ops" not in argv and "--gpu-train-step" not in argv:   # names the ops that can
+        assert f"--ops {','.join(others)}" in err, err
+
+
+@pytest.mark.parametrize("op", sorted(core.OPS))
+def test_an_ops_stated_sizes_are_the_ones_it_runs_at(op):
+    """Op.needs is the truth: where it refuses a size the op's first step fails, where it
+    accepts one the step runs (an op without needs runs at any size)."""
+    from fastvae import bench
+
+    spec = core.OPS[op]
+    names = [n for n in core.variant_names(op, "cpu") if n != "compile"]
+    for dim, latent in ((0, 3), (16, 0), (10, 3), (16, 3)):
+        refused = spec.needs is not None and (
+            (spec.uses_dim and spec.needs("dim", dim)) or spec.needs("latent", latent))
+        case = core.Case(op, 2, dim, latent, k=1)
+        try:
+            bench.prepare(case, names, warmup=0, check=False)
+        except ValueError:
+            assert refused, (dim, latent)
+        else:
+            assert not refused, (dim, latent)
+
+
+def test_the_grid_refuses_sizes_for_callers_of_the_api():
+    import argparse
+
+    from fastvae import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(ValueError, match="train_conv cannot run at --dim 10"):
+        bench.grid_from_args(parser.parse_args(["--ops", "train_conv", "--dim", "10"]), "cpu", [])

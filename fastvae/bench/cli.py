@@ -13,7 +13,7 @@ import torch
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import grid_from_args
+from .grids import grid_from_args, ops_of, size_problem
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if why:
             print(f"fastvae bench --gpu-train-step: skipped, {why}", file=sys.stderr)
             return 2
-        args.ops = ["train_mlp", "train_conv"]
+        args.ops = list(GPU_TRAIN_OPS)
         args.batch, args.dim = [GPU_TRAIN_BATCH], [784]
         args.device = "cuda" if args.device == "auto" else args.device
     if args.proxy:
@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 GPU_TRAIN_BATCH = 65536
+GPU_TRAIN_OPS = ("train_mlp", "train_conv")
 
 
 def gpu_train_step_unavailable(device: str) -> str:
@@ -233,10 +234,16 @@ def main(argv=None) -> int:
         o.resolve_device(args.device)
     except ValueError as e:
         parser.error(f"argument {e}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Sizes an op cannot take would end the run at its first case, minutes in.
+    problem = None if args.proxy else size_problem(
+        GPU_TRAIN_OPS if args.gpu_train_step else ops_of(args, device),
+        [784] if args.gpu_train_step else args.dim, args.latent)
+    if problem:
+        parser.error(f"argument {problem}")
     if args.cpu_time:
-        device = args.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         threads = args.threads or torch.get_num_threads()
         if torch.device(device).type != "cpu" or threads != 1:
             parser.error(f"--cpu-time times the calling thread: it needs device cpu and "

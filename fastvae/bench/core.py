@@ -100,6 +100,10 @@ class Op:
     pytest suites' grid (``suite_cpu``, ``suite_cuda``); see ``grids.py``.
     ``self_check(case, inputs, outputs, name)``: for ops whose variants cannot be
     compared with eager's (samplers on different RNG streams), checks one variant alone.
+    ``needs(axis, value)``: where the op cannot run at every D or L, what it needs of
+    ``axis`` (``"dim"`` or ``"latent"``) when ``value`` will not do (``"D = H*W (a
+    square)"``), else None: the one statement of its sizes, which ``fastvae bench``
+    checks --dim / --latent against before measuring anything.
     """
 
     name: str
@@ -113,6 +117,7 @@ class Op:
     self_check: Optional[Callable[[Case, dict, tuple, str], None]] = None
     largest: Callable[[Case], int] = _largest
     label: Optional[Callable[[Case], str]] = None   # the case's shape, where not B/D/L/K
+    needs: Optional[Callable[[str, int], Optional[str]]] = None   # None: any size runs
 
     @property
     def uses_k(self) -> bool:
@@ -128,6 +133,11 @@ def register(*ops: Op) -> None:
         if op.name in OPS:
             raise ValueError(f"benchmark op {op.name!r} is registered twice")
         OPS[op.name] = op
+
+
+def at_least_one(axis: str, value: int) -> Optional[str]:
+    """An :attr:`Op.needs` for ops whose models have no zero-sized layer: D, L >= 1."""
+    return None if value >= 1 else f"{'D' if axis == 'dim' else 'L'} >= 1"
 
 
 def get_op(name: str) -> Op:

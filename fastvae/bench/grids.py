@@ -74,13 +74,46 @@ def k_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+def ops_of(args: argparse.Namespace, device: str) -> List[str]:
+    """The ops ``fastvae bench`` runs: ``--ops``, else those of the default grid."""
+    grid = GRID_NAMES[(bool(args.quick), is_cuda(device))]
+    return args.ops or [n for n, op in OPS.items() if grid in op.grids]
+
+
+def size_problem(ops: Sequence[str], dims: Optional[Sequence[int]],
+                 latents: Optional[Sequence[int]]) -> Optional[str]:
+    """Why ``--dim`` / ``--latent`` cannot run ``ops`` (each op's :attr:`~.core.Op.needs`),
+    as ``--flag: ...`` naming the value, the ops and what they need; None where every op
+    can run at every value. (An op without D ignores --dim.)"""
+    for flag, axis, values in (("--dim", "dim", dims), ("--latent", "latent", latents)):
+        for v in values or ():
+            bad = {}
+            for name in ops:
+                op = get_op(name)
+                why = op.needs(axis, v) if op.needs and (op.uses_dim or axis != "dim") else None
+                if why:
+                    bad[name] = why
+            if bad:
+                rest = [n for n in ops if n not in bad]
+                hint = (f"give another {flag}, or run without {'it' if len(bad) == 1 else 'them'}"
+                        f": --ops {','.join(rest)}" if rest else f"give another {flag}")
+                return (f"{flag}: {', '.join(bad)} cannot run at {flag} {v} ("
+                        + "; ".join(f"{n} needs {why}" for n, why in bad.items())
+                        + f"); {hint}")
+    return None
+
+
 def grid_from_args(args: argparse.Namespace, device: str, skipped: list) -> List[Case]:
     """The cases ``fastvae bench`` measures: each op's quick or default shapes (from
     its spec), with every shape flag given on the command line replacing that axis
     for all ops. ``--ops`` may name an op outside the chosen grid: it runs at its CPU
-    default shapes."""
+    default shapes. A --dim / --latent an op cannot take is a ValueError, raised before
+    anything is measured (:func:`size_problem`)."""
     grid = GRID_NAMES[(bool(args.quick), is_cuda(device))]
-    ops = args.ops or [n for n, op in OPS.items() if grid in op.grids]
+    ops = ops_of(args, device)
+    problem = size_problem(ops, args.dim, args.latent)
+    if problem:
+        raise ValueError(problem)
     dtypes = [DTYPES[d] for d in (args.dtype or (["fp32", "bf16"] if is_cuda(device)
                                                  else ["fp32"]))]
     max_el = args.max_elements if args.max_elements is not None else max_elements_default(

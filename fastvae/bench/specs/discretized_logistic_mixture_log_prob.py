@@ -32,6 +32,11 @@ def image_size(case):
     return (side, side) if side * side == case.dim else (1, case.dim)
 
 
+def needs(axis: str, value: int):
+    """Its sizes (:attr:`Op.needs`): any H*W (0 too), M >= 1 mixture components."""
+    return "L (the mixture's M) >= 1" if axis == "latent" and value < 1 else None
+
+
 def label(case):
     h, w = image_size(case)
     return f"B={case.batch} 3x{h}x{w} M={case.latent}"
@@ -108,7 +113,7 @@ OPS = [Op(
      "fastvae-aten": aten_variant(_TORCH),   # float32 on aten ops, without the C kernel
      "fastvae-triton": _variant("fastvae-triton", lambda: fastvae_dmol_loss("triton"),
                                 cuda_only=True)},
-    elements_moved=elements_moved, label=label,
+    elements_moved=elements_moved, label=label, needs=needs,
     largest=lambda case: case.batch * 10 * case.latent * case.dim,
     grids={"quick": dict(batch=[8], dim=[1024], latent=[10]),
            "cpu": dict(batch=[64, 8], dim=[1024, 4096], latent=[10]),

@@ -21,15 +21,24 @@ import torch
 from fastvae.backends.torch_backend.reparameterize import randn_noise
 from fastvae.hvae import HierarchicalVAE
 
-from ..core import Op, Variant
+from ..core import Op, Variant, at_least_one
 
 ORDER = 6
 
 
+def needs(axis: str, value: int):
+    """Its sizes (:attr:`Op.needs`): a square image of D >= 1 pixels, L >= 1 channels."""
+    why = at_least_one(axis, value)
+    if why is None and axis == "dim" and math.isqrt(value) ** 2 != value:
+        why = "D = H*W (a square)"
+    return why
+
+
 def image_shape(dim: int):
+    why = needs("dim", dim)
+    if why:
+        raise ValueError(f"train_hvae needs {why}, got D={dim}")
     side = math.isqrt(dim)
-    if side * side != dim:
-        raise ValueError(f"train_hvae needs D = H*W (a square), got D={dim}")
     return (1, side, side)
 
 
@@ -77,7 +86,7 @@ VARIANTS = {
 }
 
 OPS = [
-    Op("train_hvae", make_inputs, VARIANTS, uses_dim=True,
+    Op("train_hvae", make_inputs, VARIANTS, uses_dim=True, needs=needs,
        grids={"cpu": dict(batch=[32, 256], dim=[784], latent=[8]),
               "cuda": dict(batch=[16, 256], dim=[784], latent=[8]),
               "suite_cpu": dict(batch=[32, 256], dim=[784], latent=[8]),

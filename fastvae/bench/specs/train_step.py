@@ -17,20 +17,32 @@ import fastvae
 from fastvae import models
 from fastvae.backends.torch_backend.reparameterize import randn_noise
 
-from ..core import Op
+from ..core import Op, at_least_one
 from ._common import distributions_loss, eager_loss, fastvae_loss, standard_variants
 
 ORDER = 5
 
 
+KNOWN_IMAGES = {784: (1, 28, 28), 3072: (3, 32, 32)}
+
+
+def conv_needs(axis: str, value: int):
+    """The ConvVAE's sizes (:attr:`Op.needs`): an image of D pixels, a latent of L >= 1."""
+    why = at_least_one(axis, value)
+    if why is None and axis == "dim" and value not in KNOWN_IMAGES \
+            and math.isqrt(value) ** 2 != value:
+        why = "D = H*W (a square) or 3072"
+    return why
+
+
 def image_shape(dim: int) -> Tuple[int, int, int]:
     """(C, H, W) for the ConvVAE: MNIST's 1x28x28 for 784, CIFAR's 3x32x32 for 3072."""
-    known = {784: (1, 28, 28), 3072: (3, 32, 32)}
-    if dim in known:
-        return known[dim]
+    why = conv_needs("dim", dim)
+    if why:
+        raise ValueError(f"train_conv needs {why}, got D={dim}")
+    if dim in KNOWN_IMAGES:
+        return KNOWN_IMAGES[dim]
     side = math.isqrt(dim)
-    if side * side != dim:
-        raise ValueError(f"train_conv needs D = H*W (a square) or 3072, got D={dim}")
     return (1, side, side)
 
 
@@ -111,10 +123,10 @@ OPS = [
        grids={"quick": dict(batch=[4096], dim=[784]),
               "cpu": dict(batch=[256, 4096, 32768], dim=[784]),
               "cuda": dict(batch=[4096, 65536], dim=[784]),
-              "quick_cuda": dict(batch=[65536], dim=[784])}),
+              "quick_cuda": dict(batch=[65536], dim=[784])}, needs=at_least_one),
     # Conv steps are slow on a few CPU cores: small batches there, none in --quick.
     Op("train_conv", make_inputs, _variants(),
        grids={"cpu": dict(batch=[256], dim=[784]),
               "cuda": dict(batch=[4096], dim=[784]),
-              "suite_cpu": dict(batch=[256, 4096])}),
+              "suite_cpu": dict(batch=[256, 4096])}, needs=conv_needs),
 ]

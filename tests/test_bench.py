@@ -60,7 +60,7 @@ def test_json_and_plot_are_written_atomically(tmp_path, capsys, monkeypatch, fla
     bench.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", flag, str(out)])
     monkeypatch.setattr(bench_cli, "grid_from_args", lambda *a: [])
-    monkeypatch.setattr(bench_cli, "copy_bandwidth", lambda device: 1e9)
+    monkeypatch.setattr(bench_cli, "copy_bandwidth", lambda device, **kw: 1e9)
     bench_cli.measure_grid(args)
     assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
     out.write_bytes(b"the last run's")

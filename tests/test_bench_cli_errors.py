@@ -102,3 +102,29 @@ def test_the_grid_refuses_sizes_for_callers_of_the_api():
     bench.add_arguments(parser)
     with pytest.raises(ValueError, match="train_conv cannot run at --dim 10"):
         bench.grid_from_args(parser.parse_args(["--ops", "train_conv", "--dim", "10"]), "cpu", [])
+
+
+def test_copy_bandwidth_is_timed_with_the_rows_clock(tmp_path, capsys, monkeypatch):
+    """% roof divides a row's rate by the copy bandwidth: under --cpu-time both are thread
+    CPU time, and the header says which clock the bandwidth used."""
+    from fastvae.bench import cli as bench_cli, timing
+
+    ticks = iter(range(1000))
+    nbytes = 1 << 12
+    assert timing.copy_bandwidth("cpu", nbytes, reps=3, clock=lambda: float(next(ticks))) \
+        == 2 * nbytes   # every timed copy took one tick of the given clock
+    used = []
+    monkeypatch.setattr(bench_cli, "copy_bandwidth",
+                        lambda device, clock=None: used.append(clock) or 2e9)
+    monkeypatch.setattr(bench_cli, "grid_from_args", lambda *a: [])
+    threads = torch.get_num_threads()
+    try:
+        for flags, clock, name in ((["--cpu-time", "--threads", "1"], "thread_time",
+                                    "thread CPU time"), ([], "perf_counter", "wall clock")):
+            out = tmp_path / "b.json"
+            assert cli.main(["bench", "--device", "cpu", *flags, "--json", str(out)]) == 0
+            assert used.pop().__name__ == clock
+            assert f"copy 2.0 GB/s ({name})" in capsys.readouterr().out
+            assert json.loads(out.read_text())["environment"]["copy_bandwidth_clock"] == name
+    finally:
+        torch.set_num_threads(threads)

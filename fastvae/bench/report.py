@@ -102,7 +102,8 @@ def header(env: dict) -> str:
     """The lines printed before the table: machine, software, roofline, clock."""
     head = (f"fastvae bench  {env['date']}  {env.get('gpu', env['processor'])}  "
             f"({env['cpu_count']} cores, {env['torch_threads']} threads)  torch {env['torch']}  "
-            f"copy {env['copy_bandwidth_gbps']:.1f} GB/s  clock {env['clock']}")
+            f"copy {env['copy_bandwidth_gbps']:.1f} GB/s "
+            f"({env.get('copy_bandwidth_clock', 'wall clock')})  clock {env['clock']}")
     if "native_kernel" in env:
         head += f"\nC row kernel (fastvae-aten runs without it): {env['native_kernel']}"
     return head

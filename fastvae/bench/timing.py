@@ -115,13 +115,16 @@ def check_cpu_time(device: str) -> None:
                          f"--threads 1 (have {device}, {torch.get_num_threads()} threads)")
 
 
-def copy_bandwidth(device: str, nbytes: int = 256 << 20, reps: int = 10) -> float:
+def copy_bandwidth(device: str, nbytes: int = 256 << 20, reps: int = 10,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
     """Measured copy bandwidth in bytes/s (reads + writes) on ``device``: the roofline.
-    The buffers are larger than any cache, so this is memory's bandwidth."""
+    The buffers are larger than any cache, so this is memory's bandwidth. ``clock``: the
+    one the rows are timed with (``time.thread_time`` under --cpu-time), so that % roof
+    divides a rate by a bandwidth of the same clock."""
     n = nbytes // 4
     src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    inner = inner_calls(device, timed(lambda: dst.copy_(src), device)[0])
-    times = [timed(lambda: dst.copy_(src), device, inner=inner)[0] for _ in range(reps)]
+    inner = inner_calls(device, timed(lambda: dst.copy_(src), device, clock)[0])
+    times = [timed(lambda: dst.copy_(src), device, clock, inner)[0] for _ in range(reps)]
     return 2 * n * 4 / statistics.median(times)

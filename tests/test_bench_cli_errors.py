@@ -128,3 +128,24 @@ def test_copy_bandwidth_is_timed_with_the_rows_clock(tmp_path, capsys, monkeypat
             assert json.loads(out.read_text())["environment"]["copy_bandwidth_clock"] == name
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_proxy_plans_the_targets_grid_and_leaves_the_cpu_as_it_was():
+    """The capture's stand-in device reports the target's SMs (the H200's 132 for sm_90),
+    so the scale kernel's grid is the GPU's (SCALE_PROGRAMS_PER_SM x 132, not the 4 of no
+    GPU); outside it, a CPU tensor still has no SM count and no plan of the GPU is kept."""
+    triton = pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") or not hasattr(triton, "knobs"):
+        pytest.skip("the capture needs Triton's JIT (>= 3.4), not the interpreter")
+    from fastvae.backends.triton_backend import _launch, configs, scale
+    from fastvae.bench.offline import capture, judge, proxy
+
+    assert capture.TARGET_SMS[90] == proxy.H200["sms"] == 132
+    (case,) = judge.bar_cases(("fp32",), ("elbo",))
+    grids = {la.short: la.grid for la in judge.capture_case(case)}
+    assert grids["scale_grads_kernel"] == (configs.SCALE_PROGRAMS_PER_SM * 132,)
+    cpu = torch.device("cpu")
+    assert _launch.sm_count(cpu) is None and scale._programs(cpu) == 4
+    assert not any(p is not scale._TORCH and p.grid[0] > 4 for p in scale._PLANS.values())

@@ -20,7 +20,14 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from .proxy import H200
+
 TARGETS = (80, 90)
+# SMs of each target's GPU as this package models it (sm_90: the proxy's H200), what
+# ``_launch.sm_count`` reports inside the capture so the host plans the GPU's grids (the
+# scale kernel launches SCALE_PROGRAMS_PER_SM per SM). A target with no modelled GPU
+# (sm_80: compiled, never judged for speed) reports None, the host's no-GPU defaults.
+TARGET_SMS = {90: H200["sms"]}
 
 
 @dataclasses.dataclass
@@ -68,10 +75,12 @@ class Launch:
 class _Driver:
     """Stands in for Triton's CUDA driver, for what ``JITFunction.run`` asks before it
     compiles: the current device (numbered by its compute capability, so each target
-    gets its own binder and caches), its stream and its target."""
+    gets its own binder and caches), its stream and its target; ``sms``: its GPU's SM
+    count for :func:`target_sm_count`."""
 
     def __init__(self, cc: int):
         self.cc = cc
+        self.sms = TARGET_SMS.get(cc)
 
     def get_current_device(self) -> int:
         return self.cc
@@ -196,6 +205,36 @@ def _check_jit(kernel) -> None:
 
 
 @contextlib.contextmanager
+def target_sm_count() -> Iterator[None]:
+    """Inside the block, ``_launch.sm_count`` of a CPU tensor (the stand-in's device) is
+    the active stand-in target's SM count: it is None for any CPU device otherwise, and
+    the host would plan the grids of no GPU (4 scale programs, not 132 on an H200)."""
+    from triton.runtime.driver import driver
+
+    from fastvae.backends.triton_backend import _launch
+
+    real = _launch.sm_count
+
+    def sm_count(device):
+        if device.type == "cuda":
+            return real(device)
+        return getattr(getattr(driver, "_active", None), "sms", None)
+
+    _launch.sm_count = sm_count
+    try:
+        yield
+    finally:
+        _launch.sm_count = real
+
+
+def _unkept(plans: dict, key, build):
+    """``_launch.plan_for`` inside the capture: a fresh plan each call, none kept. A plan
+    kept from outside was made for no GPU's SMs, and one made inside for the target's
+    would outlive the capture in the CPU run's caches."""
+    return build()
+
+
+@contextlib.contextmanager
 def capturing(targets=TARGETS) -> Iterator[Recorder]:
     """Record, instead of running, every Triton launch made inside the block (see the
     module's docstring). Each launch is bound on the first target; each new
@@ -215,18 +254,20 @@ def capturing(targets=TARGETS) -> Iterator[Recorder]:
         _check_jit(kernel)
         rec._launch_on(rec.targets[0], real_launch, kernel, grid, args)
 
-    saved = (_launch.launch, _env.interpreting, configs.CONFIG_MODE,
+    saved = (_launch.launch, _launch.plan_for, _env.interpreting, configs.CONFIG_MODE,
              triton.knobs.runtime.jit_cache_hook, getattr(driver, "_active", None))
     _launch.launch = launch
+    _launch.plan_for = _unkept
     _env.interpreting = lambda: True      # the "triton" backend takes the CPU tensors
     configs.CONFIG_MODE = "gpu"           # ... with the tiles it picks for a GPU
     triton.knobs.runtime.jit_cache_hook = rec._hook
     try:
-        yield rec
-        rec._replay_other_targets(real_launch)
+        with target_sm_count():           # ... and the grids it plans for the target's SMs
+            yield rec
+            rec._replay_other_targets(real_launch)
     finally:
         rec._forget()
-        (_launch.launch, _env.interpreting, configs.CONFIG_MODE,
+        (_launch.launch, _launch.plan_for, _env.interpreting, configs.CONFIG_MODE,
          triton.knobs.runtime.jit_cache_hook, active) = saved
         driver._active = active
 

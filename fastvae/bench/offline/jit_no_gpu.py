@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, List, Optional
 
-from .capture import _Driver
+from .capture import _Driver, target_sm_count
 
 
 def _kernel_class():
@@ -46,7 +46,8 @@ def _kernel_class():
 @contextlib.contextmanager
 def jit_no_gpu(cc: int = 90, record: bool = True) -> Iterator[List[tuple]]:
     """Yields the list of runs ``(key, grid, args, launch metadata)``, in order (none when ``record`` is
-    false). Restores Triton's driver and hook, and empties the caches it filled."""
+    false); the host sees the target's SM count (``capture.target_sm_count``). Restores
+    Triton's driver and hook, and empties the caches it filled (not the host's plans)."""
     import triton
     from triton.runtime.driver import driver
 
@@ -67,7 +68,8 @@ def jit_no_gpu(cc: int = 90, record: bool = True) -> Iterator[List[tuple]]:
     driver.set_active(_Driver(cc))
     triton.knobs.runtime.jit_cache_hook = hook
     try:
-        yield runs
+        with target_sm_count():
+            yield runs
     finally:
         for jf, device in filled:
             jf.device_caches.pop(device, None)

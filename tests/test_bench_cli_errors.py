@@ -149,3 +149,29 @@ def test_the_proxy_plans_the_targets_grid_and_leaves_the_cpu_as_it_was():
     cpu = torch.device("cpu")
     assert _launch.sm_count(cpu) is None and scale._programs(cpu) == 4
     assert not any(p is not scale._TORCH and p.grid[0] > 4 for p in scale._PLANS.values())
+
+
+@pytest.mark.parametrize("argv,flags", [
+    (["--batch", "64", "--markdown", "--variants", "eager", "--threads", "1", "--cpu-time"],
+     "arguments --variants, --batch, --threads, --cpu-time, --markdown"),
+    (["--quick"], "argument --quick"), (["--k-iwae", "3"], "argument --k-iwae"),
+    (["--device", "cpu"], "argument --device"), (["--max-elements", "5"], "argument --max")])
+def test_the_proxy_refuses_flags_it_would_ignore(capsys, argv, flags):
+    """--proxy runs the bar shapes: a flag it does not honour is a usage error, not a
+    table that looks as if it had."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--proxy", "--ops", "elbo", "--dtype", "fp32", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"error: {flags}" in err and "--proxy does not honour" in err, err
+
+
+def test_a_missing_pinned_triton_is_named_where_the_user_put_it(monkeypatch):
+    from fastvae.bench.offline import proxy, report
+
+    monkeypatch.setenv("FASTVAE_TRITON36", "/nonexistent-triton36")
+    assert report.pinned_triton() is None
+    case = dict(op="elbo", shape="B=1", dtype="fp32", launches=[], memory_us=None,
+                bound_us=[1.0, 1.0], overlap=True)
+    table = report.proxy_table(dict(triton={"version": "0.0"}, gpu=proxy.H200, cases=[case]))
+    assert "(FASTVAE_TRITON36=/nonexistent-triton36 holds no triton package)" in table

@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "SASS instructions of its hot loop per data element, the issue-time "
                              "lower bound beside the H200's memory floor (4.3 TB/s) and their "
                              "ratio (benchmarks/ROOFLINE.md). Honours --ops (elbo, iwae, "
-                             "reparameterize), --dtype (default fp32,bf16) and --json")
+                             "reparameterize), --dtype (default fp32,bf16) and --json; other flags are refused")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,10 +228,32 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
 
 
+# What --proxy honours (argparse dests); it compiles fixed bar shapes and times nothing.
+PROXY_FLAGS = ("proxy", "ops", "dtype", "json")
+
+
+def _refuse_what_the_proxy_ignores(parser: argparse.ArgumentParser, args) -> None:
+    """A flag the proxy would silently drop (--batch, --markdown, --cpu-time...) is a
+    usage error, not a run that looks as if it honoured it."""
+    if args.plot:  # speed-ups against batch size: the proxy times nothing
+        parser.error("argument --plot: --proxy times nothing, so there is no speed-up to plot; "
+                     "drop one of them")
+    given = [a.option_strings[-1] for a in parser._actions
+             if a.option_strings and a.dest not in PROXY_FLAGS + ("help",)
+             and getattr(args, a.dest, a.default) != a.default]
+    if given:
+        parser.error(f"argument{'s' if len(given) > 1 else ''} {', '.join(given)}: --proxy "
+                     f"does not honour {'them' if len(given) > 1 else 'it'} (it compiles the "
+                     f"bar shapes and times nothing; it takes --ops, --dtype and --json); drop "
+                     f"{'them' if len(given) > 1 else 'it'} or --proxy")
+
+
 def main(argv=None) -> int:
     parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.proxy:
+        _refuse_what_the_proxy_ignores(parser, args)
     try:   # train's and eval's own check of --device
         o.resolve_device(args.device)
     except ValueError as e:
@@ -250,9 +272,6 @@ def main(argv=None) -> int:
         if torch.device(device).type != "cpu" or threads != 1:
             parser.error(f"--cpu-time times the calling thread: it needs device cpu and "
                          f"--threads 1 (have {device}, {threads} threads)")
-    if args.plot and args.proxy:  # speed-ups against batch size: the proxy times nothing
-        parser.error("argument --plot: --proxy times nothing, so there is no speed-up to plot; "
-                     "drop one of them")
     if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:
         parser.error(f"argument --plot: the figure's format follows its suffix, one of "
                      f"{', '.join(PLOT_SUFFIXES)}; got {args.plot!r}")

@@ -22,6 +22,15 @@ def pinned_triton() -> Optional[str]:
     return path if os.path.isdir(os.path.join(path, "triton")) else None
 
 
+def pinned_triton_missing() -> str:
+    """Why :func:`pinned_triton` found none, naming the folder it looked in: the one the
+    user gave in ``FASTVAE_TRITON36``, or ``.triton36``."""
+    given = os.environ.get("FASTVAE_TRITON36")
+    if given:
+        return f"FASTVAE_TRITON36={given} holds no triton package"
+    return "not found: ./dev setup installs it in .triton36"
+
+
 def compile_versions(paths: Sequence[Optional[str]], workers: int, tier: str = "ci",
                      popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> List[dict]:
     """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
@@ -100,8 +109,7 @@ def proxy_table(out: dict) -> str:
     if out["triton"]["version"] != TRITON_GPU_MACHINES:
         head += (f"\nNOTE: these counts are Triton {out['triton']['version']}'s, not "
                  f"{TRITON_GPU_MACHINES}'s (the GPU machines')"
-                 + (" (not found: ./dev setup installs it in .triton36)."
-                    if pinned_triton() is None else "."))
+                 + (f" ({pinned_triton_missing()})." if pinned_triton() is None else "."))
     cols = ("case", "kernel", "grid x warps", "regs", "occupancy", "hot loop insns",
             "insns/elem", "issue us", "MUFU us", "memory us", "issue/memory", "bound us",
             "% roof")

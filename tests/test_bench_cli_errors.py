@@ -175,3 +175,43 @@ def test_a_missing_pinned_triton_is_named_where_the_user_put_it(monkeypatch):
                 bound_us=[1.0, 1.0], overlap=True)
     table = report.proxy_table(dict(triton={"version": "0.0"}, gpu=proxy.H200, cases=[case]))
     assert "(FASTVAE_TRITON36=/nonexistent-triton36 holds no triton package)" in table
+
+
+def test_memory_columns_are_labelled_mib_in_text_and_markdown():
+    """report.py divides bytes by 2**20: the columns say MiB (GB/s stays 1e9 bytes/s)."""
+    from fastvae.bench import report
+
+    row = dict(variant="eager", op="elbo", shape="B=1", dtype="fp32", median_ms=1.0,
+               speedup_vs_eager=1.0, speedup_vs_compile=None, peak_extra_bytes=3 << 20,
+               saved_bytes=1 << 20, kernels=None, gbps=None, pct_roofline=None)
+    for markdown in (False, True):
+        head, _, body = report.format_table([row], markdown=markdown).splitlines()
+        assert "peak MiB" in head and "saved MiB" in head and " MB" not in head
+        assert "3.0" in body and "1.0" in body
+
+
+def test_max_elements_0_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--max-elements", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--max-elements: must be at least 1, got 0" in err and "skip every case" in err
+
+
+def test_help_names_every_dtype_and_the_whole_quick_grid():
+    """--dtype's help lists what it accepts (fp64 too); --quick's lists every op and shape
+    the quick grid runs (sample_with_kl and dmol included), read from the specs."""
+    import argparse
+
+    from fastvae import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    helps = {a.dest: " ".join(a.help.split()) for a in parser._actions if a.help}
+    for name in core.DTYPES:
+        assert name in helps["dtype"]
+        assert parser.parse_args(["--dtype", name]).dtype == [name]
+    quick = bench.grid_from_args(parser.parse_args(["--quick"]), "cpu", [])
+    assert {c.op for c in quick} >= {"sample_with_kl", "dmol"}
+    for c in quick:
+        assert c.op in helps["quick"] and c.shape in helps["quick"], (c.op, c.shape)

@@ -13,7 +13,7 @@ import torch
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import grid_from_args, ops_of, size_problem
+from .grids import grid_from_args, ops_of, quick_shapes, size_problem
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
@@ -34,11 +34,19 @@ def _sizes(s: str) -> List[int]:
     return _ints(s, o.non_negative_int)
 
 
+def _max_elements(s: str) -> int:
+    n = o.non_negative_int(s)
+    if n < 1:   # no case fits under 0 (nor is 0 "no limit": nothing ever said so)
+        raise o.BadValue(f"must be at least 1, got {n}: it is the most elements a case's "
+                         "largest tensor may hold, so 0 would skip every case")
+    return n
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``fastvae bench`` flags (an op with a sample axis K adds its ``k_flag``)."""
     parser.add_argument("--quick", action="store_true",
-                        help="a small subset (B=4096, D=784, L=32; IWAE at B=256 K=5; no Conv "
-                             "step): under 2 minutes on 2 CPU cores")
+                        help=f"a small subset (on the CPU: {quick_shapes()}; on a GPU, each "
+                             "spec's quick_cuda grid): under 2 minutes on 2 CPU cores")
     parser.add_argument("--ops", type=o.names_from(OPS), default=None,
                         help=f"comma list of {','.join(OPS)} (default: all)")
     parser.add_argument("--variants", type=o.names_from(VARIANT_ORDER), default=None,
@@ -56,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help=f"samples for {op.name} (default "
                                      f"{','.join(map(str, op.k_values))})")
     parser.add_argument("--dtype", type=o.names_from(DTYPES), default=None,
-                        help="fp32 (CPU default), bf16, fp16 (GPU default fp32,bf16)")
+                        help="comma list of fp32 (CPU default), bf16, fp16, fp64 (GPU "
+                             "default fp32,bf16); bf16/fp16 are checked against eager in fp32")
     parser.add_argument("--device", type=o.device, default="auto",
                         help="cpu, cuda or auto (default)")
     parser.add_argument("--threads", type=o.positive_threads, default=None,
@@ -75,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of timed calls per variant per case; fewer rounds on big "
                              "shapes, never under 5 unless --reps asks for fewer (default 1.5, "
                              "quick 0.5)")
-    parser.add_argument("--max-elements", type=o.non_negative_int, default=None,
-                        help="skip cases whose largest tensor has more elements "
+    parser.add_argument("--max-elements", type=_max_elements, default=None,
+                        help="skip cases whose largest tensor has more elements, at least 1 "
                              "(default 2**27 on CPU, 2**29 on CUDA)")
     parser.add_argument("--no-extras", action="store_true",
                         help="skip memory, saved-bytes and kernel measurements")
@@ -86,7 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "CUDA it says so and measures nothing (exit status 2)")
     # --json and --plot are written after the whole run: checked now, or it would be lost
     parser.add_argument("--json", metavar="FILE", type=o.file_to_write, default=None,
-                        help="write rows and environment")
+                        help="write rows and environment (sizes in bytes: peak_extra_bytes, "
+                             "saved_bytes, bytes_moved; the table shows MiB, 2**20 bytes, "
+                             "and GB/s, 1e9 bytes/s)")
     parser.add_argument("--plot", metavar="FILE.png", type=o.file_to_write, default=None,
                         help="speed-up vs batch size per variant (matplotlib)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")

@@ -74,6 +74,19 @@ def k_dest(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
 
+def quick_shapes() -> str:
+    """The CPU --quick grid in words, from the specs (``--help`` says what it runs):
+    ``elbo, train_mlp B=4096 D=784 L=32; iwae B=256 D=784 L=32 K=5; ...``."""
+    args = argparse.Namespace(quick=True, ops=None, dtype=None, max_elements=None,
+                              batch=None, dim=None, latent=None)
+    by_shape: Dict[str, List[str]] = {}
+    for c in grid_from_args(args, "cpu", []):
+        by_shape.setdefault(c.shape, []).append(c.op)
+    absent = [n for n, op in OPS.items() if GRID_NAMES[(True, False)] not in op.grids]
+    return "; ".join(f"{', '.join(ops)} {shape}" for shape, ops in by_shape.items()) + (
+        f"; not {', '.join(absent)}" if absent else "")
+
+
 def ops_of(args: argparse.Namespace, device: str) -> List[str]:
     """The ops ``fastvae bench`` runs: ``--ops``, else those of the default grid."""
     grid = GRID_NAMES[(bool(args.quick), is_cuda(device))]

@@ -18,8 +18,10 @@ from .core import COMPILE, REFERENCE, VARIANT_ORDER
 from .specs._common import native_status
 from .timing import is_cuda
 
+# Memory in MiB (2**20 bytes, as the allocator counts), bandwidth in GB/s (1e9 bytes/s,
+# as memory bandwidth is quoted): each unit named as it is.
 COLUMNS = ("variant", "op", "shape", "dtype", "median ms", "x eager", "x compile",
-           "peak MB", "saved MB", "kernels", "GB/s", "% roof")
+           "peak MiB", "saved MiB", "kernels", "GB/s", "% roof")
 
 
 def _fmt(v, spec: str) -> str:
@@ -27,14 +29,14 @@ def _fmt(v, spec: str) -> str:
 
 
 def table_rows(rows: List[dict]) -> List[List[str]]:
-    mb = 1 / 2**20
+    mib = 1 / 2**20
     out = []
     for r in rows:
         out.append([
             r["variant"], r["op"], r["shape"], r["dtype"], _fmt(r["median_ms"], ".3f"),
             _fmt(r["speedup_vs_eager"], ".2f"), _fmt(r["speedup_vs_compile"], ".2f"),
-            _fmt(None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] * mb, ".1f"),
-            _fmt(None if r["saved_bytes"] is None else r["saved_bytes"] * mb, ".1f"),
+            _fmt(None if r["peak_extra_bytes"] is None else r["peak_extra_bytes"] * mib, ".1f"),
+            _fmt(None if r["saved_bytes"] is None else r["saved_bytes"] * mib, ".1f"),
             _fmt(r["kernels"], "d"), _fmt(r["gbps"], ".1f"), _fmt(r["pct_roofline"], ".1f"),
         ])
     return out

@@ -134,27 +134,32 @@ def png_file(value) -> str:
     return value
 
 
+def comma_list(item):
+    """A comma list, each entry checked by ``item`` (a bad one would otherwise fail inside
+    the work, as a traceback naming no flag), at least one: "" or "," would otherwise
+    read as the flag left out, i.e. its default."""
+    def parse(value) -> list:
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            raise BadValue("an empty list; give at least one")
+        return [item(v) for v in items]
+    return parse
+
+
+positive_ints = comma_list(positive_int)          # --k 1,5,50
+non_negative_ints = comma_list(non_negative_int)
+
+
 def names_from(allowed):
     """A comma list whose items must be keys of ``allowed`` (read when the flag is parsed,
     so a name registered later counts), at least one."""
     def parse(s: str) -> list:
-        names = [v.strip() for v in s.split(",") if v.strip()]
-        if not names:  # "" or "," would otherwise read as the flag left out: every name
-            raise BadValue("an empty list; name at least one")
+        names = comma_list(str)(s)
         unknown = [n for n in names if n not in allowed]
         if unknown:
             raise BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")
         return names
     return parse
-
-
-def positive_ints(value) -> list:
-    """A comma list of positive integers, at least one (``--k 1,5,50``): a 0 or a word
-    would otherwise fail inside the work, as a traceback naming no flag."""
-    items = [v.strip() for v in str(value).split(",") if v.strip()]
-    if not items:
-        raise BadValue("an empty list; name at least one positive integer")
-    return [positive_int(v) for v in items]
 
 
 def file_to_write(value) -> str:

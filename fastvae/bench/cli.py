@@ -23,17 +23,6 @@ DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compi
 
 # Flag values are checked as argparse parses them: a bad one is a one-line usage error
 # naming the flag, before minutes of measuring, not a traceback from deep in a spec.
-def _ints(s: str, check=o.positive_int) -> List[int]:
-    values = [check(v) for v in s.split(",") if v]
-    if not values:  # "" or "," would otherwise read as the flag left out: the default grid
-        raise o.BadValue("an empty list; give at least one size")
-    return values
-
-
-def _sizes(s: str) -> List[int]:
-    return _ints(s, o.non_negative_int)
-
-
 def _max_elements(s: str) -> int:
     n = o.non_negative_int(s)
     if n < 1:   # no case fits under 0 (nor is 0 "no limit": nothing ever said so)
@@ -51,16 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma list of {','.join(OPS)} (default: all)")
     parser.add_argument("--variants", type=o.names_from(VARIANT_ORDER), default=None,
                         help=f"comma list of {','.join(VARIANT_ORDER)} (eager always runs)")
-    parser.add_argument("--batch", type=_ints, default=None,
+    parser.add_argument("--batch", type=o.positive_ints, default=None,
                         help="batch sizes for every op (default: per op, the grids of its "
                              "spec in fastvae/bench/specs/)")
-    parser.add_argument("--dim", type=_sizes, default=None,
+    parser.add_argument("--dim", type=o.non_negative_ints, default=None,
                         help="data dims D for every op (default: per op, 784 and/or 3072)")
-    parser.add_argument("--latent", type=_sizes, default=None,
+    parser.add_argument("--latent", type=o.non_negative_ints, default=None,
                         help="latent dims L for every op (default: per op, as --dim)")
     for op in OPS.values():
         if op.k_flag:
-            parser.add_argument(op.k_flag, type=_ints, default=None,
+            parser.add_argument(op.k_flag, type=o.positive_ints, default=None,
                                 help=f"samples for {op.name} (default "
                                      f"{','.join(map(str, op.k_values))})")
     parser.add_argument("--dtype", type=o.names_from(DTYPES), default=None,

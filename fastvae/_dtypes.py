@@ -38,15 +38,17 @@ def row_grad_dtype(t, shape) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def kl_grad_dtype(t) -> torch.dtype:
-    """The dtype ``kl_normal`` and ``sample_with_kl`` save t's KL gradient in: float32 at
-    least. It is saved per row before backward weighs it by that row's grad_output, and
-    inside the posteriors a hierarchical VAE allows (means in (-5, 5), log-variances in
-    (-10, 10)) dKL/dmu_q = (mu_q - mu_p) e^-logvar_p reaches 2e5 and dKL/dlogvar_q =
-    0.5 (e^(logvar_q - logvar_p) - 1) 2e8: past float16's 65504 where the weighted gradient
-    (a batch mean, or under a loss scale) fits, and a GradScaler's lower scale would not
-    bring it back."""
-    return torch.promote_types(t.dtype, torch.float32)
+def kl_grad_dtype(t, shape) -> torch.dtype:
+    """The dtype ``kl_normal`` and ``sample_with_kl`` save t's KL gradient in, per row in
+    ``shape`` (mu_q's): :func:`row_grad_dtype`, but float32 for float16. It is saved before
+    backward weighs it by its row's grad_output, and inside the posteriors a hierarchical
+    VAE allows (means in (-5, 5), log-variances in (-10, 10)) dKL/dmu_q = (mu_q - mu_p)
+    e^-logvar_p reaches 2e5 and dKL/dlogvar_q = 0.5 (e^(logvar_q - logvar_p) - 1) 2e8:
+    past float16's 65504 where the weighted gradient (a batch mean, or under a loss scale)
+    fits, and a GradScaler's lower scale would not bring it back. bfloat16 has float32's
+    range, and stays (its bytes are what a bf16 step moves)."""
+    dtype = row_grad_dtype(t, shape)
+    return torch.float32 if dtype == torch.float16 else dtype
 
 
 def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
@@ -54,8 +56,8 @@ def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
     :func:`kl_grad_dtype`, widened to the prior mean's gradient dtype where that gradient
     is wanted (a float64 prior)."""
     if not need_prior_mean or prior_mu is None:
-        return kl_grad_dtype(mu)
-    return torch.promote_types(kl_grad_dtype(mu), row_grad_dtype(prior_mu, mu.shape))
+        return kl_grad_dtype(mu, mu.shape)
+    return torch.promote_types(kl_grad_dtype(mu, mu.shape), row_grad_dtype(prior_mu, mu.shape))
 
 
 def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:

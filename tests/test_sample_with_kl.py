@@ -217,10 +217,10 @@ def test_a_float64_prior_beside_a_narrower_posterior(seed, backend, dtype, kind)
 def test_a_float64_prior_rounds_a_16_bit_posteriors_gradient_once(seed, backend):
     """Beside a float64 prior (on "triton": the KL half apart from the kernel), the bf16
     dlogvar_q = 0.5 dz std eps + g_kl dKL/dlogvar_q is summed wide and rounded once, from
-    the saved dKL/dlogvar_q (float32 at least, ``kl_grad_dtype``): elementwise within one
-    bf16 rounding of that sum, also where q is close to p and the two terms cancel. (The
-    reference rounds as eager autograd does: each path's gradient in bf16, then their
-    sum.)"""
+    the saved bf16 dKL/dlogvar_q (``kl_grad_dtype``: bf16 has float32's range):
+    elementwise within one bf16 rounding of that sum, also where q is close to p and the
+    two terms cancel. (The reference rounds as eager autograd does: each path's gradient
+    in bf16, then their sum.)"""
     if backend == "reference":
         pytest.skip("eager autograd's rounding")
     shape = (64, 32)
@@ -238,7 +238,7 @@ def test_a_float64_prior_rounds_a_16_bit_posteriors_gradient_once(seed, backend)
     eps = (noise if noise.shape == shape else
            impl.reparameterize_std_eps(torch.zeros(shape), noise, 0)).double()
     lv64 = lv.double()
-    saved = (0.5 * torch.expm1(lv64 - plv.detach())).float().double()
+    saved = (0.5 * torch.expm1(lv64 - plv.detach())).bfloat16().double()
     once = (0.5 * dz.double() * torch.exp(0.5 * lv64) * eps + gk[:, None] * saved).bfloat16()
     ulp = torch.exp2(torch.floor(torch.log2(once.double().abs().clamp(min=1e-30))) - 7)
     assert float(((got.double() - once.double()) / ulp).abs().max()) <= 1.0

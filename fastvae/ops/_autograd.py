@@ -50,7 +50,7 @@ def kl_grad_like(t: Optional[Tensor], need: bool, mu: Tensor) -> Tensor:
     or the empty placeholder when not needed."""
     if not need or t is None:
         return mu.new_empty(0)
-    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t))
+    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t, mu.shape))
 
 
 def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:

@@ -37,7 +37,9 @@ def grad_buffer(t, need: bool, shape=None):
 def kl_grad_buffer(t, need: bool, mu):
     """The (B, N) output t's KL gradient is written into (``kl_normal``, ``sample_with_kl``),
     in the dtype of ``kl_grad_dtype``, or None when not needed."""
-    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t)) if need and t is not None else None
+    if not need or t is None:
+        return None
+    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t, mu.shape))
 
 
 def grad_out(g, like, need: bool, shape=None):

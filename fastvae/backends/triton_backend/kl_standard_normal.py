@@ -25,7 +25,8 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     the prior's per row."""
     if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
         return torch_backend.kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
-    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs, kl_grad_dtype)
+    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs,
+                    lambda t: kl_grad_dtype(t, mu_q.shape))
 
 
 def _kl_rows(mu, logvar, mu_p, logvar_p, needs, grad_dtype=lambda t: t.dtype):

@@ -26,7 +26,7 @@ def test_with_cuda_it_runs_both_models_at_the_large_batch(monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     seen = []
-    monkeypatch.setattr(bench_cli, "measure_grid", seen.append)
+    monkeypatch.setattr(bench_cli, "measure_grid", lambda args: seen.append(args) or [])  # no rows
     assert bench_cli.main(["--gpu-train-step", "--device", device, "--dtype", "bf16"]) == 0
     (args,) = seen
     assert args.ops == ["train_mlp", "train_conv"]

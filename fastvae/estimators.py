@@ -183,16 +183,29 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
             "outside the compiled function (compile the model, not the loss), or use "
             "estimator='stl'")
     hook = DregHook(weights)
-    value.register_hook(hook.arm)
+    value.register_hook(hook.arm)   # the bound's graph holds the hook, and only it
     # A hook stays on z_k until z_k is freed; a z_k kept across steps (a leaf) would gather
-    # one per call. Those of bounds already freed can never be armed again: drop them.
+    # one per call. z_k's hook holds DregHook weakly: once the bound's graph is freed (its
+    # backward ran, or it was dropped) the hook can never be armed again, and goes.
     kept = []
-    for bound, handle in _hooks_on.get(z_k, ()):
-        if bound() is None:
+    for forward, handle in _hooks_on.get(z_k, ()):
+        if forward.hook() is None:
             handle.remove()
         else:
-            kept.append((bound, handle))
-    _hooks_on[z_k] = kept + [(weakref.ref(value), z_k.register_hook(hook))]
+            kept.append((forward, handle))
+    forward = _Forward(hook)
+    _hooks_on[z_k] = kept + [(forward, z_k.register_hook(forward))]
 
 
-_hooks_on = WeakTensorKeyDictionary()   # z_k -> [(its bound's value, hook handle)]
+class _Forward:
+    """z_k's hook: the bound's :class:`DregHook`, while the bound's graph keeps it."""
+
+    def __init__(self, hook: DregHook):
+        self.hook = weakref.ref(hook)
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        hook = self.hook()
+        return grad if hook is None else hook(grad)
+
+
+_hooks_on = WeakTensorKeyDictionary()   # z_k -> [(its hook, the hook's handle)]

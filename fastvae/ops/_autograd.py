@@ -57,14 +57,15 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``."""
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
+    shape = [1] * g.dim()
     if grad_out.dim() != 0:
-        shape = [1] * g.dim()
         shape[row_dim] = -1
-        grad_out = grad_out.reshape(shape)
-    # in the wider dtype, rounded once: grad_out cast to a 16-bit g first is inf past 65504
-    # (a loss scale) where the product fits
-    out = g * grad_out
-    return out if out.dtype == g.dtype else out.to(g.dtype)
+    if g.dtype == torch.float16 and grad_out.dtype != g.dtype:
+        # grad_out cast to float16 first is inf past 65504 (a loss scale) where the product
+        # fits: multiplied in grad_out's dtype, rounded once into g's, in one pass (a
+        # dimensioned grad_out takes part in the type promotion, a 0-d one would not)
+        return torch.mul(g, grad_out.reshape(shape), out=torch.empty_like(g))
+    return g * grad_out.reshape(shape).to(g.dtype)
 
 
 def input_like(t: Optional[Tensor]):

@@ -305,6 +305,22 @@ def test_a_replaced_launch_sees_every_planned_launch(checked, launches):
     assert checked.counts["direct"] == 0
 
 
+def test_a_plan_made_under_the_stand_in_gpu_is_not_used_after_it(checked, monkeypatch):
+    """jit_no_gpu's stand-in reports an H200's 132 SMs, and the scale and sampler grids are
+    per SM: their plans key on the SM count, so a plan made inside is not used outside
+    (it was: the scale kernel then ran 132 programs where the host plans 4)."""
+    grids = []
+    real = _launch.launch
+    monkeypatch.setattr(_launch, "launch", lambda kernel, grid, **args: (
+        grids.append(grid) if "scale" in str(kernel) else None, real(kernel, grid, **args))[1])
+    x, recon, mu, lv = _inputs(80, 16384, 3)   # more scale blocks (8192 elements) than SMs
+    _step(x, recon, mu, lv, reduction="sum")
+    assert grids[-1] == (configs.SCALE_PROGRAMS_PER_SM * 132,)
+    monkeypatch.setattr(_launch, "sm_count", lambda device: None)   # as outside the stand-in
+    _step(x, recon, mu, lv, reduction="sum")
+    assert grids[-1] == (4,)
+
+
 def test_a_call_that_does_not_fit_the_plan_goes_to_triton():
     """An argument the plan does not expect, or one missing: Triton's own path, with
     its own error; a callable grid or an interpreted kernel: never direct."""

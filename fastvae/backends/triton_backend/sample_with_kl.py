@@ -45,7 +45,7 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     kl_dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
     key = (mu.shape, mu.stride(0), mu.dtype, logvar.stride(0), logvar.dtype, prior, pm.dtype,
            stride_pm, plv.dtype, stride_plv, kl_dtype, tuple(needs), dev,
-           configs.interpreter_tiles())
+           configs.interpreter_tiles(), _launch.sm_count(dev))   # the grid depends on the SMs
     plan = _launch.plan_for(_PLANS, key, lambda: _fwd_plan(mu, logvar, pm, plv, stride_pm,
                                                            stride_plv, prior, needs))
     z = _launch.alloc_like(mu)
@@ -107,7 +107,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     key = (lv.shape, lv.stride(0), lv.dtype, None if dz is None else dz.dtype,
            None if g_kl is None else g_kl.dtype, tuple(None if g is None else g.dtype
                                                        for g in saved),
-           tuple(needs), dev, configs.interpreter_tiles())
+           tuple(needs), dev, configs.interpreter_tiles(), _launch.sm_count(dev))
     plan = _launch.plan_for(_PLANS, key, lambda: _bwd_plan(lv, dz, g_kl, needs))
     outs = [_launch.alloc_like(lv, s.dtype) if need else None
             for need, s in zip(needs, kl_bwd_sources(*saved))]

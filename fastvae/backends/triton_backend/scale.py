@@ -19,7 +19,8 @@ def scale_saved_(grads, grad_out):
     live = [g for g in grads if g is not None and g.numel()]
     if not live:
         return grads
-    key = (grad_out.device, configs.interpreter_tiles(),
+    # the SMs: the grid is per SM, and the offline proxy's stand-in reports a GPU's
+    key = (grad_out.device, configs.interpreter_tiles(), _launch.sm_count(grad_out.device),
            *[(g.numel(), g.dtype, g.device, g.is_contiguous()) for g in live])
     plan = _launch.plan_for(_PLANS, key, lambda: _plan(live, grad_out.device))
     if plan is _TORCH:

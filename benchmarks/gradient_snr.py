@@ -70,19 +70,15 @@ def snr(model, x, k: int, estimator: str, draws: int, seed: int, backend: str) -
             "dead": int((~alive).sum()), "seconds": time.perf_counter() - t0}
 
 
-def trained_run(args) -> Path:
-    """The run to study: --run, or a fresh `fastvae train` run with its defaults."""
-    if args.run:
-        return Path(args.run)
+def train_into(args, out: Path) -> None:
+    """A fresh `fastvae train` run with its defaults, into ``out``."""
     from fastvae.train import train
 
-    out = Path(tempfile.mkdtemp(prefix="fastvae-snr-")) / "run"
     print(f"training the default digits model ({args.epochs} epochs, objective "
           f"{args.objective}) into {out} ...", file=sys.stderr, flush=True)
     train({"out": str(out), "epochs": args.epochs, "objective": args.objective,
            "k": 1 if args.objective == "elbo" else 5, "iwae_k": 0, "progress": False,
            "seed": args.seed}, log=lambda *a, **kw: None)
-    return out
 
 
 def plot(rows, path: Path, title: str) -> None:
@@ -196,12 +192,16 @@ def main(argv=None) -> int:
         plot(saved["rows"], Path(args.out).with_suffix(".png"), saved["settings"]["title"])
         return 0
     torch.set_num_threads(args.threads)
-    run = trained_run(args)
+    if args.run:
+        return study(args, Path(args.run))
+    # trained here, into a temporary folder: nobody else would remove it, also when the
+    # training fails or is interrupted
+    tmp = Path(tempfile.mkdtemp(prefix="fastvae-snr-"))
     try:
-        return study(args, run)
+        train_into(args, tmp / "run")
+        return study(args, tmp / "run")
     finally:
-        if not args.run:  # trained here, into a temporary folder: nobody else will remove it
-            shutil.rmtree(run.parent, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def study(args, run) -> int:

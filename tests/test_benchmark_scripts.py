@@ -70,14 +70,14 @@ def test_estimators_speed_writes_its_json_atomically(monkeypatch, tmp_path):
 def test_gradient_snr_refuses_bad_flags_before_training(monkeypatch, capsys, tmp_path, argv,
                                                           flag):
     snr = _module("gradient_snr", monkeypatch)
-    monkeypatch.setattr(snr, "trained_run", _no_work)
+    monkeypatch.setattr(snr, "train_into", _no_work)
     (tmp_path / "file").write_text("")   # a folder that cannot be made: a file is in the way
     _usage_error(capsys, snr.main, [a.format(file=tmp_path / "file") for a in argv], flag)
 
 
 def test_gradient_snr_refuses_triton_on_the_cpu(monkeypatch, capsys):
     snr = _module("gradient_snr", monkeypatch)
-    monkeypatch.setattr(snr, "trained_run", _no_work)
+    monkeypatch.setattr(snr, "train_into", _no_work)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _usage_error(capsys, snr.main, ["--backend", "triton"], "--backend")
@@ -86,13 +86,12 @@ def test_gradient_snr_refuses_triton_on_the_cpu(monkeypatch, capsys):
 def test_gradient_snr_needs_matplotlib_up_front_unless_no_plot_of_a_run(monkeypatch, capsys,
                                                                           tmp_path):
     snr = _module("gradient_snr", monkeypatch)
-    monkeypatch.setattr(snr, "trained_run", _no_work)
+    monkeypatch.setattr(snr, "train_into", _no_work)
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import fails
     err = _usage_error(capsys, snr.main, ["--out", str(tmp_path / "x")], "matplotlib")
     assert "train" in err   # training draws the run's pictures, --no-plot or not
     _usage_error(capsys, snr.main, ["--no-plot", "--out", str(tmp_path / "x")], "matplotlib")
     monkeypatch.setattr(snr, "load_checkpoint", lambda run: {})
-    monkeypatch.setattr(snr, "trained_run", lambda args: pathlib.Path(args.run))
     monkeypatch.setattr(snr, "study", lambda args, run: 0)
     assert snr.main(["--run", str(tmp_path), "--no-plot", "--out", str(tmp_path / "x")]) == 0
 
@@ -120,6 +119,15 @@ def test_gradient_snr_writes_the_json_before_the_plot_and_removes_its_training(
         assert (run / "checkpoint.pt").is_file()
         raise KeyboardInterrupt
     monkeypatch.setattr(snr, "study", crash)
+    with pytest.raises(KeyboardInterrupt):
+        snr.main(argv)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    def failed_training(args, out):   # a training stopped halfway: its folder goes too
+        out.mkdir()
+        (out / "checkpoint.pt").write_text("")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(snr, "train_into", failed_training)
     with pytest.raises(KeyboardInterrupt):
         snr.main(argv)
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -163,11 +163,12 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
             "z_k outside that region (fastvae.reparameterize) and pass it to the decoder, or "
             "use estimator='stl'")
     raise ValueError(
-        "estimator='dreg': recon_k was not decoded from this z_k but from a tensor z_k was "
-        f"made from (z_k is a copy, cast or view of it; they meet at {type(node).__name__}), "
-        "so DReG's hook on z_k would miss the decoder's gradient and the encoder's gradient "
-        "would be wrong. Pass the very tensor the decoder read as z_k (the bound takes mixed "
-        "dtypes: no cast is needed), or use estimator='stl'")
+        "estimator='dreg': recon_k does not read this z_k but a tensor z_k was made from (z_k "
+        f"is a copy, cast or view of the decoded samples, or the decoder reads the encoder's "
+        f"output directly; they meet at {type(node).__name__}), so DReG's hook on z_k would "
+        "miss the decoder's gradient and the encoder's gradient would be wrong. Pass the very "
+        "tensor the decoder read as z_k (the bound takes mixed dtypes: no cast is needed), or "
+        "use estimator='stl'")
 
 
 def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:

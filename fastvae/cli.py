@@ -42,7 +42,8 @@ def _add_train(sub):
       help=f"latent dimensions L (hvae: channels of each group's latent map); 2 also draws "
            f"latent.png (mlp and conv) [default: {d['latent']}]")
     a("--hidden", type=o.positive_int, nargs="+", default=None,
-      help=f"hidden layer width(s); the decoder mirrors the encoder [default: {d['hidden']}]")
+      help=f"mlp: hidden layer widths, the decoder mirrors the encoder; conv: the width of "
+           f"its one fully connected layer [default: {d['hidden']}]")
     a("--channels", type=o.positive_int, nargs="+", default=None,
       help=f"conv and hvae models: channels per stride-2 stage; hvae: one latent "
            f"resolution per stage [default: {d['channels']}]")

@@ -200,7 +200,12 @@ class ConvVAE(_VAEBase):
         super().__init__(data_shape, latent_dim, likelihood, n_mix)
         if len(self.data_shape) != 3:
             raise ValueError(f"ConvVAE needs (C, H, W) data, got shape {self.data_shape}")
-        hidden = check_size("hidden", hidden[0] if isinstance(hidden, (list, tuple)) else hidden)
+        if isinstance(hidden, (list, tuple)):
+            if len(hidden) != 1:  # the rest would be dropped without a word
+                raise ValueError(f"hidden: the conv model has one fully connected layer, so one "
+                                 f"width; got {list(hidden)}")
+            hidden = hidden[0]
+        hidden = check_size("hidden", hidden)
         channels = check_sizes("channels", channels)
         c, h, w = self.data_shape
         sizes = [(h, w)]

@@ -85,11 +85,14 @@ def test_build_model_from_plain_config():
     (ConvVAE, dict(channels=()), r"channels must hold at least one size"),
     (ConvVAE, dict(channels=(8, 0)), r"channels\[1\] must be >= 1, got 0"),
     (ConvVAE, dict(hidden=0), r"hidden must be >= 1, got 0"),
+    # one fully connected layer: the other widths were dropped without a word
+    (ConvVAE, dict(hidden=[64, 32]), r"hidden: the conv model has one fully connected layer"),
 ])
 def test_bad_sizes_name_the_argument(cls, kw, msg):
     with pytest.raises(ValueError, match=msg):
         cls(**kw)
     assert VAE(hidden=()).hidden == ()  # no hidden layer is a linear VAE, not an error
+    assert ConvVAE(hidden=[16]).hidden == 16   # a config's one-element list
 
 
 def _fixed_noise(mu, logvar, n_samples=None, generator=None, backend=None):

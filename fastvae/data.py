@@ -176,8 +176,10 @@ def _find_idx(data_dir: Path, name: str, split: str):
 def _torchvision_fetch(data_dir: Path, name: str) -> bool:
     try:
         import torchvision.datasets as tvd  # optional; not a dependency
-    except ImportError:
-        return False
+    except ImportError as e:  # said, not folded into "not found": --download was asked for
+        raise DataError(f"{name}: --download fetches it with torchvision, which does not "
+                        f"import here ({e}): pip install torchvision, or {_HOW_TO_GET[name]} "
+                        f"and put the files in {data_dir}/") from None
     cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
     try:
         for train in (True, False):

@@ -65,6 +65,14 @@ def test_missing_idx_says_what_where_and_how(tmp_path):
     assert "train-images-idx3-ubyte" in msg and str(tmp_path) in msg and "To get it" in msg
 
 
+def test_download_without_torchvision_says_so(tmp_path, monkeypatch):
+    """--download without torchvision: the missing piece is named, not a bare "not found"."""
+    monkeypatch.setitem(__import__("sys").modules, "torchvision", None)   # import fails
+    with pytest.raises(DataError, match=r"--download fetches it with torchvision, which does "
+                                        r"not import here .*pip install torchvision"):
+        load_dataset("mnist", tmp_path, download=True)
+
+
 def test_truncated_idx(tmp_path):
     _fake_mnist(tmp_path, gz=False)
     path = tmp_path / "train-images-idx3-ubyte"

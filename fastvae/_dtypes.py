@@ -53,8 +53,8 @@ def kl_grad_dtype(t, shape) -> torch.dtype:
 
 def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
     """The dtype of ``sample_with_kl``'s one saved dKL/dmu_q, which is also -dKL/dmu_p:
-    :func:`kl_grad_dtype`, widened to the prior mean's gradient dtype where that gradient
-    is wanted (a float64 prior)."""
+    :func:`kl_grad_dtype`, widened to the prior mean's gradient dtype (:func:`row_grad_dtype`)
+    where that gradient is wanted (a wider or a shared prior beside a 16-bit posterior)."""
     if not need_prior_mean or prior_mu is None:
         return kl_grad_dtype(mu, mu.shape)
     return torch.promote_types(kl_grad_dtype(mu, mu.shape), row_grad_dtype(prior_mu, mu.shape))

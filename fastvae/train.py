@@ -220,7 +220,8 @@ def _train(given: dict, log) -> dict:
     try:
         folder, full["out"] = _claim_folder(full, is_main, world)
         cfg, state = _prepare_config(given, full, say)
-        check_train_config(cfg)   # a resumed run's: its checkpoint's, as it trains
+        if state is not None:   # a resumed run's combination: its checkpoint's, as it trains
+            check_train_config(cfg)
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics

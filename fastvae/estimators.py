@@ -100,14 +100,12 @@ class DregHook:
 
 
 def _edge(t: Tensor):
-    """(node, output index) through which gradient reaches ``t``: its grad_fn, or a leaf's
-    gradient accumulator; None where torch cannot say."""
+    """(node, output index) through which gradient reaches ``t`` (which requires it): its
+    grad_fn, or a leaf's gradient accumulator (torch >= 2.2: ``get_gradient_edge``, which
+    for a grad_fn would also make a view each call)."""
     if t.grad_fn is not None:
         return t.grad_fn, t.output_nr
-    get = getattr(torch.autograd.graph, "get_gradient_edge", None)
-    if get is None:
-        return None
-    edge = get(t)
+    edge = torch.autograd.graph.get_gradient_edge(t)
     return edge.node, edge.output_nr
 
 
@@ -119,7 +117,7 @@ def _decoder_path(recon_k: Tensor, z_k: Tensor):
     copy, cast or view of the tensor that was decoded). Both leave the decoder's gradient
     out of the hook's reach."""
     target, start = _edge(z_k), recon_k.grad_fn
-    if target is None or start is None:
+    if start is None:
         return None
     # Node objects are held until the walks end: in torch 2.11 a node's Python object lives
     # only while referenced (a new one is made on the next access once the last is freed),

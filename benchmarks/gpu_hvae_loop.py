@@ -24,7 +24,6 @@ gradient against the float64 closed form of its own z.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,8 @@ from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_probe import graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
+from gpu_probe import (device_for, graph_ms, host_us, kernel_times, timed_gpu,  # noqa: E402
+                       triton_version, write_report)
 
 LOOP = [(1, 2), (4, 3), (8, 7), (16, 15), (32, 31), (64, 17)]   # (resolution, groups)
 SMOKE_LOOP = [(1, 2), (4, 2)]
@@ -196,20 +196,13 @@ def main(argv=None):
                    help="stop starting new variants after this many seconds")
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args(argv)
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda and not args.smoke:
-        print("gpu_hvae_loop.py: no CUDA device; --smoke exercises the code paths on CPU",
-              file=sys.stderr)
+    device = device_for("gpu_hvae_loop.py", args.smoke)
+    if device is None:
         return 2
-    device = torch.device("cuda" if cuda else "cpu")
+    cuda = device.type == "cuda"
     backend = "triton" if cuda else "torch"
-    try:
-        import triton
-        tv = triton.__version__
-    except ImportError:
-        tv = "not installed"
     res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
-           "torch": torch.__version__, "triton": tv, "cuda": cuda, "cases": []}
+           "torch": torch.__version__, "triton": triton_version(), "cuda": cuda, "cases": []}
     loop = SMOKE_LOOP if args.smoke else LOOP
     batch = 16 if cuda else 2
     cases = [(f"VDVAE-like loop, batch {batch}", group_shapes(batch, loop), cuda)]
@@ -226,12 +219,8 @@ def main(argv=None):
         if cuda:
             torch.cuda.empty_cache()
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "hvae_loop.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    md = markdown(res) + "".join(f"\nFAILED {f}" for f in res.get("failed", []))
-    with open(os.path.join(args.out, "hvae_loop.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
+    write_report(args.out, "hvae_loop", res,
+                 markdown(res) + "".join(f"\nFAILED {f}" for f in res.get("failed", [])))
     return 1 if res.get("failed") else 0
 
 

@@ -73,7 +73,7 @@ def environment(device, shape, bw, **extra) -> dict:
     """The head of a report: card (or "cpu (smoke)"), versions, shape, copy bandwidth."""
     cuda = device.type == "cuda"
     return {"device": torch.cuda.get_device_name(device) if cuda else "cpu (smoke)",
-            "torch": torch.__version__, "triton": _triton_version(), **extra, "shape": shape,
+            "torch": torch.__version__, "triton": triton_version(), **extra, "shape": shape,
             "copy_gbps": bw / 1e9, "cuda": cuda}
 
 
@@ -492,7 +492,7 @@ def main(argv=None):
     return 1 if failed(res["rows"]) else 0
 
 
-def _triton_version():
+def triton_version():
     try:
         import triton
         return triton.__version__

@@ -32,19 +32,9 @@ import triton
 import triton.language as tl
 
 from ._math import (GOBS_PARTIAL, GOBS_ROWS, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR,
-                    latent_kl_tile, likelihood_tile, load_f32, load_prior, store_as, to_f32)
+                    latent_kl_tile, likelihood_tile, load_f32, load_prior, row_block, store_as,
+                    to_f32)
 from .reduce import finish_by_ticket, last_ticket
-
-
-@triton.jit
-def _row_index(B, BLOCK_B: tl.constexpr, INT64: tl.constexpr):
-    """(program id, rows, row mask): int64 only where offsets can pass 2^31 (the host
-    decides), int32 arithmetic otherwise."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-    return pid, rows, rows < B
 
 
 @triton.jit
@@ -171,7 +161,7 @@ def elbo_rows_kernel(
     beta = tl.cast(beta, tl.float32)
     c = tl.cast(c, tl.float32)
     free_bits = tl.cast(free_bits, tl.float32)
-    pid, rows, rmask = _row_index(B, BLOCK_B, INT64)
+    pid, rows, rmask = row_block(B, BLOCK_B, INT64)
     rows2 = rows[:, None]
     rmask2 = rmask[:, None]
 
@@ -237,7 +227,7 @@ def kl_clamp_kernel(
     (by ticket) adds them, BLOCK_B programs' at a time in a fixed order, and marks
     ``CLAMPED[l] = mean_l < free_bits``."""
     free_bits = tl.cast(free_bits, tl.float32)
-    pid, rows, rmask = _row_index(B, BLOCK_B, INT64)
+    pid, rows, rmask = row_block(B, BLOCK_B, INT64)
     rows2 = rows[:, None]
     for l0 in range(0, L, BLOCK_L):
         lat = l0 + tl.arange(0, BLOCK_L)

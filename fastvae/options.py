@@ -99,7 +99,7 @@ def positive_threads(value) -> int:
 def seed(value) -> int:
     n = _int(value)
     if not 0 <= n < 2 ** 63 - 2 ** 20:  # the run adds small offsets for its generators
-        raise BadValue(f"must be an integer in [0, 2**63), got {n}")
+        raise BadValue(f"must be an integer in [0, 2**63 - 2**20), got {n}")
     return n
 
 

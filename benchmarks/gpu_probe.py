@@ -28,7 +28,6 @@ alike, beside the uncaptured bar -> captured_bar.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ import torch
 import fastvae
 from fastvae import options as o
 from fastvae.bench.core import Case, bytes_moved
+from fastvae.checkpoint import atomic_write, write_json
 
 BAR = dict(batch=65536, dim=784, latent=64)
 SMOKE = dict(batch=64, dim=784, latent=16)
@@ -79,11 +79,11 @@ def environment(device, shape, bw, **extra) -> dict:
 
 def write_report(out_dir: str, name: str, res: dict, md: str, quiet: bool = False) -> None:
     """``name``.json and ``name``.md in ``out_dir``, the table printed unless ``quiet``
-    (a partial report, rewritten after each row)."""
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write(md + "\n")
+    (a partial report, rewritten after each row: each file is replaced whole, so a run
+    killed at its time limit leaves the last complete one)."""
+    write_json(res, os.path.join(out_dir, f"{name}.json"))
+    data = (md + "\n").encode()
+    atomic_write(os.path.join(out_dir, f"{name}.md"), lambda f: f.write(data))
     if not quiet:
         print(md)
 

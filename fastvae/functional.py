@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from . import estimators, ops
+from . import estimators, ops, reference
 from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
@@ -420,7 +420,7 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
         mu, logvar = mu.detach(), logvar.detach()
     log_qz = gaussian_log_prob(z, widened(mu).expand_as(z), widened(logvar),
                                backend=backend, validate=validate)
-    bound = torch.logsumexp(log_px + log_pz - log_qz, dim=0) - math.log(k)
+    bound = reference.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k)
     if reduction == "none":
         return bound
     total = bound.sum()

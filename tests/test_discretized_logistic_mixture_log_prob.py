@@ -284,6 +284,37 @@ def test_logits_far_from_zero_or_from_each_other_keep_log_p(seed, backend, c):
                      scale=e.abs().max() + 1e-3)
 
 
+def test_responsibilities_sum_to_one_far_from_the_data(backend, cpu_path):
+    """M identical components each take 1/M of a pixel however unlikely the pixel: the
+    logits' gradient (responsibility minus softmax(logits)) is 0, and the components'
+    gradients add up to the one component's of M = 1. Here each component's
+    log-probability is -3000 to -6600 (means toward the far edge, the narrowest scale),
+    where responsibilities taken as exp(lp - the rounded logsumexp) are all off by up to
+    exp(ulp(6600)) ~ 1 + 5e-4 in float32."""
+    x = torch.zeros(2, 3, 16, 16)
+    means = torch.ones(2, 3, 16, 16)     # sample 0 at the far edge, sample 1 toward it
+    means[1] = 0.5 + 0.5 * torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def params(m):
+        p = torch.zeros(2, slots(3) * m, 16, 16)
+        for ch in range(3):
+            base = m + 3 * m * ch
+            p[:, base:base + m] = means[:, ch:ch + 1]
+            p[:, base + m:base + 2 * m] = -7.0  # the clamp's log-scale
+        return leaf(p)
+    one, four = params(1), params(4)
+    got = OP(x, four, backend=backend)
+    assert got.max() < -3000 * 256
+    (g1,), (g4,) = grads(OP(x, one, backend=backend), [one]), grads(got, [four])
+    assert g4[:, :4].abs().max() < 1e-7, g4[:, :4].abs().max()
+    for ch in range(3):   # the means' and log-scales' gradients, summed over components
+        for j in (0, 1):
+            a = 1 + 3 * ch + j
+            b = 4 + 12 * ch + 4 * j
+            assert_close(f"channel {ch} slot {j}", g4[:, b:b + 4].sum(1), g1[:, a],
+                         torch.float32, rtol=1e-6)
+
+
 # -- errors (before any backend runs) ------------------------------------------------
 
 @pytest.mark.parametrize("xs,ps,match", [

@@ -278,6 +278,24 @@ def test_low_precision(seed, backend, dtype, k):
     assert recon_k.grad.dtype == z_k.grad.dtype == mu.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("scale", [300.0, 3000.0])  # log w ~ -1.2e7, -1.2e9
+def test_weights_sum_to_one_at_any_size_of_log_w(seed, backend, scale):
+    """K identical samples weigh 1/K each however large |log w| is: the bound's gradient
+    summed over k is one sample's, in float32 too. Weights taken as exp(log w - the rounded
+    logsumexp) (torch.logsumexp's backward) are all off by exp(that rounding): x 0.68 and
+    x K at these sizes."""
+    b, d, k = 2, 784, 5
+    x = torch.rand(b, d)
+    mean = torch.rand(b, d) * scale
+    recon_k = mean.expand(k, b, d).clone().requires_grad_()
+    mu = torch.zeros(b, 3)
+    v = fastvae.iwae_bound(x, recon_k, mu, mu, torch.zeros(k, b, 3), likelihood="gaussian",
+                           backend=backend)
+    assert v.max() < -1e7
+    (g,) = torch.autograd.grad(v.sum(), recon_k)
+    assert_close("sum_k d/drecon_k", g.sum(0), x - mean, torch.float32, rtol=1e-5)
+
+
 @pytest.mark.parametrize("d", [50, 1000, 2000])
 def test_extreme_log_weights_stay_finite(seed, backend, d):
     """logsumexp must be stable at log-weights of order -1e4: one sample ahead by 1e4 nats

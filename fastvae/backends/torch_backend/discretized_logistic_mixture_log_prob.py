@@ -79,7 +79,9 @@ def _chunk(xs, ps, n: int, c: float, g):
     lp = torch.log_softmax(logits, 1).add_(value.sum(1))  # (nb, M, P)
     lse = torch.logsumexp(lp, 1)                          # (nb, P)
     if g is not None:
-        r = lp.sub_(lse.unsqueeze(1)).exp_()              # responsibilities
+        # the responsibilities normalized on their own, not exp(lp - lse): at large |lp|
+        # the rounded lse would scale them all by exp(its rounding error)
+        r = torch.softmax(lp, 1)
         g[:, 0] = (r - torch.softmax(logits, 1)).mul_(c)
         w = r.mul_(c).unsqueeze(1)
         g_mean = d_mean.mul_(w)

@@ -329,6 +329,26 @@ def test_no_gradient_no_hook(seed, backend):
     assert not getattr(z, "_backward_hooks", None)  # nothing registered on z_k
 
 
+@pytest.mark.parametrize("objective,estimator", [("iwae", "stl"), ("iwae", "dreg"),
+                                                 ("elbo", "stl")])
+def test_stopped_parameters_alone_require_no_gradient(seed, backend, objective, estimator):
+    """Where only mu and logvar require a gradient, the STL/DReG value does not require one
+    on any backend: log q's parameters are stopped and the samples carry no graph, so
+    there is nothing to differentiate (as the reference's detached parameters have it)."""
+    dt = case_dtype(backend)
+    b, l, k, d = 3, 4, 2, 5
+    mu, lv = leaf(torch.randn(b, l, dtype=dt)), leaf(torch.randn(b, l, dtype=dt))
+    x = torch.rand(b, d, dtype=dt)
+    if objective == "elbo":
+        v = fastvae.elbo(x, torch.randn(b, d, dtype=dt), mu, lv, kl="mc",
+                         z=torch.randn(b, l, dtype=dt), estimator=estimator, backend=backend)
+    else:
+        v = fastvae.iwae_bound(x, torch.randn(k, b, d, dtype=dt), mu, lv,
+                               torch.randn(k, b, l, dtype=dt), estimator=estimator,
+                               backend=backend)
+    assert not v.requires_grad
+
+
 @pytest.mark.parametrize("objective,estimator", [("iwae", "standard"), ("iwae", "stl"),
                                                  ("iwae", "dreg"), ("elbo", "standard"),
                                                  ("elbo", "stl")])

@@ -97,13 +97,15 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents.
 
     ``estimator="stl"`` (``fastvae.estimators``): the direct gradients w.r.t. mu and
-    logvar are zero, so the backend is simply not asked for them. A learned prior's
+    logvar are zero, so they enter detached and the backend is not asked for them. A learned prior's
     log p(z) does not involve mu or logvar, so its gradients (w.r.t. z and the prior)
     are the standard ones under either estimator."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
-    needs = A.needs(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar)
     if estimators.stops_parameters(estimator):
-        needs[2] = needs[3] = False
+        # log q at stopped parameters, as the reference has it: no gradient and no graph
+        # edge to them (so a value that needs no other gradient does not require one)
+        mu, logvar = mu.detach(), logvar.detach()
+    needs = A.needs(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar)
     return _elbo.value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, float(obs_scalar),
                        likelihood, kl, float(beta), float(free_bits), reduction, float(scale),
                        estimator, needs, backend)

@@ -89,15 +89,17 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
     """The IWAE bound through the fused op; arguments as ``fastvae.backends`` documents.
 
     ``estimator`` (``fastvae.estimators``): "stl" and "dreg" stop log q's parameters, so
-    the backend is not asked for direct mu/logvar gradients (they are zero) and returns
-    the softmax weights, which for "dreg" the hook registered on z_k here applies to every
-    gradient reaching z_k in this bound's backward. A learned prior's gradients are the
-    standard ones (weighted by w~_k) under every estimator; its d log p(z_k) / d z_k is part
-    of d log w_k / d z_k, so DReG weighs it like the rest."""
+    mu and logvar enter detached, the backend is not asked for their (zero) gradients,
+    and it returns the softmax weights, which for "dreg" the hook registered on z_k here
+    applies to every gradient reaching z_k in this bound's backward. A learned prior's
+    gradients are the standard ones (weighted by w~_k) under every estimator; its
+    d log p(z_k) / d z_k is part of d log w_k / d z_k, so DReG weighs it like the rest."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
-    needs = A.needs(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     if estimators.stops_parameters(estimator):
-        needs[2] = needs[3] = False
+        # log q at stopped parameters, as the reference has it: no gradient and no graph
+        # edge to them (so a value that needs no other gradient does not require one)
+        mu, logvar = mu.detach(), logvar.detach()
+    needs = A.needs(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     args = (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, float(obs_scalar),
             likelihood, reduction, estimator, needs, backend)
     if not (estimator == "dreg" and _wants_weights(estimator, needs)):

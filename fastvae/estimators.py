@@ -80,16 +80,29 @@ class DregHook:
     the bound (another loss of the same z_k alone) leaves z_k's gradient unchanged.
     Within the bound's backward the hook sees the *total* gradient of z_k, so every
     other loss that also uses z_k in that backward gets the weight too: give a DReG
-    bound its own z_k.
+    bound its own z_k. Two DReG bounds of one z_k in one backward would each weigh the
+    other's gradient too: arming the second raises (``peers``: the hooks on that z_k).
     """
 
-    def __init__(self, weights: Tensor):
+    def __init__(self, weights: Tensor, peers: list):
         self.weights = weights.detach().unsqueeze(-1)
         self.task: Optional[int] = None
         self.armed = False
+        self.peers = peers
 
     def arm(self, grad):
-        self.task, self.armed = _graph_task(), True
+        task = _graph_task()
+        if task is not None:
+            for forward, _ in self.peers:
+                other = forward.hook()
+                if (other is not None and other is not self and other.armed
+                        and other.task == task):
+                    raise RuntimeError(
+                        "estimator='dreg': two DReG bounds of the same z_k are in one "
+                        "backward pass; each would weigh the other's gradient of z_k too, "
+                        "and the encoder's gradient would be wrong. Draw a z_k for each "
+                        "bound, or put all the samples in one bound")
+        self.task, self.armed = task, True
 
     def __call__(self, grad: Tensor) -> Tensor:
         if not self.armed or self.task != _graph_task():
@@ -181,19 +194,20 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
             "gradient hook on z_k that the compiled graph cannot hold. Call fastvae.iwae_bound "
             "outside the compiled function (compile the model, not the loss), or use "
             "estimator='stl'")
-    hook = DregHook(weights)
+    peers = _hooks_on.get(z_k)
+    if peers is None:
+        peers = _hooks_on[z_k] = []
+    hook = DregHook(weights, peers)
     value.register_hook(hook.arm)   # the bound's graph holds the hook, and only it
     # A hook stays on z_k until z_k is freed; a z_k kept across steps (a leaf) would gather
     # one per call. z_k's hook holds DregHook weakly: once the bound's graph is freed (its
     # backward ran, or it was dropped) the hook can never be armed again, and goes.
-    kept = []
-    for forward, handle in _hooks_on.get(z_k, ()):
+    for forward, handle in peers:
         if forward.hook() is None:
             handle.remove()
-        else:
-            kept.append((forward, handle))
+    peers[:] = [entry for entry in peers if entry[0].hook() is not None]
     forward = _Forward(hook)
-    _hooks_on[z_k] = kept + [(forward, z_k.register_hook(forward))]
+    peers.append((forward, z_k.register_hook(forward)))
 
 
 class _Forward:

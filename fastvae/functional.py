@@ -279,11 +279,12 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
             it, and pass the very tensor the decoder read (a copy, cast or view of it
             is refused: the decoder's gradient would go around the hook) for this bound
             alone (another loss on the same z_k in the same backward would be weighted
-            too). Eager only: inside ``torch.compile`` and ``torch.func`` transforms it
-            raises. Not with ``likelihood="discretized_logistic_mixture"``. Higher-order
-            gradients (``create_graph=True``) differentiate the first-order DReG
-            gradient with the weights ``w~_k`` held constant: a surrogate's, not the
-            derivative of that gradient field.
+            too; a second DReG bound of it in that backward raises). Eager only: inside
+            ``torch.compile`` and ``torch.func`` transforms it raises. Not with
+            ``likelihood="discretized_logistic_mixture"``. Higher-order gradients
+            (``create_graph=True``) differentiate the first-order DReG gradient with
+            the weights ``w~_k`` held constant: a surrogate's, not the derivative of
+            that gradient field.
             Under "stl" and "dreg" the encoder's gradient arrives through z_k alone: a
             z_k cut from mu, logvar (detached, or drawn under ``no_grad``) gives it none.
     """

@@ -319,6 +319,23 @@ def test_the_hook_weighs_only_the_bounds_backward(seed, backend):
         assert_close(f"d/d{name}", a, b, a.dtype)
 
 
+def test_two_dreg_bounds_of_one_z_k_in_one_backward_raise(seed, backend):
+    """Each bound's hook would weigh the total gradient of z_k, the other bound's part
+    too: refused when both are in one backward. Each alone, or in separate backwards
+    on retained graphs, is a single bound's DReG gradient."""
+    case, z, recon = _dreg_setup(backend)
+
+    def bound():
+        return fastvae.iwae_bound(case["x"], recon, case["mu"], case["lv"], z, reduction="sum",
+                                  backend=backend, estimator="dreg")
+    a, b = bound(), bound()
+    with pytest.raises(RuntimeError, match="two DReG bounds of the same z_k"):
+        torch.autograd.grad(a + b, [case["mu"]], retain_graph=True)
+    ga = torch.autograd.grad(a, [case["mu"]], retain_graph=True)[0]
+    gb = torch.autograd.grad(b, [case["mu"]])[0]
+    assert torch.equal(ga, gb)
+
+
 def test_no_gradient_no_hook(seed, backend):
     case, z, recon = _dreg_setup(backend)
     with torch.no_grad():

@@ -165,8 +165,8 @@ def elbo(
             raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not "
                              f"{likelihood!r}")
         obs = V.canonical_obs_logvar(obs_logvar, x.shape)
-        pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
-        plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+        pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar)
+        plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar)
         device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z,
                                      obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
         _ELBO_CHECKED.add(sig)
@@ -301,8 +301,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
     obs = V.canonical_obs_logvar(obs_logvar, x.shape)
-    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu")
-    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu")
+    pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar)
+    plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar)
     device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k,
                                  obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
@@ -413,8 +413,8 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     # widened first, so that a gradient summed over copies or over the two terms (which
     # nearly cancel where q is close to p) is float32 and rounds to a 16-bit input's dtype once
     z = widened(z_k)
-    pm = widened(V.canonical_prior("prior_mu", prior_mu, mu, "mu"))
-    plv = widened(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu"))
+    pm = widened(V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar))
+    plv = widened(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar))
     log_pz = gaussian_log_prob(z, torch.zeros_like(z) if pm is None else pm.expand_as(z),
                                0.0 if plv is None else plv, backend=backend, validate=validate)
     if estimator == "stl":

@@ -24,8 +24,8 @@ def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
         if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
             raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got "
                              f"{tuple(mu_q.shape)} and {tuple(logvar_q.shape)}")
-        pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q")
-        plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q")
+        pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q", logvar_q)
+        plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q", logvar_q)
         device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
         _CHECKED.add(sig)
     V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,

@@ -281,21 +281,25 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
                 )
 
 
-def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str):
-    """A prior's mean or log-variance for posteriors shaped like ``like`` ``(B, *)``: None
-    (the N(0, I) value, 0), a number, or a tensor broadcastable to ``like`` -> None, a
-    shared row ``(N,)`` or per-row ``(B, N)`` with ``N = like[0].numel()`` (the
-    canonical form every backend takes; a number becomes a float32 row, float64 where
-    ``like`` is)."""
+def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,
+                    logvar: torch.Tensor):
+    """A prior's mean or log-variance for posteriors ``like`` (the mean, ``(B, *)``) and
+    ``logvar``: None (the N(0, I) value, 0), a number, or a tensor broadcastable to
+    ``like`` -> None, a shared row ``(N,)`` or per-row ``(B, N)`` with ``N =
+    like[0].numel()`` (the canonical form every backend takes; a number becomes a float32
+    row, float64 where either posterior tensor is, as the result then is)."""
     if prior is None:
         return None
     if not isinstance(prior, torch.Tensor):
         value = number_or_tensor(name, prior, like_name)
         if value == 0.0:
             return None
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        return torch.full((like.shape[1:].numel(),), value, dtype=dtype, device=like.device)
+        wide = torch.float64 in (like.dtype, logvar.dtype)
+        return torch.full((like.shape[1:].numel(),), value,
+                          dtype=torch.float64 if wide else torch.float32, device=like.device)
     return canonical_obs_logvar(prior, like.shape, name=name, against=like_name)
+
+
 # -- discretized mixture of logistics ------------------------------------------------
 
 def check_bits(bits) -> int:

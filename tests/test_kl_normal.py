@@ -142,6 +142,18 @@ def test_low_precision(seed, backend, dtype):
         assert_close("grad", t.grad, e, dtype, rtol=eps)
 
 
+def test_a_number_prior_beside_a_float64_log_variance_is_float64(backend):
+    """The result is float64 where any posterior tensor is: a number prior then enters in
+    float64 too, not rounded to float32 first (0.1 is 1.5e-9 off in float32)."""
+    mu = torch.randn(3, 5)
+    lv = torch.randn(3, 5, dtype=F64)
+    got = fastvae.kl_normal(mu, lv, 0.1, -0.3, backend=backend)
+    assert got.dtype == F64
+    want = F.kl_normal_dim(mu.double(), lv, torch.tensor(0.1, dtype=F64),
+                           torch.tensor(-0.3, dtype=F64)).sum(-1)
+    assert_close("kl", got, want, F64, rtol=1e-13)
+
+
 @pytest.mark.parametrize("op", ["kl_normal", "sample_with_kl"])
 def test_float16_gradients_that_fit_float16_are_not_inf(backend, op):
     """Inside the hierarchical VAE's clamp (a mean gap of 3, logvar_p = -10) the per-row

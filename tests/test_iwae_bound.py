@@ -315,9 +315,11 @@ def test_extreme_log_weights_stay_finite(seed, backend, d):
     assert_close("value", v, want, dt, rtol={F64: 1e-12}, scale=recon_k.detach().abs().sum(-1).max(0).values)
     (g,) = torch.autograd.grad(v.sum(), recon_k)
     (e,) = grads(want, [recon_k])
-    # log w of 1e4 carries ~1e-3 of fp32 rounding into the weights, in any fp32 implementation
+    # log w of 1e4 carries up to ulp(1e4) ~ 1e-3 of fp32 rounding into the weights, in any
+    # fp32 implementation, by its summation order (the eager reference's own error here
+    # is that order's luck)
     eager = eager_fp32([x, recon_k, mu, mu, z_k])[1][1] if dt != F64 else None
-    assert_close("d/drecon_k", g, e, dt, rtol={F64: 1e-12}, eager=eager)
+    assert_close("d/drecon_k", g, e, dt, rtol={F64: 1e-12, torch.float32: 1e-3}, eager=eager)
     assert g[0, 0].abs().max() < 1e-30  # a weight of exp(-1e4)
 
 

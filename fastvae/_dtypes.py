@@ -27,37 +27,35 @@ def reduce_scale(batch: int, reduction: str) -> float:
     return 1.0 / max(batch, 1) if reduction == "mean" else 1.0
 
 
-def row_grad_dtype(t, shape) -> torch.dtype:
-    """The dtype a backend writes t's gradient in, given the gradient's ``shape``: t's own
-    where that is t's shape; float32 at least where t is shared by every row and its
-    gradient is written per row, to be summed over rows by ``fastvae.ops`` (then cast to
-    t's dtype). Per-row terms rounded to a 16-bit t's dtype first would put one rounding
-    per row into the sum (bf16: errors of tens of percent over a few hundred rows)."""
+def saved_grad_dtype(t, shape=None) -> torch.dtype:
+    """The dtype a fused op saves t's gradient in, until backward weighs it by grad_output
+    and rounds it to t's dtype (``fastvae.ops``): t's own, with two exceptions.
+
+    - float16: float32. The gradient is saved before it is weighed, and float16 flushes a
+      saved value below 6e-8 to 0 and turns one past 65504 into inf where the weighed one
+      fits: under a GradScaler (loss scale 2^16, applied in backward) a mean ELBO's
+      gradients at B = 128 came back 0 for a fifth of the pixels, and inside the posteriors
+      a hierarchical VAE allows dKL/dlogvar_q reaches 2e8. bfloat16 has float32's range,
+      and keeps its bytes (what a bf16 step moves).
+    - t shared by every row, its gradient written per row in ``shape`` (to be summed over
+      rows): float32 at least. Per-row terms rounded to a 16-bit dtype first would put one
+      rounding per row into the sum (bf16: errors of tens of percent over a few hundred
+      rows).
+    """
+    if t.dtype == torch.float16:
+        return torch.float32
     if shape is None or tuple(shape) == tuple(t.shape):
         return t.dtype
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def kl_grad_dtype(t, shape) -> torch.dtype:
-    """The dtype ``kl_normal`` and ``sample_with_kl`` save t's KL gradient in, per row in
-    ``shape`` (mu_q's): :func:`row_grad_dtype`, but float32 for float16. It is saved before
-    backward weighs it by its row's grad_output, and inside the posteriors a hierarchical
-    VAE allows (means in (-5, 5), log-variances in (-10, 10)) dKL/dmu_q = (mu_q - mu_p)
-    e^-logvar_p reaches 2e5 and dKL/dlogvar_q = 0.5 (e^(logvar_q - logvar_p) - 1) 2e8:
-    past float16's 65504 where the weighted gradient (a batch mean, or under a loss scale)
-    fits, and a GradScaler's lower scale would not bring it back. bfloat16 has float32's
-    range, and stays (its bytes are what a bf16 step moves)."""
-    dtype = row_grad_dtype(t, shape)
-    return torch.float32 if dtype == torch.float16 else dtype
-
-
 def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
     """The dtype of ``sample_with_kl``'s one saved dKL/dmu_q, which is also -dKL/dmu_p:
-    :func:`kl_grad_dtype`, widened to the prior mean's gradient dtype (:func:`row_grad_dtype`)
-    where that gradient is wanted (a wider or a shared prior beside a 16-bit posterior)."""
+    mu's :func:`saved_grad_dtype`, widened to the prior mean's where that gradient is
+    wanted (a wider or a shared prior beside a 16-bit posterior)."""
     if not need_prior_mean or prior_mu is None:
-        return kl_grad_dtype(mu, mu.shape)
-    return torch.promote_types(kl_grad_dtype(mu, mu.shape), row_grad_dtype(prior_mu, mu.shape))
+        return saved_grad_dtype(mu)
+    return torch.promote_types(saved_grad_dtype(mu), saved_grad_dtype(prior_mu, mu.shape))
 
 
 def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:
@@ -70,7 +68,7 @@ def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:
 def widened(t):
     """A 16-bit tensor in float32, anything else as is: for a tensor about to be repeated
     over rows (``expand``), whose gradient autograd sums over the copies in the copies'
-    dtype, so that the sum rounds to t's dtype once (as :func:`row_grad_dtype`'s rule)."""
+    dtype, so that the sum rounds to t's dtype once (as :func:`saved_grad_dtype`'s rule)."""
     if isinstance(t, torch.Tensor) and t.dtype in SIXTEEN_BIT:
         return t.float()
     return t

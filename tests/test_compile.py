@@ -219,7 +219,7 @@ def _op_args():
     yield "sample-with-kl-seed", torch.ops.fastvae.sample_with_kl.default, (
         t(b, l), t(b, l), t(b, l), t(l), seed, [True, True, True, True], "torch")
     # 16-bit inputs shared by every row, or beside a float32 prior: the per-row gradients
-    # such an input's sum is made from are float32 (row_grad_dtype), in the fakes as well
+    # such an input's sum is made from are float32 (saved_grad_dtype), in the fakes as well
     def h(*s, grad=True):
         return t(*s, grad=False).bfloat16().requires_grad_(grad)
 

@@ -158,7 +158,7 @@ def test_a_number_prior_beside_a_float64_log_variance_is_float64(backend):
 def test_float16_gradients_that_fit_float16_are_not_inf(backend, op):
     """Inside the hierarchical VAE's clamp (a mean gap of 3, logvar_p = -10) the per-row
     dKL/dmu_q = 3 e^10 = 66,079 is past float16's range while the batch mean's gradient
-    (1/64 of it) fits: the saved KL gradients are float32 (``kl_grad_dtype``), and a
+    (1/64 of it) fits: the saved KL gradients are float32 (``saved_grad_dtype``), and a
     grad_output past 65504 (a loss scale) is multiplied in float32 too. Both gave inf."""
     b = 64
     fn = fastvae.kl_normal if op == "kl_normal" else (

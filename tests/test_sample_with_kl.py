@@ -217,7 +217,7 @@ def test_a_float64_prior_beside_a_narrower_posterior(seed, backend, dtype, kind)
 def test_a_float64_prior_rounds_a_16_bit_posteriors_gradient_once(seed, backend):
     """Beside a float64 prior (on "triton": the KL half apart from the kernel), the bf16
     dlogvar_q = 0.5 dz std eps + g_kl dKL/dlogvar_q is summed wide and rounded once, from
-    the saved bf16 dKL/dlogvar_q (``kl_grad_dtype``: bf16 has float32's range):
+    the saved bf16 dKL/dlogvar_q (``saved_grad_dtype``: bf16 has float32's range):
     elementwise within one bf16 rounding of that sum, also where q is close to p and the
     two terms cancel. (The reference rounds as eager autograd does: each path's gradient
     in bf16, then their sum.)"""

@@ -1,7 +1,7 @@
 """Gradients of inputs shared by every row: a prior's ``(L,)`` mean and log-variance, a
 ``(D,)`` obs_logvar or log-variance. Each op writes such an input's gradient per row and
 ``fastvae.ops`` sums it over rows; the per-row terms are float32 at least
-(``fastvae._dtypes.row_grad_dtype``) and are rounded to a 16-bit input's dtype once,
+(``fastvae._dtypes.saved_grad_dtype``) and are rounded to a 16-bit input's dtype once,
 after the sum. Rounded per row first, the sum of a few hundred rows was off by tens of
 percent. A 16-bit posterior beside a float32 prior: the prior's gradients are computed
 in float32, not in the posterior's dtype (where they overflowed to -inf)."""

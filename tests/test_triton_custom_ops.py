@@ -97,7 +97,7 @@ def test_opcheck_every_op(seed):
     cases.append((swk._bwd_op, (None, torch.randn(b), lv.detach(), noise, *g,
                                 [True, False, True, True], "triton")))
     # bf16 inputs shared by every row, or beside a float32 prior: float32 per-row gradients
-    # (row_grad_dtype, kl_mean_grad_dtype) in the kernels' buffers and in the fakes alike
+    # (saved_grad_dtype, kl_mean_grad_dtype) in the kernels' buffers and in the fakes alike
     def h(*s):
         return leaf(torch.randn(*s).bfloat16())
     hm, hl = h(b, l), h(b, l)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from .._dtypes import kl_grad_dtype, row_grad_dtype
+from .._dtypes import saved_grad_dtype
 
 
 def needs(*ts) -> List[bool]:
@@ -36,21 +36,11 @@ def filled(outputs, like: Tensor) -> tuple:
 
 
 def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tensor:
-    """A fake gradient output as the backends write it: ``shape`` (default t's) in the
-    dtype of ``row_grad_dtype``, or the empty placeholder when not needed."""
+    """A fake gradient output as the backends write it: ``shape`` (default t's) in
+    ``saved_grad_dtype``, or the empty placeholder when not needed."""
     if not need or t is None:
         return like.new_empty(0)
-    if shape is None:
-        return t.new_empty(t.shape)
-    return t.new_empty(shape, dtype=row_grad_dtype(t, shape))
-
-
-def kl_grad_like(t: Optional[Tensor], need: bool, mu: Tensor) -> Tensor:
-    """A fake KL gradient of t as the backends write it: mu's shape in ``kl_grad_dtype``,
-    or the empty placeholder when not needed."""
-    if not need or t is None:
-        return mu.new_empty(0)
-    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t, mu.shape))
+    return t.new_empty(t.shape if shape is None else shape, dtype=saved_grad_dtype(t, shape))
 
 
 def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:
@@ -60,11 +50,6 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     shape = [1] * g.dim()
     if grad_out.dim() != 0:
         shape[row_dim] = -1
-    if g.dtype == torch.float16 and grad_out.dtype != g.dtype:
-        # grad_out cast to float16 first is inf past 65504 (a loss scale) where the product
-        # fits: multiplied in grad_out's dtype, rounded once into g's, in one pass (a
-        # dimensioned grad_out takes part in the type promotion, a 0-d one would not)
-        return torch.mul(g, grad_out.reshape(shape), out=torch.empty_like(g))
     return g * grad_out.reshape(shape).to(g.dtype)
 
 
@@ -73,11 +58,18 @@ def input_like(t: Optional[Tensor]):
     return None if t is None else (t.shape, t.dtype)
 
 
+def cast_like(t: Optional[Tensor]):
+    """:func:`input_like` of an input whose gradient has t's shape but is saved wider
+    (float16, ``saved_grad_dtype``), for :func:`to_shape` to round it back; None where
+    there is nothing to finish."""
+    return None if t is None or saved_grad_dtype(t) == t.dtype else (t.shape, t.dtype)
+
+
 def to_shape(g: Optional[Tensor], like) -> Optional[Tensor]:
     """The gradient of an input with ``like`` = (shape, dtype) (:func:`input_like`) from
     ``g``: a per-row (B, D) gradient of a shared (D,) input summed over rows, in the
     input's dtype (a shared input's per-row gradient is float32 at least,
-    ``row_grad_dtype``, so the sum rounds once)."""
+    ``saved_grad_dtype``, so the sum rounds once)."""
     if g is None or like is None:
         return g
     shape, dtype = like

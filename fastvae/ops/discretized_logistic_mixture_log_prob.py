@@ -44,6 +44,7 @@ def _(x, params, bits, reduction, scale, needs, backend):
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:], needs_=inputs[5], backend=inputs[6], inputs=inputs[:5])
     ctx.per_row = inputs[3] == "none"
+    ctx.like = A.cast_like(inputs[1])
 
 
 def _backward(ctx, grad_out, *_):
@@ -54,7 +55,7 @@ def _backward(ctx, grad_out, *_):
         g.mul_(grad_out.reshape(-1, *([1] * (g.dim() - 1))).to(g.dtype))
     else:
         g = A.weigh(ctx.saved_tensors[0] if ctx.needs[0] else None, grad_out, 0)
-    return None, g, None, None, None, None, None
+    return None, A.to_shape(g, ctx.like), None, None, None, None, None
 
 
 def _higher_order(ctx, grad_out, *_):

@@ -54,16 +54,15 @@ def _(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likeliho
 
 
 def setup_shapes(ctx, inputs) -> None:
-    """The shapes backward sums per-row gradients to: obs_logvar's and the prior's."""
-    ctx.sum_to = [A.input_like(t) for t in inputs[5:8]]
+    """What backward finishes each gradient with (:func:`finish_grads`)."""
+    ctx.sum_to = [A.cast_like(t) for t in inputs[:5]] + [A.input_like(t) for t in inputs[5:8]]
 
 
 def finish_grads(ctx, g):
-    """The gradients of (..., obs, prior_mu, prior_logvar), per row where the inputs are
-    shared by every row, summed to the inputs' shapes."""
-    for i, like in zip((5, 6, 7), ctx.sum_to):
-        g[i] = A.to_shape(g[i], like)
-    return g
+    """The gradients in their inputs' dtypes (a float16 input's was saved in float32), those
+    of (obs, prior_mu, prior_logvar), per row where the inputs are shared by every row,
+    summed to the inputs' shapes."""
+    return [A.to_shape(t, like) for t, like in zip(g, ctx.sum_to)]
 
 
 def _setup(ctx, inputs, output):

@@ -35,12 +35,13 @@ def _(x, mean, logvar, logvar_scalar, needs, backend):
 
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:], needs_=inputs[4], backend=inputs[5], inputs=inputs[:4])
-    ctx.lv_like = A.input_like(inputs[2])
+    ctx.like = (A.cast_like(inputs[0]), A.cast_like(inputs[1]), A.input_like(inputs[2]))
 
 
 def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
-    g = [A.weigh(t if n else None, grad_out, 0) for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    return g[0], g[1], A.to_shape(g[2], ctx.lv_like), None, None, None
+    g = [A.to_shape(A.weigh(t if n else None, grad_out, 0), like)
+         for t, n, like in zip(ctx.saved_tensors, ctx.needs, ctx.like)]
+    return g[0], g[1], g[2], None, None, None
 
 
 def _higher_order(ctx, grad_out, *_):

@@ -27,14 +27,15 @@ _op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_
 
 @_op.register_fake
 def _(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
-    grads = [A.kl_grad_like(t, n, mu_q) for t, n in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
+    grads = [A.grad_like(t, n, mu_q, mu_q.shape)
+             for t, n in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
     return (mu_q.new_empty(mu_q.shape[:1], dtype=result_dtype(mu_q, logvar_q, mu_p, logvar_p)),
             *grads)
 
 
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:], needs_=inputs[4], backend=inputs[5], inputs=inputs[:4])
-    # each gradient back in its input's dtype (saved wider: kl_grad_dtype), a shared
+    # each gradient back in its input's dtype (saved wider: saved_grad_dtype), a shared
     # prior's summed over rows
     ctx.like = [A.input_like(t) for t in inputs[:4]]
 

@@ -33,11 +33,12 @@ def _(mu, logvar, needs, backend):
 
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:], needs_=inputs[2], backend=inputs[3], inputs=inputs[:2])
+    ctx.like = [A.cast_like(t) for t in inputs[:2]]
 
 
 def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
-    return (*(A.weigh(t if n else None, grad_out, 0)
-              for t, n in zip(ctx.saved_tensors, ctx.needs)), None, None)
+    return (*(A.to_shape(A.weigh(t if n else None, grad_out, 0), like)
+              for t, n, like in zip(ctx.saved_tensors, ctx.needs, ctx.like)), None, None)
 
 
 def _higher_order(ctx, grad_out, *_):

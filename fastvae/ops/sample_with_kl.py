@@ -48,7 +48,8 @@ def _(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
             mu.new_empty(mu.shape[:1], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar)),
             (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
              if needs[0] or needs[2] else mu.new_empty(0)),
-            A.kl_grad_like(logvar, needs[1], mu), A.kl_grad_like(prior_logvar, needs[3], mu))
+            A.grad_like(logvar, needs[1], mu, mu.shape),
+            A.grad_like(prior_logvar, needs[3], mu, mu.shape))
 
 
 @torch.library.custom_op("fastvae::sample_with_kl_bwd", mutates_args=())

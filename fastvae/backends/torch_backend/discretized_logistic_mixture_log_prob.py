@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from ..._dtypes import reduce_scale, result_dtype
+from ..._dtypes import reduce_scale, result_dtype, saved_grad_dtype
 from . import native, terms
 
 # 2^17 as the row chunks of rows.py: ~90 aten ops a chunk, so at 2^14 their per-op cost
@@ -160,7 +160,7 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits: int, reduction: s
     c = scale * reduce_scale(batch, reduction)
     g = None
     if needs[0]:
-        g = torch.empty(params.shape, dtype=params.dtype, device=params.device)
+        g = torch.empty(params.shape, dtype=saved_grad_dtype(params), device=params.device)
     fn = None
     if dtype == torch.float32 and params.device.type == "cpu" and x.numel() > 0:
         fn = native_kernel()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import kl_grad_dtype, row_grad_dtype
+from ..._dtypes import saved_grad_dtype
 from . import native
 from . import terms
 
@@ -26,29 +26,22 @@ def row_chunks(batch: int, d: int):
 
 def grad_buffer(t, need: bool, shape=None):
     """The output t's gradient is written into, in ``shape`` (default t's) and the dtype
-    of ``row_grad_dtype``, or None when not needed."""
+    of ``saved_grad_dtype``, or None when not needed."""
     if not need or t is None:
         return None
-    if shape is None:
+    dtype = saved_grad_dtype(t, shape)
+    if shape is None and dtype == t.dtype:
         return t.new_empty(t.shape)  # new_empty: a fifth of the cost
-    return t.new_empty(shape, dtype=row_grad_dtype(t, shape))
-
-
-def kl_grad_buffer(t, need: bool, mu):
-    """The (B, N) output t's KL gradient is written into (``kl_normal``, ``sample_with_kl``),
-    in the dtype of ``kl_grad_dtype``, or None when not needed."""
-    if not need or t is None:
-        return None
-    return mu.new_empty(mu.shape, dtype=kl_grad_dtype(t, mu.shape))
+    return t.new_empty(t.shape if shape is None else shape, dtype=dtype)
 
 
 def grad_out(g, like, need: bool, shape=None):
     """A gradient output of input ``like`` in ``shape`` (default like's; a copy where ``g``
-    is a broadcast view) and the dtype of ``row_grad_dtype``, or None when not needed
+    is a broadcast view) and the dtype of ``saved_grad_dtype``, or None when not needed
     (``fastvae.ops`` gives a custom op its placeholder)."""
     if not need or g is None:
         return None
-    dtype = like.dtype if shape is None else row_grad_dtype(like, shape)
+    dtype = saved_grad_dtype(like, shape)
     if shape is not None and g.shape != shape:
         return g.expand(shape).to(dtype, copy=True)
     return g.to(dtype)

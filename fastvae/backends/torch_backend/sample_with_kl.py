@@ -20,7 +20,7 @@ from ..._dtypes import (SIXTEEN_BIT, kl_bwd_sources, kl_mean_grad_dtype, result_
                         widened)
 from . import gaussian_rows
 from .reparameterize import reparameterize_fwd, seeded
-from .rows import kl_grad_buffer, row_chunks
+from .rows import grad_buffer, row_chunks
 
 
 def _rows(t, i, j):
@@ -55,8 +55,8 @@ def _kl_outputs(mu, logvar, prior_mu, prior_logvar, needs):
     kl = mu.new_empty(mu.shape[0], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar))
     g_mu = (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
             if needs[0] or needs[2] else None)
-    return (kl, g_mu, kl_grad_buffer(logvar, needs[1], mu),
-            kl_grad_buffer(prior_logvar, needs[3], mu))
+    return (kl, g_mu, grad_buffer(logvar, needs[1], mu.shape),
+            grad_buffer(prior_logvar, needs[3], mu.shape))
 
 
 def _kl_into(mu, logvar, prior_mu, prior_logvar, kl, g_mu, g_lv, g_plv):

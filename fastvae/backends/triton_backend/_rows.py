@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import row_grad_dtype
+from ..._dtypes import saved_grad_dtype
 from . import _launch, configs
 
 
@@ -25,12 +25,12 @@ def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: i
     ``inputs`` = (x, recon, mu, logvar, z) and the kernel's ``priors`` (``prior_args``):
     each needed one in its input's shape and dtype (a prior's per row, mu's shape), else
     None."""
-    grads = [_launch.alloc_like(t) if need and t is not None else None
+    grads = [_launch.alloc_like(t, saved_grad_dtype(t)) if need and t is not None else None
              for t, need in zip(inputs, needs)]
     b, d = inputs[0].shape
     mu = inputs[2]
     prior_needs = tuple(needs[6:8]) or (False, False)
-    prior_grads = [_launch.alloc_like(mu, row_grad_dtype(p, mu.shape))
+    prior_grads = [_launch.alloc_like(mu, saved_grad_dtype(p, mu.shape))
                    if need and p is not None else None for p, need in zip(priors, prior_needs)]
     return (*grads, *_obs_grad_buffers(needs[5] and obs_tensor, partial, programs, b, d, obs,
                                        device), *prior_grads)
@@ -63,6 +63,6 @@ def _obs_grad_buffers(need: bool, partial: bool, programs: int, b: int, d: int, 
     if not need:
         return None, None
     if partial:
-        return (_launch.alloc((d,), obs.dtype, device),
+        return (_launch.alloc((d,), saved_grad_dtype(obs), device),
                 _launch.alloc((programs, d), torch.float32, device))
-    return _launch.alloc((b, d), row_grad_dtype(obs, (b, d)), device), None
+    return _launch.alloc((b, d), saved_grad_dtype(obs, (b, d)), device), None

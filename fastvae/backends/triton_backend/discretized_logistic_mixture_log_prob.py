@@ -8,7 +8,7 @@ import triton
 
 from fastvae.kernels import discretized_logistic_mixture_log_prob as kd
 
-from ..._dtypes import reduce_scale
+from ..._dtypes import reduce_scale, saved_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 
@@ -29,12 +29,12 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits, reduction, scale,
     block_m, block_p, warps = configs.dmol_config(m, hw)
     n_blocks = triton.cdiv(hw, block_p)
     partials = _launch.alloc((b * n_blocks,), torch.float32, dev)
-    g = _launch.alloc(params.shape, params.dtype, dev) if needs[0] else None
+    g = _launch.alloc(params.shape, saved_grad_dtype(params), dev) if needs[0] else None
     c = scale * reduce_scale(b, reduction)
     int64 = configs.needs_int64(b * x3.stride(0), b * p.stride(0), b * n_blocks)
     _launch.launch(
         kd.dmol_rows_kernel, (b * n_blocks,),
-        X=x3, P=p, PARTIALS=partials, G=_launch.given(g, params.dtype, dev),
+        X=x3, P=p, PARTIALS=partials, G=_launch.given(g, saved_grad_dtype(params), dev),
         n_pix=hw, n_mix=m, n_blocks=n_blocks, levels=float(2 ** bits - 1),
         stride_xb=x3.stride(0), stride_pb=p.stride(0), stride_gb=s * m * hw,
         c=float(c), C=ch, NEED_GRAD=g is not None, INT64=int64,

@@ -17,6 +17,7 @@ from fastvae.kernels import reduce as kred
 from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
 from ..._dtypes import reduce_scale
+from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args, prior_args
@@ -158,11 +159,12 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         BLOCK_SUM=configs.ticket_sum_block(),
         STAGES=configs.elbo_stages(x.element_size(), lik, prior), num_warps=warps),
         # absent pointers: a dummy of the dtype the tensor would have (Triton specializes
-        # on it), the gradients' as their inputs', z's gradient as mu's
+        # on it), the gradients' as their buffers' (saved_grad_dtype), z's as mu's
         dummies(X=x.dtype, R=recon.dtype, OBS=obs_arg.dtype, Z=mu.dtype, PM=pm.dtype,
                 PLV=plv.dtype, CLAMPED=torch.int32, PARTIALS=torch.float32,
-                COUNTER=torch.int32, GX=x.dtype, GR=recon.dtype, GOBS=obs_arg.dtype,
-                GMU=mu.dtype, GLV=logvar.dtype, GZ=mu.dtype, GPM=pm.dtype, GPLV=plv.dtype))
+                COUNTER=torch.int32, GX=saved(x), GR=saved(recon), GOBS=saved(obs_arg),
+                GMU=saved(mu), GLV=saved(logvar), GZ=saved(mu), GPM=saved(pm, mu.shape),
+                GPLV=saved(plv, mu.shape)))
     if gobs_partial:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
         f32 = torch.float32

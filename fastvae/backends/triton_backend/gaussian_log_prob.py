@@ -6,7 +6,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE, GOBS_ROWS
 
-from ..._dtypes import row_grad_dtype
+from ..._dtypes import saved_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 
@@ -21,9 +21,9 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     lik, lv_arg, stride_lv, tensor_lv = _likelihood(logvar, x)
     block_b, block_d, block_l, warps = configs.elbo_config(n, d, 1, x.element_size())
     out = _launch.alloc((n,), torch.float32, dev)
-    gx = _launch.alloc(x.shape, x.dtype, dev) if needs[0] else None
-    gm = _launch.alloc(mean.shape, mean.dtype, dev) if needs[1] else None
-    glv = (_launch.alloc((n, d), row_grad_dtype(lv_arg, (n, d)), dev)
+    gx = _launch.alloc(x.shape, saved_grad_dtype(x), dev) if needs[0] else None
+    gm = _launch.alloc(mean.shape, saved_grad_dtype(mean), dev) if needs[1] else None
+    glv = (_launch.alloc((n, d), saved_grad_dtype(lv_arg, (n, d)), dev)
            if (needs[2] and tensor_lv) else None)
     latent = _launch.dummy(x.dtype, dev)  # L = 0: the latent pointers are never read
     i32 = _launch.dummy(torch.int32, dev)
@@ -32,8 +32,9 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
         X=x, R=mean, OBS=lv_arg, MU=latent, LV=latent, Z=latent, PM=latent, PLV=latent,
         CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
-        GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gm, mean.dtype, dev),
-        GOBS=_launch.given(glv, lv_arg.dtype, dev), GMU=latent, GLV=latent, GZ=latent,
+        GX=_launch.given(gx, saved_grad_dtype(x), dev),
+        GR=_launch.given(gm, saved_grad_dtype(mean), dev),
+        GOBS=_launch.given(glv, saved_grad_dtype(lv_arg, (n, d)), dev), GMU=latent, GLV=latent, GZ=latent,
         GPM=latent, GPLV=latent,
         B=n, D=d, L=0,
         stride_x=x.stride(0), stride_r=mean.stride(0), stride_obs=stride_lv,

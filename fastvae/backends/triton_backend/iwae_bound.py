@@ -13,6 +13,7 @@ from fastvae.kernels import reduce as kred
 from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
 from ..._dtypes import reduce_scale
+from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import gradient_buffers, likelihood_args, prior_args
@@ -78,11 +79,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, PM=pm, PLV=plv,
         ROW_VALUES=row_values, WEIGHTS=_launch.given(w_out, f32, dev),
-        GX=_launch.given(gx, x.dtype, dev), GR=_launch.given(gr, recon_k.dtype, dev),
-        GOBS=gobs_partials if gobs_partial else _launch.given(gobs, obs_arg.dtype, dev),
-        GMU=_launch.given(gmu, mu.dtype, dev), GLV=_launch.given(glv, logvar.dtype, dev),
-        GZ=_launch.given(gz, z_k.dtype, dev),
-        GPM=_launch.given(gpm, pm.dtype, dev), GPLV=_launch.given(gplv, plv.dtype, dev),
+        GX=_launch.given(gx, saved(x), dev), GR=_launch.given(gr, saved(recon_k), dev),
+        GOBS=gobs_partials if gobs_partial else _launch.given(gobs, saved(obs_arg), dev),
+        GMU=_launch.given(gmu, saved(mu), dev), GLV=_launch.given(glv, saved(logvar), dev),
+        GZ=_launch.given(gz, saved(z_k), dev),
+        GPM=_launch.given(gpm, saved(pm, mu.shape), dev),
+        GPLV=_launch.given(gplv, saved(plv, mu.shape), dev),
         K=k, B=b, D=d, L=l,
         stride_x=x.stride(0), stride_rk=recon_k.stride(0), stride_rb=recon_k.stride(1),
         stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
@@ -120,7 +122,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         _launch.launch(
             kred.finish_kernel, grid,
             ROW_VALUES=row_values, GOBS_PARTIALS=_launch.given(gobs_partials, f32, dev),
-            OUT=out, GOBS=_launch.given(gobs, obs_arg.dtype, dev),
+            OUT=out, GOBS=_launch.given(gobs, saved(obs_arg), dev),
             B=b, D=d, NPART=programs, c=float(c), SUM_ROWS=True,
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     if dropped:

@@ -7,7 +7,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE
 
-from ..._dtypes import kl_grad_dtype
+from ..._dtypes import saved_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import prior_args
@@ -25,13 +25,11 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     the prior's per row."""
     if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
         return torch_backend.kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
-    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs,
-                    lambda t: kl_grad_dtype(t, mu_q.shape))
+    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs)
 
 
-def _kl_rows(mu, logvar, mu_p, logvar_p, needs, grad_dtype=lambda t: t.dtype):
-    """The row kernel's KL; each gradient in ``grad_dtype(input)`` (kl_normal's rule, or
-    the input's own: kl_standard_normal's)."""
+def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
+    """The row kernel's KL; each gradient per row, in ``saved_grad_dtype``."""
     dev = mu.device
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
@@ -39,6 +37,9 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, grad_dtype=lambda t: t.dtype):
     block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size(),
                                                            prior=prior)
     out = _launch.alloc((n,), torch.float32, dev)
+
+    def grad_dtype(t):
+        return saved_grad_dtype(t, mu.shape)
     grads = [_launch.alloc(mu.shape, grad_dtype(t), dev) if need else None
              for t, need in zip((mu, logvar, pm, plv), needs)]
     gmu, glv, gpm, gplv = grads
@@ -50,7 +51,8 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, grad_dtype=lambda t: t.dtype):
         X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, PM=pm, PLV=plv, CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=data, GR=data, GOBS=data,
-        GMU=_launch.given(gmu, grad_dtype(mu), dev), GLV=_launch.given(glv, grad_dtype(logvar), dev),
+        GMU=_launch.given(gmu, grad_dtype(mu), dev),
+        GLV=_launch.given(glv, grad_dtype(logvar), dev),
         GZ=data, GPM=_launch.given(gpm, grad_dtype(pm), dev),
         GPLV=_launch.given(gplv, grad_dtype(plv), dev),
         B=n, D=0, L=l,

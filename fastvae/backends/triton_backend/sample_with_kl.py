@@ -15,7 +15,7 @@ import torch
 from fastvae.kernels import reparameterize as kr
 from fastvae.kernels import sample_with_kl as ks
 
-from ..._dtypes import (kl_bwd_sources, kl_grad_dtype, kl_mean_grad_dtype, result_dtype,
+from ..._dtypes import (kl_bwd_sources, kl_mean_grad_dtype, result_dtype, saved_grad_dtype,
                         widened)
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
@@ -52,8 +52,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     kl = _launch.alloc((b,), kl_dtype, dev)
     gmu = (_launch.alloc_like(mu, kl_mean_grad_dtype(mu, prior_mu, needs[2]))
            if needs[0] or needs[2] else None)
-    glv = _launch.alloc_like(mu, kl_grad_dtype(logvar, mu.shape)) if needs[1] else None
-    gplv = _launch.alloc_like(mu, kl_grad_dtype(plv, mu.shape)) if needs[3] else None
+    glv = _launch.alloc_like(mu, saved_grad_dtype(logvar, mu.shape)) if needs[1] else None
+    gplv = _launch.alloc_like(mu, saved_grad_dtype(plv, mu.shape)) if needs[3] else None
     split = plan["split"]
     _launch.launch_planned(
         plan["launch"], MU=mu, LV=logvar, PM=pm, PLV=plv, SEED=noise, Z=z, KL=kl,
@@ -71,9 +71,9 @@ def _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior, needs) -> dict:
     row_blocks = _launch.cdiv(b, block_b)
     f32 = torch.float32
     # an absent gradient's pointer: the dtype the present one would have (one specialization)
-    dummies = {"GMU": _launch.dummy(kl_grad_dtype(mu, mu.shape), dev),
-               "GLV": _launch.dummy(kl_grad_dtype(logvar, mu.shape), dev),
-               "GPLV": _launch.dummy(kl_grad_dtype(plv, mu.shape), dev),
+    dummies = {"GMU": _launch.dummy(saved_grad_dtype(mu), dev),
+               "GLV": _launch.dummy(saved_grad_dtype(logvar, mu.shape), dev),
+               "GPLV": _launch.dummy(saved_grad_dtype(plv, mu.shape), dev),
                "PARTIALS": _launch.dummy(f32, dev),
                "COUNTER": _launch.dummy(torch.int32, dev)}
     launch = _launch.Planned(ks.sample_with_kl_fwd_kernel, (row_blocks, chunks), dev, dict(

@@ -23,10 +23,6 @@ GAUSSIAN_TENSOR = LIK_GAUSSIAN_TENSOR.value
 LIKELIHOOD_CODES = {"bernoulli": BERNOULLI, "continuous_bernoulli": CONTINUOUS_BERNOULLI,
                     "gaussian": GAUSSIAN_SCALAR}
 
-# (D up to, BLOCK_B, BLOCK_D, BLOCK_L) of the row kernels; the last row covers any D.
-ROW_TILES = {
-    "elbo": ((64, 32, 64, 64), (256, 8, 256, 128), (1024, 2, 1024, 128), (None, 1, 2048, 128)),
-}
 # The ELBO row kernel: BLOCK_D columns a step (the tail block is the only masked one, so
 # D = 784 wastes 48 of 832 lanes), BLOCK_B rows a program; ELBO_TILE_ELEMENTS elements a
 # step by ELBO_WARPS warps is two 16-byte loads per tensor per thread for every dtype.
@@ -58,12 +54,7 @@ TICKET_SUM_BLOCK = 512
 KL_CLAMP_TILE = (32, 64)
 INT32_LIMIT = 2**31 - 1
 
-ROW_TILES_BY_LIK = {}
-ROW_WARPS = 8
-# num_warps where 8 makes ptxas spill: (kernel, LIK, BLOCK_B, BLOCK_D) -> warps; 16 where
-# both 4 and 8 spill in one of the compiled variants (the measurements: RESULTS.md).
-ROW_WARPS_OVERRIDE = {("elbo", 2, 32, 64): 4, ("elbo", 3, 32, 64): 4, ("elbo", 3, 2, 1024): 4,
-                      ("elbo", 3, 1, 2048): 4, ("elbo", 2, 1, 2048): 16}
+ROW_WARPS = 8   # num_warps of the interpreter's tiles and of every tile without its own
 
 # The one-pass IWAE kernel: (BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L) tiles, the first one with
 # K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L wins; with none the two-pass kernel runs. A
@@ -155,24 +146,6 @@ def interpreter_tiles() -> bool:
 
 def _p2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
-
-
-def row_config(b: int, d: int, l: int, kernel: str = "elbo", lik: int = BERNOULLI):
-    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of a row kernel for a (B, D) x (B, L) problem."""
-    if interpreter_tiles():
-        block_d = min(max(_p2(d), 16), 4096)
-        block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
-        block_l = max(16, min(_p2(l), max(_INTERP_TILE // block_b, 16)))
-        return block_b, block_d, block_l, ROW_WARPS
-    for upto, block_b, block_d, block_l in row_tiles(kernel, lik):
-        if upto is None or d <= upto:
-            warps = ROW_WARPS_OVERRIDE.get((kernel, lik, block_b, block_d), ROW_WARPS)
-            return block_b, block_d, block_l, warps
-
-
-def row_tiles(kernel: str, lik: int):
-    """The (D up to, BLOCK_B, BLOCK_D, BLOCK_L) tiles of a row kernel for likelihood ``lik``."""
-    return ROW_TILES_BY_LIK.get((kernel, lik), ROW_TILES[kernel])
 
 
 def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,

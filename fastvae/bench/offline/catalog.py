@@ -32,7 +32,7 @@ from .stand_ins import (ALL_DTYPES, BF16, DTYPES, F16, F32, PURE, empty, finish,
                         stand_in_latents, stand_in_obs, run_in_mode)
 
 # Shapes (B, D, L): the benchmarks' class (B=4096 and 65536, D=784, L=32 and 64 launch the
-# same specializations), the other tiles of configs.ROW_TILES at aligned sizes, then
+# same specializations), narrow and wide rows at aligned sizes, then
 # the tests' odd ones (ones, and non-multiples of 16 in each tile, L over one block).
 ELBO_BENCH = ((4096, 784, 32),)
 ELBO_TILES = ((4096, 64, 16), (4096, 256, 32), (4096, 3072, 32))

@@ -35,29 +35,19 @@ import fastvae
 
 from . import dmol_training as dmol, objectives
 from .amp import amp_policy, describe as describe_amp
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
-                         save_checkpoint, write_json)
-from .data import DataError, load_dataset, stored_name
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
+from .data import DataError, load_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite
-from .runs import (RESUME_KEYS, MissingExtra, RunFolder, RunFolderError, check_extras,
-                   load_weights)
+from .run_config import prepare_config
+from .runs import MissingExtra, RunFolder, RunFolderError, check_extras, load_weights
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
            "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
            "MissingExtra"]
-
-# The files a run writes in its folder besides the checkpoint (_finish).
-RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png", "latent.png")
-# Settings a resumed run takes from the command line instead of the checkpoint.
-RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
-                "download", "threads")
-# Settings a resumed run may change, with a note (a lower --lr after a divergence).
-RESUME_OVERRIDES = ("lr",)
-
 
 def default_config() -> dict:
     """The defaults of ``fastvae train``: digits, MLP, Bernoulli; ~10 s on 2 CPU cores."""
@@ -121,50 +111,6 @@ def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
     shuffle_gen.set_state(state["shuffle"])
 
 
-def _prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
-    """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES) and
-    the checkpoint; a fresh run refuses a folder that already holds one."""
-    ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
-    if not full["resume"]:
-        if ckpt_file.exists():
-            raise CheckpointError(f"{ckpt_file} already exists; pass --resume to continue that "
-                                  "run, or choose another --out")
-        # what a run writes: a folder holding any of them (without a checkpoint) is not
-        # taken over either, or a fresh run would overwrite them
-        held = [n for n in RUN_FILES if (ckpt_file.parent / n).exists()]
-        if held:
-            raise RunFolderError(f"{ckpt_file.parent} already holds {', '.join(held)}, which a "
-                                 "run writes; choose another --out (or move them)")
-        return dict(full, dataset=stored_name(full["dataset"])), None
-    state = load_checkpoint(ckpt_file)
-    require(state, ckpt_file, RESUME_KEYS, "to resume")
-    done = int(state["epoch"])
-    # --epochs equal to what is done finishes a run stopped after its last epoch (in the
-    # final estimate or the pictures: no metrics.json); otherwise there is nothing to do,
-    # and a finished run's metrics.json would be rewritten
-    finished = (ckpt_file.parent / "metrics.json").exists()
-    if full["epochs"] < done or (full["epochs"] == done and finished):
-        default = "" if given.get("epochs") is not None else " (the default)"
-        raise ValueError(f"--epochs {full['epochs']}{default}: the run in {ckpt_file.parent} "
-                         f"has already trained {done} epoch{'s' if done != 1 else ''}; --epochs "
-                         f"is the total to reach, so it must exceed {done} to continue the run")
-    if full["epochs"] == done:
-        log(f"finishing the run in {ckpt_file.parent}: its {done} epochs are trained, its "
-            "final estimate, pictures and metrics.json are not")
-    saved = dict(state["config"])
-    changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
-               and k in saved and given[k] != saved[k]]
-    for k in RESUME_OVERRIDES:
-        if k in changed:
-            log(f"resuming with --{k} {given[k]:g} (the checkpoint had {saved[k]:g})")
-            saved[k] = given[k]
-            changed.remove(k)
-    if changed:
-        log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
-    saved.update({k: full[k] for k in RUNTIME_KEYS})
-    return saved, state
-
-
 def _claim_folder(full: dict, is_main: bool, world: int):
     """Rank 0 claims the run folder (see RunFolder) and tells the other ranks its path,
     or its error, so that they fail with it instead of waiting."""
@@ -219,7 +165,7 @@ def _train(given: dict, log) -> dict:
     folder, failed = None, True
     try:
         folder, full["out"] = _claim_folder(full, is_main, world)
-        cfg, state = _prepare_config(given, full, say)
+        cfg, state = prepare_config(given, full, say)
         if state is not None:   # a resumed run's combination: its checkpoint's, as it trains
             check_train_config(cfg)
         metrics = _train_in_group(cfg, state, device, rank, world, say)
@@ -335,7 +281,7 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt_file}: its optimizer state does not match the model "
                                   f"({e})") from None
-        for group in opt.param_groups:  # a new --lr on resume (RESUME_OVERRIDES)
+        for group in opt.param_groups:  # a new --lr on resume (run_config.RESUME_OVERRIDES)
             group["lr"] = cfg["lr"]
         if use_scaler and state.get("scaler"):
             run.scaler.load_state_dict(state["scaler"])

@@ -32,7 +32,8 @@ def _add_train(sub):
       help=f"digits (embedded 8x8, no download), mnist, fashion-mnist, or a path to an "
            f".npy/.npz of images [default: {d['dataset']}]")
     a("--data-dir", default=None,
-      help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}]")
+      help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}; "
+           f"with --resume, the run's own]")
     _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
                "into --data-dir when the files are missing [default: off]")
     a("--model", choices=["mlp", "conv", "hvae"], default=None,
@@ -51,7 +52,7 @@ def _add_train(sub):
       help=f"hvae model: stochastic latent groups per stage [default: {d['groups']}]")
     a("--epochs", type=o.positive_int, default=None,
       help=f"total epochs (with --resume: train until this many, more than the run has) "
-           f"[default: {d['epochs']}]")
+           f"[default: {d['epochs']}; with --resume, the run's own]")
     a("--batch-size", type=o.positive_int, default=None,
       help=f"global batch size (split across torchrun ranks) [default: {d['batch_size']}]")
     a("--lr", type=o.positive_float, default=None, help=f"Adam learning rate [default: {d['lr']}]")
@@ -91,7 +92,8 @@ def _add_train(sub):
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
            "... when that one already exists]")
     a("--resume", action="store_true", default=None,
-      help="continue the run in --out from its checkpoint (bit-for-bit on CPU)")
+      help="continue the run in --out from its checkpoint (bit-for-bit on CPU), to its own "
+           "--epochs unless given")
     a("--iwae-k", type=o.non_negative_int, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
            f"[default: {d['iwae_k']}]")

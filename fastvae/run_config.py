@@ -3,10 +3,11 @@ checkpoint with the settings that belong to this invocation (:data:`RUNTIME_KEYS
 new ``--lr`` (:data:`RESUME_OVERRIDES`) taken from the command line."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require
-from .data import stored_name
+from .data import IDX_NAMES, stored_name
 from .runs import RESUME_KEYS, RunFolderError
 
 # The files a run writes in its folder besides the checkpoint (train._finish).
@@ -14,13 +15,39 @@ RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png",
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
                 "download", "threads")
+# Of those, the ones that describe the run rather than this invocation (how long it
+# trains, where its data lies): a resume without the flag keeps the checkpoint's, since
+# the flag's default would silently retarget the run (60 epochs, ./data).
+RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir")
 # Settings a resumed run may change, with a note (a lower --lr after a divergence).
 RESUME_OVERRIDES = ("lr",)
 
 
+def _stored_data_dir(cfg: dict):
+    # absolute, as data.stored_name keeps an array file: eval and --resume read the
+    # config from whatever folder they are started in
+    if cfg["dataset"] in IDX_NAMES and cfg.get("data_dir") is not None:
+        return os.path.abspath(cfg["data_dir"])
+    return cfg.get("data_dir")
+
+
+def _refuse_no_more_epochs(given: dict, epochs: int, done: int, folder, finished: bool):
+    """ValueError when a resume to ``epochs`` has nothing to do (see prepare_config)."""
+    if epochs > done or (epochs == done and not finished):
+        return
+    s = "s" if done != 1 else ""
+    if given.get("epochs") is None:
+        raise ValueError(f"the run in {folder} is finished: it has trained its {done} epoch{s}; "
+                         f"pass --epochs with a total above {done} to train it further")
+    raise ValueError(f"--epochs {epochs}: the run in {folder} has already trained {done} "
+                     f"epoch{s}; --epochs is the total to reach, so it must exceed {done} to "
+                     "continue the run")
+
+
 def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
-    """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES) and
-    the checkpoint; a fresh run refuses a folder that already holds one."""
+    """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES, and
+    RUN_KEYS_UNLESS_GIVEN only where given) and the checkpoint; a fresh run refuses a
+    folder that already holds one."""
     ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
     if not full["resume"]:
         if ckpt_file.exists():
@@ -32,23 +59,22 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
         if held:
             raise RunFolderError(f"{ckpt_file.parent} already holds {', '.join(held)}, which a "
                                  "run writes; choose another --out (or move them)")
-        return dict(full, dataset=stored_name(full["dataset"])), None
+        cfg = dict(full, dataset=stored_name(full["dataset"]))
+        return dict(cfg, data_dir=_stored_data_dir(cfg)), None
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
+    saved = dict(state["config"])
+    full = dict(full, **{k: saved[k] for k in RUN_KEYS_UNLESS_GIVEN
+                         if given.get(k) is None and saved.get(k) is not None})
     done = int(state["epoch"])
     # --epochs equal to what is done finishes a run stopped after its last epoch (in the
     # final estimate or the pictures: no metrics.json); otherwise there is nothing to do,
     # and a finished run's metrics.json would be rewritten
-    finished = (ckpt_file.parent / "metrics.json").exists()
-    if full["epochs"] < done or (full["epochs"] == done and finished):
-        default = "" if given.get("epochs") is not None else " (the default)"
-        raise ValueError(f"--epochs {full['epochs']}{default}: the run in {ckpt_file.parent} "
-                         f"has already trained {done} epoch{'s' if done != 1 else ''}; --epochs "
-                         f"is the total to reach, so it must exceed {done} to continue the run")
+    _refuse_no_more_epochs(given, full["epochs"], done, ckpt_file.parent,
+                           finished=(ckpt_file.parent / "metrics.json").exists())
     if full["epochs"] == done:
         log(f"finishing the run in {ckpt_file.parent}: its {done} epochs are trained, its "
             "final estimate, pictures and metrics.json are not")
-    saved = dict(state["config"])
     changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
                and k in saved and given[k] != saved[k]]
     for k in RESUME_OVERRIDES:
@@ -59,4 +85,4 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     if changed:
         log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
     saved.update({k: full[k] for k in RUNTIME_KEYS})
-    return saved, state
+    return dict(saved, data_dir=_stored_data_dir(saved)), state

@@ -132,16 +132,18 @@ def test_resume_to_no_more_epochs_is_refused_and_changes_nothing(good_run, tmp_p
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_resume_at_the_same_epochs_finishes_a_run_stopped_before_its_metrics(good_run, tmp_path):
+@pytest.mark.parametrize("same_epochs", [True, False])
+def test_resume_at_the_same_epochs_finishes_a_run_stopped_before_its_metrics(good_run, tmp_path,
+                                                                            same_epochs):
     """A run stopped after its last epoch's checkpoint (Ctrl-C in the final IWAE estimate, a
-    full disk at the pictures) has no metrics.json: --resume with the same --epochs writes
-    the final estimate, pictures and metrics.json, trains nothing and keeps the checkpoint;
-    once finished, the same command is refused as before."""
+    full disk at the pictures) has no metrics.json: --resume with the same --epochs, or with
+    none (the run's own), writes the final estimate, pictures and metrics.json, trains
+    nothing and keeps the checkpoint; once finished, the same command is refused."""
     run = _copy_run(good_run, tmp_path / "run")
     ckpt = (run / CHECKPOINT_NAME).read_bytes()
     done = load_checkpoint(run)["epoch"]
-    argv = ["train", "--out", str(run), "--resume", "--epochs", str(done), "--no-progress",
-            "--iwae-k", "0"]
+    argv = ["train", "--out", str(run), "--resume", "--no-progress", "--iwae-k", "0"]
+    argv += ["--epochs", str(done)] if same_epochs else []
     assert cli.main(argv) == 0
     got = json.loads((run / "metrics.json").read_text())
     want = json.loads((good_run / "metrics.json").read_text())

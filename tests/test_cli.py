@@ -265,6 +265,40 @@ def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeyp
                      "--no-progress", "--iwae-k", "0"]) == 0
 
 
+def _fake_idx(folder):
+    import numpy as np
+
+    from fastvae.data import write_idx
+
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    write_idx(folder / "train-images-idx3-ubyte", rng.randint(0, 256, (20, 28, 28)).astype(np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.randint(0, 256, (10, 28, 28)).astype(np.uint8))
+
+
+def test_an_mnist_run_on_a_relative_data_dir_resumes_from_anywhere(tmp_path, monkeypatch):
+    """The config keeps the data folder absolute, and --resume without --data-dir reads the
+    run's own folder, not the flag's default ``data`` (which here holds no IDX files)."""
+    _fake_idx(tmp_path / "idx_ok")
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", "idx_ok",
+                     "--out", "run", "--iwae-k", "0"]) == 0
+    stored = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]
+    assert stored["data_dir"] == str(tmp_path / "idx_ok")
+    assert cli.main(["train", "--out", "run", "--resume", "--epochs", "2", "--no-progress",
+                     "--iwae-k", "0"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
+                     "--no-progress", "--iwae-k", "0"]) == 0
+    # a --data-dir given on resume is used, and kept (absolute) for the next resume
+    _fake_idx(tmp_path / "elsewhere" / "moved")
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "4",
+                     "--data-dir", "moved", "--no-progress", "--iwae-k", "0"]) == 0
+    stored = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]
+    assert stored["data_dir"] == str(tmp_path / "elsewhere" / "moved")
+
+
 def test_data_the_untrained_model_cannot_score_is_refused_before_training(tmp_path, capsys):
     """Values in the thousands as int32 (used as they are) under the Gaussian likelihood: the
     untrained test ELBO is not finite, so no learning rate helps; one line naming the data,

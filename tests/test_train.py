@@ -86,6 +86,33 @@ def test_resume_is_bit_for_bit(tmp_path):
     assert ma["final"]["test_iwae_nll"] == mb["final"]["test_iwae_nll"]
 
 
+def test_resume_without_epochs_continues_to_the_run_s_own(tmp_path, monkeypatch):
+    """A 3-epoch run interrupted in epoch 2 and resumed without --epochs trains to 3, not
+    to the flag's default 60; resumed once more it is finished and says so."""
+    real, calls = T._train_epoch, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(T, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    cfg = tiny(tmp_path, iwae_k=0, resume=True)
+    cfg.pop("epochs")
+    seen = []
+    T.train(cfg, log=seen.append)
+    assert load_checkpoint(tmp_path)["epoch"] == 3
+    assert any("epoch   3/3" in line for line in seen) and not any("/60" in s for s in seen)
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 3
+    with pytest.raises(ValueError, match="is finished: it has trained its 3 epochs; pass "
+                                         "--epochs with a total above 3"):
+        T.train(cfg, log=quiet)
+
+
 def test_checkpoint_loads_weights_only_and_refuses_to_overwrite(tmp_path):
     T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)

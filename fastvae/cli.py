@@ -35,7 +35,8 @@ def _add_train(sub):
       help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}; "
            f"with --resume, the run's own]")
     _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
-               "into --data-dir when the files are missing [default: off]")
+               "into --data-dir when the files are missing (refused with other datasets) "
+               "[default: off]")
     a("--model", choices=["mlp", "conv", "hvae"], default=None,
       help=f"MLP VAE, convolutional VAE or hierarchical VAE (top-down latent groups with "
            f"learned priors) [default: {d['model']}]")

@@ -23,6 +23,14 @@ RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir")
 RESUME_OVERRIDES = ("lr",)
 
 
+def check_download(cfg: dict) -> None:
+    """ValueError for --download with a dataset it cannot fetch: ignoring it would let
+    the user believe the data came from torchvision."""
+    if cfg.get("download") and cfg["dataset"] not in IDX_NAMES:
+        raise ValueError(f"--download: the dataset {cfg['dataset']} is not downloaded (only "
+                         f"{' and '.join(IDX_NAMES)} are); drop --download")
+
+
 def _stored_data_dir(cfg: dict):
     # absolute, as data.stored_name keeps an array file: eval and --resume read the
     # config from whatever folder they are started in
@@ -85,4 +93,5 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     if changed:
         log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
     saved.update({k: full[k] for k in RUNTIME_KEYS})
+    check_download(saved)
     return dict(saved, data_dir=_stored_data_dir(saved)), state

@@ -42,7 +42,7 @@ from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite
-from .run_config import prepare_config
+from .run_config import check_download, prepare_config
 from .runs import MissingExtra, RunFolder, RunFolderError, check_extras, load_weights
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
@@ -152,8 +152,9 @@ def _train(given: dict, log) -> dict:
     if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
         full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
     check_train_config(full, combinations=not full["resume"])
-    if not full["resume"]:  # a resumed run's sizes are its checkpoint's
+    if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
         check_model_sizes(given, full["model"], default_config())
+        check_download(full)
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
     device = resolve_device(full["device"], local_rank)

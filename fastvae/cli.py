@@ -207,7 +207,8 @@ def _cmd_eval(args):
         test = test[:args.limit]
     m = evaluate(model, test, cfg, device)
     check_elbo_finite(m, test, cfg["dataset"], "the model's")
-    m["iwae_nll"] = iwae_nll(model, test, args.k, device, cfg["seed"]) if args.k > 0 else None
+    m["iwae_nll"] = (iwae_nll(model, test, args.k, device, cfg["seed"], backend=cfg["backend"])
+                     if args.k > 0 else None)
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
     m = add_bpd(m, model)
     if args.json:

@@ -78,11 +78,14 @@ def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 51
 
 
 @torch.no_grad()
-def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: int = 256) -> float:
-    """Mean importance-sampled NLL estimate over ``images`` with ``k`` samples each."""
+def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: int = 256,
+             backend=None) -> float:
+    """Mean importance-sampled NLL estimate over ``images`` with ``k`` samples each, its ops
+    on ``backend`` (a run's ``cfg["backend"]``, as :func:`evaluate` uses)."""
     core.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 3)
     total = 0.0
     for i in range(0, len(images), batch_size):
-        total += float(core.iwae_nll(images[i:i + batch_size].to(device), k, generator=gen).sum())
+        total += float(core.iwae_nll(images[i:i + batch_size].to(device), k, generator=gen,
+                                     backend=backend).sum())
     return total / max(1, len(images))

@@ -386,7 +386,8 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
 
     core.eval()
     t0 = time.perf_counter()
-    nll = iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"]) if cfg["iwae_k"] else None
+    nll = (iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"], backend=cfg["backend"])
+           if cfg["iwae_k"] else None)
     iwae_s = time.perf_counter() - t0
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)

@@ -54,6 +54,26 @@ def test_reference_and_fused_backends_follow_the_same_curve(tmp_path, randn_nois
                 assert ea[split][key] == pytest.approx(eb[split][key], rel=1e-4, abs=1e-3)
 
 
+def test_the_final_iwae_estimate_and_eval_use_the_run_s_backend(tmp_path, monkeypatch):
+    """metrics.json's backend is the one the final IWAE estimate ran on: the run's, not the
+    default; fastvae eval of the run estimates on it too."""
+    import fastvae
+    from fastvae import cli, models
+
+    seen, real = [], models.VAE.iwae_nll
+
+    def spy(self, *a, **k):
+        seen.append(k.get("backend"))
+        return real(self, *a, **k)
+    monkeypatch.setattr(models.VAE, "iwae_nll", spy)
+    m = T.train(tiny(tmp_path / "run", backend="reference", epochs=1, iwae_k=10), log=quiet)
+    assert m["backend"] == m["backend_selected"] == "reference"
+    assert seen and set(seen) == {"reference"}
+    seen.clear()
+    assert cli.main(["eval", str(tmp_path / "run"), "--k", "3", "--limit", "8"]) == 0
+    assert seen == ["reference"] and fastvae.last_backend() == "reference"
+
+
 def _states_equal(a, b):
     ma, mb = a["model"], b["model"]
     assert ma.keys() == mb.keys()

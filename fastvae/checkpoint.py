@@ -21,6 +21,7 @@ import json
 import math
 import os
 import secrets
+import zipfile
 from pathlib import Path
 
 import torch
@@ -193,6 +194,26 @@ def checkpoint_path(run) -> Path:
     return run / CHECKPOINT_NAME if run.is_dir() or not (run.suffix or run.is_file()) else run
 
 
+def _why_unreadable(path: Path) -> str:
+    """What is wrong with a file torch.load refused, judged from the file, not from torch's
+    message: that one runs to many lines and advises loading again with weights_only=False,
+    which would run whatever code an untrusted file holds."""
+    # torch's zip reader fails on a cut-off file with an OSError (EINVAL) too: the file
+    # is judged by what it holds, and only a file that cannot be opened is an OS error
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        whole = zipfile.is_zipfile(path)
+    except OSError as err:
+        return f"cannot read it ({err.strerror or err})"
+    if head != b"PK\x03\x04":
+        return ("it is corrupt or not a checkpoint at all (not the zip archive torch.save "
+                "writes; a zero-filled, text or JSON file?)")
+    if not whole:
+        return "it is truncated or corrupt (its zip archive is incomplete)"
+    return "it is corrupt, or holds objects other than a checkpoint's tensors and plain values"
+
+
 def load_checkpoint(run, map_location="cpu") -> dict:
     """Load and check a checkpoint from a run folder or a file.
 
@@ -211,11 +232,9 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except CheckpointError:
         raise
-    except Exception as e:  # pickle, zip, torch and the OS raise many types for a bad file
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupt, or holds objects "
-            f"weights_only loading refuses): {type(e).__name__}: {_reason(e)}"
-        ) from None
+    except Exception:  # pickle, zip, torch and the OS raise many types for a bad file
+        raise CheckpointError(f"{path} is not a readable fastvae checkpoint: "
+                              f"{_why_unreadable(path)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastvae checkpoint (no '{FORMAT}' tag); "
                               "it was written by something else")

@@ -106,6 +106,32 @@ def test_empty_checkpoint(tmp_path, capsys):
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME)
 
 
+def _unreadable_files(good_run, folder):
+    """{name: bytes} of files that are no checkpoint torch can load."""
+    good = (good_run / CHECKPOINT_NAME).read_bytes()
+    return {"zeros": bytes(4096), "text": b"hello, I am a text file\n",
+            "metrics": (good_run / "metrics.json").read_bytes(),
+            "truncated": good[:len(good) // 2], "truncated_early": good[:3000]}
+
+
+@pytest.mark.parametrize("kind", ["zeros", "text", "metrics", "truncated", "truncated_early"])
+def test_an_unreadable_checkpoint_is_one_line_without_torch_s_advice(good_run, tmp_path, capsys,
+                                                                    kind):
+    """Zero-filled, text, a metrics.json passed as a checkpoint, cut short: one line naming
+    the file, for eval and --resume alike, and never torch's advice to load it again with
+    weights_only=False (which would run any code an untrusted file holds)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    path = run / CHECKPOINT_NAME
+    path.write_bytes(_unreadable_files(good_run, tmp_path)[kind])
+    for argv in (["eval", str(path)], ["eval", str(run)],
+                 ["train", "--out", str(run), "--resume", "--no-progress"]):
+        assert cli.main(argv) == 2
+        err = _one_error_line(capsys, path, "is not a readable fastvae checkpoint",
+                              "truncated" if kind.startswith("truncated") else "corrupt")
+        assert "weights_only" not in err and "miniz" not in err and len(err) < 300, err
+
+
 @pytest.mark.parametrize("key", ["optimizer", "rng", "history"])
 def test_resume_from_a_checkpoint_missing_a_part(good_run, tmp_path, capsys, key):
     state = load_checkpoint(good_run)

@@ -74,7 +74,7 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert cli.main(["eval", str(tmp_path / "bad")]) == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert "not a readable fastvae checkpoint" in capsys.readouterr().err
     assert cli.main(["sample", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 

@@ -7,8 +7,11 @@ non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import options as o
@@ -254,6 +257,51 @@ def _run_bench(argv) -> int:
     return int(bench.main(argv) or 0)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``, torchrun shutting its workers down), unwound
+    like Ctrl-C: a KeyboardInterrupt, so every cleanup Ctrl-C gets (a half-written file's
+    removal, the run folder's lock) runs for it too."""
+
+
+def _raise_terminated(signum, frame):
+    # once: a second SIGTERM (a stop that will not wait) kills as it always did
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises :class:`Terminated` while the command runs, where it would otherwise
+    end the process without a word. Not where Python cannot set a handler (another thread)
+    or a program embedding the command has set its own."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
+    """What Ctrl-C or SIGTERM left: nothing eval or sample writes is half-written; train's
+    checkpoints are replaced whole, so the last one resumes."""
+    what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+    if command != "train":
+        return f"fastvae {command}: {what}"
+    folder = getattr(e, "run_folder", None)
+    if folder is None:
+        return f"fastvae {command}: {what}; any checkpoint it wrote is intact"
+    from .checkpoint import CHECKPOINT_NAME
+
+    if not (Path(folder) / CHECKPOINT_NAME).is_file():
+        return f"fastvae {command}: {what} before its first checkpoint; nothing to resume"
+    return (f"fastvae {command}: {what}; the last checkpoint in {folder} is intact: "
+            f"`fastvae train --resume --out {folder}` continues the run")
+
+
 def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
     from .checkpoint import CheckpointError
@@ -270,7 +318,8 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_unwinds():
+            return int(args.func(args) or 0)
     except (DataError, CheckpointError, RunFolderError, MissingExtra, ValueError, OSError) as e:
         # OSError: the file system refused (disk full, read-only, ...); its message names
         # the file (WriteError adds that the previous version is intact).
@@ -288,12 +337,9 @@ def main(argv=None) -> int:
             raise
         print(line, file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # nothing eval or sample writes is left half-written either; train's checkpoints
-        # are replaced whole (--resume continues from the last one, if any was written)
-        done = "; any checkpoint it wrote is intact" if args.command == "train" else ""
-        print(f"fastvae {args.command}: interrupted{done}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(_interrupted_line(args.command, e), file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

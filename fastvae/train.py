@@ -172,6 +172,9 @@ def _train(given: dict, log) -> dict:
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics
+    except KeyboardInterrupt as e:  # so the command can say which folder to --resume
+        e.run_folder = full["out"]
+        raise
     finally:
         if folder is not None:
             folder.close(failed)

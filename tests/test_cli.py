@@ -349,6 +349,42 @@ def test_ctrl_c_is_one_line_that_promises_only_what_the_command_keeps(capsys, mo
         assert capsys.readouterr().err == f"fastvae {command}: {tail}\n"
 
 
+@pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"),
+                                            ("SIGINT", 130, "interrupted")])
+def test_a_stopped_training_says_what_it_kept_and_how_to_resume(tmp_path, sig, code, said):
+    """SIGTERM (a scheduler's stop) as Ctrl-C: one line naming the folder whose checkpoint
+    is intact and the command that resumes it, no temporary file left, and the resume
+    works."""
+    import signal
+    import time
+
+    from fastvae.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "fastvae", "train", "--epochs", "1000",
+                          "--hidden", "16", "--latent", "2", "--batch-size", "512",
+                          "--iwae-k", "0", "--no-progress", "--out", str(run)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoint.pt").is_file() and p.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.05)
+        p.send_signal(getattr(signal, sig))
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == code, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"fastvae train: {said}; the last checkpoint in {run} is intact: `fastvae train "
+        f"--resume --out {run}` continues the run"), err
+    assert not [f for f in run.iterdir() if f.name.startswith(".tmp-")]
+    done = load_checkpoint(run)["epoch"]
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", str(done + 1),
+                     "--no-progress", "--iwae-k", "0"]) == 0
+
+
 def test_a_cuda_device_that_is_not_there_is_named_as_asked(monkeypatch):
     import torch
     from fastvae.options import resolve_device

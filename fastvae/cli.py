@@ -193,7 +193,7 @@ def _cmd_eval(args):
     from .data import IDX_NAMES, load_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
-    from .run_data import check_elbo_finite, check_run_data
+    from .run_data import check_elbo_finite, check_run_data, data_changed
 
     state, model, device = _load_run(args.run, args.device)
     cfg = dict(state["config"])
@@ -205,11 +205,15 @@ def _cmd_eval(args):
     data = load_dataset(cfg["dataset"], cfg["data_dir"])
     # the files may have changed since training: a traceback or a meaningless number else
     check_run_data(data, model.likelihood, cfg.get("data_shape"), checkpoint_path(args.run))
+    changed = data_changed(data, cfg.get("data_digest"), checkpoint_path(args.run))
     test = prepare(data, model.likelihood).test
     if args.limit is not None:
         test = test[:args.limit]
     m = evaluate(model, test, cfg, device)
-    check_elbo_finite(m, test, cfg["dataset"], "the model's")
+    check_elbo_finite(m, test, cfg["dataset"], "the model's",
+                      *([f"on this data: {changed}"] if changed else []))
+    if changed:   # eval has no other data to take: it says so and goes on
+        print(f"fastvae eval: note: {changed}; evaluated on it", file=sys.stderr)
     m["iwae_nll"] = (iwae_nll(model, test, args.k, device, cfg["seed"], backend=cfg["backend"])
                      if args.k > 0 else None)
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])

@@ -17,6 +17,7 @@ are one too.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import struct
@@ -57,6 +58,16 @@ class Dataset:
     def shape(self) -> tuple:
         """One image's shape ``(C, H, W)``."""
         return tuple(self.train.shape[1:])
+
+    def digest(self) -> str:
+        """A hash of the train and test images' values (not their files' bytes: a file
+        rewritten with the same images keeps it). A run keeps it, so that --resume and eval
+        can tell that a data file was replaced since."""
+        h = hashlib.blake2b(digest_size=16)
+        for t in (self.train, self.test):
+            h.update(repr(tuple(t.shape)).encode())
+            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 def read_idx(path) -> np.ndarray:

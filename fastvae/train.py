@@ -41,7 +41,7 @@ from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
-from .run_data import check_elbo_finite, check_run_data, check_weights_finite
+from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
 from .run_config import check_download, prepare_config
 from .runs import MissingExtra, RunFolder, RunFolderError, check_extras, load_weights
 
@@ -256,8 +256,12 @@ def _load_data(cfg, state, device, is_main, world, say):
     data = load_dataset(cfg["dataset"], cfg["data_dir"], download=cfg["download"] and is_main)
     if wait_for_download and is_main:
         torch.distributed.barrier()
-    check_run_data(data, cfg["likelihood"], cfg.get("data_shape") if state else None,
-                   Path(cfg["out"]) / CHECKPOINT_NAME)
+    ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
+    check_run_data(data, cfg["likelihood"], cfg.get("data_shape") if state else None, ckpt_file)
+    changed = data_changed(data, cfg.get("data_digest") if state else None, ckpt_file)
+    if changed:   # resuming on it would not continue the run that was trained
+        raise DataError(f"{changed}; restore the data it was trained on, or start a new run")
+    cfg["data_digest"] = data.digest()
     data = dmol.setup(data, cfg, say if is_main else None)
     cfg["data_shape"] = list(data.shape)
     _set_threads(cfg, device, math.prod(data.shape))

@@ -265,6 +265,29 @@ def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeyp
                      "--no-progress", "--iwae-k", "0"]) == 0
 
 
+def test_a_data_file_replaced_since_training_is_not_resumed_on(tmp_path, capsys):
+    """--resume would continue a run on other images than it was trained on, so it refuses;
+    eval has no other data to take and says so. The same images written again (another
+    dtype, another file) are the same data."""
+    import numpy as np
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    path, run = tmp_path / "x.npy", tmp_path / "run"
+    np.save(path, images)
+    assert cli.main(["train", *TINY, "--dataset", str(path), "--out", str(run)]) == 0
+    np.save(path, images.astype(np.float32) / 255)          # the same images, as floats
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress",
+                     "--iwae-k", "0"]) == 0
+    np.save(path, 255 - images)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress",
+                     "--iwae-k", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other images than" in err[0] and "restore" in err[0], err
+    assert cli.main(["eval", str(run), "--k", "0"]) == 0
+    assert "holds other images than" in capsys.readouterr().err
+
+
 def _fake_idx(folder):
     import numpy as np
 

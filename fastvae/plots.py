@@ -42,7 +42,7 @@ def grid(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
     if c not in (1, 3):  # show the first channel of anything else
         x, c = x[:, :1], 1
     rows = max(1, math.ceil(n / ncol))
-    out = np.ones((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), dtype=np.float32) * 0.5
+    out = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), 0.5, dtype=np.float32)
     for i in range(n):
         r, col = divmod(i, ncol)
         out[pad + r * (h + pad):pad + r * (h + pad) + h,
@@ -50,22 +50,70 @@ def grid(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
     return out[..., 0] if c == 1 else out
 
 
-def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> Path:
-    """Save ``(N, C, H, W)`` images in [0, 1] as a PNG grid; small images are scaled up
-    by an integer factor (nearest neighbour) so an 8x8 digit is still visible."""
+# Upscaling makes small images visible; it never makes a picture enormous. A cell's
+# longer side stops at MAX_CELL (a 1 x 784 strip stays 784 px wide, not 37,632) and the
+# whole picture at MAX_UPSCALED_PIXELS, about a 4096 x 4096 screen's worth.
+MAX_CELL = 512
+MAX_UPSCALED_PIXELS = 1 << 24
+
+
+def as_pictures(images: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` images as they are drawn. Flat data, ``(N, D)`` or the
+    ``(N, C, 1, D)`` the data loader makes of it, is drawn as ``sqrt(D) x sqrt(D)``
+    squares when D is a perfect square (a flattened 28 x 28 digit looks like one), else
+    as one-pixel-high strips (no other layout is known)."""
     if images.dim() == 2:
         images = images[:, None, None, :]
     elif images.dim() == 3:
         images = images[:, None]
-    h = images.shape[-2]
-    scale = max(1, math.ceil(min_cell / max(h, 1)))
+    n, c, h, w = images.shape
+    side = math.isqrt(w)
+    if h == 1 and side > 1 and side * side == w:
+        images = images.reshape(n, c, side, side)
+    return images
+
+
+def upscale_factor(h: int, w: int, grid_pixels: int, min_cell: int = 48) -> int:
+    """The integer factor an ``h x w`` image's grid of ``grid_pixels`` is scaled up by:
+    enough for the shorter side to reach ``min_cell``, within :data:`MAX_CELL` for the
+    longer side and :data:`MAX_UPSCALED_PIXELS` for the picture; at least 1."""
+    scale = math.ceil(min_cell / max(1, min(h, w)))
+    scale = min(scale, MAX_CELL // max(1, h, w),
+                math.isqrt(MAX_UPSCALED_PIXELS // max(1, grid_pixels)))
+    return max(1, scale)
+
+
+def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> Path:
+    """Save ``(N, C, H, W)`` images in [0, 1] as a PNG grid, ``ncol`` a row; small images
+    are scaled up by an integer factor (nearest neighbour, :func:`upscale_factor`) so an
+    8x8 digit is still visible. Flat images are drawn as :func:`as_pictures` says.
+    Returns the path; the picture's size is :func:`grid_size`'s."""
+    images = as_pictures(images)
+    ncol = max(1, int(ncol))
     g = grid(images, ncol)
+    scale = upscale_factor(*images.shape[-2:], g.shape[0] * g.shape[1], min_cell)
+    # 8-bit before upscaling: the picture's memory is a byte a value, not a float32 one
+    # times the colormap's copies
+    g = np.round(g * 255.0).astype(np.uint8)
     if scale > 1:
-        g = np.kron(g, np.ones((scale, scale) + (() if g.ndim == 2 else (1,)), dtype=g.dtype))
+        g = g.repeat(scale, axis=0).repeat(scale, axis=1)
+    from PIL import Image  # what matplotlib writes PNGs with: no new dependency
+
     buf = io.BytesIO()
-    _plt().imsave(buf, g, format="png", cmap="gray" if g.ndim == 2 else None, vmin=0.0,
-                  vmax=1.0)
+    Image.fromarray(g).save(buf, format="png")
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def grid_size(images: torch.Tensor, ncol: int = 8, min_cell: int = 48, pad: int = 1) -> tuple:
+    """``(width, height)`` in pixels of the picture :func:`save_grid` makes of
+    ``images`` (a tensor or just its shape), without drawing it."""
+    shape = tuple(images.shape if isinstance(images, torch.Tensor) else images)
+    n, _, h, w = as_pictures(torch.empty(shape, device="meta")).shape
+    ncol = max(1, int(ncol))
+    rows = max(1, math.ceil(n / ncol))
+    gh, gw = rows * (h + pad) + pad, ncol * (w + pad) + pad
+    scale = upscale_factor(h, w, gh * gw, min_cell)
+    return gw * scale, gh * scale
 
 
 def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8) -> Path:

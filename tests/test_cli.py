@@ -419,3 +419,64 @@ def test_a_cuda_device_that_is_not_there_is_named_as_asked(monkeypatch):
     with pytest.raises(ValueError, match=r"--device cuda:99 asked for, but torch sees 2 CUDA"):
         resolve_device("cuda:99")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+# -- pictures: normal-sized whatever the data's shape ---------------------------------------
+def _png_size(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def test_flat_data_is_drawn_as_squares_at_the_size_of_its_images(tmp_path, capsys):
+    """(N, 64) flat digits: the loader keeps them (1, 1, 64), the pictures show them 8x8
+    at the digits' sizes (they were 1-pixel strips scaled up 48 times across the width:
+    816 x 25,008 px here, 816 x 301,488 for (N, 784), and an OOM kill for (N, 4096))."""
+    import numpy as np
+
+    from fastvae.data import load_digits
+
+    digits = load_digits()
+    flat = torch.cat([digits.train, digits.test]).reshape(-1, 64).numpy()
+    np.save(tmp_path / "flat.npy", flat)
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--iwae-k", "0", "--dataset", str(tmp_path / "flat.npy"),
+                     "--out", str(run)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["config"]["data_shape"] == [1, 1, 64]
+    # 8 columns of 8x8 cells with 1-px borders, scaled 6x so a cell is 48 px
+    assert _png_size(run / "reconstructions.png") == (438, 438)
+    assert _png_size(run / "samples.png") == (438, 438)
+    assert _png_size(run / "latent.png") == (816, 816)  # 15 x 15 cells
+    png = tmp_path / "s.png"
+    assert cli.main(["sample", str(run), "--n", "16", "--out", str(png)]) == 0
+    assert _png_size(png) == (438, 6 * (2 * 9 + 1))
+
+
+def test_a_grid_draws_flat_squares_as_squares_and_bounds_its_upscaling(tmp_path):
+    from fastvae import plots
+
+    g = torch.Generator().manual_seed(0)
+    squares = torch.rand(10, 1, 7, 7, generator=g)
+    plots.save_grid(squares, tmp_path / "a.png", ncol=4)
+    plots.save_grid(squares.reshape(10, 1, 1, 49), tmp_path / "b.png", ncol=4)
+    plots.save_grid(squares.reshape(10, 49), tmp_path / "c.png", ncol=4)
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes() \
+        == (tmp_path / "c.png").read_bytes()
+    assert _png_size(tmp_path / "a.png") == (7 * (4 * 8 + 1), 7 * (3 * 8 + 1))
+    # a strip of no square length stays a strip, its long side not scaled up
+    strips = torch.rand(4, 1, 1, 1000, generator=g)
+    plots.save_grid(strips, tmp_path / "d.png", ncol=2)
+    assert _png_size(tmp_path / "d.png") == (2 * 1001 + 1, 2 * 2 + 1)
+    # a short one is scaled up until its short side is visible, its long side within 512
+    plots.save_grid(strips[:, :, :, :10], tmp_path / "e.png", ncol=2)
+    assert _png_size(tmp_path / "e.png") == (48 * (2 * 11 + 1), 48 * (2 * 2 + 1))
+    plots.save_grid(strips[:, :, :, :99], tmp_path / "f.png", ncol=2)
+    assert _png_size(tmp_path / "f.png") == (5 * (2 * 100 + 1), 5 * (2 * 2 + 1))
+    # many small images are scaled up only while the picture stays within its pixel budget
+    assert plots.grid_size((64, 1, 8, 8), ncol=8) == (6 * 73, 6 * 73)
+    w, h = plots.grid_size((16384, 1, 8, 8), ncol=128)
+    assert (w, h) == (3 * 1153, 3 * 1153) and w * h <= plots.MAX_UPSCALED_PIXELS
+    for images, ncol in ((squares, 4), (strips, 2), (strips[:, :, :, :10], 2)):
+        plots.save_grid(images, tmp_path / "x.png", ncol=ncol)
+        assert plots.grid_size(images, ncol) == _png_size(tmp_path / "x.png")

@@ -133,7 +133,8 @@ def _add_sample(sub):
     p.add_argument("--seed", type=o.seed, default=0,
                    help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
                    "learned priors)")
-    p.add_argument("--ncol", type=o.positive_int, default=8, help="images per row")
+    p.add_argument("--ncol", type=o.positive_int, default=8,
+                   help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_sample)
@@ -242,11 +243,17 @@ def _cmd_sample(args):
 
     _, model, device = _load_run(args.run, args.device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    images = model.sample(args.n, generator=gen).float().cpu()
+    # chunk by chunk onto the CPU: the device holds one chunk's decoding, not n images
+    images = torch.empty(args.n, *model.data_shape)
+    done = 0
+    for chunk in model.sample_chunks(args.n, generator=gen):
+        images[done:done + len(chunk)] = chunk.float().cpu()
+        done += len(chunk)
     out = getattr(args, "out", None)
     out = Path(out) if out else checkpoint_path(args.run).parent / f"samples-{args.n}.png"
     plots.save_grid(images, out, ncol=args.ncol)
-    print(f"wrote {args.n} samples to {out}")
+    width, height = plots.grid_size(images, ncol=args.ncol)
+    print(f"wrote {args.n} samples to {out} ({width} x {height} px)")
     return 0
 
 

@@ -50,7 +50,7 @@ from torch import nn
 
 from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
-from .observation import ObservationModel
+from .observation import ObservationModel, chunk_lengths
 from ._dtypes import reduce_scale
 from .validation import REDUCTIONS, check_number, check_option, check_size, check_sizes
 
@@ -229,16 +229,14 @@ class HierarchicalVAE(ObservationModel):
         return per_sample.sum() * reduce_scale(per_sample.shape[0], reduction)
 
     @torch.no_grad()
-    def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n`` images from the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down (the mean,
-        or a draw from a DMoL decoder)."""
-        n = int(check_number("n", n, minimum=0, integer=True))  # expand(-1) would keep 1
-
+    def _sample_chunks(self, n: int, generator, size: int):
+        """From the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down, chunk by chunk."""
         def draw(q, p):
             mu, logvar = p
             z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator)
             return z.reshape(mu.shape), None
-        return self.draw(self._top_down(n, None, draw)[0], generator=generator)
+        for b in chunk_lengths(n, size):
+            yield self.draw(self._top_down(b, None, draw)[0], generator=generator)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

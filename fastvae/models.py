@@ -32,9 +32,9 @@ from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DM
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
-from .observation import ObservationModel
+from .observation import ObservationModel, chunk_lengths
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
-from .validation import check_number, check_size, check_sizes
+from .validation import check_size, check_sizes
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
@@ -85,13 +85,14 @@ class _VAEBase(ObservationModel):
                           estimator=estimator)
 
     @torch.no_grad()
-    def sample(self, n: int, generator=None) -> torch.Tensor:
-        """``n`` images ``(n, *data_shape)`` decoded from ``z ~ N(0, I)``: the mean, or a
-        draw from a DMoL decoder (:meth:`ObservationModel.draw`)."""
-        n = int(check_number("n", n, minimum=0, integer=True))
+    def _sample_chunks(self, n: int, generator, size: int):
+        """Decoded from ``z ~ N(0, I)``. Every z is drawn first, as when sample decoded
+        all at once: the same seed gives the same latents for any n and chunk size
+        (n x L values, small beside the images)."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return self.draw(self.decode(z), generator=generator)
+        for zc in z.split(chunk_lengths(n, size)):
+            yield self.draw(self.decode(zc), generator=generator)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

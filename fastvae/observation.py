@@ -5,6 +5,8 @@ pictures of that output: its mean, and a draw for samples. A leaf module:
 ``fastvae.models`` and ``fastvae.hvae`` both build on it."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -17,6 +19,18 @@ DEFAULT_N_MIX = 10
 # The models' DMoL data grid: 8-bit images (k / 255), the default ``bits`` of
 # fastvae.elbo / iwae_bound, which the models call without it.
 DMOL_BITS = 8
+# One chunk of ``sample``: about 16 MiB of float32 decoder output, so the memory of n
+# draws does not grow with n beyond the images; but never fewer than SAMPLE_CHUNK_MIN
+# images, so a picture of up to 64 draws (samples.png) is one chunk, drawn from the
+# seed's stream exactly as when every draw was decoded at once.
+SAMPLE_CHUNK_ELEMENTS = 1 << 22
+SAMPLE_CHUNK_MIN = 64
+
+
+def chunk_lengths(n: int, size: int) -> list:
+    """``n`` split into lengths of at most ``size``; ``[0]`` for ``n = 0``, so an empty
+    draw still yields one (empty) chunk of the right shape."""
+    return [min(size, n - start) for start in range(0, n, size)] or [0]
 
 
 def cb_mean(logits: torch.Tensor) -> torch.Tensor:
@@ -87,6 +101,33 @@ class ObservationModel(nn.Module):
         if self.likelihood == DMOL:
             return dmol_mean(recon, self.data_shape[0])
         return recon
+
+    def sample_chunk_size(self, chunk_size=None) -> int:
+        """Images per chunk of :meth:`sample_chunks`: ``chunk_size``, else
+        :data:`SAMPLE_CHUNK_ELEMENTS` of decoder output, at least :data:`SAMPLE_CHUNK_MIN`."""
+        if chunk_size is None:
+            return max(SAMPLE_CHUNK_MIN,
+                       SAMPLE_CHUNK_ELEMENTS // max(1, math.prod(self.out_shape)))
+        return int(check_number("chunk_size", chunk_size, minimum=1, integer=True))
+
+    def sample_chunks(self, n: int, generator=None, chunk_size=None):
+        """The ``n`` images of :meth:`sample` as an iterator of ``(b, *data_shape)`` chunks
+        of at most :meth:`sample_chunk_size` images, each decoded when it is asked for
+        (keep only what you need: ``fastvae sample`` moves each to the CPU)."""
+        n = int(check_number("n", n, minimum=0, integer=True))  # expand(-1) would keep 1
+        return self._sample_chunks(n, generator, self.sample_chunk_size(chunk_size))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator=None, chunk_size=None) -> torch.Tensor:
+        """``n`` images ``(n, *data_shape)`` from the model's prior (the mean of each
+        decoder output, or a draw from a DMoL decoder: :meth:`draw`), decoded in chunks
+        of :meth:`sample_chunk_size`. Up to the first chunk's size the draws are those of
+        one batch; past it a DMoL decoder's pixel draws, and an hvae's latents, follow
+        chunk by chunk in the generator's stream."""
+        return torch.cat(list(self.sample_chunks(n, generator, chunk_size)))
+
+    def _sample_chunks(self, n: int, generator, size: int):
+        raise NotImplementedError
 
     def draw(self, recon: torch.Tensor, generator=None) -> torch.Tensor:
         """Decoder output -> the picture of a sample: for DMoL an image drawn from the

@@ -84,17 +84,17 @@ def upscale_factor(h: int, w: int, grid_pixels: int, min_cell: int = 48) -> int:
 
 
 def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> Path:
-    """Save ``(N, C, H, W)`` images in [0, 1] as a PNG grid, ``ncol`` a row; small images
-    are scaled up by an integer factor (nearest neighbour, :func:`upscale_factor`) so an
+    """Save ``(N, C, H, W)`` images in [0, 1] as a PNG grid, ``ncol`` a row (fewer for
+    fewer images: columns of filler only widen the picture); small images are scaled up by an integer factor (nearest neighbour, :func:`upscale_factor`) so an
     8x8 digit is still visible. Flat images are drawn as :func:`as_pictures` says.
     Returns the path; the picture's size is :func:`grid_size`'s."""
     images = as_pictures(images)
-    ncol = max(1, int(ncol))
+    ncol = max(1, min(int(ncol), images.shape[0]))
     g = grid(images, ncol)
     scale = upscale_factor(*images.shape[-2:], g.shape[0] * g.shape[1], min_cell)
-    # 8-bit before upscaling: the picture's memory is a byte a value, not a float32 one
-    # times the colormap's copies
-    g = np.round(g * 255.0).astype(np.uint8)
+    # 8-bit before upscaling (in place, no float copy): the picture's memory is a byte a
+    # value, not a float32 one times the colormap's copies
+    g = np.round(np.multiply(g, 255.0, out=g), out=g).astype(np.uint8)
     if scale > 1:
         g = g.repeat(scale, axis=0).repeat(scale, axis=1)
     from PIL import Image  # what matplotlib writes PNGs with: no new dependency
@@ -109,7 +109,7 @@ def grid_size(images: torch.Tensor, ncol: int = 8, min_cell: int = 48, pad: int 
     ``images`` (a tensor or just its shape), without drawing it."""
     shape = tuple(images.shape if isinstance(images, torch.Tensor) else images)
     n, _, h, w = as_pictures(torch.empty(shape, device="meta")).shape
-    ncol = max(1, int(ncol))
+    ncol = max(1, min(int(ncol), n))
     rows = max(1, math.ceil(n / ncol))
     gh, gw = rows * (h + pad) + pad, ncol * (w + pad) + pad
     scale = upscale_factor(h, w, gh * gw, min_cell)

@@ -480,3 +480,34 @@ def test_a_grid_draws_flat_squares_as_squares_and_bounds_its_upscaling(tmp_path)
     for images, ncol in ((squares, 4), (strips, 2), (strips[:, :, :, :10], 2)):
         plots.save_grid(images, tmp_path / "x.png", ncol=ncol)
         assert plots.grid_size(images, ncol) == _png_size(tmp_path / "x.png")
+
+
+def test_sample_decodes_in_chunks_and_draws_no_more_columns_than_images(tmp_path, capsys,
+                                                                        monkeypatch):
+    """--n 100000 decoded every image at once (7 GB); --ncol 1000 --n 64 made a 54,006 px
+    wide picture, mostly filler."""
+    from fastvae import observation
+    from fastvae.models import VAE
+
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--iwae-k", "0", "--out", str(run)]) == 0
+    capsys.readouterr()
+    png = tmp_path / "s.png"
+    assert cli.main(["sample", str(run), "--n", "10", "--ncol", "1000", "--out", str(png)]) == 0
+    # 10 columns of 8x8 digits, 6x: (10 * 9 + 1) * 6 wide
+    assert _png_size(png) == (546, 60)
+    assert capsys.readouterr().out == f"wrote 10 samples to {png} (546 x 60 px)\n"
+    batches = []
+    decode = VAE.decode
+
+    def counted(self, z):
+        batches.append(len(z))
+        return decode(self, z)
+    monkeypatch.setattr(VAE, "decode", counted)
+    assert cli.main(["sample", str(run), "--n", "120", "--out", str(tmp_path / "a.png")]) == 0
+    assert batches == [120]  # a chunk is at least 64 images, else ~16 MiB of output
+    batches.clear()
+    monkeypatch.setattr(observation, "SAMPLE_CHUNK_MIN", 1)
+    monkeypatch.setattr(observation, "SAMPLE_CHUNK_ELEMENTS", 50 * 64)
+    assert cli.main(["sample", str(run), "--n", "120", "--out", str(tmp_path / "b.png")]) == 0
+    assert batches == [50, 50, 20]

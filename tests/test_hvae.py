@@ -57,6 +57,8 @@ def test_sample_checks_n(n, error):
     with pytest.raises((ValueError, TypeError), match=error):
         small().sample(n)
     assert small().sample(0).shape == (0, 1, 8, 8)
+    # decoded top-down chunk by chunk (memory bounded for any n)
+    assert [len(c) for c in small().sample_chunks(5, chunk_size=2)] == [2, 2, 1]
 
 
 def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():

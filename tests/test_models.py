@@ -40,6 +40,33 @@ def test_shapes(cls, shape):
     assert model.iwae_nll(x, k=4).shape == (5,)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "discretized_logistic_mixture"])
+def test_sample_decodes_in_bounded_chunks_with_the_seed_s_draws(likelihood):
+    """sample(n) decoded all n at once (100,000 digits: gigabytes); now chunk by chunk.
+    The latents are all drawn first, so a mean decoder's images are the one-batch ones
+    for any chunk size; up to the first chunk's size (>= 64) every model's are."""
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=3, hidden=(16,), likelihood=likelihood)
+    assert [len(c) for c in model.sample_chunks(150, chunk_size=40)] == [40, 40, 40, 30]
+    assert [len(c) for c in model.sample_chunks(0)] == [0]
+    assert model.sample_chunk_size() >= 64
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(150, 3, generator=g)
+    one_batch = model.draw(model.decode(z), generator=g)
+    whole = model.sample(150, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(whole, one_batch)
+    chunked = model.sample(150, generator=torch.Generator().manual_seed(1), chunk_size=40)
+    if likelihood == "bernoulli":
+        torch.testing.assert_close(chunked, one_batch)
+    else:  # a chunk's pixel draws follow the previous chunk's in the stream
+        g = torch.Generator().manual_seed(1)
+        z = torch.randn(150, 3, generator=g)
+        assert torch.equal(chunked, torch.cat([model.draw(model.decode(zc), generator=g)
+                                               for zc in z.split(40)]))
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        model.sample(3, chunk_size=0)
+
+
 @pytest.mark.parametrize("cls", [VAE, ConvVAE])
 def test_elbo_backprops_and_matches_public_op(cls):
     torch.manual_seed(0)

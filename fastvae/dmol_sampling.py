@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .validation import check_bits, check_tensor, dmol_slots, holds_grid
 
@@ -77,17 +78,63 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
                                        else torch.float32)
 
 
+# The channels' means under a component depend on the earlier channels' values (the
+# autoregressive shift), not just on their means: they are averaged over the earlier
+# channels' logistic at these many equal-weight quantile nodes each (QUANTILE_NODES^2
+# evaluations for blue). 5 keeps the mean within MC noise of the sampler's where a
+# linear shift of the earlier means was 0.08 off, at ~0.3 s for 32 RGB 32x32 images.
+QUANTILE_NODES = 5
+# Past this scale the logistic is flat across [-1, 1]: its mean there is taken at the
+# midpoint, where the closed form would cancel to nothing in float32.
+_FLAT_SCALE = 64.0
+
+
+def _clamped_mean(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``E[clamp(loc + scale T, -1, 1)]``, T standard logistic: ``1 - int_{-1}^{1} F``,
+    ``F`` the logistic CDF, in closed form. The discretized logistic's mean (the draw
+    rounded to its bin, the edge bins taking the tails) is within half a bin of it,
+    and closer for scales past a bin's width."""
+    # beyond 50 scales outside [-1, 1] the mean is an edge to e^-50; the clamp keeps the
+    # softplus arguments' difference out of float32 cancellation
+    loc = torch.maximum(torch.minimum(loc, 1.0 + 50.0 * scale), -1.0 - 50.0 * scale)
+    safe = scale.clamp(max=_FLAT_SCALE)
+    area = safe * (F.softplus((1.0 - loc) / safe) - F.softplus((-1.0 - loc) / safe))
+    flat = 2.0 * torch.sigmoid(-loc / scale)  # midpoint rule, error O(1 / scale^2)
+    return 1.0 - torch.where(scale > _FLAT_SCALE, flat, area)
+
+
 @torch.no_grad()
 def dmol_mean(params: torch.Tensor, channels: int = 3) -> torch.Tensor:
-    """The picture of a DMoL decoder's output, ``(B, C, H, W)`` in [0, 1]: per channel the
-    mixture-weighted component location, each component's autoregressive shift taken at
-    the earlier channels' locations, clamped to [-1, 1] (the logistic's mean without its
-    discretization, the usual choice for reconstructions)."""
+    """The picture of a DMoL decoder's output, ``(B, C, H, W)`` in [0, 1]: the mixture's
+    mean, ``sum_m pi_m E[x_c | m]``, of the distribution :func:`dmol_sample` draws from.
+    ``E[x_c | m]`` is the mean of the logistic clamped to [-1, 1] (within half a grid
+    step of the discretized one's), for green and blue averaged over the earlier
+    channels' values at :data:`QUANTILE_NODES` quantiles each, since their shift is
+    taken at those values. Mean-sized rather than location-sized: a component located
+    outside [-1, 1] counts as the edge value it puts its mass on."""
     logits, chans = _split(check_tensor("params", params).float(), channels)
     weights = torch.softmax(logits, 1)
-    locs, out = [], []
-    for c, (means, _, _) in enumerate(chans):
-        loc = means + _shift(chans, c, lambda t: t, locs)
-        locs.append(loc)
-        out.append((weights * loc).sum(1).clamp(-1.0, 1.0))
-    return ((torch.stack(out, 1) + 1.0) / 2.0).to(params.dtype)
+
+    def scale(log_scales):
+        return torch.exp(log_scales.clamp(min=LOG_SCALE_MIN))
+
+    (m0, l0, c0) = chans[0]
+    s0 = scale(l0)
+    means = [_clamped_mean(m0, s0)]
+    if channels == 3:
+        (m1, l1, c1), (m2, l2, c2) = chans[1], chans[2]
+        s1, s2 = scale(l1), scale(l2)
+        a, b0, b1 = torch.tanh(c0), torch.tanh(c1), torch.tanh(c2)
+        q = QUANTILE_NODES
+        t = torch.logit((torch.arange(q, device=m0.device, dtype=m0.dtype) + 0.5) / q)
+        green, blue = torch.zeros_like(m0), torch.zeros_like(m0)
+        for tj in t:  # one red node at a time: memory of q, not q^2, copies
+            y0 = (m0 + s0 * tj).clamp(-1.0, 1.0)
+            loc1 = m1 + a * y0
+            green += _clamped_mean(loc1, s1)
+            y1 = (loc1[..., None] + s1[..., None] * t).clamp(-1.0, 1.0)
+            blue += _clamped_mean((m2 + b0 * y0)[..., None] + b1[..., None] * y1,
+                                  s2[..., None]).mean(-1)
+        means += [green / q, blue / q]
+    out = torch.stack([(weights * e).sum(1) for e in means], 1)
+    return ((out + 1.0) / 2.0).clamp(0.0, 1.0).to(params.dtype)

@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_sample(sub)
     _add_bench(sub)
+    parser.commands = sub.choices   # name -> its parser, whose errors name the command
     return parser
 
 
@@ -324,7 +325,10 @@ def main(argv=None) -> int:
     if argv and argv[0] == "bench":
         return _run_bench(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser: "fastvae train: error: ...", its --help
+        parser.commands.get(args.command, parser).error(
+            f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -179,6 +179,17 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.parametrize("argv,prefix", [(["train", "--bogus"], "fastvae train: error"),
+                                         (["eval", "run", "--bogus"], "fastvae eval: error"),
+                                         (["--bogus"], "fastvae: error")])
+def test_an_unknown_flag_is_named_by_its_command(capsys, argv, prefix):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(prefix) and "--bogus" in err[0], err
+
+
 @pytest.mark.parametrize("command,flag,value", BAD_VALUES)
 def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, command, flag,
                                                  value):

@@ -395,10 +395,17 @@ def test_a_stopped_training_says_what_it_kept_and_how_to_resume(tmp_path, sig, c
     from fastvae.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
+
+    def default_signals():
+        # a job started in the background of a non-interactive shell (CI) inherits SIGINT
+        # ignored, and Python then never turns it into KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     p = subprocess.Popen([sys.executable, "-m", "fastvae", "train", "--epochs", "1000",
                           "--hidden", "16", "--latent", "2", "--batch-size", "512",
                           "--iwae-k", "0", "--no-progress", "--out", str(run)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 120
         while not (run / "checkpoint.pt").is_file() and p.poll() is None:

@@ -54,16 +54,19 @@ def _remove_stale_temps(path: Path) -> None:
     (this process writes one file at a time)."""
     prefix = _tmp_prefix(path)
     for p in path.parent.iterdir():
-        if p.name.startswith(prefix) and not _written_by_another_live_process(p.name[len(prefix):]):
+        if (p.name.startswith(prefix)
+                and not _written_by_another_live_process(p.name[len(prefix):], p)):
             try:
                 p.unlink()
             except OSError:
                 pass
 
 
-def _written_by_another_live_process(suffix: str) -> bool:
+def _written_by_another_live_process(suffix: str, temp: Path) -> bool:
     """Whether a temp file's ``{pid}-{token}`` suffix names a running process other than
-    this one (a name without a pid: a killed writer's, or an older fastvae's)."""
+    this one that could have written it: not one started after the file was last written
+    (its pid was reused, as it soon is in a container). A name without a pid: a killed
+    writer's, or an older fastvae's."""
     pid, sep, _ = suffix.partition("-")
     if not sep or not pid.isdigit() or int(pid) == os.getpid():
         return False
@@ -72,8 +75,20 @@ def _written_by_another_live_process(suffix: str) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # exists, owned by another user
-        return True
-    return True
+        pass
+    try:
+        return _started_at(int(pid)) <= temp.stat().st_mtime + 1.0  # btime: whole seconds
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True   # no /proc (not Linux): a live process is taken for the writer
+
+
+def _started_at(pid: int) -> float:
+    """When process ``pid`` started, in seconds since the epoch (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _open_temp(path: Path):

@@ -336,16 +336,21 @@ def test_stale_temporary_files_are_removed_by_the_next_save(good_run, tmp_path):
 
 def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
     """Two processes writing the same file at once (two benches given one --json): the
-    second's housekeeping must not delete the first's file in progress; a dead writer's
-    and this process's own leftovers go."""
+    second's housekeeping must not delete the first's file in progress; a dead writer's,
+    this process's own, and (Linux) one whose pid a process started after it was last
+    written now holds (a reused pid) go."""
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
     names = {"live": f".tmp-c.pt.{os.getppid()}-0a1b2c", "dead": f".tmp-c.pt.{dead.pid}-0a1b2c",
-             "own": f".tmp-c.pt.{os.getpid()}-0a1b2c", "old style": ".tmp-c.pt.k1ll3d"}
+             "own": f".tmp-c.pt.{os.getpid()}-0a1b2c", "old style": ".tmp-c.pt.k1ll3d",
+             "reused pid": f".tmp-c.pt.{os.getppid()}-3d4e5f"}
     for name in names.values():
         (tmp_path / name).write_bytes(b"partial")
+    # last written long before the live process of its pid started: not that process's
+    os.utime(tmp_path / names["reused pid"], (946684800, 946684800))   # 2000-01-01
     save_checkpoint({"config": {}, "model": {}, "epoch": 1}, tmp_path / "c.pt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", names["live"]])
+    kept = ["c.pt", names["live"]] + ([names["reused pid"]] if sys.platform != "linux" else [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

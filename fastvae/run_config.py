@@ -23,12 +23,19 @@ RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir")
 RESUME_OVERRIDES = ("lr",)
 
 
-def check_download(cfg: dict) -> None:
-    """ValueError for --download with a dataset it cannot fetch: ignoring it would let
-    the user believe the data came from torchvision."""
-    if cfg.get("download") and cfg["dataset"] not in IDX_NAMES:
-        raise ValueError(f"--download: the dataset {cfg['dataset']} is not downloaded (only "
-                         f"{' and '.join(IDX_NAMES)} are); drop --download")
+def check_data_flags(cfg: dict, given: dict) -> None:
+    """ValueError for --download or a given --data-dir with a dataset that reads neither
+    (digits, an array file): ignoring them would let the user believe the data came from
+    torchvision, or from that folder."""
+    if cfg["dataset"] in IDX_NAMES:
+        return
+    only = f"only {' and '.join(IDX_NAMES)} are"
+    if cfg.get("download"):
+        raise ValueError(f"--download: the dataset {cfg['dataset']} is not downloaded ({only}); "
+                         "drop --download")
+    if given.get("data_dir") is not None:
+        raise ValueError(f"--data-dir: the dataset {cfg['dataset']} is not read from a data "
+                         f"folder ({only}); drop --data-dir")
 
 
 def _stored_data_dir(cfg: dict):
@@ -93,5 +100,5 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     if changed:
         log(f"resuming: using the checkpoint's {', '.join(changed)} (command-line values ignored)")
     saved.update({k: full[k] for k in RUNTIME_KEYS})
-    check_download(saved)
+    check_data_flags(saved, given)
     return dict(saved, data_dir=_stored_data_dir(saved)), state

@@ -42,7 +42,7 @@ from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
-from .run_config import check_download, prepare_config
+from .run_config import check_data_flags, prepare_config
 from .runs import MissingExtra, RunFolder, RunFolderError, check_extras, load_weights
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
@@ -154,7 +154,7 @@ def _train(given: dict, log) -> dict:
     check_train_config(full, combinations=not full["resume"])
     if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
         check_model_sizes(given, full["model"], default_config())
-        check_download(full)
+        check_data_flags(full, given)
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
     device = resolve_device(full["device"], local_rank)

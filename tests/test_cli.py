@@ -333,25 +333,27 @@ def test_an_mnist_run_on_a_relative_data_dir_resumes_from_anywhere(tmp_path, mon
     assert stored["data_dir"] == str(tmp_path / "elsewhere" / "moved")
 
 
+@pytest.mark.parametrize("flag", [["--download"], ["--data-dir", "data"]])
 @pytest.mark.parametrize("dataset", ["digits", "x.npy"])
-def test_download_with_a_dataset_it_cannot_fetch_is_refused(tmp_path, capsys, monkeypatch,
-                                                            dataset):
-    """--download would be ignored: refused in one line before any folder is made, for a
-    fresh run and for a resume of such a run."""
+def test_data_flags_a_dataset_does_not_read_are_refused(tmp_path, capsys, monkeypatch,
+                                                        dataset, flag):
+    """--download and --data-dir would be ignored: refused in one line before any folder
+    is made, for a fresh run and for a resume of such a run."""
     import numpy as np
 
     np.save(tmp_path / "x.npy", np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8))
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["train", *TINY, "--dataset", dataset, "--download", "--out", "new"]) == 2
+    drop = f"drop {flag[0]}"
+    assert cli.main(["train", *TINY, "--dataset", dataset, *flag, "--out", "new"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--download: the dataset" in err and "drop --download" in err
+    assert err.count("\n") == 1 and f"{flag[0]}: the dataset" in err and drop in err, err
     assert not (tmp_path / "new").exists()
     assert cli.main(["train", *TINY, "--dataset", dataset, "--out", "run"]) == 0
     capsys.readouterr()
-    assert cli.main(["train", "--out", "run", "--resume", "--epochs", "2", "--download",
+    assert cli.main(["train", "--out", "run", "--resume", "--epochs", "2", *flag,
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "drop --download" in err
+    assert err.count("\n") == 1 and drop in err, err
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 

@@ -100,7 +100,7 @@ def _add_train(sub):
            "--epochs unless given")
     a("--iwae-k", type=o.non_negative_int, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
-           f"[default: {d['iwae_k']}]")
+           f"[default: {d['iwae_k']}; with --resume, the run's own]")
     a("--threads", type=o.threads, default=None,
       help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such as digits "
            "and MNIST, where more threads only add waiting; else torch's default) [default: 0]")

@@ -108,7 +108,8 @@ def test_resume_is_bit_for_bit(tmp_path):
 
 def test_resume_without_epochs_continues_to_the_run_s_own(tmp_path, monkeypatch):
     """A 3-epoch run interrupted in epoch 2 and resumed without --epochs trains to 3, not
-    to the flag's default 60; resumed once more it is finished and says so."""
+    to the flag's default 60, and without --iwae-k skips the final estimate as the run
+    did, not a K=1000 one; resumed once more it is finished and says so."""
     real, calls = T._train_epoch, []
 
     def interrupted(*a, **k):
@@ -121,13 +122,15 @@ def test_resume_without_epochs_continues_to_the_run_s_own(tmp_path, monkeypatch)
         T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path)["epoch"] == 1
-    cfg = tiny(tmp_path, iwae_k=0, resume=True)
+    cfg = tiny(tmp_path, resume=True)
     cfg.pop("epochs")
+    cfg.pop("iwae_k", None)
     seen = []
     T.train(cfg, log=seen.append)
     assert load_checkpoint(tmp_path)["epoch"] == 3
     assert any("epoch   3/3" in line for line in seen) and not any("/60" in s for s in seen)
-    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 3
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 3 and metrics["final"]["test_iwae_nll"] is None
     with pytest.raises(ValueError, match="is finished: it has trained its 3 epochs; pass "
                                          "--epochs with a total above 3"):
         T.train(cfg, log=quiet)

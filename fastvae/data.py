@@ -16,6 +16,7 @@ are one too.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import math
@@ -59,14 +60,16 @@ class Dataset:
         """One image's shape ``(C, H, W)``."""
         return tuple(self.train.shape[1:])
 
+    @functools.cached_property
     def digest(self) -> str:
         """A hash of the train and test images' values (not their files' bytes: a file
         rewritten with the same images keeps it). A run keeps it, so that --resume and eval
-        can tell that a data file was replaced since."""
+        can tell that a data file was replaced since. Hashed in place (no copy of the
+        data), once per dataset."""
         h = hashlib.blake2b(digest_size=16)
         for t in (self.train, self.test):
             h.update(repr(tuple(t.shape)).encode())
-            h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+            h.update(memoryview(t.detach().to(torch.float32).contiguous().numpy()))
         return h.hexdigest()
 
 

@@ -55,9 +55,9 @@ def check_run_data(data, likelihood: str, data_shape, ckpt_file) -> None:
 
 def data_changed(data, digest, ckpt_file):
     """The sentence saying that ``data`` is not the data the run in ``ckpt_file`` was
-    trained on (its :meth:`~fastvae.data.Dataset.digest` differs from the run's
+    trained on (its :attr:`~fastvae.data.Dataset.digest` differs from the run's
     ``digest``), or None where it is, or the run kept no digest."""
-    if digest is None or data.digest() == digest:
+    if digest is None or data.digest == digest:
         return None
     return (f"{data.name} holds other images than {ckpt_file} was trained on (the file was "
             "replaced or rewritten since)")

@@ -261,7 +261,7 @@ def _load_data(cfg, state, device, is_main, world, say):
     changed = data_changed(data, cfg.get("data_digest") if state else None, ckpt_file)
     if changed:   # resuming on it would not continue the run that was trained
         raise DataError(f"{changed}; restore the data it was trained on, or start a new run")
-    cfg["data_digest"] = data.digest()
+    cfg["data_digest"] = data.digest
     data = dmol.setup(data, cfg, say if is_main else None)
     cfg["data_shape"] = list(data.shape)
     _set_threads(cfg, device, math.prod(data.shape))

@@ -81,7 +81,7 @@ class DregHook:
     Within the bound's backward the hook sees the *total* gradient of z_k, so every
     other loss that also uses z_k in that backward gets the weight too: give a DReG
     bound its own z_k. Two DReG bounds of one z_k in one backward would each weigh the
-    other's gradient too: arming the second raises (``peers``: the hooks on that z_k).
+    other's gradient too: weighing it then raises (``peers``: the hooks on that z_k).
     """
 
     def __init__(self, weights: Tensor, peers: list):
@@ -91,24 +91,23 @@ class DregHook:
         self.peers = peers
 
     def arm(self, grad):
-        task = _graph_task()
-        if task is not None:
-            for forward, _ in self.peers:
-                other = forward.hook()
-                if (other is not None and other is not self and other.armed
-                        and other.task == task):
-                    raise RuntimeError(
-                        "estimator='dreg': two DReG bounds of the same z_k are in one "
-                        "backward pass; each would weigh the other's gradient of z_k too, "
-                        "and the encoder's gradient would be wrong. Draw a z_k for each "
-                        "bound, or put all the samples in one bound")
-        self.task, self.armed = task, True
+        self.task, self.armed = _graph_task(), True
 
     def __call__(self, grad: Tensor) -> Tensor:
         if not self.armed or self.task != _graph_task():
             return grad
         if self.task is None:  # no graph-task ids in this torch: one use per arming
             self.armed = False
+        else:  # only where z_k's gradient is weighed: a backward to the decoder alone is fine
+            for forward, _ in self.peers:
+                other = forward.hook()
+                if (other is not None and other is not self and other.armed
+                        and other.task == self.task):
+                    raise RuntimeError(
+                        "estimator='dreg': two DReG bounds of the same z_k are in one "
+                        "backward pass; each would weigh the other's gradient of z_k too, "
+                        "and the encoder's gradient would be wrong. Draw a z_k for each "
+                        "bound, or put all the samples in one bound")
         return grad * self.weights.to(grad.dtype)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import zipfile
 from pathlib import Path
@@ -209,7 +210,13 @@ def checkpoint_path(run) -> Path:
     return run / CHECKPOINT_NAME if run.is_dir() or not (run.suffix or run.is_file()) else run
 
 
-def _why_unreadable(path: Path) -> str:
+def _refused_global(e: BaseException):
+    """The type torch's weights-only loader refused, from its message, or None."""
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    return m.group(1) if m else None
+
+
+def _why_unreadable(path: Path, e: BaseException) -> str:
     """What is wrong with a file torch.load refused, judged from the file, not from torch's
     message: that one runs to many lines and advises loading again with weights_only=False,
     which would run whatever code an untrusted file holds."""
@@ -226,6 +233,10 @@ def _why_unreadable(path: Path) -> str:
                 "writes; a zero-filled, text or JSON file?)")
     if not whole:
         return "it is truncated or corrupt (its zip archive is incomplete)"
+    refused = _refused_global(e)
+    if refused is not None:
+        return (f"it holds an object of type {refused}, which a checkpoint never does and "
+                "loading without running the file's code refuses")
     return "it is corrupt, or holds objects other than a checkpoint's tensors and plain values"
 
 
@@ -247,9 +258,9 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except CheckpointError:
         raise
-    except Exception:  # pickle, zip, torch and the OS raise many types for a bad file
+    except Exception as e:  # pickle, zip, torch and the OS raise many types for a bad file
         raise CheckpointError(f"{path} is not a readable fastvae checkpoint: "
-                              f"{_why_unreadable(path)}") from None
+                              f"{_why_unreadable(path, e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastvae checkpoint (no '{FORMAT}' tag); "
                               "it was written by something else")

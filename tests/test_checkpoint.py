@@ -132,6 +132,20 @@ def test_an_unreadable_checkpoint_is_one_line_without_torch_s_advice(good_run, t
         assert "weights_only" not in err and "miniz" not in err and len(err) < 300, err
 
 
+class _NotAWeight:
+    pass
+
+
+def test_a_checkpoint_holding_a_refused_type_names_it(tmp_path, capsys):
+    """A whole zip that weights-only loading refuses: the line names the refused type (what
+    to look for), still without torch's advice."""
+    path = tmp_path / CHECKPOINT_NAME
+    torch.save({"format": "fastvae-checkpoint", "model": _NotAWeight()}, path)
+    assert cli.main(["eval", str(path)]) == 2
+    err = _one_error_line(capsys, path, "_NotAWeight", "refuses")
+    assert "weights_only" not in err, err
+
+
 @pytest.mark.parametrize("key", ["optimizer", "rng", "history"])
 def test_resume_from_a_checkpoint_missing_a_part(good_run, tmp_path, capsys, key):
     state = load_checkpoint(good_run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -311,7 +312,7 @@ def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     if not (Path(folder) / CHECKPOINT_NAME).is_file():
         return f"fastvae {command}: {what} before its first checkpoint; nothing to resume"
     return (f"fastvae {command}: {what}; the last checkpoint in {folder} is intact: "
-            f"`fastvae train --resume --out {folder}` continues the run")
+            f"`fastvae train --resume --out {shlex.quote(str(folder))}` continues the run")
 
 
 def main(argv=None) -> int:
@@ -326,8 +327,9 @@ def main(argv=None) -> int:
         return _run_bench(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # said by the command's parser: "fastvae train: error: ...", its --help
-        parser.commands.get(args.command, parser).error(
+    if unknown:  # said by the parser of the command they follow: "fastvae train: error: ..."
+        after = args.command in argv and argv.index(unknown[0]) > argv.index(args.command)
+        (parser.commands[args.command] if after else parser).error(
             f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()

@@ -181,7 +181,8 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("argv,prefix", [(["train", "--bogus"], "fastvae train: error"),
                                          (["eval", "run", "--bogus"], "fastvae eval: error"),
-                                         (["--bogus"], "fastvae: error")])
+                                         (["--bogus"], "fastvae: error"),
+                                         (["--bogus", "train"], "fastvae: error")])
 def test_an_unknown_flag_is_named_by_its_command(capsys, argv, prefix):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
@@ -383,6 +384,17 @@ def test_ctrl_c_is_one_line_that_promises_only_what_the_command_keeps(capsys, mo
         argv = [command] + (["some_run"] if command != "train" else [])
         assert cli.main(argv) == 130
         assert capsys.readouterr().err == f"fastvae {command}: {tail}\n"
+
+
+def test_the_resume_hint_is_a_command_that_pastes(tmp_path):
+    """A run folder with a space is quoted in the command the interrupt line gives."""
+    folder = tmp_path / "my runs" / "r"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    e = KeyboardInterrupt()
+    e.run_folder = str(folder)
+    line = cli._interrupted_line("train", e)
+    assert f"`fastvae train --resume --out '{folder}'` continues" in line, line
 
 
 @pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"),

@@ -38,7 +38,8 @@ lost - the most reported VAE failure (pythae, NVAE and AntixK/PyTorch-VAE issues
 hard ``clamp`` would stop the gradient at the bound; ``tanh`` is the identity near 0,
 smooth and never flat. ``exp(10)`` is far inside float16's range, so the bound also
 holds under mixed precision; the KL's gradients, up to 2e8 inside it, are kept in float32
-for float16 posteriors by the fused ops (``fastvae._dtypes.saved_grad_dtype``).
+for float16 posteriors by the fused ops, as all their saved gradients of float16 inputs
+(``fastvae._dtypes.saved_grad_dtype``).
 """
 from __future__ import annotations
 

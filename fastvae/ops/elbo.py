@@ -96,9 +96,9 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     """``scale * ELBO`` through the fused op; arguments as ``fastvae.backends`` documents.
 
     ``estimator="stl"`` (``fastvae.estimators``): the direct gradients w.r.t. mu and
-    logvar are zero, so they enter detached and the backend is not asked for them. A learned prior's
-    log p(z) does not involve mu or logvar, so its gradients (w.r.t. z and the prior)
-    are the standard ones under either estimator."""
+    logvar are zero, so they enter detached and the backend is not asked for them. A
+    learned prior's log p(z) does not involve mu or logvar, so its gradients (w.r.t. z
+    and the prior) are the standard ones under either estimator."""
     obs, obs_scalar = (obs_logvar, 0.0) if isinstance(obs_logvar, Tensor) else (None, obs_logvar)
     if estimators.stops_parameters(estimator):
         # log q at stopped parameters, as the reference has it: no gradient and no graph

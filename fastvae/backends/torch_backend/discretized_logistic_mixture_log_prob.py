@@ -141,9 +141,11 @@ def _native_fwd(fn, x, params, g, bits: int, c: float):
     out = []
     for b0 in range(0, x.shape[0], step):
         pc = params[b0:b0 + step].to(torch.float32).contiguous()
-        gc = None if g is None else torch.empty_like(pc)
+        # a float32 gradient (float16 params': saved_grad_dtype) takes the rows in place
+        gc = (None if g is None else g[b0:b0 + step] if g.dtype == torch.float32
+              else torch.empty_like(pc))
         out.append(native_rows(fn, xf[b0:b0 + step], pc, gc, bits, c))
-        if g is not None:
+        if gc is not None and gc.data_ptr() != g[b0:b0 + step].data_ptr():
             g[b0:b0 + step].copy_(gc)
     return torch.cat(out)
 

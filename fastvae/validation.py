@@ -77,14 +77,15 @@ class Checked:
 
 def layouts(*ts):
     """What the structural checks read of each of ``ts`` for a :class:`Checked` signature:
-    shape, dtype and device of a plain tensor, None for None; None for the whole when any
-    is something else (a subclass, a number: such a call is checked every time). A None
+    shape, dtype and device of a plain dense tensor, None for None; None for the whole when
+    any is something else (a subclass, a sparse tensor, a number: such a call is checked
+    every time). A None
     where a tensor is required never passes the checks, so it is never in the set."""
     out = []
     for t in ts:  # a loop, not a genexpr: this runs on every call
         if t is None:
             out.append(None)
-        elif type(t) is torch.Tensor:
+        elif type(t) is torch.Tensor and t.layout is torch.strided:
             out.append((t.shape, t.dtype, t.device))
         else:
             return None
@@ -132,6 +133,9 @@ def check_tensor(name: str, t) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.layout is not torch.strided:  # else an aten error deep in a backend
+        raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}; pass "
+                        f"{name}.to_dense()")
     return t
 
 

@@ -178,6 +178,19 @@ def test_non_tensors(arg):
         fastvae.elbo(**ins)
 
 
+@pytest.mark.parametrize("arg", ["x", "recon", "mu", "logvar"])
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_tensors(arg, layout):
+    """A sparse input is named, with the fix; after a dense call of the same shapes too
+    (the passed signature must not let it through)."""
+    ins = dict(zip(["x", "recon", "mu", "logvar"], inputs()))
+    fastvae.elbo(**ins)
+    ins[arg] = ins[arg].to_sparse() if layout == "coo" else ins[arg].to_sparse_csr()
+    with pytest.raises(TypeError, match=rf"{arg} must be a dense tensor, got layout "
+                                        rf"torch.sparse_{layout}; pass {arg}.to_dense\(\)"):
+        fastvae.elbo(**ins)
+
+
 def test_mixed_dtypes_are_allowed_in_the_loss_but_not_the_sampler():
     x, r, mu, lv = inputs()
     assert fastvae.elbo(x.half(), r.bfloat16(), mu, lv.double()).dtype == torch.float64

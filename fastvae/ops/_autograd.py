@@ -147,8 +147,9 @@ def keep_inputs(ctx, inputs) -> None:
 def kept_inputs(ctx, op: str):
     inputs = getattr(ctx, "inputs", None)
     if inputs is None:
-        raise RuntimeError(f"fastvae.{op}: higher-order gradients are not available under "
-                           "torch.compile; use backend='reference' there")
+        raise RuntimeError(f"fastvae.{op}: higher-order gradients of a call traced by "
+                           "torch.compile are not available; take them outside the compiled "
+                           "region")
     for t, v in zip(inputs, ctx.versions):
         if v is not None and t._version != v:
             raise RuntimeError(f"fastvae.{op}: an input was modified in place after the call, so "

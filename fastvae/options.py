@@ -189,12 +189,18 @@ def device(value) -> str:
     return str(value)
 
 
+def auto_device(name: str) -> str:
+    """``--device auto``: "cuda" when torch sees a CUDA device, else "cpu"; any other name
+    as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The device a run places its model on: "auto" -> the local CUDA device when there is
     one, else CPU; a device torch does not see is a ValueError that names it."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    dev = torch.device(auto_device(name))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")

@@ -158,9 +158,7 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 def measure_grid(args: argparse.Namespace) -> List[dict]:
     """What :func:`run` does, returning the rows."""
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = o.auto_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.cpu_time:
@@ -258,9 +256,7 @@ def main(argv=None) -> int:
         o.resolve_device(args.device)
     except ValueError as e:
         parser.error(f"argument {e}")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = o.auto_device(args.device)
     # Sizes an op cannot take would end the run at its first case, minutes in.
     problem = None if args.proxy else size_problem(
         GPU_TRAIN_OPS if args.gpu_train_step else ops_of(args, device),

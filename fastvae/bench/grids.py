@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ..options import auto_device
 from .core import DTYPES, OPS, Case, get_op
 from .timing import is_cuda
 
@@ -59,7 +60,7 @@ def suite_cases(op: str, device: Optional[str] = None) -> List[Case]:
     largest tensor exceeds ``FASTVAE_BENCH_MAX_ELEMENTS`` are left out (default as
     ``fastvae bench``'s ``--max-elements``: IWAE K=50 at B=65536, D=3072 would need
     40 GB a tensor, several times over)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = auto_device(device or "auto")
     cuda = is_cuda(device)
     axes = dict(SUITE_CUDA if cuda else SUITE_CPU,
                 **get_op(op).grids.get("suite_cuda" if cuda else "suite_cpu", {}))

@@ -12,6 +12,8 @@ from numbers import Integral, Real
 
 import torch
 
+from ._dtypes import result_dtype
+
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
 DMOL = "discretized_logistic_mixture"
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli", DMOL)
@@ -79,8 +81,8 @@ def layouts(*ts):
     """What the structural checks read of each of ``ts`` for a :class:`Checked` signature:
     shape, dtype and device of a plain dense tensor, None for None; None for the whole when
     any is something else (a subclass, a sparse tensor, a number: such a call is checked
-    every time). A None
-    where a tensor is required never passes the checks, so it is never in the set."""
+    every time). A None where a tensor is required never passes the checks, so it is never
+    in the set."""
     out = []
     for t in ts:  # a loop, not a genexpr: this runs on every call
         if t is None:
@@ -298,9 +300,8 @@ def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,
         value = number_or_tensor(name, prior, like_name)
         if value == 0.0:
             return None
-        wide = torch.float64 in (like.dtype, logvar.dtype)
-        return torch.full((like.shape[1:].numel(),), value,
-                          dtype=torch.float64 if wide else torch.float32, device=like.device)
+        return torch.full((like.shape[1:].numel(),), value, dtype=result_dtype(like, logvar),
+                          device=like.device)
     return canonical_obs_logvar(prior, like.shape, name=name, against=like_name)
 
 

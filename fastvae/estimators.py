@@ -201,10 +201,13 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
     # A hook stays on z_k until z_k is freed; a z_k kept across steps (a leaf) would gather
     # one per call. z_k's hook holds DregHook weakly: once the bound's graph is freed (its
     # backward ran, or it was dropped) the hook can never be armed again, and goes.
+    kept = []
     for forward, handle in peers:
         if forward.hook() is None:
             handle.remove()
-    peers[:] = [entry for entry in peers if entry[0].hook() is not None]
+        else:
+            kept.append((forward, handle))
+    peers[:] = kept
     forward = _Forward(hook)
     peers.append((forward, z_k.register_hook(forward)))
 

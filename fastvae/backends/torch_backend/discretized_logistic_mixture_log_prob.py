@@ -139,13 +139,13 @@ def _native_fwd(fn, x, params, g, bits: int, c: float):
     per_sample = max(params[0].numel(), 1)
     step = max(1, NATIVE_CHUNK // per_sample)
     out = []
+    # a float32 gradient (float16 params': saved_grad_dtype) takes the rows in place
+    in_place = g is not None and g.dtype == torch.float32
     for b0 in range(0, x.shape[0], step):
         pc = params[b0:b0 + step].to(torch.float32).contiguous()
-        # a float32 gradient (float16 params': saved_grad_dtype) takes the rows in place
-        gc = (None if g is None else g[b0:b0 + step] if g.dtype == torch.float32
-              else torch.empty_like(pc))
+        gc = None if g is None else g[b0:b0 + step] if in_place else torch.empty_like(pc)
         out.append(native_rows(fn, xf[b0:b0 + step], pc, gc, bits, c))
-        if gc is not None and gc.data_ptr() != g[b0:b0 + step].data_ptr():
+        if g is not None and not in_place:
             g[b0:b0 + step].copy_(gc)
     return torch.cat(out)
 

@@ -16,7 +16,7 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     dtype = result_dtype(mu_q, logvar_q, mu_p, logvar_p)
     shape = mu_q.shape
     kl = torch.empty(shape[0], dtype=dtype, device=mu_q.device)
-    outs = [grad_buffer(t, need, mu_q.shape)
+    outs = [grad_buffer(t, need, shape)
             for t, need in zip((mu_q, logvar_q, mu_p, logvar_p), needs)]
     g_mu, g_lv, g_pm, g_plv = outs
     if gaussian_rows.kl_rows(mu_q, logvar_q, mu_p, logvar_p, None, None, kl, g_mu, g_pm, g_lv,

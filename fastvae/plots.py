@@ -90,9 +90,9 @@ def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> 
     still visible. Flat images are drawn as :func:`as_pictures` says.
     Returns the path; the picture's size is :func:`grid_size`'s."""
     images = as_pictures(images)
-    ncol = max(1, min(int(ncol), images.shape[0]))
+    n, _, h, w = images.shape
+    ncol, scale, _, _ = _geometry(n, h, w, ncol, min_cell)
     g = grid(images, ncol)
-    scale = upscale_factor(*images.shape[-2:], g.shape[0] * g.shape[1], min_cell)
     # 8-bit before upscaling (in place, no float copy): the picture's memory is a byte a
     # value, not a float32 one times the colormap's copies
     g = np.round(np.multiply(g, 255.0, out=g), out=g).astype(np.uint8)
@@ -110,11 +110,17 @@ def grid_size(images: torch.Tensor, ncol: int = 8, min_cell: int = 48, pad: int 
     ``images`` (a tensor or just its shape), without drawing it."""
     shape = tuple(images.shape if isinstance(images, torch.Tensor) else images)
     n, _, h, w = as_pictures(torch.empty(shape, device="meta")).shape
+    return _geometry(n, h, w, ncol, min_cell, pad)[2:]
+
+
+def _geometry(n: int, h: int, w: int, ncol: int, min_cell: int, pad: int = 1) -> tuple:
+    """(columns, upscale factor, width, height) of the picture of ``n`` ``h x w`` images:
+    at most ``ncol`` columns, no more than there are images, laid out as :func:`grid`."""
     ncol = max(1, min(int(ncol), n))
     rows = max(1, math.ceil(n / ncol))
     gh, gw = rows * (h + pad) + pad, ncol * (w + pad) + pad
     scale = upscale_factor(h, w, gh * gw, min_cell)
-    return gw * scale, gh * scale
+    return ncol, scale, gw * scale, gh * scale
 
 
 def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8) -> Path:

@@ -53,6 +53,14 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     return g * grad_out.reshape(shape).to(g.dtype)
 
 
+def weigh_rows(ctx, grad_out: Optional[Tensor], likes) -> List[Optional[Tensor]]:
+    """The backward of a per-row op (``(B,)`` value, grad_out () or (B,)): each saved
+    gradient times grad_out along its rows, never in place, finished by :func:`to_shape`
+    with ``likes`` (one per gradient); None where ``ctx.needs`` says not needed."""
+    return [to_shape(weigh(t if n else None, grad_out, 0), like)
+            for t, n, like in zip(ctx.saved_tensors, ctx.needs, likes)]
+
+
 def input_like(t: Optional[Tensor]):
     """(shape, dtype) of an input whose gradient :func:`to_shape` finishes, or None."""
     return None if t is None else (t.shape, t.dtype)

@@ -38,10 +38,8 @@ def _setup(ctx, inputs, output):
     ctx.like = (A.cast_like(inputs[0]), A.cast_like(inputs[1]), A.input_like(inputs[2]))
 
 
-def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
-    g = [A.to_shape(A.weigh(t if n else None, grad_out, 0), like)
-         for t, n, like in zip(ctx.saved_tensors, ctx.needs, ctx.like)]
-    return g[0], g[1], g[2], None, None, None
+def _backward(ctx, grad_out, *_):
+    return (*A.weigh_rows(ctx, grad_out, ctx.like), None, None, None)
 
 
 def _higher_order(ctx, grad_out, *_):

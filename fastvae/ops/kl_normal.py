@@ -40,14 +40,13 @@ def _setup(ctx, inputs, output):
     ctx.like = [A.input_like(t) for t in inputs[:4]]
 
 
-def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
+def _backward(ctx, grad_out, *_):
     g = None
     fused = getattr(backends.get(ctx.backend), "kl_normal_bwd", None)  # one pass, where offered
     if fused is not None and grad_out is not None and A.plain_eager((grad_out,)):
         g = fused(grad_out, *ctx.saved_tensors, ctx.needs)
     if g is None:
-        g = [A.weigh(t if n else None, grad_out, 0)
-             for t, n in zip(ctx.saved_tensors, ctx.needs)]
+        return (*A.weigh_rows(ctx, grad_out, ctx.like), None, None)
     return (*[A.to_shape(t, like) for t, like in zip(g, ctx.like)], None, None)
 
 

@@ -36,9 +36,8 @@ def _setup(ctx, inputs, output):
     ctx.like = [A.cast_like(t) for t in inputs[:2]]
 
 
-def _backward(ctx, grad_out, *_):  # per row: backward weighs rows, never in place
-    return (*(A.to_shape(A.weigh(t if n else None, grad_out, 0), like)
-              for t, n, like in zip(ctx.saved_tensors, ctx.needs, ctx.like)), None, None)
+def _backward(ctx, grad_out, *_):
+    return (*A.weigh_rows(ctx, grad_out, ctx.like), None, None)
 
 
 def _higher_order(ctx, grad_out, *_):

@@ -30,6 +30,14 @@ def alloc_like(t: Tensor, dtype=None) -> Tensor:
     return torch.empty_like(t, dtype=dtype, memory_format=_CONTIGUOUS)
 
 
+def alloc_on(like: Tensor, shape, dtype) -> Tensor:
+    """``alloc(shape, dtype, like.device)``: ``new_empty`` takes the device from ``like``
+    without parsing one (``torch.empty(..., device=)`` costs twice as much per call)."""
+    if alloc is not _alloc:
+        return alloc(shape, dtype, like.device)
+    return like.new_empty(shape, dtype=dtype)
+
+
 def launch(kernel, grid, **args):
     """``kernel[grid](**args)`` on the device of its tensors: Triton launches on the
     *current* CUDA device, and tensors on another one (a model moved to cuda:1 without
@@ -73,6 +81,25 @@ def dummy(dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 PLANS_MAX = 256   # plans kept per host function; a workload with more rebuilds some
+
+generation = 0    # changes whenever a kept plan may no longer be what plan_for would give
+
+
+def plans_changed() -> None:
+    """Say that plans kept outside a host's cache (the prepared functions of
+    ``elbo_prepare``, ``scale_prepare``) must be looked up again: a cache was emptied, or
+    what plans depend on besides their keys changed (the offline capture's SM count)."""
+    global generation
+    generation += 1
+
+
+class Plans(dict):
+    """A host function's plans per key (:func:`plan_for`); emptying it (tests, code that
+    edits the tile tables) also renews the plans prepared from it (:func:`plans_changed`)."""
+
+    def clear(self) -> None:
+        super().clear()
+        plans_changed()
 
 
 def plan_for(plans: dict, key, build):

@@ -19,14 +19,22 @@ def likelihood_args(likelihood: str, obs, like):
     return configs.LIKELIHOOD_CODES[likelihood], _launch.dummy(like.dtype, like.device), 0, False
 
 
-def gradient_buffers(inputs, needs, obs_tensor: bool, partial: bool, programs: int, obs, device,
-                     priors=(None, None)):
+def gradient_dtypes(inputs, needs) -> tuple:
+    """The dtype of each of ``inputs``' gradient buffers (``saved_grad_dtype``), None where
+    it is absent or not needed: what :func:`gradient_buffers` allocates, fixed per plan."""
+    return tuple([saved_grad_dtype(t) if need and t is not None else None
+                  for t, need in zip(inputs, needs)])
+
+
+def gradient_buffers(inputs, dtypes, needs, obs_tensor: bool, partial: bool, programs: int,
+                     obs, device, priors=(None, None)):
     """(gx, grecon, gmu, glogvar, gz, gobs, gobs_partials, gprior_mu, gprior_logvar) for
-    ``inputs`` = (x, recon, mu, logvar, z) and the kernel's ``priors`` (``prior_args``):
-    each needed one in its input's shape and dtype (a prior's per row, mu's shape), else
-    None."""
-    grads = [_launch.alloc_like(t, saved_grad_dtype(t)) if need and t is not None else None
-             for t, need in zip(inputs, needs)]
+    ``inputs`` = (x, recon, mu, logvar, z) (``dtypes``: :func:`gradient_dtypes`) and the
+    kernel's ``priors`` (``prior_args``): each needed one in its input's shape and dtype (a
+    prior's per row, mu's shape), else None."""
+    grads = [None if dt is None else _launch.alloc_like(t, dt) for t, dt in zip(inputs, dtypes)]
+    if not (obs_tensor or priors[0] is not None or priors[1] is not None):
+        return (*grads, None, None, None, None)
     b, d = inputs[0].shape
     mu = inputs[2]
     prior_needs = tuple(needs[6:8]) or (False, False)

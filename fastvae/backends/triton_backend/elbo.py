@@ -20,15 +20,55 @@ from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
 from . import _launch, configs
-from ._rows import gradient_buffers, likelihood_args, prior_args
+from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
-_PLANS: dict = {}   # per key (_launch.plan_for); configs' CONFIG_MODE is part of the key
+_PLANS = _launch.Plans()   # per key (_launch.plan_for); configs' CONFIG_MODE is part of the key
 
 
 def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl,
              beta, free_bits, reduction, scale, needs):
     """Same contract as the "torch" backend's: (value, gx, grecon, gmu, glogvar, gz, gobs,
     gprior_mu, gprior_logvar), the prior's per row."""
+    plan = _plan_of(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl,
+                    free_bits, reduction, needs)
+    if plan is _DELEGATE:
+        return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
+                                      obs_scalar, likelihood, kl, beta, free_bits, reduction,
+                                      scale, needs)
+    return _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, beta,
+                free_bits, scale, needs)
+
+
+def elbo_prepare(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
+                 kl, beta, free_bits, reduction, scale, needs):
+    """:func:`elbo_fwd` for calls that differ from this one only in the values of x, recon,
+    mu, logvar and z (the tensors' shapes, strides, dtypes and devices the same): a function
+    of those five that keeps its plan instead of looking it up each call
+    (``fastvae.ops._autograd.Route``), and looks it up again when the tile mode or the
+    plans changed (``_launch.plans_changed``); None where the "torch" backend computes."""
+    rest = (obs, prior_mu, prior_logvar)
+    options = (*rest, likelihood, kl, free_bits, reduction, needs)
+    tail = (*rest, obs_scalar, beta, free_bits, scale, needs)
+    kept = [_plan_of(x, recon, mu, logvar, z, *options), configs.interpreter_tiles(),
+            _launch.generation]
+    if kept[0] is _DELEGATE:
+        return None
+
+    def run(x, recon, mu, logvar, z):
+        plan, tiles, generation = kept
+        if tiles is not configs.interpreter_tiles() or generation != _launch.generation:
+            plan = _plan_of(x, recon, mu, logvar, z, *options)
+            kept[:] = plan, configs.interpreter_tiles(), _launch.generation
+            if plan is _DELEGATE:   # not for these shapes; only after a change of the tables
+                return torch_backend.elbo_fwd(x, recon, mu, logvar, z, *rest, obs_scalar,
+                                              likelihood, kl, beta, free_bits, reduction,
+                                              scale, needs)
+        return _run(plan, x, recon, mu, logvar, z, *tail)
+    return run
+
+
+def _plan_of(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free_bits,
+             reduction, needs):
     free = free_bits > 0
     # the inputs as given: the plan says whether they go to the "torch" backend and whether
     # any needs a copy with unit stride along its rows
@@ -36,13 +76,14 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
            mu.dtype, logvar.stride(), logvar.dtype, _layout(z), _layout(obs),
            _layout(prior_mu), _layout(prior_logvar), x.device, likelihood, kl, free, reduction,
            tuple(needs), configs.interpreter_tiles())
-    plan = _launch.plan_for(_PLANS, key, lambda: _plan_for_inputs(
+    return _launch.plan_for(_PLANS, key, lambda: _plan_for_inputs(
         x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, free, reduction,
         needs))
-    if plan is _DELEGATE:
-        return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
-                                      obs_scalar, likelihood, kl, beta, free_bits, reduction,
-                                      scale, needs)
+
+
+def _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, beta,
+         free_bits, scale, needs):
+    """:func:`elbo_fwd`'s launches for inputs of ``plan``."""
     if plan["copy"]:
         x, recon, mu, logvar, z = _rows_of(x, recon, mu, logvar, z)
     dev = x.device
@@ -54,17 +95,17 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
     if plan["prior"]:
         pm, plv, _, _, _ = prior_args(prior_mu, prior_logvar, mu)
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
-        (x, recon, mu, logvar, z), needs, plan["obs_tensor"], plan["gobs_partial"],
-        plan["programs"], obs_arg, dev, (pm, plv))
+        (x, recon, mu, logvar, z), plan["grad_dtypes"], needs, plan["obs_tensor"],
+        plan["gobs_partial"], plan["programs"], obs_arg, dev, (pm, plv))
     clamped = None
-    if free:
+    if free_bits > 0:
         clamped = _launch.alloc((mu.shape[1],), torch.int32, dev)
         _launch.launch_planned(
             plan["clamp"], MU=mu, LV=logvar, Z=z, PM=pm, PLV=plv,
             PARTIALS=_launch.scratch(plan["clamp_partials"], f32, dev),
             COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits))
     reduce = plan["reduce"]
-    out = _launch.alloc(() if reduce else (b,), f32, dev)
+    out = _launch.alloc_on(mu, () if reduce else (b,), f32)
     # None: the plan's dummy of the dtype the tensor would have
     _launch.launch_planned(
         plan["rows"], X=x if d else None, R=recon if d else None, OBS=obs_arg, MU=mu, LV=logvar,
@@ -129,7 +170,8 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
     stride_z = (z if z is not None else mu).stride(0)
     plan = {"programs": programs, "grid": (programs,), "reduce": reduce,
             "reduce_scale": reduce_scale(b, reduction), "gobs_partial": gobs_partial,
-            "obs_tensor": obs_tensor, "prior": prior}
+            "obs_tensor": obs_tensor, "prior": prior,
+            "grad_dtypes": gradient_dtypes((x, recon, mu, logvar, z), needs)}
     dev = x.device
 
     def dummies(**dtypes):

@@ -16,7 +16,7 @@ from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
 from . import _launch, configs
-from ._rows import gradient_buffers, likelihood_args, prior_args
+from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
 
 def _span(t) -> int:
@@ -71,9 +71,10 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     # they cost 2BL elements against recon_k's KBD. The prior's gradients are kept.
     dropped = bool(weights)
     kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
+    inputs = (x, recon_k, mu, logvar, z_k)
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
-        (x, recon_k, mu, logvar, z_k), kneeds, obs_tensor, gobs_partial, programs, obs_arg, dev,
-        (pm, plv))
+        inputs, gradient_dtypes(inputs, kneeds), kneeds, obs_tensor, gobs_partial, programs,
+        obs_arg, dev, (pm, plv))
     # DReG's weights are written only where a gradient is: in the kernels' gradient pass.
     w_out = _launch.alloc((k, b), f32, dev) if weights else None
     args = dict(

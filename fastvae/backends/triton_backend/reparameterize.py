@@ -15,7 +15,7 @@ from .. import torch_backend
 from ..torch_backend.reparameterize import philox_seed, sample_shape, seeded
 from . import _launch, configs
 
-_PLANS: dict = {}   # per key (_launch.plan_for): a training step's repeated launches
+_PLANS = _launch.Plans()   # per key (_launch.plan_for): a training step's repeated launches
 
 
 def reparameterize_noise(mu, n_samples: int, generator):

@@ -27,7 +27,7 @@ from .reparameterize import reparameterize_fwd, reparameterize_std_eps
 
 # Planned launches per (shapes, strides, dtypes, prior pattern, needs, device) key: a
 # repeated call (every group of every step of a hierarchical VAE) skips Triton's binder.
-_PLANS: dict = {}
+_PLANS = _launch.Plans()
 
 
 def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):

@@ -19,10 +19,39 @@ def scale_saved_(grads, grad_out):
     live = [g for g in grads if g is not None and g.numel()]
     if not live:
         return grads
+    return _run(_plan_of(live, grad_out.device), grads, live, grad_out)
+
+
+def scale_prepare(grads):
+    """:func:`scale_saved_` for gradients laid out as ``grads`` (sizes, dtypes, devices,
+    None where absent) that keeps its plan (``fastvae.ops._autograd.Route``), looked up
+    again when the tile mode or the plans changed (``_launch.plans_changed``); None where
+    there is nothing to scale."""
+    slots = [i for i, g in enumerate(grads) if g is not None and g.numel()]
+    if not slots:
+        return None
+    device = grads[slots[0]].device
+    kept = [None, None, -1]   # plan, tile mode, _launch.generation
+
+    def scale(grads, grad_out):
+        live = [grads[i] for i in slots]
+        tiles, generation = configs.interpreter_tiles(), _launch.generation
+        if kept[1] is not tiles or kept[2] != generation:
+            kept[:] = _plan_of(live, device), tiles, generation
+        if grad_out.device != device:
+            return scale_saved_(grads, grad_out)
+        return _run(kept[0], grads, live, grad_out)
+    return scale
+
+
+def _plan_of(live, device):
     # the SMs: the grid is per SM, and the offline proxy's stand-in reports a GPU's
-    key = (grad_out.device, configs.interpreter_tiles(), _launch.sm_count(grad_out.device),
+    key = (device, configs.interpreter_tiles(), _launch.sm_count(device),
            *[(g.numel(), g.dtype, g.device, g.is_contiguous()) for g in live])
-    plan = _launch.plan_for(_PLANS, key, lambda: _plan(live, grad_out.device))
+    return _launch.plan_for(_PLANS, key, lambda: _plan(live, device))
+
+
+def _run(plan, grads, live, grad_out):
     if plan is _TORCH:
         return [None if g is None else g.mul_(grad_out) for g in grads]
     live += _UNUSED[len(live):]   # None: the plan's stand-in (its size is 0)
@@ -31,7 +60,7 @@ def scale_saved_(grads, grad_out):
 
 
 _TORCH = "torch"    # the plan of gradients the kernel does not take
-_PLANS: dict = {}   # per key (_launch.plan_for)
+_PLANS = _launch.Plans()   # per key (_launch.plan_for)
 _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
 _UNUSED = [None] * configs.SCALE_SLOTS
 

@@ -221,10 +221,12 @@ def target_sm_count() -> Iterator[None]:
         return getattr(getattr(driver, "_active", None), "sms", None)
 
     _launch.sm_count = sm_count
+    _launch.plans_changed()
     try:
         yield
     finally:
         _launch.sm_count = real
+        _launch.plans_changed()
 
 
 def _unkept(plans: dict, key, build):

@@ -86,9 +86,11 @@ def to_shape(g: Optional[Tensor], like) -> Optional[Tensor]:
     return g if g.dtype == dtype else g.to(dtype)
 
 
+_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+
+
 def _graph_kept() -> bool:
-    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if keep is None else bool(keep())
+    return True if _keep_graph is None else bool(_keep_graph())
 
 
 def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tensor]]:
@@ -103,9 +105,15 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
     graph is freed after this backward (a retained graph still needs the saved gradients).
     """
     gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    if grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out):
+    if scales_in_place(ctx, grad_out):
         return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
     return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
+
+
+def scales_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
+    """Whether :func:`weigh_saved` multiplies the saved gradients by ``grad_out`` in place:
+    a scalar one, and :func:`may_scale_in_place`."""
+    return grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out)
 
 
 def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
@@ -138,12 +146,13 @@ def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
     keep_inputs(ctx, inputs)
 
 
-def keep_inputs(ctx, inputs) -> None:
-    """Remember the inputs, and their versions, for :func:`kept_inputs`. Not through
-    ``save_for_backward``: these are the caller's tensors, not new memory."""
+def keep_inputs(ctx, inputs, rest=()) -> None:
+    """Remember the inputs (``inputs`` then ``rest``), and the versions of ``inputs``, for
+    :func:`kept_inputs`. Not through ``save_for_backward``: these are the caller's
+    tensors, not new memory. ``rest``: arguments that are never tensors."""
     if torch.compiler.is_compiling():
         return
-    ctx.inputs = tuple(inputs)
+    ctx.inputs = (*inputs, *rest)
     try:
         ctx.versions = tuple([t._version if isinstance(t, Tensor) else None for t in inputs])
     except RuntimeError:  # inference tensors have no version counter: an in-place change
@@ -248,8 +257,10 @@ def functorch_active() -> bool:
     (torch.compile traces through the custom ops; its own tracing looks like one.)"""
     if torch.compiler.is_compiling():
         return False
-    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
+    return _peek is not None and _peek() is not None
+
+
+_peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
 
 
 class Fused:
@@ -265,6 +276,7 @@ class Fused:
                  values: int = 1):
         op.register_autograd(backward, setup_context=setup)
         self.op = op
+        self.backward = backward
         self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())
         self.values = values            # the leading outputs value() returns
         # value(): forward's arguments, the backend's outputs as they come (None for a
@@ -293,7 +305,7 @@ class Fused:
             got = backward(ctx, *grads)
             return (*got[:ctx.lead], None)
 
-        name = forward.__name__.strip('_')
+        self.name = name = forward.__name__.strip('_')
         self.function = type(f"{name}_function", (torch.autograd.Function,),
                              {"forward": staticmethod(forward_with_ctx),
                               "backward": staticmethod(backward)})
@@ -316,3 +328,81 @@ class Fused:
         outputs = self.op(*args)
         value = owned(outputs)
         return value if self.values == 1 else tuple(outputs[:self.values])
+
+
+class Route:
+    """A fused op's value path (:meth:`Fused.value`) prepared for calls that differ from one
+    call only in the values of its leading tensors (their shapes, strides, dtypes, devices
+    and ``requires_grad``, the grad mode, the backend and every other argument the same;
+    the caller keys routes by all of that, ``fastvae.functional``). What each such call
+    would work out again is worked out once: which gradients are needed, the backend's
+    plan (``run``: the leading tensors -> the backend's outputs), the setup attributes
+    that depend on nothing else (``fixed``) and, on the first usual backward, the
+    backend's scaling (``scale_prepare``). A call takes a route only where the value path
+    would be the plain ``autograd.Function`` (:meth:`usable`); its ctx is the value path's,
+    and any backward but the usual one (a scalar grad_output, no graph of it:
+    :func:`scales_in_place`) is the op's own (``fused.backward``), so higher orders, a
+    retained graph, a batched or per-row grad_output go where they went. ``finish(ctx,
+    grads)``: the op's last step of the usual backward, None where it changes nothing.
+    """
+
+    __slots__ = ("run", "rest", "needs", "backend", "fixed", "backward", "lead", "finish",
+                 "_scale", "function")
+
+    def __init__(self, fused: "Fused", run: Callable, lead: int, given: int, rest: tuple,
+                 needs_, backend: str, fixed: dict, finish: Optional[Callable] = None):
+        self.run, self.lead, self.rest = run, lead, (None,) * (lead - given) + tuple(rest)
+        self.needs, self.backend, self.fixed = list(needs_), backend, tuple(fixed.items())
+        self.backward, self.finish = fused.backward, finish
+        self._scale = None
+        self.function = _route_function(self, given, fused.name)
+
+    @staticmethod
+    def usable() -> bool:
+        """Whether a call now may take a route (besides its key): eager, on plain tensors
+        (the key says so), no dispatch mode and no ``torch.func`` transform watching."""
+        return not (torch.compiler.is_compiling() or _dispatch_modes()
+                    or (_peek is not None and _peek() is not None))
+
+    def scale(self, grads, grad_out):
+        """The backend's ``scale_saved_`` of the saved gradients (their layout is the
+        route's), prepared on the first backward where the backend can."""
+        scale = self._scale
+        if scale is None:
+            compute = backends.get(self.backend)
+            prepare = getattr(compute, "scale_prepare", None)
+            scale = self._scale = ((prepare(grads) if prepare is not None else None)
+                                   or compute.scale_saved_)
+        return scale(grads, grad_out)
+
+
+def _route_function(route: Route, given: int, name: str):
+    """The ``autograd.Function`` of one route: its ``given`` leading tensors are its only
+    inputs (each input of ``apply`` costs autograd per call; the trailing absent ones,
+    the run gets as None), the route itself reached through its class, not an argument."""
+    pad = (None,) * (route.lead - given)
+
+    def forward(ctx, *tensors):
+        output = route.run(*tensors, *pad)
+        # the backend leaves a gradient not needed as None (its contract), as save_grads
+        # makes it
+        ctx.save_for_backward(*output[1:])
+        ctx.set_materialize_grads(False)
+        ctx.needs, ctx.backend, ctx.owns_saved = route.needs, route.backend, True
+        for name, value in route.fixed:
+            setattr(ctx, name, value)
+        keep_inputs(ctx, tensors, route.rest)
+        return output[0]
+
+    def backward(ctx, grad_out):
+        if (not torch.is_grad_enabled() and scales_in_place(ctx, grad_out)
+                and not batched_backward((grad_out,))):
+            got = route.scale(list(ctx.saved_tensors), grad_out)
+            if route.finish is not None:
+                got = route.finish(ctx, got)
+        else:
+            got = route.backward(ctx, grad_out)
+        return tuple(got[:given])
+
+    return type(f"{name}_route", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(backward)})

@@ -55,13 +55,22 @@ def _(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likeliho
 
 def setup_shapes(ctx, inputs) -> None:
     """What backward finishes each gradient with (:func:`finish_grads`)."""
-    ctx.sum_to = [A.cast_like(t) for t in inputs[:5]] + [A.input_like(t) for t in inputs[5:8]]
+    ctx.sum_to = finishing(inputs)
+
+
+def finishing(inputs):
+    """:func:`finish_grads`' (shape, dtype) per gradient, None where none needs finishing
+    (every call without a float16 input or a shared obs_logvar or prior)."""
+    like = [A.cast_like(t) for t in inputs[:5]] + [A.input_like(t) for t in inputs[5:8]]
+    return None if like.count(None) == len(like) else like
 
 
 def finish_grads(ctx, g):
     """The gradients in their inputs' dtypes (a float16 input's was saved in float32), those
     of (obs, prior_mu, prior_logvar), per row where the inputs are shared by every row,
     summed to the inputs' shapes."""
+    if ctx.sum_to is None:
+        return g
     return [A.to_shape(t, like) for t, like in zip(g, ctx.sum_to)]
 
 
@@ -108,3 +117,26 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     return _elbo.value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, float(obs_scalar),
                        likelihood, kl, float(beta), float(free_bits), reduction, float(scale),
                        estimator, needs, backend)
+
+
+def route(x, recon, mu, logvar, z, obs_scalar, *, likelihood, kl, beta, free_bits, reduction,
+          backend, scale=1.0, estimator="standard"):
+    """A :class:`~fastvae.ops._autograd.Route` for :func:`elbo` calls like this one (no
+    obs_logvar tensor, no prior), or None where there is none (an estimator that stops
+    mu and logvar: the call detaches them)."""
+    if estimators.stops_parameters(estimator):
+        return None
+    needs = A.needs(x, recon, mu, logvar, z, None, None, None)
+    args = (x, recon, mu, logvar, z, None, None, None, float(obs_scalar), likelihood, kl,
+            float(beta), float(free_bits), reduction, float(scale))
+    compute = backends.get(backend)
+    prepare = getattr(compute, "elbo_prepare", None)
+    run = prepare(*args, needs) if prepare is not None else None
+    if run is None:
+        fwd, rest = compute.elbo_fwd, (*args[5:], needs)
+
+        def run(x, recon, mu, logvar, z):
+            return fwd(x, recon, mu, logvar, z, *rest)
+    sum_to = finishing(args)
+    return A.Route(_elbo, run, 5, 4 if z is None else 5, (*args[5:], estimator), needs, backend,
+                   {"sum_to": sum_to}, None if sum_to is None else finish_grads)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from . import estimators, ops, reference
+from . import backends, estimators, ops, reference
 from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
@@ -131,8 +131,14 @@ def elbo(
     pytorch/examples VAE ``loss_function``.
     """
     sig = _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
-                          likelihood, kl, beta, free_bits, reduction, estimator, bits)
-    if sig in _ELBO_CHECKED:  # the checks below passed on these
+                          likelihood, kl, beta, free_bits, reduction, estimator, bits, backend,
+                          _scale)
+    seen = _ELBO_CHECKED.get(sig)
+    if type(seen) is ops.Route and _route_taken(seen, backend, validate, x.device):
+        x2, r2 = V.data_rows(x, recon, mu.shape[0])
+        return seen.function.apply(x2, r2, mu, logvar) if z is None else seen.function.apply(
+            x2, r2, mu, logvar, z)
+    if seen is not None:  # the checks below passed on these
         x2, r2 = V.data_rows(x, recon, mu.shape[0])
         obs = obs_logvar
         pm = plv = None
@@ -170,6 +176,7 @@ def elbo(
         device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z,
                                      obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
         _ELBO_CHECKED.add(sig)
+        seen = True
     if V.resolve_validate(validate):  # (off: not even the keyword dict, on every call)
         V.check_values(True, likelihood=likelihood, x=x2, recon=r2, mu=mu, logvar=logvar, z=z,
                        obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
@@ -177,6 +184,13 @@ def elbo(
     kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
                   prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
+        if seen is True and sig is not None and ops.Route.usable():
+            # the next call with this signature takes the route (a call under a dispatch
+            # mode or a transform makes none: the op's fake kernel or the reference ran)
+            _ELBO_CHECKED.add(sig, ops.elbo_route(
+                x2, r2, mu, logvar, z, obs, likelihood=likelihood, kl=kl, beta=beta,
+                free_bits=free_bits, reduction=reduction, backend=fn.keywords["backend"],
+                scale=_scale, estimator=estimator) or False)
         return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
     return value if _scale == 1.0 else _scale * value
@@ -185,20 +199,36 @@ def elbo(
 _ELBO_CHECKED = V.Checked()
 
 
+def _route_taken(route, backend, validate, device) -> bool:
+    """Whether this call of a signature with a route takes it: validation off, a backend
+    choice that still picks the route's backend (``FASTVAE_BACKEND`` is read per call),
+    and nothing that sends it elsewhere (``ops.Route.usable``)."""
+    if not (validate is False or (validate is None and not V.get_validation())):
+        return False
+    if not ops.Route.usable() or backends.select(backend, device) != route.backend:
+        return False
+    backends.mark_used(route.backend)
+    return True
+
+
 def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar, likelihood,
-                    kl, beta, free_bits, reduction, estimator, bits):
+                    kl, beta, free_bits, reduction, estimator, bits, backend, scale):
     """Everything :func:`elbo`'s structural checks read (``V.Checked``), for the common call
-    (plain tensors, a float obs_logvar, no prior): the tensors' shapes, dtypes and devices
-    and the other arguments' values. None for any other call: checked every time."""
+    (plain tensors, a float obs_logvar, no prior), and what its route
+    (``fastvae.ops.Route``) depends on besides: the tensors' layouts (``V.layouts``), the
+    other arguments' values and the grad mode. None for any other call: checked every
+    time."""
     if (type(obs_logvar) is not float or type(beta) is not float
             or type(free_bits) is not float or prior_mu is not None
             or prior_logvar is not None or type(likelihood) is not str
             or type(kl) is not str or type(reduction) is not str
-            or type(estimator) is not str or bits is not None):
+            or type(estimator) is not str or bits is not None
+            or not (backend is None or type(backend) is str) or type(scale) is not float):
         return None
     tensors = V.layouts(x, recon, mu, logvar, z)
     return None if tensors is None else (tensors, obs_logvar, likelihood, kl, beta, free_bits,
-                                         reduction, estimator)
+                                         reduction, estimator, backend, scale,
+                                         torch.is_grad_enabled())
 
 
 def kl_standard_normal(mu, logvar, backend=None, validate=None):

@@ -56,22 +56,29 @@ class Checked:
     the checks (a training step repeats one signature, and the checks cost more than the
     rest of a small call's Python). A signature is a tuple of everything the checks read
     (each public op builds its own); None stands for a call it does not describe, never
-    in the set. Off under torch.compile: a traced lookup would guard on every size in the
-    set, so a dynamic-shape graph would recompile per size. Bounded."""
+    in the set. Each may carry a value (:meth:`get`): what the op prepared for calls with
+    that signature. Off under torch.compile: a traced lookup would guard on every size in
+    the set, so a dynamic-shape graph would recompile per size. Bounded."""
 
     def __init__(self, limit: int = 256):
-        self._seen: set = set()
+        self._seen: dict = {}
         self._limit = limit
 
     def __contains__(self, sig) -> bool:
         return sig is not None and not torch.compiler.is_compiling() and sig in self._seen
 
-    def add(self, sig) -> None:
+    def get(self, sig):
+        """The value ``sig`` was added with (True by default); None where it was not."""
+        if sig is None or torch.compiler.is_compiling():
+            return None
+        return self._seen.get(sig)
+
+    def add(self, sig, value=True) -> None:
         if sig is None or torch.compiler.is_compiling():
             return
         if len(self._seen) >= self._limit:
             self._seen.clear()
-        self._seen.add(sig)
+        self._seen[sig] = value
 
     def clear(self) -> None:
         self._seen.clear()
@@ -79,16 +86,17 @@ class Checked:
 
 def layouts(*ts):
     """What the structural checks read of each of ``ts`` for a :class:`Checked` signature:
-    shape, dtype and device of a plain dense tensor, None for None; None for the whole when
-    any is something else (a subclass, a sparse tensor, a number: such a call is checked
-    every time). A None where a tensor is required never passes the checks, so it is never
-    in the set."""
+    shape, dtype and device of a plain dense tensor, and what an op prepares for the
+    signature depends on besides (its strides and ``requires_grad``); None for None; None
+    for the whole when any is something else (a subclass, a sparse tensor, a number: such
+    a call is checked every time). A None where a tensor is required never passes the
+    checks, so it is never in the set."""
     out = []
     for t in ts:  # a loop, not a genexpr: this runs on every call
         if t is None:
             out.append(None)
         elif type(t) is torch.Tensor and t.layout is torch.strided:
-            out.append((t.shape, t.dtype, t.device))
+            out.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
         else:
             return None
     return tuple(out)
@@ -205,11 +213,13 @@ def flatten_data(x, recon, batch: int, *, recon_name="recon", k=None):
 
 def data_rows(x, recon, batch: int, k=None):
     """:func:`flatten_data` without its checks: for shapes that passed them."""
+    if x.dim() == 2 and k is None:  # already canonical: no reshape (a new view) per call
+        return x, recon
     d = 1
     for s in x.shape[1:]:
         d *= s
-    if x.dim() == 2:  # already canonical: no reshape (a new view object) per call
-        return x, (recon if k is None else recon.reshape(k, batch, d))
+    if x.dim() == 2:
+        return x, recon.reshape(k, batch, d)
     x2 = x.reshape(batch, d)
     r2 = recon.reshape(batch, d) if k is None else recon.reshape(k, batch, d)
     return x2, r2

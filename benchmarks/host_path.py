@@ -19,8 +19,11 @@ to launch, timed interleaved in the same rounds:
 - ``triton``: the same with every launch through ``kernel[grid](**args)`` (a pass-through
   ``_launch.launch``, which planned launches always go through when it is replaced): what
   the step cost before planned launches skipped Triton's binder on repeated calls.
-- ``stub``: ``_launch.launch`` replaced by a recorder that returns at once: fastvae's own
-  host work and autograd, no Triton at all.
+- ``stub``: ``_launch.launch_planned`` and ``_launch.launch`` replaced by recorders that
+  return at once, where fastvae hands a launch over: fastvae's own host work and
+  autograd, no Triton at all. (Until 2026-12-01 only ``_launch.launch`` was replaced, so a
+  planned launch first merged its plan's fixed arguments into a keyword dict, ~60 entries,
+  for the recorder: work no real launch does. RESULTS.md quotes both stubs side by side.)
 
 CPU allocations stand in for the CUDA caching allocator's; both are a free-list lookup
 for the small tensors used here (keep ``--batch`` small: large CPU tensors go to mmap,
@@ -61,22 +64,33 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def stub_gpu():
     """Let the Triton backend run on CPU tensors with its GPU tiles; returns the three ways
-    to launch (name -> the function ``_launch.launch`` is set to) and the list the stub
-    appends every launch's (kernel, grid, kwargs) to."""
+    to launch (name -> a function that sets ``_launch.launch`` and
+    ``_launch.launch_planned`` for it) and the list the stub appends every launch to: a
+    planned one's (plan, per-call arguments), another's (kernel, grid, kwargs)."""
     if not backends.triton_available():
         raise SystemExit("host_path.py needs the triton package")
     _env.interpreting = lambda: True
     configs.CONFIG_MODE = "gpu"
     record = []
-    real = _launch.launch
+    real, real_planned = _launch.launch, _launch.launch_planned
 
     def stub(kernel, grid, **args):
         if len(record) < 64:
             record.append((kernel, grid, args))
 
+    def planned_stub(p, **args):
+        if len(record) < 64:
+            record.append((p, args))
+
     def through_triton(kernel, grid, **args):
         return real(kernel, grid, **args)
-    return {"stub": stub, "triton": through_triton, "planned": real}, record
+
+    def way(launch, planned):
+        def use():
+            _launch.launch, _launch.launch_planned = launch, planned
+        return use
+    return {"stub": way(stub, planned_stub), "triton": way(through_triton, real_planned),
+            "planned": way(real, real_planned)}, record
 
 
 def make_step(args):
@@ -176,14 +190,7 @@ def make_launches_only(args, record):
     higher-order bookkeeping. None for another op."""
     if args.op != "elbo" or len(record) != 2:
         return None
-    import importlib
-    plans = {p.kernel: p for host in ("elbo", "scale") for plan in importlib.import_module(
-        f"fastvae.backends.triton_backend.{host}")._PLANS.values()
-        for p in ((plan["rows"],) if isinstance(plan, dict) else (plan,))}
-    (row_k, _, row_args), (scale_k, _, scale_args) = record
-    row, scale = plans[row_k], plans[scale_k]
-    row_args = {k: v for k, v in row_args.items() if k not in row.fixed}
-    scale_args = {k: v for k, v in scale_args.items() if k not in scale.fixed}
+    (row, row_args), (scale, scale_args) = record
     return _bare_step(args, lambda: _launch.launch_planned(row, **row_args),
                       lambda: _launch.launch_planned(scale, **scale_args))
 
@@ -296,12 +303,12 @@ def main(argv=None):
 def measure(args, modes, record):
     step, forward = make_step(args)
     for name in MODES:   # each way's first launches (Triton's binder, compile stand-ins)
-        _launch.launch = modes[name]
+        modes[name]()
         for _ in range(20):
             step()
     if backends.last_used() != "triton":
         raise SystemExit(f"the step ran backend {backends.last_used()!r}, not triton")
-    _launch.launch = modes["stub"]
+    modes["stub"]()
     record.clear()
     step()
     per_step = len(record)
@@ -314,15 +321,15 @@ def measure(args, modes, record):
     for _ in range(args.rounds):  # interleaved, so load changes hit every column alike
         times["calib"].append(timed(calib, max(args.calls // 4, 20)))
         for name in MODES:
-            _launch.launch = modes[name]
+            modes[name]()
             times[name].append(timed(step, args.calls))
-        _launch.launch = modes["planned"]
+        modes["planned"]()
         times["forward"].append(timed(lambda: forward(), args.calls))
         if launches_only is not None:   # stubbed, as the stub mode's launches
-            _launch.launch = modes["stub"]
+            modes["stub"]()
             times["launches_only"].append(timed(launches_only, args.calls))
         times["floor"].append(timed(floor, args.calls))
-    _launch.launch = modes["planned"]   # for the call count, the layers and the profile
+    modes["planned"]()   # for the call count, the layers and the profile
     calls = count_calls(step)
     if args.layers:
         best = layer_times(args, floor, args.layers, max(args.calls // 2, 20))

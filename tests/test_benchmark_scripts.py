@@ -158,3 +158,22 @@ def test_cpu_kernel_decision_runs_the_parts_named_and_writes_the_json(monkeypatc
               str(out)])
     assert seen == [([8, 16], 1)] * 2   # the wall clock, then the CPU clock
     assert json.loads(out.read_text())["floor"] == "| floor |"
+
+
+# ------------------------------------------------------------------------ host_path.py
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_host_path_times_the_step_its_stub_stands_for(tmp_path):
+    """One short run in a child (the script sets process-wide switches): every way to
+    launch timed and the step's two planned launches recorded (no speed asserted)."""
+    import subprocess
+    import sys
+    out = tmp_path / "h.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_path.py"),
+                           "--rounds", "1", "--calls", "3", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["launches_per_step"] == 2 and res["py_calls_per_step"] > 0
+    for way in ("stub_us", "planned_us", "triton_us", "launches_only_us", "floor_us"):
+        assert res[way] > 0, way

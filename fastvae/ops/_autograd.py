@@ -237,6 +237,19 @@ def batched_backward(grads) -> bool:
     return False
 
 
+def usual_backward(ctx, grad_out) -> bool:
+    """Whether this backward is a training step's usual one, the one a :class:`Route`
+    prepares: :func:`with_higher_order` would call the plain backward (no vmap over it,
+    no graph of it wanted) and :func:`weigh_saved` would scale in place
+    (:func:`scales_in_place`). The same conditions, tested in one pass (a route's every
+    backward asks)."""
+    return (type(grad_out) is torch.Tensor and grad_out.dim() == 0
+            and not torch.is_grad_enabled() and ctx.owns_saved
+            and not torch.compiler.is_compiling() and not _graph_kept()
+            and (_peek is None or _peek() is None)
+            and (_legacy_batched is None or not _legacy_batched(grad_out)))
+
+
 def plain_eager(args) -> bool:
     """Real tensors, no tracing, no dispatch mode watching: the autograd.Function path."""
     if torch.compiler.is_compiling() or _dispatch_modes():
@@ -340,8 +353,8 @@ class Route:
     that depend on nothing else (``fixed``) and, on the first usual backward, the
     backend's scaling (``scale_prepare``). A call takes a route only where the value path
     would be the plain ``autograd.Function`` (:meth:`usable`); its ctx is the value path's,
-    and any backward but the usual one (a scalar grad_output, no graph of it:
-    :func:`scales_in_place`) is the op's own (``fused.backward``), so higher orders, a
+    and any backward but the usual one (:func:`usual_backward`) is the op's own
+    (``fused.backward``), so higher orders, a
     retained graph, a batched or per-row grad_output go where they went. ``finish(ctx,
     grads)``: the op's last step of the usual backward, None where it changes nothing.
     """
@@ -395,8 +408,7 @@ def _route_function(route: Route, given: int, name: str):
         return output[0]
 
     def backward(ctx, grad_out):
-        if (not torch.is_grad_enabled() and scales_in_place(ctx, grad_out)
-                and not batched_backward((grad_out,))):
+        if usual_backward(ctx, grad_out):
             got = route.scale(list(ctx.saved_tensors), grad_out)
             if route.finish is not None:
                 got = route.finish(ctx, got)

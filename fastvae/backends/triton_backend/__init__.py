@@ -27,16 +27,16 @@ Launches per call (machine-independent; tests count them):
 Float64 inputs and empty dimensions go to the "torch" backend (same contract).
 """
 from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob_fwd
-from .elbo import elbo_fwd, elbo_prepare
+from .elbo import elbo_fwd
 from .gaussian_log_prob import gaussian_log_prob_fwd
 from .iwae_bound import iwae_bound_fwd
 from .kl_standard_normal import kl_normal_fwd, kl_standard_normal_fwd
 from .reparameterize import (reparameterize_bwd, reparameterize_fwd, reparameterize_noise,
                              reparameterize_std_eps)
 from .sample_with_kl import sample_with_kl_bwd, sample_with_kl_fwd
-from .scale import scale_prepare, scale_saved_
+from .scale import scale_saved_
 
-__all__ = ["elbo_fwd", "elbo_prepare", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_normal_fwd",
+__all__ = ["elbo_fwd", "iwae_bound_fwd", "gaussian_log_prob_fwd", "kl_standard_normal_fwd",
            "kl_normal_fwd", "reparameterize_noise", "reparameterize_fwd", "reparameterize_bwd",
            "reparameterize_std_eps", "sample_with_kl_fwd", "sample_with_kl_bwd",
-           "scale_saved_", "scale_prepare", "discretized_logistic_mixture_log_prob_fwd"]
+           "scale_saved_", "discretized_logistic_mixture_log_prob_fwd"]

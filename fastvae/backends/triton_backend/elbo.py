@@ -41,24 +41,26 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
 
 def elbo_prepare(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
                  kl, beta, free_bits, reduction, scale, needs):
-    """:func:`elbo_fwd` for calls that differ from this one only in the values of x, recon,
-    mu, logvar and z (the tensors' shapes, strides, dtypes and devices the same): a function
-    of those five that keeps its plan instead of looking it up each call
-    (``fastvae.ops._autograd.Route``), and looks it up again when the tile mode or the
-    plans changed (``_launch.plans_changed``); None where the "torch" backend computes."""
+    """``elbo_fwd.prepare``: :func:`elbo_fwd` for calls that differ from this one only in
+    the values of x, recon, mu, logvar and z (the tensors' shapes, strides, dtypes and
+    devices, ``needs`` and every other argument the same): a function of those five that
+    keeps its plan instead of looking it up each call (``fastvae.ops.Route``), and looks it
+    up again when the tile mode or the plans changed (``_launch.plans_changed``); None
+    where the "torch" backend computes."""
     rest = (obs, prior_mu, prior_logvar)
     options = (*rest, likelihood, kl, free_bits, reduction, needs)
     tail = (*rest, obs_scalar, beta, free_bits, scale, needs)
-    kept = [_plan_of(x, recon, mu, logvar, z, *options), configs.interpreter_tiles(),
-            _launch.generation]
+    state = (configs.interpreter_tiles(), _launch.generation)   # read before the lookup
+    kept = [_plan_of(x, recon, mu, logvar, z, *options), *state]
     if kept[0] is _DELEGATE:
         return None
 
     def run(x, recon, mu, logvar, z):
         plan, tiles, generation = kept
         if tiles is not configs.interpreter_tiles() or generation != _launch.generation:
+            state = (configs.interpreter_tiles(), _launch.generation)
             plan = _plan_of(x, recon, mu, logvar, z, *options)
-            kept[:] = plan, configs.interpreter_tiles(), _launch.generation
+            kept[:] = plan, *state
             if plan is _DELEGATE:   # not for these shapes; only after a change of the tables
                 return torch_backend.elbo_fwd(x, recon, mu, logvar, z, *rest, obs_scalar,
                                               likelihood, kl, beta, free_bits, reduction,
@@ -122,6 +124,7 @@ def _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar,
 
 
 _DELEGATE = "torch"   # the plan of inputs the "torch" backend computes
+elbo_fwd.prepare = elbo_prepare
 
 
 def _layout(t):

@@ -23,21 +23,22 @@ def scale_saved_(grads, grad_out):
 
 
 def scale_prepare(grads):
-    """:func:`scale_saved_` for gradients laid out as ``grads`` (sizes, dtypes, devices,
-    None where absent) that keeps its plan (``fastvae.ops._autograd.Route``), looked up
-    again when the tile mode or the plans changed (``_launch.plans_changed``); None where
-    there is nothing to scale."""
+    """``scale_saved_.prepare``: :func:`scale_saved_` for gradients laid out as ``grads``
+    (sizes, dtypes, devices, None where absent) that keeps its plan
+    (``fastvae.ops.Route``), looked up again when the tile mode, the plans
+    (``_launch.plans_changed``) or the SM count's source changed; None where there is
+    nothing to scale."""
     slots = [i for i, g in enumerate(grads) if g is not None and g.numel()]
     if not slots:
         return None
     device = grads[slots[0]].device
-    kept = [None, None, -1]   # plan, tile mode, _launch.generation
+    kept = [None, None, -1, None]   # plan, tile mode, _launch.generation, _launch.sm_count
 
     def scale(grads, grad_out):
         live = [grads[i] for i in slots]
-        tiles, generation = configs.interpreter_tiles(), _launch.generation
-        if kept[1] is not tiles or kept[2] != generation:
-            kept[:] = _plan_of(live, device), tiles, generation
+        state = (configs.interpreter_tiles(), _launch.generation, _launch.sm_count)
+        if kept[1] is not state[0] or kept[2] != state[1] or kept[3] is not state[2]:
+            kept[:] = _plan_of(live, device), *state
         if grad_out.device != device:
             return scale_saved_(grads, grad_out)
         return _run(kept[0], grads, live, grad_out)
@@ -60,6 +61,7 @@ def _run(plan, grads, live, grad_out):
 
 
 _TORCH = "torch"    # the plan of gradients the kernel does not take
+scale_saved_.prepare = scale_prepare
 _PLANS = _launch.Plans()   # per key (_launch.plan_for)
 _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
 _UNUSED = [None] * configs.SCALE_SLOTS

@@ -130,14 +130,16 @@ def elbo(
     With ``reduction="sum"`` and the Bernoulli likelihood this is exactly minus the
     pytorch/examples VAE ``loss_function``.
     """
-    sig = _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
-                          likelihood, kl, beta, free_bits, reduction, estimator, bits, backend,
-                          _scale)
+    # (no signature under torch.compile: the memo is off there, V.Checked)
+    sig = None if torch.compiler.is_compiling() else _elbo_signature(
+        x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar, likelihood, kl, beta,
+        free_bits, reduction, estimator, bits, backend, _scale)
     seen = _ELBO_CHECKED.get(sig)
     if type(seen) is ops.Route and _route_taken(seen, backend, validate, x.device):
         x2, r2 = V.data_rows(x, recon, mu.shape[0])
         return seen.function.apply(x2, r2, mu, logvar) if z is None else seen.function.apply(
             x2, r2, mu, logvar, z)
+    checked_before = seen is True
     if seen is not None:  # the checks below passed on these
         x2, r2 = V.data_rows(x, recon, mu.shape[0])
         obs = obs_logvar
@@ -176,7 +178,6 @@ def elbo(
         device = V.check_same_device(x=x, recon=recon, mu=mu, logvar=logvar, z=z,
                                      obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
         _ELBO_CHECKED.add(sig)
-        seen = True
     if V.resolve_validate(validate):  # (off: not even the keyword dict, on every call)
         V.check_values(True, likelihood=likelihood, x=x2, recon=r2, mu=mu, logvar=logvar, z=z,
                        obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
@@ -184,14 +185,15 @@ def elbo(
     kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
                   prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
-        if seen is True and sig is not None and ops.Route.usable():
-            # the next call with this signature takes the route (a call under a dispatch
-            # mode or a transform makes none: the op's fake kernel or the reference ran)
+        value = fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
+        if checked_before and device.type != "meta" and ops.Route.eager():
+            # a signature seen again is a loop's: its next call takes the route (none under
+            # a dispatch mode or a transform: the op's fake kernel or the reference ran)
             _ELBO_CHECKED.add(sig, ops.elbo_route(
                 x2, r2, mu, logvar, z, obs, likelihood=likelihood, kl=kl, beta=beta,
                 free_bits=free_bits, reduction=reduction, backend=fn.keywords["backend"],
                 scale=_scale, estimator=estimator) or False)
-        return fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
+        return value
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
     return value if _scale == 1.0 else _scale * value
 
@@ -200,12 +202,13 @@ _ELBO_CHECKED = V.Checked()
 
 
 def _route_taken(route, backend, validate, device) -> bool:
-    """Whether this call of a signature with a route takes it: validation off, a backend
-    choice that still picks the route's backend (``FASTVAE_BACKEND`` is read per call),
-    and nothing that sends it elsewhere (``ops.Route.usable``)."""
-    if not (validate is False or (validate is None and not V.get_validation())):
+    """Whether this call of a signature with a route takes it: validation off, real tensors
+    (a meta call goes to the op's fake kernel), a backend choice that still picks the
+    route's backend (``FASTVAE_BACKEND`` is read per call), and nothing else that sends
+    it elsewhere (``ops.Route.usable``)."""
+    if V.resolve_validate(validate) or device.type == "meta":
         return False
-    if not ops.Route.usable() or backends.select(backend, device) != route.backend:
+    if not route.usable() or backends.select(backend, device) != route.backend:
         return False
     backends.mark_used(route.backend)
     return True
@@ -226,8 +229,10 @@ def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar,
             or not (backend is None or type(backend) is str) or type(scale) is not float):
         return None
     tensors = V.layouts(x, recon, mu, logvar, z)
-    return None if tensors is None else (tensors, obs_logvar, likelihood, kl, beta, free_bits,
-                                         reduction, estimator, backend, scale,
+    # a zero as its text: -0.0 == 0.0, and a route keeps its numbers' signs
+    return None if tensors is None else (tensors, obs_logvar or str(obs_logvar), likelihood,
+                                         kl, beta or str(beta), free_bits or str(free_bits),
+                                         reduction, estimator, backend, scale or str(scale),
                                          torch.is_grad_enabled())
 
 

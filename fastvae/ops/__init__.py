@@ -18,4 +18,4 @@ from .sample_with_kl import sample_with_kl
 
 __all__ = ["functorch_active", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob",
            "kl_standard_normal", "kl_normal", "sample_with_kl"]
-__all__ += ["discretized_logistic_mixture_log_prob", "Route", "elbo_route"]
+__all__ += ["discretized_logistic_mixture_log_prob"]

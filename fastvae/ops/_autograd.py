@@ -351,8 +351,9 @@ class Route:
     would work out again is worked out once: which gradients are needed, the backend's
     plan (``run``: the leading tensors -> the backend's outputs), the setup attributes
     that depend on nothing else (``fixed``) and, on the first usual backward, the
-    backend's scaling (``scale_prepare``). A call takes a route only where the value path
-    would be the plain ``autograd.Function`` (:meth:`usable`); its ctx is the value path's,
+    backend's scaling (a backend function's ``prepare``, ``fastvae.backends``). A call takes
+    a route only where the value path would be the plain ``autograd.Function``
+    (:meth:`usable`); its ctx is the value path's,
     and any backward but the usual one (:func:`usual_backward`) is the op's own
     (``fused.backward``), so higher orders, a
     retained graph, a batched or per-row grad_output go where they went. ``finish(ctx,
@@ -360,33 +361,42 @@ class Route:
     """
 
     __slots__ = ("run", "rest", "needs", "backend", "fixed", "backward", "lead", "finish",
-                 "_scale", "function")
+                 "source", "_scale", "_scale_from", "function")
 
     def __init__(self, fused: "Fused", run: Callable, lead: int, given: int, rest: tuple,
-                 needs_, backend: str, fixed: dict, finish: Optional[Callable] = None):
+                 needs_, backend: str, fixed: dict, finish: Optional[Callable] = None,
+                 source: tuple = (None, None, None)):
         self.run, self.lead, self.rest = run, lead, (None,) * (lead - given) + tuple(rest)
         self.needs, self.backend, self.fixed = list(needs_), backend, tuple(fixed.items())
         self.backward, self.finish = fused.backward, finish
-        self._scale = None
+        self.source = source   # (backend module, name, the function run prepares)
+        self._scale = self._scale_from = None
         self.function = _route_function(self, given, fused.name)
 
     @staticmethod
-    def usable() -> bool:
-        """Whether a call now may take a route (besides its key): eager, on plain tensors
-        (the key says so), no dispatch mode and no ``torch.func`` transform watching."""
-        return not (torch.compiler.is_compiling() or _dispatch_modes()
-                    or (_peek is not None and _peek() is not None))
+    def eager() -> bool:
+        """Whether the value path would now be the plain ``autograd.Function`` of the
+        backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
+        (:func:`plain_eager`, :func:`functorch_active`; real tensors: the caller's)."""
+        return not (torch.compiler.is_compiling() or _dispatch_modes() or functorch_active())
+
+    def usable(self) -> bool:
+        """Whether a call now may take this route (besides its key): :meth:`eager`, and the
+        backend function the route prepared is still the one the backend has (a test or a
+        profiler that replaces it sees every call, as without routes)."""
+        module, name, fn = self.source
+        return self.eager() and (module is None or getattr(module, name) is fn)
 
     def scale(self, grads, grad_out):
         """The backend's ``scale_saved_`` of the saved gradients (their layout is the
-        route's), prepared on the first backward where the backend can."""
-        scale = self._scale
-        if scale is None:
-            compute = backends.get(self.backend)
-            prepare = getattr(compute, "scale_prepare", None)
-            scale = self._scale = ((prepare(grads) if prepare is not None else None)
-                                   or compute.scale_saved_)
-        return scale(grads, grad_out)
+        route's), prepared by its ``prepare`` attribute where it has one, again whenever
+        the backend's function is replaced."""
+        fn = backends.get(self.backend).scale_saved_
+        if fn is not self._scale_from:
+            prepare = getattr(fn, "prepare", None)
+            self._scale = (prepare(grads) if prepare is not None else None) or fn
+            self._scale_from = fn
+        return self._scale(grads, grad_out)
 
 
 def _route_function(route: Route, given: int, name: str):

@@ -130,13 +130,15 @@ def route(x, recon, mu, logvar, z, obs_scalar, *, likelihood, kl, beta, free_bit
     args = (x, recon, mu, logvar, z, None, None, None, float(obs_scalar), likelihood, kl,
             float(beta), float(free_bits), reduction, float(scale))
     compute = backends.get(backend)
-    prepare = getattr(compute, "elbo_prepare", None)
+    fwd = compute.elbo_fwd
+    prepare = getattr(fwd, "prepare", None)
     run = prepare(*args, needs) if prepare is not None else None
     if run is None:
-        fwd, rest = compute.elbo_fwd, (*args[5:], needs)
+        rest = (*args[5:], needs)
 
         def run(x, recon, mu, logvar, z):
             return fwd(x, recon, mu, logvar, z, *rest)
     sum_to = finishing(args)
     return A.Route(_elbo, run, 5, 4 if z is None else 5, (*args[5:], estimator), needs, backend,
-                   {"sum_to": sum_to}, None if sum_to is None else finish_grads)
+                   {"sum_to": sum_to}, None if sum_to is None else finish_grads,
+                   source=(compute, "elbo_fwd", fwd))

@@ -3,7 +3,7 @@
 work stubbed out, on a machine without a GPU.
 
     .venv/bin/python benchmarks/host_path.py [--op elbo] [--batch 64] [--dim 784]
-        [--latent 64] [--dtype fp32] [--reduction sum] [--rounds 9] [--calls 400]
+        [--latent 64] [--dtype fp32] [--reduction sum] [--warmup 20] [--rounds 9] [--calls 400]
         [--layers 25] [--profile 25] [--json F]
 
 What stands in for CUDA: CPU tensors, the backend told it may run there (as under
@@ -282,6 +282,8 @@ def main(argv=None):
     p.add_argument("--latent", type=o.positive_int, default=64)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--reduction", choices=("sum", "mean", "none"), default="sum")
+    p.add_argument("--warmup", type=o.positive_int, default=20,
+                   help="steps each way to launch runs before timing (first compiles)")
     p.add_argument("--rounds", type=o.positive_int, default=9)
     p.add_argument("--calls", type=o.positive_int, default=400)
     p.add_argument("--profile", type=o.non_negative_int, default=0,
@@ -304,7 +306,7 @@ def measure(args, modes, record):
     step, forward = make_step(args)
     for name in MODES:   # each way's first launches (Triton's binder, compile stand-ins)
         modes[name]()
-        for _ in range(20):
+        for _ in range(args.warmup):
             step()
     if backends.last_used() != "triton":
         raise SystemExit(f"the step ran backend {backends.last_used()!r}, not triton")

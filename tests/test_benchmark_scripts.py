@@ -170,7 +170,7 @@ def test_host_path_times_the_step_its_stub_stands_for(tmp_path):
     import sys
     out = tmp_path / "h.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "host_path.py"),
-                           "--rounds", "1", "--calls", "3", "--json", str(out)],
+                           "--warmup", "3", "--rounds", "1", "--calls", "3", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())

@@ -105,15 +105,9 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
     graph is freed after this backward (a retained graph still needs the saved gradients).
     """
     gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
-    if scales_in_place(ctx, grad_out):
+    if grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out):
         return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
     return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
-
-
-def scales_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
-    """Whether :func:`weigh_saved` multiplies the saved gradients by ``grad_out`` in place:
-    a scalar one, and :func:`may_scale_in_place`."""
-    return grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out)
 
 
 def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
@@ -240,9 +234,9 @@ def batched_backward(grads) -> bool:
 def usual_backward(ctx, grad_out) -> bool:
     """Whether this backward is a training step's usual one, the one a :class:`Route`
     prepares: :func:`with_higher_order` would call the plain backward (no vmap over it,
-    no graph of it wanted) and :func:`weigh_saved` would scale in place
-    (:func:`scales_in_place`). The same conditions, tested in one pass (a route's every
-    backward asks)."""
+    no graph of it wanted) and :func:`weigh_saved` would scale in place (a scalar
+    grad_output, :func:`may_scale_in_place`). The same conditions, tested in one pass (a
+    route's every backward asks)."""
     return (type(grad_out) is torch.Tensor and grad_out.dim() == 0
             and not torch.is_grad_enabled() and ctx.owns_saved
             and not torch.compiler.is_compiling() and not _graph_kept()
@@ -351,11 +345,10 @@ class Route:
     would work out again is worked out once: which gradients are needed, the backend's
     plan (``run``: the leading tensors -> the backend's outputs), the setup attributes
     that depend on nothing else (``fixed``) and, on the first usual backward, the
-    backend's scaling (a backend function's ``prepare``, ``fastvae.backends``). A call takes
-    a route only where the value path would be the plain ``autograd.Function``
-    (:meth:`usable`); its ctx is the value path's,
-    and any backward but the usual one (:func:`usual_backward`) is the op's own
-    (``fused.backward``), so higher orders, a
+    backend's scaling (a backend function's ``prepare``, ``fastvae.backends``). A call
+    takes a route only where the value path would be the plain ``autograd.Function``
+    (:meth:`usable`); its ctx is the value path's, and any backward but the usual one
+    (:func:`usual_backward`) is the op's own (``fused.backward``), so higher orders, a
     retained graph, a batched or per-row grad_output go where they went. ``finish(ctx,
     grads)``: the op's last step of the usual backward, None where it changes nothing.
     """

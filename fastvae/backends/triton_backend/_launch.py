@@ -86,9 +86,9 @@ generation = 0    # changes whenever a kept plan may no longer be what plan_for 
 
 
 def plans_changed() -> None:
-    """Say that plans kept outside a host's cache (the prepared functions of
-    ``elbo_prepare``, ``scale_prepare``) must be looked up again: a cache was emptied, or
-    what plans depend on besides their keys changed (the offline capture's SM count)."""
+    """Say that plans kept outside a host's cache (``_kept.Kept``, the prepared functions'
+    plans) must be looked up again: a cache was emptied, or what plans depend on besides
+    their keys changed."""
     global generation
     generation += 1
 

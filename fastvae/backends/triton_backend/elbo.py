@@ -20,6 +20,7 @@ from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
 from . import _launch, configs
+from ._kept import Kept
 from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
 _PLANS = _launch.Plans()   # per key (_launch.plan_for); configs' CONFIG_MODE is part of the key
@@ -44,27 +45,20 @@ def elbo_prepare(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scala
     """``elbo_fwd.prepare``: :func:`elbo_fwd` for calls that differ from this one only in
     the values of x, recon, mu, logvar and z (the tensors' shapes, strides, dtypes and
     devices, ``needs`` and every other argument the same): a function of those five that
-    keeps its plan instead of looking it up each call (``fastvae.ops.Route``), and looks it
-    up again when the tile mode or the plans changed (``_launch.plans_changed``); None
-    where the "torch" backend computes."""
+    keeps its plan instead of looking it up each call (``fastvae.ops.Route``; looked up
+    again as ``_kept.Kept`` says); None where the "torch" backend computes."""
     rest = (obs, prior_mu, prior_logvar)
     options = (*rest, likelihood, kl, free_bits, reduction, needs)
     tail = (*rest, obs_scalar, beta, free_bits, scale, needs)
-    state = (configs.interpreter_tiles(), _launch.generation)   # read before the lookup
-    kept = [_plan_of(x, recon, mu, logvar, z, *options), *state]
-    if kept[0] is _DELEGATE:
+    kept = Kept(lambda *args: _plan_of(*args))   # the module's, when it looks up
+    if kept.get(x, recon, mu, logvar, z, *options) is _DELEGATE:
         return None
 
     def run(x, recon, mu, logvar, z):
-        plan, tiles, generation = kept
-        if tiles is not configs.interpreter_tiles() or generation != _launch.generation:
-            state = (configs.interpreter_tiles(), _launch.generation)
-            plan = _plan_of(x, recon, mu, logvar, z, *options)
-            kept[:] = plan, *state
-            if plan is _DELEGATE:   # not for these shapes; only after a change of the tables
-                return torch_backend.elbo_fwd(x, recon, mu, logvar, z, *rest, obs_scalar,
-                                              likelihood, kl, beta, free_bits, reduction,
-                                              scale, needs)
+        plan = kept.get(x, recon, mu, logvar, z, *options)
+        if plan is _DELEGATE:   # not for these shapes; only after a change of the tables
+            return elbo_fwd(x, recon, mu, logvar, z, *rest, obs_scalar, likelihood, kl, beta,
+                            free_bits, reduction, scale, needs)
         return _run(plan, x, recon, mu, logvar, z, *tail)
     return run
 

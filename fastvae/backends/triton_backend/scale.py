@@ -6,6 +6,7 @@ import torch
 from fastvae.kernels import scale as ks
 
 from . import _launch, configs
+from ._kept import Kept
 
 
 def scale_saved_(grads, grad_out):
@@ -25,23 +26,19 @@ def scale_saved_(grads, grad_out):
 def scale_prepare(grads):
     """``scale_saved_.prepare``: :func:`scale_saved_` for gradients laid out as ``grads``
     (sizes, dtypes, devices, None where absent) that keeps its plan
-    (``fastvae.ops.Route``), looked up again when the tile mode, the plans
-    (``_launch.plans_changed``) or the SM count's source changed; None where there is
+    (``fastvae.ops.Route``; looked up again as ``_kept.Kept`` says); None where there is
     nothing to scale."""
     slots = [i for i, g in enumerate(grads) if g is not None and g.numel()]
     if not slots:
         return None
     device = grads[slots[0]].device
-    kept = [None, None, -1, None]   # plan, tile mode, _launch.generation, _launch.sm_count
+    kept = Kept(lambda *args: _plan_of(*args))   # the module's, when it looks up
 
     def scale(grads, grad_out):
-        live = [grads[i] for i in slots]
-        state = (configs.interpreter_tiles(), _launch.generation, _launch.sm_count)
-        if kept[1] is not state[0] or kept[2] != state[1] or kept[3] is not state[2]:
-            kept[:] = _plan_of(live, device), *state
         if grad_out.device != device:
             return scale_saved_(grads, grad_out)
-        return _run(kept[0], grads, live, grad_out)
+        live = [grads[i] for i in slots]
+        return _run(kept.get(live, device), grads, live, grad_out)
     return scale
 
 

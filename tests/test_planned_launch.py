@@ -56,7 +56,8 @@ class Checked:
         _planned_launch(p, args, counted)
         planned = self.runs[n:]
         n = len(self.runs)
-        p.kernel[p.grid](**p.arguments(args))   # what Triton would do with these arguments
+        # what Triton would do with these arguments and the options every launch passes
+        p.kernel[p.grid](**p.arguments(args), **_launch.OPTIONS)
         triton = self.runs[n:]
         assert len(triton) == 1, "Triton's launch did not run a cached kernel"
         if not planned:

@@ -27,7 +27,7 @@ class FakeKernel:
 def test_launch_runs_on_the_tensors_device(monkeypatch, index, current, switched):
     """Triton launches on the current device: tensors on another GPU switch it for the
     launch (and only then), instead of running on the wrong device's stream. Keyword
-    arguments only, passed through as given."""
+    arguments only, passed through as given, with the compile options every launch sets."""
     log = []
 
     @contextlib.contextmanager
@@ -42,7 +42,7 @@ def test_launch_runs_on_the_tensors_device(monkeypatch, index, current, switched
     _launch.launch(FakeKernel(log), (3,), c=1.0, X=FakeCudaTensor(index), Y=FakeCudaTensor(index),
                    BLOCK=4)
     cuda = torch.device("cuda", index)
-    launched = ("launch", (3,), ["BLOCK", "X", "Y", "c"])
+    launched = ("launch", (3,), sorted(["BLOCK", "X", "Y", "c", *_launch.OPTIONS]))
     assert log == ([("enter", cuda), launched, ("exit", cuda)] if switched else [launched])
 
 
@@ -51,7 +51,7 @@ def test_launch_on_cpu_tensors_never_touches_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device",
                         lambda: pytest.fail("asked CUDA for the current device"))
     _launch.launch(FakeKernel(log), (1,), X=torch.zeros(2), n=3)
-    assert log == [("launch", (1,), ["X", "n"])]
+    assert log == [("launch", (1,), sorted(["X", "n", *_launch.OPTIONS]))]
 
 
 def test_launch_takes_keyword_arguments_only():

@@ -38,10 +38,17 @@ def alloc_on(like: Tensor, shape, dtype) -> Tensor:
     return like.new_empty(shape, dtype=dtype)
 
 
+# Compile options every kernel is built with, whatever the environment says. FMA fusion:
+# the kernels' error bounds, their tests and the offline proxy's instruction counts assume
+# it, and Triton 3.9 warns that its default turns to off in 3.10.
+OPTIONS = {"enable_fp_fusion": True}
+
+
 def launch(kernel, grid, **args):
-    """``kernel[grid](**args)`` on the device of its tensors: Triton launches on the
-    *current* CUDA device, and tensors on another one (a model moved to cuda:1 without
-    ``torch.cuda.set_device``) need it switched for the launch."""
+    """``kernel[grid](**args, **OPTIONS)`` on the device of its tensors: Triton launches
+    on the *current* CUDA device, and tensors on another one (a model moved to cuda:1
+    without ``torch.cuda.set_device``) need it switched for the launch."""
+    args.update(OPTIONS)
     dev = next((a.device for a in args.values() if isinstance(a, Tensor)), None)
     if dev is not None and dev.type == "cuda" and dev.index != torch.cuda.current_device():
         with torch.cuda.device(dev):

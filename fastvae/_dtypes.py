@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from ._compiler import constant_result
+
 # The floating-point dtypes narrower than float32: what is widened before a sum.
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def result_dtype(*ts) -> torch.dtype:
     """float64 when any tensor among ``ts`` is float64, else float32 (also for half inputs,
     whose sums over a batch would overflow)."""

@@ -376,3 +376,33 @@ def test_sample_with_kl_compiles_without_graph_break(monkeypatch):
     for a, e in zip(torch.autograd.grad([z, kl], leaves, [dz, dkl]), g_e):
         torch.testing.assert_close(a, e)
     assert calls, "the compiled call never reached the fused op"
+
+
+def test_constant_result_marks_what_torchs_decorator_marks(monkeypatch):
+    """``fastvae._compiler.constant_result`` sets, without dynamo loaded, exactly what
+    ``torch.compiler.assume_constant_result`` sets: a torch that marks functions another
+    way fails here, not silently in a trace."""
+    import sys
+
+    from fastvae import _compiler
+
+    def ours():
+        return 1
+
+    def torchs():
+        return 1
+    torch.compiler.assume_constant_result(torchs)
+    monkeypatch.delitem(sys.modules, "torch._dynamo")
+    assert _compiler.constant_result(ours) is ours
+    assert vars(ours) == vars(torchs) == {_compiler._MARK: True}
+
+
+def test_importing_fastvae_leaves_dynamo_unloaded():
+    """``import fastvae`` (and the CLI's module) costs about ``import torch``: loading
+    torch._dynamo would about double it for every process that never compiles."""
+    import subprocess
+    import sys
+    code = "import sys, fastvae, fastvae.cli; print('torch._dynamo' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -17,6 +17,7 @@ import contextlib
 
 import torch
 
+from ..._compiler import constant_result
 from . import gaussian_rows
 
 _randn_only = False
@@ -40,7 +41,7 @@ def philox_seed(device, generator):
     return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device, **rng)
 
 
-@torch.compiler.assume_constant_result
+@constant_result
 def _drawn_in_c() -> bool:
     return not _randn_only and gaussian_rows.available()
 

@@ -92,15 +92,10 @@ def _started_at(pid: int) -> float:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _open_temp(path: Path):
-    """A new temporary file beside ``path``, created with mode 0o666 so the umask
-    decides the final mode (tempfile.mkstemp would force 0o600)."""
-    while True:
-        tmp = path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
+def _temp_name(path: Path) -> Path:
+    """A new temporary name beside ``path``, with this process's id: no other live
+    process uses it, so a file by that name is this process's own."""
+    return path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def _reason(e: BaseException) -> str:
@@ -120,13 +115,23 @@ def atomic_write(path, write) -> Path:
     :class:`WriteError` naming the file when the file system refuses."""
     path = Path(path)
     existed = path.exists()
+    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(path)
-        tmp, fd = _open_temp(path)
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {_reason(e)}") from None
-    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(path)
+            fd = None
+            while fd is None:
+                # named before it exists: a signal that lands while (or just after) the
+                # file is created, before fd is set, still finds the name to remove
+                tmp = _temp_name(path)
+                try:
+                    # mode 0o666: the umask decides, as for any file (mkstemp forces 0o600)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    continue
+        except OSError as e:
+            raise WriteError(f"cannot write {path}: {_reason(e)}") from None
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -134,10 +139,11 @@ def atomic_write(path, write) -> Path:
         os.replace(tmp, path)
     except BaseException as e:
         # The rename did not happen: the old file is untouched; drop the partial one.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, WriteError):
             kept = f"the previous {path.name} is intact" if existed else "nothing was written"
             raise WriteError(f"cannot write {path}: {_reason(e)}; {kept}") from None

@@ -156,9 +156,11 @@ class RunFolder:
     def _check_writable(self) -> None:
         probe = self.path / f".tmp-write-check.{os.getpid()}"
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            os.close(fd)
-            os.unlink(probe)
+            try:
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            finally:  # also when a signal lands during or just after the create
+                if os.path.lexists(probe):
+                    os.unlink(probe)
         except OSError as e:
             raise RunFolderError(f"cannot write to the run folder {self.path}: "
                                  f"{e.strerror or e}; choose another --out") from None

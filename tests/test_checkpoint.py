@@ -367,6 +367,41 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
+def _interrupted_after_creating(monkeypatch, prefix):
+    """``os.open`` that raises KeyboardInterrupt right after it creates a file whose name
+    starts with ``prefix``: a signal that lands during the create, handled just after."""
+    real = os.open
+
+    def open_then_interrupt(path, *a, **k):
+        fd = real(path, *a, **k)
+        if os.path.basename(path).startswith(prefix):
+            os.close(fd)
+            raise KeyboardInterrupt
+        return fd
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+
+
+def test_a_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM landing as the temporary file is created: the previous file
+    intact, no temporary file left (a training stopped by a signal checked it, flakily)."""
+    from fastvae.checkpoint import atomic_write
+    target = tmp_path / "c.pt"
+    target.write_bytes(b"previous")
+    _interrupted_after_creating(monkeypatch, ".tmp-c.pt.")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, lambda f: f.write(b"new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    assert target.read_bytes() == b"previous"
+
+
+def test_a_signal_while_the_run_folder_is_checked_leaves_no_probe(tmp_path, monkeypatch):
+    from fastvae.runs import RunFolder
+    _interrupted_after_creating(monkeypatch, ".tmp-write-check.")
+    with pytest.raises(KeyboardInterrupt):
+        RunFolder.claim(tmp_path / "run", "digits", resume=False)
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_run_files_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)

@@ -110,6 +110,18 @@ def _reason(e: BaseException) -> str:
 
 
 
+def _interrupt_behind(e: BaseException):
+    """The KeyboardInterrupt (a signal) in ``e``'s chain, if any: one raised in a file's
+    ``write`` that torch's C++ checkpoint writer called reaches Python as its RuntimeError
+    ("unexpected pos"), the interrupt as its context."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def atomic_write(path, write) -> Path:
     """Write ``path`` via ``write(binary_file)``: temp file, fsync, rename. Raises
     :class:`WriteError` naming the file when the file system refuses."""
@@ -144,6 +156,9 @@ def atomic_write(path, write) -> Path:
                 os.unlink(tmp)
             except OSError:
                 pass
+        stop = _interrupt_behind(e)
+        if stop is not None and stop is not e:
+            raise stop from None   # Ctrl-C or SIGTERM, not a file system's refusal
         if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, WriteError):
             kept = f"the previous {path.name} is intact" if existed else "nothing was written"
             raise WriteError(f"cannot write {path}: {_reason(e)}; {kept}") from None

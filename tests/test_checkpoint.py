@@ -394,6 +394,32 @@ def test_a_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, monk
     assert target.read_bytes() == b"previous"
 
 
+def test_a_signal_inside_torchs_writer_is_the_signal_not_a_write_error(tmp_path):
+    """A signal handled in the file's ``write`` that torch's C++ writer calls comes out of
+    torch.save as a RuntimeError ("unexpected pos"): the command must say it was stopped
+    (SIGTERM as SIGTERM), not that the disk refused, and leave the previous file."""
+    from fastvae.checkpoint import atomic_write
+    target = tmp_path / "c.pt"
+    target.write_bytes(b"previous")
+
+    class Stopping:
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 3:
+                raise cli.Terminated
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+    with pytest.raises(cli.Terminated):
+        atomic_write(target, lambda f: torch.save({"w": torch.randn(1000)}, Stopping(f)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    assert target.read_bytes() == b"previous"
+
+
 def test_a_signal_while_the_run_folder_is_checked_leaves_no_probe(tmp_path, monkeypatch):
     from fastvae.runs import RunFolder
     _interrupted_after_creating(monkeypatch, ".tmp-write-check.")

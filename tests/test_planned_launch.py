@@ -134,6 +134,30 @@ def test_planned_launches_pick_what_triton_picks(checked):
     assert len(set(checked.keys)) >= 10
 
 
+def test_routed_steps_launch_what_triton_picks(checked, monkeypatch):
+    """Validation off, a repeated signature takes its route (``fastvae.ops.Route``), whose
+    prepared plans (``elbo_fwd.prepare``, ``scale_saved_.prepare``) launch directly: the
+    kernel and the arguments Triton's own launch picks, on fresh values each step, and
+    the route's plans follow a new alignment."""
+    from fastvae import functional, validation
+    monkeypatch.setattr(functional, "_ELBO_CHECKED", validation.Checked())  # no routes yet
+    routed = []
+    for offset in (0, 1, 0):
+        for _ in range(4):
+            x, recon, mu, lv = _inputs(6, 9, 4, offset=offset)
+            before = checked.counts["direct"]
+            loss = fastvae.elbo(x, recon, mu, lv, backend="triton", reduction="sum",
+                                validate=False)
+            took = type(loss.grad_fn).__name__.startswith("elbo_fwd_route")
+            loss.backward()
+            if took:
+                routed.append(checked.counts["direct"] - before)
+    # direct launches per routed step. Offset 0: a route from the third step. Offset 1
+    # (the same signature) takes it at once; its row kernel's new alignment is a new key,
+    # whose first launch the stand-in cancels and whose second goes through Triton
+    assert routed == [2, 2] + [1, 1, 2, 2] + [2, 2, 2, 2], routed
+
+
 def test_sampler_planned_launches_pick_what_triton_picks(checked):
     """sample_with_kl's and reparameterize's launches, planned per shape: with and without
     a prior, rows split into column chunks or not, bf16, K samples; each third step
@@ -377,5 +401,5 @@ def test_under_triton_3_6():
     proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p",
                            "no:cacheprovider", "-k", "pick or keys_on or child_runs"],
                           env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "5 passed" in proc.stdout, \
+    assert proc.returncode == 0 and "6 passed" in proc.stdout, \
         proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -280,6 +280,9 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     except CheckpointError:
         raise
     except Exception as e:  # pickle, zip, torch and the OS raise many types for a bad file
+        stop = _interrupt_behind(e)
+        if stop is not None:  # a signal wrapped on its way through torch's C++ reader
+            raise stop from None
         raise CheckpointError(f"{path} is not a readable fastvae checkpoint: "
                               f"{_why_unreadable(path, e)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -420,6 +420,18 @@ def test_a_signal_inside_torchs_writer_is_the_signal_not_a_write_error(tmp_path)
     assert target.read_bytes() == b"previous"
 
 
+def test_a_signal_inside_torchs_reader_is_the_signal_not_a_bad_checkpoint(good_run,
+                                                                          monkeypatch):
+    def load(*a, **k):  # what torch's C++ reader makes of an interrupt in a Python callback
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("unexpected pos") from None
+    monkeypatch.setattr(torch, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        load_checkpoint(good_run)
+
+
 def test_a_signal_while_the_run_folder_is_checked_leaves_no_probe(tmp_path, monkeypatch):
     from fastvae.runs import RunFolder
     _interrupted_after_creating(monkeypatch, ".tmp-write-check.")

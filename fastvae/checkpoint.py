@@ -22,6 +22,7 @@ import math
 import os
 import re
 import secrets
+import sys
 import zipfile
 from pathlib import Path
 
@@ -110,12 +111,14 @@ def _reason(e: BaseException) -> str:
 
 
 
-def _interrupt_behind(e: BaseException):
-    """The KeyboardInterrupt (a signal) in ``e``'s chain, if any: one raised in a file's
-    ``write`` that torch's C++ checkpoint writer called reaches Python as its RuntimeError
-    ("unexpected pos"), the interrupt as its context."""
+def _interrupt_behind(e: BaseException, outer: BaseException | None):
+    """The KeyboardInterrupt (a signal) in ``e``'s chain, if any, up to ``outer`` (what
+    was being handled when the call began, so a disk error inside a user's own Ctrl-C
+    handler stays a disk error): one raised in a file's ``write`` that torch's C++
+    checkpoint writer called reaches Python as its RuntimeError ("unexpected pos"), the
+    interrupt as its context."""
     seen = e
-    while seen is not None:
+    while seen is not None and seen is not outer:
         if isinstance(seen, KeyboardInterrupt):
             return seen
         seen = seen.__cause__ or seen.__context__
@@ -127,24 +130,26 @@ def atomic_write(path, write) -> Path:
     :class:`WriteError` naming the file when the file system refuses."""
     path = Path(path)
     existed = path.exists()
+    outer = sys.exc_info()[1]
     tmp = None
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_temps(path)
-            fd = None
-            while fd is None:
-                # named before it exists: a signal that lands while (or just after) the
-                # file is created, before fd is set, still finds the name to remove
+            f = None
+            while f is None:
+                # named before it exists: a signal handled just after the create, before
+                # f is set, still finds the name to remove (and the file object, which
+                # nothing holds, closes itself)
                 tmp = _temp_name(path)
                 try:
-                    # mode 0o666: the umask decides, as for any file (mkstemp forces 0o600)
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                except FileExistsError:
-                    continue
+                    # mode 0o666 less the umask, as for any file (mkstemp forces 0o600)
+                    f = open(tmp, "xb")
+                except FileExistsError:   # another's: never removed here
+                    tmp = None
         except OSError as e:
             raise WriteError(f"cannot write {path}: {_reason(e)}") from None
-        with os.fdopen(fd, "wb") as f:
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -156,7 +161,7 @@ def atomic_write(path, write) -> Path:
                 os.unlink(tmp)
             except OSError:
                 pass
-        stop = _interrupt_behind(e)
+        stop = _interrupt_behind(e, outer)
         if stop is not None and stop is not e:
             raise stop from None   # Ctrl-C or SIGTERM, not a file system's refusal
         if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, WriteError):
@@ -269,6 +274,7 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     not match its checksum.
     """
     path = checkpoint_path(run)
+    outer = sys.exc_info()[1]
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}; train one with `fastvae train --out {path.parent}`"
@@ -280,7 +286,7 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     except CheckpointError:
         raise
     except Exception as e:  # pickle, zip, torch and the OS raise many types for a bad file
-        stop = _interrupt_behind(e)
+        stop = _interrupt_behind(e, outer)
         if stop is not None:  # a signal wrapped on its way through torch's C++ reader
             raise stop from None
         raise CheckpointError(f"{path} is not a readable fastvae checkpoint: "

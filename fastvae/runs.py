@@ -8,6 +8,7 @@ naming the file, so the command prints one line instead of a ``KeyError`` or a
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -154,12 +155,15 @@ class RunFolder:
             pass  # a file system without flock (some network mounts): run unlocked
 
     def _check_writable(self) -> None:
-        probe = self.path / f".tmp-write-check.{os.getpid()}"
+        probe = self.path / f".tmp-write-check.{os.getpid()}-{secrets.token_hex(6)}"
         try:
             try:
-                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            finally:  # also when a signal lands during or just after the create
-                if os.path.lexists(probe):
+                open(probe, "xb").close()
+            except FileExistsError:
+                probe = None   # another's: never removed here
+                raise
+            finally:  # also when a signal lands just after the create
+                if probe is not None and os.path.lexists(probe):
                     os.unlink(probe)
         except OSError as e:
             raise RunFolderError(f"cannot write to the run folder {self.path}: "

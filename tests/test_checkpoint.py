@@ -367,18 +367,17 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
-def _interrupted_after_creating(monkeypatch, prefix):
-    """``os.open`` that raises KeyboardInterrupt right after it creates a file whose name
-    starts with ``prefix``: a signal that lands during the create, handled just after."""
-    real = os.open
-
+def _interrupted_after_creating(monkeypatch, module, prefix):
+    """``open`` in ``module`` that raises KeyboardInterrupt right after it creates a file
+    whose name starts with ``prefix``: a signal that lands during the create, handled
+    just after (the file object, which nothing holds then, closes itself)."""
     def open_then_interrupt(path, *a, **k):
-        fd = real(path, *a, **k)
+        f = open(path, *a, **k)
         if os.path.basename(path).startswith(prefix):
-            os.close(fd)
+            f.close()
             raise KeyboardInterrupt
-        return fd
-    monkeypatch.setattr(os, "open", open_then_interrupt)
+        return f
+    monkeypatch.setattr(module, "open", open_then_interrupt, raising=False)
 
 
 def test_a_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, monkeypatch):
@@ -387,7 +386,8 @@ def test_a_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, monk
     from fastvae.checkpoint import atomic_write
     target = tmp_path / "c.pt"
     target.write_bytes(b"previous")
-    _interrupted_after_creating(monkeypatch, ".tmp-c.pt.")
+    from fastvae import checkpoint
+    _interrupted_after_creating(monkeypatch, checkpoint, ".tmp-c.pt.")
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, lambda f: f.write(b"new"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
@@ -433,11 +433,40 @@ def test_a_signal_inside_torchs_reader_is_the_signal_not_a_bad_checkpoint(good_r
 
 
 def test_a_signal_while_the_run_folder_is_checked_leaves_no_probe(tmp_path, monkeypatch):
-    from fastvae.runs import RunFolder
-    _interrupted_after_creating(monkeypatch, ".tmp-write-check.")
+    from fastvae import runs
+    _interrupted_after_creating(monkeypatch, runs, ".tmp-write-check.")
     with pytest.raises(KeyboardInterrupt):
-        RunFolder.claim(tmp_path / "run", "digits", resume=False)
+        runs.RunFolder.claim(tmp_path / "run", "digits", resume=False)
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
+def test_the_write_probe_never_removes_a_file_it_did_not_create(tmp_path, monkeypatch):
+    """A probe name already taken (another run's probe): the claim fails with the OS's
+    reason and that file stays."""
+    from fastvae import runs
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: "0a1b2c")
+    theirs = run / f".tmp-write-check.{os.getpid()}-0a1b2c"
+    theirs.write_bytes(b"")
+    with pytest.raises(runs.RunFolderError, match="File exists"):
+        runs.RunFolder.claim(run, "digits", resume=False)
+    assert theirs.exists()
+
+
+def test_a_disk_error_inside_a_ctrl_c_handler_stays_a_disk_error(tmp_path):
+    """A program that saves on Ctrl-C (inside ``except KeyboardInterrupt:``) and hits a
+    full disk gets WriteError, not the interrupt it was already handling."""
+    from fastvae.checkpoint import WriteError, atomic_write
+
+    def full(f):
+        raise OSError(28, "No space left on device")
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(WriteError, match="No space left"):
+            atomic_write(tmp_path / "c.pt", full)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

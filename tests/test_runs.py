@@ -71,18 +71,18 @@ def test_out_naming_a_file(tmp_path, capsys, monkeypatch):
 
 
 def test_unwritable_run_folder_is_found_before_loading_data(tmp_path, capsys, monkeypatch):
-    """Root ignores permission bits, so the refusal is simulated at os.open; the test
-    below checks a real read-only folder where it can."""
+    """Root ignores permission bits, so the refusal is simulated at the run folder's
+    ``open``; the test below checks a real read-only folder where it can."""
+    from fastvae import runs
     out = tmp_path / "ro"
     out.mkdir()
-    real_open = os.open
 
-    def refusing(path, flags, *a, **k):
-        if os.path.dirname(os.fspath(path)) == str(out) and flags & os.O_CREAT:
+    def refusing(path, mode="r", *a, **k):
+        if os.path.dirname(os.fspath(path)) == str(out) and set(mode) & set("wxa"):
             raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_open(path, flags, *a, **k)
+        return open(path, mode, *a, **k)
 
-    monkeypatch.setattr(os, "open", refusing)
+    monkeypatch.setattr(runs, "open", refusing, raising=False)
     monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
     assert cli.main(["train", *TINY_ARGS, "--out", str(out)]) == 2
     err = capsys.readouterr().err

@@ -387,6 +387,25 @@ def test_child_runs_triton_3_6():
     assert triton.__version__ == "3.6.0"
 
 
+def test_every_kernel_is_built_with_fma_fusion(monkeypatch):
+    """Kernels are compiled with FMA fusion (``_launch.OPTIONS``), which their error
+    bounds and the proxy's instruction counts assume, even where the environment turns
+    Triton's default off (Triton 3.10's default). Records catalog calls until every
+    kernel has been launched."""
+    from fastvae.bench.offline import capture, catalog
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "0")
+    kernels, seen = set(catalog.kernels()), set()
+    with capture.capturing((90,)) as rec:
+        for entry in catalog.ci_calls():
+            catalog.record(rec, [entry])
+            seen.update(la.kernel for la in rec.launches)
+            if kernels <= seen:
+                break
+    assert kernels <= seen, f"never launched: {sorted(kernels - seen)}"
+    unfused = {la.short for la in rec.launches if not la.options()["enable_fp_fusion"]}
+    assert not unfused, f"compiled without FMA fusion: {sorted(unfused)}"
+
+
 @pytest.mark.skipif(CHILD, reason="the child itself")
 def test_under_triton_3_6():
     """The same checks with Triton 3.6.0, the GPU machines' version (its JITFunction.run

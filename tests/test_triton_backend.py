@@ -297,6 +297,8 @@ def test_large_counters_use_the_high_word(kernel_device):
     itself (such tensors do not fit a test) through randn4x, as the kernels call it."""
     import triton
 
+    from fastvae.backends.triton_backend import _launch
+
     @triton.jit
     def draw(SEED, CTR, OUT):
         i = tl.arange(0, 4)
@@ -307,7 +309,7 @@ def test_large_counters_use_the_high_word(kernel_device):
     seed = torch.tensor([99], dtype=torch.int64)
     ctr = torch.tensor([5, 5 + 2**32, 5 + 2**33, 5], dtype=torch.int64)
     out = torch.empty(4)
-    draw[(1,)](seed, ctr, out)
+    draw[(1,)](seed, ctr, out, **_launch.OPTIONS)
     assert out[0] == out[3]
     assert len({float(v) for v in out[:3]}) == 3
 

@@ -107,21 +107,6 @@ def disassemble(cubin: bytes, workdir: str) -> str:
     return out.stdout
 
 
-def _resource_usage(cubin: bytes, workdir: str) -> dict:
-    cuobjdump = _tool("cuobjdump")
-    if cuobjdump is None:
-        return {}
-    with tempfile.NamedTemporaryFile(suffix=".cubin", dir=workdir, delete=False) as f:
-        f.write(cubin)
-    try:
-        usage = subprocess.run([cuobjdump, "--dump-resource-usage", f.name],
-                               capture_output=True, text=True).stdout
-    finally:
-        os.unlink(f.name)
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", usage)
-    return dict(stack=int(m.group(2))) if m else {}
-
-
 def compile_one(spec_json: str, cc: int, sass: bool = False) -> dict:
     """Compile one recorded specialization for ``sm_{cc}`` in this process; the compiler's
     report (``error`` instead where it fails)."""
@@ -150,14 +135,15 @@ def compile_one(spec_json: str, cc: int, sass: bool = False) -> dict:
     out["seconds"] = time.perf_counter() - t0
     log = buf.getvalue()
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    stack = re.search(r"(\d+) bytes stack frame", log)
     regs = re.search(r"Used (\d+) registers", log)
     out.update(ptxas_log=log[-2000:], spill_stores=spill and int(spill.group(1)),
                spill_loads=spill and int(spill.group(2)), regs=regs and int(regs.group(1)),
+               stack=stack and int(stack.group(1)),
                shared=k.metadata.shared,
                ld_allowed=widest_load_allowed(k.asm["ttgir"], num_warps), **ptx_loads(k.asm["ptx"]))
-    workdir = os.environ.get("TRITON_CACHE_DIR") or tempfile.gettempdir()
-    out.update(_resource_usage(k.asm["cubin"], workdir))
     if sass:
+        workdir = os.environ.get("TRITON_CACHE_DIR") or tempfile.gettempdir()
         out["sass"] = disassemble(k.asm["cubin"], workdir)
     return out
 

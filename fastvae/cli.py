@@ -130,7 +130,8 @@ def _add_sample(sub):
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
-                   help="PNG to write, its name ending in .png (default: RUN/samples-N.png)")
+                   help="PNG to write, its name ending in .png (default: "
+                   "RUN/samples-N-seedS.png, one file per number and seed)")
     p.add_argument("--seed", type=o.seed, default=0,
                    help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
                    "learned priors)")
@@ -252,7 +253,8 @@ def _cmd_sample(args):
         images[done:done + len(chunk)] = chunk.float().cpu()
         done += len(chunk)
     out = getattr(args, "out", None)
-    out = Path(out) if out else checkpoint_path(args.run).parent / f"samples-{args.n}.png"
+    out = (Path(out) if out else
+           checkpoint_path(args.run).parent / f"samples-{args.n}-seed{args.seed}.png")
     plots.save_grid(images, out, ncol=args.ncol)
     width, height = plots.grid_size(images, ncol=args.ncol)
     print(f"wrote {args.n} samples to {out} ({width} x {height} px)")

@@ -50,6 +50,10 @@ def test_train_eval_sample(tmp_path, capsys, monkeypatch):
     png = tmp_path / "s.png"
     assert cli.main(["sample", str(run), "--n", "10", "--out", str(png)]) == 0
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+    # by default one file per number and seed: another seed's draw replaces nothing
+    for seed in ("0", "1"):
+        assert cli.main(["sample", str(run), "--n", "4", "--seed", seed]) == 0
+    assert (run / "samples-4-seed0.png").read_bytes() != (run / "samples-4-seed1.png").read_bytes()
     # numpy's MemoryError (the picture grid of a huge --n) is the out-of-memory line too
     from fastvae import plots
 

@@ -55,11 +55,7 @@ def _compile_both():
     pinned = report.pinned_triton()
     if pinned:
         paths["3.6.0"] = pinned
-    # the cores shared out, not each version given them all: on CI's two cores, four
-    # compile processes beside the suite took 20% more CPU for the same compiles than
-    # two (benchmarks/RESULTS.md, "The compile test's workers")
-    workers = max(1, (os.cpu_count() or 1) // len(paths))
-    runs = report.compile_versions(list(paths.values()), workers=workers,
+    runs = report.compile_versions(list(paths.values()), workers=os.cpu_count() or 1,
                                    popen=_background.popen)
     return dict(zip(paths, runs))
 

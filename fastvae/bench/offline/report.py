@@ -34,9 +34,9 @@ def pinned_triton_missing() -> str:
 def compile_versions(paths: Sequence[Optional[str]], workers: int, tier: str = "ci",
                      popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> List[dict]:
     """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
-    by side in child processes started with ``popen``, each with ``workers`` compile
-    processes (the versions run at once: more processes than cores cost CPU time in
-    switching, so a caller sharing few cores gives each version its share)."""
+    by side in child processes started with ``popen``. Each gets ``workers`` compile
+    processes: the versions finish at different times, and a share of the cores fixed at
+    the start would leave some idle after the first one is done."""
     args = ["compile", "--workers", str(max(1, workers)), "--tier", tier]
     with ThreadPoolExecutor(max_workers=len(paths)) as ex:
         return list(ex.map(lambda p: compiler.run_version(p, args, popen=popen), paths))

@@ -99,16 +99,20 @@ def _temp_name(path: Path) -> Path:
     return path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
 
 
+def _chain(e: BaseException, outer: BaseException | None = None):
+    """``e`` and the exceptions behind it (its cause, else its context), up to ``outer``."""
+    while e is not None and e is not outer:
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def _reason(e: BaseException) -> str:
     """The OS's words for a failed write; torch's writer wraps the OSError (ENOSPC,
     EFBIG) in a RuntimeError that says only 'enforce fail at inline_container.cc'."""
-    seen = e
-    while seen is not None:
+    for seen in _chain(e):
         if isinstance(seen, OSError) and seen.errno:
             return f"{os.strerror(seen.errno)} ({errno.errorcode.get(seen.errno, seen.errno)})"
-        seen = seen.__cause__ or seen.__context__
     return (str(e).splitlines() or [type(e).__name__])[0][:200]
-
 
 
 def _interrupt_behind(e: BaseException, outer: BaseException | None):
@@ -117,12 +121,8 @@ def _interrupt_behind(e: BaseException, outer: BaseException | None):
     handler stays a disk error): one raised in a file's ``write`` that torch's C++
     checkpoint writer called reaches Python as its RuntimeError ("unexpected pos"), the
     interrupt as its context."""
-    seen = e
-    while seen is not None and seen is not outer:
-        if isinstance(seen, KeyboardInterrupt):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((seen for seen in _chain(e, outer) if isinstance(seen, KeyboardInterrupt)),
+                None)
 
 
 def atomic_write(path, write) -> Path:

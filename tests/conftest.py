@@ -27,6 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _background  # noqa: E402
 from _backends import BACKENDS, INTERPRET, KERNEL_DEVICE, KERNELS_RUN  # noqa: E402
 
+if INTERPRET:
+    import _interpreter_patch  # noqa: E402
+    _interpreter_patch.install()
+
 # "fastvae" (the default): derandomized, every run draws the same examples; no deadline
 # (a first call compiles or builds). The function-scoped fixtures the property tests take
 # (``backend``) are constant across examples. FASTVAE_HYPOTHESIS=explore draws fresh

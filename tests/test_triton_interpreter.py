@@ -8,6 +8,8 @@ TRITON_INTERPRET must be set before the kernels are first imported, and setting 
 would change what other suites see (backend="triton" accepting CPU tensors), hence the
 child; it starts when collection ends and runs beside the rest of the session
 (tests/_background.py). On a GPU machine the same suites also run in this session, compiled, on CUDA.
+The children's conftest.py installs tests/_interpreter_patch.py (a launch patches
+triton.language once, not again at every helper call).
 """
 import ast
 import functools
@@ -33,6 +35,8 @@ MODULES = [
     # the Triton backend's own, and the torch backend's copy of its Philox stream
     "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_tiles.py",
     "test_philox.py",
+    # the children's own speed-up of the interpreter (tests/_interpreter_patch.py)
+    "test_interpreter_patch.py",
 ]
 
 

@@ -1,0 +1,60 @@
+"""tests/_interpreter_patch.py, which the interpreter children install: a helper called
+inside a launch no longer re-patches triton.language, the launch still patches it once
+and restores it after, and the results are the interpreter's own."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _backends import INTERPRET, HAS_TRITON
+
+pytestmark = pytest.mark.skipif(not (INTERPRET and HAS_TRITON),
+                                reason="the interpreter children's patch: runs under "
+                                       "TRITON_INTERPRET=1 (tests/test_triton_interpreter.py)")
+
+if INTERPRET and HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _square(v):
+        return v * v
+
+    @triton.jit
+    def _twice_square(v):
+        return _square(v) + _square(v)
+
+    @triton.jit
+    def _kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        v = tl.load(x_ptr + offs, mask=mask)
+        tl.store(out_ptr + offs, _twice_square(v) + tl.exp(v), mask=mask)
+
+
+def test_a_launch_patches_the_language_once_and_restores_it(kernel_device):
+    from triton.runtime import interpreter
+    assert getattr(interpreter._patch_lang, "_fastvae_once", False), \
+        "tests/conftest.py did not install tests/_interpreter_patch.py"
+    patch_builtin = interpreter._patch_builtin
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return patch_builtin(*args, **kwargs)
+    arange = tl.arange
+    x = torch.randn(37, device=kernel_device)   # the last program masked
+    out = torch.empty_like(x)
+    per_grid = {}
+    interpreter._patch_builtin = counting
+    try:
+        for programs in (1, 5):   # 5 programs: all of x
+            del calls[:]
+            _kernel[(programs,)](x, out, min(programs * 8, x.numel()), BLOCK=8)
+            per_grid[programs] = len(calls)
+    finally:
+        interpreter._patch_builtin = patch_builtin
+    # the launch's own patch, whatever the number of programs and helper calls in each
+    assert per_grid[1] > 0 and per_grid[5] == per_grid[1], per_grid
+    assert tl.arange is arange, "the launch left triton.language patched"
+    torch.testing.assert_close(out, 2 * x * x + torch.exp(x))

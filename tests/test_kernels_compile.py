@@ -10,7 +10,10 @@ tile the host picks over a sweep of sizes; ``--tier bench``/``full`` on the comm
 line compile every combination, hours), lets Triton's own binder
 derive each launch's specialization (pointer dtypes, dummies included; integers equal
 to 1 made constants; divisibility by 16; constexprs) and compiles each distinct one
-once per target (``compiler.py``). The interpreter accepts code the real compiler
+once per target (``compiler.py``): every one the benchmark shapes launch, and of the
+rest (switches at odd shapes, in fp32 and bf16) enough that each code shape, each code
+shape's alignment class and each kernel's pointer types are compiled
+(``selection.py``; about 210 of 237 per target). The interpreter accepts code the real compiler
 rejects, and no CPU test sees register spills or unvectorized loads, so per Triton
 version and target this checks:
   * every specialization builds (PTX and cubin);
@@ -19,8 +22,7 @@ version and target this checks:
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
 Both versions run side by side in child processes (the cores shared), started in the
 background when collection ends so they overlap the rest of the suite
-(tests/_background.py): about 200 specializations per target, 800 compiles, about 700
-CPU seconds. ``python -m fastvae.bench.offline table --triton .triton36`` prints the
+(tests/_background.py): about 840 compiles, about 1,000 CPU seconds on two cores. ``python -m fastvae.bench.offline table --triton .triton36`` prints the
 registers, spills, stack and loads of every specialization (benchmarks/RESULTS.md).
 """
 from __future__ import annotations

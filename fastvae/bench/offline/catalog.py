@@ -219,15 +219,17 @@ def sweep_calls() -> List[Tuple[str, Callable]]:
 
 
 # The CI tier (tests/test_kernels_compile.py): each distinct specialization costs about
-# 2 s of one core per target and Triton version, so it compiles a chosen subset (below)
-# rather than every combination of ``calls()``.
+# a second of one core per target and Triton version, so it captures a chosen subset
+# (below) rather than every combination of ``calls()``, and compiles what
+# ``selection.ci_selection`` keeps of it.
 CORE_LIKELIHOODS = (("bernoulli", "", False), ("continuous_bernoulli", "", False),
                     ("gaussian", "float", False), ("gaussian", "BD", True))
 TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI compiles, about 140 specializations per target and Triton:
+    """What CI captures, 237 specializations per target and Triton (about 210 compiled,
+    ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,

@@ -1,8 +1,9 @@
 """The offline judge's two jobs, each run under one Triton (this interpreter's; another
 version through ``compiler.run_version``):
 
-* :func:`compile_catalog`: every specialization the catalog's calls make the JIT build,
-  compiled once per target, with the compiler's report;
+* :func:`compile_catalog`: the specializations the catalog's calls make the JIT build
+  (for the "ci" tier, those ``selection.ci_selection`` keeps), compiled once per target,
+  with the compiler's report;
 * :func:`proxy_cases`: the speed proxy for benchmark cases (sm_90).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import capture, catalog, compiler
+from . import capture, catalog, compiler, selection
 from . import proxy as P
 
 # The issue's bar shapes: (op, B, D, L, K) x dtypes.
@@ -27,14 +28,20 @@ BAR_DTYPES = ("fp32", "bf16")
 
 def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS) -> dict:
     """Capture the catalog's ``tier`` under this Triton, compile each distinct
-    specialization for each target; a JSON-able report."""
+    specialization (the "ci" tier: each one ``selection.ci_selection`` keeps) for each
+    target; a JSON-able report."""
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
     entries = catalog.tier_calls(tier)
     with capture.capturing(targets) as rec:
         catalog.record(rec, entries)
     t1 = time.perf_counter()
-    distinct = rec.distinct()
+    captured = rec.distinct()
+    distinct = captured
+    if tier == "ci":   # the benchmark shapes' specializations and a cover of the rest
+        bench = {label for label, _ in catalog.calls(bench_only=True)}
+        chosen = selection.ci_selection(captured, bench.__contains__)
+        distinct = [la for la in captured if (la.kernel, la.key) in chosen]
     jobs = [(la.spec, la.cc, False) for la in distinct]
     results = compiler.compile_all(jobs, workers)
     t2 = time.perf_counter()
@@ -47,6 +54,7 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS)
     return dict(triton=compiler.triton_version(), tier=tier, calls=len(entries),
                 launches=len(rec.launches), targets=list(targets),
                 specializations=len(distinct) // max(len(targets), 1),
+                captured=len(captured) // max(len(targets), 1),
                 per_kernel={k: v // max(len(targets), 1) for k, v in per_kernel.items()},
                 kernels_launched=launched, results=results,
                 tiles=sorted({la.tile() for la in distinct}, key=repr),

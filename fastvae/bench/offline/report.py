@@ -42,13 +42,20 @@ def compile_versions(paths: Sequence[Optional[str]], workers: int, tier: str = "
         return list(ex.map(lambda p: compiler.run_version(p, args, popen=popen), paths))
 
 
+def _selected(run: dict) -> str:
+    captured = run.get("captured", run["specializations"])
+    return "" if captured == run["specializations"] else \
+        f" compiled of {captured} captured (fastvae.bench.offline.selection)"
+
+
 def compile_summary(run: dict) -> str:
     res = run["results"]
     bad = [r for r in res if "error" in r or r.get("spill_stores")]
     secs = run["seconds"]
     return (f"Triton {run['triton']['version']}: {run['calls']} calls, {run['launches']} launches, "
             f"{run['specializations']} distinct specializations per target "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(run['per_kernel'].items()))}); "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(run['per_kernel'].items()))})"
+            f"{_selected(run)}; "
             f"{len(res)} compiles, {len(bad)} failing or spilling; capture "
             f"{secs['capture']:.0f} s, compile {secs['compile']:.0f} s (wall), "
             f"{secs.get('cpu', float('nan')):.0f} CPU s")

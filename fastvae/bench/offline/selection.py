@@ -1,0 +1,55 @@
+"""Which of the catalog's specializations the CI compiles (``judge.compile_catalog`` with
+``tier="ci"``): every one a benchmark-shape call launches, and of the rest, a covering
+subset.
+
+Each distinct specialization costs about a second of one core per target and Triton
+version, four compiles in all, and CI runs on two cores. Past the benchmark shapes, most
+of the catalog's calls (a switch turned on at an odd shape, in fp32 and in bf16) launch
+specializations that differ from compiled ones only in a combination: the same code
+(kernel, constexprs, warps) in the same alignment class, with pointer types the kernel
+is also compiled with. :func:`ci_selection` keeps, greedily in capture order, launches
+until every one of these is compiled:
+
+* each code shape: kernel, compile-time constants (the switches and the tile), warps;
+* each code shape in each alignment class it was launched in (every pointer and size
+  divisible by 16, or not: vectorized and masked loads);
+* each kernel with each pointer-type signature it was launched with (dtypes, dummies).
+
+The "bench" and "full" tiers compile every specialization.
+"""
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable, List, Set, Tuple
+
+from . import compiler
+
+Ident = Tuple[str, str]   # (kernel, the JIT's cache key): one per target
+
+
+def features(launch) -> Set[tuple]:
+    """What compiling ``launch`` checks that another launch may check as well."""
+    spec = json.loads(launch.spec)
+    shape = (launch.kernel, tuple(sorted((k, repr(v)) for k, v in launch.constexprs().items())),
+             spec["options"]["num_warps"])
+    return {("code", shape), ("alignment", shape, compiler.aligned(launch.spec)),
+            ("pointers", launch.kernel, tuple(spec["signature"].values()))}
+
+
+def ci_selection(launches: Iterable, keep: Callable[[str], bool]) -> Set[Ident]:
+    """The (kernel, key) of the launches to compile: all those whose catalog call
+    ``keep(label)`` holds, then a cover of the others' :func:`features`."""
+    first = {}
+    for la in launches:
+        first.setdefault((la.kernel, la.key), la)
+    chosen = {i for i, la in first.items() if keep(la.call)}
+    covered = set().union(*(features(first[i]) for i in chosen)) if chosen else set()
+    rest: List[Tuple[Ident, Set[tuple]]] = [(i, features(la) - covered)
+                                            for i, la in first.items() if i not in chosen]
+    while True:
+        rest = [(i, f - covered) for i, f in rest]
+        best = max(rest, key=lambda r: len(r[1]), default=None)
+        if best is None or not best[1]:
+            return chosen
+        chosen.add(best[0])
+        covered |= best[1]

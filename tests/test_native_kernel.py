@@ -631,11 +631,15 @@ def test_unverifiable_library_is_never_loaded(cache, monkeypatch):
         pytest.skip("no C compiler")
     monkeypatch.setattr(native, "_warned", False)
     monkeypatch.setattr(native, "verified", lambda path: False)
-    bound = []
+    bound, built = [], []
     monkeypatch.setattr(native, "_bind", lambda p: bound.append(p))
+    # what the compiler writes is never looked at here (verified says no): no C compiled
+    monkeypatch.setattr(native, "_build", lambda sources, cc, flags, path: built.append(flags))
     with pytest.warns(RuntimeWarning, match="does not match its recorded hash"):
         assert native.load() is None
     assert bound == []
+    # each build tried once, the OpenMP one where torch's runtime is OpenMP
+    assert built[-len(native._PLAIN_FLAG_SETS):] == list(native._PLAIN_FLAG_SETS)
 
 
 def test_fresh_build_leaves_only_the_library_and_its_hash(cache):

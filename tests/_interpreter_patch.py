@@ -1,16 +1,19 @@
 """Triton's interpreter, without its per-call re-patch of triton.language.
 
-Under ``TRITON_INTERPRET=1`` a kernel launch patches ``triton.language`` (every builtin
-wrapped for the interpreter, through ``inspect.getmembers`` of each module) and restores
-it when the grid is done. Each call of a ``@triton.jit`` helper inside the kernel then
-patches the same modules again, for every program of the grid, and never restores that
-patch: the kernel's own restore undoes the language as a whole. Half the interpreter
+Under ``TRITON_INTERPRET=1`` a kernel launch patches the language modules its globals
+hold (every builtin wrapped for the interpreter, through ``inspect.getmembers`` of each
+module) and restores them when the grid is done. Each call of a ``@triton.jit`` helper
+inside the kernel then patches its own modules again, in every program of the grid, and
+never restores that patch (nor does the launch, where the helper's modules are ones the
+launch did not patch: ``tl.sum``'s ``triton.language.core``). Half the interpreter
 suite's time went there (the mixture kernel: 99 of 198 s).
 
-:func:`install` makes a helper's call skip the re-patch while a launch has the modules
-of the helper's globals patched; anything else (a helper that sees a module the kernel
-did not patch, a Triton whose interpreter is laid out otherwise) goes through Triton's
-own function. Only the test session's interpreter children use it.
+:func:`install` makes a helper's call skip the re-patch while the launch under way has
+every module of the helper's globals patched already: by the launch itself, or by an
+earlier helper call of the same launch (left patched, as Triton leaves it). Anything
+else goes through Triton's own function: a helper whose globals hold no language module
+(Triton's error), a launch's own patch, a Triton whose interpreter is laid out
+otherwise. Only the test session's interpreter children use it.
 """
 from __future__ import annotations
 
@@ -41,32 +44,38 @@ def install() -> bool:
             return False
     except (TypeError, ValueError):
         return False
-    under_way = []  # the modules each launch under way has patched, innermost last
-
+    under_way = []  # per launch under way (innermost last): the modules patched in it
     seen = {}
 
-    def langs(fn):  # the language modules fn's globals hold (fixed once imported)
-        key = id(fn.__globals__)
+    def langs(fn):
+        # the language modules fn's globals hold; looked up again when the globals grow
+        # (Triton's rewrite of a function copies names into them)
+        g = fn.__globals__
+        key = (id(g), len(g))
         if key not in seen:
-            seen[key] = frozenset(id(v) for v in fn.__globals__.values()
+            seen[key] = frozenset(id(v) for v in g.values()
                                   if inspect.ismodule(v) and v in (tl, tl.core))
         return seen[key]
 
     def patch_lang(fn):
         caller = sys._getframe(1).f_locals.get("self")
-        if isinstance(caller, helper) and under_way and langs(fn) <= under_way[-1]:
-            return _Nothing()   # a helper inside a launch: its language is patched
+        if isinstance(caller, helper) and under_way:
+            mine = langs(fn)
+            if mine and mine <= under_way[-1]:
+                return _Nothing()   # a helper inside a launch: its language is patched
+            scope = original(fn)
+            under_way[-1] = under_way[-1] | mine   # and stays so until the launch ends
+            return scope
         scope = original(fn)
         if isinstance(caller, launch) and hasattr(scope, "restore"):
-            mine = langs(fn)
-            under_way.append(mine)
+            under_way.append(langs(fn))
             restore = scope.restore
 
             def restore_and_pop():
                 try:
                     restore()
                 finally:
-                    under_way.remove(mine)
+                    under_way.pop()   # launches end innermost first
             scope.restore = restore_and_pop
         return scope
 

@@ -402,13 +402,13 @@ def test_the_resume_hint_is_a_command_that_pastes(tmp_path):
 
 
 def _stop(p, checkpoint, signum):
-    """Send ``signum``, and once more if the run goes on: about once in 30 runs the child
-    trained all its epochs as if the signal had never come (exit 0, nothing on stderr;
-    fastvae installs no handler that could drop it, and the cause was not found). Two
-    more checkpoints written after the signal show that; a signal that stops the run is
-    never doubled (a second one during its cleanup is another case)."""
+    """Send ``signum``; if the run goes on (two more checkpoints written after it), end
+    the child and mark the test xfail with its output. About once in 30 runs the child
+    trained all its epochs as if SIGINT had never come (exit 0, nothing on stderr); the
+    cause was not found (fastvae's only handler is the one-shot SIGTERM one, and a
+    KeyboardInterrupt inside torch.save's writes propagates). A signal that stops the
+    run is never doubled, and the summary lists the case (XFAIL), not a pass."""
     import time
-    import warnings
 
     def mark():
         try:
@@ -423,9 +423,10 @@ def _stop(p, checkpoint, signum):
     while p.poll() is None and time.monotonic() < deadline:
         seen.add(mark())
         if len(seen - {None}) >= 3:
-            warnings.warn(f"the child trained on after signal {signum}: sent it again")
-            p.send_signal(signum)
-            return
+            p.kill()
+            out, err = p.communicate()
+            pytest.xfail(f"the child trained on after signal {signum} (not reproduced "
+                         f"on demand); its stderr: {(err or '')[-1500:]!r}")
         time.sleep(0.02)
 
 

@@ -10,20 +10,22 @@ tile the host picks over a sweep of sizes; ``--tier bench``/``full`` on the comm
 line compile every combination, hours), lets Triton's own binder
 derive each launch's specialization (pointer dtypes, dummies included; integers equal
 to 1 made constants; divisibility by 16; constexprs) and compiles each distinct one
-once per target (``compiler.py``): every one the benchmark shapes launch, and of the
+once per target (``compiler.py``): every one a benchmark-shape call launches, and of the
 rest (switches at odd shapes, in fp32 and bf16) enough that each code shape, each code
-shape's alignment class and each kernel's pointer types are compiled
-(``selection.py``; about 210 of 237 per target). The interpreter accepts code the real compiler
-rejects, and no CPU test sees register spills or unvectorized loads, so per Triton
-version and target this checks:
+shape with each set of arguments divisible by 16, and each kernel's pointer types are
+compiled (``selection.py``; 217 of the 237 captured per target). The interpreter
+accepts code the real compiler rejects, and no CPU test sees register spills or
+unvectorized loads, so per Triton version and target this checks:
   * every specialization builds (PTX and cubin);
   * ptxas reports 0 bytes of spill stores and loads (its -v log, from the same compile);
   * where the JIT saw every pointer and size divisible by 16, the widest global load is
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
 Both versions run side by side in child processes (the cores shared), started in the
 background when collection ends so they overlap the rest of the suite
-(tests/_background.py): about 840 compiles, about 1,000 CPU seconds on two cores. ``python -m fastvae.bench.offline table --triton .triton36`` prints the
-registers, spills, stack and loads of every specialization (benchmarks/RESULTS.md).
+(tests/_background.py): about 870 compiles, about 1,000 CPU seconds on two cores.
+``python -m fastvae.bench.offline table --triton .triton36`` prints the registers, spills,
+stack and loads of each one compiled (``--tier full``: of every specialization;
+benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -92,8 +94,9 @@ def test_specialization_count(judged, capsys):
         for v, run in judged.items():
             print(f"[kernels_compile] {v}: {report.compile_summary(run)}")
     for run in judged.values():
-        assert run["specializations"] > 0 and len(run["results"]) == \
-            run["specializations"] * len(TARGETS)
+        assert run["specializations"] > 0
+        for cc in TARGETS:   # each target compiles the same specializations
+            assert sum(r["cc"] == cc for r in run["results"]) == run["specializations"]
 
 
 @pytest.mark.parametrize("cc", TARGETS)

@@ -40,12 +40,26 @@ def test_a_new_code_shape_alignment_or_pointer_type_is_compiled():
     assert _chosen([a, *others]) == ["a", "tile", "warps", "masked", "pointers"]
 
 
+def test_each_set_of_divisible_arguments_is_its_own_class():
+    a = _launch("a")
+    half = _launch("only the pointers divisible")
+    spec = json.loads(half.spec)
+    spec["attrs_vals"][-1] = []   # N not divisible by 16
+    half.spec = half.key = json.dumps(spec)
+    none = _launch("none divisible", aligned=False)
+    assert _chosen([a, half, none]) == ["a", "only the pointers divisible", "none divisible"]
+
+
 def test_benchmark_shape_launches_are_all_compiled():
     a = _launch("a fp32")
     b = _launch("b bf16 tile 128", ("*bf16", "*bf16"), tile=128)
     c = _launch("bench bf16 tile 64", ("*bf16", "*bf16"))
     assert _chosen([a, b, c], bench=["bench bf16 tile 64"]) == [
         "a fp32", "b bf16 tile 128", "bench bf16 tile 64"]
+    # also where a benchmark call launches it after another call did first
+    c_first = _launch("odd bf16 tile 64", ("*bf16", "*bf16"))
+    picked = selection.ci_selection([a, b, c_first, c], {"bench bf16 tile 64"}.__contains__)
+    assert (c.kernel, c.key) in picked
     # and a repeat of a specialization (another target, another call) is one choice
     again = _launch("a again")
     again.key = a.key

@@ -1,10 +1,12 @@
 """``python -m fastvae.bench.offline``: the offline judge from the command line.
 
     compile [--tier ci|bench|full] [--workers N] [--json FILE]
-        capture the catalog under this Triton and compile every specialization for
+        capture the catalog under this Triton and compile its specializations for
         sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all);
-        "ci" is what tests/test_kernels_compile.py compiles, "bench" every semantic
-        combination at the benchmark shapes, "full" those and the odd shapes (hours)
+        "ci" is what tests/test_kernels_compile.py compiles (fastvae.bench.offline.
+        selection: the benchmark shapes' and a cover of the rest), "bench" every
+        specialization of every semantic combination at the benchmark shapes, "full"
+        those and the odd shapes (hours)
     table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes

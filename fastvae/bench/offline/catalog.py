@@ -202,6 +202,15 @@ def calls(bench_only: bool = False) -> List[Tuple[str, Callable]]:
     return out
 
 
+def benchmark_labels() -> set:
+    """The labels of the calls at the benchmark shapes: the "bench" tier's, and the two
+    small ops' at N = 4096 and 65536 (``selection.ci_selection`` compiles all they
+    launch)."""
+    return {label for label, _ in [*calls(bench_only=True), *small_op_calls()]
+            if not label.startswith(("kl_standard_normal", "gaussian_log_prob"))
+            or label.split()[1] in ("N=4096", "N=65536")}
+
+
 def sweep_calls() -> List[Tuple[str, Callable]]:
     """Forward calls over a sweep of sizes (D, L, K from 1 to 50,000; each likelihood),
     fp32 in training and evaluation, bf16 in training: which tiles the host picks."""
@@ -228,7 +237,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 237 specializations per target and Triton (about 210 compiled,
+    """What CI captures, 237 specializations per target and Triton (217 compiled,
     ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and

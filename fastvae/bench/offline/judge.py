@@ -39,8 +39,7 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS)
     captured = rec.distinct()
     distinct = captured
     if tier == "ci":   # the benchmark shapes' specializations and a cover of the rest
-        bench = {label for label, _ in catalog.calls(bench_only=True)}
-        chosen = selection.ci_selection(captured, bench.__contains__)
+        chosen = selection.ci_selection(rec.launches, catalog.benchmark_labels().__contains__)
         distinct = [la for la in captured if (la.kernel, la.key) in chosen]
     jobs = [(la.spec, la.cc, False) for la in distinct]
     results = compiler.compile_all(jobs, workers)

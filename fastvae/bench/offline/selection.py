@@ -6,13 +6,14 @@ Each distinct specialization costs about a second of one core per target and Tri
 version, four compiles in all, and CI runs on two cores. Past the benchmark shapes, most
 of the catalog's calls (a switch turned on at an odd shape, in fp32 and in bf16) launch
 specializations that differ from compiled ones only in a combination: the same code
-(kernel, constexprs, warps) in the same alignment class, with pointer types the kernel
-is also compiled with. :func:`ci_selection` keeps, greedily in capture order, launches
+(kernel, constexprs, warps) with the same arguments divisible by 16, and pointer types
+the kernel is also compiled with. What is left out is that combination: a register
+count that only a dtype mix of a code shape reaches. :func:`ci_selection` keeps, greedily in capture order, launches
 until every one of these is compiled:
 
 * each code shape: kernel, compile-time constants (the switches and the tile), warps;
-* each code shape in each alignment class it was launched in (every pointer and size
-  divisible by 16, or not: vectorized and masked loads);
+* each code shape with each set of arguments divisible by 16 it was launched with (which
+  loads the compiler may vectorize);
 * each kernel with each pointer-type signature it was launched with (dtypes, dummies).
 
 The "bench" and "full" tiers compile every specialization.
@@ -22,9 +23,15 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable, List, Set, Tuple
 
-from . import compiler
 
 Ident = Tuple[str, str]   # (kernel, the JIT's cache key): one per target
+
+
+def divisible(spec: dict) -> Tuple[str, ...]:
+    """The arguments the JIT saw divisible by 16 (pointers and integers), by name."""
+    names = list(spec["signature"])
+    return tuple(sorted(names[k[0]] for k, v in zip(spec["attrs_keys"], spec["attrs_vals"])
+                        if ["tt.divisibility", 16] in [list(a) for a in v]))
 
 
 def features(launch) -> Set[tuple]:
@@ -32,17 +39,19 @@ def features(launch) -> Set[tuple]:
     spec = json.loads(launch.spec)
     shape = (launch.kernel, tuple(sorted((k, repr(v)) for k, v in launch.constexprs().items())),
              spec["options"]["num_warps"])
-    return {("code", shape), ("alignment", shape, compiler.aligned(launch.spec)),
+    return {("code", shape), ("alignment", shape, divisible(spec)),
             ("pointers", launch.kernel, tuple(spec["signature"].values()))}
 
 
 def ci_selection(launches: Iterable, keep: Callable[[str], bool]) -> Set[Ident]:
-    """The (kernel, key) of the launches to compile: all those whose catalog call
-    ``keep(label)`` holds, then a cover of the others' :func:`features`."""
-    first = {}
+    """The (kernel, key) of the launches to compile: every one a catalog call for which
+    ``keep(label)`` holds launched (first or not), then a cover of the others'
+    :func:`features`."""
+    first, chosen = {}, set()
     for la in launches:
         first.setdefault((la.kernel, la.key), la)
-    chosen = {i for i, la in first.items() if keep(la.call)}
+        if keep(la.call):
+            chosen.add((la.kernel, la.key))
     covered = set().union(*(features(first[i]) for i in chosen)) if chosen else set()
     rest: List[Tuple[Ident, Set[tuple]]] = [(i, features(la) - covered)
                                             for i, la in first.items() if i not in chosen]

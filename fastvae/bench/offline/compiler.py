@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 ELEMENT_BYTES = {"fp32": 4, "f32": 4, "bf16": 2, "fp16": 2, "f16": 2, "i32": 4, "i64": 8,
                  "fp64": 8, "f64": 8, "i8": 1, "i1": 1, "i16": 2}
@@ -53,18 +53,21 @@ def describe(spec_json: str) -> str:
             f"({' '.join(f'{t}x{ptrs.count(t)}' for t in kinds)})")
 
 
+def divisible(spec: dict) -> Tuple[str, ...]:
+    """The arguments the JIT saw divisible by 16 (pointers and integers), by name."""
+    names = list(spec["signature"])
+    return tuple(sorted(names[k[0]] for k, v in zip(spec["attrs_keys"], spec["attrs_vals"])
+                        if ["tt.divisibility", 16] in [list(a) for a in v]))
+
+
 def aligned(spec_json: str) -> bool:
     """Whether the JIT saw every pointer and every non-constant integer divisible by 16:
     the launch of aligned, contiguous tensors whose sizes are multiples of 16, where the
     tile's loads can be as wide as its layout gives each thread."""
     spec = json.loads(spec_json)
-    names = list(spec["signature"])
-    attrs = {names[k[0]]: v for k, v in zip(spec["attrs_keys"], spec["attrs_vals"])}
-    for name, ty in spec["signature"].items():
-        if ty.startswith("*") or ty in ("i32", "i64", "u32", "u64"):
-            if ["tt.divisibility", 16] not in [list(a) for a in attrs.get(name, [])]:
-                return False
-    return True
+    div = set(divisible(spec))
+    return all(name in div for name, ty in spec["signature"].items()
+               if ty.startswith("*") or ty in ("i32", "i64", "u32", "u64"))
 
 
 def widest_load_allowed(ttgir: str, num_warps: int) -> int:

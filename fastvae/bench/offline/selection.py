@@ -8,8 +8,8 @@ of the catalog's calls (a switch turned on at an odd shape, in fp32 and in bf16)
 specializations that differ from compiled ones only in a combination: the same code
 (kernel, constexprs, warps) with the same arguments divisible by 16, and pointer types
 the kernel is also compiled with. What is left out is that combination: a register
-count that only a dtype mix of a code shape reaches. :func:`ci_selection` keeps, greedily in capture order, launches
-until every one of these is compiled:
+count that only a dtype mix of a code shape reaches. :func:`ci_selection` keeps,
+greedily in capture order, launches until every one of these is compiled:
 
 * each code shape: kernel, compile-time constants (the switches and the tile), warps;
 * each code shape with each set of arguments divisible by 16 it was launched with (which
@@ -23,15 +23,9 @@ from __future__ import annotations
 import json
 from typing import Callable, Iterable, List, Set, Tuple
 
+from .compiler import divisible
 
 Ident = Tuple[str, str]   # (kernel, the JIT's cache key): one per target
-
-
-def divisible(spec: dict) -> Tuple[str, ...]:
-    """The arguments the JIT saw divisible by 16 (pointers and integers), by name."""
-    names = list(spec["signature"])
-    return tuple(sorted(names[k[0]] for k, v in zip(spec["attrs_keys"], spec["attrs_vals"])
-                        if ["tt.divisibility", 16] in [list(a) for a in v]))
 
 
 def features(launch) -> Set[tuple]:
@@ -53,8 +47,8 @@ def ci_selection(launches: Iterable, keep: Callable[[str], bool]) -> Set[Ident]:
         if keep(la.call):
             chosen.add((la.kernel, la.key))
     covered = set().union(*(features(first[i]) for i in chosen)) if chosen else set()
-    rest: List[Tuple[Ident, Set[tuple]]] = [(i, features(la) - covered)
-                                            for i, la in first.items() if i not in chosen]
+    rest: List[Tuple[Ident, Set[tuple]]] = [(i, features(la)) for i, la in first.items()
+                                            if i not in chosen]
     while True:
         rest = [(i, f - covered) for i, f in rest]
         best = max(rest, key=lambda r: len(r[1]), default=None)

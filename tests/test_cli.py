@@ -424,7 +424,7 @@ def _stop(p, checkpoint, signum):
         seen.add(mark())
         if len(seen - {None}) >= 3:
             p.kill()
-            out, err = p.communicate()
+            _, err = p.communicate()
             pytest.xfail(f"the child trained on after signal {signum} (not reproduced "
                          f"on demand); its stderr: {(err or '')[-1500:]!r}")
         time.sleep(0.02)

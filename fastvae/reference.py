@@ -71,13 +71,22 @@ def log_likelihood(x, recon, likelihood: str, obs_logvar=0.0) -> torch.Tensor:
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
+def _inv_sd(logvar):
+    """exp(-logvar/2), its exponent held just below the dtype's overflow (float32: logvar
+    < -177.4): a difference of exactly 0 times it is then 0, the exact value, with finite
+    gradients, not inf * 0 = NaN. The exponent, not the product, is held so that
+    autograd's chain through it stays finite as well."""
+    cap = math.log(torch.finfo(logvar.dtype).max) - 1e-4   # a few ulps below: exp(cap) < inf
+    return torch.exp(torch.clamp(-0.5 * logvar, max=cap))
+
+
 def gaussian_log_prob(x, mean, logvar):
     """sum_d log N(x_d; mean_d, exp(logvar_d))."""
     dtype = result_dtype(x, mean, logvar)
     x, mean = upcast(x, dtype), upcast(mean, dtype)
     logvar = torch.as_tensor(logvar, dtype=dtype, device=x.device) if not isinstance(
         logvar, torch.Tensor) else logvar.to(dtype)
-    t = (x - mean) * torch.exp(-0.5 * logvar)  # not (x - mean)^2 * exp(-logvar): it overflows
+    t = (x - mean) * _inv_sd(logvar)  # not (x - mean)^2 * exp(-logvar): it overflows
     return (-0.5 * (t * t + logvar + LOG_2PI)).sum(-1)
 
 
@@ -104,7 +113,7 @@ def kl_normal_per_dim(mu_q, logvar_q, mu_p, logvar_p):
     mu_p = 0.0 if mu_p is None else mu_p.to(dtype)
     logvar_p = torch.zeros((), dtype=dtype, device=mu_q.device) if logvar_p is None else (
         logvar_p.to(dtype))
-    u = (mu_q - mu_p) * torch.exp(-0.5 * logvar_p)  # not d^2 * exp(-lv_p): it overflows
+    u = (mu_q - mu_p) * _inv_sd(logvar_p)  # not d^2 * exp(-lv_p): it overflows
     return 0.5 * (logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + u * u - 1)
 
 
@@ -127,14 +136,14 @@ def mc_kl_per_dim(z, mu, logvar, prior_mu=None, prior_logvar=None):
     ``+ 0.5 * ((z - prior_mu)^2 exp(-prior_logvar) + prior_logvar)`` for the last term."""
     dtype = result_dtype(z, mu, logvar, prior_mu, prior_logvar)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
-    t = (z - mu) * torch.exp(-0.5 * logvar)
+    t = (z - mu) * _inv_sd(logvar)
     if prior_mu is None and prior_logvar is None:
         return -0.5 * (t * t + logvar) + 0.5 * z * z
     tp = z - (0.0 if prior_mu is None else prior_mu.to(dtype))
     if prior_logvar is None:
         return -0.5 * (t * t + logvar) + 0.5 * tp * tp
     prior_logvar = prior_logvar.to(dtype)
-    tp = tp * torch.exp(-0.5 * prior_logvar)
+    tp = tp * _inv_sd(prior_logvar)
     return -0.5 * (t * t + logvar) + 0.5 * (tp * tp + prior_logvar)
 
 

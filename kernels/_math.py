@@ -6,7 +6,8 @@ All arithmetic is on fp32 tiles (``load_f32`` upcasts at once; the interpreter g
 arithmetic wrong, and real kernels should not do it either); every formula is the
 stable form that ``fastvae.backends.torch_backend.terms`` uses. No exponential is
 multiplied into a product that can overflow where the result does not:
-``(d * exp(-s/2))^2``, never ``d^2 * exp(-s)``.
+``(d * exp(-s/2))^2``, never ``d^2 * exp(-s)``; and :func:`inv_sd_` holds that factor at
+the largest float, so a difference of exactly 0 stays 0 where ``exp(-s/2)`` overflows.
 
 Fast math: compiled, ``exp2``/``log2`` are the hardware's ``ex2.approx``/``lg2.approx``
 (one MUFU instruction each; ``tl.log`` would be a ~25-instruction polynomial) and no
@@ -44,6 +45,7 @@ GOBS_PARTIAL = tl.constexpr(2)    # summed over each program's rows, (programs, 
 LOG_2 = tl.constexpr(0.6931471805599453)
 LOG2_E = tl.constexpr(1.4426950408889634)
 LOG_2PI = tl.constexpr(1.8378770664093453)
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
 # Below |l| = 1 the continuous Bernoulli's log-partition is a series (truncation 2e-9, its
 # derivative's 2e-8 at |l| = 1); above it the closed form's terms are all positive.
 CB_SERIES_BELOW = tl.constexpr(1.0)
@@ -78,6 +80,17 @@ def store_as(ptr, offsets, value, mask):
 def exp_(x):
     """e^x as one ``ex2.approx`` (what ``tl.exp`` compiles to as well, spelled out)."""
     return tl.exp2(x * LOG2_E)
+
+
+@triton.jit
+def inv_sd_(s):
+    """exp(-s/2), the factor that standardizes a difference d to ``t = d * exp(-s/2)``,
+    with its overflow (s < -177.4) held at the largest float: a d of exactly 0, as when
+    data equal the mean or a sample its mean, then gives t = 0 and a gradient of 0, the
+    exact values, where inf * 0 would be NaN. A nonzero d still squares to the inf the exact
+    t^2 rounds to, unless |d| < 5e-20 (then t^2 comes out finite and too small). NaN stays
+    NaN."""
+    return tl.minimum(exp_(-0.5 * s), FLT_MAX, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -217,7 +230,7 @@ def likelihood_tile(x, r, s, LIK: tl.constexpr):
     Bernoulli likelihoods have no d/dobs_logvar: theirs is a 0.0 the callers never store.
     """
     if LIK >= LIK_GAUSSIAN_SCALAR:
-        inv_sd = exp_(-0.5 * s)
+        inv_sd = inv_sd_(s)
         t = (x - r) * inv_sd
         g_r = t * inv_sd
         sq = t * t
@@ -240,7 +253,7 @@ def kl_tile(mu, lv, z, KL_MC: tl.constexpr):
     or, with ``KL_MC``, of the single-sample ``log q(z|x) - log p(z)`` (the analytic KL
     has no d/dz: a 0.0 the callers never store)."""
     if KL_MC:
-        inv_sd = exp_(-0.5 * lv)
+        inv_sd = inv_sd_(lv)
         t = (z - mu) * inv_sd   # the standardized sample: moderate even where 1/var overflows
         d_mu = t * inv_sd
         sq = t * t
@@ -281,9 +294,9 @@ def kl_prior_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr):
     ``t = (z - mu) * exp(-lv/2)`` and ``tp = (z - pm) * exp(-plv/2)``. With
     ``pm = plv = 0`` both are :func:`kl_tile`'s.
     """
-    inv_sdp = exp_(-0.5 * plv)
+    inv_sdp = inv_sd_(plv)
     if KL_MC:
-        inv_sd = exp_(-0.5 * lv)
+        inv_sd = inv_sd_(lv)
         t = (z - mu) * inv_sd
         tp = (z - pm) * inv_sdp
         d_mu = t * inv_sd

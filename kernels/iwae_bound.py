@@ -326,6 +326,12 @@ def iwae_bound_onepass_kernel(
     mu = load_f32(MU, rows3 * stride_mu + l3, ml_row)
     lv = load_f32(LV, rows3 * stride_lv + l3, ml_row)
     z = load_f32(Z, k3 * stride_zk + rows3 * stride_zb + l3, m_l)
+    # A padded sample (k >= K) has weight 0, but a gradient times 0 is NaN where the
+    # gradient is inf: at a vanishing variance, a recon_k or z_k far from its mean. Its
+    # recon_k is x and its z_k is mu, so that the standardized differences are 0 there.
+    if LIK >= LIK_GAUSSIAN_SCALAR:
+        r = tl.where(m_d, r, x)
+    z = tl.where(m_l, z, mu)
     pm, plv = load_prior(PM, PLV, rows3 * stride_pm + l3, rows3 * stride_plv + l3, ml_row, PRIOR)
 
     # Only the values here; each gradient is computed again from the same registers in

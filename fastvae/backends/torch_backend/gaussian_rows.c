@@ -8,7 +8,8 @@
  *   KL = 0.5 (plv - lv) + 0.5 (r - 1) + 0.5 u^2
  *   dKL/dmu = u s = -dKL/dpm, dKL/dlv = 0.5 (r - 1), dKL/dplv = -(0.5 (r - 1) + 0.5 u^2)
  * r is exp(lv - plv), never exp(lv) * exp(-plv), and u^2 is (d s)^2, never d^2 exp(-plv):
- * at log-variances of +-80 every factor stays inside float32 wherever the KL does.
+ * at log-variances of +-80 every factor stays inside float32 wherever the KL does, and
+ * s is held at the largest float where it overflows, so that d = 0 gives u = 0.
  * Three exponentials per element forward (the sample's exp(lv/2), s and r), one
  * backward (exp(lv/2) again, for 0.5 dz exp(lv/2) eps); none without a prior's plv.
  *
@@ -136,6 +137,9 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
   vf d = has_pm ? mu - pm : mu, u, gm, r;
   if (has_plv) {
     vf s = exp_any(-0.5f * plv);
+    /* held at the largest float where it overflows (plv < -177.4): a d of exactly 0 then
+       gives u = 0 and gm = 0, the exact values, not inf * 0 = NaN; NaN stays NaN */
+    s = sel(s > SPLAT(3.40282347e38f), SPLAT(3.40282347e38f), s);
     u = d * s;
     gm = u * s;
     r = exp_any(lv - plv);

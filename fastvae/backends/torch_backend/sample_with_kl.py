@@ -18,7 +18,7 @@ import torch
 
 from ..._dtypes import (SIXTEEN_BIT, kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast,
                         widened)
-from . import gaussian_rows
+from . import gaussian_rows, terms
 from .reparameterize import reparameterize_fwd, seeded
 from .rows import grad_buffer, row_chunks
 
@@ -78,14 +78,15 @@ def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
 
     With ``u = (mu - pm) exp(-plv/2)``, ``r = exp(lv - plv)``: d/dmu ``u exp(-plv/2)``,
     d/dlv ``0.5 (r - 1)``, d/dplv ``-(0.5 (r - 1) + 0.5 u^2)`` and the KL
-    ``0.5 (plv - lv) - d/dplv``: seven chunk passes for all of it.
+    ``0.5 (plv - lv) - d/dplv``: seven chunk passes for all of it (eight with a prior's plv:
+    its factor is held finite, :func:`terms.inv_sd`).
     """
     if plv is None:
         u = mu.clone() if pm is None else mu - pm
         r = torch.exp(lv)
         half_lv_diff = lv * -0.5
     else:
-        inv_sdp = torch.mul(plv, -0.5).exp_()
+        inv_sdp = terms.inv_sd(plv, plv.dtype)
         u = torch.sub(mu, pm).mul_(inv_sdp) if pm is not None else mu * inv_sdp
         if g_mu is not None:
             torch.mul(u, inv_sdp, out=g_mu)

@@ -4,7 +4,9 @@ together, so one pass serves the forward and the saved backward.
 
 Exponentials are never multiplied into a product that can overflow where the result
 does not: ``(x * exp(-s/2))^2``, not ``x^2 * exp(-s)``; ``exp(lv - log 2)``, not
-``0.5 * exp(lv)`` (float32 at log-variance +-89 stays finite where float64 is).
+``0.5 * exp(lv)`` (float32 at log-variance +-89 stays finite where float64 is). The
+standardizing factor ``exp(-s/2)`` is held at the largest float where it overflows
+(:func:`inv_sd`), so a difference of exactly 0 stays 0 there.
 """
 from __future__ import annotations
 
@@ -40,16 +42,27 @@ def cb_log_norm(logits):
     return value, 0.5 * torch.where(small, d_small, d_exact)
 
 
+def inv_sd(logvar, dtype: torch.dtype):
+    """``exp(-logvar/2)`` (a tensor, or a float for a ``dtype`` tensor to be multiplied by
+    it) held at the largest finite value where it overflows (float32: logvar < -177.4). A
+    difference of exactly 0, data equal to the mean or a sample to its mean, then
+    standardizes to 0 with a gradient of 0, the exact values, not inf * 0 = NaN; a nonzero
+    one still squares to the inf the exact square rounds to, unless it is below ~5e-20
+    (float32). NaN stays NaN."""
+    if isinstance(logvar, torch.Tensor):
+        out = torch.exp(-0.5 * logvar)
+        return out.clamp_(max=torch.finfo(out.dtype).max)
+    return min(math.exp(min(-0.5 * logvar, 709.0)), torch.finfo(dtype).max)
+
+
 def gaussian(x, mean, logvar):
     """(value per row, d/dmean, d/dlogvar per element) of ``log N(x; mean, exp(logvar))``."""
-    if isinstance(logvar, torch.Tensor):
-        inv_sd = torch.exp(-0.5 * logvar)
-    else:
-        inv_sd = math.exp(-0.5 * logvar)
-    t = (x - mean) * inv_sd
+    d = x - mean
+    inv = inv_sd(logvar, d.dtype)
+    t = d * inv
     sq = t * t
     value = -0.5 * (sq + logvar + LOG_2PI)
-    return value.sum(-1), t * inv_sd, 0.5 * (sq - 1)
+    return value.sum(-1), t * inv, 0.5 * (sq - 1)
 
 
 def log_likelihood(x, recon, likelihood, obs_logvar):
@@ -72,9 +85,9 @@ def kl_terms(mu, logvar, z, kl):
     if kl == "analytic":
         half_var = torch.exp(logvar - LOG_2)
         return 0.5 * (mu * mu - 1 - logvar) + half_var, mu, half_var - 0.5, None
-    inv_sd = torch.exp(-0.5 * logvar)
-    t = (z - mu) * inv_sd          # the standardized sample: moderate even where 1/var overflows
-    d_mu = t * inv_sd
+    inv = inv_sd(logvar, logvar.dtype)
+    t = (z - mu) * inv          # the standardized sample: moderate even where 1/var overflows
+    d_mu = t * inv
     sq = t * t
     value = -0.5 * (sq + logvar) + 0.5 * z * z
     return value, d_mu, 0.5 * (sq - 1), z - d_mu
@@ -102,7 +115,7 @@ def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
     """
     pm = 0.0 if prior_mu is None else prior_mu
     plv = 0.0 if prior_logvar is None else prior_logvar
-    inv_sdp = 1.0 if prior_logvar is None else torch.exp(-0.5 * plv)
+    inv_sdp = 1.0 if prior_logvar is None else inv_sd(plv, plv.dtype)
     if kl == "analytic":
         u = (mu - pm) * inv_sdp
         r = torch.exp(logvar - plv)   # not exp(lv) * exp(-plv): that overflows first
@@ -110,11 +123,11 @@ def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
         value = 0.5 * (plv - logvar + r + sq - 1)
         d_mu = u * inv_sdp
         return value, d_mu, 0.5 * (r - 1), None, -d_mu, 0.5 * (1 - r - sq)
-    inv_sd = torch.exp(-0.5 * logvar)
-    t = (z - mu) * inv_sd
+    inv = inv_sd(logvar, logvar.dtype)
+    t = (z - mu) * inv
     tp = (z - pm) * inv_sdp
     sq, sqp = t * t, tp * tp
-    d_mu, d_p = t * inv_sd, tp * inv_sdp
+    d_mu, d_p = t * inv, tp * inv_sdp
     value = 0.5 * (sqp + plv - sq - logvar)
     return value, d_mu, 0.5 * (sq - 1), d_p - d_mu, -d_p, 0.5 * (1 - sqp)
 def logistic_bin(y, mean, log_scale, bottom, top, half_width: float):

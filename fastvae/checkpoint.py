@@ -93,7 +93,7 @@ def _started_at(pid: int) -> float:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _temp_name(path: Path) -> Path:
+def temp_name(path: Path) -> Path:
     """A new temporary name beside ``path``, with this process's id: no other live
     process uses it, so a file by that name is this process's own."""
     return path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
@@ -141,7 +141,7 @@ def atomic_write(path, write) -> Path:
                 # named before it exists: a signal handled just after the create, before
                 # f is set, still finds the name to remove (and the file object, which
                 # nothing holds, closes itself)
-                tmp = _temp_name(path)
+                tmp = temp_name(path)
                 try:
                     # mode 0o666 less the umask, as for any file (mkstemp forces 0o600)
                     f = open(tmp, "xb")

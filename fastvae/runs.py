@@ -8,12 +8,11 @@ naming the file, so the command prints one line instead of a ``KeyError`` or a
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path, temp_name
 from .models import build_model
 
 # What build_model cannot default: a checkpoint's config must hold these.
@@ -155,7 +154,7 @@ class RunFolder:
             pass  # a file system without flock (some network mounts): run unlocked
 
     def _check_writable(self) -> None:
-        probe = self.path / f".tmp-write-check.{os.getpid()}-{secrets.token_hex(6)}"
+        probe = temp_name(self.path / "write-check")
         try:
             try:
                 open(probe, "xb").close()

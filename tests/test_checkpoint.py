@@ -443,10 +443,10 @@ def test_a_signal_while_the_run_folder_is_checked_leaves_no_probe(tmp_path, monk
 def test_the_write_probe_never_removes_a_file_it_did_not_create(tmp_path, monkeypatch):
     """A probe name already taken (another run's probe): the claim fails with the OS's
     reason and that file stays."""
-    from fastvae import runs
+    from fastvae import checkpoint, runs
     run = tmp_path / "run"
     run.mkdir()
-    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: "0a1b2c")
+    monkeypatch.setattr(checkpoint.secrets, "token_hex", lambda n: "0a1b2c")
     theirs = run / f".tmp-write-check.{os.getpid()}-0a1b2c"
     theirs.write_bytes(b"")
     with pytest.raises(runs.RunFolderError, match="File exists"):

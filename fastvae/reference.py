@@ -114,7 +114,8 @@ def kl_normal_per_dim(mu_q, logvar_q, mu_p, logvar_p):
     logvar_p = torch.zeros((), dtype=dtype, device=mu_q.device) if logvar_p is None else (
         logvar_p.to(dtype))
     u = (mu_q - mu_p) * _inv_sd(logvar_p)  # not d^2 * exp(-lv_p): it overflows
-    return 0.5 * (logvar_p - logvar_q + torch.exp(logvar_q - logvar_p) + u * u - 1)
+    # 0.5 * exp(lv_q - lv_p) as exp(lv_q - lv_p - log 2): e^89 / 2 fits float32, e^89 not
+    return 0.5 * (logvar_p - logvar_q + u * u - 1) + torch.exp(logvar_q - logvar_p - LOG_2)
 
 
 def kl_normal(mu_q, logvar_q, mu_p, logvar_p):

@@ -309,13 +309,15 @@ def kl_prior_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr):
         d_z = -d_pm - d_mu
     else:
         u = (mu - pm) * inv_sdp
-        r = exp_(lv - plv)   # one exponential of the difference: exp(lv) * exp(-plv) overflows
+        # 0.5 r as one exponential of the difference, less log 2: exp(lv) * exp(-plv)
+        # overflows first, and e^89 / 2 fits float32 where e^89 does not
+        half_r = exp_(lv - plv - LOG_2)
         sq = u * u
-        value = 0.5 * (plv - lv + r + sq - 1.0)
+        value = 0.5 * (plv - lv + sq - 1.0) + half_r
         d_mu = u * inv_sdp
         d_pm = -d_mu
-        d_lv = 0.5 * (r - 1.0)
-        d_plv = 0.5 * (1.0 - r - sq)
+        d_lv = half_r - 0.5
+        d_plv = 0.5 * (1.0 - sq) - half_r
         d_z = 0.0
     return value, d_mu, d_lv, d_z, d_pm, d_plv
 

@@ -127,6 +127,38 @@ def test_where_the_textbook_form_overflows(backend):
     assert_close("kl", got, naive.double().sum(-1), torch.float32, rtol=1e-5)
 
 
+@pytest.mark.parametrize("prior", ["tensors", "none", "zeros"])
+def test_a_variance_ratio_past_float32(seed, backend, prior):
+    """lv_q - lv_p in (88.7, 89.4]: the ratio exp(lv_q - lv_p) overflows float32, half of
+    it, the KL term and d/dlogvar_q, do not (e^89 / 2 = 2.2e38). One such element a row,
+    the others ordinary: kl_normal, sample_with_kl's KL and the ELBO's analytic KL."""
+    dt = torch.float32
+    b, n = 3, 5
+    diff = torch.tensor([88.8, 89.0, 89.35])
+    lv_p = torch.randn(b, n) if prior == "tensors" else torch.zeros(b, n)
+    lv_q = lv_p.clone()
+    lv_q[:, 2] = lv_p[:, 2] + diff
+    mu_q, mu_p = torch.randn(b, n), (torch.randn(b, n) if prior == "tensors"
+                                     else torch.zeros(b, n))
+    ins = [leaf(t) for t in (mu_q, lv_q)] + (
+        [None, None] if prior == "none" else [leaf(t) for t in (mu_p, lv_p)])
+    o = [leaf(t.double()) for t in (mu_q, lv_q, mu_p, lv_p)]
+    want = F.kl_normal_dim(*o).sum(-1)
+    assert torch.isfinite(want.float()).all()
+    x = torch.rand(b, 4)
+    recon = torch.zeros(b, 4)
+    for what, got in (("kl_normal", fastvae.kl_normal(*ins, backend=backend)),
+                      ("sample_with_kl", fastvae.sample_with_kl(*ins, backend=backend)[1]),
+                      ("elbo", F.log_likelihood(x, recon, "bernoulli").float() - fastvae.elbo(
+                          x, recon, *ins[:2], prior_mu=ins[2], prior_logvar=ins[3],
+                          reduction="none", backend=backend))):
+        assert_close(what, got, want, dt)
+        used = [t for t in ins if t is not None]
+        for i, (g, e) in enumerate(zip(grads(got, used), grads(want, o[:len(used)]))):
+            assert torch.isfinite(g).all(), (what, i, g)
+            assert_close(f"{what} d/d input {i}", g, e, dt)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_low_precision(seed, backend, dtype):
     shape = (9, 4, 5)

@@ -5,7 +5,7 @@
  * (gaussian_rows.py binds and calls them).
  *
  * Per element, with d = mu - pm, s = exp(-plv/2), u = d s, r = exp(lv - plv):
- *   KL = 0.5 (plv - lv) + 0.5 (r - 1) + 0.5 u^2
+ *   KL = 0.5 (plv - lv) + 0.5 (r - 1) + 0.5 u^2, with 0.5 r as exp(lv - plv - log 2)
  *   dKL/dmu = u s = -dKL/dpm, dKL/dlv = 0.5 (r - 1), dKL/dplv = -(0.5 (r - 1) + 0.5 u^2)
  * r is exp(lv - plv), never exp(lv) * exp(-plv), and u^2 is (d s)^2, never d^2 exp(-plv):
  * at log-variances of +-80 every factor stays inside float32 wherever the KL does, and
@@ -142,13 +142,13 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
     s = sel(s > SPLAT(3.40282347e38f), SPLAT(3.40282347e38f), s);
     u = d * s;
     gm = u * s;
-    r = exp_any(lv - plv);
+    r = exp_any(lv - plv - 0.69314718f);
   } else {
     u = d;
     gm = d;
-    r = exp_any(lv);
+    r = exp_any(lv - 0.69314718f);
   }
-  vf g_lv = 0.5f * (r - 1.0f);
+  vf g_lv = r - 0.5f;   /* r is half the ratio: e^89 / 2 fits float32, e^89 does not */
   vf neg_g_plv = g_lv + 0.5f * (u * u);
   vf kl = (has_plv ? 0.5f * (plv - lv) : -0.5f * lv) + neg_g_plv;
   size_t bytes = (size_t)k * sizeof(float);

@@ -78,23 +78,24 @@ def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
 
     With ``u = (mu - pm) exp(-plv/2)``, ``r = exp(lv - plv)``: d/dmu ``u exp(-plv/2)``,
     d/dlv ``0.5 (r - 1)``, d/dplv ``-(0.5 (r - 1) + 0.5 u^2)`` and the KL
-    ``0.5 (plv - lv) - d/dplv``: seven chunk passes for all of it (eight with a prior's plv:
+    ``0.5 (plv - lv) - d/dplv``, with ``0.5 r`` as ``exp(lv - plv - log 2)`` (finite up to
+    lv - plv = 89.4 in float32): seven chunk passes for all of it (eight with a prior's plv:
     its factor is held finite, :func:`terms.inv_sd`).
     """
     if plv is None:
         u = mu.clone() if pm is None else mu - pm
-        r = torch.exp(lv)
+        half_r = torch.sub(lv, terms.LOG_2).exp_()
         half_lv_diff = lv * -0.5
     else:
         inv_sdp = terms.inv_sd(plv, plv.dtype)
         u = torch.sub(mu, pm).mul_(inv_sdp) if pm is not None else mu * inv_sdp
         if g_mu is not None:
             torch.mul(u, inv_sdp, out=g_mu)
-        r = torch.sub(lv, plv).exp_()
+        half_r = torch.sub(lv, plv).sub_(terms.LOG_2).exp_()   # e^89 / 2 fits float32
         half_lv_diff = torch.sub(plv, lv).mul_(0.5)
     if plv is None and g_mu is not None:
         g_mu.copy_(u)
-    half_r1 = r.sub_(1).mul_(0.5)                       # 0.5 (r - 1) = d/dlogvar_q
+    half_r1 = half_r.sub_(0.5)                          # 0.5 (r - 1) = d/dlogvar_q
     if g_lv is not None:
         g_lv.copy_(half_r1)
     neg_gplv = half_r1.addcmul_(u, u, value=0.5)        # 0.5 (r - 1) + 0.5 u^2

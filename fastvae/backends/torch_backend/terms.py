@@ -118,11 +118,13 @@ def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
     inv_sdp = 1.0 if prior_logvar is None else inv_sd(plv, plv.dtype)
     if kl == "analytic":
         u = (mu - pm) * inv_sdp
-        r = torch.exp(logvar - plv)   # not exp(lv) * exp(-plv): that overflows first
+        # 0.5 r as one exponential of the difference, less log 2: exp(lv) * exp(-plv)
+        # overflows first, and e^89 / 2 fits float32 where e^89 does not
+        half_r = torch.exp(logvar - plv - LOG_2)
         sq = u * u
-        value = 0.5 * (plv - logvar + r + sq - 1)
+        value = 0.5 * (plv - logvar + sq - 1) + half_r
         d_mu = u * inv_sdp
-        return value, d_mu, 0.5 * (r - 1), None, -d_mu, 0.5 * (1 - r - sq)
+        return value, d_mu, half_r - 0.5, None, -d_mu, 0.5 * (1 - sq) - half_r
     inv = inv_sd(logvar, logvar.dtype)
     t = (z - mu) * inv
     tp = (z - pm) * inv_sdp

@@ -190,7 +190,9 @@ def bernoulli_tile(x, l):
     # log2(1 + e), kept in bits: scaled into the softplus' fma and subtracted from the
     # sigmoid's exponent in bits (min(l, 0) * log2(e) - log2(1 + e), one fma rounding)
     lg = log2_(1.0 + e)
-    return x * l - (tl.maximum(l, 0.0) + lg * LOG_2), x - tl.exp2(tl.minimum(l, 0.0) * LOG2_E - lg)
+    # (x*l - max(l, 0)) first: it is exact where x*l and max(l, 0) cancel (x = 1, l > 0),
+    # and the small log term is then not rounded away against l
+    return (x * l - tl.maximum(l, 0.0)) - lg * LOG_2, x - tl.exp2(tl.minimum(l, 0.0) * LOG2_E - lg)
 
 
 @triton.jit
@@ -200,10 +202,13 @@ def continuous_bernoulli_tile(x, l):
     the Bernoulli's softplus(l), in which the two log(1 + e^-|l|) cancel.
 
     For |l| >= CB_SERIES_BELOW, with ``e = exp(-|l|)`` and ``rr = 1 / (|l| (1 - e))``:
-    ``A(l) = max(l, 0) + log((1 - e)^2 rr)``, ``A'(|l|) = rr (|l| - 1 + e)`` (every term
-    positive, 1 - e >= 0.63: no cancellation) and ``A'(l) = 1 - A'(-l)`` for l < 0: one
-    ex2, one rcp, one lg2. Below, the series ``l/2 + l^2/24 - l^4/2880 + l^6/181440 -
-    l^8/9676800`` and its derivative.
+    ``A(l) = max(l, 0) + log((1 - e)^2 rr)`` and, with ``c = rr (1 - e (1 + |l|)) =
+    A'(-|l|)`` (1 - e (1 + |l|) >= 0.26, 1 - e >= 0.63: no cancellation), ``A'(l) = 1 - c``
+    for l >= 0 and ``c`` below: one ex2, one rcp, one lg2. ``x*l - max(l, 0)`` and ``x - 1``
+    come first, exact where they cancel (x = 1, large l), so that the small rest, ``-log |l|``
+    in the value and ``c ~ 1/|l|`` in the gradient, is not rounded away against l or 1.
+    Below, the series ``l/2 + l^2/24 - l^4/2880 + l^6/181440 - l^8/9676800`` and its
+    derivative.
     """
     a = tl.abs(l)
     small = a < CB_SERIES_BELOW
@@ -211,15 +216,18 @@ def continuous_bernoulli_tile(x, l):
     e = tl.exp2(a_safe * -LOG2_E)
     one_m_e = 1.0 - e
     rr = rcp_(a_safe * one_m_e)
-    a_big = tl.maximum(l, 0.0) + log2_(one_m_e * one_m_e * rr) * LOG_2
-    d_big = rr * ((a_safe - 1.0) + e)
-    d_big = tl.where(l >= 0.0, d_big, 1.0 - d_big)
+    pos = l >= 0.0
+    c = rr * (1.0 - e * (1.0 + a_safe))
+    m = tl.maximum(l, 0.0)
+    log_big = log2_(one_m_e * one_m_e * rr) * LOG_2
+    g_big = (x - tl.where(pos, 1.0, 0.0)) + tl.where(pos, c, -c)
     l2 = l * l
     a_series = l * 0.5 + l2 * (1.0 / 24.0 + l2 * (-1.0 / 2880.0 + l2 * (
         1.0 / 181440.0 + l2 * (-1.0 / 9676800.0))))
     d_series = 0.5 + l * (1.0 / 12.0 + l2 * (-1.0 / 720.0 + l2 * (
         1.0 / 30240.0 + l2 * (-1.0 / 1209600.0))))
-    return x * l - tl.where(small, a_series, a_big), x - tl.where(small, d_series, d_big)
+    return ((x * l - m) - tl.where(small, a_series - m, log_big),
+            tl.where(small, x - d_series, g_big))
 
 
 @triton.jit

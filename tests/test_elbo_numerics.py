@@ -154,6 +154,31 @@ def test_extreme_logits(backend, cpu_path, dtype, likelihood):
     assert_close("d/dlogits", lr.grad, e, dt, rtol={F64: 1e-12, torch.float32: 1e-6}, scale=1.0)
 
 
+def test_continuous_bernoulli_tails_to_their_own_precision(backend):
+    """At large |l| the continuous Bernoulli's value and gradient are small differences of
+    large terms: x = 1, l = 1e20 gives log C + softplus cancellations down to log l = 46
+    and a gradient of 1/l. Each to float32's relative precision of itself, not only to
+    that of |x * l| (test_extreme_logits' scale)."""
+    import mpmath
+    dt = torch.float32
+    ls = [1e4, 1e6, 1e8, 1e20, 30.0, 2.0, 1.0]
+    l = torch.tensor(ls + [-v for v in ls], dtype=dt).reshape(-1, 1)
+    for xv in (0.0, 1.0):
+        x = torch.full_like(l, xv)
+        lr = leaf(l)
+        z = torch.zeros(l.shape[0], 1, dtype=dt)
+        v = fastvae.elbo(x, lr, z, z, likelihood="continuous_bernoulli", reduction="none",
+                         backend=backend)
+        v.sum().backward()
+        with mpmath.workdps(60):  # x l - A(l), A = log(expm1(l) / l); x - A'(l)
+            ms = [mpmath.mpf(t) for t in l.flatten().tolist()]
+            want = [float(xv * m - mpmath.log(mpmath.expm1(m) / m)) for m in ms]
+            want_g = [float(xv - 1 / (1 - mpmath.exp(-m)) + 1 / m) for m in ms]
+        assert_close(f"value at x = {xv}", v, torch.tensor(want, dtype=F64), dt, scale=0.0)
+        assert_close(f"d/dlogits at x = {xv}", lr.grad.flatten(), torch.tensor(want_g, dtype=F64),
+                     dt, scale=0.0)
+
+
 @pytest.mark.parametrize("kl", ["analytic", "mc"])
 def test_float32_at_extreme_log_variance(backend, kl):
     """The numerics rule: float32 at log-variance +-89 stays finite where float64 is

@@ -36,8 +36,9 @@ def cb_log_norm(logits):
     exact = torch.log(a_safe) - torch.log(t)
     u2 = u * u
     value = torch.where(small, u2 / 3 - 7 * u2 * u2 / 90, exact) + LOG_2
-    # d/du log(u/tanh u) = 1/u - 1/tanh u + tanh u (odd in u); times du/dl = 1/2.
-    d_exact = torch.sign(u) * (1 / a_safe - 1 / t + t)
+    # d/du log(u/tanh u) = 1/u - 1/tanh u + tanh u (odd in u); times du/dl = 1/2. The
+    # last two first: they cancel to 0 at large u, where 1/u - 1/tanh u would round 1/u.
+    d_exact = torch.sign(u) * (1 / a_safe + (t - 1 / t))
     d_small = 2 * u / 3 - 14 * u * u2 / 45
     return value, 0.5 * torch.where(small, d_small, d_exact)
 

@@ -265,9 +265,14 @@ def discretized_logistic_mixture_log_prob(x, params, bits, reduction="none"):
     log_sf_minus = F.logsigmoid(-minus)                  # log(1 - F(y - h))
     log_width = math.log(2.0 / n) - log_scales           # log(plus - minus), exact at any s
     width = torch.exp(log_width)
-    safe = torch.where(width > 0, width, torch.ones_like(width))  # 0 only where exp underflows
-    log_gap = log_width + torch.log(torch.where(width > 0, -torch.expm1(-safe) / safe,
-                                                torch.ones_like(width)))
+    # log(1 - exp(-w)) = log w + log((1 - exp(-w)) / w), the ratio 1 - w/2 + w^2/6 below
+    # w = 1e-5 (the next term, w^3/24, is below float64's rounding there): the exact form's
+    # gradient has 1/w^2, inf - inf where w is denormal. Each branch sees only its own w.
+    big = width > 1e-5
+    w_big = torch.where(big, width, torch.ones_like(width))
+    w_small = torch.where(big, torch.zeros_like(width), width)
+    log_gap = log_width + torch.log(torch.where(big, -torch.expm1(-w_big) / w_big,
+                                                1 - w_small / 2 + w_small * w_small / 6))
     k = k.unsqueeze(2)
     log_bin = torch.where(k == 0, log_cdf_plus,
                           torch.where(k == n, log_sf_minus, log_cdf_plus + log_sf_minus + log_gap))

@@ -111,6 +111,25 @@ def test_top_edge_is_decided_by_the_bin(seed, backend):
         assert got.exp().sum() < 1.0 < as_top_edge.exp() + got[1].exp()
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_denormal_bin_width_keeps_finite_gradients(backend, bits):
+    """Log-scales where the bin's width on the logistic's scale, 2h e^-s, is denormal in
+    float32 (bits 8: s ~ 82.5-98.5; 16: from ~77) or underflows: every gradient finite
+    and float64's (log p falls as -s there, so d/dlog_scale is -1)."""
+    dt = torch.float32
+    x = torch.tensor([0, 1, 100, 2 ** bits - 2, 2 ** bits - 1], dtype=F64) / (2 ** bits - 1)
+    for s in (77.0, 85.0, 90.0, 98.0, 110.0):
+        p = torch.tensor([0.0, 0.2, s], dtype=F64).repeat(5, 1).view(5, 3, 1, 1)
+        got_p = leaf(p.to(dt))
+        got = OP(x.view(5, 1, 1, 1).to(dt), got_p, bits=bits, backend=backend)
+        want_p = leaf(p)
+        want = OP(x.view(5, 1, 1, 1), want_p, bits=bits, backend="reference")
+        assert_close(f"log p at s = {s}", got, want, dt)
+        (g,), (e,) = grads(got, [got_p]), grads(want, [want_p])
+        assert torch.isfinite(g).all(), (s, g)
+        assert_close(f"gradient at s = {s}", g, e, dt, scale=1.0)
+
+
 @pytest.mark.parametrize("c", [1, 3])
 def test_extreme_parameters_against_mpmath(seed, backend, c):
     """One pixel at a time, values far in every tail, against mpmath at 100 digits."""

@@ -68,9 +68,10 @@ def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:
 
 
 def widened(t):
-    """A 16-bit tensor in float32, anything else as is: for a tensor about to be repeated
-    over rows (``expand``), whose gradient autograd sums over the copies in the copies'
-    dtype, so that the sum rounds to t's dtype once (as :func:`saved_grad_dtype`'s rule)."""
+    """A 16-bit tensor in float32, anything else as is: for 16-bit math that runs wide and
+    rounds once, and for a tensor about to be repeated over rows (``expand``), whose
+    gradient autograd sums over the copies in the copies' dtype, so that the sum rounds to
+    t's dtype once (as :func:`saved_grad_dtype`'s rule)."""
     if isinstance(t, torch.Tensor) and t.dtype in SIXTEEN_BIT:
         return t.float()
     return t

@@ -220,7 +220,9 @@ def reparameterize(mu, logvar, n_samples, generator):
     # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
     rng = {} if generator is None else {"generator": generator}
     eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
-    return mu + torch.exp(0.5 * logvar) * eps
+    dtype = result_dtype(mu, logvar)   # 16-bit: in float32 (and its gradients), rounded once
+    z = upcast(mu, dtype) + torch.exp(0.5 * upcast(logvar, dtype)) * upcast(eps, dtype)
+    return z.to(torch.promote_types(mu.dtype, logvar.dtype))
 
 
 # -- discretized mixture of logistics -------------------------------------------------

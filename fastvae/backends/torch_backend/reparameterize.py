@@ -18,6 +18,7 @@ import contextlib
 import torch
 
 from ..._compiler import constant_result
+from ..._dtypes import widened
 from . import gaussian_rows
 
 _randn_only = False
@@ -84,7 +85,9 @@ def reparameterize_fwd(mu, logvar, noise, n_samples: int):
         if not gaussian_rows.sample_rows(mu, logvar, noise, n_samples, z):
             raise _c_failed("forward")
         return z
-    return torch.addcmul(mu, torch.exp(0.5 * logvar), noise)
+    # 16-bit: in float32, rounded once
+    return torch.addcmul(widened(mu), torch.exp(0.5 * widened(logvar)), widened(noise)).to(
+        torch.promote_types(mu.dtype, logvar.dtype))
 
 
 def reparameterize_std_eps(logvar, noise, n_samples: int):
@@ -95,7 +98,8 @@ def reparameterize_std_eps(logvar, noise, n_samples: int):
         if not gaussian_rows.sample_rows(None, logvar, noise, n_samples, out):
             raise _c_failed("higher-order path")
         return out
-    return torch.exp(0.5 * logvar) * noise
+    return (torch.exp(0.5 * widened(logvar)) * widened(noise)).to(
+        torch.promote_types(logvar.dtype, noise.dtype))
 
 
 def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
@@ -111,7 +115,10 @@ def reparameterize_bwd(dz, logvar, noise, n_samples: int, need_dlogvar: bool):
     dmu = dz if n_samples == 0 else dz.sum(0)
     if not need_dlogvar:
         return dmu, logvar.new_empty(0)
-    prod = dz * noise
+    # 16-bit: in float32, rounded once; the 0.5 before exp(logvar/2), which may be near
+    # the largest float
+    prod = widened(dz) * widened(noise)
     if n_samples:
         prod = prod.sum(0)
-    return dmu, prod.mul_(torch.exp(0.5 * logvar)).mul_(0.5)
+    return dmu, prod.mul_(0.5).mul_(torch.exp(0.5 * widened(logvar))).to(
+        torch.promote_types(dz.dtype, noise.dtype))

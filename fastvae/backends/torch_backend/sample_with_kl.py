@@ -133,7 +133,7 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
         if d_lv is not None:
             h = None
             if dzc is not None:  # 0.5 * dz * exp(logvar / 2) * eps
-                h = _std_eps(logvar, noise, i, j).mul_(dzc).mul_(0.5)
+                h = _std_eps(logvar, noise, i, j).mul_(0.5).mul_(dzc)
             _sum_into(d_lv, h, gkc, g_lv, i, j)
         if d_pm is not None:
             _sum_into(d_pm, None, gkc, g_mu, i, j, sign=-1.0)

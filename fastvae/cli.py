@@ -198,8 +198,10 @@ def _cmd_eval(args):
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
     from .run_data import check_elbo_finite, check_run_data, data_changed
+    from .runs import EVAL_CONFIG, check_config
 
     state, model, device = _load_run(args.run, args.device)
+    check_config(state, checkpoint_path(args.run), EVAL_CONFIG, "to evaluate the run")
     cfg = dict(state["config"])
     if args.data_dir is not None:
         if cfg["dataset"] not in IDX_NAMES:  # would be ignored: said, not silently dropped

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require
 from .data import IDX_NAMES, stored_name
-from .runs import RESUME_KEYS, RunFolderError
+from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
 
 # The files a run writes in its folder besides the checkpoint (train._finish).
 RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png", "latent.png")
@@ -79,6 +79,7 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
         return dict(cfg, data_dir=_stored_data_dir(cfg)), None
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
+    check_config(state, ckpt_file, SAVED_KINDS, "to resume")
     saved = dict(state["config"])
     full = dict(full, **{k: saved[k] for k in RUN_KEYS_UNLESS_GIVEN
                          if given.get(k) is None and saved.get(k) is not None})

@@ -20,6 +20,32 @@ MODEL_KEYS = ("data_shape", "latent")
 # What --resume needs beyond the weights.
 RESUME_KEYS = ("optimizer", "rng", "history")
 
+_NUMBER = (int, float)
+# The settings read from a saved config by name, without a default, and the kinds they
+# must be (a run saves every key of train.default_config; older runs lack a few others,
+# which are read with one): eval reads EVAL_CONFIG, --resume all of them.
+SAVED_KINDS = {"dataset": str, "data_dir": (str, type(None)), "seed": int, "backend": str,
+               "model": str, "likelihood": str, "kl": str, "lr": _NUMBER, "beta": _NUMBER,
+               "batch_size": int, "amp": bool, "compile": bool}
+EVAL_CONFIG = ("dataset", "data_dir", "seed", "backend")
+
+
+def check_config(state: dict, path, keys, purpose: str) -> None:
+    """CheckpointError naming ``path`` and the first of ``keys`` its config lacks or holds
+    as another kind than :data:`SAVED_KINDS` says (a bool is no number here), instead of
+    a KeyError or an AttributeError where the value is used."""
+    config = state["config"]   # a dict: load_checkpoint checked it
+    for key in keys:
+        if key not in config:
+            raise CheckpointError(f"{path}: its config lacks '{key}', needed {purpose}; the "
+                                  "file is incomplete")
+        value, kind = config[key], SAVED_KINDS[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise CheckpointError(f"{path}: its config's {key} is {value!r}, not {names}; the "
+                                  "file was not written by fastvae train")
+
 
 def load_weights(model: torch.nn.Module, weights, path) -> None:
     """``model.load_state_dict(weights)``, or a CheckpointError naming ``path``."""

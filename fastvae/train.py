@@ -168,7 +168,11 @@ def _train(given: dict, log) -> dict:
         folder, full["out"] = _claim_folder(full, is_main, world)
         cfg, state = prepare_config(given, full, say)
         if state is not None:   # a resumed run's combination: its checkpoint's, as it trains
-            check_train_config(cfg)
+            try:
+                check_train_config(cfg)
+            except ValueError as e:  # the flags passed alone: a saved value, or a mix
+                raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
+                                      f"cannot be resumed: {e}") from None
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics
@@ -293,7 +297,14 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
             group["lr"] = cfg["lr"]
         if use_scaler and state.get("scaler"):
             run.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], run.shuffle_gen, rank, world)
+        try:
+            _set_rng_state(state["rng"], run.shuffle_gen, rank, world)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{ckpt_file}: its random-number state cannot be restored "
+                                  f"({type(e).__name__}: {e})") from None
+        if not isinstance(state["history"], list):
+            raise CheckpointError(f"{ckpt_file}: its history is not a list of epochs: got "
+                                  f"{type(state['history']).__name__}")
         run.history, run.initial = list(state["history"]), state.get("initial_test")
         run.start = state["epoch"]
         # data changed since (rescaled, replaced): said now, not as a non-finite loss that

@@ -256,6 +256,50 @@ def test_a_config_or_epoch_of_the_wrong_kind(good_run, tmp_path, capsys, key, va
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, needle)
 
 
+_DROP = object()
+
+
+@pytest.mark.parametrize("command,key,value,needle", [
+    ("eval", "seed", _DROP, "its config lacks 'seed', needed to evaluate the run"),
+    ("eval", "data_dir", _DROP, "its config lacks 'data_dir'"),
+    ("eval", "dataset", 5, "its config's dataset is 5, not str"),
+    ("eval", "backend", ["auto"], "its config's backend is ['auto'], not str"),
+    ("resume", "likelihood", _DROP, "its config lacks 'likelihood', needed to resume"),
+    ("resume", "seed", True, "its config's seed is True, not int"),
+    ("resume", "lr", "x", "its config's lr is 'x', not int or float"),
+    ("resume", "lr", -1.0, "its config cannot be resumed: lr: must be a positive number"),
+    ("resume", "amp", 1, "its config's amp is 1, not bool")])
+def test_a_saved_setting_missing_or_of_another_kind(good_run, tmp_path, capsys, command, key,
+                                                   value, needle):
+    """A setting eval or --resume reads by name, missing or of another kind (a checksum
+    that matches: written by something else): one line naming the file and the key, not a
+    KeyError or AttributeError where it is used; sample reads none of them."""
+    state = load_checkpoint(good_run)
+    if value is _DROP:
+        del state["config"][key]
+    else:
+        state["config"][key] = value
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    assert cli.main(_command(command, tmp_path)) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, needle)
+    assert cli.main(_command("sample", tmp_path)) == 0
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda s: s.update(history=5), "its history is not a list of epochs: got int"),
+    (lambda s: s.update(rng={}), "its random-number state cannot be restored (KeyError"),
+    (lambda s: s["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)),
+     "its random-number state cannot be restored (RuntimeError")])
+def test_resume_with_a_history_or_rng_state_of_another_kind(good_run, tmp_path, capsys, change,
+                                                            needle):
+    state = load_checkpoint(good_run)
+    change(state)
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    assert cli.main(_command("resume", tmp_path)) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, needle)
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
 def test_weights_that_are_not_finite_are_refused_by_eval_sample_and_resume(good_run, tmp_path,
                                                                            capsys):
     state = load_checkpoint(good_run)

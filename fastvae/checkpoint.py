@@ -22,6 +22,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import sys
 import zipfile
 from pathlib import Path
@@ -277,7 +278,8 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     outer = sys.exc_info()[1]
     if not path.is_file():
         raise CheckpointError(
-            f"no checkpoint at {path}; train one with `fastvae train --out {path.parent}`"
+            f"no checkpoint at {path}; train one with "
+            f"`fastvae train --out {shlex.quote(str(path.parent))}`"
         )
     try:
         if path.stat().st_size == 0:

@@ -14,6 +14,7 @@ that step and lowers its scale, so the gradient check is left to it.
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ class Guard:
         else:
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
                     f"{self.checkpoint}; continue from it with a lower learning rate: "
-                    f"fastvae train --out {self.out} --resume"
+                    f"fastvae train --out {shlex.quote(str(self.out))} --resume"
                     f"{'' if self.epochs is None else f' --epochs {self.epochs}'} "
                     f"--lr {self.lr / 10:g}")
         raise NonFiniteLoss(f"non-finite {what} ({value}) {where}; {kept}")

@@ -2,6 +2,7 @@
 bad file is one clear error (exit status 2 from the command), never a traceback."""
 import json
 import os
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -309,6 +310,13 @@ def test_weights_that_are_not_finite_are_refused_by_eval_sample_and_resume(good_
         assert cli.main(_command(command, tmp_path)) == 2
         _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "weights are not all finite")
     assert not (tmp_path / "s.png").exists()
+
+
+def test_no_checkpoint_names_the_command_with_its_folder_quoted(tmp_path, capsys):
+    run = tmp_path / "a run"
+    run.mkdir()
+    assert cli.main(["eval", str(run)]) == 2
+    _one_error_line(capsys, f"`fastvae train --out {shlex.quote(str(run))}`")
 
 
 def test_eval_data_dir_of_a_run_that_reads_no_data_folder(good_run, tmp_path, capsys):

@@ -3,6 +3,7 @@ bit-for-bit, never loses a checkpoint, and stops cleanly on a non-finite loss.""
 import json
 import math
 import os
+import shlex
 
 import pytest
 import torch
@@ -206,13 +207,14 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
         return loss, parts
 
     monkeypatch.setattr(T, "batch_loss", poisoned)
+    out = tmp_path / "a run"
     with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, step 3/23") as e:
-        T.train(tiny(tmp_path, epochs=3), log=quiet)
+        T.train(tiny(out, epochs=3), log=quiet)
     assert "epoch 1" in str(e.value) and CHECKPOINT_NAME in str(e.value)
-    # the command to continue repeats the run's target: the default (60) would be refused
-    # where the run asked for other than that
-    assert "--resume --epochs 3 --lr" in str(e.value), str(e.value)
-    state = load_checkpoint(tmp_path)
+    # the command to continue repeats the run's target (the default, 60, would be refused
+    # where the run asked for other than that), its folder quoted for the shell
+    assert f"--out {shlex.quote(str(out))} --resume --epochs 3 --lr" in str(e.value), str(e.value)
+    state = load_checkpoint(out)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 

@@ -440,9 +440,14 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     k = V.check_samples(z_k, mu)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     V.check_x_batch(x, batch)
+    V.check_grid_dtype(x, V.check_bits(bits))
+    if V.resolve_validate(validate):  # each input by its own name, before any is repeated
+        V.check_dmol_values(True, x, V.check_bits(bits), recon_k=recon_k)  # over the samples
+        V.check_values(True, mu=mu, logvar=logvar, z_k=z_k, prior_mu=prior_mu,
+                       prior_logvar=prior_logvar)
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
-                   backend, validate, params_name="recon_k").reshape(k, batch)
+                   backend, False, params_name="recon_k").reshape(k, batch)
     # log p(z_k) under the prior, with its gradients (not stopped by STL). The latents'
     # parameters are repeated over the K samples, and z_k enters both densities: each
     # widened first, so that a gradient summed over copies or over the two terms (which
@@ -451,11 +456,11 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     pm = widened(V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar))
     plv = widened(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar))
     log_pz = gaussian_log_prob(z, torch.zeros_like(z) if pm is None else pm.expand_as(z),
-                               0.0 if plv is None else plv, backend=backend, validate=validate)
+                               0.0 if plv is None else plv, backend=backend, validate=False)
     if estimator == "stl":
         mu, logvar = mu.detach(), logvar.detach()
     log_qz = gaussian_log_prob(z, widened(mu).expand_as(z), widened(logvar),
-                               backend=backend, validate=validate)
+                               backend=backend, validate=False)
     bound = reference.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k)
     if reduction == "none":
         return bound

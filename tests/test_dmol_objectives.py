@@ -185,3 +185,23 @@ def test_likelihood_errors():
         fastvae.iwae_bound(x3, p3[None], mu, lv, z[None], likelihood=DMOL)
     with pytest.raises(ValueError, match="bits"):
         fastvae.ELBOLoss(likelihood=DMOL, bits=0)
+
+
+@pytest.mark.parametrize("name", ["x", "recon_k", "mu", "logvar", "z_k", "prior_mu",
+                                  "prior_logvar"])
+def test_iwae_bound_validation_names_the_input(name):
+    """validate=True: a non-finite value in one input is reported under that input's name
+    and with its own count, not under the name of an internal density's argument, nor
+    counted once per repeat over the K samples."""
+    k, b, l = 3, 2, 4
+    x, _ = make(b, 1, 2, 2, 3)
+    ins = {"x": x, "recon_k": torch.stack([make(b, 1, 2, 2, 3)[1] for _ in range(k)]),
+           "mu": torch.randn(b, l, dtype=F64), "logvar": torch.randn(b, l, dtype=F64),
+           "z_k": torch.randn(k, b, l, dtype=F64), "prior_mu": torch.zeros(l, dtype=F64),
+           "prior_logvar": torch.zeros(b, l, dtype=F64)}
+    ins[name] = ins[name].clone()
+    ins[name].view(-1)[:2] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{name} has 2 non-finite value"):
+        fastvae.iwae_bound(ins["x"], ins["recon_k"], ins["mu"], ins["logvar"], ins["z_k"],
+                           likelihood=DMOL, prior_mu=ins["prior_mu"],
+                           prior_logvar=ins["prior_logvar"], validate=True)

@@ -126,12 +126,12 @@ def folder(value) -> str:
 
 
 def png_file(value) -> str:
-    """A picture to write: the grids are encoded as PNG whatever the name says, so another
-    suffix would make a file its name misdescribes."""
+    """A picture to write (:func:`file_to_write`): the grids are encoded as PNG whatever
+    the name says, so another suffix would make a file its name misdescribes."""
     value = folder(value)
     if not value.lower().endswith(".png"):
         raise BadValue(f"must name a .png file (the images are written as PNG), got {value!r}")
-    return value
+    return file_to_write(value)
 
 
 def comma_list(item):
@@ -167,11 +167,17 @@ def file_to_write(value) -> str:
     that a path which cannot be written loses nothing."""
     if not isinstance(value, str) or not value:
         raise BadValue("an empty file name")
-    folder = os.path.dirname(os.path.abspath(value))
-    if not os.path.isdir(folder) and os.path.exists(folder):
-        raise BadValue(f"cannot write {value}: {folder} is not a folder")
-    if os.path.isdir(value) or not os.access(folder, os.W_OK):
-        raise BadValue(f"cannot write {value}")
+    if os.path.isdir(value):
+        raise BadValue(f"cannot write {value}: it is a folder")
+    # the writer creates missing folders (checkpoint.atomic_write): the nearest existing
+    # one decides
+    existing = os.path.dirname(os.path.abspath(value))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise BadValue(f"cannot write {value}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadValue(f"cannot write {value}: {existing} is not writable")
     return value
 
 

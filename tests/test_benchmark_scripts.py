@@ -3,6 +3,7 @@ one-line usage error naming the flag (not a traceback minutes later), and write 
 files atomically. The heavy parts are shrunk or stubbed: these check the plumbing."""
 import importlib.util
 import json
+import os
 import pathlib
 
 import pytest
@@ -40,7 +41,7 @@ def test_estimators_speed_refuses_one_round_and_an_unwritable_json_up_front(
     es = _module("estimators_speed", monkeypatch)
     monkeypatch.setattr(es, "make_inputs", _no_work)
     _usage_error(capsys, es.main, ["--quick", "--reps", "1"], "--reps")
-    for bad in ("/nonexistent/x.json", str(tmp_path)):
+    for bad in (os.path.join(__file__, "x.json"), str(tmp_path)):   # under a file; a folder
         _usage_error(capsys, es.main, ["--quick", "--reps", "2", "--json", bad], "--json")
 
 

@@ -209,6 +209,32 @@ def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, 
     assert list(tmp_path.iterdir()) == []  # refused before anything was created
 
 
+@pytest.mark.parametrize("make,out,needle", [
+    (lambda d: (d / "afile").write_text(""), "afile/x.png", "afile is a file, not a folder"),
+    (lambda d: (d / "d.png").mkdir(), "d.png", "cannot write d.png: it is a folder")])
+def test_sample_refuses_an_out_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch,
+                                                               make, out, needle):
+    """An --out under a file, or naming a folder: one line at the flag, before the
+    checkpoint is read or a sample drawn (it was the OS's EEXIST or EISDIR at the end)."""
+    monkeypatch.chdir(tmp_path)
+    make(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", "no-such-run", "--out", out])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--out" in err and needle in err, err
+
+
+def test_a_file_to_write_may_be_in_folders_to_create(tmp_path):
+    """The writers create missing folders (atomic_write): the nearest existing one is what
+    the check looks at."""
+    from fastvae import options as o
+    for name in ("a/b/x.json", "a/b/x.png"):
+        path = str(tmp_path / name)
+        assert (o.png_file if name.endswith(".png") else o.file_to_write)(path) == path
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
                                        ("beta", float("nan")), ("lr", 1e300), ("iwae_k", -1),

@@ -253,14 +253,12 @@ class HierarchicalVAE(ObservationModel):
         log q(z_i | x, z_>i))`` (each by :func:`fastvae.gaussian_log_prob`), ``L_K =
         logsumexp_k log w_k - log K``. The bottom-up pass runs once; the K top-down
         passes ``chunk_size`` at a time (default: about 2^20 latent values per chunk)."""
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k, chunk_size = self.iwae_sizes(k, chunk_size)
         feats = self._bottom_up(x)
         batch = x.shape[0]
         if chunk_size is None:
             chunk_size = max(1, (1 << 20) // max(1, batch * max(self.latent_dim, 1)))
-        chunk_size = max(1, min(int(chunk_size), k))
+        chunk_size = min(chunk_size, k)
 
         def draw(q, p):
             z, _ = sample_with_kl(*q, generator=generator, backend=backend)

@@ -111,14 +111,12 @@ class _VAEBase(ObservationModel):
         logsumexp is ``bound + log k_c``; the chunks combine as
         ``L_K = logsumexp_c(lse_c) - log K``.
         """
-        k = int(k)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k, chunk_size = self.iwae_sizes(k, chunk_size)
         batch = self.check_images(x).shape[0]
         per_sample = max(1, math.prod(self.out_shape))
         if chunk_size is None:
             chunk_size = max(1, _IWAE_CHUNK_ELEMENTS // max(1, batch * per_sample))
-        chunk_size = max(1, min(int(chunk_size), k))
+        chunk_size = min(chunk_size, k)
         mu, logvar = self.encode(x)
         lses = []
         done = 0

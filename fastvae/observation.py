@@ -33,6 +33,14 @@ def chunk_lengths(n: int, size: int) -> list:
     return [min(size, n - start) for start in range(0, n, size)] or [0]
 
 
+def check_chunk_size(chunk_size):
+    """None (the caller's default), or ``chunk_size`` as an int >= 1: int() would truncate
+    2.5 to 2 and read True as 1, and a size below 1 has no chunk to draw."""
+    if chunk_size is None:
+        return None
+    return int(check_number("chunk_size", chunk_size, minimum=1, integer=True))
+
+
 def cb_mean(logits: torch.Tensor) -> torch.Tensor:
     """Mean of the continuous Bernoulli with natural parameter ``logits``.
 
@@ -105,10 +113,19 @@ class ObservationModel(nn.Module):
     def sample_chunk_size(self, chunk_size=None) -> int:
         """Images per chunk of :meth:`sample_chunks`: ``chunk_size``, else
         :data:`SAMPLE_CHUNK_ELEMENTS` of decoder output, at least :data:`SAMPLE_CHUNK_MIN`."""
-        if chunk_size is None:
+        size = check_chunk_size(chunk_size)
+        if size is None:
             return max(SAMPLE_CHUNK_MIN,
                        SAMPLE_CHUNK_ELEMENTS // max(1, math.prod(self.out_shape)))
-        return int(check_number("chunk_size", chunk_size, minimum=1, integer=True))
+        return size
+
+    @staticmethod
+    def iwae_sizes(k, chunk_size):
+        """``iwae_nll``'s ``k`` (an int >= 1) and ``chunk_size`` (:func:`check_chunk_size`),
+        checked as :meth:`sample` checks its ``n``: int() would run k=2.7 with K=2 and
+        k=True with K=1, an estimate of another K under the asked one's name."""
+        return (int(check_number("k", k, minimum=1, integer=True)),
+                check_chunk_size(chunk_size))
 
     def sample_chunks(self, n: int, generator=None, chunk_size=None):
         """The ``n`` images of :meth:`sample` as an iterator of ``(b, *data_shape)`` chunks

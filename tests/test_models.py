@@ -217,3 +217,27 @@ def test_an_empty_batch_is_an_elbo_of_zero_as_in_fastvae_elbo(make):
                      (dict(beta=-1.0), "beta must be >= 0")):
         with pytest.raises(ValueError, match=msg):
             m.elbo(torch.rand(2, 1, 4, 4), **bad)
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_iwae_nll_checks_k_and_chunk_size_by_name(make):
+    """As sample checks n and chunk_size: int() would run k=2.7 with K=2 and k=True with
+    K=1 (an estimate of another K than asked), and a chunk_size below 1 has no meaning."""
+    m = make()
+    x = torch.rand(2, 1, 4, 4)
+    for bad, exc, msg in ((2.7, TypeError, "k must be an int, got float"),
+                          (True, TypeError, "k must be an int, got bool"),
+                          ("5", TypeError, "k must be an int, got str"),
+                          (None, TypeError, "k must be an int, got NoneType"),
+                          (0, ValueError, "k must be >= 1, got 0")):
+        with pytest.raises(exc, match=msg):
+            m.iwae_nll(x, bad)
+    for bad, exc, msg in ((0, ValueError, "chunk_size must be >= 1, got 0"),
+                          (-3, ValueError, "chunk_size must be >= 1, got -3"),
+                          (2.5, TypeError, "chunk_size must be an int, got float"),
+                          (True, TypeError, "chunk_size must be an int, got bool")):
+        with pytest.raises(exc, match=msg):
+            m.iwae_nll(x, 3, chunk_size=bad)
+    # None is the model's default chunking; a chunk larger than k is one chunk of k
+    assert m.iwae_nll(x, 3, chunk_size=None).shape == (2,)
+    assert m.iwae_nll(x, 3, chunk_size=50).shape == (2,)

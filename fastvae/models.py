@@ -249,9 +249,18 @@ class ConvVAE(_VAEBase):
 def build_model(config: dict) -> ObservationModel:
     """A model from a plain config dict (``model``, ``data_shape``, ``latent``,
     ``hidden``, ``likelihood``, optional ``channels``, ``n_mix`` (DMoL) and, for "hvae",
-    ``groups``), as stored in checkpoints."""
+    ``groups``), as stored in checkpoints. Every value is checked under its key's name
+    before any layer is made (the constructors' own names, such as ``latent_dim``, are not
+    the keys of a checkpoint's config); a missing ``data_shape`` or ``latent`` is a
+    ValueError."""
+    for key in ("data_shape", "latent"):   # the two sizes with no default
+        if key not in config:
+            raise ValueError(f"the config lacks '{key}', needed to build the model")
     kind = config.get("model", "mlp")
-    common = dict(data_shape=tuple(config["data_shape"]), latent_dim=int(config["latent"]),
+    # the sizes go to the constructors as given: their checks name these keys, where
+    # int() or tuple() first would turn 2.7 into 2 and True into 1
+    common = dict(data_shape=config["data_shape"],
+                  latent_dim=check_size("latent", config["latent"]),
                   likelihood=config.get("likelihood", "bernoulli"),
                   n_mix=config.get("n_mix"))
     hidden = config.get("hidden", [256])
@@ -259,12 +268,11 @@ def build_model(config: dict) -> ObservationModel:
         return VAE(hidden=tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,),
                    **common)
     if kind == "conv":
-        channels = tuple(config.get("channels", (32, 64)))
-        return ConvVAE(channels=channels, hidden=hidden, **common)
+        return ConvVAE(channels=config.get("channels", (32, 64)), hidden=hidden, **common)
     if kind == "hvae":
         return HierarchicalVAE(data_shape=common["data_shape"],
                                latent_channels=common["latent_dim"],
-                               channels=tuple(config.get("channels", (32, 64))),
-                               groups=int(config.get("groups", 2)),
+                               channels=config.get("channels", (32, 64)),
+                               groups=config.get("groups", 2),
                                likelihood=common["likelihood"], n_mix=common["n_mix"])
     raise ValueError(f"model must be 'mlp', 'conv' or 'hvae', got {kind!r}")

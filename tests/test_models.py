@@ -105,6 +105,32 @@ def test_build_model_from_plain_config():
         build_model({"model": "rnn", "data_shape": [4], "latent": 2})
 
 
+_SHAPE = {"data_shape": [1, 8, 8]}
+
+
+@pytest.mark.parametrize("config,exc,msg", [
+    (dict(_SHAPE, latent=2.7), TypeError, "latent must be an int, got float"),
+    (dict(_SHAPE, latent=True), TypeError, "latent must be an int, got bool"),
+    (dict(_SHAPE, latent="8"), TypeError, "latent must be an int, got str"),
+    (dict(_SHAPE, latent=0), ValueError, "latent must be >= 1, got 0"),
+    (dict(_SHAPE), ValueError, "the config lacks 'latent'"),
+    (dict(latent=2), ValueError, "the config lacks 'data_shape'"),
+    (dict(data_shape=5, latent=2), TypeError, "data_shape must be a sequence of ints, got int"),
+    (dict(_SHAPE, latent=2, model="hvae", groups=2.7), TypeError,
+     "groups must be an int, got float"),
+    (dict(_SHAPE, latent=2, model="hvae", groups=True), TypeError,
+     "groups must be an int, got bool"),
+    (dict(_SHAPE, latent=2, model="conv", channels=32), TypeError,
+     "channels must be a sequence of ints, got int"),
+    (dict(_SHAPE, latent=2, model="hvae", channels=[4, 2.5]), TypeError,
+     r"channels\[1\] must be an int, got float")])
+def test_build_model_names_the_config_key_before_building(config, exc, msg):
+    """A checkpoint's config is checked under its own keys' names (latent, not the
+    constructor's latent_dim), and before int() could turn 2.7 into 2 or True into 1."""
+    with pytest.raises(exc, match=msg):
+        build_model(config)
+
+
 @pytest.mark.parametrize("cls,kw,msg", [
     (VAE, dict(latent_dim=0), r"latent_dim must be >= 1, got 0"),
     (VAE, dict(data_shape=(0,)), r"data_shape\[0\] must be >= 1, got 0"),

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
 from .validation import (DMOL, LIKELIHOODS, check_number, check_option, check_sizes,
                          check_tensor, dmol_slots)
@@ -132,6 +133,9 @@ class ObservationModel(nn.Module):
         of at most :meth:`sample_chunk_size` images, each decoded when it is asked for
         (keep only what you need: ``fastvae sample`` moves each to the CPU)."""
         n = int(check_number("n", n, minimum=0, integer=True))  # expand(-1) would keep 1
+        # here for every model: an mlp or conv model's first draw is torch.randn, whose
+        # error for a bad generator is a list of signatures naming no argument
+        check_generator(generator, next(self.parameters()).device)
         return self._sample_chunks(n, generator, self.sample_chunk_size(chunk_size))
 
     @torch.no_grad()

@@ -267,3 +267,13 @@ def test_iwae_nll_checks_k_and_chunk_size_by_name(make):
     # None is the model's default chunking; a chunk larger than k is one chunk of k
     assert m.iwae_nll(x, 3, chunk_size=None).shape == (2,)
     assert m.iwae_nll(x, 3, chunk_size=50).shape == (2,)
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_sample_names_a_bad_generator(make):
+    """Every model with the one message of fastvae's ops, before anything is drawn."""
+    m = make()
+    for call in (m.sample, m.sample_chunks):
+        with pytest.raises(TypeError, match="^generator must be a torch.Generator, got str$"):
+            call(3, generator="x")
+    assert m.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 4, 4)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import estimators
+from . import backends, estimators
 from . import validation as V
 from .functional import elbo
 
@@ -35,6 +35,12 @@ class ELBOLoss(nn.Module):
         self.likelihood, self.kl, self.reduction = likelihood, kl, reduction
         self.beta = V.check_number("beta", beta, minimum=0.0)
         self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
+        # checked now, as the functional API checks them per call, so that a bad one fails
+        # where the loss is made, not at its first forward; None is read per call
+        # (FASTVAE_BACKEND, set_validation), so only a value given is checked
+        if backend is not None:
+            backends.check_name(backend)
+        V.resolve_validate(validate)
         self.backend, self.validate = backend, validate
 
     def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0, prior_mu=None,

@@ -111,6 +111,23 @@ def test_constructor_and_repr():
         fastvae.ELBOLoss(kl="sampled")
 
 
+@pytest.mark.parametrize("kw,exc,msg", [
+    (dict(backend="gpu"), ValueError, "backend must be one of"),
+    (dict(backend=5), ValueError, "backend must be one of"),
+    (dict(validate="yes"), TypeError, "validate must be None or a bool, got str"),
+    (dict(validate=1), TypeError, "validate must be None or a bool, got int")])
+def test_constructor_checks_backend_and_validate_as_the_call_does(kw, exc, msg):
+    """Where the loss is made, not at its first forward, with fastvae.elbo's message."""
+    with pytest.raises(exc, match=msg) as made:
+        fastvae.ELBOLoss(**kw)
+    x, r, mu, lv, _ = (t.detach() for t in make())
+    with pytest.raises(exc) as called:
+        fastvae.elbo(x, r, mu, lv, **kw)
+    assert str(made.value) == str(called.value)
+    for good in (dict(backend=None, validate=None), dict(backend="reference", validate=True)):
+        fastvae.ELBOLoss(**good)(x, r, mu, lv)
+
+
 def test_per_call_validate_setting(restore_validation):
     x, r, mu, lv, _ = make()
     x = x.detach().clone()

@@ -70,6 +70,12 @@ def triton_available() -> bool:
     return _triton_ok
 
 
+def check_name(name, source: str = "backend") -> None:
+    """ValueError unless ``name`` is one of :data:`NAMES` (``source``: what to call it)."""
+    if name not in NAMES:
+        raise ValueError(f"{source} must be one of {NAMES}, got {name!r}")
+
+
 def select(backend: str | None, device: torch.device) -> str:
     """The backend that runs for ``backend`` ("auto" resolves here) on ``device``.
 
@@ -77,9 +83,8 @@ def select(backend: str | None, device: torch.device) -> str:
     "auto" picks "triton" for CUDA tensors when triton imports, else "torch".
     """
     name = backend if backend is not None else _env.backend_default()
-    if name not in NAMES:
-        source = "backend" if backend is not None else "FASTVAE_BACKEND"
-        raise ValueError(f"{source} must be one of {NAMES}, got {name!r}")
+    if name not in NAMES:  # tested here first: this runs on every op call
+        check_name(name, "backend" if backend is not None else "FASTVAE_BACKEND")
     if name == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if name == "triton":

@@ -125,6 +125,23 @@ def folder(value) -> str:
     return value
 
 
+def dataset(value) -> str:
+    """A dataset: a name or the path of an array file, as text (a number or a Path would
+    fail deep in the name matching, as an AttributeError)."""
+    if not isinstance(value, str):
+        raise BadValue(f"must be a dataset name (digits, mnist, fashion-mnist) or the path of "
+                       f"an .npy/.npz file, as a str, got {value!r}")
+    return value
+
+
+def flag(value) -> bool:
+    """An on/off setting: True or False, since any other value would be read by its
+    truthiness ("no" would resume, compile, ...)."""
+    if not isinstance(value, bool):
+        raise BadValue(f"must be True or False, got {value!r}")
+    return value
+
+
 def png_file(value) -> str:
     """A picture to write (:func:`file_to_write`): the grids are encoded as PNG whatever
     the name says, so another suffix would make a file its name misdescribes."""
@@ -227,7 +244,16 @@ TRAIN_CHECKS = {
     "lr": positive_float,
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device, "iwae_k": non_negative_int,
     "threads": threads, "k": positive_int, "n_mix": positive_int, "out": folder,
+    "dataset": dataset, "download": flag, "amp": flag, "compile": flag, "resume": flag,
+    "progress": flag,
 }
+# The settings that are text or a bool. The others are numbers: their checks take text
+# too, for argparse (which converts it before the config is made), but a config's "8"
+# would reach the model and torch as text.
+_NOT_NUMBERS = ("device", "out", "dataset", "download", "amp", "compile", "resume", "progress")
+# The settings that take a list: a width per layer (hidden, which also takes one width) or
+# per stage (channels, a list only).
+_LISTS = ("hidden", "channels")
 OBJECTIVES = ("elbo", "iwae")
 # The architecture settings each model reads: another one given is refused, not ignored.
 MODEL_SIZES = {"mlp": ("hidden",), "conv": ("hidden", "channels"), "hvae": ("channels", "groups")}
@@ -248,10 +274,17 @@ def check_train_config(cfg: dict, combinations: bool = True) -> None:
         value = cfg.get(key)
         if value is None:
             continue
-        items = value if isinstance(value, (list, tuple)) else [value]
-        if key in ("hidden", "channels") and not items:
+        is_list = isinstance(value, (list, tuple))
+        if key == "channels" and not is_list:
+            raise ValueError(f"channels: must be a list of ints, one per stage, got {value!r}")
+        if is_list and key not in _LISTS:
+            raise ValueError(f"{key}: must be a single value, got {value!r}")
+        items = value if is_list else [value]
+        if key in _LISTS and not items:
             raise ValueError(f"{key}: needs at least one width")
         for item in items:
+            if isinstance(item, str) and key not in _NOT_NUMBERS:
+                raise ValueError(f"{key}: must be a number, got the text {item!r}")
             try:
                 check(item)
             except BadValue as e:

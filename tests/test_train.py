@@ -147,6 +147,24 @@ def test_checkpoint_loads_weights_only_and_refuses_to_overwrite(tmp_path):
         T.train(tiny(tmp_path / "empty", resume=True), log=quiet)
 
 
+@pytest.mark.parametrize("settings,message", [
+    (dict(dataset=5), "dataset: must be a dataset name .* as a str, got 5"),
+    (dict(model="conv", channels=32), "channels: must be a list of ints, one per stage, got 32"),
+    (dict(resume="no"), "resume: must be True or False, got 'no'"),
+    (dict(resume=1), "resume: must be True or False, got 1"),
+    (dict(amp="no"), "amp: must be True or False, got 'no'"),
+    (dict(latent="8"), "latent: must be a number, got the text '8'"),
+    (dict(epochs=[3]), r"epochs: must be a single value, got \[3\]"),
+    (dict(model="hvae", groups=[2]), r"groups: must be a single value, got \[2\]")])
+def test_settings_of_the_wrong_kind_are_refused_by_name_first(tmp_path, settings, message):
+    """The Python API's config is checked as the command line's flags are, for kinds
+    argparse guarantees there: a bool for an on/off setting (any other value is read by its
+    truthiness), text for the dataset, a list for channels, a number for a number."""
+    with pytest.raises(ValueError, match=message):
+        T.train(tiny(tmp_path / "r", **settings), log=quiet)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_crash_between_write_and_rename_keeps_old_checkpoint(tmp_path, monkeypatch):
     T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
     before = (tmp_path / CHECKPOINT_NAME).read_bytes()

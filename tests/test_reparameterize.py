@@ -205,9 +205,9 @@ def test_low_precision_rounds_once(seed, backend, dtype, n_samples):
     b, l = 64, 16
     mu = leaf(torch.randn(b, l).to(dtype))
     lv = leaf((torch.randn(b, l) + 20.0).to(dtype))
-    gen = torch.Generator().manual_seed(seed)
-    z = fastvae.reparameterize(mu, lv, n_samples=n_samples, backend=backend, generator=gen)
-    eps = torch.randn(z.shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    z = fastvae.reparameterize(mu, lv, n_samples=n_samples, backend=backend,
+                               generator=generator(seed))
+    eps = torch.randn(z.shape, dtype=dtype, generator=generator(seed))
     dz = (torch.rand(z.shape) * 3.5 + 0.5).to(dtype)
     (dlv,) = torch.autograd.grad(z, [lv], dz)
     std = torch.exp(0.5 * lv.detach().double())

@@ -13,7 +13,7 @@ from torch import nn
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
 from .validation import (DMOL, LIKELIHOODS, check_number, check_option, check_sizes,
-                         check_tensor, dmol_slots)
+                         check_tensor, check_values, dmol_slots, resolve_validate)
 
 # NVAE's and PixelCNN++'s mixture size: what a DMoL decoder gets unless told.
 DEFAULT_N_MIX = 10
@@ -99,6 +99,9 @@ class ObservationModel(nn.Module):
             raise ValueError(f"x must be (B, *data_shape) = (B, "
                              f"{', '.join(map(str, self.data_shape))}) for this model, got "
                              f"shape {tuple(x.shape)}")
+        # with validation on (fastvae.set_validation), x's values too: a NaN in x is named
+        # here, not as the posterior the encoder makes of it (mu_q has ... non-finite)
+        check_values(resolve_validate(None), x=x)
         return x
 
     def mean(self, recon: torch.Tensor) -> torch.Tensor:

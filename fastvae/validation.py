@@ -278,13 +278,11 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
 
 
 def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
-    """The per-element checks: finiteness of every input, x in [0, 1] where required."""
+    """The per-element checks: finiteness of every input, x in [0, 1] where required. x
+    first: the data is what a model's outputs are computed from, so a NaN there is named
+    as such, not as the NaN it makes of recon or mu."""
     if not validate:
         return
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.numel() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
     if x is not None and x.numel():
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
@@ -295,6 +293,10 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
                 raise ValueError(
                     f"likelihood={likelihood!r} needs x in [0, 1], got values in [{lo}, {hi}]"
                 )
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
 
 
 def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,

@@ -233,6 +233,22 @@ def test_images_of_another_shape_are_refused_by_name(make):
 
 
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_with_validation_on_a_nan_in_x_is_named_as_x(make, restore_validation):
+    """Not as the posterior or decoder output the layers make of it (the hierarchical
+    VAE's iwae_nll said "mu_q has 128 non-finite value(s)"); with validation off, as
+    before, no check runs."""
+    m = make()
+    x = torch.rand(3, 1, 4, 4)
+    x[1, 0, 2, 2] = float("nan")
+    fastvae.set_validation(True)
+    for call in (m, m.elbo, m.reconstruct, lambda x: m.iwae_nll(x, 2)):
+        with pytest.raises(ValueError, match=r"^x has 1 non-finite value"):
+            call(x)
+    fastvae.set_validation(False)
+    m.reconstruct(x)
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
 def test_an_empty_batch_is_an_elbo_of_zero_as_in_fastvae_elbo(make):
     m = make()
     x = torch.rand(0, 1, 4, 4)

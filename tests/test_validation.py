@@ -449,3 +449,14 @@ def test_a_passed_gaussian_signature_skips_the_checks_and_nothing_else_does(monk
                 fastvae.kl_normal(*args)
     assert len(checked) == 2 * 2  # the two device mismatches reach that check, both times
     assert torch.equal(fastvae.kl_normal(mu, lv, pm, plv), first)
+
+
+def test_a_nan_in_x_is_named_before_what_is_computed_from_it():
+    """x is checked first: a model's recon and mu are NaN wherever x is, and the message
+    names the data, the cause, rather than one of them."""
+    x = torch.rand(2, 5)
+    x[0, 1] = float("nan")
+    nan = torch.full((2, 5), float("nan"))
+    mu = torch.full((2, 3), float("nan"))
+    with pytest.raises(ValueError, match=r"^x has 1 non-finite value"):
+        fastvae.elbo(x, nan, mu, mu, validate=True)

@@ -79,6 +79,7 @@ class _VAEBase(ObservationModel):
         gradient ``estimator`` (see :func:`fastvae.iwae_bound`). "dreg" needs z_k to reach
         the decoder as a tensor of its own: compile ``encode`` and ``decode``, not the
         whole module (``fastvae train --compile`` does that)."""
+        k, _ = self.iwae_sizes(k, None)   # named k here, not forward's n_samples
         recon_k, mu, logvar, z_k = self(x, generator=generator, backend=backend, n_samples=k)
         return iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,
                           obs_logvar=self._obs(), reduction=reduction, backend=backend,

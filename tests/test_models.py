@@ -198,6 +198,13 @@ def test_iwae_nll_rejects_bad_k():
         VAE((4,), 2, hidden=(8,)).iwae_nll(torch.rand(2, 4), k=0)
 
 
+@pytest.mark.parametrize("k,error", [(0, ValueError), (2.5, TypeError), (True, TypeError)])
+def test_iwae_bound_names_k(k, error):
+    """Its k, not the n_samples of the forward pass it calls."""
+    with pytest.raises(error, match=r"^k must be"):
+        VAE((4,), 2, hidden=(8,)).iwae_bound(torch.rand(2, 4), k)
+
+
 def test_iwae_k1_equals_mc_elbo_in_expectation():
     torch.manual_seed(0)
     model = VAE((1, 8, 8), latent_dim=2, hidden=(16,))

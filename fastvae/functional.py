@@ -440,9 +440,10 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     k = V.check_samples(z_k, mu)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     V.check_x_batch(x, batch)
-    V.check_grid_dtype(x, V.check_bits(bits))
+    bits = V.check_bits(bits)
+    V.check_grid_dtype(x, bits)
     if V.resolve_validate(validate):  # each input by its own name, before any is repeated
-        V.check_dmol_values(True, x, V.check_bits(bits), recon_k=recon_k)  # over the samples
+        V.check_dmol_values(True, x, bits, recon_k=recon_k)  # over the samples
         V.check_values(True, mu=mu, logvar=logvar, z_k=z_k, prior_mu=prior_mu,
                        prior_logvar=prior_logvar)
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])

@@ -87,7 +87,7 @@ def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
         half_r = torch.sub(lv, terms.LOG_2).exp_()
         half_lv_diff = lv * -0.5
     else:
-        inv_sdp = terms.inv_sd(plv, plv.dtype)
+        inv_sdp = terms.inv_sd(plv)
         u = torch.sub(mu, pm).mul_(inv_sdp) if pm is not None else mu * inv_sdp
         if g_mu is not None:
             torch.mul(u, inv_sdp, out=g_mu)

@@ -43,9 +43,9 @@ def cb_log_norm(logits):
     return value, 0.5 * torch.where(small, d_small, d_exact)
 
 
-def inv_sd(logvar, dtype: torch.dtype):
-    """``exp(-logvar/2)`` (a tensor, or a float for a ``dtype`` tensor to be multiplied by
-    it) held at the largest finite value where it overflows (float32: logvar < -177.4). A
+def inv_sd(logvar, dtype: torch.dtype | None = None):
+    """``exp(-logvar/2)`` (a tensor, or a float for the ``dtype`` tensor it multiplies)
+    held at the largest finite value where it overflows (float32: logvar < -177.4). A
     difference of exactly 0, data equal to the mean or a sample to its mean, then
     standardizes to 0 with a gradient of 0, the exact values, not inf * 0 = NaN; a nonzero
     one still squares to the inf the exact square rounds to, unless it is below ~5e-20
@@ -86,7 +86,7 @@ def kl_terms(mu, logvar, z, kl):
     if kl == "analytic":
         half_var = torch.exp(logvar - LOG_2)
         return 0.5 * (mu * mu - 1 - logvar) + half_var, mu, half_var - 0.5, None
-    inv = inv_sd(logvar, logvar.dtype)
+    inv = inv_sd(logvar)
     t = (z - mu) * inv          # the standardized sample: moderate even where 1/var overflows
     d_mu = t * inv
     sq = t * t
@@ -116,7 +116,7 @@ def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
     """
     pm = 0.0 if prior_mu is None else prior_mu
     plv = 0.0 if prior_logvar is None else prior_logvar
-    inv_sdp = 1.0 if prior_logvar is None else inv_sd(plv, plv.dtype)
+    inv_sdp = 1.0 if prior_logvar is None else inv_sd(plv)
     if kl == "analytic":
         u = (mu - pm) * inv_sdp
         # 0.5 r as one exponential of the difference, less log 2: exp(lv) * exp(-plv)
@@ -126,7 +126,7 @@ def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
         value = 0.5 * (plv - logvar + sq - 1) + half_r
         d_mu = u * inv_sdp
         return value, d_mu, half_r - 0.5, None, -d_mu, 0.5 * (1 - sq) - half_r
-    inv = inv_sd(logvar, logvar.dtype)
+    inv = inv_sd(logvar)
     t = (z - mu) * inv
     tp = (z - pm) * inv_sdp
     sq, sqp = t * t, tp * tp

@@ -7,6 +7,7 @@ import functools
 import torch
 
 from . import backends, ops, reference
+from .validation import resolve_validate
 
 
 def run(backend, device, op: str):
@@ -29,6 +30,19 @@ def run(backend, device, op: str):
 
 
 _fused: dict = {}   # (op, backend) -> the fused op bound to its backend
+
+
+def route_taken(route, backend, validate, device) -> bool:
+    """Whether this call of a signature with a route (``ops.Route``) takes it: validation
+    off, real tensors (a meta call goes to the op's fake kernel), a backend choice that
+    still picks the route's backend (``FASTVAE_BACKEND`` is read per call), and nothing
+    else that sends it elsewhere (``ops.Route.usable``). Marks the backend used."""
+    if resolve_validate(validate) or device.type == "meta":
+        return False
+    if not route.usable() or backends.select(backend, device) != route.backend:
+        return False
+    backends.mark_used(route.backend)
+    return True
 
 
 def check_generator(generator, device) -> None:

@@ -20,6 +20,7 @@ from . import backends, estimators, ops, reference
 from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
+from .dispatch import route_taken as _route_taken
 from .dispatch import run as _run
 from .gaussians import kl_normal, sample_with_kl  # noqa: F401  (public here too)
 
@@ -199,19 +200,6 @@ def elbo(
 
 
 _ELBO_CHECKED = V.Checked()
-
-
-def _route_taken(route, backend, validate, device) -> bool:
-    """Whether this call of a signature with a route takes it: validation off, real tensors
-    (a meta call goes to the op's fake kernel), a backend choice that still picks the
-    route's backend (``FASTVAE_BACKEND`` is read per call), and nothing else that sends
-    it elsewhere (``ops.Route.usable``)."""
-    if V.resolve_validate(validate) or device.type == "meta":
-        return False
-    if not route.usable() or backends.select(backend, device) != route.backend:
-        return False
-    backends.mark_used(route.backend)
-    return True
 
 
 def _elbo_signature(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar, likelihood,

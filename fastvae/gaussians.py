@@ -2,8 +2,14 @@
 (re-exported by ``fastvae.functional``): validate once, pick the backend, call it."""
 from __future__ import annotations
 
+import functools
+
+import torch
+
+from . import ops
 from . import validation as V
 from .dispatch import check_generator as _check_generator
+from .dispatch import route_taken as _route_taken
 from .dispatch import run as _run
 
 _CHECKED = V.Checked()   # signatures: plain tensors and a prior of None or plain tensors
@@ -14,9 +20,7 @@ def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
     (None, ``(N,)`` or ``(B, N)``), and the device."""
     sig = V.layouts(mu_q, logvar_q, mu_p, logvar_p)   # a numeric prior: checked every call
     if sig in _CHECKED:  # the checks below passed on these
-        shape = mu_q.shape
-        pm = None if mu_p is None else V.broadcast_rows(mu_p, shape)
-        plv = None if logvar_p is None else V.broadcast_rows(logvar_p, shape)
+        pm, plv = _priors(mu_q, mu_p, logvar_p)
         device = mu_q.device
     else:
         V.check_tensor("mu_q", mu_q)
@@ -30,10 +34,21 @@ def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
         _CHECKED.add(sig)
     V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
                    logvar_p=plv)
+    return (*_rows(mu_q, logvar_q), pm, plv, device)
+
+
+def _priors(mu_q, mu_p, logvar_p):
+    """The canonical priors of checked tensors (or None)."""
+    shape = mu_q.shape
+    return (None if mu_p is None else V.broadcast_rows(mu_p, shape),
+            None if logvar_p is None else V.broadcast_rows(logvar_p, shape))
+
+
+def _rows(mu_q, logvar_q):
     if mu_q.dim() == 2:  # already (B, N): no view (an autograd node each) per call
-        return mu_q, logvar_q, pm, plv, device
+        return mu_q, logvar_q
     b, n = mu_q.shape[0], mu_q.shape[1:].numel()  # not reshape(b, -1): ambiguous when B == 0
-    return mu_q.reshape(b, n), logvar_q.reshape(b, n), pm, plv, device
+    return mu_q.reshape(b, n), logvar_q.reshape(b, n)
 
 
 def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
@@ -88,10 +103,39 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
     any input is, else float32).
     """
+    sig = None if torch.compiler.is_compiling() else _route_key(
+        mu_q, logvar_q, mu_p, logvar_p, backend)
+    seen = _ROUTES.get(sig)
+    if type(seen) is ops.Route and _route_taken(seen, backend, validate, mu_q.device):
+        _check_generator(generator, mu_q.device)
+        z, kl = ops.sample_with_kl_routed(seen, *_rows(mu_q, logvar_q),
+                                          *_priors(mu_q, mu_p, logvar_p), generator)
+        return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl
     mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
     if mu_q.dtype != logvar_q.dtype:
         raise TypeError(f"mu_q and logvar_q must share a dtype, got {mu_q.dtype} and "
                         f"{logvar_q.dtype}")
     _check_generator(generator, device)
-    z, kl = _run(backend, device, "sample_with_kl")(mu2, lv2, pm, plv, generator)
+    fn = _run(backend, device, "sample_with_kl")
+    z, kl = fn(mu2, lv2, pm, plv, generator)
+    if isinstance(fn, functools.partial) and device.type != "meta":
+        if seen is None:
+            _ROUTES.add(sig)
+        elif seen is True and ops.Route.eager():
+            # a signature seen again is a loop's (a hierarchical VAE's group): its next
+            # call takes a route (none under a dispatch mode or a transform)
+            _ROUTES.add(sig, ops.sample_with_kl_route(mu2, lv2, pm, plv,
+                                                      backend=fn.keywords["backend"]))
     return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl
+
+
+_ROUTES = V.Checked()   # sample_with_kl's signatures: True once seen, then their Route
+
+
+def _route_key(mu_q, logvar_q, mu_p, logvar_p, backend):
+    """What a route of :func:`sample_with_kl` depends on: the tensors' layouts (a numeric
+    prior: None, no route), the backend argument and the grad mode."""
+    if not (backend is None or type(backend) is str):
+        return None
+    tensors = V.layouts(mu_q, logvar_q, mu_p, logvar_p)
+    return None if tensors is None else (tensors, backend, torch.is_grad_enabled())

@@ -14,6 +14,8 @@ from .iwae_bound import iwae_bound
 from .kl_normal import kl_normal
 from .kl_standard_normal import kl_standard_normal
 from .reparameterize import reparameterize
+from .sample_with_kl import route as sample_with_kl_route
+from .sample_with_kl import routed as sample_with_kl_routed
 from .sample_with_kl import sample_with_kl
 
 __all__ = ["functorch_active", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob",

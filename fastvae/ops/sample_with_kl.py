@@ -74,7 +74,7 @@ def _setup(ctx, inputs, output):
     ctx.needs, ctx.backend = list(needs), backend
     ctx.owns_saved = False  # set by A.owned() where the caller drops the gradient outputs
     # logvar is the caller's tensor and noise eps or a seed: saved only where dlogvar_q needs them
-    ctx.save_for_backward(logvar if needs[1] else None, noise if needs[1] else None, *output[2:])
+    _save(ctx, needs, inputs, output)
     ctx.like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
     A.keep_inputs(ctx, inputs[:5])
 
@@ -86,10 +86,23 @@ def _finish(ctx, grads):
     return (*out, None, None, None)
 
 
-def _backward(ctx, dz, g_kl, *_):
+def _save(ctx, needs, tensors, output) -> None:
+    """What backward reads: logvar_q (the caller's tensor) and the noise (eps or a seed)
+    only where dlogvar_q needs them, and the KL's saved gradients."""
+    ctx.save_for_backward(tensors[1] if needs[1] else None, tensors[4] if needs[1] else None,
+                          *output[2:])
+
+
+def _saved(ctx):
+    """(logvar, noise, g_mu, g_lv, g_plv) as the backends' backward takes them."""
     logvar, noise, g_mu, g_lv, g_plv = ctx.saved_tensors
     if logvar is None:
         logvar = g_mu if ctx.needs[0] or ctx.needs[2] else g_plv  # for its shape only
+    return logvar, noise, g_mu, g_lv, g_plv
+
+
+def _backward(ctx, dz, g_kl, *_):
+    logvar, noise, g_mu, g_lv, g_plv = _saved(ctx)
     args = (dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, ctx.needs)
     if A.plain_eager((dz, g_kl, logvar)):
         grads = backends.get(ctx.backend).sample_with_kl_bwd(
@@ -129,3 +142,35 @@ def sample_with_kl(mu, logvar, prior_mu, prior_logvar, generator, *, backend):
     needs = A.needs(mu, logvar, prior_mu, prior_logvar)
     # z and the KL only: the gradient outputs end here, so backward may write over them
     return _sample_with_kl.value(mu, logvar, prior_mu, prior_logvar, noise, needs, backend)
+
+
+def route(mu, logvar, prior_mu, prior_logvar, *, backend):
+    """A :class:`~fastvae.ops._autograd.Route` for :func:`sample_with_kl` calls like this
+    one (the same layouts, grad mode and backend): :func:`routed` calls it."""
+    needs = A.needs(mu, logvar, prior_mu, prior_logvar)
+    compute = backends.get(backend)
+    fwd = compute.sample_with_kl_fwd
+
+    def run(mu, logvar, prior_mu, prior_logvar, noise):
+        return fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
+
+    def save(ctx, tensors, output):
+        _save(ctx, needs, tensors, output)
+
+    def usual(ctx, dz, g_kl):
+        # _backward's eager path (A.usual_grads held), the backend's function read per call
+        # as there: a replaced one sees every backward
+        grads = backends.get(ctx.backend).sample_with_kl_bwd(
+            dz, g_kl, *_saved(ctx), needs, reuse_saved=not A.graph_kept())
+        return _finish(ctx, list(grads))
+
+    like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
+    return A.Route(_sample_with_kl, run, 5, 5, (), needs, backend, {"like": like},
+                   source=(compute, "sample_with_kl_fwd", fwd), save=save, usual=usual)
+
+
+def routed(route, mu, logvar, prior_mu, prior_logvar, generator):
+    """:func:`sample_with_kl` of a call that takes ``route`` (its signature's): the noise
+    drawn as the op draws it, then the route's one node."""
+    noise = backends.get(route.backend).reparameterize_noise(mu, 0, generator)
+    return route.function.apply(mu, logvar, prior_mu, prior_logvar, noise)

@@ -170,6 +170,36 @@ def test_sample_with_kl_launches_once_each_way(seed, launches, prior):
     assert all(g.shape == t.shape and torch.isfinite(g).all() for g, t in zip(grads, ins))
 
 
+@pytest.mark.parametrize("retain", [False, True])
+def test_sample_with_kl_backward_writes_over_the_saved_gradients(seed, monkeypatch, retain):
+    """Where the graph is freed after it, backward writes dmu_q, dlogvar_q and dlogvar_p
+    over the saved gradient each is made from and allocates only dmu_p; a retained graph
+    keeps them (a second backward reads them again) and gets new buffers. The gradients
+    are the same either way, and a retained graph's second backward gives them again."""
+    from fastvae.backends.triton_backend import _launch
+    made = []
+    real = _launch.alloc
+    monkeypatch.setattr(_launch, "alloc", lambda *a: made.append(a[0]) or real(*a))
+    shape = (6, 3, 5, 7)
+    leaves = [leaf(torch.randn(shape)) for _ in range(4)]
+    cot = [torch.randn(shape), torch.randn(shape[0])]
+
+    def grads(retain_graph):
+        torch.manual_seed(3)
+        z, kl = fastvae.sample_with_kl(*leaves, backend="triton")
+        del made[:]
+        got = torch.autograd.grad([z, kl], leaves, cot, retain_graph=retain_graph)
+        allocated = len(made)
+        if retain_graph:
+            again = torch.autograd.grad([z, kl], leaves, cot)
+            assert all(torch.equal(a, b) for a, b in zip(got, again))
+        return got, allocated
+    got, allocated = grads(retain)
+    assert allocated == (4 if retain else 1)
+    want, _ = grads(not retain)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_samplers_save_no_noise(seed):
     check_no_noise_saved("triton")
 

@@ -8,11 +8,12 @@ gradients together (see ``fastvae.ops``; None for a gradient not needed, which t
 turns into the custom op's empty placeholder), ``reparameterize_noise`` /
 ``reparameterize_fwd`` / ``reparameterize_bwd`` / ``reparameterize_std_eps`` and
 ``scale_saved_``; optionally ``kl_normal_bwd`` (the saved gradients weighed by grad_output
-in one pass; None where it cannot, and ``fastvae.ops`` weighs them). ``elbo_fwd`` and
-``scale_saved_`` may carry a ``prepare`` attribute for ``fastvae.ops.Route``: their
-arguments (``scale_saved_``'s gradients alone) -> the same function for calls that
-differ only in the tensors' values (x, recon, mu, logvar, z; the gradients and
-grad_output), or None. The canonical shapes:
+in one pass; None where it cannot, and ``fastvae.ops`` weighs them). ``elbo_fwd``,
+``sample_with_kl_fwd`` and ``scale_saved_`` may carry a ``prepare`` attribute for
+``fastvae.ops.Route``: their arguments (``scale_saved_``'s gradients alone; without the
+noise) -> the same function for calls that differ only in the tensors' values (x, recon,
+mu, logvar, z; mu, logvar, the prior's and the noise; the gradients and grad_output), or
+None. The canonical shapes:
 
 ``elbo``: x, recon ``(B, D)``; mu, logvar ``(B, L)``; z ``(B, L)`` or None (given iff
     kl == "mc"); obs_logvar a float, or a tensor ``(D,)`` or ``(B, D)``. The value is

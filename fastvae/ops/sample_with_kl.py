@@ -150,9 +150,11 @@ def route(mu, logvar, prior_mu, prior_logvar, *, backend):
     needs = A.needs(mu, logvar, prior_mu, prior_logvar)
     compute = backends.get(backend)
     fwd = compute.sample_with_kl_fwd
-
-    def run(mu, logvar, prior_mu, prior_logvar, noise):
-        return fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
+    prepare = getattr(fwd, "prepare", None)
+    run = prepare(mu, logvar, prior_mu, prior_logvar, needs) if prepare is not None else None
+    if run is None:
+        def run(mu, logvar, prior_mu, prior_logvar, noise):
+            return fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
 
     def save(ctx, tensors, output):
         _save(ctx, needs, tensors, output)

@@ -21,6 +21,7 @@ from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
 from ..torch_backend.sample_with_kl import kl_with_grads
 from . import _launch, configs
+from ._kept import Kept
 from ._rows import prior_args
 from .reparameterize import reparameterize_fwd, reparameterize_std_eps
 
@@ -38,29 +39,63 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     if _launch.delegated(prior_mu, prior_logvar):  # float64 (an empty one: mu is empty too)
         return (reparameterize_fwd(mu, logvar, noise, 0),
                 *kl_with_grads(mu, logvar, prior_mu, prior_logvar, needs))
-    dev = mu.device
-    b, n = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
-    pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
+    prior = prior_args(prior_mu, prior_logvar, mu)
+    return _fwd_run(_fwd_plan_of(mu, logvar, prior, prior_mu, prior_logvar, needs), mu, logvar,
+                    prior, noise)
+
+
+def sample_with_kl_prepare(mu, logvar, prior_mu, prior_logvar, needs):
+    """``sample_with_kl_fwd.prepare``: :func:`sample_with_kl_fwd` for calls that differ
+    from this one only in the tensors' values (their shapes, strides, dtypes and devices
+    and ``needs`` the same; the noise a seed, as :func:`reparameterize_noise` draws for
+    such ``mu``), keeping its plan (``fastvae.ops.Route``; looked up again as
+    ``_kept.Kept`` says); None where the "torch" backend computes."""
+    if _launch.delegated(mu) or _launch.delegated(prior_mu, prior_logvar):
+        return None
+    kept = Kept(lambda *args: _fwd_plan_of(*args))   # the module's, when it looks up
+
+    def run(mu, logvar, prior_mu, prior_logvar, noise):
+        mu, logvar = _launch.rows(mu), _launch.rows(logvar)
+        prior = prior_args(prior_mu, prior_logvar, mu)
+        return _fwd_run(kept.get(mu, logvar, prior, prior_mu, prior_logvar, needs), mu,
+                        logvar, prior, noise)
+    return run
+
+
+def _fwd_plan_of(mu, logvar, prior, prior_mu, prior_logvar, needs):
+    """The planned launch and the outputs' dtypes of rows ``mu``, ``logvar`` and the
+    kernel's ``prior`` (``prior_args``)."""
+    pm, plv, stride_pm, stride_plv, has_prior = prior
+    dev = mu.device
     kl_dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
-    key = (mu.shape, mu.stride(0), mu.dtype, logvar.stride(0), logvar.dtype, prior, pm.dtype,
-           stride_pm, plv.dtype, stride_plv, kl_dtype, tuple(needs), dev,
+    key = (mu.shape, mu.stride(0), mu.dtype, logvar.stride(0), logvar.dtype, has_prior,
+           pm.dtype, stride_pm, plv.dtype, stride_plv, kl_dtype, tuple(needs), dev,
            configs.interpreter_tiles(), _launch.sm_count(dev))   # the grid depends on the SMs
-    plan = _launch.plan_for(_PLANS, key, lambda: _fwd_plan(mu, logvar, pm, plv, stride_pm,
-                                                           stride_plv, prior, needs))
+    return _launch.plan_for(_PLANS, key, lambda: dict(
+        _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, has_prior, needs), kl=kl_dtype,
+        gmu=(kl_mean_grad_dtype(mu, prior_mu, needs[2]) if needs[0] or needs[2] else None),
+        glv=saved_grad_dtype(logvar, mu.shape) if needs[1] else None,
+        gplv=saved_grad_dtype(plv, mu.shape) if needs[3] else None))
+
+
+def _fwd_run(plan, mu, logvar, prior, noise):
+    """:func:`sample_with_kl_fwd`'s outputs and launch for inputs of ``plan``."""
+    dev = mu.device
     z = _launch.alloc_like(mu)
-    kl = _launch.alloc((b,), kl_dtype, dev)
-    gmu = (_launch.alloc_like(mu, kl_mean_grad_dtype(mu, prior_mu, needs[2]))
-           if needs[0] or needs[2] else None)
-    glv = _launch.alloc_like(mu, saved_grad_dtype(logvar, mu.shape)) if needs[1] else None
-    gplv = _launch.alloc_like(mu, saved_grad_dtype(plv, mu.shape)) if needs[3] else None
+    kl = _launch.alloc((mu.shape[0],), plan["kl"], dev)
+    gmu, glv, gplv = [None if plan[g] is None else _launch.alloc_like(mu, plan[g])
+                      for g in ("gmu", "glv", "gplv")]
     split = plan["split"]
     _launch.launch_planned(
-        plan["launch"], MU=mu, LV=logvar, PM=pm, PLV=plv, SEED=noise, Z=z, KL=kl,
+        plan["launch"], MU=mu, LV=logvar, PM=prior[0], PLV=prior[1], SEED=noise, Z=z, KL=kl,
         GMU=gmu, GLV=glv, GPLV=gplv,
         PARTIALS=_launch.scratch(plan["partials"], torch.float32, dev) if split else None,
         COUNTER=_launch.ticket(dev, plan["row_blocks"]) if split else None)
     return z, kl, gmu, glv, gplv
+
+
+sample_with_kl_fwd.prepare = sample_with_kl_prepare
 
 
 def _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior, needs) -> dict:
@@ -90,8 +125,10 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     """(dmu_q, dlogvar_q, dmu_p, dlogvar_p) per row, (B, N) each or None where not needed;
     eps regenerated from the seed. ``logvar`` is the posterior's log-variance where
     dlogvar_q is needed, else any (B, N) tensor of the call (for the shape).
-    ``reuse_saved`` (the saved gradients may be overwritten) serves the torch backend's
-    CPU pass, where it saves memory traffic; the kernel here writes new buffers."""
+    ``reuse_saved`` (the saved gradients may be overwritten): dmu_q, dlogvar_q and
+    dlogvar_p are written over the saved gradient each is made from (same dtype, same
+    rows; each element read before it is written by the same thread), so a call
+    allocates only dmu_p."""
     if (not seeded(noise)) if noise is not None else _launch.delegated(logvar):
         return torch_backend.sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv,
                                                 needs, reuse_saved)
@@ -109,8 +146,10 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
                                                        for g in saved),
            tuple(needs), dev, configs.interpreter_tiles(), _launch.sm_count(dev))
     plan = _launch.plan_for(_PLANS, key, lambda: _bwd_plan(lv, dz, g_kl, needs))
-    outs = [_launch.alloc_like(lv, s.dtype) if need else None
-            for need, s in zip(needs, kl_bwd_sources(*saved))]
+    over = (saved[0], saved[1], None, saved[2]) if reuse_saved else (None,) * 4
+    outs = [None if not need else o if o is not None and o.is_contiguous() else
+            _launch.alloc_like(lv, s.dtype)
+            for need, s, o in zip(needs, kl_bwd_sources(*saved), over)]
     dmu, dlv, dpm, dplv = outs
     _launch.launch_planned(
         plan, DZ=dz, GKL=g_kl, LV=lv, SEED=noise,

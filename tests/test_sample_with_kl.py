@@ -187,6 +187,39 @@ def test_low_precision(seed, backend, dtype):
                  rtol=4 * torch.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("first", ["row", "expanded"])
+def test_a_shared_row_and_its_expanded_rows_in_one_process(seed, backend, first):
+    """A bfloat16 prior as one (N,) row and as that row expanded to (B, N) (row stride 0)
+    launch alike, but the row's per-row gradient is kept in float32 until it is summed
+    (saved_grad_dtype) and the expanded one's is not: whichever comes first, each call
+    gives what it gives alone."""
+    dt = torch.bfloat16
+    b, n = 64, 8
+    mu, lv = posterior((b, n), dt)
+    row_mu, row_lv = torch.randn(n, dtype=dt), torch.randn(n, dtype=dt)
+
+    def call(kind):
+        pm, plv = leaf(row_mu.clone()), leaf(row_lv.clone())
+        args = (pm, plv) if kind == "row" else (pm.expand(b, n), plv.expand(b, n))
+        torch.manual_seed(1)
+        z, kl = fastvae.sample_with_kl(mu, lv, *args, backend=backend)
+        return [z.detach(), kl.detach(),
+                *torch.autograd.grad([z, kl], [mu, lv, pm, plv],
+                                     [torch.ones_like(z), torch.ones_like(kl)])]
+
+    def fresh_plans():   # nothing kept from other calls: the next one plans anew
+        if backend == "triton":
+            from fastvae.backends.triton_backend import sample_with_kl as host
+            host._PLANS.clear()
+    second = "expanded" if first == "row" else "row"
+    fresh_plans()
+    alone = call(second)
+    fresh_plans()
+    call(first)
+    for got, want in zip(call(second), alone):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("kind", ["full", "shared"])
 def test_a_float64_prior_beside_a_narrower_posterior(seed, backend, dtype, kind):

@@ -170,34 +170,64 @@ def test_sample_with_kl_launches_once_each_way(seed, launches, prior):
     assert all(g.shape == t.shape and torch.isfinite(g).all() for g, t in zip(grads, ins))
 
 
-@pytest.mark.parametrize("retain", [False, True])
-def test_sample_with_kl_backward_writes_over_the_saved_gradients(seed, monkeypatch, retain):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("wanted", ["all", "prior"])
+@pytest.mark.parametrize("routed", [False, True])
+def test_sample_with_kl_backward_writes_over_the_saved_gradients(seed, monkeypatch, routed,
+                                                                  wanted, dtype):
     """Where the graph is freed after it, backward writes dmu_q, dlogvar_q and dlogvar_p
-    over the saved gradient each is made from and allocates only dmu_p; a retained graph
-    keeps them (a second backward reads them again) and gets new buffers. The gradients
-    are the same either way, and a retained graph's second backward gives them again."""
+    over the saved gradient each is made from and allocates only dmu_p; a retained graph keeps them (a second backward reads them again) and gets
+    new buffers. The gradients are the same either way, and the same as the custom op's
+    own backward, which never writes over its inputs; on a routed signature too."""
+    from fastvae import gaussians
+    from fastvae import validation as V
     from fastvae.backends.triton_backend import _launch
+    monkeypatch.setattr(gaussians, "_ROUTES", V.Checked())
     made = []
     real = _launch.alloc
     monkeypatch.setattr(_launch, "alloc", lambda *a: made.append(a[0]) or real(*a))
     shape = (6, 3, 5, 7)
-    leaves = [leaf(torch.randn(shape)) for _ in range(4)]
-    cot = [torch.randn(shape), torch.randn(shape[0])]
+    leaves = [leaf(torch.randn(shape).to(dtype)) for _ in range(4)]
+    if wanted == "prior":
+        leaves[0].requires_grad_(False)
+        leaves[1].requires_grad_(False)
+    wrt = [t for t in leaves if t.requires_grad]
+    cot = [torch.randn(shape).to(dtype), torch.randn(shape[0])]
+    got_fn = []
 
-    def grads(retain_graph):
+    def grads(retain_graph, call=fastvae.sample_with_kl):
         torch.manual_seed(3)
-        z, kl = fastvae.sample_with_kl(*leaves, backend="triton")
+        z, kl = call(*leaves, backend="triton")
+        got_fn[:] = [kl.grad_fn]
         del made[:]
-        got = torch.autograd.grad([z, kl], leaves, cot, retain_graph=retain_graph)
+        got = torch.autograd.grad([z, kl], wrt, cot, retain_graph=retain_graph)
         allocated = len(made)
         if retain_graph:
-            again = torch.autograd.grad([z, kl], leaves, cot)
+            again = torch.autograd.grad([z, kl], wrt, cot)
             assert all(torch.equal(a, b) for a, b in zip(got, again))
         return got, allocated
-    got, allocated = grads(retain)
-    assert allocated == (4 if retain else 1)
-    want, _ = grads(not retain)
-    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    if routed:   # the signature seen twice: the calls below take its route
+        for retain in (False, True):
+            grads(retain)
+    for retain in (False, True):
+        got, allocated = grads(retain)
+        assert type(got_fn[0]).__name__.endswith("_routeBackward") == routed
+        assert allocated == ((4 if retain else 1) if wanted == "all" else (2 if retain else 1))
+        want, _ = grads(True, lambda *a, **k: _op_value(*a))
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def _op_value(mu, lv, pm, plv):
+    """z and the KL through the custom op itself (its backward keeps the saved gradients:
+    the op's outputs are the caller's)."""
+    import importlib
+    op = importlib.import_module("fastvae.ops.sample_with_kl")
+    from fastvae import backends
+    from fastvae.ops import _autograd as A
+    noise = backends.get("triton").reparameterize_noise(mu.flatten(1), 0, None)
+    ts = [t.flatten(1) for t in (mu, lv, pm, plv)]
+    out = op._sample_with_kl.op(*ts, noise, A.needs(*ts), "triton")
+    return out[0].reshape(mu.shape), out[1]
 
 
 def test_samplers_save_no_noise(seed):

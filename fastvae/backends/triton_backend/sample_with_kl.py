@@ -69,9 +69,12 @@ def _fwd_plan_of(mu, logvar, prior, prior_mu, prior_logvar, needs):
     pm, plv, stride_pm, stride_plv, has_prior = prior
     dev = mu.device
     kl_dtype = result_dtype(mu, logvar, prior_mu, prior_logvar)
+    # the priors' ranks: a shared (N,) row and a stride-0 (B, N) one launch alike, but the
+    # first's gradients are saved wider (saved_grad_dtype), and the plan holds the dtypes
     key = (mu.shape, mu.stride(0), mu.dtype, logvar.stride(0), logvar.dtype, has_prior,
-           pm.dtype, stride_pm, plv.dtype, stride_plv, kl_dtype, tuple(needs), dev,
-           configs.interpreter_tiles(), _launch.sm_count(dev))   # the grid depends on the SMs
+           pm.dtype, pm.dim(), stride_pm, plv.dtype, plv.dim(), stride_plv, kl_dtype,
+           tuple(needs), dev, configs.interpreter_tiles(),
+           _launch.sm_count(dev))   # the grid depends on the SMs
     return _launch.plan_for(_PLANS, key, lambda: dict(
         _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, has_prior, needs), kl=kl_dtype,
         gmu=(kl_mean_grad_dtype(mu, prior_mu, needs[2]) if needs[0] or needs[2] else None),

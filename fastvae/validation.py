@@ -84,18 +84,24 @@ class Checked:
         self._seen.clear()
 
 
+# A tensor of these exact types computes as a torch.Tensor: nn.Parameter (a learned
+# prior's mean, say) only marks a module's weight. Any other subclass may override
+# torch functions.
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def layouts(*ts):
     """What the structural checks read of each of ``ts`` for a :class:`Checked` signature:
-    shape, dtype and device of a plain dense tensor, and what an op prepares for the
-    signature depends on besides (its strides and ``requires_grad``); None for None; None
-    for the whole when any is something else (a subclass, a sparse tensor, a number: such
-    a call is checked every time). A None where a tensor is required never passes the
+    shape, dtype and device of a plain dense tensor (``PLAIN_TENSORS``), and what an op
+    prepares for the signature depends on besides (its strides and ``requires_grad``);
+    None for None; None for the whole when any is something else (another subclass, a
+    sparse tensor, a number: such a call is checked every time). A None where a tensor is required never passes the
     checks, so it is never in the set."""
     out = []
     for t in ts:  # a loop, not a genexpr: this runs on every call
         if t is None:
             out.append(None)
-        elif type(t) is torch.Tensor and t.layout is torch.strided:
+        elif type(t) in PLAIN_TENSORS and t.layout is torch.strided:
             out.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
         else:
             return None

@@ -451,6 +451,32 @@ def test_a_passed_gaussian_signature_skips_the_checks_and_nothing_else_does(monk
     assert torch.equal(fastvae.kl_normal(mu, lv, pm, plv), first)
 
 
+def test_a_learned_prior_held_as_a_parameter_is_a_plain_tensor(monkeypatch):
+    """nn.Parameter only marks a module's weight: a prior held as one is checked once per
+    signature, takes the ops' plain autograd.Function (not the custom op's dispatch) and
+    a sample_with_kl route, with the values of plain tensors."""
+    from fastvae import gaussians as G
+    from fastvae import validation as V
+    monkeypatch.setattr(G, "_CHECKED", V.Checked())
+    monkeypatch.setattr(G, "_ROUTES", V.Checked())
+    mu, lv = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    pm, plv = torch.nn.Parameter(torch.randn(4, 6)), torch.nn.Parameter(torch.randn(4, 6))
+    want = fastvae.kl_normal(mu, lv, pm.detach(), plv.detach(), backend="torch")
+    got = fastvae.kl_normal(mu, lv, pm, plv, backend="torch")
+    assert type(got.grad_fn).__name__ == "kl_normal_fwd_value_functionBackward"
+    checked = []
+    real = V.check_same_device
+    monkeypatch.setattr(V, "check_same_device", lambda **k: checked.append(1) or real(**k))
+    assert torch.equal(fastvae.kl_normal(mu, lv, pm, plv, backend="torch"), want)
+    assert checked == []
+    for _ in range(3):
+        z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="torch")
+    assert type(kl.grad_fn).__name__.endswith("_routeBackward")
+    assert torch.equal(kl, want) and checked == []
+    grads = torch.autograd.grad(kl.sum(), (pm, plv))
+    assert all(g.shape == (4, 6) and torch.isfinite(g).all() for g in grads)
+
+
 def test_a_nan_in_x_is_named_before_what_is_computed_from_it():
     """x is checked first: a model's recon and mu are NaN wherever x is, and the message
     names the data, the cause, rather than one of them."""

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .. import backends
 from .._dtypes import saved_grad_dtype
+from ..validation import PLAIN_TENSORS
 
 
 def needs(*ts) -> List[bool]:
@@ -263,11 +264,12 @@ def usual_grads(grads) -> bool:
 
 
 def plain_eager(args) -> bool:
-    """Real tensors, no tracing, no dispatch mode watching: the autograd.Function path."""
+    """Real tensors (``PLAIN_TENSORS``), no tracing, no dispatch mode watching: the
+    autograd.Function path."""
     if torch.compiler.is_compiling() or _dispatch_modes():
         return False
     for a in args:  # a loop, not all(genexpr): this runs on every call
-        if isinstance(a, Tensor) and (type(a) is not Tensor or a.is_meta):
+        if isinstance(a, Tensor) and (type(a) not in PLAIN_TENSORS or a.is_meta):
             return False
     return True
 

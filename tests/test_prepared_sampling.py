@@ -189,6 +189,44 @@ def test_a_passed_generator_draws_as_without_routes(backend):
         fastvae.sample_with_kl(*tensors, generator=3, backend=backend)
 
 
+def test_strided_inputs_take_a_route_of_their_own(backend):
+    """A transposed posterior and a prior expanded along the batch: their strides are
+    part of the signature, and the routed call gives an unprepared call's bits."""
+    dev = _device(backend)
+    dt = case_dtype(backend, torch.float32)
+
+    def inputs():
+        mu = torch.randn(7, 5, device=dev, dtype=dt).t().requires_grad_()
+        lv = torch.randn(5, 7, device=dev, dtype=dt).requires_grad_()
+        row = torch.randn(7, device=dev, dtype=dt).requires_grad_()
+        return (mu, lv, row.expand(5, 7), None), [mu, lv, row]
+    for _ in range(2):
+        _step(backend, *inputs())
+    tensors, leaves = inputs()
+    got = _step(backend, tensors, leaves)
+    assert _routed(got[3]) == (backend != "reference")
+    _same(got, _unprepared(lambda: _step(backend, tensors, leaves)))
+
+
+def test_inference_mode_and_torch_compile_on_a_routed_signature(backend):
+    """Calls under inference_mode, and a torch.compile'd function, on a signature that has
+    a route: the values an unprepared call gives."""
+    tensors, leaves = _warm(backend)
+    want = _unprepared(lambda: _call(backend, tensors))
+    with torch.inference_mode():
+        got = _call(backend, tensors)
+    assert torch.equal(got[0], want[0].detach()) and torch.equal(got[1], want[1].detach())
+    if backend == "triton" and not torch.cuda.is_available():
+        return   # the interpreter's kernels are not traced by torch.compile here
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *t: fastvae.sample_with_kl(*t, backend=backend),
+                             fullgraph=True, backend="aot_eager")
+    torch.manual_seed(11)
+    got = compiled(*tensors)
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1])
+
+
 def test_torch_func_on_a_routed_signature_takes_the_reference(backend):
     (mu, lv, pm, plv), leaves = _warm(backend)
 
@@ -242,6 +280,21 @@ def test_a_replaced_backend_function_sees_every_call(backend, monkeypatch):
     for _ in range(3):
         _step(backend, tensors, leaves)
     assert seen == list(names) * 3
+
+
+def test_a_backend_function_replaced_before_the_route_is_built_stays(backend, monkeypatch):
+    """A route built while the backend's forward is wrapped prepares the wrapper (no
+    prepared copy bypasses it), and every call is still seen."""
+    if backend == "reference":
+        pytest.skip("the reference has no fused op")
+    compute = backends.get(backend)
+    seen = []
+    real = compute.sample_with_kl_fwd
+    monkeypatch.setattr(compute, "sample_with_kl_fwd",
+                        lambda *a, **k: seen.append(1) or real(*a, **k))
+    tensors, leaves = _warm(backend)
+    got = _step(backend, tensors, leaves)
+    assert _routed(got[3]) and len(seen) == 3
 
 
 def test_an_input_changed_in_place_is_still_caught(backend):

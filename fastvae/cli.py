@@ -130,8 +130,8 @@ def _add_sample(sub):
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
-                   help="PNG to write, its name ending in .png (default: "
-                   "RUN/samples-N-seedS.png, one file per number and seed)")
+                   help="PNG to write, its name ending in .png; missing folders are created "
+                   "(default: RUN/samples-N-seedS.png, one file per number and seed)")
     p.add_argument("--seed", type=o.seed, default=0,
                    help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
                    "learned priors)")

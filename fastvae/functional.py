@@ -228,7 +228,9 @@ def kl_standard_normal(mu, logvar, backend=None, validate=None):
     r"""Per-sample analytic ``KL(N(mu, exp(logvar)) || N(0, I)) =
     0.5 * sum_l (mu^2 + exp(logvar) - 1 - logvar)``.
 
-    mu, logvar: ``(B, L)`` (or ``(*, L)``); returns ``(B,)`` (or ``(*,)``).
+    mu, logvar: ``(B, L)`` (or ``(*, L)``); returns ``(B,)`` (or ``(*,)``): the sum runs
+    over the last dim only, so ``(K, B, L)`` samples give ``(K, B)``. For ``(B, C, H, W)``
+    latents, :func:`kl_normal` with a prior of 0.0, 0.0 sums every non-batch dim.
     """
     V.check_tensor("mu", mu)
     V.check_tensor("logvar", logvar)

@@ -90,9 +90,7 @@ def to_shape(g: Optional[Tensor], like) -> Optional[Tensor]:
 _keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
 
 
-def graph_kept() -> bool:
-    """Whether the running backward keeps its graph (``retain_graph``): then the saved
-    tensors are read again, and must not be written over."""
+def _graph_kept() -> bool:
     return True if _keep_graph is None else bool(_keep_graph())
 
 
@@ -122,7 +120,7 @@ def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
 def may_overwrite_saved(ctx) -> bool:
     """Whether backward may write over the saved gradients: the caller dropped them
     (:func:`owned`), nothing is being traced, and the graph is freed after this backward."""
-    return (ctx.owns_saved and not torch.compiler.is_compiling() and not graph_kept())
+    return (ctx.owns_saved and not torch.compiler.is_compiling() and not _graph_kept())
 
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
@@ -242,25 +240,9 @@ def usual_backward(ctx, grad_out) -> bool:
     route's every backward asks)."""
     return (type(grad_out) is torch.Tensor and grad_out.dim() == 0
             and not torch.is_grad_enabled() and ctx.owns_saved
-            and not torch.compiler.is_compiling() and not graph_kept()
+            and not torch.compiler.is_compiling() and not _graph_kept()
             and (_peek is None or _peek() is None)
             and (_legacy_batched is None or not _legacy_batched(grad_out)))
-
-
-def usual_grads(grads) -> bool:
-    """Whether the backward of an op with several values, given these ``grads``, is a
-    training step's usual one: :func:`with_higher_order` would call the plain backward
-    (no graph of it, no vmap over it) and the op's backward would take its backend's
-    eager path (:func:`plain_eager` of the grads; each None or a plain tensor)."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or _dispatch_modes():
-        return False
-    if _peek is not None and _peek() is not None:
-        return False
-    for g in grads:  # a loop, not all(genexpr): this runs on every backward
-        if g is not None and (type(g) is not Tensor or g.is_meta
-                              or (_legacy_batched is not None and _legacy_batched(g))):
-            return False
-    return True
 
 
 def plain_eager(args) -> bool:
@@ -373,26 +355,24 @@ class Route:
     grads)``: the op's last step of the usual backward, None where it changes nothing.
 
     An op with several values (``fused.values``, e.g. ``sample_with_kl``'s z and KL) has
-    no usual backward of its own: ``save(ctx, tensors, output)`` saves what its backward
-    reads, and ``usual(ctx, *grads)`` is that backward where :func:`usual_grads` holds
-    (any other goes to ``fused.backward``).
+    no scalar grad_output to scale by: ``save(ctx, tensors, output)`` saves what its
+    backward reads, and every backward is the op's own, which writes over the saved
+    gradients where it may (:func:`may_overwrite_saved`).
     """
 
     __slots__ = ("run", "rest", "needs", "backend", "fixed", "backward", "lead", "finish",
-                 "source", "_scale", "_scale_from", "function", "save", "usual")
+                 "source", "_scale", "_scale_from", "function", "save")
 
     def __init__(self, fused: "Fused", run: Callable, lead: int, given: int, rest: tuple,
                  needs_, backend: str, fixed: dict, finish: Optional[Callable] = None,
-                 source: tuple = (None, None, None), save: Optional[Callable] = None,
-                 usual: Optional[Callable] = None):
+                 source: tuple = (None, None, None), save: Optional[Callable] = None):
         self.run, self.lead, self.rest = run, lead, (None,) * (lead - given) + tuple(rest)
         self.needs, self.backend, self.fixed = list(needs_), backend, tuple(fixed.items())
         self.backward, self.finish = fused.backward, finish
         self.source = source   # (backend module, name, the function run prepares)
-        self.save, self.usual = save, usual
+        self.save = save
         self._scale = self._scale_from = None
-        self.function = (_route_function(self, given, fused.name) if fused.values == 1 else
-                         _values_route_function(self, given, fused.name, fused.values))
+        self.function = _route_function(self, given, fused.name, fused.values)
 
     @staticmethod
     def eager() -> bool:
@@ -420,55 +400,41 @@ class Route:
         return self._scale(grads, grad_out)
 
 
-def _route_function(route: Route, given: int, name: str):
+def _route_function(route: Route, given: int, name: str, values: int):
     """The ``autograd.Function`` of one route: its ``given`` leading tensors are its only
     inputs (each input of ``apply`` costs autograd per call; the trailing absent ones,
-    the run gets as None), the route itself reached through its class, not an argument."""
+    the run gets as None), the route itself reached through its class, not an argument.
+    It returns the op's first ``values`` outputs (one: the tensor itself)."""
     pad = (None,) * (route.lead - given)
+    save = route.save
 
     def forward(ctx, *tensors):
         output = route.run(*tensors, *pad)
-        # the backend leaves a gradient not needed as None (its contract), as save_grads
-        # makes it
-        ctx.save_for_backward(*output[1:])
-        ctx.set_materialize_grads(False)
-        ctx.needs, ctx.backend, ctx.owns_saved = route.needs, route.backend, True
-        for name, value in route.fixed:
-            setattr(ctx, name, value)
-        keep_inputs(ctx, tensors, route.rest)
-        return output[0]
-
-    def backward(ctx, grad_out):
-        if usual_backward(ctx, grad_out):
-            got = route.scale(list(ctx.saved_tensors), grad_out)
-            if route.finish is not None:
-                got = route.finish(ctx, got)
+        if save is None:
+            # the backend leaves a gradient not needed as None (its contract), as
+            # save_grads makes it
+            ctx.save_for_backward(*output[1:])
         else:
-            got = route.backward(ctx, grad_out)
-        return tuple(got[:given])
-
-    return type(f"{name}_route", (torch.autograd.Function,),
-                {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-
-
-def _values_route_function(route: Route, given: int, name: str, values: int):
-    """:func:`_route_function` of an op with ``values`` values: the op's own saving
-    (``route.save``) and usual backward (``route.usual``)."""
-    pad = (None,) * (route.lead - given)
-
-    def forward(ctx, *tensors):
-        output = route.run(*tensors, *pad)
-        route.save(ctx, tensors, output)
-        ctx.set_materialize_grads(False)   # a value may go unused: its grad stays None
+            save(ctx, tensors, output)
+        ctx.set_materialize_grads(False)   # an unused value's grad stays None
         ctx.needs, ctx.backend, ctx.owns_saved = route.needs, route.backend, True
         for name, value in route.fixed:
             setattr(ctx, name, value)
         keep_inputs(ctx, tensors, route.rest)
-        return tuple(output[:values])
+        return output[0] if values == 1 else tuple(output[:values])
 
-    def backward(ctx, *grads):
-        got = route.usual(ctx, *grads) if usual_grads(grads) else route.backward(ctx, *grads)
-        return tuple(got[:given])
+    if values == 1:
+        def backward(ctx, grad_out):
+            if usual_backward(ctx, grad_out):
+                got = route.scale(list(ctx.saved_tensors), grad_out)
+                if route.finish is not None:
+                    got = route.finish(ctx, got)
+            else:
+                got = route.backward(ctx, grad_out)
+            return tuple(got[:given])
+    else:
+        def backward(ctx, *grads):
+            return tuple(route.backward(ctx, *grads)[:given])
 
     return type(f"{name}_route", (torch.autograd.Function,),
                 {"forward": staticmethod(forward), "backward": staticmethod(backward)})

@@ -93,16 +93,10 @@ def _save(ctx, needs, tensors, output) -> None:
                           *output[2:])
 
 
-def _saved(ctx):
-    """(logvar, noise, g_mu, g_lv, g_plv) as the backends' backward takes them."""
+def _backward(ctx, dz, g_kl, *_):
     logvar, noise, g_mu, g_lv, g_plv = ctx.saved_tensors
     if logvar is None:
         logvar = g_mu if ctx.needs[0] or ctx.needs[2] else g_plv  # for its shape only
-    return logvar, noise, g_mu, g_lv, g_plv
-
-
-def _backward(ctx, dz, g_kl, *_):
-    logvar, noise, g_mu, g_lv, g_plv = _saved(ctx)
     args = (dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, ctx.needs)
     if A.plain_eager((dz, g_kl, logvar)):
         grads = backends.get(ctx.backend).sample_with_kl_bwd(
@@ -159,16 +153,9 @@ def route(mu, logvar, prior_mu, prior_logvar, *, backend):
     def save(ctx, tensors, output):
         _save(ctx, needs, tensors, output)
 
-    def usual(ctx, dz, g_kl):
-        # _backward's eager path (A.usual_grads held), the backend's function read per call
-        # as there: a replaced one sees every backward
-        grads = backends.get(ctx.backend).sample_with_kl_bwd(
-            dz, g_kl, *_saved(ctx), needs, reuse_saved=not A.graph_kept())
-        return _finish(ctx, list(grads))
-
     like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
     return A.Route(_sample_with_kl, run, 5, 5, (), needs, backend, {"like": like},
-                   source=(compute, "sample_with_kl_fwd", fwd), save=save, usual=usual)
+                   source=(compute, "sample_with_kl_fwd", fwd), save=save)
 
 
 def routed(route, mu, logvar, prior_mu, prior_logvar, generator):

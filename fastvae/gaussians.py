@@ -15,11 +15,10 @@ from .dispatch import run as _run
 _CHECKED = V.Checked()   # signatures: plain tensors and a prior of None or plain tensors
 
 
-def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate):
+def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate, sig):
     """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
     (None, ``(N,)`` or ``(B, N)``), and the device."""
-    sig = V.layouts(mu_q, logvar_q, mu_p, logvar_p)   # a numeric prior: checked every call
-    if sig in _CHECKED:  # the checks below passed on these
+    if sig in _CHECKED:   # sig: V.layouts of the four (a numeric prior: checked every call)  # the checks below passed on these
         pm, plv = _priors(mu_q, mu_p, logvar_p)
         device = mu_q.device
     else:
@@ -69,7 +68,8 @@ def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
     0.5 (exp(lv_q - lv_p) - 1)``, ``dKL/dlogvar_p = 0.5 (1 - exp(lv_q - lv_p) - d^2
     exp(-lv_p))``. Returns ``(B,)``, float64 when any input is, else float32.
     """
-    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate,
+                                           V.layouts(mu_q, logvar_q, mu_p, logvar_p))
     return _run(backend, device, "kl_normal")(mu2, lv2, pm, plv)
 
 
@@ -103,15 +103,15 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
     any input is, else float32).
     """
-    sig = None if torch.compiler.is_compiling() else _route_key(
-        mu_q, logvar_q, mu_p, logvar_p, backend)
+    layouts = V.layouts(mu_q, logvar_q, mu_p, logvar_p)
+    sig = None if torch.compiler.is_compiling() else _route_key(layouts, backend)
     seen = _ROUTES.get(sig)
     if type(seen) is ops.Route and _route_taken(seen, backend, validate, mu_q.device):
         _check_generator(generator, mu_q.device)
         z, kl = ops.sample_with_kl_routed(seen, *_rows(mu_q, logvar_q),
                                           *_priors(mu_q, mu_p, logvar_p), generator)
         return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl
-    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate)
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate, layouts)
     if mu_q.dtype != logvar_q.dtype:
         raise TypeError(f"mu_q and logvar_q must share a dtype, got {mu_q.dtype} and "
                         f"{logvar_q.dtype}")
@@ -132,10 +132,9 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
 _ROUTES = V.Checked()   # sample_with_kl's signatures: True once seen, then their Route
 
 
-def _route_key(mu_q, logvar_q, mu_p, logvar_p, backend):
+def _route_key(layouts, backend):
     """What a route of :func:`sample_with_kl` depends on: the tensors' layouts (a numeric
     prior: None, no route), the backend argument and the grad mode."""
-    if not (backend is None or type(backend) is str):
+    if layouts is None or not (backend is None or type(backend) is str):
         return None
-    tensors = V.layouts(mu_q, logvar_q, mu_p, logvar_p)
-    return None if tensors is None else (tensors, backend, torch.is_grad_enabled())
+    return layouts, backend, torch.is_grad_enabled()

@@ -95,8 +95,8 @@ def layouts(*ts):
     shape, dtype and device of a plain dense tensor (``PLAIN_TENSORS``), and what an op
     prepares for the signature depends on besides (its strides and ``requires_grad``);
     None for None; None for the whole when any is something else (another subclass, a
-    sparse tensor, a number: such a call is checked every time). A None where a tensor is required never passes the
-    checks, so it is never in the set."""
+    sparse tensor, a number: such a call is checked every time). A None where a tensor is
+    required never passes the checks, so it is never in the set."""
     out = []
     for t in ts:  # a loop, not a genexpr: this runs on every call
         if t is None:

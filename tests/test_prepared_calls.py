@@ -15,6 +15,7 @@ from fastvae import functional as F
 from fastvae import validation as V
 
 from _backends import case_dtype
+from _routes import unprepared
 
 
 @pytest.fixture(autouse=True)
@@ -58,13 +59,7 @@ def _step(call, leaves, cotangent=None, **backward):
 
 
 def _unprepared(fn):
-    """``fn()`` with an empty memo, so no route exists for its calls; the memo after."""
-    saved = F._ELBO_CHECKED
-    F._ELBO_CHECKED = V.Checked()
-    try:
-        return fn()
-    finally:
-        F._ELBO_CHECKED = saved
+    return unprepared(F, "_ELBO_CHECKED", fn)
 
 
 def _same(got, want):

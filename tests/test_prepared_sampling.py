@@ -14,6 +14,7 @@ from fastvae import gaussians as G
 from fastvae import validation as V
 
 from _backends import case_dtype
+from _routes import unprepared
 
 
 @pytest.fixture(autouse=True)
@@ -66,13 +67,7 @@ def _step(backend, tensors, leaves, use=("z", "kl"), seed=11, **backward):
 
 
 def _unprepared(fn):
-    """``fn()`` with no routes, so none is taken; the routes as they were after."""
-    saved = G._ROUTES
-    G._ROUTES = V.Checked()
-    try:
-        return fn()
-    finally:
-        G._ROUTES = saved
+    return unprepared(G, "_ROUTES", fn)
 
 
 def _same(got, want):

@@ -138,14 +138,23 @@ def mc_kl_per_dim(z, mu, logvar, prior_mu=None, prior_logvar=None):
     dtype = result_dtype(z, mu, logvar, prior_mu, prior_logvar)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
     t = (z - mu) * _inv_sd(logvar)
-    if prior_mu is None and prior_logvar is None:
-        return -0.5 * (t * t + logvar) + 0.5 * z * z
     tp = z - (0.0 if prior_mu is None else prior_mu.to(dtype))
-    if prior_logvar is None:
-        return -0.5 * (t * t + logvar) + 0.5 * tp * tp
-    prior_logvar = prior_logvar.to(dtype)
-    tp = tp * _inv_sd(prior_logvar)
-    return -0.5 * (t * t + logvar) + 0.5 * (tp * tp + prior_logvar)
+    if prior_logvar is not None:
+        prior_logvar = prior_logvar.to(dtype)
+        tp = tp * _inv_sd(prior_logvar)
+    value = 0.5 * (_square_difference(tp, t) - logvar)
+    return value if prior_logvar is None else value + 0.5 * prior_logvar
+
+
+def _square_difference(a, b):
+    """``a^2 - b^2``, valued as ``(a - b)(a + b)``: a sample far from both means (|z| ~ 1e20
+    in float32) has squares that overflow to inf - inf = NaN, while their difference is
+    moderate. Differentiated as the squares (``2a``, ``-2b``) where they are finite: the
+    product's own derivative, ``(a + b) +- (a - b)``, cancels where |a - b| << |a|."""
+    exact = (a - b) * (a + b)
+    squares = a * a - b * b
+    return torch.where(torch.isfinite(squares), exact.detach() + (squares - squares.detach()),
+                       exact)
 
 
 def _free_bits(kl_bl: torch.Tensor, free_bits: float) -> torch.Tensor:

@@ -265,7 +265,9 @@ def kl_tile(mu, lv, z, KL_MC: tl.constexpr):
         t = (z - mu) * inv_sd   # the standardized sample: moderate even where 1/var overflows
         d_mu = t * inv_sd
         sq = t * t
-        value = 0.5 * (z * z - sq - lv)
+        # z^2 - t^2 as a product: far from both means (|z| ~ 1e20) the squares overflow
+        # to inf - inf, while their difference is moderate
+        value = 0.5 * ((z - t) * (z + t) - lv)
         d_lv = 0.5 * (sq - 1.0)
         d_z = z - d_mu
     else:
@@ -311,7 +313,7 @@ def kl_prior_tile(mu, lv, z, pm, plv, KL_MC: tl.constexpr):
         d_pm = -(tp * inv_sdp)
         sq = t * t
         sqp = tp * tp
-        value = 0.5 * (sqp + plv - sq - lv)
+        value = 0.5 * ((tp - t) * (tp + t) + plv - lv)
         d_lv = 0.5 * (sq - 1.0)
         d_plv = 0.5 * (1.0 - sqp)
         d_z = -d_pm - d_mu

@@ -20,6 +20,7 @@ hold fastvae's own ops to this rule against float64 oracles.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional, Union
 
 import torch
@@ -77,6 +78,20 @@ def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Te
             f"index {i}: got {g.flatten()[i].item()!r}, expected {w.flatten()[i].item()!r} "
             f"(|err| {err.flatten()[i].item():.3e} > allowed {bound.flatten()[i].item():.3e}, "
             f"rtol {tol:g})")
+
+
+def assert_close_past_range(what: str, got: torch.Tensor, want: torch.Tensor,
+                            dtype: torch.dtype) -> None:
+    """:func:`assert_close` where ``want`` (float64) fits ``dtype``; where it is past
+    ``dtype``'s largest finite value, ``got`` must be the infinity of its sign (an honest
+    overflow, not a NaN)."""
+    past = want.detach().double().abs() > torch.finfo(dtype).max
+    g = got.detach().double()
+    assert bool((g[past] == want.detach().double()[past].sign() * math.inf).all()), (
+        f"{what}: {g[past]} where float64 has {want[past]}")
+    keep = ~past
+    assert_close(what, torch.where(keep, g, 0.0), torch.where(keep, want.detach().double(), 0.0),
+                 dtype, scale=want.detach().double()[keep].abs().max())
 
 
 # -- autograd helpers ------------------------------------------------------------------

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import fastvae
 import _formulas as F
 from _backends import INTERPRET, bounded, case_dtype
-from _compare import TOL, assert_close, grads, leaf
+from _compare import TOL, assert_close, assert_close_past_range, grads, leaf
 
 LIKELIHOODS = ["bernoulli", "gaussian", "continuous_bernoulli"]
 LIKES = ["bernoulli", "continuous_bernoulli", "gaussian", "gaussian_perdim", "gaussian_full"]
@@ -482,3 +482,34 @@ def test_bernoulli_logits_over_the_whole_range(seed, backend, k, d):
     for name, a, e, ee, t in zip(("x", "recon_k", "mu", "logvar", "z_k"), grads(v, ins),
                                  grads(want, ins), eager, ins):
         assert_close(f"d/d{name}", a, e, dt, eager=ee)
+
+
+@pytest.mark.parametrize("prior", ["standard", "learned"])
+def test_a_sample_far_from_both_means(seed, backend, prior):
+    """A latent where q is the prior, its sample 1e20 away (z^2 and the standardized
+    sample's square t^2 both overflow float32): log q - log p is 0 there, and the bound
+    is finite, as in float64; log w as a difference of those squares was inf - inf = NaN
+    on every backend. The far rows' K samples are otherwise equal (weights 1/K), so that
+    logvar's gradient there, w * (t^2 - 1) / 2 ~ 1.7e39 in float64, overflows float32 as
+    the kernels' w * inf does: at a far smaller weight float64 would fit and they would
+    still give inf (NaN at a weight of exactly 0), a limit of samples no draw from q makes."""
+    dt = torch.float32
+    k, b, l = 3, 2, 3
+    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (5,), l, F64))
+    pm, plv = (torch.randn(b, l) * 0.3, torch.randn(b, l) * 0.3) if prior == "learned" else (
+        torch.zeros(b, l), torch.zeros(b, l))
+    for i, j, kk, far in ((0, 0, 0, 1e20), (1, 2, 2, -6e19)):
+        recon_k[:, i], z_k[:, i] = recon_k[0, i].clone(), z_k[0, i].clone()
+        mu[i, j], lv[i, j], z_k[kk, i, j] = pm[i, j], plv[i, j], far
+    ins = [leaf(t) for t in (x, recon_k, mu, lv, z_k, pm, plv)]
+    priors = (ins[5], ins[6]) if prior == "learned" else (None, None)
+    got = fastvae.iwae_bound(*ins[:5], prior_mu=priors[0], prior_logvar=priors[1],
+                             backend=backend)
+    want_ins = [leaf(t.double()) for t in ins]
+    want = F.iwae(*want_ins[:5], prior_mu=want_ins[5] if prior == "learned" else None,
+                  prior_logvar=want_ins[6] if prior == "learned" else None)
+    assert_close("bound", got, want, dt)
+    used = range(1, 7 if prior == "learned" else 5)
+    for i, g, e in zip(used, grads(got, [ins[i] for i in used]),
+                       grads(want, [want_ins[i] for i in used])):
+        assert_close_past_range(f"grad {i}", g, e, dt)

@@ -45,6 +45,13 @@ def route_taken(route, backend, validate, device) -> bool:
     return True
 
 
+def routes_again(seen, fn) -> bool:
+    """Whether a call that ran the fused op ``fn`` (``run``'s partial) builds its
+    signature's route: the signature was seen before (``seen is True``), or its route is
+    for another backend (``FASTVAE_BACKEND`` changed since; that route no longer runs)."""
+    return seen is True or (type(seen) is ops.Route and seen.backend != fn.keywords["backend"])
+
+
 def check_generator(generator, device) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")

@@ -20,7 +20,7 @@ from . import backends, estimators, ops, reference
 from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
-from .dispatch import route_taken as _route_taken
+from .dispatch import route_taken as _route_taken, routes_again as _routes_again
 from .dispatch import run as _run
 from .gaussians import kl_normal, sample_with_kl  # noqa: F401  (public here too)
 
@@ -140,7 +140,6 @@ def elbo(
         x2, r2 = V.data_rows(x, recon, mu.shape[0])
         return seen.function.apply(x2, r2, mu, logvar) if z is None else seen.function.apply(
             x2, r2, mu, logvar, z)
-    checked_before = seen is True
     if seen is not None:  # the checks below passed on these
         x2, r2 = V.data_rows(x, recon, mu.shape[0])
         obs = obs_logvar
@@ -187,7 +186,7 @@ def elbo(
                   prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         value = fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
-        if checked_before and device.type != "meta" and ops.Route.eager():
+        if _routes_again(seen, fn) and device.type != "meta" and ops.Route.eager():
             # a signature seen again is a loop's: its next call takes the route (none under
             # a dispatch mode or a transform: the op's fake kernel or the reference ran)
             _ELBO_CHECKED.add(sig, ops.elbo_route(

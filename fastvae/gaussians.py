@@ -9,7 +9,7 @@ import torch
 from . import ops
 from . import validation as V
 from .dispatch import check_generator as _check_generator
-from .dispatch import route_taken as _route_taken
+from .dispatch import route_taken as _route_taken, routes_again as _routes_again
 from .dispatch import run as _run
 
 _CHECKED = V.Checked()   # signatures: plain tensors and a prior of None or plain tensors
@@ -121,7 +121,7 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     if isinstance(fn, functools.partial) and device.type != "meta":
         if seen is None:
             _ROUTES.add(sig)
-        elif seen is True and ops.Route.eager():
+        elif _routes_again(seen, fn) and ops.Route.eager():
             # a signature seen again is a loop's (a hierarchical VAE's group): its next
             # call takes a route (none under a dispatch mode or a transform)
             _ROUTES.add(sig, ops.sample_with_kl_route(mu2, lv2, pm, plv,

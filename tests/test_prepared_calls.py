@@ -283,6 +283,23 @@ def test_the_backend_is_chosen_every_call(monkeypatch):
     assert not _routed(_step(call, leaves)[2]) and backends.last_used() == "reference"
 
 
+def test_a_route_for_another_backend_is_replaced(kernel_device, monkeypatch):
+    """After FASTVAE_BACKEND moves to another fused backend, the signature's route for the
+    old one steps aside, and the next call builds one for the new backend."""
+    x, recon, mu, lv, leaves = _leaves("triton")
+    call = _call(None, x, recon, mu, lv)
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    for _ in range(3):
+        value = _step(call, leaves)[2]
+    assert _routed(value) and backends.last_used() == "torch"
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    first = _step(call, leaves)
+    assert not _routed(first[2]) and backends.last_used() == "triton"
+    again = _step(call, leaves)
+    assert _routed(again[2]) and backends.last_used() == "triton"
+    _same(again, first)
+
+
 def test_a_replaced_backend_function_sees_every_call(backend, monkeypatch):
     """A test or a profiler that wraps a backend's elbo_fwd or scale_saved_ after a route
     was built still sees every call (the route steps aside), and one wrapped before

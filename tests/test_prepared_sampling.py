@@ -258,6 +258,22 @@ def test_the_backend_is_chosen_every_call(monkeypatch):
     assert backends.last_used() == "reference"
 
 
+def test_a_route_for_another_backend_is_replaced(kernel_device, monkeypatch):
+    """After FASTVAE_BACKEND moves to another fused backend, the signature's route for the
+    old one steps aside, and the next call builds one for the new backend."""
+    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    tensors, leaves = _inputs("triton")   # on the device the kernels run on
+    for _ in range(2):
+        _step(None, tensors, leaves)
+    assert _routed(_step(None, tensors, leaves)[3]) and backends.last_used() == "torch"
+    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
+    first = _step(None, tensors, leaves)
+    assert not _routed(first[3]) and backends.last_used() == "triton"
+    again = _step(None, tensors, leaves)
+    assert _routed(again[3]) and backends.last_used() == "triton"
+    _same(again, first)
+
+
 def test_a_replaced_backend_function_sees_every_call(backend, monkeypatch):
     """A test or a profiler that wraps the backend's functions after a route was built
     still sees every call: the noise, the forward (the route steps aside) and the

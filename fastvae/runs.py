@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from . import backends
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path, temp_name
-from .models import build_model
+from .models import MODEL_KINDS, build_model
+from .validation import KL_MODES, LIKELIHOODS
 
 # What build_model cannot default: a checkpoint's config must hold these.
 MODEL_KEYS = ("data_shape", "latent")
@@ -28,12 +30,16 @@ SAVED_KINDS = {"dataset": str, "data_dir": (str, type(None)), "seed": int, "back
                "model": str, "likelihood": str, "kl": str, "lr": _NUMBER, "beta": _NUMBER,
                "batch_size": int, "amp": bool, "compile": bool}
 EVAL_CONFIG = ("dataset", "data_dir", "seed", "backend")
+# The saved texts with a fixed set of values (the train command's choices).
+SAVED_CHOICES = {"backend": backends.NAMES, "model": MODEL_KINDS, "likelihood": LIKELIHOODS,
+                 "kl": KL_MODES}
 
 
 def check_config(state: dict, path, keys, purpose: str) -> None:
-    """CheckpointError naming ``path`` and the first of ``keys`` its config lacks or holds
-    as another kind than :data:`SAVED_KINDS` says (a bool is no number here), instead of
-    a KeyError or an AttributeError where the value is used."""
+    """CheckpointError naming ``path`` and the first of ``keys`` its config lacks, holds
+    as another kind than :data:`SAVED_KINDS` says (a bool is no number here) or holds as
+    a text outside :data:`SAVED_CHOICES`, instead of a KeyError or an AttributeError where
+    the value is used, or a message that does not say which file."""
     config = state["config"]   # a dict: load_checkpoint checked it
     for key in keys:
         if key not in config:
@@ -45,6 +51,10 @@ def check_config(state: dict, path, keys, purpose: str) -> None:
             names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
             raise CheckpointError(f"{path}: its config's {key} is {value!r}, not {names}; the "
                                   "file was not written by fastvae train")
+        if key in SAVED_CHOICES and value not in SAVED_CHOICES[key]:
+            raise CheckpointError(f"{path}: its config's {key} is {value!r}, not one of "
+                                  f"{SAVED_CHOICES[key]}; the file was not written by fastvae "
+                                  "train")
 
 
 def load_weights(model: torch.nn.Module, weights, path) -> None:

@@ -265,6 +265,11 @@ _DROP = object()
     ("eval", "data_dir", _DROP, "its config lacks 'data_dir'"),
     ("eval", "dataset", 5, "its config's dataset is 5, not str"),
     ("eval", "backend", ["auto"], "its config's backend is ['auto'], not str"),
+    ("eval", "backend", "cuda", "its config's backend is 'cuda', not one of"),
+    ("resume", "backend", "cuda", "its config's backend is 'cuda', not one of"),
+    ("resume", "kl", "exact", "its config's kl is 'exact', not one of"),
+    ("resume", "likelihood", "poisson", "its config's likelihood is 'poisson', not one of"),
+    ("resume", "model", "resnet", "its config's model is 'resnet', not one of"),
     ("resume", "likelihood", _DROP, "its config lacks 'likelihood', needed to resume"),
     ("resume", "seed", True, "its config's seed is True, not int"),
     ("resume", "lr", "x", "its config's lr is 'x', not int or float"),
@@ -272,9 +277,10 @@ _DROP = object()
     ("resume", "amp", 1, "its config's amp is 1, not bool")])
 def test_a_saved_setting_missing_or_of_another_kind(good_run, tmp_path, capsys, command, key,
                                                    value, needle):
-    """A setting eval or --resume reads by name, missing or of another kind (a checksum
-    that matches: written by something else): one line naming the file and the key, not a
-    KeyError or AttributeError where it is used; sample reads none of them."""
+    """A setting eval or --resume reads by name, missing, of another kind or outside the
+    train command's choices (a checksum that matches: written by something else): one
+    line naming the file and the key, not a KeyError or AttributeError where it is used,
+    nor the op's message without the file. sample reads only the model's settings."""
     state = load_checkpoint(good_run)
     if value is _DROP:
         del state["config"][key]
@@ -283,7 +289,11 @@ def test_a_saved_setting_missing_or_of_another_kind(good_run, tmp_path, capsys, 
     save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
     assert cli.main(_command(command, tmp_path)) == 2
     _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, needle)
-    assert cli.main(_command("sample", tmp_path)) == 0
+    if key in ("model", "likelihood") and value is not _DROP:
+        assert cli.main(_command("sample", tmp_path)) == 2
+        _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "its config does not describe a model")
+    else:
+        assert cli.main(_command("sample", tmp_path)) == 0
 
 
 @pytest.mark.parametrize("change,needle", [

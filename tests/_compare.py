@@ -81,17 +81,20 @@ def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Te
 
 
 def assert_close_past_range(what: str, got: torch.Tensor, want: torch.Tensor,
-                            dtype: torch.dtype) -> None:
-    """:func:`assert_close` where ``want`` (float64) fits ``dtype``; where it is past
+                            dtype: torch.dtype, huge: float = 1e10) -> None:
+    """Gradients of a far sample beside ordinary ones. Where ``want`` (float64) is past
     ``dtype``'s largest finite value, ``got`` must be the infinity of its sign (an honest
-    overflow, not a NaN)."""
-    past = want.detach().double().abs() > torch.finfo(dtype).max
-    g = got.detach().double()
-    assert bool((g[past] == want.detach().double()[past].sign() * math.inf).all()), (
-        f"{what}: {g[past]} where float64 has {want[past]}")
-    keep = ~past
-    assert_close(what, torch.where(keep, g, 0.0), torch.where(keep, want.detach().double(), 0.0),
-                 dtype, scale=want.detach().double()[keep].abs().max())
+    overflow, not a NaN); where it is above ``huge``, each value is held to ``dtype``'s
+    rtol of itself; the rest to :func:`assert_close` among themselves (a value of 1e20
+    would otherwise set the scale of every other)."""
+    g, w = got.detach().double(), want.detach().double().to(got.device)
+    assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} != {tuple(w.shape)}"
+    past = w.abs() > torch.finfo(dtype).max
+    assert bool((g[past] == w[past].sign() * math.inf).all()), (
+        f"{what}: {g[past]} where float64 has {w[past]}")
+    large = ~past & (w.abs() > huge)
+    assert_close(f"{what} (above {huge:g})", g[large], w[large], dtype, scale=0.0)
+    assert_close(what, g[~past & ~large], w[~past & ~large], dtype)
 
 
 # -- autograd helpers ------------------------------------------------------------------

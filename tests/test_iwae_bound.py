@@ -513,3 +513,34 @@ def test_a_sample_far_from_both_means(seed, backend, prior):
     for i, g, e in zip(used, grads(got, [ins[i] for i in used]),
                        grads(want, [want_ins[i] for i in used])):
         assert_close_past_range(f"grad {i}", g, e, dt)
+
+
+@pytest.mark.parametrize("prior", ["standard", "learned"])
+def test_a_far_sample_of_weight_zero(seed, backend, prior):
+    """A sample 2^66 from the prior's mean and 2^66 - 2^44 from q's (values exact in
+    float32): its log w, about -2^109, is finite (it was inf - inf = NaN) and its weight
+    0. The log-variances take no gradient here: theirs, w * (t^2 - 1) / 2, is 0 * inf in
+    float32 for this sample (see test_a_sample_far_from_both_means)."""
+    dt = torch.float32
+    k, b, l = 3, 2, 3
+    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (5,), l, F64))
+    pm, plv = (torch.randn(b, l) * 0.3, torch.randn(b, l) * 0.3) if prior == "learned" else (
+        torch.zeros(b, l), torch.zeros(b, l))
+    pm[0, 1] = plv[0, 1] = lv[0, 1] = 0.0
+    mu[0, 1] = 2.0 ** 44
+    z_k[:, 0, 1] = mu[0, 1] + torch.randn(k)   # the other samples near q's mean
+    z_k[1, 0, 1] = 2.0 ** 66
+    ins = [leaf(t, requires_grad=i not in (3, 6))
+           for i, t in enumerate((x, recon_k, mu, lv, z_k, pm, plv))]
+    priors = (ins[5], ins[6]) if prior == "learned" else (None, None)
+    got = fastvae.iwae_bound(*ins[:5], prior_mu=priors[0], prior_logvar=priors[1],
+                             backend=backend)
+    want_ins = [leaf(t.double(), t.requires_grad) for t in ins]
+    want = F.iwae(*want_ins[:5], prior_mu=want_ins[5] if prior == "learned" else None,
+                  prior_logvar=want_ins[6] if prior == "learned" else None)
+    assert_close("bound", got, want, dt, scale=0.0)
+    used = (1, 2, 4, 5) if prior == "learned" else (1, 2, 4)
+    for i, g, e in zip(used, grads(got, [ins[i] for i in used]),
+                       grads(want, [want_ins[i] for i in used])):
+        assert_close_past_range(f"grad {i}", g, e, dt)
+    assert float(grads(got, [ins[4]])[0][1, 0].abs().max()) == 0.0   # the weight 0

@@ -45,11 +45,18 @@ def route_taken(route, backend, validate, device) -> bool:
     return True
 
 
-def routes_again(seen, fn) -> bool:
-    """Whether a call that ran the fused op ``fn`` (``run``'s partial) builds its
-    signature's route: the signature was seen before (``seen is True``), or its route is
-    for another backend (``FASTVAE_BACKEND`` changed since; that route no longer runs)."""
-    return seen is True or (type(seen) is ops.Route and seen.backend != fn.keywords["backend"])
+def keep_route(memo, sig, seen, fn, build) -> None:
+    """After an eager call on real tensors that ran the fused op ``fn`` (``run``'s
+    partial), what ``memo`` holds for ``sig`` (it held ``seen``): a signature's first call
+    leaves its backend's name; the next call on that backend builds the route
+    (``build()``, False where none can be); a call on another backend than the name or
+    the route names (``FASTVAE_BACKEND`` changed) leaves its own name. So a route is
+    built for a backend that ran the signature twice in a row, never once per call."""
+    name = fn.keywords["backend"]
+    if seen == name:
+        memo.add(sig, build() or False)
+    elif seen is not False and not (type(seen) is ops.Route and seen.backend == name):
+        memo.add(sig, name)
 
 
 def check_generator(generator, device) -> None:

@@ -20,7 +20,7 @@ from . import backends, estimators, ops, reference
 from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
-from .dispatch import route_taken as _route_taken, routes_again as _routes_again
+from .dispatch import keep_route as _keep_route, route_taken as _route_taken
 from .dispatch import run as _run
 from .gaussians import kl_normal, sample_with_kl  # noqa: F401  (public here too)
 
@@ -186,13 +186,13 @@ def elbo(
                   prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         value = fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
-        if _routes_again(seen, fn) and device.type != "meta" and ops.Route.eager():
-            # a signature seen again is a loop's: its next call takes the route (none under
+        if device.type != "meta" and ops.Route.eager():
+            # a signature seen again is a loop's: a route for its next calls (none under
             # a dispatch mode or a transform: the op's fake kernel or the reference ran)
-            _ELBO_CHECKED.add(sig, ops.elbo_route(
+            _keep_route(_ELBO_CHECKED, sig, seen, fn, lambda: ops.elbo_route(
                 x2, r2, mu, logvar, z, obs, likelihood=likelihood, kl=kl, beta=beta,
                 free_bits=free_bits, reduction=reduction, backend=fn.keywords["backend"],
-                scale=_scale, estimator=estimator) or False)
+                scale=_scale, estimator=estimator))
         return value
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
     return value if _scale == 1.0 else _scale * value

@@ -9,7 +9,7 @@ import torch
 from . import ops
 from . import validation as V
 from .dispatch import check_generator as _check_generator
-from .dispatch import route_taken as _route_taken, routes_again as _routes_again
+from .dispatch import keep_route as _keep_route, route_taken as _route_taken
 from .dispatch import run as _run
 
 _CHECKED = V.Checked()   # signatures: plain tensors and a prior of None or plain tensors
@@ -118,18 +118,15 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     _check_generator(generator, device)
     fn = _run(backend, device, "sample_with_kl")
     z, kl = fn(mu2, lv2, pm, plv, generator)
-    if isinstance(fn, functools.partial) and device.type != "meta":
-        if seen is None:
-            _ROUTES.add(sig)
-        elif _routes_again(seen, fn) and ops.Route.eager():
-            # a signature seen again is a loop's (a hierarchical VAE's group): its next
-            # call takes a route (none under a dispatch mode or a transform)
-            _ROUTES.add(sig, ops.sample_with_kl_route(mu2, lv2, pm, plv,
-                                                      backend=fn.keywords["backend"]))
+    if isinstance(fn, functools.partial) and device.type != "meta" and ops.Route.eager():
+        # a signature seen again is a loop's (a hierarchical VAE's group): a route for
+        # its next calls (none under a dispatch mode or a transform)
+        _keep_route(_ROUTES, sig, seen, fn, lambda: ops.sample_with_kl_route(
+            mu2, lv2, pm, plv, backend=fn.keywords["backend"]))
     return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl
 
 
-_ROUTES = V.Checked()   # sample_with_kl's signatures: True once seen, then their Route
+_ROUTES = V.Checked()   # sample_with_kl's signatures: the backend that ran one, then its Route
 
 
 def _route_key(layouts, backend):

@@ -285,19 +285,30 @@ def test_the_backend_is_chosen_every_call(monkeypatch):
 
 def test_a_route_for_another_backend_is_replaced(kernel_device, monkeypatch):
     """After FASTVAE_BACKEND moves to another fused backend, the signature's route for the
-    old one steps aside, and the next call builds one for the new backend."""
+    old one steps aside; the new backend gets a route once it has run the signature twice
+    in a row. Alternating backends builds none (not one per call)."""
+    builds = []
+    real = fastvae.ops.elbo_route
+    monkeypatch.setattr(fastvae.ops, "elbo_route",
+                        lambda *a, **k: builds.append(k["backend"]) or real(*a, **k))
     x, recon, mu, lv, leaves = _leaves("triton")
     call = _call(None, x, recon, mu, lv)
     monkeypatch.setenv("FASTVAE_BACKEND", "torch")
     for _ in range(3):
         value = _step(call, leaves)[2]
-    assert _routed(value) and backends.last_used() == "torch"
+    assert _routed(value) and backends.last_used() == "torch" and builds == ["torch"]
+    for name in ("triton", "torch") * 3:
+        monkeypatch.setenv("FASTVAE_BACKEND", name)
+        assert not _routed(_step(call, leaves)[2]) and backends.last_used() == name
+    assert builds == ["torch"]
     monkeypatch.setenv("FASTVAE_BACKEND", "triton")
     first = _step(call, leaves)
     assert not _routed(first[2]) and backends.last_used() == "triton"
-    again = _step(call, leaves)
-    assert _routed(again[2]) and backends.last_used() == "triton"
-    _same(again, first)
+    _step(call, leaves)
+    third = _step(call, leaves)
+    assert _routed(third[2]) and backends.last_used() == "triton"
+    assert builds == ["torch", "triton"]
+    _same(third, first)
 
 
 def test_a_replaced_backend_function_sees_every_call(backend, monkeypatch):

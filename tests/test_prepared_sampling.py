@@ -260,18 +260,29 @@ def test_the_backend_is_chosen_every_call(monkeypatch):
 
 def test_a_route_for_another_backend_is_replaced(kernel_device, monkeypatch):
     """After FASTVAE_BACKEND moves to another fused backend, the signature's route for the
-    old one steps aside, and the next call builds one for the new backend."""
+    old one steps aside; the new backend gets a route once it has run the signature twice
+    in a row. Alternating backends builds none (not one per call)."""
+    builds = []
+    real = fastvae.ops.sample_with_kl_route
+    monkeypatch.setattr(fastvae.ops, "sample_with_kl_route",
+                        lambda *a, **k: builds.append(k["backend"]) or real(*a, **k))
     monkeypatch.setenv("FASTVAE_BACKEND", "torch")
     tensors, leaves = _inputs("triton")   # on the device the kernels run on
     for _ in range(2):
         _step(None, tensors, leaves)
     assert _routed(_step(None, tensors, leaves)[3]) and backends.last_used() == "torch"
+    for name in ("triton", "torch") * 3:
+        monkeypatch.setenv("FASTVAE_BACKEND", name)
+        assert not _routed(_step(None, tensors, leaves)[3]) and backends.last_used() == name
+    assert builds == ["torch"]
     monkeypatch.setenv("FASTVAE_BACKEND", "triton")
     first = _step(None, tensors, leaves)
     assert not _routed(first[3]) and backends.last_used() == "triton"
-    again = _step(None, tensors, leaves)
-    assert _routed(again[3]) and backends.last_used() == "triton"
-    _same(again, first)
+    _step(None, tensors, leaves)
+    third = _step(None, tensors, leaves)
+    assert _routed(third[3]) and backends.last_used() == "triton"
+    assert builds == ["torch", "triton"]
+    _same(third, first)
 
 
 def test_a_replaced_backend_function_sees_every_call(backend, monkeypatch):

@@ -11,8 +11,9 @@ import os
 
 import torch
 
-from . import dmol_training
+from . import backends, dmol_training
 from .estimators import ESTIMATORS
+from .validation import KL_MODES, LIKELIHOODS
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _F32_MAX = torch.finfo(torch.float32).max
@@ -259,6 +260,10 @@ OBJECTIVES = ("elbo", "iwae")
 MODEL_SIZES = {"mlp": ("hidden",), "conv": ("hidden", "channels"), "hvae": ("channels", "groups")}
 _SIZE_NAMES = {"hidden": "hidden layers", "channels": "convolution stages",
                "groups": "latent groups"}
+# The text settings with a fixed set of values (argparse's choices on the command line;
+# a config of the Python API, or a checkpoint's, is held to them here).
+TRAIN_CHOICES = {"model": tuple(MODEL_SIZES), "likelihood": LIKELIHOODS, "kl": KL_MODES,
+                 "backend": backends.NAMES}
 
 
 def check_train_config(cfg: dict, combinations: bool = True) -> None:
@@ -270,6 +275,10 @@ def check_train_config(cfg: dict, combinations: bool = True) -> None:
     if combinations and cfg.get("model") == "hvae" and cfg.get("kl") == "mc":
         raise ValueError("kl: the hierarchical VAE trains on each group's analytic KL "
                          "(sample_with_kl); --kl mc is for the mlp and conv models")
+    for key, choices in TRAIN_CHOICES.items():
+        value = cfg.get(key)
+        if value is not None and value not in choices:
+            raise ValueError(f"{key}: must be one of {choices}, got {value!r}")
     for key, check in TRAIN_CHECKS.items():
         value = cfg.get(key)
         if value is None:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import torch
 
-from . import backends
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path, temp_name
-from .models import MODEL_KINDS, build_model
-from .validation import KL_MODES, LIKELIHOODS
+from .models import build_model
+from .options import TRAIN_CHOICES
 
 # What build_model cannot default: a checkpoint's config must hold these.
 MODEL_KEYS = ("data_shape", "latent")
@@ -30,9 +29,7 @@ SAVED_KINDS = {"dataset": str, "data_dir": (str, type(None)), "seed": int, "back
                "model": str, "likelihood": str, "kl": str, "lr": _NUMBER, "beta": _NUMBER,
                "batch_size": int, "amp": bool, "compile": bool}
 EVAL_CONFIG = ("dataset", "data_dir", "seed", "backend")
-# The saved texts with a fixed set of values (the train command's choices).
-SAVED_CHOICES = {"backend": backends.NAMES, "model": MODEL_KINDS, "likelihood": LIKELIHOODS,
-                 "kl": KL_MODES}
+SAVED_CHOICES = TRAIN_CHOICES   # the saved texts with a fixed set of values
 
 
 def check_config(state: dict, path, keys, purpose: str) -> None:

@@ -155,7 +155,11 @@ def test_checkpoint_loads_weights_only_and_refuses_to_overwrite(tmp_path):
     (dict(amp="no"), "amp: must be True or False, got 'no'"),
     (dict(latent="8"), "latent: must be a number, got the text '8'"),
     (dict(epochs=[3]), r"epochs: must be a single value, got \[3\]"),
-    (dict(model="hvae", groups=[2]), r"groups: must be a single value, got \[2\]")])
+    (dict(model="hvae", groups=[2]), r"groups: must be a single value, got \[2\]"),
+    (dict(model="hvae", kl="exact"), r"kl: must be one of \('analytic', 'mc'\), got 'exact'"),
+    (dict(model="resnet"), r"model: must be one of \('mlp', 'conv', 'hvae'\), got 'resnet'"),
+    (dict(likelihood="poisson"), "likelihood: must be one of .*, got 'poisson'"),
+    (dict(backend="cuda"), r"backend: must be one of \('auto', .*\), got 'cuda'")])
 def test_settings_of_the_wrong_kind_are_refused_by_name_first(tmp_path, settings, message):
     """The Python API's config is checked as the command line's flags are, for kinds
     argparse guarantees there: a bool for an on/off setting (any other value is read by its

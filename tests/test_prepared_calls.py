@@ -15,7 +15,7 @@ from fastvae import functional as F
 from fastvae import validation as V
 
 from _backends import case_dtype
-from _routes import unprepared
+from _routes import backend_switches, unprepared
 
 
 @pytest.fixture(autouse=True)
@@ -284,30 +284,14 @@ def test_the_backend_is_chosen_every_call(monkeypatch):
 
 
 def test_a_route_for_another_backend_is_replaced(kernel_device, monkeypatch):
-    """After FASTVAE_BACKEND moves to another fused backend, the signature's route for the
-    old one steps aside; the new backend gets a route once it has run the signature twice
-    in a row. Alternating backends builds none (not one per call)."""
-    builds = []
-    real = fastvae.ops.elbo_route
-    monkeypatch.setattr(fastvae.ops, "elbo_route",
-                        lambda *a, **k: builds.append(k["backend"]) or real(*a, **k))
+    """A changed FASTVAE_BACKEND between the fused backends (``backend_switches``)."""
     x, recon, mu, lv, leaves = _leaves("triton")
     call = _call(None, x, recon, mu, lv)
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
-    for _ in range(3):
-        value = _step(call, leaves)[2]
-    assert _routed(value) and backends.last_used() == "torch" and builds == ["torch"]
-    for name in ("triton", "torch") * 3:
-        monkeypatch.setenv("FASTVAE_BACKEND", name)
-        assert not _routed(_step(call, leaves)[2]) and backends.last_used() == name
-    assert builds == ["torch"]
-    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
-    first = _step(call, leaves)
-    assert not _routed(first[2]) and backends.last_used() == "triton"
-    _step(call, leaves)
-    third = _step(call, leaves)
-    assert _routed(third[2]) and backends.last_used() == "triton"
-    assert builds == ["torch", "triton"]
+
+    def run():
+        got = _step(call, leaves)
+        return got, _routed(got[2])
+    first, third = backend_switches(monkeypatch, "elbo_route", run)
     _same(third, first)
 
 

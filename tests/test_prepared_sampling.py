@@ -14,7 +14,7 @@ from fastvae import gaussians as G
 from fastvae import validation as V
 
 from _backends import case_dtype
-from _routes import unprepared
+from _routes import backend_switches, unprepared
 
 
 @pytest.fixture(autouse=True)
@@ -259,29 +259,13 @@ def test_the_backend_is_chosen_every_call(monkeypatch):
 
 
 def test_a_route_for_another_backend_is_replaced(kernel_device, monkeypatch):
-    """After FASTVAE_BACKEND moves to another fused backend, the signature's route for the
-    old one steps aside; the new backend gets a route once it has run the signature twice
-    in a row. Alternating backends builds none (not one per call)."""
-    builds = []
-    real = fastvae.ops.sample_with_kl_route
-    monkeypatch.setattr(fastvae.ops, "sample_with_kl_route",
-                        lambda *a, **k: builds.append(k["backend"]) or real(*a, **k))
-    monkeypatch.setenv("FASTVAE_BACKEND", "torch")
+    """A changed FASTVAE_BACKEND between the fused backends (``backend_switches``)."""
     tensors, leaves = _inputs("triton")   # on the device the kernels run on
-    for _ in range(2):
-        _step(None, tensors, leaves)
-    assert _routed(_step(None, tensors, leaves)[3]) and backends.last_used() == "torch"
-    for name in ("triton", "torch") * 3:
-        monkeypatch.setenv("FASTVAE_BACKEND", name)
-        assert not _routed(_step(None, tensors, leaves)[3]) and backends.last_used() == name
-    assert builds == ["torch"]
-    monkeypatch.setenv("FASTVAE_BACKEND", "triton")
-    first = _step(None, tensors, leaves)
-    assert not _routed(first[3]) and backends.last_used() == "triton"
-    _step(None, tensors, leaves)
-    third = _step(None, tensors, leaves)
-    assert _routed(third[3]) and backends.last_used() == "triton"
-    assert builds == ["torch", "triton"]
+
+    def run():
+        got = _step(None, tensors, leaves)
+        return got, _routed(got[3])
+    first, third = backend_switches(monkeypatch, "sample_with_kl_route", run)
     _same(third, first)
 
 

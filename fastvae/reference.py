@@ -147,19 +147,20 @@ def mc_kl_per_dim(z, mu, logvar, prior_mu=None, prior_logvar=None):
 
 
 def _square_difference(a, b):
-    """``a^2 - b^2`` of finite or infinite ``a``, ``b``. Where both squares overflow (a
-    sample far from both means, |z| ~ 1e20 in float32: inf - inf = NaN) it is valued as
-    ``(a - b)(a + b)``, moderate there, and differentiated as the squares, ``2a`` and
-    ``-2b`` at every order (the product's own derivative, ``(a + b) +- (a - b)``, cancels
-    where one of |a|, |b| is far below the other). Elsewhere it is the squares' difference,
-    values and gradients."""
+    """``a^2 - b^2`` of finite or infinite ``a``, ``b``. Where a square of finite ``a``,
+    ``b`` overflows (a sample far from a mean, |z| ~ 1e20 in float32: inf, or inf - inf =
+    NaN) it is valued as ``(a - b)(a + b)``, which fits where the difference does, and
+    differentiated as the squares, ``2a`` and ``-2b`` at every order (the product's own
+    derivative, ``(a + b) +- (a - b)``, cancels where one of |a|, |b| is far below the
+    other). Elsewhere it is the squares' difference, values and gradients."""
     squares = a * a - b * b
-    far = torch.isnan(squares) & torch.isfinite(a) & torch.isfinite(b)
+    far = ~torch.isfinite(squares) & torch.isfinite(a) & torch.isfinite(b)
     # the far branch sees 0 elsewhere, so that its masked backward never meets inf * 0
     a, b = torch.where(far, a, 0.0), torch.where(far, b, 0.0)
     a0, b0 = a.detach(), b.detach()
     da, db = a - a0, b - b0   # 0 in value; d/da 1
-    far_value = (a0 - b0) * (a0 + b0) + da * (2 * a0 + da) - db * (2 * b0 + db)
+    # 2 * (da * a0), not da * (2 * a0): 2 * a0 overflows for a0 past half the largest float
+    far_value = (a0 - b0) * (a0 + b0) + 2 * (da * a0) + da * da - 2 * (db * b0) - db * db
     return torch.where(far, far_value, squares)
 
 

@@ -245,6 +245,39 @@ def test_mc_kl_of_a_sample_far_from_both_means(seed, backend, prior):
         assert_close_past_range(f"grad {i}", g, e, dt)
 
 
+@pytest.mark.parametrize("case", ["one square overflows", "t overflows", "t^2 overflows"])
+def test_mc_kl_where_one_square_overflows(seed, backend, case):
+    """kl="mc" where one standardized sample's square overflows float32 and the other's
+    does not: with z 1.85e19 from N(0, I)'s mean and 1.75e19 from q's, the difference (a
+    KL of -1.8e37) fits; with q's variance e^-170 and z 100 from its mean, t itself
+    overflows, and with e^-176 and 1, t (1.6e38) does not but t^2 does. Then the value and
+    mu's, logvar's and z's gradients overflow as in float64, while a learned prior's
+    gradients are ordinary numbers (the product's own derivative made them NaN, or 0)."""
+    dt = torch.float32
+    x, recon = torch.rand(2, 3).round(), torch.randn(2, 3)
+    mu, lv, pm, plv = (torch.randn(2, 2) * 0.5 for _ in range(4))
+    z = mu + torch.exp(lv / 2) * torch.randn(2, 2)
+    if case == "one square overflows":   # (a prior's d/dlogvar_p, -tp^2 / 2, would sit
+        # within 2x of the largest float, where the chain rule's steps overflow)
+        pm = plv = None
+        mu[0, 0], lv[0, 0], z[0, 0] = 1e18, 0.0, 1.85e19
+    elif case == "t overflows":
+        lv[0, 0], z[0, 0] = -170.0, mu[0, 0] + 100.0
+    else:
+        lv[0, 0], z[0, 0] = -176.0, mu[0, 0] + 1.0
+    ins = [leaf(t) for t in (recon, mu, lv, z, pm, plv)]
+    want_ins = [None if t is None else leaf(t.double()) for t in ins]
+    got, want = (fn(x.to(ts[0].dtype), *ts[:3], kl="mc", z=ts[3], reduction="none",
+                    prior_mu=ts[4], prior_logvar=ts[5], **kw)
+                 for fn, ts, kw in ((fastvae.elbo, ins, {"backend": backend}),
+                                    (F.elbo, want_ins, {})))
+    assert_close_past_range("value", got, want, dt)
+    used = range(4 if pm is None else 6)
+    for i, g, e in zip(used, grads(got, [ins[i] for i in used]),
+                       grads(want, [want_ins[i] for i in used])):
+        assert_close_past_range(f"grad {i}", g, e, dt)
+
+
 # -- many rows -----------------------------------------------------------------------------
 
 def _rows_past_a_chunk(d):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 
 import torch
 
@@ -196,6 +197,15 @@ def file_to_write(value) -> str:
         raise BadValue(f"cannot write {value}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise BadValue(f"cannot write {value}: {existing} is not writable")
+    # os.access answers yes to root for any folder, and a read-only mount or /proc and
+    # /sys refuse anyway: a file made and removed there is the check that holds
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fastvae-write-check-", dir=existing)
+    except OSError as e:
+        raise BadValue(f"cannot write {value}: {existing} refuses new files "
+                       f"({e.strerror or type(e).__name__})") from None
+    os.close(fd)
+    os.unlink(probe)
     return value
 
 

@@ -225,6 +225,31 @@ def test_sample_refuses_an_out_it_cannot_write_before_any_work(tmp_path, capsys,
     assert len(err.strip().splitlines()) == 1 and "--out" in err and needle in err, err
 
 
+def test_a_file_to_write_in_a_folder_that_refuses_files_is_refused_first(tmp_path, monkeypatch,
+                                                                       capsys):
+    """os.access says yes to root for any folder, and /proc, /sys or a read-only mount
+    still refuse a new file: bench --json found out only after the whole benchmark. The
+    check makes (and removes) a file there; a folder that refuses it is one line at the
+    flag, before any work."""
+    import tempfile
+    from fastvae import options as o
+
+    def refuse(**kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(o.BadValue, match="refuses new files .Permission denied"):
+        o.file_to_write(str(tmp_path / "x.json"))
+    monkeypatch.undo()
+    assert o.file_to_write(str(tmp_path / "x.json")) and list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--ops", "elbo", "--batch", "4", "--dim", "8", "--latent", "2",
+                  "--reps", "1", "--variants", "eager", "--no-extras",
+                  "--json", "/proc/fastvae-check.json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--json" in err and "cannot write" in err, err
+
+
 def test_a_file_to_write_may_be_in_folders_to_create(tmp_path):
     """The writers create missing folders (atomic_write): the nearest existing one is what
     the check looks at."""

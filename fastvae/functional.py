@@ -29,7 +29,7 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, val
     r"""Draw ``z = mu + exp(0.5 * logvar) * eps`` with ``eps ~ N(0, I)``, differentiably.
 
     Args:
-        mu, logvar: ``(B, L)`` posterior mean and log-variance.
+        mu, logvar: ``(B, L)`` posterior mean and log-variance, one dtype (z takes it).
         n_samples: ``None`` for one sample of shape ``(B, L)``; an int ``K >= 1`` for
             ``K`` samples stacked as ``(K, B, L)`` (the IWAE layout).
         generator: a ``torch.Generator`` to draw from; default the global one, so

@@ -10,5 +10,7 @@ def interpreting() -> bool:
 
 
 def backend_default() -> str:
-    """``FASTVAE_BACKEND``, the backend a call with ``backend=None`` asks for."""
-    return os.environ.get("FASTVAE_BACKEND", "auto")
+    """``FASTVAE_BACKEND``, the backend a call with ``backend=None`` asks for; "auto" when
+    unset or empty (``FASTVAE_BACKEND= cmd`` is the shell's way to clear it for one
+    command)."""
+    return os.environ.get("FASTVAE_BACKEND") or "auto"

@@ -325,6 +325,8 @@ def test_backend_selection(monkeypatch):
     assert fastvae.last_backend() == "torch"
     fastvae.kl_standard_normal(mu, lv, backend="reference")
     assert fastvae.last_backend() == "reference"
+    monkeypatch.setenv("FASTVAE_BACKEND", "")   # cleared for one command: unset
+    assert fastvae.select_backend(None, cpu) == "torch"
     monkeypatch.setenv("FASTVAE_BACKEND", "reference")
     assert fastvae.select_backend(None, cpu) == "reference"
     fastvae.reparameterize(mu, lv)

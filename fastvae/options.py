@@ -18,6 +18,7 @@ from .validation import KL_MODES, LIKELIHOODS
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _F32_MAX = torch.finfo(torch.float32).max
+_F32_TINY = torch.finfo(torch.float32).tiny
 
 
 class Parser(argparse.ArgumentParser):
@@ -109,6 +110,9 @@ def positive_float(value) -> float:
     x = _float(value)
     if x <= 0:
         raise BadValue(f"must be a positive number, got {value!r}")
+    if x < _F32_TINY:  # an lr of 1e-300 scales float32 updates to 0: a run that never moves
+        raise BadValue(f"must be at least float32's smallest normal number ({_F32_TINY:.4g}), "
+                       f"got {value!r}")
     return x
 
 

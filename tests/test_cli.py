@@ -170,6 +170,7 @@ BAD_VALUES = [
     ("train", "--channels", "0"), ("train", "--device", "tpu"), ("train", "--device", "meta"),
     ("train", "--device", "cuda:x"), ("train", "--lr", "0"), ("train", "--lr", "-1e-3"),
     ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--lr", "1e300"),
+    ("train", "--lr", "1e-300"),
     ("train", "--beta", "-1"), ("train", "--beta", "1e39"),
     ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"), ("train", "--threads", "100000"),
     ("train", "--seed", "-1"), ("train", "--seed", str(2 ** 63 - 1)),
@@ -262,7 +263,8 @@ def test_a_file_to_write_may_be_in_folders_to_create(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
-                                       ("beta", float("nan")), ("lr", 1e300), ("iwae_k", -1),
+                                       ("beta", float("nan")), ("lr", 1e300), ("lr", 1e-300),
+                                       ("iwae_k", -1),
                                        ("threads", -1), ("threads", 100000),
                                        ("device", "tpu"), ("seed", -1),
                                        ("n_mix", 0), ("out", "")])

@@ -202,6 +202,21 @@ def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
         _native.reset()
 
 
+def test_an_unknown_switch_value_is_said_not_taken_as_on(monkeypatch):
+    """FASTVAE_NATIVE=banana: the aten path, with the one warning that names the variable
+    (a typo was read as on, silently)."""
+    monkeypatch.setenv("FASTVAE_NATIVE", "banana")
+    monkeypatch.setattr(_native, "_warned", False)
+    _native.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match="FASTVAE_NATIVE='banana' is neither"):
+            assert _native.load() is None
+        _elbo_matches_reference()
+    finally:
+        monkeypatch.undo()
+        _native.reset()
+
+
 def test_fallback_when_disabled(monkeypatch):
     monkeypatch.setenv("FASTVAE_NATIVE", "0")
     _native.reset()

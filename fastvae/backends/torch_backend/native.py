@@ -280,8 +280,12 @@ def _error(flags, e) -> str:
 
 def _load():
     """(lib, fn, openmp, status)."""
-    if os.environ.get("FASTVAE_NATIVE", "1").strip().lower() in ("0", "", "false", "no", "off"):
+    switch = os.environ.get("FASTVAE_NATIVE", "1").strip().lower()
+    if switch in ("0", "", "false", "no", "off"):
         return None, None, False, "disabled by FASTVAE_NATIVE"
+    if switch not in ("1", "true", "yes", "on"):   # said once (load warns), not taken as on
+        return None, None, False, (f"FASTVAE_NATIVE={os.environ['FASTVAE_NATIVE']!r} is "
+                                   "neither 1/true/yes/on nor 0/false/no/off")
     cc = _compiler()
     if cc is None:
         return None, None, False, "no C compiler found (set CC)"

@@ -45,13 +45,17 @@ def route_taken(route, backend, validate, device) -> bool:
     return True
 
 
-def keep_route(memo, sig, seen, fn, build) -> None:
-    """After an eager call on real tensors that ran the fused op ``fn`` (``run``'s
-    partial), what ``memo`` holds for ``sig`` (it held ``seen``): a signature's first call
-    leaves its backend's name; the next call on that backend builds the route
-    (``build()``, False where none can be); a call on another backend than the name or
-    the route names (``FASTVAE_BACKEND`` changed) leaves its own name. So a route is
-    built for a backend that ran the signature twice in a row, never once per call."""
+def keep_route(memo, sig, seen, fn, device, build) -> None:
+    """After a call that ran the fused op ``fn`` (``run``'s partial) on ``device``, what
+    ``memo`` holds for ``sig`` (it held ``seen``). Nothing changes for meta tensors or
+    where a call is not the plain eager one (a dispatch mode or a transform: the op's
+    fake kernel or the reference ran). Else a signature's first call leaves its backend's
+    name; the next call on that backend builds the route (``build()``, False where none
+    can be); a call on another backend than the name or the route names
+    (``FASTVAE_BACKEND`` changed) leaves its own name. So a route is built for a backend
+    that ran the signature twice in a row, never once per call."""
+    if device.type == "meta" or not ops.Route.eager():
+        return
     name = fn.keywords["backend"]
     if seen == name:
         memo.add(sig, build() or False)

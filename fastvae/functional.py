@@ -186,13 +186,11 @@ def elbo(
                   prior_mu=pm, prior_logvar=plv, estimator=estimator)
     if isinstance(fn, functools.partial):  # fused: the sign rides along, so -ELBO's
         value = fn(x2, r2, mu, logvar, z, obs, scale=_scale, **kwargs)  # backward skips a pass
-        if device.type != "meta" and ops.Route.eager():
-            # a signature seen again is a loop's: a route for its next calls (none under
-            # a dispatch mode or a transform: the op's fake kernel or the reference ran)
-            _keep_route(_ELBO_CHECKED, sig, seen, fn, lambda: ops.elbo_route(
-                x2, r2, mu, logvar, z, obs, likelihood=likelihood, kl=kl, beta=beta,
-                free_bits=free_bits, reduction=reduction, backend=fn.keywords["backend"],
-                scale=_scale, estimator=estimator))
+        # a signature seen again is a loop's: a route for its next calls
+        _keep_route(_ELBO_CHECKED, sig, seen, fn, device, lambda: ops.elbo_route(
+            x2, r2, mu, logvar, z, obs, likelihood=likelihood, kl=kl, beta=beta,
+            free_bits=free_bits, reduction=reduction, backend=fn.keywords["backend"],
+            scale=_scale, estimator=estimator))
         return value
     value = fn(x2, r2, mu, logvar, z, obs, **kwargs)
     return value if _scale == 1.0 else _scale * value

@@ -18,7 +18,8 @@ _CHECKED = V.Checked()   # signatures: plain tensors and a prior of None or plai
 def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate, sig):
     """Checked ``(B, *)`` posterior flattened to ``(B, N)``, its prior in canonical form
     (None, ``(N,)`` or ``(B, N)``), and the device."""
-    if sig in _CHECKED:   # sig: V.layouts of the four (a numeric prior: checked every call)  # the checks below passed on these
+    # sig: V.layouts of the four (None for a numeric prior: checked every call)
+    if sig in _CHECKED:   # the checks below passed on these
         pm, plv = _priors(mu_q, mu_p, logvar_p)
         device = mu_q.device
     else:
@@ -118,10 +119,10 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     _check_generator(generator, device)
     fn = _run(backend, device, "sample_with_kl")
     z, kl = fn(mu2, lv2, pm, plv, generator)
-    if isinstance(fn, functools.partial) and device.type != "meta" and ops.Route.eager():
+    if isinstance(fn, functools.partial):
         # a signature seen again is a loop's (a hierarchical VAE's group): a route for
-        # its next calls (none under a dispatch mode or a transform)
-        _keep_route(_ROUTES, sig, seen, fn, lambda: ops.sample_with_kl_route(
+        # its next calls
+        _keep_route(_ROUTES, sig, seen, fn, device, lambda: ops.sample_with_kl_route(
             mu2, lv2, pm, plv, backend=fn.keywords["backend"]))
     return (z if z.shape == mu_q.shape else z.reshape(mu_q.shape)), kl
 

@@ -29,14 +29,13 @@ SAVED_KINDS = {"dataset": str, "data_dir": (str, type(None)), "seed": int, "back
                "model": str, "likelihood": str, "kl": str, "lr": _NUMBER, "beta": _NUMBER,
                "batch_size": int, "amp": bool, "compile": bool}
 EVAL_CONFIG = ("dataset", "data_dir", "seed", "backend")
-SAVED_CHOICES = TRAIN_CHOICES   # the saved texts with a fixed set of values
 
 
 def check_config(state: dict, path, keys, purpose: str) -> None:
     """CheckpointError naming ``path`` and the first of ``keys`` its config lacks, holds
     as another kind than :data:`SAVED_KINDS` says (a bool is no number here) or holds as
-    a text outside :data:`SAVED_CHOICES`, instead of a KeyError or an AttributeError where
-    the value is used, or a message that does not say which file."""
+    a text outside ``options.TRAIN_CHOICES``, instead of a KeyError or an AttributeError
+    where the value is used, or a message that does not say which file."""
     config = state["config"]   # a dict: load_checkpoint checked it
     for key in keys:
         if key not in config:
@@ -48,9 +47,9 @@ def check_config(state: dict, path, keys, purpose: str) -> None:
             names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
             raise CheckpointError(f"{path}: its config's {key} is {value!r}, not {names}; the "
                                   "file was not written by fastvae train")
-        if key in SAVED_CHOICES and value not in SAVED_CHOICES[key]:
+        if key in TRAIN_CHOICES and value not in TRAIN_CHOICES[key]:
             raise CheckpointError(f"{path}: its config's {key} is {value!r}, not one of "
-                                  f"{SAVED_CHOICES[key]}; the file was not written by fastvae "
+                                  f"{TRAIN_CHOICES[key]}; the file was not written by fastvae "
                                   "train")
 
 

@@ -110,7 +110,7 @@ def kl_mc_prior_dim(z, mu, lv, mu_p, lv_p):
     and ``tp = (z - mu_p) / e^(lv_p/2)``. The squares' difference is valued as
     ``(tp - t)(tp + t)`` (for a sample 1e20 from both means each square rounds by ~1e24
     even in float64) and differentiated as the squares (the product's derivative cancels
-    where |tp - t| << |tp|)."""
+    where one of |tp|, |t| is far below the other)."""
     z, mu, lv, mu_p, lv_p = d(z), d(mu), d(lv), d(mu_p), d(lv_p)
     exp = torch.exp if isinstance(lv_p, torch.Tensor) else math.exp
     t, tp = (z - mu) / torch.exp(lv / 2), (z - mu_p) / exp(lv_p / 2)

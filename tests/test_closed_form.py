@@ -217,6 +217,22 @@ def test_an_unknown_switch_value_is_said_not_taken_as_on(monkeypatch):
         _native.reset()
 
 
+def test_an_empty_switch_is_the_default(monkeypatch):
+    """FASTVAE_NATIVE= (the shell's way to clear it for one command) is unset: the C kernels,
+    as with FASTVAE_BACKEND= ; it turned them off."""
+    monkeypatch.delenv("FASTVAE_NATIVE", raising=False)
+    _native.reset()
+    try:
+        default = _native.load() is not None
+        monkeypatch.setenv("FASTVAE_NATIVE", " ")
+        _native.reset()
+        assert (_native.load() is not None) == default, _native.status()
+        assert "FASTVAE_NATIVE" not in _native.status()
+    finally:
+        monkeypatch.undo()
+        _native.reset()
+
+
 def test_fallback_when_disabled(monkeypatch):
     monkeypatch.setenv("FASTVAE_NATIVE", "0")
     _native.reset()

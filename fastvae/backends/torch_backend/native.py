@@ -280,8 +280,9 @@ def _error(flags, e) -> str:
 
 def _load():
     """(lib, fn, openmp, status)."""
-    switch = os.environ.get("FASTVAE_NATIVE", "1").strip().lower()
-    if switch in ("0", "", "false", "no", "off"):
+    # empty is unset (``FASTVAE_NATIVE= cmd`` clears it for one command), as FASTVAE_BACKEND
+    switch = os.environ.get("FASTVAE_NATIVE", "").strip().lower() or "1"
+    if switch in ("0", "false", "no", "off"):
         return None, None, False, "disabled by FASTVAE_NATIVE"
     if switch not in ("1", "true", "yes", "on"):   # said once (load warns), not taken as on
         return None, None, False, (f"FASTVAE_NATIVE={os.environ['FASTVAE_NATIVE']!r} is "

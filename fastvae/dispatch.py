@@ -13,9 +13,10 @@ from .validation import resolve_validate
 def run(backend, device, op: str):
     """The function that computes ``op``: the reference for "reference", and under a
     ``torch.func`` transform (whose every order and batching rule autograd-built math
-    has), else the fused op of the selected backend."""
+    has) or forward-mode AD (the fused ops have no ``jvp``), else the fused op of the
+    selected backend."""
     name = backends.select(backend, device)
-    if ops.functorch_active():
+    if ops.functorch_active() or ops.forward_ad_active():
         name = "reference"
     backends.mark_used(name)
     if name == "reference":

@@ -1,7 +1,7 @@
 """Higher-order gradients of every op on every backend (the ``backend`` fixture): Hessians
 (``torch.autograd.functional.hessian``), gradient penalties (``create_graph=True`` then a
-second grad), and ``torch.func`` transforms (grad, jacrev, vmap), against the reference
-backend in float64 (float32 inputs on "triton", as everywhere).
+second grad), ``torch.func`` transforms (grad, jacrev, vmap) and forward-mode AD, against
+the reference backend in float64 (float32 inputs on "triton", as everywhere).
 
 The fused ops save first-order gradients only; when a graph of the backward is asked for
 they recompute it from the inputs with the reference math (fastvae/ops/_autograd.py),
@@ -187,6 +187,54 @@ def test_torch_func_vmap(backend):
         got = torch.func.vmap(fn)(*args)
         want = torch.stack([fn(*(a[i] for a in args)) for i in range(5)])
         assert_close(what, got, want, dt, rtol={F64: 1e-13})
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_mode_ad(backend, name):
+    """torch.autograd.forward_ad: the JVP along random tangents is the float64 reference's
+    gradient dotted with them (the fused ops' autograd.Function has no jvp: an open dual
+    level runs the reference math, as a torch.func transform does). Two plain calls
+    first, so a prepared route exists and must step aside too."""
+    import torch.autograd.forward_ad as fwad
+    f, f_ref, ins, ins64, dt = _setup(name, backend)
+    for _ in range(2):
+        f(*ins).backward()
+    g = torch.Generator().manual_seed(3)
+    tangents = [torch.randn(t.shape, generator=g, dtype=F64) for t in ins]
+    with fwad.dual_level():
+        out = f(*[fwad.make_dual(t.detach(), v.to(dt)) for t, v in zip(ins, tangents)])
+        got = fwad.unpack_dual(out).tangent
+    assert fastvae.last_backend() == "reference"
+    grads = torch.autograd.grad(f_ref(*ins64), ins64)
+    want = sum((gr * v).sum() for gr, v in zip(grads, tangents))
+    assert_close("JVP", got, want, dt, scale=want.abs() + 1e-3)
+
+
+def test_forward_mode_ad_of_the_samplers(backend):
+    """reparameterize's and sample_with_kl's z tangents: t_mu + 0.5 exp(0.5 lv) eps t_lv,
+    eps recovered from z; sample_with_kl's KL tangent is kl_normal's gradient dotted with
+    the tangents."""
+    import torch.autograd.forward_ad as fwad
+    dt = case_dtype(backend)
+    g = torch.Generator().manual_seed(4)
+    mu, lv, pm, plv = (torch.randn(3, 2, generator=g, dtype=F64) for _ in range(4))
+    t_mu, t_lv, t_pm, t_plv = (torch.randn(3, 2, generator=g, dtype=F64) for _ in range(4))
+    with fwad.dual_level():
+        dual = [fwad.make_dual(a.to(dt), t.to(dt)) for a, t in
+                ((mu, t_mu), (lv, t_lv), (pm, t_pm), (plv, t_plv))]
+        z = fastvae.reparameterize(dual[0], dual[1], generator=generator(5), backend=backend)
+        z2, kl = fastvae.sample_with_kl(*dual, generator=generator(6), backend=backend)
+        tz, tz2, tkl = (fwad.unpack_dual(o).tangent for o in (z, z2, kl))
+        zv, z2v = fwad.unpack_dual(z).primal, fwad.unpack_dual(z2).primal
+    for what, zz, tt in (("reparameterize", zv, tz), ("sample_with_kl z", z2v, tz2)):
+        eps = (zz.double() - mu) * torch.exp(-0.5 * lv)
+        assert_close(what, tt, t_mu + 0.5 * torch.exp(0.5 * lv) * eps * t_lv, dt, scale=1.0)
+    ins64 = [leaf(a) for a in (mu, lv, pm, plv)]
+    grads = torch.autograd.grad(fastvae.kl_normal(*ins64, backend="reference").sum(), ins64,
+                                retain_graph=True)
+    for i in range(3):  # each row's KL: its own row's gradient dotted with the tangents
+        want = sum((gr[i] * v[i]).sum() for gr, v in zip(grads, (t_mu, t_lv, t_pm, t_plv)))
+        assert_close(f"sample_with_kl KL row {i}", tkl[i], want, dt, scale=want.abs() + 1e-3)
 
 
 # -- reparameterize: z = mu + exp(0.5 logvar) eps, with eps recovered from z ---------------------

@@ -272,6 +272,16 @@ def functorch_active() -> bool:
 _peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``):
+    the fused ops' ``autograd.Function`` has no ``jvp``, the reference's math has, as under
+    a ``torch.func`` transform. An open level sends every call there, dual inputs or not."""
+    return _fwad._current_level >= 0
+
+
+_fwad = torch.autograd.forward_ad
+
+
 class Fused:
     """One fused op, two ways in, the same forward, setup and backward.
 
@@ -378,8 +388,10 @@ class Route:
     def eager() -> bool:
         """Whether the value path would now be the plain ``autograd.Function`` of the
         backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
-        (:func:`plain_eager`, :func:`functorch_active`; real tensors: the caller's)."""
-        return not (torch.compiler.is_compiling() or _dispatch_modes() or functorch_active())
+        (:func:`plain_eager`, :func:`functorch_active`, :func:`forward_ad_active`; real
+        tensors: the caller's)."""
+        return not (torch.compiler.is_compiling() or _dispatch_modes() or functorch_active()
+                    or forward_ad_active())
 
     def usable(self) -> bool:
         """Whether a call now may take this route (besides its key): :meth:`eager`, and the

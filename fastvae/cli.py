@@ -92,7 +92,7 @@ def _add_train(sub):
     _bool_flag(p, "--compile", "torch.compile the model [default: off]")
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", type=o.device, default=None,
-      help=f"auto, cpu, cuda or cuda:N [default: {d['device']}]")
+      help=f"auto, cpu, cuda, cuda:N or mps [default: {d['device']}]")
     a("--out", type=o.folder, default=None,
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
            "... when that one already exists]")
@@ -117,7 +117,7 @@ def _add_eval(sub):
                    help="importance samples per test image")
     p.add_argument("--data-dir", default=None, help="override the run's data folder")
     p.add_argument("--device", type=o.device, default="auto",
-                   help="auto, cpu, cuda or cuda:N")
+                   help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--limit", type=o.positive_int, default=None,
                    help="use only the first N test images")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -138,7 +138,7 @@ def _add_sample(sub):
     p.add_argument("--ncol", type=o.positive_int, default=8,
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",
-                   help="auto, cpu, cuda or cuda:N")
+                   help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_cmd_sample)
 
 

@@ -223,7 +223,7 @@ def device(value) -> str:
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in _DEVICE_TYPES:
-        raise BadValue(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        raise BadValue(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
     return str(value)
 
 

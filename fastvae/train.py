@@ -2,8 +2,8 @@
 
 One function, :func:`train`, takes a plain config dict (see :func:`default_config`)
 and writes a run folder: ``checkpoint.pt`` after every epoch, ``metrics.json``,
-``reconstructions.png``, ``samples.png``, ``curves.png`` and, for a 2-D latent
-space, ``latent.png``.
+``reconstructions.png``, ``samples.png``, ``curves.png`` and, for an MLP or conv
+model with a 2-D latent space, ``latent.png``.
 
 The folder is claimed, locked and checked writable first (:mod:`fastvae.runs`); the
 NaN policy, which decides what may be saved, is :mod:`fastvae.guard`.
@@ -50,7 +50,8 @@ __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "res
            "MissingExtra"]
 
 def default_config() -> dict:
-    """The defaults of ``fastvae train``: digits, MLP, Bernoulli; ~10 s on 2 CPU cores."""
+    """The defaults of ``fastvae train``: digits, MLP, Bernoulli; about half a minute on 2 CPU
+    cores (README)."""
     return dict(dataset="digits", data_dir="data", download=False, model="mlp", latent=8,
                 hidden=[256], channels=[32, 64], groups=2, epochs=60, batch_size=32, lr=1e-3, beta=1.0,
                 kl_warmup=None, n_mix=None,

@@ -234,7 +234,10 @@ class HierarchicalVAE(ObservationModel):
         """From the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down, chunk by chunk."""
         def draw(q, p):
             mu, logvar = p
-            z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator)
+            # "auto", not FASTVAE_BACKEND: its torch and triton choices draw one Philox
+            # stream, so a seed gives the same images on CPU and GPU whatever it says
+            z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator,
+                               backend="auto")
             return z.reshape(mu.shape), None
         for b in chunk_lengths(n, size):
             yield self.draw(self._top_down(b, None, draw)[0], generator=generator)

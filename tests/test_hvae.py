@@ -61,6 +61,18 @@ def test_sample_checks_n(n, error):
     assert [len(c) for c in small().sample_chunks(5, chunk_size=2)] == [2, 2, 1]
 
 
+@pytest.mark.parametrize("env", ["reference", "bogus"])
+def test_sampling_does_not_read_fastvae_backend(monkeypatch, env):
+    """The prior's draws take the "auto" backend: FASTVAE_BACKEND changed a seed's images
+    ("reference"), or failed after training had finished, while the final pictures were drawn
+    ("bogus")."""
+    model = small()
+    want = model.sample(3, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setenv("FASTVAE_BACKEND", env)
+    got = model.sample(3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(got, want)
+
+
 def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():
     """Zero heads: every group starts at q = p = N(0, I), a KL of exactly 0. Depth-scaled
     residual branches: the top-down state of 40 groups is within 3x the scale of 4 groups'

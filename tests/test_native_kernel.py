@@ -523,10 +523,10 @@ print(json.dumps({"status": native.status(), "value": v.item(), "ref": ref.item(
 """
 
 
-def _child(cache_dir):
+def _child(cache_dir, cwd=ROOT, **more_env):
     env = {k: v for k, v in os.environ.items() if k != "FASTVAE_NATIVE"}
-    env["FASTVAE_CACHE_DIR"] = str(cache_dir)
-    return subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=ROOT,
+    env.update(FASTVAE_CACHE_DIR=str(cache_dir), **more_env)
+    return subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -622,6 +622,32 @@ def test_damaged_cache_is_rebuilt(built, clean_status, cache, monkeypatch, damag
     torch.testing.assert_close(rows.double(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g.double(), -0.5 * (x.double() - torch.sigmoid(l.double())),
                                rtol=0, atol=1e-7)
+
+
+def test_a_relative_cache_folder_is_the_current_folders(built, clean_status, tmp_path):
+    """FASTVAE_CACHE_DIR=relative: the compiler runs in a build folder of its own, so a
+    relative output path named a file under that folder; the build failed and every
+    process fell back to aten, with a warning."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    out = _check_child(_child("rel cache", cwd=str(tmp_path), PYTHONPATH=ROOT), clean_status)
+    assert out["warnings"] == [], out
+    assert list((tmp_path / "rel cache").glob("*.so")), "nothing was cached"
+
+
+def test_an_unusable_cache_folder_builds_once_a_process_and_cleans_up(built, clean_status,
+                                                                      tmp_path):
+    """FASTVAE_CACHE_DIR naming a file: the build goes to one temporary folder, removed
+    when the process exits, with one warning saying so (it left a folder in /tmp per
+    library, every process, silently)."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    not_a_folder, tmp = tmp_path / "file", tmp_path / "tmp"
+    not_a_folder.write_text("")
+    tmp.mkdir()
+    out = _check_child(_child(not_a_folder, TMPDIR=str(tmp)), clean_status)
+    assert len(out["warnings"]) == 1 and "cannot write the C kernels' cache" in out["warnings"][0]
+    assert list(tmp.iterdir()) == []
 
 
 def test_unverifiable_library_is_never_loaded(cache, monkeypatch):

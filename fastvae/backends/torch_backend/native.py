@@ -30,6 +30,7 @@ against someone who can write to the cache directory.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import ctypes
 import hashlib
@@ -85,15 +86,34 @@ def _cpu_id() -> str:
 
 
 def _cache_dir() -> str:
-    d = os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastvae")
+    """The cache folder, absolute (the compiler runs in a folder of its own, where a
+    relative output path would name another file); where it cannot be made or written,
+    :func:`_process_cache`."""
+    d = os.path.abspath(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastvae"))
     try:
         os.makedirs(d, exist_ok=True)
         if os.access(d, os.W_OK):
             return d
     except OSError:
         pass
-    return tempfile.mkdtemp(prefix="fastvae-")
+    return _process_cache(d)
+
+
+def _process_cache(wanted: str) -> str:
+    """One temporary folder for this process's builds, removed at exit (a loaded library
+    stays mapped), said once: each process builds again until the cache is fixed."""
+    global _temporary
+    if _temporary is None or not os.path.isdir(_temporary):
+        _temporary = tempfile.mkdtemp(prefix="fastvae-")
+        atexit.register(shutil.rmtree, _temporary, True)
+        warnings.warn(f"fastvae: cannot write the C kernels' cache folder {wanted}; they are "
+                      "built for this process only (set FASTVAE_CACHE_DIR to a writable "
+                      "folder)", RuntimeWarning, stacklevel=2)
+    return _temporary
+
+
+_temporary: Optional[str] = None
 
 
 def read_sources() -> Tuple[Tuple[str, bytes], ...]:

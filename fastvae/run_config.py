@@ -92,8 +92,11 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     if full["epochs"] == done:
         log(f"finishing the run in {ckpt_file.parent}: its {done} epochs are trained, its "
             "final estimate, pictures and metrics.json are not")
+    # a data file as the config keeps it (absolute): the same file typed relatively is
+    # the checkpoint's dataset
     changed = [k for k in given if k not in RUNTIME_KEYS and given[k] is not None
-               and k in saved and given[k] != saved[k]]
+               and k in saved and (stored_name(given[k]) if k == "dataset" else given[k])
+               != saved[k]]
     for k in RESUME_OVERRIDES:
         if k in changed:
             log(f"resuming with --{k} {given[k]:g} (the checkpoint had {saved[k]:g})")

@@ -317,7 +317,7 @@ def test_train_on_array_files_needs_no_scikit_learn(tmp_path, monkeypatch):
                      "--out", str(tmp_path / "run")]) == 0
 
 
-def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeypatch):
+def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeypatch, capsys):
     """The config keeps an array file's absolute path: eval and --resume work from another
     working directory (the path as typed resolved against theirs)."""
     import numpy as np
@@ -332,6 +332,11 @@ def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeyp
     assert cli.main(["eval", str(tmp_path / "run"), "--k", "0"]) == 0
     assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
                      "--no-progress", "--iwae-k", "0"]) == 0
+    # the same file typed relative to here is the checkpoint's dataset, not another one
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
+                     "--no-progress", "--iwae-k", "0", "--dataset", "../data/x.npy"]) == 0
+    assert "ignored" not in capsys.readouterr().out
 
 
 def test_a_data_file_replaced_since_training_is_not_resumed_on(tmp_path, capsys):

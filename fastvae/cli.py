@@ -311,11 +311,19 @@ def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     folder = getattr(e, "run_folder", None)
     if folder is None:
         return f"fastvae {command}: {what}; any checkpoint it wrote is intact"
+    resume = _resume_hint(folder)
+    if resume is None:
+        return f"fastvae {command}: {what} before its first checkpoint; nothing to resume"
+    return f"fastvae {command}: {what}; {resume}"
+
+
+def _resume_hint(folder) -> str | None:
+    """How to continue the run in ``folder`` from its checkpoint; None without one."""
     from .checkpoint import CHECKPOINT_NAME
 
     if not (Path(folder) / CHECKPOINT_NAME).is_file():
-        return f"fastvae {command}: {what} before its first checkpoint; nothing to resume"
-    return (f"fastvae {command}: {what}; the last checkpoint in {folder} is intact: "
+        return None
+    return (f"the last checkpoint in {folder} is intact: "
             f"`fastvae train --resume --out {shlex.quote(str(folder))}` continues the run")
 
 
@@ -346,7 +354,10 @@ def main(argv=None) -> int:
         # the file (WriteError adds that the previous version is intact).
         if os.environ.get("FASTVAE_DEBUG"):
             raise
-        print(f"fastvae {args.command}: error: {e}", file=sys.stderr)
+        line = f"fastvae {args.command}: error: {e}"
+        folder = getattr(e, "run_folder", None)   # train's file system refusals
+        resume = None if folder is None else _resume_hint(folder)
+        print(line if resume is None else f"{line}; {resume}", file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)

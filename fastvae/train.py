@@ -177,8 +177,8 @@ def _train(given: dict, log) -> dict:
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics
-    except KeyboardInterrupt as e:  # so the command can say which folder to --resume
-        e.run_folder = full["out"]
+    except (KeyboardInterrupt, OSError) as e:  # so the command can say which folder to
+        e.run_folder = full["out"]             # --resume (a full disk: once it has room)
         raise
     finally:
         if folder is not None:

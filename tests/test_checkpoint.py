@@ -368,8 +368,38 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_old_checkpoint(good_ru
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert str(run / CHECKPOINT_NAME) in r.stderr and "intact" in r.stderr
+    assert f"fastvae train --resume --out {shlex.quote(str(run))}" in r.stderr
     assert (run / CHECKPOINT_NAME).read_bytes() == before
     assert sorted(p.name for p in run.iterdir()) == [CHECKPOINT_NAME]
+
+
+def test_disk_full_at_the_final_pictures_says_how_to_finish(good_run, tmp_path, capsys,
+                                                             monkeypatch):
+    """The last epoch's checkpoint is kept when a picture cannot be written: the one line
+    names the picture (not "nothing was written", read as the whole run) and the command
+    that finishes the run."""
+    from fastvae import plots
+
+    run = _copy_run(good_run, tmp_path / "run")
+    done = load_checkpoint(run)["epoch"]
+    real = plots.atomic_write
+
+    def full_at_samples(path, write):
+        if os.path.basename(path) == "samples.png":
+            def write(f):
+                raise OSError(28, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(plots, "atomic_write", full_at_samples)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", str(done + 1),
+                     "--no-progress", "--iwae-k", "0"]) == 2
+    _one_error_line(capsys, "samples.png: No space left", "no samples.png was written",
+                    f"fastvae train --resume --out {shlex.quote(str(run))}` continues the run")
+    assert load_checkpoint(run)["epoch"] == done + 1
+    monkeypatch.undo()
+    assert cli.main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert (run / "metrics.json").is_file() and (run / "samples.png").is_file()
 
 
 def test_disk_full_while_drawing_leaves_no_half_picture(good_run, tmp_path):

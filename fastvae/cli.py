@@ -311,20 +311,23 @@ def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     folder = getattr(e, "run_folder", None)
     if folder is None:
         return f"fastvae {command}: {what}; any checkpoint it wrote is intact"
-    resume = _resume_hint(folder)
+    resume = _resume_command(e)
     if resume is None:
         return f"fastvae {command}: {what} before its first checkpoint; nothing to resume"
-    return f"fastvae {command}: {what}; {resume}"
+    return f"fastvae {command}: {what}; the last checkpoint in {folder} is intact: {resume}"
 
 
-def _resume_hint(folder) -> str | None:
-    """How to continue the run in ``folder`` from its checkpoint; None without one."""
+def _resume_command(e: BaseException) -> str | None:
+    """What continues the run train stopped in with ``e`` (its folder and the flags it
+    was given that a resume must repeat: ``train``), where that folder holds a checkpoint;
+    else None."""
     from .checkpoint import CHECKPOINT_NAME
 
-    if not (Path(folder) / CHECKPOINT_NAME).is_file():
+    folder = getattr(e, "run_folder", None)
+    if folder is None or not (Path(folder) / CHECKPOINT_NAME).is_file():
         return None
-    return (f"the last checkpoint in {folder} is intact: "
-            f"`fastvae train --resume --out {shlex.quote(str(folder))}` continues the run")
+    flags = "".join(f" {shlex.quote(f)}" for f in getattr(e, "resume_flags", ()))
+    return f"`fastvae train --resume --out {shlex.quote(str(folder))}{flags}` continues the run"
 
 
 def main(argv=None) -> int:
@@ -355,9 +358,9 @@ def main(argv=None) -> int:
         if os.environ.get("FASTVAE_DEBUG"):
             raise
         line = f"fastvae {args.command}: error: {e}"
-        folder = getattr(e, "run_folder", None)   # train's file system refusals
-        resume = None if folder is None else _resume_hint(folder)
-        print(line if resume is None else f"{line}; {resume}", file=sys.stderr)
+        resume = _resume_command(e)   # train's file system refusals
+        print(line if resume is None else f"{line}; {resume} from its last checkpoint",
+              file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
         print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)

@@ -234,8 +234,8 @@ class HierarchicalVAE(ObservationModel):
         """From the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down, chunk by chunk."""
         def draw(q, p):
             mu, logvar = p
-            # "auto", not FASTVAE_BACKEND: its torch and triton choices draw one Philox
-            # stream, so a seed gives the same images on CPU and GPU whatever it says
+            # "auto", not FASTVAE_BACKEND: a seed gives the same images whatever it says
+            # (its torch and triton choices draw one Philox stream)
             z = reparameterize(mu.flatten(1), logvar.flatten(1), generator=generator,
                                backend="auto")
             return z.reshape(mu.shape), None

@@ -457,6 +457,10 @@ def test_the_resume_hint_is_a_command_that_pastes(tmp_path):
     e.run_folder = str(folder)
     line = cli._interrupted_line("train", e)
     assert f"`fastvae train --resume --out '{folder}'` continues" in line, line
+    # the target and lr the stopped command was given: its last checkpoint may hold others
+    e.resume_flags = ["--epochs", "8", "--lr", "0.001"]
+    line = cli._interrupted_line("train", e)
+    assert f"`fastvae train --resume --out '{folder}' --epochs 8 --lr 0.001` continues" in line
 
 
 def _stop(p, checkpoint, signum):
@@ -524,7 +528,7 @@ def test_a_stopped_training_says_what_it_kept_and_how_to_resume(tmp_path, sig, c
     assert p.returncode == code, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         f"fastvae train: {said}; the last checkpoint in {run} is intact: `fastvae train "
-        f"--resume --out {run}` continues the run"), err
+        f"--resume --out {run} --epochs 1000` continues the run"), err
     assert not [f for f in run.iterdir() if f.name.startswith(".tmp-")]
     done = load_checkpoint(run)["epoch"]
     assert cli.main(["train", "--resume", "--out", str(run), "--epochs", str(done + 1),

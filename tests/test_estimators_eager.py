@@ -227,6 +227,22 @@ def test_torch_func(seed):
             mu.detach())
 
 
+def test_forward_mode_ad(seed):
+    """A dual level runs the reference, as torch.func does: STL's tangent is its gradient
+    dotted with the tangent; DReG, whose second weight is a backward hook, is refused
+    (it returned STL's tangent, silently)."""
+    import torch.autograd.forward_ad as fwad
+    mu, lv, w, eps, x = _inputs(seed)
+    t = torch.randn_like(mu)
+    want = (torch.autograd.grad(_iwae_step("stl")(mu, lv, w, eps, x), mu)[0] * t).sum()
+    with fwad.dual_level():
+        dual = fwad.make_dual(mu.detach(), t)
+        got = fwad.unpack_dual(_iwae_step("stl")(dual, lv.detach(), w.detach(), eps, x)).tangent
+        torch.testing.assert_close(got, want)
+        with pytest.raises(RuntimeError, match="or forward-mode AD"):
+            _iwae_step("dreg")(dual, lv.detach(), w.detach(), eps, x)
+
+
 def test_elbo_loss_module_takes_the_estimator(seed):
     mu, lv, w, eps, x = _inputs(seed)
     loss = fastvae.ELBOLoss(kl="mc", estimator="stl", backend="torch")

@@ -193,14 +193,15 @@ def test_torch_func_vmap(backend):
 def test_forward_mode_ad(backend, name):
     """torch.autograd.forward_ad: the JVP along random tangents is the float64 reference's
     gradient dotted with them (the fused ops' autograd.Function has no jvp: an open dual
-    level runs the reference math, as a torch.func transform does). Two plain calls
-    first, so a prepared route exists and must step aside too."""
+    level runs the reference math, as a torch.func transform does). Two plain calls of the
+    dual call's signature first, so a prepared route exists and must step aside too."""
     import torch.autograd.forward_ad as fwad
     f, f_ref, ins, ins64, dt = _setup(name, backend)
     for _ in range(2):
-        f(*ins).backward()
+        f(*[t.detach() for t in ins])
     g = torch.Generator().manual_seed(3)
-    tangents = [torch.randn(t.shape, generator=g, dtype=F64) for t in ins]
+    tangents = [torch.randn(t.shape, generator=g, dtype=F64, device="cpu").to(t.device)
+                for t in ins]
     with fwad.dual_level():
         out = f(*[fwad.make_dual(t.detach(), v.to(dt)) for t, v in zip(ins, tangents)])
         got = fwad.unpack_dual(out).tangent
@@ -217,8 +218,12 @@ def test_forward_mode_ad_of_the_samplers(backend):
     import torch.autograd.forward_ad as fwad
     dt = case_dtype(backend)
     g = torch.Generator().manual_seed(4)
-    mu, lv, pm, plv = (torch.randn(3, 2, generator=g, dtype=F64) for _ in range(4))
-    t_mu, t_lv, t_pm, t_plv = (torch.randn(3, 2, generator=g, dtype=F64) for _ in range(4))
+    dev = torch.get_default_device()
+    mu, lv, pm, plv, t_mu, t_lv, t_pm, t_plv = (
+        torch.randn(3, 2, generator=g, dtype=F64, device="cpu").to(dev) for _ in range(8))
+    for _ in range(2):  # the dual call's signature: a prepared route that must step aside
+        fastvae.sample_with_kl(mu.to(dt), lv.to(dt), pm.to(dt), plv.to(dt),
+                               generator=generator(6), backend=backend)
     with fwad.dual_level():
         dual = [fwad.make_dual(a.to(dt), t.to(dt)) for a, t in
                 ((mu, t_mu), (lv, t_lv), (pm, t_pm), (plv, t_plv))]

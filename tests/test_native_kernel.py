@@ -637,8 +637,8 @@ def test_a_relative_cache_folder_is_the_current_folders(built, clean_status, tmp
 
 def test_an_unusable_cache_folder_builds_once_a_process_and_cleans_up(built, clean_status,
                                                                       tmp_path):
-    """FASTVAE_CACHE_DIR naming a file: the build goes to one temporary folder, removed
-    when the process exits, with one warning saying so (it left a folder in /tmp per
+    """FASTVAE_CACHE_DIR naming a file: the build goes to a temporary folder, removed once
+    the library is loaded, with one warning saying so (it left a folder in /tmp per
     library, every process, silently)."""
     if native._compiler() is None:
         pytest.skip("no C compiler")
@@ -647,6 +647,15 @@ def test_an_unusable_cache_folder_builds_once_a_process_and_cleans_up(built, cle
     tmp.mkdir()
     out = _check_child(_child(not_a_folder, TMPDIR=str(tmp)), clean_status)
     assert len(out["warnings"]) == 1 and "cannot write the C kernels' cache" in out["warnings"][0]
+    assert list(tmp.iterdir()) == []
+    # gone once loaded, not only at exit: a fork worker leaves by os._exit, no atexit
+    env = dict(os.environ, FASTVAE_CACHE_DIR=str(not_a_folder), TMPDIR=str(tmp))
+    env.pop("FASTVAE_NATIVE", None)
+    code = ("import os, warnings; warnings.simplefilter('ignore'); from fastvae.backends."
+            "torch_backend import native; assert native.load() is not None; os._exit(0)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     assert list(tmp.iterdir()) == []
 
 

@@ -275,7 +275,9 @@ _peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
 def forward_ad_active() -> bool:
     """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``):
     the fused ops' ``autograd.Function`` has no ``jvp``, the reference's math has, as under
-    a ``torch.func`` transform. An open level sends every call there, dual inputs or not."""
+    a ``torch.func`` transform. An open level sends every call there, dual inputs or not,
+    in every thread (torch's levels are the process's), so a seeded sampler draws the
+    reference's eps there."""
     return _fwad._current_level >= 0
 
 

@@ -101,19 +101,28 @@ def _cache_dir() -> str:
 
 
 def _process_cache(wanted: str) -> str:
-    """One temporary folder for this process's builds, removed at exit (a loaded library
-    stays mapped), said once: each process builds again until the cache is fixed."""
-    global _temporary
-    if _temporary is None or not os.path.isdir(_temporary):
-        _temporary = tempfile.mkdtemp(prefix="fastvae-")
-        atexit.register(shutil.rmtree, _temporary, True)
+    """A temporary folder for one build, removed once :func:`load` is done (a loaded
+    library stays mapped; a process that exits before that, at exit), said once a
+    process: each process builds again until the cache is fixed."""
+    global _cache_warned
+    d = tempfile.mkdtemp(prefix="fastvae-")
+    _temporary.append(d)
+    if not _cache_warned:
+        _cache_warned = True
         warnings.warn(f"fastvae: cannot write the C kernels' cache folder {wanted}; they are "
                       "built for this process only (set FASTVAE_CACHE_DIR to a writable "
                       "folder)", RuntimeWarning, stacklevel=2)
-    return _temporary
+    return d
 
 
-_temporary: Optional[str] = None
+def _drop_temporary() -> None:
+    while _temporary:
+        shutil.rmtree(_temporary.pop(), ignore_errors=True)
+
+
+_temporary: List[str] = []
+_cache_warned = False
+atexit.register(_drop_temporary)
 
 
 def read_sources() -> Tuple[Tuple[str, bytes], ...]:
@@ -349,7 +358,10 @@ def load():
     if _status == "not loaded yet":
         with _lock:
             if _status == "not loaded yet":
-                _lib, _fn, _openmp, _status = _load()
+                try:
+                    _lib, _fn, _openmp, _status = _load()
+                finally:
+                    _drop_temporary()
                 if _fn is None and not _status.startswith("disabled") and not _warned:
                     _warned = True
                     warnings.warn(f"fastvae: the C kernels are unavailable ({_status}); the "

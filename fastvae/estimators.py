@@ -160,8 +160,13 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
     """ValueError where the decoder's gradient would reach the sample other than through
     z_k (:func:`_decoder_path`): DReG's hook on z_k would then weigh only the bound's
     direct gradient, and the encoder's gradient would be silently wrong."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled() or not z_k.requires_grad:
+    if not torch.is_grad_enabled() or not z_k.requires_grad:
         return
+    if torch.compiler.is_compiling():
+        # a traced graph has no autograd nodes to read; refusing breaks the graph here, so
+        # this check runs eagerly on the real tensors (a compiled model that samples and
+        # decodes is one node: wrong encoder gradients, silently), fullgraph raises
+        _refuse_compiling()
     node = _decoder_path(recon_k, z_k)
     if node is None:
         return
@@ -181,6 +186,14 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
         "use estimator='stl'")
 
 
+def _refuse_compiling():
+    raise RuntimeError(
+        "estimator='dreg' is not supported inside torch.compile: its second weight is a "
+        "gradient hook on z_k that the compiled graph cannot hold. Call fastvae.iwae_bound "
+        "outside the compiled function (compile the model, not the loss), or use "
+        "estimator='stl'")
+
+
 def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
     """Register DReG's hook (see :class:`DregHook`) for a bound ``value`` computed from
     ``z_k`` with softmax weights ``weights`` (K, B). Nothing when no gradient can flow.
@@ -188,11 +201,7 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
     if not (torch.is_grad_enabled() and value.requires_grad and z_k.requires_grad):
         return
     if torch.compiler.is_compiling():
-        raise RuntimeError(
-            "estimator='dreg' is not supported inside torch.compile: its second weight is a "
-            "gradient hook on z_k that the compiled graph cannot hold. Call fastvae.iwae_bound "
-            "outside the compiled function (compile the model, not the loss), or use "
-            "estimator='stl'")
+        _refuse_compiling()
     peers = _hooks_on.get(z_k)
     if peers is None:
         peers = _hooks_on[z_k] = []

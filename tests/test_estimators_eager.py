@@ -227,6 +227,22 @@ def test_torch_func(seed):
             mu.detach())
 
 
+def test_a_compiled_step_that_samples_decodes_and_bounds_is_refused():
+    """torch.compile of a whole DReG step (a model's iwae_bound: sampling, decoding and the
+    bound): dynamo breaks the graph at DReG and runs the bound eagerly, but z_k and recon_k
+    leave the compiled part as one autograd node. The graph check used to return early
+    while tracing and never ran eagerly: wrong encoder gradients, silently. Now it breaks
+    the graph itself, so it runs on the real tensors and says so."""
+    from fastvae.models import VAE
+
+    torch.manual_seed(0)
+    model = VAE((1, 4, 4), 2, hidden=(8,))
+    step = torch.compile(lambda x: -model.iwae_bound(x, 2, estimator="dreg"),
+                         backend="aot_eager")
+    with pytest.raises(ValueError, match="come out of one autograd node"):
+        step(torch.rand(3, 1, 4, 4)).backward()
+
+
 def test_forward_mode_ad(seed):
     """A dual level runs the reference, as torch.func does: STL's tangent is its gradient
     dotted with the tangent; DReG, whose second weight is a backward hook, is refused

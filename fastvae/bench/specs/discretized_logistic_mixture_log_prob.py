@@ -51,7 +51,9 @@ def eager_dmol_loss(x, params):
     rest = params[:, m:].reshape(b, 3, 3 * m, h, w)
     means, log_scales = rest[:, :, :m], rest[:, :, m:2 * m].clamp(min=-7.0)
     coeffs = torch.tanh(rest[:, :, 2 * m:])
-    k = torch.round(x * n)                                  # the bin decides the edges
+    # the bin decides the edges; the grid in float64 for float64 parameters (float32 x
+    # made it drift by 1e-4 nats from fastvae's exact float64 value, a false failure)
+    k = torch.round(x.to(torch.promote_types(x.dtype, params.dtype)) * n)
     y = (2.0 * k / n - 1.0).unsqueeze(2)                    # (B, 3, 1, H, W)
     m1 = means[:, 1] + coeffs[:, 0] * y[:, 0]
     m2 = means[:, 2] + coeffs[:, 1] * y[:, 0] + coeffs[:, 2] * y[:, 1]

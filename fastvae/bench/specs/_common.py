@@ -4,6 +4,7 @@ into a backend's internals."""
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable, Dict
 
 import torch
@@ -13,7 +14,32 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 import fastvae
 from fastvae.backends.torch_backend import native as _native
 
-from ..core import Case, Variant, leaf
+from ..core import AgreementError, Case, Variant, leaf
+
+
+# -- checks -----------------------------------------------------------------------
+
+def check_noise(name: str, eps: torch.Tensor, slack: float) -> None:
+    """AgreementError unless the draws ``eps`` look like independent N(0, 1): their mean
+    and variance, and the mean product of neighbours along each dimension (0 for
+    independent draws: a repeated or offset stream, the same noise for every sample or
+    row, gives ~1), each within 6 standard errors (plus ``slack`` for 16-bit rounding)."""
+    n = eps.numel()
+    if n == 0:   # no latent: no draw to test
+        return
+    mean, var = eps.mean().item(), eps.var().item() if n > 1 else 1.0
+    if abs(mean) > 6 / math.sqrt(n) + slack or abs(var - 1) > 6 * math.sqrt(2 / n) + slack:
+        raise AgreementError(f"{name}: (z - mu)/std has mean {mean:.4g} and variance "
+                             f"{var:.4g} over {n} draws; eps ~ N(0, 1) gives 0 and 1")
+    for dim, size in enumerate(eps.shape):
+        if size < 2:
+            continue
+        pairs = eps.narrow(dim, 1, size - 1) * eps.narrow(dim, 0, size - 1)
+        c = pairs.mean().item()
+        if abs(c) > 6 / math.sqrt(pairs.numel()) + slack:
+            raise AgreementError(f"{name}: neighbouring draws along dim {dim} of "
+                                 f"(z - mu)/std correlate ({c:.3g} over {pairs.numel()} "
+                                 "pairs); independent draws give 0")
 
 
 # -- baselines --------------------------------------------------------------------

@@ -543,3 +543,20 @@ def test_l2_flush_on_a_gpu():
     x = torch.randn(1 << 20, device="cuda")
     dt, _ = timing.timed(lambda: x.mul_(1.0), "cuda", inner=4, flush=flush)
     assert 0 < dt < 0.1
+
+
+def test_the_samplers_check_refuses_correlated_draws():
+    """Pooled mean and variance alone passed one draw repeated for every sample, or one
+    noise row for every batch row (an offset bug in a noise stream)."""
+    from fastvae.bench.core import AgreementError
+    from fastvae.bench.specs._common import check_noise
+
+    g = torch.Generator().manual_seed(0)
+    check_noise("iid", torch.randn(16, 64, 32, generator=g), 0.0)
+    check_noise("none", torch.randn(0, 32, generator=g), 0.0)
+    for what, eps in [("same for every sample",
+                       torch.randn(64, 32, generator=g).expand(16, 64, 32)),
+                      ("same for every row", torch.randn(1, 32, generator=g).expand(64, 32)),
+                      ("offset by one", torch.randn(4097, generator=g).unfold(0, 2, 1))]:
+        with pytest.raises(AgreementError, match=what):
+            check_noise(what, eps, 0.0)

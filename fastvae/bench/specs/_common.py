@@ -22,8 +22,9 @@ from ..core import AgreementError, Case, Variant, leaf
 def check_noise(name: str, eps: torch.Tensor, slack: float) -> None:
     """AgreementError unless the draws ``eps`` look like independent N(0, 1): their mean
     and variance, and the mean product of neighbours along each dimension (0 for
-    independent draws: a repeated or offset stream, the same noise for every sample or
-    row, gives ~1), each within 6 standard errors (plus ``slack`` for 16-bit rounding)."""
+    independent draws: a stream restarted at the same offset, the same noise for every
+    sample or row, gives ~1), each within 6 standard errors (plus ``slack`` for 16-bit
+    rounding). A stream shifted by a few elements between samples is not caught."""
     n = eps.numel()
     if n == 0:   # no latent: no draw to test
         return

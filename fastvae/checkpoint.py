@@ -166,7 +166,8 @@ def atomic_write(path, write) -> Path:
         if stop is not None and stop is not e:
             raise stop from None   # Ctrl-C or SIGTERM, not a file system's refusal
         if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, WriteError):
-            kept = f"the previous {path.name} is intact" if existed else f"no {path.name} was written"
+            kept = (f"the previous {path.name} is intact" if existed
+                    else f"no {path.name} was written")
             raise WriteError(f"cannot write {path}: {_reason(e)}; {kept}") from None
         raise
     fsync_dir(path.parent)

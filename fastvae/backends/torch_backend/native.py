@@ -6,10 +6,9 @@ Bernoulli rows of the ELBO, and other kernels bind their entry points with
 The library is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/
 ``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fastvae``,
 else ``~/.cache/fastvae``), keyed by a hash of source, compiler, flags and CPU, and loaded
-with ctypes; later
-processes load the cached library. :func:`load` returns None where it cannot be
-used (no compiler, failed build or load, ``FASTVAE_NATIVE=0``); the caller then runs
-the same math as aten ops, and :func:`status` says why. A fallback caused by a
+with ctypes; later processes load the cached library. :func:`load` returns None where it
+cannot be used (no compiler, failed build or load, ``FASTVAE_NATIVE=0``); the caller then
+runs the same math as aten ops, and :func:`status` says why. A fallback caused by a
 failure warns once per process; one asked for with ``FASTVAE_NATIVE=0`` does not.
 
 Threads. An OpenMP build shares torch's OpenMP runtime only when the runtime it

@@ -255,7 +255,8 @@ class HierarchicalVAE(ObservationModel):
         per-group log-densities: ``log w_k = log p(x|z_k) + sum_i (log p(z_i | z_>i) -
         log q(z_i | x, z_>i))`` (each by :func:`fastvae.gaussian_log_prob`), ``L_K =
         logsumexp_k log w_k - log K``. The bottom-up pass runs once; the K top-down
-        passes ``chunk_size`` at a time (default: about 2^20 latent values per chunk)."""
+        passes ``chunk_size`` at a time (default: about 2^20 latent values per chunk).
+        Float64 for a float64 model, float32 otherwise."""
         k, chunk_size = self.iwae_sizes(k, chunk_size)
         feats = self._bottom_up(x)
         batch = x.shape[0]
@@ -280,4 +281,4 @@ class HierarchicalVAE(ObservationModel):
             log_ws.append(log_w.reshape(kc, batch))
             done += kc
         lse = torch.logsumexp(torch.cat(log_ws), dim=0) - math.log(k)
-        return -lse.float()
+        return -lse.to(torch.promote_types(feats[0].dtype, torch.float32))

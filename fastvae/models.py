@@ -110,7 +110,8 @@ class _VAEBase(ObservationModel):
         ~16 MiB of decoder output) so K=1000 fits in memory. Each chunk's
         :func:`fastvae.iwae_bound` is ``logsumexp(log w) - log k_c``, so the chunk's
         logsumexp is ``bound + log k_c``; the chunks combine as
-        ``L_K = logsumexp_c(lse_c) - log K``.
+        ``L_K = logsumexp_c(lse_c) - log K``. Float64 for a float64 model, float32
+        otherwise (a bfloat16 one's NLL would keep only ~3 significant digits).
         """
         k, chunk_size = self.iwae_sizes(k, chunk_size)
         batch = self.check_images(x).shape[0]
@@ -130,7 +131,7 @@ class _VAEBase(ObservationModel):
             lses.append(bound.double() + math.log(kc))
             done += kc
         total = torch.logsumexp(torch.stack(lses), dim=0) - math.log(k)
-        return -total.float()
+        return -total.to(torch.promote_types(mu.dtype, torch.float32))
 
 
 class VAE(_VAEBase):

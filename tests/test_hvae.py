@@ -166,6 +166,14 @@ def test_iwae_estimate_is_a_tighter_bound():
         model.iwae_nll(x, k=0)
 
 
+def test_iwae_nll_of_a_float64_model_keeps_float64():
+    model = with_heads(small()).double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64).round()
+    nll = model.iwae_nll(x, k=4, generator=torch.Generator().manual_seed(1))
+    assert nll.dtype == torch.float64 and torch.isfinite(nll).all()
+    assert with_heads(small()).iwae_nll(x.float(), k=2).dtype == torch.float32
+
+
 def test_build_model_from_config():
     m = build_model({"model": "hvae", "data_shape": [1, 8, 8], "latent": 2, "channels": [4, 8],
                      "groups": 3})

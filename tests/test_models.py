@@ -170,6 +170,22 @@ def test_iwae_chunks_combine_exactly(monkeypatch):
         torch.testing.assert_close(nll, -log_w, rtol=1e-5, atol=1e-4)
 
 
+def test_iwae_nll_of_a_float64_model_keeps_float64(monkeypatch):
+    """A float64 model's estimate is not rounded to float32 on its way out (it was)."""
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=3, hidden=(16,)).double()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    monkeypatch.setattr(models, "reparameterize", _fixed_noise)
+    mu, logvar = model.encode(x)
+    with torch.no_grad():
+        log_w = fastvae.iwae_bound(x, model.decode(_fixed_noise(mu, logvar))[None], mu, logvar,
+                                   _fixed_noise(mu, logvar)[None])
+    nll = model.iwae_nll(x, k=6, chunk_size=4)
+    assert nll.dtype == torch.float64
+    torch.testing.assert_close(nll, -log_w, rtol=1e-12, atol=1e-12)
+    assert VAE((1, 8, 8), 3, hidden=(16,)).iwae_nll(x.float(), k=2).dtype == torch.float32
+
+
 def test_iwae_k1000_is_chunked_and_tighter_than_elbo(monkeypatch):
     torch.manual_seed(0)
     model = VAE((1, 28, 28), latent_dim=4, hidden=(32,))

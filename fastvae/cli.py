@@ -23,6 +23,7 @@ def _bool_flag(p, name, help_):
 
 
 def _add_train(sub):
+    from .models import MODELS
     from .train import default_config
 
     d = default_config()
@@ -41,7 +42,7 @@ def _add_train(sub):
     _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
                "into --data-dir when the files are missing (refused with other datasets) "
                "[default: off]")
-    a("--model", choices=["mlp", "conv", "hvae"], default=None,
+    a("--model", choices=MODELS, default=None,
       help=f"MLP VAE, convolutional VAE or hierarchical VAE (top-down latent groups with "
            f"learned priors) [default: {d['model']}]")
     a("--latent", type=o.positive_int, default=None,
@@ -66,26 +67,25 @@ def _add_train(sub):
     a("--kl-warmup", type=o.non_negative_int, default=None,
       help="epochs over which the KL weight ramps linearly from 0 to --beta (per step) "
            "[default: 10 for hvae, whose latent groups collapse without it, else 0]")
-    a("--kl", choices=["analytic", "mc"], default=None,
+    a("--kl", choices=o.KL_MODES, default=None,
       help=f"closed-form KL or the single-sample Monte-Carlo estimate (--objective elbo; the "
            f"IWAE bound always uses the sampled log-weights) [default: {d['kl']}]")
-    a("--objective", choices=["elbo", "iwae"], default=None,
+    a("--objective", choices=o.OBJECTIVES, default=None,
       help=f"training objective: the ELBO (averaged over --k samples), or the importance-"
            f"weighted bound with --k samples (Burda et al. 2016) [default: {d['objective']}]")
     a("--k", type=o.positive_int, default=None,
       help=f"posterior samples per training example [default: {d['k']}]")
-    a("--estimator", choices=["standard", "stl", "dreg"], default=None,
+    a("--estimator", choices=o.ESTIMATORS, default=None,
       help=f"encoder gradient estimator: stl (sticking the landing; --objective elbo needs "
            f"--kl mc) or dreg (doubly reparameterized; --objective iwae) [default: "
            f"{d['estimator']}]")
-    a("--likelihood", choices=["bernoulli", "gaussian", "continuous_bernoulli",
-                               "discretized_logistic_mixture"], default=None,
+    a("--likelihood", choices=o.LIKELIHOODS, default=None,
       help=f"decoder likelihood; gaussian learns a per-pixel variance; "
            f"discretized_logistic_mixture (8-bit gray or RGB images, reports bits/dim) "
            f"[default: {d['likelihood']}]")
     a("--n-mix", type=o.positive_int, default=None,
       help="mixture components of --likelihood discretized_logistic_mixture [default: 10]")
-    a("--backend", choices=["auto", "torch", "triton", "reference"], default=None,
+    a("--backend", choices=o.backends.NAMES, default=None,
       help=f"fastvae backend for the loss ops [default: {d['backend']}]")
     _bool_flag(p, "--amp", "mixed precision: on CUDA bf16 autocast where the card has bf16 "
                "(sm_80+), else fp16 + GradScaler; on CPU bf16 autocast [default: off]")

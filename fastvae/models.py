@@ -248,6 +248,9 @@ class ConvVAE(_VAEBase):
         return self.decoder(t)
 
 
+MODELS = ("mlp", "conv", "hvae")  # build_model's kinds, the CLI's --model choices
+
+
 def build_model(config: dict) -> ObservationModel:
     """A model from a plain config dict (``model``, ``data_shape``, ``latent``,
     ``hidden``, ``likelihood``, optional ``channels``, ``n_mix`` (DMoL) and, for "hvae",
@@ -277,4 +280,4 @@ def build_model(config: dict) -> ObservationModel:
                                channels=config.get("channels", (32, 64)),
                                groups=config.get("groups", 2),
                                likelihood=common["likelihood"], n_mix=common["n_mix"])
-    raise ValueError(f"model must be 'mlp', 'conv' or 'hvae', got {kind!r}")
+    raise ValueError(f"model must be one of {', '.join(MODELS)}, got {kind!r}")

@@ -77,6 +77,18 @@ def store_as(ptr, offsets, value, mask):
 
 
 @triton.jit
+def weigh(d, w, GUARD: tl.constexpr):
+    """A sample's partial times its weight ``w`` (softmax * c). ``GUARD``: 0 where the
+    weight is 0, for partials that can overflow (a standardized difference squared, or
+    divided by a vanishing variance): such a sample has log w ~ -t^2/2, so weight
+    exactly 0, and 0 * inf would be NaN."""
+    out = d * w
+    if GUARD:
+        out = tl.where(w == 0.0, 0.0, out)   # a NaN weight stays NaN
+    return out
+
+
+@triton.jit
 def exp_(x):
     """e^x as one ``ex2.approx`` (what ``tl.exp`` compiles to as well, spelled out)."""
     return tl.exp2(x * LOG2_E)

@@ -50,7 +50,7 @@ import triton.language as tl
 from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_BERNOULLI, LIK_GAUSSIAN_SCALAR,
                     LIK_GAUSSIAN_TENSOR, LOG2_E, LOG_2, exp_, latent_kl_tile, likelihood_tile,
                     load_data, load_f32, load_prior, log2_, log_, log_px_value, program_rows,
-                    rcp_, row_block, store_as)
+                    rcp_, row_block, store_as, weigh)
 
 
 @triton.jit
@@ -98,6 +98,7 @@ def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, 
         s = load_f32(OBS, rows2 * stride_obs + cols2, m)
     else:
         s = obs_scalar
+    GUARD: tl.constexpr = LIK >= LIK_GAUSSIAN_SCALAR   # the Bernoulli's are bounded
     gx_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     gs_acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     r_off = rows2 * stride_rb + cols2
@@ -108,11 +109,11 @@ def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, 
         r = load_f32(R, r_off, m)
         g_r, g_x, g_s = _dlog_px(x, r, s, LIK)
         if NEED_GR:
-            store_as(GR, g_off, g_r * w, m)
+            store_as(GR, g_off, weigh(g_r, w, GUARD), m)
         if NEED_GX:
-            gx_acc += g_x * w
+            gx_acc += weigh(g_x, w, GUARD)
         if OBS_GRAD != GOBS_NONE:
-            gs_acc += g_s * w
+            gs_acc += weigh(g_s, w, GUARD)
         r_off += stride_rk
         g_off += size_bd
     out = rows2 * D + cols2
@@ -215,10 +216,12 @@ def iwae_bound_rows_kernel(
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ or NEED_GPM or NEED_GPLV):
         # each log-weight becomes its weight times c in place (0 on padded rows), read
-        # back by other threads below
+        # back by other threads below. exp(log w - max) / sum, not exp(log w - lse): at
+        # |max| past ~2^24 lse = max + log(sum) rounds to max, and the weights summed to K.
+        inv_sum = tl.where(rmask, rcp_(run_sum), 0.0)
         for k in range(0, K):
             lw_off = (zero + k) * b_pad + rows
-            w = tl.where(rmask, exp_(tl.load(LOG_W + lw_off) - lse), 0.0)
+            w = exp_(tl.load(LOG_W + lw_off) - run_max) * inv_sum
             if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
                 tl.store(WEIGHTS + (zero + k) * B + rows, w, mask=rmask)
             tl.store(LOG_W + lw_off, w * c)
@@ -252,13 +255,13 @@ def iwae_bound_rows_kernel(
                     kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True,
                                                                        PRIOR)
                     if NEED_GZ:
-                        store_as(GZ, gz_off, -d_z * w, m)
-                    gmu_acc += d_mu * w
-                    glv_acc += d_lv * w
+                        store_as(GZ, gz_off, -weigh(d_z, w, True), m)
+                    gmu_acc += weigh(d_mu, w, True)
+                    glv_acc += weigh(d_lv, w, True)
                     if NEED_GPM:
-                        gpm_acc += d_pm * w
+                        gpm_acc += weigh(d_pm, w, True)
                     if NEED_GPLV:
-                        gplv_acc += d_plv * w
+                        gplv_acc += weigh(d_plv, w, True)
                     z_off += stride_zk
                     gz_off += size_bl
                 out_off = rows2 * L + lat2
@@ -326,12 +329,6 @@ def iwae_bound_onepass_kernel(
     mu = load_f32(MU, rows3 * stride_mu + l3, ml_row)
     lv = load_f32(LV, rows3 * stride_lv + l3, ml_row)
     z = load_f32(Z, k3 * stride_zk + rows3 * stride_zb + l3, m_l)
-    # A padded sample (k >= K) has weight 0, but a gradient times 0 is NaN where the
-    # gradient is inf: at a vanishing variance, a recon_k or z_k far from its mean. Its
-    # recon_k is x and its z_k is mu, so that the standardized differences are 0 there.
-    if LIK >= LIK_GAUSSIAN_SCALAR:
-        r = tl.where(m_d, r, x)
-    z = tl.where(m_l, z, mu)
     pm, plv = load_prior(PM, PLV, rows3 * stride_pm + l3, rows3 * stride_plv + l3, ml_row, PRIOR)
 
     # Only the values here; each gradient is computed again from the same registers in
@@ -352,21 +349,22 @@ def iwae_bound_onepass_kernel(
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ or NEED_GPM or NEED_GPLV):
         w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
-        w3 = w[:, :, None]
+        w3 = w[:, :, None]   # 0 on padded samples: weigh() gives 0 for their partials
+        GUARD: tl.constexpr = LIK >= LIK_GAUSSIAN_SCALAR   # the Bernoulli's are bounded
         rows2 = rows[:, None]
         cols2 = cols[None, :]
         m2 = rmask[:, None] & (cols2 < D)
         if NEED_GR:
             size_bd = (zero_i64 + B) * D
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-            store_as(GR, k3 * size_bd + rows3 * D + c3, g_r * w3, m_d)
+            store_as(GR, k3 * size_bd + rows3 * D + c3, weigh(g_r, w3, GUARD), m_d)
         if NEED_GX:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-            gx = tl.sum(g_x * w3, axis=1)
+            gx = tl.sum(weigh(g_x, w3, GUARD), axis=1)
             store_as(GX, rows2 * D + cols2, gx, m2)
         if OBS_GRAD != GOBS_NONE:
             value, g_r, g_x, g_s = likelihood_tile(x, r, s, LIK)
-            gs = tl.sum(g_s * w3, axis=1)
+            gs = tl.sum(weigh(g_s, w3, GUARD), axis=1)
             if OBS_GRAD == GOBS_ROWS:
                 store_as(GOBS, rows2 * D + cols2, gs, m2)
             if OBS_GRAD == GOBS_PARTIAL:
@@ -377,21 +375,21 @@ def iwae_bound_onepass_kernel(
         if NEED_GZ:
             size_bl = (zero_i64 + B) * L
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-            store_as(GZ, k3 * size_bl + rows3 * L + l3, -d_z * w3, m_l)
+            store_as(GZ, k3 * size_bl + rows3 * L + l3, -weigh(d_z, w3, True), m_l)
         if NEED_GMU:
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-            gmu = tl.sum(d_mu * w3, axis=1)
+            gmu = tl.sum(weigh(d_mu, w3, True), axis=1)
             store_as(GMU, rows2 * L + lats2, -gmu, ml2)
         if NEED_GLV:
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-            glv = tl.sum(d_lv * w3, axis=1)
+            glv = tl.sum(weigh(d_lv, w3, True), axis=1)
             store_as(GLV, rows2 * L + lats2, -glv, ml2)
         if NEED_GPM:
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-            store_as(GPM, rows2 * L + lats2, -tl.sum(d_pm * w3, axis=1), ml2)
+            store_as(GPM, rows2 * L + lats2, -tl.sum(weigh(d_pm, w3, True), axis=1), ml2)
         if NEED_GPLV:
             kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
-            store_as(GPLV, rows2 * L + lats2, -tl.sum(d_plv * w3, axis=1), ml2)
+            store_as(GPLV, rows2 * L + lats2, -tl.sum(weigh(d_plv, w3, True), axis=1), ml2)
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + ks64[None, :] * B + rows2,
                      p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)

@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, exp_, latent_kl_tile, load_f32,
-                    load_prior, log2_, log_, rcp_, store_as, to_f32)
+                    load_prior, log2_, log_, rcp_, store_as, to_f32, weigh)
 
 # What a masked lane reads as its logit: e = 2^(-1e4 log2 e) = 0, so its factor is 1, its
 # value x*l - max(l, 0) = 0 (x reads 0) and its gradient 0; representable in fp16 too.
@@ -187,7 +187,7 @@ def iwae_bound_pairs_kernel(
         w2 = w[:, None]
         if NEED_GZ:
             size_bl = (pid * 0 + B) * L
-            store_as(GZ, (k1 * size_bl + rows * L)[:, None] + lats, -d_z * w2, ml)
+            store_as(GZ, (k1 * size_bl + rows * L)[:, None] + lats, -weigh(d_z, w2, True), ml)
         if NEED_GMU or NEED_GLV or NEED_GPM or NEED_GPLV:
             rr = tl.arange(0, BLOCK_R)
             sel = rr[:, None] == local[None, :]           # (BLOCK_R, BLOCK_P)
@@ -195,12 +195,12 @@ def iwae_bound_pairs_kernel(
             out = out_rows[:, None] * L + lats
             mo = ((rr < per) & (out_rows < B))[:, None] & (lats < L)
             if NEED_GMU:
-                store_as(GMU, out, -_to_rows(d_mu * w2, sel), mo)
+                store_as(GMU, out, -_to_rows(weigh(d_mu, w2, True), sel), mo)
             if NEED_GLV:
-                store_as(GLV, out, -_to_rows(d_lv * w2, sel), mo)
+                store_as(GLV, out, -_to_rows(weigh(d_lv, w2, True), sel), mo)
             if NEED_GPM:
-                store_as(GPM, out, -_to_rows(d_pm * w2, sel), mo)
+                store_as(GPM, out, -_to_rows(weigh(d_pm, w2, True), sel), mo)
             if NEED_GPLV:
-                store_as(GPLV, out, -_to_rows(d_plv * w2, sel), mo)
+                store_as(GPLV, out, -_to_rows(weigh(d_plv, w2, True), sel), mo)
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)

@@ -492,7 +492,8 @@ def test_a_sample_far_from_both_means(seed, backend, prior):
     on every backend. The far rows' K samples are otherwise equal (weights 1/K), so that
     logvar's gradient there, w * (t^2 - 1) / 2 ~ 1.7e39 in float64, overflows float32 as
     the kernels' w * inf does: at a far smaller weight float64 would fit and they would
-    still give inf (NaN at a weight of exactly 0), a limit of samples no draw from q makes."""
+    still give inf (0 at a weight of exactly 0: test_a_far_sample_of_weight_zero), a limit
+    of samples no draw from q makes."""
     dt = torch.float32
     k, b, l = 3, 2, 3
     x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (5,), l, F64))
@@ -515,23 +516,30 @@ def test_a_sample_far_from_both_means(seed, backend, prior):
         assert_close_past_range(f"grad {i}", g, e, dt)
 
 
+# (K, D): the Triton backend's one-pass, (row, sample)-pair and two-pass kernels
+FAR_SHAPES = [(3, 5), (3, 300), (12, 5)]
+
+
+@pytest.mark.parametrize("k,d", FAR_SHAPES)
 @pytest.mark.parametrize("prior", ["standard", "learned"])
-def test_a_far_sample_of_weight_zero(seed, backend, prior):
+def test_a_far_sample_of_weight_zero(seed, backend, prior, k, d):
     """A sample 2^66 from the prior's mean and 2^66 - 2^44 from q's (values exact in
     float32): its log w, about -2^109, is finite (it was inf - inf = NaN) and its weight
-    0. The log-variances take no gradient here: theirs, w * (t^2 - 1) / 2, is 0 * inf in
-    float32 for this sample (see test_a_sample_far_from_both_means)."""
+    0. Its log-variances' partials, (t^2 - 1) / 2 and the prior's, overflow float32: the
+    gradients take its weight's 0 for them, as float64 does, where 0 * inf had made them
+    NaN. Every sample of that row has log w ~ -2^87 (mu is 2^44): the weights still sum
+    to 1 (the two-pass kernel's exp(log w - lse), lse rounded to the max, summed to K)."""
     dt = torch.float32
-    k, b, l = 3, 2, 3
-    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (5,), l, F64))
+    b, l = 2, 3
+    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
     pm, plv = (torch.randn(b, l) * 0.3, torch.randn(b, l) * 0.3) if prior == "learned" else (
         torch.zeros(b, l), torch.zeros(b, l))
     pm[0, 1] = plv[0, 1] = lv[0, 1] = 0.0
     mu[0, 1] = 2.0 ** 44
     z_k[:, 0, 1] = mu[0, 1] + torch.randn(k)   # the other samples near q's mean
     z_k[1, 0, 1] = 2.0 ** 66
-    ins = [leaf(t, requires_grad=i not in (3, 6))
-           for i, t in enumerate((x, recon_k, mu, lv, z_k, pm, plv))]
+    # x takes no gradient: d/dx keeps the pair kernel out
+    ins = [leaf(t, requires_grad=i > 0) for i, t in enumerate((x, recon_k, mu, lv, z_k, pm, plv))]
     priors = (ins[5], ins[6]) if prior == "learned" else (None, None)
     got = fastvae.iwae_bound(*ins[:5], prior_mu=priors[0], prior_logvar=priors[1],
                              backend=backend)
@@ -539,8 +547,35 @@ def test_a_far_sample_of_weight_zero(seed, backend, prior):
     want = F.iwae(*want_ins[:5], prior_mu=want_ins[5] if prior == "learned" else None,
                   prior_logvar=want_ins[6] if prior == "learned" else None)
     assert_close("bound", got, want, dt, scale=0.0)
-    used = (1, 2, 4, 5) if prior == "learned" else (1, 2, 4)
+    used = range(1, 7 if prior == "learned" else 5)
     for i, g, e in zip(used, grads(got, [ins[i] for i in used]),
                        grads(want, [want_ins[i] for i in used])):
         assert_close_past_range(f"grad {i}", g, e, dt)
     assert float(grads(got, [ins[4]])[0][1, 0].abs().max()) == 0.0   # the weight 0
+
+
+@pytest.mark.parametrize("k", [3, 12])   # the one-pass and two-pass kernels
+@pytest.mark.parametrize("obs", ["scalar", "perdim", "full"])
+def test_a_far_reconstruction_of_weight_zero(seed, backend, obs, k):
+    """A Gaussian decoder at a vanishing variance (obs_logvar -80) whose sample 1 misses
+    one pixel by 1e4: its (x - r) / var overflows float32 and its log w is -inf (float64:
+    -3e42), weight 0. Its d/drecon, d/dx and d/dobs_logvar are the weight's 0, as in
+    float64, where 0 * inf had made them NaN."""
+    dt = torch.float32
+    b, d, l = 2, 5, 3
+    x, _, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
+    recon_k = x + 1e-19 * torch.randn(k, b, d)   # the others close: log w moderate
+    recon_k[1, 0, 2] = x[0, 2] + 1e4
+    olv = {"scalar": -80.0, "perdim": torch.full((d,), -80.0),
+           "full": torch.full((b, d), -80.0)}[obs]
+    ins = [leaf(t) for t in (x, recon_k, mu, lv, z_k, olv)]
+    got = fastvae.iwae_bound(*ins[:5], likelihood="gaussian", obs_logvar=ins[5],
+                             backend=backend)
+    want_ins = [leaf(t.double()) if isinstance(t, torch.Tensor) else t for t in ins]
+    want = F.iwae(*want_ins[:5], likelihood="gaussian", obs_logvar=want_ins[5])
+    assert_close("bound", got, want, dt, scale=0.0)
+    used = range(6) if obs != "scalar" else range(5)
+    for i, g, e in zip(used, grads(got, [ins[i] for i in used]),
+                       grads(want, [want_ins[i] for i in used])):
+        assert_close_past_range(f"grad {i}", g, e, dt)
+    assert float(grads(got, [ins[1]])[0][1, 0].abs().max()) == 0.0   # the weight 0

@@ -52,14 +52,24 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     c = reduce_scale(batch, reduction)
     w = torch.softmax(log_w, dim=0)
     wc = (w * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
+    dropped = wc == 0   # not ~(wc > 0): a NaN weight stays NaN
+
+    def weigh(d, k=slice(None)):
+        # A partial times its sample's weight, 0 at a weight of 0: a sample far enough for
+        # its partial to overflow (a standardized difference squared, or over a vanishing
+        # variance) has log w ~ -t^2/2, hence weight exactly 0, and 0 * inf would be NaN.
+        return torch.where(dropped[k], 0.0, d * wc[k])
+
     if g_r is not None:
         g_r.mul_(wc.to(g_r.dtype))
+        if gaussian:   # (x - r) / var can overflow, at weight 0 (the Bernoulli's are bounded)
+            g_r.masked_fill_(dropped, 0.0)
     g_x = None
     if needs[0]:
         g_x = -g_r.sum(0) if gaussian else (upcast(recon_k, dtype) * wc).sum(0)
     g_obs = None
     if need_obs:
-        g_obs = sum(g * wc[i] for i, g in enumerate(g_obs_k))  # (B, D), in sample order
+        g_obs = sum(weigh(g, i) for i, g in enumerate(g_obs_k))  # (B, D), in sample order
         if reduction != "none" and obs.shape != g_obs.shape:
             g_obs = g_obs.sum(0)
     value = bound if reduction == "none" else bound.sum() * c
@@ -67,14 +77,14 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         value,
         grad_out(g_x, x, needs[0]),
         grad_out(g_r, recon_k, needs[1]),
-        grad_out(-(d_mu * wc).sum(0) if needs[2] else None, mu, needs[2]),
-        grad_out(-(d_lv * wc).sum(0) if needs[3] else None, logvar, needs[3]),
-        grad_out(-d_z * wc if needs[4] else None, z_k, needs[4]),
+        grad_out(-weigh(d_mu).sum(0) if needs[2] else None, mu, needs[2]),
+        grad_out(-weigh(d_lv).sum(0) if needs[3] else None, logvar, needs[3]),
+        grad_out(-weigh(d_z) if needs[4] else None, z_k, needs[4]),
         grad_out(g_obs, obs if obs is not None else x, needs[5],
                  None if g_obs is None else g_obs.shape),
-        grad_out(None if d_pm is None else -(d_pm * wc).sum(0),
+        grad_out(None if d_pm is None else -weigh(d_pm).sum(0),
                  mu if prior_mu is None else prior_mu, needs[6], mu.shape),
-        grad_out(None if d_plv is None else -(d_plv * wc).sum(0),
+        grad_out(None if d_plv is None else -weigh(d_plv).sum(0),
                  mu if prior_logvar is None else prior_logvar, needs[7], mu.shape),
         w if weights else None,
     )

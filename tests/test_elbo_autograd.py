@@ -12,7 +12,7 @@ import torch
 
 import fastvae
 import _formulas as F
-from _backends import case_dtype
+from _backends import case_dtype, generator
 from _compare import assert_close, grads, leaf
 from test_elbo import LIKELIHOODS, REDUCTIONS, free_bits_inputs, make
 
@@ -246,6 +246,44 @@ def test_other_ops_do_not_modify_inputs(seed, backend, op):
     for t in ins:
         if t.grad is not None and t.grad.numel():
             assert t.grad.data_ptr() != t.data_ptr(), "a gradient aliases its input"
+
+
+class _Tagged(torch.Tensor):
+    """A Tensor subclass with nothing of its own (a tag): its __torch_function__ wraps each
+    op's output in an alias node, so the op's value has another grad_fn than its own."""
+
+
+@pytest.mark.parametrize("op", ["elbo", "kl", "kl_normal", "gauss", "iwae", "swkl", "dmol"])
+def test_tensor_subclass_inputs(seed, backend, op):
+    """Every fused op takes Tensor subclasses (it raised AttributeError on the alias node);
+    values and gradients equal the plain tensors' bit for bit."""
+    x, recon, mu, lv, z = make(5, (12,), 4, dtype=torch.float32)
+    px = (torch.randint(0, 256, (5, 1, 2, 2)) / 255.0).float()
+    params = torch.randn(5, 3 * 3, 2, 2)
+
+    def run(wrap):
+        ins = [leaf(wrap(t)) for t in (x, recon, mu, lv, z, params)]
+        x_, r_, m_, l_, z_, p_ = ins
+        out = {"elbo": lambda: fastvae.elbo(wrap(x), r_, m_, l_, backend=backend),
+               "kl": lambda: fastvae.kl_standard_normal(m_, l_, backend=backend),
+               "kl_normal": lambda: fastvae.kl_normal(m_, l_, 0.5, z_, backend=backend),
+               "gauss": lambda: fastvae.gaussian_log_prob(x_, r_, 0.3, backend=backend),
+               "iwae": lambda: fastvae.iwae_bound(wrap(x), r_[None], m_, l_, z_[None],
+                                                  reduction="mean", backend=backend),
+               "swkl": lambda: fastvae.sample_with_kl(
+                   m_, l_, generator=generator(3), backend=backend)[1],
+               "dmol": lambda: fastvae.discretized_logistic_mixture_log_prob(
+                   wrap(px), p_, backend=backend)}[op]()
+        used = [t for t in ins if t.requires_grad]
+        return out.detach().as_subclass(torch.Tensor), [
+            None if g is None else g.as_subclass(torch.Tensor)
+            for g in torch.autograd.grad(out.sum(), used, allow_unused=True)]
+
+    want, want_g = run(lambda t: t)
+    got, got_g = run(lambda t: t.as_subclass(_Tagged))
+    assert torch.equal(got, want)
+    for g, w in zip(got_g, want_g):
+        assert (g is None and w is None) or torch.equal(g, w)
 
 
 # -- determinism ------------------------------------------------------------------------------

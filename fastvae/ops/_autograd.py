@@ -176,8 +176,11 @@ def owned(outputs):
     """The value of a value-and-gradients op whose caller drops the gradient outputs:
     backward may then scale them in place (:func:`weigh_saved`)."""
     value = outputs[0]
-    if not torch.compiler.is_compiling() and value.grad_fn is not None:
-        value.grad_fn.owns_saved = True  # the node is the op's autograd ctx
+    node = value.grad_fn
+    # the op's autograd ctx, unless a Tensor subclass's __torch_function__ wrapped the
+    # output (an alias node of its own, where the gradients stay unscaled: still correct)
+    if not torch.compiler.is_compiling() and hasattr(node, "owns_saved"):
+        node.owns_saved = True
     return value
 
 

@@ -95,13 +95,15 @@ def layouts(*ts):
     shape, dtype and device of a plain dense tensor (``PLAIN_TENSORS``), and what an op
     prepares for the signature depends on besides (its strides and ``requires_grad``);
     None for None; None for the whole when any is something else (another subclass, a
-    sparse tensor, a number: such a call is checked every time). A None where a tensor is
-    required never passes the checks, so it is never in the set."""
+    sparse tensor, a lazily negated view, a number: such a call is checked every time).
+    A None where a tensor is required never passes the checks, so it is never in the set."""
     out = []
+    tracing = torch.compiler.is_compiling()  # is_neg() breaks a graph; the op resolves it
     for t in ts:  # a loop, not a genexpr: this runs on every call
         if t is None:
             out.append(None)
-        elif type(t) in PLAIN_TENSORS and t.layout is torch.strided:
+        elif (type(t) in PLAIN_TENSORS and t.layout is torch.strided
+              and (tracing or not t.is_neg())):
             out.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
         else:
             return None

@@ -176,11 +176,10 @@ def owned(outputs):
     """The value of a value-and-gradients op whose caller drops the gradient outputs:
     backward may then scale them in place (:func:`weigh_saved`)."""
     value = outputs[0]
-    node = value.grad_fn
     # the op's autograd ctx, unless a Tensor subclass's __torch_function__ wrapped the
     # output (an alias node of its own, where the gradients stay unscaled: still correct)
-    if not torch.compiler.is_compiling() and hasattr(node, "owns_saved"):
-        node.owns_saved = True
+    if not torch.compiler.is_compiling() and hasattr(value.grad_fn, "owns_saved"):
+        value.grad_fn.owns_saved = True
     return value
 
 
@@ -249,12 +248,14 @@ def usual_backward(ctx, grad_out) -> bool:
 
 
 def plain_eager(args) -> bool:
-    """Real tensors (``PLAIN_TENSORS``), no tracing, no dispatch mode watching: the
-    autograd.Function path."""
+    """Real tensors (``PLAIN_TENSORS``) with no lazy negation (``x.conj().imag``: the
+    custom op's dispatch resolves it, the backends' kernels read the raw memory), no
+    tracing, no dispatch mode watching: the autograd.Function path."""
     if torch.compiler.is_compiling() or _dispatch_modes():
         return False
     for a in args:  # a loop, not all(genexpr): this runs on every call
-        if isinstance(a, Tensor) and (type(a) not in PLAIN_TENSORS or a.is_meta):
+        if isinstance(a, Tensor) and (type(a) not in PLAIN_TENSORS or a.is_meta
+                                      or a.is_neg()):
             return False
     return True
 

@@ -329,6 +329,23 @@ def test_lazily_negated_inputs(seed, backend, op, d, l):
                  exact=backend != "reference")
 
 
+@pytest.mark.parametrize("loss", ["elbo", "ELBOLoss", "iwae"])
+def test_backward_on_meta_tensors(loss):
+    """Shape-only runs (meta tensors) go through backward too: the scalar loss's in-place
+    scaling read grad_output's value (Tensor.item() on a meta tensor raised)."""
+    b, d, l = 4, 6, 3
+    x = torch.rand(b, d, device="meta")
+    r, mu, lv = (torch.randn(*s, device="meta", requires_grad=True)
+                 for s in ((b, d), (b, l), (b, l)))
+    out = {"elbo": lambda: fastvae.elbo(x, r, mu, lv),
+           "ELBOLoss": lambda: fastvae.ELBOLoss()(x, r, mu, lv),
+           "iwae": lambda: fastvae.iwae_bound(x, r.expand(2, b, d), mu, lv, mu.expand(2, b, l) * 1,
+                                              reduction="mean")}[loss]()
+    out.backward()
+    assert r.grad.shape == (b, d) and r.grad.is_meta
+    assert mu.grad.shape == lv.grad.shape == (b, l)
+
+
 # -- determinism ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)

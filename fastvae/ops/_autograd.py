@@ -114,7 +114,8 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
 def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
     """Whether backward may multiply the saved gradients by ``grad_out`` in place (see
     :func:`weigh_saved` for why each condition)."""
-    return grad_out is not None and type(grad_out) is torch.Tensor and may_overwrite_saved(ctx)
+    return (grad_out is not None and type(grad_out) is torch.Tensor and not grad_out.is_meta
+            and may_overwrite_saved(ctx))
 
 
 def may_overwrite_saved(ctx) -> bool:

@@ -13,10 +13,10 @@ from .validation import resolve_validate
 def run(backend, device, op: str):
     """The function that computes ``op``: the reference for "reference", and under a
     ``torch.func`` transform (whose every order and batching rule autograd-built math
-    has) or forward-mode AD (the fused ops have no ``jvp``), else the fused op of the
-    selected backend."""
+    has), forward-mode AD (the fused ops have no ``jvp``) or ``torch.jit.trace`` (which
+    records aten ops only), else the fused op of the selected backend."""
     name = backends.select(backend, device)
-    if ops.functorch_active() or ops.forward_ad_active():
+    if ops.functorch_active() or ops.forward_ad_active() or ops.jit_tracing():
         name = "reference"
     backends.mark_used(name)
     if name == "reference":

@@ -406,3 +406,38 @@ def test_importing_fastvae_leaves_dynamo_unloaded():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+class _TracedLoss(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec, self.loss = nn.Linear(20, 8), nn.Linear(4, 20), fastvae.ELBOLoss()
+
+    def forward(self, x):
+        mu, lv = self.enc(x).chunk(2, -1)
+        return self.loss(x, self.dec(mu), mu, lv)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_the_reference_math():
+    """torch.jit.trace records aten ops: a fused op's C kernel is none (its pointer
+    arithmetic met the trace's tensor-valued sizes: a bare ctypes error), so a traced call
+    runs the reference's math, on new inputs too."""
+    torch.manual_seed(0)
+    model = _TracedLoss()
+    x = torch.rand(6, 20)
+    traced = torch.jit.trace(model, (x,), check_trace=False)
+    x2 = torch.rand(6, 20)
+    with torch.no_grad():
+        mu, lv = model.enc(x2).chunk(2, -1)
+        want = -fastvae.elbo(x2, model.dec(mu), mu, lv, backend="reference")
+    torch.testing.assert_close(traced(x2), want)
+    mu, lv = torch.randn(6, 4), torch.randn(6, 4)
+    for draw in (lambda m, v: fastvae.reparameterize(m, v),
+                 lambda m, v: fastvae.sample_with_kl(m, v)[0]):
+        traced = torch.jit.trace(draw, (mu, lv), check_trace=False)
+        torch.manual_seed(5)
+        got = traced(mu, lv)
+        torch.manual_seed(5)
+        want = fastvae.reparameterize(mu, lv, backend="reference")
+        torch.testing.assert_close(got, want)

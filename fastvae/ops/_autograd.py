@@ -289,6 +289,16 @@ def forward_ad_active() -> bool:
 _fwad = torch.autograd.forward_ad
 
 
+def jit_tracing() -> bool:
+    """Whether ``torch.jit.trace`` is recording: a trace records aten ops, and the fused
+    ops' C kernels and Triton launches are none (their pointer arithmetic would meet the
+    trace's tensor-valued sizes), so calls go to the reference's math, which traces."""
+    return _is_tracing()
+
+
+_is_tracing = torch._C._is_tracing
+
+
 class Fused:
     """One fused op, two ways in, the same forward, setup and backward.
 
@@ -395,10 +405,11 @@ class Route:
     def eager() -> bool:
         """Whether the value path would now be the plain ``autograd.Function`` of the
         backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
-        (:func:`plain_eager`, :func:`functorch_active`, :func:`forward_ad_active`; real
+        (:func:`plain_eager`, :func:`functorch_active`, :func:`forward_ad_active`,
+        :func:`jit_tracing`; real
         tensors: the caller's)."""
         return not (torch.compiler.is_compiling() or _dispatch_modes() or functorch_active()
-                    or forward_ad_active())
+                    or forward_ad_active() or _is_tracing())
 
     def usable(self) -> bool:
         """Whether a call now may take this route (besides its key): :meth:`eager`, and the

@@ -40,7 +40,8 @@ def batch_terms(core, x, parts, backend) -> torch.Tensor:
     recon, mu, logvar = (t.detach() for t in parts)
     rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
                        obs_logvar=core._obs(), reduction="sum", backend=backend)
-    kl = fastvae.kl_standard_normal(mu.float(), logvar.float(), backend=backend).sum()
+    wide = torch.promote_types(mu.dtype, torch.float32)   # a 16-bit (autocast) one upcast
+    kl = fastvae.kl_standard_normal(mu.to(wide), logvar.to(wide), backend=backend).sum()
     return torch.stack([rec.double(), kl.double()])
 
 

@@ -186,6 +186,19 @@ def test_iwae_nll_of_a_float64_model_keeps_float64(monkeypatch):
     assert VAE((1, 8, 8), 3, hidden=(16,)).iwae_nll(x.float(), k=2).dtype == torch.float32
 
 
+def test_the_evaluation_of_a_float64_model_keeps_float64():
+    """fastvae.evaluation's ELBO parts of a float64 model are float64 sums (its KL was
+    taken in float32)."""
+    from fastvae.evaluation import batch_terms
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=3, hidden=(16,)).double()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64)
+    recon, mu, logvar = model(x)[:3]
+    got = batch_terms(model, x, (recon, mu, logvar), None)
+    want = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum()
+    torch.testing.assert_close(got[1], want.detach(), rtol=1e-13, atol=0)
+
+
 def test_iwae_k1000_is_chunked_and_tighter_than_elbo(monkeypatch):
     torch.manual_seed(0)
     model = VAE((1, 28, 28), latent_dim=4, hidden=(32,))

@@ -293,7 +293,8 @@ def jit_tracing() -> bool:
     """Whether ``torch.jit.trace`` is recording: a trace records aten ops, and the fused
     ops' C kernels and Triton launches are none (their pointer arithmetic would meet the
     trace's tensor-valued sizes), so calls go to the reference's math, which traces."""
-    return _is_tracing()
+    # (not under torch.compile, which keeps the fused ops and cannot trace this call)
+    return not torch.compiler.is_compiling() and _is_tracing()
 
 
 _is_tracing = torch._C._is_tracing

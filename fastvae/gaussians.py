@@ -70,7 +70,8 @@ def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
     exp(-lv_p))``. Returns ``(B,)``, float64 when any input is, else float32.
     """
     mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate,
-                                           V.layouts(mu_q, logvar_q, mu_p, logvar_p))
+                                           None if torch.compiler.is_compiling()
+                                           else V.layouts(mu_q, logvar_q, mu_p, logvar_p))
     return _run(backend, device, "kl_normal")(mu2, lv2, pm, plv)
 
 
@@ -104,8 +105,10 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     Returns ``(z, kl)``: ``z`` in mu_q's shape and dtype, ``kl`` ``(B,)`` (float64 when
     any input is, else float32).
     """
-    layouts = V.layouts(mu_q, logvar_q, mu_p, logvar_p)
-    sig = None if torch.compiler.is_compiling() else _route_key(layouts, backend)
+    # (none under torch.compile: the memo is off there, V.Checked)
+    layouts = None if torch.compiler.is_compiling() else V.layouts(mu_q, logvar_q, mu_p,
+                                                                   logvar_p)
+    sig = _route_key(layouts, backend)
     seen = _ROUTES.get(sig)
     if type(seen) is ops.Route and _route_taken(seen, backend, validate, mu_q.device):
         _check_generator(generator, mu_q.device)

@@ -98,12 +98,11 @@ def layouts(*ts):
     sparse tensor, a lazily negated view, a number: such a call is checked every time).
     A None where a tensor is required never passes the checks, so it is never in the set."""
     out = []
-    tracing = torch.compiler.is_compiling()  # is_neg() breaks a graph; the op resolves it
-    for t in ts:  # a loop, not a genexpr: this runs on every call
+    for t in ts:  # a loop, not a genexpr: this runs on every call (never under
+        # torch.compile, where is_neg() would break the graph: the callers' memo is off there)
         if t is None:
             out.append(None)
-        elif (type(t) in PLAIN_TENSORS and t.layout is torch.strided
-              and (tracing or not t.is_neg())):
+        elif type(t) in PLAIN_TENSORS and t.layout is torch.strided and not t.is_neg():
             out.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
         else:
             return None

@@ -331,11 +331,11 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
                    recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs, prior_mu=pm,
                    prior_logvar=plv)
     if estimator == "dreg":
-        if ops.functorch_active() or ops.forward_ad_active():
-            raise RuntimeError("estimator='dreg' is not available under torch.func transforms "
-                               "or forward-mode AD: its second weight is a gradient hook on "
-                               "z_k, which they do not run; use estimator='stl' or 'standard' "
-                               "there")
+        if ops.functorch_active() or ops.forward_ad_active() or ops.jit_tracing():
+            raise RuntimeError("estimator='dreg' is not available under torch.func transforms, "
+                               "forward-mode AD or torch.jit.trace: its second weight is a "
+                               "gradient hook on z_k, which they do not run (a trace would "
+                               "replay without it); use estimator='stl' or 'standard' there")
         estimators.check_dreg_graph(recon_k, z_k)
     fn = _run(backend, device, "iwae_bound")
     return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,

@@ -227,6 +227,17 @@ def test_torch_func(seed):
             mu.detach())
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_trace_refuses_dreg(seed):
+    """torch.jit.trace records the reference's aten ops, not DReG's hook on z_k: a traced
+    step would replay STL's gradients. It says so (it had failed with a ctypes error; then,
+    with traces going to the reference, had given STL silently)."""
+    mu, lv, w, eps, x = _inputs(seed)
+    with pytest.raises(RuntimeError, match="torch.jit.trace"):
+        torch.jit.trace(lambda m: _iwae_step("dreg")(m, lv, w, eps, x), (mu,),
+                        check_trace=False)
+
+
 def test_a_compiled_step_that_samples_decodes_and_bounds_is_refused():
     """torch.compile of a whole DReG step (a model's iwae_bound: sampling, decoding and the
     bound): dynamo breaks the graph at DReG and runs the bound eagerly, but z_k and recon_k

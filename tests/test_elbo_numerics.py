@@ -234,6 +234,27 @@ def test_mc_kl_of_a_sample_far_from_both_means(seed, backend, prior):
     assert _mc_kl_against_float64(backend, x, recon, mu, lv, z, pm, plv)[1].abs() > 1e32
 
 
+def test_free_bits_clamp_a_latent_whose_partial_overflows(seed, backend):
+    """Free bits clamp latent 1 (its batch-mean KL 0, below 0.5 nats), where one sample
+    sits 2^66 from q's mean and the prior's: its logvar partial, (t^2 - 1) / 2, overflows
+    float32. A clamped latent passes no gradient: 0 (it was 0 * inf = NaN on "torch")."""
+    b, d, l = 4, 6, 3
+    x, recon = torch.rand(b, d), torch.randn(b, d)
+    mu, lv, z = torch.zeros(b, l), torch.zeros(b, l), torch.randn(b, l)
+    z[0, 1] = 2.0 ** 66
+    ins = [leaf(t) for t in (recon, mu, lv, z)]
+    got = fastvae.elbo(x, *ins[:3], kl="mc", z=ins[3], free_bits=0.5, reduction="sum",
+                       backend=backend)
+    want_ins = [leaf(t.double()) for t in ins]
+    want = fastvae.elbo(x.double(), *want_ins[:3], kl="mc", z=want_ins[3], free_bits=0.5,
+                        reduction="sum", backend="reference")
+    assert_close("elbo", got, want, torch.float32)
+    for name, g, e in zip(("recon", "mu", "logvar", "z"), grads(got, ins), grads(want, want_ins)):
+        assert bool(torch.isfinite(g).all()), name
+        assert_close(f"d elbo / d {name}", g, e, torch.float32)
+    assert float(grads(got, [ins[2]])[0][:, 1].abs().max()) == 0.0
+
+
 @pytest.mark.parametrize("case", ["one square overflows", "t overflows", "t^2 overflows"])
 def test_mc_kl_where_one_square_overflows(seed, backend, case):
     """kl="mc" where one standardized sample's square overflows float32 and the other's

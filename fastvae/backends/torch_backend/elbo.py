@@ -43,8 +43,8 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
         if free_bits > 0 and kl_bl.shape[0] > 0:
             below = kl_bl.mean(0, keepdim=True) < free_bits
             kl_bl = torch.where(below, torch.full_like(kl_bl, free_bits), kl_bl)
-            keep = (~below).to(dtype)
-            d_mu, d_lv, d_z, d_pm, d_plv = (None if d is None else d * keep
+            # a clamped latent passes no gradient: 0, not 0 * inf where its partial overflowed
+            d_mu, d_lv, d_z, d_pm, d_plv = (None if d is None else torch.where(below, 0.0, d)
                                             for d in (d_mu, d_lv, d_z, d_pm, d_plv))
         kl_rows, g_mu, g_lv = kl_bl.sum(-1), d_mu * kc, d_lv * kc
         g_z = None if d_z is None else d_z * kc

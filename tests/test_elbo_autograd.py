@@ -329,6 +329,53 @@ def test_lazily_negated_inputs(seed, backend, op, d, l):
                  exact=backend != "reference")
 
 
+@pytest.mark.parametrize("op", ["elbo", "iwae", "kl"])
+def test_a_lazily_negated_grad_output(seed, backend, op):
+    """A scalar grad_output with the negation bit scales the saved gradients by its value
+    (the Triton scale kernel read its memory, -value: every gradient's sign flipped), on
+    first and routed calls."""
+    x, recon, mu, lv, _ = make(4, (6,), 3, dtype=torch.float32)
+    neg = torch.complex(torch.zeros(()), torch.tensor(-2.0)).conj().imag
+    assert neg.is_neg() and float(neg) == 2.0
+    res = []
+    for go in (torch.tensor(2.0), neg):
+        for _ in range(3):
+            ins = [leaf(t) for t in (recon, mu, lv)]
+            out = {"elbo": lambda: fastvae.elbo(x, *ins, backend=backend),
+                   "iwae": lambda: fastvae.iwae_bound(x, ins[0][None], ins[1], ins[2],
+                                                      ins[1].detach()[None], reduction="mean",
+                                                      backend=backend),
+                   "kl": lambda: fastvae.kl_standard_normal(ins[1], ins[2],
+                                                            backend=backend).sum()}[op]()
+            out.backward(go)
+        res.append([t.grad for t in ins])
+    for g, w in zip(*res):
+        assert (g is None and w is None) or torch.equal(g, w)
+
+
+def test_inputs_are_released_by_a_backward_that_frees_the_graph(seed, backend):
+    """The reference a fused op keeps to its inputs (for higher-order gradients) goes with
+    the graph's saved tensors: a training loop's loss tensor, alive until the next step's
+    assignment, no longer holds recon through the next forward."""
+    import gc
+    import weakref
+
+    x, recon, mu, lv, _ = make(4, (6,), 3, dtype=torch.float32)
+    leaves = [leaf(t) for t in (recon, mu, lv)]
+    for retain in (False, True):
+        for _ in range(3):   # first and routed calls
+            r = leaves[0] * 1.0   # an activation: nothing but the op holds it
+            ref = weakref.ref(r)
+            loss = fastvae.ELBOLoss(backend=backend)(x, r, leaves[1], leaves[2])
+            del r
+            loss.backward(retain_graph=retain)
+            gc.collect()
+            assert (ref() is not None) == retain
+        if retain:   # still there for a second pass, of any order
+            g = torch.autograd.grad(loss, leaves[1], create_graph=True)[0]
+            assert g.requires_grad
+
+
 @pytest.mark.parametrize("loss", ["elbo", "ELBOLoss", "iwae"])
 def test_backward_on_meta_tensors(loss):
     """Shape-only runs (meta tensors) go through backward too: the scalar loss's in-place

@@ -45,13 +45,17 @@ def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tens
 
 
 def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:
-    """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``."""
+    """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``; a
+    row of grad_out 0 gives 0 (an IWAE sample of weight 0 whose saved partial overflowed
+    adds nothing, not 0 * inf = NaN; a NaN grad_out stays NaN)."""
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
+    if grad_out.dim() == 0:
+        return g * grad_out.to(g.dtype)
     shape = [1] * g.dim()
-    if grad_out.dim() != 0:
-        shape[row_dim] = -1
-    return g * grad_out.reshape(shape).to(g.dtype)
+    shape[row_dim] = -1
+    w = grad_out.reshape(shape).to(g.dtype)
+    return torch.where(w == 0, 0.0, g * w)
 
 
 def weigh_rows(ctx, grad_out: Optional[Tensor], likes) -> List[Optional[Tensor]]:
@@ -114,8 +118,10 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
 def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
     """Whether backward may multiply the saved gradients by ``grad_out`` in place (see
     :func:`weigh_saved` for why each condition)."""
+    # (a meta grad_out has no value to read; a lazily negated one's memory holds -value,
+    # which the Triton scale kernel would read)
     return (grad_out is not None and type(grad_out) is torch.Tensor and not grad_out.is_meta
-            and may_overwrite_saved(ctx))
+            and not grad_out.is_neg() and may_overwrite_saved(ctx))
 
 
 def may_overwrite_saved(ctx) -> bool:
@@ -159,6 +165,10 @@ def keep_inputs(ctx, inputs, rest=()) -> None:
 
 def kept_inputs(ctx, op: str):
     inputs = getattr(ctx, "inputs", None)
+    if inputs is _RELEASED:
+        raise RuntimeError(f"fastvae.{op}: trying to backward through the graph a second time "
+                           "(its inputs were released after the first backward); specify "
+                           "retain_graph=True the first time")
     if inputs is None:
         raise RuntimeError(f"fastvae.{op}: higher-order gradients of a call traced by "
                            "torch.compile are not available; take them outside the compiled "
@@ -171,6 +181,17 @@ def kept_inputs(ctx, op: str):
     # derivative, and autograd.grad w.r.t. mu itself would also follow mu's path through
     # z (z = mu + sigma * eps), which autograd then adds a second time.
     return tuple(t.view_as(t) if isinstance(t, Tensor) else t for t in inputs)
+
+
+_RELEASED = ()   # ctx.inputs after a backward that freed the graph (release_inputs)
+
+
+def release_inputs(ctx) -> None:
+    """Drop the reference to the inputs once a backward has freed the graph: no later pass
+    can read them, and the graph itself may live on (the caller's loss tensor, until the
+    next step's assignment), holding them through the next forward."""
+    if not torch.compiler.is_compiling() and not _graph_kept():
+        ctx.inputs = _RELEASED
 
 
 def owned(outputs):
@@ -211,11 +232,15 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
             with torch.enable_grad():
                 return higher(ctx, *grads)
         if not torch.is_grad_enabled():  # the usual backward: no graph of it, no mode switch
-            return backward(ctx, *grads)
+            got = backward(ctx, *grads)
+            release_inputs(ctx)
+            return got
         if graph_of_backward_wanted():
             return higher(ctx, *grads)
         with torch.no_grad():
-            return backward(ctx, *grads)
+            got = backward(ctx, *grads)
+        release_inputs(ctx)
+        return got
     return wrapper
 
 
@@ -241,7 +266,7 @@ def usual_backward(ctx, grad_out) -> bool:
     no graph of it wanted) and :func:`weigh_saved` would scale in place (a scalar
     grad_output, :func:`may_scale_in_place`). The same conditions, tested in one pass (a
     route's every backward asks)."""
-    return (type(grad_out) is torch.Tensor and grad_out.dim() == 0
+    return (type(grad_out) is torch.Tensor and grad_out.dim() == 0 and not grad_out.is_neg()
             and not torch.is_grad_enabled() and ctx.owns_saved
             and not torch.compiler.is_compiling() and not _graph_kept()
             and (_peek is None or _peek() is None)
@@ -460,6 +485,7 @@ def _route_function(route: Route, given: int, name: str, values: int):
                 got = route.scale(list(ctx.saved_tensors), grad_out)
                 if route.finish is not None:
                     got = route.finish(ctx, got)
+                ctx.inputs = _RELEASED   # usual_backward: the graph is freed after this
             else:
                 got = route.backward(ctx, grad_out)
             return tuple(got[:given])

@@ -417,9 +417,9 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
                      validate, estimator="standard", prior_mu=None, prior_logvar=None):
     """The IWAE bound of a DMoL decoder: log p(x|z_k) from the fused DMoL op (K*B rows,
     their gradients saved and weighed in place by softmax_k(log w_k) in backward), and
-    ``log p(z_k) - log q(z_k|x)`` as two fused Gaussian log densities (their log 2 pi
-    terms cancel). ``estimator="stl"`` evaluates log q at stopped mu, logvar; DReG's
-    gradient hook is not built for this likelihood."""
+    ``log p(z_k) - log q(z_k|x)`` as the ELBO op's Monte-Carlo KL on the K*B rows (no data
+    columns). ``estimator="stl"`` evaluates log q at stopped mu, logvar; DReG's gradient
+    hook is not built for this likelihood."""
     if estimator == "dreg":
         raise ValueError("estimator='dreg' is not available with likelihood="
                          f"{V.DMOL!r}; use 'stl' or 'standard'")
@@ -437,20 +437,23 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     x_k = x.expand(k, *x.shape).reshape(k * batch, *x.shape[1:])
     log_px = _dmol(x_k, recon_k.reshape(k * batch, *recon_k.shape[2:]), bits, "none", 1.0,
                    backend, False, params_name="recon_k").reshape(k, batch)
-    # log p(z_k) under the prior, with its gradients (not stopped by STL). The latents'
-    # parameters are repeated over the K samples, and z_k enters both densities: each
-    # widened first, so that a gradient summed over copies or over the two terms (which
-    # nearly cancel where q is close to p) is float32 and rounds to a 16-bit input's dtype once
-    z = widened(z_k)
-    pm = widened(V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar))
-    plv = widened(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar))
-    log_pz = gaussian_log_prob(z, torch.zeros_like(z) if pm is None else pm.expand_as(z),
-                               0.0 if plv is None else plv, backend=backend, validate=False)
-    if estimator == "stl":
-        mu, logvar = mu.detach(), logvar.detach()
-    log_qz = gaussian_log_prob(z, widened(mu).expand_as(z), widened(logvar),
-                               backend=backend, validate=False)
-    bound = reference.logsumexp(log_px + log_pz - log_qz, 0) - math.log(k)
+    # log p(z_k) - log q(z_k|x) as the ELBO op's latent part on K*B rows with no data
+    # columns (the MC KL, its squares' difference as (tp - t)(tp + t): two log densities
+    # overflow to inf - inf for a sample far from both means; STL stops log q's mu,
+    # logvar only). The latents' parameters are repeated over the K samples, each widened
+    # first, so that a gradient summed over the copies is float32 and rounds to a 16-bit
+    # input's dtype once.
+    def rows(t):   # (B, L) or (L,) -> (K*B, L) or (L,)
+        t = widened(t)
+        return t if t is None or t.dim() == 1 else t.expand(k, *t.shape).reshape(k * batch, -1)
+
+    pm = rows(V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar))
+    plv = rows(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar))
+    no_data = x.new_zeros(k * batch, 0, dtype=torch.float32)
+    log_pz_qz = elbo(no_data, no_data, rows(mu), rows(logvar), kl="mc",
+                     z=widened(z_k).reshape(k * batch, -1), reduction="none", backend=backend,
+                     validate=False, prior_mu=pm, prior_logvar=plv, estimator=estimator)
+    bound = reference.logsumexp(log_px + log_pz_qz.reshape(k, batch), 0) - math.log(k)
     if reduction == "none":
         return bound
     total = bound.sum()

@@ -93,11 +93,15 @@ def test_iwae_weights_sum_to_one_at_any_size_of_log_w(seed, backend):
                  scale=g1.abs().max())
 
 
-def test_iwae_a_sample_of_weight_zero_whose_partials_overflow(seed, backend):
-    """A learned prior at a vanishing variance (logvar -90: 1 / sd = 3.5e19) and a sample
-    0.5 from its mean: d log p(z) / dz = -tp / sd overflows float32, and the sample's weight
-    is 0. Every gradient takes the weight's 0 for it (0 * inf had made z_k's and the prior's
-    NaN), as float64 does."""
+@pytest.mark.parametrize("case", ["vanishing prior variance", "far from both means"])
+def test_iwae_a_sample_of_weight_zero_whose_partials_overflow(seed, backend, case):
+    """A sample of weight 0 whose partials overflow float32. "vanishing prior variance":
+    the prior's logvar -90 (1 / sd = 3.5e19), the sample 0.5 from its mean, so
+    d log p(z) / dz = -tp / sd overflows. "far from both means": the sample 2^66 from the
+    prior's mean and 2^66 - 2^44 from q's (exact in float32), whose log densities overflow
+    on their own (their difference, a log w ~ -2^110, was inf - inf = NaN: the bound
+    itself). Every gradient takes the weight's 0 for it (0 * inf had made z_k's and the
+    prior's NaN), as float64 does."""
     dt = torch.float32
     b, k, l = 2, 3, 2
     x, _ = make(b, 1, 4, 3, 5, dt)
@@ -105,9 +109,14 @@ def test_iwae_a_sample_of_weight_zero_whose_partials_overflow(seed, backend):
     mu, lv = torch.zeros(b, l), torch.zeros(b, l)
     zk = torch.randn(k, b, l) * 0.5
     pm, plv = torch.zeros(b, l), torch.zeros(b, l)
-    plv[0, 0] = -90.0
-    zk[:, 0, 0] = 0.0    # samples 0 and 2 at the prior's mean
-    zk[1, 0, 0] = 0.5
+    if case == "vanishing prior variance":
+        plv[0, 0] = -90.0
+        zk[:, 0, 0] = 0.0    # samples 0 and 2 at the prior's mean
+        zk[1, 0, 0] = 0.5
+    else:
+        mu[0, 0] = 2.0 ** 44
+        zk[:, 0, 0] = mu[0, 0]
+        zk[1, 0, 0] = 2.0 ** 66
     ins = [leaf(t) for t in (pk, mu, lv, zk, pm, plv)]
     got = fastvae.iwae_bound(x, *ins[:4], likelihood=DMOL, prior_mu=ins[4],
                              prior_logvar=ins[5], reduction="sum", backend=backend)
@@ -115,7 +124,9 @@ def test_iwae_a_sample_of_weight_zero_whose_partials_overflow(seed, backend):
     log_px = torch.stack([F.dmol_log_prob(x.double(), want_ins[0][i]) for i in range(k)])
     log_w = log_px - F.kl_mc_prior_dim(want_ins[3], want_ins[1], want_ins[2], want_ins[4],
                                        want_ins[5]).sum(-1)
-    want = (torch.logsumexp(log_w, 0) - math.log(k)).sum()
+    m = log_w.detach().max(0).values   # not torch.logsumexp: its backward weighs by
+    # exp(log w - lse), lse rounded to -2^87 here, and the two samples' weights came to 1 each
+    want = (m + torch.log(torch.exp(log_w - m).sum(0)) - math.log(k)).sum()
     assert_close("bound", got, want, dt)
     for name, g, e in zip(("recon_k", "mu", "logvar", "z_k", "prior_mu", "prior_logvar"),
                           grads(got, ins), grads(want, want_ins)):

@@ -16,7 +16,7 @@ def run(backend, device, op: str):
     has), forward-mode AD (the fused ops have no ``jvp``) or ``torch.jit.trace`` (which
     records aten ops only), else the fused op of the selected backend."""
     name = backends.select(backend, device)
-    if ops.functorch_active() or ops.forward_ad_active() or ops.jit_tracing():
+    if ops.reference_only():
         name = "reference"
     backends.mark_used(name)
     if name == "reference":

@@ -331,7 +331,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
                    recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs, prior_mu=pm,
                    prior_logvar=plv)
     if estimator == "dreg":
-        if ops.functorch_active() or ops.forward_ad_active() or ops.jit_tracing():
+        if ops.reference_only():
             raise RuntimeError("estimator='dreg' is not available under torch.func transforms, "
                                "forward-mode AD or torch.jit.trace: its second weight is a "
                                "gradient hook on z_k, which they do not run (a trace would "

@@ -5,7 +5,7 @@ Registering fake (meta) kernels lets ``torch.compile(fullgraph=True)`` trace thr
 every op without a graph break; eager calls run the same functions as a plain
 ``autograd.Function`` (``_autograd.Fused``). What they share lives in ``_autograd``.
 """
-from ._autograd import Route, forward_ad_active, functorch_active, jit_tracing
+from ._autograd import Route, reference_only
 from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob
 from .elbo import elbo
 from .elbo import route as elbo_route
@@ -18,7 +18,6 @@ from .sample_with_kl import route as sample_with_kl_route
 from .sample_with_kl import routed as sample_with_kl_routed
 from .sample_with_kl import sample_with_kl
 
-__all__ = ["forward_ad_active", "functorch_active", "jit_tracing", "elbo", "iwae_bound",
-           "reparameterize",
-           "gaussian_log_prob", "kl_standard_normal", "kl_normal", "sample_with_kl"]
+__all__ = ["reference_only", "elbo", "iwae_bound", "reparameterize", "gaussian_log_prob",
+           "kl_standard_normal", "kl_normal", "sample_with_kl"]
 __all__ += ["discretized_logistic_mixture_log_prob"]

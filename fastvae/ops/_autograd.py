@@ -314,15 +314,17 @@ def forward_ad_active() -> bool:
 _fwad = torch.autograd.forward_ad
 
 
-def jit_tracing() -> bool:
-    """Whether ``torch.jit.trace`` is recording: a trace records aten ops, and the fused
-    ops' C kernels and Triton launches are none (their pointer arithmetic would meet the
-    trace's tensor-valued sizes), so calls go to the reference's math, which traces."""
-    # (not under torch.compile, which keeps the fused ops and cannot trace this call)
-    return not torch.compiler.is_compiling() and _is_tracing()
-
-
 _is_tracing = torch._C._is_tracing
+
+
+def reference_only() -> bool:
+    """Whether a call must run the reference's math, the fused ops being unusable there: a
+    ``torch.func`` transform (:func:`functorch_active`), forward-mode AD
+    (:func:`forward_ad_active`) or ``torch.jit.trace``, which records aten ops only (the C
+    kernels' and Triton launches' pointer arithmetic would meet its tensor-valued sizes;
+    not under torch.compile, which keeps the fused ops and cannot trace the check)."""
+    return (functorch_active() or forward_ad_active()
+            or (not torch.compiler.is_compiling() and _is_tracing()))
 
 
 class Fused:
@@ -431,9 +433,8 @@ class Route:
     def eager() -> bool:
         """Whether the value path would now be the plain ``autograd.Function`` of the
         backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
-        (:func:`plain_eager`, :func:`functorch_active`, :func:`forward_ad_active`,
-        :func:`jit_tracing`; real
-        tensors: the caller's)."""
+        (:func:`plain_eager`, :func:`reference_only`; real tensors: the caller's)."""
+        # reference_only()'s checks inline, its compile check shared: every routed call asks
         return not (torch.compiler.is_compiling() or _dispatch_modes() or functorch_active()
                     or forward_ad_active() or _is_tracing())
 

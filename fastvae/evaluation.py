@@ -12,6 +12,7 @@ import torch
 import fastvae
 
 from . import dmol_training as dmol, objectives
+from ._dtypes import widened
 
 __all__ = ["batch_loss", "batch_terms", "summarize", "evaluate", "iwae_nll"]
 
@@ -40,8 +41,7 @@ def batch_terms(core, x, parts, backend) -> torch.Tensor:
     recon, mu, logvar = (t.detach() for t in parts)
     rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
                        obs_logvar=core._obs(), reduction="sum", backend=backend)
-    wide = torch.promote_types(mu.dtype, torch.float32)   # a 16-bit (autocast) one upcast
-    kl = fastvae.kl_standard_normal(mu.to(wide), logvar.to(wide), backend=backend).sum()
+    kl = fastvae.kl_standard_normal(widened(mu), widened(logvar), backend=backend).sum()
     return torch.stack([rec.double(), kl.double()])
 
 

@@ -52,7 +52,7 @@ from torch import nn
 from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
 from .observation import ObservationModel, chunk_lengths
-from ._dtypes import reduce_scale
+from ._dtypes import reduce_scale, result_dtype
 from .validation import REDUCTIONS, check_number, check_option, check_size, check_sizes
 
 BOUND = 5.0  # the soft clamp of means and log-standard-deviations
@@ -281,4 +281,4 @@ class HierarchicalVAE(ObservationModel):
             log_ws.append(log_w.reshape(kc, batch))
             done += kc
         lse = torch.logsumexp(torch.cat(log_ws), dim=0) - math.log(k)
-        return -lse.to(torch.promote_types(feats[0].dtype, torch.float32))
+        return -lse.to(result_dtype(feats[0]))

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import nn
 
+from ._dtypes import result_dtype
 from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DMoL decoders)
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
@@ -131,7 +132,7 @@ class _VAEBase(ObservationModel):
             lses.append(bound.double() + math.log(kc))
             done += kc
         total = torch.logsumexp(torch.stack(lses), dim=0) - math.log(k)
-        return -total.to(torch.promote_types(mu.dtype, torch.float32))
+        return -total.to(result_dtype(mu))
 
 
 class VAE(_VAEBase):

@@ -126,7 +126,8 @@ def grads(value, inputs, weight=None):
 def check_no_noise_saved(backend: str, b: int = 16, n: int = 40, k: int = 4) -> None:
     """What autograd keeps for the samplers on ``backend``: logvar (the caller's), the
     one-element seed, and for sample_with_kl the KL's three gradients (dKL/dmu_p is
-    -dKL/dmu_q, kept once); no (K, B, L) or (B, L) eps, no z. Backward runs from it."""
+    -dKL/dmu_q, kept once) and its four inputs (the caller's); no (K, B, L) or (B, L) eps,
+    no z. Backward runs from it."""
     import fastvae
 
     mu, lv, pm, plv = (leaf(torch.randn(b, n)) for _ in range(4))
@@ -139,7 +140,8 @@ def check_no_noise_saved(backend: str, b: int = 16, n: int = 40, k: int = 4) -> 
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
-    assert sorted(tuple(t.shape) for t in saved) == [(1,)] + [(b, n)] * 4, [t.shape for t in saved]
-    assert sum(t.data_ptr() == lv.data_ptr() for t in saved) == 1
+    assert sorted(tuple(t.shape) for t in saved) == [(1,)] + [(b, n)] * 7, [t.shape for t in saved]
+    for t in (mu, lv, pm, plv):
+        assert sum(s.data_ptr() == t.data_ptr() for s in saved) == 1
     assert not any(t.data_ptr() == z.data_ptr() for t in saved)
     (z.sum() + kl.sum()).backward()

@@ -262,20 +262,20 @@ def test_fresh_build_into_cache_dir(monkeypatch, tmp_path):
 
 # -- memory: only the gradients are saved ------------------------------------------------
 
-def test_saves_only_the_gradients(path):
+def test_saves_the_gradients_and_the_inputs(path):
+    """What autograd keeps: d/drecon, d/dmu, d/dlogvar, and the caller's inputs themselves
+    (for higher orders), no intermediate and no copy."""
     b, d, l = 64, 100, 8
     x, recon, mu, lv, _ = _inputs(b, d, l, torch.float32)
     for t in (recon, mu, lv):
         t.requires_grad_()
     saved = []
-
-    def pack(t):
-        saved.append(t.numel() * t.element_size())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         v = fastvae.elbo(x, recon, mu, lv, reduction="sum", backend="torch")
-    assert sum(saved) == 4 * (b * d + 2 * b * l)  # d/drecon, d/dmu, d/dlogvar; nothing else
+    inputs = [t for t in saved if any(t.data_ptr() == i.data_ptr() for i in (x, recon, mu, lv))]
+    assert len(inputs) == 4 and len(saved) == 7
+    assert sum(t.numel() * t.element_size() for t in saved if all(t is not i for i in inputs)) \
+        == 4 * (b * d + 2 * b * l)
     v.backward()
     torch.testing.assert_close(recon.grad, x - torch.sigmoid(recon.detach()), rtol=1e-6, atol=1e-6)
 

@@ -315,7 +315,7 @@ def test_a_replaced_backend_function_sees_every_call(backend, monkeypatch):
 
 
 def test_an_input_changed_in_place_is_still_caught(backend):
-    """Higher orders of a routed call check the inputs' versions, as the op's own do."""
+    """A routed call saves its inputs as the op's own does: autograd checks their versions."""
     if backend == "reference":
         pytest.skip("the reference has no fused op")
     x, recon, mu, lv, leaves, call = _warm(backend)
@@ -323,7 +323,7 @@ def test_an_input_changed_in_place_is_still_caught(backend):
     assert _routed(value)
     with torch.no_grad():
         mu.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(value, (recon,), create_graph=True)
 
 

@@ -304,7 +304,7 @@ def test_a_backend_function_replaced_before_the_route_is_built_stays(backend, mo
 
 
 def test_an_input_changed_in_place_is_still_caught(backend):
-    """Higher orders of a routed call check the inputs' versions, as the op's own do."""
+    """A routed call saves its inputs as the op's own does: autograd checks their versions."""
     if backend == "reference":
         pytest.skip("the reference has no fused op")
     (mu, lv, pm, plv), leaves = _warm(backend)
@@ -312,7 +312,7 @@ def test_an_input_changed_in_place_is_still_caught(backend):
     assert _routed(kl)
     with torch.no_grad():
         pm.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place"):
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(kl.sum(), (mu,), create_graph=True)
 
 

@@ -15,9 +15,8 @@ from .timing import is_cuda, sync
 @contextlib.contextmanager
 def count_saved():
     """Yields a dict whose ``"bytes"`` becomes the size of the distinct storages
-    autograd saves for backward inside the block (``saved_tensors_hooks``). Not the
-    inputs a fused op keeps a reference to for higher-order gradients (they bypass the
-    hooks; README "Memory"): the benchmarks hold their inputs anyway."""
+    autograd saves for backward inside the block (``saved_tensors_hooks``), inputs
+    included (the benchmarks hold theirs anyway)."""
     storages: Dict[Tuple[int, str], int] = {}
     result = {"bytes": 0}
 

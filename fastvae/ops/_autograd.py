@@ -2,8 +2,9 @@
 same three functions, the gradient placeholders a custom op needs, the backward that
 scales saved gradients, and higher-order gradients by recomputation.
 
-A fused op's forward returns its value *and* its gradients; only those gradients are
-saved, and backward multiplies them by grad_output (Liger-Kernel's cross-entropy trick):
+A fused op's forward returns its value *and* its gradients; those gradients are saved
+(with the inputs, no intermediates: :func:`save_with_inputs`), and backward multiplies
+them by grad_output (Liger-Kernel's cross-entropy trick):
 in place, and not at all when it is exactly 1 (the backend decides that where
 grad_output lives). When a graph of the backward is asked for (``create_graph=True``,
 ``torch.autograd.functional.hessian``), backward recomputes the gradients from the
@@ -63,7 +64,7 @@ def weigh_rows(ctx, grad_out: Optional[Tensor], likes) -> List[Optional[Tensor]]
     gradient times grad_out along its rows, never in place, finished by :func:`to_shape`
     with ``likes`` (one per gradient); None where ``ctx.needs`` says not needed."""
     return [to_shape(weigh(t if n else None, grad_out, 0), like)
-            for t, n, like in zip(ctx.saved_tensors, ctx.needs, likes)]
+            for t, n, like in zip(saved_grads(ctx), ctx.needs, likes)]
 
 
 def input_like(t: Optional[Tensor]):
@@ -109,7 +110,7 @@ def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tens
     change under it), the tensors are real (a traced grad_output has no value) and the
     graph is freed after this backward (a retained graph still needs the saved gradients).
     """
-    gs = [t if n else None for t, n in zip(ctx.saved_tensors, ctx.needs)]
+    gs = [t if n else None for t, n in zip(saved_grads(ctx), ctx.needs)]
     if grad_out is not None and grad_out.dim() == 0 and may_scale_in_place(ctx, grad_out):
         return list(backends.get(ctx.backend).scale_saved_(gs, grad_out))
     return [weigh(g, grad_out, d) for g, d in zip(gs, row_dims)]
@@ -131,67 +132,60 @@ def may_overwrite_saved(ctx) -> bool:
 
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
-    """Setup shared by every value-and-gradients op: keep only the gradient outputs, and a
-    reference (no copy) to the inputs for higher-order gradients. A gradient not needed
-    (a placeholder) is saved as None: backward reads none of them (``ctx.needs``)."""
+    """Setup shared by every value-and-gradients op: save the gradient outputs and the
+    inputs (:func:`save_with_inputs`). A gradient not needed (a placeholder) is saved as
+    None: backward reads none of them (``ctx.needs``)."""
     saved = list(grads)
     for i, need in enumerate(needs_):
         if not need and i < len(saved):
             saved[i] = None
-    ctx.save_for_backward(*saved)
+    save_with_inputs(ctx, saved, inputs)
     # Only output 0 (the value) is ever differentiated: do not let autograd fill the
     # gradient outputs' grads with zeros (a memset the size of the gradients, every backward).
     ctx.set_materialize_grads(False)
     ctx.needs = list(needs_)
     ctx.backend = backend
     ctx.owns_saved = False  # set by owned()
-    keep_inputs(ctx, inputs)
 
 
-def keep_inputs(ctx, inputs, rest=()) -> None:
-    """Remember the inputs (``inputs`` then ``rest``), and the versions of ``inputs``, for
-    :func:`kept_inputs`. Not through ``save_for_backward``: these are the caller's
-    tensors, not new memory. ``rest``: arguments that are never tensors."""
-    if torch.compiler.is_compiling():
-        return
-    ctx.inputs = (*inputs, *rest)
-    try:
-        ctx.versions = tuple([t._version if isinstance(t, Tensor) else None for t in inputs])
-    except RuntimeError:  # inference tensors have no version counter: an in-place change
-        # to one (allowed only inside inference mode) cannot be detected
-        ctx.versions = tuple([t._version if isinstance(t, Tensor) and not t.is_inference()
-                              else None for t in inputs])
+def save_with_inputs(ctx, grads, inputs, rest=()) -> None:
+    """``ctx.save_for_backward(*grads, *inputs)``: the gradients backward reads
+    (:func:`saved_grads`), then the tensors the op was called on, the caller's (no copy),
+    which higher-order gradients recompute from (:func:`kept_inputs`). Through autograd's
+    saved tensors, they go where any op's saved inputs go: freed by a backward that frees
+    the graph, dropped and recomputed by activation checkpointing, offloaded by
+    ``save_on_cpu``, seen by ``saved_tensors_hooks``, and an input changed in place before
+    backward is autograd's error. An inference tensor, which autograd cannot save, is kept
+    as a plain reference. ``rest``: arguments that are never tensors."""
+    kept = list(inputs)
+    saved = [None] * len(kept)
+    for i, t in enumerate(kept):  # a loop, not comprehensions: this runs on every call
+        if isinstance(t, Tensor) and not t.is_inference():
+            saved[i] = t
+            kept[i] = None
+    ctx.save_for_backward(*grads, *saved)
+    ctx.n_grads = len(grads)
+    ctx.inputs = (*kept, *rest)
 
 
-def kept_inputs(ctx, op: str):
-    inputs = getattr(ctx, "inputs", None)
-    if inputs is _RELEASED:
-        raise RuntimeError(f"fastvae.{op}: trying to backward through the graph a second time "
-                           "(its inputs were released after the first backward); specify "
-                           "retain_graph=True the first time")
-    if inputs is None:
-        raise RuntimeError(f"fastvae.{op}: higher-order gradients of a call traced by "
-                           "torch.compile are not available; take them outside the compiled "
-                           "region")
-    for t, v in zip(inputs, ctx.versions):
-        if v is not None and t._version != v:
-            raise RuntimeError(f"fastvae.{op}: an input was modified in place after the call, so "
-                               "its higher-order gradients cannot be computed")
-    # Each tensor as a view of its own: the op's gradient w.r.t. an input is the partial
-    # derivative, and autograd.grad w.r.t. mu itself would also follow mu's path through
-    # z (z = mu + sigma * eps), which autograd then adds a second time.
-    return tuple(t.view_as(t) if isinstance(t, Tensor) else t for t in inputs)
+def saved_grads(ctx) -> tuple:
+    """The gradients :func:`save_with_inputs` saved."""
+    return ctx.saved_tensors[:ctx.n_grads]
 
 
-_RELEASED = ()   # ctx.inputs after a backward that freed the graph (release_inputs)
+def unpacked(ctx) -> tuple:
+    """(the gradients, the inputs then ``rest``) as :func:`save_with_inputs` saved them."""
+    saved, n = ctx.saved_tensors, ctx.n_grads
+    inputs = [k if s is None else s for s, k in zip(saved[n:], ctx.inputs)]
+    return saved[:n], (*inputs, *ctx.inputs[len(saved) - n:])
 
 
-def release_inputs(ctx) -> None:
-    """Drop the reference to the inputs once a backward has freed the graph: no later pass
-    can read them, and the graph itself may live on (the caller's loss tensor, until the
-    next step's assignment), holding them through the next forward."""
-    if not torch.compiler.is_compiling() and not _graph_kept():
-        ctx.inputs = _RELEASED
+def kept_inputs(ctx) -> tuple:
+    """The inputs and ``rest`` (:func:`unpacked`), each tensor as a view of its own: the
+    op's gradient w.r.t. an input is the partial derivative, and autograd.grad w.r.t. mu
+    itself would also follow mu's path through z (z = mu + sigma * eps), which autograd
+    then adds a second time."""
+    return tuple(t.view_as(t) if isinstance(t, Tensor) else t for t in unpacked(ctx)[1])
 
 
 def owned(outputs):
@@ -232,15 +226,11 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
             with torch.enable_grad():
                 return higher(ctx, *grads)
         if not torch.is_grad_enabled():  # the usual backward: no graph of it, no mode switch
-            got = backward(ctx, *grads)
-            release_inputs(ctx)
-            return got
+            return backward(ctx, *grads)
         if graph_of_backward_wanted():
             return higher(ctx, *grads)
         with torch.no_grad():
-            got = backward(ctx, *grads)
-        release_inputs(ctx)
-        return got
+            return backward(ctx, *grads)
     return wrapper
 
 
@@ -410,22 +400,20 @@ class Route:
     grads)``: the op's last step of the usual backward, None where it changes nothing.
 
     An op with several values (``fused.values``, e.g. ``sample_with_kl``'s z and KL) has
-    no scalar grad_output to scale by: ``save(ctx, tensors, output)`` saves what its
-    backward reads, and every backward is the op's own, which writes over the saved
-    gradients where it may (:func:`may_overwrite_saved`).
+    no scalar grad_output to scale by: every backward is the op's own, which writes over
+    the saved gradients where it may (:func:`may_overwrite_saved`).
     """
 
     __slots__ = ("run", "rest", "needs", "backend", "fixed", "backward", "lead", "finish",
-                 "source", "_scale", "_scale_from", "function", "save")
+                 "source", "_scale", "_scale_from", "function")
 
     def __init__(self, fused: "Fused", run: Callable, lead: int, given: int, rest: tuple,
                  needs_, backend: str, fixed: dict, finish: Optional[Callable] = None,
-                 source: tuple = (None, None, None), save: Optional[Callable] = None):
+                 source: tuple = (None, None, None)):
         self.run, self.lead, self.rest = run, lead, (None,) * (lead - given) + tuple(rest)
         self.needs, self.backend, self.fixed = list(needs_), backend, tuple(fixed.items())
         self.backward, self.finish = fused.backward, finish
         self.source = source   # (backend module, name, the function run prepares)
-        self.save = save
         self._scale = self._scale_from = None
         self.function = _route_function(self, given, fused.name, fused.values)
 
@@ -463,30 +451,24 @@ def _route_function(route: Route, given: int, name: str, values: int):
     the run gets as None), the route itself reached through its class, not an argument.
     It returns the op's first ``values`` outputs (one: the tensor itself)."""
     pad = (None,) * (route.lead - given)
-    save = route.save
 
     def forward(ctx, *tensors):
         output = route.run(*tensors, *pad)
-        if save is None:
-            # the backend leaves a gradient not needed as None (its contract), as
-            # save_grads makes it
-            ctx.save_for_backward(*output[1:])
-        else:
-            save(ctx, tensors, output)
+        # the backend leaves a gradient not needed as None (its contract), as save_grads
+        # makes it
+        save_with_inputs(ctx, output[values:], tensors, route.rest)
         ctx.set_materialize_grads(False)   # an unused value's grad stays None
         ctx.needs, ctx.backend, ctx.owns_saved = route.needs, route.backend, True
         for name, value in route.fixed:
             setattr(ctx, name, value)
-        keep_inputs(ctx, tensors, route.rest)
         return output[0] if values == 1 else tuple(output[:values])
 
     if values == 1:
         def backward(ctx, grad_out):
             if usual_backward(ctx, grad_out):
-                got = route.scale(list(ctx.saved_tensors), grad_out)
+                got = route.scale(list(saved_grads(ctx)), grad_out)
                 if route.finish is not None:
                     got = route.finish(ctx, got)
-                ctx.inputs = _RELEASED   # usual_backward: the graph is freed after this
             else:
                 got = route.backward(ctx, grad_out)
             return tuple(got[:given])

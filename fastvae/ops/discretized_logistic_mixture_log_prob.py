@@ -51,15 +51,15 @@ def _backward(ctx, grad_out, *_):
     if not ctx.per_row:
         g = A.weigh_saved(ctx, grad_out, (0,))[0]
     elif ctx.needs[0] and grad_out is not None and A.may_scale_in_place(ctx, grad_out):
-        g = ctx.saved_tensors[0]
+        g = A.saved_grads(ctx)[0]
         g.mul_(grad_out.reshape(-1, *([1] * (g.dim() - 1))).to(g.dtype))
     else:
-        g = A.weigh(ctx.saved_tensors[0] if ctx.needs[0] else None, grad_out, 0)
+        g = A.weigh(A.saved_grads(ctx)[0] if ctx.needs[0] else None, grad_out, 0)
     return None, A.to_shape(g, ctx.like), None, None, None, None, None
 
 
 def _higher_order(ctx, grad_out, *_):
-    x, params, bits, reduction, scale = A.kept_inputs(ctx, "discretized_logistic_mixture_log_prob")
+    x, params, bits, reduction, scale = A.kept_inputs(ctx)
     value = scale * reference.discretized_logistic_mixture_log_prob(x, params, bits, reduction)
     g = A.recompute_grads(value, (params,), ctx.needs, grad_out)[0]
     return None, g, None, None, None, None, None

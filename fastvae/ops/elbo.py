@@ -86,7 +86,7 @@ def _backward(ctx, grad_out, *_):
 
 def _higher_order(ctx, grad_out, *_):
     (x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, likelihood, kl, beta,
-     free_bits, reduction, scale, estimator) = A.kept_inputs(ctx, "elbo")
+     free_bits, reduction, scale, estimator) = A.kept_inputs(ctx)
     value = scale * reference.elbo(x, recon, mu, logvar, z, obs_scalar if obs is None else obs,
                                    likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits,
                                    reduction=reduction, prior_mu=prior_mu,

@@ -43,7 +43,7 @@ def _backward(ctx, grad_out, *_):
 
 
 def _higher_order(ctx, grad_out, *_):
-    x, mean, logvar, logvar_scalar = A.kept_inputs(ctx, "gaussian_log_prob")
+    x, mean, logvar, logvar_scalar = A.kept_inputs(ctx)
     value = reference.gaussian_log_prob(x, mean, logvar_scalar if logvar is None else logvar)
     return (*A.recompute_grads(value, (x, mean, logvar), ctx.needs, grad_out), None, None, None)
 

@@ -67,7 +67,7 @@ def _backward(ctx, grad_out, *_):
 
 def _higher_order(ctx, grad_out, *_):
     (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
-     reduction, estimator) = A.kept_inputs(ctx, "iwae_bound")
+     reduction, estimator) = A.kept_inputs(ctx)
     # Without DReG's hook: the op's own one, registered at the call, still applies.
     value, _ = reference.iwae_bound_surrogate(x, recon_k, mu, logvar, z_k,
                                               obs_scalar if obs is None else obs,

@@ -44,14 +44,14 @@ def _backward(ctx, grad_out, *_):
     g = None
     fused = getattr(backends.get(ctx.backend), "kl_normal_bwd", None)  # one pass, where offered
     if fused is not None and grad_out is not None and A.plain_eager((grad_out,)):
-        g = fused(grad_out, *ctx.saved_tensors, ctx.needs)
+        g = fused(grad_out, *A.saved_grads(ctx), ctx.needs)
     if g is None:
         return (*A.weigh_rows(ctx, grad_out, ctx.like), None, None)
     return (*[A.to_shape(t, like) for t, like in zip(g, ctx.like)], None, None)
 
 
 def _higher_order(ctx, grad_out, *_):
-    inputs = A.kept_inputs(ctx, "kl_normal")
+    inputs = A.kept_inputs(ctx)
     value = reference.kl_normal(*inputs)
     return (*A.recompute_grads(value, inputs, ctx.needs, grad_out), None, None)
 

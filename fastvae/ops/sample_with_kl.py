@@ -73,10 +73,10 @@ def _setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # z or the KL may go unused: their grads stay None
     ctx.needs, ctx.backend = list(needs), backend
     ctx.owns_saved = False  # set by A.owned() where the caller drops the gradient outputs
-    # logvar is the caller's tensor and noise eps or a seed: saved only where dlogvar_q needs them
-    _save(ctx, needs, inputs, output)
+    # the KL's gradients, then the inputs: logvar_q and the noise (eps or a seed) are what
+    # dlogvar_q reads, all of them what higher orders recompute from
+    A.save_with_inputs(ctx, output[2:], inputs[:5])
     ctx.like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
-    A.keep_inputs(ctx, inputs[:5])
 
 
 def _finish(ctx, grads):
@@ -86,17 +86,8 @@ def _finish(ctx, grads):
     return (*out, None, None, None)
 
 
-def _save(ctx, needs, tensors, output) -> None:
-    """What backward reads: logvar_q (the caller's tensor) and the noise (eps or a seed)
-    only where dlogvar_q needs them, and the KL's saved gradients."""
-    ctx.save_for_backward(tensors[1] if needs[1] else None, tensors[4] if needs[1] else None,
-                          *output[2:])
-
-
 def _backward(ctx, dz, g_kl, *_):
-    logvar, noise, g_mu, g_lv, g_plv = ctx.saved_tensors
-    if logvar is None:
-        logvar = g_mu if ctx.needs[0] or ctx.needs[2] else g_plv  # for its shape only
+    (g_mu, g_lv, g_plv), (_, logvar, _, _, noise) = A.unpacked(ctx)
     args = (dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, ctx.needs)
     if A.plain_eager((dz, g_kl, logvar)):
         grads = backends.get(ctx.backend).sample_with_kl_bwd(
@@ -110,7 +101,7 @@ def _backward(ctx, dz, g_kl, *_):
 def _higher_order(ctx, dz, g_kl, *_):
     """The same gradients as differentiable functions: z and the KL rebuilt from the same
     eps (``reparameterize_std_eps``) and the reference KL."""
-    mu, logvar, prior_mu, prior_logvar, noise = A.kept_inputs(ctx, "sample_with_kl")
+    mu, logvar, prior_mu, prior_logvar, noise = A.kept_inputs(ctx)
     outputs, cotangents = [], []   # as autograd.grad's pairs: a batched cotangent (a vmap
     if dz is not None:             # over this backward) may not enter an output
         with torch.no_grad():
@@ -150,12 +141,9 @@ def route(mu, logvar, prior_mu, prior_logvar, *, backend):
         def run(mu, logvar, prior_mu, prior_logvar, noise):
             return fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
 
-    def save(ctx, tensors, output):
-        _save(ctx, needs, tensors, output)
-
     like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
     return A.Route(_sample_with_kl, run, 5, 5, (), needs, backend, {"like": like},
-                   source=(compute, "sample_with_kl_fwd", fwd), save=save)
+                   source=(compute, "sample_with_kl_fwd", fwd))
 
 
 def routed(route, mu, logvar, prior_mu, prior_logvar, generator):

@@ -178,3 +178,21 @@ def test_host_path_times_the_step_its_stub_stands_for(tmp_path):
     assert res["launches_per_step"] == 2 and res["py_calls_per_step"] > 0
     for way in ("stub_us", "planned_us", "triton_us", "launches_only_us", "floor_us"):
         assert res[way] > 0, way
+
+
+# ----------------------------------------------------------------- checkpoint_memory.py
+
+def test_checkpoint_memory_refuses_bad_sizes(monkeypatch, capsys):
+    mod = _module("checkpoint_memory", monkeypatch)
+    _usage_error(capsys, mod.main, ["--batch", "0"], "--batch")
+
+
+def test_checkpoint_memory_measures_what_the_forward_holds(monkeypatch, capsys):
+    """A checkpointed step holds less than one recon (the fused op's saved inputs are
+    dropped with the rest); a plain fastvae step holds its gradient and recon, two."""
+    mod = _module("checkpoint_memory", monkeypatch)
+    b, d = 64, 300
+    rows = mod.main(["--batch", str(b), "--dim", str(d), "--latent", "4", "--hidden", "16"])
+    recon = b * d * 4
+    assert rows["fastvae + checkpoint"] < recon and rows["eager + checkpoint"] < recon
+    assert rows["fastvae"] >= 2 * recon

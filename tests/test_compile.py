@@ -359,27 +359,34 @@ def test_function_path_and_custom_op_agree_bitwise():
         assert torch.equal(a, b)
 
 
-def test_sample_with_kl_compiles_without_graph_break(monkeypatch):
+@pytest.mark.parametrize("logvar_grad", [True, False])
+def test_sample_with_kl_compiles_without_graph_break(monkeypatch, logvar_grad):
     """The op with two values (z and the KL) on the custom op's path: one graph, eager's
-    z for the same seed, eager's KL and gradients."""
+    z for the same seed, eager's KL and gradients. The graph saves no input but logvar_q,
+    and that only where dlogvar_q reads it."""
     b, l = 4, 3
-    leaves = [torch.randn(b, l, requires_grad=True) for _ in range(4)]
+    leaves = [torch.randn(b, l, requires_grad=(i != 1 or logvar_grad)) for i in range(4)]
     dz, dkl = torch.randn(b, l), torch.randn(b)
 
     def fn(*a):
         return fastvae.sample_with_kl(*a, backend="torch")
     torch.manual_seed(7)
     z_e, kl_e = fn(*leaves)
-    g_e = torch.autograd.grad([z_e, kl_e], leaves, [dz, dkl])
+    need = [t for t in leaves if t.requires_grad]
+    g_e = torch.autograd.grad([z_e, kl_e], need, [dz, dkl])
     calls = fused_calls(monkeypatch, "sample_with_kl")
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     torch.manual_seed(7)
-    z, kl = compiled(*leaves)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        z, kl = compiled(*leaves)
     torch.testing.assert_close(z, z_e)
     torch.testing.assert_close(kl, kl_e)
-    for a, e in zip(torch.autograd.grad([z, kl], leaves, [dz, dkl]), g_e):
+    for a, e in zip(torch.autograd.grad([z, kl], need, [dz, dkl]), g_e):
         torch.testing.assert_close(a, e)
+    kept = {t.data_ptr() for t in saved}
+    assert [t.data_ptr() in kept for t in leaves] == [False, logvar_grad, False, False]
     assert calls, "the compiled call never reached the fused op"
 
 

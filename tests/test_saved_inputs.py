@@ -9,8 +9,8 @@ the prepared route (``fastvae.ops.Route``), which saves what the op's own path s
 """
 from __future__ import annotations
 
-import gc
 import weakref
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -47,16 +47,17 @@ def _loss(op, backend, x, act, mu, lv):
     return fastvae.gaussian_log_prob(x, act, lv[:, :1] - 0.1 * act.abs(), backend=backend).sum()
 
 
-def _inputs(backend):
-    dt = case_dtype(backend)
+def _inputs(backend, dtype=torch.float64):
+    dt = case_dtype(backend, dtype)
     x = torch.rand(B, D, dtype=dt)
     w, mu, lv = (leaf(torch.randn(*s, dtype=dt)) for s in ((L, D), (B, L), (B, L)))
     return x, w, mu, lv
 
 
 def _first_and_second(op, backend, seed, x, w, mu, lv, wrap):
-    """The loss's gradients w.r.t. (w, mu, lv), and those of their squared norm (second
-    order), with the activation act = mu @ w computed inside ``wrap(region)``."""
+    """The loss's gradients w.r.t. (w, mu, lv) (from the fused first-order backward, then
+    again as a graph: both must agree), and those of their squared norm (second order),
+    with the activation act = mu @ w computed inside ``wrap(region)``."""
     refs = []
 
     def region(mu, lv):
@@ -66,9 +67,11 @@ def _first_and_second(op, backend, seed, x, w, mu, lv, wrap):
 
     torch.manual_seed(seed)   # sample_with_kl's eps: the same draws in every run
     loss = wrap(region)(mu, lv)
-    gc.collect()
-    alive = refs[0]() is not None
+    alive = refs[0]() is not None   # (refcounts: no gc pass, which costs more than the case)
+    plain = torch.autograd.grad(loss, (w, mu, lv), retain_graph=True)
     first = torch.autograd.grad(loss, (w, mu, lv), create_graph=True)
+    for g, e in zip(plain, first):
+        assert_close("first-order gradient, fused and recomputed", g, e.detach(), x.dtype)
     second = torch.autograd.grad(sum((g * g).sum() for g in first), (w, mu, lv))
     return alive, [g.detach() for g in first], list(second)
 
@@ -81,12 +84,16 @@ def _checkpointed(region):
     return lambda *a: checkpoint(region, *a, use_reentrant=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("op", OPS)
-def test_activation_checkpointing_drops_and_recomputes_the_inputs(seed, backend, op):
+def test_activation_checkpointing_drops_and_recomputes_the_inputs(seed, backend, cpu_path, op,
+                                                                  dtype):
     """The activation an op was called on is freed after a checkpointed forward (it used to
     stay alive, held outside autograd's saved tensors) and recomputed for backward; the
-    gradients, first and second order, are those of the plain call."""
-    x, w, mu, lv = _inputs(backend)
+    gradients, first and second order, are those of the plain call. Every dtype and CPU
+    path: a backward that unpacked the saved tensors twice (kl_normal off the float32 C
+    kernel) is an error under checkpointing."""
+    x, w, mu, lv = _inputs(backend, dtype)
     for _ in range(3):
         held, want1, want2 = _first_and_second(op, backend, seed, x, w, mu, lv, _plain)
         freed, got1, got2 = _first_and_second(op, backend, seed, x, w, mu, lv, _checkpointed)
@@ -95,6 +102,35 @@ def test_activation_checkpointing_drops_and_recomputes_the_inputs(seed, backend,
             assert held or backend == "reference"
         for g, e in zip(got1 + got2, want1 + want2):
             assert_close("gradient under checkpoint", g, e, x.dtype)
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+@pytest.mark.parametrize("op", OPS)
+def test_checkpoint_with_a_dispatch_mode_on_one_side(seed, backend, op, where):
+    """A dispatch mode (here FlopCounterMode) sends a call through the custom op, a plain
+    call takes the autograd.Function: a checkpointed forward and its recomputation that go
+    different ways save the same tensors (sample_with_kl's custom op saved its placeholders
+    for gradients not needed) and give the plain call's gradients."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, w, mu, lv = _inputs(backend)
+    lv.requires_grad_(False)   # a gradient not needed: the op's placeholders
+    for _ in range(2):
+        torch.manual_seed(seed)
+        want = torch.autograd.grad(_loss(op, backend, x, mu @ w, mu, lv), (w, mu))
+
+        def region(mu):
+            return _loss(op, backend, x, mu @ w, mu, lv)
+
+        torch.manual_seed(seed)
+        with FlopCounterMode(display=False) if where == "forward" else nullcontext():
+            loss = checkpoint(region, mu, use_reentrant=False)
+        w.grad = mu.grad = None
+        with FlopCounterMode(display=False) if where == "backward" else nullcontext():
+            loss.backward()   # (not autograd.grad: the mode's module hooks refuse it for ELBOLoss)
+        got = (w.grad, mu.grad)
+        for g, e in zip(got, want):
+            assert_close(f"gradient, a dispatch mode in the {where}", g, e, x.dtype)
 
 
 @pytest.mark.parametrize("op", OPS)

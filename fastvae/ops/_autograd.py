@@ -59,12 +59,15 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     return torch.where(w == 0, 0.0, g * w)
 
 
-def weigh_rows(ctx, grad_out: Optional[Tensor], likes) -> List[Optional[Tensor]]:
+def weigh_rows(ctx, grad_out: Optional[Tensor], likes, grads=None) -> List[Optional[Tensor]]:
     """The backward of a per-row op (``(B,)`` value, grad_out () or (B,)): each saved
-    gradient times grad_out along its rows, never in place, finished by :func:`to_shape`
-    with ``likes`` (one per gradient); None where ``ctx.needs`` says not needed."""
+    gradient (``grads``, default :func:`saved_grads`: pass them where backward read them
+    already, a checkpointed graph's saved tensors unpack once) times grad_out along its
+    rows, never in place, finished by :func:`to_shape` with ``likes`` (one per gradient);
+    None where ``ctx.needs`` says not needed."""
+    grads = saved_grads(ctx) if grads is None else grads
     return [to_shape(weigh(t if n else None, grad_out, 0), like)
-            for t, n, like in zip(saved_grads(ctx), ctx.needs, likes)]
+            for t, n, like in zip(grads, ctx.needs, likes)]
 
 
 def input_like(t: Optional[Tensor]):

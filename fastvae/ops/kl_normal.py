@@ -41,12 +41,12 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, *_):
-    g = None
+    g, saved = None, A.saved_grads(ctx)
     fused = getattr(backends.get(ctx.backend), "kl_normal_bwd", None)  # one pass, where offered
     if fused is not None and grad_out is not None and A.plain_eager((grad_out,)):
-        g = fused(grad_out, *A.saved_grads(ctx), ctx.needs)
+        g = fused(grad_out, *saved, ctx.needs)
     if g is None:
-        return (*A.weigh_rows(ctx, grad_out, ctx.like), None, None)
+        return (*A.weigh_rows(ctx, grad_out, ctx.like, saved), None, None)
     return (*[A.to_shape(t, like) for t, like in zip(g, ctx.like)], None, None)
 
 

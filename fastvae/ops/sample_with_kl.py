@@ -73,9 +73,11 @@ def _setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # z or the KL may go unused: their grads stay None
     ctx.needs, ctx.backend = list(needs), backend
     ctx.owns_saved = False  # set by A.owned() where the caller drops the gradient outputs
-    # the KL's gradients, then the inputs: logvar_q and the noise (eps or a seed) are what
-    # dlogvar_q reads, all of them what higher orders recompute from
-    A.save_with_inputs(ctx, output[2:], inputs[:5])
+    # the KL's gradients (None where not needed, as the value path and the route save
+    # them: not the custom op's placeholders), then the inputs: logvar_q and the noise (eps
+    # or a seed) are what dlogvar_q reads, all of them what higher orders recompute from
+    wanted = (needs[0] or needs[2], needs[1], needs[3])
+    A.save_with_inputs(ctx, [g if w else None for g, w in zip(output[2:], wanted)], inputs[:5])
     ctx.like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
 
 
@@ -88,6 +90,11 @@ def _finish(ctx, grads):
 
 def _backward(ctx, dz, g_kl, *_):
     (g_mu, g_lv, g_plv), (_, logvar, _, _, noise) = A.unpacked(ctx)
+    if not ctx.needs[1]:
+        # only dlogvar_q reads logvar_q and the noise: not read here, a compiled backward
+        # does not keep them
+        logvar = g_mu if ctx.needs[0] or ctx.needs[2] else g_plv  # for its shape only
+        noise = None
     args = (dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, ctx.needs)
     if A.plain_eager((dz, g_kl, logvar)):
         grads = backends.get(ctx.backend).sample_with_kl_bwd(

@@ -32,6 +32,18 @@ def amp_policy(enabled: bool, device: torch.device) -> Tuple[Optional[torch.dtyp
     raise ValueError(f"--amp runs on cuda or cpu devices, not {device.type}")
 
 
+def check_compiled_amp(cfg: dict, device: torch.device) -> None:
+    """ValueError for a combination that trains wrong without a word: the hierarchical VAE
+    compiled by inductor under CPU bfloat16 autocast gets no gradient into its latent
+    groups (two stages or more; torch 2.13: every group's KL stays 0). Each alone, and
+    inductor's CUDA code, are not known to."""
+    if (cfg.get("compile") and cfg.get("amp") and cfg.get("model") == "hvae"
+            and torch.device(device).type == "cpu"):
+        raise ValueError("compile: the hvae model compiled under --amp on the CPU gets no "
+                         "gradient into its latent groups (inductor's bfloat16 code); "
+                         "drop --compile or --amp")
+
+
 def bf16_native(device: torch.device) -> bool:
     """Whether the CUDA device computes in bfloat16 natively (compute capability >= 8.0)."""
     index = device.index if device.index is not None else torch.cuda.current_device()

@@ -34,7 +34,7 @@ import torch
 import fastvae
 
 from . import dmol_training as dmol, objectives
-from .amp import amp_policy, describe as describe_amp
+from .amp import amp_policy, check_compiled_amp, describe as describe_amp
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
 from .data import DataError, load_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
@@ -174,6 +174,7 @@ def _train(given: dict, log) -> dict:
             except ValueError as e:  # the flags passed alone: a saved value, or a mix
                 raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
                                       f"cannot be resumed: {e}") from None
+        check_compiled_amp(cfg, device)
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics

@@ -267,4 +267,7 @@ def test_settings_it_cannot_train_with(tmp_path, capsys):
     assert e.value.code == 2 and "--groups" in capsys.readouterr().err
     with pytest.raises(ValueError, match="groups"):
         T.train(hvae_cfg(tmp_path / "r", groups=0), log=quiet)
+    # inductor's CPU bfloat16 code left every group without a gradient (KL 0 throughout)
+    assert cli.main([*args, "--compile", "--amp", "--device", "cpu"]) == 2
+    assert "drop --compile or --amp" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()

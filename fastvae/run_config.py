@@ -3,6 +3,7 @@ checkpoint with the settings that belong to this invocation (:data:`RUNTIME_KEYS
 new ``--lr`` (:data:`RESUME_OVERRIDES`) taken from the command line."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,6 +61,21 @@ def _refuse_no_more_epochs(given: dict, epochs: int, done: int, folder, finished
                      "continue the run")
 
 
+def _finished(folder: Path, done: int) -> bool:
+    """Whether the run in ``folder`` wrote its metrics.json after its epoch ``done``. A
+    resumed run stopped in its final stage still holds the metrics.json of the run it
+    continued, for fewer epochs: not finished. One this cannot read counts as finished
+    (it is left as it is)."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return False
+    try:
+        epochs = json.loads(path.read_text())["epochs"]
+        return not epochs or int(epochs[-1]["epoch"]) >= done
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return True
+
+
 def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES, and
     RUN_KEYS_UNLESS_GIVEN only where given) and the checkpoint; a fresh run refuses a
@@ -85,10 +101,10 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
                          if given.get(k) is None and saved.get(k) is not None})
     done = int(state["epoch"])
     # --epochs equal to what is done finishes a run stopped after its last epoch (in the
-    # final estimate or the pictures: no metrics.json); otherwise there is nothing to do,
-    # and a finished run's metrics.json would be rewritten
+    # final estimate or the pictures: no metrics.json of that epoch); otherwise there is
+    # nothing to do, and a finished run's metrics.json would be rewritten
     _refuse_no_more_epochs(given, full["epochs"], done, ckpt_file.parent,
-                           finished=(ckpt_file.parent / "metrics.json").exists())
+                           finished=_finished(ckpt_file.parent, done))
     if full["epochs"] == done:
         log(f"finishing the run in {ckpt_file.parent}: its {done} epochs are trained, its "
             "final estimate, pictures and metrics.json are not")

@@ -137,6 +137,28 @@ def test_resume_without_epochs_continues_to_the_run_s_own(tmp_path, monkeypatch)
         T.train(cfg, log=quiet)
 
 
+def test_a_resumed_run_stopped_in_its_final_stage_can_be_finished(tmp_path, monkeypatch):
+    """A finished 1-epoch run resumed to 2 and stopped after epoch 2, in its final stage,
+    still holds the first run's metrics.json: resuming it again to 2 finishes it (that
+    file once read as "finished", and the command the stop printed was refused)."""
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, "_finish", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=quiet)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 1
+    seen = []
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=seen.append)
+    assert any("finishing the run" in line for line in seen)
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 2
+    with pytest.raises(ValueError, match="has already trained 2 epochs"):
+        T.train(tiny(tmp_path, resume=True), log=quiet)
+
+
 def test_checkpoint_loads_weights_only_and_refuses_to_overwrite(tmp_path):
     T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)

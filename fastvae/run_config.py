@@ -17,10 +17,11 @@ RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png",
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
                 "download", "threads")
 # Of those, the ones that describe the run rather than this invocation (how long it
-# trains, where its data lies, how far its final estimate goes): a resume without the
-# flag keeps the checkpoint's, since the flag's default would silently retarget the run
-# (60 epochs, ./data, a K=1000 estimate after a run started with --iwae-k 0).
-RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir", "iwae_k")
+# trains, where its data lies, how far its final estimate goes, the thread count its sums
+# were ordered by): a resume without the flag keeps the checkpoint's, since the flag's
+# default would silently retarget the run (60 epochs, ./data, a K=1000 estimate after a
+# run started with --iwae-k 0, a continuation that is not bit-for-bit).
+RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir", "iwae_k", "threads")
 # Settings a resumed run may change, with a note (a lower --lr after a divergence).
 RESUME_OVERRIDES = ("lr",)
 

@@ -159,6 +159,18 @@ def test_a_resumed_run_stopped_in_its_final_stage_can_be_finished(tmp_path, monk
         T.train(tiny(tmp_path, resume=True), log=quiet)
 
 
+def test_resume_keeps_the_run_s_threads_unless_given(tmp_path, monkeypatch):
+    """The thread count orders a CPU run's sums: a plain --resume keeps the run's, so it
+    continues bit-for-bit (it took the default, auto, before); --threads still changes it."""
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0, threads=2), log=quiet)
+    seen, real = [], T._set_threads
+    monkeypatch.setattr(T, "_set_threads", lambda cfg, *a: seen.append(cfg["threads"])
+                        or real(cfg, *a))
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=quiet)
+    T.train(tiny(tmp_path, epochs=3, iwae_k=0, resume=True, threads=1), log=quiet)
+    assert seen == [2, 1]
+
+
 def test_checkpoint_loads_weights_only_and_refuses_to_overwrite(tmp_path):
     T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)

@@ -63,13 +63,18 @@ class Guard:
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
         self.out, self.lr, self.check_grads = out, lr, check_grads
         self.epochs = epochs  # the run's target, which the resume command must repeat
+        self.stepped = False  # whether an optimizer step of this run passed the checks
 
     def saved(self, epoch: int) -> None:
         """Record that ``epoch``'s checkpoint is now on disk."""
         self.saved_epoch = epoch
 
-    def _stop(self, what: str, value, where: str):
-        if self.saved_epoch is None:
+    def _stop(self, what: str, value, where: str, first_update: bool = False):
+        if self.saved_epoch is None and not self.stepped and not first_update:
+            # the untrained model's loss or gradient on the first batch: no --lr changes it
+            kept = ("no optimizer step has run yet, so no --lr can help: the untrained "
+                    "model's loss overflows on this data; scale it to about [0, 1]")
+        elif self.saved_epoch is None:
             kept = "no checkpoint was written yet; start again with a lower --lr"
         else:
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
@@ -93,12 +98,13 @@ class Guard:
                           if self.check_grads and p.grad is not None)
         norms = _norms(grads + params)
         if bool(torch.isfinite(norms).all()):
+            self.stepped = True
             return
         where = f"at epoch {epoch}, step {step}/{steps}"
         grad_norm = float(torch.linalg.vector_norm(norms[:len(grads)]))
         if not math.isfinite(grad_norm):
             self._stop("gradient norm", grad_norm, where)
-        self._stop("weights after the optimizer step", "nan or inf", where)
+        self._stop("weights after the optimizer step", "nan or inf", where, first_update=True)
 
     def epoch_end(self, opt, train_m: dict, test_m: dict, epoch: int, steps: int) -> None:
         """Before the checkpoint: the optimizer state and the epoch's metrics."""

@@ -5,6 +5,7 @@ import math
 import os
 import shlex
 
+import numpy as np
 import pytest
 import torch
 
@@ -324,6 +325,18 @@ def test_diverging_epoch_is_not_saved_and_the_run_fails(tmp_path, epochs):
     assert "no checkpoint was written" in str(e.value)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_first_step_that_overflows_blames_the_data_not_the_lr(tmp_path):
+    """0..255 values under a Gaussian likelihood: the untrained model's test ELBO is finite
+    (summed in float64) but its first training loss overflows float32, before any
+    optimizer step. The advice was a lower --lr, which cannot help."""
+    data = tmp_path / "raw.npy"
+    np.save(data, np.random.default_rng(0).uniform(0, 255, (10, 8, 8)).astype(np.float32))
+    cfg = dict(out=str(tmp_path / "r"), dataset=str(data), likelihood="gaussian", epochs=1,
+               batch_size=8, iwae_k=0, progress=False)
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 1, step 1/.*no --lr can help.*scale it"):
+        T.train(cfg, log=quiet)
 
 
 def _poison_after_step(monkeypatch, at_step, what):

@@ -277,6 +277,9 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     """
     path = checkpoint_path(run)
     outer = sys.exc_info()[1]
+    for p in (Path(run), path):  # a run's checkpoint.pt that is a folder, named as such
+        if p.name == CHECKPOINT_NAME and p.is_dir():
+            raise CheckpointError(f"{p} is a folder, not a checkpoint file; move it away")
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}; train one with "

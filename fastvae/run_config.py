@@ -83,6 +83,9 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     folder that already holds one."""
     ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
     if not full["resume"]:
+        if ckpt_file.is_dir():
+            raise CheckpointError(f"{ckpt_file} is a folder, not a checkpoint file; move it "
+                                  "away, or choose another --out")
         if ckpt_file.exists():
             raise CheckpointError(f"{ckpt_file} already exists; pass --resume to continue that "
                                   "run, or choose another --out")

@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path, temp_name
 from .models import build_model
-from .options import TRAIN_CHOICES
+from .options import TRAIN_CHOICES, BadValue, seed as check_seed
 
 # What build_model cannot default: a checkpoint's config must hold these.
 MODEL_KEYS = ("data_shape", "latent")
@@ -33,9 +33,10 @@ EVAL_CONFIG = ("dataset", "data_dir", "seed", "backend")
 
 def check_config(state: dict, path, keys, purpose: str) -> None:
     """CheckpointError naming ``path`` and the first of ``keys`` its config lacks, holds
-    as another kind than :data:`SAVED_KINDS` says (a bool is no number here) or holds as
-    a text outside ``options.TRAIN_CHOICES``, instead of a KeyError or an AttributeError
-    where the value is used, or a message that does not say which file."""
+    as another kind than :data:`SAVED_KINDS` says (a bool is no number here), holds as
+    a text outside ``options.TRAIN_CHOICES`` or holds a seed out of range, instead of a
+    KeyError, an AttributeError or an OverflowError where the value is used, or a message
+    that does not say which file."""
     config = state["config"]   # a dict: load_checkpoint checked it
     for key in keys:
         if key not in config:
@@ -51,6 +52,12 @@ def check_config(state: dict, path, keys, purpose: str) -> None:
             raise CheckpointError(f"{path}: its config's {key} is {value!r}, not one of "
                                   f"{TRAIN_CHOICES[key]}; the file was not written by fastvae "
                                   "train")
+        if key == "seed" and value is not None:
+            try:
+                check_seed(value)
+            except BadValue as e:
+                raise CheckpointError(f"{path}: its config's seed {e}; the file was not "
+                                      "written by fastvae train") from None
 
 
 def load_weights(model: torch.nn.Module, weights, path) -> None:

@@ -272,6 +272,8 @@ _DROP = object()
     ("resume", "model", "resnet", "its config's model is 'resnet', not one of"),
     ("resume", "likelihood", _DROP, "its config lacks 'likelihood', needed to resume"),
     ("resume", "seed", True, "its config's seed is True, not int"),
+    ("eval", "seed", 2 ** 70, "its config's seed must be an integer in [0, 2**63 - 2**20)"),
+    ("resume", "seed", -1, "its config's seed must be an integer in [0, 2**63 - 2**20)"),
     ("resume", "lr", "x", "its config's lr is 'x', not int or float"),
     ("resume", "lr", -1.0, "its config cannot be resumed: lr: must be a positive number"),
     ("resume", "amp", 1, "its config's amp is 1, not bool")])
@@ -572,3 +574,16 @@ def test_run_files_follow_the_umask(tmp_path, umask):
         os.umask(old)
     for p in out.iterdir():
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, (p.name, oct(p.stat().st_mode))
+
+
+@pytest.mark.parametrize("command", ["train", "resume", "eval", "eval-file"])
+def test_a_folder_named_checkpoint_pt(tmp_path, capsys, command):
+    """A run folder whose checkpoint.pt is a folder: one line that says so, from every
+    command (train said to --resume, and --resume then looked inside it)."""
+    (tmp_path / CHECKPOINT_NAME).mkdir()
+    argv = {"train": ["train", "--out", str(tmp_path), "--epochs", "1"],
+            "resume": ["train", "--resume", "--out", str(tmp_path)],
+            "eval": ["eval", str(tmp_path)],
+            "eval-file": ["eval", str(tmp_path / CHECKPOINT_NAME)]}[command]
+    assert cli.main(argv) == 2
+    _one_error_line(capsys, tmp_path / CHECKPOINT_NAME, "is a folder, not a checkpoint file")

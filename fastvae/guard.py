@@ -69,11 +69,14 @@ class Guard:
         """Record that ``epoch``'s checkpoint is now on disk."""
         self.saved_epoch = epoch
 
-    def _stop(self, what: str, value, where: str, first_update: bool = False):
-        if self.saved_epoch is None and not self.stepped and not first_update:
+    def _stop(self, what: str, value, where: str, after_update: bool = False):
+        """Raise NonFiniteLoss; ``after_update``: ``what`` was written by an optimizer
+        update (which a lower --lr may fix), not computed before any."""
+        if self.saved_epoch is None and not self.stepped and not after_update:
             # the untrained model's loss or gradient on the first batch: no --lr changes it
             kept = ("no optimizer step has run yet, so no --lr can help: the untrained "
-                    "model's loss overflows on this data; scale it to about [0, 1]")
+                    "model's loss or gradient overflows on this data; scale it to about "
+                    "[0, 1]")
         elif self.saved_epoch is None:
             kept = "no checkpoint was written yet; start again with a lower --lr"
         else:
@@ -104,7 +107,7 @@ class Guard:
         grad_norm = float(torch.linalg.vector_norm(norms[:len(grads)]))
         if not math.isfinite(grad_norm):
             self._stop("gradient norm", grad_norm, where)
-        self._stop("weights after the optimizer step", "nan or inf", where, first_update=True)
+        self._stop("weights after the optimizer step", "nan or inf", where, after_update=True)
 
     def epoch_end(self, opt, train_m: dict, test_m: dict, epoch: int, steps: int) -> None:
         """Before the checkpoint: the optimizer state and the epoch's metrics."""

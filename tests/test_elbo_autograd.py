@@ -353,7 +353,7 @@ def test_a_lazily_negated_grad_output(seed, backend, op):
 
 
 def test_inputs_are_released_by_a_backward_that_frees_the_graph(seed, backend):
-    """The reference a fused op keeps to its inputs (for higher-order gradients) goes with
+    """The inputs a fused op saves (for higher-order gradients) are freed with the rest of
     the graph's saved tensors: a training loop's loss tensor, alive until the next step's
     assignment, no longer holds recon through the next forward."""
     import gc

@@ -34,7 +34,7 @@ import torch
 import fastvae
 
 from . import dmol_training as dmol, objectives
-from .amp import amp_policy, check_compiled_amp, describe as describe_amp
+from .amp import amp_policy, compile_options, describe as describe_amp
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
 from .data import DataError, load_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
@@ -174,7 +174,6 @@ def _train(given: dict, log) -> dict:
             except ValueError as e:  # the flags passed alone: a saved value, or a mix
                 raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
                                       f"cannot be resumed: {e}") from None
-        check_compiled_amp(cfg, device)
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics
@@ -335,15 +334,16 @@ def _wrap(core, cfg, device, world):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(core, device_ids=[device.index] if device.type == "cuda" else None)
+    # dynamic=False: one graph per batch shape (full and last batch), each fully
+    # specialized; there are only two shapes per run.
+    options = compile_options(cfg, device) or None
     if cfg["compile"] and cfg.get("estimator") == "dreg":
         # DReG's hook on z_k must see the decoder's gradient into z_k, which a graph that
         # samples and decodes keeps inside: compile the two halves, sample between them.
-        core.encode = torch.compile(core.encode, dynamic=False)
-        core.decode = torch.compile(core.decode, dynamic=False)
+        core.encode = torch.compile(core.encode, dynamic=False, options=options)
+        core.decode = torch.compile(core.decode, dynamic=False, options=options)
     elif cfg["compile"]:
-        # dynamic=False: one graph per batch shape (full and last batch), each fully
-        # specialized; there are only two shapes per run.
-        model = torch.compile(model, dynamic=False)
+        model = torch.compile(model, dynamic=False, options=options)
     return model
 
 

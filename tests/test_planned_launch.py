@@ -216,7 +216,7 @@ def test_each_call_keys_on_its_tensors_and_ints(checked):
     host functions fix these per plan; the key does not rely on it)."""
     k = fastvae.kernels.scale.scale_grads_kernel
     p = _launch.Planned(k, (2,), torch.device("cpu"), dict(N1=0, N2=0, N3=0, N4=0, N5=0,
-                                                           NBLK=1, BLOCK=16, num_warps=1))
+                                                           BLOCK=16, num_warps=1))
     calls = [(torch.float32, 0, 4), (torch.bfloat16, 0, 4), (torch.float32, 1, 4),
              (torch.float32, 0, 1), (torch.float32, 0, 16), (torch.float32, 0, True)]
     for dtype, offset, n0 in calls * 3:
@@ -351,7 +351,7 @@ def test_a_call_that_does_not_fit_the_plan_goes_to_triton():
     its own error; a callable grid or an interpreted kernel: never direct."""
     k = fastvae.kernels.scale.scale_grads_kernel
     p = _launch.Planned(k, (1,), torch.device("cpu"), dict(
-        N0=4, N1=0, N2=0, N3=0, N4=0, N5=0, NBLK=1, BLOCK=4, num_warps=1))
+        N0=4, N1=0, N2=0, N3=0, N4=0, N5=0, BLOCK=4, num_warps=1))
     seen = []
 
     def slow(kernel, grid, **args):

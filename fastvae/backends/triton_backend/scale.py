@@ -77,7 +77,7 @@ def _plan(live, device):
     # an unused slot's pointer: live[0]'s dtype (as the slot held live[0] itself)
     stand_in = _launch.dummy(live[0].dtype, device)
     return _launch.Planned(ks.scale_grads_kernel, (min(blocks, _programs(device)),), device,
-                           dict(**sizes, NBLK=blocks, BLOCK=block, num_warps=configs.SCALE_WARPS),
+                           dict(**sizes, BLOCK=block, num_warps=configs.SCALE_WARPS),
                            {name: stand_in for name in _SLOT_NAMES[len(live):]})
 
 

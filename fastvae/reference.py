@@ -219,16 +219,39 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
     x, recon_k, obs_logvar = upcast(x, dtype), upcast(recon_k, dtype), upcast(obs_logvar, dtype)
     k = recon_k.shape[0]
     mu, logvar = _stopped(estimator, mu, logvar)
-    log_w = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
-    log_w = log_w - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k), prior_mu,
-                                  prior_logvar).sum(-1)
+
+    def log_weights(recon_k, z_k):
+        log_px = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)
+        return log_px - mc_kl_per_dim(z_k, mu.expand_as(z_k), logvar.expand_as(z_k), prior_mu,
+                                      prior_logvar).sum(-1)
+
+    # A sample of weight exactly 0 adds 0 to every gradient: its partials can overflow (a
+    # reconstruction far off at a vanishing variance), and autograd would weigh them
+    # 0 * inf = NaN. Its log w is taken at the inputs as they are, without a gradient; the
+    # differentiated one at x and mu in place of its recon and z, where every partial is
+    # finite, and `where` gives its own inputs exactly 0.
+    held = log_weights(recon_k, z_k).detach()
+    weights = _softmax_weights(held)
+    zero = weights == 0
+
+    def per_sample(t):   # (K, B) -> broadcastable to a (K, B, ...) tensor
+        return zero.reshape(zero.shape + (1,) * (t.dim() - 2))
+    log_w = torch.where(zero, held, log_weights(torch.where(per_sample(recon_k), x, recon_k),
+                                                torch.where(per_sample(z_k), mu, z_k)))
     lse = logsumexp(log_w, 0)
-    weights = torch.softmax(log_w.detach(), dim=0)
     if estimator == "dreg":
-        # a sample of log w = -inf has weight 0: 0 * -inf would turn the value NaN
-        surrogate = (weights * torch.where(weights > 0, log_w, 0.0)).sum(0)
+        surrogate = (weights * torch.where(zero, 0.0, log_w)).sum(0)
         lse = lse.detach() + (surrogate - surrogate.detach())  # adds exactly 0 to the value
     return _reduce(lse - math.log(k), reduction), weights
+
+
+def _softmax_weights(log_w):
+    """``softmax(log_w, 0)`` as :func:`logsumexp` weighs (``exp(log_w - max) / sum``), 0 where
+    every ``log w`` is -inf (softmax: NaN)."""
+    m = log_w.amax(0, keepdim=True)
+    e = (log_w - torch.where(torch.isfinite(m), m, torch.zeros_like(m))).exp()
+    total = e.sum(0, keepdim=True)
+    return e / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def reparameterize(mu, logvar, n_samples, generator):

@@ -554,18 +554,54 @@ def test_a_far_sample_of_weight_zero(seed, backend, prior, k, d):
     assert float(grads(got, [ins[4]])[0][1, 0].abs().max()) == 0.0   # the weight 0
 
 
+def test_torch_func_grad_of_a_sample_of_weight_zero(seed):
+    """torch.func runs the reference math: at a sample of weight 0 whose (x - r)^2
+    overflows, its gradients are the eager op's, 0 there (NaN before), every input's."""
+    b, d, l, k = 2, 5, 3, 3
+    x, _, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
+    recon_k = x + 1e-19 * torch.randn(k, b, d)
+    recon_k[1, 0, 2] = x[0, 2] + 1e30
+    olv = torch.full((d,), -80.0)
+
+    def bound(*ins):
+        return fastvae.iwae_bound(x, *ins[:4], likelihood="gaussian", obs_logvar=ins[4],
+                                  reduction="sum", backend="torch")
+    ins = [leaf(t) for t in (recon_k, mu, lv, z_k, olv)]
+    want = grads(bound(*ins), ins)
+    got = torch.func.grad(bound, argnums=tuple(range(5)))(recon_k, mu, lv, z_k, olv)
+    for i, (g, e) in enumerate(zip(got, want)):
+        assert torch.isfinite(g).all(), i
+        assert_close(f"grad {i}", g, e, torch.float32, scale=e.abs().max() + 1e-3)
+    assert float(got[0][1, 0].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("estimator", ["standard", "stl", "dreg"])
+def test_every_sample_of_weight_zero(seed, backend, estimator):
+    """Every log w of a row -inf in float32 (a Gaussian decoder at obs_logvar -100 that
+    misses x; float64: about -1e42): the bound is -inf whatever the estimator (the
+    reference's DReG surrogate weighed it by softmax's NaN: a NaN bound)."""
+    k, b, d, l = 2, 2, 3, 2
+    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
+    recon_k = x + 0.5 + torch.rand(k, b, d)
+    got = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood="gaussian",
+                             obs_logvar=-100.0, estimator=estimator, backend=backend)
+    assert got.tolist() == [-math.inf] * b
+
+
 @pytest.mark.parametrize("k", [3, 12])   # the one-pass and two-pass kernels
 @pytest.mark.parametrize("obs", ["scalar", "perdim", "full"])
-def test_a_far_reconstruction_of_weight_zero(seed, backend, obs, k):
+@pytest.mark.parametrize("miss", [1e4, 1e30])
+def test_a_far_reconstruction_of_weight_zero(seed, backend, obs, k, miss):
     """A Gaussian decoder at a vanishing variance (obs_logvar -80) whose sample 1 misses
     one pixel by 1e4: its (x - r) / var overflows float32 and its log w is -inf (float64:
-    -3e42), weight 0. Its d/drecon, d/dx and d/dobs_logvar are the weight's 0, as in
-    float64, where 0 * inf had made them NaN."""
+    -3e42), weight 0; by 1e30, (x - r)^2 overflows on its own. Its d/drecon, d/dx and
+    d/dobs_logvar are the weight's 0, as in float64, where 0 * inf had made them NaN (the
+    reference backend's autograd, at 1e30)."""
     dt = torch.float32
     b, d, l = 2, 5, 3
     x, _, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
     recon_k = x + 1e-19 * torch.randn(k, b, d)   # the others close: log w moderate
-    recon_k[1, 0, 2] = x[0, 2] + 1e4
+    recon_k[1, 0, 2] = x[0, 2] + miss
     olv = {"scalar": -80.0, "perdim": torch.full((d,), -80.0),
            "full": torch.full((b, d), -80.0)}[obs]
     ins = [leaf(t) for t in (x, recon_k, mu, lv, z_k, olv)]

@@ -426,8 +426,8 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     _no_obs_logvar(obs_logvar)
     batch, _ = V.check_latents(mu, logvar)
     k = V.check_samples(z_k, mu)
-    V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     V.check_x_batch(x, batch)
+    V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     bits = V.check_bits(bits)
     V.check_grid_dtype(x, bits)
     if V.resolve_validate(validate):  # each input by its own name, before any is repeated
@@ -443,16 +443,19 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     # logvar only). The latents' parameters are repeated over the K samples, each widened
     # first, so that a gradient summed over the copies is float32 and rounds to a 16-bit
     # input's dtype once.
-    def rows(t):   # (B, L) or (L,) -> (K*B, L) or (L,)
+    def rows(t):   # (B, L) or (L,) -> (K*B, L) or (L,); L spelled: -1 cannot size B = 0
         t = widened(t)
-        return t if t is None or t.dim() == 1 else t.expand(k, *t.shape).reshape(k * batch, -1)
+        if t is None or t.dim() == 1:
+            return t
+        return t.expand(k, *t.shape).reshape(k * batch, t.shape[-1])
 
     pm = rows(V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar))
     plv = rows(V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar))
     no_data = x.new_zeros(k * batch, 0, dtype=torch.float32)
     log_pz_qz = elbo(no_data, no_data, rows(mu), rows(logvar), kl="mc",
-                     z=widened(z_k).reshape(k * batch, -1), reduction="none", backend=backend,
-                     validate=False, prior_mu=pm, prior_logvar=plv, estimator=estimator)
+                     z=widened(z_k).reshape(k * batch, z_k.shape[-1]), reduction="none",
+                     backend=backend, validate=False, prior_mu=pm, prior_logvar=plv,
+                     estimator=estimator)
     bound = reference.logsumexp(log_px + log_pz_qz.reshape(k, batch), 0) - math.log(k)
     if reduction == "none":
         return bound

@@ -210,6 +210,21 @@ def test_learned_prior(seed, backend, estimator):
             assert_close(f"d {what} / d {name}", g, e, dt, scale=e.abs().max() + 1e-3)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_iwae_bound_of_an_empty_batch(backend, reduction):
+    """B = 0, as every other likelihood: [] or 0, and gradients of the inputs' shapes
+    (a reshape to (0, -1) raised before)."""
+    dt = case_dtype(backend)
+    x, p = make(0, 1, 2, 2, 3, dt)
+    ins = [leaf(p.expand(3, *p.shape)), leaf(torch.zeros(0, 2, dtype=dt)),
+           leaf(torch.zeros(0, 2, dtype=dt)), leaf(torch.zeros(3, 0, 2, dtype=dt))]
+    got = fastvae.iwae_bound(x, *ins, likelihood=DMOL, reduction=reduction, backend=backend)
+    assert got.shape == ((0,) if reduction == "none" else ())
+    assert got.sum().item() == 0.0
+    for t, g in zip(ins, grads(got, ins)):
+        assert g.shape == t.shape
+
+
 def test_likelihood_errors():
     x, p = make(2, 3, 2, 2, 2)
     mu, lv, z = _latents(2, 3, F64)
@@ -224,6 +239,8 @@ def test_likelihood_errors():
     x3, p3 = make(3, 3, 2, 2, 2)   # x and recon_k agree, mu and z_k have another batch
     with pytest.raises(ValueError, match=r"x must have the batch size of mu \(2\)"):
         fastvae.iwae_bound(x3, p3[None], mu, lv, z[None], likelihood=DMOL)
+    with pytest.raises(ValueError, match=r"x must have the batch size of mu \(2\)"):
+        fastvae.iwae_bound(x3, p[None], mu, lv, z[None], likelihood=DMOL)   # x alone off
     with pytest.raises(ValueError, match="bits"):
         fastvae.ELBOLoss(likelihood=DMOL, bits=0)
 

@@ -175,9 +175,10 @@ non_negative_ints = comma_list(non_negative_int)
 
 def names_from(allowed):
     """A comma list whose items must be keys of ``allowed`` (read when the flag is parsed,
-    so a name registered later counts), at least one."""
+    so a name registered later counts), at least one; a repeat is dropped (it would run
+    its cases twice)."""
     def parse(s: str) -> list:
-        names = comma_list(str)(s)
+        names = list(dict.fromkeys(comma_list(str)(s)))
         unknown = [n for n in names if n not in allowed]
         if unknown:
             raise BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")

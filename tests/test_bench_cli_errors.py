@@ -177,6 +177,82 @@ def test_a_missing_pinned_triton_is_named_where_the_user_put_it(monkeypatch):
     assert "(FASTVAE_TRITON36=/nonexistent-triton36 holds no triton package)" in table
 
 
+def test_the_proxy_table_marks_a_loop_it_could_not_count():
+    """A guessed trip count is in the table, not only in the JSON's notes."""
+    from fastvae.bench.offline import proxy, report
+
+    launch = dict(kernel="k", grid=[4], warps=4, regs=32, programs_per_sm=1, warps_per_sm=4,
+                  hot_shortest=9, hot_static=9, per_element=[1.0, 1.0], issue_us=[1.0, 1.0],
+                  mufu_us=[0.0, 0.0], notes=["line 3: condition unknown (x): not taken .. taken",
+                                             "k.py:7: trip count unknown; counted once per "
+                                             "program"])
+    case = dict(op="elbo", shape="B=1", dtype="fp32", launches=[launch], memory_us=2.0,
+                bound_us=[2.0, 2.0], overlap=True)
+    table = report.proxy_table(dict(triton={"version": "3.6.0"}, gpu=proxy.H200, cases=[case]))
+    assert " k *" in table
+    assert table.splitlines()[-1] == ("  * k (elbo fp32): k.py:7: trip count unknown; counted "
+                                      "once per program")
+    launch["notes"] = launch["notes"][:1]
+    table = report.proxy_table(dict(triton={"version": "3.6.0"}, gpu=proxy.H200, cases=[case]))
+    assert " k *" not in table and "counted once" not in table
+
+
+def test_a_missing_compiler_tool_is_one_line(monkeypatch, capsys, tmp_path):
+    """nvdisasm absent: one line and exit 2 from the judge in this process, from its
+    child, and from fastvae bench (a traceback inside a traceback before)."""
+    from fastvae.bench.offline import __main__ as offline, compiler, report
+
+    monkeypatch.setattr(compiler, "_tool", lambda name: None)
+    with pytest.raises(compiler.ToolMissing, match="nvdisasm not found next to Triton"):
+        compiler.disassemble(b"", str(tmp_path))
+    monkeypatch.setattr(offline.judge, "proxy_cases", lambda cases: compiler.disassemble(
+        b"", str(tmp_path)))
+    assert offline.main(["proxy", "--here", "--ops", "elbo", "--dtype", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m fastvae.bench.offline: error: nvdisasm not found")
+    assert len(err.strip().splitlines()) == 1
+
+    class Child:   # the child's exit: its own one line
+        returncode = 2
+
+        def __init__(self, *args, **kw):
+            pass
+
+        def communicate(self, timeout=None):
+            return "", f"python -m fastvae.bench.offline: error: {err.split(': error: ')[1]}"
+    monkeypatch.setattr(report, "proxy_run", lambda *a, **kw: compiler.run_version(
+        "/t36", ["proxy"], popen=Child))
+    assert cli.main(["bench", "--proxy", "--ops", "elbo", "--dtype", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastvae bench: error: the offline judge under /t36: nvdisasm not "
+                          "found next to Triton") and len(err.strip().splitlines()) == 1
+
+
+def test_a_busy_machine_is_named_before_wall_clock_cpu_timings():
+    """Eager's small parallel ops each wait for busy cores: the header says the machine
+    was loaded, where that skews the ratios (wall clock, CPU, 2+ threads)."""
+    from fastvae.bench import report
+
+    env = dict(cpu_count=2, torch_threads=2, clock="wall", load_average=[3.2, 3.0, 2.0])
+    assert "load average 3.2 on 2 cores" in report.busy_note(env)
+    assert "--threads 1 --cpu-time" in report.busy_note(env)
+    for quiet in (dict(load_average=[0.4, 3.0, 2.0]), dict(torch_threads=1),
+                  dict(clock="cpu (thread_time)"), dict(gpu="H200"), dict(load_average=None)):
+        assert report.busy_note({**env, **quiet}) == "", quiet
+
+
+def test_a_repeated_name_runs_once():
+    from fastvae import options as o
+    from fastvae.bench import cli as bench
+
+    parser = o.Parser(prog="fastvae bench")
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--ops", "elbo,iwae,elbo", "--dtype", "fp32,fp32",
+                              "--variants", "eager,eager,compile"])
+    assert (args.ops, args.dtype, args.variants) == (["elbo", "iwae"], ["fp32"],
+                                                     ["eager", "compile"])
+
+
 def test_memory_columns_are_labelled_mib_in_text_and_markdown():
     """report.py divides bytes by 2**20: the columns say MiB (GB/s stays 1e9 bytes/s)."""
     from fastvae.bench import report

@@ -289,6 +289,10 @@ def main(argv=None) -> int:
         print(f"fastvae bench: error: {e}", file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as e:
+        from .offline.compiler import JudgeFailed, ToolMissing
+        if isinstance(e, (JudgeFailed, ToolMissing)):   # an installation to mend
+            print(f"fastvae bench: error: {e}", file=sys.stderr)
+            return 2
         line = o.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
         if line is None:
             raise

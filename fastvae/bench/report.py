@@ -97,7 +97,27 @@ def environment(device: str) -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
     else:  # whether fastvae-torch runs the compiled C row kernel or its aten fallback
         env["native_kernel"] = native_status()
+    if hasattr(os, "getloadavg"):   # before the run: what else the machine was doing
+        env["load_average"] = list(os.getloadavg())
+    env["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     return env
+
+
+BUSY_LOAD = 1.0   # runnable threads besides the bench's own that make the CPU timings suspect
+
+
+def busy_note(env: dict) -> str:
+    """A warning for wall-clock CPU timings on a machine that was busy when the run
+    started ('' otherwise). Eager runs many small parallel ops, and each waits for every
+    OpenMP thread to get a core back; the fused ops wait once. Measured on a 2-core machine
+    under load: the same command gave fastvae-torch's ELBO 4.8x eager, then 0.4x."""
+    load = env.get("load_average")
+    if (not load or "gpu" in env or env.get("clock", "").startswith("cpu")
+            or env.get("torch_threads", 1) < 2 or load[0] < BUSY_LOAD):
+        return ""
+    return (f"NOTE: load average {load[0]:.1f} on {env['cpu_count']} cores before the run: "
+            "torch's threads wait for busy cores, and wall-clock ratios to eager can be off "
+            "several times over. Rerun on an idle machine, or with --threads 1 --cpu-time.")
 
 
 def header(env: dict) -> str:
@@ -108,7 +128,10 @@ def header(env: dict) -> str:
             f"({env.get('copy_bandwidth_clock', 'wall clock')})  clock {env['clock']}")
     if "native_kernel" in env:
         head += f"\nC row kernel (fastvae-aten runs without it): {env['native_kernel']}"
-    return head
+    if env.get("omp_wait_policy"):
+        head += f"\nOMP_WAIT_POLICY={env['omp_wait_policy']}"
+    note = busy_note(env)
+    return head + ("\n" + note if note else "")
 
 
 def plot(rows: List[dict], path: str) -> None:

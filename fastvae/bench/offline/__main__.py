@@ -22,7 +22,7 @@ import warnings
 
 from ... import options as o
 from ...checkpoint import write_json
-from . import catalog, judge, report
+from . import catalog, compiler, judge, report
 
 
 def _triton_folder(path):
@@ -52,7 +52,14 @@ def main(argv=None) -> int:
     x.add_argument("--here", action="store_true", help="run under this interpreter's Triton")
     x.add_argument("--json", type=o.file_to_write, default=None)
     args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except (compiler.ToolMissing, compiler.JudgeFailed) as e:
+        print(f"python -m fastvae.bench.offline: error: {e}", file=sys.stderr)
+        return 2
 
+
+def _run(args) -> int:
     if args.cmd == "compile":
         out = judge.compile_catalog(workers=args.workers, tier=args.tier)
         print(report.compile_summary(out), file=sys.stderr)

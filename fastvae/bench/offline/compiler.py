@@ -29,6 +29,20 @@ ELEMENT_BYTES = {"fp32": 4, "f32": 4, "bf16": 2, "fp16": 2, "f16": 2, "i32": 4, 
                  "fp64": 8, "f64": 8, "i8": 1, "i1": 1, "i16": 2}
 
 
+class ToolMissing(RuntimeError):
+    """A tool the judge needs is not where this Triton keeps it: an installation to
+    mend, not a fault of the judge (its command exits 2 with the line)."""
+
+
+class JudgeFailed(RuntimeError):
+    """The judge in a child process stopped with a one-line error (exit 2); ``stderr``
+    holds all it wrote."""
+
+    def __init__(self, line: str, stderr: str):
+        super().__init__(line)
+        self.stderr = stderr
+
+
 def _tool(name: str) -> Optional[str]:
     import triton
     path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
@@ -98,7 +112,9 @@ def disassemble(cubin: bytes, workdir: str) -> str:
     """``nvdisasm -c -g``: the SASS with source lines (Triton compiles with line info)."""
     nvdisasm = _tool("nvdisasm")
     if nvdisasm is None:
-        raise RuntimeError("nvdisasm not found next to this Triton (triton/backends/nvidia/bin)")
+        import triton
+        raise ToolMissing(f"nvdisasm not found next to Triton {triton.__version__} "
+                          f"({os.path.dirname(triton.__file__)}/backends/nvidia/bin)")
     with tempfile.NamedTemporaryFile(suffix=".cubin", dir=workdir, delete=False) as f:
         f.write(cubin)
     try:
@@ -197,8 +213,12 @@ def run_version(triton_path: Optional[str], args: Iterable[str], timeout: float 
             proc.kill()
             proc.communicate()
             raise
+        where = triton_path or "this Triton"
+        if proc.returncode == 2 and stderr.strip():
+            line = stderr.strip().splitlines()[-1].split(": error: ", 1)[-1]
+            raise JudgeFailed(f"the offline judge under {where}: {line}", stderr)
         if proc.returncode != 0:
-            raise RuntimeError(f"the offline judge under {triton_path or 'this Triton'} failed "
+            raise RuntimeError(f"the offline judge under {where} failed "
                                f"({proc.returncode}):\n{stderr[-4000:]}")
         with open(path) as f:
             out = json.load(f)

@@ -98,6 +98,9 @@ def _range(pair, fmt="{:.0f}") -> str:
         f"{fmt.format(hi)} ({fmt.format(lo)})"
 
 
+_GUESS = "counted once"   # proxy.count_launch's note where it could not count a loop
+
+
 def proxy_table(out: dict) -> str:
     """One row per launch: the hot loop's instructions, instructions per element of the
     largest tensor, issue and MUFU time; a row per case with the totals beside the
@@ -120,7 +123,7 @@ def proxy_table(out: dict) -> str:
     cols = ("case", "kernel", "grid x warps", "regs", "occupancy", "hot loop insns",
             "insns/elem", "issue us", "MUFU us", "memory us", "issue/memory", "bound us",
             "% roof")
-    rows = []
+    rows, guessed = [], []
     for c in out["cases"]:
         case = f"{c['op']} {c['shape']} {c['dtype']}"
         tot = [0.0, 0.0]
@@ -129,7 +132,12 @@ def proxy_table(out: dict) -> str:
             tot = [tot[0] + la["issue_us"][0], tot[1] + la["issue_us"][1]]
             mtot = [mtot[0] + la["mufu_us"][0], mtot[1] + la["mufu_us"][1]]
             mem = c["memory_us"]
-            rows.append([case, la["kernel"], f"{la['grid'][0]} x {la['warps']}", str(la["regs"]),
+            guesses = [n for n in la["notes"] if _GUESS in n]
+            if guesses:
+                guessed.append(f"  * {la['kernel']} ({c['op']} {c['dtype']}): "
+                               + "; ".join(guesses))
+            rows.append([case, la["kernel"] + (" *" if guesses else ""),
+                         f"{la['grid'][0]} x {la['warps']}", str(la["regs"]),
                          f"{la['programs_per_sm']} ({la['warps_per_sm']}w)",
                          _range((la["hot_shortest"], la["hot_static"])),
                          _range(la["per_element"], "{:.1f}"), _range(la["issue_us"], "{:.1f}"),
@@ -148,4 +156,7 @@ def proxy_table(out: dict) -> str:
     widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(cols)]
     fmt = lambda cells: "  ".join(x.ljust(w) if i < 2 else x.rjust(w)  # noqa: E731
                                   for i, (x, w) in enumerate(zip(cells, widths)))
-    return "\n".join([head, fmt(cols), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    foot = ["* a loop whose trip count the source did not give: counted once per program, "
+            "which over- or under-counts it (the JSON's notes hold every note):", *guessed]
+    return "\n".join([head, fmt(cols), fmt(["-" * w for w in widths]), *map(fmt, rows),
+                      *(foot if guessed else [])])

@@ -42,8 +42,6 @@ calls per step (``sys.setprofile``), independent of the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -53,6 +51,7 @@ import torch
 import fastvae
 from fastvae import _env
 from fastvae import options as o
+from fastvae.checkpoint import write_json
 import fastvae.backends as backends
 from fastvae.backends.triton_backend import _launch, configs
 from fastvae.bench.offline.jit_no_gpu import jit_no_gpu
@@ -290,12 +289,11 @@ def main(argv=None):
                    help="print the N functions with the most own time (cProfile)")
     p.add_argument("--layers", type=o.non_negative_int, default=0,
                    help="also time each layer of the step alone, over N rounds")
-    p.add_argument("--json", type=o.folder, help="write the numbers here")
+    p.add_argument("--json", metavar="FILE", type=o.file_to_write,
+                   help="write the numbers here")
     args = p.parse_args(argv)
     if args.layers and args.op != "elbo":
         p.error("--layers times the ELBO's layers only")
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        p.error(f"argument --json: cannot write {args.json}: no such folder")
     torch.set_num_threads(1)
     modes, record = stub_gpu()
     with jit_no_gpu(90, record=False):
@@ -383,9 +381,8 @@ def measure(args, modes, record):
             step()
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.profile)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    if args.json:  # atomic: a failed write keeps the last file whole
+        write_json(res, args.json)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _chain_grads(device, options):
     """Gradients of the chain under bfloat16 autocast: eager's, and inductor's with
     ``options``."""
     g = torch.Generator().manual_seed(0)
-    inputs = [(0.5 * torch.randn(shape, generator=g)).to(device).requires_grad_()
+    inputs = [(0.5 * torch.randn(shape, generator=g, device="cpu")).to(device).requires_grad_()
               for shape in ((16, 8, 2, 2), (8, 8, 1, 1), (8, 8, 1, 1), (1, 8, 3, 3))]
     compiled = torch.compile(_upsampling_chain, dynamic=False, options=options)
     grads = []

@@ -3,7 +3,10 @@ Adam) of ``fastvae.models.VAE`` (D -> 400 -> L, as pytorch/examples) and ``ConvV
 
 ``eager`` / ``distributions`` / ``compile`` draw z with the eager reparameterization
 (backend "reference") and compute their own loss from the model's outputs; the
-``fastvae-*`` variants run the model on the fused backend end to end. Every variant's
+``fastvae-*`` variants run the model on the fused backend end to end (its sampler and
+loss; the layers are the same nn modules). ``compile`` here is ``torch.compile`` of the
+eager loss only: the model's forward and backward and Adam run eager, as in every
+variant, so the variants differ only in the loss (and fastvae's sampler). Every variant's
 first (checked) step starts from the same weights and noise; it returns the loss and
 every parameter's gradient. Training steps are matmul-bound: no roofline.
 """

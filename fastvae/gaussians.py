@@ -84,8 +84,8 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
 
     Args:
         mu_q, logvar_q: ``(B, *)`` posterior, one dtype.
-        mu_p, logvar_p: the prior, as in :func:`kl_normal`; both None (the default) is
-            N(0, I).
+        mu_p, logvar_p: the prior, as in :func:`kl_normal`; None stands for 0, so both
+            None (the default) is N(0, I).
         generator, backend, validate: as in :func:`reparameterize`.
 
     Seeds: eps is drawn exactly as :func:`reparameterize` draws it on the same backend

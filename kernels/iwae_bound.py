@@ -205,11 +205,15 @@ def iwae_bound_rows_kernel(
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
         new_max = tl.maximum(run_max, log_w)
-        run_sum = run_sum * exp_(run_max - new_max) + exp_(log_w - new_max)
+        # every log w so far -inf (a likelihood or KL past float32): shift by 0, as
+        # -inf - -inf is NaN; the sum stays 0 and the bound -inf
+        shift = tl.where(new_max > float("-inf"), new_max, 0.0)
+        run_sum = run_sum * exp_(run_max - shift) + exp_(log_w - shift)
         run_max = new_max
         r_base += stride_rk
         z_base += stride_zk
-    lse = run_max + log_(run_sum)
+    shift = tl.where(run_max > float("-inf"), run_max, 0.0)
+    lse = shift + log_(run_sum)
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
     # ---- pass 2: gradients weighted by softmax_k(log w_k) * c -------------------------
@@ -221,7 +225,7 @@ def iwae_bound_rows_kernel(
         inv_sum = tl.where(rmask, rcp_(run_sum), 0.0)
         for k in range(0, K):
             lw_off = (zero + k) * b_pad + rows
-            w = exp_(tl.load(LOG_W + lw_off) - run_max) * inv_sum
+            w = exp_(tl.load(LOG_W + lw_off) - shift) * inv_sum
             if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
                 tl.store(WEIGHTS + (zero + k) * B + rows, w, mask=rmask)
             tl.store(LOG_W + lw_off, w * c)
@@ -339,7 +343,8 @@ def iwae_bound_onepass_kernel(
     log_w = tl.sum(tl.where(m_d, value, 0.0), axis=2) - tl.sum(tl.where(m_l, kl, 0.0), axis=2)
     rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
     log_w = tl.where(rk, log_w, float("-inf"))
-    row_max = tl.where(rmask, tl.max(log_w, axis=1), 0.0)
+    row_max = tl.max(log_w, axis=1)   # a row all -inf shifts by 0 (-inf - -inf is NaN)
+    row_max = tl.where(rmask & (row_max > float("-inf")), row_max, 0.0)
     p = exp_(log_w - row_max[:, None])                  # 0 for padded samples and rows
     p_sum = tl.sum(p, axis=1)
     lse = row_max + log_(tl.where(rmask, p_sum, 1.0))

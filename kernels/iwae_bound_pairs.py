@@ -165,7 +165,7 @@ def iwae_bound_pairs_kernel(
     # and sum (padded pairs: -inf, weight 0; their own "row" gets max 0)
     same = local[:, None] == local[None, :]
     row_max = tl.max(tl.where(same, log_w[None, :], float("-inf")), axis=1)
-    row_max = tl.where(pmask, row_max, 0.0)
+    row_max = tl.where(pmask & (row_max > float("-inf")), row_max, 0.0)   # all -inf: 0
     e = exp_(log_w - row_max)
     row_sum = tl.sum(tl.where(same, e[None, :], 0.0), axis=1)
     row_sum = tl.where(pmask, row_sum, 1.0)

@@ -575,16 +575,24 @@ def test_torch_func_grad_of_a_sample_of_weight_zero(seed):
     assert float(got[0][1, 0].abs().max()) == 0.0
 
 
+@pytest.mark.parametrize("likelihood,k,d", [("gaussian", 2, 3), ("gaussian", 12, 3),
+                                             ("bernoulli", 5, 272)])  # one pass, two, pairs
 @pytest.mark.parametrize("estimator", ["standard", "stl", "dreg"])
-def test_every_sample_of_weight_zero(seed, backend, estimator):
-    """Every log w of a row -inf in float32 (a Gaussian decoder at obs_logvar -100 that
-    misses x; float64: about -1e42): the bound is -inf whatever the estimator (the
-    reference's DReG surrogate weighed it by softmax's NaN: a NaN bound)."""
-    k, b, d, l = 2, 2, 3, 2
+def test_every_sample_of_weight_zero(seed, backend, estimator, likelihood, k, d):
+    """Every log w of a row -inf in float32: a Gaussian decoder at obs_logvar -100 that
+    misses x (float64: about -1e42), or every z_k 1e30 from a wider q's mean (the MC KL
+    past float32). The bound is -inf whatever the estimator and kernel: the Triton
+    kernels' logsumexp shifted by the max, -inf - -inf = NaN, and the reference's DReG
+    surrogate weighed the row by softmax's NaN."""
+    b, l = 2, 2
     x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
-    recon_k = x + 0.5 + torch.rand(k, b, d)
-    got = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood="gaussian",
-                             obs_logvar=-100.0, estimator=estimator, backend=backend)
+    if likelihood == "gaussian":
+        recon_k = x + 0.5 + torch.rand(k, b, d)
+    else:
+        mu, lv, z_k = torch.zeros(b, l), torch.full((b, l), 2.0), torch.full((k, b, l), 1e30)
+    got = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood=likelihood,
+                             obs_logvar=-100.0 if likelihood == "gaussian" else 0.0,
+                             estimator=estimator, backend=backend)
     assert got.tolist() == [-math.inf] * b
 
 

@@ -16,6 +16,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 from fastvae.bench.offline import proxy as P  # noqa: E402
 from fastvae.bench.offline import sass as S  # noqa: E402
 from fastvae.bench.offline import trips  # noqa: E402
+from fastvae.kernels.reduce import last_ticket  # noqa: E402,F401 (_toy_outer calls it)
 
 
 @triton.jit
@@ -78,6 +79,47 @@ def test_trip_count_from_the_kernel_source():
     got, notes = trips.executions(_toy_kernel, _FILE, _FOR_LINE, {"N": 1000, "BLOCK": 64},
                                   (5,))
     assert got == (5 * 16, 5 * 16), notes  # cdiv(1000, 64) = 16 passes per program
+
+
+@triton.jit
+def _toy_inner(X, N, BLOCK: tl.constexpr):
+    for i in range(0, N, BLOCK):   # reached from the kernel through two helpers
+        tl.store(X + i, 0.0)
+
+
+@triton.jit
+def _toy_outer(X, COUNTER, N, BLOCK: tl.constexpr):
+    if last_ticket(COUNTER, tl.num_programs(0)):
+        _toy_inner(X, N, BLOCK)
+
+
+@triton.jit
+def _toy_chain_kernel(X, COUNTER, N, FLAG: tl.constexpr, BLOCK: tl.constexpr):
+    STEP: tl.constexpr = 2 * BLOCK
+    if FLAG:
+        for i in range(0, N, STEP):   # a flag and an annotated constexpr decide it
+            tl.store(X + i, 1.0)
+    _toy_outer(X, COUNTER, N, BLOCK)
+
+
+def _for_line(fn) -> int:
+    lines, first = inspect.getsourcelines(fn.fn)
+    return first + next(i for i, s in enumerate(lines) if s.strip().startswith("for "))
+
+
+def test_trip_counts_through_flags_constexprs_helpers_and_the_ticket():
+    """A bool flag and a ``NAME: tl.constexpr = ...`` are read; a loop two helpers down is
+    found; the ticket branch runs in one program of the grid. Each was a guess: once per
+    program."""
+    args = {"N": 1000, "BLOCK": 64, "FLAG": True}
+    got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_chain_kernel),
+                                  args, (5,))
+    assert got == (5 * 8, 5 * 8), notes             # cdiv(1000, 128) a program
+    got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_chain_kernel),
+                                  dict(args, FLAG=False), (5,))
+    assert got == (0, 0), notes
+    got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_inner), args, (5,))
+    assert got == (16, 16), notes                   # cdiv(1000, 64), the last program only
 
 
 def test_proxy_arithmetic_on_the_snippet():

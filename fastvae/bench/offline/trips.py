@@ -47,7 +47,9 @@ _CALLS = {"cdiv": _cdiv, "min": min, "max": max, "minimum": min, "maximum": max,
 
 def _value(v):
     v = getattr(v, "value", v)  # tl.constexpr
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool):     # a flag: REDUCE=True, as Triton's ``if`` reads it
+        return int(v)
+    if not isinstance(v, (int, float)):
         raise Unknown(repr(v))
     return v
 
@@ -181,9 +183,11 @@ def _statement_path(node, func, parents) -> List[ast.stmt]:
 
 def _assign(stmt, ev: _Eval) -> None:
     """Track a straight-line assignment; anything else forgets the names it binds."""
-    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0],
-                                                                             ast.Name):
-        name = stmt.targets[0].id
+    target = (stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+              else stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None
+              else None)   # ``NAME: tl.constexpr = ...`` binds as ``NAME = ...`` does
+    if isinstance(target, ast.Name):
+        name = target.id
         call = stmt.value
         is_pid = (isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "program_id")
         try:
@@ -225,7 +229,7 @@ def _count(block, path, ev: _Eval, leaf: Callable[[_Eval], Tuple[int, int]],
         in_body = any(nxt is s for s in target.body)
         branch = target.body if in_body else target.orelse
         try:
-            cond = bool(ev(target.test))
+            cond = bool(_ticket(ev, target.test) if _is_ticket(target.test) else ev(target.test))
         except Unknown as e:
             note = f"line {target.lineno}: condition unknown ({e}): not taken .. taken"
             if note not in notes:
@@ -237,6 +241,41 @@ def _count(block, path, ev: _Eval, leaf: Callable[[_Eval], Tuple[int, int]],
     if isinstance(target, (ast.With, ast.While)):
         return _count(target.body, path[1:], ev, leaf, notes)
     raise Unknown(f"line {target.lineno}: {type(target).__name__} on the way to the loop")
+
+
+def _is_ticket(test) -> bool:
+    """``if last_ticket(COUNTER, n):`` (kernels/reduce.py): taken by one program of n."""
+    return (isinstance(test, ast.Call) and len(test.args) == 2
+            and (getattr(test.func, "id", None) or getattr(test.func, "attr", None))
+            == "last_ticket")
+
+
+def _ticket(ev: _Eval, test: ast.Call) -> bool:
+    """Which program takes the ticket branch does not matter to the count: the last of
+    each n (a one-axis grid: the program n - 1)."""
+    n = int(ev(test.args[1]))
+    ev.pid.used = True
+    return ev.pid.value % n == n - 1
+
+
+def _call_chain(kfunc: ast.FunctionDef, func: ast.FunctionDef, funcs) -> Optional[list]:
+    """The calls that lead from the kernel to ``func``'s body through helpers, each a
+    (call node, the called function's definition), or None: the shortest chain."""
+    seen, frontier = {kfunc.name}, [(kfunc, [])]
+    while frontier:
+        nxt = []
+        for caller, chain in frontier:
+            for n in ast.walk(caller):
+                if not isinstance(n, ast.Call):
+                    continue
+                name = getattr(n.func, "id", None) or getattr(n.func, "attr", None)
+                if name == func.name:
+                    return chain + [(n, func)]
+                if name in funcs and name not in seen:
+                    seen.add(name)
+                    nxt.append((funcs[name][1], chain + [(n, funcs[name][1])]))
+        frontier = nxt
+    return None
 
 
 def _call_args(call: ast.Call, func: ast.FunctionDef, ev: _Eval) -> Dict[str, object]:
@@ -276,26 +315,32 @@ def executions(kernel, file: str, line: int, args: Dict[str, object],
         programs *= g
 
     def in_kernel(pid: _Pid) -> Tuple[int, int]:
-        env = {k: v for k, v in args.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        env = {k: v for k, v in args.items() if isinstance(v, (int, float))}
         ev = _Eval(env, globs_of[kfile], pid, grid)
         def loop_leaf(e):
             n = len(_range(e, loop.iter))
             return n, n
         if func is kfunc:
             return _count(kfunc.body, _statement_path(loop, kfunc, parents), ev, loop_leaf, notes)
-        # a helper: where the kernel calls it (directly), then the loop inside it
-        kparents = _tree(kfile)[1]
-        site = next((n for n in ast.walk(kfunc) if isinstance(n, ast.Call)
-                     and (getattr(n.func, "id", None) or getattr(n.func, "attr", None)) == func.name),
-                    None)
-        if site is None:
-            raise Unknown(f"{func.name} is not called from {kernel.fn.__name__} directly")
-        hparents = _tree(file)[1]
+        # a helper: the calls that lead to it from the kernel, then the loop inside it
+        chain = _call_chain(kfunc, func, funcs)
+        if chain is None:
+            raise Unknown(f"{func.name} is not reached from {kernel.fn.__name__}")
 
-        def at_site(e: _Eval) -> Tuple[int, int]:
-            hev = _Eval(_call_args(site, funcs[func.name][1], e), globs_of[file], e.pid, grid)
-            return _count(func.body, _statement_path(loop, func, hparents), hev, loop_leaf, notes)
-        return _count(kfunc.body, _statement_path(site, kfunc, kparents), ev, at_site, notes)
+        def through(i: int, caller: ast.FunctionDef, e: _Eval) -> Tuple[int, int]:
+            site, callee = chain[i]
+            cfile = funcs[caller.name][0]
+
+            def at_site(e2: _Eval) -> Tuple[int, int]:
+                hev = _Eval(_call_args(site, callee, e2), globs_of[funcs[callee.name][0]],
+                            e2.pid, grid)
+                if i + 1 == len(chain):
+                    return _count(callee.body, _statement_path(loop, callee, parents), hev,
+                                  loop_leaf, notes)
+                return through(i + 1, callee, hev)
+            return _count(caller.body, _statement_path(site, caller, _tree(cfile)[1]), e,
+                          at_site, notes)
+        return through(0, kfunc, ev)
 
     try:
         probe = _Pid(0)

@@ -102,6 +102,14 @@ def _toy_chain_kernel(X, COUNTER, N, FLAG: tl.constexpr, BLOCK: tl.constexpr):
     _toy_outer(X, COUNTER, N, BLOCK)
 
 
+@triton.jit
+def _toy_twice_kernel(X, N, FLAG: tl.constexpr, BLOCK: tl.constexpr):
+    if FLAG:
+        _toy_inner(X, N, BLOCK)
+    else:
+        _toy_inner(X, 2 * N, BLOCK)
+
+
 def _for_line(fn) -> int:
     lines, first = inspect.getsourcelines(fn.fn)
     return first + next(i for i, s in enumerate(lines) if s.strip().startswith("for "))
@@ -109,8 +117,9 @@ def _for_line(fn) -> int:
 
 def test_trip_counts_through_flags_constexprs_helpers_and_the_ticket():
     """A bool flag and a ``NAME: tl.constexpr = ...`` are read; a loop two helpers down is
-    found; the ticket branch runs in one program of the grid. Each was a guess: once per
-    program."""
+    found; the ticket branch runs in one program of the grid; a helper called at two
+    sites counts the one its branch takes. Each was a guess (once per program) or, the
+    second site, a silent 0."""
     args = {"N": 1000, "BLOCK": 64, "FLAG": True}
     got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_chain_kernel),
                                   args, (5,))
@@ -120,6 +129,10 @@ def test_trip_counts_through_flags_constexprs_helpers_and_the_ticket():
     assert got == (0, 0), notes
     got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_inner), args, (5,))
     assert got == (16, 16), notes                   # cdiv(1000, 64), the last program only
+    for flag, per_program in ((True, 16), (False, 32)):   # each call site, as its branch
+        got, notes = trips.executions(_toy_twice_kernel, _FILE, _for_line(_toy_inner),
+                                      dict(args, FLAG=flag), (5,))
+        assert got == (5 * per_program, 5 * per_program), notes
 
 
 def test_proxy_arithmetic_on_the_snippet():

@@ -129,7 +129,31 @@ class _Eval:
             return self(f.value) if name == "to" else self(n.args[0])
         if name in _CALLS:
             return _CALLS[name](*[self(a) for a in n.args])
+        helper = _returned_expression(self.globs.get(name) if isinstance(f, ast.Name) else None)
+        if helper is not None:   # a @triton.jit helper that is one ``return <expr>``
+            params, expr = helper
+            env = dict(zip(params, [self(a) for a in n.args]))
+            env.update((k.arg, self(k.value)) for k in n.keywords)
+            return _Eval(env, self.globs, self.pid, self.grid)(expr)
         raise Unknown(f"call {name}")
+
+
+def _returned_expression(fn):
+    """(parameter names, the returned expression) of a ``@triton.jit`` function whose body
+    is one ``return`` (after its docstring), else None."""
+    code = getattr(getattr(fn, "fn", None), "__code__", None)
+    if code is None:
+        return None
+    tree = _tree(code.co_filename)[0]
+    node = next((n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                 and n.name == code.co_name and n.lineno <= code.co_firstlineno + 2), None)
+    if node is None:
+        return None
+    body = [b for b in node.body if not (isinstance(b, ast.Expr)
+                                          and isinstance(b.value, ast.Constant))]
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        return None
+    return [a.arg for a in node.args.args], body[0].value
 
 
 def _range(ev: _Eval, call) -> range:
@@ -258,22 +282,26 @@ def _ticket(ev: _Eval, test: ast.Call) -> bool:
     return ev.pid.value % n == n - 1
 
 
+def _calls_to(caller: ast.FunctionDef, name: str) -> List[ast.Call]:
+    return [n for n in ast.walk(caller) if isinstance(n, ast.Call)
+            and (getattr(n.func, "id", None) or getattr(n.func, "attr", None)) == name]
+
+
 def _call_chain(kfunc: ast.FunctionDef, func: ast.FunctionDef, funcs) -> Optional[list]:
-    """The calls that lead from the kernel to ``func``'s body through helpers, each a
-    (call node, the called function's definition), or None: the shortest chain."""
+    """The functions through which the kernel reaches ``func`` (the shortest chain of
+    helpers, ``func`` last), or None."""
     seen, frontier = {kfunc.name}, [(kfunc, [])]
     while frontier:
         nxt = []
         for caller, chain in frontier:
+            if _calls_to(caller, func.name):
+                return chain + [func]
             for n in ast.walk(caller):
-                if not isinstance(n, ast.Call):
-                    continue
-                name = getattr(n.func, "id", None) or getattr(n.func, "attr", None)
-                if name == func.name:
-                    return chain + [(n, func)]
+                name = (getattr(n.func, "id", None) or getattr(n.func, "attr", None)
+                        if isinstance(n, ast.Call) else None)
                 if name in funcs and name not in seen:
                     seen.add(name)
-                    nxt.append((funcs[name][1], chain + [(n, funcs[name][1])]))
+                    nxt.append((funcs[name][1], chain + [funcs[name][1]]))
         frontier = nxt
     return None
 
@@ -328,18 +356,22 @@ def executions(kernel, file: str, line: int, args: Dict[str, object],
             raise Unknown(f"{func.name} is not reached from {kernel.fn.__name__}")
 
         def through(i: int, caller: ast.FunctionDef, e: _Eval) -> Tuple[int, int]:
-            site, callee = chain[i]
-            cfile = funcs[caller.name][0]
-
-            def at_site(e2: _Eval) -> Tuple[int, int]:
-                hev = _Eval(_call_args(site, callee, e2), globs_of[funcs[callee.name][0]],
-                            e2.pid, grid)
-                if i + 1 == len(chain):
-                    return _count(callee.body, _statement_path(loop, callee, parents), hev,
-                                  loop_leaf, notes)
-                return through(i + 1, callee, hev)
-            return _count(caller.body, _statement_path(site, caller, _tree(cfile)[1]), e,
-                          at_site, notes)
+            """The loop's passes over every call of ``chain[i]`` in ``caller``, summed."""
+            callee = chain[i]
+            cparents = _tree(funcs[caller.name][0])[1]
+            lo = hi = 0
+            for site in _calls_to(caller, callee.name):
+                def at_site(e2: _Eval, site=site) -> Tuple[int, int]:
+                    hev = _Eval(_call_args(site, callee, e2), globs_of[funcs[callee.name][0]],
+                                e2.pid, grid)
+                    if i + 1 == len(chain):
+                        return _count(callee.body, _statement_path(loop, callee, parents), hev,
+                                      loop_leaf, notes)
+                    return through(i + 1, callee, hev)
+                a, b = _count(caller.body, _statement_path(site, caller, cparents),
+                              _Eval(dict(e.env), e.globs, e.pid, grid), at_site, notes)
+                lo, hi = lo + a, hi + b
+            return lo, hi
         return through(0, kfunc, ev)
 
     try:

@@ -426,6 +426,7 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     _no_obs_logvar(obs_logvar)
     batch, _ = V.check_latents(mu, logvar)
     k = V.check_samples(z_k, mu)
+    V.check_tensor("x", x)
     V.check_x_batch(x, batch)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     bits = V.check_bits(bits)

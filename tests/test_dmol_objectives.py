@@ -241,6 +241,8 @@ def test_likelihood_errors():
         fastvae.iwae_bound(x3, p3[None], mu, lv, z[None], likelihood=DMOL)
     with pytest.raises(ValueError, match=r"x must have the batch size of mu \(2\)"):
         fastvae.iwae_bound(x3, p[None], mu, lv, z[None], likelihood=DMOL)   # x alone off
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        fastvae.iwae_bound(None, p[None], mu, lv, z[None], likelihood=DMOL)
     with pytest.raises(ValueError, match="bits"):
         fastvae.ELBOLoss(likelihood=DMOL, bits=0)
 

@@ -117,8 +117,19 @@ def write_idx(path, array: np.ndarray) -> None:
     Path(path).write_bytes(gzip.compress(data) if str(path).endswith(".gz") else data)
 
 
+def value_range(lo: float, hi: float) -> str:
+    """``[lo, hi]`` with the digits that tell each bound apart from its neighbours (``:g``
+    printed 1 + 2^-23 as 1: "needs pixels in [0, 1], got [0, 1]")."""
+    def exact(v: float) -> str:
+        return f"{v:g}" if float(f"{v:g}") == v else repr(v)
+    return f"[{exact(lo)}, {exact(hi)}]"
+
+
 def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
     """``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, D)`` -> float32 NCHW."""
+    if not isinstance(array, np.ndarray):   # an .npz member that is not a .npy: its bytes
+        raise DataError(f"{source}: expected a .npy array, got a {type(array).__name__} (an "
+                        "archive member that is not a .npy file?)")
     # complex is a number to numpy, but the float32 cast would drop its imaginary part
     if (array.dtype == object or np.issubdtype(array.dtype, np.complexfloating)
             or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .data import DataError, Dataset
+from .data import DataError, Dataset, value_range
 from .observation import DEFAULT_N_MIX, DMOL_BITS
 from .validation import DMOL
 
@@ -79,8 +79,8 @@ def _on_grid(x: torch.Tensor, n: int, name: str) -> torch.Tensor:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         raise DataError(f"{name}: --likelihood {DMOL} needs pixels in [0, 1] on the "
-                        f"{DMOL_BITS}-bit grid k/{n}, got values in [{lo:g}, {hi:g}]; store the "
-                        "images as uint8 (0..255)")
+                        f"{DMOL_BITS}-bit grid k/{n}, got values in {value_range(lo, hi)}; "
+                        "store the images as uint8 (0..255)")
     k = torch.round(x.double() * n)
     dist = (x.double() * n - k).abs()
     # a float16 file holds k/255 rounded to float16 (up to 0.062 of a bin off): a value

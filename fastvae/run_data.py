@@ -10,7 +10,7 @@ import math
 import torch
 
 from .checkpoint import CheckpointError
-from .data import DataError
+from .data import DataError, value_range
 from .guard import all_finite
 
 
@@ -28,7 +28,8 @@ def _check_range(data, likelihood: str) -> None:
         hi = max(float(data.train.max()), float(data.test.max()))
         if lo < 0 or hi > 1:
             raise DataError(f"{data.name}: likelihood {likelihood!r} needs pixels in [0, 1], got "
-                            f"[{lo:g}, {hi:g}]; rescale the data or use --likelihood gaussian")
+                            f"{value_range(lo, hi)}; rescale the data or use --likelihood "
+                            "gaussian")
 
 
 def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str,

@@ -147,6 +147,12 @@ def test_bad_array_files(tmp_path):
     truncated.write_bytes(good.read_bytes()[:-40])
     with pytest.raises(DataError, match="trunc.npz"):
         load_dataset(str(truncated))
+    import zipfile   # a zip whose member is no .npy: numpy hands back its bytes
+    with zipfile.ZipFile(tmp_path / "csv.npz", "w") as z:
+        z.writestr("images.csv", "0,1,0")
+    with pytest.raises(DataError, match=r"csv.npz\[images.csv\]: expected a .npy array, got "
+                                        r"a bytes"):
+        load_dataset(str(tmp_path / "csv.npz"))
     obj = tmp_path / "obj.npy"
     np.save(obj, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="obj.npy"):
@@ -216,3 +222,11 @@ def test_digits_docstring_states_the_split_it_makes():
     split = f"{len(ds.train)}/{len(ds.test)}"
     assert split in data.load_digits.__doc__
     assert "1437/360" not in (data.__doc__ or "") + data.load_digits.__doc__
+
+
+def test_a_range_names_bounds_that_differ_from_their_neighbours():
+    """1 + 2^-23 is out of [0, 1]: a message that printed it as 1 contradicted itself."""
+    from fastvae.data import value_range
+    assert value_range(0.0, 255.0) == "[0, 255]"
+    assert value_range(-0.5, float(np.nextafter(np.float32(1), np.float32(2)))) == \
+        "[-0.5, 1.0000001192092896]"

@@ -16,6 +16,13 @@ from ._math import load_f32, store_as
 
 
 @triton.jit
+def blocks(N, BLOCK: tl.constexpr):
+    """``cdiv(N, BLOCK)`` without forming ``N + BLOCK - 1``: an int32 ``N`` within BLOCK of
+    2^31 wraps that sum negative, and a loop up to it would scale nothing."""
+    return N // BLOCK + (N % BLOCK != 0)
+
+
+@triton.jit
 def _scale_block(G, N, blk, go, BLOCK: tl.constexpr):
     offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -32,15 +39,15 @@ def scale_grads_kernel(
     if go != 1.0:
         # a loop per tensor over its own blocks: one shared loop over the largest tensor's
         # blocks would issue every slot's masked loads and stores on each of its passes
-        for blk in range(tl.program_id(0), tl.cdiv(N0, BLOCK), tl.num_programs(0)):
+        for blk in range(tl.program_id(0), blocks(N0, BLOCK), tl.num_programs(0)):
             _scale_block(G0, N0, blk, go, BLOCK)
-        for blk in range(tl.program_id(0), tl.cdiv(N1, BLOCK), tl.num_programs(0)):
+        for blk in range(tl.program_id(0), blocks(N1, BLOCK), tl.num_programs(0)):
             _scale_block(G1, N1, blk, go, BLOCK)
-        for blk in range(tl.program_id(0), tl.cdiv(N2, BLOCK), tl.num_programs(0)):
+        for blk in range(tl.program_id(0), blocks(N2, BLOCK), tl.num_programs(0)):
             _scale_block(G2, N2, blk, go, BLOCK)
-        for blk in range(tl.program_id(0), tl.cdiv(N3, BLOCK), tl.num_programs(0)):
+        for blk in range(tl.program_id(0), blocks(N3, BLOCK), tl.num_programs(0)):
             _scale_block(G3, N3, blk, go, BLOCK)
-        for blk in range(tl.program_id(0), tl.cdiv(N4, BLOCK), tl.num_programs(0)):
+        for blk in range(tl.program_id(0), blocks(N4, BLOCK), tl.num_programs(0)):
             _scale_block(G4, N4, blk, go, BLOCK)
-        for blk in range(tl.program_id(0), tl.cdiv(N5, BLOCK), tl.num_programs(0)):
+        for blk in range(tl.program_id(0), blocks(N5, BLOCK), tl.num_programs(0)):
             _scale_block(G5, N5, blk, go, BLOCK)

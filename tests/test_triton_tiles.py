@@ -23,6 +23,9 @@ if not KERNELS_RUN:  # one line in the report, not one per test
                 "runs this module with it)", allow_module_level=True)
 
 import fastvae  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from fastvae.kernels.scale import blocks  # noqa: E402
 from _compare import assert_close, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
 from test_elbo import check_against_formula, make_like  # noqa: E402
@@ -119,12 +122,13 @@ def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches, monkeypat
 
 
 
-@pytest.mark.parametrize("sizes", [(5, 20000, 0, 1, 8193, 3), (8192, 8192, 1, 0, 0, 0),
-                                   (0, 0, 0, 0, 0, 24577)])
+@pytest.mark.parametrize("sizes", [(5, 20000, 7, 1, 8193, 3), (5, 20000, 0, 1, 8193, 3),
+                                   (8192, 8192, 1, 0, 0, 0), (0, 0, 0, 0, 0, 24577)])
 def test_backward_scale_walks_each_tensor_over_its_own_blocks(seed, gpu_tiles, monkeypatch,
                                                                sizes):
-    """Every slot scaled, whichever is largest and with every other empty or one block:
-    each tensor has its loop over its own blocks, the grid capped at 2 programs."""
+    """Every slot scaled (all six filled, or some empty: the others move up), whichever
+    is largest and with the others one block: each tensor has its loop over its own
+    blocks, the grid capped at 2 programs."""
     from fastvae.backends.triton_backend import scale
     monkeypatch.setattr(scale, "_programs", lambda device: 2)
     monkeypatch.setattr(scale, "_PLANS", {})
@@ -134,6 +138,20 @@ def test_backward_scale_walks_each_tensor_over_its_own_blocks(seed, gpu_tiles, m
     scale.scale_saved_(grads, torch.tensor(-0.375))
     for g, w in zip(grads, want):   # the interpreter may round the last bit otherwise
         torch.testing.assert_close(g.float(), w.float(), rtol=2 ** -7, atol=0)
+
+
+@triton.jit
+def _count_blocks(OUT, N, BLOCK: tl.constexpr):
+    tl.store(OUT, blocks(N, BLOCK))
+
+
+def test_the_scale_loops_count_blocks_without_overflow(kernels):
+    """A tensor of 2^31 - 1 elements has an int32 size: cdiv's N + BLOCK - 1 wrapped
+    negative there, and its loop scaled nothing (2^31 - 8191 .. 2^31 - 1 elements)."""
+    for n in (0, 1, 8191, 8192, 8193, 2 ** 31 - 8191, 2 ** 31 - 1):
+        out = torch.zeros(1, dtype=torch.int64)
+        _count_blocks[(1,)](out, n, BLOCK=8192)
+        assert out.item() == -(-n // 8192), n
 
 # -- the IWAE bound: which kernel, and every shipped tile ----------------------------------------
 

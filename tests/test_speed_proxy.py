@@ -110,6 +110,12 @@ def _toy_twice_kernel(X, N, FLAG: tl.constexpr, BLOCK: tl.constexpr):
         _toy_inner(X, 2 * N, BLOCK)
 
 
+@triton.jit
+def _toy_2d_kernel(X, N, BLOCK: tl.constexpr):
+    for i in range(tl.program_id(0) + tl.program_id(1), N, BLOCK):   # each program's own
+        tl.store(X + i, 0.0)
+
+
 def _for_line(fn) -> int:
     lines, first = inspect.getsourcelines(fn.fn)
     return first + next(i for i, s in enumerate(lines) if s.strip().startswith("for "))
@@ -129,6 +135,10 @@ def test_trip_counts_through_flags_constexprs_helpers_and_the_ticket():
     assert got == (0, 0), notes
     got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_inner), args, (5,))
     assert got == (16, 16), notes                   # cdiv(1000, 64), the last program only
+    # a (4, 3) grid: program (a, b) starts at a + b; 48 passes in all for N = 64, BLOCK 4
+    got, notes = trips.executions(_toy_2d_kernel, _FILE, _for_line(_toy_2d_kernel),
+                                  {"N": 64, "BLOCK": 4}, (4, 3))
+    assert got == (sum(len(range(a + b, 64, 4)) for a in range(4) for b in range(3)),) * 2, notes
     for flag, per_program in ((True, 16), (False, 32)):   # each call site, as its branch
         got, notes = trips.executions(_toy_twice_kernel, _FILE, _for_line(_toy_inner),
                                       dict(args, FLAG=flag), (5,))

@@ -121,10 +121,11 @@ class _Eval:
             axis = self(n.args[0]) if n.args else 0
             if name == "num_programs":
                 return self.grid[axis] if axis < len(self.grid) else 1
-            if axis != 0:
-                raise Unknown("program_id(%d)" % axis)
-            self.pid.used = True
-            return self.pid.value
+            self.pid.used = True   # the flat index, axis 0 fastest (as CUDA's block order)
+            index = self.pid.value
+            for a in range(axis):
+                index //= self.grid[a] if a < len(self.grid) else 1
+            return index % self.grid[axis] if axis < len(self.grid) else 0
         if name in ("to", "cast", "multiple_of", "max_contiguous") and isinstance(f, ast.Attribute):
             return self(f.value) if name == "to" else self(n.args[0])
         if name in _CALLS:

@@ -43,9 +43,15 @@ def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     decoder, far more early in training) that rounding is ``ulp(|x|)``, and every weight is
     off by the factor ``exp`` of it (6e-5 at 3e4, 12% at 3e6 in float32). Here the shift
     is a constant to autograd, and the weights are ``exp(x - m) / sum exp(x - m)``."""
-    m = x.detach().amax(dim, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m = _shift(x.detach(), dim)
     return (x - m).exp().sum(dim).log() + m.squeeze(dim)
+
+
+def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The max over ``dim`` (kept), 0 where it is not finite: a row all -inf would give
+    -inf - -inf = NaN."""
+    m = x.amax(dim, keepdim=True)
+    return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
 def cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
@@ -248,8 +254,7 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
 def _softmax_weights(log_w):
     """``softmax(log_w, 0)`` as :func:`logsumexp` weighs (``exp(log_w - max) / sum``), 0 where
     every ``log w`` is -inf (softmax: NaN)."""
-    m = log_w.amax(0, keepdim=True)
-    e = (log_w - torch.where(torch.isfinite(m), m, torch.zeros_like(m))).exp()
+    e = (log_w - _shift(log_w, 0)).exp()
     total = e.sum(0, keepdim=True)
     return e / torch.where(total > 0, total, torch.ones_like(total))
 

@@ -45,6 +45,11 @@ _CALLS = {"cdiv": _cdiv, "min": min, "max": max, "minimum": min, "maximum": max,
           "abs": abs}
 
 
+def _callee(call: ast.Call) -> Optional[str]:
+    """The called function's name: ``f(...)`` and ``module.f(...)`` alike."""
+    return getattr(call.func, "id", None) or getattr(call.func, "attr", None)
+
+
 def _value(v):
     v = getattr(v, "value", v)  # tl.constexpr
     if isinstance(v, bool):     # a flag: REDUCE=True, as Triton's ``if`` reads it
@@ -116,7 +121,7 @@ class _Eval:
 
     def _Call(self, n):
         f = n.func
-        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+        name = _callee(n)
         if name in ("program_id", "num_programs"):
             axis = self(n.args[0]) if n.args else 0
             if name == "num_programs":
@@ -162,8 +167,7 @@ def _range(ev: _Eval, call) -> range:
     unrolled at compile time: no loop is left of it)."""
     if not isinstance(call, ast.Call):
         raise Unknown("not a range call")
-    f = call.func
-    name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+    name = _callee(call)
     if name not in ("range",):
         raise Unknown(f"for over {name}")
     return range(*[int(ev(a)) for a in call.args[:3]])
@@ -270,9 +274,7 @@ def _count(block, path, ev: _Eval, leaf: Callable[[_Eval], Tuple[int, int]],
 
 def _is_ticket(test) -> bool:
     """``if last_ticket(COUNTER, n):`` (kernels/reduce.py): taken by one program of n."""
-    return (isinstance(test, ast.Call) and len(test.args) == 2
-            and (getattr(test.func, "id", None) or getattr(test.func, "attr", None))
-            == "last_ticket")
+    return isinstance(test, ast.Call) and len(test.args) == 2 and _callee(test) == "last_ticket"
 
 
 def _ticket(ev: _Eval, test: ast.Call) -> bool:
@@ -283,9 +285,12 @@ def _ticket(ev: _Eval, test: ast.Call) -> bool:
     return ev.pid.value % n == n - 1
 
 
+def _calls(caller: ast.FunctionDef) -> List[ast.Call]:
+    return [n for n in ast.walk(caller) if isinstance(n, ast.Call)]
+
+
 def _calls_to(caller: ast.FunctionDef, name: str) -> List[ast.Call]:
-    return [n for n in ast.walk(caller) if isinstance(n, ast.Call)
-            and (getattr(n.func, "id", None) or getattr(n.func, "attr", None)) == name]
+    return [n for n in _calls(caller) if _callee(n) == name]
 
 
 def _call_chain(kfunc: ast.FunctionDef, func: ast.FunctionDef, funcs) -> Optional[list]:
@@ -297,9 +302,8 @@ def _call_chain(kfunc: ast.FunctionDef, func: ast.FunctionDef, funcs) -> Optiona
         for caller, chain in frontier:
             if _calls_to(caller, func.name):
                 return chain + [func]
-            for n in ast.walk(caller):
-                name = (getattr(n.func, "id", None) or getattr(n.func, "attr", None)
-                        if isinstance(n, ast.Call) else None)
+            for n in _calls(caller):
+                name = _callee(n)
                 if name in funcs and name not in seen:
                     seen.add(name)
                     nxt.append((funcs[name][1], chain + [funcs[name][1]]))

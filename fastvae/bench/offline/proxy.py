@@ -47,6 +47,8 @@ H200 = dict(name="H200", sms=132, schedulers=4, clock_hz=1.98e9, copy_bytes_per_
             mufu_per_sm_cycle=16, regs_per_sm=65536, reg_unit=256, warps_per_sm=64,
             programs_per_sm=32, shared_per_sm=233472, shared_reserved=1024)
 
+GUESSED = "counted once per program"   # the note of a loop whose passes are not known
+
 
 def issue_seconds(warp_insns: float, gpu=H200) -> float:
     """Time to issue ``warp_insns`` warp-instructions at one per scheduler per cycle."""
@@ -152,8 +154,7 @@ def count_launch(kernel, sass_text: str, args: Dict[str, object], grid: Sequence
         where = _for_line(kernel, r, is_for)
         depth = loops[r.loop].depth
         if where is None:
-            notes.append(f"SASS loop {r.loop}: no for statement in its line info; counted once "
-                         "per program")
+            notes.append(f"SASS loop {r.loop}: no for statement in its line info; {GUESSED}")
             execs = (programs, programs)
             label = f"loop {r.loop} (no source line)"
         else:
@@ -161,7 +162,7 @@ def count_launch(kernel, sass_text: str, args: Dict[str, object], grid: Sequence
             notes += [n for n in why if n not in notes]
             if got is None:
                 notes.append(f"{where[0].rsplit('/', 1)[-1]}:{where[1]}: trip count unknown; "
-                             "counted once per program")
+                             f"{GUESSED}")
                 got = (programs, programs)
             execs = got
             label = f"for at {where[0].rsplit('/', 1)[-1]}:{where[1]} (depth {depth})"

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Sequence
 
 from . import compiler
+from .proxy import GUESSED
 
 TRITON_GPU_MACHINES = "3.6.0"   # the Triton of the project's GPU machines
 
@@ -98,9 +99,6 @@ def _range(pair, fmt="{:.0f}") -> str:
         f"{fmt.format(hi)} ({fmt.format(lo)})"
 
 
-_GUESS = "counted once"   # proxy.count_launch's note where it could not count a loop
-
-
 def proxy_table(out: dict) -> str:
     """One row per launch: the hot loop's instructions, instructions per element of the
     largest tensor, issue and MUFU time; a row per case with the totals beside the
@@ -132,7 +130,7 @@ def proxy_table(out: dict) -> str:
             tot = [tot[0] + la["issue_us"][0], tot[1] + la["issue_us"][1]]
             mtot = [mtot[0] + la["mufu_us"][0], mtot[1] + la["mufu_us"][1]]
             mem = c["memory_us"]
-            guesses = [n for n in la["notes"] if _GUESS in n]
+            guesses = [n for n in la["notes"] if GUESSED in n]
             if guesses:
                 guessed.append(f"  * {la['kernel']} ({c['op']} {c['dtype']}): "
                                + "; ".join(guesses))

@@ -157,6 +157,13 @@ def rcp_(x):
 
 
 @triton.jit
+def lse_shift(m):
+    """A logsumexp's shift: the max ``m``, 0 where it is -inf (a row whose every term is
+    -inf would give -inf - -inf = NaN; shifted by 0 its sum is 0 and the result -inf)."""
+    return tl.where(m > float("-inf"), m, 0.0)
+
+
+@triton.jit
 def program_rows(B, BLOCK_B: tl.constexpr):
     """This program's row indices (int64: row offsets overflow int32 on large batches),
     the program id (int64) and the in-range mask."""

@@ -49,8 +49,8 @@ import triton.language as tl
 
 from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_BERNOULLI, LIK_GAUSSIAN_SCALAR,
                     LIK_GAUSSIAN_TENSOR, LOG2_E, LOG_2, exp_, latent_kl_tile, likelihood_tile,
-                    load_data, load_f32, load_prior, log2_, log_, log_px_value, program_rows,
-                    rcp_, row_block, store_as, weigh)
+                    load_data, load_f32, load_prior, log2_, log_, log_px_value, lse_shift,
+                    program_rows, rcp_, row_block, store_as, weigh)
 
 
 @triton.jit
@@ -205,14 +205,12 @@ def iwae_bound_rows_kernel(
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
         new_max = tl.maximum(run_max, log_w)
-        # every log w so far -inf (a likelihood or KL past float32): shift by 0, as
-        # -inf - -inf is NaN; the sum stays 0 and the bound -inf
-        shift = tl.where(new_max > float("-inf"), new_max, 0.0)
+        shift = lse_shift(new_max)   # every log w so far -inf (past float32): 0
         run_sum = run_sum * exp_(run_max - shift) + exp_(log_w - shift)
         run_max = new_max
         r_base += stride_rk
         z_base += stride_zk
-    shift = tl.where(run_max > float("-inf"), run_max, 0.0)
+    shift = lse_shift(run_max)
     lse = shift + log_(run_sum)
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
@@ -343,8 +341,7 @@ def iwae_bound_onepass_kernel(
     log_w = tl.sum(tl.where(m_d, value, 0.0), axis=2) - tl.sum(tl.where(m_l, kl, 0.0), axis=2)
     rk = rmask[:, None] & kmask[None, :]                  # (BLOCK_B, BLOCK_K)
     log_w = tl.where(rk, log_w, float("-inf"))
-    row_max = tl.max(log_w, axis=1)   # a row all -inf shifts by 0 (-inf - -inf is NaN)
-    row_max = tl.where(rmask & (row_max > float("-inf")), row_max, 0.0)
+    row_max = tl.where(rmask, lse_shift(tl.max(log_w, axis=1)), 0.0)
     p = exp_(log_w - row_max[:, None])                  # 0 for padded samples and rows
     p_sum = tl.sum(p, axis=1)
     lse = row_max + log_(tl.where(rmask, p_sum, 1.0))

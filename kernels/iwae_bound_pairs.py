@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, exp_, latent_kl_tile, load_f32,
-                    load_prior, log2_, log_, rcp_, store_as, to_f32, weigh)
+                    load_prior, log2_, log_, lse_shift, rcp_, store_as, to_f32, weigh)
 
 # What a masked lane reads as its logit: e = 2^(-1e4 log2 e) = 0, so its factor is 1, its
 # value x*l - max(l, 0) = 0 (x reads 0) and its gradient 0; representable in fp16 too.
@@ -165,7 +165,7 @@ def iwae_bound_pairs_kernel(
     # and sum (padded pairs: -inf, weight 0; their own "row" gets max 0)
     same = local[:, None] == local[None, :]
     row_max = tl.max(tl.where(same, log_w[None, :], float("-inf")), axis=1)
-    row_max = tl.where(pmask & (row_max > float("-inf")), row_max, 0.0)   # all -inf: 0
+    row_max = tl.where(pmask, lse_shift(row_max), 0.0)
     e = exp_(log_w - row_max)
     row_sum = tl.sum(tl.where(same, e[None, :], 0.0), axis=1)
     row_sum = tl.where(pmask, row_sum, 1.0)

@@ -260,6 +260,10 @@ def load_array_file(path) -> Dataset:
     except Exception as e:  # numpy/zipfile/zlib raise many types for a bad file
         raise DataError(f"{path} is not a readable .npy/.npz array file "
                         f"(corrupt, truncated or pickled objects?): {e}") from None
+    if any(k == "data.pkl" or k.endswith("/data.pkl") for k in arrays):
+        # torch.save's zip: numpy lists its members; unpickling it could run code
+        raise DataError(f"{path} is a torch.save file, not an .npy/.npz array file; save the "
+                        "images with numpy.save(path, tensor.numpy())")
     for tr, te in (("train", "test"), ("x_train", "x_test")):
         if tr in arrays and te in arrays:
             return _pair(path.name, _as_images(arrays[tr], f"{path}[{tr}]"),

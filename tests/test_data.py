@@ -153,6 +153,12 @@ def test_bad_array_files(tmp_path):
     with pytest.raises(DataError, match=r"csv.npz\[images.csv\]: expected a .npy array, got "
                                         r"a bytes"):
         load_dataset(str(tmp_path / "csv.npz"))
+    for name in ("images.pt", "images.npz"):   # torch.save's zip, whatever its name
+        torch.save({"train": torch.zeros(4, 2, 2), "test": torch.zeros(2, 2, 2)},
+                   tmp_path / name)
+        with pytest.raises(DataError, match=rf"{name} is a torch.save file, not an .npy/.npz "
+                                            r"array file; save the images with numpy.save"):
+            load_dataset(str(tmp_path / name))
     obj = tmp_path / "obj.npy"
     np.save(obj, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="obj.npy"):

@@ -36,10 +36,14 @@ def save_figure(fig, path, dpi: int, format=None) -> Path:
 
 
 def grid(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
-    """``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, ...)`` array (gray or RGB)."""
+    """``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, ...)`` array: RGB for 3
+    channels and for 4 (RGBA: the alpha channel is not drawn), gray for 1, and the first
+    channel, gray, for any other count (no colour mapping is known for it)."""
     x = images.detach().float().clamp(0, 1).cpu().numpy()
     n, c, h, w = x.shape
-    if c not in (1, 3):  # show the first channel of anything else
+    if c == 4:
+        x, c = x[:, :3], 3
+    elif c != 3:
         x, c = x[:, :1], 1
     rows = max(1, math.ceil(n / ncol))
     out = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), 0.5, dtype=np.float32)

@@ -247,7 +247,10 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
     lse = logsumexp(log_w, 0)
     if estimator == "dreg":
         surrogate = (weights * torch.where(zero, 0.0, log_w)).sum(0)
-        lse = lse.detach() + (surrogate - surrogate.detach())  # adds exactly 0 to the value
+        # adds exactly 0 to the value; a row with a +inf log w (softmax's inf / inf: NaN)
+        # keeps its +inf bound and passes no DReG gradient
+        lse = torch.where(surrogate.isfinite(), lse.detach() + (surrogate - surrogate.detach()),
+                          lse.detach())
     return _reduce(lse - math.log(k), reduction), weights
 
 

@@ -158,9 +158,11 @@ def rcp_(x):
 
 @triton.jit
 def lse_shift(m):
-    """A logsumexp's shift: the max ``m``, 0 where it is -inf (a row whose every term is
-    -inf would give -inf - -inf = NaN; shifted by 0 its sum is 0 and the result -inf)."""
-    return tl.where(m > float("-inf"), m, 0.0)
+    """A logsumexp's shift: the max ``m``, 0 where it is infinite. A row whose every term
+    is -inf would give -inf - -inf = NaN; shifted by 0 its sum is 0 and the result -inf.
+    A +inf term (a log q past float32, e.g. logvar = -100 with z != mu) would give
+    inf - inf = NaN; shifted by 0 the sum is inf and the result +inf, as the reference's."""
+    return tl.where(tl.abs(m) < float("inf"), m, 0.0)
 
 
 @triton.jit

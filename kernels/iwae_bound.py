@@ -205,7 +205,7 @@ def iwae_bound_rows_kernel(
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
         new_max = tl.maximum(run_max, log_w)
-        shift = lse_shift(new_max)   # every log w so far -inf (past float32): 0
+        shift = lse_shift(new_max)   # every log w so far -inf, or one +inf: 0
         run_sum = run_sum * exp_(run_max - shift) + exp_(log_w - shift)
         run_max = new_max
         r_base += stride_rk

@@ -596,6 +596,29 @@ def test_every_sample_of_weight_zero(seed, backend, estimator, likelihood, k, d)
     assert got.tolist() == [-math.inf] * b
 
 
+@pytest.mark.parametrize("likelihood,k,d", [("gaussian", 2, 3), ("gaussian", 12, 3),
+                                             ("bernoulli", 5, 272)])  # one pass, two, pairs
+@pytest.mark.parametrize("estimator", ["standard", "stl", "dreg"])
+def test_a_sample_whose_log_w_is_past_float32_above(seed, backend, estimator, likelihood, k, d):
+    """Row 0's log q of sample 0 is -inf in float32 (a latent at logvar -100 that z_0 misses
+    by 1: float64 log w about 3e43), so its log w is +inf: the bound is +inf, as the
+    reference's, whatever the estimator and kernel (the Triton kernels' logsumexp shifted
+    by the max, inf - inf = NaN); row 1 is untouched."""
+    b, l = 2, 2
+    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (d,), l, F64))
+    lv[0, 0] = -100.0
+    z_k[:, 0, 0] = mu[0, 0]
+    z_k[0, 0, 0] += 1.0
+    obs = 0.0 if likelihood == "bernoulli" else -1.0
+    got = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood=likelihood, obs_logvar=obs,
+                             estimator=estimator, backend=backend)
+    want = fastvae.iwae_bound(x.double(), recon_k.double(), mu.double(), lv.double(),
+                              z_k.double(), likelihood=likelihood, obs_logvar=obs,
+                              backend="reference")
+    assert got[0].item() == math.inf and want[0].item() > 1e43
+    assert math.isclose(got[1].item(), want[1].item(), rel_tol=1e-4, abs_tol=1e-3)
+
+
 @pytest.mark.parametrize("k", [3, 12])   # the one-pass and two-pass kernels
 @pytest.mark.parametrize("obs", ["scalar", "perdim", "full"])
 @pytest.mark.parametrize("miss", [1e4, 1e30])

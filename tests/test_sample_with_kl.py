@@ -113,10 +113,10 @@ def test_only_one_output_used(seed, backend, use):
             assert_close("grad", a, b, dt)
 
 
-@pytest.mark.parametrize("shape", [(5, 7), (3, 2, 4, 4), (2, 5000)])
+@pytest.mark.parametrize("shape", [(5, 7), (3, 2, 4, 4), (2, 5000), (6,)])
 def test_same_z_as_reparameterize(backend, cpu_path, shape):
     """The seed contract: after torch.manual_seed(s), or with equally seeded generators,
-    z is reparameterize's z of the flattened posterior, bit for bit."""
+    z is reparameterize's z of the flattened posterior, bit for bit ((B,): one latent each)."""
     mu, lv = posterior(shape, case_dtype(backend), grad=False)
     pm, plv = torch.randn(shape, dtype=mu.dtype), torch.randn(shape, dtype=mu.dtype)
     flat = (shape[0], -1)

@@ -2,7 +2,9 @@
 saved.
 
 Checked every step: the loss before backward, then the gradient norm and the weights
-after the optimizer step (one host sync for both). Checked every epoch, before the
+after the optimizer step (one host sync for both), and that no gradient's square
+overflows (Adam keeps it in the weights' dtype: its state would be inf, every later
+update 0 or NaN). Checked every epoch, before the
 checkpoint is written: the optimizer state and the epoch's train and test metrics (finite
 weights can still give a NaN test ELBO, e.g. a log-variance that overflows ``exp``).
 A failure raises :class:`NonFiniteLoss` naming the epoch and step and the checkpoint that
@@ -50,6 +52,10 @@ def _norms(tensors) -> torch.Tensor:
     return torch.stack(norms)
 
 
+_SQRT_MAX = {dt: math.sqrt(torch.finfo(dt).max)
+             for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
 def _optimizer_tensors(opt):
     for per_param in opt.state.values():
         yield from per_param.values()
@@ -69,23 +75,29 @@ class Guard:
         """Record that ``epoch``'s checkpoint is now on disk."""
         self.saved_epoch = epoch
 
-    def _stop(self, what: str, value, where: str, after_update: bool = False):
+    def _stop(self, what: str, value, where: str, after_update: bool = False,
+              problem: str | None = None, scale_hint: bool = False):
         """Raise NonFiniteLoss; ``after_update``: ``what`` was written by an optimizer
-        update (which a lower --lr may fix), not computed before any."""
+        update (which a lower --lr may fix), not computed before any. ``problem``: what
+        is wrong, where it is not "non-finite {what} ({value})"; ``scale_hint``: data far
+        from [0, 1] may be the cause as much as the learning rate."""
         if self.saved_epoch is None and not self.stepped and not after_update:
             # the untrained model's loss or gradient on the first batch: no --lr changes it
-            kept = ("no optimizer step has run yet, so no --lr can help: the untrained "
+            kept = ("it came before any update, so no --lr can help: the untrained "
                     "model's loss or gradient overflows on this data; scale it to about "
                     "[0, 1]")
         elif self.saved_epoch is None:
-            kept = "no checkpoint was written yet; start again with a lower --lr"
+            kept = ("no checkpoint was written yet; start again with "
+                    f"{'the data scaled to about [0, 1] or ' if scale_hint else ''}a lower "
+                    "--lr")
         else:
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
                     f"{self.checkpoint}; continue from it with a lower learning rate: "
                     f"fastvae train --out {shlex.quote(str(self.out))} --resume"
                     f"{'' if self.epochs is None else f' --epochs {self.epochs}'} "
-                    f"--lr {self.lr / 10:g}")
-        raise NonFiniteLoss(f"non-finite {what} ({value}) {where}; {kept}")
+                    f"--lr {self.lr / 10:g}"
+                    f"{' (or start again with the data scaled to about [0, 1])' if scale_hint else ''}")
+        raise NonFiniteLoss(f"{problem or f'non-finite {what} ({value})'} {where}; {kept}")
 
     def loss(self, value: float, epoch: int, step: int, steps: int) -> None:
         """Before backward: the (globally averaged) loss of this step."""
@@ -99,14 +111,27 @@ class Guard:
         params = _floating(model.parameters())
         grads = _floating(p.grad for p in model.parameters()
                           if self.check_grads and p.grad is not None)
-        norms = _norms(grads + params)
-        if bool(torch.isfinite(norms).all()):
+        norms = _norms(grads + params).tolist()   # the one host sync
+        grad_norms = norms[:len(grads)]
+        # Adam keeps each gradient's square in the weights' dtype: a finite gradient past
+        # that dtype's square root makes its state inf, and every later update 0 or NaN
+        # (a norm bounds its largest element: only a norm past the root needs a look)
+        roots = [_SQRT_MAX.get(g.dtype, math.inf) for g in grads]
+        over = [(float(g.abs().max()), r) for g, n, r in zip(grads, grad_norms, roots)
+                if n > r]
+        over = [(m, r) for m, r in over if m > r]
+        if all(map(math.isfinite, norms)) and not over:
             self.stepped = True
             return
         where = f"at epoch {epoch}, step {step}/{steps}"
-        grad_norm = float(torch.linalg.vector_norm(norms[:len(grads)]))
+        grad_norm = math.sqrt(math.fsum(n * n for n in grad_norms))
         if not math.isfinite(grad_norm):
             self._stop("gradient norm", grad_norm, where)
+        if over:
+            m, r = over[0]
+            self._stop("gradient", m, where, problem=(
+                f"a gradient of {m:.3g}, past {r:.3g}, whose square overflows Adam's state,"),
+                scale_hint=True)
         self._stop("weights after the optimizer step", "nan or inf", where, after_update=True)
 
     def epoch_end(self, opt, train_m: dict, test_m: dict, epoch: int, steps: int) -> None:

@@ -339,6 +339,34 @@ def test_a_first_step_that_overflows_blames_the_data_not_the_lr(tmp_path):
         T.train(cfg, log=quiet)
 
 
+def test_a_first_gradient_whose_square_overflows_blames_the_data(tmp_path):
+    """0..120 values under a Gaussian likelihood: the first loss and gradient are finite,
+    but a gradient of ~2e20 has a square past float32 in Adam's state, and every later
+    update is 0 or NaN. Caught at step 1 (it was caught after the epoch, blaming --lr)."""
+    data = tmp_path / "wide.npy"
+    np.save(data, np.random.default_rng(0).uniform(0, 120, (200, 8, 8)).astype(np.float32))
+    cfg = dict(out=str(tmp_path / "r"), dataset=str(data), likelihood="gaussian", epochs=1,
+               batch_size=40, iwae_k=0, progress=False)
+    with pytest.raises(T.NonFiniteLoss, match=r"a gradient of .*, past 1.84e\+19, whose "
+                       r"square overflows Adam's state, at epoch 1, step 1/4; .*no --lr can "
+                       r"help.*scale it"):
+        T.train(cfg, log=quiet)
+
+
+def test_guard_looks_past_a_gradient_norm_for_an_element_whose_square_overflows():
+    from fastvae.guard import Guard
+
+    model = torch.nn.Linear(100, 1)
+    guard = Guard(CHECKPOINT_NAME, 3, "out", 1e-3, epochs=9)
+    model.weight.grad = torch.full_like(model.weight, 1e19)   # norm 1e20, each square fits
+    guard.step(model, 4, 1, 2)
+    model.weight.grad[0, 7] = -3e19
+    with pytest.raises(T.NonFiniteLoss, match=r"a gradient of 3e\+19, past 1.84e\+19, .* "
+                       r"at epoch 4, step 1/2; the last good checkpoint \(epoch 3\) .*--lr "
+                       r"0.0001 \(or start again with the data scaled to about \[0, 1\]\)"):
+        guard.step(model, 4, 1, 2)
+
+
 def _poison_after_step(monkeypatch, at_step, what):
     """Make the optimizer step number ``at_step`` (1-based, over the run) leave a NaN in
     a weight or in Adam's state, as an overflow would."""

@@ -247,6 +247,13 @@ def _cmd_sample(args):
     import torch
 
     _, model, device = _load_run(args.run, args.device)
+    shape = (args.n, *model.data_shape)
+    width, height = plots.grid_size(shape, ncol=args.ncol)
+    if width * height > plots.MAX_UPSCALED_PIXELS:   # refused before decoding any
+        fits = plots.most_images(model.data_shape, args.ncol)
+        raise ValueError(f"--n {args.n} makes a picture of {width} x {height} px, past the "
+                         f"{plots.MAX_UPSCALED_PIXELS / 2**20:g} megapixels a picture may have; "
+                         f"draw at most {fits} (at --ncol {args.ncol})")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     # chunk by chunk onto the CPU: the device holds one chunk's decoding, not n images
     images = torch.empty(args.n, *model.data_shape)
@@ -258,7 +265,6 @@ def _cmd_sample(args):
     out = (Path(out) if out else
            checkpoint_path(args.run).parent / f"samples-{args.n}-seed{args.seed}.png")
     plots.save_grid(images, out, ncol=args.ncol)
-    width, height = plots.grid_size(images, ncol=args.ncol)
     print(f"wrote {args.n} samples to {out} ({width} x {height} px)")
     return 0
 

@@ -117,6 +117,22 @@ def grid_size(images: torch.Tensor, ncol: int = 8, min_cell: int = 48, pad: int 
     return _geometry(n, h, w, ncol, min_cell, pad)[2:]
 
 
+def most_images(image_shape: tuple, ncol: int = 8, min_cell: int = 48) -> int:
+    """The most images of ``image_shape`` whose picture (:func:`grid_size`) stays within
+    :data:`MAX_UPSCALED_PIXELS`: an upscaled picture never passes it, so only the count
+    at which one unscaled is too large bounds it, and past that count every one is."""
+    def fits(n):
+        w, h = grid_size((n, *image_shape), ncol, min_cell)
+        return w * h <= MAX_UPSCALED_PIXELS
+    lo, hi = 1, 2
+    while fits(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:   # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
 def _geometry(n: int, h: int, w: int, ncol: int, min_cell: int, pad: int = 1) -> tuple:
     """(columns, upscale factor, width, height) of the picture of ``n`` ``h x w`` images:
     at most ``ncol`` columns, no more than there are images, laid out as :func:`grid`."""

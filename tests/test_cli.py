@@ -652,3 +652,17 @@ def test_sample_decodes_in_chunks_and_draws_no_more_columns_than_images(tmp_path
     monkeypatch.setattr(observation, "SAMPLE_CHUNK_ELEMENTS", 50 * 64)
     assert cli.main(["sample", str(run), "--n", "120", "--out", str(tmp_path / "b.png")]) == 0
     assert batches == [50, 50, 20]
+    # a picture past 16 megapixels even unscaled: refused before any decoding
+    from fastvae import plots
+    most = plots.most_images((1, 8, 8), 8)
+    w, h = plots.grid_size((most, 1, 8, 8), 8)
+    assert w * h <= plots.MAX_UPSCALED_PIXELS
+    w, h = plots.grid_size((most + 1, 1, 8, 8), 8)
+    assert w * h > plots.MAX_UPSCALED_PIXELS
+    batches.clear()
+    assert cli.main(["sample", str(run), "--n", str(most + 1), "--out",
+                     str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fastvae sample: error: --n {most + 1} makes a picture of {w} x {h} px, "
+                   f"past the 16 megapixels a picture may have; draw at most {most} (at "
+                   f"--ncol 8)\n") and batches == [] and not (tmp_path / "c.png").exists()

@@ -379,7 +379,8 @@ def main(argv=None) -> int:
         print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        print(_interrupted_line(args.command, e), file=sys.stderr)
+        if not getattr(e, "another_rank", False):   # torchrun: rank 0 alone prints
+            print(_interrupted_line(args.command, e), file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
 
 

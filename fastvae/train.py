@@ -182,6 +182,7 @@ def _train(given: dict, log) -> dict:
         # the target and lr asked for: the last checkpoint may still hold the old ones
         e.resume_flags = [f for k in ("epochs", "lr") if given.get(k) is not None
                           for f in (f"--{k}", str(given[k]))]
+        e.another_rank = not is_main   # one Ctrl-C stops every rank: rank 0 says so
         raise
     finally:
         if folder is not None:

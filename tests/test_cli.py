@@ -666,3 +666,20 @@ def test_sample_decodes_in_chunks_and_draws_no_more_columns_than_images(tmp_path
     assert err == (f"fastvae sample: error: --n {most + 1} makes a picture of {w} x {h} px, "
                    f"past the 16 megapixels a picture may have; draw at most {most} (at "
                    f"--ncol 8)\n") and batches == [] and not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("another_rank", [False, True])
+def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys, tmp_path,
+                                                             another_rank):
+    """One Ctrl-C reaches every rank of a torchrun job; each said so, once per rank."""
+    from fastvae import train as T
+
+    def interrupted(cfg, log=print):
+        e = KeyboardInterrupt()
+        e.run_folder, e.resume_flags, e.another_rank = str(tmp_path), [], another_rank
+        raise e
+    monkeypatch.setattr(T, "train", interrupted)
+    assert cli.main(["train", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err == ("" if another_rank else
+                   "fastvae train: interrupted before its first checkpoint; nothing to resume\n")

@@ -358,33 +358,41 @@ def _train_epoch(run, model, guard, train_x, order, epoch, is_main):
     bar = _progress(steps, epoch, cfg, is_main)
     run.core.train()
     t0 = time.perf_counter()
-    for step in range(steps):
-        x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
-        ctx = (torch.autocast(device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
-               else contextlib.nullcontext())
-        with ctx:
-            loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
-        glob = _all_reduce(loss.detach().double().reshape(1), run.world, device) / run.world
-        guard.loss(float(glob), epoch, step + 1, steps)
-        terms = batch_terms(run.core, x, parts, cfg["backend"])
-        run.opt.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.opt)
-        run.scaler.update()
-        guard.step(run.core, epoch, step + 1, steps)
-        n = x.shape[0]
-        step_sums = torch.cat([torch.tensor([float(loss.detach()) * n, n],
-                                            dtype=torch.float64), terms])
-        sums = step_sums if sums is None else sums + step_sums
+    try:   # the bar's line is cleared before a stop's message (Ctrl-C, NaN policy)
+        for step in range(steps):
+            x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
+            step_sums = _train_step(run, model, guard, x, epoch, step, steps)
+            sums = step_sums if sums is None else sums + step_sums
+            if bar is not None:
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(elbo=f"{-sums[0].item() / sums[1].item():.2f}",
+                                samples_s=f"{sums[1].item() * run.world / elapsed:.0f}",
+                                refresh=False)
+    finally:
         if bar is not None:
-            elapsed = time.perf_counter() - t0
-            bar.update(1)
-            bar.set_postfix(elbo=f"{-sums[0].item() / sums[1].item():.2f}",
-                            samples_s=f"{sums[1].item() * run.world / elapsed:.0f}",
-                            refresh=False)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return sums, steps
+
+
+def _train_step(run, model, guard, x, epoch: int, step: int, steps: int) -> torch.Tensor:
+    """One optimizer step on batch ``x``; returns its sums (loss*n, n, then
+    :func:`batch_terms`)."""
+    cfg, device = run.cfg, run.device
+    ctx = (torch.autocast(device.type, dtype=run.amp_dtype) if run.amp_dtype is not None
+           else contextlib.nullcontext())
+    with ctx:
+        loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
+    glob = _all_reduce(loss.detach().double().reshape(1), run.world, device) / run.world
+    guard.loss(float(glob), epoch, step + 1, steps)
+    terms = batch_terms(run.core, x, parts, cfg["backend"])
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    guard.step(run.core, epoch, step + 1, steps)
+    n = x.shape[0]
+    return torch.cat([torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64), terms])
 
 
 def _warmed(cfg: dict, epoch: int, step: int, steps: int) -> dict:

@@ -353,6 +353,31 @@ def test_a_first_gradient_whose_square_overflows_blames_the_data(tmp_path):
         T.train(cfg, log=quiet)
 
 
+def test_a_stop_mid_epoch_clears_the_progress_bar_first(tmp_path, monkeypatch):
+    """The bar's line was left as it was, and the stop's message ran on after it."""
+    data = tmp_path / "raw.npy"
+    np.save(data, np.random.default_rng(0).uniform(0, 255, (10, 8, 8)).astype(np.float32))
+    bars = []
+
+    class Bar:
+        closed = False
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            self.closed = True
+    monkeypatch.setattr(T, "_progress", lambda *a: bars.append(Bar()) or bars[-1])
+    cfg = dict(out=str(tmp_path / "r"), dataset=str(data), likelihood="gaussian", epochs=1,
+               batch_size=8, iwae_k=0, progress=True)
+    with pytest.raises(T.NonFiniteLoss):
+        T.train(cfg, log=quiet)
+    assert len(bars) == 1 and bars[0].closed
+
+
 def test_guard_looks_past_a_gradient_norm_for_an_element_whose_square_overflows():
     from fastvae.guard import Guard
 

@@ -253,7 +253,8 @@ def _cmd_sample(args):
         fits = plots.most_images(model.data_shape, args.ncol)
         raise ValueError(f"--n {args.n} makes a picture of {width} x {height} px, past the "
                          f"{plots.MAX_UPSCALED_PIXELS / 2**20:g} megapixels a picture may have; "
-                         f"draw at most {fits} (at --ncol {args.ncol})")
+                         + (f"draw at most {fits} (at --ncol {args.ncol})" if fits else
+                            "a single image of this data is that large already"))
     gen = torch.Generator(device=device).manual_seed(args.seed)
     # chunk by chunk onto the CPU: the device holds one chunk's decoding, not n images
     images = torch.empty(args.n, *model.data_shape)

@@ -120,10 +120,13 @@ def grid_size(images: torch.Tensor, ncol: int = 8, min_cell: int = 48, pad: int 
 def most_images(image_shape: tuple, ncol: int = 8, min_cell: int = 48) -> int:
     """The most images of ``image_shape`` whose picture (:func:`grid_size`) stays within
     :data:`MAX_UPSCALED_PIXELS`: an upscaled picture never passes it, so only the count
-    at which one unscaled is too large bounds it, and past that count every one is."""
+    at which one unscaled is too large bounds it, and past that count every one is. 0 where
+    a single image is too large."""
     def fits(n):
         w, h = grid_size((n, *image_shape), ncol, min_cell)
         return w * h <= MAX_UPSCALED_PIXELS
+    if not fits(1):
+        return 0
     lo, hi = 1, 2
     while fits(hi):
         lo, hi = hi, hi * 2

@@ -683,3 +683,14 @@ def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys
     err = capsys.readouterr().err
     assert err == ("" if another_rank else
                    "fastvae train: interrupted before its first checkpoint; nothing to resume\n")
+
+
+def test_most_images_of_a_picture_is_0_where_one_image_is_past_the_limit():
+    from fastvae import plots
+
+    assert plots.most_images((3, 4097, 4097)) == 0
+    assert plots.most_images((1, 1, 1000), ncol=1) > 0   # strips
+    most = plots.most_images((1, 1, 1000), ncol=3)
+    for n, fits in ((most, True), (most + 1, False)):
+        w, h = plots.grid_size((n, 1, 1, 1000), 3)
+        assert (w * h <= plots.MAX_UPSCALED_PIXELS) == fits

@@ -45,7 +45,8 @@ _IWAE_CHUNK_ELEMENTS = 1 << 22
 
 
 class _VAEBase(ObservationModel):
-    """Shared logic; subclasses define ``encode(x) -> (mu, logvar)`` and ``decode(z)``."""
+    """Shared logic; subclasses define ``_encode(x) -> (mu, logvar)`` of checked images and
+    ``decode(z)``."""
 
     def __init__(self, data_shape, latent_dim: int, likelihood: str, n_mix=None):
         super().__init__(data_shape, likelihood, n_mix)
@@ -59,10 +60,15 @@ class _VAEBase(ObservationModel):
         return out.reshape(*lead, *self.out_shape)
 
     # -- public API -----------------------------------------------------------
+    def encode(self, x):
+        """``(B, *data_shape)`` -> ``mu, logvar`` each ``(B, L)``; any other shape (a
+        flattened batch included), dtype or device of x is refused (:meth:`check_images`)."""
+        return self._encode(self.check_images(x))
+
     def forward(self, x: torch.Tensor, generator=None, backend=None, n_samples=None):
         """``x (B, *data_shape)`` -> ``(recon, mu, logvar, z)``, one posterior sample; with
         ``n_samples=K``, K of them: ``recon (K, B, *data_shape)``, ``z (K, B, L)``."""
-        mu, logvar = self.encode(self.check_images(x))
+        mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar, n_samples=n_samples, generator=generator, backend=backend)
         return (self.decode(z) if n_samples is None else self.decode_any(z)), mu, logvar, z
 
@@ -99,7 +105,7 @@ class _VAEBase(ObservationModel):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's mean at the posterior mean ``z = mu`` (deterministic)."""
-        mu, _ = self.encode(self.check_images(x))
+        mu, _ = self.encode(x)
         return self.mean(self.decode(mu))
 
     @torch.no_grad()
@@ -115,12 +121,12 @@ class _VAEBase(ObservationModel):
         otherwise (a bfloat16 one's NLL would keep only ~3 significant digits).
         """
         k, chunk_size = self.iwae_sizes(k, chunk_size)
-        batch = self.check_images(x).shape[0]
+        mu, logvar = self.encode(x)
+        batch = x.shape[0]
         per_sample = max(1, math.prod(self.out_shape))
         if chunk_size is None:
             chunk_size = max(1, _IWAE_CHUNK_ELEMENTS // max(1, batch * per_sample))
         chunk_size = min(chunk_size, k)
-        mu, logvar = self.encode(x)
         lses = []
         done = 0
         while done < k:
@@ -170,8 +176,7 @@ class VAE(_VAEBase):
         dec.append(nn.Linear(width, math.prod(self.out_shape)))
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x):
-        """``(B, *data_shape)`` -> ``mu, logvar`` each ``(B, L)``."""
+    def _encode(self, x):
         stats = self.to_stats(self.encoder(x.flatten(1)))
         mu, logvar = stats.chunk(2, dim=-1)
         return mu, logvar
@@ -236,8 +241,7 @@ class ConvVAE(_VAEBase):
             cin = cout
         self.decoder = nn.Sequential(*dec)
 
-    def encode(self, x):
-        """``(B, C, H, W)`` -> ``mu, logvar`` each ``(B, L)``."""
+    def _encode(self, x):
         stats = self.to_stats(self.enc_fc(self.encoder(x)))
         mu, logvar = stats.chunk(2, dim=-1)
         return mu, logvar

@@ -99,6 +99,15 @@ class ObservationModel(nn.Module):
             raise ValueError(f"x must be (B, *data_shape) = (B, "
                              f"{', '.join(map(str, self.data_shape))}) for this model, got "
                              f"shape {tuple(x.shape)}")
+        p = next(self.parameters(), None)
+        if p is not None and x.device != p.device:
+            raise ValueError(f"x is on {x.device}, the model on {p.device}: move one to the "
+                             "other (x.to(device) or model.to(device))")
+        # (under autocast the layers cast x themselves)
+        if (p is not None and x.dtype != p.dtype
+                and not torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"x is {x.dtype}, the model's parameters {p.dtype}: pass "
+                            f"x.to({p.dtype}) or convert the model (model.to({x.dtype}))")
         # with validation on (fastvae.set_validation), x's values too: a NaN in x is named
         # here, not as the posterior the encoder makes of it (mu_q has ... non-finite)
         check_values(resolve_validate(None), x=x)

@@ -254,8 +254,10 @@ def test_images_of_another_shape_are_refused_by_name(make):
     on another image size and the loss blames recon's shape, or a convolution fails deep
     inside. Flattened images too, for the MLP VAE as for the others."""
     m = make()
+    calls = (m, m.elbo, m.reconstruct, m.iwae_nll) + (
+        (m.encode,) if hasattr(m, "encode") else ())   # encode flattened whatever it got
     for bad in (torch.rand(2, 16), torch.rand(2, 1, 3, 4), torch.rand(2, 3, 4, 4)):
-        for call in (m, m.elbo, m.reconstruct, m.iwae_nll):
+        for call in calls:
             with pytest.raises(ValueError, match=r"x must be \(B, \*data_shape\) = \(B, 1, 4, "
                                rf"4\) for this model, got shape \({bad.shape[0]}, "):
                 call(bad)
@@ -266,6 +268,26 @@ def test_images_of_another_shape_are_refused_by_name(make):
             call([[0.0]])
         with pytest.raises(ValueError, match=r"got shape \(\)"):
             call(torch.tensor(0.5))
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_images_of_another_dtype_or_device_are_refused_by_name(make):
+    """A float64 x on a float32 model failed inside the first layer ("mat1 and mat2 must
+    have the same dtype"), naming neither x nor the model. Under autocast the layers cast
+    x themselves, and it runs."""
+    m = make()
+    calls = (m, m.elbo, m.reconstruct, m.iwae_nll) + (
+        (m.encode,) if hasattr(m, "encode") else ())
+    for dt in (torch.float64, torch.float16, torch.bfloat16):
+        for call in calls:
+            with pytest.raises(TypeError, match=rf"x is {dt}, the model's parameters "
+                               r"torch.float32: pass x.to\(torch.float32\)"):
+                call(torch.rand(2, 1, 4, 4, dtype=dt))
+    with pytest.raises(ValueError, match=r"x is on meta, the model on cpu: move one"):
+        m.elbo(torch.rand(2, 1, 4, 4, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(m.elbo(torch.rand(2, 1, 4, 4, dtype=torch.bfloat16)))
+    assert torch.isfinite(m.double().elbo(torch.rand(2, 1, 4, 4, dtype=torch.float64)))
 
 
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])

@@ -65,15 +65,18 @@ def evaluate(core, images: torch.Tensor, cfg: dict, device, batch_size: int = 51
     core.eval()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 2)
     sums = 0
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        out = core(x, generator=gen, backend=cfg["backend"])
-        if getattr(core, "hierarchical", False):
-            parts = (out[0], core.log_px(x, out[0], cfg["backend"]), out[1])
-        else:
-            parts = out[:3]
-        sums = sums + batch_terms(core, x, parts, cfg["backend"])
-    core.train(was)
+    try:
+        # an empty set is one empty batch: its sums are zeros of the right length
+        for i in range(0, max(1, len(images)), batch_size):
+            x = images[i:i + batch_size].to(device)
+            out = core(x, generator=gen, backend=cfg["backend"])
+            if getattr(core, "hierarchical", False):
+                parts = (out[0], core.log_px(x, out[0], cfg["backend"]), out[1])
+            else:
+                parts = out[:3]
+            sums = sums + batch_terms(core, x, parts, cfg["backend"])
+    finally:
+        core.train(was)
     m = summarize(sums, max(1, len(images)))
     return dmol.add_bpd({"elbo": m["rec"] - m["kl"], **m}, core)
 
@@ -83,10 +86,14 @@ def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: 
              backend=None) -> float:
     """Mean importance-sampled NLL estimate over ``images`` with ``k`` samples each, its ops
     on ``backend`` (a run's ``cfg["backend"]``, as :func:`evaluate` uses)."""
+    was = core.training
     core.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 3)
     total = 0.0
-    for i in range(0, len(images), batch_size):
-        total += float(core.iwae_nll(images[i:i + batch_size].to(device), k, generator=gen,
-                                     backend=backend).sum())
+    try:
+        for i in range(0, len(images), batch_size):
+            total += float(core.iwae_nll(images[i:i + batch_size].to(device), k,
+                                         generator=gen, backend=backend).sum())
+    finally:
+        core.train(was)
     return total / max(1, len(images))

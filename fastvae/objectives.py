@@ -20,7 +20,13 @@ def loss(model, core, x, cfg: dict):
     groups' KLs``, and (recon, log p(x|z), the groups' KLs) for logging.
     """
     if getattr(core, "hierarchical", False):  # ELBO = log p(x|z) - sum of the groups' KLs
-        recon, kl = model(x, backend=cfg["backend"])  # (objective "elbo", k 1: options.py)
+        if (cfg.get("objective") or "elbo", int(cfg.get("k") or 1),
+                cfg.get("estimator") or "standard", cfg.get("kl") or "analytic") != (
+                    "elbo", 1, "standard", "analytic"):   # (the command refuses them first)
+            raise ValueError("a hierarchical model trains on the ELBO of its per-group "
+                             "analytic KLs only: objective 'elbo', k 1, estimator "
+                             "'standard', kl 'analytic'")
+        recon, kl = model(x, backend=cfg["backend"])
         rec = core.log_px(x, recon, cfg["backend"])
         return -(rec - cfg["beta"] * kl.sum(0)).mean(), (recon, rec, kl)
     k, objective = cfg.get("k", 1), cfg.get("objective", "elbo")

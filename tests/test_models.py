@@ -351,3 +351,36 @@ def test_sample_names_a_bad_generator(make):
         with pytest.raises(TypeError, match="^generator must be a torch.Generator, got str$"):
             call(3, generator="x")
     assert m.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, 1, 4, 4)
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_evaluation_keeps_the_training_mode_and_takes_an_empty_set(make):
+    """iwae_nll left a training model in eval mode (evaluate restored it), and evaluate of
+    no images failed on its int sum ("'int' object is not subscriptable")."""
+    from fastvae import evaluation
+
+    m = make()
+    cfg = {"seed": 0, "backend": None}
+    for training in (True, False):
+        m.train(training)
+        evaluation.iwae_nll(m, torch.rand(3, 1, 4, 4), 2, "cpu", seed=0)
+        evaluation.evaluate(m, torch.rand(3, 1, 4, 4), cfg, "cpu")
+        assert m.training == training
+    got = evaluation.evaluate(m, torch.zeros(0, 1, 4, 4), cfg, "cpu")
+    assert got["elbo"] == got["rec"] == got["kl"] == 0.0
+    assert got.get("kl_groups", [0.0]) == [0.0] * len(got.get("kl_groups", [0.0]))
+    assert evaluation.iwae_nll(m, torch.zeros(0, 1, 4, 4), 2, "cpu", seed=0) == 0.0
+
+
+@pytest.mark.parametrize("setting", [{"objective": "iwae"}, {"k": 50}, {"estimator": "stl"},
+                                     {"kl": "mc"}])
+def test_a_hierarchical_loss_refuses_what_it_would_ignore(setting):
+    """evaluation.batch_loss returned the single-sample ELBO for a "K=50 IWAE" request."""
+    from fastvae import evaluation
+
+    h = HierarchicalVAE((1, 4, 4), 2, (4, 8), 1)
+    cfg = {"backend": None, "kl": "analytic", "beta": 1.0, **setting}
+    with pytest.raises(ValueError, match="hierarchical model trains on the ELBO"):
+        evaluation.batch_loss(h, torch.rand(2, 1, 4, 4), cfg)
+    cfg.update(objective="elbo", k=1, estimator="standard", kl="analytic")
+    assert torch.isfinite(evaluation.batch_loss(h, torch.rand(2, 1, 4, 4), cfg)[0])

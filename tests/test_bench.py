@@ -561,3 +561,29 @@ def test_the_samplers_check_refuses_correlated_draws():
                       ("same for every row", torch.randn(1, 32, generator=g).expand(64, 32))]:
         with pytest.raises(AgreementError, match=what):
             check_noise(what, eps, 0.0)
+
+
+def test_train_hvae_checks_a_fused_backend_with_its_own_kl_and_eager_draws(monkeypatch):
+    """The Triton variant's checked step ran everything on the reference backend, so the
+    check compared the reference with itself. Now it draws as eager draws and runs the
+    KL (and the likelihood) on its backend; shown here with "torch", which takes the same
+    path on the CPU."""
+    from fastvae.bench.specs import train_hvae as spec
+    from fastvae.models import HierarchicalVAE
+
+    torch.manual_seed(0)
+    inputs = {"x": (torch.rand(4, 1, 4, 4) < 0.3).float(),
+              "model": HierarchicalVAE((1, 4, 4), 2, (4, 8), 1)}
+    asked = []
+    kl_normal = fastvae.kl_normal
+    monkeypatch.setattr(fastvae, "kl_normal",
+                        lambda *a, backend=None: asked.append(backend) or kl_normal(
+                            *a, backend=backend))
+    results = []
+    for build in (spec._build("reference"), spec._build("torch", own_rng=True)):
+        step = build(None, inputs)
+        torch.manual_seed(1234)
+        results.append(getattr(step, "check_step", step)())
+    assert asked == ["torch"] * 2   # two groups, on the variant's backend
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -6,18 +6,24 @@ latent groups at two resolutions, ``L`` channels per group) on ``D``-pixel image
 ``eager`` is the same model with the eager per-group sampling and KL (backend
 "reference": ``z = mu + exp(logvar/2) * randn`` and the KL term by term, autograd for the
 backward, the pattern VDVAE and NVAE write); ``fastvae-torch`` and ``fastvae-triton`` run
-every group through the fused :func:`fastvae.sample_with_kl`. Every variant's checked
-first step starts from the same weights and the same seed. Neither fused backend's
-float32 sampler draws from torch's stream (in-kernel Philox), so the checked step of
-"torch" draws ``torch.randn``'s eps inside the fused ops (``randn_noise``) and Triton's
-draws eagerly; the samplers are checked in ``sample_with_kl``. The step is
-convolution-bound: no roofline.
+every group through the fused :func:`fastvae.sample_with_kl`; the likelihood term runs
+on each variant's backend too (``HierarchicalVAE.elbo(backend=)``). Every variant's
+checked first step starts from the same weights and the same seed. Neither fused
+backend's float32 sampler draws from torch's stream (in-kernel Philox), so the checked
+step of "torch" draws ``torch.randn``'s eps inside the fused ops (``randn_noise``), and
+Triton's draws each group's z as eager does and computes its KL with the Triton
+``kl_normal`` (:func:`_eager_draws`); the likelihood is Triton's either way, and the
+samplers are checked in ``sample_with_kl``. The step is convolution-bound: no roofline.
 """
+import contextlib
 import copy
 import math
+from unittest import mock
 
 import torch
 
+import fastvae
+from fastvae import hvae
 from fastvae.backends.torch_backend.reparameterize import randn_noise
 from fastvae.hvae import HierarchicalVAE
 
@@ -52,6 +58,21 @@ def make_inputs(case, gen):
     return {"x": x.to(device=case.device, dtype=case.dtype), "model": model, "seed": 1234}
 
 
+@contextlib.contextmanager
+def _eager_draws(backend: str):
+    """The model's per-group ``sample_with_kl`` with z drawn as the eager variant draws it
+    (the reference's, ``torch.randn``'s eps) and the KL on ``backend``: a backend whose
+    sampler has its own stream is still checked on everything but the draw."""
+    def draw(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, backend=None):
+        z, _ = fastvae.sample_with_kl(mu_q, logvar_q, mu_p, logvar_p, generator=generator,
+                                      backend="reference")
+        return z, fastvae.kl_normal(mu_q, logvar_q, 0.0 if mu_p is None else mu_p,
+                                    0.0 if logvar_p is None else logvar_p, backend=on)
+    on = backend
+    with mock.patch.object(hvae, "sample_with_kl", draw):
+        yield
+
+
 def _build(backend: str, own_rng: bool = False, randn_check: bool = False):
     def build(case, inputs):
         x, model = inputs["x"], copy.deepcopy(inputs["model"])
@@ -69,7 +90,10 @@ def _build(backend: str, own_rng: bool = False, randn_check: bool = False):
             return run(backend)
         step.release = lambda: opt.zero_grad(set_to_none=True)
         if own_rng:
-            step.check_step = lambda: run("reference")
+            def check_step():
+                with _eager_draws(backend):
+                    return run(backend)
+            step.check_step = check_step
         if randn_check:
             def check_step():
                 with randn_noise():

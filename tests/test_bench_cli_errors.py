@@ -291,3 +291,37 @@ def test_help_names_every_dtype_and_the_whole_quick_grid():
     assert {c.op for c in quick} >= {"sample_with_kl", "dmol"}
     for c in quick:
         assert c.op in helps["quick"] and c.shape in helps["quick"], (c.op, c.shape)
+
+
+def test_an_interrupt_kills_the_offline_judges_child(tmp_path):
+    """Ctrl-C sent to the parent alone left the child compiling for ~40 s."""
+    from fastvae.bench.offline import compiler
+
+    class Child:
+        killed = False
+
+        def __init__(self, *args, **kw):
+            Child.made = self
+
+        def communicate(self, timeout=None):
+            if not self.killed:
+                raise KeyboardInterrupt
+            return "", ""
+
+        def kill(self):
+            self.killed = True
+    with pytest.raises(KeyboardInterrupt):
+        compiler.run_version("/t36", ["proxy"], popen=Child)
+    assert Child.made.killed
+
+
+def test_gpu_train_step_refuses_the_sizes_it_would_override(capsys):
+    """It runs train_mlp and train_conv at B=65536, D=784: --ops, --batch and --dim were
+    replaced without a word."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--gpu-train-step", "--ops", "elbo", "--batch", "1024"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastvae bench: error: argument --ops, --batch: --gpu-train-step "
+                          "runs train_mlp and train_conv at B=65536, D=784") and \
+        len(err.strip().splitlines()) == 1

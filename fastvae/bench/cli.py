@@ -44,9 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch sizes for every op (default: per op, the grids of its "
                              "spec in fastvae/bench/specs/)")
     parser.add_argument("--dim", type=o.non_negative_ints, default=None,
-                        help="data dims D for every op (default: per op, 784 and/or 3072)")
+                        help="data dims D for every op (default: per op, 784 and/or 3072); "
+                             "dmol: pixels per channel H*W of its 3-channel images")
     parser.add_argument("--latent", type=o.non_negative_ints, default=None,
-                        help="latent dims L for every op (default: per op, as --dim)")
+                        help="latent dims L for every op (default: per op, as --dim); dmol: "
+                             "the mixture's components M")
     for op in OPS.values():
         if op.k_flag:
             parser.add_argument(op.k_flag, type=o.positive_ints, default=None,
@@ -252,6 +254,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.proxy:
         _refuse_what_the_proxy_ignores(parser, args)
+    if args.gpu_train_step:   # its cases are fixed: a flag it would override is refused
+        given = [f"--{d}" for d in ("ops", "batch", "dim")
+                 if getattr(args, d) != parser.get_default(d)]
+        if given:
+            parser.error(f"argument {', '.join(given)}: --gpu-train-step runs "
+                         f"{' and '.join(GPU_TRAIN_OPS)} at B={GPU_TRAIN_BATCH}, D=784; drop "
+                         f"{', '.join(given)} or --gpu-train-step")
     try:   # train's and eval's own check of --device
         o.resolve_device(args.device)
     except ValueError as e:

@@ -209,7 +209,7 @@ def run_version(triton_path: Optional[str], args: Iterable[str], timeout: float 
                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException:   # a timeout, or Ctrl-C sent to this process alone
             proc.kill()
             proc.communicate()
             raise

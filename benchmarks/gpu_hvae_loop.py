@@ -32,6 +32,7 @@ import time
 import torch
 
 import fastvae
+from fastvae import options as o
 from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
@@ -192,9 +193,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
-    p.add_argument("--budget-s", type=float, default=90.0,
+    p.add_argument("--budget-s", type=o.positive_float, default=90.0,
                    help="stop starting new variants after this many seconds")
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=o.positive_int, default=20)
     args = p.parse_args(argv)
     device = device_for("gpu_hvae_loop.py", args.smoke)
     if device is None:

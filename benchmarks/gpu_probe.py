@@ -436,7 +436,7 @@ def main(argv=None):
     p.add_argument("--captured-bar", action="store_true",
                    help="only the bar's cases (ELBO, reparameterize) with every variant "
                         "captured in a CUDA graph -> captured_bar.md, .json")
-    p.add_argument("--budget-s", type=float, default=150.0,
+    p.add_argument("--budget-s", type=o.positive_float, default=150.0,
                    help="stop starting new cases after this many seconds")
     p.add_argument("--reps", type=o.positive_int, default=20)
     args = p.parse_args(argv)

@@ -109,7 +109,8 @@ def make_step(args):
         return loss_fn(x, recon, mu, logvar)
 
     def step():
-        forward().backward()
+        value = forward()
+        (value.sum() if args.reduction == "none" else value).backward()
         for t in leaves:  # the next backward hands its gradient over, no accumulation
             t.grad = None
     return step, forward

@@ -52,6 +52,10 @@ def test_hvae_loop_smoke_labels_its_cpu_columns(tmp_path):
     res = json.loads((tmp_path / "hvae_loop.json").read_text())
     assert all(r["launches_per_group"] is None for r in res["cases"][0]["rows"])
     assert "batch 2" in res["cases"][0]["case"]
+    for flag, value in (("--reps", "0"), ("--budget-s", "nan")):   # error rows, exit 0
+        with pytest.raises(SystemExit) as e:
+            loop.main(["--smoke", "--out", str(tmp_path), flag, value])
+        assert e.value.code == 2
 
 
 def test_tile_sweep_checks_every_candidate_and_restores_the_shipped_tiles(monkeypatch):

@@ -160,12 +160,13 @@ def png_file(value) -> str:
 def comma_list(item):
     """A comma list, each entry checked by ``item`` (a bad one would otherwise fail inside
     the work, as a traceback naming no flag), at least one: "" or "," would otherwise
-    read as the flag left out, i.e. its default."""
+    read as the flag left out, i.e. its default. A repeated value is dropped (``--batch
+    16,16`` would run its cases twice)."""
     def parse(value) -> list:
         items = [v.strip() for v in str(value).split(",") if v.strip()]
         if not items:
             raise BadValue("an empty list; give at least one")
-        return [item(v) for v in items]
+        return list(dict.fromkeys(item(v) for v in items))
     return parse
 
 
@@ -178,7 +179,7 @@ def names_from(allowed):
     so a name registered later counts), at least one; a repeat is dropped (it would run
     its cases twice)."""
     def parse(s: str) -> list:
-        names = list(dict.fromkeys(comma_list(str)(s)))
+        names = comma_list(str)(s)
         unknown = [n for n in names if n not in allowed]
         if unknown:
             raise BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")

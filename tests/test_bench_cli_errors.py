@@ -248,9 +248,11 @@ def test_a_repeated_name_runs_once():
     parser = o.Parser(prog="fastvae bench")
     bench.add_arguments(parser)
     args = parser.parse_args(["--ops", "elbo,iwae,elbo", "--dtype", "fp32,fp32",
-                              "--variants", "eager,eager,compile"])
+                              "--variants", "eager,eager,compile", "--batch", "16,16,4",
+                              "--dim", "0,0"])
     assert (args.ops, args.dtype, args.variants) == (["elbo", "iwae"], ["fp32"],
                                                      ["eager", "compile"])
+    assert (args.batch, args.dim) == ([16, 4], [0])   # numbers too: 16 ran twice
 
 
 def test_memory_columns_are_labelled_mib_in_text_and_markdown():
@@ -325,3 +327,13 @@ def test_gpu_train_step_refuses_the_sizes_it_would_override(capsys):
     assert err.startswith("fastvae bench: error: argument --ops, --batch: --gpu-train-step "
                           "runs train_mlp and train_conv at B=65536, D=784") and \
         len(err.strip().splitlines()) == 1
+
+
+def test_json_and_plot_of_one_file_are_refused(capsys, tmp_path):
+    """The figure, written last, replaced the JSON."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--json", str(tmp_path / "a.png"), "--plot",
+                  str(tmp_path / "." / "a.png")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "arguments --json, --plot: both name" in err and len(err.strip().splitlines()) == 1

@@ -277,6 +277,9 @@ def main(argv=None) -> int:
         if torch.device(device).type != "cpu" or threads != 1:
             parser.error(f"--cpu-time times the calling thread: it needs device cpu and "
                          f"--threads 1 (have {device}, {threads} threads)")
+    if args.plot and args.json and os.path.abspath(args.plot) == os.path.abspath(args.json):
+        parser.error(f"arguments --json, --plot: both name {args.plot}, and the figure would "
+                     "replace the JSON; give each its own file")
     if args.plot and os.path.splitext(args.plot)[1].lower() not in PLOT_SUFFIXES:
         parser.error(f"argument --plot: the figure's format follows its suffix, one of "
                      f"{', '.join(PLOT_SUFFIXES)}; got {args.plot!r}")

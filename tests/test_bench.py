@@ -284,6 +284,10 @@ def test_suite_grid_leaves_out_oversized_cases(monkeypatch):
     grid = bench.suite_cases("iwae", device="cpu")
     assert grid and all(c.largest_elements() <= 1 << 24 for c in grid)
     assert {c.k for c in grid} == {5, 50}
+    for bad in ("abc", "0", "-5"):   # a collection error naming the variable, not int()'s
+        monkeypatch.setenv("FASTVAE_BENCH_MAX_ELEMENTS", bad)
+        with pytest.raises(ValueError, match=r"^FASTVAE_BENCH_MAX_ELEMENTS must be a"):
+            bench.suite_cases("iwae", device="cpu")
 
 
 def test_cuda_suite_grid_fits_a_card(monkeypatch):

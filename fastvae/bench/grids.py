@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..options import auto_device
+from ..options import auto_device, positive_int
 from .core import DTYPES, OPS, Case, get_op
 from .timing import is_cuda
 
@@ -65,7 +65,11 @@ def suite_cases(op: str, device: Optional[str] = None) -> List[Case]:
     axes = dict(SUITE_CUDA if cuda else SUITE_CPU,
                 **get_op(op).grids.get("suite_cuda" if cuda else "suite_cpu", {}))
     dtypes = [torch.float32, torch.bfloat16] if cuda else [torch.float32]
-    max_el = int(os.environ.get("FASTVAE_BENCH_MAX_ELEMENTS", max_elements_default(device)))
+    given = os.environ.get("FASTVAE_BENCH_MAX_ELEMENTS")
+    try:
+        max_el = max_elements_default(device) if given is None else positive_int(given)
+    except ValueError as e:   # (BadValue) a collection error that names the variable
+        raise ValueError(f"FASTVAE_BENCH_MAX_ELEMENTS {e}") from None
     return cases([op], axes["batch"], axes["dim"], axes["latent"], dtypes=dtypes,
                  device=device, max_elements=max_el)
 

@@ -337,3 +337,14 @@ def test_json_and_plot_of_one_file_are_refused(capsys, tmp_path):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "arguments --json, --plot: both name" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_proxy_refuses_here_with_another_triton(capsys, tmp_path):
+    """--triton was ignored without a word beside --here."""
+    from fastvae.bench.offline import __main__ as offline
+
+    (tmp_path / "triton").mkdir()   # what the flag's own check looks for
+    with pytest.raises(SystemExit) as e:
+        offline.main(["proxy", "--here", "--triton", str(tmp_path)])
+    assert e.value.code == 2
+    assert "--here runs this interpreter's Triton, --triton another's" in capsys.readouterr().err

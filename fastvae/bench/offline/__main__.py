@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     x.add_argument("--here", action="store_true", help="run under this interpreter's Triton")
     x.add_argument("--json", type=o.file_to_write, default=None)
     args = p.parse_args(argv)
+    if args.cmd == "proxy" and args.here and args.triton is not None:
+        x.error("--here runs this interpreter's Triton, --triton another's; give one")
     try:
         return _run(args)
     except (compiler.ToolMissing, compiler.JudgeFailed) as e:

@@ -232,15 +232,21 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps")
 PROXY_FLAGS = ("proxy", "ops", "dtype", "json")
 
 
+def _flags_given(parser: argparse.ArgumentParser, args, which) -> list:
+    """The flags (each by its last spelling) whose dest passes ``which`` and whose value
+    is not the default: what the command line set."""
+    return [a.option_strings[-1] for a in parser._actions
+            if a.option_strings and which(a.dest)
+            and getattr(args, a.dest, a.default) != a.default]
+
+
 def _refuse_what_the_proxy_ignores(parser: argparse.ArgumentParser, args) -> None:
     """A flag the proxy would silently drop (--batch, --markdown, --cpu-time...) is a
     usage error, not a run that looks as if it honoured it."""
     if args.plot:  # speed-ups against batch size: the proxy times nothing
         parser.error("argument --plot: --proxy times nothing, so there is no speed-up to plot; "
                      "drop one of them")
-    given = [a.option_strings[-1] for a in parser._actions
-             if a.option_strings and a.dest not in PROXY_FLAGS + ("help",)
-             and getattr(args, a.dest, a.default) != a.default]
+    given = _flags_given(parser, args, lambda dest: dest not in PROXY_FLAGS + ("help",))
     if given:
         parser.error(f"argument{'s' if len(given) > 1 else ''} {', '.join(given)}: --proxy "
                      f"does not honour {'them' if len(given) > 1 else 'it'} (it compiles the "
@@ -255,8 +261,7 @@ def main(argv=None) -> int:
     if args.proxy:
         _refuse_what_the_proxy_ignores(parser, args)
     if args.gpu_train_step:   # its cases are fixed: a flag it would override is refused
-        given = [f"--{d}" for d in ("ops", "batch", "dim")
-                 if getattr(args, d) != parser.get_default(d)]
+        given = _flags_given(parser, args, lambda dest: dest in ("ops", "batch", "dim"))
         if given:
             parser.error(f"argument {', '.join(given)}: --gpu-train-step runs "
                          f"{' and '.join(GPU_TRAIN_OPS)} at B={GPU_TRAIN_BATCH}, D=784; drop "

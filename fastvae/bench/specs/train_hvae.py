@@ -59,16 +59,15 @@ def make_inputs(case, gen):
 
 
 @contextlib.contextmanager
-def _eager_draws(backend: str):
+def _eager_draws(kl_backend: str):
     """The model's per-group ``sample_with_kl`` with z drawn as the eager variant draws it
-    (the reference's, ``torch.randn``'s eps) and the KL on ``backend``: a backend whose
+    (the reference's, ``torch.randn``'s eps) and the KL on ``kl_backend``: a backend whose
     sampler has its own stream is still checked on everything but the draw."""
     def draw(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, backend=None):
         z, _ = fastvae.sample_with_kl(mu_q, logvar_q, mu_p, logvar_p, generator=generator,
                                       backend="reference")
         return z, fastvae.kl_normal(mu_q, logvar_q, 0.0 if mu_p is None else mu_p,
-                                    0.0 if logvar_p is None else logvar_p, backend=on)
-    on = backend
+                                    0.0 if logvar_p is None else logvar_p, backend=kl_backend)
     with mock.patch.object(hvae, "sample_with_kl", draw):
         yield
 

@@ -95,8 +95,9 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     "reference"), so after ``torch.manual_seed(s)`` (or with equally seeded generators)
     ``z`` equals ``reparameterize(mu_q.reshape(B, N), logvar_q.reshape(B, N))`` reshaped to
     mu_q's shape, bit for bit (``N``: the product of the non-batch sizes, 1 for a ``(B,)``
-    mu_q: one scalar latent per sample). The two Philox backends share the uniforms bit for bit; their float32 z
-    differ only by their transcendentals (tests/test_philox.py states the bound).
+    mu_q: one scalar latent per sample). The two Philox backends share the uniforms bit
+    for bit; their float32 z differ only by their transcendentals (tests/test_philox.py
+    states the bound).
 
     Gradients: ``dmu_q = dz + g_kl dKL/dmu_q``, ``dlogvar_q = 0.5 dz exp(logvar_q/2) eps +
     g_kl dKL/dlogvar_q``, the prior's from the KL alone (:func:`kl_normal`), where

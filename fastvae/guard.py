@@ -4,8 +4,8 @@ saved.
 Checked every step: the loss before backward, then the gradient norm and the weights
 after the optimizer step (one host sync for both), and that no gradient's square
 overflows (Adam keeps it in the weights' dtype: its state would be inf, every later
-update 0 or NaN). Checked every epoch, before the
-checkpoint is written: the optimizer state and the epoch's train and test metrics (finite
+update 0 or NaN). Checked every epoch, before the checkpoint is written: the optimizer
+state and the epoch's train and test metrics (finite
 weights can still give a NaN test ELBO, e.g. a log-variance that overflows ``exp``).
 A failure raises :class:`NonFiniteLoss` naming the epoch and step and the checkpoint that
 stays, which is always the last one written, so it never holds a non-finite number.
@@ -91,12 +91,12 @@ class Guard:
                     f"{'the data scaled to about [0, 1] or ' if scale_hint else ''}a lower "
                     "--lr")
         else:
+            rescale = " (or start again with the data scaled to about [0, 1])"
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
                     f"{self.checkpoint}; continue from it with a lower learning rate: "
                     f"fastvae train --out {shlex.quote(str(self.out))} --resume"
                     f"{'' if self.epochs is None else f' --epochs {self.epochs}'} "
-                    f"--lr {self.lr / 10:g}"
-                    f"{' (or start again with the data scaled to about [0, 1])' if scale_hint else ''}")
+                    f"--lr {self.lr / 10:g}{rescale if scale_hint else ''}")
         raise NonFiniteLoss(f"{problem or f'non-finite {what} ({value})'} {where}; {kept}")
 
     def loss(self, value: float, epoch: int, step: int, steps: int) -> None:

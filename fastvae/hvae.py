@@ -37,8 +37,9 @@ overflows (or the KL's ``exp(-logvar_p)`` does), the loss turns NaN, and the run
 lost - the most reported VAE failure (pythae, NVAE and AntixK/PyTorch-VAE issues). A
 hard ``clamp`` would stop the gradient at the bound; ``tanh`` is the identity near 0
 and its gradient fades smoothly (only where ``tanh`` rounds to exactly +-1, past a raw
-value of about 45 in float32 or about 20 in 16-bit, is it the bound with a gradient of 0). ``exp(10)`` is far inside float16's range, so the bound also
-holds under mixed precision; the KL's gradients, up to 2e8 inside it, are kept in float32
+value of about 45 in float32 or about 20 in 16-bit, is it the bound with a gradient of
+0). ``exp(10)`` is far inside float16's range, so the bound also holds under mixed
+precision; the KL's gradients, up to 2e8 inside it, are kept in float32
 for float16 posteriors by the fused ops, as all their saved gradients of float16 inputs
 (``fastvae._dtypes.saved_grad_dtype``).
 """

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import types
 
-import numpy as np
 import pytest
 import torch
 
@@ -581,19 +580,6 @@ def test_flat_data_is_drawn_as_squares_at_the_size_of_its_images(tmp_path, capsy
     assert _png_size(png) == (438, 6 * (2 * 9 + 1))
 
 
-@pytest.mark.parametrize("channels,drawn", [(1, None), (2, 1), (3, None), (4, 3), (5, 1)])
-def test_a_grid_draws_rgb_rgba_without_alpha_and_else_the_first_channel(channels, drawn):
-    from fastvae import plots
-
-    images = torch.rand(3, channels, 4, 5, generator=torch.Generator().manual_seed(0))
-    shown = images[:, :drawn] if drawn is not None else images
-    g = plots.grid(images, ncol=2)
-    assert g.shape == ((2 * 5 + 1, 2 * 6 + 1) if shown.shape[1] == 1 else (11, 13, 3))
-    cell = g[1:5, 7:12] if shown.shape[1] == 1 else g[1:5, 7:12].transpose(2, 0, 1)
-    assert np.array_equal(cell, shown[1].squeeze(0).numpy() if shown.shape[1] == 1
-                          else shown[1].numpy())
-
-
 def test_a_grid_draws_flat_squares_as_squares_and_bounds_its_upscaling(tmp_path):
     from fastvae import plots
 
@@ -683,14 +669,3 @@ def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys
     err = capsys.readouterr().err
     assert err == ("" if another_rank else
                    "fastvae train: interrupted before its first checkpoint; nothing to resume\n")
-
-
-def test_most_images_of_a_picture_is_0_where_one_image_is_past_the_limit():
-    from fastvae import plots
-
-    assert plots.most_images((3, 4097, 4097)) == 0
-    assert plots.most_images((1, 1, 1000), ncol=1) > 0   # strips
-    most = plots.most_images((1, 1, 1000), ncol=3)
-    for n, fits in ((most, True), (most + 1, False)):
-        w, h = plots.grid_size((n, 1, 1, 1000), 3)
-        assert (w * h <= plots.MAX_UPSCALED_PIXELS) == fits

@@ -1,0 +1,29 @@
+"""fastvae.plots on its own: how a grid draws each channel count, and how many images a
+picture may hold (the sample command's bound)."""
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.mark.parametrize("channels,drawn", [(1, None), (2, 1), (3, None), (4, 3), (5, 1)])
+def test_a_grid_draws_rgb_rgba_without_alpha_and_else_the_first_channel(channels, drawn):
+    from fastvae import plots
+
+    images = torch.rand(3, channels, 4, 5, generator=torch.Generator().manual_seed(0))
+    shown = images[:, :drawn] if drawn is not None else images
+    g = plots.grid(images, ncol=2)
+    assert g.shape == ((2 * 5 + 1, 2 * 6 + 1) if shown.shape[1] == 1 else (11, 13, 3))
+    cell = g[1:5, 7:12] if shown.shape[1] == 1 else g[1:5, 7:12].transpose(2, 0, 1)
+    assert np.array_equal(cell, shown[1].squeeze(0).numpy() if shown.shape[1] == 1
+                          else shown[1].numpy())
+
+
+def test_most_images_of_a_picture_is_0_where_one_image_is_past_the_limit():
+    from fastvae import plots
+
+    assert plots.most_images((3, 4097, 4097)) == 0
+    assert plots.most_images((1, 1, 1000), ncol=1) > 0   # strips
+    most = plots.most_images((1, 1, 1000), ncol=3)
+    for n, fits in ((most, True), (most + 1, False)):
+        w, h = plots.grid_size((n, 1, 1, 1000), 3)
+        assert (w * h <= plots.MAX_UPSCALED_PIXELS) == fits

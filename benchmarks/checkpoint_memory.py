@@ -11,6 +11,8 @@ every variant are checked against the plain eager step first.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
@@ -42,7 +44,7 @@ def held_after_forward(forward):
     return held, out
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
     p = o.Parser(description=__doc__.splitlines()[0])
     for flag, default in (("--batch", 4096), ("--dim", 784), ("--latent", 32), ("--hidden", 400)):
         p.add_argument(flag, type=o.positive_int, default=default)
@@ -84,4 +86,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "checkpoint_memory.py"))

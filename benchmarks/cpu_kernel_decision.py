@@ -360,4 +360,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "cpu_kernel_decision.py"))

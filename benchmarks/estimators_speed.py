@@ -165,4 +165,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "estimators_speed.py"))

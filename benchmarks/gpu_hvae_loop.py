@@ -226,4 +226,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "gpu_hvae_loop.py"))

@@ -501,4 +501,5 @@ def triton_version():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "gpu_probe.py"))

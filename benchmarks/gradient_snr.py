@@ -249,4 +249,5 @@ def study(args, run) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "gradient_snr.py"))

@@ -387,4 +387,5 @@ def measure(args, modes, record):
 
 
 if __name__ == "__main__":
-    main()
+    from fastvae.bench.extras import script_main
+    sys.exit(script_main(main, "host_path.py"))

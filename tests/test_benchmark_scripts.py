@@ -202,3 +202,31 @@ def test_checkpoint_memory_measures_what_the_forward_holds(monkeypatch, capsys):
     recon = b * d * 4
     assert rows["fastvae + checkpoint"] < recon and rows["eager + checkpoint"] < recon
     assert rows["fastvae"] >= 2 * recon
+
+
+# ------------------------------------------------------------------------ every script
+
+def test_every_script_ends_through_script_main():
+    """Each standalone script's ``__main__`` exits through ``script_main``, so Ctrl-C prints
+    one line, not a traceback."""
+    scripts = [p for p in (ROOT / "benchmarks").glob("*.py")
+               if 'if __name__ == "__main__":' in p.read_text()]
+    assert len(scripts) >= 8
+    for p in scripts:
+        tail = p.read_text().split('if __name__ == "__main__":')[-1]
+        assert f'script_main(main, "{p.name}")' in tail, p.name
+
+
+def test_script_main_turns_ctrl_c_into_one_line_and_keeps_the_status(capsys):
+    from fastvae.bench.extras import script_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+    assert script_main(interrupted, "x.py") == 130
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["x.py: interrupted; nothing it writes is left half-written"]
+    assert script_main(lambda: 1, "x.py") == 1
+    assert script_main(lambda: None, "x.py") == 0
+    assert script_main(lambda: {"rows": 1}, "x.py") == 0   # numbers for a caller: success
+    with pytest.raises(ValueError):   # anything else is not swallowed
+        script_main(lambda: int("x"), "x.py")

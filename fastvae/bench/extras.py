@@ -116,3 +116,18 @@ def quiet_stderr():
     finally:
         os.dup2(saved, fd)
         os.close(saved)
+
+
+def script_main(main: Callable[[], object], name: str) -> int:
+    """A standalone benchmark script's exit status: ``main()``'s where it returns an int
+    (anything else, such as the numbers a test reads, is success), or 130 after Ctrl-C with
+    one line where Python would print a traceback. Every file these scripts write is
+    written whole (``fastvae.checkpoint.write_json``, ``save_figure``), so an interrupted
+    run leaves the last complete file or none."""
+    try:
+        status = main()
+        return status if type(status) is int else 0
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; nothing it writes is left half-written",
+              file=sys.stderr)
+        return 130

@@ -89,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write rows and environment (sizes in bytes: peak_extra_bytes, "
                              "saved_bytes, bytes_moved; the table shows MiB, 2**20 bytes, "
                              "and GB/s, 1e9 bytes/s)")
-    parser.add_argument("--plot", metavar="FILE.png", type=o.file_to_write, default=None,
-                        help="speed-up vs batch size per variant (matplotlib)")
+    parser.add_argument("--plot", metavar="FILE", type=o.file_to_write, default=None,
+                        help="speed-up vs batch size per variant (matplotlib; the format "
+                             f"follows the suffix: {', '.join(PLOT_SUFFIXES)})")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--proxy", action="store_true",
                         help="no timing, no GPU: the offline speed proxy of the Triton kernels at "

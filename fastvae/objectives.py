@@ -7,6 +7,7 @@ from __future__ import annotations
 import fastvae
 
 from ._dtypes import widened
+from .options import check_hierarchical
 
 
 def loss(model, core, x, cfg: dict):
@@ -20,12 +21,7 @@ def loss(model, core, x, cfg: dict):
     groups' KLs``, and (recon, log p(x|z), the groups' KLs) for logging.
     """
     if getattr(core, "hierarchical", False):  # ELBO = log p(x|z) - sum of the groups' KLs
-        if (cfg.get("objective") or "elbo", int(cfg.get("k") or 1),
-                cfg.get("estimator") or "standard", cfg.get("kl") or "analytic") != (
-                    "elbo", 1, "standard", "analytic"):   # (the command refuses them first)
-            raise ValueError("a hierarchical model trains on the ELBO of its per-group "
-                             "analytic KLs only: objective 'elbo', k 1, estimator "
-                             "'standard', kl 'analytic'")
+        check_hierarchical(cfg)   # (the command refuses them first)
         recon, kl = model(x, backend=cfg["backend"])
         rec = core.log_px(x, recon, cfg["backend"])
         return -(rec - cfg["beta"] * kl.sum(0)).mean(), (recon, rec, kl)

@@ -288,9 +288,8 @@ def check_train_config(cfg: dict, combinations: bool = True) -> None:
     the combinations: the run trains with its checkpoint's settings, which the flags'
     values mixed with the defaults are not (``--resume --estimator dreg`` of an IWAE run
     would read as DReG with the default ELBO)."""
-    if combinations and cfg.get("model") == "hvae" and cfg.get("kl") == "mc":
-        raise ValueError("kl: the hierarchical VAE trains on each group's analytic KL "
-                         "(sample_with_kl); --kl mc is for the mlp and conv models")
+    if combinations and cfg.get("model") == "hvae":
+        check_hierarchical(cfg)
     for key, choices in TRAIN_CHOICES.items():
         value = cfg.get(key)
         if value is not None and value not in choices:
@@ -335,15 +334,29 @@ def check_model_sizes(given: dict, model: str, defaults: dict) -> None:
                              + " and ".join(f"--{k}" for k in reads))
 
 
+def check_hierarchical(cfg: dict) -> None:
+    """ValueError naming the setting of ``cfg`` a hierarchical model (``--model hvae``) has
+    no use for: it trains the ELBO of its per-group analytic KLs (``sample_with_kl``) only,
+    so an IWAE objective, K samples, another estimator or the Monte-Carlo KL would be
+    ignored without a word (the command and ``evaluation.batch_loss`` both ask)."""
+    kl = cfg.get("kl") or "analytic"
+    if kl not in KL_MODES:
+        raise ValueError(f"kl: must be one of {KL_MODES}, got {kl!r}")
+    if kl == "mc":
+        raise ValueError("kl: a hierarchical model trains on each group's analytic KL "
+                         "(sample_with_kl); --kl mc is for the mlp and conv models")
+    if ((cfg.get("objective") or "elbo") != "elbo" or int(cfg.get("k") or 1) != 1
+            or (cfg.get("estimator") or "standard") != "standard"):
+        raise ValueError("model: a hierarchical model trains on the ELBO of its fused "
+                         "per-group KLs only; leave --objective elbo --k 1 --estimator "
+                         "standard")
+
+
 def check_objective(cfg: dict) -> None:
     """ValueError naming the setting when the training objective and its gradient
     estimator do not go together (shared by argparse's caller and the training API)."""
     objective = cfg.get("objective") or "elbo"
     estimator = cfg.get("estimator") or "standard"
-    if cfg.get("model") == "hvae" and (objective != "elbo" or estimator != "standard"
-                                       or int(cfg.get("k") or 1) != 1):
-        raise ValueError("model: hvae trains the ELBO of its fused per-group KLs only; leave "
-                         "--objective elbo --k 1 --estimator standard")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if estimator not in ESTIMATORS:

@@ -1,0 +1,139 @@
+"""The ``fastvae`` command on data: array files and MNIST folders found from anywhere, a
+data file changed since training, flags a dataset does not read, data the untrained
+model cannot score."""
+import sys
+
+import pytest
+import torch
+
+from fastvae import cli
+
+from _cli import TINY
+
+
+def test_train_on_array_files_needs_no_scikit_learn(tmp_path, monkeypatch):
+    import numpy as np
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    assert cli.main(["train", *TINY, "--dataset", str(tmp_path / "x.npy"),
+                     "--out", str(tmp_path / "run")]) == 0
+
+
+def test_a_run_on_a_relative_array_path_is_found_from_anywhere(tmp_path, monkeypatch, capsys):
+    """The config keeps an array file's absolute path: eval and --resume work from another
+    working directory (the path as typed resolved against theirs)."""
+    import numpy as np
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    np.save(tmp_path / "data" / "x.npy", images)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--dataset", "data/x.npy", "--out", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli.main(["eval", str(tmp_path / "run"), "--k", "0"]) == 0
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2",
+                     "--no-progress", "--iwae-k", "0"]) == 0
+    # the same file typed relative to here is the checkpoint's dataset, not another one
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
+                     "--no-progress", "--iwae-k", "0", "--dataset", "../data/x.npy"]) == 0
+    assert "ignored" not in capsys.readouterr().out
+
+
+def test_a_data_file_replaced_since_training_is_not_resumed_on(tmp_path, capsys):
+    """--resume would continue a run on other images than it was trained on, so it refuses;
+    eval has no other data to take and says so. The same images written again (another
+    dtype, another file) are the same data."""
+    import numpy as np
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    path, run = tmp_path / "x.npy", tmp_path / "run"
+    np.save(path, images)
+    assert cli.main(["train", *TINY, "--dataset", str(path), "--out", str(run)]) == 0
+    np.save(path, images.astype(np.float32) / 255)          # the same images, as floats
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress",
+                     "--iwae-k", "0"]) == 0
+    np.save(path, 255 - images)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "3", "--no-progress",
+                     "--iwae-k", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds other images than" in err[0] and "restore" in err[0], err
+    assert cli.main(["eval", str(run), "--k", "0"]) == 0
+    assert "holds other images than" in capsys.readouterr().err
+
+
+def _fake_idx(folder):
+    import numpy as np
+
+    from fastvae.data import write_idx
+
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    write_idx(folder / "train-images-idx3-ubyte", rng.randint(0, 256, (20, 28, 28)).astype(np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.randint(0, 256, (10, 28, 28)).astype(np.uint8))
+
+
+def test_an_mnist_run_on_a_relative_data_dir_resumes_from_anywhere(tmp_path, monkeypatch):
+    """The config keeps the data folder absolute, and --resume without --data-dir reads the
+    run's own folder, not the flag's default ``data`` (which here holds no IDX files)."""
+    _fake_idx(tmp_path / "idx_ok")
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", "idx_ok",
+                     "--out", "run", "--iwae-k", "0"]) == 0
+    stored = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]
+    assert stored["data_dir"] == str(tmp_path / "idx_ok")
+    assert cli.main(["train", "--out", "run", "--resume", "--epochs", "2", "--no-progress",
+                     "--iwae-k", "0"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "3",
+                     "--no-progress", "--iwae-k", "0"]) == 0
+    # a --data-dir given on resume is used, and kept (absolute) for the next resume
+    _fake_idx(tmp_path / "elsewhere" / "moved")
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "4",
+                     "--data-dir", "moved", "--no-progress", "--iwae-k", "0"]) == 0
+    stored = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"]
+    assert stored["data_dir"] == str(tmp_path / "elsewhere" / "moved")
+
+
+@pytest.mark.parametrize("flag", [["--download"], ["--data-dir", "data"]])
+@pytest.mark.parametrize("dataset", ["digits", "x.npy"])
+def test_data_flags_a_dataset_does_not_read_are_refused(tmp_path, capsys, monkeypatch,
+                                                        dataset, flag):
+    """--download and --data-dir would be ignored: refused in one line before any folder
+    is made, for a fresh run and for a resume of such a run."""
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8))
+    monkeypatch.chdir(tmp_path)
+    drop = f"drop {flag[0]}"
+    assert cli.main(["train", *TINY, "--dataset", dataset, *flag, "--out", "new"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag[0]}: the dataset" in err and drop in err, err
+    assert not (tmp_path / "new").exists()
+    assert cli.main(["train", *TINY, "--dataset", dataset, "--out", "run"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--out", "run", "--resume", "--epochs", "2", *flag,
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and drop in err, err
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+def test_data_the_untrained_model_cannot_score_is_refused_before_training(tmp_path, capsys):
+    """Values in the thousands as int32 (used as they are) under the Gaussian likelihood: the
+    untrained test ELBO is not finite, so no learning rate helps; one line naming the data,
+    no run folder."""
+    import numpy as np
+
+    np.save(tmp_path / "wide.npy", np.random.RandomState(0).randint(7, 5000, (40, 8, 8))
+            .astype(np.int32))
+    assert cli.main(["train", *TINY, "--likelihood", "gaussian", "--dataset",
+                     str(tmp_path / "wide.npy"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wide.npy" in err and "values in [" in err, err
+    assert "--lr" not in err and not (tmp_path / "run").exists()

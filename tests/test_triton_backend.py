@@ -284,10 +284,25 @@ def test_float64_and_empty_inputs_take_the_torch_path(launches):
         lambda m, v: fastvae.kl_standard_normal(m, v, backend="triton"), (mu, lv))
     z = fastvae.reparameterize(mu, lv, n_samples=2, backend="triton")
     z.sum().backward()
+    assert fastvae.last_backend() == "torch"   # what computed it, as the README says
     e = fastvae.elbo(torch.rand(0, 5), torch.randn(0, 5), torch.randn(0, 2), torch.randn(0, 2),
                      backend="triton")
-    assert float(e) == 0.0
+    assert float(e) == 0.0 and fastvae.last_backend() == "torch"
     assert not launches
+    # a call the kernels take says so again, and each handed-over op says "torch"
+    fastvae.kl_standard_normal(mu.float(), lv.float(), backend="triton")
+    assert fastvae.last_backend() == "triton"
+    x64 = torch.rand(4, 5, dtype=torch.float64)
+    r64 = torch.randn(4, 5, dtype=torch.float64)
+    for call in (lambda: fastvae.elbo(x64, r64, mu, lv, backend="triton"),
+                 lambda: fastvae.elbo(x64, r64, mu, lv, backend="triton"),   # its route
+                 lambda: fastvae.iwae_bound(x64, r64[None], mu, lv, mu[None], backend="triton"),
+                 lambda: fastvae.kl_normal(mu, lv, 0.0, 0.0, backend="triton"),
+                 lambda: fastvae.gaussian_log_prob(x64, r64, 0.0, backend="triton"),
+                 lambda: fastvae.sample_with_kl(mu, lv, backend="triton")):
+        fastvae.kl_standard_normal(mu.float(), lv.float(), backend="triton")
+        call()
+        assert fastvae.last_backend() == "torch"
 
 
 # -- backward: no host reads; saved tensors -------------------------------------------------------

@@ -192,6 +192,14 @@ def rows(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def by_torch(fn, *args):
+    """``fn(*args)``: a "torch" backend function computing a call this backend hands over
+    (:func:`delegated`), recorded as the backend that ran (``fastvae.last_backend()``)."""
+    from .. import mark_used   # (the package imports this module lazily: no cycle)
+    mark_used("torch")
+    return fn(*args)
+
+
 def delegated(*ts) -> bool:
     """Whether the call goes to the "torch" backend instead: float64 inputs (the kernels
     compute in fp32 by design; fp64 callers such as gradcheck want fp64 math) and empty

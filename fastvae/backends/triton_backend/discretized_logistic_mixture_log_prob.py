@@ -21,8 +21,8 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits, reduction, scale,
     s = 10 if ch == 3 else 3
     m = params.shape[1] // s
     if _launch.delegated(x, params) or m > configs.DMOL_MAX_MIX:
-        return torch_backend.discretized_logistic_mixture_log_prob_fwd(
-            x, params, bits, reduction, scale, needs)
+        return _launch.by_torch(torch_backend.discretized_logistic_mixture_log_prob_fwd,
+                                x, params, bits, reduction, scale, needs)
     dev = x.device
     x3 = x.contiguous().view(b, ch, hw)
     p = params.contiguous()

@@ -33,9 +33,9 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
     plan = _plan_of(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl,
                     free_bits, reduction, needs)
     if plan is _DELEGATE:
-        return torch_backend.elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
-                                      obs_scalar, likelihood, kl, beta, free_bits, reduction,
-                                      scale, needs)
+        return _launch.by_torch(torch_backend.elbo_fwd, x, recon, mu, logvar, z, obs, prior_mu,
+                                prior_logvar, obs_scalar, likelihood, kl, beta, free_bits,
+                                reduction, scale, needs)
     return _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, beta,
                 free_bits, scale, needs)
 

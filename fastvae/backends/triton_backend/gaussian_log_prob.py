@@ -14,7 +14,8 @@ from . import _launch, configs
 def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     """Same contract as the "torch" backend's: (value, gx, gmean, glogvar)."""
     if _launch.delegated(x, mean, logvar):
-        return torch_backend.gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs)
+        return _launch.by_torch(torch_backend.gaussian_log_prob_fwd, x, mean, logvar,
+                                logvar_scalar, needs)
     dev = x.device
     n, d = x.shape
     x, mean = _launch.rows(x), _launch.rows(mean)

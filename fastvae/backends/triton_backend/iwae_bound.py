@@ -36,9 +36,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
     gprior_mu, gprior_logvar (the prior's per row), softmax weights (K, B) fp32 or empty)."""
     if _launch.delegated(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar):
-        return torch_backend.iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu,
-                                            prior_logvar, obs_scalar, likelihood, reduction,
-                                            needs, weights)
+        return _launch.by_torch(torch_backend.iwae_bound_fwd, x, recon_k, mu, logvar, z_k, obs,
+                                prior_mu, prior_logvar, obs_scalar, likelihood, reduction,
+                                needs, weights)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]

@@ -16,7 +16,7 @@ from ._rows import prior_args
 def kl_standard_normal_fwd(mu, logvar, needs):
     """Same contract as the "torch" backend's: (value, gmu, glogvar)."""
     if _launch.delegated(mu, logvar):
-        return torch_backend.kl_standard_normal_fwd(mu, logvar, needs)
+        return _launch.by_torch(torch_backend.kl_standard_normal_fwd, mu, logvar, needs)
     return _kl_rows(mu, logvar, None, None, list(needs) + [False, False])[:3]
 
 
@@ -24,7 +24,7 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     """Same contract as the "torch" backend's: (value, gmu_q, glogvar_q, gmu_p, glogvar_p),
     the prior's per row."""
     if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
-        return torch_backend.kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
+        return _launch.by_torch(torch_backend.kl_normal_fwd, mu_q, logvar_q, mu_p, logvar_p, needs)
     return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs)
 
 

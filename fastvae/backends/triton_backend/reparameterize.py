@@ -22,14 +22,14 @@ def reparameterize_noise(mu, n_samples: int, generator):
     """A one-element int64 seed from torch's generator (no host sync, traceable), so
     ``torch.manual_seed`` and a passed ``generator`` control the kernel's Philox stream."""
     if _launch.delegated(mu):
-        return torch_backend.reparameterize_noise(mu, n_samples, generator)
+        return _launch.by_torch(torch_backend.reparameterize_noise, mu, n_samples, generator)
     return philox_seed(mu.device, generator)
 
 
 def reparameterize_fwd(mu, logvar, noise, n_samples: int):
     """``mu + exp(0.5*logvar) * eps``, eps from Philox at the seed ``noise``."""
     if not seeded(noise):
-        return torch_backend.reparameterize_fwd(mu, logvar, noise, n_samples)
+        return _launch.by_torch(torch_backend.reparameterize_fwd, mu, logvar, noise, n_samples)
     mu, logvar = mu.contiguous(), logvar.contiguous()
     z = _launch.alloc(sample_shape(mu, n_samples), mu.dtype, mu.device)
     plan = _launch.plan_for(_PLANS, ("fwd", mu.numel(), n_samples, mu.device,

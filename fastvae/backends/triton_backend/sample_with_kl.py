@@ -35,7 +35,8 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """Same contract as the "torch" backend's: (z, kl, dKL/dmu_q, dKL/dlogvar_q,
     dKL/dlogvar_p), the gradients per ``needs`` (dKL/dmu_q also for mu_p)."""
     if not seeded(noise):
-        return torch_backend.sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs)
+        return _launch.by_torch(torch_backend.sample_with_kl_fwd, mu, logvar, prior_mu,
+                                prior_logvar, noise, needs)
     if _launch.delegated(prior_mu, prior_logvar):  # float64 (an empty one: mu is empty too)
         return (reparameterize_fwd(mu, logvar, noise, 0),
                 *kl_with_grads(mu, logvar, prior_mu, prior_logvar, needs))

@@ -248,7 +248,7 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
     if estimator == "dreg":
         surrogate = (weights * torch.where(zero, 0.0, log_w)).sum(0)
         # adds exactly 0 to the value; a row with a +inf log w (softmax's inf / inf: NaN)
-        # keeps its +inf bound and passes no DReG gradient
+        # keeps its +inf bound (its gradients are NaN, as on the fused backends)
         lse = torch.where(surrogate.isfinite(), lse.detach() + (surrogate - surrogate.detach()),
                           lse.detach())
     return _reduce(lse - math.log(k), reduction), weights

@@ -69,11 +69,14 @@ class Guard:
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
         self.out, self.lr, self.check_grads = out, lr, check_grads
         self.epochs = epochs  # the run's target, which the resume command must repeat
-        self.stepped = False  # whether an optimizer step of this run passed the checks
+        # whether an optimizer step passed the checks since the last checkpoint this run
+        # wrote (or since the start): if none did, the weights are the checkpoint's
+        self.stepped = False
 
     def saved(self, epoch: int) -> None:
         """Record that ``epoch``'s checkpoint is now on disk."""
         self.saved_epoch = epoch
+        self.stepped = False
 
     def _stop(self, what: str, value, where: str, after_update: bool = False,
               problem: str | None = None, scale_hint: bool = False):
@@ -90,6 +93,13 @@ class Guard:
             kept = ("no checkpoint was written yet; start again with "
                     f"{'the data scaled to about [0, 1] or ' if scale_hint else ''}a lower "
                     "--lr")
+        elif not self.stepped and not after_update:
+            # computed at the checkpoint's own weights: a resume from it meets it again
+            kept = (f"it came at the weights of the last good checkpoint (epoch "
+                    f"{self.saved_epoch}, kept at {self.checkpoint}) before any update, so "
+                    "resuming from it cannot help at any --lr; start again in a new --out "
+                    f"with {'the data scaled to about [0, 1] or ' if scale_hint else ''}a "
+                    f"lower --lr than {self.lr:g}")
         else:
             rescale = " (or start again with the data scaled to about [0, 1])"
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "

@@ -392,6 +392,32 @@ def test_guard_looks_past_a_gradient_norm_for_an_element_whose_square_overflows(
         guard.step(model, 4, 1, 2)
 
 
+def test_a_stop_at_a_checkpoints_own_weights_does_not_advise_resuming_from_it():
+    """A gradient that overflows at the first step after a checkpoint was computed at the
+    checkpoint's weights: a resume from it meets the same one at any --lr (a reviewer
+    followed the advice down to --lr 1e-10). Once a step has passed since, resuming with a
+    lower --lr is the advice again."""
+    from fastvae.guard import Guard
+
+    model = torch.nn.Linear(4, 1)
+    guard = Guard(CHECKPOINT_NAME, None, "out", 0.3, epochs=6)
+    model.weight.grad = torch.ones_like(model.weight)
+    guard.step(model, 1, 45, 45)
+    guard.saved(1)
+    model.weight.grad[0, 0] = 3e19
+    with pytest.raises(T.NonFiniteLoss, match=r"at epoch 2, step 1/45; it came at the weights "
+                       r"of the last good checkpoint \(epoch 1, kept at .*\) before any "
+                       r"update, so resuming from it cannot help at any --lr; start again in "
+                       r"a new --out with the data scaled to about \[0, 1\] or a lower --lr "
+                       r"than 0.3$"):
+        guard.step(model, 2, 1, 45)
+    model.weight.grad[0, 0] = 1.0
+    guard.step(model, 2, 1, 45)
+    model.weight.grad[0, 0] = 3e19
+    with pytest.raises(T.NonFiniteLoss, match=r"--resume --epochs 6 --lr 0.03"):
+        guard.step(model, 2, 2, 45)
+
+
 def _poison_after_step(monkeypatch, at_step, what):
     """Make the optimizer step number ``at_step`` (1-based, over the run) leave a NaN in
     a weight or in Adam's state, as an overflow would."""

@@ -102,15 +102,21 @@ def _candidates(base: Path) -> list[Path]:
 
 
 def newest_run(dataset: str) -> Path:
-    """The default folder --resume continues: the last ``runs/<dataset>[-N]`` with a
-    checkpoint (``runs/<dataset>`` when there is none, to say so); also under the earlier
-    rule's name, ``runs/`` joined to the dataset as given (what a file not named .npy or
-    .npz in lower case got)."""
+    """The default folder --resume continues: the ``runs/<dataset>[-N]`` whose checkpoint
+    was written last (the highest N among equals; a deleted ``runs/<dataset>`` is reused
+    by the next run, so the highest N need not be the newest run), ``runs/<dataset>``
+    when none has one, to say so; also under the earlier rule's name, ``runs/`` joined to
+    the dataset as given (what a file not named .npy or .npz in lower case got)."""
     base = _default_base(dataset)
     for b in dict.fromkeys((base, Path("runs") / dataset)):
-        used = [p for p in _candidates(b) if (p / CHECKPOINT_NAME).exists()]
-        if used:
-            return used[-1]
+        written = []
+        for i, p in enumerate(_candidates(b)):
+            try:
+                written.append(((p / CHECKPOINT_NAME).stat().st_mtime_ns, i, p))
+            except OSError:   # none there (or gone since)
+                continue
+        if written:
+            return max(written)[2]
     return base
 
 
@@ -231,21 +237,21 @@ _EXTRAS = {"matplotlib": ("matplotlib", "the pictures"),
            "sklearn": ("scikit-learn", "the digits dataset")}
 
 
+def installed(name: str) -> bool:
+    """Whether the top-level package ``name`` can be imported (without importing it)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def check_extras(command: str, pictures: bool, dataset: str | None = None) -> None:
     """Before any work: the packages ``command`` will import later (matplotlib for
     pictures, scikit-learn for the digits), so a plain ``pip install fastvae`` fails in
     the first second with the fix, not after a whole training run."""
-    import importlib.util
-
     wanted = (["matplotlib"] if pictures else []) + (["sklearn"] if dataset == "digits" else [])
-    missing = []
-    for name in wanted:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            missing.append(name)
+    missing = [name for name in wanted if not installed(name)]
     if missing:
         what = " and ".join(f"{_EXTRAS[m][0]} (for {_EXTRAS[m][1]})" for m in missing)
         raise MissingExtra(f"fastvae {command} needs {what}, which is not installed: "

@@ -154,3 +154,23 @@ def test_the_default_folder_of_an_array_file_is_named_for_it_whatever_its_suffix
     legacy.mkdir(parents=True)
     (legacy / CHECKPOINT_NAME).write_bytes(b"")
     assert newest_run("rel/UP.NPY") == legacy
+
+
+def test_resume_without_out_takes_the_run_checkpointed_last_not_the_highest_number(
+        tmp_path, monkeypatch):
+    """runs/digits deleted and started again is newer than runs/digits-2: --resume takes
+    the run whose checkpoint was written last (a reviewer's resume took the older one)."""
+    from fastvae.runs import newest_run
+    monkeypatch.chdir(tmp_path)
+    runs = Path("runs")
+    for name, when in (("digits", 2_000_000_000), ("digits-2", 1_000_000_000),
+                       ("digits-3", None)):
+        (runs / name).mkdir(parents=True)
+        if when is not None:
+            (runs / name / CHECKPOINT_NAME).write_bytes(b"")
+            os.utime(runs / name / CHECKPOINT_NAME, (when, when))
+    assert newest_run("digits") == runs / "digits"
+    os.utime(runs / "digits-2" / CHECKPOINT_NAME, (3_000_000_000, 3_000_000_000))
+    assert newest_run("digits") == runs / "digits-2"
+    os.utime(runs / "digits" / CHECKPOINT_NAME, (3_000_000_000, 3_000_000_000))
+    assert newest_run("digits") == runs / "digits-2"   # equals: the higher number

@@ -43,7 +43,8 @@ from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
 from .run_config import check_data_flags, prepare_config
-from .runs import MissingExtra, RunFolder, RunFolderError, check_extras, load_weights
+from .runs import (MissingExtra, RunFolder, RunFolderError, check_extras, installed,
+                   load_weights)
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
            "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
@@ -158,6 +159,9 @@ def _train(given: dict, log) -> dict:
         check_data_flags(full, given)
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
+        if full["progress"] and not installed("tqdm"):   # a bar is no reason to stop
+            say("note: no progress bar: tqdm is not installed (pip install 'fastvae[train]'; "
+                "--no-progress hides this note)")
     device = resolve_device(full["device"], local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:

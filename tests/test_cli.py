@@ -300,6 +300,22 @@ def test_train_without_the_train_extra_fails_first(tmp_path, capsys, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("progress", [[], ["--no-progress"]])
+def test_train_without_tqdm_trains_and_says_there_is_no_bar(tmp_path, capsys, monkeypatch,
+                                                            progress):
+    """tqdm only draws the progress bar: a run without it trains, with a note where the bar
+    was asked for (it was silently dropped)."""
+    from fastvae import train as T
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
+    monkeypatch.setattr(T, "_train_in_group", lambda *a: {"stopped": "here"})
+    argv = ["train", *[a for a in TINY if a != "--no-progress"], *progress]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    note = "note: no progress bar: tqdm is not installed (pip install 'fastvae[train]'"
+    assert (note in out) == (not progress), out
+
+
 def test_sample_without_matplotlib_fails_first(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cli.main(["sample", str(tmp_path / "nothing-here")]) == 2

@@ -45,9 +45,9 @@
 # Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
 # CPU-only work (the kernel compile test, the interpreter suite) never runs here.
 # Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
-# FASTVAE_GPU_SMOKE=1 also runs the probe's, the captured bar's and the tile sweep's CPU smoke
-# modes (tiny shapes), to check the script on a machine without a GPU. Nothing is fetched
-# from the network. The stages' timeouts add up to more than the budget: in a full run the
+# FASTVAE_GPU_SMOKE=1 also runs the CPU smoke modes (tiny shapes) of the probe, the captured
+# bar, the tile sweep, the host profile and the hvae loop, to check the script on a machine
+# without a GPU. Nothing is fetched from the network. The stages' timeouts add up to more than the budget: in a full run the
 # last ones are cut short or skipped (steps.tsv says which); FASTVAE_GPU_STAGES picks.
 set -u
 set -o pipefail

@@ -1,6 +1,6 @@
 """Comparing fastvae's outputs with a reference, as ``torch.testing`` does for torch.
 
-Rule: ``got`` matches ``want`` when both have the same shape, ``got`` is finite, and
+Rule: ``got`` matches ``want`` when both have the same shape, both are finite, and
 ``|got - want| <= rtol * |want| + atol * max|want|`` elementwise, (rtol, atol) = ``TOLERANCES[dtype]``.
 
 The absolute part scales with the reference's largest magnitude, so one rule serves a
@@ -48,6 +48,10 @@ def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Te
     atol = atol_frac * max(scale, 1e-30)
     if not torch.isfinite(g).all():
         raise AssertionError(f"{what}: non-finite values")
+    # a non-finite reference makes the tolerance NaN or inf, which every value would pass
+    off = int((~torch.isfinite(w)).sum())
+    if off:
+        raise AssertionError(f"{what}: the reference has {off} non-finite of {w.numel()} values")
     err = (g - w).abs()
     allowed = atol + rtol * w.abs()
     bad = err > allowed

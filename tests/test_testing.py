@@ -28,6 +28,10 @@ def test_tolerances_grow_with_lower_precision():
     (torch.ones(2), None, "one side has no value"),
     (torch.ones(2), torch.ones(3), "shape"),
     (torch.tensor([1.0, float("nan")]), torch.ones(2), "non-finite"),
+    # a NaN or inf reference made the tolerance NaN or inf: any finite got passed
+    (torch.tensor([5.0, 100.0, -3.0]), torch.tensor([float("nan"), 1.0, 2.0]),
+     "the reference has 1 non-finite of 3"),
+    (torch.tensor([5.0, 100.0]), torch.tensor([float("inf"), 1.0]), "reference has 1 non-finite"),
     (torch.empty(0), torch.empty(0), None),
 ])
 def test_edge_cases(got, want, message):

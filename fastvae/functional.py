@@ -6,7 +6,8 @@ importance samples ``K``. Posterior ``q(z|x) = N(mu, diag(exp(logvar)))``, prior
 takes one.
 
 Dtypes: inputs may be float16, bfloat16, float32 or float64 (mixing is allowed, as
-under autocast). Math runs in float32 at least; results are float64 when any input
+under autocast, but for the samplers' mu and logvar, which share one dtype, z's). Math
+runs in float32 at least; results are float64 when any input
 is float64, else float32; gradients come back in each input's dtype.
 """
 from __future__ import annotations
@@ -128,8 +129,11 @@ def elbo(
     ``(B, 3*M, H, W)`` (C = 1); M is read from recon's channel count.
 
     Returns the ELBO, to be maximized (``fastvae.ELBOLoss`` returns its negative).
-    With ``reduction="sum"`` and the Bernoulli likelihood this is exactly minus the
-    pytorch/examples VAE ``loss_function``.
+    With ``reduction="sum"`` and the Bernoulli likelihood this is minus the
+    pytorch/examples VAE ``loss_function`` written on logits (its BCE as
+    ``binary_cross_entropy_with_logits``, as the README shows). The original's
+    ``binary_cross_entropy`` of ``sigmoid(logits)`` agrees until the sigmoid rounds to 0
+    or 1 (|logit| past ~17 in float32), where its log is clamped at -100 and this is not.
     """
     # (no signature under torch.compile: the memo is off there, V.Checked)
     sig = None if torch.compiler.is_compiling() else _elbo_signature(
@@ -364,7 +368,8 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, valid
     ``m1 = mean1 + c0*y0``, ``m2 = mean2 + c1*y0 + c2*y1``. With
     ``u+- = exp(-s) (y - m +- h)`` a channel's log mass is ``log sigmoid(u+)`` in the
     bottom bin, ``log(1 - sigmoid(u-))`` in the top one and
-    ``log(sigmoid(u+) - sigmoid(u-))`` between (in log space, finite for every input), and
+    ``log(sigmoid(u+) - sigmoid(u-))`` between (in log space, finite wherever the value
+    fits the dtype: a float32 mean past ~3e35 is NaN on the fused backends), and
     ``log p(x) = sum_pixels logsumexp_m [log_softmax(logit_probs)_m + sum_c l_cm]``.
 
     Returns ``(B,)`` (float32, float64 if an input is). The fused backends compute the

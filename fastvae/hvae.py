@@ -120,8 +120,9 @@ class HierarchicalVAE(ObservationModel):
             convolution gives the mixture's parameters).
 
     ``forward(x)`` -> ``(recon, kl)`` with ``kl`` of shape ``(groups total, B)``, top
-    group first; :meth:`elbo`, :meth:`sample`, :meth:`reconstruct` and :meth:`iwae_nll`
-    as for the other models.
+    group first; :meth:`sample`, :meth:`reconstruct` and :meth:`iwae_nll` as for the
+    other models; :meth:`elbo` too, but with no ``kl`` or ``free_bits`` argument (each
+    group's KL is analytic, from ``sample_with_kl``).
     """
 
     hierarchical = True

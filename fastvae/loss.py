@@ -12,14 +12,14 @@ class ELBOLoss(nn.Module):
     r"""``-ELBO = -(log p(x|z) - beta * KL)``, to be minimized.
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
-    reduction="mean", estimator="standard")``; ``loss(x, recon, mu, logvar, z=None,
-    obs_logvar=0.0, prior_mu=None, prior_logvar=None)`` (a learned prior, as in
-    :func:`fastvae.elbo`). Every argument means what it means in :func:`fastvae.elbo`
-    (``bits``: the data's bit depth for ``likelihood="discretized_logistic_mixture"``,
-    whose recon is the mixture's parameters; None for 8, refused with any other
-    likelihood). With
-    ``reduction="sum"`` and the Bernoulli likelihood it equals the pytorch/examples
-    VAE ``loss_function``.
+    reduction="mean", backend=None, validate=None, estimator="standard", *, bits=None)``;
+    ``loss(x, recon, mu, logvar, z=None, obs_logvar=0.0, prior_mu=None, prior_logvar=None)``
+    (a learned prior, as in :func:`fastvae.elbo`). Every argument means what it means in
+    :func:`fastvae.elbo` (``bits``: the data's bit depth for
+    ``likelihood="discretized_logistic_mixture"``, whose recon is the mixture's
+    parameters; None for 8, refused with any other likelihood). With ``reduction="sum"``
+    and the Bernoulli likelihood it equals the pytorch/examples VAE ``loss_function``
+    written on logits (see :func:`fastvae.elbo`).
     """
 
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,

@@ -10,7 +10,9 @@
   ``likelihood="discretized_logistic_mixture"`` the mixture's parameters
   ``(B, 10*M, H, W)`` (RGB) / ``(B, 3*M, H, W)`` (gray), ``M = n_mix``.
 * ``elbo(x, ...)`` -> :func:`fastvae.elbo` of a forward pass (maximize it).
-* ``iwae_bound(x, k, estimator=...)`` -> :func:`fastvae.iwae_bound` of ``k`` samples.
+* ``iwae_bound(x, k, estimator=...)`` -> :func:`fastvae.iwae_bound` of ``k`` samples,
+  averaged over the batch by default (``reduction="mean"``, as a loss; the function's
+  default is ``"none"``).
 * ``sample(n)`` -> ``n`` images from the prior, as the decoder's mean (DMoL: an image
   drawn from the decoder's mixture).
 * ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise; DMoL: the mixture mean).
@@ -83,9 +85,11 @@ class _VAEBase(ObservationModel):
     def iwae_bound(self, x, k: int, estimator="standard", reduction="mean", generator=None,
                    backend=None):
         """The importance-weighted bound of ``x`` from ``k`` posterior samples, with the
-        gradient ``estimator`` (see :func:`fastvae.iwae_bound`). "dreg" needs z_k to reach
-        the decoder as a tensor of its own: compile ``encode`` and ``decode``, not the
-        whole module (``fastvae train --compile`` does that)."""
+        gradient ``estimator`` (see :func:`fastvae.iwae_bound`), reduced over the batch
+        as ``reduction`` says (default "mean", a scalar; "none" for ``(B,)``, the
+        function's default). "dreg" needs z_k to reach the decoder as a tensor of its
+        own: compile ``encode`` and ``decode``, not the whole module (``fastvae train
+        --compile`` does that)."""
         k, _ = self.iwae_sizes(k, None)   # named k here, not forward's n_samples
         recon_k, mu, logvar, z_k = self(x, generator=generator, backend=backend, n_samples=k)
         return iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,

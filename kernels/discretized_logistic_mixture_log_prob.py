@@ -35,7 +35,7 @@ ulp moves a component's mean by 2 ulp of ``e^7`` at the sharpest scale).
 import triton
 import triton.language as tl
 
-from ._math import div_, exp_, load_f32, log_, rcp_, store_as
+from ._math import div_, exp_, load_f32, log_, lse_shift, rcp_, store_as
 
 LOG_SCALE_MIN = tl.constexpr(-7.0)
 FAST_MATH_BOUND = 1e-5  # nat per pixel, see above
@@ -171,9 +171,11 @@ def dmol_rows_kernel(
         v0, _, _, _ = _channel(PB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
                                half_width, log_2h)
         lp = log_pi + v0
-    lp_max = tl.max(lp, axis=0)
+    # (a pixel whose every component's mass is below float32, lp_max -inf, shifts by 0:
+    # its sum is 0 and its log p -inf, not NaN)
+    lp_max = lse_shift(tl.max(lp, axis=0))
     e = exp_(lp - lp_max[None, :])                       # 0 on padded components
-    total = tl.sum(e, axis=0)                            # in [1, M]
+    total = tl.sum(e, axis=0)                            # in [1, M] (or 0, above)
     lse = lp_max + log_(total)
     tl.store(PARTIALS + pid, tl.sum(tl.where(pmask, lse, 0.0), axis=0))
 

@@ -303,6 +303,22 @@ def test_logits_far_from_zero_or_from_each_other_keep_log_p(seed, backend, c):
                      scale=e.abs().max() + 1e-3)
 
 
+def test_a_pixel_of_no_float32_mass_has_log_p_minus_inf(backend, cpu_path):
+    """A mean past ~3e35 puts every component's log mass of a pixel below float32's
+    range: log p is -inf on every path, as the reference's, not -inf - -inf = NaN from
+    the logsumexp's shift (a docstring reviewer's find). The other pixel stays exact."""
+    x = torch.full((2, 1, 1, 1), 128 / 255)
+    p = torch.tensor([[0.0, 1e36, -7.0], [0.0, 0.5, -1.0]]).reshape(2, 3, 1, 1)
+    for m in (1, 3):   # one component, and the same pixel under three
+        q = p.repeat_interleave(m, dim=1) if m > 1 else p
+        got = OP(x, q, backend=backend)
+        assert got[0].item() == float("-inf")
+        assert OP(x, q, backend="reference")[0].item() == float("-inf")   # in float32
+        want = OP(x.double(), q.double(), backend="reference")
+        assert_close("the finite pixel", got[1:], want[1:], torch.float32,
+                     scale=want[1:].abs())
+
+
 def test_responsibilities_sum_to_one_far_from_the_data(seed, backend, cpu_path):
     """M identical components each take 1/M of a pixel however unlikely the pixel: the
     logits' gradient (responsibility minus softmax(logits)) is 0, and the components'

@@ -160,6 +160,11 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
     lp[m] = tot;
     lmax = sel(tot > lmax, tot, lmax);
   }
+  /* a pixel whose every component's mass is below float32 (a mean ~1e36 away) has lmax
+     -inf: its log p is -inf, not -inf - -inf = NaN (shifted by 0 instead; exp_nonpos
+     stops at e^-87, so the sum is not 0 and the -inf is set below) */
+  vi none = lmax == SPLAT(-__builtin_inff());
+  lmax = sel(none, SPLAT(0.0f), lmax);
   vf sl = SPLAT(0.0f), sp = SPLAT(0.0f);
   for (int64_t m = 0; m < M; ++m) {
     lp[m] = exp_nonpos(lp[m] - lmax);
@@ -167,7 +172,7 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
     sl += lp[m];
     sp += pi[m];
   }
-  vf logp = (lmax + log_any(sl)) - log_any(sp);
+  vf logp = sel(none, SPLAT(-__builtin_inff()), lmax + log_any(sl)) - log_any(sp);
   if (g) {
     vf il = d->scale / sl, ip = d->scale / sp;
     for (int64_t m = 0; m < M; ++m) {

@@ -369,7 +369,7 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, valid
     ``u+- = exp(-s) (y - m +- h)`` a channel's log mass is ``log sigmoid(u+)`` in the
     bottom bin, ``log(1 - sigmoid(u-))`` in the top one and
     ``log(sigmoid(u+) - sigmoid(u-))`` between (in log space, finite wherever the value
-    fits the dtype: a float32 mean past ~3e35 is NaN on the fused backends), and
+    fits the dtype; -inf where it does not, as for a float32 mean past ~3e35), and
     ``log p(x) = sum_pixels logsumexp_m [log_softmax(logit_probs)_m + sum_c l_cm]``.
 
     Returns ``(B,)`` (float32, float64 if an input is). The fused backends compute the

@@ -84,22 +84,20 @@ class Guard:
         update (which a lower --lr may fix), not computed before any. ``problem``: what
         is wrong, where it is not "non-finite {what} ({value})"; ``scale_hint``: data far
         from [0, 1] may be the cause as much as the learning rate."""
+        scaled = "the data scaled to about [0, 1] or " if scale_hint else ""
         if self.saved_epoch is None and not self.stepped and not after_update:
             # the untrained model's loss or gradient on the first batch: no --lr changes it
             kept = ("it came before any update, so no --lr can help: the untrained "
                     "model's loss or gradient overflows on this data; scale it to about "
                     "[0, 1]")
         elif self.saved_epoch is None:
-            kept = ("no checkpoint was written yet; start again with "
-                    f"{'the data scaled to about [0, 1] or ' if scale_hint else ''}a lower "
-                    "--lr")
+            kept = f"no checkpoint was written yet; start again with {scaled}a lower --lr"
         elif not self.stepped and not after_update:
             # computed at the checkpoint's own weights: a resume from it meets it again
             kept = (f"it came at the weights of the last good checkpoint (epoch "
                     f"{self.saved_epoch}, kept at {self.checkpoint}) before any update, so "
                     "resuming from it cannot help at any --lr; start again in a new --out "
-                    f"with {'the data scaled to about [0, 1] or ' if scale_hint else ''}a "
-                    f"lower --lr than {self.lr:g}")
+                    f"with {scaled}a lower --lr than {self.lr:g}")
         else:
             rescale = " (or start again with the data scaled to about [0, 1])"
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "

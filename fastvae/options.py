@@ -291,9 +291,7 @@ def check_train_config(cfg: dict, combinations: bool = True) -> None:
     if combinations and cfg.get("model") == "hvae":
         check_hierarchical(cfg)
     for key, choices in TRAIN_CHOICES.items():
-        value = cfg.get(key)
-        if value is not None and value not in choices:
-            raise ValueError(f"{key}: must be one of {choices}, got {value!r}")
+        _check_choice(key, cfg.get(key), choices)
     for key, check in TRAIN_CHECKS.items():
         value = cfg.get(key)
         if value is None:
@@ -334,14 +332,18 @@ def check_model_sizes(given: dict, model: str, defaults: dict) -> None:
                              + " and ".join(f"--{k}" for k in reads))
 
 
+def _check_choice(key: str, value, choices) -> None:
+    if value is not None and value not in choices:
+        raise ValueError(f"{key}: must be one of {choices}, got {value!r}")
+
+
 def check_hierarchical(cfg: dict) -> None:
     """ValueError naming the setting of ``cfg`` a hierarchical model (``--model hvae``) has
     no use for: it trains the ELBO of its per-group analytic KLs (``sample_with_kl``) only,
     so an IWAE objective, K samples, another estimator or the Monte-Carlo KL would be
     ignored without a word (the command and ``evaluation.batch_loss`` both ask)."""
     kl = cfg.get("kl") or "analytic"
-    if kl not in KL_MODES:
-        raise ValueError(f"kl: must be one of {KL_MODES}, got {kl!r}")
+    _check_choice("kl", kl, KL_MODES)
     if kl == "mc":
         raise ValueError("kl: a hierarchical model trains on each group's analytic KL "
                          "(sample_with_kl); --kl mc is for the mlp and conv models")

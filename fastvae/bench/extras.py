@@ -1,5 +1,6 @@
 """Machine-independent measures of one untimed call: peak extra memory, bytes saved
-for backward, and the number of kernels (passes over memory)."""
+for backward, and the number of kernels (passes over memory); and what the standalone
+scripts under benchmarks/ share around their work (a quiet fd 2, their exit on Ctrl-C)."""
 from __future__ import annotations
 
 import contextlib

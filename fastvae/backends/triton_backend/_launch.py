@@ -9,6 +9,7 @@ import functools
 import torch
 from torch import Tensor
 
+from .. import mark_used
 from . import _planned
 from ._planned import Planned
 
@@ -195,7 +196,6 @@ def rows(t: Tensor) -> Tensor:
 def by_torch(fn, *args):
     """``fn(*args)``: a "torch" backend function computing a call this backend hands over
     (:func:`delegated`), recorded as the backend that ran (``fastvae.last_backend()``)."""
-    from .. import mark_used   # (the package imports this module lazily: no cycle)
     mark_used("torch")
     return fn(*args)
 

@@ -14,6 +14,7 @@ import torch
 
 from . import backends, dmol_training
 from .estimators import ESTIMATORS
+from .models import MODELS
 from .validation import KL_MODES, LIKELIHOODS
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -278,7 +279,7 @@ _SIZE_NAMES = {"hidden": "hidden layers", "channels": "convolution stages",
                "groups": "latent groups"}
 # The text settings with a fixed set of values (argparse's choices on the command line;
 # a config of the Python API, or a checkpoint's, is held to them here).
-TRAIN_CHOICES = {"model": tuple(MODEL_SIZES), "likelihood": LIKELIHOODS, "kl": KL_MODES,
+TRAIN_CHOICES = {"model": MODELS, "likelihood": LIKELIHOODS, "kl": KL_MODES,
                  "backend": backends.NAMES}
 
 

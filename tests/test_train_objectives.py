@@ -79,8 +79,10 @@ def test_bad_combinations_are_refused_first(tmp_path, settings, key, message):
 def test_a_config_of_every_default_is_not_refused_for_sizes_it_holds():
     """train(default_config() | ...) holds every size; only a value away from its default
     that the model does not read is refused (a tuple as a list)."""
-    from fastvae.options import check_model_sizes
-    for model in ("mlp", "conv", "hvae"):
+    from fastvae.models import MODELS
+    from fastvae.options import MODEL_SIZES, check_model_sizes
+    assert set(MODEL_SIZES) == set(MODELS)   # every kind says which sizes it reads
+    for model in MODELS:
         check_model_sizes(dict(T.default_config(), model=model), model, T.default_config())
     with pytest.raises(ValueError, match="hidden: the hvae model"):
         check_model_sizes(dict(T.default_config(), hidden=(64,)), "hvae", T.default_config())

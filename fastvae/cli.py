@@ -7,15 +7,15 @@ non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from . import options as o
+from . import stops
+from .stops import Terminated
 
 
 def _bool_flag(p, name, help_):
@@ -281,34 +281,6 @@ def _run_bench(argv) -> int:
     return int(bench.main(argv) or 0)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's stop, ``kill``, torchrun shutting its workers down), unwound
-    like Ctrl-C: a KeyboardInterrupt, so every cleanup Ctrl-C gets (a half-written file's
-    removal, the run folder's lock) runs for it too."""
-
-
-def _raise_terminated(signum, frame):
-    # once: a second SIGTERM (a stop that will not wait) kills as it always did
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """SIGTERM raises :class:`Terminated` while the command runs, where it would otherwise
-    end the process without a word. Not where Python cannot set a handler (another thread)
-    or a program embedding the command has set its own."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     """What Ctrl-C or SIGTERM left: nothing eval or sample writes is half-written; train's
     checkpoints are replaced whole, so the last one resumes."""
@@ -357,7 +329,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        with _sigterm_unwinds():
+        with stops.handled():
             return int(args.func(args) or 0)
     except (DataError, CheckpointError, RunFolderError, MissingExtra, ValueError, OSError) as e:
         # OSError: the file system refused (disk full, read-only, ...); its message names

@@ -33,7 +33,7 @@ import torch
 
 import fastvae
 
-from . import dmol_training as dmol, objectives
+from . import dmol_training as dmol, objectives, stops
 from .amp import amp_policy, compile_options, describe as describe_amp
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
 from .data import DataError, load_dataset
@@ -252,6 +252,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         guard.saved(epoch)
     train_wall = time.perf_counter() - t_run
 
+    stops.check()   # one in the last epoch's evaluation or checkpoint
     metrics = None
     if is_main:
         metrics = _finish(run.core, data, cfg, device, out, run.history, run.initial,
@@ -364,6 +365,7 @@ def _train_epoch(run, model, guard, train_x, order, epoch, is_main):
     t0 = time.perf_counter()
     try:   # the bar's line is cleared before a stop's message (Ctrl-C, NaN policy)
         for step in range(steps):
+            stops.check()
             x = train_x[order[step * local_bs:(step + 1) * local_bs].to(device)]
             step_sums = _train_step(run, model, guard, x, epoch, step, steps)
             sums = step_sums if sums is None else sums + step_sums

@@ -38,11 +38,12 @@ def test_the_resume_hint_is_a_command_that_pastes(tmp_path):
 
 def _stop(p, checkpoint, signum):
     """Send ``signum``; if the run goes on (two more checkpoints written after it), end
-    the child and mark the test xfail with its output. About once in 30 runs the child
-    trained all its epochs as if SIGINT had never come (exit 0, nothing on stderr); the
-    cause was not found (fastvae's only handler is the one-shot SIGTERM one, and a
-    KeyboardInterrupt inside torch.save's writes propagates). A signal that stops the
-    run is never doubled, and the summary lists the case (XFAIL), not a pass."""
+    the child and mark the test xfail with its output. About once in 30 suite runs the
+    child trained on as if SIGINT had never come (exit 0, nothing on stderr); not
+    reproduced in ~100 runs of this command alone, so the cause was not found. If it was
+    the handler's exception dropped by code it ran inside, ``fastvae.stops.check`` now
+    ends the run at the next step (the test after this one). A signal that stops the run
+    is never doubled, and the summary lists the case (XFAIL), not a pass."""
     import time
 
     def mark():
@@ -108,6 +109,46 @@ def test_a_stopped_training_says_what_it_kept_and_how_to_resume(tmp_path, sig, c
                      "--no-progress", "--iwae-k", "0"]) == 0
 
 
+_SWALLOWING_STEP = """
+import signal, sys, time
+from fastvae import cli, train as T
+step, calls = T._train_step, []
+def swallowing(*args):
+    calls.append(1)
+    if len(calls) == 2:
+        try:   # a library whose C code clears the error the handler raised inside it
+            signal.raise_signal(getattr(signal, sys.argv[1]))
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("swallowed", file=sys.stderr)
+    return step(*args)
+T._train_step = swallowing
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig,code,said", [("SIGTERM", 143, "terminated (SIGTERM)"),
+                                            ("SIGINT", 130, "interrupted")])
+def test_a_stop_whose_exception_was_swallowed_still_stops_at_the_next_step(tmp_path, sig,
+                                                                            code, said):
+    """The signal's handler raises where Python happens to be; if that is inside code that
+    drops the exception, the run still stops at its next step, with the usual line."""
+    import signal
+
+    def default_signals():   # as a terminal's job has them (CI's background: SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", _SWALLOWING_STEP, sig, "train", "--epochs", "50",
+                        "--hidden", "16", "--latent", "2", "--batch-size", "512",
+                        "--iwae-k", "0", "--no-progress", "--out", str(run)],
+                       capture_output=True, text=True, timeout=300, preexec_fn=default_signals)
+    assert p.returncode == code, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines[0] == "swallowed" and lines[-1] == (
+        f"fastvae train: {said} before its first checkpoint; nothing to resume"), p.stderr
+
+
 @pytest.mark.parametrize("another_rank", [False, True])
 def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys, tmp_path,
                                                              another_rank):
@@ -123,3 +164,34 @@ def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys
     err = capsys.readouterr().err
     assert err == ("" if another_rank else
                    "fastvae train: interrupted before its first checkpoint; nothing to resume\n")
+
+
+def test_the_command_takes_only_the_signals_left_as_python_sets_them():
+    """SIGTERM at its default and SIGINT at Python's own are taken while the command runs
+    and given back after; an ignored or user-set handler is left alone; a remembered stop
+    is forgotten at the end (the Python API's next call is not stopped by it)."""
+    import signal
+
+    from fastvae import stops
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    mine = lambda signum, frame: None   # noqa: E731
+    try:
+        signal.signal(signal.SIGTERM, mine)
+        with stops.handled():
+            assert signal.getsignal(signal.SIGTERM) is mine
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with stops.handled():
+            assert signal.getsignal(signal.SIGTERM) is stops._on_signal
+            taken = before[signal.SIGINT] is signal.default_int_handler  # CI: SIG_IGN
+            assert (signal.getsignal(signal.SIGINT) is stops._on_signal) == taken
+            with pytest.raises(stops.Terminated):
+                stops._on_signal(signal.SIGTERM, None)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # a second one kills
+            with pytest.raises(stops.Terminated):
+                stops.check()
+        stops.check()
+        assert {s: signal.getsignal(s) for s in before} == {signal.SIGINT: before[signal.SIGINT],
+                                                          signal.SIGTERM: signal.SIG_DFL}
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

@@ -1,0 +1,62 @@
+"""The fastvae command's stop signals. Ctrl-C (SIGINT) and SIGTERM unwind a run as a
+KeyboardInterrupt, so every cleanup runs (a half-written file's removal, the run folder's
+lock), and each is also remembered: a library that swallows the exception (C code that
+clears any error raised while it runs Python, where the signal's handler happened to run)
+cannot lose the stop, because training calls :func:`check` at every step.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``, torchrun shutting its workers down), unwound
+    like Ctrl-C: a KeyboardInterrupt, so every cleanup Ctrl-C gets runs for it too."""
+
+
+_asked = None   # the stop a signal asked for while :func:`handled` runs (its exception type)
+
+
+def _on_signal(signum, frame):
+    global _asked
+    if signum == signal.SIGTERM:
+        # once: a second SIGTERM (a stop that will not wait) kills as it always did
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _asked = Terminated
+    else:
+        _asked = KeyboardInterrupt
+    raise _asked
+
+
+def check() -> None:
+    """Raise the stop a signal asked for, if one came and its exception was lost on the
+    way; nothing outside :func:`handled` (the Python API's own callers keep their
+    signals)."""
+    if _asked is not None:
+        raise _asked
+
+
+@contextlib.contextmanager
+def handled():
+    """While the command runs: SIGTERM raises :class:`Terminated` (it would otherwise end
+    the process without a word), and both it and SIGINT are remembered for :func:`check`.
+    A signal is left alone where Python cannot set a handler (another thread), where it
+    is ignored (a background job of a non-interactive shell: SIGINT) or where a program
+    embedding the command has set its own handler."""
+    global _asked
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    own = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    taken = [s for s, usual in own.items() if signal.getsignal(s) is usual]
+    _asked = None
+    for s in taken:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s in taken:
+            signal.signal(s, own[s])
+        _asked = None

@@ -7,6 +7,9 @@ from ._compiler import constant_result
 
 # The floating-point dtypes narrower than float32: what is widened before a sum.
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+# What the ops take: torch's float8 dtypes are floating point too, but neither its random
+# numbers nor its type promotion work in them.
+FLOATS = frozenset((*SIXTEEN_BIT, torch.float32, torch.float64))
 
 
 @constant_result

@@ -7,7 +7,7 @@ import functools
 import torch
 
 from . import backends, ops, reference
-from .validation import resolve_validate
+from .validation import resolve_validate, type_name
 
 
 def run(backend, device, op: str):
@@ -66,6 +66,6 @@ def keep_route(memo, sig, seen, fn, device, build) -> None:
 
 def check_generator(generator, device) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        raise TypeError(f"generator must be a torch.Generator, got {type_name(generator)}")
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device}, tensors on {device}")

@@ -12,7 +12,7 @@ from numbers import Integral, Real
 
 import torch
 
-from ._dtypes import result_dtype
+from ._dtypes import FLOATS, result_dtype
 
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
 DMOL = "discretized_logistic_mixture"
@@ -24,12 +24,19 @@ _validate_default = False
 _F32_MAX = torch.finfo(torch.float32).max
 
 
+def type_name(value) -> str:
+    """What an error says a wrong value was: ``list``, ``numpy.bool`` (whose bare name,
+    "bool", reads as Python's own)."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def set_validation(enabled: bool) -> None:
     """Turn the value checks (finite inputs, data range) on or off for every call
     that does not pass ``validate=`` itself."""
     global _validate_default
     if not isinstance(enabled, bool):
-        raise TypeError(f"set_validation expects a bool, got {type(enabled).__name__}")
+        raise TypeError(f"set_validation expects a bool, got {type_name(enabled)}")
     _validate_default = enabled
 
 
@@ -42,7 +49,7 @@ def resolve_validate(validate) -> bool:
     if validate is None:
         return _validate_default
     if not isinstance(validate, bool):
-        raise TypeError(f"validate must be None or a bool, got {type(validate).__name__}")
+        raise TypeError(f"validate must be None or a bool, got {type_name(validate)}")
     return validate
 
 
@@ -116,7 +123,7 @@ def check_number(name: str, value, *, minimum=None, integer=False) -> float:
     if not plain and (isinstance(value, bool)
                       or not isinstance(value, (Integral if integer else Real))):
         kind = "an int" if integer else "a real number"
-        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+        raise TypeError(f"{name} must be {kind}, got {type_name(value)}")
     value = int(value) if integer else float(value)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -139,7 +146,7 @@ def check_sizes(name: str, values, *, allow_empty=False) -> tuple[int, ...]:
     try:
         items = tuple(values)
     except TypeError:
-        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}") from None
+        raise TypeError(f"{name} must be a sequence of ints, got {type_name(values)}") from None
     if not items and not allow_empty:
         raise ValueError(f"{name} must hold at least one size, got ()")
     return tuple(check_size(f"{name}[{i}]", v) for i, v in enumerate(items))
@@ -147,9 +154,10 @@ def check_sizes(name: str, values, *, allow_empty=False) -> tuple[int, ...]:
 
 def check_tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type_name(t)}")
+    if t.dtype not in FLOATS:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype} "
+                        "(fastvae takes float16, bfloat16, float32 and float64)")
     if t.layout is not torch.strided:  # else an aten error deep in a backend
         raise TypeError(f"{name} must be a dense tensor, got layout {t.layout}; pass "
                         f"{name}.to_dense()")
@@ -237,7 +245,7 @@ def number_or_tensor(name: str, value, against: str) -> float:
     that is not a number either names both forms."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a number or a tensor broadcastable to {against}, got "
-                        f"{type(value).__name__}")
+                        f"{type_name(value)}")
     return check_number(name, value)
 
 
@@ -287,10 +295,11 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
 def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
     """The per-element checks: finiteness of every input, x in [0, 1] where required. x
     first: the data is what a model's outputs are computed from, so a NaN there is named
-    as such, not as the NaN it makes of recon or mu."""
+    as such, not as the NaN it makes of recon or mu. Meta tensors have no values to check
+    (shape inference)."""
     if not validate:
         return
-    if x is not None and x.numel():
+    if x is not None and x.numel() and not x.is_meta:
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"x has {bad} non-finite value(s) (NaN or inf)")
@@ -301,7 +310,8 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
                     f"likelihood={likelihood!r} needs x in [0, 1], got values in [{lo}, {hi}]"
                 )
     for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.numel() and not bool(torch.isfinite(t).all()):
+        if (isinstance(t, torch.Tensor) and t.numel() and not t.is_meta
+                and not bool(torch.isfinite(t).all())):
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
 
@@ -397,7 +407,7 @@ def check_dmol_values(validate: bool, x, bits: int, **tensors) -> None:
     if not validate:
         return
     check_values(True, **tensors)
-    if not x.numel():
+    if not x.numel() or x.is_meta:
         return
     check_values(True, x=x)
     lo, hi = float(x.min()), float(x.max())

@@ -298,7 +298,7 @@ def test_errors(backend):
     with pytest.raises(TypeError, match="mu_q must be a torch.Tensor, got list"):
         fastvae.sample_with_kl(mu.tolist(), mu, backend=backend)
     with pytest.raises(TypeError, match="mu_p must be a number or a tensor broadcastable to "
-                       "mu_q, got ndarray"):
+                       "mu_q, got numpy.ndarray"):
         fastvae.sample_with_kl(mu, mu, mu.numpy(), backend=backend)
     with pytest.raises(ValueError, match="mu_q and logvar_q must share a shape"):
         fastvae.sample_with_kl(mu, mu[:, :2], backend=backend)

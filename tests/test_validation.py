@@ -128,7 +128,7 @@ def test_mc_needs_z_and_analytic_refuses_it():
         fastvae.elbo(x, r, mu, lv, kl="mc", z=torch.zeros(3, 3))
     with pytest.raises(TypeError, match=r"z must be a floating-point tensor, got dtype torch.int32"):
         fastvae.elbo(x, r, mu, lv, kl="mc", z=torch.zeros(3, 2, dtype=torch.int32))
-    with pytest.raises(TypeError, match=r"z must be a torch.Tensor, got ndarray"):
+    with pytest.raises(TypeError, match=r"z must be a torch.Tensor, got numpy.ndarray"):
         fastvae.elbo(x, r, mu, lv, kl="mc", z=mu.numpy())
     loss = fastvae.ELBOLoss(kl="mc")
     with pytest.raises(ValueError, match=r"kl='mc' needs the sample z"):
@@ -488,3 +488,41 @@ def test_a_nan_in_x_is_named_before_what_is_computed_from_it():
     mu = torch.full((2, 3), float("nan"))
     with pytest.raises(ValueError, match=r"^x has 1 non-finite value"):
         fastvae.elbo(x, nan, mu, mu, validate=True)
+
+
+@pytest.mark.parametrize("bad", [getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2")
+                                 if hasattr(torch, n)])
+def test_float8_is_refused_by_name(bad):
+    """float8 is floating point to torch, but neither its random numbers nor its type
+    promotion work: refused as a dtype up front on every op, not deep in a backend."""
+    x, r, mu, lv = inputs()
+    msg = rf"must be a floating-point tensor, got dtype {bad} \(fastvae takes float16"
+    with pytest.raises(TypeError, match="recon " + msg):
+        fastvae.elbo(x, r.to(bad), mu, lv)
+    with pytest.raises(TypeError, match="mu " + msg):
+        fastvae.reparameterize(mu.to(bad), lv)
+    with pytest.raises(TypeError, match="mu_q " + msg):
+        fastvae.sample_with_kl(mu.to(bad), lv)
+    with pytest.raises(TypeError, match="z_k " + msg):
+        fastvae.iwae_bound(x, r.expand(2, *r.shape), mu, lv, mu.expand(2, *mu.shape).to(bad))
+
+
+def test_validation_passes_over_meta_tensors():
+    """Shape inference on the meta device with validation on: no values to check."""
+    M = lambda *s: torch.empty(*s, device="meta")   # noqa: E731
+    assert fastvae.elbo(M(3, 4), M(3, 4), M(3, 2), M(3, 2), validate=True,
+                        reduction="none").shape == (3,)
+    assert fastvae.discretized_logistic_mixture_log_prob(M(2, 3, 4, 4), M(2, 20, 4, 4),
+                                                         validate=True).shape == (2,)
+    assert fastvae.sample_with_kl(M(3, 2), M(3, 2), M(3, 2), M(3, 2),
+                                  validate=True)[1].shape == (3,)
+
+
+def test_a_numpy_scalar_is_named_as_numpy_s():
+    """numpy.bool's bare name is "bool": "expects a bool, got bool" said nothing."""
+    np = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match=r"expects a bool, got numpy\.bool"):
+        fastvae.set_validation(np.bool_(True))
+    x, r, mu, lv = inputs()
+    with pytest.raises(TypeError, match=r"beta must be a real number, got numpy\.bool"):
+        fastvae.elbo(x, r, mu, lv, beta=np.bool_(True))

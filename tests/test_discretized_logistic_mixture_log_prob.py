@@ -319,6 +319,33 @@ def test_a_pixel_of_no_float32_mass_has_log_p_minus_inf(backend, cpu_path):
                      scale=want[1:].abs())
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_component_of_no_mass_adds_no_gradient(backend, cpu_path, channels):
+    """A component whose mean is far from the pixel (1e30 to 1e38 on the [-1, 1] scale,
+    what only a diverged network gives) has responsibility 0: its parameters' gradients are
+    0, as the reference's, not e^-87 or 0 times its partials (which overflow to inf or NaN
+    past ~3e35): a review's find. The live component's gradients stay the reference's."""
+    x = torch.full((1, channels, 1, 1), 128 / 255)
+    m = 2
+    for far, log_scale in ((1e30, -7.0), (3e35, -7.0), (4e35, -7.0), (1e38, 0.0)):
+        p = torch.zeros(1, slots(channels) * m, 1, 1)
+        per = 3 if channels == 3 else 2
+        for ch in range(channels):   # component 0 far off in every channel, 1 at the pixel
+            base = m + per * m * ch
+            p[0, base] = far
+            p[0, base + m] = log_scale
+        q = leaf(p)
+        got = grads(OP(x, q, backend=backend), [q])[0]
+        r = leaf(p)
+        want = grads(OP(x, r, backend="reference"), [r])[0]
+        assert torch.isfinite(got).all(), (far, got.flatten().tolist())
+        dead = [m + per * m * ch + j for ch in range(channels) for j in (0, m)]
+        dead += [(3 + 3 * ch) * m for ch in range(3)] if channels == 3 else []   # coefficients
+        assert (got[0, dead] == 0).all(), (far, got.flatten().tolist())
+        assert_close(f"gradients, the far mean {far:g}", got, want, torch.float32,
+                     scale=want.abs().max())
+
+
 def test_responsibilities_sum_to_one_far_from_the_data(seed, backend, cpu_path):
     """M identical components each take 1/M of a pixel however unlikely the pixel: the
     logits' gradient (responsibility minus softmax(logits)) is 0, and the components'

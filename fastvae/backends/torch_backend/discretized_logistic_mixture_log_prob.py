@@ -84,9 +84,12 @@ def _chunk(xs, ps, n: int, c: float, g):
         r = torch.softmax(lp, 1)
         g[:, 0] = (r - torch.softmax(logits, 1)).mul_(c)
         w = r.mul_(c).unsqueeze(1)
-        g_mean = d_mean.mul_(w)
+        # a component of responsibility 0 adds 0, not 0 * its partials (inf or NaN where
+        # its mean is ~1e35 away)
+        off = w == 0
+        g_mean = d_mean.mul_(w).masked_fill_(off, 0.0)
         g[:, 1::per] = g_mean
-        g[:, 2::per] = d_ls.mul_(w).mul_(raw_ls >= LOG_SCALE_MIN)
+        g[:, 2::per] = d_ls.mul_(w).mul_(raw_ls >= LOG_SCALE_MIN).masked_fill_(off, 0.0)
         if channels == 3:  # through m1 = mean1 + tanh(c0) y0, m2 = mean2 + tanh(c1) y0 + tanh(c2) y1
             dt = 1.0 - t * t
             g[:, 3] = g_mean[:, 1] * y[:, 0] * dt[:, 0]

@@ -161,13 +161,16 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
     lmax = sel(tot > lmax, tot, lmax);
   }
   /* a pixel whose every component's mass is below float32 (a mean ~1e36 away) has lmax
-     -inf: its log p is -inf, not -inf - -inf = NaN (shifted by 0 instead; exp_nonpos
-     stops at e^-87, so the sum is not 0 and the -inf is set below) */
+     -inf: its log p is -inf, not -inf - -inf = NaN (shifted by 0 instead, and the -inf
+     set below) */
   vi none = lmax == SPLAT(-__builtin_inff());
   lmax = sel(none, SPLAT(0.0f), lmax);
   vf sl = SPLAT(0.0f), sp = SPLAT(0.0f);
   for (int64_t m = 0; m < M; ++m) {
-    lp[m] = exp_nonpos(lp[m] - lmax);
+    /* 0 below e^-87, where exp_nonpos stops: a component of no mass takes responsibility
+       0, and its gradient is 0 below (its partials can be inf or NaN: a mean ~1e35 away) */
+    vf dl = lp[m] - lmax;
+    lp[m] = sel(dl < SPLAT(-87.0f), SPLAT(0.0f), exp_nonpos(dl));
     pi[m] = exp_nonpos(pi[m]);
     sl += lp[m];
     sp += pi[m];
@@ -184,9 +187,10 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
       float *gm = g + (1 + per * c) * M * hw, *gs = gm + M * hw;
       for (int64_t m = 0; m < M; ++m) {
         int64_t i = c * M + m;
-        dm[i] *= lp[m];
+        vi off = lp[m] == SPLAT(0.0f);
+        dm[i] = sel(off, SPLAT(0.0f), dm[i] * lp[m]);
         store(gm + m * hw, dm[i], nv);
-        store(gs + m * hw, ds[i] * lp[m], nv);
+        store(gs + m * hw, sel(off, SPLAT(0.0f), ds[i] * lp[m]), nv);
       }
     }
     if (rgb) {  /* coeff0 through mean1, coeff1 and coeff2 through mean2 */

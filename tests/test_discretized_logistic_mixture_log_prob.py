@@ -271,6 +271,8 @@ def test_x_gets_no_gradient(backend):
     p.requires_grad_(True)
     OP(x, p, backend=backend).sum().backward()
     assert x.grad is None and p.grad is not None
+    # x alone needing one: no graph at all, as the reference's (backward then raises)
+    assert not OP(x, p.detach(), backend=backend).requires_grad
 
 
 @pytest.mark.parametrize("c", [1, 3])

@@ -74,4 +74,6 @@ def discretized_logistic_mixture_log_prob(x, params, bits, reduction="none", *, 
     """``scale`` times the per-sample DMoL log-likelihood, reduced per ``reduction``;
     arguments as ``fastvae.backends`` documents."""
     needs = A.needs(params)
+    if x.requires_grad:   # data: the value needs no graph from x (the reference's too)
+        x = x.detach()
     return _dmol.value(x, params, int(bits), reduction, float(scale), needs, backend)

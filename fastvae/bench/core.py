@@ -104,6 +104,9 @@ class Op:
     ``axis`` (``"dim"`` or ``"latent"``) when ``value`` will not do (``"D = H*W (a
     square)"``), else None: the one statement of its sizes, which ``fastvae bench``
     checks --dim / --latent against before measuring anything.
+    ``fused_fp32``: fastvae's variants compute in float32 whatever the inputs' dtype, so
+    in bf16/fp16 their outputs are the float32 result rounded once; the agreement check
+    holds them to that, not to eager's own (much larger) 16-bit error.
     """
 
     name: str
@@ -118,6 +121,7 @@ class Op:
     largest: Callable[[Case], int] = _largest
     label: Optional[Callable[[Case], str]] = None   # the case's shape, where not B/D/L/K
     needs: Optional[Callable[[str, int], Optional[str]]] = None   # None: any size runs
+    fused_fp32: bool = False
 
     @property
     def uses_k(self) -> bool:

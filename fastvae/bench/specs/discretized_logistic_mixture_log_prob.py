@@ -115,7 +115,7 @@ OPS = [Op(
      "fastvae-aten": aten_variant(_TORCH),   # float32 on aten ops, without the C kernel
      "fastvae-triton": _variant("fastvae-triton", lambda: fastvae_dmol_loss("triton"),
                                 cuda_only=True)},
-    elements_moved=elements_moved, label=label, needs=needs,
+    elements_moved=elements_moved, label=label, needs=needs, fused_fp32=True,
     largest=lambda case: case.batch * 10 * case.latent * case.dim,
     grids={"quick": dict(batch=[8], dim=[1024], latent=[10]),
            "cpu": dict(batch=[64, 8], dim=[1024, 4096], latent=[10]),

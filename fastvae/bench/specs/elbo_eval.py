@@ -14,7 +14,7 @@ def elements_moved(case):
 
 OPS = [Op(
     "elbo_eval", lambda case, gen: vae_inputs(case, gen, grad=False), variants(backward=False),
-    elements_moved=elements_moved,
+    elements_moved=elements_moved, fused_fp32=True,
     grids={"quick": dict(batch=[4096], dim=[784]),
            "cpu": dict(batch=[256, 4096, 32768], dim=[784, 3072]),
            "cuda": dict(batch=[65536], dim=[784, 3072])},

@@ -72,7 +72,7 @@ OPS = [Op(
     "iwae", make_inputs,
     standard_variants(_make, eager_iwae_loss, distributions_iwae_loss, fastvae_iwae_loss,
                       aten=True),
-    elements_moved=elements_moved, k_values=(5, 50), k_flag="--k-iwae",
+    elements_moved=elements_moved, fused_fp32=True, k_values=(5, 50), k_flag="--k-iwae",
     grids={"quick": dict(batch=[256], dim=[784], k=[5]),
            "cpu": dict(batch=[256, 4096], dim=[784], k=[5, 50]),
            "cuda": dict(batch=[4096], dim=[784], k=[5, 50])},

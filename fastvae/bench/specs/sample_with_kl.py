@@ -150,6 +150,6 @@ OPS = [
     Op("kl_normal", make_inputs,
        standard_variants(lambda get_fn, backend: _make(get_fn, backend, with_z=False), eager_kl,
                          distributions_kl, fastvae_kl),
-       elements_moved=kl_elements_moved, uses_dim=False,
+       elements_moved=kl_elements_moved, uses_dim=False, fused_fp32=True,
        grids={k: v for k, v in GRIDS.items() if k != "quick"}),
 ]

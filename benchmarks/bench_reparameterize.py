@@ -6,7 +6,8 @@ form of its own z).
 
 Variants: eager (pytorch/examples), torch.distributions, torch.compile of the eager
 loss, fastvae "torch" backend, fastvae "triton" backend (CUDA only). Each case's
-variants are checked against eager before any is timed (``fastvae.bench.prepare``; the op's spec is in ``fastvae/bench/specs/``).
+variants are checked as above, on the first call and on one after the warm-up, before
+any is timed (``fastvae.bench.prepare``; the op's spec is in ``fastvae/bench/specs/``).
 """
 from fastvae import bench
 

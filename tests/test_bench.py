@@ -272,6 +272,23 @@ def test_reparameterize_self_check_rejects_a_wrong_sampler(build):
                       extra_variants={"wrong": bench.Variant("wrong", build)}, warmup=0)
 
 
+def test_a_sampler_that_keeps_its_first_noise_is_rejected():
+    """Samplers are checked alone, once on the first call and once after the warm-up: a
+    variant that drew its noise once and reused it would be timed without drawing any
+    (a review's find)."""
+    from fastvae.bench.specs.reparameterize import _make
+    kept = {}
+
+    def fixed_noise(mu, logvar, k):
+        eps = kept.setdefault("eps", torch.randn(mu.shape, dtype=mu.dtype))
+        return mu + eps * torch.exp(0.5 * logvar)
+    case = bench.Case("reparameterize", 512, 1, 8, k=1)
+    with pytest.raises(bench.AgreementError, match="fixed: a later call drew the same sample"):
+        bench.prepare(case, ["eager", "fastvae-torch"],
+                      extra_variants={"fixed": bench.Variant("fixed", _make(lambda: fixed_noise,
+                                                                            None))})
+
+
 def _parse(argv):
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

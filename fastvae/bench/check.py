@@ -32,18 +32,24 @@ def low_precision(dtype) -> bool:
 
 
 def check_agreement(case: Case, inputs: dict, outputs: Dict[str, tuple],
-                    reference: Optional[tuple] = None) -> None:
+                    reference: Optional[tuple] = None,
+                    again: Optional[Dict[str, tuple]] = None) -> None:
     """Raise :class:`AgreementError` (the first variant's, in order) unless every variant
     matches ``eager`` (or passes the op's ``self_check``); see :func:`disagreements`."""
-    bad = disagreements(case, inputs, outputs, reference)
+    bad = disagreements(case, inputs, outputs, reference, again)
     if bad:
         raise AgreementError(next(iter(bad.values())))
 
 
 def disagreements(case: Case, inputs: dict, outputs: Dict[str, tuple],
-                  reference: Optional[tuple] = None) -> Dict[str, str]:
+                  reference: Optional[tuple] = None,
+                  again: Optional[Dict[str, tuple]] = None) -> Dict[str, str]:
     """``{variant: why}`` for every variant that fails the check (empty: all agree), so a
     run can drop the variants that fail and still time the others.
+
+    A sampler (an op with a ``self_check``) is checked on a later call too (``again``,
+    after the warm-up): it must pass there as well and draw another sample (its first
+    output), or a variant that kept its first noise would be timed without drawing any.
 
     In bf16/fp16, ``reference`` is eager run in fp32 on the same (upcast) inputs, and
     each variant's error against it may be at most twice eager's own same-dtype error
@@ -59,6 +65,12 @@ def disagreements(case: Case, inputs: dict, outputs: Dict[str, tuple],
         try:
             if op.self_check is not None:
                 op.self_check(case, inputs, out, name)
+                if again is not None:
+                    later = again[name]
+                    op.self_check(case, inputs, later, name)
+                    if torch.equal(later[0], out[0]):
+                        raise AgreementError(f"{name}: a later call drew the same sample as "
+                                             "the first: noise must be drawn on every call")
             elif reference is not None:
                 check_against_fp32(case, name, out, outputs[REFERENCE], reference)
             else:

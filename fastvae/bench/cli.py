@@ -178,7 +178,10 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     env["clock"] = "cpu (thread_time)" if args.cpu_time else "wall"
     env["copy_bandwidth_clock"] = "thread CPU time" if args.cpu_time else "wall clock"
     if is_cuda(device):
-        env["clock"] += ", L2 warm" if warm_l2 else ", L2 flushed before each call"
+        # flushed: each call between CUDA events, as triton.testing.do_bench (the host's
+        # enqueue while the flush runs is not in the span)
+        env["clock"] = ("wall, L2 warm" if warm_l2 else
+                        "GPU (CUDA events around each call), L2 flushed before each call")
     print(header(env), flush=True)
     rows: List[dict] = []
     t0 = time.perf_counter()

@@ -61,7 +61,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             raise ValueError(f"unknown variant {n!r} for op {case.op!r}; have {sorted(table)}")
     inputs = make_inputs(op, case, seed)
     steps = {n: table[n].build(case, inputs) for n in names}
-    first, outputs = {}, {}
+    first, outputs, again = {}, {}, {}
     for n in names:
         # The first call is checked: every variant starts from the same inputs (and, for
         # training steps, the same weights and the same seed, hence the same noise).
@@ -75,6 +75,8 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
         slow = first[n] > 1.0 and n != COMPILE
         for _ in range(0 if slow else warmup):
             timed(steps[n], case.device)
+        if check and op.self_check is not None:   # a sampler: a later call draws anew
+            again[n] = _detached(steps[n]())
     failed: Dict[str, str] = {}
     if check:
         reference = None
@@ -86,11 +88,12 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             del ref_step
         try:
             if drop_disagreeing:
-                failed = disagreements(case, inputs, outputs, reference)
+                failed = disagreements(case, inputs, outputs, reference, again)
             else:
-                check_agreement(case, inputs, outputs, reference)
+                check_agreement(case, inputs, outputs, reference, again)
         finally:
             outputs.clear()
+            again.clear()
     for n in failed:
         del steps[n], first[n]
     return Prepared(case, inputs, steps, first, failed)
@@ -133,6 +136,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     del flush
     med = {n: statistics.median(ts) for n, ts in times.items()}
     moved = bytes_moved(case)
+    flushed = is_cuda(case.device) and flush_l2
     rows = []
     for n in steps:
         row = {
@@ -140,8 +144,8 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "latent": case.latent, "k": case.k if get_op(case.op).uses_k else None,
             "dtype": case.dtype_name, "device": case.device, "shape": case.shape,
             "median_ms": med[n] * 1e3, "rounds": rounds, "calls_per_sample": inner,
-            "clock": "cpu" if cpu_time else "wall",
-            "l2_flushed": is_cuda(case.device) and flush_l2,
+            "clock": "cpu" if cpu_time else "cuda events" if flushed else "wall",
+            "l2_flushed": flushed,
             "min_ms": min(times[n]) * 1e3, "max_ms": max(times[n]) * 1e3,
             "first_call_ms": prepared.first_call_s[n] * 1e3,
             "speedup_vs_eager": med[REFERENCE] / med[n] if REFERENCE in med else None,

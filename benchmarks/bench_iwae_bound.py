@@ -1,6 +1,6 @@
 """IWAE bound (Burda et al. 2016) forward+backward, K in {5, 50}, reduction="sum".
 
-Variants: eager (pytorch/examples), torch.distributions, torch.compile of the eager
+Variants: eager (the bound written by hand: pytorch/examples has no IWAE), torch.distributions, torch.compile of the eager
 loss, fastvae "torch" backend, the same with its compiled C row kernel off
 (``fastvae-aten``, the no-C-compiler fallback; CPU only), fastvae "triton" backend
 (CUDA only). Each case's variants are checked against eager before any is timed

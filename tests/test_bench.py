@@ -628,3 +628,18 @@ def test_train_hvae_checks_a_fused_backend_with_its_own_kl_and_eager_draws(monke
     assert asked == ["torch"] * 2   # two groups, on the variant's backend
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_the_kernels_column_counts_fastvaes_c_passes():
+    """A C pass over memory is a kernel as an aten op or inductor's C++ kernel is; the
+    profiler saw none of them (a ctypes call), so the CPU column said fastvae's
+    reparameterize ran 1 kernel (its seed's randint): a review's find."""
+    from fastvae.backends.torch_backend import native
+    if native.load() is None:
+        pytest.skip(f"no C library here: {native.status()}")
+    mu = torch.randn(64, 8, requires_grad=True)
+    lv = torch.randn(64, 8, requires_grad=True)
+
+    def step():
+        fastvae.reparameterize(mu, lv, backend="torch").sum().backward()
+    assert extras.extras(step, "cpu")[2] >= 2   # the forward pass and the backward pass

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from ..backends.torch_backend.native import PASS_EVENT
 from .timing import is_cuda, sync
 
 
@@ -55,7 +56,8 @@ def extras(step: Callable, device: str) -> Tuple[Optional[int], int, Optional[in
     included. CUDA: ``max_memory_allocated`` above the start, and kernel launches
     seen by the profiler. CPU: the running sum of the allocator's events under the
     profiler (it sees inductor's buffers, unlike a dispatch mode), and the leaf aten
-    ops that do work plus inductor's C++ kernels. One profiled call (plus one on CUDA).
+    ops that do work plus inductor's C++ kernels and fastvae's C passes. One profiled
+    call (plus one on CUDA).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -92,7 +94,8 @@ def extras(step: Callable, device: str) -> Tuple[Optional[int], int, Optional[in
     kernels = 0
     for e in prof.events():
         name = e.name
-        if "cpp_fused" in name or "cpp_kernel" in name:  # inductor's, e.g. graph_0_cpp_fused_*
+        if ("cpp_fused" in name or "cpp_kernel" in name   # inductor's, graph_0_cpp_fused_*
+                or name == PASS_EVENT):                     # fastvae's C kernels'
             kernels += 1
         elif (name.startswith("aten::") and name not in _NON_COMPUTE
               and not any(c.name.startswith("aten::") for c in e.cpu_children)):

@@ -402,6 +402,10 @@ def _thread_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
         return _pool[2]
 
 
+# The profiler's name for one C pass (fastvae.bench counts them as kernels).
+PASS_EVENT = "fastvae::c_pass"
+
+
 def for_rows(rows: int, elems: int, block: Callable[[int, int, int], None],
              threads: Optional[int] = None) -> None:
     """Run ``block(first_row, row_count, nthreads)`` over ``rows`` rows (``elems`` elements
@@ -411,6 +415,14 @@ def for_rows(rows: int, elems: int, block: Callable[[int, int, int], None],
 
     ``threads`` defaults to ``torch.get_num_threads()``, or 1 below PARALLEL_MIN_ELEMS
     (POOL_MIN_ELEMS for a build without OpenMP)."""
+    if torch.autograd._profiler_enabled():
+        # one pass over memory, seen by the profiler as an aten op is (a ctypes call is not)
+        with torch.profiler.record_function(PASS_EVENT):
+            return _for_rows(rows, elems, block, threads)
+    return _for_rows(rows, elems, block, threads)
+
+
+def _for_rows(rows, elems, block, threads):
     n = threads or (torch.get_num_threads()
                     if elems >= (PARALLEL_MIN_ELEMS if _openmp else POOL_MIN_ELEMS) else 1)
     n = max(1, min(n, rows))

@@ -1,6 +1,6 @@
 """``python -m fastvae`` (and ``torchrun -m fastvae``): the ``fastvae`` command."""
 import sys
 
-from .cli import main
+from .cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -357,5 +357,13 @@ def main(argv=None) -> int:
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
 
 
+def console(argv=None) -> int:
+    """The ``fastvae`` command's entry point: :func:`main`, then its status kept through
+    the interpreter's exit (``stops.exiting``)."""
+    status = main(argv)
+    stops.exiting()
+    return status
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

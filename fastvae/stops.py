@@ -17,6 +17,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _asked = None   # the stop a signal asked for while :func:`handled` runs (its exception type)
+_done = False   # the command's work is on disk (:func:`finished`)
 
 
 def _on_signal(signum, frame):
@@ -27,14 +28,30 @@ def _on_signal(signum, frame):
         _asked = Terminated
     else:
         _asked = KeyboardInterrupt
-    raise _asked
+    if not _done:
+        raise _asked
+
+
+def finished() -> None:
+    """The command's work is complete and on disk: a stop signal from here on lets it
+    return as done, not as interrupted with a resume command for a finished run."""
+    global _done
+    _done = True
+
+
+def exiting() -> None:
+    """The command has its exit status: a stop signal while the interpreter shuts down
+    (a second or more, torch's teardown) would only replace it (or print a traceback)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def check() -> None:
     """Raise the stop a signal asked for, if one came and its exception was lost on the
     way; nothing outside :func:`handled` (the Python API's own callers keep their
     signals)."""
-    if _asked is not None:
+    if _asked is not None and not _done:
         raise _asked
 
 
@@ -45,13 +62,13 @@ def handled():
     A signal is left alone where Python cannot set a handler (another thread), where it
     is ignored (a background job of a non-interactive shell: SIGINT) or where a program
     embedding the command has set its own handler."""
-    global _asked
+    global _asked, _done
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     own = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
     taken = [s for s, usual in own.items() if signal.getsignal(s) is usual]
-    _asked = None
+    _asked, _done = None, False
     for s in taken:
         signal.signal(s, _on_signal)
     try:
@@ -59,4 +76,4 @@ def handled():
     finally:
         for s in taken:
             signal.signal(s, own[s])
-        _asked = None
+        _asked, _done = None, False

@@ -450,6 +450,7 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
                   "test_iwae_nll": nll, "iwae_k": cfg["iwae_k"], "iwae_s": iwae_s}, core),
         "train_wall_s": train_wall,
     }
+    stops.finished()   # only the last file is left: a stop from here on lets it be written
     write_json(metrics, out / "metrics.json")
     nll_txt = (f", test IWAE NLL (K={cfg['iwae_k']}) {nll:.2f} nats" if nll is not None else ""
                ) + dmol.bpd_text(metrics["final"], prefix="test_")

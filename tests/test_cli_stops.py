@@ -149,6 +149,39 @@ def test_a_stop_whose_exception_was_swallowed_still_stops_at_the_next_step(tmp_p
         f"fastvae train: {said} before its first checkpoint; nothing to resume"), p.stderr
 
 
+_STOP_AFTER_METRICS = """
+import signal, sys, time
+from fastvae import cli, train as T
+write = T.write_json
+def write_then_stop(*args):
+    write(*args)
+    signal.raise_signal(getattr(signal, sys.argv[1]))   # the run's files are all there
+    time.sleep(0.5)
+T.write_json = write_then_stop
+sys.exit(cli.console(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_after_the_run_is_complete_lets_it_finish(tmp_path, sig):
+    """Once metrics.json is written the run is done: a stop then (a scheduler's, seconds
+    before the process would have ended) gives the done line and exit 0, not an
+    interruption whose resume command refuses a finished run (a review's find)."""
+    import signal
+
+    def default_signals():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    run = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-c", _STOP_AFTER_METRICS, sig, "train", "--epochs", "1",
+                        "--hidden", "16", "--latent", "2", "--iwae-k", "0", "--no-progress",
+                        "--out", str(run)], capture_output=True, text=True, timeout=300,
+                       preexec_fn=default_signals)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1].startswith("done: "), p.stdout
+    assert "Traceback" not in p.stderr and (run / "metrics.json").is_file()
+
+
 @pytest.mark.parametrize("another_rank", [False, True])
 def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys, tmp_path,
                                                              another_rank):
@@ -189,6 +222,9 @@ def test_the_command_takes_only_the_signals_left_as_python_sets_them():
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # a second one kills
             with pytest.raises(stops.Terminated):
                 stops.check()
+            stops.finished()   # the last file is being written: a stop lets it finish
+            stops._on_signal(signal.SIGINT, None)
+            stops.check()
         stops.check()
         assert {s: signal.getsignal(s) for s in before} == {signal.SIGINT: before[signal.SIGINT],
                                                           signal.SIGTERM: signal.SIG_DFL}

@@ -346,7 +346,12 @@ def main(argv=None) -> int:
         return 3
     except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,
         # --k too big (numpy's picture grid raises MemoryError)
-        line = o.out_of_memory_line(f"fastvae {args.command}", e, "try smaller sizes")
+        prog = f"fastvae {args.command}"
+        line = o.out_of_memory_line(prog, e, "try smaller sizes")
+        if line is None:   # a full disk behind a library's error (torch.compile's cache)
+            line = o.disk_full_line(prog, e, "free space there, or run without --compile")
+            resume = _resume_command(e)
+            line = line if line is None or resume is None else f"{line}; {resume}"
         if line is None:
             raise
         print(line, file=sys.stderr)

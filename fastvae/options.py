@@ -6,6 +6,7 @@ degenerate model (``--latent 0``) or crash deep inside torch (``--batch-size 0``
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import tempfile
@@ -40,6 +41,28 @@ def out_of_memory_line(prog: str, e: Exception, hint: str):
             or "can't allocate memory" in str(e)):
         return None
     return f"{prog}: error: out of memory ({str(e).splitlines()[0]}); {hint}"
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def disk_full_line(prog: str, e: BaseException, hint: str):
+    """The one-line error for ``e`` where a full disk (or a file-size limit) is behind it
+    deep inside a library: torch.compile's cache writes raise an InductorError around the
+    OSError. None otherwise, and under FASTVAE_DEBUG."""
+    if os.environ.get("FASTVAE_DEBUG"):
+        return None
+    seen, compiling = e, False
+    while seen is not None:
+        compiling = compiling or type(seen).__module__.startswith("torch._")
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            where = f" {seen.filename}" if seen.filename else ""
+            what = (f"torch.compile could not write its cache{where} (TORCHINDUCTOR_CACHE_DIR; "
+                    "by default in the temporary folder)" if compiling else f"cannot write{where}")
+            return (f"{prog}: error: {what}: {os.strerror(seen.errno)} "
+                    f"({errno.errorcode[seen.errno]}); {hint}")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class BadValue(argparse.ArgumentTypeError, ValueError):

@@ -14,7 +14,7 @@ import torch
 from .checkpoint import atomic_write
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -31,7 +31,7 @@ def save_figure(fig, path, dpi: int, format=None) -> Path:
     try:
         fig.savefig(buf, format=format or Path(path).suffix[1:].lower() or "png", dpi=dpi)
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
@@ -171,7 +171,7 @@ def latent_traversal(model, steps: int = 15, span: float = 0.95) -> torch.Tensor
 def save_curves(history: list, path) -> Path:
     """Train/test ELBO, KL and reconstruction term per epoch (one panel each), and for a
     hierarchical model the KL of every latent group (a fourth panel)."""
-    plt = _plt()
+    plt = pyplot()
     groups = len(history[0]["test"].get("kl_groups") or []) if history else 0
     # the groups' legend beside its panel, 10 entries a column (tens of groups fit)
     cols = -(-groups // 10)

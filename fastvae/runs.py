@@ -256,3 +256,10 @@ def check_extras(command: str, pictures: bool, dataset: str | None = None) -> No
         what = " and ".join(f"{_EXTRAS[m][0]} (for {_EXTRAS[m][1]})" for m in missing)
         raise MissingExtra(f"fastvae {command} needs {what}, which is not installed: "
                            "pip install 'fastvae[train]'")
+    if pictures:   # installed but broken (built against another numpy): found now, not
+        from . import plots   # after the whole run, when the pictures are drawn
+        try:
+            plots.pyplot()
+        except ImportError as e:
+            raise MissingExtra(f"fastvae {command} needs matplotlib (for the pictures), which "
+                               f"is installed but does not import: {e}") from None

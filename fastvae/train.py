@@ -181,8 +181,10 @@ def _train(given: dict, log) -> dict:
         metrics = _train_in_group(cfg, state, device, rank, world, say)
         failed = False
         return metrics
-    except (KeyboardInterrupt, OSError) as e:  # so the command can say how to --resume
-        e.run_folder = full["out"]             # (a full disk: once it has room)
+    except (KeyboardInterrupt, OSError, RuntimeError) as e:
+        # so the command can say how to --resume (after a full disk, torch.compile's cache's
+        # too, once it has room)
+        e.run_folder = full["out"]
         # the target and lr asked for: the last checkpoint may still hold the old ones
         e.resume_flags = [f for k in ("epochs", "lr") if given.get(k) is not None
                           for f in (f"--{k}", str(given[k]))]

@@ -108,6 +108,36 @@ def test_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(monke
         cli.main(["train"])
 
 
+def test_a_full_disk_behind_torch_compiles_error_is_one_line(monkeypatch, capsys, tmp_path):
+    """torch.compile writes its cache as it compiles; on a full disk its InductorError
+    (around the OSError) was a traceback, exit 1 (a review's find): now one line naming
+    the cache and the way out, and the resume command where a checkpoint was kept."""
+    import errno
+
+    from fastvae import train as T
+
+    class InductorError(RuntimeError):   # torch's, as far as the command can tell
+        pass
+    InductorError.__module__ = "torch._inductor.exc"
+
+    def compile_on_full_disk(cfg):
+        try:
+            raise OSError(errno.EFBIG, "File too large")
+        except OSError as inner:
+            e = InductorError("OSError: [Errno 27] File too large")
+            e.__cause__ = inner
+            e.run_folder = str(tmp_path)
+            raise e
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    monkeypatch.setattr(T, "train", compile_on_full_disk)
+    assert cli.main(["train", "--compile", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "fastvae train: error: torch.compile could not write its cache (TORCHINDUCTOR_CACHE_DIR"
+    ) and "File too large (EFBIG); free space there, or run without --compile; `fastvae " \
+        f"train --resume --out {tmp_path}` continues the run" in err, err
+
+
 def test_non_finite_loss_exits_non_zero(tmp_path, capsys):
     code = cli.main(["train", *TINY, "--lr", "1e30", "--out", str(tmp_path / "r")])
     assert code == 3
@@ -297,6 +327,24 @@ def test_train_without_the_train_extra_fails_first(tmp_path, capsys, monkeypatch
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert missing in err.replace("scikit-learn", "sklearn")
     assert "pip install 'fastvae[train]'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_matplotlib_that_does_not_import_fails_first(tmp_path, capsys, monkeypatch):
+    """Installed but broken (built against another numpy): found before training, not as
+    a traceback after the whole run when the pictures are drawn (a review's find)."""
+    from fastvae import plots
+    from fastvae import train as T
+
+    def broken():
+        raise ImportError("numpy.core.multiarray failed to import")
+    monkeypatch.setattr(plots, "pyplot", broken)
+    monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
+    assert cli.main(["train", *TINY, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fastvae train: error: fastvae train needs matplotlib (for the pictures), "
+                   "which is installed but does not import: numpy.core.multiarray failed to "
+                   "import\n")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -314,7 +314,9 @@ def main(argv=None) -> int:
         if isinstance(e, (JudgeFailed, ToolMissing)):   # an installation to mend
             print(f"fastvae bench: error: {e}", file=sys.stderr)
             return 2
-        line = o.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
+        line = (o.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
+                or o.disk_full_line("fastvae bench", e,
+                                    "free space there, or --variants without compile"))
         if line is None:
             raise
         print(line, file=sys.stderr)

@@ -306,7 +306,12 @@ def _resume_command(e: BaseException) -> str | None:
     if folder is None or not (Path(folder) / CHECKPOINT_NAME).is_file():
         return None
     flags = "".join(f" {shlex.quote(f)}" for f in getattr(e, "resume_flags", ()))
-    return f"`fastvae train --resume --out {shlex.quote(str(folder))}{flags}` continues the run"
+    command = f"fastvae train --resume --out {shlex.quote(str(folder))}{flags}"
+    world = getattr(e, "resume_world", 1)
+    if world > 1:   # the same processes draw the same noise: bit for bit
+        return (f"`torchrun --nproc_per_node={world} -m {command}` "
+                f"(with its other torchrun flags) continues the run")
+    return f"`{command}` continues the run"
 
 
 def main(argv=None) -> int:

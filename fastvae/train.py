@@ -189,6 +189,7 @@ def _train(given: dict, log) -> dict:
         e.resume_flags = [f for k in ("epochs", "lr") if given.get(k) is not None
                           for f in (f"--{k}", str(given[k]))]
         e.another_rank = not is_main   # one Ctrl-C stops every rank: rank 0 says so
+        e.resume_world = world
         raise
     finally:
         if folder is not None:
@@ -324,6 +325,11 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         check_elbo_finite(evaluate(core, data.test, cfg, device), data.test, cfg["dataset"],
                           "the resumed model's")
         say(f"resuming {cfg['out']} at epoch {run.start}")
+        saved_world = len(state["rng"].get("per_rank") or ()) or 1
+        if saved_world != world:   # every process draws its own noise, from its own state
+            say(f"note: the run trained with {saved_world} process(es) and resumes with "
+                f"{world}: it continues, but not bit for bit as it would have with "
+                f"{saved_world}")
     else:
         run.initial = evaluate(core, data.test, cfg, device)
         # before any step: no --lr can help

@@ -32,6 +32,11 @@ def test_the_resume_hint_is_a_command_that_pastes(tmp_path):
     assert f"`fastvae train --resume --out '{folder}'` continues" in line, line
     # the target and lr the stopped command was given: its last checkpoint may hold others
     e.resume_flags = ["--epochs", "8", "--lr", "0.001"]
+    e.resume_world = 2   # torchrun's run: the same processes continue it bit for bit
+    assert (f"`torchrun --nproc_per_node=2 -m fastvae train --resume --out '{folder}' --epochs 8 "
+            "--lr 0.001` (with its other torchrun flags) continues" in
+            cli._interrupted_line("train", e))
+    e.resume_world = 1
     line = cli._interrupted_line("train", e)
     assert f"`fastvae train --resume --out '{folder}' --epochs 8 --lr 0.001` continues" in line
 

@@ -187,15 +187,16 @@ def comma_list(item):
     read as the flag left out, i.e. its default. A repeated value is dropped (``--batch
     16,16`` would run its cases twice)."""
     def parse(value) -> list:
-        items = [v.strip() for v in str(value).split(",") if v.strip()]
-        if not items:
+        items = [v.strip() for v in str(value).split(",")]
+        if not any(items):
             raise BadValue("an empty list; give at least one")
+        if not all(items):   # "8,,16": a value left out, not a list of two
+            raise BadValue(f"an empty entry in {value!r}")
         return list(dict.fromkeys(item(v) for v in items))
     return parse
 
 
 positive_ints = comma_list(positive_int)          # --k 1,5,50
-non_negative_ints = comma_list(non_negative_int)
 
 
 def names_from(allowed):

@@ -43,10 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=o.positive_ints, default=None,
                         help="batch sizes for every op (default: per op, the grids of its "
                              "spec in fastvae/bench/specs/)")
-    parser.add_argument("--dim", type=o.non_negative_ints, default=None,
+    parser.add_argument("--dim", type=o.positive_ints, default=None,
                         help="data dims D for every op (default: per op, 784 and/or 3072); "
                              "dmol: pixels per channel H*W of its 3-channel images")
-    parser.add_argument("--latent", type=o.non_negative_ints, default=None,
+    parser.add_argument("--latent", type=o.positive_ints, default=None,
                         help="latent dims L for every op (default: per op, as --dim); dmol: "
                              "the mixture's components M")
     for op in OPS.values():

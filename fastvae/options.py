@@ -43,7 +43,7 @@ def out_of_memory_line(prog: str, e: Exception, hint: str):
     return f"{prog}: error: out of memory ({str(e).splitlines()[0]}); {hint}"
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_DISK_FULL = tuple(getattr(errno, n) for n in ("ENOSPC", "EFBIG", "EDQUOT") if hasattr(errno, n))
 
 
 def disk_full_line(prog: str, e: BaseException, hint: str):

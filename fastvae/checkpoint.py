@@ -126,6 +126,15 @@ def _interrupt_behind(e: BaseException, outer: BaseException | None):
                 None)
 
 
+def _missing_folders(folder: Path) -> list:
+    """The folders ``mkdir(parents=True)`` of ``folder`` would create, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def atomic_write(path, write) -> Path:
     """Write ``path`` via ``write(binary_file)``: temp file, fsync, rename. Raises
     :class:`WriteError` naming the file when the file system refuses."""
@@ -133,6 +142,7 @@ def atomic_write(path, write) -> Path:
     existed = path.exists()
     outer = sys.exc_info()[1]
     tmp = None
+    made = _missing_folders(path.parent)   # removed again if the write fails
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +172,11 @@ def atomic_write(path, write) -> Path:
                 os.unlink(tmp)
             except OSError:
                 pass
+        for folder in made:   # deepest first; one that is not empty stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         stop = _interrupt_behind(e, outer)
         if stop is not None and stop is not e:
             raise stop from None   # Ctrl-C or SIGTERM, not a file system's refusal

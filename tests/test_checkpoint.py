@@ -564,6 +564,26 @@ def test_a_disk_error_inside_a_ctrl_c_handler_stays_a_disk_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_write_removes_the_folders_it_made(tmp_path):
+    """``sample --out new/dir/x.png`` on a full disk left the empty new/dir behind (a
+    review's find): the folders a write creates go with it when it fails; one that was
+    there, or that got another file meanwhile, stays."""
+    from fastvae.checkpoint import WriteError, atomic_write
+
+    def full(f):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(WriteError):
+        atomic_write(tmp_path / "new" / "dir" / "x.png", full)
+    assert list(tmp_path.iterdir()) == []
+
+    def full_beside_another(f):
+        (tmp_path / "a" / "b" / "other").write_bytes(b"")
+        full(f)
+    with pytest.raises(WriteError):
+        atomic_write(tmp_path / "a" / "b" / "x.png", full_beside_another)
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["other"]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_run_files_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)

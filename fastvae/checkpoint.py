@@ -100,19 +100,24 @@ def temp_name(path: Path) -> Path:
     return path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
 
 
-def _chain(e: BaseException, outer: BaseException | None = None):
+def error_chain(e: BaseException, outer: BaseException | None = None):
     """``e`` and the exceptions behind it (its cause, else its context), up to ``outer``."""
     while e is not None and e is not outer:
         yield e
         e = e.__cause__ or e.__context__
 
 
+def os_words(e: OSError) -> str:
+    """``File too large (EFBIG)``: the OS's words for ``e`` and its code's name."""
+    return f"{os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)})"
+
+
 def _reason(e: BaseException) -> str:
     """The OS's words for a failed write; torch's writer wraps the OSError (ENOSPC,
     EFBIG) in a RuntimeError that says only 'enforce fail at inline_container.cc'."""
-    for seen in _chain(e):
+    for seen in error_chain(e):
         if isinstance(seen, OSError) and seen.errno:
-            return f"{os.strerror(seen.errno)} ({errno.errorcode.get(seen.errno, seen.errno)})"
+            return os_words(seen)
     return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
@@ -122,7 +127,7 @@ def _interrupt_behind(e: BaseException, outer: BaseException | None):
     handler stays a disk error): one raised in a file's ``write`` that torch's C++
     checkpoint writer called reaches Python as its RuntimeError ("unexpected pos"), the
     interrupt as its context."""
-    return next((seen for seen in _chain(e, outer) if isinstance(seen, KeyboardInterrupt)),
+    return next((seen for seen in error_chain(e, outer) if isinstance(seen, KeyboardInterrupt)),
                 None)
 
 

@@ -14,6 +14,7 @@ import tempfile
 import torch
 
 from . import backends, dmol_training
+from .checkpoint import error_chain, os_words
 from .estimators import ESTIMATORS
 from .models import MODELS
 from .validation import KL_MODES, LIKELIHOODS
@@ -52,16 +53,14 @@ def disk_full_line(prog: str, e: BaseException, hint: str):
     OSError. None otherwise, and under FASTVAE_DEBUG."""
     if os.environ.get("FASTVAE_DEBUG"):
         return None
-    seen, compiling = e, False
-    while seen is not None:
+    compiling = False
+    for seen in error_chain(e):
         compiling = compiling or type(seen).__module__.startswith("torch._")
         if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
             where = f" {seen.filename}" if seen.filename else ""
             what = (f"torch.compile could not write its cache{where} (TORCHINDUCTOR_CACHE_DIR; "
                     "by default in the temporary folder)" if compiling else f"cannot write{where}")
-            return (f"{prog}: error: {what}: {os.strerror(seen.errno)} "
-                    f"({errno.errorcode[seen.errno]}); {hint}")
-        seen = seen.__cause__ or seen.__context__
+            return f"{prog}: error: {what}: {os_words(seen)}; {hint}"
     return None
 
 

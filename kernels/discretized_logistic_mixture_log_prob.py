@@ -112,6 +112,20 @@ def _channel(PB, slot_mean, slot_ls, poff, mask, y, bottom, top, shift, half_wid
     return value, d_mean, d_ls, raw_ls >= LOG_SCALE_MIN
 
 
+@triton.jit
+def _store_channel_grads(PB, GB, slot_mean, slot_ls, poff, mask, y, bottom, top, shift,
+                         half_width, log_2h, w, live):
+    """Store one channel's weighted mean and log-scale gradients; return the mean's (the
+    coupling coefficients' gradients are multiples of it). A component of responsibility 0
+    adds 0, not 0 * its partials (inf or NaN where its mean is ~1e35 away)."""
+    _v, dm, ds, keep = _channel(PB, slot_mean, slot_ls, poff, mask, y, bottom, top, shift,
+                                half_width, log_2h)
+    g = tl.where(live, w * dm, 0.0)
+    store_as(GB, slot_mean + poff, g, mask)
+    store_as(GB, slot_ls + poff, tl.where(keep & live, w * ds, 0.0), mask)
+    return g
+
+
 @triton.jit(do_not_specialize=["c", "levels"])
 def dmol_rows_kernel(
     X, P,                            # inputs: x (B, C, HW), params (B, S*M, HW), contiguous pixels
@@ -185,28 +199,18 @@ def dmol_rows_kernel(
         # by exp(its rounding error), ulp(|lp|) (5e-4 at lp ~ -6600 in fp32)
         w = e * (c * rcp_(total))[None, :]
         store_as(GB, poff, w - exp_(log_pi) * c, mask)
-        # a component of responsibility 0 adds 0, not 0 * its partials (inf or NaN where
-        # its mean is ~1e35 away)
         live = w != 0.0
-        _v, dm, ds, keep = _channel(PB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
-                                   half_width, log_2h)
-        store_as(GB, slot + poff, tl.where(live, w * dm, 0.0), mask)
-        store_as(GB, 2 * slot + poff, tl.where(keep & live, w * ds, 0.0), mask)
+        _store_channel_grads(PB, GB, slot, 2 * slot, poff, mask, y0, bot0, top0, 0.0,
+                             half_width, log_2h, w, live)
         if C == 3:
             # through m1 = mean1 + tanh(c0) y0 and m2 = mean2 + tanh(c1) y0 + tanh(c2) y1
             t0 = tanh(load_f32(PB, 3 * slot + poff, mask))
-            _v, dm, ds, keep = _channel(PB, 4 * slot, 5 * slot, poff, mask, y1, bot1, top1,
-                                       t0 * y0, half_width, log_2h)
-            g = tl.where(live, w * dm, 0.0)
-            store_as(GB, 4 * slot + poff, g, mask)
-            store_as(GB, 5 * slot + poff, tl.where(keep & live, w * ds, 0.0), mask)
+            g = _store_channel_grads(PB, GB, 4 * slot, 5 * slot, poff, mask, y1, bot1, top1,
+                                     t0 * y0, half_width, log_2h, w, live)
             store_as(GB, 3 * slot + poff, g * y0 * (1.0 - t0 * t0), mask)
             t1 = tanh(load_f32(PB, 6 * slot + poff, mask))
             t2 = tanh(load_f32(PB, 9 * slot + poff, mask))
-            _v, dm, ds, keep = _channel(PB, 7 * slot, 8 * slot, poff, mask, y2, bot2, top2,
-                                       t1 * y0 + t2 * y1, half_width, log_2h)
-            g = tl.where(live, w * dm, 0.0)
-            store_as(GB, 7 * slot + poff, g, mask)
-            store_as(GB, 8 * slot + poff, tl.where(keep & live, w * ds, 0.0), mask)
+            g = _store_channel_grads(PB, GB, 7 * slot, 8 * slot, poff, mask, y2, bot2, top2,
+                                     t1 * y0 + t2 * y1, half_width, log_2h, w, live)
             store_as(GB, 6 * slot + poff, g * y0 * (1.0 - t1 * t1), mask)
             store_as(GB, 9 * slot + poff, g * y1 * (1.0 - t2 * t2), mask)

@@ -227,7 +227,7 @@ def _cmd_eval(args):
     if args.json:
         print(json_text(m))
     else:
-        nll = f"{m['iwae_nll']:.3f}" if m["iwae_nll"] is not None else "n/a"
+        nll = f"{m['iwae_nll']:.3f} nats" if m["iwae_nll"] is not None else "n/a"
         groups = m.get("kl_groups")
         per_group = (" [KL per group: " + ", ".join(f"{v:.3f}" for v in groups) + "]"
                      if groups else "")

@@ -76,8 +76,9 @@ def test_sampling_does_not_read_fastvae_backend(monkeypatch, env):
 
 def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():
     """Zero heads: every group starts at q = p = N(0, I), a KL of exactly 0. Depth-scaled
-    residual branches: the top-down state of 40 groups is within 3x the scale of 4 groups'
-    (PyTorch's default initialization: 80x, and a starting KL of ~5e9 nats)."""
+    residual branches with zero biases: the top-down state of 40 groups is within 20% of
+    the scale of 4 groups' (PyTorch's default initialization: 80x, and a starting KL of
+    ~5e9 nats; scaled weights with default biases: 2.3x, growing with depth)."""
     scale = {}
     for groups in (2, 20):
         model = small(groups=groups)
@@ -86,7 +87,7 @@ def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():
         with torch.no_grad():
             recon, kl = model(torch.rand(16, 1, 8, 8).round())
         assert kl.shape == (2 * groups, 16) and (kl == 0).all()
-    assert scale[20] < 3 * scale[2]
+    assert scale[20] < 1.2 * scale[2]
 
 
 @pytest.mark.parametrize("kw,msg", [

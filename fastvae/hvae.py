@@ -177,6 +177,15 @@ class HierarchicalVAE(ObservationModel):
                         head.weight.zero_()
                         head.bias.zero_()
 
+    def row_elements(self) -> int:
+        """The widest top-down tensor per image: ``h`` at each stage's resolution, before
+        and after its 1x1 up-projection (the last one at full resolution), or the output."""
+        area = [h * w for h, w in self.sizes]
+        stages = range(len(self.channels))
+        return max([math.prod(self.out_shape), self.latent_dim]
+                   + [self.channels[s] * area[s + 1] for s in stages]
+                   + [self.channels[max(s - 1, 0)] * area[s] for s in stages])
+
     @property
     def num_groups(self) -> int:
         return len(self.group_dims)
@@ -261,14 +270,12 @@ class HierarchicalVAE(ObservationModel):
         per-group log-densities: ``log w_k = log p(x|z_k) + sum_i (log p(z_i | z_>i) -
         log q(z_i | x, z_>i))`` (each by :func:`fastvae.gaussian_log_prob`), ``L_K =
         logsumexp_k log w_k - log K``. The bottom-up pass runs once; the K top-down
-        passes ``chunk_size`` at a time (default: about 2^20 latent values per chunk).
+        passes ``chunk_size`` at a time (default: as many as keep the widest top-down
+        activation of a chunk within ~16 MiB of float32, :meth:`row_elements`).
         Float64 for a float64 model, float32 otherwise."""
-        k, chunk_size = self.iwae_sizes(k, chunk_size)
         feats = self._bottom_up(x)
+        k, chunk_size = self.iwae_sizes(k, chunk_size, x.shape[0])
         batch = x.shape[0]
-        if chunk_size is None:
-            chunk_size = max(1, (1 << 20) // max(1, batch * max(self.latent_dim, 1)))
-        chunk_size = min(chunk_size, k)
 
         def draw(q, p):
             z, _ = sample_with_kl(*q, generator=generator, backend=backend)

@@ -41,10 +41,6 @@ from .validation import check_size, check_sizes
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
-# Elements of one chunk's decoder output in iwae_nll; 4M floats = 16 MiB, small
-# enough for any machine and large enough that K=1000 is a handful of chunks.
-_IWAE_CHUNK_ELEMENTS = 1 << 22
-
 
 class _VAEBase(ObservationModel):
     """Shared logic; subclasses define ``_encode(x) -> (mu, logvar)`` of checked images and
@@ -90,7 +86,7 @@ class _VAEBase(ObservationModel):
         function's default). "dreg" needs z_k to reach the decoder as a tensor of its
         own: compile ``encode`` and ``decode``, not the whole module (``fastvae train
         --compile`` does that)."""
-        k, _ = self.iwae_sizes(k, None)   # named k here, not forward's n_samples
+        k = self.check_k(k)   # named k here, not forward's n_samples
         recon_k, mu, logvar, z_k = self(x, generator=generator, backend=backend, n_samples=k)
         return iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,
                           obs_logvar=self._obs(), reduction=reduction, backend=backend,
@@ -124,13 +120,8 @@ class _VAEBase(ObservationModel):
         ``L_K = logsumexp_c(lse_c) - log K``. Float64 for a float64 model, float32
         otherwise (a bfloat16 one's NLL would keep only ~3 significant digits).
         """
-        k, chunk_size = self.iwae_sizes(k, chunk_size)
         mu, logvar = self.encode(x)
-        batch = x.shape[0]
-        per_sample = max(1, math.prod(self.out_shape))
-        if chunk_size is None:
-            chunk_size = max(1, _IWAE_CHUNK_ELEMENTS // max(1, batch * per_sample))
-        chunk_size = min(chunk_size, k)
+        k, chunk_size = self.iwae_sizes(k, chunk_size, x.shape[0])
         lses = []
         done = 0
         while done < k:

@@ -26,6 +26,9 @@ DMOL_BITS = 8
 # seed's stream exactly as when every draw was decoded at once.
 SAMPLE_CHUNK_ELEMENTS = 1 << 22
 SAMPLE_CHUNK_MIN = 64
+# One chunk of ``iwae_nll``'s samples: about 16 MiB of float32 in the widest per-sample
+# tensor, small enough for any machine and large enough that K=1000 is a few chunks.
+IWAE_CHUNK_ELEMENTS = 1 << 22
 
 
 def chunk_lengths(n: int, size: int) -> list:
@@ -123,22 +126,37 @@ class ObservationModel(nn.Module):
             return dmol_mean(recon, self.data_shape[0])
         return recon
 
+    def row_elements(self) -> int:
+        """Elements of the widest tensor a decoder pass holds per image, by which the
+        chunks of :meth:`sample` and :meth:`iwae_nll` are sized: the decoder output
+        here; a model with wider activations says so."""
+        return max(1, math.prod(self.out_shape))
+
     def sample_chunk_size(self, chunk_size=None) -> int:
         """Images per chunk of :meth:`sample_chunks`: ``chunk_size``, else
-        :data:`SAMPLE_CHUNK_ELEMENTS` of decoder output, at least :data:`SAMPLE_CHUNK_MIN`."""
+        :data:`SAMPLE_CHUNK_ELEMENTS` of :meth:`row_elements`, at least
+        :data:`SAMPLE_CHUNK_MIN`."""
         size = check_chunk_size(chunk_size)
         if size is None:
-            return max(SAMPLE_CHUNK_MIN,
-                       SAMPLE_CHUNK_ELEMENTS // max(1, math.prod(self.out_shape)))
+            return max(SAMPLE_CHUNK_MIN, SAMPLE_CHUNK_ELEMENTS // self.row_elements())
         return size
 
     @staticmethod
-    def iwae_sizes(k, chunk_size):
-        """``iwae_nll``'s ``k`` (an int >= 1) and ``chunk_size`` (:func:`check_chunk_size`),
-        checked as :meth:`sample` checks its ``n``: int() would run k=2.7 with K=2 and
-        k=True with K=1, an estimate of another K under the asked one's name."""
-        return (int(check_number("k", k, minimum=1, integer=True)),
-                check_chunk_size(chunk_size))
+    def check_k(k) -> int:
+        """An importance-sample count ``k`` (an int >= 1), checked as :meth:`sample` checks
+        its ``n``: int() would run k=2.7 with K=2 and k=True with K=1, an estimate of
+        another K under the asked one's name."""
+        return int(check_number("k", k, minimum=1, integer=True))
+
+    def iwae_sizes(self, k, chunk_size, batch: int):
+        """``iwae_nll``'s ``k`` (:meth:`check_k`) and samples per chunk: ``chunk_size``
+        (:func:`check_chunk_size`), else as many as keep a chunk's widest tensor within
+        :data:`IWAE_CHUNK_ELEMENTS`; at most ``k``."""
+        k = self.check_k(k)
+        size = check_chunk_size(chunk_size)
+        if size is None:
+            size = max(1, IWAE_CHUNK_ELEMENTS // (max(1, batch) * self.row_elements()))
+        return k, min(size, k)
 
     def sample_chunks(self, n: int, generator=None, chunk_size=None):
         """The ``n`` images of :meth:`sample` as an iterator of ``(b, *data_shape)`` chunks

@@ -168,6 +168,27 @@ def test_iwae_estimate_is_a_tighter_bound():
         model.iwae_nll(x, k=0)
 
 
+@pytest.mark.parametrize("kw", [{}, {"latent_channels": 1, "channels": (24, 40)},
+                                {"channels": (4,), "groups": 3}])
+def test_iwae_chunks_are_sized_by_the_widest_top_down_tensor(kw, monkeypatch):
+    """A chunk's memory is its widest activation, not its latents: a narrow-latent, wide
+    model chunked by latent count held gigabytes per chunk."""
+    from fastvae import observation
+    model = small(**kw)
+    widest = []
+    for module in model.modules():
+        if module is not model and not any(module is m for m in model.down.modules()):
+            module.register_forward_hook(
+                lambda mod, inp, out: widest.append(out[0].numel())
+                if isinstance(out, torch.Tensor) and out.dim() == 4 else None)
+    with torch.no_grad():
+        model(torch.rand(6, 1, 8, 8).round())
+    assert model.row_elements() == max(widest + [model.latent_dim])
+    monkeypatch.setattr(observation, "IWAE_CHUNK_ELEMENTS", 6 * model.row_elements() * 5)
+    assert model.iwae_sizes(12, None, 6) == (12, 5)
+    assert model.iwae_sizes(3, None, 6) == (3, 3)
+
+
 def test_iwae_nll_of_a_float64_model_keeps_float64():
     model = with_heads(small()).double()
     x = torch.rand(3, 1, 8, 8, dtype=torch.float64).round()

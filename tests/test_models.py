@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastvae
-from fastvae import models
+from fastvae import models, observation
 from fastvae.models import VAE, ConvVAE, HierarchicalVAE, build_model
 
 
@@ -212,7 +212,7 @@ def test_iwae_k1000_is_chunked_and_tighter_than_elbo(monkeypatch):
 
     monkeypatch.setattr(models, "iwae_bound", counting)
     # A small budget forces several chunks: 16 * 784 * 80 elements per chunk.
-    monkeypatch.setattr(models, "_IWAE_CHUNK_ELEMENTS", 16 * 784 * 80)
+    monkeypatch.setattr(observation, "IWAE_CHUNK_ELEMENTS", 16 * 784 * 80)
     nll = model.iwae_nll(x, k=1000)
     assert sum(calls) == 1000 and max(calls) == 80 and len(calls) == 13
     assert nll.shape == (16,) and torch.isfinite(nll).all()

@@ -241,6 +241,15 @@ class ConvVAE(_VAEBase):
         mu, logvar = stats.chunk(2, dim=-1)
         return mu, logvar
 
+    def row_elements(self) -> int:
+        """The widest decoder tensor per image: the fully connected layers' or a transposed
+        convolution's output (a wide first stage at half resolution is many times a
+        one-channel image's size)."""
+        outs = list(reversed(self.channels[:-1])) + [self.out_shape[0]]
+        maps = [c * h * w for c, (h, w) in zip(outs, reversed(self._sizes[:-1]))]
+        flat = self.channels[-1] * self._sizes[-1][0] * self._sizes[-1][1]
+        return max([self.hidden, flat] + maps)
+
     def decode(self, z):
         """``(B, L)`` -> ``(B, *out_shape)`` decoder output."""
         h, w = self._sizes[-1]

@@ -128,8 +128,9 @@ class ObservationModel(nn.Module):
 
     def row_elements(self) -> int:
         """Elements of the widest tensor a decoder pass holds per image, by which the
-        chunks of :meth:`sample` and :meth:`iwae_nll` are sized: the decoder output
-        here; a model with wider activations says so."""
+        chunks of :meth:`sample` and :meth:`iwae_nll` are sized. The decoder output here,
+        which the MLP keeps (its hidden vectors are of the output's order); the conv and
+        hierarchical models, whose feature maps can be many times wider, count those."""
         return max(1, math.prod(self.out_shape))
 
     def sample_chunk_size(self, chunk_size=None) -> int:

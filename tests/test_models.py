@@ -222,6 +222,21 @@ def test_iwae_k1000_is_chunked_and_tighter_than_elbo(monkeypatch):
     assert float(nll.mean()) < float(neg_elbo.mean())
 
 
+@pytest.mark.parametrize("shape,kw", [((1, 8, 8), {}), ((1, 28, 28), {}),
+                                      ((3, 12, 10), {"channels": (16, 8, 4)}),
+                                      ((1, 8, 8), {"likelihood": "discretized_logistic_mixture"})])
+def test_conv_chunks_are_sized_by_the_widest_decoder_tensor(shape, kw):
+    """The first transposed convolution's maps, not the one-channel output, bound a chunk's
+    memory (8x the output at 28x28); a DMoL decoder's output is its widest tensor."""
+    model = ConvVAE(shape, **kw)
+    widest = []
+    for module in [*model.dec_fc.modules(), *model.decoder.modules()]:
+        module.register_forward_hook(lambda mod, inp, out: widest.append(out[0].numel()))
+    with torch.no_grad():
+        model.decode(torch.zeros(2, model.latent_dim))
+    assert model.row_elements() == max(widest)
+
+
 def test_iwae_nll_rejects_bad_k():
     with pytest.raises(ValueError, match="k must be"):
         VAE((4,), 2, hidden=(8,)).iwae_nll(torch.rand(2, 4), k=0)

@@ -113,8 +113,9 @@ class _VAEBase(ObservationModel):
                  backend=None) -> torch.Tensor:
         """Per-sample importance-sampled NLL estimate ``-L_K`` (nats), shape ``(B,)``.
 
-        The K samples are drawn ``chunk_size`` at a time (default: as many as fit in
-        ~16 MiB of decoder output) so K=1000 fits in memory. Each chunk's
+        The K samples are drawn ``chunk_size`` at a time (default: as many as keep the
+        widest decoder tensor, :meth:`row_elements`, within ~16 MiB of float32) so K=1000
+        fits in memory. Each chunk's
         :func:`fastvae.iwae_bound` is ``logsumexp(log w) - log k_c``, so the chunk's
         logsumexp is ``bound + log k_c``; the chunks combine as
         ``L_K = logsumexp_c(lse_c) - log K``. Float64 for a float64 model, float32

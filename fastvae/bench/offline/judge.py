@@ -132,6 +132,9 @@ def _proxy_cases(cases, gpu, compiled, out) -> dict:
             elements = get_op(case.op).largest(case)
             fit = P.programs_per_sm(comp["regs"], warps, comp["shared"], gpu)
             programs = math.prod(la.grid)
+            # what the grid puts on an SM at once: a grid of fewer programs than SMs runs
+            # one a SM however many would fit
+            resident = min(fit, -(-programs // gpu["sms"]))
             rows.append(dict(
                 kernel=la.short, name=comp["name"], grid=list(la.grid), warps=warps,
                 regs=comp["regs"], spills=comp["spill_stores"],
@@ -139,24 +142,48 @@ def _proxy_cases(cases, gpu, compiled, out) -> dict:
                 hot_executions=list(hot.executions),
                 per_element=[hot.shortest * hot.executions[0] * warps * 32 / elements,
                              hot.static * hot.executions[1] * warps * 32 / elements],
+                kernel_per_element=[lo * 32 / elements, hi * 32 / elements],
                 warp_insns=[lo, hi], mufu_warp_insns=[mlo, mhi],
                 issue_us=[P.issue_seconds(lo, gpu) * 1e6, P.issue_seconds(hi, gpu) * 1e6],
                 mufu_us=[P.mufu_seconds(mlo, gpu) * 1e6, P.mufu_seconds(mhi, gpu) * 1e6],
-                shared=comp["shared"], programs_per_sm=fit,
-                warps_per_sm=min(fit, -(-programs // gpu["sms"])) * warps,
+                shared=comp["shared"], programs_per_sm=fit, resident_per_sm=resident,
+                warps_per_sm=resident * warps,
                 waves=programs / (gpu["sms"] * fit) if fit else None,
-                regions=[vars(r) for r in lc.regions], notes=lc.notes))
+                regions=[vars(r) for r in lc.regions], notes=lc.notes,
+                scale_bytes=_scale_pass_bytes(la)))
         nbytes = bytes_moved(case)
         memory_s = P.memory_seconds(nbytes, gpu) if nbytes else 0.0
-        main = max(rows, key=lambda r: r["issue_us"][0])   # what runs at grad_output 1
-        bound = [P.launch_seconds(memory_s, sum(r["issue_us"][i] for r in rows) / 1e6,
-                                  main["programs_per_sm"]) * 1e6 for i in (0, 1)]
+        # at grad_output != 1 (the "hi" path) backward's scale pass reads and writes
+        # every saved gradient once more: bytes beyond the op's floor
+        scale_s = P.memory_seconds(sum(r["scale_bytes"] for r in rows), gpu)
+        main = max(rows, key=lambda r: r["issue_us"][0])   # the launch that dominates
+        # each launch's arithmetic: its issue time, or its MUFU time where the special-
+        # function units, not the schedulers, are the narrower pipe
+        compute = [sum(max(r["issue_us"][i], r["mufu_us"][i]) for r in rows) / 1e6
+                   for i in (0, 1)]
+        bound = [P.launch_seconds(memory_s + (scale_s if i else 0.0), compute[i],
+                                  main["resident_per_sm"]) * 1e6 for i in (0, 1)]
         out.append(dict(op=case.op, shape=case.shape, dtype=case.dtype_name,
                         elements=get_op(case.op).largest(case), bytes=nbytes,
                         memory_us=P.memory_seconds(nbytes, gpu) * 1e6 if nbytes else None,
-                        bound_us=bound, overlap=main["programs_per_sm"] > 1,
+                        bound_us=bound, overlap=main["resident_per_sm"] > 1,
+                        scale_us=scale_s * 1e6,
                         launches=rows))
     return dict(triton=compiler.triton_version(), gpu=gpu, cases=out)
+
+
+def _scale_pass_bytes(la) -> int:
+    """Bytes ``scale_grads_kernel`` moves when grad_output != 1: each gradient slot read
+    and written once (tensors are recorded as ``"dtype[shape]"``, sizes as ``N0``..)."""
+    if la.short != "scale_grads_kernel":
+        return 0
+    args = {**la.args, **la.constexprs()}
+    total = 0
+    for i in range(6):
+        n, g = args.get(f"N{i}", 0), args.get(f"G{i}")
+        if n and isinstance(g, str):
+            total += 2 * int(n) * getattr(torch, g.split("[", 1)[0]).itemsize
+    return total
 
 
 def bar_cases(dtypes: Sequence[str] = BAR_DTYPES, only: Optional[Sequence[str]] = None):

@@ -15,11 +15,15 @@ as the JIT would build it for sm_90, disassembled, and read:
   scheduler per cycle (H200: 132 x 4 x 1.98e9 per second);
 * MUFU time: the MUFU (special-function) warp-instructions likewise, at 16 results per
   SM per cycle, i.e. 8 scheduler cycles a warp-instruction;
-* memory time: ``bench.bytes_moved(case)`` / 4.3 TB/s (the H200's copy bandwidth);
+* memory time: ``bench.bytes_moved(case)`` / 4.3 TB/s (the issue's figure for the H200's
+  copy bandwidth; the one H200 run here measured 4.075: the higher figure is the stricter);
 * occupancy: programs (and warps) resident on an SM, from the registers, warps and shared
-  memory the compiler reports and the SM's limits. At one program per SM a program's
+  memory the compiler reports and the SM's limits, and no more than the grid puts on an
+  SM (a grid of fewer programs than SMs runs one a SM). At one program per SM a program's
   loads and its arithmetic cannot overlap with another program's, so such a launch takes
-  at least memory + issue time, not the larger of the two (``launch_seconds``). The
+  at least memory + compute time (issue or MUFU, whichever is longer), not the larger of
+  the two (``launch_seconds``). At grad_output != 1 backward's scale pass moves every
+  saved gradient again: the ``hi`` bound adds those bytes. The
   floor is the op's bytes: a kernel that reads its data twice (IWAE's two-pass kernel,
   recon_k) or waits on latency at low occupancy is slower than this bound says.
 
@@ -37,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 from . import sass as S
 from . import trips
 
-# H200 SXM: SMs, warp schedulers per SM, boost clock, measured copy bandwidth, MUFU
+# H200 SXM: SMs, warp schedulers per SM, boost clock, copy bandwidth (see above), MUFU
 # results per SM per cycle (CUDA C++ Programming Guide, arithmetic instruction
 # throughput, compute capability 9.0).
 # Occupancy limits per SM (CUDA occupancy calculator, compute capability 9.0): 64K

@@ -110,16 +110,22 @@ def proxy_table(out: dict) -> str:
             " TB/s.\nCounts are static: every instruction of a loop's body issues on each pass (predicated "
             "ones too); in parentheses, the cheapest path where a branch can skip code (a "
             "masked-out row, grad_output == 1). issue/memory <= 50% is the target.\n"
-            "occupancy: programs that fit on an SM at once (warps resident at this grid). bound: max(memory, issue), or "
-            "their sum where the main launch runs one program per SM (its loads and arithmetic "
-            "cannot overlap another program's); % roof: the memory floor over the bound, an "
-            "upper estimate (latency and re-read data are not in it).")
+            "insns/elem: the hot loop's per element of the largest tensor; kernel: every region's "
+            "(a two-pass kernel's both passes, code outside loops).\n"
+            "occupancy: programs that fit on an SM at once (warps resident at this grid). bound: "
+            "max(memory, compute), compute being each launch's issue or MUFU time, whichever is "
+            "longer; their sum where the main launch has one program resident per SM (its loads "
+            "and arithmetic cannot overlap another program's; so too a grid of fewer programs "
+            "than SMs). Of a bound's range, the second adds the bytes backward's scale pass moves "
+            "at grad_output != 1 (a loss written -op(...): the bench's iwae): every saved "
+            "gradient read and written again. % roof: the memory floor over the bound, an upper "
+            "estimate (latency and re-read data are not in it).")
     if out["triton"]["version"] != TRITON_GPU_MACHINES:
         head += (f"\nNOTE: these counts are Triton {out['triton']['version']}'s, not "
                  f"{TRITON_GPU_MACHINES}'s (the GPU machines')"
                  + (f" ({pinned_triton_missing()})." if pinned_triton() is None else "."))
     cols = ("case", "kernel", "grid x warps", "regs", "occupancy", "hot loop insns",
-            "insns/elem", "issue us", "MUFU us", "memory us", "issue/memory", "bound us",
+            "insns/elem", "kernel insns/elem", "issue us", "MUFU us", "memory us", "issue/memory", "bound us",
             "% roof")
     rows, guessed = [], []
     for c in out["cases"]:
@@ -138,14 +144,18 @@ def proxy_table(out: dict) -> str:
                          f"{la['grid'][0]} x {la['warps']}", str(la["regs"]),
                          f"{la['programs_per_sm']} ({la['warps_per_sm']}w)",
                          _range((la["hot_shortest"], la["hot_static"])),
-                         _range(la["per_element"], "{:.1f}"), _range(la["issue_us"], "{:.1f}"),
+                         _range(la["per_element"], "{:.1f}"),
+                         _range(la["kernel_per_element"], "{:.1f}"),
+                         _range(la["issue_us"], "{:.1f}"),
                          _range(la["mufu_us"], "{:.1f}"), "", _range(
                              [u / mem * 100 for u in la["issue_us"]], "{:.0f}%") if mem else "-",
                          "", ""])
             case = ""
         mem = c["memory_us"]
         bound = c["bound_us"]
-        rows.append(["", "(all launches)", "", "", "", "", "", _range(tot, "{:.1f}"),
+        ktot = [sum(la["kernel_per_element"][i] for la in c["launches"]) for i in (0, 1)]
+        rows.append(["", "(all launches)", "", "", "", "", "", _range(ktot, "{:.1f}"),
+                     _range(tot, "{:.1f}"),
                      _range(mtot, "{:.1f}"), f"{mem:.1f}" if mem else "-",
                      _range([u / mem * 100 for u in tot], "{:.0f}%") if mem else "-",
                      _range(bound, "{:.1f}") + ("" if c["overlap"] else " (no overlap)"),

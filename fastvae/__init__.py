@@ -9,7 +9,7 @@ from .backends import triton_available
 from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_standard_normal,
                          reparameterize, sample_with_kl)
 from .functional import discretized_logistic_mixture_log_prob
-from .loss import ELBOLoss
+from .loss import ELBOLoss, IWAELoss
 from .validation import get_validation, set_validation
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "gaussian_log_prob",
     "iwae_bound",
     "ELBOLoss",
+    "IWAELoss",
     "set_validation",
     "get_validation",
     "select_backend",

@@ -270,7 +270,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0.0,
                reduction="none", backend=None, validate=None, prior_mu=None, prior_logvar=None,
-               estimator="standard", *, bits=None):
+               estimator="standard", *, bits=None, _scale=1.0):
     r"""Importance-weighted bound (Burda et al. 2016) from K samples.
 
     ``log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x)``,
@@ -319,8 +319,9 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     estimators.check_iwae(estimator)
     bits = V.check_likelihood_bits(likelihood, bits)
     if likelihood == V.DMOL:
-        return _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
-                                backend, validate, estimator, prior_mu, prior_logvar)
+        value = _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
+                                 backend, validate, estimator, prior_mu, prior_logvar)
+        return value if _scale == 1.0 else _scale * value
     batch, _ = V.check_latents(mu, logvar)
     k = V.check_samples(z_k, mu)
     x2, r2 = V.flatten_data(x, recon_k, batch, recon_name="recon_k", k=k)
@@ -342,8 +343,12 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
                                "replay without it); use estimator='stl' or 'standard' there")
         estimators.check_dreg_graph(recon_k, z_k)
     fn = _run(backend, device, "iwae_bound")
-    return fn(x2, r2, mu, logvar, z_k, obs, likelihood=likelihood, reduction=reduction,
-              prior_mu=pm, prior_logvar=plv, estimator=estimator)
+    kwargs = dict(likelihood=likelihood, reduction=reduction, prior_mu=pm, prior_logvar=plv,
+                  estimator=estimator)
+    if isinstance(fn, functools.partial):  # fused: the sign rides along (IWAELoss), so
+        return fn(x2, r2, mu, logvar, z_k, obs, scale=_scale, **kwargs)  # no scaling pass
+    value = fn(x2, r2, mu, logvar, z_k, obs, **kwargs)
+    return value if _scale == 1.0 else _scale * value
 
 
 def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, validate=None):

@@ -1,11 +1,12 @@
-"""ELBOLoss: the negative ELBO as an ``nn.Module``, like torch's ``*Loss`` modules."""
+"""ELBOLoss and IWAELoss: the negative ELBO and IWAE bound as ``nn.Module``s, like torch's
+``*Loss`` modules."""
 from __future__ import annotations
 
 from torch import nn
 
 from . import backends, estimators
 from . import validation as V
-from .functional import elbo
+from .functional import elbo, iwae_bound
 
 
 class ELBOLoss(nn.Module):
@@ -55,5 +56,43 @@ class ELBOLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "
                 f"free_bits={self.free_bits}, reduction={self.reduction!r}"
+                + (f", bits={self.bits}" if self.likelihood == V.DMOL else "")
+                + (f", estimator={self.estimator!r}" if self.estimator != "standard" else ""))
+
+
+class IWAELoss(nn.Module):
+    r"""``-L_K``, the negative importance-weighted bound, to be minimized.
+
+    ``loss = IWAELoss(likelihood="bernoulli", reduction="mean", backend=None, validate=None,
+    estimator="standard", *, bits=None)``; ``loss(x, recon_k, mu, logvar, z_k,
+    obs_logvar=0.0, prior_mu=None, prior_logvar=None)``. Every argument means what it
+    means in :func:`fastvae.iwae_bound` (whose reduction default, "none", is the bound per
+    sample; a loss's is "mean"). It equals ``-iwae_bound(...)``, but the sign is taken
+    inside the fused op: ``loss.backward()`` hands the op a grad_output of exactly 1, so
+    backward finds the gradients the forward pass wrote ready to use, where
+    ``-iwae_bound(...)`` reads and writes every one of them again to negate it.
+    """
+
+    def __init__(self, likelihood="bernoulli", reduction="mean", backend=None, validate=None,
+                 estimator="standard", *, bits=None):
+        super().__init__()
+        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
+        self.bits = V.check_likelihood_bits(likelihood, bits)
+        V.check_option("reduction", reduction, V.REDUCTIONS)
+        estimators.check_iwae(estimator)
+        self.likelihood, self.reduction, self.estimator = likelihood, reduction, estimator
+        if backend is not None:   # as ELBOLoss: a value given fails here, None per call
+            backends.check_name(backend)
+        V.resolve_validate(validate)
+        self.backend, self.validate = backend, validate
+
+    def forward(self, x, recon_k, mu, logvar, z_k, obs_logvar=0.0, prior_mu=None,
+                prior_logvar=None):
+        return iwae_bound(x, recon_k, mu, logvar, z_k, self.likelihood, obs_logvar,
+                          self.reduction, self.backend, self.validate, prior_mu, prior_logvar,
+                          self.estimator, bits=self.bits, _scale=-1.0)
+
+    def extra_repr(self) -> str:
+        return (f"likelihood={self.likelihood!r}, reduction={self.reduction!r}"
                 + (f", bits={self.bits}" if self.likelihood == V.DMOL else "")
                 + (f", estimator={self.estimator!r}" if self.estimator != "standard" else ""))

@@ -27,16 +27,18 @@ def loss(model, core, x, cfg: dict):
         return -(rec - cfg["beta"] * kl.sum(0)).mean(), (recon, rec, kl)
     k, objective = cfg.get("k", 1), cfg.get("objective", "elbo")
     estimator = cfg.get("estimator", "standard")
+    # _scale=-1: the loss computed inside the fused op (as ELBOLoss, IWAELoss do), so
+    # backward gets a grad_output of 1 and no pass to negate every gradient
     common = dict(likelihood=core.likelihood, obs_logvar=core._obs(), reduction="mean",
-                  backend=cfg["backend"], estimator=estimator)
+                  backend=cfg["backend"], estimator=estimator, _scale=-1.0)
     if objective == "elbo" and k == 1:
         recon, mu, logvar, z = model(x, backend=cfg["backend"])
         e = fastvae.elbo(x, recon, mu, logvar, kl=cfg["kl"], z=z if cfg["kl"] == "mc" else None,
                          beta=cfg["beta"], **common)
-        return -e, (recon, mu, logvar)
+        return e, (recon, mu, logvar)
     recon_k, mu, logvar, z_k = model(x, backend=cfg["backend"], n_samples=k)
     if objective == "iwae":
-        return -fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, **common), (recon_k[0], mu, logvar)
+        return fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, **common), (recon_k[0], mu, logvar)
 
     def rows(t):  # (B, ...) repeated for each of the K samples: (K * B, ...)
         return t.expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])
@@ -46,7 +48,7 @@ def loss(model, core, x, cfg: dict):
                      kl=cfg["kl"],
                      z=z_k.flatten(0, 1) if cfg["kl"] == "mc" else None, beta=cfg["beta"],
                      **common)
-    return -e, (recon_k[0], mu, logvar)
+    return e, (recon_k[0], mu, logvar)
 
 
 def describe(cfg: dict) -> str:

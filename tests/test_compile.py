@@ -165,24 +165,24 @@ def _op_args():
         [False, False, False, True, False, False, False, False], "torch")
     yield "iwae-bern", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, None, None, 0.0, "bernoulli", "none",
-        "standard", [False, True, True, True, True, False, False, False], "torch")
+        1.0, "standard", [False, True, True, True, True, False, False, False], "torch")
     yield "iwae-gauss-obs", torch.ops.fastvae.iwae_bound.default, (
         x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), t(b, d), t(b, l), t(b, l), 0.0, "gaussian",
-        "mean", "standard", [False, True, True, True, True, True, True, True], "torch")
+        "mean", -1.0, "standard", [False, True, True, True, True, True, True, True], "torch")
     # x's dtype is not the result's: the weights' placeholder (no weights wanted) is
     # the fake's, in the result dtype, not x's
     yield "iwae-bf16-x-prior", torch.ops.fastvae.iwae_bound.default, (
         x.bfloat16(), t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, t(b, l), t(l), 0.0,
-        "bernoulli", "none", "standard", [False, True, True, True, True, False, True, True],
+        "bernoulli", "none", 1.0, "standard", [False, True, True, True, True, False, True, True],
         "torch")
     # the estimators: DReG's op also returns the softmax weights for its hook
     for est in ("stl", "dreg"):
         yield f"iwae-bern-{est}", torch.ops.fastvae.iwae_bound.default, (
             x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, None, None, 0.0, "bernoulli",
-            "sum", est, [False, True, False, False, True, False, False, False], "torch")
+            "sum", -1.0, est, [False, True, False, False, True, False, False, False], "torch")
         yield f"iwae-bern-{est}-prior", torch.ops.fastvae.iwae_bound.default, (
             x, t(k, b, d), t(b, l), t(b, l), t(k, b, l), None, t(b, l), t(l), 0.0, "bernoulli",
-            "sum", est, [False, True, False, False, True, False, True, True], "torch")
+            "sum", 1.0, est, [False, True, False, False, True, False, True, True], "torch")
     yield "gauss-float", torch.ops.fastvae.gaussian_log_prob.default, (
         t(b, d), t(b, d), None, 0.3, [True, True, False], "torch")
     yield "gauss-tensor", torch.ops.fastvae.gaussian_log_prob.default, (
@@ -236,7 +236,7 @@ def _op_args():
         [False, True, True, True, False, True, True, True], "torch")
     yield "iwae-bf16-shared-prior", torch.ops.fastvae.iwae_bound.default, (
         x.bfloat16(), h(k, b, d), h(b, l), h(b, l), h(k, b, l), None, h(l), h(l), 0.0,
-        "bernoulli", "none", "standard", [False, True, True, True, True, False, True, True],
+        "bernoulli", "none", 1.0, "standard", [False, True, True, True, True, False, True, True],
         "torch")
     yield "gauss-tensor-bf16-shared", torch.ops.fastvae.gaussian_log_prob.default, (
         h(b, d), h(b, d), h(d), 0.0, [True, True, True], "torch")

@@ -15,12 +15,13 @@ from .elbo import fake_value_and_grads, finish_grads, setup_shapes
 def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k: Tensor,
                     obs: Optional[Tensor], prior_mu: Optional[Tensor],
                     prior_logvar: Optional[Tensor], obs_scalar: float, likelihood: str,
-                    reduction: str, estimator: str, needs: List[bool], backend: str
+                    reduction: str, scale: float, estimator: str, needs: List[bool],
+                    backend: str
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                Tensor, Tensor]:
     # The last output: the softmax weights (K, B) DReG's hook needs (STL and DReG), else empty.
     out = _iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar,
-                            obs_scalar, likelihood, reduction, estimator, needs, backend)
+                            obs_scalar, likelihood, reduction, scale, estimator, needs, backend)
     # the weights' placeholder in the result dtype, as the fake kernel's (not x's)
     weights = out[9] if out[9] is not None else x.new_empty(0, dtype=result_dtype(
         x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar))
@@ -28,11 +29,11 @@ def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k:
 
 
 def _iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
-                      likelihood, reduction, estimator, needs, backend):
+                      likelihood, reduction, scale, estimator, needs, backend):
     """The backend's outputs, None for a gradient not needed (and the weights not wanted)."""
     return backends.get(backend).iwae_bound_fwd(
         x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
-        reduction, needs, _wants_weights(estimator, needs))
+        reduction, scale, needs, _wants_weights(estimator, needs))
 
 
 def _wants_weights(estimator: str, needs) -> bool:
@@ -47,7 +48,7 @@ _iwae_bound_op = torch.library.custom_op("fastvae::iwae_bound", mutates_args=())
 
 @_iwae_bound_op.register_fake
 def _(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
-      reduction, estimator, needs, backend):
+      reduction, scale, estimator, needs, backend):
     tensors = (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     shape = tuple(z_k.shape[:2]) if _wants_weights(estimator, needs) else (0,)
     weights = x.new_empty(shape, dtype=result_dtype(*tensors))
@@ -55,28 +56,28 @@ def _(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, like
 
 
 def _setup(ctx, inputs, output):
-    A.save_grads(ctx, output[1:9], needs_=inputs[12], backend=inputs[13], inputs=inputs[:12])
+    A.save_grads(ctx, output[1:9], needs_=inputs[13], backend=inputs[14], inputs=inputs[:13])
     setup_shapes(ctx, inputs)
 
 
 def _backward(ctx, grad_out, *_):
     # recon_k, z_k: (K, B, ...)
     g = finish_grads(ctx, A.weigh_saved(ctx, grad_out, (0, 1, 0, 0, 1, 0, 0, 0)))
-    return (*g, None, None, None, None, None, None)
+    return (*g, None, None, None, None, None, None, None)
 
 
 def _higher_order(ctx, grad_out, *_):
     (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
-     reduction, estimator) = A.kept_inputs(ctx)
+     reduction, scale, estimator) = A.kept_inputs(ctx)
     # Without DReG's hook: the op's own one, registered at the call, still applies.
     value, _ = reference.iwae_bound_surrogate(x, recon_k, mu, logvar, z_k,
                                               obs_scalar if obs is None else obs,
                                               likelihood=likelihood, reduction=reduction,
                                               estimator=estimator, prior_mu=prior_mu,
                                               prior_logvar=prior_logvar)
-    g = A.recompute_grads(value, (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar),
-                          ctx.needs, grad_out)
-    return (*g, None, None, None, None, None, None)
+    g = A.recompute_grads(scale * value, (x, recon_k, mu, logvar, z_k, obs, prior_mu,
+                                          prior_logvar), ctx.needs, grad_out)
+    return (*g, None, None, None, None, None, None, None)
 
 
 _iwae_bound = A.Fused(_iwae_bound_op, _iwae_bound_fwd, _setup,
@@ -85,8 +86,10 @@ _iwae_bound = A.Fused(_iwae_bound_op, _iwae_bound_fwd, _setup,
 
 
 def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction, backend,
-               estimator="standard", prior_mu=None, prior_logvar=None):
-    """The IWAE bound through the fused op; arguments as ``fastvae.backends`` documents.
+               estimator="standard", prior_mu=None, prior_logvar=None, scale=1.0):
+    """``scale`` times the IWAE bound through the fused op; arguments as
+    ``fastvae.backends`` documents (``scale=-1``: the loss, whose ``loss.backward()``
+    then finds its gradients ready, with no scaling pass).
 
     ``estimator`` (``fastvae.estimators``): "stl" and "dreg" stop log q's parameters, so
     mu and logvar enter detached, the backend is not asked for their (zero) gradients,
@@ -101,7 +104,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood, reduction
         mu, logvar = mu.detach(), logvar.detach()
     needs = A.needs(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     args = (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, float(obs_scalar),
-            likelihood, reduction, estimator, needs, backend)
+            likelihood, reduction, float(scale), estimator, needs, backend)
     if not (estimator == "dreg" and _wants_weights(estimator, needs)):
         return _iwae_bound.value(*args)
     outputs = _iwae_bound(*args)  # the weights too, for DReG's hook

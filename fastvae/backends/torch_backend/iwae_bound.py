@@ -11,10 +11,11 @@ from .rows import grad_out, log_px_rows
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
-                   likelihood, reduction, needs, weights=False):
-    """Per-row bound (reduced unless "none"), gradients w.r.t. (x, recon_k, mu, logvar, z_k,
-    obs, prior_mu, prior_logvar) (a prior's are per row, (B, L)) and, with ``weights``, the
-    softmax weights ``softmax_k(log w_k)`` (K, B) (else empty).
+                   likelihood, reduction, scale, needs, weights=False):
+    """``scale`` times the per-row bound (reduced unless "none") and its gradients w.r.t.
+    (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar) (a prior's are per row,
+    (B, L)) and, with ``weights``, the softmax weights ``softmax_k(log w_k)`` (K, B) (else
+    empty; never scaled: DReG's hook weighs by them).
 
     Each sample's log p(x|z_k) runs through the ELBO's row machinery, writing
     d log p / d recon_k straight into the returned gradient, which is then weighted in
@@ -49,7 +50,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             "mc")
     log_w = log_px.sub_(kl_kbl.sum(-1))                   # (K, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
-    c = reduce_scale(batch, reduction)
+    c = scale * reduce_scale(batch, reduction)
     w = torch.softmax(log_w, dim=0)
     wc = (w * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
     dropped = wc == 0   # not ~(wc > 0): a NaN weight stays NaN
@@ -72,7 +73,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         g_obs = sum(weigh(g, i) for i, g in enumerate(g_obs_k))  # (B, D), in sample order
         if reduction != "none" and obs.shape != g_obs.shape:
             g_obs = g_obs.sum(0)
-    value = bound if reduction == "none" else bound.sum() * c
+    value = bound * scale if reduction == "none" else bound.sum() * c
     return (
         value,
         grad_out(g_x, x, needs[0]),

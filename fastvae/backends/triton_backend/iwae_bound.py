@@ -32,13 +32,13 @@ def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad) -> bool:
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
-                   likelihood, reduction, needs, weights=False):
+                   likelihood, reduction, scale, needs, weights=False):
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
     gprior_mu, gprior_logvar (the prior's per row), softmax weights (K, B) fp32 or empty)."""
     if _launch.delegated(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar):
         return _launch.by_torch(torch_backend.iwae_bound_fwd, x, recon_k, mu, logvar, z_k, obs,
                                 prior_mu, prior_logvar, obs_scalar, likelihood, reduction,
-                                needs, weights)
+                                scale, needs, weights)
     dev = x.device
     k, b, d = recon_k.shape
     l = mu.shape[1]
@@ -47,7 +47,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     lik, obs_arg, stride_obs, obs_tensor = likelihood_args(likelihood, obs, x)
     pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
-    c = reduce_scale(b, reduction)
+    # the gradients' factor, and the value's: per row where unreduced, else the finish's
+    c = scale * reduce_scale(b, reduction)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     pairs = configs.iwae_pairs_config(b, k, d, l, lik, bool(needs[0]) or bool(needs[5]),
                                       recon_k.element_size())
@@ -91,7 +92,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         stride_obs=stride_obs, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
         stride_zk=z_k.stride(0), stride_zb=z_k.stride(1), stride_pm=stride_pm,
         stride_plv=stride_plv,
-        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0, log_k=math.log(k),
+        obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0 if reduce else float(scale),
+        log_k=math.log(k),
         LIK=lik, NEED_GX=gx is not None, NEED_GR=gr is not None,
         OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
                   else GOBS_NONE).value,

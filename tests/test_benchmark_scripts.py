@@ -230,3 +230,12 @@ def test_script_main_turns_ctrl_c_into_one_line_and_keeps_the_status(capsys):
     assert script_main(lambda: {"rows": 1}, "x.py") == 0   # numbers for a caller: success
     with pytest.raises(ValueError):   # anything else is not swallowed
         script_main(lambda: int("x"), "x.py")
+
+
+# ------------------------------------------------------------------ iwae_loss_sign.py
+
+def test_iwae_loss_sign_refuses_bad_flags_up_front(monkeypatch, capsys):
+    mod = _module("iwae_loss_sign", monkeypatch)
+    monkeypatch.setattr(mod, "step", _no_work)
+    _usage_error(capsys, mod.main, ["--rounds", "0"], "--rounds")
+    _usage_error(capsys, mod.main, ["--backend", "cuda"], "--backend")

@@ -192,7 +192,8 @@ def test_the_proxy_table_marks_a_loop_it_could_not_count():
     from fastvae.bench.offline import proxy, report
 
     launch = dict(kernel="k", grid=[4], warps=4, regs=32, programs_per_sm=1, warps_per_sm=4,
-                  hot_shortest=9, hot_static=9, per_element=[1.0, 1.0], issue_us=[1.0, 1.0],
+                  hot_shortest=9, hot_static=9, per_element=[1.0, 1.0],
+                  kernel_per_element=[1.5, 1.5], issue_us=[1.0, 1.0],
                   mufu_us=[0.0, 0.0], notes=["line 3: condition unknown (x): not taken .. taken",
                                              "k.py:7: trip count unknown; counted once per "
                                              "program"])

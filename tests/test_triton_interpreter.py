@@ -29,7 +29,7 @@ MODULES = [
     "test_elbo.py", "test_elbo_numerics.py", "test_elbo_autograd.py", "test_iwae_bound.py",
     "test_reparameterize.py", "test_kl_standard_normal.py", "test_gaussian_log_prob.py",
     "test_kl_normal.py", "test_sample_with_kl.py", "test_shared_inputs.py",
-    "test_higher_order.py", "test_loss_module.py", "test_estimators.py",
+    "test_higher_order.py", "test_loss_module.py", "test_iwae_loss.py", "test_estimators.py",
     "test_discretized_logistic_mixture_log_prob.py", "test_dmol_objectives.py",
     "test_float16_saved_gradients.py", "test_prepared_calls.py", "test_vanishing_variance.py",
     "test_prepared_sampling.py", "test_saved_inputs.py",

@@ -14,7 +14,8 @@
  * torch.compile of the same closed form was measured against it before keeping it
  * (benchmarks/RESULTS.md, "CPU row kernel: C or torch.compile").
  *
- * Accuracy: the exp and log1p of vecmath.h.
+ * Accuracy: the exp and log1p of vecmath.h; a row's sum blocked as vecmath.h's ROW_BLOCK
+ * says, so it keeps float32's accuracy at any length.
  *
  * Threads: rows are split over an OpenMP team only when the loader has checked that
  * the OpenMP runtime this library links is the one torch already uses; otherwise
@@ -35,13 +36,20 @@ static inline vf bern(vf l, vf x, vf c, vf *g) {
 }
 
 static void row(int64_t d, const float *x, const float *l, float *g, float c, float *out) {
-  vf acc = SPLAT(0.0f), cv = SPLAT(c), gv, xv, lv;
+  vf part = SPLAT(0.0f), cv = SPLAT(c), gv, xv, lv;
+  vd acc = {0};
+  int count = 0;
   int64_t j = 0;
   for (; j + W <= d; j += W) {
     memcpy(&xv, x + j, sizeof xv);
     memcpy(&lv, l + j, sizeof lv);
-    acc += bern(lv, xv, cv, &gv);
+    part += bern(lv, xv, cv, &gv);
     if (g) memcpy(g + j, &gv, sizeof gv);
+    if (++count == ROW_BLOCK) { /* float sums of ROW_BLOCK vectors, added in double */
+      acc += __builtin_convertvector(part, vd);
+      part = SPLAT(0.0f);
+      count = 0;
+    }
   }
   if (j < d) { /* the tail: padded lanes are computed, then left out of the sum */
     int64_t n = d - j;
@@ -50,12 +58,11 @@ static void row(int64_t d, const float *x, const float *l, float *g, float c, fl
     memcpy(&xv, x + j, n * sizeof(float));
     memcpy(&lv, l + j, n * sizeof(float));
     vf v = bern(lv, xv, cv, &gv);
-    for (int64_t k = 0; k < n; ++k) acc[k] += v[k];
+    for (int64_t k = 0; k < n; ++k) part[k] += v[k];
     if (g) memcpy(g + j, &gv, n * sizeof(float));
   }
-  float s = 0.0f;
-  for (int k = 0; k < W; ++k) s += acc[k];
-  *out = s;
+  acc += __builtin_convertvector(part, vd);
+  *out = (float)sum_lanes(acc);
 }
 
 /* Per row i: out[i] = sum_j x*l - softplus(l); g[i, :] = c * (x - sigmoid(l)) if g.

@@ -35,20 +35,6 @@
 #include <omp.h>
 #endif
 
-typedef double vd __attribute__((vector_size(8 * W)));
-/* Row sums: each lane adds BLOCK terms in float, the blocks are added in double (a
-   conversion per vector costs as much as the KL's own arithmetic). */
-#define BLOCK 32
-
-/* The lanes' sum as a tree of neighbours: ((a0 + a1) + (a2 + a3)) + ... */
-static inline double sum_lanes(vd a) {
-  double t[W];
-  for (int i = 0; i < W; ++i) t[i] = a[i];
-  for (int n = W; n > 1; n /= 2)
-    for (int i = 0; i < n / 2; ++i) t[i] = t[2 * i] + t[2 * i + 1];
-  return t[0];
-}
-
 static inline vf load_part(const float *p, int64_t k) {
   vf v = SPLAT(0.0f);
   memcpy(&v, p, k * sizeof(float));
@@ -177,11 +163,11 @@ static inline __attribute__((always_inline)) float fwd_row_sum(const fwd_row *p,
   vd acc = {0};
   vf part = SPLAT(0.0f);
   int count = 0;
-  /* float sums of BLOCK vectors, added in double */
+  /* float sums of ROW_BLOCK vectors, added in double (vecmath.h) */
 #define FWD_STEP(j, k, e)                                          \
   do {                                                             \
     part += fwd_vec(row, j, k, e, has_pm, has_plv, has_z);         \
-    if (++count == BLOCK) {                                        \
+    if (++count == ROW_BLOCK) {                                    \
       acc += __builtin_convertvector(part, vd);                    \
       part = SPLAT(0.0f);                                          \
       count = 0;                                                   \

@@ -175,6 +175,26 @@ def test_kernel_strided_rows_and_broadcast_x():
     torch.testing.assert_close(g.double(), -2.0 * want_g, rtol=0, atol=4e-7)
 
 
+def test_the_elbo_hands_broadcast_and_sliced_rows_to_the_kernel_uncopied(monkeypatch):
+    """elbo's chunks reach the kernel as the user's rows: an expanded x (one image for every
+    sample) and a column slice of the logits are read in place, not copied to (B, D)."""
+    _kernel_or_skip()
+    seen = []
+    real = _native.bernoulli_rows
+    monkeypatch.setattr(_native, "bernoulli_rows", lambda x, l, *a, **k: (
+        seen.append((x.stride(0), l.stride(0), x.data_ptr(), l.data_ptr())), real(x, l, *a, **k)))
+    b, d = 6, 40
+    x = torch.rand(1, d).round().expand(b, d)
+    big = torch.randn(b, d + 7)
+    l = big[:, 3:3 + d]
+    mu = torch.zeros(b, 2)
+    got = fastvae.elbo(x, l, mu, mu, reduction="none", backend="torch")
+    assert seen == [(0, d + 7, x.data_ptr(), l.data_ptr())]
+    want = fastvae.elbo(x.contiguous(), l.contiguous(), mu, mu, reduction="none",
+                        backend="torch")
+    assert torch.equal(got, want)
+
+
 def test_kernel_result_independent_of_thread_count():
     """A row's sum is one thread's fixed-order loop: bitwise the same for 1 or 2 threads."""
     _kernel_or_skip()

@@ -441,6 +441,19 @@ def test_thread_pool_is_rebuilt_in_a_forked_child(cache, monkeypatch):
     pytest.fail("the forked child hung on the thread pool")
 
 
+def test_a_child_forked_while_the_loader_held_its_lock_can_take_it():
+    """A fork while another thread of the parent builds (holding the loader's lock) copies
+    the lock locked: the child's first op waited on it for ever."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    with native._lock:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if native._lock.acquire(timeout=5) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 # -- one warning when the kernel falls back because of a failure ---------------------------
 
 def test_build_failure_warns_once(cache, monkeypatch):

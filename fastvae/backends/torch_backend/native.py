@@ -69,6 +69,17 @@ _pool = None          # (pid, workers, ThreadPoolExecutor) for builds without Op
 _symbols = {}         # name -> ctypes function, bound by symbol()
 
 
+def _after_fork_in_child() -> None:
+    """A fresh lock in a forked child: a thread of the parent may have held it (a first
+    build, say) when the fork copied it locked, with no thread left to release it."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _compiler():
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):

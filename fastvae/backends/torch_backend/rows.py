@@ -55,7 +55,10 @@ def _bernoulli_chunk(x, logits, g, c: float, rows):
     """
     if (logits.dtype == torch.float32 and logits.is_cpu and x.is_cpu
             and native.load() is not None):
-        x, logits = x.contiguous(), logits.contiguous()
+        # rows at any stride (0: one x for every sample), elements contiguous in a row: a
+        # broadcast or sliced input is read in place, not copied to (B, D)
+        x = x if x.stride(-1) == 1 else x.contiguous()
+        logits = logits if logits.stride(-1) == 1 else logits.contiguous()
         direct = g is None or (g.dtype == torch.float32 and g.is_contiguous())
         out = g if direct else torch.empty_like(logits)
         native.bernoulli_rows(x, logits, out, c, rows)

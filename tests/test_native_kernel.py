@@ -704,3 +704,20 @@ def test_fresh_build_leaves_only_the_library_and_its_hash(cache):
     names = sorted(p.name for p in cache.iterdir())
     assert names and all(n.endswith((".so", ".so.sha256")) for n in names), names
     assert all(native.verified(str(p)) for p in cache.glob("*.so"))
+
+
+def test_a_killed_build_s_folder_is_removed_by_the_next_build(cache):
+    """A build killed partway leaves its .build-* folder; the next build in that cache
+    removes it once it is older than any live build can be, and leaves a young one (a
+    build running in another process) alone."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    old, young = cache / ".build-killed", cache / ".build-running"
+    for folder in (old, young):
+        folder.mkdir()
+        (folder / "lib.so").write_bytes(b"half")
+    an_hour_ago = os.stat(old).st_mtime - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    if native.load() is None:
+        pytest.skip(f"compiled kernel unavailable here: {native.status()}")
+    assert not old.exists() and young.exists()

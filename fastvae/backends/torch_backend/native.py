@@ -24,7 +24,8 @@ beside it (``<name>.so.sha256``): a truncated ``.so`` would otherwise be mapped 
 crash the process with SIGBUS, and one that fails to load would silently select the
 slower build. Builds go to a private temporary folder in the cache directory, are
 fsynced, then renamed into place with their hash, so a crash or a concurrent builder
-leaves either no file or a complete one. The hash guards against damage, not
+leaves either no file or a complete one (a killed build's folder goes at the next build,
+:func:`_drop_stale_builds`). The hash guards against damage, not
 against someone who can write to the cache directory.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from typing import Callable, List, Optional, Tuple
 
@@ -175,6 +177,7 @@ def _build(sources, cc: str, flags, path: str) -> None:
     The compiler runs in that folder on fixed file names, so concurrent builders
     produce the same bytes and whichever rename lands last leaves a matching pair."""
     d = os.path.dirname(path)
+    _drop_stale_builds(d)
     work = tempfile.mkdtemp(prefix=".build-", dir=d)
     try:
         for name, text in sources:
@@ -196,6 +199,27 @@ def _build(sources, cc: str, flags, path: str) -> None:
         fsync_dir(d)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# A build folder untouched this long is a killed build's: the compiler's own limit is 120 s.
+STALE_BUILD_S = 600
+
+
+def _drop_stale_builds(d: str) -> None:
+    """Remove the ``.build-*`` folders a build killed partway left in the cache (a live
+    one, another process's, is younger than :data:`STALE_BUILD_S`)."""
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(".build-")]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(d, name)
+        try:
+            if now - os.stat(folder).st_mtime > STALE_BUILD_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass   # gone already: another builder cleaned it
 
 
 def _library(sources, cc: str, flags) -> str:

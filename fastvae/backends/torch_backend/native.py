@@ -37,7 +37,6 @@ import hashlib
 import os
 import platform
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
@@ -48,6 +47,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..._durable import fsync_dir
+from .elf import elf_needed
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 
@@ -230,41 +230,6 @@ def _library(sources, cc: str, flags) -> str:
         if not verified(path):
             raise OSError(f"{path} does not match its recorded hash after a rebuild")
     return path
-
-
-def elf_needed(path: str) -> Optional[List[str]]:
-    """The ``DT_NEEDED`` sonames of an ELF64 little-endian shared library; None if
-    ``path`` is not one (or cannot be read)."""
-    try:
-        with open(path, "rb") as f:
-            h = f.read(64)
-            if len(h) < 64 or h[:4] != b"\x7fELF" or h[4] != 2 or h[5] != 1:
-                return None
-            (shoff,) = struct.unpack_from("<Q", h, 0x28)
-            shentsize, shnum = struct.unpack_from("<HH", h, 0x3A)
-            f.seek(shoff)
-            table = f.read(shentsize * shnum)
-            # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
-            secs = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
-            for sec in secs:
-                if sec[1] != 6:  # SHT_DYNAMIC
-                    continue
-                f.seek(sec[4])
-                dyn = f.read(sec[5])
-                strtab = secs[sec[6]]
-                f.seek(strtab[4])
-                names = f.read(strtab[5])
-                needed = []
-                for i in range(0, len(dyn) - 15, 16):
-                    tag, val = struct.unpack_from("<qQ", dyn, i)
-                    if tag == 0:
-                        break
-                    if tag == 1:  # DT_NEEDED
-                        needed.append(names[val:names.index(b"\0", val)].decode())
-                return needed
-            return []
-    except (OSError, struct.error, ValueError, IndexError):
-        return None
 
 
 def _loaded(soname: str) -> bool:

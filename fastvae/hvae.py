@@ -22,10 +22,11 @@ Architecture, for ``(C, H, W)`` images and ``channels = (c_1, ..., c_S)``:
 so each group starts with ``q = p = N(0, I)`` and a KL of exactly 0; the residual branch of
 each top-down block and its ``conv1x1(z_i)`` start with weights scaled by
 ``1 / sqrt(groups in all)`` and zero biases, so ``h`` keeps its scale however many groups
-are stacked (default biases alone would add up over the blocks like a random walk). With PyTorch's default
-initialization instead, 40 groups started at a KL of ~3e8 nats (``h`` grew with every block
-until the soft clamp below saturated, ``exp(logvar_q - logvar_p)`` near ``e^20``) and five
-epochs later were still at a test ELBO of -174 on digits, against -28 now.
+are stacked (default biases alone would add up over the blocks like a random walk). With
+PyTorch's default initialization instead, 40 groups started at a KL of ~3e8 nats (``h``
+grew with every block until the soft clamp below saturated, ``exp(logvar_q - logvar_p)``
+near ``e^20``) and five epochs later were still at a test ELBO of -174 on digits, against
+-28 now.
 
 ELBO per sample: ``log p(x | z) - sum_i KL_i``; each ``KL_i`` is the analytic KL of the
 group given the sampled ``z_>i`` (so its expectation is the hierarchical KL term).
@@ -170,7 +171,6 @@ class HierarchicalVAE(ObservationModel):
             for groups in self.stages:
                 for group in groups:
                     for layer in (group.res.b, group.z_in):
-                        # zero biases: default ones add up over the blocks like a random walk
                         layer.weight.mul_(scale)
                         layer.bias.zero_()
                     for head in (group.prior, group.posterior):

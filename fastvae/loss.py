@@ -9,7 +9,35 @@ from . import validation as V
 from .functional import elbo, iwae_bound
 
 
-class ELBOLoss(nn.Module):
+class _Loss(nn.Module):
+    """What the loss modules share: the likelihood (with its ``bits``), the reduction, the
+    estimator, the backend and validate settings, each checked where the loss is made."""
+
+    def __init__(self, likelihood, reduction, backend, validate, estimator, bits):
+        super().__init__()
+        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
+        self.bits = V.check_likelihood_bits(likelihood, bits)
+        V.check_option("reduction", reduction, V.REDUCTIONS)
+        self.likelihood, self.reduction, self.estimator = likelihood, reduction, estimator
+        # checked now, as the functional API checks them per call, so that a bad one fails
+        # where the loss is made, not at its first forward; None is read per call
+        # (FASTVAE_BACKEND, set_validation), so only a value given is checked
+        if backend is not None:
+            backends.check_name(backend)
+        V.resolve_validate(validate)
+        self.backend, self.validate = backend, validate
+
+    def _repr(self, *settings: str) -> str:
+        """The likelihood, ``settings``, the reduction, then bits and estimator where they
+        are not implied."""
+        return ", ".join([f"likelihood={self.likelihood!r}", *settings,
+                          f"reduction={self.reduction!r}"]
+                         + ([f"bits={self.bits}"] if self.likelihood == V.DMOL else [])
+                         + ([f"estimator={self.estimator!r}"]
+                            if self.estimator != "standard" else []))
+
+
+class ELBOLoss(_Loss):
     r"""``-ELBO = -(log p(x|z) - beta * KL)``, to be minimized.
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
@@ -26,23 +54,12 @@ class ELBOLoss(nn.Module):
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
                  reduction="mean", backend=None, validate=None, estimator="standard", *,
                  bits=None):
-        super().__init__()
-        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
-        self.bits = V.check_likelihood_bits(likelihood, bits)
+        super().__init__(likelihood, reduction, backend, validate, estimator, bits)
         V.check_option("kl", kl, V.KL_MODES)
-        V.check_option("reduction", reduction, V.REDUCTIONS)
         estimators.check_elbo(estimator, kl)
-        self.estimator = estimator
-        self.likelihood, self.kl, self.reduction = likelihood, kl, reduction
+        self.kl = kl
         self.beta = V.check_number("beta", beta, minimum=0.0)
         self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
-        # checked now, as the functional API checks them per call, so that a bad one fails
-        # where the loss is made, not at its first forward; None is read per call
-        # (FASTVAE_BACKEND, set_validation), so only a value given is checked
-        if backend is not None:
-            backends.check_name(backend)
-        V.resolve_validate(validate)
-        self.backend, self.validate = backend, validate
 
     def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0, prior_mu=None,
                 prior_logvar=None):
@@ -54,13 +71,11 @@ class ELBOLoss(nn.Module):
                     prior_mu, prior_logvar, self.estimator, bits=self.bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
-        return (f"likelihood={self.likelihood!r}, kl={self.kl!r}, beta={self.beta}, "
-                f"free_bits={self.free_bits}, reduction={self.reduction!r}"
-                + (f", bits={self.bits}" if self.likelihood == V.DMOL else "")
-                + (f", estimator={self.estimator!r}" if self.estimator != "standard" else ""))
+        return self._repr(f"kl={self.kl!r}", f"beta={self.beta}",
+                          f"free_bits={self.free_bits}")
 
 
-class IWAELoss(nn.Module):
+class IWAELoss(_Loss):
     r"""``-L_K``, the negative importance-weighted bound, to be minimized.
 
     ``loss = IWAELoss(likelihood="bernoulli", reduction="mean", backend=None, validate=None,
@@ -75,16 +90,8 @@ class IWAELoss(nn.Module):
 
     def __init__(self, likelihood="bernoulli", reduction="mean", backend=None, validate=None,
                  estimator="standard", *, bits=None):
-        super().__init__()
-        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
-        self.bits = V.check_likelihood_bits(likelihood, bits)
-        V.check_option("reduction", reduction, V.REDUCTIONS)
+        super().__init__(likelihood, reduction, backend, validate, estimator, bits)
         estimators.check_iwae(estimator)
-        self.likelihood, self.reduction, self.estimator = likelihood, reduction, estimator
-        if backend is not None:   # as ELBOLoss: a value given fails here, None per call
-            backends.check_name(backend)
-        V.resolve_validate(validate)
-        self.backend, self.validate = backend, validate
 
     def forward(self, x, recon_k, mu, logvar, z_k, obs_logvar=0.0, prior_mu=None,
                 prior_logvar=None):
@@ -93,6 +100,4 @@ class IWAELoss(nn.Module):
                           self.estimator, bits=self.bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
-        return (f"likelihood={self.likelihood!r}, reduction={self.reduction!r}"
-                + (f", bits={self.bits}" if self.likelihood == V.DMOL else "")
-                + (f", estimator={self.estimator!r}" if self.estimator != "standard" else ""))
+        return self._repr()

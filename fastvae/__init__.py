@@ -9,7 +9,7 @@ from .backends import triton_available
 from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_standard_normal,
                          reparameterize, sample_with_kl)
 from .functional import discretized_logistic_mixture_log_prob
-from .loss import ELBOLoss, IWAELoss
+from .loss import DiscretizedLogisticMixtureNLLLoss, ELBOLoss, IWAELoss
 from .validation import get_validation, set_validation
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "last_backend",
     "triton_available",
 ]
-__all__ += ["discretized_logistic_mixture_log_prob"]
+__all__ += ["discretized_logistic_mixture_log_prob", "DiscretizedLogisticMixtureNLLLoss"]
 
 # Submodules loaded on first use: ``import fastvae; fastvae.models.VAE(...)`` as the README
 # writes it, without importing the models (and what they pull in) with every op call's package.

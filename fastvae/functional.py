@@ -351,7 +351,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     return value if _scale == 1.0 else _scale * value
 
 
-def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, validate=None):
+def discretized_logistic_mixture_log_prob(x, params, bits=8, reduction="none", backend=None,
+                                          validate=None):
     r"""Per-sample log-likelihood of images under a discretized mixture of logistics
     (PixelCNN++, NVAE), exactly normalized over the ``2^bits`` values of each channel.
 
@@ -365,6 +366,10 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, valid
             ... | channel 2: ...]`` (M each); for C = 1 ``(B, 3*M, H, W)`` =
             ``[logit_probs | means | log_scales]``.
         bits: bit depth of the data, 1..16.
+        reduction: ``"none"`` (``(B,)``), ``"sum"`` or ``"mean"`` over the batch, reduced
+            inside the fused op: ``op(..., reduction="sum")`` hands its backward a
+            grad_output of 1, which touches no saved gradient, where ``op(...).sum()``
+            scales the whole ``d/dparams`` by a ``(B,)`` tensor of ones.
         backend, validate: as in :func:`elbo`.
 
     On the [-1, 1] scale, ``y = 2k/(2^bits - 1) - 1``, ``h = 1/(2^bits - 1)``,
@@ -377,11 +382,14 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, backend=None, valid
     fits the dtype; -inf where it does not, as for a float32 mean past ~3e35), and
     ``log p(x) = sum_pixels logsumexp_m [log_softmax(logit_probs)_m + sum_c l_cm]``.
 
-    Returns ``(B,)`` (float32, float64 if an input is). The fused backends compute the
-    value and d/dparams in one pass with no ``B x C x M x H x W`` tensor (the CPU path
-    chunk by chunk of pixels); gradients come back in params' dtype.
+    Returns ``(B,)``, or a scalar when reduced (float32, float64 if an input is); its
+    negation, the loss, is :class:`fastvae.DiscretizedLogisticMixtureNLLLoss`, which takes
+    the sign inside the op as well. The fused backends compute the value and d/dparams in
+    one pass with no ``B x C x M x H x W`` tensor (the CPU path chunk by chunk of
+    pixels); gradients come back in params' dtype.
     """
-    return _dmol(x, params, bits, "none", 1.0, backend, validate)
+    V.check_option("reduction", reduction, V.REDUCTIONS)
+    return _dmol(x, params, bits, reduction, 1.0, backend, validate)
 
 
 def _dmol(x, params, bits, reduction, scale, backend, validate, params_name="params"):

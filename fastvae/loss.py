@@ -1,12 +1,14 @@
-"""ELBOLoss and IWAELoss: the negative ELBO and IWAE bound as ``nn.Module``s, like torch's
-``*Loss`` modules."""
+"""ELBOLoss, IWAELoss and DiscretizedLogisticMixtureNLLLoss: the negative ELBO, IWAE bound
+and DMoL log-likelihood as ``nn.Module``s, like torch's ``*Loss`` modules. Each takes the
+sign inside its fused op, so that ``loss.backward()`` hands the op a grad_output of exactly
+1 and the gradients its forward pass wrote need no second pass."""
 from __future__ import annotations
 
 from torch import nn
 
 from . import backends, estimators
 from . import validation as V
-from .functional import elbo, iwae_bound
+from .functional import _dmol, elbo, iwae_bound
 
 
 class _Loss(nn.Module):
@@ -101,3 +103,24 @@ class IWAELoss(_Loss):
 
     def extra_repr(self) -> str:
         return self._repr()
+
+
+class DiscretizedLogisticMixtureNLLLoss(_Loss):
+    r"""``-log p(x)`` under a discretized mixture of logistics, to be minimized.
+
+    ``loss = DiscretizedLogisticMixtureNLLLoss(bits=8, reduction="mean", backend=None,
+    validate=None)``; ``loss(x, params)``, both as in
+    :func:`fastvae.discretized_logistic_mixture_log_prob`. It equals
+    ``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)`` in nats per
+    image ("mean") or per batch ("sum"); divide by ``C*H*W*ln 2`` for bits per dimension.
+    The sign is taken inside the fused op, as in :class:`ELBOLoss`.
+    """
+
+    def __init__(self, bits=8, reduction="mean", backend=None, validate=None):
+        super().__init__(V.DMOL, reduction, backend, validate, "standard", bits)
+
+    def forward(self, x, params):
+        return _dmol(x, params, self.bits, self.reduction, -1.0, self.backend, self.validate)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, reduction={self.reduction!r}"

@@ -232,10 +232,11 @@ def test_script_main_turns_ctrl_c_into_one_line_and_keeps_the_status(capsys):
         script_main(lambda: int("x"), "x.py")
 
 
-# ------------------------------------------------------------------ iwae_loss_sign.py
+# ------------------------------------------------------------------ loss_sign.py
 
-def test_iwae_loss_sign_refuses_bad_flags_up_front(monkeypatch, capsys):
-    mod = _module("iwae_loss_sign", monkeypatch)
+def test_loss_sign_refuses_bad_flags_up_front(monkeypatch, capsys):
+    mod = _module("loss_sign", monkeypatch)
     monkeypatch.setattr(mod, "step", _no_work)
     _usage_error(capsys, mod.main, ["--rounds", "0"], "--rounds")
     _usage_error(capsys, mod.main, ["--backend", "cuda"], "--backend")
+    _usage_error(capsys, mod.main, ["--op", "elbo"], "--op")

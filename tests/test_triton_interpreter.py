@@ -31,7 +31,7 @@ MODULES = [
     "test_kl_normal.py", "test_sample_with_kl.py", "test_shared_inputs.py",
     "test_higher_order.py", "test_loss_module.py", "test_iwae_loss.py", "test_estimators.py",
     "test_discretized_logistic_mixture_log_prob.py", "test_dmol_objectives.py",
-    "test_float16_saved_gradients.py", "test_prepared_calls.py", "test_vanishing_variance.py",
+    "test_dmol_loss.py", "test_float16_saved_gradients.py", "test_prepared_calls.py", "test_vanishing_variance.py",
     "test_prepared_sampling.py", "test_saved_inputs.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream
     "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_tiles.py",

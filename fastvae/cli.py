@@ -210,8 +210,9 @@ def _cmd_eval(args):
         cfg["data_dir"] = args.data_dir
     data = load_dataset(cfg["dataset"], cfg["data_dir"])
     # the files may have changed since training: a traceback or a meaningless number else
-    check_run_data(data, model.likelihood, cfg.get("data_shape"), checkpoint_path(args.run))
     changed = data_changed(data, cfg.get("data_digest"), checkpoint_path(args.run))
+    check_run_data(data, model.likelihood, cfg.get("data_shape"), checkpoint_path(args.run),
+                   changed=changed)
     test = prepare(data, model.likelihood).test
     if args.limit is not None:
         test = test[:args.limit]

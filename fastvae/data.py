@@ -4,9 +4,13 @@
   the scikit-learn package (no download), scaled to [0, 1] by dividing by 16, split
   1438 train / 359 test by a fixed seeded permutation.
 * ``mnist``, ``fashion-mnist``: the standard IDX files (``train-images-idx3-ubyte``,
-  ``t10k-images-idx3-ubyte``, ``.gz`` or raw) in ``data_dir``, read by :func:`read_idx`;
-  scaled to [0, 1] by dividing by 255. With ``download=True`` and torchvision
-  installed, torchvision may fetch them first.
+  ``t10k-images-idx3-ubyte``, ``.gz`` or raw), both from one folder: the dataset's own
+  under ``data_dir`` (torchvision's ``MNIST/raw``, ``FashionMNIST/raw``; ``mnist/``,
+  ``fashion-mnist/``, ``fashion/``) before ``data_dir`` itself; read by
+  :func:`read_idx`, scaled to [0, 1] by dividing by 255. The two datasets' standard files
+  share names and shapes; the other one's are refused (by their mean pixel). With
+  ``download=True`` and torchvision installed, torchvision fetches them where none (or
+  only the other dataset's) are found.
 * a path to an ``.npy`` / ``.npz`` file of images. 8-bit integers are divided by 255;
   wider integers and floats are used as they are.
 
@@ -130,8 +134,9 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
     if not isinstance(array, np.ndarray):   # an .npz member that is not a .npy: its bytes
         raise DataError(f"{source}: expected a .npy array, got a {type(array).__name__} (an "
                         "archive member that is not a .npy file?)")
-    # complex is a number to numpy, but the float32 cast would drop its imaginary part
-    if (array.dtype == object or np.issubdtype(array.dtype, np.complexfloating)
+    # complex is a number to numpy, but the float32 cast would drop its imaginary part;
+    # a timedelta is one too, and no more an image than a datetime is
+    if (array.dtype == object or array.dtype.kind in "cmM"
             or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):
         raise DataError(f"{source}: expected a real numeric array of images, got dtype "
                         f"{array.dtype}")
@@ -150,16 +155,24 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
         raise DataError(f"{source}: each image holds no values (shape {array.shape})")
     if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 1:
         array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
+    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+        if not np.isfinite(array).all():
+            raise DataError(f"{source}: the images contain NaN or inf")
+        big = float(np.abs(array).max())
+        if big > float(np.finfo(np.float32).max):
+            raise DataError(f"{source}: values up to {big:g} do not fit float32, which "
+                            "training computes in; scale the data")
     out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if not bool(torch.isfinite(out).all()):
         raise DataError(f"{source}: the images contain NaN or inf")
     return out
 
 
-def _split(images: torch.Tensor, seed: int = SPLIT_SEED):
+def _split(images: torch.Tensor, source: str, seed: int = SPLIT_SEED):
     """The fixed, seeded train/test split (test = the first 20% of a permutation)."""
     if len(images) < 2:
-        raise DataError(f"need at least 2 images to split into train and test, got {len(images)}")
+        raise DataError(f"{source}: need at least 2 images to split into train and test, got "
+                        f"{len(images)}")
     perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(images)))
     n_test = max(1, int(round(len(images) * TEST_FRACTION)))
     return images[perm[n_test:]], images[perm[:n_test]]
@@ -180,25 +193,72 @@ def load_digits() -> Dataset:
     except ImportError:
         raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'") from None
     images = torch.from_numpy(sk_load().images.astype(np.float32) / 16.0)[:, None]
-    train, test = _split(images)
+    train, test = _split(images, "scikit-learn's digits")
     return Dataset("digits", train, test)
 
 
-def _find_idx(data_dir: Path, name: str, split: str):
+def _idx_folders(data_dir: Path, name: str):
+    """Where a dataset's IDX files may be, its own folders first: MNIST and Fashion-MNIST
+    files have the same names, and ``data_dir`` itself is either one's."""
+    own = [data_dir / IDX_NAMES[name] / "raw", data_dir / name, data_dir / name / "raw"]
+    if name == "fashion-mnist":
+        own.append(data_dir / "fashion")
+    return own + [data_dir]
+
+
+def _idx_file(folder: Path, split: str):
     base = IDX_FILES[split]
-    folders = [data_dir, data_dir / name, data_dir / IDX_NAMES[name] / "raw",
-               data_dir / name / "raw"]
-    tried = []
-    for folder in folders:
-        for fname in (base, base + ".gz", base.replace("-idx3-", ".idx3-")):
-            p = folder / fname
-            tried.append(str(p))
-            if p.is_file():
-                return p, tried
-    return None, tried
+    names = (base, base + ".gz", base.replace("-idx3-", ".idx3-"))
+    return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
-def _torchvision_fetch(data_dir: Path, name: str) -> bool:
+def _find_idx(data_dir: Path, name: str):
+    """``({split: path}, None)`` from the first folder that holds both splits' image
+    files (never one split from one folder and the other from another), else
+    ``(None, why)``."""
+    halves = []
+    for folder in _idx_folders(data_dir, name):
+        paths = {split: _idx_file(folder, split) for split in IDX_FILES}
+        if all(paths.values()):
+            return paths, None
+        halves += [f"{p} without {IDX_FILES[other]}[.gz] beside it"
+                   for split, p in paths.items() if p is not None
+                   for other in IDX_FILES if other != split]
+    folders = ", ".join(f"{f}/" for f in _idx_folders(data_dir, name))
+    why = (f"{name}: {IDX_FILES['train']} and {IDX_FILES['test']} ([.gz]) not found "
+           f"together in any of {folders}")
+    if halves:
+        why += f" (found {halves[0]})"
+    dirs = [f / IDX_FILES[s] for f in _idx_folders(data_dir, name) for s in IDX_FILES
+            if (f / IDX_FILES[s]).is_dir()]
+    if dirs:
+        why += f"; {dirs[0]} is a folder: put the file itself there"
+    return None, why
+
+
+# The standard files' mean pixel (train, test): the two datasets' files share their
+# names, sizes and shapes, and this tells them apart where nothing else does.
+_MEANS = {"mnist": (0.1307, 0.1325), "fashion-mnist": (0.2860, 0.2868)}
+_STANDARD_SIZES = {"train": 60000, "test": 10000}
+
+
+def _check_not_the_other(name: str, split: str, images: torch.Tensor, path: Path,
+                         data_dir: Path) -> None:
+    """DataError for the standard files of the other dataset read as ``name``'s."""
+    if images.shape != (_STANDARD_SIZES[split], 1, 28, 28):
+        return   # not a standard file: a subset, another dataset in IDX form
+    mean = float(images.mean(dtype=torch.float64))
+    col = 0 if split == "train" else 1
+    other = next(n for n in _MEANS if n != name)
+    if abs(mean - _MEANS[other][col]) < abs(mean - _MEANS[name][col]):
+        raise DataError(
+            f"{path} holds {other}'s {split} images, not {name}'s (their pixels average "
+            f"{mean:.3f}; {other}'s {_MEANS[other][col]:.3f}, {name}'s {_MEANS[name][col]:.3f})"
+            f": put {name}'s files in {data_dir / IDX_NAMES[name] / 'raw'}/ or pass --data-dir "
+            "their folder")
+
+
+def _torchvision_fetch(data_dir: Path, name: str) -> None:
     try:
         import torchvision.datasets as tvd  # optional; not a dependency
     except ImportError as e:  # said, not folded into "not found": --download was asked for
@@ -210,32 +270,39 @@ def _torchvision_fetch(data_dir: Path, name: str) -> bool:
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as e:  # network errors come in many types; report, don't crash
-        print(f"torchvision could not download {name}: {e}")
-        return False
-    return True
+        raise DataError(f"{name}: torchvision could not download it ({e}); {_HOW_TO_GET[name]} "
+                        f"and put the files in {data_dir}/") from None
 
 
 def load_idx_dataset(name: str, data_dir, download: bool = False) -> Dataset:
-    """MNIST or Fashion-MNIST from IDX files in ``data_dir`` (see module doc)."""
+    """MNIST or Fashion-MNIST from IDX files in ``data_dir`` (see module doc). With
+    ``download``, torchvision fetches them where none are found, or where those found
+    are the other dataset's."""
     data_dir = Path(data_dir if data_dir is not None else "data")
-    out, found = {}, {}
-    for split in ("train", "test"):
-        path, tried = _find_idx(data_dir, name, split)
-        if path is None and download and _torchvision_fetch(data_dir, name):
-            path, tried = _find_idx(data_dir, name, split)
-        if path is None:
-            raise DataError(
-                f"{name}: {IDX_FILES[split]}[.gz] not found; looked for "
-                f"{', '.join(tried[:4])} (and {len(tried) - 4} more). "
-                f"To get it: {_HOW_TO_GET[name]} and put the files in {data_dir}/ "
-                "(or let `fastvae train --download` fetch them, with torchvision installed)."
-            )
+    try:
+        return _read_idx_pair(name, data_dir)
+    except DataError:
+        if not download:
+            raise
+    _torchvision_fetch(data_dir, name)
+    return _read_idx_pair(name, data_dir)
+
+
+def _read_idx_pair(name: str, data_dir: Path) -> Dataset:
+    paths, why = _find_idx(data_dir, name)
+    if paths is None:
+        raise DataError(f"{why}. To get it: {_HOW_TO_GET[name]} and put the files in "
+                        f"{data_dir}/ (or let `fastvae train --download` fetch them, with "
+                        "torchvision installed).")
+    out = {}
+    for split, path in paths.items():
         arr = read_idx(path)
         if arr.ndim != 3:
             raise DataError(f"{path}: expected images (N, H, W), got shape {arr.shape}; "
                             "is this a labels file?")
-        out[split], found[split] = _as_images(arr, str(path)), path
-    return _pair(name, out["train"], out["test"], found["train"], found["test"])
+        out[split] = _as_images(arr, str(path))
+        _check_not_the_other(name, split, out[split], path, data_dir)
+    return _pair(name, out["train"], out["test"], paths["train"], paths["test"])
 
 
 def load_array_file(path) -> Dataset:
@@ -250,30 +317,48 @@ def load_array_file(path) -> Dataset:
                         "dataset is digits, mnist, fashion-mnist or a path to an .npy/.npz of "
                         "images")
     _check_array_magic(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if hasattr(loaded, "files"):  # an NpzFile
-            with loaded:
-                arrays = {k: loaded[k] for k in loaded.files}
-        else:
-            arrays = {"": loaded}
-    except Exception as e:  # numpy/zipfile/zlib raise many types for a bad file
-        raise DataError(f"{path} is not a readable .npy/.npz array file "
-                        f"(corrupt, truncated or pickled objects?): {e}") from None
-    if any(k == "data.pkl" or k.endswith("/data.pkl") for k in arrays):
-        # torch.save's zip: numpy lists its members; unpickling it could run code
-        raise DataError(f"{path} is a torch.save file, not an .npy/.npz array file; save the "
-                        "images with numpy.save(path, tensor.numpy())")
+    arrays = _read_arrays(path)
     for tr, te in (("train", "test"), ("x_train", "x_test")):
         if tr in arrays and te in arrays:
             return _pair(path.name, _as_images(arrays[tr], f"{path}[{tr}]"),
                          _as_images(arrays[te], f"{path}[{te}]"), f"{path}[{tr}]", f"{path}[{te}]")
-    if len(arrays) != 1:
-        raise DataError(f"{path}: an .npz needs keys train/test (or x_train/x_test) or a single "
-                        f"array, found keys {sorted(arrays)}")
     (key, arr), = arrays.items()
-    train, test = _split(_as_images(arr, f"{path}[{key}]" if key else str(path)))
+    source = f"{path}[{key}]" if key else str(path)
+    train, test = _split(_as_images(arr, source), source)
     return Dataset(path.name, train, test)
+
+
+def _read_arrays(path: Path) -> dict:
+    """The arrays of an .npy (key "") or the members of an .npz that are used (train and
+    test, x_train and x_test, or its only member): other members, a metadata object
+    array say, are neither read nor refused."""
+    def bad(e, member=""):
+        return DataError(f"{path}{member} is not a readable .npy/.npz array file "
+                         f"(corrupt, truncated or pickled objects?): {e}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as e:  # numpy/zipfile/zlib raise many types for a bad file
+        raise bad(e) from None
+    if not hasattr(loaded, "files"):  # an .npy
+        return {"": loaded}
+    with loaded:
+        files = loaded.files
+        if any(k == "data.pkl" or k.endswith("/data.pkl") for k in files):
+            # torch.save's zip: numpy lists its members; unpickling it could run code
+            raise DataError(f"{path} is a torch.save file, not an .npy/.npz array file; save "
+                            "the images with numpy.save(path, tensor.numpy())")
+        used = next(([tr, te] for tr, te in (("train", "test"), ("x_train", "x_test"))
+                     if tr in files and te in files), None)
+        if used is None and len(files) != 1:
+            raise DataError(f"{path}: an .npz needs keys train/test (or x_train/x_test) or a "
+                            f"single array, found keys {sorted(files)}")
+        arrays = {}
+        for k in used or files:
+            try:
+                arrays[k] = loaded[k]
+            except Exception as e:
+                raise bad(e, f"[{k}]") from None
+    return arrays
 
 
 def _check_array_magic(path: Path) -> None:
@@ -302,13 +387,19 @@ def stored_name(name: str) -> str:
     return os.path.abspath(name) if _is_array_file(name) else name
 
 
+def check_dataset_name(name: str) -> None:
+    """DataError unless ``name`` is a dataset: digits, mnist, fashion-mnist or a path to an
+    .npy/.npz file (which need not exist yet: loading it says so)."""
+    if name != "digits" and name not in IDX_NAMES and not _is_array_file(name):
+        raise DataError(f"unknown dataset {name!r}: use digits, mnist, fashion-mnist or a path "
+                        "to an .npy/.npz file of images")
+
+
 def load_dataset(name: str = "digits", data_dir=None, download: bool = False) -> Dataset:
     """``digits`` | ``mnist`` | ``fashion-mnist`` | a path to ``.npy``/``.npz``."""
+    check_dataset_name(name)
     if name == "digits":
         return load_digits()
     if name in IDX_NAMES:
         return load_idx_dataset(name, data_dir, download=download)
-    if _is_array_file(name):
-        return load_array_file(name)
-    raise DataError(f"unknown dataset {name!r}: use digits, mnist, fashion-mnist or a path "
-                    "to an .npy/.npz file of images")
+    return load_array_file(name)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require
-from .data import IDX_NAMES, stored_name
+from .data import IDX_NAMES, check_dataset_name, stored_name
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
 
 # The files a run writes in its folder besides the checkpoint (train._finish).
@@ -29,7 +29,9 @@ RESUME_OVERRIDES = ("lr",)
 def check_data_flags(cfg: dict, given: dict) -> None:
     """ValueError for --download or a given --data-dir with a dataset that reads neither
     (digits, an array file): ignoring them would let the user believe the data came from
-    torchvision, or from that folder."""
+    torchvision, or from that folder. An unknown dataset is said first: a mistyped name
+    would else be told to drop the flag it needs."""
+    check_dataset_name(cfg["dataset"])
     if cfg["dataset"] in IDX_NAMES:
         return
     only = f"only {' and '.join(IDX_NAMES)} are"

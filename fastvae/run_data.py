@@ -22,14 +22,13 @@ def check_weights_finite(model: torch.nn.Module, ckpt_file) -> None:
                               "it computes or draws would be")
 
 
-def _check_range(data, likelihood: str) -> None:
+def _check_range(data, likelihood: str, fix: str) -> None:
     if likelihood in ("bernoulli", "continuous_bernoulli"):
         lo = min(float(data.train.min()), float(data.test.min()))
         hi = max(float(data.train.max()), float(data.test.max()))
         if lo < 0 or hi > 1:
             raise DataError(f"{data.name}: likelihood {likelihood!r} needs pixels in [0, 1], got "
-                            f"{value_range(lo, hi)}; rescale the data or use --likelihood "
-                            "gaussian")
+                            f"{value_range(lo, hi)}; {fix}")
 
 
 def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str,
@@ -45,10 +44,18 @@ def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str,
                         f"[{lo:g}, {hi:g}]): its densities overflow {fix}")
 
 
-def check_run_data(data, likelihood: str, data_shape, ckpt_file) -> None:
-    """The data a saved model meets (resumed or evaluated): in range for its likelihood and
-    of the shape it was trained on (``data_shape``; None skips that check)."""
-    _check_range(data, likelihood)
+def check_run_data(data, likelihood: str, data_shape, ckpt_file, saved: bool = True,
+                   changed=None) -> None:
+    """The data a model meets: in range for its likelihood and, for a ``saved`` one
+    (resumed or evaluated), of the shape it was trained on (``data_shape``; None skips that
+    check). A saved model's likelihood is its own, so the advice for out-of-range data is
+    the data's scale, led by ``changed`` (:func:`data_changed`'s sentence) where the file
+    is not the one it was trained on."""
+    if not saved:
+        _check_range(data, likelihood, "rescale the data or use --likelihood gaussian")
+        return
+    _check_range(data, likelihood, (f"{changed}; " if changed else "")
+                 + "give it the data as it was scaled when the run was trained")
     if data_shape is not None and list(data_shape) != list(data.shape):
         raise CheckpointError(f"{ckpt_file} was trained on images of shape "
                               f"{tuple(data_shape)}, but {data.name} has {data.shape}")

@@ -274,10 +274,11 @@ def _load_data(cfg, state, device, is_main, world, say):
     if wait_for_download and is_main:
         torch.distributed.barrier()
     ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
-    check_run_data(data, cfg["likelihood"], cfg.get("data_shape") if state else None, ckpt_file)
     changed = data_changed(data, cfg.get("data_digest") if state else None, ckpt_file)
     if changed:   # resuming on it would not continue the run that was trained
         raise DataError(f"{changed}; restore the data it was trained on, or start a new run")
+    check_run_data(data, cfg["likelihood"], cfg.get("data_shape"), ckpt_file,
+                   saved=state is not None)
     cfg["data_digest"] = data.digest
     data = dmol.setup(data, cfg, say if is_main else None)
     cfg["data_shape"] = list(data.shape)

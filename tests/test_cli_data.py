@@ -66,6 +66,36 @@ def test_a_data_file_replaced_since_training_is_not_resumed_on(tmp_path, capsys)
     assert "holds other images than" in capsys.readouterr().err
 
 
+def test_data_out_of_range_for_a_saved_model_says_why_not_which_flag(tmp_path, capsys):
+    """eval has no --likelihood and --resume keeps the run's: the advice is the data's
+    scale, led by the replaced file where that is the cause."""
+    import numpy as np
+
+    images = np.random.RandomState(0).randint(0, 256, (40, 4, 4)).astype(np.uint8)
+    path, run = tmp_path / "x.npy", tmp_path / "run"
+    np.save(path, images)
+    assert cli.main(["train", *TINY, "--dataset", str(path), "--out", str(run)]) == 0
+    np.save(path, images.astype(np.uint16))       # the same pixels, read unscaled now
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--k", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs pixels in [0, 1]" in err[0], err
+    assert "holds other images than" in err[0] and "--likelihood" not in err[0], err
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress",
+                     "--likelihood", "gaussian"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "holds other images than" in err[-1] and "--likelihood" not in err[-1], err
+
+
+def test_a_mistyped_dataset_is_named_before_the_flags_it_would_not_read(tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", *TINY, "--dataset", "fashion_mnist", "--data-dir", "data"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown dataset 'fashion_mnist'" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 def _fake_idx(folder):
     import numpy as np
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -306,13 +305,33 @@ def _resume_command(e: BaseException) -> str | None:
     folder = getattr(e, "run_folder", None)
     if folder is None or not (Path(folder) / CHECKPOINT_NAME).is_file():
         return None
-    flags = "".join(f" {shlex.quote(f)}" for f in getattr(e, "resume_flags", ()))
-    command = f"fastvae train --resume --out {shlex.quote(str(folder))}{flags}"
-    world = getattr(e, "resume_world", 1)
-    if world > 1:   # the same processes draw the same noise: bit for bit
-        return (f"`torchrun --nproc_per_node={world} -m {command}` "
-                f"(with its other torchrun flags) continues the run")
-    return f"`{command}` continues the run"
+    command = stops.resume_command(folder, getattr(e, "resume_flags", ()),
+                                   getattr(e, "resume_world", 1))
+    return f"{command} continues the run"
+
+
+def _other_rank() -> bool:
+    """Whether this process is a torchrun rank other than 0."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
+
+
+def _ranked(line: str) -> str:
+    """``line``, naming its rank where another rank may print its own."""
+    return f"[rank {os.environ['RANK']}] {line}" if _other_rank() else line
+
+
+def _peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because another process of the run is gone
+    (gloo's "Connection closed by peer", NCCL's errors, torch's DistError)."""
+    import torch.distributed as dist
+
+    if getattr(e, "resume_world", 1) <= 1:
+        return False
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return any(s in text for s in ("gloo", "NCCL", "Connection closed by peer",
+                                   "Connection reset by peer", "Broken pipe"))
 
 
 def main(argv=None) -> int:
@@ -334,6 +353,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # under torchrun every rank meets a bad flag, file or loss alike (the loss is
+    # averaged over the ranks): rank 0 alone says so, as it alone prints the rest
+    alike = _other_rank()
     try:
         with stops.handled():
             return int(args.func(args) or 0)
@@ -344,11 +366,13 @@ def main(argv=None) -> int:
             raise
         line = f"fastvae {args.command}: error: {e}"
         resume = _resume_command(e)   # train's file system refusals
-        print(line if resume is None else f"{line}; {resume} from its last checkpoint",
-              file=sys.stderr)
+        if not (alike and not isinstance(e, OSError)):   # a file system's refusal: its own
+            print(_ranked(line if resume is None else
+                          f"{line}; {resume} from its last checkpoint"), file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
-        print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
+        if not alike:
+            print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
     except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,
         # --k too big (numpy's picture grid raises MemoryError)
@@ -358,9 +382,18 @@ def main(argv=None) -> int:
             line = o.disk_full_line(prog, e, "free space there, or run without --compile")
             resume = _resume_command(e)
             line = line if line is None or resume is None else f"{line}; {resume}"
+        if line is None and _peer_lost(e) and not os.environ.get("FASTVAE_DEBUG"):
+            # another process of the run failed (its own report is above or beside
+            # this); what this one can add is that the checkpoint is intact
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            resume = _resume_command(e)
+            print(_ranked(f"{prog}: error: another process of the run failed ({first}); "
+                          + (f"{resume} from its last checkpoint" if resume else
+                             "no checkpoint was written")), file=sys.stderr)
+            return 1
         if line is None:
             raise
-        print(line, file=sys.stderr)
+        print(_ranked(line), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if not getattr(e, "another_rank", False):   # torchrun: rank 0 alone prints

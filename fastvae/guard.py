@@ -16,10 +16,11 @@ that step and lowers its scale, so the gradient check is left to it.
 from __future__ import annotations
 
 import math
-import shlex
 from pathlib import Path
 
 import torch
+
+from . import stops
 
 
 class NonFiniteLoss(RuntimeError):
@@ -65,10 +66,11 @@ class Guard:
     """Checks one run against the NaN policy; knows which checkpoint is the last good one."""
 
     def __init__(self, checkpoint: Path, saved_epoch: int | None, out, lr: float,
-                 check_grads: bool = True, epochs: int | None = None):
+                 check_grads: bool = True, epochs: int | None = None, world: int = 1):
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
         self.out, self.lr, self.check_grads = out, lr, check_grads
         self.epochs = epochs  # the run's target, which the resume command must repeat
+        self.world = world    # under torchrun, the resume command is torchrun's
         # whether an optimizer step passed the checks since the last checkpoint this run
         # wrote (or since the start): if none did, the weights are the checkpoint's
         self.stepped = False
@@ -102,9 +104,10 @@ class Guard:
             rescale = " (or start again with the data scaled to about [0, 1])"
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
                     f"{self.checkpoint}; continue from it with a lower learning rate: "
-                    f"fastvae train --out {shlex.quote(str(self.out))} --resume"
-                    f"{'' if self.epochs is None else f' --epochs {self.epochs}'} "
-                    f"--lr {self.lr / 10:g}{rescale if scale_hint else ''}")
+                    + stops.resume_command(self.out, ([] if self.epochs is None else
+                                                      ["--epochs", self.epochs])
+                                           + ["--lr", f"{self.lr / 10:g}"], self.world)
+                    + (rescale if scale_hint else ""))
         raise NonFiniteLoss(f"{problem or f'non-finite {what} ({value})'} {where}; {kept}")
 
     def loss(self, value: float, epoch: int, step: int, steps: int) -> None:

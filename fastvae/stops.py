@@ -7,6 +7,8 @@ cannot lose the stop, because training calls :func:`check` at every step.
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
 import signal
 import threading
 
@@ -77,3 +79,16 @@ def handled():
         for s in taken:
             signal.signal(s, own[s])
         _asked, _done = None, False
+
+
+def resume_command(folder, flags=(), world: int = 1) -> str:
+    """The command that continues the run in ``folder``, repeating ``flags``: under
+    torchrun (``world`` > 1) torchrun's, with as many processes per node as this run
+    has (``LOCAL_WORLD_SIZE``, not the world size of a multi-node run), since the same
+    processes draw the same noise and continue bit for bit."""
+    command = (f"fastvae train --resume --out {shlex.quote(str(folder))}"
+               + "".join(f" {shlex.quote(str(f))}" for f in flags))
+    if world <= 1:
+        return f"`{command}`"
+    per_node = os.environ.get("LOCAL_WORLD_SIZE") or str(world)
+    return f"`torchrun --nproc_per_node={per_node} -m {command}` (with its other torchrun flags)"

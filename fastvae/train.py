@@ -22,6 +22,7 @@ and rank 0 alone writes files.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import os
 import sys
@@ -62,6 +63,10 @@ def default_config() -> dict:
 
 
 # -- distributed ----------------------------------------------------------------
+# the other ranks' wait for rank 0's final estimate (see _train_in_group)
+FINISH_TIMEOUT = datetime.timedelta(days=30)
+
+
 def _dist_env():
     """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -111,6 +116,13 @@ def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
     if "cuda" in own and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(own["cuda"])
     shuffle_gen.set_state(state["shuffle"])
+    if world > 1 and own is state and rank:
+        # another number of processes than the run had: rank 0 continues the saved
+        # stream, and every other rank a stream of its own derived from it (the same
+        # state on every rank would draw the same noise on each, for good)
+        base = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().set_state(
+            state["torch"])))
+        torch.manual_seed(base + rank)
 
 
 def _claim_folder(full: dict, is_main: bool, world: int):
@@ -200,6 +212,10 @@ def _train(given: dict, log) -> dict:
 
 def _train_in_group(cfg, state, device, rank, world, say):
     is_main = rank == 0
+    if cfg["batch_size"] % world:   # each rank's share of every global batch is equal
+        run_s = "the run's " if state is not None else ""
+        raise ValueError(f"--batch-size: {run_s}global batch of {cfg['batch_size']} does not "
+                         f"split evenly among {world} processes; use a multiple of {world}")
     out = Path(cfg["out"])
     data = _load_data(cfg, state, device, is_main, world, say)
     run = _build(cfg, state, data, device, rank, world, say)
@@ -208,8 +224,11 @@ def _train_in_group(cfg, state, device, rank, world, say):
     if world > 1:
         from torch.utils.data.distributed import DistributedSampler
 
+        # drop_last: padding each rank's share to equal size repeats images, which would
+        # count twice in the gradient and the epoch's train ELBO; instead each epoch
+        # leaves out len % world of them (at most world - 1, other ones each epoch)
         sampler = DistributedSampler(range(len(data.train)), num_replicas=world, rank=rank,
-                                     shuffle=True, seed=cfg["seed"])
+                                     shuffle=True, seed=cfg["seed"], drop_last=True)
     train_x = data.train.to(device)
     if is_main:
         say(f"training {cfg['model']} VAE on {data.name} {tuple(data.shape)} "
@@ -221,7 +240,8 @@ def _train_in_group(cfg, state, device, rank, world, say):
             say(f"epoch 0 (untrained): test elbo {run.initial['elbo']:.2f}")
 
     guard = Guard(out / CHECKPOINT_NAME, run.start if state is not None else None, out,
-                  cfg["lr"], check_grads=not run.use_scaler, epochs=cfg["epochs"])
+                  cfg["lr"], check_grads=not run.use_scaler, epochs=cfg["epochs"],
+                  world=world)
     t_run = time.perf_counter()
     for epoch in range(run.start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
@@ -256,12 +276,18 @@ def _train_in_group(cfg, state, device, rank, world, say):
     train_wall = time.perf_counter() - t_run
 
     stops.check()   # one in the last epoch's evaluation or checkpoint
+    # The other ranks wait for rank 0's final estimate and pictures, which may take far
+    # longer than the process group's timeout (30 min on gloo; a conv model's K=1000
+    # estimate on a CPU takes hours): in a group of their own with no practical timeout.
+    # They still leave together, as a rank tearing down alone once hung.
+    finish_group = (torch.distributed.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
+                    if world > 1 else None)
     metrics = None
     if is_main:
         metrics = _finish(run.core, data, cfg, device, out, run.history, run.initial,
                           run.backend_name, world, train_wall, say)
     if world > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=finish_group)
     return metrics
 
 
@@ -366,7 +392,7 @@ def _train_epoch(run, model, guard, train_x, order, epoch, is_main):
     """One epoch of optimizer steps over ``order``; returns this rank's sums (loss*n, n,
     then :func:`batch_terms`' rec, kl and each group's kl) and the number of steps."""
     cfg, device = run.cfg, run.device
-    local_bs = math.ceil(cfg["batch_size"] / run.world)
+    local_bs = cfg["batch_size"] // run.world
     steps = math.ceil(len(order) / local_bs)
     sums = None
     bar = _progress(steps, epoch, cfg, is_main)

@@ -41,6 +41,15 @@ def test_the_resume_hint_is_a_command_that_pastes(tmp_path):
     assert f"`fastvae train --resume --out '{folder}' --epochs 8 --lr 0.001` continues" in line
 
 
+def test_a_multi_node_run_s_resume_hint_gives_processes_per_node(tmp_path, monkeypatch):
+    """--nproc_per_node is per node: 2 nodes of 2 processes are 4 processes in all."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    e = KeyboardInterrupt()
+    e.run_folder, e.resume_world = str(tmp_path), 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert "`torchrun --nproc_per_node=2 -m fastvae train" in cli._interrupted_line("train", e)
+
+
 def _stop(p, checkpoint, signum):
     """Send ``signum``; if the run goes on (two more checkpoints written after it), end
     the child and mark the test xfail with its output. About once in 30 suite runs the
@@ -236,3 +245,37 @@ def test_the_command_takes_only_the_signals_left_as_python_sets_them():
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_lost_peer_is_one_line_with_the_resume_command(tmp_path, monkeypatch, capsys, rank):
+    """Another torchrun worker died: this one's collective fails. One line (named by
+    its rank where that is not 0), no traceback, and the command that continues the run."""
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+
+    def lost(args):
+        e = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                         "[127.0.0.1]:1234\nmore")
+        e.run_folder, e.resume_world = str(tmp_path), 2
+        raise e
+    monkeypatch.setattr(cli, "_cmd_train", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cli.main(["train", "--epochs", "2"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1, err
+    prefix = "" if rank == "0" else "[rank 1] "
+    assert err[0].startswith(f"{prefix}fastvae train: error: another process of the run failed "
+                             "([../gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+    assert f"`torchrun --nproc_per_node=2 -m fastvae train --resume --out {tmp_path}`" in err[0]
+
+
+def test_other_ranks_leave_errors_every_rank_meets_to_rank_0(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "--dataset", "fashion_mnist"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["train", "--dataset", "fashion_mnist"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err

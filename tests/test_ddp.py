@@ -120,3 +120,38 @@ def test_torchrun_trains_with_rank0_writing(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (f"note: the run trained with {WORLD} process(es) and resumes with 1: it continues, "
             f"but not bit for bit as it would have with {WORLD}") in r.stdout, r.stdout
+
+
+def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
+    """Every rank meets a bad flag alike: rank 0 alone prints it. A global batch that
+    does not split evenly among the ranks is refused, not rounded up per rank."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this python")
+    r = subprocess.run(
+        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
+         "--epochs", "1", "--batch-size", "33", "--no-progress", "--device", "cpu",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
+    assert lines == ["fastvae train: error: --batch-size: global batch of 33 does not split "
+                     f"evenly among {WORLD} processes; use a multiple of {WORLD}"], r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ranks_resumed_in_another_number_draw_their_own_noise():
+    """A checkpoint of another world size has no state for each rank: rank 0 continues
+    the saved stream, the others streams of their own, the same ones on every resume."""
+    from fastvae.train import _set_rng_state
+
+    torch.manual_seed(5)
+    state = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state()}
+    draws = {}
+    for rank in (0, 1, 2, 1):
+        _set_rng_state(state, torch.Generator(), rank, 3)
+        draws.setdefault(rank, []).append(torch.rand(4))
+    torch.set_rng_state(state["torch"])
+    assert torch.equal(draws[0][0], torch.rand(4))          # rank 0: the saved stream
+    assert not torch.equal(draws[1][0], draws[0][0]) and not torch.equal(draws[1][0], draws[2][0])
+    assert torch.equal(draws[1][0], draws[1][1])              # the same on every resume

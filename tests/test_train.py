@@ -270,7 +270,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     assert "epoch 1" in str(e.value) and CHECKPOINT_NAME in str(e.value)
     # the command to continue repeats the run's target (the default, 60, would be refused
     # where the run asked for other than that), its folder quoted for the shell
-    assert f"--out {shlex.quote(str(out))} --resume --epochs 3 --lr" in str(e.value), str(e.value)
+    assert f"--resume --out {shlex.quote(str(out))} --epochs 3 --lr" in str(e.value), str(e.value)
     state = load_checkpoint(out)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -388,7 +388,7 @@ def test_guard_looks_past_a_gradient_norm_for_an_element_whose_square_overflows(
     model.weight.grad[0, 7] = -3e19
     with pytest.raises(T.NonFiniteLoss, match=r"a gradient of 3e\+19, past 1.84e\+19, .* "
                        r"at epoch 4, step 1/2; the last good checkpoint \(epoch 3\) .*--lr "
-                       r"0.0001 \(or start again with the data scaled to about \[0, 1\]\)"):
+                       r"0.0001` \(or start again with the data scaled to about \[0, 1\]\)"):
         guard.step(model, 4, 1, 2)
 
 
@@ -414,7 +414,12 @@ def test_a_stop_at_a_checkpoints_own_weights_does_not_advise_resuming_from_it():
     model.weight.grad[0, 0] = 1.0
     guard.step(model, 2, 1, 45)
     model.weight.grad[0, 0] = 3e19
-    with pytest.raises(T.NonFiniteLoss, match=r"--resume --epochs 6 --lr 0.03"):
+    with pytest.raises(T.NonFiniteLoss, match=r"`fastvae train --resume --out out --epochs 6 "
+                                              r"--lr 0.03`"):
+        guard.step(model, 2, 2, 45)
+    guard.world = 2   # under torchrun: torchrun's command, as many processes per node
+    with pytest.raises(T.NonFiniteLoss, match=r"`torchrun --nproc_per_node=2 -m fastvae train "
+                                              r"--resume --out out --epochs 6 --lr 0.03`"):
         guard.step(model, 2, 2, 45)
 
 

@@ -74,8 +74,10 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
         k = torch.round((draw.clamp(-1.0, 1.0) + 1.0) * (n / 2.0))
         ks.append(k)
         y.append(2.0 * k / n - 1.0)
-    return (torch.stack(ks, 1) / n).to(params.dtype if holds_grid(params.dtype, bits)
-                                       else torch.float32)
+    # divided in the result's dtype: k / n rounded to float32, then widened, is off the
+    # float64 grid by up to half a float32 ulp
+    dtype = params.dtype if holds_grid(params.dtype, bits) else torch.float32
+    return torch.stack(ks, 1).to(dtype) / n
 
 
 # The channels' means under a component depend on the earlier channels' values (the

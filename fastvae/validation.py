@@ -394,9 +394,10 @@ def check_dmol(x, params, *, params_name="params", k=None) -> tuple[int, int]:
         layout = "(K, " + layout[1:]
     if (len(shape) != len(lead) + 3 or shape[:len(lead)] != lead or shape[-2:] != (h, w)
             or shape[len(lead)] == 0 or shape[len(lead)] % s):
-        raise ValueError(f"{params_name} must be {layout} for M mixture components, with x's "
-                         f"batch {b} and size {h}x{w}; got shape {shape} for x of shape "
-                         f"{tuple(x.shape)}")
+        samples = "" if k is None else f"K = {k} samples (z_k's), "
+        raise ValueError(f"{params_name} must be {layout} for M mixture components, with "
+                         f"{samples}x's batch {b} and size {h}x{w}; got shape {shape} for x of "
+                         f"shape {tuple(x.shape)}")
     return c, shape[len(lead)] // s
 
 

@@ -236,6 +236,10 @@ def test_likelihood_errors():
         fastvae.elbo(x, p[:, :7], mu, lv, likelihood=DMOL)
     with pytest.raises(ValueError, match="recon_k must be"):
         fastvae.iwae_bound(x, p, mu, lv, z[None], likelihood=DMOL)
+    with pytest.raises(ValueError, match=r"recon_k must be \(K, B, 10\*M, H, W\).* with K = 2 "
+                                         r"samples \(z_k's\)"):
+        fastvae.iwae_bound(x, p.expand(3, *p.shape), mu, lv, z.expand(2, *z.shape),
+                           likelihood=DMOL)
     x3, p3 = make(3, 3, 2, 2, 2)   # x and recon_k agree, mu and z_k have another batch
     with pytest.raises(ValueError, match=r"x must have the batch size of mu \(2\)"):
         fastvae.iwae_bound(x3, p3[None], mu, lv, z[None], likelihood=DMOL)

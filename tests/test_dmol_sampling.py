@@ -112,3 +112,7 @@ def test_pictures_refuse_what_they_cannot_draw_and_keep_the_grid():
         n = 2 ** bits - 1
         k = torch.round(x.double() * n)
         assert x.dtype == dtype and torch.equal(x, (k / n).to(dtype))   # k / n, rounded
+    x = dmol_sample(torch.randn(4, 30, 3, 3, dtype=torch.float64), bits=16,
+                    generator=torch.Generator().manual_seed(0))   # k / n in float64
+    k = torch.round(x * 65535)
+    assert x.dtype == torch.float64 and torch.equal(x, k / 65535)

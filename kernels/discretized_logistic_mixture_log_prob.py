@@ -96,7 +96,11 @@ def _grid(XB, offs, pmask, levels):
     """A channel's data on the grid: (y on [-1, 1] as a (1, BLOCK_P) row, bottom-bin and
     top-bin masks), from the integer bin ``round(x (2^bits - 1))``."""
     k = tl.floor(load_f32(XB, offs, pmask) * levels + 0.5)
-    y = tl.minimum(tl.maximum(k, 0.0), levels) * (2.0 / levels) - 1.0
+    # a NaN x stays NaN (max.NaN, no more instructions): dropped, it would be bin 0 and
+    # give a finite log p where the other backends give NaN
+    nan = tl.PropagateNan.ALL
+    y = tl.minimum(tl.maximum(k, 0.0, propagate_nan=nan), levels,
+                   propagate_nan=nan) * (2.0 / levels) - 1.0
     return y[None, :], (k <= 0.0)[None, :], (k >= levels)[None, :]
 
 
@@ -107,7 +111,8 @@ def _channel(PB, slot_mean, slot_ls, poff, mask, y, bottom, top, shift, half_wid
     mean being the slot's plus ``shift`` (the autoregressive part)."""
     raw_ls = load_f32(PB, slot_ls + poff, mask)
     mean = load_f32(PB, slot_mean + poff, mask) + shift
-    value, d_mean, d_ls = logistic_bin_tile(y, mean, tl.maximum(raw_ls, LOG_SCALE_MIN),
+    clamped = tl.maximum(raw_ls, LOG_SCALE_MIN, propagate_nan=tl.PropagateNan.ALL)
+    value, d_mean, d_ls = logistic_bin_tile(y, mean, clamped,
                                             bottom, top, half_width, log_2h)
     return value, d_mean, d_ls, raw_ls >= LOG_SCALE_MIN
 

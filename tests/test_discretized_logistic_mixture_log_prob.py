@@ -321,6 +321,23 @@ def test_a_pixel_of_no_float32_mass_has_log_p_minus_inf(backend, cpu_path):
                      scale=want[1:].abs())
 
 
+@pytest.mark.parametrize("c", [1, 3])
+def test_a_nan_input_gives_nan_on_every_path(backend, cpu_path, c):
+    """With validation off a NaN in x or in a parameter is the caller's, as in eager: its
+    sample's log p is NaN on every path (clamping the bin dropped a NaN x, and the
+    logsumexp's max a NaN mass, into finite or -inf values); the others stay exact."""
+    m = 2
+    x, p = make(5, c, 2, 2, m, torch.float32)
+    want = OP(x, p, backend="reference")
+    x[0, c - 1, 1, 0] = float("nan")
+    last = 1 + (3 if c == 3 else 2) * (c - 1)     # the last channel's means: slot * m
+    for b, slot in ((1, 1), (2, last * m + 1), (3, (last + 1) * m + 1)):   # logit, mean,
+        p[b, slot, 0, 1] = float("nan")                                     # log-scale
+    got = OP(x, p, backend=backend)
+    assert got[:4].isnan().all(), got
+    assert_close("the other sample", got[4:], want[4:], torch.float32, scale=want[4:].abs())
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_a_component_of_no_mass_adds_no_gradient(backend, cpu_path, channels):
     """A component whose mean is far from the pixel (1e30 to 1e38 on the [-1, 1] scale,

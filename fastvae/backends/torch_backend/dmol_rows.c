@@ -153,11 +153,13 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
      logit moved log p */
   vf lmax = SPLAT(-__builtin_inff()), pmax = lmax;
   for (int64_t m = 0; m < M; ++m) pmax = sel(pi[m] > pmax, pi[m], pmax);
+  vi nan = lmax != lmax;   /* a NaN input (x or a parameter): log p NaN, as in eager */
   for (int64_t m = 0; m < M; ++m) {
     pi[m] -= pmax;
     vf tot = pi[m];
     for (int64_t c = 0; c < C; ++c) tot += mu[c * M + m];
     lp[m] = tot;
+    nan |= tot != tot;
     lmax = sel(tot > lmax, tot, lmax);
   }
   /* a pixel whose every component's mass is below float32 (a mean ~1e36 away) has lmax
@@ -175,7 +177,8 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
     sl += lp[m];
     sp += pi[m];
   }
-  vf logp = sel(none, SPLAT(-__builtin_inff()), lmax + log_any(sl)) - log_any(sp);
+  vf logp = sel(nan, SPLAT(__builtin_nanf("")),
+                sel(none, SPLAT(-__builtin_inff()), lmax + log_any(sl)) - log_any(sp));
   if (g) {
     vf il = d->scale / sl, ip = d->scale / sp;
     for (int64_t m = 0; m < M; ++m) {

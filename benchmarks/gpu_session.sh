@@ -36,28 +36,45 @@
 #                  most 90 s each, under faulthandler; no -k filter; 60 s a test where
 #                  pytest-timeout exists; a full run leaves them little or nothing: run
 #                  FASTVAE_GPU_STAGES=tests for all of them (~6 min) -> tests.txt
-#   summary        card, versions, the bar table, the probe table, the steps -> summary.md
-#                  (printed last, so a tool keeping only the end of the output has it)
+#   summary        card, versions, the steps, the bar table, the probe table -> summary.md
+#                  (rebuilt after every stage; printed last, so a tool keeping only the end
+#                  of the output has it)
 # FASTVAE_GPU_STAGES=host,hvae,tests (say) runs only those stages (env always runs; the
-# names: bar, captured, probe, tiles, host, hvae, ncu, ncu-iwae, tests), and
+# names: env, bar, captured, probe, tiles, host, hvae, ncu, ncu-iwae, tests; any other
+# entry is refused before anything runs, exit 2), and
 # FASTVAE_GPU_TESTS="tests/test_a.py tests/test_b.py" only those test modules: a rerun of
 # what a previous session showed, in a short slot.
-# Everything lands in $OUT/0-session.tgz (repacked after each stage) and $OUT/0-summary.md.
+# Everything lands in $OUT/0-session.tgz and $OUT/0-summary.md, both rewritten after each stage.
 # CPU-only work (the kernel compile test, the interpreter suite) never runs here.
-# Without CUDA the GPU stages are skipped with a one-line reason and the script exits 2;
-# FASTVAE_GPU_SMOKE=1 also runs the CPU smoke modes (tiny shapes) of the probe, the captured
-# bar, the tile sweep, the host profile and the hvae loop, to check the script on a machine
-# without a GPU. Nothing is fetched from the network. The stages' timeouts add up to more than the budget: in a full run the
-# last ones are cut short or skipped (steps.tsv says which); FASTVAE_GPU_STAGES picks.
+# Without CUDA the GPU stages are skipped with a one-line reason; FASTVAE_GPU_SMOKE=1 also
+# runs the CPU smoke modes (tiny shapes) of the probe, the captured bar, the tile sweep, the
+# host profile and the hvae loop, to check the script on a machine without a GPU. Nothing is
+# fetched from the network. The stages' timeouts add up to more than the budget: in a full
+# run the last ones are cut short or skipped (steps.tsv says which); FASTVAE_GPU_STAGES picks.
+# Exit status: 1 when a stage that ran failed or timed out (the last line names them; a
+# stage skipped for the budget is not a failure), else 2 without CUDA (or when the env
+# stage could not tell), else 0. A caller that gets 0 knows every stage it ran ended ok.
 set -u
 set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
+STAGE_NAMES="env bar captured probe tiles host hvae ncu ncu-iwae tests"
+# A misspelt name would otherwise match nothing and the call would measure nothing.
+IFS=, read -r -a _picked <<<"${FASTVAE_GPU_STAGES:-}"
+_bad=""
+for _s in ${_picked[@]+"${_picked[@]}"}; do
+  [ -z "$_s" ] || [[ " $STAGE_NAMES " == *" $_s "* ]] || _bad="$_bad${_bad:+, }'$_s'"
+done
+if [ -n "$_bad" ]; then
+  echo "gpu_session: unknown stage $_bad in FASTVAE_GPU_STAGES=$FASTVAE_GPU_STAGES; the" \
+    "names: ${STAGE_NAMES// /, }" >&2
+  exit 2
+fi
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || { echo "cannot create OUT=$OUT"; exit 1; }
-# Stages write under $OUT/raw; after each stage it is packed into $OUT/0-session.tgz and the
-# summary copied to $OUT/0-summary.md, so a tool that fetches only a few files, or a call cut
-# short, still brings everything back. raw/ is removed at the end unless
-# FASTVAE_GPU_KEEP_RAW=1.
+# Stages write under $OUT/raw; after each stage the summary is rebuilt, copied to
+# $OUT/0-summary.md and raw/ packed into $OUT/0-session.tgz, so a tool that fetches only a
+# few files, or a call cut short, still brings back everything up to the last stage that
+# ended. raw/ is removed at the end unless FASTVAE_GPU_KEEP_RAW=1.
 FINAL=$OUT
 OUT=$FINAL/raw
 mkdir -p "$OUT" || exit 1
@@ -68,6 +85,7 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 unset TRITON_INTERPRET FASTVAE_BACKEND
 T0=$(date +%s)
 STEPS="$OUT/steps.tsv"
+FAILED=""   # "name (status), ..." of the stages that ran and did not end ok
 printf 'stage\tstatus\tseconds\ttimeout\n' >"$STEPS"
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -90,10 +108,41 @@ stage() {
   case $rc in 0) st=ok ;; 124|137) st=TIMEOUT ;; *) st="exit $rc" ;; esac
   printf '%s\t%s\t%s\t%s\n' "$name" "$st" $(( $(date +%s) - s )) "$t" >>"$STEPS"
   echo "== $name: $st in $(( $(date +%s) - s ))s"
+  [ "$st" = ok ] || FAILED="$FAILED${FAILED:+, }$name ($st)"
   bundle
   return $rc
 }
-bundle() {
+summarize() {  # summarize WHEN: summary.md from what the stages so far left (greps, cheap)
+  {
+    echo "# fastvae GPU session summary ($(elapsed) s $1, budget ${BUDGET} s)"
+    echo
+    grep -E '^(commit|python|triton|fastvae|gpu|cuda|backend)' "$OUT/env.txt"
+    echo
+    [ -z "$FAILED" ] || echo "failed or timed out: $FAILED"
+    echo '```'
+    column -t -s "$(printf '\t')" "$STEPS" 2>/dev/null || cat "$STEPS"
+    echo '```'
+    if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
+      grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
+    if [ -s "$OUT/captured_bar.md" ]; then echo; cat "$OUT/captured_bar.md"; fi
+    if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
+    if [ -s "$OUT/tiles.md" ]; then echo; cat "$OUT/tiles.md"; fi
+    if [ -s "$OUT/host_profile.txt" ]; then echo; echo "## host time per fused call"; \
+      grep '^## ' "$OUT/host_profile.txt"; fi
+    if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi
+    if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (ELBO and IWAE row kernels)"; echo '```'; \
+      grep -E '^"[0-9]|ncu not' "$OUT/ncu.txt" \
+        | awk -F'","' '{print $1"\t"$5"\t"$9"\t"$13"\t"$15}' \
+        | tr -d '"' | tail -n 60; echo '```'; fi
+    [ -s "$OUT/tests.txt" ] && { echo; echo "## tests"; echo '```'
+    grep -E '^(=== |rc=|FAILED|ERROR|Fatal|[0-9]+ (passed|failed)|.*(passed|failed|error).* in )' \
+      "$OUT/tests.txt" | tail -n 80 || tail -n 5 "$OUT/tests.txt"
+    echo; echo '```'; }
+  } >"$OUT/summary.md" 2>&1
+  cp "$OUT/summary.md" "$FINAL/0-summary.md"
+}
+bundle() {  # bundle [WHEN]
+  summarize "${1:-so far}"
   tar czf "$FINAL/0-session.tgz.part" -C "$FINAL" raw 2>/dev/null \
     && mv -f "$FINAL/0-session.tgz.part" "$FINAL/0-session.tgz"
 }
@@ -137,8 +186,10 @@ if ! timeout 60 "$PY" -c "import fastvae.kernels" >/dev/null 2>&1; then
   stage "install" 25 "$OUT/env.txt" "$PY" -m pip install -q --no-deps --no-build-isolation \
     --no-index -e .
 fi
+_failed=$FAILED
 stage "env" 40 "$OUT/env.txt" "$PY" -c "$ENV_PY"
 HAVE_CUDA=$?
+[ "$HAVE_CUDA" = 3 ] && FAILED=$_failed   # the probe's "no CUDA": exit 2, not a failure
 if command -v nvidia-smi >/dev/null 2>&1; then
   timeout 10 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu \
     --format=csv >>"$OUT/env.txt" 2>&1
@@ -197,7 +248,7 @@ if want tiles; then
       --budget-s "$(script_budget 70)"
   elif [ "$SMOKE" != 0 ]; then
     stage "tiles (CPU smoke)" 60 "$OUT/tiles.log" "$PY" benchmarks/gpu_tiles.py --smoke \
-      --out "$OUT"
+      --out "$OUT" --budget-s "$(script_budget 40)"
   else
     skip "tiles" "$REASON"
   fi
@@ -245,9 +296,16 @@ if want ncu; then
   fi
 fi
 
-if want ncu-iwae && [ "$HAVE_CUDA" = 0 ] && command -v ncu >/dev/null 2>&1; then
-  stage "ncu iwae" 35 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:iwae_bound \
-    --launch-count 2 --csv --metrics "$NCU_METRICS" "$PY" benchmarks/gpu_probe.py --ncu-target iwae
+if want ncu-iwae; then
+  if [ "$HAVE_CUDA" != 0 ]; then
+    skip "ncu iwae" "$REASON"
+  elif ! command -v ncu >/dev/null 2>&1; then
+    skip "ncu iwae" "ncu not on PATH"
+  else
+    stage "ncu iwae" 35 "$OUT/ncu.txt" ncu --target-processes all --kernel-name regex:iwae_bound \
+      --launch-count 2 --csv --metrics "$NCU_METRICS" "$PY" benchmarks/gpu_probe.py \
+      --ncu-target iwae
+  fi
 fi
 
 # ------------------------------------------------------------------ tests
@@ -289,36 +347,15 @@ if want tests; then
 fi
 
 # ------------------------------------------------------------------ summary
-{
-  echo "# fastvae GPU session summary ($(elapsed) s in all, budget ${BUDGET} s)"
-  echo
-  grep -E '^(commit|python|triton|fastvae|gpu|cuda|backend)' "$OUT/env.txt"
-  echo
-  echo '```'
-  column -t -s "$(printf '\t')" "$STEPS" 2>/dev/null || cat "$STEPS"
-  echo '```'
-  if [ -s "$OUT/bar.md" ]; then echo; echo "## bar (fastvae bench)"; echo '```'; \
-    grep -vE '^\[' "$OUT/bar.md" | tail -n 40; echo '```'; fi
-  if [ -s "$OUT/captured_bar.md" ]; then echo; cat "$OUT/captured_bar.md"; fi
-  if [ -s "$OUT/probe.md" ]; then echo; cat "$OUT/probe.md"; fi
-  if [ -s "$OUT/tiles.md" ]; then echo; cat "$OUT/tiles.md"; fi
-  if [ -s "$OUT/host_profile.txt" ]; then echo; echo "## host time per fused call"; \
-    grep '^## ' "$OUT/host_profile.txt"; fi
-  if [ -s "$OUT/hvae_loop.md" ]; then echo; cat "$OUT/hvae_loop.md"; fi
-  if [ -s "$OUT/ncu.txt" ]; then echo; echo "## ncu (ELBO and IWAE row kernels)"; echo '```'; \
-    grep -E '^"[0-9]|ncu not' "$OUT/ncu.txt" | awk -F'","' '{print $1"\t"$5"\t"$9"\t"$13"\t"$15}' \
-      | tr -d '"' | tail -n 60; echo '```'; fi
-  [ -s "$OUT/tests.txt" ] && { echo; echo "## tests"; echo '```'
-  grep -E '^(=== |rc=|FAILED|ERROR|Fatal|[0-9]+ (passed|failed)|.*(passed|failed|error).* in )' \
-    "$OUT/tests.txt" | tail -n 80 || tail -n 5 "$OUT/tests.txt"
-  echo; echo '```'; }
-} >"$OUT/summary.md" 2>&1
+bundle "in all"
 echo
 echo "================================================================ summary.md"
 cat "$OUT/summary.md"
-cp "$OUT/summary.md" "$FINAL/0-summary.md"
-bundle
 echo "files in $FINAL/0-session.tgz: $(ls "$OUT" | tr '\n' ' ')"
 [ "${FASTVAE_GPU_KEEP_RAW:-0}" = 1 ] || rm -rf "$OUT"
+if [ -n "$FAILED" ]; then
+  echo "gpu_session: failed or timed out: $FAILED"
+  exit 1
+fi
 [ "$HAVE_CUDA" = 0 ] || exit 2
 exit 0

@@ -37,6 +37,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from fastvae import options as o  # noqa: E402
 from fastvae.bench.core import bytes_moved  # noqa: E402
 
 import gpu_probe as gp  # noqa: E402
@@ -233,7 +234,7 @@ def main(argv=None):
                    help="CPU tensors under TRITON_INTERPRET=1, B=64: the code paths")
     p.add_argument("--offline", action="store_true",
                    help="no GPU: the speed proxy of each candidate (sm_90), printed")
-    p.add_argument("--budget-s", type=float, default=75.0,
+    p.add_argument("--budget-s", type=o.positive_float, default=75.0,
                    help="stop starting new candidates after this many seconds")
     args = p.parse_args(argv)
     if args.offline:

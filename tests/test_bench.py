@@ -48,7 +48,7 @@ def test_cli_prints_table_and_writes_json_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize("flag", ["--json", "--plot"])
 def test_json_and_plot_are_written_atomically(tmp_path, capsys, monkeypatch, flag):
     """A write that fails (the disk refuses the flush) keeps the previous file whole and
-    leaves no temporary file; an empty grid gets to the writing in a blink."""
+    leaves no temporary file; one canned row gets to the writing in a blink."""
     import errno
     import os
 
@@ -59,7 +59,13 @@ def test_json_and_plot_are_written_atomically(tmp_path, capsys, monkeypatch, fla
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(["--device", "cpu", flag, str(out)])
-    monkeypatch.setattr(bench_cli, "grid_from_args", lambda *a: [])
+    case = core.Case("elbo", 16, 12, 3)
+    row = dict(op="elbo", variant="eager", batch=16, dim=12, latent=3, k=None, dtype="fp32",
+               shape=case.shape, median_ms=1.0, speedup_vs_eager=1.0, speedup_vs_compile=None,
+               peak_extra_bytes=None, saved_bytes=None, kernels=None, gbps=None,
+               pct_roofline=None, first_call_ms=1.0)
+    monkeypatch.setattr(bench_cli, "grid_from_args", lambda *a: [case])
+    monkeypatch.setattr(bench_cli, "run_case", lambda *a, **kw: [dict(row)])
     monkeypatch.setattr(bench_cli, "copy_bandwidth", lambda device, **kw: 1e9)
     bench_cli.measure_grid(args)
     assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]

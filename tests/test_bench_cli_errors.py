@@ -131,8 +131,8 @@ def test_copy_bandwidth_is_timed_with_the_rows_clock(tmp_path, capsys, monkeypat
     try:
         for flags, clock, name in ((["--cpu-time", "--threads", "1"], "thread_time",
                                     "thread CPU time"), ([], "perf_counter", "wall clock")):
-            out = tmp_path / "b.json"
-            assert cli.main(["bench", "--device", "cpu", *flags, "--json", str(out)]) == 0
+            out = tmp_path / "b.json"   # an empty grid: exit 2, the JSON written all the same
+            assert cli.main(["bench", "--device", "cpu", *flags, "--json", str(out)]) == 2
             assert used.pop().__name__ == clock
             assert f"copy 2.0 GB/s ({name})" in capsys.readouterr().out
             assert json.loads(out.read_text())["environment"]["copy_bandwidth_clock"] == name
@@ -359,3 +359,41 @@ def test_the_proxy_refuses_here_with_another_triton(capsys, tmp_path):
         offline.main(["proxy", "--here", "--triton", str(tmp_path)])
     assert e.value.code == 2
     assert "--here runs this interpreter's Triton, --triton another's" in capsys.readouterr().err
+
+
+def test_a_run_that_measures_nothing_says_so_and_draws_no_figure(tmp_path, capsys):
+    """Every case over --max-elements: one line and exit 2 (not 0 with an empty figure);
+    the JSON is still written, no rows and the skipped case listed, as a run's record."""
+    out_json, out_png = tmp_path / "e.json", tmp_path / "e.png"
+    assert cli.main(["bench", "--ops", "elbo", "--batch", "64", "--dim", "16", "--latent", "8",
+                     "--max-elements", "100", "--json", str(out_json),
+                     "--plot", str(out_png)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("fastvae bench: error: no case was measured (") and "100" in line
+    assert line.endswith("no figure was written") and not out_png.exists()
+    data = json.loads(out_json.read_text())
+    assert data["rows"] == [] and [c["batch"] for c in data["skipped"]] == [64]
+
+
+def test_the_plot_gives_each_variant_one_colour_in_every_panel(monkeypatch):
+    """matplotlib's colour cycle restarts per panel: a panel without `distributions` would
+    draw fastvae-torch in the colour another panel gives distributions."""
+    pytest.importorskip("matplotlib")
+    from fastvae.bench import report
+    figs = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, **kw: figs.append(fig))
+
+    def row(variant, dim, batch):
+        return dict(op="elbo", variant=variant, batch=batch, dim=dim, latent=3, k=None,
+                    dtype="fp32", shape=f"B={batch} D={dim} L=3", speedup_vs_eager=1.5)
+    rows = [row(v, 12, b) for v in ("eager", "fastvae-torch") for b in (16, 32)]
+    rows += [row(v, 24, b) for v in ("eager", "distributions", "fastvae-torch") for b in (16, 32)]
+    report.plot(rows, "unused.png")
+    (fig,) = figs
+    colours = [{ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_label()[0] != "_"}
+               for ax in fig.axes if ax.get_lines()]
+    assert len(colours) == 2 and set(colours[0]) == {"eager", "fastvae-torch"}
+    assert all(c[v] == colours[1][v] for c in colours for v in c)
+    assert len(set(colours[1].values())) == 3
+    with pytest.raises(ValueError, match="no timed row"):
+        report.plot([], "unused.png")

@@ -1,7 +1,8 @@
 """The GPU session's own checks run on CPU too: the tile sweep's agreement check and its
 configuration patch (benchmarks/gpu_tiles.py), the VDVAE-like loop's closed-form check of
 sample_with_kl (benchmarks/gpu_hvae_loop.py) passes the real op and catches a wrong one, and
-benchmarks/gpu_session.sh without CUDA reports every GPU stage as skipped."""
+benchmarks/gpu_session.sh without CUDA reports every GPU stage as skipped, refuses an unknown
+stage name, and exits 1 (with the summary rebuilt after each stage) when a stage fails."""
 import importlib.util
 import json
 import os
@@ -90,28 +91,82 @@ def test_tile_sweep_checks_every_candidate_and_restores_the_shipped_tiles(monkey
             dict(configs.ELBO_STAGES)) == before
 
 
-# The console and steps.tsv names of the stages that need CUDA (ncu-iwae runs under ncu's).
+def test_tile_sweep_refuses_a_budget_that_is_not_a_positive_number(capsys, monkeypatch):
+    """A negative --budget-s would skip every candidate and exit 0; nan would disable it."""
+    pytest.importorskip("triton")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    tiles = _module("gpu_tiles")
+    for value in ("-1", "0", "nan"):
+        with pytest.raises(SystemExit) as e:
+            tiles.main(["--smoke", "--budget-s", value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "argument --budget-s: must be a" in err, err
+
+
+# The console and steps.tsv names of the stages that need CUDA.
 GPU_STAGES = ("bar", "captured bar", "probe", "tiles", "host profile", "hvae loop", "ncu",
-              "tests")
+              "ncu iwae", "tests")
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="gpu_session.sh needs bash and coreutils' timeout")
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                    reason="gpu_session.sh needs bash and coreutils' timeout")
+def _session(tmp_path, stub, **env_vars):
+    """gpu_session.sh under a stub interpreter (a shell script standing in for Python)."""
+    py = tmp_path / "python"
+    py.write_text(stub)
+    py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVAE_GPU_")}
+    env.update(PYTHON=str(py), OUT=str(tmp_path / "out"), FASTVAE_GPU_KEEP_RAW="1", **env_vars)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@needs_bash
 def test_gpu_session_without_cuda_skips_every_gpu_stage_with_its_reason(tmp_path):
     """The header's promise: without CUDA (and without FASTVAE_GPU_SMOKE) each GPU stage is
     skipped with a one-line reason, on the console and in steps.tsv, and the script exits 2.
     A stub interpreter stands in for Python: the env stage's CUDA probe says "none" (exit
     3), as on a CPU machine, whatever this one has, in a second instead of torch's import."""
-    py = tmp_path / "python"
-    py.write_text('#!/bin/sh\ncase "$*" in\n  *is_available*) echo "cuda: none (stub)"; exit 3 ;;\n'
-                  '  -) cat >/dev/null ;;\nesac\nexit 0\n')
-    py.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTVAE_GPU_")}
-    env.update(PYTHON=str(py), OUT=str(tmp_path / "out"), FASTVAE_GPU_KEEP_RAW="1")
-    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh")], env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = _session(tmp_path, '#!/bin/sh\ncase "$*" in\n  *is_available*) echo "cuda: none '
+                   '(stub)"; exit 3 ;;\n  -) cat >/dev/null ;;\nesac\nexit 0\n')
     assert res.returncode == 2, res.stdout + res.stderr
     steps = (tmp_path / "out" / "raw" / "steps.tsv").read_text().splitlines()
     for name in GPU_STAGES:
         assert f"== {name}: skipped, no CUDA device" in res.stdout, name
         assert f"{name}\tskipped (no CUDA device (see env.txt))\t0\t0" in steps, name
+
+
+@needs_bash
+def test_gpu_session_refuses_an_unknown_stage_before_anything_runs(tmp_path):
+    """A misspelt FASTVAE_GPU_STAGES entry would match no stage: the call would measure
+    nothing. One line names it and the valid names; nothing is written."""
+    res = _session(tmp_path, "#!/bin/sh\nexit 0\n", FASTVAE_GPU_STAGES="tile,hvae-loop,ncu")
+    assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+    (line,) = res.stderr.splitlines()
+    assert "unknown stage 'tile', 'hvae-loop' in FASTVAE_GPU_STAGES" in line
+    assert "ncu-iwae" in line and not (tmp_path / "out").exists()
+
+
+@needs_bash
+def test_gpu_session_exits_1_when_a_stage_fails_and_summarizes_after_each_stage(tmp_path):
+    """With CUDA (the stub's env probe passes) a failed stage makes the exit status 1 and is
+    named last; the next stage still runs, and by then 0-summary.md and 0-session.tgz already
+    hold the failed one (a call cut short still brings the summary back)."""
+    stub = """#!/bin/sh
+case "$*" in
+  *"--ops elbo"*) echo "stub: elbo failed"; exit 1 ;;
+  *"--ops reparameterize"*) cp "$OUT/../0-summary.md" "$OUT/../mid-summary.md"
+    tar tzf "$OUT/../0-session.tgz" >"$OUT/../mid-tgz.txt" ;;
+  -) cat >/dev/null ;;
+esac
+exit 0
+"""
+    res = _session(tmp_path, stub, FASTVAE_GPU_STAGES="bar")
+    out = tmp_path / "out"
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stdout.splitlines()[-1] == "gpu_session: failed or timed out: bar elbo (exit 1)"
+    assert "== bar reparameterize: ok" in res.stdout
+    mid = (out / "mid-summary.md").read_text()
+    assert "failed or timed out: bar elbo (exit 1)" in mid and "stub: elbo failed" in mid
+    assert "raw/summary.md" in (out / "mid-tgz.txt").read_text().split()
+    assert "bar reparameterize" in (out / "0-summary.md").read_text()

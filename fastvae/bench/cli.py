@@ -13,7 +13,8 @@ import torch
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import grid_from_args, ops_of, quick_shapes, size_problem
+from .grids import (grid_from_args, max_elements_default, ops_of, quick_shapes,
+                    size_problem)
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
@@ -88,10 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", type=o.file_to_write, default=None,
                         help="write rows and environment (sizes in bytes: peak_extra_bytes, "
                              "saved_bytes, bytes_moved; the table shows MiB, 2**20 bytes, "
-                             "and GB/s, 1e9 bytes/s)")
+                             "and GB/s, 1e9 bytes/s); written also when no case was measured "
+                             "(no rows, the skipped cases listed; exit status 2)")
     parser.add_argument("--plot", metavar="FILE", type=o.file_to_write, default=None,
-                        help="speed-up vs batch size per variant (matplotlib; the format "
-                             f"follows the suffix: {', '.join(PLOT_SUFFIXES)})")
+                        help="speed-up vs batch size, a line per variant in one colour across "
+                             "panels (matplotlib; the format follows the suffix: "
+                             f"{', '.join(PLOT_SUFFIXES)}); not written when nothing was timed")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--proxy", action="store_true",
                         help="no timing, no GPU: the offline speed proxy of the Triton kernels at "
@@ -104,11 +107,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "reparameterize), --dtype (default fp32,bf16) and --json; other flags are refused")
 
 
+class NothingMeasured(Exception):
+    """Every case of the grid was skipped: the run has no row to print or plot."""
+
+
 def run(args: argparse.Namespace) -> int:
     """``fastvae bench``: run the chosen grid, print the table, write JSON / plot.
     Returns the exit status: 0; 1 when a variant disagreed with eager (its case's other
     variants, and every other case, are still timed, printed and written); 2 when the
-    grid asked for needs CUDA and there is none."""
+    grid asked for needs CUDA and there is none, or when no case was measured (the JSON
+    is still written, its rows empty and its skipped list saying why; no figure is)."""
     if getattr(args, "gpu_train_step", False):
         why = gpu_train_step_unavailable(args.device)
         if why:
@@ -119,11 +127,18 @@ def run(args: argparse.Namespace) -> int:
         args.device = "cuda" if args.device == "auto" else args.device
     if args.proxy:
         return run_proxy(args)
-    failed = [r for r in measure_grid(args) if r.get("error")]
+    try:
+        rows = measure_grid(args)
+    except NothingMeasured as e:
+        print(f"fastvae bench: error: {e}", file=sys.stderr)
+        return 2
+    failed = [r for r in rows if r.get("error")]
     if failed:
         print(f"fastvae bench: error: {len(failed)} variant(s) disagreed with eager and were not "
               "timed: " + "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
-                                    for r in failed), file=sys.stderr)
+                                    for r in failed)
+              + ("; nothing was timed, so no figure was written"
+                 if args.plot and len(failed) == len(rows) else ""), file=sys.stderr)
         return 1
     return 0
 
@@ -160,7 +175,8 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 
 def measure_grid(args: argparse.Namespace) -> List[dict]:
-    """What :func:`run` does, returning the rows."""
+    """What :func:`run` does, returning the rows; :class:`NothingMeasured` (after the
+    JSON is written) when every case was skipped."""
     device = o.auto_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -222,8 +238,15 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
         write_json({"environment": env, "rows": rows,
                     "skipped": [dict(dataclasses.asdict(c), dtype=c.dtype_name)
                                 for c in skipped]}, args.json)
-    if args.plot:
+    if args.plot and timed_rows:   # an empty figure would pass for a result
         plot(timed_rows, args.plot)
+    if not rows:
+        limit = (args.max_elements if args.max_elements is not None
+                 else max_elements_default(device))
+        why = (f"every case's largest tensor is over --max-elements {limit}: raise it or pick "
+               "smaller shapes" if skipped else "the grid is empty")
+        raise NothingMeasured(f"no case was measured ({why})"
+                              + ("; no figure was written" if args.plot else ""))
     return rows
 
 

@@ -134,10 +134,19 @@ def header(env: dict) -> str:
     return head + ("\n" + note if note else "")
 
 
+def variant_color(variant: str) -> str:
+    """The variant's colour in every panel (matplotlib's cycle restarts per axes, so a
+    panel missing a variant would shift the others' colours)."""
+    i = VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+    return f"C{i % 10}"
+
+
 def plot(rows: List[dict], path: str) -> None:
-    """Speed-up vs eager against batch size, a line per variant, a panel per
-    (op, D, L, K, dtype); written atomically (the previous file stays whole if writing
-    fails)."""
+    """Speed-up vs eager against batch size, a line per variant (one colour each across
+    panels), a panel per (op, D, L, K, dtype); written atomically (the previous file stays
+    whole if writing fails). ``rows`` must hold a timed row: an empty figure is refused."""
+    if not rows:
+        raise ValueError("no timed row to plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,7 +162,8 @@ def plot(rows: List[dict], path: str) -> None:
         for v in VARIANT_ORDER:
             pts = sorted((r["batch"], r["speedup_vs_eager"]) for r in rs if r["variant"] == v)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=v,
+                        color=variant_color(v))
         ax.set_xscale("log", base=2)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         shape = rs[0]["shape"].split(" ", 1)[1]  # the case's shape without its B

@@ -273,9 +273,12 @@ def _why_unreadable(path: Path, e: BaseException) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(4)
-        whole = zipfile.is_zipfile(path)
     except OSError as err:
         return f"cannot read it ({err.strerror or err})"
+    try:
+        whole = zipfile.is_zipfile(path)
+    except (OSError, zipfile.BadZipFile):   # a damaged zip64 trailer ("multiple disks")
+        whole = False
     if head != b"PK\x03\x04":
         return ("it is corrupt or not a checkpoint at all (not the zip archive torch.save "
                 "writes; a zero-filled, text or JSON file?)")

@@ -119,6 +119,8 @@ def _add_eval(sub):
                    help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--limit", type=o.positive_int, default=None,
                    help="use only the first N test images")
+    p.add_argument("--backend", choices=o.backends.NAMES, default=None,
+                   help="fastvae backend for the ops (default: the run's own)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(func=_cmd_eval)
 
@@ -197,11 +199,14 @@ def _cmd_eval(args):
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
     from .run_data import check_elbo_finite, check_run_data, data_changed
-    from .runs import EVAL_CONFIG, check_config
+    from .runs import EVAL_CONFIG, check_config, run_backend
 
     state, model, device = _load_run(args.run, args.device)
     check_config(state, checkpoint_path(args.run), EVAL_CONFIG, "to evaluate the run")
     cfg = dict(state["config"])
+    if args.backend is not None:
+        cfg["backend"] = args.backend
+    run_backend(cfg, device, f"pass --backend auto (or torch) to evaluate it on {device}")
     if args.data_dir is not None:
         if cfg["dataset"] not in IDX_NAMES:  # would be ignored: said, not silently dropped
             raise ValueError(f"--data-dir: the run's dataset {cfg['dataset']} is not read from a "

@@ -1,6 +1,6 @@
 """What a run trains with: a fresh run's config as given, a resumed run's from its
 checkpoint with the settings that belong to this invocation (:data:`RUNTIME_KEYS`) and a
-new ``--lr`` (:data:`RESUME_OVERRIDES`) taken from the command line."""
+new ``--lr`` or ``--backend`` (:data:`RESUME_OVERRIDES`) taken from the command line."""
 from __future__ import annotations
 
 import json
@@ -22,8 +22,9 @@ RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iw
 # default would silently retarget the run (60 epochs, ./data, a K=1000 estimate after a
 # run started with --iwae-k 0, a continuation that is not bit-for-bit).
 RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir", "iwae_k", "threads")
-# Settings a resumed run may change, with a note (a lower --lr after a divergence).
-RESUME_OVERRIDES = ("lr",)
+# Settings a resumed run may change, with a note (a lower --lr after a divergence; another
+# backend for another device: a run trained with "triton" goes on on a CPU with "torch").
+RESUME_OVERRIDES = ("lr", "backend")
 
 
 def check_data_flags(cfg: dict, given: dict) -> None:
@@ -79,6 +80,10 @@ def _finished(folder: Path, done: int) -> bool:
         return True
 
 
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     """On --resume take the saved settings (bar RUNTIME_KEYS and RESUME_OVERRIDES, and
     RUN_KEYS_UNLESS_GIVEN only where given) and the checkpoint; a fresh run refuses a
@@ -121,7 +126,8 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
                != saved[k]]
     for k in RESUME_OVERRIDES:
         if k in changed:
-            log(f"resuming with --{k} {given[k]:g} (the checkpoint had {saved[k]:g})")
+            log(f"resuming with --{k} {_shown(given[k])} (the checkpoint had "
+                f"{_shown(saved[k])})")
             saved[k] = given[k]
             changed.remove(k)
     if changed:

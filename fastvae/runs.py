@@ -87,6 +87,18 @@ def restore_model(state: dict, run) -> torch.nn.Module:
 
 
 # -- the run folder ---------------------------------------------------------------------
+def run_backend(cfg: dict, device, how: str) -> str:
+    """The backend a saved run's ``cfg`` selects on ``device``; where it cannot run there
+    (a run trained with "triton", moved to a CPU), the error says ``how`` to choose
+    another."""
+    import fastvae
+
+    try:
+        return fastvae.select_backend(cfg["backend"], device)
+    except ValueError as e:
+        raise ValueError(f"{e}; the run's backend is {cfg['backend']!r}: {how}") from None
+
+
 class RunFolderError(Exception):
     """The run folder cannot be used (a file, not writable, or in use by another run)."""
 

@@ -43,9 +43,10 @@ from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
-from .run_config import check_data_flags, prepare_config
+from .run_config import (RESUME_OVERRIDES, RUN_KEYS_UNLESS_GIVEN, check_data_flags,
+                         prepare_config)
 from .runs import (MissingExtra, RunFolder, RunFolderError, check_extras, installed,
-                   load_weights)
+                   load_weights, run_backend)
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
            "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
@@ -197,9 +198,11 @@ def _train(given: dict, log) -> dict:
         # so the command can say how to --resume (after a full disk, torch.compile's cache's
         # too, once it has room)
         e.run_folder = full["out"]
-        # the target and lr asked for: the last checkpoint may still hold the old ones
-        e.resume_flags = [f for k in ("epochs", "lr") if given.get(k) is not None
-                          for f in (f"--{k}", str(given[k]))]
+        # the target and lr asked for, and what a resume was given besides (the final
+        # estimate's K, ...): the last checkpoint may still hold the old ones
+        keys = RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES if full["resume"] else ("epochs", "lr")
+        e.resume_flags = [f for k in keys if given.get(k) is not None
+                          for f in (f"--{k.replace('_', '-')}", str(given[k]))]
         e.another_rank = not is_main   # one Ctrl-C stops every rank: rank 0 says so
         e.resume_world = world
         raise
@@ -324,6 +327,9 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         scaler=torch.amp.GradScaler("cuda", enabled=use_scaler),
         shuffle_gen=torch.Generator().manual_seed(cfg["seed"] + 1), history=[], initial=None,
         start=0, cfg=cfg, device=device, world=world)
+    run.backend_name = (fastvae.select_backend(cfg["backend"], device) if state is None else
+                        run_backend(cfg, device, f"resume it with --backend auto (or torch) "
+                                                 f"to go on on {device}"))
     if state is not None:
         ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
         load_weights(core, state["model"], ckpt_file)
@@ -364,7 +370,6 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
                           "before training starts; scale the data to about [0, 1]")
         if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
             torch.manual_seed(cfg["seed"] + 1000 * rank)
-    run.backend_name = fastvae.select_backend(cfg["backend"], device)
     return run
 
 

@@ -398,7 +398,7 @@ def test_disk_full_at_the_final_pictures_says_how_to_finish(good_run, tmp_path, 
                      "--lr", "0.002", "--no-progress", "--iwae-k", "0"]) == 2
     _one_error_line(capsys, "samples.png: No space left", "no samples.png was written",
                     f"fastvae train --resume --out {shlex.quote(str(run))} --epochs {done + 1} "
-                    "--lr 0.002` continues the run")
+                    "--iwae-k 0 --lr 0.002` continues the run")
     assert load_checkpoint(run)["epoch"] == done + 1
     monkeypatch.undo()
     assert cli.main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0

@@ -1,0 +1,90 @@
+"""What a resumed or evaluated run may take from the command line besides its checkpoint
+(another backend, for another device), what the resume command a stop prints repeats,
+and a damaged checkpoint's zip trailer: one error line, as for any damaged file."""
+import os
+
+import pytest
+import torch
+
+import fastvae
+from fastvae import cli
+from fastvae import train as T
+from fastvae.checkpoint import CHECKPOINT_NAME, checksum
+
+from _cli import TINY
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "run"
+    assert cli.main(["train", *TINY, "--iwae-k", "0", "--out", str(out)]) == 0
+    return out
+
+
+def _copy(run, dst, **config):
+    """The run's checkpoint in ``dst``, its config updated by ``config`` and checksummed
+    again (as a run trained so would have written it)."""
+    state = torch.load(run / CHECKPOINT_NAME, weights_only=True)
+    state.pop("checksum")
+    state["config"] = dict(state["config"], **config)
+    state["checksum"] = checksum(state)
+    dst.mkdir(parents=True)
+    torch.save(state, dst / CHECKPOINT_NAME)
+    return dst
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_triton_run_goes_on_on_a_cpu_with_another_backend(run, tmp_path, capsys):
+    """A run trained with --backend triton (on a GPU) moved to a CPU: its backend cannot
+    run there. The error says which flag chooses another; --resume and eval take it."""
+    if not fastvae.triton_available() or os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("needs triton, not interpreted")
+    moved = _copy(run, tmp_path / "moved", backend="triton")
+    capsys.readouterr()
+    assert cli.main(["eval", str(moved), "--k", "0", "--device", "cpu"]) == 2
+    assert "the run's backend is 'triton': pass --backend auto (or torch)" in _err_line(capsys)
+    assert cli.main(["eval", str(moved), "--k", "0", "--device", "cpu",
+                     "--backend", "torch"]) == 0
+    resume = ["train", "--resume", "--out", str(moved), "--epochs", "2", "--no-progress",
+              "--device", "cpu"]
+    capsys.readouterr()
+    assert cli.main(resume) == 2
+    assert "resume it with --backend auto (or torch) to go on on cpu" in _err_line(capsys)
+    assert cli.main(resume + ["--backend", "torch"]) == 0
+    assert "resuming with --backend torch (the checkpoint had triton)" in capsys.readouterr().out
+    assert torch.load(moved / CHECKPOINT_NAME, weights_only=True)["config"]["backend"] == "torch"
+
+
+def test_a_stopped_resume_s_command_repeats_what_it_was_given(run, tmp_path, capsys,
+                                                             monkeypatch):
+    """Stopped before its first checkpoint, a resume's checkpoint still holds the old K
+    and thread count: the command it prints repeats them, not only --epochs and --lr."""
+    target = _copy(run, tmp_path / "r")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, "_train_in_group", stopped)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(target), "--epochs", "3", "--iwae-k",
+                     "500", "--threads", "1", "--lr", "0.01", "--no-progress"]) == 130
+    assert (f"--resume --out {target} --epochs 3 --iwae-k 500 --threads 1 --lr 0.01` "
+            "continues") in _err_line(capsys)
+
+
+def test_a_damaged_zip64_trailer_is_one_error_line(run, tmp_path, capsys):
+    """zipfile's own check raises on a zip64 locator that says the archive spans disks."""
+    path = _copy(run, tmp_path / "z") / CHECKPOINT_NAME
+    raw = bytearray(path.read_bytes())
+    i = raw.rfind(b"PK\x06\x07")
+    if i < 0:
+        pytest.skip("this torch writes no zip64 end locator")
+    raw[i + 16] ^= 4      # its count of disks
+    path.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert cli.main(["eval", str(path.parent), "--k", "0"]) == 2
+    assert "truncated or corrupt" in _err_line(capsys)

@@ -98,9 +98,8 @@ def _grid(XB, offs, pmask, levels):
     k = tl.floor(load_f32(XB, offs, pmask) * levels + 0.5)
     # a NaN x stays NaN (max.NaN, no more instructions): dropped, it would be bin 0 and
     # give a finite log p where the other backends give NaN
-    nan = tl.PropagateNan.ALL
-    y = tl.minimum(tl.maximum(k, 0.0, propagate_nan=nan), levels,
-                   propagate_nan=nan) * (2.0 / levels) - 1.0
+    y = tl.minimum(tl.maximum(k, 0.0, propagate_nan=tl.PropagateNan.ALL), levels,
+                   propagate_nan=tl.PropagateNan.ALL) * (2.0 / levels) - 1.0
     return y[None, :], (k <= 0.0)[None, :], (k >= levels)[None, :]
 
 

@@ -358,9 +358,9 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    # under torchrun every rank meets a bad flag, file or loss alike (the loss is
-    # averaged over the ranks): rank 0 alone says so, as it alone prints the rest
-    alike = _other_rank()
+    # under torchrun rank 0 alone says what every rank meets alike (a bad flag; a loss,
+    # averaged over the ranks; fastvae.ranks.alike); another rank says what may be its own
+    quiet = _other_rank()
     try:
         with stops.handled():
             return int(args.func(args) or 0)
@@ -371,12 +371,12 @@ def main(argv=None) -> int:
             raise
         line = f"fastvae {args.command}: error: {e}"
         resume = _resume_command(e)   # train's file system refusals
-        if not (alike and not isinstance(e, OSError)):   # a file system's refusal: its own
+        if not (quiet and getattr(e, "alike", False)):
             print(_ranked(line if resume is None else
                           f"{line}; {resume} from its last checkpoint"), file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
-        if not alike:
+        if not quiet:
             print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
         return 3
     except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,

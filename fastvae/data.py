@@ -155,15 +155,12 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
         raise DataError(f"{source}: each image holds no values (shape {array.shape})")
     if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 1:
         array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
-    if array.dtype.kind == "f" and array.dtype.itemsize > 4:
-        if not np.isfinite(array).all():
-            raise DataError(f"{source}: the images contain NaN or inf")
-        big = float(np.abs(array).max())
-        if big > float(np.finfo(np.float32).max):
-            raise DataError(f"{source}: values up to {big:g} do not fit float32, which "
-                            "training computes in; scale the data")
-    out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    with np.errstate(over="ignore"):   # a wider float past float32's range: said below
+        out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if not bool(torch.isfinite(out).all()):
+        if array.dtype.kind == "f" and array.dtype.itemsize > 4 and np.isfinite(array).all():
+            raise DataError(f"{source}: values up to {float(np.abs(array).max()):.6g} do not "
+                            "fit float32, which training computes in; scale the data")
         raise DataError(f"{source}: the images contain NaN or inf")
     return out
 
@@ -318,10 +315,10 @@ def load_array_file(path) -> Dataset:
                         "images")
     _check_array_magic(path)
     arrays = _read_arrays(path)
-    for tr, te in (("train", "test"), ("x_train", "x_test")):
-        if tr in arrays and te in arrays:
-            return _pair(path.name, _as_images(arrays[tr], f"{path}[{tr}]"),
-                         _as_images(arrays[te], f"{path}[{te}]"), f"{path}[{tr}]", f"{path}[{te}]")
+    if len(arrays) == 2:   # a train/test pair
+        (tr, train), (te, test) = arrays.items()
+        return _pair(path.name, _as_images(train, f"{path}[{tr}]"),
+                     _as_images(test, f"{path}[{te}]"), f"{path}[{tr}]", f"{path}[{te}]")
     (key, arr), = arrays.items()
     source = f"{path}[{key}]" if key else str(path)
     train, test = _split(_as_images(arr, source), source)
@@ -329,9 +326,9 @@ def load_array_file(path) -> Dataset:
 
 
 def _read_arrays(path: Path) -> dict:
-    """The arrays of an .npy (key "") or the members of an .npz that are used (train and
-    test, x_train and x_test, or its only member): other members, a metadata object
-    array say, are neither read nor refused."""
+    """The array of an .npy (key "") or the members of an .npz that are used: a train and
+    test pair (train/test or x_train/x_test, in that order), else its only member. Other
+    members, a metadata object array say, are neither read nor refused."""
     def bad(e, member=""):
         return DataError(f"{path}{member} is not a readable .npy/.npz array file "
                          f"(corrupt, truncated or pickled objects?): {e}")

@@ -66,10 +66,13 @@ class Guard:
     """Checks one run against the NaN policy; knows which checkpoint is the last good one."""
 
     def __init__(self, checkpoint: Path, saved_epoch: int | None, out, lr: float,
-                 check_grads: bool = True, epochs: int | None = None, world: int = 1):
+                 check_grads: bool = True, epochs: int | None = None, world: int = 1,
+                 flags=()):
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
         self.out, self.lr, self.check_grads = out, lr, check_grads
-        self.epochs = epochs  # the run's target, which the resume command must repeat
+        # what the resume command must repeat: the run's target, and the flags a resume
+        # was given that its last checkpoint may not hold yet (``flags``, without --lr)
+        self.flags = ([] if epochs is None else ["--epochs", epochs]) + list(flags)
         self.world = world    # under torchrun, the resume command is torchrun's
         # whether an optimizer step passed the checks since the last checkpoint this run
         # wrote (or since the start): if none did, the weights are the checkpoint's
@@ -104,9 +107,8 @@ class Guard:
             rescale = " (or start again with the data scaled to about [0, 1])"
             kept = (f"the last good checkpoint (epoch {self.saved_epoch}) is kept at "
                     f"{self.checkpoint}; continue from it with a lower learning rate: "
-                    + stops.resume_command(self.out, ([] if self.epochs is None else
-                                                      ["--epochs", self.epochs])
-                                           + ["--lr", f"{self.lr / 10:g}"], self.world)
+                    + stops.resume_command(self.out, self.flags + ["--lr", f"{self.lr / 10:g}"],
+                                           self.world)
                     + (rescale if scale_hint else ""))
         raise NonFiniteLoss(f"{problem or f'non-finite {what} ({value})'} {where}; {kept}")
 

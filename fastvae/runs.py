@@ -95,7 +95,7 @@ def run_backend(cfg: dict, device, how: str) -> str:
 
     try:
         return fastvae.select_backend(cfg["backend"], device)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:   # RuntimeError: triton is not installed
         raise ValueError(f"{e}; the run's backend is {cfg['backend']!r}: {how}") from None
 
 

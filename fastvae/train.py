@@ -22,7 +22,6 @@ and rank 0 alone writes files.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
 import os
 import sys
@@ -34,7 +33,7 @@ import torch
 
 import fastvae
 
-from . import dmol_training as dmol, objectives, stops
+from . import dmol_training as dmol, objectives, ranks, stops
 from .amp import amp_policy, compile_options, describe as describe_amp
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
 from .data import DataError, load_dataset
@@ -63,19 +62,6 @@ def default_config() -> dict:
                 iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
 
 
-# -- distributed ----------------------------------------------------------------
-# the other ranks' wait for rank 0's final estimate (see _train_in_group)
-FINISH_TIMEOUT = datetime.timedelta(days=30)
-
-
-def _dist_env():
-    """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def _set_threads(cfg: dict, device, sample_size: int) -> None:
     """CPU intra-op threads. 0 = auto: one thread for small images (<= 1024 values:
     8x8 digits, 28x28 MNIST), whose per-batch ops are too small to split. Measured on
@@ -88,42 +74,6 @@ def _set_threads(cfg: dict, device, sample_size: int) -> None:
     if n > 0:
         torch.set_num_threads(n)
 
-
-def _all_reduce(t: torch.Tensor, world: int, device) -> torch.Tensor:
-    """Sum over ranks, returned on the CPU (NCCL reduces only CUDA tensors)."""
-    if world > 1:
-        t = t.to(device)
-        torch.distributed.all_reduce(t)
-    return t.cpu()
-
-
-# -- the loop -----------------------------------------------------------------------
-def _rng_state(shuffle_gen, world: int) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if world > 1:  # every rank draws its own noise; rank 0 saves them all
-        mine = {k: v for k, v in state.items() if k != "shuffle"}
-        states = [None] * world
-        torch.distributed.all_gather_object(states, mine)
-        state["per_rank"] = states
-    return state
-
-
-def _set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
-    per_rank = state.get("per_rank")
-    own = per_rank[rank] if world > 1 and per_rank and len(per_rank) == world else state
-    torch.set_rng_state(own["torch"])
-    if "cuda" in own and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(own["cuda"])
-    shuffle_gen.set_state(state["shuffle"])
-    if world > 1 and own is state and rank:
-        # another number of processes than the run had: rank 0 continues the saved
-        # stream, and every other rank a stream of its own derived from it (the same
-        # state on every rank would draw the same noise on each, for good)
-        base = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().set_state(
-            state["torch"])))
-        torch.manual_seed(base + rank)
 
 
 def _claim_folder(full: dict, is_main: bool, world: int):
@@ -139,7 +89,7 @@ def _claim_folder(full: dict, is_main: bool, world: int):
         msg = [str(folder.path) if folder else None, str(error) if error else None]
         torch.distributed.broadcast_object_list(msg, src=0)
         if msg[1] is not None:
-            raise error or RunFolderError(msg[1])
+            raise ranks.alike(error or RunFolderError(msg[1]))
         return folder, msg[0]
     if error is not None:
         raise error
@@ -159,17 +109,21 @@ def train(cfg: dict, log=print) -> dict:
 
 
 def _train(given: dict, log) -> dict:
-    rank, world, local_rank = _dist_env()
+    rank, world, local_rank = ranks.dist_env()
     is_main = rank == 0
     say = log if is_main else (lambda *a, **k: None)
     full = default_config()
     full.update({k: v for k, v in given.items() if v is not None})
     if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
         full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
-    check_train_config(full, combinations=not full["resume"])
-    if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
-        check_model_sizes(given, full["model"], default_config())
-        check_data_flags(full, given)
+    try:   # the flags alone decide these: every rank meets them alike
+        check_train_config(full, combinations=not full["resume"])
+        if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
+            check_model_sizes(given, full["model"], default_config())
+            check_data_flags(full, given)
+    except (ValueError, DataError) as e:
+        ranks.alike(e)
+        raise
     if is_main:  # rank 0 alone draws the pictures
         check_extras("train", pictures=True, dataset=full["dataset"])
         if full["progress"] and not installed("tqdm"):   # a bar is no reason to stop
@@ -191,18 +145,15 @@ def _train(given: dict, log) -> dict:
             except ValueError as e:  # the flags passed alone: a saved value, or a mix
                 raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
                                       f"cannot be resumed: {e}") from None
-        metrics = _train_in_group(cfg, state, device, rank, world, say)
+        metrics = _train_in_group(cfg, state, device, rank, world, say,
+                                  _resume_flags(given, full["resume"], ("epochs", "lr")))
         failed = False
         return metrics
     except (KeyboardInterrupt, OSError, RuntimeError) as e:
         # so the command can say how to --resume (after a full disk, torch.compile's cache's
         # too, once it has room)
         e.run_folder = full["out"]
-        # the target and lr asked for, and what a resume was given besides (the final
-        # estimate's K, ...): the last checkpoint may still hold the old ones
-        keys = RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES if full["resume"] else ("epochs", "lr")
-        e.resume_flags = [f for k in keys if given.get(k) is not None
-                          for f in (f"--{k.replace('_', '-')}", str(given[k]))]
+        e.resume_flags = _resume_flags(given, full["resume"])
         e.another_rank = not is_main   # one Ctrl-C stops every rank: rank 0 says so
         e.resume_world = world
         raise
@@ -213,14 +164,27 @@ def _train(given: dict, log) -> dict:
             torch.distributed.destroy_process_group()
 
 
-def _train_in_group(cfg, state, device, rank, world, say):
+def _resume_flags(given: dict, resume: bool, skip=()) -> list:
+    """The flags a command that continues the run must repeat: the target and lr asked
+    for, and on a resume what it was given besides (the final estimate's K, ...), since
+    the last checkpoint may still hold the old ones."""
+    keys = RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES if resume else ("epochs", "lr")
+    return [f for k in keys if k not in skip and given.get(k) is not None
+            for f in (f"--{k.replace('_', '-')}", str(given[k]))]
+
+
+def _train_in_group(cfg, state, device, rank, world, say, resume_flags=()):
     is_main = rank == 0
     if cfg["batch_size"] % world:   # each rank's share of every global batch is equal
         run_s = "the run's " if state is not None else ""
-        raise ValueError(f"--batch-size: {run_s}global batch of {cfg['batch_size']} does not "
-                         f"split evenly among {world} processes; use a multiple of {world}")
+        raise ranks.alike(ValueError(
+            f"--batch-size: {run_s}global batch of {cfg['batch_size']} does not split evenly "
+            f"among {world} processes; use a multiple of {world}"))
     out = Path(cfg["out"])
     data = _load_data(cfg, state, device, is_main, world, say)
+    if len(data.train) < world:   # each rank's share of an epoch holds an image
+        raise ranks.alike(DataError(f"{data.name}: {len(data.train)} training image(s) for "
+                                    f"{world} processes; each needs at least one"))
     run = _build(cfg, state, data, device, rank, world, say)
     model = _wrap(run.core, cfg, device, world)
     sampler = None
@@ -244,7 +208,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
 
     guard = Guard(out / CHECKPOINT_NAME, run.start if state is not None else None, out,
                   cfg["lr"], check_grads=not run.use_scaler, epochs=cfg["epochs"],
-                  world=world)
+                  world=world, flags=resume_flags)
     t_run = time.perf_counter()
     for epoch in range(run.start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
@@ -254,7 +218,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         else:
             order = torch.randperm(len(train_x), generator=run.shuffle_gen)
         sums, steps = _train_epoch(run, model, guard, train_x, order, epoch, is_main)
-        sums = _all_reduce(sums, world, device)
+        sums = ranks.all_reduce(sums, world, device)
         n = sums[1].item()
         train_m = {"loss": sums[0].item() / n, **summarize(sums[2:], n)}
         train_m["elbo"] = train_m["rec"] - train_m["kl"]
@@ -264,7 +228,7 @@ def _train_in_group(cfg, state, device, rank, world, say):
         guard.epoch_end(run.opt, train_m, test_m, epoch, steps)
         run.history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
                             "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
-        rng = _rng_state(run.shuffle_gen, world)
+        rng = ranks.rng_state(run.shuffle_gen, world)
         if is_main:
             save_checkpoint({"config": cfg, "model": run.core.state_dict(),
                              "optimizer": run.opt.state_dict(),
@@ -282,8 +246,9 @@ def _train_in_group(cfg, state, device, rank, world, say):
     # The other ranks wait for rank 0's final estimate and pictures, which may take far
     # longer than the process group's timeout (30 min on gloo; a conv model's K=1000
     # estimate on a CPU takes hours): in a group of their own with no practical timeout.
-    # They still leave together, as a rank tearing down alone once hung.
-    finish_group = (torch.distributed.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
+    # They still leave together: a rank tearing down alone can hang in
+    # destroy_process_group.
+    finish_group = (torch.distributed.new_group(backend="gloo", timeout=ranks.FINISH_TIMEOUT)
                     if world > 1 else None)
     metrics = None
     if is_main:
@@ -344,7 +309,7 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         if use_scaler and state.get("scaler"):
             run.scaler.load_state_dict(state["scaler"])
         try:
-            _set_rng_state(state["rng"], run.shuffle_gen, rank, world)
+            ranks.set_rng_state(state["rng"], run.shuffle_gen, rank, world)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise CheckpointError(f"{ckpt_file}: its random-number state cannot be restored "
                                   f"({type(e).__name__}: {e})") from None
@@ -429,7 +394,7 @@ def _train_step(run, model, guard, x, epoch: int, step: int, steps: int) -> torc
            else contextlib.nullcontext())
     with ctx:
         loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
-    glob = _all_reduce(loss.detach().double().reshape(1), run.world, device) / run.world
+    glob = ranks.all_reduce(loss.detach().double().reshape(1), run.world, device) / run.world
     guard.loss(float(glob), epoch, step + 1, steps)
     terms = batch_terms(run.core, x, parts, cfg["backend"])
     run.opt.zero_grad(set_to_none=True)

@@ -271,6 +271,19 @@ def test_a_lost_peer_is_one_line_with_the_resume_command(tmp_path, monkeypatch, 
     assert f"`torchrun --nproc_per_node=2 -m fastvae train --resume --out {tmp_path}`" in err[0]
 
 
+def test_another_rank_says_an_error_that_may_be_its_own(monkeypatch, capsys):
+    """A data file missing on one node: not marked as met alike, so each rank says it."""
+    from fastvae.data import DataError
+
+    def missing(args):
+        raise DataError("data/x.npy not found")
+    monkeypatch.setattr(cli, "_cmd_train", missing)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train"]) == 2
+    assert capsys.readouterr().err == "[rank 1] fastvae train: error: data/x.npy not found\n"
+
+
 def test_other_ranks_leave_errors_every_rank_meets_to_rank_0(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

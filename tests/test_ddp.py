@@ -138,12 +138,23 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
     assert lines == ["fastvae train: error: --batch-size: global batch of 33 does not split "
                      f"evenly among {WORLD} processes; use a multiple of {WORLD}"], r.stderr
     assert not (tmp_path / "run").exists()
+    # fewer training images than ranks: an epoch would give a rank none
+    import numpy as np
+    np.save(tmp_path / "two.npy", np.zeros((2, 4, 4), np.uint8))
+    r = subprocess.run(
+        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
+         "--epochs", "1", "--batch-size", "2", "--no-progress", "--device", "cpu",
+         "--iwae-k", "0", "--dataset", str(tmp_path / "two.npy"), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
+    assert lines == [f"fastvae train: error: two.npy: 1 training image(s) for {WORLD} "
+                     "processes; each needs at least one"], r.stderr
 
 
 def test_ranks_resumed_in_another_number_draw_their_own_noise():
     """A checkpoint of another world size has no state for each rank: rank 0 continues
     the saved stream, the others streams of their own, the same ones on every resume."""
-    from fastvae.train import _set_rng_state
+    from fastvae.ranks import set_rng_state as _set_rng_state
 
     torch.manual_seed(5)
     state = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state()}

@@ -60,6 +60,35 @@ def test_a_triton_run_goes_on_on_a_cpu_with_another_backend(run, tmp_path, capsy
     assert torch.load(moved / CHECKPOINT_NAME, weights_only=True)["config"]["backend"] == "torch"
 
 
+def test_a_triton_run_on_a_machine_without_triton_says_which_flag(run, tmp_path, capsys,
+                                                                  monkeypatch):
+    from fastvae import backends
+    monkeypatch.setattr(backends, "triton_available", lambda: False)
+    moved = _copy(run, tmp_path / "moved", backend="triton")
+    capsys.readouterr()
+    assert cli.main(["eval", str(moved), "--k", "0", "--device", "cpu"]) == 2
+    err = _err_line(capsys)
+    assert "needs the triton package" in err and "pass --backend auto (or torch)" in err
+    assert cli.main(["train", "--resume", "--out", str(moved), "--epochs", "2",
+                     "--no-progress", "--device", "cpu"]) == 2
+    assert "resume it with --backend auto (or torch)" in _err_line(capsys)
+
+
+def test_a_nan_stop_in_a_resume_repeats_what_it_was_given(run, tmp_path):
+    """The NaN policy's command, like a signal's, repeats the flags a resume was given
+    (its last good checkpoint may be the one from before them)."""
+    from fastvae.guard import Guard, NonFiniteLoss
+    from fastvae.train import _resume_flags
+
+    given = {"epochs": 3, "iwae_k": 500, "backend": "torch", "lr": 0.1}
+    guard = Guard(CHECKPOINT_NAME, 1, "out", 0.1, epochs=3,
+                  flags=_resume_flags(given, True, ("epochs", "lr")))
+    guard.stepped = True
+    with pytest.raises(NonFiniteLoss, match=r"`fastvae train --resume --out out --epochs 3 "
+                                            r"--iwae-k 500 --backend torch --lr 0.01`"):
+        guard.loss(float("nan"), 2, 1, 5)
+
+
 def test_a_stopped_resume_s_command_repeats_what_it_was_given(run, tmp_path, capsys,
                                                              monkeypatch):
     """Stopped before its first checkpoint, a resume's checkpoint still holds the old K

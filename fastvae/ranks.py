@@ -1,0 +1,66 @@
+"""What ``fastvae train`` does differently under torchrun: the ranks' environment, sums
+over them, each rank's random state in a checkpoint, and which errors every rank meets
+alike (so that rank 0 alone reports them)."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+
+
+def alike(e: BaseException) -> BaseException:
+    """``e``, marked as an error every rank meets alike (it follows from the flags, the
+    world size or rank 0's broadcast): the command prints it on rank 0 only. Any other
+    error is printed by each rank that meets it, as it may be that rank's alone (a data
+    file missing on one node)."""
+    e.alike = True
+    return e
+
+
+# the other ranks' wait for rank 0's final estimate (see train._train_in_group)
+FINISH_TIMEOUT = datetime.timedelta(days=30)
+
+
+def dist_env():
+    """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def all_reduce(t: torch.Tensor, world: int, device) -> torch.Tensor:
+    """Sum over ranks, returned on the CPU (NCCL reduces only CUDA tensors)."""
+    if world > 1:
+        t = t.to(device)
+        torch.distributed.all_reduce(t)
+    return t.cpu()
+
+
+def rng_state(shuffle_gen, world: int) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if world > 1:  # every rank draws its own noise; rank 0 saves them all
+        mine = {k: v for k, v in state.items() if k != "shuffle"}
+        states = [None] * world
+        torch.distributed.all_gather_object(states, mine)
+        state["per_rank"] = states
+    return state
+
+
+def set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
+    per_rank = state.get("per_rank")
+    own = per_rank[rank] if world > 1 and per_rank and len(per_rank) == world else state
+    torch.set_rng_state(own["torch"])
+    if "cuda" in own and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(own["cuda"])
+    shuffle_gen.set_state(state["shuffle"])
+    if world > 1 and own is state and rank:
+        # another number of processes than the run had: rank 0 continues the saved
+        # stream, and every other rank a stream of its own derived from it (the same
+        # state on every rank would draw the same noise on each, for good)
+        base = int(torch.randint(2 ** 62, (1,), generator=torch.Generator().set_state(
+            state["torch"])))
+        torch.manual_seed(base + rank)

@@ -240,3 +240,20 @@ def test_loss_sign_refuses_bad_flags_up_front(monkeypatch, capsys):
     _usage_error(capsys, mod.main, ["--rounds", "0"], "--rounds")
     _usage_error(capsys, mod.main, ["--backend", "cuda"], "--backend")
     _usage_error(capsys, mod.main, ["--op", "elbo"], "--op")
+    _usage_error(capsys, mod.main, ["--device", "tpu"], "--device")
+    if not torch.cuda.is_available():   # a device or backend this machine lacks: one line
+        _usage_error(capsys, mod.main, ["--device", "cuda"], "no CUDA device")
+        if not os.environ.get("TRITON_INTERPRET"):
+            _usage_error(capsys, mod.main, ["--backend", "triton"], "needs CUDA tensors")
+
+
+@pytest.mark.parametrize("op", ["iwae", "dmol"])
+def test_loss_sign_times_both_forms_of_each_case(monkeypatch, capsys, op):
+    mod = _module("loss_sign", monkeypatch)
+    calls = []
+    monkeypatch.setattr(mod, "step", lambda fn, inputs, wrt: calls.append(fn))
+    assert mod.main(["--op", op, "--rounds", "1", "--calls", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    cases = len(out) - 1
+    assert cases >= 2 and len(calls) == cases * 2 * 2   # warm-up and one sample, each form
+    assert all(" / " in line for line in out[1:])

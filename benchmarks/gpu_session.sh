@@ -59,6 +59,16 @@ set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 STAGE_NAMES="env bar captured probe tiles host hvae ncu ncu-iwae tests"
 # A misspelt name would otherwise match nothing and the call would measure nothing.
+# "tests, tiles" reads as "tests,tiles"; a list of commas alone names no stage.
+if [ -n "${FASTVAE_GPU_STAGES:-}" ]; then
+  _given=$FASTVAE_GPU_STAGES
+  FASTVAE_GPU_STAGES=${FASTVAE_GPU_STAGES//[[:space:]]/}
+  if [ -z "${FASTVAE_GPU_STAGES//,/}" ]; then
+    echo "gpu_session: FASTVAE_GPU_STAGES='$_given' names no stage; the names:" \
+      "${STAGE_NAMES// /, } (unset it for all)" >&2
+    exit 2
+  fi
+fi
 IFS=, read -r -a _picked <<<"${FASTVAE_GPU_STAGES:-}"
 _bad=""
 for _s in ${_picked[@]+"${_picked[@]}"}; do
@@ -189,7 +199,7 @@ fi
 _failed=$FAILED
 stage "env" 40 "$OUT/env.txt" "$PY" -c "$ENV_PY"
 HAVE_CUDA=$?
-[ "$HAVE_CUDA" = 3 ] && FAILED=$_failed   # the probe's "no CUDA": exit 2, not a failure
+[ "$HAVE_CUDA" = 3 ] && { FAILED=$_failed; bundle; }   # the probe's "no CUDA": exit 2, not a failure
 if command -v nvidia-smi >/dev/null 2>&1; then
   timeout 10 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu \
     --format=csv >>"$OUT/env.txt" 2>&1

@@ -145,6 +145,10 @@ def test_gpu_session_refuses_an_unknown_stage_before_anything_runs(tmp_path):
     (line,) = res.stderr.splitlines()
     assert "unknown stage 'tile', 'hvae-loop' in FASTVAE_GPU_STAGES" in line
     assert "ncu-iwae" in line and not (tmp_path / "out").exists()
+    for empty in (",", " , "):   # set, but naming no stage: not "every stage"
+        res = _session(tmp_path, "#!/bin/sh\nexit 0\n", FASTVAE_GPU_STAGES=empty)
+        assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+        assert "names no stage" in res.stderr and not (tmp_path / "out").exists()
 
 
 @needs_bash
@@ -161,7 +165,7 @@ case "$*" in
 esac
 exit 0
 """
-    res = _session(tmp_path, stub, FASTVAE_GPU_STAGES="bar")
+    res = _session(tmp_path, stub, FASTVAE_GPU_STAGES=" bar ")   # spaces are ignored
     out = tmp_path / "out"
     assert res.returncode == 1, res.stdout + res.stderr
     assert res.stdout.splitlines()[-1] == "gpu_session: failed or timed out: bar elbo (exit 1)"

@@ -231,6 +231,23 @@ def test_fallback_without_compiler(monkeypatch):
         _native.reset()
 
 
+def test_a_cc_naming_no_compiler_is_said_not_replaced(monkeypatch, tmp_path):
+    """``CC`` set to what is not on PATH: not a quiet build with cc instead, but the aten
+    path with the reason in the status and the once-a-process warning."""
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-cc-17")
+    monkeypatch.setattr(_native, "_warned", False)
+    _native.reset()
+    try:
+        with pytest.warns(RuntimeWarning, match="CC='no-such-cc-17' is not an executable"):
+            assert _native.load() is None
+        assert "no-such-cc-17" in _native.status()
+        _elbo_matches_reference()
+    finally:
+        monkeypatch.undo()
+        _native.reset()
+
+
 def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "_OPENMP_FLAGS", ["--no-such-flag-for-fastvae"])

@@ -3,8 +3,8 @@ shared ``vecmath.h``) is built into one library; ``bernoulli_rows.c`` holds the 
 Bernoulli rows of the ELBO, and other kernels bind their entry points with
 :func:`symbol` and split rows over threads with :func:`for_rows`.
 
-The library is compiled with the system C compiler (``$CC``, else ``cc``/``gcc``/
-``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fastvae``,
+The library is compiled with the system C compiler (``$CC``, which must then name one,
+else ``cc``/``gcc``/``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fastvae``,
 else ``~/.cache/fastvae``), keyed by a hash of source, compiler, flags and CPU, and loaded
 with ctypes; later processes load the cached library. :func:`load` returns None where it
 cannot be used (no compiler, failed build or load, ``FASTVAE_NATIVE=0``); the caller then
@@ -83,8 +83,18 @@ if hasattr(os, "register_at_fork"):
 
 
 def _compiler():
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
+    """The compiler's path: ``$CC``'s where set (ValueError where it names no executable:
+    building with another compiler than the one asked for would go unnoticed), else the
+    first of cc/gcc/clang found; None without one."""
+    asked = os.environ.get("CC", "").strip()
+    if asked:
+        found = shutil.which(asked)
+        if found is None:
+            raise ValueError(f"CC={asked!r} is not an executable on PATH (CC names one "
+                             "compiler, without arguments)")
+        return found
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
             return shutil.which(name)
     return None
 
@@ -316,7 +326,10 @@ def _load():
     if switch not in ("1", "true", "yes", "on"):   # said once (load warns), not taken as on
         return None, None, False, (f"FASTVAE_NATIVE={os.environ['FASTVAE_NATIVE']!r} is "
                                    "neither 1/true/yes/on nor 0/false/no/off")
-    cc = _compiler()
+    try:
+        cc = _compiler()
+    except ValueError as e:
+        return None, None, False, str(e)
     if cc is None:
         return None, None, False, "no C compiler found (set CC)"
     try:

@@ -721,3 +721,36 @@ def test_a_killed_build_s_folder_is_removed_by_the_next_build(cache):
     if native.load() is None:
         pytest.skip(f"compiled kernel unavailable here: {native.status()}")
     assert not old.exists() and young.exists()
+
+
+def test_a_library_no_process_loaded_for_a_month_goes_when_another_is_built(cache, monkeypatch):
+    """Each source, compiler or CPU change builds a new library beside the old ones.
+    Loading one touches its hash file; building another removes the ones untouched for
+    UNUSED_LIBRARY_S, and leaves recently loaded ones (another install's, say) alone."""
+    old_s = native.UNUSED_LIBRARY_S + 3600
+    stale, recent = cache / "fastvae_cpu_0000stale.so", cache / "fastvae_cpu_000recent.so"
+    for lib in (stale, recent):
+        lib.write_bytes(b"lib")
+        (cache / (lib.name + ".sha256")).write_text("x" * 64 + "\n")
+    for f in (stale, cache / (stale.name + ".sha256")):
+        t = os.stat(f).st_mtime - old_s
+        os.utime(f, (t, t))
+    sources, flags = (("k.c", b"int f(void) { return 1; }\n"),), ["-shared"]
+    built = []
+
+    def fake_build(src, cc, fl, path):   # what _build leaves: the library and its hash
+        built.append(path)
+        with open(path, "wb") as f:
+            f.write(b"built")
+        with open(path + ".sha256", "w") as f:
+            f.write(native._sha256(path) + "\n")
+    monkeypatch.setattr(native, "_build", fake_build)
+    path = native._library(sources, "/usr/bin/cc", flags)
+    assert built == [path] and os.path.exists(path)
+    assert not stale.exists() and not (cache / (stale.name + ".sha256")).exists()
+    assert recent.exists()
+    # a load of the cached library builds nothing and marks it as in use
+    t = os.stat(path + ".sha256").st_mtime - old_s
+    os.utime(path + ".sha256", (t, t))
+    assert native._library(sources, "/usr/bin/cc", flags) == path and len(built) == 1
+    assert os.stat(path + ".sha256").st_mtime > t + old_s / 2

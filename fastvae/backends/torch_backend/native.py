@@ -6,7 +6,8 @@ Bernoulli rows of the ELBO, and other kernels bind their entry points with
 The library is compiled with the system C compiler (``$CC``, which must then name one,
 else ``cc``/``gcc``/``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fastvae``,
 else ``~/.cache/fastvae``), keyed by a hash of source, compiler, flags and CPU, and loaded
-with ctypes; later processes load the cached library. :func:`load` returns None where it
+with ctypes; later processes load the cached library (one no process loaded for 30 days
+is removed when another is built). :func:`load` returns None where it
 cannot be used (no compiler, failed build or load, ``FASTVAE_NATIVE=0``); the caller then
 runs the same math as aten ops, and :func:`status` says why. A fallback caused by a
 failure warns once per process; one asked for with ``FASTVAE_NATIVE=0`` does not.
@@ -31,6 +32,7 @@ against someone who can write to the cache directory.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import concurrent.futures
 import ctypes
 import hashlib
@@ -232,13 +234,49 @@ def _drop_stale_builds(d: str) -> None:
             pass   # gone already: another builder cleaned it
 
 
+# A library no process has loaded for this long (an older fastvae's, another CPU's or
+# compiler's) is removed when the next one is built: each build leaves ~0.1 MB behind.
+UNUSED_LIBRARY_S = 30 * 24 * 3600
+
+
+def _drop_unused_libraries(d: str, keep: str) -> None:
+    """Remove the cached libraries besides ``keep`` whose hash file (touched by every
+    load, :func:`_library`) is older than :data:`UNUSED_LIBRARY_S`. A process that has
+    one loaded keeps its mapping; a later one would build it again."""
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(d) if n.startswith("fastvae_cpu_") and n.endswith(".so")]
+    except OSError:
+        return
+    for name in names:
+        lib = os.path.join(d, name)
+        if lib == keep:
+            continue
+        try:
+            stamp = os.stat(lib + ".sha256").st_mtime
+        except OSError:
+            try:
+                stamp = os.stat(lib).st_mtime
+            except OSError:
+                continue   # gone already: another builder cleaned it
+        if now - stamp > UNUSED_LIBRARY_S:
+            for f in (lib, lib + ".sha256"):
+                with contextlib.suppress(OSError):
+                    os.remove(f)
+
+
 def _library(sources, cc: str, flags) -> str:
     """The path of a verified library for these flags, built (or rebuilt) if needed."""
     path = library_path(sources, cc, flags)
-    if not verified(path):  # missing, truncated, zero-length, altered, or no hash file
-        _build(sources, cc, flags, path)
-        if not verified(path):
-            raise OSError(f"{path} does not match its recorded hash after a rebuild")
+    if verified(path):
+        with contextlib.suppress(OSError):   # in use: see _drop_unused_libraries
+            os.utime(path + ".sha256")
+        return path
+    # missing, truncated, zero-length, altered, or no hash file
+    _drop_unused_libraries(os.path.dirname(path), path)
+    _build(sources, cc, flags, path)
+    if not verified(path):
+        raise OSError(f"{path} does not match its recorded hash after a rebuild")
     return path
 
 

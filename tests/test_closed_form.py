@@ -231,23 +231,6 @@ def test_fallback_without_compiler(monkeypatch):
         _native.reset()
 
 
-def test_a_cc_naming_no_compiler_is_said_not_replaced(monkeypatch, tmp_path):
-    """``CC`` set to what is not on PATH: not a quiet build with cc instead, but the aten
-    path with the reason in the status and the once-a-process warning."""
-    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", "no-such-cc-17")
-    monkeypatch.setattr(_native, "_warned", False)
-    _native.reset()
-    try:
-        with pytest.warns(RuntimeWarning, match="CC='no-such-cc-17' is not an executable"):
-            assert _native.load() is None
-        assert "no-such-cc-17" in _native.status()
-        _elbo_matches_reference()
-    finally:
-        monkeypatch.undo()
-        _native.reset()
-
-
 def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "_OPENMP_FLAGS", ["--no-such-flag-for-fastvae"])
@@ -263,15 +246,23 @@ def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
         _native.reset()
 
 
-def test_an_unknown_switch_value_is_said_not_taken_as_on(monkeypatch):
-    """FASTVAE_NATIVE=banana: the aten path, with the one warning that names the variable
-    (a typo was read as on, silently)."""
-    monkeypatch.setenv("FASTVAE_NATIVE", "banana")
+@pytest.mark.parametrize("var, value, said", [
+    # a typo was read as on, silently
+    ("FASTVAE_NATIVE", "banana", "FASTVAE_NATIVE='banana' is neither"),
+    # a compiler not on PATH (or CC='ccache gcc') was replaced by cc, silently
+    ("CC", "no-such-cc-17", "CC='no-such-cc-17' is not an executable"),
+])
+def test_a_setting_that_cannot_be_honoured_is_said_not_replaced(monkeypatch, tmp_path, var,
+                                                                 value, said):
+    """The aten path, with the one warning that names the variable, and the status."""
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(var, value)
     monkeypatch.setattr(_native, "_warned", False)
     _native.reset()
     try:
-        with pytest.warns(RuntimeWarning, match="FASTVAE_NATIVE='banana' is neither"):
+        with pytest.warns(RuntimeWarning, match=said):
             assert _native.load() is None
+        assert value in _native.status()
         _elbo_matches_reference()
     finally:
         monkeypatch.undo()

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from fastvae.backends.torch_backend import native
+from fastvae.backends.torch_backend import openmp
+from fastvae.backends.torch_backend.elf import elf_needed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -332,7 +334,7 @@ def test_both_vector_widths_compute_the_same_bits(tmp_path, monkeypatch):
 def test_status_names_the_threading():
     _kernel_or_skip()
     s = native.status()
-    runtime = native.torch_openmp_runtime()
+    runtime = openmp.torch_openmp_runtime()
     if runtime is not None and "OpenMP threads" in s:
         assert runtime in s and native._openmp
     else:
@@ -343,15 +345,15 @@ def test_torch_openmp_runtime_read_from_its_library():
     """On an OpenMP build of torch the runtime's soname comes from torch's own library,
     and that library is mapped in this process."""
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        assert native.torch_openmp_runtime() is None
+        assert openmp.torch_openmp_runtime() is None
         return
     lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-    needed = native.elf_needed(lib)
+    needed = elf_needed(lib)
     if needed is None:
         pytest.skip("torch's library is not ELF64 here")
     assert "libc10.so" in needed
-    runtime = native.torch_openmp_runtime()
-    assert runtime is not None and runtime in needed and native._loaded(runtime)
+    runtime = openmp.torch_openmp_runtime()
+    assert runtime is not None and runtime in needed and openmp.loaded(runtime)
 
 
 def test_status_names_torchs_runtime_beside_other_copies():
@@ -359,18 +361,18 @@ def test_status_names_torchs_runtime_beside_other_copies():
     the OpenMP build shares, torch's."""
     pytest.importorskip("sklearn.utils._openmp_helpers")
     _kernel_or_skip()
-    runtime = native.torch_openmp_runtime()
+    runtime = openmp.torch_openmp_runtime()
     if not native._openmp or runtime is None:
         pytest.skip(native.status())
-    (path,) = native._mapped_paths(runtime)
+    (path,) = openmp.mapped_paths(runtime)
     assert os.path.basename(path).startswith(runtime) and path in native.status()
 
 
 def test_elf_needed_of_non_elf(tmp_path):
     p = tmp_path / "x.so"
     p.write_bytes(b"not an ELF file at all" * 10)
-    assert native.elf_needed(str(p)) is None
-    assert native.elf_needed(str(tmp_path / "missing.so")) is None
+    assert elf_needed(str(p)) is None
+    assert elf_needed(str(tmp_path / "missing.so")) is None
 
 
 def _rows(x, l, threads):
@@ -391,11 +393,11 @@ def test_without_torchs_runtime_builds_without_openmp(cache, monkeypatch, why):
         pytest.skip(f"compiled kernel unavailable here: {native.status()}")
     want = _rows(x, l, 1)
     if why == "torch-not-openmp":
-        monkeypatch.setattr(native, "torch_openmp_runtime", lambda: None)
+        monkeypatch.setattr(openmp, "torch_openmp_runtime", lambda: None)
     elif why == "runtime-not-loaded":
-        monkeypatch.setattr(native, "_loaded", lambda soname: False)
+        monkeypatch.setattr(openmp, "loaded", lambda soname: False)
     else:
-        monkeypatch.setattr(native, "_mapped_paths", lambda so: ["/a/" + so, "/b/" + so])
+        monkeypatch.setattr(openmp, "mapped_paths", lambda so: ["/a/" + so, "/b/" + so])
     loaded = []
     bind = native._bind
     monkeypatch.setattr(native, "_bind", lambda p: loaded.append(p) or bind(p))
@@ -403,7 +405,7 @@ def test_without_torchs_runtime_builds_without_openmp(cache, monkeypatch, why):
     assert native.load() is not None
     assert "without OpenMP" in native.status() and not native._openmp
     for p in loaded:  # the OpenMP build was never dlopen'ed
-        needed = native.elf_needed(p)
+        needed = elf_needed(p)
         assert needed is not None and not any("omp" in n for n in needed), (p, needed)
     for n in (1, 2, 3, 7):
         got = _rows(x, l, n)
@@ -414,7 +416,7 @@ def test_thread_pool_is_rebuilt_in_a_forked_child(cache, monkeypatch):
     """A forked child has none of the parent's pool threads: it must not wait on them."""
     if not hasattr(os, "fork"):
         pytest.skip("no fork")
-    monkeypatch.setattr(native, "torch_openmp_runtime", lambda: None)
+    monkeypatch.setattr(openmp, "torch_openmp_runtime", lambda: None)
     _kernel_or_skip()
     x, l = torch.rand(64, 600), torch.randn(64, 600)
     want = _rows(x, l, 2)  # starts the parent's pool
@@ -524,6 +526,8 @@ import json, warnings
 warnings.simplefilter("always")
 import torch, fastvae
 from fastvae.backends.torch_backend import native
+from fastvae.backends.torch_backend import openmp
+from fastvae.backends.torch_backend.elf import elf_needed
 g = torch.Generator().manual_seed(0)
 x, r = torch.rand(33, 101, generator=g), torch.randn(33, 101, generator=g).requires_grad_()
 mu, lv = torch.randn(33, 4, generator=g), torch.randn(33, 4, generator=g)
@@ -692,7 +696,7 @@ def test_unverifiable_library_is_never_loaded(cache, monkeypatch):
         assert native.load() is None
     assert bound == []
     # each build tried once, the OpenMP one first where torch's runtime is OpenMP
-    assert built == ([native._OPENMP_FLAGS] if native.torch_openmp_runtime() else []) + \
+    assert built == ([native._OPENMP_FLAGS] if openmp.torch_openmp_runtime() else []) + \
         list(native._PLAIN_FLAG_SETS)
 
 

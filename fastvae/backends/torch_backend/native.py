@@ -49,7 +49,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..._durable import fsync_dir
-from .elf import elf_needed
+from . import openmp
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 
@@ -234,8 +234,9 @@ def _drop_stale_builds(d: str) -> None:
             pass   # gone already: another builder cleaned it
 
 
-# A library no process has loaded for this long (an older fastvae's, another CPU's or
-# compiler's) is removed when the next one is built: each build leaves ~0.1 MB behind.
+# A library no process has loaded for this long (another CPU's or compiler's, an older
+# source's) is removed when the next one is built: each build leaves ~0.1 MB behind. A
+# fastvae older than this rule never marks its library as in use: it rebuilds it then.
 UNUSED_LIBRARY_S = 30 * 24 * 3600
 
 
@@ -268,9 +269,9 @@ def _drop_unused_libraries(d: str, keep: str) -> None:
 def _library(sources, cc: str, flags) -> str:
     """The path of a verified library for these flags, built (or rebuilt) if needed."""
     path = library_path(sources, cc, flags)
+    with contextlib.suppress(OSError):   # in use (first: a builder may be pruning now)
+        os.utime(path + ".sha256")
     if verified(path):
-        with contextlib.suppress(OSError):   # in use: see _drop_unused_libraries
-            os.utime(path + ".sha256")
         return path
     # missing, truncated, zero-length, altered, or no hash file
     _drop_unused_libraries(os.path.dirname(path), path)
@@ -278,57 +279,6 @@ def _library(sources, cc: str, flags) -> str:
     if not verified(path):
         raise OSError(f"{path} does not match its recorded hash after a rebuild")
     return path
-
-
-def _loaded(soname: str) -> bool:
-    """Whether a library with this soname is already loaded (the dynamic linker's own
-    test: it binds a DT_NEEDED entry to a loaded object of the same soname)."""
-    try:
-        ctypes.CDLL(soname, mode=getattr(os, "RTLD_NOLOAD", 4) | os.RTLD_LAZY)
-        return True
-    except OSError:
-        return False
-
-
-def _mapped_paths(soname: str) -> List[str]:
-    """The distinct files mapped under ``soname`` (other copies of a runtime, e.g.
-    scikit-learn's ``libgomp-<hash>.so.1.0.0``, carry sonames of their own)."""
-    paths: List[str] = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                p = line.split()[-1]
-                name = os.path.basename(p)
-                if (name == soname or name.startswith(soname + ".")) and p not in paths:
-                    paths.append(p)
-    except OSError:
-        pass
-    return paths
-
-
-def torch_openmp_runtime() -> Optional[str]:
-    """The OpenMP runtime's soname torch links, if torch's parallel backend is OpenMP
-    and the soname can be read from its library; else None."""
-    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
-        return None
-    lib = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
-    omp = [n for n in elf_needed(lib) or [] if "omp" in n]
-    return omp[0] if len(omp) == 1 else None
-
-
-def _openmp_check(path: str) -> str:
-    """Empty when the OpenMP build at ``path`` would share torch's runtime, else why not."""
-    torch_omp = torch_openmp_runtime()
-    if torch_omp is None:
-        return "torch's parallel backend is not a known OpenMP runtime"
-    ours = [n for n in elf_needed(path) or [] if "omp" in n]
-    if ours != [torch_omp]:
-        return f"the OpenMP build links {ours or 'no known runtime'}, torch links {torch_omp}"
-    if not _loaded(torch_omp):
-        return f"{torch_omp} is not loaded in this process"
-    if len(_mapped_paths(torch_omp)) > 1:  # which one would the linker bind? not ours to guess
-        return f"two files named {torch_omp} are loaded: {_mapped_paths(torch_omp)}"
-    return ""
 
 
 def _bind(path: str):
@@ -376,14 +326,14 @@ def _load():
         return None, None, False, f"kernel source unreadable: {e}"
     errors = []
     why_not_omp = "torch's parallel backend is not a known OpenMP runtime"
-    if torch_openmp_runtime() is not None:
+    if openmp.torch_openmp_runtime() is not None:
         try:
             path = _library(source, cc, _OPENMP_FLAGS)
-            why_not_omp = _openmp_check(path)  # before dlopen: it would load the runtime
+            why_not_omp = openmp.openmp_check(path)  # before dlopen: it would load the runtime
             if not why_not_omp:
                 lib, fn, omp = _bind(path)
-                runtime = torch_openmp_runtime()
-                where = (_mapped_paths(runtime) or ["?"])[0]
+                runtime = openmp.torch_openmp_runtime()
+                where = (openmp.mapped_paths(runtime) or ["?"])[0]
                 return lib, fn, omp, (f"loaded: OpenMP threads in torch's runtime {runtime} "
                                       f"({where}); {lanes(lib)} lanes; {cc} "
                                       f"{' '.join(_OPENMP_FLAGS)}")

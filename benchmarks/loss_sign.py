@@ -66,8 +66,11 @@ def main(argv=None) -> int:
                                                           if n != "auto"])
     p.add_argument("--rounds", type=o.positive_int, default=15)
     p.add_argument("--calls", type=o.positive_int, default=5, help="steps a timed sample")
-    p.add_argument("--device", type=o.device, default="cpu")
+    p.add_argument("--device", type=o.device, default="cpu",
+                   help="cpu, cuda or cuda:N (where a sample ends with a synchronize)")
     args = p.parse_args(argv)
+    if torch.device(o.auto_device(args.device)).type not in ("cpu", "cuda"):
+        p.error(f"--device {args.device}: only cpu and cuda are timed (synchronized)")
     try:
         dev = o.resolve_device(args.device)
         backends.select(args.backend, dev)

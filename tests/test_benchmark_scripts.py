@@ -244,7 +244,8 @@ def test_loss_sign_refuses_bad_flags_up_front(monkeypatch, capsys):
     if not torch.cuda.is_available():   # a device or backend this machine lacks: one line
         _usage_error(capsys, mod.main, ["--device", "cuda"], "no CUDA device")
         if not os.environ.get("TRITON_INTERPRET"):
-            _usage_error(capsys, mod.main, ["--backend", "triton"], "needs CUDA tensors")
+            _usage_error(capsys, mod.main, ["--backend", "triton"], "triton")
+    _usage_error(capsys, mod.main, ["--device", "mps"], "only cpu and cuda")
 
 
 @pytest.mark.parametrize("op", ["iwae", "dmol"])

@@ -32,7 +32,7 @@ def is_cuda(device: str) -> bool:
 
 def sync(device: str) -> None:
     if is_cuda(device):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)   # "cuda:1": that device, not the current one
 
 
 def l2_flusher(device: str) -> Optional[Callable[[], None]]:

@@ -359,7 +359,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     # under torchrun rank 0 alone says what every rank meets alike (a bad flag; a loss,
-    # averaged over the ranks; fastvae.ranks.alike); another rank says what may be its own
+    # averaged over the ranks: fastvae.ranks.alike); another rank says what may be its own
     quiet = _other_rank()
     try:
         with stops.handled():
@@ -376,8 +376,8 @@ def main(argv=None) -> int:
                           f"{line}; {resume} from its last checkpoint"), file=sys.stderr)
         return 2
     except NonFiniteLoss as e:
-        if not quiet:
-            print(f"fastvae {args.command}: training stopped: {e}", file=sys.stderr)
+        if not (quiet and getattr(e, "alike", False)):
+            print(_ranked(f"fastvae {args.command}: training stopped: {e}"), file=sys.stderr)
         return 3
     except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,
         # --k too big (numpy's picture grid raises MemoryError)
@@ -401,8 +401,11 @@ def main(argv=None) -> int:
         print(_ranked(line), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        if not getattr(e, "another_rank", False):   # torchrun: rank 0 alone prints
-            print(_interrupted_line(args.command, e), file=sys.stderr)
+        if not quiet:   # one Ctrl-C reaches every rank: rank 0 alone says so
+            line = _interrupted_line(args.command, e)
+            if isinstance(e, Terminated) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                line += " (torchrun stops every process once one fails: see its error)"
+            print(line, file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
 
 

@@ -1,6 +1,6 @@
 """What ``fastvae train`` does differently under torchrun: the ranks' environment, sums
 over them, each rank's random state in a checkpoint, and which errors every rank meets
-alike (so that rank 0 alone reports them)."""
+alike (so that rank 0 alone reports them, :func:`together` where only the ranks can tell)."""
 from __future__ import annotations
 
 import datetime
@@ -16,6 +16,35 @@ def alike(e: BaseException) -> BaseException:
     file missing on one node)."""
     e.alike = True
     return e
+
+
+class RankError(ValueError):
+    """What stopped other ranks of the run, as rank 0 reports it (:func:`together`)."""
+
+
+def together(fn, rank: int, world: int):
+    """``fn()`` on every rank, then how it ended compared over the ranks (a collective:
+    every rank must call it). Where any rank failed, every rank raises, and rank 0 alone
+    reports: its own error where every failing rank met that same one (the flags, the
+    run folder), else each failing rank's message, named (a rank's own machine or files);
+    the other ranks' errors are marked :func:`alike`, so none is printed twice and none
+    is lost. Without torchrun, ``fn()``."""
+    if world <= 1:
+        return fn()
+    try:
+        out, err = fn(), None
+    except Exception as e:   # any: a rank that skipped the gather would hang the others
+        out, err = None, e
+    said = [None] * world
+    torch.distributed.all_gather_object(said, None if err is None else str(err))
+    failed = [(r, s) for r, s in enumerate(said) if s is not None]
+    if not failed:
+        return out
+    if rank:
+        raise alike(err if err is not None else RankError("another rank stopped"))
+    if all(s == said[0] for _, s in failed):
+        raise err
+    raise RankError("; ".join(f"rank {r}: {s}" for r, s in failed)) from err
 
 
 # the other ranks' wait for rank 0's final estimate (see train._train_in_group)

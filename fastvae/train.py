@@ -124,12 +124,10 @@ def _train(given: dict, log) -> dict:
     except (ValueError, DataError) as e:
         ranks.alike(e)
         raise
-    if is_main:  # rank 0 alone draws the pictures
-        check_extras("train", pictures=True, dataset=full["dataset"])
-        if full["progress"] and not installed("tqdm"):   # a bar is no reason to stop
-            say("note: no progress bar: tqdm is not installed (pip install 'fastvae[train]'; "
-                "--no-progress hides this note)")
-    device = resolve_device(full["device"], local_rank)
+    try:   # this machine's (under torchrun said after the group is up: see ranks.together)
+        device, device_error = resolve_device(full["device"], local_rank), None
+    except ValueError as e:
+        device, device_error = torch.device("cpu"), e
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         if device.type == "cuda":
@@ -137,15 +135,11 @@ def _train(given: dict, log) -> dict:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     folder, failed = None, True
     try:
+        ranks.together(lambda: _machine_ready(full, device_error, is_main, say), rank, world)
         folder, full["out"] = _claim_folder(full, is_main, world)
-        cfg, state = prepare_config(given, full, say)
-        if state is not None:   # a resumed run's combination: its checkpoint's, as it trains
-            try:
-                check_train_config(cfg)
-            except ValueError as e:  # the flags passed alone: a saved value, or a mix
-                raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
-                                      f"cannot be resumed: {e}") from None
-        metrics = _train_in_group(cfg, state, device, rank, world, say,
+        cfg, state, backend = ranks.together(lambda: _settled(given, full, device, say),
+                                             rank, world)
+        metrics = _train_in_group(cfg, state, device, backend, rank, world, say,
                                   _resume_flags(given, full["resume"], ("epochs", "lr")))
         failed = False
         return metrics
@@ -154,7 +148,6 @@ def _train(given: dict, log) -> dict:
         # too, once it has room)
         e.run_folder = full["out"]
         e.resume_flags = _resume_flags(given, full["resume"])
-        e.another_rank = not is_main   # one Ctrl-C stops every rank: rank 0 says so
         e.resume_world = world
         raise
     finally:
@@ -162,6 +155,36 @@ def _train(given: dict, log) -> dict:
             folder.close(failed)
         if own_group:
             torch.distributed.destroy_process_group()
+
+
+def _machine_ready(full: dict, device_error, is_main: bool, say) -> None:
+    """What this machine lacks for the run: the device asked for, and on rank 0 (which
+    alone draws the pictures) the plotting packages."""
+    if device_error is not None:
+        raise device_error
+    if is_main:
+        check_extras("train", pictures=True, dataset=full["dataset"])
+        if full["progress"] and not installed("tqdm"):   # a bar is no reason to stop
+            say("note: no progress bar: tqdm is not installed (pip install 'fastvae[train]'; "
+                "--no-progress hides this note)")
+
+
+def _settled(given: dict, full: dict, device, say):
+    """(config, checkpoint or None, backend name): a resume's saved settings and their
+    checkpoint, checked as the run will train, and the backend it runs on ``device``."""
+    cfg, state = prepare_config(given, full, say)
+    if state is None:
+        try:
+            return cfg, state, fastvae.select_backend(cfg["backend"], device)
+        except RuntimeError as e:   # triton is not installed
+            raise ValueError(f"--backend {cfg['backend']}: {e}") from None
+    try:   # a resumed run's combination: its checkpoint's, as it trains
+        check_train_config(cfg)
+    except ValueError as e:  # the flags passed alone: a saved value, or a mix
+        raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
+                              f"cannot be resumed: {e}") from None
+    return cfg, state, run_backend(cfg, device, f"resume it with --backend auto (or torch) "
+                                                f"to go on on {device}")
 
 
 def _resume_flags(given: dict, resume: bool, skip=()) -> list:
@@ -173,7 +196,7 @@ def _resume_flags(given: dict, resume: bool, skip=()) -> list:
             for f in (f"--{k.replace('_', '-')}", str(given[k]))]
 
 
-def _train_in_group(cfg, state, device, rank, world, say, resume_flags=()):
+def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=()):
     is_main = rank == 0
     if cfg["batch_size"] % world:   # each rank's share of every global batch is equal
         run_s = "the run's " if state is not None else ""
@@ -185,7 +208,7 @@ def _train_in_group(cfg, state, device, rank, world, say, resume_flags=()):
     if len(data.train) < world:   # each rank's share of an epoch holds an image
         raise ranks.alike(DataError(f"{data.name}: {len(data.train)} training image(s) for "
                                     f"{world} processes; each needs at least one"))
-    run = _build(cfg, state, data, device, rank, world, say)
+    run = _build(cfg, state, data, device, backend, rank, world, say)
     model = _wrap(run.core, cfg, device, world)
     sampler = None
     if world > 1:
@@ -280,7 +303,7 @@ def _load_data(cfg, state, device, is_main, world, say):
     return data
 
 
-def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
+def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespace:
     """The model, optimizer, scaler and shuffling generator, fresh (seeded; the untrained
     model's test ELBO as ``initial``) or restored from ``state`` (a checkpoint)."""
     torch.manual_seed(cfg["seed"])
@@ -292,9 +315,7 @@ def _build(cfg, state, data, device, rank, world, say) -> SimpleNamespace:
         scaler=torch.amp.GradScaler("cuda", enabled=use_scaler),
         shuffle_gen=torch.Generator().manual_seed(cfg["seed"] + 1), history=[], initial=None,
         start=0, cfg=cfg, device=device, world=world)
-    run.backend_name = (fastvae.select_backend(cfg["backend"], device) if state is None else
-                        run_backend(cfg, device, f"resume it with --backend auto (or torch) "
-                                                 f"to go on on {device}"))
+    run.backend_name = backend
     if state is not None:
         ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
         load_weights(core, state["model"], ckpt_file)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastvae import cli
 
@@ -196,21 +197,30 @@ def test_a_stop_after_the_run_is_complete_lets_it_finish(tmp_path, sig):
     assert "Traceback" not in p.stderr and (run / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("another_rank", [False, True])
+@pytest.mark.parametrize("rank", ["0", "1"])
 def test_under_torchrun_an_interrupt_is_said_by_rank_0_alone(monkeypatch, capsys, tmp_path,
-                                                             another_rank):
-    """One Ctrl-C reaches every rank of a torchrun job; each said so, once per rank."""
-    from fastvae import train as T
+                                                             rank):
+    """One Ctrl-C reaches every rank of a torchrun job; each said so, once per rank. A
+    SIGTERM there is most often torchrun stopping the rest after one rank failed."""
+    from fastvae import stops, train as T
 
-    def interrupted(cfg, log=print):
-        e = KeyboardInterrupt()
-        e.run_folder, e.resume_flags, e.another_rank = str(tmp_path), [], another_rank
-        raise e
-    monkeypatch.setattr(T, "train", interrupted)
+    def stopped(how):
+        def train(cfg, log=print):
+            e = how()
+            e.run_folder, e.resume_flags = str(tmp_path), []
+            raise e
+        return train
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setattr(T, "train", stopped(KeyboardInterrupt))
     assert cli.main(["train", "--out", str(tmp_path)]) == 130
-    err = capsys.readouterr().err
-    assert err == ("" if another_rank else
-                   "fastvae train: interrupted before its first checkpoint; nothing to resume\n")
+    assert capsys.readouterr().err == ("" if rank == "1" else
+        "fastvae train: interrupted before its first checkpoint; nothing to resume\n")
+    monkeypatch.setattr(T, "train", stopped(stops.Terminated))
+    assert cli.main(["train", "--out", str(tmp_path)]) == 143
+    assert capsys.readouterr().err == ("" if rank == "1" else
+        "fastvae train: terminated (SIGTERM) before its first checkpoint; nothing to resume "
+        "(torchrun stops every process once one fails: see its error)\n")
 
 
 def test_the_command_takes_only_the_signals_left_as_python_sets_them():
@@ -292,3 +302,28 @@ def test_other_ranks_leave_errors_every_rank_meets_to_rank_0(monkeypatch, capsys
     monkeypatch.setenv("RANK", "0")
     assert cli.main(["train", "--dataset", "fashion_mnist"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_another_rank_says_a_nan_only_it_can_have_met(monkeypatch, capsys, tmp_path, own):
+    """The averaged loss, gradients and weights are the same on every rank: rank 0 says a
+    NaN in them. A rank's test metrics are drawn with its own noise: a NaN there may be
+    that rank's alone, and it says so, named."""
+    from fastvae import train as T
+    from fastvae.guard import Guard
+
+    def nan_stop(cfg, log=print):
+        g = Guard(tmp_path / "checkpoint.pt", None, tmp_path, 1e-3)
+        test_m = {"elbo": float("nan") if own else -1.0}
+        train_m = {"elbo": -1.0 if own else float("nan")}
+        g.epoch_end(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), train_m,
+                    test_m, 1, 3)
+    monkeypatch.setattr(T, "train", nan_stop)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["train", "--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    if own:
+        assert err.startswith("[rank 1] fastvae train: training stopped: non-finite test elbo")
+    else:
+        assert err == ""

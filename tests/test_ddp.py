@@ -113,6 +113,14 @@ def test_torchrun_trains_with_rank0_writing(tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     per_rank = state["rng"]["per_rank"]
     assert len(per_rank) == WORLD and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
+    # a resume past its target: every rank meets it; rank 0 alone says so, once
+    r = subprocess.run(
+        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
+         "--resume", "--out", str(out), "--epochs", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=240, env=env)
+    lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
+    assert r.returncode != 0 and len(lines) == 1 and "--epochs 1" in lines[0], r.stderr
+    assert not lines[0].startswith("[rank"), lines
     # resumed by one process: it continues, and says it is not the run torchrun would make
     r = subprocess.run([sys.executable, "-m", "fastvae", "train", "--resume", "--out", str(out),
                         "--epochs", "2", "--no-progress", "--iwae-k", "0"],
@@ -149,6 +157,46 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
     lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
     assert lines == [f"fastvae train: error: two.npy: 1 training image(s) for {WORLD} "
                      "processes; each needs at least one"], r.stderr
+
+
+def _together_worker(rank, port, out):
+    from fastvae import ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+
+    def fails(*on):
+        def fn():
+            if rank in on:
+                raise ValueError("the flags" if len(on) == WORLD else f"rank {rank}'s own")
+            return rank
+        return fn
+    seen = []
+    try:
+        for on in ((), (1,), (0, 1)):
+            try:
+                seen.append(("ok", ranks.together(fails(*on), rank, WORLD)))
+            except ValueError as e:
+                seen.append((type(e).__name__, str(e), getattr(e, "alike", False)))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(seen, f)
+
+
+def test_a_collective_check_is_reported_once_by_rank_0_and_never_lost(tmp_path):
+    """ranks.together: nothing failed, every rank goes on; one rank's own failure reaches
+    rank 0's report (that rank's own is left quiet); the same failure on every rank is
+    rank 0's own error, once."""
+    _spawn(_together_worker, (_free_port(), str(tmp_path / "t")), timeout=120)
+    r0, r1 = (json.loads((tmp_path / f"t.{r}").read_text()) for r in range(WORLD))
+    assert r0[0] == ["ok", 0] and r1[0] == ["ok", 1]
+    assert r0[1] == ["RankError", "rank 1: rank 1's own", False]
+    assert r1[1] == ["ValueError", "rank 1's own", True]      # quiet: rank 0 said it
+    assert r0[2] == ["ValueError", "the flags", False]
+    assert r1[2] == ["ValueError", "the flags", True]
 
 
 def test_ranks_resumed_in_another_number_draw_their_own_noise():

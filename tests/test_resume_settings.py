@@ -72,6 +72,12 @@ def test_a_triton_run_on_a_machine_without_triton_says_which_flag(run, tmp_path,
     assert cli.main(["train", "--resume", "--out", str(moved), "--epochs", "2",
                      "--no-progress", "--device", "cpu"]) == 2
     assert "resume it with --backend auto (or torch)" in _err_line(capsys)
+    # a fresh run asking for it: the flag's one line too, and no run folder left
+    assert cli.main(["train", "--backend", "triton", "--out", str(tmp_path / "fresh"),
+                     "--epochs", "1", "--no-progress", "--device", "cpu"]) == 2
+    err = _err_line(capsys)
+    assert err.startswith("fastvae train: error: --backend triton:") and "triton package" in err
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_a_nan_stop_in_a_resume_repeats_what_it_was_given(run, tmp_path):

@@ -124,10 +124,9 @@ def _train(given: dict, log) -> dict:
     except (ValueError, DataError) as e:
         ranks.alike(e)
         raise
-    try:   # this machine's (under torchrun said after the group is up: see ranks.together)
-        device, device_error = resolve_device(full["device"], local_rank), None
-    except ValueError as e:
-        device, device_error = torch.device("cpu"), e
+    # before the group, whose backend it decides: a rank without it says so itself (had
+    # it joined a gloo group while the others made an NCCL one, every rank would hang)
+    device = resolve_device(full["device"], local_rank)
     own_group = world > 1 and not torch.distributed.is_initialized()
     if own_group:
         if device.type == "cuda":
@@ -135,7 +134,7 @@ def _train(given: dict, log) -> dict:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     folder, failed = None, True
     try:
-        ranks.together(lambda: _machine_ready(full, device_error, is_main, say), rank, world)
+        ranks.together(lambda: _machine_ready(full, is_main, say), rank, world)
         folder, full["out"] = _claim_folder(full, is_main, world)
         cfg, state, backend = ranks.together(lambda: _settled(given, full, device, say),
                                              rank, world)
@@ -157,11 +156,8 @@ def _train(given: dict, log) -> dict:
             torch.distributed.destroy_process_group()
 
 
-def _machine_ready(full: dict, device_error, is_main: bool, say) -> None:
-    """What this machine lacks for the run: the device asked for, and on rank 0 (which
-    alone draws the pictures) the plotting packages."""
-    if device_error is not None:
-        raise device_error
+def _machine_ready(full: dict, is_main: bool, say) -> None:
+    """What rank 0 lacks for the run: it alone draws the pictures."""
     if is_main:
         check_extras("train", pictures=True, dataset=full["dataset"])
         if full["progress"] and not installed("tqdm"):   # a bar is no reason to stop

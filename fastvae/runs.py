@@ -87,15 +87,17 @@ def restore_model(state: dict, run) -> torch.nn.Module:
 
 
 # -- the run folder ---------------------------------------------------------------------
-def run_backend(cfg: dict, device, how: str) -> str:
-    """The backend a saved run's ``cfg`` selects on ``device``; where it cannot run there
-    (a run trained with "triton", moved to a CPU), the error says ``how`` to choose
-    another."""
+def run_backend(cfg: dict, device, how: str | None = None) -> str:
+    """The backend ``cfg`` selects on ``device``. Where it cannot run there, a ValueError:
+    for a saved run (a run trained with "triton", moved to a CPU) it says ``how`` to
+    choose another; for a new one (``how`` None) it names the flag."""
     import fastvae
 
     try:
         return fastvae.select_backend(cfg["backend"], device)
     except (ValueError, RuntimeError) as e:   # RuntimeError: triton is not installed
+        if how is None:
+            raise ValueError(f"--backend {cfg['backend']}: {e}") from None
         raise ValueError(f"{e}; the run's backend is {cfg['backend']!r}: {how}") from None
 
 

@@ -170,10 +170,7 @@ def _settled(given: dict, full: dict, device, say):
     checkpoint, checked as the run will train, and the backend it runs on ``device``."""
     cfg, state = prepare_config(given, full, say)
     if state is None:
-        try:
-            return cfg, state, fastvae.select_backend(cfg["backend"], device)
-        except RuntimeError as e:   # triton is not installed
-            raise ValueError(f"--backend {cfg['backend']}: {e}") from None
+        return cfg, state, run_backend(cfg, device)
     try:   # a resumed run's combination: its checkpoint's, as it trains
         check_train_config(cfg)
     except ValueError as e:  # the flags passed alone: a saved value, or a mix

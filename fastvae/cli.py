@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import options as o
-from . import stops
+from . import ranks, stops
 from .stops import Terminated
 
 
@@ -315,14 +315,10 @@ def _resume_command(e: BaseException) -> str | None:
     return f"{command} continues the run"
 
 
-def _other_rank() -> bool:
-    """Whether this process is a torchrun rank other than 0."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
-
-
 def _ranked(line: str) -> str:
     """``line``, naming its rank where another rank may print its own."""
-    return f"[rank {os.environ['RANK']}] {line}" if _other_rank() else line
+    rank = ranks.dist_env()[0]
+    return f"[rank {rank}] {line}" if rank else line
 
 
 def _peer_lost(e: BaseException) -> bool:
@@ -360,7 +356,8 @@ def main(argv=None) -> int:
         return 2
     # under torchrun rank 0 alone says what every rank meets alike (a bad flag; a loss,
     # averaged over the ranks: fastvae.ranks.alike); another rank says what may be its own
-    quiet = _other_rank()
+    rank, world, _ = ranks.dist_env()
+    quiet = rank != 0
     try:
         with stops.handled():
             return int(args.func(args) or 0)
@@ -403,7 +400,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:
         if not quiet:   # one Ctrl-C reaches every rank: rank 0 alone says so
             line = _interrupted_line(args.command, e)
-            if isinstance(e, Terminated) and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if isinstance(e, Terminated) and world > 1:
                 line += " (torchrun stops every process once one fails: see its error)"
             print(line, file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130

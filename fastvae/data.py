@@ -213,20 +213,19 @@ def _find_idx(data_dir: Path, name: str):
     """``({split: path}, None)`` from the first folder that holds both splits' image
     files (never one split from one folder and the other from another), else
     ``(None, why)``."""
-    halves = []
-    for folder in _idx_folders(data_dir, name):
+    folders, halves = _idx_folders(data_dir, name), []
+    for folder in folders:
         paths = {split: _idx_file(folder, split) for split in IDX_FILES}
         if all(paths.values()):
             return paths, None
         halves += [f"{p} without {IDX_FILES[other]}[.gz] beside it"
                    for split, p in paths.items() if p is not None
                    for other in IDX_FILES if other != split]
-    folders = ", ".join(f"{f}/" for f in _idx_folders(data_dir, name))
     why = (f"{name}: {IDX_FILES['train']} and {IDX_FILES['test']} ([.gz]) not found "
-           f"together in any of {folders}")
+           f"together in any of {', '.join(f'{f}/' for f in folders)}")
     if halves:
         why += f" (found {halves[0]})"
-    dirs = [f / IDX_FILES[s] for f in _idx_folders(data_dir, name) for s in IDX_FILES
+    dirs = [f / IDX_FILES[s] for f in folders for s in IDX_FILES
             if (f / IDX_FILES[s]).is_dir()]
     if dirs:
         why += f"; {dirs[0]} is a folder: put the file itself there"

@@ -13,8 +13,7 @@ import torch
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import (grid_from_args, max_elements_default, ops_of, quick_shapes,
-                    size_problem)
+from .grids import grid_from_args, max_elements_of, ops_of, quick_shapes, size_problem
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
@@ -241,9 +240,8 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     if args.plot and timed_rows:   # an empty figure would pass for a result
         plot(timed_rows, args.plot)
     if not rows:
-        limit = (args.max_elements if args.max_elements is not None
-                 else max_elements_default(device))
-        why = (f"every case's largest tensor is over --max-elements {limit}: raise it or pick "
+        why = (f"every case's largest tensor is over --max-elements "
+               f"{max_elements_of(args, device)}: raise it or pick "
                "smaller shapes" if skipped else "the grid is empty")
         raise NothingMeasured(f"no case was measured ({why})"
                               + ("; no figure was written" if args.plot else ""))

@@ -28,6 +28,11 @@ def max_elements_default(device: str) -> int:
     return MAX_ELEMENTS_CUDA if is_cuda(device) else MAX_ELEMENTS_CPU
 
 
+def max_elements_of(args: argparse.Namespace, device: str) -> int:
+    """``--max-elements``, else the device's default."""
+    return args.max_elements if args.max_elements is not None else max_elements_default(device)
+
+
 def cases(ops: Sequence[str], batches: Sequence[int], dims: Sequence[int],
           latents: Sequence[int], *, dtypes: Sequence[torch.dtype] = (torch.float32,),
           device: str = "cpu", ks: Optional[Dict[str, Sequence[int]]] = None,
@@ -134,8 +139,7 @@ def grid_from_args(args: argparse.Namespace, device: str, skipped: list) -> List
         raise ValueError(problem)
     dtypes = [DTYPES[d] for d in (args.dtype or (["fp32", "bf16"] if is_cuda(device)
                                                  else ["fp32"]))]
-    max_el = args.max_elements if args.max_elements is not None else max_elements_default(
-        device)
+    max_el = max_elements_of(args, device)
     out: List[Case] = []
     for name in ops:
         op = get_op(name)

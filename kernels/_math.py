@@ -157,6 +157,20 @@ def rcp_(x):
 
 
 @triton.jit
+def computed_here(x):
+    """fp32 ``x``, computed where this call stands. Compiled, an opaque register move
+    that the compiler cannot sink towards ``x``'s use: a gradient tile formed before a
+    reduction and stored after it would otherwise be formed after it, keeping its inputs
+    live across the reduction instead (three registers an element, not one). ``x`` itself
+    interpreted."""
+    tl.static_assert(x.dtype == tl.float32)
+    if FAST_MATH:
+        x = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                      is_pure=False, pack=1)
+    return x
+
+
+@triton.jit
 def lse_shift(m):
     """A logsumexp's shift: the max ``m``, 0 where it is infinite. A row whose every term
     is -inf would give -inf - -inf = NaN; shifted by 0 its sum is 0 and the result -inf.

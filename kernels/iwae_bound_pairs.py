@@ -3,9 +3,9 @@ kernel's contract (``iwae_bound.py``) without its K padding, for the Bernoulli l
 
 ``iwae_bound_pairs_kernel`` — grid ``cdiv(B, BLOCK_P // K)``; each program owns
 ``BLOCK_P // K`` whole rows as BLOCK_P (row, sample) pairs: pair ``p`` is sample ``p % K``
-of row ``p // K`` (K = 5 fills 15 of 16). Each pair's recon_k row is read once, in pieces
-of whole ``W``-column chunks, ``W`` = 32 lanes x 16 bytes (128 fp32, 256 bf16), a piece
-of N chunks being one (N * BLOCK_P, W) tile whose row ``n * BLOCK_P + p`` is chunk n of
+of row ``p // K`` (K = 5 fills 15 of 16, or 5 of 8: ``configs.IWAE_PAIRS_TILES``). Each
+pair's recon_k row is read once, in pieces of whole ``W``-column chunks, ``W`` = 32
+lanes x 16 bytes (128 fp32, 256 bf16), a piece of N chunks being one (N * BLOCK_P, W) tile whose row ``n * BLOCK_P + p`` is chunk n of
 pair p: the compiler's layout puts a pair's chunks in one warp, so a chunk row is one
 vector load a lane and every sum over a pair's columns is in-thread adds across chunks
 and one in-warp reduction. D = 784 in fp32 is pieces of 4 and 2 chunks and a 16-column
@@ -35,8 +35,9 @@ fits (``configs.iwae_pairs_config``).
 import triton
 import triton.language as tl
 
-from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, exp_, latent_kl_tile, load_f32,
-                    load_prior, log2_, log_, lse_shift, rcp_, store_as, to_f32, weigh)
+from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, computed_here, exp_, latent_kl_tile,
+                    load_f32, load_prior, log2_, log_, lse_shift, rcp_, store_as, to_f32,
+                    weigh)
 
 # What a masked lane reads as its logit: e = 2^(-1e4 log2 e) = 0, so its factor is 1, its
 # value x*l - max(l, 0) = 0 (x reads 0) and its gradient 0; representable in fp16 too.
@@ -76,7 +77,8 @@ def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
     e = tl.exp2(tl.abs(l) * -LOG2_E)
     q = 1.0 + e
     value = tl.sum(tl.reshape(x * l - tl.maximum(l, 0.0), [N, BLOCK_P, W]), axis=0)
-    g = x - tl.where(l >= 0.0, 1.0, e) * rcp_(q)
+    # formed now: only g stays live across the softmax, not x, e and 1 + e
+    g = computed_here(x - tl.where(l >= 0.0, 1.0, e) * rcp_(q))
     return value, tl.reduce(tl.reshape(q, [N, BLOCK_P, W]), 0, _mul), g
 
 

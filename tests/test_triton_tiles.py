@@ -298,12 +298,13 @@ def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):
 
 # the pair kernel: (row, sample) pairs as tile rows (Bernoulli, x without a gradient;
 # 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64): K not dividing 16 (a
-# padded pair and a padded last program), K = 16 (one row a program), two rows of 7 in
-# 16 (two pieces and a wide tail)
+# padded pair and a padded last program), K = 16 (one row a program), K = 7 at D = 688
+# (two pieces and a wide tail): in fp32 one row in 8 pairs, in bf16 two rows in 16
 @pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
     (5, 4, 300, 33, "bernoulli", F32, "none"),
     (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean"),
     (7, 5, 688, 64, "bernoulli", F32, "sum"),
+    (7, 5, 688, 64, "bernoulli", torch.bfloat16, "sum"),
 ])
 def test_iwae_pairs(seed, launches, gpu_tiles, k, b, d, l, like, dtype, reduction):
     (x, recon, mu, lv, z), obs, likelihood = iwae_inputs(k, b, d, l, like, dtype)

@@ -178,6 +178,8 @@ def iwae_bound_pairs_kernel(
     if NEED_GR or NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
         soft = e * rcp_(row_sum)                          # 0 on padded pairs
         w = soft * c
+        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
+            tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)
         if NEED_GR:
             _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P)
             if BLOCK_NB > 0:
@@ -204,5 +206,3 @@ def iwae_bound_pairs_kernel(
                 store_as(GPM, out, -_to_rows(weigh(d_pm, w2, True), sel), mo)
             if NEED_GPLV:
                 store_as(GPLV, out, -_to_rows(weigh(d_plv, w2, True), sel), mo)
-        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
-            tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)

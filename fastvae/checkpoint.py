@@ -24,6 +24,7 @@ import re
 import secrets
 import shlex
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -311,7 +312,11 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     try:
         if path.stat().st_size == 0:
             raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a damaged protocol byte: torch warns and reads on; what it read is judged
+            # below (format, checksum), and a failed read is the one line below
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except CheckpointError:
         raise
     except Exception as e:  # pickle, zip, torch and the OS raise many types for a bad file

@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -74,6 +75,38 @@ def test_flipped_bits_in_the_weights_are_refused(good_run, tmp_path, capsys):
     assert str(path) in str(e.value)
     assert cli.main(["eval", str(run), "--k", "0"]) == 2
     _one_error_line(capsys, path, "checksum")
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 3, 9, 255])
+def test_a_damaged_pickle_protocol_byte_prints_no_torch_warning(good_run, tmp_path, capsys,
+                                                                protocol):
+    """The byte after the pickle's PROTO opcode names a protocol; torch warns about one it
+    does not expect and reads on. fastvae judges what was read (format, checksum) and
+    says nothing else: the file loads (the content is intact) or is one line."""
+    run = _copy_run(good_run, tmp_path / "run")
+    path = run / CHECKPOINT_NAME
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data.pkl"))
+    raw = bytearray(path.read_bytes())
+    name_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    assert raw[start] == 0x80, raw[start:start + 2]   # PROTO
+    raw[start + 1] = protocol
+    path.write_bytes(bytes(raw))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            assert str(path) in str(e)
+        else:
+            assert state["epoch"] == 1
+    assert not [w for w in seen if "pickle" in str(w.message)], [str(w.message) for w in seen]
+    code = cli.main(["eval", str(run), "--k", "0"])
+    err = capsys.readouterr().err
+    assert "pickle protocol" not in err and "Traceback" not in err, err
+    assert code in (0, 2)
 
 
 def test_checksum_covers_config_optimizer_and_history(good_run, tmp_path):

@@ -194,10 +194,16 @@ def load_digits() -> Dataset:
     return Dataset("digits", train, test)
 
 
+def _own_folder(data_dir: Path, name: str) -> Path:
+    """Where a dataset's IDX files go: its own folder, the first one read (and
+    torchvision's), so the other dataset's files of the same names are never in the way."""
+    return data_dir / IDX_NAMES[name] / "raw"
+
+
 def _idx_folders(data_dir: Path, name: str):
     """Where a dataset's IDX files may be, its own folders first: MNIST and Fashion-MNIST
     files have the same names, and ``data_dir`` itself is either one's."""
-    own = [data_dir / IDX_NAMES[name] / "raw", data_dir / name, data_dir / name / "raw"]
+    own = [_own_folder(data_dir, name), data_dir / name, data_dir / name / "raw"]
     if name == "fashion-mnist":
         own.append(data_dir / "fashion")
     return own + [data_dir]
@@ -250,7 +256,7 @@ def _check_not_the_other(name: str, split: str, images: torch.Tensor, path: Path
         raise DataError(
             f"{path} holds {other}'s {split} images, not {name}'s (their pixels average "
             f"{mean:.3f}; {other}'s {_MEANS[other][col]:.3f}, {name}'s {_MEANS[name][col]:.3f})"
-            f": put {name}'s files in {data_dir / IDX_NAMES[name] / 'raw'}/ or pass --data-dir "
+            f": put {name}'s files in {_own_folder(data_dir, name)}/ or pass --data-dir "
             "their folder")
 
 
@@ -260,14 +266,14 @@ def _torchvision_fetch(data_dir: Path, name: str) -> None:
     except ImportError as e:  # said, not folded into "not found": --download was asked for
         raise DataError(f"{name}: --download fetches it with torchvision, which does not "
                         f"import here ({e}): pip install torchvision, or {_HOW_TO_GET[name]} "
-                        f"and put the files in {data_dir}/") from None
+                        f"and put the files in {_own_folder(data_dir, name)}/") from None
     cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
     try:
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as e:  # network errors come in many types; report, don't crash
         raise DataError(f"{name}: torchvision could not download it ({e}); {_HOW_TO_GET[name]} "
-                        f"and put the files in {data_dir}/") from None
+                        f"and put the files in {_own_folder(data_dir, name)}/") from None
 
 
 def load_idx_dataset(name: str, data_dir, download: bool = False) -> Dataset:
@@ -288,8 +294,8 @@ def _read_idx_pair(name: str, data_dir: Path) -> Dataset:
     paths, why = _find_idx(data_dir, name)
     if paths is None:
         raise DataError(f"{why}. To get it: {_HOW_TO_GET[name]} and put the files in "
-                        f"{data_dir}/ (or let `fastvae train --download` fetch them, with "
-                        "torchvision installed).")
+                        f"{_own_folder(data_dir, name)}/ (or let `fastvae train --download` "
+                        "fetch them, with torchvision installed).")
     out = {}
     for split, path in paths.items():
         arr = read_idx(path)

@@ -96,6 +96,18 @@ def test_a_failed_download_is_one_error(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("case", ["download failed", "not found"])
+def test_the_advice_names_the_dataset_s_own_folder(tmp_path, monkeypatch, standard_sizes, case):
+    """Files put in the data folder itself would collide with the other dataset's (the
+    same names) where it holds them: the advice names this dataset's own folder."""
+    if case == "download failed":   # the data folder holds MNIST's files
+        _idx_pair(tmp_path, 0.13)
+        _torchvision(monkeypatch, lambda root, train: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", tmp_path, download=case == "download failed")
+    assert f"put the files in {tmp_path / 'FashionMNIST' / 'raw'}/" in str(e.value), e.value
+
+
 def test_npz_members_that_are_not_used_are_not_read(tmp_path):
     path = tmp_path / "meta.npz"
     np.savez(path, train=np.zeros((4, 8, 8), np.uint8), test=np.zeros((2, 8, 8), np.uint8),

@@ -254,30 +254,26 @@ def cases(shape, device, backend, smoke):
         out.append((f"iwae K={k} fp32",
                     lambda k=k: iwae_step(shape, k, torch.float32, device, backend), False))
     if not smoke:
-        # fp32's pair tile holds 8 pairs at 4 warps (three programs an SM, K = 5 in 5 of 8
-        # pairs) where 16 pairs at 8 warps fill 15 of 16 but leave one program an SM
-        # (RESULTS.md, "two programs an SM"): which is faster is the GPU's to say.
-        out.append(("iwae K=5 fp32, pair kernel at 16 pairs, 8 warps", with_pair_tiles(
-            {4: ((16, 0, 16, 8),)}, lambda: iwae_step(shape, 5, torch.float32, device, backend)),
-            False))
+        # Two 8-warp programs of the pair kernel fit an SM (RESULTS.md, "two programs an
+        # SM"); one of 16 warps gives each scheduler as many warps, in one program.
+        out.append(("iwae K=5 fp32, pair kernel at 16 warps", with_pair_warps(
+            16, lambda: iwae_step(shape, 5, torch.float32, device, backend)), False))
     return out
 
 
-def with_pair_tiles(tiles, make):
-    """``make``'s step with the IWAE pair kernel's tiles ``tiles`` (by element size)."""
+def with_pair_warps(warps, make):
+    """``make``'s step with the IWAE pair kernel launched at ``warps`` warps."""
     from fastvae.backends.triton_backend import configs
 
     def wrapped():
         step, case = make()
 
         def run():
-            saved = dict(configs.IWAE_PAIRS_TILES)
-            configs.IWAE_PAIRS_TILES.update(tiles)
+            saved, configs.IWAE_PAIRS_WARPS = configs.IWAE_PAIRS_WARPS, warps
             try:
                 return step()
             finally:
-                configs.IWAE_PAIRS_TILES.clear()
-                configs.IWAE_PAIRS_TILES.update(saved)
+                configs.IWAE_PAIRS_WARPS = saved
         return run, case
     return wrapped
 

@@ -3,10 +3,10 @@ kernel's contract (``iwae_bound.py``) without its K padding, for the Bernoulli l
 
 ``iwae_bound_pairs_kernel`` — grid ``cdiv(B, BLOCK_P // K)``; each program owns
 ``BLOCK_P // K`` whole rows as BLOCK_P (row, sample) pairs: pair ``p`` is sample ``p % K``
-of row ``p // K`` (K = 5 fills 15 of 16, or 5 of 8: ``configs.IWAE_PAIRS_TILES``). Each
-pair's recon_k row is read once, in pieces of whole ``W``-column chunks, ``W`` = 32
-lanes x 16 bytes (128 fp32, 256 bf16), a piece of N chunks being one (N * BLOCK_P, W) tile whose row ``n * BLOCK_P + p`` is chunk n of
-pair p: the compiler's layout puts a pair's chunks in one warp, so a chunk row is one
+of row ``p // K`` (K = 5 fills 15 of 16). Each pair's recon_k row is read once, in
+pieces of whole ``W``-column chunks, ``W`` = 32 lanes x 16 bytes (128 fp32, 256 bf16), a
+piece of N chunks being one (N * BLOCK_P, W) tile whose row ``n * BLOCK_P + p`` is chunk
+n of pair p: the compiler's layout puts a pair's chunks in one warp, so a chunk row is one
 vector load a lane and every sum over a pair's columns is in-thread adds across chunks
 and one in-warp reduction. D = 784 in fp32 is pieces of 4 and 2 chunks and a 16-column
 tail (``BLOCK_NA`` and ``BLOCK_NB`` chunks and ``BLOCK_TAIL`` columns, from the host): no
@@ -62,18 +62,25 @@ def _pairs(p, pid, K, B, k_magic, BLOCK_P: tl.constexpr):
 
 @triton.jit
 def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
-           N: tl.constexpr, W: tl.constexpr, BLOCK_P: tl.constexpr):
+           N: tl.constexpr, W: tl.constexpr, BLOCK_P: tl.constexpr, FULL: tl.constexpr):
     """N chunks of W columns from ``col0`` of every pair as one (N * BLOCK_P, W) tile,
     tile row ``n * BLOCK_P + p`` chunk n of pair p (one warp's rows are one pair's
     chunks): (the sum of ``x*l - max(l, 0)`` and the product of ``1 + e`` over the N
-    chunks, each (BLOCK_P, W): no reduction across lanes yet; d/dl)."""
+    chunks, each (BLOCK_P, W): no reduction across lanes yet; d/dl).
+
+    ``FULL``: every column is below D (whole chunks), so only a padded pair is masked,
+    and its lanes are left as loaded, with no ``other``: setting them cost an instruction
+    per element. Nothing of a padded pair reaches an output: its log-weight becomes -inf
+    before the softmax and its gradients are not stored. The tail sets its masked columns
+    to values that add nothing (``MASKED_LOGIT``, x = 0)."""
     j = tl.arange(0, N * BLOCK_P)
     rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
     cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
-    m = pmask[:, None] & (cols < D)
-    x = to_f32(tl.load(X + (rows * stride_x)[:, None] + cols, mask=m, other=0.0))
+    m = pmask[:, None] if FULL else pmask[:, None] & (cols < D)
+    x = to_f32(tl.load(X + (rows * stride_x)[:, None] + cols, mask=m,
+                       other=None if FULL else 0.0))
     l = to_f32(tl.load(R + (ks * stride_rk + rows * stride_rb)[:, None] + cols, mask=m,
-                       other=MASKED_LOGIT))
+                       other=None if FULL else MASKED_LOGIT))
     e = tl.exp2(tl.abs(l) * -LOG2_E)
     q = 1.0 + e
     value = tl.sum(tl.reshape(x * l - tl.maximum(l, 0.0), [N, BLOCK_P, W]), axis=0)
@@ -84,15 +91,15 @@ def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
 
 @triton.jit
 def _store_piece(GR, g, w, pid, K, B, D, k_magic, col0, N: tl.constexpr, W: tl.constexpr,
-                 BLOCK_P: tl.constexpr):
+                 BLOCK_P: tl.constexpr, FULL: tl.constexpr):
     """d/drecon_k of one :func:`_piece`'s tile: its d/dl ``g`` times the pairs' weights
     ``w`` (BLOCK_P,), at offsets formed here (not kept live across the softmax)."""
     j = tl.arange(0, N * BLOCK_P)
     rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
     cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
     w_rows = tl.reshape(tl.broadcast_to(w[None, :], [N, BLOCK_P]), [N * BLOCK_P])
-    store_as(GR, (ks * ((pid * 0 + B) * D) + rows * D)[:, None] + cols, g * w_rows[:, None],
-             pmask[:, None] & (cols < D))
+    m = pmask[:, None] if FULL else pmask[:, None] & (cols < D)
+    store_as(GR, (ks * ((pid * 0 + B) * D) + rows * D)[:, None] + cols, g * w_rows[:, None], m)
 
 
 @triton.jit
@@ -141,18 +148,18 @@ def iwae_bound_pairs_kernel(
     # ---- the only read -----------------------------------------------------------------
     W: tl.constexpr = BLOCK_W
     v_a, prod, g_a = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                            k_magic, 0, BLOCK_NA, W, BLOCK_P)
+                            k_magic, 0, BLOCK_NA, W, BLOCK_P, True)
     value = v_a
     if BLOCK_NB > 0:
         v_b, p_b, g_b = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P)
+                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P, True)
         value += v_b
         prod *= p_b
     # one reduction across the lanes for the whole row (the tail's another)
     log_px = tl.sum(value - log2_(prod) * LOG_2, axis=1)
     if BLOCK_TAIL > 0:
         v_t, p_t, g_t = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic,
-                               (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P)
+                               (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P, False)
         log_px += tl.sum(v_t - log2_(p_t) * LOG_2, axis=1)
     mu = load_f32(MU, rows[:, None] * stride_mu + lats, ml)
     lv = load_f32(LV, rows[:, None] * stride_lv + lats, ml)
@@ -181,13 +188,13 @@ def iwae_bound_pairs_kernel(
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)
         if NEED_GR:
-            _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P)
+            _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P, True)
             if BLOCK_NB > 0:
                 _store_piece(GR, g_b, w, pid, K, B, D, k_magic, BLOCK_NA * W, BLOCK_NB, W,
-                             BLOCK_P)
+                             BLOCK_P, True)
             if BLOCK_TAIL > 0:
                 _store_piece(GR, g_t, w, pid, K, B, D, k_magic, (BLOCK_NA + BLOCK_NB) * W, 1,
-                             BLOCK_TAIL, BLOCK_P)
+                             BLOCK_TAIL, BLOCK_P, False)
         w2 = w[:, None]
         if NEED_GZ:
             size_bl = (pid * 0 + B) * L

@@ -87,19 +87,17 @@ IWAE_ROWS_LATENT_TILE = 1024
 # warps, 2048 at 8) and have MUFU to spare. The interpreter runs it for every dtype.
 IWAE_ROWS_PRODUCT_BLOCKS = 126
 
-# The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 1024 columns a
-# program, where a row's samples would pad the 3-D one-pass tile most: K <= 16,
-# 256 < D <= 784, L <= 64, Bernoulli. A pair's columns in one warp (its sums stay there),
-# in chunks of one 16-byte load a lane, two pairs a warp: 49 elements a thread at D = 784
-# (wider rows spilled 16-764 bytes at 8 and 16 warps; 32 pairs a program spill: RESULTS.md,
-# "fewer MUFU per element"). A program loads everything, then computes, then stores, so
-# only a second program on the SM overlaps its loads with arithmetic: the tiles are those
-# of which two or more fit an SM. (K up to, D over, BLOCK_P, num_warps) by element size,
-# the first with K <= its K and D over its D: 16 pairs at 8 warps take up to 128 registers
-# in 16-bit (two programs an SM; K = 5 is three rows in 15 of 16 pairs), and in fp32 up to
-# ~80 where D <= 512 but 177 at D = 784 (one program), where 8 pairs at 4 warps take 168
-# (three), though K = 5 then fills 5 of 8 pairs (RESULTS.md, "two programs an SM").
-IWAE_PAIRS_TILES = {4: ((8, 512, 8, 4), (16, 0, 16, 8)), 2: ((16, 0, 16, 8),)}
+# The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 784 columns a
+# program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
+# 3-D one-pass tile most: K <= 16, 256 < D <= 784, L <= 64, Bernoulli. A pair's columns
+# in one warp (its sums stay there), in chunks of one 16-byte load a lane; 8 warps (two
+# pairs each), 49 elements a thread at D = 784 (wider rows spilled 16-764 bytes at 8 and
+# 16 warps; 32 pairs a program spill: RESULTS.md, "fewer MUFU per element"). A program
+# loads everything, then computes, then stores, so only a second program on the SM
+# overlaps its loads with arithmetic: the kernel is kept at <= 128 registers at D = 784
+# (two programs an SM; RESULTS.md, "two programs an SM").
+IWAE_PAIRS_BLOCK_P = 16
+IWAE_PAIRS_WARPS = 8
 IWAE_PAIRS_LIMITS = (16, 256, 784, 64)
 # D not a multiple of 16: scalar loads, an address per element; D = 700 in bf16 spilled
 # 12 bytes on sm_80 (Triton 3.6), D = 257 and 700 in fp32 none.
@@ -223,10 +221,8 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
     chunks = [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
     na, nb = (chunks + [0])[:2]   # D <= 784: n <= 6, at most two binary digits
     tail = max(16, _p2(rem)) if rem else 0
-    block_p, warps = next(t[2:] for t in IWAE_PAIRS_TILES.get(element_size,
-                                                               IWAE_PAIRS_TILES[2])
-                          if k <= t[0] and d > t[1])
-    return block_p, _p2(block_p // k), max(16, _p2(l)), warps, (w, na, nb, tail)
+    return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), max(16, _p2(l)),
+            IWAE_PAIRS_WARPS, (w, na, nb, tail))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):

@@ -314,7 +314,7 @@ def load_checkpoint(run, map_location="cpu") -> dict:
             raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
         with warnings.catch_warnings():
             # a damaged protocol byte: torch warns and reads on; what it read is judged
-            # below (format, checksum), and a failed read is the one line below
+            # below (format, version, checksum), and a failed read is the one line below
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(path, map_location=map_location, weights_only=True)
     except CheckpointError:

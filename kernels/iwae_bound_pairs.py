@@ -62,11 +62,12 @@ def _pairs(p, pid, K, B, k_magic, BLOCK_P: tl.constexpr):
 
 @triton.jit
 def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
-           N: tl.constexpr, W: tl.constexpr, BLOCK_P: tl.constexpr, FULL: tl.constexpr):
+           N: tl.constexpr, W: tl.constexpr, BLOCK_P: tl.constexpr, FULL: tl.constexpr,
+           NEED_G: tl.constexpr):
     """N chunks of W columns from ``col0`` of every pair as one (N * BLOCK_P, W) tile,
     tile row ``n * BLOCK_P + p`` chunk n of pair p (one warp's rows are one pair's
     chunks): (the sum of ``x*l - max(l, 0)`` and the product of ``1 + e`` over the N
-    chunks, each (BLOCK_P, W): no reduction across lanes yet; d/dl).
+    chunks, each (BLOCK_P, W): no reduction across lanes yet; d/dl where ``NEED_G``).
 
     ``FULL``: every column is below D (whole chunks), so only a padded pair is masked,
     and its lanes are left as loaded, with no ``other``: setting them cost an instruction
@@ -84,8 +85,9 @@ def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
     e = tl.exp2(tl.abs(l) * -LOG2_E)
     q = 1.0 + e
     value = tl.sum(tl.reshape(x * l - tl.maximum(l, 0.0), [N, BLOCK_P, W]), axis=0)
-    # formed now: only g stays live across the softmax, not x, e and 1 + e
-    g = computed_here(x - tl.where(l >= 0.0, 1.0, e) * rcp_(q))
+    g = x   # returned unused where d/dl is not needed
+    if NEED_G:  # formed now: only g stays live across the softmax, not x, e and 1 + e
+        g = computed_here(x - tl.where(l >= 0.0, 1.0, e) * rcp_(q))
     return value, tl.reduce(tl.reshape(q, [N, BLOCK_P, W]), 0, _mul), g
 
 
@@ -128,8 +130,9 @@ def iwae_bound_pairs_kernel(
     BLOCK_W: tl.constexpr, BLOCK_NA: tl.constexpr, BLOCK_NB: tl.constexpr,
     BLOCK_TAIL: tl.constexpr,
 ):
-    """Needs K <= BLOCK_P, D <= (NA + NB) W + TAIL (NA >= 1; NB, TAIL powers of two or 0;
-    each ``BLOCK_`` + its name), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host checks)."""
+    """Needs K <= BLOCK_P, (NA + NB) W <= D <= (NA + NB) W + TAIL (the whole chunks are
+    read and written without a column mask; NA >= 1; NB, TAIL powers of two or 0; each
+    ``BLOCK_`` + its name), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host checks)."""
     tl.static_assert(LIK == LIK_BERNOULLI)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
@@ -148,18 +151,20 @@ def iwae_bound_pairs_kernel(
     # ---- the only read -----------------------------------------------------------------
     W: tl.constexpr = BLOCK_W
     v_a, prod, g_a = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                            k_magic, 0, BLOCK_NA, W, BLOCK_P, True)
+                            k_magic, 0, BLOCK_NA, W, BLOCK_P, True, NEED_GR)
     value = v_a
     if BLOCK_NB > 0:
         v_b, p_b, g_b = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P, True)
+                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P, True,
+                               NEED_GR)
         value += v_b
         prod *= p_b
     # one reduction across the lanes for the whole row (the tail's another)
     log_px = tl.sum(value - log2_(prod) * LOG_2, axis=1)
     if BLOCK_TAIL > 0:
         v_t, p_t, g_t = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic,
-                               (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P, False)
+                               (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P, False,
+                               NEED_GR)
         log_px += tl.sum(v_t - log2_(p_t) * LOG_2, axis=1)
     mu = load_f32(MU, rows[:, None] * stride_mu + lats, ml)
     lv = load_f32(LV, rows[:, None] * stride_lv + lats, ml)

@@ -94,7 +94,7 @@ def test_a_damaged_pickle_protocol_byte_prints_no_torch_warning(good_run, tmp_pa
     assert raw[start] == 0x80, raw[start:start + 2]   # PROTO
     raw[start + 1] = protocol
     path.write_bytes(bytes(raw))
-    with warnings.catch_warnings(record=True) as seen:
+    with warnings.catch_warnings(record=True) as seen:   # pytest would keep them off stderr
         warnings.simplefilter("always")
         try:
             state = load_checkpoint(path)
@@ -102,10 +102,9 @@ def test_a_damaged_pickle_protocol_byte_prints_no_torch_warning(good_run, tmp_pa
             assert str(path) in str(e)
         else:
             assert state["epoch"] == 1
+        code = cli.main(["eval", str(run), "--k", "0"])
     assert not [w for w in seen if "pickle" in str(w.message)], [str(w.message) for w in seen]
-    code = cli.main(["eval", str(run), "--k", "0"])
-    err = capsys.readouterr().err
-    assert "pickle protocol" not in err and "Traceback" not in err, err
+    assert "Traceback" not in capsys.readouterr().err
     assert code in (0, 2)
 
 

@@ -296,22 +296,19 @@ def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):
     assert row_kernel(launches) == "twopass"
 
 
-# the pair kernel: (row, sample) pairs as tile rows (Bernoulli, x without a gradient;
-# 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64): K not dividing 16 (a
-# padded pair and a padded last program), K = 16 (one row a program), two rows of 7 in
-# 16 (two pieces and a wide tail), fp32 and bf16
 @pytest.fixture
 def masked_lanes_nan(monkeypatch):
     """Under the interpreter, a masked load without ``other`` reads NaN where the GPU
     leaves whatever its registers held (the interpreter reads 0): a kernel that leaves
-    masked lanes unset (the pair kernel's whole-chunk pieces) must drop them."""
+    masked lanes unset (the pair kernel's whole-chunk pieces) must drop them. Checks
+    that such a load ran."""
     from triton.runtime import interpreter
+    from fastvae import _env
     builder = getattr(interpreter, "InterpreterBuilder", None)
-    if builder is None or not hasattr(builder, "create_masked_load"):
-        pytest.skip("no interpreter here to fill masked lanes")
-    real = builder.create_masked_load
-
-    np = interpreter.np
+    if not _env.interpreting() or not hasattr(builder, "create_masked_load"):
+        yield   # a GPU: its registers hold whatever they held
+        return
+    real, np, unset = builder.create_masked_load, interpreter.np, []
 
     def load(self, ptrs, mask, other, *args, **kwargs):
         ty = ptrs.get_element_ty()
@@ -319,11 +316,18 @@ def masked_lanes_nan(monkeypatch):
         nan = (0x7FC0 if ty == tl.bfloat16   # held as uint16 bits here
                else np.nan if np.issubdtype(np_dtype, np.floating) else None)
         if other is None and nan is not None:
+            unset.append(ty)
             other = interpreter.TensorHandle(np.full(ptrs.data.shape, nan, dtype=np_dtype), ty)
         return real(self, ptrs, mask, other, *args, **kwargs)
     monkeypatch.setattr(builder, "create_masked_load", load)
+    yield
+    assert unset, "no masked load without other= ran"
 
 
+# the pair kernel: (row, sample) pairs as tile rows (Bernoulli, x without a gradient;
+# 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64): K not dividing 16 (a
+# padded pair and a padded last program), K = 16 (one row a program), two rows of 7 in
+# 16 (two pieces and a wide tail), fp32 and bf16
 @pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
     (5, 4, 300, 33, "bernoulli", F32, "none"),
     (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean"),
@@ -349,6 +353,36 @@ def test_iwae_pairs(seed, launches, gpu_tiles, masked_lanes_nan, k, b, d, l, lik
     for a, w, ee, name in zip(g, e, eager_g[1:5], ("recon_k", "mu", "logvar", "z_k")):
         assert a.dtype == dtype, name
         assert_close(f"d/d{name}", a, w, dtype, rtol={F32: 1e-3}, eager=ee)
+
+
+@pytest.mark.parametrize("estimator, prior, grads", [
+    ("dreg", False, True),     # the softmax weights stored (STORE_WEIGHTS)
+    ("standard", True, True),  # a learned prior's gradients per row
+    ("standard", False, False),  # no gradient: d/dl not formed
+], ids=["dreg", "prior", "value-only"])
+def test_iwae_pairs_specializations(seed, launches, gpu_tiles, masked_lanes_nan, estimator,
+                                    prior, grads):
+    """The pair kernel's other switches, with padded pairs (K = 5, B = 4) whose unset
+    lanes read NaN: the values and gradients of the "torch" backend on the same inputs."""
+    k, b, d, l = 5, 4, 300, 33
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", F32)
+    x = x.detach()
+    pm = leaf(torch.randn(b, l) * 0.5) if prior else None
+    plv = leaf(torch.randn(b, l) * 0.5) if prior else None
+    leaves = [t for t in (recon, mu, lv, z, pm, plv) if t is not None]
+    outs = {}
+    for backend in ("triton", "torch"):
+        with torch.set_grad_enabled(grads):
+            v = fastvae.iwae_bound(x, recon, mu, lv, z, prior_mu=pm, prior_logvar=plv,
+                                   estimator=estimator, backend=backend)
+        if backend == "triton":
+            assert row_kernel(launches) == "pairs"
+        # DReG stops log q's parameters: mu and logvar take no gradient (z_k is a leaf)
+        outs[backend] = [v, *(torch.autograd.grad(v.sum(), leaves, allow_unused=True)
+                              if grads else ())]
+    for i, (a, w) in enumerate(zip(outs["triton"], outs["torch"])):
+        assert a is None or torch.isfinite(a).all(), i
+        assert_close(f"output {i}", a, w, F32, rtol={F32: 1e-4})
 
 
 # -- sample_with_kl: rows cut into column chunks -------------------------------------------------

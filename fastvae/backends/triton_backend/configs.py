@@ -94,8 +94,8 @@ IWAE_ROWS_PRODUCT_BLOCKS = 126
 # pairs each), 49 elements a thread at D = 784 (wider rows spilled 16-764 bytes at 8 and
 # 16 warps; 32 pairs a program spill: RESULTS.md, "fewer MUFU per element"). A program
 # loads everything, then computes, then stores, so only a second program on the SM
-# overlaps its loads with arithmetic: the kernel is kept at <= 128 registers at D = 784
-# (two programs an SM; RESULTS.md, "two programs an SM").
+# overlaps its loads with arithmetic: training at D = 784 (fp32, bf16; DReG's weights in
+# bf16) takes <= 128 registers, two programs an SM (RESULTS.md, "two programs an SM").
 IWAE_PAIRS_BLOCK_P = 16
 IWAE_PAIRS_WARPS = 8
 IWAE_PAIRS_LIMITS = (16, 256, 784, 64)
@@ -221,6 +221,8 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
     chunks = [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
     na, nb = (chunks + [0])[:2]   # D <= 784: n <= 6, at most two binary digits
     tail = max(16, _p2(rem)) if rem else 0
+    # the whole chunks are read and written without a column mask: inside D
+    assert (na + nb) * w <= d <= (na + nb) * w + tail, (d, w, na, nb, tail)
     return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), max(16, _p2(l)),
             IWAE_PAIRS_WARPS, (w, na, nb, tail))
 

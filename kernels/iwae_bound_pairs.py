@@ -61,6 +61,18 @@ def _pairs(p, pid, K, B, k_magic, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
+def _piece_tile(pid, K, B, D, k_magic, col0, N: tl.constexpr, W: tl.constexpr,
+                BLOCK_P: tl.constexpr, FULL: tl.constexpr):
+    """(rows, samples, columns, mask) of a piece's (N * BLOCK_P, W) tile (see
+    :func:`_piece`); ``FULL``: whole chunks, every column below D, masked by pair only."""
+    j = tl.arange(0, N * BLOCK_P)
+    rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
+    cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
+    m = pmask[:, None] if FULL else pmask[:, None] & (cols < D)
+    return rows, ks, cols, m
+
+
+@triton.jit
 def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
            N: tl.constexpr, W: tl.constexpr, BLOCK_P: tl.constexpr, FULL: tl.constexpr,
            NEED_G: tl.constexpr):
@@ -74,10 +86,7 @@ def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
     per element. Nothing of a padded pair reaches an output: its log-weight becomes -inf
     before the softmax and its gradients are not stored. The tail sets its masked columns
     to values that add nothing (``MASKED_LOGIT``, x = 0)."""
-    j = tl.arange(0, N * BLOCK_P)
-    rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
-    cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
-    m = pmask[:, None] if FULL else pmask[:, None] & (cols < D)
+    rows, ks, cols, m = _piece_tile(pid, K, B, D, k_magic, col0, N, W, BLOCK_P, FULL)
     x = to_f32(tl.load(X + (rows * stride_x)[:, None] + cols, mask=m,
                        other=None if FULL else 0.0))
     l = to_f32(tl.load(R + (ks * stride_rk + rows * stride_rb)[:, None] + cols, mask=m,
@@ -96,11 +105,8 @@ def _store_piece(GR, g, w, pid, K, B, D, k_magic, col0, N: tl.constexpr, W: tl.c
                  BLOCK_P: tl.constexpr, FULL: tl.constexpr):
     """d/drecon_k of one :func:`_piece`'s tile: its d/dl ``g`` times the pairs' weights
     ``w`` (BLOCK_P,), at offsets formed here (not kept live across the softmax)."""
-    j = tl.arange(0, N * BLOCK_P)
-    rows, ks, pmask = _pairs(j, pid, K, B, k_magic, BLOCK_P)
-    cols = col0 + ((j // BLOCK_P) * W)[:, None] + tl.arange(0, W)[None, :]
+    rows, ks, cols, m = _piece_tile(pid, K, B, D, k_magic, col0, N, W, BLOCK_P, FULL)
     w_rows = tl.reshape(tl.broadcast_to(w[None, :], [N, BLOCK_P]), [N * BLOCK_P])
-    m = pmask[:, None] if FULL else pmask[:, None] & (cols < D)
     store_as(GR, (ks * ((pid * 0 + B) * D) + rows * D)[:, None] + cols, g * w_rows[:, None], m)
 
 

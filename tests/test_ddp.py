@@ -94,12 +94,21 @@ def test_ddp_gradient_equals_single_process_gradient(tmp_path, monkeypatch):
     assert not torch.allclose(_grads(half)["decoder.0.weight"], want["decoder.0.weight"])
 
 
+def _torchrun_env(tmp_path) -> dict:
+    """The environment of a torchrun under test: one thread a rank on a 2-core machine, and
+    a temporary folder of the test's own (torchrun leaves its log folder, a
+    ``torchelastic_*`` one, in the temporary folder when it exits)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
+
+
 def test_torchrun_trains_with_rank0_writing(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun not installed next to this python")
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = _torchrun_env(tmp_path)
     r = subprocess.run(
         [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
          "--epochs", "1", "--hidden", "32", "--latent", "2", "--batch-size", "128",
@@ -140,7 +149,7 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
         [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
          "--epochs", "1", "--batch-size", "33", "--no-progress", "--device", "cpu",
          "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        capture_output=True, text=True, timeout=240, env=_torchrun_env(tmp_path))
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
     assert lines == ["fastvae train: error: --batch-size: global batch of 33 does not split "
@@ -153,7 +162,7 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
         [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
          "--epochs", "1", "--batch-size", "2", "--no-progress", "--device", "cpu",
          "--iwae-k", "0", "--dataset", str(tmp_path / "two.npy"), "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=240, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        capture_output=True, text=True, timeout=240, env=_torchrun_env(tmp_path))
     lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
     assert lines == [f"fastvae train: error: two.npy: 1 training image(s) for {WORLD} "
                      "processes; each needs at least one"], r.stderr

@@ -35,6 +35,9 @@ from ._durable import fsync_dir
 FORMAT = "fastvae-checkpoint"
 VERSION = 2            # 2: with checksum; 1 (no checksum) still loads
 CHECKPOINT_NAME = "checkpoint.pt"
+# The files a run writes in its folder besides the checkpoint (train._finish): a fresh run
+# never takes over a folder holding any of them (run_config.prepare_config).
+RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png", "latent.png")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -305,6 +308,12 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         if p.name == CHECKPOINT_NAME and p.is_dir():
             raise CheckpointError(f"{p} is a folder, not a checkpoint file; move it away")
     if not path.is_file():
+        held = [n for n in RUN_FILES if (path.parent / n).exists()]
+        if held:   # a fresh run refuses this folder: it would overwrite them
+            raise CheckpointError(
+                f"no checkpoint at {path}, and its folder holds {', '.join(held)}, which a "
+                "new run there would overwrite; train one in another folder: "
+                "`fastvae train --out OTHER_FOLDER`")
         raise CheckpointError(
             f"no checkpoint at {path}; train one with "
             f"`fastvae train --out {shlex.quote(str(path.parent))}`"

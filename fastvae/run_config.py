@@ -7,12 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, require
+from .checkpoint import CHECKPOINT_NAME, RUN_FILES, CheckpointError, load_checkpoint, require
 from .data import IDX_NAMES, check_dataset_name, stored_name
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
 
-# The files a run writes in its folder besides the checkpoint (train._finish).
-RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png", "latent.png")
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
                 "download", "threads")

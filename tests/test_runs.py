@@ -128,7 +128,8 @@ def test_a_failed_start_keeps_a_folder_it_did_not_create(tmp_path, capsys):
     assert out.is_dir()
 
 
-def test_a_folder_holding_a_run_s_files_without_a_checkpoint_is_not_taken_over(tmp_path):
+def test_a_folder_holding_a_run_s_files_without_a_checkpoint_is_not_taken_over(tmp_path,
+                                                                                 capsys):
     """metrics.json or a picture a run would write, with no checkpoint to resume: refused,
     the files as they were."""
     out = tmp_path / "mine"
@@ -138,6 +139,15 @@ def test_a_folder_holding_a_run_s_files_without_a_checkpoint_is_not_taken_over(t
     with pytest.raises(T.RunFolderError, match="already holds metrics.json, samples.png"):
         T.train(dict(TINY, out=str(out)), log=quiet)
     assert (out / "metrics.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.png"]
+
+    # --resume, eval and sample on it: their advice is not the fresh run refused above
+    for argv in (["train", "--resume", "--out", str(out)], ["eval", str(out)],
+                 ["sample", str(out)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "holds metrics.json, samples.png" in err and "another folder" in err, err
+        assert f"--out {out}`" not in err, err
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.png"]
 
 

@@ -108,9 +108,19 @@ def _add_train(sub):
     p.set_defaults(func=_cmd_train)
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default in its help, where it says something: not None (a flag that is
+    off unless given), not a switch's False, not where the help names its own default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_eval(sub):
     p = sub.add_parser("eval", help="test ELBO and IWAE NLL of a trained run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Defaults)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--k", type=o.non_negative_int, default=1000,
                    help="importance samples per test image")
@@ -127,7 +137,7 @@ def _add_eval(sub):
 
 def _add_sample(sub):
     p = sub.add_parser("sample", help="draw images from a trained run's prior",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Defaults)
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
@@ -135,7 +145,7 @@ def _add_sample(sub):
                    "(default: RUN/samples-N-seedS.png, one file per number and seed)")
     p.add_argument("--seed", type=o.seed, default=0,
                    help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
-                   "learned priors)")
+                   "learned priors); the run's own samples.png is --n 64 at the run's --seed + 4")
     p.add_argument("--ncol", type=o.positive_int, default=8,
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",

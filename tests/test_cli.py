@@ -38,6 +38,21 @@ def test_train_help_documents_every_flag(capsys):
     assert all(a.help for a in train._actions)
 
 
+@pytest.mark.parametrize("cmd", ["eval", "sample"])
+def test_eval_and_sample_help_give_each_default_once(capsys, cmd):
+    """A default in the help where it says something: never "(default: None)" for a flag
+    off unless given, nor a second one where the help names its own."""
+    with pytest.raises(SystemExit) as e:
+        cli.main([cmd, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text, text
+    assert "(default: auto)" in text, text
+    if cmd == "eval":
+        assert "(default: the run's own) (default" not in text, text
+        assert "(default: 1000)" in text, text
+
+
 def test_train_eval_sample(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     assert cli.main(["train", *TINY, "--out", str(run)]) == 0

@@ -38,8 +38,17 @@ from fastvae.checkpoint import CheckpointError, load_checkpoint, write_json
 from fastvae.data import load_dataset
 from fastvae.plots import save_figure
 from fastvae.runs import restore_model
+from fastvae.validation import DMOL
 
 ESTIMATORS = ("standard", "stl", "dreg")
+
+
+def estimators_for(cfg: dict) -> tuple:
+    """The estimators a run's model takes: DReG's weights need a likelihood whose IWAE
+    bound has them (not the discretized mixture's, ``fastvae.dmol_training``)."""
+    if cfg.get("likelihood") == DMOL:
+        return tuple(e for e in ESTIMATORS if e != "dreg")
+    return ESTIMATORS
 ENCODER_PREFIXES = ("encoder.", "enc_fc.", "to_stats.")  # the modules that make mu, logvar
 
 
@@ -91,6 +100,8 @@ def plot(rows, path: Path, title: str) -> None:
     styles = {"standard": ("tab:gray", "o"), "stl": ("tab:blue", "s"), "dreg": ("tab:red", "^")}
     for est in ESTIMATORS:
         pts = sorted((r["k"], r["mean_snr"]) for r in rows if r["estimator"] == est)
+        if not pts:   # an estimator the run's model does not take
+            continue
         color, marker = styles[est]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
                 label={"standard": "standard", "stl": "STL (biased for K > 1)",
@@ -177,9 +188,12 @@ def check(p, args):
         p.error(f"argument --backend: {e}")
     if args.run:
         try:
-            load_checkpoint(args.run)
+            state = load_checkpoint(args.run)
         except CheckpointError as e:
             p.error(f"argument --run: {e}")
+        if state.get("config", {}).get("model") == "hvae":
+            p.error(f"argument --run: {args.run} is an hvae run; the study takes an mlp or "
+                    "conv run (one latent group, the encoder the estimators' gradients reach)")
 
 
 def main(argv=None) -> int:
@@ -211,7 +225,7 @@ def study(args, run) -> int:
     x = load_dataset(cfg["dataset"], cfg.get("data_dir", "data")).test[:args.batch]
     rows = []
     for k in args.k:
-        for est in ESTIMATORS:
+        for est in estimators_for(cfg):
             rows.append(snr(model, x, k, est, args.draws, args.seed + k, args.backend))
             r = rows[-1]
             print(f"K={k:3d} {est:8s} mean SNR {r['mean_snr']:.4f} median {r['median_snr']:.4f} "

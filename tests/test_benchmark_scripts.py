@@ -97,6 +97,21 @@ def test_gradient_snr_needs_matplotlib_up_front_unless_no_plot_of_a_run(monkeypa
     assert snr.main(["--run", str(tmp_path), "--no-plot", "--out", str(tmp_path / "x")]) == 0
 
 
+def test_gradient_snr_refuses_an_hvae_run_and_skips_dreg_for_the_mixture(monkeypatch, capsys,
+                                                                          tmp_path):
+    """An hvae (its latent groups have no one IWAE bound to estimate) is a usage error,
+    not a traceback; a discretized-mixture run is studied without DReG, which its
+    likelihood does not take."""
+    snr = _module("gradient_snr", monkeypatch)
+    monkeypatch.setattr(snr, "load_checkpoint", lambda run: {"config": {"model": "hvae"}})
+    err = _usage_error(capsys, snr.main, ["--run", str(tmp_path), "--no-plot", "--out",
+                                          str(tmp_path / "x")], "--run")
+    assert "hvae" in err, err
+    assert snr.estimators_for({"likelihood": "discretized_logistic_mixture"}) == (
+        "standard", "stl")
+    assert snr.estimators_for({"likelihood": "bernoulli"}) == snr.ESTIMATORS
+
+
 def _left_in(tmp):
     """What a run left in the temporary folder; torch's own inductor cache, which a
     process makes there on its first use of inductor, is not the run's."""

@@ -205,7 +205,7 @@ def _load_run(run, device_name):
 
 def _cmd_eval(args):
     from .checkpoint import checkpoint_path, json_text
-    from .data import IDX_NAMES, load_dataset
+    from .data import IDX_NAMES, load_run_dataset
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
     from .run_data import check_elbo_finite, check_run_data, data_changed
@@ -222,7 +222,7 @@ def _cmd_eval(args):
             raise ValueError(f"--data-dir: the run's dataset {cfg['dataset']} is not read from a "
                              f"data folder (only {' and '.join(IDX_NAMES)} are); drop --data-dir")
         cfg["data_dir"] = args.data_dir
-    data = load_dataset(cfg["dataset"], cfg["data_dir"])
+    data = load_run_dataset(cfg["dataset"], cfg["data_dir"])
     # the files may have changed since training: a traceback or a meaningless number else
     changed = data_changed(data, cfg.get("data_digest"), checkpoint_path(args.run))
     check_run_data(data, model.likelihood, cfg.get("data_shape"), checkpoint_path(args.run),

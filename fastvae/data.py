@@ -397,6 +397,16 @@ def check_dataset_name(name: str) -> None:
                         "to an .npy/.npz file of images")
 
 
+def load_run_dataset(name: str, data_dir=None, download: bool = False) -> Dataset:
+    """:func:`load_dataset` of the dataset a saved run names (:func:`stored_name`): an array
+    file gone from the path the run keeps is said as the run's, with what to do (a
+    dataset's own advice, which names datasets to pass, is no help to eval or --resume)."""
+    if _is_array_file(name) and not os.path.exists(name):
+        raise DataError(f"the run was trained on {name}, which is not there now; put the file "
+                        "back at that path (its contents are checked against the run's)")
+    return load_dataset(name, data_dir, download)
+
+
 def load_dataset(name: str = "digits", data_dir=None, download: bool = False) -> Dataset:
     """``digits`` | ``mnist`` | ``fashion-mnist`` | a path to ``.npy``/``.npz``."""
     check_dataset_name(name)

@@ -36,7 +36,7 @@ import fastvae
 from . import dmol_training as dmol, objectives, ranks, stops
 from .amp import amp_policy, compile_options, describe as describe_amp
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
-from .data import DataError, load_dataset
+from .data import DataError, load_dataset, load_run_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
@@ -280,7 +280,8 @@ def _load_data(cfg, state, device, is_main, world, say):
     wait_for_download = world > 1 and cfg["download"]
     if wait_for_download and not is_main:
         torch.distributed.barrier()  # rank 0 fetches the files first
-    data = load_dataset(cfg["dataset"], cfg["data_dir"], download=cfg["download"] and is_main)
+    load = load_dataset if state is None else load_run_dataset   # fresh, resumed
+    data = load(cfg["dataset"], cfg["data_dir"], download=cfg["download"] and is_main)
     if wait_for_download and is_main:
         torch.distributed.barrier()
     ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME

@@ -184,3 +184,27 @@ def test_resume_without_out_takes_the_run_checkpointed_last_not_the_highest_numb
     assert newest_run("digits") == runs / "digits-2"
     os.utime(runs / "digits" / CHECKPOINT_NAME, (3_000_000_000, 3_000_000_000))
     assert newest_run("digits") == runs / "digits-2"   # equals: the higher number
+
+
+def test_a_run_whose_array_file_moved_says_where_it_was_trained_on(tmp_path, capsys):
+    """eval and --resume of a run trained on an .npy that has since moved: the path the
+    run keeps and what to do, not the dataset advice of a fresh run (which names datasets
+    to pass, where neither command takes one)."""
+    import numpy as np
+
+    data = tmp_path / "a.npy"
+    np.save(data, (np.random.default_rng(0).random((40, 8, 8)) > 0.5).astype(np.uint8) * 255)
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY_ARGS, "--dataset", str(data), "--out", str(run)]) == 0
+    data.rename(tmp_path / "b.npy")
+    capsys.readouterr()
+    for argv in (["eval", str(run), "--k", "2"],
+                 ["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"the run was trained on {data}, which is not there now; put the "
+                            "file back at that path (its contents are checked against the "
+                            "run's)"), err
+        assert len(err.splitlines()) == 1, err
+    (tmp_path / "b.npy").rename(data)
+    assert cli.main(["eval", str(run), "--k", "2"]) == 0

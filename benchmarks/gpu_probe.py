@@ -254,26 +254,41 @@ def cases(shape, device, backend, smoke):
         out.append((f"iwae K={k} fp32",
                     lambda k=k: iwae_step(shape, k, torch.float32, device, backend), False))
     if not smoke:
+        from fastvae.backends.triton_backend import configs
         # Two 8-warp programs of the pair kernel fit an SM (RESULTS.md, "two programs an
         # SM"); one of 16 warps gives each scheduler as many warps, in one program.
-        out.append(("iwae K=5 fp32, pair kernel at 16 warps", with_pair_warps(
-            16, lambda: iwae_step(shape, 5, torch.float32, device, backend)), False))
+        out.append(("iwae K=5 fp32, pair kernel at 16 warps", with_config(
+            "IWAE_PAIRS_WARPS", 16, lambda: iwae_step(shape, 5, torch.float32, device, backend)),
+            False))
+        # The bench's IWAE batch: the two-pass kernel's 16-bit tile, 4 warps (two programs
+        # an SM) against the 8-warp one it replaced (one program an SM at this grid).
+        for name, tile in (("", None), (", two-pass at 8 warps", (2048, 8))):
+            def make(tile=tile):
+                return iwae_step(BENCH_IWAE, 50, torch.bfloat16, device, backend)
+            out.append((f"iwae K=50 bf16 B={BENCH_IWAE['batch']}{name}", make if tile is None
+                        else with_config("IWAE_ROWS_TILE", {**configs.IWAE_ROWS_TILE, 2: tile},
+                                         make), False))
     return out
 
 
-def with_pair_warps(warps, make):
-    """``make``'s step with the IWAE pair kernel launched at ``warps`` warps."""
+BENCH_IWAE = dict(batch=4096, dim=784, latent=32)   # fastvae bench's IWAE shape on CUDA
+
+
+def with_config(name, value, make):
+    """``make``'s step with ``configs.<name>`` (a tile table of the Triton backend) set to
+    ``value`` while it runs."""
     from fastvae.backends.triton_backend import configs
 
     def wrapped():
         step, case = make()
 
         def run():
-            saved, configs.IWAE_PAIRS_WARPS = configs.IWAE_PAIRS_WARPS, warps
+            saved = getattr(configs, name)
+            setattr(configs, name, value)
             try:
                 return step()
             finally:
-                configs.IWAE_PAIRS_WARPS = saved
+                setattr(configs, name, saved)
         return run, case
     return wrapped
 

@@ -72,13 +72,20 @@ IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_S
                       (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16}
 
 # The two-pass IWAE kernel (iwae_rows_config): (tile elements, num_warps) by element size
-# in bytes, or by (LIK, element size) where that differs: 16-bit tiles at 4 warps spill
-# 16 bytes (sm_90, Triton 3.6); the continuous Bernoulli's fp32 1024-element tile spills
-# 8-24 bytes at 4 or 8 warps (Triton 3.6), 512 elements at 8 warps none.
+# in bytes, or by (LIK, element size) where that differs: the continuous Bernoulli's fp32
+# 1024-element tile spills 8-24 bytes at 4 or 8 warps (Triton 3.6), 512 elements at 8
+# warps none; 16-bit Gaussians with a tensor obs_logvar spill 16 bytes at 4 warps. 16
+# rows of 64 columns at 4 warps: two programs share an SM where a grid is about as large
+# as the SM count (B = 4096 on an H200), and a program's per-sample barrier holds only
+# its own 4 warps (RESULTS.md, "two programs an SM for K = 50"). A tile takes more warps
+# where its latents would be over IWAE_ROWS_LATENTS_A_THREAD a thread (at 64 latents 4
+# warps spilled 24-76 bytes, Triton 3.6, fp32 and 16-bit).
 IWAE_ROWS_BLOCK_D = 64
 IWAE_ROWS_BLOCK_L = 64
-IWAE_ROWS_TILE = {1: (2048, 8), 2: (2048, 8), 4: (1024, 4),
-                  (CONTINUOUS_BERNOULLI, 4): (512, 8)}
+IWAE_ROWS_TILE = {1: (1024, 4), 2: (1024, 4), 4: (1024, 4),
+                  (CONTINUOUS_BERNOULLI, 4): (512, 8),
+                  (GAUSSIAN_TENSOR, 2): (2048, 8), (GAUSSIAN_TENSOR, 1): (2048, 8)}
+IWAE_ROWS_LATENTS_A_THREAD = 4
 IWAE_ROWS_LATENT_TILE = 1024
 # Pass 1 of the Bernoulli takes one lg2 of the product of the (1 + e) factors of up to
 # IWAE_ROWS_PRODUCT_BLOCKS full column blocks (each in (1, 2]: <= 126 cannot overflow)
@@ -262,6 +269,7 @@ def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNO
     block_l = min(IWAE_ROWS_BLOCK_L, max(16, _p2(l)))
     elements, warps = IWAE_ROWS_TILE.get((lik, element_size), IWAE_ROWS_TILE[element_size])
     block_b = min(elements // block_d, IWAE_ROWS_LATENT_TILE // block_l)
+    warps = max(warps, block_b * block_l // (32 * IWAE_ROWS_LATENTS_A_THREAD))
     return block_b, block_d, block_l, warps
 
 

@@ -31,19 +31,23 @@ __all__ = [
 ]
 __all__ += ["discretized_logistic_mixture_log_prob", "DiscretizedLogisticMixtureNLLLoss"]
 
-# Submodules loaded on first use: ``import fastvae; fastvae.models.VAE(...)`` as the README
-# writes it, without importing the models (and what they pull in) with every op call's package.
+# Loaded on first use: ``import fastvae; fastvae.models.VAE(...)`` as the README writes it,
+# without importing the models (and what they pull in) with every op call's package;
+# ``fastvae.load_run`` (fastvae.runs) likewise.
 _LAZY_SUBMODULES = ("models",)
+_LAZY_FUNCTIONS = {"load_run": "runs"}
+__all__ += list(_LAZY_FUNCTIONS)
 
 
 def __getattr__(name):
-    if name in _LAZY_SUBMODULES:
+    if name in _LAZY_SUBMODULES or name in _LAZY_FUNCTIONS:
         import importlib
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
+        module = importlib.import_module(f".{_LAZY_FUNCTIONS.get(name, name)}", __name__)
+        value = getattr(module, name) if name in _LAZY_FUNCTIONS else module
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | set(_LAZY_FUNCTIONS))

@@ -191,16 +191,13 @@ def _cmd_train(args):
 
 def _load_run(run, device_name):
     """(checkpoint dict, model in eval mode on its device, device)."""
-    from .checkpoint import checkpoint_path, load_checkpoint
-    from .run_data import check_weights_finite
+    from .checkpoint import load_checkpoint
     from .runs import restore_model
     from .options import resolve_device
 
     state = load_checkpoint(run)
     device = resolve_device(device_name)
-    model = restore_model(state, run)
-    check_weights_finite(model, checkpoint_path(run))
-    return state, model.to(device).eval(), device
+    return state, restore_model(state, run).to(device).eval(), device
 
 
 def _cmd_eval(args):

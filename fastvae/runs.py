@@ -12,9 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, checkpoint_path, temp_name
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
+                         temp_name)
 from .models import build_model
 from .options import TRAIN_CHOICES, BadValue, seed as check_seed
+from .run_data import check_weights_finite
 
 # What build_model cannot default: a checkpoint's config must hold these.
 MODEL_KEYS = ("data_shape", "latent")
@@ -71,8 +73,19 @@ def load_weights(model: torch.nn.Module, weights, path) -> None:
                               f"describes ({first[:300]})") from None
 
 
+def load_run(run, device="cpu") -> torch.nn.Module:
+    """The trained model of a ``fastvae train`` run, as ``fastvae.load_run``: ``run`` its
+    folder (or its checkpoint.pt), in eval mode on ``device`` (a name such as "cuda" or a
+    torch.device): its ``sample(n)``, ``reconstruct(x)`` and losses are the run's. A
+    missing, damaged or foreign checkpoint, or weights that are not finite, is a
+    :class:`~fastvae.checkpoint.CheckpointError` naming the file and what is wrong."""
+    state = load_checkpoint(run)
+    return restore_model(state, run).to(device).eval()
+
+
 def restore_model(state: dict, run) -> torch.nn.Module:
-    """The model of a loaded checkpoint, weights in place (CPU, train mode)."""
+    """The model of a loaded checkpoint, weights in place and checked finite (CPU, train
+    mode)."""
     path = checkpoint_path(run)
     config = state["config"]   # a dict: load_checkpoint checked it
     for key in MODEL_KEYS:
@@ -83,6 +96,7 @@ def restore_model(state: dict, run) -> torch.nn.Module:
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: its config does not describe a model: {e}") from None
     load_weights(model, state["model"], path)
+    check_weights_finite(model, path)
     return model
 
 

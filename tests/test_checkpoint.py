@@ -356,6 +356,28 @@ def test_weights_that_are_not_finite_are_refused_by_eval_sample_and_resume(good_
     assert not (tmp_path / "s.png").exists()
 
 
+def test_load_run_gives_the_trained_model_in_eval_mode_and_refuses_what_eval_refuses(
+        good_run, tmp_path, monkeypatch):
+    """``fastvae.load_run`` (made on first use, like ``fastvae.models``): the run's model
+    with its checkpoint's weights, in eval mode, from the folder or its checkpoint.pt;
+    whatever eval refuses, a CheckpointError naming the file."""
+    import fastvae
+    monkeypatch.delitem(vars(fastvae), "load_run", raising=False)
+    assert "load_run" in dir(fastvae) and "load_run" in fastvae.__all__
+    model = fastvae.load_run(good_run)
+    assert not model.training
+    state = load_checkpoint(good_run)
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+    assert fastvae.load_run(good_run / CHECKPOINT_NAME).state_dict().keys() == state["model"].keys()
+    assert model.sample(3).shape[0] == 3
+    next(v for v in state["model"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="weights are not all finite"):
+        fastvae.load_run(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        fastvae.load_run(tmp_path / "elsewhere")
+
+
 def test_no_checkpoint_names_the_command_with_its_folder_quoted(tmp_path, capsys):
     run = tmp_path / "a run"
     run.mkdir()

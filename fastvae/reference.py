@@ -195,6 +195,11 @@ def elbo(x, recon, mu, logvar, z, obs_logvar, *, likelihood, kl, beta, free_bits
     dtype = result_dtype(x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar)
     x, recon, obs_logvar = upcast(x, dtype), upcast(recon, dtype), upcast(obs_logvar, dtype)
     log_px = log_likelihood(x, recon, likelihood, obs_logvar)
+    if beta == 0:   # no KL term, also where it overflows (not 0 * inf); a zero edge keeps
+        # the latents in the graph (autograd.grad w.r.t. them: 0, not "unused")
+        latents = [t for t in (mu, logvar, z, prior_mu, prior_logvar)
+                   if isinstance(t, torch.Tensor)]
+        return _reduce(log_px + sum((t * 0).sum(-1) for t in latents), reduction)
     if kl == "analytic":
         kl_bl = kl_normal_per_dim(mu, logvar, prior_mu, prior_logvar)
     else:  # STL stops log q's parameters only: log p(z) keeps the prior's and z's gradients

@@ -202,9 +202,9 @@ def elbo_rows_kernel(
                             NEED_GX, NEED_GR, OBS_GRAD, True)
         acc_tail += tl.where(m, value, 0.0)
     per_row += tl.sum(acc_tail, axis=1)
-    if beta != 0:   # no KL term at beta = 0, also where it overflowed (not 0 * inf); its
-        # gradients the host writes 0 over (triton_backend.elbo)
-        per_row -= beta * kl_rows
+    # no KL term at beta = 0, also where it overflowed (not 0 * inf); its gradients the
+    # host writes 0 over (triton_backend.elbo)
+    per_row -= tl.where(beta != 0, beta * kl_rows, 0.0)
 
     if REDUCE:
         finish_by_ticket(PARTIALS, COUNTER, ROW_VALUES, pid,

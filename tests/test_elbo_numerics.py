@@ -258,13 +258,11 @@ def test_free_bits_clamp_a_latent_whose_partial_overflows(seed, backend):
 @pytest.mark.parametrize("prior", [False, True])
 @pytest.mark.parametrize("kl", ["analytic", "mc"])
 def test_beta_0_drops_a_kl_that_overflows(seed, backend, kl, prior):
-    """beta = 0 (a KL warm-up's start) leaves no KL term, even where it overflows float32
-    (logvar 95: exp(logvar); -100: exp(-logvar); a prior's -90: exp(-prior_logvar)): the
-    value is log p(x|z) alone and the
-    latents' gradients are 0, as in float64 (0 * inf made them NaN on the fused
-    backends). The reference's float32 math is eager PyTorch's, which gives NaN too."""
-    if backend == "reference":
-        pytest.skip("eager float32 math: 0 * inf")
+    """beta = 0 (a user's KL warm-up from 0) leaves no KL term, even where it overflows
+    float32 (logvar 95: exp(logvar); -100: exp(-logvar); a prior's -90:
+    exp(-prior_logvar)): the value is log p(x|z) alone and the latents' gradients are 0,
+    as in float64, on every backend and also for a graph of the backward and under
+    torch.func (the reference math); 0 * inf made them NaN."""
     b, d, l = 3, 5, 4
     x, recon = torch.rand(b, d), torch.randn(b, d)
     mu, lv, z = torch.randn(b, l), torch.randn(b, l), torch.randn(b, l)
@@ -276,19 +274,25 @@ def test_beta_0_drops_a_kl_that_overflows(seed, backend, kl, prior):
         extra = dict(prior_mu=pri[0], prior_logvar=pri[1]) if pri else {}
         return fastvae.elbo(x, *ins[:3], kl=kl, z=ins[3] if kl == "mc" else None, beta=0.0,
                             reduction="sum", backend=backend, **extra)
-    used = ins if kl == "mc" else ins[:3]
-    got = run(ins, pri, x, backend)
+    used = (ins if kl == "mc" else ins[:3]) + pri
     want_ins = [leaf(t.double()) for t in ins]
     want_pri = [leaf(t.double()) for t in pri]
     want = run(want_ins, want_pri, x.double(), "reference")
-    assert bool(torch.isfinite(got)), got
-    assert_close("elbo", got, want, torch.float32)
-    wanted = want_ins[:len(used)] + want_pri
-    for i, (g, e) in enumerate(zip(grads(got, used + pri), grads(want, wanted))):
-        assert bool(torch.isfinite(g).all()), i
-        assert_close(f"gradient {i}", g, e, torch.float32)
-        if i > 0:
-            assert float(g.abs().max()) == 0.0, i
+    wanted = grads(want, (want_ins if kl == "mc" else want_ins[:3]) + want_pri)
+    for create_graph in (False, True):
+        got = run(ins, pri, x, backend)
+        assert bool(torch.isfinite(got)), got
+        assert_close("elbo", got, want, torch.float32)
+        got_g = torch.autograd.grad(got, used, create_graph=create_graph)
+        for i, (g, e) in enumerate(zip(got_g, wanted)):
+            assert bool(torch.isfinite(g).all()), (create_graph, i)
+            assert_close(f"gradient {i}", g, e, torch.float32)
+            if i > 0:
+                assert float(g.abs().max()) == 0.0, (create_graph, i)
+    from torch.func import grad
+    g_lv = grad(lambda t: run([ins[0].detach(), ins[1].detach(), t, ins[3].detach()],
+                              [t.detach() for t in pri], x, backend))(ins[2].detach())
+    assert float(g_lv.abs().max()) == 0.0
 
 
 @pytest.mark.parametrize("case", ["one square overflows", "t overflows", "t^2 overflows"])

@@ -50,7 +50,7 @@ def elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar, l
         g_z = None if d_z is None else d_z * kc
         g_pm = d_pm * kc if needs[6] else None   # (B, L): every term has mu's shape
         g_plv = d_plv * kc if needs[7] else None
-    if beta == 0:   # no KL term (a warm-up's start): its gradients are 0, also where a
+    if beta == 0:   # no KL term (a warm-up from 0): its gradients are 0, also where a
         # partial overflowed (0 * inf)
         for g in (g_mu, g_lv, g_z, g_pm, g_plv):
             if g is not None:

@@ -114,7 +114,7 @@ def _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar,
         c=float(scale * plan["reduce_scale"]), free_bits=float(free_bits))
     if plan["gobs_partial"]:
         _launch.launch_planned(plan["finish"], GOBS_PARTIALS=gobs_partials, GOBS=gobs, c=1.0)
-    if beta == 0:   # no KL term (a warm-up's start): its gradients are 0, also where the
+    if beta == 0:   # no KL term (a warm-up from 0): its gradients are 0, also where the
         # kernel's 0 * an overflowed partial wrote NaN (a select there cost registers)
         for g in (gmu, glv, gz, gpm, gplv):
             if g is not None:

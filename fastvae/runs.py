@@ -15,7 +15,8 @@ import torch
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
                          temp_name)
 from .models import build_model
-from .options import TRAIN_CHOICES, BadValue, seed as check_seed
+from .options import TRAIN_CHOICES, BadValue, resolve_device, seed as check_seed
+from .options import device as device_name
 from .run_data import check_weights_finite
 
 # What build_model cannot default: a checkpoint's config must hold these.
@@ -75,12 +76,17 @@ def load_weights(model: torch.nn.Module, weights, path) -> None:
 
 def load_run(run, device="cpu") -> torch.nn.Module:
     """The trained model of a ``fastvae train`` run, as ``fastvae.load_run``: ``run`` its
-    folder (or its checkpoint.pt), in eval mode on ``device`` (a name such as "cuda" or a
-    torch.device): its ``sample(n)``, ``reconstruct(x)`` and losses are the run's. A
-    missing, damaged or foreign checkpoint, or weights that are not finite, is a
-    :class:`~fastvae.checkpoint.CheckpointError` naming the file and what is wrong."""
+    folder (or its checkpoint.pt), in eval mode on ``device`` (what ``--device`` takes:
+    "auto", "cpu", "cuda", "cuda:N", "mps", or a torch.device): its ``sample(n)``,
+    ``reconstruct(x)`` and losses are the run's. A missing, damaged or foreign checkpoint,
+    or weights that are not finite, is a :class:`~fastvae.checkpoint.CheckpointError`
+    naming the file and what is wrong; a device torch does not see, a ValueError."""
+    try:
+        where = resolve_device(device_name(str(device)))
+    except BadValue as e:
+        raise ValueError(f"device {e}") from None
     state = load_checkpoint(run)
-    return restore_model(state, run).to(device).eval()
+    return restore_model(state, run).to(where).eval()
 
 
 def restore_model(state: dict, run) -> torch.nn.Module:

@@ -363,9 +363,12 @@ def test_load_run_gives_the_trained_model_in_eval_mode_and_refuses_what_eval_ref
     whatever eval refuses, a CheckpointError naming the file."""
     import fastvae
     monkeypatch.delitem(vars(fastvae), "load_run", raising=False)
-    assert "load_run" in dir(fastvae) and "load_run" in fastvae.__all__
+    assert "load_run" in dir(fastvae) and "load_run" not in vars(fastvae)
     model = fastvae.load_run(good_run)
-    assert not model.training
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    assert not fastvae.load_run(good_run, device="auto").training
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda"):
+        fastvae.load_run(good_run, device="gpu0")
     state = load_checkpoint(good_run)
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
     assert fastvae.load_run(good_run / CHECKPOINT_NAME).state_dict().keys() == state["model"].keys()

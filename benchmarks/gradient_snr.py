@@ -41,6 +41,7 @@ from fastvae.runs import restore_model
 from fastvae.validation import DMOL
 
 ESTIMATORS = ("standard", "stl", "dreg")
+ENCODER_PREFIXES = ("encoder.", "enc_fc.", "to_stats.")  # the modules that make mu, logvar
 
 
 def estimators_for(cfg: dict) -> tuple:
@@ -49,7 +50,6 @@ def estimators_for(cfg: dict) -> tuple:
     if cfg.get("likelihood") == DMOL:
         return tuple(e for e in ESTIMATORS if e != "dreg")
     return ESTIMATORS
-ENCODER_PREFIXES = ("encoder.", "enc_fc.", "to_stats.")  # the modules that make mu, logvar
 
 
 def encoder_parameters(model):

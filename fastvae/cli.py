@@ -145,7 +145,8 @@ def _add_sample(sub):
                    "(default: RUN/samples-N-seedS.png, one file per number and seed)")
     p.add_argument("--seed", type=o.seed, default=0,
                    help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
-                   "learned priors); the run's own samples.png is --n 64 at the run's --seed + 4")
+                   "learned priors); the run's own samples.png is --n 64 at the run's --seed + 4, "
+                   "drawn on the device type it trained on")
     p.add_argument("--ncol", type=o.positive_int, default=8,
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",

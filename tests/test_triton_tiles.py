@@ -248,13 +248,14 @@ def test_iwae_shipped_gpu_tiles(seed, launches, gpu_tiles, k, b, d, l, like, pat
 
 
 
-# the two-pass kernel's multi-row tiles (16 x 64 fp32, 32 x 64 bf16): a padded last
-# program (its log-weight scratch rows), full column blocks and a masked tail, none, two
-# latent blocks, K not a power of two
+# the two-pass kernel's multi-row tiles (16 x 64; 32 x 64 for 16-bit Gaussians with a
+# tensor obs_logvar): a padded last program (its log-weight scratch rows), full column
+# blocks and a masked tail, none, two latent blocks, K not a power of two
 @pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
     (9, 17, 80, 70, "bernoulli", F32, "none"),
     (10, 33, 64, 5, "bernoulli", torch.bfloat16, "mean"),
     (11, 3, 70, 3, "gaussian_perdim", F32, "sum"),
+    (12, 35, 70, 3, "gaussian_perdim", torch.bfloat16, "mean"),
 ])
 def test_iwae_rows_tiles(seed, launches, gpu_tiles, k, b, d, l, like, dtype, reduction):
     check_iwae("triton", k, b, d, l, like, reduction, dtype)

@@ -100,9 +100,18 @@ def select(backend: str | None, device: torch.device) -> str:
 
 
 def select_for_user(backend: str | None, device) -> str:
-    """:func:`select` as ``fastvae.select_backend``: ``device`` may also be what
-    ``torch.device()`` takes ("cuda:0"), as everywhere in torch (the ops' own calls
-    pass a torch.device and skip this)."""
+    """``fastvae.select_backend(backend, device)``: the name of the backend an op would run
+    on for tensors on ``device`` ("torch", "triton" or "reference").
+
+    backend: "auto", "torch", "triton", "reference", or None for the ``FASTVAE_BACKEND``
+        environment variable (default "auto": "triton" for CUDA tensors where triton
+        imports, else "torch").
+    device: a torch.device or what ``torch.device()`` takes ("cpu", "cuda:0").
+
+    Raises ValueError for an unknown name or "triton" on a device it cannot run on,
+    RuntimeError for "triton" without the triton package, TypeError for a device that is
+    neither. (The ops' own calls pass a torch.device to :func:`select` and skip this
+    function's conversion.)"""
     if not isinstance(device, torch.device):
         try:
             device = torch.device(device)

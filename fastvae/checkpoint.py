@@ -41,6 +41,11 @@ RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png",
 _TMP_PREFIX = ".tmp-"
 
 
+def run_files_in(folder) -> list:
+    """The :data:`RUN_FILES` that ``folder`` holds, in that order."""
+    return [n for n in RUN_FILES if (Path(folder) / n).exists()]
+
+
 class CheckpointError(Exception):
     """A checkpoint is missing, corrupt, or not a fastvae checkpoint."""
 
@@ -308,7 +313,7 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         if p.name == CHECKPOINT_NAME and p.is_dir():
             raise CheckpointError(f"{p} is a folder, not a checkpoint file; move it away")
     if not path.is_file():
-        held = [n for n in RUN_FILES if (path.parent / n).exists()]
+        held = run_files_in(path.parent)
         if held:   # a fresh run refuses this folder: it would overwrite them
             raise CheckpointError(
                 f"no checkpoint at {path}, and its folder holds {', '.join(held)}, which a "

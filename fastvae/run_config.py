@@ -7,7 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT_NAME, RUN_FILES, CheckpointError, load_checkpoint, require
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
+                         run_files_in)
 from .data import IDX_NAMES, check_dataset_name, stored_name
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
 
@@ -96,7 +97,7 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
                                   "run, or choose another --out")
         # what a run writes: a folder holding any of them (without a checkpoint) is not
         # taken over either, or a fresh run would overwrite them
-        held = [n for n in RUN_FILES if (ckpt_file.parent / n).exists()]
+        held = run_files_in(ckpt_file.parent)
         if held:
             raise RunFolderError(f"{ckpt_file.parent} already holds {', '.join(held)}, which a "
                                  "run writes; choose another --out (or move them)")

@@ -12,7 +12,7 @@ from numbers import Integral, Real
 
 import torch
 
-from ._dtypes import FLOATS, result_dtype
+from ._dtypes import FLOATS, result_dtype, widened
 
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
 DMOL = "discretized_logistic_mixture"
@@ -288,6 +288,10 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
     lead = obs_logvar.dim() - len(per_row)
     if lead <= 0 or all(s == 1 for s in obs_logvar.shape[:lead]):
         trailing = obs_logvar.reshape(obs_logvar.shape[max(lead, 0):])
+        if trailing.numel() < d:
+            # repeated within a row: a 16-bit one is widened first, so that its gradient
+            # sums the columns in float32 and rounds once (a column alone may overflow)
+            trailing = widened(trailing)
         return trailing.expand(per_row).reshape(d)
     return obs_logvar.expand(x_shape).reshape(n, d)
 

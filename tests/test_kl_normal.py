@@ -210,6 +210,30 @@ def test_float16_gradients_that_fit_float16_are_not_inf(backend, op):
                                rtol=2e-3, atol=0)
 
 
+@pytest.mark.parametrize("op", ["kl_normal", "sample_with_kl", "elbo prior", "elbo obs_logvar"])
+@pytest.mark.parametrize("shape", [(), (1,)])
+def test_a_16_bit_log_variance_shared_by_every_column(backend, op, shape):
+    """One float16 log-variance for every latent (or pixel): its gradient is the sum over
+    the columns, here +-69938 each (past float16) and 0 in all. Summed over the columns
+    in float16 it was inf - inf = NaN."""
+    big = torch.tensor([[374.0, 0.0], [0.0, 374.0]])
+    lv = leaf(torch.zeros(shape, dtype=torch.float16))
+    zeros = torch.zeros(2, 2)
+    if op == "kl_normal":
+        out = fastvae.kl_normal(big, zeros, 0.0, lv, backend=backend)
+    elif op == "sample_with_kl":
+        out = fastvae.sample_with_kl(big, zeros, torch.zeros(2), lv, backend=backend)[1]
+    elif op == "elbo prior":
+        out = -fastvae.elbo(torch.full((2, 3), 0.5), torch.zeros(2, 3), big, zeros,
+                            prior_logvar=lv, reduction="none", backend=backend)
+    else:
+        out = -fastvae.elbo(zeros, big, zeros, zeros, likelihood="gaussian", obs_logvar=lv,
+                            reduction="none", backend=backend)
+    out.backward(torch.tensor([1.0, -1.0]))
+    assert lv.grad.dtype == torch.float16 and lv.grad.shape == shape
+    assert lv.grad.item() == 0.0
+
+
 def test_gradcheck(backend):
     """float64 finite differences for every input, a broadcast prior included."""
     mu = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)

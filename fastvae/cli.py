@@ -37,7 +37,8 @@ def _add_train(sub):
            f".npy/.npz of images [default: {d['dataset']}]")
     a("--data-dir", default=None,
       help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}; "
-           f"with --resume, the run's own]")
+           f"with --resume, the run's own]; with --resume of a run trained on an .npy/.npz, "
+           f"the folder that file has moved to")
     _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
                "into --data-dir when the files are missing (refused with other datasets) "
                "[default: off]")
@@ -124,7 +125,9 @@ def _add_eval(sub):
     p.add_argument("run", help="run folder (or its checkpoint.pt)")
     p.add_argument("--k", type=o.non_negative_int, default=1000,
                    help="importance samples per test image")
-    p.add_argument("--data-dir", default=None, help="override the run's data folder")
+    p.add_argument("--data-dir", default=None,
+                   help="MNIST/Fashion-MNIST folder to read instead of the run's; for a run "
+                        "trained on an .npy/.npz, the folder that file has moved to")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--limit", type=o.positive_int, default=None,
@@ -203,7 +206,7 @@ def _load_run(run, device_name):
 
 def _cmd_eval(args):
     from .checkpoint import checkpoint_path, json_text
-    from .data import IDX_NAMES, load_run_dataset
+    from .data import load_run_dataset, run_data
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
     from .run_data import check_elbo_finite, check_run_data, data_changed
@@ -216,10 +219,7 @@ def _cmd_eval(args):
         cfg["backend"] = args.backend
     run_backend(cfg, device, f"pass --backend auto (or torch) to evaluate it on {device}")
     if args.data_dir is not None:
-        if cfg["dataset"] not in IDX_NAMES:  # would be ignored: said, not silently dropped
-            raise ValueError(f"--data-dir: the run's dataset {cfg['dataset']} is not read from a "
-                             f"data folder (only {' and '.join(IDX_NAMES)} are); drop --data-dir")
-        cfg["data_dir"] = args.data_dir
+        cfg["dataset"], cfg["data_dir"] = run_data(cfg["dataset"], args.data_dir)
     data = load_run_dataset(cfg["dataset"], cfg["data_dir"])
     # the files may have changed since training: a traceback or a meaningless number else
     changed = data_changed(data, cfg.get("data_digest"), checkpoint_path(args.run))

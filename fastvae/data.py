@@ -397,13 +397,33 @@ def check_dataset_name(name: str) -> None:
                         "to an .npy/.npz file of images")
 
 
+def run_data(name: str, data_dir) -> tuple:
+    """(dataset, data folder) that ``fastvae eval`` or ``--resume`` reads for a saved run of
+    dataset ``name`` (:func:`stored_name`) given ``--data-dir data_dir``: MNIST's and
+    Fashion-MNIST's data folder; an array file moved there, by its file name (its contents
+    are checked against the run's as ever). Digits reads no folder: ValueError, since the
+    flag would be ignored."""
+    if name in IDX_NAMES:
+        return name, data_dir
+    if not _is_array_file(name):
+        raise ValueError(f"--data-dir: the run's dataset {name} is not read from a folder "
+                         "(--data-dir is MNIST's or Fashion-MNIST's, or the one a run's "
+                         ".npy/.npz has moved to); drop --data-dir")
+    moved = os.path.abspath(os.path.join(data_dir, os.path.basename(name)))
+    if not os.path.isfile(moved):
+        raise DataError(f"--data-dir {data_dir}: no {os.path.basename(name)} there (the run was "
+                        f"trained on {name})")
+    return moved, data_dir
+
+
 def load_run_dataset(name: str, data_dir=None, download: bool = False) -> Dataset:
     """:func:`load_dataset` of the dataset a saved run names (:func:`stored_name`): an array
     file gone from the path the run keeps is said as the run's, with what to do (a
     dataset's own advice, which names datasets to pass, is no help to eval or --resume)."""
     if _is_array_file(name) and not os.path.exists(name):
         raise DataError(f"the run was trained on {name}, which is not there now; put the file "
-                        "back at that path (its contents are checked against the run's)")
+                        "back at that path, or pass --data-dir with the folder it is in now "
+                        "(its contents are checked against the run's)")
     return load_dataset(name, data_dir, download)
 
 

@@ -390,7 +390,7 @@ def test_no_checkpoint_names_the_command_with_its_folder_quoted(tmp_path, capsys
 
 def test_eval_data_dir_of_a_run_that_reads_no_data_folder(good_run, tmp_path, capsys):
     assert cli.main(["eval", str(good_run), "--k", "0", "--data-dir", str(tmp_path)]) == 2
-    _one_error_line(capsys, "--data-dir: the run's dataset digits is not read from a data folder")
+    _one_error_line(capsys, "--data-dir: the run's dataset digits is not read from a folder")
 
 
 def test_a_checkpoint_file_named_without_a_suffix(good_run, tmp_path, capsys):

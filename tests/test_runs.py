@@ -203,8 +203,51 @@ def test_a_run_whose_array_file_moved_says_where_it_was_trained_on(tmp_path, cap
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.endswith(f"the run was trained on {data}, which is not there now; put the "
-                            "file back at that path (its contents are checked against the "
-                            "run's)"), err
+                            "file back at that path, or pass --data-dir with the folder it is "
+                            "in now (its contents are checked against the run's)"), err
         assert len(err.splitlines()) == 1, err
     (tmp_path / "b.npy").rename(data)
     assert cli.main(["eval", str(run), "--k", "2"]) == 0
+
+
+def test_a_run_whose_array_file_moved_folder_reads_it_there(tmp_path, capsys):
+    """--data-dir on eval and --resume of a run trained on an .npy: the folder the file
+    has moved to (a project moved as a whole). The resumed run keeps the new path; a
+    folder without the file, or with other images under its name, is one line."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "a.npy"
+    np.save(data, (rng.random((40, 8, 8)) > 0.5).astype(np.uint8) * 255)
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY_ARGS, "--dataset", str(data), "--out", str(run)]) == 0
+    (tmp_path / "moved").mkdir()
+    data.rename(tmp_path / "moved" / "a.npy")
+    (tmp_path / "empty").mkdir()
+    capsys.readouterr()
+    for argv in (["eval", str(run), "--k", "2"],
+                 ["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]):
+        assert cli.main([*argv, "--data-dir", str(tmp_path / "empty")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith(f"--data-dir {tmp_path / 'empty'}: no a.npy there (the run was "
+                            f"trained on {data})"), err
+        assert len(err.splitlines()) == 1, err
+    assert cli.main(["eval", str(run), "--k", "2", "--data-dir", str(tmp_path / "moved")]) == 0
+    out = capsys.readouterr().out
+    assert "test elbo" in out.lower(), out
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress",
+                     "--data-dir", str(tmp_path / "moved")]) == 0
+    assert f"resuming on {tmp_path / 'moved' / 'a.npy'}" in capsys.readouterr().out
+    state = load_checkpoint(run / CHECKPOINT_NAME)
+    assert state["config"]["dataset"] == str(tmp_path / "moved" / "a.npy")
+    assert state["epoch"] == 2
+    # other images under the run's file name: said as anywhere (eval notes it, a resume
+    # refuses it)
+    np.save(tmp_path / "empty" / "a.npy", (rng.random((40, 8, 8)) > 0.5).astype(np.uint8) * 255)
+    assert cli.main(["eval", str(run), "--k", "2", "--data-dir", str(tmp_path / "empty")]) == 0
+    assert "a.npy holds other images than" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", "--out", str(run), "--epochs", "3", "--no-progress",
+                     "--data-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a.npy holds other images than" in err and len(err.splitlines()) == 1, err
+    assert load_checkpoint(run / CHECKPOINT_NAME)["epoch"] == 2

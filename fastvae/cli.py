@@ -122,9 +122,10 @@ class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
 def _add_eval(sub):
     p = sub.add_parser("eval", help="test ELBO and IWAE NLL of a trained run",
                        formatter_class=_Defaults)
-    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("run", type=o.folder, help="run folder (or its checkpoint.pt)")
     p.add_argument("--k", type=o.non_negative_int, default=1000,
-                   help="importance samples per test image")
+                   help="importance samples per test image for the IWAE NLL estimate; 0 "
+                        "skips it")
     p.add_argument("--data-dir", default=None,
                    help="MNIST/Fashion-MNIST folder to read instead of the run's; for a run "
                         "trained on an .npy/.npz, the folder that file has moved to")
@@ -141,7 +142,7 @@ def _add_eval(sub):
 def _add_sample(sub):
     p = sub.add_parser("sample", help="draw images from a trained run's prior",
                        formatter_class=_Defaults)
-    p.add_argument("run", help="run folder (or its checkpoint.pt)")
+    p.add_argument("run", type=o.folder, help="run folder (or its checkpoint.pt)")
     p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
                    help="PNG to write, its name ending in .png; missing folders are created "

@@ -26,7 +26,13 @@ _F32_TINY = torch.finfo(torch.float32).tiny
 
 class Parser(argparse.ArgumentParser):
     """Usage errors in one line (argparse prints the whole usage block first, which for
-    ``train`` is a dozen lines above the one that matters)."""
+    ``train`` is a dozen lines above the one that matters), and no abbreviated flags: a
+    prefix is taken for whichever flag it starts (``--iwae 5`` was ``--iwae-k 5``, the
+    final estimate's K, on a run that then trained the ELBO)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -147,8 +153,8 @@ def non_negative_float(value) -> float:
 
 
 def folder(value) -> str:
-    """A path to write to. An empty one (``--out "$UNSET"``) would mean the current
-    directory, filling it with run files."""
+    """A run's folder or file. An empty one (``--out "$UNSET"``) would mean the current
+    directory: filling it with run files, or reading whatever run it holds."""
     if not isinstance(value, str) or not value.strip():
         raise BadValue(f"must name a folder or file, got {value!r}")
     return value
@@ -261,20 +267,21 @@ def auto_device(name: str) -> str:
     return name
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, flag: str = "--device") -> torch.device:
     """The device a run places its model on: "auto" -> the local CUDA device when there is
-    one, else CPU; a device torch does not see is a ValueError that names it."""
+    one, else CPU; a device torch does not see is a ValueError that names it as ``flag``
+    (the command's option, or a Python argument's name)."""
     dev = torch.device(auto_device(name))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
+            raise ValueError(f"{flag} {name} asked for, but torch sees no CUDA device")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
         if dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {dev} asked for, but torch sees "
+            raise ValueError(f"{flag} {dev} asked for, but torch sees "
                              f"{torch.cuda.device_count()} CUDA device(s)")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps asked for, but torch sees no MPS device")
+        raise ValueError(f"{flag} mps asked for, but torch sees no MPS device")
     return dev
 
 

@@ -82,7 +82,7 @@ def load_run(run, device="cpu") -> torch.nn.Module:
     or weights that are not finite, is a :class:`~fastvae.checkpoint.CheckpointError`
     naming the file and what is wrong; a device torch does not see, a ValueError."""
     try:
-        where = resolve_device(device_name(str(device)))
+        where = resolve_device(device_name(str(device)), flag="device")
     except BadValue as e:
         raise ValueError(f"device {e}") from None
     state = load_checkpoint(run)

@@ -369,6 +369,9 @@ def test_load_run_gives_the_trained_model_in_eval_mode_and_refuses_what_eval_ref
     assert not fastvae.load_run(good_run, device="auto").training
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda"):
         fastvae.load_run(good_run, device="gpu0")
+    if not torch.cuda.is_available():   # named as the argument it is, not as --device
+        with pytest.raises(ValueError, match="^device cuda asked for, but torch sees no CUDA"):
+            fastvae.load_run(good_run, device="cuda")
     state = load_checkpoint(good_run)
     assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
     assert fastvae.load_run(good_run / CHECKPOINT_NAME).state_dict().keys() == state["model"].keys()

@@ -241,6 +241,35 @@ def test_an_unknown_flag_is_named_by_its_command(capsys, argv, prefix):
     assert len(err) == 1 and err[0].startswith(prefix) and "--bogus" in err[0], err
 
 
+@pytest.mark.parametrize("argv,flag", [(["train", "--iwae", "5"], "--iwae"),
+                                       (["train", "--lat", "2"], "--lat"),
+                                       (["eval", "run", "--lim", "3"], "--lim"),
+                                       (["sample", "run", "--see", "3"], "--see"),
+                                       (["bench", "--qui"], "--qui")])
+def test_a_flag_is_never_taken_by_a_prefix(tmp_path, monkeypatch, capsys, argv, flag):
+    """``--iwae 5`` was ``--iwae-k 5`` (the final estimate's K) on a run that trained the
+    ELBO; every prefix is an unknown flag, refused before any folder is made."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"unrecognized arguments: {flag}" in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_an_empty_run_path_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch,
+                                                                      capsys, command):
+    """``fastvae eval "$RUN"`` with RUN unset read whatever run the current folder held."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, ""])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument run: must name a folder or file, got ''" in err[0], err
+
+
 @pytest.mark.parametrize("command,flag,value", BAD_VALUES)
 def test_bad_flag_values_are_refused_by_argparse(tmp_path, capsys, monkeypatch, command, flag,
                                                  value):

@@ -4,7 +4,7 @@ Public names only; see ``fastvae.functional`` for the math.
 """
 from ._version import __version__
 from .backends import last_used as last_backend
-from .backends import select_for_user as select_backend
+from .backends import select_backend
 from .backends import triton_available
 from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_standard_normal,
                          reparameterize, sample_with_kl)

@@ -99,7 +99,7 @@ def select(backend: str | None, device: torch.device) -> str:
     return name
 
 
-def select_for_user(backend: str | None, device) -> str:
+def select_backend(backend: str | None, device) -> str:
     """``fastvae.select_backend(backend, device)``: the name of the backend an op would run
     on for tensors on ``device`` ("torch", "triton" or "reference").
 

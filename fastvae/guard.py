@@ -67,13 +67,15 @@ class Guard:
 
     def __init__(self, checkpoint: Path, saved_epoch: int | None, out, lr: float,
                  check_grads: bool = True, epochs: int | None = None, world: int = 1,
-                 flags=()):
+                 flags=(), data_scaled: bool = False):
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
         self.out, self.lr, self.check_grads = out, lr, check_grads
         # what the resume command must repeat: the run's target, and the flags a resume
         # was given that its last checkpoint may not hold yet (``flags``, without --lr)
         self.flags = ([] if epochs is None else ["--epochs", epochs]) + list(flags)
         self.world = world    # under torchrun, the resume command is torchrun's
+        # the data within [-1, 1] already: advice to scale it is no help
+        self.data_scaled = data_scaled
         # whether an optimizer step passed the checks since the last checkpoint this run
         # wrote (or since the start): if none did, the weights are the checkpoint's
         self.stepped = False
@@ -92,6 +94,7 @@ class Guard:
         torchrun a value this rank computed alone (its test metrics, drawn with its own
         noise), which another rank may not meet; every other value is the same on every
         rank (the averaged loss and gradients, the weights), and rank 0 says it."""
+        scale_hint = scale_hint and not self.data_scaled
         scaled = "the data scaled to about [0, 1] or " if scale_hint else ""
         if self.saved_epoch is None and not self.stepped and not after_update:
             # the untrained model's loss or gradient on the first batch: no --lr changes it

@@ -224,7 +224,9 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
 
     guard = Guard(out / CHECKPOINT_NAME, run.start if state is not None else None, out,
                   cfg["lr"], check_grads=not run.use_scaler, epochs=cfg["epochs"],
-                  world=world, flags=resume_flags)
+                  world=world, flags=resume_flags,
+                  data_scaled=all(float(t.abs().max()) <= 1.0 for t in (data.train, data.test)
+                                  if t.numel()))
     t_run = time.perf_counter()
     for epoch in range(run.start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()

@@ -390,6 +390,16 @@ def test_guard_looks_past_a_gradient_norm_for_an_element_whose_square_overflows(
                        r"at epoch 4, step 1/2; the last good checkpoint \(epoch 3\) .*--lr "
                        r"0.0001` \(or start again with the data scaled to about \[0, 1\]\)"):
         guard.step(model, 4, 1, 2)
+    # data within [-1, 1] already (digits): the learning rate alone is advised
+    guard = Guard(CHECKPOINT_NAME, 3, "out", 1e-3, epochs=9, data_scaled=True)
+    guard.stepped = True
+    with pytest.raises(T.NonFiniteLoss, match=r"--lr 0.0001`$"):
+        guard.step(model, 4, 1, 2)
+    guard = Guard(CHECKPOINT_NAME, None, "out", 1e-3, epochs=9, data_scaled=True)
+    guard.stepped = True
+    with pytest.raises(T.NonFiniteLoss, match=r"no checkpoint was written yet; start again "
+                       r"with a lower --lr$"):
+        guard.step(model, 1, 2, 2)
 
 
 def test_a_stop_at_a_checkpoints_own_weights_does_not_advise_resuming_from_it():

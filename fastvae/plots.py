@@ -168,6 +168,9 @@ def latent_traversal(model, steps: int = 15, span: float = 0.95) -> torch.Tensor
         return model.mean(model.decode(z.to(p.device, p.dtype)))
 
 
+_GROUP_MARKERS = "sox^vD*<>P"
+
+
 def save_curves(history: list, path) -> Path:
     """Train/test ELBO, KL and reconstruction term per epoch (one panel each), and for a
     hierarchical model the KL of every latent group (a fourth panel)."""
@@ -191,10 +194,11 @@ def save_curves(history: list, path) -> Path:
     if groups:
         ax = axes[3]
         for g in range(groups):
-            line, = ax.plot(epochs, [h["test"]["kl_groups"][g] for h in history], "-s",
-                            markersize=3, label=f"group {g + 1} (test)")
-            ax.plot(epochs, [h["train"]["kl_groups"][g] for h in history], "--",
-                    color=line.get_color())
+            # ten colours, then the next marker: past ten groups, each pair is one group's
+            color, marker = f"C{g % 10}", _GROUP_MARKERS[(g // 10) % len(_GROUP_MARKERS)]
+            ax.plot(epochs, [h["test"]["kl_groups"][g] for h in history], "-" + marker,
+                    color=color, markersize=3, label=f"group {g + 1} (test)")
+            ax.plot(epochs, [h["train"]["kl_groups"][g] for h in history], "--", color=color)
         ax.set_title("KL per latent group (1 = top; dashed: train)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -233,12 +233,18 @@ def test_trains_and_reports_every_group(tmp_path):
     assert m["final"] == saved["final"]
 
 
-def test_curves_of_many_groups_lay_out_without_a_warning(tmp_path):
+def test_curves_of_many_groups_lay_out_without_a_warning(tmp_path, monkeypatch):
     """40 groups (--groups 20 over two stages): the legend goes beside the panel in columns;
-    matplotlib's 'tight layout not applied' warning reached the terminal before."""
+    matplotlib's 'tight layout not applied' warning reached the terminal before. Each
+    group's line has its own colour and marker (ten colours repeated alone told groups 1,
+    11, 21 and 31 apart by nothing)."""
     import warnings
     from fastvae import plots
     pytest.importorskip("matplotlib")
+    figures = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, *a, **k: figures.append(fig) or
+                        save(fig, *a, **k))
     kl = [0.1 * g for g in range(40)]
     history = [{"epoch": e, "train": {"elbo": -1.0, "kl": 1.0, "rec": 0.0, "kl_groups": kl},
                 "test": {"elbo": -1.0, "kl": 1.0, "rec": 0.0, "kl_groups": kl}} for e in (1, 2)]
@@ -246,6 +252,8 @@ def test_curves_of_many_groups_lay_out_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         plots.save_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    lines = [ln for ln in figures[0].axes[3].get_lines() if ln.get_label().startswith("group")]
+    assert len({(ln.get_color(), ln.get_marker()) for ln in lines}) == len(lines) == 40
 
 
 def test_resume_is_bit_for_bit(tmp_path):

@@ -15,3 +15,7 @@ CASES = bench.suite_cases("dmol")
 
 def test_discretized_logistic_mixture_log_prob(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_discretized_logistic_mixture_log_prob.py [pytest's flags]
+    bench.run_suite(__file__)

@@ -15,3 +15,7 @@ CASES = bench.suite_cases("elbo")
 
 def test_elbo(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_elbo.py [pytest's flags]
+    bench.run_suite(__file__)

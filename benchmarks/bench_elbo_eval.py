@@ -13,3 +13,7 @@ CASES = bench.suite_cases("elbo_eval")
 
 def test_elbo_eval(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_elbo_eval.py [pytest's flags]
+    bench.run_suite(__file__)

@@ -13,3 +13,7 @@ CASES = bench.suite_cases("iwae")
 
 def test_iwae_bound(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_iwae_bound.py [pytest's flags]
+    bench.run_suite(__file__)

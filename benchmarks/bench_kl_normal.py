@@ -7,3 +7,7 @@ CASES = bench.suite_cases("kl_normal")
 
 def test_kl_normal(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_kl_normal.py [pytest's flags]
+    bench.run_suite(__file__)

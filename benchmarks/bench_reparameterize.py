@@ -16,3 +16,7 @@ CASES = bench.suite_cases("reparameterize")
 
 def test_reparameterize(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_reparameterize.py [pytest's flags]
+    bench.run_suite(__file__)

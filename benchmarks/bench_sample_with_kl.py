@@ -13,3 +13,7 @@ CASES = bench.suite_cases("sample_with_kl")
 
 def test_sample_with_kl(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_sample_with_kl.py [pytest's flags]
+    bench.run_suite(__file__)

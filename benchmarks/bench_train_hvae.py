@@ -8,3 +8,7 @@ CASES = bench.suite_cases("train_hvae")
 
 def test_train_hvae(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_train_hvae.py [pytest's flags]
+    bench.run_suite(__file__)

@@ -18,3 +18,7 @@ def case_id(case):
 
 def test_train_step(benchmark, prepared, variant):
     bench.run_benchmark(benchmark, prepared, variant)
+
+
+if __name__ == "__main__":   # python benchmarks/bench_train_step.py [pytest's flags]
+    bench.run_suite(__file__)

@@ -518,6 +518,21 @@ def test_every_spec_module_is_registered_and_has_a_suite():
         assert (suites / f"bench_{m}.py").exists(), m
 
 
+def test_a_suite_run_as_a_script_runs_under_pytest():
+    """``python benchmarks/bench_<op>.py --help`` printed nothing and exited 0: a
+    pytest-benchmark module run as a script only defines its test."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    suites = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("bench_*.py"))
+    for path in suites:
+        assert "bench.run_suite(__file__)" in path.read_text(), path.name
+    out = subprocess.run([sys.executable, str(suites[0]), "--collect-only", "-q"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "tests collected" in out.stdout, out.stdout + out.stderr
+
+
 def test_a_new_op_needs_only_its_spec(monkeypatch, capsys):
     """What a spec file does, done here: the grids, the K flag, the check, the timing
     and the table take a new op with no change anywhere else."""

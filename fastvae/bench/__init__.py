@@ -19,8 +19,9 @@ from .core import OPS, VARIANT_ORDER, AgreementError, Case, Op, Variant, bytes_m
 from . import specs  # noqa: F401  (registers every op in OPS)
 from .cli import add_arguments, main, measure_grid, run
 from .grids import cases, grid_from_args, suite_cases
-from .harness import Prepared, measure, prepare, run_benchmark, run_case
+from .harness import Prepared, measure, prepare, run_benchmark, run_case, run_suite
 
 __all__ = ["OPS", "VARIANT_ORDER", "AgreementError", "Case", "Op", "Variant", "bytes_moved",
            "add_arguments", "main", "measure_grid", "run", "cases", "grid_from_args",
-           "suite_cases", "Prepared", "measure", "prepare", "run_benchmark", "run_case"]
+           "suite_cases", "Prepared", "measure", "prepare", "run_benchmark", "run_case",
+           "run_suite"]

@@ -197,6 +197,16 @@ def error_row(case: Case, variant: str, why: str) -> dict:
             "error": why}
 
 
+def run_suite(path: str) -> None:
+    """``python benchmarks/bench_<op>.py [pytest's flags]``: the suite in ``path`` under
+    pytest, which a pytest-benchmark module needs (as a plain script it would only define
+    its test, print nothing and exit 0)."""
+    import sys
+
+    import pytest
+    raise SystemExit(pytest.main([path, *sys.argv[1:]]))
+
+
 def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float = 2.0) -> None:
     """Time one prepared variant with pytest-benchmark's ``benchmark`` fixture.
 

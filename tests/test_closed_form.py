@@ -7,6 +7,8 @@ contract (all options, dtypes, reductions) is tested for every backend in test_e
 and friends."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -249,8 +251,11 @@ def test_fallback_when_the_build_fails(monkeypatch, tmp_path):
 @pytest.mark.parametrize("var, value, said", [
     # a typo was read as on, silently
     ("FASTVAE_NATIVE", "banana", "FASTVAE_NATIVE='banana' is neither"),
-    # a compiler not on PATH (or CC='ccache gcc') was replaced by cc, silently
+    # a compiler not on PATH was replaced by cc, silently
     ("CC", "no-such-cc-17", "CC='no-such-cc-17' is not an executable"),
+    ("CC", "no-such-launcher-17 gcc", "CC='no-such-launcher-17 gcc': 'no-such-launcher-17' is "
+                                      "not an executable"),
+    ("CC", "gcc 'unclosed", "CC=\"gcc 'unclosed\" cannot be split into words"),
 ])
 def test_a_setting_that_cannot_be_honoured_is_said_not_replaced(monkeypatch, tmp_path, var,
                                                                  value, said):
@@ -263,6 +268,24 @@ def test_a_setting_that_cannot_be_honoured_is_said_not_replaced(monkeypatch, tmp
         with pytest.warns(RuntimeWarning, match=said):
             assert _native.load() is None
         assert value in _native.status()
+        _elbo_matches_reference()
+    finally:
+        monkeypatch.undo()
+        _native.reset()
+
+
+def test_a_compiler_behind_a_launcher_builds(monkeypatch, tmp_path):
+    """CC='ccache gcc', as make takes it: the first word on PATH, the rest its arguments
+    (it was refused, and the slower aten path ran). ``env`` stands in for the launcher."""
+    cc = _native._compiler()
+    if cc is None or shutil.which("env") is None:
+        pytest.skip("no C compiler (or no env) here")
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", f"env {cc}")
+    _native.reset()
+    try:
+        assert _native._compiler() == f"{shutil.which('env')} {cc}"
+        assert _native.load() is not None, _native.status()
         _elbo_matches_reference()
     finally:
         monkeypatch.undo()

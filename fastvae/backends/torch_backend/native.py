@@ -38,6 +38,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -85,19 +86,25 @@ if hasattr(os, "register_at_fork"):
 
 
 def _compiler():
-    """The compiler's path: ``$CC``'s where set (ValueError where it names no executable:
-    building with another compiler than the one asked for would go unnoticed), else the
-    first of cc/gcc/clang found; None without one."""
+    """The compiler command as one shell-quoted string: ``$CC``'s where set, its first word
+    resolved on PATH (a launcher and its compiler, ``ccache gcc``, as make takes them;
+    ValueError where that word names no executable: building with another compiler than
+    the one asked for would go unnoticed), else the first of cc/gcc/clang found; None
+    without one."""
     asked = os.environ.get("CC", "").strip()
     if asked:
-        found = shutil.which(asked)
+        try:
+            words = shlex.split(asked)
+        except ValueError as e:
+            raise ValueError(f"CC={asked!r} cannot be split into words ({e})") from None
+        found = shutil.which(words[0])
         if found is None:
-            raise ValueError(f"CC={asked!r} is not an executable on PATH (CC names one "
-                             "compiler, without arguments)")
-        return found
+            raise ValueError(f"CC={asked!r} is not an executable on PATH" if len(words) == 1
+                             else f"CC={asked!r}: {words[0]!r} is not an executable on PATH")
+        return shlex.join([found, *words[1:]])
     for name in ("cc", "gcc", "clang"):
         if shutil.which(name):
-            return shutil.which(name)
+            return shlex.quote(shutil.which(name))
     return None
 
 
@@ -197,7 +204,7 @@ def _build(sources, cc: str, flags, path: str) -> None:
                 f.write(text)
         out = os.path.join(work, "lib.so")
         units = [name for name, _ in sources if name.endswith(".c")]
-        subprocess.run([cc, *flags, "-o", out, *units], cwd=work, check=True,
+        subprocess.run([*shlex.split(cc), *flags, "-o", out, *units], cwd=work, check=True,
                        capture_output=True, timeout=120)
         with open(out, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()

@@ -11,8 +11,8 @@
   share names and shapes; the other one's are refused (by their mean pixel). With
   ``download=True`` and torchvision installed, torchvision fetches them where none (or
   only the other dataset's) are found.
-* a path to an ``.npy`` / ``.npz`` file of images. uint8 pixels are divided by 255;
-  other integers (int8 included) and floats are used as they are.
+* a path to an ``.npy`` / ``.npz`` file of images. 8-bit integers are divided by 255;
+  wider integers and floats are used as they are.
 
 Every problem with a file is a :class:`DataError` whose message names the file,
 where it was looked for and how to get it; train and test images of different shapes
@@ -153,8 +153,8 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
         raise DataError(f"{source}: the array holds no images (shape {array.shape})")
     if math.prod(array.shape[1:]) == 0:
         raise DataError(f"{source}: each image holds no values (shape {array.shape})")
-    if array.dtype == np.uint8:   # 8-bit pixels; other integers (int8 too) are values
-        array = array.astype(np.float32) / 255.0
+    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 1:
+        array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
     with np.errstate(over="ignore"):   # a wider float past float32's range: said below
         out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if not bool(torch.isfinite(out).all()):

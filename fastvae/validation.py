@@ -289,10 +289,12 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
     if lead <= 0 or all(s == 1 for s in obs_logvar.shape[:lead]):
         trailing = obs_logvar.reshape(obs_logvar.shape[max(lead, 0):])
         if trailing.numel() < d:
-            # repeated within a row: a 16-bit one is widened first, so that its gradient
-            # sums the columns in float32 and rounds once (a column alone may overflow)
-            trailing = widened(trailing)
+            trailing = widened(trailing)   # repeated within a row: see below
         return trailing.expand(per_row).reshape(d)
+    # repeated by the expand: a 16-bit one is widened first, so that autograd sums its
+    # copies' gradients in float32 and rounds once (one copy's alone may overflow)
+    if obs_logvar.numel() < x_shape.numel():
+        obs_logvar = widened(obs_logvar)
     return obs_logvar.expand(x_shape).reshape(n, d)
 
 

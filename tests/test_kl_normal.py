@@ -234,6 +234,33 @@ def test_a_16_bit_log_variance_shared_by_every_column(backend, op, shape):
     assert lv.grad.item() == 0.0
 
 
+@pytest.mark.parametrize("op", ["kl_normal", "sample_with_kl", "elbo prior", "elbo obs_logvar"])
+def test_a_16_bit_log_variance_shared_by_a_rows_columns(backend, op):
+    """One float16 log-variance a row, (B, 1): its gradient sums the row's 100 columns,
+    one at -+65521.5 (past float16) and 99 at +-0.5, to -+65472, which float16 holds. Each
+    column rounded to float16 first made it inf."""
+    b, n = 2, 100
+    mu = torch.zeros(b, n)
+    mu[:, 0] = math.sqrt(131043.0)          # d/dlogvar_p = 0.5 (1 - 1 - 131043)
+    lv_q = torch.full((b, n), -100.0)       # elsewhere 0.5 (1 - e^-100)
+    lv_q[:, 0] = 0.0
+    lv = leaf(torch.zeros(b, 1, dtype=torch.float16))
+    if op == "kl_normal":
+        out, want = fastvae.kl_normal(mu, lv_q, 0.0, lv, backend=backend), -65472.0
+    elif op == "sample_with_kl":
+        out, want = fastvae.sample_with_kl(mu, lv_q, 0.0, lv, backend=backend)[1], -65472.0
+    elif op == "elbo prior":
+        out, want = fastvae.elbo(torch.full((b, 3), 0.5), torch.zeros(b, 3), mu, lv_q,
+                                 prior_logvar=lv, reduction="none", backend=backend), 65472.0
+    else:   # d/dobs_logvar = 0.5 ((x - r)^2 - 1): 65521.5 once, -0.5 in 99 columns
+        out, want = fastvae.elbo(torch.zeros(b, n), mu.neg(), torch.zeros(b, 1),
+                                 torch.zeros(b, 1), likelihood="gaussian", obs_logvar=lv,
+                                 reduction="none", backend=backend), 65472.0
+    out.sum().backward()
+    assert lv.grad.dtype == torch.float16
+    assert lv.grad.eq(want).all(), lv.grad
+
+
 def test_gradcheck(backend):
     """float64 finite differences for every input, a broadcast prior included."""
     mu = torch.randn(3, 2, 4, dtype=F64, requires_grad=True)

@@ -1,5 +1,6 @@
 """pytest-benchmark suites: ``pytest benchmarks/`` (not part of the test command,
-which only looks in ``tests/``).
+which only looks in ``tests/``); one suite: ``python benchmarks/bench_<op>.py`` with
+pytest's flags.
 
 Files here are named ``bench_<op>.py``, after the op's spec ``fastvae/bench/specs/<op>.py``
 (inputs, variants, baselines, bytes moved, grids); this hook collects them. A suite

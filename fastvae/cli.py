@@ -36,9 +36,9 @@ def _add_train(sub):
       help=f"digits (embedded 8x8, no download), mnist, fashion-mnist, or a path to an "
            f".npy/.npz of images [default: {d['dataset']}]")
     a("--data-dir", default=None,
-      help=f"folder holding the MNIST/Fashion-MNIST IDX files [default: {d['data_dir']}; "
-           f"with --resume, the run's own]; with --resume of a run trained on an .npy/.npz, "
-           f"the folder that file has moved to")
+      help=f"folder holding the MNIST/Fashion-MNIST IDX files; with --resume of a run "
+           f"trained on an .npy/.npz, the folder that file has moved to [default: "
+           f"{d['data_dir']}; with --resume, the run's own]")
     _bool_flag(p, "--download", "let torchvision (if installed) fetch MNIST/Fashion-MNIST "
                "into --data-dir when the files are missing (refused with other datasets) "
                "[default: off]")
@@ -207,7 +207,7 @@ def _load_run(run, device_name):
 
 def _cmd_eval(args):
     from .checkpoint import checkpoint_path, json_text
-    from .data import load_run_dataset, run_data
+    from .data import load_run_dataset, run_data_source
     from .dmol_training import add_bpd, bpd_text, prepare
     from .evaluation import evaluate, iwae_nll
     from .run_data import check_elbo_finite, check_run_data, data_changed
@@ -220,7 +220,7 @@ def _cmd_eval(args):
         cfg["backend"] = args.backend
     run_backend(cfg, device, f"pass --backend auto (or torch) to evaluate it on {device}")
     if args.data_dir is not None:
-        cfg["dataset"], cfg["data_dir"] = run_data(cfg["dataset"], args.data_dir)
+        cfg["dataset"], cfg["data_dir"] = run_data_source(cfg["dataset"], args.data_dir)
     data = load_run_dataset(cfg["dataset"], cfg["data_dir"])
     # the files may have changed since training: a traceback or a meaningless number else
     changed = data_changed(data, cfg.get("data_digest"), checkpoint_path(args.run))

@@ -397,7 +397,7 @@ def check_dataset_name(name: str) -> None:
                         "to an .npy/.npz file of images")
 
 
-def run_data(name: str, data_dir) -> tuple:
+def run_data_source(name: str, data_dir) -> tuple:
     """(dataset, data folder) that ``fastvae eval`` or ``--resume`` reads for a saved run of
     dataset ``name`` (:func:`stored_name`) given ``--data-dir data_dir``: MNIST's and
     Fashion-MNIST's data folder; an array file moved there, by its file name (its contents

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          run_files_in)
-from .data import IDX_NAMES, check_dataset_name, run_data, stored_name
+from .data import IDX_NAMES, check_dataset_name, run_data_source, stored_name
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
@@ -134,7 +134,7 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     saved.update({k: full[k] for k in RUNTIME_KEYS})
     if given.get("data_dir") is not None:
         was = saved["dataset"]
-        saved["dataset"], saved["data_dir"] = run_data(was, given["data_dir"])
+        saved["dataset"], saved["data_dir"] = run_data_source(was, given["data_dir"])
         if saved["dataset"] != was:   # kept in the checkpoint: the next resume needs no flag
             log(f"resuming on {saved['dataset']} (the run was trained on {was})")
     check_data_flags(saved, dict(given, data_dir=None))

@@ -15,7 +15,7 @@ import torch
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
                          temp_name)
 from .models import build_model
-from .options import TRAIN_CHOICES, BadValue, resolve_device, seed as check_seed
+from .options import TRAIN_CHOICES, BadValue, folder, resolve_device, seed as check_seed
 from .options import device as device_name
 from .run_data import check_weights_finite
 
@@ -81,6 +81,11 @@ def load_run(run, device="cpu") -> torch.nn.Module:
     ``reconstruct(x)`` and losses are the run's. A missing, damaged or foreign checkpoint,
     or weights that are not finite, is a :class:`~fastvae.checkpoint.CheckpointError`
     naming the file and what is wrong; a device torch does not see, a ValueError."""
+    if isinstance(run, str):   # "" ($RUN unset) would load the current folder's run
+        try:
+            folder(run)
+        except BadValue as e:
+            raise ValueError(f"run {e}") from None
     try:
         where = resolve_device(device_name(str(device)), flag="device")
     except BadValue as e:

@@ -369,6 +369,8 @@ def test_load_run_gives_the_trained_model_in_eval_mode_and_refuses_what_eval_ref
     assert not fastvae.load_run(good_run, device="auto").training
     with pytest.raises(ValueError, match="device must be auto, cpu, cuda"):
         fastvae.load_run(good_run, device="gpu0")
+    with pytest.raises(ValueError, match="^run must name a folder or file, got ''"):
+        fastvae.load_run("")   # not the current folder's run, as the CLI refuses it too
     if not torch.cuda.is_available():   # named as the argument it is, not as --device
         with pytest.raises(ValueError, match="^device cuda asked for, but torch sees no CUDA"):
             fastvae.load_run(good_run, device="cuda")

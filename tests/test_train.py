@@ -353,6 +353,15 @@ def test_a_first_gradient_whose_square_overflows_blames_the_data(tmp_path):
         T.train(cfg, log=quiet)
 
 
+def test_a_learning_rate_stop_on_digits_does_not_blame_the_data(tmp_path):
+    """Digits lie in [0, 1]: a stop at --lr 1e6 advised starting again 'with the data
+    scaled to about [0, 1] or a lower --lr'."""
+    cfg = dict(out=str(tmp_path / "r"), epochs=1, lr=1e6, iwae_k=0, progress=False)
+    with pytest.raises(T.NonFiniteLoss) as e:
+        T.train(cfg, log=quiet)
+    assert "lower --lr" in str(e.value) and "scale" not in str(e.value), e.value
+
+
 def test_a_stop_mid_epoch_clears_the_progress_bar_first(tmp_path, monkeypatch):
     """The bar's line was left as it was, and the stop's message ran on after it."""
     data = tmp_path / "raw.npy"

@@ -320,6 +320,8 @@ def test_backend_selection(monkeypatch):
     assert fastvae.select_backend(None, "cpu") == "torch"  # a device string, as torch takes
     with pytest.raises(TypeError, match=r"device must be a torch.device or a string .*got None"):
         fastvae.select_backend(None, None)
+    with pytest.raises(TypeError, match=r"^select_backend\(\) missing 1 required"):
+        fastvae.select_backend("auto")   # its own name, not an internal one
     x, r, mu, lv = inputs()
     fastvae.elbo(x, r, mu, lv)
     assert fastvae.last_backend() == "torch"

@@ -3,8 +3,9 @@ shared ``vecmath.h``) is built into one library; ``bernoulli_rows.c`` holds the 
 Bernoulli rows of the ELBO, and other kernels bind their entry points with
 :func:`symbol` and split rows over threads with :func:`for_rows`.
 
-The library is compiled with the system C compiler (``$CC``, which must then name one,
-else ``cc``/``gcc``/``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fastvae``,
+The library is compiled with the system C compiler (``$CC``, split like a shell command, as
+make does: a compiler, or a launcher and its compiler such as ``ccache gcc``; else
+``cc``/``gcc``/``clang``) at first use into ``$FASTVAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/fastvae``,
 else ``~/.cache/fastvae``), keyed by a hash of source, compiler, flags and CPU, and loaded
 with ctypes; later processes load the cached library (one no process loaded for 30 days
 is removed when another is built). :func:`load` returns None where it

@@ -78,12 +78,13 @@ def _set_threads(cfg: dict, device, sample_size: int) -> None:
 
 def _claim_folder(full: dict, is_main: bool, world: int):
     """Rank 0 claims the run folder (see RunFolder) and tells the other ranks its path,
-    or its error, so that they fail with it instead of waiting."""
+    or its error (any: an OSError too), so that they fail with it instead of waiting in
+    the broadcast."""
     folder, error = None, None
     if is_main:
         try:
             folder = RunFolder.claim(full["out"], full["dataset"], full["resume"])
-        except RunFolderError as e:
+        except Exception as e:
             error = e
     if world > 1:
         msg = [str(folder.path) if folder else None, str(error) if error else None]

@@ -557,3 +557,26 @@ def test_guard_tells_huge_finite_weights_from_non_finite_ones():
         model.weight[0, 0] = float("inf")
     with pytest.raises(T.NonFiniteLoss, match="weights"):
         guard.step(model, 1, 1, 1)
+
+
+@pytest.mark.parametrize("is_main", [True, False])
+def test_a_run_folder_rank_0_cannot_claim_reaches_the_other_ranks(monkeypatch, is_main):
+    """Under torchrun rank 0 broadcasts its claim's error, any error: an OSError (a
+    permission, a full disk) was raised on rank 0 alone, and the others waited in the
+    broadcast until its timeout."""
+    sent = []
+
+    def broadcast(msg, src):
+        if not is_main:   # what rank 0 sends on the other ranks
+            msg[:] = [None, "[Errno 13] Permission denied: 'runs/x'"]
+        sent.append(list(msg))
+
+    def claim(*a):
+        raise PermissionError(13, "Permission denied", "runs/x")
+    monkeypatch.setattr(T.torch.distributed, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(T.RunFolder, "claim", claim)
+    with pytest.raises(OSError if is_main else T.RunFolderError,
+                       match=r"Permission denied: 'runs/x'") as e:
+        T._claim_folder(dict(out="runs/x", dataset="digits", resume=False), is_main, 2)
+    assert sent == [[None, "[Errno 13] Permission denied: 'runs/x'"]]
+    assert getattr(e.value, "alike", False)

@@ -123,6 +123,8 @@ def elbo(
             (see :func:`discretized_logistic_mixture_log_prob`, whose op computes
             log p(x|z) and its gradient in one pass; the latent part is this op with no
             data columns, and the two values add). Any other likelihood refuses a value.
+        _scale: internal (the loss modules' sign, folded into the fused op so that its
+            backward needs no extra pass); leave it at 1.
 
     ``likelihood="discretized_logistic_mixture"``: x is ``(B, C, H, W)`` on the
     ``bits`` grid and recon the mixture's parameters ``(B, 10*M, H, W)`` (C = 3) or
@@ -281,7 +283,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     Args:
         x: ``(B, *)``; recon_k: ``(K, B, *)`` decoder outputs for each z_k;
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
-        likelihood, obs_logvar, backend, validate, bits: as in :func:`elbo`; for
+        likelihood, obs_logvar, backend, validate, bits, _scale: as in :func:`elbo`; for
             ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
         prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`

@@ -76,6 +76,14 @@ class Dataset:
             h.update(memoryview(t.detach().to(torch.float32).contiguous().numpy()))
         return h.hexdigest()
 
+    @functools.cached_property
+    def bounds(self) -> tuple:
+        """(smallest, largest) image value over train and test: read once per dataset, by
+        the likelihood's range check and the training stop's advice."""
+        pairs = [torch.aminmax(t) for t in (self.train, self.test) if t.numel()]
+        return (min((float(lo) for lo, _ in pairs), default=0.0),
+                max((float(hi) for _, hi in pairs), default=0.0))
+
 
 def read_idx(path) -> np.ndarray:
     """Read one IDX file (raw or gzip-compressed) into a numpy array.

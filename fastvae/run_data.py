@@ -24,8 +24,7 @@ def check_weights_finite(model: torch.nn.Module, ckpt_file) -> None:
 
 def _check_range(data, likelihood: str, fix: str) -> None:
     if likelihood in ("bernoulli", "continuous_bernoulli"):
-        lo = min(float(data.train.min()), float(data.test.min()))
-        hi = max(float(data.train.max()), float(data.test.max()))
+        lo, hi = data.bounds
         if lo < 0 or hi > 1:
             raise DataError(f"{data.name}: likelihood {likelihood!r} needs pixels in [0, 1], got "
                             f"{value_range(lo, hi)}; {fix}")

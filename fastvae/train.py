@@ -226,7 +226,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     guard = Guard(out / CHECKPOINT_NAME, run.start if state is not None else None, out,
                   cfg["lr"], check_grads=not run.use_scaler, epochs=cfg["epochs"],
                   world=world, flags=resume_flags,
-                  data_scaled=_within_unit_range(data))
+                  data_scaled=-1.0 <= data.bounds[0] and data.bounds[1] <= 1.0)
     t_run = time.perf_counter()
     for epoch in range(run.start + 1, cfg["epochs"] + 1):
         t0 = time.perf_counter()
@@ -275,12 +275,6 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     if world > 1:
         torch.distributed.barrier(group=finish_group)
     return metrics
-
-
-def _within_unit_range(data) -> bool:
-    """Whether every image value lies in [-1, 1] (no copy of the data)."""
-    return all(-1.0 <= float(lo) and float(hi) <= 1.0
-               for lo, hi in (torch.aminmax(t) for t in (data.train, data.test) if t.numel()))
 
 
 def _load_data(cfg, state, device, is_main, world, say):

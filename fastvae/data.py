@@ -58,6 +58,7 @@ class Dataset:
     name: str
     train: torch.Tensor
     test: torch.Tensor
+    scaled: str = ""    # what was done to the file's values on reading, for messages quoting them
 
     @property
     def shape(self) -> tuple:
@@ -83,6 +84,11 @@ class Dataset:
         pairs = [torch.aminmax(t) for t in (self.train, self.test) if t.numel()]
         return (min((float(lo) for lo, _ in pairs), default=0.0),
                 max((float(hi) for _, hi in pairs), default=0.0))
+
+    def quote(self, lo: float, hi: float) -> str:
+        """:func:`value_range` of values read from this dataset, saying how the file's own
+        values were scaled (a message quoting -0.5 for a file holding -128 would mislead)."""
+        return value_range(lo, hi) + (f" ({self.scaled})" if self.scaled else "")
 
 
 def read_idx(path) -> np.ndarray:
@@ -137,6 +143,12 @@ def value_range(lo: float, hi: float) -> str:
     return f"[{exact(lo)}, {exact(hi)}]"
 
 
+def _eight_bit(array) -> bool:
+    """8-bit integers are pixels: read divided by 255."""
+    return (isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.integer)
+            and array.dtype.itemsize == 1)
+
+
 def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
     """``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, D)`` -> float32 NCHW."""
     if not isinstance(array, np.ndarray):   # an .npz member that is not a .npy: its bytes
@@ -161,7 +173,7 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
         raise DataError(f"{source}: the array holds no images (shape {array.shape})")
     if math.prod(array.shape[1:]) == 0:
         raise DataError(f"{source}: each image holds no values (shape {array.shape})")
-    if np.issubdtype(array.dtype, np.integer) and array.dtype.itemsize == 1:
+    if _eight_bit(array):
         array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
     with np.errstate(over="ignore"):   # a wider float past float32's range: said below
         out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
@@ -328,14 +340,18 @@ def load_array_file(path) -> Dataset:
                         "images")
     _check_array_magic(path)
     arrays = _read_arrays(path)
+    scaled = ("its 8-bit integers divided by 255" if any(map(_eight_bit, arrays.values()))
+              else "")
     if len(arrays) == 2:   # a train/test pair
         (tr, train), (te, test) = arrays.items()
-        return _pair(path.name, _as_images(train, f"{path}[{tr}]"),
+        data = _pair(path.name, _as_images(train, f"{path}[{tr}]"),
                      _as_images(test, f"{path}[{te}]"), f"{path}[{tr}]", f"{path}[{te}]")
-    (key, arr), = arrays.items()
-    source = f"{path}[{key}]" if key else str(path)
-    train, test = _split(_as_images(arr, source), source)
-    return Dataset(path.name, train, test)
+    else:
+        (key, arr), = arrays.items()
+        source = f"{path}[{key}]" if key else str(path)
+        data = Dataset(path.name, *_split(_as_images(arr, source), source))
+    data.scaled = scaled
+    return data
 
 
 def _read_arrays(path: Path) -> dict:

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .data import DataError, Dataset, value_range
+from .data import DataError, Dataset
 from .observation import DEFAULT_N_MIX, DMOL_BITS
 from .validation import DMOL
 
@@ -67,19 +67,19 @@ def prepare(data: Dataset, likelihood: str, log=None) -> Dataset:
             log(f"digits: the 17 gray levels v/{DIGITS_LEVELS} put on the {DMOL_BITS}-bit grid "
                 f"as round({n} v / {DIGITS_LEVELS}) / {n}")
         return Dataset(data.name, _digits_on_grid(data.train, n), _digits_on_grid(data.test, n))
-    return Dataset(data.name, _on_grid(data.train, n, data.name),
-                   _on_grid(data.test, n, data.name))
+    return Dataset(data.name, _on_grid(data.train, n, data), _on_grid(data.test, n, data),
+                   data.scaled)
 
 
 def _digits_on_grid(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.round(torch.round(x * DIGITS_LEVELS) * (n / DIGITS_LEVELS)) / n
 
 
-def _on_grid(x: torch.Tensor, n: int, name: str) -> torch.Tensor:
+def _on_grid(x: torch.Tensor, n: int, data: Dataset) -> torch.Tensor:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
-        raise DataError(f"{name}: --likelihood {DMOL} needs pixels in [0, 1] on the "
-                        f"{DMOL_BITS}-bit grid k/{n}, got values in {value_range(lo, hi)}; "
+        raise DataError(f"{data.name}: --likelihood {DMOL} needs pixels in [0, 1] on the "
+                        f"{DMOL_BITS}-bit grid k/{n}, got values in {data.quote(lo, hi)}; "
                         "store the images as uint8 (0..255)")
     k = torch.round(x.double() * n)
     dist = (x.double() * n - k).abs()
@@ -89,8 +89,8 @@ def _on_grid(x: torch.Tensor, n: int, name: str) -> torch.Tensor:
     dist = torch.where((k / n).half().float() == x.float(), 0.0, dist)
     off = float(dist.max())
     if off > GRID_TOLERANCE:
-        raise DataError(f"{name}: --likelihood {DMOL} needs pixels on the {DMOL_BITS}-bit grid "
-                        f"k/{n}; a value is {off:.3g} of a bin off it; quantize the images to "
+        raise DataError(f"{data.name}: --likelihood {DMOL} needs pixels on the {DMOL_BITS}-bit "
+                        f"grid k/{n}; a value is {off:.3g} of a bin off it; quantize the images to "
                         "uint8 (0..255) first")
     return (k / n).to(x.dtype)
 

@@ -10,7 +10,7 @@ import math
 import torch
 
 from .checkpoint import CheckpointError
-from .data import DataError, value_range
+from .data import DataError
 from .guard import all_finite
 
 
@@ -27,7 +27,7 @@ def _check_range(data, likelihood: str, fix: str) -> None:
         lo, hi = data.bounds
         if lo < 0 or hi > 1:
             raise DataError(f"{data.name}: likelihood {likelihood!r} needs pixels in [0, 1], got "
-                            f"{value_range(lo, hi)}; {fix}")
+                            f"{data.quote(lo, hi)}; {fix}")
 
 
 def check_elbo_finite(m: dict, images: torch.Tensor, dataset: str, whose: str,

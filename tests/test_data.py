@@ -221,6 +221,28 @@ def test_only_8_bit_integers_are_divided_by_255(tmp_path, dtype, scaled):
     assert float(ds.train.max()) == pytest.approx(1 / 255 if scaled else 1.0)
 
 
+def test_a_refused_range_says_8_bit_integers_were_divided(tmp_path):
+    """An int8 file holding -128 is refused for a Bernoulli or DMoL decoder as -0.502: the
+    message says that division happened, so the values it quotes are the file's."""
+    from fastvae import dmol_training
+    from fastvae.run_data import check_run_data
+
+    arr = np.zeros((10, 3, 3), np.int8)
+    arr[:, 0, 0], arr[:, 1, 1] = -128, 127
+    path = tmp_path / "a.npy"
+    np.save(path, arr)
+    ds = load_dataset(str(path))
+    said = r"got \[-0.50196\d*, 0.49803\d*\] \(its 8-bit integers divided by 255\)"
+    with pytest.raises(DataError, match=said):
+        check_run_data(ds, "bernoulli", None, "ckpt", saved=False)
+    with pytest.raises(DataError, match=said.replace("got", "got values in")):
+        dmol_training.prepare(ds, "discretized_logistic_mixture")
+    np.save(path, arr.astype(np.float32))       # values as they are: nothing to say
+    with pytest.raises(DataError, match=r"got \[-128, 127\]; rescale") as e:
+        check_run_data(load_dataset(str(path)), "bernoulli", None, "ckpt", saved=False)
+    assert "divided" not in str(e.value)
+
+
 def test_digits_docstring_states_the_split_it_makes():
     from fastvae import data
 

@@ -99,8 +99,9 @@ class Guard:
         if self.saved_epoch is None and not self.stepped and not after_update:
             # the untrained model's loss or gradient on the first batch: no --lr changes it
             kept = ("it came before any update, so no --lr can help: the untrained "
-                    "model's loss or gradient overflows on this data; scale it to about "
-                    "[0, 1]")
+                    "model's loss or gradient overflows on this data"
+                    + ("; scale it to about [0, 1]" if not self.data_scaled else
+                       ", though it lies within [-1, 1]: the model's settings are the cause"))
         elif self.saved_epoch is None:
             kept = f"no checkpoint was written yet; start again with {scaled}a lower --lr"
         elif not self.stepped and not after_update:

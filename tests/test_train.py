@@ -409,6 +409,10 @@ def test_guard_looks_past_a_gradient_norm_for_an_element_whose_square_overflows(
     with pytest.raises(T.NonFiniteLoss, match=r"no checkpoint was written yet; start again "
                        r"with a lower --lr$"):
         guard.step(model, 1, 2, 2)
+    guard = Guard(CHECKPOINT_NAME, None, "out", 1e-3, epochs=9, data_scaled=True)
+    with pytest.raises(T.NonFiniteLoss, match=r"no --lr can help: .* overflows on this data, "
+                       r"though it lies within \[-1, 1\]: the model's settings are the cause$"):
+        guard.loss(float("nan"), 1, 1, 2)
 
 
 def test_a_stop_at_a_checkpoints_own_weights_does_not_advise_resuming_from_it():

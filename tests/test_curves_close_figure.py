@@ -1,0 +1,12 @@
+"""save_figure not closing the figure passes the suite (a leak per picture, and
+matplotlib's 'more than 20 figures' warning in a long-lived process)."""
+from fastvae import plots
+
+
+def test_save_curves_leaves_no_open_figure(tmp_path):
+    plt = plots.pyplot()
+    plt.close("all")
+    m = {"elbo": -1.0, "kl": 1.0, "rec": 0.0}
+    plots.save_curves([{"epoch": 1, "train": m, "test": m}], tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert plt.get_fignums() == []

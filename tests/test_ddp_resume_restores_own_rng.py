@@ -1,6 +1,6 @@
-"""set_rng_state restoring rank 0's saved state on every rank (a resume under
-torchrun with the same number of processes) passes the suite: every rank then draws the
-same posterior noise for the rest of the run, and the resume is not bit for bit."""
+"""A resume under torchrun with the same number of processes gives each rank its own
+saved random state: rank 0's on every rank would make them draw the same posterior noise,
+and the resume would not be bit for bit."""
 import torch
 
 from fastvae import ranks

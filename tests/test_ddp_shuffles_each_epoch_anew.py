@@ -1,6 +1,5 @@
-"""dropping `sampler.set_epoch(epoch)` under torchrun passes the suite: every epoch
-then visits the data in the same order (DistributedSampler's order depends on the epoch
-only), where a single process reshuffles each epoch."""
+"""Under torchrun every epoch visits the data in a new order (DistributedSampler's order
+depends on the epoch given to it), as a single process reshuffles each epoch."""
 import os
 import shutil
 import subprocess

@@ -1,5 +1,5 @@
-"""Dataset.digest hashing only the train images passes the suite: a replaced test
-split would go unnoticed by --resume and eval."""
+"""Dataset.digest covers the test images too: a replaced test split is noticed by
+--resume and eval."""
 import torch
 
 from fastvae.data import Dataset

@@ -1,7 +1,6 @@
 """reference.discretized_logistic_mixture_log_prob below bin width w = 1e-5 takes
 log((1 - e^-w) / w) as log(1 - w/2 + w^2/6); the w^2/6 term is ~1e-11 there, far above
-float64's rounding of log p (~1e-15), but no test sits in that branch at float64
-precision. One grayscale pixel, one component, log-scale 7 (w = 2/255 e^-7 = 7.1e-6),
+float64's rounding of log p (~1e-15). One grayscale pixel, one component, log-scale 7 (w = 2/255 e^-7 = 7.1e-6),
 against the mpmath oracle."""
 import pytest
 import torch

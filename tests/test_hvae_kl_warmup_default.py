@@ -1,5 +1,5 @@
-"""the hvae's default --kl-warmup of 10 epochs (its latent groups collapse without
-it; documented in --help and train._train) changed to 0 passes the suite."""
+"""The hvae's default --kl-warmup is 10 epochs (its latent groups collapse without it),
+as --help and train._train say."""
 from fastvae import train as T
 
 

@@ -1,5 +1,5 @@
-"""check_model_sizes refusing a size equal to its default passes the suite, though a
-config made from default_config() holds every size (train's Python API)."""
+"""check_model_sizes accepts a size equal to its default: a config made from
+default_config() holds every size (train's Python API)."""
 from fastvae.options import check_model_sizes
 from fastvae.train import default_config
 

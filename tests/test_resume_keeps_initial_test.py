@@ -1,5 +1,5 @@
-"""a resume that forgets the checkpoint's initial_test (the untrained model's test
-ELBO) passes the suite; metrics.json and every later checkpoint then hold None."""
+"""A resume keeps the checkpoint's initial_test (the untrained model's test ELBO) in
+metrics.json and every later checkpoint."""
 from fastvae import train as T
 from fastvae.checkpoint import load_checkpoint
 

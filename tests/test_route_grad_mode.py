@@ -2,7 +2,7 @@
 what the first calls prepared, including which gradients are needed. The key includes
 torch.is_grad_enabled(): requires_grad of the inputs is the same under torch.no_grad()
 (an evaluation loop), so without it a route made there would be taken by the training
-step's calls. No test runs one signature under no_grad and then with gradients."""
+step's calls."""
 import pytest
 import torch
 

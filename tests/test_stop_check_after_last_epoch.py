@@ -1,6 +1,6 @@
-"""removing `stops.check()` after the last epoch passes the suite: a stop signal whose
-KeyboardInterrupt a library swallowed during the last epoch's checkpoint is lost, and the
-run goes on into the final estimate and pictures (hours for a conv model's K=1000)."""
+"""A stop signal whose KeyboardInterrupt a library swallowed during the last epoch's
+checkpoint still stops the run before the final estimate and pictures (hours for a conv
+model's K=1000)."""
 import signal
 
 import pytest

@@ -1,5 +1,4 @@
-"""`n > MAX_THREADS` -> `n >= MAX_THREADS` passes: the documented upper bound
-(0 to MAX_THREADS inclusive) is unpinned."""
+"""--threads takes 0 to MAX_THREADS inclusive."""
 import pytest
 
 from fastvae import options

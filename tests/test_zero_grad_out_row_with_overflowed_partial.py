@@ -2,7 +2,7 @@
 overflowed float32 (a Gaussian decoder at obs_logvar -100 missing x by 0.5: d/drecon =
 (x - r) / var ~ 1e43) must give that row 0, as autograd of the reference does, not
 0 * inf = NaN (ops/_autograd.weigh's where(w == 0, ...)). E.g. a masked loss
-``(elbo(..., reduction="none") * mask).sum()``. No test reaches that guard."""
+``(elbo(..., reduction="none") * mask).sum()``."""
 import pytest
 import torch
 

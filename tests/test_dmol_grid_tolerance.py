@@ -1,6 +1,7 @@
 """validate=True refuses DMoL data off the bits grid by more than the rounding of x's
-dtype (validation.check_dmol_values: tol = min(0.5, max(1e-3, eps n)) of a bin). Float32/float64 8-bit data 0.002 of a bin off (twice the
-1e-3 floor, 60x float32's rounding of k/255) must be refused, 0.0002 of a bin accepted."""
+dtype (validation.check_dmol_values: tol = min(0.5, max(1e-3, eps n)) of a bin).
+Float32/float64 8-bit data 0.002 of a bin off (twice the 1e-3 floor, 60x float32's
+rounding of k/255) must be refused, 0.0002 of a bin accepted."""
 import pytest
 import torch
 

@@ -1,0 +1,57 @@
+"""`fastvae train` under torchrun with one of train's functions wrapped to log its calls:
+rank 0 alone writes checkpoint.pt (other ranks would write the same file at once, into a
+folder they hold no lock on), and every epoch visits the data in a new order
+(DistributedSampler's order depends on the epoch given to it), as a single process
+reshuffles each epoch."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _train_with(tmp_path, name: str, logged: str) -> list:
+    """The lines ``fastvae.train.<name>`` logged (``logged``: an f-string expression of
+    its arguments) over a 2-epoch run on 2 ranks."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this python")
+    log = tmp_path / "calls"
+    script = tmp_path / "wrapped.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        import fastvae.train as T
+        real = T.{name}
+        def wrapped(*args):
+            line = {logged}
+            if line is not None:
+                with open({str(log)!r}, "a") as f:
+                    f.write(line + "\\n")
+            return real(*args)
+        T.{name} = wrapped
+        from fastvae.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), "train",
+                        "--epochs", "2", "--hidden", "16", "--latent", "2", "--batch-size",
+                        "256", "--iwae-k", "0", "--no-progress", "--device", "cpu", "--out",
+                        str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return log.read_text().split()
+
+
+def test_only_rank_0_writes_the_checkpoint(tmp_path):
+    assert _train_with(tmp_path, "save_checkpoint", 'os.environ["RANK"]') == ["0", "0"]
+
+
+def test_each_epoch_under_torchrun_has_its_own_order(tmp_path):
+    # _train_epoch(run, model, guard, train_x, order, epoch, is_main): rank 0's first 20
+    first, second = _train_with(tmp_path, "_train_epoch",
+                                '",".join(map(str, args[4][:20].tolist())) if args[6] else None')
+    assert first != second

@@ -196,13 +196,11 @@ def _cmd_train(args):
 
 def _load_run(run, device_name):
     """(checkpoint dict, model in eval mode on its device, device)."""
-    from .checkpoint import load_checkpoint
-    from .runs import restore_model
     from .options import resolve_device
+    from .runs import open_run
 
-    state = load_checkpoint(run)
     device = resolve_device(device_name)
-    return state, restore_model(state, run).to(device).eval(), device
+    return (*open_run(run, device), device)
 
 
 def _cmd_eval(args):

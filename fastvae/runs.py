@@ -90,8 +90,14 @@ def load_run(run, device="cpu") -> torch.nn.Module:
         where = resolve_device(device_name(str(device)), flag="device")
     except BadValue as e:
         raise ValueError(f"device {e}") from None
+    return open_run(run, where)[1]
+
+
+def open_run(run, device: torch.device) -> tuple[dict, torch.nn.Module]:
+    """(the checkpoint's dict, its model in eval mode on ``device``): what :func:`load_run`
+    and the eval and sample commands restore, after checking their own arguments."""
     state = load_checkpoint(run)
-    return restore_model(state, run).to(where).eval()
+    return state, restore_model(state, run).to(device).eval()
 
 
 def restore_model(state: dict, run) -> torch.nn.Module:

@@ -1,0 +1,58 @@
+"""The loss modules use every setting they were made with and every argument of a call:
+a learned prior reaches ELBOLoss's KL as (prior_mu, prior_logvar), each module's own
+``validate=True`` runs the value checks with the global switch off, and IWAELoss checks
+its estimator where it is made (None is not an estimator)."""
+import pytest
+import torch
+
+import fastvae
+from _dmol import make as make_dmol
+
+
+def _latent_inputs(b=4, d=6, l=3):
+    torch.manual_seed(0)
+    return torch.rand(b, d), torch.randn(b, d), torch.randn(b, l), torch.randn(b, l), \
+        torch.randn(b, l)
+
+
+@pytest.mark.parametrize("kl", ["analytic", "mc"])
+def test_elbo_loss_with_a_learned_prior_is_minus_the_elbo(backend, kl):
+    x, recon, mu, lv, z = _latent_inputs()
+    pm, plv = torch.randn(mu.shape), torch.randn(mu.shape[1:]) * 0.5
+    z = z if kl == "mc" else None
+    ins = [t.clone().requires_grad_() for t in (recon, mu, lv, pm, plv)]
+    loss = fastvae.ELBOLoss(kl=kl, backend=backend)(x, *ins[:3], z=z, prior_mu=ins[3],
+                                                    prior_logvar=ins[4])
+    wide = [t.double().requires_grad_() for t in (recon, mu, lv, pm, plv)]
+    want = -fastvae.elbo(x.double(), *wide[:3], kl=kl, z=None if z is None else z.double(),
+                         prior_mu=wide[3], prior_logvar=wide[4], backend="reference")
+    torch.testing.assert_close(loss.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    for g, w in zip(torch.autograd.grad(loss, ins), torch.autograd.grad(want, wide)):
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
+
+
+def test_a_loss_made_with_validate_true_checks_values(restore_validation):
+    fastvae.set_validation(False)
+    x, recon, mu, lv, z = _latent_inputs()
+    mu[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="mu has 1 non-finite"):
+        fastvae.ELBOLoss(validate=True)(x, recon, mu, lv)
+    with pytest.raises(ValueError, match="mu has 1 non-finite"):
+        fastvae.IWAELoss(validate=True)(x, recon[None], mu, lv, z[None])
+    torch.manual_seed(0)
+    xi, params = make_dmol(2, 1, 3, 3, 2, torch.float32)
+    off_grid = xi.clone()
+    off_grid[0, 0, 0, 0] = 0.5 / 255   # half a bin off the 8-bit grid
+    with pytest.raises(ValueError, match="x must lie on the 8-bit grid"):
+        fastvae.DiscretizedLogisticMixtureNLLLoss(validate=True)(off_grid, params)
+    # the same calls with the modules' default validate=None: the switch is off
+    fastvae.IWAELoss()(x, recon[None], mu, lv, z[None])
+    fastvae.DiscretizedLogisticMixtureNLLLoss()(off_grid, params)
+
+
+def test_iwae_loss_and_bound_refuse_an_estimator_of_none():
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        fastvae.IWAELoss(estimator=None)
+    x, recon, mu, lv, z = _latent_inputs()
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        fastvae.iwae_bound(x, recon[None], mu, lv, z[None], estimator=None)

@@ -216,7 +216,9 @@ def _cmd_eval(args):
     cfg = dict(state["config"])
     if args.backend is not None:
         cfg["backend"] = args.backend
-    run_backend(cfg, device, f"pass --backend auto (or torch) to evaluate it on {device}")
+    # the flag's own choice is named as the flag, not as the run's
+    run_backend(cfg, device, None if args.backend is not None else
+                f"pass --backend auto (or torch) to evaluate it on {device}")
     if args.data_dir is not None:
         cfg["dataset"], cfg["data_dir"] = run_data_source(cfg["dataset"], args.data_dir)
     data = load_run_dataset(cfg["dataset"], cfg["data_dir"])

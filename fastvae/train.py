@@ -177,8 +177,9 @@ def _settled(given: dict, full: dict, device, say):
     except ValueError as e:  # the flags passed alone: a saved value, or a mix
         raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
                               f"cannot be resumed: {e}") from None
-    return cfg, state, run_backend(cfg, device, f"resume it with --backend auto (or torch) "
-                                                f"to go on on {device}")
+    how = (None if given.get("backend") is not None else   # the flag's: named as the flag
+           f"resume it with --backend auto (or torch) to go on on {device}")
+    return cfg, state, run_backend(cfg, device, how)
 
 
 def _resume_flags(given: dict, resume: bool, skip=()) -> list:

@@ -60,6 +60,19 @@ def test_a_triton_run_goes_on_on_a_cpu_with_another_backend(run, tmp_path, capsy
     assert torch.load(moved / CHECKPOINT_NAME, weights_only=True)["config"]["backend"] == "torch"
 
 
+def test_a_backend_asked_by_the_flag_is_named_as_the_flag(run, capsys):
+    """--backend triton on a CPU, for a run trained with torch: the error names the flag
+    that asked for it, not the run's saved backend."""
+    if not fastvae.triton_available() or os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("needs triton, not interpreted")
+    capsys.readouterr()
+    for argv in (["eval", str(run), "--k", "0"],
+                 ["train", "--resume", "--out", str(run), "--epochs", "3", "--no-progress"]):
+        assert cli.main([*argv, "--device", "cpu", "--backend", "triton"]) == 2
+        err = _err_line(capsys)
+        assert err.startswith(f"fastvae {argv[0]}: error: --backend triton: ") and "run's" not in err
+
+
 def test_a_triton_run_on_a_machine_without_triton_says_which_flag(run, tmp_path, capsys,
                                                                   monkeypatch):
     from fastvae import backends

@@ -33,10 +33,10 @@ __all__ += ["discretized_logistic_mixture_log_prob", "DiscretizedLogisticMixture
 
 # Loaded on first use: ``import fastvae; fastvae.models.VAE(...)`` as the README writes it,
 # without importing the models (and what they pull in) with every op call's package;
-# ``fastvae.load_run`` (fastvae.runs) likewise, and so not in __all__ (a star import would
-# load them).
+# ``fastvae.load_run`` (fastvae.runs) and the error it raises likewise, and so not in
+# __all__ (a star import would load them).
 _LAZY_SUBMODULES = ("models",)
-_LAZY_FUNCTIONS = {"load_run": "runs"}
+_LAZY_FUNCTIONS = {"load_run": "runs", "CheckpointError": "checkpoint"}
 
 
 def __getattr__(name):

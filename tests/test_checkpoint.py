@@ -382,8 +382,9 @@ def test_load_run_gives_the_trained_model_in_eval_mode_and_refuses_what_eval_ref
     save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
     with pytest.raises(CheckpointError, match="weights are not all finite"):
         fastvae.load_run(tmp_path)
-    with pytest.raises(CheckpointError, match="no checkpoint at"):
+    with pytest.raises(fastvae.CheckpointError, match="no checkpoint at"):
         fastvae.load_run(tmp_path / "elsewhere")
+    assert fastvae.CheckpointError is CheckpointError   # the name README gives to catch
 
 
 def test_no_checkpoint_names_the_command_with_its_folder_quoted(tmp_path, capsys):

@@ -241,13 +241,14 @@ def _cmd_eval(args):
     if args.json:
         print(json_text(m))
     else:
-        nll = f"{m['iwae_nll']:.3f} nats" if m["iwae_nll"] is not None else "n/a"
+        nll = (f"IWAE NLL (K={args.k}) {m['iwae_nll']:.3f} nats" if m["iwae_nll"] is not None
+               else "no IWAE NLL (--k 0)")
         groups = m.get("kl_groups")
         per_group = (" [KL per group: " + ", ".join(f"{v:.3f}" for v in groups) + "]"
                      if groups else "")
         print(f"{args.run} (epoch {state['epoch']}, {len(test)} test images): test elbo "
-              f"{m['elbo']:.3f} (kl {m['kl']:.3f}, rec {m['rec']:.3f}), IWAE NLL (K={args.k}) "
-              f"{nll}{bpd_text(m)}{per_group}")
+              f"{m['elbo']:.3f} (kl {m['kl']:.3f}, rec {m['rec']:.3f}), {nll}{bpd_text(m)}"
+              f"{per_group}")
     return 0
 
 

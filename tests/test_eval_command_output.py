@@ -49,6 +49,8 @@ def test_the_text_line_says_what_the_json_holds(run, capsys):
     found = re.search(pattern, line)
     assert found, line
     assert found.groups() == tuple(f"{m[k]:.3f}" for k in ("elbo", "kl", "rec", "iwae_nll"))
+    line = _eval(capsys, str(run), "--k", "0", "--limit", "10")   # no estimate: says so
+    assert line.rstrip().endswith(f"rec {m['rec']:.3f}), no IWAE NLL (--k 0)"), line
 
 
 def test_eval_runs_its_ops_on_the_backend_it_is_given(run, capsys):

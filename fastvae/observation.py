@@ -49,13 +49,19 @@ def cb_mean(logits: torch.Tensor) -> torch.Tensor:
     """Mean of the continuous Bernoulli with natural parameter ``logits``.
 
     ``E[x] = p/(2p-1) + 1/(2 artanh(1-2p))``, written in logits as
-    ``1/(1-exp(-l)) - 1/l``; it tends to 1/2 at ``l = 0``, where we use the series
-    ``1/2 + l/12`` to avoid 0/0.
+    ``1/(1-exp(-l)) - 1/l``. Its two terms of size ``1/l`` cancel near ``l = 0`` (in
+    float32 an error of about ``1e-7 / |l|``), so below ``|l| = 0.1`` the series
+    ``1/2 + l/12 - l^3/720 + l^5/30240 - l^7/1209600 + l^9/47900160`` (the Bernoulli
+    numbers' ``B_2n l^(2n-1) / (2n)!``; the next term is under 1e-20 there) is used:
+    at most about 1e-6 off in float32 at the switch, 1e-15 in float64.
     """
-    small = logits.abs() < 1e-3
+    small = logits.abs() < 0.1
     safe = torch.where(small, torch.ones_like(logits), logits)
     mean = -torch.expm1(-safe).reciprocal() - safe.reciprocal()
-    return torch.where(small, 0.5 + logits / 12, mean)
+    l2 = logits * logits
+    series = 0.5 + logits * (1 / 12 + l2 * (-1 / 720 + l2 * (1 / 30240 + l2 * (
+        -1 / 1209600 + l2 / 47900160))))
+    return torch.where(small, series, mean)
 
 
 class ObservationModel(nn.Module):

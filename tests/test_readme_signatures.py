@@ -1,0 +1,35 @@
+"""README's API table writes each call's full signature: it is the one Python sees, so the
+table cannot drift from the code (a parameter added, renamed or given another default)."""
+import inspect
+import os
+import re
+
+import pytest
+
+import fastvae
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+CALLS = ("elbo", "ELBOLoss", "IWAELoss", "reparameterize", "kl_standard_normal",
+         "gaussian_log_prob", "kl_normal", "sample_with_kl", "iwae_bound",
+         "discretized_logistic_mixture_log_prob", "DiscretizedLogisticMixtureNLLLoss",
+         "load_run", "models.HierarchicalVAE")
+
+
+def _table_signature(name: str) -> str:
+    with open(README, encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith(f"| `fastvae.{name}(")]
+    assert len(rows) == 1, f"README's API table has {len(rows)} rows for fastvae.{name}"
+    found = re.match(rf"\| `fastvae\.{re.escape(name)}(\(.*?\))`", rows[0])
+    assert found, rows[0][:120]
+    return found.group(1)
+
+
+@pytest.mark.parametrize("name", CALLS)
+def test_the_api_table_gives_the_signature(name):
+    obj = fastvae
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    sig = inspect.signature(obj)
+    public = [p for p in sig.parameters.values() if not p.name.startswith("_")]
+    want = str(sig.replace(parameters=public, return_annotation=sig.empty)).replace("'", '"')
+    assert _table_signature(name) == want

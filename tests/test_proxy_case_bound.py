@@ -4,7 +4,6 @@ the longer of the two), the programs an SM holds, whether loads and arithmetic o
 the bound that follows, and backward's scale pass over every gradient slot."""
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -14,6 +13,7 @@ import torch
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
+from _kernel_lines import for_lines  # noqa: E402
 from fastvae.bench.core import Case  # noqa: E402
 from fastvae.bench.offline import compiler, judge  # noqa: E402
 from fastvae.bench.offline import proxy as P  # noqa: E402
@@ -33,8 +33,7 @@ def _row_kernel(X, N, BLOCK: tl.constexpr):
         tl.store(X + i, tl.load(X + i))
 
 
-_FOR = next(i for i, s in enumerate(inspect.getsourcelines(_row_kernel.fn)[0])
-            if s.strip().startswith("for ")) + inspect.getsourcelines(_row_kernel.fn)[1]
+_FOR = for_lines(_row_kernel)[0]
 
 # 3 instructions and EXIT outside; a loop of 8, two of them MUFU, whose cheapest pass
 # skips one (7)

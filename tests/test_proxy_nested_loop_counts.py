@@ -4,7 +4,6 @@ whose body is mostly the inner loop's set-up still runs as often as the outer ``
 says), and the hot region is the one that issues the most, not the longest one."""
 from __future__ import annotations
 
-import inspect
 import os
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
+from _kernel_lines import for_lines  # noqa: E402
 from fastvae.bench.offline import proxy as P  # noqa: E402
 from fastvae.bench.offline import sass as S  # noqa: E402
 from fastvae.bench.offline import trips  # noqa: E402
@@ -27,12 +27,7 @@ def _nest_kernel(X, N, M, BLOCK: tl.constexpr):
                 tl.store(X + i + j + k, 0.0)
 
 
-def _for_lines(fn):
-    lines, first = inspect.getsourcelines(fn.fn)
-    return [first + i for i, s in enumerate(lines) if s.strip().startswith("for ")]
-
-
-_A, _B, _C = _for_lines(_nest_kernel)
+_A, _B, _C = for_lines(_nest_kernel)
 
 
 def _at(line):

@@ -3,7 +3,6 @@ fixed snippet (no compiler needed), and one end-to-end run on the ELBO row kerne
 it compiles for sm_90)."""
 from __future__ import annotations
 
-import inspect
 import math
 import os
 
@@ -13,6 +12,7 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+from _kernel_lines import for_lines  # noqa: E402
 from fastvae.bench.offline import proxy as P  # noqa: E402
 from fastvae.bench.offline import sass as S  # noqa: E402
 from fastvae.bench.offline import trips  # noqa: E402
@@ -27,8 +27,7 @@ def _toy_kernel(X, N, BLOCK: tl.constexpr):
         tl.store(X + offs + i, tl.load(X + offs + i))
 
 
-_FOR_LINE = next(i for i, s in enumerate(inspect.getsourcelines(_toy_kernel.fn)[0])
-                 if s.strip().startswith("for ")) + inspect.getsourcelines(_toy_kernel.fn)[1]
+_FOR_LINE = for_lines(_toy_kernel)[0]
 _FILE = os.path.abspath(__file__)
 
 
@@ -116,31 +115,26 @@ def _toy_2d_kernel(X, N, BLOCK: tl.constexpr):
         tl.store(X + i, 0.0)
 
 
-def _for_line(fn) -> int:
-    lines, first = inspect.getsourcelines(fn.fn)
-    return first + next(i for i, s in enumerate(lines) if s.strip().startswith("for "))
-
-
 def test_trip_counts_through_flags_constexprs_helpers_and_the_ticket():
     """A bool flag and a ``NAME: tl.constexpr = ...`` are read; a loop two helpers down is
     found; the ticket branch runs in one program of the grid; a helper called at two
     sites counts the one its branch takes. Each was a guess (once per program) or, the
     second site, a silent 0."""
     args = {"N": 1000, "BLOCK": 64, "FLAG": True}
-    got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_chain_kernel),
+    got, notes = trips.executions(_toy_chain_kernel, _FILE, for_lines(_toy_chain_kernel)[0],
                                   args, (5,))
     assert got == (5 * 8, 5 * 8), notes             # cdiv(1000, 128) a program
-    got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_chain_kernel),
+    got, notes = trips.executions(_toy_chain_kernel, _FILE, for_lines(_toy_chain_kernel)[0],
                                   dict(args, FLAG=False), (5,))
     assert got == (0, 0), notes
-    got, notes = trips.executions(_toy_chain_kernel, _FILE, _for_line(_toy_inner), args, (5,))
+    got, notes = trips.executions(_toy_chain_kernel, _FILE, for_lines(_toy_inner)[0], args, (5,))
     assert got == (16, 16), notes                   # cdiv(1000, 64), the last program only
     # a (4, 3) grid: program (a, b) starts at a + b; 48 passes in all for N = 64, BLOCK 4
-    got, notes = trips.executions(_toy_2d_kernel, _FILE, _for_line(_toy_2d_kernel),
+    got, notes = trips.executions(_toy_2d_kernel, _FILE, for_lines(_toy_2d_kernel)[0],
                                   {"N": 64, "BLOCK": 4}, (4, 3))
     assert got == (sum(len(range(a + b, 64, 4)) for a in range(4) for b in range(3)),) * 2, notes
     for flag, per_program in ((True, 16), (False, 32)):   # each call site, as its branch
-        got, notes = trips.executions(_toy_twice_kernel, _FILE, _for_line(_toy_inner),
+        got, notes = trips.executions(_toy_twice_kernel, _FILE, for_lines(_toy_inner)[0],
                                       dict(args, FLAG=flag), (5,))
         assert got == (5 * per_program, 5 * per_program), notes
 

@@ -5,7 +5,6 @@ value, ``tl.static_range``, a program-dependent loop over a huge grid) is report
 such, never guessed."""
 from __future__ import annotations
 
-import inspect
 import os
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
+from _kernel_lines import tagged_line  # noqa: E402
 from fastvae.bench.offline import trips  # noqa: E402
 
 _FILE = os.path.abspath(__file__)
@@ -58,11 +58,6 @@ def _long_kernel(X, N, M, BLOCK: tl.constexpr):
         tl.store(X + i, 0.0)
 
 
-def _line(fn, tag: str) -> int:
-    lines, first = inspect.getsourcelines(fn.fn)
-    return first + next(i for i, s in enumerate(lines) if s.rstrip().endswith("# " + tag))
-
-
 # 15 programs on a (5, 3) grid, N = 6, M = 4, FLAG set
 _ARGS = {"N": 6, "M": 4, "FLAG": True, "BLOCK": 64}
 _GRID = (5, 3)
@@ -78,19 +73,19 @@ _GRID = (5, 3)
     ("L_programs", 3),   # the grid's second axis
 ])
 def test_the_range_of_each_expression(tag, per_program):
-    got, notes = trips.executions(_expr_kernel, _FILE, _line(_expr_kernel, tag), _ARGS, _GRID)
+    got, notes = trips.executions(_expr_kernel, _FILE, tagged_line(_expr_kernel, tag), _ARGS, _GRID)
     assert got == (15 * per_program, 15 * per_program), notes
 
 
 def test_a_branch_on_a_loaded_value_counts_as_not_taken_then_taken():
-    got, notes = trips.executions(_expr_kernel, _FILE, _line(_expr_kernel, "L_loaded"),
+    got, notes = trips.executions(_expr_kernel, _FILE, tagged_line(_expr_kernel, "L_loaded"),
                                   _ARGS, _GRID)
     assert got == (0, 15 * 6), notes
     assert any("condition unknown" in n for n in notes), notes
 
 
 def test_a_static_range_is_not_a_loop_it_counts():
-    got, notes = trips.executions(_expr_kernel, _FILE, _line(_expr_kernel, "L_static"),
+    got, notes = trips.executions(_expr_kernel, _FILE, tagged_line(_expr_kernel, "L_static"),
                                   _ARGS, _GRID)
     assert got is None
     assert any("static_range" in n for n in notes), notes
@@ -99,18 +94,18 @@ def test_a_static_range_is_not_a_loop_it_counts():
 def test_a_long_outer_loop_counts_every_pass():
     """5000 outer passes (past the length at which one pass is evaluated and scaled) of
     3 inner passes, on 2 programs."""
-    got, notes = trips.executions(_long_kernel, _FILE, _line(_long_kernel, "L_long"),
+    got, notes = trips.executions(_long_kernel, _FILE, tagged_line(_long_kernel, "L_long"),
                                   {"N": 5000, "M": 3, "BLOCK": 64}, (2,))
     assert got == (2 * 5000 * 3,) * 2, notes
 
 
 def test_a_program_dependent_loop_over_a_huge_grid_is_not_summed():
     programs = (1 << 17) + 1
-    got, notes = trips.executions(_long_kernel, _FILE, _line(_long_kernel, "L_pid"),
+    got, notes = trips.executions(_long_kernel, _FILE, tagged_line(_long_kernel, "L_pid"),
                                   {"N": 64, "M": 3, "BLOCK": 64}, (programs,))
     assert got is None
     assert any("not summed" in n for n in notes), notes
     # a small grid is summed program by program: each of 64 passes once
-    got, notes = trips.executions(_long_kernel, _FILE, _line(_long_kernel, "L_pid"),
+    got, notes = trips.executions(_long_kernel, _FILE, tagged_line(_long_kernel, "L_pid"),
                                   {"N": 64, "M": 3, "BLOCK": 64}, (64,))
     assert got == (64, 64), notes

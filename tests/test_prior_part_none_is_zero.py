@@ -5,11 +5,8 @@ import pytest
 import torch
 
 import fastvae
+from _compare import leaf
 from fastvae import reference as R
-
-
-def _leaf(t):
-    return t.clone().requires_grad_()
 
 
 @pytest.mark.parametrize("given", ["mean", "logvar"])
@@ -17,14 +14,14 @@ def _leaf(t):
 def test_a_missing_part_is_zero(backend, op, given):
     g = torch.Generator().manual_seed(5)
     mu, lv, part = (torch.randn(6, 9, generator=g) for _ in range(3))
-    leaves = [_leaf(mu), _leaf(lv), _leaf(part)]
+    leaves = [leaf(mu), leaf(lv), leaf(part)]
     pm, plv = (leaves[2], None) if given == "mean" else (None, leaves[2])
     if op == "kl_normal":
         kl = fastvae.kl_normal(leaves[0], leaves[1], pm, plv, backend=backend)
     else:
         _, kl = fastvae.sample_with_kl(leaves[0], leaves[1], pm, plv, backend=backend)
     got = torch.autograd.grad(kl.sum(), leaves)
-    wide = [_leaf(t.double()) for t in (mu, lv, part)]
+    wide = [leaf(t.double()) for t in (mu, lv, part)]
     zero = torch.zeros((), dtype=torch.float64)
     pm, plv = (wide[2], zero) if given == "mean" else (zero, wide[2])
     want_kl = R.kl_normal(wide[0], wide[1], pm, plv)

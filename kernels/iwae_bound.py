@@ -220,7 +220,8 @@ def iwae_bound_rows_kernel(
         # each log-weight becomes its weight times c in place (0 on padded rows), read
         # back by other threads below. exp(log w - max) / sum, not exp(log w - lse): at
         # |max| past ~2^24 lse = max + log(sum) rounds to max, and the weights summed to K.
-        inv_sum = tl.where(rmask, rcp_(run_sum), 0.0)
+        # a row whose every log w is -inf (sum 0) weighs 0, not 0 * inf = NaN
+        inv_sum = tl.where(rmask & (run_sum > 0.0), rcp_(run_sum), 0.0)
         for k in range(0, K):
             lw_off = (zero + k) * b_pad + rows
             w = exp_(tl.load(LOG_W + lw_off) - shift) * inv_sum
@@ -350,7 +351,9 @@ def iwae_bound_onepass_kernel(
     # ---- gradients weighted by softmax_k(log w_k) * c, from the tiles above ----------
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ or NEED_GPM or NEED_GPLV):
-        w = p * (c / tl.where(rmask, p_sum, 1.0))[:, None]  # 0 on padded rows and samples
+        # 0 on padded rows and samples, and on a row whose every log w is -inf (sum 0)
+        p_den = tl.where(rmask & (p_sum > 0.0), p_sum, 1.0)
+        w = p * (c / p_den)[:, None]
         w3 = w[:, :, None]   # 0 on padded samples: weigh() gives 0 for their partials
         GUARD: tl.constexpr = LIK >= LIK_GAUSSIAN_SCALAR   # the Bernoulli's are bounded
         rows2 = rows[:, None]
@@ -394,4 +397,4 @@ def iwae_bound_onepass_kernel(
             store_as(GPLV, rows2 * L + lats2, -tl.sum(weigh(d_plv, w3, True), axis=1), ml2)
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + ks64[None, :] * B + rows2,
-                     p * (1.0 / tl.where(rmask, p_sum, 1.0))[:, None], mask=rk)
+                     p * (1.0 / p_den)[:, None], mask=rk)

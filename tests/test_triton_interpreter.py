@@ -33,7 +33,8 @@ MODULES = [
     "test_discretized_logistic_mixture_log_prob.py", "test_dmol_objectives.py",
     "test_dmol_loss.py", "test_float16_saved_gradients.py", "test_prepared_calls.py", "test_vanishing_variance.py",
     "test_prepared_sampling.py", "test_saved_inputs.py", "test_dmol_iwae_16_bit_latents.py",
-    "test_dmol_iwae_loss.py", "test_loss_module_settings.py", "test_prior_part_none_is_zero.py",
+    "test_dmol_iwae_loss.py", "test_iwae_all_weights_zero_grads.py",
+    "test_loss_module_settings.py", "test_prior_part_none_is_zero.py",
     "test_route_follows_requires_grad.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream
     "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_tiles.py",

@@ -136,6 +136,8 @@ def _add_eval(sub):
     p.add_argument("--backend", choices=o.backends.NAMES, default=None,
                    help="fastvae backend for the ops (default: the run's own)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    _bool_flag(p, "--progress", "show a progress bar for the IWAE NLL where stderr is a "
+                                "terminal [default: on]")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -234,8 +236,8 @@ def _cmd_eval(args):
                       *([f"on this data: {changed}"] if changed else []))
     if changed:   # eval has no other data to take: it says so and goes on
         print(f"fastvae eval: note: {changed}; evaluated on it", file=sys.stderr)
-    m["iwae_nll"] = (iwae_nll(model, test, args.k, device, cfg["seed"], backend=cfg["backend"])
-                     if args.k > 0 else None)
+    m["iwae_nll"] = (iwae_nll(model, test, args.k, device, cfg["seed"], backend=cfg["backend"],
+                              progress=args.progress is not False) if args.k > 0 else None)
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
     m = add_bpd(m, model)
     if args.json:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +40,7 @@ from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, resolve_device
+from .progress import progress_bar
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
 from .run_config import (RESUME_OVERRIDES, RUN_KEYS_UNLESS_GIVEN, check_data_flags,
                          prepare_config)
@@ -433,12 +433,7 @@ def _warmed(cfg: dict, epoch: int, step: int, steps: int) -> dict:
 def _progress(steps, epoch, cfg, is_main):
     if not (cfg["progress"] and is_main):
         return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=steps, desc=f"epoch {epoch}/{cfg['epochs']}", unit="batch", leave=False,
-                dynamic_ncols=True, file=sys.stderr)
+    return progress_bar(steps, f"epoch {epoch}/{cfg['epochs']}", "batch")
 
 
 def _finish(core, data, cfg, device, out, history, initial, backend_name, world, train_wall, say):
@@ -447,8 +442,8 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
 
     core.eval()
     t0 = time.perf_counter()
-    nll = (iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"], backend=cfg["backend"])
-           if cfg["iwae_k"] else None)
+    nll = (iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"], backend=cfg["backend"],
+                    progress=cfg["progress"]) if cfg["iwae_k"] else None)
     iwae_s = time.perf_counter() - t0
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)

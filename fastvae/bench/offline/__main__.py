@@ -1,8 +1,9 @@
 """``python -m fastvae.bench.offline``: the offline judge from the command line.
 
-    compile [--tier ci|bench|full] [--workers N] [--json FILE]
+    compile [--tier ci|bench|full] [--kernel NAME,...] [--workers N] [--json FILE]
         capture the catalog under this Triton and compile its specializations for
-        sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all);
+        sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all),
+        with --kernel only those of the kernels named (e.g. iwae_bound_onepass_kernel);
         "ci" is what tests/test_kernels_compile.py compiles (fastvae.bench.offline.
         selection: the benchmark shapes' and a cover of the rest), "bench" every
         specialization of every semantic combination at the benchmark shapes, "full"
@@ -10,9 +11,12 @@
     table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes
-    proxy [--ops elbo,iwae,reparameterize] [--dtype fp32,bf16] [--triton PATH] [--json FILE]
+    proxy [--ops elbo,iwae,reparameterize] [--dtype fp32,bf16] [--shape B,D,L[,K] ...]
+          [--triton PATH] [--json FILE]
         the speed proxy at the bar shapes (sm_90; under the Triton in PATH, default
-        .triton36 when present): what ``fastvae bench --proxy`` prints
+        .triton36 when present): what ``fastvae bench --proxy`` prints; with --shape,
+        each op of --ops at each shape given instead (K: samples, for iwae and
+        reparameterize)
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
     c.add_argument("--tier", choices=catalog.TIERS, default="ci")
+    c.add_argument("--kernel", type=_kernels, default=None)
     c.add_argument("--workers", type=o.positive_int, default=judge.default_workers())
     c.add_argument("--json", type=o.file_to_write, default=None)
     t = sub.add_parser("table")
@@ -48,12 +53,20 @@ def main(argv=None) -> int:
     x = sub.add_parser("proxy")
     x.add_argument("--ops", type=o.names_from(sorted({b[0] for b in judge.BAR})), default=None)
     x.add_argument("--dtype", type=o.names_from(judge.BAR_DTYPES), default=list(judge.BAR_DTYPES))
+    x.add_argument("--shape", type=_shape, action="append", default=None,
+                   help="B,D,L or B,D,L,K in place of the bar shapes (repeatable; needs --ops)")
     x.add_argument("--triton", type=_triton_folder, default=None)
     x.add_argument("--here", action="store_true", help="run under this interpreter's Triton")
     x.add_argument("--json", type=o.file_to_write, default=None)
     args = p.parse_args(argv)
     if args.cmd == "proxy" and args.here and args.triton is not None:
         x.error("--here runs this interpreter's Triton, --triton another's; give one")
+    if args.cmd == "proxy" and args.shape:
+        if not args.ops:
+            x.error("argument --shape: name the ops to run at it with --ops")
+        problem = judge.shape_problem(args.ops, args.shape)
+        if problem:
+            x.error(f"argument --shape: {problem}")
     try:
         return _run(args)
     except (compiler.ToolMissing, compiler.JudgeFailed) as e:
@@ -61,9 +74,29 @@ def main(argv=None) -> int:
         return 2
 
 
+def _kernels(value) -> list:
+    """A comma list of kernel names (``iwae_bound_onepass_kernel``), each one of
+    ``fastvae.kernels``'."""
+    names = o.comma_list(str)(value)
+    known = [k.rsplit(".", 1)[-1] for k in catalog.kernels()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise o.BadValue(f"unknown {', '.join(unknown)}; have {', '.join(known)}")
+    return names
+
+
+def _shape(value) -> tuple:
+    """``B,D,L`` or ``B,D,L,K``: positive integers, K 1 unless given."""
+    parts = value.split(",") if isinstance(value, str) else []
+    if len(parts) not in (3, 4):
+        raise o.BadValue(f"must be B,D,L or B,D,L,K (e.g. 65536,64,8,5), got {value!r}")
+    sizes = [o.positive_int(p.strip()) for p in parts]
+    return tuple(sizes + [1] * (4 - len(sizes)))
+
+
 def _run(args) -> int:
     if args.cmd == "compile":
-        out = judge.compile_catalog(workers=args.workers, tier=args.tier)
+        out = judge.compile_catalog(workers=args.workers, tier=args.tier, kernels=args.kernel)
         print(report.compile_summary(out), file=sys.stderr)
     elif args.cmd == "table":
         runs = report.compile_versions([None, *args.triton], workers=args.workers,
@@ -72,9 +105,9 @@ def _run(args) -> int:
         return 0
     else:
         if args.here:
-            out = judge.proxy_cases(judge.bar_cases(args.dtype, args.ops))
+            out = judge.proxy_cases(judge.bar_cases(args.dtype, args.ops, args.shape))
         else:
-            out = report.proxy_run(args.triton, args.ops, args.dtype)
+            out = report.proxy_run(args.triton, args.ops, args.dtype, args.shape)
         print(report.proxy_table(out))
     if args.json:  # atomic: a failed write keeps the last file whole
         write_json(out, args.json)

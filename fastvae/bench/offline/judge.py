@@ -26,10 +26,11 @@ BAR = (("elbo", 65536, 784, 64, 1), ("reparameterize", 65536, 784, 64, 1),
 BAR_DTYPES = ("fp32", "bf16")
 
 
-def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS) -> dict:
+def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
+                    kernels: Optional[Sequence[str]] = None) -> dict:
     """Capture the catalog's ``tier`` under this Triton, compile each distinct
     specialization (the "ci" tier: each one ``selection.ci_selection`` keeps) for each
-    target; a JSON-able report."""
+    target, only those of ``kernels`` (names) where given; a JSON-able report."""
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
     entries = catalog.tier_calls(tier)
@@ -41,6 +42,8 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS)
     if tier == "ci":   # the benchmark shapes' specializations and a cover of the rest
         chosen = selection.ci_selection(rec.launches, catalog.benchmark_labels().__contains__)
         distinct = [la for la in captured if (la.kernel, la.key) in chosen]
+    if kernels:
+        distinct = [la for la in distinct if la.short in kernels]
     jobs = [(la.spec, la.cc, False) for la in distinct]
     results = compiler.compile_all(jobs, workers)
     t2 = time.perf_counter()
@@ -186,10 +189,30 @@ def _scale_pass_bytes(la) -> int:
     return total
 
 
-def bar_cases(dtypes: Sequence[str] = BAR_DTYPES, only: Optional[Sequence[str]] = None):
+def bar_cases(dtypes: Sequence[str] = BAR_DTYPES, only: Optional[Sequence[str]] = None,
+              shapes: Optional[Sequence[tuple]] = None):
+    """The proxy's cases: the bar's (those of the ops in ``only``), or each op of ``only``
+    at each (B, D, L, K) of ``shapes``."""
     from fastvae.bench.core import DTYPES, Case
-    return [Case(op, b, d, l, k, DTYPES[dt], "cpu") for op, b, d, l, k in BAR for dt in dtypes
+    rows = BAR if not shapes else [(op, *shape) for op in only for shape in shapes]
+    return [Case(op, b, d, l, k, DTYPES[dt], "cpu") for op, b, d, l, k in rows for dt in dtypes
             if only is None or op in only]
+
+
+def shape_problem(ops: Sequence[str], shapes: Sequence[tuple]) -> Optional[str]:
+    """Why an op of ``ops`` cannot run at a (B, D, L, K) of ``shapes`` (a K other than 1
+    for an op without samples, or a size its spec refuses); None where all can."""
+    from fastvae.bench.core import get_op
+    for b, d, l, k in shapes:
+        for name in ops:
+            op = get_op(name)
+            if k != 1 and not op.uses_k:
+                return f"{name} takes no K, got {b},{d},{l},{k}"
+            for axis, v in (("dim", d), ("latent", l)):
+                why = op.needs(axis, v) if op.needs and (op.uses_dim or axis != "dim") else None
+                if why:
+                    return f"{name} needs {why}, got {b},{d},{l},{k}"
+    return None
 
 
 def default_workers() -> int:

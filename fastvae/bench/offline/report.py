@@ -79,16 +79,18 @@ def compile_table(runs: Sequence[dict]) -> str:
     return "\n".join(lines + [""] + [compile_summary(r) for r in runs])
 
 
-def proxy_run(triton_path: Optional[str] = None, ops=None, dtypes=None) -> dict:
+def proxy_run(triton_path: Optional[str] = None, ops=None, dtypes=None, shapes=None) -> dict:
     """The proxy under the GPU machines' Triton (``triton_path``, default
     :func:`pinned_triton`), in a child process; under this one where none is installed
-    (the table says which)."""
+    (the table says which). ``shapes``: (B, D, L, K) in place of the bar shapes."""
     path = triton_path or pinned_triton()
     args = ["proxy", "--here"]
     if ops:
         args += ["--ops", ",".join(ops)]
     if dtypes:
         args += ["--dtype", ",".join(dtypes)]
+    for shape in shapes or ():
+        args += ["--shape", ",".join(str(n) for n in shape)]
     return compiler.run_version(path, args)
 
 

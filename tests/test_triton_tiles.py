@@ -233,6 +233,7 @@ def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
 @pytest.mark.parametrize("k,b,d,l,like,path", [
     (3, 33, 7, 70, "gaussian_perdim", "onepass"),        # 8x4x64
     (6, 9, 60, 128, "bernoulli", "onepass"),             # 4x8x64
+    (5, 9, 64, 8, "bernoulli", "onepass"),               # 4x8x64, 16 latents
     (2, 9, 200, 5, "gaussian_perdim", "onepass"),        # 4x4x256
     (7, 5, 256, 3, "continuous_bernoulli", "onepass"),   # 2x8x256
     (2, 3, 784, 3, "continuous_bernoulli", "onepass"),   # 1x4x1024
@@ -246,6 +247,35 @@ def test_iwae_shipped_gpu_tiles(seed, launches, gpu_tiles, k, b, d, l, like, pat
         check_iwae("triton", k, b, d, l, like, reduction)
         assert row_kernel(launches) == path
 
+
+
+
+def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
+    """Where the latents are at least half a one-pass tile's work (BLOCK_D <= 2 *
+    BLOCK_L), its BLOCK_L is L rounded up to a power of two, at least 16 and at least one
+    latent a thread (fewer would repeat the latent math on the spare threads), at most the
+    tile's own: the latents of D = 64, L = 8 are not a 128-wide tile. The 1024-column
+    tiles keep theirs."""
+    configs = gpu_tiles
+    for lik in (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
+                configs.GAUSSIAN_TENSOR):
+        for k, d in ((2, 7), (5, 64), (4, 200), (8, 256), (3, 784), (8, 1024)):
+            for l in (1, 8, 16, 17, 33, 64, 65, 128):
+                got = configs.iwae_onepass_config(64, k, d, l, lik)
+                if got is None:
+                    continue
+                bb, bk, bd, bl, warps = got
+                full = next(t[3] for t in configs.iwae_onepass_tiles(lik)
+                            if t[:3] == (bb, bk, bd))
+                threads = 32 * warps
+                if bd > 2 * full:
+                    assert bl == full, (lik, k, d, l, got)
+                    continue
+                assert bl >= l and bl & (bl - 1) == 0 and bl <= full, (lik, k, d, l, got)
+                assert bl == full or (bl >= 16 and bb * bk * bl >= threads), got
+                half = bl // 2   # the smallest such power of two: half of it would not do
+                assert bl == 16 or half < l or bb * bk * half < threads, (lik, k, d, l, got)
+        assert configs.iwae_onepass_config(64, 5, 64, 8, lik)[3] < 128
 
 
 # the two-pass kernel's multi-row tiles (16 x 64; 32 x 64 for 16-bit Gaussians with a

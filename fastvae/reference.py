@@ -42,9 +42,14 @@ def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     (an IWAE log-weight is a whole sample's log-likelihood, 3e4 for an untrained 32x32x3
     decoder, far more early in training) that rounding is ``ulp(|x|)``, and every weight is
     off by the factor ``exp`` of it (6e-5 at 3e4, 12% at 3e6 in float32). Here the shift
-    is a constant to autograd, and the weights are ``exp(x - m) / sum exp(x - m)``."""
+    is a constant to autograd, and the weights are ``exp(x - m) / sum exp(x - m)``; where
+    every ``x`` is -inf the result is -inf and the weights 0 (``log(0)``'s gradient would
+    make them ``0 * inf = NaN``; a NaN sum stays NaN)."""
     m = _shift(x.detach(), dim)
-    return (x - m).exp().sum(dim).log() + m.squeeze(dim)
+    total = (x - m).exp().sum(dim)
+    empty = total == 0
+    log_total = torch.where(empty, torch.ones_like(total), total).log()
+    return torch.where(empty, torch.full_like(total, -math.inf), log_total) + m.squeeze(dim)
 
 
 def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -261,10 +266,10 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
 
 def _softmax_weights(log_w):
     """``softmax(log_w, 0)`` as :func:`logsumexp` weighs (``exp(log_w - max) / sum``), 0 where
-    every ``log w`` is -inf (softmax: NaN)."""
+    every ``log w`` is -inf (softmax: NaN); a NaN sum keeps its row's weights NaN."""
     e = (log_w - _shift(log_w, 0)).exp()
     total = e.sum(0, keepdim=True)
-    return e / torch.where(total > 0, total, torch.ones_like(total))
+    return e / torch.where(total != 0, total, torch.ones_like(total))
 
 
 def reparameterize(mu, logvar, n_samples, generator):

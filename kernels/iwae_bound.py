@@ -220,8 +220,9 @@ def iwae_bound_rows_kernel(
         # each log-weight becomes its weight times c in place (0 on padded rows), read
         # back by other threads below. exp(log w - max) / sum, not exp(log w - lse): at
         # |max| past ~2^24 lse = max + log(sum) rounds to max, and the weights summed to K.
-        # a row whose every log w is -inf (sum 0) weighs 0, not 0 * inf = NaN
-        inv_sum = tl.where(rmask & (run_sum > 0.0), rcp_(run_sum), 0.0)
+        # a row whose every log w is -inf (sum 0) weighs 0, not 0 * inf = NaN (a NaN sum
+        # stays NaN)
+        inv_sum = tl.where(rmask & (run_sum != 0.0), rcp_(run_sum), 0.0)
         for k in range(0, K):
             lw_off = (zero + k) * b_pad + rows
             w = exp_(tl.load(LOG_W + lw_off) - shift) * inv_sum
@@ -352,7 +353,7 @@ def iwae_bound_onepass_kernel(
     if (NEED_GX or NEED_GR or OBS_GRAD != GOBS_NONE or NEED_GMU or NEED_GLV
             or NEED_GZ or NEED_GPM or NEED_GPLV):
         # 0 on padded rows and samples, and on a row whose every log w is -inf (sum 0)
-        p_den = tl.where(rmask & (p_sum > 0.0), p_sum, 1.0)
+        p_den = tl.where(rmask & (p_sum != 0.0), p_sum, 1.0)   # a NaN sum stays NaN
         w = p * (c / p_den)[:, None]
         w3 = w[:, :, None]   # 0 on padded samples: weigh() gives 0 for their partials
         GUARD: tl.constexpr = LIK >= LIK_GAUSSIAN_SCALAR   # the Bernoulli's are bounded

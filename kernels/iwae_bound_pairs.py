@@ -194,8 +194,9 @@ def iwae_bound_pairs_kernel(
 
     # ---- gradients weighted by softmax * c, from the registers above --------------------
     if NEED_GR or NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
-        # 0 on padded pairs, and on a row whose every log w is -inf (sum 0: not 0 * inf)
-        soft = e * rcp_(tl.where(row_sum > 0.0, row_sum, 1.0))
+        # 0 on padded pairs, and on a row whose every log w is -inf (sum 0: not 0 * inf);
+        # a NaN sum stays NaN
+        soft = e * rcp_(tl.where(row_sum != 0.0, row_sum, 1.0))
         w = soft * c
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)

@@ -92,9 +92,10 @@ def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: 
     core.eval()
     gen = torch.Generator(device=device).manual_seed(seed + 3)
     total = 0.0
-    bar = (progress_bar(len(images), f"IWAE NLL (K={k})", "image", terminal_only=True)
-           if progress else None)
+    bar = None
     try:
+        if progress:
+            bar = progress_bar(len(images), f"IWAE NLL (K={k})", "image", terminal_only=True)
         for i in range(0, len(images), batch_size):
             batch = images[i:i + batch_size]
             total += float(core.iwae_nll(batch.to(device), k, generator=gen,

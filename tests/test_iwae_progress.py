@@ -52,6 +52,14 @@ def test_the_bar_counts_every_image_and_closes(bars):
     assert len(bars) == 1   # progress=False (the default) makes none
 
 
+def test_a_bar_that_cannot_be_made_leaves_the_model_as_it_was(monkeypatch):
+    model = _model()
+    monkeypatch.setattr(evaluation, "progress_bar", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        evaluation.iwae_nll(model, torch.rand(10, 1, 8, 8), 3, "cpu", 0, progress=True)
+    assert model.training
+
+
 def test_the_bar_closes_when_the_estimate_fails(bars, monkeypatch):
     model = _model()
     monkeypatch.setattr(model, "iwae_nll", lambda *a, **k: (_ for _ in ()).throw(
@@ -72,6 +80,20 @@ def test_no_bar_where_stderr_is_not_a_terminal(monkeypatch):
     shown.update(10)
     shown.close()
     assert "epoch 1/1" in sys.stderr.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_bar_shows_where_stderr_is_a_terminal(monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    bar = progress.progress_bar(10, "IWAE NLL (K=3)", "image", terminal_only=True)
+    bar.update(10)
+    bar.close()
+    assert "IWAE NLL (K=3)" in sys.stderr.getvalue()
 
 
 def test_no_bar_without_tqdm(monkeypatch):

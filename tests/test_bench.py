@@ -190,6 +190,25 @@ def test_the_proxy_runs_each_op_at_each_shape_given():
         == {b for b in judge.BAR if b[0] == "iwae"}
 
 
+def test_the_offline_judge_without_triton_says_so_in_one_line(capsys, monkeypatch):
+    """Where the work would run under this interpreter and it has no Triton: exit 2 and
+    one line, not an import traceback (proxy without --here runs under .triton36)."""
+    import sys
+
+    from fastvae.bench.offline.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "triton", None)   # import triton raises ImportError
+    for argv in (["compile"], ["table"], ["proxy", "--here", "--ops", "iwae"],
+                 ["compile", "--kernel", "elbo_rows_kernel"]):
+        try:   # --kernel: refused while parsing unless this session imported Triton's jit
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and "error: " in err and "no Triton here" in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
 def test_compile_with_kernel_builds_only_that_kernels_specializations(monkeypatch):
     """--kernel keeps the named kernels' specializations of the tier's capture, and
     compiles nothing else (the capture still runs every call)."""

@@ -78,7 +78,11 @@ def _kernels(value) -> list:
     """A comma list of kernel names (``iwae_bound_onepass_kernel``), each one of
     ``fastvae.kernels``'."""
     names = o.comma_list(str)(value)
-    known = [k.rsplit(".", 1)[-1] for k in catalog.kernels()]
+    try:
+        known = [k.rsplit(".", 1)[-1] for k in catalog.kernels()]
+    except ImportError:
+        raise o.BadValue("no Triton here to list the kernels (pip install triton, or "
+                         "./dev setup)") from None
     unknown = [n for n in names if n not in known]
     if unknown:
         raise o.BadValue(f"unknown {', '.join(unknown)}; have {', '.join(known)}")
@@ -95,6 +99,12 @@ def _shape(value) -> tuple:
 
 
 def _run(args) -> int:
+    if args.cmd != "proxy" or args.here:   # the work runs under this interpreter's Triton
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise compiler.ToolMissing("no Triton here (pip install triton, or ./dev setup; "
+                                       "proxy without --here runs under .triton36)") from None
     if args.cmd == "compile":
         out = judge.compile_catalog(workers=args.workers, tier=args.tier, kernels=args.kernel)
         print(report.compile_summary(out), file=sys.stderr)

@@ -252,9 +252,9 @@ def test_iwae_shipped_gpu_tiles(seed, launches, gpu_tiles, k, b, d, l, like, pat
 
 def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
     """Where the latents are at least half a one-pass tile's work (BLOCK_D <= 2 *
-    BLOCK_L), its BLOCK_L is L rounded up to a power of two, at least 16 and at least one
-    latent a thread (fewer would repeat the latent math on the spare threads), at most the
-    tile's own: the latents of D = 64, L = 8 are not a 128-wide tile. The 1024-column
+    BLOCK_L), its BLOCK_L is L rounded up to a power of two, at least 16 and at least two
+    latents a thread (fewer would repeat the latent math on the spare threads), at most
+    the tile's own: the latents of D = 64, L = 8 are not a 128-wide tile. The 1024-column
     tiles keep theirs."""
     configs = gpu_tiles
     for lik in (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
@@ -267,7 +267,7 @@ def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
                 bb, bk, bd, bl, warps = got
                 full = next(t[3] for t in configs.iwae_onepass_tiles(lik)
                             if t[:3] == (bb, bk, bd))
-                threads = 32 * warps
+                threads = 64 * warps   # two latents a thread
                 if bd > 2 * full:
                     assert bl == full, (lik, k, d, l, got)
                     continue

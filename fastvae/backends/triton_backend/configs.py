@@ -61,10 +61,11 @@ ROW_WARPS = 8   # num_warps of the interpreter's tiles and of every tile without
 # tile's recon_k part is at most IWAE_ONEPASS_ELEMENTS (the continuous Bernoulli's
 # log-normaliser keeps more values live, so it gets half) and its z_k part 4096. Where
 # the latents are at least half the tile's work (BLOCK_D <= 2 * BLOCK_L), BLOCK_L shrinks
-# to L (a power of two, at least 16 and one latent a thread): at D = 64, L = 8 the
+# to L (a power of two, at least 16 and two latents a thread): at D = 64, L = 8 the
 # 128-latent tile was 94% padding and 2.6x the issue time (RESULTS.md). In the
 # 1024-column tiles they are an eighth, and shrinking them there made ptxas spill 4-8
-# bytes at 64-80 registers (Triton 3.6, sm_80 and sm_90).
+# bytes at 64-80 registers (Triton 3.6, sm_80 and sm_90); one latent a thread spilled
+# 8 bytes in a 16-warp continuous Bernoulli tile (Triton 3.9, sm_80).
 IWAE_ONEPASS_TILES = ((8, 4, 64, 128), (4, 8, 64, 128), (2, 4, 256, 128), (1, 8, 256, 128),
                       (1, 4, 1024, 128), (1, 8, 1024, 128))
 IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_SCALAR: 8192,
@@ -253,7 +254,7 @@ def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
         return block_b, block_k, block_d, block_l, ROW_WARPS
     warps = IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d), ROW_WARPS)
     if block_d <= 2 * block_l:   # fewer latents than threads would repeat their math
-        block_l = min(block_l, max(16, _p2(l), 32 * warps // (block_b * block_k)))
+        block_l = min(block_l, max(16, _p2(l), 64 * warps // (block_b * block_k)))
     return block_b, block_k, block_d, block_l, warps
 
 

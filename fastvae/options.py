@@ -206,13 +206,14 @@ positive_ints = comma_list(positive_int)          # --k 1,5,50
 
 def names_from(allowed):
     """A comma list whose items must be keys of ``allowed`` (read when the flag is parsed,
-    so a name registered later counts), at least one; a repeat is dropped (it would run
-    its cases twice)."""
+    so a name registered later counts; a callable is called then, for names that cost
+    work to list), at least one; a repeat is dropped (it would run its cases twice)."""
     def parse(s: str) -> list:
         names = comma_list(str)(s)
-        unknown = [n for n in names if n not in allowed]
+        have = allowed() if callable(allowed) else allowed
+        unknown = [n for n in names if n not in have]
         if unknown:
-            raise BadValue(f"unknown {', '.join(unknown)}; have {', '.join(allowed)}")
+            raise BadValue(f"unknown {', '.join(unknown)}; have {', '.join(have)}")
         return names
     return parse
 

@@ -127,6 +127,13 @@ class Op:
     def uses_k(self) -> bool:
         return self.k_values is not None
 
+    def refuses(self, axis: str, value: int) -> Optional[str]:
+        """What the op needs of ``axis`` ("dim" or "latent") where ``value`` will not do
+        (:attr:`needs`), else None; an op without D takes any D."""
+        if self.needs is None or (axis == "dim" and not self.uses_dim):
+            return None
+        return self.needs(axis, value)
+
 
 OPS: Dict[str, Op] = {}
 

@@ -112,8 +112,7 @@ def size_problem(ops: Sequence[str], dims: Optional[Sequence[int]],
         for v in values or ():
             bad = {}
             for name in ops:
-                op = get_op(name)
-                why = op.needs(axis, v) if op.needs and (op.uses_dim or axis != "dim") else None
+                why = get_op(name).refuses(axis, v)
                 if why:
                     bad[name] = why
             if bad:

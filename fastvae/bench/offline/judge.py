@@ -209,7 +209,7 @@ def shape_problem(ops: Sequence[str], shapes: Sequence[tuple]) -> Optional[str]:
             if k != 1 and not op.uses_k:
                 return f"{name} takes no K, got {b},{d},{l},{k}"
             for axis, v in (("dim", d), ("latent", l)):
-                why = op.needs(axis, v) if op.needs and (op.uses_dim or axis != "dim") else None
+                why = op.refuses(axis, v)
                 if why:
                     return f"{name} needs {why}, got {b},{d},{l},{k}"
     return None

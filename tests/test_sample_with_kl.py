@@ -113,6 +113,27 @@ def test_only_one_output_used(seed, backend, use):
             assert_close("grad", a, b, dt)
 
 
+@pytest.mark.parametrize("kind", ["full", "shared"])
+def test_z_has_no_gradient_where_only_the_prior_needs_one(seed, backend, kind):
+    """z does not depend on the prior: where only the prior needs a gradient, z does not
+    require one (as on the reference), on the first call and on the repeated calls that
+    take a prepared route, and the KL's prior gradients are the formula's."""
+    dt = case_dtype(backend)
+    mu, lv = posterior((5, 7), dt, grad=False)
+    pm, plv = make_prior(kind, (5, 7), dt)
+    for _ in range(3):
+        z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+        assert not z.requires_grad and z.grad_fn is None
+        assert kl.requires_grad
+    prior = [t for t in (pm, plv) if isinstance(t, torch.Tensor)]
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(z.sum(), prior)
+    g = torch.autograd.grad(kl.sum(), prior)
+    want = grads(F.kl_normal_dim(mu, lv, pm, plv).sum(-1), prior)
+    for a, b in zip(g, want):
+        assert_close("prior grad", a, b, dt)
+
+
 @pytest.mark.parametrize("shape", [(5, 7), (3, 2, 4, 4), (2, 5000), (6,)])
 def test_same_z_as_reparameterize(backend, cpu_path, shape):
     """The seed contract: after torch.manual_seed(s), or with equally seeded generators,

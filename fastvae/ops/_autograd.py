@@ -320,6 +320,15 @@ def reference_only() -> bool:
             or (not torch.compiler.is_compiling() and _is_tracing()))
 
 
+def mark_constant(ctx, output, constant) -> None:
+    """Mark the outputs that depend on no input needing a gradient (``constant(ctx.needs)``:
+    their indices) as such: ``sample_with_kl``'s z where only the prior needs one. Left
+    unmarked, such an output would require grad, keep the op's graph alive and give a
+    gradient of zeros where the reference's says it is not in the graph."""
+    for i in constant(ctx.needs):
+        ctx.mark_non_differentiable(output[i])
+
+
 class Fused:
     """One fused op, two ways in, the same forward, setup and backward.
 
@@ -330,12 +339,19 @@ class Fused:
     """
 
     def __init__(self, op, forward, setup, backward, tensor_args: int = 0, value_forward=None,
-                 values: int = 1):
+                 values: int = 1, constant=None):
+        if constant is not None:   # every way in (the op, both Functions, routes) marks them
+            plain_setup = setup
+
+            def setup(ctx, inputs, output):
+                plain_setup(ctx, inputs, output)
+                mark_constant(ctx, output, constant)
         op.register_autograd(backward, setup_context=setup)
         self.op = op
         self.backward = backward
         self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())
         self.values = values            # the leading outputs value() returns
+        self.constant = constant
         # value(): forward's arguments, the backend's outputs as they come (None for a
         # gradient not needed: nothing outside the op sees them, so no placeholders)
         value_forward = value_forward or forward
@@ -418,7 +434,7 @@ class Route:
         self.backward, self.finish = fused.backward, finish
         self.source = source   # (backend module, name, the function run prepares)
         self._scale = self._scale_from = None
-        self.function = _route_function(self, given, fused.name, fused.values)
+        self.function = _route_function(self, given, fused.name, fused.values, fused.constant)
 
     @staticmethod
     def eager() -> bool:
@@ -448,7 +464,7 @@ class Route:
         return self._scale(grads, grad_out)
 
 
-def _route_function(route: Route, given: int, name: str, values: int):
+def _route_function(route: Route, given: int, name: str, values: int, constant=None):
     """The ``autograd.Function`` of one route: its ``given`` leading tensors are its only
     inputs (each input of ``apply`` costs autograd per call; the trailing absent ones,
     the run gets as None), the route itself reached through its class, not an argument.
@@ -464,6 +480,8 @@ def _route_function(route: Route, given: int, name: str, values: int):
         ctx.needs, ctx.backend, ctx.owns_saved = route.needs, route.backend, True
         for name, value in route.fixed:
             setattr(ctx, name, value)
+        if constant is not None:
+            mark_constant(ctx, output, constant)
         return output[0] if values == 1 else tuple(output[:values])
 
     if values == 1:

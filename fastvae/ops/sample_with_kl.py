@@ -123,9 +123,14 @@ def _higher_order(ctx, dz, g_kl, *_):
     return (*grads, None, None, None)
 
 
+def _z_constant(needs) -> tuple:
+    """z = mu_q + sigma_q eps has no gradient where only the prior needs one."""
+    return () if needs[0] or needs[1] else (0,)
+
+
 _sample_with_kl = A.Fused(_op, _sample_with_kl_fwd, _setup,
                           A.with_higher_order(_backward, _higher_order), tensor_args=5,
-                          value_forward=_sample_with_kl_value, values=2)
+                          value_forward=_sample_with_kl_value, values=2, constant=_z_constant)
 
 
 def sample_with_kl(mu, logvar, prior_mu, prior_logvar, generator, *, backend):

@@ -54,9 +54,14 @@ def check_elbo(estimator: str, kl: str) -> None:
                          "to remove)")
 
 
-def check_iwae(estimator: str) -> None:
+def check_iwae(estimator: str, likelihood: str) -> None:
+    """ValueError unless ``estimator`` is one of ESTIMATORS and built for ``likelihood``:
+    DReG's gradient hook is not built for the discretized logistic mixture."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "dreg" and likelihood == "discretized_logistic_mixture":
+        raise ValueError(f"estimator='dreg' is not available with likelihood={likelihood!r}; "
+                         "use 'stl' or 'standard'")
 
 
 def stops_parameters(estimator: str) -> bool:

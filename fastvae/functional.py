@@ -318,7 +318,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
-    estimators.check_iwae(estimator)
+    estimators.check_iwae(estimator, likelihood)
     bits = V.check_likelihood_bits(likelihood, bits)
     if likelihood == V.DMOL:
         value = _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction,
@@ -439,10 +439,7 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     their gradients saved and weighed in place by softmax_k(log w_k) in backward), and
     ``log p(z_k) - log q(z_k|x)`` as the ELBO op's Monte-Carlo KL on the K*B rows (no data
     columns). ``estimator="stl"`` evaluates log q at stopped mu, logvar; DReG's gradient
-    hook is not built for this likelihood."""
-    if estimator == "dreg":
-        raise ValueError("estimator='dreg' is not available with likelihood="
-                         f"{V.DMOL!r}; use 'stl' or 'standard'")
+    hook is not built for this likelihood (``estimators.check_iwae`` refuses it)."""
     _no_obs_logvar(obs_logvar)
     batch, _ = V.check_latents(mu, logvar)
     k = V.check_samples(z_k, mu)

@@ -93,7 +93,7 @@ class IWAELoss(_Loss):
     def __init__(self, likelihood="bernoulli", reduction="mean", backend=None, validate=None,
                  estimator="standard", *, bits=None):
         super().__init__(likelihood, reduction, backend, validate, estimator, bits)
-        estimators.check_iwae(estimator)
+        estimators.check_iwae(estimator, likelihood)
 
     def forward(self, x, recon_k, mu, logvar, z_k, obs_logvar=0.0, prior_mu=None,
                 prior_logvar=None):

@@ -59,6 +59,7 @@ class Dataset:
     train: torch.Tensor
     test: torch.Tensor
     scaled: str = ""    # what was done to the file's values on reading, for messages quoting them
+    levels: int = 0     # every value is k / levels (scikit-learn's digits: 16); 0: not known
 
     @property
     def shape(self) -> tuple:
@@ -203,15 +204,18 @@ def _pair(name: str, train: torch.Tensor, test: torch.Tensor, train_src, test_sr
     return Dataset(name, train, test)
 
 
+DIGITS_LEVELS = 16   # scikit-learn's digits: integers 0..16
+
+
 def load_digits() -> Dataset:
     """scikit-learn's 8x8 digits in [0, 1], fixed 1438/359 train/test split."""
     try:
         from sklearn.datasets import load_digits as sk_load
     except ImportError:
         raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'") from None
-    images = torch.from_numpy(sk_load().images.astype(np.float32) / 16.0)[:, None]
+    images = torch.from_numpy(sk_load().images.astype(np.float32) / DIGITS_LEVELS)[:, None]
     train, test = _split(images, "scikit-learn's digits")
-    return Dataset("digits", train, test)
+    return Dataset("digits", train, test, levels=DIGITS_LEVELS)
 
 
 def _own_folder(data_dir: Path, name: str) -> Path:

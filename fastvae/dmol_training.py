@@ -18,11 +18,10 @@ import math
 
 import torch
 
-from .data import DataError, Dataset
+from .data import DIGITS_LEVELS, DataError, Dataset
 from .observation import DEFAULT_N_MIX, DMOL_BITS
 from .validation import DMOL
 
-DIGITS_LEVELS = 16  # scikit-learn's digits: integers 0..16, divided by 16 in fastvae.data
 # Largest distance from the grid, in bins, still taken as on it: float32 data written
 # as k / 255 is off by ~1e-5 bins; a genuinely different grid is off by >= 0.0625
 # (float16 files: _on_grid also takes the float16 rounding of k / 255 itself).
@@ -62,13 +61,14 @@ def prepare(data: Dataset, likelihood: str, log=None) -> Dataset:
         raise DataError(f"{data.name}: --likelihood {DMOL} models images with 1 (gray) or 3 "
                         f"(RGB) channels, got images of shape {data.shape}")
     n = 2 ** DMOL_BITS - 1
-    if data.name == "digits":
-        if log is not None:
-            log(f"digits: the 17 gray levels v/{DIGITS_LEVELS} put on the {DMOL_BITS}-bit grid "
-                f"as round({n} v / {DIGITS_LEVELS}) / {n}")
-        return Dataset(data.name, _digits_on_grid(data.train, n), _digits_on_grid(data.test, n))
+    if data.levels == DIGITS_LEVELS:   # by what the data is, not by its name: a file may be
+        if log is not None:             # called "digits" too
+            log(f"{data.name}: the 17 gray levels v/{DIGITS_LEVELS} put on the {DMOL_BITS}-bit "
+                f"grid as round({n} v / {DIGITS_LEVELS}) / {n}")
+        return Dataset(data.name, _digits_on_grid(data.train, n), _digits_on_grid(data.test, n),
+                       levels=n)
     return Dataset(data.name, _on_grid(data.train, n, data), _on_grid(data.test, n, data),
-                   data.scaled)
+                   data.scaled, levels=n)
 
 
 def _digits_on_grid(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ reconstructions), the data on the 8-bit grid, ``fastvae train/eval/sample`` with
 bits/dim, the one-line errors, and bf16 autocast training."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -112,6 +113,19 @@ def test_digits_go_onto_the_8_bit_grid_level_for_level():
     levels = torch.unique(torch.cat([on.train, on.test]))
     assert len(levels) == 17 and torch.equal(levels, torch.sort(levels).values)
     assert dmol_training.prepare(digits, "bernoulli") is digits
+
+
+def test_an_array_file_named_digits_is_checked_like_any_other(tmp_path):
+    """Only scikit-learn's digits are put on the grid level for level: a file called
+    ``digits`` holds whatever it holds, and its values off the grid are refused."""
+    rng = np.random.RandomState(0)
+    (tmp_path / "a").mkdir()
+    np.save(tmp_path / "a" / "x.npy", rng.rand(10, 4, 4).astype(np.float32))
+    os.rename(tmp_path / "a" / "x.npy", tmp_path / "a" / "digits")
+    data = load_array_file(tmp_path / "a" / "digits")
+    assert data.name == "digits" and data.levels == 0
+    with pytest.raises(DataError, match="of a bin off"):
+        dmol_training.prepare(data, DMOL)
 
 
 def test_color_arrays_in_either_layout_and_off_grid_data(tmp_path):

@@ -223,7 +223,7 @@ class RunFolder:
                                      f"{e.strerror or e}") from None
         try:
             folder._lock()
-            folder._check_writable()
+            folder._check_writable(resume)
         except BaseException:
             folder.close(failed=True)
             raise
@@ -243,7 +243,9 @@ class RunFolder:
         except OSError:
             pass  # a file system without flock (some network mounts): run unlocked
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, resume: bool = False) -> None:
+        """RunFolderError if a file cannot be created here, with what to do: a resumed
+        run lives in its own folder, so another --out is no fix for it."""
         probe = temp_name(self.path / "write-check")
         try:
             try:
@@ -255,8 +257,10 @@ class RunFolder:
                 if probe is not None and os.path.lexists(probe):
                     os.unlink(probe)
         except OSError as e:
+            fix = ("make it writable, or copy the run to a folder that is and resume it "
+                   "there with --out" if resume else "choose another --out")
             raise RunFolderError(f"cannot write to the run folder {self.path}: "
-                                 f"{e.strerror or e}; choose another --out") from None
+                                 f"{e.strerror or e}; {fix}") from None
 
     def close(self, failed: bool) -> None:
         """Release the lock; after a failure remove the folders this run created if

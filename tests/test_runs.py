@@ -70,12 +70,18 @@ def test_out_naming_a_file(tmp_path, capsys, monkeypatch):
     assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
-def test_unwritable_run_folder_is_found_before_loading_data(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("resume", [False, True])
+def test_unwritable_run_folder_is_found_before_loading_data(tmp_path, capsys, monkeypatch,
+                                                             resume):
     """Root ignores permission bits, so the refusal is simulated at the run folder's
-    ``open``; the test below checks a real read-only folder where it can."""
+    ``open``; the test below checks a real read-only folder where it can. A resumed run
+    lives in its own folder: another --out is no advice for it."""
     from fastvae import runs
     out = tmp_path / "ro"
     out.mkdir()
+    if resume:
+        assert cli.main(["train", *TINY_ARGS, "--out", str(out)]) == 0
+        capsys.readouterr()
 
     def refusing(path, mode="r", *a, **k):
         if os.path.dirname(os.fspath(path)) == str(out) and set(mode) & set("wxa"):
@@ -84,10 +90,12 @@ def test_unwritable_run_folder_is_found_before_loading_data(tmp_path, capsys, mo
 
     monkeypatch.setattr(runs, "open", refusing, raising=False)
     monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
-    assert cli.main(["train", *TINY_ARGS, "--out", str(out)]) == 2
+    flags = ["--resume", "--epochs", "2"] if resume else []
+    assert cli.main(["train", *TINY_ARGS, *flags, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert str(out) in err and "Permission denied" in err
+    assert ("make it writable" in err) == resume and ("choose another --out" in err) != resume
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,

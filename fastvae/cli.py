@@ -272,6 +272,11 @@ def _cmd_sample(args):
                          f"{plots.MAX_UPSCALED_PIXELS / 2**20:g} megapixels a picture may have; "
                          + (f"draw at most {fits} (at --ncol {args.ncol})" if fits else
                             "a single image of this data is that large already"))
+    out = getattr(args, "out", None)
+    if not out:   # --out was checked as it was parsed; the default is checked here, as early
+        out = o.file_to_write(str(checkpoint_path(args.run).parent
+                                  / f"samples-{args.n}-seed{args.seed}.png"))
+    out = Path(out)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     # chunk by chunk onto the CPU: the device holds one chunk's decoding, not n images
     images = torch.empty(args.n, *model.data_shape)
@@ -279,9 +284,6 @@ def _cmd_sample(args):
     for chunk in model.sample_chunks(args.n, generator=gen):
         images[done:done + len(chunk)] = chunk.float().cpu()
         done += len(chunk)
-    out = getattr(args, "out", None)
-    out = (Path(out) if out else
-           checkpoint_path(args.run).parent / f"samples-{args.n}-seed{args.seed}.png")
     plots.save_grid(images, out, ncol=args.ncol)
     print(f"wrote {args.n} samples to {out} ({width} x {height} px)")
     return 0

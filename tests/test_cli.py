@@ -300,6 +300,29 @@ def test_sample_refuses_an_out_it_cannot_write_before_any_work(tmp_path, capsys,
     assert len(err.strip().splitlines()) == 1 and "--out" in err and needle in err, err
 
 
+def test_sample_checks_its_default_picture_in_the_run_folder_before_decoding(
+        tmp_path, capsys, monkeypatch):
+    """Without --out the picture goes into the run's folder; one that refuses new files is
+    one line before any image is decoded, as a given --out is."""
+    import tempfile
+
+    from fastvae import models
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--out", str(run)]) == 0
+    capsys.readouterr()
+
+    def refuse(**kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    for cls in vars(models).values():
+        if isinstance(cls, type) and hasattr(cls, "sample_chunks"):
+            monkeypatch.setattr(cls, "sample_chunks", lambda *a, **k: pytest.fail("decoded"))
+    assert cli.main(["sample", str(run), "--n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "refuses new files" in err, err
+    assert "samples-4-seed0.png" in err and not list(run.glob("samples-*"))
+
+
 def test_a_file_to_write_in_a_folder_that_refuses_files_is_refused_first(tmp_path, monkeypatch,
                                                                        capsys):
     """os.access says yes to root for any folder, and /proc, /sys or a read-only mount

@@ -231,10 +231,12 @@ def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
 # per-program obs_logvar partials), the continuous Bernoulli's 8192-element fallback to
 # two passes, and the two-pass tiles
 @pytest.mark.parametrize("k,b,d,l,like,path", [
-    (3, 33, 7, 70, "gaussian_perdim", "onepass"),        # 8x4x64
-    (6, 9, 60, 128, "bernoulli", "onepass"),             # 4x8x64
-    (5, 9, 64, 8, "bernoulli", "onepass"),               # 4x8x64, 16 latents
-    (2, 9, 200, 5, "gaussian_perdim", "onepass"),        # 4x4x256
+    (3, 33, 7, 70, "gaussian_perdim", "onepass"),        # 8x4x64 (Gaussians, D % 16)
+    (3, 33, 48, 20, "continuous_bernoulli", "onepass"),  # 16x4x64
+    (6, 9, 33, 5, "gaussian", "onepass"),                # 4x8x64
+    (6, 9, 60, 128, "bernoulli", "onepass"),             # 4x8x64 (D not a multiple of 16)
+    (5, 9, 64, 8, "bernoulli", "onepass"),               # 8x8x64, 16 latents
+    (2, 9, 200, 5, "gaussian_perdim", "onepass"),        # 2x4x256
     (7, 5, 256, 3, "continuous_bernoulli", "onepass"),   # 2x8x256
     (2, 3, 784, 3, "continuous_bernoulli", "onepass"),   # 1x4x1024
     (5, 2, 784, 32, "gaussian_full", "onepass"),         # 1x8x1024, 16 warps

@@ -65,11 +65,20 @@ ROW_WARPS = 8   # num_warps of the interpreter's tiles and of every tile without
 # 128-latent tile was 94% padding and 2.6x the issue time (RESULTS.md). In the
 # 1024-column tiles they are an eighth, and shrinking them there made ptxas spill 4-8
 # bytes at 64-80 registers (Triton 3.6, sm_80 and sm_90); one latent a thread spilled
-# 8 bytes in a 16-warp continuous Bernoulli tile (Triton 3.9, sm_80).
-IWAE_ONEPASS_TILES = ((8, 4, 64, 128), (4, 8, 64, 128), (2, 4, 256, 128), (1, 8, 256, 128),
-                      (1, 4, 1024, 128), (1, 8, 1024, 128))
+# 8 bytes in a 16-warp continuous Bernoulli tile (Triton 3.9, sm_80). The 64-column
+# tiles of the Bernoullis hold 4096 elements where D is a multiple of 16 (16 rows of up
+# to 4 samples, 8 of up to 8): a program's fixed work (its latents, the sums over K and D,
+# the softmax) is spread over twice the rows of the 2048-element tiles, 1.3-1.6x less
+# issue time at D = 64 (RESULTS.md). The Gaussians and unaligned rows keep the
+# 2048-element ones: with 4096 they spilled 4-20 bytes at 64-128 registers (Gaussians on
+# sm_80, Triton 3.6; fp16 rows of 60 columns, Triton 3.9), for 1.2-1.3x at D = 7 and 30.
+IWAE_ONEPASS_TILES = ((16, 4, 64, 128), (8, 8, 64, 128), (8, 4, 64, 128), (4, 8, 64, 128),
+                      (2, 4, 256, 128), (1, 8, 256, 128), (1, 4, 1024, 128), (1, 8, 1024, 128))
 IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_SCALAR: 8192,
                          GAUSSIAN_TENSOR: 8192}
+IWAE_ONEPASS_NARROW_ELEMENTS = {BERNOULLI: 4096, CONTINUOUS_BERNOULLI: 4096,
+                                GAUSSIAN_SCALAR: 2048, GAUSSIAN_TENSOR: 2048}   # D <= 64
+IWAE_ONEPASS_NARROW_UNALIGNED_ELEMENTS = 2048                                   # D % 16
 # num_warps of a one-pass tile by (LIK, BLOCK_B, BLOCK_K, BLOCK_D), where not ROW_WARPS:
 # 16 warps keep 16 elements per thread in the 8192-element tiles; the Gaussian with a
 # tensor obs_logvar stays at 8 there (16 spill 4 bytes with its (D,) gradient on Triton
@@ -209,10 +218,13 @@ def needs_int64(*extents: int) -> bool:
     return max(extents, default=0) > INT32_LIMIT
 
 
-def iwae_onepass_tiles(lik: int):
-    """The one-pass tiles shipped for likelihood code ``lik``."""
+def iwae_onepass_tiles(lik: int, d: int = 0):
+    """The one-pass tiles shipped for likelihood code ``lik`` and rows of ``d`` columns
+    (the largest 64-column tiles need D a multiple of 16)."""
+    narrow = (IWAE_ONEPASS_NARROW_ELEMENTS[lik] if d % 16 == 0
+              else IWAE_ONEPASS_NARROW_UNALIGNED_ELEMENTS)
     return tuple(t for t in IWAE_ONEPASS_TILES
-                 if t[0] * t[1] * t[2] <= IWAE_ONEPASS_ELEMENTS[lik])
+                 if t[0] * t[1] * t[2] <= (narrow if t[2] <= 64 else IWAE_ONEPASS_ELEMENTS[lik]))
 
 
 def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
@@ -243,7 +255,7 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
     """(BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L, num_warps) of the one-pass IWAE kernel, or None
     when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs)."""
-    tile = next((t for t in iwae_onepass_tiles(lik) if k <= t[1] and d <= t[2] and l <= t[3]),
+    tile = next((t for t in iwae_onepass_tiles(lik, d) if k <= t[1] and d <= t[2] and l <= t[3]),
                 None)
     if tile is None:
         return None

@@ -30,7 +30,8 @@ row sum (D terms) is larger. tests/test_iwae_bound.py checks it against float64 
 logits up to +-1e4.
 
 The host runs it where nothing is summed over k per data column (no d/dx) and K x D
-fits (``configs.iwae_pairs_config``).
+fits, and at 129-256 columns only where the one-pass tiles do worse
+(``configs.iwae_pairs_config``). A row narrower than one chunk is the tail alone.
 """
 import triton
 import triton.language as tl
@@ -137,8 +138,9 @@ def iwae_bound_pairs_kernel(
     BLOCK_TAIL: tl.constexpr,
 ):
     """Needs K <= BLOCK_P, (NA + NB) W <= D <= (NA + NB) W + TAIL (the whole chunks are
-    read and written without a column mask; NA >= 1; NB, TAIL powers of two or 0; each
-    ``BLOCK_`` + its name), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host checks)."""
+    read and written without a column mask; NA, NB, TAIL powers of two or 0, NB only
+    with NA; each ``BLOCK_`` + its name), L <= BLOCK_L, BLOCK_P // K <= BLOCK_R (the host
+    checks)."""
     tl.static_assert(LIK == LIK_BERNOULLI)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
@@ -156,17 +158,20 @@ def iwae_bound_pairs_kernel(
 
     # ---- the only read -----------------------------------------------------------------
     W: tl.constexpr = BLOCK_W
-    v_a, prod, g_a = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                            k_magic, 0, BLOCK_NA, W, BLOCK_P, True, NEED_GR)
-    value = v_a
-    if BLOCK_NB > 0:
-        v_b, p_b, g_b = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
-                               k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P, True,
-                               NEED_GR)
-        value += v_b
-        prod *= p_b
-    # one reduction across the lanes for the whole row (the tail's another)
-    log_px = tl.sum(value - log2_(prod) * LOG_2, axis=1)
+    if BLOCK_NA > 0:
+        v_a, prod, g_a = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
+                                k_magic, 0, BLOCK_NA, W, BLOCK_P, True, NEED_GR)
+        value = v_a
+        if BLOCK_NB > 0:
+            v_b, p_b, g_b = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb,
+                                   k_magic, BLOCK_NA * W, BLOCK_NB, W, BLOCK_P, True,
+                                   NEED_GR)
+            value += v_b
+            prod *= p_b
+        # one reduction across the lanes for the whole row (the tail's another)
+        log_px = tl.sum(value - log2_(prod) * LOG_2, axis=1)
+    else:   # a row narrower than one chunk: the tail alone
+        log_px = tl.zeros([BLOCK_P], dtype=tl.float32)
     if BLOCK_TAIL > 0:
         v_t, p_t, g_t = _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic,
                                (BLOCK_NA + BLOCK_NB) * W, 1, BLOCK_TAIL, BLOCK_P, False,
@@ -201,7 +206,9 @@ def iwae_bound_pairs_kernel(
         if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
             tl.store(WEIGHTS + k1 * B + rows, soft, mask=pmask)
         if NEED_GR:
-            _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P, True)
+            if BLOCK_NA > 0:
+                _store_piece(GR, g_a, w, pid, K, B, D, k_magic, 0, BLOCK_NA, W, BLOCK_P,
+                             True)
             if BLOCK_NB > 0:
                 _store_piece(GR, g_b, w, pid, K, B, D, k_magic, BLOCK_NA * W, BLOCK_NB, W,
                              BLOCK_P, True)

@@ -280,6 +280,25 @@ def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
         assert configs.iwae_onepass_config(64, 5, 64, 8, lik)[3] < 128
 
 
+def test_iwae_pairs_take_narrow_rows_where_the_one_pass_tiles_do_worse(gpu_tiles):
+    """Rows of 129-256 columns: the pair kernel where D is a multiple of 16 and 2 <= K <= 8,
+    for 16-bit inputs only from K = 5 (below, the one-pass tile pads K little and was
+    faster); none at 128 columns or fewer. Above 256 columns its own limits hold."""
+    configs = gpu_tiles
+    bern = configs.BERNOULLI
+
+    def pairs(k, d, size):
+        return configs.iwae_pairs_config(64, k, d, 32, bern, False, size) is not None
+    for d in (144, 192, 256):
+        assert [k for k in range(1, 10) if pairs(k, d, 4)] == [2, 3, 4, 5, 6, 7, 8]
+        assert [k for k in range(1, 10) if pairs(k, d, 2)] == [5, 6, 7, 8]
+    for d in (64, 128, 129, 200, 255):
+        assert not any(pairs(k, d, size) for k in range(1, 9) for size in (2, 4)), d
+    assert pairs(16, 257, 2) and pairs(3, 784, 2)
+    # one-row tiles narrower than a chunk (bf16's 256 columns): the tail alone
+    assert configs.iwae_pairs_config(64, 5, 144, 32, bern, False, 2)[4] == (256, 0, 0, 256)
+
+
 # the two-pass kernel's multi-row tiles (16 x 64; 32 x 64 for 16-bit Gaussians with a
 # tensor obs_logvar): a padded last program (its log-weight scratch rows), full column
 # blocks and a masked tail, none, two latent blocks, K not a power of two
@@ -358,17 +377,30 @@ def masked_lanes_nan(monkeypatch):
 
 
 # the pair kernel: (row, sample) pairs as tile rows (Bernoulli, x without a gradient;
-# 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64): K not dividing 16 (a
-# padded pair and a padded last program), K = 16 (one row a program), two rows of 7 in
-# 16 (two pieces and a wide tail), fp32 and bf16
+# 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64; 128 < D <= 256 a
+# multiple of 16 with 2 <= K <= 8, K >= 5 in 16-bit): K not dividing 16 (a padded pair and
+# a padded last program), K = 16 (one row a program), two rows of 7 in 16 (two pieces and
+# a wide tail), rows narrower than a chunk (bf16: the tail alone), fp32 and bf16
 @pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
     (5, 4, 300, 33, "bernoulli", F32, "none"),
     (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean"),
     (7, 5, 688, 64, "bernoulli", F32, "sum"),
     (7, 5, 688, 64, "bernoulli", torch.bfloat16, "sum"),
+    (3, 7, 144, 20, "bernoulli", F32, "mean"),
 ])
 def test_iwae_pairs(seed, launches, gpu_tiles, masked_lanes_nan, k, b, d, l, like, dtype,
                     reduction):
+    _check_pairs(launches, k, b, d, l, like, dtype, reduction)
+
+
+@pytest.mark.parametrize("d", [144, 192])
+def test_iwae_pairs_tail_alone(seed, launches, gpu_tiles, d):
+    """bf16 rows narrower than one 256-column chunk: one masked tail piece, no whole
+    chunks (so no load leaves lanes unset: not under ``masked_lanes_nan``)."""
+    _check_pairs(launches, 6, 5, d, 9, "bernoulli", torch.bfloat16, "none")
+
+
+def _check_pairs(launches, k, b, d, l, like, dtype, reduction):
     (x, recon, mu, lv, z), obs, likelihood = iwae_inputs(k, b, d, l, like, dtype)
     x = x.detach()
     obs = obs.detach() if isinstance(obs, torch.Tensor) else obs

@@ -118,9 +118,15 @@ IWAE_ROWS_PRODUCT_BLOCKS = 126
 # loads everything, then computes, then stores, so only a second program on the SM
 # overlaps its loads with arithmetic: training at D = 784 (fp32, bf16; DReG's weights in
 # bf16) takes <= 128 registers, two programs an SM (RESULTS.md, "two programs an SM").
+# Rows of 129-256 columns (IWAE_PAIRS_NARROW) take it too where the one-pass kernel pads or
+# wastes most: D a multiple of 16 and K <= 8, from K = 2 in fp32 (1.1-2.3x less issue time
+# than the one-pass tiles; K = 1 took 128 registers and spilled 4 bytes, Triton 3.6), from
+# K = 5 for 16-bit inputs (1.1-1.25x; at K = 3 and 4 the one-pass tile, its K padded to 4,
+# was up to 1.4x faster; RESULTS.md, "the pair kernel at 129-256 columns").
 IWAE_PAIRS_BLOCK_P = 16
 IWAE_PAIRS_WARPS = 8
 IWAE_PAIRS_LIMITS = (16, 256, 784, 64)
+IWAE_PAIRS_NARROW = (128, 8, 2, 5)   # D above; K at most; K at least for 32-, 16-bit inputs
 # D not a multiple of 16: scalar loads, an address per element; D = 700 in bf16 spilled
 # 12 bytes on sm_80 (Triton 3.6), D = 257 and 700 in fp32 none.
 IWAE_PAIRS_UNALIGNED_D_MAX = 512
@@ -237,6 +243,12 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
     (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two
     (named BLOCK_*: each decomposition is a layout of its own for the compile test)."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
+    narrow_min, narrow_k_max, narrow_k_32bit, narrow_k_16bit = IWAE_PAIRS_NARROW
+    if d <= d_min:   # narrow rows: only where the one-pass tiles do worse
+        if (d <= narrow_min or d % 16 or k > narrow_k_max
+                or k < (narrow_k_32bit if element_size >= 4 else narrow_k_16bit)):
+            return None
+        d_min = narrow_min
     if (per_column_grads or lik != BERNOULLI or not k <= k_max
             or not d_min < d <= d_max or l > l_max
             or d > IWAE_PAIRS_UNALIGNED_D_MAX and d % 16):
@@ -244,7 +256,7 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
     w = 32 * IWAE_PAIRS_LOAD_BYTES // element_size
     n, rem = divmod(d, w)
     chunks = [1 << i for i in reversed(range(n.bit_length())) if n >> i & 1]
-    na, nb = (chunks + [0])[:2]   # D <= 784: n <= 6, at most two binary digits
+    na, nb = (chunks + [0, 0])[:2]   # D <= 784: n <= 6, at most two binary digits, maybe none
     tail = max(16, _p2(rem)) if rem else 0
     # the whole chunks are read and written without a column mask: inside D
     assert (na + nb) * w <= d <= (na + nb) * w + tail, (d, w, na, nb, tail)

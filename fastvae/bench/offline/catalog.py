@@ -221,7 +221,7 @@ def sweep_calls() -> List[Tuple[str, Callable]]:
     for dname, mode in (("fp32", "train"), ("fp32", "eval"), ("bf16", "train")):
         out += elbo_calls([(3, d, l) for d in ds for l in (1, 32, 129)], (dname,),
                           (("analytic", "none", 0.0, mode),), likelihoods=liks)
-        out += iwae_calls([(3, d, l, k) for d in (1, 64, 65, 256, 257, 1024, 1025, 3072)
+        out += iwae_calls([(3, d, l, k) for d in (1, 64, 65, 192, 256, 257, 1024, 1025, 3072)
                            for l in (8, 32, 129) for k in (1, 2, 4, 5, 8, 9, 50)], (dname,),
                           (("none", mode),), likelihoods=liks)
     return out
@@ -237,7 +237,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 245 specializations per target and Triton (225 compiled,
+    """What CI captures, 269 specializations per target and Triton (249 compiled,
     ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and

@@ -125,6 +125,17 @@ def test_z_has_no_gradient_where_only_the_prior_needs_one(seed, backend, kind):
         z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
         assert not z.requires_grad and z.grad_fn is None
         assert kl.requires_grad
+    # through the custom op (a dispatch mode watching): its node still knows that nobody
+    # else holds the saved gradients, though z (its first output) has no node
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watching(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+    with Watching():
+        z2, kl2 = fastvae.sample_with_kl(mu, lv, pm, plv, backend=backend)
+    assert not z2.requires_grad
+    assert backend == "reference" or kl2.grad_fn.owns_saved
     prior = [t for t in (pm, plv) if isinstance(t, torch.Tensor)]
     with pytest.raises(RuntimeError, match="does not require grad"):
         torch.autograd.grad(z.sum(), prior)

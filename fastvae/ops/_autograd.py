@@ -191,15 +191,15 @@ def kept_inputs(ctx) -> tuple:
     return tuple(t.view_as(t) if isinstance(t, Tensor) else t for t in unpacked(ctx)[1])
 
 
-def owned(outputs):
-    """The value of a value-and-gradients op whose caller drops the gradient outputs:
-    backward may then scale them in place (:func:`weigh_saved`)."""
-    value = outputs[0]
+def owned(outputs, values: int = 1):
+    """The value of a value-and-gradients op whose caller drops the gradient outputs: backward
+    may then scale them in place (:func:`weigh_saved`); its node, of any of ``values``."""
+    node = next((o.grad_fn for o in outputs[:values] if o.grad_fn is not None), None)
     # the op's autograd ctx, unless a Tensor subclass's __torch_function__ wrapped the
     # output (an alias node of its own, where the gradients stay unscaled: still correct)
-    if not torch.compiler.is_compiling() and hasattr(value.grad_fn, "owns_saved"):
-        value.grad_fn.owns_saved = True
-    return value
+    if not torch.compiler.is_compiling() and hasattr(node, "owns_saved"):
+        node.owns_saved = True
+    return outputs[0]
 
 
 def graph_of_backward_wanted() -> bool:
@@ -321,10 +321,9 @@ def reference_only() -> bool:
 
 
 def mark_constant(ctx, output, constant) -> None:
-    """Mark the outputs that depend on no input needing a gradient (``constant(ctx.needs)``:
-    their indices) as such: ``sample_with_kl``'s z where only the prior needs one. Left
-    unmarked, such an output would require grad, keep the op's graph alive and give a
-    gradient of zeros where the reference's says it is not in the graph."""
+    """Mark the outputs that depend on no input needing a gradient (``constant(ctx.needs)``,
+    e.g. ``sample_with_kl``'s z where only the prior needs one): else they would require
+    grad, keep the graph alive and give zeros where the reference's have no graph."""
     for i in constant(ctx.needs):
         ctx.mark_non_differentiable(output[i])
 
@@ -399,7 +398,7 @@ class Fused:
         if plain_eager(args[:n]):
             return self.value_function.apply(*args[:n], args[n:])
         outputs = self.op(*args)
-        value = owned(outputs)
+        value = owned(outputs, self.values)
         return value if self.values == 1 else tuple(outputs[:self.values])
 
 

@@ -274,8 +274,11 @@ def _cmd_sample(args):
                             "a single image of this data is that large already"))
     out = getattr(args, "out", None)
     if not out:   # --out was checked as it was parsed; the default is checked here, as early
-        out = o.file_to_write(str(checkpoint_path(args.run).parent
-                                  / f"samples-{args.n}-seed{args.seed}.png"))
+        try:
+            out = o.file_to_write(str(checkpoint_path(args.run).parent
+                                      / f"samples-{args.n}-seed{args.seed}.png"))
+        except o.BadValue as e:
+            raise o.BadValue(f"{e}; pass --out to write the picture elsewhere") from None
     out = Path(out)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     # chunk by chunk onto the CPU: the device holds one chunk's decoding, not n images

@@ -215,21 +215,22 @@ class RunFolder:
         else:
             path = Path(out) if out is not None else newest_run(dataset)
             if path.exists() and not path.is_dir():
-                raise RunFolderError(f"--out {path} is a file, not a folder; choose another --out")
+                raise RunFolderError(f"--out {path} is a file, not a folder; " + (
+                    "give the run's folder" if resume else "choose another --out"))
             try:
                 folder = cls(path, _mkdirs(path, exist_ok=True))
             except OSError as e:
                 raise RunFolderError(f"cannot create the run folder {path}: "
                                      f"{e.strerror or e}") from None
         try:
-            folder._lock()
+            folder._lock(resume)
             folder._check_writable(resume)
         except BaseException:
             folder.close(failed=True)
             raise
         return folder
 
-    def _lock(self) -> None:
+    def _lock(self, resume: bool = False) -> None:
         try:
             import fcntl
         except ImportError:  # Windows: no flock; the exclusive create still holds
@@ -238,8 +239,8 @@ class RunFolder:
             self._fd = os.open(self.path, os.O_RDONLY)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunFolderError(f"{self.path} is in use by another fastvae run; wait for it "
-                                 "or choose another --out") from None
+            raise RunFolderError(f"{self.path} is in use by another fastvae run; wait for it"
+                                 + ("" if resume else " or choose another --out")) from None
         except OSError:
             pass  # a file system without flock (some network mounts): run unlocked
 

@@ -320,7 +320,8 @@ def test_sample_checks_its_default_picture_in_the_run_folder_before_decoding(
     assert cli.main(["sample", str(run), "--n", "4"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "refuses new files" in err, err
-    assert "samples-4-seed0.png" in err and not list(run.glob("samples-*"))
+    assert "samples-4-seed0.png" in err and "pass --out" in err
+    assert not list(run.glob("samples-*"))
 
 
 def test_a_file_to_write_in_a_folder_that_refuses_files_is_refused_first(tmp_path, monkeypatch,

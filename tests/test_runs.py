@@ -60,14 +60,34 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, monkeypatch):
     assert load_checkpoint(out)["config"]["seed"] == 1
 
 
-def test_out_naming_a_file(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("resume", [False, True])
+def test_out_naming_a_file(tmp_path, capsys, monkeypatch, resume):
+    """One line; a resume is told to give its run's folder, not to choose another."""
     f = tmp_path / "notes.txt"
     f.write_text("mine")
     monkeypatch.setattr(T, "load_dataset", lambda *a, **k: pytest.fail("loaded data"))
-    assert cli.main(["train", *TINY_ARGS, "--out", str(f)]) == 2
+    assert cli.main(["train", *TINY_ARGS, *(["--resume"] if resume else []), "--out", str(f)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and str(f) in err
+    assert ("give the run's folder" in err) == resume and ("another --out" in err) != resume
     assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="flock")
+def test_a_busy_folder_tells_a_resume_to_wait_only(tmp_path):
+    """A resume lives in its own folder: "choose another --out" is no advice for it."""
+    from fastvae import runs
+    holder = runs.RunFolder(tmp_path, [])
+    holder._lock()
+    try:
+        for resume in (False, True):
+            second = runs.RunFolder(tmp_path, [])
+            with pytest.raises(runs.RunFolderError, match="in use by another") as e:
+                second._lock(resume)
+            second.close(failed=False)
+            assert ("another --out" in str(e.value)) != resume
+    finally:
+        holder.close(failed=False)
 
 
 @pytest.mark.parametrize("resume", [False, True])

@@ -22,7 +22,7 @@ unvectorized loads, so per Triton version and target this checks:
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
 Both versions run side by side in child processes (the cores shared), started in the
 background when collection ends so they overlap the rest of the suite
-(tests/_background.py): about 870 compiles, about 1,000 CPU seconds on two cores.
+(tests/_background.py): about 1,000 compiles, about 700 CPU seconds on two cores.
 ``python -m fastvae.bench.offline table --triton .triton36`` prints the registers, spills,
 stack and loads of each one compiled (``--tier full``: of every specialization;
 benchmarks/RESULTS.md).

@@ -65,18 +65,19 @@ ROW_WARPS = 8   # num_warps of the interpreter's tiles and of every tile without
 # 128-latent tile was 94% padding and 2.6x the issue time (RESULTS.md). In the
 # 1024-column tiles they are an eighth, and shrinking them there made ptxas spill 4-8
 # bytes at 64-80 registers (Triton 3.6, sm_80 and sm_90); one latent a thread spilled
-# 8 bytes in a 16-warp continuous Bernoulli tile (Triton 3.9, sm_80). The 64-column
-# tiles of the Bernoullis hold 4096 elements where D is a multiple of 16 (16 rows of up
-# to 4 samples, 8 of up to 8): a program's fixed work (its latents, the sums over K and D,
-# the softmax) is spread over twice the rows of the 2048-element tiles, 1.3-1.6x less
-# issue time at D = 64 (RESULTS.md). The Gaussians and unaligned rows keep the
-# 2048-element ones: with 4096 they spilled 4-20 bytes at 64-128 registers (Gaussians on
-# sm_80, Triton 3.6; fp16 rows of 60 columns, Triton 3.9), for 1.2-1.3x at D = 7 and 30.
-IWAE_ONEPASS_TILES = ((16, 4, 64, 128), (8, 8, 64, 128), (8, 4, 64, 128), (4, 8, 64, 128),
+# 8 bytes in a 16-warp continuous Bernoulli tile (Triton 3.9, sm_80). For the Bernoulli
+# at L <= 32 and D a multiple of 16, the 64-column tiles hold 4096 elements (16 rows of
+# up to 4 samples, 8 of up to 8): a program's fixed work (its latents, the sums over K
+# and D, the softmax) is spread over twice the rows of the 2048-element tiles, 1.3-1.6x
+# less issue time at D = 64 (RESULTS.md). The rest keep the 2048-element ones: with 4096
+# the Gaussians spilled 4-20 bytes on sm_80 (Triton 3.6), fp16 rows of 60 columns on 3.9,
+# at L = 64 Triton 3.9 took 135 registers (one program an SM), and unaligned rows gained
+# least; the continuous Bernoulli's was not measured.
+IWAE_ONEPASS_TILES = ((16, 4, 64, 32), (8, 8, 64, 32), (8, 4, 64, 128), (4, 8, 64, 128),
                       (2, 4, 256, 128), (1, 8, 256, 128), (1, 4, 1024, 128), (1, 8, 1024, 128))
 IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_SCALAR: 8192,
                          GAUSSIAN_TENSOR: 8192}
-IWAE_ONEPASS_NARROW_ELEMENTS = {BERNOULLI: 4096, CONTINUOUS_BERNOULLI: 4096,
+IWAE_ONEPASS_NARROW_ELEMENTS = {BERNOULLI: 4096, CONTINUOUS_BERNOULLI: 2048,
                                 GAUSSIAN_SCALAR: 2048, GAUSSIAN_TENSOR: 2048}   # D <= 64
 IWAE_ONEPASS_NARROW_UNALIGNED_ELEMENTS = 2048                                   # D % 16
 # num_warps of a one-pass tile by (LIK, BLOCK_B, BLOCK_K, BLOCK_D), where not ROW_WARPS:
@@ -111,18 +112,20 @@ IWAE_ROWS_PRODUCT_BLOCKS = 126
 
 # The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 784 columns a
 # program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
-# 3-D one-pass tile most: K <= 16, 256 < D <= 784, L <= 64, Bernoulli. A pair's columns
-# in one warp (its sums stay there), in chunks of one 16-byte load a lane; 8 warps (two
-# pairs each), 49 elements a thread at D = 784 (wider rows spilled 16-764 bytes at 8 and
-# 16 warps; 32 pairs a program spill: RESULTS.md, "fewer MUFU per element"). A program
-# loads everything, then computes, then stores, so only a second program on the SM
-# overlaps its loads with arithmetic: training at D = 784 (fp32, bf16; DReG's weights in
-# bf16) takes <= 128 registers, two programs an SM (RESULTS.md, "two programs an SM").
-# Rows of 129-256 columns (IWAE_PAIRS_NARROW) take it too where the one-pass kernel pads or
-# wastes most: D a multiple of 16 and K <= 8, from K = 2 in fp32 (1.1-2.3x less issue time
-# than the one-pass tiles; K = 1 took 128 registers and spilled 4 bytes, Triton 3.6), from
-# K = 5 for 16-bit inputs (1.1-1.25x; at K = 3 and 4 the one-pass tile, its K padded to 4,
-# was up to 1.4x faster; RESULTS.md, "the pair kernel at 129-256 columns").
+# 3-D one-pass tile most: K <= 16, 256 < D <= 784 (and some rows of 129-256 columns,
+# below), L <= 64, Bernoulli. A pair's columns in one warp (its sums stay there), in
+# chunks of one 16-byte load a lane; 8 warps (two pairs each), 49 elements a thread at
+# D = 784 (wider rows spilled 16-764 bytes at 8 and 16 warps; 32 pairs a program spill:
+# RESULTS.md, "fewer MUFU per element"). A program loads everything, then computes, then
+# stores, so only a second program on the SM overlaps its loads with arithmetic: training
+# at D = 784 (fp32, bf16; DReG's weights in bf16) takes <= 128 registers, two programs an
+# SM (RESULTS.md, "two programs an SM").
+# Rows of 129-256 columns (IWAE_PAIRS_NARROW) take it too where the one-pass kernel pads
+# or wastes most: D a multiple of 16 and K <= 8, from K = 2 in fp32 (1.1-2.3x less issue
+# time than the one-pass tiles; K = 1 took up to 128 registers and spilled 4 bytes at 80
+# on Triton 3.6), from K = 5 for 16-bit inputs (1.1-1.25x; at K = 3 and 4 the one-pass
+# tile, its K padded to 4, was up to 1.4x faster; RESULTS.md, "the pair kernel at 129-256
+# columns").
 IWAE_PAIRS_BLOCK_P = 16
 IWAE_PAIRS_WARPS = 8
 IWAE_PAIRS_LIMITS = (16, 256, 784, 64)
@@ -239,7 +242,7 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
     the (row,
     sample)-pair one-pass IWAE kernel, or None where it does not apply: a gradient summed
     over k per data column (d/dx), a likelihood other than the Bernoulli, or K, D, L out
-    of IWAE_PAIRS_LIMITS. A row's D columns are pieces of NA and NB chunks of W columns
+    of IWAE_PAIRS_LIMITS (at D <= 256 of IWAE_PAIRS_NARROW). A row's D columns are pieces of NA and NB chunks of W columns
     (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two
     (named BLOCK_*: each decomposition is a layout of its own for the compile test)."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS

@@ -194,10 +194,11 @@ def kept_inputs(ctx) -> tuple:
 def owned(outputs, values: int = 1):
     """The value of a value-and-gradients op whose caller drops the gradient outputs: backward
     may then scale them in place (:func:`weigh_saved`); its node, of any of ``values``."""
-    node = next((o.grad_fn for o in outputs[:values] if o.grad_fn is not None), None)
-    # the op's autograd ctx, unless a Tensor subclass's __torch_function__ wrapped the
-    # output (an alias node of its own, where the gradients stay unscaled: still correct)
-    if not torch.compiler.is_compiling() and hasattr(node, "owns_saved"):
+    # none while tracing; else the op's ctx, unless a Tensor subclass's __torch_function__
+    # wrapped the output (an alias node of its own: the gradients stay unscaled, correct)
+    node = None if torch.compiler.is_compiling() else next(
+        (o.grad_fn for o in outputs[:values] if o.grad_fn is not None), None)
+    if hasattr(node, "owns_saved"):
         node.owns_saved = True
     return outputs[0]
 
@@ -321,9 +322,8 @@ def reference_only() -> bool:
 
 
 def mark_constant(ctx, output, constant) -> None:
-    """Mark the outputs that depend on no input needing a gradient (``constant(ctx.needs)``,
-    e.g. ``sample_with_kl``'s z where only the prior needs one): else they would require
-    grad, keep the graph alive and give zeros where the reference's have no graph."""
+    """Mark the outputs ``constant(ctx.needs)`` names, which depend on no input needing a
+    gradient (``sample_with_kl``'s z with only the prior's): unmarked, they keep a graph."""
     for i in constant(ctx.needs):
         ctx.mark_non_differentiable(output[i])
 

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from .validation import DMOL
+
 ESTIMATORS = ("standard", "stl", "dreg")
 ELBO_ESTIMATORS = ("standard", "stl")
 
@@ -59,7 +61,7 @@ def check_iwae(estimator: str, likelihood: str) -> None:
     DReG's gradient hook is not built for the discretized logistic mixture."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if estimator == "dreg" and likelihood == "discretized_logistic_mixture":
+    if estimator == "dreg" and likelihood == DMOL:
         raise ValueError(f"estimator='dreg' is not available with likelihood={likelihood!r}; "
                          "use 'stl' or 'standard'")
 

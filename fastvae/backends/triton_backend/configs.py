@@ -239,21 +239,20 @@ def iwae_onepass_tiles(lik: int, d: int = 0):
 def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
                       element_size: int = 4):
     """(BLOCK_P, BLOCK_R, BLOCK_L, num_warps, (BLOCK_W, BLOCK_NA, BLOCK_NB, BLOCK_TAIL)) of
-    the (row,
-    sample)-pair one-pass IWAE kernel, or None where it does not apply: a gradient summed
-    over k per data column (d/dx), a likelihood other than the Bernoulli, or K, D, L out
-    of IWAE_PAIRS_LIMITS (at D <= 256 of IWAE_PAIRS_NARROW). A row's D columns are pieces of NA and NB chunks of W columns
-    (the binary digits of D // W) and a TAIL of the rest rounded up to a power of two
-    (named BLOCK_*: each decomposition is a layout of its own for the compile test)."""
+    the (row, sample)-pair one-pass IWAE kernel, or None where it does not apply: a
+    gradient summed over k per data column (d/dx), a likelihood other than the Bernoulli,
+    or K, D, L out of IWAE_PAIRS_LIMITS (at D <= 256 of IWAE_PAIRS_NARROW). A row's D
+    columns are pieces of NA and NB chunks of W columns (the binary digits of D // W) and
+    a TAIL of the rest rounded up to a power of two (named BLOCK_*: each decomposition is
+    a layout of its own for the compile test)."""
     k_max, d_min, d_max, l_max = IWAE_PAIRS_LIMITS
     narrow_min, narrow_k_max, narrow_k_32bit, narrow_k_16bit = IWAE_PAIRS_NARROW
-    if d <= d_min:   # narrow rows: only where the one-pass tiles do worse
-        if (d <= narrow_min or d % 16 or k > narrow_k_max
-                or k < (narrow_k_32bit if element_size >= 4 else narrow_k_16bit)):
-            return None
-        d_min = narrow_min
+    if d <= d_min and (   # narrow rows: only where the one-pass tiles do worse
+            d <= narrow_min or d % 16 or k > narrow_k_max
+            or k < (narrow_k_32bit if element_size >= 4 else narrow_k_16bit)):
+        return None
     if (per_column_grads or lik != BERNOULLI or not k <= k_max
-            or not d_min < d <= d_max or l > l_max
+            or d > d_max or l > l_max
             or d > IWAE_PAIRS_UNALIGNED_D_MAX and d % 16):
         return None
     w = 32 * IWAE_PAIRS_LOAD_BYTES // element_size

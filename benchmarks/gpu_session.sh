@@ -59,10 +59,10 @@ set -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 STAGE_NAMES="env bar captured probe tiles host hvae ncu ncu-iwae tests"
 # A misspelt name would otherwise match nothing and the call would measure nothing.
-# "tests, tiles" reads as "tests,tiles"; a list of commas alone names no stage.
-if [ -n "${FASTVAE_GPU_STAGES:-}" ]; then
-  _given=$FASTVAE_GPU_STAGES
-  FASTVAE_GPU_STAGES=${FASTVAE_GPU_STAGES//[[:space:]]/}
+# "tests, tiles" and "tests tiles" read as "tests,tiles"; commas alone name no stage.
+_given=${FASTVAE_GPU_STAGES:-}
+if [ -n "$_given" ]; then
+  FASTVAE_GPU_STAGES=${FASTVAE_GPU_STAGES//[[:space:]]/,}
   if [ -z "${FASTVAE_GPU_STAGES//,/}" ]; then
     echo "gpu_session: FASTVAE_GPU_STAGES='$_given' names no stage; the names:" \
       "${STAGE_NAMES// /, } (unset it for all)" >&2
@@ -75,7 +75,7 @@ for _s in ${_picked[@]+"${_picked[@]}"}; do
   [ -z "$_s" ] || [[ " $STAGE_NAMES " == *" $_s "* ]] || _bad="$_bad${_bad:+, }'$_s'"
 done
 if [ -n "$_bad" ]; then
-  echo "gpu_session: unknown stage $_bad in FASTVAE_GPU_STAGES=$FASTVAE_GPU_STAGES; the" \
+  echo "gpu_session: unknown stage $_bad in FASTVAE_GPU_STAGES='$_given'; the" \
     "names: ${STAGE_NAMES// /, }" >&2
   exit 2
 fi

@@ -397,3 +397,62 @@ def test_the_plot_gives_each_variant_one_colour_in_every_panel(monkeypatch):
     assert len(set(colours[1].values())) == 3
     with pytest.raises(ValueError, match="no timed row"):
         report.plot([], "unused.png")
+
+
+def _unbuildable(case, inputs):   # as torch.compile's first call fails without a C++ compiler
+    def step():
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+    return step
+
+
+def test_a_compile_torch_cannot_build_is_an_error_row_and_the_run_goes_on(tmp_path, capsys,
+                                                                          monkeypatch):
+    """No C++ compiler: compile's first call fails. Its rows say why, every other variant
+    is timed, the JSON is written, and one line at the end says it once for all cases."""
+    monkeypatch.setitem(core.OPS["elbo"].variants, core.COMPILE,
+                        core.Variant(core.COMPILE, _unbuildable))
+    out = tmp_path / "b.json"
+    code = cli.main(["bench", "--ops", "elbo", *TINY, "--batch", "8,16", "--variants",
+                     "compile,fastvae-torch", "--json", str(out)])
+    text, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err, err
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["variant"], r["error_kind"]) for r in rows) == [
+        ("compile", "not built"), ("compile", "not built"), ("eager", None), ("eager", None),
+        ("fastvae-torch", None), ("fastvae-torch", None)]
+    assert text.count("not timed, not built: compile: torch.compile could not build it "
+                      "(RuntimeError: InvalidCxxCompiler: No working C++ compiler found)") == 2
+    assert err.strip().splitlines()[-1] == (
+        "fastvae bench: error: compile: torch.compile could not build it (RuntimeError: "
+        "InvalidCxxCompiler: No working C++ compiler found) on 2 case(s); --variants without "
+        "compile times the others alone")
+
+
+def test_another_variant_that_fails_still_raises(monkeypatch):
+    """Only compile's failure to build is a row: a fastvae variant that raises is a bug."""
+    from fastvae.bench.harness import prepare
+    from fastvae.bench.core import Case
+    monkeypatch.setitem(core.OPS["elbo"].variants, "fastvae-torch",
+                        core.Variant("fastvae-torch", _unbuildable))
+    with pytest.raises(RuntimeError, match="InvalidCxxCompiler"):
+        prepare(Case("elbo", 8, 12, 3), ["fastvae-torch"], drop_disagreeing=True)
+
+
+@pytest.mark.parametrize("argv,flag,op", [
+    (["--ops", "elbo", "--k-iwae", "7"], "--k-iwae", "iwae"),
+    (["--ops", "elbo,iwae", "--k-iwae", "7", "--k-reparam", "2"], "--k-reparam",
+     "reparameterize")])
+def test_a_k_flag_of_an_op_not_run_is_a_usage_error(capsys, argv, flag, op):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", *argv, *TINY])
+    assert e.value.code == 2
+    assert (f"error: argument {flag}: sets K of {op}, which this run does not run"
+            in capsys.readouterr().err)
+
+
+def test_the_json_s_command_is_the_argv_main_was_given(tmp_path):
+    out = tmp_path / "b.json"
+    from fastvae.bench import main
+    assert main(["--ops", "elbo", *TINY, "--variants", "eager", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["environment"]["command"] == (
+        "fastvae bench --ops elbo " + " ".join(TINY) + f" --variants eager --json {out}")

@@ -145,6 +145,10 @@ def test_gpu_session_refuses_an_unknown_stage_before_anything_runs(tmp_path):
     (line,) = res.stderr.splitlines()
     assert "unknown stage 'tile', 'hvae-loop' in FASTVAE_GPU_STAGES" in line
     assert "ncu-iwae" in line and not (tmp_path / "out").exists()
+    # spaces separate names as commas do; the message quotes the value as given
+    res = _session(tmp_path, "#!/bin/sh\nexit 0\n", FASTVAE_GPU_STAGES="tests tilez")
+    assert res.returncode == 2 and res.stderr.startswith(
+        "gpu_session: unknown stage 'tilez' in FASTVAE_GPU_STAGES='tests tilez'"), res.stderr
     for empty in (",", " , "):   # set, but naming no stage: not "every stage"
         res = _session(tmp_path, "#!/bin/sh\nexit 0\n", FASTVAE_GPU_STAGES=empty)
         assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr

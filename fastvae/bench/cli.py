@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -13,7 +14,8 @@ import torch
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import grid_from_args, max_elements_of, ops_of, quick_shapes, size_problem
+from .grids import (grid_from_args, k_dest, max_elements_of, ops_of, quick_shapes,
+                    size_problem)
 from .harness import run_case
 from .report import environment, format_first_calls, format_table, header, plot
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
@@ -113,7 +115,8 @@ class NothingMeasured(Exception):
 def run(args: argparse.Namespace) -> int:
     """``fastvae bench``: run the chosen grid, print the table, write JSON / plot.
     Returns the exit status: 0; 1 when a variant disagreed with eager (its case's other
-    variants, and every other case, are still timed, printed and written); 2 when the
+    variants, and every other case, are still timed, printed and written), or when
+    torch.compile could not build the ``compile`` variant (likewise); 2 when the
     grid asked for needs CUDA and there is none, or when no case was measured (the JSON
     is still written, its rows empty and its skipped list saying why; no figure is)."""
     if getattr(args, "gpu_train_step", False):
@@ -133,9 +136,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed = [r for r in rows if r.get("error")]
     if failed:
-        print(f"fastvae bench: error: {len(failed)} variant(s) disagreed with eager and were not "
-              "timed: " + "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
-                                    for r in failed)
+        def where(kind):
+            return "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
+                             for r in failed if r["error_kind"] == kind)
+        parts = []
+        wrong = sum(r["error_kind"] == "disagrees" for r in failed)
+        if wrong:
+            parts.append(f"{wrong} variant(s) disagreed with eager and were not timed: "
+                         + where("disagrees"))
+        unbuilt = [r for r in failed if r["error_kind"] == "not built"]
+        if unbuilt:   # every case's compile fails alike (no C++ compiler): say it once
+            parts.append(f"{unbuilt[0]['error']} on {len(unbuilt)} case(s); --variants "
+                         "without compile times the others alone")
+        print("fastvae bench: error: " + "; ".join(parts)
               + ("; nothing was timed, so no figure was written"
                  if args.plot and len(failed) == len(rows) else ""), file=sys.stderr)
         return 1
@@ -175,8 +188,15 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 def measure_grid(args: argparse.Namespace) -> List[dict]:
     """What :func:`run` does, returning the rows; :class:`NothingMeasured` (after the
-    JSON is written) when every case was skipped."""
+    JSON is written) when every case was skipped. On ``cuda:N`` that device is the
+    current one throughout: whatever asks for "the current device" (a stream, an event,
+    a synchronize) means the one the case runs on."""
     device = o.auto_device(args.device)
+    with torch.cuda.device(device) if is_cuda(device) else contextlib.nullcontext():
+        return _measure_grid(args, device)
+
+
+def _measure_grid(args: argparse.Namespace, device: str) -> List[dict]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.cpu_time:
@@ -186,7 +206,7 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     reps = args.reps if args.reps is not None else (9 if args.quick else 15)
     budget = args.budget if args.budget is not None else (0.5 if args.quick else 1.5)
     warm_l2 = args.warm_l2
-    env = environment(device)
+    env = environment(device, getattr(args, "argv", None))
     # The rows' clock: a CPU-time rate over a wall-clock bandwidth would skew % roof.
     bw = copy_bandwidth(device, clock=time.thread_time if args.cpu_time else time.perf_counter)
     env["copy_bandwidth_gbps"] = bw / 1e9
@@ -220,7 +240,8 @@ def measure_grid(args: argparse.Namespace) -> List[dict]:
     print(format_table(timed_rows, markdown=args.markdown))
     for r in rows:
         if r.get("error"):
-            print(f"not timed, disagrees with eager: {r['error']}")
+            print("not timed, " + ("disagrees with eager: " if r["error_kind"] == "disagrees"
+                                   else "not built: ") + r["error"])
     first = format_first_calls(timed_rows)
     if first:
         print(first)
@@ -265,6 +286,14 @@ def _flags_given(parser: argparse.ArgumentParser, args, which) -> list:
             and getattr(args, a.dest, a.default) != a.default]
 
 
+def _refuse_k_flags_of_ops_not_run(parser: argparse.ArgumentParser, args, ops) -> None:
+    """--k-iwae without iwae among the ops would be a run that looks as if it honoured it."""
+    for name, op in OPS.items():
+        if op.k_flag and name not in ops and getattr(args, k_dest(op.k_flag)) is not None:
+            parser.error(f"argument {op.k_flag}: sets K of {name}, which this run does not "
+                         f"run (ops: {', '.join(ops)}); drop it or add {name} to --ops")
+
+
 def _refuse_what_the_proxy_ignores(parser: argparse.ArgumentParser, args) -> None:
     """A flag the proxy would silently drop (--batch, --markdown, --cpu-time...) is a
     usage error, not a run that looks as if it honoured it."""
@@ -283,6 +312,7 @@ def main(argv=None) -> int:
     parser = o.Parser(prog="fastvae bench", description=DESCRIPTION)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    args.argv = None if argv is None else [str(a) for a in argv]   # the JSON's command
     if args.proxy:
         _refuse_what_the_proxy_ignores(parser, args)
     if args.gpu_train_step:   # its cases are fixed: a flag it would override is refused
@@ -302,6 +332,9 @@ def main(argv=None) -> int:
         [784] if args.gpu_train_step else args.dim, args.latent)
     if problem:
         parser.error(f"argument {problem}")
+    if not args.proxy:
+        _refuse_k_flags_of_ops_not_run(
+            parser, args, GPU_TRAIN_OPS if args.gpu_train_step else ops_of(args, device))
     if args.cpu_time:
         threads = args.threads or torch.get_num_threads()
         if torch.device(device).type != "cpu" or threads != 1:

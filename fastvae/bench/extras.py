@@ -69,12 +69,12 @@ def extras(step: Callable, device: str) -> Tuple[Optional[int], int, Optional[in
     peak = None
     if cuda:
         release()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(device)   # "cuda:1": that device's, not the current one's
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
     release()
     sync(device)
     with quiet_stderr(), profile(activities=activities, profile_memory=not cuda) as prof:

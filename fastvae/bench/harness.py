@@ -26,13 +26,15 @@ from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_inte
 @dataclass
 class Prepared:
     """A case with its inputs, one built step per variant, warmed up and checked;
-    ``failed``: the variants dropped for disagreeing, with the check's message."""
+    ``failed``: the variants dropped for disagreeing, with the check's message;
+    ``unbuilt``: those whose first call failed (``compile`` without a C++ compiler)."""
 
     case: Case
     inputs: dict
     steps: Dict[str, Callable]
     first_call_s: Dict[str, float]
     failed: Dict[str, str] = field(default_factory=dict)
+    unbuilt: Dict[str, str] = field(default_factory=dict)
 
 
 def _detached(out) -> tuple:
@@ -46,7 +48,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
     of ``compile``), warm up, and check agreement (raises
     :class:`~.core.AgreementError`; with ``drop_disagreeing``, leaves the variants that
     fail out of ``steps`` and names them in ``failed`` instead, so a run of many cases
-    still times the rest).
+    still times the rest; so too ``compile`` where torch.compile cannot build the step).
 
     ``extra_variants`` adds variants beyond the op's (tests inject a wrong one).
     ``eager`` always runs: it is the reference of the check and of the ratios.
@@ -62,11 +64,20 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
     inputs = make_inputs(op, case, seed)
     steps = {n: table[n].build(case, inputs) for n in names}
     first, outputs, again = {}, {}, {}
+    unbuilt: Dict[str, str] = {}
     for n in names:
         # The first call is checked: every variant starts from the same inputs (and, for
         # training steps, the same weights and the same seed, hence the same noise).
         torch.manual_seed(inputs.get("seed", seed))
-        first[n], out = timed(getattr(steps[n], "check_step", steps[n]), case.device)
+        try:
+            first[n], out = timed(getattr(steps[n], "check_step", steps[n]), case.device)
+        except Exception as e:
+            why = _compile_failed(n, e) if drop_disagreeing else None
+            if why is None:
+                raise
+            unbuilt[n] = why   # no C++ compiler, say: the case's other variants still run
+            del steps[n]
+            continue
         if check:  # keep a copy: later calls of the same step may reuse the buffers
             outputs[n] = _detached(out)
         del out
@@ -96,7 +107,17 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             again.clear()
     for n in failed:
         del steps[n], first[n]
-    return Prepared(case, inputs, steps, first, failed)
+    return Prepared(case, inputs, steps, first, failed, unbuilt)
+
+
+def _compile_failed(name: str, e: Exception) -> Optional[str]:
+    """Why ``torch.compile`` could not build variant ``name`` (its first call compiles),
+    or None for any other variant or error (out of memory ends the run with its line)."""
+    if name != COMPILE or isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return None
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (f"{name}: torch.compile could not build it ({type(e).__name__}: "
+            f"{lines[0] if lines else 'no message'})")
 
 
 def make_inputs(op: Op, case: Case, seed: int) -> dict:
@@ -157,6 +178,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "times_ms": [t * 1e3 for t in times[n]],
             "peak_extra_bytes": None, "saved_bytes": None, "kernels": None,
             "bytes_moved": moved, "gbps": None, "pct_roofline": None, "error": None,
+            "error_kind": None,
         }
         if moved is not None:
             row["gbps"] = moved / med[n] / 1e9
@@ -178,23 +200,26 @@ def _paired(times: Dict[str, List[float]], base: str, n: str) -> Optional[float]
 def run_case(case: Case, variants=None, **kw) -> List[dict]:
     """prepare + measure, freeing the case's tensors before returning. With
     ``drop_disagreeing``, a variant that fails the check gets a row of its own holding
-    the check's message under ``"error"`` (and no timings) instead of raising."""
+    the check's message under ``"error"`` (and no timings) instead of raising; so does a
+    ``compile`` variant torch.compile could not build."""
     prep_kw = {k: kw.pop(k) for k in ("seed", "extra_variants", "warmup", "check",
                                       "drop_disagreeing") if k in kw}
     prepared = prepare(case, variants, **prep_kw)
     try:
-        return measure(prepared, **kw) + [error_row(case, n, why)
-                                          for n, why in prepared.failed.items()]
+        return (measure(prepared, **kw)
+                + [error_row(case, n, why) for n, why in prepared.failed.items()]
+                + [error_row(case, n, why, "not built") for n, why in prepared.unbuilt.items()])
     finally:
         del prepared
 
 
-def error_row(case: Case, variant: str, why: str) -> dict:
-    """The row of a variant that was not timed: the case's keys, ``"error"``, no numbers."""
+def error_row(case: Case, variant: str, why: str, kind: str = "disagrees") -> dict:
+    """The row of a variant that was not timed: the case's keys, ``"error"`` and
+    ``"error_kind"`` ("disagrees" with eager, or "not built"), no numbers."""
     return {"op": case.op, "variant": variant, "batch": case.batch, "dim": case.dim,
             "latent": case.latent, "k": case.k if get_op(case.op).uses_k else None,
             "dtype": case.dtype_name, "device": case.device, "shape": case.shape,
-            "error": why}
+            "error": why, "error_kind": kind}
 
 
 def run_suite(path: str) -> None:
@@ -237,7 +262,7 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
         def step():  # noqa: F811 - as measure()'s samples: `inner` calls, then one sync
             out = prepared.steps[variant]()
             if next(calls) % inner == 0:
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(case.device)
             return out
     benchmark.extra_info["calls_per_round"] = inner
     rounds = max(3, min(20, int(budget_s / max(warm * inner, 1e-6))))

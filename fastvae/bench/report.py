@@ -6,6 +6,7 @@ import datetime
 import math
 import os
 import platform
+import shlex
 import sys
 from typing import Dict, List
 
@@ -85,13 +86,16 @@ def processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: str) -> dict:
+def environment(device: str, argv=None) -> dict:
+    """The run's machine and software, and its command (``argv``: the flags after
+    ``fastvae bench``, as :func:`~.cli.main` was given them; None: this process's)."""
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "processor": processor_name(), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "fastvae": fastvae.__version__,
-        "device": device, "command": " ".join(["fastvae bench"] + _bench_args()),
+        "device": device, "command": shlex.join(["fastvae", "bench"]
+                                                    + (_bench_args() if argv is None else argv)),
     }
     if is_cuda(device):
         env["gpu"] = torch.cuda.get_device_name(device)

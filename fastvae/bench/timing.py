@@ -49,9 +49,11 @@ def _marker(device: str, clock: Callable[[], float]):
     work only, so a flush enqueued before the first mark is outside the span), the
     host ``clock`` elsewhere."""
     if is_cuda(device):
+        stream = torch.cuda.current_stream(device)   # "cuda:1": where the step runs
+
         def mark():
             e = torch.cuda.Event(enable_timing=True)
-            e.record()
+            e.record(stream)
             return e
         return mark, lambda a, b: a.elapsed_time(b) / 1e3
     return clock, lambda a, b: b - a

@@ -308,7 +308,9 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
             is refused: the decoder's gradient would go around the hook) for this bound
             alone (another loss on the same z_k in the same backward would be weighted
             too; a second DReG bound of it in that backward raises). Eager only: inside
-            ``torch.compile`` and ``torch.func`` transforms it raises. Not with
+            ``torch.compile(fullgraph=True)``, ``torch.func`` transforms, forward-mode
+            AD and ``torch.jit.trace`` it raises (a compile with graph breaks runs the
+            bound eagerly). Not with
             ``likelihood="discretized_logistic_mixture"``. Higher-order gradients
             (``create_graph=True``) differentiate the first-order DReG gradient with
             the weights ``w~_k`` held constant: a surrogate's, not the derivative of

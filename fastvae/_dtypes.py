@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ._compiler import constant_result
-
 # The floating-point dtypes narrower than float32: what is widened before a sum.
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 # What the ops take: torch's float8 dtypes are floating point too, but neither its random
@@ -12,13 +10,22 @@ SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 FLOATS = frozenset((*SIXTEEN_BIT, torch.float32, torch.float64))
 
 
-@constant_result
 def result_dtype(*ts) -> torch.dtype:
     """float64 when any tensor among ``ts`` is float64, else float32 (also for half inputs,
-    whose sums over a batch would overflow)."""
+    whose sums over a batch would overflow). Traced as it stands (dtypes are static under
+    torch.compile): taken as a constant result, dynamo would run it on real values, which
+    it has none of inside a checkpointed block, nor for a float it made symbolic."""
     if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in ts):
         return torch.float64
     return torch.float32
+
+
+def same_shape(a, b) -> bool:
+    """``a == b`` for two shapes, lengths first: shapes compare element by element, and
+    under torch.compile or torch.export a (B, L) against an (L,) would compare B with L,
+    a guard B != L (a batch of L rows would recompile; an export of a dynamic batch
+    fails)."""
+    return len(a) == len(b) and tuple(a) == tuple(b)
 
 
 def upcast(t, dtype):
@@ -49,7 +56,7 @@ def saved_grad_dtype(t, shape=None) -> torch.dtype:
     """
     if t.dtype == torch.float16:
         return torch.float32
-    if shape is None or tuple(shape) == tuple(t.shape):
+    if shape is None or same_shape(shape, t.shape):
         return t.dtype
     return torch.promote_types(t.dtype, torch.float32)
 

@@ -245,7 +245,7 @@ def kl_standard_normal(mu, logvar, backend=None, validate=None):
     V.check_values(V.resolve_validate(validate), mu=mu, logvar=logvar)
     lead = mu.shape[:-1]
     fn = _run(backend, device, "kl_standard_normal")
-    n, l = lead.numel(), mu.shape[-1]  # not reshape(-1, l): ambiguous when L == 0
+    n, l = math.prod(lead), mu.shape[-1]  # not reshape(-1, l): ambiguous when L == 0
     return fn(mu.reshape(n, l), logvar.reshape(n, l)).reshape(lead)
 
 
@@ -262,7 +262,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
             f"x and mean must share a shape (*, D), got {tuple(x.shape)} and {tuple(mean.shape)}"
         )
     lead, d = x.shape[:-1], x.shape[-1]
-    n = lead.numel()
+    n = math.prod(lead)
     lv = V.canonical_obs_logvar(logvar, x.shape, row_dims=x.dim() - 1, name="logvar")
     device = V.check_same_device(x=x, mean=mean, logvar=lv)
     V.check_values(V.resolve_validate(validate), x=x, mean=mean, logvar=lv)

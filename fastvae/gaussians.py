@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -47,7 +48,7 @@ def _priors(mu_q, mu_p, logvar_p):
 def _rows(mu_q, logvar_q):
     if mu_q.dim() == 2:  # already (B, N): no view (an autograd node each) per call
         return mu_q, logvar_q
-    b, n = mu_q.shape[0], mu_q.shape[1:].numel()  # not reshape(b, -1): ambiguous when B == 0
+    b, n = mu_q.shape[0], math.prod(mu_q.shape[1:])  # not reshape(b, -1): ambiguous when B == 0
     return mu_q.reshape(b, n), logvar_q.reshape(b, n)
 
 

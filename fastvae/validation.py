@@ -8,11 +8,12 @@ or globally with :func:`set_validation` (off by default, like
 """
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 import torch
 
-from ._dtypes import FLOATS, result_dtype, widened
+from ._dtypes import FLOATS, result_dtype, same_shape, widened
 
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
 DMOL = "discretized_logistic_mixture"
@@ -262,7 +263,7 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
     check_tensor(name, obs_logvar)
     x_shape = torch.Size(x_shape)
     try:  # the same shape (a learned prior's usual case) without broadcast_shapes' cost
-        fits = (obs_logvar.shape == x_shape
+        fits = (same_shape(obs_logvar.shape, x_shape)
                 or torch.broadcast_shapes(obs_logvar.shape, x_shape) == x_shape)
     except RuntimeError:
         fits = False
@@ -278,11 +279,14 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
     """:func:`canonical_obs_logvar` of a tensor, without its checks: for shapes that passed."""
     if type(x_shape) is not torch.Size:
         x_shape = torch.Size(x_shape)
-    if row_dims == 1 and len(x_shape) == 2 and obs_logvar.shape == x_shape and x_shape[0] > 1:
+    if (row_dims == 1 and len(x_shape) == 2 and same_shape(obs_logvar.shape, x_shape)
+            and x_shape[0] > 1):
         return obs_logvar   # the usual (B, N) prior: per row already
     per_row = x_shape[row_dims:]
-    n, d = x_shape[:row_dims].numel(), per_row.numel()
-    if obs_logvar.shape == x_shape and n > 1:  # per row already: no expand (views are
+    # math.prod, not Size.numel(), here and in every op's shape arithmetic: numel() makes
+    # a symbolic size a constant, and torch.export of a dynamic batch refuses that
+    n, d = math.prod(x_shape[:row_dims]), math.prod(per_row)
+    if same_shape(obs_logvar.shape, x_shape) and n > 1:  # per row already: no expand (views are
         # autograd nodes, each one a step of every backward)
         return obs_logvar if row_dims == 1 and len(x_shape) == 2 else obs_logvar.reshape(n, d)
     lead = obs_logvar.dim() - len(per_row)
@@ -293,7 +297,7 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
         return trailing.expand(per_row).reshape(d)
     # repeated by the expand: a 16-bit one is widened first, so that autograd sums its
     # copies' gradients in float32 and rounds once (one copy's alone may overflow)
-    if obs_logvar.numel() < x_shape.numel():
+    if obs_logvar.numel() < math.prod(x_shape):
         obs_logvar = widened(obs_logvar)
     return obs_logvar.expand(x_shape).reshape(n, d)
 
@@ -335,7 +339,7 @@ def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,
         value = number_or_tensor(name, prior, like_name)
         if value == 0.0:
             return None
-        return torch.full((like.shape[1:].numel(),), value, dtype=result_dtype(like, logvar),
+        return torch.full((math.prod(like.shape[1:]),), value, dtype=result_dtype(like, logvar),
                           device=like.device)
     return canonical_obs_logvar(prior, like.shape, name=name, against=like_name)
 

@@ -127,6 +127,15 @@ def mark_used(name: str) -> None:
     _last_used = name
 
 
+def computing(name: str):
+    """The backend ``name``'s module, marked used (:func:`mark_used`): what a fused op's
+    forward asks for. It runs when the op does, also inside a compiled graph, which
+    calls the custom op; a mark while torch.compile traces would be a side effect it
+    replays, and one that a checkpointed block (a higher-order op) refuses."""
+    mark_used(name)
+    return get(name)
+
+
 def last_used() -> str | None:
     """Name of the backend that ran the most recent fastvae op in this process (None before any)."""
     return _last_used

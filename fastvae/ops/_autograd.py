@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
-from .._dtypes import saved_grad_dtype
+from .._dtypes import same_shape, saved_grad_dtype
 from ..validation import PLAIN_TENSORS
 
 
@@ -33,8 +33,16 @@ def needs(*ts) -> List[bool]:
 def filled(outputs, like: Tensor) -> tuple:
     """A backend's outputs as a custom op returns them: a gradient it left out (None) as
     an empty placeholder of its own (a custom op returns no None, and its outputs may not
-    alias). The value path (:meth:`Fused.value`) skips this: it saves None as None."""
-    return tuple([like.new_empty(0) if t is None else t for t in outputs])
+    alias), each one :func:`declared`. The value path (:meth:`Fused.value`) skips this:
+    it saves None as None."""
+    return tuple([like.new_empty(0) if t is None else declared(t) for t in outputs])
+
+
+def declared(t: Tensor) -> Tensor:
+    """``t`` laid out as the fake kernels declare every output: contiguous. A backend's
+    aten math keeps a permuted input's layout (``mu`` of ``torch.randn(L, B).t()``), and
+    inductor's code asserts the declared strides."""
+    return t.contiguous()
 
 
 def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tensor:
@@ -90,7 +98,7 @@ def to_shape(g: Optional[Tensor], like) -> Optional[Tensor]:
     if g is None or like is None:
         return g
     shape, dtype = like
-    if g.shape != shape:
+    if not same_shape(g.shape, shape):
         g = g.sum(0).reshape(shape)
     return g if g.dtype == dtype else g.to(dtype)
 

@@ -26,7 +26,7 @@ def _dmol_fwd(x: Tensor, params: Tensor, bits: int, reduction: str, scale: float
 
 def _dmol_value(x, params, bits, reduction, scale, needs, backend):
     """The backend's (value, d/dparams), None for the gradient when not needed."""
-    return backends.get(backend).discretized_logistic_mixture_log_prob_fwd(
+    return backends.computing(backend).discretized_logistic_mixture_log_prob_fwd(
         x, params, bits, reduction, scale, needs)
 
 

@@ -25,13 +25,13 @@ def _iwae_bound_fwd(x: Tensor, recon_k: Tensor, mu: Tensor, logvar: Tensor, z_k:
     # the weights' placeholder in the result dtype, as the fake kernel's (not x's)
     weights = out[9] if out[9] is not None else x.new_empty(0, dtype=result_dtype(
         x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar))
-    return (*A.filled(out[:9], x), weights)
+    return (*A.filled(out[:9], x), A.declared(weights))
 
 
 def _iwae_bound_value(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
                       likelihood, reduction, scale, estimator, needs, backend):
     """The backend's outputs, None for a gradient not needed (and the weights not wanted)."""
-    return backends.get(backend).iwae_bound_fwd(
+    return backends.computing(backend).iwae_bound_fwd(
         x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
         reduction, scale, needs, _wants_weights(estimator, needs))
 

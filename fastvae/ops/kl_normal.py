@@ -19,7 +19,7 @@ def _kl_normal_fwd(mu_q: Tensor, logvar_q: Tensor, mu_p: Optional[Tensor],
 
 def _kl_normal_value(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
     """The backend's (KL, *gradients), None for a gradient not needed."""
-    return backends.get(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
+    return backends.computing(backend).kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs)
 
 
 _op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_fwd)

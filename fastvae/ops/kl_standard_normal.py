@@ -18,7 +18,7 @@ def _kl_standard_normal_fwd(mu: Tensor, logvar: Tensor, needs: List[bool], backe
 
 def _kl_standard_normal_value(mu, logvar, needs, backend):
     """The backend's (KL, *gradients), None for a gradient not needed."""
-    return backends.get(backend).kl_standard_normal_fwd(mu, logvar, needs)
+    return backends.computing(backend).kl_standard_normal_fwd(mu, logvar, needs)
 
 
 _op = torch.library.custom_op("fastvae::kl_standard_normal", mutates_args=())(

@@ -23,7 +23,8 @@ def _sample_shape(mu: Tensor, n_samples: int):
 
 def _reparameterize_fwd(mu: Tensor, logvar: Tensor, noise: Tensor, n_samples: int,
                         backend: str) -> Tensor:
-    return backends.get(backend).reparameterize_fwd(mu, logvar, noise, n_samples)
+    return A.declared(backends.computing(backend).reparameterize_fwd(mu, logvar, noise,
+                                                                     n_samples))
 
 
 _op = torch.library.custom_op("fastvae::reparameterize", mutates_args=())(_reparameterize_fwd)
@@ -40,7 +41,9 @@ def _bwd_op(dz: Tensor, logvar: Tensor, noise: Tensor, n_samples: int, need_dlog
     """(dmu, dlogvar) of reparameterize; called where dlogvar is needed."""
     dmu, dlv = backends.get(backend).reparameterize_bwd(dz, logvar, noise, n_samples,
                                                         need_dlogvar)
-    return (dmu.clone() if dmu is dz else dmu), dlv  # an op's output may not alias its input
+    # an op's output may not alias its input
+    dmu = dmu.clone(memory_format=torch.contiguous_format) if dmu is dz else A.declared(dmu)
+    return dmu, A.declared(dlv)
 
 
 @_bwd_op.register_fake

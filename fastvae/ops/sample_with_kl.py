@@ -35,7 +35,7 @@ def _sample_with_kl_fwd(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
 
 def _sample_with_kl_value(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
     """The backend's (z, kl, *the KL's gradients), None for a gradient not needed."""
-    return backends.get(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise,
+    return backends.computing(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise,
                                                     needs)
 
 

@@ -21,11 +21,11 @@ def result_dtype(*ts) -> torch.dtype:
 
 
 def same_shape(a, b) -> bool:
-    """``a == b`` for two shapes, lengths first: shapes compare element by element, and
-    under torch.compile or torch.export a (B, L) against an (L,) would compare B with L,
-    a guard B != L (a batch of L rows would recompile; an export of a dynamic batch
-    fails)."""
-    return len(a) == len(b) and tuple(a) == tuple(b)
+    """``a == b`` for two shapes (torch.Size or tuples), lengths first: shapes compare
+    element by element, and under torch.compile or torch.export a (B, L) against an (L,)
+    would compare B with L, a guard B != L (a batch of L rows would recompile; an export
+    of a dynamic batch fails)."""
+    return len(a) == len(b) and a == b
 
 
 def upcast(t, dtype):
@@ -56,7 +56,7 @@ def saved_grad_dtype(t, shape=None) -> torch.dtype:
     """
     if t.dtype == torch.float16:
         return torch.float32
-    if shape is None or same_shape(shape, t.shape):
+    if shape is None or same_shape(tuple(shape), t.shape):
         return t.dtype
     return torch.promote_types(t.dtype, torch.float32)
 

@@ -20,7 +20,9 @@ def run(backend, device, op: str):
         name = "reference"
     if name == "reference":
         # a fused op marks its backend as it runs (backends.computing); the reference's
-        # math, traced into a compiled graph, leaves no mark (see backends.computing)
+        # math, traced into a compiled graph, marks nothing: a mark while tracing would be
+        # a side effect, which a checkpointed block refuses (last_backend() then keeps
+        # naming an earlier call's backend, as the README says)
         if not torch.compiler.is_compiling():
             backends.mark_used(name)
         return getattr(reference, op)

@@ -2,7 +2,7 @@
 
 ``fastvae.functional`` validates, then calls ``fastvae.reference`` for "reference",
 or ``fastvae.ops`` (custom ops with autograd) for the fused backends, which fetch their
-compute module here with :func:`get`. A fused backend module provides, on canonical
+compute module here (:func:`computing` for a forward, which marks it used; :func:`get`). A fused backend module provides, on canonical
 (already checked, flattened) arguments, per op ``<op>_fwd`` returning the value and its
 gradients together (see ``fastvae.ops``; None for a gradient not needed, which the op
 turns into the custom op's empty placeholder), ``reparameterize_noise`` /

@@ -290,8 +290,9 @@ def _refuse_k_flags_of_ops_not_run(parser: argparse.ArgumentParser, args, ops) -
     """--k-iwae without iwae among the ops would be a run that looks as if it honoured it."""
     for name, op in OPS.items():
         if op.k_flag and name not in ops and getattr(args, k_dest(op.k_flag)) is not None:
+            fix = ("drop it" if args.gpu_train_step else f"drop it or add {name} to --ops")
             parser.error(f"argument {op.k_flag}: sets K of {name}, which this run does not "
-                         f"run (ops: {', '.join(ops)}); drop it or add {name} to --ops")
+                         f"run (ops: {', '.join(ops)}); {fix}")
 
 
 def _refuse_what_the_proxy_ignores(parser: argparse.ArgumentParser, args) -> None:

@@ -5,7 +5,8 @@ Registering fake (meta) kernels lets ``torch.compile(fullgraph=True)`` trace thr
 every op without a graph break; eager calls run the same functions as a plain
 ``autograd.Function`` (``_autograd.Fused``). What they share lives in ``_autograd``.
 """
-from ._autograd import Route, reference_only
+from ._autograd import Route
+from ._modes import reference_only
 from .discretized_logistic_mixture_log_prob import discretized_logistic_mixture_log_prob
 from .elbo import elbo
 from .elbo import route as elbo_route

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from .. import backends
 from .._dtypes import same_shape, saved_grad_dtype
-from ..validation import PLAIN_TENSORS
+from ._modes import (dispatch_modes, forward_ad_active, functorch_active, is_tracing,
+                     plain_eager, transform_stacked)
 
 
 def needs(*ts) -> List[bool]:
@@ -271,62 +272,8 @@ def usual_backward(ctx, grad_out) -> bool:
     return (type(grad_out) is torch.Tensor and grad_out.dim() == 0 and not grad_out.is_neg()
             and not torch.is_grad_enabled() and ctx.owns_saved
             and not torch.compiler.is_compiling() and not _graph_kept()
-            and (_peek is None or _peek() is None)
+            and not transform_stacked()
             and (_legacy_batched is None or not _legacy_batched(grad_out)))
-
-
-def plain_eager(args) -> bool:
-    """Real tensors (``PLAIN_TENSORS``) with no lazy negation (``x.conj().imag``: the
-    custom op's dispatch resolves it, the backends' kernels read the raw memory), no
-    tracing, no dispatch mode watching: the autograd.Function path."""
-    if torch.compiler.is_compiling() or _dispatch_modes():
-        return False
-    for a in args:  # a loop, not all(genexpr): this runs on every call
-        if isinstance(a, Tensor) and (type(a) not in PLAIN_TENSORS or a.is_meta
-                                      or a.is_neg()):
-            return False
-    return True
-
-
-def _dispatch_modes() -> int:
-    depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
-    return 1 if depth is None else depth()
-
-
-def functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running eagerly.
-    (torch.compile traces through the custom ops; its own tracing looks like one.)"""
-    if torch.compiler.is_compiling():
-        return False
-    return _peek is not None and _peek() is not None
-
-
-_peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
-
-
-def forward_ad_active() -> bool:
-    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``):
-    the fused ops' ``autograd.Function`` has no ``jvp``, the reference's math has, as under
-    a ``torch.func`` transform. An open level sends every call there, dual inputs or not,
-    in every thread (torch's levels are the process's), so a seeded sampler draws the
-    reference's eps there."""
-    return _fwad._current_level >= 0
-
-
-_fwad = torch.autograd.forward_ad
-
-
-_is_tracing = torch._C._is_tracing
-
-
-def reference_only() -> bool:
-    """Whether a call must run the reference's math, the fused ops being unusable there: a
-    ``torch.func`` transform (:func:`functorch_active`), forward-mode AD
-    (:func:`forward_ad_active`) or ``torch.jit.trace``, which records aten ops only (the C
-    kernels' and Triton launches' pointer arithmetic would meet its tensor-valued sizes;
-    not under torch.compile, which keeps the fused ops and cannot trace the check)."""
-    return (functorch_active() or forward_ad_active()
-            or (not torch.compiler.is_compiling() and _is_tracing()))
 
 
 def mark_constant(ctx, output, constant) -> None:
@@ -346,7 +293,7 @@ class Fused:
     """
 
     def __init__(self, op, forward, setup, backward, tensor_args: int = 0, value_forward=None,
-                 values: int = 1, constant=None):
+                 values: int = 1, constant=None, plain_forward=None):
         if constant is not None:   # every way in (the op, both Functions, routes) marks them
             plain_setup = setup
 
@@ -362,11 +309,14 @@ class Fused:
         # value(): forward's arguments, the backend's outputs as they come (None for a
         # gradient not needed: nothing outside the op sees them, so no placeholders)
         value_forward = value_forward or forward
+        # the plain Function's forward: the custom op's, or one that skips the copy into
+        # the layout the op declares (:func:`declared`), which only the op's callers see
+        plain_forward = plain_forward or forward
 
         def forward_with_ctx(ctx, *args):
             # ctx-style, not setup_context-style: apply() then skips an inspect.signature
             # bind per call (as slow as the dispatch this path avoids).
-            output = forward(*args)
+            output = plain_forward(*args)
             setup(ctx, args, output)
             return output
 
@@ -449,8 +399,8 @@ class Route:
         backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
         (:func:`plain_eager`, :func:`reference_only`; real tensors: the caller's)."""
         # reference_only()'s checks inline, its compile check shared: every routed call asks
-        return not (torch.compiler.is_compiling() or _dispatch_modes() or functorch_active()
-                    or forward_ad_active() or _is_tracing())
+        return not (torch.compiler.is_compiling() or dispatch_modes() or functorch_active()
+                    or forward_ad_active() or is_tracing())
 
     def usable(self) -> bool:
         """Whether a call now may take this route (besides its key): :meth:`eager`, and the

@@ -38,9 +38,9 @@ def _elbo_value(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar
                 kl, beta, free_bits, reduction, scale, estimator, needs, backend):
     """The backend's (value, *gradients), None for a gradient not needed. ``estimator``:
     for the higher-order recomputation only; its first-order effect is in ``needs``."""
-    return backends.computing(backend).elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar,
-                                          obs_scalar, likelihood, kl, beta, free_bits,
-                                          reduction, scale, needs)
+    return backends.computing(backend).elbo_fwd(x, recon, mu, logvar, z, obs, prior_mu,
+                                                prior_logvar, obs_scalar, likelihood, kl, beta,
+                                                free_bits, reduction, scale, needs)
 
 
 _elbo_op = torch.library.custom_op("fastvae::elbo", mutates_args=())(_elbo_fwd)

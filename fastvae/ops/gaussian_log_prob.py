@@ -19,7 +19,8 @@ def _gaussian_log_prob_fwd(x: Tensor, mean: Tensor, logvar: Optional[Tensor],
 
 def _gaussian_log_prob_value(x, mean, logvar, logvar_scalar, needs, backend):
     """The backend's (log-density, *gradients), None for a gradient not needed."""
-    return backends.computing(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs)
+    return backends.computing(backend).gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar,
+                                                             needs)
 
 
 _op = torch.library.custom_op("fastvae::gaussian_log_prob", mutates_args=())(

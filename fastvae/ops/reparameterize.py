@@ -23,8 +23,12 @@ def _sample_shape(mu: Tensor, n_samples: int):
 
 def _reparameterize_fwd(mu: Tensor, logvar: Tensor, noise: Tensor, n_samples: int,
                         backend: str) -> Tensor:
-    return A.declared(backends.computing(backend).reparameterize_fwd(mu, logvar, noise,
-                                                                     n_samples))
+    return A.declared(_reparameterize_value(mu, logvar, noise, n_samples, backend))
+
+
+def _reparameterize_value(mu, logvar, noise, n_samples, backend):
+    """z as the backend writes it: the plain path's, in a permuted input's layout."""
+    return backends.computing(backend).reparameterize_fwd(mu, logvar, noise, n_samples)
 
 
 _op = torch.library.custom_op("fastvae::reparameterize", mutates_args=())(_reparameterize_fwd)
@@ -90,7 +94,8 @@ def _higher_order(ctx, dz):
 
 
 _reparameterize = A.Fused(_op, _reparameterize_fwd, _setup,
-                          A.with_higher_order(_backward, _higher_order))
+                          A.with_higher_order(_backward, _higher_order),
+                          plain_forward=_reparameterize_value)
 
 
 def reparameterize(mu, logvar, n_samples, generator, *, backend):

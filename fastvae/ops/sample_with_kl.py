@@ -35,8 +35,8 @@ def _sample_with_kl_fwd(mu: Tensor, logvar: Tensor, prior_mu: Optional[Tensor],
 
 def _sample_with_kl_value(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
     """The backend's (z, kl, *the KL's gradients), None for a gradient not needed."""
-    return backends.computing(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise,
-                                                    needs)
+    return backends.computing(backend).sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar,
+                                                          noise, needs)
 
 
 _op = torch.library.custom_op("fastvae::sample_with_kl", mutates_args=())(_sample_with_kl_fwd)

@@ -1,0 +1,67 @@
+"""Where a fused op's call runs: plain eager (the autograd.Function path), under a
+``torch.func`` transform, forward-mode AD or ``torch.jit.trace`` (the reference's math),
+or where the custom op must dispatch (torch.compile, dispatch modes, tensor subclasses)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..validation import PLAIN_TENSORS
+
+
+def plain_eager(args) -> bool:
+    """Real tensors (``PLAIN_TENSORS``) with no lazy negation (``x.conj().imag``: the
+    custom op's dispatch resolves it, the backends' kernels read the raw memory), no
+    tracing, no dispatch mode watching: the autograd.Function path."""
+    if torch.compiler.is_compiling() or dispatch_modes():
+        return False
+    for a in args:  # a loop, not all(genexpr): this runs on every call
+        if isinstance(a, Tensor) and (type(a) not in PLAIN_TENSORS or a.is_meta
+                                      or a.is_neg()):
+            return False
+    return True
+
+
+def dispatch_modes() -> int:
+    depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return 1 if depth is None else depth()
+
+
+def transform_stacked() -> bool:
+    """Whether a ``torch.func`` transform's interpreter is on the stack (also while
+    torch.compile traces one)."""
+    return _peek is not None and _peek() is not None
+
+
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running eagerly.
+    (torch.compile traces through the custom ops; its own tracing looks like one.)"""
+    return not torch.compiler.is_compiling() and transform_stacked()
+
+
+_peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+
+
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (``torch.autograd.forward_ad.dual_level``):
+    the fused ops' ``autograd.Function`` has no ``jvp``, the reference's math has, as under
+    a ``torch.func`` transform. An open level sends every call there, dual inputs or not,
+    in every thread (torch's levels are the process's), so a seeded sampler draws the
+    reference's eps there."""
+    return _fwad._current_level >= 0
+
+
+_fwad = torch.autograd.forward_ad
+
+
+is_tracing = torch._C._is_tracing
+
+
+def reference_only() -> bool:
+    """Whether a call must run the reference's math, the fused ops being unusable there: a
+    ``torch.func`` transform (:func:`functorch_active`), forward-mode AD
+    (:func:`forward_ad_active`) or ``torch.jit.trace``, which records aten ops only (the C
+    kernels' and Triton launches' pointer arithmetic would meet its tensor-valued sizes;
+    not under torch.compile, which keeps the fused ops and cannot trace the check)."""
+    return (functorch_active() or forward_ad_active()
+            or (not torch.compiler.is_compiling() and is_tracing()))

@@ -1,5 +1,6 @@
 """Mixed precision for training (``fastvae train --amp``): which autocast dtype, and
-whether a gradient scaler runs.
+whether a gradient scaler runs; and what ``--compile`` needs (inductor's options, a C++
+compiler on the CPU, DReG's compiled halves).
 
 CUDA: bfloat16 autocast where the card computes in bfloat16 natively (compute capability
 8.0 and up: A100, H100, H200, ...): bfloat16 has float32's exponent range, so gradients
@@ -49,6 +50,49 @@ def compile_options(cfg: dict, device: torch.device) -> dict:
     if cfg.get("amp") and cfg.get("model") == "hvae" and torch.device(device).type == "cpu":
         return {"layout_optimization": False}
     return {}
+
+
+def compiler_problem(cfg: dict, device: torch.device):
+    """Why ``--compile`` cannot run on ``device``, or None: inductor's CPU code is C++, and
+    without a working compiler the run would stop at its first step, after the untrained
+    evaluation, with a traceback."""
+    if not cfg.get("compile") or torch.device(device).type != "cpu":
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:   # another torch's layout: the step itself will say
+        return None
+    try:
+        get_cpp_compiler()
+    except Exception as e:   # InvalidCxxCompiler (its module moves between versions)
+        from .options import no_compiler_why
+        why = no_compiler_why(e) or f"{type(e).__name__}: {e}"
+        return (f"--compile: torch.compile's CPU code needs a working C++ compiler ({why}); "
+                "install one (g++) or set CXX to it, or train without --compile")
+    return None
+
+
+class CompiledHalves:
+    """Calls of ``model`` with ``core``'s encode and decode compiled, for DReG under
+    --compile: its hook on z_k must see the decoder's gradient into z_k, which a graph that
+    samples and decodes keeps inside, so the two halves are compiled and the sample drawn
+    between them. Only the training step calls through this: evaluation, the final
+    estimate and the pictures call ``core`` eagerly, as every other run's do, instead of
+    compiling a graph for each of their shapes and grad modes."""
+
+    def __init__(self, model, core, options):
+        self.module = model   # what evaluation._core unwraps, as DDP's
+        self._core = core
+        self._halves = {name: torch.compile(getattr(core, name), dynamic=False, options=options)
+                        for name in ("encode", "decode")}
+
+    def __call__(self, *args, **kwargs):
+        vars(self._core).update(self._halves)   # instance attributes shadow the methods
+        try:
+            return self.module(*args, **kwargs)
+        finally:
+            for name in self._halves:
+                del vars(self._core)[name]
 
 
 def bf16_native(device: torch.device) -> bool:

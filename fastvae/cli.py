@@ -401,12 +401,19 @@ def main(argv=None) -> int:
             line = o.disk_full_line(prog, e, "free space there, or run without --compile")
             resume = _resume_command(e)
             line = line if line is None or resume is None else f"{line}; {resume}"
+        if line is None and o.no_compiler_why(e):   # inductor's CPU code needs C++
+            e.resume_flags = [*getattr(e, "resume_flags", ()), "--no-compile"]
+            resume = _resume_command(e)
+            line = o.no_compiler_line(prog, e, "install one (g++) or set CXX to it, or run "
+                                      "without --compile" + (f"; {resume}" if resume else ""))
         if line is None and _peer_lost(e) and not os.environ.get("FASTVAE_DEBUG"):
             # another process of the run failed (its own report is above or beside
-            # this); what this one can add is that the checkpoint is intact
+            # this) or was stopped alone (a signal to one node: it says nothing); what
+            # this one can add is that the checkpoint is intact
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             resume = _resume_command(e)
-            print(_ranked(f"{prog}: error: another process of the run failed ({first}); "
+            print(_ranked(f"{prog}: error: another process of the run failed or was stopped "
+                          f"({first}); "
                           + (f"{resume} from its last checkpoint" if resume else
                              "no checkpoint was written")), file=sys.stderr)
             return 1

@@ -70,6 +70,25 @@ def disk_full_line(prog: str, e: BaseException, hint: str):
     return None
 
 
+def no_compiler_why(e: BaseException):
+    """What inductor said where it found no working C++ compiler behind ``e`` (its CPU
+    code is C++: ``InvalidCxxCompiler``), else None."""
+    for seen in error_chain(e):
+        if type(seen).__name__ == "InvalidCxxCompiler" or "InvalidCxxCompiler" in str(seen):
+            text = str(seen).strip().splitlines()
+            return text[0] if text else type(seen).__name__
+    return None
+
+
+def no_compiler_line(prog: str, e: BaseException, hint: str):
+    """The one-line error for ``e`` where torch.compile found no C++ compiler; None for any
+    other error, and under FASTVAE_DEBUG."""
+    why = None if os.environ.get("FASTVAE_DEBUG") else no_compiler_why(e)
+    if why is None:
+        return None
+    return f"{prog}: error: torch.compile needs a working C++ compiler ({why}); {hint}"
+
+
 class BadValue(argparse.ArgumentTypeError, ValueError):
     """A setting's value is out of range; argparse reports it with the flag's name."""
 

@@ -22,8 +22,10 @@ RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iw
 # run started with --iwae-k 0, a continuation that is not bit-for-bit).
 RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir", "iwae_k", "threads")
 # Settings a resumed run may change, with a note (a lower --lr after a divergence; another
-# backend for another device: a run trained with "triton" goes on on a CPU with "torch").
-RESUME_OVERRIDES = ("lr", "backend")
+# backend for another device: a run trained with "triton" goes on on a CPU with "torch";
+# --no-compile on a machine without a C++ compiler, at the cost of a continuation that is
+# not bit for bit, since inductor draws its noise differently).
+RESUME_OVERRIDES = ("lr", "backend", "compile")
 
 
 def check_data_flags(cfg: dict, given: dict) -> None:
@@ -125,8 +127,13 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
                != saved[k]]
     for k in RESUME_OVERRIDES:
         if k in changed:
-            log(f"resuming with --{k} {_shown(given[k])} (the checkpoint had "
-                f"{_shown(saved[k])})")
+            if isinstance(given[k], bool):   # --compile / --no-compile
+                log(f"resuming with --{'' if given[k] else 'no-'}{k} (the checkpoint had "
+                    f"--{'' if saved[k] else 'no-'}{k}; inductor draws its own noise, so "
+                    "the run does not go on bit for bit)")
+            else:
+                log(f"resuming with --{k} {_shown(given[k])} (the checkpoint had "
+                    f"{_shown(saved[k])})")
             saved[k] = given[k]
             changed.remove(k)
     if changed:

@@ -33,7 +33,8 @@ import torch
 import fastvae
 
 from . import dmol_training as dmol, objectives, ranks, stops
-from .amp import amp_policy, compile_options, describe as describe_amp
+from .amp import (CompiledHalves, amp_policy, compile_options, compiler_problem,
+                  describe as describe_amp)
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint, write_json
 from .data import DataError, load_dataset, load_run_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
@@ -193,11 +194,20 @@ def _resume_flags(given: dict, resume: bool, skip=()) -> list:
 
 def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=()):
     is_main = rank == 0
+    problem = compiler_problem(cfg, device)
+    if problem:   # every rank's machine alike, as torchrun starts them on one node
+        raise ranks.alike(ValueError(problem + (" (--no-compile on a resume)"
+                                                if state is not None else "")))
     if cfg["batch_size"] % world:   # each rank's share of every global batch is equal
-        run_s = "the run's " if state is not None else ""
+        bs = cfg["batch_size"]
+        if state is None:
+            raise ranks.alike(ValueError(
+                f"--batch-size: global batch of {bs} does not split evenly among {world} "
+                f"processes; use a multiple of {world}"))
+        counts = [n for n in range(1, bs + 1) if bs % n == 0]   # a resume keeps its batch
         raise ranks.alike(ValueError(
-            f"--batch-size: {run_s}global batch of {cfg['batch_size']} does not split evenly "
-            f"among {world} processes; use a multiple of {world}"))
+            f"the run's global batch of {bs} does not split evenly among {world} processes; "
+            f"resume it with a process count that divides it ({', '.join(map(str, counts))})"))
     out = Path(cfg["out"])
     data = _load_data(cfg, state, device, is_main, world, say)
     if len(data.train) < world:   # each rank's share of an epoch holds an image
@@ -367,10 +377,7 @@ def _wrap(core, cfg, device, world):
     # specialized; there are only two shapes per run.
     options = compile_options(cfg, device) or None
     if cfg["compile"] and cfg.get("estimator") == "dreg":
-        # DReG's hook on z_k must see the decoder's gradient into z_k, which a graph that
-        # samples and decodes keeps inside: compile the two halves, sample between them.
-        core.encode = torch.compile(core.encode, dynamic=False, options=options)
-        core.decode = torch.compile(core.decode, dynamic=False, options=options)
+        model = CompiledHalves(model, core, options)
     elif cfg["compile"]:
         model = torch.compile(model, dynamic=False, options=options)
     return model

@@ -276,8 +276,8 @@ def test_a_lost_peer_is_one_line_with_the_resume_command(tmp_path, monkeypatch, 
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1, err
     prefix = "" if rank == "0" else "[rank 1] "
-    assert err[0].startswith(f"{prefix}fastvae train: error: another process of the run failed "
-                             "([../gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+    assert err[0].startswith(f"{prefix}fastvae train: error: another process of the run "
+                             "failed or was stopped ([../gloo/transport/tcp/pair.cc:553] Connection closed by peer")
     assert f"`torchrun --nproc_per_node=2 -m fastvae train --resume --out {tmp_path}`" in err[0]
 
 

@@ -136,3 +136,51 @@ def test_a_damaged_zip64_trailer_is_one_error_line(run, tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(path.parent), "--k", "0"]) == 2
     assert "truncated or corrupt" in _err_line(capsys)
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_and_a_resume_may_drop_it(
+        run, tmp_path, capsys):
+    """torch.compile's CPU code is C++: without a compiler --compile is refused before any
+    training (one line, no run folder left), and a compiled run resumes with --no-compile."""
+    from torch._inductor import config as inductor_config
+    capsys.readouterr()
+    with inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}):
+        assert cli.main(["train", *TINY, "--iwae-k", "0", "--compile",
+                         "--out", str(tmp_path / "fresh")]) == 2
+        assert ("--compile: torch.compile's CPU code needs a working C++ compiler"
+                in _err_line(capsys))
+        assert not (tmp_path / "fresh").exists()
+        compiled = _copy(run, tmp_path / "compiled", compile=True)
+        resume = ["train", "--resume", "--out", str(compiled), "--epochs", "2",
+                  "--no-progress", "--device", "cpu"]
+        assert cli.main(resume) == 2
+        assert "train without --compile (--no-compile on a resume)" in _err_line(capsys)
+        assert cli.main(resume + ["--no-compile"]) == 0
+    assert ("resuming with --no-compile (the checkpoint had --compile; inductor draws its "
+            "own noise" in capsys.readouterr().out)
+    config = torch.load(compiled / CHECKPOINT_NAME, weights_only=True)["config"]
+    assert config["compile"] is False
+
+
+def test_a_compiler_lost_mid_run_is_one_line_with_the_resume_command(tmp_path, capsys,
+                                                                    monkeypatch):
+    """InvalidCxxCompiler deep in an InductorError chain (the compiler gone after the
+    check): one line, and the resume command that goes on without compiling."""
+    from torch._inductor import exc
+
+    def lost(args):
+        try:
+            raise exc.InvalidCxxCompiler()
+        except exc.InvalidCxxCompiler as inner:
+            e = RuntimeError("backend='inductor' raised: see above")
+            e.__cause__ = inner
+        (tmp_path / CHECKPOINT_NAME).write_bytes(b"")
+        e.run_folder, e.resume_flags = str(tmp_path), ["--epochs", "3"]
+        raise e
+
+    monkeypatch.setattr(cli, "_cmd_train", lost)
+    assert cli.main(["train"]) == 2
+    line = _err_line(capsys)
+    assert line.startswith("fastvae train: error: torch.compile needs a working C++ compiler (")
+    assert (f"`fastvae train --resume --out {tmp_path} --epochs 3 --no-compile` continues the "
+            "run") in line

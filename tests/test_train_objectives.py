@@ -122,3 +122,32 @@ def test_compiled_dreg_training_matches_eager(tmp_path):
         for key in ("loss", "elbo"):
             assert ta[key] == pytest.approx(tb[key], rel=1e-3, abs=1e-2), key
         assert sa["elbo"] == pytest.approx(sb["elbo"], rel=1e-3, abs=1e-2)
+
+
+def test_dreg_s_compiled_halves_serve_the_training_step_alone(monkeypatch):
+    """--compile with DReG: the model called through CompiledHalves runs the compiled
+    encode and decode; the model itself (evaluation, the final estimate, the pictures)
+    stays eager, so they compile nothing for their own shapes and grad modes."""
+    from fastvae import amp
+    from fastvae.models import VAE
+
+    ran = []
+
+    def fake_compile(fn, **kw):
+        def compiled(*a, **k):
+            ran.append(fn.__name__)
+            return fn(*a, **k)
+        return compiled
+
+    monkeypatch.setattr(amp.torch, "compile", fake_compile)
+    core = VAE(data_shape=(1, 8, 8), latent_dim=2, hidden=(16,))
+    model = amp.CompiledHalves(core, core, None)
+    x = torch.rand(5, 1, 8, 8)
+    model(x, backend="torch", n_samples=3)
+    assert ran == ["encode", "decode"]
+    assert "encode" not in vars(core) and "decode" not in vars(core)
+    core(x, backend="torch", n_samples=3)
+    core.reconstruct(x)
+    assert ran == ["encode", "decode"]
+    from fastvae.evaluation import _core
+    assert _core(model) is core

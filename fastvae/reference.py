@@ -261,7 +261,10 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
         # keeps its +inf bound (its gradients are NaN, as on the fused backends)
         lse = torch.where(surrogate.isfinite(), lse.detach() + (surrogate - surrogate.detach()),
                           lse.detach())
-    return _reduce(lse - math.log(k), reduction), weights
+    # log K as a tensor, rounded from float64 as math.log's would be: math.log of a
+    # symbolic K would make it a constant, a recompile for each K under dynamic shapes
+    log_k = torch.tensor(k, dtype=torch.float64, device=lse.device).log().to(lse.dtype)
+    return _reduce(lse - log_k, reduction), weights
 
 
 def _softmax_weights(log_w):

@@ -200,3 +200,27 @@ def test_the_reference_elbo_compiles_with_dynamic_true():
     for b in (4, 6):
         args = (torch.rand(b, 5), torch.randn(b, 5), torch.randn(b, 2), torch.randn(b, 2))
         torch.testing.assert_close(compiled(*args), loss(*args))
+
+
+def test_the_reference_iwae_compiles_once_for_every_k():
+    """K, symbolic under dynamic=True, is not made a constant by log K."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    dec = torch.nn.Linear(2, 6)
+
+    def loss(x, mu, lv, k):
+        z_k = fastvae.reparameterize(mu, lv, n_samples=k, backend="reference")
+        return fastvae.IWAELoss(backend="reference")(x, dec(z_k), mu, lv, z_k)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(loss, fullgraph=True, dynamic=True, backend=counter)
+    frames = []
+    for k in (2, 3, 5):
+        args = (torch.rand(4, 6), torch.randn(4, 2), torch.randn(4, 2), k)
+        torch.manual_seed(0)
+        got = compiled(*args)
+        torch.manual_seed(0)
+        torch.testing.assert_close(got, loss(*args))
+        frames.append(counter.frame_count)
+    assert frames == [frames[0]] * 3, frames

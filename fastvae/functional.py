@@ -392,12 +392,13 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, reduction="none", b
     one pass with no ``B x C x M x H x W`` tensor (the CPU path chunk by chunk of
     pixels); gradients come back in params' dtype.
     """
-    V.check_option("reduction", reduction, V.REDUCTIONS)
     return _dmol(x, params, bits, reduction, 1.0, backend, validate)
 
 
 def _dmol(x, params, bits, reduction, scale, backend, validate, params_name="params"):
-    """``scale`` times the DMoL log-likelihood, reduced inside the fused op."""
+    """``scale`` times the DMoL log-likelihood, reduced inside the fused op. Every caller
+    comes here (the loss module too, whose reduction may be set after it was made)."""
+    V.check_option("reduction", reduction, V.REDUCTIONS)
     V.check_dmol(x, params, params_name=params_name)
     bits = V.check_bits(bits)
     V.check_grid_dtype(x, bits)

@@ -30,13 +30,19 @@ class _Loss(nn.Module):
         self.backend, self.validate = backend, validate
 
     def _repr(self, *settings: str) -> str:
-        """The likelihood, ``settings``, the reduction, then bits and estimator where they
-        are not implied."""
+        """The likelihood, ``settings``, the reduction, then bits, estimator, backend and
+        validate where they are not implied."""
         return ", ".join([f"likelihood={self.likelihood!r}", *settings,
                           f"reduction={self.reduction!r}"]
                          + ([f"bits={self.bits}"] if self.likelihood == V.DMOL else [])
                          + ([f"estimator={self.estimator!r}"]
-                            if self.estimator != "standard" else []))
+                            if self.estimator != "standard" else [])
+                         + self._chosen())
+
+    def _chosen(self) -> list:
+        """backend and validate where given (None: the environment's, the global switch)."""
+        return [f"{k}={getattr(self, k)!r}" for k in ("backend", "validate")
+                if getattr(self, k) is not None]
 
 
 class ELBOLoss(_Loss):
@@ -123,4 +129,4 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
         return _dmol(x, params, self.bits, self.reduction, -1.0, self.backend, self.validate)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, reduction={self.reduction!r}"
+        return ", ".join([f"bits={self.bits}", f"reduction={self.reduction!r}", *self._chosen()])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvae.backends.torch_backend import native
+from fastvae.backends.torch_backend import native, native_cache
 from fastvae.backends.torch_backend import openmp
 from fastvae.backends.torch_backend.elf import elf_needed
 
@@ -525,7 +525,7 @@ _CHILD = """
 import json, warnings
 warnings.simplefilter("always")
 import torch, fastvae
-from fastvae.backends.torch_backend import native
+from fastvae.backends.torch_backend import native, native_cache
 from fastvae.backends.torch_backend import openmp
 from fastvae.backends.torch_backend.elf import elf_needed
 g = torch.Generator().manual_seed(0)
@@ -731,7 +731,7 @@ def test_a_library_no_process_loaded_for_a_month_goes_when_another_is_built(cach
     """Each source, compiler or CPU change builds a new library beside the old ones.
     Loading one touches its hash file; building another removes the ones untouched for
     UNUSED_LIBRARY_S, and leaves recently loaded ones (another install's, say) alone."""
-    old_s = native.UNUSED_LIBRARY_S + 3600
+    old_s = native_cache.UNUSED_LIBRARY_S + 3600
     stale, recent = cache / "fastvae_cpu_0000stale.so", cache / "fastvae_cpu_000recent.so"
     for lib in (stale, recent):
         lib.write_bytes(b"lib")

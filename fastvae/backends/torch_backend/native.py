@@ -27,12 +27,11 @@ crash the process with SIGBUS, and one that fails to load would silently select 
 slower build. Builds go to a private temporary folder in the cache directory, are
 fsynced, then renamed into place with their hash, so a crash or a concurrent builder
 leaves either no file or a complete one (a killed build's folder goes at the next build,
-:func:`_drop_stale_builds`). The hash guards against damage, not
+:func:`native_cache.drop_stale_builds`). The hash guards against damage, not
 against someone who can write to the cache directory.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import concurrent.futures
 import ctypes
@@ -44,14 +43,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 import warnings
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from ..._durable import fsync_dir
-from . import openmp
+from . import native_cache, openmp
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 
@@ -117,44 +115,6 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def _cache_dir() -> str:
-    """The cache folder, absolute (the compiler runs in a folder of its own, where a
-    relative output path would name another file); where it cannot be made or written,
-    :func:`_process_cache`."""
-    d = os.path.abspath(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastvae"))
-    try:
-        os.makedirs(d, exist_ok=True)
-        if os.access(d, os.W_OK):
-            return d
-    except OSError:
-        pass
-    return _process_cache(d)
-
-
-def _process_cache(wanted: str) -> str:
-    """A temporary folder for one build, removed once :func:`load` is done (a loaded
-    library stays mapped; a process that exits before that, at exit), said once a
-    process: each process builds again until the cache is fixed."""
-    global _cache_warned
-    d = tempfile.mkdtemp(prefix="fastvae-")
-    _temporary.append(d)
-    if not _cache_warned:
-        _cache_warned = True
-        warnings.warn(f"fastvae: cannot write the C kernels' cache folder {wanted}; they are "
-                      "built for this process only (set FASTVAE_CACHE_DIR to a writable "
-                      "folder)", RuntimeWarning, stacklevel=2)
-    return d
-
-
-def _drop_temporary() -> None:
-    while _temporary:
-        shutil.rmtree(_temporary.pop(), ignore_errors=True)
-
-
-_temporary: List[str] = []
-_cache_warned = False
-atexit.register(_drop_temporary)
 
 
 def read_sources() -> Tuple[Tuple[str, bytes], ...]:
@@ -172,7 +132,7 @@ def library_path(sources, cc: str, flags) -> str:
     parts = [p for name, text in sources for p in (name.encode(), text)]
     key = hashlib.sha256(b"\0".join([*parts, cc.encode(), *(f.encode() for f in flags),
                                      platform.machine().encode(), _cpu_id().encode()]))
-    return os.path.join(_cache_dir(), f"fastvae_cpu_{key.hexdigest()[:20]}.so")
+    return os.path.join(native_cache.cache_dir(), f"fastvae_cpu_{key.hexdigest()[:20]}.so")
 
 
 def _sha256(path: str) -> str:
@@ -197,7 +157,7 @@ def _build(sources, cc: str, flags, path: str) -> None:
     The compiler runs in that folder on fixed file names, so concurrent builders
     produce the same bytes and whichever rename lands last leaves a matching pair."""
     d = os.path.dirname(path)
-    _drop_stale_builds(d)
+    native_cache.drop_stale_builds(d)
     work = tempfile.mkdtemp(prefix=".build-", dir=d)
     try:
         for name, text in sources:
@@ -221,59 +181,6 @@ def _build(sources, cc: str, flags, path: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-# A build folder untouched this long is a killed build's: the compiler's own limit is 120 s.
-STALE_BUILD_S = 600
-
-
-def _drop_stale_builds(d: str) -> None:
-    """Remove the ``.build-*`` folders a build killed partway left in the cache (a live
-    one, another process's, is younger than :data:`STALE_BUILD_S`)."""
-    now = time.time()
-    try:
-        names = [n for n in os.listdir(d) if n.startswith(".build-")]
-    except OSError:
-        return
-    for name in names:
-        folder = os.path.join(d, name)
-        try:
-            if now - os.stat(folder).st_mtime > STALE_BUILD_S:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:
-            pass   # gone already: another builder cleaned it
-
-
-# A library no process has loaded for this long (another CPU's or compiler's, an older
-# source's) is removed when the next one is built: each build leaves ~0.1 MB behind. A
-# fastvae older than this rule never marks its library as in use: it rebuilds it then.
-UNUSED_LIBRARY_S = 30 * 24 * 3600
-
-
-def _drop_unused_libraries(d: str, keep: str) -> None:
-    """Remove the cached libraries besides ``keep`` whose hash file (touched by every
-    load, :func:`_library`) is older than :data:`UNUSED_LIBRARY_S`. A process that has
-    one loaded keeps its mapping; a later one would build it again."""
-    now = time.time()
-    try:
-        names = [n for n in os.listdir(d) if n.startswith("fastvae_cpu_") and n.endswith(".so")]
-    except OSError:
-        return
-    for name in names:
-        lib = os.path.join(d, name)
-        if lib == keep:
-            continue
-        try:
-            stamp = os.stat(lib + ".sha256").st_mtime
-        except OSError:
-            try:
-                stamp = os.stat(lib).st_mtime
-            except OSError:
-                continue   # gone already: another builder cleaned it
-        if now - stamp > UNUSED_LIBRARY_S:
-            for f in (lib, lib + ".sha256"):
-                with contextlib.suppress(OSError):
-                    os.remove(f)
-
-
 def _library(sources, cc: str, flags) -> str:
     """The path of a verified library for these flags, built (or rebuilt) if needed."""
     path = library_path(sources, cc, flags)
@@ -282,7 +189,7 @@ def _library(sources, cc: str, flags) -> str:
     if verified(path):
         return path
     # missing, truncated, zero-length, altered, or no hash file
-    _drop_unused_libraries(os.path.dirname(path), path)
+    native_cache.drop_unused_libraries(os.path.dirname(path), path)
     _build(sources, cc, flags, path)
     if not verified(path):
         raise OSError(f"{path} does not match its recorded hash after a rebuild")
@@ -369,7 +276,7 @@ def load():
                 try:
                     _lib, _fn, _openmp, _status = _load()
                 finally:
-                    _drop_temporary()
+                    native_cache.drop_temporary()
                 if _fn is None and not _status.startswith("disabled") and not _warned:
                     _warned = True
                     warnings.warn(f"fastvae: the C kernels are unavailable ({_status}); the "

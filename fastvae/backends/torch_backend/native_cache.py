@@ -1,0 +1,106 @@
+"""The C kernels' cache folder: where it is, a process's own temporary one where it cannot
+be written, and the cleanups of what killed builds and unused libraries leave there
+(``native`` builds and loads the library)."""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from typing import List
+
+
+def cache_dir() -> str:
+    """The cache folder, absolute (the compiler runs in a folder of its own, where a
+    relative output path would name another file); where it cannot be made or written,
+    :func:`process_cache`."""
+    d = os.path.abspath(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastvae"))
+    try:
+        os.makedirs(d, exist_ok=True)
+        if os.access(d, os.W_OK):
+            return d
+    except OSError:
+        pass
+    return process_cache(d)
+
+
+def process_cache(wanted: str) -> str:
+    """A temporary folder for one build, removed once :func:`native.load` is done (a loaded
+    library stays mapped; a process that exits before that, at exit), said once a
+    process: each process builds again until the cache is fixed."""
+    global _cache_warned
+    d = tempfile.mkdtemp(prefix="fastvae-")
+    _temporary.append(d)
+    if not _cache_warned:
+        _cache_warned = True
+        warnings.warn(f"fastvae: cannot write the C kernels' cache folder {wanted}; they are "
+                      "built for this process only (set FASTVAE_CACHE_DIR to a writable "
+                      "folder)", RuntimeWarning, stacklevel=2)
+    return d
+
+
+def drop_temporary() -> None:
+    while _temporary:
+        shutil.rmtree(_temporary.pop(), ignore_errors=True)
+
+
+_temporary: List[str] = []
+_cache_warned = False
+atexit.register(drop_temporary)
+
+
+# A build folder untouched this long is a killed build's: the compiler's own limit is 120 s.
+STALE_BUILD_S = 600
+
+
+def drop_stale_builds(d: str) -> None:
+    """Remove the ``.build-*`` folders a build killed partway left in the cache (a live
+    one, another process's, is younger than :data:`STALE_BUILD_S`)."""
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(d) if n.startswith(".build-")]
+    except OSError:
+        return
+    for name in names:
+        folder = os.path.join(d, name)
+        try:
+            if now - os.stat(folder).st_mtime > STALE_BUILD_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass   # gone already: another builder cleaned it
+
+
+# A library no process has loaded for this long (another CPU's or compiler's, an older
+# source's) is removed when the next one is built: each build leaves ~0.1 MB behind. A
+# fastvae older than this rule never marks its library as in use: it rebuilds it then.
+UNUSED_LIBRARY_S = 30 * 24 * 3600
+
+
+def drop_unused_libraries(d: str, keep: str) -> None:
+    """Remove the cached libraries besides ``keep`` whose hash file (touched by every
+    load, ``native._library``) is older than :data:`UNUSED_LIBRARY_S`. A process that has
+    one loaded keeps its mapping; a later one would build it again."""
+    now = time.time()
+    try:
+        names = [n for n in os.listdir(d) if n.startswith("fastvae_cpu_") and n.endswith(".so")]
+    except OSError:
+        return
+    for name in names:
+        lib = os.path.join(d, name)
+        if lib == keep:
+            continue
+        try:
+            stamp = os.stat(lib + ".sha256").st_mtime
+        except OSError:
+            try:
+                stamp = os.stat(lib).st_mtime
+            except OSError:
+                continue   # gone already: another builder cleaned it
+        if now - stamp > UNUSED_LIBRARY_S:
+            for f in (lib, lib + ".sha256"):
+                with contextlib.suppress(OSError):
+                    os.remove(f)

@@ -28,18 +28,22 @@ slower build. Builds go to a private temporary folder in the cache directory, ar
 fsynced, then renamed into place with their hash, so a crash or a concurrent builder
 leaves either no file or a complete one (a killed build's folder goes at the next build,
 :func:`native_cache.drop_stale_builds`). The hash guards against damage, not
-against someone who can write to the cache directory.
+against someone who can write to the cache directory; a library that matches it but does
+not load is rebuilt once. A build past :data:`BUILD_TIMEOUT_S` is killed with its process
+group, and ends the attempts.
 """
 from __future__ import annotations
 
 import contextlib
 import concurrent.futures
 import ctypes
+import errno
 import hashlib
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -50,6 +54,7 @@ import torch
 
 from ..._durable import fsync_dir
 from . import native_cache, openmp
+from .elf import elf_needed
 
 FOLDER = os.path.dirname(os.path.abspath(__file__))
 
@@ -107,10 +112,16 @@ def _compiler():
     return None
 
 
-def _cpu_id() -> str:
+# The /proc/cpuinfo lines that say which instructions -march=native may use: x86's, and
+# ARM's, POWER's and RISC-V's (which have neither a model name nor flags).
+_CPU_LINES = ("model name", "flags", "Features", "CPU implementer", "CPU architecture",
+              "CPU variant", "CPU part", "cpu\t", "isa", "uarch")
+
+
+def _cpu_id(cpuinfo: str = "/proc/cpuinfo") -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            return "".join(ln for ln in f if ln.startswith(("model name", "flags")))[:4096]
+        with open(cpuinfo) as f:
+            return "".join(ln for ln in f if ln.startswith(_CPU_LINES))[:4096]
     except OSError:
         return platform.processor()
 
@@ -165,8 +176,7 @@ def _build(sources, cc: str, flags, path: str) -> None:
                 f.write(text)
         out = os.path.join(work, "lib.so")
         units = [name for name, _ in sources if name.endswith(".c")]
-        subprocess.run([*shlex.split(cc), *flags, "-o", out, *units], cwd=work, check=True,
-                       capture_output=True, timeout=120)
+        _compile([*shlex.split(cc), *flags, "-o", out, *units], work)
         with open(out, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
             os.fsync(f.fileno())
@@ -181,8 +191,37 @@ def _build(sources, cc: str, flags, path: str) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# One build's limit. A compiler that runs past it ends the attempts: the next flag set's
+# build would wait as long.
+BUILD_TIMEOUT_S = 120
+
+
+def _compile(cmd, cwd: str) -> None:
+    """Run the compiler in a session of its own, so that a timeout kills it with every
+    process it started (cc1, as, ld), not the driver alone."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (OSError, AttributeError):   # gone already; no process groups here
+            proc.kill()
+        proc.communicate()
+        raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+
+
+# What a cache folder that cannot take the build says (full, over quota, read-only).
+_UNWRITABLE = tuple(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM")
+                    if hasattr(errno, n))
+
+
 def _library(sources, cc: str, flags) -> str:
-    """The path of a verified library for these flags, built (or rebuilt) if needed."""
+    """The path of a verified library for these flags, built (or rebuilt) if needed; in
+    a process's own folder (``native_cache.process_cache``) where the cache cannot take it."""
     path = library_path(sources, cc, flags)
     with contextlib.suppress(OSError):   # in use (first: a builder may be pruning now)
         os.utime(path + ".sha256")
@@ -190,10 +229,36 @@ def _library(sources, cc: str, flags) -> str:
         return path
     # missing, truncated, zero-length, altered, or no hash file
     native_cache.drop_unused_libraries(os.path.dirname(path), path)
-    _build(sources, cc, flags, path)
+    try:
+        _build(sources, cc, flags, path)
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        path = os.path.join(native_cache.process_cache(os.path.dirname(path)),
+                            os.path.basename(path))
+        _build(sources, cc, flags, path)
     if not verified(path):
         raise OSError(f"{path} does not match its recorded hash after a rebuild")
     return path
+
+
+def _rebuilt(sources, cc: str, flags, path: str) -> str:
+    """:func:`_library` again after removing ``path``: a cached library whose hash matches
+    but that is no shared library, or does not load (built by a toolchain broken then; for
+    another libc, through a shared cache), would otherwise be kept for good."""
+    for f in (path, path + ".sha256"):
+        with contextlib.suppress(OSError):
+            os.remove(f)
+    return _library(sources, cc, flags)
+
+
+def _bound(sources, cc: str, flags):
+    """:func:`_bind` of the library for these flags, rebuilt once where it does not load."""
+    path = _library(sources, cc, flags)
+    try:
+        return _bind(path)
+    except OSError:
+        return _bind(_rebuilt(sources, cc, flags, path))
 
 
 def _bind(path: str):
@@ -244,6 +309,8 @@ def _load():
     if openmp.torch_openmp_runtime() is not None:
         try:
             path = _library(source, cc, _OPENMP_FLAGS)
+            if elf_needed(path) is None:   # not a shared library: rebuilt once
+                path = _rebuilt(source, cc, _OPENMP_FLAGS, path)
             why_not_omp = openmp.openmp_check(path)  # before dlopen: it would load the runtime
             if not why_not_omp:
                 lib, fn, omp = _bind(path)
@@ -255,11 +322,15 @@ def _load():
         except (OSError, subprocess.SubprocessError, AttributeError) as e:
             why_not_omp = "the OpenMP build failed"
             errors.append(_error(_OPENMP_FLAGS, e))
+            if isinstance(e, subprocess.TimeoutExpired):
+                return None, None, False, "build failed: " + " | ".join(errors)
     for flags in _PLAIN_FLAG_SETS:
         try:
-            lib, fn, omp = _bind(_library(source, cc, flags))
+            lib, fn, omp = _bound(source, cc, flags)
         except (OSError, subprocess.SubprocessError, AttributeError) as e:
             errors.append(_error(flags, e))
+            if isinstance(e, subprocess.TimeoutExpired):
+                break
             continue
         return lib, fn, omp, (f"loaded: built without OpenMP ({why_not_omp}), rows split over "
                               f"a Python thread pool; {lanes(lib)} lanes; {cc} {' '.join(flags)}")

@@ -1,0 +1,113 @@
+"""The C kernels' build where the machine gets in the way: a compiler that hangs (one
+limit, its processes killed, no second attempt), a cached library whose hash matches but
+that does not load (rebuilt once), a cache folder that cannot take the build (a folder
+of the process's own), and the cache key of CPUs whose /proc/cpuinfo has no flags line."""
+import errno
+import os
+import stat
+import time
+import warnings
+
+import pytest
+import torch
+
+from fastvae.backends.torch_backend import native
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FASTVAE_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_warned", True)   # the warning is not what these test
+    native.reset()
+    yield tmp_path / "cache"
+    monkeypatch.undo()
+    native.reset()
+
+
+def _needs_compiler():
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a shell script as the compiler")
+def test_a_hanging_compiler_is_killed_with_its_children_and_not_tried_again(cache, tmp_path,
+                                                                            monkeypatch):
+    log, child = tmp_path / "calls", tmp_path / "child.pid"
+    cc = tmp_path / "cc_hang"
+    cc.write_text(f"#!/bin/sh\necho call >> {log}\nsleep 1000 &\necho $! > {child}\nwait\n")
+    cc.chmod(cc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setattr(native, "BUILD_TIMEOUT_S", 1)
+    start = time.monotonic()
+    assert native.load() is None
+    assert time.monotonic() - start < 30
+    assert "timed out after 1 second" in native.status()
+    assert log.read_text().count("call") == 1          # no other flag set waited as long
+    pid = int(child.read_text())
+    time.sleep(0.2)
+    assert not _running(pid)   # the compiler's child went with it
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` lives and is not a zombie (killed, waiting for an init that a
+    container may not have to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:   # no /proc: ask the process table
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def test_a_cached_library_that_matches_its_hash_but_does_not_load_is_rebuilt(cache):
+    """Garbage recorded with its own hash (a toolchain broken when it was built): each
+    flag set's library is rebuilt once and loads; the garbage is gone."""
+    _needs_compiler()
+    assert native.load() is not None, native.status()
+    libs = sorted(p for p in cache.iterdir() if p.suffix == ".so")
+    native.reset()
+    for lib in libs:   # not mapped by this test's load: replaced, not written in place
+        garbage = lib.with_suffix(".tmp")
+        garbage.write_bytes(b"not a shared library")
+        os.replace(garbage, lib)
+        (cache / (lib.name + ".sha256")).write_text(native._sha256(str(lib)) + "\n")
+    assert native.load() is not None, native.status()
+    for lib in libs:
+        assert lib.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_a_cache_folder_that_cannot_take_the_build_builds_for_the_process(cache, monkeypatch):
+    """A full disk (ENOSPC) while the build writes into the cache: built in a temporary
+    folder of the process's own, with the warning an unwritable cache gives."""
+    _needs_compiler()
+    real = native._build
+
+    def full(sources, cc, flags, path):
+        if os.path.dirname(path) == str(cache):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return real(sources, cc, flags, path)
+
+    monkeypatch.setattr(native, "_build", full)
+    monkeypatch.setattr(native.native_cache, "_cache_warned", False)
+    with pytest.warns(RuntimeWarning, match="cannot write the C kernels' cache folder"):
+        assert native.load() is not None, native.status()
+    x, logits = torch.rand(4, 64), torch.randn(4, 64)
+    assert native.usable(x, logits)
+
+
+def test_cpus_without_a_flags_line_are_told_apart_and_clock_speeds_are_not(tmp_path):
+    def cpu(text):
+        f = tmp_path / "cpuinfo"
+        f.write_text(text)
+        return native._cpu_id(str(f))
+
+    arm = "processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd {}\nCPU implementer\t: 0x41\n"
+    assert cpu(arm.format("")) != cpu(arm.format("sve"))
+    x86 = "processor\t: 0\ncpu MHz\t\t: {}\nmodel name\t: EPYC\nflags\t\t: sse avx2\n"
+    assert cpu(x86.format("2400.0")) == cpu(x86.format("3100.5")) != ""

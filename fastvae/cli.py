@@ -404,8 +404,8 @@ def main(argv=None) -> int:
         if line is None and o.no_compiler_why(e):   # inductor's CPU code needs C++
             e.resume_flags = [*getattr(e, "resume_flags", ()), "--no-compile"]
             resume = _resume_command(e)
-            line = o.no_compiler_line(prog, e, "install one (g++) or set CXX to it, or run "
-                                      "without --compile" + (f"; {resume}" if resume else ""))
+            line = o.no_compiler_line(prog, e, f"{o.NO_COMPILER_FIX}, or run without --compile"
+                                      + (f"; {resume}" if resume else ""))
         if line is None and _peer_lost(e) and not os.environ.get("FASTVAE_DEBUG"):
             # another process of the run failed (its own report is above or beside
             # this) or was stopped alone (a signal to one node: it says nothing); what

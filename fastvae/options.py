@@ -80,6 +80,10 @@ def no_compiler_why(e: BaseException):
     return None
 
 
+# What a machine without inductor's C++ compiler needs (train's two messages say it).
+NO_COMPILER_FIX = "install one (g++) or set CXX to it"
+
+
 def no_compiler_line(prog: str, e: BaseException, hint: str):
     """The one-line error for ``e`` where torch.compile found no C++ compiler; None for any
     other error, and under FASTVAE_DEBUG."""

@@ -6,7 +6,6 @@ import errno
 import os
 import stat
 import time
-import warnings
 
 import pytest
 import torch

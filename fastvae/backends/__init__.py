@@ -2,8 +2,9 @@
 
 ``fastvae.functional`` validates, then calls ``fastvae.reference`` for "reference",
 or ``fastvae.ops`` (custom ops with autograd) for the fused backends, which fetch their
-compute module here (:func:`computing` for a forward, which marks it used; :func:`get`). A fused backend module provides, on canonical
-(already checked, flattened) arguments, per op ``<op>_fwd`` returning the value and its
+compute module here (:func:`computing` for a forward, which marks it used; else
+:func:`get`). A fused backend module provides, on canonical (already checked, flattened)
+arguments, per op ``<op>_fwd`` returning the value and its
 gradients together (see ``fastvae.ops``; None for a gradient not needed, which the op
 turns into the custom op's empty placeholder), ``reparameterize_noise`` /
 ``reparameterize_fwd`` / ``reparameterize_bwd`` / ``reparameterize_std_eps`` and

@@ -136,15 +136,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     failed = [r for r in rows if r.get("error")]
     if failed:
-        def where(kind):
-            return "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
-                             for r in failed if r["error_kind"] == kind)
-        parts = []
-        wrong = sum(r["error_kind"] == "disagrees" for r in failed)
-        if wrong:
-            parts.append(f"{wrong} variant(s) disagreed with eager and were not timed: "
-                         + where("disagrees"))
+        wrong = [r for r in failed if r["error_kind"] == "disagrees"]
         unbuilt = [r for r in failed if r["error_kind"] == "not built"]
+        parts = []
+        if wrong:
+            parts.append(f"{len(wrong)} variant(s) disagreed with eager and were not timed: "
+                         + "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
+                                     for r in wrong))
         if unbuilt:   # every case's compile fails alike (no C++ compiler): say it once
             parts.append(f"{unbuilt[0]['error']} on {len(unbuilt)} case(s); --variants "
                          "without compile times the others alone")

@@ -126,8 +126,6 @@ def _cpu_id(cpuinfo: str = "/proc/cpuinfo") -> str:
         return platform.processor()
 
 
-
-
 def read_sources() -> Tuple[Tuple[str, bytes], ...]:
     """(file name, contents) of every C source and header the library is built from."""
     out = []

@@ -53,7 +53,8 @@ _cache_warned = False
 atexit.register(drop_temporary)
 
 
-# A build folder untouched this long is a killed build's: the compiler's own limit is 120 s.
+# A build folder untouched this long is a killed build's: a build is killed at
+# native.BUILD_TIMEOUT_S (120 s).
 STALE_BUILD_S = 600
 
 

@@ -5,6 +5,7 @@ Messages must name the argument and the shapes / dtypes / values seen.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -225,6 +226,35 @@ def test_triton_backend_on_cpu_tensors_is_a_clear_error(monkeypatch):
     else:
         with pytest.raises(RuntimeError, match=r"needs the triton package"):
             fastvae.elbo(x, r, mu, lv, backend="triton")
+
+
+@pytest.mark.parametrize("missing, says", [
+    ("triton", "needs the triton package"),
+    # an installed wheel shadowed by a source checkout, whose fastvae/ has no kernels
+    ("fastvae.kernels", r"failed to import \(ModuleNotFoundError: No module named 'fastvae.kernels'\)"),
+])
+def test_a_triton_backend_that_does_not_import_says_why(missing, says, monkeypatch):
+    from fastvae import backends
+
+    def get(name):
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+    monkeypatch.setattr(backends, "_triton_ok", None)
+    monkeypatch.setattr(backends, "_triton_broken", None)
+    monkeypatch.setattr(backends, "_broken_warned", False)
+    monkeypatch.setattr(backends, "get", get)
+    with pytest.raises(RuntimeError, match=says):
+        backends.select("triton", torch.device("cpu"))
+    cuda = torch.device("cuda")
+    if missing == "triton":   # auto on CUDA tensors: the torch backend, as without a GPU
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert backends.select("auto", cuda) == "torch"
+    else:                     # said once: auto would silently run the slower backend
+        with pytest.warns(RuntimeWarning, match="failed to import.*run the torch backend"):
+            assert backends.select("auto", cuda) == "torch"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert backends.select("auto", cuda) == "torch"
 
 
 # -- value checks ------------------------------------------------------------------------

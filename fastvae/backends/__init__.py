@@ -31,6 +31,7 @@ Results are float64 when any floating input is float64, else float32
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 
 import torch
@@ -46,6 +47,8 @@ _MODULES = {
 _loaded: dict = {}
 _last_used: str | None = None
 _triton_ok: bool | None = None
+_triton_broken: str | None = None   # why the backend failed to import, triton installed
+_broken_warned = False
 
 
 def get(name: str) -> ModuleType:
@@ -62,14 +65,33 @@ def triton_available() -> bool:
     Answered once and cached; under ``torch.compile`` it is evaluated at trace time as
     a constant (dynamo does not trace ``importlib``: it would be a graph break).
     """
-    global _triton_ok
+    global _triton_ok, _triton_broken
     if _triton_ok is None:
         try:
             get("triton")
             _triton_ok = True
-        except ImportError:
+        except ImportError as e:
             _triton_ok = False
+            if (e.name or "").partition(".")[0] != "triton":
+                _triton_broken = f"{type(e).__name__}: {e}"
     return _triton_ok
+
+
+def triton_missing() -> str:
+    """Why backend='triton' cannot run, after :func:`triton_available` said False: the
+    package is missing, or the backend failed to import beside it (an installed wheel
+    shadowed by a source checkout holds no ``fastvae.kernels``)."""
+    if _triton_broken is None:
+        return "backend='triton' needs the triton package (pip install triton)"
+    return f"backend='triton' failed to import ({_triton_broken})"
+
+
+def _warn_broken_once() -> None:
+    global _broken_warned
+    if not _broken_warned:
+        _broken_warned = True
+        warnings.warn(f"fastvae: {triton_missing()}; CUDA tensors run the torch backend",
+                      RuntimeWarning, stacklevel=4)
 
 
 def check_name(name, source: str = "backend") -> None:
@@ -88,10 +110,16 @@ def select(backend: str | None, device: torch.device) -> str:
     if name not in NAMES:  # tested here first: this runs on every op call
         check_name(name, "backend" if backend is not None else "FASTVAE_BACKEND")
     if name == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if triton_available():
+            return "triton"
+        if _triton_broken is not None:
+            _warn_broken_once()
+        return "torch"
     if name == "triton":
         if not triton_available():
-            raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+            raise RuntimeError(triton_missing())
         if device.type != "cuda" and not _env.interpreting():
             raise ValueError(
                 f"backend='triton' needs CUDA tensors, got tensors on {device}; "

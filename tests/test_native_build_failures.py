@@ -1,15 +1,17 @@
 """The C kernels' build where the machine gets in the way: a compiler that hangs (one
 limit, its processes killed, no second attempt), a cached library whose hash matches but
-that does not load (rebuilt once), a cache folder that cannot take the build (a folder
+that does not load (rebuilt once), a cache folder that cannot take the build or is mounted noexec (a folder
 of the process's own), and the cache key of CPUs whose /proc/cpuinfo has no flags line."""
 import errno
 import os
 import stat
+import tempfile
 import time
 
 import pytest
 import torch
 
+import fastvae
 from fastvae.backends.torch_backend import native
 
 
@@ -98,6 +100,42 @@ def test_a_cache_folder_that_cannot_take_the_build_builds_for_the_process(cache,
         assert native.load() is not None, native.status()
     x, logits = torch.rand(4, 64), torch.randn(4, 64)
     assert native.usable(x, logits)
+
+
+def test_a_cache_folder_mounted_noexec_builds_in_a_temporary_folder(cache, monkeypatch):
+    """A library built on a noexec mount verifies, then fails to map: every flag set was
+    built twice there, in every process, before the aten path. Now the cache folder is
+    passed over, and where the temporary folder is noexec too nothing is built."""
+    _needs_compiler()
+    monkeypatch.setattr(native.native_cache, "runs_code", lambda d: d != str(cache))
+    monkeypatch.setattr(native.native_cache, "_cache_warned", False)
+    with pytest.warns(RuntimeWarning, match=f"cache folder {cache} is on a file system mounted "
+                      "noexec.*FASTVAE_CACHE_DIR to a writable folder on a file system that "
+                      "allows running code"):
+        assert native.load() is not None, native.status()
+    assert not any(cache.iterdir())
+
+
+def test_no_folder_that_runs_code_builds_nothing(cache, monkeypatch):
+    monkeypatch.setattr(native.native_cache, "runs_code", lambda d: False)
+    monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built"))
+    assert native.load() is None
+    assert native.status() == (
+        f"the C kernels' cache folder {cache} is on a file system mounted noexec, and the "
+        f"temporary folder {tempfile.gettempdir()} is mounted noexec (set FASTVAE_CACHE_DIR "
+        "to a writable folder on a file system that allows running code)")
+    x, logits, mu, lv = torch.rand(3, 5), torch.randn(3, 5), torch.randn(3, 2), torch.randn(3, 2)
+    assert fastvae.elbo(x, logits, mu, lv, backend="torch").isfinite()   # on aten
+
+
+def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.delenv("FASTVAE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")
+    assert native.native_cache.cache_dir() == str(tmp_path / "home" / ".cache" / "fastvae")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert native.native_cache.cache_dir() == str(tmp_path / "xdg" / "fastvae")
 
 
 def test_cpus_without_a_flags_line_are_told_apart_and_clock_speeds_are_not(tmp_path):

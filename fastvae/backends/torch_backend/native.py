@@ -302,6 +302,10 @@ def _load():
         source = read_sources()
     except OSError as e:
         return None, None, False, f"kernel source unreadable: {e}"
+    try:
+        native_cache.cache_dir()
+    except native_cache.NoFolder as e:   # no build would load: none tried, in any process
+        return None, None, False, str(e)
     errors = []
     why_not_omp = "torch's parallel backend is not a known OpenMP runtime"
     if openmp.torch_openmp_runtime() is not None:

@@ -16,30 +16,54 @@ from typing import List
 def cache_dir() -> str:
     """The cache folder, absolute (the compiler runs in a folder of its own, where a
     relative output path would name another file); where it cannot be made or written,
-    :func:`process_cache`."""
-    d = os.path.abspath(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastvae"))
+    or is mounted noexec (no library there loads), :func:`process_cache`."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(xdg):   # the XDG spec: a relative value is invalid, ignored
+        xdg = os.path.expanduser("~/.cache")
+    d = os.path.abspath(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(xdg, "fastvae"))
     try:
         os.makedirs(d, exist_ok=True)
-        if os.access(d, os.W_OK):
-            return d
+        writable = os.access(d, os.W_OK)
     except OSError:
-        pass
-    return process_cache(d)
+        writable = False
+    if writable and runs_code(d):
+        return d
+    return process_cache(d, noexec=writable)
 
 
-def process_cache(wanted: str) -> str:
+def runs_code(d: str) -> bool:
+    """False where ``d``'s file system is mounted noexec: a library built there verifies,
+    then fails to map (hardened homes and /tmp)."""
+    try:
+        return not os.statvfs(d).f_flag & getattr(os, "ST_NOEXEC", 0)
+    except (OSError, AttributeError):   # no statvfs here: building is how to find out
+        return True
+
+
+class NoFolder(OSError):
+    """Neither the cache folder nor a temporary one can hold a library that loads."""
+
+
+def process_cache(wanted: str, noexec: bool = False) -> str:
     """A temporary folder for one build, removed once :func:`native.load` is done (a loaded
     library stays mapped; a process that exits before that, at exit), said once a
-    process: each process builds again until the cache is fixed."""
+    process: each process builds again until the cache is fixed. :class:`NoFolder` where
+    the temporary folder is mounted noexec too: no build there would load."""
     global _cache_warned
+    problem = (f"the C kernels' cache folder {wanted} is on a file system mounted noexec"
+               if noexec else f"cannot write the C kernels' cache folder {wanted}")
+    fix = "set FASTVAE_CACHE_DIR to a writable folder"
+    exec_fix = fix + " on a file system that allows running code"
     d = tempfile.mkdtemp(prefix="fastvae-")
     _temporary.append(d)
+    if not runs_code(d):
+        raise NoFolder(f"{problem}, and the temporary folder {os.path.dirname(d)} is mounted "
+                       f"noexec ({exec_fix})")
     if not _cache_warned:
         _cache_warned = True
-        warnings.warn(f"fastvae: cannot write the C kernels' cache folder {wanted}; they are "
-                      "built for this process only (set FASTVAE_CACHE_DIR to a writable "
-                      "folder)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"fastvae: {problem}; they are built for this process only "
+                      f"({exec_fix if noexec else fix})",
+                      RuntimeWarning, stacklevel=2)
     return d
 
 

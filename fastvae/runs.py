@@ -304,7 +304,8 @@ def check_extras(command: str, pictures: bool, dataset: str | None = None) -> No
     missing = [name for name in wanted if not installed(name)]
     if missing:
         what = " and ".join(f"{_EXTRAS[m][0]} (for {_EXTRAS[m][1]})" for m in missing)
-        raise MissingExtra(f"fastvae {command} needs {what}, which is not installed: "
+        raise MissingExtra(f"fastvae {command} needs {what}, which "
+                           f"{'is' if len(missing) == 1 else 'are'} not installed: "
                            "pip install 'fastvae[train]'")
     if pictures:   # installed but broken (built against another numpy): found now, not
         from . import plots   # after the whole run, when the pictures are drawn

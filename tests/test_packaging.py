@@ -76,7 +76,7 @@ def _source_copy(tmp_path) -> Path:
     """The files a build reads, copied (setuptools builds in-tree: build/, egg-info)."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "fastvae", src / "fastvae", ignore=ignore)
@@ -129,6 +129,9 @@ def test_sdist_ships_the_c_kernel_source(tmp_path):
         names = tar.getnames()
         top = names[0].split("/")[0]
         assert all(f"{top}/{c}" in names for c in C_SOURCES), names
+        assert f"{top}/LICENSE" in names
+        # the suite needs the repository (conftest, helpers, benchmarks/): none ships
+        assert not [n for n in names if n.startswith(f"{top}/tests")], names
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         tar.extractall(tmp_path / "unpacked", **safe)
     pytest.importorskip("wheel")
@@ -139,4 +142,6 @@ def test_sdist_ships_the_c_kernel_source(tmp_path):
     if proc.returncode != 0:
         pytest.skip(f"wheel build unavailable here: {proc.stderr[-500:]}")
     (whl,) = (tmp_path / "whl").glob("fastvae-*.whl")
-    assert set(C_SOURCES) <= set(zipfile.ZipFile(whl).namelist())
+    names = zipfile.ZipFile(whl).namelist()
+    assert set(C_SOURCES) <= set(names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names

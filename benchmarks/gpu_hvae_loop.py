@@ -37,8 +37,8 @@ from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_probe import (device_for, graph_ms, host_us, kernel_times, timed_gpu,  # noqa: E402
-                       triton_version, write_report)
+from gpu_probe import (device_for, failed, graph_ms, host_us, kernel_times,  # noqa: E402
+                       timed_gpu, triton_version, write_report)
 
 LOOP = [(1, 2), (4, 3), (8, 7), (16, 15), (32, 31), (64, 17)]   # (resolution, groups)
 SMOKE_LOOP = [(1, 2), (4, 2)]
@@ -126,14 +126,21 @@ def measure(name, step, device, reps, n_groups, graph=True):
     return row
 
 
-def run_case(label, shapes, device, backend, reps, budget_s, with_compile):
+def run_case(label, shapes, device, backend, reps, budget_s, with_compile, cases,
+             saved=lambda: None):
+    """The case, appended to ``cases`` at once, ``saved()`` called after each row (a stage
+    killed at its time limit keeps what it has measured)."""
     log(f"case {label}: {len(shapes)} group(s)")
+    res = {"case": label, "groups": len(shapes), "shapes": sorted({str(s) for s in shapes}),
+           "rows": []}
+    cases.append(res)
+    if time.monotonic() - T0 > budget_s:   # the check alone takes a while at 75 groups
+        res["rows"].append({"variant": "all", "error": "skipped: budget spent"})
+        return res
     groups = make_groups(shapes, device)
 
     def fused(*a):
         return fastvae.sample_with_kl(*a, backend=backend)
-    res = {"case": label, "groups": len(shapes), "shapes": sorted({str(s) for s in shapes}),
-           "rows": []}
     check_fastvae(groups, fused)
     variants = [("eager", eager_sample_with_kl), (f"fastvae-{backend}", fused)]
     if with_compile:
@@ -148,13 +155,18 @@ def run_case(label, shapes, device, backend, reps, budget_s, with_compile):
         except Exception as e:  # one failed variant must not lose the others
             res["rows"].append({"variant": name, "error": f"{type(e).__name__}: {e}"[:300]})
             log(f"  {name}: FAILED {res['rows'][-1]['error']}")
-    eager = next((r for r in res["rows"] if r["variant"] == "eager" and "ms" in r), None)
-    for r in res["rows"]:
+        ratios(res["rows"])
+        saved()
+    return res
+
+
+def ratios(rows) -> None:
+    eager = next((r for r in rows if r["variant"] == "eager" and "ms" in r), None)
+    for r in rows:
         if eager and "ms" in r:
             r["x_eager"] = eager["ms"] / r["ms"]
             if r.get("graph_ms"):
                 r["graph_x_eager"] = eager["ms"] / r["graph_ms"]
-    return res
 
 
 def _launches(row) -> str:
@@ -210,19 +222,24 @@ def main(argv=None):
     if cuda:  # before the loop, whose compile variant may take what is left of the budget
         cases = [("one group (32, 16, 32, 32)", [(32, 16, 32, 32)], False),
                  ("one group (4096, 64)", [(4096, 64)], False)] + cases
+    os.makedirs(args.out, exist_ok=True)
+
+    def saved(quiet=True):
+        write_report(args.out, "hvae_loop", res, markdown(res) + "".join(
+            f"\nFAILED {f}" for f in res.get("failed", [])), quiet=quiet)
     for label, shapes, with_compile in cases:
         try:
-            res["cases"].append(run_case(label, shapes, device, backend, args.reps,
-                                         args.budget_s, with_compile))
+            run_case(label, shapes, device, backend, args.reps, args.budget_s, with_compile,
+                     res["cases"], saved)
         except Exception as e:
             log(f"case {label}: FAILED {type(e).__name__}: {e}")
             res.setdefault("failed", []).append(f"{label}: {type(e).__name__}: {e}"[:300])
+        saved()
         if cuda:
             torch.cuda.empty_cache()
-    os.makedirs(args.out, exist_ok=True)
-    write_report(args.out, "hvae_loop", res,
-                 markdown(res) + "".join(f"\nFAILED {f}" for f in res.get("failed", [])))
-    return 1 if res.get("failed") else 0
+    saved(quiet=False)
+    # a failed variant fails the stage, as in the probe and the tiles (a skipped one not)
+    return 1 if res.get("failed") or any(failed(c["rows"]) for c in res["cases"]) else 0
 
 
 if __name__ == "__main__":

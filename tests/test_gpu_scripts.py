@@ -59,6 +59,29 @@ def test_hvae_loop_smoke_labels_its_cpu_columns(tmp_path):
         assert e.value.code == 2
 
 
+def test_hvae_loop_fails_on_a_failed_variant_and_keeps_rows_as_it_goes(tmp_path, monkeypatch):
+    """A variant that raises is an error row and exit 1 (gpu_session.sh read 0 as "ok"),
+    and each row is in the report as soon as it is measured (a stage killed at its limit
+    kept nothing)."""
+    loop = _module("gpu_hvae_loop")
+    real = loop.measure
+    seen = []
+
+    def measure(name, *a, **k):
+        if seen:   # the report already holds the row before this one
+            res = json.loads((tmp_path / "hvae_loop.json").read_text())
+            assert [r["variant"] for r in res["cases"][0]["rows"]] == seen
+        seen.append(name)
+        if name.startswith("fastvae"):
+            raise RuntimeError("a kernel failed")
+        return real(name, *a, **k)
+    monkeypatch.setattr(loop, "measure", measure)
+    assert loop.main(["--smoke", "--out", str(tmp_path), "--reps", "1"]) == 1
+    assert seen == ["eager", "fastvae-torch"]
+    assert "| fastvae-torch | RuntimeError: a kernel failed |" in (
+        tmp_path / "hvae_loop.md").read_text()
+
+
 def test_tile_sweep_checks_every_candidate_and_restores_the_shipped_tiles(monkeypatch):
     """benchmarks/gpu_tiles.py: its check passes equal outputs and names a gradient or a
     value that moved; a candidate's tables hold inside its block only, and the ELBO's plans

@@ -118,9 +118,10 @@ def proxy_table(out: dict) -> str:
             "max(memory, compute), compute being each launch's issue or MUFU time, whichever is "
             "longer; their sum where the main launch has one program resident per SM (its loads "
             "and arithmetic cannot overlap another program's; so too a grid of fewer programs "
-            "than SMs). Of a bound's range, the second adds the bytes backward's scale pass moves "
-            "at grad_output != 1 (a loss written -op(...): the bench's iwae): every saved "
-            "gradient read and written again. % roof: the memory floor over the bound, an upper "
+            "than SMs). A bound's first figure adds the bytes backward's scale pass moves "
+            "at grad_output != 1 (a loss written -op(...)): every saved gradient read and "
+            "written again; in parentheses, without it (grad_output == 1, as the bench's loss "
+            "modules). % roof: the memory floor over the bound, an upper "
             "estimate (latency and re-read data are not in it).")
     if out["triton"]["version"] != TRITON_GPU_MACHINES:
         head += (f"\nNOTE: these counts are Triton {out['triton']['version']}'s, not "

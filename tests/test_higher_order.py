@@ -141,6 +141,31 @@ def test_vectorized_jacobian_and_hessian(backend, name, dtype):
             assert_close(f"d2 / d{i} d{j}", h, e, dt, scale=e.abs().max() + 1e-3)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.5])   # 1: the plain backward skips its scaling
+@pytest.mark.parametrize("dtype", [torch.float32, F64])  # float32: the C kernels' inputs
+@pytest.mark.parametrize("name", list(VECTORIZED))
+def test_forward_derivative_of_a_backward(backend, name, dtype, scale):
+    """A forward run before a dual level opens, its backward inside one with a dual
+    grad_output (the derivative of a gradient w.r.t. per-sample loss weights): the
+    gradient's tangent is the gradient taken at the tangent, as backward is linear in
+    grad_output. The saved gradients and the kernels carry no tangent; it was dropped."""
+    import torch.autograd.forward_ad as fwad
+    fn, names = VECTORIZED[name]
+    dt = case_dtype(backend, dtype)
+    fixed, fixed64 = _inputs(dt), _inputs(F64)
+    ins, ins64 = [leaf(fixed[n]) for n in names], [leaf(fixed64[n]) for n in names]
+    out, want_out = fn(backend, fixed, *ins), fn("reference", fixed64, *ins64)
+    tangent = torch.linspace(-1.0, 2.0, want_out.numel(), dtype=F64).reshape(want_out.shape)
+    with fwad.dual_level():
+        grad_out = fwad.make_dual(torch.full_like(out, scale), tangent.to(out.device, out.dtype))
+        got = [fwad.unpack_dual(g).tangent
+               for g in torch.autograd.grad(out, ins, grad_out)]   # the graph freed too
+    want = torch.autograd.grad(want_out, ins64, tangent.to(want_out.device))
+    for i, (a, e) in enumerate(zip(got, want)):
+        assert a is not None, f"the tangent of gradient {i} was dropped"
+        assert_close(f"tangent of gradient {i}", a, e, dt, scale=e.abs().max() + 1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_sample_with_kl_z_jacobian_vectorized(backend, dtype):
     """z's Jacobian under a vmap over the backward equals the plain one (the same eps)."""

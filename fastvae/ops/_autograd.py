@@ -233,8 +233,9 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
     ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
-        if batched_backward(grads):
-            # the backends' kernels cannot read batched grads (no storage); the
+        if batched_backward(grads) or forward_ad_active():
+            # the backends' kernels cannot read batched grads (no storage), nor carry a
+            # dual grad_output's tangent (a forward derivative of this backward); the
             # recomputation is aten math every transform composes with
             with torch.enable_grad():
                 return higher(ctx, *grads)
@@ -272,7 +273,7 @@ def usual_backward(ctx, grad_out) -> bool:
     return (type(grad_out) is torch.Tensor and grad_out.dim() == 0 and not grad_out.is_neg()
             and not torch.is_grad_enabled() and ctx.owns_saved
             and not torch.compiler.is_compiling() and not _graph_kept()
-            and not transform_stacked()
+            and not transform_stacked() and not forward_ad_active()
             and (_legacy_batched is None or not _legacy_batched(grad_out)))
 
 

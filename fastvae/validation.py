@@ -309,6 +309,7 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
     (shape inference)."""
     if not validate:
         return
+    x = _values(x)
     if x is not None and x.numel() and not x.is_meta:
         if not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).sum())
@@ -320,10 +321,22 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
                     f"likelihood={likelihood!r} needs x in [0, 1], got values in [{lo}, {hi}]"
                 )
     for name, t in tensors.items():
+        t = _values(t)
         if (isinstance(t, torch.Tensor) and t.numel() and not t.is_meta
                 and not bool(torch.isfinite(t).all())):
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
+
+
+def _values(t):
+    """``t``'s values to check: under ``torch.func`` transforms, the tensor their wrappers
+    hold (a vmap's holds every sample's; ``bool()`` of a batched tensor is an error)."""
+    while _wrapped is not None and isinstance(t, torch.Tensor) and _wrapped(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
 
 
 def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,

@@ -284,6 +284,29 @@ def test_x_outside_unit_interval(likelihood, bad, restore_validation):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_value_checks_under_torch_func(backend, restore_validation):
+    """The checks read the values every transform's wrappers hold: a vmap's batched
+    tensor is no bool() (torch's "data-dependent control flow" error named nothing of
+    fastvae, with or without a bad value)."""
+    from torch.func import grad, vmap
+    x, r, mu, lv = inputs()
+    rs = torch.stack([r, r + 1])
+    fastvae.set_validation(True)
+
+    def f(r):
+        return fastvae.elbo(x, r, mu, lv, backend=backend)
+    assert vmap(f)(rs).shape == (2,)
+    assert vmap(grad(f))(rs).shape == rs.shape
+    rs[1, 2, 3] = float("nan")
+    for transform in (vmap(f), vmap(grad(f))):
+        with pytest.raises(ValueError, match=r"recon has 1 non-finite value\(s\)"):
+            transform(rs)
+    xs = torch.stack([x, x * 2 + 0.5])   # the second sample's x leaves [0, 1]
+    with pytest.raises(ValueError, match=r"needs x in \[0, 1\], got values in \[0\.\d+, 2\."):
+        vmap(lambda x: fastvae.elbo(x, r, mu, lv, backend=backend))(xs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("where", ["x", "recon", "mu", "logvar", "z", "obs_logvar"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_inputs(backend, where, bad, restore_validation):

@@ -554,6 +554,28 @@ def test_a_far_sample_of_weight_zero(seed, backend, prior, k, d):
     assert float(grads(got, [ins[4]])[0][1, 0].abs().max()) == 0.0   # the weight 0
 
 
+def test_a_sample_of_log_w_past_float32_leaves_the_rows_other_samples_alone(seed, backend):
+    """q narrower than the prior, a sample 1e20 away: log p - log q ~ 3e39 passes float32's
+    largest, so that sample's log w is +inf and its weight (float64: 1) NaN in float32. The
+    row's other samples weigh 0, as in float64, and the other row is untouched; the torch
+    backend's softmax shifted by the +inf max and made the whole row NaN."""
+    k, b, l = 3, 2, 2
+    x, recon_k, mu, lv, z_k = (t.detach().float() for t in make(k, b, (4,), l, F64))
+    lv.fill_(-0.5)
+    z_k[0, 0, 0] = 1e20
+    ins = [leaf(t, requires_grad=i in (1, 4)) for i, t in enumerate((x, recon_k, mu, lv, z_k))]
+    got = fastvae.iwae_bound(*ins, backend=backend)
+    assert got[0] == float("inf") and got[1].isfinite()
+    want_ins = [leaf(t.double(), t.requires_grad) for t in ins]
+    want = F.iwae(*want_ins)
+    assert_close("the finite row", got[1], want[1], torch.float32)
+    for name, g, e in zip(("recon_k", "z_k"), grads(got, [ins[1], ins[4]]),
+                          grads(want, [want_ins[1], want_ins[4]])):
+        assert g[0, 0].isnan().all(), name   # the sample of weight 1 in float64
+        assert (g[1:, 0] == 0).all(), f"{name}: the row's other samples"
+        assert_close(f"{name}, the other row", g[:, 1], e[:, 1], torch.float32)
+
+
 def test_torch_func_grad_of_a_sample_of_weight_zero(seed):
     """torch.func runs the reference math: at a sample of weight 0 whose (x - r)^2
     overflows, its gradients are the eager op's, 0 there (NaN before), every input's."""

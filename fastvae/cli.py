@@ -74,10 +74,11 @@ def _add_train(sub):
       help=f"training objective: the ELBO (averaged over --k samples), or the importance-"
            f"weighted bound with --k samples (Burda et al. 2016) [default: {d['objective']}]")
     a("--k", type=o.positive_int, default=None,
-      help=f"posterior samples per training example [default: {d['k']}]")
+      help=f"posterior samples per training example (hvae: 1) [default: {d['k']}]")
     a("--estimator", choices=o.ESTIMATORS, default=None,
       help=f"encoder gradient estimator: stl (sticking the landing; --objective elbo needs "
-           f"--kl mc) or dreg (doubly reparameterized; --objective iwae) [default: "
+           f"--kl mc) or dreg (doubly reparameterized; --objective iwae); hvae trains with "
+           f"standard only [default: "
            f"{d['estimator']}]")
     a("--likelihood", choices=o.LIKELIHOODS, default=None,
       help=f"decoder likelihood; gaussian learns a per-pixel variance; "

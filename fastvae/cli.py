@@ -90,7 +90,8 @@ def _add_train(sub):
       help=f"fastvae backend for the loss ops [default: {d['backend']}]")
     _bool_flag(p, "--amp", "mixed precision: on CUDA bf16 autocast where the card has bf16 "
                "(sm_80+), else fp16 + GradScaler; on CPU bf16 autocast [default: off]")
-    _bool_flag(p, "--compile", "torch.compile the model [default: off]")
+    _bool_flag(p, "--compile", "torch.compile the model (with --estimator dreg: its encoder "
+               "and decoder, sampling between them) [default: off]")
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", type=o.device, default=None,
       help=f"auto, cpu, cuda, cuda:N or mps [default: {d['device']}]")
@@ -98,7 +99,8 @@ def _add_train(sub):
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
            "... when that one already exists]")
     a("--resume", action="store_true", default=None,
-      help="continue the run in --out from its checkpoint (bit-for-bit on CPU), to its own "
+      help="continue the run in --out (without --out: the runs/<dataset>[-N] whose "
+           "checkpoint was written last) from its checkpoint (bit-for-bit on CPU), to its own "
            "--epochs unless given")
     a("--iwae-k", type=o.non_negative_int, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "

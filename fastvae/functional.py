@@ -134,8 +134,10 @@ def elbo(
     With ``reduction="sum"`` and the Bernoulli likelihood this is minus the
     pytorch/examples VAE ``loss_function`` written on logits (its BCE as
     ``binary_cross_entropy_with_logits``, as the README shows). The original's
-    ``binary_cross_entropy`` of ``sigmoid(logits)`` agrees until the sigmoid rounds to 0
-    or 1 (|logit| past ~17 in float32), where its log is clamped at -100 and this is not.
+    ``binary_cross_entropy`` of ``sigmoid(logits)`` agrees to the rounding of
+    ``1 - sigmoid`` (in float32 already 0.16 nat off at a logit of 15 against x = 0);
+    where the sigmoid rounds to 1 (logit past ~16.6) or 0 (below ~-88.7) its log is
+    clamped at -100 and this is not.
     """
     # (no signature under torch.compile: the memo is off there, V.Checked)
     sig = None if torch.compiler.is_compiling() else _elbo_signature(
@@ -234,6 +236,8 @@ def kl_standard_normal(mu, logvar, backend=None, validate=None):
     mu, logvar: ``(B, L)`` (or ``(*, L)``); returns ``(B,)`` (or ``(*,)``): the sum runs
     over the last dim only, so ``(K, B, L)`` samples give ``(K, B)``. For ``(B, C, H, W)``
     latents, :func:`kl_normal` with a prior of 0.0, 0.0 sums every non-batch dim.
+    Float64 when either input is, else float32. backend, validate: as in
+    :func:`reparameterize`.
     """
     V.check_tensor("mu", mu)
     V.check_tensor("logvar", logvar)
@@ -253,7 +257,8 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
     r"""``sum_d -0.5 * ((x - mean)^2 * exp(-logvar) + logvar + log(2*pi))`` over the last dim.
 
     x, mean: ``(*, D)``, the same shape; logvar: a float or a tensor broadcastable
-    to x (it gets a gradient). Returns ``(*,)``.
+    to x (it gets a gradient). Returns ``(*,)``, float64 when any input is, else float32.
+    backend, validate: as in :func:`reparameterize`.
     """
     V.check_tensor("x", x)
     V.check_tensor("mean", mean)
@@ -284,7 +289,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
         x: ``(B, *)``; recon_k: ``(K, B, *)`` decoder outputs for each z_k;
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
         likelihood, obs_logvar, backend, validate, bits, _scale: as in :func:`elbo`; for
-            ``"discretized_logistic_mixture"`` recon_k is ``(K, B, S*M, H, W)``.
+            ``"discretized_logistic_mixture"`` recon_k is ``(K, B, 10*M, H, W)`` (RGB)
+            or ``(K, B, 3*M, H, W)`` (gray).
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
         prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
             (broadcastable to mu's ``(B, L)``, shared by the K samples). Under "stl" and

@@ -62,7 +62,8 @@ def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
 
     Args:
         mu_q, logvar_q: ``(B, *)`` posterior (any shape, e.g. ``(B, C, H, W)`` latents).
-        mu_p, logvar_p: the prior: None (0), numbers, or tensors broadcastable to mu_q's shape
+        mu_p, logvar_p: the prior, required (``None, None`` for N(0, I)): None (0),
+            numbers, or tensors broadcastable to mu_q's shape
             (their gradients are summed over the broadcast dimensions).
         backend, validate: as in :func:`reparameterize`.
 

@@ -114,8 +114,8 @@ class HierarchicalVAE(ObservationModel):
         latent_channels: channels of every group's latent map.
         (Every size here, each of ``channels`` included, is an int >= 1: a bad one is a
         ``ValueError`` (a ``TypeError`` for a non-int) that names it.)
-        channels: width of each stage, fine to coarse; one resolution per stage (stage
-            ``s`` at ``ceil(H / 2^s)``).
+        channels: width of each stage, fine to coarse; one resolution per stage
+            (``channels[i]`` at ``ceil(H / 2^(i+1))``: the first stage already halves).
         groups: stochastic groups per stage (the default 2 stages x 2 groups: 4 groups
             at two resolutions).
         likelihood, n_mix: as in :class:`fastvae.models.VAE` (a DMoL decoder's last

@@ -1,6 +1,6 @@
 """ELBOLoss, IWAELoss and DiscretizedLogisticMixtureNLLLoss: the negative ELBO, IWAE bound
 and DMoL log-likelihood as ``nn.Module``s, like torch's ``*Loss`` modules. Each takes the
-sign inside its fused op, so that ``loss.backward()`` hands the op a grad_output of exactly
+sign inside its fused op (the DMoL IWAE bound's: see :class:`IWAELoss`), so that ``loss.backward()`` hands the op a grad_output of exactly
 1 and the gradients its forward pass wrote need no second pass."""
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ class ELBOLoss(_Loss):
 
     def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0, prior_mu=None,
                 prior_logvar=None):
+        """``-elbo(x, recon, mu, logvar, ...)`` with the settings given at construction."""
         # _scale=-1 computes -ELBO inside the fused op, so loss.backward() hands it a
         # grad_output of exactly 1 and the saved gradients need no scaling pass.
         # (positional: binding sixteen keywords costs more than the rest of this call)
@@ -93,7 +94,10 @@ class IWAELoss(_Loss):
     sample; a loss's is "mean"). It equals ``-iwae_bound(...)``, but the sign is taken
     inside the fused op: ``loss.backward()`` hands the op a grad_output of exactly 1, so
     backward finds the gradients the forward pass wrote ready to use, where
-    ``-iwae_bound(...)`` reads and writes every one of them again to negate it.
+    ``-iwae_bound(...)`` reads and writes every one of them again to negate it. (With
+    ``likelihood="discretized_logistic_mixture"`` the bound is two fused ops and a
+    logsumexp, whose backward weighs every saved gradient per sample anyway: the sign is
+    a multiply of the result there, at no extra pass.)
     """
 
     def __init__(self, likelihood="bernoulli", reduction="mean", backend=None, validate=None,
@@ -103,6 +107,8 @@ class IWAELoss(_Loss):
 
     def forward(self, x, recon_k, mu, logvar, z_k, obs_logvar=0.0, prior_mu=None,
                 prior_logvar=None):
+        """``-iwae_bound(x, recon_k, mu, logvar, z_k, ...)`` with the settings given at
+        construction."""
         return iwae_bound(x, recon_k, mu, logvar, z_k, self.likelihood, obs_logvar,
                           self.reduction, self.backend, self.validate, prior_mu, prior_logvar,
                           self.estimator, bits=self.bits, _scale=-1.0)
@@ -118,7 +124,8 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
     validate=None)``; ``loss(x, params)``, both as in
     :func:`fastvae.discretized_logistic_mixture_log_prob`. It equals
     ``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)`` in nats per
-    image ("mean") or per batch ("sum"); divide by ``C*H*W*ln 2`` for bits per dimension.
+    image ("mean"), per batch ("sum") or per image ``(B,)`` ("none"); divide by
+    ``C*H*W*ln 2`` for bits per dimension.
     The sign is taken inside the fused op, as in :class:`ELBOLoss`.
     """
 
@@ -126,6 +133,7 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
         super().__init__(V.DMOL, reduction, backend, validate, "standard", bits)
 
     def forward(self, x, params):
+        """``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)``."""
         return _dmol(x, params, self.bits, self.reduction, -1.0, self.backend, self.validate)
 
     def extra_repr(self) -> str:

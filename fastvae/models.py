@@ -21,7 +21,8 @@
 Every size a model is built from (``data_shape``, ``latent_dim``, widths, counts) is an
 int >= 1, checked before any layer is made: a bad one is an error that names it.
 
-Models only call the public API (``fastvae.reparameterize``, ``elbo``, ``iwae_bound``).
+Their losses use the public ops only (``fastvae.reparameterize``, ``elbo``, ``iwae_bound``;
+the hierarchical VAE's ``sample_with_kl`` and ``gaussian_log_prob``).
 """
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def dmol_rows_kernel(
     comp = tl.arange(0, BLOCK_M)
     cmask = comp < n_mix
     mask = cmask[:, None] & pmask[None, :]
-    poff = comp[:, None] * n_pix + pix[None, :]
+    poff = comp[:, None] * (pid * 0 + n_pix) + pix[None, :]   # pid's int type: M x H x W
     slot = (pid * 0 + n_mix) * n_pix                    # one parameter slot, pid's int type
     PB = P + row * stride_pb
     GB = G + row * stride_gb

@@ -43,7 +43,8 @@ def _chunk(N, CHUNK, SPLIT: tl.constexpr):
     whole row, 0 to N (the chunk arithmetic costs the 16 x 64 tile a 4-byte spill on
     sm_90 with Triton 3.6)."""
     if SPLIT:
-        start = tl.program_id(1) * CHUNK
+        # in N's int type (int64 once N passes 2^31, where the chunks' starts would wrap)
+        start = (N * 0 + tl.program_id(1)) * CHUNK
         return start, start + tl.minimum(CHUNK, N - start)   # no int32 overflow past N
     else:
         return 0, N

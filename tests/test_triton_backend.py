@@ -19,6 +19,7 @@ if not KERNELS_RUN:  # one line in the report, not one per test
                 "runs this module with it)", allow_module_level=True)
 # a module global: Triton 3.0's interpreter resolves `tl` in a kernel's module globals
 import triton.language as tl  # noqa: E402
+from fastvae.kernels.sample_with_kl import _chunk  # noqa: E402  (a kernel's global, as tl)
 
 import fastvae  # noqa: E402
 from _compare import assert_close, check_no_noise_saved, leaf, oracle  # noqa: E402
@@ -391,6 +392,31 @@ def test_large_counters_use_the_high_word(kernel_device):
     draw[(1,)](seed, ctr, out, **_launch.OPTIONS)
     assert out[0] == out[3]
     assert len({float(v) for v in out[:3]}) == 3
+
+
+def test_sample_with_kl_chunks_past_2_31_columns(kernel_device):
+    """A row of more than 2^31 latents (B = 1, a (1, 48, 8192, 8192) map) split into the
+    chunks an H200's plan makes: every chunk starts where it should. The start was an
+    int32 product and wrapped negative from chunk 352 on: reads and writes before the
+    buffers, the row's last third never written. Checked on the helper itself (such
+    tensors do not fit a test)."""
+    import triton
+
+    from fastvae.backends.triton_backend import _launch
+
+    @triton.jit
+    def chunks(OUT, N, CHUNK):
+        start, end = _chunk(N, CHUNK, True)
+        p = tl.program_id(1)
+        tl.store(OUT + 2 * p, start.to(tl.int64))
+        tl.store(OUT + 2 * p + 1, end.to(tl.int64))
+
+    n, chunk, programs = 3 << 30, 6100992, 528
+    out = torch.empty(programs, 2, dtype=torch.int64)
+    chunks[(1, programs)](out, n, chunk, **_launch.OPTIONS)
+    starts = torch.arange(programs, dtype=torch.int64) * chunk
+    assert torch.equal(out[:, 0], starts)
+    assert torch.equal(out[:, 1], torch.clamp(starts + chunk, max=n))
 
 
 # -- CUDA only -----------------------------------------------------------------------------------

@@ -316,14 +316,15 @@ static inline __attribute__((always_inline)) void sample_bwd_vec(
 }
 
 /* reparameterize's backward per row: d_mu = sum_k dz_k (where d_mu is not NULL) and
-   d_lv = 0.5 exp(lv / 2) sum_k dz_k eps_k, eps_k drawn again as the forward drew them;
-   dz_k at dz + k dzk, rows of n contiguous floats, like d_mu and d_lv. d_lv holds the
-   running sum until the last sample scales it. */
+   d_lv = 0.5 exp(lv / 2) sum_k dz_k eps_k over samples k0 .. k0 + k_count - 1, eps_k
+   drawn again as the forward drew them; dz_k at dz + (k - k0) dzk, rows of n contiguous
+   floats, like d_mu and d_lv. d_lv holds the running sum until the last sample scales it
+   (a float32 sum in sample order: the host sums longer runs of samples in blocks). */
 int fastvae_gauss_sample_bwd_rows(int64_t rows, int64_t n, const float *dz, int64_t dzk,
                                   const float *lv, int64_t slv, const int64_t *seed,
-                                  int64_t k_count, int64_t cpad, int64_t flat0, float *d_mu,
-                                  float *d_lv, int nthreads) {
-  if (rows < 0 || n < 0 || k_count < 1 || flat0 < 0 || !seed || !d_lv) return -1;
+                                  int64_t k0, int64_t k_count, int64_t cpad, int64_t flat0,
+                                  float *d_mu, float *d_lv, int nthreads) {
+  if (rows < 0 || n < 0 || k0 < 0 || k_count < 1 || flat0 < 0 || !seed || !d_lv) return -1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
 #endif
@@ -333,7 +334,7 @@ int fastvae_gauss_sample_bwd_rows(int64_t rows, int64_t n, const float *dz, int6
     eps_stream es;
     for (int64_t k = 0; k < k_count; ++k) {
       int first = k == 0, last = k == k_count - 1;
-      eps_start(&es, (uint64_t)*seed, k * cpad, flat0 + r0 * n, flat0 + r1 * n);
+      eps_start(&es, (uint64_t)*seed, (k0 + k) * cpad, flat0 + r0 * n, flat0 + r1 * n);
       for (int64_t i = r0; i < r1; ++i) {
         const float *d = dz + k * dzk + i * n, *l = lv + i * slv;
         float *gm = d_mu ? d_mu + i * n : 0, *gl = d_lv + i * n;

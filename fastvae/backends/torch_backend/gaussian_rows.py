@@ -24,7 +24,10 @@ _FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, 
         ctypes.c_int]
 _BWD = [_N, _N, _P, _P, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
 _SAMPLE = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _N, ctypes.c_int]
-_SAMPLE_BWD = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _P, ctypes.c_int]
+_SAMPLE_BWD = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _N, _P, _P, ctypes.c_int]
+# reparameterize's backward sums this many samples in float32 in C, the blocks' sums in
+# float64 here: one float32 sum over K = 20000 samples was 50x eager's error
+SAMPLE_BLOCK = 64
 _EVAL = [_N, _N, _N, _P, _P]
 F32 = torch.float32
 _ANY = (F32, torch.float16, torch.bfloat16)
@@ -189,14 +192,34 @@ def sample_bwd_rows(dz, lv, seed, n_samples: int, d_mu, d_lv, threads=None) -> b
         return True
     dz = dz.contiguous()
     (v, sv, _v), k = _rows_of(lv), max(n_samples, 1)
-    d, sd, gm, gl = dz.data_ptr(), seed.data_ptr(), _addr(d_mu), d_lv.data_ptr()
+    d, sd = dz.data_ptr(), seed.data_ptr()
     cp = cpad(rows * n)
+    blocked = k > SAMPLE_BLOCK
+    if blocked:   # each block into these, added up in float64
+        sums = [None if t is None else torch.zeros(t.shape, dtype=torch.float64)
+                for t in (d_mu, d_lv)]
+        out_mu, out_lv = d_mu, d_lv
+        d_mu = None if d_mu is None else torch.empty_like(d_mu)
+        d_lv = torch.empty_like(d_lv)
+    gm, gl = _addr(d_mu), d_lv.data_ptr()
+    for k0 in range(0, k, SAMPLE_BLOCK if blocked else k):
+        kb = min(k - k0, SAMPLE_BLOCK) if blocked else k
+        dk = d + 4 * k0 * rows * n
 
-    def block(i, count, nthreads):
-        _check(fn(count, n, d + 4 * i * n, rows * n, v + 4 * i * sv, sv, sd, k, cp, i * n,
-                  _at(gm, i * n), gl + 4 * i * n, nthreads), "fastvae_gauss_sample_bwd_rows")
+        def block(i, count, nthreads, dk=dk, k0=k0, kb=kb):
+            _check(fn(count, n, dk + 4 * i * n, rows * n, v + 4 * i * sv, sv, sd, k0, kb, cp,
+                      i * n, _at(gm, i * n), gl + 4 * i * n, nthreads),
+                   "fastvae_gauss_sample_bwd_rows")
 
-    native.for_rows(rows, rows * n * k, block, threads)
+        native.for_rows(rows, rows * n * kb, block, threads)
+        if blocked:
+            for acc, part in zip(sums, (d_mu, d_lv)):
+                if acc is not None:
+                    acc += part
+    if blocked:
+        for out, acc in zip((out_mu, out_lv), sums):
+            if out is not None:
+                out.copy_(acc)
     return True
 
 

@@ -266,7 +266,7 @@ def _cmd_sample(args):
 
     import torch
 
-    _, model, device = _load_run(args.run, args.device)
+    state, model, device = _load_run(args.run, args.device)
     shape = (args.n, *model.data_shape)
     width, height = plots.grid_size(shape, ncol=args.ncol)
     if width * height > plots.MAX_UPSCALED_PIXELS:   # refused before decoding any
@@ -290,7 +290,8 @@ def _cmd_sample(args):
     for chunk in model.sample_chunks(args.n, generator=gen):
         images[done:done + len(chunk)] = chunk.float().cpu()
         done += len(chunk)
-    plots.save_grid(images, out, ncol=args.ncol)
+    plots.save_grid(images, out, ncol=args.ncol,
+                    value_range=plots.saved_picture_range(state["config"]))
     print(f"wrote {args.n} samples to {out} ({width} x {height} px)")
     return 0
 

@@ -35,11 +35,31 @@ def save_figure(fig, path, dpi: int, format=None) -> Path:
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def grid(images: torch.Tensor, ncol: int, pad: int = 1) -> np.ndarray:
-    """``(N, C, H, W)`` in [0, 1] -> one ``(rows*(H+pad)+pad, ...)`` array: RGB for 3
-    channels and for 4 (RGBA: the alpha channel is not drawn), gray for 1, and the first
-    channel, gray, for any other count (no colour mapping is known for it)."""
-    x = images.detach().float().clamp(0, 1).cpu().numpy()
+def picture_range(lo: float, hi: float) -> tuple:
+    """The values drawn black to white for data within ``[lo, hi]``: [0, 1], widened to
+    the data's own range where it passes it (Gaussian data in [-1, 1] is not clipped to
+    its upper half; data within [0, 1] is not stretched)."""
+    return (min(0.0, lo), max(1.0, hi))
+
+
+def saved_picture_range(config: dict) -> tuple:
+    """A run's :func:`picture_range` from its config; [0, 1] for a run saved without one
+    (older runs) or with one that is no pair of finite numbers, low first."""
+    got = config.get("picture_range")
+    if (isinstance(got, (list, tuple)) and len(got) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got)
+            and math.isfinite(got[0]) and math.isfinite(got[1]) and got[0] < got[1]):
+        return float(got[0]), float(got[1])
+    return 0.0, 1.0
+
+
+def grid(images: torch.Tensor, ncol: int, pad: int = 1, value_range=(0.0, 1.0)) -> np.ndarray:
+    """``(N, C, H, W)`` drawn from ``value_range`` (black) to its top (white) -> one
+    ``(rows*(H+pad)+pad, ...)`` array in [0, 1]: RGB for 3 channels and for 4 (RGBA: the
+    alpha channel is not drawn), gray for 1, and the first channel, gray, for any other
+    count (no colour mapping is known for it)."""
+    lo, hi = value_range
+    x = ((images.detach().float() - lo) / (hi - lo)).clamp(0, 1).cpu().numpy()
     n, c, h, w = x.shape
     if c == 4:
         x, c = x[:, :3], 3
@@ -87,8 +107,10 @@ def upscale_factor(h: int, w: int, grid_pixels: int, min_cell: int = 48) -> int:
     return max(1, scale)
 
 
-def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> Path:
-    """Save ``(N, C, H, W)`` images in [0, 1] as a PNG grid, ``ncol`` a row (fewer for
+def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48,
+              value_range=(0.0, 1.0)) -> Path:
+    """Save ``(N, C, H, W)`` images within ``value_range`` (:func:`grid`; values past it
+    clip) as a PNG grid, ``ncol`` a row (fewer for
     fewer images: columns of filler only widen the picture); small images are scaled up
     by an integer factor (nearest neighbour, :func:`upscale_factor`) so an 8x8 digit is
     still visible. Flat images are drawn as :func:`as_pictures` says.
@@ -96,7 +118,7 @@ def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48) -> 
     images = as_pictures(images)
     n, _, h, w = images.shape
     ncol, scale, _, _ = _geometry(n, h, w, ncol, min_cell)
-    g = grid(images, ncol)
+    g = grid(images, ncol, value_range=value_range)
     # 8-bit before upscaling (in place, no float copy): the picture's memory is a byte a
     # value, not a float32 one times the colormap's copies
     g = np.round(np.multiply(g, 255.0, out=g), out=g).astype(np.uint8)
@@ -146,14 +168,16 @@ def _geometry(n: int, h: int, w: int, ncol: int, min_cell: int, pad: int = 1) ->
     return ncol, scale, gw * scale, gh * scale
 
 
-def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8) -> Path:
+def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8,
+                         value_range=(0.0, 1.0)) -> Path:
     """Rows of inputs, each directly above the row of their reconstructions."""
     n = (min(len(inputs), len(recons)) // ncol) * ncol or min(len(inputs), len(recons))
     ncol = min(ncol, n)
     rows = []
     for start in range(0, n, ncol):
         rows += [inputs[start:start + ncol], recons[start:start + ncol]]
-    return save_grid(torch.cat(rows).reshape(-1, *inputs.shape[1:]), path, ncol=ncol)
+    return save_grid(torch.cat(rows).reshape(-1, *inputs.shape[1:]), path, ncol=ncol,
+                     value_range=value_range)
 
 
 def latent_traversal(model, steps: int = 15, span: float = 0.95) -> torch.Tensor:

@@ -306,6 +306,8 @@ def _load_data(cfg, state, device, is_main, world, say):
     cfg["data_digest"] = data.digest
     data = dmol.setup(data, cfg, say if is_main else None)
     cfg["data_shape"] = list(data.shape)
+    from .plots import picture_range   # (plots' matplotlib is imported when it draws)
+    cfg["picture_range"] = list(picture_range(*data.bounds))
     _set_threads(cfg, device, math.prod(data.shape))
     return data
 
@@ -455,12 +457,15 @@ def _finish(core, data, cfg, device, out, history, initial, backend_name, world,
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
     x = data.test[:32].to(device)
+    shown = dict(value_range=cfg["picture_range"])
     with torch.no_grad():
         plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
-                                   out / "reconstructions.png")
-        plots.save_grid(core.sample(64, generator=gen).float().cpu(), out / "samples.png")
+                                   out / "reconstructions.png", **shown)
+        plots.save_grid(core.sample(64, generator=gen).float().cpu(), out / "samples.png",
+                        **shown)
         if core.latent_dim == 2 and not getattr(core, "hierarchical", False):
-            plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png", ncol=15)
+            plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png",
+                            ncol=15, **shown)
     if history:
         plots.save_curves(history, out / "curves.png")
     final_test = history[-1]["test"] if history else initial

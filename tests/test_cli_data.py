@@ -170,3 +170,28 @@ def test_data_the_untrained_model_cannot_score_is_refused_before_training(tmp_pa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "wide.npy" in err and "values in [" in err, err
     assert "--lr" not in err and not (tmp_path / "run").exists()
+
+
+def test_pictures_of_data_in_minus_1_1_show_its_whole_range(tmp_path, monkeypatch):
+    """train's pictures and sample's take the data's range from the run (the sample
+    command has no data): the grid is drawn from -1 (black) to 1 (white)."""
+    import numpy as np
+
+    from fastvae import plots
+
+    images = np.random.RandomState(0).uniform(-1, 1, (40, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", images)
+    ranges = []
+    real = plots.save_grid
+
+    def save_grid(*a, value_range=(0.0, 1.0), **k):
+        ranges.append(tuple(value_range))
+        return real(*a, value_range=value_range, **k)
+    monkeypatch.setattr(plots, "save_grid", save_grid)
+    assert cli.main(["train", *TINY, "--likelihood", "gaussian", "--dataset",
+                     str(tmp_path / "x.npy"), "--out", str(tmp_path / "run")]) == 0
+    assert cli.main(["sample", str(tmp_path / "run"), "--n", "4"]) == 0
+    shown = (float(images.min()), 1.0)   # the data's low end, and 1 (its top is below)
+    assert shown[0] < -0.99 and ranges and all(r == shown for r in ranges), ranges
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["config"][
+        "picture_range"] == list(shown)

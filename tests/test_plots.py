@@ -27,3 +27,22 @@ def test_most_images_of_a_picture_is_0_where_one_image_is_past_the_limit():
     for n, fits in ((most, True), (most + 1, False)):
         w, h = plots.grid_size((n, 1, 1, 1000), 3)
         assert (w * h <= plots.MAX_UPSCALED_PIXELS) == fits
+
+
+def test_a_picture_shows_data_past_0_1_in_its_own_range():
+    """Gaussian data in [-1, 1] was clipped to [0, 1]: a picture of data in [-1, 0] was
+    black. Data within [0, 1] keeps [0, 1] (not stretched to its own min and max)."""
+    from fastvae import plots
+
+    assert plots.picture_range(-1.0, 1.0) == (-1.0, 1.0)
+    assert plots.picture_range(0.1, 0.9) == (0.0, 1.0)
+    assert plots.picture_range(-1.0, 0.0) == (-1.0, 1.0)
+    images = torch.tensor([-1.0, -0.5, 0.0, 1.0]).reshape(4, 1, 1, 1)
+    g = plots.grid(images, ncol=4, value_range=(-1.0, 1.0))
+    assert g[1, 1::2].tolist() == [0.0, 0.25, 0.5, 1.0]
+    assert plots.grid(images, ncol=4)[1, 1::2].tolist() == [0.0, 0.0, 0.0, 1.0]
+    # a run saved without one, or with a damaged one: [0, 1]
+    for bad in ({}, {"picture_range": [1.0, -1.0]}, {"picture_range": "x"},
+                {"picture_range": [0.0, float("inf")]}, {"picture_range": [True, 2]}):
+        assert plots.saved_picture_range(bad) == (0.0, 1.0)
+    assert plots.saved_picture_range({"picture_range": [-1, 1]}) == (-1.0, 1.0)

@@ -161,19 +161,20 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
             or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool)):
         raise DataError(f"{source}: expected a real numeric array of images, got dtype "
                         f"{array.dtype}")
+    shape = array.shape
     if array.ndim == 2:
         array = array[:, None, None, :]
     elif array.ndim == 3:
         array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] not in (1, 3, 4) and array.shape[3] in (1, 3, 4):
+    elif array.ndim == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
         array = array.transpose(0, 3, 1, 2)          # NHWC -> NCHW
     elif array.ndim != 4:
         raise DataError(f"{source}: expected images shaped (N, H, W), (N, C, H, W), (N, H, W, C) "
-                        f"or (N, D), got shape {array.shape}")
+                        f"or (N, D), got shape {shape}")
     if array.shape[0] == 0:
-        raise DataError(f"{source}: the array holds no images (shape {array.shape})")
+        raise DataError(f"{source}: the array holds no images (shape {shape})")
     if math.prod(array.shape[1:]) == 0:
-        raise DataError(f"{source}: each image holds no values (shape {array.shape})")
+        raise DataError(f"{source}: each image holds no values (shape {shape})")
     if _eight_bit(array):
         array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
     with np.errstate(over="ignore"):   # a wider float past float32's range: said below

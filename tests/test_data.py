@@ -2,6 +2,7 @@
 errors for missing or malformed files."""
 import gzip
 import os
+import re
 
 import numpy as np
 import pytest
@@ -171,7 +172,9 @@ def test_bad_array_files(tmp_path):
         load_dataset(str(tmp_path / "two.npz"))
     for shape in ((200, 0), (5, 0, 3), (5, 3, 0, 2)):   # images without a single value
         np.save(tmp_path / "hollow.npy", np.zeros(shape, np.float32))
-        with pytest.raises(DataError, match=r"hollow.npy: each image holds no values"):
+        # the file's own shape, not the (N, C, H, W) it was read as
+        with pytest.raises(DataError, match=rf"hollow.npy: each image holds no values "
+                                            rf"\(shape {re.escape(str(shape))}\)"):
             load_dataset(str(tmp_path / "hollow.npy"))
     np.save(tmp_path / "flat5d.npy", np.zeros((2, 1, 1, 1, 1)))
     with pytest.raises(DataError, match="shape"):

@@ -226,7 +226,7 @@ def _cmd_eval(args):
                 f"pass --backend auto (or torch) to evaluate it on {device}")
     if args.data_dir is not None:
         cfg["dataset"], cfg["data_dir"] = run_data_source(cfg["dataset"], args.data_dir)
-    data = load_run_dataset(cfg["dataset"], cfg["data_dir"])
+    data = load_run_dataset(cfg["dataset"], cfg["data_dir"], run_shape=cfg.get("data_shape"))
     # the files may have changed since training: a traceback or a meaningless number else
     changed = data_changed(data, cfg.get("data_digest"), checkpoint_path(args.run))
     check_run_data(data, model.likelihood, cfg.get("data_shape"), checkpoint_path(args.run),

@@ -150,8 +150,14 @@ def _eight_bit(array) -> bool:
             and array.dtype.itemsize == 1)
 
 
-def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
-    """``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, D)`` -> float32 NCHW."""
+# The channel counts an axis may hold: gray, two bands (gray and alpha), RGB, RGBA.
+CHANNELS = (1, 2, 3, 4)
+
+
+def _as_images(array: np.ndarray, source: str, run_shape=None) -> torch.Tensor:
+    """``(N, H, W)``, ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, D)`` -> float32 NCHW.
+    ``run_shape``: a saved run's ``(C, H, W)``: an array that run read as NCHW is read so
+    again (runs trained before two channels last were read as such keep their layout)."""
     if not isinstance(array, np.ndarray):   # an .npz member that is not a .npy: its bytes
         raise DataError(f"{source}: expected a .npy array, got a {type(array).__name__} (an "
                         "archive member that is not a .npy file?)")
@@ -166,7 +172,8 @@ def _as_images(array: np.ndarray, source: str) -> torch.Tensor:
         array = array[:, None, None, :]
     elif array.ndim == 3:
         array = array[:, None]
-    elif array.ndim == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
+    elif (array.ndim == 4 and shape[1] not in CHANNELS and shape[3] in CHANNELS
+          and (run_shape is None or list(shape[1:]) != list(run_shape))):
         array = array.transpose(0, 3, 1, 2)          # NHWC -> NCHW
     elif array.ndim != 4:
         raise DataError(f"{source}: expected images shaped (N, H, W), (N, C, H, W), (N, H, W, C) "
@@ -332,9 +339,10 @@ def _read_idx_pair(name: str, data_dir: Path) -> Dataset:
     return _pair(name, out["train"], out["test"], paths["train"], paths["test"])
 
 
-def load_array_file(path) -> Dataset:
+def load_array_file(path, run_shape=None) -> Dataset:
     """Images from ``.npy`` (one array, split 80/20) or ``.npz`` (keys ``train``/``test``
-    or ``x_train``/``x_test``, else its only array, split 80/20)."""
+    or ``x_train``/``x_test``, else its only array, split 80/20); ``run_shape``: as
+    :func:`_as_images` takes it."""
     path = Path(path)
     if path.is_dir():
         raise DataError(f"dataset {path} is a folder; pass an .npy/.npz file of images, or "
@@ -349,12 +357,13 @@ def load_array_file(path) -> Dataset:
               else "")
     if len(arrays) == 2:   # a train/test pair
         (tr, train), (te, test) = arrays.items()
-        data = _pair(path.name, _as_images(train, f"{path}[{tr}]"),
-                     _as_images(test, f"{path}[{te}]"), f"{path}[{tr}]", f"{path}[{te}]")
+        data = _pair(path.name, _as_images(train, f"{path}[{tr}]", run_shape),
+                     _as_images(test, f"{path}[{te}]", run_shape), f"{path}[{tr}]",
+                     f"{path}[{te}]")
     else:
         (key, arr), = arrays.items()
         source = f"{path}[{key}]" if key else str(path)
-        data = Dataset(path.name, *_split(_as_images(arr, source), source))
+        data = Dataset(path.name, *_split(_as_images(arr, source, run_shape), source))
     data.scaled = scaled
     return data
 
@@ -445,14 +454,19 @@ def run_data_source(name: str, data_dir) -> tuple:
     return moved, data_dir
 
 
-def load_run_dataset(name: str, data_dir=None, download: bool = False) -> Dataset:
+def load_run_dataset(name: str, data_dir=None, download: bool = False,
+                     run_shape=None) -> Dataset:
     """:func:`load_dataset` of the dataset a saved run names (:func:`stored_name`): an array
     file gone from the path the run keeps is said as the run's, with what to do (a
-    dataset's own advice, which names datasets to pass, is no help to eval or --resume)."""
-    if _is_array_file(name) and not os.path.exists(name):
-        raise DataError(f"the run was trained on {name}, which is not there now; put the file "
-                        "back at that path, or pass --data-dir with the folder it is in now "
-                        "(its contents are checked against the run's)")
+    dataset's own advice, which names datasets to pass, is no help to eval or --resume).
+    ``run_shape``: the run's saved image shape, which an array file is read in where it
+    can be (:func:`_as_images`)."""
+    if _is_array_file(name):
+        if not os.path.exists(name):
+            raise DataError(f"the run was trained on {name}, which is not there now; put the "
+                            "file back at that path, or pass --data-dir with the folder it is "
+                            "in now (its contents are checked against the run's)")
+        return load_array_file(name, run_shape)
     return load_dataset(name, data_dir, download)
 
 

@@ -293,8 +293,9 @@ def _load_data(cfg, state, device, is_main, world, say):
     wait_for_download = world > 1 and cfg["download"]
     if wait_for_download and not is_main:
         torch.distributed.barrier()  # rank 0 fetches the files first
-    load = load_dataset if state is None else load_run_dataset   # fresh, resumed
-    data = load(cfg["dataset"], cfg["data_dir"], download=cfg["download"] and is_main)
+    download = cfg["download"] and is_main
+    data = (load_dataset(cfg["dataset"], cfg["data_dir"], download) if state is None else
+            load_run_dataset(cfg["dataset"], cfg["data_dir"], download, cfg.get("data_shape")))
     if wait_for_download and is_main:
         torch.distributed.barrier()
     ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvae.data import DataError, load_dataset, read_idx, write_idx
+from fastvae.data import DataError, load_dataset, load_run_dataset, read_idx, write_idx
 
 
 def test_digits_fixed_split_in_unit_range():
@@ -122,12 +122,20 @@ def test_npy_and_npz(tmp_path, monkeypatch):
     (tmp_path / "UP.npy").rename(tmp_path / "UP.NPY")
     monkeypatch.chdir(tmp_path)
     assert load_dataset("UP.NPY").shape == (1, 12, 10)
-    # the last axis is channels where it holds 1, 3 or 4 and axis 1 does not; otherwise
-    # NCHW, as runs trained on such files read them (their checkpoints keep that shape)
-    for shape, want in (((20, 8, 8, 3), (3, 8, 8)), ((20, 8, 8, 2), (8, 8, 2)),
+    # the last axis is channels where it holds 1 to 4 values and axis 1 does not; otherwise
+    # NCHW. Two channels last were read as NCHW (8 channels of 8 x 2): a run trained so
+    # keeps that layout (its checkpoint's shape), a new one reads the channels
+    for shape, want in (((20, 8, 8, 3), (3, 8, 8)), ((20, 8, 8, 2), (2, 8, 8)),
                         ((20, 2, 8, 8), (2, 8, 8)), ((20, 3, 3, 3), (3, 3, 3))):
         np.save(tmp_path / "d.npy", np.zeros(shape, np.uint8))
         assert load_dataset(str(tmp_path / "d.npy")).shape == want, shape
+    two = np.arange(20 * 8 * 8 * 2, dtype=np.float32).reshape(20, 8, 8, 2) / 2560
+    np.save(tmp_path / "d.npy", two)
+    for run_shape, layout in (([8, 8, 2], lambda t: t),
+                              ([2, 8, 8], lambda t: t.permute(2, 0, 1))):
+        got = load_run_dataset(str(tmp_path / "d.npy"), run_shape=run_shape).train[0]
+        i = round(float(got.flatten()[0]) * 2560 / 128)   # which image the split put first
+        assert torch.equal(got, layout(torch.from_numpy(two[i]))), run_shape
 
 
 def test_bad_array_files(tmp_path):

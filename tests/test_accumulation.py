@@ -1,8 +1,7 @@
 """Sums over many terms on the torch backend stay near eager float32's accuracy: the IWAE
 weights and reparameterize's backward over K samples, and a shared (D,) obs_logvar's
-gradient over many row chunks.
-Each was summed term after term in float32, an error that grew with K or B to 10-400x
-eager's (the oracle: the reference in float64)."""
+gradient over many row chunks, where a float32 running sum's error would grow with K or B
+to 10-400x eager's (the oracle: the reference in float64)."""
 import pytest
 import torch
 
@@ -15,8 +14,8 @@ def _rel(a, b):
 
 
 def test_iwae_gradients_over_many_samples():
-    """K = 20000: torch.softmax over dim 0 summed its weights in order (to 1 +- 3e-6 at
-    K = 5000); every gradient carried that, 4e-5 here against eager's 2e-7."""
+    """K = 20000: torch.softmax over dim 0 sums its weights in order (to 1 +- 3e-6 at
+    K = 5000), which every gradient would carry: 4e-5 here against eager's 2e-7."""
     g = torch.Generator().manual_seed(0)
     k, b, d, l = 20000, 2, 4, 3
     x = torch.rand(b, d, generator=g).round()
@@ -36,7 +35,7 @@ def test_iwae_gradients_over_many_samples():
 @pytest.mark.parametrize("shape", ["(D,)", "(1, D)"])
 def test_a_shared_obs_logvar_gradient_over_many_row_chunks(monkeypatch, shape):
     """The rows in 2500 chunks (the chunk size made small, the same code as B = 2500 x
-    2^17 / D): the chunks' sums of d/dobs_logvar were added up in float32."""
+    2^17 / D): the chunks' sums of d/dobs_logvar added up in float32 would be 6e-7 off."""
     monkeypatch.setattr(torch_rows, "CHUNK_ELEMS", 32)
     g = torch.Generator().manual_seed(1)
     b, d = 20000, 4
@@ -55,9 +54,9 @@ def test_a_shared_obs_logvar_gradient_over_many_row_chunks(monkeypatch, shape):
 @pytest.mark.parametrize("k", [65, 5000])
 @pytest.mark.parametrize("mu_grad", [True, False])
 def test_reparameterize_gradients_over_many_samples(k, mu_grad):
-    """The C backward summed dz_k and dz_k eps_k over every sample in float32 (1.2e-6 off at
-    K = 5000 against eager's 2e-7); it now sums blocks of samples, the blocks in float64.
-    eps is recovered from z: the blocks draw the forward's noise."""
+    """The C backward sums dz_k and dz_k eps_k over blocks of samples, the blocks in float64
+    (one float32 sum over every sample: 1.2e-6 off at K = 5000, eager 2e-7). eps is
+    recovered from z: the blocks draw the forward's noise."""
     g = torch.Generator().manual_seed(2)
     b, l = 4, 64
     mu = torch.randn(b, l, generator=g).requires_grad_(mu_grad)
@@ -72,3 +71,22 @@ def test_reparameterize_gradients_over_many_samples(k, mu_grad):
         assert _rel(mu.grad, dz.double().sum(0)) < 5e-7
     else:
         assert mu.grad is None
+
+
+@pytest.mark.parametrize("k", [64, 65, 128])
+def test_reparameterize_backward_without_d_mu_is_the_same_d_logvar(k):
+    """The C backward's blocks with no d_mu to write (the op asks for it whenever it has
+    samples: called directly here) give d_logvar bit for bit as with it."""
+    from fastvae.backends.torch_backend import gaussian_rows, native
+    if native.load() is None:
+        pytest.skip("the C kernels are unavailable")
+    g = torch.Generator().manual_seed(3)
+    b, l = 3, 40
+    lv = torch.randn(b, l, generator=g) * 0.5
+    dz = torch.randn(k, b, l, generator=g)
+    seed = torch.tensor([12345], dtype=torch.int64)
+    d_mu, with_mu, without = torch.empty(b, l), torch.empty(b, l), torch.empty(b, l)
+    assert gaussian_rows.sample_bwd_rows(dz, lv, seed, k, d_mu, with_mu)
+    assert gaussian_rows.sample_bwd_rows(dz, lv, seed, k, None, without)
+    assert torch.equal(with_mu, without)
+    assert _rel(d_mu, dz.double().sum(0)) < 3e-7

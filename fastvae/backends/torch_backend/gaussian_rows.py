@@ -211,7 +211,7 @@ def sample_bwd_rows(dz, lv, seed, n_samples: int, d_mu, d_lv, threads=None) -> b
                       i * n, _at(gm, i * n), gl + 4 * i * n, nthreads),
                    "fastvae_gauss_sample_bwd_rows")
 
-        native.for_rows(rows, rows * n * kb, block, threads)
+        native.for_rows(rows, rows * n * k, block, threads)   # threads: by the whole sum
         if blocked:
             for acc, part in zip(sums, (d_mu, d_lv)):
                 if acc is not None:

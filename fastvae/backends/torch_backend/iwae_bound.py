@@ -49,17 +49,19 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             mu_k, lv_k, upcast(z_k, dtype), upcast(prior_mu, dtype), upcast(prior_logvar, dtype),
             "mc")
     log_w = log_px.sub_(kl_kbl.sum(-1))                   # (K, B)
-    bound = torch.logsumexp(log_w, dim=0) - math.log(k)   # (B,)
     c = scale * reduce_scale(batch, reduction)
-    # The softmax over K written out: torch.softmax over dim 0 sums its K terms one after
-    # another in float32 (the weights summed to 1 +- 3e-6 at K = 5000), e.sum(0) pairwise.
-    # Shifted by 0 where a row's max is infinite, as the kernels' lse_shift: a +inf
-    # sample's weight is NaN and the others' 0, where inf - inf made the whole row NaN. A
-    # row whose every log w is -inf has no defined weight (0 / 0); it weighs 0, as the
-    # reference's, so it adds nothing to any gradient instead of NaN.
+    # The bound and the softmax over K from one pass of exp: torch.softmax over dim 0
+    # sums its K terms one after another in float32 (to 1 +- 3e-6 at K = 5000), e.sum(0)
+    # pairwise. Shifted by 0 where a row's max is infinite, as the kernels' lse_shift
+    # (inf - inf would make the row NaN): a +inf sample's weight is NaN, and the others'
+    # 0 unless their exp overflows too. A row whose every log w is -inf has no defined
+    # weight (0 / 0); it weighs 0, as the reference's, adding nothing to any gradient.
     top = log_w.amax(0)
-    e = torch.exp(log_w - torch.where(top.isfinite(), top, 0.0))
-    w = (e / e.sum(0)).masked_fill_(top.isneginf(), 0.0)
+    shift = torch.where(top.isfinite(), top, 0.0)
+    e = torch.exp(log_w - shift)
+    total = e.sum(0)
+    bound = torch.log(total) + shift - math.log(k)        # (B,): logsumexp
+    w = (e / total).masked_fill_(top.isneginf(), 0.0)
     wc = (w * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
     dropped = wc == 0   # not ~(wc > 0): a NaN weight stays NaN
 

@@ -107,11 +107,13 @@ def log_px_rows(x, recon, likelihood, obs, c, dtype, g_x, g_r, g_obs):
     obs_rows = isinstance(obs, torch.Tensor) and obs.dim() == 2
     if isinstance(obs, torch.Tensor) and not obs_rows:
         obs = obs.to(dtype)
-    # A (D,) gradient is summed over rows chunk after chunk, in a fixed order, in float64:
-    # hundreds of chunks' sums added in float32 drifted ~10x past eager's error.
+    # A (D,) gradient is summed over rows chunk after chunk, in a fixed order, in float64
+    # (float32 on MPS, which has no float64): hundreds of chunks' sums added in float32
+    # drift ~10x past eager's error.
     g_obs_sum = None
     if g_obs is not None and g_obs.dim() == 1:
-        g_obs_sum = torch.zeros(d, dtype=torch.float64, device=x.device)
+        g_obs_sum = torch.zeros(d, device=x.device, dtype=torch.float32
+                                if x.device.type == "mps" else torch.float64)
     for i, j in row_chunks(batch, d):
         xs, rs = x[i:j].to(dtype), recon[i:j].to(dtype)
         o = obs[i:j].to(dtype) if obs_rows else obs

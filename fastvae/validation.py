@@ -329,14 +329,18 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
 
 
 def _values(t):
-    """``t``'s values to check: under ``torch.func`` transforms, the tensor their wrappers
-    hold (a vmap's holds every sample's; ``bool()`` of a batched tensor is an error)."""
-    while _wrapped is not None and isinstance(t, torch.Tensor) and _wrapped(t):
+    """``t``'s values to check: under vmap and grad transforms, the tensor their wrappers
+    hold (a vmap's holds every sample's; ``bool()`` of a batched tensor is an error). Not
+    a functionalize wrapper's, whose inner tensor may lack its pending mutations (bool()
+    reads it right)."""
+    while isinstance(t, torch.Tensor) and any(w(t) for w in _WRAPPERS):
         t = torch._C._functorch.get_unwrapped(t)
     return t
 
 
-_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+_WRAPPERS = tuple(getattr(torch._C._functorch, name) for name in
+                  ("is_batchedtensor", "is_gradtrackingtensor")
+                  if hasattr(torch._C._functorch, name))
 
 
 def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,

@@ -232,6 +232,8 @@ def test_triton_backend_on_cpu_tensors_is_a_clear_error(monkeypatch):
     ("triton", "needs the triton package"),
     # an installed wheel shadowed by a source checkout, whose fastvae/ has no kernels
     ("fastvae.kernels", r"failed to import \(ModuleNotFoundError: No module named 'fastvae.kernels'\)"),
+    # a triton installed but broken, or of another version
+    ("triton.language", r"failed to import \(ModuleNotFoundError: No module named 'triton.language'\)"),
 ])
 def test_a_triton_backend_that_does_not_import_says_why(missing, says, monkeypatch):
     from fastvae import backends
@@ -301,6 +303,15 @@ def test_value_checks_under_torch_func(backend, restore_validation):
     for transform in (vmap(f), vmap(grad(f))):
         with pytest.raises(ValueError, match=r"recon has 1 non-finite value\(s\)"):
             transform(rs)
+    # functionalize: bool() reads its wrapper right, with the mutations still pending
+    from torch.func import functionalize
+
+    def mutated(r):
+        r2 = r.clone()
+        r2[0].fill_(float("nan"))
+        return fastvae.elbo(x, r2, mu, lv, backend=backend)
+    with pytest.raises(ValueError, match=r"recon has 4 non-finite value\(s\)"):
+        functionalize(mutated)(r)
     xs = torch.stack([x, x * 2 + 0.5])   # the second sample's x leaves [0, 1]
     with pytest.raises(ValueError, match=r"needs x in \[0, 1\], got values in \[0\.\d+, 2\."):
         vmap(lambda x: fastvae.elbo(x, r, mu, lv, backend=backend))(xs)

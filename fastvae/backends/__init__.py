@@ -72,7 +72,9 @@ def triton_available() -> bool:
             _triton_ok = True
         except ImportError as e:
             _triton_ok = False
-            if (e.name or "").partition(".")[0] != "triton":
+            # only "No module named 'triton'" is a missing package; a submodule or a name
+            # that does not import is an installed one that is broken or of another version
+            if not (isinstance(e, ModuleNotFoundError) and e.name == "triton"):
                 _triton_broken = f"{type(e).__name__}: {e}"
     return _triton_ok
 

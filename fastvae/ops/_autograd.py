@@ -21,8 +21,8 @@ from torch import Tensor
 
 from .. import backends
 from .._dtypes import same_shape, saved_grad_dtype
-from ._modes import (dispatch_modes, forward_ad_active, functorch_active, is_tracing,
-                     plain_eager, transform_stacked)
+from ._modes import (carries_tangent, dispatch_modes, forward_ad_active, functorch_active,
+                     is_tracing, plain_eager, transform_stacked)
 
 
 def needs(*ts) -> List[bool]:
@@ -233,7 +233,7 @@ def with_higher_order(backward: Callable, higher: Callable) -> Callable:
     ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
-        if batched_backward(grads) or forward_ad_active():
+        if batched_backward(grads) or carries_tangent(grads):
             # the backends' kernels cannot read batched grads (no storage), nor carry a
             # dual grad_output's tangent (a forward derivative of this backward); the
             # recomputation is aten math every transform composes with
@@ -273,7 +273,7 @@ def usual_backward(ctx, grad_out) -> bool:
     return (type(grad_out) is torch.Tensor and grad_out.dim() == 0 and not grad_out.is_neg()
             and not torch.is_grad_enabled() and ctx.owns_saved
             and not torch.compiler.is_compiling() and not _graph_kept()
-            and not transform_stacked() and not forward_ad_active()
+            and not transform_stacked() and not carries_tangent((grad_out,))
             and (_legacy_batched is None or not _legacy_batched(grad_out)))
 
 

@@ -54,6 +54,17 @@ def forward_ad_active() -> bool:
 _fwad = torch.autograd.forward_ad
 
 
+def carries_tangent(grads) -> bool:
+    """Whether a backward's grad_output is dual (a forward derivative of the backward, at
+    an open level): the saved gradients and the kernels would drop its tangent."""
+    if _fwad._current_level < 0:
+        return False
+    for g in grads:  # a loop, not any(genexpr): this runs on every backward at a level
+        if g is not None and _fwad.unpack_dual(g).tangent is not None:
+            return True
+    return False
+
+
 is_tracing = torch._C._is_tracing
 
 

@@ -103,9 +103,9 @@ def test_a_cache_folder_that_cannot_take_the_build_builds_for_the_process(cache,
 
 
 def test_a_cache_folder_mounted_noexec_builds_in_a_temporary_folder(cache, monkeypatch):
-    """A library built on a noexec mount verifies, then fails to map: every flag set was
-    built twice there, in every process, before the aten path. Now the cache folder is
-    passed over, and where the temporary folder is noexec too nothing is built."""
+    """A library built on a noexec mount verifies, then fails to map (each flag set built
+    twice, in every process, before the aten path): the cache folder is passed over, and
+    where the temporary folder is noexec too nothing is built."""
     _needs_compiler()
     monkeypatch.setattr(native.native_cache, "runs_code", lambda d: d != str(cache))
     monkeypatch.setattr(native.native_cache, "_cache_warned", False)

@@ -396,10 +396,10 @@ def test_large_counters_use_the_high_word(kernel_device):
 
 def test_sample_with_kl_chunks_past_2_31_columns(kernel_device):
     """A row of more than 2^31 latents (B = 1, a (1, 48, 8192, 8192) map) split into the
-    chunks an H200's plan makes: every chunk starts where it should. The start was an
-    int32 product and wrapped negative from chunk 352 on: reads and writes before the
-    buffers, the row's last third never written. Checked on the helper itself (such
-    tensors do not fit a test)."""
+    chunks an H200's plan makes: every chunk starts where it should (an int32 product
+    would wrap negative from chunk 352 on: reads and writes before the buffers, the
+    row's last third never written). Checked on the helper itself (such tensors do not
+    fit a test)."""
     import triton
 
     from fastvae.backends.triton_backend import _launch

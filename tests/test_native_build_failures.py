@@ -109,11 +109,17 @@ def test_a_cache_folder_mounted_noexec_builds_in_a_temporary_folder(cache, monke
     _needs_compiler()
     monkeypatch.setattr(native.native_cache, "runs_code", lambda d: d != str(cache))
     monkeypatch.setattr(native.native_cache, "_cache_warned", False)
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **k: made.append(real(**k)) or made[-1])
     with pytest.warns(RuntimeWarning, match=f"cache folder {cache} is on a file system mounted "
                       "noexec.*FASTVAE_CACHE_DIR to a writable folder on a file system that "
                       "allows running code"):
         assert native.load() is not None, native.status()
     assert not any(cache.iterdir())
+    # one folder for the load (its probe and every build), gone once loaded
+    folders = [d for d in made if os.path.basename(d).startswith("fastvae-")]
+    assert len(folders) == 1 and not os.path.exists(folders[0]), made
 
 
 def test_no_folder_that_runs_code_builds_nothing(cache, monkeypatch):

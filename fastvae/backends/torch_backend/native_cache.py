@@ -45,11 +45,14 @@ class NoFolder(OSError):
 
 
 def process_cache(wanted: str, noexec: bool = False) -> str:
-    """A temporary folder for one build, removed once :func:`native.load` is done (a loaded
-    library stays mapped; a process that exits before that, at exit), said once a
-    process: each process builds again until the cache is fixed. :class:`NoFolder` where
-    the temporary folder is mounted noexec too: no build there would load."""
+    """A temporary folder for this load's builds (one, however often asked: the probe and
+    each flag set), removed once :func:`native.load` is done (a loaded library stays
+    mapped; a process that exits before that, at exit), said once a process: each process
+    builds again until the cache is fixed. :class:`NoFolder` where the temporary folder is
+    mounted noexec too: no build there would load."""
     global _cache_warned
+    if _temporary:
+        return _temporary[-1]
     problem = (f"the C kernels' cache folder {wanted} is on a file system mounted noexec"
                if noexec else f"cannot write the C kernels' cache folder {wanted}")
     fix = "set FASTVAE_CACHE_DIR to a writable folder"

@@ -305,7 +305,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
             ``"dreg"`` (doubly reparameterized, Tucker et al. 2018): decoder gradients
             as "standard" (``w~_k`` weighting), encoder gradient
             ``sum_k w~_k^2 (d log w_k / d z_k)(d z_k / d phi)`` with log q at stopped
-            parameters. Unbiased, and its signal-to-noise ratio does not decay with K.
+            parameters. Unbiased, and its signal-to-noise ratio decays far more slowly
+            with K than the standard estimator's (which goes as 1/sqrt(K)).
             The second ``w~_k`` is a gradient hook this call registers on ``z_k``: in
             this bound's backward it multiplies *every* gradient reaching z_k (the
             decoder's path included) by ``w~_k``, so ``z_k.grad`` is

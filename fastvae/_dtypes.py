@@ -28,6 +28,12 @@ def same_shape(a, b) -> bool:
     return len(a) == len(b) and a == b
 
 
+def widest(device: torch.device) -> torch.dtype:
+    """The dtype a sum that must not drift is carried in on ``device``: float64, float32 on
+    MPS (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def upcast(t, dtype):
     """t in ``dtype`` (floats and None pass through)."""
     return t.to(dtype) if isinstance(t, torch.Tensor) else t

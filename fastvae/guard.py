@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from . import ranks, stops
+from ._dtypes import widest
 
 
 class NonFiniteLoss(RuntimeError):
@@ -45,7 +46,7 @@ def _norms(tensors) -> torch.Tensor:
     clip_grad_norm_ uses), a loop otherwise; MPS has no float64."""
     if not tensors:
         return torch.zeros(0)
-    wide = torch.float32 if tensors[0].device.type == "mps" else torch.float64
+    wide = widest(tensors[0].device)
     try:
         norms = torch._foreach_norm(tensors, 2, dtype=wide)
     except (AttributeError, TypeError, RuntimeError):

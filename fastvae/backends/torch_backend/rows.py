@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import saved_grad_dtype
+from ..._dtypes import saved_grad_dtype, widest
 from . import native
 from . import terms
 
@@ -108,12 +108,11 @@ def log_px_rows(x, recon, likelihood, obs, c, dtype, g_x, g_r, g_obs):
     if isinstance(obs, torch.Tensor) and not obs_rows:
         obs = obs.to(dtype)
     # A (D,) gradient is summed over rows chunk after chunk, in a fixed order, in float64
-    # (float32 on MPS, which has no float64): hundreds of chunks' sums added in float32
-    # drift ~10x past eager's error.
+    # where the device has it: hundreds of chunks' sums added in float32 drift ~10x past
+    # eager's error.
     g_obs_sum = None
     if g_obs is not None and g_obs.dim() == 1:
-        g_obs_sum = torch.zeros(d, device=x.device, dtype=torch.float32
-                                if x.device.type == "mps" else torch.float64)
+        g_obs_sum = torch.zeros(d, dtype=widest(x.device), device=x.device)
     for i, j in row_chunks(batch, d):
         xs, rs = x[i:j].to(dtype), recon[i:j].to(dtype)
         o = obs[i:j].to(dtype) if obs_rows else obs

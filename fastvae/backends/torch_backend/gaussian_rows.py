@@ -194,17 +194,15 @@ def sample_bwd_rows(dz, lv, seed, n_samples: int, d_mu, d_lv, threads=None) -> b
     (v, sv, _v), k = _rows_of(lv), max(n_samples, 1)
     d, sd = dz.data_ptr(), seed.data_ptr()
     cp = cpad(rows * n)
-    blocked = k > SAMPLE_BLOCK
-    if blocked:   # each block into these, added up in float64
-        sums = [None if t is None else torch.zeros(t.shape, dtype=torch.float64)
-                for t in (d_mu, d_lv)]
-        out_mu, out_lv = d_mu, d_lv
-        d_mu = None if d_mu is None else torch.empty_like(d_mu)
-        d_lv = torch.empty_like(d_lv)
-    gm, gl = _addr(d_mu), d_lv.data_ptr()
-    for k0 in range(0, k, SAMPLE_BLOCK if blocked else k):
-        kb = min(k - k0, SAMPLE_BLOCK) if blocked else k
-        dk = d + 4 * k0 * rows * n
+    outs = parts = (d_mu, d_lv)
+    starts = range(0, k, SAMPLE_BLOCK)
+    blocked = len(starts) > 1
+    if blocked:   # each block into ``parts``, added up in float64 into ``sums``
+        parts = [None if t is None else torch.empty_like(t) for t in outs]
+        sums = [None if t is None else torch.zeros(t.shape, dtype=torch.float64) for t in outs]
+    gm, gl = _addr(parts[0]), parts[1].data_ptr()
+    for k0 in starts:
+        kb, dk = min(k - k0, SAMPLE_BLOCK), d + 4 * k0 * rows * n
 
         def block(i, count, nthreads, dk=dk, k0=k0, kb=kb):
             _check(fn(count, n, dk + 4 * i * n, rows * n, v + 4 * i * sv, sv, sd, k0, kb, cp,
@@ -213,11 +211,11 @@ def sample_bwd_rows(dz, lv, seed, n_samples: int, d_mu, d_lv, threads=None) -> b
 
         native.for_rows(rows, rows * n * k, block, threads)   # threads: by the whole sum
         if blocked:
-            for acc, part in zip(sums, (d_mu, d_lv)):
+            for acc, part in zip(sums, parts):
                 if acc is not None:
                     acc += part
     if blocked:
-        for out, acc in zip((out_mu, out_lv), sums):
+        for out, acc in zip(outs, sums):
             if out is not None:
                 out.copy_(acc)
     return True

@@ -231,10 +231,10 @@ def main(argv=None):
         try:
             run_case(label, shapes, device, backend, args.reps, args.budget_s, with_compile,
                      res["cases"], saved)
-        except Exception as e:
+        except Exception as e:   # (run_case saves after each row: this one's line too)
             log(f"case {label}: FAILED {type(e).__name__}: {e}")
             res.setdefault("failed", []).append(f"{label}: {type(e).__name__}: {e}"[:300])
-        saved()
+            saved()
         if cuda:
             torch.cuda.empty_cache()
     saved(quiet=False)

@@ -1,7 +1,8 @@
 """ELBOLoss, IWAELoss and DiscretizedLogisticMixtureNLLLoss: the negative ELBO, IWAE bound
 and DMoL log-likelihood as ``nn.Module``s, like torch's ``*Loss`` modules. Each, but the
-DMoL IWAE bound (:class:`IWAELoss`), takes the sign inside its fused op, so that ``loss.backward()`` hands the op a grad_output of exactly
-1 and the gradients its forward pass wrote need no second pass."""
+DMoL IWAE bound (:class:`IWAELoss`), takes the sign inside its fused op, so that
+``loss.backward()`` hands the op a grad_output of exactly 1 and the gradients its forward
+pass wrote need no second pass."""
 from __future__ import annotations
 
 from torch import nn

@@ -110,10 +110,10 @@ def upscale_factor(h: int, w: int, grid_pixels: int, min_cell: int = 48) -> int:
 def save_grid(images: torch.Tensor, path, ncol: int = 8, min_cell: int = 48,
               value_range=(0.0, 1.0)) -> Path:
     """Save ``(N, C, H, W)`` images within ``value_range`` (:func:`grid`; values past it
-    clip) as a PNG grid, ``ncol`` a row (fewer for
-    fewer images: columns of filler only widen the picture); small images are scaled up
-    by an integer factor (nearest neighbour, :func:`upscale_factor`) so an 8x8 digit is
-    still visible. Flat images are drawn as :func:`as_pictures` says.
+    clip) as a PNG grid, ``ncol`` a row (fewer for fewer images: columns of filler only
+    widen the picture); small images are scaled up by an integer factor (nearest
+    neighbour, :func:`upscale_factor`) so an 8x8 digit is still visible. Flat images are
+    drawn as :func:`as_pictures` says.
     Returns the path; the picture's size is :func:`grid_size`'s."""
     images = as_pictures(images)
     n, _, h, w = images.shape

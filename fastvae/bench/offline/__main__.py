@@ -39,7 +39,8 @@ def _triton_folder(path):
 
 def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    p = o.Parser(prog="python -m fastvae.bench.offline", description="the offline judge of the Triton kernels")
+    p = o.Parser(prog="python -m fastvae.bench.offline",
+                 description="the offline judge of the Triton kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
     c.add_argument("--tier", choices=catalog.TIERS, default="ci")

@@ -477,6 +477,19 @@ def test_no_compiler_warns(cache, monkeypatch):
         assert native.load() is None
 
 
+def test_fallback_warning_names_the_callers_line(cache, monkeypatch):
+    """The warning points at the line that called fastvae (here, through nn.Module's
+    __call__ too), not at fastvae's or torch's frames."""
+    import fastvae
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    x = torch.rand(4, 6)
+    logits, mu, logvar = torch.randn(4, 6), torch.randn(4, 3), torch.randn(4, 3)
+    with pytest.warns(RuntimeWarning, match="no C compiler") as caught:
+        fastvae.ELBOLoss(backend="torch")(logits, x, mu, logvar)
+    assert {w.filename for w in caught} == {__file__}
+
+
 def test_disabled_does_not_warn(cache, monkeypatch):
     monkeypatch.setattr(native, "_warned", False)
     monkeypatch.setenv("FASTVAE_NATIVE", "0")

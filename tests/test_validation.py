@@ -252,8 +252,9 @@ def test_a_triton_backend_that_does_not_import_says_why(missing, says, monkeypat
             warnings.simplefilter("error")
             assert backends.select("auto", cuda) == "torch"
     else:                     # said once: auto would silently run the slower backend
-        with pytest.warns(RuntimeWarning, match="failed to import.*run the torch backend"):
+        with pytest.warns(RuntimeWarning, match="failed to import.*run the torch backend") as w:
             assert backends.select("auto", cuda) == "torch"
+        assert w[0].filename == __file__
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert backends.select("auto", cuda) == "torch"

@@ -31,12 +31,11 @@ Results are float64 when any floating input is float64, else float32
 from __future__ import annotations
 
 import importlib
-import warnings
 from types import ModuleType
 
 import torch
 
-from .. import _env
+from .. import _env, _warnings
 
 NAMES = ("auto", "torch", "triton", "reference")
 _MODULES = {
@@ -92,8 +91,7 @@ def _warn_broken_once() -> None:
     global _broken_warned
     if not _broken_warned:
         _broken_warned = True
-        warnings.warn(f"fastvae: {triton_missing()}; CUDA tensors run the torch backend",
-                      RuntimeWarning, stacklevel=4)
+        _warnings.warn(f"fastvae: {triton_missing()}; CUDA tensors run the torch backend")
 
 
 def check_name(name, source: str = "backend") -> None:

@@ -47,11 +47,11 @@ import signal
 import subprocess
 import tempfile
 import threading
-import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
 
+from ... import _warnings
 from ..._durable import fsync_dir
 from . import native_cache, openmp
 from .elf import elf_needed
@@ -352,10 +352,9 @@ def load():
                     native_cache.drop_temporary()
                 if _fn is None and not _status.startswith("disabled") and not _warned:
                     _warned = True
-                    warnings.warn(f"fastvae: the C kernels are unavailable ({_status}); the "
-                                  "torch backend runs its slower aten paths. FASTVAE_NATIVE=0 "
-                                  "selects that path without this warning.", RuntimeWarning,
-                                  stacklevel=3)
+                    _warnings.warn(f"fastvae: the C kernels are unavailable ({_status}); the "
+                                   "torch backend runs its slower aten paths. FASTVAE_NATIVE=0 "
+                                   "selects that path without this warning.")
     return _fn
 
 

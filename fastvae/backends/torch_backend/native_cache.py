@@ -9,8 +9,9 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from typing import List
+
+from ... import _warnings
 
 
 def cache_dir() -> str:
@@ -64,9 +65,8 @@ def process_cache(wanted: str, noexec: bool = False) -> str:
                        f"noexec ({exec_fix})")
     if not _cache_warned:
         _cache_warned = True
-        warnings.warn(f"fastvae: {problem}; they are built for this process only "
-                      f"({exec_fix if noexec else fix})",
-                      RuntimeWarning, stacklevel=2)
+        _warnings.warn(f"fastvae: {problem}; they are built for this process only "
+                       f"({exec_fix if noexec else fix})")
     return d
 
 

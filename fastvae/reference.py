@@ -14,17 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from . import estimators
+from ._cb import CB_SERIES_BELOW, logc_coeffs
 from ._dtypes import result_dtype, upcast
 
 LOG_2 = math.log(2.0)
 LOG_2PI = math.log(2.0 * math.pi)
-
-# Below this |u| the two-term series of log(u / tanh u) is exact to float64 rounding
-# (the next term is 62 u^6 / 2835).
-_CB_SERIES_BELOW = 1e-3
-# In float32 the log form's derivative, 1/u - 1/tanh u + tanh u, loses ~eps/|u| to
-# cancellation (1e-5 relative just above 1e-3); the series is exact to fp32 up to 5e-2.
-_CB_SERIES_BELOW_FP32 = 5e-2
 
 
 def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -60,14 +54,21 @@ def _shift(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def cb_log_norm(logits: torch.Tensor) -> torch.Tensor:
-    """log C(l) of the continuous Bernoulli in logit space: log 2 + log(u / tanh u), u = l/2."""
-    u = logits / 2
-    small = u.abs() < (_CB_SERIES_BELOW if u.dtype == torch.float64 else _CB_SERIES_BELOW_FP32)
-    safe_u = torch.where(small, torch.ones_like(u), u).abs()  # keeps 1/u out of the gradient
-    exact = torch.log(safe_u) - torch.log(torch.tanh(safe_u))
-    small_u = torch.where(small, u, torch.zeros_like(u))  # keeps u**4's overflow out too
-    series = small_u**2 / 3 - 7 * small_u**4 / 90
-    return LOG_2 + torch.where(small, series, exact)
+    """log C(l) of the continuous Bernoulli in logit space: log(l / tanh(l/2)), even in l.
+    Below |l| = 1 the polynomial of ``fastvae._cb`` (autograd's derivative of it is the fit
+    of 1/l - 1/sinh l: differentiated, the closed form cancels to ~eps/|l| there); above,
+    ``log|l| - log tanh(|l|/2)``."""
+    a = logits.abs()
+    small = a < CB_SERIES_BELOW
+    safe_a = torch.where(small, torch.ones_like(a), a)  # keeps 1/a out of the gradient
+    exact = torch.log(safe_a) - torch.log(torch.tanh(safe_a / 2))
+    small_l = torch.where(small, logits, torch.zeros_like(logits))  # keeps s**k's overflow out too
+    s = small_l * small_l
+    q = logc_coeffs(logits.dtype == torch.float64)
+    poly = torch.full_like(s, q[-1])
+    for c in reversed(q[:-1]):
+        poly = poly * s + c
+    return torch.where(small, LOG_2 + s * poly, exact)
 
 
 def log_likelihood(x, recon, likelihood: str, obs_logvar=0.0) -> torch.Tensor:

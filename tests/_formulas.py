@@ -79,6 +79,33 @@ def cb_log_norm_grad_mpmath(l: float, dps: int = 50) -> float:
         return float(0.5 * (1 / u - 1 / mpmath.tanh(u) + mpmath.tanh(u)))
 
 
+def _cb_decimal(l: float, grad: bool) -> float:
+    """log C(l) = log(l / tanh(l/2)), or its derivative 1/l - 1/sinh l, in ``decimal``
+    (no mpmath): ``l`` is taken exactly and carried with 60 digits plus those the
+    derivative's two ~1/|l| terms cancel (2 per decade below 1); the one rounding is float()'s."""
+    import decimal
+
+    if l == 0:
+        return 0.0 if grad else LOG2
+    a = abs(l)
+    ctx = decimal.Context(prec=60 + max(0, -2 * math.floor(math.log10(a))))
+    x = decimal.Decimal(a)
+    ex = ctx.exp(x)
+    if grad:
+        inv_sinh = ctx.divide(2, ctx.subtract(ex, ctx.divide(1, ex)))
+        return math.copysign(float(ctx.subtract(ctx.divide(1, x), inv_sinh)), l)
+    coth_half = ctx.divide(ctx.add(ex, 1), ctx.subtract(ex, 1))      # 1 / tanh(a/2)
+    return float(ctx.ln(ctx.multiply(x, coth_half)))
+
+
+def cb_log_norm_decimal(l: float) -> float:
+    return _cb_decimal(l, grad=False)
+
+
+def cb_log_norm_grad_decimal(l: float) -> float:
+    return _cb_decimal(l, grad=True)
+
+
 def gaussian_ll(x, m, s):
     """-0.5 * ((x-m)^2 * exp(-s) + s + log(2 pi)), elementwise; s a float or tensor."""
     s = d(s)

@@ -109,6 +109,63 @@ def test_cb_gradient_everywhere(backend, dtype):
     assert ((l.grad.double().flatten() - want).abs() <= tol).all(), (l.grad.flatten(), want)
 
 
+# Logits about the switches between series and closed form, the old ones (|l| = 0.1 in
+# float32, 2e-3 in float64) and the present one (|l| = 1), and between them: where
+# l / tanh(l/2) and, more, 1/l - 1/sinh l cancel.
+CB_NEAR_ZERO = [s * m for s in (1.0, -1.0) for m in (
+    1e-6, 1e-4, 3e-4, 1e-3, 1.9e-3, 2e-3, 2.1e-3, 5e-3, 0.01, 0.03, 0.0999, 0.1, 0.1001, 0.12,
+    0.2, 0.35, 0.5, 0.7, 0.9, 0.999, 1.0, 1.001, 1.2, 1.5, 2.0, 3.0, 7.0)]
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_cb_log_norm_and_derivative_near_zero(dtype):
+    """The reference's log C (and autograd's derivative of it) and the "torch" backend's
+    value and derivative against a ``decimal`` evaluation (no mpmath needed): the value
+    within 3 eps relative, d/dl within 8 eps relative. As the difference 1/l - 1/sinh l
+    just past the old short series' ends the derivative was 430 eps off in float32 here
+    (|l| ~ 0.1) and 4.6e5 eps (1e-10) in float64 (|l| ~ 2e-3)."""
+    from fastvae import reference
+    from fastvae.backends.torch_backend import terms
+
+    eps = torch.finfo(dtype).eps
+    l = torch.tensor([0.0] + CB_NEAR_ZERO, dtype=dtype)
+    pts = l.double().tolist()  # the representable points
+    want_v = torch.tensor([F.cb_log_norm_decimal(p) for p in pts], dtype=F64)
+    want_d = torch.tensor([F.cb_log_norm_grad_decimal(p) for p in pts], dtype=F64)
+    leaf_l = l.clone().requires_grad_()
+    ref_v = reference.cb_log_norm(leaf_l)
+    ref_v.sum().backward()
+    for name, v, g in (("reference", ref_v.detach(), leaf_l.grad),
+                       ("torch", *terms.cb_log_norm(l))):
+        v, g = v.double(), g.double()
+        assert abs(v[0].item() - math.log(2)) <= eps and g[0].item() == 0, (name, v[0], g[0])
+        err_v = ((v - want_v) / want_v).abs()[1:].max().item() / eps
+        err_d = ((g - want_d) / want_d).abs()[1:].max().item() / eps
+        assert err_v <= 3 and err_d <= 8, (name, err_v, err_d)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_cb_normaliser_gradient_near_zero(backend, dtype):
+    """Through fastvae.elbo on every backend: d/dl of the continuous Bernoulli term less the
+    Bernoulli term's is 1/l - 1/sinh l (``decimal``) to within the two gradients' rounding,
+    2 eps absolute (at these points it was 7 eps in float32 and 160 eps in float64 on the
+    reference and "torch" backends)."""
+    dt = case_dtype(backend, dtype)
+    l = torch.tensor(CB_NEAR_ZERO, dtype=dt).reshape(-1, 1)
+    x = torch.full_like(l, 0.25)
+    z = torch.zeros(l.shape[0], 1, dtype=dt)
+    got = []
+    for likelihood in ("continuous_bernoulli", "bernoulli"):
+        r = l.clone().requires_grad_()
+        fastvae.elbo(x, r, z, z, likelihood=likelihood, reduction="sum",
+                     backend=backend).backward()
+        got.append(r.grad.double().flatten())
+    want = torch.tensor([F.cb_log_norm_grad_decimal(p) for p in l.double().flatten().tolist()],
+                        dtype=F64)
+    err = (got[0] - got[1] - want).abs().max().item() / torch.finfo(dt).eps
+    assert err <= 2, err
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("create_graph", [False, True])
 def test_cb_gradient_at_huge_logits(backend, dtype, create_graph):
@@ -390,8 +447,8 @@ def test_many_rows_half(seed, backend, cpu_path, dtype):
         got.sum().backward()
         (e,) = grads(want, [r64])
         assert rs.grad.dtype == dtype
-        # fp32 math (x - sigmoid(l) cancels, and so does the CB term's 1/u - 1/tanh u:
-        # up to ~1e-6 absolute), then one rounding to the half dtype (half an ulp relative)
+        # fp32 math (x - sigmoid(l) cancels: up to ~1e-6 absolute), then one rounding to
+        # the half dtype (half an ulp relative)
         rtol = torch.finfo(dtype).eps
         assert_close(f"d/drecon {likelihood}", rs.grad, e, dtype, rtol=rtol, scale=4e-6 / rtol)
 

@@ -300,6 +300,27 @@ def _why_unreadable(path: Path, e: BaseException) -> str:
     return "it is corrupt, or holds objects other than a checkpoint's tensors and plain values"
 
 
+def _tensors(obj):
+    """The tensors in a checkpoint's dicts, lists and tuples."""
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _unhashable(state: dict, e: BaseException) -> str:
+    """Why :func:`checksum` could not read a loaded checkpoint's content."""
+    if any(t.is_meta for t in _tensors(state)):
+        return ("it holds tensors without data (on the 'meta' device): it was saved from a "
+                "model whose weights were never made")
+    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return f"it holds a tensor whose bytes cannot be read ({type(e).__name__}: {first})"
+
+
 def load_checkpoint(run, map_location="cpu") -> dict:
     """Load and check a checkpoint from a run folder or a file.
 
@@ -342,15 +363,21 @@ def load_checkpoint(run, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastvae checkpoint (no '{FORMAT}' tag); "
                               "it was written by something else")
-    if state.get("version") not in (1, VERSION):
-        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, "
+    # an int: True == 1 and 2.0 == 2, but a bool or float is no version fastvae writes
+    if type(state.get("version")) is not int or state["version"] not in (1, VERSION):
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')!r}, "
                               f"this fastvae reads versions 1 to {VERSION}")
     if state["version"] >= 2:
         want = state.pop("checksum", None)
         if want is None:
             raise CheckpointError(f"{path} has no checksum; the file is incomplete or was "
                                   "edited")
-        if checksum(state) != want:
+        try:
+            got = checksum(state)
+        except Exception as e:   # NotImplementedError: a tensor on "meta" has no bytes
+            raise CheckpointError(f"{path} is not a readable fastvae checkpoint: "
+                                  f"{_unhashable(state, e)}") from None
+        if got != want:
             raise CheckpointError(f"{path} does not match its checksum: the file is damaged "
                                   "(disk or copy error) or was edited; use another copy")
     require(state, path, ("config", "model", "epoch"), "to use it")

@@ -24,6 +24,7 @@ import functools
 import gzip
 import hashlib
 import math
+import ntpath
 import os
 import struct
 import zlib
@@ -447,9 +448,14 @@ def run_data_source(name: str, data_dir) -> tuple:
         raise ValueError(f"--data-dir: the run's dataset {name} is not read from a folder "
                          "(--data-dir is MNIST's or Fashion-MNIST's, or the one a run's "
                          ".npy/.npz has moved to); drop --data-dir")
-    moved = os.path.abspath(os.path.join(data_dir, os.path.basename(name)))
-    if not os.path.isfile(moved):
-        raise DataError(f"--data-dir {data_dir}: no {os.path.basename(name)} there (the run was "
+    # the file's name whichever system the run was trained on: a run trained on Windows
+    # keeps C:\data\x.npy, whose POSIX basename is all of it (ntpath splits at either
+    # separator; a POSIX name holding a backslash is tried as it is first)
+    names = dict.fromkeys((os.path.basename(name), ntpath.basename(name)))
+    moved = next((m for m in (os.path.abspath(os.path.join(data_dir, n)) for n in names)
+                  if os.path.isfile(m)), None)
+    if moved is None:
+        raise DataError(f"--data-dir {data_dir}: no {ntpath.basename(name)} there (the run was "
                         f"trained on {name})")
     return moved, data_dir
 

@@ -338,6 +338,20 @@ TRAIN_CHOICES = {"model": MODELS, "likelihood": LIKELIHOODS, "kl": KL_MODES,
                  "backend": backends.NAMES}
 
 
+def plain_values(cfg: dict) -> dict:
+    """``cfg`` with each numpy scalar (a sweep's ``np.logspace`` lr, an ``np.int64`` size),
+    in a list or tuple too, as the Python number it holds: the config goes into the
+    checkpoint, which must load with ``torch.load(weights_only=True)`` (it refuses numpy
+    objects), and into metrics.json (json refuses ``np.int64``)."""
+    def plain(value):
+        if isinstance(value, (list, tuple)):
+            return type(value)(plain(v) for v in value)
+        if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+            return value.item()
+        return value
+    return {k: plain(v) for k, v in cfg.items()}
+
+
 def check_train_config(cfg: dict, combinations: bool = True) -> None:
     """ValueError naming the first setting of ``cfg`` out of range, or (``combinations``) a
     combination the model cannot train with. A resumed run's flags are checked without

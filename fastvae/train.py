@@ -40,7 +40,7 @@ from .data import DataError, load_dataset, load_run_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
-from .options import check_model_sizes, check_train_config, resolve_device
+from .options import check_model_sizes, check_train_config, plain_values, resolve_device
 from .progress import progress_bar
 from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
 from .run_config import (RESUME_OVERRIDES, RUN_KEYS_UNLESS_GIVEN, check_data_flags,
@@ -111,6 +111,7 @@ def train(cfg: dict, log=print) -> dict:
 
 
 def _train(given: dict, log) -> dict:
+    given = plain_values(given)
     rank, world, local_rank = ranks.dist_env()
     is_main = rank == 0
     say = log if is_main else (lambda *a, **k: None)
@@ -332,7 +333,7 @@ def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespa
         check_weights_finite(core, ckpt_file)   # said so, not blamed on the data below
         try:
             opt.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # AttributeError: no dict
             raise CheckpointError(f"{ckpt_file}: its optimizer state does not match the model "
                                   f"({e})") from None
         for group in opt.param_groups:  # a new --lr on resume (run_config.RESUME_OVERRIDES)
@@ -341,12 +342,20 @@ def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespa
             run.scaler.load_state_dict(state["scaler"])
         try:
             ranks.set_rng_state(state["rng"], run.shuffle_gen, rank, world)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
+                AttributeError) as e:   # AttributeError: a state that is no dict
             raise CheckpointError(f"{ckpt_file}: its random-number state cannot be restored "
                                   f"({type(e).__name__}: {e})") from None
-        if not isinstance(state["history"], list):
+        history = state["history"]
+        if not isinstance(history, list):
             raise CheckpointError(f"{ckpt_file}: its history is not a list of epochs: got "
-                                  f"{type(state['history']).__name__}")
+                                  f"{type(history).__name__}")
+        # read at the end (curves.png, metrics.json): said now, not after the training
+        for entry in history:
+            if not (isinstance(entry, dict) and isinstance(entry.get("train"), dict)
+                    and isinstance(entry.get("test"), dict)):
+                raise CheckpointError(f"{ckpt_file}: its history holds {entry!r:.80}, not an "
+                                      "epoch's train and test metrics")
         run.history, run.initial = list(state["history"]), state.get("initial_test")
         run.start = state["epoch"]
         # data changed since (rescaled, replaced): said now, not as a non-finite loss that

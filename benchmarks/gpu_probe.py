@@ -344,9 +344,10 @@ def host_profile(device, backend, out_dir, calls=300):
         text.append(f"## {name}: host {us:.0f} us per fwd+bwd (median of 100, synced between "
                     f"calls); cProfile of {calls} calls below\n{buf.getvalue()}")
         log(f"host {name}: {us:.0f} us")
-        # after each step: a stage killed at its limit keeps the steps it profiled
-        with open(os.path.join(out_dir, "host_profile.txt"), "w") as f:
-            f.write("\n".join(text))
+        # after each step, whole (temp file and rename): a stage killed at its limit keeps
+        # the steps it profiled, where open("w") would leave it truncated mid-write
+        data = "\n".join(text).encode()
+        atomic_write(os.path.join(out_dir, "host_profile.txt"), lambda f: f.write(data))
 
 
 def captured_cases(shape, device, smoke):

@@ -42,3 +42,15 @@ def test_a_load_of_one_is_busy(load, busy):
 def test_the_command_line_keeps_its_flags(monkeypatch, argv):
     monkeypatch.setattr(sys, "argv", argv)
     assert report._bench_args() == ["--quick"]
+
+
+@pytest.mark.parametrize("end,busy", [(2.9, False), (3.0, True), (None, False)])
+def test_load_that_rose_during_the_run_is_busy(end, busy):
+    """A run that starts quiet and ends beside other jobs is as suspect: the load at its
+    end, less the bench's own threads (2 here), from 1.0 up is named after the table."""
+    env = dict(cpu_count=2, torch_threads=2, clock="wall", load_average=[0.9, 3.1, 3.4],
+               load_average_end=None if end is None else [end, 5.0, 4.0])
+    note = report.busy_note(env)
+    assert bool(note) is busy
+    if busy:
+        assert "at the end of the run (0.9 before it)" in note and "--cpu-time" in note

@@ -17,7 +17,8 @@ from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
 from .grids import (grid_from_args, k_dest, max_elements_of, ops_of, quick_shapes,
                     size_problem)
 from .harness import run_case
-from .report import environment, format_first_calls, format_table, header, plot
+from .report import (busy_note, environment, format_first_calls, format_table, header,
+                     plot)
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
 
 DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compile."
@@ -234,8 +235,14 @@ def _measure_grid(args: argparse.Namespace, device: str) -> List[dict]:
                          bandwidth=bw, cpu_time=args.cpu_time, flush_l2=not warm_l2,
                          drop_disagreeing=True)
     env["wall_s"] = time.perf_counter() - t0
+    # the header judged the load before the run; other jobs may have started since
+    started_busy = bool(busy_note(env))
+    if hasattr(os, "getloadavg"):
+        env["load_average_end"] = list(os.getloadavg())
     timed_rows = [r for r in rows if not r.get("error")]
     print(format_table(timed_rows, markdown=args.markdown))
+    if not started_busy and busy_note(env):
+        print(busy_note(env))
     for r in rows:
         if r.get("error"):
             print("not timed, " + ("disagrees with eager: " if r["error_kind"] == "disagrees"

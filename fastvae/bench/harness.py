@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_inte
 class Prepared:
     """A case with its inputs, one built step per variant, warmed up and checked;
     ``failed``: the variants dropped for disagreeing, with the check's message;
-    ``unbuilt``: those whose first call failed (``compile`` without a C++ compiler)."""
+    ``unbuilt``: those whose first call failed (``compile`` without a C++ compiler);
+    ``warm_s``: each variant's fastest warm-up call, which :func:`measure` sizes its rounds
+    by together with one more call (one call alone can land on another job's burst)."""
 
     case: Case
     inputs: dict
@@ -35,6 +38,7 @@ class Prepared:
     first_call_s: Dict[str, float]
     failed: Dict[str, str] = field(default_factory=dict)
     unbuilt: Dict[str, str] = field(default_factory=dict)
+    warm_s: Dict[str, float] = field(default_factory=dict)
 
 
 def _detached(out) -> tuple:
@@ -63,7 +67,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             raise ValueError(f"unknown variant {n!r} for op {case.op!r}; have {sorted(table)}")
     inputs = make_inputs(op, case, seed)
     steps = {n: table[n].build(case, inputs) for n in names}
-    first, outputs, again = {}, {}, {}
+    first, outputs, again, warm = {}, {}, {}, {}
     unbuilt: Dict[str, str] = {}
     for n in names:
         # The first call is checked: every variant starts from the same inputs (and, for
@@ -85,7 +89,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
         # after it); compile's first call compiles, so it always gets one more.
         slow = first[n] > 1.0 and n != COMPILE
         for _ in range(0 if slow else warmup):
-            timed(steps[n], case.device)
+            warm[n] = min(warm.get(n, math.inf), timed(steps[n], case.device)[0])
         if check and op.self_check is not None:   # a sampler: a later call draws anew
             again[n] = _detached(steps[n]())
     failed: Dict[str, str] = {}
@@ -107,7 +111,8 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             again.clear()
     for n in failed:
         del steps[n], first[n]
-    return Prepared(case, inputs, steps, first, failed, unbuilt)
+        warm.pop(n, None)
+    return Prepared(case, inputs, steps, first, failed, unbuilt, warm)
 
 
 def _compile_failed(name: str, e: Exception) -> Optional[str]:
@@ -144,9 +149,13 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     case, steps = prepared.case, prepared.steps
     if not steps:   # every variant disagreed (drop_disagreeing): nothing to time
         return []
-    # Sized from one warm call of each: a first call (Triton's JIT, compile's tracing, the
+    # Sized from warm calls only: a first call (Triton's JIT, compile's tracing, the
     # allocator's first pages) can be many times slower, and would size too few rounds.
-    slowest = max(timed(step, case.device)[0] for step in steps.values())
+    # The faster of two warm calls of each (this one and prepare's warm-up): on a shared
+    # machine one call can land on another job's burst (a 0.5 ms step measured 0.3 s),
+    # which alone cut --reps 9 --budget 3 to 5 rounds.
+    slowest = max(min(timed(step, case.device)[0], prepared.warm_s.get(n, math.inf))
+                  for n, step in steps.items())
     inner = inner_calls(case.device, slowest)
     rounds = max(min(min_reps, reps), min(reps, int(budget_s / max(slowest * inner, 1e-6))))
     if cpu_time:
@@ -253,7 +262,8 @@ def run_benchmark(benchmark, prepared: Prepared, variant: str, budget_s: float =
         op=case.op, shape=case.shape, dtype=case.dtype_name, first_call_ms=first * 1e3,
         bytes_moved=bytes_moved(case), saved_bytes=saved_bytes(prepared.steps[variant]))
     step, inner = prepared.steps[variant], 1
-    warm = timed(step, case.device)[0]  # sized as measure() sizes its rounds
+    # sized as measure() sizes its rounds: the faster of this warm call and prepare's
+    warm = min(timed(step, case.device)[0], prepared.warm_s.get(variant, math.inf))
     if is_cuda(case.device):
         inner = inner_calls(case.device, warm)
         calls = itertools.count(1)

@@ -111,17 +111,29 @@ BUSY_LOAD = 1.0   # runnable threads besides the bench's own that make the CPU t
 
 
 def busy_note(env: dict) -> str:
-    """A warning for wall-clock CPU timings on a machine that was busy when the run
-    started ('' otherwise). Eager runs many small parallel ops, and each waits for every
-    OpenMP thread to get a core back; the fused ops wait once. Measured on a 2-core machine
-    under load: the same command gave fastvae-torch's ELBO 4.8x eager, then 0.4x."""
+    """A warning for wall-clock CPU timings on a machine that was busy ('' otherwise): when
+    the run started (``load_average``), or by its end (``load_average_end``, taken after the
+    last case: its 1-minute figure less the bench's own torch threads, which were runnable
+    throughout). Eager runs many small parallel ops, and each waits for every OpenMP thread
+    to get a core back; the fused ops wait once. Measured on a 2-core machine under load:
+    the same command gave fastvae-torch's ELBO 4.8x eager, then 0.4x."""
     load = env.get("load_average")
-    if (not load or "gpu" in env or env.get("clock", "").startswith("cpu")
-            or env.get("torch_threads", 1) < 2 or load[0] < BUSY_LOAD):
+    end = env.get("load_average_end")
+    if (not (load or end) or "gpu" in env or env.get("clock", "").startswith("cpu")
+            or env.get("torch_threads", 1) < 2):
         return ""
-    return (f"NOTE: load average {load[0]:.1f} on {env['cpu_count']} cores before the run: "
-            "torch's threads wait for busy cores, and wall-clock ratios to eager can be off "
-            "several times over. Rerun on an idle machine, or with --threads 1 --cpu-time.")
+    advice = ("torch's threads wait for busy cores, and wall-clock ratios to eager can be off "
+              "several times over. Rerun on an idle machine, or with --threads 1 --cpu-time.")
+    if load and load[0] >= BUSY_LOAD:
+        return (f"NOTE: load average {load[0]:.1f} on {env['cpu_count']} cores before the "
+                f"run: " + advice)
+    others = end[0] - env["torch_threads"] if end else 0.0
+    if others >= BUSY_LOAD:
+        before = f" ({load[0]:.1f} before it)" if load else ""
+        return (f"NOTE: load average {end[0]:.1f} on {env['cpu_count']} cores at the end of "
+                f"the run{before}, about {others:.1f} besides the bench's "
+                f"{env['torch_threads']} threads: " + advice)
+    return ""
 
 
 def header(env: dict) -> str:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..._dtypes import reduce_scale, result_dtype, upcast
+from ..._dtypes import reduce_scale, result_dtype, upcast, widest
 from . import terms
 from .rows import grad_out, log_px_rows
 
@@ -32,14 +32,13 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         g_r = torch.empty(recon_k.shape, dtype=dtype if recon_k.dtype != dtype else recon_k.dtype,
                           device=recon_k.device)
     need_obs = needs[5] and obs is not None and gaussian
-    g_o_k = torch.empty(x.shape, dtype=dtype, device=x.device) if need_obs else None
-    g_obs_k = [] if need_obs else None
+    # each sample's d log p / d obs, (K, B, D), kept until the weights are known
+    g_o_k = torch.empty((k, *x.shape), dtype=dtype, device=x.device) if need_obs else None
     log_px = torch.empty(k, batch, dtype=dtype, device=x.device)
     for i in range(k):
         log_px[i] = log_px_rows(x, recon_k[i], likelihood, ob, 1.0, dtype, None,
-                                None if g_r is None else g_r[i], g_o_k)
-        if need_obs:
-            g_obs_k.append(g_o_k.clone())
+                                None if g_r is None else g_r[i],
+                                None if g_o_k is None else g_o_k[i])
     mu_k, lv_k = upcast(mu, dtype).expand(k, -1, -1), upcast(logvar, dtype).expand(k, -1, -1)
     if prior_mu is None and prior_logvar is None:
         kl_kbl, d_mu, d_lv, d_z = terms.kl_terms(mu_k, lv_k, upcast(z_k, dtype), "mc")
@@ -65,11 +64,11 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     wc = (w * c).unsqueeze(-1)  # d bound / d log_w, (K, B, 1)
     dropped = wc == 0   # not ~(wc > 0): a NaN weight stays NaN
 
-    def weigh(d, k=slice(None)):
+    def weigh(d):
         # A partial times its sample's weight, 0 at a weight of 0: a sample far enough for
         # its partial to overflow (a standardized difference squared, or over a vanishing
         # variance) has log w ~ -t^2/2, hence weight exactly 0, and 0 * inf would be NaN.
-        return torch.where(dropped[k], 0.0, d * wc[k])
+        return torch.where(dropped, 0.0, d * wc)
 
     if g_r is not None:
         g_r.mul_(wc.to(g_r.dtype))
@@ -80,7 +79,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         g_x = -g_r.sum(0) if gaussian else (upcast(recon_k, dtype) * wc).sum(0)
     g_obs = None
     if need_obs:
-        g_obs = sum(weigh(g, i) for i, g in enumerate(g_obs_k))  # (B, D), in sample order
+        # in sample order, in float64 where the device has it (as rows.py's (D,) sum): a
+        # float32 running sum over K samples drifts with K (2e-6 at K = 20000, eager's 6e-9)
+        g_obs = torch.zeros(x.shape, dtype=widest(x.device), device=x.device)
+        for i in range(k):   # one (B, D) sample at a time: it stays in cache
+            g_obs.add_(g_o_k[i].mul_(wc[i]).masked_fill_(dropped[i], 0.0))
+        g_obs = g_obs.to(dtype)   # (B, D)
         if reduction != "none" and obs.shape != g_obs.shape:
             g_obs = g_obs.sum(0)
     value = bound * scale if reduction == "none" else bound.sum() * c

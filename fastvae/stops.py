@@ -10,6 +10,7 @@ import contextlib
 import os
 import shlex
 import signal
+import sys
 import threading
 
 
@@ -27,6 +28,12 @@ def _on_signal(signum, frame):
     if signum == signal.SIGTERM:
         # once: a second SIGTERM (a stop that will not wait) kills as it always did
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            # a stop is unwinding already (its cleanup, its message): most often Ctrl-C
+            # under torchrun, which relays it to its workers as SIGTERM. Raised here it
+            # would cut that cleanup short and replace the stop with one that has no
+            # resume command and blames a failed rank
+            return
         _asked = Terminated
     else:
         _asked = KeyboardInterrupt

@@ -327,3 +327,29 @@ def test_another_rank_says_a_nan_only_it_can_have_met(monkeypatch, capsys, tmp_p
         assert err.startswith("[rank 1] fastvae train: training stopped: non-finite test elbo")
     else:
         assert err == ""
+
+
+def test_a_sigterm_during_an_interrupt_s_cleanup_does_not_replace_it():
+    """Ctrl-C under torchrun: the workers get the SIGINT, then torchrun's SIGTERM while
+    they clean up. The interrupt goes on (its cleanup whole, its resume command said); a
+    further SIGTERM kills, as after any first one."""
+    import signal
+
+    from fastvae import stops
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with pytest.raises(KeyboardInterrupt) as e:
+            with stops.handled():
+                try:
+                    raise KeyboardInterrupt
+                finally:
+                    stops._on_signal(signal.SIGTERM, None)   # torchrun's, mid-cleanup
+                    cleaned.append(True)
+        assert type(e.value) is KeyboardInterrupt and cleaned == [True]
+        with stops.handled():   # no stop unwinding: SIGTERM stops as before
+            with pytest.raises(stops.Terminated):
+                stops._on_signal(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from . import ranks
 from .checkpoint import CheckpointError
 from .data import DataError
 from .guard import all_finite
@@ -68,3 +69,21 @@ def data_changed(data, digest, ckpt_file):
         return None
     return (f"{data.name} holds other images than {ckpt_file} was trained on (the file was "
             "replaced or rewritten since)")
+
+
+def same_data_everywhere(data, rank: int, world: int) -> None:
+    """A DataError on every rank (rank 0 says it) where a rank read other images than
+    rank 0 (another copy of the file on its node): the DistributedSampler indexes each
+    rank's own copy, and a rank with fewer images runs fewer steps than the others,
+    which then wait in the gradients' all-reduce until the group times out."""
+    said = [None] * world
+    torch.distributed.all_gather_object(said, (data.digest, len(data.train), len(data.test)))
+    differ = [r for r, s in enumerate(said) if s != said[0]]
+    if differ:
+        def what(r):
+            return f"rank {r}: {said[r][1]} train / {said[r][2]} test images"
+        raise ranks.alike(DataError(
+            f"{data.name}: the processes read different images ({what(0)}; "
+            + "; ".join(what(r) + (" of other values" if said[r][1:] == said[0][1:] else "")
+                        for r in differ)
+            + "); every process must read the same data (the same file on each node)"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import ranks
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
                          temp_name)
 from .models import build_model
@@ -314,3 +315,24 @@ def check_extras(command: str, pictures: bool, dataset: str | None = None) -> No
         except ImportError as e:
             raise MissingExtra(f"fastvae {command} needs matplotlib (for the pictures), which "
                                f"is installed but does not import: {e}") from None
+
+
+def claim_folder(full: dict, is_main: bool, world: int):
+    """Rank 0 claims the run folder (see RunFolder) and tells the other ranks its path,
+    or its error (any: an OSError too), so that they fail with it instead of waiting in
+    the broadcast."""
+    folder, error = None, None
+    if is_main:
+        try:
+            folder = RunFolder.claim(full["out"], full["dataset"], full["resume"])
+        except Exception as e:
+            error = e
+    if world > 1:
+        msg = [str(folder.path) if folder else None, str(error) if error else None]
+        torch.distributed.broadcast_object_list(msg, src=0)
+        if msg[1] is not None:
+            raise ranks.alike(error or RunFolderError(msg[1]))
+        return folder, msg[0]
+    if error is not None:
+        raise error
+    return folder, str(folder.path)

@@ -42,10 +42,11 @@ from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, plain_values, resolve_device
 from .progress import progress_bar
-from .run_data import check_elbo_finite, check_run_data, check_weights_finite, data_changed
+from .run_data import (check_elbo_finite, check_run_data, check_weights_finite, data_changed,
+                       same_data_everywhere)
 from .run_config import (RESUME_OVERRIDES, RUN_KEYS_UNLESS_GIVEN, check_data_flags,
                          prepare_config)
-from .runs import (MissingExtra, RunFolder, RunFolderError, check_extras, installed,
+from .runs import (MissingExtra, RunFolderError, check_extras, claim_folder, installed,
                    load_weights, run_backend)
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
@@ -74,28 +75,6 @@ def _set_threads(cfg: dict, device, sample_size: int) -> None:
         n = 1
     if n > 0:
         torch.set_num_threads(n)
-
-
-
-def _claim_folder(full: dict, is_main: bool, world: int):
-    """Rank 0 claims the run folder (see RunFolder) and tells the other ranks its path,
-    or its error (any: an OSError too), so that they fail with it instead of waiting in
-    the broadcast."""
-    folder, error = None, None
-    if is_main:
-        try:
-            folder = RunFolder.claim(full["out"], full["dataset"], full["resume"])
-        except Exception as e:
-            error = e
-    if world > 1:
-        msg = [str(folder.path) if folder else None, str(error) if error else None]
-        torch.distributed.broadcast_object_list(msg, src=0)
-        if msg[1] is not None:
-            raise ranks.alike(error or RunFolderError(msg[1]))
-        return folder, msg[0]
-    if error is not None:
-        raise error
-    return folder, str(folder.path)
 
 
 def train(cfg: dict, log=print) -> dict:
@@ -138,7 +117,7 @@ def _train(given: dict, log) -> dict:
     folder, failed = None, True
     try:
         ranks.together(lambda: _machine_ready(full, is_main, say), rank, world)
-        folder, full["out"] = _claim_folder(full, is_main, world)
+        folder, full["out"] = claim_folder(full, is_main, world)
         cfg, state, backend = ranks.together(lambda: _settled(given, full, device, say),
                                              rank, world)
         metrics = _train_in_group(cfg, state, device, backend, rank, world, say,
@@ -210,7 +189,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
             f"the run's global batch of {bs} does not split evenly among {world} processes; "
             f"resume it with a process count that divides it ({', '.join(map(str, counts))})"))
     out = Path(cfg["out"])
-    data = _load_data(cfg, state, device, is_main, world, say)
+    data = _load_data(cfg, state, device, rank, world, say)
     if len(data.train) < world:   # each rank's share of an epoch holds an image
         raise ranks.alike(DataError(f"{data.name}: {len(data.train)} training image(s) for "
                                     f"{world} processes; each needs at least one"))
@@ -289,16 +268,24 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     return metrics
 
 
-def _load_data(cfg, state, device, is_main, world, say):
+def _load_data(cfg, state, device, rank, world, say):
     """The dataset, checked against the likelihood and a resumed run's image shape."""
-    wait_for_download = world > 1 and cfg["download"]
-    if wait_for_download and not is_main:
-        torch.distributed.barrier()  # rank 0 fetches the files first
-    download = cfg["download"] and is_main
-    data = (load_dataset(cfg["dataset"], cfg["data_dir"], download) if state is None else
-            load_run_dataset(cfg["dataset"], cfg["data_dir"], download, cfg.get("data_shape")))
-    if wait_for_download and is_main:
-        torch.distributed.barrier()
+    is_main = rank == 0
+
+    def load(download):
+        return (load_dataset(cfg["dataset"], cfg["data_dir"], download) if state is None else
+                load_run_dataset(cfg["dataset"], cfg["data_dir"], download,
+                                 cfg.get("data_shape")))
+    data = None
+    if world > 1 and cfg["download"]:
+        # rank 0 fetches the files first, the others wait; its failure (no torchvision, no
+        # network) is every rank's, said once by rank 0 (a barrier left the others to
+        # report a lost peer, and torchrun to name them as the first failure)
+        data = ranks.together(lambda: load(True) if is_main else None, rank, world)
+    if data is None:
+        data = load(cfg["download"] and world <= 1)
+    if world > 1:   # every rank indexes the same images: the sampler splits one dataset
+        same_data_everywhere(data, rank, world)
     ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
     changed = data_changed(data, cfg.get("data_digest") if state else None, ckpt_file)
     if changed:   # resuming on it would not continue the run that was trained

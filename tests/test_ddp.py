@@ -223,3 +223,58 @@ def test_ranks_resumed_in_another_number_draw_their_own_noise():
     assert torch.equal(draws[0][0], torch.rand(4))          # rank 0: the saved stream
     assert not torch.equal(draws[1][0], draws[0][0]) and not torch.equal(draws[1][0], draws[2][0])
     assert torch.equal(draws[1][0], draws[1][1])              # the same on every resume
+
+
+def _data_worker(rank, port, out, case):
+    """_load_data and the ranks' data check of train, on 2 gloo ranks, with rank 1 reading
+    fewer images (``differ``) or rank 0's --download failing (``download``)."""
+    import fastvae.train as T
+    from fastvae.data import DataError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    real, calls = T.load_dataset, []
+
+    def load(name, data_dir, download=False):
+        calls.append(download)
+        if case == "download" and download:
+            raise DataError("mnist: --download needs torchvision")
+        data = real("digits", data_dir, False)
+        if case == "differ" and rank == 1:
+            data.train = data.train[:1000]
+        return data
+    T.load_dataset = load
+    cfg = dict(T.default_config(), out=out, download=case == "download")
+    seen = None
+    try:
+        data = T._load_data(cfg, None, torch.device("cpu"), rank, WORLD, lambda *a: None)
+        seen = ["ok"]
+    except (DataError, ValueError) as e:
+        seen = [type(e).__name__, str(e), getattr(e, "alike", False)]
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump([seen, calls], f)
+
+
+@pytest.mark.parametrize("case", ["same", "differ", "download"])
+def test_ranks_that_read_other_data_or_miss_rank_0_s_download_stop_together(tmp_path, case):
+    """A rank whose copy of the data differs from rank 0's would run another number of
+    steps and leave the others waiting in the all-reduce: every rank stops, rank 0 says
+    why. Rank 0 alone fetches with --download; its failure is every rank's, said by it."""
+    out = str(tmp_path / "d")
+    _spawn(_data_worker, (_free_port(), out, case), timeout=120)
+    (r0, calls0), (r1, calls1) = (json.loads(open(f"{out}.{r}").read()) for r in range(WORLD))
+    if case == "same":
+        assert r0 == r1 == ["ok"]
+    elif case == "differ":
+        assert r0[:2] == ["DataError", "digits: the processes read different images (rank 0: "
+                          "1438 train / 359 test images; rank 1: 1000 train / 359 test "
+                          "images); every process must read the same data (the same file on "
+                          "each node)"]
+        assert r1[0] == "DataError" and r1[2] is True   # quiet: rank 0 said it
+    else:
+        assert r0 == ["DataError", "mnist: --download needs torchvision", False]
+        assert r1[2] is True and calls0 == [True] and calls1 == []

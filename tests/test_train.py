@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastvae import train as T
+from fastvae import runs, train as T
 from fastvae.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint,
                                 save_checkpoint)
 
@@ -577,10 +577,10 @@ def test_a_run_folder_rank_0_cannot_claim_reaches_the_other_ranks(monkeypatch, i
 
     def claim(*a):
         raise PermissionError(13, "Permission denied", "runs/x")
-    monkeypatch.setattr(T.torch.distributed, "broadcast_object_list", broadcast)
-    monkeypatch.setattr(T.RunFolder, "claim", claim)
+    monkeypatch.setattr(runs.torch.distributed, "broadcast_object_list", broadcast)
+    monkeypatch.setattr(runs.RunFolder, "claim", claim)
     with pytest.raises(OSError if is_main else T.RunFolderError,
                        match=r"Permission denied: 'runs/x'") as e:
-        T._claim_folder(dict(out="runs/x", dataset="digits", resume=False), is_main, 2)
+        runs.claim_folder(dict(out="runs/x", dataset="digits", resume=False), is_main, 2)
     assert sent == [[None, "[Errno 13] Permission denied: 'runs/x'"]]
     assert getattr(e.value, "alike", False)

@@ -427,8 +427,9 @@ def check_hierarchical(cfg: dict) -> None:
 def check_objective(cfg: dict) -> None:
     """ValueError naming the setting when the training objective and its gradient
     estimator do not go together (shared by argparse's caller and the training API)."""
-    objective = cfg.get("objective") or "elbo"
-    estimator = cfg.get("estimator") or "standard"
+    # None is the default; other false values ({} or "") are no objective
+    objective = "elbo" if cfg.get("objective") is None else cfg["objective"]
+    estimator = "standard" if cfg.get("estimator") is None else cfg["estimator"]
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if estimator not in ESTIMATORS:

@@ -155,6 +155,15 @@ def _settled(given: dict, full: dict, device, say):
         return cfg, state, run_backend(cfg, device)
     try:   # a resumed run's combination: its checkpoint's, as it trains
         check_train_config(cfg)
+        # None reads as "the default" in a given config, never in a saved one
+        unset = [k for k, v in default_config().items() if k in cfg and cfg[k] is None
+                 and (v is not None or k == "kl_warmup")]
+        if unset:
+            raise ValueError(f"{unset[0]} is None, which fastvae train never saves")
+        shape = cfg.get("data_shape")
+        if not (isinstance(shape, (list, tuple)) and shape
+                and all(type(n) is int and n > 0 for n in shape)):
+            raise ValueError(f"data_shape is {shape!r}, not a list of image sizes")
     except ValueError as e:  # the flags passed alone: a saved value, or a mix
         raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
                               f"cannot be resumed: {e}") from None

@@ -86,3 +86,23 @@ def test_a_resume_of_a_malformed_checkpoint_is_a_checkpoint_error(tmp_path, key,
     with pytest.raises(CheckpointError, match=says):
         T.train(tiny(out, resume=True, epochs=2), log=quiet)
     assert os.path.exists(out / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("latent", None, "latent is None, which fastvae train never saves"),
+    ("kl_warmup", None, "kl_warmup is None"),
+    ("k", None, "k is None"),
+    ("objective", {}, "objective: must be one of elbo, iwae, got {}"),
+    ("data_shape", 1.5, "data_shape is 1.5, not a list of image sizes"),
+])
+def test_a_resume_of_a_config_value_fastvae_never_saves(tmp_path, key, value, says):
+    """None means "the default" in a given config, never in a saved one: a resume of such
+    a checkpoint is refused up front, not a TypeError in the model or the first step."""
+    out = tmp_path / "run"
+    T.train(tiny(out), log=quiet)
+    state = load_checkpoint(out)
+    del state["format"], state["version"]
+    state["config"][key] = value
+    save_checkpoint(state, out / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="its config cannot be resumed: " + says):
+        T.train(tiny(out, resume=True, epochs=2), log=quiet)

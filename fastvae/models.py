@@ -27,6 +27,7 @@ the hierarchical VAE's ``sample_with_kl`` and ``gaussian_log_prob``).
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import torch
 from torch import nn
@@ -156,7 +157,8 @@ class VAE(_VAEBase):
     def __init__(self, data_shape=(1, 8, 8), latent_dim=8, hidden=(256,), likelihood="bernoulli",
                  n_mix=None):
         super().__init__(data_shape, latent_dim, likelihood, n_mix)
-        hidden = check_sizes("hidden", [hidden] if isinstance(hidden, int) else hidden,
+        # one width as any int (a numpy int from a config array too, as ConvVAE takes it)
+        hidden = check_sizes("hidden", [hidden] if isinstance(hidden, Integral) else hidden,
                              allow_empty=True)  # no hidden layer: a linear encoder and decoder
         d = math.prod(self.data_shape)
         self.hidden = tuple(hidden)

@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from ._dtypes import widened
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
 from .validation import (DMOL, LIKELIHOODS, check_number, check_option, check_sizes,
@@ -127,7 +128,8 @@ class ObservationModel(nn.Module):
         if self.likelihood == "bernoulli":
             return torch.sigmoid(recon)
         if self.likelihood == "continuous_bernoulli":
-            return cb_mean(recon.float()).to(recon.dtype)
+            # 16-bit logits in float32 (the closed form cancels near 0), float64 kept
+            return cb_mean(widened(recon)).to(recon.dtype)
         if self.likelihood == DMOL:
             return dmol_mean(recon, self.data_shape[0])
         return recon

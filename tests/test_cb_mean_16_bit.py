@@ -38,3 +38,20 @@ def test_mean_near_zero_logits_is_the_float64_mean(dtype):
     tol = 2e-6 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=0, atol=tol)
     assert torch.equal(cb_mean(torch.zeros(3, dtype=dtype)), torch.full((3,), 0.5, dtype=dtype))
+
+
+def test_float64_model_mean_keeps_float64():
+    """A float64 continuous Bernoulli model's picture (reconstruct, sample) is cb_mean of its
+    float64 logits: only 16-bit logits are widened, never float64 ones narrowed to float32
+    (which put the mean ~1e-6 off)."""
+    from fastvae.models import VAE
+    from fastvae.observation import cb_mean
+    torch.manual_seed(0)
+    logits = torch.cat([torch.randn(64) * 0.05, torch.randn(64) * 3]).double()
+    model = ObservationModel((128,), "continuous_bernoulli")
+    assert torch.equal(model.mean(logits), cb_mean(logits))
+    vae = VAE((1, 4, 4), 2, (8,), likelihood="continuous_bernoulli").double()
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        want = cb_mean(vae.decode(vae.encode(x)[0]))
+    assert torch.equal(vae.reconstruct(x), want)

@@ -148,6 +148,16 @@ def test_bad_sizes_name_the_argument(cls, kw, msg):
     assert ConvVAE(hidden=[16]).hidden == 16   # a config's one-element list
 
 
+def test_one_hidden_width_as_a_numpy_int():
+    """One width is any int, a numpy one (a config array's) included, for both models:
+    the MLP read only a Python int as one width and called numpy's 'not a sequence'."""
+    np = pytest.importorskip("numpy")
+    assert VAE(hidden=np.int64(16)).hidden == (16,)
+    assert ConvVAE(hidden=np.int64(16)).hidden == 16
+    with pytest.raises(TypeError, match=r"hidden\[0\] must be an int, got bool"):
+        VAE(hidden=True)
+
+
 def _fixed_noise(mu, logvar, n_samples=None, generator=None, backend=None):
     """A deterministic stand-in for reparameterize: z = mu + std * 0.5."""
     z = mu + torch.exp(0.5 * logvar) * 0.5

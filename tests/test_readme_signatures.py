@@ -1,5 +1,6 @@
 """README's API table writes each call's full signature: it is the one Python sees, so the
-table cannot drift from the code (a parameter added, renamed or given another default)."""
+table cannot drift from the code (a parameter added, renamed or given another default). The
+loss modules' rows also write the call of the module, ``loss(...)``: its forward's signature."""
 import inspect
 import os
 import re
@@ -33,3 +34,18 @@ def test_the_api_table_gives_the_signature(name):
     public = [p for p in sig.parameters.values() if not p.name.startswith("_")]
     want = str(sig.replace(parameters=public, return_annotation=sig.empty)).replace("'", '"')
     assert _table_signature(name) == want
+
+
+LOSSES = ("ELBOLoss", "IWAELoss", "DiscretizedLogisticMixtureNLLLoss")
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_the_api_table_gives_the_loss_call(name):
+    with open(README, encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith(f"| `fastvae.{name}(")]
+    calls = re.findall(r"`loss(\(.*?\))`", rows[0])
+    assert len(calls) == 1, f"README's row for fastvae.{name} writes {len(calls)} loss(...) calls"
+    sig = inspect.signature(getattr(fastvae, name).forward)
+    params = [p for p in sig.parameters.values() if p.name != "self" and not p.name.startswith("_")]
+    want = str(sig.replace(parameters=params, return_annotation=sig.empty)).replace("'", '"')
+    assert calls[0] == want

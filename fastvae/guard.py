@@ -11,7 +11,9 @@ A failure raises :class:`NonFiniteLoss` naming the epoch and step and the checkp
 stays, which is always the last one written, so it never holds a non-finite number.
 
 With a GradScaler (fp16 on CUDA) non-finite gradients are expected: the scaler skips
-that step and lowers its scale, so the gradient check is left to it.
+that step and lowers its scale, so a step whose (unscaled) gradients are not finite is no
+stop, and no update either. The steps the scaler does take are checked as any other: a
+finite gradient whose square overflows Adam's state is not the scaler's to catch.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ class Guard:
                  check_grads: bool = True, epochs: int | None = None, world: int = 1,
                  flags=(), data_scaled: bool = False):
         self.checkpoint, self.saved_epoch = Path(checkpoint), saved_epoch
+        # check_grads=False under a GradScaler: a step with non-finite gradients is the
+        # scaler's skipped step, not a stop (the steps it takes are checked all the same)
         self.out, self.lr, self.check_grads = out, lr, check_grads
         # what the resume command must repeat: the run's target, and the flags a resume
         # was given that its last checkpoint may not hold yet (``flags``, without --lr)
@@ -131,10 +135,15 @@ class Guard:
         one fused pass and one host sync (about 0.2 ms, 3% of a default digits step on
         one CPU thread)."""
         params = _floating(model.parameters())
-        grads = _floating(p.grad for p in model.parameters()
-                          if self.check_grads and p.grad is not None)
+        grads = _floating(p.grad for p in model.parameters() if p.grad is not None)
         norms = _norms(grads + params).tolist()   # the one host sync
         grad_norms = norms[:len(grads)]
+        if not self.check_grads and not all(map(math.isfinite, grad_norms)):
+            # a GradScaler's skipped step (it skips exactly where the gradients it unscaled
+            # are not finite): no update, so the weights are still what they were
+            grads, grad_norms, norms = [], [], norms[len(grad_norms):]
+            if all(map(math.isfinite, norms)):
+                return
         # Adam keeps each gradient's square in the weights' dtype: a finite gradient past
         # that dtype's square root makes its state inf, and every later update 0 or NaN
         # (a norm bounds its largest element: only a norm past the root needs a look)

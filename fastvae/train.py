@@ -319,7 +319,7 @@ def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespa
     amp_dtype, use_scaler = amp_policy(cfg["amp"], device)
     run = SimpleNamespace(
         core=core, opt=opt, amp_dtype=amp_dtype, use_scaler=use_scaler,
-        scaler=torch.amp.GradScaler("cuda", enabled=use_scaler),
+        scaler=torch.amp.GradScaler(device.type, enabled=use_scaler),
         shuffle_gen=torch.Generator().manual_seed(cfg["seed"] + 1), history=[], initial=None,
         start=0, cfg=cfg, device=device, world=world)
     run.backend_name = backend

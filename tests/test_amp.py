@@ -109,3 +109,53 @@ def test_compiled_upsampling_chain_under_cpu_autocast_gets_eager_gradients():
 def test_compiled_upsampling_chain_under_cuda_autocast_gets_eager_gradients():
     """Whether inductor's CUDA code needs the CPU's workaround: compiled without it."""
     _assert_same_grads(*_chain_grads(torch.device("cuda"), None))
+
+
+def test_guard_under_a_grad_scaler_lets_it_skip_but_checks_the_steps_it_takes():
+    """With a GradScaler (fp16 on CUDA) the guard left the gradients alone entirely: a
+    skipped step (inf gradients) counted as an update since the checkpoint, and a finite
+    gradient whose square overflows Adam's state went into it unseen (every later update
+    of that weight 0, the run stopped only at the epoch's end)."""
+    from fastvae.checkpoint import CHECKPOINT_NAME
+    from fastvae.guard import Guard, NonFiniteLoss
+
+    model = torch.nn.Linear(4, 1)
+    guard = Guard(CHECKPOINT_NAME, 1, "out", 1e-3, check_grads=False, epochs=6)
+    model.weight.grad = torch.full_like(model.weight, float("inf"))   # the scaler skips it
+    model.bias.grad = torch.ones_like(model.bias)
+    guard.step(model, 2, 1, 45)
+    assert not guard.stepped   # no update: the weights are still the checkpoint's
+    with pytest.raises(NonFiniteLoss, match=r"at epoch 2, step 2/45; it came at the weights "
+                       r"of the last good checkpoint \(epoch 1, .*\) before any update"):
+        guard.loss(float("nan"), 2, 2, 45)
+    model.weight.grad = torch.full_like(model.weight, 3e19)   # finite: the scaler steps
+    with pytest.raises(NonFiniteLoss, match=r"a gradient of 3e\+19, past 1.84e\+19, whose "
+                       r"square overflows Adam's state, at epoch 2, step 3/45"):
+        guard.step(model, 2, 3, 45)
+    model.weight.grad = torch.ones_like(model.weight)
+    guard.step(model, 2, 4, 45)
+    assert guard.stepped
+    with torch.no_grad():   # a skipped step leaves the weights; non-finite ones still stop
+        model.weight[0, 0] = float("nan")
+    model.weight.grad = torch.full_like(model.weight, float("nan"))
+    with pytest.raises(NonFiniteLoss, match="weights after the optimizer step"):
+        guard.step(model, 2, 5, 45)
+
+
+def test_grad_scaler_run_saves_and_restores_its_scaler(monkeypatch, tmp_path):
+    """The fp16 + GradScaler path (CUDA cards without bf16) run on the CPU: the scaler is
+    made for the training device (a "cuda" one on a machine without CUDA disables itself,
+    and the run had no scaler at all), its state goes into the checkpoint and a resume
+    continues from it."""
+    from fastvae import train as T
+
+    monkeypatch.setattr(T, "amp_policy",
+                        lambda enabled, device: (torch.bfloat16, True) if enabled else (None, False))
+    out = tmp_path / "r"
+    cfg = dict(out=str(out), epochs=1, batch_size=256, iwae_k=0, progress=False, amp=True,
+               device="cpu")
+    T.train(cfg, log=lambda *a, **k: None)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)["scaler"]
+    assert saved["scale"] == 2.0 ** 16 and saved["_growth_tracker"] == 6   # 6 steps taken
+    T.train(dict(cfg, epochs=2, resume=True), log=lambda *a, **k: None)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["scaler"]["_growth_tracker"] == 12

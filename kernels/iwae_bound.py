@@ -23,17 +23,20 @@ z_k, mu, logvar; write d recon_k, d z_k, d mu, d logvar; d x and d obs_logvar ad
 the host's ``INT64`` says they can pass 2^31). Pass 1 walks the K samples: each
 sample's log-weight ``log w_k = log p(x|z_k) - (log q(z_k|x) - log p(z_k))`` from one
 read of its ``recon_k`` and ``z_k`` rows (values only: the Bernoulli's is one ex2 and
-one lg2 per element), kept in a (K, programs * BLOCK_B) fp32 scratch, with an online
-logsumexp (running max and rescaled sum). The bound ``logsumexp_k - log K`` is written
-per row. Only when a gradient is needed, each log-weight becomes ``softmax_k * c`` in
-the scratch and pass 2 walks the columns once, reading x once per block and each
-sample's recon_k block, and writes every gradient already weighted: d/drecon_k and
-d/dz_k per sample, d/dx, d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers.
-The softmax weights need every sample's log-weight, so no gradient can be written
-before pass 1 ends (an online logsumexp gives the bound in one pass, not the weights):
-forward-only use (NLL estimation with large K) is one pass (``(D + KD + KL + 2L) s``
-plus 4K bytes of log-weights), training reads recon_k and z_k twice:
-``(2D + 3KD + 3KL + 6L) s`` plus 12K bytes of scratch (a block's reads of the weights
+one lg2 per element), kept in a (K, programs * BLOCK_B) fp32 scratch, with a running
+max; the sum of ``exp(log w_k - max)`` is then read back from the scratch in blocks of
+``K_BLOCK`` samples. The bound ``logsumexp_k - log K`` is written per row. Only when a
+gradient is needed, each log-weight becomes ``softmax_k * c`` in the scratch and pass 2
+walks the columns once, reading x once per block and each sample's recon_k block, and
+writes every gradient already weighted: d/drecon_k and d/dz_k per sample, d/dx,
+d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers. Every sum over k runs in
+blocks of ``K_BLOCK`` samples whose sums are then added (``K_BLOCK + K / K_BLOCK``
+float32 additions in a row, not K: at K = 5000 a running sum's rounding reached 4e-6 of
+d/dx). The softmax weights need every sample's log-weight, so no gradient can be written
+before pass 1 ends: forward-only use (NLL estimation with large K) is one pass
+(``(D + KD + KL + 2L) s`` plus 8K bytes of log-weights, written and read back), training
+reads recon_k and z_k twice:
+``(2D + 3KD + 3KL + 6L) s`` plus 16K bytes of scratch (a block's reads of the weights
 hit the cache), ``D + KD + KL + 2L`` more than the one-pass kernel and its floor (a program reads its rows back right after pass 1, so part of that may
 come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
 ``reduce.finish_kernel`` (no atomics).
@@ -88,7 +91,8 @@ def _bernoulli_parts(x, l):
 def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, B, b_pad, D,
                 stride_x, stride_rk, stride_rb, stride_obs, obs_scalar,
                 LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr,
-                OBS_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+                OBS_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
+                K_BLOCK: tl.constexpr):
     """Pass 2 over one (BLOCK_B, BLOCK_D) block of columns: x read once, then each sample's
     recon_k block and weight ``W[k, rows]`` (softmax * c); d/drecon_k written per sample,
     d/dx and d/dobs_logvar summed over k in registers."""
@@ -104,6 +108,10 @@ def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, 
     r_off = rows2 * stride_rb + cols2
     g_off = rows2 * D + cols2
     size_bd = (zero + B) * D
+    # summed over k in blocks of K_BLOCK samples, the blocks' sums then added: a float32
+    # sum's rounding grows with its length (K_BLOCK + K / K_BLOCK terms, not K)
+    gx_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    gs_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     for k in range(0, K):
         w = tl.load(W + (zero + k) * b_pad + rows)[:, None]   # 0 on padded rows
         r = load_f32(R, r_off, m)
@@ -111,11 +119,18 @@ def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, 
         if NEED_GR:
             store_as(GR, g_off, weigh(g_r, w, GUARD), m)
         if NEED_GX:
-            gx_acc += weigh(g_x, w, GUARD)
+            gx_blk += weigh(g_x, w, GUARD)
         if OBS_GRAD != GOBS_NONE:
-            gs_acc += weigh(g_s, w, GUARD)
+            gs_blk += weigh(g_s, w, GUARD)
+        if (NEED_GX or OBS_GRAD != GOBS_NONE) and (k + 1) % K_BLOCK == 0:
+            gx_acc += gx_blk
+            gs_acc += gs_blk
+            gx_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+            gs_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
         r_off += stride_rk
         g_off += size_bd
+    gx_acc += gx_blk
+    gs_acc += gs_blk
     out = rows2 * D + cols2
     if NEED_GX:
         store_as(GX, out, gx_acc, m)
@@ -144,6 +159,7 @@ def iwae_bound_rows_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     LOG_OF_PRODUCT: tl.constexpr,             # Bernoulli: one lg2 of the (1 + e) factors
                                               # of all full column blocks (<= 126 of them)
+    K_BLOCK: tl.constexpr,                    # samples a block of each sum over k
 ):
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     c = tl.cast(c, tl.float32)
@@ -157,9 +173,8 @@ def iwae_bound_rows_kernel(
     d_full = (D // BLOCK_D) * BLOCK_D    # full column blocks: no column mask (and the tail's
                                          # start visibly aligned: its loads stay vectorized)
 
-    # ---- pass 1: log-weights, their online logsumexp ---------------------------------
+    # ---- pass 1: log-weights and their max; then their logsumexp ----------------------
     run_max = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
-    run_sum = tl.zeros([BLOCK_B], dtype=tl.float32)
     r_base = zero
     z_base = zero
     for k in range(0, K):
@@ -204,13 +219,22 @@ def iwae_bound_rows_kernel(
             acc += tl.where(m, log_px_value(x, r, s, LIK), 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
-        new_max = tl.maximum(run_max, log_w)
-        shift = lse_shift(new_max)   # every log w so far -inf, or one +inf: 0
-        run_sum = run_sum * exp_(run_max - shift) + exp_(log_w - shift)
-        run_max = new_max
+        run_max = tl.maximum(run_max, log_w)
         r_base += stride_rk
         z_base += stride_zk
-    shift = lse_shift(run_max)
+    # sum_k exp(log w_k - max) from the scratch, not online: a (K_BLOCK, BLOCK_B) tile a
+    # step, each lane summing K / K_BLOCK terms, then a tree over the tile's K_BLOCK lanes
+    # (an online sum, rescaled at each new max, is K terms one after another: 1 +- 4e-6
+    # at K = 5000, carried by every weight). Read back by other threads: the barrier.
+    shift = lse_shift(run_max)   # every log w -inf, or one +inf: 0
+    tl.debug_barrier()
+    kb = tl.arange(0, K_BLOCK)
+    sum_tile = tl.zeros([K_BLOCK, BLOCK_B], dtype=tl.float32)
+    for k0 in range(0, K, K_BLOCK):
+        ks2 = (zero + k0 + kb)[:, None]
+        lw = tl.load(LOG_W + ks2 * b_pad + rows[None, :], mask=ks2 < K, other=float("-inf"))
+        sum_tile += exp_(lw - shift[None, :])
+    run_sum = tl.sum(sum_tile, axis=0)
     lse = shift + log_(run_sum)
     store_as(ROW_VALUES, rows, (lse - log_k) * row_scale, rmask)
 
@@ -223,6 +247,7 @@ def iwae_bound_rows_kernel(
         # a row whose every log w is -inf (sum 0) weighs 0, not 0 * inf = NaN (a NaN sum
         # stays NaN)
         inv_sum = tl.where(rmask & (run_sum != 0.0), rcp_(run_sum), 0.0)
+        tl.debug_barrier()   # every thread's read of the log-weights above, before the stores
         for k in range(0, K):
             lw_off = (zero + k) * b_pad + rows
             w = exp_(tl.load(LOG_W + lw_off) - shift) * inv_sum
@@ -237,7 +262,7 @@ def iwae_bound_rows_kernel(
                 _grad_block(X, R, OBS, LOG_W, GX, GR, GOBS, pid, rows, rows2, cols,
                             rmask2 & (cols[None, :] < D), zero, K, B, b_pad, D, stride_x,
                             stride_rk, stride_rb, stride_obs, obs_scalar, LIK, NEED_GX,
-                            NEED_GR, OBS_GRAD, BLOCK_B, BLOCK_D)
+                            NEED_GR, OBS_GRAD, BLOCK_B, BLOCK_D, K_BLOCK)
         if NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
             size_bl = (zero + B) * L
             for l0 in range(0, L, BLOCK_L):
@@ -253,6 +278,10 @@ def iwae_bound_rows_kernel(
                 gplv_acc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 z_off = rows2 * stride_zb + lat2
                 gz_off = rows2 * L + lat2
+                gmu_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                glv_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                gpm_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                gplv_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                 for k in range(0, K):
                     w = tl.load(LOG_W + (zero + k) * b_pad + rows)[:, None]
                     z = load_f32(Z, z_off, m)
@@ -260,14 +289,27 @@ def iwae_bound_rows_kernel(
                                                                        PRIOR)
                     if NEED_GZ:
                         store_as(GZ, gz_off, -weigh(d_z, w, True), m)
-                    gmu_acc += weigh(d_mu, w, True)
-                    glv_acc += weigh(d_lv, w, True)
+                    gmu_blk += weigh(d_mu, w, True)
+                    glv_blk += weigh(d_lv, w, True)
                     if NEED_GPM:
-                        gpm_acc += weigh(d_pm, w, True)
+                        gpm_blk += weigh(d_pm, w, True)
                     if NEED_GPLV:
-                        gplv_acc += weigh(d_plv, w, True)
+                        gplv_blk += weigh(d_plv, w, True)
+                    if (k + 1) % K_BLOCK == 0:   # blocks of samples, as _grad_block's
+                        gmu_acc += gmu_blk
+                        glv_acc += glv_blk
+                        gpm_acc += gpm_blk
+                        gplv_acc += gplv_blk
+                        gmu_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                        glv_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                        gpm_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
+                        gplv_blk = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
                     z_off += stride_zk
                     gz_off += size_bl
+                gmu_acc += gmu_blk
+                glv_acc += glv_blk
+                gpm_acc += gpm_blk
+                gplv_acc += gplv_blk
                 out_off = rows2 * L + lat2
                 if NEED_GMU:
                     store_as(GMU, out_off, -gmu_acc, m)

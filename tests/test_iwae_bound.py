@@ -668,3 +668,21 @@ def test_a_far_reconstruction_of_weight_zero(seed, backend, obs, k, miss):
                        grads(want, [want_ins[i] for i in used])):
         assert_close_past_range(f"grad {i}", g, e, dt)
     assert float(grads(got, [ins[1]])[0][1, 0].abs().max()) == 0.0   # the weight 0
+
+
+def test_a_row_s_weights_summed_in_blocks(backend):
+    """The softmax's normalizer of a row whose largest weight comes first: 1, then 63
+    weights of 2^-25.5, each under half an ulp of 1. A running float32 sum drops every one
+    of them (the bound 1.3e-6 off); summed in blocks over k (or pairwise), the small ones
+    meet each other first and count."""
+    k = 64
+    x = torch.zeros(1, 1)
+    r = math.sqrt(2 * 25.5 * math.log(2.0))   # log w_k = -r^2 / 2 = -25.5 log 2
+    recon_k = torch.full((k, 1, 1), r)
+    recon_k[0] = 0.0
+    mu = logvar = torch.zeros(1, 1)
+    z_k = torch.zeros(k, 1, 1)                # log q(z_k|x) = log p(z_k): log w = log p(x|z)
+    got = fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="gaussian",
+                             backend=backend)
+    want = math.log1p((k - 1) * 2.0 ** -25.5) - math.log(k) - 0.5 * math.log(2 * math.pi)
+    assert abs(got.item() - want) < 9e-7, got.item() - want

@@ -109,6 +109,12 @@ IWAE_ROWS_LATENT_TILE = 1024
 # fp32's tiles spill 8-16 bytes on sm_80 with the product (Triton 3.6: 1024 elements at 4
 # warps, 2048 at 8) and have MUFU to spare. The interpreter runs it for every dtype.
 IWAE_ROWS_PRODUCT_BLOCKS = 126
+# The two-pass kernel sums over k (the softmax's normalizer, d/dx, d/dobs_logvar, d/dmu,
+# d/dlogvar, the prior's) in blocks of this many samples, the blocks' sums added after:
+# K_BLOCK + K / K_BLOCK float32 additions in a row, not K (at K = 5000: 64 + 79). The
+# interpreter's blocks are small, so its tests (K <= 16) run several blocks and a tail.
+IWAE_ROWS_K_BLOCK = 64
+IWAE_ROWS_K_BLOCK_INTERP = 4
 
 # The pair kernel (iwae_pairs_config): BLOCK_P (row, sample) pairs of up to 784 columns a
 # program (K = 5: three rows in 15 of 16 tile rows), where a row's samples would pad the
@@ -289,6 +295,11 @@ def iwae_rows_log_of_product(d: int, block_d: int, element_size: int, lik: int) 
     product (``IWAE_ROWS_PRODUCT_BLOCKS``)."""
     return (lik == BERNOULLI and (interpreter_tiles() or element_size < 4)
             and d // block_d <= IWAE_ROWS_PRODUCT_BLOCKS)
+
+
+def iwae_rows_k_block() -> int:
+    """K_BLOCK of the two-pass IWAE kernel: samples a block of each sum over k."""
+    return IWAE_ROWS_K_BLOCK_INTERP if interpreter_tiles() else IWAE_ROWS_K_BLOCK
 
 
 def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):

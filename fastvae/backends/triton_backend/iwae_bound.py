@@ -116,6 +116,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
                        LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
                            d, block_d, recon_k.element_size(), lik),
+                       K_BLOCK=configs.iwae_rows_k_block(),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
                                           programs * block_b),
                        **args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from torch._guards import TracingContext as _TracingContext
 
 # What ``torch.compiler.assume_constant_result`` sets on the function (torch 2.0 to 2.13);
 # tests/test_compile.py checks that torch's decorator still sets exactly this.
@@ -20,3 +21,23 @@ def constant_result(fn):
         return torch.compiler.assume_constant_result(fn)
     setattr(fn, _MARK, True)
     return fn
+
+
+@constant_result
+def tracing_here() -> bool:
+    """Whether this thread is the one tracing, asked where ``torch.compiler.is_compiling()``
+    says True: write ``torch.compiler.is_compiling() and tracing_here()`` for "this code is
+    being compiled".
+
+    torch's own answer is a process-wide flag, held for the whole of a torch.compile session
+    (and of a torch.export): while one thread compiles, every other thread's eager calls
+    read True, and would take the compiled path's choices (no memo or routes, the custom
+    ops' dispatch, no graph for a ``create_graph=True`` backward, no reference under
+    ``torch.func``, DReG refused). Dynamo, tracing, folds the flag and this (a constant
+    result, run once as it traces) to True; so does the Python a compile or an export runs
+    as it traces (AOTAutograd over the custom ops' autograd, a non-strict export): each
+    holds a ``TracingContext`` in the tracing thread. The flag is read first, and not from
+    inside a function of fastvae's: eager code that a compiled function runs (a skipped
+    frame, the rest after a graph break) would have dynamo compile that function's frame on
+    its own, with both folded to True for good."""
+    return _TracingContext.try_get() is not None

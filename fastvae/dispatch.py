@@ -7,6 +7,7 @@ import functools
 import torch
 
 from . import backends, ops, reference
+from ._compiler import tracing_here
 from .validation import resolve_validate, type_name
 
 
@@ -23,11 +24,11 @@ def run(backend, device, op: str):
         # math, traced into a compiled graph, marks nothing: a mark while tracing would be
         # a side effect, which a checkpointed block refuses (last_backend() then keeps
         # naming an earlier call's backend, as the README says)
-        if not torch.compiler.is_compiling():
+        if not (torch.compiler.is_compiling() and tracing_here()):
             backends.mark_used(name)
         return getattr(reference, op)
-    if torch.compiler.is_compiling():  # a lookup in the memo would be a guard on it, and a
-        # first call's fill a recompile
+    # a lookup in the memo would be a guard on it, and a first call's fill a recompile
+    if torch.compiler.is_compiling() and tracing_here():
         return functools.partial(getattr(ops, op), backend=name)
     fn = _fused.get((op, name))
     if fn is None:

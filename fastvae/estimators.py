@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ._compiler import tracing_here
 from .validation import DMOL
 
 ESTIMATORS = ("standard", "stl", "dreg")
@@ -169,7 +170,7 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
     direct gradient, and the encoder's gradient would be silently wrong."""
     if not torch.is_grad_enabled() or not z_k.requires_grad:
         return
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and tracing_here():
         # a traced graph has no autograd nodes to read; refusing breaks the graph here, so
         # this check runs eagerly on the real tensors (a compiled model that samples and
         # decodes is one node: wrong encoder gradients, silently), fullgraph raises
@@ -207,7 +208,7 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
     Not under torch.compile: dynamo cannot trace the hooks' Python state."""
     if not (torch.is_grad_enabled() and value.requires_grad and z_k.requires_grad):
         return
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and tracing_here():
         _refuse_compiling()
     peers = _hooks_on.get(z_k)
     if peers is None:

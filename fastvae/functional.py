@@ -18,6 +18,7 @@ import math
 import torch
 
 from . import backends, estimators, ops, reference
+from ._compiler import tracing_here
 from ._dtypes import widened
 from . import validation as V
 from .dispatch import check_generator as _check_generator
@@ -140,7 +141,7 @@ def elbo(
     clamped at -100 and this is not.
     """
     # (no signature under torch.compile: the memo is off there, V.Checked)
-    sig = None if torch.compiler.is_compiling() else _elbo_signature(
+    sig = None if torch.compiler.is_compiling() and tracing_here() else _elbo_signature(
         x, recon, mu, logvar, z, obs_logvar, prior_mu, prior_logvar, likelihood, kl, beta,
         free_bits, reduction, estimator, bits, backend, _scale)
     seen = _ELBO_CHECKED.get(sig)

@@ -9,6 +9,7 @@ import torch
 
 from . import ops
 from . import validation as V
+from ._compiler import tracing_here
 from .dispatch import check_generator as _check_generator
 from .dispatch import keep_route as _keep_route, route_taken as _route_taken
 from .dispatch import run as _run
@@ -71,9 +72,9 @@ def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
     0.5 (exp(lv_q - lv_p) - 1)``, ``dKL/dlogvar_p = 0.5 (1 - exp(lv_q - lv_p) - d^2
     exp(-lv_p))``. Returns ``(B,)``, float64 when any input is, else float32.
     """
-    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate,
-                                           None if torch.compiler.is_compiling()
-                                           else V.layouts(mu_q, logvar_q, mu_p, logvar_p))
+    sig = None if torch.compiler.is_compiling() and tracing_here() else V.layouts(
+        mu_q, logvar_q, mu_p, logvar_p)
+    mu2, lv2, pm, plv, device = _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate, sig)
     return _run(backend, device, "kl_normal")(mu2, lv2, pm, plv)
 
 
@@ -110,8 +111,8 @@ def sample_with_kl(mu_q, logvar_q, mu_p=None, logvar_p=None, generator=None, bac
     any input is, else float32).
     """
     # (none under torch.compile: the memo is off there, V.Checked)
-    layouts = None if torch.compiler.is_compiling() else V.layouts(mu_q, logvar_q, mu_p,
-                                                                   logvar_p)
+    layouts = None if torch.compiler.is_compiling() and tracing_here() else V.layouts(
+        mu_q, logvar_q, mu_p, logvar_p)
     sig = _route_key(layouts, backend)
     seen = _ROUTES.get(sig)
     if type(seen) is ops.Route and _route_taken(seen, backend, validate, mu_q.device):

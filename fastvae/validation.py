@@ -13,6 +13,7 @@ from numbers import Integral, Real
 
 import torch
 
+from ._compiler import tracing_here
 from ._dtypes import FLOATS, result_dtype, same_shape, widened
 
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
@@ -73,16 +74,17 @@ class Checked:
         self._limit = limit
 
     def __contains__(self, sig) -> bool:
-        return sig is not None and not torch.compiler.is_compiling() and sig in self._seen
+        return (sig is not None and not (torch.compiler.is_compiling() and tracing_here())
+                and sig in self._seen)
 
     def get(self, sig):
         """The value ``sig`` was added with (True by default); None where it was not."""
-        if sig is None or torch.compiler.is_compiling():
+        if sig is None or (torch.compiler.is_compiling() and tracing_here()):
             return None
         return self._seen.get(sig)
 
     def add(self, sig, value=True) -> None:
-        if sig is None or torch.compiler.is_compiling():
+        if sig is None or (torch.compiler.is_compiling() and tracing_here()):
             return
         if len(self._seen) >= self._limit:
             self._seen.clear()

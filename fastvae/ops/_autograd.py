@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .. import backends
+from .._compiler import tracing_here
 from .._dtypes import same_shape, saved_grad_dtype
 from ._modes import (carries_tangent, dispatch_modes, forward_ad_active, functorch_active,
                      is_tracing, plain_eager, transform_stacked)
@@ -140,7 +141,8 @@ def may_scale_in_place(ctx, grad_out: Optional[Tensor]) -> bool:
 def may_overwrite_saved(ctx) -> bool:
     """Whether backward may write over the saved gradients: the caller dropped them
     (:func:`owned`), nothing is being traced, and the graph is freed after this backward."""
-    return (ctx.owns_saved and not torch.compiler.is_compiling() and not _graph_kept())
+    return (ctx.owns_saved and not (torch.compiler.is_compiling() and tracing_here())
+            and not _graph_kept())
 
 
 def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
@@ -205,7 +207,7 @@ def owned(outputs, values: int = 1):
     may then scale them in place (:func:`weigh_saved`); its node, of any of ``values``."""
     # none while tracing; else the op's ctx, unless a Tensor subclass's __torch_function__
     # wrapped the output (an alias node of its own: the gradients stay unscaled, correct)
-    node = None if torch.compiler.is_compiling() else next(
+    node = None if torch.compiler.is_compiling() and tracing_here() else next(
         (o.grad_fn for o in outputs[:values] if o.grad_fn is not None), None)
     if hasattr(node, "owns_saved"):
         node.owns_saved = True
@@ -214,7 +216,7 @@ def owned(outputs, values: int = 1):
 
 def graph_of_backward_wanted() -> bool:
     """Whether this backward must itself be differentiable (``create_graph=True``)."""
-    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    return torch.is_grad_enabled() and not (torch.compiler.is_compiling() and tracing_here())
 
 
 def recompute_grads(value, inputs, needs_, grad_out):
@@ -272,7 +274,7 @@ def usual_backward(ctx, grad_out) -> bool:
     route's every backward asks)."""
     return (type(grad_out) is torch.Tensor and grad_out.dim() == 0 and not grad_out.is_neg()
             and not torch.is_grad_enabled() and ctx.owns_saved
-            and not torch.compiler.is_compiling() and not _graph_kept()
+            and not (torch.compiler.is_compiling() and tracing_here()) and not _graph_kept()
             and not transform_stacked() and not carries_tangent((grad_out,))
             and (_legacy_batched is None or not _legacy_batched(grad_out)))
 
@@ -400,8 +402,8 @@ class Route:
         backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
         (:func:`plain_eager`, :func:`reference_only`; real tensors: the caller's)."""
         # reference_only()'s checks inline, its compile check shared: every routed call asks
-        return not (torch.compiler.is_compiling() or dispatch_modes() or functorch_active()
-                    or forward_ad_active() or is_tracing())
+        return not ((torch.compiler.is_compiling() and tracing_here()) or dispatch_modes()
+                    or functorch_active() or forward_ad_active() or is_tracing())
 
     def usable(self) -> bool:
         """Whether a call now may take this route (besides its key): :meth:`eager`, and the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._compiler import tracing_here
 from ..validation import PLAIN_TENSORS
 
 
@@ -13,7 +14,7 @@ def plain_eager(args) -> bool:
     """Real tensors (``PLAIN_TENSORS``) with no lazy negation (``x.conj().imag``: the
     custom op's dispatch resolves it, the backends' kernels read the raw memory), no
     tracing, no dispatch mode watching: the autograd.Function path."""
-    if torch.compiler.is_compiling() or dispatch_modes():
+    if (torch.compiler.is_compiling() and tracing_here()) or dispatch_modes():
         return False
     for a in args:  # a loop, not all(genexpr): this runs on every call
         if isinstance(a, Tensor) and (type(a) not in PLAIN_TENSORS or a.is_meta
@@ -36,7 +37,7 @@ def transform_stacked() -> bool:
 def functorch_active() -> bool:
     """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running eagerly.
     (torch.compile traces through the custom ops; its own tracing looks like one.)"""
-    return not torch.compiler.is_compiling() and transform_stacked()
+    return not (torch.compiler.is_compiling() and tracing_here()) and transform_stacked()
 
 
 _peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
@@ -75,4 +76,4 @@ def reference_only() -> bool:
     kernels' and Triton launches' pointer arithmetic would meet its tensor-valued sizes;
     not under torch.compile, which keeps the fused ops and cannot trace the check)."""
     return (functorch_active() or forward_ad_active()
-            or (not torch.compiler.is_compiling() and is_tracing()))
+            or (not (torch.compiler.is_compiling() and tracing_here()) and is_tracing()))

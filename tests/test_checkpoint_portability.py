@@ -12,17 +12,12 @@ from fastvae import train as T
 from fastvae.checkpoint import (FORMAT, CheckpointError, checksum, load_checkpoint,
                                 save_checkpoint)
 from fastvae.data import run_data_source
+from test_train import quiet, tiny as train_tiny
 
 
 def tiny(out, **kw):
-    cfg = dict(out=str(out), epochs=1, hidden=[16], latent=4, batch_size=64, lr=3e-3,
-               iwae_k=0, progress=False)
-    cfg.update(kw)
-    return cfg
-
-
-def quiet(*args, **kw):
-    pass
+    """test_train's tiny run, one epoch and no final estimate."""
+    return train_tiny(out, **{"epochs": 1, "iwae_k": 0, **kw})
 
 
 def test_numpy_numbers_in_a_config_make_a_checkpoint_that_loads(tmp_path):

@@ -126,22 +126,24 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
         yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator={est} prior=L", iwae_call
 
 
-def _sample_call(shape, dname, prior, prior_dtype=None):
-    """One group: prior None (N(0, I)), "BL" (the posterior's shape) or "L" (one row)."""
+def _sample_call(shape, dname, prior, prior_dtype=None, use="both", grads=("mu", "lv")):
+    """One group: prior None (N(0, I)), "BL" (the posterior's shape) or "L" (one row);
+    ``use``: what the loss takes ("both", "z" alone: no KL gradient, "kl" alone: no dz);
+    ``grads``: which posterior tensors need one (a frozen half: a NEED_* switch off)."""
     def call():
         nt = DTYPES[dname][1]
-        mu, lv = empty(shape, nt, True), empty(shape, nt, True)
+        mu, lv = empty(shape, nt, "mu" in grads), empty(shape, nt, "lv" in grads)
         pt = prior_dtype or nt
         p_shape = shape if prior == "BL" else shape[1:]
         pm, plv = (empty(p_shape, pt, True), empty(p_shape, pt, True)) if prior else (None, None)
         z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
-        finish(z.sum() + kl.sum(), "train", False)
+        finish({"both": z.sum() + kl.sum(), "z": z.sum(), "kl": kl.sum()}[use], "train", False)
     return call
 
 
 def int64_calls() -> Iterator[Tuple[str, Callable]]:
-    """The two-pass IWAE kernel's INT64 switch at a small shape (the int32 limit lowered
-    for the call: a real K*B*D > 2^31 would need tens of GB of stand-ins)."""
+    """The INT64 switches at small shapes (the int32 limit lowered for the call: a real
+    K*B*D > 2^31 would need tens of GB of stand-ins)."""
     from fastvae.backends.triton_backend import configs
 
     def call():
@@ -156,8 +158,105 @@ def int64_calls() -> Iterator[Tuple[str, Callable]]:
             configs.INT32_LIMIT = saved
         finish(v, "train", False)
     yield "iwae B=64 D=784 L=32 K=50 fp32 INT64", call
+    # every other kernel with the switch (none of them was compiled with INT64=True): the
+    # ELBO row kernel and free bits' pass (MC KL, learned prior), the pair kernel, the
+    # mixture's, and the row kernel as kl_standard_normal and gaussian_log_prob run it
+    lowered = [
+        ("elbo B=64 D=784 L=32 bf16 kl=mc fb=0.5 prior=BL INT64",
+         lambda: _elbo(64, 784, 32, "bf16", kl="mc", free_bits=0.5, prior="BL")),
+        ("iwae B=64 D=784 L=32 K=5 bf16 (pairs) INT64",
+         lambda: _iwae(64, 784, 32, 5, "bf16")),
+        ("dmol B=4 C=3 8x8 M=10 bf16 INT64",
+         lambda: finish(fastvae.discretized_logistic_mixture_log_prob(
+             empty((4, 3, 8, 8), torch.bfloat16), empty((4, 100, 8, 8), torch.bfloat16, True),
+             backend="triton", validate=False), "train", False)),
+        ("kl_standard_normal N=64 L=32 bf16 INT64",
+         lambda: finish(fastvae.kl_standard_normal(*stand_in_latents(64, 32, torch.bfloat16,
+                                                                       True, False),
+                                                   backend="triton", validate=False),
+                        "train", False)),
+        ("gaussian_log_prob N=64 D=784 bf16 logvar=BD INT64",
+         lambda: finish(fastvae.gaussian_log_prob(
+             empty((64, 784), torch.bfloat16), empty((64, 784), torch.bfloat16, True),
+             empty((64, 784), torch.float32, True), backend="triton", validate=False),
+             "train", False))]
+    for label, fn in lowered:
+        def lowered_call(fn=fn, configs=configs):
+            saved, configs.INT32_LIMIT = configs.INT32_LIMIT, 1000
+            try:
+                fn()
+            finally:
+                configs.INT32_LIMIT = saved
+        yield label, lowered_call
+
+
+def _elbo(b, d, l, dname, likelihood="bernoulli", kl="analytic", free_bits=0.0, prior=None,
+          grads=("recon", "mu", "lv"), x_dtype=None):
+    """A training ELBO: ``grads`` names the inputs that need a gradient; ``x_dtype`` x's
+    dtype where it differs from the network outputs' (the host sizes the tile by x's)."""
+    xt, nt = DTYPES[dname]
+    xt = x_dtype or xt
+    mu, lv = empty((b, l), nt, "mu" in grads), empty((b, l), nt, "lv" in grads)
+    shape = (b, l) if prior == "BL" else (l,)
+    pm, plv = ((empty(shape, nt, True), empty(shape, nt, True)) if prior in ("BL", "L")
+               else (prior, prior) if prior is not None else (None, None))
+    obs = empty((b, d), torch.float32, True) if likelihood == "gaussian" else 0.0
+    v = fastvae.elbo(empty((b, d), xt, "x" in grads), empty((b, d), nt, "recon" in grads), mu,
+                     lv, likelihood=likelihood, kl=kl,
+                     z=empty((b, l), nt, "z" in grads) if kl == "mc" else None,
+                     free_bits=free_bits, obs_logvar=obs, prior_mu=pm, prior_logvar=plv,
+                     backend="triton", validate=False)
+    finish(v, "train", False)
+
+
+def _iwae(b, d, l, k, dname, likelihood="bernoulli", grads=("recon", "mu", "lv", "z")):
+    xt, nt = DTYPES[dname]
+    mu, lv = empty((b, l), nt, "mu" in grads), empty((b, l), nt, "lv" in grads)
+    v = fastvae.iwae_bound(empty((b, d), xt), empty((k, b, d), nt, "recon" in grads), mu, lv,
+                           empty((k, b, l), nt, "z" in grads), likelihood=likelihood,
+                           reduction="mean", backend="triton", validate=False)
+    finish(v, "train", False)
+
+
+def switch_calls() -> Iterator[Tuple[str, Callable]]:
+    """Switch values no other catalog call turns on, one call each (what an audit of the
+    public API's option space found uncompiled): sample_with_kl with only z or only the
+    KL in the loss (HAS_GKL, HAS_DZ off) and with one posterior tensor frozen (NEED_GMU,
+    NEED_GLV off); the mixture's 32- and 64-component tiles (M = 20, 40); the ELBO and
+    IWAE with a frozen decoder (no recon gradient) or a frozen encoder (no latent ones);
+    a 16-bit x beside fp32 network outputs (the tile is sized by x's dtype); a number as
+    the prior of a 16-bit posterior (an fp32 prior row)."""
+    for use, grads in (("z", ("mu", "lv")), ("kl", ("mu", "lv")), ("both", ("mu",)),
+                       ("both", ("lv",))):
+        yield (f"sample_with_kl B=4096 L=64 bf16 prior=BL use={use} grads={'+'.join(grads)}",
+               _sample_call((4096, 64), "bf16", "BL", use=use, grads=grads))
+    for m, dname in itertools.product((20, 40), ("fp32", "bf16")):
+        def dmol_call(m=m, dname=dname):
+            xt, nt = DTYPES[dname]
+            finish(fastvae.discretized_logistic_mixture_log_prob(
+                empty((64, 3, 32, 32), xt), empty((64, 10 * m, 32, 32), nt, True),
+                backend="triton", validate=False), "train", False)
+        yield f"dmol B=64 C=3 32x32 M={m} {dname} train", dmol_call
+    for lik, dname in itertools.product(("bernoulli", "continuous_bernoulli", "gaussian"),
+                                        ("fp32", "bf16")):
+        yield (f"elbo B=4096 D=784 L=32 {dname} {lik} frozen decoder",
+               lambda lik=lik, dname=dname: _elbo(4096, 784, 32, dname, lik, grads=("mu", "lv")))
+        yield (f"elbo B=4096 D=784 L=32 {dname} {lik} frozen encoder",
+               lambda lik=lik, dname=dname: _elbo(4096, 784, 32, dname, lik, grads=("recon",)))
+        yield (f"elbo B=4096 D=784 L=32 {lik} bf16 x, fp32 outputs",
+               lambda lik=lik: _elbo(4096, 784, 32, "fp32", lik, x_dtype=torch.bfloat16))
+    for (b, d, l, k), dname in itertools.product(((4096, 784, 32, 5), (4096, 784, 32, 50),
+                                                   (64, 64, 8, 4)), ("fp32", "bf16")):
+        yield (f"iwae B={b} D={d} L={l} K={k} {dname} frozen decoder",
+               lambda b=b, d=d, l=l, k=k, dname=dname: _iwae(b, d, l, k, dname,
+                                                             grads=("mu", "lv", "z")))
+        yield (f"iwae B={b} D={d} L={l} K={k} {dname} frozen encoder",
+               lambda b=b, d=d, l=l, k=k, dname=dname: _iwae(b, d, l, k, dname,
+                                                             grads=("recon",)))
+    yield ("elbo B=4096 D=784 L=32 bf16 prior=number",
+           lambda: _elbo(4096, 784, 32, "bf16", prior=0.5))
 
 
 def feature_calls(elbo_shapes, iwae_shapes):
     return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes),
-            *prior_calls(elbo_shapes, iwae_shapes), *int64_calls()]
+            *prior_calls(elbo_shapes, iwae_shapes), *int64_calls(), *switch_calls()]

@@ -102,6 +102,11 @@ IWAE_ROWS_TILE = {1: (1024, 4), 2: (1024, 4), 4: (1024, 4),
                   (CONTINUOUS_BERNOULLI, 4): (512, 8),
                   (GAUSSIAN_TENSOR, 2): (2048, 8), (GAUSSIAN_TENSOR, 1): (2048, 8)}
 IWAE_ROWS_LATENTS_A_THREAD = 4
+# Tile elements where the latents fill IWAE_ROWS_BLOCK_L (L > 32), if more than
+# IWAE_ROWS_TILE's: the continuous Bernoulli's fp32 8 x 64 tile at 8 warps spilled 4 bytes
+# at 64 registers on sm_80 with d/dx and a prior (Triton 3.6 and 3.9, B=2 D=256 L=64 K=32
+# INT64); 16 x 64 at 8 warps takes 96-100 and none.
+IWAE_ROWS_FULL_LATENTS_ELEMENTS = {(CONTINUOUS_BERNOULLI, 4): 1024}
 IWAE_ROWS_LATENT_TILE = 1024
 # Pass 1 of the Bernoulli takes one lg2 of the product of the (1 + e) factors of up to
 # IWAE_ROWS_PRODUCT_BLOCKS full column blocks (each in (1, 2]: <= 126 cannot overflow)
@@ -313,6 +318,8 @@ def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNO
     block_d = min(IWAE_ROWS_BLOCK_D, max(16, _p2(d)))
     block_l = min(IWAE_ROWS_BLOCK_L, max(16, _p2(l)))
     elements, warps = IWAE_ROWS_TILE.get((lik, element_size), IWAE_ROWS_TILE[element_size])
+    if block_l == IWAE_ROWS_BLOCK_L:
+        elements = max(elements, IWAE_ROWS_FULL_LATENTS_ELEMENTS.get((lik, element_size), 0))
     block_b = min(elements // block_d, IWAE_ROWS_LATENT_TILE // block_l)
     warps = max(warps, block_b * block_l // (32 * IWAE_ROWS_LATENTS_A_THREAD))
     return block_b, block_d, block_l, warps

@@ -27,7 +27,7 @@ import torch
 
 import fastvae
 
-from .catalog_features import feature_calls
+from .catalog_features import feature_calls, iwae_rows_edge_calls
 from .stand_ins import (ALL_DTYPES, BF16, DTYPES, F16, F32, PURE, empty, finish,  # noqa: F401
                         stand_in_latents, stand_in_obs, run_in_mode)
 
@@ -209,6 +209,13 @@ def benchmark_labels() -> set:
     return {label for label, _ in [*calls(bench_only=True), *small_op_calls()]
             if not label.startswith(("kl_standard_normal", "gaussian_log_prob"))
             or label.split()[1] in ("N=4096", "N=65536")}
+
+
+def always_compiled_labels() -> set:
+    """What the "ci" tier compiles whatever else covers it: :func:`benchmark_labels`, and
+    the two-pass IWAE calls at the edge of spilling (a register count that a cover by code
+    shape would not see)."""
+    return benchmark_labels() | {label for label, _ in iwae_rows_edge_calls()}
 
 
 def sweep_calls() -> List[Tuple[str, Callable]]:

@@ -218,6 +218,47 @@ def _iwae(b, d, l, k, dname, likelihood="bernoulli", grads=("recon", "mu", "lv",
     finish(v, "train", False)
 
 
+def iwae_rows_edge_calls() -> Iterator[Tuple[str, Callable]]:
+    """Two-pass IWAE specializations at the edge of spilling (4-8 bytes at 64-96 registers
+    in a coverage audit): a 64 x 16 tile at B = 1 with a (B, L) prior mean beside a number
+    log-variance, pure bf16 with a (B, 1) prior at INT64, and the continuous Bernoulli's
+    fp32 recon at L = 64 with d/dx (DReG), a number prior, bf16 x and fp16 mu at INT64
+    (``configs.IWAE_ROWS_FULL_LATENTS_ELEMENTS``)."""
+    from fastvae.backends.triton_backend import configs
+    F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+    def run(b, d, l, k, lik, est, red, dts, prior, int64):
+        xdt, rdt, mdt, ldt, zdt = dts
+        x = empty((b, d), xdt, est == "dreg")
+        mu, lv = empty((b, l), mdt, True), empty((b, l), ldt, True)
+        if est == "dreg":   # recon_k a function of z_k
+            z_k = empty((k, b, l), zdt, True)
+            recon_k = (z_k @ empty((l, d), zdt)).to(rdt)
+        else:
+            z_k, recon_k = empty((k, b, l), zdt, True), empty((k, b, d), rdt, True)
+        saved = configs.INT32_LIMIT
+        if int64:
+            configs.INT32_LIMIT = 1000
+        try:
+            v = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood=lik, reduction=red,
+                                   estimator=est, prior_mu=prior[0], prior_logvar=prior[1],
+                                   backend="triton", validate=False)
+        finally:
+            configs.INT32_LIMIT = saved
+        finish(v if red != "none" else v.sum(), "train", False)
+
+    yield ("iwae B=1 D=7 L=3 K=5000 amp-bf16 estimator=stl prior=(B,L)+number",
+           lambda: run(1, 7, 3, 5000, "bernoulli", "stl", "none", (F32,) + (BF16,) * 4,
+                       (empty((1, 3), F32, True), 0.5), False))
+    yield ("iwae B=2 D=64 L=8 K=5000 bf16 prior=B1 INT64",
+           lambda: run(2, 64, 8, 5000, "bernoulli", "standard", "sum", (BF16,) * 5,
+                       (empty((2, 1), BF16, True), empty((2, 1), BF16, True)), True))
+    yield ("iwae B=2 D=256 L=64 K=32 continuous_bernoulli bf16-x fp32-recon estimator=dreg "
+           "prior=number INT64",
+           lambda: run(2, 256, 64, 32, "continuous_bernoulli", "dreg", "mean",
+                       (BF16, F32, F16, F32, F32), (0.3, -0.2), True))
+
+
 def switch_calls() -> Iterator[Tuple[str, Callable]]:
     """Switch values no other catalog call turns on, one call each (what an audit of the
     public API's option space found uncompiled): sample_with_kl with only z or only the
@@ -259,4 +300,5 @@ def switch_calls() -> Iterator[Tuple[str, Callable]]:
 
 def feature_calls(elbo_shapes, iwae_shapes):
     return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes),
-            *prior_calls(elbo_shapes, iwae_shapes), *int64_calls(), *switch_calls()]
+            *prior_calls(elbo_shapes, iwae_shapes), *int64_calls(), *switch_calls(),
+            *iwae_rows_edge_calls()]

@@ -40,7 +40,7 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
     captured = rec.distinct()
     distinct = captured
     if tier == "ci":   # the benchmark shapes' specializations and a cover of the rest
-        chosen = selection.ci_selection(rec.launches, catalog.benchmark_labels().__contains__)
+        chosen = selection.ci_selection(rec.launches, catalog.always_compiled_labels().__contains__)
         distinct = [la for la in captured if (la.kernel, la.key) in chosen]
     if kernels:
         distinct = [la for la in distinct if la.short in kernels]

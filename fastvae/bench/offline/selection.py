@@ -1,6 +1,6 @@
 """Which of the catalog's specializations the CI compiles (``judge.compile_catalog`` with
-``tier="ci"``): every one a benchmark-shape call launches, and of the rest, a covering
-subset.
+``tier="ci"``): every one a benchmark-shape call (or a call at the edge of spilling,
+``catalog.always_compiled_labels``) launches, and of the rest, a covering subset.
 
 Each distinct specialization costs about a second of one core per target and Triton
 version, four compiles in all, and CI runs on two cores. Past the benchmark shapes, most

@@ -291,8 +291,9 @@ def _load_data(cfg, state, device, rank, world, say):
         # network) is every rank's, said once by rank 0 (a barrier left the others to
         # report a lost peer, and torchrun to name them as the first failure)
         data = ranks.together(lambda: load(True) if is_main else None, rank, world)
-    if data is None:
-        data = load(cfg["download"] and world <= 1)
+    # each rank's own copy too, inside together: one rank's missing file stops every rank
+    data = ranks.together(lambda: load(cfg["download"] and world <= 1) if data is None
+                          else data, rank, world)
     if world > 1:   # every rank indexes the same images: the sampler splits one dataset
         same_data_everywhere(data, rank, world)
     ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME

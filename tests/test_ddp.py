@@ -243,6 +243,8 @@ def _data_worker(rank, port, out, case):
         data = real("digits", data_dir, False)
         if case == "differ" and rank == 1:
             data.train = data.train[:1000]
+        if case == "missing" and rank == 1:
+            raise DataError("digits: no file on this node")
         return data
     T.load_dataset = load
     cfg = dict(T.default_config(), out=out, download=case == "download")
@@ -259,7 +261,7 @@ def _data_worker(rank, port, out, case):
         json.dump([seen, calls], f)
 
 
-@pytest.mark.parametrize("case", ["same", "differ", "download"])
+@pytest.mark.parametrize("case", ["same", "differ", "download", "missing"])
 def test_ranks_that_read_other_data_or_miss_rank_0_s_download_stop_together(tmp_path, case):
     """A rank whose copy of the data differs from rank 0's would run another number of
     steps and leave the others waiting in the all-reduce: every rank stops, rank 0 says
@@ -275,6 +277,9 @@ def test_ranks_that_read_other_data_or_miss_rank_0_s_download_stop_together(tmp_
                           "images); every process must read the same data (the same file on "
                           "each node)"]
         assert r1[0] == "DataError" and r1[2] is True   # quiet: rank 0 said it
+    elif case == "missing":   # rank 1's own file: every rank stops, rank 0 names rank 1
+        assert r0 == ["RankError", "rank 1: digits: no file on this node", False]
+        assert r1[:2] == ["DataError", "digits: no file on this node"] and r1[2] is True
     else:
         assert r0 == ["DataError", "mnist: --download needs torchvision", False]
         assert r1[2] is True and calls0 == [True] and calls1 == []

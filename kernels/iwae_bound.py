@@ -31,8 +31,8 @@ walks the columns once, reading x once per block and each sample's recon_k block
 writes every gradient already weighted: d/drecon_k and d/dz_k per sample, d/dx,
 d/dobs_logvar, d/dmu, d/dlogvar summed over k in registers. Every sum over k runs in
 blocks of ``K_BLOCK`` samples whose sums are then added (``K_BLOCK + K / K_BLOCK``
-float32 additions in a row, not K: at K = 5000 a running sum's rounding reached 4e-6 of
-d/dx). The softmax weights need every sample's log-weight, so no gradient can be written
+float32 additions in a row, not K: a running float32 sum's rounding grows with its
+length). The softmax weights need every sample's log-weight, so no gradient can be written
 before pass 1 ends: forward-only use (NLL estimation with large K) is one pass
 (``(D + KD + KL + 2L) s`` plus 8K bytes of log-weights, written and read back), training
 reads recon_k and z_k twice:
@@ -224,8 +224,8 @@ def iwae_bound_rows_kernel(
         z_base += stride_zk
     # sum_k exp(log w_k - max) from the scratch, not online: a (K_BLOCK, BLOCK_B) tile a
     # step, each lane summing K / K_BLOCK terms, then a tree over the tile's K_BLOCK lanes
-    # (an online sum, rescaled at each new max, is K terms one after another: 1 +- 4e-6
-    # at K = 5000, carried by every weight). Read back by other threads: the barrier.
+    # (an online sum, rescaled at each new max, is K terms one after another, and its
+    # rounding is carried by every weight). Read back by other threads: the barrier.
     shift = lse_shift(run_max)   # every log w -inf, or one +inf: 0
     tl.debug_barrier()
     kb = tl.arange(0, K_BLOCK)

@@ -109,9 +109,9 @@ def test_cb_gradient_everywhere(backend, dtype):
     assert ((l.grad.double().flatten() - want).abs() <= tol).all(), (l.grad.flatten(), want)
 
 
-# Logits about the switches between series and closed form, the old ones (|l| = 0.1 in
-# float32, 2e-3 in float64) and the present one (|l| = 1), and between them: where
-# l / tanh(l/2) and, more, 1/l - 1/sinh l cancel.
+# Logits about the series' switch (|l| = 1), about 0.1 and 2e-3 (where a short series
+# meets the closed form with float32's and float64's cancellation in the ulps), and
+# between them: where l / tanh(l/2) and, more, 1/l - 1/sinh l cancel.
 CB_NEAR_ZERO = [s * m for s in (1.0, -1.0) for m in (
     1e-6, 1e-4, 3e-4, 1e-3, 1.9e-3, 2e-3, 2.1e-3, 5e-3, 0.01, 0.03, 0.0999, 0.1, 0.1001, 0.12,
     0.2, 0.35, 0.5, 0.7, 0.9, 0.999, 1.0, 1.001, 1.2, 1.5, 2.0, 3.0, 7.0)]
@@ -121,9 +121,8 @@ CB_NEAR_ZERO = [s * m for s in (1.0, -1.0) for m in (
 def test_cb_log_norm_and_derivative_near_zero(dtype):
     """The reference's log C (and autograd's derivative of it) and the "torch" backend's
     value and derivative against a ``decimal`` evaluation (no mpmath needed): the value
-    within 3 eps relative, d/dl within 8 eps relative. As the difference 1/l - 1/sinh l
-    just past the old short series' ends the derivative was 430 eps off in float32 here
-    (|l| ~ 0.1) and 4.6e5 eps (1e-10) in float64 (|l| ~ 2e-3)."""
+    within 3 eps relative, d/dl within 8 eps relative (the difference 1/l - 1/sinh l
+    evaluated as written is off by ~eps/l^2 relative there)."""
     from fastvae import reference
     from fastvae.backends.torch_backend import terms
 
@@ -148,8 +147,7 @@ def test_cb_log_norm_and_derivative_near_zero(dtype):
 def test_cb_normaliser_gradient_near_zero(backend, dtype):
     """Through fastvae.elbo on every backend: d/dl of the continuous Bernoulli term less the
     Bernoulli term's is 1/l - 1/sinh l (``decimal``) to within the two gradients' rounding,
-    2 eps absolute (at these points it was 7 eps in float32 and 160 eps in float64 on the
-    reference and "torch" backends)."""
+    2 eps absolute."""
     dt = case_dtype(backend, dtype)
     l = torch.tensor(CB_NEAR_ZERO, dtype=dt).reshape(-1, 1)
     x = torch.full_like(l, 0.25)

@@ -18,7 +18,8 @@ def _outside_frames() -> int:
     ``nn.Module.__call__`` or autograd passes torch's frames too); the outermost frame
     when every frame is internal."""
     frame, level = sys._getframe(2), 2
-    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
+    while (frame.f_back is not None
+           and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL)):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -149,8 +149,8 @@ def test_grad_scaler_run_saves_and_restores_its_scaler(monkeypatch, tmp_path):
     continues from it."""
     from fastvae import train as T
 
-    monkeypatch.setattr(T, "amp_policy",
-                        lambda enabled, device: (torch.bfloat16, True) if enabled else (None, False))
+    monkeypatch.setattr(T, "amp_policy", lambda enabled, device:
+                        (torch.bfloat16, True) if enabled else (None, False))
     out = tmp_path / "r"
     cfg = dict(out=str(out), epochs=1, batch_size=256, iwae_k=0, progress=False, amp=True,
                device="cpu")

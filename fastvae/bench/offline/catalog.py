@@ -244,7 +244,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 313 specializations per target and Triton (293 compiled,
+    """What CI captures, 314 specializations per target and Triton (293 compiled,
     ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and

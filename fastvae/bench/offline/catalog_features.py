@@ -6,6 +6,7 @@ One call turns each switch on, at the benchmark shapes and one odd
 shape, in the dtypes whose pointer types differ (see ``catalog.ci_calls``)."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Callable, Iterator, Tuple
 
@@ -141,21 +142,28 @@ def _sample_call(shape, dname, prior, prior_dtype=None, use="both", grads=("mu",
     return call
 
 
-def int64_calls() -> Iterator[Tuple[str, Callable]]:
-    """The INT64 switches at small shapes (the int32 limit lowered for the call: a real
-    K*B*D > 2^31 would need tens of GB of stand-ins)."""
+@contextlib.contextmanager
+def _int32_limit_lowered():
+    """The host's int32 limit lowered for a call, so its kernels take their INT64 switch at
+    a small shape (a real K*B*D > 2^31 would need tens of GB of stand-ins)."""
     from fastvae.backends.triton_backend import configs
 
+    saved, configs.INT32_LIMIT = configs.INT32_LIMIT, 1000
+    try:
+        yield
+    finally:
+        configs.INT32_LIMIT = saved
+
+
+def int64_calls() -> Iterator[Tuple[str, Callable]]:
+    """The INT64 switches at small shapes (:func:`_int32_limit_lowered`)."""
     def call():
         xt, nt = DTYPES["fp32"]
         mu, lv = stand_in_latents(64, 32, nt, True, False)
-        saved, configs.INT32_LIMIT = configs.INT32_LIMIT, 1000
-        try:
+        with _int32_limit_lowered():
             v = fastvae.iwae_bound(empty((64, 784), xt), empty((50, 64, 784), nt, True), mu,
                                    lv, empty((50, 64, 32), nt, True), reduction="mean",
                                    backend="triton", validate=False)
-        finally:
-            configs.INT32_LIMIT = saved
         finish(v, "train", False)
     yield "iwae B=64 D=784 L=32 K=50 fp32 INT64", call
     # every other kernel with the switch (none of them was compiled with INT64=True): the
@@ -181,12 +189,9 @@ def int64_calls() -> Iterator[Tuple[str, Callable]]:
              empty((64, 784), torch.float32, True), backend="triton", validate=False),
              "train", False))]
     for label, fn in lowered:
-        def lowered_call(fn=fn, configs=configs):
-            saved, configs.INT32_LIMIT = configs.INT32_LIMIT, 1000
-            try:
+        def lowered_call(fn=fn):
+            with _int32_limit_lowered():
                 fn()
-            finally:
-                configs.INT32_LIMIT = saved
         yield label, lowered_call
 
 
@@ -224,7 +229,6 @@ def iwae_rows_edge_calls() -> Iterator[Tuple[str, Callable]]:
     log-variance, pure bf16 with a (B, 1) prior at INT64, and the continuous Bernoulli's
     fp32 recon at L = 64 with d/dx (DReG), a number prior, bf16 x and fp16 mu at INT64
     (``configs.IWAE_ROWS_FULL_LATENTS_ELEMENTS``)."""
-    from fastvae.backends.triton_backend import configs
     F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
     def run(b, d, l, k, lik, est, red, dts, prior, int64):
@@ -236,15 +240,10 @@ def iwae_rows_edge_calls() -> Iterator[Tuple[str, Callable]]:
             recon_k = (z_k @ empty((l, d), zdt)).to(rdt)
         else:
             z_k, recon_k = empty((k, b, l), zdt, True), empty((k, b, d), rdt, True)
-        saved = configs.INT32_LIMIT
-        if int64:
-            configs.INT32_LIMIT = 1000
-        try:
+        with _int32_limit_lowered() if int64 else contextlib.nullcontext():
             v = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood=lik, reduction=red,
                                    estimator=est, prior_mu=prior[0], prior_logvar=prior[1],
                                    backend="triton", validate=False)
-        finally:
-            configs.INT32_LIMIT = saved
         finish(v if red != "none" else v.sum(), "train", False)
 
     yield ("iwae B=1 D=7 L=3 K=5000 amp-bf16 estimator=stl prior=(B,L)+number",

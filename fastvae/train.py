@@ -353,7 +353,7 @@ def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespa
                     and isinstance(entry.get("test"), dict)):
                 raise CheckpointError(f"{ckpt_file}: its history holds {entry!r:.80}, not an "
                                       "epoch's train and test metrics")
-        run.history, run.initial = list(state["history"]), state.get("initial_test")
+        run.history, run.initial = list(history), state.get("initial_test")
         run.start = state["epoch"]
         # data changed since (rescaled, replaced): said now, not as a non-finite loss that
         # a lower --lr cannot fix (evaluate draws from its own generator: resume stays exact)

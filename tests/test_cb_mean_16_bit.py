@@ -4,7 +4,7 @@ and rounded once: its closed form ``1/(1 - exp(-l)) - 1/l`` cancels near l = 0, 
 import pytest
 import torch
 
-from fastvae.observation import ObservationModel
+from fastvae.observation import CB_MEAN_SERIES, ObservationModel, cb_mean
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -20,24 +20,31 @@ def test_mean_of_16_bit_logits_is_the_float64_mean_rounded(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_mean_near_zero_logits_is_the_float64_mean(dtype):
+def test_mean_near_zero_logits_is_the_exact_mean(dtype):
     """Around l = 0, where the closed form's two terms cancel, and on both sides of the
-    switch to the series (|l| = 0.1): float32 within 2e-6 of the float64 mean, float64
-    within 1e-12 (the float64 closed form's own cancellation at |l| >= 1e-3)."""
-    l = torch.cat([torch.linspace(-0.3, 0.3, 6001), torch.logspace(-8, 1, 500)])
+    switch to the series (|l| = 1): within 4 eps of the mean evaluated to 40 digits. The
+    closed form alone is 20 eps off at |l| = 0.1, where the switch used to be."""
+    mpmath = pytest.importorskip("mpmath")
+    torch.manual_seed(0)
+    l = torch.cat([torch.linspace(-3, 3, 3001, dtype=torch.float64),
+                   torch.logspace(-8, 1, 400, dtype=torch.float64),
+                   torch.rand(2000, dtype=torch.float64) * 1.4 + 0.05])
     l = torch.cat([l, -l]).to(dtype)
-    from fastvae.observation import cb_mean
+    l = l[l != 0]
     got = cb_mean(l).double()
-    wide = l.double()
-    # float64: the closed form away from 0, the series (to l^9) at |l| < 1e-3
-    closed = -torch.expm1(-wide).reciprocal() - wide.reciprocal()
-    w2 = wide * wide
-    series = 0.5 + wide * (1 / 12 + w2 * (-1 / 720 + w2 * (1 / 30240 + w2 * (
-        -1 / 1209600 + w2 / 47900160))))
-    want = torch.where(wide.abs() < 1e-3, series, closed)
-    tol = 2e-6 if dtype == torch.float32 else 1e-12
-    torch.testing.assert_close(got, want, rtol=0, atol=tol)
+    with mpmath.workdps(40):
+        want = torch.tensor([float(1 / (1 - mpmath.exp(-mpmath.mpf(float(v)))) - 1 / mpmath.mpf(float(v)))
+                             for v in l.double().tolist()], dtype=torch.float64)
+    rel = ((got - want).abs() / want.abs()).max().item()
+    assert rel <= 4 * torch.finfo(dtype).eps, rel
     assert torch.equal(cb_mean(torch.zeros(3, dtype=dtype)), torch.full((3,), 0.5, dtype=dtype))
+
+
+def test_series_coefficients_are_the_bernoulli_numbers_over_factorials():
+    mpmath = pytest.importorskip("mpmath")
+    want = [float(mpmath.bernoulli(2 * n) / mpmath.factorial(2 * n))
+            for n in range(1, len(CB_MEAN_SERIES) + 1)]
+    assert list(CB_MEAN_SERIES) == want
 
 
 def test_float64_model_mean_keeps_float64():
@@ -45,7 +52,6 @@ def test_float64_model_mean_keeps_float64():
     float64 logits: only 16-bit logits are widened, never float64 ones narrowed to float32
     (which put the mean ~1e-6 off)."""
     from fastvae.models import VAE
-    from fastvae.observation import cb_mean
     torch.manual_seed(0)
     logits = torch.cat([torch.randn(64) * 0.05, torch.randn(64) * 3]).double()
     model = ObservationModel((128,), "continuous_bernoulli")

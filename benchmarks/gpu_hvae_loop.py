@@ -37,8 +37,8 @@ from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_probe import (device_for, failed, graph_ms, host_us, kernel_times,  # noqa: E402
-                       timed_gpu, triton_version, write_report)
+from gpu_report import device_for, failed, triton_version, write_report  # noqa: E402
+from gpu_timing import graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
 
 LOOP = [(1, 2), (4, 3), (8, 7), (16, 15), (32, 31), (64, 17)]   # (resolution, groups)
 SMOKE_LOOP = [(1, 2), (4, 2)]

@@ -40,8 +40,10 @@ import torch  # noqa: E402
 from fastvae import options as o  # noqa: E402
 from fastvae.bench.core import bytes_moved  # noqa: E402
 
-import gpu_probe as gp  # noqa: E402
-from gpu_probe import BAR, SMOKE, T0, log  # noqa: E402
+from gpu_report import (T0, device_for, environment, failed, fmt, log,  # noqa: E402
+                        write_report)
+from gpu_steps import BAR, DTYPES, SMOKE, elbo_step  # noqa: E402
+from gpu_timing import copy_bandwidth, kernel_times  # noqa: E402
 
 SHIPPED = "shipped"
 # (label, {dtype: patch}): patch keys tile (elements), warps, block_d, stages. Per dtype, in
@@ -111,7 +113,7 @@ class Patched:
 
 
 def outputs(step):
-    """(value, the gradients) of one step of :func:`gpu_probe.elbo_step`."""
+    """(value, the gradients) of one step of :func:`gpu_steps.elbo_step`."""
     loss = step()
     return float(loss), [t.grad.detach().clone() for t in step.leaves]
 
@@ -136,7 +138,7 @@ def row_kernel_us(step, device, cuda, steps=5):
         for _ in range(steps):
             step()
         return (time.perf_counter() - t) / steps * 1e6
-    for name, (count, us) in gp.kernel_times(step, device, steps).items():
+    for name, (count, us) in kernel_times(step, device, steps).items():
         if "elbo_rows_kernel" in name:
             return us / count
     raise RuntimeError("no elbo_rows_kernel launch in the profile")
@@ -146,7 +148,7 @@ def sweep(shape, device, cuda, bw, budget_s, rows, saved=lambda: None):
     """Append a row per candidate to ``rows``, calling ``saved()`` after each (the report
     is rewritten: a stage killed at its timeout keeps what it measured)."""
     for dt, candidates in CANDIDATES.items():
-        step, case = gp.elbo_step(shape, gp.DTYPES[dt], device, "triton")
+        step, case = elbo_step(shape, DTYPES[dt], device, "triton")
         nbytes = bytes_moved(case)
         want = None
         for label, patch in [(SHIPPED, {}), *candidates]:
@@ -189,7 +191,7 @@ def offline() -> str:
              "| dtype | candidate | grid x warps | regs | spill B | shared B | programs an SM "
              "(warps) | issue us | memory us |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for dt, candidates in CANDIDATES.items():
-        size = gp.DTYPES[dt].itemsize
+        size = DTYPES[dt].itemsize
         for label, patch in [(SHIPPED, {}), *candidates]:
             with Patched(size, patch):
                 (case,) = judge.proxy_cases(judge.bar_cases((dt,), ("elbo",)))["cases"]
@@ -220,9 +222,9 @@ def markdown(res) -> str:
         base = shipped.get(r["dtype"])
         lines.append(
             f"| {r['dtype']} | {r['candidate']} | {r['block_b']} x {r['block_d']}, "
-            f"{r['warps']}, {r['stages']} | {r['us']:.1f} | {gp.fmt(r['pct_roof'], '.1f')} | "
-            f"{gp.fmt(r['regs'])} | {gp.fmt(r['spills'])} | "
-            f"{gp.fmt(base / r['us'] if base else None, '.3f')} | "
+            f"{r['warps']}, {r['stages']} | {r['us']:.1f} | {fmt(r['pct_roof'], '.1f')} | "
+            f"{fmt(r['regs'])} | {fmt(r['spills'])} | "
+            f"{fmt(base / r['us'] if base else None, '.3f')} | "
             f"{'MISMATCH: ' + r['mismatch'] if r['mismatch'] else 'ok'} |")
     return "\n".join(lines)
 
@@ -240,7 +242,7 @@ def main(argv=None):
     if args.offline:
         print(offline())
         return 0
-    device = gp.device_for("gpu_tiles.py", args.smoke)
+    device = device_for("gpu_tiles.py", args.smoke)
     if device is None:
         return 2
     cuda = device.type == "cuda"
@@ -249,12 +251,12 @@ def main(argv=None):
     shape = SMOKE if args.smoke else BAR
     os.makedirs(args.out, exist_ok=True)
     bw_bytes = (64 << 20) if args.smoke else (1 << 30)
-    bw = gp.copy_bandwidth(device, bw_bytes)
-    res = gp.environment(device, shape, bw, rows=[])
+    bw = copy_bandwidth(device, bw_bytes)
+    res = environment(device, shape, bw, rows=[])
     sweep(shape, device, cuda, bw, args.budget_s, res["rows"],
-          lambda: gp.write_report(args.out, "tiles", res, markdown(res), quiet=True))
-    gp.write_report(args.out, "tiles", res, markdown(res))
-    return 1 if gp.failed(res["rows"]) or any(r.get("mismatch") for r in res["rows"]) else 0
+          lambda: write_report(args.out, "tiles", res, markdown(res), quiet=True))
+    write_report(args.out, "tiles", res, markdown(res))
+    return 1 if failed(res["rows"]) or any(r.get("mismatch") for r in res["rows"]) else 0
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ Fast math: compiled, ``exp2``/``log2`` are the hardware's ``ex2.approx``/``lg2.a
 formula divides. Their error (PTX ISA: ``ex2.approx`` relative 2^-22, ``lg2.approx``
 absolute 2^-22 on [0.5, 2], which is where every log2 here lands) bounds every value:
 the Bernoulli term's softplus and sigmoid are within 5e-7 absolute of the exact ones,
-below fp32 rounding of a typical row sum; tests/test_elbo_numerics.py checks the bound
-against float64 over the whole logit range. Under ``TRITON_INTERPRET=1`` (which has no
-libdevice) the same formulas run with exact ``log2``.
+below fp32 rounding of a typical row sum; tests/test_elbo_numerics_extremes.py checks the
+bound against float64 over the whole logit range. Under ``TRITON_INTERPRET=1`` (which has
+no libdevice) the same formulas run with exact ``log2``.
 """
 import os
 

@@ -3,10 +3,10 @@ reduction and option (obs_logvar layouts, beta, free bits) against the independe
 float64 formulas of tests/_formulas.py, values and gradients; the drop-in promise
 (minus pytorch/examples' loss_function); a property test.
 
-Also for the ELBO: tests/test_elbo_numerics.py (continuous Bernoulli normaliser, extreme
-values, dtypes), tests/test_elbo_autograd.py (gradcheck, layouts, empty batches,
-autograd plumbing, side effects), tests/test_higher_order.py, and what is specific to
-a backend in tests/test_triton_backend.py and tests/test_closed_form.py.
+Also for the ELBO: tests/test_elbo_numerics_*.py (continuous Bernoulli normaliser,
+extreme values, many rows, dtypes), tests/test_elbo_autograd.py (gradcheck, layouts,
+empty batches, autograd plumbing, side effects), tests/test_higher_order.py, and what is
+specific to a backend in tests/test_triton_backend.py and tests/test_closed_form.py.
 """
 from __future__ import annotations
 

@@ -87,7 +87,10 @@ def logistic_bin_tile(y, mean, log_scale, bottom, top, half_width, log_2h):
     value = (tl.where(top, 0.0, lsa) + tl.where(bottom, 0.0, lsb)
              + tl.where(interior, log_w + log_(ratio), 0.0))
     d_mean = (pb - pa) * inv_s
-    d_log_scale = b * pb - a * pa - tl.where(interior, div_(e_w, ratio), 0.0)
+    # 0 where the sigmoid is, not inf * 0: an edge bin held with certainty by a mean
+    # ~1e36 beyond it overflows a or b
+    d_log_scale = (tl.where(pb == 0.0, 0.0, b * pb) - tl.where(pa == 0.0, 0.0, a * pa)
+                   - tl.where(interior, div_(e_w, ratio), 0.0))
     return value, d_mean, d_log_scale
 
 

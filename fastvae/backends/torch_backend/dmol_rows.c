@@ -143,7 +143,12 @@ static inline __attribute__((always_inline)) vf pixels(int rgb, const float *x, 
       pa = sel(uac, pa, SPLAT(0.0f));
       pb = sel(ubc, pb, SPLAT(0.0f));
       dm[i] = (pb - pa) * inv[i];
-      vf dsv = -(nb * pb + a * pa) - sel(inter, dgap, SPLAT(0.0f));
+      /* u sigmoid(-u) is 0 past u = 87, not u times exp_nonpos's floor e^-87 (-5 at
+         u = 3e38: a mean far beyond an edge bin that it holds with certainty), nor
+         inf * 0 = NaN where u overflowed or its side is unused */
+      vf ta = sel((pa == SPLAT(0.0f)) | (a > SPLAT(87.0f)), SPLAT(0.0f), a * pa);
+      vf tb = sel((pb == SPLAT(0.0f)) | (nb > SPLAT(87.0f)), SPLAT(0.0f), nb * pb);
+      vf dsv = -(tb + ta) - sel(inter, dgap, SPLAT(0.0f));
       ds[i] = dsv * sel(clamped, SPLAT(0.0f), SPLAT(1.0f));  /* NaN * 0 stays NaN */
       mu[i] = sel(uac, la, SPLAT(0.0f)) + sel(ubc, lb, SPLAT(0.0f)) + sel(inter, gap, SPLAT(0.0f));
     }

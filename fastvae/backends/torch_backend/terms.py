@@ -173,5 +173,8 @@ def logistic_bin(y, mean, log_scale, bottom, top, half_width: float):
              + torch.where(interior, log_w + torch.log(gap_ratio), zero))
     pa, pb = torch.where(use_a, sig_na, zero), torch.where(use_b, sig_b, zero)
     d_mean = (pb - pa) * inv_s
-    d_log_scale = b * pb - a * pa - torch.where(interior, torch.exp(-w) / gap_ratio, zero)
+    # a sigmoid(-a) is 0 where sigmoid(-a) is, also where a overflowed (a pixel at an edge
+    # bin held with certainty by a mean ~1e36 beyond it): not inf * 0 = NaN
+    d_log_scale = (torch.where(pb == 0, zero, b * pb) - torch.where(pa == 0, zero, a * pa)
+                   - torch.where(interior, torch.exp(-w) / gap_ratio, zero))
     return value, d_mean, d_log_scale

@@ -69,8 +69,11 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
     for c, (means, log_scales, _) in enumerate(chans):
         mean = pick(means) + _shift(chans, c, pick, y)
         u = uniform(mean)
-        draw = mean + torch.exp(pick(log_scales).clamp(min=LOG_SCALE_MIN)) * (
-            torch.log(u) - torch.log1p(-u))
+        logit = torch.log(u) - torch.log1p(-u)
+        # u = 1/2 (one draw in 2^24) is logit 0: the mean, not inf * 0 = NaN where the
+        # scale overflows float32 (log-scale past 88.7)
+        spread = torch.exp(pick(log_scales).clamp(min=LOG_SCALE_MIN)) * logit
+        draw = mean + torch.where(logit == 0, 0.0, spread)
         k = torch.round((draw.clamp(-1.0, 1.0) + 1.0) * (n / 2.0))
         ks.append(k)
         y.append(2.0 * k / n - 1.0)

@@ -155,8 +155,11 @@ def save_grads(ctx, grads, needs_, backend: str, inputs) -> None:
             saved[i] = None
     save_with_inputs(ctx, saved, inputs)
     # Only output 0 (the value) is ever differentiated: do not let autograd fill the
-    # gradient outputs' grads with zeros (a memset the size of the gradients, every backward).
+    # gradient outputs' grads with zeros (a memset the size of the gradients, every backward),
+    # and where they are outputs of the node (the op's full outputs) give them no grad_fn:
+    # backward hands a saved one back as is at grad_output 1, and it would carry this node.
     ctx.set_materialize_grads(False)
+    mark_outputs_constant(ctx, grads)
     ctx.needs = list(needs_)
     ctx.backend = backend
     ctx.owns_saved = False  # set by owned()
@@ -279,11 +282,18 @@ def usual_backward(ctx, grad_out) -> bool:
             and (_legacy_batched is None or not _legacy_batched(grad_out)))
 
 
+def mark_outputs_constant(ctx, outputs) -> None:
+    """Mark ``outputs`` (those that are tensors) as never differentiated; a tensor that is
+    not an output of the node (the value path returns the value alone) is ignored."""
+    ts = [t for t in outputs if isinstance(t, Tensor)]
+    if ts:  # each call of mark_non_differentiable replaces the earlier calls' set
+        ctx.mark_non_differentiable(*(getattr(ctx, "non_differentiable", None) or ()), *ts)
+
+
 def mark_constant(ctx, output, constant) -> None:
     """Mark the outputs ``constant(ctx.needs)`` names, which depend on no input needing a
     gradient (``sample_with_kl``'s z with only the prior's): unmarked, they keep a graph."""
-    for i in constant(ctx.needs):
-        ctx.mark_non_differentiable(output[i])
+    mark_outputs_constant(ctx, [output[i] for i in constant(ctx.needs)])
 
 
 class Fused:

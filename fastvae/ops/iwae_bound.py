@@ -57,6 +57,7 @@ def _(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, like
 
 def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:9], needs_=inputs[13], backend=inputs[14], inputs=inputs[:13])
+    A.mark_outputs_constant(ctx, output[9:])   # DReG's weights: the hook reads them detached
     setup_shapes(ctx, inputs)
 
 

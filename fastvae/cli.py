@@ -148,7 +148,9 @@ def _add_sample(sub):
     p = sub.add_parser("sample", help="draw images from a trained run's prior",
                        formatter_class=_Defaults)
     p.add_argument("run", type=o.folder, help="run folder (or its checkpoint.pt)")
-    p.add_argument("--n", type=o.positive_int, default=64, help="number of images")
+    p.add_argument("--n", "-n", type=o.positive_int, default=64,
+                   help="number of images (-n under torchrun, whose own parser takes --n for "
+                   "an abbreviation of its options and stops)")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
                    help="PNG to write, its name ending in .png; missing folders are created "
                    "(default: RUN/samples-N-seedS.png, one file per number and seed)")
@@ -379,6 +381,13 @@ def main(argv=None) -> int:
     # averaged over the ranks: fastvae.ranks.alike); another rank says what may be its own
     rank, world, _ = ranks.dist_env()
     quiet = rank != 0
+    if world > 1 and args.command in ("eval", "sample"):
+        # neither splits its work over processes: every rank would print the same
+        # numbers, or write the same picture; rank 0 alone does it, as one process
+        if quiet:
+            return 0
+        print(f"fastvae {args.command}: note: it runs in one process; torchrun's other "
+              f"{world - 1} process(es) do nothing", file=sys.stderr)
     try:
         with stops.handled():
             return int(args.func(args) or 0)

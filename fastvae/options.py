@@ -13,7 +13,7 @@ import tempfile
 
 import torch
 
-from . import backends, dmol_training
+from . import backends, dmol_training, ranks
 from .checkpoint import error_chain, os_words
 from .estimators import ESTIMATORS
 from .models import MODELS
@@ -35,7 +35,10 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # every torchrun rank parses the same flags: rank 0 alone says what is wrong
+        quiet = ranks.dist_env()[0] != 0
+        self.exit(2, None if quiet else
+                  f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def out_of_memory_line(prog: str, e: Exception, hint: str):

@@ -1,0 +1,69 @@
+"""``fastvae eval`` and ``fastvae sample`` under torchrun: neither splits its work, so rank 0
+alone runs it, as one process would (every rank printed the same numbers, and wrote the same
+picture, again); a bad flag is said once; ``-n`` passes torchrun's own parser, which takes
+``--n`` for an ambiguous abbreviation of its options and stops before fastvae runs."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from fastvae import cli
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tr") / "run"
+    assert cli.main(["train", "--model", "hvae", "--epochs", "1", "--latent", "2",
+                     "--channels", "4", "4", "--groups", "1", "--batch-size", "128",
+                     "--iwae-k", "0", "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def _as_rank(monkeypatch, rank):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+
+
+def test_rank_1_evaluates_and_samples_nothing(run, tmp_path, monkeypatch, capsys):
+    capsys.readouterr()
+    single = cli.main(["eval", str(run), "--k", "2", "--limit", "10"]), capsys.readouterr().out
+    _as_rank(monkeypatch, 1)
+    assert cli.main(["eval", str(run), "--k", "2", "--limit", "10"]) == 0
+    assert cli.main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "a.png")]) == 0
+    assert capsys.readouterr() == ("", "") and not (tmp_path / "a.png").exists()
+    with pytest.raises(SystemExit) as e:   # a bad flag: every rank meets it, rank 0 says it
+        cli.main(["sample", str(run), "--n", "0"])
+    assert e.value.code == 2 and capsys.readouterr() == ("", "")
+    _as_rank(monkeypatch, 0)
+    assert cli.main(["eval", str(run), "--k", "2", "--limit", "10"]) == 0
+    out, err = capsys.readouterr()
+    assert (0, out) == single
+    assert err == "fastvae eval: note: it runs in one process; torchrun's other 1 process(es) " \
+                  "do nothing\n"
+    assert cli.main(["sample", str(run), "-n", "3", "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        cli.main(["sample", str(run), "--n", "0"])
+    assert capsys.readouterr().err.count("error: argument --n/-n") == 1
+
+
+def test_under_torchrun_eval_prints_once_and_sample_takes_n(run, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this python")
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "tmp"))
+    args = ["eval", str(run), "--k", "2", "--limit", "10", "--json"]
+    single = subprocess.run([sys.executable, "-m", "fastvae", *args], capture_output=True,
+                            text=True, timeout=240, env=env).stdout   # the same threads
+    assert '"iwae_nll"' in single
+    base = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "fastvae"]
+    r = subprocess.run([*base, *args], capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0 and r.stdout == single, r.stdout + r.stderr[-3000:]
+    png = tmp_path / "s.png"
+    r = subprocess.run([*base, "sample", str(run), "-n", "5", "--out", str(png)],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0 and r.stdout.count("wrote 5 samples") == 1, r.stderr[-3000:]
+    assert png.read_bytes()[:4] == b"\x89PNG"

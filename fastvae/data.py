@@ -358,6 +358,12 @@ def load_array_file(path, run_shape=None) -> Dataset:
               else "")
     if len(arrays) == 2:   # a train/test pair
         (tr, train), (te, test) = arrays.items()
+        # one divided by 255, the other not (a member that is no array: said below)
+        if (isinstance(train, np.ndarray) and isinstance(test, np.ndarray)
+                and _eight_bit(train) != _eight_bit(test)):
+            raise DataError(f"{path}: {tr} is {train.dtype} but {te} is {test.dtype}, so only "
+                            "the 8-bit one would be divided by 255 and the two would be on "
+                            "different scales; save both with the same dtype")
         data = _pair(path.name, _as_images(train, f"{path}[{tr}]", run_shape),
                      _as_images(test, f"{path}[{te}]", run_shape), f"{path}[{tr}]",
                      f"{path}[{te}]")

@@ -139,3 +139,21 @@ def test_one_image_and_time_arrays_are_refused_naming_the_file(tmp_path):
     np.save(td, np.zeros((4, 4, 4), "m8[s]"))
     with pytest.raises(DataError, match=r"td.npy: expected a real numeric array"):
         load_dataset(str(td))
+
+
+def test_a_pair_of_8_bit_and_wider_members_is_refused(tmp_path):
+    """Only 8-bit members are divided by 255: a uint8 train beside a float test of the same
+    0..255 pixels trained on [0, 1] and was scored on [0, 255], a test ELBO of -1e14."""
+    path = tmp_path / "mixed.npz"
+    for other in (np.float32, np.int16, bool):
+        np.savez(path, train=np.full((6, 4, 4), 200, np.uint8),
+                 test=np.full((2, 4, 4), 200).astype(other))
+        with pytest.raises(DataError, match=rf"mixed.npz: train is uint8 but test is "
+                                            rf"{np.dtype(other)}.*same dtype"):
+            load_dataset(str(path))
+    np.savez(path, train=np.full((6, 4, 4), 200, np.uint8),
+             test=np.full((2, 4, 4), 100, np.int8))   # both 8-bit: both divided
+    ds = load_dataset(str(path))
+    assert float(ds.train.max()) == pytest.approx(200 / 255)
+    assert float(ds.test.max()) == pytest.approx(100 / 255)
+

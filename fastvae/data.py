@@ -348,9 +348,12 @@ def load_array_file(path, run_shape=None) -> Dataset:
     if path.is_dir():
         raise DataError(f"dataset {path} is a folder; pass an .npy/.npz file of images, or "
                         "--dataset mnist|fashion-mnist with --data-dir for IDX files")
+    if path.exists() and not path.is_file():   # a FIFO would block the read below
+        raise DataError(f"dataset {path} is not a regular file; pass an .npy/.npz file of images")
     if not path.is_file():
-        raise DataError(f"dataset file {path} not found (resolved to {path.resolve()}); a "
-                        "dataset is digits, mnist, fashion-mnist or a path to an .npy/.npz of "
+        # realpath: Path.resolve raises RuntimeError on a symlink loop
+        raise DataError(f"dataset file {path} not found (resolved to {os.path.realpath(path)}); "
+                        "a dataset is digits, mnist, fashion-mnist or a path to an .npy/.npz of "
                         "images")
     _check_array_magic(path)
     arrays = _read_arrays(path)

@@ -1,5 +1,6 @@
 """Where the IDX datasets' files are read from (MNIST and Fashion-MNIST share file names),
 --download's outcomes, and array files whose unused members or values are unusual."""
+import os
 import sys
 import types
 import warnings
@@ -157,3 +158,14 @@ def test_a_pair_of_8_bit_and_wider_members_is_refused(tmp_path):
     assert float(ds.train.max()) == pytest.approx(200 / 255)
     assert float(ds.test.max()) == pytest.approx(100 / 255)
 
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs symlinks and FIFOs")
+def test_a_symlink_loop_or_a_fifo_is_one_data_error(tmp_path):
+    loop = tmp_path / "loop.npy"
+    os.symlink(loop, loop)   # Path.resolve raised RuntimeError for it
+    with pytest.raises(DataError, match="loop.npy not found"):
+        load_dataset(str(loop))
+    fifo = tmp_path / "fifo.npy"
+    os.mkfifo(fifo)   # exists, so "not found" would mislead; opening it would block
+    with pytest.raises(DataError, match="fifo.npy is not a regular file"):
+        load_dataset(str(fifo))

@@ -61,7 +61,7 @@ def _add_train(sub):
            f"[default: {d['epochs']}; with --resume, the run's own]")
     a("--batch-size", type=o.positive_int, default=None,
       help=f"global batch size (split across torchrun ranks) [default: {d['batch_size']}]")
-    a("--lr", type=o.positive_float, default=None, help=f"Adam learning rate [default: {d['lr']}]")
+    a("--lr", type=o.learning_rate, default=None, help=f"Adam learning rate [default: {d['lr']}]")
     a("--beta", type=o.non_negative_float, default=None,
       help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
     a("--kl-warmup", type=o.non_negative_int, default=None,

@@ -171,6 +171,20 @@ def positive_float(value) -> float:
     return x
 
 
+# Adam's first step scales by lr / (1 - beta1) with torch's default beta1 of 0.9: past
+# float32's range, torch raises an overflow RuntimeError (a traceback naming no flag)
+_ADAM_FIRST_STEP = 1 - 0.9
+
+
+def learning_rate(value) -> float:
+    """An Adam learning rate: :func:`positive_float` whose first step fits float32."""
+    x = positive_float(value)
+    if x / _ADAM_FIRST_STEP > _F32_MAX:
+        raise BadValue(f"must be at most {_F32_MAX * _ADAM_FIRST_STEP:.4g} (Adam's first step, "
+                       f"lr / (1 - 0.9), must fit float32), got {value!r}")
+    return x
+
+
 def non_negative_float(value) -> float:
     x = _float(value)
     if x < 0:
@@ -316,7 +330,7 @@ def resolve_device(name: str, local_rank: int = 0, flag: str = "--device") -> to
 TRAIN_CHECKS = {
     "latent": positive_int, "hidden": positive_int, "channels": positive_int,
     "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
-    "lr": positive_float,
+    "lr": learning_rate,
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device,
     "iwae_k": non_negative_int,
     "threads": threads, "k": positive_int, "n_mix": positive_int, "out": folder,

@@ -215,7 +215,7 @@ BAD_VALUES = [
     ("train", "--channels", "0"), ("train", "--device", "tpu"), ("train", "--device", "meta"),
     ("train", "--device", "cuda:x"), ("train", "--lr", "0"), ("train", "--lr", "-1e-3"),
     ("train", "--lr", "nan"), ("train", "--lr", "inf"), ("train", "--lr", "1e300"),
-    ("train", "--lr", "1e-300"),
+    ("train", "--lr", "1e-300"), ("train", "--lr", "1e38"),
     ("train", "--beta", "-1"), ("train", "--beta", "1e39"),
     ("train", "--beta", "nan"), ("train", "--iwae-k", "-1"), ("train", "--threads", "-2"), ("train", "--threads", "100000"),
     ("train", "--seed", "-1"), ("train", "--seed", str(2 ** 63 - 1)),
@@ -362,7 +362,7 @@ def test_a_file_to_write_may_be_in_folders_to_create(tmp_path):
 @pytest.mark.parametrize("key,value", [("batch_size", 0), ("epochs", -3), ("latent", 0),
                                        ("hidden", [32, 0]), ("channels", [0]), ("lr", 0.0),
                                        ("beta", float("nan")), ("lr", 1e300), ("lr", 1e-300),
-                                       ("iwae_k", -1),
+                                       ("lr", 1e38), ("iwae_k", -1),
                                        ("threads", -1), ("threads", 100000),
                                        ("device", "tpu"), ("seed", -1),
                                        ("n_mix", 0), ("out", "")])
@@ -372,6 +372,20 @@ def test_the_training_api_checks_its_settings_too(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         T.train({"out": str(tmp_path / "r"), "progress": False, key: value}, log=print)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_largest_lr_is_the_one_whose_first_adam_step_fits_float32():
+    """Adam's first step is lr / (1 - 0.9): 1e38 is within float32 but its step is not, and
+    torch raised an overflow RuntimeError from inside the optimizer."""
+    from fastvae import options as o
+
+    import math
+
+    f32_max = torch.finfo(torch.float32).max
+    largest = f32_max * (1 - 0.9)
+    assert o.learning_rate(largest) == largest and largest / (1 - 0.9) <= f32_max
+    with pytest.raises(o.BadValue, match=r"at most 3.403e\+37"):
+        o.learning_rate(math.nextafter(largest, math.inf))
 
 
 def test_good_edge_values_are_accepted():

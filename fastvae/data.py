@@ -205,6 +205,15 @@ def _split(images: torch.Tensor, source: str, seed: int = SPLIT_SEED):
     return images[perm[n_test:]], images[perm[:n_test]]
 
 
+def _same_scale(name: str, train, test, train_src, test_src) -> None:
+    """DataError where only one of train and test is 8-bit (a non-array: _as_images says)."""
+    if (isinstance(train, np.ndarray) and isinstance(test, np.ndarray)
+            and _eight_bit(train) != _eight_bit(test)):
+        raise DataError(f"{name}: train images {train_src} are {train.dtype.name} but test images "
+                        f"{test_src} are {test.dtype.name}: only 8-bit integers are divided by 255, "
+                        "so they would be on different scales; store both as the same dtype")
+
+
 def _pair(name: str, train: torch.Tensor, test: torch.Tensor, train_src, test_src) -> Dataset:
     """A Dataset, once train and test images are known to have the same shape."""
     if train.shape[1:] != test.shape[1:]:
@@ -329,9 +338,10 @@ def _read_idx_pair(name: str, data_dir: Path) -> Dataset:
         raise DataError(f"{why}. To get it: {_HOW_TO_GET[name]} and put the files in "
                         f"{_own_folder(data_dir, name)}/ (or let `fastvae train --download` "
                         "fetch them, with torchvision installed).")
-    out = {}
+    arrays, out = {split: read_idx(path) for split, path in paths.items()}, {}
+    _same_scale(name, arrays["train"], arrays["test"], paths["train"], paths["test"])
     for split, path in paths.items():
-        arr = read_idx(path)
+        arr = arrays[split]
         if arr.ndim != 3:
             raise DataError(f"{path}: expected images (N, H, W), got shape {arr.shape}; "
                             "is this a labels file?")
@@ -350,8 +360,7 @@ def load_array_file(path, run_shape=None) -> Dataset:
                         "--dataset mnist|fashion-mnist with --data-dir for IDX files")
     if path.exists() and not path.is_file():   # a FIFO would block the read below
         raise DataError(f"dataset {path} is not a regular file; pass an .npy/.npz file of images")
-    if not path.is_file():
-        # realpath: Path.resolve raises RuntimeError on a symlink loop
+    if not path.is_file():   # (Path.resolve raises RuntimeError on a symlink loop)
         raise DataError(f"dataset file {path} not found (resolved to {os.path.realpath(path)}); "
                         "a dataset is digits, mnist, fashion-mnist or a path to an .npy/.npz of "
                         "images")
@@ -361,12 +370,7 @@ def load_array_file(path, run_shape=None) -> Dataset:
               else "")
     if len(arrays) == 2:   # a train/test pair
         (tr, train), (te, test) = arrays.items()
-        # one divided by 255, the other not (a member that is no array: said below)
-        if (isinstance(train, np.ndarray) and isinstance(test, np.ndarray)
-                and _eight_bit(train) != _eight_bit(test)):
-            raise DataError(f"{path}: {tr} is {train.dtype} but {te} is {test.dtype}, so only "
-                            "the 8-bit one would be divided by 255 and the two would be on "
-                            "different scales; save both with the same dtype")
+        _same_scale(path.name, train, test, f"{path}[{tr}]", f"{path}[{te}]")
         data = _pair(path.name, _as_images(train, f"{path}[{tr}]", run_shape),
                      _as_images(test, f"{path}[{te}]", run_shape), f"{path}[{tr}]",
                      f"{path}[{te}]")

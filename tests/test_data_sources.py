@@ -142,16 +142,23 @@ def test_one_image_and_time_arrays_are_refused_naming_the_file(tmp_path):
         load_dataset(str(td))
 
 
-def test_a_pair_of_8_bit_and_wider_members_is_refused(tmp_path):
-    """Only 8-bit members are divided by 255: a uint8 train beside a float test of the same
+def test_a_pair_of_8_bit_and_wider_images_is_refused(tmp_path):
+    """Only 8-bit images are divided by 255: a uint8 train beside a float test of the same
     0..255 pixels trained on [0, 1] and was scored on [0, 255], a test ELBO of -1e14."""
     path = tmp_path / "mixed.npz"
     for other in (np.float32, np.int16, bool):
-        np.savez(path, train=np.full((6, 4, 4), 200, np.uint8),
-                 test=np.full((2, 4, 4), 200).astype(other))
-        with pytest.raises(DataError, match=rf"mixed.npz: train is uint8 but test is "
-                                            rf"{np.dtype(other)}.*same dtype"):
+        wide = np.full((2, 4, 4), 200).astype(other)
+        np.savez(path, train=np.full((6, 4, 4), 200, np.uint8), test=wide)
+        with pytest.raises(DataError, match=rf"mixed.npz: train images .*mixed.npz\[train\] are "
+                                            rf"uint8 but test images .* are {wide.dtype.name}"):
             load_dataset(str(path))
+        if other is not bool:   # IDX has no bool type
+            write_idx(tmp_path / "train-images-idx3-ubyte", wide)
+            write_idx(tmp_path / "t10k-images-idx3-ubyte", np.full((2, 4, 4), 200, np.uint8))
+            with pytest.raises(DataError, match=rf"mnist: train images .*train-images-idx3-ubyte "
+                                                rf"are {wide.dtype.name} but test images "
+                                                r".*t10k-images-idx3-ubyte are uint8"):
+                load_dataset("mnist", tmp_path)
     np.savez(path, train=np.full((6, 4, 4), 200, np.uint8),
              test=np.full((2, 4, 4), 100, np.int8))   # both 8-bit: both divided
     ds = load_dataset(str(path))

@@ -19,6 +19,7 @@ from .models import build_model
 from .options import TRAIN_CHOICES, BadValue, folder, resolve_device, seed as check_seed
 from .options import device as device_name
 from .run_data import check_weights_finite
+from .validation import type_name
 
 # What build_model cannot default: a checkpoint's config must hold these.
 MODEL_KEYS = ("data_shape", "latent")
@@ -81,12 +82,16 @@ def load_run(run, device="cpu") -> torch.nn.Module:
     "auto", "cpu", "cuda", "cuda:N", "mps", or a torch.device): its ``sample(n)``,
     ``reconstruct(x)`` and losses are the run's. A missing, damaged or foreign checkpoint,
     or weights that are not finite, is a :class:`~fastvae.checkpoint.CheckpointError`
-    naming the file and what is wrong; a device torch does not see, a ValueError."""
+    naming the file and what is wrong; a device torch does not see, a ValueError; a
+    ``run`` that is no str or os.PathLike, a TypeError."""
     if isinstance(run, str):   # "" ($RUN unset) would load the current folder's run
         try:
             folder(run)
         except BadValue as e:
             raise ValueError(f"run {e}") from None
+    elif not isinstance(run, os.PathLike):   # pathlib's own error names no argument
+        raise TypeError(f"run must be a run folder or its checkpoint file (a str or "
+                        f"os.PathLike), got {type_name(run)}")
     try:
         where = resolve_device(device_name(str(device)), flag="device")
     except BadValue as e:

@@ -371,6 +371,9 @@ def test_load_run_gives_the_trained_model_in_eval_mode_and_refuses_what_eval_ref
         fastvae.load_run(good_run, device="gpu0")
     with pytest.raises(ValueError, match="^run must name a folder or file, got ''"):
         fastvae.load_run("")   # not the current folder's run, as the CLI refuses it too
+    for bad in (None, 3, b"run"):   # pathlib's TypeError names no argument
+        with pytest.raises(TypeError, match="^run must be a run folder or its checkpoint"):
+            fastvae.load_run(bad)
     if not torch.cuda.is_available():   # named as the argument it is, not as --device
         with pytest.raises(ValueError, match="^device cuda asked for, but torch sees no CUDA"):
             fastvae.load_run(good_run, device="cuda")

@@ -36,8 +36,13 @@ MODULES = [
     "test_dmol_loss.py", "test_float16_saved_gradients.py", "test_prepared_calls.py", "test_vanishing_variance.py",
     "test_prepared_sampling.py", "test_saved_inputs.py", "test_dmol_iwae_16_bit_latents.py",
     "test_dmol_iwae_loss.py", "test_iwae_all_weights_zero_grads.py",
+    "test_dmol_edge_held_by_a_far_mean.py", "test_bernoulli_long_row_sum.py",
+    "test_dreg_sample_of_log_weight_minus_inf.py", "test_free_bits_boundary.py",
+    "test_kl_prior_variance_past_float32.py", "test_returned_gradients_carry_no_graph.py",
+    "test_strided_x_columns.py", "test_validation.py",
+    "test_zero_grad_out_row_with_overflowed_partial.py",
     "test_loss_module_settings.py", "test_prior_part_none_is_zero.py",
-    "test_route_follows_requires_grad.py",
+    "test_route_follows_requires_grad.py", "test_route_grad_mode.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream
     "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_tiles.py",
     "test_philox.py",
@@ -79,16 +84,18 @@ def test_op_suites_on_triton_under_interpreter(half):
     assert " passed" in out, tail
 
 
-def _takes_backend_fixture(fn: ast.FunctionDef) -> bool:
-    """A test taking ``backend`` as a fixture, not through its own parametrize."""
+def _runs_over_backends(fn: ast.FunctionDef) -> bool:
+    """A test taking ``backend`` as a fixture, or through its own parametrize over
+    ``BACKENDS`` (under the interpreter: "triton"); not one naming its backends itself."""
     if "backend" not in [a.arg for a in fn.args.args]:
         return False
-    return not any("parametrize" in ast.unparse(d) and "backend" in ast.unparse(d)
-                   for d in fn.decorator_list)
+    own = [ast.unparse(d) for d in fn.decorator_list
+           if "parametrize" in ast.unparse(d) and "backend" in ast.unparse(d)]
+    return not own or any("BACKENDS" in d for d in own)
 
 
 def test_every_suite_over_backends_runs_under_the_interpreter():
-    """A new module whose tests take the ``backend`` fixture is listed above, else its
+    """A new module whose tests run over the session's backends is listed above, else its
     cases would never run on the kernels."""
     missing = []
     for name in sorted(os.listdir(HERE)):
@@ -97,7 +104,7 @@ def test_every_suite_over_backends_runs_under_the_interpreter():
         with open(os.path.join(HERE, name)) as f:
             tree = ast.parse(f.read())
         if any(isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
-               and _takes_backend_fixture(n) for n in ast.walk(tree)):
+               and _runs_over_backends(n) for n in ast.walk(tree)):
             missing.append(name)
     assert not missing, f"add to MODULES: {missing}"
 

@@ -70,8 +70,14 @@ def keep_route(memo, sig, seen, fn, device, build) -> None:
         memo.add(sig, name)
 
 
+def devices_differ(a: torch.device, b: torch.device) -> bool:
+    """Another device type, or another index where both name one (a generator on cuda:0
+    beside tensors on cuda:1 would otherwise reach torch's own error)."""
+    return a.type != b.type or (a.index is not None and b.index is not None and a.index != b.index)
+
+
 def check_generator(generator, device) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type_name(generator)}")
-    if generator is not None and generator.device.type != device.type:
+    if generator is not None and devices_differ(generator.device, device):
         raise ValueError(f"generator is on {generator.device}, tensors on {device}")

@@ -299,3 +299,15 @@ def test_numpy_integer_n_samples():
     np = pytest.importorskip("numpy")
     mu, lv = latents(2, 3, grad=False)
     assert fastvae.reparameterize(mu, lv, n_samples=np.int64(3)).shape == (3, 2, 3)
+
+
+def test_generator_on_another_cuda_index_differs():
+    """Two GPUs: a generator on cuda:0 beside tensors on cuda:1 is fastvae's one-line
+    ValueError, not torch's error from inside the draw (the rule, without a second GPU)."""
+    from fastvae.dispatch import devices_differ
+    d = torch.device
+    assert devices_differ(d("cuda", 0), d("cuda", 1))
+    assert devices_differ(d("cpu"), d("cuda", 0))
+    assert not devices_differ(d("cuda", 1), d("cuda", 1))
+    assert not devices_differ(d("cuda"), d("cuda", 1))   # an index left open fits any
+    assert not devices_differ(d("cpu"), d("cpu"))

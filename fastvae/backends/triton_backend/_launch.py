@@ -159,19 +159,34 @@ def ticket(device: torch.device, n: int = 1) -> Tensor:
     return counter
 
 
-_scratch: dict = {}
+_scratch: dict = {}         # (device, stream, shape, dtype) -> a view of one of _scratch_bases
+_scratch_bases: dict = {}   # (device, stream, size, dtype) -> the buffer, never freed
+SCRATCH_VIEWS_MAX = 256     # views kept; dropping one frees nothing (its base holds the memory)
 
 
 def scratch(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A buffer only kernels use within one launch (per-program partial sums, written by
-    every program before the last one reads them): one per (device, stream, shape, dtype),
-    kept, like :func:`ticket`'s counter, so a call allocates nothing for it and a CUDA
-    graph captures the same buffer every replay uses. Launches on one stream run in
-    order, so they never share it concurrently."""
+    every program before the last one reads them), kept, like :func:`ticket`'s counter, so
+    a call allocates nothing for it and a CUDA graph captures the same buffer every replay
+    uses. Launches on one stream run in order, so they never share it concurrently.
+
+    Its memory is a buffer per (device, stream, dtype) and power of two (as the
+    counters), never freed (a captured graph may write it): a shape keyed by the batch
+    or latent size would otherwise keep one buffer per size ever seen."""
     key = (device, _stream(device), shape, dtype)
     buf = _scratch.get(key)
     if buf is None:
-        buf = _scratch[key] = torch.empty(shape, dtype=dtype, device=device)
+        n = 1
+        for s in shape:
+            n *= s
+        size = 1 << max(n - 1, 0).bit_length()
+        base = _scratch_bases.get(key[:2] + (size, dtype))
+        if base is None:
+            base = _scratch_bases[key[:2] + (size, dtype)] = torch.empty(size, dtype=dtype,
+                                                                         device=device)
+        if len(_scratch) >= SCRATCH_VIEWS_MAX:
+            _scratch.clear()
+        buf = _scratch[key] = base[:n].view(shape)
     return buf
 
 

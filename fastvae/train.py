@@ -411,7 +411,9 @@ def _train_epoch(run, model, guard, train_x, order, epoch, is_main):
             if bar is not None:
                 elapsed = time.perf_counter() - t0
                 bar.update(1)
-                bar.set_postfix(elbo=f"{-sums[0].item() / sums[1].item():.2f}",
+                # rec - kl, as the epoch's line: a beta, warm-up or IWAE bound moves the loss
+                elbo = (sums[2] - sums[3]).item() / sums[1].item()
+                bar.set_postfix(elbo=f"{elbo:.2f}",
                                 samples_s=f"{sums[1].item() * run.world / elapsed:.0f}",
                                 refresh=False)
     finally:

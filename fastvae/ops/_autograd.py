@@ -233,15 +233,32 @@ def recompute_grads(value, inputs, needs_, grad_out):
     return [next(got) if n else None for n in needs_]
 
 
+def follow_inputs(ctx) -> None:
+    """Where the custom op's ``needs`` argument, fixed when a graph was recorded, says an
+    input needs no gradient that needs one now (a ``torch.export`` program traced from
+    inputs that needed none, then trained): ``ctx.needs`` becomes the inputs', and
+    ``ctx.stale`` sends backward to the recomputation (:func:`with_higher_order`), since
+    the forward computed none of those gradients. Without this they came back None."""
+    ctx.stale = False
+    now = ctx.needs_input_grad
+    # (an op without the argument, reparameterize, reads needs_input_grad itself)
+    for i, need in enumerate(getattr(ctx, "needs", ())):  # a loop: this runs on every call of the op
+        if now[i] and not need:
+            ctx.needs = [a or b for a, b in zip(ctx.needs, now)]
+            ctx.stale = True
+            return
+
+
 def with_higher_order(backward: Callable, higher: Callable) -> Callable:
     """The backward of a fused op: the saved gradients, or :func:`recompute_grads` through
     ``higher(ctx, *grads)`` when a graph of the backward is wanted."""
     @functools.wraps(backward)
     def wrapper(ctx, *grads):
-        if batched_backward(grads) or carries_tangent(grads):
+        if batched_backward(grads) or carries_tangent(grads) or getattr(ctx, "stale", False):
             # the backends' kernels cannot read batched grads (no storage), nor carry a
             # dual grad_output's tangent (a forward derivative of this backward); the
-            # recomputation is aten math every transform composes with
+            # recomputation is aten math every transform composes with; nor make gradients
+            # the forward was told were not needed (follow_inputs)
             with torch.enable_grad():
                 return higher(ctx, *grads)
         if not torch.is_grad_enabled():  # the usual backward: no graph of it, no mode switch
@@ -307,13 +324,18 @@ class Fused:
 
     def __init__(self, op, forward, setup, backward, tensor_args: int = 0, value_forward=None,
                  values: int = 1, constant=None, plain_forward=None):
+        plain_setup = setup
         if constant is not None:   # every way in (the op, both Functions, routes) marks them
-            plain_setup = setup
-
             def setup(ctx, inputs, output):
                 plain_setup(ctx, inputs, output)
                 mark_constant(ctx, output, constant)
-        op.register_autograd(backward, setup_context=setup)
+
+        def op_setup(ctx, inputs, output):
+            plain_setup(ctx, inputs, output)
+            follow_inputs(ctx)
+            if constant is not None:
+                mark_constant(ctx, output, constant)
+        op.register_autograd(backward, setup_context=op_setup)
         self.op = op
         self.backward = backward
         self.tensor_args = tensor_args  # the leading arguments that may be tensors (value())

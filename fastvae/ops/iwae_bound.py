@@ -70,6 +70,13 @@ def _backward(ctx, grad_out, *_):
 def _higher_order(ctx, grad_out, *_):
     (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
      reduction, scale, estimator) = A.kept_inputs(ctx)
+    if estimator == "dreg" and getattr(ctx, "stale", False):
+        # a graph recorded from a z_k that needed no gradient holds no hook (the one the
+        # call registers): these gradients would be the standard estimator's, unannounced
+        raise RuntimeError("estimator='dreg' in a graph recorded (torch.export) from inputs "
+                           "that needed no gradient: its second weight, a gradient hook on "
+                           "z_k, is not in the graph; call fastvae.iwae_bound outside the "
+                           "exported program, or use estimator='stl'")
     # Without DReG's hook: the op's own one, registered at the call, still applies.
     value, _ = reference.iwae_bound_surrogate(x, recon_k, mu, logvar, z_k,
                                               obs_scalar if obs is None else obs,

@@ -238,12 +238,15 @@ def follow_inputs(ctx) -> None:
     input needs no gradient that needs one now (a ``torch.export`` program traced from
     inputs that needed none, then trained): ``ctx.needs`` becomes the inputs', and
     ``ctx.stale`` sends backward to the recomputation (:func:`with_higher_order`), since
-    the forward computed none of those gradients. Without this they came back None."""
+    the forward computed none of those gradients. Without this they came back None.
+    ``ctx.recorded``: the needs the op was called with. (An estimator's stopped input,
+    needed now, gets the recomputation's None: the reference stops it too.)"""
     ctx.stale = False
     now = ctx.needs_input_grad
     # (an op without the argument, reparameterize, reads needs_input_grad itself)
-    for i, need in enumerate(getattr(ctx, "needs", ())):  # a loop: this runs on every call of the op
+    for i, need in enumerate(getattr(ctx, "needs", ())):  # a loop: runs on every op call
         if now[i] and not need:
+            ctx.recorded = ctx.needs
             ctx.needs = [a or b for a, b in zip(ctx.needs, now)]
             ctx.stale = True
             return

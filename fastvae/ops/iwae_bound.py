@@ -70,7 +70,7 @@ def _backward(ctx, grad_out, *_):
 def _higher_order(ctx, grad_out, *_):
     (x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar, likelihood,
      reduction, scale, estimator) = A.kept_inputs(ctx)
-    if estimator == "dreg" and getattr(ctx, "stale", False):
+    if estimator == "dreg" and getattr(ctx, "stale", False) and not ctx.recorded[4]:
         # a graph recorded from a z_k that needed no gradient holds no hook (the one the
         # call registers): these gradients would be the standard estimator's, unannounced
         raise RuntimeError("estimator='dreg' in a graph recorded (torch.export) from inputs "

@@ -109,6 +109,14 @@ class ObservationModel(nn.Module):
     def _obs(self):
         return self.obs_logvar if self.obs_logvar is not None else 0.0
 
+    def extra_repr(self) -> str:
+        """The settings the layers do not show (a Bernoulli and a Gaussian decoder print
+        the same layers), with the model's latent size where it has one."""
+        latent = getattr(self, "latent_dim", None)
+        return ", ".join([f"data_shape={self.data_shape}", f"likelihood={self.likelihood!r}"]
+                         + ([f"n_mix={self.n_mix}"] if self.n_mix is not None else [])
+                         + ([f"latent_dim={latent}"] if latent is not None else []))
+
     def check_images(self, x) -> torch.Tensor:
         """x itself, a floating-point ``(B, *data_shape)`` tensor; else the error that says
         so (the layers would fail later, or run on another size and leave the blame to

@@ -409,3 +409,16 @@ def test_a_hierarchical_loss_refuses_what_it_would_ignore(setting):
         evaluation.batch_loss(h, torch.rand(2, 1, 4, 4), cfg)
     cfg.update(objective="elbo", k=1, estimator="standard", kl="analytic")
     assert torch.isfinite(evaluation.batch_loss(h, torch.rand(2, 1, 4, 4), cfg)[0])
+
+
+@pytest.mark.parametrize("make,want", [
+    (lambda: VAE(likelihood="gaussian"), "data_shape=(1, 8, 8), likelihood='gaussian', "
+                                         "latent_dim=8"),
+    (lambda: ConvVAE((3, 4, 4), 5, likelihood="discretized_logistic_mixture", n_mix=2),
+     "data_shape=(3, 4, 4), likelihood='discretized_logistic_mixture', n_mix=2, latent_dim=5"),
+    (lambda: HierarchicalVAE(channels=(4,), groups=1, latent_channels=2),
+     "data_shape=(1, 8, 8), likelihood='bernoulli', latent_dim=32")])
+def test_repr_shows_the_likelihood_the_layers_do_not(make, want):
+    """A Bernoulli and a Gaussian decoder have the same layers: repr names the settings,
+    as torch's modules' extra_repr does."""
+    assert repr(make()).splitlines()[1].strip() == want

@@ -379,7 +379,11 @@ def main(argv=None) -> int:
         return 2
     # under torchrun rank 0 alone says what every rank meets alike (a bad flag; a loss,
     # averaged over the ranks: fastvae.ranks.alike); another rank says what may be its own
-    rank, world, _ = ranks.dist_env()
+    try:
+        rank, world, _ = ranks.dist_env()
+    except ValueError as e:   # before any rank's work: every later dist_env() would raise
+        print(f"fastvae {args.command}: error: {e}", file=sys.stderr)
+        return 2
     quiet = rank != 0
     if world > 1 and args.command in ("eval", "sample"):
         # neither splits its work over processes: every rank would print the same

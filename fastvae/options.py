@@ -35,8 +35,12 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        # every torchrun rank parses the same flags: rank 0 alone says what is wrong
-        quiet = ranks.dist_env()[0] != 0
+        # every torchrun rank parses the same flags: rank 0 alone says what is wrong (a
+        # broken torchrun environment names no rank: every process says it)
+        try:
+            quiet = ranks.dist_env()[0] != 0
+        except ValueError:
+            quiet = False
         self.exit(2, None if quiet else
                   f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 

@@ -52,11 +52,29 @@ FINISH_TIMEOUT = datetime.timedelta(days=30)
 
 
 def dist_env():
-    """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, world_size, local_rank) from torchrun's environment, or (0, 1, 0); a
+    ValueError naming the variable where one is not a whole number, or RANK is missing or
+    outside the world (WORLD_SIZE left set outside torchrun)."""
+    world = _env_int("WORLD_SIZE", "1")
     if world <= 1:
         return 0, 1, 0
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    rank = _env_int("RANK", None)
+    if not 0 <= rank < world:
+        raise ValueError(f"environment variable RANK is {rank}, outside 0..{world - 1} "
+                         f"(WORLD_SIZE {world}); run under torchrun, or unset WORLD_SIZE")
+    return rank, world, _env_int("LOCAL_RANK", "0")
+
+
+def _env_int(name: str, default):
+    value = os.environ.get(name, default)
+    if value is None:
+        raise ValueError(f"environment variable {name} is not set but WORLD_SIZE is "
+                         f"{os.environ['WORLD_SIZE']}; run under torchrun, or unset WORLD_SIZE")
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a whole number (torchrun sets "
+                         f"it), got {value!r}") from None
 
 
 def all_reduce(t: torch.Tensor, world: int, device) -> torch.Tensor:

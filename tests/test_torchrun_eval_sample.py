@@ -67,3 +67,20 @@ def test_under_torchrun_eval_prints_once_and_sample_takes_n(run, tmp_path):
                        capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0 and r.stdout.count("wrote 5 samples") == 1, r.stderr[-3000:]
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("env,named", [({"WORLD_SIZE": "2"}, "RANK is not set"),
+                                       ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK is 2"),
+                                       ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be")])
+def test_a_broken_torchrun_environment_is_one_line(monkeypatch, capsys, env, named):
+    # WORLD_SIZE left set outside torchrun: a flag's error is still said, and a command
+    # names the variable (a KeyError or int()'s traceback, or a rank past the world kept quiet)
+    monkeypatch.delenv("RANK", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval"])
+    assert e.value.code == 2 and "required: run" in capsys.readouterr().err
+    assert cli.main(["sample", "no-such-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err, err

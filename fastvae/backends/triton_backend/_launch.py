@@ -147,7 +147,8 @@ def ticket(device: torch.device, n: int = 1) -> Tensor:
     it is allocated once and kernels on one stream never share it concurrently. Nothing on
     the host reads or writes it, so a launch using it can be captured in a CUDA graph: a
     capture runs on its own stream, which gets its own counters (allocated, zeroed, by the
-    first capture that needs them); replays of one graph must not overlap on two streams.
+    first capture that needs them); replays of graphs captured on one stream must not
+    overlap on two streams.
     Counters come in powers of two (the first ``n`` used): few buffers for many shapes."""
     if type(device) is not torch.device:
         device = torch.device(device)
@@ -172,7 +173,10 @@ def scratch(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
 
     Its memory is a buffer per (device, stream, dtype) and power of two (as the
     counters), never freed (a captured graph may write it): a shape keyed by the batch
-    or latent size would otherwise keep one buffer per size ever seen."""
+    or latent size would otherwise keep one buffer per size ever seen. So every graph
+    captured on one stream (``torch.cuda.graph``'s default capture stream is one for all)
+    shares it, whatever its shapes, as it shares the counters: replays of any two of them
+    must not overlap on two streams."""
     key = (device, _stream(device), shape, dtype)
     buf = _scratch.get(key)
     if buf is None:

@@ -6,6 +6,7 @@
 * ``kernel_device``: for Triton-only tests; skips where no kernel can run.
 * ``randn_noise``: the "torch" backend draws ``torch.randn``'s eps, as the reference does.
 * ``launches``: the names of the Triton kernels launched, in order.
+* ``good_run``: one finished tiny training run, shared read-only (tests/_checkpoint.py).
 * markers: ``gpu`` tests are skipped without CUDA; ``slow`` ones run in the suite too
   (``-m "not slow"`` leaves them out while iterating); ``background(name, job)`` ones run
   last, their job started in the background when collection ends (tests/_background.py).
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _background  # noqa: E402
 from _backends import BACKENDS, INTERPRET, KERNEL_DEVICE, KERNELS_RUN  # noqa: E402
+from _checkpoint import good_run  # noqa: E402,F401 (a fixture, for every module that reads it)
 
 if INTERPRET:
     import _interpreter_patch  # noqa: E402

@@ -3,11 +3,15 @@ data file changed since training, flags a dataset does not read, data the untrai
 model cannot score."""
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from fastvae import cli
+from fastvae import train as T
+from fastvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
+from _checkpoint import TINY_CONFIG, one_error_line, quiet
 from _cli import TINY
 
 
@@ -85,6 +89,38 @@ def test_data_out_of_range_for_a_saved_model_says_why_not_which_flag(tmp_path, c
                      "--likelihood", "gaussian"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "holds other images than" in err[-1] and "--likelihood" not in err[-1], err
+
+
+@pytest.mark.parametrize("images,needle", [
+    (np.full((10, 5, 7), 128, np.uint8), "was trained on images of shape (1, 8, 8)"),
+    (np.full((10, 8, 8), 3.0, np.float32), "needs pixels in [0, 1]")])
+def test_eval_on_data_that_changed_since_training(good_run, tmp_path, capsys, images, needle):
+    np.save(tmp_path / "x.npy", images)
+    state = load_checkpoint(good_run)
+    state["config"]["dataset"] = str(tmp_path / "x.npy")
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    assert cli.main(["eval", str(tmp_path), "--k", "0"]) == 2
+    one_error_line(capsys, "x.npy", needle)
+
+
+def test_eval_and_resume_on_data_scaled_since_training(tmp_path, capsys):
+    """A Gaussian run's images replaced by others x 1e20: eval says that the model's
+    densities overflow on them, and that they are not the images it was trained on (one
+    line, exit 2), not a NaN ELBO with exit 0; a resume refuses other images before it
+    trains (not a non-finite loss blamed on the learning rate)."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "g.npy"
+    np.save(data, rng.random((40, 4, 4), dtype=np.float32))
+    run = tmp_path / "run"
+    T.train(dict(TINY_CONFIG, out=str(run), dataset=str(data), likelihood="gaussian"), log=quiet)
+    np.save(data, rng.random((40, 4, 4), dtype=np.float32) * 1e20)
+    assert cli.main(["eval", str(run), "--k", "2"]) == 2
+    one_error_line(capsys, "the model's test ELBO is", "g.npy", "densities overflow",
+                   "holds other images than")
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2",
+                     "--no-progress"]) == 2
+    one_error_line(capsys, "g.npy holds other images than", "restore the data")
+    assert load_checkpoint(run)["epoch"] == 1
 
 
 def test_a_mistyped_dataset_is_named_before_the_flags_it_would_not_read(tmp_path, capsys,

@@ -35,7 +35,7 @@ from ._durable import fsync_dir
 FORMAT = "fastvae-checkpoint"
 VERSION = 2            # 2: with checksum; 1 (no checksum) still loads
 CHECKPOINT_NAME = "checkpoint.pt"
-# The files a run writes in its folder besides the checkpoint (train._finish): a fresh run
+# The files a run writes in its folder besides the checkpoint (finish.finish): a fresh run
 # never takes over a folder holding any of them (run_config.prepare_config).
 RUN_FILES = ("metrics.json", "reconstructions.png", "samples.png", "curves.png", "latent.png")
 _TMP_PREFIX = ".tmp-"

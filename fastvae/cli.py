@@ -214,7 +214,7 @@ def _cmd_eval(args):
     from .checkpoint import checkpoint_path, json_text
     from .data import load_run_dataset, run_data_source
     from .dmol_training import add_bpd, bpd_text, prepare
-    from .evaluation import evaluate, iwae_nll
+    from .evaluation import evaluate, iwae_nll, nll_fields, nll_text
     from .run_data import check_elbo_finite, check_run_data, data_changed
     from .runs import EVAL_CONFIG, check_config, run_backend
 
@@ -241,14 +241,16 @@ def _cmd_eval(args):
                       *([f"on this data: {changed}"] if changed else []))
     if changed:   # eval has no other data to take: it says so and goes on
         print(f"fastvae eval: note: {changed}; evaluated on it", file=sys.stderr)
-    m["iwae_nll"] = (iwae_nll(model, test, args.k, device, cfg["seed"], backend=cfg["backend"],
-                              progress=args.progress is not False) if args.k > 0 else None)
+    m.update(nll_fields("iwae_nll", iwae_nll(model, test, args.k, device, cfg["seed"],
+                                             backend=cfg["backend"],
+                                             progress=args.progress is not False)
+                        if args.k > 0 else None))
     m.update(k=args.k, n_test=len(test), epoch=state["epoch"])
     m = add_bpd(m, model)
     if args.json:
         print(json_text(m))
     else:
-        nll = (f"IWAE NLL (K={args.k}) {m['iwae_nll']:.3f} nats" if m["iwae_nll"] is not None
+        nll = (nll_text(m["iwae_nll"], args.k, 3) if m["iwae_nll"] is not None
                else "no IWAE NLL (--k 0)")
         groups = m.get("kl_groups")
         per_group = (" [KL per group: " + ", ".join(f"{v:.3f}" for v in groups) + "]"

@@ -109,7 +109,7 @@ def add_bpd(metrics: dict, core) -> dict:
     out = dict(metrics)
     if out.get("elbo") is not None:
         out["bpd"] = bits_per_dim(-out["elbo"], core.data_shape)
-    if out.get("iwae_nll") is not None:
+    if out.get("iwae_nll") is not None and math.isfinite(out["iwae_nll"]):  # else said so
         out["iwae_bpd"] = bits_per_dim(out["iwae_nll"], core.data_shape)
     return out
 

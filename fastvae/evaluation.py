@@ -7,6 +7,8 @@ epochs and the training RNG is untouched.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 import fastvae
@@ -15,7 +17,8 @@ from . import dmol_training as dmol, objectives
 from ._dtypes import widened
 from .progress import progress_bar
 
-__all__ = ["batch_loss", "batch_terms", "summarize", "evaluate", "iwae_nll"]
+__all__ = ["batch_loss", "batch_terms", "summarize", "evaluate", "iwae_nll", "nll_fields",
+           "nll_text"]
 
 
 def _core(model):
@@ -107,3 +110,30 @@ def iwae_nll(core, images: torch.Tensor, k: int, device, seed: int, batch_size: 
         if bar is not None:
             bar.close()
     return total / max(1, len(images))
+
+
+# what makes the mean of the per-image estimates -log mean_k w_k NaN or inf, by its value
+_NOT_FINITE = {
+    "inf": "every one of the K log-weights of some test image is -inf (its likelihood "
+           "estimate is 0)",
+    "-inf": "a log-weight overflowed to +inf",
+    "nan": "a log-weight is NaN, or one image's estimate is +inf and another's -inf",
+}
+
+
+def nll_fields(key: str, nll) -> dict:
+    """``{key: nll}`` for a JSON record, plus ``key + "_not_finite"`` (``"nan"``, ``"inf"``
+    or ``"-inf"``) where the estimate is not finite: the JSON writer turns NaN and inf into
+    null, which alone would read as "not computed" (``--k 0``)."""
+    if nll is None or math.isfinite(nll):
+        return {key: nll}
+    return {key: nll, key + "_not_finite": str(nll)}
+
+
+def nll_text(nll: float, k: int, digits: int) -> str:
+    """``IWAE NLL (K=5) 31.42 nats`` for a log line or, where the estimate is NaN or inf,
+    that it is not and what makes it so; the ELBO, from other draws, is not affected."""
+    if math.isfinite(nll):
+        return f"IWAE NLL (K={k}) {nll:.{digits}f} nats"
+    return (f"IWAE NLL (K={k}) is not finite ({nll}): {_NOT_FINITE[str(nll)]}; the test elbo "
+            "does not depend on it")

@@ -1,0 +1,58 @@
+"""The end of a ``fastvae train`` run (rank 0): the final test IWAE estimate, the
+pictures and ``metrics.json``, and the line that says it is done."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+import fastvae
+
+from . import dmol_training as dmol, stops
+from .checkpoint import write_json
+from .evaluation import iwae_nll, nll_fields, nll_text
+
+
+def finish(core, data, cfg, device, out, history, initial, backend_name, world, train_wall, say):
+    """Final IWAE estimate, pictures and metrics.json (rank 0)."""
+    from . import plots
+
+    core.eval()
+    t0 = time.perf_counter()
+    nll = (iwae_nll(core, data.test, cfg["iwae_k"], device, cfg["seed"], backend=cfg["backend"],
+                    progress=cfg["progress"]) if cfg["iwae_k"] else None)
+    iwae_s = time.perf_counter() - t0
+    last_backend = fastvae.last_backend()
+    gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
+    x = data.test[:32].to(device)
+    shown = dict(value_range=cfg["picture_range"])
+    with torch.no_grad():
+        plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
+                                   out / "reconstructions.png", **shown)
+        plots.save_grid(core.sample(64, generator=gen).float().cpu(), out / "samples.png",
+                        **shown)
+        if core.latent_dim == 2 and not getattr(core, "hierarchical", False):
+            plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png",
+                            ncol=15, **shown)
+    if history:
+        plots.save_curves(history, out / "curves.png")
+    final_test = history[-1]["test"] if history else initial
+    metrics = {
+        "config": cfg, "fastvae": fastvae.__version__, "torch": torch.__version__,
+        "backend": last_backend, "backend_selected": backend_name, "device": str(device),
+        "world_size": world, "initial_test": initial, "epochs": history,
+        "final": dmol.add_final_bpd({"test_elbo": final_test["elbo"] if final_test else None,
+                  "test_kl": final_test["kl"] if final_test else None,
+                  "test_rec": final_test["rec"] if final_test else None,
+                  "test_kl_groups": final_test.get("kl_groups") if final_test else None,
+                  **nll_fields("test_iwae_nll", nll), "iwae_k": cfg["iwae_k"],
+                  "iwae_s": iwae_s}, core),
+        "train_wall_s": train_wall,
+    }
+    stops.finished()   # only the last file is left: a stop from here on lets it be written
+    write_json(metrics, out / "metrics.json")
+    nll_txt = ((f", test {nll_text(nll, cfg['iwae_k'], 2)}" if nll is not None else "")
+               + dmol.bpd_text(metrics["final"], prefix="test_"))
+    if final_test:
+        say(f"done: test elbo {final_test['elbo']:.2f}{nll_txt}; pictures and metrics in {out}")
+    return metrics

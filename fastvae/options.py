@@ -17,7 +17,7 @@ from . import backends, dmol_training, ranks
 from .checkpoint import error_chain, os_words
 from .estimators import ESTIMATORS
 from .models import MODELS
-from .validation import KL_MODES, LIKELIHOODS
+from .validation import KL_MODES, LIKELIHOODS, limit_text
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _F32_MAX = torch.finfo(torch.float32).max
@@ -122,7 +122,7 @@ def _float(value) -> float:
         raise BadValue(f"must be a finite number, got {value!r}")
     if abs(out) > _F32_MAX:  # lr and beta scale float32 tensors, where torch's overflow
         # error is a traceback naming no flag
-        raise BadValue(f"must be within float32's range (+-{_F32_MAX:.4g}), got {value!r}")
+        raise BadValue(f"must be within float32's range (+-{limit_text(_F32_MAX)}), got {value!r}")
     return out
 
 
@@ -170,8 +170,8 @@ def positive_float(value) -> float:
     if x <= 0:
         raise BadValue(f"must be a positive number, got {value!r}")
     if x < _F32_TINY:  # an lr of 1e-300 scales float32 updates to 0: a run that never moves
-        raise BadValue(f"must be at least float32's smallest normal number ({_F32_TINY:.4g}), "
-                       f"got {value!r}")
+        raise BadValue(f"must be at least float32's smallest normal number "
+                       f"({limit_text(_F32_TINY, upper=False)}), got {value!r}")
     return x
 
 
@@ -184,8 +184,8 @@ def learning_rate(value) -> float:
     """An Adam learning rate: :func:`positive_float` whose first step fits float32."""
     x = positive_float(value)
     if x / _ADAM_FIRST_STEP > _F32_MAX:
-        raise BadValue(f"must be at most {_F32_MAX * _ADAM_FIRST_STEP:.4g} (Adam's first step, "
-                       f"lr / (1 - 0.9), must fit float32), got {value!r}")
+        raise BadValue(f"must be at most {limit_text(_F32_MAX * _ADAM_FIRST_STEP)} (Adam's "
+                       f"first step, lr / (1 - 0.9), must fit float32), got {value!r}")
     return x
 
 

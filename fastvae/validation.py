@@ -9,6 +9,7 @@ or globally with :func:`set_validation` (off by default, like
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from numbers import Integral, Real
 
 import torch
@@ -119,6 +120,16 @@ def layouts(*ts):
     return tuple(out)
 
 
+def limit_text(limit: float, upper: bool = True) -> str:
+    """``limit`` to 4 significant digits, rounded into the range it bounds (down for an
+    ``upper`` bound, up for a lower one): a number a message shows as the limit is one
+    the check accepts (``:.4g`` shows float32's max as 3.403e+38, past it)."""
+    d = Decimal(limit)
+    shown = d.quantize(Decimal(1).scaleb(d.adjusted() - 3),
+                       rounding=ROUND_FLOOR if upper else ROUND_CEILING)
+    return f"{float(shown):.4g}"
+
+
 def check_number(name: str, value, *, minimum=None, integer=False) -> float:
     # numbers.Integral/Real, so numpy scalars (np.int64 from a config array) pass too; a
     # plain float (every call's beta, free_bits) skips those ABC checks (~1 us each)
@@ -132,7 +143,8 @@ def check_number(name: str, value, *, minimum=None, integer=False) -> float:
         raise ValueError(f"{name} must be finite, got {value}")
     if not integer and not -_F32_MAX <= value <= _F32_MAX:
         # the fused math runs in float32: torch's overflow error there names no argument
-        raise ValueError(f"{name} must be within float32's range (+-{_F32_MAX:.4g}), got {value}")
+        raise ValueError(f"{name} must be within float32's range (+-{limit_text(_F32_MAX)}), "
+                         f"got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value

@@ -59,7 +59,7 @@ def test_unknown_backend(op, monkeypatch):
     ("beta", "1", TypeError, r"beta must be a real number, got str"),
     ("beta", True, TypeError, r"beta must be a real number, got bool"),
     ("beta", None, TypeError, r"beta must be a real number, got NoneType"),
-    ("beta", 1e39, ValueError, r"beta must be within float32's range \(\+-3.403e\+38\), got 1e\+39"),
+    ("beta", 1e39, ValueError, r"beta must be within float32's range \(\+-3.402e\+38\), got 1e\+39"),
     ("free_bits", -1.0, ValueError, r"free_bits must be >= 0.0, got -1.0"),
     ("free_bits", 1e300, ValueError, r"free_bits must be within float32's range"),
     ("free_bits", float("nan"), ValueError, r"free_bits must be finite"),

@@ -105,6 +105,15 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
                                  "run writes; choose another --out (or move them)")
         cfg = dict(full, dataset=stored_name(full["dataset"]))
         return dict(cfg, data_dir=_stored_data_dir(cfg)), None
+    if not ckpt_file.exists():   # the checkpoint's own advice, `fastvae train --out DIR`,
+        # would drop the flags this command was given: a run on an array file trains digits
+        held = run_files_in(ckpt_file.parent)
+        raise CheckpointError(
+            f"no checkpoint at {ckpt_file} to resume; " + (
+                f"its folder holds {', '.join(held)}, which a new run there would overwrite: "
+                "start the run in another folder: this command without --resume, with "
+                "another --out"
+                if held else "start the run with this command without --resume"))
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
     check_config(state, ckpt_file, SAVED_KINDS, "to resume")

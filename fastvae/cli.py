@@ -35,7 +35,7 @@ def _add_train(sub):
     a("--dataset", default=None,
       help=f"digits (embedded 8x8, no download), mnist, fashion-mnist, or a path to an "
            f".npy/.npz of images [default: {d['dataset']}]")
-    a("--data-dir", default=None,
+    a("--data-dir", type=o.folder, default=None,
       help=f"folder holding the MNIST/Fashion-MNIST IDX files; with --resume of a run "
            f"trained on an .npy/.npz, the folder that file has moved to [default: "
            f"{d['data_dir']}; with --resume, the run's own]")
@@ -129,7 +129,7 @@ def _add_eval(sub):
     p.add_argument("--k", type=o.non_negative_int, default=1000,
                    help="importance samples per test image for the IWAE NLL estimate; 0 "
                         "skips it")
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", type=o.folder, default=None,
                    help="MNIST/Fashion-MNIST folder to read instead of the run's; for a run "
                         "trained on an .npy/.npz, the folder that file has moved to")
     p.add_argument("--device", type=o.device, default="auto",

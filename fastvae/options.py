@@ -197,8 +197,9 @@ def non_negative_float(value) -> float:
 
 
 def folder(value) -> str:
-    """A run's folder or file. An empty one (``--out "$UNSET"``) would mean the current
-    directory: filling it with run files, or reading whatever run it holds."""
+    """A run's folder or file, or a data folder. An empty one (``--out "$UNSET"``) would
+    mean the current directory: filling it with run files, reading whatever run or data
+    files it holds."""
     if not isinstance(value, str) or not value.strip():
         raise BadValue(f"must name a folder or file, got {value!r}")
     return value
@@ -338,13 +339,15 @@ TRAIN_CHECKS = {
     "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device,
     "iwae_k": non_negative_int,
     "threads": threads, "k": positive_int, "n_mix": positive_int, "out": folder,
+    "data_dir": folder,
     "dataset": dataset, "download": flag, "amp": flag, "compile": flag, "resume": flag,
     "progress": flag,
 }
 # The settings that are text or a bool. The others are numbers: their checks take text
 # too, for argparse (which converts it before the config is made), but a config's "8"
 # would reach the model and torch as text.
-_NOT_NUMBERS = ("device", "out", "dataset", "download", "amp", "compile", "resume", "progress")
+_NOT_NUMBERS = ("device", "out", "data_dir", "dataset", "download", "amp", "compile", "resume",
+                "progress")
 # The settings that take a list: a width per layer (hidden, which also takes one width) or
 # per stage (channels, a list only).
 _LISTS = ("hidden", "channels")

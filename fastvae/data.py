@@ -289,13 +289,13 @@ def _read_idx_pair(name: str, data_dir: Path) -> Dataset:
                         f"{_own_folder(data_dir, name)}/ (or let `fastvae train --download` "
                         "fetch them, with torchvision installed).")
     arrays, out = {split: read_idx(path) for split, path in paths.items()}, {}
+    for split, path in paths.items():   # before the scales: a labels file is 8-bit
+        if arrays[split].ndim != 3:
+            raise DataError(f"{path}: expected images (N, H, W), got shape "
+                            f"{arrays[split].shape}; is this a labels file?")
     _same_scale(name, arrays["train"], arrays["test"], paths["train"], paths["test"])
     for split, path in paths.items():
-        arr = arrays[split]
-        if arr.ndim != 3:
-            raise DataError(f"{path}: expected images (N, H, W), got shape {arr.shape}; "
-                            "is this a labels file?")
-        out[split] = _as_images(arr, str(path))
+        out[split] = _as_images(arrays[split], str(path))
         _check_not_the_other(name, split, out[split], path, data_dir)
     return _pair(name, out["train"], out["test"], paths["train"], paths["test"])
 

@@ -269,3 +269,17 @@ def test_a_range_names_bounds_that_differ_from_their_neighbours():
     assert value_range(0.0, 255.0) == "[0, 255]"
     assert value_range(-0.5, float(np.nextafter(np.float32(1), np.float32(2)))) == \
         "[-0.5, 1.0000001192092896]"
+
+
+@pytest.mark.parametrize("labels_at", ["train", "test"])
+def test_a_labels_file_beside_float_images_is_named_as_such_not_as_a_scale(tmp_path, labels_at):
+    """The labels file (8-bit) beside float32 images differs in scale too; the shape says
+    what is wrong with it, the scale would send the user to re-store the images."""
+    files = {"train": tmp_path / "train-images-idx3-ubyte",
+             "test": tmp_path / "t10k-images-idx3-ubyte"}
+    for split, path in files.items():
+        write_idx(path, np.zeros(20, dtype=np.uint8) if split == labels_at
+                  else np.zeros((2, 28, 28), dtype=np.float32))
+    with pytest.raises(DataError, match="is this a labels file") as e:
+        load_dataset("mnist", tmp_path)
+    assert str(files[labels_at]) in str(e.value) and "dtype" not in str(e.value)

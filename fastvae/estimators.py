@@ -195,11 +195,14 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
 
 
 def _refuse_compiling():
+    # torch.export traces through torch.compile's machinery: named as what the user ran
+    # (torch.compiler.is_exporting: torch >= 2.5)
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    what, verb = ("torch.export", "export") if exporting else ("torch.compile", "compile")
     raise RuntimeError(
-        "estimator='dreg' is not supported inside torch.compile: its second weight is a "
-        "gradient hook on z_k that the compiled graph cannot hold. Call fastvae.iwae_bound "
-        "outside the compiled function (compile the model, not the loss), or use "
-        "estimator='stl'")
+        f"estimator='dreg' is not supported inside {what}: its second weight is a gradient "
+        f"hook on z_k that the {verb}ed graph cannot hold. Call fastvae.iwae_bound outside "
+        f"the {verb}ed function ({verb} the model, not the loss), or use estimator='stl'")
 
 
 def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:

@@ -91,3 +91,18 @@ def test_an_exported_dreg_bound_refuses_its_backward():
     loss = program(x, r.requires_grad_(), mu, lv, z.requires_grad_())
     with pytest.raises(RuntimeError, match="estimator='dreg' in a graph recorded"):
         loss.backward()
+
+
+@pytest.mark.skipif(not hasattr(torch.compiler, "is_exporting"), reason="torch < 2.5")
+@pytest.mark.parametrize("strict", [False, True])
+def test_exporting_a_dreg_bound_that_needs_its_hook_names_torch_export(strict):
+    """From inputs that require grad the hook is needed, and refused: named as the export
+    that was run, not as a torch.compile the user never called."""
+    torch.manual_seed(0)
+    x, r = torch.rand(3, 4, dtype=F64), torch.randn(2, 3, 4, dtype=F64).requires_grad_()
+    mu, lv, z = (torch.randn(*s, dtype=F64) for s in ((3, 2), (3, 2), (2, 3, 2)))
+    with pytest.raises(Exception, match=r"estimator='dreg' is not supported inside "
+                                        r"torch\.export: .* the exported graph") as e:
+        torch.export.export(fastvae.IWAELoss(estimator="dreg"),
+                            (x, r, mu, lv, z.requires_grad_()), strict=strict)
+    assert "torch.compile" not in str(e.value).split("Developer debug context")[-1]

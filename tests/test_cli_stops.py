@@ -166,13 +166,13 @@ def test_a_stop_whose_exception_was_swallowed_still_stops_at_the_next_step(tmp_p
 
 _STOP_AFTER_METRICS = """
 import signal, sys, time
-from fastvae import cli, train as T
-write = T.write_json
+from fastvae import cli, finish as F
+write = F.write_json
 def write_then_stop(*args):
     write(*args)
     signal.raise_signal(getattr(signal, sys.argv[1]))   # the run's files are all there
     time.sleep(0.5)
-T.write_json = write_then_stop
+F.write_json = write_then_stop
 sys.exit(cli.console(sys.argv[2:]))
 """
 

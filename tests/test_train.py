@@ -146,7 +146,7 @@ def test_a_resumed_run_stopped_in_its_final_stage_can_be_finished(tmp_path, monk
 
     def stopped(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(T, "_finish", stopped)
+    monkeypatch.setattr(T, "finish", stopped)
     with pytest.raises(KeyboardInterrupt):
         T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=quiet)
     monkeypatch.undo()

@@ -1,8 +1,9 @@
-"""--resume of a checkpoint that cannot be continued: a part missing, or no epochs left to
-train (refused, nothing changed); at its own epochs it finishes a run stopped before its
-metrics were written."""
+"""--resume of a checkpoint that cannot be continued: none there, a part missing, or no epochs
+left to train (refused, nothing changed); at its own epochs it finishes a run stopped before
+its metrics were written."""
 import json
 
+import numpy as np
 import pytest
 
 from fastvae import cli
@@ -56,3 +57,18 @@ def test_resume_at_the_same_epochs_finishes_a_run_stopped_before_its_metrics(goo
     assert got["epochs"] == want["epochs"] and got["final"] == want["final"]
     assert (run / "curves.png").is_file() and (run / CHECKPOINT_NAME).read_bytes() == ckpt
     assert cli.main(argv) == 2
+
+
+def test_resume_without_a_checkpoint_says_to_drop_resume_not_a_digits_command(tmp_path, capsys):
+    """`fastvae train --out DIR` would train digits, not the array file this run reads."""
+    data = tmp_path / "images.npy"
+    np.save(data, np.random.default_rng(0).random((40, 4, 4), dtype=np.float32))
+    run = tmp_path / "run"
+    run.mkdir()
+    argv = ["train", "--dataset", str(data), "--out", str(run), "--resume", "--no-progress"]
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys, "start the run with this command without --resume")
+    assert "fastvae train --out" not in line and f"no checkpoint at {run}" in line
+    (run / "samples.png").write_bytes(b"x")   # a fresh run there would be refused too
+    assert cli.main(argv) == 2
+    one_error_line(capsys, "in another folder: this command without --resume, with another --out")

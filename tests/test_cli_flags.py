@@ -164,7 +164,7 @@ def test_the_largest_lr_is_the_one_whose_first_adam_step_fits_float32():
     f32_max = torch.finfo(torch.float32).max
     largest = f32_max * (1 - 0.9)
     assert o.learning_rate(largest) == largest and largest / (1 - 0.9) <= f32_max
-    with pytest.raises(o.BadValue, match=r"at most 3.403e\+37"):
+    with pytest.raises(o.BadValue, match=r"at most 3.402e\+37"):
         o.learning_rate(math.nextafter(largest, math.inf))
 
 
@@ -179,3 +179,26 @@ def test_a_cuda_device_that_is_not_there_is_named_as_asked(monkeypatch):
     with pytest.raises(ValueError, match=r"--device cuda:99 asked for, but torch sees 2 CUDA"):
         resolve_device("cuda:99")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("argv", [["train", "--dataset", "mnist"], ["train", "--resume"],
+                                  ["eval", "RUN"]])
+def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch,
+                                                                     capsys, argv):
+    """``--data-dir "$UNSET"`` read (or downloaded into) the current folder, as --out ""
+    would have written there; both are refused as they are parsed."""
+    monkeypatch.chdir(tmp_path)
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--data-dir", ""])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --data-dir: must name a folder or file, got ''" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_data_dir_in_a_config_is_refused(tmp_path):
+    from fastvae import train as T
+    with pytest.raises(ValueError, match="^data_dir: must name a folder or file, got ' '"):
+        T.train(dict(dataset="mnist", data_dir=" ", out=str(tmp_path / "run")))
+    assert list(tmp_path.iterdir()) == []

@@ -310,3 +310,68 @@ def test_errors(backend, restore_validation):
         fastvae.kl_normal(mu, mu, 0.0, bad, backend=backend, validate=True)
     with pytest.raises(ValueError, match="mu_p must be finite"):
         fastvae.kl_normal(mu, mu, float("inf"), 0.0, backend=backend)
+
+
+BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
+
+
+@pytest.mark.parametrize("wanted", ["all", "means", "mu_p", "mu_q", "mu_p logvar_p"])
+@pytest.mark.parametrize("prior", ["(L,)", "(B, L)"])
+@pytest.mark.parametrize("dtypes", [(F32, F32), (BF16, BF16), (BF16, F32), (F16, F16),
+                                    (F32, BF16), (F32, F64)], ids=str)
+def test_every_subset_of_gradients(seed, backend, wanted, prior, dtypes):
+    """dKL/dmu_p = -dKL/dmu_q is saved once, as dKL/dmu_q wide enough for either mean:
+    each gradient right against float64, in its input's dtype and shape, whichever inputs
+    need one, a shared prior's summed over rows, a 16-bit input beside a wider one, and a
+    grad_output with a zero row."""
+    q_dt, p_dt = dtypes
+    b, n = 7, 5
+    need = {"all": (1, 1, 1, 1), "means": (1, 0, 1, 0), "mu_p": (0, 0, 1, 0),
+            "mu_q": (1, 0, 0, 0), "mu_p logvar_p": (0, 0, 1, 1)}[wanted]
+    shape = (n,) if prior == "(L,)" else (b, n)
+    ins = [(torch.randn(s) * 1.5).to(dt).requires_grad_(bool(r))
+           for s, dt, r in zip(((b, n), (b, n), shape, shape), (q_dt, q_dt, p_dt, p_dt), need)]
+    got = fastvae.kl_normal(*ins, backend=backend)
+    o = [t.detach().double().requires_grad_() for t in ins]
+    want = F.kl_normal_dim(*o).sum(-1)
+    assert_close("kl", got, want, F32)
+    w = torch.randn(b, dtype=F64)
+    w[2] = 0.0
+    used = [i for i, r in enumerate(need) if r]
+    got_g = torch.autograd.grad(got, [ins[i] for i in used], w.to(got.dtype))
+    want_g = torch.autograd.grad(want, [o[i] for i in used], w)
+    names = ("mu_q", "logvar_q", "mu_p", "logvar_p")
+    for i, g, e in zip(used, got_g, want_g):
+        assert g.dtype == ins[i].dtype and g.shape == ins[i].shape, names[i]
+        assert_close(f"d kl / d {names[i]}", g, e, ins[i].dtype)
+
+
+@pytest.mark.parametrize("prior", ["(L,)", "(B, L)"])
+@pytest.mark.parametrize("wanted,made", [("all", 3), ("means", 1)])
+def test_the_mean_gradient_is_saved_once(backend, prior, wanted, made):
+    """What autograd keeps: the caller's four inputs and one (B, L) gradient per saved
+    partial, dKL/dmu_q standing for dKL/dmu_p too (three with every input needing a
+    gradient, one where only the means do). Backward runs from them alone."""
+    if backend == "reference":
+        pytest.skip("eager autograd: it saves what its graph needs")
+    b, n = 6, 11
+    shape = (n,) if prior == "(L,)" else (b, n)
+    lv_grad = wanted == "all"
+    ins = [leaf(torch.randn(s), r) for s, r in zip(((b, n), (b, n), shape, shape),
+                                                    (True, lv_grad, True, lv_grad))]
+    storages = []
+
+    def pack(t):
+        storages.append(t.untyped_storage().data_ptr())
+        return t.detach()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        got = fastvae.kl_normal(*ins, backend=backend)
+    inputs = {t.untyped_storage().data_ptr() for t in ins}
+    assert inputs <= set(storages)
+    assert len(set(storages) - inputs) == made, len(set(storages) - inputs)
+    o = [t.detach().double().requires_grad_() for t in ins]
+    want = F.kl_normal_dim(*o).sum(-1)
+    used = [i for i, t in enumerate(ins) if t.requires_grad]
+    for i, g, e in zip(used, torch.autograd.grad(got.sum(), [ins[i] for i in used]),
+                       torch.autograd.grad(want.sum(), [o[i] for i in used])):
+        assert_close(f"d kl / d input {i}", g, e, F32)

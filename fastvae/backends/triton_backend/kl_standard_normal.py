@@ -7,7 +7,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE
 
-from ..._dtypes import saved_grad_dtype
+from ..._dtypes import kl_mean_grad_dtype, saved_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import prior_args
@@ -21,15 +21,20 @@ def kl_standard_normal_fwd(mu, logvar, needs):
 
 
 def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
-    """Same contract as the "torch" backend's: (value, gmu_q, glogvar_q, gmu_p, glogvar_p),
-    the prior's per row."""
+    """Same contract as the "torch" backend's: (value, gmu_q, glogvar_q, glogvar_p), per
+    row; gmu_q also where only mu_p needs a gradient (-gmu_q), so the kernel writes one
+    mean gradient, in ``kl_mean_grad_dtype``."""
     if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
         return _launch.by_torch(torch_backend.kl_normal_fwd, mu_q, logvar_q, mu_p, logvar_p, needs)
-    return _kl_rows(mu_q, logvar_q, mu_p, logvar_p, needs)
+    out, gmu, glv, _, gplv = _kl_rows(mu_q, logvar_q, mu_p, logvar_p,
+                                      [needs[0] or needs[2], needs[1], False, needs[3]],
+                                      kl_mean_grad_dtype(mu_q, mu_p, needs[2]))
+    return out, gmu, glv, gplv
 
 
-def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
-    """The row kernel's KL; each gradient per row, in ``saved_grad_dtype``."""
+def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
+    """The row kernel's KL; each gradient per row, in ``saved_grad_dtype`` (mu's in
+    ``gmu_dtype`` where given)."""
     dev = mu.device
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
@@ -38,10 +43,11 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
                                                            prior=prior)
     out = _launch.alloc((n,), torch.float32, dev)
 
-    def grad_dtype(t):
-        return saved_grad_dtype(t, mu.shape)
-    grads = [_launch.alloc(mu.shape, grad_dtype(t), dev) if need else None
-             for t, need in zip((mu, logvar, pm, plv), needs)]
+    dtypes = [saved_grad_dtype(t, mu.shape) for t in (mu, logvar, pm, plv)]
+    if gmu_dtype is not None:
+        dtypes[0] = gmu_dtype
+    grads = [_launch.alloc(mu.shape, dt, dev) if need else None
+             for dt, need in zip(dtypes, needs)]
     gmu, glv, gpm, gplv = grads
     data = _launch.dummy(mu.dtype, dev)  # D = 0: the data pointers are never read
     i32 = _launch.dummy(torch.int32, dev)
@@ -51,10 +57,8 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs):
         X=data, R=data, OBS=data, MU=mu, LV=logvar, Z=data, PM=pm, PLV=plv, CLAMPED=i32,
         ROW_VALUES=out, PARTIALS=_launch.dummy(torch.float32, dev), COUNTER=i32,
         GX=data, GR=data, GOBS=data,
-        GMU=_launch.given(gmu, grad_dtype(mu), dev),
-        GLV=_launch.given(glv, grad_dtype(logvar), dev),
-        GZ=data, GPM=_launch.given(gpm, grad_dtype(pm), dev),
-        GPLV=_launch.given(gplv, grad_dtype(plv), dev),
+        GMU=_launch.given(gmu, dtypes[0], dev), GLV=_launch.given(glv, dtypes[1], dev),
+        GZ=data, GPM=_launch.given(gpm, dtypes[2], dev), GPLV=_launch.given(gplv, dtypes[3], dev),
         B=n, D=0, L=l,
         stride_x=0, stride_r=0, stride_obs=0,
         stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=mu.stride(0),

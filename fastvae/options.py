@@ -364,14 +364,17 @@ TRAIN_CHOICES = {"model": MODELS, "likelihood": LIKELIHOODS, "kl": KL_MODES,
 
 def plain_values(cfg: dict) -> dict:
     """``cfg`` with each numpy scalar (a sweep's ``np.logspace`` lr, an ``np.int64`` size),
-    in a list or tuple too, as the Python number it holds: the config goes into the
-    checkpoint, which must load with ``torch.load(weights_only=True)`` (it refuses numpy
-    objects), and into metrics.json (json refuses ``np.int64``)."""
+    in a list or tuple too, as the Python number it holds, and each path object (a
+    ``pathlib.Path`` out or data_dir) as its text: the config goes into the checkpoint,
+    which must load with ``torch.load(weights_only=True)`` (it refuses numpy and pathlib
+    objects), and into metrics.json (json refuses ``np.int64`` and paths)."""
     def plain(value):
         if isinstance(value, (list, tuple)):
             return type(value)(plain(v) for v in value)
         if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
             return value.item()
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
         return value
     return {k: plain(v) for k, v in cfg.items()}
 

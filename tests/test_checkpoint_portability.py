@@ -1,4 +1,4 @@
-"""What a run writes loads back, wherever it goes: numpy numbers in a Python API config, a
+"""What a run writes loads back, wherever it goes: numpy numbers and paths in a Python API config, a
 run trained on Windows evaluated elsewhere with --data-dir, and a checkpoint whose content
 cannot be hashed or restored is one CheckpointError naming the file, not a traceback."""
 import json
@@ -32,6 +32,20 @@ def test_numpy_numbers_in_a_config_make_a_checkpoint_that_loads(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["config"]["latent"] == 4
     T.train(tiny(out, resume=True, epochs=2, lr=np.float64(1e-3)), log=quiet)
     assert type(load_checkpoint(out)["config"]["lr"]) is float
+
+
+def test_path_objects_in_a_config_are_stored_as_text(tmp_path):
+    """``out=Path(...)``, ``data_dir=Path(...)``: refused as no folder name before, and a
+    Path in the checkpoint's config would not load with weights_only."""
+    data = tmp_path / "images.npy"
+    np.save(data, np.random.default_rng(0).random((40, 4, 4), dtype=np.float32))
+    out = tmp_path / "run"
+    T.train(dict(tiny(out, dataset=str(data)), out=out), log=quiet)
+    assert load_checkpoint(out)["config"]["out"] == str(out)
+    assert json.loads((out / "metrics.json").read_text())["config"]["out"] == str(out)
+    # resumed where the array file's folder is given (the file moved there)
+    T.train(dict(tiny(out, resume=True, epochs=2), out=out, data_dir=tmp_path), log=quiet)
+    assert load_checkpoint(out)["config"]["dataset"] == str(data)
 
 
 def test_a_windows_path_finds_its_file_in_data_dir(tmp_path):

@@ -143,6 +143,8 @@ def kl_prior_terms(mu, logvar, z, prior_mu, prior_logvar, kl):
     d_mu, d_p = t * inv, tp * inv_sdp
     value = 0.5 * ((tp - t) * (tp + t) + plv - logvar)
     return value, d_mu, 0.5 * (sq - 1), d_p - d_mu, -d_p, 0.5 * (1 - sqp)
+
+
 def logistic_bin(y, mean, log_scale, bottom, top, half_width: float):
     """The discretized logistic's log mass of the bin at ``y`` (width ``2h``, h =
     ``half_width``) and its partials w.r.t. the mean and the log-scale s, per element.

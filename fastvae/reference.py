@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from . import estimators
 from ._cb import CB_SERIES_BELOW, logc_coeffs
-from ._dtypes import result_dtype, upcast
+from ._dtypes import result_dtype, upcast, widened
 
 LOG_2 = math.log(2.0)
 LOG_2PI = math.log(2.0 * math.pi)
@@ -235,7 +235,9 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
     dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs_logvar, prior_mu, prior_logvar)
     x, recon_k, obs_logvar = upcast(x, dtype), upcast(recon_k, dtype), upcast(obs_logvar, dtype)
     k = recon_k.shape[0]
-    mu, logvar = _stopped(estimator, mu, logvar)
+    # widened before they are repeated over the K samples: autograd sums the copies'
+    # gradients in the copies' dtype, and 16-bit copies would round once per sample
+    mu, logvar = _stopped(estimator, widened(mu), widened(logvar))
 
     def log_weights(recon_k, z_k):
         log_px = log_likelihood(x.expand_as(recon_k), recon_k, likelihood, obs_logvar)

@@ -35,7 +35,7 @@ MODULES = [
     "test_discretized_logistic_mixture_log_prob.py", "test_dmol_objectives.py",
     "test_dmol_loss.py", "test_float16_saved_gradients.py", "test_prepared_calls.py", "test_vanishing_variance.py",
     "test_prepared_sampling.py", "test_saved_inputs.py", "test_dmol_iwae_16_bit_latents.py",
-    "test_dmol_iwae_loss.py", "test_iwae_all_weights_zero_grads.py",
+    "test_dmol_iwae_loss.py", "test_iwae_all_weights_zero_grads.py", "test_iwae_16_bit_latents.py",
     "test_dmol_edge_held_by_a_far_mean.py", "test_bernoulli_long_row_sum.py",
     "test_dreg_sample_of_log_weight_minus_inf.py", "test_free_bits_boundary.py",
     "test_kl_prior_variance_past_float32.py", "test_returned_gradients_carry_no_graph.py",

@@ -68,18 +68,19 @@ def saved_grad_dtype(t, shape=None) -> torch.dtype:
 
 
 def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
-    """The dtype of ``sample_with_kl``'s one saved dKL/dmu_q, which is also -dKL/dmu_p:
-    mu's :func:`saved_grad_dtype`, widened to the prior mean's where that gradient is
-    wanted (a wider or a shared prior beside a 16-bit posterior)."""
+    """The dtype of ``sample_with_kl``'s and ``kl_normal``'s one saved dKL/dmu_q, which is
+    also -dKL/dmu_p: mu's :func:`saved_grad_dtype`, widened to the prior mean's where that
+    gradient is wanted (a wider or a shared prior beside a 16-bit posterior)."""
     if not need_prior_mean or prior_mu is None:
         return saved_grad_dtype(mu)
     return torch.promote_types(saved_grad_dtype(mu), saved_grad_dtype(prior_mu, mu.shape))
 
 
 def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:
-    """The saved gradient each of ``sample_with_kl``'s backward outputs (dmu_q, dlogvar_q,
-    dmu_p, dlogvar_p) is made from, and so is written in the dtype of (``fastvae.ops``
-    rounds each to its input's dtype): the one saved dKL/dmu_q serves both means."""
+    """The saved gradient each of ``sample_with_kl``'s and ``kl_normal``'s backward outputs
+    (dmu_q, dlogvar_q, dmu_p, dlogvar_p) is made from, and so is written in the dtype of
+    (``fastvae.ops`` rounds each to its input's dtype): the one saved dKL/dmu_q serves
+    both means."""
     return g_mu, g_lv, g_mu, g_plv
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import kl_mean_grad_dtype, result_dtype, upcast
+from ..._dtypes import kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast
 from . import gaussian_rows, terms
 from .rows import grad_buffer
 
@@ -37,8 +37,8 @@ def kl_normal_bwd(grad_out, g_mu, g_lv, g_plv, needs):
     None where the C path cannot run (the caller weighs them in aten)."""
     if grad_out.dim() != 1 or not any(needs):
         return None
-    sources = (g_mu, g_lv, g_mu, g_plv)
-    outs = [torch.empty_like(g) if n else None for g, n in zip(sources, needs)]
+    outs = [torch.empty_like(g) if n else None
+            for g, n in zip(kl_bwd_sources(g_mu, g_lv, g_plv), needs)]
     if not gaussian_rows.kl_bwd_rows(None, grad_out, None, None,
                                      g_mu if needs[0] or needs[2] else None,
                                      g_lv if needs[1] else None, g_plv if needs[3] else None,

@@ -88,20 +88,28 @@ def train(cfg: dict, log=print) -> dict:
         torch.set_num_threads(threads)
 
 
+def _checked_config(given: dict) -> dict:
+    """The defaults with ``given``'s set values over them, checked as far as the settings
+    alone decide, before any data or model: a ValueError or DataError naming the
+    setting."""
+    full = default_config()
+    full.update({k: v for k, v in given.items() if v is not None})
+    if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
+        full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
+    check_train_config(full, combinations=not full["resume"])
+    if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
+        check_model_sizes(given, full["model"], default_config())
+        check_data_flags(full, given)
+    return full
+
+
 def _train(given: dict, log) -> dict:
     given = plain_values(given)
     rank, world, local_rank = ranks.dist_env()
     is_main = rank == 0
     say = log if is_main else (lambda *a, **k: None)
-    full = default_config()
-    full.update({k: v for k, v in given.items() if v is not None})
-    if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
-        full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
     try:   # the flags alone decide these: every rank meets them alike
-        check_train_config(full, combinations=not full["resume"])
-        if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
-            check_model_sizes(given, full["model"], default_config())
-            check_data_flags(full, given)
+        full = _checked_config(given)
     except (ValueError, DataError) as e:
         ranks.alike(e)
         raise
@@ -270,7 +278,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     metrics = None
     if is_main:
         metrics = finish(run.core, data, cfg, device, out, run.history, run.initial,
-                          run.backend_name, world, train_wall, say)
+                         run.backend_name, world, train_wall, say)
     if world > 1:
         torch.distributed.barrier(group=finish_group)
     return metrics

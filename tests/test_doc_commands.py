@@ -15,9 +15,7 @@ import pytest
 from fastvae import cli
 from fastvae import options as o
 from fastvae.bench import cli as bench_cli
-from fastvae.options import check_model_sizes, check_train_config
-from fastvae.run_config import check_data_flags
-from fastvae.train import default_config
+from fastvae.train import _checked_config, default_config
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 # a line or span that runs the command (a bash block's comment is cut off first)
@@ -73,14 +71,8 @@ def test_the_readme_quotes_commands():
 
 def _train_checks(args):
     """What ``fastvae train`` refuses before it reads data or builds a model: the checks
-    ``fastvae.train._train`` makes first, on the flags merged into the defaults as there."""
-    given = {k: getattr(args, k) for k in default_config() if hasattr(args, k)}
-    full = default_config()
-    full.update({k: v for k, v in given.items() if v is not None})
-    check_train_config(full, combinations=not full["resume"])
-    if not full["resume"]:
-        check_model_sizes(given, full["model"], default_config())
-        check_data_flags(full, given)
+    ``fastvae.train._train`` makes first, on the flags merged into the defaults."""
+    _checked_config({k: getattr(args, k) for k in default_config() if hasattr(args, k)})
 
 
 def _flags(command: str) -> set:

@@ -5,6 +5,7 @@ replaced), and the small argument helpers they share."""
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -180,9 +181,7 @@ def scratch(shape: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     key = (device, _stream(device), shape, dtype)
     buf = _scratch.get(key)
     if buf is None:
-        n = 1
-        for s in shape:
-            n *= s
+        n = math.prod(shape)
         size = 1 << max(n - 1, 0).bit_length()
         base = _scratch_bases.get(key[:2] + (size, dtype))
         if base is None:

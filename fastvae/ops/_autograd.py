@@ -334,6 +334,7 @@ class Fused:
                 mark_constant(ctx, output, constant)
 
         def op_setup(ctx, inputs, output):
+            # not setup(): the needs follow_inputs widens decide which outputs are constant
             plain_setup(ctx, inputs, output)
             follow_inputs(ctx)
             if constant is not None:

@@ -48,7 +48,8 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
     edge bins take the tails, as the likelihood's do), each channel's mean shifted by
     the earlier channels' drawn values. Exactly the distribution whose log-probability
     :func:`fastvae.discretized_logistic_mixture_log_prob` computes. In params' dtype
-    where it holds the grid (float16 up to 11 bits, bfloat16 up to 8), else float32."""
+    where it holds the grid (float16 up to 11 bits, bfloat16 up to 8), else float32.
+    ``bits``: 1..16, None for 8, as in the likelihood."""
     bits = check_bits(bits)
     n = 2 ** bits - 1
     logits, chans = _split(check_tensor("params", params).float(), channels)

@@ -377,7 +377,7 @@ def discretized_logistic_mixture_log_prob(x, params, bits=8, reduction="none", b
             W)`` = ``[logit_probs | channel 0: means, log_scales, coeffs | channel 1:
             ... | channel 2: ...]`` (M each); for C = 1 ``(B, 3*M, H, W)`` =
             ``[logit_probs | means | log_scales]``.
-        bits: bit depth of the data, 1..16.
+        bits: bit depth of the data, 1..16; None for 8, as in :func:`elbo`.
         reduction: ``"none"`` (``(B,)``), ``"sum"`` or ``"mean"`` over the batch, reduced
             inside the fused op: ``op(..., reduction="sum")`` hands its backward a
             grad_output of 1, which touches no saved gradient, where ``op(...).sum()``

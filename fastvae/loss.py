@@ -126,7 +126,7 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
     :func:`fastvae.discretized_logistic_mixture_log_prob`. It equals
     ``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)`` in nats per
     image ("mean"), per batch ("sum") or per image ``(B,)`` ("none"); divide by
-    ``C*H*W*ln 2`` for bits per dimension.
+    ``C*H*W*ln 2`` for bits per dimension. ``bits=None`` is 8, as everywhere.
     The sign is taken inside the fused op, as in :class:`ELBOLoss`.
     """
 

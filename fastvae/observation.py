@@ -13,14 +13,15 @@ from torch import nn
 from ._dtypes import widened
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
-from .validation import (DMOL, LIKELIHOODS, check_number, check_option, check_sizes,
-                         check_tensor, check_values, dmol_slots, resolve_validate)
+from .validation import (DMOL, DMOL_DEFAULT_BITS, LIKELIHOODS, check_number, check_option,
+                         check_sizes, check_tensor, check_values, dmol_slots,
+                         resolve_validate)
 
 # NVAE's and PixelCNN++'s mixture size: what a DMoL decoder gets unless told.
 DEFAULT_N_MIX = 10
-# The models' DMoL data grid: 8-bit images (k / 255), the default ``bits`` of
+# The models' DMoL data grid: the default ``bits`` (8-bit images, k / 255) of
 # fastvae.elbo / iwae_bound, which the models call without it.
-DMOL_BITS = 8
+DMOL_BITS = DMOL_DEFAULT_BITS
 # One chunk of ``sample``: about 16 MiB of float32 decoder output, so the memory of n
 # draws does not grow with n beyond the images; but never fewer than SAMPLE_CHUNK_MIN
 # images, so a picture of up to 64 draws (samples.png) is one chunk, drawn from the

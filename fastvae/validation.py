@@ -377,10 +377,19 @@ def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,
 
 # -- discretized mixture of logistics ------------------------------------------------
 
+# The bit depth of a DMoL's data grid where none is given: 8-bit images (k / 255). Every
+# entry point that takes ``bits`` reads None as this, so that one call's ``bits=None``
+# (elbo's and iwae_bound's default) is valid at the others too.
+DMOL_DEFAULT_BITS = 8
+
+
 def check_bits(bits) -> int:
-    """The bit depth of a DMoL's data grid: an int in 1..16."""
-    bits = int(check_number("bits", bits, minimum=1, integer=True))
-    if bits > 16:
+    """The bit depth of a DMoL's data grid: an int in 1..16, or None for
+    :data:`DMOL_DEFAULT_BITS`."""
+    if bits is None:
+        return DMOL_DEFAULT_BITS
+    bits = int(check_number("bits", bits, integer=True))
+    if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
     return bits
 
@@ -402,13 +411,14 @@ def check_grid_dtype(x, bits: int) -> None:
 
 
 def check_likelihood_bits(likelihood: str, bits):
-    """``bits`` as ``likelihood`` reads it: the DMoL's bit depth (None: 8), and None for
-    every other likelihood, which has no grid, so an explicit value there is a mistake."""
+    """``bits`` as ``likelihood`` reads it: the DMoL's bit depth (:func:`check_bits`), and
+    None for every other likelihood, which has no grid, so an explicit value there is a
+    mistake."""
     if likelihood != DMOL:
         if bits is not None:
             raise ValueError(f"bits is only used with likelihood={DMOL!r}, not {likelihood!r}")
         return None
-    return check_bits(8 if bits is None else bits)
+    return check_bits(bits)
 
 
 def dmol_slots(channels: int) -> int:

@@ -8,17 +8,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .validation import check_bits, check_tensor, dmol_slots, holds_grid
+from .dispatch import check_generator
+from .validation import check_bits, check_number, check_tensor, dmol_slots, holds_grid
 
 LOG_SCALE_MIN = -7.0
 
 
 def _split(params: torch.Tensor, channels: int):
     """(logits (B, M, H, W), [(means, log_scales, coeffs or None) per channel])."""
-    if (channels not in (1, 3) or params.dim() != 4 or params.shape[1] == 0
-            or params.shape[1] % dmol_slots(channels)):
+    # checked before params' shape, which it decides: a bad one is named as itself (a
+    # bool or float would otherwise pass ``in (1, 3)`` and fail later in range())
+    channels = int(check_number("channels", channels, integer=True))
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+    if params.dim() != 4 or params.shape[1] == 0 or params.shape[1] % dmol_slots(channels):
         raise ValueError(f"params must be (B, {dmol_slots(channels)}*M, H, W), M >= 1, for "
-                         f"channels={channels} (1 or 3), got shape {tuple(params.shape)}")
+                         f"channels={channels}, got shape {tuple(params.shape)}")
     m = params.shape[1] // dmol_slots(channels)
     per = 3 if channels == 3 else 2
     chans = []
@@ -53,6 +58,7 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
     bits = check_bits(bits)
     n = 2 ** bits - 1
     logits, chans = _split(check_tensor("params", params).float(), channels)
+    check_generator(generator, params.device)
     rng = {} if generator is None else {"generator": generator}
     tiny = torch.finfo(torch.float32).tiny
 

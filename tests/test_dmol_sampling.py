@@ -116,3 +116,23 @@ def test_pictures_refuse_what_they_cannot_draw_and_keep_the_grid():
                     generator=torch.Generator().manual_seed(0))   # k / n in float64
     k = torch.round(x * 65535)
     assert x.dtype == torch.float64 and torch.equal(x, k / 65535)
+
+
+@pytest.mark.parametrize("channels,error,text", [
+    (2, ValueError, r"channels must be 1 \(gray\) or 3 \(RGB\), got 2"),
+    (True, TypeError, "channels must be an int, got bool"),
+    (3.0, TypeError, "channels must be an int, got float"),
+])
+def test_pictures_name_a_bad_channel_count(channels, error, text):
+    """channels decides params' layout, so a bad one is named itself, not as a params
+    shape (a bool passed ``in (1, 3)`` as gray; a float failed inside range())."""
+    from fastvae.models import dmol_mean, dmol_sample
+    for fn in (dmol_sample, dmol_mean):
+        with pytest.raises(error, match=text):
+            fn(torch.zeros(1, 30, 2, 2), channels=channels)
+
+
+def test_sample_names_a_generator_that_is_not_one():
+    from fastvae.models import dmol_sample
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
+        dmol_sample(torch.zeros(1, 30, 2, 2), generator=0)

@@ -409,8 +409,8 @@ def _dmol(x, params, bits, reduction, scale, backend, validate, params_name="par
     V.check_option("reduction", reduction, V.REDUCTIONS)
     V.check_dmol(x, params, params_name=params_name)
     bits = V.check_bits(bits)
-    V.check_grid_dtype(x, bits)
-    device = V.check_same_device(x=x, params=params)
+    V.check_grid_dtype(x, bits, params_name)
+    device = V.check_same_device(**{"x": x, params_name: params})
     V.check_dmol_values(V.resolve_validate(validate), x, bits, **{params_name: params})
     fn = _run(backend, device, "discretized_logistic_mixture_log_prob")
     if isinstance(fn, functools.partial):
@@ -458,7 +458,7 @@ def _dmol_iwae_bound(x, recon_k, mu, logvar, z_k, obs_logvar, bits, reduction, b
     V.check_x_batch(x, batch)
     V.check_dmol(x, recon_k, params_name="recon_k", k=k)
     bits = V.check_bits(bits)
-    V.check_grid_dtype(x, bits)
+    V.check_grid_dtype(x, bits, "recon_k")
     if V.resolve_validate(validate):  # each input by its own name, before any is repeated
         V.check_dmol_values(True, x, bits, recon_k=recon_k)  # over the samples
         V.check_values(True, mu=mu, logvar=logvar, z_k=z_k, prior_mu=prior_mu,

@@ -401,13 +401,14 @@ def holds_grid(dtype: torch.dtype, bits: int) -> bool:
     return (2 ** bits - 1) * torch.finfo(dtype).eps < 2
 
 
-def check_grid_dtype(x, bits: int) -> None:
+def check_grid_dtype(x, bits: int, params_name: str = "params") -> None:
     """TypeError for an x whose dtype cannot hold the ``bits`` grid (:func:`holds_grid`):
-    its values would be scored in a neighbouring bin."""
+    its values would be scored in a neighbouring bin. ``params_name``: the mixture's
+    parameters as the caller names them (elbo's ``recon``, iwae_bound's ``recon_k``)."""
     if x.dtype.is_floating_point and not holds_grid(x.dtype, bits):
         raise TypeError(f"x in {x.dtype} cannot hold a {bits}-bit grid (some values round to a "
-                        "neighbouring bin); pass x as float32 (params may stay in "
-                        f"{x.dtype})")
+                        f"neighbouring bin); pass x as float32 ({params_name} may stay "
+                        "16-bit)")
 
 
 def check_likelihood_bits(likelihood: str, bits):

@@ -269,3 +269,21 @@ def test_iwae_bound_validation_names_the_input(name):
         fastvae.iwae_bound(ins["x"], ins["recon_k"], ins["mu"], ins["logvar"], ins["z_k"],
                            likelihood=DMOL, prior_mu=ins["prior_mu"],
                            prior_logvar=ins["prior_logvar"], validate=True)
+
+
+def test_dtype_and_device_errors_name_the_callers_argument():
+    """elbo's mixture parameters are ``recon``, iwae_bound's ``recon_k``: a device or
+    grid-dtype error names them so, not as the density op's own ``params``."""
+    x, p = make(2, 3, 2, 2, 2, torch.float32)
+    mu, lv, z = _latents(2, 3, torch.float32)
+    p_k = p.expand(2, *p.shape)
+    for name, call in [
+            ("recon", lambda x, p, pk: fastvae.elbo(x, p, mu, lv, likelihood=DMOL, bits=12)),
+            ("recon_k", lambda x, p, pk: fastvae.iwae_bound(x, pk, mu, lv, z.expand(2, 2, 3),
+                                                            likelihood=DMOL, bits=12)),
+            ("params", lambda x, p, pk: fastvae.discretized_logistic_mixture_log_prob(
+                x, p, bits=12))]:
+        with pytest.raises(ValueError, match=rf"one device, got x on cpu, {name} on meta$"):
+            call(x, p.to("meta"), p_k.to("meta"))
+        with pytest.raises(TypeError, match=rf"pass x as float32 \({name} may stay 16-bit\)$"):
+            call(x.half(), p.half(), p_k.half())

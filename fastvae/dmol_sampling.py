@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import check_generator
-from .validation import check_bits, check_number, check_tensor, dmol_slots, holds_grid
+from .validation import (check_bits, check_number, check_tensor, check_values, dmol_slots,
+                         holds_grid, resolve_validate)
 
 LOG_SCALE_MIN = -7.0
 
@@ -46,7 +47,7 @@ def _shift(chans, c: int, pick, y):
 
 @torch.no_grad()
 def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
-                generator=None) -> torch.Tensor:
+                generator=None, validate=None) -> torch.Tensor:
     """Images ``(B, C, H, W)`` on the grid ``k / (2^bits - 1)`` drawn from the mixture:
     a component per pixel by Gumbel-max over the logits, then channel by channel a
     logistic draw ``mean + e^s log(u / (1 - u))`` (inversion), rounded to its bin (the
@@ -54,11 +55,13 @@ def dmol_sample(params: torch.Tensor, channels: int = 3, bits: int = 8,
     the earlier channels' drawn values. Exactly the distribution whose log-probability
     :func:`fastvae.discretized_logistic_mixture_log_prob` computes. In params' dtype
     where it holds the grid (float16 up to 11 bits, bfloat16 up to 8), else float32.
-    ``bits``: 1..16, None for 8, as in the likelihood."""
+    ``bits``: 1..16, None for 8, as in the likelihood. ``validate``: as in
+    :func:`fastvae.elbo` (a NaN parameter would draw a NaN pixel, off the grid)."""
     bits = check_bits(bits)
     n = 2 ** bits - 1
     logits, chans = _split(check_tensor("params", params).float(), channels)
     check_generator(generator, params.device)
+    check_values(resolve_validate(validate), params=params)
     rng = {} if generator is None else {"generator": generator}
     tiny = torch.finfo(torch.float32).tiny
 
@@ -116,15 +119,17 @@ def _clamped_mean(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def dmol_mean(params: torch.Tensor, channels: int = 3) -> torch.Tensor:
+def dmol_mean(params: torch.Tensor, channels: int = 3, validate=None) -> torch.Tensor:
     """The picture of a DMoL decoder's output, ``(B, C, H, W)`` in [0, 1]: the mixture's
     mean, ``sum_m pi_m E[x_c | m]``, of the distribution :func:`dmol_sample` draws from.
     ``E[x_c | m]`` is the mean of the logistic clamped to [-1, 1] (within half a grid
     step of the discretized one's), for green and blue averaged over the earlier
     channels' values at :data:`QUANTILE_NODES` quantiles each, since their shift is
     taken at those values. Mean-sized rather than location-sized: a component located
-    outside [-1, 1] counts as the edge value it puts its mass on."""
+    outside [-1, 1] counts as the edge value it puts its mass on. ``validate``: as in
+    :func:`dmol_sample`."""
     logits, chans = _split(check_tensor("params", params).float(), channels)
+    check_values(resolve_validate(validate), params=params)
     weights = torch.softmax(logits, 1)
 
     def scale(log_scales):

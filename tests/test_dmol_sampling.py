@@ -136,3 +136,23 @@ def test_sample_names_a_generator_that_is_not_one():
     from fastvae.models import dmol_sample
     with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
         dmol_sample(torch.zeros(1, 30, 2, 2), generator=0)
+
+
+def test_pictures_check_values_as_the_likelihood_does():
+    """validate=True (or the global switch) refuses a non-finite parameter, as the
+    likelihood does, instead of drawing a NaN pixel off the grid; off, nothing is read."""
+    import fastvae
+    from fastvae.models import dmol_mean, dmol_sample
+    p = torch.randn(1, 3, 2, 2)
+    p[0, 1, 0, 0] = float("nan")
+    for fn in (dmol_sample, dmol_mean):
+        with pytest.raises(ValueError, match=r"^params has 1 non-finite value"):
+            fn(p, channels=1, validate=True)
+        before = fastvae.get_validation()
+        fastvae.set_validation(True)
+        try:
+            with pytest.raises(ValueError, match=r"^params has 1 non-finite value"):
+                fn(p, channels=1)
+        finally:
+            fastvae.set_validation(before)
+        assert fn(p, channels=1, validate=False).shape == (1, 1, 2, 2)

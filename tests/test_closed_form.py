@@ -2,9 +2,9 @@
 row chunks in its rows.py, and the optional compiled kernel, native.py and
 bernoulli_rows.c): row chunking, the compiled/aten switch and its fallback, the kernel's
 SIMD tails and strides, and the memory it saves for backward. The kernel's accuracy
-sweep, threading and cache durability are in test_native_kernel.py. The op-level
-contract (all options, dtypes, reductions) is tested for every backend in test_elbo.py
-and friends."""
+sweep, threading and cache durability are in test_native_kernel_accuracy.py, _threads.py
+and _cache.py. The op-level contract (all options, dtypes, reductions) is tested for
+every backend in test_elbo.py and friends."""
 from __future__ import annotations
 
 import shutil

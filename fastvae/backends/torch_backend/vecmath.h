@@ -10,7 +10,7 @@
  *
  * Accuracy: exp is the Cephes single-precision polynomial, log1p a short atanh
  * series, log that series after splitting off the exponent, sqrt Newton steps, cos/sin
- * of an angle in turns Cephes' polynomials after an exact reduction; tests/test_native_kernel.py
+ * of an angle in turns Cephes' polynomials after an exact reduction; tests/test_native_kernel_accuracy.py
  * sweeps each densely against float64 and states the bounds. Arguments of exp below -87 give exp(-87) rather than a denormal (an
  * absolute error below 2e-38).
  */

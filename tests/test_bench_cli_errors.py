@@ -1,7 +1,7 @@
 """``fastvae bench`` when something goes wrong: a variant that disagrees, sizes an op cannot
 take, flags the proxy does not honour; and the units, clocks and help the table states.
 
-Tiny shapes, measurement monkeypatched where it is not the point (tests/test_bench.py
+Tiny shapes, measurement monkeypatched where it is not the point (tests/test_bench_cli.py
 holds the smoke tests of a working run).
 """
 import json

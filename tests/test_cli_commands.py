@@ -73,7 +73,7 @@ def test_conv_on_mnist_idx_files_with_amp(tmp_path, capsys):
 
 def test_bench_hook_without_and_with_module(monkeypatch, capsys):
     """The hook works whether or not fastvae.bench exists; a fake stands in for it
-    (the real module's own tests live in test_bench.py)."""
+    (the real module's own tests live in test_bench_*.py)."""
     import fastvae
 
     # `from . import bench` finds an already-imported submodule as a package

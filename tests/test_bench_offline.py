@@ -1,0 +1,94 @@
+"""The offline judge (`python -m fastvae.bench.offline`): its options refused before any
+work, the proxy's shapes, and compile --kernel, without a GPU."""
+import pytest
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["proxy", "--ops", "foo"], "--ops: unknown foo"),
+    (["proxy", "--dtype", "fp8"], "--dtype: unknown fp8"),
+    (["proxy", "--json", __file__ + "/x.json"], "--json: cannot write"),
+    (["proxy", "--triton", "/nonexistent-dir"], "holds no triton package"),
+    (["compile", "--workers", "0"], "--workers: must be a positive integer"),
+    (["compile", "--kernel", "iwae_bound_onepass_kernel,foo"], "--kernel: unknown foo; have "),
+    (["proxy", "--ops", "iwae", "--shape", "64,8"], "--shape: must be B,D,L or B,D,L,K"),
+    (["proxy", "--ops", "iwae", "--shape", "64,0,8,5"], "--shape: must be a positive integer"),
+    (["proxy", "--shape", "64,64,8,5"], "--shape: name the ops to run at it with --ops"),
+    (["proxy", "--ops", "iwae,elbo", "--shape", "64,64,8,5"],
+     "--shape: elbo takes no K, got 64,64,8,5")])
+def test_the_offline_judge_refuses_bad_options_before_any_work(capsys, argv, msg):
+    from fastvae.bench.offline.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_proxy_runs_each_op_at_each_shape_given():
+    """--shape replaces the bar shapes: each op of --ops at each (B, D, L, K), K 1 for
+    B,D,L; without it, the bar's shapes of those ops."""
+    from fastvae.bench.offline import __main__ as offline, judge
+
+    seen = []
+    shapes = [offline._shape("65536,64,8,5"), offline._shape("16,256,16")]
+    assert shapes == [(65536, 64, 8, 5), (16, 256, 16, 1)]
+    cases = judge.bar_cases(("fp32", "bf16"), ["iwae", "reparameterize"], shapes)
+    for c in cases:
+        seen.append((c.op, c.batch, c.dim, c.latent, c.k, c.dtype_name))
+    assert seen == [(op, *s, dt) for op in ("iwae", "reparameterize") for s in shapes
+                    for dt in ("fp32", "bf16")]
+    assert {(c.op, c.batch, c.dim, c.latent, c.k) for c in judge.bar_cases(("fp32",), ["iwae"])} \
+        == {b for b in judge.BAR if b[0] == "iwae"}
+
+
+def test_the_offline_judge_without_triton_says_so_in_one_line(capsys, monkeypatch):
+    """Where the work would run under this interpreter and it has no Triton: exit 2 and
+    one line, not an import traceback (proxy without --here runs under .triton36)."""
+    import sys
+
+    from fastvae.bench.offline.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "triton", None)   # import triton raises ImportError
+    for argv in (["compile"], ["table"], ["proxy", "--here", "--ops", "iwae"],
+                 ["compile", "--kernel", "elbo_rows_kernel"]):
+        try:   # --kernel: refused while parsing unless this session imported Triton's jit
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and "error: " in err and "no Triton here" in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_compile_with_kernel_builds_only_that_kernels_specializations(monkeypatch):
+    """--kernel keeps the named kernels' specializations of the tier's capture, and
+    compiles nothing else (the capture still runs every call)."""
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("the capture needs Triton's JIT, not the interpreter")
+    from fastvae.bench.offline import catalog, judge
+
+    calls = [*catalog.iwae_calls(((7, 7, 3, 2), (3, 1025, 129, 9)), ("fp32",),
+                                 (("mean", "train"),), likelihoods=catalog.LIKELIHOODS[:1]),
+             *catalog.elbo_calls(((7, 7, 3),), ("fp32",), (catalog.TRAIN,),
+                                 likelihoods=catalog.LIKELIHOODS[:1])]
+    monkeypatch.setattr(catalog, "tier_calls", lambda tier: calls)
+    jobs = []
+    monkeypatch.setattr(judge.compiler, "compile_all", lambda j, workers: jobs.extend(j) or [
+        {"name": "stub"} for _ in j])
+    out = judge.compile_catalog(tier="full", kernels=["iwae_bound_onepass_kernel"])
+    assert jobs and out["per_kernel"] == {"iwae_bound_onepass_kernel": len(jobs) // 2}
+    assert {"iwae_bound_rows_kernel", "elbo_rows_kernel"} <= {
+        k.rsplit(".", 1)[-1] for k in out["kernels_launched"]}
+
+
+def test_the_proxy_hands_its_shapes_to_the_pinned_tritons_child(monkeypatch):
+    from fastvae.bench.offline import report
+
+    calls = []
+    monkeypatch.setattr(report.compiler, "run_version", lambda path, args: calls.append(args))
+    report.proxy_run("/t36", ["iwae"], ["bf16"], [(65536, 64, 8, 5), (16, 256, 16, 1)])
+    assert calls == [["proxy", "--here", "--ops", "iwae", "--dtype", "bf16",
+                      "--shape", "65536,64,8,5", "--shape", "16,256,16,1"]]

@@ -26,7 +26,7 @@ at most ``n u`` (u = 2^-24) plus the factors' own ``u`` and ``ex2.approx``'s 2^-
 relative error of e (at most 2^-22 in 1 + e): the log is off by at most ``n (2^-22 + 2
 u) + 2^-22`` absolute (lg2.approx: 2^-22 absolute over [1, 2], relative beyond), below
 4e-6 for n = 6, against ``6 x`` the per-element logs' 2^-22 each; fp32 rounding of the
-row sum (D terms) is larger. tests/test_iwae_bound.py checks it against float64 with
+row sum (D terms) is larger. tests/test_iwae_bound_numerics.py checks it against float64 with
 logits up to +-1e4.
 
 The host runs it where nothing is summed over k per data column (no d/dx) and K x D

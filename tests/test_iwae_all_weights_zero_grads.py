@@ -6,7 +6,8 @@ still makes its row's gradients NaN (no weight of a NaN sum is 0).
 
 Row 0's samples are z_k = 1e30 from a wider q (logvar 2): the MC KL, 0.5 z^2 (1 - e^-2),
 is past float32 (in float64 it is finite, which is why row 0 is held to 0, not to a
-float64 run). tests/test_iwae_bound.py::test_every_sample_of_weight_zero checks values."""
+float64 run). tests/test_iwae_bound_past_float32.py::test_every_sample_of_weight_zero
+checks values."""
 import math
 
 import pytest

@@ -26,8 +26,8 @@ exponentials (``log(1 + e^-|a|)``, the log-softmax's and the logsumexp's ``log s
 [0, ln M], the bin-gap ratio's ``log`` in [-8, 0]) are ``lg2.approx`` (2^-22 in log2,
 absolute on [0.5, 2], relative beyond). Against the same formulas with exact logs and
 divisions that adds at most ``FAST_MATH_BOUND`` = 1e-5 nat to a pixel's log p, the
-fp32 rounding of a typical per-pixel value (tests/test_discretized_logistic_mixture_
-log_prob.py runs the formulas at the approximations' worst errors, every sign). Exact
+fp32 rounding of a typical per-pixel value (tests/test_dmol_log_prob_fast_math.py
+runs the formulas at the approximations' worst errors, every sign). Exact
 where an error would be amplified: Kahan's ``log(e^x)`` (its quotient needs a log
 accurate *relative* to ``e^x - 1`` near 1) and tanh's divisions (a coefficient off by 2
 ulp moves a component's mean by 2 ulp of ``e^7`` at the sharpest scale).

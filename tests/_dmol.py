@@ -1,11 +1,14 @@
 """Inputs shared by the discretized mixture of logistics' test modules: on-grid x with
 its edge bins, mixture parameters wide and within the float64 formula's reach, every
-value of one pixel, and one pixel's extreme parameters."""
+value of one pixel, and one pixel's extreme parameters; and the check of a backend's
+value and d/dparams against the float64 formula."""
 from __future__ import annotations
 
 import torch
 
 import fastvae
+import _formulas as F
+from _compare import assert_close, grads, leaf
 
 F64 = torch.float64
 DMOL = "discretized_logistic_mixture"
@@ -62,3 +65,18 @@ def extreme_params(c, m, g, dtype):
         order = torch.randperm(len(scales), generator=g, device="cpu")
         p[0, base + m:base + 2 * m, 0, 0] = scales[order[:m]]
     return p.to(torch.get_default_device(), dtype)
+
+
+def check(x, params, backend, bits=8, rtol=None):
+    dt = params.dtype
+    p = leaf(params)
+    got = OP(x, p, bits=bits, backend=backend)
+    assert fastvae.last_backend() == backend
+    assert got.shape == (x.shape[0],) and got.dtype == (F64 if dt == F64 else torch.float32)
+    want = F.dmol_log_prob(x, p, bits)
+    # summed terms: log p per pixel is of the order of C * |log bin mass|
+    assert_close("log p", got, want, dt, rtol=rtol, scale=want.abs().max() + 1)
+    w = torch.rand(got.shape, dtype=F64) + 0.5
+    (g,), (e,) = grads(got, [p], w), grads(want, [p], w)
+    assert g.dtype == dt and g.shape == p.shape
+    assert_close("d log p / d params", g, e, dt, rtol=rtol, scale=e.abs().max() + 1e-3)

@@ -108,6 +108,7 @@ warnings.simplefilter("always")
 import torch, fastvae
 from fastvae.backends.torch_backend import native, native_cache
 from fastvae.backends.torch_backend import openmp
+from fastvae.backends.torch_backend.elf import elf_needed
 g = torch.Generator().manual_seed(0)
 x, r = torch.rand(33, 101, generator=g), torch.randn(33, 101, generator=g).requires_grad_()
 mu, lv = torch.randn(33, 4, generator=g), torch.randn(33, 4, generator=g)

@@ -16,7 +16,7 @@ import fastvae
 import _formulas as F
 from _backends import case_dtype, generator
 from _compare import assert_close, grads, leaf
-from test_elbo import LIKELIHOODS, REDUCTIONS, free_bits_inputs, make
+from _elbo import LIKELIHOODS, REDUCTIONS, free_bits_inputs, make
 
 F64 = torch.float64
 

@@ -13,7 +13,7 @@ import torch
 import fastvae
 import _formulas as F
 from _compare import F64, TOL, assert_close, grads, leaf
-from test_elbo import make, make_like
+from _elbo import make, make_like
 
 
 def eager_same_dtype(x, recon, mu, lv, likelihood):

@@ -12,7 +12,7 @@ import fastvae
 import _formulas as F
 from _backends import bounded, case_dtype
 from _compare import F64, assert_close, grads, leaf
-from test_elbo import LIKELIHOODS, make
+from _elbo import LIKELIHOODS, make
 
 
 def _rows_past_a_chunk(d):

@@ -24,7 +24,7 @@ from fastvae.kernels.sample_with_kl import _chunk  # noqa: E402  (a kernel's glo
 import fastvae  # noqa: E402
 from _compare import assert_close, check_no_noise_saved, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
-from test_elbo import make_like  # noqa: E402
+from _elbo import make_like  # noqa: E402
 
 F32 = torch.float32
 

@@ -28,7 +28,7 @@ import triton.language as tl  # noqa: E402
 from fastvae.kernels.scale import blocks  # noqa: E402
 from _compare import assert_close, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
-from test_elbo import check_against_formula, make_like  # noqa: E402
+from _elbo import check_against_formula, make_like  # noqa: E402
 from test_iwae_bound import check as check_iwae  # noqa: E402
 from test_iwae_bound import eager_fp32  # noqa: E402
 from test_iwae_bound import make_like as iwae_inputs  # noqa: E402

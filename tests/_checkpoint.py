@@ -4,13 +4,10 @@ checkpoint to damage, and the check that a command's error is one line."""
 import pytest
 
 from fastvae.checkpoint import CHECKPOINT_NAME
+from _train import quiet
 
 TINY_CONFIG = dict(epochs=1, hidden=[32], latent=4, batch_size=256, lr=3e-3, iwae_k=0,
                    progress=False)
-
-
-def quiet(*args, **kw):
-    pass
 
 
 @pytest.fixture(scope="session")

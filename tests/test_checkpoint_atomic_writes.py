@@ -12,7 +12,8 @@ from fastvae import cli
 from fastvae import train as T
 from fastvae.checkpoint import load_checkpoint, save_checkpoint
 
-from _checkpoint import TINY_CONFIG, copy_run, quiet
+from _checkpoint import TINY_CONFIG, copy_run
+from _train import quiet
 
 
 def test_stale_temporary_files_are_removed_by_the_next_save(good_run, tmp_path):

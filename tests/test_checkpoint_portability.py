@@ -12,11 +12,11 @@ from fastvae import train as T
 from fastvae.checkpoint import (FORMAT, CheckpointError, checksum, load_checkpoint,
                                 save_checkpoint)
 from fastvae.data import run_data_source
-from test_train import quiet, tiny as train_tiny
+from _train import quiet, tiny as train_tiny
 
 
 def tiny(out, **kw):
-    """test_train's tiny run, one epoch and no final estimate."""
+    """tests/_train.py's tiny run, one epoch and no final estimate."""
     return train_tiny(out, **{"epochs": 1, "iwae_k": 0, **kw})
 
 

@@ -11,8 +11,9 @@ from fastvae import cli
 from fastvae import train as T
 from fastvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
-from _checkpoint import TINY_CONFIG, one_error_line, quiet
+from _checkpoint import TINY_CONFIG, one_error_line
 from _cli import TINY
+from _train import quiet
 
 
 def test_train_on_array_files_needs_no_scikit_learn(tmp_path, monkeypatch):

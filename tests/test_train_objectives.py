@@ -10,7 +10,7 @@ import torch
 from fastvae import cli
 from fastvae import train as T
 
-from test_train import quiet, tiny
+from _train import quiet, tiny
 
 
 def _curve(metrics):

@@ -1,0 +1,135 @@
+"""Resuming a run: bit-for-bit where it stopped, to the run's own epochs, threads, learning
+rate and objective unless the command line changes them."""
+import json
+
+import pytest
+import torch
+
+from fastvae import train as T
+from fastvae.checkpoint import load_checkpoint
+from _train import quiet, tiny
+
+
+def _states_equal(a, b):
+    ma, mb = a["model"], b["model"]
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), k
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    for k in oa:
+        for name in oa[k]:
+            assert torch.equal(torch.as_tensor(oa[k][name]), torch.as_tensor(ob[k][name]))
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["shuffle"], b["rng"]["shuffle"])
+
+
+def _numbers(history):
+    return [(e["epoch"], e["train"], e["test"]) for e in history]
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    T.train(tiny(tmp_path / "straight", epochs=2), log=quiet)
+    T.train(tiny(tmp_path / "split", epochs=1), log=quiet)
+    first = load_checkpoint(tmp_path / "split")
+    assert first["epoch"] == 1
+    T.train(tiny(tmp_path / "split", epochs=2, resume=True), log=quiet)
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "split")
+    assert a["epoch"] == b["epoch"] == 2
+    _states_equal(a, b)
+    assert _numbers(a["history"]) == _numbers(b["history"])
+    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert ma["final"]["test_iwae_nll"] == mb["final"]["test_iwae_nll"]
+
+
+def test_resume_without_epochs_continues_to_the_run_s_own(tmp_path, monkeypatch):
+    """A 3-epoch run interrupted in epoch 2 and resumed without --epochs trains to 3, not
+    to the flag's default 60, and without --iwae-k skips the final estimate as the run
+    did, not a K=1000 one; resumed once more it is finished and says so."""
+    real, calls = T._train_epoch, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(T, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+    cfg = tiny(tmp_path, resume=True)
+    cfg.pop("epochs")
+    cfg.pop("iwae_k", None)
+    seen = []
+    T.train(cfg, log=seen.append)
+    assert load_checkpoint(tmp_path)["epoch"] == 3
+    assert any("epoch   3/3" in line for line in seen) and not any("/60" in s for s in seen)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 3 and metrics["final"]["test_iwae_nll"] is None
+    with pytest.raises(ValueError, match="is finished: it has trained its 3 epochs; pass "
+                                         "--epochs with a total above 3"):
+        T.train(cfg, log=quiet)
+
+
+def test_a_resumed_run_stopped_in_its_final_stage_can_be_finished(tmp_path, monkeypatch):
+    """A finished 1-epoch run resumed to 2 and stopped after epoch 2, in its final stage,
+    still holds the first run's metrics.json: resuming it again to 2 finishes it (that
+    file once read as "finished", and the command the stop printed was refused)."""
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(T, "finish", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=quiet)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 1
+    seen = []
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=seen.append)
+    assert any("finishing the run" in line for line in seen)
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 2
+    with pytest.raises(ValueError, match="has already trained 2 epochs"):
+        T.train(tiny(tmp_path, resume=True), log=quiet)
+
+
+def test_resume_keeps_the_run_s_threads_unless_given(tmp_path, monkeypatch):
+    """The thread count orders a CPU run's sums: a plain --resume keeps the run's, so it
+    continues bit-for-bit (it took the default, auto, before); --threads still changes it."""
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0, threads=2), log=quiet)
+    seen, real = [], T._set_threads
+    monkeypatch.setattr(T, "_set_threads", lambda cfg, *a: seen.append(cfg["threads"])
+                        or real(cfg, *a))
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=quiet)
+    T.train(tiny(tmp_path, epochs=3, iwae_k=0, resume=True, threads=1), log=quiet)
+    assert seen == [2, 1]
+
+
+def test_resume_without_lr_keeps_the_saved_one_silently(tmp_path):
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+    seen = []
+    cfg = tiny(tmp_path, epochs=2, iwae_k=0, resume=True)
+    cfg.pop("lr")
+    T.train(cfg, log=seen.append)
+    assert not any("--lr" in line for line in seen), seen
+    assert load_checkpoint(tmp_path)["config"]["lr"] == 3e-3
+
+
+@pytest.mark.parametrize("flags", [dict(estimator="dreg"), dict(estimator="stl"),
+                                   dict(estimator="stl", kl="mc"), dict(objective="elbo")])
+def test_resume_judges_the_objective_by_the_checkpoint_not_the_defaults(tmp_path, flags):
+    """An IWAE DReG run resumed with objective flags: they are the checkpoint's or ignored
+    with the note, never refused as if combined with the defaults (--estimator dreg read
+    as DReG with the ELBO, --estimator stl as STL with the analytic KL)."""
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0, objective="iwae", k=3, estimator="dreg"),
+            log=quiet)
+    seen = []
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True, **flags), log=seen.append)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 2
+    assert (state["config"]["objective"], state["config"]["estimator"]) == ("iwae", "dreg")
+    ignored = [k for k, v in flags.items() if v != state["config"][k]]
+    notes = [line for line in seen if "command-line values ignored" in line]
+    assert notes == ([f"resuming: using the checkpoint's {', '.join(ignored)} (command-line "
+                      "values ignored)"] if ignored else []), seen

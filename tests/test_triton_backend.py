@@ -1,8 +1,9 @@
 """What is specific to the Triton backend's host code (fastvae/backends/triton_backend/):
 kernel launches per call, what autograd saves, no host reads in backward, float64 and
-empty inputs handed to the "torch" path, the sampler's Philox counter contract, and
-(``gpu``) CUDA-only behaviour. The custom ops under opcheck and torch.compile:
-tests/test_triton_custom_ops.py.
+empty inputs handed to the "torch" path, and (``gpu``) CUDA-only behaviour. The custom ops
+under opcheck and torch.compile: tests/test_triton_custom_ops.py; the sampler's Philox
+counter contract: tests/test_triton_sampler_counters.py; the fast math's error bounds:
+tests/test_triton_fast_math.py.
 
 Runs where kernels run (``kernel_device``): compiled on CUDA, else under
 TRITON_INTERPRET=1 (tests/test_triton_interpreter.py runs this module so). Every output
@@ -17,9 +18,6 @@ from _backends import KERNELS_RUN  # noqa: E402
 if not KERNELS_RUN:  # one line in the report, not one per test
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/test_triton_interpreter.py "
                 "runs this module with it)", allow_module_level=True)
-# a module global: Triton 3.0's interpreter resolves `tl` in a kernel's module globals
-import triton.language as tl  # noqa: E402
-from fastvae.kernels.sample_with_kl import _chunk  # noqa: E402  (a kernel's global, as tl)
 
 import fastvae  # noqa: E402
 from _compare import assert_close, check_no_noise_saved, leaf, oracle  # noqa: E402
@@ -346,79 +344,6 @@ def test_elbo_saves_the_gradients_and_the_inputs(seed):
     assert sum(t.numel() for t in made) <= 2 * 8 * 50 + 2 * 8 * 4 + 8, [t.shape for t in made]
 
 
-# -- the sampler's counter contract --------------------------------------------------------------
-
-def test_noise_depends_on_seed_and_position_only(seed):
-    """The draws depend on (seed, position), not on the launch configuration; sample k of
-    K is the same draw whatever K is."""
-    from fastvae import backends
-    from fastvae.backends.triton_backend import configs
-    tb = backends.get("triton")
-    mu, lv = torch.randn(9, 2000), torch.randn(9, 2000)
-    noise = tb.reparameterize_noise(mu, 2, None)
-    assert noise.dtype == torch.int64 and noise.numel() == 1
-    ref = tb.reparameterize_fwd(mu, lv, noise, 2)
-    mode = configs.CONFIG_MODE
-    try:
-        configs.CONFIG_MODE = "gpu" if mode != "gpu" else "interpret"
-        other = tb.reparameterize_fwd(mu, lv, noise, 2)
-    finally:
-        configs.CONFIG_MODE = mode
-    assert torch.equal(ref, other)
-    assert torch.equal(tb.reparameterize_fwd(mu, lv, noise, 3)[:2], ref)
-    # and backward regenerates the very same eps: std * eps read off the forward with mu = 0
-    std_eps = tb.reparameterize_std_eps(lv, noise, 2)
-    assert_close("std * eps", std_eps, ref.double() - mu.double(), F32)
-
-
-def test_large_counters_use_the_high_word(kernel_device):
-    """Counters past 2**32 (K * B*L/4 > 2**32 in real use) feed Philox's second word: a
-    draw far down the K axis is not a copy of an early one. Checked on the counter
-    itself (such tensors do not fit a test) through randn4x, as the kernels call it."""
-    import triton
-
-    from fastvae.backends.triton_backend import _launch
-
-    @triton.jit
-    def draw(SEED, CTR, OUT):
-        i = tl.arange(0, 4)
-        ctr = tl.load(CTR + i)
-        n0, n1, n2, n3 = tl.randn4x(tl.load(SEED), ctr)
-        tl.store(OUT + i, n0)
-
-    seed = torch.tensor([99], dtype=torch.int64)
-    ctr = torch.tensor([5, 5 + 2**32, 5 + 2**33, 5], dtype=torch.int64)
-    out = torch.empty(4)
-    draw[(1,)](seed, ctr, out, **_launch.OPTIONS)
-    assert out[0] == out[3]
-    assert len({float(v) for v in out[:3]}) == 3
-
-
-def test_sample_with_kl_chunks_past_2_31_columns(kernel_device):
-    """A row of more than 2^31 latents (B = 1, a (1, 48, 8192, 8192) map) split into the
-    chunks an H200's plan makes: every chunk starts where it should (an int32 product
-    would wrap negative from chunk 352 on: reads and writes before the buffers, the
-    row's last third never written). Checked on the helper itself (such tensors do not
-    fit a test)."""
-    import triton
-
-    from fastvae.backends.triton_backend import _launch
-
-    @triton.jit
-    def chunks(OUT, N, CHUNK):
-        start, end = _chunk(N, CHUNK, True)
-        p = tl.program_id(1)
-        tl.store(OUT + 2 * p, start.to(tl.int64))
-        tl.store(OUT + 2 * p + 1, end.to(tl.int64))
-
-    n, chunk, programs = 3 << 30, 6100992, 528
-    out = torch.empty(programs, 2, dtype=torch.int64)
-    chunks[(1, programs)](out, n, chunk, **_launch.OPTIONS)
-    starts = torch.arange(programs, dtype=torch.int64) * chunk
-    assert torch.equal(out[:, 0], starts)
-    assert torch.equal(out[:, 1], torch.clamp(starts + chunk, max=n))
-
-
 # -- CUDA only -----------------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -457,55 +382,3 @@ def test_cuda_generator_drives_the_sampler():
     assert fastvae.last_backend() == "triton"
     assert torch.equal(a, fastvae.reparameterize(mu, lv, n_samples=2, generator=g2))
     assert not torch.equal(a, fastvae.reparameterize(mu, lv, n_samples=2, generator=g1))
-
-
-
-# -- fast math: the stated error bounds (kernels/_math.py), over the whole input range ---------
-
-def _logit_sweep():
-    """Every regime of the Bernoulli terms: the tails (e = exp(-|l|) underflows past ~88,
-    and ex2.approx flushes denormals), the log's argument near 1, and a fine grid at 0."""
-    wide = torch.linspace(-120.0, 120.0, 9601, dtype=torch.float64)
-    fine = torch.linspace(-1.0, 1.0, 4001, dtype=torch.float64)
-    return torch.cat([wide, fine, torch.tensor([-1e30, -88.7, 88.7, 1e30], dtype=torch.float64)])
-
-
-@pytest.mark.parametrize("x_value", [0.0, 0.3, 1.0])
-def test_bernoulli_terms_within_the_stated_bound(x_value):
-    """Per element, value x*l - softplus(l) within 5e-7 + 2 ulp of its magnitude and
-    gradient x - sigmoid(l) within 5e-7 of float64: compiled (on a GPU), the hardware's
-    ex2/lg2 approximations; interpreted, the same formulas with exact logs."""
-    logits64 = _logit_sweep()
-    n = logits64.numel()
-    logits = leaf(logits64.float()[:, None])
-    x = torch.full((n, 1), x_value)
-    mu, lv = torch.zeros(n, 1), torch.zeros(n, 1)  # KL 0: each row is one element's term
-    got = fastvae.elbo(x, logits, mu, lv, reduction="none", backend="triton")
-    (g,) = torch.autograd.grad(got.sum(), [logits])
-    l64 = logits.detach().double()[:, 0]
-    want = x_value * l64 - torch.nn.functional.softplus(l64)
-    want_g = x_value - torch.sigmoid(l64)
-    err = (got.double().cpu() - want.cpu()).abs()
-    assert bool((err <= 5e-7 + 2 * 2**-24 * (x_value * l64.abs() + want.abs()).cpu()).all()), \
-        float(err.max())
-    assert float((g.double()[:, 0].cpu() - want_g.cpu()).abs().max()) <= 5e-7
-
-
-@pytest.mark.parametrize("lg_err,ex_err", [(s1 * 2**-22, s2 * 2**-22) for s1 in (-1, 1)
-                                           for s2 in (-1, 1)])
-def test_the_bound_holds_at_the_approximations_worst_error(lg_err, ex_err):
-    """The same formulas in float32 with lg2 off by its documented worst case (2^-22
-    absolute on [0.5, 2]) and ex2 by its (2^-22 relative), every sign: still within the
-    5e-7 of kernels/_math.py. (What the interpreter cannot run, bounded on CPU.)"""
-    l = _logit_sweep().float()
-    l = l[l.abs() < 1e29]
-    ex2 = lambda t: torch.exp2(t) * (1 + ex_err)  # noqa: E731
-    lg2 = lambda t: torch.log2(t) + lg_err  # noqa: E731
-    e = ex2(-l.abs() * 1.4426950408889634)
-    log1p_e = lg2(1.0 + e) * 0.6931471805599453
-    softplus = torch.clamp(l, min=0) + log1p_e
-    sigmoid = ex2((torch.clamp(l, max=0) - log1p_e) * 1.4426950408889634)
-    l64 = l.double()
-    assert float((softplus.double() - torch.nn.functional.softplus(l64)).abs().max()) <= 5e-7 \
-        + float(2**-23 * l64.abs().max())
-    assert float((sigmoid.double() - torch.sigmoid(l64)).abs().max()) <= 5e-7

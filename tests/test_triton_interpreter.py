@@ -46,7 +46,9 @@ MODULES = [
     "test_loss_module_settings.py", "test_prior_part_none_is_zero.py",
     "test_route_follows_requires_grad.py", "test_route_grad_mode.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream
-    "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_tiles.py",
+    "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_sampler_counters.py",
+    "test_triton_fast_math.py", "test_triton_elbo_tiles.py", "test_triton_iwae_tiles.py",
+    "test_triton_sample_with_kl_chunks.py",
     "test_philox.py",
     # the children's own speed-up of the interpreter (tests/_interpreter_patch.py)
     "test_interpreter_patch.py",

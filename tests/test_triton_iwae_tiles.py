@@ -1,9 +1,8 @@
-"""The Triton backend's launch configurations (fastvae/backends/triton_backend/configs.py):
-the tiles shipped for GPUs run under the interpreter too (``gpu_tiles``: their masking
-and loop bounds, not only the interpreter's big tiles), the IWAE bound's choice of
-kernel: one pass where a row's K x D fits on chip, else two (which one ran, what each
-reads), and sample_with_kl's rows cut into column chunks (the KL folded by ticket). That every configuration the host can pick is one tests/test_kernels_compile.py
-compiles is checked there.
+"""The Triton IWAE bound's launch configurations (fastvae/backends/triton_backend/configs.py):
+its choice of kernel (one pass where a row's K x D fits on chip, the pair kernel, else two
+passes: which one ran, what each reads) and every tile shipped for GPUs, run under the
+interpreter too (``gpu_tiles``). That every configuration the host can pick is one
+tests/test_kernels_compile.py compiles is checked there.
 
 Runs where kernels run (tests/test_triton_interpreter.py runs this module under
 TRITON_INTERPRET=1).
@@ -23,12 +22,10 @@ if not KERNELS_RUN:  # one line in the report, not one per test
                 "runs this module with it)", allow_module_level=True)
 
 import fastvae  # noqa: E402
-import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from fastvae.kernels.scale import blocks  # noqa: E402
 from _compare import assert_close, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
-from _elbo import check_against_formula, make_like  # noqa: E402
+from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from test_iwae_bound import check as check_iwae  # noqa: E402
 from test_iwae_bound import eager_fp32  # noqa: E402
 from test_iwae_bound import make_like as iwae_inputs  # noqa: E402
@@ -37,121 +34,11 @@ F32 = torch.float32
 ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_bound_pairs_kernel")
 
 
-@pytest.fixture
-def gpu_tiles(kernels):
-    """Launch with the tiles and warps shipped for GPUs (the ones test_kernels_compile.py
-    builds), whatever the session."""
-    from fastvae.backends.triton_backend import configs
-    old = configs.CONFIG_MODE
-    configs.CONFIG_MODE = "gpu"
-    yield configs
-    configs.CONFIG_MODE = old
-
-
 def row_kernel(launches):
     rows = [n for n in launches if n in ROW_KERNELS]
     assert len(rows) == 1, launches
     return {ROW_KERNELS[0]: "onepass", ROW_KERNELS[1]: "twopass"}.get(rows[0], "pairs")
 
-
-# -- the ELBO's row tiles ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("b,d,l,like,kl", [
-    (33, 7, 70, "bernoulli", "mc"),                   # 32x64 tile, two row programs, L > BLOCK_L
-    (9, 200, 5, "gaussian_perdim", "analytic"),       # 8x256 tile
-    (17, 100, 3, "bernoulli", "analytic"),            # 16x64 tile, two 32-wide tail steps
-    (3, 784, 130, "continuous_bernoulli", "analytic"),  # 2x1024 tile, L > BLOCK_L
-    (2, 4100, 3, "gaussian_full", "mc"),              # 1x2048 tile, three column blocks
-])
-def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
-    for reduction, fb in (("mean", 0.5), ("none", 0.0)):
-        (x, recon, mu, lv, z), obs, likelihood = make_like(b, d, l, like, F32)
-        check_against_formula(x, recon, mu, lv, z if kl == "mc" else None, "triton",
-                              likelihood=likelihood, kl=kl, obs_logvar=obs, reduction=reduction,
-                              free_bits=fb)
-
-
-@pytest.mark.parametrize("like,prior,stages", [("bernoulli", False, 3),
-                                               ("gaussian", False, 3),
-                                               ("continuous_bernoulli", False, 1),
-                                               ("bernoulli", True, 1)])
-def test_elbo_staged_column_loop(seed, gpu_tiles, monkeypatch, like, prior, stages):
-    """ELBO_STAGES > 1 (benchmarks/gpu_tiles.py's candidates) pipelines the column loop of
-    the tiles ELBO_TILE_ELEMENTS gives, values and gradients as the formula's; a learned
-    prior's fp32 tile and ELBO_TILE_BY_LIK's keep 1 (the sweep never timed them)."""
-    from fastvae.backends.triton_backend import _launch, elbo
-    monkeypatch.setitem(gpu_tiles.ELBO_STAGES, 4, 3)
-    monkeypatch.setattr(elbo, "_PLANS", {})
-    seen, inner = [], _launch.launch
-
-    def record(kernel, grid, **args):
-        if "STAGES" in args:
-            seen.append(args["STAGES"])
-        return inner(kernel, grid, **args)
-    monkeypatch.setattr(_launch, "launch", record)
-    (x, recon, mu, lv, _), obs, likelihood = make_like(5, 200, 3, like, F32)
-    opts = dict(prior_mu=leaf(torch.randn(3)), prior_logvar=leaf(torch.randn(3))) if prior else {}
-    check_against_formula(x, recon, mu, lv, None, "triton", likelihood=likelihood,
-                          obs_logvar=obs, reduction="sum", **opts)
-    assert seen and set(seen) == {stages}, seen
-
-
-def test_backward_scale_strides_over_blocks(seed, gpu_tiles, launches, monkeypatch):
-    """The scale launch's grid is capped (one program per SM on a GPU, 4 off it); capped
-    here at 2 on every device, d/drecon's 6 blocks of the shipped 8192 are walked by
-    striding programs (3 blocks each): every element scaled."""
-    from fastvae.backends.triton_backend import _launch, scale
-    monkeypatch.setattr(scale, "_programs", lambda device: 2)
-    monkeypatch.setattr(scale, "_PLANS", {})  # a plan made under the real cap is not reused
-    grids, inner = [], _launch.launch
-
-    def record(kernel, grid, **args):
-        grids.append((tuple(grid), -(-args["N0"] // args["BLOCK"]) if "N0" in args else None))
-        return inner(kernel, grid, **args)
-    monkeypatch.setattr(_launch, "launch", record)
-    (x, recon, mu, lv, _), _, _ = make_like(48, 1000, 6, "bernoulli", F32)
-    got = fastvae.elbo(x, recon, mu, lv, reduction="sum", backend="triton")
-    del launches[:], grids[:]
-    g = torch.autograd.grad(got * 0.75, [recon, mu, lv])
-    assert launches == ["scale_grads_kernel"]
-    assert grids == [((2,), 6)] and gpu_tiles.SCALE_BLOCK == 8192
-    o = oracle(x, recon, mu, lv)
-    want = torch.autograd.grad(F.elbo(*o, reduction="sum") * 0.75, o[1:])
-    for a, w, name in zip(g, want, ("recon", "mu", "logvar")):
-        assert_close(f"d/d{name}", a, w, F32)
-
-
-
-@pytest.mark.parametrize("sizes", [(5, 20000, 7, 1, 8193, 3), (5, 20000, 0, 1, 8193, 3),
-                                   (8192, 8192, 1, 0, 0, 0), (0, 0, 0, 0, 0, 24577)])
-def test_backward_scale_walks_each_tensor_over_its_own_blocks(seed, gpu_tiles, monkeypatch,
-                                                               sizes):
-    """Every slot scaled (all six filled, or some empty: the others move up), whichever
-    is largest and with the others one block: each tensor has its loop over its own
-    blocks, the grid capped at 2 programs."""
-    from fastvae.backends.triton_backend import scale
-    monkeypatch.setattr(scale, "_programs", lambda device: 2)
-    monkeypatch.setattr(scale, "_PLANS", {})
-    dtypes = (torch.float32, torch.bfloat16, torch.float16) * 2
-    grads = [torch.randn(n, dtype=dt) for n, dt in zip(sizes, dtypes)]
-    want = [(g.float() * -0.375).to(g.dtype) for g in grads]
-    scale.scale_saved_(grads, torch.tensor(-0.375))
-    for g, w in zip(grads, want):   # the interpreter may round the last bit otherwise
-        torch.testing.assert_close(g.float(), w.float(), rtol=2 ** -7, atol=0)
-
-
-@triton.jit
-def _count_blocks(OUT, N, BLOCK: tl.constexpr):
-    tl.store(OUT, blocks(N, BLOCK))
-
-
-def test_the_scale_loops_count_blocks_without_overflow(kernels):
-    """A tensor of 2^31 - 1 elements has an int32 size: cdiv's N + BLOCK - 1 wrapped
-    negative there, and its loop scaled nothing (2^31 - 8191 .. 2^31 - 1 elements)."""
-    for n in (0, 1, 8191, 8192, 8193, 2 ** 31 - 8191, 2 ** 31 - 1):
-        out = torch.zeros(1, dtype=torch.int64)
-        _count_blocks[(1,)](out, n, BLOCK=8192)
-        assert out.item() == -(-n // 8192), n
 
 # -- the IWAE bound: which kernel, and every shipped tile ----------------------------------------
 
@@ -248,8 +135,6 @@ def test_iwae_shipped_gpu_tiles(seed, launches, gpu_tiles, k, b, d, l, like, pat
         del launches[:]
         check_iwae("triton", k, b, d, l, like, reduction)
         assert row_kernel(launches) == path
-
-
 
 
 def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
@@ -448,83 +333,3 @@ def test_iwae_pairs_specializations(seed, launches, gpu_tiles, masked_lanes_nan,
     for i, (a, w) in enumerate(zip(outs["triton"], outs["torch"])):
         assert a is None or torch.isfinite(a).all(), i
         assert_close(f"output {i}", a, w, F32, rtol={F32: 1e-4})
-
-
-# -- sample_with_kl: rows cut into column chunks -------------------------------------------------
-
-def _swk_config(monkeypatch, block_b, block_n, chunk):
-    """Force sample_with_kl's (BLOCK_B, BLOCK_N, CHUNK) whatever the shape."""
-    from fastvae.backends.triton_backend import configs
-    monkeypatch.setattr(configs, "sample_with_kl_config",
-                        lambda b, n, sms=None: (block_b, block_n, chunk, -(-n // chunk), 4))
-
-
-def _swk_run(mu, lv, pm, plv, dz, gk, seed=5):
-    """(z, kl, gradients of every tensor input) of one seeded call."""
-    torch.manual_seed(seed)
-    z, kl = fastvae.sample_with_kl(mu, lv, pm, plv, backend="triton")
-    ins = [t for t in (mu, lv, pm, plv) if isinstance(t, torch.Tensor)]
-    return z.detach(), kl.detach(), torch.autograd.grad([z, kl], ins, [dz, gk])
-
-
-@pytest.mark.parametrize("prior,dtype", [("full", F32), ("shared", torch.bfloat16)])
-def test_sample_with_kl_chunks(seed, kernels, launches, monkeypatch, prior, dtype):
-    """10 rows (row blocks of 4: the last one partly empty) of 300 latents in 5 chunks of
-    64 (the last one 44): one launch each way; z and every gradient are the one-chunk
-    launch's bit for bit (eps indexed by element, no reduction in backward), the KL the
-    float64 formula's, the same bits on a second call; every ticket is back at zero."""
-    from fastvae.backends.triton_backend import _launch
-    b, n = 10, 300
-    mu, lv = leaf(torch.randn(b, n).to(dtype) * 2), leaf(torch.randn(b, n).to(dtype))
-    pm, plv = {"full": (leaf(torch.randn(b, n).to(dtype)), leaf(torch.randn(b, n).to(dtype))),
-               "shared": (0.5, leaf(torch.randn(n).to(dtype))), "none": (None, None)}[prior]
-    dz, gk = torch.randn(b, n).to(dtype), torch.randn(b).to(dtype)
-    _swk_config(monkeypatch, 4, 64, 64)
-    z, kl, g = _swk_run(mu, lv, pm, plv, dz, gk)
-    assert launches == ["sample_with_kl_fwd_kernel", "sample_with_kl_bwd_kernel"]
-    assert not _launch.ticket(mu.device, 3)[:3].any()
-    z2, kl2, g2 = _swk_run(mu, lv, pm, plv, dz, gk)
-    assert torch.equal(z, z2) and torch.equal(kl, kl2)
-    assert all(torch.equal(a, c) for a, c in zip(g, g2))
-    _swk_config(monkeypatch, 4, 512, n)
-    z1, kl1, g1 = _swk_run(mu, lv, pm, plv, dz, gk)
-    assert torch.equal(z, z1)
-    assert all(torch.equal(a, c) for a, c in zip(g, g1))
-    want = F.kl_normal_dim(mu, lv, 0.0 if pm is None else pm, 0.0 if plv is None else plv)
-    assert_close("kl", kl, want.expand(b, n).sum(-1), F32)
-
-
-def test_sample_with_kl_shipped_chunks(seed, gpu_tiles, launches):
-    """The GPU's rule off a GPU (132 SMs assumed): 3 rows of 5000 latents, row blocks of one
-    row, each cut in two chunks (3072 and 1928) with its own ticket, the N(0, I) prior; z
-    is reparameterize's, the KL and both gradients the float64 formulas'."""
-    b, n = 3, 5000
-    block_b, block_n, chunk, chunks, _ = gpu_tiles.sample_with_kl_config(b, n)
-    assert (block_b, chunk, chunks) == (1, 3072, 2)
-    mu, lv = leaf(torch.randn(b, n)), leaf(torch.randn(b, n))
-    dz, gk = torch.randn(b, n), torch.randn(b)
-    z, kl, g = _swk_run(mu, lv, None, None, dz, gk)
-    torch.manual_seed(5)
-    assert torch.equal(z, fastvae.reparameterize(mu, lv, backend="triton").detach())
-    eps = (z.double() - mu.detach().double()) * torch.exp(-0.5 * lv.detach().double())
-    want_kl = F.kl_normal_dim(mu, lv, 0.0, 0.0).sum(-1)
-    assert_close("kl", kl, want_kl, F32)
-    z64 = mu.double() + torch.exp(0.5 * lv.double()) * eps
-    want = torch.autograd.grad([z64, want_kl], [mu, lv], [dz.double(), gk.double()])
-    for name, a, w in zip(("mu_q", "logvar_q"), g, want):
-        assert_close(f"d/d{name}", a, w, F32)
-
-
-@pytest.mark.parametrize("sms", [108, 132])
-def test_sample_with_kl_chunk_rule(gpu_tiles, sms):
-    """At the VDVAE loop's shapes (batch 16, 16 channels at 1..64 pixels a side): chunks of
-    whole BLOCK_N steps covering the row, none under the minimum, and the rows of 64^2 and
-    32^2 pixels spread over at least half the SMs where they were 16 programs."""
-    configs = gpu_tiles
-    for r in (1, 4, 8, 16, 32, 64):
-        b, n = 16, 16 * r * r
-        block_b, block_n, chunk, chunks, _ = configs.sample_with_kl_config(b, n, sms)
-        assert chunk % block_n == 0 and (chunks - 1) * chunk < n <= chunks * chunk
-        assert chunks == 1 or block_b * chunk >= configs.SAMPLE_WITH_KL_MIN_CHUNK
-        if r >= 32:
-            assert -(-b // block_b) * chunks >= sms // 2

@@ -15,8 +15,8 @@ if not KERNELS_RUN:  # one line in the report, not one per test
     pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/test_triton_interpreter.py "
                 "runs this module with it)", allow_module_level=True)
 
-import fastvae  # noqa: E402
 from _compare import leaf  # noqa: E402
+from _triton import train_step  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("kernels")   # tensors on the kernels' device
@@ -125,11 +125,6 @@ def test_opcheck_every_op(seed):
         torch.library.opcheck(op, args)
 
 
-def _train_step(x, w, mu, lv):
-    z = fastvae.reparameterize(mu, lv, backend="triton")
-    return -fastvae.elbo(x, z @ w, mu, lv, kl="mc", z=z, backend="triton")
-
-
 # inductor on CUDA only: on CPU tensors it spends ~40 s building C++ around the same
 # custom-op nodes (tests/test_compile.py covers inductor on the CPU backends)
 @pytest.mark.parametrize("compile_backend", ["aot_eager", pytest.param("inductor",
@@ -145,12 +140,12 @@ def test_compiled_train_step_has_no_graph_break(seed, monkeypatch, launches, com
     x = torch.rand(b, d)
     w = leaf(torch.randn(l, d) * 0.3)
     mu, lv = leaf(torch.randn(b, l)), leaf(torch.randn(b, l) * 0.3)
-    step = torch.compile(_train_step, fullgraph=True, backend=compile_backend)
+    step = torch.compile(train_step, fullgraph=True, backend=compile_backend)
     loss = step(x, w, mu, lv)
     loss.backward()
     for t in (w, mu, lv):
         assert t.grad is not None and torch.isfinite(t.grad).all()
-    explain = torch._dynamo.explain(_train_step)(x, w, mu, lv)
+    explain = torch._dynamo.explain(train_step)(x, w, mu, lv)
     assert explain.graph_break_count == 0 and explain.graph_count == 1
     # a second call draws a new seed (a tensor: no recompile) and so a new loss
     del launches[:]

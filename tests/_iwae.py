@@ -1,7 +1,7 @@
 """What the fastvae.iwae_bound test modules (test_iwae_bound*.py) share: inputs for every
 likelihood and obs_logvar layout, optionally strided, and the check of values and every
-gradient against the brute-force float64 logsumexp (test_triton_tiles.py takes three of
-them through test_iwae_bound)."""
+gradient against the brute-force float64 logsumexp (test_triton_iwae_tiles.py uses them
+too)."""
 from __future__ import annotations
 
 import torch

@@ -7,7 +7,7 @@ on a toy model with a known log p(x); gradcheck, empty batches, learned priors; 
 Numerics (low precision, log-weights of -1e4 and beyond, the logits' whole range):
 tests/test_iwae_bound_numerics.py; samples whose log w or gradients pass float32's
 range: tests/test_iwae_bound_past_float32.py. Which Triton kernel runs (one pass or two)
-and launch counts: tests/test_triton_backend.py, tests/test_triton_tiles.py.
+and launch counts: tests/test_triton_backend.py, tests/test_triton_iwae_tiles.py.
 Higher-order gradients: tests/test_higher_order.py.
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ import fastvae
 import _formulas as F
 from _backends import INTERPRET, bounded, case_dtype
 from _compare import TOL, assert_close, grads, leaf
-# check, eager_fp32 and make_like are imported from here by tests/test_triton_tiles.py too
 from _iwae import (F64, LIKELIHOODS, LIKES, REDUCTIONS, check, eager_fp32, grad_rtol, make,
                    make_like)
 

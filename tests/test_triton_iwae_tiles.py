@@ -26,9 +26,9 @@ import triton.language as tl  # noqa: E402
 from _compare import assert_close, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
-from test_iwae_bound import check as check_iwae  # noqa: E402
-from test_iwae_bound import eager_fp32  # noqa: E402
-from test_iwae_bound import make_like as iwae_inputs  # noqa: E402
+from _iwae import check as check_iwae  # noqa: E402
+from _iwae import eager_fp32  # noqa: E402
+from _iwae import make_like as iwae_inputs  # noqa: E402
 
 F32 = torch.float32
 ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_bound_pairs_kernel")

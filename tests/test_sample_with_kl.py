@@ -402,3 +402,37 @@ def test_retained_graph_gives_the_same_gradients_twice(seed, backend):
     second = torch.autograd.grad([z, kl], [mu, lv, pm, plv], [dz, gk])
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, F64])
+@pytest.mark.parametrize("kind", ["standard", "full", "shared"])
+def test_the_kl_is_kl_normals_bit_for_bit_on_torch_aten(seed, monkeypatch, dtype, kind):
+    """On the "torch" backend's aten path (float64 always, else ``FASTVAE_NATIVE=0``) the
+    KL and the gradients it saves are kl_normal's to the bit, at log-variances of +-80
+    too: one function computes them for both ops. (The C kernel's row sum with the draw
+    differs in order; 16-bit backward weighs differently: a tolerance holds those.)"""
+    from fastvae.backends.torch_backend import native
+    try:
+        with monkeypatch.context() as patch:
+            patch.setenv("FASTVAE_NATIVE", "0")
+            native.reset()
+            shape = (40, 4001)    # more than one row chunk (rows.CHUNK_ELEMS)
+            mu = leaf((torch.randn(shape) * 3).to(dtype))
+            lv = leaf(torch.where(torch.rand(shape) < 0.2, 80.0 * torch.randn(shape).sign(),
+                                  torch.randn(shape) * 4).to(dtype))
+            pm, plv = make_prior(kind, shape, dtype)
+            if kind == "full":   # equal to the posterior here and there: the cancelling case
+                plv = leaf(torch.where(torch.rand(shape) < 0.3, lv.detach(), plv.detach()))
+            ins = [t for t in (mu, lv, pm, plv) if isinstance(t, torch.Tensor)]
+            _, kl = fastvae.sample_with_kl(mu, lv, pm, plv, generator=generator(1),
+                                           backend="torch")
+            want = fastvae.kl_normal(mu, lv, pm, plv, backend="torch")
+            assert torch.equal(kl, want)
+            if dtype in (torch.float32, F64):
+                gk = torch.randn(shape[0], dtype=kl.dtype)
+                got, expected = (torch.autograd.grad(k, ins, gk) for k in (kl, want))
+                for g, e in zip(got, expected):
+                    assert g.dtype == e.dtype and torch.equal(g, e)
+    finally:
+        native.reset()   # after the environment is back: the C kernel loads again

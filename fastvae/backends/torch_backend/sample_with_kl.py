@@ -1,7 +1,8 @@
 """sample_with_kl on the "torch" backend: z, the per-row KL to the prior and the KL's
 gradients in one pass; backward in one more. Both run in the C kernel of
 ``gaussian_rows`` where it is available (float32; 16-bit forward on upcast row chunks,
-with aten's z), else as row-chunked aten ops (float64, ``FASTVAE_NATIVE=0``, no compiler).
+with aten's z), else as row-chunked aten ops (float64, ``FASTVAE_NATIVE=0``, no compiler);
+the KL and its gradients are ``kl_normal``'s (:func:`.kl_normal.kl_into`).
 
 ``noise`` is drawn by :func:`reparameterize_noise` exactly as ``reparameterize`` draws
 it: for float32 where the C kernel runs a Philox seed, eps drawn in the kernel's
@@ -16,23 +17,18 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import (SIXTEEN_BIT, kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast,
-                        widened)
-from . import gaussian_rows, terms
+from ..._dtypes import SIXTEEN_BIT, kl_bwd_sources, widened
+from . import gaussian_rows
+from .kl_normal import kl_buffers, kl_into
 from .reparameterize import reparameterize_fwd, seeded
-from .rows import grad_buffer, row_chunks
-
-
-def _rows(t, i, j):
-    """Rows i:j of a prior (None, a shared (N,) row, or (B, N))."""
-    return t if t is None or t.dim() == 1 else t[i:j]
+from .rows import row_chunks
 
 
 def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
     """(z, KL per row, dKL/dmu_q, dKL/dlogvar_q, dKL/dlogvar_p): the gradients where
     ``needs`` = (mu_q, logvar_q, mu_p, logvar_p) asks for them (dKL/dmu_q also for mu_p),
     None otherwise."""
-    kl, g_mu, g_lv, g_plv = _kl_outputs(mu, logvar, prior_mu, prior_logvar, needs)
+    kl, g_mu, g_lv, g_plv = kl_buffers(mu, logvar, prior_mu, prior_logvar, needs)
     if seeded(noise):  # z from the kernel's pass, eps drawn there, the same
         # code as reparameterize's z: the same bits
         z = torch.empty_like(mu, memory_format=torch.contiguous_format)
@@ -40,68 +36,7 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
                                  g_mu, None, g_lv, g_plv):
             return z, kl, g_mu, g_lv, g_plv
     z = reparameterize_fwd(mu, logvar, noise, 0)
-    return (z, *_kl_into(mu, logvar, prior_mu, prior_logvar, kl, g_mu, g_lv, g_plv))
-
-
-def kl_with_grads(mu, logvar, prior_mu, prior_logvar, needs):
-    """sample_with_kl_fwd's KL half alone: (KL per row, dKL/dmu_q, dKL/dlogvar_q,
-    dKL/dlogvar_p) in the same dtypes, on any device (the Triton backend's float64 prior)."""
-    return _kl_into(mu, logvar, prior_mu, prior_logvar,
-                    *_kl_outputs(mu, logvar, prior_mu, prior_logvar, needs))
-
-
-def _kl_outputs(mu, logvar, prior_mu, prior_logvar, needs):
-    """New buffers for the KL (B,) and its wanted gradients (B, N) (None where not wanted)."""
-    kl = mu.new_empty(mu.shape[0], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar))
-    g_mu = (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
-            if needs[0] or needs[2] else None)
-    return (kl, g_mu, grad_buffer(logvar, needs[1], mu.shape),
-            grad_buffer(prior_logvar, needs[3], mu.shape))
-
-
-def _kl_into(mu, logvar, prior_mu, prior_logvar, kl, g_mu, g_lv, g_plv):
-    """The KL and its gradients written into the given buffers: the C kernel where it
-    runs, else row-chunked aten in the KL's dtype."""
-    if gaussian_rows.kl_rows(mu, logvar, prior_mu, prior_logvar, None, None, kl,
-                             g_mu, None, g_lv, g_plv):
-        return kl, g_mu, g_lv, g_plv
-    dtype = kl.dtype
-    for i, j in row_chunks(*mu.shape):
-        _kl_chunk(upcast(mu[i:j], dtype), upcast(logvar[i:j], dtype),
-                  upcast(_rows(prior_mu, i, j), dtype), upcast(_rows(prior_logvar, i, j), dtype),
-                  kl[i:j], *(None if g is None else g[i:j] for g in (g_mu, g_lv, g_plv)))
-    return kl, g_mu, g_lv, g_plv
-
-
-def _kl_chunk(mu, lv, pm, plv, kl, g_mu, g_lv, g_plv):
-    """KL rows and the wanted gradients of one chunk, written into the given outputs.
-
-    With ``u = (mu - pm) exp(-plv/2)``, ``r = exp(lv - plv)``: d/dmu ``u exp(-plv/2)``,
-    d/dlv ``0.5 (r - 1)``, d/dplv ``-(0.5 (r - 1) + 0.5 u^2)`` and the KL
-    ``0.5 (plv - lv) - d/dplv``, with ``0.5 r`` as ``exp(lv - plv - log 2)`` (finite up to
-    lv - plv = 89.4 in float32): seven chunk passes for all of it (eight with a prior's plv:
-    its factor is held finite, :func:`terms.inv_sd`).
-    """
-    if plv is None:
-        u = mu.clone() if pm is None else mu - pm
-        half_r = torch.sub(lv, terms.LOG_2).exp_()
-        half_lv_diff = lv * -0.5
-    else:
-        inv_sdp = terms.inv_sd(plv)
-        u = torch.sub(mu, pm).mul_(inv_sdp) if pm is not None else mu * inv_sdp
-        if g_mu is not None:
-            torch.mul(u, inv_sdp, out=g_mu)
-        half_r = torch.sub(lv, plv).sub_(terms.LOG_2).exp_()   # e^89 / 2 fits float32
-        half_lv_diff = torch.sub(plv, lv).mul_(0.5)
-    if plv is None and g_mu is not None:
-        g_mu.copy_(u)
-    half_r1 = half_r.sub_(0.5)                          # 0.5 (r - 1) = d/dlogvar_q
-    if g_lv is not None:
-        g_lv.copy_(half_r1)
-    neg_gplv = half_r1.addcmul_(u, u, value=0.5)        # 0.5 (r - 1) + 0.5 u^2
-    if g_plv is not None:
-        torch.mul(neg_gplv, -1.0, out=g_plv)
-    torch.sum(half_lv_diff.add_(neg_gplv), -1, out=kl)
+    return (z, *kl_into(mu, logvar, prior_mu, prior_logvar, kl, g_mu, g_lv, g_plv))
 
 
 def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_saved=False):

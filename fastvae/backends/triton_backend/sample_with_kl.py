@@ -19,7 +19,6 @@ from ..._dtypes import (kl_bwd_sources, kl_mean_grad_dtype, result_dtype, saved_
                         widened)
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
-from ..torch_backend.sample_with_kl import kl_with_grads
 from . import _launch, configs
 from ._kept import Kept
 from ._rows import prior_args
@@ -39,7 +38,7 @@ def sample_with_kl_fwd(mu, logvar, prior_mu, prior_logvar, noise, needs):
                                 prior_logvar, noise, needs)
     if _launch.delegated(prior_mu, prior_logvar):  # float64 (an empty one: mu is empty too)
         return (reparameterize_fwd(mu, logvar, noise, 0),
-                *kl_with_grads(mu, logvar, prior_mu, prior_logvar, needs))
+                *torch_backend.kl_normal_fwd(mu, logvar, prior_mu, prior_logvar, needs))
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
     prior = prior_args(prior_mu, prior_logvar, mu)
     return _fwd_run(_fwd_plan_of(mu, logvar, prior, prior_mu, prior_logvar, needs), mu, logvar,

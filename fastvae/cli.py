@@ -30,7 +30,8 @@ def _add_train(sub):
                        description="Train a VAE. Writes checkpoint.pt, metrics.json, "
                        "reconstructions.png, samples.png, curves.png (and latent.png for an "
                        "mlp or conv model's 2-D latent space) to --out. Under torchrun it "
-                       "trains with DDP.")
+                       "trains with DDP. Sizes and counts are at most 2**31 - 1, --groups "
+                       "at most 4096.")
     a = p.add_argument
     a("--dataset", default=None,
       help=f"digits (embedded 8x8, no download), mnist, fashion-mnist, or a path to an "
@@ -45,26 +46,26 @@ def _add_train(sub):
     a("--model", choices=MODELS, default=None,
       help=f"MLP VAE, convolutional VAE or hierarchical VAE (top-down latent groups with "
            f"learned priors) [default: {d['model']}]")
-    a("--latent", type=o.positive_int, default=None,
+    a("--latent", type=o.count, default=None,
       help=f"latent dimensions L (hvae: channels of each group's latent map); 2 also draws "
            f"latent.png (mlp and conv) [default: {d['latent']}]")
-    a("--hidden", type=o.positive_int, nargs="+", default=None,
+    a("--hidden", type=o.count, nargs="+", default=None,
       help=f"mlp: hidden layer widths, the decoder mirrors the encoder; conv: the width of "
            f"its one fully connected layer [default: {d['hidden']}]")
-    a("--channels", type=o.positive_int, nargs="+", default=None,
+    a("--channels", type=o.count, nargs="+", default=None,
       help=f"conv and hvae models: channels per stride-2 stage; hvae: one latent "
            f"resolution per stage [default: {d['channels']}]")
-    a("--groups", type=o.positive_int, default=None,
+    a("--groups", type=o.groups, default=None,
       help=f"hvae model: stochastic latent groups per stage [default: {d['groups']}]")
-    a("--epochs", type=o.positive_int, default=None,
+    a("--epochs", type=o.count, default=None,
       help=f"total epochs (with --resume: train until this many, more than the run has) "
            f"[default: {d['epochs']}; with --resume, the run's own]")
-    a("--batch-size", type=o.positive_int, default=None,
+    a("--batch-size", type=o.count, default=None,
       help=f"global batch size (split across torchrun ranks) [default: {d['batch_size']}]")
     a("--lr", type=o.learning_rate, default=None, help=f"Adam learning rate [default: {d['lr']}]")
     a("--beta", type=o.non_negative_float, default=None,
       help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
-    a("--kl-warmup", type=o.non_negative_int, default=None,
+    a("--kl-warmup", type=o.count_or_zero, default=None,
       help="epochs over which the KL weight ramps linearly from 0 to --beta (per step) "
            "[default: 10 for hvae, whose latent groups collapse without it, else 0]")
     a("--kl", choices=o.KL_MODES, default=None,
@@ -73,7 +74,7 @@ def _add_train(sub):
     a("--objective", choices=o.OBJECTIVES, default=None,
       help=f"training objective: the ELBO (averaged over --k samples), or the importance-"
            f"weighted bound with --k samples (Burda et al. 2016) [default: {d['objective']}]")
-    a("--k", type=o.positive_int, default=None,
+    a("--k", type=o.count, default=None,
       help=f"posterior samples per training example (hvae: 1) [default: {d['k']}]")
     a("--estimator", choices=o.ESTIMATORS, default=None,
       help=f"encoder gradient estimator: stl (sticking the landing; --objective elbo needs "
@@ -84,7 +85,7 @@ def _add_train(sub):
       help=f"decoder likelihood; gaussian learns a per-pixel variance; "
            f"discretized_logistic_mixture (8-bit gray or RGB images, reports bits/dim) "
            f"[default: {d['likelihood']}]")
-    a("--n-mix", type=o.positive_int, default=None,
+    a("--n-mix", type=o.count, default=None,
       help="mixture components of --likelihood discretized_logistic_mixture [default: 10]")
     a("--backend", choices=o.backends.NAMES, default=None,
       help=f"fastvae backend for the loss ops [default: {d['backend']}]")
@@ -102,7 +103,7 @@ def _add_train(sub):
       help="continue the run in --out (without --out: the runs/<dataset>[-N] whose "
            "checkpoint was written last) from its checkpoint (bit-for-bit on CPU), to its own "
            "--epochs unless given")
-    a("--iwae-k", type=o.non_negative_int, default=None,
+    a("--iwae-k", type=o.count_or_zero, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
            f"[default: {d['iwae_k']}; with --resume, the run's own]")
     a("--threads", type=o.threads, default=None,
@@ -126,8 +127,9 @@ def _add_eval(sub):
     p = sub.add_parser("eval", help="test ELBO and IWAE NLL of a trained run",
                        formatter_class=_Defaults)
     p.add_argument("run", type=o.folder, help="run folder (or its checkpoint.pt)")
-    p.add_argument("--k", type=o.non_negative_int, default=1000,
-                   help="importance samples per test image for the IWAE NLL estimate; 0 "
+    p.add_argument("--k", type=o.count_or_zero, default=1000,
+                   help="importance samples per test image for the IWAE NLL estimate, at "
+                        "most 2**31 - 1 (the time grows with K times the test images); 0 "
                         "skips it")
     p.add_argument("--data-dir", type=o.folder, default=None,
                    help="MNIST/Fashion-MNIST folder to read instead of the run's; for a run "

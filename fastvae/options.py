@@ -140,17 +140,39 @@ def non_negative_int(value) -> int:
     return n
 
 
+def _at_most(n: int, limit: int, why: str = "") -> int:
+    if n > limit:
+        raise BadValue(f"must be at most {limit}{why}, got {n}")
+    return n
+
+
 # More CPU threads than any machine has cores: OpenMP would try to start them all (libgomp
 # aborts the process, out of memory, at 100000).
 MAX_THREADS = 1024
+# A size or count (width, L, K, batch, epochs): past it no machine holds the tensors or ends
+# the work (IWAE K=2**31: a day per image on a CPU); from 2**63 torch's sizes overflow.
+MAX_COUNT = 2 ** 31 - 1
+# An hvae's groups per stage: each is layers built (~1 ms) and run one after another.
+MAX_GROUPS = 4096
+
+
+def count(value) -> int:
+    """A positive size or count, at most MAX_COUNT; :func:`count_or_zero` also takes 0."""
+    return _at_most(positive_int(value), MAX_COUNT, " (2**31 - 1)")
+
+
+def count_or_zero(value) -> int:
+    return _at_most(non_negative_int(value), MAX_COUNT, " (2**31 - 1)")
+
+
+def groups(value) -> int:
+    """An hvae's latent groups per stage: 1 to MAX_GROUPS."""
+    return _at_most(positive_int(value), MAX_GROUPS, " (each group's layers run in turn)")
 
 
 def threads(value) -> int:
     """A CPU thread count: 0 (automatic) to MAX_THREADS."""
-    n = non_negative_int(value)
-    if n > MAX_THREADS:
-        raise BadValue(f"must be at most {MAX_THREADS}, got {n}")
-    return n
+    return _at_most(non_negative_int(value), MAX_THREADS)
 
 
 def positive_threads(value) -> int:
@@ -246,7 +268,7 @@ def comma_list(item):
     return parse
 
 
-positive_ints = comma_list(positive_int)          # --k 1,5,50
+positive_ints = comma_list(count)                 # --k 1,5,50
 
 
 def names_from(allowed):
@@ -333,13 +355,10 @@ def resolve_device(name: str, local_rank: int = 0, flag: str = "--device") -> to
 
 # The training settings with a range, and their checks (lists are checked per item).
 TRAIN_CHECKS = {
-    "latent": positive_int, "hidden": positive_int, "channels": positive_int,
-    "groups": positive_int, "epochs": positive_int, "batch_size": positive_int,
-    "lr": learning_rate,
-    "beta": non_negative_float, "kl_warmup": non_negative_int, "seed": seed, "device": device,
-    "iwae_k": non_negative_int,
-    "threads": threads, "k": positive_int, "n_mix": positive_int, "out": folder,
-    "data_dir": folder,
+    "latent": count, "hidden": count, "channels": count, "groups": groups, "epochs": count,
+    "batch_size": count, "lr": learning_rate, "beta": non_negative_float,
+    "kl_warmup": count_or_zero, "seed": seed, "device": device, "iwae_k": count_or_zero,
+    "threads": threads, "k": count, "n_mix": count, "out": folder, "data_dir": folder,
     "dataset": dataset, "download": flag, "amp": flag, "compile": flag, "resume": flag,
     "progress": flag,
 }

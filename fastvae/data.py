@@ -12,7 +12,7 @@
   ``download=True`` and torchvision installed, torchvision fetches them where none (or
   only the other dataset's) are found.
 * a path to an ``.npy`` / ``.npz`` file of images. 8-bit integers are divided by 255;
-  wider integers and floats are used as they are.
+  wider integers (up to 2**24, exact in float32) and floats are used as they are.
 
 Every problem with a file is a :class:`DataError` whose message names the file,
 where it was looked for and how to get it; train and test images of different shapes
@@ -135,6 +135,8 @@ def _as_images(array: np.ndarray, source: str, run_shape=None) -> torch.Tensor:
         raise DataError(f"{source}: each image holds no values (shape {shape})")
     if _eight_bit(array):
         array = array.astype(np.float32) / 255.0     # 8-bit pixels; wider ints are values
+    elif array.dtype.kind in "iu" and array.dtype.itemsize > 2:
+        _exact_in_float32(array, source)
     with np.errstate(over="ignore"):   # a wider float past float32's range: said below
         out = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if not bool(torch.isfinite(out).all()):
@@ -143,6 +145,20 @@ def _as_images(array: np.ndarray, source: str, run_shape=None) -> torch.Tensor:
                             "fit float32, which training computes in; scale the data")
         raise DataError(f"{source}: the images contain NaN or inf")
     return out
+
+
+# Integers past 2**24 are rounded to float32's 24-bit significand (16777217 reads as
+# 16777216): refused, since pixel values that large come from a wrong file, not images.
+F32_EXACT_INT = 2 ** 24
+
+
+def _exact_in_float32(array: np.ndarray, source: str) -> None:
+    lo, hi = int(array.min()), int(array.max())
+    worst = hi if hi >= -lo else lo
+    if abs(worst) > F32_EXACT_INT:
+        raise DataError(f"{source}: an integer value of {worst} is past 2**24 ({F32_EXACT_INT}), "
+                        "the largest float32 (which training computes in) holds exactly; pixel "
+                        "values are 0 to 255 or 65535: is it the right file? Scale the data")
 
 
 def _split(images: torch.Tensor, source: str, seed: int = SPLIT_SEED):

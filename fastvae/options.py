@@ -34,15 +34,22 @@ class Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
-    def error(self, message):
-        # every torchrun rank parses the same flags: rank 0 alone says what is wrong (a
-        # broken torchrun environment names no rank: every process says it)
+    @staticmethod
+    def _quiet() -> bool:
+        # every torchrun rank parses the same flags: rank 0 alone says what they ask for
+        # (a broken torchrun environment names no rank: every process says it)
         try:
-            quiet = ranks.dist_env()[0] != 0
+            return ranks.dist_env()[0] != 0
         except ValueError:
-            quiet = False
-        self.exit(2, None if quiet else
-                  f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+            return False
+
+    def _print_message(self, message, file=None):
+        # the one door of --help, --version and the usage: said once under torchrun
+        if not self._quiet():
+            super()._print_message(message, file)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def out_of_memory_line(prog: str, e: Exception, hint: str):

@@ -22,13 +22,14 @@ class RankError(ValueError):
     """What stopped other ranks of the run, as rank 0 reports it (:func:`together`)."""
 
 
-def together(fn, rank: int, world: int):
+def together(fn, rank: int, world: int, group=None):
     """``fn()`` on every rank, then how it ended compared over the ranks (a collective:
     every rank must call it). Where any rank failed, every rank raises, and rank 0 alone
     reports: its own error where every failing rank met that same one (the flags, the
     run folder), else each failing rank's message, named (a rank's own machine or files);
     the other ranks' errors are marked :func:`alike`, so none is printed twice and none
-    is lost. Without torchrun, ``fn()``."""
+    is lost. ``group``: the process group to compare in (the default one's). Without
+    torchrun, ``fn()``."""
     if world <= 1:
         return fn()
     try:
@@ -36,7 +37,7 @@ def together(fn, rank: int, world: int):
     except Exception as e:   # any: a rank that skipped the gather would hang the others
         out, err = None, e
     said = [None] * world
-    torch.distributed.all_gather_object(said, None if err is None else str(err))
+    torch.distributed.all_gather_object(said, None if err is None else str(err), group=group)
     failed = [(r, s) for r, s in enumerate(said) if s is not None]
     if not failed:
         return out

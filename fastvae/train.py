@@ -271,16 +271,14 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     # longer than the process group's timeout (30 min on gloo; a conv model's K=1000
     # estimate on a CPU takes hours): in a group of their own with no practical timeout.
     # They still leave together: a rank tearing down alone can hang in
-    # destroy_process_group.
+    # destroy_process_group. Rank 0's failure there (a full disk) is theirs too: else
+    # each reported a lost peer, and torchrun named that as the first failure.
     finish_group = (torch.distributed.new_group(backend="gloo", timeout=ranks.FINISH_TIMEOUT)
                     if world > 1 else None)
-    metrics = None
-    if is_main:
-        metrics = finish(run.core, data, cfg, device, out, run.history, run.initial,
-                         run.backend_name, world, train_wall, say)
-    if world > 1:
-        torch.distributed.barrier(group=finish_group)
-    return metrics
+    return ranks.together(lambda: finish(run.core, data, cfg, device, out, run.history,
+                                         run.initial, run.backend_name, world, train_wall,
+                                         say) if is_main else None,
+                          rank, world, group=finish_group)
 
 
 def _load_data(cfg, state, device, rank, world, say):

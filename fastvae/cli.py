@@ -362,6 +362,19 @@ def _peer_lost(e: BaseException) -> bool:
                                    "Connection reset by peer", "Broken pipe"))
 
 
+def _left_to_rank_0(command: str, rank: int, world: int) -> bool:
+    """Whether this process under torchrun does nothing, for a command that does not split
+    its work over processes (eval, sample, bench): every rank would print the same
+    numbers, write the same files (bench: timed with the others busy on the same cores);
+    rank 0 alone does it, as one process, and says so."""
+    if world <= 1:
+        return False
+    if rank == 0:
+        print(f"fastvae {command}: note: it runs in one process; torchrun's other "
+              f"{world - 1} process(es) do nothing", file=sys.stderr)
+    return rank != 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
     from .checkpoint import CheckpointError
@@ -371,7 +384,11 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":
-        return _run_bench(argv[1:])
+        try:
+            rank, world, _ = ranks.dist_env()
+        except ValueError:   # the benchmark itself needs no ranks
+            rank, world = 0, 1
+        return 0 if _left_to_rank_0("bench", rank, world) else _run_bench(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the parser of the command they follow: "fastvae train: error: ..."
@@ -389,13 +406,8 @@ def main(argv=None) -> int:
         print(f"fastvae {args.command}: error: {e}", file=sys.stderr)
         return 2
     quiet = rank != 0
-    if world > 1 and args.command in ("eval", "sample"):
-        # neither splits its work over processes: every rank would print the same
-        # numbers, or write the same picture; rank 0 alone does it, as one process
-        if quiet:
-            return 0
-        print(f"fastvae {args.command}: note: it runs in one process; torchrun's other "
-              f"{world - 1} process(es) do nothing", file=sys.stderr)
+    if args.command in ("eval", "sample") and _left_to_rank_0(args.command, rank, world):
+        return 0
     try:
         with stops.handled():
             return int(args.func(args) or 0)

@@ -1,4 +1,4 @@
-"""``fastvae eval`` and ``fastvae sample`` under torchrun: neither splits its work, so rank 0
+"""``fastvae eval``, ``sample`` and ``bench`` under torchrun: none splits its work, so rank 0
 alone runs it, as one process would (every rank printed the same numbers, and wrote the same
 picture, again); a bad flag is said once; ``-n`` passes torchrun's own parser, which takes
 ``--n`` for an ambiguous abbreviation of its options and stops before fastvae runs."""
@@ -84,3 +84,16 @@ def test_a_broken_torchrun_environment_is_one_line(monkeypatch, capsys, env, nam
     assert cli.main(["sample", "no-such-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and named in err, err
+
+
+def test_bench_runs_on_rank_0_alone(monkeypatch, capsys):
+    # every rank ran the whole benchmark: the table printed twice, --json written by both,
+    # and each timing taken with the other rank busy on the same cores
+    calls = []
+    monkeypatch.setattr(cli, "_run_bench", lambda argv: calls.append(argv) or 0)
+    _as_rank(monkeypatch, 1)
+    assert cli.main(["bench", "--quick"]) == 0
+    assert calls == [] and capsys.readouterr() == ("", "")
+    _as_rank(monkeypatch, 0)
+    assert cli.main(["bench", "--quick"]) == 0 and calls == [["--quick"]]
+    assert "fastvae bench: note: it runs in one process" in capsys.readouterr().err

@@ -208,7 +208,10 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     if len(data.train) < world:   # each rank's share of an epoch holds an image
         raise ranks.alike(DataError(f"{data.name}: {len(data.train)} training image(s) for "
                                     f"{world} processes; each needs at least one"))
-    run = _build(cfg, state, data, device, backend, rank, world, say)
+    # the same weights on the same data: a non-finite start (or a checkpoint that cannot
+    # be restored) is every rank's, said once
+    run = ranks.together(lambda: _build(cfg, state, data, device, backend, rank, world, say),
+                         rank, world)
     model = _wrap(run.core, cfg, device, world)
     sampler = None
     if world > 1:
@@ -300,6 +303,12 @@ def _load_data(cfg, state, device, rank, world, say):
                           else data, rank, world)
     if world > 1:   # every rank indexes the same images: the sampler splits one dataset
         same_data_everywhere(data, rank, world)
+    # the same images on every rank fail the same checks: rank 0 says so once
+    return ranks.together(lambda: _checked_data(data, cfg, state, device, say), rank, world)
+
+
+def _checked_data(data, cfg, state, device, say):
+    """``data`` checked against the likelihood and a resumed run, set up for it."""
     ckpt_file = Path(cfg["out"]) / CHECKPOINT_NAME
     changed = data_changed(data, cfg.get("data_digest") if state else None, ckpt_file)
     if changed:   # resuming on it would not continue the run that was trained
@@ -307,7 +316,7 @@ def _load_data(cfg, state, device, rank, world, say):
     check_run_data(data, cfg["likelihood"], cfg.get("data_shape"), ckpt_file,
                    saved=state is not None)
     cfg["data_digest"] = data.digest
-    data = dmol.setup(data, cfg, say if is_main else None)
+    data = dmol.setup(data, cfg, say)
     cfg["data_shape"] = list(data.shape)
     from .plots import picture_range   # (plots' matplotlib is imported when it draws)
     cfg["picture_range"] = list(picture_range(*data.bounds))

@@ -252,7 +252,10 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
         wall = time.perf_counter() - t0
         test_m = evaluate(run.core, data.test, cfg, device)
         wall_eval = time.perf_counter() - t0
-        guard.epoch_end(run.opt, train_m, test_m, epoch, steps)
+        # every rank evaluates the same weights with the same noise: a NaN there is said
+        # once, and one rank's alone stops the others too (not in the next all-reduce)
+        ranks.together(lambda: guard.epoch_end(run.opt, train_m, test_m, epoch, steps),
+                       rank, world)
         run.history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
                             "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
         rng = ranks.rng_state(run.shuffle_gen, world)

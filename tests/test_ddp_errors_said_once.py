@@ -1,6 +1,7 @@
 """Errors every rank of ``fastvae train`` under torchrun meets alike, said once by rank 0,
 with every rank exiting alike: the checks of the data after it is read and of the model
-before training (every rank printed them, one prefixed ``[rank 1]``), and rank 0 failing
+before training, a non-finite test ELBO at an epoch's end (every rank printed them, one
+prefixed ``[rank 1]``), and rank 0 failing
 at the end (the final estimate, the pictures, metrics.json: a full disk), where each
 other rank reported a lost peer, exited 1, and torchrun named it as the first failure."""
 import os
@@ -56,3 +57,23 @@ def test_rank_0_failing_to_finish_is_said_once_and_every_rank_exits_alike(tmp_pa
     """))
     line = _torchrun(tmp_path, [str(script)], "--batch-size", "256")
     assert "No space left on device" in line
+
+
+def test_a_non_finite_test_elbo_every_rank_finds_is_said_once(tmp_path):
+    # evaluate draws from its own seeded generator, with the weights DDP keeps equal: every
+    # rank's test metrics are the same numbers
+    script = tmp_path / "wrapped.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        import fastvae.train as T
+        real, calls = T.evaluate, []
+        def evaluate(*args, **kwargs):
+            calls.append(1)
+            m = real(*args, **kwargs)
+            return dict(m, elbo=float("nan")) if len(calls) > 1 else m
+        T.evaluate = evaluate
+        from fastvae.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    line = _torchrun(tmp_path, [str(script)], "--batch-size", "256")
+    assert "training stopped: non-finite test elbo" in line and not line.startswith("[rank")

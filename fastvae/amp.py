@@ -65,7 +65,7 @@ def compiler_problem(cfg: dict, device: torch.device):
     try:
         get_cpp_compiler()
     except Exception as e:   # InvalidCxxCompiler (its module moves between versions)
-        from .options import NO_COMPILER_FIX, no_compiler_why
+        from .error_lines import NO_COMPILER_FIX, no_compiler_why
         why = no_compiler_why(e) or f"{type(e).__name__}: {e}"
         return (f"--compile: torch.compile's CPU code needs a working C++ compiler ({why}); "
                 f"{NO_COMPILER_FIX}, or train without --compile")

@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from . import error_lines as el
 from . import options as o
 from . import ranks, stops
 from .stops import Terminated
@@ -429,16 +430,16 @@ def main(argv=None) -> int:
     except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,
         # --k too big (numpy's picture grid raises MemoryError)
         prog = f"fastvae {args.command}"
-        line = o.out_of_memory_line(prog, e, "try smaller sizes")
+        line = el.out_of_memory_line(prog, e, "try smaller sizes")
         if line is None:   # a full disk behind a library's error (torch.compile's cache)
-            line = o.disk_full_line(prog, e, "free space there, or run without --compile")
+            line = el.disk_full_line(prog, e, "free space there, or run without --compile")
             resume = _resume_command(e)
             line = line if line is None or resume is None else f"{line}; {resume}"
-        if line is None and o.no_compiler_why(e):   # inductor's CPU code needs C++
+        if line is None and el.no_compiler_why(e):   # inductor's CPU code needs C++
             e.resume_flags = [*getattr(e, "resume_flags", ()), "--no-compile"]
             resume = _resume_command(e)
-            line = o.no_compiler_line(prog, e, f"{o.NO_COMPILER_FIX}, or run without --compile"
-                                      + (f"; {resume}" if resume else ""))
+            line = el.no_compiler_line(prog, e, f"{el.NO_COMPILER_FIX}, or run without --compile"
+                                       + (f"; {resume}" if resume else ""))
         if line is None and _peer_lost(e) and not os.environ.get("FASTVAE_DEBUG"):
             # another process of the run failed (its own report is above or beside
             # this) or was stopped alone (a signal to one node: it says nothing); what

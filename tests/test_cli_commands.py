@@ -119,7 +119,7 @@ def test_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(monke
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
                            "can't allocate memory: you tried to allocate 25600000000000 bytes.")
     monkeypatch.setattr(T, "train", too_big)
-    assert cli.main(["train", "--hidden", "100000000000"]) == 2
+    assert cli.main(["train", "--hidden", "1000000000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastvae train: error: out of memory") and err.count("\n") == 1, err
     def bug(cfg):

@@ -11,6 +11,7 @@ from typing import List
 
 import torch
 
+from .. import error_lines as el
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
@@ -374,8 +375,8 @@ def main(argv=None) -> int:
         if isinstance(e, (JudgeFailed, ToolMissing)):   # an installation to mend
             print(f"fastvae bench: error: {e}", file=sys.stderr)
             return 2
-        line = (o.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
-                or o.disk_full_line("fastvae bench", e,
+        line = (el.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
+                or el.disk_full_line("fastvae bench", e,
                                     "free space there, or --variants without compile"))
         if line is None:
             raise

@@ -55,7 +55,7 @@ from torch import nn
 
 from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
-from .observation import ObservationModel, chunk_lengths
+from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
 from ._dtypes import reduce_scale, result_dtype
 from .validation import REDUCTIONS, check_number, check_option, check_size, check_sizes
 
@@ -271,8 +271,9 @@ class HierarchicalVAE(ObservationModel):
         log q(z_i | x, z_>i))`` (each by :func:`fastvae.gaussian_log_prob`), ``L_K =
         logsumexp_k log w_k - log K``. The bottom-up pass runs once; the K top-down
         passes ``chunk_size`` at a time (default: as many as keep the widest top-down
-        activation of a chunk within ~16 MiB of float32, :meth:`row_elements`).
-        Float64 for a float64 model, float32 otherwise."""
+        activation of a chunk within ~16 MiB of float32, :meth:`row_elements`), each
+        chunk's log-weights folded into :class:`RunningLogSumExp` (the memory does not
+        grow with K). Float64 for a float64 model, float32 otherwise."""
         feats = self._bottom_up(x)
         k, chunk_size = self.iwae_sizes(k, chunk_size, x.shape[0])
         batch = x.shape[0]
@@ -284,14 +285,13 @@ class HierarchicalVAE(ObservationModel):
             log_p = gaussian_log_prob(flat[0], flat[3], flat[4], backend=backend)
             return z, log_p - log_q
 
-        log_ws, done = [], 0
+        lse, done = RunningLogSumExp(), 0
         while done < k:
             kc = min(chunk_size, k - done)
             rep = [f.repeat(kc, 1, 1, 1) for f in feats]  # sample-major: row j*B + b
             xs = x.repeat(kc, *([1] * (x.dim() - 1)))
             recon, stats = self._top_down(kc * batch, rep, draw)
             log_w = self.log_px(xs, recon, backend).double() + torch.stack(stats).sum(0).double()
-            log_ws.append(log_w.reshape(kc, batch))
+            lse.add(log_w.reshape(kc, batch))
             done += kc
-        lse = torch.logsumexp(torch.cat(log_ws), dim=0) - math.log(k)
-        return -lse.to(result_dtype(feats[0]))
+        return -(lse.result() - math.log(k)).to(result_dtype(feats[0]))

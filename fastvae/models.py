@@ -37,7 +37,7 @@ from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DM
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
-from .observation import ObservationModel, chunk_lengths
+from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
 from .validation import check_size, check_sizes
 
@@ -120,12 +120,14 @@ class _VAEBase(ObservationModel):
         fits in memory. Each chunk's
         :func:`fastvae.iwae_bound` is ``logsumexp(log w) - log k_c``, so the chunk's
         logsumexp is ``bound + log k_c``; the chunks combine as
-        ``L_K = logsumexp_c(lse_c) - log K``. Float64 for a float64 model, float32
-        otherwise (a bfloat16 one's NLL would keep only ~3 significant digits).
+        ``L_K = logsumexp_c(lse_c) - log K``, folded in as they come
+        (:class:`RunningLogSumExp`: the memory does not grow with K). Float64 for a
+        float64 model, float32 otherwise (a bfloat16 one's NLL would keep only ~3
+        significant digits).
         """
         mu, logvar = self.encode(x)
         k, chunk_size = self.iwae_sizes(k, chunk_size, x.shape[0])
-        lses = []
+        lse = RunningLogSumExp()
         done = 0
         while done < k:
             kc = min(chunk_size, k - done)
@@ -133,9 +135,9 @@ class _VAEBase(ObservationModel):
             recon_k = self.decode_any(z_k)
             bound = iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,
                                obs_logvar=self._obs(), reduction="none", backend=backend)
-            lses.append(bound.double() + math.log(kc))
+            lse.add(bound.double()[None] + math.log(kc))
             done += kc
-        total = torch.logsumexp(torch.stack(lses), dim=0) - math.log(k)
+        total = lse.result() - math.log(k)
         return -total.to(result_dtype(mu))
 
 

@@ -39,6 +39,40 @@ def chunk_lengths(n: int, size: int) -> list:
     return [min(size, n - start) for start in range(0, n, size)] or [0]
 
 
+class RunningLogSumExp:
+    """``logsumexp`` over dim 0 of every ``(n, B)`` block given to :meth:`add`, in float64,
+    holding only two ``(B,)`` tensors however many blocks come: the running max and
+    ``sum exp(x - max)``, rescaled when the max rises. ``iwae_nll`` folds its K samples in
+    chunk by chunk with it, so its memory does not grow with K. It shifts as
+    ``torch.logsumexp`` does (by the max, 0 where that is not finite), so it equals that
+    of the blocks concatenated to float64 rounding: rows all -inf give -inf, a +inf
+    gives +inf and a NaN stays NaN."""
+
+    def __init__(self):
+        self.max = self.total = None
+
+    @staticmethod
+    def _shift(m):
+        return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+    def add(self, block: torch.Tensor) -> None:
+        block = block.double()
+        m = block.amax(0)
+        if self.max is not None:
+            m = torch.maximum(self.max, m)  # NaN propagates, as in torch.logsumexp
+        shift = self._shift(m)
+        total = (block - shift).exp().sum(0)
+        if self.total is not None:
+            # a total of 0 (every earlier x -inf) stays 0: its factor can be inf when the
+            # old shift was 0 and the new one is far below
+            old = self.total * (self._shift(self.max) - shift).exp()
+            total = total + torch.where(self.total == 0, torch.zeros_like(old), old)
+        self.max, self.total = m, total
+
+    def result(self) -> torch.Tensor:
+        return self.total.log() + self._shift(self.max)
+
+
 def check_chunk_size(chunk_size):
     """None (the caller's default), or ``chunk_size`` as an int >= 1: int() would truncate
     2.5 to 2 and read True as 1, and a size below 1 has no chunk to draw."""

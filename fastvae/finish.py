@@ -47,7 +47,10 @@ def finish(core, data, cfg, device, out, history, initial, backend_name, world, 
                   "test_kl_groups": final_test.get("kl_groups") if final_test else None,
                   **nll_fields("test_iwae_nll", nll), "iwae_k": cfg["iwae_k"],
                   "iwae_s": iwae_s}, core),
-        "train_wall_s": train_wall,
+        # the whole run's epochs (training and test evaluation), resumes included: a
+        # resumed run's own loop alone would read as the run's time
+        "train_wall_s": sum(h.get("wall_s_with_eval", h.get("wall_s", 0.0)) for h in history),
+        "session_wall_s": train_wall,
     }
     stops.finished()   # only the last file is left: a stop from here on lets it be written
     write_json(metrics, out / "metrics.json")

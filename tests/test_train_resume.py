@@ -133,3 +133,17 @@ def test_resume_judges_the_objective_by_the_checkpoint_not_the_defaults(tmp_path
     notes = [line for line in seen if "command-line values ignored" in line]
     assert notes == ([f"resuming: using the checkpoint's {', '.join(ignored)} (command-line "
                       "values ignored)"] if ignored else []), seen
+
+
+def test_a_resumed_run_s_train_time_counts_every_epoch(tmp_path):
+    """metrics.json's train_wall_s was the last invocation's loop alone: after a resume
+    of the last of many epochs it read as a fraction of the run's time (a hunt's find)."""
+    T.train(tiny(tmp_path, epochs=2, iwae_k=0), log=quiet)
+    first = json.loads((tmp_path / "metrics.json").read_text())
+    T.train(tiny(tmp_path, epochs=3, iwae_k=0, resume=True), log=quiet)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    walls = [e["wall_s_with_eval"] for e in m["epochs"]]
+    assert m["epochs"][:2] == first["epochs"]
+    assert m["train_wall_s"] == pytest.approx(sum(walls))
+    assert first["train_wall_s"] == pytest.approx(sum(walls[:2]))
+    assert m["session_wall_s"] >= walls[2] > 0   # the resumed epoch and its checkpoint

@@ -42,7 +42,7 @@ MODULES = [
     "test_kl_prior_variance_past_float32.py", "test_returned_gradients_carry_no_graph.py",
     "test_strided_x_columns.py", "test_validation.py", "test_validation_tensors.py",
     "test_validation_values.py", "test_validation_memo.py", "test_backend_selection.py",
-    "test_zero_grad_out_row_with_overflowed_partial.py",
+    "test_zero_grad_out_row_with_overflowed_partial.py", "test_16_bit_gradients_weighed_once.py",
     "test_loss_module_settings.py", "test_prior_part_none_is_zero.py",
     "test_route_follows_requires_grad.py", "test_route_grad_mode.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream

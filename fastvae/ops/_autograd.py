@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import backends
 from .._compiler import tracing_here
-from .._dtypes import same_shape, saved_grad_dtype
+from .._dtypes import SIXTEEN_BIT, same_shape, saved_grad_dtype
 from ._modes import (carries_tangent, dispatch_modes, forward_ad_active, functorch_active,
                      is_tracing, plain_eager, transform_stacked)
 
@@ -61,12 +61,22 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     adds nothing, not 0 * inf = NaN; a NaN grad_out stays NaN)."""
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
+    w = weight(g, grad_out, row_dim)
     if grad_out.dim() == 0:
-        return g * grad_out.to(g.dtype)
+        return (g * w).to(g.dtype)
+    return torch.where(w == 0, 0.0, g * w).to(g.dtype)
+
+
+def weight(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
+    """grad_out shaped to multiply g (along dim ``row_dim`` when it is (B,)), in float32
+    for a 16-bit g: the product is then formed in float32 and rounded to g's dtype once,
+    where grad_out rounded to bf16 first put a second rounding into every element (up to
+    2 ulp off, not 1). Given g's dims even when it is a scalar: a 0-dim tensor would not
+    widen the product (type promotion)."""
     shape = [1] * g.dim()
-    shape[row_dim] = -1
-    w = grad_out.reshape(shape).to(g.dtype)
-    return torch.where(w == 0, 0.0, g * w)
+    if grad_out.dim():
+        shape[row_dim] = -1
+    return grad_out.reshape(shape).to(torch.float32 if g.dtype in SIXTEEN_BIT else g.dtype)
 
 
 def weigh_rows(ctx, grad_out: Optional[Tensor], likes, grads=None) -> List[Optional[Tensor]]:

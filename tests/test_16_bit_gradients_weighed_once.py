@@ -99,8 +99,10 @@ def test_gradients_at_a_grad_output_other_than_one(seed, backend, case, dtype, g
     want = _grads(op, oracle(*inputs), need, "reference", g.double(), False)
     want_one = _grads(op, oracle(*inputs), need, "reference", ones.double(), False)
     dims = row_dims if isinstance(row_dims, tuple) else (row_dims,) * len(got)
-    # the Triton interpreter truncates its bfloat16 stores (a GPU rounds to nearest)
-    half = 1.0 if INTERPRET and backend == "triton" and dtype == torch.bfloat16 else 0.5
+    # the Triton interpreter truncates its bfloat16 stores (a GPU rounds to nearest), and
+    # its bfloat16 subnormals are its own (numpy bit arithmetic): those it is not held to
+    emulated = INTERPRET and backend == "triton" and dtype == torch.bfloat16
+    half = 1.0 if emulated else 0.5
     for i, (a, a1, w, w1, d) in enumerate(zip(got, at_one, want, want_one, dims)):
         assert a.dtype == dtype
         shape = [1] * a.dim()
@@ -113,7 +115,7 @@ def test_gradients_at_a_grad_output_other_than_one(seed, backend, case, dtype, g
         a = a.double()
         bound = half * _ulp(a, dtype) + ge * saved_err + 2.0 ** -23 * a.abs()
         err = (a - w).abs()
-        bad = (err > bound) & w.isfinite()
+        bad = (err > bound) & w.isfinite() & ~(emulated & (w.abs() < 2.0 ** -126))
         assert not bool(bad.any()), (
             f"gradient {i}: {int(bad.sum())} of {a.numel()} past the bound, worst "
             f"{float((err / _ulp(w, dtype))[bad].max()):.2f} ulp off the float64 gradient")

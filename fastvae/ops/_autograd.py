@@ -56,26 +56,18 @@ def grad_like(t: Optional[Tensor], need: bool, like: Tensor, shape=None) -> Tens
 
 
 def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Optional[Tensor]:
-    """g * grad_out (a new tensor), grad_out () or (B,) laid along g's dim ``row_dim``; a
-    row of grad_out 0 gives 0 (an IWAE sample of weight 0 whose saved partial overflowed
-    adds nothing, not 0 * inf = NaN; a NaN grad_out stays NaN)."""
+    """g * grad_out (new), grad_out () or (B,) along g's dim ``row_dim``; a row of grad_out 0
+    gives 0 (an IWAE sample of weight 0 whose saved partial overflowed adds nothing, not NaN)."""
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
     w = weight(g, grad_out, row_dim)
-    if grad_out.dim() == 0:
-        return (g * w).to(g.dtype)
-    return torch.where(w == 0, 0.0, g * w).to(g.dtype)
+    return (g * w if grad_out.dim() == 0 else torch.where(w == 0, 0.0, g * w)).to(g.dtype)
 
 
 def weight(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
-    """grad_out shaped to multiply g (along dim ``row_dim`` when it is (B,)), in float32
-    for a 16-bit g: the product is then formed in float32 and rounded to g's dtype once,
-    where grad_out rounded to bf16 first put a second rounding into every element (up to
-    2 ulp off, not 1). Given g's dims even when it is a scalar: a 0-dim tensor would not
-    widen the product (type promotion)."""
-    shape = [1] * g.dim()
-    if grad_out.dim():
-        shape[row_dim] = -1
+    """grad_out in g's dims (0-dim would not widen the product), float32 for a 16-bit g: the
+    product rounds once (grad_out rounded to bf16 first gave two roundings, 2 ulp off)."""
+    shape = [-1 if i == row_dim and grad_out.dim() else 1 for i in range(g.dim())]
     return grad_out.reshape(shape).to(torch.float32 if g.dtype in SIXTEEN_BIT else g.dtype)
 
 

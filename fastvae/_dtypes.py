@@ -92,3 +92,12 @@ def widened(t):
     if isinstance(t, torch.Tensor) and t.dtype in SIXTEEN_BIT:
         return t.float()
     return t
+
+
+def grad_factor(g: torch.Tensor, grad_out: torch.Tensor, row_dim: int = 0) -> torch.Tensor:
+    """grad_output as the factor of a saved gradient ``g``: laid along g's dim ``row_dim``
+    where it is per row, in g's dims even when it is a scalar (a 0-dim tensor would not
+    widen the product), float32 for a 16-bit g, so ``g * factor`` rounds once (grad_output
+    rounded to bf16 first gave two roundings, up to 2 ulp off)."""
+    shape = [-1 if i == row_dim and grad_out.dim() else 1 for i in range(g.dim())]
+    return grad_out.reshape(shape).to(torch.float32 if g.dtype in SIXTEEN_BIT else g.dtype)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import backends
 from .._compiler import tracing_here
-from .._dtypes import SIXTEEN_BIT, same_shape, saved_grad_dtype
+from .._dtypes import grad_factor, same_shape, saved_grad_dtype
 from ._modes import (carries_tangent, dispatch_modes, forward_ad_active, functorch_active,
                      is_tracing, plain_eager, transform_stacked)
 
@@ -60,15 +60,8 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     gives 0 (an IWAE sample of weight 0 whose saved partial overflowed adds nothing, not NaN)."""
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
-    w = weight(g, grad_out, row_dim)
+    w = grad_factor(g, grad_out, row_dim)
     return (g * w if grad_out.dim() == 0 else torch.where(w == 0, 0.0, g * w)).to(g.dtype)
-
-
-def weight(g: Tensor, grad_out: Tensor, row_dim: int) -> Tensor:
-    """grad_out in g's dims (0-dim would not widen the product), float32 for a 16-bit g: the
-    product rounds once (grad_out rounded to bf16 first gave two roundings, 2 ulp off)."""
-    shape = [-1 if i == row_dim and grad_out.dim() else 1 for i in range(g.dim())]
-    return grad_out.reshape(shape).to(torch.float32 if g.dtype in SIXTEEN_BIT else g.dtype)
 
 
 def weigh_rows(ctx, grad_out: Optional[Tensor], likes, grads=None) -> List[Optional[Tensor]]:

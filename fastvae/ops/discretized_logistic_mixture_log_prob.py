@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import backends, reference
-from .._dtypes import result_dtype
+from .._dtypes import grad_factor, result_dtype
 from . import _autograd as A
 
 
@@ -52,7 +52,7 @@ def _backward(ctx, grad_out, *_):
         g = A.weigh_saved(ctx, grad_out, (0,))[0]
     elif ctx.needs[0] and grad_out is not None and A.may_scale_in_place(ctx, grad_out):
         g = A.saved_grads(ctx)[0]
-        g.mul_(A.weight(g, grad_out, 0))
+        g.mul_(grad_factor(g, grad_out, 0))
     else:
         g = A.weigh(A.saved_grads(ctx)[0] if ctx.needs[0] else None, grad_out, 0)
     return None, A.to_shape(g, ctx.like), None, None, None, None, None

@@ -5,6 +5,7 @@ import torch
 
 from fastvae.kernels import scale as ks
 
+from ..._dtypes import grad_factor
 from . import _launch, configs
 from ._kept import Kept
 
@@ -51,7 +52,7 @@ def _plan_of(live, device):
 
 def _run(plan, grads, live, grad_out):
     if plan is _TORCH:
-        return [None if g is None else g.mul_(grad_out) for g in grads]
+        return [None if g is None else g.mul_(grad_factor(g, grad_out)) for g in grads]
     live += _UNUSED[len(live):]   # None: the plan's stand-in (its size is 0)
     _launch.launch_planned(plan, GO=grad_out.contiguous(), **dict(zip(_SLOT_NAMES, live)))
     return grads

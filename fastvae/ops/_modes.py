@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._compiler import tracing_here
+from .._compiler import constant_result, tracing_here
 from ..validation import PLAIN_TENSORS
 
 
@@ -35,12 +35,28 @@ def transform_stacked() -> bool:
 
 
 def functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running eagerly.
-    (torch.compile traces through the custom ops; its own tracing looks like one.)"""
-    return not (torch.compiler.is_compiling() and tracing_here()) and transform_stacked()
+    """Whether a ``torch.func`` transform (grad, vmap, jacrev, ...) is running: eagerly, or
+    traced by torch.compile (``torch.compile(torch.func.grad(f))``), where the custom ops'
+    autograd cannot run under the transform (torch refuses an ``autograd.Function``
+    without ``setup_context`` there) and the reference's math can. Dynamo reads the
+    interpreter object as an opaque value (never None), so the compiled check is
+    :func:`_transform_traced`, run for real as dynamo traces."""
+    if torch.compiler.is_compiling() and tracing_here():
+        return _transform_traced()
+    return transform_stacked()
 
 
 _peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+_TRANSFORMS = {getattr(torch._C._functorch.TransformType, n, None) for n in ("Grad", "Jvp", "Vmap")}
+
+
+@constant_result
+def _transform_traced() -> bool:
+    """Whether a user's grad, jvp or vmap is on the interpreter stack while torch.compile
+    traces (a constant of the graph: dynamo guards compiled frames on the stack's shape).
+    Not functionalization: that is compile's own machinery, not a transform of the math."""
+    top = _peek() if _peek is not None else None
+    return top is not None and top.key() in _TRANSFORMS
 
 
 def forward_ad_active() -> bool:

@@ -91,14 +91,15 @@ class Guard:
         self.stepped = False
 
     def _stop(self, what: str, value, where: str, after_update: bool = False,
-              problem: str | None = None, scale_hint: bool = False, own: bool = False):
+              problem: str | None = None, scale_hint: bool = False):
         """Raise NonFiniteLoss; ``after_update``: ``what`` was written by an optimizer
         update (which a lower --lr may fix), not computed before any. ``problem``: what
         is wrong, where it is not "non-finite {what} ({value})"; ``scale_hint``: data far
-        from [0, 1] may be the cause as much as the learning rate. ``own``: under
-        torchrun a value this rank computed alone (its test metrics, drawn with its own
-        noise), which another rank may not meet; every other value is the same on every
-        rank (the averaged loss and gradients, the weights), and rank 0 says it."""
+        from [0, 1] may be the cause as much as the learning rate. Under torchrun every
+        value checked is the same on every rank (the averaged loss, gradients and train
+        metrics, the weights and optimizer state DDP keeps equal, the test metrics that
+        evaluate draws from its own seeded generator on those weights): rank 0 says it.
+        A rank meeting one alone at an epoch's end is named by ``ranks.together`` (train)."""
         scale_hint = scale_hint and not self.data_scaled
         scaled = "the data scaled to about [0, 1] or " if scale_hint else ""
         if self.saved_epoch is None and not self.stepped and not after_update:
@@ -123,7 +124,7 @@ class Guard:
                                            self.world)
                     + (rescale if scale_hint else ""))
         e = NonFiniteLoss(f"{problem or f'non-finite {what} ({value})'} {where}; {kept}")
-        raise e if own else ranks.alike(e)
+        raise ranks.alike(e)
 
     def loss(self, value: float, epoch: int, step: int, steps: int) -> None:
         """Before backward: the (globally averaged) loss of this step."""
@@ -175,4 +176,4 @@ class Guard:
                 for i, v in enumerate(value if isinstance(value, list) else [value]):
                     if not math.isfinite(v):  # a list: one number per latent group
                         name = f"{key}[{i}]" if isinstance(value, list) else key
-                        self._stop(f"{split} {name}", v, where, own=split == "test")
+                        self._stop(f"{split} {name}", v, where)

@@ -171,8 +171,12 @@ def _settled(given: dict, full: dict, device, say):
                 and all(type(n) is int and n > 0 for n in shape)):
             raise ValueError(f"data_shape is {shape!r}, not a list of image sizes")
     except ValueError as e:  # the flags passed alone: a saved value, or a mix
+        key = str(e).split(":")[0]   # a saved value past today's limits: a flag may replace it
+        way = (f"; resume with --{key.replace('_', '-')} to replace it"
+               if key in RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES and given.get(key) is None
+               else "")
         raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
-                              f"cannot be resumed: {e}") from None
+                              f"cannot be resumed: {e}{way}") from None
     how = (None if given.get("backend") is not None else   # the flag's: named as the flag
            f"resume it with --backend auto (or torch) to go on on {device}")
     return cfg, state, run_backend(cfg, device, how)

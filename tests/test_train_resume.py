@@ -147,3 +147,20 @@ def test_a_resumed_run_s_train_time_counts_every_epoch(tmp_path):
     assert m["train_wall_s"] == pytest.approx(sum(walls))
     assert first["train_wall_s"] == pytest.approx(sum(walls[:2]))
     assert m["session_wall_s"] >= walls[2] > 0   # the resumed epoch and its checkpoint
+
+
+def test_a_saved_target_past_today_s_limit_names_the_flag_that_replaces_it(tmp_path):
+    """A run saved with --epochs 1e10 ("until I stop it", accepted before counts were
+    capped at 2**31 - 1) is refused on resume; the message says --epochs replaces it, and
+    that works."""
+    from fastvae.checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint
+
+    T.train(tiny(tmp_path, epochs=1, iwae_k=0), log=quiet)
+    state = load_checkpoint(tmp_path)
+    state["config"]["epochs"] = 10 ** 10
+    save_checkpoint(state, tmp_path / CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="epochs: must be at most .*; resume with "
+                                              "--epochs to replace it"):
+        T.train(tiny(tmp_path, epochs=None, iwae_k=None, resume=True), log=quiet)
+    T.train(tiny(tmp_path, epochs=2, iwae_k=None, resume=True), log=quiet)
+    assert load_checkpoint(tmp_path)["epoch"] == 2

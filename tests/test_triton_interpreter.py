@@ -45,6 +45,7 @@ MODULES = [
     "test_zero_grad_out_row_with_overflowed_partial.py", "test_16_bit_gradients_weighed_once.py",
     "test_loss_module_settings.py", "test_prior_part_none_is_zero.py",
     "test_route_follows_requires_grad.py", "test_route_grad_mode.py",
+    "test_dreg_16_bit_weight_rounded_once.py",
     # the Triton backend's own, and the torch backend's copy of its Philox stream
     "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_sampler_counters.py",
     "test_triton_fast_math.py", "test_triton_elbo_tiles.py", "test_triton_iwae_tiles.py",

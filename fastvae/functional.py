@@ -50,7 +50,9 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, val
     device = V.check_same_device(mu=mu, logvar=logvar)
     V.check_values(V.resolve_validate(validate), mu=mu, logvar=logvar)
     if n_samples is not None:
-        n_samples = int(V.check_number("n_samples", n_samples, minimum=1, integer=True))
+        # a tensor's dim, not a loop: any K whose (K, B, L) torch can hold
+        n_samples = V.check_count("n_samples", n_samples, each=mu.shape[0] * mu.shape[1],
+                                  limit=V.MAX_ELEMENTS)
     _check_generator(generator, device)
     return _run(backend, device, "reparameterize")(mu, logvar, n_samples, generator)
 

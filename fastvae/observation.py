@@ -13,8 +13,8 @@ from torch import nn
 from ._dtypes import widened
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
-from .validation import (DMOL, DMOL_DEFAULT_BITS, LIKELIHOODS, check_number, check_option,
-                         check_sizes, check_tensor, check_values, dmol_slots,
+from .validation import (DMOL, DMOL_DEFAULT_BITS, LIKELIHOODS, check_count, check_number,
+                         check_option, check_size, check_sizes, check_tensor, check_values, dmol_slots,
                          resolve_validate)
 
 # NVAE's and PixelCNN++'s mixture size: what a DMoL decoder gets unless told.
@@ -129,8 +129,7 @@ class ObservationModel(nn.Module):
             if len(self.data_shape) != 3 or self.data_shape[0] not in (1, 3):
                 raise ValueError(f"likelihood {DMOL!r} needs (C, H, W) images with C = 1 or 3 "
                                  f"channels, got data shape {self.data_shape}")
-            self.n_mix = int(check_number("n_mix", DEFAULT_N_MIX if n_mix is None else n_mix,
-                                          minimum=1, integer=True))
+            self.n_mix = check_size("n_mix", DEFAULT_N_MIX if n_mix is None else n_mix)
             c, h, w = self.data_shape
             self.out_shape = (dmol_slots(c) * self.n_mix, h, w)
         elif n_mix is not None:
@@ -207,7 +206,7 @@ class ObservationModel(nn.Module):
         """An importance-sample count ``k`` (an int >= 1), checked as :meth:`sample` checks
         its ``n``: int() would run k=2.7 with K=2 and k=True with K=1, an estimate of
         another K under the asked one's name."""
-        return int(check_number("k", k, minimum=1, integer=True))
+        return check_count("k", k)   # chunked: the time grows with k, not the memory
 
     def iwae_sizes(self, k, chunk_size, batch: int):
         """``iwae_nll``'s ``k`` (:meth:`check_k`) and samples per chunk: ``chunk_size``
@@ -223,7 +222,7 @@ class ObservationModel(nn.Module):
         """The ``n`` images of :meth:`sample` as an iterator of ``(b, *data_shape)`` chunks
         of at most :meth:`sample_chunk_size` images, each decoded when it is asked for
         (keep only what you need: ``fastvae sample`` moves each to the CPU)."""
-        n = int(check_number("n", n, minimum=0, integer=True))  # expand(-1) would keep 1
+        n = check_count("n", n, minimum=0)  # expand(-1) would keep 1
         # here for every model: an mlp or conv model's first draw is torch.randn, whose
         # error for a bad generator is a list of signatures naming no argument
         check_generator(generator, next(self.parameters()).device)

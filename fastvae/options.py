@@ -15,7 +15,7 @@ import torch
 from . import backends, dmol_training, ranks
 from .estimators import ESTIMATORS
 from .models import MODELS
-from .validation import KL_MODES, LIKELIHOODS, limit_text
+from .validation import KL_MODES, LIKELIHOODS, MAX_COUNT, limit_text
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
 _F32_MAX = torch.finfo(torch.float32).max
@@ -96,12 +96,11 @@ def _at_most(n: int, limit: int, why: str = "") -> int:
     return n
 
 
+# A size or count (width, L, K, batch, epochs) is at most MAX_COUNT, fastvae.validation's:
+# the Python API's bound for the same counts.
 # More CPU threads than any machine has cores: OpenMP would try to start them all (libgomp
 # aborts the process, out of memory, at 100000).
 MAX_THREADS = 1024
-# A size or count (width, L, K, batch, epochs): past it no machine holds the tensors or ends
-# the work (IWAE K=2**31: a day per image on a CPU); from 2**63 torch's sizes overflow.
-MAX_COUNT = 2 ** 31 - 1
 # An hvae's groups per stage: each is layers built (~1 ms) and run one after another.
 MAX_GROUPS = 4096
 

@@ -150,9 +150,30 @@ def check_number(name: str, value, *, minimum=None, integer=False) -> float:
     return value
 
 
+# A count whose work grows with it (IWAE samples, images drawn) past it no machine ends
+# (IWAE K=2**31: a day per image on a CPU); the CLI's flags take the same bound.
+MAX_COUNT = 2 ** 31 - 1
+# The most elements of a tensor, and so of any of its dims: torch's sizes are int64.
+MAX_ELEMENTS = 2 ** 63 - 1
+
+
+def check_count(name: str, value, *, minimum=1, each=1, limit=MAX_COUNT) -> int:
+    """An int >= ``minimum``, at most ``limit`` (MAX_COUNT; MAX_ELEMENTS for a tensor's dim,
+    whose ``each`` elements apiece must fit too): past it torch fails, or a loop never ends."""
+    n = int(check_number(name, value, minimum=minimum, integer=True))
+    if n > limit:
+        why = "2**31 - 1" if limit == MAX_COUNT else "2**63 - 1: torch's sizes are int64"
+        raise ValueError(f"{name} must be at most {limit} ({why}), got {n}")
+    # a plain int only: a symbolic size's product would guard a compiled graph on it
+    if type(each) is int and n * each > MAX_ELEMENTS:
+        raise ValueError(f"{name}={n} of {each} elements each is more than a tensor holds "
+                         f"({MAX_ELEMENTS} elements)")
+    return n
+
+
 def check_size(name: str, value) -> int:
-    """A count or width a model is built with: an int >= 1."""
-    return int(check_number(name, value, minimum=1, integer=True))
+    """A count or width a model is built with: an int >= 1 that torch's sizes hold."""
+    return check_count(name, value, limit=MAX_ELEMENTS)
 
 
 def check_sizes(name: str, values, *, allow_empty=False) -> tuple[int, ...]:

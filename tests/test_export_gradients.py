@@ -2,6 +2,8 @@
 the graph is recorded, so a loss exported from inputs that needed no gradient (the usual
 example inputs) and then called on ones that do must still give every gradient, the
 reference's in float64; DReG, whose hook is not in such a graph, refuses."""
+import re
+
 import pytest
 import torch
 
@@ -105,4 +107,6 @@ def test_exporting_a_dreg_bound_that_needs_its_hook_names_torch_export(strict):
                                         r"torch\.export: .* the exported graph") as e:
         torch.export.export(fastvae.IWAELoss(estimator="dreg"),
                             (x, r, mu, lv, z.requires_grad_()), strict=strict)
-    assert "torch.compile" not in str(e.value).split("Developer debug context")[-1]
+    # fastvae's own words, not the traceback dynamo may add (its source lines read
+    # torch.compiler.is_compiling())
+    assert not re.search(r"inside torch\.compile\b|the compiled (graph|function)", str(e.value))

@@ -30,12 +30,12 @@ def _ulp(t, dtype):
 
 def _inputs(dtype):
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(B, D, generator=g)
-    mu, lv = 0.5 * torch.randn(B, L, generator=g), 0.3 * torch.randn(B, L, generator=g)
-    z_k = mu + torch.exp(0.5 * lv) * torch.randn(K, B, L, generator=g)
+    x = torch.randn(B, D, generator=g, device="cpu")
+    mu, lv = 0.5 * torch.randn(B, L, generator=g, device="cpu"), 0.3 * torch.randn(B, L, generator=g, device="cpu")
+    z_k = mu + torch.exp(0.5 * lv) * torch.randn(K, B, L, generator=g, device="cpu")
     # sample k's reconstruction is off by sqrt(10 k / D) everywhere: log w_k drops ~5 k nats
-    shift = (10.0 * torch.arange(K, dtype=F64) / D).sqrt().reshape(K, 1, 1)
-    recon_k = x + 0.3 * torch.randn(K, B, D, generator=g) + shift.float()
+    shift = (10.0 * torch.arange(K, dtype=F64, device="cpu") / D).sqrt().reshape(K, 1, 1)
+    recon_k = x + 0.3 * torch.randn(K, B, D, generator=g, device="cpu") + shift.float()
     dev = torch.empty(0).device
     return [t.to(dev, dtype) for t in (x, recon_k, mu, lv, z_k)]
 

@@ -61,7 +61,10 @@ def weigh(g: Optional[Tensor], grad_out: Optional[Tensor], row_dim: int) -> Opti
     if g is None or grad_out is None:  # None: not needed, or an undefined (zero) grad_output
         return None
     w = grad_factor(g, grad_out, row_dim)
-    return (g * w if grad_out.dim() == 0 else torch.where(w == 0, 0.0, g * w)).to(g.dtype)
+    # rounded before the select: a 16-bit g's float32 product is then the only temporary
+    # of g's size in float32, not that and a float32 select of it
+    out = (g * w).to(g.dtype)
+    return out if grad_out.dim() == 0 else torch.where(w == 0, 0.0, out)
 
 
 def weigh_rows(ctx, grad_out: Optional[Tensor], likes, grads=None) -> List[Optional[Tensor]]:

@@ -26,6 +26,16 @@ from typing import Mapping, Optional, Union
 import torch
 
 F64 = torch.float64
+# (precision, min exponent) of the 16-bit dtypes, for :func:`ulp16`
+BITS_16 = {torch.bfloat16: (8, -126), torch.float16: (11, -14)}
+
+
+def ulp16(t, dtype):
+    """The ulp of ``dtype`` (a 16-bit one) at each value of float64 ``t``, subnormals
+    included: the unit the tests of one rounding to a 16-bit dtype count in."""
+    p, emin = BITS_16[dtype]
+    e = torch.floor(torch.log2(t.abs().clamp_min(1e-300))).clamp_min(emin)
+    return torch.pow(2.0, e - (p - 1))
 
 # rtol by compute dtype. float64: the formulas and the fused math agree to ~1e-13; 1e-10
 # leaves room for sums of 1e3 terms. float32: ~100 ulp. Half types: a few of their ulps

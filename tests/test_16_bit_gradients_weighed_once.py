@@ -18,18 +18,11 @@ import torch
 
 import fastvae
 from _backends import INTERPRET
-from _compare import leaf, oracle
+from _compare import leaf, oracle, ulp16
 from _dmol import make
 
 F64 = torch.float64
-BITS = {torch.bfloat16: (8, -126), torch.float16: (11, -14)}   # (precision, min exponent)
 B, L, D, K = 16, 12, 20, 3
-
-
-def _ulp(t, dtype):
-    p, emin = BITS[dtype]
-    e = torch.floor(torch.log2(t.abs().clamp_min(1e-300))).clamp_min(emin)
-    return torch.pow(2.0, e - (p - 1))
 
 
 def _cases():
@@ -111,11 +104,11 @@ def test_gradients_at_a_grad_output_other_than_one(seed, backend, case, dtype, g
         ge = g.double().reshape(shape).abs()
         saved_err = (a1.double() - w1).abs()
         if dtype == torch.float16:
-            saved_err = saved_err + 0.5 * _ulp(a1.double(), dtype)
+            saved_err = saved_err + 0.5 * ulp16(a1.double(), dtype)
         a = a.double()
-        bound = half * _ulp(a, dtype) + ge * saved_err + 2.0 ** -23 * a.abs()
+        bound = half * ulp16(a, dtype) + ge * saved_err + 2.0 ** -23 * a.abs()
         err = (a - w).abs()
         bad = (err > bound) & w.isfinite() & ~(emulated & (w.abs() < 2.0 ** -126))
         assert not bool(bad.any()), (
             f"gradient {i}: {int(bad.sum())} of {a.numel()} past the bound, worst "
-            f"{float((err / _ulp(w, dtype))[bad].max()):.2f} ulp off the float64 gradient")
+            f"{float((err / ulp16(w, dtype))[bad].max()):.2f} ulp off the float64 gradient")

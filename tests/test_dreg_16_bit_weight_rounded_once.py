@@ -16,16 +16,10 @@ import torch
 
 import fastvae
 from fastvae import reference
+from _compare import ulp16
 
 F64 = torch.float64
-BITS = {torch.bfloat16: (8, -126), torch.float16: (11, -14)}   # (precision, min exponent)
 B, L, D, K = 16, 6, 12, 5
-
-
-def _ulp(t, dtype):
-    p, emin = BITS[dtype]
-    e = torch.floor(torch.log2(t.abs().clamp_min(1e-300))).clamp_min(emin)
-    return torch.pow(2.0, e - (p - 1))
 
 
 def _inputs(dtype):
@@ -62,7 +56,7 @@ def test_dreg_16_bit_z_gradient_rounded_once(backend, dtype, scale):
     assert w.min() < 1e-7 < 0.5 < w.max()   # spread wide: w~^2 under 16-bit's reach, and ~1
     # one rounding of (received) * w~: half an ulp, plus the float32 weight's own error
     exact = received.to(F64) * w.unsqueeze(-1)
-    err = ((got.to(F64) - exact).abs() / _ulp(exact, dtype)).max().item()
+    err = ((got.to(F64) - exact).abs() / ulp16(exact, dtype)).max().item()
     assert err <= 0.5 + 2.0 ** -8, f"{err:.3f} ulp off one rounding of the hook's product"
 
     # against the float64 DReG gradient of the same 16-bit inputs: half an ulp (the one
@@ -70,5 +64,5 @@ def test_dreg_16_bit_z_gradient_rounded_once(backend, dtype, scale):
     # being the exact gradient the hook weighs
     want, received_exact = _dreg(*wide, "reference", scale)
     own = (received.to(F64) - received_exact).abs() * w.unsqueeze(-1)
-    err = ((got.to(F64) - want).abs() - own) / _ulp(want, dtype)
+    err = ((got.to(F64) - want).abs() - own) / ulp16(want, dtype)
     assert err.max().item() <= 0.5 + 2.0 ** -8, f"{err.max().item():.3f} ulp off float64"

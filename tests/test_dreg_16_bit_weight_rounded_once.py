@@ -25,7 +25,8 @@ B, L, D, K = 16, 6, 12, 5
 def _inputs(dtype):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(B, D, generator=g, device="cpu")
-    mu, lv = 0.5 * torch.randn(B, L, generator=g, device="cpu"), 0.3 * torch.randn(B, L, generator=g, device="cpu")
+    mu = 0.5 * torch.randn(B, L, generator=g, device="cpu")
+    lv = 0.3 * torch.randn(B, L, generator=g, device="cpu")
     z_k = mu + torch.exp(0.5 * lv) * torch.randn(K, B, L, generator=g, device="cpu")
     # sample k's reconstruction is off by sqrt(10 k / D) everywhere: log w_k drops ~5 k nats
     shift = (10.0 * torch.arange(K, dtype=F64, device="cpu") / D).sqrt().reshape(K, 1, 1)

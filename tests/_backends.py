@@ -33,6 +33,16 @@ except ImportError:
 KERNELS_RUN = HAS_TRITON and (INTERPRET or HAS_CUDA)
 KERNEL_DEVICE = "cpu" if INTERPRET else "cuda"
 
+
+def skip_unless_kernels_run() -> None:
+    """Skip the calling test module where no Triton kernel can run (no Triton; no GPU and
+    no TRITON_INTERPRET=1)."""
+    if not KERNELS_RUN:
+        import pytest
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/"
+                    "test_triton_interpreter.py runs this module with it)",
+                    allow_module_level=True)
+
 if INTERPRET:
     BACKENDS = ["triton"] if HAS_TRITON else []
 else:

@@ -10,12 +10,9 @@ TRITON_INTERPRET=1).
 import pytest
 import torch
 
-pytest.importorskip("triton")
-from _backends import KERNELS_RUN  # noqa: E402
+from _backends import skip_unless_kernels_run
 
-if not KERNELS_RUN:  # one line in the report, not one per test
-    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1 (tests/test_triton_interpreter.py "
-                "runs this module with it)", allow_module_level=True)
+skip_unless_kernels_run()  # the whole module: one line in the report, not one per test
 
 import fastvae  # noqa: E402
 import triton  # noqa: E402

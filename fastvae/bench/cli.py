@@ -377,7 +377,7 @@ def main(argv=None) -> int:
             return 2
         line = (el.out_of_memory_line("fastvae bench", e, "try smaller sizes or --max-elements")
                 or el.disk_full_line("fastvae bench", e,
-                                    "free space there, or --variants without compile"))
+                                     "free space there, or --variants without compile"))
         if line is None:
             raise
         print(line, file=sys.stderr)

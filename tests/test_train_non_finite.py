@@ -13,18 +13,27 @@ from fastvae.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from _train import quiet, tiny
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def _poison_loss(monkeypatch, at_step, poison):
+    """Hand the training step number ``at_step`` (1-based, over the run) ``poison(loss)``
+    in place of its loss. Digits: 1438 / 64 -> 23 steps per epoch."""
     real = T.batch_loss
     calls = {"n": 0}
 
     def poisoned(model, x, cfg):
         loss, parts = real(model, x, cfg)
         calls["n"] += 1
-        if calls["n"] == 23 + 3:  # digits: 1438 / 64 -> 23 steps per epoch; epoch 2, step 3
-            loss = loss * float("nan")
-        return loss, parts
+        return (poison(loss) if calls["n"] == at_step else loss), parts
 
     monkeypatch.setattr(T, "batch_loss", poisoned)
+
+
+def _nan_gradient(loss):
+    loss.register_hook(lambda g: g * float("nan"))
+    return loss
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    _poison_loss(monkeypatch, 23 + 3, lambda loss: loss * float("nan"))  # epoch 2, step 3
     out = tmp_path / "a run"
     with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, step 3/23") as e:
         T.train(tiny(out, epochs=3), log=quiet)
@@ -219,17 +228,7 @@ def test_non_finite_weights_at_epoch_end_keep_the_last_good_checkpoint(tmp_path,
 
 
 def test_non_finite_gradient_stops_before_the_step(tmp_path, monkeypatch):
-    real = T.batch_loss
-    calls = {"n": 0}
-
-    def poisoned(model, x, cfg):
-        loss, parts = real(model, x, cfg)
-        calls["n"] += 1
-        if calls["n"] == 23 + 5:  # finite loss, NaN gradient: epoch 2, step 5
-            loss.register_hook(lambda g: g * float("nan"))
-        return loss, parts
-
-    monkeypatch.setattr(T, "batch_loss", poisoned)
+    _poison_loss(monkeypatch, 23 + 5, _nan_gradient)  # finite loss, NaN gradient: epoch 2, step 5
     with pytest.raises(T.NonFiniteLoss, match=r"gradient.*epoch 2, step 5/23"):
         T.train(tiny(tmp_path, epochs=3, iwae_k=0), log=quiet)
     state = load_checkpoint(tmp_path)

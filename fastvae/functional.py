@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from . import backends, estimators, ops, reference
+from . import estimators, ops, reference
 from ._compiler import tracing_here
 from ._dtypes import widened
 from . import validation as V

@@ -13,7 +13,8 @@ from .checkpoint import write_json
 from .evaluation import iwae_nll, nll_fields, nll_text
 
 
-def finish(core, data, cfg, device, out, history, initial, backend_name, world, train_wall, say):
+def finish(core, data, cfg, device, out, history, initial, backend_name, world, session_wall,
+           say):
     """Final IWAE estimate, pictures and metrics.json (rank 0)."""
     from . import plots
 
@@ -50,7 +51,7 @@ def finish(core, data, cfg, device, out, history, initial, backend_name, world, 
         # the whole run's epochs (training and test evaluation), resumes included: a
         # resumed run's own loop alone would read as the run's time
         "train_wall_s": sum(h.get("wall_s_with_eval", h.get("wall_s", 0.0)) for h in history),
-        "session_wall_s": train_wall,
+        "session_wall_s": session_wall,
     }
     stops.finished()   # only the last file is left: a stop from here on lets it be written
     write_json(metrics, out / "metrics.json")

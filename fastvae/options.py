@@ -96,8 +96,6 @@ def _at_most(n: int, limit: int, why: str = "") -> int:
     return n
 
 
-# A size or count (width, L, K, batch, epochs) is at most MAX_COUNT, fastvae.validation's:
-# the Python API's bound for the same counts.
 # More CPU threads than any machine has cores: OpenMP would try to start them all (libgomp
 # aborts the process, out of memory, at 100000).
 MAX_THREADS = 1024
@@ -106,7 +104,8 @@ MAX_GROUPS = 4096
 
 
 def count(value) -> int:
-    """A positive size or count, at most MAX_COUNT; :func:`count_or_zero` also takes 0."""
+    """A positive size or count (width, L, K, batch, epochs), at most MAX_COUNT, the Python
+    API's bound for the same counts (fastvae.validation); :func:`count_or_zero` also takes 0."""
     return _at_most(positive_int(value), MAX_COUNT, " (2**31 - 1)")
 
 

@@ -274,7 +274,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
                 f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f}"
                 f"{dmol.bpd_text(test_m)})  {wall:5.2f}s {n / wall:7.0f} samples/s")
         guard.saved(epoch)
-    train_wall = time.perf_counter() - t_run
+    session_wall = time.perf_counter() - t_run
 
     stops.check()   # one in the last epoch's evaluation or checkpoint
     # The other ranks wait for rank 0's final estimate and pictures, which may take far
@@ -286,7 +286,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     finish_group = (torch.distributed.new_group(backend="gloo", timeout=ranks.FINISH_TIMEOUT)
                     if world > 1 else None)
     return ranks.together(lambda: finish(run.core, data, cfg, device, out, run.history,
-                                         run.initial, run.backend_name, world, train_wall,
+                                         run.initial, run.backend_name, world, session_wall,
                                          say) if is_main else None,
                           rank, world, group=finish_group)
 

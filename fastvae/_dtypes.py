@@ -76,6 +76,13 @@ def kl_mean_grad_dtype(mu, prior_mu, need_prior_mean: bool) -> torch.dtype:
     return torch.promote_types(saved_grad_dtype(mu), saved_grad_dtype(prior_mu, mu.shape))
 
 
+def kl_saved_needs(needs) -> tuple:
+    """Which of the three saved KL gradients (dKL/dmu_q, dKL/dlogvar_q, dKL/dlogvar_p) a
+    call with ``needs`` = (mu_q, logvar_q, mu_p, logvar_p) keeps: dKL/dmu_q serves both
+    means (:func:`kl_bwd_sources`)."""
+    return needs[0] or needs[2], needs[1], needs[3]
+
+
 def kl_bwd_sources(g_mu, g_lv, g_plv) -> tuple:
     """The saved gradient each of ``sample_with_kl``'s and ``kl_normal``'s backward outputs
     (dmu_q, dlogvar_q, dmu_p, dlogvar_p) is made from, and so is written in the dtype of

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import backends, reference
-from .._dtypes import kl_mean_grad_dtype, result_dtype
+from .._dtypes import kl_mean_grad_dtype, kl_saved_needs, result_dtype
 from . import _autograd as A
 
 
@@ -32,23 +32,19 @@ def _kl_normal_value(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
 _op = torch.library.custom_op("fastvae::kl_normal", mutates_args=())(_kl_normal_fwd)
 
 
-def _saved(needs) -> tuple:
-    """Which of the three saved gradients a call needs."""
-    return needs[0] or needs[2], needs[1], needs[3]
-
-
 @_op.register_fake
 def _(mu_q, logvar_q, mu_p, logvar_p, needs, backend):
     return (mu_q.new_empty(mu_q.shape[:1], dtype=result_dtype(mu_q, logvar_q, mu_p, logvar_p)),
             (mu_q.new_empty(mu_q.shape, dtype=kl_mean_grad_dtype(mu_q, mu_p, needs[2]))
-             if needs[0] or needs[2] else mu_q.new_empty(0)),
+             if kl_saved_needs(needs)[0] else mu_q.new_empty(0)),
             A.grad_like(logvar_q, needs[1], mu_q, mu_q.shape),
             A.grad_like(logvar_p, needs[3], mu_q, mu_q.shape))
 
 
 def _setup(ctx, inputs, output):
     needs = inputs[4]
-    A.save_grads(ctx, output[1:], needs_=_saved(needs), backend=inputs[5], inputs=inputs[:4])
+    A.save_grads(ctx, output[1:], needs_=kl_saved_needs(needs), backend=inputs[5],
+                 inputs=inputs[:4])
     ctx.needs = list(needs)   # save_grads took the saved gradients' needs; backward the inputs'
     # each gradient back in its input's dtype (saved wider: saved_grad_dtype), a shared
     # prior's summed over rows
@@ -62,7 +58,7 @@ def _backward(ctx, grad_out, *_):
         g = fused(grad_out, *saved, needs)
     if g is None:
         g_mu, g_lv, g_plv = (A.weigh(t if n else None, grad_out, 0)
-                             for t, n in zip(saved, _saved(needs)))
+                             for t, n in zip(saved, kl_saved_needs(needs)))
         g = (g_mu if needs[0] else None, g_lv,
              # the sum over a shared prior's rows, then the sign: the same rounding
              None if g_mu is None or not needs[2] else A.to_shape(g_mu, ctx.like[2]).neg(),

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import backends, reference
-from .._dtypes import kl_bwd_sources, kl_mean_grad_dtype, result_dtype
+from .._dtypes import kl_bwd_sources, kl_mean_grad_dtype, kl_saved_needs, result_dtype
 from . import _autograd as A
 
 
@@ -47,7 +47,7 @@ def _(mu, logvar, prior_mu, prior_logvar, noise, needs, backend):
     return (mu.new_empty(mu.shape),
             mu.new_empty(mu.shape[:1], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar)),
             (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
-             if needs[0] or needs[2] else mu.new_empty(0)),
+             if kl_saved_needs(needs)[0] else mu.new_empty(0)),
             A.grad_like(logvar, needs[1], mu, mu.shape),
             A.grad_like(prior_logvar, needs[3], mu, mu.shape))
 
@@ -76,8 +76,8 @@ def _setup(ctx, inputs, output):
     # the KL's gradients (None where not needed, as the value path and the route save
     # them: not the custom op's placeholders), then the inputs: logvar_q and the noise (eps
     # or a seed) are what dlogvar_q reads, all of them what higher orders recompute from
-    wanted = (needs[0] or needs[2], needs[1], needs[3])
-    A.save_with_inputs(ctx, [g if w else None for g, w in zip(output[2:], wanted)], inputs[:5])
+    A.save_with_inputs(ctx, [g if w else None for g, w in zip(output[2:], kl_saved_needs(needs))],
+                       inputs[:5])
     ctx.like = [A.input_like(t) for t in (mu, logvar, prior_mu, prior_logvar)]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import kl_bwd_sources, kl_mean_grad_dtype, result_dtype, upcast
+from ..._dtypes import kl_bwd_sources, kl_mean_grad_dtype, kl_saved_needs, result_dtype, upcast
 from . import gaussian_rows, terms
 from .rows import grad_buffer, row_chunks
 
@@ -26,7 +26,7 @@ def kl_buffers(mu, logvar, prior_mu, prior_logvar, needs):
     """New buffers for the KL (B,) and its wanted gradients (B, N) (None where not wanted)."""
     kl = mu.new_empty(mu.shape[0], dtype=result_dtype(mu, logvar, prior_mu, prior_logvar))
     g_mu = (mu.new_empty(mu.shape, dtype=kl_mean_grad_dtype(mu, prior_mu, needs[2]))
-            if needs[0] or needs[2] else None)
+            if kl_saved_needs(needs)[0] else None)
     return (kl, g_mu, grad_buffer(logvar, needs[1], mu.shape),
             grad_buffer(prior_logvar, needs[3], mu.shape))
 
@@ -90,7 +90,7 @@ def kl_normal_bwd(grad_out, g_mu, g_lv, g_plv, needs):
     outs = [torch.empty_like(g) if n else None
             for g, n in zip(kl_bwd_sources(g_mu, g_lv, g_plv), needs)]
     if not gaussian_rows.kl_bwd_rows(None, grad_out, None, None,
-                                     g_mu if needs[0] or needs[2] else None,
+                                     g_mu if kl_saved_needs(needs)[0] else None,
                                      g_lv if needs[1] else None, g_plv if needs[3] else None,
                                      *outs):
         return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._dtypes import SIXTEEN_BIT, kl_bwd_sources, widened
+from ..._dtypes import SIXTEEN_BIT, kl_bwd_sources, kl_saved_needs, widened
 from . import gaussian_rows
 from .kl_normal import kl_buffers, kl_into
 from .reparameterize import reparameterize_fwd, seeded
@@ -50,8 +50,8 @@ def sample_with_kl_bwd(dz, g_kl, logvar, noise, g_mu, g_lv, g_plv, needs, reuse_
     element right after reading it: no new buffers, and no cache lines fetched only to be
     overwritten (the pass is memory-bound)."""
     batch, n = logvar.shape
-    real = (needs[0] or needs[2], needs[1], needs[3])  # else g_* are None or placeholders
-    saved = tuple(g if r else None for g, r in zip((g_mu, g_lv, g_plv), real))
+    # (the others are None or placeholders)
+    saved = tuple(g if r else None for g, r in zip((g_mu, g_lv, g_plv), kl_saved_needs(needs)))
     outs = _bwd_outputs(logvar, needs, saved, reuse_saved)
     if any(needs) and gaussian_rows.kl_bwd_rows(dz, g_kl, logvar if needs[1] else None,
                                                 noise if needs[1] else None, *saved, *outs):

@@ -7,7 +7,7 @@ import torch
 from fastvae.kernels import elbo as ke
 from fastvae.kernels._math import GOBS_NONE
 
-from ..._dtypes import kl_mean_grad_dtype, saved_grad_dtype
+from ..._dtypes import kl_mean_grad_dtype, kl_saved_needs, saved_grad_dtype
 from .. import torch_backend
 from . import _launch, configs
 from ._rows import prior_args
@@ -26,8 +26,8 @@ def kl_normal_fwd(mu_q, logvar_q, mu_p, logvar_p, needs):
     mean gradient, in ``kl_mean_grad_dtype``."""
     if _launch.delegated(mu_q, logvar_q, mu_p, logvar_p):
         return _launch.by_torch(torch_backend.kl_normal_fwd, mu_q, logvar_q, mu_p, logvar_p, needs)
-    out, gmu, glv, _, gplv = _kl_rows(mu_q, logvar_q, mu_p, logvar_p,
-                                      [needs[0] or needs[2], needs[1], False, needs[3]],
+    mean, lv, plv = kl_saved_needs(needs)
+    out, gmu, glv, _, gplv = _kl_rows(mu_q, logvar_q, mu_p, logvar_p, [mean, lv, False, plv],
                                       kl_mean_grad_dtype(mu_q, mu_p, needs[2]))
     return out, gmu, glv, gplv
 

@@ -15,8 +15,8 @@ import torch
 from fastvae.kernels import reparameterize as kr
 from fastvae.kernels import sample_with_kl as ks
 
-from ..._dtypes import (kl_bwd_sources, kl_mean_grad_dtype, result_dtype, saved_grad_dtype,
-                        widened)
+from ..._dtypes import (kl_bwd_sources, kl_mean_grad_dtype, kl_saved_needs, result_dtype,
+                        saved_grad_dtype, widened)
 from .. import torch_backend
 from ..torch_backend.reparameterize import seeded
 from . import _launch, configs
@@ -77,7 +77,7 @@ def _fwd_plan_of(mu, logvar, prior, prior_mu, prior_logvar, needs):
            _launch.sm_count(dev))   # the grid depends on the SMs
     return _launch.plan_for(_PLANS, key, lambda: dict(
         _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, has_prior, needs), kl=kl_dtype,
-        gmu=(kl_mean_grad_dtype(mu, prior_mu, needs[2]) if needs[0] or needs[2] else None),
+        gmu=(kl_mean_grad_dtype(mu, prior_mu, needs[2]) if kl_saved_needs(needs)[0] else None),
         glv=saved_grad_dtype(logvar, mu.shape) if needs[1] else None,
         gplv=saved_grad_dtype(plv, mu.shape) if needs[3] else None))
 
@@ -117,7 +117,7 @@ def _fwd_plan(mu, logvar, pm, plv, stride_pm, stride_plv, prior, needs) -> dict:
     launch = _launch.Planned(ks.sample_with_kl_fwd_kernel, (row_blocks, chunks), dev, dict(
         B=b, N=n, CHUNK=chunk, stride_mu=mu.stride(0), stride_lv=logvar.stride(0),
         stride_pm=stride_pm, stride_plv=stride_plv, PRIOR=prior,
-        NEED_GMU=bool(needs[0] or needs[2]), NEED_GLV=bool(needs[1]),
+        NEED_GMU=bool(kl_saved_needs(needs)[0]), NEED_GLV=bool(needs[1]),
         NEED_GPLV=bool(needs[3]), SPLIT=chunks > 1, BLOCK_B=block_b, BLOCK_N=block_n,
         BLOCK_P=configs.sample_with_kl_sum_block(), Q=kr.Q, num_warps=warps), dummies)
     return {"launch": launch, "split": chunks > 1, "partials": (chunks, b),

@@ -23,7 +23,6 @@ gradient against the float64 closed form of its own z.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_report import device_for, failed, triton_version, write_report  # noqa: E402
+from gpu_report import device_for, failed, make_out, triton_version, write_report  # noqa: E402
 from gpu_timing import graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
 
 LOOP = [(1, 2), (4, 3), (8, 7), (16, 15), (32, 31), (64, 17)]   # (resolution, groups)
@@ -202,12 +201,13 @@ def markdown(res):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p = o.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT", "gpu_out"),
+                   help="folder for the report (default: $OUT or gpu_out)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--budget-s", type=o.positive_float, default=90.0,
                    help="stop starting new variants after this many seconds")
-    p.add_argument("--reps", type=o.positive_int, default=20)
+    p.add_argument("--reps", type=o.count, default=20, help="steps per timing (back-to-back)")
     args = p.parse_args(argv)
     device = device_for("gpu_hvae_loop.py", args.smoke)
     if device is None:
@@ -222,7 +222,7 @@ def main(argv=None):
     if cuda:  # before the loop, whose compile variant may take what is left of the budget
         cases = [("one group (32, 16, 32, 32)", [(32, 16, 32, 32)], False),
                  ("one group (4096, 64)", [(4096, 64)], False)] + cases
-    os.makedirs(args.out, exist_ok=True)
+    make_out(p, args.out)
 
     def saved(quiet=True):
         write_report(args.out, "hvae_loop", res, markdown(res) + "".join(

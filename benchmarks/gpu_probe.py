@@ -31,7 +31,6 @@ with gpu_tiles.py and gpu_hvae_loop.py), gpu_captured_bar.py and gpu_host_profil
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -45,7 +44,8 @@ from fastvae.bench.core import bytes_moved
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_captured_bar import captured_bar, captured_markdown  # noqa: E402
 from gpu_host_profile import host_profile  # noqa: E402
-from gpu_report import T0, device_for, environment, failed, fmt, log, write_report  # noqa: E402
+from gpu_report import (T0, device_for, environment, failed, fmt, log,  # noqa: E402
+                        make_out, write_report)
 from gpu_steps import BAR, DTYPES, SMOKE, elbo_step, iwae_step, reparam_step  # noqa: E402
 from gpu_timing import copy_bandwidth, graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
 
@@ -142,8 +142,9 @@ def markdown(res):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p = o.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT", "gpu_out"),
+                   help="folder for the report (default: $OUT or gpu_out)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--ncu-target", nargs="?", const="elbo", choices=("elbo", "iwae"),
                    help="run 2 fwd+bwd steps at the bar shape, nothing else: ELBO (the "
@@ -155,7 +156,7 @@ def main(argv=None):
                         "captured in a CUDA graph -> captured_bar.md, .json")
     p.add_argument("--budget-s", type=o.positive_float, default=150.0,
                    help="stop starting new cases after this many seconds")
-    p.add_argument("--reps", type=o.positive_int, default=20)
+    p.add_argument("--reps", type=o.count, default=20, help="steps per timing (back-to-back)")
     args = p.parse_args(argv)
     device = device_for("gpu_probe.py", args.smoke)
     if device is None:
@@ -176,7 +177,7 @@ def main(argv=None):
         if cuda:
             torch.cuda.synchronize()
         return 0
-    os.makedirs(args.out, exist_ok=True)
+    make_out(p, args.out)
     if args.host_profile:
         host_profile(device, backend, args.out)
         return 0

@@ -36,6 +36,16 @@ def device_for(script: str, smoke: bool):
     return None
 
 
+def make_out(parser, path: str) -> None:
+    """The report's folder, made; a path that cannot be one (a file in the way, no
+    permission) is a usage error naming --out, not an OSError traceback."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        parser.error(f"argument --out: cannot make the folder {path}: "
+                     f"{e.strerror or type(e).__name__}")
+
+
 def environment(device, shape, bw, **extra) -> dict:
     """The head of a report: card (or "cpu (smoke)"), versions, shape, copy bandwidth."""
     cuda = device.type == "cuda"

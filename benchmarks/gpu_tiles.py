@@ -31,7 +31,6 @@ import sys
 if "--smoke" in sys.argv[1:]:  # before triton's jit decorators run: the kernels interpret
     os.environ["TRITON_INTERPRET"] = "1"
 
-import argparse  # noqa: E402
 import importlib  # noqa: E402
 import time  # noqa: E402
 
@@ -41,7 +40,7 @@ from fastvae import options as o  # noqa: E402
 from fastvae.bench.core import bytes_moved  # noqa: E402
 
 from gpu_report import (T0, device_for, environment, failed, fmt, log,  # noqa: E402
-                        write_report)
+                        make_out, write_report)
 from gpu_steps import BAR, DTYPES, SMOKE, elbo_step  # noqa: E402
 from gpu_timing import copy_bandwidth, kernel_times  # noqa: E402
 
@@ -230,8 +229,9 @@ def markdown(res) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=os.environ.get("OUT", "gpu_out"))
+    p = o.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT", "gpu_out"),
+                   help="folder for the report (default: $OUT or gpu_out)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU tensors under TRITON_INTERPRET=1, B=64: the code paths")
     p.add_argument("--offline", action="store_true",
@@ -245,11 +245,11 @@ def main(argv=None):
     device = device_for("gpu_tiles.py", args.smoke)
     if device is None:
         return 2
+    make_out(p, args.out)
     cuda = device.type == "cuda"
     if not cuda:  # the GPU tiles, run by the interpreter (as benchmarks/host_path.py)
         importlib.import_module("fastvae.backends.triton_backend.configs").CONFIG_MODE = "gpu"
     shape = SMOKE if args.smoke else BAR
-    os.makedirs(args.out, exist_ok=True)
     bw_bytes = (64 << 20) if args.smoke else (1 << 30)
     bw = copy_bandwidth(device, bw_bytes)
     res = environment(device, shape, bw, rows=[])

@@ -41,7 +41,6 @@ calls per step (``sys.setprofile``), independent of the machine.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -274,21 +273,21 @@ def count_calls(fn):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = o.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--op", choices=("elbo", "sample_with_kl", "reparameterize"),
                    default="elbo", help="the fused call measured (default: ELBOLoss)")
-    p.add_argument("--batch", type=o.positive_int, default=64)
-    p.add_argument("--dim", type=o.positive_int, default=784)
-    p.add_argument("--latent", type=o.positive_int, default=64)
+    p.add_argument("--batch", type=o.count, default=64)
+    p.add_argument("--dim", type=o.count, default=784)
+    p.add_argument("--latent", type=o.count, default=64)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--reduction", choices=("sum", "mean", "none"), default="sum")
-    p.add_argument("--warmup", type=o.positive_int, default=20,
+    p.add_argument("--warmup", type=o.count, default=20,
                    help="steps each way to launch runs before timing (first compiles)")
-    p.add_argument("--rounds", type=o.positive_int, default=9)
-    p.add_argument("--calls", type=o.positive_int, default=400)
-    p.add_argument("--profile", type=o.non_negative_int, default=0,
+    p.add_argument("--rounds", type=o.count, default=9)
+    p.add_argument("--calls", type=o.count, default=400)
+    p.add_argument("--profile", type=o.count_or_zero, default=0,
                    help="print the N functions with the most own time (cProfile)")
-    p.add_argument("--layers", type=o.non_negative_int, default=0,
+    p.add_argument("--layers", type=o.count_or_zero, default=0,
                    help="also time each layer of the step alone, over N rounds")
     p.add_argument("--json", metavar="FILE", type=o.file_to_write,
                    help="write the numbers here")

@@ -14,7 +14,10 @@ backend triton), and the eager and fastvae steps captured in a CUDA graph.
 
 Columns: ``ms`` = CUDA-event time per step over back-to-back steps (host included: at batch
 16 the host is the bottleneck); ``host us`` = wall time to enqueue one step; ``graph ms`` =
-replay of the step captured in a CUDA graph; ``launches/group`` = kernel launches per group
+replay of the step captured in a CUDA graph; ``graph x eager graph`` = eager's graph replay
+over this row's (like for like: no host in either); ``graph x uncaptured eager`` = eager's
+uncaptured ``ms`` over this row's graph replay (what capturing buys against eager as
+written); ``launches/group`` = kernel launches per group
 per step (fwd+bwd, torch.profiler), the issue asks 1 + 1. Under ``--smoke`` (CPU, batch 2)
 ``ms`` is ``cpu wall ms``, the wall time per step (the CPU has no events), and
 ``launches/group`` is "-" (the profiler counts CUDA kernels only: 0 would read as none).
@@ -36,7 +39,8 @@ from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_report import device_for, failed, make_out, triton_version, write_report  # noqa: E402
+from gpu_report import (device_for, failed, fmt, make_out, triton_version,  # noqa: E402
+                        write_report)
 from gpu_timing import graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
 
 LOOP = [(1, 2), (4, 3), (8, 7), (16, 15), (32, 31), (64, 17)]   # (resolution, groups)
@@ -165,7 +169,9 @@ def ratios(rows) -> None:
         if eager and "ms" in r:
             r["x_eager"] = eager["ms"] / r["ms"]
             if r.get("graph_ms"):
-                r["graph_x_eager"] = eager["ms"] / r["graph_ms"]
+                r["graph_x_uncaptured_eager"] = eager["ms"] / r["graph_ms"]
+                if eager.get("graph_ms"):
+                    r["graph_x_eager_graph"] = eager["graph_ms"] / r["graph_ms"]
 
 
 def _launches(row) -> str:
@@ -180,16 +186,17 @@ def markdown(res):
     for c in res["cases"]:
         out += [f"## {c['case']}: {c['groups']} group(s), fastvae checked against the float64 "
                 "closed forms", "",
-                f"| variant | {ms} | x eager | host us | graph ms | graph x eager "
-                "| launches/group |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+                f"| variant | {ms} | x eager | host us | graph ms | graph x eager graph "
+                "| graph x uncaptured eager | launches/group |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in c["rows"]:
             if "error" in r:
-                out.append(f"| {r['variant']} | {r['error']} | | | | | |")
+                out.append(f"| {r['variant']} | {r['error']} | | | | | | |")
                 continue
-            g = r.get("graph_ms")
-            gs = "- | -" if g is None else f"{g:.3f} | {r['graph_x_eager']:.2f}"
-            out.append(f"| {r['variant']} | {r['ms']:.3f} | {r.get('x_eager', 0):.2f} | "
+            gs = " | ".join((fmt(r.get("graph_ms"), ".3f"),
+                             fmt(r.get("graph_x_eager_graph"), ".2f"),
+                             fmt(r.get("graph_x_uncaptured_eager"), ".2f")))
+            out.append(f"| {r['variant']} | {r['ms']:.3f} | {fmt(r.get('x_eager'), '.2f')} | "
                        f"{r['host_us']:.0f} | {gs} | {_launches(r)} |")
         out.append("")
         for r in c["rows"]:

@@ -59,6 +59,33 @@ def test_hvae_loop_smoke_labels_its_cpu_columns(tmp_path):
         assert e.value.code == 2
 
 
+def test_hvae_loop_names_its_two_graph_ratios_for_what_each_divides():
+    """One column read "graph x eager" while it held eager's uncaptured ms over the row's
+    graph replay (9.15 for eager's own row); the first GPU run's table used the same name
+    for eager's graph over the row's graph (1.00 there). Each ratio has its own column,
+    and a ratio with no eager to divide is "-", not 0.00."""
+    loop = _module("gpu_hvae_loop")
+    rows = [{"variant": "eager", "ms": 10.0, "host_us": 1.0, "graph_ms": 2.0},
+            {"variant": "fastvae-triton", "ms": 5.0, "host_us": 1.0, "graph_ms": 0.5},
+            {"variant": "compile", "ms": 4.0, "host_us": 1.0}]
+    loop.ratios(rows)
+    eager, fused, compiled = rows
+    assert (eager["graph_x_eager_graph"], eager["graph_x_uncaptured_eager"]) == (1.0, 5.0)
+    assert (fused["graph_x_eager_graph"], fused["graph_x_uncaptured_eager"]) == (4.0, 20.0)
+    assert fused["x_eager"] == 2.0 and "graph_x_eager_graph" not in compiled
+    no_eager = [{"variant": "fastvae-triton", "ms": 5.0, "host_us": 1.0}]
+    loop.ratios(no_eager)
+    md = loop.markdown({"device": "d", "torch": "t", "triton": "t", "cuda": True, "cases": [
+        {"case": "c", "groups": 1, "rows": rows}, {"case": "e", "groups": 1, "rows": no_eager}]})
+    head = next(line for line in md.splitlines() if line.startswith("| variant |"))
+    cells = [c.strip() for c in head.strip("|").split("|")]
+    assert cells[4:7] == ["graph ms", "graph x eager graph", "graph x uncaptured eager"], cells
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in md.splitlines() if line.startswith(("| eager", "| fastvae"))}
+    assert table["eager"][5:7] == ["1.00", "5.00"]
+    assert table["fastvae-triton"][2] == "-"   # the second case: no eager row measured
+
+
 def test_hvae_loop_fails_on_a_failed_variant_and_keeps_rows_as_it_goes(tmp_path, monkeypatch):
     """A variant that raises is an error row and exit 1 (gpu_session.sh read 0 as "ok"),
     and each row is in the report as soon as it is measured (a stage killed at its limit

@@ -47,7 +47,7 @@ def held_after_forward(forward):
 def main(argv=None) -> dict:
     p = o.Parser(description=__doc__.splitlines()[0])
     for flag, default in (("--batch", 4096), ("--dim", 784), ("--latent", 32), ("--hidden", 400)):
-        p.add_argument(flag, type=o.positive_int, default=default)
+        p.add_argument(flag, type=o.count, default=default)
     args = p.parse_args(argv)
     torch.manual_seed(0)
     b, d, l = args.batch, args.dim, args.latent

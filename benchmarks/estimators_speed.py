@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the IWAE K=5 case only, fewer rounds")
     p.add_argument("--reps", type=rounds, default=None,
                    help="interleaved rounds, at least 2 (default 31; 11 with --quick)")
-    p.add_argument("--threads", type=o.positive_int, default=None, help="torch threads")
+    p.add_argument("--threads", type=o.positive_threads, default=None,
+                   help=f"torch threads (1 to {o.MAX_THREADS})")
     p.add_argument("--cpu-time", action="store_true",
                    help="time the thread's CPU time (CPU, --threads 1)")
     # written after the whole run: checked now, or a bad path would lose it

@@ -73,3 +73,10 @@ def test_gpu_script_refuses_bad_reps_and_out_in_one_line(name, capsys, tmp_path)
     (["--op", "reparameterize", "--layers", "3"], "--layers"), (["--dtype", "fp8"], "--dtype")])
 def test_host_path_refuses_bad_flags_in_one_line(argv, flag, capsys):
     _one_line_error(capsys, script("host_path").main, argv, flag)
+
+
+def test_estimators_speed_bounds_its_threads(capsys, monkeypatch):
+    """--threads 100000 reached torch.set_num_threads, where libgomp aborts the process."""
+    mod = script("estimators_speed")
+    monkeypatch.setattr(mod, "make_inputs", lambda *a: pytest.fail("not checked up front"))
+    _one_line_error(capsys, mod.main, ["--threads", "100000"], "--threads")

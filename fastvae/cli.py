@@ -134,11 +134,12 @@ def _add_eval(sub):
                         "skips it")
     p.add_argument("--data-dir", type=o.folder, default=None,
                    help="MNIST/Fashion-MNIST folder to read instead of the run's; for a run "
-                        "trained on an .npy/.npz, the folder that file has moved to")
+                        "trained on an .npy/.npz, the folder that file has moved to "
+                        "(default: the run's own)")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--limit", type=o.positive_int, default=None,
-                   help="use only the first N test images")
+                   help="use only the first N test images (default: every one)")
     p.add_argument("--backend", choices=o.backends.NAMES, default=None,
                    help="fastvae backend for the ops (default: the run's own)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")

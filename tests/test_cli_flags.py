@@ -202,3 +202,20 @@ def test_an_empty_data_dir_in_a_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match="^data_dir: must name a folder or file, got ' '"):
         T.train(dict(dataset="mnist", data_dir=" ", out=str(tmp_path / "run")))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval", "sample", "bench"])
+def test_help_gives_every_valued_flags_default(cmd):
+    """Every flag that takes a value says in --help what happens without it (a switch is
+    off unless given): a reader should not have to open the code to learn it."""
+    import argparse
+    from tests._doc_commands import fastvae_parser
+    parser = fastvae_parser(cmd)
+    switches = (argparse._StoreTrueAction, argparse._HelpAction, argparse._VersionAction)
+    for a in parser._actions:
+        if not a.option_strings or isinstance(a, switches):
+            continue
+        formatter = parser._get_formatter()   # the entry --help prints for this flag
+        formatter.add_argument(a)
+        entry = " ".join(formatter.format_help().split())
+        assert "default" in entry.lower(), f"fastvae {cmd} {a.option_strings[0]}: {entry!r}"

@@ -14,3 +14,11 @@ def backend_default() -> str:
     unset or empty (``FASTVAE_BACKEND= cmd`` is the shell's way to clear it for one
     command)."""
     return os.environ.get("FASTVAE_BACKEND") or "auto"
+
+
+def debug() -> bool:
+    """``FASTVAE_DEBUG``: the commands show a failure's traceback instead of one line.
+    Off when unset, empty or 0/false/no/off, as FASTVAE_NATIVE reads them: someone who
+    writes ``FASTVAE_DEBUG=0`` means off."""
+    return os.environ.get("FASTVAE_DEBUG", "").strip().lower() not in ("", "0", "false", "no",
+                                                                          "off")

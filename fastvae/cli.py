@@ -7,11 +7,11 @@ non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
 
+from . import _env
 from . import error_lines as el
 from . import options as o
 from . import ranks, stops
@@ -416,7 +416,7 @@ def main(argv=None) -> int:
     except (DataError, CheckpointError, RunFolderError, MissingExtra, ValueError, OSError) as e:
         # OSError: the file system refused (disk full, read-only, ...); its message names
         # the file (WriteError adds that the previous version is intact).
-        if os.environ.get("FASTVAE_DEBUG"):
+        if _env.debug():
             raise
         line = f"fastvae {args.command}: error: {e}"
         resume = _resume_command(e)   # train's file system refusals
@@ -441,7 +441,7 @@ def main(argv=None) -> int:
             resume = _resume_command(e)
             line = el.no_compiler_line(prog, e, f"{el.NO_COMPILER_FIX}, or run without --compile"
                                        + (f"; {resume}" if resume else ""))
-        if line is None and _peer_lost(e) and not os.environ.get("FASTVAE_DEBUG"):
+        if line is None and _peer_lost(e) and not _env.debug():
             # another process of the run failed (its own report is above or beside
             # this) or was stopped alone (a signal to one node: it says nothing); what
             # this one can add is that the checkpoint is intact

@@ -5,10 +5,10 @@ traceback wanted)."""
 from __future__ import annotations
 
 import errno
-import os
 
 import torch
 
+from . import _env
 from .checkpoint import error_chain, os_words
 
 
@@ -17,7 +17,7 @@ def out_of_memory_line(prog: str, e: Exception, hint: str):
     the machine: torch's, on the CPU a RuntimeError with no subclass to tell it by, or
     numpy's / Python's MemoryError); None for any other error, and under FASTVAE_DEBUG
     (the traceback wanted)."""
-    if os.environ.get("FASTVAE_DEBUG") or not (
+    if _env.debug() or not (
             isinstance(e, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)))
             or "can't allocate memory" in str(e)):
         return None
@@ -31,7 +31,7 @@ def disk_full_line(prog: str, e: BaseException, hint: str):
     """The one-line error for ``e`` where a full disk (or a file-size limit) is behind it
     deep inside a library: torch.compile's cache writes raise an InductorError around the
     OSError. None otherwise, and under FASTVAE_DEBUG."""
-    if os.environ.get("FASTVAE_DEBUG"):
+    if _env.debug():
         return None
     compiling = False
     for seen in error_chain(e):
@@ -61,7 +61,7 @@ NO_COMPILER_FIX = "install one (g++) or set CXX to it"
 def no_compiler_line(prog: str, e: BaseException, hint: str):
     """The one-line error for ``e`` where torch.compile found no C++ compiler; None for any
     other error, and under FASTVAE_DEBUG."""
-    why = None if os.environ.get("FASTVAE_DEBUG") else no_compiler_why(e)
+    why = None if _env.debug() else no_compiler_why(e)
     if why is None:
         return None
     return f"{prog}: error: torch.compile needs a working C++ compiler ({why}); {hint}"

@@ -104,6 +104,31 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value,traceback", [("1", True), ("yes", True), ("0", False),
+                                             ("false", False), ("off", False), ("", False)])
+def test_fastvae_debug_0_keeps_the_one_line(tmp_path, capsys, monkeypatch, value, traceback):
+    """FASTVAE_DEBUG shows the traceback; 0, false, no, off and empty mean off, as for
+    FASTVAE_NATIVE (the out-of-memory line is read through the same switch)."""
+    from fastvae import train as T
+    monkeypatch.setenv("FASTVAE_DEBUG", value)
+    if traceback:
+        with pytest.raises(Exception, match="no checkpoint"):
+            cli.main(["eval", str(tmp_path / "nothing")])
+    else:
+        assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
+        assert "no checkpoint" in capsys.readouterr().err
+
+    def too_big(cfg):
+        raise MemoryError("can't allocate memory")
+    monkeypatch.setattr(T, "train", too_big)
+    if traceback:
+        with pytest.raises(MemoryError):
+            cli.main(["train"])
+    else:
+        assert cli.main(["train"]) == 2
+        assert "out of memory" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a torch without MPS")
 def test_a_device_torch_cannot_use_is_one_line(tmp_path, capsys):
     assert cli.main(["train", *TINY, "--device", "mps", "--out", str(tmp_path / "r")]) == 2

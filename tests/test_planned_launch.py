@@ -373,9 +373,11 @@ def test_direct_launch_can_be_switched_off(monkeypatch):
     monkeypatch.setattr(_planned, "ENABLED", False)
     assert not _launch.Planned(k, (1,), torch.device("cpu"), {}).direct
     code = "from fastvae.backends.triton_backend import _planned; print(_planned.ENABLED)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env=dict(os.environ, FASTVAE_DIRECT_LAUNCH="0")).stdout
-    assert out.strip() == "False"
+    for value, enabled in (("0", "False"), ("off", "False"), ("", "True"), ("1", "True")):
+        # empty is unset (``FASTVAE_DIRECT_LAUNCH= cmd``), as for the other switches
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=dict(os.environ, FASTVAE_DIRECT_LAUNCH=value)).stdout
+        assert out.strip() == enabled, value
 
 
 CHILD = os.environ.get("FASTVAE_PLANNED_CHILD") == "1"

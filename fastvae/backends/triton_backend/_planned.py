@@ -24,10 +24,11 @@ switches it), an argument the plan does not expect, a changed global the kernel 
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from torch import Tensor
+
+from ... import _env
 
 try:
     from triton import knobs as _knobs
@@ -40,8 +41,7 @@ except ImportError:  # triton missing or too old: every launch goes through kern
 # FASTVAE_DIRECT_LAUNCH=0 sends every launch through kernel[grid], Triton's own path: the
 # direct one is checked against Triton's binder on CPU (tests/test_planned_launch.py), and
 # a GPU is what would show a launcher difference those checks cannot see.
-ENABLED = os.environ.get("FASTVAE_DIRECT_LAUNCH", "1").strip().lower() not in (
-    "0", "", "false", "no", "off")
+ENABLED = _env.direct_launch()
 _FLOAT = "fp32"   # the key of every Python float argument (Triton never specializes them)
 _ABSENT = object()
 _MAX_KEYS = 64    # specializations kept per plan (alignments x devices x knob states)

@@ -13,6 +13,8 @@ The rules a quote is judged by:
   reader fills in: the command is checked by its flags' names only.
 * ``[...]`` marks an optional part: the command must parse with it and without it.
 * A line ``fastvae bench  <date> ...`` is the header bench prints (pasted output).
+* A benchmarks/ script quoted by its path or bare name (``benchmarks/loss_sign.py
+  --op dmol``, ``gradient_snr.py --k 5``) is ``python`` running it.
 * ``python -m pytest``, ``python -c``, ``python -`` and tests' own scripts are not
   fastvae commands; a ``benchmarks/bench_*.py`` suite takes pytest's flags, not its own.
 """
@@ -111,6 +113,12 @@ def invocation(words):
         return invocation(["fastvae"] + rest) if rest[:1] in (["train"], ["bench"]) else None
     if head == "torchrun":
         return invocation(["fastvae"] + rest[rest.index("-m") + 2:]) if "-m" in rest else None
+    if head.endswith(".py") and os.path.dirname(words[0]) in ("", "benchmarks"):
+        # a script quoted as its path (``benchmarks/loss_sign.py --op dmol``, or by name
+        # where the prose is about benchmarks/): what ``python`` would run
+        path = os.path.join(ROOT, "benchmarks", head)
+        return invocation(["python", os.path.join("benchmarks", head), *rest]) if (
+            os.path.isfile(path)) else None
     if not re.fullmatch(r"python3?(\.\d+)?", head):
         return None
     while rest[:1] == ["-X"] or rest[:1] == ["-u"]:   # the interpreter's own options

@@ -34,6 +34,11 @@ def widest(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def to_widest(t: torch.Tensor) -> torch.Tensor:
+    """t in :func:`widest` of its device: what a sum that must not drift starts from."""
+    return t.to(widest(t.device))
+
+
 def upcast(t, dtype):
     """t in ``dtype`` (floats and None pass through)."""
     return t.to(dtype) if isinstance(t, torch.Tensor) else t

@@ -14,7 +14,7 @@ import torch
 import fastvae
 
 from . import dmol_training as dmol, objectives
-from ._dtypes import widened
+from ._dtypes import to_widest, widened
 from .progress import progress_bar
 
 __all__ = ["batch_loss", "batch_terms", "summarize", "evaluate", "iwae_nll", "nll_fields",
@@ -38,15 +38,16 @@ def batch_loss(model, x, cfg: dict):
 @torch.no_grad()
 def batch_terms(core, x, parts, backend) -> torch.Tensor:
     """A batch's summed reconstruction term ``log p(x|z)``, analytic KL and, for a
-    hierarchical model, each group's KL: ``[rec, kl, kl_1, ..., kl_G]`` in float64."""
+    hierarchical model, each group's KL: ``[rec, kl, kl_1, ..., kl_G]`` on x's device, in
+    its widest dtype (float64; float32 on MPS), as the sums over batches are carried."""
     if getattr(core, "hierarchical", False):
         _, rec, kl = parts
-        return torch.cat([torch.stack([rec.sum(), kl.sum()]), kl.sum(1)]).double()
+        return to_widest(torch.cat([torch.stack([rec.sum(), kl.sum()]), kl.sum(1)]))
     recon, mu, logvar = (t.detach() for t in parts)
     rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
                        obs_logvar=core._obs(), reduction="sum", backend=backend)
     kl = fastvae.kl_standard_normal(widened(mu), widened(logvar), backend=backend).sum()
-    return torch.stack([rec.double(), kl.double()])
+    return to_widest(torch.stack([rec, kl]))
 
 
 def summarize(sums: torch.Tensor, n: float) -> dict:

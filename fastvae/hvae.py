@@ -56,7 +56,7 @@ from torch import nn
 from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
 from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
-from ._dtypes import reduce_scale, result_dtype
+from ._dtypes import reduce_scale, result_dtype, to_widest
 from .validation import REDUCTIONS, check_number, check_option, check_size, check_sizes
 
 BOUND = 5.0  # the soft clamp of means and log-standard-deviations
@@ -291,7 +291,7 @@ class HierarchicalVAE(ObservationModel):
             rep = [f.repeat(kc, 1, 1, 1) for f in feats]  # sample-major: row j*B + b
             xs = x.repeat(kc, *([1] * (x.dim() - 1)))
             recon, stats = self._top_down(kc * batch, rep, draw)
-            log_w = self.log_px(xs, recon, backend).double() + torch.stack(stats).sum(0).double()
+            log_w = to_widest(self.log_px(xs, recon, backend)) + to_widest(torch.stack(stats).sum(0))
             lse.add(log_w.reshape(kc, batch))
             done += kc
         return -(lse.result() - math.log(k)).to(result_dtype(feats[0]))

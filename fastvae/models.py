@@ -32,7 +32,7 @@ from numbers import Integral
 import torch
 from torch import nn
 
-from ._dtypes import result_dtype
+from ._dtypes import result_dtype, to_widest
 from .dmol_sampling import dmol_mean, dmol_sample  # noqa: F401  (pictures of DMoL decoders)
 from .functional import elbo as _elbo
 from .functional import iwae_bound, reparameterize
@@ -135,7 +135,7 @@ class _VAEBase(ObservationModel):
             recon_k = self.decode_any(z_k)
             bound = iwae_bound(x, recon_k, mu, logvar, z_k, likelihood=self.likelihood,
                                obs_logvar=self._obs(), reduction="none", backend=backend)
-            lse.add(bound.double()[None] + math.log(kc))
+            lse.add(to_widest(bound)[None] + math.log(kc))
             done += kc
         total = lse.result() - math.log(k)
         return -total.to(result_dtype(mu))

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from ._dtypes import widened
+from ._dtypes import to_widest, widened
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
 from .validation import (DMOL, DMOL_DEFAULT_BITS, LIKELIHOODS, check_count, check_number,
@@ -40,13 +40,13 @@ def chunk_lengths(n: int, size: int) -> list:
 
 
 class RunningLogSumExp:
-    """``logsumexp`` over dim 0 of every ``(n, B)`` block given to :meth:`add`, in float64,
-    holding only two ``(B,)`` tensors however many blocks come: the running max and
-    ``sum exp(x - max)``, rescaled when the max rises. ``iwae_nll`` folds its K samples in
-    chunk by chunk with it, so its memory does not grow with K. It shifts as
-    ``torch.logsumexp`` does (by the max, 0 where that is not finite), so it equals that
-    of the blocks concatenated to float64 rounding: rows all -inf give -inf, a +inf
-    gives +inf and a NaN stays NaN."""
+    """``logsumexp`` over dim 0 of every ``(n, B)`` block given to :meth:`add`, in float64
+    (float32 on MPS, which has none: :func:`~fastvae._dtypes.widest`), holding only two
+    ``(B,)`` tensors however many blocks come: the running max and ``sum exp(x - max)``,
+    rescaled when the max rises. ``iwae_nll`` folds its K samples in chunk by chunk with
+    it, so its memory does not grow with K. It shifts as ``torch.logsumexp`` does (by the
+    max, 0 where that is not finite), so it equals that of the blocks concatenated to that
+    dtype's rounding: rows all -inf give -inf, a +inf gives +inf and a NaN stays NaN."""
 
     def __init__(self):
         self.max = self.total = None
@@ -56,7 +56,7 @@ class RunningLogSumExp:
         return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
     def add(self, block: torch.Tensor) -> None:
-        block = block.double()
+        block = to_widest(block)
         m = block.amax(0)
         if self.max is not None:
             m = torch.maximum(self.max, m)  # NaN propagates, as in torch.logsumexp

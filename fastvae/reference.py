@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from . import estimators
 from ._cb import CB_SERIES_BELOW, logc_coeffs
-from ._dtypes import result_dtype, upcast, widened
+from ._dtypes import result_dtype, upcast, widened, widest
 
 LOG_2 = math.log(2.0)
 LOG_2PI = math.log(2.0 * math.pi)
@@ -264,9 +264,9 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
         # keeps its +inf bound (its gradients are NaN, as on the fused backends)
         lse = torch.where(surrogate.isfinite(), lse.detach() + (surrogate - surrogate.detach()),
                           lse.detach())
-    # log K as a tensor, rounded from float64 as math.log's would be: math.log of a
-    # symbolic K would make it a constant, a recompile for each K under dynamic shapes
-    log_k = torch.tensor(k, dtype=torch.float64, device=lse.device).log().to(lse.dtype)
+    # log K as a tensor, rounded from float64 as math.log's would be (MPS has no float64:
+    # float32 there): math.log of a symbolic K would make it a constant, a recompile for each K under dynamic shapes
+    log_k = torch.tensor(k, dtype=widest(lse.device), device=lse.device).log().to(lse.dtype)
     return _reduce(lse - log_k, reduction), weights
 
 

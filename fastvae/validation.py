@@ -15,7 +15,7 @@ from numbers import Integral, Real
 import torch
 
 from ._compiler import tracing_here
-from ._dtypes import FLOATS, result_dtype, same_shape, widened
+from ._dtypes import FLOATS, result_dtype, same_shape, to_widest, widened
 
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
 DMOL = "discretized_logistic_mixture"
@@ -489,7 +489,7 @@ def check_dmol_values(validate: bool, x, bits: int, **tensors) -> None:
         raise ValueError(f"the discretized logistic mixture needs x in [0, 1], got values in "
                          f"[{lo}, {hi}]")
     n = 2 ** bits - 1
-    scaled = x.double() * n
+    scaled = to_widest(x) * n
     off = float((scaled - torch.floor(scaled + 0.5)).abs().max())
     tol = min(0.5, max(1e-3, torch.finfo(x.dtype).eps * n))
     if off > tol:

@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import torch
 
 from . import dmol_training as dmol, objectives, ranks, stops
+from ._dtypes import to_widest
 from .amp import (CompiledHalves, amp_policy, compile_options, compiler_problem,
                   describe as describe_amp)
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint
@@ -450,7 +451,7 @@ def _train_step(run, model, guard, x, epoch: int, step: int, steps: int) -> torc
            else contextlib.nullcontext())
     with ctx:
         loss, parts = batch_loss(model, x, _warmed(cfg, epoch, step, steps))
-    glob = ranks.all_reduce(loss.detach().double().reshape(1), run.world, device) / run.world
+    glob = ranks.all_reduce(to_widest(loss.detach().reshape(1)), run.world, device) / run.world
     guard.loss(float(glob), epoch, step + 1, steps)
     terms = batch_terms(run.core, x, parts, cfg["backend"])
     run.opt.zero_grad(set_to_none=True)
@@ -458,8 +459,14 @@ def _train_step(run, model, guard, x, epoch: int, step: int, steps: int) -> torc
     run.scaler.step(run.opt)
     run.scaler.update()
     guard.step(run.core, epoch, step + 1, steps)
-    n = x.shape[0]
-    return torch.cat([torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64), terms])
+    return _host_sums(loss, x.shape[0], terms)
+
+
+def _host_sums(loss, n: int, terms) -> torch.Tensor:
+    """One step's sums (:func:`_train_step`) on the CPU in float64, where the epoch adds
+    them up: terms come in the device's widest dtype (float32 on MPS, which has none)."""
+    return torch.cat([torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64),
+                      terms.cpu().double()])
 
 
 def _warmed(cfg: dict, epoch: int, step: int, steps: int) -> dict:

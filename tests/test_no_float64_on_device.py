@@ -3,14 +3,16 @@ an IWAE NLL estimate, a DMoL grid check, a train step) takes ``_dtypes.widest`` 
 that must not drift, never float64 outright. With no MPS here, widest is made to answer
 float32 for the CPU, and every op is watched for a float64 tensor going in or coming out."""
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 import fastvae
-from fastvae import _dtypes, evaluation
+from fastvae import _dtypes, evaluation, train as T
+from fastvae.guard import Guard
 from fastvae.models import build_model
 
 BACKENDS = ("reference", "torch")   # the ones that run on MPS tensors (Triton: CUDA only)
@@ -68,3 +70,22 @@ def test_dmol_grid_check_stays_off_float64():
     with NoFloat64():
         fastvae.discretized_logistic_mixture_log_prob(x, params, validate=True)
 
+
+def test_train_step_reduces_its_loss_off_float64(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    core = build_model(MODELS["mlp"])
+    cfg = dict(backend="torch", beta=1.0, kl="analytic", kl_warmup=0)
+    run = SimpleNamespace(cfg=cfg, device=torch.device("cpu"), core=core, world=1,
+                          amp_dtype=None, opt=torch.optim.SGD(core.parameters(), lr=0.1),
+                          scaler=torch.amp.GradScaler("cpu", enabled=False))
+    guard = Guard(tmp_path / "checkpoint.pt", None, tmp_path, 0.1)
+    host = T._host_sums   # the epoch's sums are kept on the host, in float64
+
+    def on_host(*args):
+        with _disable_current_modes():
+            return host(*args)
+
+    monkeypatch.setattr(T, "_host_sums", on_host)
+    with NoFloat64():
+        sums = T._train_step(run, core, guard, _images([16]), 1, 0, 1)
+    assert sums.dtype == torch.float64 and sums[1] == 6

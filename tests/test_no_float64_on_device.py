@@ -15,7 +15,7 @@ from fastvae import _dtypes, evaluation, train as T
 from fastvae.guard import Guard
 from fastvae.models import build_model
 
-BACKENDS = ("reference", "torch")   # the ones that run on MPS tensors (Triton: CUDA only)
+ON_MPS = ("reference", "torch")   # the ones that run on MPS tensors (Triton: CUDA only)
 
 
 class NoFloat64(TorchDispatchMode):
@@ -51,7 +51,7 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", ON_MPS)
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_evaluation_and_iwae_nll_stay_off_float64(kind, backend):
     torch.manual_seed(0)

@@ -15,7 +15,8 @@ from numbers import Integral, Real
 import torch
 
 from ._compiler import tracing_here
-from ._dtypes import FLOATS, result_dtype, same_shape, to_widest, widened
+from ._dtypes import FLOATS, result_dtype, same_shape, widened
+from .value_checks import check_dmol_values, check_values  # noqa: F401  (V.check_values)
 
 # The discretized mixture of logistics: recon is its parameters, not x's shape.
 DMOL = "discretized_logistic_mixture"
@@ -337,47 +338,6 @@ def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):
     return obs_logvar.expand(x_shape).reshape(n, d)
 
 
-def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
-    """The per-element checks: finiteness of every input, x in [0, 1] where required. x
-    first: the data is what a model's outputs are computed from, so a NaN there is named
-    as such, not as the NaN it makes of recon or mu. Meta tensors have no values to check
-    (shape inference)."""
-    if not validate:
-        return
-    x = _values(x)
-    if x is not None and x.numel() and not x.is_meta:
-        if not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"x has {bad} non-finite value(s) (NaN or inf)")
-        if likelihood in ("bernoulli", "continuous_bernoulli"):
-            lo, hi = float(x.min()), float(x.max())
-            if lo < 0.0 or hi > 1.0:
-                raise ValueError(
-                    f"likelihood={likelihood!r} needs x in [0, 1], got values in [{lo}, {hi}]"
-                )
-    for name, t in tensors.items():
-        t = _values(t)
-        if (isinstance(t, torch.Tensor) and t.numel() and not t.is_meta
-                and not bool(torch.isfinite(t).all())):
-            bad = int((~torch.isfinite(t)).sum())
-            raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
-
-
-def _values(t):
-    """``t``'s values to check: under vmap and grad transforms, the tensor their wrappers
-    hold (a vmap's holds every sample's; ``bool()`` of a batched tensor is an error). Not
-    a functionalize wrapper's, whose inner tensor may lack its pending mutations (bool()
-    reads it right)."""
-    while isinstance(t, torch.Tensor) and any(w(t) for w in _WRAPPERS):
-        t = torch._C._functorch.get_unwrapped(t)
-    return t
-
-
-_WRAPPERS = tuple(getattr(torch._C._functorch, name) for name in
-                  ("is_batchedtensor", "is_gradtrackingtensor")
-                  if hasattr(torch._C._functorch, name))
-
-
 def canonical_prior(name: str, prior, like: torch.Tensor, like_name: str,
                     logvar: torch.Tensor):
     """A prior's mean or log-variance for posteriors ``like`` (the mean, ``(B, *)``) and
@@ -472,27 +432,3 @@ def check_dmol(x, params, *, params_name="params", k=None) -> tuple[int, int]:
                          f"{samples}x's batch {b} and size {h}x{w}; got shape {shape} for x of "
                          f"shape {tuple(x.shape)}")
     return c, shape[len(lead)] // s
-
-
-def check_dmol_values(validate: bool, x, bits: int, **tensors) -> None:
-    """With validation on: finite parameters, x in [0, 1] on the grid ``k / (2^bits - 1)``
-    to within the rounding of x's dtype (up to half a bin for bfloat16 at 8 bits, so there
-    in effect only the range is checked)."""
-    if not validate:
-        return
-    check_values(True, **tensors)
-    if not x.numel() or x.is_meta:
-        return
-    check_values(True, x=x)
-    lo, hi = float(x.min()), float(x.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"the discretized logistic mixture needs x in [0, 1], got values in "
-                         f"[{lo}, {hi}]")
-    n = 2 ** bits - 1
-    scaled = to_widest(x) * n
-    off = float((scaled - torch.floor(scaled + 0.5)).abs().max())
-    tol = min(0.5, max(1e-3, torch.finfo(x.dtype).eps * n))
-    if off > tol:
-        raise ValueError(f"x must lie on the {bits}-bit grid k / {n}: a value is {off:.3g} of a "
-                         f"bin off it (tolerance {tol:.3g}); quantize the data first, e.g. "
-                         f"torch.round(x * {n}) / {n}")

@@ -202,11 +202,12 @@ def _refuse_compiling():
     # torch.export traces through torch.compile's machinery: named as what the user ran
     # (torch.compiler.is_exporting: torch >= 2.5)
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    what, verb = ("torch.export", "export") if exporting else ("torch.compile", "compile")
+    what, verb, done = (("torch.export", "export", "exported") if exporting
+                        else ("torch.compile", "compile", "compiled"))
     raise RuntimeError(
         f"estimator='dreg' is not supported inside {what}: its second weight is a gradient "
-        f"hook on z_k that the {verb}ed graph cannot hold. Call fastvae.iwae_bound outside "
-        f"the {verb}ed function ({verb} the model, not the loss), or use estimator='stl'")
+        f"hook on z_k that the {done} graph cannot hold. Call fastvae.iwae_bound outside "
+        f"the {done} function ({verb} the model, not the loss), or use estimator='stl'")
 
 
 def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:

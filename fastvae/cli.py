@@ -22,6 +22,15 @@ def _bool_flag(p, name, help_):
     p.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help_)
 
 
+def _threads_flag(p):
+    # train, eval and sample alike: under torchrun (OMP_NUM_THREADS=1) the flag is the
+    # only way to give eval or sample more than one thread
+    p.add_argument("--threads", type=o.threads, default=None,
+                   help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such "
+                   "as digits and MNIST, where more threads only add waiting; else torch's "
+                   "default) [default: 0]")
+
+
 def _add_train(sub):
     from .models import MODELS
     from .train import default_config
@@ -107,9 +116,7 @@ def _add_train(sub):
     a("--iwae-k", type=o.count_or_zero, default=None,
       help=f"importance samples for the final test NLL estimate; 0 skips it "
            f"[default: {d['iwae_k']}; with --resume, the run's own]")
-    a("--threads", type=o.threads, default=None,
-      help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such as digits "
-           "and MNIST, where more threads only add waiting; else torch's default) [default: 0]")
+    _threads_flag(p)
     _bool_flag(p, "--progress", "show the tqdm progress bar [default: on]")
     p.set_defaults(func=_cmd_train)
 
@@ -145,6 +152,7 @@ def _add_eval(sub):
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _bool_flag(p, "--progress", "show a progress bar for the IWAE NLL where stderr is a "
                                 "terminal [default: on]")
+    _threads_flag(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -166,6 +174,7 @@ def _add_sample(sub):
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps")
+    _threads_flag(p)
     p.set_defaults(func=_cmd_sample)
 
 
@@ -205,13 +214,19 @@ def _cmd_train(args):
     return 0
 
 
-def _load_run(run, device_name):
-    """(checkpoint dict, model in eval mode on its device, device)."""
+def _load_run(args):
+    """(checkpoint dict, model in eval mode on its device, device), with --threads set as
+    train sets it (main puts torch's own count back after the command)."""
+    import math
+
     from .options import resolve_device
     from .runs import open_run
+    from .train import _set_threads
 
-    device = resolve_device(device_name)
-    return (*open_run(run, device), device)
+    device = resolve_device(args.device)
+    state, model = open_run(args.run, device)
+    _set_threads({"threads": args.threads}, device, math.prod(model.data_shape))
+    return state, model, device
 
 
 def _cmd_eval(args):
@@ -222,7 +237,7 @@ def _cmd_eval(args):
     from .run_data import check_elbo_finite, check_run_data, data_changed
     from .runs import EVAL_CONFIG, check_config, run_backend
 
-    state, model, device = _load_run(args.run, args.device)
+    state, model, device = _load_run(args)
     check_config(state, checkpoint_path(args.run), EVAL_CONFIG, "to evaluate the run")
     cfg = dict(state["config"])
     if args.backend is not None:
@@ -274,7 +289,7 @@ def _cmd_sample(args):
 
     import torch
 
-    state, model, device = _load_run(args.run, args.device)
+    state, model, device = _load_run(args)
     shape = (args.n, *model.data_shape)
     width, height = plots.grid_size(shape, ncol=args.ncol)
     if width * height > plots.MAX_UPSCALED_PIXELS:   # refused before decoding any
@@ -410,6 +425,9 @@ def main(argv=None) -> int:
     quiet = rank != 0
     if args.command in ("eval", "sample") and _left_to_rank_0(args.command, rank, world):
         return 0
+    import torch
+
+    threads = torch.get_num_threads()
     try:
         with stops.handled():
             return int(args.func(args) or 0)
@@ -463,6 +481,8 @@ def main(argv=None) -> int:
                 line += " (torchrun stops every process once one fails: see its error)"
             print(line, file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
+    finally:   # --threads is for this command only (main may be called in a process)
+        torch.set_num_threads(threads)
 
 
 def console(argv=None) -> int:

@@ -145,7 +145,7 @@ def _add_eval(sub):
                         "(default: the run's own)")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--limit", type=o.positive_int, default=None,
+    p.add_argument("--limit", type=o.count, default=None,
                    help="use only the first N test images (default: every one)")
     p.add_argument("--backend", choices=o.backends.NAMES, default=None,
                    help="fastvae backend for the ops (default: the run's own)")
@@ -160,7 +160,7 @@ def _add_sample(sub):
     p = sub.add_parser("sample", help="draw images from a trained run's prior",
                        formatter_class=_Defaults)
     p.add_argument("run", type=o.folder, help="run folder (or its checkpoint.pt)")
-    p.add_argument("--n", "-n", type=o.positive_int, default=64,
+    p.add_argument("--n", "-n", type=o.count, default=64,
                    help="number of images (-n under torchrun, whose own parser takes --n for "
                    "an abbreviation of its options and stops)")
     p.add_argument("--out", type=o.png_file, default=argparse.SUPPRESS,  # no "(default: None)"
@@ -170,7 +170,7 @@ def _add_sample(sub):
                    help="random seed of the draw (z ~ N(0, I); an hvae's top-down from its "
                    "learned priors); the run's own samples.png is --n 64 at the run's --seed + 4, "
                    "drawn on the device type it trained on")
-    p.add_argument("--ncol", type=o.positive_int, default=8,
+    p.add_argument("--ncol", type=o.count, default=8,
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps")

@@ -56,3 +56,16 @@ def test_the_training_api_refuses_them_too(key, value, tmp_path):
         cfg["model"] = "hvae"
     with pytest.raises(ValueError, match=f"{key}: must be at most"):
         train(cfg)
+
+
+@pytest.mark.parametrize("argv, flag", [(["eval", "run", "--limit"], "--limit"),
+                                        (["sample", "run", "--n"], "--n/-n"),
+                                        (["sample", "run", "-n"], "--n/-n"),
+                                        (["sample", "run", "--ncol"], "--ncol")])
+def test_eval_and_sample_counts_past_the_limit_are_refused(argv, flag, capsys):
+    """``sample --n 10**14`` reached the picture's size check, ``eval --limit`` none at all:
+    their counts have train's limit, said by the parser."""
+    _refused([*argv, HUGE], capsys, flag, o.MAX_COUNT)
+    _refused([*argv, str(o.MAX_COUNT + 1)], capsys, flag, o.MAX_COUNT)
+    args = build_parser().parse_args([*argv, str(o.MAX_COUNT)])
+    assert o.MAX_COUNT in (getattr(args, k, None) for k in ("limit", "n", "ncol"))

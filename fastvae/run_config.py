@@ -11,6 +11,7 @@ from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, requ
                          run_files_in)
 from .data import IDX_NAMES, check_dataset_name, run_data_source, stored_name
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
+from .validation import MAX_COUNT
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
 RUNTIME_KEYS = ("epochs", "device", "out", "progress", "resume", "data_dir", "iwae_k",
@@ -121,6 +122,9 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     full = dict(full, **{k: saved[k] for k in RUN_KEYS_UNLESS_GIVEN
                          if given.get(k) is None and saved.get(k) is not None})
     done = int(state["epoch"])
+    if done > MAX_COUNT:   # the next check would ask for an --epochs above it, refused
+        raise CheckpointError(f"{ckpt_file}: its epoch cannot be resumed: must be at most "
+                              f"{MAX_COUNT} (2**31 - 1), the most --epochs trains to, got {done}")
     # --epochs equal to what is done finishes a run stopped after its last epoch (in the
     # final estimate or the pictures: no metrics.json of that epoch); otherwise there is
     # nothing to do, and a finished run's metrics.json would be rewritten

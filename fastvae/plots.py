@@ -47,9 +47,13 @@ def saved_picture_range(config: dict) -> tuple:
     (older runs) or with one that is no pair of finite numbers, low first."""
     got = config.get("picture_range")
     if (isinstance(got, (list, tuple)) and len(got) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got)
-            and math.isfinite(got[0]) and math.isfinite(got[1]) and got[0] < got[1]):
-        return float(got[0]), float(got[1])
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got)):
+        try:   # an int past float's range (math.isfinite's OverflowError) is none either
+            lo, hi = float(got[0]), float(got[1])
+        except OverflowError:
+            return 0.0, 1.0
+        if math.isfinite(lo) and math.isfinite(hi) and lo < hi:
+            return lo, hi
     return 0.0, 1.0
 
 

@@ -16,13 +16,16 @@ from . import ranks
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
                          temp_name)
 from .models import build_model
-from .options import TRAIN_CHOICES, BadValue, folder, resolve_device, seed as check_seed
+from .options import TRAIN_CHOICES, BadValue, check_train_config, folder, resolve_device
+from .options import seed as check_seed
 from .options import device as device_name
 from .run_data import check_weights_finite
 from .validation import type_name
 
 # What build_model cannot default: a checkpoint's config must hold these.
 MODEL_KEYS = ("data_shape", "latent")
+# The config's sizes of a model, checked before it is built.
+MODEL_SIZE_KEYS = ("latent", "hidden", "channels", "groups", "n_mix")
 # What --resume needs beyond the weights.
 RESUME_KEYS = ("optimizer", "rng", "history")
 
@@ -114,7 +117,9 @@ def restore_model(state: dict, run) -> torch.nn.Module:
     for key in MODEL_KEYS:
         if key not in config:
             raise CheckpointError(f"{path}: its config lacks '{key}', needed to build the model")
-    try:
+    try:   # a size past train's limits is refused as train refuses it, not built into an
+        # out-of-memory error that tells eval, which has no size flags, to try smaller ones
+        check_train_config({k: config.get(k) for k in MODEL_SIZE_KEYS}, combinations=False)
         model = build_model(config)
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: its config does not describe a model: {e}") from None

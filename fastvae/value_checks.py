@@ -10,7 +10,7 @@ nothing is dead code to the compiler unless it is registered as having an effect
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -98,7 +98,7 @@ _WRAPPERS = tuple(getattr(torch._C._functorch, name) for name in
 
 
 @torch.library.custom_op("fastvae::check_values", mutates_args=())
-def _op(tensors: list[Optional[Tensor]], names: str, likelihood: str, bits: int) -> None:
+def _op(tensors: List[Optional[Tensor]], names: str, likelihood: str, bits: int) -> None:
     _check_now(dict(zip(names.split(","), tensors)), likelihood, bits)
 
 
@@ -109,8 +109,11 @@ def _(tensors, names, likelihood, bits) -> None:
 
 # A compiled vmap hands the op batched tensors: it checks every sample's values at once
 # (eagerly, _values unwraps them). Its inputs are detached, so a grad transform has no
-# autograd formula to ask for.
-_op.register_vmap(lambda info, in_dims, tensors, *options: (_op(tensors, *options), None))
+# autograd formula to ask for. register_vmap is torch >= 2.5: without it the op is not
+# traced (a compiled vmap would reach it with no rule), the checks graph-break as eager code.
+_vmap = getattr(_op, "register_vmap", None)
+if _vmap is not None:
+    _vmap(lambda info, in_dims, tensors, *options: (_op(tensors, *options), None))
 
 
 def _register_effect() -> bool:
@@ -120,9 +123,9 @@ def _register_effect() -> bool:
         from torch._higher_order_ops import effects
         effects._register_effectful_op(torch.ops.fastvae.check_values.default,
                                        effects._EffectType.ORDERED)
-    except (ImportError, AttributeError, TypeError, RuntimeError):
+    except (ImportError, AttributeError, TypeError, RuntimeError, AssertionError):
         return False
     return True
 
 
-_traceable = _register_effect()
+_traceable = _vmap is not None and _register_effect()

@@ -3,10 +3,17 @@ that the graph keeps (an op returning nothing is otherwise dead code) and that r
 eager's ValueError when the compiled function runs."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
 import fastvae
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_validate_true_compiles_fullgraph_and_raises_at_run_time():
@@ -53,3 +60,25 @@ def test_validate_true_compiled_under_vmap():
     lv[4, 1, 0] = float("inf")
     with pytest.raises(ValueError, match="^logvar has 1 non-finite value"):
         compiled(mu, lv)
+
+
+def test_a_torch_without_register_vmap_imports_and_checks_eagerly():
+    """torch.library's register_vmap is torch >= 2.5 (pyproject says torch >= 2.4): there
+    ``import fastvae`` must still work, the checks running as eager code (a graph break under
+    torch.compile, as before the op), not an AttributeError at import."""
+    code = textwrap.dedent("""
+        import torch, torch._library.custom_ops as c
+        del c.CustomOpDef.register_vmap
+        import fastvae
+        from fastvae import value_checks
+        assert not value_checks._traceable
+        mu = torch.zeros(2, 3)
+        lv = torch.full((2, 3), float("nan"))
+        try:
+            fastvae.kl_standard_normal(mu, lv, backend="torch", validate=True)
+        except ValueError as e:
+            print(e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "logvar has 6 non-finite value(s) (NaN or inf)"

@@ -247,6 +247,10 @@ def _op_args():
         torch.randn(b, l).bfloat16(), torch.randn(b), h(b, l, grad=False),
         torch.randn(b, l).bfloat16(), torch.randn(b, l), torch.randn(b, l).bfloat16(),
         torch.randn(b, l), [True, True, True, True], "torch")
+    # validate=True's checks under torch.compile: every tensor named, one absent
+    import fastvae.value_checks  # noqa: F401  (registers the op)
+    yield "check-values", torch.ops.fastvae.check_values.default, (
+        [torch.rand(b, d), None, torch.randn(b, l)], "x,recon,mu", "bernoulli", 0)
 
 
 CASES = list(_op_args())

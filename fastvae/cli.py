@@ -22,13 +22,13 @@ def _bool_flag(p, name, help_):
     p.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=help_)
 
 
-def _threads_flag(p):
+def _threads_flag(p, default="0"):
     # train, eval and sample alike: under torchrun (OMP_NUM_THREADS=1) the flag is the
     # only way to give eval or sample more than one thread
     p.add_argument("--threads", type=o.threads, default=None,
                    help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such "
                    "as digits and MNIST, where more threads only add waiting; else torch's "
-                   "default) [default: 0]")
+                   f"default) [default: {default}]")
 
 
 def _add_train(sub):
@@ -152,7 +152,7 @@ def _add_eval(sub):
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     _bool_flag(p, "--progress", "show a progress bar for the IWAE NLL where stderr is a "
                                 "terminal [default: on]")
-    _threads_flag(p)
+    _threads_flag(p, default="torch's own count")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -174,7 +174,7 @@ def _add_sample(sub):
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",
                    help="auto, cpu, cuda, cuda:N or mps")
-    _threads_flag(p)
+    _threads_flag(p, default="torch's own count")
     p.set_defaults(func=_cmd_sample)
 
 

@@ -12,15 +12,18 @@ from . import options as o
 
 
 def _opened_run(args):
-    """(checkpoint dict, model in eval mode on its device, device), with --threads set as
-    train sets it (main puts torch's own count back after the command)."""
+    """(checkpoint dict, model in eval mode on its device, device), with a given --threads
+    set as train sets it (main puts torch's own count back after the command). Without
+    the flag torch keeps its own count: an IWAE estimate's blocks are wide enough for
+    threads, unlike the training batches train's auto rule was measured on."""
     from .options import resolve_device
     from .runs import open_run
     from .train import _set_threads
 
     device = resolve_device(args.device)
     state, model = open_run(args.run, device)
-    _set_threads({"threads": args.threads}, device, math.prod(model.data_shape))
+    if args.threads is not None:
+        _set_threads({"threads": args.threads}, device, math.prod(model.data_shape))
     return state, model, device
 
 

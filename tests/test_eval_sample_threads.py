@@ -32,7 +32,9 @@ def test_threads_is_the_same_flag_as_train_s(command, capsys):
     parser = cli.build_parser()
     flag = {c: next(a for a in parser.commands[c]._actions if "--threads" in a.option_strings)
             for c in ("train", command)}
-    assert flag[command].type is o.threads and flag[command].help == flag["train"].help
+    assert flag[command].type is o.threads
+    assert flag[command].help.split("[default")[0] == flag["train"].help.split("[default")[0]
+    assert flag[command].help.endswith("[default: torch's own count]")
     assert parser.parse_args([command, "r", "--threads", "3"]).threads == 3
     with pytest.raises(SystemExit) as e:
         cli.main([command, "r", "--threads", str(o.MAX_THREADS + 1)])
@@ -52,5 +54,7 @@ def test_the_command_runs_on_the_threads_asked_for_and_gives_them_back(
     want = 3 if before != 3 else 2
     assert cli.main([command, str(run), *extra, *out, "--threads", str(want)]) == 0
     # auto on 8x8 digits: one thread, as train takes it
+    assert cli.main([command, str(run), *extra, *out, "--threads", "0"]) == 0
+    # without the flag: torch's own count, as before the flag existed
     assert cli.main([command, str(run), *extra, *out]) == 0
-    assert seen == [want, 1] and torch.get_num_threads() == before
+    assert seen == [want, 1, before] and torch.get_num_threads() == before

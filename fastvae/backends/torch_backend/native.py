@@ -51,7 +51,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from ... import _warnings
+from ... import _env, _warnings
 from ..._durable import fsync_dir
 from . import native_cache, openmp
 from .elf import elf_needed
@@ -285,13 +285,11 @@ def _error(flags, e) -> str:
 
 def _load():
     """(lib, fn, openmp, status)."""
-    # empty is unset (``FASTVAE_NATIVE= cmd`` clears it for one command), as FASTVAE_BACKEND
-    switch = os.environ.get("FASTVAE_NATIVE", "").strip().lower() or "1"
-    if switch in ("0", "false", "no", "off"):
+    unknown = _env.unknown_switch("FASTVAE_NATIVE")
+    if unknown:   # said once by load's warning, with the status, not by _env.switch's
+        return None, None, False, unknown
+    if not _env.switch("FASTVAE_NATIVE", True):
         return None, None, False, "disabled by FASTVAE_NATIVE"
-    if switch not in ("1", "true", "yes", "on"):   # said once (load warns), not taken as on
-        return None, None, False, (f"FASTVAE_NATIVE={os.environ['FASTVAE_NATIVE']!r} is "
-                                   "neither 1/true/yes/on nor 0/false/no/off")
     try:
         cc = _compiler()
     except ValueError as e:

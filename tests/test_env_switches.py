@@ -1,0 +1,42 @@
+"""FASTVAE_DEBUG and FASTVAE_DIRECT_LAUNCH read their values as FASTVAE_NATIVE does: a
+value neither on nor off is said once and taken as off (it was taken silently, as on for
+FASTVAE_DEBUG=maybe and FASTVAE_DIRECT_LAUNCH=2)."""
+import warnings
+
+import pytest
+
+from fastvae import _env, cli
+
+SWITCHES = [("FASTVAE_DEBUG", _env.debug, False), ("FASTVAE_DIRECT_LAUNCH", _env.direct_launch, True)]
+
+
+@pytest.fixture(autouse=True)
+def nothing_said_yet(monkeypatch):
+    monkeypatch.setattr(_env, "_said", set(), raising=False)
+
+
+@pytest.mark.parametrize("name, read, default", SWITCHES)
+@pytest.mark.parametrize("value, want", [("", None), (" ", None), ("1", True), ("On", True),
+                                         ("0", False), ("no", False)])
+def test_on_off_and_unset(monkeypatch, name, read, default, value, want):
+    monkeypatch.setenv(name, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read() is (default if want is None else want)
+
+
+@pytest.mark.parametrize("name, read, default", SWITCHES)
+@pytest.mark.parametrize("value", ["2", "maybe"])
+def test_an_unknown_value_is_said_once_and_off(monkeypatch, name, read, default, value):
+    monkeypatch.setenv(name, value)
+    with pytest.warns(RuntimeWarning, match=f"{name}='{value}' is neither") as seen:
+        assert read() is False
+        assert read() is False
+    assert len(seen) == 1
+
+
+def test_fastvae_debug_maybe_keeps_the_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FASTVAE_DEBUG", "maybe")
+    with pytest.warns(RuntimeWarning, match="FASTVAE_DEBUG"):
+        assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

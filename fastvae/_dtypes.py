@@ -39,6 +39,19 @@ def to_widest(t: torch.Tensor) -> torch.Tensor:
     return t.to(widest(t.device))
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where a float64 comparison of ``device``'s tensors runs: there, or on the CPU where
+    the device has no float64 (MPS); the agreement checks are not timed, and float32 would
+    round below float64's tolerances."""
+    return device if widest(device) == torch.float64 else torch.device("cpu")
+
+
+def in_float64(t: torch.Tensor) -> torch.Tensor:
+    """t detached, in float64 on :func:`float64_device` (moved there first, then widened:
+    a cast on the device would need the float64 it lacks)."""
+    return t.detach().to(float64_device(t.device)).double()
+
+
 def upcast(t, dtype):
     """t in ``dtype`` (floats and None pass through)."""
     return t.to(dtype) if isinstance(t, torch.Tensor) else t

@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._dtypes import in_float64
+
 __all__ = ["TOLERANCES", "tolerance", "assert_close"]
 
 # (rtol, atol as a fraction of the reference's largest magnitude), by the dtype the
@@ -34,7 +36,8 @@ def tolerance(dtype: torch.dtype) -> Tuple[float, float]:
 def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Tensor],
                  dtype: torch.dtype) -> None:
     """Raise ``AssertionError`` (its message starting with ``what``) unless ``got``
-    matches ``want`` by the module's rule at ``dtype``'s tolerance. Compared in float64;
+    matches ``want`` by the module's rule at ``dtype``'s tolerance. Compared in float64 (on the CPU for a
+    device without it);
     ``None`` (e.g. a gradient that was not computed) matches only ``None``."""
     if got is None or want is None:
         if got is not want:
@@ -43,7 +46,7 @@ def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Te
     if tuple(got.shape) != tuple(want.shape):
         raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
     rtol, atol_frac = tolerance(dtype)
-    g, w = got.detach().double(), want.detach().double()
+    g, w = in_float64(got), in_float64(want)
     scale = w.abs().max().item() if w.numel() else 0.0
     atol = atol_frac * max(scale, 1e-30)
     if not torch.isfinite(g).all():

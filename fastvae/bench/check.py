@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import torch
 
 from .. import testing
-from .._dtypes import SIXTEEN_BIT
+from .._dtypes import SIXTEEN_BIT, in_float64
 from .core import REFERENCE, AgreementError, Case, convert_inputs, get_op
 
 
@@ -120,7 +120,7 @@ def _rel_err(got, want) -> float:
         return 0.0 if got is want else math.inf
     if tuple(got.shape) != tuple(want.shape):
         return math.inf
-    g, w = got.detach().double(), want.detach().double()
+    g, w = in_float64(got), in_float64(want)
     if not torch.isfinite(g).all():
         return math.inf
     if not w.numel():

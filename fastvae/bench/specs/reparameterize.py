@@ -11,6 +11,7 @@ from torch.distributions import Normal
 
 import fastvae
 
+from ..._dtypes import in_float64
 from ..check import assert_agrees
 from ..core import AgreementError, Op
 from ._common import check_noise, standard_variants, vae_inputs
@@ -68,8 +69,8 @@ def _make(get_fn, backend):
 def check(case, inputs, out, name):
     """z must be ``mu + std * eps`` with eps ~ N(0, 1), and the gradients the closed
     form of that same z: ``dmu = sum_k dz``, ``dlogvar = 0.5 * sum_k dz * (z - mu)``."""
-    z, g_mu, g_lv = (t.double() for t in out)
-    mu, lv, dz = (inputs[n].detach().double() for n in ("mu", "logvar", "dz"))
+    z, g_mu, g_lv = (in_float64(t) for t in out)
+    mu, lv, dz = (in_float64(inputs[n]) for n in ("mu", "logvar", "dz"))
     if tuple(z.shape) != _z_shape(case):
         raise AgreementError(f"{name}: z has shape {tuple(z.shape)}, expected {_z_shape(case)}")
     # bf16 z rounds eps by about |z| / std * 2^-8; allow for it beyond sampling noise.

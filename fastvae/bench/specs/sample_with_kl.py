@@ -17,6 +17,7 @@ from torch.distributions import Normal, kl_divergence
 
 import fastvae
 
+from ..._dtypes import in_float64
 from ..check import assert_agrees
 from ..core import Op
 from ._common import check_noise, standard_variants
@@ -110,9 +111,9 @@ def _make(get_fn, backend, with_z=True):
 def check(case, inputs, out, name):
     """z is ``mu + std * eps`` with eps ~ N(0, 1); the KL and every gradient are the closed
     forms of that same z (kl_normal's formula, ``dmu = dz + g dKL/dmu`` and so on)."""
-    z, kl, g_mu, g_lv, g_pm, g_plv = (t.double() for t in out)
-    mu, lv, pm, plv, dz = (inputs[n].detach().double() for n in (*NAMES, "dz"))
-    gk = inputs["dkl"].double().reshape(-1, *([1] * (mu.dim() - 1)))
+    z, kl, g_mu, g_lv, g_pm, g_plv = (in_float64(t) for t in out)
+    mu, lv, pm, plv, dz = (in_float64(inputs[n]) for n in (*NAMES, "dz"))
+    gk = in_float64(inputs["dkl"]).reshape(-1, *([1] * (mu.dim() - 1)))
     slack = 0.0 if case.dtype in (torch.float32, torch.float64) else 0.05
     check_noise(name, (z - mu) / torch.exp(0.5 * lv), slack)
     r, u = torch.exp(lv - plv), (mu - pm) * torch.exp(-0.5 * plv)

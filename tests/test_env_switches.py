@@ -7,7 +7,8 @@ import pytest
 
 from fastvae import _env, cli
 
-SWITCHES = [("FASTVAE_DEBUG", _env.debug, False), ("FASTVAE_DIRECT_LAUNCH", _env.direct_launch, True)]
+SWITCHES = [("FASTVAE_DEBUG", _env.debug, False),
+            ("FASTVAE_DIRECT_LAUNCH", _env.direct_launch, True)]
 
 
 @pytest.fixture(autouse=True)

@@ -105,7 +105,7 @@ def _add_train(sub):
                "and decoder, sampling between them) [default: off]")
     a("--seed", type=o.seed, default=None, help=f"random seed [default: {d['seed']}]")
     a("--device", type=o.device, default=None,
-      help=f"auto, cpu, cuda, cuda:N or mps [default: {d['device']}]")
+      help=f"{o.DEVICES} [default: {d['device']}]")
     a("--out", type=o.folder, default=None,
       help="run folder, e.g. runs/NAME [default: runs/<dataset>, or runs/<dataset>-2, -3, "
            "... when that one already exists]")
@@ -144,7 +144,7 @@ def _add_eval(sub):
                         "trained on an .npy/.npz, the folder that file has moved to "
                         "(default: the run's own)")
     p.add_argument("--device", type=o.device, default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps")
+                   help=o.DEVICES)
     p.add_argument("--limit", type=o.count, default=None,
                    help="use only the first N test images (default: every one)")
     p.add_argument("--backend", choices=o.backends.NAMES, default=None,
@@ -173,7 +173,7 @@ def _add_sample(sub):
     p.add_argument("--ncol", type=o.count, default=8,
                    help="images per row (at most --n)")
     p.add_argument("--device", type=o.device, default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps")
+                   help=o.DEVICES)
     _threads_flag(p, default="torch's own count")
     p.set_defaults(func=_cmd_sample)
 

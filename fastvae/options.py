@@ -18,6 +18,7 @@ from .models import MODELS
 from .validation import KL_MODES, LIKELIHOODS, MAX_COUNT, limit_text
 
 _DEVICE_TYPES = ("cpu", "cuda", "mps")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"   # what :func:`device` takes, for every --help
 _F32_MAX = torch.finfo(torch.float32).max
 _F32_TINY = torch.finfo(torch.float32).tiny
 
@@ -271,7 +272,7 @@ def device(value) -> str:
     except (RuntimeError, TypeError):
         dev = None
     if dev is None or dev.type not in _DEVICE_TYPES:
-        raise BadValue(f"must be auto, cpu, cuda, cuda:N or mps, got {value!r}")
+        raise BadValue(f"must be {DEVICES}, got {value!r}")
     return str(value)
 
 

@@ -15,8 +15,8 @@ from .. import error_lines as el
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import (grid_from_args, k_dest, max_elements_of, ops_of, quick_shapes,
-                    size_problem)
+from .grids import (grid_from_args, k_dest, max_elements_of, ops_of, quick_ops,
+                    quick_shapes, size_problem)
 from .harness import run_case
 from .report import (busy_note, environment, format_first_calls, format_table, header,
                      plot)
@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a small subset (on the CPU: {quick_shapes()}; on a GPU, each "
                              "spec's quick_cuda grid): under 2 minutes on 2 CPU cores")
     parser.add_argument("--ops", type=o.names_from(OPS), default=None,
-                        help=f"comma list of {','.join(OPS)} (default: all)")
+                        help=f"comma list of {','.join(OPS)} (default: all; with --quick, "
+                             f"{quick_ops()})")
     parser.add_argument("--variants", type=o.names_from(VARIANT_ORDER), default=None,
                         help=f"comma list of {','.join(VARIANT_ORDER)} (default: every one that runs "
                              "on the device; eager always runs)")
@@ -63,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma list of fp32 (CPU default), bf16, fp16, fp64 (GPU "
                              "default fp32,bf16); bf16/fp16 are checked against eager in fp32")
     parser.add_argument("--device", type=o.device, default="auto",
-                        help="cpu, cuda or auto (default)")
+                        help=f"{o.DEVICES} (default: auto)")
     parser.add_argument("--threads", type=o.positive_threads, default=None,
                         help="torch.set_num_threads for the run (default: torch's, one per core)")
     parser.add_argument("--reps", type=o.positive_int, default=None,

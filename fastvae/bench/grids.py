@@ -97,6 +97,14 @@ def quick_shapes() -> str:
         f"; not {', '.join(absent)}" if absent else "")
 
 
+def quick_ops() -> str:
+    """The ops --quick runs without --ops, in words (``--help`` says it): the CPU's and a
+    GPU's quick grids hold different ops."""
+    on = {where: ", ".join(ops_of(argparse.Namespace(quick=True, ops=None), device))
+          for where, device in (("the CPU", "cpu"), ("a GPU", "cuda"))}
+    return "; ".join(f"on {where} {ops}" for where, ops in on.items())
+
+
 def ops_of(args: argparse.Namespace, device: str) -> List[str]:
     """The ops ``fastvae bench`` runs: ``--ops``, else those of the default grid."""
     grid = GRID_NAMES[(bool(args.quick), is_cuda(device))]

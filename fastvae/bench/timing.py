@@ -31,8 +31,12 @@ def is_cuda(device: str) -> bool:
 
 
 def sync(device: str) -> None:
+    """Wait for ``device``'s queued work: a GPU's calls return before it ran them, and a
+    host clock read without this times the queueing alone."""
     if is_cuda(device):
         torch.cuda.synchronize(device)   # "cuda:1": that device, not the current one
+    elif torch.device(device).type == "mps":
+        torch.mps.synchronize()
 
 
 def l2_flusher(device: str) -> Optional[Callable[[], None]]:

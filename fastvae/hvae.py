@@ -291,7 +291,8 @@ class HierarchicalVAE(ObservationModel):
             rep = [f.repeat(kc, 1, 1, 1) for f in feats]  # sample-major: row j*B + b
             xs = x.repeat(kc, *([1] * (x.dim() - 1)))
             recon, stats = self._top_down(kc * batch, rep, draw)
-            log_w = to_widest(self.log_px(xs, recon, backend)) + to_widest(torch.stack(stats).sum(0))
+            log_w = (to_widest(self.log_px(xs, recon, backend))
+                     + to_widest(torch.stack(stats).sum(0)))
             lse.add(log_w.reshape(kc, batch))
             done += kc
         return -(lse.result() - math.log(k)).to(result_dtype(feats[0]))

@@ -265,7 +265,8 @@ def iwae_bound_surrogate(x, recon_k, mu, logvar, z_k, obs_logvar, *, likelihood,
         lse = torch.where(surrogate.isfinite(), lse.detach() + (surrogate - surrogate.detach()),
                           lse.detach())
     # log K as a tensor, rounded from float64 as math.log's would be (MPS has no float64:
-    # float32 there): math.log of a symbolic K would make it a constant, a recompile for each K under dynamic shapes
+    # float32 there): math.log of a symbolic K would make it a constant, a recompile for
+    # each K under dynamic shapes
     log_k = torch.tensor(k, dtype=widest(lse.device), device=lse.device).log().to(lse.dtype)
     return _reduce(lse - log_k, reduction), weights
 

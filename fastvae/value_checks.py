@@ -4,9 +4,9 @@ run only with validation on.
 
 Eagerly they run in place. Under torch.compile they run as one custom op,
 ``fastvae::check_values``, that the compiled graph calls and that raises the same
-ValueError at run time: a Python branch on the data cannot be traced
-(``torch.compile(fullgraph=True)`` refused ``validate=True``), and an op that returns
-nothing is dead code to the compiler unless it is registered as having an effect.
+ValueError at run time: a Python branch on the data cannot be traced (it breaks the
+graph, and ``fullgraph=True`` refuses it), and an op that returns nothing is dead code
+to the compiler unless it is registered as having an effect.
 """
 from __future__ import annotations
 

@@ -60,10 +60,10 @@ def test_hvae_loop_smoke_labels_its_cpu_columns(tmp_path):
 
 
 def test_hvae_loop_names_its_two_graph_ratios_for_what_each_divides():
-    """One column read "graph x eager" while it held eager's uncaptured ms over the row's
-    graph replay (9.15 for eager's own row); the first GPU run's table used the same name
-    for eager's graph over the row's graph (1.00 there). Each ratio has its own column,
-    and a ratio with no eager to divide is "-", not 0.00."""
+    """Two ratios, two columns: eager's graph replay over the row's ("graph x eager
+    graph", 1.00 for eager's own row) and eager's uncaptured ms over the row's graph
+    replay ("graph x uncaptured eager"). A ratio with no eager row to divide is "-", not
+    0.00."""
     loop = _module("gpu_hvae_loop")
     rows = [{"variant": "eager", "ms": 10.0, "host_us": 1.0, "graph_ms": 2.0},
             {"variant": "fastvae-triton", "ms": 5.0, "host_us": 1.0, "graph_ms": 0.5},

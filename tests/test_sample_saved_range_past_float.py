@@ -1,6 +1,6 @@
-"""A checkpoint whose picture range holds an int past float's range (its checksum matching):
-``fastvae sample`` was an OverflowError traceback from math.isfinite; such a range is none,
-as a non-finite one is, and the picture is drawn over [0, 1]."""
+"""A checkpoint whose picture range holds an int past float's range (its checksum matching)
+has no range, as a non-finite one has none: ``fastvae sample`` draws over [0, 1], with
+no OverflowError from math.isfinite."""
 import torch
 
 from fastvae import cli, plots

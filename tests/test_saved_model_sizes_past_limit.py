@@ -1,6 +1,6 @@
 """A checkpoint whose config holds a model size past train's limit (its checksum matching):
-eval and sample built the model and said "out of memory ...; try smaller sizes", advice that
-no flag of theirs can follow. The size is named as train names it, with the file."""
+eval and sample name the size as train names it, with the file, before building the
+model (whose out-of-memory advice, "try smaller sizes", no flag of theirs can follow)."""
 import pytest
 import torch
 

@@ -95,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write rows and environment (sizes in bytes: peak_extra_bytes, "
                              "saved_bytes, bytes_moved; the table shows MiB, 2**20 bytes, "
                              "and GB/s, 1e9 bytes/s); written also when no case was measured "
-                             "(no rows, the skipped cases listed; exit status 2) (default: none)")
+                             "(no rows, the skipped cases listed; exit status 2); default: none")
     parser.add_argument("--plot", metavar="FILE", type=o.file_to_write, default=None,
                         help="speed-up vs batch size, a line per variant in one colour across "
                              "panels (matplotlib; the format follows the suffix: "

@@ -116,9 +116,11 @@ def invocation(words):
     if head.endswith(".py") and os.path.dirname(words[0]) in ("", "benchmarks"):
         # a script quoted as its path (``benchmarks/loss_sign.py --op dmol``, or by name
         # where the prose is about benchmarks/): what ``python`` would run
+        # (a bare name that is no benchmark script is prose about another file; a path
+        # under benchmarks/ that is none is a stale quote, which the script check fails)
         path = os.path.join(ROOT, "benchmarks", head)
         return invocation(["python", os.path.join("benchmarks", head), *rest]) if (
-            os.path.isfile(path)) else None
+            os.path.dirname(words[0]) or os.path.isfile(path)) else None
     if not re.fullmatch(r"python3?(\.\d+)?", head):
         return None
     while rest[:1] == ["-X"] or rest[:1] == ["-u"]:   # the interpreter's own options

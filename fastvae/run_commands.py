@@ -18,12 +18,12 @@ def _opened_run(args):
     threads, unlike the training batches train's auto rule was measured on."""
     from .options import resolve_device
     from .runs import open_run
-    from .train import _set_threads
+    from .train import set_threads
 
     device = resolve_device(args.device)
     state, model = open_run(args.run, device)
     if args.threads is not None:
-        _set_threads({"threads": args.threads}, device, math.prod(model.data_shape))
+        set_threads({"threads": args.threads}, device, math.prod(model.data_shape))
     return state, model, device
 
 

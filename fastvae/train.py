@@ -63,7 +63,7 @@ def default_config() -> dict:
                 iwae_k=1000, threads=0, objective="elbo", k=1, estimator="standard")
 
 
-def _set_threads(cfg: dict, device, sample_size: int) -> None:
+def set_threads(cfg: dict, device, sample_size: int) -> None:
     """CPU intra-op threads. 0 = auto: one thread for small images (<= 1024 values:
     8x8 digits, 28x28 MNIST), whose per-batch ops are too small to split. Measured on
     2 cores: 1 thread is as fast as 2 when the machine is idle and 10-100x faster when
@@ -328,7 +328,7 @@ def _checked_data(data, cfg, state, device, say):
     cfg["data_shape"] = list(data.shape)
     from .plots import picture_range   # (plots' matplotlib is imported when it draws)
     cfg["picture_range"] = list(picture_range(*data.bounds))
-    _set_threads(cfg, device, math.prod(data.shape))
+    set_threads(cfg, device, math.prod(data.shape))
     return data
 
 

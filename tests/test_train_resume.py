@@ -98,8 +98,8 @@ def test_resume_keeps_the_run_s_threads_unless_given(tmp_path, monkeypatch):
     """The thread count orders a CPU run's sums: a plain --resume keeps the run's, so it
     continues bit-for-bit (it took the default, auto, before); --threads still changes it."""
     T.train(tiny(tmp_path, epochs=1, iwae_k=0, threads=2), log=quiet)
-    seen, real = [], T._set_threads
-    monkeypatch.setattr(T, "_set_threads", lambda cfg, *a: seen.append(cfg["threads"])
+    seen, real = [], T.set_threads
+    monkeypatch.setattr(T, "set_threads", lambda cfg, *a: seen.append(cfg["threads"])
                         or real(cfg, *a))
     T.train(tiny(tmp_path, epochs=2, iwae_k=0, resume=True), log=quiet)
     T.train(tiny(tmp_path, epochs=3, iwae_k=0, resume=True, threads=1), log=quiet)

@@ -209,8 +209,8 @@ def markdown(res):
 
 def main(argv=None):
     p = o.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT", "gpu_out"),
-                   help="folder for the report (default: $OUT or gpu_out)")
+    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
+                   help="folder for the report (default: $OUT where set and not empty, else gpu_out)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--budget-s", type=o.positive_float, default=90.0,
                    help="stop starting new variants after this many seconds")

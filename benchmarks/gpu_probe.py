@@ -143,8 +143,8 @@ def markdown(res):
 
 def main(argv=None):
     p = o.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT", "gpu_out"),
-                   help="folder for the report (default: $OUT or gpu_out)")
+    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
+                   help="folder for the report (default: $OUT where set and not empty, else gpu_out)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--ncu-target", nargs="?", const="elbo", choices=("elbo", "iwae"),
                    help="run 2 fwd+bwd steps at the bar shape, nothing else: ELBO (the "

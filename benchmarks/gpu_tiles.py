@@ -230,8 +230,8 @@ def markdown(res) -> str:
 
 def main(argv=None):
     p = o.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT", "gpu_out"),
-                   help="folder for the report (default: $OUT or gpu_out)")
+    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
+                   help="folder for the report (default: $OUT where set and not empty, else gpu_out)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU tensors under TRITON_INTERPRET=1, B=64: the code paths")
     p.add_argument("--offline", action="store_true",

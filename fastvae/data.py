@@ -307,8 +307,9 @@ def _read_idx_pair(name: str, data_dir: Path) -> Dataset:
     arrays, out = {split: read_idx(path) for split, path in paths.items()}, {}
     for split, path in paths.items():   # before the scales: a labels file is 8-bit
         if arrays[split].ndim != 3:
+            labels = "; is this a labels file?" if arrays[split].ndim == 1 else ""
             raise DataError(f"{path}: expected images (N, H, W), got shape "
-                            f"{arrays[split].shape}; is this a labels file?")
+                            f"{arrays[split].shape}{labels}")
     _same_scale(name, arrays["train"], arrays["test"], paths["train"], paths["test"])
     for split, path in paths.items():
         out[split] = _as_images(arrays[split], str(path))

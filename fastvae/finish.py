@@ -25,14 +25,19 @@ def finish(core, data, cfg, device, out, history, initial, backend_name, world, 
     iwae_s = time.perf_counter() - t0
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
-    x = data.test[:32].to(device)
+    # as many as fastvae sample would draw in one picture (large images: fewer, or none)
+    fits = plots.most_images(core.data_shape)
+    x = data.test[:min(32, fits // 2)].to(device)
     shown = dict(value_range=cfg["picture_range"])
     with torch.no_grad():
-        plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
-                                   out / "reconstructions.png", **shown)
-        plots.save_grid(core.sample(64, generator=gen).float().cpu(), out / "samples.png",
-                        **shown)
-        if core.latent_dim == 2 and not getattr(core, "hierarchical", False):
+        if len(x):
+            plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
+                                       out / "reconstructions.png", **shown)
+        if fits:
+            plots.save_grid(core.sample(min(64, fits), generator=gen).float().cpu(),
+                            out / "samples.png", **shown)
+        if (core.latent_dim == 2 and not getattr(core, "hierarchical", False)
+                and plots.most_images(core.data_shape, 15) >= 225):
             plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png",
                             ncol=15, **shown)
     if history:

@@ -87,16 +87,17 @@ MAX_UPSCALED_PIXELS = 1 << 24
 
 def as_pictures(images: torch.Tensor) -> torch.Tensor:
     """``(N, C, H, W)`` images as they are drawn. Flat data, ``(N, D)`` or the
-    ``(N, C, 1, D)`` the data loader makes of it, is drawn as ``sqrt(D) x sqrt(D)``
+    ``(N, 1, 1, D)`` the data loader makes of it, is drawn as ``sqrt(D) x sqrt(D)``
     squares when D is a perfect square (a flattened 28 x 28 digit looks like one), else
-    as one-pixel-high strips (no other layout is known)."""
+    as one-pixel-high strips (no other layout is known). Strips of several channels
+    are no flattened images (flat data has one channel) and stay strips."""
     if images.dim() == 2:
         images = images[:, None, None, :]
     elif images.dim() == 3:
         images = images[:, None]
     n, c, h, w = images.shape
     side = math.isqrt(w)
-    if h == 1 and side > 1 and side * side == w:
+    if c == 1 and h == 1 and side > 1 and side * side == w:
         images = images.reshape(n, c, side, side)
     return images
 

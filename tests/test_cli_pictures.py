@@ -113,3 +113,22 @@ def test_sample_decodes_in_chunks_and_draws_no_more_columns_than_images(tmp_path
     assert err == (f"fastvae sample: error: --n {most + 1} makes a picture of {w} x {h} px, "
                    f"past the 16 megapixels a picture may have; draw at most {most} (at "
                    f"--ncol 8)\n") and batches == [] and not (tmp_path / "c.png").exists()
+
+
+def test_train_draws_no_more_images_than_a_picture_may_hold(tmp_path, monkeypatch):
+    """train's pictures keep to the bound ``fastvae sample`` refuses past: fewer images
+    where they would pass it, none where one image does, and metrics.json either way."""
+    from fastvae import plots
+
+    monkeypatch.setattr(plots, "MAX_UPSCALED_PIXELS", 2000)   # 16 8x8 digits, unscaled
+    assert plots.most_images((1, 8, 8)) == 16
+    run = tmp_path / "run"
+    assert cli.main(["train", *TINY, "--iwae-k", "0", "--out", str(run)]) == 0
+    assert _png_size(run / "samples.png") == (73, 19)           # 16 in 2 rows of 8
+    assert _png_size(run / "reconstructions.png") == (73, 19)   # 8 above their 8
+    assert not (run / "latent.png").exists()                    # 225 would not fit
+    monkeypatch.setattr(plots, "MAX_UPSCALED_PIXELS", 50)     # not one 10 x 10 cell
+    run = tmp_path / "run2"
+    assert cli.main(["train", *TINY, "--iwae-k", "0", "--out", str(run)]) == 0
+    assert {p.name for p in run.glob("*.png")} <= {"curves.png"}
+    assert json.loads((run / "metrics.json").read_text())["final"]["test_elbo"] is not None

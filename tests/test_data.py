@@ -96,6 +96,10 @@ def test_wrong_magic_and_labels_file(tmp_path):
     write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28), dtype=np.uint8))
     with pytest.raises(DataError, match="labels"):
         load_dataset("mnist", tmp_path)
+    # colour images (N, H, W, C) are no labels file: the shape alone is said
+    write_idx(path, np.zeros((2, 28, 28, 3), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"got shape \(2, 28, 28, 3\)$"):
+        load_dataset("mnist", tmp_path)
 
 
 def test_corrupt_gzip(tmp_path):

@@ -46,3 +46,14 @@ def test_a_picture_shows_data_past_0_1_in_its_own_range():
                 {"picture_range": [0.0, float("inf")]}, {"picture_range": [True, 2]}):
         assert plots.saved_picture_range(bad) == (0.0, 1.0)
     assert plots.saved_picture_range({"picture_range": [-1, 1]}) == (-1.0, 1.0)
+
+
+def test_flat_data_is_drawn_square_and_a_colour_strip_stays_a_strip():
+    """A one-channel (N, 1, 1, D) image is what the loader makes of flat data, drawn as a
+    square where D is one; a strip of several channels is no flattened image."""
+    from fastvae import plots
+
+    assert plots.as_pictures(torch.zeros(2, 16)).shape == (2, 1, 4, 4)
+    assert plots.as_pictures(torch.zeros(2, 1, 1, 16)).shape == (2, 1, 4, 4)
+    assert plots.as_pictures(torch.zeros(2, 3, 1, 16)).shape == (2, 3, 1, 16)
+    assert plots.as_pictures(torch.zeros(2, 1, 1, 15)).shape == (2, 1, 1, 15)

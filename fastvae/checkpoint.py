@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ._durable import fsync_dir
+from ._durable import fsync_dir, fsync_parents
 
 FORMAT = "fastvae-checkpoint"
 VERSION = 2            # 2: with checksum; 1 (no checksum) still loads
@@ -200,6 +200,7 @@ def atomic_write(path, write) -> Path:
             raise WriteError(f"cannot write {path}: {_reason(e)}; {kept}") from None
         raise
     fsync_dir(path.parent)
+    fsync_parents(made)
     return path
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import ranks
+from ._durable import fsync_parents
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
                          temp_name)
 from .models import build_model
@@ -239,6 +240,7 @@ class RunFolder:
         except BaseException:
             folder.close(failed=True)
             raise
+        fsync_parents(folder.created)
         return folder
 
     def _lock(self, resume: bool = False) -> None:

@@ -103,7 +103,10 @@ def set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
     own = per_rank[rank] if world > 1 and per_rank and len(per_rank) == world else state
     torch.set_rng_state(own["torch"])
     if "cuda" in own and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(own["cuda"])
+        # only the devices this machine shows: a run saved where more were visible (a
+        # 2-GPU node, one process on cuda:0) resumes on one GPU instead of being refused
+        for i, device_state in enumerate(list(own["cuda"])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state, i)
     shuffle_gen.set_state(state["shuffle"])
     if world > 1 and own is state and rank:
         # another number of processes than the run had: rank 0 continues the saved

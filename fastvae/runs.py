@@ -229,6 +229,11 @@ class RunFolder:
             if path.exists() and not path.is_dir():
                 raise RunFolderError(f"--out {path} is a file, not a folder; " + (
                     "give the run's folder" if resume else "choose another --out"))
+            if path.is_symlink() and not path.exists():   # mkdir would take it for a folder
+                raise RunFolderError(f"--out {path} is a symbolic link to {os.readlink(path)}, "
+                                     "which does not exist; " + (
+                                         "link it to the run's folder" if resume else
+                                         "create that folder, or choose another --out"))
             try:
                 folder = cls(path, _mkdirs(path, exist_ok=True))
             except OSError as e:

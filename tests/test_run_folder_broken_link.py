@@ -1,0 +1,20 @@
+"""An --out that is a symbolic link to nothing is said as such, before anything runs
+unlocked in it: mkdir took it for an existing folder, the lock could not open it, and the
+error blamed the folder's permissions ("make it writable")."""
+import pytest
+
+from fastvae import cli
+TINY_ARGS = ["--epochs", "1", "--hidden", "32", "--latent", "4", "--iwae-k", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_broken_symbolic_link_as_out(tmp_path, capsys, resume):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    assert cli.main(["train", *TINY_ARGS, "--out", str(link),
+                     *(["--resume"] if resume else [])]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
+    assert "make it writable" not in err
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

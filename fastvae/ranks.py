@@ -86,9 +86,10 @@ def all_reduce(t: torch.Tensor, world: int, device) -> torch.Tensor:
     return t.cpu()
 
 
-def rng_state(shuffle_gen, world: int) -> dict:
+def rng_state(shuffle_gen, world: int, device) -> dict:
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle_gen.get_state()}
-    if torch.cuda.is_available():
+    # a CPU run draws nothing on a GPU: asking would start CUDA on every visible device
+    if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     if world > 1:  # every rank draws its own noise; rank 0 saves them all
         mine = {k: v for k, v in state.items() if k != "shuffle"}

@@ -263,7 +263,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
                        rank, world)
         run.history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
                             "wall_s_with_eval": wall_eval, "samples_per_s": n / wall})
-        rng = ranks.rng_state(run.shuffle_gen, world)
+        rng = ranks.rng_state(run.shuffle_gen, world, device)
         if is_main:
             save_checkpoint({"config": cfg, "model": run.core.state_dict(),
                              "optimizer": run.opt.state_dict(),

@@ -1,6 +1,7 @@
-"""A checkpoint saved where more GPUs were visible than now (every visible device's
-random state is saved) resumes: the states of devices this machine lacks are not
-restored, rather than the whole resume refused as a damaged random state."""
+"""The CUDA random states a checkpoint keeps: a CUDA run's, every visible device's; a CPU
+run's, none (asking would start CUDA on every GPU). One saved where more GPUs were
+visible than now resumes: the states of devices this machine lacks are not restored,
+rather than the whole resume refused as a damaged random state."""
 import pytest
 import torch
 
@@ -26,10 +27,20 @@ def test_cuda_states_of_missing_devices_are_skipped(monkeypatch):
     assert [(d, s.tolist()) for d, s in restored] == [(0, [1] * 8)]
 
 
+def test_a_cpu_run_saves_no_cuda_state_and_starts_no_cuda(monkeypatch):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: asked.append(1) or [])
+    gen = torch.Generator().manual_seed(1)
+    assert "cuda" not in ranks.rng_state(gen, 1, torch.device("cpu")) and not asked
+    assert ranks.rng_state(gen, 1, torch.device("cuda", 0))["cuda"] == [] and asked
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_states_round_trip_on_this_machine():
     gen = torch.Generator().manual_seed(1)
-    state = ranks.rng_state(gen, 1)
+    state = ranks.rng_state(gen, 1, torch.device("cuda"))
     want = torch.cuda.get_rng_state(0)
     torch.cuda.manual_seed_all(123)
     ranks.set_rng_state(state, gen, 0, 1)

@@ -48,6 +48,18 @@ def together(fn, rank: int, world: int, group=None):
     raise RankError("; ".join(f"rank {r}: {s}" for r, s in failed)) from err
 
 
+def init_group(backend: str) -> None:
+    """torch's default process group, made so that ``destroy_process_group`` frees it."""
+    # torch.distributed.nn.functional binds group.WORLD as its functions' default argument
+    # when it is imported, and DDP's first use of torch._dynamo imports it: imported after
+    # the group exists, it holds the group for good, whose gloo threads then run into the
+    # interpreter's shutdown, where one releasing a finished collective aborts the rank
+    # (signal 6). Imported first, it binds None.
+    import torch.distributed.nn.functional  # noqa: F401
+
+    torch.distributed.init_process_group(backend)
+
+
 # the other ranks' wait for rank 0's final estimate (see train._train_in_group)
 FINISH_TIMEOUT = datetime.timedelta(days=30)
 

@@ -120,7 +120,7 @@ def _train(given: dict, log) -> dict:
     if own_group:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        ranks.init_group("nccl" if device.type == "cuda" else "gloo")
     folder, failed = None, True
     try:
         ranks.together(lambda: _machine_ready(full, is_main, say), rank, world)

@@ -1,0 +1,47 @@
+"""``fastvae train`` under torchrun tears its process group down before the interpreter
+exits. A module imported after ``init_process_group`` that binds ``group.WORLD`` as a
+default argument (``torch.distributed.nn.functional``, which DDP's first use of
+torch._dynamo imports) kept the group alive past ``destroy_process_group``: its gloo
+threads ran on into the interpreter's finalization, where one releasing a finished
+collective's work took the GIL and the rank aborted (signal 6, reported by torchrun as a
+failure; most often after a SIGTERM to one rank, now and then after a good run)."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+GLOO_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="threads named in /proc")
+def test_no_gloo_thread_outlives_the_command(tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this python")
+    script = tmp_path / "wrapped.py"
+    script.write_text(textwrap.dedent(f"""
+        import glob, os, sys
+        from fastvae.cli import main
+        status = main(sys.argv[1:])
+        names = []
+        for f in glob.glob("/proc/self/task/*/comm"):
+            with open(f) as t:
+                names.append(t.read().strip())
+        with open({str(tmp_path)!r} + "/threads." + os.environ["RANK"], "w") as f:
+            f.write(" ".join(n for n in names if n in {GLOO_THREADS!r}))
+        sys.exit(status)
+    """))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), "train",
+                        "--epochs", "1", "--hidden", "16", "--latent", "2", "--iwae-k", "0",
+                        "--batch-size", "256", "--no-progress", "--device", "cpu",
+                        "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=240, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"threads.{rank}").read_text() == "", rank

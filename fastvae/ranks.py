@@ -60,6 +60,18 @@ def init_group(backend: str) -> None:
     torch.distributed.init_process_group(backend)
 
 
+_held = []   # the default groups of failed runs (end_group)
+
+
+def end_group(failed: bool) -> None:
+    """destroy_process_group; after a failure (a stop, a lost peer) the group itself is
+    kept: its destructor waits for this rank's collectives, and one another rank will
+    never join (a SIGTERM to this rank alone, mid-step) would hang the rank for good."""
+    if failed:
+        _held.append(torch.distributed.distributed_c10d._get_default_group())
+    torch.distributed.destroy_process_group()
+
+
 # the other ranks' wait for rank 0's final estimate (see train._train_in_group)
 FINISH_TIMEOUT = datetime.timedelta(days=30)
 

@@ -142,7 +142,7 @@ def _train(given: dict, log) -> dict:
         if folder is not None:
             folder.close(failed)
         if own_group:
-            torch.distributed.destroy_process_group()
+            ranks.end_group(failed)
 
 
 def _machine_ready(full: dict, is_main: bool, say) -> None:

@@ -7,6 +7,7 @@ non-zero instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -395,6 +396,13 @@ def console(argv=None) -> int:
     the interpreter's exit (``stops.exiting``)."""
     status = main(argv)
     stops.exiting()
+    if ranks.group_kept():
+        # a failed torchrun run: the kept group's threads would meet the interpreter's
+        # shutdown and abort the process (signal 6) in place of its status; what the
+        # command wrote is flushed, and nothing else is left to run at exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     return status
 
 

@@ -72,6 +72,12 @@ def end_group(failed: bool) -> None:
     torch.distributed.destroy_process_group()
 
 
+def group_kept() -> bool:
+    """Whether a failed run kept its process group (:func:`end_group`): its gloo threads
+    still run, and the interpreter's shutdown would abort the process under them."""
+    return bool(_held)
+
+
 # the other ranks' wait for rank 0's final estimate (see train._train_in_group)
 FINISH_TIMEOUT = datetime.timedelta(days=30)
 

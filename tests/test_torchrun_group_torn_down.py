@@ -45,3 +45,21 @@ def test_no_gloo_thread_outlives_the_command(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1):
         assert (tmp_path / f"threads.{rank}").read_text() == "", rank
+
+
+def test_a_failed_run_whose_group_was_kept_exits_without_the_interpreter_s_shutdown(
+        monkeypatch, capsys):
+    """A failed run keeps its group (``ranks.end_group``), whose threads the interpreter's
+    shutdown would abort the process under: the command's status goes straight to the
+    OS, after what it wrote is flushed. Without a kept group, console returns as usual."""
+    from fastvae import cli, ranks
+
+    exits = []
+    monkeypatch.setattr(cli, "main", lambda argv: print("the line") or 1)
+    monkeypatch.setattr(cli.stops, "exiting", lambda: None)
+    monkeypatch.setattr(os, "_exit", exits.append)
+    assert cli.console([]) == 1 and exits == []
+    capsys.readouterr()
+    monkeypatch.setattr(ranks, "_held", [object()])
+    cli.console([])
+    assert exits == [1] and capsys.readouterr().out == "the line\n"

@@ -13,6 +13,21 @@ from .checkpoint import write_json
 from .evaluation import iwae_nll, nll_fields, nll_text
 
 
+def written(cfg: dict) -> list:
+    """The files :func:`finish` writes for ``cfg``'s model and ``data_shape``, so that a
+    resumed run can check them before it trains (the curves need one epoch, which every
+    run that reaches finish has)."""
+    from . import plots
+
+    shape = tuple(cfg["data_shape"])
+    # as many as fastvae sample would draw in one picture (large images: fewer, or none)
+    fits = plots.most_images(shape)
+    return (["reconstructions.png"] * (fits >= 2) + ["samples.png"] * (fits >= 1)
+            + ["latent.png"] * (cfg["latent"] == 2 and cfg["model"] != "hvae"
+                                and plots.most_images(shape, 15) >= 225)
+            + ["curves.png", "metrics.json"])
+
+
 def finish(core, data, cfg, device, out, history, initial, backend_name, world, session_wall,
            say):
     """Final IWAE estimate, pictures and metrics.json (rank 0)."""
@@ -25,19 +40,17 @@ def finish(core, data, cfg, device, out, history, initial, backend_name, world, 
     iwae_s = time.perf_counter() - t0
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
-    # as many as fastvae sample would draw in one picture (large images: fewer, or none)
-    fits = plots.most_images(core.data_shape)
+    drawn, fits = written(cfg), plots.most_images(core.data_shape)
     x = data.test[:min(32, fits // 2)].to(device)
     shown = dict(value_range=cfg["picture_range"])
     with torch.no_grad():
-        if len(x):
+        if "reconstructions.png" in drawn and len(x):
             plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
                                        out / "reconstructions.png", **shown)
-        if fits:
+        if "samples.png" in drawn:
             plots.save_grid(core.sample(min(64, fits), generator=gen).float().cpu(),
                             out / "samples.png", **shown)
-        if (core.latent_dim == 2 and not getattr(core, "hierarchical", False)
-                and plots.most_images(core.data_shape, 15) >= 225):
+        if "latent.png" in drawn:
             plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png",
                             ncol=15, **shown)
     if history:

@@ -195,6 +195,17 @@ def _mkdirs(path: Path, exist_ok: bool) -> list[Path]:
     return created
 
 
+def check_outputs(folder, names) -> None:
+    """RunFolderError naming the first of ``names`` in ``folder`` that is a folder: the
+    rename that writes it would fail there only after the whole training (a link to a
+    folder is replaced, not followed)."""
+    for name in names:
+        p = Path(folder) / name
+        if p.is_dir() and not p.is_symlink():
+            raise RunFolderError(f"{p} is a folder, where the run writes its {name} when it "
+                                 "ends; move it away")
+
+
 class RunFolder:
     """The folder of one run, held for the run's lifetime by one process (rank 0).
 

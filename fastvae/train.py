@@ -36,7 +36,7 @@ from .amp import (CompiledHalves, amp_policy, compile_options, compiler_problem,
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, save_checkpoint
 from .data import DataError, load_dataset, load_run_dataset
 from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
-from .finish import finish
+from .finish import finish, written
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
 from .options import check_model_sizes, check_train_config, plain_values, resolve_device
@@ -45,8 +45,8 @@ from .run_data import (check_elbo_finite, check_run_data, check_weights_finite, 
                        same_data_everywhere)
 from .run_config import (RESUME_OVERRIDES, RUN_KEYS_UNLESS_GIVEN, check_data_flags,
                          prepare_config)
-from .runs import (MissingExtra, RunFolderError, check_extras, claim_folder, installed,
-                   load_weights, run_backend)
+from .runs import (MissingExtra, RunFolderError, check_extras, check_outputs, claim_folder,
+                   installed, load_weights, run_backend)
 
 __all__ = ["train", "default_config", "evaluate", "iwae_nll", "batch_loss", "resolve_device",
            "NonFiniteLoss", "DataError", "CheckpointError", "RunFolderError",
@@ -178,6 +178,8 @@ def _settled(given: dict, full: dict, device, say):
                else "")
         raise CheckpointError(f"{Path(cfg['out']) / CHECKPOINT_NAME}: its config "
                               f"cannot be resumed: {e}{way}") from None
+    # a fresh run was refused any of them (prepare_config); a resumed one replaces them
+    check_outputs(cfg["out"], written(cfg))
     how = (None if given.get("backend") is not None else   # the flag's: named as the flag
            f"resume it with --backend auto (or torch) to go on on {device}")
     return cfg, state, run_backend(cfg, device, how)

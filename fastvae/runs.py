@@ -8,6 +8,7 @@ naming the file, so the command prints one line instead of a ``KeyError`` or a
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from . import ranks
 from ._durable import fsync_parents
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
-                         temp_name)
+                         os_words, temp_name)
 from .models import build_model
 from .options import TRAIN_CHOICES, BadValue, check_train_config, folder, resolve_device
 from .options import seed as check_seed
@@ -213,7 +214,8 @@ class RunFolder:
     exclusively, so two runs started together never pick the same one. Locked: an
     advisory lock (``flock`` on the folder; nothing is written for it) refuses a second
     run into the same ``--out`` and lets the first remove stale temporary files safely;
-    the OS releases it when the process dies. Checked writable by creating and removing
+    the OS releases it when the process dies. Where the file system has no flock, the
+    run goes on unlocked with a note on stderr. Checked writable by creating and removing
     a file. Closed after a failure, folders it created and left empty are removed.
     """
 
@@ -270,8 +272,11 @@ class RunFolder:
         except BlockingIOError:
             raise RunFolderError(f"{self.path} is in use by another fastvae run; wait for it"
                                  + ("" if resume else " or choose another --out")) from None
-        except OSError:
-            pass  # a file system without flock (some network mounts): run unlocked
+        except OSError as e:
+            # a file system without flock (network mounts on clusters): refusing would
+            # leave no way to train there, so the run goes on unlocked and says so
+            print(f"note: the run folder {self.path} is not locked ({os_words(e)}): start "
+                  "no other run into it while this one runs", file=sys.stderr)
 
     def _check_writable(self, resume: bool = False) -> None:
         """RunFolderError if a file cannot be created here, with what to do: a resumed

@@ -109,6 +109,15 @@ def temp_name(path: Path) -> Path:
     return path.parent / f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(6)}"
 
 
+def broken_link(path) -> str | None:
+    """``PATH is a symbolic link to TARGET, which does not exist`` where ``path`` is one
+    (mkdir and is_dir take it for nothing, or for a folder), else None."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
 def error_chain(e: BaseException, outer: BaseException | None = None):
     """``e`` and the exceptions behind it (its cause, else its context), up to ``outer``."""
     while e is not None and e is not outer:
@@ -335,6 +344,10 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         if p.name == CHECKPOINT_NAME and p.is_dir():
             raise CheckpointError(f"{p} is a folder, not a checkpoint file; move it away")
     if not path.is_file():
+        broken = broken_link(path.parent)
+        if broken:   # `fastvae train --out` it would be refused as well
+            raise CheckpointError(f"no checkpoint at {path}: {broken}; link it to the run's "
+                                  "folder")
         held = run_files_in(path.parent)
         if held:   # a fresh run refuses this folder: it would overwrite them
             raise CheckpointError(

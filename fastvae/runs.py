@@ -15,8 +15,8 @@ import torch
 
 from . import ranks
 from ._durable import fsync_parents
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, checkpoint_path, load_checkpoint,
-                         os_words, temp_name)
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, broken_link, checkpoint_path,
+                         load_checkpoint, os_words, temp_name)
 from .models import build_model
 from .options import TRAIN_CHOICES, BadValue, check_train_config, folder, resolve_device
 from .options import seed as check_seed
@@ -242,11 +242,11 @@ class RunFolder:
             if path.exists() and not path.is_dir():
                 raise RunFolderError(f"--out {path} is a file, not a folder; " + (
                     "give the run's folder" if resume else "choose another --out"))
-            if path.is_symlink() and not path.exists():   # mkdir would take it for a folder
-                raise RunFolderError(f"--out {path} is a symbolic link to {os.readlink(path)}, "
-                                     "which does not exist; " + (
-                                         "link it to the run's folder" if resume else
-                                         "create that folder, or choose another --out"))
+            broken = broken_link(path)
+            if broken:   # mkdir would take it for a folder
+                raise RunFolderError(f"--out {broken}; " + (
+                    "link it to the run's folder" if resume else
+                    "create that folder, or choose another --out"))
             try:
                 folder = cls(path, _mkdirs(path, exist_ok=True))
             except OSError as e:

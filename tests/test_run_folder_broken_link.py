@@ -18,3 +18,16 @@ def test_a_broken_symbolic_link_as_out(tmp_path, capsys, resume):
     assert f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
     assert "make it writable" not in err
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_eval_and_sample_on_a_broken_link_say_so(tmp_path, capsys, command):
+    """Not `fastvae train --out LINK`, which is refused for the same link."""
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    assert cli.main([command, str(link)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
+    assert "fastvae train" not in err
+    assert link.is_symlink() and not (tmp_path / "gone").exists()

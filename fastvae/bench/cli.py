@@ -15,8 +15,8 @@ from .. import error_lines as el
 from .. import options as o
 from ..checkpoint import write_json
 from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
-from .grids import (grid_from_args, k_dest, max_elements_of, ops_of, quick_ops,
-                    quick_shapes, size_problem)
+from .grids import (dtype_problem, grid_from_args, k_dest, max_elements_of, ops_of,
+                    quick_ops, quick_shapes, size_problem)
 from .harness import run_case
 from .report import (busy_note, environment, format_first_calls, format_table, header,
                      plot)
@@ -337,9 +337,10 @@ def main(argv=None) -> int:
         parser.error(f"argument {e}")
     device = o.auto_device(args.device)
     # Sizes an op cannot take would end the run at its first case, minutes in.
-    problem = None if args.proxy else size_problem(
+    problem = None if args.proxy else (size_problem(
         GPU_TRAIN_OPS if args.gpu_train_step else ops_of(args, device),
         [784] if args.gpu_train_step else args.dim, args.latent)
+        or dtype_problem(args.dtype, device))
     if problem:
         parser.error(f"argument {problem}")
     if not args.proxy:

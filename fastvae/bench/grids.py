@@ -8,8 +8,9 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from .._dtypes import widest
 from ..options import auto_device, positive_int
-from .core import DTYPES, OPS, Case, get_op
+from .core import DTYPE_NAMES, DTYPES, OPS, Case, get_op
 from .timing import is_cuda
 
 # The default grid's name per (--quick, device): keys of each spec's ``grids``.
@@ -130,6 +131,19 @@ def size_problem(ops: Sequence[str], dims: Optional[Sequence[int]],
                 return (f"{flag}: {', '.join(bad)} cannot run at {flag} {v} ("
                         + "; ".join(f"{n} needs {why}" for n, why in bad.items())
                         + f"); {hint}")
+    return None
+
+
+def dtype_problem(dtypes: Optional[Sequence[str]], device) -> Optional[str]:
+    """Why ``--dtype`` cannot run on ``device`` (a torch.device or its name): a dtype it
+    has no tensors of (MPS: no float64), found before any case runs instead of as its
+    error; None where every one can."""
+    device = torch.device(device)
+    wide = widest(device)
+    bad = [d for d in dtypes or () if DTYPES[d].itemsize > wide.itemsize]
+    if bad:
+        return (f"--dtype: {device.type} has no {', '.join(bad)} (its widest float is "
+                f"{DTYPE_NAMES[wide]}); drop {'it' if len(bad) == 1 else 'them'}")
     return None
 
 

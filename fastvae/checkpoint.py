@@ -59,7 +59,7 @@ def _tmp_prefix(path: Path) -> str:
     return f"{_TMP_PREFIX}{path.name}."
 
 
-def _remove_stale_temps(path: Path) -> None:
+def remove_stale_temps(path: Path) -> None:
     """Temporary files of ``path`` left by a killed writer. A temp file is named with its
     writer's process id: one of another process still running is that writer's file in
     progress (two ``fastvae bench --json F`` at once), so it is left; any other is stale
@@ -169,7 +169,7 @@ def atomic_write(path, write) -> Path:
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temps(path)
+            remove_stale_temps(path)
             f = None
             while f is None:
                 # named before it exists: a signal handled just after the create, before

@@ -16,7 +16,7 @@ import torch
 from . import ranks
 from ._durable import fsync_parents
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, broken_link, checkpoint_path,
-                         load_checkpoint, os_words, temp_name)
+                         load_checkpoint, os_words, remove_stale_temps, temp_name)
 from .models import build_model
 from .options import TRAIN_CHOICES, BadValue, check_train_config, folder, resolve_device
 from .options import seed as check_seed
@@ -281,6 +281,10 @@ class RunFolder:
     def _check_writable(self, resume: bool = False) -> None:
         """RunFolderError if a file cannot be created here, with what to do: a resumed
         run lives in its own folder, so another --out is no fix for it."""
+        try:   # a probe a hard kill left between its create and its unlink
+            remove_stale_temps(self.path / "write-check")
+        except OSError:   # a folder that cannot be listed: the probe says what matters
+            pass
         probe = temp_name(self.path / "write-check")
         try:
             try:

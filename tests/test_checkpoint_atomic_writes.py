@@ -123,12 +123,33 @@ def test_the_write_probe_never_removes_a_file_it_did_not_create(tmp_path, monkey
     from fastvae import checkpoint, runs
     run = tmp_path / "run"
     run.mkdir()
-    monkeypatch.setattr(checkpoint.secrets, "token_hex", lambda n: "0a1b2c")
     theirs = run / f".tmp-write-check.{os.getpid()}-0a1b2c"
-    theirs.write_bytes(b"")
+
+    def token(n):   # taken after the sweep of stale probes, as the probe is named
+        theirs.write_bytes(b"")
+        return "0a1b2c"
+    monkeypatch.setattr(checkpoint.secrets, "token_hex", token)
     with pytest.raises(runs.RunFolderError, match="File exists"):
         runs.RunFolder.claim(run, "digits", resume=False)
     assert theirs.exists()
+
+
+def test_a_claim_removes_the_probe_a_killed_run_left_and_nothing_else(tmp_path):
+    """A SIGKILL between the probe's create and its unlink left it for good: the next
+    claim of the folder removes it, but not another live run's probe nor other files."""
+    from fastvae import runs
+    run = tmp_path / "run"
+    run.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()   # its pid runs no more
+    dead = run / f".tmp-write-check.{killed.pid}-0a1b2c"
+    live = run / f".tmp-write-check.{os.getppid()}-0a1b2c"
+    others = [run / ".tmp-write-checks", run / f".tmp-checkpoint.pt.{killed.pid}-0a1b2c",
+              run / "write-check"]
+    for p in (dead, live, *others):
+        p.write_bytes(b"")
+    runs.RunFolder.claim(run, "digits", resume=False).close(failed=False)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in (live, *others))
 
 
 def test_a_disk_error_inside_a_ctrl_c_handler_stays_a_disk_error(tmp_path):

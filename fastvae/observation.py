@@ -164,9 +164,11 @@ class ObservationModel(nn.Module):
         if p is not None and x.device != p.device:
             raise ValueError(f"x is on {x.device}, the model on {p.device}: move one to the "
                              "other (x.to(device) or model.to(device))")
-        # (under autocast the layers cast x themselves)
+        # under autocast the layers cast x and the weights themselves, but never a
+        # float64 one (autocast leaves float64 alone), so that mismatch stays an error here
         if (p is not None and x.dtype != p.dtype
-                and not torch.is_autocast_enabled(x.device.type)):
+                and (not torch.is_autocast_enabled(x.device.type)
+                     or torch.float64 in (x.dtype, p.dtype))):
             raise TypeError(f"x is {x.dtype}, the model's parameters {p.dtype}: pass "
                             f"x.to({p.dtype}) or convert the model (model.to({x.dtype}))")
         # with validation on (fastvae.set_validation), x's values too: a NaN in x is named

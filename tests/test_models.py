@@ -316,6 +316,24 @@ def test_images_of_another_dtype_or_device_are_refused_by_name(make):
 
 
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
+def test_under_autocast_a_float64_x_or_model_is_still_refused_by_name(make):
+    """Autocast casts float32 and 16-bit tensors, never float64 ones: a float64 x on a
+    float32 model (or a float32 x on a float64 one) failed inside the first layer ("mat1
+    and mat2 must have the same dtype, but got Double and BFloat16")."""
+    m = make()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for call in (m, m.elbo, m.reconstruct, m.iwae_nll):
+            with pytest.raises(TypeError, match=r"x is torch.float64, the model's parameters "
+                               r"torch.float32"):
+                call(torch.rand(2, 1, 4, 4, dtype=torch.float64))
+        m.double()
+        with pytest.raises(TypeError, match=r"x is torch.float32, the model's parameters "
+                           r"torch.float64"):
+            m.elbo(torch.rand(2, 1, 4, 4))
+        assert torch.isfinite(m.elbo(torch.rand(2, 1, 4, 4, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
 def test_with_validation_on_a_nan_in_x_is_named_as_x(make, restore_validation):
     """Not as the posterior or decoder output the layers make of it (the hierarchical
     VAE's iwae_nll said "mu_q has 128 non-finite value(s)"); with validation off, as

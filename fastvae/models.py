@@ -39,7 +39,7 @@ from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
 from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
-from .validation import check_size, check_sizes
+from .validation import check_size, check_sizes, check_tensor
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
@@ -53,9 +53,21 @@ class _VAEBase(ObservationModel):
         self.latent_dim = check_size("latent_dim", latent_dim)
 
     # -- pieces ---------------------------------------------------------------
+    def check_latents(self, z, lead: str = "B") -> torch.Tensor:
+        """z itself, a floating-point ``(*lead, L)`` tensor on the model's device and in
+        its dtype; else the error that names z (a layer's would say "mat1 and mat2 shapes
+        cannot be multiplied")."""
+        check_tensor("z", z)
+        if (z.dim() < 1 or z.shape[-1] != self.latent_dim
+                or (lead == "B" and z.dim() != 2)):
+            raise ValueError(f"z must be ({lead}, latent_dim) = ({lead}, {self.latent_dim}) "
+                             f"for this model, got shape {tuple(z.shape)}")
+        self.check_like_parameters("z", z)
+        return z
+
     def decode_any(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``(..., L)`` latents to ``(..., *out_shape)``."""
-        lead = z.shape[:-1]
+        lead = self.check_latents(z, lead="...").shape[:-1]
         out = self.decode(z.reshape(-1, self.latent_dim))
         return out.reshape(*lead, *self.out_shape)
 
@@ -183,7 +195,9 @@ class VAE(_VAEBase):
         return mu, logvar
 
     def decode(self, z):
-        """``(B, L)`` -> ``(B, *out_shape)`` decoder output."""
+        """``(B, L)`` -> ``(B, *out_shape)`` decoder output; any other z is refused
+        (:meth:`check_latents`)."""
+        z = self.check_latents(z)
         return self.decoder(z).reshape(z.shape[0], *self.out_shape)
 
 
@@ -257,7 +271,9 @@ class ConvVAE(_VAEBase):
         return max([self.hidden, flat] + maps)
 
     def decode(self, z):
-        """``(B, L)`` -> ``(B, *out_shape)`` decoder output."""
+        """``(B, L)`` -> ``(B, *out_shape)`` decoder output; any other z is refused
+        (:meth:`check_latents`)."""
+        z = self.check_latents(z)
         h, w = self._sizes[-1]
         t = self.dec_fc(z).reshape(z.shape[0], self.channels[-1], h, w)
         return self.decoder(t)

@@ -160,21 +160,26 @@ class ObservationModel(nn.Module):
             raise ValueError(f"x must be (B, *data_shape) = (B, "
                              f"{', '.join(map(str, self.data_shape))}) for this model, got "
                              f"shape {tuple(x.shape)}")
-        p = next(self.parameters(), None)
-        if p is not None and x.device != p.device:
-            raise ValueError(f"x is on {x.device}, the model on {p.device}: move one to the "
-                             "other (x.to(device) or model.to(device))")
-        # under autocast the layers cast x and the weights themselves, but never a
-        # float64 one (autocast leaves float64 alone), so that mismatch stays an error here
-        if (p is not None and x.dtype != p.dtype
-                and (not torch.is_autocast_enabled(x.device.type)
-                     or torch.float64 in (x.dtype, p.dtype))):
-            raise TypeError(f"x is {x.dtype}, the model's parameters {p.dtype}: pass "
-                            f"x.to({p.dtype}) or convert the model (model.to({x.dtype}))")
+        self.check_like_parameters("x", x)
         # with validation on (fastvae.set_validation), x's values too: a NaN in x is named
         # here, not as the posterior the encoder makes of it (mu_q has ... non-finite)
         check_values(resolve_validate(None), x=x)
         return x
+
+    def check_like_parameters(self, name: str, t: torch.Tensor) -> None:
+        """``t`` on the parameters' device and in their dtype, else the error that names
+        ``name`` (the first layer's would name neither it nor the model)."""
+        p = next(self.parameters(), None)
+        if p is not None and t.device != p.device:
+            raise ValueError(f"{name} is on {t.device}, the model on {p.device}: move one to "
+                             f"the other ({name}.to(device) or model.to(device))")
+        # under autocast the layers cast t and the weights themselves, but never a
+        # float64 one (autocast leaves float64 alone), so that mismatch stays an error here
+        if (p is not None and t.dtype != p.dtype
+                and (not torch.is_autocast_enabled(t.device.type)
+                     or torch.float64 in (t.dtype, p.dtype))):
+            raise TypeError(f"{name} is {t.dtype}, the model's parameters {p.dtype}: pass "
+                            f"{name}.to({p.dtype}) or convert the model (model.to({t.dtype}))")
 
     def mean(self, recon: torch.Tensor) -> torch.Tensor:
         """Decoder output -> the observation model's mean (an image)."""

@@ -333,6 +333,29 @@ def test_under_autocast_a_float64_x_or_model_is_still_refused_by_name(make):
         assert torch.isfinite(m.elbo(torch.rand(2, 1, 4, 4, dtype=torch.float64)))
 
 
+@pytest.mark.parametrize("cls", [VAE, ConvVAE])
+def test_decode_refuses_latents_of_another_shape_dtype_or_device_by_name(cls):
+    """``decode(z)`` and ``decode_any(z)`` are public; a z of another width failed in the
+    first layer ("mat1 and mat2 shapes cannot be multiplied (3x5 and 2x8)"), a float64
+    one with "mat1 and mat2 must have the same dtype", naming neither z nor the model."""
+    m = cls((1, 4, 4), 2)
+    for bad in (torch.rand(3, 5), torch.rand(2), torch.rand(2, 3, 2)):
+        with pytest.raises(ValueError, match=r"^z must be \(B, latent_dim\) = \(B, 2\) for "
+                           rf"this model, got shape \({bad.shape[0]},"):
+            m.decode(bad)
+    with pytest.raises(ValueError, match=r"^z must be \(\.\.\., latent_dim\) = \(\.\.\., 2\)"):
+        m.decode_any(torch.rand(2, 3, 3))
+    with pytest.raises(TypeError, match=r"^z is torch.float64, the model's parameters "
+                       r"torch.float32: pass z.to\(torch.float32\)"):
+        m.decode(torch.rand(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^z is on meta, the model on cpu"):
+        m.decode_any(torch.rand(4, 3, 2, device="meta"))
+    with pytest.raises(TypeError, match=r"^z must be a torch.Tensor, got list"):
+        m.decode([[0.0, 0.0]])
+    assert m.decode(torch.zeros(3, 2)).shape == (3, 1, 4, 4)
+    assert m.decode_any(torch.zeros(4, 3, 2)).shape == (4, 3, 1, 4, 4)
+
+
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
 def test_with_validation_on_a_nan_in_x_is_named_as_x(make, restore_validation):
     """Not as the posterior or decoder output the layers make of it (the hierarchical

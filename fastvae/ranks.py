@@ -129,11 +129,14 @@ def rng_state(shuffle_gen, world: int, device) -> dict:
     return state
 
 
-def set_rng_state(state: dict, shuffle_gen, rank: int, world: int):
+def set_rng_state(state: dict, shuffle_gen, rank: int, world: int, device):
     per_rank = state.get("per_rank")
     own = per_rank[rank] if world > 1 and per_rank and len(per_rank) == world else state
     torch.set_rng_state(own["torch"])
-    if "cuda" in own and torch.cuda.is_available():
+    # a CUDA run's states only: a run on another device draws nothing on a GPU, and
+    # restoring them (a CUDA run's, or an older CPU run's checkpoint) would start CUDA on
+    # every visible device, as asking for them did (rng_state)
+    if "cuda" in own and device.type == "cuda" and torch.cuda.is_available():
         # only the devices this machine shows: a run saved where more were visible (a
         # 2-GPU node, one process on cuda:0) resumes on one GPU instead of being refused
         for i, device_state in enumerate(list(own["cuda"])[:torch.cuda.device_count()]):

@@ -361,7 +361,7 @@ def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespa
         if use_scaler and state.get("scaler"):
             run.scaler.load_state_dict(state["scaler"])
         try:
-            ranks.set_rng_state(state["rng"], run.shuffle_gen, rank, world)
+            ranks.set_rng_state(state["rng"], run.shuffle_gen, rank, world, device)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
                 AttributeError) as e:   # AttributeError: a state that is no dict
             raise CheckpointError(f"{ckpt_file}: its random-number state cannot be restored "

@@ -217,7 +217,7 @@ def test_ranks_resumed_in_another_number_draw_their_own_noise():
     state = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().get_state()}
     draws = {}
     for rank in (0, 1, 2, 1):
-        _set_rng_state(state, torch.Generator(), rank, 3)
+        _set_rng_state(state, torch.Generator(), rank, 3, torch.device("cpu"))
         draws.setdefault(rank, []).append(torch.rand(4))
     torch.set_rng_state(state["torch"])
     assert torch.equal(draws[0][0], torch.rand(4))          # rank 0: the saved stream

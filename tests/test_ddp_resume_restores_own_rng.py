@@ -17,7 +17,7 @@ def test_each_rank_resumes_its_own_saved_random_state():
     try:
         for rank in (0, 1):
             gen = torch.Generator()
-            ranks.set_rng_state(saved, gen, rank, world=2)
+            ranks.set_rng_state(saved, gen, rank, world=2, device=torch.device("cpu"))
             assert torch.equal(torch.get_rng_state(), states[rank]["torch"]), rank
             assert torch.equal(gen.get_state(), saved["shuffle"])
     finally:

@@ -22,7 +22,8 @@ def written(cfg: dict) -> list:
     shape = tuple(cfg["data_shape"])
     # as many as fastvae sample would draw in one picture (large images: fewer, or none)
     fits = plots.most_images(shape)
-    return (["reconstructions.png"] * (fits >= 2) + ["samples.png"] * (fits >= 1)
+    return (["reconstructions.png"] * (plots.most_reconstructions(shape) >= 1)
+            + ["samples.png"] * (fits >= 1)
             + ["latent.png"] * (cfg["latent"] == 2 and cfg["model"] != "hvae"
                                 and plots.most_images(shape, 15) >= 225)
             + ["curves.png", "metrics.json"])
@@ -41,7 +42,7 @@ def finish(core, data, cfg, device, out, history, initial, backend_name, world, 
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
     drawn, fits = written(cfg), plots.most_images(core.data_shape)
-    x = data.test[:min(32, fits // 2)].to(device)
+    x = data.test[:plots.most_reconstructions(core.data_shape)].to(device)
     shown = dict(value_range=cfg["picture_range"])
     with torch.no_grad():
         if "reconstructions.png" in drawn and len(x):

@@ -173,10 +173,29 @@ def _geometry(n: int, h: int, w: int, ncol: int, min_cell: int, pad: int = 1) ->
     return ncol, scale, gw * scale, gh * scale
 
 
+def _pairs_drawn(n: int, ncol: int) -> int:
+    """How many of ``n`` inputs :func:`save_reconstructions` draws: whole rows of
+    ``ncol``, or all of them where they fill no row."""
+    return (n // ncol) * ncol or n
+
+
+def most_reconstructions(image_shape: tuple, most: int = 32, ncol: int = 8) -> int:
+    """The most inputs, up to ``most``, whose :func:`save_reconstructions` picture stays
+    within :data:`MAX_UPSCALED_PIXELS`; 0 where not one pair does. Not half of
+    :func:`most_images`: fewer than ``ncol`` pairs are drawn in two rows, which for
+    images taller than wide is a larger picture than one row of as many images."""
+    for n in range(min(most, most_images(image_shape, ncol) // 2), 0, -1):
+        drawn = _pairs_drawn(n, ncol)
+        w, h = grid_size((2 * drawn, *image_shape), min(ncol, drawn))
+        if w * h <= MAX_UPSCALED_PIXELS:
+            return n
+    return 0
+
+
 def save_reconstructions(inputs: torch.Tensor, recons: torch.Tensor, path, ncol: int = 8,
                          value_range=(0.0, 1.0)) -> Path:
     """Rows of inputs, each directly above the row of their reconstructions."""
-    n = (min(len(inputs), len(recons)) // ncol) * ncol or min(len(inputs), len(recons))
+    n = _pairs_drawn(min(len(inputs), len(recons)), ncol)
     ncol = min(ncol, n)
     rows = []
     for start in range(0, n, ncol):

@@ -57,3 +57,36 @@ def test_flat_data_is_drawn_square_and_a_colour_strip_stays_a_strip():
     assert plots.as_pictures(torch.zeros(2, 1, 1, 16)).shape == (2, 1, 4, 4)
     assert plots.as_pictures(torch.zeros(2, 3, 1, 16)).shape == (2, 3, 1, 16)
     assert plots.as_pictures(torch.zeros(2, 1, 1, 15)).shape == (2, 1, 1, 15)
+
+
+
+@pytest.mark.parametrize("shape", [(1, 55, 16), (1, 58, 7), (1, 33, 13), (1, 8, 8),
+                                   (3, 10, 40), (1, 1, 64), (1, 60, 60)])
+def test_train_s_pictures_are_the_files_it_lists_and_keep_to_the_bound(
+        shape, tmp_path, monkeypatch):
+    """finish draws what written() lists (a resume checks those paths first), each picture
+    within the bound. Half of most_images is no count of reconstructions that fits: fewer
+    pairs than a row are drawn in two rows, which for an image taller than wide is larger
+    than one row of as many images ((1, 55, 16): two fit in a row, the pair stacked
+    did not)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from fastvae import plots
+    from fastvae.finish import finish, written
+    from fastvae.models import VAE
+
+    monkeypatch.setattr(plots, "MAX_UPSCALED_PIXELS", 2000)
+    cfg = {"data_shape": list(shape), "latent": 2, "model": "mlp", "seed": 0, "iwae_k": 0,
+           "backend": None, "progress": False, "picture_range": [0.0, 1.0]}
+    core = VAE(shape, 2, hidden=8)
+    data = SimpleNamespace(test=torch.rand(40, *shape))
+    finish(core, data, cfg, torch.device("cpu"), tmp_path, [], None, "torch", 1, 0.0,
+           lambda *a, **k: None)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == sorted(set(written(cfg)) - {"curves.png"}), made   # no epochs: no curves
+    for name in made:
+        if name.endswith(".png"):
+            with Image.open(tmp_path / name) as im:
+                assert im.size[0] * im.size[1] <= 2000, (name, im.size)

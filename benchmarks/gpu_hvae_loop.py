@@ -39,7 +39,7 @@ from fastvae.bench.core import Case
 from fastvae.bench.specs.sample_with_kl import NAMES, check, eager_sample_with_kl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_report import (device_for, failed, fmt, make_out, triton_version,  # noqa: E402
+from gpu_report import (add_out, device_for, failed, fmt, make_out, triton_version,  # noqa: E402
                         write_report)
 from gpu_timing import graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
 
@@ -209,8 +209,7 @@ def markdown(res):
 
 def main(argv=None):
     p = o.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
-                   help="folder for the report (default: $OUT where set and not empty, else gpu_out)")
+    add_out(p)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--budget-s", type=o.positive_float, default=90.0,
                    help="stop starting new variants after this many seconds")

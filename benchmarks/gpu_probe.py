@@ -44,7 +44,7 @@ from fastvae.bench.core import bytes_moved
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_captured_bar import captured_bar, captured_markdown  # noqa: E402
 from gpu_host_profile import host_profile  # noqa: E402
-from gpu_report import (T0, device_for, environment, failed, fmt, log,  # noqa: E402
+from gpu_report import (add_out, T0, device_for, environment, failed, fmt, log,  # noqa: E402
                         make_out, write_report)
 from gpu_steps import BAR, DTYPES, SMOKE, elbo_step, iwae_step, reparam_step  # noqa: E402
 from gpu_timing import copy_bandwidth, graph_ms, host_us, kernel_times, timed_gpu  # noqa: E402
@@ -143,8 +143,7 @@ def markdown(res):
 
 def main(argv=None):
     p = o.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
-                   help="folder for the report (default: $OUT where set and not empty, else gpu_out)")
+    add_out(p)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, backend torch")
     p.add_argument("--ncu-target", nargs="?", const="elbo", choices=("elbo", "iwae"),
                    help="run 2 fwd+bwd steps at the bar shape, nothing else: ELBO (the "

@@ -36,6 +36,15 @@ def device_for(script: str, smoke: bool):
     return None
 
 
+def add_out(parser) -> None:
+    """The scripts' --out: $OUT where set and not empty (gpu_session.sh sets it)."""
+    from fastvae import options as o
+
+    parser.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
+                        help="folder for the report (default: $OUT where set and not empty, "
+                             "else gpu_out)")
+
+
 def make_out(parser, path: str) -> None:
     """The report's folder, made; a path that cannot be one (a file in the way, no
     permission) is a usage error naming --out, not an OSError traceback."""

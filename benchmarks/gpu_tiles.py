@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from fastvae import options as o  # noqa: E402
 from fastvae.bench.core import bytes_moved  # noqa: E402
 
-from gpu_report import (T0, device_for, environment, failed, fmt, log,  # noqa: E402
+from gpu_report import (add_out, T0, device_for, environment, failed, fmt, log,  # noqa: E402
                         make_out, write_report)
 from gpu_steps import BAR, DTYPES, SMOKE, elbo_step  # noqa: E402
 from gpu_timing import copy_bandwidth, kernel_times  # noqa: E402
@@ -230,8 +230,7 @@ def markdown(res) -> str:
 
 def main(argv=None):
     p = o.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
-                   help="folder for the report (default: $OUT where set and not empty, else gpu_out)")
+    add_out(p)
     p.add_argument("--smoke", action="store_true",
                    help="CPU tensors under TRITON_INTERPRET=1, B=64: the code paths")
     p.add_argument("--offline", action="store_true",

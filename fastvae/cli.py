@@ -29,7 +29,7 @@ def _threads_flag(p, default="0"):
     p.add_argument("--threads", type=o.threads, default=None,
                    help="CPU threads for torch; 0 = auto (1 for images of <= 1024 values such "
                    "as digits and MNIST, where more threads only add waiting; else torch's "
-                   f"default) [default: {default}]")
+                   f"own count) [default: {default}]")
 
 
 def _add_train(sub):
@@ -400,8 +400,11 @@ def console(argv=None) -> int:
         # a failed torchrun run: the kept group's threads would meet the interpreter's
         # shutdown and abort the process (signal 6) in place of its status; what the
         # command wrote is flushed, and nothing else is left to run at exit
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):   # a closed pipe: the status still goes out
+                pass
         os._exit(status)
     return status
 

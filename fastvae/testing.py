@@ -36,9 +36,9 @@ def tolerance(dtype: torch.dtype) -> Tuple[float, float]:
 def assert_close(what: str, got: Optional[torch.Tensor], want: Optional[torch.Tensor],
                  dtype: torch.dtype) -> None:
     """Raise ``AssertionError`` (its message starting with ``what``) unless ``got``
-    matches ``want`` by the module's rule at ``dtype``'s tolerance. Compared in float64 (on the CPU for a
-    device without it);
-    ``None`` (e.g. a gradient that was not computed) matches only ``None``."""
+    matches ``want`` by the module's rule at ``dtype``'s tolerance. Compared in float64 (on
+    the CPU for a device without it); ``None`` (e.g. a gradient that was not computed)
+    matches only ``None``."""
     if got is None or want is None:
         if got is not want:
             raise AssertionError(f"{what}: one side has no value (got {got!r}, want {want!r})")

@@ -27,7 +27,6 @@ the hierarchical VAE's ``sample_with_kl`` and ``gaussian_log_prob``).
 from __future__ import annotations
 
 import math
-from numbers import Integral
 
 import torch
 from torch import nn
@@ -39,7 +38,7 @@ from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
 from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
-from .validation import check_size, check_sizes, check_tensor
+from .validation import check_size, check_sizes, check_tensor, check_widths
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
@@ -159,7 +158,8 @@ class VAE(_VAEBase):
     Args:
         data_shape: one sample's shape, e.g. ``(1, 8, 8)`` or ``(784,)``.
         latent_dim: L.
-        hidden: hidden layer widths (encoder; the decoder mirrors them).
+        hidden: hidden layer widths (encoder; the decoder mirrors them): a sequence of
+            ints (a numpy array too), or one int for one layer.
         likelihood: "bernoulli" (decoder gives logits), "continuous_bernoulli"
             (logits), "gaussian" (mean, with a learnable per-dimension
             ``obs_logvar``) or "discretized_logistic_mixture" (``(C, H, W)`` images,
@@ -171,9 +171,8 @@ class VAE(_VAEBase):
     def __init__(self, data_shape=(1, 8, 8), latent_dim=8, hidden=(256,), likelihood="bernoulli",
                  n_mix=None):
         super().__init__(data_shape, latent_dim, likelihood, n_mix)
-        # one width as any int (a numpy int from a config array too, as ConvVAE takes it)
-        hidden = check_sizes("hidden", [hidden] if isinstance(hidden, Integral) else hidden,
-                             allow_empty=True)  # no hidden layer: a linear encoder and decoder
+        # no hidden layer: a linear encoder and decoder
+        hidden = check_widths("hidden", hidden, allow_empty=True)
         d = math.prod(self.data_shape)
         self.hidden = tuple(hidden)
         enc, width = [], d
@@ -212,7 +211,8 @@ class ConvVAE(_VAEBase):
         data_shape: ``(C, H, W)``.
         latent_dim: L.
         channels: channels of each encoder stage.
-        hidden: width of the fully connected layer between convolutions and latents.
+        hidden: width of the fully connected layer between convolutions and latents:
+            an int, or a one-element sequence as :class:`VAE` takes it.
         likelihood, n_mix: as in :class:`VAE`; a DMoL decoder's last transposed
             convolution gives the mixture's ``10*M`` (RGB) or ``3*M`` (gray) channels.
     """
@@ -222,12 +222,11 @@ class ConvVAE(_VAEBase):
         super().__init__(data_shape, latent_dim, likelihood, n_mix)
         if len(self.data_shape) != 3:
             raise ValueError(f"ConvVAE needs (C, H, W) data, got shape {self.data_shape}")
-        if isinstance(hidden, (list, tuple)):
-            if len(hidden) != 1:  # the rest would be dropped without a word
-                raise ValueError(f"hidden: the conv model has one fully connected layer, so one "
-                                 f"width; got {list(hidden)}")
-            hidden = hidden[0]
-        hidden = check_size("hidden", hidden)
+        widths = check_widths("hidden", hidden, allow_empty=True)  # the MLP's spellings
+        if len(widths) != 1:  # the rest would be dropped without a word
+            raise ValueError(f"hidden: the conv model has one fully connected layer, so one "
+                             f"width; got {list(widths)}")
+        hidden = widths[0]
         channels = check_sizes("channels", channels)
         c, h, w = self.data_shape
         sizes = [(h, w)]
@@ -301,8 +300,7 @@ def build_model(config: dict) -> ObservationModel:
                   n_mix=config.get("n_mix"))
     hidden = config.get("hidden", [256])
     if kind == "mlp":
-        return VAE(hidden=tuple(hidden) if isinstance(hidden, (list, tuple)) else (hidden,),
-                   **common)
+        return VAE(hidden=hidden, **common)
     if kind == "conv":
         return ConvVAE(channels=config.get("channels", (32, 64)), hidden=hidden, **common)
     if kind == "hvae":

@@ -189,6 +189,20 @@ def check_sizes(name: str, values, *, allow_empty=False) -> tuple[int, ...]:
     return tuple(check_size(f"{name}[{i}]", v) for i, v in enumerate(items))
 
 
+def check_widths(name: str, values, *, allow_empty=False) -> tuple[int, ...]:
+    """Layer widths, as a tuple: one int (a numpy one too) stands for one layer, else a
+    sequence as :func:`check_sizes` takes it, so every model's width arguments accept and
+    refuse the same spellings (a config's list, a numpy array, a tuple)."""
+    if isinstance(values, Integral):   # a bool too: check_size says "must be an int"
+        return (check_size(name, values),)
+    try:
+        iter(values)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got "
+                        f"{type_name(values)}") from None
+    return check_sizes(name, values, allow_empty=allow_empty)
+
+
 def check_tensor(name: str, t) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type_name(t)}")

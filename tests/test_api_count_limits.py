@@ -72,7 +72,7 @@ def test_sample_refuses_an_n_past_max_count(model, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, name", [
-    (dict(latent_dim=2 ** 63), "latent_dim"), (dict(hidden=2 ** 64), "hidden[0]"),
+    (dict(latent_dim=2 ** 63), "latent_dim"), (dict(hidden=2 ** 64), "hidden must"),
     (dict(data_shape=(1, 4, 2 ** 63)), "data_shape[2]"),
     (dict(likelihood="discretized_logistic_mixture", n_mix=2 ** 63), "n_mix")])
 def test_model_sizes_past_int64_are_refused(kwargs, name):

@@ -154,7 +154,7 @@ def test_one_hidden_width_as_a_numpy_int():
     np = pytest.importorskip("numpy")
     assert VAE(hidden=np.int64(16)).hidden == (16,)
     assert ConvVAE(hidden=np.int64(16)).hidden == 16
-    with pytest.raises(TypeError, match=r"hidden\[0\] must be an int, got bool"):
+    with pytest.raises(TypeError, match=r"hidden must be an int, got bool"):
         VAE(hidden=True)
 
 

@@ -1,0 +1,46 @@
+"""Every model's width arguments take one shared set of spellings (fastvae.validation.
+check_widths): ConvVAE's one fully connected width once refused a numpy array or a
+range that the MLP's widths and both conv models' channels took."""
+import numpy as np
+import pytest
+
+from fastvae.hvae import HierarchicalVAE
+from fastvae.models import VAE, ConvVAE
+
+# (model, argument, what the model keeps for one width of 8)
+WIDTHS = [(VAE, "hidden", (8,)), (ConvVAE, "hidden", 8), (ConvVAE, "channels", (8,)),
+          (HierarchicalVAE, "channels", (8,))]
+IDS = [f"{cls.__name__}.{arg}" for cls, arg, _ in WIDTHS]
+
+
+@pytest.mark.parametrize("cls,arg,kept", WIDTHS, ids=IDS)
+@pytest.mark.parametrize("spelling", [[8], (8,), np.array([8]), np.array([8], np.int32),
+                                      range(8, 9), (np.int64(8),)],
+                         ids=["list", "tuple", "array", "int32-array", "range", "numpy-int"])
+def test_one_width_in_any_sequence(cls, arg, kept, spelling):
+    assert getattr(cls(**{arg: spelling}), arg) == kept
+
+
+@pytest.mark.parametrize("cls,arg,kept", WIDTHS, ids=IDS)
+@pytest.mark.parametrize("bad,exc,msg", [
+    (np.array([8.0]), TypeError, r"\[0\] must be an int, got numpy.float64"),
+    ([True], TypeError, r"\[0\] must be an int, got bool"),
+    (["8"], TypeError, r"\[0\] must be an int, got str"),
+    (np.array(8), TypeError, r"sequence of ints, got numpy.ndarray"),
+    (8.0, TypeError, r"sequence of ints, got float"),
+    (None, TypeError, r"sequence of ints, got NoneType"),
+    (np.array([0]), ValueError, r"\[0\] must be >= 1, got 0")],
+    ids=["float-array", "bool", "str", "0-d-array", "float", "none", "zero"])
+def test_the_same_spellings_are_refused(cls, arg, kept, bad, exc, msg):
+    with pytest.raises(exc, match=arg + msg if msg.startswith(r"\[") else msg) as e:
+        cls(**{arg: bad})
+    assert str(e.value).startswith(arg)
+
+
+@pytest.mark.parametrize("cls", [VAE, ConvVAE])
+def test_one_hidden_width_as_a_bare_int(cls):
+    """hidden's bare int (a numpy one too) is one width in both models; a bool is not."""
+    for one in (8, np.int64(8)):
+        assert cls(hidden=one).hidden in (8, (8,))
+    with pytest.raises(TypeError, match="hidden must be an int, got bool"):
+        cls(hidden=True)

@@ -18,6 +18,11 @@
 * ``reconstruct(x)`` -> the decoder's mean at ``z = mu`` (no noise; DMoL: the mixture mean).
 * ``iwae_nll(x, k)`` -> per-sample ``-L_K`` (Burda et al. 2016), batched over K.
 
+``eval()`` changes nothing in these models (they have no dropout or batch norm):
+``forward``, ``elbo``, ``iwae_bound``, ``iwae_nll`` and ``sample`` draw noise in either
+mode (the same ``generator=`` seed repeats a draw); ``reconstruct`` is the deterministic
+one.
+
 Every size a model is built from (``data_shape``, ``latent_dim``, widths, counts) is an
 int >= 1, checked before any layer is made: a bad one is an error that names it.
 

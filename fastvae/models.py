@@ -113,8 +113,10 @@ class _VAEBase(ObservationModel):
     @torch.no_grad()
     def _sample_chunks(self, n: int, generator, size: int):
         """Decoded from ``z ~ N(0, I)``. Every z is drawn first, as when sample decoded
-        all at once: the same seed gives the same latents for any n and chunk size
-        (n x L values, small beside the images)."""
+        all at once (n x L values, small beside the images): for one n, a seed gives the
+        same latents whatever the chunk size. Not across n: ``sample(3)`` need not be
+        ``sample(5)[:3]``: the CPU's torch.randn draws a small request by another method
+        than a large one."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         for zc in z.split(chunk_lengths(n, size)):

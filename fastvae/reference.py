@@ -279,11 +279,25 @@ def _softmax_weights(log_w):
     return e / torch.where(total != 0, total, torch.ones_like(total))
 
 
+_VMAP_RANDOMNESS = (
+    "fastvae's samplers (reparameterize, sample_with_kl) draw eps, which torch.func's vmap "
+    "refuses in its default randomness='error' mode, and so do jacfwd and hessian, built "
+    "on it: pass randomness='same' or 'different' to vmap or jacfwd (hessian(f) is "
+    "jacfwd(jacrev(f))); for a KL alone, fastvae.kl_normal(mu_q, logvar_q, mu_p, logvar_p) "
+    "draws nothing")
+
+
 def reparameterize(mu, logvar, n_samples, generator):
     shape = mu.shape if n_samples is None else (n_samples,) + tuple(mu.shape)
     # generator=None is left out: dynamo cannot trace randn(generator=...) on symbolic sizes.
     rng = {} if generator is None else {"generator": generator}
-    eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
+    try:
+        eps = torch.randn(shape, device=mu.device, dtype=mu.dtype, **rng)
+    except RuntimeError as e:
+        # torch's words name vmap's flags, which torch.func.hessian has none of
+        if "randomness error mode" not in str(e):
+            raise
+        raise RuntimeError(_VMAP_RANDOMNESS) from e
     dtype = result_dtype(mu, logvar)   # 16-bit: in float32 (and its gradients), rounded once
     z = upcast(mu, dtype) + torch.exp(0.5 * upcast(logvar, dtype)) * upcast(eps, dtype)
     return z.to(torch.promote_types(mu.dtype, logvar.dtype))

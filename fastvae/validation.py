@@ -9,6 +9,7 @@ or globally with :func:`set_validation` (off by default, like
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Set
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from numbers import Integral, Real
 
@@ -179,7 +180,10 @@ def check_size(name: str, value) -> int:
 
 def check_sizes(name: str, values, *, allow_empty=False) -> tuple[int, ...]:
     """A shape or a list of widths: ints >= 1, as a tuple; an element's error names its
-    index, since torch's own error for a zero or negative size names no argument."""
+    index, since torch's own error for a zero or negative size names no argument. A
+    string, set or mapping holds no order of sizes (a set's is arbitrary)."""
+    if isinstance(values, (str, bytes, Set, Mapping)):
+        raise TypeError(f"{name} must be a sequence of ints, got {type_name(values)}")
     try:
         items = tuple(values)
     except TypeError:

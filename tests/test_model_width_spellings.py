@@ -29,8 +29,12 @@ def test_one_width_in_any_sequence(cls, arg, kept, spelling):
     (np.array(8), TypeError, r"sequence of ints, got numpy.ndarray"),
     (8.0, TypeError, r"sequence of ints, got float"),
     (None, TypeError, r"sequence of ints, got NoneType"),
-    (np.array([0]), ValueError, r"\[0\] must be >= 1, got 0")],
-    ids=["float-array", "bool", "str", "0-d-array", "float", "none", "zero"])
+    (np.array([0]), ValueError, r"\[0\] must be >= 1, got 0"),
+    ("88", TypeError, r"sequence of ints, got str"),
+    ({8, 16}, TypeError, r"sequence of ints, got set"),
+    ({8: 1}, TypeError, r"sequence of ints, got dict")],
+    ids=["float-array", "bool", "str", "0-d-array", "float", "none", "zero", "string", "set",
+         "dict"])
 def test_the_same_spellings_are_refused(cls, arg, kept, bad, exc, msg):
     with pytest.raises(exc, match=arg + msg if msg.startswith(r"\[") else msg) as e:
         cls(**{arg: bad})

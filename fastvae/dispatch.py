@@ -41,10 +41,12 @@ _fused: dict = {}   # (op, backend) -> the fused op bound to its backend
 
 def route_taken(route, backend, validate, device) -> bool:
     """Whether this call of a signature with a route (``ops.Route``) takes it: validation
-    off, real tensors (a meta call goes to the op's fake kernel), a backend choice that
-    still picks the route's backend (``FASTVAE_BACKEND`` is read per call), and nothing
-    else that sends it elsewhere (``ops.Route.usable``). Marks the backend used."""
-    if resolve_validate(validate) or device.type == "meta":
+    off, a backend choice that still picks the route's backend (``FASTVAE_BACKEND`` is
+    read per call), and nothing else that sends it elsewhere (``ops.Route.usable``).
+    Marks the backend used. Real tensors need no test: a signature holds every tensor's
+    device, and :func:`keep_route` keeps no route for meta ones (their calls go to the
+    op's fake kernel)."""
+    if resolve_validate(validate):
         return False
     if not route.usable() or backends.select(backend, device) != route.backend:
         return False

@@ -24,8 +24,10 @@ def plain_eager(args) -> bool:
 
 
 def dispatch_modes() -> int:
-    depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
-    return 1 if depth is None else depth()
+    return 1 if _dispatch_depth is None else _dispatch_depth()
+
+
+_dispatch_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
 
 
 def transform_stacked() -> bool:

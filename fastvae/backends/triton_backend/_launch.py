@@ -131,10 +131,17 @@ def cdiv(a: int, b: int) -> int:
 
 _tickets: dict = {}
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+# device -> whether it is CUDA's: device.type builds a new string on every read, and every
+# launch asks (a process sees a handful of devices; host code runs inside the custom ops,
+# never traced by torch.compile, so the memo is no guard)
+_cuda: dict = {}
 
 
 def _stream(device: torch.device) -> int:
-    if device.type != "cuda":
+    cuda = _cuda.get(device)
+    if cuda is None:
+        cuda = _cuda[device] = device.type == "cuda"
+    if not cuda:
         return 0
     if _raw_stream is not None:  # the handle alone, without building a Stream object
         return _raw_stream(torch.cuda.current_device() if device.index is None else device.index)
@@ -153,7 +160,7 @@ def ticket(device: torch.device, n: int = 1) -> Tensor:
     Counters come in powers of two (the first ``n`` used): few buffers for many shapes."""
     if type(device) is not torch.device:
         device = torch.device(device)
-    size = 1 << max(n - 1, 0).bit_length()
+    size = 1 if n <= 1 else 1 << (n - 1).bit_length()   # (the usual n = 1 computes nothing)
     key = (device, _stream(device), size)
     counter = _tickets.get(key)
     if counter is None:

@@ -435,8 +435,8 @@ class Route:
         """Whether the value path would now be the plain ``autograd.Function`` of the
         backend's op: nothing traces, no dispatch mode, no ``torch.func`` transform
         (:func:`plain_eager`, :func:`reference_only`; real tensors: the caller's)."""
-        # reference_only()'s checks inline, its compile check shared (past it, functorch_active
-        # is transform_stacked): every routed call asks
+        # reference_only()'s checks inline, as every routed call asks them; its compile
+        # check shared (past it, functorch_active is transform_stacked)
         return not ((torch.compiler.is_compiling() and tracing_here()) or dispatch_modes()
                     or transform_stacked() or forward_ad_active() or is_tracing())
 

@@ -13,20 +13,25 @@ from .checkpoint import write_json
 from .evaluation import iwae_nll, nll_fields, nll_text
 
 
-def written(cfg: dict) -> list:
-    """The files :func:`finish` writes for ``cfg``'s model and ``data_shape``, so that a
-    resumed run can check them before it trains (the curves need one epoch, which every
-    run that reaches finish has)."""
+def pictures(cfg: dict) -> dict:
+    """The pictures :func:`finish` draws for ``cfg``'s model and ``data_shape``, each with
+    how many images it holds: as many as ``fastvae sample`` would put in one picture (large
+    images: fewer, or no picture at all)."""
     from . import plots
 
     shape = tuple(cfg["data_shape"])
-    # as many as fastvae sample would draw in one picture (large images: fewer, or none)
-    fits = plots.most_images(shape)
-    return (["reconstructions.png"] * (plots.most_reconstructions(shape) >= 1)
-            + ["samples.png"] * (fits >= 1)
-            + ["latent.png"] * (cfg["latent"] == 2 and cfg["model"] != "hvae"
-                                and plots.most_images(shape, 15) >= 225)
-            + ["curves.png", "metrics.json"])
+    counts = {"reconstructions.png": plots.most_reconstructions(shape),
+              "samples.png": min(64, plots.most_images(shape))}
+    if (cfg["latent"] == 2 and cfg["model"] != "hvae"
+            and plots.most_images(shape, 15) >= 225):   # the 15 x 15 traversal
+        counts["latent.png"] = 225
+    return {name: n for name, n in counts.items() if n}
+
+
+def written(cfg: dict) -> list:
+    """The files :func:`finish` writes for ``cfg``, so that a resumed run can check them
+    before it trains (the curves need one epoch, which every run that reaches finish has)."""
+    return [*pictures(cfg), "curves.png", "metrics.json"]
 
 
 def finish(core, data, cfg, device, out, history, initial, backend_name, world, session_wall,
@@ -41,15 +46,15 @@ def finish(core, data, cfg, device, out, history, initial, backend_name, world, 
     iwae_s = time.perf_counter() - t0
     last_backend = fastvae.last_backend()
     gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 4)
-    drawn, fits = written(cfg), plots.most_images(core.data_shape)
-    x = data.test[:plots.most_reconstructions(core.data_shape)].to(device)
+    drawn = pictures(cfg)
+    x = data.test[:drawn.get("reconstructions.png", 0)].to(device)
     shown = dict(value_range=cfg["picture_range"])
     with torch.no_grad():
-        if "reconstructions.png" in drawn and len(x):
+        if len(x):
             plots.save_reconstructions(x.cpu(), core.reconstruct(x).float().cpu(),
                                        out / "reconstructions.png", **shown)
         if "samples.png" in drawn:
-            plots.save_grid(core.sample(min(64, fits), generator=gen).float().cpu(),
+            plots.save_grid(core.sample(drawn["samples.png"], generator=gen).float().cpu(),
                             out / "samples.png", **shown)
         if "latent.png" in drawn:
             plots.save_grid(plots.latent_traversal(core).float().cpu(), out / "latent.png",

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from fastvae import options as o
 from fastvae.checkpoint import atomic_write, write_json
 
 
@@ -38,8 +39,6 @@ def device_for(script: str, smoke: bool):
 
 def add_out(parser) -> None:
     """The scripts' --out: $OUT where set and not empty (gpu_session.sh sets it)."""
-    from fastvae import options as o
-
     parser.add_argument("--out", type=o.folder, default=os.environ.get("OUT") or "gpu_out",
                         help="folder for the report (default: $OUT where set and not empty, "
                              "else gpu_out)")

@@ -14,8 +14,8 @@ from ._dtypes import to_widest, widened
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
 from .validation import (DMOL, DMOL_DEFAULT_BITS, LIKELIHOODS, check_count, check_number,
-                         check_option, check_size, check_sizes, check_tensor, check_values, dmol_slots,
-                         resolve_validate)
+                         check_option, check_size, check_sizes, check_tensor, check_values,
+                         dmol_slots, resolve_validate)
 
 # NVAE's and PixelCNN++'s mixture size: what a DMoL decoder gets unless told.
 DEFAULT_N_MIX = 10

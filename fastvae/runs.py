@@ -86,10 +86,11 @@ def load_run(run, device="cpu") -> torch.nn.Module:
     folder (or its checkpoint.pt), in eval mode on ``device`` (what ``--device`` takes:
     "auto", "cpu", "cuda", "cuda:N", "mps", or a torch.device): its ``sample(n)``,
     ``reconstruct(x)`` and losses are the run's (eval mode changes none of them: the
-    losses and ``sample`` draw noise in it too, :mod:`fastvae.models`). A missing, damaged or foreign checkpoint,
-    or weights that are not finite, is a :class:`~fastvae.checkpoint.CheckpointError`
-    naming the file and what is wrong; a device torch does not see, a ValueError; a
-    ``run`` that is no str or os.PathLike, a TypeError."""
+    losses and ``sample`` draw noise in it too, :mod:`fastvae.models`). A missing, damaged
+    or foreign checkpoint, or weights that are not finite, is a
+    :class:`~fastvae.checkpoint.CheckpointError` naming the file and what is wrong; a
+    device torch does not see, a ValueError; a ``run`` that is no str or os.PathLike, a
+    TypeError."""
     if isinstance(run, str):   # "" ($RUN unset) would load the current folder's run
         try:
             folder(run)

@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma list of {','.join(OPS)} (default: all; with --quick, "
                              f"{quick_ops()})")
     parser.add_argument("--variants", type=o.names_from(VARIANT_ORDER), default=None,
-                        help=f"comma list of {','.join(VARIANT_ORDER)} (default: every one that runs "
-                             "on the device; eager always runs)")
+                        help=f"comma list of {','.join(VARIANT_ORDER)} (default: every one "
+                             "that runs on the device; eager always runs)")
     parser.add_argument("--batch", type=o.positive_ints, default=None,
                         help="batch sizes for every op (default: per op, the grids of its "
                              "spec in fastvae/bench/specs/)")
@@ -99,8 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE", type=o.file_to_write, default=None,
                         help="speed-up vs batch size, a line per variant in one colour across "
                              "panels (matplotlib; the format follows the suffix: "
-                             f"{', '.join(PLOT_SUFFIXES)}); not written when nothing was timed (default: "
-                             "none)")
+                             f"{', '.join(PLOT_SUFFIXES)}); not written when nothing was timed "
+                             "(default: none)")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--proxy", action="store_true",
                         help="no timing, no GPU: the offline speed proxy of the Triton kernels at "

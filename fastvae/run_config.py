@@ -10,7 +10,7 @@ from pathlib import Path
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          run_files_in)
 from .data import IDX_NAMES, check_dataset_name, run_data_source, stored_name
-from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config
+from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config, check_outputs
 from .validation import MAX_COUNT
 
 # Settings a resumed run takes from the command line instead of the checkpoint.
@@ -125,6 +125,10 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     if done > MAX_COUNT:   # the next check would ask for an --epochs above it, refused
         raise CheckpointError(f"{ckpt_file}: its epoch cannot be resumed: must be at most "
                               f"{MAX_COUNT} (2**31 - 1), the most --epochs trains to, got {done}")
+    # a metrics.json folder reads as a finished run below (it cannot be read), which would
+    # ask for --epochs and name the folder only once given it: the folder first, as with
+    # --epochs (the other files the run writes: train's check_outputs, before it trains)
+    check_outputs(ckpt_file.parent, ["metrics.json"])
     # --epochs equal to what is done finishes a run stopped after its last epoch (in the
     # final estimate or the pictures: no metrics.json of that epoch); otherwise there is
     # nothing to do, and a finished run's metrics.json would be rewritten

@@ -49,3 +49,14 @@ def test_latent_png_is_checked_only_where_the_run_draws_it(runs, tmp_path):
     assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2",
                      "--no-progress"]) == 0
     assert (out / "latent.png").is_dir()
+
+
+def test_a_metrics_json_folder_is_named_on_a_resume_without_epochs(runs, tmp_path, capsys):
+    # the folder made the finished-run check read the run as finished (it cannot be
+    # read), which asked for --epochs; only with it given was the folder named
+    out = _copy(runs[2], tmp_path, "metrics.json")
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{out / 'metrics.json'} is a folder" in err and "--epochs" not in err, err

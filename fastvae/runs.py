@@ -216,9 +216,10 @@ class RunFolder:
     exclusively, so two runs started together never pick the same one. Locked: an
     advisory lock (``flock`` on the folder; nothing is written for it) refuses a second
     run into the same ``--out`` and lets the first remove stale temporary files safely;
-    the OS releases it when the process dies. Where the file system has no flock, the
-    run goes on unlocked with a note on stderr. Checked writable by creating and removing
-    a file. Closed after a failure, folders it created and left empty are removed.
+    the OS releases it when the process dies. Where the file system (or the OS: Windows)
+    has no flock, the run goes on unlocked with a note on stderr. Checked writable by
+    creating and removing a file. Closed after a failure, folders it created and left
+    empty are removed.
     """
 
     def __init__(self, path: Path, created: list[Path]):
@@ -266,7 +267,9 @@ class RunFolder:
     def _lock(self, resume: bool = False) -> None:
         try:
             import fcntl
-        except ImportError:  # Windows: no flock; the exclusive create still holds
+        except ImportError:  # Windows: no flock; the exclusive create still holds, but a
+            # second run into the same --out is not refused, so say so as below
+            self._unlocked("this system has no flock")
             return
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
@@ -277,8 +280,11 @@ class RunFolder:
         except OSError as e:
             # a file system without flock (network mounts on clusters): refusing would
             # leave no way to train there, so the run goes on unlocked and says so
-            print(f"note: the run folder {self.path} is not locked ({os_words(e)}): start "
-                  "no other run into it while this one runs", file=sys.stderr)
+            self._unlocked(os_words(e))
+
+    def _unlocked(self, why: str) -> None:
+        print(f"note: the run folder {self.path} is not locked ({why}): start no other run "
+              "into it while this one runs", file=sys.stderr)
 
     def _check_writable(self, resume: bool = False) -> None:
         """RunFolderError if a file cannot be created here, with what to do: a resumed

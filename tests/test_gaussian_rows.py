@@ -92,6 +92,9 @@ def _inputs(b, n, layout, gen):
     if layout == "broadcast rows":  # a (1, N) prior expanded: row stride 0
         return mu, lv, torch.randn(1, n, generator=gen).expand(b, n), torch.randn(
             1, n, generator=gen).expand(b, n)
+    if layout == "one per row":  # a (B, 1) prior expanded: column stride 0, read in place
+        return mu, lv, torch.randn(b, 1, generator=gen).expand(b, n), torch.randn(
+            b, 1, generator=gen).expand(b, n)
     if layout == "mean only":
         return mu, lv, torch.randn(b, n, generator=gen), None
     return mu, lv, torch.randn(b, n, generator=gen), torch.randn(b, n, generator=gen)
@@ -106,7 +109,7 @@ def _forward(mu, lv, pm, plv, seed, threads):
     return [kl, *outs]
 
 
-LAYOUTS = ["none", "mean only", "shared", "broadcast rows", "full"]
+LAYOUTS = ["none", "mean only", "shared", "broadcast rows", "one per row", "full"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -144,6 +147,35 @@ def test_every_layout_against_float64_and_threads(kernel, layout):
     z2 = torch.empty(b, n)
     assert gaussian_rows.sample_rows(mu, lv, seed, 0, z2, threads=2)
     assert torch.equal(z2, z)  # reparameterize's z: the same bits
+
+
+@pytest.mark.parametrize("op", ["kl_normal", "sample_with_kl"])
+def test_a_prior_per_row_of_4d_latents_is_read_in_place(kernel, monkeypatch, op):
+    """A (B, 1, 1, 1) prior of (B, C, H, W) latents is a stride-(1, 0) view once flattened:
+    the kernel reads each row's one float where it lies (a copy to (B, N) on every call
+    was memory traffic alone), with the formula's KL and gradients."""
+    seen, symbol = [], native.symbol
+
+    def recording(name, *a, **k):
+        fn = symbol(name, *a, **k)
+        return (lambda *args: seen.append(args) or fn(*args)) if fn is not None else None
+
+    monkeypatch.setattr(native, "symbol", recording)
+    gen = torch.Generator().manual_seed(8)
+    b, shape = 5, (3, 4, 7)   # N = 84: whole vectors and a tail
+    mu, lv = (leaf(torch.randn(b, *shape, generator=gen)) for _ in range(2))
+    pm, plv = (leaf(torch.randn(b, 1, 1, 1, generator=gen)) for _ in range(2))
+    kl = getattr(fastvae, op)(mu, lv, pm, plv, backend="torch")
+    kl = kl[1] if op == "sample_with_kl" else kl
+    w = torch.randn(b, generator=gen)
+    got = torch.autograd.grad(kl, (mu, lv, pm, plv), w)
+    args = seen[0]   # fastvae_gauss_kl_rows(rows, n, mu, smu, lv, slv, pm, spm, plv, splv,
+    assert args[6:12] == (pm.data_ptr(), 1, plv.data_ptr(), 1, 0, 0)   # cpm, cplv, ...)
+    want = F.kl_normal_dim(mu, lv, pm, plv).reshape(b, -1).sum(-1)
+    assert_close("kl", kl, want, F32)
+    for name, g, e in zip(("mu", "lv", "pm", "plv"), got,
+                          grads(want, (mu, lv, pm, plv), w.double())):
+        assert_close(f"dKL/d{name}", g, e, F32)
 
 
 @pytest.mark.parametrize("use", ["both", "z", "kl"])

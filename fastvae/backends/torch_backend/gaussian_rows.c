@@ -14,7 +14,9 @@
  * backward (exp(lv/2) again, for 0.5 dz exp(lv/2) eps); none without a prior's plv.
  *
  * Layout: rows of n contiguous floats; a row stride of 0 broadcasts one row to every
- * row (a prior shared by the batch, or a number made a row). A NULL prior is 0 (a
+ * row (a prior shared by the batch, or a number made a row). A prior's column stride of
+ * 0 repeats its row's first float along the row (a (B, 1, 1, 1) prior of (B, C, H, W)
+ * latents), read without the (B, N) copy it would else be made. A NULL prior is 0 (a
  * NULL plv has a loop of its own, without the exp for s); a NULL output is
  * not written. The row sum is accumulated per lane (in float over blocks of 256
  * elements, the blocks in double) and added up in a fixed order by the one thread that
@@ -86,6 +88,7 @@ typedef struct {
   const float *mu, *lv, *pm, *plv;
   float *z, *g_mu, *g_pm, *g_lv, *g_plv;
   int stream; /* store the gradients past the caches (stream.h) */
+  int pm_one, plv_one; /* column stride 0: the row's one float, splat */
 } fwd_row;
 
 /* The saved gradients are read again only by the backward pass, after the rest of the
@@ -106,20 +109,23 @@ static inline __attribute__((always_inline)) vf fwd_vec(fwd_row row, int64_t j, 
   if (full) {
     PREFETCH(p->mu + j);
     PREFETCH(p->lv + j);
-    if (has_pm) PREFETCH(p->pm + j);
-    if (has_plv) PREFETCH(p->plv + j);
+    if (has_pm && !p->pm_one) PREFETCH(p->pm + j);
+    if (has_plv && !p->plv_one) PREFETCH(p->plv + j);
     memcpy(&mu, p->mu + j, sizeof mu);
     memcpy(&lv, p->lv + j, sizeof lv);
-    if (has_pm) memcpy(&pm, p->pm + j, sizeof pm);
-    if (has_plv) memcpy(&plv, p->plv + j, sizeof plv);
+    if (has_pm && !p->pm_one) memcpy(&pm, p->pm + j, sizeof pm);
+    if (has_plv && !p->plv_one) memcpy(&plv, p->plv + j, sizeof plv);
     if (has_z) memcpy(&eps, e, sizeof eps);
   } else {
     mu = load_part(p->mu + j, k);
     lv = load_part(p->lv + j, k);
-    if (has_pm) pm = load_part(p->pm + j, k);
-    if (has_plv) plv = load_part(p->plv + j, k);
+    if (has_pm && !p->pm_one) pm = load_part(p->pm + j, k);
+    if (has_plv && !p->plv_one) plv = load_part(p->plv + j, k);
     if (has_z) eps = load_part(e, k);
   }
+  /* lanes past k as well: their terms are zeroed below, as a partial load's are */
+  if (has_pm && p->pm_one) pm = SPLAT(*p->pm);
+  if (has_plv && p->plv_one) plv = SPLAT(*p->plv);
   vf d = has_pm ? mu - pm : mu, u, gm, r;
   if (has_plv) {
     vf s = exp_any(-0.5f * plv);
@@ -191,16 +197,18 @@ static float fwd_no_plv(const fwd_row *p, int64_t n, eps_stream *es, int64_t fla
 /* Per row i < rows: kl[i] = the row's KL; z, g_mu (dKL/dmu), g_pm (dKL/dpm), g_lv
    (dKL/dlv), g_plv (dKL/dplv), each (rows, n) contiguous, where not NULL. mu, lv, pm,
    plv: rows of n contiguous floats at the given row strides (0: one row for all); pm or
-   plv NULL: 0. seed (one int64) is given exactly when z is; row i's eps are the stream's
-   flat elements flat0 + i n on (flat0: this call's first row in the whole (B, N)).
+   plv NULL: 0; cpm, cplv: pm's and plv's column strides, 1 or 0 (one float per row).
+   seed (one int64) is given exactly when z is; row i's eps are the stream's flat
+   elements flat0 + i n on (flat0: this call's first row in the whole (B, N)).
    saved: the gradients are kept for a backward pass (not read back at once), so a large
    call may stream them past the caches (STREAM_MIN_ELEMS). */
 int fastvae_gauss_kl_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
                           const float *lv, int64_t slv, const float *pm, int64_t spm,
-                          const float *plv, int64_t splv, const int64_t *seed, int64_t flat0,
-                          float *z, float *kl, float *g_mu, float *g_pm, float *g_lv,
-                          float *g_plv, int saved, int nthreads) {
-  if ((seed == 0) != (z == 0) || rows < 0 || n < 0 || flat0 < 0) return -1;
+                          const float *plv, int64_t splv, int64_t cpm, int64_t cplv,
+                          const int64_t *seed, int64_t flat0, float *z, float *kl, float *g_mu,
+                          float *g_pm, float *g_lv, float *g_plv, int saved, int nthreads) {
+  if ((seed == 0) != (z == 0) || rows < 0 || n < 0 || flat0 < 0 || (cpm | cplv) & ~1)
+    return -1;
   float (*fn)(const fwd_row *, int64_t, eps_stream *, int64_t) = plv ? fwd_plv : fwd_no_plv;
   /* whole vectors only where rows, and the eps chunks that split them (flat multiples of
      PHILOX_CHUNK), start on vector boundaries */
@@ -219,7 +227,7 @@ int fastvae_gauss_kl_rows(int64_t rows, int64_t n, const float *mu, int64_t smu,
       int64_t o = i * n;
       fwd_row p = {mu + i * smu, lv + i * slv, pm ? pm + i * spm : 0, plv ? plv + i * splv : 0,
                    z ? z + o : 0, g_mu ? g_mu + o : 0, g_pm ? g_pm + o : 0,
-                   g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0, stream};
+                   g_lv ? g_lv + o : 0, g_plv ? g_plv + o : 0, stream, !cpm, !cplv};
       kl[i] = fn(&p, n, seed ? &es : 0, flat0 + o);
     }
     if (stream) stream_fence();

@@ -20,8 +20,8 @@ from . import native
 from .rows import row_chunks
 
 _P, _N = ctypes.c_void_p, ctypes.c_int64
-_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, ctypes.c_int,
-        ctypes.c_int]
+_FWD = [_N, _N, _P, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _N, _P, _P, _P, _P, _P, _P,
+        ctypes.c_int, ctypes.c_int]
 _BWD = [_N, _N, _P, _P, _P, _N, _P, _N, _P, _P, _P, _P, _P, _P, _P, ctypes.c_int]
 _SAMPLE = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _P, _N, ctypes.c_int]
 _SAMPLE_BWD = [_N, _N, _P, _N, _P, _N, _P, _N, _N, _N, _N, _P, _P, ctypes.c_int]
@@ -52,15 +52,23 @@ def _usable(ts, dtypes) -> bool:
     return True
 
 
-def _rows_of(t):
-    """(address, row stride in elements) of a float32 (N,) or (B, N) tensor with
-    contiguous elements (a copy where they are not, kept alive in ``keep``), or (None, 0)."""
+def _rows_of(t, one_per_row: bool = False):
+    """(address, row stride in elements, the tensor read) of a float32 (N,) or (B, N)
+    tensor with contiguous elements (a copy where they are not), or (None, 0, None).
+    ``one_per_row`` (a prior: the kernel takes a column stride of 0 for it): a tensor whose
+    rows repeat one float (stride (1, 0): a (B, 1, 1, 1) prior of (B, C, H, W) latents) is
+    read as it is, not copied to (B, N) on every call; see :func:`_splat`."""
     if t is None:
         return None, 0, None
-    if t.stride(-1) != 1 and t.shape[-1] > 1:
+    if t.stride(-1) != 1 and t.shape[-1] > 1 and not (one_per_row and _splat(t)):
         t = t.contiguous()
     stride = 0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0)
     return t.data_ptr(), stride, t
+
+
+def _splat(t) -> bool:
+    """Whether ``t``'s rows each repeat one float (column stride 0, more than one column)."""
+    return t is not None and t.stride(-1) == 0 and t.shape[-1] > 1
 
 
 def _addr(t):
@@ -83,15 +91,17 @@ def _kl_f32(fn, mu, lv, pm, plv, seed, flat0, z, kl, outs, threads, saved):
     the draw's flat element ``flat0`` on. ``saved``: outs are kept for a backward pass, not
     read back at once (the kernel may then store them past the caches)."""
     rows, n = mu.shape
-    ins = [_rows_of(t) for t in (mu, lv, pm, plv)]
+    ins = [_rows_of(t, one_per_row=prior) for t, prior in zip((mu, lv, pm, plv),
+                                                               (False, False, True, True))]
+    cols = [0 if _splat(t) else 1 for _, _, t in ins[2:]]   # the priors' column strides
     o = [_addr(t) for t in (z, *outs)]
     k, sd = kl.data_ptr(), _addr(seed)
 
     def block(i, count, nthreads):
         args = [a for p, s, _ in ins for a in (_at(p, i * s), s)]
         oi = [_at(p, i * n) for p in o]
-        _check(fn(count, n, *args, sd, flat0 + i * n, oi[0], k + 4 * i, *oi[1:], int(saved),
-                  nthreads), "fastvae_gauss_kl_rows")
+        _check(fn(count, n, *args, *cols, sd, flat0 + i * n, oi[0], k + 4 * i, *oi[1:],
+                  int(saved), nthreads), "fastvae_gauss_kl_rows")
 
     native.for_rows(rows, rows * n, block, threads)
 

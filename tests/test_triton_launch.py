@@ -1,13 +1,15 @@
 """The Triton backend's launch helpers (fastvae/backends/triton_backend/_launch.py),
 checked without running a kernel: ``launch`` switches to the tensors' CUDA device,
-``dummy`` is one dedicated stand-in per dtype for absent pointers."""
+``dummy`` is one dedicated stand-in per dtype for absent pointers; and the tile mode
+(configs.interpreter_tiles), asked several times per launch, reads TRITON_INTERPRET once."""
 import contextlib
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
-from fastvae.backends.triton_backend import _launch  # noqa: E402
+from fastvae import _env  # noqa: E402
+from fastvae.backends.triton_backend import _launch, configs  # noqa: E402
 
 
 class FakeCudaTensor:
@@ -69,3 +71,36 @@ def test_dummy_is_one_stand_in_per_dtype():
     x = torch.zeros(3)
     assert _launch.given(x, torch.float16, "cpu") is x
     assert _launch.given(None, torch.float16, "cpu") is _launch.dummy(torch.float16, "cpu")
+
+
+@pytest.fixture
+def fresh_mode(monkeypatch):
+    """Tile mode from the environment, read afresh; read afresh again after the test (its
+    own TRITON_INTERPRET is gone by the next call, which reads the real one)."""
+    monkeypatch.setattr(configs, "CONFIG_MODE", None)
+    configs.reset_interpreting()
+    yield
+    configs.reset_interpreting()
+
+
+def test_the_tile_mode_reads_the_environment_once(monkeypatch, fresh_mode):
+    # os.environ.get cost ~1.5 us a call where the variable is unset, several calls a step
+    reads = []
+    real = _env.interpreting
+    monkeypatch.setattr(_env, "interpreting", lambda: reads.append(1) or real())
+    first = configs.interpreter_tiles()
+    assert all(configs.interpreter_tiles() is first for _ in range(5)) and len(reads) == 1
+
+
+@pytest.mark.parametrize("value, want", [("1", True), ("0", False), (None, False)])
+def test_the_tile_mode_follows_a_changed_environment_after_a_reset(monkeypatch, fresh_mode,
+                                                                    value, want):
+    configs.interpreter_tiles()   # read before the change
+    if value is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+    configs.reset_interpreting()
+    assert configs.interpreter_tiles() is want
+    monkeypatch.setattr(configs, "CONFIG_MODE", "interpret" if not want else "gpu")
+    assert configs.interpreter_tiles() is not want   # the tests' override still wins

@@ -180,12 +180,27 @@ SCALE_PROGRAMS_PER_SM = 1
 # to run the shipped GPU tiles under the interpreter.
 CONFIG_MODE = None
 _INTERP_TILE = 1 << 15
+# TRITON_INTERPRET as first read, None before: interpreter_tiles runs several times per
+# training step, and reading os.environ cost ~1.5 us a call where the variable is unset
+# (os.environ.get raises and catches a KeyError). One read is Triton's own rule: triton.jit
+# fixed the kernels' mode when they were decorated. A test that changes the variable calls
+# reset_interpreting() for the next call to read it again.
+_interpreting = None
 
 
 def interpreter_tiles() -> bool:
+    global _interpreting
     if CONFIG_MODE is not None:
         return CONFIG_MODE == "interpret"
-    return _env.interpreting()
+    if _interpreting is None:
+        _interpreting = _env.interpreting()
+    return _interpreting
+
+
+def reset_interpreting() -> None:
+    """Forget TRITON_INTERPRET as read: :func:`interpreter_tiles` reads it again."""
+    global _interpreting
+    _interpreting = None
 
 
 def _p2(n: int) -> int:

@@ -78,7 +78,8 @@ def _add_train(sub):
       help=f"KL weight (beta-VAE) in the training loss [default: {d['beta']}]")
     a("--kl-warmup", type=o.count_or_zero, default=None,
       help="epochs over which the KL weight ramps linearly from 0 to --beta (per step) "
-           "[default: 10 for hvae, whose latent groups collapse without it, else 0]")
+           "[default: 10 for hvae, whose latent groups collapse without it (0 at --beta 0), "
+           "else 0]")
     a("--kl", choices=o.KL_MODES, default=None,
       help=f"closed-form KL or the single-sample Monte-Carlo estimate (--objective elbo; the "
            f"IWAE bound always uses the sampled log-weights) [default: {d['kl']}]")

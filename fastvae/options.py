@@ -419,6 +419,15 @@ def check_hierarchical(cfg: dict) -> None:
                          "standard")
 
 
+def check_kl_warmup(given: dict, cfg: dict) -> None:
+    """ValueError when a fresh run is given ``--kl-warmup`` > 0 with ``--beta 0``: the weight
+    would ramp from 0 to 0, a warm-up the run ignores without a word. A fresh run's only:
+    a run saved with both (before this check) still resumes, its ramp as harmless as ever."""
+    if int(given.get("kl_warmup") or 0) > 0 and cfg.get("beta") == 0:
+        raise ValueError("kl_warmup: --kl-warmup ramps the KL weight from 0 to --beta, which "
+                         "is 0: nothing to ramp; leave --kl-warmup at 0 or set --beta above 0")
+
+
 def check_objective(cfg: dict) -> None:
     """ValueError naming the setting when the training objective and its gradient
     estimator do not go together (shared by argparse's caller and the training API)."""

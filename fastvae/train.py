@@ -39,7 +39,8 @@ from .evaluation import batch_loss, batch_terms, evaluate, iwae_nll, summarize
 from .finish import finish, written
 from .guard import Guard, NonFiniteLoss
 from .models import build_model
-from .options import check_model_sizes, check_train_config, plain_values, resolve_device
+from .options import (check_kl_warmup, check_model_sizes, check_train_config, plain_values,
+                      resolve_device)
 from .progress import progress_bar
 from .run_data import (check_elbo_finite, check_run_data, check_weights_finite, data_changed,
                        same_data_everywhere)
@@ -94,10 +95,12 @@ def _checked_config(given: dict) -> dict:
     setting."""
     full = default_config()
     full.update({k: v for k, v in given.items() if v is not None})
-    if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016)
-        full["kl_warmup"] = 10 if full["model"] == "hvae" else 0
+    if full["kl_warmup"] is None:  # a hierarchy's groups collapse without it (Sønderby 2016);
+        # at --beta 0 there is no weight to ramp (and a saved 0 is what the run did)
+        full["kl_warmup"] = 10 if full["model"] == "hvae" and full["beta"] != 0 else 0
     check_train_config(full, combinations=not full["resume"])
     if not full["resume"]:  # a resumed run's sizes and dataset are its checkpoint's
+        check_kl_warmup(given, full)
         check_model_sizes(given, full["model"], default_config())
         check_data_flags(full, given)
     return full

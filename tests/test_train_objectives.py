@@ -66,6 +66,9 @@ def test_the_defaults_are_the_single_sample_elbo(tmp_path):
     # settings a run would otherwise ignore without a word
     (dict(objective="iwae", k=2, kl_warmup=3), "kl_warmup", "no KL weight to ramp"),
     (dict(objective="iwae", k=2, kl="mc"), "kl", "no separate KL to choose"),
+    (dict(beta=0, kl_warmup=3), "kl_warmup", "from 0 to --beta, which is 0"),
+    (dict(model="hvae", hidden=None, channels=[8], beta=0, kl_warmup=3), "kl_warmup",
+     "leave --kl-warmup at 0 or set --beta above 0"),
     (dict(model="hvae", hidden=[64]), "hidden", "hvae model has no hidden layers"),
     (dict(model="mlp", groups=3), "groups", "mlp model has no latent groups"),
     (dict(model="mlp", channels=[8]), "channels", "its sizes are --hidden$"),
@@ -91,13 +94,29 @@ def test_a_config_of_every_default_is_not_refused_for_sizes_it_holds():
 
 @pytest.mark.parametrize("flags", [["--estimator", "stl"], ["--objective", "iwae", "--beta", "2"],
                                    ["--model", "hvae", "--hidden", "32"],
-                                   ["--objective", "elbo", "--estimator", "dreg"]])
+                                   ["--objective", "elbo", "--estimator", "dreg"],
+                                   ["--kl-warmup", "3", "--beta", "0"]])
 def test_the_command_says_so_in_one_line(tmp_path, capsys, monkeypatch, flags):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["train", "--epochs", "1", "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_warm_up_at_beta_0_is_refused_only_where_asked_for(tmp_path):
+    """--kl-warmup at --beta 0 ramps 0 to 0: refused when given, not when it is a default
+    (hvae's 10 is 0 there) or a saved run's (one saved before the refusal still resumes)."""
+    for model in ("mlp", "hvae"):
+        assert T._checked_config(dict(model=model, beta=0))["kl_warmup"] == 0
+    assert T._checked_config(dict(beta=0, kl_warmup=0))["kl_warmup"] == 0
+    out = tmp_path / "saved"
+    with pytest.MonkeyPatch.context() as mp:   # a run saved before the refusal
+        mp.setattr(T, "check_kl_warmup", lambda given, cfg: None)
+        T.train(tiny(out, epochs=1, iwae_k=0, beta=0, kl_warmup=2), log=quiet)
+    m = T.train(dict(out=str(out), resume=True, epochs=2, progress=False), log=quiet)
+    assert (m["config"]["beta"], m["config"]["kl_warmup"]) == (0, 2)
+    assert len(m["epochs"]) == 2
 
 
 def test_the_command_trains_iwae(tmp_path, capsys):

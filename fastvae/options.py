@@ -410,13 +410,13 @@ def check_hierarchical(cfg: dict) -> None:
     kl = cfg.get("kl") or "analytic"
     _check_choice("kl", kl, KL_MODES)
     if kl == "mc":
-        raise ValueError("kl: a hierarchical model trains on each group's analytic KL "
+        # named as the flag the user types (no flag says "hierarchical")
+        raise ValueError("kl: --model hvae trains on each group's analytic KL "
                          "(sample_with_kl); --kl mc is for the mlp and conv models")
     if ((cfg.get("objective") or "elbo") != "elbo" or int(cfg.get("k") or 1) != 1
             or (cfg.get("estimator") or "standard") != "standard"):
-        raise ValueError("model: a hierarchical model trains on the ELBO of its fused "
-                         "per-group KLs only; leave --objective elbo --k 1 --estimator "
-                         "standard")
+        raise ValueError("model: --model hvae trains on the ELBO of its fused per-group "
+                         "KLs only; leave --objective elbo --k 1 --estimator standard")
 
 
 def check_kl_warmup(given: dict, cfg: dict) -> None:

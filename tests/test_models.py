@@ -446,7 +446,7 @@ def test_a_hierarchical_loss_refuses_what_it_would_ignore(setting):
 
     h = HierarchicalVAE((1, 4, 4), 2, (4, 8), 1)
     cfg = {"backend": None, "kl": "analytic", "beta": 1.0, **setting}
-    with pytest.raises(ValueError, match="hierarchical model trains on|must be one of"):
+    with pytest.raises(ValueError, match="--model hvae trains on|must be one of"):
         evaluation.batch_loss(h, torch.rand(2, 1, 4, 4), cfg)
     cfg.update(objective="elbo", k=1, estimator="standard", kl="analytic")
     assert torch.isfinite(evaluation.batch_loss(h, torch.rand(2, 1, 4, 4), cfg)[0])

@@ -60,9 +60,9 @@ def test_the_defaults_are_the_single_sample_elbo(tmp_path):
     (dict(objective="iwae", k=0), "k", "positive integer"),
     (dict(objective="vae"), "objective", "must be one of elbo, iwae"),
     (dict(estimator="rws"), "estimator", "must be one of standard, stl, dreg"),
-    (dict(model="hvae", objective="iwae", k=2), "model", "hierarchical model trains on the ELBO"),
-    (dict(model="hvae", k=3), "model", "hierarchical model trains on the ELBO"),
-    (dict(model="hvae", kl="mc"), "kl", "each group.s analytic KL"),
+    (dict(model="hvae", objective="iwae", k=2), "model", "--model hvae trains on the ELBO"),
+    (dict(model="hvae", k=3), "model", "--model hvae trains on the ELBO"),
+    (dict(model="hvae", kl="mc"), "kl", "--model hvae trains on each group.s analytic KL"),
     # settings a run would otherwise ignore without a word
     (dict(objective="iwae", k=2, kl_warmup=3), "kl_warmup", "no KL weight to ramp"),
     (dict(objective="iwae", k=2, kl="mc"), "kl", "no separate KL to choose"),

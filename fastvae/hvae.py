@@ -57,7 +57,7 @@ from .functional import elbo as _elbo
 from .functional import gaussian_log_prob, reparameterize, sample_with_kl
 from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
 from ._dtypes import reduce_scale, result_dtype, to_widest
-from .validation import REDUCTIONS, check_number, check_option, check_size, check_sizes
+from .validation import REDUCTIONS, check_number, check_option, check_size, check_widths
 
 BOUND = 5.0  # the soft clamp of means and log-standard-deviations
 
@@ -115,7 +115,8 @@ class HierarchicalVAE(ObservationModel):
         (Every size here, each of ``channels`` included, is an int >= 1: a bad one is a
         ``ValueError`` (a ``TypeError`` for a non-int) that names it.)
         channels: width of each stage, fine to coarse; one resolution per stage
-            (``channels[i]`` at ``ceil(H / 2^(i+1))``: the first stage already halves).
+            (``channels[i]`` at ``ceil(H / 2^(i+1))``: the first stage already halves); an
+            int is one stage (as ``--channels 32`` is, and as the other models' widths take it).
         groups: stochastic groups per stage (the default 2 stages x 2 groups: 4 groups
             at two resolutions).
         likelihood, n_mix: as in :class:`fastvae.models.VAE` (a DMoL decoder's last
@@ -135,7 +136,7 @@ class HierarchicalVAE(ObservationModel):
         if len(self.data_shape) != 3:
             raise ValueError(f"HierarchicalVAE needs (C, H, W) data, got {self.data_shape}")
         c, h, w = self.data_shape
-        self.channels = check_sizes("channels", channels)
+        self.channels = check_widths("channels", channels)  # an int: one stage, as --channels 8
         self.groups_per_stage = check_size("groups", groups)
         self.latent_channels = check_size("latent_channels", latent_channels)
         sizes = [(h, w)]

@@ -43,7 +43,7 @@ from .functional import iwae_bound, reparameterize
 from .hvae import HierarchicalVAE
 from .observation import ObservationModel, RunningLogSumExp, chunk_lengths
 from .observation import cb_mean as _cb_mean  # noqa: F401 (its old home; tests use it)
-from .validation import check_size, check_sizes, check_tensor, check_widths
+from .validation import check_size, check_tensor, check_widths
 
 __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
@@ -217,7 +217,8 @@ class ConvVAE(_VAEBase):
     Args:
         data_shape: ``(C, H, W)``.
         latent_dim: L.
-        channels: channels of each encoder stage.
+        channels: channels of each encoder stage: a sequence, or an int for one stage
+            (as ``--channels 32`` is; the spellings of :class:`VAE`'s ``hidden``).
         hidden: width of the fully connected layer between convolutions and latents:
             an int, or a one-element sequence as :class:`VAE` takes it.
         likelihood, n_mix: as in :class:`VAE`; a DMoL decoder's last transposed
@@ -234,7 +235,7 @@ class ConvVAE(_VAEBase):
             raise ValueError(f"hidden: the conv model has one fully connected layer, so one "
                              f"width; got {list(widths)}")
         hidden = widths[0]
-        channels = check_sizes("channels", channels)
+        channels = check_widths("channels", channels)  # hidden's spellings: an int, one stage
         c, h, w = self.data_shape
         sizes = [(h, w)]
         for _ in channels:

@@ -316,8 +316,8 @@ TRAIN_CHECKS = {
 # would reach the model and torch as text.
 _NOT_NUMBERS = ("device", "out", "data_dir", "dataset", "download", "amp", "compile", "resume",
                 "progress")
-# The settings that take a list: a width per layer (hidden, which also takes one width) or
-# per stage (channels, a list only).
+# The settings that take a list: a width per layer (hidden) or per stage (channels); one
+# number is one layer or stage, as the models take it (check_widths).
 _LISTS = ("hidden", "channels")
 OBJECTIVES = ("elbo", "iwae")
 # The architecture settings each model reads: another one given is refused, not ignored.
@@ -362,8 +362,6 @@ def check_train_config(cfg: dict, combinations: bool = True) -> None:
         if value is None:
             continue
         is_list = isinstance(value, (list, tuple))
-        if key == "channels" and not is_list:
-            raise ValueError(f"channels: must be a list of ints, one per stage, got {value!r}")
         if is_list and key not in _LISTS:
             raise ValueError(f"{key}: must be a single value, got {value!r}")
         items = value if is_list else [value]

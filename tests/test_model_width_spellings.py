@@ -41,10 +41,21 @@ def test_the_same_spellings_are_refused(cls, arg, kept, bad, exc, msg):
     assert str(e.value).startswith(arg)
 
 
-@pytest.mark.parametrize("cls", [VAE, ConvVAE])
-def test_one_hidden_width_as_a_bare_int(cls):
-    """hidden's bare int (a numpy one too) is one width in both models; a bool is not."""
+@pytest.mark.parametrize("cls,arg,kept", WIDTHS, ids=IDS)
+def test_one_width_as_a_bare_int(cls, arg, kept):
+    """A bare int (a numpy one too) is one width for every width argument, channels too (one
+    stage, as ``--channels 8`` is): ConvVAE's and HierarchicalVAE's channels refused it while
+    hidden took it. A bool is not an int here."""
     for one in (8, np.int64(8)):
-        assert cls(hidden=one).hidden in (8, (8,))
-    with pytest.raises(TypeError, match="hidden must be an int, got bool"):
-        cls(hidden=True)
+        assert getattr(cls(**{arg: one}), arg) == kept
+    with pytest.raises(TypeError, match=f"{arg} must be an int, got bool"):
+        cls(**{arg: True})
+
+
+@pytest.mark.parametrize("model", ["conv", "hvae"])
+def test_the_training_config_takes_one_channel_width_as_the_models_do(model):
+    """train(channels=8) was refused ("must be a list") where hidden=8 was taken."""
+    from fastvae import train as T
+    from fastvae.models import build_model
+    cfg = T._checked_config(dict(model=model, channels=8, hidden=None))
+    assert build_model(dict(cfg, data_shape=[1, 8, 8])).channels == (8,)

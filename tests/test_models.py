@@ -120,8 +120,8 @@ _SHAPE = {"data_shape": [1, 8, 8]}
      "groups must be an int, got float"),
     (dict(_SHAPE, latent=2, model="hvae", groups=True), TypeError,
      "groups must be an int, got bool"),
-    (dict(_SHAPE, latent=2, model="conv", channels=32), TypeError,
-     "channels must be a sequence of ints, got int"),
+    (dict(_SHAPE, latent=2, model="conv", channels=32.5), TypeError,   # (32 is one stage)
+     "channels must be an int or a sequence of ints, got float"),
     (dict(_SHAPE, latent=2, model="hvae", channels=[4, 2.5]), TypeError,
      r"channels\[1\] must be an int, got float")])
 def test_build_model_names_the_config_key_before_building(config, exc, msg):

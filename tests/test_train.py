@@ -64,7 +64,7 @@ def test_the_final_iwae_estimate_and_eval_use_the_run_s_backend(tmp_path, monkey
 
 @pytest.mark.parametrize("settings,message", [
     (dict(dataset=5), "dataset: must be a dataset name .* as a str, got 5"),
-    (dict(model="conv", channels=32), "channels: must be a list of ints, one per stage, got 32"),
+    (dict(model="conv", channels="32"), "channels: must be a number, got the text '32'"),
     (dict(resume="no"), "resume: must be True or False, got 'no'"),
     (dict(resume=1), "resume: must be True or False, got 1"),
     (dict(amp="no"), "amp: must be True or False, got 'no'"),
@@ -78,7 +78,7 @@ def test_the_final_iwae_estimate_and_eval_use_the_run_s_backend(tmp_path, monkey
 def test_settings_of_the_wrong_kind_are_refused_by_name_first(tmp_path, settings, message):
     """The Python API's config is checked as the command line's flags are, for kinds
     argparse guarantees there: a bool for an on/off setting (any other value is read by its
-    truthiness), text for the dataset, a list for channels, a number for a number."""
+    truthiness), text for the dataset, a number for a number (each of a list's)."""
     with pytest.raises(ValueError, match=message):
         T.train(tiny(tmp_path / "r", **settings), log=quiet)
     assert list(tmp_path.iterdir()) == []

@@ -247,7 +247,14 @@ class HierarchicalVAE(ObservationModel):
 
     @torch.no_grad()
     def _sample_chunks(self, n: int, generator, size: int):
-        """From the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down, chunk by chunk."""
+        """From the learned prior: ``z_i ~ p(z_i | z_>i)`` top-down, chunk by chunk, each
+        group's latents of the whole chunk drawn before the next group's. A seed fixes the
+        draw of one ``n`` (at one chunk size), as for the other models, not a prefix:
+        ``sample(3)`` need not be ``sample(5)[:3]``. Where eps is the float32 Philox
+        stream (the C kernel, Triton) it is indexed by element, so in the first chunk the
+        two agree to the rounding of convolutions of another batch size; with
+        ``torch.randn``'s eps (float64, ``FASTVAE_NATIVE=0``) each group's draw of all n
+        shifts the next group's, and a DMoL decoder's pixel draws do likewise."""
         def draw(q, p):
             mu, logvar = p
             # "auto", not FASTVAE_BACKEND: a seed gives the same images whatever it says

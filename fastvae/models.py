@@ -115,8 +115,9 @@ class _VAEBase(ObservationModel):
         """Decoded from ``z ~ N(0, I)``. Every z is drawn first, as when sample decoded
         all at once (n x L values, small beside the images): for one n, a seed gives the
         same latents whatever the chunk size. Not across n: ``sample(3)`` need not be
-        ``sample(5)[:3]``: the CPU's torch.randn draws a small request by another method
-        than a large one."""
+        ``sample(5)[:3]``: the CPU's torch.randn draws 16 values at a time, fewer than 16
+        and a request's last partial 16 by another method (a DMoL decoder's pixel draws,
+        of all n, are no prefix either)."""
         p = next(self.parameters())
         z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
         for zc in z.split(chunk_lengths(n, size)):

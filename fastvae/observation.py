@@ -242,8 +242,9 @@ class ObservationModel(nn.Module):
         of :meth:`sample_chunk_size`. Up to the first chunk's size the draws are those of
         one batch; past it a DMoL decoder's pixel draws, and an hvae's latents, follow
         chunk by chunk in the generator's stream. What a seed fixes is the draw of one
-        ``n``: a smaller n's images are not always the first ones of a larger n's (an mlp
-        or conv model's latents come from one torch.randn of all n)."""
+        ``n``, on any backend: a smaller n's images are not always the first ones of a
+        larger n's, for any model (an mlp or conv model's latents come from one torch.randn
+        of all n, an hvae's group by group: their ``_sample_chunks`` say when they agree)."""
         return torch.cat(list(self.sample_chunks(n, generator, chunk_size)))
 
     def _sample_chunks(self, n: int, generator, size: int):

@@ -74,6 +74,25 @@ def test_sampling_does_not_read_fastvae_backend(monkeypatch, env):
     assert torch.equal(got, want)
 
 
+def test_a_seed_fixes_one_n_s_draw_not_a_prefix():
+    """What HierarchicalVAE._sample_chunks says a seed fixes: one n's images (one batch up
+    to the chunk size), not sample(5)[:3] for sample(3): on the float32 Philox stream the
+    two agree to rounding, on torch.randn's eps each group's draw of all n shifts the next."""
+    from fastvae.backends.torch_backend import gaussian_rows
+    from fastvae.backends.torch_backend.reparameterize import randn_noise
+    model = small()
+
+    def draw(n, **kw):
+        return model.sample(n, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(draw(5), draw(5)) and torch.equal(draw(5, chunk_size=8), draw(5))
+    assert not torch.allclose(draw(5, chunk_size=2), draw(5))   # chunk by chunk past one
+    if gaussian_rows.available():
+        torch.testing.assert_close(draw(3), draw(5)[:3], rtol=0, atol=1e-5)
+    with randn_noise():
+        assert torch.equal(draw(5), draw(5))
+        assert not torch.allclose(draw(3), draw(5)[:3])
+
+
 def test_a_deep_hierarchy_starts_at_its_priors_with_the_state_at_scale():
     """Zero heads: every group starts at q = p = N(0, I), a KL of exactly 0. Depth-scaled
     residual branches with zero biases: the top-down state of 40 groups is within 20% of

@@ -1,7 +1,8 @@
 """Packaging: version, fastvae.kernels importable, no top-level ``kernels`` installed by us,
-the C kernel's source in the wheel and the sdist."""
+the C kernel's source in the wheel and the sdist, setup.py's packages and package data."""
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata as md
 import json
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,46 @@ def test_sdist_ships_the_c_kernel_source(tmp_path):
     names = zipfile.ZipFile(whl).namelist()
     assert set(C_SOURCES) <= set(names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+
+
+def _setup_arguments() -> dict:
+    """The literal keyword arguments of setup.py's ``setup(...)`` call, read without running it."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+               and getattr(n.func, "id", None) == "setup"]
+    return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+
+
+def _package_folders() -> dict:
+    """Installed package name -> source folder, for every folder of fastvae/ and kernels/
+    that holds Python files (what the wheel must carry)."""
+    out = {}
+    for top, name in (("fastvae", "fastvae"), ("kernels", "fastvae.kernels")):
+        for py in sorted((ROOT / top).rglob("*.py")):
+            rel = py.parent.relative_to(ROOT / top)
+            if "__pycache__" not in rel.parts:
+                out[".".join((name, *rel.parts))] = py.parent
+    return out
+
+
+def test_setup_lists_every_package():
+    """setup.py names its packages one by one, and an editable install (``./dev``) imports a
+    subpackage it forgot from the source tree anyway: only the wheel would lack it."""
+    folders, listed = _package_folders(), set(_setup_arguments()["packages"])
+    assert listed == set(folders), (f"not in setup.py: {sorted(set(folders) - listed)}; "
+                                    f"no such folder: {sorted(listed - set(folders))}")
+    assert not [f for f in folders.values() if not (f / "__init__.py").is_file()]
+
+
+def test_package_data_covers_every_file_the_code_loads():
+    """Every file beside the Python modules (the C sources the torch backend compiles at run
+    time, say) matches setup.py's package_data for its package, so it ships in the wheel."""
+    data = _setup_arguments().get("package_data", {})
+    missing = [str(path.relative_to(ROOT)) for name, folder in _package_folders().items()
+               for path in sorted(folder.iterdir())
+               if path.is_file() and path.suffix not in (".py", ".pyc")
+               and not path.name.startswith(".")
+               and not any(fnmatch(path.name, pat) for pat in data.get(name, ()))]
+    assert not missing, f"files not in setup.py's package_data: {missing}"
+    assert C_SOURCES and all(any(fnmatch(Path(c).name, p) for p in
+                                 data["fastvae.backends.torch_backend"]) for c in C_SOURCES)

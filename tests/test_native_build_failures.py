@@ -1,7 +1,8 @@
 """The C kernels' build where the machine gets in the way: a compiler that hangs (one
 limit, its processes killed, no second attempt), a cached library whose hash matches but
 that does not load (rebuilt once), a cache folder that cannot take the build or is mounted noexec (a folder
-of the process's own), and the cache key of CPUs whose /proc/cpuinfo has no flags line."""
+of the process's own), an install without the C sources, and the cache key of CPUs whose
+/proc/cpuinfo has no flags line."""
 import errno
 import os
 import stat
@@ -48,6 +49,19 @@ def test_a_hanging_compiler_is_killed_with_its_children_and_not_tried_again(cach
     pid = int(child.read_text())
     time.sleep(0.2)
     assert not _running(pid)   # the compiler's child went with it
+
+
+def test_an_install_without_the_c_sources_says_so_and_runs_no_compiler(cache, tmp_path,
+                                                                       monkeypatch):
+    """A wheel or repackaging that dropped the package data (setup.py's package_data):
+    the status names the folder instead of the compiler's "no input files", thrice."""
+    calls = []
+    monkeypatch.setattr(native, "_compiler", lambda: "cc")   # found or not: none runs
+    monkeypatch.setattr(native, "FOLDER", str(tmp_path))   # no .c or .h in it
+    monkeypatch.setattr(native, "_build", lambda *a: calls.append(a))
+    assert native.load() is None
+    assert native.status().startswith(f"no C source in {tmp_path}"), native.status()
+    assert "reinstall" in native.status() and calls == []
 
 
 def _running(pid: int) -> bool:

@@ -300,6 +300,9 @@ def _load():
         source = read_sources()
     except OSError as e:
         return None, None, False, f"kernel source unreadable: {e}"
+    if not any(name.endswith(".c") for name, _ in source):   # nothing to hand the compiler
+        return None, None, False, (f"no C source in {FOLDER}: this install of fastvae lacks "
+                                   "its package data; reinstall it")
     try:
         native_cache.cache_dir()
     except native_cache.NoFolder as e:   # no build would load: none tried, in any process

@@ -87,9 +87,13 @@ def _inv_sd(logvar):
     """exp(-logvar/2), its exponent held just below the dtype's overflow (float32: logvar
     < -177.4): a difference of exactly 0 times it is then 0, the exact value, with finite
     gradients, not inf * 0 = NaN. The exponent, not the product, is held so that
-    autograd's chain through it stays finite as well."""
+    autograd's chain through it stays finite as well. The hold passes the gradient on
+    (straight through, as the fused kernels differentiate the held factor): a clamp's zero
+    gradient would flip d/dlogvar's sign for a nonzero difference, -0.5 where the true
+    derivative, 0.5 * t^2 - 0.5, is huge and positive."""
     cap = math.log(torch.finfo(logvar.dtype).max) - 1e-4   # a few ulps below: exp(cap) < inf
-    return torch.exp(torch.clamp(-0.5 * logvar, max=cap))
+    y = -0.5 * logvar
+    return torch.exp(y - (y - torch.clamp(y, max=cap)).detach())
 
 
 def gaussian_log_prob(x, mean, logvar):

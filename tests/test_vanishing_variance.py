@@ -157,3 +157,15 @@ def test_past_float64s_overflow(backend):
         torch.testing.assert_close(kl, torch.full((2,), 2.5 * (-1.0 + math.e - 1), dtype=F64))
         (g,) = grads(kl, [plv])
         torch.testing.assert_close(g, torch.full_like(g, 0.5 * (1 - math.e)))
+
+
+def test_a_held_factor_passes_the_log_variance_gradient_on(backend):
+    """A tiny nonzero difference where the factor is held: d/dlogvar = 0.5 * t^2 - 0.5 with
+    the held t, huge and positive, on every backend; the reference's hold was a clamp whose
+    zero gradient left -0.5, the opposite sign."""
+    lv = leaf(torch.tensor([[-180.0, -200.0]]))
+    x = torch.tensor([[1e-30, -1e-30]])
+    fastvae.gaussian_log_prob(x, torch.zeros(1, 2), lv, backend=backend).sum().backward()
+    held = math.exp(math.log(torch.finfo(torch.float32).max) - 1e-4)
+    want = 0.5 * (1e-30 * held) ** 2 - 0.5   # held: the factor exp(-logvar/2) itself
+    assert torch.allclose(lv.grad.double(), torch.full((1, 2), want, dtype=F64), rtol=1e-3)

@@ -53,7 +53,7 @@ import triton.language as tl
 from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_BERNOULLI, LIK_GAUSSIAN_SCALAR,
                     LIK_GAUSSIAN_TENSOR, LOG2_E, LOG_2, exp_, latent_kl_tile, likelihood_tile,
                     load_data, load_f32, load_prior, log2_, log_, log_px_value, lse_shift,
-                    program_rows, rcp_, row_block, store_as, weigh)
+                    program_rows, rcp_, row_block, store_as, to_f32, weigh)
 
 
 @triton.jit
@@ -74,17 +74,18 @@ def _dlog_px(x, r, s, LIK: tl.constexpr):
 
 @triton.jit
 def _bernoulli_parts(x, l):
-    """(x*l - max(l, 0), 1 + e) per element, e = 2^(-|l| log2 e) in (0, 1]: the Bernoulli
-    term is the first minus ln of the second. With ``LOG_OF_PRODUCT`` pass 1 multiplies
-    the second over the full column blocks (the host sets it for at most 126 of them:
-    each factor is in (1, 2], the product at most 2^126, no overflow) and takes one lg2 of
-    the product: with n factors the product's rounding is a relative error of at most n u
-    (u = 2^-24), the factors' own u and ``ex2.approx``'s 2^-22 in e add at most 2^-22
-    each, so ln of the product is off by at most ``n (2^-22 + 2u) + 2^-22`` (lg2.approx)
-    absolute: 4e-6 at D = 784 (n = 12), 4.5e-5 at n = 126, against n per-element logs'
+    """(x*l - max(l, 0), e) per element, e = 2^(-|l| log2 e) in (0, 1]: the Bernoulli term
+    is the first minus ln(1 + e). With ``LOG_OF_PRODUCT`` pass 1 multiplies the factors
+    ``1 + e`` over the full column blocks as ``prod + prod * e``, one fma a factor (the
+    host sets it for at most 126 blocks: each factor is in (1, 2], the product at most
+    2^126, no overflow) and takes one lg2 of the product. With n factors the fmas round
+    the product by a relative error of at most n u (u = 2^-24; one rounding a factor, 1 + e
+    is never rounded on its own) and ``ex2.approx``'s 2^-22 in e adds at most 2^-22 a
+    factor, so ln of the product is off by at most ``n (2^-22 + u) + 2^-22`` (lg2.approx)
+    absolute: 4e-6 at D = 784 (n = 12), 4e-5 at n = 126, against n per-element logs'
     2^-22 each and below fp32 rounding of a row sum of D terms. One MUFU per element
     instead of two."""
-    return x * l - tl.maximum(l, 0.0), 1.0 + tl.exp2(tl.abs(l) * -LOG2_E)
+    return x * l - tl.maximum(l, 0.0), tl.exp2(tl.abs(l) * -LOG2_E)
 
 
 @triton.jit
@@ -168,6 +169,7 @@ def iwae_bound_rows_kernel(
     pid, rows, rmask = row_block(B, BLOCK_B, INT64)
     rows2 = rows[:, None]
     rmask2 = rmask[:, None]
+    rows_in2 = tl.minimum(rows, B - 1)[:, None]   # rows to read unmasked (padded: the last)
     zero = pid * 0                       # int64 with INT64, else int32
     b_pad = (zero + tl.num_programs(0)) * BLOCK_B   # LOG_W's row stride: padded rows too
     d_full = (D // BLOCK_D) * BLOCK_D    # full column blocks: no column mask (and the tail's
@@ -193,15 +195,20 @@ def iwae_bound_rows_kernel(
         acc = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
         if LIK == LIK_BERNOULLI and LOG_OF_PRODUCT:
             # sum_d ln(1 + e_d) as ln of a running product per tile element, one lg2 per
-            # element of the tile (_bernoulli_parts)
+            # element of the tile (_bernoulli_parts). Unmasked: a padded row reads the last
+            # row (a masked load sets its masked lanes, an instruction per two elements);
+            # nothing of that row reaches an output. The addresses advance a block a step
+            # (not formed again from offsets; a 32-bit loop counter)
             prod = tl.full([BLOCK_B, BLOCK_D], 1.0, tl.float32)
+            cols2 = tl.arange(0, BLOCK_D)[None, :]
+            x_ptr = X + (rows_in2 * stride_x + cols2)
+            r_ptr = R + (r_base + rows_in2 * stride_rb + cols2)
             for d0 in range(0, d_full, BLOCK_D):
-                cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
-                x = load_f32(X, rows2 * stride_x + cols2, rmask2)
-                r = load_f32(R, r_base + rows2 * stride_rb + cols2, rmask2)
-                v, q = _bernoulli_parts(x, r)
+                v, e = _bernoulli_parts(to_f32(tl.load(x_ptr)), to_f32(tl.load(r_ptr)))
                 acc += v
-                prod *= q
+                prod = prod * e + prod   # prod * (1 + e), one fma
+                x_ptr += BLOCK_D
+                r_ptr += BLOCK_D
             acc -= log2_(prod) * LOG_2
         else:
             for d0 in range(0, d_full, BLOCK_D):

@@ -195,12 +195,15 @@ def test_iwae_rows_tiles(seed, launches, gpu_tiles, k, b, d, l, like, dtype, red
     assert row_kernel(launches) == "twopass"
 
 
-def test_iwae_rows_extreme_logits(seed, launches, gpu_tiles):
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16])
+def test_iwae_rows_extreme_logits(seed, launches, gpu_tiles, dtype):
     """Logits of +-120 in the two-pass kernel's tile: the sigmoid's 1 / (1 + 2^(-l log2 e))
     meets an overflow to inf (weight 0) and an underflow to 0 (weight 1); softplus stays
-    exact; values and gradients as the float64 formula."""
+    exact; values and gradients as the float64 formula. bf16 takes pass 1's product of
+    the ``1 + e`` factors (``LOG_OF_PRODUCT``, its fma a factor) and its unmasked loads
+    (5 rows of a 16-row tile: the padded rows read the last)."""
     k, b, d, l = 9, 5, 70, 3
-    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", F32)
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", dtype)
     with torch.no_grad():
         recon.mul_(40.0).clamp_(-120.0, 120.0)
         recon[:, :, :4] = torch.tensor([120.0, -120.0, 89.0, -89.0])
@@ -210,13 +213,13 @@ def test_iwae_rows_extreme_logits(seed, launches, gpu_tiles):
     want = F.iwae(*o)
     # each term rounds to ~ulp(|l|), and the softmax carries that into the weights in any
     # fp32 implementation: the terms' size sets the value's scale, fp32 eager the gradients'
-    assert_close("bound", got, want, F32, scale=recon.detach().abs().sum(-1).max(0).values)
+    assert_close("bound", got, want, dtype, scale=recon.detach().abs().sum(-1).max(0).values)
     g = torch.autograd.grad(got.sum(), [recon, mu, lv, z])
     e = torch.autograd.grad(want.sum(), o[1:5])
     eager = eager_fp32([x, recon, mu, lv, z])[1][1:5]
     for a, w, ee, name in zip(g, e, eager, ("recon_k", "mu", "logvar", "z_k")):
         assert torch.isfinite(a).all(), name
-        assert_close(f"d/d{name}", a, w, F32, eager=ee)
+        assert_close(f"d/d{name}", a, w, dtype, eager=ee)
 
 
 def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):

@@ -97,6 +97,38 @@ def test_a_cached_library_that_matches_its_hash_but_does_not_load_is_rebuilt(cac
         assert lib.read_bytes()[:4] == b"\x7fELF"
 
 
+def test_an_openmp_library_that_matches_its_hash_but_does_not_load_is_rebuilt(cache,
+                                                                             monkeypatch):
+    """A shared library recorded with its own hash that dlopen refuses (one that needs
+    another machine's libraries, through a shared cache): the OpenMP build is rebuilt
+    once and loads. It was kept, and every later process took the build without OpenMP,
+    with no warning."""
+    _needs_compiler()
+    assert native.load() is not None, native.status()
+    if not native.status().startswith("loaded: OpenMP"):
+        pytest.skip(f"no OpenMP build here: {native.status()}")
+    source, cc = native.read_sources(), native._compiler()
+    built = native.library_path(source, cc, native._OPENMP_FLAGS)
+    # another folder: this process has the built path loaded, and dlopen of a loaded
+    # path's name hands back that library without opening the file
+    other = cache.parent / "shared cache"
+    other.mkdir()
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(other))
+    lib = native.library_path(source, cc, native._OPENMP_FLAGS)
+    with open(built, "rb") as f:
+        data = f.read()
+    needs_missing = data.replace(b"libc.so.6\0", b"libX.so.6\0", 1)
+    assert needs_missing != data
+    with open(lib, "wb") as f:
+        f.write(needs_missing)
+    with open(lib + ".sha256", "w") as f:
+        f.write(native._sha256(lib) + "\n")
+    native.reset()
+    assert native.load() is not None, native.status()
+    assert native.status().startswith("loaded: OpenMP"), native.status()
+    assert native._sha256(lib) == native._sha256(built)
+
+
 def test_a_cache_folder_that_cannot_take_the_build_builds_for_the_process(cache, monkeypatch):
     """A full disk (ENOSPC) while the build writes into the cache: built in a temporary
     folder of the process's own, with the warning an unwritable cache gives."""

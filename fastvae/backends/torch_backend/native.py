@@ -251,12 +251,33 @@ def _rebuilt(sources, cc: str, flags, path: str) -> str:
 
 
 def _bound(sources, cc: str, flags):
-    """:func:`_bind` of the library for these flags, rebuilt once where it does not load."""
+    """:func:`_bind` of the library for these flags, rebuilt once where it does not load
+    (or lacks an entry point)."""
     path = _library(sources, cc, flags)
     try:
         return _bind(path)
-    except OSError:
+    except (OSError, AttributeError):
         return _bind(_rebuilt(sources, cc, flags, path))
+
+
+def _openmp_bound(sources, cc: str):
+    """((lib, fn, openmp), "") of the OpenMP build, or (None, why it may not run here).
+
+    A cached library that matches its hash but is no shared library or does not load is
+    rebuilt once, as :func:`_bound` does for the other builds: kept, it would have every
+    later process take the build without OpenMP, silently and for good."""
+    path = _library(sources, cc, _OPENMP_FLAGS)
+    for last in (False, True):
+        if elf_needed(path) is not None or last:
+            why = openmp.openmp_check(path)  # before dlopen: it would load the runtime
+            if why:
+                return None, why
+            try:
+                return _bind(path), ""
+            except (OSError, AttributeError):
+                if last:
+                    raise
+        path = _rebuilt(sources, cc, _OPENMP_FLAGS, path)
 
 
 def _bind(path: str):
@@ -311,12 +332,9 @@ def _load():
     why_not_omp = "torch's parallel backend is not a known OpenMP runtime"
     if openmp.torch_openmp_runtime() is not None:
         try:
-            path = _library(source, cc, _OPENMP_FLAGS)
-            if elf_needed(path) is None:   # not a shared library: rebuilt once
-                path = _rebuilt(source, cc, _OPENMP_FLAGS, path)
-            why_not_omp = openmp.openmp_check(path)  # before dlopen: it would load the runtime
-            if not why_not_omp:
-                lib, fn, omp = _bind(path)
+            bound, why_not_omp = _openmp_bound(source, cc)
+            if bound is not None:
+                lib, fn, omp = bound
                 runtime = openmp.torch_openmp_runtime()
                 where = (openmp.mapped_paths(runtime) or ["?"])[0]
                 return lib, fn, omp, (f"loaded: OpenMP threads in torch's runtime {runtime} "

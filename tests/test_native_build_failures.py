@@ -8,6 +8,7 @@ import os
 import stat
 import tempfile
 import time
+import warnings
 
 import pytest
 import torch
@@ -146,6 +147,30 @@ def test_a_cache_folder_that_cannot_take_the_build_builds_for_the_process(cache,
         assert native.load() is not None, native.status()
     x, logits = torch.rand(4, 64), torch.randn(4, 64)
     assert native.usable(x, logits)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="a shell script as the compiler")
+def test_a_compiler_that_may_not_run_is_not_taken_for_an_unwritable_cache(cache, tmp_path,
+                                                                         monkeypatch):
+    """A compiler whose start fails with EACCES (its interpreter may not run, or it lies on
+    a noexec mount) was taken for a cache folder that cannot be written: a warning naming
+    the cache folder, and every build tried again in a temporary folder."""
+    interpreter, cc = tmp_path / "interpreter", tmp_path / "cc_denied"
+    interpreter.write_text("")   # not executable: execve fails with EACCES
+    cc.write_text(f"#!{interpreter}\n")
+    cc.chmod(cc.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setattr(native.native_cache, "_cache_warned", False)
+    folders = []
+    real = native._build
+    monkeypatch.setattr(native, "_build", lambda *a: folders.append(os.path.dirname(a[3]))
+                        or real(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native.load() is None
+    assert "cannot run the compiler" in native.status(), native.status()
+    assert "Permission denied" in native.status(), native.status()
+    assert folders and set(folders) == {str(cache)}, folders
 
 
 def test_a_cache_folder_mounted_noexec_builds_in_a_temporary_folder(cache, monkeypatch):

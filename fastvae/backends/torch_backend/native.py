@@ -197,8 +197,14 @@ BUILD_TIMEOUT_S = 120
 def _compile(cmd, cwd: str) -> None:
     """Run the compiler in a session of its own, so that a timeout kills it with every
     process it started (cc1, as, ld), not the driver alone."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    except OSError as e:
+        # Not as an OSError: one with EACCES or EPERM (a compiler on a noexec mount, a
+        # script whose interpreter may not run) would read as a cache folder that cannot
+        # take the build, built again in a temporary folder and warned about as such.
+        raise subprocess.SubprocessError(f"cannot run the compiler {cmd[0]}: {e}") from None
     try:
         out, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -215,6 +215,35 @@ def test_a_relative_xdg_cache_home_is_ignored(monkeypatch, tmp_path):
     assert native.native_cache.cache_dir() == str(tmp_path / "xdg" / "fastvae")
 
 
+@pytest.mark.parametrize("home", [None, "relhome"])
+def test_no_home_folder_builds_for_the_process(monkeypatch, tmp_path, home):
+    """$HOME unset with no passwd entry for the user (a container run as an unnamed
+    user), or relative: "~/.cache" stayed unexpanded, and the cache became a folder
+    named "~" (or relhome) in the current folder, a new one in each folder a process
+    started in, with no word said."""
+    import pwd
+    monkeypatch.delenv("FASTVAE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if home is None:
+        monkeypatch.delenv("HOME", raising=False)
+    else:
+        monkeypatch.setenv("HOME", home)
+
+    def no_entry(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(native.native_cache, "_cache_warned", False)
+    try:
+        with pytest.warns(RuntimeWarning, match="cannot write the C kernels' cache folder "
+                          ".*FASTVAE_CACHE_DIR"):
+            d = native.native_cache.cache_dir()
+        assert os.path.isabs(d) and not d.startswith(str(tmp_path)), d
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        native.native_cache.drop_temporary()
+
+
 def test_cpus_without_a_flags_line_are_told_apart_and_clock_speeds_are_not(tmp_path):
     def cpu(text):
         f = tmp_path / "cpuinfo"

@@ -17,11 +17,20 @@ from ... import _warnings
 def cache_dir() -> str:
     """The cache folder, absolute (the compiler runs in a folder of its own, where a
     relative output path would name another file); where it cannot be made or written,
-    or is mounted noexec (no library there loads), :func:`process_cache`."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(xdg):   # the XDG spec: a relative value is invalid, ignored
-        xdg = os.path.expanduser("~/.cache")
-    d = os.path.abspath(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(xdg, "fastvae"))
+    is mounted noexec (no library there loads), or is to be in a home folder the process
+    has none of, :func:`process_cache`."""
+    d = os.environ.get("FASTVAE_CACHE_DIR")
+    if not d:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(xdg):   # the XDG spec: a relative value is invalid, ignored
+            xdg = os.path.expanduser("~/.cache")
+        if not os.path.isabs(xdg):
+            # No home to expand "~" to ($HOME unset and no passwd entry, as in a container
+            # run as an unnamed user) or a relative $HOME: the cache would be a folder
+            # named "~" in whatever folder the process starts in, one per folder.
+            return process_cache(os.path.join(xdg, "fastvae"))
+        d = os.path.join(xdg, "fastvae")
+    d = os.path.abspath(d)
     try:
         os.makedirs(d, exist_ok=True)
         writable = os.access(d, os.W_OK)

@@ -58,6 +58,20 @@ def test_status_names_torchs_runtime_beside_other_copies():
     assert os.path.basename(path).startswith(runtime) and path in native.status()
 
 
+def test_mapped_paths_with_spaces_and_undecodable_bytes(tmp_path):
+    """A mapped file under a folder named in Latin-1 (or any non-ASCII name under the C
+    locale) made reading the maps raise UnicodeDecodeError out of the first op; a path
+    with spaces was cut at its last space."""
+    where = b"/opt/caf\xe9 env/lib/"
+    maps = tmp_path / "maps"
+    maps.write_bytes(
+        b"7f00-7f01 r-xp 00000000 08:01 42   " + where + b"libgomp.so.1\n"
+        b"7f01-7f02 rw-p 00000000 00:00 0\n"
+        b"7f02-7f03 r-xp 00000000 08:01 43   /usr/lib/libc.so.6\n")
+    assert openmp.mapped_paths("libgomp.so.1", str(maps)) == [os.fsdecode(where + b"libgomp.so.1")]
+    assert openmp.mapped_paths("libfoo.so", str(maps)) == []
+
+
 def test_elf_needed_of_non_elf(tmp_path):
     p = tmp_path / "x.so"
     p.write_bytes(b"not an ELF file at all" * 10)

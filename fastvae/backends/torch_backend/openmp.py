@@ -22,14 +22,20 @@ def loaded(soname: str) -> bool:
         return False
 
 
-def mapped_paths(soname: str) -> List[str]:
+def mapped_paths(soname: str, maps: str = "/proc/self/maps") -> List[str]:
     """The distinct files mapped under ``soname`` (other copies of a runtime, e.g.
     scikit-learn's ``libgomp-<hash>.so.1.0.0``, carry sonames of their own)."""
     paths: List[str] = []
     try:
-        with open("/proc/self/maps") as f:
+        # Bytes, decoded as file names are: a mapped file's path in any folder (a venv,
+        # the cache) may hold bytes the locale's encoding cannot decode, and a
+        # UnicodeDecodeError here escaped the loader as a traceback from the first op.
+        with open(maps, "rb") as f:
             for line in f:
-                p = line.split()[-1]
+                fields = line.rstrip(b"\n").split(maxsplit=5)
+                if len(fields) < 6:
+                    continue   # an anonymous mapping
+                p = os.fsdecode(fields[5])   # the path, spaces and all
                 name = os.path.basename(p)
                 if (name == soname or name.startswith(soname + ".")) and p not in paths:
                     paths.append(p)

@@ -1,6 +1,6 @@
 """fastvae.bench's ops: the default and suite grids, the bytes-moved model, the
-fastvae-aten variant, and the op registry (a spec module and a suite per op; a new op
-needs only its spec)."""
+fastvae-aten variant, an eager baseline's work, and the op registry (a spec module and a
+suite per op; a new op needs only its spec)."""
 import pytest
 import torch
 
@@ -79,6 +79,36 @@ def test_fastvae_aten_variant_runs_without_the_compiled_kernel(monkeypatch):
     assert calls
     for i, (a, f) in enumerate(zip(aten, fused)):  # the same numbers by the tests' rule
         testing.assert_close(f"output #{i}", a, f, torch.float32)
+
+
+def test_the_dmol_eager_baseline_makes_each_full_size_intermediate_once():
+    """Eager DMoL's interior term, log(1 - e^-w), w the bin's width over the scale (2/n times
+    the inverse scale it has already): log w + log((1 - e^-w) / w), the same value, costs
+    two exps, a division and an add more over every B x 3 x M x H x W element (10-30% of
+    eager's step), and would inflate every ratio against eager by as much."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastvae.bench.specs import discretized_logistic_mixture_log_prob as dmol
+
+    case = bench.Case("dmol", 2, 16, 3)
+    inputs = dmol.make_inputs(case, torch.Generator().manual_seed(0))
+    full = 2 * 3 * 3 * 16   # B x 3 x M x H*W
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() == full and out.dim() == 5:
+                self.ops.append(func.overloadpacket.__name__)
+            return out
+
+    with torch.no_grad(), Count() as count:
+        dmol.eager_dmol_loss(inputs["x"], inputs["params"])
+    assert count.ops.count("exp") == 1, count.ops   # the inverse scale
+    assert "div" not in count.ops, count.ops
 
 
 def test_every_spec_module_is_registered_and_has_a_suite():

@@ -64,8 +64,12 @@ def eager_dmol_loss(x, params):
     min_in = inv_stdv * (centered - 1.0 / n)
     log_cdf_plus = F.logsigmoid(plus_in)
     log_one_minus_cdf_min = F.logsigmoid(-min_in)
-    log_width = math.log(2.0 / n) - log_scales              # log(1 - e^-width) + log width
-    log_gap = log_width + torch.log(-torch.expm1(-torch.exp(log_width)) / torch.exp(log_width))
+    # log(sigmoid(u+) - sigmoid(u-)) = log sigmoid(u+) + log sigmoid(-u-) + log(1 - e^-w),
+    # w = u+ - u- the bin's width in units of the scale: each full-size intermediate once,
+    # as eager code writes it (redundant passes would inflate every ratio against eager).
+    # The inputs' log-scales (<= 0) keep w >= 2/255, far from the denormal w for which
+    # fastvae.reference writes log w + log((1 - e^-w) / w).
+    log_gap = torch.log(-torch.expm1(inv_stdv * (-2.0 / n)))
     k = k.unsqueeze(2)
     log_probs = torch.where(k == 0, log_cdf_plus,
                             torch.where(k == n, log_one_minus_cdf_min,

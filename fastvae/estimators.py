@@ -133,14 +133,18 @@ def _edge(t: Tensor):
     return edge.node, edge.output_nr
 
 
-def _decoder_path(recon_k: Tensor, z_k: Tensor):
+def _decoder_path(recon_k: Tensor, z_k: Tensor, encoder=()):
     """How recon_k's graph meets z_k: None where it reads z_k itself (the decoder took z_k
     or a view taken from it: the hook on z_k sees that gradient) or nothing z_k came from;
     else the node it meets instead, which is z_k's own producer (one node made both, as a
     torch.compile'd model that samples and decodes) or one z_k was made from (z_k is a
     copy, cast or view of the tensor that was decoded). Both leave the decoder's gradient
-    out of the hook's reach."""
-    target, start = _edge(z_k), recon_k.grad_fn
+    out of the hook's reach. Where recon_k does not read z_k and nothing z_k came from
+    (z_k a leaf, or None for one that requires no gradient), the node of one of the
+    ``encoder`` tensors (mu, logvar) that recon_k's graph reaches: the decoder's gradient
+    goes to the encoder around z_k."""
+    target = (None, None) if z_k is None else _edge(z_k)
+    start = recon_k.grad_fn
     if start is None:
         return None
     # Node objects are held until the walks end: in torch 2.11 a node's Python object lives
@@ -157,7 +161,7 @@ def _decoder_path(recon_k: Tensor, z_k: Tensor):
                 seen[id(n)] = n
                 stack.append(n)
     made_from, stack = {id(target[0]): target[0]}, [target[0]]
-    while stack:
+    while stack and target[0] is not None:
         node = stack.pop()
         if seen.get(id(node)) is node:
             return node
@@ -165,23 +169,38 @@ def _decoder_path(recon_k: Tensor, z_k: Tensor):
             if n is not None and id(n) not in made_from:
                 made_from[id(n)] = n
                 stack.append(n)
+    for t in encoder:
+        if isinstance(t, Tensor) and t.requires_grad:
+            node = _edge(t)[0]
+            if seen.get(id(node)) is node:
+                return node
     return None
 
 
-def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
+def check_dreg_graph(recon_k: Tensor, z_k: Tensor, mu=None, logvar=None) -> None:
     """ValueError where the decoder's gradient would reach the sample other than through
     z_k (:func:`_decoder_path`): DReG's hook on z_k would then weigh only the bound's
-    direct gradient, and the encoder's gradient would be silently wrong."""
-    if not torch.is_grad_enabled() or not z_k.requires_grad:
+    direct gradient, and the encoder's gradient would be silently wrong. A z_k cut from
+    the decoded samples (detached, or made a leaf) is refused where recon_k still carries
+    mu's or logvar's gradient; cut from both, the encoder gets none (the documented rule)."""
+    if not torch.is_grad_enabled():
         return
-    if torch.compiler.is_compiling() and tracing_here():
+    compiling = torch.compiler.is_compiling() and tracing_here()
+    if not z_k.requires_grad:
+        # nothing to weigh; under a trace there is no graph to read (the hook is skipped too)
+        if not compiling and recon_k.requires_grad:
+            _refuse_cut(_decoder_path(recon_k, None, (mu, logvar)))
+        return
+    if compiling:
         # a traced graph has no autograd nodes to read; refusing breaks the graph here, so
         # this check runs eagerly on the real tensors (a compiled model that samples and
         # decodes is one node: wrong encoder gradients, silently), fullgraph raises
         _refuse_compiling()
-    node = _decoder_path(recon_k, z_k)
+    node = _decoder_path(recon_k, z_k, (mu, logvar))
     if node is None:
         return
+    if z_k.grad_fn is None:
+        _refuse_cut(node)
     if node is z_k.grad_fn:
         raise ValueError(
             f"estimator='dreg': recon_k and z_k come out of one autograd node "
@@ -196,6 +215,17 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor) -> None:
         "miss the decoder's gradient and the encoder's gradient would be wrong. Pass the very "
         "tensor the decoder read as z_k (the bound takes mixed dtypes: no cast is needed), or "
         "use estimator='stl'")
+
+
+def _refuse_cut(node) -> None:
+    if node is not None:
+        raise ValueError(
+            "estimator='dreg': z_k is cut from the samples the decoder read (detached, or a "
+            "leaf made from them), but recon_k still carries the encoder's gradient (they "
+            f"meet at {type(node).__name__}): it would reach mu, logvar around z_k, without "
+            "the bound's own d/dz_k and DReG's second weight, and the encoder's gradient "
+            "would be wrong. Pass the very tensor the decoder read as z_k, or decode the cut "
+            "z_k too (the encoder then gets no gradient from this bound)")
 
 
 def _refuse_compiling():

@@ -326,7 +326,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
             the weights ``w~_k`` held constant: a surrogate's, not the derivative of
             that gradient field.
             Under "stl" and "dreg" the encoder's gradient arrives through z_k alone: a
-            z_k cut from mu, logvar (detached, or drawn under ``no_grad``) gives it none.
+            z_k cut from mu, logvar (detached, or drawn under ``no_grad``) gives it none;
+            "dreg" refuses one cut from samples that the decoder read uncut.
     """
     V.check_option("likelihood", likelihood, V.LIKELIHOODS)
     V.check_option("reduction", reduction, V.REDUCTIONS)
@@ -355,7 +356,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
                                "forward-mode AD or torch.jit.trace: its second weight is a "
                                "gradient hook on z_k, which they do not run (a trace would "
                                "replay without it); use estimator='stl' or 'standard' there")
-        estimators.check_dreg_graph(recon_k, z_k)
+        estimators.check_dreg_graph(recon_k, z_k, mu, logvar)
     fn = _run(backend, device, "iwae_bound")
     kwargs = dict(likelihood=likelihood, reduction=reduction, prior_mu=pm, prior_logvar=plv,
                   estimator=estimator)

@@ -158,6 +158,26 @@ def test_dreg_refuses_a_z_k_that_is_not_the_decoded_tensor(seed, passed):
         fastvae.iwae_bound(x, recon, mu, lv, z_k, estimator="dreg", backend="torch")
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("cut", ["detach", "detached leaf"])
+def test_dreg_refuses_a_z_k_cut_from_the_decoded_samples(seed, backend, cut):
+    """The decoder reads z, the bound gets a detached copy (or one made a leaf): the
+    decoder's gradient reaches mu, logvar around z_k, without the bound's own d/dz_k and
+    the second w~_k (it was silently 60-140% off the DReG gradient; the requires_grad
+    early return skipped the check). Decoded from the cut z_k too, the encoder gets no
+    gradient from the bound, as documented, and the call runs."""
+    mu, lv, w, eps, x = _inputs(seed)
+    z = mu + torch.exp(0.5 * lv) * eps
+    cut_z = z.detach() if cut == "detach" else z.detach().requires_grad_()
+    with pytest.raises(ValueError, match=r"z_k is cut from the samples the decoder read"):
+        fastvae.iwae_bound(x, z @ w, mu, lv, cut_z, estimator="dreg", backend=backend)
+    v = fastvae.iwae_bound(x, cut_z @ w, mu, lv, cut_z, estimator="dreg", reduction="sum",
+                           backend=backend)
+    g_mu, g_lv, g_w = torch.autograd.grad(v, [mu, lv, w], allow_unused=True)
+    assert g_w is not None and (g_mu is None or not g_mu.any()) and (
+        g_lv is None or not g_lv.any())
+
+
 def test_dreg_hooks_do_not_pile_up_on_a_kept_z_k(seed):
     """A leaf z_k used for many bounds holds the hooks of the bounds still alive only (each
     call added one, kept until z_k was freed); the gradients are unchanged by the pruning."""

@@ -166,8 +166,11 @@ def check_count(name: str, value, *, minimum=1, each=1, limit=MAX_COUNT) -> int:
     if n > limit:
         why = "2**31 - 1" if limit == MAX_COUNT else "2**63 - 1: torch's sizes are int64"
         raise ValueError(f"{name} must be at most {limit} ({why}), got {n}")
-    # a plain int only: a symbolic size's product would guard a compiled graph on it
-    if type(each) is int and n * each > MAX_ELEMENTS:
+    # a plain int only: a symbolic size's product would guard a compiled graph on it; and
+    # not while dynamo traces, which reads a SymInt's type as int (the guard then bounds the
+    # batch, and a strict export of a dynamic one fails; torch's own error is left there)
+    if (type(each) is int and not (torch.compiler.is_compiling() and tracing_here())
+            and n * each > MAX_ELEMENTS):
         raise ValueError(f"{name}={n} of {each} elements each is more than a tensor holds "
                          f"({MAX_ELEMENTS} elements)")
     return n

@@ -224,3 +224,17 @@ def test_the_reference_iwae_compiles_once_for_every_k():
         torch.testing.assert_close(got, loss(*args))
         frames.append(counter.frame_count)
     assert frames == [frames[0]] * 3, frames
+
+
+def test_a_sample_count_puts_no_guard_on_the_batch():
+    """reparameterize's bound on K * B * L (a tensor torch can hold) is checked on plain
+    sizes only: on a symbolic batch it would be a guard of the graph (dynamo reads a SymInt's
+    type as int), which a strict export of a Dim batch refuses, its range reaching past it."""
+    class Draw(torch.nn.Module):
+        def forward(self, mu, logvar):
+            return fastvae.reparameterize(mu, logvar, 3, backend="torch")
+
+    b = torch.export.Dim("b")
+    ep = torch.export.export(Draw(), (torch.randn(6, 2), torch.randn(6, 2)),
+                             dynamic_shapes=({0: b}, {0: b}), strict=True)
+    assert ep.module()(torch.randn(9, 2), torch.randn(9, 2)).shape == (3, 9, 2)

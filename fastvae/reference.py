@@ -93,7 +93,13 @@ def _inv_sd(logvar):
     derivative, 0.5 * t^2 - 0.5, is huge and positive."""
     cap = math.log(torch.finfo(logvar.dtype).max) - 1e-4   # a few ulps below: exp(cap) < inf
     y = -0.5 * logvar
-    return torch.exp(y - (y - torch.clamp(y, max=cap)).detach())
+    # held + (y - y) is the clamp's value exactly, with y's gradient. Not
+    # y - (y - held).detach(): y - held rounds once |y| is past ~2^8 (float32), so the
+    # factor would be inf at logvar = -3e9 and 1 at -1e20; an infinite y (logvar = -inf)
+    # joins as 0, since inf - inf is NaN
+    held = torch.clamp(y, max=cap).detach()
+    finite = torch.where(torch.isfinite(y), y, 0.0)
+    return torch.exp(held + (finite - finite.detach()))
 
 
 def gaussian_log_prob(x, mean, logvar):

@@ -169,3 +169,28 @@ def test_a_held_factor_passes_the_log_variance_gradient_on(backend):
     held = math.exp(math.log(torch.finfo(torch.float32).max) - 1e-4)
     want = 0.5 * (1e-30 * held) ** 2 - 0.5   # held: the factor exp(-logvar/2) itself
     assert torch.allclose(lv.grad.double(), torch.full((1, 2), want, dtype=F64), rtol=1e-3)
+
+
+@pytest.mark.parametrize("lv", [-3e9, -1e20])
+def test_a_factor_held_far_past_the_overflow_is_the_hold(backend, lv):
+    """Far past the overflow the held factor is exp(cap) itself, value and gradient: the
+    reference's straight-through hold rounded y - (y - cap) to 128 (an inf factor, inf * 0
+    = NaN for a zero difference) at logvar -3e9 and to 0 (a factor of 1) at -1e20."""
+    lvs = leaf(torch.full((1, 2), lv))
+    x = torch.tensor([[0.0, 1e-30]])
+    got = fastvae.gaussian_log_prob(x, torch.zeros(1, 2), lvs, backend=backend)
+    held = math.exp(math.log(torch.finfo(torch.float32).max) - 1e-4)
+    t = 1e-30 * held
+    want = -0.5 * (t * t + 2 * lv + 2 * LOG_2PI)
+    assert torch.allclose(got.double(), torch.tensor([want], dtype=F64), rtol=1e-3), got
+    (g,) = grads(got, [lvs])
+    assert torch.allclose(g.double(), torch.tensor([[-0.5, 0.5 * t * t - 0.5]], dtype=F64),
+                          rtol=1e-3), g
+
+
+def test_a_log_variance_of_minus_inf_holds_the_factor(backend):
+    """logvar = -inf: the factor held, a zero difference standardized to 0, the value
+    +inf, not inf - inf = NaN in the reference's straight-through hold."""
+    got = fastvae.gaussian_log_prob(torch.zeros(1, 2), torch.zeros(1, 2),
+                                    torch.full((1, 2), -math.inf), backend=backend)
+    assert torch.equal(got, torch.full((1,), math.inf)), got

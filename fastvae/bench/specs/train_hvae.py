@@ -6,8 +6,9 @@ latent groups at two resolutions, ``L`` channels per group) on ``D``-pixel image
 ``eager`` is the same model with the eager per-group sampling and KL (backend
 "reference": ``z = mu + exp(logvar/2) * randn`` and the KL term by term, autograd for the
 backward: the pattern VDVAE and NVAE write, plus the reference's few ops that hold
-``exp(-logvar_p/2)`` below float overflow, under 1% of this convolution-bound step); ``fastvae-torch`` and ``fastvae-triton`` run
-every group through the fused :func:`fastvae.sample_with_kl`; the likelihood term runs
+``exp(-logvar_p/2)`` below float overflow, under 1% of this convolution-bound step);
+``fastvae-torch`` and ``fastvae-triton`` run every group through the fused
+:func:`fastvae.sample_with_kl`; the likelihood term runs
 on each variant's backend too (``HierarchicalVAE.elbo(backend=)``). Every variant's
 checked first step starts from the same weights and the same seed. Neither fused
 backend's float32 sampler draws from torch's stream (in-kernel Philox), so the checked

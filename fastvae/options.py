@@ -344,7 +344,15 @@ def plain_values(cfg: dict) -> dict:
         if isinstance(value, os.PathLike):
             return os.fspath(value)
         return value
-    return {k: plain(v) for k, v in cfg.items()}
+    return as_listed({k: plain(v) for k, v in cfg.items()})
+
+
+def as_listed(cfg: dict) -> dict:
+    """``cfg`` with a width setting given as one int (``channels=8``) as the one-element
+    list it stands for: a resume compares the flags with the checkpoint's values, and
+    ``--channels 8`` is ``[8]``."""
+    return {k: [v] if k in _LISTS and isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in cfg.items()}
 
 
 def check_train_config(cfg: dict, combinations: bool = True) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, require,
                          run_files_in)
 from .data import IDX_NAMES, check_dataset_name, run_data_source, stored_name
+from .options import as_listed
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config, check_outputs
 from .validation import MAX_COUNT
 
@@ -118,7 +119,7 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     state = load_checkpoint(ckpt_file)
     require(state, ckpt_file, RESUME_KEYS, "to resume")
     check_config(state, ckpt_file, SAVED_KINDS, "to resume")
-    saved = dict(state["config"])
+    saved = as_listed(state["config"])   # an older run kept hidden=256 as given
     full = dict(full, **{k: saved[k] for k in RUN_KEYS_UNLESS_GIVEN
                          if given.get(k) is None and saved.get(k) is not None})
     done = int(state["epoch"])

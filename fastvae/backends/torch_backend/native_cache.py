@@ -28,7 +28,9 @@ def cache_dir() -> str:
             # No home to expand "~" to ($HOME unset and no passwd entry, as in a container
             # run as an unnamed user) or a relative $HOME: the cache would be a folder
             # named "~" in whatever folder the process starts in, one per folder.
-            return process_cache(os.path.join(xdg, "fastvae"))
+            return process_cache(os.path.join(xdg, "fastvae"), problem=(
+                "no home folder for the C kernels' cache (HOME is unset or relative, and "
+                "XDG_CACHE_HOME is not an absolute path)"))
         d = os.path.join(xdg, "fastvae")
     d = os.path.abspath(d)
     try:
@@ -54,17 +56,19 @@ class NoFolder(OSError):
     """Neither the cache folder nor a temporary one can hold a library that loads."""
 
 
-def process_cache(wanted: str, noexec: bool = False) -> str:
+def process_cache(wanted: str, noexec: bool = False, problem: str = "") -> str:
     """A temporary folder for this load's builds (one, however often asked: the probe and
     each flag set), removed once :func:`native.load` is done (a loaded library stays
     mapped; a process that exits before that, at exit), said once a process: each process
     builds again until the cache is fixed. :class:`NoFolder` where the temporary folder is
-    mounted noexec too: no build there would load."""
+    mounted noexec too: no build there would load. ``problem``: what is wrong with
+    ``wanted``, where it is neither unwritable nor noexec."""
     global _cache_warned
     if _temporary:
         return _temporary[-1]
-    problem = (f"the C kernels' cache folder {wanted} is on a file system mounted noexec"
-               if noexec else f"cannot write the C kernels' cache folder {wanted}")
+    problem = problem or (f"the C kernels' cache folder {wanted} is on a file system mounted "
+                          "noexec" if noexec else f"cannot write the C kernels' cache folder "
+                          f"{wanted}")
     fix = "set FASTVAE_CACHE_DIR to a writable folder"
     exec_fix = fix + " on a file system that allows running code"
     d = tempfile.mkdtemp(prefix="fastvae-")

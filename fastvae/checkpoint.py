@@ -348,6 +348,11 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         if broken:   # `fastvae train --out` it would be refused as well
             raise CheckpointError(f"no checkpoint at {path}: {broken}; link it to the run's "
                                   "folder")
+        broken = broken_link(path)
+        if broken:   # the checkpoint kept elsewhere (a disk not mounted): training another
+            # run, the advice below, is not what it needs
+            raise CheckpointError(f"no checkpoint at {path}: {broken}; put the file back "
+                                  "there, or link it to where the checkpoint is now")
         held = run_files_in(path.parent)
         if held:   # a fresh run refuses this folder: it would overwrite them
             raise CheckpointError(

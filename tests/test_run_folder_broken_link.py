@@ -31,3 +31,27 @@ def test_eval_and_sample_on_a_broken_link_say_so(tmp_path, capsys, command):
     assert f"{link} is a symbolic link to {tmp_path / 'gone'}, which does not exist" in err
     assert "fastvae train" not in err
     assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("command, named", [("eval", "folder"), ("eval", "file"),
+                                            ("sample", "folder"), ("sample", "file"),
+                                            ("resume", "folder")])   # --out is a folder
+def test_a_checkpoint_that_is_a_broken_link_says_so(tmp_path, capsys, command, named):
+    """A run whose checkpoint.pt links to a file now gone (a disk not mounted): said as
+    such, not as a folder without a checkpoint whose advice is to train another run."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    ckpt = run / "checkpoint.pt"
+    ckpt.symlink_to(tmp_path / "gone.pt")
+    target = str(ckpt if named == "file" else run)
+    if command == "resume":
+        argv = ["train", *TINY_ARGS, "--epochs", "2", "--out", target, "--resume"]
+    else:
+        argv = [command, target]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{ckpt} is a symbolic link to {tmp_path / 'gone.pt'}, which does not exist" in err
+    assert "`fastvae train" not in err and "another folder" not in err
+    assert ckpt.is_symlink() and not (tmp_path / "gone.pt").exists()

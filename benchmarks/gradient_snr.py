@@ -34,10 +34,10 @@ import torch
 
 import fastvae
 from fastvae import options as o
-from fastvae.checkpoint import CheckpointError, load_checkpoint, write_json
-from fastvae.data import load_dataset
+from fastvae.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, write_json
+from fastvae.data import DataError, load_dataset
 from fastvae.plots import save_figure
-from fastvae.runs import restore_model
+from fastvae.runs import check_config, restore_model
 from fastvae.validation import DMOL
 
 ESTIMATORS = ("standard", "stl", "dreg")
@@ -194,6 +194,19 @@ def check(p, args):
         if state.get("config", {}).get("model") == "hvae":
             p.error(f"argument --run: {args.run} is an hvae run; the study takes an mlp or "
                     "conv run (one latent group, the encoder the estimators' gradients reach)")
+        try:
+            check_run(state, args.run)
+        except (CheckpointError, DataError) as e:
+            p.error(f"argument --run: {e}")
+
+
+def check_run(state, run) -> None:
+    """What :func:`study` reads of a run, read once: a config that builds no model, weights
+    that do not fit it, or test data not found (a run moved away from its data) would
+    otherwise be a traceback."""
+    check_config(state, checkpoint_path(run), ("dataset", "data_dir"), "to study the run")
+    restore_model(state, run)
+    load_dataset(state["config"]["dataset"], state["config"].get("data_dir", "data"))
 
 
 def main(argv=None) -> int:

@@ -93,6 +93,7 @@ def test_gradient_snr_needs_matplotlib_up_front_unless_no_plot_of_a_run(monkeypa
     assert "train" in err   # training draws the run's pictures, --no-plot or not
     _usage_error(capsys, snr.main, ["--no-plot", "--out", str(tmp_path / "x")], "matplotlib")
     monkeypatch.setattr(snr, "load_checkpoint", lambda run: {})
+    monkeypatch.setattr(snr, "check_run", lambda state, run: None)
     monkeypatch.setattr(snr, "study", lambda args, run: 0)
     assert snr.main(["--run", str(tmp_path), "--no-plot", "--out", str(tmp_path / "x")]) == 0
 
@@ -110,6 +111,26 @@ def test_gradient_snr_refuses_an_hvae_run_and_skips_dreg_for_the_mixture(monkeyp
     assert snr.estimators_for({"likelihood": "discretized_logistic_mixture"}) == (
         "standard", "stl")
     assert snr.estimators_for({"likelihood": "bernoulli"}) == snr.ESTIMATORS
+
+
+@pytest.mark.parametrize("edit, said", [
+    (dict(latent="4"), "its config does not describe a model"),
+    (dict(dataset=5), "its config's dataset is 5"),
+    (dict(dataset="/nonexistent/x.npy"), "dataset file /nonexistent/x.npy not found")])
+def test_gradient_snr_refuses_a_run_it_cannot_study_before_any_work(
+        monkeypatch, capsys, tmp_path, good_run, edit, said):
+    """A run whose config builds no model, or whose data is gone (a run moved away from
+    its .npy), is a usage error naming --run, not a traceback from inside the study."""
+    from fastvae.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+    snr = _module("gradient_snr", monkeypatch)
+    monkeypatch.setattr(snr, "study", _no_work)
+    state = load_checkpoint(good_run)
+    state["config"].update(edit)
+    save_checkpoint(state, tmp_path / "run" / CHECKPOINT_NAME)
+    err = _usage_error(capsys, snr.main, ["--run", str(tmp_path / "run"), "--no-plot",
+                                          "--out", str(tmp_path / "x")], "--run")
+    assert said in err, err
 
 
 def _left_in(tmp):

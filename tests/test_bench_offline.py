@@ -92,3 +92,24 @@ def test_the_proxy_hands_its_shapes_to_the_pinned_tritons_child(monkeypatch):
     report.proxy_run("/t36", ["iwae"], ["bf16"], [(65536, 64, 8, 5), (16, 256, 16, 1)])
     assert calls == [["proxy", "--here", "--ops", "iwae", "--dtype", "bf16",
                       "--shape", "65536,64,8,5", "--shape", "16,256,16,1"]]
+
+
+@pytest.mark.parametrize("argv", [["proxy", "--here", "--ops", "elbo", "--shape", "64,16,4"],
+                                  ["compile", "--kernel", "elbo_rows_kernel", "--workers", "1"]])
+def test_the_offline_judge_under_triton_interpret_says_so_in_one_line(argv):
+    """TRITON_INTERPRET=1 (left set from a CPU test session) makes the kernels interpreted
+    functions, nothing the GPU JIT compiles: one line naming it, not a traceback, and not
+    "--kernel: unknown elbo_rows_kernel; have " with an empty list."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "fastvae.bench.offline", *argv], cwd=root,
+                       env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True,
+                       text=True, timeout=300)
+    err = r.stderr.strip()
+    assert r.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "TRITON_INTERPRET=1" in err and "Traceback" not in err, err

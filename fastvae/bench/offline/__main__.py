@@ -26,7 +26,7 @@ import warnings
 
 from ... import options as o
 from ...checkpoint import write_json
-from . import catalog, compiler, judge, report
+from . import capture, catalog, compiler, judge, report
 
 
 def _triton_folder(path):
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
             x.error(f"argument --shape: {problem}")
     try:
         return _run(args)
-    except (compiler.ToolMissing, compiler.JudgeFailed) as e:
+    except (compiler.ToolMissing, compiler.JudgeFailed, capture.Interpreted) as e:
         print(f"python -m fastvae.bench.offline: error: {e}", file=sys.stderr)
         return 2
 
@@ -78,10 +78,14 @@ def main(argv=None) -> int:
 def _kernel_names() -> list:
     """The kernels of ``fastvae.kernels`` by name (``iwae_bound_onepass_kernel``)."""
     try:
-        return [k.rsplit(".", 1)[-1] for k in catalog.kernels()]
+        names = [k.rsplit(".", 1)[-1] for k in catalog.kernels()]
     except ImportError:
         raise o.BadValue("no Triton here to list the kernels (pip install triton, or "
                          "./dev setup)") from None
+    if not names:   # interpreted kernels are no JITFunctions: "unknown X; have " said nothing
+        raise o.BadValue("no kernel to compile: they were imported under TRITON_INTERPRET=1, "
+                         "which interprets them; run without it")
+    return names
 
 
 def _shape(value) -> tuple:

@@ -196,11 +196,17 @@ def _grid(grid, args) -> Tuple[int, ...]:
     return tuple(int(g) for g in grid)
 
 
+class Interpreted(RuntimeError):
+    """The kernels were imported under TRITON_INTERPRET=1: a setting to change, not a fault
+    of the judge (its commands exit 2 with the line)."""
+
+
 def _check_jit(kernel) -> None:
     from triton.runtime.jit import JITFunction
     if not isinstance(kernel, JITFunction):
-        raise RuntimeError(
-            f"{kernel!r} is not a JITFunction: the kernels were imported under "
+        name = getattr(getattr(kernel, "fn", None), "__name__", None) or repr(kernel)
+        raise Interpreted(
+            f"{name} is not a JITFunction: the kernels were imported under "
             "TRITON_INTERPRET=1, so there is nothing the GPU JIT would compile; run without it")
 
 

@@ -238,8 +238,16 @@ def main(argv=None):
     p.add_argument("--budget-s", type=o.positive_float, default=75.0,
                    help="stop starting new candidates after this many seconds")
     args = p.parse_args(argv)
+    if args.offline and args.smoke:   # --smoke interprets the kernels: nothing to compile
+        p.error("--offline compiles the kernels for the GPU, --smoke interprets them on the "
+                "CPU; give one")
     if args.offline:
-        print(offline())
+        from fastvae.bench.offline.capture import Interpreted
+        try:
+            print(offline())
+        except Interpreted as e:   # TRITON_INTERPRET=1 set outside
+            print(f"gpu_tiles.py: error: {e}", file=sys.stderr)
+            return 2
         return 0
     device = device_for("gpu_tiles.py", args.smoke)
     if device is None:

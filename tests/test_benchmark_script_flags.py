@@ -67,6 +67,14 @@ def test_gpu_script_refuses_bad_reps_and_out_in_one_line(name, capsys, tmp_path)
     assert blocker.is_file()
 
 
+def test_gpu_tiles_refuses_offline_with_smoke(capsys):
+    """--smoke interprets the kernels (TRITON_INTERPRET=1), which --offline then could not
+    compile: a traceback after the import, now a usage line before it."""
+    err = _one_line_error(capsys, script("gpu_tiles").main, ["--smoke", "--offline"],
+                          "--offline")
+    assert "--smoke" in err, err
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["--batch", str(2 ** 40)], "--batch"), (["--calls", "0"], "--calls"),
     (["--layers", "-1"], "--layers"), (["--profile", "x"], "--profile"),

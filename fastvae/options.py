@@ -100,6 +100,9 @@ def _at_most(n: int, limit: int, why: str = "") -> int:
 # More CPU threads than any machine has cores: OpenMP would try to start them all (libgomp
 # aborts the process, out of memory, at 100000).
 MAX_THREADS = 1024
+# Worker processes (the offline judge's compiles, each importing Triton, ~200 MB): past a
+# few per core they only thrash, and a typo like 2147483647 would start one per job.
+MAX_PROCESSES = 64
 # An hvae's groups per stage: each is layers built (~1 ms) and run one after another.
 MAX_GROUPS = 4096
 
@@ -127,6 +130,11 @@ def threads(value) -> int:
 def positive_threads(value) -> int:
     """A CPU thread count: 1 to MAX_THREADS."""
     return threads(positive_int(value))
+
+
+def processes(value) -> int:
+    """A worker process count: 1 to MAX_PROCESSES."""
+    return _at_most(positive_int(value), MAX_PROCESSES, " (each a process of its own)")
 
 
 def seed(value) -> int:

@@ -9,6 +9,8 @@ import pytest
     (["proxy", "--json", __file__ + "/x.json"], "--json: cannot write"),
     (["proxy", "--triton", "/nonexistent-dir"], "holds no triton package"),
     (["compile", "--workers", "0"], "--workers: must be a positive integer"),
+    (["compile", "--workers", "2147483647"], "--workers: must be at most 64"),
+    (["table", "--workers", "65"], "--workers: must be at most 64"),
     (["compile", "--kernel", "iwae_bound_onepass_kernel,foo"], "--kernel: unknown foo; have "),
     (["proxy", "--ops", "iwae", "--shape", "64,8"], "--shape: must be B,D,L or B,D,L,K"),
     (["proxy", "--ops", "iwae", "--shape", "64,0,8,5"], "--shape: must be a positive integer"),

@@ -82,15 +82,21 @@ def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
     chunks): (the sum of ``x*l - max(l, 0)`` and the product of ``1 + e`` over the N
     chunks, each (BLOCK_P, W): no reduction across lanes yet; d/dl where ``NEED_G``).
 
-    ``FULL``: every column is below D (whole chunks), so only a padded pair is masked,
-    and its lanes are left as loaded, with no ``other``: setting them cost an instruction
-    per element. Nothing of a padded pair reaches an output: its log-weight becomes -inf
-    before the softmax and its gradients are not stored. The tail sets its masked columns
-    to values that add nothing (``MASKED_LOGIT``, x = 0)."""
+    ``FULL``: every column is below D (whole chunks), so only a padded pair could be
+    masked; it reads row ``min(row, B - 1)`` instead, unmasked: a masked load sets its
+    registers first (a zeroing move for every two of them) and predicates each load.
+    Nothing of a padded pair reaches an output: its log-weight becomes -inf before the
+    softmax and its gradients are not stored. The tail sets its masked columns to values
+    that add nothing (``MASKED_LOGIT``, x = 0)."""
     rows, ks, cols, m = _piece_tile(pid, K, B, D, k_magic, col0, N, W, BLOCK_P, FULL)
-    x = to_f32(tl.load(X + (rows * stride_x)[:, None] + cols, mask=m,
+    r_in = rows
+    m_in = m
+    if FULL:
+        r_in = tl.minimum(rows, B - 1)
+        m_in = None
+    x = to_f32(tl.load(X + (r_in * stride_x)[:, None] + cols, mask=m_in,
                        other=None if FULL else 0.0))
-    l = to_f32(tl.load(R + (ks * stride_rk + rows * stride_rb)[:, None] + cols, mask=m,
+    l = to_f32(tl.load(R + (ks * stride_rk + r_in * stride_rb)[:, None] + cols, mask=m_in,
                        other=None if FULL else MASKED_LOGIT))
     e = tl.exp2(tl.abs(l) * -LOG2_E)
     q = 1.0 + e

@@ -69,13 +69,14 @@ def test_iwae_paths(seed, kernels, launches, path, shape, like, reduction, dtype
 
 def _recon_loads(kernel):
     """The calls in a kernel's source that load from recon_k (the pointer R): ``load`` or
-    ``load_f32`` of R, or ``load_data`` (x, recon, obs_logvar) with R as its recon."""
+    ``load_f32`` of R or of ``r_ptr`` (a pointer into R advanced a block a step), or
+    ``load_data`` (x, recon, obs_logvar) with R as its recon."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(kernel.fn)))
 
     def reads_r(n):
         name = ast.unparse(n.func).split(".")[-1]
         args = [ast.unparse(a).split(" ")[0] for a in n.args]
-        return ((name in ("load", "load_f32") and args[:1] == ["R"])
+        return ((name in ("load", "load_f32") and args[:1] in (["R"], ["r_ptr"]))
                 or (name == "load_data" and args[1:2] == ["R"]))
     return tree, [n for n in ast.walk(tree) if isinstance(n, ast.Call) and reads_r(n)]
 

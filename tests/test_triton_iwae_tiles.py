@@ -286,6 +286,45 @@ def test_iwae_pairs_tail_alone(seed, launches, gpu_tiles, d):
     _check_pairs(launches, 6, 5, d, 9, "bernoulli", torch.bfloat16, "none")
 
 
+@pytest.mark.parametrize("k,b,d,dtype", [
+    (7, 5, 688, torch.bfloat16),   # a padded row and padded pairs in the last program
+    (5, 1, 300, torch.float16),    # B = 1: every row past the first is padding
+    (5, 4, 300, F32),              # fp32 keeps its masks
+])
+def test_iwae_pairs_read_inside_their_inputs(seed, launches, gpu_tiles, monkeypatch, k, b,
+                                             d, dtype):
+    """Every lane a load of the pair kernel reads lies inside one of its tensors: 16-bit
+    whole chunks load a padded row unmasked, from row ``min(row, B - 1)``. Past B the GPU
+    reads another allocation's bytes, or faults; the outputs alone would not show it
+    (the padded pairs' values are dropped)."""
+    from triton.runtime import interpreter
+    from fastvae import _env
+    from fastvae.backends.triton_backend import _launch
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    if not _env.interpreting() or not hasattr(builder, "create_masked_load"):
+        pytest.skip("checks the interpreter's addresses")
+    np, spans, outside = interpreter.np, [], []
+    real_launch, real_load = _launch.launch, builder.create_masked_load
+
+    def launch(kernel, grid, **args):
+        spans[:] = [(t.data_ptr(), t.data_ptr() + t.element_size() * (1 + sum(
+            (n - 1) * st for n, st in zip(t.shape, t.stride()))))
+            for t in args.values() if isinstance(t, torch.Tensor) and t.numel()]
+        return real_launch(kernel, grid, **args)
+
+    def load(self, ptrs, mask, other, *args, **kwargs):
+        at = ptrs.data[mask.data.astype(bool)].astype(np.uint64)
+        inside = np.zeros(at.shape, dtype=bool)
+        for lo, hi in spans:
+            inside |= (at >= lo) & (at < hi)
+        outside.extend(int(a) for a in at[~inside][:4])
+        return real_load(self, ptrs, mask, other, *args, **kwargs)
+    monkeypatch.setattr(_launch, "launch", launch)
+    monkeypatch.setattr(builder, "create_masked_load", load)
+    _check_pairs(launches, k, b, d, 7, "bernoulli", dtype, "none")
+    assert not outside, [hex(a) for a in outside]
+
+
 def _check_pairs(launches, k, b, d, l, like, dtype, reduction):
     (x, recon, mu, lv, z), obs, likelihood = iwae_inputs(k, b, d, l, like, dtype)
     x = x.detach()

@@ -356,11 +356,14 @@ def plain_values(cfg: dict) -> dict:
 
 
 def as_listed(cfg: dict) -> dict:
-    """``cfg`` with a width setting given as one int (``channels=8``) as the one-element
-    list it stands for: a resume compares the flags with the checkpoint's values, and
-    ``--channels 8`` is ``[8]``."""
-    return {k: [v] if k in _LISTS and isinstance(v, int) and not isinstance(v, bool) else v
-            for k, v in cfg.items()}
+    """``cfg`` with a width setting given as one int (``channels=8``) or as a tuple
+    (``hidden=(256, 128)``) as the list it stands for: a resume compares the flags with
+    the checkpoint's values with ``!=``, ``--channels 8`` is ``[8]``, and ``(8,) != [8]``."""
+    def listed(v):
+        if isinstance(v, tuple):
+            return list(v)
+        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    return {k: listed(v) if k in _LISTS else v for k, v in cfg.items()}
 
 
 def check_train_config(cfg: dict, combinations: bool = True) -> None:

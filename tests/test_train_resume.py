@@ -166,10 +166,10 @@ def test_a_saved_target_past_today_s_limit_names_the_flag_that_replaces_it(tmp_p
     assert load_checkpoint(tmp_path)["epoch"] == 2
 
 
-@pytest.mark.parametrize("first, again", [(32, [32]), ([32], 32)])
+@pytest.mark.parametrize("first, again", [(32, [32]), ([32], 32), ((32,), [32]), ([32], (32,))])
 def test_one_width_as_an_int_or_a_list_is_the_same_setting_on_resume(tmp_path, first, again):
-    """hidden=32 and --hidden 32 (a list of one) are one model: a resume giving the other
-    spelling was told its value was ignored."""
+    """hidden=32, hidden=(32,) and --hidden 32 (a list of one) are one model: a resume
+    giving another spelling was told its value was ignored."""
     T.train(tiny(tmp_path, epochs=1, iwae_k=0, hidden=first), log=quiet)
     seen = []
     T.train(tiny(tmp_path, epochs=2, iwae_k=0, hidden=again, resume=True), log=seen.append)

@@ -405,10 +405,9 @@ def check_model_sizes(given: dict, model: str, defaults: dict) -> None:
     reads = MODEL_SIZES.get(model)
     if reads is None:
         return  # an unknown model is refused where it is built
+    given = as_listed(given)
     for key, what in _SIZE_NAMES.items():
         value = given.get(key)
-        if isinstance(value, tuple):
-            value = list(value)
         if value is not None and value != defaults.get(key) and key not in reads:
             raise ValueError(f"{key}: the {model} model has no {what} to size; its sizes are "
                              + " and ".join(f"--{k}" for k in reads))

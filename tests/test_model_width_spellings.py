@@ -59,3 +59,14 @@ def test_the_training_config_takes_one_channel_width_as_the_models_do(model):
     from fastvae.models import build_model
     cfg = T._checked_config(dict(model=model, channels=8, hidden=None))
     assert build_model(dict(cfg, data_shape=[1, 8, 8])).channels == (8,)
+
+
+@pytest.mark.parametrize("spelling", [256, (256,), [256], np.int64(256)])
+def test_a_default_width_in_any_spelling_is_not_refused_as_unused(spelling):
+    """hidden=256 is the default [256]: an hvae (which has no hidden layers) takes it as it
+    takes the list; another width is refused by name."""
+    from fastvae import train as T
+    from fastvae.options import check_model_sizes
+    check_model_sizes(dict(hidden=spelling), "hvae", T.default_config())
+    with pytest.raises(ValueError, match="hidden: the hvae model has no hidden layers"):
+        check_model_sizes(dict(hidden=128), "hvae", T.default_config())

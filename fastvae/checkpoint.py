@@ -118,6 +118,16 @@ def broken_link(path) -> str | None:
     return None
 
 
+def refuse_broken_checkpoint(path, doing: str = "") -> None:
+    """CheckpointError where ``path`` (a run's checkpoint.pt) is a symbolic link to nothing:
+    the checkpoint kept elsewhere (a disk not mounted), not a run to start over nor one to
+    train again."""
+    broken = broken_link(path)
+    if broken:
+        raise CheckpointError(f"no checkpoint at {path}{doing}: {broken}; put the file back "
+                              "there, or link it to where the checkpoint is now")
+
+
 def error_chain(e: BaseException, outer: BaseException | None = None):
     """``e`` and the exceptions behind it (its cause, else its context), up to ``outer``."""
     while e is not None and e is not outer:
@@ -348,11 +358,7 @@ def load_checkpoint(run, map_location="cpu") -> dict:
         if broken:   # `fastvae train --out` it would be refused as well
             raise CheckpointError(f"no checkpoint at {path}: {broken}; link it to the run's "
                                   "folder")
-        broken = broken_link(path)
-        if broken:   # the checkpoint kept elsewhere (a disk not mounted): training another
-            # run, the advice below, is not what it needs
-            raise CheckpointError(f"no checkpoint at {path}: {broken}; put the file back "
-                                  "there, or link it to where the checkpoint is now")
+        refuse_broken_checkpoint(path)   # not the advice below, training another run
         held = run_files_in(path.parent)
         if held:   # a fresh run refuses this folder: it would overwrite them
             raise CheckpointError(

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import (CHECKPOINT_NAME, CheckpointError, broken_link, load_checkpoint,
-                         require, run_files_in)
+from .checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint,
+                         refuse_broken_checkpoint, require, run_files_in)
 from .data import IDX_NAMES, check_dataset_name, run_data_source, stored_name
 from .options import as_listed
 from .runs import RESUME_KEYS, SAVED_KINDS, RunFolderError, check_config, check_outputs
@@ -93,6 +93,8 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     folder that already holds one."""
     ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
     if not full["resume"]:
+        # a fresh run would write its checkpoint over the link, losing where the run is
+        refuse_broken_checkpoint(ckpt_file)
         if ckpt_file.is_dir():
             raise CheckpointError(f"{ckpt_file} is a folder, not a checkpoint file; move it "
                                   "away, or choose another --out")
@@ -107,10 +109,7 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
                                  "run writes; choose another --out (or move them)")
         cfg = dict(full, dataset=stored_name(full["dataset"]))
         return dict(cfg, data_dir=_stored_data_dir(cfg)), None
-    broken = broken_link(ckpt_file)
-    if broken:   # the checkpoint kept elsewhere (a disk not mounted): not a run to start over
-        raise CheckpointError(f"no checkpoint at {ckpt_file} to resume: {broken}; put the "
-                              "file back there, or link it to where the checkpoint is now")
+    refuse_broken_checkpoint(ckpt_file, " to resume")
     if not ckpt_file.exists():   # the checkpoint's own advice, `fastvae train --out DIR`,
         # would drop the flags this command was given: a run on an array file trains digits
         held = run_files_in(ckpt_file.parent)

@@ -55,3 +55,17 @@ def test_a_checkpoint_that_is_a_broken_link_says_so(tmp_path, capsys, command, n
     assert f"{ckpt} is a symbolic link to {tmp_path / 'gone.pt'}, which does not exist" in err
     assert "`fastvae train" not in err and "another folder" not in err
     assert ckpt.is_symlink() and not (tmp_path / "gone.pt").exists()
+
+
+def test_a_fresh_run_over_a_checkpoint_that_is_a_broken_link_is_refused(tmp_path, capsys):
+    """The folder holds nothing else: the fresh run trained and wrote its checkpoint over
+    the link, losing the run it pointed to."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = run / "checkpoint.pt"
+    ckpt.symlink_to(tmp_path / "gone.pt")
+    assert cli.main(["train", *TINY_ARGS, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{ckpt} is a symbolic link to {tmp_path / 'gone.pt'}, which does not exist" in err
+    assert ckpt.is_symlink() and sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]

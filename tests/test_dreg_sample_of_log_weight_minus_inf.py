@@ -12,7 +12,7 @@ import fastvae
 from _backends import BACKENDS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("estimator", ["standard", "stl", "dreg"])
 def test_a_minus_inf_sample_adds_nothing(backend, estimator):
     torch.manual_seed(0)

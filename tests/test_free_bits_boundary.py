@@ -10,7 +10,7 @@ import fastvae
 from _backends import BACKENDS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("kl", ["analytic", "mc"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_free_bits_mean_equal_to_threshold_is_not_clamped(backend, kl, dtype):

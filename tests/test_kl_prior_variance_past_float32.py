@@ -11,7 +11,7 @@ import fastvae
 from _backends import BACKENDS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", ["kl_normal", "sample_with_kl"])
 @pytest.mark.parametrize("plv", [-178.0, -200.0, -250.0])
 def test_equal_gaussians_at_prior_variance_past_float32(backend, op, plv):
@@ -33,7 +33,7 @@ def test_equal_gaussians_at_prior_variance_past_float32(backend, op, plv):
         torch.testing.assert_close(g, torch.zeros_like(g), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("kl", ["analytic", "mc"])
 def test_gaussian_data_equal_to_mean_at_obs_variance_past_float32(backend, kl):
     """The same guard in log N(x; r, e^s) and the MC KL's (z - mu) e^(-lv/2): x == recon

@@ -50,15 +50,16 @@ def _gradients(backend, estimator, objective):
 def _check(got, want):
     for g, e in zip(got, want):
         assert not g.requires_grad and g.grad_fn is None
-        torch.testing.assert_close(g.numpy().astype("float64"), e.numpy(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g.cpu().numpy().astype("float64"), e.cpu().numpy(),
+                                   rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_dreg_gradients_are_plain_tensors(backend):
     _check(*_gradients(backend, "dreg", "iwae"))
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"], indirect=True)
 @pytest.mark.parametrize("objective,estimator", [("iwae", "standard"), ("iwae", "stl"),
                                                  ("elbo", "standard"), ("elbo", "stl")])
 def test_gradients_under_a_dispatch_mode_are_plain_tensors(backend, objective, estimator):

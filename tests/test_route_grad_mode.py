@@ -10,7 +10,7 @@ import fastvae
 from _backends import BACKENDS
 
 
-@pytest.mark.parametrize("backend", [None] + BACKENDS)
+@pytest.mark.parametrize("backend", [None] + BACKENDS, indirect=True)
 @pytest.mark.parametrize("prior", [False, True])
 def test_no_grad_calls_then_grad_calls(backend, prior):
     torch.manual_seed(0)
@@ -35,7 +35,7 @@ def test_no_grad_calls_then_grad_calls(backend, prior):
         assert not z.requires_grad
 
 
-@pytest.mark.parametrize("backend", [None] + BACKENDS)
+@pytest.mark.parametrize("backend", [None] + BACKENDS, indirect=True)
 @pytest.mark.parametrize("kl", ["analytic", "mc"])
 def test_elbo_no_grad_calls_then_grad_calls(backend, kl):
     """The same for functional.elbo's signature memo and route (_elbo_signature)."""

@@ -331,7 +331,7 @@ def test_errors(backend):
         fastvae.sample_with_kl(mu.tolist(), mu, backend=backend)
     with pytest.raises(TypeError, match="mu_p must be a number or a tensor broadcastable to "
                        "mu_q, got numpy.ndarray"):
-        fastvae.sample_with_kl(mu, mu, mu.numpy(), backend=backend)
+        fastvae.sample_with_kl(mu, mu, mu.cpu().numpy(), backend=backend)
     with pytest.raises(ValueError, match="mu_q and logvar_q must share a shape"):
         fastvae.sample_with_kl(mu, mu[:, :2], backend=backend)
     with pytest.raises(ValueError, match="mu_p of shape"):

@@ -11,7 +11,7 @@ import fastvae
 from _backends import BACKENDS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("layout", ["every_other_column", "transposed"])
 def test_bernoulli_x_with_a_column_stride(backend, layout):
     torch.manual_seed(0)

@@ -37,7 +37,7 @@ def test_x_outside_unit_interval(likelihood, bad, restore_validation):
     assert torch.isfinite(fastvae.elbo(x * 10, r, mu, lv, likelihood="gaussian"))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_value_checks_under_torch_func(backend, restore_validation):
     """The checks read the values every transform's wrappers hold: a vmap's batched
     tensor is no bool() (torch's "data-dependent control flow" error named nothing of
@@ -69,7 +69,7 @@ def test_value_checks_under_torch_func(backend, restore_validation):
         vmap(lambda x: fastvae.elbo(x, r, mu, lv, backend=backend))(xs)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("where", ["x", "recon", "mu", "logvar", "z", "obs_logvar"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_inputs(backend, where, bad, restore_validation):
@@ -125,7 +125,7 @@ def test_set_validation_wants_a_bool(restore_validation):
     assert fastvae.get_validation() is False
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_validation_off_means_no_value_errors_on_any_backend(backend, restore_validation):
     """With validation off, NaN flows through (like any torch op) on every backend; the
     reference must not raise torch.distributions' own argument errors instead."""

@@ -10,7 +10,7 @@ import fastvae
 from _backends import BACKENDS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("op", ["elbo", "iwae_bound"])
 def test_masked_row_with_overflowed_partial_gets_zero_gradient(backend, op):
     torch.manual_seed(0)

@@ -7,9 +7,10 @@
 # kill grace and nvidia-smi the call ends within 8 minutes even when every stage hangs;
 # a stage that ends early leaves its time to the tests; a failed or timed-out stage
 # does not stop the next):
-#   env      40 s  card, SMs, memory, driver, torch/triton/python versions; installs
-#                  fastvae offline (pip -e --no-deps --no-index) only when it does not
-#                  import                                          -> env.txt
+#   env      40 s  card, SMs, memory, driver, torch/triton/python versions; fastvae from
+#                  this tree (PYTHONPATH, fastvae/kernels linked to kernels/), installed
+#                  offline (pip -e --no-deps --no-index) only when that does not import
+#                                                                  -> env.txt
 #   bar     155 s  the bar: fastvae bench, ELBO fwd+bwd B=65536 D=784 L=64 fp32,bf16
 #                  (eager, compile, fastvae) and reparameterize B=65536 L=64 K=1,16 fp32
 #                  (eager, fastvae: its bar is against eager)
@@ -192,6 +193,17 @@ print("backend for CUDA tensors:", fastvae.backends.select("auto", torch.device(
   echo "commit: $(git log -1 --format='%H %s' 2>/dev/null || echo unknown)"
   git status --short 2>/dev/null | head -20 | sed 's/^/uncommitted: /'
 } >"$OUT/env.txt"
+# fastvae from this tree without installing it: the scripts run as benchmarks/X.py (their
+# own folder first on sys.path, not the root), and `pip install -e .` needs what a GPU
+# machine's Python may lack (setuptools >= 77 for pyproject's license field, with
+# --no-build-isolation and no index; a site-packages it may write to). fastvae.kernels is
+# the top-level kernels/ folder (setup.py's package_dir): linked in where the tree lacks
+# it (the link is git-ignored). pip stays the last resort.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! timeout 60 "$PY" -c "import fastvae.kernels" >/dev/null 2>&1 \
+    && [ ! -e fastvae/kernels ] && [ ! -L fastvae/kernels ] && [ -d kernels ]; then
+  ln -s ../kernels fastvae/kernels && echo "linked fastvae/kernels -> ../kernels" >>"$OUT/env.txt"
+fi
 if ! timeout 60 "$PY" -c "import fastvae.kernels" >/dev/null 2>&1; then
   stage "install" 25 "$OUT/env.txt" "$PY" -m pip install -q --no-deps --no-build-isolation \
     --no-index -e .

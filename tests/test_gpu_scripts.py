@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,3 +229,46 @@ exit 0
     assert "failed or timed out: bar elbo (exit 1)" in mid and "stub: elbo failed" in mid
     assert "raw/summary.md" in (out / "mid-tgz.txt").read_text().split()
     assert "bar reparameterize" in (out / "0-summary.md").read_text()
+
+
+@needs_bash
+def test_gpu_session_runs_fastvae_from_a_tree_where_it_is_not_installed(tmp_path):
+    """A GPU machine's Python has torch but no fastvae, and perhaps no setuptools >= 77 for
+    ``pip install -e .`` (pyproject's license field) or nowhere to install: the session
+    used fastvae only through that install, so a failed one failed the env stage and every
+    GPU stage after it was skipped. Now it runs the tree's own: PYTHONPATH at the root and
+    fastvae/kernels linked to kernels/ (git-ignored). Simulated with this Python under
+    ``-S`` (site-packages on the path, its .pth files, the editable install's, unread) on a
+    copy of the tree without the link; no pip runs."""
+    import site
+    import sysconfig
+    tree = tmp_path / "tree"
+    for part in ("benchmarks", "fastvae", "kernels"):
+        shutil.copytree(ROOT / part, tree / part, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    link = tree / "fastvae" / "kernels"   # a checkout's own link (what the session makes)
+    if link.is_symlink():
+        link.unlink()
+    (tree / "tests").mkdir()
+    shutil.copy(ROOT / "tests" / "test_triton_interpreter.py", tree / "tests")
+    assert not (tree / "fastvae" / "kernels").exists()
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+             *site.getsitepackages()]
+    py = tmp_path / "python"
+    py.write_text('#!/bin/sh\nPYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}%s" exec %s -S "$@"\n'
+                  % (":".join(dict.fromkeys(paths)), sys.executable))
+    py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FASTVAE_GPU_") and k != "PYTHONPATH"}
+    env.update(PYTHON=str(py), OUT=str(tmp_path / "out"), FASTVAE_GPU_KEEP_RAW="1",
+               FASTVAE_GPU_STAGES="env")
+    bare = subprocess.run([str(py), "-c", "import fastvae"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert bare.returncode != 0, "the stand-in Python imports fastvae without the tree"
+    res = subprocess.run(["bash", str(tree / "benchmarks" / "gpu_session.sh")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    env_txt = (tmp_path / "out" / "raw" / "env.txt").read_text()
+    assert f"from {tree / 'fastvae' / '__init__.py'}" in env_txt, res.stdout + env_txt
+    assert "linked fastvae/kernels -> ../kernels" in env_txt
+    assert "install" not in (tmp_path / "out" / "raw" / "steps.tsv").read_text()
+    assert (tree / "fastvae" / "kernels").is_symlink()

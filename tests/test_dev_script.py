@@ -32,3 +32,24 @@ def test_help_from_anywhere(tmp_path, how):
     assert r.returncode == 0, r.stderr
     assert "./dev train" in r.stdout and "./dev test" in r.stdout
     assert r.stderr == ""
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"], ["--tset"]])
+def test_no_or_unknown_command_is_a_usage_error(tmp_path, args):
+    """No command, or one it doesn't know: a usage line on stderr and exit status 2 (a bare
+    ``./dev`` printed the help and succeeded; an unknown one exited 1), before any setup."""
+    r = run(args, tmp_path)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert lines[-1].startswith("usage: ./dev {train|test|bench|setup}")
+    assert len(lines) == (2 if args else 1)
+    if args:
+        assert f"unknown command '{args[0]}'" in lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "help"])
+def test_help_succeeds(tmp_path, flag):
+    r = run([flag], tmp_path)
+    assert r.returncode == 0 and r.stderr == ""
+    assert all(f"./dev {cmd}" in r.stdout for cmd in ("train", "test", "bench", "setup"))

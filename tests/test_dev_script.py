@@ -3,6 +3,7 @@ from and what it says. Nothing here builds an environment."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,3 +54,57 @@ def test_help_succeeds(tmp_path, flag):
     r = run([flag], tmp_path)
     assert r.returncode == 0 and r.stderr == ""
     assert all(f"./dev {cmd}" in r.stdout for cmd in ("train", "test", "bench", "setup"))
+
+
+# A stand-in for .venv/bin/python that installs nothing: it logs each call (folder, arguments,
+# the variables setup should not pass on) to calls.log beside dev, and acts the part: pip is
+# there once ensurepip ran (or .venv/bin/pip exists), torch is never importable, and an install
+# into --target puts a triton package there unless FAKE_TRITON_FAILS is set.
+_FAKE_PYTHON = r"""#!/usr/bin/env bash
+bin=$(cd "$(dirname "$0")" && pwd)
+echo "cwd=$PWD PYTHONPATH=${PYTHONPATH-} PIP_USER=${PIP_USER-} args=$*" >> "$bin/../../calls.log"
+case "$*" in
+  "-m pip --version") [ -e "$bin/pip" ] ;;
+  "-m ensurepip "*) touch "$bin/pip" ;;
+  "-c import torch") exit 1 ;;
+  *" --target "*) [ -z "${FAKE_TRITON_FAILS-}" ] || exit 1
+    while [ "$1" != --target ]; do shift; done
+    mkdir -p "$2/triton" && touch "$2/triton/__init__.py" ;;
+esac
+"""
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    """A copy of dev and the packaging files it hashes, with a .venv whose python is the
+    stand-in above (and whose pip is missing, as in a venv cut short)."""
+    root = tmp_path / "checkout"
+    root.mkdir()
+    for name in ("dev", "pyproject.toml", "setup.py"):
+        shutil.copy2(ROOT / name, root / name)
+    bin_ = root / ".venv" / "bin"
+    bin_.mkdir(parents=True)
+    (bin_ / "python").write_text(_FAKE_PYTHON)
+    (bin_ / "python").chmod(0o755)
+    return root
+
+
+def calls(root):
+    log = root / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_setup_puts_pip_into_a_venv_cut_short(checkout):
+    """A .venv with its python but no pip (./dev setup stopped while the venv ran ensurepip)
+    gets its pip, then the packages; ./dev used to call .venv/bin/pip and fail on every run."""
+    r = run(["setup"], checkout, checkout / "dev")
+    assert r.returncode == 0, r.stderr
+    args = [c.split(" args=")[1] for c in calls(checkout)]
+    assert args[:2] == ["-m pip --version", "-m ensurepip --upgrade --default-pip"]
+    assert "-m pip install -q torch==2.13.0" in args and "-m pip install -q -e .[dev]" in args
+    assert (checkout / ".venv" / ".fastvae-setup").exists()
+    # A second run on the finished environment calls nothing.
+    (checkout / "calls.log").unlink()
+    r = run(["setup"], checkout, checkout / "dev")
+    assert r.returncode == 0, r.stderr
+    assert calls(checkout) == []

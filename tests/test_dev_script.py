@@ -108,3 +108,13 @@ def test_setup_puts_pip_into_a_venv_cut_short(checkout):
     r = run(["setup"], checkout, checkout / "dev")
     assert r.returncode == 0, r.stderr
     assert calls(checkout) == []
+
+
+def test_setup_ignores_the_callers_python_path_and_pip_redirections(checkout):
+    """With PYTHONPATH naming another environment, pip counted its torch as installed and
+    .venv was left without one (then stamped as done); PIP_USER=1 made every install fail."""
+    env = dict(os.environ, PYTHONPATH="/somewhere/site-packages", PIP_USER="1")
+    r = run(["setup"], checkout, checkout / "dev", env=env)
+    assert r.returncode == 0, r.stderr
+    assert calls(checkout)
+    assert all("PYTHONPATH= PIP_USER= " in c for c in calls(checkout))

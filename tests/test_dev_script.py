@@ -118,3 +118,23 @@ def test_setup_ignores_the_callers_python_path_and_pip_redirections(checkout):
     assert r.returncode == 0, r.stderr
     assert calls(checkout)
     assert all("PYTHONPATH= PIP_USER= " in c for c in calls(checkout))
+
+
+@pytest.mark.parametrize("cmd", ["train", "bench", "test"])
+def test_commands_run_where_their_paths_mean_what_the_caller_meant(checkout, tmp_path, cmd):
+    """``train`` and ``bench`` run in the caller's folder, so ``--out run`` lands there as it
+    does for ``fastvae train`` (it landed in the checkout); ``test`` runs the checkout's suite.
+    Their arguments pass through untouched."""
+    assert run(["setup"], checkout, checkout / "dev").returncode == 0
+    fastvae = checkout / ".venv" / "bin" / "fastvae"
+    fastvae.write_text('#!/usr/bin/env bash\necho "cwd=$PWD args=$*"\n')
+    fastvae.chmod(0o755)
+    elsewhere = tmp_path / "elsewhere dir"
+    elsewhere.mkdir()
+    r = run([cmd, "--out", "my run", "-k", "x y"], elsewhere, checkout / "dev")
+    assert r.returncode == 0, r.stderr
+    if cmd == "test":
+        assert calls(checkout)[-1].startswith(f"cwd={checkout} ")
+        assert calls(checkout)[-1].endswith("args=-m pytest tests --out my run -k x y")
+    else:
+        assert r.stdout == f"cwd={elsewhere} args={cmd} --out my run -k x y\n"

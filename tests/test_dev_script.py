@@ -138,3 +138,33 @@ def test_commands_run_where_their_paths_mean_what_the_caller_meant(checkout, tmp
         assert calls(checkout)[-1].endswith("args=-m pytest tests --out my run -k x y")
     else:
         assert r.stdout == f"cwd={elsewhere} args={cmd} --out my run -k x y\n"
+
+
+@pytest.mark.parametrize("have_311, python, made_by", [
+    (True, None, "python3.11"), (False, None, "python3"), (True, "python3", "python3")])
+def test_venv_python_prefers_311(checkout, tmp_path, have_311, python, made_by):
+    """.venv is built by python3.11 where one runs (the default torch==2.13.0 on the project
+    machines' disk is a cp311 file; a python3.12 first on PATH made pip download a 526 MB
+    CUDA wheel and its CUDA libraries), by python3 without one, by $PYTHON where it is set."""
+    shutil.rmtree(checkout / ".venv")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    fake = bin_ / "fake-python"
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    for name in ["python3"] + (["python3.11"] if have_311 else []):
+        (bin_ / name).write_text(
+            "#!/usr/bin/env bash\n"
+            f'[ "$1" = -m ] && [ "$2" = venv ] || exit 0\n'
+            f'mkdir -p "$3/bin" && cp {fake} "$3/bin/python" && echo {name} > "$3/made-by"\n')
+        (bin_ / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    for tool in ("env", "bash", "readlink", "dirname", "cat", "sha256sum", "cut", "sed", "rm",
+                 "mkdir", "cp", "touch"):   # what dev and the fakes call, and no real python
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    env["PATH"] = str(bin_)
+    if python:
+        env["PYTHON"] = python
+    r = run(["setup"], checkout, checkout / "dev", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (checkout / ".venv" / "made-by").read_text().strip() == made_by

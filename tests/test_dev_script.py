@@ -54,6 +54,8 @@ def test_help_succeeds(tmp_path, flag):
     r = run([flag], tmp_path)
     assert r.returncode == 0 and r.stderr == ""
     assert all(f"./dev {cmd}" in r.stdout for cmd in ("train", "test", "bench", "setup"))
+    # the whole header comment, and no code after it
+    assert "PYTHON picks" in r.stdout and "set -e" not in r.stdout
 
 
 # A stand-in for .venv/bin/python that installs nothing: it logs each call (folder, arguments,
@@ -117,7 +119,7 @@ def test_setup_ignores_the_callers_python_path_and_pip_redirections(checkout):
     r = run(["setup"], checkout, checkout / "dev", env=env)
     assert r.returncode == 0, r.stderr
     assert calls(checkout)
-    assert all("PYTHONPATH= PIP_USER= " in c for c in calls(checkout))
+    assert all("PYTHONPATH= PIP_USER=0 " in c for c in calls(checkout))
 
 
 @pytest.mark.parametrize("cmd", ["train", "bench", "test"])
@@ -168,3 +170,22 @@ def test_venv_python_prefers_311(checkout, tmp_path, have_311, python, made_by):
     r = run(["setup"], checkout, checkout / "dev", env=env)
     assert r.returncode == 0, r.stderr
     assert (checkout / ".venv" / "made-by").read_text().strip() == made_by
+
+
+def test_a_venv_that_fails_is_removed_and_said(checkout, tmp_path):
+    """A Python without its venv package makes bin/python and fails: the half-made .venv
+    was then taken for built by every later setup, PYTHON=... included."""
+    shutil.rmtree(checkout / ".venv")
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "python3").write_text('#!/usr/bin/env bash\nmkdir -p "$3/bin" && '
+                                  'touch "$3/bin/python" && chmod +x "$3/bin/python"; exit 1\n')
+    (bin_ / "python3").chmod(0o755)
+    for tool in ("env", "bash", "readlink", "dirname", "cat", "sha256sum", "cut", "rm", "mkdir",
+                 "touch", "chmod"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    env = dict({k: v for k, v in os.environ.items() if k != "PYTHON"}, PATH=str(bin_))
+    r = run(["setup"], checkout, checkout / "dev", env=env)
+    assert r.returncode == 1
+    assert "dev setup: python3 -m venv failed" in r.stderr.splitlines()[-1]
+    assert not (checkout / ".venv").exists()

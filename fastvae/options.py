@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import tempfile
 
@@ -362,7 +363,7 @@ def as_listed(cfg: dict) -> dict:
     def listed(v):
         if isinstance(v, tuple):
             return list(v)
-        return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+        return [v] if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
     return {k: listed(v) if k in _LISTS else v for k, v in cfg.items()}
 
 

@@ -68,5 +68,7 @@ def test_a_default_width_in_any_spelling_is_not_refused_as_unused(spelling):
     from fastvae import train as T
     from fastvae.options import check_model_sizes
     check_model_sizes(dict(hidden=spelling), "hvae", T.default_config())
+    with pytest.raises(ValueError, match="channels: the mlp model has no convolution"):
+        check_model_sizes(dict(channels=np.int64(32)), "mlp", T.default_config())
     with pytest.raises(ValueError, match="hidden: the hvae model has no hidden layers"):
         check_model_sizes(dict(hidden=128), "hvae", T.default_config())

@@ -118,14 +118,14 @@ def broken_link(path) -> str | None:
     return None
 
 
-def refuse_broken_checkpoint(path, doing: str = "") -> None:
+def refuse_broken_checkpoint(path, doing: str = "", fix: str = "") -> None:
     """CheckpointError where ``path`` (a run's checkpoint.pt) is a symbolic link to nothing:
     the checkpoint kept elsewhere (a disk not mounted), not a run to start over nor one to
-    train again."""
+    train again. ``fix``: the advice, where it is not to put the file back."""
     broken = broken_link(path)
     if broken:
-        raise CheckpointError(f"no checkpoint at {path}{doing}: {broken}; put the file back "
-                              "there, or link it to where the checkpoint is now")
+        raise CheckpointError(f"no checkpoint at {path}{doing}: {broken}; " + (
+            fix or "put the file back there, or link it to where the checkpoint is now"))
 
 
 def error_chain(e: BaseException, outer: BaseException | None = None):

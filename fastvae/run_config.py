@@ -94,7 +94,9 @@ def prepare_config(given: dict, full: dict, log) -> tuple[dict, dict | None]:
     ckpt_file = Path(full["out"]) / CHECKPOINT_NAME
     if not full["resume"]:
         # a fresh run would write its checkpoint over the link, losing where the run is
-        refuse_broken_checkpoint(ckpt_file)
+        refuse_broken_checkpoint(ckpt_file, fix=(
+            "to go on with that run, put the file back and pass --resume; to start a new "
+            "one, remove the link or choose another --out"))
         if ckpt_file.is_dir():
             raise CheckpointError(f"{ckpt_file} is a folder, not a checkpoint file; move it "
                                   "away, or choose another --out")

@@ -68,4 +68,5 @@ def test_a_fresh_run_over_a_checkpoint_that_is_a_broken_link_is_refused(tmp_path
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"{ckpt} is a symbolic link to {tmp_path / 'gone.pt'}, which does not exist" in err
+    assert "pass --resume" in err and "remove the link or choose another --out" in err
     assert ckpt.is_symlink() and sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]

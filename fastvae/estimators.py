@@ -220,12 +220,13 @@ def check_dreg_graph(recon_k: Tensor, z_k: Tensor, mu=None, logvar=None) -> None
 def _refuse_cut(node) -> None:
     if node is not None:
         raise ValueError(
-            "estimator='dreg': z_k is cut from the samples the decoder read (detached, or a "
-            "leaf made from them), but recon_k still carries the encoder's gradient (they "
-            f"meet at {type(node).__name__}): it would reach mu, logvar around z_k, without "
-            "the bound's own d/dz_k and DReG's second weight, and the encoder's gradient "
-            "would be wrong. Pass the very tensor the decoder read as z_k, or decode the cut "
-            "z_k too (the encoder then gets no gradient from this bound)")
+            "estimator='dreg': recon_k carries the encoder's gradient but not through this "
+            f"z_k (they meet at {type(node).__name__}): z_k is cut from the samples the "
+            "decoder read (detached, or a leaf made from them), or the decoder reads mu or "
+            "logvar directly. That gradient would reach mu, logvar around z_k, without the "
+            "bound's own d/dz_k and DReG's second weight, and the encoder's gradient would be "
+            "wrong. Pass the very tensor the decoder read as z_k, or decode the cut z_k too "
+            "(the encoder then gets no gradient from this bound)")
 
 
 def _refuse_compiling():

@@ -178,6 +178,17 @@ def test_dreg_refuses_a_z_k_cut_from_the_decoded_samples(seed, backend, cut):
         g_lv is None or not g_lv.any())
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_dreg_names_a_decoder_that_reads_the_encoder_directly(seed, backend):
+    """A cut z_k decoded, plus mu read by the decoder itself: refused, and the message names
+    that way too (it said only that z_k was cut from the samples the decoder read)."""
+    mu, lv, w, eps, x = _inputs(seed)
+    cut_z = (mu + torch.exp(0.5 * lv) * eps).detach()
+    with pytest.raises(ValueError, match=r"or the decoder reads mu or logvar directly"):
+        fastvae.iwae_bound(x, cut_z @ w + mu.sum(-1, keepdim=True), mu, lv, cut_z,
+                           estimator="dreg", backend=backend)
+
+
 def test_dreg_hooks_do_not_pile_up_on_a_kept_z_k(seed):
     """A leaf z_k used for many bounds holds the hooks of the bounds still alive only (each
     call added one, kept until z_k was freed); the gradients are unchanged by the pruning."""

@@ -195,24 +195,27 @@ def check(p, args):
             p.error(f"argument --run: {args.run} is an hvae run; the study takes an mlp or "
                     "conv run (one latent group, the encoder the estimators' gradients reach)")
         try:
-            check_run(state, args.run)
+            return (state, *open_run(state, args.run))
         except (CheckpointError, DataError) as e:
             p.error(f"argument --run: {e}")
+    return None
 
 
-def check_run(state, run) -> None:
-    """What :func:`study` reads of a run, read once: a config that builds no model, weights
-    that do not fit it, or test data not found (a run moved away from its data) would
-    otherwise be a traceback."""
+def open_run(state, run):
+    """(the model in eval mode, its test images): what :func:`study` reads of a run, read
+    here before any work, so that a config that builds no model, weights that do not fit
+    it, or test data not found (a run moved away from its data) is a usage error, not a
+    traceback."""
     check_config(state, checkpoint_path(run), ("dataset", "data_dir"), "to study the run")
-    restore_model(state, run)
-    load_dataset(state["config"]["dataset"], state["config"].get("data_dir", "data"))
+    model = restore_model(state, run).eval()
+    cfg = state["config"]
+    return model, load_dataset(cfg["dataset"], cfg.get("data_dir", "data")).test
 
 
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    check(p, args)
+    opened = check(p, args)
     if args.replot:
         with open(args.replot) as f:
             saved = json.load(f)
@@ -220,22 +223,22 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     if args.run:
-        return study(args, Path(args.run))
+        return study(args, *opened)
     # trained here, into a temporary folder: nobody else would remove it, also when the
     # training fails or is interrupted
     tmp = Path(tempfile.mkdtemp(prefix="fastvae-snr-"))
     try:
         train_into(args, tmp / "run")
-        return study(args, tmp / "run")
+        state = load_checkpoint(tmp / "run")
+        return study(args, state, *open_run(state, tmp / "run"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def study(args, run) -> int:
-    state = load_checkpoint(run)
-    model = restore_model(state, run).eval()
+def study(args, state, model, test) -> int:
+    """The study of a run opened by :func:`open_run` (``state`` its checkpoint)."""
     cfg = state["config"]
-    x = load_dataset(cfg["dataset"], cfg.get("data_dir", "data")).test[:args.batch]
+    x = test[:args.batch]
     rows = []
     for k in args.k:
         for est in estimators_for(cfg):

@@ -93,8 +93,8 @@ def test_gradient_snr_needs_matplotlib_up_front_unless_no_plot_of_a_run(monkeypa
     assert "train" in err   # training draws the run's pictures, --no-plot or not
     _usage_error(capsys, snr.main, ["--no-plot", "--out", str(tmp_path / "x")], "matplotlib")
     monkeypatch.setattr(snr, "load_checkpoint", lambda run: {})
-    monkeypatch.setattr(snr, "check_run", lambda state, run: None)
-    monkeypatch.setattr(snr, "study", lambda args, run: 0)
+    monkeypatch.setattr(snr, "open_run", lambda state, run: (None, None))
+    monkeypatch.setattr(snr, "study", lambda args, state, model, test: 0)
     assert snr.main(["--run", str(tmp_path), "--no-plot", "--out", str(tmp_path / "x")]) == 0
 
 
@@ -158,8 +158,8 @@ def test_gradient_snr_writes_the_json_before_the_plot_and_removes_its_training(
     assert [r["estimator"] for r in rows] == list(snr.ESTIMATORS)
     assert _left_in(tmp_path / "tmp") == []
 
-    def crash(args, run):
-        assert (run / "checkpoint.pt").is_file()
+    def crash(args, state, model, test):   # the run still there while it is studied
+        assert [p.name for p in (tmp_path / "tmp").rglob("checkpoint.pt") if p.is_file()]
         raise KeyboardInterrupt
     monkeypatch.setattr(snr, "study", crash)
     with pytest.raises(KeyboardInterrupt):

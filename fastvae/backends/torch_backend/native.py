@@ -273,17 +273,17 @@ def _openmp_bound(sources, cc: str):
     rebuilt once, as :func:`_bound` does for the other builds: kept, it would have every
     later process take the build without OpenMP, silently and for good."""
     path = _library(sources, cc, _OPENMP_FLAGS)
-    for last in (False, True):
-        if elf_needed(path) is not None or last:
-            why = openmp.openmp_check(path)  # before dlopen: it would load the runtime
-            if why:
-                return None, why
-            try:
-                return _bind(path), ""
-            except (OSError, AttributeError):
-                if last:
-                    raise
-        path = _rebuilt(sources, cc, _OPENMP_FLAGS, path)
+    if elf_needed(path) is None:   # no shared library: nothing to check or load
+        return _openmp_bind(_rebuilt(sources, cc, _OPENMP_FLAGS, path))
+    try:
+        return _openmp_bind(path)
+    except (OSError, AttributeError):
+        return _openmp_bind(_rebuilt(sources, cc, _OPENMP_FLAGS, path))
+
+
+def _openmp_bind(path: str):
+    why = openmp.openmp_check(path)  # before dlopen: it would load the runtime
+    return (None, why) if why else (_bind(path), "")
 
 
 def _bind(path: str):

@@ -66,9 +66,9 @@ def process_cache(wanted: str, noexec: bool = False, problem: str = "") -> str:
     global _cache_warned
     if _temporary:
         return _temporary[-1]
-    problem = problem or (f"the C kernels' cache folder {wanted} is on a file system mounted "
-                          "noexec" if noexec else f"cannot write the C kernels' cache folder "
-                          f"{wanted}")
+    if not problem:
+        problem = (f"the C kernels' cache folder {wanted} is on a file system mounted noexec"
+                   if noexec else f"cannot write the C kernels' cache folder {wanted}")
     fix = "set FASTVAE_CACHE_DIR to a writable folder"
     exec_fix = fix + " on a file system that allows running code"
     d = tempfile.mkdtemp(prefix="fastvae-")

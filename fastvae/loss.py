@@ -13,15 +13,13 @@ from .functional import _dmol, elbo, iwae_bound
 
 
 class _Loss(nn.Module):
-    """What the loss modules share: the likelihood (with its ``bits``), the reduction, the
-    estimator, the backend and validate settings, each checked where the loss is made."""
+    """What every loss module shares: the reduction, the backend and validate settings,
+    each checked where the loss is made."""
 
-    def __init__(self, likelihood, reduction, backend, validate, estimator, bits):
+    def __init__(self, reduction, backend, validate):
         super().__init__()
-        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
-        self.bits = V.check_likelihood_bits(likelihood, bits)
         V.check_option("reduction", reduction, V.REDUCTIONS)
-        self.likelihood, self.reduction, self.estimator = likelihood, reduction, estimator
+        self.reduction = reduction
         # checked now, as the functional API checks them per call, so that a bad one fails
         # where the loss is made, not at its first forward; None is read per call
         # (FASTVAE_BACKEND, set_validation), so only a value given is checked
@@ -30,23 +28,50 @@ class _Loss(nn.Module):
         V.resolve_validate(validate)
         self.backend, self.validate = backend, validate
 
-    def _repr(self, *settings: str) -> str:
-        """The likelihood, ``settings``, the reduction, then bits, estimator, backend and
-        validate where they are not implied."""
-        return ", ".join([f"likelihood={self.likelihood!r}", *settings,
-                          f"reduction={self.reduction!r}"]
-                         + ([f"bits={self.bits}"] if self.likelihood == V.DMOL else [])
-                         + ([f"estimator={self.estimator!r}"]
-                            if self.estimator != "standard" else [])
-                         + self._chosen())
-
     def _chosen(self) -> list:
         """backend and validate where given (None: the environment's, the global switch)."""
         return [f"{k}={getattr(self, k)!r}" for k in ("backend", "validate")
                 if getattr(self, k) is not None]
 
 
-class ELBOLoss(_Loss):
+class _BoundLoss(_Loss):
+    """A bound's loss: a likelihood (with its ``bits``) and an estimator besides.
+
+    ``bits`` is kept as given (None: the likelihood's default) and read per call, as
+    :func:`fastvae.elbo` reads it, so that a likelihood changed after construction takes
+    its own default: a DMoL loss's default 8 is not an explicit ``bits`` a Bernoulli
+    would refuse."""
+
+    def __init__(self, likelihood, reduction, backend, validate, estimator, bits):
+        super().__init__(reduction, backend, validate)
+        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
+        checked = V.check_likelihood_bits(likelihood, bits)
+        self.likelihood, self.estimator = likelihood, estimator
+        self._bits = None if bits is None else checked
+
+    @property
+    def bits(self):
+        """The DMoL's bit depth (8 unless given); None for every other likelihood."""
+        if self.likelihood == V.DMOL and self._bits is None:
+            return V.DMOL_DEFAULT_BITS
+        return self._bits
+
+    @bits.setter
+    def bits(self, value):
+        self._bits = value
+
+    def _repr(self, *settings: str) -> str:
+        """The likelihood, ``settings``, the reduction, then bits, estimator, backend and
+        validate where they are not implied."""
+        return ", ".join([f"likelihood={self.likelihood!r}", *settings,
+                          f"reduction={self.reduction!r}"]
+                         + ([f"bits={self.bits}"] if self.bits is not None else [])
+                         + ([f"estimator={self.estimator!r}"]
+                            if self.estimator != "standard" else [])
+                         + self._chosen())
+
+
+class ELBOLoss(_BoundLoss):
     r"""``-ELBO = -(log p(x|z) - beta * KL)``, to be minimized.
 
     ``loss = ELBOLoss(likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
@@ -78,14 +103,14 @@ class ELBOLoss(_Loss):
         # (positional: binding sixteen keywords costs more than the rest of this call)
         return elbo(x, recon, mu, logvar, self.likelihood, self.kl, z, self.beta,
                     self.free_bits, obs_logvar, self.reduction, self.backend, self.validate,
-                    prior_mu, prior_logvar, self.estimator, bits=self.bits, _scale=-1.0)
+                    prior_mu, prior_logvar, self.estimator, bits=self._bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
         return self._repr(f"kl={self.kl!r}", f"beta={self.beta}",
                           f"free_bits={self.free_bits}")
 
 
-class IWAELoss(_Loss):
+class IWAELoss(_BoundLoss):
     r"""``-L_K``, the negative importance-weighted bound, to be minimized.
 
     ``loss = IWAELoss(likelihood="bernoulli", reduction="mean", backend=None, validate=None,
@@ -112,7 +137,7 @@ class IWAELoss(_Loss):
         construction."""
         return iwae_bound(x, recon_k, mu, logvar, z_k, self.likelihood, obs_logvar,
                           self.reduction, self.backend, self.validate, prior_mu, prior_logvar,
-                          self.estimator, bits=self.bits, _scale=-1.0)
+                          self.estimator, bits=self._bits, _scale=-1.0)
 
     def extra_repr(self) -> str:
         return self._repr()
@@ -131,7 +156,8 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
     """
 
     def __init__(self, bits=8, reduction="mean", backend=None, validate=None):
-        super().__init__(V.DMOL, reduction, backend, validate, "standard", bits)
+        super().__init__(reduction, backend, validate)
+        self.bits = V.check_bits(bits)
 
     def forward(self, x, params):
         """``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)``."""

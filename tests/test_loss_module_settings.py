@@ -56,3 +56,32 @@ def test_iwae_loss_and_bound_refuse_an_estimator_of_none():
     x, recon, mu, lv, z = _latent_inputs()
     with pytest.raises(ValueError, match="estimator must be one of"):
         fastvae.iwae_bound(x, recon[None], mu, lv, z[None], estimator=None)
+
+
+@pytest.mark.parametrize("make, call", [
+    (fastvae.ELBOLoss, lambda loss, x, recon, mu, lv, z: loss(x, recon, mu, lv)),
+    (fastvae.IWAELoss, lambda loss, x, recon, mu, lv, z: loss(x, recon[None], mu, lv, z[None])),
+])
+def test_a_likelihood_changed_after_construction_takes_its_own_bits(make, call):
+    """A DMoL loss's default bits is not an explicit bits: switched to the Bernoulli, the
+    loss is the Bernoulli's; an explicit bits is still refused there."""
+    args = _latent_inputs()
+    loss = make(likelihood="discretized_logistic_mixture")
+    assert loss.bits == 8
+    loss.likelihood = "bernoulli"
+    assert loss.bits is None and " bits=" not in repr(loss)
+    torch.testing.assert_close(call(loss, *args), call(make(), *args))
+    explicit = make(likelihood="discretized_logistic_mixture", bits=5)
+    explicit.likelihood = "bernoulli"
+    with pytest.raises(ValueError, match="bits is only used with"):
+        call(explicit, *args)
+    back = make()
+    back.likelihood = "discretized_logistic_mixture"
+    assert back.bits == 8 and "bits=8" in repr(back)
+
+
+def test_the_dmol_loss_has_no_settings_it_would_ignore():
+    loss = fastvae.DiscretizedLogisticMixtureNLLLoss(bits=5)
+    assert loss.bits == 5
+    for name in ("likelihood", "estimator"):
+        assert not hasattr(loss, name)

@@ -48,6 +48,18 @@ def together(fn, rank: int, world: int, group=None):
     raise RankError("; ".join(f"rank {r}: {s}" for r, s in failed)) from err
 
 
+def from_rank_0(fn, rank: int, world: int):
+    """``fn()`` run on rank 0 alone, its result given to every rank (a collective); its
+    failure stops every rank, said by rank 0 (:func:`together`). For work whose result is
+    the same on every rank (the test set's evaluation): done once, not once a rank, with
+    the numbers one process gets. Without torchrun, ``fn()``."""
+    if world <= 1:
+        return fn()
+    out = [together(lambda: fn() if rank == 0 else None, rank, world)]
+    torch.distributed.broadcast_object_list(out, src=0)
+    return out[0]
+
+
 def init_group(backend: str) -> None:
     """torch's default process group, made so that ``destroy_process_group`` frees it."""
     # torch.distributed.nn.functional binds group.WORLD as its functions' default argument

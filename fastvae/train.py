@@ -260,10 +260,13 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
         train_m = {"loss": sums[0].item() / n, **summarize(sums[2:], n)}
         train_m["elbo"] = train_m["rec"] - train_m["kl"]
         wall = time.perf_counter() - t0
-        test_m = evaluate(run.core, data.test, cfg, device)
+        # the weights DDP keeps equal give every rank the same numbers: rank 0 works them
+        # out, as one process would, and hands them on
+        test_m = ranks.from_rank_0(lambda: evaluate(run.core, data.test, cfg, device),
+                                   rank, world)
         wall_eval = time.perf_counter() - t0
-        # every rank evaluates the same weights with the same noise: a NaN there is said
-        # once, and one rank's alone stops the others too (not in the next all-reduce)
+        # a NaN in the test metrics (every rank's) is said once, and one in a rank's own
+        # train metrics stops the others too (not in the next all-reduce)
         ranks.together(lambda: guard.epoch_end(run.opt, train_m, test_m, epoch, steps),
                        rank, world)
         run.history.append({"epoch": epoch, "train": train_m, "test": test_m, "wall_s": wall,
@@ -382,22 +385,25 @@ def _build(cfg, state, data, device, backend, rank, world, say) -> SimpleNamespa
         run.history, run.initial = list(history), state.get("initial_test")
         run.start = state["epoch"]
         # data changed since (rescaled, replaced): said now, not as a non-finite loss that
-        # a lower --lr cannot fix (evaluate draws from its own generator: resume stays exact)
-        check_elbo_finite(evaluate(core, data.test, cfg, device), data.test, cfg["dataset"],
-                          "the resumed model's")
+        # a lower --lr cannot fix (evaluate draws from its own generator: resume stays exact);
+        # rank 0's alone, as the epochs' (the same weights on every rank)
+        if rank == 0:
+            check_elbo_finite(evaluate(core, data.test, cfg, device), data.test,
+                              cfg["dataset"], "the resumed model's")
         say(f"resuming {cfg['out']} at epoch {run.start}")
         saved_world = len(state["rng"].get("per_rank") or ()) or 1
         if saved_world != world:   # every process draws its own noise, from its own state
             say(f"note: the run trained with {saved_world} process(es) and resumes with "
                 f"{world}: it continues, but not bit for bit as it would have with "
                 f"{saved_world}")
-    else:
+    elif rank == 0:   # the same weights on every rank; rank 0 alone saves the numbers
         run.initial = evaluate(core, data.test, cfg, device)
         # before any step: no --lr can help
         check_elbo_finite(run.initial, data.test, cfg["dataset"], "the untrained model's",
                           "before training starts; scale the data to about [0, 1]")
-        if world > 1:  # same weights everywhere (DDP broadcasts them), own noise per rank
-            torch.manual_seed(cfg["seed"] + 1000 * rank)
+    if state is None and world > 1:
+        # same weights everywhere (DDP broadcasts them), own noise per rank
+        torch.manual_seed(cfg["seed"] + 1000 * rank)
     return run
 
 

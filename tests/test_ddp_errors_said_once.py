@@ -60,8 +60,7 @@ def test_rank_0_failing_to_finish_is_said_once_and_every_rank_exits_alike(tmp_pa
 
 
 def test_a_non_finite_test_elbo_every_rank_finds_is_said_once(tmp_path):
-    # evaluate draws from its own seeded generator, with the weights DDP keeps equal: every
-    # rank's test metrics are the same numbers
+    # rank 0 evaluates the weights DDP keeps equal and hands every rank its numbers
     script = tmp_path / "wrapped.py"
     script.write_text(textwrap.dedent("""
         import sys

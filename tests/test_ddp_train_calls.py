@@ -1,6 +1,7 @@
 """`fastvae train` under torchrun with one of train's functions wrapped to log its calls:
 rank 0 alone writes checkpoint.pt (other ranks would write the same file at once, into a
-folder they hold no lock on), and every epoch visits the data in a new order
+folder they hold no lock on) and evaluates the test set (every rank evaluated it whole, the
+same numbers N times over), and every epoch visits the data in a new order
 (DistributedSampler's order depends on the epoch given to it), as a single process
 reshuffles each epoch."""
 import os
@@ -48,6 +49,11 @@ def _train_with(tmp_path, name: str, logged: str) -> list:
 
 def test_only_rank_0_writes_the_checkpoint(tmp_path):
     assert _train_with(tmp_path, "save_checkpoint", 'os.environ["RANK"]') == ["0", "0"]
+
+
+def test_only_rank_0_evaluates_the_test_set(tmp_path):
+    # the untrained model's, then each of the 2 epochs'
+    assert _train_with(tmp_path, "evaluate", 'os.environ["RANK"]') == ["0", "0", "0"]
 
 
 def test_each_epoch_under_torchrun_has_its_own_order(tmp_path):

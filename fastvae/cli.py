@@ -398,7 +398,16 @@ def main(argv=None) -> int:
 def console(argv=None) -> int:
     """The ``fastvae`` command's entry point: :func:`main`, then its status kept through
     the interpreter's exit (``stops.exiting``)."""
-    status = main(argv)
+    try:
+        status = main(argv)
+    except Exception:
+        if not ranks.group_kept():
+            raise
+        # a traceback's error (a rank's own, not one the command words), printed as the
+        # interpreter would, whose exit the kept group would hang or abort: left to it, the
+        # rank waited there until torchrun killed it, its status 1 lost
+        sys.excepthook(*sys.exc_info())
+        status = 1
     stops.exiting()
     if ranks.group_kept():
         # a failed torchrun run: the kept group's threads would meet the interpreter's

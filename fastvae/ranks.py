@@ -42,10 +42,21 @@ def together(fn, rank: int, world: int, group=None):
     if not failed:
         return out
     if rank:
-        raise alike(err if err is not None else RankError("another rank stopped"))
+        raise _together(alike(err if err is not None else RankError("another rank stopped")))
     if all(s == said[0] for _, s in failed):
-        raise err
-    raise RankError("; ".join(f"rank {r}: {s}" for r, s in failed)) from err
+        raise _together(err)
+    raise _together(RankError("; ".join(f"rank {r}: {s}" for r, s in failed))) from err
+
+
+def _together(e: BaseException) -> BaseException:
+    e.together = True
+    return e
+
+
+def in_step(e: BaseException) -> bool:
+    """Whether every rank raises ``e`` at the same point (:func:`alike`, or out of
+    :func:`together`): none of them has left a collective unfinished."""
+    return getattr(e, "alike", False) or getattr(e, "together", False)
 
 
 def from_rank_0(fn, rank: int, world: int):
@@ -76,9 +87,11 @@ _held = []   # the default groups of failed runs (end_group)
 
 
 def end_group(failed: bool) -> None:
-    """destroy_process_group; after a failure (a stop, a lost peer) the group itself is
+    """destroy_process_group; after a failure that may have left a collective of this rank
+    unfinished (a stop, a lost peer, an error of this rank's own) the group itself is
     kept: its destructor waits for this rank's collectives, and one another rank will
-    never join (a SIGTERM to this rank alone, mid-step) would hang the rank for good."""
+    never join (a SIGTERM to this rank alone, mid-step) would hang the rank for good. An
+    error every rank raised at the same point (:func:`in_step`) is no such failure."""
     if failed:
         _held.append(torch.distributed.distributed_c10d._get_default_group())
     torch.distributed.destroy_process_group()

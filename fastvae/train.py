@@ -124,7 +124,7 @@ def _train(given: dict, log) -> dict:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         ranks.init_group("nccl" if device.type == "cuda" else "gloo")
-    folder, failed = None, True
+    folder, failed, in_step = None, True, False
     try:
         ranks.together(lambda: _machine_ready(full, is_main, say), rank, world)
         folder, full["out"] = claim_folder(full, is_main, world)
@@ -134,18 +134,20 @@ def _train(given: dict, log) -> dict:
                                   _resume_flags(given, full["resume"], ("epochs", "lr")))
         failed = False
         return metrics
-    except (KeyboardInterrupt, OSError, RuntimeError) as e:
-        # so the command can say how to --resume (after a full disk, torch.compile's cache's
-        # too, once it has room)
-        e.run_folder = full["out"]
-        e.resume_flags = _resume_flags(given, full["resume"])
-        e.resume_world = world
+    except BaseException as e:
+        if isinstance(e, (KeyboardInterrupt, OSError, RuntimeError)):
+            # so the command can say how to --resume (after a full disk, torch.compile's
+            # cache's too, once it has room)
+            e.run_folder = full["out"]
+            e.resume_flags = _resume_flags(given, full["resume"])
+            e.resume_world = world
+        in_step = ranks.in_step(e)
         raise
     finally:
         if folder is not None:
             folder.close(failed)
         if own_group:
-            ranks.end_group(failed)
+            ranks.end_group(failed and not in_step)
 
 
 def _machine_ready(full: dict, is_main: bool, say) -> None:

@@ -63,3 +63,57 @@ def test_a_failed_run_whose_group_was_kept_exits_without_the_interpreter_s_shutd
     monkeypatch.setattr(ranks, "_held", [object()])
     cli.console([])
     assert exits == [1] and capsys.readouterr().out == "the line\n"
+
+
+def test_a_traceback_with_a_kept_group_still_exits_straight_to_the_os(monkeypatch, capsys):
+    """An error the command does not word (a rank's own bug) escapes main as a traceback:
+    with a kept group the rank then hung in the interpreter's exit until torchrun killed
+    it (SIGTERM, reported in place of its status 1)."""
+    from fastvae import cli, ranks
+
+    def broken(argv):
+        raise RuntimeError("a rank's own failure")
+    exits = []
+    monkeypatch.setattr(cli, "main", broken)
+    monkeypatch.setattr(cli.stops, "exiting", lambda: None)
+    monkeypatch.setattr(os, "_exit", exits.append)
+    monkeypatch.setattr(ranks, "_held", [object()])
+    cli.console([])
+    err = capsys.readouterr().err
+    assert exits == [1] and "Traceback" in err and "RuntimeError: a rank's own failure" in err
+
+
+def test_a_failure_every_rank_raises_together_frees_the_group(tmp_path):
+    """A Python caller's train failing on every rank at once (an uneven batch) left the
+    group kept, as after a rank's own failure: its gloo threads ran into the
+    interpreter's exit, which may abort the process. No collective is unfinished there,
+    so the group is torn down as after a good run."""
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this python")
+    script = tmp_path / "api.py"
+    script.write_text(textwrap.dedent(f"""
+        import glob, os
+        from fastvae import ranks
+        from fastvae.train import train
+        try:
+            train(dict(out={str(tmp_path / "run")!r}, epochs=1, hidden=[16], latent=2,
+                       batch_size=255, iwae_k=0, progress=False, device="cpu"))
+        except ValueError as e:
+            said = str(e).split(":")[0]
+        names = []
+        for f in glob.glob("/proc/self/task/*/comm"):
+            with open(f) as t:
+                names.append(t.read().strip())
+        with open({str(tmp_path)!r} + "/kept." + os.environ["RANK"], "w") as f:
+            f.write(f"{{said}} {{ranks.group_kept()}} "
+                    + " ".join(n for n in names if n in {GLOO_THREADS!r}))
+    """))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script)],
+                       capture_output=True, text=True, timeout=240,
+                       env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        assert (tmp_path / f"kept.{rank}").read_text().strip() == "--batch-size False", rank

@@ -30,6 +30,7 @@ not the backward of its gradient.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Optional
 
@@ -249,23 +250,26 @@ def attach_dreg_hook(value: Tensor, z_k: Tensor, weights: Tensor) -> None:
         return
     if torch.compiler.is_compiling() and tracing_here():
         _refuse_compiling()
-    peers = _hooks_on.get(z_k)
-    if peers is None:
-        peers = _hooks_on[z_k] = []
-    hook = DregHook(weights, peers)
-    value.register_hook(hook.arm)   # the bound's graph holds the hook, and only it
-    # A hook stays on z_k until z_k is freed; a z_k kept across steps (a leaf) would gather
-    # one per call. z_k's hook holds DregHook weakly: once the bound's graph is freed (its
-    # backward ran, or it was dropped) the hook can never be armed again, and goes.
-    kept = []
-    for forward, handle in peers:
-        if forward.hook() is None:
-            handle.remove()
-        else:
-            kept.append((forward, handle))
-    peers[:] = kept
-    forward = _Forward(hook)
-    peers.append((forward, z_k.register_hook(forward)))
+    # Two threads bounding one z_k: unlocked, each could make z_k's list, or prune it while
+    # the other appends, and a hook would be left out of its peers (no two-bound refusal).
+    with _hooks_lock:
+        peers = _hooks_on.get(z_k)
+        if peers is None:
+            peers = _hooks_on[z_k] = []
+        hook = DregHook(weights, peers)
+        value.register_hook(hook.arm)   # the bound's graph holds the hook, and only it
+        # A hook stays on z_k until z_k is freed; a z_k kept across steps (a leaf) would
+        # gather one per call. z_k's hook holds DregHook weakly: once the bound's graph is
+        # freed (its backward ran, or it was dropped) it can never be armed again, and goes.
+        kept = []
+        for forward, handle in peers:
+            if forward.hook() is None:
+                handle.remove()
+            else:
+                kept.append((forward, handle))
+        peers[:] = kept
+        forward = _Forward(hook)
+        peers.append((forward, z_k.register_hook(forward)))
 
 
 class _Forward:
@@ -280,3 +284,4 @@ class _Forward:
 
 
 _hooks_on = WeakTensorKeyDictionary()   # z_k -> [(its hook, the hook's handle)]
+_hooks_lock = threading.Lock()

@@ -6,6 +6,7 @@ estimators' values and gradients on every backend: tests/test_estimators.py.
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 
 import pytest
@@ -224,6 +225,52 @@ def test_a_pending_dreg_bound_keeps_its_hook_when_its_value_tensor_is_gone(seed)
         return torch.autograd.grad(l1, [mu, lv])
     for a, b in zip(first_bound_grad(False), first_bound_grad(True)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stall", ["making z_k's list", "pruning it"])
+def test_two_threads_attaching_to_one_z_k_keep_both_hooks(monkeypatch, stall):
+    """Two threads bound one z_k, the first held up while the second runs through: each
+    made its own list of z_k's hooks (or the first's prune wrote over the second's entry),
+    so a hook was missing from its peers and two bounds in one backward were not refused."""
+    from fastvae import estimators
+    z = torch.randn(4, 3, 2, requires_grad=True)
+    first_waiting, second_done = threading.Event(), threading.Event()
+
+    def hold_up_the_first():
+        if threading.current_thread().name == "first":
+            first_waiting.set()
+            second_done.wait(timeout=0.5)   # serialized (the fix): the second is not running
+
+    class Stalling(type(estimators._hooks_on)):
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            if stall == "making z_k's list":
+                hold_up_the_first()
+            return found
+    hooks_on = Stalling()
+    if stall == "pruning it":   # a dead hook on z_k, whose removal holds the first up
+        class Dead:
+            hook = staticmethod(lambda: None)
+            remove = staticmethod(hold_up_the_first)
+        hooks_on[z] = [(Dead, Dead)]
+    monkeypatch.setattr(estimators, "_hooks_on", hooks_on)
+
+    values = []   # each bound's graph, which alone holds its hook
+
+    def attach(done=None):
+        values.append((z * 1).sum())
+        estimators.attach_dreg_hook(values[-1], z, torch.ones(4, 3))
+        if done is not None:
+            done.set()
+    first = threading.Thread(target=attach, name="first")
+    first.start()
+    assert first_waiting.wait(timeout=5)
+    second = threading.Thread(target=attach, args=(second_done,), name="second")
+    second.start()
+    first.join()
+    second.join()
+    peers = hooks_on[z]
+    assert len(peers) == 2 and all(f.hook().peers is peers for f, _ in peers)
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])

@@ -61,7 +61,8 @@ def test_help_succeeds(tmp_path, flag):
 # A stand-in for .venv/bin/python that installs nothing: it logs each call (folder, arguments,
 # the variables setup should not pass on) to calls.log beside dev, and acts the part: pip is
 # there once ensurepip ran (or .venv/bin/pip exists), torch is never importable, and an install
-# into --target puts a triton package there unless FAKE_TRITON_FAILS is set.
+# into --target puts a triton package there (only its __init__.py, then fails, where
+# FAKE_TRITON_FAILS is set: a pip killed midway).
 _FAKE_PYTHON = r"""#!/usr/bin/env bash
 bin=$(cd "$(dirname "$0")" && pwd)
 echo "cwd=$PWD PYTHONPATH=${PYTHONPATH-} PIP_USER=${PIP_USER-} args=$*" >> "$bin/../../calls.log"
@@ -69,9 +70,9 @@ case "$*" in
   "-m pip --version") [ -e "$bin/pip" ] ;;
   "-m ensurepip "*) touch "$bin/pip" ;;
   "-c import torch") exit 1 ;;
-  *" --target "*) [ -z "${FAKE_TRITON_FAILS-}" ] || exit 1
-    while [ "$1" != --target ]; do shift; done
-    mkdir -p "$2/triton" && touch "$2/triton/__init__.py" ;;
+  *" --target "*) while [ "$1" != --target ]; do shift; done
+    mkdir -p "$2/triton" && touch "$2/triton/__init__.py"
+    [ -z "${FAKE_TRITON_FAILS-}" ] || exit 1 ;;
 esac
 """
 
@@ -162,7 +163,7 @@ def test_venv_python_prefers_311(checkout, tmp_path, have_311, python, made_by):
         (bin_ / name).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
     for tool in ("env", "bash", "readlink", "dirname", "cat", "sha256sum", "cut", "sed", "rm",
-                 "mkdir", "cp", "touch"):   # what dev and the fakes call, and no real python
+                 "mkdir", "cp", "touch", "mv"):   # what dev and the fakes call, and no real python
         (bin_ / tool).symlink_to(shutil.which(tool))
     env["PATH"] = str(bin_)
     if python:
@@ -189,3 +190,44 @@ def test_a_venv_that_fails_is_removed_and_said(checkout, tmp_path):
     assert r.returncode == 1
     assert "dev setup: python3 -m venv failed" in r.stderr.splitlines()[-1]
     assert not (checkout / ".venv").exists()
+
+
+@pytest.mark.parametrize("left", ["a pip killed midway", "another version"])
+def test_a_triton36_not_finished_is_installed_again(checkout, left):
+    """.triton36 counted as ready once it had triton/__init__.py, which a pip killed midway
+    leaves too (every later setup then kept the broken target): it is ready once pip
+    finished installing this version into it."""
+    assert run(["setup"], checkout, checkout / "dev").returncode == 0
+    target = checkout / ".triton36"
+    if left == "a pip killed midway":
+        shutil.rmtree(target)
+        (target / "triton").mkdir(parents=True)
+        (target / "triton" / "__init__.py").touch()
+    else:
+        (target / ".fastvae-ready").write_text("3.5.0\n")
+    (checkout / "calls.log").unlink()
+    r = run(["setup"], checkout, checkout / "dev")
+    assert r.returncode == 0, r.stderr
+    assert [c.split(" args=")[1] for c in calls(checkout)] == [
+        "-m pip install -q --no-deps --target .triton36.part triton==3.6.0"]
+    assert (target / ".fastvae-ready").read_text() == "3.6.0\n"
+    assert not (checkout / ".triton36.part").exists()
+
+
+def test_a_failed_triton36_install_is_not_taken_for_done(checkout):
+    """pip failing midway is said, leaves no part of its target behind and what .triton36
+    held in place (an unmarked one from before, say: no reinstall can then take the last
+    Triton 3.6 an offline machine had), and is tried again by the next setup."""
+    old = checkout / ".triton36" / "triton"
+    old.mkdir(parents=True)
+    (old / "__init__.py").touch()
+    r = run(["setup"], checkout, checkout / "dev", env=dict(os.environ, FAKE_TRITON_FAILS="1"))
+    assert r.returncode == 0, r.stderr
+    assert "could not install triton==3.6.0" in r.stderr
+    assert (old / "__init__.py").exists() and not (checkout / ".triton36.part").exists()
+    assert not (checkout / ".triton36" / ".fastvae-ready").exists()
+    (checkout / "calls.log").unlink()
+    assert run(["setup"], checkout, checkout / "dev").returncode == 0
+    assert [c.split(" args=")[1] for c in calls(checkout)] == [
+        "-m pip install -q --no-deps --target .triton36.part triton==3.6.0"]
+    assert (checkout / ".triton36" / ".fastvae-ready").exists()

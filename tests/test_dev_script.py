@@ -62,10 +62,16 @@ def test_help_succeeds(tmp_path, flag):
 # the variables setup should not pass on) to calls.log beside dev, and acts the part: pip is
 # there once ensurepip ran (or .venv/bin/pip exists), torch is never importable, and an install
 # into --target puts a triton package there (only its __init__.py, then fails, where
-# FAKE_TRITON_FAILS is set: a pip killed midway).
+# FAKE_TRITON_FAILS is set: a pip killed midway). With FAKE_PIP_SECONDS each install takes
+# that long, and one that starts while another runs is logged to overlaps.log.
 _FAKE_PYTHON = r"""#!/usr/bin/env bash
 bin=$(cd "$(dirname "$0")" && pwd)
 echo "cwd=$PWD PYTHONPATH=${PYTHONPATH-} PIP_USER=${PIP_USER-} args=$*" >> "$bin/../../calls.log"
+if [ -n "${FAKE_PIP_SECONDS-}" ] && [[ "$*" == "-m pip install "* ]]; then
+  mkdir "$bin/../pip-busy" 2>/dev/null || echo "$*" >> "$bin/../../overlaps.log"
+  sleep "$FAKE_PIP_SECONDS"
+  rmdir "$bin/../pip-busy" 2>/dev/null || true
+fi
 case "$*" in
   "-m pip --version") [ -e "$bin/pip" ] ;;
   "-m ensurepip "*) touch "$bin/pip" ;;
@@ -190,6 +196,35 @@ def test_a_venv_that_fails_is_removed_and_said(checkout, tmp_path):
     assert r.returncode == 1
     assert "dev setup: python3 -m venv failed" in r.stderr.splitlines()[-1]
     assert not (checkout / ".venv").exists()
+
+
+def test_two_setups_at_once_take_turns(checkout):
+    """``./dev test`` and ``./dev train`` started together on a fresh checkout both ran pip
+    into the one .venv at once; the second now waits, says so, and finds it all built."""
+    env = dict(os.environ, FAKE_PIP_SECONDS="0.3")
+    procs = [subprocess.Popen([str(checkout / "dev"), "setup"], cwd=checkout, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert not (checkout / "overlaps.log").exists()
+    args = [c.split(" args=")[1] for c in calls(checkout)]
+    assert args.count("-m pip install -q -e .[dev]") == 1
+    assert sum("waiting for it to finish" in e for e in errs) == 1
+
+
+def test_setup_without_flock_goes_on_unlocked(checkout, tmp_path):
+    """flock is util-linux's (macOS has none): without it setup says it takes no lock and
+    builds as before."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("env", "bash", "readlink", "dirname", "cat", "sha256sum", "cut", "rm",
+                 "mkdir", "touch", "mv"):
+        (bin_ / tool).symlink_to(shutil.which(tool))
+    r = run(["setup"], checkout, checkout / "dev", env=dict(os.environ, PATH=str(bin_)))
+    assert r.returncode == 0, r.stderr
+    assert "dev setup: no flock here, so no lock" in r.stderr
+    assert (checkout / ".triton36" / ".fastvae-ready").read_text() == "3.6.0\n"
 
 
 @pytest.mark.parametrize("left", ["a pip killed midway", "another version"])

@@ -39,7 +39,8 @@ def reparameterize(mu, logvar, n_samples=None, generator=None, backend=None, val
         backend: "auto", "torch", "triton", "reference" or None (``FASTVAE_BACKEND``,
             else "auto").
         validate: check that mu and logvar are finite; None uses the global default
-            set by :func:`fastvae.set_validation`.
+            set by :func:`fastvae.set_validation`. The checks read a value back to the
+            host: not inside a CUDA graph capture (validate=False there).
 
     Gradients: ``dmu = dz``, ``dlogvar = dz * 0.5 * exp(0.5 * logvar) * eps``.
     Returns ``z`` in mu's dtype.
@@ -105,7 +106,8 @@ def elbo(
             ``"none"`` (shape ``(B,)``).
         backend: see :func:`reparameterize`.
         validate: run the value checks (x range, finiteness); None uses the global
-            default set by :func:`fastvae.set_validation`.
+            default set by :func:`fastvae.set_validation`. Not inside a CUDA graph
+            capture (see :func:`reparameterize`).
         prior_mu, prior_logvar: a learned prior ``N(prior_mu, exp(prior_logvar))``
             instead of N(0, I): each None (0), a number, or a tensor broadcastable to
             mu's ``(B, L)`` (e.g. ``(L,)`` shared, or ``(B, L)`` from a conditional

@@ -52,6 +52,12 @@ def _check_now(named: dict, likelihood: str, bits: int) -> None:
         t = _values(t)
         if not isinstance(t, Tensor) or not t.numel() or t.is_meta:
             continue
+        if t.is_cuda and torch.cuda.is_current_stream_capturing():
+            # the read-back below would fail the capture with a CUDA error that names no cause
+            raise RuntimeError(
+                "validate=True cannot run inside a CUDA graph capture: the value checks read "
+                "the result back to the host. Capture the step with validate=False (or "
+                "fastvae.set_validation(False)) and check the inputs before capturing")
         if not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")

@@ -150,3 +150,21 @@ def test_a_nan_in_x_is_named_before_what_is_computed_from_it():
     mu = torch.full((2, 3), float("nan"))
     with pytest.raises(ValueError, match=r"^x has 1 non-finite value"):
         fastvae.elbo(x, nan, mu, mu, validate=True)
+
+
+def test_validation_inside_a_cuda_graph_capture_says_so(monkeypatch):
+    """The checks read a value back to the host, which a capture cannot do: a CUDA tensor
+    checked while its stream captures is refused in words (it was a CUDA error naming no
+    cause). CPU work in a capture is not captured: checked as ever. (A CUDA tensor stood in
+    for by a CPU one that says it is one; a capture by the query saying so.)"""
+    from fastvae import value_checks
+
+    class OnCuda(torch.Tensor):
+        is_cuda = property(lambda self: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match=r"validate=True cannot run inside a CUDA graph "
+                                           r"capture.*validate=False"):
+        value_checks.check_values(True, x=torch.rand(3).as_subclass(OnCuda))
+    value_checks.check_values(False, x=torch.rand(3).as_subclass(OnCuda))
+    with pytest.raises(ValueError, match="non-finite"):
+        value_checks.check_values(True, x=torch.tensor([float("nan")]))

@@ -51,9 +51,14 @@ def _mul(a, b):
 
 
 @triton.jit
+def _rows_a_program(k_magic, BLOCK_P: tl.constexpr):
+    return (BLOCK_P * k_magic) >> 16                      # = BLOCK_P // K: no division
+
+
+@triton.jit
 def _pairs(p, pid, K, B, k_magic, BLOCK_P: tl.constexpr):
     """For pair indices ``p`` (any vector, taken modulo BLOCK_P): (row, sample, in range)."""
-    per = (BLOCK_P * k_magic) >> 16                       # = BLOCK_P // K: no division
+    per = _rows_a_program(k_magic, BLOCK_P)
     p = p % BLOCK_P
     local = (p * k_magic) >> 16                           # = p // K for p < 2^16 / K^2
     ks = p - local * K
@@ -156,7 +161,7 @@ def iwae_bound_pairs_kernel(
     pid = tl.program_id(0)
     if INT64:
         pid = pid.to(tl.int64)
-    per = (BLOCK_P * k_magic) >> 16                       # whole rows a program (as above)
+    per = _rows_a_program(k_magic, BLOCK_P)
     p = tl.arange(0, BLOCK_P)
     local = (p * k_magic) >> 16
     rows, k1, pmask = _pairs(p, pid, K, B, k_magic, BLOCK_P)

@@ -38,9 +38,12 @@ ELBO_LATENT_TILE = 2048
 # continuous Bernoulli (its series and closed form both live) and the tensor obs_logvar's
 # gradient keep more values live; the default tiles spill 4-32 bytes there in some of
 # Triton 3.6/3.9 x sm_80/sm_90 (RESULTS.md), as does a 2048 x 8 continuous Bernoulli
-# bf16 tile (8-16 bytes, Triton 3.9, sm_90).
+# bf16 tile (8-16 bytes, Triton 3.9, sm_90). The tensor obs_logvar takes 4 data elements
+# a thread in every dtype: fp32 data at 8 (16 x 64, 4 warps) spilled 4-8 bytes at 64-80
+# registers with autocast's 16-bit recon (Triton 3.6, sm_80), and at 8 warps 8 bytes at
+# 48 (Triton 3.9); 8 x 64 at 4 warps takes 32-64 and none.
 ELBO_TILE_BY_LIK = {(CONTINUOUS_BERNOULLI, 4): (1024, 8), (CONTINUOUS_BERNOULLI, 2): (1024, 4),
-                    (GAUSSIAN_TENSOR, 2): (1024, 8)}
+                    (GAUSSIAN_TENSOR, 4): (512, 4), (GAUSSIAN_TENSOR, 2): (1024, 8)}
 # Software-pipeline stages of the ELBO row kernel's column loop, by element size in bytes:
 # 1 keeps every load in registers (the tiles above, as measured on the H200); 2-3 stage
 # the next blocks in shared memory (8-16 KB a program), which benchmarks/gpu_tiles.py
@@ -225,6 +228,17 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
                                            (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
     block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)
     return block_b, block_d, block_l, warps
+
+
+def kl_config(n: int, l: int, element_size: int, prior: bool, *row_strides: int):
+    """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel as kl_standard_normal
+    and kl_normal run it (no data columns). Rows whose stride is not a multiple of 16 load
+    one latent at a time, each with its own 64-bit address: 16-bit latents then take the
+    fp32 tile (8 a thread, not 16; at 16, fp16 L = 3 spilled 4 bytes at 72 registers on
+    Triton 3.6, sm_90)."""
+    if any(s % 16 for s in row_strides):
+        element_size = 4
+    return elbo_config(n, 1, l, element_size, prior=prior)
 
 
 def elbo_stages(element_size: int, lik: int = BERNOULLI, prior: bool = False) -> int:

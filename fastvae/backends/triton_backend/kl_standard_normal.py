@@ -39,8 +39,8 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
     pm, plv, stride_pm, stride_plv, prior = prior_args(mu_p, logvar_p, mu)
-    block_b, block_d, block_l, warps = configs.elbo_config(n, 1, l, mu.element_size(),
-                                                           prior=prior)
+    block_b, block_d, block_l, warps = configs.kl_config(n, l, mu.element_size(), prior,
+                                                         mu.stride(0), logvar.stride(0))
     out = _launch.alloc((n,), torch.float32, dev)
 
     dtypes = [saved_grad_dtype(t, mu.shape) for t in (mu, logvar, pm, plv)]

@@ -1,0 +1,61 @@
+"""Row-kernel tiles sized by what a thread keeps live, pinned where ptxas spilled at an
+occupancy step only the ``full`` catalog tier compiles (benchmarks/RESULTS.md, "the last
+spills of the full tier"):
+
+* the Gaussian with a tensor obs_logvar: 4 data elements a thread in every dtype. fp32
+  data at 8 a thread (16 x 64, 4 warps) spilled 4-8 bytes at 64-80 registers with a
+  16-bit recon (autocast) and a learned 0-dim obs_logvar (Triton 3.6, sm_80); 16 x 64 at
+  8 warps moved the spill to 48 registers on Triton 3.9;
+* kl_standard_normal on rows not aligned to 16 (a load and a 64-bit address a latent):
+  16-bit latents take the fp32 tile, 8 a thread (fp16 at L = 3, 16 a thread, spilled 4
+  bytes at 72 registers, Triton 3.6, sm_90); aligned rows keep their 16-byte loads.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if not hasattr(triton, "knobs"):
+    pytest.skip("the capture needs triton.knobs (Triton >= 3.4)", allow_module_level=True)
+
+import fastvae  # noqa: E402
+from fastvae.backends.triton_backend import configs  # noqa: E402
+from fastvae.bench.offline import capture  # noqa: E402
+
+
+def _row_tile(fn):
+    with capture.capturing((90,)) as rec:
+        fn()
+    (launch,) = [la for la in rec.launches if la.short == "elbo_rows_kernel"]
+    cx = launch.constexprs()
+    return cx["BLOCK_B"], cx["BLOCK_D"], cx["BLOCK_L"], launch.options()["num_warps"]
+
+
+@pytest.mark.parametrize("data, net", [(torch.float32, torch.float32),
+                                       (torch.float32, torch.bfloat16),
+                                       (torch.bfloat16, torch.bfloat16)])
+def test_a_tensor_obs_logvar_takes_four_elements_a_thread(data, net):
+    b, d, l = 4096, 784, 32
+    x = torch.empty(b, d, dtype=data, requires_grad=True)
+    recon = torch.empty(b, d, dtype=net, requires_grad=True)
+    mu, lv = (torch.empty(b, l, dtype=net, requires_grad=True) for _ in range(2))
+    obs = torch.zeros((), requires_grad=True)
+    block_b, block_d, _, warps = _row_tile(lambda: fastvae.elbo(
+        x, recon, mu, lv, likelihood="gaussian", obs_logvar=obs, backend="triton",
+        validate=False).backward())
+    assert block_b * block_d // (32 * warps) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("l, per_thread", [(3, 8), (32, 16)])
+def test_kl_latents_a_thread_by_row_alignment(dtype, l, per_thread):
+    mu, lv = (torch.empty(7, l, dtype=dtype, requires_grad=True) for _ in range(2))
+    block_b, _, block_l, warps = _row_tile(lambda: fastvae.kl_standard_normal(
+        mu, lv, backend="triton", validate=False).sum().backward())
+    assert block_b * block_l // (32 * warps) == per_thread
+
+
+def test_kl_config_is_the_elbo_s_on_aligned_rows():
+    assert configs.kl_config(7, 32, 2, False, 32, 32) == configs.elbo_config(7, 1, 32, 2)
+    assert configs.kl_config(7, 3, 2, False, 3, 3) == configs.elbo_config(7, 1, 3, 4)

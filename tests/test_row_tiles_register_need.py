@@ -12,6 +12,8 @@ spills of the full tier"):
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -59,3 +61,24 @@ def test_kl_latents_a_thread_by_row_alignment(dtype, l, per_thread):
 def test_kl_config_is_the_elbo_s_on_aligned_rows():
     assert configs.kl_config(7, 32, 2, False, 32, 32) == configs.elbo_config(7, 1, 32, 2)
     assert configs.kl_config(7, 3, 2, False, 3, 3) == configs.elbo_config(7, 1, 3, 4)
+
+
+def _python_calls(fn) -> int:
+    """Python-level calls ``fn`` makes (benchmarks/host_path.py's ``py calls``)."""
+    calls = []
+    sys.setprofile(lambda frame, event, arg: calls.append(event)
+                   if event in ("call", "c_call") else None)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return len(calls)
+
+
+@pytest.mark.parametrize("strides", [(32, 32), (3, 3), (32, 3)])
+def test_kl_config_costs_one_call_over_the_elbo_s(strides):
+    """Every kl_standard_normal call runs it on the host: its alignment test is one
+    expression, not any() over a generator (four more calls, about 0.2 us a KL)."""
+    size = 2 if strides == (32, 32) else 4
+    assert _python_calls(lambda: configs.kl_config(7, 3, 2, False, *strides)) == (
+        _python_calls(lambda: configs.elbo_config(7, 1, 3, size, prior=False)) + 1)

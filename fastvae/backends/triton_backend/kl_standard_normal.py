@@ -39,8 +39,9 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
     n, l = mu.shape
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
     pm, plv, stride_pm, stride_plv, prior = prior_args(mu_p, logvar_p, mu)
+    stride_mu, stride_lv = mu.stride(0), logvar.stride(0)
     block_b, block_d, block_l, warps = configs.kl_config(n, l, mu.element_size(), prior,
-                                                         mu.stride(0), logvar.stride(0))
+                                                         stride_mu, stride_lv)
     out = _launch.alloc((n,), torch.float32, dev)
 
     dtypes = [saved_grad_dtype(t, mu.shape) for t in (mu, logvar, pm, plv)]
@@ -61,15 +62,14 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
         GZ=data, GPM=_launch.given(gpm, dtypes[2], dev), GPLV=_launch.given(gplv, dtypes[3], dev),
         B=n, D=0, L=l,
         stride_x=0, stride_r=0, stride_obs=0,
-        stride_mu=mu.stride(0), stride_lv=logvar.stride(0), stride_z=mu.stride(0),
+        stride_mu=stride_mu, stride_lv=stride_lv, stride_z=stride_mu,
         stride_pm=stride_pm, stride_plv=stride_plv,
         obs_scalar=0.0, beta=-1.0, c=1.0, free_bits=0.0,
         LIK=configs.BERNOULLI, KL_MC=False, FREE_BITS=False, REDUCE=False,
         NEED_GX=False, NEED_GR=False, OBS_GRAD=GOBS_NONE.value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=False,
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
-        INT64=configs.needs_int64(n * max(mu.stride(0), logvar.stride(0), l, stride_pm,
-                                          stride_plv)),
+        INT64=configs.needs_int64(n * max(stride_mu, stride_lv, l, stride_pm, stride_plv)),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, STAGES=1,  # no columns
         num_warps=warps)
     return (out, *grads)

@@ -266,3 +266,20 @@ def test_a_failed_triton36_install_is_not_taken_for_done(checkout):
     assert [c.split(" args=")[1] for c in calls(checkout)] == [
         "-m pip install -q --no-deps --target .triton36.part triton==3.6.0"]
     assert (checkout / ".triton36" / ".fastvae-ready").exists()
+
+
+def test_a_finished_triton36_not_yet_moved_in_is_moved_in(checkout):
+    """Setup stopped while it removed the old .triton36, after pip finished the new one
+    beside it: the next setup removed that finished copy to install again, which offline
+    left no Triton 3.6 at all. It is moved in, with no pip call."""
+    assert run(["setup"], checkout, checkout / "dev").returncode == 0
+    target = checkout / ".triton36"
+    target.rename(checkout / ".triton36.part")
+    (target / "triton").mkdir(parents=True)   # what the removal left of the old one
+    (checkout / "calls.log").unlink()
+    r = run(["setup"], checkout, checkout / "dev", env=dict(os.environ, FAKE_TRITON_FAILS="1"))
+    assert r.returncode == 0, r.stderr
+    assert calls(checkout) == [] and "could not install" not in r.stderr
+    assert (target / ".fastvae-ready").read_text() == "3.6.0\n"
+    assert (target / "triton" / "__init__.py").exists()
+    assert not (checkout / ".triton36.part").exists()

@@ -59,15 +59,16 @@ def in_step(e: BaseException) -> bool:
     return getattr(e, "alike", False) or getattr(e, "together", False)
 
 
-def from_rank_0(fn, rank: int, world: int):
+def from_rank_0(fn, rank: int, world: int, group=None):
     """``fn()`` run on rank 0 alone, its result given to every rank (a collective); its
     failure stops every rank, said by rank 0 (:func:`together`). For work whose result is
     the same on every rank (the test set's evaluation): done once, not once a rank, with
-    the numbers one process gets. Without torchrun, ``fn()``."""
+    the numbers one process gets. ``group``: the process group the others wait in (the
+    default one's: its timeout bounds ``fn``). Without torchrun, ``fn()``."""
     if world <= 1:
         return fn()
-    out = [together(lambda: fn() if rank == 0 else None, rank, world)]
-    torch.distributed.broadcast_object_list(out, src=0)
+    out = [together(lambda: fn() if rank == 0 else None, rank, world, group)]
+    torch.distributed.broadcast_object_list(out, src=0, group=group)
     return out[0]
 
 
@@ -103,7 +104,7 @@ def group_kept() -> bool:
     return bool(_held)
 
 
-# the other ranks' wait for rank 0's final estimate (see train._train_in_group)
+# the other ranks' wait for rank 0's evaluations and final estimate (train._train_in_group)
 FINISH_TIMEOUT = datetime.timedelta(days=30)
 
 

@@ -220,10 +220,16 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     if len(data.train) < world:   # each rank's share of an epoch holds an image
         raise ranks.alike(DataError(f"{data.name}: {len(data.train)} training image(s) for "
                                     f"{world} processes; each needs at least one"))
+    # The other ranks wait for rank 0's evaluations (the untrained or resumed model's, each
+    # epoch's, the final estimate and pictures), which may take longer than the process
+    # group's timeout (NCCL's 10 min, gloo's 30; a conv model's K=1000 estimate on a CPU
+    # takes hours): in a group of their own with no practical timeout.
+    waits = (torch.distributed.new_group(backend="gloo", timeout=ranks.FINISH_TIMEOUT)
+             if world > 1 else None)
     # the same weights on the same data: a non-finite start (or a checkpoint that cannot
     # be restored) is every rank's, said once
     run = ranks.together(lambda: _build(cfg, state, data, device, backend, rank, world, say),
-                         rank, world)
+                         rank, world, group=waits)
     model = _wrap(run.core, cfg, device, world)
     sampler = None
     if world > 1:
@@ -265,7 +271,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
         # the weights DDP keeps equal give every rank the same numbers: rank 0 works them
         # out, as one process would, and hands them on
         test_m = ranks.from_rank_0(lambda: evaluate(run.core, data.test, cfg, device),
-                                   rank, world)
+                                   rank, world, waits)
         wall_eval = time.perf_counter() - t0
         # a NaN in the test metrics (every rank's) is said once, and one in a rank's own
         # train metrics stops the others too (not in the next all-reduce)
@@ -288,18 +294,14 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
     session_wall = time.perf_counter() - t_run
 
     stops.check()   # one in the last epoch's evaluation or checkpoint
-    # The other ranks wait for rank 0's final estimate and pictures, which may take far
-    # longer than the process group's timeout (30 min on gloo; a conv model's K=1000
-    # estimate on a CPU takes hours): in a group of their own with no practical timeout.
-    # They still leave together: a rank tearing down alone can hang in
-    # destroy_process_group. Rank 0's failure there (a full disk) is theirs too: else
-    # each reported a lost peer, and torchrun named that as the first failure.
-    finish_group = (torch.distributed.new_group(backend="gloo", timeout=ranks.FINISH_TIMEOUT)
-                    if world > 1 else None)
+    # The other ranks wait for rank 0's final estimate and pictures (in ``waits``) and
+    # still leave together: a rank tearing down alone can hang in destroy_process_group.
+    # Rank 0's failure there (a full disk) is theirs too: else each reported a lost peer,
+    # and torchrun named that as the first failure.
     return ranks.together(lambda: finish(run.core, data, cfg, device, out, run.history,
                                          run.initial, run.backend_name, world, session_wall,
                                          say) if is_main else None,
-                          rank, world, group=finish_group)
+                          rank, world, group=waits)
 
 
 def _load_data(cfg, state, device, rank, world, say):

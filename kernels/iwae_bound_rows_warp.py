@@ -51,6 +51,27 @@ def _hold(g, HOLD: tl.constexpr):
 
 
 @triton.jit
+def _weighted(held, w, HOLD: tl.constexpr, MUL16: tl.constexpr):
+    """The held d/dl times the per-row weight ``w`` (fp32, broadcast), in ``HOLD``.
+    MUL16 = 0: in fp32 (unpack, multiply, pack: 2.5 instructions an element, two
+    roundings of HOLD in all). MUL16 = 1 (bf16): w rounded to bf16, then one
+    ``fma.rn.bf16x2`` with -0 for two elements (0.5 an element; ``mul.bf16x2`` needs
+    sm_90): the exact product of two bf16 rounded once, so three roundings in all.
+    Interpreted, the same roundings in fp32 (a product of two bf16 is exact in fp32)."""
+    if HOLD == tl.bfloat16 and MUL16 == 1:
+        w16 = tl.broadcast_to(w.to(tl.bfloat16), held.shape)
+        if FAST_MATH:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 z; mov.b32 z, 0x80008000; fma.rn.bf16x2 $0, $1, $2, z; }",
+                "=r,r,r", [held, w16], dtype=tl.bfloat16, is_pure=True, pack=2)
+        else:
+            out = (to_f32(held) * to_f32(w16)).to(tl.bfloat16)
+    else:
+        out = _hold(to_f32(held) * w, HOLD)
+    return out
+
+
+@triton.jit
 def _elements(x, l):
     """Per element: (x*l - max(l, 0), 1 + e, d/dl) in fp32."""
     e = tl.exp2(tl.abs(l) * -LOG2_E)
@@ -66,6 +87,7 @@ def iwae_rows_warp_kernel(
     c, row_scale, log_k,
     K: tl.constexpr, NC: tl.constexpr, V: tl.constexpr, TAIL: tl.constexpr,
     TAIL_P: tl.constexpr, TV: tl.constexpr, BLOCK_L: tl.constexpr, RW: tl.constexpr,
+    MUL16: tl.constexpr = 0,
 ):
     """Needs D = NC 32 V + TAIL, TAIL <= TAIL_P (a power of two or 0), K TAIL_P <= 32 TV,
     L <= BLOCK_L, RW = num_warps. GR (K, B, D), GZ (K, B, L), GMU/GLV (B, L),
@@ -133,11 +155,15 @@ def iwae_rows_warp_kernel(
             here = (k_lane == k)[None, :]
             s_v += tl.where(here, v_t, 0.0)
             p_q *= tl.where(here, q_t, 1.0)
-        log_px = tl.sum(s_v - log2_(p_q) * LOG_2, axis=1)       # one warp reduction
+        lane_px = s_v - log2_(p_q) * LOG_2
         z = to_f32(tl.load(Z + k * stride_zk + rows[:, None] * stride_zb + lats, mask=ml,
                            other=0.0))
         kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
-        log_ws = log_ws + (log_px - tl.sum(tl.where(ml, kl, 0.0), axis=1),)
+        kl = tl.where(ml, kl, 0.0)
+        if BLOCK_L == 32:   # a latent a lane: log w in one warp reduction
+            log_ws = log_ws + (tl.sum(lane_px - kl, axis=1),)
+        else:
+            log_ws = log_ws + (tl.sum(lane_px, axis=1) - tl.sum(kl, axis=1),)
         d_mus = d_mus + (d_mu,)
         d_lvs = d_lvs + (d_lv,)
         d_zs = d_zs + (d_z,)
@@ -163,7 +189,7 @@ def iwae_rows_warp_kernel(
         w = es[k] * inv
         for n in tl.static_range(NC):
             tl.store(GR + k * size_bd + rows[:, None] * D + n * W + col,
-                     _hold(to_f32(held[k * NC + n]) * w[:, None], HOLD),
+                     _weighted(held[k * NC + n], w[:, None], HOLD, MUL16),
                      mask=rmask[:, None])
         w2 = w[:, None]
         tl.store(GZ + k * (B * L) + rows[:, None] * L + lats,
@@ -175,6 +201,6 @@ def iwae_rows_warp_kernel(
         for k in tl.static_range(K):
             w_t = tl.where(tk == k, (es[k] * inv)[:, None], w_t)
         tl.store(GR + tk * size_bd + rows[:, None] * D + tcol,
-                 _hold(to_f32(g_t) * w_t, HOLD), mask=tm)
+                 _weighted(g_t, w_t, HOLD, MUL16), mask=tm)
     tl.store(GMU + rows[:, None] * L + lats, (-g_mu).to(GMU.dtype.element_ty), mask=ml)
     tl.store(GLV + rows[:, None] * L + lats, (-g_lv).to(GLV.dtype.element_ty), mask=ml)

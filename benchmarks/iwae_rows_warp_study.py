@@ -31,7 +31,7 @@ def plan(k: int, d: int, l: int, element_size: int):
     tail_p = 1 << max(0, (tail - 1).bit_length()) if tail else 0
     tv = max(1, 1 << max(0, (-(-k * tail_p // 32) - 1).bit_length())) if tail else 1
     return dict(K=k, NC=nc, V=v, TAIL=tail, TAIL_P=max(tail_p, 1), TV=tv,
-                BLOCK_L=max(16, 1 << (l - 1).bit_length()), RW=ROWS_A_PROGRAM)
+                BLOCK_L=max(32, 1 << (l - 1).bit_length()), RW=ROWS_A_PROGRAM)
 
 
 def launch(x, recon_k, mu, logvar, z_k, c=1.0, launcher=None, mul16=0):

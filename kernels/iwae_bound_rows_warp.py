@@ -90,7 +90,7 @@ def iwae_rows_warp_kernel(
     MUL16: tl.constexpr = 0,
 ):
     """Needs D = NC 32 V + TAIL, TAIL <= TAIL_P (a power of two or 0), K TAIL_P <= 32 TV,
-    L <= BLOCK_L, RW = num_warps. GR (K, B, D), GZ (K, B, L), GMU/GLV (B, L),
+    L <= BLOCK_L, 32 <= BLOCK_L (a narrower latent tile puts several rows in a warp), RW = num_warps. GR (K, B, D), GZ (K, B, L), GMU/GLV (B, L),
     contiguous."""
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)
@@ -160,10 +160,9 @@ def iwae_rows_warp_kernel(
                            other=0.0))
         kl, d_mu, d_lv, d_z = kl_tile(mu, lv, z, True)
         kl = tl.where(ml, kl, 0.0)
-        if BLOCK_L == 32:   # a latent a lane: log w in one warp reduction
-            log_ws = log_ws + (tl.sum(lane_px - kl, axis=1),)
-        else:
-            log_ws = log_ws + (tl.sum(lane_px, axis=1) - tl.sum(kl, axis=1),)
+        # BLOCK_L >= 32: a lane's latents are in-thread, so log w is one warp reduction
+        lane_kl = tl.sum(tl.reshape(kl, [RW, 32, BLOCK_L // 32]), axis=2)
+        log_ws = log_ws + (tl.sum(lane_px - lane_kl, axis=1),)
         d_mus = d_mus + (d_mu,)
         d_lvs = d_lvs + (d_lv,)
         d_zs = d_zs + (d_z,)

@@ -21,7 +21,14 @@ d/dl must stay live across the softmax: K NC V values a thread (120 at K = 5, D 
 bf16). It is held in d/drecon_k's own dtype (``HOLD``: rounded once there), then
 multiplied by the weight in fp32 and rounded again at the store: at most two roundings
 of the output type, i.e. a relative error below ``2u + u^2`` (u = 2^-8 in bf16, 2^-11 in
-fp16; fp32 holds exactly, as the pair kernel) against ``u`` for one rounding.
+fp16; fp32 holds exactly, as the pair kernel) against ``u`` for one rounding. ``MUL16``
+(bf16): the weight multiply in bf16x2, a third rounding (below ``3u + 3u^2``), two
+instructions an element fewer (see :func:`_weighted`).
+
+Offline proxy (Triton 3.6, sm_90, B=4096 D=784 L=32, bf16; the pair kernel 81% at K=5,
+74% at K=8): issue/memory 54% (MUL16=0) and 49% (MUL16=1) at K=5 and at K=8, no
+spills; ``benchmarks/iwae_rows_warp_study.py`` measures it. Rows of D <= 300 are mostly
+tail and cost more than the pair kernel's.
 """
 import triton
 import triton.language as tl

@@ -149,6 +149,14 @@ IWAE_PAIRS_NARROW = (128, 8, 2, 5)   # D above; K at most; K at least for 32-, 1
 IWAE_PAIRS_UNALIGNED_D_MAX = 512
 IWAE_PAIRS_LOAD_BYTES = 16
 
+# The row-warp kernel (iwae_row_warps_config): one warp per row, its K samples in that
+# warp, for 16-bit Bernoulli rows in training (d/drecon_k: the held d/dl is rounded to
+# recon_k's dtype, then again at the store, 2u + u^2 against the pair kernel's u).
+# BLOCK_R rows (= warps) a program. Limits: K, D (a multiple of 16), L (latents padded to
+# 32 keep a row's latents in its warp). RESULTS.md, "one warp per row": what they rest on.
+IWAE_ROW_WARPS_ROWS = 4
+IWAE_ROW_WARPS_LIMITS = (2, 8, 512, 784, 32)   # K min, K max, D min, D max, L max
+
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
 REPARAMETERIZE_CHUNKS = 1          # chunks of 4*Q latents per program
@@ -307,6 +315,26 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
     assert (na + nb) * w <= d <= (na + nb) * w + tail, (d, w, na, nb, tail)
     return (IWAE_PAIRS_BLOCK_P, _p2(IWAE_PAIRS_BLOCK_P // k), max(16, _p2(l)),
             IWAE_PAIRS_WARPS, (w, na, nb, tail))
+
+
+def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
+                          element_size: int, need_gr: bool):
+    """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TAIL_P,
+    BLOCK_TV)) of the row-warp IWAE kernel, or None where the pair kernel's contract is
+    not its own: 32-bit recon_k, a likelihood other than the Bernoulli, d/dx, no
+    d/drecon_k, or K, D, L out of IWAE_ROW_WARPS_LIMITS. A row is NC whole chunks of 32 V
+    columns (16 bytes a lane) and a TAIL padded to TAIL_P, the K samples' tails in one
+    tile of TV elements a lane (named BLOCK_*: each a layout for the compile test)."""
+    k_min, k_max, d_min, d_max, l_max = IWAE_ROW_WARPS_LIMITS
+    if (element_size != 2 or lik != BERNOULLI or per_column_grads or not need_gr
+            or not k_min <= k <= k_max or not d_min <= d <= d_max or d % 16 or l > l_max):
+        return None
+    v = IWAE_PAIRS_LOAD_BYTES // element_size
+    nc, tail = divmod(d, 32 * v)
+    tail_p = _p2(tail) if tail else 1
+    tv = _p2(-(-k * tail_p // 32)) if tail else 1
+    return (IWAE_ROW_WARPS_ROWS, max(32, _p2(l)), IWAE_ROW_WARPS_ROWS,
+            (v, nc, tail, tail_p, tv))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):

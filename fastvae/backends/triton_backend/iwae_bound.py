@@ -1,6 +1,7 @@
 """Host side of the fused importance-weighted bound (``fastvae.kernels.iwae_bound``): the
-one-pass kernel where a row's K x D fits on chip, else the two-pass kernel; plus one
-finish launch for a mean/sum reduction or a (D,) obs_logvar gradient."""
+row-warp or pair kernel for the Bernoulli where they apply, the one-pass kernel where a
+row's K x D fits on chip, else the two-pass kernel; plus one finish launch for a mean/sum
+reduction or a (D,) obs_logvar gradient."""
 from __future__ import annotations
 
 import math
@@ -9,6 +10,7 @@ import torch
 
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import iwae_bound_pairs as kp
+from fastvae.kernels import iwae_bound_row_warps as kw
 from fastvae.kernels import reduce as kred
 from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
@@ -50,10 +52,22 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     # the gradients' factor, and the value's: per row where unreduced, else the finish's
     c = scale * reduce_scale(b, reduction)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
-    pairs = configs.iwae_pairs_config(b, k, d, l, lik, bool(needs[0]) or bool(needs[5]),
-                                      recon_k.element_size())
-    onepass = configs.iwae_onepass_config(b, k, d, l, lik) if pairs is None else None
-    if pairs is not None:
+    per_column = bool(needs[0]) or bool(needs[5])
+    row_warps = configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
+                                              recon_k.element_size(), bool(needs[1]))
+    int64 = None
+    if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
+        int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b)
+        if int64:
+            row_warps = None
+    pairs = (configs.iwae_pairs_config(b, k, d, l, lik, per_column, recon_k.element_size())
+             if row_warps is None else None)
+    onepass = (configs.iwae_onepass_config(b, k, d, l, lik)
+               if pairs is None and row_warps is None else None)
+    if row_warps is not None:
+        block_b, block_l, warps, row_pieces = row_warps
+        block_d = 0
+    elif pairs is not None:
         block_p, block_r, block_l, warps, pieces = pairs
         block_b, block_d = block_p // k, 0
     elif onepass is not None:
@@ -101,14 +115,23 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
-    if pairs is not None:  # (row, sample) pairs on chip: one read, no K padding
+    if row_warps is not None:  # one warp a row, its K samples in it: x read once a row
+        for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD", "K"):
+            del args[name]
+        _launch.launch(kw.iwae_bound_row_warps_kernel, (programs,), BLOCK_K=k,
+                       BLOCK_R=block_b,
+                       **dict(zip(("BLOCK_V", "BLOCK_NC", "BLOCK_TAIL", "BLOCK_TAIL_P",
+                                   "BLOCK_TV"), row_pieces)),
+                       **args)
+    elif pairs is not None:  # (row, sample) pairs on chip: one read, no K padding
         for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):
             del args[name]
+        if int64 is None:
+            int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b)
         _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
                        BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
                        **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
-                       INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b),
-                       **args)
+                       INT64=int64, **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
     else:

@@ -9,9 +9,10 @@ warp ``r`` of a program owns row ``pid * BLOCK_R + r``. Each tile is ``(BLOCK_R,
 adds and one warp reduction, and the logsumexp and softmax over the K samples, and the
 sums of the latent gradients over k, are in-thread (no shared memory, no barrier). A
 row's D columns are NC whole chunks of ``32 V`` (read unmasked from row ``min(row, B -
-1)``: a padded row reads the last one, and nothing of it is stored) and a tail of TAIL
-columns whose K samples share one (BLOCK_R, 32 TV) tile (lane element ``c``: sample
-``c // TAIL_P``, column ``c % TAIL_P``), so the tail is not padded to a chunk per sample.
+1)``: a padded row reads the last one, and nothing of it is stored) and a tail of the
+``D - NC 32 V`` columns left, padded to TAIL, whose K samples share one (BLOCK_R, 32 TV)
+tile (lane element ``c``: sample ``c // TAIL``, column ``c % TAIL``), so the tail is not
+padded to a chunk per sample.
 x is read and unpacked once per row, shared by the K samples. The latent tiles are at
 least 32 wide, so a row's latents stay in its warp too.
 
@@ -85,10 +86,10 @@ def iwae_bound_row_warps_kernel(
     NEED_GPM: tl.constexpr, NEED_GPLV: tl.constexpr, STORE_WEIGHTS: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
     BLOCK_V: tl.constexpr, BLOCK_NC: tl.constexpr, BLOCK_TAIL: tl.constexpr,
-    BLOCK_TAIL_P: tl.constexpr, BLOCK_TV: tl.constexpr,
+    BLOCK_TV: tl.constexpr,
 ):
-    """Needs K = BLOCK_K, D = NC 32 V + TAIL, TAIL <= TAIL_P (a power of two, 1 without a
-    tail), K TAIL_P <= 32 TV, L <= BLOCK_L, 32 <= BLOCK_L, BLOCK_R = num_warps, 16-bit
+    """Needs K = BLOCK_K, NC 32 V <= D <= NC 32 V + TAIL (TAIL a power of two, or 0
+    where D = NC 32 V), K TAIL <= 32 TV, L <= BLOCK_L, 32 <= BLOCK_L, BLOCK_R = num_warps, 16-bit
     recon_k and the gradients contiguous (each ``BLOCK_`` + its name; the host checks).
     d/drecon_k is always written: it is what the held d/dl is for."""
     tl.static_assert(LIK == LIK_BERNOULLI)
@@ -98,7 +99,6 @@ def iwae_bound_row_warps_kernel(
     NC: tl.constexpr = BLOCK_NC
     V: tl.constexpr = BLOCK_V
     TAIL: tl.constexpr = BLOCK_TAIL
-    TAIL_P: tl.constexpr = BLOCK_TAIL_P
     TV: tl.constexpr = BLOCK_TV
     RW: tl.constexpr = BLOCK_R
     HOLD: tl.constexpr = GR.dtype.element_ty
@@ -117,12 +117,12 @@ def iwae_bound_row_warps_kernel(
     for n in tl.static_range(NC):
         xs = xs + (to_f32(tl.load(X + r2 * stride_x + n * W + col)),)
     if TAIL > 0:
-        # lane element c: sample c // TAIL_P, column c % TAIL_P; a thread's TV elements
-        # are consecutive, so all of one sample
+        # lane element c: sample c // TAIL, column c % TAIL; a thread's TV elements are
+        # consecutive, so all of one sample
         tc = tl.arange(0, 32 * TV)[None, :]
-        tk = tc // TAIL_P
-        tcol = NC * W + tc % TAIL_P
-        tm = (tk < K) & (tc % TAIL_P < TAIL) & rmask[:, None]
+        tk = tc // TAIL
+        tcol = NC * W + tc % TAIL
+        tm = (tk < K) & (tcol < D) & rmask[:, None]
         x_t = load_f32(X, r2 * stride_x + tcol, tm)
         l_t = to_f32(tl.load(R + tk * stride_rk + r2 * stride_rb + tcol, mask=tm,
                              other=MASKED_LOGIT))
@@ -130,7 +130,7 @@ def iwae_bound_row_warps_kernel(
         v_t = tl.sum(tl.reshape(v_t, [RW, 32, TV]), axis=2)     # in-thread: (RW, 32)
         q_t = tl.reduce(tl.reshape(q_t, [RW, 32, TV]), 2, _mul)
         g_t = _hold(g_t, HOLD)
-        k_lane = (tl.arange(0, 32) * TV) // TAIL_P               # (32,)
+        k_lane = (tl.arange(0, 32) * TV) // TAIL                 # (32,)
 
     # ---- the only read of recon_k: each sample's log p(x | z_k), d/dl held ----------------
     lats = tl.arange(0, BLOCK_L)[None, :]

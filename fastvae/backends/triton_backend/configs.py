@@ -319,22 +319,22 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
 
 def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
                           element_size: int, need_gr: bool):
-    """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TAIL_P,
-    BLOCK_TV)) of the row-warp IWAE kernel, or None where the pair kernel's contract is
+    """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TV)) of the
+    row-warp IWAE kernel, or None where the pair kernel's contract is
     not its own: 32-bit recon_k, a likelihood other than the Bernoulli, d/dx, no
     d/drecon_k, or K, D, L out of IWAE_ROW_WARPS_LIMITS. A row is NC whole chunks of 32 V
-    columns (16 bytes a lane) and a TAIL padded to TAIL_P, the K samples' tails in one
-    tile of TV elements a lane (named BLOCK_*: each a layout for the compile test)."""
+    columns (16 bytes a lane) and the rest padded to a power of two TAIL, the K samples'
+    tails in one tile of TV elements a lane (named BLOCK_*, K too: each a layout of its own
+    for the compile test)."""
     k_min, k_max, d_min, d_max, l_max = IWAE_ROW_WARPS_LIMITS
     if (element_size != 2 or lik != BERNOULLI or per_column_grads or not need_gr
             or not k_min <= k <= k_max or not d_min <= d <= d_max or d % 16 or l > l_max):
         return None
     v = IWAE_PAIRS_LOAD_BYTES // element_size
     nc, tail = divmod(d, 32 * v)
-    tail_p = _p2(tail) if tail else 1
-    tv = _p2(-(-k * tail_p // 32)) if tail else 1
+    tail = _p2(tail) if tail else 0
     return (IWAE_ROW_WARPS_ROWS, max(32, _p2(l)), IWAE_ROW_WARPS_ROWS,
-            (v, nc, tail, tail_p, tv))
+            (v, nc, tail, _p2(-(-k * tail // 32))))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):

@@ -120,8 +120,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             del args[name]
         _launch.launch(kw.iwae_bound_row_warps_kernel, (programs,), BLOCK_K=k,
                        BLOCK_R=block_b,
-                       **dict(zip(("BLOCK_V", "BLOCK_NC", "BLOCK_TAIL", "BLOCK_TAIL_P",
-                                   "BLOCK_TV"), row_pieces)),
+                       **dict(zip(("BLOCK_V", "BLOCK_NC", "BLOCK_TAIL", "BLOCK_TV"),
+                                  row_pieces)),
                        **args)
     elif pairs is not None:  # (row, sample) pairs on chip: one read, no K padding
         for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):

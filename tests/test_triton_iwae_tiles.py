@@ -28,13 +28,14 @@ from _iwae import eager_fp32  # noqa: E402
 from _iwae import make_like as iwae_inputs  # noqa: E402
 
 F32 = torch.float32
-ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_bound_pairs_kernel")
+ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_bound_pairs_kernel",
+               "iwae_bound_row_warps_kernel")
 
 
 def row_kernel(launches):
     rows = [n for n in launches if n in ROW_KERNELS]
     assert len(rows) == 1, launches
-    return {ROW_KERNELS[0]: "onepass", ROW_KERNELS[1]: "twopass"}.get(rows[0], "pairs")
+    return dict(zip(ROW_KERNELS, ("onepass", "twopass", "pairs", "row_warps")))[rows[0]]
 
 
 # -- the IWAE bound: which kernel, and every shipped tile ----------------------------------------
@@ -274,18 +275,22 @@ def masked_lanes_nan(nan_in_masked_lanes):
 # 256 < D <= 784, D a multiple of 16 above 512, K <= 16, L <= 64; 128 < D <= 256 a
 # multiple of 16 with 2 <= K <= 8, K >= 5 in 16-bit): K not dividing 16 (a padded pair and
 # a padded last program), K = 16 (one row a program), two rows of 7 in 16 (two pieces and
-# a wide tail), rows narrower than a chunk (bf16: the tail alone), fp32 and bf16
-@pytest.mark.parametrize("k,b,d,l,like,dtype,reduction", [
-    (5, 4, 300, 33, "bernoulli", F32, "none"),
-    (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean"),
-    (7, 5, 688, 64, "bernoulli", F32, "sum"),
-    (7, 5, 688, 64, "bernoulli", torch.bfloat16, "sum"),
-    (3, 7, 144, 20, "bernoulli", F32, "mean"),
+# a wide tail), rows narrower than a chunk (bf16: the tail alone), fp32 and bf16; bf16 at
+# 512 <= D <= 784 and L <= 32 is the row-warp kernel's (tests/test_triton_iwae_row_warps.py),
+# here under the same NaN-filled masked lanes: a padded row of its last program
+@pytest.mark.parametrize("k,b,d,l,like,dtype,reduction,path", [
+    (5, 4, 300, 33, "bernoulli", F32, "none", "pairs"),
+    (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean", "pairs"),
+    (7, 5, 688, 64, "bernoulli", F32, "sum", "pairs"),
+    (7, 5, 688, 64, "bernoulli", torch.bfloat16, "sum", "pairs"),
+    (3, 7, 144, 20, "bernoulli", F32, "mean", "pairs"),
+    (7, 5, 688, 20, "bernoulli", torch.bfloat16, "sum", "row_warps"),
 ])
 def test_iwae_pairs(seed, launches, gpu_tiles, nan_in_masked_lanes, k, b, d, l, like, dtype,
-                    reduction):
-    _check_pairs(launches, k, b, d, l, like, dtype, reduction)
+                    reduction, path):
+    _check_pairs(launches, k, b, d, l, like, dtype, reduction, path)
     # fp32 whole chunks load masked without other=; 16-bit ones load clamped rows unmasked
+    # (the row-warp kernel's masked loads all set other=)
     assert nan_in_masked_lanes or dtype != F32, "no masked load without other= ran"
 
 
@@ -296,15 +301,17 @@ def test_iwae_pairs_tail_alone(seed, launches, gpu_tiles, d):
     _check_pairs(launches, 6, 5, d, 9, "bernoulli", torch.bfloat16, "none")
 
 
-@pytest.mark.parametrize("k,b,d,dtype", [
-    (7, 5, 688, torch.bfloat16),   # a padded row and padded pairs in the last program
-    (5, 1, 300, torch.float16),    # B = 1: every row past the first is padding
-    (5, 4, 300, F32),              # fp32 keeps its masks
+@pytest.mark.parametrize("k,b,d,l,dtype,path", [
+    (7, 5, 688, 40, torch.bfloat16, "pairs"),   # a padded row and padded pairs
+    (5, 1, 300, 7, torch.float16, "pairs"),     # B = 1: every row past the first is padding
+    (5, 4, 300, 7, F32, "pairs"),               # fp32 keeps its masks
+    (7, 5, 688, 7, torch.bfloat16, "row_warps"),  # 3 padded rows of a 4-row program
+    (5, 1, 784, 7, torch.bfloat16, "row_warps"),
 ])
 def test_iwae_pairs_read_inside_their_inputs(seed, launches, gpu_tiles, monkeypatch, k, b,
-                                             d, dtype):
-    """Every lane a load of the pair kernel reads lies inside one of its tensors: 16-bit
-    whole chunks load a padded row unmasked, from row ``min(row, B - 1)``. Past B the GPU
+                                             d, l, dtype, path):
+    """Every lane a load of the pair and row-warp kernels reads lies inside one of its
+    tensors: 16-bit whole chunks load a padded row unmasked, from row ``min(row, B - 1)``. Past B the GPU
     reads another allocation's bytes, or faults; the outputs alone would not show it
     (the padded pairs' values are dropped)."""
     from triton.runtime import interpreter
@@ -331,17 +338,17 @@ def test_iwae_pairs_read_inside_their_inputs(seed, launches, gpu_tiles, monkeypa
         return real_load(self, ptrs, mask, other, *args, **kwargs)
     monkeypatch.setattr(_launch, "launch", launch)
     monkeypatch.setattr(builder, "create_masked_load", load)
-    _check_pairs(launches, k, b, d, 7, "bernoulli", dtype, "none")
+    _check_pairs(launches, k, b, d, l, "bernoulli", dtype, "none", path)
     assert not outside, [hex(a) for a in outside]
 
 
-def _check_pairs(launches, k, b, d, l, like, dtype, reduction):
+def _check_pairs(launches, k, b, d, l, like, dtype, reduction, path="pairs"):
     (x, recon, mu, lv, z), obs, likelihood = iwae_inputs(k, b, d, l, like, dtype)
     x = x.detach()
     obs = obs.detach() if isinstance(obs, torch.Tensor) else obs
     opts = dict(likelihood=likelihood, obs_logvar=obs, reduction=reduction)
     got = fastvae.iwae_bound(x, recon, mu, lv, z, backend="triton", **opts)
-    assert row_kernel(launches) == "pairs"
+    assert row_kernel(launches) == path
     o = oracle(x, recon, mu, lv, z)
     want = F.iwae(*o, likelihood=likelihood, reduction=reduction,
                   obs_logvar=oracle(obs)[0] if isinstance(obs, torch.Tensor) else obs)

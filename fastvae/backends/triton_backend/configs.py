@@ -150,8 +150,11 @@ IWAE_PAIRS_UNALIGNED_D_MAX = 512
 IWAE_PAIRS_LOAD_BYTES = 16
 
 # The row-warp kernel (iwae_row_warps_config): one warp per row, its K samples in that
-# warp, for 16-bit Bernoulli rows in training (d/drecon_k: the held d/dl is rounded to
-# recon_k's dtype, then again at the store, 2u + u^2 against the pair kernel's u).
+# warp, for Bernoulli rows in training whose d/drecon_k is saved in bf16 (the held d/dl
+# is rounded to bf16, then again at the store: 2u + u^2 against the pair kernel's u).
+# fp16's is saved in fp32 (``_dtypes.saved_grad_dtype``): held in fp32, d/dl takes twice
+# the registers (255 at K = 5, D = 784; spills at K = 8), held in fp16 it would flush
+# below 6e-8 what fp32 saving keeps; fp16 stays on the pair kernel.
 # BLOCK_R rows (= warps) a program. Limits: K, D (a multiple of 16), L (latents padded to
 # 32 keep a row's latents in its warp). RESULTS.md, "one warp per row": what they rest on.
 IWAE_ROW_WARPS_ROWS = 4
@@ -318,19 +321,19 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
 
 
 def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
-                          element_size: int, need_gr: bool):
+                          grad_bf16: bool, need_gr: bool):
     """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TV)) of the
     row-warp IWAE kernel, or None where the pair kernel's contract is
-    not its own: 32-bit recon_k, a likelihood other than the Bernoulli, d/dx, no
-    d/drecon_k, or K, D, L out of IWAE_ROW_WARPS_LIMITS. A row is NC whole chunks of 32 V
+    not its own: d/drecon_k not saved in bf16 (``grad_bf16``), or none (``need_gr``), a
+    likelihood other than the Bernoulli, d/dx, or K, D, L out of IWAE_ROW_WARPS_LIMITS. A row is NC whole chunks of 32 V
     columns (16 bytes a lane) and the rest padded to a power of two TAIL, the K samples'
     tails in one tile of TV elements a lane (named BLOCK_*, K too: each a layout of its own
     for the compile test)."""
     k_min, k_max, d_min, d_max, l_max = IWAE_ROW_WARPS_LIMITS
-    if (element_size != 2 or lik != BERNOULLI or per_column_grads or not need_gr
+    if (not grad_bf16 or not need_gr or lik != BERNOULLI or per_column_grads
             or not k_min <= k <= k_max or not d_min <= d <= d_max or d % 16 or l > l_max):
         return None
-    v = IWAE_PAIRS_LOAD_BYTES // element_size
+    v = IWAE_PAIRS_LOAD_BYTES // 2
     nc, tail = divmod(d, 32 * v)
     tail = _p2(tail) if tail else 0
     return (IWAE_ROW_WARPS_ROWS, max(32, _p2(l)), IWAE_ROW_WARPS_ROWS,

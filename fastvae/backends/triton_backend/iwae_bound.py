@@ -54,7 +54,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     per_column = bool(needs[0]) or bool(needs[5])
     row_warps = configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
-                                              recon_k.element_size(), bool(needs[1]))
+                                              saved(recon_k) is torch.bfloat16, bool(needs[1]))
     int64 = None
     if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
         int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b)
@@ -84,8 +84,11 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     # one, into scratch dropped below: compiled without those gradients the kernels spill
     # on sm_80/sm_90 (ptxas, 12 of 43 shipped tiles, 4-16 bytes at 40-170 registers), and
     # they cost 2BL elements against recon_k's KBD. The prior's gradients are kept.
+    # The row-warp kernel likewise without either of them (STL, a frozen encoder): 254
+    # registers at K = 8, D = 784 (Triton 3.6, sm_90) against 197 with them.
     dropped = bool(weights)
-    kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
+    scratch = dropped or row_warps is not None and not (needs[2] and needs[3])
+    kneeds = [*needs[:2], True, True, *needs[4:]] if scratch else needs
     inputs = (x, recon_k, mu, logvar, z_k)
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
         inputs, gradient_dtypes(inputs, kneeds), kneeds, obs_tensor, gobs_partial, programs,
@@ -154,4 +157,6 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     if dropped:
         gmu = glv = None
+    elif scratch:
+        gmu, glv = (gmu if needs[2] else None), (glv if needs[3] else None)
     return out, gx, gr, gmu, glv, gz, gobs, gpm, gplv, (w_out if weights else None)

@@ -1,0 +1,185 @@
+"""The row-warp IWAE kernel (kernels/iwae_bound_row_warps.py): which calls the host gives it
+(configs.iwae_row_warps_config), and its values and every gradient against float64.
+
+It holds d/dl in bf16 across the softmax, so d/drecon_k is rounded twice: per element
+within ``2r + r^2`` of the float64 gradient (r = 2^-8 for a GPU's round-to-nearest, 2^-7
+under the interpreter, whose bf16 conversions truncate), plus the fp32 softmax weights'
+own error (``grad_rtol``: 4 eps 3D relative) and an fp32 absolute floor. Every other
+output is formed in fp32 and rounded once, held to the usual bf16 rule.
+
+Runs where kernels run (tests/test_triton_interpreter.py runs it under TRITON_INTERPRET=1).
+"""
+import math
+
+import pytest
+import torch
+
+from _backends import skip_unless_kernels_run
+
+skip_unless_kernels_run()
+
+import fastvae  # noqa: E402
+from fastvae import _env  # noqa: E402
+from _compare import assert_close, grads, leaf, oracle  # noqa: E402
+from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
+from _iwae import grad_rtol  # noqa: E402
+from _iwae import make_like as iwae_inputs  # noqa: E402
+
+BF16, F32, F64 = torch.bfloat16, torch.float32, torch.float64
+KERNEL = "iwae_bound_row_warps_kernel"
+PAIRS = "iwae_bound_pairs_kernel"
+NAMES = ("recon_k", "mu", "logvar", "z_k", "prior_mu", "prior_logvar")
+
+
+def _row_kernel(launches):
+    rows = [n for n in launches if n.startswith("iwae_bound_")]
+    assert len(rows) == 1, launches
+    return rows[0]
+
+
+def _recon_bound(want, d):
+    """The per-element error allowed d/drecon_k: two roundings to bf16 (truncations under
+    the interpreter), the fp32 weights' error, an fp32 floor at the largest gradient."""
+    r = 2.0 ** (-7 if _env.interpreting() else -8)
+    w = want.abs()
+    return (2 * r + r * r + grad_rtol(d)[F32]) * w + 2.0 ** -22 * w.max()
+
+
+def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
+           estimator="standard", extreme=False):
+    """bf16 inputs through the row-warp kernel against the reference on float64 copies.
+    ``prior``: None, "row" (a (B, L) prior) or "shared" (one (L,) row: stride 0)."""
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", BF16, noncontig)
+    x = x.detach()
+    if extreme:
+        with torch.no_grad():
+            recon[:, :, :6] = torch.tensor([1e4, -1e4, 88.0, -88.0, 20.0, -20.0])
+            x[:, :6] = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 0.5])
+    pshape = (b, l) if prior == "row" else (l,)
+    pm = leaf((torch.randn(pshape) * 0.5).to(BF16)) if prior else None
+    plv = leaf((torch.randn(pshape) * 0.5).to(BF16)) if prior else None
+    opts = dict(reduction=reduction, estimator=estimator)
+    ins = [recon, mu, lv, z, pm, plv]
+    got = fastvae.iwae_bound(x, recon, mu, lv, z, prior_mu=pm, prior_logvar=plv,
+                             backend="triton", **opts)
+    assert _row_kernel(launches) == KERNEL, launches
+    o = oracle(x, *ins)
+    want = fastvae.iwae_bound(*o[:5], prior_mu=o[5], prior_logvar=o[6], backend="reference",
+                              **opts)
+    assert got.dtype == F32
+    assert_close("bound", got, want, F32, rtol=grad_rtol(d))
+    leaves = [t for t in ins if t is not None]
+    gw = grads(want, [t for t in o[1:] if t is not None])
+    for name, t, a, w in zip([n for n, t in zip(NAMES, ins) if t is not None], leaves,
+                             grads(got, leaves), gw):
+        if a is None or w is None:   # DReG: no direct gradient of mu, logvar
+            assert a is None and w is None, name
+            continue
+        assert a.dtype == BF16, name
+        if name == "recon_k":
+            err = (a.double() - w).abs()
+            bound = _recon_bound(w, d)
+            assert bool((err <= bound).all()), (
+                f"d/drecon_k: {int((err > bound).sum())} past the bound, worst "
+                f"{float((err / w.abs().clamp_min(1e-300)).max()):.3g} relative")
+        else:
+            assert_close(f"d/d{name}", a, w, BF16, rtol={BF16: 2.0 ** -6})
+
+
+# (K, B, D, L): B not a multiple of the 4 rows a program; K 2-8; D at the rule's bounds
+# (512, 784) and inside (a 16-column tail on 2 and 3 chunks, tails of 64 and 176 columns
+# padded to 64 and 256); L 1-32
+@pytest.mark.parametrize("k,b,d,l,reduction,noncontig", [
+    (2, 5, 512, 32, "none", False),
+    (3, 3, 528, 17, "mean", True),
+    (4, 6, 576, 1, "sum", False),
+    (5, 7, 784, 32, "none", True),
+    (6, 2, 688, 30, "mean", False),
+    (7, 9, 768, 8, "sum", False),
+    (8, 1, 784, 5, "none", False),
+])
+def test_values_and_gradients(seed, launches, gpu_tiles, k, b, d, l, reduction, noncontig):
+    _check(launches, k, b, d, l, reduction, noncontig)
+
+
+@pytest.mark.parametrize("prior,estimator,reduction", [
+    ("row", "standard", "mean"),
+    ("shared", "standard", "none"),
+    (None, "dreg", "sum"),          # the softmax weights stored for DReG's hook
+    ("row", "dreg", "none"),
+    (None, "stl", "mean"),          # no d/dmu, d/dlogvar
+])
+def test_prior_and_estimators(seed, launches, gpu_tiles, prior, estimator, reduction):
+    _check(launches, 5, 6, 784, 12, reduction, prior=prior, estimator=estimator)
+
+
+@pytest.mark.parametrize("k,d", [(5, 784), (8, 528)])
+def test_extreme_logits(seed, launches, gpu_tiles, k, d):
+    """Logits of +-1e4, +-88, +-20 among moderate ones: e = 2^(-|l| log2 e) underflows
+    to 0 (factor 1, d/dl exactly x - 1 or x), as the float64 formula's."""
+    _check(launches, k, 5, d, 7, "none", extreme=True)
+
+
+def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
+    """Row 0's every log w is -inf (z_k = 1e30 from a wider q: its MC KL past float32):
+    bound -inf, every gradient of it exactly 0. Row 2 has a NaN logit: its bound and
+    gradients NaN. Rows 1 and 3 as the float64 reference on that row alone."""
+    k, b, d, l = 5, 4, 784, 3
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", BF16)
+    x = x.detach()
+    with torch.no_grad():
+        mu[0], lv[0], z[:, 0] = 0.0, 2.0, 1e30
+        recon[1, 2, 5] = math.nan
+    v = fastvae.iwae_bound(x, recon, mu, lv, z, reduction="none", backend="triton")
+    assert _row_kernel(launches) == KERNEL
+    assert v[0].item() == -math.inf and math.isnan(v[2].item())
+    g = grads(v[[0, 1, 3]], [recon, mu, lv, z])
+    for name, t, sampled in zip(NAMES, g, (True, False, False, True)):
+        row0 = t[:, 0] if sampled else t[0]
+        assert torch.equal(row0, torch.zeros_like(row0)), name
+    gz = grads(v, [z])[0]
+    assert gz[:, 2].isnan().all() and gz[:, [1, 3]].isfinite().all()
+    for r in (1, 3):
+        one = [leaf(t.detach()[:, r:r + 1] if t.dim() == 3 else t.detach()[r:r + 1])
+               for t in (recon, mu, lv, z)]
+        want = fastvae.iwae_bound(*oracle(x[r:r + 1], *one), reduction="none",
+                                  backend="reference")
+        assert_close(f"row {r}", v[r:r + 1], want, F32, rtol=grad_rtol(d))
+
+
+def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
+    """bf16 Bernoulli training at 2 <= K <= 8, 512 <= D <= 784 (a multiple of 16), L <=
+    32, x without a gradient: this kernel. fp16 (its gradients saved in fp32), fp32, no
+    d/drecon_k, d/dx, K, D, L past the limits and offsets past int32: the pair kernel's
+    (or another's)."""
+    from fastvae.backends.triton_backend import iwae_bound as host
+    configs = gpu_tiles
+    bern = configs.BERNOULLI
+
+    def takes(k, d, l, bf16=True, lik=bern, per_column=False, need_gr=True):
+        return configs.iwae_row_warps_config(64, k, d, l, lik, per_column, bf16,
+                                             need_gr) is not None
+    assert [k for k in range(1, 10) if takes(k, 784, 32)] == list(range(2, 9))
+    assert [d for d in range(496, 801, 8) if takes(5, d, 32)] == list(range(512, 785, 16))
+    assert takes(5, 784, 32) and not takes(5, 784, 33)
+    assert not any((takes(5, 784, 32, bf16=False), takes(5, 784, 32, lik=configs.GAUSSIAN_SCALAR),
+                    takes(5, 784, 32, per_column=True), takes(5, 784, 32, need_gr=False)))
+    assert configs.iwae_row_warps_config(64, 5, 784, 32, bern, False, True, True) == (
+        4, 32, 4, (8, 3, 16, 4))
+    assert configs.iwae_row_warps_config(64, 8, 688, 8, bern, False, True, True) == (
+        4, 32, 4, (8, 2, 256, 64))
+
+    def kernel(dtype, grad_x=False, grad_r=True, d=784):
+        (x, recon, mu, lv, z), _, _ = iwae_inputs(5, 3, d, 8, "bernoulli", dtype)
+        del launches[:]
+        with torch.set_grad_enabled(grad_r or grad_x):
+            fastvae.iwae_bound(x.detach().requires_grad_(grad_x),
+                               recon.detach().requires_grad_(grad_r), mu, lv, z,
+                               backend="triton")
+        return _row_kernel(launches)
+    assert kernel(BF16) == KERNEL
+    assert kernel(torch.float16) == kernel(F32) == kernel(BF16, grad_r=False) == PAIRS
+    assert kernel(BF16, grad_x=True) != KERNEL and kernel(BF16, d=800) != KERNEL
+    monkeypatch.setattr(configs, "INT32_LIMIT", 100)
+    assert kernel(BF16) == PAIRS
+    assert host is not None

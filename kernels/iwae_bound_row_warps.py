@@ -1,6 +1,7 @@
 """The importance-weighted bound with one warp per row, all K samples of the row in that
 warp: the pair kernel's contract (``iwae_bound_pairs.py``) for the Bernoulli likelihood
-and 16-bit recon_k (bf16, fp16), where the host picks it (``configs.iwae_row_warps_config``).
+and a 16-bit d/drecon_k (the host's: bf16 training, K 2-8, L <= 32, 512-784 columns
+with at most 64 past whole chunks: ``configs.iwae_row_warps_config``).
 
 ``iwae_bound_row_warps_kernel`` — grid ``cdiv(B, BLOCK_R)``, ``BLOCK_R`` = num_warps;
 warp ``r`` of a program owns row ``pid * BLOCK_R + r``. Each tile is ``(BLOCK_R, 32 V)``
@@ -22,12 +23,11 @@ Per element, with ``e = 2^(-|l| log2 e)``: value ``x*l - max(l, 0) - ln(1 + e)``
 784), as the pair kernel's (its docstring bounds that error).
 
 Accuracy: d/dl stays live across the softmax (K NC V values a thread, 120 at K = 5, D =
-784), held in recon_k's own 16-bit dtype: rounded once there, then multiplied by the
-row's weight ``softmax * c`` in fp32 and rounded again at the store. d/drecon_k is thus
-off by a relative ``2u + u^2`` at most (u = 2^-8 in bf16, 2^-11 in fp16) against the pair
-kernel's ``u``; in fp16 a held d/dl below 2^-14 (subnormal) is also off by up to 2^-25
-absolute, times the weight. Everything else (the bound, d/dmu, d/dlogvar, d/dz_k, the
-prior's) is formed in fp32 and rounded once, as the pair kernel's.
+784), held in d/drecon_k's dtype (GR's): rounded once there, then multiplied by the row's
+weight ``softmax * c`` in fp32 and rounded again at the store. In bf16 d/drecon_k is thus
+off by a relative ``2u + u^2`` at most (u = 2^-8) against the pair kernel's ``u``, plus
+what both share (the fp32 weights' error). Everything else (the bound, d/dmu, d/dlogvar,
+d/dz_k, the prior's) is formed in fp32 and rounded once, as the pair kernel's.
 
 Rows whose log-weights are all -inf weigh 0 (bound -inf, gradients 0); a NaN log-weight
 makes its row's bound and gradients NaN. Offsets are int32 (the host falls back to the
@@ -89,9 +89,9 @@ def iwae_bound_row_warps_kernel(
     BLOCK_TV: tl.constexpr,
 ):
     """Needs K = BLOCK_K, NC 32 V <= D <= NC 32 V + TAIL (TAIL a power of two, or 0
-    where D = NC 32 V), K TAIL <= 32 TV, L <= BLOCK_L, 32 <= BLOCK_L, BLOCK_R = num_warps, 16-bit
-    recon_k and the gradients contiguous (each ``BLOCK_`` + its name; the host checks).
-    d/drecon_k is always written: it is what the held d/dl is for."""
+    where D = NC 32 V), K TAIL <= 32 TV, L <= BLOCK_L, 32 <= BLOCK_L, BLOCK_R = num_warps,
+    16-bit recon_k, contiguous gradients, offsets within int32 (each ``BLOCK_`` + its
+    name; the host checks). d/drecon_k is always written: the held d/dl is for it."""
     tl.static_assert(LIK == LIK_BERNOULLI)
     tl.static_assert(NEED_GR)
     tl.static_assert(BLOCK_L >= 32)
@@ -202,10 +202,7 @@ def iwae_bound_row_warps_kernel(
     size_bd = B * D
     ws = ()
     for k in tl.static_range(K):
-        soft = es[k] * inv
-        if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k
-            tl.store(WEIGHTS + k * B + rows, soft, mask=rmask)
-        w = soft * c
+        w = es[k] * inv * c
         ws = ws + (w,)
         for n in tl.static_range(NC):
             tl.store(GR + k * size_bd + rows[:, None] * D + n * W + col,
@@ -227,6 +224,10 @@ def iwae_bound_row_warps_kernel(
             w_t = tl.where(tk == k, ws[k][:, None], w_t)
         tl.store(GR + tk * size_bd + rows[:, None] * D + tcol,
                  _hold(to_f32(g_t) * w_t, HOLD), mask=tm)
+    if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k; stored inside the
+        # loop above, they took 254 registers at K = 8, D = 784 (Triton 3.6) against 197
+        for k in tl.static_range(K):
+            tl.store(WEIGHTS + k * B + rows, es[k] * inv, mask=rmask)
     out = rows[:, None] * L + lats
     if NEED_GMU:
         store_as(GMU, out, -g_mu, ml)

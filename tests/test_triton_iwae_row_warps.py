@@ -87,14 +87,14 @@ def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
 
 
 # (K, B, D, L): B not a multiple of the 4 rows a program; K 2-8; D at the rule's bounds
-# (512, 784) and inside (a 16-column tail on 2 and 3 chunks, tails of 64 and 176 columns
-# padded to 64 and 256); L 1-32
+# (512, 784) and inside (a 16-column tail on 2 and 3 chunks, tails of 48 and 64 columns,
+# none on 3 chunks); L 1-32
 @pytest.mark.parametrize("k,b,d,l,reduction,noncontig", [
     (2, 5, 512, 32, "none", False),
     (3, 3, 528, 17, "mean", True),
     (4, 6, 576, 1, "sum", False),
     (5, 7, 784, 32, "none", True),
-    (6, 2, 688, 30, "mean", False),
+    (6, 2, 560, 30, "mean", False),
     (7, 9, 768, 8, "sum", False),
     (8, 1, 784, 5, "none", False),
 ])
@@ -148,8 +148,8 @@ def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
 
 
 def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
-    """bf16 Bernoulli training at 2 <= K <= 8, 512 <= D <= 784 (a multiple of 16), L <=
-    32, x without a gradient: this kernel. fp16 (its gradients saved in fp32), fp32, no
+    """bf16 Bernoulli training at 2 <= K <= 8, 512 <= D <= 784 (a multiple of 16, at most
+    64 columns past whole 256-column chunks), L <= 32, x without a gradient: this kernel. fp16 (its gradients saved in fp32), fp32, no
     d/drecon_k, d/dx, K, D, L past the limits and offsets past int32: the pair kernel's
     (or another's)."""
     from fastvae.backends.triton_backend import iwae_bound as host
@@ -160,14 +160,15 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
         return configs.iwae_row_warps_config(64, k, d, l, lik, per_column, bf16,
                                              need_gr) is not None
     assert [k for k in range(1, 10) if takes(k, 784, 32)] == list(range(2, 9))
-    assert [d for d in range(496, 801, 8) if takes(5, d, 32)] == list(range(512, 785, 16))
+    assert [d for d in range(496, 801, 8) if takes(5, d, 32)] == [
+        *range(512, 577, 16), 768, 784]
     assert takes(5, 784, 32) and not takes(5, 784, 33)
     assert not any((takes(5, 784, 32, bf16=False), takes(5, 784, 32, lik=configs.GAUSSIAN_SCALAR),
                     takes(5, 784, 32, per_column=True), takes(5, 784, 32, need_gr=False)))
     assert configs.iwae_row_warps_config(64, 5, 784, 32, bern, False, True, True) == (
         4, 32, 4, (8, 3, 16, 4))
-    assert configs.iwae_row_warps_config(64, 8, 688, 8, bern, False, True, True) == (
-        4, 32, 4, (8, 2, 256, 64))
+    assert configs.iwae_row_warps_config(64, 8, 576, 8, bern, False, True, True) == (
+        4, 32, 4, (8, 2, 64, 16))
 
     def kernel(dtype, grad_x=False, grad_r=True, d=784):
         (x, recon, mu, lv, z), _, _ = iwae_inputs(5, 3, d, 8, "bernoulli", dtype)
@@ -179,6 +180,7 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
         return _row_kernel(launches)
     assert kernel(BF16) == KERNEL
     assert kernel(torch.float16) == kernel(F32) == kernel(BF16, grad_r=False) == PAIRS
+    assert kernel(BF16, d=592) == kernel(BF16, d=688) == PAIRS
     assert kernel(BF16, grad_x=True) != KERNEL and kernel(BF16, d=800) != KERNEL
     monkeypatch.setattr(configs, "INT32_LIMIT", 100)
     assert kernel(BF16) == PAIRS

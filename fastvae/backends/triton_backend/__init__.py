@@ -16,7 +16,9 @@ Launches per call (machine-independent; tests count them):
                          backward as elbo's. One pass where a row's K x D fits on chip:
                          the pair kernel ((row, sample) pairs as tile rows,
                          ``configs.iwae_pairs_config``) where no gradient sums over k per
-                         column, else the 3-D one (``configs.iwae_onepass_config``); else
+                         column (bf16 training at 512-784 columns: one warp a row,
+                         ``configs.iwae_row_warps_config``), else the 3-D one
+                         (``configs.iwae_onepass_config``); else
                          the two-pass kernel, which reads the row again for the gradients
     gaussian_log_prob    1            kl_standard_normal    1            kl_normal    1
     sample_with_kl       forward 1, backward 1 (plus torch's sum over rows of a prior's

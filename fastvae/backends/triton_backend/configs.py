@@ -159,6 +159,11 @@ IWAE_PAIRS_LOAD_BYTES = 16
 # 32 keep a row's latents in its warp). RESULTS.md, "one warp per row": what they rest on.
 IWAE_ROW_WARPS_ROWS = 4
 IWAE_ROW_WARPS_LIMITS = (2, 8, 512, 784, 32)   # K min, K max, D min, D max, L max
+# Columns past the whole 256-column chunks (bf16) at most: the K samples' tails are one
+# tile, and at K = 8 a tail padded to 128 took 255 registers with DReG's weights (Triton
+# 3.6, sm_80/sm_90; 64: 203), one padded to 256 spilled 40-84 bytes at K = 6, 7. D =
+# 592-752 stays on the pair kernel.
+IWAE_ROW_WARPS_TAIL_MAX = 64
 
 FINISH_TILE = (64, 32, 64, 8192)   # BLOCK_B (partials' rows), BLOCK_L, BLOCK_D, BLOCK_SUM
 FINISH_WARPS = 4
@@ -323,9 +328,9 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
 def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
                           grad_bf16: bool, need_gr: bool):
     """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TV)) of the
-    row-warp IWAE kernel, or None where the pair kernel's contract is
-    not its own: d/drecon_k not saved in bf16 (``grad_bf16``), or none (``need_gr``), a
-    likelihood other than the Bernoulli, d/dx, or K, D, L out of IWAE_ROW_WARPS_LIMITS. A row is NC whole chunks of 32 V
+    row-warp IWAE kernel, or None where it does not apply: d/drecon_k not saved in bf16
+    (``grad_bf16``) or not needed (``need_gr``), a likelihood other than the Bernoulli,
+    d/dx, K, D, L out of IWAE_ROW_WARPS_LIMITS or a tail past IWAE_ROW_WARPS_TAIL_MAX. A row is NC whole chunks of 32 V
     columns (16 bytes a lane) and the rest padded to a power of two TAIL, the K samples'
     tails in one tile of TV elements a lane (named BLOCK_*, K too: each a layout of its own
     for the compile test)."""
@@ -335,6 +340,8 @@ def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_g
         return None
     v = IWAE_PAIRS_LOAD_BYTES // 2
     nc, tail = divmod(d, 32 * v)
+    if tail > IWAE_ROW_WARPS_TAIL_MAX:
+        return None
     tail = _p2(tail) if tail else 0
     return (IWAE_ROW_WARPS_ROWS, max(32, _p2(l)), IWAE_ROW_WARPS_ROWS,
             (v, nc, tail, _p2(-(-k * tail // 32))))

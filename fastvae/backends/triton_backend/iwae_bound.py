@@ -84,11 +84,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     # one, into scratch dropped below: compiled without those gradients the kernels spill
     # on sm_80/sm_90 (ptxas, 12 of 43 shipped tiles, 4-16 bytes at 40-170 registers), and
     # they cost 2BL elements against recon_k's KBD. The prior's gradients are kept.
-    # The row-warp kernel likewise without either of them (STL, a frozen encoder): 254
-    # registers at K = 8, D = 784 (Triton 3.6, sm_90) against 197 with them.
     dropped = bool(weights)
-    scratch = dropped or row_warps is not None and not (needs[2] and needs[3])
-    kneeds = [*needs[:2], True, True, *needs[4:]] if scratch else needs
+    kneeds = [*needs[:2], True, True, *needs[4:]] if dropped else needs
     inputs = (x, recon_k, mu, logvar, z_k)
     gx, gr, gmu, glv, gz, gobs, gobs_partials, gpm, gplv = gradient_buffers(
         inputs, gradient_dtypes(inputs, kneeds), kneeds, obs_tensor, gobs_partial, programs,
@@ -157,6 +154,4 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             BLOCK_P=fin_b, BLOCK_D=fin_d, BLOCK_SUM=fin_sum, num_warps=fin_warps)
     if dropped:
         gmu = glv = None
-    elif scratch:
-        gmu, glv = (gmu if needs[2] else None), (glv if needs[3] else None)
     return out, gx, gr, gmu, glv, gz, gobs, gpm, gplv, (w_out if weights else None)

@@ -43,7 +43,7 @@ IWAE_BENCH = ((4096, 784, 32, 5), (4096, 784, 32, 50))
 IWAE_ODD = ((1, 1, 1, 1), (7, 7, 3, 2), (5, 60, 5, 7), (5, 300, 33, 4), (5, 100, 7, 6),
             (3, 1003, 7, 3), (3, 784, 32, 8), (3, 1025, 129, 9))
 # D of each column layout of the row-warp IWAE kernel (configs.iwae_row_warps_config)
-IWAE_ROW_WARPS_D = (512, 528, 544, 576, 640, 688, 768, 784)
+IWAE_ROW_WARPS_D = (512, 528, 544, 576, 768, 784)
 # (B, L, K): the bar's and benchmarks', then odd ones; K None is one (B, L) sample.
 REPARAM_SHAPES = ((65536, 64, None), (65536, 64, 16), (65536, 32, 1), (4096, 32, 16),
                   (1, 1, None), (7, 3, 2), (1003, 33, 5))
@@ -234,7 +234,7 @@ def sweep_calls() -> List[Tuple[str, Callable]]:
                            for l in (8, 32, 129) for k in (1, 2, 4, 5, 8, 9, 50)], (dname,),
                           (("none", mode),), likelihoods=liks)
     # the row-warp IWAE kernel (bf16 Bernoulli training): each K it takes (a layout each)
-    # by each of its column layouts, 2 or 3 chunks of 256 and a tail padded to 0-256
+    # by each of its column layouts, 2 or 3 chunks of 256 and a tail padded to 0-64
     out += iwae_calls([(3, d, 32, k) for d in IWAE_ROW_WARPS_D for k in range(1, 10)],
                       ("bf16",), (("none", "train"),), likelihoods=liks[:1])
     return out

@@ -276,8 +276,9 @@ def masked_lanes_nan(nan_in_masked_lanes):
 # multiple of 16 with 2 <= K <= 8, K >= 5 in 16-bit): K not dividing 16 (a padded pair and
 # a padded last program), K = 16 (one row a program), two rows of 7 in 16 (two pieces and
 # a wide tail), rows narrower than a chunk (bf16: the tail alone), fp32 and bf16; bf16 at
-# 512 <= D <= 784 (not 592-752) and L <= 32 is the row-warp kernel's (tests/test_triton_iwae_row_warps.py),
-# here under the same NaN-filled masked lanes: a padded row of its last program
+# 512 <= D <= 784 (not 592-752) and L <= 32 is the row-warp kernel's
+# (tests/test_triton_iwae_row_warps.py), here under the same NaN-filled masked lanes: a
+# padded row of its last program
 @pytest.mark.parametrize("k,b,d,l,like,dtype,reduction,path", [
     (5, 4, 300, 33, "bernoulli", F32, "none", "pairs"),
     (16, 2, 257, 3, "bernoulli", torch.bfloat16, "mean", "pairs"),
@@ -311,9 +312,9 @@ def test_iwae_pairs_tail_alone(seed, launches, gpu_tiles, d):
 def test_iwae_pairs_read_inside_their_inputs(seed, launches, gpu_tiles, monkeypatch, k, b,
                                              d, l, dtype, path):
     """Every lane a load of the pair and row-warp kernels reads lies inside one of its
-    tensors: 16-bit whole chunks load a padded row unmasked, from row ``min(row, B - 1)``. Past B the GPU
-    reads another allocation's bytes, or faults; the outputs alone would not show it
-    (the padded pairs' values are dropped)."""
+    tensors: 16-bit whole chunks load a padded row unmasked, from row ``min(row, B - 1)``.
+    Past B the GPU reads another allocation's bytes, or faults; the outputs alone would
+    not show it (the padded pairs' and rows' values are dropped)."""
     from triton.runtime import interpreter
     from fastvae import _env
     from fastvae.backends.triton_backend import _launch

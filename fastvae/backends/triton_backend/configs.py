@@ -156,7 +156,7 @@ IWAE_PAIRS_LOAD_BYTES = 16
 # the registers (255 at K = 5, D = 784; spills at K = 8), held in fp16 it would flush
 # below 6e-8 what fp32 saving keeps; fp16 stays on the pair kernel.
 # BLOCK_R rows (= warps) a program. Limits: K, D (a multiple of 16), L (latents padded to
-# 32 keep a row's latents in its warp). RESULTS.md, "one warp per row": what they rest on.
+# 32 keep a row's latents in its warp); RESULTS.md, "one warp per IWAE row", measures them.
 IWAE_ROW_WARPS_ROWS = 4
 IWAE_ROW_WARPS_LIMITS = (2, 8, 512, 784, 32)   # K min, K max, D min, D max, L max
 # Columns past the whole 256-column chunks (bf16) at most: the K samples' tails are one
@@ -330,10 +330,10 @@ def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_g
     """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TV)) of the
     row-warp IWAE kernel, or None where it does not apply: d/drecon_k not saved in bf16
     (``grad_bf16``) or not needed (``need_gr``), a likelihood other than the Bernoulli,
-    d/dx, K, D, L out of IWAE_ROW_WARPS_LIMITS or a tail past IWAE_ROW_WARPS_TAIL_MAX. A row is NC whole chunks of 32 V
-    columns (16 bytes a lane) and the rest padded to a power of two TAIL, the K samples'
-    tails in one tile of TV elements a lane (named BLOCK_*, K too: each a layout of its own
-    for the compile test)."""
+    d/dx, K, D, L out of IWAE_ROW_WARPS_LIMITS or a tail past IWAE_ROW_WARPS_TAIL_MAX. A
+    row is NC whole chunks of 32 V columns (16 bytes a lane) and the rest padded to a power
+    of two TAIL, the K samples' tails in one tile of TV elements a lane (named BLOCK_*, K
+    too: each a layout of its own for the compile test)."""
     k_min, k_max, d_min, d_max, l_max = IWAE_ROW_WARPS_LIMITS
     if (not grad_bf16 or not need_gr or lik != BERNOULLI or per_column_grads
             or not k_min <= k <= k_max or not d_min <= d <= d_max or d % 16 or l > l_max):

@@ -10,6 +10,7 @@ output is formed in fp32 and rounded once, held to the usual bf16 rule.
 Runs where kernels run (tests/test_triton_interpreter.py runs it under TRITON_INTERPRET=1).
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -183,3 +184,29 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
     assert kernel(BF16, grad_x=True) != KERNEL and kernel(BF16, d=800) != KERNEL
     monkeypatch.setattr(configs, "INT32_LIMIT", 100)
     assert kernel(BF16) == PAIRS
+
+
+def _python_calls(fn) -> int:
+    """Python-level calls ``fn`` makes (benchmarks/host_path.py's ``py calls``)."""
+    calls = []
+    sys.setprofile(lambda frame, event, arg: calls.append(event)
+                   if event in ("call", "c_call") else None)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return len(calls)
+
+
+@pytest.mark.parametrize("k,d,l", [(5, 784, 32), (8, 576, 1), (2, 512, 7)])
+def test_the_rule_costs_one_lookup(gpu_tiles, k, d, l):
+    """Every IWAE call runs iwae_row_warps_config on the host: a call the kernel takes
+    costs one dict lookup over one it refuses at the first test (its rule run each time,
+    three _p2, was up to 10 calls more: about 1.1 us a call)."""
+    configs = gpu_tiles
+    bern = configs.BERNOULLI
+
+    def ask(bf16):
+        return configs.iwae_row_warps_config(64, k, d, l, bern, False, bf16, True)
+    assert ask(True) is not None and ask(False) is None
+    assert _python_calls(lambda: ask(True)) == _python_calls(lambda: ask(False)) + 1

@@ -325,26 +325,40 @@ def iwae_pairs_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads
             IWAE_PAIRS_WARPS, (w, na, nb, tail))
 
 
+def _row_warps_layouts() -> dict:
+    """(K, D) -> iwae_row_warps_config's answer, for every K and D the row-warp kernel
+    takes: the rule below, run once here. A row is NC whole chunks of 32 V columns (16
+    bytes a lane) and the rest padded to a power of two TAIL, the K samples' tails in one
+    tile of TV elements a lane; latents padded to 32 (L <= 32)."""
+    k_min, k_max, d_min, d_max, _ = IWAE_ROW_WARPS_LIMITS
+    v = IWAE_PAIRS_LOAD_BYTES // 2
+    out = {}
+    for d in range(d_min, d_max + 1):
+        nc, tail = divmod(d, 32 * v)
+        if d % 16 or tail > IWAE_ROW_WARPS_TAIL_MAX:
+            continue
+        tail = _p2(tail) if tail else 0
+        for k in range(k_min, k_max + 1):
+            out[k, d] = (IWAE_ROW_WARPS_ROWS, 32, IWAE_ROW_WARPS_ROWS,
+                         (v, nc, tail, _p2(-(-k * tail // 32))))
+    return out
+
+
+IWAE_ROW_WARPS_LAYOUTS = _row_warps_layouts()
+
+
 def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_grads: bool,
                           grad_bf16: bool, need_gr: bool):
     """(BLOCK_R, BLOCK_L, num_warps, (BLOCK_V, BLOCK_NC, BLOCK_TAIL, BLOCK_TV)) of the
     row-warp IWAE kernel, or None where it does not apply: d/drecon_k not saved in bf16
     (``grad_bf16``) or not needed (``need_gr``), a likelihood other than the Bernoulli,
-    d/dx, K, D, L out of IWAE_ROW_WARPS_LIMITS or a tail past IWAE_ROW_WARPS_TAIL_MAX. A
-    row is NC whole chunks of 32 V columns (16 bytes a lane) and the rest padded to a power
-    of two TAIL, the K samples' tails in one tile of TV elements a lane (named BLOCK_*, K
-    too: each a layout of its own for the compile test)."""
-    k_min, k_max, d_min, d_max, l_max = IWAE_ROW_WARPS_LIMITS
+    d/dx, K, D, L out of IWAE_ROW_WARPS_LIMITS or a tail past IWAE_ROW_WARPS_TAIL_MAX
+    (each ``BLOCK_*``, K too, a layout of its own for the compile test). Every IWAE call
+    runs it: a lookup in IWAE_ROW_WARPS_LAYOUTS, not its rule (three ``_p2``, ~1 us)."""
     if (not grad_bf16 or not need_gr or lik != BERNOULLI or per_column_grads
-            or not k_min <= k <= k_max or not d_min <= d <= d_max or d % 16 or l > l_max):
+            or l > IWAE_ROW_WARPS_LIMITS[4]):
         return None
-    v = IWAE_PAIRS_LOAD_BYTES // 2
-    nc, tail = divmod(d, 32 * v)
-    if tail > IWAE_ROW_WARPS_TAIL_MAX:
-        return None
-    tail = _p2(tail) if tail else 0
-    return (IWAE_ROW_WARPS_ROWS, max(32, _p2(l)), IWAE_ROW_WARPS_ROWS,
-            (v, nc, tail, _p2(-(-k * tail // 32))))
+    return IWAE_ROW_WARPS_LAYOUTS.get((k, d))
 
 
 def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):

@@ -53,8 +53,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     c = scale * reduce_scale(b, reduction)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     per_column = bool(needs[0]) or bool(needs[5])
+    gr_dtype = saved(recon_k)
     row_warps = configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
-                                              saved(recon_k) is torch.bfloat16, bool(needs[1]))
+                                              gr_dtype is torch.bfloat16, bool(needs[1]))
     int64 = None
     if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
         int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b)
@@ -95,7 +96,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     args = dict(
         X=x, R=recon_k, OBS=obs_arg, MU=mu, LV=logvar, Z=z_k, PM=pm, PLV=plv,
         ROW_VALUES=row_values, WEIGHTS=_launch.given(w_out, f32, dev),
-        GX=_launch.given(gx, saved(x), dev), GR=_launch.given(gr, saved(recon_k), dev),
+        GX=_launch.given(gx, saved(x), dev), GR=_launch.given(gr, gr_dtype, dev),
         GOBS=gobs_partials if gobs_partial else _launch.given(gobs, saved(obs_arg), dev),
         GMU=_launch.given(gmu, saved(mu), dev), GLV=_launch.given(glv, saved(logvar), dev),
         GZ=_launch.given(gz, saved(z_k), dev),

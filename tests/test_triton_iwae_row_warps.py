@@ -186,6 +186,26 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
     assert kernel(BF16) == PAIRS
 
 
+@pytest.mark.parametrize("half", ["prior_mu", "prior_logvar"])
+def test_a_prior_past_int32_takes_int64_offsets(seed, launches, gpu_tiles, monkeypatch, half):
+    """A (B, L) prior read in place through a wide row stride counts among the offsets
+    (as the ELBO's does): past int32 the pair kernel's int64 ones, not this kernel's int32
+    ones, which would wrap on a GPU. Here the limit is lowered between the other tensors'
+    spans (at most K B D = 11760) and the prior's (2 x 30000 + 8)."""
+    configs = gpu_tiles
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(5, 3, 784, 8, "bernoulli", BF16)
+    prior = {n: leaf((torch.randn(3, 8) * 0.5).to(BF16)) for n in ("prior_mu", "prior_logvar")}
+    prior[half] = leaf((torch.randn(3, 30000) * 0.5).to(BF16))[:, :8]
+
+    def kernel():
+        del launches[:]
+        fastvae.iwae_bound(x.detach(), recon, mu, lv, z, backend="triton", **prior)
+        return _row_kernel(launches)
+    assert kernel() == KERNEL
+    monkeypatch.setattr(configs, "INT32_LIMIT", 20000)
+    assert kernel() == PAIRS
+
+
 def _python_calls(fn) -> int:
     """Python-level calls ``fn`` makes (benchmarks/host_path.py's ``py calls``)."""
     calls = []

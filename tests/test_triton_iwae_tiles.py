@@ -230,7 +230,7 @@ def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):
     from fastvae.backends.triton_backend import iwae_bound as host
     monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", 100)
     (x, recon, mu, lv, z), _, _ = iwae_inputs(9, 3, 20, 3, "bernoulli", F32)
-    assert host._needs_int64(x, recon, mu, lv, z, x, 9, 3, 20, 3, 16)
+    assert host._needs_int64(x, recon, mu, lv, z, x, 9, 3, 20, 3, 16, 0, 0)
     check_iwae("triton", 9, 3, 20, 3, "bernoulli", "none")
     assert row_kernel(launches) == "twopass"
 

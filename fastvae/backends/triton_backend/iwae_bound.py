@@ -26,11 +26,14 @@ def _span(t) -> int:
     return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n)
 
 
-def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad) -> bool:
-    """Whether an offset of the two-pass kernel can pass int32: the inputs' spans, the
-    (K, B, D) and (K, B, L) gradients, the (K, B_pad) scratch, the per-program partials."""
+def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad, stride_pm,
+                 stride_plv) -> bool:
+    """Whether an offset of the two-pass kernel can pass int32: the inputs' spans (a
+    prior's by its row strides, as the ELBO's), the (K, B, D) and (K, B, L) gradients, the
+    (K, B_pad) scratch, the per-program partials."""
     return configs.needs_int64(*map(_span, (x, recon_k, mu, logvar, z_k, obs)),
-                               k * b * d, k * b * l, k * b_pad, b_pad * d)
+                               k * b * d, k * b * l, k * b_pad, b_pad * d,
+                               b * max(stride_pm, stride_plv))
 
 
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
@@ -58,7 +61,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                                               gr_dtype is torch.bfloat16, bool(needs[1]))
     int64 = None
     if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
-        int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b)
+        int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
+                             stride_pm, stride_plv)
         if int64:
             row_warps = None
     pairs = (configs.iwae_pairs_config(b, k, d, l, lik, per_column, recon_k.element_size())
@@ -128,7 +132,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):
             del args[name]
         if int64 is None:
-            int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b)
+            int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
+                                 stride_pm, stride_plv)
         _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
                        BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
                        **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
@@ -142,7 +147,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=configs.iwae_rows_k_block(),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
-                                          programs * block_b),
+                                          programs * block_b, stride_pm, stride_plv),
                        **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()

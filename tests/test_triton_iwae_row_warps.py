@@ -107,6 +107,7 @@ def test_values_and_gradients(seed, launches, gpu_tiles, k, b, d, l, reduction, 
     ("row", "standard", "mean"),
     ("shared", "standard", "none"),
     (None, "dreg", "sum"),          # the softmax weights stored for DReG's hook
+    (None, "dreg", "mean"),         # ... without the gradients' factor c (here 1 / B)
     ("row", "dreg", "none"),
     (None, "stl", "mean"),          # no d/dmu, d/dlogvar
 ])

@@ -47,7 +47,7 @@ def _recon_bound(want, d):
 
 
 def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
-           estimator="standard", extreme=False):
+           estimator="standard", extreme=False, scale=1.0):
     """bf16 inputs through the row-warp kernel against the reference on float64 copies.
     ``prior``: None, "row" (a (B, L) prior) or "shared" (one (L,) row: stride 0)."""
     (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", BF16, noncontig)
@@ -59,7 +59,7 @@ def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
     pshape = (b, l) if prior == "row" else (l,)
     pm = leaf((torch.randn(pshape) * 0.5).to(BF16)) if prior else None
     plv = leaf((torch.randn(pshape) * 0.5).to(BF16)) if prior else None
-    opts = dict(reduction=reduction, estimator=estimator)
+    opts = dict(reduction=reduction, estimator=estimator, _scale=scale)
     ins = [recon, mu, lv, z, pm, plv]
     got = fastvae.iwae_bound(x, recon, mu, lv, z, prior_mu=pm, prior_logvar=plv,
                              backend="triton", **opts)
@@ -113,6 +113,13 @@ def test_values_and_gradients(seed, launches, gpu_tiles, k, b, d, l, reduction, 
 ])
 def test_prior_and_estimators(seed, launches, gpu_tiles, prior, estimator, reduction):
     _check(launches, 5, 6, 784, 12, reduction, prior=prior, estimator=estimator)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_a_scale(seed, launches, gpu_tiles, reduction):
+    """A scale, as IWAELoss's -1 (here -0.5, so that its size shows too): each row's value
+    times it where unreduced (the kernel's row scale), the gradients' factor c either way."""
+    _check(launches, 4, 5, 528, 9, reduction, scale=-0.5)
 
 
 @pytest.mark.parametrize("k,d", [(5, 784), (8, 528)])

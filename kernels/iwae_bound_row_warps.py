@@ -19,14 +19,16 @@ least 32 wide, so a row's latents stay in its warp too.
 
 Per element, with ``e = 2^(-|l| log2 e)``: value ``x*l - max(l, 0) - ln(1 + e)``, d/dl
 ``x - (l >= 0 ? 1 : e) / (1 + e)``; the logs as one lg2 of each lane's product of its
-(1 + e) factors (NC V + TV of them, each in (1, 2]: at most 2^(NC V + TV), 2^32 at D =
-784), as the pair kernel's (its docstring bounds that error).
+(1 + e) factors (NC V + TV of them, each in (1, 2]: at most 2^(NC V + TV), 2^28 at D =
+784 and 2^32 at most, at D = 560-576 and K = 8), as the pair kernel's (its docstring
+bounds that error).
 
 Accuracy: d/dl stays live across the softmax (K NC V values a thread, 120 at K = 5, D =
 784), held in d/drecon_k's dtype (GR's): rounded once there, then multiplied by the row's
 weight ``softmax * c`` in fp32 and rounded again at the store. In bf16 d/drecon_k is thus
 off by a relative ``2u + u^2`` at most (u = 2^-8) against the pair kernel's ``u``, plus
-what both share (the fp32 weights' error). Everything else (the bound, d/dmu, d/dlogvar,
+what both share (the fp32 weights' error). A backward at grad_output != 1 weighs the
+saved gradient and rounds it once more (about 3u; the pair kernel's u becomes 2u). Everything else (the bound, d/dmu, d/dlogvar,
 d/dz_k, the prior's) is formed in fp32 and rounded once, as the pair kernel's.
 
 Rows whose log-weights are all -inf weigh 0 (bound -inf, gradients 0); a NaN log-weight

@@ -250,7 +250,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 355 specializations per target and Triton (334 compiled,
+    """What CI captures, 359 specializations per target and Triton (338 compiled,
     ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and

@@ -283,3 +283,26 @@ def test_a_finished_triton36_not_yet_moved_in_is_moved_in(checkout):
     assert (target / ".fastvae-ready").read_text() == "3.6.0\n"
     assert (target / "triton" / "__init__.py").exists()
     assert not (checkout / ".triton36.part").exists()
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_triton36_from_before_the_marker_is_kept_if_pip_finished_it(checkout, whole):
+    """A checkout set up before the marker existed has a .triton36 without it: one whose
+    RECORD (pip writes it after every file) lists only files that are there is taken as
+    it is, with no pip call (offline, each setup would otherwise try pip again); one that
+    lacks a listed file is installed again."""
+    dist = checkout / ".triton36" / "triton-3.6.0.dist-info"
+    pkg = checkout / ".triton36" / "triton"
+    dist.mkdir(parents=True)
+    pkg.mkdir()
+    (pkg / "__init__.py").touch()
+    listed = ["triton/__init__.py", "triton/language.py", "triton-3.6.0.dist-info/RECORD"]
+    if whole:
+        (pkg / "language.py").touch()
+    (dist / "RECORD").write_text(
+        "../../bin/proton,sha256=x,1\n" + "".join(f"{f},sha256=y,0\n" for f in listed))
+    r = run(["setup"], checkout, checkout / "dev")
+    assert r.returncode == 0, r.stderr
+    pip36 = [c for c in calls(checkout) if "triton==3.6.0" in c]
+    assert pip36 == [] if whole else len(pip36) == 1
+    assert (checkout / ".triton36" / ".fastvae-ready").read_text() == "3.6.0\n"

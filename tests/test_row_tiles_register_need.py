@@ -12,8 +12,6 @@ spills of the full tier"):
 """
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
@@ -24,6 +22,7 @@ if not hasattr(triton, "knobs"):
 import fastvae  # noqa: E402
 from fastvae.backends.triton_backend import configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
+from _python_calls import python_calls  # noqa: E402
 
 
 def _row_tile(fn):
@@ -63,22 +62,10 @@ def test_kl_config_is_the_elbo_s_on_aligned_rows():
     assert configs.kl_config(7, 3, 2, False, 3, 3) == configs.elbo_config(7, 1, 3, 4)
 
 
-def _python_calls(fn) -> int:
-    """Python-level calls ``fn`` makes (benchmarks/host_path.py's ``py calls``)."""
-    calls = []
-    sys.setprofile(lambda frame, event, arg: calls.append(event)
-                   if event in ("call", "c_call") else None)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return len(calls)
-
-
 @pytest.mark.parametrize("strides", [(32, 32), (3, 3), (32, 3)])
 def test_kl_config_costs_one_call_over_the_elbo_s(strides):
     """Every kl_standard_normal call runs it on the host: its alignment test is one
     expression, not any() over a generator (four more calls, about 0.2 us a KL)."""
     size = 2 if strides == (32, 32) else 4
-    assert _python_calls(lambda: configs.kl_config(7, 3, 2, False, *strides)) == (
-        _python_calls(lambda: configs.elbo_config(7, 1, 3, size, prior=False)) + 1)
+    assert python_calls(lambda: configs.kl_config(7, 3, 2, False, *strides)) == (
+        python_calls(lambda: configs.elbo_config(7, 1, 3, size, prior=False)) + 1)

@@ -10,8 +10,6 @@ output is formed in fp32 and rounded once, held to the usual bf16 rule.
 Runs where kernels run (tests/test_triton_interpreter.py runs it under TRITON_INTERPRET=1).
 """
 import math
-import sys
-
 import pytest
 import torch
 
@@ -25,6 +23,7 @@ from _compare import assert_close, grads, leaf, oracle  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import grad_rtol  # noqa: E402
 from _iwae import make_like as iwae_inputs  # noqa: E402
+from _python_calls import python_calls  # noqa: E402
 
 BF16, F32, F64 = torch.bfloat16, torch.float32, torch.float64
 KERNEL = "iwae_bound_row_warps_kernel"
@@ -214,18 +213,6 @@ def test_a_prior_past_int32_takes_int64_offsets(seed, launches, gpu_tiles, monke
     assert kernel() == PAIRS
 
 
-def _python_calls(fn) -> int:
-    """Python-level calls ``fn`` makes (benchmarks/host_path.py's ``py calls``)."""
-    calls = []
-    sys.setprofile(lambda frame, event, arg: calls.append(event)
-                   if event in ("call", "c_call") else None)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return len(calls)
-
-
 @pytest.mark.parametrize("k,d,l", [(5, 784, 32), (8, 576, 1), (2, 512, 7)])
 def test_the_rule_costs_one_lookup(gpu_tiles, k, d, l):
     """Every IWAE call runs iwae_row_warps_config on the host: a call the kernel takes
@@ -237,4 +224,4 @@ def test_the_rule_costs_one_lookup(gpu_tiles, k, d, l):
     def ask(bf16):
         return configs.iwae_row_warps_config(64, k, d, l, bern, False, bf16, True)
     assert ask(True) is not None and ask(False) is None
-    assert _python_calls(lambda: ask(True)) == _python_calls(lambda: ask(False)) + 1
+    assert python_calls(lambda: ask(True)) == python_calls(lambda: ask(False)) + 1

@@ -37,18 +37,20 @@ def _row_kernel(launches):
     return rows[0]
 
 
-def _recon_bound(want, d):
-    """The per-element error allowed d/drecon_k: two roundings to bf16 (truncations under
+def _recon_bound(want, d, roundings=2):
+    """The per-element error allowed d/drecon_k: ``roundings`` to bf16 (truncations under
     the interpreter), the fp32 weights' error, an fp32 floor at the largest gradient."""
     r = 2.0 ** (-7 if _env.interpreting() else -8)
     w = want.abs()
-    return (2 * r + r * r + grad_rtol(d)[F32]) * w + 2.0 ** -22 * w.max()
+    return ((1 + r) ** roundings - 1 + grad_rtol(d)[F32]) * w + 2.0 ** -22 * w.max()
 
 
 def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
-           estimator="standard", extreme=False, scale=1.0):
+           estimator="standard", extreme=False, scale=1.0, grad_output=None):
     """bf16 inputs through the row-warp kernel against the reference on float64 copies.
-    ``prior``: None, "row" (a (B, L) prior) or "shared" (one (L,) row: stride 0)."""
+    ``prior``: None, "row" (a (B, L) prior) or "shared" (one (L,) row: stride 0).
+    ``grad_output``: backward's cotangent (default ones): other than 1, backward weighs
+    the saved bf16 gradients and rounds d/drecon_k a third time."""
     (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", BF16, noncontig)
     x = x.detach()
     if extreme:
@@ -69,16 +71,16 @@ def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
     assert got.dtype == F32
     assert_close("bound", got, want, F32, rtol=grad_rtol(d))
     leaves = [t for t in ins if t is not None]
-    gw = grads(want, [t for t in o[1:] if t is not None])
+    gw = grads(want, [t for t in o[1:] if t is not None], grad_output)
     for name, t, a, w in zip([n for n, t in zip(NAMES, ins) if t is not None], leaves,
-                             grads(got, leaves), gw):
+                             grads(got, leaves, grad_output), gw):
         if a is None or w is None:   # DReG: no direct gradient of mu, logvar
             assert a is None and w is None, name
             continue
         assert a.dtype == BF16, name
         if name == "recon_k":
             err = (a.double() - w).abs()
-            bound = _recon_bound(w, d)
+            bound = _recon_bound(w, d, 2 if grad_output is None else 3)
             assert bool((err <= bound).all()), (
                 f"d/drecon_k: {int((err > bound).sum())} past the bound, worst "
                 f"{float((err / w.abs().clamp_min(1e-300)).max()):.3g} relative")
@@ -119,6 +121,14 @@ def test_a_scale(seed, launches, gpu_tiles, reduction):
     """A scale, as IWAELoss's -1 (here -0.5, so that its size shows too): each row's value
     times it where unreduced (the kernel's row scale), the gradients' factor c either way."""
     _check(launches, 4, 5, 528, 9, reduction, scale=-0.5)
+
+
+@pytest.mark.parametrize("reduction,grad_output", [
+    ("none", lambda b: torch.linspace(-2.0, 3.0, b)), ("sum", lambda b: torch.tensor(2.5))])
+def test_a_grad_output_other_than_1(seed, launches, gpu_tiles, reduction, grad_output):
+    """Backward at grad_output != 1 weighs the saved gradients (the kernel wrote them for
+    grad_output 1): every gradient as the reference's, d/drecon_k within three roundings."""
+    _check(launches, 5, 6, 784, 9, reduction, grad_output=grad_output(6))
 
 
 @pytest.mark.parametrize("k,d", [(5, 784), (8, 528)])

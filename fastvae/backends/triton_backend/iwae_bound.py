@@ -23,7 +23,11 @@ from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_arg
 
 def _span(t) -> int:
     """One past the largest element offset of ``t``."""
-    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if n)
+    span = 1
+    for n, st in zip(t.shape, t.stride()):   # a loop, not sum(genexpr): six a call
+        if n:
+            span += (n - 1) * abs(st)
+    return span
 
 
 def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad, stride_pm,

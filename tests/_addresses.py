@@ -61,8 +61,13 @@ class _Arg:
 
 class _Recorder:
     def __init__(self):
-        self.run, self.kernel, self.args, self.bad = None, None, {}, []
+        self.run, self.args, self.seen, self.bad = None, {}, {}, []
+
+    def start(self, args):
+        self.args = {k: _Arg(k, v) for k, v in args.items()
+                     if isinstance(v, torch.Tensor) and v.numel()}
         self.seen = {"copies": [], "tensors": []}
+        return {**args, **{k: a.copy for k, a in self.args.items()}}
 
     def access(self, what, ptrs, mask):
         if self.run is None:
@@ -98,14 +103,13 @@ class _Recorder:
                 found.setdefault((what, None), [None, []])[1].extend(t[left][:4].tolist())
         for (what, name), (arg, where) in found.items():
             if arg is None:
-                self.bad.append(f"{kernel}: a {what} from no tensor argument, at "
+                self.bad.append(f"{kernel}: a {what} from no non-empty tensor argument, at "
                                 f"{[hex(a) for a in where[:4]]}")
                 continue
             self.bad.append(
-                f"{kernel}: {len(where)} {what}(s) through {name} {list(arg.shape)} miss its "
+                f"{kernel}: {len(where)} {what} lane(s) through {name} {list(arg.shape)} miss its "
                 f"elements (offsets {arg.lo}..{arg.hi - 1}, in elements): at "
                 f"{sorted(set(where))[:8]}")
-        self.seen = {"copies": [], "tensors": []}
 
 
 @contextlib.contextmanager
@@ -125,17 +129,18 @@ def own_elements():
 
     def launch(kernel, grid, **args):
         name = getattr(kernel, "__name__", None) or kernel.fn.__name__
-        rec.args = {k: _Arg(k, v) for k, v in args.items()
-                    if isinstance(v, torch.Tensor) and v.numel()}
-        copies = {**args, **{k: a.copy for k, a in rec.args.items()}}
+        copies = rec.start(args)
         try:
             rec.run = "copies"
             _launch._triton_launch(kernel, grid, **copies)
             rec.run = "tensors"
-            return real_launch(kernel, grid, **args)
+            out = real_launch(kernel, grid, **args)
         finally:
             rec.run = None
-            rec.check(name)
+        rec.check(name)
+        # here, before the stray values fail a check of the outputs with a vaguer message
+        assert not rec.bad, "\n".join(rec.bad)
+        return out
 
     def masked_load(self, ptrs, mask, *a, **k):
         rec.access("load", ptrs, mask)
@@ -160,4 +165,4 @@ def own_elements():
         mp.setattr(builder, "create_atomic_rmw", atomic_rmw)
         mp.setattr(builder, "create_atomic_cas", atomic_cas)
         yield
-    assert not rec.bad, "\n".join(rec.bad)
+    assert not rec.bad, "\n".join(rec.bad)   # raised above, and caught by the code tested

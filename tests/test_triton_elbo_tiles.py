@@ -18,6 +18,7 @@ import fastvae  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from fastvae.kernels.scale import blocks  # noqa: E402
+from _addresses import own_elements  # noqa: E402
 from _compare import assert_close, leaf, oracle  # noqa: E402
 import _formulas as F  # noqa: E402
 from _elbo import check_against_formula, make_like  # noqa: E402
@@ -41,6 +42,21 @@ def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
         check_against_formula(x, recon, mu, lv, z if kl == "mc" else None, "triton",
                               likelihood=likelihood, kl=kl, obs_logvar=obs, reduction=reduction,
                               free_bits=fb)
+
+
+@pytest.mark.parametrize("b,d,l,like,kl", [
+    (33, 7, 70, "bernoulli", "mc"),                   # a 32-row tile's padded second program
+    (9, 200, 5, "gaussian_full", "analytic"),         # 8x256: 7 padded rows, a column tail
+    (3, 784, 130, "gaussian_perdim", "analytic"),     # 2x1024: a padded row, L > BLOCK_L
+    (2, 4100, 3, "continuous_bernoulli", "mc"),       # 1x2048: three column blocks
+])
+def test_elbo_tiles_read_inside_their_inputs(seed, gpu_tiles, b, d, l, like, kl):
+    """Forward and backward on the shipped tiles: every load and store of every launch an
+    element of the tensor its pointer came from (tests/_addresses.py)."""
+    (x, recon, mu, lv, z), obs, likelihood = make_like(b, d, l, like, F32)
+    with own_elements():
+        check_against_formula(x, recon, mu, lv, z if kl == "mc" else None, "triton",
+                              likelihood=likelihood, kl=kl, obs_logvar=obs, reduction="none")
 
 
 @pytest.mark.parametrize("like,prior,stages", [("bernoulli", False, 3),

@@ -69,6 +69,24 @@ def test_iwae_paths(seed, kernels, launches, path, shape, like, reduction, dtype
     assert row_kernel(launches) == path
 
 
+@pytest.mark.parametrize("path,shape,like,dtype,noncontig", [
+    ("onepass", (3, 5, 7, 3), "continuous_bernoulli", torch.bfloat16, False),
+    ("onepass", (5, 3, 784, 32), "gaussian_full", F32, True),
+    ("onepass", (1, 3, 7, 5), "gaussian_perdim", F32, True),
+    ("twopass", (9, 3, 7, 5), "gaussian_perdim", torch.bfloat16, True),
+    ("twopass", (3, 2, 1030, 3), "bernoulli", F32, True),
+    ("twopass", (2, 3, 7, 129), "gaussian_full", F32, False),
+])
+def test_iwae_paths_read_inside_their_inputs(seed, kernels, launches, gpu_tiles, path, shape,
+                                             like, dtype, noncontig):
+    """The one- and two-pass kernels, forward and backward, on the shipped tiles (rows and
+    columns past B and D masked, strided inputs read in place): every load and store an
+    element of the tensor its pointer came from (tests/_addresses.py)."""
+    with own_elements():
+        check_iwae("triton", *shape, like, "none", dtype, noncontig=noncontig)
+    assert row_kernel(launches) == path
+
+
 def _recon_loads(kernel):
     """The calls in a kernel's source that load from recon_k (the pointer R): ``load`` or
     ``load_f32`` of R or of ``r_ptr`` (a pointer into R advanced a block a step), or

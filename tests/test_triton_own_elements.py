@@ -65,6 +65,6 @@ def test_a_read_of_another_tensor_or_padding_fails(kernels, case, rows, stride, 
     with pytest.raises(AssertionError) as e:
         with own_elements():
             _launch(src, dst, rows, stride)
-    assert str(e.value).startswith(f"_copy_rows: {len(offsets)} load(s) through SRC "
+    assert str(e.value).startswith(f"_copy_rows: {len(offsets)} load lane(s) through SRC "
                                    f"[4, 5] miss its elements"), str(e.value)
     assert str(e.value).endswith(f"at {offsets}"), str(e.value)

@@ -195,8 +195,16 @@ def _resume_flags(given: dict, resume: bool, skip=()) -> list:
     for, and on a resume what it was given besides (the final estimate's K, ...), since
     the last checkpoint may still hold the old ones."""
     keys = RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES if resume else ("epochs", "lr")
-    return [f for k in keys if k not in skip and given.get(k) is not None
-            for f in (f"--{k.replace('_', '-')}", str(given[k]))]
+    flags = []
+    for k in keys:
+        if k in skip or given.get(k) is None:
+            continue
+        flag = k.replace("_", "-")
+        if isinstance(given[k], bool):   # --compile / --no-compile take no value
+            flags.append(f"--{'' if given[k] else 'no-'}{flag}")
+        else:
+            flags += [f"--{flag}", str(given[k])]
+    return flags
 
 
 def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=()):

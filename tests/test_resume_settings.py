@@ -108,6 +108,18 @@ def test_a_nan_stop_in_a_resume_repeats_what_it_was_given(run, tmp_path):
         guard.loss(float("nan"), 2, 1, 5)
 
 
+@pytest.mark.parametrize("compile_", [False, True])
+def test_a_resume_s_command_repeats_compile_as_the_switch_it_is(compile_):
+    """--compile and --no-compile take no value: the command a stop prints must parse,
+    and ask for what the resume was given."""
+    from fastvae.train import _resume_flags
+
+    flags = _resume_flags({"epochs": 3, "compile": compile_}, True)
+    assert flags == ["--epochs", "3", "--compile" if compile_ else "--no-compile"]
+    args = cli.build_parser().parse_args(["train", "--resume", *flags])
+    assert args.compile is compile_
+
+
 def test_a_stopped_resume_s_command_repeats_what_it_was_given(run, tmp_path, capsys,
                                                              monkeypatch):
     """Stopped before its first checkpoint, a resume's checkpoint still holds the old K

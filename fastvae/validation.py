@@ -3,8 +3,8 @@
 Structural checks (types, shapes, dtypes, devices, option names) always run: they
 cost nothing per element. Value checks (x in [0, 1], finiteness, ...) cost a pass
 over the data, so they run only when validation is on: ``validate=True`` on a call,
-or globally with :func:`set_validation` (off by default, like
-``torch.distributions.Distribution.set_default_validate_args``).
+or globally with :func:`set_validation` (off by default, unlike
+``torch.distributions.Distribution.set_default_validate_args``, which is on).
 """
 from __future__ import annotations
 

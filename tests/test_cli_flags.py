@@ -29,6 +29,37 @@ def _readme_train_flags() -> list:
     return re.findall(r"^\| `(--[a-z0-9-]+)`", table, flags=re.M)
 
 
+def _readme_train_defaults() -> dict:
+    """Flag -> its cell in the default column of README.md's Flags table."""
+    from tests._doc_commands import ROOT
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    table = text.split("### Flags (`fastvae train --help`)", 1)[1].split("\n\n", 2)[1]
+    return dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| ([^|]*) \|", table, flags=re.M))
+
+
+def test_the_readme_flags_table_gives_each_default():
+    """The default column is the training config's default (a computed one, None there,
+    is the table's own words)."""
+    from fastvae.train import default_config
+    defaults = default_config()
+    cells = _readme_train_defaults()
+    assert len(cells) == len(_readme_train_flags())
+    for flag, cell in cells.items():
+        want = defaults[flag[2:].replace("-", "_")]
+        if want is None:
+            continue
+        cell = cell.replace("`", "").strip()
+        if isinstance(want, bool):
+            assert cell == ("on" if want else "off"), flag
+        elif isinstance(want, list):
+            assert cell == " ".join(map(str, want)), flag
+        elif isinstance(want, (int, float)):
+            assert float(cell.split()[0]) == want, flag
+        else:
+            assert cell.split()[0] == want, flag
+
+
 def test_python_m_fastvae_help():
     r = subprocess.run([sys.executable, "-m", "fastvae", "--help"], capture_output=True,
                        text=True, timeout=120)

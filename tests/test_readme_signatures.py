@@ -49,3 +49,15 @@ def test_the_api_table_gives_the_loss_call(name):
     params = [p for p in sig.parameters.values() if p.name != "self" and not p.name.startswith("_")]
     want = str(sig.replace(parameters=params, return_annotation=sig.empty)).replace("'", '"')
     assert calls[0] == want
+
+
+def test_the_development_layout_names_every_module_of_the_package():
+    """README's "Development" layout names each file of ``fastvae/`` (beside the package's
+    own __init__, __main__ and _version): a module added without a line there is one a
+    reader cannot place."""
+    with open(README, encoding="utf-8") as f:
+        layout = f.read().split("## Development", 1)[1].split("```", 2)[1]
+    package = os.path.join(os.path.dirname(README), "fastvae")
+    files = {n for n in os.listdir(package) if n.endswith(".py")}
+    files -= {"__init__.py", "__main__.py", "_version.py"}
+    assert sorted(n for n in files if not re.search(rf"(?<![\w.]){re.escape(n)}", layout)) == []

@@ -30,6 +30,23 @@ RUN_KEYS_UNLESS_GIVEN = ("epochs", "data_dir", "iwae_k", "threads")
 RESUME_OVERRIDES = ("lr", "backend", "compile")
 
 
+def resume_command_flags(given: dict, resume: bool, skip=()) -> list:
+    """The flags a command that continues the run must repeat: the target and lr asked
+    for, and on a resume what it was given besides (the final estimate's K, ...), since
+    the last checkpoint may still hold the old ones."""
+    keys = RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES if resume else ("epochs", "lr")
+    flags = []
+    for k in keys:
+        if k in skip or given.get(k) is None:
+            continue
+        flag = k.replace("_", "-")
+        if isinstance(given[k], bool):   # --compile / --no-compile take no value
+            flags.append(f"--{'' if given[k] else 'no-'}{flag}")
+        else:
+            flags += [f"--{flag}", str(given[k])]
+    return flags
+
+
 def check_data_flags(cfg: dict, given: dict) -> None:
     """ValueError for --download or a given --data-dir with a dataset that reads neither
     (digits, an array file): ignoring them would let the user believe the data came from

@@ -45,7 +45,7 @@ from .progress import progress_bar
 from .run_data import (check_elbo_finite, check_run_data, check_weights_finite, data_changed,
                        same_data_everywhere)
 from .run_config import (RESUME_OVERRIDES, RUN_KEYS_UNLESS_GIVEN, check_data_flags,
-                         prepare_config)
+                         prepare_config, resume_command_flags)
 from .runs import (MissingExtra, RunFolderError, check_extras, check_outputs, claim_folder,
                    installed, load_weights, run_backend)
 
@@ -131,7 +131,7 @@ def _train(given: dict, log) -> dict:
         cfg, state, backend = ranks.together(lambda: _settled(given, full, device, say),
                                              rank, world)
         metrics = _train_in_group(cfg, state, device, backend, rank, world, say,
-                                  _resume_flags(given, full["resume"], ("epochs", "lr")))
+                                  resume_command_flags(given, full["resume"], ("epochs", "lr")))
         failed = False
         return metrics
     except BaseException as e:
@@ -139,7 +139,7 @@ def _train(given: dict, log) -> dict:
             # so the command can say how to --resume (after a full disk, torch.compile's
             # cache's too, once it has room)
             e.run_folder = full["out"]
-            e.resume_flags = _resume_flags(given, full["resume"])
+            e.resume_flags = resume_command_flags(given, full["resume"])
             e.resume_world = world
         in_step = ranks.in_step(e)
         raise
@@ -188,23 +188,6 @@ def _settled(given: dict, full: dict, device, say):
     how = (None if given.get("backend") is not None else   # the flag's: named as the flag
            f"resume it with --backend auto (or torch) to go on on {device}")
     return cfg, state, run_backend(cfg, device, how)
-
-
-def _resume_flags(given: dict, resume: bool, skip=()) -> list:
-    """The flags a command that continues the run must repeat: the target and lr asked
-    for, and on a resume what it was given besides (the final estimate's K, ...), since
-    the last checkpoint may still hold the old ones."""
-    keys = RUN_KEYS_UNLESS_GIVEN + RESUME_OVERRIDES if resume else ("epochs", "lr")
-    flags = []
-    for k in keys:
-        if k in skip or given.get(k) is None:
-            continue
-        flag = k.replace("_", "-")
-        if isinstance(given[k], bool):   # --compile / --no-compile take no value
-            flags.append(f"--{'' if given[k] else 'no-'}{flag}")
-        else:
-            flags += [f"--{flag}", str(given[k])]
-    return flags
 
 
 def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=()):

@@ -97,11 +97,11 @@ def test_a_nan_stop_in_a_resume_repeats_what_it_was_given(run, tmp_path):
     """The NaN policy's command, like a signal's, repeats the flags a resume was given
     (its last good checkpoint may be the one from before them)."""
     from fastvae.guard import Guard, NonFiniteLoss
-    from fastvae.train import _resume_flags
+    from fastvae.run_config import resume_command_flags
 
     given = {"epochs": 3, "iwae_k": 500, "backend": "torch", "lr": 0.1}
     guard = Guard(CHECKPOINT_NAME, 1, "out", 0.1, epochs=3,
-                  flags=_resume_flags(given, True, ("epochs", "lr")))
+                  flags=resume_command_flags(given, True, ("epochs", "lr")))
     guard.stepped = True
     with pytest.raises(NonFiniteLoss, match=r"`fastvae train --resume --out out --epochs 3 "
                                             r"--iwae-k 500 --backend torch --lr 0.01`"):
@@ -112,9 +112,9 @@ def test_a_nan_stop_in_a_resume_repeats_what_it_was_given(run, tmp_path):
 def test_a_resume_s_command_repeats_compile_as_the_switch_it_is(compile_):
     """--compile and --no-compile take no value: the command a stop prints must parse,
     and ask for what the resume was given."""
-    from fastvae.train import _resume_flags
+    from fastvae.run_config import resume_command_flags
 
-    flags = _resume_flags({"epochs": 3, "compile": compile_}, True)
+    flags = resume_command_flags({"epochs": 3, "compile": compile_}, True)
     assert flags == ["--epochs", "3", "--compile" if compile_ else "--no-compile"]
     args = cli.build_parser().parse_args(["train", "--resume", *flags])
     assert args.compile is compile_

@@ -45,10 +45,20 @@ GOBS_PARTIAL = tl.constexpr(2)    # summed over each program's rows, (programs, 
 LOG_2 = tl.constexpr(0.6931471805599453)
 LOG2_E = tl.constexpr(1.4426950408889634)
 LOG_2PI = tl.constexpr(1.8378770664093453)
+# What a masked Bernoulli lane reads as its logit where a row's loss is summed from a
+# product of (1 + e) factors: e = 2^(-1e4 log2 e) = 0, so its factor is 1, its value
+# x*l - max(l, 0) = 0 (x reads 0) and its gradient 0; representable in fp16 too.
+MASKED_LOGIT = tl.constexpr(-1.0e4)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 # Below |l| = 1 the continuous Bernoulli's log-partition is a series (truncation 2e-9, its
 # derivative's 2e-8 at |l| = 1); above it the closed form's terms are all positive.
 CB_SERIES_BELOW = tl.constexpr(1.0)
+
+
+@triton.jit
+def mul(a, b):
+    """``tl.reduce``'s product."""
+    return a * b
 
 
 @triton.jit

@@ -37,18 +37,9 @@ fits, and at 129-256 columns only where the one-pass tiles do worse
 import triton
 import triton.language as tl
 
-from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, computed_here, exp_, latent_kl_tile,
-                    load_f32, load_prior, log2_, log_, lse_shift, rcp_, store_as, to_f32,
-                    weigh)
-
-# What a masked lane reads as its logit: e = 2^(-1e4 log2 e) = 0, so its factor is 1, its
-# value x*l - max(l, 0) = 0 (x reads 0) and its gradient 0; representable in fp16 too.
-MASKED_LOGIT = tl.constexpr(-1.0e4)
-
-
-@triton.jit
-def _mul(a, b):
-    return a * b
+from ._math import (LIK_BERNOULLI, LOG2_E, LOG_2, MASKED_LOGIT, computed_here, exp_,
+                    latent_kl_tile, load_f32, load_prior, log2_, log_, lse_shift, mul, rcp_,
+                    store_as, to_f32, weigh)
 
 
 @triton.jit
@@ -112,7 +103,7 @@ def _piece(X, R, pid, K, B, D, stride_x, stride_rk, stride_rb, k_magic, col0,
     g = x   # returned unused where d/dl is not needed
     if NEED_G:  # formed now: only g stays live across the softmax, not x, e and 1 + e
         g = computed_here(x - tl.where(l >= 0.0, 1.0, e) * rcp_(q))
-    return value, tl.reduce(tl.reshape(q, [N, BLOCK_P, W]), 0, _mul), g
+    return value, tl.reduce(tl.reshape(q, [N, BLOCK_P, W]), 0, mul), g
 
 
 @triton.jit

@@ -28,8 +28,9 @@ Accuracy: d/dl stays live across the softmax (K NC V values a thread, 120 at K =
 weight ``softmax * c`` in fp32 and rounded again at the store. In bf16 d/drecon_k is thus
 off by a relative ``2u + u^2`` at most (u = 2^-8) against the pair kernel's ``u``, plus
 what both share (the fp32 weights' error). A backward at grad_output != 1 weighs the
-saved gradient and rounds it once more (about 3u; the pair kernel's u becomes 2u). Everything else (the bound, d/dmu, d/dlogvar,
-d/dz_k, the prior's) is formed in fp32 and rounded once, as the pair kernel's.
+saved gradient and rounds it once more (about 3u; the pair kernel's u becomes 2u).
+Everything else (the bound, d/dmu, d/dlogvar, d/dz_k, the prior's) is formed in fp32 and
+rounded once, as the pair kernel's.
 
 Rows whose log-weights are all -inf weigh 0 (bound -inf, gradients 0); a NaN log-weight
 makes its row's bound and gradients NaN. Offsets are int32 (the host falls back to the
@@ -38,17 +39,9 @@ pair kernel where they would not fit).
 import triton
 import triton.language as tl
 
-from ._math import (FAST_MATH, LIK_BERNOULLI, LOG2_E, LOG_2, exp_, latent_kl_tile, load_f32,
-                    load_prior, log2_, log_, lse_shift, rcp_, store_as, to_f32, weigh)
-
-# What a masked tail lane reads as its logit: factor 1, value 0 (x reads 0), gradient 0;
-# representable in fp16 too.
-MASKED_LOGIT = tl.constexpr(-1.0e4)
-
-
-@triton.jit
-def _mul(a, b):
-    return a * b
+from ._math import (FAST_MATH, LIK_BERNOULLI, LOG2_E, LOG_2, MASKED_LOGIT, exp_,
+                    latent_kl_tile, load_f32, load_prior, log2_, log_, lse_shift, mul, rcp_,
+                    store_as, to_f32, weigh)
 
 
 @triton.jit
@@ -130,7 +123,7 @@ def iwae_bound_row_warps_kernel(
                              other=MASKED_LOGIT))
         v_t, q_t, g_t = _elements(x_t, l_t)
         v_t = tl.sum(tl.reshape(v_t, [RW, 32, TV]), axis=2)     # in-thread: (RW, 32)
-        q_t = tl.reduce(tl.reshape(q_t, [RW, 32, TV]), 2, _mul)
+        q_t = tl.reduce(tl.reshape(q_t, [RW, 32, TV]), 2, mul)
         g_t = _hold(g_t, HOLD)
         k_lane = (tl.arange(0, 32) * TV) // TAIL                 # (32,)
 
@@ -164,7 +157,7 @@ def iwae_bound_row_warps_kernel(
                 acc_q *= q
         # in-thread over a thread's V columns; the product of at most NC V + TV factors
         s_v = tl.sum(tl.reshape(acc_v, [RW, 32, V]), axis=2)    # (RW, 32)
-        p_q = tl.reduce(tl.reshape(acc_q, [RW, 32, V]), 2, _mul)
+        p_q = tl.reduce(tl.reshape(acc_q, [RW, 32, V]), 2, mul)
         if TAIL > 0:
             here = (k_lane == k)[None, :]
             s_v += tl.where(here, v_t, 0.0)

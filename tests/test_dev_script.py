@@ -227,6 +227,23 @@ def test_setup_without_flock_goes_on_unlocked(checkout, tmp_path):
     assert (checkout / ".triton36" / ".fastvae-ready").read_text() == "3.6.0\n"
 
 
+def test_a_lock_that_fails_is_no_busy_lock(checkout, tmp_path):
+    """flock failing for another reason than a lock held (a file system without locks)
+    was said as another ./dev setting up, then the blocking flock failed and stopped
+    setup: it says it cannot lock and builds unlocked."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    fake = bin_ / "flock"
+    fake.write_text("#!/bin/sh\necho 'flock: 9: Operation not supported' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    r = run(["setup"], checkout, checkout / "dev", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "could not lock .dev-setup.lock, so no lock" in r.stderr
+    assert "waiting for it to finish" not in r.stderr
+    assert (checkout / ".triton36" / ".fastvae-ready").read_text() == "3.6.0\n"
+
+
 @pytest.mark.parametrize("left", ["a pip killed midway", "another version"])
 def test_a_triton36_not_finished_is_installed_again(checkout, left):
     """.triton36 counted as ready once it had triton/__init__.py, which a pip killed midway

@@ -49,6 +49,12 @@ class _BoundLoss(_Loss):
         self.likelihood, self.estimator = likelihood, estimator
         self._bits = None if bits is None else checked
 
+    def __setstate__(self, state):
+        # a module pickled when bits was a plain attribute: its value is an explicit one
+        if "bits" in state and "_bits" not in state:
+            state = dict(state, _bits=state.pop("bits"))
+        super().__setstate__(state)
+
     @property
     def bits(self):
         """The DMoL's bit depth (8 unless given); None for every other likelihood."""

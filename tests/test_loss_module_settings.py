@@ -85,3 +85,21 @@ def test_the_dmol_loss_has_no_settings_it_would_ignore():
     assert loss.bits == 5
     for name in ("likelihood", "estimator"):
         assert not hasattr(loss, name)
+
+
+@pytest.mark.parametrize("likelihood,bits", [("bernoulli", None),
+                                             ("discretized_logistic_mixture", 8)])
+def test_a_loss_pickled_with_bits_as_an_attribute_still_runs(likelihood, bits):
+    """A bound loss pickled while ``bits`` was a plain attribute holds it in its state:
+    unpickled, the property reads it (it had no ``_bits``: forward raised
+    AttributeError)."""
+    old = fastvae.ELBOLoss(likelihood=likelihood)
+    state = dict(old.__dict__)
+    del state["_bits"]
+    state["bits"] = bits
+    loss = fastvae.ELBOLoss.__new__(fastvae.ELBOLoss)
+    loss.__setstate__(state)
+    assert loss.bits == (8 if bits else None) and loss._bits == bits
+    if bits is None:
+        args = _latent_inputs()
+        torch.testing.assert_close(loss(*args[:4]), fastvae.ELBOLoss()(*args[:4]))

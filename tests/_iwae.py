@@ -18,6 +18,18 @@ REDUCTIONS = ["none", "mean", "sum"]
 F64 = torch.float64
 
 
+# the Triton backend's IWAE row kernels, and the name each goes by in the tests
+ROW_KERNELS = {"iwae_bound_onepass_kernel": "onepass", "iwae_bound_rows_kernel": "twopass",
+               "iwae_bound_pairs_kernel": "pairs", "iwae_bound_row_warps_kernel": "row_warps"}
+
+
+def row_kernel(launches):
+    """Which row kernel a call's ``launches`` (kernel names) ran: exactly one of them."""
+    rows = [n for n in launches if n in ROW_KERNELS]
+    assert len(rows) == 1, launches
+    return ROW_KERNELS[rows[0]]
+
+
 def make(k, b, data_shape, l, dtype=F64):
     x = torch.rand(b, *data_shape, dtype=dtype)
     recon_k = torch.randn(k, b, *data_shape, dtype=dtype) * 2

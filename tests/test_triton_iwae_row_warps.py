@@ -23,18 +23,12 @@ from _compare import assert_close, grads, leaf, oracle  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import grad_rtol  # noqa: E402
 from _iwae import make_like as iwae_inputs  # noqa: E402
+from _iwae import row_kernel  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
 BF16, F32, F64 = torch.bfloat16, torch.float32, torch.float64
-KERNEL = "iwae_bound_row_warps_kernel"
-PAIRS = "iwae_bound_pairs_kernel"
+KERNEL, PAIRS = "row_warps", "pairs"   # as _iwae.row_kernel names them
 NAMES = ("recon_k", "mu", "logvar", "z_k", "prior_mu", "prior_logvar")
-
-
-def _row_kernel(launches):
-    rows = [n for n in launches if n.startswith("iwae_bound_")]
-    assert len(rows) == 1, launches
-    return rows[0]
 
 
 def _recon_bound(want, d, roundings=2):
@@ -64,7 +58,7 @@ def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
     ins = [recon, mu, lv, z, pm, plv]
     got = fastvae.iwae_bound(x, recon, mu, lv, z, prior_mu=pm, prior_logvar=plv,
                              backend="triton", **opts)
-    assert _row_kernel(launches) == KERNEL, launches
+    assert row_kernel(launches) == KERNEL, launches
     o = oracle(x, *ins)
     want = fastvae.iwae_bound(*o[:5], prior_mu=o[5], prior_logvar=o[6], backend="reference",
                               **opts)
@@ -149,7 +143,7 @@ def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
         mu[0], lv[0], z[:, 0] = 0.0, 2.0, 1e30
         recon[1, 2, 5] = math.nan
     v = fastvae.iwae_bound(x, recon, mu, lv, z, reduction="none", backend="triton")
-    assert _row_kernel(launches) == KERNEL
+    assert row_kernel(launches) == KERNEL
     assert v[0].item() == -math.inf and math.isnan(v[2].item())
     g = grads(v[[0, 1, 3]], [recon, mu, lv, z])
     for name, t, sampled in zip(NAMES, g, (True, False, False, True)):
@@ -194,7 +188,7 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
             fastvae.iwae_bound(x.detach().requires_grad_(grad_x),
                                recon.detach().requires_grad_(grad_r), mu, lv, z,
                                backend="triton")
-        return _row_kernel(launches)
+        return row_kernel(launches)
     assert kernel(BF16) == KERNEL
     assert kernel(torch.float16) == kernel(F32) == kernel(BF16, grad_r=False) == PAIRS
     assert kernel(BF16, d=592) == kernel(BF16, d=688) == PAIRS
@@ -217,7 +211,7 @@ def test_a_prior_past_int32_takes_int64_offsets(seed, launches, gpu_tiles, monke
     def kernel():
         del launches[:]
         fastvae.iwae_bound(x.detach(), recon, mu, lv, z, backend="triton", **prior)
-        return _row_kernel(launches)
+        return row_kernel(launches)
     assert kernel() == KERNEL
     monkeypatch.setattr(configs, "INT32_LIMIT", 20000)
     assert kernel() == PAIRS

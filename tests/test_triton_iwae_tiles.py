@@ -27,18 +27,9 @@ from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import check as check_iwae  # noqa: E402
 from _iwae import eager_fp32  # noqa: E402
 from _iwae import make_like as iwae_inputs  # noqa: E402
+from _iwae import row_kernel  # noqa: E402
 
 F32 = torch.float32
-ROW_KERNELS = ("iwae_bound_onepass_kernel", "iwae_bound_rows_kernel", "iwae_bound_pairs_kernel",
-               "iwae_bound_row_warps_kernel")
-
-
-def row_kernel(launches):
-    rows = [n for n in launches if n in ROW_KERNELS]
-    assert len(rows) == 1, launches
-    return dict(zip(ROW_KERNELS, ("onepass", "twopass", "pairs", "row_warps")))[rows[0]]
-
-
 # -- the IWAE bound: which kernel, and every shipped tile ----------------------------------------
 
 @pytest.mark.parametrize("k,like", [(k, like) for k in (1, 4, 8, 9) for like in

@@ -33,6 +33,14 @@ class _Loss(nn.Module):
         return [f"{k}={getattr(self, k)!r}" for k in ("backend", "validate")
                 if getattr(self, k) is not None]
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script asks this of a module and of each submodule before compiling:
+        # the ops are Python that TorchScript cannot compile, and its own error named a
+        # line of this file (a property setter) as the cause
+        raise TypeError(f"{type(self).__name__} cannot be compiled by torch.jit.script "
+                        "(fastvae's ops are Python); use torch.compile, or torch.jit.trace, "
+                        "which records the reference math")
+
 
 class _BoundLoss(_Loss):
     """A bound's loss: a likelihood (with its ``bits``) and an estimator besides.

@@ -103,3 +103,16 @@ def test_a_loss_pickled_with_bits_as_an_attribute_still_runs(likelihood, bits):
     if bits is None:
         args = _latent_inputs()
         torch.testing.assert_close(loss(*args[:4]), fastvae.ELBOLoss()(*args[:4]))
+
+
+@pytest.mark.parametrize("make", [fastvae.ELBOLoss, fastvae.IWAELoss,
+                                  fastvae.DiscretizedLogisticMixtureNLLLoss])
+def test_torch_jit_script_is_refused_in_one_line(make):
+    """TorchScript cannot compile the ops; its own error named a property setter of
+    loss.py. A model holding the loss is refused the same way."""
+    with pytest.raises(TypeError, match=r"cannot be compiled by torch\.jit\.script"):
+        torch.jit.script(make())
+    model = torch.nn.Module()
+    model.loss = make()
+    with pytest.raises(TypeError, match=r"cannot be compiled by torch\.jit\.script"):
+        torch.jit.script(model)

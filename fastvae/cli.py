@@ -383,13 +383,12 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt as e:
         # one Ctrl-C reaches every rank: rank 0 alone says so. A SIGTERM may have reached
-        # this rank alone (a kill of its pid, a scheduler's stop on its node): each rank it
-        # reaches says so, or one stopped alone is named by torchrun's exit code only
+        # this rank alone (a kill of its pid, a scheduler's stop on its node), every rank
+        # (a scheduler's stop of the job), or come from torchrun stopping the others after
+        # one failed, which no rank can tell apart: each rank it reaches says so, and
+        # nothing more, or one stopped alone is named by torchrun's exit code only
         if not quiet or isinstance(e, Terminated):
-            line = _interrupted_line(args.command, e)
-            if isinstance(e, Terminated) and world > 1 and not quiet:
-                line += " (torchrun stops every process once one fails: see its error)"
-            print(_ranked(line), file=sys.stderr)
+            print(_ranked(_interrupted_line(args.command, e)), file=sys.stderr)
         return 128 + signal.SIGTERM if isinstance(e, Terminated) else 130
     finally:   # --threads is for this command only (main may be called in a process)
         torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ ranks equals the single-process gradient of the same global batch, and
 import datetime
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import _torchrun
 from fastvae import models
 from fastvae.models import VAE
 from fastvae.train import batch_loss
@@ -94,26 +94,12 @@ def test_ddp_gradient_equals_single_process_gradient(tmp_path, monkeypatch):
     assert not torch.allclose(_grads(half)["decoder.0.weight"], want["decoder.0.weight"])
 
 
-def _torchrun_env(tmp_path) -> dict:
-    """The environment of a torchrun under test: one thread a rank on a 2-core machine, and
-    a temporary folder of the test's own (torchrun leaves its log folder, a
-    ``torchelastic_*`` one, in the temporary folder when it exits)."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir(exist_ok=True)
-    return dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
-
-
 def test_torchrun_trains_with_rank0_writing(tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
     out = tmp_path / "run"
-    env = _torchrun_env(tmp_path)
-    r = subprocess.run(
-        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
-         "--epochs", "1", "--hidden", "32", "--latent", "2", "--batch-size", "128",
-         "--iwae-k", "5", "--no-progress", "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, timeout=240, env=env)
+    env = _torchrun.env(tmp_path)
+    r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--epochs", "1", "--hidden", "32",
+                      "--latent", "2", "--batch-size", "128", "--iwae-k", "5", "--no-progress",
+                      "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == WORLD and m["device"] == "cpu"
@@ -123,10 +109,8 @@ def test_torchrun_trains_with_rank0_writing(tmp_path):
     per_rank = state["rng"]["per_rank"]
     assert len(per_rank) == WORLD and not torch.equal(per_rank[0]["torch"], per_rank[1]["torch"])
     # a resume past its target: every rank meets it; rank 0 alone says so, once
-    r = subprocess.run(
-        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
-         "--resume", "--out", str(out), "--epochs", "1", "--no-progress"],
-        capture_output=True, text=True, timeout=240, env=env)
+    r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--resume", "--out", out,
+                      "--epochs", "1", "--no-progress")
     lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
     assert r.returncode != 0 and len(lines) == 1 and "--epochs 1" in lines[0], r.stderr
     assert not lines[0].startswith("[rank"), lines
@@ -142,14 +126,8 @@ def test_torchrun_trains_with_rank0_writing(tmp_path):
 def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
     """Every rank meets a bad flag alike: rank 0 alone prints it. A global batch that
     does not split evenly among the ranks is refused, not rounded up per rank."""
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
-    r = subprocess.run(
-        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
-         "--epochs", "1", "--batch-size", "33", "--no-progress", "--device", "cpu",
-         "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=240, env=_torchrun_env(tmp_path))
+    r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--epochs", "1", "--batch-size", "33",
+                      "--no-progress", "--device", "cpu", "--out", tmp_path / "run")
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
     assert lines == ["fastvae train: error: --batch-size: global batch of 33 does not split "
@@ -158,11 +136,9 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
     # fewer training images than ranks: an epoch would give a rank none
     import numpy as np
     np.save(tmp_path / "two.npy", np.zeros((2, 4, 4), np.uint8))
-    r = subprocess.run(
-        [torchrun, "--standalone", f"--nproc_per_node={WORLD}", "-m", "fastvae", "train",
-         "--epochs", "1", "--batch-size", "2", "--no-progress", "--device", "cpu",
-         "--iwae-k", "0", "--dataset", str(tmp_path / "two.npy"), "--out", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=240, env=_torchrun_env(tmp_path))
+    r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--epochs", "1", "--batch-size", "2",
+                      "--no-progress", "--device", "cpu", "--iwae-k", "0",
+                      "--dataset", tmp_path / "two.npy", "--out", tmp_path / "r")
     lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
     assert lines == [f"fastvae train: error: two.npy: 1 training image(s) for {WORLD} "
                      "processes; each needs at least one"], r.stderr

@@ -4,25 +4,15 @@ folder they hold no lock on) and evaluates the test set (every rank evaluated it
 same numbers N times over), and every epoch visits the data in a new order
 (DistributedSampler's order depends on the epoch given to it), as a single process
 reshuffles each epoch."""
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
-
-import pytest
+import _torchrun
 
 
 def _train_with(tmp_path, name: str, logged: str) -> list:
     """The lines ``fastvae.train.<name>`` logged (``logged``: an f-string expression of
     its arguments) over a 2-epoch run on 2 ranks."""
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
     log = tmp_path / "calls"
-    script = tmp_path / "wrapped.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
+    script = _torchrun.command(tmp_path, f"""
+        import os
         import fastvae.train as T
         real = T.{name}
         def wrapped(*args):
@@ -32,17 +22,9 @@ def _train_with(tmp_path, name: str, logged: str) -> list:
                     f.write(line + "\\n")
             return real(*args)
         T.{name} = wrapped
-        from fastvae.cli import main
-        sys.exit(main(sys.argv[1:]))
-    """))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), "train",
-                        "--epochs", "2", "--hidden", "16", "--latent", "2", "--batch-size",
-                        "256", "--iwae-k", "0", "--no-progress", "--device", "cpu", "--out",
-                        str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=240, env=env)
+    """)
+    r = _torchrun.run(tmp_path, script, *_torchrun.TRAIN, "--epochs", "2",
+                      "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr[-3000:]
     return log.read_text().split()
 

@@ -2,13 +2,12 @@
 alone runs it, as one process would (every rank printed the same numbers, and wrote the same
 picture, again); a bad flag is said once; ``-n`` passes torchrun's own parser, which takes
 ``--n`` for an ambiguous abbreviation of its options and stops before fastvae runs."""
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+import _torchrun
 from fastvae import cli
 
 
@@ -50,21 +49,15 @@ def test_rank_1_evaluates_and_samples_nothing(run, tmp_path, monkeypatch, capsys
 
 
 def test_under_torchrun_eval_prints_once_and_sample_takes_n(run, tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
-    (tmp_path / "tmp").mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path / "tmp"))
+    _torchrun.torchrun()   # skips the test without it
     args = ["eval", str(run), "--k", "2", "--limit", "10", "--json"]
     single = subprocess.run([sys.executable, "-m", "fastvae", *args], capture_output=True,
-                            text=True, timeout=240, env=env).stdout   # the same threads
-    assert '"iwae_nll"' in single
-    base = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "fastvae"]
-    r = subprocess.run([*base, *args], capture_output=True, text=True, timeout=240, env=env)
+                            text=True, timeout=240, env=_torchrun.env(tmp_path)).stdout
+    assert '"iwae_nll"' in single   # with the same threads as a rank
+    r = _torchrun.run(tmp_path, "-m", "fastvae", *args)
     assert r.returncode == 0 and r.stdout == single, r.stdout + r.stderr[-3000:]
     png = tmp_path / "s.png"
-    r = subprocess.run([*base, "sample", str(run), "-n", "5", "--out", str(png)],
-                       capture_output=True, text=True, timeout=240, env=env)
+    r = _torchrun.run(tmp_path, "-m", "fastvae", "sample", run, "-n", "5", "--out", png)
     assert r.returncode == 0 and r.stdout.count("wrote 5 samples") == 1, r.stderr[-3000:]
     assert png.read_bytes()[:4] == b"\x89PNG"
 

@@ -6,21 +6,17 @@ threads ran on into the interpreter's finalization, where one releasing a finish
 collective's work took the GIL and the rank aborted (signal 6, reported by torchrun as a
 failure; most often after a SIGTERM to one rank, now and then after a good run)."""
 import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
+
+import _torchrun
 
 GLOO_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="threads named in /proc")
 def test_no_gloo_thread_outlives_the_command(tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
     script = tmp_path / "wrapped.py"
     script.write_text(textwrap.dedent(f"""
         import glob, os, sys
@@ -34,14 +30,7 @@ def test_no_gloo_thread_outlives_the_command(tmp_path):
             f.write(" ".join(n for n in names if n in {GLOO_THREADS!r}))
         sys.exit(status)
     """))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp))
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script), "train",
-                        "--epochs", "1", "--hidden", "16", "--latent", "2", "--iwae-k", "0",
-                        "--batch-size", "256", "--no-progress", "--device", "cpu",
-                        "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, timeout=240, env=env)
+    r = _torchrun.run(tmp_path, script, *_torchrun.TRAIN, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1):
         assert (tmp_path / f"threads.{rank}").read_text() == "", rank
@@ -88,9 +77,6 @@ def test_a_failure_every_rank_raises_together_frees_the_group(tmp_path):
     group kept, as after a rank's own failure: its gloo threads ran into the
     interpreter's exit, which may abort the process. No collective is unfinished there,
     so the group is torn down as after a good run."""
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
     script = tmp_path / "api.py"
     script.write_text(textwrap.dedent(f"""
         import glob, os
@@ -109,11 +95,7 @@ def test_a_failure_every_rank_raises_together_frees_the_group(tmp_path):
             f.write(f"{{said}} {{ranks.group_kept()}} "
                     + " ".join(n for n in names if n in {GLOO_THREADS!r}))
     """))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(script)],
-                       capture_output=True, text=True, timeout=240,
-                       env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp)))
+    r = _torchrun.run(tmp_path, script)
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1):
         assert (tmp_path / f"kept.{rank}").read_text().strip() == "--batch-size False", rank

@@ -3,37 +3,24 @@ pid, a scheduler's stop on its node): that rank says so in one line, named by it
 rank other than 0 died without a word, torchrun's exit code 143 the only trace), and rank 0
 stops too, saying so, instead of waiting."""
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
-import pytest
+import _torchrun
 
 
 def test_a_sigterm_to_rank_1_alone_is_said_by_it_and_stops_rank_0(tmp_path):
-    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    if torchrun is None:
-        pytest.skip("torchrun not installed next to this python")
-    script = tmp_path / "wrapped.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
+    script = _torchrun.command(tmp_path, f"""
+        import os
         with open({str(tmp_path)!r} + "/pid." + os.environ["RANK"], "w") as f:
             f.write(str(os.getpid()))
-        from fastvae.cli import console
-        sys.exit(console(sys.argv[1:]))
-    """))
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    """)
     run = tmp_path / "run"
-    p = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node=2", str(script), "train",
-                          "--epochs", "1000", "--hidden", "16", "--latent", "2",
-                          "--batch-size", "256", "--iwae-k", "0", "--no-progress",
-                          "--device", "cpu", "--out", str(run)],
+    p = subprocess.Popen([*_torchrun.torchrun(), str(script), *_torchrun.TRAIN,
+                          "--epochs", "1000", "--out", str(run)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp)))
+                         env=_torchrun.env(tmp_path))
     try:
         deadline = time.monotonic() + 120
         while not (run / "checkpoint.pt").is_file() and p.poll() is None:

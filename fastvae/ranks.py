@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import torch
 
@@ -36,6 +37,7 @@ def together(fn, rank: int, world: int, group=None):
         out, err = fn(), None
     except Exception as e:   # any: a rank that skipped the gather would hang the others
         out, err = None, e
+    _arrive(group)
     said = [None] * world
     torch.distributed.all_gather_object(said, None if err is None else str(err), group=group)
     failed = [(r, s) for r, s in enumerate(said) if s is not None]
@@ -46,6 +48,21 @@ def together(fn, rank: int, world: int, group=None):
     if all(s == said[0] for _, s in failed):
         raise _together(err)
     raise _together(RankError("; ".join(f"rank {r}: {s}" for r, s in failed))) from err
+
+
+def _arrive(group) -> None:
+    """Wait for every rank of ``group`` to get here, in Python where the group is gloo's
+    (the ``waits`` group always is): a rank blocked in a collective runs no signal handler
+    until it ends, so a SIGTERM to a rank waiting out rank 0's evaluation (hours, for a
+    conv model's final estimate on a CPU) was handled only then, past a scheduler's grace
+    period, whose SIGKILL ended the rank without a word. A rank that leaves this wait
+    leaves the barrier unfinished: its group is kept (:func:`end_group`)."""
+    if torch.distributed.get_backend(group) != "gloo":   # NCCL's waits are brief
+        return
+    work = torch.distributed.barrier(group=group, async_op=True)
+    while not work.is_completed():   # true too once a peer is lost: wait() raises it
+        time.sleep(0.01)
+    work.wait()
 
 
 def _together(e: BaseException) -> BaseException:
@@ -91,10 +108,11 @@ def end_group(failed: bool) -> None:
     """destroy_process_group; after a failure that may have left a collective of this rank
     unfinished (a stop, a lost peer, an error of this rank's own) the group itself is
     kept: its destructor waits for this rank's collectives, and one another rank will
-    never join (a SIGTERM to this rank alone, mid-step) would hang the rank for good. An
-    error every rank raised at the same point (:func:`in_step`) is no such failure."""
+    never join (a SIGTERM to this rank alone, mid-step) would hang the rank for good. So
+    are its other groups (the ``waits`` group of :func:`together`'s barrier). An error
+    every rank raised at the same point (:func:`in_step`) is no such failure."""
     if failed:
-        _held.append(torch.distributed.distributed_c10d._get_default_group())
+        _held.extend(torch.distributed.distributed_c10d._world.pg_map)
     torch.distributed.destroy_process_group()
 
 

@@ -2,6 +2,7 @@
 pid, a scheduler's stop on its node): that rank says so in one line, named by its rank (a
 rank other than 0 died without a word, torchrun's exit code 143 the only trace), and rank 0
 stops too, saying so, instead of waiting."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,3 +42,46 @@ def test_a_sigterm_to_rank_1_alone_is_said_by_it_and_stops_rank_0(tmp_path):
     assert any(line.startswith(("fastvae train: error: another process of the run failed or "
                                 "was stopped", "fastvae train: terminated (SIGTERM)"))
                for line in said), err[-3000:]
+
+
+def test_a_sigterm_to_rank_1_waiting_for_rank_0_s_evaluation_is_handled_at_once(tmp_path):
+    """Rank 1 waits while rank 0 evaluates the test set (hours, for a large estimate): a
+    wait in a collective ran no signal handler until the collective ended, so its SIGTERM
+    was handled only after the evaluation, past a scheduler's grace period."""
+    script = _torchrun.command(tmp_path, f"""
+        import os, time
+        import fastvae.train as T
+        with open({str(tmp_path)!r} + "/pid." + os.environ["RANK"], "w") as f:
+            f.write(str(os.getpid()))
+        real, calls = T.evaluate, []
+
+        def slow(*args):   # the epoch's evaluation, after the untrained model's
+            calls.append(1)
+            if len(calls) == 2:
+                open({str(tmp_path)!r} + "/evaluating", "w").close()
+                time.sleep(120)
+            return real(*args)
+        T.evaluate = slow
+    """)
+    p = subprocess.Popen([*_torchrun.torchrun(), str(script), *_torchrun.TRAIN,
+                          "--out", str(tmp_path / "run")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_torchrun.env(tmp_path))
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "evaluating").is_file() and p.poll() is None:
+            assert time.monotonic() < deadline, "no evaluation within 120 s"
+            time.sleep(0.05)
+        time.sleep(1)   # rank 1 in its wait
+        os.kill(int((tmp_path / "pid.1").read_text()), signal.SIGTERM)
+        # rank 1 stops, then torchrun stops rank 0 (its evaluation would take 120 s more)
+        _, err = p.communicate(timeout=45)
+    finally:
+        if p.poll() is None:   # its ranks too: rank 0 would sleep on, orphaned
+            p.kill()
+            for pid in tmp_path.glob("pid.*"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid.read_text()), signal.SIGKILL)
+    said = [line for line in err.splitlines() if line.startswith("[rank 1] fastvae train:")]
+    assert said == ["[rank 1] fastvae train: terminated (SIGTERM) before its first checkpoint; "
+                    "nothing to resume"], err[-3000:]

@@ -272,6 +272,15 @@ def _ranked(line: str) -> str:
     return f"[rank {rank}] {line}" if rank else line
 
 
+def _say(line: str, rank_0_says_it: bool) -> None:
+    """``line`` printed, or, where rank 0 prints it (a failure every rank meets, or one
+    rank 0 reports for them all), left for torchrun's report of this rank alone."""
+    if rank_0_says_it:
+        ranks.leave_word(line)
+    else:
+        print(line, file=sys.stderr)
+
+
 def _peer_lost(e: BaseException) -> bool:
     """Whether ``e`` is a collective failing because another process of the run is gone
     (gloo's "Connection closed by peer", NCCL's errors, torch's DistError)."""
@@ -345,13 +354,12 @@ def main(argv=None) -> int:
             raise
         line = f"fastvae {args.command}: error: {e}"
         resume = _resume_command(e)   # train's file system refusals
-        if not (quiet and getattr(e, "alike", False)):
-            print(_ranked(line if resume is None else
-                          f"{line}; {resume} from its last checkpoint"), file=sys.stderr)
+        line = _ranked(line if resume is None else f"{line}; {resume} from its last checkpoint")
+        _say(line, quiet and getattr(e, "alike", False))
         return 2
     except NonFiniteLoss as e:
-        if not (quiet and getattr(e, "alike", False)):
-            print(_ranked(f"fastvae {args.command}: training stopped: {e}"), file=sys.stderr)
+        _say(_ranked(f"fastvae {args.command}: training stopped: {e}"),
+             quiet and getattr(e, "alike", False))
         return 3
     except (RuntimeError, MemoryError) as e:  # out of memory: --hidden, --batch-size, --n,
         # --k too big (numpy's picture grid raises MemoryError)

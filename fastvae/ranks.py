@@ -4,6 +4,7 @@ alike (so that rank 0 alone reports them, :func:`together` where only the ranks 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import time
 
@@ -39,13 +40,17 @@ def together(fn, rank: int, world: int, group=None):
         out, err = None, e
     _arrive(group)
     said = [None] * world
-    torch.distributed.all_gather_object(said, None if err is None else str(err), group=group)
-    failed = [(r, s) for r, s in enumerate(said) if s is not None]
+    torch.distributed.all_gather_object(
+        said, None if err is None else (str(err), type(err).__name__), group=group)
+    failed = [(r, s[0]) for r, s in enumerate(said) if s is not None]
     if not failed:
         return out
     if rank:
-        raise _together(alike(err if err is not None else RankError("another rank stopped")))
-    if all(s == said[0] for _, s in failed):
+        if err is None:   # what rank 0 reports, for torchrun's entry of this rank (cli)
+            err = RankError("stopped with the run: " + "; ".join(
+                f"rank {r}: {said[r][1]}: {s}" for r, s in failed))
+        raise _together(alike(err))
+    if said[0] is not None and all(s == said[0][0] for _, s in failed):
         raise _together(err)
     raise _together(RankError("; ".join(f"rank {r}: {s}" for r, s in failed))) from err
 
@@ -68,6 +73,23 @@ def _arrive(group) -> None:
 def _together(e: BaseException) -> BaseException:
     e.together = True
     return e
+
+
+def leave_word(line: str) -> None:
+    """``line`` as this process's failure, where torchrun reads it (its error file), for a
+    rank that prints nothing because rank 0 reports what stopped the run. torchrun names
+    the first process it sees fail as the root cause: often such a rank (it returns while
+    rank 0 is still printing), shown as exit code 2 with no message, the real cause left
+    to a list of other failures or, torchrun having stopped rank 0, unnamed. Not under
+    torchrun, nothing."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": line, "timestamp": int(time.time())}, f)
+    except OSError:   # its report is torchrun's alone: the exit status still goes out
+        pass
 
 
 def in_step(e: BaseException) -> bool:

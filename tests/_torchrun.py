@@ -4,6 +4,7 @@ something of train's replaced first, and a tiny training run's flags."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,13 @@ def run(tmp_path, *args, timeout: float = 240) -> subprocess.CompletedProcess:
     """``torchrun`` with 2 ranks running ``args``, its output captured."""
     return subprocess.run([*torchrun(), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env(tmp_path))
+
+
+def said(stderr: str, prefix: str = "fastvae train:") -> list:
+    """The lines of ``stderr`` the ranks printed that start with ``prefix`` (after a
+    ``[rank N]``), not torchrun's report, which repeats a quiet rank's (ranks.leave_word)."""
+    return [line for line in stderr.splitlines()
+            if re.match(r"(\[rank \d+\] )?" + re.escape(prefix), line)]
 
 
 def command(tmp_path, setup: str = "", name: str = "wrapped.py"):

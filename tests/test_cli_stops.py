@@ -334,7 +334,7 @@ def test_a_nan_one_rank_met_alone_at_epoch_end_is_named_by_rank_0(monkeypatch):
     from fastvae import ranks
 
     def gather(said, mine, group=None):
-        said[:] = [mine, "non-finite test elbo (nan) after epoch 1"]
+        said[:] = [mine, ("non-finite test elbo (nan) after epoch 1", "NonFiniteLoss")]
     monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
     monkeypatch.setattr(ranks, "_arrive", lambda group: None)
     with pytest.raises(ranks.RankError, match=r"^rank 1: non-finite test elbo"):

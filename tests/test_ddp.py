@@ -111,7 +111,7 @@ def test_torchrun_trains_with_rank0_writing(tmp_path):
     # a resume past its target: every rank meets it; rank 0 alone says so, once
     r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--resume", "--out", out,
                       "--epochs", "1", "--no-progress")
-    lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
+    lines = _torchrun.said(r.stderr, "fastvae train: error")
     assert r.returncode != 0 and len(lines) == 1 and "--epochs 1" in lines[0], r.stderr
     assert not lines[0].startswith("[rank"), lines
     # resumed by one process: it continues, and says it is not the run torchrun would make
@@ -129,7 +129,7 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
     r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--epochs", "1", "--batch-size", "33",
                       "--no-progress", "--device", "cpu", "--out", tmp_path / "run")
     assert r.returncode != 0
-    lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
+    lines = _torchrun.said(r.stderr, "fastvae train: error")
     assert lines == ["fastvae train: error: --batch-size: global batch of 33 does not split "
                      f"evenly among {WORLD} processes; use a multiple of {WORLD}"], r.stderr
     assert not (tmp_path / "run").exists()
@@ -139,7 +139,7 @@ def test_torchrun_says_an_error_once_and_refuses_an_uneven_batch(tmp_path):
     r = _torchrun.run(tmp_path, "-m", "fastvae", "train", "--epochs", "1", "--batch-size", "2",
                       "--no-progress", "--device", "cpu", "--iwae-k", "0",
                       "--dataset", tmp_path / "two.npy", "--out", tmp_path / "r")
-    lines = [l for l in r.stderr.splitlines() if "fastvae train: error" in l]
+    lines = _torchrun.said(r.stderr, "fastvae train: error")
     assert lines == [f"fastvae train: error: two.npy: 1 training image(s) for {WORLD} "
                      "processes; each needs at least one"], r.stderr
 
@@ -159,7 +159,7 @@ def _together_worker(rank, port, out):
         return fn
     seen = []
     try:
-        for on in ((), (1,), (0, 1)):
+        for on in ((), (1,), (0, 1), (0,)):
             try:
                 seen.append(("ok", ranks.together(fails(*on), rank, WORLD)))
             except ValueError as e:
@@ -174,7 +174,8 @@ def _together_worker(rank, port, out):
 def test_a_collective_check_is_reported_once_by_rank_0_and_never_lost(tmp_path):
     """ranks.together: nothing failed, every rank goes on; one rank's own failure reaches
     rank 0's report (that rank's own is left quiet); the same failure on every rank is
-    rank 0's own error, once."""
+    rank 0's own error, once. A rank stopped by another's failure knows what it was (for
+    torchrun's report of it: rank 0 prints the failure)."""
     _spawn(_together_worker, (_free_port(), str(tmp_path / "t")), timeout=120)
     r0, r1 = (json.loads((tmp_path / f"t.{r}").read_text()) for r in range(WORLD))
     assert r0[0] == ["ok", 0] and r1[0] == ["ok", 1]
@@ -182,6 +183,8 @@ def test_a_collective_check_is_reported_once_by_rank_0_and_never_lost(tmp_path):
     assert r1[1] == ["ValueError", "rank 1's own", True]      # quiet: rank 0 said it
     assert r0[2] == ["ValueError", "the flags", False]
     assert r1[2] == ["ValueError", "the flags", True]
+    assert r0[3] == ["ValueError", "rank 0's own", False]
+    assert r1[3] == ["RankError", "stopped with the run: rank 0: ValueError: rank 0's own", True]
 
 
 def test_ranks_resumed_in_another_number_draw_their_own_noise():

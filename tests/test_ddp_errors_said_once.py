@@ -13,7 +13,7 @@ import _torchrun
 def _said_once(tmp_path, script, *flags):
     r = _torchrun.run(tmp_path, *script, *_torchrun.TRAIN, "--out", tmp_path / "run", *flags)
     assert r.returncode != 0
-    said = [line for line in r.stderr.splitlines() if "fastvae train:" in line]
+    said = _torchrun.said(r.stderr)
     codes = [line.split(":")[1].split()[0] for line in r.stderr.splitlines()
              if line.strip().startswith("exitcode")]
     # 1: a lost peer's code (rank 0's teardown may still meet torchrun's SIGTERM)
@@ -55,3 +55,55 @@ def test_a_non_finite_test_elbo_every_rank_finds_is_said_once(tmp_path):
     """)
     line = _said_once(tmp_path, [script])
     assert "training stopped: non-finite test elbo" in line and not line.startswith("[rank")
+
+
+def test_torchrun_s_report_of_a_rank_stopped_by_rank_0_s_error_names_that_error(tmp_path):
+    """Rank 0's error that the command does not word (a traceback), in a check every rank
+    shares: rank 1, stopped by it, returns first, and torchrun named it the root cause
+    (exit code 2, no message), rank 0's traceback left to its list of other failures, or
+    rank 0 stopped by torchrun's SIGTERM while it printed it. Rank 1's entry says why."""
+    script = _torchrun.command(tmp_path, """
+        import fastvae.train as T
+        real, calls = T.evaluate, []
+        def evaluate(*args, **kwargs):   # the epoch's, after the untrained model's
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("a bug of rank 0's own")
+            return real(*args, **kwargs)
+        T.evaluate = evaluate
+    """)
+    r = _torchrun.run(tmp_path, script, *_torchrun.TRAIN, "--out", tmp_path / "run")
+    assert "RuntimeError: a bug of rank 0's own" in r.stderr, r.stderr[-3000:]
+    entries, rank = {}, None   # torchrun's report: each failed rank's exit code and message
+    for line in r.stderr.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "rank":
+            rank = int(value.split()[0])
+        elif key.strip() in ("exitcode", "traceback") and rank is not None:
+            entries.setdefault(rank, {})[key.strip()] = value.strip()
+    assert 1 in entries, r.stderr[-3000:]
+    if entries[1]["exitcode"].startswith("2 "):   # else torchrun stopped it, after rank 0
+        assert entries[1]["traceback"] == ("[rank 1] fastvae train: error: stopped with the "
+                                           "run: rank 0: RuntimeError: a bug of rank 0's own")
+
+
+def test_a_rank_that_leaves_its_error_to_rank_0_leaves_word_for_torchrun(
+        monkeypatch, capsys, tmp_path):
+    import json
+
+    from fastvae import cli, ranks, train as T
+
+    def stopped(cfg, log=print):
+        raise ranks.alike(ranks.RankError("stopped with the run: rank 0: OSError: full"))
+    monkeypatch.setattr(T, "train", stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    assert cli.main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ""   # rank 0 says it
+    assert json.loads((tmp_path / "error.json").read_text())["message"] == (
+        "[rank 1] fastvae train: error: stopped with the run: rank 0: OSError: full")
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")   # not under torchrun: nothing written
+    (tmp_path / "error.json").unlink()
+    assert cli.main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "error.json").exists()

@@ -32,7 +32,7 @@ def test_a_sigterm_to_rank_1_alone_is_said_by_it_and_stops_rank_0(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-    said = [line for line in err.splitlines() if "fastvae train:" in line]
+    said = _torchrun.said(err)
     resume = f"`torchrun --nproc_per_node=2 -m fastvae train --resume --out {run} --epochs 1000`"
     assert len(said) == 2, err[-3000:]
     assert said[0 if said[0].startswith("[rank 1]") else 1] == (

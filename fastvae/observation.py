@@ -22,7 +22,8 @@ DEFAULT_N_MIX = 10
 # The models' DMoL data grid: the default ``bits`` (8-bit images, k / 255) of
 # fastvae.elbo / iwae_bound, which the models call without it.
 DMOL_BITS = DMOL_DEFAULT_BITS
-# One chunk of ``sample``: about 16 MiB of float32 decoder output, so the memory of n
+# One chunk of ``sample``: about 16 MiB of float32 in the widest tensor a decoder pass
+# holds (row_elements: the output, or a wider feature map), so the memory of n
 # draws does not grow with n beyond the images; but never fewer than SAMPLE_CHUNK_MIN
 # images, so a picture of up to 64 draws (samples.png) is one chunk, drawn from the
 # seed's stream exactly as when every draw was decoded at once.

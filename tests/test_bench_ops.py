@@ -111,6 +111,33 @@ def test_the_dmol_eager_baseline_makes_each_full_size_intermediate_once():
     assert "div" not in count.ops, count.ops
 
 
+@pytest.mark.parametrize("op", ["sample_with_kl", "kl_normal"])
+def test_a_16_bit_eager_kl_step_casts_no_cotangent(op):
+    """The KL's per-row cotangent is float32; eager's 16-bit KL needs it in 16 bits, fastvae's
+    float32 KL as it is. Cast in every timed call, it was a copy only eager paid."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastvae.bench.harness import make_inputs
+
+    case = bench.Case(op, 4, 0, 8, dtype=torch.bfloat16)
+    step = core.OPS[op].variants["eager"].build(case, make_inputs(core.OPS[op], case, 0))
+    step()
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "_to_copy":
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Copies() as copies:
+        step()
+    assert (case.batch,) not in copies.shapes, copies.shapes
+
+
 def test_every_spec_module_is_registered_and_has_a_suite():
     """Adding an op = a spec module in fastvae/bench/specs/ + benchmarks/bench_<op>.py."""
     import importlib

@@ -90,6 +90,15 @@ def _make(get_fn, backend, with_z=True):
         fn = get_fn()
         leaves = [inputs[n] for n in NAMES]
 
+        cotangents = {}
+
+        def dkl(dtype):
+            # once per dtype: a cast in each call is a copy that eager's 16-bit KL pays and
+            # fastvae's float32 KL does not
+            if dtype not in cotangents:
+                cotangents[dtype] = inputs["dkl"].to(dtype)
+            return cotangents[dtype]
+
         def release():
             for t in leaves:
                 t.grad = None
@@ -99,9 +108,9 @@ def _make(get_fn, backend, with_z=True):
             out = fn(*leaves)
             if with_z:
                 z, kl = out
-                torch.autograd.backward([z, kl], [inputs["dz"], inputs["dkl"].to(kl.dtype)])
+                torch.autograd.backward([z, kl], [inputs["dz"], dkl(kl.dtype)])
                 return (z.detach(), kl.detach(), *(t.grad for t in leaves))
-            out.backward(inputs["dkl"].to(out.dtype))
+            out.backward(dkl(out.dtype))
             return (out.detach(), *(t.grad for t in leaves))
         step.release = release
         return step

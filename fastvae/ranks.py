@@ -85,9 +85,12 @@ def leave_word(line: str) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
+    # the layout torch's @record writes: for a plain string message torchrun warns twice
+    # (a "new message format") on every such failure and cannot add the exit code to it
+    word = {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}
     try:
         with open(path, "w") as f:
-            json.dump({"message": line, "timestamp": int(time.time())}, f)
+            json.dump({"message": word}, f)
     except OSError:   # its report is torchrun's alone: the exit status still goes out
         pass
 

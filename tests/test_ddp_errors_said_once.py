@@ -89,8 +89,6 @@ def test_torchrun_s_report_of_a_rank_stopped_by_rank_0_s_error_names_that_error(
 
 def test_a_rank_that_leaves_its_error_to_rank_0_leaves_word_for_torchrun(
         monkeypatch, capsys, tmp_path):
-    import json
-
     from fastvae import cli, ranks, train as T
 
     def stopped(cfg, log=print):
@@ -101,9 +99,38 @@ def test_a_rank_that_leaves_its_error_to_rank_0_leaves_word_for_torchrun(
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
     assert cli.main(["train", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ""   # rank 0 says it
-    assert json.loads((tmp_path / "error.json").read_text())["message"] == (
+    assert _torchrun_reads(tmp_path / "error.json") == (
         "[rank 1] fastvae train: error: stopped with the run: rank 0: OSError: full")
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")   # not under torchrun: nothing written
     (tmp_path / "error.json").unlink()
     assert cli.main(["train", "--out", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "error.json").exists()
+
+
+def _torchrun_reads(path) -> str:
+    """The message torchrun's report shows for a rank's error file, and that torchrun takes
+    the file as the root cause without a warning: for one whose message is a plain string
+    it warns twice ("has a new message format", "skipping error code override") and
+    cannot add the rank's exit code to it."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import (ChildFailedError,
+                                                                  ProcessFailure)
+    from torch.distributed.elastic.multiprocessing.errors.error_handler import ErrorHandler
+
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(path))
+    assert failure.error_file == str(path) and failure.timestamp > 0
+    warned = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warned.append
+    logger = logging.getLogger("torch.distributed.elastic.multiprocessing.errors.error_handler")
+    logger.addHandler(handler)
+    try:   # what torchrun does with its root cause's file, before it copies it
+        ErrorHandler().override_error_code_in_rootcause_data(
+            str(path), failure.error_file_data, failure.exitcode)
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage() for r in warned] == []
+    assert failure.error_file_data["message"]["errorCode"] == 2
+    report = ChildFailedError("fastvae", {1: failure}).format_msg()
+    return report.split("traceback : ", 1)[1].splitlines()[0]

@@ -58,6 +58,36 @@ def _hold(g, HOLD: tl.constexpr):
 
 
 @triton.jit
+def _lane_mask(RW: tl.constexpr):
+    """(RW, 1) int32: which halves of a packed bf16 pair this lane puts into an 8 x 8
+    diagonal as ``mma``'s B fragment (rows 2t, 2t + 1 of column g, lane = 4g + t): the low
+    half where g = 2t, the high half where g = 2t + 1. Compiled only."""
+    lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r",
+                                     [tl.zeros([RW, 1], tl.int32)], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+    g = lane >> 2
+    t2 = (lane & 3) * 2
+    return tl.where(g == t2, 0xFFFF, 0) | tl.where(g == t2 + 1, -65536, 0)
+
+
+@triton.jit
+def _unpack_mma(v, eye):
+    """A bf16 tile to fp32, four elements a thread by one ``mma`` (m16n8k8) with B = the
+    identity (``eye``: ``_lane_mask`` & two bf16 ones): D[g][2t + i] = A[g][2t + i], a
+    thread's own elements back, exact, in a quarter of an instruction an element (the
+    shift or mask of ``to_f32`` is one)."""
+    if FAST_MATH and v.dtype == tl.bfloat16:
+        out = tl.inline_asm_elementwise(
+            "{ .reg .f32 z; mov.f32 z, 0f00000000;\n"
+            "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5}, "
+            "{$6}, {z, z, z, z}; }",
+            "=r,=r,=r,=r,r,r,r,r,r,r", [v, eye], dtype=tl.float32, is_pure=True, pack=4)
+    else:
+        out = v.to(tl.float32)
+    return out
+
+
+@triton.jit
 def _elements(x, l):
     """Per element: (x*l - max(l, 0), 1 + e, d/dl) in fp32."""
     e = tl.exp2(tl.abs(l) * -LOG2_E)
@@ -108,9 +138,13 @@ def iwae_bound_row_warps_kernel(
     col = tl.arange(0, W)[None, :]                               # (1, W) in a chunk
 
     # ---- x: once per row ---------------------------------------------------------------
+    if FAST_MATH:
+        eye = _lane_mask(RW) & 0x3F803F80
+    else:
+        eye = 0
     xs = ()
     for n in tl.static_range(NC):
-        xs = xs + (to_f32(tl.load(X + r2 * stride_x + n * W + col)),)
+        xs = xs + (_unpack_mma(tl.load(X + r2 * stride_x + n * W + col), eye),)
     if TAIL > 0:
         # lane element c: sample c // TAIL, column c % TAIL; a thread's TV elements are
         # consecutive, so all of one sample
@@ -146,7 +180,7 @@ def iwae_bound_row_warps_kernel(
             acc_v = tl.zeros([RW, W], dtype=tl.float32)
             acc_q = tl.full([RW, W], 1.0, dtype=tl.float32)
         for n in tl.static_range(NC):
-            l = to_f32(tl.load(R + k * stride_rk + r2 * stride_rb + n * W + col))
+            l = _unpack_mma(tl.load(R + k * stride_rk + r2 * stride_rb + n * W + col), eye)
             v, q, g = _elements(xs[n], l)
             held = held + (_hold(g, HOLD),)
             if n == 0:

@@ -235,7 +235,8 @@ def iwae_bound_row_warps_kernel(
         ws = ws + (w,)
         for n in tl.static_range(NC):
             tl.store(GR + k * size_bd + rows[:, None] * D + n * W + col,
-                     _hold(to_f32(held[k * NC + n]) * w[:, None], HOLD), mask=rmask[:, None])
+                     _hold(_unpack_mma(held[k * NC + n], eye) * w[:, None], HOLD),
+                     mask=rmask[:, None])
         w2 = w[:, None]
         if NEED_GZ:
             store_as(GZ, k * (B * L) + rows[:, None] * L + lats, -weigh(d_zs[k], w2, True), ml)

@@ -19,9 +19,8 @@ least 32 wide, so a row's latents stay in its warp too.
 
 Per element, with ``e = 2^(-|l| log2 e)``: value ``x*l - max(l, 0) - ln(1 + e)``, d/dl
 ``x - (l >= 0 ? 1 : e) / (1 + e)``; the logs as one lg2 of each lane's product of its
-(1 + e) factors (NC V + TV of them, each in (1, 2]: at most 2^(NC V + TV), 2^28 at D =
-784 and 2^32 at most, at D = 560-576 and K = 8), as the pair kernel's (its docstring
-bounds that error).
+(1 + e) factors (NC V of them, each in (1, 2]: at most 2^(NC V), 2^24 at D = 768-784)
+and one of its TV tail factors, as the pair kernel's (its docstring bounds that error).
 
 Accuracy: d/dl stays live across the softmax (K NC V values a thread, 120 at K = 5, D =
 784), held in d/drecon_k's dtype (GR's): rounded once there, then multiplied by the row's
@@ -158,6 +157,7 @@ def iwae_bound_row_warps_kernel(
         v_t, q_t, g_t = _elements(x_t, l_t)
         v_t = tl.sum(tl.reshape(v_t, [RW, 32, TV]), axis=2)     # in-thread: (RW, 32)
         q_t = tl.reduce(tl.reshape(q_t, [RW, 32, TV]), 2, mul)
+        px_t = v_t - log2_(q_t) * LOG_2     # one lg2 for every sample's tail
         g_t = _hold(g_t, HOLD)
         k_lane = (tl.arange(0, 32) * TV) // TAIL                 # (32,)
 
@@ -189,14 +189,12 @@ def iwae_bound_row_warps_kernel(
             else:
                 acc_v += v
                 acc_q *= q
-        # in-thread over a thread's V columns; the product of at most NC V + TV factors
+        # in-thread over a thread's V columns; the product of NC V factors
         s_v = tl.sum(tl.reshape(acc_v, [RW, 32, V]), axis=2)    # (RW, 32)
         p_q = tl.reduce(tl.reshape(acc_q, [RW, 32, V]), 2, mul)
-        if TAIL > 0:
-            here = (k_lane == k)[None, :]
-            s_v += tl.where(here, v_t, 0.0)
-            p_q *= tl.where(here, q_t, 1.0)
         lane_px = s_v - log2_(p_q) * LOG_2
+        if TAIL > 0:
+            lane_px += tl.where((k_lane == k)[None, :], px_t, 0.0)
         z = load_f32(Z, k * stride_zk + rows[:, None] * stride_zb + lats, ml)
         kl, d_mu, d_lv, d_z, d_pm, d_plv = latent_kl_tile(mu, lv, z, pm, plv, True, PRIOR)
         kl = tl.where(ml, kl, 0.0)

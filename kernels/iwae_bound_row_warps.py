@@ -247,9 +247,13 @@ def iwae_bound_row_warps_kernel(
         if NEED_GPLV:
             g_plv += weigh(d_plvs[k], w2, True)
     if TAIL > 0:
-        w_t = tl.zeros([RW, 32 * TV], dtype=tl.float32)
+        # a lane's TV tail elements are of one sample: its weight chosen once a lane, then
+        # spread over them (chosen per element, the choice took the tail's layout and
+        # moved d/dl through shared memory and back)
+        w_lane = tl.zeros([RW, 32], dtype=tl.float32)
         for k in tl.static_range(K):
-            w_t = tl.where(tk == k, ws[k][:, None], w_t)
+            w_lane = tl.where((k_lane == k)[None, :], ws[k][:, None], w_lane)
+        w_t = tl.reshape(tl.broadcast_to(w_lane[:, :, None], [RW, 32, TV]), [RW, 32 * TV])
         tl.store(GR + tk * size_bd + rows[:, None] * D + tcol,
                  _hold(to_f32(g_t) * w_t, HOLD), mask=tm)
     if STORE_WEIGHTS:  # softmax_k(log w_k), for DReG's hook on z_k; stored inside the

@@ -14,8 +14,10 @@ row's D columns are NC whole chunks of ``32 V`` (read unmasked from row ``min(ro
 ``D - NC 32 V`` columns left, padded to TAIL, whose K samples share one (BLOCK_R, 32 TV)
 tile (lane element ``c``: sample ``c // TAIL``, column ``c % TAIL``), so the tail is not
 padded to a chunk per sample.
-x is read and unpacked once per row, shared by the K samples. The latent tiles are at
-least 32 wide, so a row's latents stay in its warp too.
+x is read and unpacked once per row, shared by the K samples. Compiled, bf16 chunks (x,
+recon_k, the held d/dl) unpack by an ``mma`` with B = the identity, four elements a thread
+an instruction (``_unpack_mma``). The latent tiles are at least 32 wide, so a row's latents
+stay in its warp too.
 
 Per element, with ``e = 2^(-|l| log2 e)``: value ``x*l - max(l, 0) - ln(1 + e)``, d/dl
 ``x - (l >= 0 ? 1 : e) / (1 + e)``; the logs as one lg2 of each lane's product of its

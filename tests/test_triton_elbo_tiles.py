@@ -44,6 +44,17 @@ def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
                               free_bits=fb)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_elbo_16_bit_continuous_bernoulli_padded_latents(seed, gpu_tiles, dtype):
+    """16 x 64 with the latents padded to 32 (configs.ELBO_MIN_BLOCK_L): L = 5, a padded
+    row, MC KL, free bits."""
+    (x, recon, mu, lv, z), obs, likelihood = make_like(17, 64, 5, "continuous_bernoulli",
+                                                       dtype)
+    for reduction, fb in (("mean", 0.5), ("none", 0.0)):
+        check_against_formula(x, recon, mu, lv, z, "triton", likelihood=likelihood, kl="mc",
+                              obs_logvar=obs, reduction=reduction, free_bits=fb)
+
+
 @pytest.mark.parametrize("b,d,l,like,kl", [
     (33, 7, 70, "bernoulli", "mc"),                   # a 32-row tile's padded second program
     (9, 200, 5, "gaussian_full", "analytic"),         # 8x256: 7 padded rows, a column tail

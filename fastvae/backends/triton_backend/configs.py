@@ -44,6 +44,11 @@ ELBO_LATENT_TILE = 2048
 # 48 (Triton 3.9); 8 x 64 at 4 warps takes 32-64 and none.
 ELBO_TILE_BY_LIK = {(CONTINUOUS_BERNOULLI, 4): (1024, 8), (CONTINUOUS_BERNOULLI, 2): (1024, 4),
                     (GAUSSIAN_TENSOR, 4): (512, 4), (GAUSSIAN_TENSOR, 2): (1024, 8)}
+# BLOCK_L at least this by (likelihood, element size): the 16-bit continuous Bernoulli's
+# 16 x 16 latent tile (two latents a thread, L <= 16) spilled 8 bytes at 64 registers
+# (fp16 D = 64, Triton 3.6, sm_80); 16 x 32 takes 64 and none, ~0.03 us more issue at
+# B = 4096 (8 warps instead: 40-48 registers, +0.15-0.27 us, and the L = 32 tiles move).
+ELBO_MIN_BLOCK_L = {(CONTINUOUS_BERNOULLI, 2): 32}
 # Software-pipeline stages of the ELBO row kernel's column loop, by element size in bytes:
 # 1 keeps every load in registers (the tiles above, as measured on the H200); 2-3 stage
 # the next blocks in shared memory (8-16 KB a program), which benchmarks/gpu_tiles.py
@@ -239,7 +244,7 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
         return block_b, block_d, max(16, min(_p2(l), 1024)), ROW_WARPS
     # D = 0 (the latent half of a DMoL ELBO): the D >= 64 tile, whose latent part ships
     block_d = min(ELBO_BLOCK_D, max(16, _p2(d))) if d else ELBO_BLOCK_D
-    block_l = min(ELBO_BLOCK_L, max(16, _p2(l)))
+    block_l = min(ELBO_BLOCK_L, max(ELBO_MIN_BLOCK_L.get((lik, element_size), 16), _p2(l)))
     elements, warps = ELBO_TILE_BY_LIK.get((lik, element_size),
                                            (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
     block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)

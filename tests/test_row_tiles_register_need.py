@@ -8,7 +8,9 @@ spills of the full tier"):
   8 warps moved the spill to 48 registers on Triton 3.9;
 * kl_standard_normal on rows not aligned to 16 (a load and a 64-bit address a latent):
   16-bit latents take the fp32 tile, 8 a thread (fp16 at L = 3, 16 a thread, spilled 4
-  bytes at 72 registers, Triton 3.6, sm_90); aligned rows keep their 16-byte loads.
+  bytes at 72 registers, Triton 3.6, sm_90); aligned rows keep their 16-byte loads;
+* the 16-bit continuous Bernoulli: latents at least 32 wide (16 x 16, two a thread,
+  spilled 8 bytes at 64 registers: fp16, D = 64, L = 16, Triton 3.6, sm_80).
 """
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ from fastvae.bench.offline import capture  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
 
-def _row_tile(fn):
+def _row_tile(fn, kernel="elbo_rows_kernel"):
     with capture.capturing((90,)) as rec:
         fn()
-    (launch,) = [la for la in rec.launches if la.short == "elbo_rows_kernel"]
+    (launch,) = [la for la in rec.launches if la.short == kernel]
     cx = launch.constexprs()
     return cx["BLOCK_B"], cx["BLOCK_D"], cx["BLOCK_L"], launch.options()["num_warps"]
 
@@ -46,6 +48,17 @@ def test_a_tensor_obs_logvar_takes_four_elements_a_thread(data, net):
         x, recon, mu, lv, likelihood="gaussian", obs_logvar=obs, backend="triton",
         validate=False).backward())
     assert block_b * block_d // (32 * warps) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("l", [3, 16, 32])
+def test_16_bit_continuous_bernoulli_latents_at_least_32_wide(dtype, l):
+    x, recon = (torch.empty(4096, 64, dtype=dtype, requires_grad=True) for _ in range(2))
+    mu, lv = (torch.empty(4096, l, dtype=dtype, requires_grad=True) for _ in range(2))
+    tile = _row_tile(lambda: fastvae.elbo(
+        x, recon, mu, lv, likelihood="continuous_bernoulli", backend="triton",
+        validate=False).backward())
+    assert tile == (16, 64, 32, 4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -69,3 +82,4 @@ def test_kl_config_costs_one_call_over_the_elbo_s(strides):
     size = 2 if strides == (32, 32) else 4
     assert python_calls(lambda: configs.kl_config(7, 3, 2, False, *strides)) == (
         python_calls(lambda: configs.elbo_config(7, 1, 3, size, prior=False)) + 1)
+

@@ -12,21 +12,59 @@ from . import validation as V
 from .functional import _dmol, elbo, iwae_bound
 
 
+def _option(name, allowed):
+    def check(value):
+        V.check_option(name, value, allowed)
+        return value
+    return check
+
+
+def _backend(value):
+    # None is read per call (FASTVAE_BACKEND), so only a value given is checked
+    if value is not None:
+        backends.check_name(value)
+    return value
+
+
+def _validate(value):
+    V.resolve_validate(value)   # None, the global switch, is kept: it is read per call
+    return value
+
+
+def _nonnegative(name):
+    return lambda value: V.check_number(name, value, minimum=0.0)
+
+
+def _elbo_estimator(value):
+    estimators.check_elbo_estimator(value)
+    return value
+
+
+def _explicit_bits(value):
+    # None is the likelihood's default, read per call (see _BoundLoss)
+    return None if value is None else V.check_bits(value)
+
+
 class _Loss(nn.Module):
-    """What every loss module shares: the reduction, the backend and validate settings,
-    each checked where the loss is made."""
+    """What every loss module shares: the reduction, the backend and validate settings.
+
+    Each setting is checked wherever it is set, at construction and on any assignment after
+    it, by its entry in ``_checks`` (which returns the value kept), so that a bad one fails
+    there with the functional API's error, not at the next forward. Settings that must agree
+    (likelihood and bits, estimator and kl or likelihood) are checked together at
+    construction and per call only: settings change one at a time, and changing two that
+    must agree could pass through a pair that is refused."""
+
+    _checks = {"reduction": _option("reduction", V.REDUCTIONS), "backend": _backend,
+               "validate": _validate}
 
     def __init__(self, reduction, backend, validate):
         super().__init__()
-        V.check_option("reduction", reduction, V.REDUCTIONS)
-        self.reduction = reduction
-        # checked now, as the functional API checks them per call, so that a bad one fails
-        # where the loss is made, not at its first forward; None is read per call
-        # (FASTVAE_BACKEND, set_validation), so only a value given is checked
-        if backend is not None:
-            backends.check_name(backend)
-        V.resolve_validate(validate)
-        self.backend, self.validate = backend, validate
+        self.reduction, self.backend, self.validate = reduction, backend, validate
+
+    def __setattr__(self, name, value):
+        check = self._checks.get(name)
+        super().__setattr__(name, value if check is None else check(value))
 
     def _chosen(self) -> list:
         """backend and validate where given (None: the environment's, the global switch)."""
@@ -50,12 +88,13 @@ class _BoundLoss(_Loss):
     its own default: a DMoL loss's default 8 is not an explicit ``bits`` a Bernoulli
     would refuse."""
 
+    _checks = {**_Loss._checks, "likelihood": _option("likelihood", V.LIKELIHOODS),
+               "bits": _explicit_bits}
+
     def __init__(self, likelihood, reduction, backend, validate, estimator, bits):
         super().__init__(reduction, backend, validate)
-        V.check_option("likelihood", likelihood, V.LIKELIHOODS)
-        checked = V.check_likelihood_bits(likelihood, bits)
-        self.likelihood, self.estimator = likelihood, estimator
-        self._bits = None if bits is None else checked
+        self.likelihood, self.estimator, self.bits = likelihood, estimator, bits
+        V.check_likelihood_bits(likelihood, bits)
 
     def __setstate__(self, state):
         # a module pickled when bits was a plain attribute: its value is an explicit one
@@ -99,15 +138,16 @@ class ELBOLoss(_BoundLoss):
     written on logits (see :func:`fastvae.elbo`).
     """
 
+    _checks = {**_BoundLoss._checks, "kl": _option("kl", V.KL_MODES),
+               "estimator": _elbo_estimator, "beta": _nonnegative("beta"),
+               "free_bits": _nonnegative("free_bits")}
+
     def __init__(self, likelihood="bernoulli", kl="analytic", beta=1.0, free_bits=0.0,
                  reduction="mean", backend=None, validate=None, estimator="standard", *,
                  bits=None):
         super().__init__(likelihood, reduction, backend, validate, estimator, bits)
-        V.check_option("kl", kl, V.KL_MODES)
+        self.kl, self.beta, self.free_bits = kl, beta, free_bits
         estimators.check_elbo(estimator, kl)
-        self.kl = kl
-        self.beta = V.check_number("beta", beta, minimum=0.0)
-        self.free_bits = V.check_number("free_bits", free_bits, minimum=0.0)
 
     def forward(self, x, recon, mu, logvar, z=None, obs_logvar=0.0, prior_mu=None,
                 prior_logvar=None):
@@ -140,6 +180,9 @@ class IWAELoss(_BoundLoss):
     a multiply of the result there, at no extra pass.)
     """
 
+    _checks = {**_BoundLoss._checks,
+               "estimator": _option("estimator", estimators.ESTIMATORS)}
+
     def __init__(self, likelihood="bernoulli", reduction="mean", backend=None, validate=None,
                  estimator="standard", *, bits=None):
         super().__init__(likelihood, reduction, backend, validate, estimator, bits)
@@ -169,9 +212,11 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
     The sign is taken inside the fused op, as in :class:`ELBOLoss`.
     """
 
+    _checks = {**_Loss._checks, "bits": V.check_bits}   # None is 8 here, at once
+
     def __init__(self, bits=8, reduction="mean", backend=None, validate=None):
         super().__init__(reduction, backend, validate)
-        self.bits = V.check_bits(bits)
+        self.bits = bits
 
     def forward(self, x, params):
         """``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)``."""

@@ -99,11 +99,9 @@ def test_constructor_repr_and_errors():
         OP(x, p, reduction="max")
     with pytest.raises(ValueError, match="params"):   # the op's own shape check
         LOSS()(x, p[:, :-1])
-    for backend in ("torch", "reference"):   # a reduction set after it was made: checked
-        loss = LOSS(backend=backend)
+    loss = LOSS()
+    with pytest.raises(ValueError, match="reduction must be one of"):   # set after it was made
         loss.reduction = "avg"
-        with pytest.raises(ValueError, match="reduction must be one of"):
-            loss(x, p)
     assert repr(LOSS(backend="reference", validate=False)) == (
         "DiscretizedLogisticMixtureNLLLoss(bits=8, reduction='mean', backend='reference', "
         "validate=False)")

@@ -116,3 +116,90 @@ def test_torch_jit_script_is_refused_in_one_line(make):
     model.loss = make()
     with pytest.raises(TypeError, match=r"cannot be compiled by torch\.jit\.script"):
         torch.jit.script(model)
+
+
+_DMOL = "discretized_logistic_mixture"
+_REFUSED = [   # (setting, a value refused alone, its error)
+    ("reduction", "avg", ValueError, "reduction must be one of"),
+    ("backend", "cuda", ValueError, "backend must be one of"),
+    ("validate", "yes", TypeError, "validate must be None or a bool"),
+    ("bits", 3.5, TypeError, "bits must be an int, got float"),
+    ("bits", 99, ValueError, r"bits must be in 1\.\.16, got 99"),
+]
+_BOUND_REFUSED = [
+    ("likelihood", "bce", ValueError, "likelihood must be one of"),
+    ("estimator", None, ValueError, "estimator must be one of"),
+]
+_ELBO_REFUSED = [
+    ("kl", "sampled", ValueError, "kl must be one of"),
+    ("beta", -1.0, ValueError, r"beta must be >= 0\.0"),
+    ("free_bits", "a", TypeError, "free_bits must be a real number"),
+    ("estimator", "dreg", ValueError, "estimator='dreg' is the importance-weighted"),
+]
+
+
+@pytest.mark.parametrize("make, setting, value, exc, msg", [
+    *[(fastvae.DiscretizedLogisticMixtureNLLLoss, *r) for r in _REFUSED],
+    *[(fastvae.IWAELoss, *r) for r in _REFUSED + _BOUND_REFUSED],
+    *[(fastvae.ELBOLoss, *r) for r in _REFUSED + _BOUND_REFUSED + _ELBO_REFUSED],
+])
+def test_a_setting_assigned_after_construction_is_checked_there(make, setting, value, exc,
+                                                                msg):
+    """Assignment checks a setting as construction does, with its error, and keeps the
+    old value (it was refused at the next forward; a bound loss's bits=99 on a Bernoulli
+    was said as a bits the Bernoulli does not take)."""
+    with pytest.raises(exc, match=msg):
+        make(**{setting: value})
+    loss = make()
+    before = repr(loss)
+    with pytest.raises(exc, match=msg):
+        setattr(loss, setting, value)
+    assert repr(loss) == before
+
+
+@pytest.mark.parametrize("make", [fastvae.ELBOLoss, fastvae.IWAELoss])
+def test_settings_that_must_agree_are_changed_one_at_a_time(make):
+    """Only a setting's own value is checked at assignment: a DMoL loss goes to the
+    Bernoulli by dropping its bits and then switching, or the other way round, as
+    construction would refuse the pair midway; the pair is checked at the call."""
+    loss = make(likelihood=_DMOL, bits=5)
+    loss.likelihood = "bernoulli"
+    loss.bits = None
+    assert repr(loss) == repr(make())
+    loss.bits = 4
+    loss.likelihood = _DMOL
+    assert loss.bits == 4 and "bits=4" in repr(loss)
+
+
+def test_a_dmol_loss_given_bits_none_later_holds_8_as_at_construction():
+    """Construction turns bits=None into 8; an assignment did not (repr said bits=None
+    while forward used 8)."""
+    loss = fastvae.DiscretizedLogisticMixtureNLLLoss(bits=5)
+    loss.bits = None
+    assert loss.bits == 8
+    assert repr(loss) == "DiscretizedLogisticMixtureNLLLoss(bits=8, reduction='mean')"
+
+
+@pytest.mark.parametrize("make", [fastvae.ELBOLoss, fastvae.IWAELoss,
+                                  fastvae.DiscretizedLogisticMixtureNLLLoss])
+def test_checked_losses_still_copy_pickle_and_hold_no_state(make):
+    import copy
+    import pickle
+    dmol = {} if make is fastvae.DiscretizedLogisticMixtureNLLLoss else {"likelihood": _DMOL}
+    loss = make(**dmol, reduction="sum", bits=5)
+    for other in (copy.deepcopy(loss), pickle.loads(pickle.dumps(loss))):
+        assert repr(other) == repr(loss) and other.bits == 5
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            other.reduction = "avg"
+    assert loss.state_dict() == {}
+
+
+def test_a_dmol_loss_pickled_with_bits_as_a_plain_attribute_still_runs():
+    torch.manual_seed(0)
+    x, params = make_dmol(2, 1, 3, 3, 2, torch.float32)
+    made = fastvae.DiscretizedLogisticMixtureNLLLoss(bits=8)
+    loss = fastvae.DiscretizedLogisticMixtureNLLLoss.__new__(
+        fastvae.DiscretizedLogisticMixtureNLLLoss)
+    loss.__setstate__(dict(made.__dict__))   # bits is a plain attribute, as it always was
+    assert loss.bits == 8 and repr(loss) == repr(made)
+    torch.testing.assert_close(loss(x, params), made(x, params))

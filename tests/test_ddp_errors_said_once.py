@@ -107,7 +107,32 @@ def test_a_rank_that_leaves_its_error_to_rank_0_leaves_word_for_torchrun(
     assert not (tmp_path / "error.json").exists()
 
 
-def _torchrun_reads(path) -> str:
+def test_a_rank_that_leaves_a_non_finite_loss_to_rank_0_leaves_word_for_torchrun(
+        monkeypatch, capsys, tmp_path):
+    """Exit 3's path: a non-finite loss every rank meets (averaged over the ranks) is said
+    by rank 0 and left in rank 1's error file; one of rank 1's own is printed."""
+    from fastvae import cli, ranks, train as T
+
+    def stopped(cfg, log=print, alike=True):
+        e = T.NonFiniteLoss("non-finite loss (nan) at epoch 1, step 3; checkpoint kept")
+        raise ranks.alike(e) if alike else e
+    monkeypatch.setattr(T, "train", stopped)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "error.json"))
+    line = ("[rank 1] fastvae train: training stopped: non-finite loss (nan) at epoch 1, "
+            "step 3; checkpoint kept")
+    assert cli.main(["train", "--out", str(tmp_path / "run")]) == 3
+    assert capsys.readouterr().err == ""   # rank 0 says it
+    assert _torchrun_reads(tmp_path / "error.json", exitcode=3) == line
+    (tmp_path / "error.json").unlink()
+    monkeypatch.setattr(T, "train", lambda cfg, log=print: stopped(cfg, alike=False))
+    assert cli.main(["train", "--out", str(tmp_path / "run")]) == 3
+    assert capsys.readouterr().err == line + "\n"
+    assert not (tmp_path / "error.json").exists()
+
+
+def _torchrun_reads(path, exitcode=2) -> str:
     """The message torchrun's report shows for a rank's error file, and that torchrun takes
     the file as the root cause without a warning: for one whose message is a plain string
     it warns twice ("has a new message format", "skipping error code override") and
@@ -118,7 +143,7 @@ def _torchrun_reads(path) -> str:
                                                                   ProcessFailure)
     from torch.distributed.elastic.multiprocessing.errors.error_handler import ErrorHandler
 
-    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(path))
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=exitcode, error_file=str(path))
     assert failure.error_file == str(path) and failure.timestamp > 0
     warned = []
     handler = logging.Handler(logging.WARNING)
@@ -131,6 +156,6 @@ def _torchrun_reads(path) -> str:
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in warned] == []
-    assert failure.error_file_data["message"]["errorCode"] == 2
+    assert failure.error_file_data["message"]["errorCode"] == exitcode
     report = ChildFailedError("fastvae", {1: failure}).format_msg()
     return report.split("traceback : ", 1)[1].splitlines()[0]

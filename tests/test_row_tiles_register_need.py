@@ -10,7 +10,11 @@ spills of the full tier"):
   16-bit latents take the fp32 tile, 8 a thread (fp16 at L = 3, 16 a thread, spilled 4
   bytes at 72 registers, Triton 3.6, sm_90); aligned rows keep their 16-byte loads;
 * the 16-bit continuous Bernoulli: latents at least 32 wide (16 x 16, two a thread,
-  spilled 8 bytes at 64 registers: fp16, D = 64, L = 16, Triton 3.6, sm_80).
+  spilled 8 bytes at 64 registers: fp16, D = 64, L = 16, Triton 3.6, sm_80);
+* one-pass IWAE rows of 257-512 columns at K <= 4: a 512-column tile (1 x 4 x 1024 at 8
+  warps spilled 8 bytes at 80 registers: fp32 and fp16, B = 5, D = 300, L = 33, K = 4,
+  Gaussian (B, 1) obs_logvar, training with d/dx, Triton 3.9, sm_80); the continuous
+  Bernoulli's at 16 warps.
 """
 from __future__ import annotations
 
@@ -83,3 +87,40 @@ def test_kl_config_costs_one_call_over_the_elbo_s(strides):
     assert python_calls(lambda: configs.kl_config(7, 3, 2, False, *strides)) == (
         python_calls(lambda: configs.elbo_config(7, 1, 3, size, prior=False)) + 1)
 
+
+
+@pytest.mark.parametrize("likelihood, dtype, warps", [("gaussian", torch.float32, 8),
+                                                       ("gaussian", torch.float16, 8),
+                                                       ("continuous_bernoulli", torch.bfloat16, 16)])
+def test_iwae_onepass_rows_of_257_to_512_columns_take_512(likelihood, dtype, warps):
+    """The continuous Bernoulli's 512-column tile at 8 warps spilled 8 bytes at 64
+    registers (bf16, the same call, Triton 3.9, sm_80)."""
+    b, d, l, k = 5, 300, 33, 4
+    x = torch.empty(b, d, dtype=dtype, requires_grad=True)
+    recon = torch.empty(k, b, d, dtype=dtype, requires_grad=True)
+    mu, lv = (torch.empty(b, l, dtype=dtype, requires_grad=True) for _ in range(2))
+    z = torch.empty(k, b, l, dtype=dtype, requires_grad=True)
+    obs = torch.zeros(b, 1, requires_grad=True) if likelihood == "gaussian" else 0.0
+    with capture.capturing((90,)) as rec:
+        fastvae.iwae_bound(x, recon, mu, lv, z, likelihood=likelihood, obs_logvar=obs,
+                           reduction="none", backend="triton", validate=False).sum().backward()
+    (launch,) = [la for la in rec.launches if la.short == "iwae_bound_onepass_kernel"]
+    cx = launch.constexprs()
+    assert ((cx["BLOCK_B"], cx["BLOCK_K"], cx["BLOCK_D"], cx["BLOCK_L"]),
+            launch.options()["num_warps"]) == ((1, 4, 512, 128), warps)
+
+
+def test_iwae_onepass_512_column_tile_bounds():
+    """Every likelihood; K 5-8 and rows past 512 columns keep the 1024-column tiles."""
+    old = configs.CONFIG_MODE
+    configs.CONFIG_MODE = "gpu"
+    try:
+        for lik in (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
+                    configs.GAUSSIAN_TENSOR):
+            for k in (1, 2, 3, 4, 5):
+                for d in (256, 257, 300, 512, 513):
+                    got = configs.iwae_onepass_config(5, k, d, 33, lik)
+                    tile = got and got[1:3]
+                    assert (tile == (4, 512)) == (k <= 4 and 256 < d <= 512), (lik, k, d, got)
+    finally:
+        configs.CONFIG_MODE = old

@@ -134,6 +134,8 @@ def test_iwae_onepass_reads_recon_once(kernels, launches, monkeypatch):
     (5, 9, 64, 8, "bernoulli", "onepass"),               # 8x8x64, 16 latents
     (2, 9, 200, 5, "gaussian_perdim", "onepass"),        # 2x4x256
     (7, 5, 256, 3, "continuous_bernoulli", "onepass"),   # 2x8x256
+    (4, 2, 300, 33, "gaussian_full", "onepass"),         # 1x4x512 (257-512 columns)
+    (2, 3, 257, 3, "continuous_bernoulli", "onepass"),   # 1x4x512
     (2, 3, 784, 3, "continuous_bernoulli", "onepass"),   # 1x4x1024
     (5, 2, 784, 32, "gaussian_full", "onepass"),         # 1x8x1024, 16 warps
     (5, 2, 784, 32, "continuous_bernoulli", "twopass"),  # 8192 elements: CB spills

@@ -80,9 +80,13 @@ ROW_WARPS = 8   # num_warps of the interpreter's tiles and of every tile without
 # less issue time at D = 64 (RESULTS.md). The rest keep the 2048-element ones: with 4096
 # the Gaussians spilled 4-20 bytes on sm_80 (Triton 3.6), fp16 rows of 60 columns on 3.9,
 # at L = 64 Triton 3.9 took 135 registers (one program an SM), and unaligned rows gained
-# least; the continuous Bernoulli's was not measured.
+# least; the continuous Bernoulli's was not measured. Rows of 257-512 columns at K <= 4
+# take a 512-column tile, not 1024 (half its lanes padding): at B = 4096, D = 300, L = 33,
+# K = 4, Gaussian (B, 1) 1.3-1.4x less issue time, and ptxas no longer spills 8 bytes at
+# 80 registers in training with d/dx (fp32 and fp16, Triton 3.9, sm_80; RESULTS.md).
 IWAE_ONEPASS_TILES = ((16, 4, 64, 32), (8, 8, 64, 32), (8, 4, 64, 128), (4, 8, 64, 128),
-                      (2, 4, 256, 128), (1, 8, 256, 128), (1, 4, 1024, 128), (1, 8, 1024, 128))
+                      (2, 4, 256, 128), (1, 8, 256, 128), (1, 4, 512, 128), (1, 4, 1024, 128),
+                      (1, 8, 1024, 128))
 IWAE_ONEPASS_ELEMENTS = {BERNOULLI: 8192, CONTINUOUS_BERNOULLI: 4096, GAUSSIAN_SCALAR: 8192,
                          GAUSSIAN_TENSOR: 8192}
 IWAE_ONEPASS_NARROW_ELEMENTS = {BERNOULLI: 4096, CONTINUOUS_BERNOULLI: 2048,
@@ -91,9 +95,12 @@ IWAE_ONEPASS_NARROW_UNALIGNED_ELEMENTS = 2048                                   
 # num_warps of a one-pass tile by (LIK, BLOCK_B, BLOCK_K, BLOCK_D), where not ROW_WARPS:
 # 16 warps keep 16 elements per thread in the 8192-element tiles; the Gaussian with a
 # tensor obs_logvar stays at 8 there (16 spill 4 bytes with its (D,) gradient on Triton
-# 3.6, sm_90; 8: 80-96 registers, no spill).
+# 3.6, sm_90; 8: 80-96 registers, no spill). The continuous Bernoulli's 2048-element
+# tiles take 16 too: its 512-column one at 8 spilled 8 bytes at 64 registers (bf16,
+# training with d/dx, Triton 3.9, sm_80).
 IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR)},
-                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16}
+                      (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16,
+                      (CONTINUOUS_BERNOULLI, 1, 4, 512): 16}
 
 # The two-pass IWAE kernel (iwae_rows_config): (tile elements, num_warps) by element size
 # in bytes, or by (LIK, element size) where that differs: the continuous Bernoulli's fp32

@@ -89,9 +89,9 @@ def test_kl_config_costs_one_call_over_the_elbo_s(strides):
 
 
 
-@pytest.mark.parametrize("likelihood, dtype, warps", [("gaussian", torch.float32, 8),
-                                                       ("gaussian", torch.float16, 8),
-                                                       ("continuous_bernoulli", torch.bfloat16, 16)])
+@pytest.mark.parametrize("likelihood, dtype, warps", [
+    ("gaussian", torch.float32, 8), ("gaussian", torch.float16, 8),
+    ("continuous_bernoulli", torch.bfloat16, 16)])
 def test_iwae_onepass_rows_of_257_to_512_columns_take_512(likelihood, dtype, warps):
     """The continuous Bernoulli's 512-column tile at 8 warps spilled 8 bytes at 64
     registers (bf16, the same call, Triton 3.9, sm_80)."""

@@ -32,6 +32,12 @@ def _threads_flag(p, default="0"):
                    f"own count) [default: {default}]")
 
 
+def _typed(widths) -> str:
+    """A list default as it is typed after its flag (``32 64``): its repr, ``[32, 64]``,
+    is no value the flag takes."""
+    return " ".join(map(str, widths))
+
+
 def _add_train(sub):
     from .models import MODELS
     from .train import default_config
@@ -62,10 +68,10 @@ def _add_train(sub):
            f"latent.png (mlp and conv) [default: {d['latent']}]")
     a("--hidden", type=o.count, nargs="+", default=None,
       help=f"mlp: hidden layer widths, the decoder mirrors the encoder; conv: the width of "
-           f"its one fully connected layer [default: {d['hidden']}]")
+           f"its one fully connected layer [default: {_typed(d['hidden'])}]")
     a("--channels", type=o.count, nargs="+", default=None,
       help=f"conv and hvae models: channels per stride-2 stage; hvae: one latent "
-           f"resolution per stage [default: {d['channels']}]")
+           f"resolution per stage [default: {_typed(d['channels'])}]")
     a("--groups", type=o.groups, default=None,
       help=f"hvae model: stochastic latent groups per stage [default: {d['groups']}]")
     a("--epochs", type=o.count, default=None,

@@ -269,3 +269,13 @@ def test_help_gives_every_valued_flags_default(cmd):
         formatter.add_argument(a)
         entry = " ".join(formatter.format_help().split())
         assert "default" in entry.lower(), f"fastvae {cmd} {a.option_strings[0]}: {entry!r}"
+
+
+def test_train_help_gives_a_list_default_as_it_is_typed(capsys):
+    """--hidden and --channels take their widths as separate words: the help's default
+    reads as they are typed (README's table, ``32 64``), not as a Python list."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[default: 256]" in text and "[default: 32 64]" in text, text
+    assert "[default: [" not in text, text

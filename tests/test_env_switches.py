@@ -41,3 +41,15 @@ def test_fastvae_debug_maybe_keeps_the_one_line(tmp_path, monkeypatch, capsys):
     with pytest.warns(RuntimeWarning, match="FASTVAE_DEBUG"):
         assert cli.main(["eval", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_the_readme_names_every_value_that_turns_fastvae_debug_on():
+    """README's line on FASTVAE_DEBUG says which values show the traceback: one it left
+    out (yes, say) read there as "any other value", off with a warning, yet is on."""
+    import os
+    from tests._doc_commands import ROOT
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = " ".join(f.read().split())
+    line = text.split("`FASTVAE_DEBUG=", 1)[1].split(")", 1)[0]
+    shows = line.split("shows it", 1)[0]
+    assert all(v in shows for v in _env._ON), line

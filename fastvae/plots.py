@@ -246,8 +246,10 @@ def save_curves(history: list, path) -> Path:
             color, marker = f"C{g % 10}", _GROUP_MARKERS[(g // 10) % len(_GROUP_MARKERS)]
             ax.plot(epochs, [h["test"]["kl_groups"][g] for h in history], "-" + marker,
                     color=color, markersize=3, label=f"group {g + 1} (test)")
-            ax.plot(epochs, [h["train"]["kl_groups"][g] for h in history], "--", color=color)
-        ax.set_title("KL per latent group (1 = top; dashed: train)")
+            # hollow markers: a line alone draws nothing for a run of one epoch
+            ax.plot(epochs, [h["train"]["kl_groups"][g] for h in history], "--" + marker,
+                    color=color, markersize=3, markerfacecolor="none")
+        ax.set_title("KL per latent group (1 = top; dashed, hollow: train)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=cols, loc="upper left", bbox_to_anchor=(1.01, 1.0))

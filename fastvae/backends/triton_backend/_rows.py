@@ -20,10 +20,15 @@ def likelihood_args(likelihood: str, obs, like):
 
 
 def gradient_dtypes(inputs, needs) -> tuple:
-    """The dtype of each of ``inputs``' gradient buffers (``saved_grad_dtype``), None where
-    it is absent or not needed: what :func:`gradient_buffers` allocates, fixed per plan."""
-    return tuple([saved_grad_dtype(t) if need and t is not None else None
+    """The dtype of each of ``inputs``' gradient buffers (``saved_grad_dtype``;
+    ``_launch.SAME`` where it is a contiguous input's own), None where it is absent or not
+    needed: what :func:`gradient_buffers` allocates, fixed per plan."""
+    return tuple([None if not need or t is None else _buffer_dtype(t, saved_grad_dtype(t))
                   for t, need in zip(inputs, needs)])
+
+
+def _buffer_dtype(t, dtype):
+    return _launch.SAME if dtype == t.dtype and t.is_contiguous() else dtype
 
 
 def gradient_buffers(inputs, dtypes, needs, obs_tensor: bool, partial: bool, programs: int,

@@ -101,6 +101,7 @@ class Checked:
 # prior's mean, say) only marks a module's weight. Any other subclass may override
 # torch functions.
 PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided   # (a module global: layouts reads it per tensor, per call)
 
 
 def layouts(*ts):
@@ -115,7 +116,7 @@ def layouts(*ts):
         # torch.compile, where is_neg() would break the graph: the callers' memo is off there)
         if t is None:
             out.append(None)
-        elif type(t) in PLAIN_TENSORS and t.layout is torch.strided and not t.is_neg():
+        elif type(t) in PLAIN_TENSORS and t.layout is _STRIDED and not t.is_neg():
             out.append((t.shape, t.stride(), t.dtype, t.device, t.requires_grad))
         else:
             return None

@@ -103,11 +103,10 @@ def to_shape(g: Optional[Tensor], like) -> Optional[Tensor]:
     return g if g.dtype == dtype else g.to(dtype)
 
 
-_keep_graph = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-
-
-def _graph_kept() -> bool:
-    return True if _keep_graph is None else bool(_keep_graph())
+# whether the running backward keeps its graph: torch's own function where it has one (no
+# Python frame: every routed backward asks), else assumed kept
+_graph_kept = (getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+               or (lambda: True))
 
 
 def weigh_saved(ctx, grad_out: Optional[Tensor], row_dims) -> List[Optional[Tensor]]:

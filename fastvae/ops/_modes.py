@@ -23,11 +23,9 @@ def plain_eager(args) -> bool:
     return True
 
 
-def dispatch_modes() -> int:
-    return 1 if _dispatch_depth is None else _dispatch_depth()
-
-
-_dispatch_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+# how many dispatch modes are on the stack: torch's own function where it has one (no Python
+# frame: every routed call asks), else one assumed
+dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None) or (lambda: 1)
 
 
 def transform_stacked() -> bool:

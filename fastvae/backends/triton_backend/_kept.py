@@ -10,13 +10,10 @@ from typing import Callable
 from . import _launch, configs
 
 
-def _state() -> tuple:
-    return configs.interpreter_tiles(), _launch.generation, _launch.sm_count
-
-
 class Kept:
-    """``lookup(*args)``'s plan, looked up again only when :func:`_state` changed (the state
-    is read before the lookup, so a change during it is seen by the next call)."""
+    """``lookup(*args)``'s plan, looked up again only when the state the module's docstring
+    names changed (read before the lookup, so a change during it is seen by the next call;
+    read in :meth:`get` itself, which every prepared call runs)."""
 
     __slots__ = ("lookup", "plan", "state")
 
@@ -24,7 +21,7 @@ class Kept:
         self.lookup, self.plan, self.state = lookup, None, None
 
     def get(self, *args):
-        state = _state()
+        state = (configs.interpreter_tiles(), _launch.generation, _launch.sm_count)
         if state != self.state:
             self.plan, self.state = self.lookup(*args), state
         return self.plan

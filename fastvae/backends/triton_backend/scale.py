@@ -53,8 +53,8 @@ def _plan_of(live, device):
 def _run(plan, grads, live, grad_out):
     if plan is _TORCH:
         return [None if g is None else g.mul_(grad_factor(g, grad_out)) for g in grads]
-    live += _UNUSED[len(live):]   # None: the plan's stand-in (its size is 0)
-    _launch.launch_planned(plan, GO=grad_out.contiguous(), **dict(zip(_SLOT_NAMES, live)))
+    _launch.launch_planned(plan, GO=grad_out.contiguous(), **dict(zip(_SLOT_NAMES, live)),
+                           **_UNUSED[len(live)])
     return grads
 
 
@@ -62,7 +62,8 @@ _TORCH = "torch"    # the plan of gradients the kernel does not take
 scale_saved_.prepare = scale_prepare
 _PLANS = _launch.Plans()   # per key (_launch.plan_for)
 _SLOT_NAMES = tuple(f"G{i}" for i in range(configs.SCALE_SLOTS))
-_UNUSED = [None] * configs.SCALE_SLOTS
+# the slots past n live gradients, by n: None, the plan's stand-in (its size is 0)
+_UNUSED = [dict.fromkeys(_SLOT_NAMES[n:]) for n in range(configs.SCALE_SLOTS + 1)]
 
 
 def _plan(live, device):

@@ -41,14 +41,6 @@ def alloc_like(t: Tensor, dtype=None) -> Tensor:
     return torch.empty_like(t, dtype=dtype, memory_format=_CONTIGUOUS)
 
 
-def alloc_on(like: Tensor, shape, dtype) -> Tensor:
-    """``alloc(shape, dtype, like.device)``: ``new_empty`` takes the device from ``like``
-    without parsing one (``torch.empty(..., device=)`` costs twice as much per call)."""
-    if alloc is not _alloc:
-        return alloc(shape, dtype, like.device)
-    return like.new_empty(shape, dtype=dtype)
-
-
 # Compile options every kernel is built with, whatever the environment says. FMA fusion:
 # the kernels' error bounds, their tests and the offline proxy's instruction counts assume
 # it, and Triton 3.9 warns that its default turns to off in 3.10.

@@ -83,7 +83,7 @@ def _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar,
     if plan["copy"]:
         x, recon, mu, logvar, z = _rows_of(x, recon, mu, logvar, z)
     dev = x.device
-    b, d = x.shape
+    d = x.shape[1]
     f32 = torch.float32
     obs_arg = _launch.rows(obs) if plan["obs_tensor"] else None
     # the prior's tensors per call (a missing half is a zero row), its switches in the plan
@@ -101,7 +101,7 @@ def _run(plan, x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, obs_scalar,
             PARTIALS=_launch.scratch(plan["clamp_partials"], f32, dev),
             COUNTER=_launch.ticket(dev), CLAMPED=clamped, free_bits=float(free_bits))
     reduce = plan["reduce"]
-    out = _launch.alloc_on(mu, () if reduce else (b,), f32)
+    out = _launch.alloc_like(plan["value_like"], _launch.SAME)
     # None: the plan's dummy of the dtype the tensor would have
     _launch.launch_planned(
         plan["rows"], X=x if d else None, R=recon if d else None, OBS=obs_arg, MU=mu, LV=logvar,
@@ -175,6 +175,9 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
             "obs_tensor": obs_tensor, "prior": prior,
             "grad_dtypes": gradient_dtypes((x, recon, mu, logvar, z), needs)}
     dev = x.device
+    # the value's layout, allocated per call as its empty_like: no shape, dtype or device
+    # to parse (~0.3 us less than new_empty)
+    plan["value_like"] = torch.empty(() if reduce else (b,), dtype=torch.float32, device=dev)
 
     def dummies(**dtypes):
         return {name: _launch.dummy(dt, dev) for name, dt in dtypes.items()}

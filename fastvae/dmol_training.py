@@ -102,15 +102,18 @@ def bits_per_dim(nats: float, data_shape) -> float:
 
 
 def add_bpd(metrics: dict, core) -> dict:
-    """``metrics`` with ``bpd`` (from its ``elbo``) and ``iwae_bpd`` (from its
-    ``iwae_nll``, when there) for a DMoL model; unchanged for other likelihoods."""
+    """``metrics`` with ``bpd`` (from its ``elbo``) and, where it has an ``iwae_nll`` key,
+    ``iwae_bpd`` (None with it, as metrics.json's ``test_iwae_bpd``) for a DMoL model;
+    unchanged for other likelihoods."""
     if getattr(core, "likelihood", None) != DMOL:
         return metrics
     out = dict(metrics)
     if out.get("elbo") is not None:
         out["bpd"] = bits_per_dim(-out["elbo"], core.data_shape)
-    if out.get("iwae_nll") is not None and math.isfinite(out["iwae_nll"]):  # else said so
-        out["iwae_bpd"] = bits_per_dim(out["iwae_nll"], core.data_shape)
+    if "iwae_nll" in out:   # None where there is none (--k 0) or it is not finite (said so)
+        nll = out["iwae_nll"]
+        out["iwae_bpd"] = (bits_per_dim(nll, core.data_shape)
+                           if nll is not None and math.isfinite(nll) else None)
     return out
 
 

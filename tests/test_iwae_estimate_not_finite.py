@@ -67,5 +67,20 @@ def test_a_dmol_run_s_bits_per_dim_are_not_made_of_a_non_finite_estimate():
     from fastvae import dmol_training as dmol
     core = SimpleNamespace(likelihood=dmol.DMOL, data_shape=(3, 4, 4))
     got = dmol.add_bpd({"elbo": -100.0, "iwae_nll": float("nan")}, core)
-    assert "iwae_bpd" not in got and got["bpd"] == pytest.approx(100 / (48 * math.log(2)))
+    assert got["iwae_bpd"] is None and got["bpd"] == pytest.approx(100 / (48 * math.log(2)))
     assert dmol.bpd_text(got) == f", {got['bpd']:.3f} bits/dim"
+
+
+def test_a_dmol_eval_without_an_estimate_has_its_bits_per_dim_null_as_metrics_json_does():
+    """``fastvae eval --json --k 0`` of a DMoL run: ``iwae_bpd`` null beside ``iwae_nll``
+    null, as metrics.json's ``test_iwae_bpd`` (the key was left out); an epoch's metrics,
+    with no estimate at all, get none."""
+    from types import SimpleNamespace
+
+    from fastvae import dmol_training as dmol
+    core = SimpleNamespace(likelihood=dmol.DMOL, data_shape=(3, 4, 4))
+    got = dmol.add_bpd({"elbo": -100.0, "iwae_nll": None}, core)
+    assert "iwae_bpd" in got and got["iwae_bpd"] is None
+    assert "iwae_bpd" not in dmol.add_bpd({"elbo": -100.0}, core)
+    assert dmol.add_final_bpd({"test_elbo": -100.0, "test_iwae_nll": None},
+                              core)["test_iwae_bpd"] is None

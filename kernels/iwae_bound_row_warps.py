@@ -84,7 +84,7 @@ def _unpack_mma(v, eye):
             "{$6}, {z, z, z, z}; }",
             "=r,=r,=r,=r,r,r,r,r,r,r", [v, eye], dtype=tl.float32, is_pure=True, pack=4)
     else:
-        out = v.to(tl.float32)
+        out = to_f32(v)
     return out
 
 

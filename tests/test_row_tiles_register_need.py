@@ -110,17 +110,13 @@ def test_iwae_onepass_rows_of_257_to_512_columns_take_512(likelihood, dtype, war
             launch.options()["num_warps"]) == ((1, 4, 512, 128), warps)
 
 
-def test_iwae_onepass_512_column_tile_bounds():
+def test_iwae_onepass_512_column_tile_bounds(monkeypatch):
     """Every likelihood; K 5-8 and rows past 512 columns keep the 1024-column tiles."""
-    old = configs.CONFIG_MODE
-    configs.CONFIG_MODE = "gpu"
-    try:
-        for lik in (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
-                    configs.GAUSSIAN_TENSOR):
-            for k in (1, 2, 3, 4, 5):
-                for d in (256, 257, 300, 512, 513):
-                    got = configs.iwae_onepass_config(5, k, d, 33, lik)
-                    tile = got and got[1:3]
-                    assert (tile == (4, 512)) == (k <= 4 and 256 < d <= 512), (lik, k, d, got)
-    finally:
-        configs.CONFIG_MODE = old
+    monkeypatch.setattr(configs, "CONFIG_MODE", "gpu")
+    for lik in (configs.BERNOULLI, configs.CONTINUOUS_BERNOULLI, configs.GAUSSIAN_SCALAR,
+                configs.GAUSSIAN_TENSOR):
+        for k in (1, 2, 3, 4, 5):
+            for d in (256, 257, 300, 512, 513):
+                got = configs.iwae_onepass_config(5, k, d, 33, lik)
+                tile = got and got[1:3]
+                assert (tile == (4, 512)) == (k <= 4 and 256 < d <= 512), (lik, k, d, got)

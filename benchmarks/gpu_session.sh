@@ -27,7 +27,8 @@
 #   host     30 s  gpu_probe.py --host-profile: host time of small fused calls (ELBOLoss,
 #                  reparameterize, sample_with_kl) and a cProfile of each -> host_profile.txt
 #   hvae     70 s  benchmarks/gpu_hvae_loop.py: issue 11's bar, sample_with_kl in a VDVAE-like
-#                  loop of 75 groups at batch 16 (eager, compile, fastvae; CUDA-graph
+#                  loop of 75 groups at batch 16 (eager, fastvae, compile of the whole
+#                  step with CUDA graphs, compile of the group function; CUDA-graph
 #                  replay; launches per group), single groups -> hvae_loop.md, .json
 #   ncu      80 s  ncu on the ELBO row kernel (instructions, issue, DRAM throughput,
 #                  registers), fp32 then bf16, and on IWAE K=5's, where ncu exists -> ncu.txt

@@ -41,6 +41,22 @@ def test_hvae_loop_check_passes_the_op_and_catches_a_wrong_gradient():
         loop.check_fastvae(groups, wrong)
 
 
+def test_hvae_loop_whole_step_forward_is_the_per_group_step():
+    """The whole-step compile's step (``forward_all``, here uncompiled) draws, returns and
+    differentiates what the per-group step does, group for group."""
+    loop = _module("gpu_hvae_loop")
+    groups = loop.make_groups(loop.group_shapes(2, [(1, 1), (4, 2)]), torch.device("cpu"))
+    results = []
+    for kwargs in ({"fn": loop.eager_sample_with_kl}, {"forward_all": loop.every_group}):
+        torch.manual_seed(0)
+        outs = loop.make_step(groups, **kwargs)()
+        results.append((outs, [t.grad.clone() for gr in groups for t in gr["leaves"]]))
+    (outs_a, grads_a), (outs_b, grads_b) = results
+    assert len(outs_a) == 2 * len(groups) and len(grads_a) == 4 * len(groups)
+    for a, b in zip(outs_a + grads_a, outs_b + grads_b):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_hvae_loop_smoke_labels_its_cpu_columns(tmp_path):
     """--smoke times the CPU's wall clock, and the profiler counts CUDA kernels only: the
     table says "cpu wall ms" and "-" launches (a 0.0 read as no launch at all)."""

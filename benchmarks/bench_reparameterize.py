@@ -5,7 +5,7 @@ for self-consistency instead (eps = (z - mu)/std is N(0, 1), gradients are the c
 form of its own z).
 
 Variants: eager (pytorch/examples), torch.distributions, torch.compile of the eager
-loss, fastvae "torch" backend, fastvae "triton" backend (CUDA only). Each case's
+loss, the same drawing with aten's RNG (compile-eager-rng), fastvae "torch" backend, fastvae "triton" backend (CUDA only). Each case's
 variants are checked as above, on the first call and on one after the warm-up, before
 any is timed (``fastvae.bench.prepare``; the op's spec is in ``fastvae/bench/specs/``).
 """

@@ -1,7 +1,7 @@
 """Benchmark the fused VAE ops against eager PyTorch and torch.compile.
 
 Prints one table: variant, op, shape, dtype, median ms, speed-up vs eager and vs
-torch.compile, peak extra memory, bytes saved for backward, kernels, GB/s and % of
+torch.compile (the faster of its variants), peak extra memory, bytes saved for backward, kernels, GB/s and % of
 the measured copy-bandwidth roofline. Every case first checks that its variants
 agree numerically; one that does not is not timed but reported (a line under the table,
 an ``error`` row in the JSON, exit status 1), and the run goes on. On a GPU, L2 is flushed

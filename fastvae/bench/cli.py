@@ -18,8 +18,8 @@ from .core import DTYPES, OPS, VARIANT_ORDER, variant_names
 from .grids import (dtype_problem, grid_from_args, k_dest, max_elements_of, ops_of,
                     quick_ops, quick_shapes, size_problem)
 from .harness import run_case
-from .report import (busy_note, environment, format_first_calls, format_table, header,
-                     plot)
+from .report import (busy_note, compile_note, environment, format_first_calls,
+                     format_table, header, plot)
 from .timing import check_cpu_time, copy_bandwidth, is_cuda
 
 DESCRIPTION = "Benchmark the fused VAE ops against eager PyTorch and torch.compile."
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     """``fastvae bench``: run the chosen grid, print the table, write JSON / plot.
     Returns the exit status: 0; 1 when a variant disagreed with eager (its case's other
     variants, and every other case, are still timed, printed and written), or when
-    torch.compile could not build the ``compile`` variant (likewise); 2 when the
+    torch.compile could not build a compiled variant (likewise); 2 when the
     grid asked for needs CUDA and there is none, or when no case was measured (the JSON
     is still written, its rows empty and its skipped list saying why; no figure is)."""
     if getattr(args, "gpu_train_step", False):
@@ -149,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
                          + "; ".join(f"{r['variant']} on {r['op']} {r['shape']} {r['dtype']}"
                                      for r in wrong))
         if unbuilt:   # every case's compile fails alike (no C++ compiler): say it once
-            parts.append(f"{unbuilt[0]['error']} on {len(unbuilt)} case(s); --variants "
-                         "without compile times the others alone")
+            names = list(dict.fromkeys(r["variant"] for r in unbuilt))
+            parts.append("; ".join(
+                f"{next(r['error'] for r in unbuilt if r['variant'] == n)} on "
+                f"{sum(r['variant'] == n for r in unbuilt)} case(s)" for n in names)
+                + f"; --variants without {', '.join(names)} times the others alone")
         print("fastvae bench: error: " + "; ".join(parts)
               + ("; nothing was timed, so no figure was written"
                  if args.plot and len(failed) == len(rows) else ""), file=sys.stderr)
@@ -245,6 +248,8 @@ def _measure_grid(args: argparse.Namespace, device: str) -> List[dict]:
         env["load_average_end"] = list(os.getloadavg())
     timed_rows = [r for r in rows if not r.get("error")]
     print(format_table(timed_rows, markdown=args.markdown))
+    if compile_note(timed_rows):
+        print(compile_note(timed_rows))
     if not started_busy and busy_note(env):
         print(busy_note(env))
     for r in rows:
@@ -261,8 +266,8 @@ def _measure_grid(args: argparse.Namespace, device: str) -> List[dict]:
     if skipped:
         print("skipped (largest tensor over --max-elements): "
               + "; ".join(f"{c.op} {c.shape}" for c in skipped))
-    print(f"speed-ups are eager's (compile's) median over the variant's; {len(grid)} cases in "
-          f"{env['wall_s']:.0f} s")
+    print(f"speed-ups are eager's (the faster compiled variant's) median over the variant's; "
+          f"{len(grid)} cases in {env['wall_s']:.0f} s")
     if args.json:  # atomic: a failed write keeps the last run's file whole
         write_json({"environment": env, "rows": rows,
                     "skipped": [dict(dataclasses.asdict(c), dtype=c.dtype_name)

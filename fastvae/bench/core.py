@@ -16,12 +16,17 @@ import fastvae
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
           "fp64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-# Column order of the variants (plot legend, pytest ids). Two names have a role in
-# the harness: "eager" is the reference of the agreement check and of the ratios,
-# "compile" gets the `x compile` column and an extra warm-up (its first call compiles).
-VARIANT_ORDER = ("eager", "distributions", "compile", "fastvae-torch", "fastvae-aten",
-                 "fastvae-triton")
-REFERENCE, COMPILE = "eager", "compile"
+# Column order of the variants (plot legend, pytest ids). Some names have a role in
+# the harness: "eager" is the reference of the agreement check and of the ratios; the
+# torch.compile variants (COMPILED) get an extra warm-up (their first call compiles), an
+# error row instead of an abort where torch.compile cannot build them, and the `x compile`
+# column, taken against the faster of those that ran. "compile-eager-rng" (the samplers
+# only) is "compile" with inductor drawing its noise through aten's RNG: on the CPU
+# inductor's own RNG costs more than the math it fuses.
+VARIANT_ORDER = ("eager", "distributions", "compile", "compile-eager-rng", "fastvae-torch",
+                 "fastvae-aten", "fastvae-triton")
+REFERENCE, COMPILE, COMPILE_EAGER_RNG = "eager", "compile", "compile-eager-rng"
+COMPILED = (COMPILE, COMPILE_EAGER_RNG)
 
 
 class AgreementError(AssertionError):

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from .check import check_agreement, disagreements, low_precision, upcast_inputs
-from .core import (COMPILE, REFERENCE, Case, Op, Variant, bytes_moved, convert_inputs,
+from .core import (COMPILED, REFERENCE, Case, Op, Variant, bytes_moved, convert_inputs,
                    get_op, variant_names)
 from .extras import extras, saved_bytes
 from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_interleaved,
@@ -28,7 +28,8 @@ from .timing import (check_cpu_time, inner_calls, is_cuda, l2_flusher, time_inte
 class Prepared:
     """A case with its inputs, one built step per variant, warmed up and checked;
     ``failed``: the variants dropped for disagreeing, with the check's message;
-    ``unbuilt``: those whose first call failed (``compile`` without a C++ compiler);
+    ``unbuilt``: the torch.compile variants it could not build (no C++ compiler, an
+    inductor option this torch lacks);
     ``warm_s``: each variant's fastest warm-up call, which :func:`measure` sizes its rounds
     by together with one more call (one call alone can land on another job's burst)."""
 
@@ -49,10 +50,10 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
             extra_variants: Optional[Dict[str, Variant]] = None, warmup: int = 1,
             check: bool = True, drop_disagreeing: bool = False) -> Prepared:
     """Build every variant's step on shared inputs, time the first call (the compile
-    of ``compile``), warm up, and check agreement (raises
+    of the :data:`~.core.COMPILED` variants), warm up, and check agreement (raises
     :class:`~.core.AgreementError`; with ``drop_disagreeing``, leaves the variants that
     fail out of ``steps`` and names them in ``failed`` instead, so a run of many cases
-    still times the rest; so too ``compile`` where torch.compile cannot build the step).
+    still times the rest; so too a compiled variant torch.compile cannot build).
 
     ``extra_variants`` adds variants beyond the op's (tests inject a wrong one).
     ``eager`` always runs: it is the reference of the check and of the ratios.
@@ -66,28 +67,41 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
         if n not in table:
             raise ValueError(f"unknown variant {n!r} for op {case.op!r}; have {sorted(table)}")
     inputs = make_inputs(op, case, seed)
-    steps = {n: table[n].build(case, inputs) for n in names}
-    first, outputs, again, warm = {}, {}, {}, {}
     unbuilt: Dict[str, str] = {}
-    for n in names:
-        # The first call is checked: every variant starts from the same inputs (and, for
-        # training steps, the same weights and the same seed, hence the same noise).
-        torch.manual_seed(inputs.get("seed", seed))
+
+    def unless_unbuildable(n, make):
+        """``make()``; where it fails to compile variant ``n`` (no C++ compiler, say), None
+        and the reason in ``unbuilt``: the case's other variants still run."""
         try:
-            first[n], out = timed(getattr(steps[n], "check_step", steps[n]), case.device)
+            return make()
         except Exception as e:
             why = _compile_failed(n, e) if drop_disagreeing else None
             if why is None:
                 raise
-            unbuilt[n] = why   # no C++ compiler, say: the case's other variants still run
+            unbuilt[n] = why
+            return None
+
+    steps = {n: unless_unbuildable(n, lambda: table[n].build(case, inputs)) for n in names}
+    first, outputs, again, warm = {}, {}, {}, {}
+    for n in names:
+        if n in unbuilt:
             del steps[n]
             continue
+        # The first call is checked: every variant starts from the same inputs (and, for
+        # training steps, the same weights and the same seed, hence the same noise).
+        torch.manual_seed(inputs.get("seed", seed))
+        called = unless_unbuildable(
+            n, lambda: timed(getattr(steps[n], "check_step", steps[n]), case.device))
+        if called is None:
+            del steps[n]
+            continue
+        first[n], out = called
         if check:  # keep a copy: later calls of the same step may reuse the buffers
             outputs[n] = _detached(out)
         del out
         # A call of over a second is its own warm-up (caches and allocator are hot
-        # after it); compile's first call compiles, so it always gets one more.
-        slow = first[n] > 1.0 and n != COMPILE
+        # after it); a compiled variant's first call compiles, so it always gets one more.
+        slow = first[n] > 1.0 and n not in COMPILED
         for _ in range(0 if slow else warmup):
             warm[n] = min(warm.get(n, math.inf), timed(steps[n], case.device)[0])
         if check and op.self_check is not None:   # a sampler: a later call draws anew
@@ -118,7 +132,7 @@ def prepare(case: Case, variants: Optional[Sequence[str]] = None, *, seed: int =
 def _compile_failed(name: str, e: Exception) -> Optional[str]:
     """Why ``torch.compile`` could not build variant ``name`` (its first call compiles),
     or None for any other variant or error (out of memory ends the run with its line)."""
-    if name != COMPILE or isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+    if name not in COMPILED or isinstance(e, (MemoryError, torch.OutOfMemoryError)):
         return None
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return (f"{name}: torch.compile could not build it ({type(e).__name__}: "
@@ -165,6 +179,9 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
                              time.thread_time if cpu_time else time.perf_counter, inner, flush)
     del flush
     med = {n: statistics.median(ts) for n, ts in times.items()}
+    # `x compile` is against the stronger torch.compile baseline that ran: "ahead of
+    # compile" must hold against compile-eager-rng too where that one is faster.
+    compiled = min((n for n in COMPILED if n in med), key=med.get, default=None)
     moved = bytes_moved(case)
     flushed = is_cuda(case.device) and flush_l2
     rows = []
@@ -179,11 +196,12 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
             "min_ms": min(times[n]) * 1e3, "max_ms": max(times[n]) * 1e3,
             "first_call_ms": prepared.first_call_s[n] * 1e3,
             "speedup_vs_eager": med[REFERENCE] / med[n] if REFERENCE in med else None,
-            "speedup_vs_compile": med[COMPILE] / med[n] if COMPILE in med else None,
+            "speedup_vs_compile": med[compiled] / med[n] if compiled else None,
+            "compile_baseline": compiled,
             # The same ratio taken within each round, then the median: variants that
             # ran back to back share the machine's load, so this one is steadier.
             "paired_speedup_vs_eager": _paired(times, REFERENCE, n),
-            "paired_speedup_vs_compile": _paired(times, COMPILE, n),
+            "paired_speedup_vs_compile": _paired(times, compiled, n),
             "times_ms": [t * 1e3 for t in times[n]],
             "peak_extra_bytes": None, "saved_bytes": None, "kernels": None,
             "bytes_moved": moved, "gbps": None, "pct_roofline": None, "error": None,
@@ -200,7 +218,7 @@ def measure(prepared: Prepared, *, reps: int = 10, budget_s: float = 1.0, min_re
     return rows
 
 
-def _paired(times: Dict[str, List[float]], base: str, n: str) -> Optional[float]:
+def _paired(times: Dict[str, List[float]], base: Optional[str], n: str) -> Optional[float]:
     if base not in times:
         return None
     return statistics.median(b / t for b, t in zip(times[base], times[n]))
@@ -210,7 +228,7 @@ def run_case(case: Case, variants=None, **kw) -> List[dict]:
     """prepare + measure, freeing the case's tensors before returning. With
     ``drop_disagreeing``, a variant that fails the check gets a row of its own holding
     the check's message under ``"error"`` (and no timings) instead of raising; so does a
-    ``compile`` variant torch.compile could not build."""
+    compiled variant torch.compile could not build."""
     prep_kw = {k: kw.pop(k) for k in ("seed", "extra_variants", "warmup", "check",
                                       "drop_disagreeing") if k in kw}
     prepared = prepare(case, variants, **prep_kw)

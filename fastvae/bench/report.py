@@ -15,7 +15,7 @@ import torch
 import fastvae
 
 from ..plots import save_figure
-from .core import COMPILE, REFERENCE, VARIANT_ORDER
+from .core import COMPILE, COMPILE_EAGER_RNG, COMPILED, REFERENCE, VARIANT_ORDER
 from .specs._common import native_status
 from .timing import is_cuda
 
@@ -44,8 +44,8 @@ def table_rows(rows: List[dict]) -> List[List[str]]:
 
 
 def format_table(rows: List[dict], markdown: bool = False) -> str:
-    """One table, a row per (case, variant): speed-ups are eager (or compile) median
-    over this variant's median, so > 1 is faster."""
+    """One table, a row per (case, variant): speed-ups are eager's (or the faster
+    compiled variant's) median over this variant's median, so > 1 is faster."""
     body = table_rows(rows)
     if markdown:
         lines = ["| " + " | ".join(COLUMNS) + " |",
@@ -62,17 +62,32 @@ def format_table(rows: List[dict], markdown: bool = False) -> str:
 
 
 def format_first_calls(rows: List[dict]) -> str:
-    """The untimed-in-the-table first calls: compile time of ``compile``, warm-up of the rest."""
-    lines = ["first call (compile for 'compile'; not in the medians):"]
+    """The first calls the table leaves out of the medians: the compile time of the
+    compiled variants, beside eager's first call."""
+    lines = ["first call (torch.compile's compile; not in the medians):"]
     for r in rows:
-        if r["variant"] == COMPILE:
+        if r["variant"] in COMPILED:
             eager = next((q for q in rows if q["op"] == r["op"] and q["shape"] == r["shape"]
                           and q["dtype"] == r["dtype"] and q["variant"] == REFERENCE), None)
-            lines.append(f"  {r['op']:<15} {r['shape']:<28} {r['dtype']}: compile "
+            lines.append(f"  {r['op']:<15} {r['shape']:<28} {r['dtype']}: {r['variant']} "
                          f"{r['first_call_ms'] / 1e3:.2f} s"
                          + (f" (eager first call {eager['first_call_ms']:.1f} ms)"
                             if eager else ""))
     return "\n".join(lines) if len(lines) > 1 else ""
+
+
+def compile_note(rows: List[dict]) -> str:
+    """What ``compile-eager-rng`` is, and what ``x compile`` was taken against, where a
+    row of it was timed ('' otherwise)."""
+    cases = {(r["op"], r["shape"], r["dtype"]): r.get("compile_baseline") for r in rows
+             if r["variant"] == COMPILE_EAGER_RNG}
+    if not cases:
+        return ""
+    stronger = sum(1 for base in cases.values() if base == COMPILE_EAGER_RNG)
+    return (f"{COMPILE_EAGER_RNG}: torch.compile(eager, dynamic=False, options="
+            "{'fallback_random': True}), inductor drawing the noise with aten's RNG, as eager "
+            f"does, where {COMPILE} (the default) generates its own. x compile is against the "
+            f"faster of the two: {COMPILE_EAGER_RNG} in {stronger} of {len(cases)} case(s).")
 
 
 def processor_name() -> str:

@@ -14,7 +14,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 import fastvae
 from fastvae.backends.torch_backend import native as _native
 
-from ..core import AgreementError, Case, Variant, leaf
+from ..core import COMPILE, COMPILE_EAGER_RNG, AgreementError, Case, Variant, leaf
 
 
 # -- checks -----------------------------------------------------------------------
@@ -82,25 +82,40 @@ def _configure_compile() -> None:
         pass
 
 
-_COMPILED: Dict[str, Callable] = {}
+_COMPILED: Dict[tuple, Callable] = {}
 
 
-def compiled(fn: Callable) -> Callable:
-    """``torch.compile(fn, dynamic=False)``, built once per function."""
-    if fn.__name__ not in _COMPILED:
+def compiled(fn: Callable, **options) -> Callable:
+    """``torch.compile(fn, dynamic=False, options=options)`` (inductor config options),
+    built once per function and options. An option this torch's inductor lacks is a
+    one-line RuntimeError (torch's own lists every option it has)."""
+    key = (fn.__name__, tuple(sorted(options.items())))
+    if key not in _COMPILED:
         _configure_compile()
-        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn.__name__]
+        import torch._inductor.config as icfg
+        missing = [name for name in options if not hasattr(icfg, name)]
+        if missing:
+            raise RuntimeError(f"torch {torch.__version__}'s inductor has no option "
+                               f"{', '.join(missing)}")
+        _COMPILED[key] = torch.compile(fn, dynamic=False, options=options or None)
+    return _COMPILED[key]
+
+
+# Inductor draws randn with its own generated RNG code by default; fallback_random has
+# it call aten's, the RNG eager draws with (an option since before torch 2.0). On the CPU that alone took
+# sample_with_kl's compile from 24 to 5.5 ms at B=4096 L=64 (benchmarks/RESULTS.md).
+EAGER_RNG = {"fallback_random": True}
 
 
 # -- the standard variants ----------------------------------------------------------
 
 def standard_variants(make: Callable, eager: Callable, distributions: Callable,
-                      fastvae_fn: Callable[[str], Callable], *,
-                      aten: bool = False) -> Dict[str, Variant]:
+                      fastvae_fn: Callable[[str], Callable], *, aten: bool = False,
+                      sampler: bool = False) -> Dict[str, Variant]:
     """``eager``, ``distributions``, ``compile`` (of ``eager``), ``fastvae-torch``, with
-    ``aten`` also ``fastvae-aten`` (ops whose torch backend has the C row kernel), and
-    ``fastvae-triton`` (CUDA only).
+    ``aten`` also ``fastvae-aten`` (ops whose torch backend has the C row kernel), with
+    ``sampler`` (ops whose eager draws noise) also ``compile-eager-rng`` (``compile``
+    drawing with aten's RNG, :data:`EAGER_RNG`), and ``fastvae-triton`` (CUDA only).
 
     ``make(get_fn, backend)`` returns a variant's ``build``: ``get_fn()`` gives the
     function to time (called at build time, so ``compile`` compiles only when used);
@@ -110,9 +125,13 @@ def standard_variants(make: Callable, eager: Callable, distributions: Callable,
     variants = {
         "eager": Variant("eager", make(lambda: eager, None)),
         "distributions": Variant("distributions", make(lambda: distributions, None)),
-        "compile": Variant("compile", make(lambda: compiled(eager), None)),
-        "fastvae-torch": Variant("fastvae-torch", make(lambda: fastvae_fn("torch"), "torch")),
+        COMPILE: Variant(COMPILE, make(lambda: compiled(eager), None)),
     }
+    if sampler:
+        variants[COMPILE_EAGER_RNG] = Variant(
+            COMPILE_EAGER_RNG, make(lambda: compiled(eager, **EAGER_RNG), None))
+    variants["fastvae-torch"] = Variant("fastvae-torch",
+                                        make(lambda: fastvae_fn("torch"), "torch"))
     if aten:
         variants["fastvae-aten"] = aten_variant(variants["fastvae-torch"])
     variants["fastvae-triton"] = Variant(

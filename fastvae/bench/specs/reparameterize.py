@@ -1,6 +1,10 @@
 """``reparameterize``: ``z = mu + exp(0.5 * logvar) * eps``, forward and backward (a
 fixed random cotangent ``dz``), one sample (B, L) or K samples (K, B, L).
 
+Variants: ``eager`` (pytorch/examples), ``distributions`` (``Normal.rsample``),
+``compile`` of eager, ``compile-eager-rng`` (the same drawing with aten's RNG, as eager
+does), ``fastvae-torch``, ``fastvae-triton``.
+
 Samples cannot be compared draw for draw across RNG streams, so each variant is
 checked alone (:func:`check`): its ``eps = (z - mu) / std`` must look standard normal
 and its gradients must be the closed form of its own ``z``.
@@ -93,7 +97,7 @@ def elements_moved(case):
 OPS = [Op(
     "reparameterize", make_inputs,
     standard_variants(_make, eager_reparameterize, distributions_reparameterize,
-                      fastvae_reparameterize),
+                      fastvae_reparameterize, sampler=True),
     elements_moved=elements_moved, uses_dim=False, k_values=(1, 16), k_flag="--k-reparam",
     self_check=check,
     grids={"quick": dict(batch=[4096], k=[16]),

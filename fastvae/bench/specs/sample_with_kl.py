@@ -6,8 +6,8 @@ latent map (``L=16384``: ``(B, 16, 32, 32)``), any other L as ``(B, L)``.
 
 Variants of ``sample_with_kl``: ``eager`` (the VDVAE pattern: ``z = mu + exp(lv/2) *
 randn``, then the analytic KL term by term, autograd for the backward), ``distributions``
-(``Normal.rsample`` and ``kl_divergence``), ``compile`` of eager, ``fastvae-torch``,
-``fastvae-triton``. Samples differ across RNG streams, so each variant is checked alone
+(``Normal.rsample`` and ``kl_divergence``), ``compile`` of eager, ``compile-eager-rng``
+(the same drawing with aten's RNG, as eager does), ``fastvae-torch``, ``fastvae-triton``. Samples differ across RNG streams, so each variant is checked alone
 (:func:`check`). ``kl_normal``: the KL alone, checked against eager.
 """
 import math
@@ -158,7 +158,7 @@ GRIDS = {"quick": dict(batch=[32], latent=[16384]),
 OPS = [
     Op("sample_with_kl", make_inputs,
        standard_variants(_make, eager_sample_with_kl, distributions_sample_with_kl,
-                         fastvae_sample_with_kl),
+                         fastvae_sample_with_kl, sampler=True),
        elements_moved=elements_moved, uses_dim=False, self_check=check, grids=GRIDS),
     Op("kl_normal", make_inputs,
        standard_variants(lambda get_fn, backend: _make(get_fn, backend, with_z=False), eager_kl,

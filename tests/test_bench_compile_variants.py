@@ -1,7 +1,7 @@
 """The bench's torch.compile baselines: ``compile-eager-rng`` (the samplers' ``compile``
 with inductor drawing through aten's RNG) is built with that option and listed for the
 sampler ops only; a compiled variant torch.compile cannot build is an error row, not the
-end of the run; ``x compile`` is taken against the faster compiled variant. No timed
+end of the run, said once per variant at the end; ``x compile`` is taken against the faster compiled variant. No timed
 assertions: the times are given."""
 import pytest
 import torch
@@ -94,3 +94,26 @@ def test_compile_eager_rng_draws_eagers_noise_and_compile_its_own():
         z[name] = step()[0]
     torch.testing.assert_close(z["compile-eager-rng"], z["eager"])
     assert not torch.allclose(z["compile"], z["eager"])
+
+
+def test_both_compiled_variants_unbuilt_are_said_once_each(monkeypatch, capsys):
+    """No C++ compiler fails compile and compile-eager-rng alike: the last line gives each
+    one's reason and case count once, and names both for --variants to leave out."""
+    from fastvae import cli
+
+    def unbuildable(case, inputs):
+        def step():
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return step
+    for name in core.COMPILED:
+        monkeypatch.setitem(core.OPS["reparameterize"].variants, name,
+                            core.Variant(name, unbuildable))
+    code = cli.main(["bench", "--ops", "reparameterize", "--batch", "8,16", "--latent", "3",
+                     "--k-reparam", "2", "--reps", "2", "--budget", "0.01", "--no-extras",
+                     "--variants", "compile,compile-eager-rng,fastvae-torch"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    why = "torch.compile could not build it (RuntimeError: InvalidCxxCompiler: No working C++ " \
+          "compiler found) on 2 case(s)"
+    assert code == 1 and err == (
+        f"fastvae bench: error: compile: {why}; compile-eager-rng: {why}; --variants without "
+        "compile, compile-eager-rng times the others alone")

@@ -39,14 +39,20 @@ def batch_loss(model, x, cfg: dict):
 def batch_terms(core, x, parts, backend) -> torch.Tensor:
     """A batch's summed reconstruction term ``log p(x|z)``, analytic KL and, for a
     hierarchical model, each group's KL: ``[rec, kl, kl_1, ..., kl_G]`` on x's device, in
-    its widest dtype (float64; float32 on MPS), as the sums over batches are carried."""
+    its widest dtype (float64; float32 on MPS), as the sums over batches are carried.
+    A recon of K samples each, ``(K, B, ...)``: rec is the mean over all K, as the K-sample
+    objectives average them (at beta 1, a K-sample ELBO's loss is then -(rec - kl))."""
     if getattr(core, "hierarchical", False):
         _, rec, kl = parts
         return to_widest(torch.cat([torch.stack([rec.sum(), kl.sum()]), kl.sum(1)]))
     recon, mu, logvar = (t.detach() for t in parts)
-    rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
-                       obs_logvar=core._obs(), reduction="sum", backend=backend)
     kl = fastvae.kl_standard_normal(widened(mu), widened(logvar), backend=backend).sum()
+    k = recon.shape[0] if recon.dim() > x.dim() else 1
+    if k > 1:   # each image once per sample, in recon's flattened order
+        x, mu, logvar = (objectives.repeat_rows(t, k) for t in (x, mu, logvar))
+        recon = recon.flatten(0, 1)
+    rec = fastvae.elbo(x, recon, mu, logvar, likelihood=core.likelihood, beta=0.0,
+                       obs_logvar=core._obs(), reduction="sum", backend=backend) / k
     return to_widest(torch.stack([rec, kl]))
 
 

@@ -10,9 +10,16 @@ from ._dtypes import widened
 from .options import check_hierarchical
 
 
+def repeat_rows(t, k: int):
+    """``t`` (B, ...) repeated for each of K samples: (K * B, ...), sample-major as
+    ``recon_k.flatten(0, 1)``."""
+    return t.expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])
+
+
 def loss(model, core, x, cfg: dict):
     """The loss (batch mean, what we minimize) of one forward pass through ``model`` (``core``
-    unwrapped from DDP / compile), and one sample's (recon, mu, logvar) for logging.
+    unwrapped from DDP / compile), and (recon, mu, logvar) for logging, recon ``(K, B,
+    ...)`` where K > 1 (:func:`fastvae.evaluation.batch_terms` averages its K samples).
 
     ``objective`` "elbo": ``-ELBO``, averaged over ``k`` samples per example (Burda et
     al.'s k-sample VAE baseline); "iwae": ``-L_k``. The gradient is the ``estimator``'s
@@ -38,17 +45,14 @@ def loss(model, core, x, cfg: dict):
         return e, (recon, mu, logvar)
     recon_k, mu, logvar, z_k = model(x, backend=cfg["backend"], n_samples=k)
     if objective == "iwae":
-        return fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, **common), (recon_k[0], mu, logvar)
-
-    def rows(t):  # (B, ...) repeated for each of the K samples: (K * B, ...)
-        return t.expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:])
+        return fastvae.iwae_bound(x, recon_k, mu, logvar, z_k, **common), (recon_k, mu, logvar)
     # mu and logvar widened before they are repeated: their gradients' sums over the K
     # copies round to a 16-bit dtype once (fastvae._dtypes.widened)
-    e = fastvae.elbo(rows(x), recon_k.flatten(0, 1), rows(widened(mu)), rows(widened(logvar)),
-                     kl=cfg["kl"],
+    e = fastvae.elbo(repeat_rows(x, k), recon_k.flatten(0, 1), repeat_rows(widened(mu), k),
+                     repeat_rows(widened(logvar), k), kl=cfg["kl"],
                      z=z_k.flatten(0, 1) if cfg["kl"] == "mc" else None, beta=cfg["beta"],
                      **common)
-    return e, (recon_k[0], mu, logvar)
+    return e, (recon_k, mu, logvar)
 
 
 def describe(cfg: dict) -> str:

@@ -170,3 +170,35 @@ def test_dreg_s_compiled_halves_serve_the_training_step_alone(monkeypatch):
     assert ran == ["encode", "decode"]
     from fastvae.evaluation import _core
     assert _core(model) is core
+
+
+
+def test_the_train_elbo_of_k_samples_is_minus_their_loss(tmp_path):
+    """With K samples per image the epoch's train rec is the mean over all K, as the loss
+    averages them: at beta 1 with the analytic KL, the K-sample ELBO loss is exactly
+    -(rec - kl), as the single sample's is. It was the first sample's rec alone."""
+    m = T.train(tiny(tmp_path / "run", epochs=2, iwae_k=0, k=4), log=quiet)
+    for train, _ in _curve(m):
+        assert train["loss"] == pytest.approx(-train["elbo"], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_a_k_sample_step_logs_the_mean_rec_of_all_k(objective):
+    """The logged reconstruction term of a K-sample step (either objective) is the mean of
+    the K samples' log p(x|z_k), not the first one's."""
+    import fastvae
+    from fastvae.evaluation import batch_loss, batch_terms
+    from fastvae.models import VAE
+
+    torch.manual_seed(0)
+    model = VAE((1, 8, 8), latent_dim=3, hidden=(16,))
+    x = torch.rand(6, 1, 8, 8)
+    cfg = dict(T.default_config(), objective=objective, k=4, backend="torch")
+    torch.manual_seed(1)
+    _, parts = batch_loss(model, x, cfg)
+    got = batch_terms(model, x, parts, "torch")
+    torch.manual_seed(1)
+    recon_k, mu, logvar, _ = model(x, n_samples=4, backend="torch")
+    want = sum(fastvae.elbo(x, r, mu, logvar, beta=0.0, reduction="sum") for r in recon_k) / 4
+    torch.testing.assert_close(got[0], want.detach().double(), rtol=1e-5, atol=1e-4)
+    assert got[1] == pytest.approx(float(fastvae.kl_standard_normal(mu, logvar).sum().detach()), rel=1e-5)

@@ -258,6 +258,7 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
         n = sums[1].item()
         train_m = {"loss": sums[0].item() / n, **summarize(sums[2:], n)}
         train_m["elbo"] = train_m["rec"] - train_m["kl"]
+        train_m = dmol.add_bpd(train_m, run.core)   # a DMoL run's unit, as the test side's
         wall = time.perf_counter() - t0
         # the weights DDP keeps equal give every rank the same numbers: rank 0 works them
         # out, as one process would, and hands them on
@@ -278,7 +279,8 @@ def _train_in_group(cfg, state, device, backend, rank, world, say, resume_flags=
                              "epoch": epoch, "history": run.history, "initial_test": run.initial,
                              "rng": rng}, out / CHECKPOINT_NAME)
             say(f"epoch {epoch:3d}/{cfg['epochs']}  train elbo {train_m['elbo']:8.2f} "
-                f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f})  test elbo "
+                f"(kl {train_m['kl']:6.2f}, rec {train_m['rec']:8.2f}"
+                f"{dmol.bpd_text(train_m)})  test elbo "
                 f"{test_m['elbo']:8.2f} (kl {test_m['kl']:6.2f}, rec {test_m['rec']:8.2f}"
                 f"{dmol.bpd_text(test_m)})  {wall:5.2f}s {n / wall:7.0f} samples/s")
         guard.saved(epoch)

@@ -179,6 +179,10 @@ def test_train_eval_sample_resume_on_a_color_array(tmp_path, capsys):
     assert final["test_iwae_bpd"] == pytest.approx(final["test_iwae_nll"] / (dims * math.log(2)))
     assert math.isfinite(final["test_iwae_bpd"]) and final["test_iwae_bpd"] > 0
     assert f"{final['test_bpd']:.3f} bits/dim" in out
+    for epoch in m["epochs"]:   # the train side in the test side's unit too, in both places
+        train = epoch["train"]
+        assert train["bpd"] == pytest.approx(-train["elbo"] / (dims * math.log(2)))
+        assert f"rec {train['rec']:8.2f}, {train['bpd']:.3f} bits/dim)  test elbo" in out
     assert cli.main(["eval", str(run), "--k", "2", "--json"]) == 0
     e = json.loads(capsys.readouterr().out)
     assert e["bpd"] == pytest.approx(final["test_bpd"], rel=1e-6)

@@ -1,6 +1,8 @@
-"""Warnings that point at the user's line, not at fastvae's or torch's internals."""
+"""Warnings that point at the user's line, not at fastvae's or torch's internals; under
+the ``fastvae`` command, which runs no line of the user's, one line of its own."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -25,4 +27,27 @@ def _outside_frames() -> int:
 
 
 def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
-    warnings.warn(message, category, stacklevel=_outside_frames())
+    said = category(message)
+    said.fastvae_own = True   # what as_command words as the command's
+    warnings.warn(said, stacklevel=_outside_frames())
+
+
+@contextlib.contextmanager
+def as_command(prog: str):
+    """While the command ``prog`` (``fastvae eval``) runs, fastvae's own warnings read
+    ``prog: warning: ...``, one line as its errors are: the caller :func:`warn` finds
+    there is the launcher, ``<frozen runpy>`` (python -m) or the console script's
+    ``sys.exit(console())``, no line the user wrote. Only the text changes: filters,
+    ``-W error`` and recorders such as pytest.warns meet the warning as before."""
+    before = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        if not getattr(message, "fastvae_own", False):
+            return before(message, category, filename, lineno, line)
+        return f"{prog}: warning: {str(message).removeprefix('fastvae: ')}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import _env
+from . import _env, _warnings
 from . import error_lines as el
 from . import options as o
 from . import ranks, stops
@@ -316,18 +316,16 @@ def _left_to_rank_0(command: str, rank: int, world: int) -> bool:
 
 def main(argv=None) -> int:
     """Entry point of the ``fastvae`` command; returns the exit status."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .runs import MissingExtra, RunFolderError
-    from .train import NonFiniteLoss
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":
         try:
             rank, world, _ = ranks.dist_env()
         except ValueError:   # the benchmark itself needs no ranks
             rank, world = 0, 1
-        return 0 if _left_to_rank_0("bench", rank, world) else _run_bench(argv[1:])
+        if _left_to_rank_0("bench", rank, world):
+            return 0
+        with _warnings.as_command("fastvae bench"):
+            return _run_bench(argv[1:])
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the parser of the command they follow: "fastvae train: error: ..."
@@ -344,10 +342,20 @@ def main(argv=None) -> int:
     except ValueError as e:   # before any rank's work: every later dist_env() would raise
         print(f"fastvae {args.command}: error: {e}", file=sys.stderr)
         return 2
-    quiet = rank != 0
     if args.command in ("eval", "sample") and _left_to_rank_0(args.command, rank, world):
         return 0
+    with _warnings.as_command(_ranked(f"fastvae {args.command}")):
+        return _run(args, quiet=rank != 0)
+
+
+def _run(args, quiet: bool) -> int:
+    """The command's handler, its failures said as :func:`main` promises."""
     import torch
+
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .runs import MissingExtra, RunFolderError
+    from .train import NonFiniteLoss
 
     threads = torch.get_num_threads()
     try:

@@ -11,6 +11,10 @@ from .functional import (elbo, gaussian_log_prob, iwae_bound, kl_normal, kl_stan
 from .functional import discretized_logistic_mixture_log_prob
 from .loss import DiscretizedLogisticMixtureNLLLoss, ELBOLoss, IWAELoss
 from .validation import get_validation, set_validation
+from . import _compiler
+
+_compiler.not_scriptable(elbo, reparameterize, kl_standard_normal, kl_normal, sample_with_kl,
+                         gaussian_log_prob, iwae_bound, discretized_logistic_mixture_log_prob)
 
 __all__ = [
     "__version__",

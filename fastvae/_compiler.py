@@ -1,6 +1,7 @@
 """What fastvae tells ``torch.compile`` about its own functions, said without importing
 ``torch._dynamo``: that import takes about as long as ``import torch`` itself, and a
-process that never compiles (the CLI, a DDP worker, most scripts) should not pay it."""
+process that never compiles (the CLI, a DDP worker, most scripts) should not pay it; and
+what ``torch.jit.script``, which cannot compile them, is told instead."""
 from __future__ import annotations
 
 import sys
@@ -41,3 +42,26 @@ def tracing_here() -> bool:
     frame, the rest after a graph break) would have dynamo compile that function's frame on
     its own, with both folded to True for good."""
     return _TracingContext.try_get() is not None
+
+
+def script_refusal(name: str) -> TypeError:
+    """The one-line error of ``torch.jit.script`` for ``name`` (an op, a loss module, a
+    model): the ops are Python that TorchScript cannot compile, and its own error blamed
+    whichever line it stopped at (a keyword-only argument, a property setter)."""
+    return TypeError(f"{name} cannot be compiled by torch.jit.script (fastvae's ops are "
+                     "Python); use torch.compile, or torch.jit.trace, which records the "
+                     "reference math")
+
+
+def not_scriptable(*fns) -> None:
+    """``torch.jit.script`` of each of ``fns``, or of code that calls one, raises
+    :func:`script_refusal`: it asks a function's ``__prepare_scriptable__`` before compiling
+    it, a called one's too. An attribute set once: no call of the op pays for it."""
+    for fn in fns:
+        fn.__prepare_scriptable__ = _refuse(f"fastvae.{fn.__name__}")
+
+
+def _refuse(name: str):
+    def refuse():
+        raise script_refusal(name)
+    return refuse

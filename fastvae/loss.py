@@ -9,6 +9,7 @@ from torch import nn
 
 from . import backends, estimators
 from . import validation as V
+from ._compiler import script_refusal
 from .functional import _dmol, elbo, iwae_bound
 
 
@@ -72,12 +73,8 @@ class _Loss(nn.Module):
                 if getattr(self, k) is not None]
 
     def __prepare_scriptable__(self):
-        # torch.jit.script asks this of a module and of each submodule before compiling:
-        # the ops are Python that TorchScript cannot compile, and its own error named a
-        # line of this file (a property setter) as the cause
-        raise TypeError(f"{type(self).__name__} cannot be compiled by torch.jit.script "
-                        "(fastvae's ops are Python); use torch.compile, or torch.jit.trace, "
-                        "which records the reference math")
+        # torch.jit.script asks this of a module and of each submodule before compiling
+        raise script_refusal(type(self).__name__)
 
 
 class _BoundLoss(_Loss):

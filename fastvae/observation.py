@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from ._compiler import script_refusal
 from ._dtypes import to_widest, widened
 from .dispatch import check_generator
 from .dmol_sampling import dmol_mean, dmol_sample
@@ -143,6 +144,10 @@ class ObservationModel(nn.Module):
 
     def _obs(self):
         return self.obs_logvar if self.obs_logvar is not None else 0.0
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script asks this of a module and of each submodule before compiling
+        raise script_refusal(type(self).__name__)
 
     def extra_repr(self) -> str:
         """The settings the layers do not show (a Bernoulli and a Gaussian decoder print

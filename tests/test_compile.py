@@ -457,3 +457,32 @@ def test_jit_trace_records_the_reference_math():
         torch.manual_seed(5)
         want = fastvae.reparameterize(mu, lv, backend="reference")
         torch.testing.assert_close(got, want)
+
+
+PUBLIC_OPS = ["elbo", "iwae_bound", "reparameterize", "kl_standard_normal", "kl_normal",
+              "sample_with_kl", "gaussian_log_prob", "discretized_logistic_mixture_log_prob"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", PUBLIC_OPS)
+def test_jit_script_of_a_public_op_is_refused_in_one_line(name):
+    """TorchScript cannot compile the ops (Python); its own error named a keyword-only
+    argument of functional.py. Refused as the loss modules are, also where a scripted
+    function or module calls the op, and for a model, whose ops are the same."""
+    op = getattr(fastvae, name)
+    message = rf"fastvae\.{name} cannot be compiled by torch\.jit\.script"
+
+    def user(x, y):
+        return op(x, y)
+
+    class User(nn.Module):
+        def forward(self, x, y):
+            return op(x, y)
+
+    for scripted in (op, user, User()):
+        with pytest.raises(TypeError, match=message):
+            torch.jit.script(scripted)
+    from fastvae.models import ConvVAE, HierarchicalVAE, VAE
+    for model in (VAE(), ConvVAE(), HierarchicalVAE()):
+        with pytest.raises(TypeError, match=f"{type(model).__name__} cannot be compiled"):
+            torch.jit.script(model)

@@ -215,6 +215,13 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
         super().__init__(reduction, backend, validate)
         self.bits = bits
 
+    def __setstate__(self, state):
+        # unpickling bypasses __setattr__: a module pickled before assignments were
+        # checked may hold a ``loss.bits = None``, which its forward read as 8
+        if "bits" in state and state["bits"] is None:
+            state = dict(state, bits=V.check_bits(None))
+        super().__setstate__(state)
+
     def forward(self, x, params):
         """``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)``."""
         return _dmol(x, params, self.bits, self.reduction, -1.0, self.backend, self.validate)

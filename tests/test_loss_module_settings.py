@@ -105,6 +105,22 @@ def test_a_loss_pickled_with_bits_as_an_attribute_still_runs(likelihood, bits):
         torch.testing.assert_close(loss(*args[:4]), fastvae.ELBOLoss()(*args[:4]))
 
 
+def test_a_dmol_loss_pickled_with_bits_none_reads_8():
+    """Before settings were checked on assignment, ``loss.bits = None`` on the DMoL NLL
+    loss stayed None (its forward read 8); unpickled, that state bypasses the check:
+    it reads 8, in its repr and in a torch.save round trip, as a loss made today."""
+    import io
+    state = dict(fastvae.DiscretizedLogisticMixtureNLLLoss().__dict__, bits=None)
+    loss = fastvae.DiscretizedLogisticMixtureNLLLoss.__new__(
+        fastvae.DiscretizedLogisticMixtureNLLLoss)
+    loss.__setstate__(state)
+    assert loss.bits == 8 and "bits=8" in repr(loss)
+    buffer = io.BytesIO()
+    torch.save(loss, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False).bits == 8
+
+
 @pytest.mark.parametrize("make", [fastvae.ELBOLoss, fastvae.IWAELoss,
                                   fastvae.DiscretizedLogisticMixtureNLLLoss])
 def test_torch_jit_script_is_refused_in_one_line(make):

@@ -73,7 +73,7 @@ def compiler_problem(cfg: dict, device: torch.device):
 
 
 class CompiledHalves:
-    """Calls of ``model`` with ``core``'s encode and decode compiled, for DReG under
+    """Calls of ``model`` with ``core``'s encoder and decoder compiled, for DReG under
     --compile: its hook on z_k must see the decoder's gradient into z_k, which a graph that
     samples and decodes keeps inside, so the two halves are compiled and the sample drawn
     between them. Only the training step calls through this: evaluation, the final
@@ -83,8 +83,10 @@ class CompiledHalves:
     def __init__(self, model, core, options):
         self.module = model   # what evaluation._core unwraps, as DDP's
         self._core = core
+        # the layers alone: the checks of encode, decode and decode_any stay eager, and
+        # decode_any reaches the compiled decoder without checking z twice
         self._halves = {name: torch.compile(getattr(core, name), dynamic=False, options=options)
-                        for name in ("encode", "decode")}
+                        for name in ("_encode", "_decode")}
 
     def __call__(self, *args, **kwargs):
         vars(self._core).update(self._halves)   # instance attributes shadow the methods

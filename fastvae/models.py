@@ -50,7 +50,7 @@ __all__ = ["VAE", "ConvVAE", "HierarchicalVAE", "build_model"]
 
 class _VAEBase(ObservationModel):
     """Shared logic; subclasses define ``_encode(x) -> (mu, logvar)`` of checked images and
-    ``decode(z)``."""
+    ``_decode(z)`` of checked latents ``(B, L)``."""
 
     def __init__(self, data_shape, latent_dim: int, likelihood: str, n_mix=None):
         super().__init__(data_shape, likelihood, n_mix)
@@ -72,7 +72,7 @@ class _VAEBase(ObservationModel):
     def decode_any(self, z: torch.Tensor) -> torch.Tensor:
         """Decode ``(..., L)`` latents to ``(..., *out_shape)``."""
         lead = self.check_latents(z, lead="...").shape[:-1]
-        out = self.decode(z.reshape(-1, self.latent_dim))
+        out = self._decode(z.reshape(-1, self.latent_dim))   # its rows are checked with z
         return out.reshape(*lead, *self.out_shape)
 
     # -- public API -----------------------------------------------------------
@@ -80,6 +80,11 @@ class _VAEBase(ObservationModel):
         """``(B, *data_shape)`` -> ``mu, logvar`` each ``(B, L)``; any other shape (a
         flattened batch included), dtype or device of x is refused (:meth:`check_images`)."""
         return self._encode(self.check_images(x))
+
+    def decode(self, z):
+        """``(B, L)`` -> ``(B, *out_shape)`` decoder output; any other z is refused
+        (:meth:`check_latents`)."""
+        return self._decode(self.check_latents(z))
 
     def forward(self, x: torch.Tensor, generator=None, backend=None, n_samples=None):
         """``x (B, *data_shape)`` -> ``(recon, mu, logvar, z)``, one posterior sample; with
@@ -201,10 +206,7 @@ class VAE(_VAEBase):
         mu, logvar = stats.chunk(2, dim=-1)
         return mu, logvar
 
-    def decode(self, z):
-        """``(B, L)`` -> ``(B, *out_shape)`` decoder output; any other z is refused
-        (:meth:`check_latents`)."""
-        z = self.check_latents(z)
+    def _decode(self, z):
         return self.decoder(z).reshape(z.shape[0], *self.out_shape)
 
 
@@ -278,10 +280,7 @@ class ConvVAE(_VAEBase):
         flat = self.channels[-1] * self._sizes[-1][0] * self._sizes[-1][1]
         return max([self.hidden, flat] + maps)
 
-    def decode(self, z):
-        """``(B, L)`` -> ``(B, *out_shape)`` decoder output; any other z is refused
-        (:meth:`check_latents`)."""
-        z = self.check_latents(z)
+    def _decode(self, z):
         h, w = self._sizes[-1]
         t = self.dec_fc(z).reshape(z.shape[0], self.channels[-1], h, w)
         return self.decoder(t)

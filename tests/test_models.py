@@ -356,6 +356,18 @@ def test_decode_refuses_latents_of_another_shape_dtype_or_device_by_name(cls):
     assert m.decode_any(torch.zeros(4, 3, 2)).shape == (4, 3, 1, 4, 4)
 
 
+@pytest.mark.parametrize("cls", [VAE, ConvVAE])
+def test_k_samples_latents_are_checked_once(cls, monkeypatch):
+    """decode_any checks ``(..., L)`` and decodes the flattened rows unchecked: decode
+    checked them again, every K-sample forward and every IWAE chunk."""
+    m = cls((1, 4, 4), 2)
+    seen = []
+    check = m.check_latents
+    monkeypatch.setattr(m, "check_latents", lambda z, **kw: seen.append(z.shape) or check(z, **kw))
+    m(torch.rand(3, 1, 4, 4), n_samples=5)
+    assert seen == [(5, 3, 2)]
+
+
 @pytest.mark.parametrize("make", _EVERY_MODEL, ids=["mlp", "conv", "hvae"])
 def test_with_validation_on_a_nan_in_x_is_named_as_x(make, restore_validation):
     """Not as the posterior or decoder output the layers make of it (the hierarchical

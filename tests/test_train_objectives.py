@@ -163,11 +163,11 @@ def test_dreg_s_compiled_halves_serve_the_training_step_alone(monkeypatch):
     model = amp.CompiledHalves(core, core, None)
     x = torch.rand(5, 1, 8, 8)
     model(x, backend="torch", n_samples=3)
-    assert ran == ["encode", "decode"]
-    assert "encode" not in vars(core) and "decode" not in vars(core)
+    assert ran == ["_encode", "_decode"]
+    assert "_encode" not in vars(core) and "_decode" not in vars(core)
     core(x, backend="torch", n_samples=3)
     core.reconstruct(x)
-    assert ran == ["encode", "decode"]
+    assert ran == ["_encode", "_decode"]
     from fastvae.evaluation import _core
     assert _core(model) is core
 

@@ -4,12 +4,14 @@ gradient against the brute-force float64 logsumexp (test_triton_iwae_tiles.py us
 too)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 import fastvae
 import _formulas as F
 from _backends import case_dtype
-from _compare import TOL, assert_close, grads, leaf
+from _compare import TOL, assert_close, grads, leaf, oracle
 
 
 LIKELIHOODS = ["bernoulli", "gaussian", "continuous_bernoulli"]
@@ -20,7 +22,8 @@ F64 = torch.float64
 
 # the Triton backend's IWAE row kernels, and the name each goes by in the tests
 ROW_KERNELS = {"iwae_bound_onepass_kernel": "onepass", "iwae_bound_rows_kernel": "twopass",
-               "iwae_bound_pairs_kernel": "pairs", "iwae_bound_row_warps_kernel": "row_warps"}
+               "iwae_bound_pairs_kernel": "pairs", "iwae_bound_row_warps_kernel": "row_warps",
+               "iwae_bound_sample_warps_kernel": "sample_warps"}
 
 
 def row_kernel(launches):
@@ -109,3 +112,32 @@ def check(backend, k, b, d, l, like, reduction, dtype=F64, noncontig=False):
             assert a.dtype == t.dtype, name
             assert_close(f"d/d{name}", a, e, dt, rtol=grad_rtol(d), eager=ee)
     return got
+
+
+def check_weight_zero_and_nan_rows(launches, kernel, k, d, dtype=torch.bfloat16):
+    """A Bernoulli IWAE call of 4 rows through ``kernel`` (as :func:`row_kernel` names it):
+    row 0's every log w is -inf (z_k = 1e30 from a wider q: its MC KL past float32), so
+    bound -inf and every gradient of it exactly 0; row 2 has a NaN logit, so its bound and
+    gradients NaN; rows 1 and 3 as the float64 reference on that row alone."""
+    b, l = 4, 3
+    (x, recon, mu, lv, z), _, _ = make_like(k, b, d, l, "bernoulli", dtype)
+    x = x.detach()
+    with torch.no_grad():
+        mu[0], lv[0], z[:, 0] = 0.0, 2.0, 1e30
+        recon[1, 2, 5] = math.nan
+    v = fastvae.iwae_bound(x, recon, mu, lv, z, reduction="none", backend="triton")
+    assert row_kernel(launches) == kernel
+    assert v[0].item() == -math.inf and math.isnan(v[2].item())
+    g = grads(v[[0, 1, 3]], [recon, mu, lv, z])
+    for name, t, sampled in zip(("recon_k", "mu", "logvar", "z_k"), g,
+                                (True, False, False, True)):
+        row0 = t[:, 0] if sampled else t[0]
+        assert torch.equal(row0, torch.zeros_like(row0)), name
+    gz = grads(v, [z])[0]
+    assert gz[:, 2].isnan().all() and gz[:, [1, 3]].isfinite().all()
+    for r in (1, 3):
+        one = [leaf(t.detach()[:, r:r + 1] if t.dim() == 3 else t.detach()[r:r + 1])
+               for t in (recon, mu, lv, z)]
+        want = fastvae.iwae_bound(*oracle(x[r:r + 1], *one), reduction="none",
+                                  backend="reference")
+        assert_close(f"row {r}", v[r:r + 1], want, torch.float32, rtol=grad_rtol(d))

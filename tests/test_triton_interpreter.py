@@ -49,7 +49,8 @@ MODULES = [
     # the Triton backend's own, and the torch backend's copy of its Philox stream
     "test_triton_backend.py", "test_triton_custom_ops.py", "test_triton_sampler_counters.py",
     "test_triton_fast_math.py", "test_triton_elbo_tiles.py", "test_triton_iwae_tiles.py",
-    "test_triton_iwae_row_warps.py", "test_triton_own_elements.py",
+    "test_triton_iwae_row_warps.py", "test_triton_iwae_sample_warps.py",
+    "test_triton_own_elements.py",
     "test_triton_sample_with_kl_chunks.py",
     "test_philox.py",
     # the children's own speed-up of the interpreter (tests/_interpreter_patch.py)

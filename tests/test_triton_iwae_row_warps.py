@@ -4,12 +4,12 @@
 It holds d/dl in bf16 across the softmax, so d/drecon_k is rounded twice: per element
 within ``2r + r^2`` of the float64 gradient (r = 2^-8 for a GPU's round-to-nearest, 2^-7
 under the interpreter, whose bf16 conversions truncate), plus the fp32 softmax weights'
-own error (``grad_rtol``: 4 eps 3D relative) and an fp32 absolute floor. Every other
-output is formed in fp32 and rounded once, held to the usual bf16 rule.
+own error (``grad_rtol``: 4 eps 3D relative) and an fp32 absolute floor
+(``_iwae_twice_rounded.check``). Every other output is formed in fp32 and rounded once,
+held to the usual bf16 rule.
 
 Runs where kernels run (tests/test_triton_interpreter.py runs it under TRITON_INTERPRET=1).
 """
-import math
 import pytest
 import torch
 
@@ -18,68 +18,15 @@ from _backends import skip_unless_kernels_run
 skip_unless_kernels_run()
 
 import fastvae  # noqa: E402
-from fastvae import _env  # noqa: E402
-from _compare import assert_close, grads, leaf, oracle  # noqa: E402
+from _compare import leaf  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
-from _iwae import grad_rtol  # noqa: E402
 from _iwae import make_like as iwae_inputs  # noqa: E402
-from _iwae import row_kernel  # noqa: E402
+from _iwae import check_weight_zero_and_nan_rows, row_kernel  # noqa: E402
+from _iwae_twice_rounded import PRIOR_ESTIMATOR_CASES, check  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
-BF16, F32, F64 = torch.bfloat16, torch.float32, torch.float64
+BF16, F32 = torch.bfloat16, torch.float32
 KERNEL, PAIRS = "row_warps", "pairs"   # as _iwae.row_kernel names them
-NAMES = ("recon_k", "mu", "logvar", "z_k", "prior_mu", "prior_logvar")
-
-
-def _recon_bound(want, d, roundings=2):
-    """The per-element error allowed d/drecon_k: ``roundings`` to bf16 (truncations under
-    the interpreter), the fp32 weights' error, an fp32 floor at the largest gradient."""
-    r = 2.0 ** (-7 if _env.interpreting() else -8)
-    w = want.abs()
-    return ((1 + r) ** roundings - 1 + grad_rtol(d)[F32]) * w + 2.0 ** -22 * w.max()
-
-
-def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
-           estimator="standard", extreme=False, scale=1.0, grad_output=None):
-    """bf16 inputs through the row-warp kernel against the reference on float64 copies.
-    ``prior``: None, "row" (a (B, L) prior) or "shared" (one (L,) row: stride 0).
-    ``grad_output``: backward's cotangent (default ones): other than 1, backward weighs
-    the saved bf16 gradients and rounds d/drecon_k a third time."""
-    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", BF16, noncontig)
-    x = x.detach()
-    if extreme:
-        with torch.no_grad():
-            recon[:, :, :6] = torch.tensor([1e4, -1e4, 88.0, -88.0, 20.0, -20.0])
-            x[:, :6] = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.5, 0.5])
-    pshape = (b, l) if prior == "row" else (l,)
-    pm = leaf((torch.randn(pshape) * 0.5).to(BF16)) if prior else None
-    plv = leaf((torch.randn(pshape) * 0.5).to(BF16)) if prior else None
-    opts = dict(reduction=reduction, estimator=estimator, _scale=scale)
-    ins = [recon, mu, lv, z, pm, plv]
-    got = fastvae.iwae_bound(x, recon, mu, lv, z, prior_mu=pm, prior_logvar=plv,
-                             backend="triton", **opts)
-    assert row_kernel(launches) == KERNEL, launches
-    o = oracle(x, *ins)
-    want = fastvae.iwae_bound(*o[:5], prior_mu=o[5], prior_logvar=o[6], backend="reference",
-                              **opts)
-    assert got.dtype == F32
-    assert_close("bound", got, want, F32, rtol=grad_rtol(d))
-    leaves = [t for t in ins if t is not None]
-    gw = grads(want, [t for t in o[1:] if t is not None], grad_output)
-    for name, t, a, w in zip([n for n, t in zip(NAMES, ins) if t is not None], leaves,
-                             grads(got, leaves, grad_output), gw):
-        if a is None or w is None:   # DReG: no direct gradient of mu, logvar
-            assert a is None and w is None, name
-            continue
-        assert a.dtype == BF16, name
-        if name == "recon_k":
-            err = (a.double() - w).abs()
-            bound = _recon_bound(w, d, 2 if grad_output is None else 3)
-            assert bool((err <= bound).all()), (
-                f"d/drecon_k: {int((err > bound).sum())} past the bound, worst "
-                f"{float((err / w.abs().clamp_min(1e-300)).max()):.3g} relative")
-        else:
-            assert_close(f"d/d{name}", a, w, BF16, rtol={BF16: 2.0 ** -6})
 
 
 # (K, B, D, L): B not a multiple of the 4 rows a program; K 2-8; D at the rule's bounds
@@ -95,26 +42,19 @@ def _check(launches, k, b, d, l, reduction="none", noncontig=False, prior=None,
     (8, 1, 784, 5, "none", False),
 ])
 def test_values_and_gradients(seed, launches, gpu_tiles, k, b, d, l, reduction, noncontig):
-    _check(launches, k, b, d, l, reduction, noncontig)
+    check(launches, KERNEL, k, b, d, l, BF16, reduction, noncontig)
 
 
-@pytest.mark.parametrize("prior,estimator,reduction", [
-    ("row", "standard", "mean"),
-    ("shared", "standard", "none"),
-    (None, "dreg", "sum"),          # the softmax weights stored for DReG's hook
-    (None, "dreg", "mean"),         # ... without the gradients' factor c (here 1 / B)
-    ("row", "dreg", "none"),
-    (None, "stl", "mean"),          # no d/dmu, d/dlogvar
-])
+@pytest.mark.parametrize("prior,estimator,reduction", PRIOR_ESTIMATOR_CASES)
 def test_prior_and_estimators(seed, launches, gpu_tiles, prior, estimator, reduction):
-    _check(launches, 5, 6, 784, 12, reduction, prior=prior, estimator=estimator)
+    check(launches, KERNEL, 5, 6, 784, 12, BF16, reduction, prior=prior, estimator=estimator)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_a_scale(seed, launches, gpu_tiles, reduction):
     """A scale, as IWAELoss's -1 (here -0.5, so that its size shows too): each row's value
     times it where unreduced (the kernel's row scale), the gradients' factor c either way."""
-    _check(launches, 4, 5, 528, 9, reduction, scale=-0.5)
+    check(launches, KERNEL, 4, 5, 528, 9, BF16, reduction, scale=-0.5)
 
 
 @pytest.mark.parametrize("reduction,grad_output", [
@@ -122,41 +62,19 @@ def test_a_scale(seed, launches, gpu_tiles, reduction):
 def test_a_grad_output_other_than_1(seed, launches, gpu_tiles, reduction, grad_output):
     """Backward at grad_output != 1 weighs the saved gradients (the kernel wrote them for
     grad_output 1): every gradient as the reference's, d/drecon_k within three roundings."""
-    _check(launches, 5, 6, 784, 9, reduction, grad_output=grad_output(6))
+    check(launches, KERNEL, 5, 6, 784, 9, BF16, reduction, grad_output=grad_output(6))
 
 
 @pytest.mark.parametrize("k,d", [(5, 784), (8, 528)])
 def test_extreme_logits(seed, launches, gpu_tiles, k, d):
     """Logits of +-1e4, +-88, +-20 among moderate ones: e = 2^(-|l| log2 e) underflows
     to 0 (factor 1, d/dl exactly x - 1 or x), as the float64 formula's."""
-    _check(launches, k, 5, d, 7, "none", extreme=True)
+    check(launches, KERNEL, k, 5, d, 7, BF16, "none", extreme=True)
 
 
 def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
-    """Row 0's every log w is -inf (z_k = 1e30 from a wider q: its MC KL past float32):
-    bound -inf, every gradient of it exactly 0. Row 2 has a NaN logit: its bound and
-    gradients NaN. Rows 1 and 3 as the float64 reference on that row alone."""
-    k, b, d, l = 5, 4, 784, 3
-    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", BF16)
-    x = x.detach()
-    with torch.no_grad():
-        mu[0], lv[0], z[:, 0] = 0.0, 2.0, 1e30
-        recon[1, 2, 5] = math.nan
-    v = fastvae.iwae_bound(x, recon, mu, lv, z, reduction="none", backend="triton")
-    assert row_kernel(launches) == KERNEL
-    assert v[0].item() == -math.inf and math.isnan(v[2].item())
-    g = grads(v[[0, 1, 3]], [recon, mu, lv, z])
-    for name, t, sampled in zip(NAMES, g, (True, False, False, True)):
-        row0 = t[:, 0] if sampled else t[0]
-        assert torch.equal(row0, torch.zeros_like(row0)), name
-    gz = grads(v, [z])[0]
-    assert gz[:, 2].isnan().all() and gz[:, [1, 3]].isfinite().all()
-    for r in (1, 3):
-        one = [leaf(t.detach()[:, r:r + 1] if t.dim() == 3 else t.detach()[r:r + 1])
-               for t in (recon, mu, lv, z)]
-        want = fastvae.iwae_bound(*oracle(x[r:r + 1], *one), reduction="none",
-                                  backend="reference")
-        assert_close(f"row {r}", v[r:r + 1], want, F32, rtol=grad_rtol(d))
+    """A row whose every log w is -inf (bound -inf, gradients 0) beside a NaN row."""
+    check_weight_zero_and_nan_rows(launches, KERNEL, 5, 784)
 
 
 def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):

@@ -18,8 +18,9 @@ Launches per call (machine-independent; tests count them):
                          ``configs.iwae_pairs_config``) where no gradient sums over k per
                          column (bf16 training at 512-784 columns: one warp a row,
                          ``configs.iwae_row_warps_config``), else the 3-D one
-                         (``configs.iwae_onepass_config``); else
-                         the two-pass kernel, which reads the row again for the gradients
+                         (``configs.iwae_onepass_config``); bf16 training at K 17-64:
+                         one warp a sample (``sample_warps_config``); else the two-pass
+                         kernel, which reads the row again for the gradients
     gaussian_log_prob    1            kl_standard_normal    1            kl_normal    1
     sample_with_kl       forward 1, backward 1 (plus torch's sum over rows of a prior's
                          gradient where one prior row is shared by every row)

@@ -11,6 +11,7 @@ import torch
 from fastvae.kernels import iwae_bound as ki
 from fastvae.kernels import iwae_bound_pairs as kp
 from fastvae.kernels import iwae_bound_row_warps as kw
+from fastvae.kernels import iwae_bound_sample_warps as ks
 from fastvae.kernels import reduce as kred
 from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 
@@ -18,6 +19,7 @@ from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
 from . import _launch, configs
+from .sample_warps_config import iwae_sample_warps_config
 from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
 
@@ -73,6 +75,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
              if row_warps is None else None)
     onepass = (configs.iwae_onepass_config(b, k, d, l, lik)
                if pairs is None and row_warps is None else None)
+    samples = (iwae_sample_warps_config(k, d, l, lik, per_column,
+                                        recon_k.dtype is torch.bfloat16, bool(needs[1]))
+               if pairs is None and row_warps is None and onepass is None else None)
+    if samples is not None and _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
+                                            b, stride_pm, stride_plv):
+        samples = None   # int32 offsets only: else the two-pass kernel's int64 ones
     if row_warps is not None:
         block_b, block_l, warps, row_pieces = row_warps
         block_d = 0
@@ -81,6 +89,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         block_b, block_d = block_p // k, 0
     elif onepass is not None:
         block_b, block_k, block_d, block_l, warps = onepass
+    elif samples is not None:
+        block_k, block_s, block_l, warps, sample_pieces = samples
+        block_b, block_d = 1, 0
     else:
         block_b, block_d, block_l, warps = configs.iwae_rows_config(b, d, l,
                                                                      recon_k.element_size(), lik)
@@ -144,6 +155,14 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        INT64=int64, **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
+    elif samples is not None:  # a program a row, a warp a sample: one read of recon_k
+        for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):
+            del args[name]
+        _launch.launch(ks.iwae_bound_sample_warps_kernel, (programs,),
+                       LOG_W=_launch.alloc((b, block_k), f32, dev), BLOCK_K=block_k,
+                       BLOCK_S=block_s,
+                       **dict(zip(("BLOCK_V", "BLOCK_NC", "BLOCK_TAIL"), sample_pieces)),
+                       **args)
     else:
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
                        LOG_W=_launch.alloc((k, programs * block_b), f32, dev),

@@ -27,6 +27,8 @@ import torch
 
 import fastvae
 
+from fastvae.backends.triton_backend.sample_warps_config import SAMPLE_WARPS_D
+
 from .catalog_features import feature_calls, iwae_rows_edge_calls
 from .stand_ins import (ALL_DTYPES, BF16, DTYPES, F16, F32, PURE, empty, finish,  # noqa: F401
                         stand_in_latents, stand_in_obs, run_in_mode)
@@ -237,6 +239,9 @@ def sweep_calls() -> List[Tuple[str, Callable]]:
     # by each of its column layouts, 2 or 3 chunks of 256 and a tail padded to 0-64
     out += iwae_calls([(3, d, 32, k) for d in IWAE_ROW_WARPS_D for k in range(2, 9)],
                       ("bf16",), (("none", "train"),), likelihoods=liks[:1])
+    # the sample-warp IWAE kernel (bf16 Bernoulli training, K 17-64): each column layout
+    out += iwae_calls([(3, d, 32, 50) for d in SAMPLE_WARPS_D], ("bf16",),
+                      (("none", "train"),), likelihoods=liks[:1])
     return out
 
 

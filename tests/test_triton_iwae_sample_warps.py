@@ -1,0 +1,102 @@
+"""The sample-warp IWAE kernel (kernels/iwae_bound_sample_warps.py): which calls the host
+gives it (sample_warps_config.iwae_sample_warps_config), and its values and every gradient
+against float64.
+
+It writes d/dl unweighted and weighs it in a sweep after the row's softmax, so
+d/drecon_k is rounded twice: in bf16 per element within ``2r + r^2`` of the float64
+gradient (r = 2^-8 for a GPU's round-to-nearest, 2^-7 under the interpreter, whose bf16
+conversions truncate), plus the fp32 softmax weights' own error (``grad_rtol``: 4 eps 3D
+relative) and an fp32 absolute floor (``_iwae_twice_rounded.check``). Every other output
+is formed in fp32 and rounded once, held to the usual bf16 rule.
+
+Runs where kernels run (tests/test_triton_interpreter.py runs it under TRITON_INTERPRET=1).
+"""
+import pytest
+import torch
+
+from _backends import skip_unless_kernels_run
+
+skip_unless_kernels_run()
+
+import fastvae  # noqa: E402
+from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
+from _iwae import make_like as iwae_inputs  # noqa: E402
+from _iwae import check_weight_zero_and_nan_rows, row_kernel  # noqa: E402
+from _iwae_twice_rounded import PRIOR_ESTIMATOR_CASES, check  # noqa: E402
+
+BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
+KERNEL = "sample_warps"   # as _iwae.row_kernel names it
+
+
+# (K, B, D, L, dtype): K past the pair kernel's 16 (or D past its 784) up to 64, padded to
+# the 4 samples a step (K = 50: 52; 17: 20; 64: none); D: 2 and 3 chunks of 256 and tails
+# of 16-32 columns or none; L 1-32
+@pytest.mark.parametrize("k,b,d,l,dtype,reduction,noncontig", [
+    (50, 3, 784, 32, BF16, "none", False),
+    (17, 2, 528, 17, BF16, "mean", True),
+    (17, 3, 768, 1, BF16, "sum", False),
+    (64, 2, 544, 8, BF16, "none", False),
+])
+def test_values_and_gradients(seed, launches, gpu_tiles, k, b, d, l, dtype, reduction,
+                              noncontig):
+    check(launches, KERNEL, k, b, d, l, dtype, reduction, noncontig)
+
+
+@pytest.mark.parametrize("prior,estimator,reduction", PRIOR_ESTIMATOR_CASES)
+def test_prior_and_estimators(seed, launches, gpu_tiles, prior, estimator, reduction):
+    check(launches, KERNEL, 20, 3, 528, 12, BF16, reduction, prior=prior, estimator=estimator)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_a_scale(seed, launches, gpu_tiles, reduction):
+    """A scale, as IWAELoss's -1 (here -0.5): each row's value times it where unreduced,
+    the gradients' factor c either way."""
+    check(launches, KERNEL, 18, 3, 528, 9, BF16, reduction, scale=-0.5)
+
+
+@pytest.mark.parametrize("reduction,grad_output", [
+    ("none", lambda b: torch.linspace(-2.0, 3.0, b)), ("sum", lambda b: torch.tensor(2.5))])
+def test_a_grad_output_other_than_1(seed, launches, gpu_tiles, reduction, grad_output):
+    """Backward at grad_output != 1 weighs the saved gradients: every gradient as the
+    reference's, d/drecon_k within three roundings."""
+    check(launches, KERNEL, 19, 3, 784, 9, BF16, reduction, grad_output=grad_output(3))
+
+
+@pytest.mark.parametrize("k,d,dtype", [(50, 784, BF16), (24, 528, BF16)])
+def test_extreme_logits(seed, launches, gpu_tiles, k, d, dtype):
+    """Logits of +-1e4, +-88, +-20, 30, -40 among moderate ones, in whole chunks and in
+    the tail: e = 2^(-|l| log2 e) underflows to 0 (factor 1, d/dl exactly x - 1 or x), as
+    the float64 formula's."""
+    check(launches, KERNEL, k, 3, d, 7, dtype, "none", extreme=True)
+
+
+def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
+    """A row whose every log w is -inf (bound -inf, gradients 0) beside a NaN row."""
+    check_weight_zero_and_nan_rows(launches, KERNEL, 21, 784)
+
+
+def test_which_calls_take_it(seed, launches, gpu_tiles):
+    """bf16 Bernoulli training at 17 <= K <= 64, 512 <= D <= 784 (a multiple of 16, at
+    most 32 columns past whole 256-column chunks), L <= 32, x without a gradient: this
+    kernel. fp16, fp32, d/dx, K, D, L past the limits: the two-pass kernel (or another)."""
+    from fastvae.backends.triton_backend.sample_warps_config import iwae_sample_warps_config
+    bern = gpu_tiles.BERNOULLI
+
+    def takes(k, d, l=32, bf16=True, per_column=False, need_gr=True):
+        return iwae_sample_warps_config(k, d, l, bern, per_column, bf16, need_gr) is not None
+    assert [k for k in range(1, 70) if takes(k, 784)] == list(range(17, 65))
+    assert [d for d in range(496, 801, 8) if takes(50, d)] == [512, 528, 544, 768, 784]
+    assert not any((takes(50, 784, 33), takes(50, 784, bf16=False),
+                    takes(50, 784, per_column=True), takes(50, 784, need_gr=False)))
+    assert iwae_sample_warps_config(50, 784, 32, bern, False, True, True) == (
+        64, 4, 32, 4, (8, 3, 16))
+
+    def kernel(dtype, grad_x=False, k=50):
+        (x, recon, mu, lv, z), _, _ = iwae_inputs(k, 2, 784, 8, "bernoulli", dtype)
+        del launches[:]
+        fastvae.iwae_bound(x.detach().requires_grad_(grad_x), recon, mu, lv, z,
+                           backend="triton")
+        return row_kernel(launches)
+    assert kernel(BF16) == KERNEL
+    assert kernel(F16) == kernel(F32) == kernel(BF16, grad_x=True) == "twopass"
+    assert kernel(BF16, k=16) == "pairs"

@@ -193,7 +193,7 @@ def elbo(
         _ELBO_CHECKED.add(sig)
     if V.resolve_validate(validate):  # (off: not even the keyword dict, on every call)
         V.check_values(True, likelihood=likelihood, x=x2, recon=r2, mu=mu, logvar=logvar, z=z,
-                       obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
+                       obs_logvar=obs_logvar, prior_mu=prior_mu, prior_logvar=prior_logvar)
     fn = _run(backend, device, "elbo")
     kwargs = dict(likelihood=likelihood, kl=kl, beta=beta, free_bits=free_bits, reduction=reduction,
                   prior_mu=pm, prior_logvar=plv, estimator=estimator)
@@ -275,7 +275,7 @@ def gaussian_log_prob(x, mean, logvar, backend=None, validate=None):
     n = math.prod(lead)
     lv = V.canonical_obs_logvar(logvar, x.shape, row_dims=x.dim() - 1, name="logvar")
     device = V.check_same_device(x=x, mean=mean, logvar=lv)
-    V.check_values(V.resolve_validate(validate), x=x, mean=mean, logvar=lv)
+    V.check_values(V.resolve_validate(validate), x=x, mean=mean, logvar=logvar)
     fn = _run(backend, device, "gaussian_log_prob")
     return fn(x.reshape(n, d), mean.reshape(n, d), lv).reshape(lead)
 
@@ -350,8 +350,8 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k,
                                  obs_logvar=obs, prior_mu=pm, prior_logvar=plv)
     V.check_values(V.resolve_validate(validate), likelihood=likelihood, x=x2,
-                   recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs, prior_mu=pm,
-                   prior_logvar=plv)
+                   recon_k=r2, mu=mu, logvar=logvar, z_k=z_k, obs_logvar=obs_logvar,
+                   prior_mu=prior_mu, prior_logvar=prior_logvar)
     if estimator == "dreg":
         if ops.reference_only():
             raise RuntimeError("estimator='dreg' is not available under torch.func transforms, "

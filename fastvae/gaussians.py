@@ -34,8 +34,8 @@ def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate, sig):
         plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q", logvar_q)
         device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)
         _CHECKED.add(sig)
-    V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=pm,
-                   logvar_p=plv)
+    V.check_values(V.resolve_validate(validate), mu_q=mu_q, logvar_q=logvar_q, mu_p=mu_p,
+                   logvar_p=logvar_p)
     return (*_rows(mu_q, logvar_q), pm, plv, device)
 
 

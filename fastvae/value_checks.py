@@ -25,7 +25,9 @@ def check_values(validate: bool, *, likelihood=None, x=None, **tensors) -> None:
     """The per-element checks: finiteness of every input, x in [0, 1] where required. x
     first: the data is what a model's outputs are computed from, so a NaN there is named
     as such, not as the NaN it makes of recon or mu. Meta tensors have no values to check
-    (shape inference)."""
+    (shape inference). Callers pass each input as it was given, not broadcast (a number,
+    checked where it was read, is skipped): an error counts the caller's values, not their
+    copies over the batch or the columns."""
     if validate:
         _check(dict(x=x, **tensors), likelihood or "", 0)
 

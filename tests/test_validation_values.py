@@ -168,3 +168,38 @@ def test_validation_inside_a_cuda_graph_capture_says_so(monkeypatch):
     value_checks.check_values(False, x=torch.rand(3).as_subclass(OnCuda))
     with pytest.raises(ValueError, match="non-finite"):
         value_checks.check_values(True, x=torch.tensor([float("nan")]))
+
+
+def _broadcast_calls(bad):
+    """(name, call) pairs whose input ``name`` is ``bad``, a tensor broadcast over the batch
+    or the columns by the op (a (B, 1) column, a (1, *) row)."""
+    x, r, mu, lv = inputs()
+    col, row = bad((3, 1)), bad((1, 4))
+    return [
+        ("mu_p", lambda: fastvae.kl_normal(mu, lv, col, 0.0, validate=True)),
+        ("logvar_p", lambda: fastvae.sample_with_kl(mu, lv, None, col, validate=True)),
+        ("prior_mu", lambda: fastvae.elbo(x, r, mu, lv, prior_mu=col, validate=True)),
+        ("prior_logvar", lambda: fastvae.iwae_bound(x, r[None], mu, lv, mu[None],
+                                                    prior_logvar=col, validate=True)),
+        ("obs_logvar", lambda: fastvae.elbo(x, r, mu, lv, likelihood="gaussian",
+                                            obs_logvar=col, validate=True)),
+        ("obs_logvar", lambda: fastvae.iwae_bound(x, r[None], mu, lv, mu[None],
+                                                  likelihood="gaussian", obs_logvar=row,
+                                                  validate=True)),
+        ("logvar", lambda: fastvae.gaussian_log_prob(x, r, col, validate=True)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_a_broadcast_input_counts_its_own_values(case):
+    """A non-finite value in a prior, obs_logvar or logvar that the op broadcasts is counted
+    once, as the caller passed it: a (B, 1) prior with 2 NaNs said "12 non-finite
+    value(s)", its copies over the columns counted too (as iwae_bound's mixture path
+    already counted each input's own)."""
+    def bad(shape):
+        t = torch.zeros(shape)
+        t.view(-1)[:2] = float("nan")
+        return t
+    name, call = _broadcast_calls(bad)[case]
+    with pytest.raises(ValueError, match=rf"^{name} has 2 non-finite value\(s\)"):
+        call()

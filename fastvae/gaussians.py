@@ -28,8 +28,10 @@ def _gaussians(mu_q, logvar_q, mu_p, logvar_p, validate, sig):
         V.check_tensor("mu_q", mu_q)
         V.check_tensor("logvar_q", logvar_q)
         if mu_q.dim() < 1 or logvar_q.shape != mu_q.shape:
+            batchless = " (a 0-d tensor has no batch dimension: B = 1 is shape (1,))" * (
+                mu_q.dim() == 0)
             raise ValueError(f"mu_q and logvar_q must share a shape (B, *), got "
-                             f"{tuple(mu_q.shape)} and {tuple(logvar_q.shape)}")
+                             f"{tuple(mu_q.shape)} and {tuple(logvar_q.shape)}{batchless}")
         pm = V.canonical_prior("mu_p", mu_p, mu_q, "mu_q", logvar_q)
         plv = V.canonical_prior("logvar_p", logvar_p, mu_q, "mu_q", logvar_q)
         device = V.check_same_device(mu_q=mu_q, logvar_q=logvar_q, mu_p=pm, logvar_p=plv)

@@ -294,6 +294,8 @@ def test_errors(backend, restore_validation):
     mu = torch.randn(4, 3)
     with pytest.raises(ValueError, match="mu_q and logvar_q must share a shape"):
         fastvae.kl_normal(mu, torch.randn(4, 2), 0.0, 0.0, backend=backend)
+    with pytest.raises(ValueError, match=r"got \(\) and \(\) \(a 0-d tensor has no batch"):
+        fastvae.kl_normal(torch.tensor(0.5), torch.tensor(0.1), 0.0, 0.0, backend=backend)
     with pytest.raises(ValueError, match=r"mu_p of shape \(2,\) does not broadcast to mu_q"):
         fastvae.kl_normal(mu, mu, torch.zeros(2), 0.0, backend=backend)
     with pytest.raises(ValueError, match="logvar_p of shape"):

@@ -286,12 +286,12 @@ class HierarchicalVAE(ObservationModel):
         k, chunk_size = self.iwae_sizes(k, chunk_size, x.shape[0])
         batch = x.shape[0]
 
-        def draw(q, p):
-            z, _ = sample_with_kl(*q, generator=generator, backend=backend)
-            flat = [t.flatten(1) for t in (z, *q, *p)]
-            log_q = gaussian_log_prob(flat[0], flat[1], flat[2], backend=backend)
-            log_p = gaussian_log_prob(flat[0], flat[3], flat[4], backend=backend)
-            return z, log_p - log_q
+        def draw(q, p):   # the z sample_with_kl draws (its seed contract), without its KL
+            mu, lv, pm, plv = (t.flatten(1) for t in (*q, *p))
+            z = reparameterize(mu, lv, generator=generator, backend=backend)
+            log_q = gaussian_log_prob(z, mu, lv, backend=backend)
+            log_p = gaussian_log_prob(z, pm, plv, backend=backend)
+            return z.view_as(q[0]), log_p - log_q
 
         lse, done = RunningLogSumExp(), 0
         while done < k:

@@ -19,6 +19,7 @@ from _backends import skip_unless_kernels_run
 skip_unless_kernels_run()
 
 import fastvae  # noqa: E402
+from _addresses import own_elements  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import make_like as iwae_inputs  # noqa: E402
 from _iwae import check_weight_zero_and_nan_rows, row_kernel  # noqa: E402
@@ -100,3 +101,31 @@ def test_which_calls_take_it(seed, launches, gpu_tiles):
     assert kernel(BF16) == KERNEL
     assert kernel(F16) == kernel(F32) == kernel(BF16, grad_x=True) == "twopass"
     assert kernel(BF16, k=16) == "pairs"
+
+
+@pytest.mark.parametrize("k,d,l,prior,estimator", [
+    (17, 528, 17, "row", "dreg"), (50, 784, 32, None, "standard"), (19, 512, 1, "shared", "stl")])
+def test_reads_and_writes_inside_its_tensors(seed, launches, gpu_tiles, k, d, l, prior,
+                                             estimator):
+    """Strided inputs read in place, samples padded to the warps (K - 1's row read again)
+    and to 64 in the tail and latent tiles: every load and store an element of the tensor
+    its pointer came from, the log-weight scratch and the weights included
+    (tests/_addresses.py)."""
+    with own_elements():
+        check(launches, KERNEL, k, 3, d, l, noncontig=True, prior=prior, estimator=estimator)
+
+
+def test_offsets_past_int32_take_the_two_pass_kernel(seed, launches, gpu_tiles, monkeypatch):
+    """Its offsets are int32: one past the largest, K B D for d/drecon_k, within the limit
+    runs it; past it, the two-pass kernel's int64 offsets."""
+    k, b, d = 20, 3, 528
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, 8, "bernoulli", BF16)
+
+    def kernel():
+        del launches[:]
+        fastvae.iwae_bound(x.detach(), recon, mu, lv, z, backend="triton")
+        return row_kernel(launches)
+    monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", k * b * d)
+    assert kernel() == KERNEL
+    monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", k * b * d - 1)
+    assert kernel() == "twopass"

@@ -129,3 +129,28 @@ def test_offsets_past_int32_take_the_two_pass_kernel(seed, launches, gpu_tiles, 
     assert kernel() == KERNEL
     monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", k * b * d - 1)
     assert kernel() == "twopass"
+
+
+def test_a_card_without_bf16_mma_takes_the_other_kernels(seed, launches, gpu_tiles,
+                                                         monkeypatch):
+    """The row- and sample-warp kernels unpack bf16 with an ``mma`` that needs sm_80: an
+    older card (a T4, sm_75) runs bf16 through the pair and two-pass kernels, where these
+    two would not compile."""
+    from fastvae.backends.triton_backend import iwae_bound as host
+
+    def kernel(k):
+        (x, recon, mu, lv, z), _, _ = iwae_inputs(k, 3, 784, 8, "bernoulli", BF16)
+        del launches[:]
+        fastvae.iwae_bound(x.detach(), recon, mu, lv, z, backend="triton")
+        return row_kernel(launches)
+    assert (kernel(5), kernel(50)) == ("row_warps", KERNEL)
+    monkeypatch.setattr(host, "_bf16_mma", lambda device: False)
+    assert (kernel(5), kernel(50)) == ("pairs", "twopass")
+
+    monkeypatch.undo()
+    capability = {}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: capability[d.index])
+    monkeypatch.setattr(host, "_BF16_MMA", {})
+    capability.update({0: (7, 5), 1: (9, 0)})
+    assert [host._bf16_mma(torch.device("cuda", i)) for i in (0, 1)] == [False, True]
+    assert host._bf16_mma(torch.device("cpu"))

@@ -42,6 +42,21 @@ def _needs_int64(x, recon_k, mu, logvar, z_k, obs, k, b, d, l, b_pad, stride_pm,
                                b * max(stride_pm, stride_plv))
 
 
+_BF16_MMA: dict = {}
+
+
+def _bf16_mma(device) -> bool:
+    """Whether ``device`` has the bf16 ``mma`` (sm_80+) that the row- and sample-warp
+    kernels unpack bf16 with; an older card takes the other kernels. Off CUDA (the
+    interpreter) the kernels unpack without it."""
+    if device.type != "cuda":
+        return True
+    got = _BF16_MMA.get(device.index)
+    if got is None:
+        got = _BF16_MMA[device.index] = torch.cuda.get_device_capability(device)[0] >= 8
+    return got
+
+
 def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs_scalar,
                    likelihood, reduction, scale, needs, weights=False):
     """Same contract as the "torch" backend's: (value, gx, grecon_k, gmu, glogvar, gz_k, gobs,
@@ -63,8 +78,11 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     per_column = bool(needs[0]) or bool(needs[5])
     gr_dtype = saved(recon_k)
+    mma = (gr_dtype is torch.bfloat16 or recon_k.dtype is torch.bfloat16) and _bf16_mma(
+        recon_k.device)
     row_warps = configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
-                                              gr_dtype is torch.bfloat16, bool(needs[1]))
+                                              gr_dtype is torch.bfloat16 and mma,
+                                              bool(needs[1]))
     int64 = None
     if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
         int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
@@ -76,7 +94,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     onepass = (configs.iwae_onepass_config(b, k, d, l, lik)
                if pairs is None and row_warps is None else None)
     samples = (iwae_sample_warps_config(k, d, l, lik, per_column,
-                                        recon_k.dtype is torch.bfloat16, bool(needs[1]))
+                                        recon_k.dtype is torch.bfloat16 and mma,
+                                        bool(needs[1]))
                if pairs is None and row_warps is None and onepass is None else None)
     if samples is not None and _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
                                             b, stride_pm, stride_plv):

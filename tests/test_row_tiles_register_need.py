@@ -15,6 +15,12 @@ spills of the full tier"):
   warps spilled 8 bytes at 80 registers: fp32 and fp16, B = 5, D = 300, L = 33, K = 4,
   Gaussian (B, 1) obs_logvar, training with d/dx, Triton 3.9, sm_80); the continuous
   Bernoulli's at 16 warps.
+
+Where ptxas 13 (Triton 3.9) spilled at an occupancy step a tile change would cost issue
+time to leave, the launch caps its registers one step down (``configs.MAXNREG``): the
+two-pass IWAE's 16-bit Gaussian tile without an obs_logvar gradient (48 registers, 4-8
+bytes, sm_80) and the 16-bit continuous Bernoulli's ELBO evaluation on unaligned rows (72
+registers, 4 bytes, sm_90).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ if not hasattr(triton, "knobs"):
 import fastvae  # noqa: E402
 from fastvae.backends.triton_backend import configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
+from fastvae.bench.offline import catalog  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
 
@@ -120,3 +127,38 @@ def test_iwae_onepass_512_column_tile_bounds(monkeypatch):
                 got = configs.iwae_onepass_config(5, k, d, 33, lik)
                 tile = got and got[1:3]
                 assert (tile == (4, 512)) == (k <= 4 and 256 < d <= 512), (lik, k, d, got)
+
+
+def _maxnreg(calls, kernel):
+    """The maxnreg the launches of ``kernel`` in ``calls`` ask for (one answer)."""
+    with capture.capturing((80,)) as rec:
+        for label, fn in calls:
+            rec.label = label
+            fn()
+    (cap,) = {la.options()["maxnreg"] for la in rec.launches if la.short == kernel}
+    return cap
+
+
+@pytest.mark.parametrize("dname, obs, mode, cap", [
+    ("bf16", "0d", "eval", 64), ("fp16", "0d", "eval", 64), ("amp-bf16", "0d", "eval", 64),
+    ("fp16", "1D", "train", 64),
+    ("fp16", "0d", "train", None),   # learned: its gradient takes 64-80 registers
+    ("fp32", "0d", "eval", None)])   # another tile
+def test_iwae_two_pass_16_bit_gaussian_caps_registers_without_obs_gradient(dname, obs, mode,
+                                                                            cap):
+    calls = catalog.iwae_calls(((4096, 784, 32, 50),), (dname,), (("mean", mode),),
+                               likelihoods=(("gaussian", obs, obs == "0d"),))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("shape, semantics, cap", [
+    ((13, 100, 17), ("analytic", "sum", 0.5, "eval"), 80),
+    ((5, 64, 17), ("mc", "none", 0.0, "eval"), 80),        # unaligned latent rows only
+    ((4096, 784, 32), ("analytic", "sum", 0.5, "eval"), None),   # aligned: 32-40 registers
+    ((13, 100, 17), ("analytic", "mean", 0.0, "train"), None)])  # gradients: 106-128
+@pytest.mark.parametrize("dname", ["bf16", "fp16"])
+def test_16_bit_continuous_bernoulli_caps_registers_evaluating_unaligned_rows(
+        dname, shape, semantics, cap):
+    calls = catalog.elbo_calls((shape,), (dname,), (semantics,),
+                               likelihoods=(("continuous_bernoulli", "", False),))
+    assert _maxnreg(calls, "elbo_rows_kernel") == cap

@@ -204,7 +204,10 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         PRIOR=prior, NEED_GPM=prior and bool(needs[6]), NEED_GPLV=prior and bool(needs[7]),
         INT64=int64, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_SUM=configs.ticket_sum_block(),
-        STAGES=configs.elbo_stages(x.element_size(), lik, prior), num_warps=warps),
+        STAGES=configs.elbo_stages(x.element_size(), lik, prior), num_warps=warps,
+        **({} if any(needs) or not (d | l | x.stride(0) | recon.stride(0) | mu.stride(0)
+                                    | logvar.stride(0)) % 16 else configs.maxnreg(
+            "elbo_rows", lik, x.element_size(), block_b, block_d, block_l, warps))),
         # absent pointers: a dummy of the dtype the tensor would have (Triton specializes
         # on it), the gradients' as their buffers' (saved_grad_dtype), z's as mu's
         dummies(X=x.dtype, R=recon.dtype, OBS=obs_arg.dtype, Z=mu.dtype, PM=pm.dtype,

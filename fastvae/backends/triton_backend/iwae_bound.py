@@ -188,6 +188,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=configs.iwae_rows_k_block(),
+                       **({} if gobs_partial or gobs is not None else configs.maxnreg(
+                           "iwae_rows", lik, recon_k.element_size(), block_b, block_d,
+                           block_l, warps)),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
                                           programs * block_b, stride_pm, stride_plv),
                        **args)

@@ -9,14 +9,14 @@ from fastvae.bench.offline import selection
 from fastvae.bench.offline.capture import Launch
 
 
-def _launch(call, pointers=("*fp32", "*fp32"), tile=64, aligned=True, warps=4):
+def _launch(call, pointers=("*fp32", "*fp32"), tile=64, aligned=True, warps=4, maxnreg=None):
     names = [f"P{i}" for i in range(len(pointers))] + ["N", "BLOCK"]
     spec = dict(signature=dict(zip(names, [*pointers, "i32", "constexpr"])),
                 constant_keys=[[len(names) - 1]], constant_vals=[tile],
                 attrs_keys=[[i] for i in range(len(pointers) + 1)],
                 attrs_vals=[[["tt.divisibility", 16]] if aligned else []
                             for _ in range(len(pointers) + 1)],
-                options=dict(num_warps=warps))
+                options=dict(num_warps=warps, maxnreg=maxnreg))
     text = json.dumps(spec)
     return Launch(kernel="k.kernel", cc=90, key=text, spec=text, grid=(1,), args={}, call=call)
 
@@ -36,8 +36,9 @@ def test_a_launch_whose_every_feature_is_compiled_elsewhere_is_left_out():
 def test_a_new_code_shape_alignment_or_pointer_type_is_compiled():
     a = _launch("a")
     others = [_launch("tile", tile=128), _launch("warps", warps=8),
-              _launch("masked", aligned=False), _launch("pointers", ("*fp32", "*bf16"))]
-    assert _chosen([a, *others]) == ["a", "tile", "warps", "masked", "pointers"]
+              _launch("masked", aligned=False), _launch("pointers", ("*fp32", "*bf16")),
+              _launch("register cap", maxnreg=64)]
+    assert _chosen([a, *others]) == ["a", "tile", "warps", "masked", "pointers", "register cap"]
 
 
 def test_each_set_of_divisible_arguments_is_its_own_class():

@@ -255,7 +255,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 359 specializations per target and Triton (338 compiled,
+    """What CI captures, 364 specializations per target and Triton (343 compiled,
     ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
@@ -293,6 +293,11 @@ def ci_calls() -> List[Tuple[str, Callable]]:
                        likelihoods=(bern,)),
            *iwae_calls(IWAE_BENCH[:1], ("fp32",), (("mean", "train"),),
                        likelihoods=(("gaussian", "D", True),)),
+           # launches with a register cap (configs.MAXNREG)
+           *iwae_calls(IWAE_BENCH[1:], ("bf16",), (("mean", "eval"),),
+                       likelihoods=(("gaussian", "0d", True),)),
+           *elbo_calls(((13, 100, 17),), ("bf16",), (("analytic", "sum", 0.5, "eval"),),
+                       likelihoods=(cb,)),
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2])
              if c[0].split()[4] in ("fp32", "bf16") and c[0].endswith(("both", "eval"))],
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2] + REPARAM_SHAPES[5:6])

@@ -19,8 +19,9 @@ spills of the full tier"):
 Where ptxas 13 (Triton 3.9) spilled at an occupancy step a tile change would cost issue
 time to leave, the launch caps its registers one step down (``configs.MAXNREG``): the
 two-pass IWAE's 16-bit Gaussian tile without an obs_logvar gradient (48 registers, 4-8
-bytes, sm_80) and the 16-bit continuous Bernoulli's ELBO evaluation on unaligned rows (72
-registers, 4 bytes, sm_90).
+bytes, sm_80), the 16-bit continuous Bernoulli's ELBO evaluation on unaligned rows (72
+registers, 4 bytes, sm_90) and the two-pass continuous Bernoulli's 16 x 64 x 64 tile (80
+registers, 12 bytes, sm_90).
 """
 from __future__ import annotations
 
@@ -162,3 +163,14 @@ def test_16_bit_continuous_bernoulli_caps_registers_evaluating_unaligned_rows(
     calls = catalog.elbo_calls((shape,), (dname,), (semantics,),
                                likelihoods=(("continuous_bernoulli", "", False),))
     assert _maxnreg(calls, "elbo_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("dname, mode, l, cap", [
+    ("fp32", "train", 129, 128), ("fp16", "train+x", 129, 128), ("bf16", "eval", 129, 128),
+    ("fp32", "train", 32, None)])    # 32 latents: another tile
+def test_iwae_two_pass_continuous_bernoulli_wide_latents_cap_registers(dname, mode, l, cap):
+    """80 registers, 12 bytes spilled (fp32 and fp16 training, B=3 D=1025 L=129 K=9,
+    Triton 3.9, sm_90); 3.6 compiles them at 2 programs an SM, the cap's step."""
+    calls = catalog.iwae_calls(((3, 1025, l, 9),), (dname,), (("mean", mode),),
+                               likelihoods=(("continuous_bernoulli", "", False),))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap

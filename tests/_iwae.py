@@ -42,20 +42,22 @@ def make(k, b, data_shape, l, dtype=F64):
     return [leaf(t) for t in (x, recon_k, mu, lv, z_k)]
 
 
-def strided(t):
+def strided(t, pad=3, lead=1):
     """A leaf with the same values and a non-contiguous layout the kernels read in place:
     padded rows (row stride > width) and, for (K, B, n), the samples interleaved per row
-    (strides (n + 3, K * (n + 3), 1)); a (D,) tensor is a unit-stride slice of a wider one."""
+    (strides (n + pad, K * (n + pad), 1)); a 2-D tensor's rows start ``lead`` elements into
+    theirs; a (D,) tensor is a unit-stride slice of a wider one. pad = lead = 16: rows and
+    base pointers 16-byte aligned (what the row- and sample-warp kernels are given)."""
     n = t.shape[-1]
     if t.dim() == 3:
         k, b = t.shape[:2]
-        base = torch.zeros(b, k, n + 3, dtype=t.dtype)
+        base = torch.zeros(b, k, n + pad, dtype=t.dtype)
         base[..., :n] = t.detach().transpose(0, 1)
         out = base.transpose(0, 1)[..., :n]
     else:
-        base = torch.zeros(*t.shape[:-1], n + 3, dtype=t.dtype)
-        base[..., 1:n + 1] = t.detach()
-        out = base[..., 1:n + 1]
+        base = torch.zeros(*t.shape[:-1], n + pad, dtype=t.dtype)
+        base[..., lead:n + lead] = t.detach()
+        out = base[..., lead:n + lead]
     out = out.detach().requires_grad_(t.requires_grad)
     assert t.dim() == 1 or not out.is_contiguous()
     return out
@@ -63,7 +65,8 @@ def strided(t):
 
 def make_like(k, b, d, l, like, dtype, noncontig=False):
     """Inputs for one of LIKES (x ~ N(0, 1) for the Gaussian ones; obs_logvar a float, a
-    (D,) or a (B, D) tensor), optionally in strided layouts."""
+    (D,) or a (B, D) tensor), optionally in strided layouts (``noncontig``: True, or
+    "aligned" for 16-byte aligned rows)."""
     x, recon, mu, lv, z = make(k, b, (d,), l, dtype)
     if like.startswith("gaussian"):
         x = leaf(torch.randn(b, d, dtype=dtype))
@@ -71,7 +74,7 @@ def make_like(k, b, d, l, like, dtype, noncontig=False):
                 "gaussian_full": torch.randn(b, d, dtype=dtype) * 0.4}.get(like, 0.0))
     ts = [x, recon, mu, lv, z] + ([obs] if isinstance(obs, torch.Tensor) else [])
     if noncontig:
-        ts = [strided(t) for t in ts]
+        ts = [strided(t, *((16, 16) if noncontig == "aligned" else ())) for t in ts]
     obs = ts[5] if len(ts) > 5 else obs
     return ts[:5], obs, ("gaussian" if like.startswith("gaussian") else like)
 

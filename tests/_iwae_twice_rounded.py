@@ -45,8 +45,10 @@ def check(launches, kernel, k, b, d, l, dtype=BF16, reduction="none", noncontig=
     """Inputs of ``dtype`` through the sample-warp kernel against the reference on float64
     copies. ``prior``: None, "row" (a (B, L) prior) or "shared" (one (L,) row: stride 0).
     ``grad_output``: backward's cotangent (default ones): other than 1, backward weighs
-    the saved gradients and rounds d/drecon_k a third time."""
-    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", dtype, noncontig)
+    the saved gradients and rounds d/drecon_k a third time. ``noncontig``: padded rows,
+    16-byte aligned (the kernels' loads; unaligned rows take other kernels)."""
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, b, d, l, "bernoulli", dtype,
+                                              noncontig and "aligned")
     x = x.detach()
     if extreme:
         with torch.no_grad():
@@ -87,3 +89,28 @@ def check(launches, kernel, k, b, d, l, dtype=BF16, reduction="none", noncontig=
             assert_close(f"d/d{name}", a, w, dtype,
                          rtol={BF16: max(2.0 ** -6, w_rtol), F16: max(2.0 ** -9, w_rtol),
                                F32: w_rtol})
+
+
+def _rows(t, pad, lead):
+    """``t``'s values in rows of n + pad elements, each starting ``lead`` elements in."""
+    n = t.shape[-1]
+    base = torch.zeros(*t.shape[:-1], n + pad, dtype=t.dtype)
+    base[..., lead:n + lead] = t.detach()
+    return base[..., lead:n + lead]
+
+
+def kernels_by_alignment(launches, k, d):
+    """The kernel that bf16 training at (K, D) runs on: rows padded to 16 elements and
+    16-byte aligned; then, one at a time, x's row stride D + 8, x's base 2 bytes in,
+    recon_k's row stride D + 8, recon_k's base 2 bytes in (each load of a kernel that
+    reads 16 bytes a lane would then be an element)."""
+    (x, recon, mu, lv, z), _, _ = iwae_inputs(k, 3, d, 8, "bernoulli", BF16)
+
+    def kernel(x_rows, r_rows):
+        del launches[:]
+        fastvae.iwae_bound(_rows(x, *x_rows), _rows(recon, *r_rows).requires_grad_(), mu, lv,
+                           z, backend="triton")
+        return row_kernel(launches)
+    ok = (16, 16)
+    return [kernel(ok, ok), kernel((8, 0), ok), kernel((16, 1), ok), kernel(ok, (8, 0)),
+            kernel(ok, (16, 1))]

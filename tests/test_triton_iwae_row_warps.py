@@ -22,7 +22,7 @@ from _compare import leaf  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import make_like as iwae_inputs  # noqa: E402
 from _iwae import check_weight_zero_and_nan_rows, row_kernel  # noqa: E402
-from _iwae_twice_rounded import PRIOR_ESTIMATOR_CASES, check  # noqa: E402
+from _iwae_twice_rounded import PRIOR_ESTIMATOR_CASES, check, kernels_by_alignment  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
 BF16, F32 = torch.bfloat16, torch.float32
@@ -113,6 +113,13 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
     assert kernel(BF16, grad_x=True) != KERNEL and kernel(BF16, d=800) != KERNEL
     monkeypatch.setattr(configs, "INT32_LIMIT", 100)
     assert kernel(BF16) == PAIRS
+
+
+def test_rows_not_16_byte_aligned_take_the_pair_kernel(seed, launches, gpu_tiles):
+    """Its loads are 16 bytes a lane: a row stride of x or recon_k that Triton does not
+    know to be a multiple of 16 elements, or a base pointer off 16 bytes, would compile
+    them to an element each; the pair kernel runs those."""
+    assert kernels_by_alignment(launches, 5, 784) == [KERNEL] + [PAIRS] * 4
 
 
 @pytest.mark.parametrize("half", ["prior_mu", "prior_logvar"])

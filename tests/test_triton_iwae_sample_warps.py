@@ -23,7 +23,7 @@ from _addresses import own_elements  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import make_like as iwae_inputs  # noqa: E402
 from _iwae import check_weight_zero_and_nan_rows, row_kernel  # noqa: E402
-from _iwae_twice_rounded import PRIOR_ESTIMATOR_CASES, check  # noqa: E402
+from _iwae_twice_rounded import PRIOR_ESTIMATOR_CASES, check, kernels_by_alignment  # noqa: E402
 
 BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
 KERNEL = "sample_warps"   # as _iwae.row_kernel names it
@@ -129,6 +129,13 @@ def test_offsets_past_int32_take_the_two_pass_kernel(seed, launches, gpu_tiles, 
     assert kernel() == KERNEL
     monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", k * b * d - 1)
     assert kernel() == "twopass"
+
+
+def test_rows_not_16_byte_aligned_take_the_two_pass_kernel(seed, launches, gpu_tiles):
+    """Its loads are 16 bytes a lane: a row stride of x or recon_k that Triton does not
+    know to be a multiple of 16 elements, or a base pointer off 16 bytes, would compile
+    them to an element each; the two-pass kernel runs those."""
+    assert kernels_by_alignment(launches, 20, 528) == [KERNEL] + ["twopass"] * 4
 
 
 def test_a_card_without_bf16_mma_takes_the_other_kernels(seed, launches, gpu_tiles,

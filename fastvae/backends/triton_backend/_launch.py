@@ -219,6 +219,15 @@ def rows(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def vector_rows(x: Tensor, recon_k: Tensor) -> bool:
+    """Whether a kernel that reads x's and recon_k's rows 16 bytes a lane gets 16-byte
+    loads: both base pointers 16-byte aligned and their row strides multiples of 16
+    elements (Triton specializes an int argument only on divisibility by 16). Else its
+    loads compile to one element each (bf16: 8 loads where one was)."""
+    return not ((x.data_ptr() | recon_k.data_ptr()) % 16
+                or (x.stride(0) | recon_k.stride(0) | recon_k.stride(1)) % 16)
+
+
 def by_torch(fn, *args):
     """``fn(*args)``: a "torch" backend function computing a call this backend hands over
     (:func:`delegated`), recorded as the backend that ran (``fastvae.last_backend()``)."""

@@ -83,6 +83,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     row_warps = configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
                                               gr_dtype is torch.bfloat16 and mma,
                                               bool(needs[1]))
+    if row_warps is not None and not _launch.vector_rows(x, recon_k):
+        row_warps = None   # its loads would be an element each: the pair kernel runs
     int64 = None
     if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
         int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
@@ -97,9 +99,10 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                                         recon_k.dtype is torch.bfloat16 and mma,
                                         bool(needs[1]))
                if pairs is None and row_warps is None and onepass is None else None)
-    if samples is not None and _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
-                                            b, stride_pm, stride_plv):
-        samples = None   # int32 offsets only: else the two-pass kernel's int64 ones
+    if samples is not None and (
+            not _launch.vector_rows(x, recon_k) or _needs_int64(
+                x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b, stride_pm, stride_plv)):
+        samples = None   # loads of an element each, or int32 offsets past the limit
     if row_warps is not None:
         block_b, block_l, warps, row_pieces = row_warps
         block_d = 0

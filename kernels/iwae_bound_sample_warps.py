@@ -162,7 +162,13 @@ def iwae_bound_sample_warps_kernel(
         # in-thread over a thread's V columns; the product of NC V factors
         s_v = tl.sum(tl.reshape(acc_v, [S, 32, V]), axis=2)     # (S, 32)
         p_q = tl.reduce(tl.reshape(acc_p, [S, 32, V // 2]), 2, mul)
-        tl.store(lw_row + kk, tl.sum(s_v - log2_(p_q) * LOG_2, axis=1), mask=kk < K)
+        # stored by lane 0 from the (S, 32) tile of the warp's sum, its address run along
+        # the lanes (+ lane, masked) so that the store keeps that tile's layout: a (S,)
+        # store took a layout conversion through shared memory (two barriers a step)
+        lw_k = tl.broadcast_to(tl.sum(s_v - log2_(p_q) * LOG_2, axis=1, keep_dims=True),
+                               [S, 32])
+        lane = tl.arange(0, 32)[None, :]
+        tl.store(lw_row + kk[:, None] + lane, lw_k, mask=kmask & (lane == 0))
 
     # ---- logsumexp and softmax over the K samples ---------------------------------------
     tl.debug_barrier()   # the samples' stores above, read by other threads

@@ -17,7 +17,7 @@ spills of the full tier"):
   Bernoulli's at 16 warps.
 
 Where ptxas 13 (Triton 3.9) spilled at an occupancy step a tile change would cost issue
-time to leave, the launch caps its registers one step down (``configs.MAXNREG``): the
+time to leave, the launch caps its registers one step down (``register_caps.MAXNREG``): the
 two-pass IWAE's 16-bit Gaussian tile without an obs_logvar gradient (48 registers, 4-8
 bytes, sm_80), the 16-bit continuous Bernoulli's ELBO evaluation on unaligned rows (72
 registers, 4 bytes, sm_90) and the two-pass continuous Bernoulli's 16 x 64 x 64 tile (80

@@ -234,20 +234,6 @@ def reset_interpreting() -> None:
     _interpreting = None
 
 
-# Triton's maxnreg by (kernel, LIK, element size, BLOCK_B, BLOCK_D, BLOCK_L, num_warps): ptxas
-# 13 (Triton 3.9) spilled 4-12 bytes at an occupancy step, none a step down (where 3.6 puts
-# them). Two-pass IWAE: Gaussian without an obs_logvar gradient (48 registers, sm_80; 64-80
-# with it), continuous Bernoulli at L > 32 (80, sm_90, training); ELBO evaluation on rows not
-# aligned to 16 (72, sm_90, B=13 D=100 L=17; aligned: 32-40, a cap would raise them).
-MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): 64,
-           **{("iwae_rows", CONTINUOUS_BERNOULLI, s, 16, 64, 64, 8): 128 for s in (2, 4)},
-           ("elbo_rows", CONTINUOUS_BERNOULLI, 2, 16, 64, 32, 4): 80}
-
-
-def maxnreg(*key) -> dict:   # the launch options of a launch of MAXNREG's key
-    return {"maxnreg": MAXNREG[key]} if key in MAXNREG else {}
-
-
 def _p2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 

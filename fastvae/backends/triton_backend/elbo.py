@@ -19,7 +19,7 @@ from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
-from . import _launch, configs
+from . import _launch, configs, register_caps
 from ._kept import Kept
 from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
@@ -205,9 +205,10 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         INT64=int64, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_SUM=configs.ticket_sum_block(),
         STAGES=configs.elbo_stages(x.element_size(), lik, prior), num_warps=warps,
-        **({} if any(needs) or not (d | l | x.stride(0) | recon.stride(0) | mu.stride(0)
-                                    | logvar.stride(0)) % 16 else configs.maxnreg(
-            "elbo_rows", lik, x.element_size(), block_b, block_d, block_l, warps))),
+        **register_caps.maxnreg(
+            register_caps.elbo_class(needs, not (d | l | x.stride(0) | recon.stride(0)
+                                                 | mu.stride(0) | logvar.stride(0)) % 16),
+            "elbo_rows", lik, x.element_size(), block_b, block_d, block_l, warps)),
         # absent pointers: a dummy of the dtype the tensor would have (Triton specializes
         # on it), the gradients' as their buffers' (saved_grad_dtype), z's as mu's
         dummies(X=x.dtype, R=recon.dtype, OBS=obs_arg.dtype, Z=mu.dtype, PM=pm.dtype,

@@ -18,7 +18,7 @@ from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
 from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
-from . import _launch, configs
+from . import _launch, configs, register_caps
 from .sample_warps_config import iwae_sample_warps_config
 from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
@@ -191,9 +191,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=configs.iwae_rows_k_block(),
-                       **({} if gobs_partial or gobs is not None else configs.maxnreg(
+                       **register_caps.maxnreg(
+                           register_caps.iwae_class(
+                               [g is not None for g in (gx, gr, gmu, glv, gz, gpm, gplv)],
+                               gobs_partial or gobs is not None),
                            "iwae_rows", lik, recon_k.element_size(), block_b, block_d,
-                           block_l, warps)),
+                           block_l, warps),
                        INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
                                           programs * block_b, stride_pm, stride_plv),
                        **args)

@@ -293,7 +293,7 @@ def ci_calls() -> List[Tuple[str, Callable]]:
                        likelihoods=(bern,)),
            *iwae_calls(IWAE_BENCH[:1], ("fp32",), (("mean", "train"),),
                        likelihoods=(("gaussian", "D", True),)),
-           # launches with a register cap (configs.MAXNREG)
+           # launches with a register cap (register_caps.MAXNREG)
            *iwae_calls(IWAE_BENCH[1:], ("bf16",), (("mean", "eval"),),
                        likelihoods=(("gaussian", "0d", True),)),
            *elbo_calls(((13, 100, 17),), ("bf16",), (("analytic", "sum", 0.5, "eval"),),

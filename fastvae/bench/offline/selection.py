@@ -31,7 +31,7 @@ Ident = Tuple[str, str]   # (kernel, the JIT's cache key): one per target
 def features(launch) -> Set[tuple]:
     """What compiling ``launch`` checks that another launch may check as well."""
     spec = json.loads(launch.spec)
-    # a register cap (configs.MAXNREG) compiles the same code to another allocation
+    # a register cap (register_caps.MAXNREG) compiles the same code to another allocation
     shape = (launch.kernel, tuple(sorted((k, repr(v)) for k, v in launch.constexprs().items())),
              spec["options"]["num_warps"], spec["options"].get("maxnreg"))
     return {("code", shape), ("alignment", shape, divisible(spec)),

@@ -21,7 +21,9 @@ time to leave, the launch caps its registers one step down (``register_caps.MAXN
 two-pass IWAE's 16-bit Gaussian tile without an obs_logvar gradient (48 registers, 4-8
 bytes, sm_80), the 16-bit continuous Bernoulli's ELBO evaluation on unaligned rows (72
 registers, 4 bytes, sm_90) and the two-pass continuous Bernoulli's 16 x 64 x 64 tile (80
-registers, 12 bytes, sm_90).
+registers, 12 bytes, sm_90). Where Triton 3.6 spilled so, likewise: the two-pass 16-bit
+16 x 64 x 32 tile in the Bernoulli's evaluation (64 registers, 8 bytes, sm_90) and the
+Gaussian float obs_logvar's training with d/dz, without d/dx (48, 4 bytes, sm_80).
 """
 from __future__ import annotations
 
@@ -173,4 +175,22 @@ def test_iwae_two_pass_continuous_bernoulli_wide_latents_cap_registers(dname, mo
     Triton 3.9, sm_90); 3.6 compiles them at 2 programs an SM, the cap's step."""
     calls = catalog.iwae_calls(((3, 1025, l, 9),), (dname,), (("mean", mode),),
                                likelihoods=(("continuous_bernoulli", "", False),))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("lik, dname, mode, cap", [
+    (("bernoulli", "", False), "amp-bf16", "eval", 72),
+    (("bernoulli", "", False), "fp16", "eval", 72), (("bernoulli", "", False), "bf16", "eval", 72),
+    (("bernoulli", "", False), "fp16", "train", None),     # 56-72 registers, no spill
+    (("bernoulli", "", False), "fp32", "eval", None),
+    (("gaussian", "float", False), "amp-fp16", "train", 56),
+    (("gaussian", "float", False), "fp16", "train-z", None),   # no d/dz: 48, no spill
+    (("gaussian", "float", False), "fp16", "train+x", None),
+    (("gaussian", "float", False), "fp16", "eval", None)])
+def test_iwae_two_pass_16_bit_tile_caps_registers_in_its_spilling_class(lik, dname, mode, cap):
+    """Triton 3.6 (sm_90 for the Bernoulli's evaluation, 64 registers, 8 bytes; sm_80 for
+    the Gaussian float obs_logvar's training with d/dz and without d/dx, 48, 4 bytes) at
+    B=4096 D=784 L=32 K=50: the 16 x 64 x 32 tile at 4 warps, capped in that class only."""
+    calls = catalog.iwae_calls(((4096, 784, 32, 50),), (dname,), (("mean", mode),),
+                               likelihoods=(lik,))
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap

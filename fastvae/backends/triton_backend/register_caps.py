@@ -5,28 +5,39 @@ launches that fit without it raises their registers: each entry names the narrow
 launch classes that spilled (tests/test_row_tiles_register_need.py pins them)."""
 from __future__ import annotations
 
-from .configs import CONTINUOUS_BERNOULLI, GAUSSIAN_TENSOR
+from .configs import BERNOULLI, CONTINUOUS_BERNOULLI, GAUSSIAN_SCALAR, GAUSSIAN_TENSOR
 
-# Launch classes. Two-pass IWAE: EVAL (no gradient), TRAIN (gradients, no d/dx and no
-# obs_logvar gradient), TRAIN_X (d/dx, no obs_logvar gradient), OBS (an obs_logvar
-# gradient). ELBO rows: TRAIN (any gradient), EVAL (rows aligned to 16), EVAL_UNALIGNED.
-EVAL, EVAL_UNALIGNED, TRAIN, TRAIN_X, OBS = "eval", "eval-unaligned", "train", "train+x", "obs"
+# Launch classes. Two-pass IWAE: EVAL (no gradient), TRAIN (d/dz, no d/dx and no obs_logvar
+# gradient), TRAIN_NO_Z (gradients, none of d/dz, d/dx, d/dobs_logvar), TRAIN_X (d/dx, no
+# obs_logvar gradient), OBS (an obs_logvar gradient). ELBO rows: TRAIN (any gradient),
+# EVAL (rows aligned to 16), EVAL_UNALIGNED.
+EVAL, EVAL_UNALIGNED, TRAIN, TRAIN_NO_Z, TRAIN_X, OBS = (
+    "eval", "eval-unaligned", "train", "train-z", "train+x", "obs")
+NO_OBS_GRADIENT = {EVAL, TRAIN, TRAIN_NO_Z, TRAIN_X}
 
 # (maxnreg, launch classes) by (kernel, LIK, element size, BLOCK_B, BLOCK_D, BLOCK_L,
 # num_warps). Two-pass IWAE: the 16-bit Gaussian tensor obs_logvar without its gradient
 # (48 registers, 4-8 bytes, ptxas 13 on sm_80; 64-80 with it); the continuous Bernoulli at
-# L > 32 (80, 12 bytes, ptxas 13 on sm_90, training). ELBO evaluation on rows not aligned
-# to 16 (72, 4 bytes, ptxas 13 on sm_90, B=13 D=100 L=17; aligned: 32-40, a cap would
-# raise them).
-MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): (64, {EVAL, TRAIN, TRAIN_X}),
+# L > 32 (80, 12 bytes, ptxas 13 on sm_90, training); the 16-bit Bernoulli's evaluation
+# (64, 8 bytes, Triton 3.6 on sm_90, B=4096 D=784 L=32 K=50; training 56-72, none); the
+# 16-bit Gaussian float obs_logvar's training with d/dz, without d/dx (48, 4 bytes,
+# Triton 3.6 on sm_80, that shape; without d/dz 48, none). ELBO evaluation on rows not
+# aligned to 16 (72, 4 bytes, ptxas 13 on sm_90, B=13 D=100 L=17; aligned: 32-40, a cap
+# would raise them).
+MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): (64, NO_OBS_GRADIENT),
            **{("iwae_rows", CONTINUOUS_BERNOULLI, s, 16, 64, 64, 8):
-              (128, {EVAL, TRAIN, TRAIN_X}) for s in (2, 4)},
+              (128, NO_OBS_GRADIENT) for s in (2, 4)},
+           ("iwae_rows", BERNOULLI, 2, 16, 64, 32, 4): (72, {EVAL}),
+           ("iwae_rows", GAUSSIAN_SCALAR, 2, 16, 64, 32, 4): (56, {TRAIN}),
            ("elbo_rows", CONTINUOUS_BERNOULLI, 2, 16, 64, 32, 4): (80, {EVAL_UNALIGNED})}
 
 
 def iwae_class(needs, obs_grad: bool) -> str:
-    """The launch class of a two-pass IWAE launch of gradient flags ``needs``."""
-    return OBS if obs_grad else TRAIN_X if needs[0] else TRAIN if any(needs) else EVAL
+    """The launch class of a two-pass IWAE launch of gradient flags ``needs`` (x, recon,
+    mu, logvar, z, ...)."""
+    if obs_grad or needs[0]:
+        return OBS if obs_grad else TRAIN_X
+    return TRAIN if needs[4] else TRAIN_NO_Z if any(needs) else EVAL
 
 
 def elbo_class(needs, aligned: bool) -> str:

@@ -13,7 +13,7 @@ to 1 made constants; divisibility by 16; constexprs) and compiles each distinct 
 once per target (``compiler.py``): every one a benchmark-shape call launches, and of the
 rest (switches at odd shapes, in fp32 and bf16) enough that each code shape, each code
 shape with each set of arguments divisible by 16, and each kernel's pointer types are
-compiled (``selection.py``; 343 of the 364 captured per target). The interpreter
+compiled (``selection.py``; 348 of the 369 captured per target). The interpreter
 accepts code the real compiler rejects, and no CPU test sees register spills or
 unvectorized loads, so per Triton version and target this checks:
   * every specialization builds (PTX and cubin);

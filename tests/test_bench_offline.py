@@ -12,6 +12,8 @@ import pytest
     (["compile", "--workers", "2147483647"], "--workers: must be at most 64"),
     (["table", "--workers", "65"], "--workers: must be at most 64"),
     (["compile", "--kernel", "iwae_bound_onepass_kernel,foo"], "--kernel: unknown foo; have "),
+    (["compile", "--cover-target", "75"], "--cover-target: must be 80 or 90"),
+    (["compile", "--tier", "full", "--cover-target", "80"], "--cover-target: the cover is the ci"),
     (["proxy", "--ops", "iwae", "--shape", "64,8"], "--shape: must be B,D,L or B,D,L,K"),
     (["proxy", "--ops", "iwae", "--shape", "64,0,8,5"], "--shape: must be a positive integer"),
     (["proxy", "--shape", "64,64,8,5"], "--shape: name the ops to run at it with --ops"),
@@ -84,6 +86,76 @@ def test_compile_with_kernel_builds_only_that_kernels_specializations(monkeypatc
     assert jobs and out["per_kernel"] == {"iwae_bound_onepass_kernel": len(jobs) // 2}
     assert {"iwae_bound_rows_kernel", "elbo_rows_kernel"} <= {
         k.rsplit(".", 1)[-1] for k in out["kernels_launched"]}
+
+
+def test_a_cover_target_compiles_the_benchmark_shapes_for_every_target_and_the_rest_for_it(
+        monkeypatch):
+    """``cover_target`` (CI: one per Triton, report.COVER_TARGETS): the benchmark calls'
+    specializations compile for both targets, the cover's for that target alone, and each
+    result says which it is and names its specialization as every Triton does."""
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("the capture needs Triton's JIT, not the interpreter")
+    from fastvae.bench.offline import catalog, judge
+
+    calls = [*catalog.elbo_calls(((64, 64, 16),), ("fp32",), (catalog.TRAIN,),
+                                 likelihoods=catalog.LIKELIHOODS[:1]),
+             *catalog.elbo_calls(((7, 7, 3),), ("bf16",), (catalog.TRAIN,),
+                                 likelihoods=catalog.LIKELIHOODS[:1])]
+    monkeypatch.setattr(catalog, "tier_calls", lambda tier: calls)
+    monkeypatch.setattr(catalog, "always_compiled_labels", lambda: {calls[0][0]})
+    monkeypatch.setattr(judge.compiler, "compile_all", lambda jobs, workers: [
+        {"cc": cc} for _, cc, _ in jobs])
+    both = judge.compile_catalog(tier="ci")
+    out = judge.compile_catalog(tier="ci", cover_target=90)
+    assert out["specializations"] == both["specializations"] and out["cover_target"] == 90
+    every = [r for r in out["results"] if r["every_target"]]
+    cover = [r for r in out["results"] if not r["every_target"]]
+    assert every and cover and {r["call"] for r in every} == {calls[0][0]}
+    assert all({r["cc"] for r in every if r["key"] == k} == {80, 90} for k in
+               {r["key"] for r in every})
+    assert {r["cc"] for r in cover} == {90}
+    assert {r["key"] for r in out["results"]} == {r["key"] for r in both["results"]}
+    assert len({r["shape"] for r in out["results"]}) == out["specializations"]
+    with pytest.raises(ValueError, match="needs the ci tier"):
+        judge.compile_catalog(tier="full", cover_target=80)
+
+
+def test_a_specialization_has_one_name_under_every_triton():
+    """``selection.shape_id`` leaves out the options a Triton version adds to the JIT's
+    key: the latest and 3.6.0 name the same launch alike (the compile test pairs them)."""
+    import json
+
+    from fastvae.bench.offline import selection
+    from fastvae.bench.offline.capture import Launch
+
+    spec = dict(name="m.k", signature={"P": "*fp32", "N": "i32"}, constant_keys=[],
+                constant_vals=[], attrs_keys=[[0]], attrs_vals=[[["tt.divisibility", 16]]],
+                options=dict(num_warps=4, maxnreg=None, arch="sm80"))
+    newer = dict(spec, options=dict(spec["options"], fpsan_homomorphic_casts=False), target=[],
+                 attrs_keys=[[0], [1]], attrs_vals=[[["tt.divisibility", 16]], []])
+    a, b = (Launch(kernel="m.k", cc=80, key=json.dumps(s), spec=json.dumps(s), grid=(1,),
+                   args={}) for s in (spec, newer))
+    assert selection.shape_id(a) == selection.shape_id(b)
+    capped = dict(spec, options=dict(spec["options"], maxnreg=64))
+    c = Launch(kernel="m.k", cc=80, key="", spec=json.dumps(capped), grid=(1,), args={})
+    assert selection.shape_id(c) != selection.shape_id(a)
+
+
+def test_compile_versions_hands_each_triton_its_cover_target(monkeypatch):
+    from fastvae.bench.offline import report
+
+    calls = []
+    monkeypatch.setattr(report.compiler, "run_version",
+                        lambda path, args, popen: calls.append((path, args)) or {})
+    report.compile_versions([None, "/t36"], workers=2, cover_targets=[80, 90])
+    assert sorted(calls, key=lambda c: str(c[0])) == [
+        ("/t36", ["compile", "--workers", "2", "--tier", "ci", "--cover-target", "90"]),
+        (None, ["compile", "--workers", "2", "--tier", "ci", "--cover-target", "80"])]
+    with pytest.raises(ValueError, match="2 Tritons but 1 cover targets"):
+        report.compile_versions([None, "/t36"], workers=2, cover_targets=[80])
 
 
 def test_the_proxy_hands_its_shapes_to_the_pinned_tritons_child(monkeypatch):

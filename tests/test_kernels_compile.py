@@ -10,10 +10,12 @@ tile the host picks over a sweep of sizes; ``--tier bench``/``full`` on the comm
 line compile every combination, hours), lets Triton's own binder
 derive each launch's specialization (pointer dtypes, dummies included; integers equal
 to 1 made constants; divisibility by 16; constexprs) and compiles each distinct one
-once per target (``compiler.py``): every one a benchmark-shape call launches, and of the
-rest (switches at odd shapes, in fp32 and bf16) enough that each code shape, each code
-shape with each set of arguments divisible by 16, and each kernel's pointer types are
-compiled (``selection.py``; 348 of the 369 captured per target). The interpreter
+(``compiler.py``): every one a benchmark-shape call launches, for both targets under
+both Tritons, and of the rest (switches at odd shapes, in fp32 and bf16) enough that each
+code shape, each code shape with each set of arguments divisible by 16, and each kernel's
+pointer types are compiled (``selection.py``; 348 of the 369 captured), each for sm_90
+under Triton 3.6.0 and for sm_80 under the latest (``report.COVER_TARGETS``: every one
+under both Tritons and for both targets, at half the cost of all four pairs). The interpreter
 accepts code the real compiler rejects, and no CPU test sees register spills or
 unvectorized loads, so per Triton version and target this checks:
   * every specialization builds (PTX and cubin);
@@ -22,7 +24,7 @@ unvectorized loads, so per Triton version and target this checks:
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
 Both versions run side by side in child processes (the cores shared), started in the
 background when collection ends so they overlap the rest of the suite
-(tests/_background.py): about 1,000 compiles, about 700 CPU seconds on two cores.
+(tests/_background.py): about 1,050 compiles, 10-15 CPU minutes.
 ``python -m fastvae.bench.offline table --triton .triton36`` prints the registers, spills,
 stack and loads of each one compiled (``--tier full``: of every specialization;
 benchmarks/RESULTS.md).
@@ -60,7 +62,8 @@ def _compile_both():
     if pinned:
         paths["3.6.0"] = pinned
     runs = report.compile_versions(list(paths.values()), workers=os.cpu_count() or 1,
-                                   popen=_background.popen)
+                                   popen=_background.popen,
+                                   cover_targets=[report.COVER_TARGETS[v] for v in paths])
     return dict(zip(paths, runs))
 
 
@@ -95,8 +98,27 @@ def test_specialization_count(judged, capsys):
             print(f"[kernels_compile] {v}: {report.compile_summary(run)}")
     for run in judged.values():
         assert run["specializations"] > 0
-        for cc in TARGETS:   # each target compiles the same specializations
-            assert sum(r["cc"] == cc for r in run["results"]) == run["specializations"]
+        everywhere = {r["key"] for r in run["results"] if r["every_target"]}
+        assert everywhere and len(everywhere) < run["specializations"]
+        for cc in TARGETS:   # the benchmark shapes' on each target, the cover on its own
+            compiled = [r["key"] for r in run["results"] if r["cc"] == cc]
+            assert len(compiled) == len(set(compiled))
+            want = run["specializations"] if cc == run["cover_target"] else len(everywhere)
+            assert set(compiled) >= everywhere and len(compiled) == want
+
+
+def test_each_specialization_compiles_under_both_tritons_and_for_both_targets(judged):
+    """The cover compiles for one target under each Triton (``report.COVER_TARGETS``):
+    together, every specialization either selects is compiled under each Triton, and for
+    each target under one of them."""
+    if len(judged) < 2:
+        pytest.skip("needs Triton 3.6.0 in .triton36 as well (the spill tests say so)")
+    shapes = {v: {r["shape"] for r in run["results"]} for v, run in judged.items()}
+    assert shapes["latest"] == shapes["3.6.0"]   # one catalog, one selection
+    for cc in TARGETS:
+        on_cc = set().union(*({r["shape"] for r in run["results"] if r["cc"] == cc}
+                              for run in judged.values()))
+        assert on_cc == shapes["latest"], f"sm_{cc} never compiles {len(shapes['latest'] - on_cc)}"
 
 
 @pytest.mark.parametrize("cc", TARGETS)

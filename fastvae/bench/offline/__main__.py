@@ -1,13 +1,15 @@
 """``python -m fastvae.bench.offline``: the offline judge from the command line.
 
-    compile [--tier ci|bench|full] [--kernel NAME,...] [--workers N] [--json FILE]
+    compile [--tier ci|bench|full] [--kernel NAME,...] [--workers N] [--cover-target CC]
+            [--json FILE]
         capture the catalog under this Triton and compile its specializations for
         sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all),
         with --kernel only those of the kernels named (e.g. iwae_bound_onepass_kernel);
         "ci" is what tests/test_kernels_compile.py compiles (fastvae.bench.offline.
         selection: the benchmark shapes' and a cover of the rest), "bench" every
         specialization of every semantic combination at the benchmark shapes, "full"
-        those and the odd shapes (hours)
+        those and the odd shapes (hours); --cover-target 80|90 compiles the ci tier's
+        cover (past the benchmark shapes) for that target alone, as CI does
     table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes
@@ -46,6 +48,9 @@ def main(argv=None) -> int:
     c.add_argument("--tier", choices=catalog.TIERS, default="ci")
     c.add_argument("--kernel", type=o.names_from(_kernel_names), default=None)
     c.add_argument("--workers", type=o.processes, default=judge.default_workers())
+    c.add_argument("--cover-target", type=_target, default=None,
+                   help="with --tier ci: compile the cover (the specializations no benchmark "
+                        "call launches) for this target alone (80 or 90)")
     c.add_argument("--json", type=o.file_to_write, default=None)
     t = sub.add_parser("table")
     t.add_argument("--triton", type=_triton_folder, action="append", default=[])
@@ -62,6 +67,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "proxy" and args.here and args.triton is not None:
         x.error("--here runs this interpreter's Triton, --triton another's; give one")
+    if args.cmd == "compile" and args.cover_target is not None and args.tier != "ci":
+        c.error("argument --cover-target: the cover is the ci tier's; the others compile "
+                "every specialization for every target")
     if args.cmd == "proxy" and args.shape:
         if not args.ops:
             x.error("argument --shape: name the ops to run at it with --ops")
@@ -88,6 +96,13 @@ def _kernel_names() -> list:
     return names
 
 
+def _target(value) -> int:
+    """A compile target, 80 or 90 (sm_80, sm_90)."""
+    if str(value).strip() not in ("80", "90"):
+        raise o.BadValue(f"must be 80 or 90 (sm_80, sm_90), got {value!r}")
+    return int(value)
+
+
 def _shape(value) -> tuple:
     """``B,D,L`` or ``B,D,L,K``: positive integers, K 1 unless given."""
     parts = value.split(",") if isinstance(value, str) else []
@@ -105,7 +120,8 @@ def _run(args) -> int:
             raise compiler.ToolMissing("no Triton here (pip install triton, or ./dev setup; "
                                        "proxy without --here runs under .triton36)") from None
     if args.cmd == "compile":
-        out = judge.compile_catalog(workers=args.workers, tier=args.tier, kernels=args.kernel)
+        out = judge.compile_catalog(workers=args.workers, tier=args.tier, kernels=args.kernel,
+                                    cover_target=args.cover_target)
         print(report.compile_summary(out), file=sys.stderr)
     elif args.cmd == "table":
         runs = report.compile_versions([None, *args.triton], workers=args.workers,

@@ -245,8 +245,8 @@ def sweep_calls() -> List[Tuple[str, Callable]]:
     return out
 
 
-# The CI tier (tests/test_kernels_compile.py): each distinct specialization costs about
-# a second of one core per target and Triton version, so it captures a chosen subset
+# The CI tier (tests/test_kernels_compile.py): each distinct specialization costs
+# seconds of one core per target and Triton version, so it captures a chosen subset
 # (below) rather than every combination of ``calls()``, and compiles what
 # ``selection.ci_selection`` keeps of it.
 CORE_LIKELIHOODS = (("bernoulli", "", False), ("continuous_bernoulli", "", False),
@@ -255,8 +255,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 369 specializations per target and Triton (348 compiled,
-    ``selection.py``):
+    """What CI captures, 369 specializations (348 compiled, ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,

@@ -2,8 +2,8 @@
 version through ``compiler.run_version``):
 
 * :func:`compile_catalog`: the specializations the catalog's calls make the JIT build
-  (for the "ci" tier, those ``selection.ci_selection`` keeps), compiled once per target,
-  with the compiler's report;
+  (for the "ci" tier, those ``selection.ci_selection`` keeps), compiled once per target
+  (or the "ci" tier's cover for one target), with the compiler's report;
 * :func:`proxy_cases`: the speed proxy for benchmark cases (sm_90).
 """
 from __future__ import annotations
@@ -27,10 +27,15 @@ BAR_DTYPES = ("fp32", "bf16")
 
 
 def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
-                    kernels: Optional[Sequence[str]] = None) -> dict:
+                    kernels: Optional[Sequence[str]] = None,
+                    cover_target: Optional[int] = None) -> dict:
     """Capture the catalog's ``tier`` under this Triton, compile each distinct
     specialization (the "ci" tier: each one ``selection.ci_selection`` keeps) for each
-    target, only those of ``kernels`` (names) where given; a JSON-able report."""
+    target, only those of ``kernels`` (names) where given; a JSON-able report. With
+    ``cover_target`` (the "ci" tier), the cover's specializations (those no benchmark
+    call launches) compile for that target alone."""
+    if cover_target is not None and (tier != "ci" or cover_target not in targets):
+        raise ValueError(f"cover_target {cover_target} needs the ci tier and one of {targets}")
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
     entries = catalog.tier_calls(tier)
@@ -39,9 +44,13 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
     t1 = time.perf_counter()
     captured = rec.distinct()
     distinct = captured
+    everywhere = {(la.kernel, la.key) for la in captured}
     if tier == "ci":   # the benchmark shapes' specializations and a cover of the rest
-        chosen = selection.ci_selection(rec.launches, catalog.always_compiled_labels().__contains__)
-        distinct = [la for la in captured if (la.kernel, la.key) in chosen]
+        keep = catalog.always_compiled_labels().__contains__
+        chosen = selection.ci_selection(rec.launches, keep)
+        everywhere = selection.kept(rec.launches, keep)
+        distinct = [la for la in captured if (la.kernel, la.key) in chosen and (
+            cover_target is None or la.cc == cover_target or (la.kernel, la.key) in everywhere)]
     if kernels:
         distinct = [la for la in distinct if la.short in kernels]
     jobs = [(la.spec, la.cc, False) for la in distinct]
@@ -51,13 +60,16 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
         r["call"] = la.call
         r["kernel"] = la.short
         r["key"] = la.key
+        r["shape"] = selection.shape_id(la)
+        r["every_target"] = (la.kernel, la.key) in everywhere
     launched = sorted({la.kernel for la in rec.launches})
-    per_kernel = collections.Counter(la.short for la in distinct)
+    idents = {(la.kernel, la.key): la.short for la in distinct}
+    per_kernel = collections.Counter(idents.values())
     return dict(triton=compiler.triton_version(), tier=tier, calls=len(entries),
-                launches=len(rec.launches), targets=list(targets),
-                specializations=len(distinct) // max(len(targets), 1),
-                captured=len(captured) // max(len(targets), 1),
-                per_kernel={k: v // max(len(targets), 1) for k, v in per_kernel.items()},
+                launches=len(rec.launches), targets=list(targets), cover_target=cover_target,
+                specializations=len(idents),
+                captured=len({(la.kernel, la.key) for la in captured}),
+                per_kernel=dict(per_kernel),
                 kernels_launched=launched, results=results,
                 tiles=sorted({la.tile() for la in distinct}, key=repr),
                 layouts=sorted({catalog.layout_of(la) for la in distinct}, key=repr),

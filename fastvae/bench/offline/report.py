@@ -10,6 +10,11 @@ from . import compiler
 from .proxy import GUESSED
 
 TRITON_GPU_MACHINES = "3.6.0"   # the Triton of the project's GPU machines
+# The target each Triton compiles the CI tier's cover for (``judge.compile_catalog``'s
+# ``cover_target``): the GPU machines' own pair, and the other target under the latest,
+# so that each specialization compiles under both Tritons and for both targets at half
+# the cost of all four pairs (the benchmark shapes' compile under all four).
+COVER_TARGETS = {TRITON_GPU_MACHINES: 90, "latest": 80}
 
 
 def pinned_triton() -> Optional[str]:
@@ -33,14 +38,21 @@ def pinned_triton_missing() -> str:
 
 
 def compile_versions(paths: Sequence[Optional[str]], workers: int, tier: str = "ci",
-                     popen: Callable[..., subprocess.Popen] = subprocess.Popen) -> List[dict]:
+                     popen: Callable[..., subprocess.Popen] = subprocess.Popen,
+                     cover_targets: Optional[Sequence[Optional[int]]] = None) -> List[dict]:
     """The catalog's ``tier`` compiled under each Triton (None: this interpreter's), side
-    by side in child processes started with ``popen``. Each gets ``workers`` compile
-    processes: the versions finish at different times, and a share of the cores fixed at
-    the start would leave some idle after the first one is done."""
+    by side in child processes started with ``popen``; ``cover_targets``: each one's
+    ``cover_target`` (None: every target). Each gets ``workers`` compile processes: the
+    versions finish at different times, and a share of the cores fixed at the start would
+    leave some idle after the first one is done."""
     args = ["compile", "--workers", str(max(1, workers)), "--tier", tier]
+    covers = list(cover_targets) if cover_targets is not None else [None] * len(paths)
+    if len(covers) != len(paths):
+        raise ValueError(f"{len(paths)} Tritons but {len(covers)} cover targets")
     with ThreadPoolExecutor(max_workers=len(paths)) as ex:
-        return list(ex.map(lambda p: compiler.run_version(p, args, popen=popen), paths))
+        return list(ex.map(lambda p, c: compiler.run_version(
+            p, args + ([] if c is None else ["--cover-target", str(c)]), popen=popen),
+            paths, covers))
 
 
 def _selected(run: dict) -> str:
@@ -49,14 +61,22 @@ def _selected(run: dict) -> str:
         f" compiled of {captured} captured (fastvae.bench.offline.selection)"
 
 
+def _cover(run: dict) -> str:
+    cc = run.get("cover_target")
+    if cc is None:
+        return ""
+    alone = len({r["key"] for r in run["results"] if not r["every_target"]})
+    return f", the cover's {alone} for sm_{cc} alone"
+
+
 def compile_summary(run: dict) -> str:
     res = run["results"]
     bad = [r for r in res if "error" in r or r.get("spill_stores")]
     secs = run["seconds"]
     return (f"Triton {run['triton']['version']}: {run['calls']} calls, {run['launches']} launches, "
-            f"{run['specializations']} distinct specializations per target "
+            f"{run['specializations']} distinct specializations "
             f"({', '.join(f'{k} {v}' for k, v in sorted(run['per_kernel'].items()))})"
-            f"{_selected(run)}; "
+            f"{_selected(run)}{_cover(run)}; "
             f"{len(res)} compiles, {len(bad)} failing or spilling; capture "
             f"{secs['capture']:.0f} s, compile {secs['compile']:.0f} s (wall), "
             f"{secs.get('cpu', float('nan')):.0f} CPU s")

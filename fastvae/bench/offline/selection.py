@@ -2,8 +2,8 @@
 ``tier="ci"``): every one a benchmark-shape call (or a call at the edge of spilling,
 ``catalog.always_compiled_labels``) launches, and of the rest, a covering subset.
 
-Each distinct specialization costs about a second of one core per target and Triton
-version, four compiles in all, and CI runs on two cores. Past the benchmark shapes, most
+Each distinct specialization costs one to eight seconds of one core per target and
+Triton version (the larger unrolled tiles the most), and CI runs on two cores. Past the benchmark shapes, most
 of the catalog's calls (a switch turned on at an odd shape, in fp32 and in bf16) launch
 specializations that differ from compiled ones only in a combination: the same code
 (kernel, constexprs, warps) with the same arguments divisible by 16, and pointer types
@@ -17,6 +17,11 @@ greedily in capture order, launches until every one of these is compiled:
 * each kernel with each pointer-type signature it was launched with (dtypes, dummies).
 
 The "bench" and "full" tiers compile every specialization.
+
+The benchmark shapes' specializations compile for every target under each Triton. The
+cover's may compile for one target under each Triton (``judge.compile_catalog``'s
+``cover_target``; ``report.COVER_TARGETS``): a spill that one target alone shows under one
+Triton alone is what that leaves unchecked, in shapes no benchmark launches.
 """
 from __future__ import annotations
 
@@ -38,15 +43,31 @@ def features(launch) -> Set[tuple]:
             ("pointers", launch.kernel, tuple(spec["signature"].values()))}
 
 
+def shape_id(launch) -> str:
+    """The specialization apart from Triton's version and the target: one string for the
+    same launch under every Triton (the JIT's key also holds options that differ)."""
+    spec = json.loads(launch.spec)
+    opt = spec["options"]
+    # newer Tritons also list the constexprs' (empty) attributes
+    attrs = [[k, v] for k, v in zip(spec["attrs_keys"], spec["attrs_vals"]) if v]
+    return json.dumps([spec["name"], spec["signature"], spec["constant_keys"],
+                       spec["constant_vals"], attrs, opt["num_warps"], opt.get("maxnreg")])
+
+
+def kept(launches: Iterable, keep: Callable[[str], bool]) -> Set[Ident]:
+    """The (kernel, key) of every launch a catalog call for which ``keep(label)`` holds
+    made (first or not): what compiles for every target."""
+    return {(la.kernel, la.key) for la in launches if keep(la.call)}
+
+
 def ci_selection(launches: Iterable, keep: Callable[[str], bool]) -> Set[Ident]:
     """The (kernel, key) of the launches to compile: every one a catalog call for which
     ``keep(label)`` holds launched (first or not), then a cover of the others'
     :func:`features`."""
-    first, chosen = {}, set()
+    launches = list(launches)
+    first, chosen = {}, kept(launches, keep)
     for la in launches:
         first.setdefault((la.kernel, la.key), la)
-        if keep(la.call):
-            chosen.add((la.kernel, la.key))
     covered = set().union(*(features(first[i]) for i in chosen)) if chosen else set()
     rest: List[Tuple[Ident, Set[tuple]]] = [(i, features(la)) for i, la in first.items()
                                             if i not in chosen]

@@ -188,11 +188,12 @@ def test_scale_pass_bytes_count_every_gradient_slot_read_and_written():
 def test_proxy_end_to_end_on_the_elbo_row_kernel():
     """The bar's ELBO step (B=65536, D=784, L=64, fp32) under this Triton: the row
     kernel's hot loop is its D loop, run B/BLOCK_B x (D // BLOCK_D) times, and its issue
-    time is at most half the memory floor (the issue's target); a second run in the same
-    process gives the same."""
+    time is at most half the memory floor (the issue's target); a capture after it in the
+    same process launches the same."""
     from fastvae.bench.offline import judge
     from fastvae.backends.triton_backend import configs
-    out = judge.proxy_cases(judge.bar_cases(("fp32",), ("elbo",)))
+    cases = judge.bar_cases(("fp32",), ("elbo",))
+    out = judge.proxy_cases(cases)
     (case,) = out["cases"]
     rows = {la["kernel"]: la for la in case["launches"]}
     row = rows["elbo_rows_kernel"]
@@ -214,5 +215,7 @@ def test_proxy_end_to_end_on_the_elbo_row_kernel():
     assert case["bound_us"] == pytest.approx([case["memory_us"],
                                               case["memory_us"] + case["scale_us"]])
     # the compiles left nothing behind that a second capture in this process would trip on
-    again = judge.proxy_cases(judge.bar_cases(("fp32",), ("elbo",)))
-    assert again["cases"][0]["launches"][0]["regs"] == case["launches"][0]["regs"]
+    # (a kernel left in the JIT's cache for the stand-in device would be run)
+    again = judge.capture_case(cases[0])
+    assert [(la.short, list(la.grid)) for la in again] == [
+        (r["kernel"], r["grid"]) for r in case["launches"]]

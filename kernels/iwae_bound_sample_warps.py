@@ -23,10 +23,11 @@ The softmax weights need every sample's log-weight, which is known only at the r
 So d/dl is written unweighted as each sample is read (rounded to d/drecon_k's dtype), and
 after the loop the row's log-weights (per-row scratch ``LOG_W``, ``(B, BLOCK_K)`` fp32,
 then each weight ``softmax * c`` in place) weigh them in a sweep that reads back what the
-same thread wrote (load, multiply in fp32, store): one rounding more than a kernel that
-holds d/dl in fp32. In bf16 d/drecon_k is off by a relative ``2u + u^2`` at most (u =
-2^-8), the row-warp kernel's contract, plus the fp32 weights' error; in fp32 (fp16 and
-fp32 inputs) by two fp32 roundings. A row's K x D gradient (78 KB at K = 50, D = 784,
+same thread wrote (load, multiply, store; bf16 by packed pairs, ``_weigh_held``): one
+rounding more than a kernel that holds d/dl in fp32. In bf16 d/drecon_k is off by a
+relative ``(1 + u)^2 (1 + 2u^2) - 1`` at most (u = 2^-8; the row-warp kernel's two
+roundings, ``2u + u^2``, and the split weight's ``2u^2``), plus the fp32 weights' error;
+in fp32 (fp16 and fp32 inputs) by two fp32 roundings. A row's K x D gradient (78 KB at K = 50, D = 784,
 bf16) is read back one row's loop after it was written: what a GPU writes in between is
 the other resident programs' rows (RESULTS.md, "one read of recon_k at K = 50", sizes it
 against L2; the speed proxy counts the sweep's instructions, not its bytes).
@@ -49,6 +50,36 @@ def _copysign(bits, l):
     """The float of ``bits`` (a float's, sign bit clear) with the sign bit of ``l``: one
     ``lop3`` compiled."""
     return (bits | (l.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _weigh_held(g, w):
+    """A held d/dl ``g`` (its dtype) times a row's or sample's weight ``w`` (fp32,
+    broadcast to g's shape), rounded to g's dtype. Compiled, bf16 multiplies packed pairs
+    without unpacking: ``w`` split into bf16 ``hi + lo`` (lo = w - hi rounded, within
+    u^2 |w| of w's rest), then ``fma.rn.bf16x2(g, hi, g lo)`` with ``g lo`` rounded to
+    bf16 (compiled: an ``HMUL2`` and an ``HFMA2`` with the weight's halves broadcast):
+    two instructions a pair of elements where unpack, multiply and pack took three and a
+    half, and one rounding of the product as before plus at most ``2u^2`` relative (u =
+    2^-8). Elsewhere in fp32; under the interpreter the same split in fp32 arithmetic."""
+    if g.dtype == tl.bfloat16:
+        hi = w.to(tl.bfloat16)
+        lo = (w - hi.to(tl.float32)).to(tl.bfloat16)
+        hi = tl.broadcast_to(hi, g.shape)
+        lo = tl.broadcast_to(lo, g.shape)
+        if FAST_MATH:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t, nz; mov.b32 nz, 0x80008000;\n"
+                "fma.rn.bf16x2 t, $1, $3, nz;\n"
+                "fma.rn.bf16x2 $0, $1, $2, t; }",
+                "=r,r,r,r", [g, hi, lo], dtype=tl.bfloat16, is_pure=True, pack=2)
+        else:
+            g = g.to(tl.float32)
+            t = (g * lo.to(tl.float32)).to(tl.bfloat16).to(tl.float32)
+            out = (g * hi.to(tl.float32) + t).to(tl.bfloat16)
+    else:
+        out = (to_f32(g) * w).to(g.dtype)
+    return out
 
 
 @triton.jit
@@ -192,16 +223,17 @@ def iwae_bound_sample_warps_kernel(
         kk = k0 + s_idx
         kmask = (kk < K)[:, None]
         wk = tl.load(lw_row + kk, mask=kk < K, other=0.0)[:, None]
-        # a padded sample reads sample K - 1's (discarded: its store is masked)
+        # a padded sample reads sample K - 1's (discarded: its store is masked; a masked
+        # load would zero its registers first, two instructions a step more)
         g_in = tl.minimum(kk, K - 1)[:, None] * size_bd + g_row + col
         g_off = kk[:, None] * size_bd + g_row + col
         for n in tl.static_range(NC):
-            g = _unpack_mma(tl.load(GR + g_in + n * W), eye)
-            tl.store(GR + g_off + n * W, _hold(g * wk, HOLD), mask=kmask)
+            tl.store(GR + g_off + n * W, _weigh_held(tl.load(GR + g_in + n * W), wk),
+                     mask=kmask)
     w2 = w[:, None]
     if TAIL > 0:
         t_off = GR + k2 * size_bd + g_row + tcol
-        tl.store(t_off, _hold(to_f32(tl.load(t_off, mask=tm, other=0.0)) * w2, HOLD), mask=tm)
+        tl.store(t_off, _weigh_held(tl.load(t_off, mask=tm, other=0.0), w2), mask=tm)
 
     # ---- the latents' gradients, weighted and summed over k: z_k read again (K L elements,
     # just read), not held across the samples' loop ------------------------------------------

@@ -3,11 +3,12 @@ gives it (sample_warps_config.iwae_sample_warps_config), and its values and ever
 against float64.
 
 It writes d/dl unweighted and weighs it in a sweep after the row's softmax, so
-d/drecon_k is rounded twice: in bf16 per element within ``2r + r^2`` of the float64
-gradient (r = 2^-8 for a GPU's round-to-nearest, 2^-7 under the interpreter, whose bf16
-conversions truncate), plus the fp32 softmax weights' own error (``grad_rtol``: 4 eps 3D
-relative) and an fp32 absolute floor (``_iwae_twice_rounded.check``). Every other output
-is formed in fp32 and rounded once, held to the usual bf16 rule.
+d/drecon_k is rounded twice and weighed by the weight split into bf16 ``hi + lo``: in bf16
+per element within ``(1 + r)^2 (1 + 2r^2) - 1`` of the float64 gradient (r = 2^-8 for a
+GPU's round-to-nearest, 2^-7 under the interpreter, whose bf16 conversions truncate),
+plus the fp32 softmax weights' own error (``grad_rtol``: 4 eps 3D relative) and an fp32
+absolute floor (``_iwae_twice_rounded.check``). Every other output is formed in fp32 and
+rounded once, held to the usual bf16 rule.
 
 Runs where kernels run (tests/test_triton_interpreter.py runs it under TRITON_INTERPRET=1).
 """

@@ -80,29 +80,33 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     gr_dtype = saved(recon_k)
     mma = (gr_dtype is torch.bfloat16 or recon_k.dtype is torch.bfloat16) and _bf16_mma(
         recon_k.device)
-    row_warps = configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
-                                              gr_dtype is torch.bfloat16 and mma,
-                                              bool(needs[1]))
-    if row_warps is not None and not _launch.vector_rows(x, recon_k):
-        row_warps = None   # its loads would be an element each: the pair kernel runs
     int64 = None
-    if row_warps is not None:   # int32 offsets only: else the pair kernel's int64 ones
-        int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
-                             stride_pm, stride_plv)
-        if int64:
-            row_warps = None
+
+    def needs_int64() -> bool:   # the pair kernel's and the warp kernels' offsets
+        nonlocal int64
+        if int64 is None:
+            int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
+                                 stride_pm, stride_plv)
+        return int64
+
+    def warps_fit(config):
+        """A warp kernel's config, or None where its loads would be an element each or its
+        int32 offsets would overflow (the other kernels run those calls)."""
+        if config is None or not _launch.vector_rows(x, recon_k) or needs_int64():
+            return None
+        return config
+
+    row_warps = warps_fit(configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
+                                                        gr_dtype is torch.bfloat16 and mma,
+                                                        bool(needs[1])))
     pairs = (configs.iwae_pairs_config(b, k, d, l, lik, per_column, recon_k.element_size())
              if row_warps is None else None)
     onepass = (configs.iwae_onepass_config(b, k, d, l, lik)
                if pairs is None and row_warps is None else None)
-    samples = (iwae_sample_warps_config(k, d, l, lik, per_column,
-                                        recon_k.dtype is torch.bfloat16 and mma,
-                                        bool(needs[1]))
+    samples = (warps_fit(iwae_sample_warps_config(k, d, l, lik, per_column,
+                                                  recon_k.dtype is torch.bfloat16 and mma,
+                                                  bool(needs[1])))
                if pairs is None and row_warps is None and onepass is None else None)
-    if samples is not None and (
-            not _launch.vector_rows(x, recon_k) or _needs_int64(
-                x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b, stride_pm, stride_plv)):
-        samples = None   # loads of an element each, or int32 offsets past the limit
     if row_warps is not None:
         block_b, block_l, warps, row_pieces = row_warps
         block_d = 0
@@ -168,13 +172,10 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     elif pairs is not None:  # (row, sample) pairs on chip: one read, no K padding
         for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):
             del args[name]
-        if int64 is None:
-            int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l, b,
-                                 stride_pm, stride_plv)
         _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
                        BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
                        **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
-                       INT64=int64, **args)
+                       INT64=needs_int64(), **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
     elif samples is not None:  # a program a row, a warp a sample: one read of recon_k

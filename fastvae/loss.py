@@ -49,9 +49,9 @@ def _explicit_bits(value):
 class _Loss(nn.Module):
     """What every loss module shares: the reduction, the backend and validate settings.
 
-    Each setting is checked wherever it is set, at construction and on any assignment after
-    it, by its entry in ``_checks`` (which returns the value kept), so that a bad one fails
-    there with the functional API's error, not at the next forward. Settings that must agree
+    Each setting is checked wherever it is set, at construction, on any assignment after
+    it and when unpickled, by its entry in ``_checks`` (which returns the value kept), so
+    that a bad one fails there with the functional API's error, not at the next forward. Settings that must agree
     (likelihood and bits, estimator and kl or likelihood) are checked together at
     construction and per call only: settings change one at a time, and changing two that
     must agree could pass through a pair that is refused."""
@@ -66,6 +66,15 @@ class _Loss(nn.Module):
     def __setattr__(self, name, value):
         check = self._checks.get(name)
         super().__setattr__(name, value if check is None else check(value))
+
+    def __setstate__(self, state):
+        # unpickling bypasses __setattr__: each setting is checked as its assignment would
+        # be, so a module saved before a check existed fails at load, saying which one
+        state = dict(state)
+        for name, check in self._checks.items():
+            if name in state:
+                state[name] = check(state[name])
+        super().__setstate__(state)
 
     def _chosen(self) -> list:
         """backend and validate where given (None: the environment's, the global switch)."""
@@ -95,8 +104,11 @@ class _BoundLoss(_Loss):
 
     def __setstate__(self, state):
         # a module pickled when bits was a plain attribute: its value is an explicit one
+        state = dict(state)
         if "bits" in state and "_bits" not in state:
-            state = dict(state, _bits=state.pop("bits"))
+            state["_bits"] = state.pop("bits")
+        if "_bits" in state:
+            state["_bits"] = _explicit_bits(state["_bits"])
         super().__setstate__(state)
 
     @property
@@ -214,13 +226,6 @@ class DiscretizedLogisticMixtureNLLLoss(_Loss):
     def __init__(self, bits=8, reduction="mean", backend=None, validate=None):
         super().__init__(reduction, backend, validate)
         self.bits = bits
-
-    def __setstate__(self, state):
-        # unpickling bypasses __setattr__: a module pickled before assignments were
-        # checked may hold a ``loss.bits = None``, which its forward read as 8
-        if "bits" in state and state["bits"] is None:
-            state = dict(state, bits=V.check_bits(None))
-        super().__setstate__(state)
 
     def forward(self, x, params):
         """``-discretized_logistic_mixture_log_prob(x, params, bits, reduction)``."""

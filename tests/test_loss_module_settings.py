@@ -105,6 +105,37 @@ def test_a_loss_pickled_with_bits_as_an_attribute_still_runs(likelihood, bits):
         torch.testing.assert_close(loss(*args[:4]), fastvae.ELBOLoss()(*args[:4]))
 
 
+@pytest.mark.parametrize("make,name,value,error,match", [
+    (fastvae.ELBOLoss, "beta", -1.0, ValueError, "beta"),
+    (fastvae.ELBOLoss, "kl", "exact", ValueError, "kl must be one of"),
+    (fastvae.ELBOLoss, "free_bits", float("nan"), ValueError, "free_bits must be finite"),
+    (fastvae.IWAELoss, "estimator", "vimco", ValueError, "estimator"),
+    (fastvae.IWAELoss, "_bits", 0, ValueError, "bits must be in 1..16"),
+    (fastvae.ELBOLoss, "bits", 17, ValueError, "bits must be in 1..16"),   # the old name
+    (fastvae.DiscretizedLogisticMixtureNLLLoss, "reduction", "avg", ValueError,
+     "reduction must be one of"),
+    (fastvae.DiscretizedLogisticMixtureNLLLoss, "bits", 2.5, TypeError, "bits"),
+])
+def test_a_pickled_setting_no_assignment_would_take_fails_at_load(make, name, value, error,
+                                                                   match):
+    """Unpickling bypasses the checked assignments: a state holding a setting that no
+    assignment would take (saved by hand, or before its check existed) fails at load with
+    the assignment's error, not at the first forward or silently."""
+    import io
+    loss = make()
+    state = dict(loss.__dict__)
+    if name == "bits" and "_bits" in state:   # a bound loss pickled when bits was plain
+        del state["_bits"]
+    state[name] = value
+    fresh = make.__new__(make)
+    with pytest.raises(error, match=match):
+        fresh.__setstate__(state)
+    buffer = io.BytesIO()
+    torch.save(loss, buffer)   # the same through torch.load of a whole module
+    buffer.seek(0)
+    assert repr(torch.load(buffer, weights_only=False)) == repr(loss)
+
+
 def test_a_dmol_loss_pickled_with_bits_none_reads_8():
     """Before settings were checked on assignment, ``loss.bits = None`` on the DMoL NLL
     loss stayed None (its forward read 8); unpickled, that state bypasses the check:

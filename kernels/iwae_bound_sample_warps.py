@@ -27,10 +27,10 @@ same thread wrote (load, multiply, store; bf16 by packed pairs, ``_weigh_held``)
 rounding more than a kernel that holds d/dl in fp32. In bf16 d/drecon_k is off by a
 relative ``(1 + u)^2 (1 + 2u^2) - 1`` at most (u = 2^-8; the row-warp kernel's two
 roundings, ``2u + u^2``, and the split weight's ``2u^2``), plus the fp32 weights' error;
-in fp32 (fp16 and fp32 inputs) by two fp32 roundings. A row's K x D gradient (78 KB at K = 50, D = 784,
-bf16) is read back one row's loop after it was written: what a GPU writes in between is
-the other resident programs' rows (RESULTS.md, "one read of recon_k at K = 50", sizes it
-against L2; the speed proxy counts the sweep's instructions, not its bytes).
+in fp32 (fp16 and fp32 inputs) by two fp32 roundings. A row's K x D gradient (78 KB at K =
+50, D = 784, bf16) is read back one row's loop after it was written: what a GPU writes in
+between is the other resident programs' rows (RESULTS.md, "one read of recon_k at K = 50",
+sizes it against L2; the speed proxy counts the sweep's instructions, not its bytes).
 
 Rows whose log-weights are all -inf weigh 0 (bound -inf, gradients 0); a NaN log-weight
 makes its row's bound and gradients NaN. Offsets are int32 (the host falls back to the

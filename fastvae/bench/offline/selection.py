@@ -2,14 +2,14 @@
 ``tier="ci"``): every one a benchmark-shape call (or a call at the edge of spilling,
 ``catalog.always_compiled_labels``) launches, and of the rest, a covering subset.
 
-Each distinct specialization costs one to eight seconds of one core per target and
-Triton version (the larger unrolled tiles the most), and CI runs on two cores. Past the benchmark shapes, most
-of the catalog's calls (a switch turned on at an odd shape, in fp32 and in bf16) launch
-specializations that differ from compiled ones only in a combination: the same code
-(kernel, constexprs, warps) with the same arguments divisible by 16, and pointer types
-the kernel is also compiled with. What is left out is that combination: a register
-count that only a dtype mix of a code shape reaches. :func:`ci_selection` keeps,
-greedily in capture order, launches until every one of these is compiled:
+Each distinct specialization costs one to eight seconds of one core per target and Triton
+version (the larger unrolled tiles the most), and CI runs on two cores. Past the benchmark
+shapes, most of the catalog's calls (a switch turned on at an odd shape, in fp32 and in
+bf16) launch specializations that differ from compiled ones only in a combination: the
+same code (kernel, constexprs, warps) with the same arguments divisible by 16, and pointer
+types the kernel is also compiled with. What is left out is that combination: a register
+count that only a dtype mix of a code shape reaches. :func:`ci_selection` keeps, greedily
+in capture order, launches until every one of these is compiled:
 
 * each code shape: kernel, compile-time constants (the switches and the tile), warps;
 * each code shape with each set of arguments divisible by 16 it was launched with (which

@@ -61,7 +61,9 @@ def kl_normal(mu_q, logvar_q, mu_p, logvar_p, backend=None, validate=None):
 
     ``0.5 * sum (lv_p - lv_q + exp(lv_q - lv_p) + (d * exp(-lv_p / 2))^2 - 1)``,
     ``d = mu_q - mu_p`` (the stable forms: float32 at log-variances of +-80 stays finite
-    wherever the KL is). With ``mu_p = logvar_p = 0`` it is :func:`kl_standard_normal`.
+    wherever the KL is, up to half float32's largest: the square is formed before it is
+    halved, so a term past 1.7e38, ``|d exp(-lv_p/2)| > 1.8e19``, is inf in every
+    backend). With ``mu_p = logvar_p = 0`` it is :func:`kl_standard_normal`.
 
     Args:
         mu_q, logvar_q: ``(B, *)`` posterior (any shape, e.g. ``(B, C, H, W)`` latents).

@@ -293,9 +293,10 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     Args:
         x: ``(B, *)``; recon_k: ``(K, B, *)`` decoder outputs for each z_k;
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
-        likelihood, obs_logvar, backend, validate, bits, _scale: as in :func:`elbo`; for
-            ``"discretized_logistic_mixture"`` recon_k is ``(K, B, 10*M, H, W)`` (RGB)
-            or ``(K, B, 3*M, H, W)`` (gray).
+        likelihood, obs_logvar, backend, validate, bits, _scale: as in :func:`elbo`
+            (``obs_logvar`` broadcastable to x, shared by the K samples: not one per
+            sample); for ``"discretized_logistic_mixture"`` recon_k is ``(K, B, 10*M,
+            H, W)`` (RGB) or ``(K, B, 3*M, H, W)`` (gray).
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
         prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
             (broadcastable to mu's ``(B, L)``, shared by the K samples). Under "stl" and

@@ -88,11 +88,12 @@ def test_compile_with_kernel_builds_only_that_kernels_specializations(monkeypatc
         k.rsplit(".", 1)[-1] for k in out["kernels_launched"]}
 
 
-def test_a_cover_target_compiles_the_benchmark_shapes_for_every_target_and_the_rest_for_it(
+def test_a_cover_target_compiles_the_bar_cases_for_every_target_and_the_rest_for_it(
         monkeypatch):
-    """``cover_target`` (CI: one per Triton, report.COVER_TARGETS): the benchmark calls'
-    specializations compile for both targets, the cover's for that target alone, and each
-    result says which it is and names its specialization as every Triton does."""
+    """``cover_target`` (CI: one per Triton, report.COVER_TARGETS): the bar cases'
+    specializations compile for both targets, the others' (a benchmark call's too) for
+    that target alone, and each result says which it is and names its specialization as
+    every Triton does."""
     pytest.importorskip("triton")
     import os
 
@@ -104,8 +105,9 @@ def test_a_cover_target_compiles_the_benchmark_shapes_for_every_target_and_the_r
                                  likelihoods=catalog.LIKELIHOODS[:1]),
              *catalog.elbo_calls(((7, 7, 3),), ("bf16",), (catalog.TRAIN,),
                                  likelihoods=catalog.LIKELIHOODS[:1])]
-    monkeypatch.setattr(catalog, "tier_calls", lambda tier: calls)
-    monkeypatch.setattr(catalog, "always_compiled_labels", lambda: {calls[0][0]})
+    monkeypatch.setattr(judge, "bar_calls", lambda: calls[:1])
+    monkeypatch.setattr(catalog, "tier_calls", lambda tier: calls[1:])
+    monkeypatch.setattr(catalog, "always_compiled_labels", lambda: {calls[1][0]})
     monkeypatch.setattr(judge.compiler, "compile_all", lambda jobs, workers: [
         {"cc": cc} for _, cc, _ in jobs])
     both = judge.compile_catalog(tier="ci")

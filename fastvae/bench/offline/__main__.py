@@ -8,8 +8,9 @@
         "ci" is what tests/test_kernels_compile.py compiles (fastvae.bench.offline.
         selection: the benchmark shapes' and a cover of the rest), "bench" every
         specialization of every semantic combination at the benchmark shapes, "full"
-        those and the odd shapes (hours); --cover-target 80|90 compiles the ci tier's
-        cover (past the benchmark shapes) for that target alone, as CI does
+        those and the odd shapes (hours); every tier adds the bar cases
+        (judge.BAR); --cover-target 80|90 compiles the ci tier's specializations past
+        the bar cases' for that target alone, as CI does
     table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes
@@ -49,8 +50,8 @@ def main(argv=None) -> int:
     c.add_argument("--kernel", type=o.names_from(_kernel_names), default=None)
     c.add_argument("--workers", type=o.processes, default=judge.default_workers())
     c.add_argument("--cover-target", type=_target, default=None,
-                   help="with --tier ci: compile the cover (the specializations no benchmark "
-                        "call launches) for this target alone (80 or 90)")
+                   help="with --tier ci: compile the specializations no bar case "
+                        "launches for this target alone (80 or 90)")
     c.add_argument("--json", type=o.file_to_write, default=None)
     t = sub.add_parser("table")
     t.add_argument("--triton", type=_triton_folder, action="append", default=[])

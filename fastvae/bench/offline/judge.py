@@ -29,16 +29,17 @@ BAR_DTYPES = ("fp32", "bf16")
 def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
                     kernels: Optional[Sequence[str]] = None,
                     cover_target: Optional[int] = None) -> dict:
-    """Capture the catalog's ``tier`` under this Triton, compile each distinct
-    specialization (the "ci" tier: each one ``selection.ci_selection`` keeps) for each
-    target, only those of ``kernels`` (names) where given; a JSON-able report. With
-    ``cover_target`` (the "ci" tier), the cover's specializations (those no benchmark
-    call launches) compile for that target alone."""
+    """Capture the catalog's ``tier`` and the bar cases (:func:`bar_calls`) under this
+    Triton, compile each distinct specialization (the "ci" tier: each one
+    ``selection.ci_selection`` keeps) for each target, only those of ``kernels`` (names)
+    where given; a JSON-able report. With ``cover_target`` (the "ci" tier), the
+    specializations no bar case launches compile for that target alone."""
     if cover_target is not None and (tier != "ci" or cover_target not in targets):
         raise ValueError(f"cover_target {cover_target} needs the ci tier and one of {targets}")
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
-    entries = catalog.tier_calls(tier)
+    bars = bar_calls()
+    entries = catalog.tier_calls(tier) + bars
     with capture.capturing(targets) as rec:
         catalog.record(rec, entries)
     t1 = time.perf_counter()
@@ -46,9 +47,10 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
     distinct = captured
     everywhere = {(la.kernel, la.key) for la in captured}
     if tier == "ci":   # the benchmark shapes' specializations and a cover of the rest
-        keep = catalog.always_compiled_labels().__contains__
+        bar_labels = {label for label, _ in bars}
+        keep = (catalog.always_compiled_labels() | bar_labels).__contains__
         chosen = selection.ci_selection(rec.launches, keep)
-        everywhere = selection.kept(rec.launches, keep)
+        everywhere = selection.kept(rec.launches, bar_labels.__contains__)
         distinct = [la for la in captured if (la.kernel, la.key) in chosen and (
             cover_target is None or la.cc == cover_target or (la.kernel, la.key) in everywhere)]
     if kernels:
@@ -97,13 +99,26 @@ def _stand_in(case, seed: int = 0) -> dict:
 
 def capture_case(case, variant: str = "fastvae-triton", cc: int = 90) -> List[capture.Launch]:
     """The launches of one step (forward and backward) of ``variant`` on ``case``."""
-    from fastvae.bench.core import get_op
-    inputs = _stand_in(case)
+    label, step = _case_call(case, variant)
     with capture.capturing((cc,)) as rec:
-        step = get_op(case.op).variants[variant].build(case, inputs)
-        rec.label = f"{case.op} {case.shape} {case.dtype_name}"
+        rec.label = label
         step()
     return rec.launches
+
+
+def _case_call(case, variant: str = "fastvae-triton"):
+    """(label, a zero-argument step: forward and backward of ``variant`` on ``case``)."""
+    from fastvae.bench.core import get_op
+    op = get_op(case.op)
+    return (f"bar {case.op} {case.shape} {case.dtype_name}",
+            lambda: op.variants[variant].build(case, _stand_in(case))())
+
+
+def bar_calls():
+    """The bar cases (``BAR`` x ``BAR_DTYPES``) as catalog calls: what the GPU runs time.
+    Their specializations compile for every target under each Triton (the "ci" tier's
+    other benchmark-shape calls compile for its cover target alone)."""
+    return [_case_call(case) for case in bar_cases()]
 
 
 def proxy_cases(cases: Sequence, gpu=P.H200) -> dict:

@@ -10,10 +10,10 @@ from . import compiler
 from .proxy import GUESSED
 
 TRITON_GPU_MACHINES = "3.6.0"   # the Triton of the project's GPU machines
-# The target each Triton compiles the CI tier's cover for (``judge.compile_catalog``'s
+# The target each Triton compiles the CI tier for (``judge.compile_catalog``'s
 # ``cover_target``): the GPU machines' own pair, and the other target under the latest,
 # so that each specialization compiles under both Tritons and for both targets at half
-# the cost of all four pairs (the benchmark shapes' compile under all four).
+# the cost of all four pairs (the bar cases' compile under all four).
 COVER_TARGETS = {TRITON_GPU_MACHINES: 90, "latest": 80}
 
 
@@ -66,7 +66,7 @@ def _cover(run: dict) -> str:
     if cc is None:
         return ""
     alone = len({r["key"] for r in run["results"] if not r["every_target"]})
-    return f", the cover's {alone} for sm_{cc} alone"
+    return f", all but the bar cases' ({alone}) for sm_{cc} alone"
 
 
 def compile_summary(run: dict) -> str:

@@ -18,10 +18,11 @@ in capture order, launches until every one of these is compiled:
 
 The "bench" and "full" tiers compile every specialization.
 
-The benchmark shapes' specializations compile for every target under each Triton. The
-cover's may compile for one target under each Triton (``judge.compile_catalog``'s
-``cover_target``; ``report.COVER_TARGETS``): a spill that one target alone shows under one
-Triton alone is what that leaves unchecked, in shapes no benchmark launches.
+The bar cases' specializations (``judge.bar_calls``: what a GPU run times) compile for
+every target under each Triton. The rest may compile for one target under each Triton
+(``judge.compile_catalog``'s ``cover_target``; ``report.COVER_TARGETS``), each still under
+both Tritons and for both targets: a spill that one target alone shows under one Triton
+alone is what that leaves unchecked, outside the bar cases.
 """
 from __future__ import annotations
 

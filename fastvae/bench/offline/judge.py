@@ -110,7 +110,7 @@ def _case_call(case, variant: str = "fastvae-triton"):
     """(label, a zero-argument step: forward and backward of ``variant`` on ``case``)."""
     from fastvae.bench.core import get_op
     op = get_op(case.op)
-    return (f"bar {case.op} {case.shape} {case.dtype_name}",
+    return (f"{case.op} {case.shape} {case.dtype_name}",
             lambda: op.variants[variant].build(case, _stand_in(case))())
 
 
@@ -118,7 +118,7 @@ def bar_calls():
     """The bar cases (``BAR`` x ``BAR_DTYPES``) as catalog calls: what the GPU runs time.
     Their specializations compile for every target under each Triton (the "ci" tier's
     other benchmark-shape calls compile for its cover target alone)."""
-    return [_case_call(case) for case in bar_cases()]
+    return [(f"bar {label}", step) for label, step in map(_case_call, bar_cases())]
 
 
 def proxy_cases(cases: Sequence, gpu=P.H200) -> dict:

@@ -53,8 +53,8 @@ class _Loss(nn.Module):
     it and when unpickled, by its entry in ``_checks`` (which returns the value kept), so
     that a bad one fails there with the functional API's error, not at the next forward.
     Settings that must agree (likelihood and bits, estimator and kl or likelihood) are
-    checked together at construction and per call only: settings change one at a time, and changing two that
-    must agree could pass through a pair that is refused."""
+    checked together at construction and per call only: settings change one at a time,
+    and changing two that must agree could pass through a pair that is refused."""
 
     _checks = {"reduction": _option("reduction", V.REDUCTIONS), "backend": _backend,
                "validate": _validate}

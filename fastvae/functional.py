@@ -293,10 +293,12 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     Args:
         x: ``(B, *)``; recon_k: ``(K, B, *)`` decoder outputs for each z_k;
         mu, logvar: ``(B, L)``; z_k: ``(K, B, L)``.
-        likelihood, obs_logvar, backend, validate, bits, _scale: as in :func:`elbo`
-            (``obs_logvar`` broadcastable to x, shared by the K samples: not one per
-            sample); for ``"discretized_logistic_mixture"`` recon_k is ``(K, B, 10*M,
-            H, W)`` (RGB) or ``(K, B, 3*M, H, W)`` (gray).
+        likelihood, obs_logvar, backend, validate, bits, _scale: as in :func:`elbo`,
+            except that ``obs_logvar`` may also be one per sample: broadcastable to x,
+            it is shared by the K samples (a learned constant); broadcastable to
+            recon_k's ``(K, B, *)`` and not to x, sample k's is ``obs_logvar[k]`` (a
+            decoder that outputs its variance). For ``"discretized_logistic_mixture"``
+            recon_k is ``(K, B, 10*M, H, W)`` (RGB) or ``(K, B, 3*M, H, W)`` (gray).
         reduction: ``"none"`` (default, ``(B,)``), ``"mean"`` or ``"sum"``.
         prior_mu, prior_logvar: a learned prior for ``log p(z_k)``, as in :func:`elbo`
             (broadcastable to mu's ``(B, L)``, shared by the K samples). Under "stl" and
@@ -345,7 +347,7 @@ def iwae_bound(x, recon_k, mu, logvar, z_k, likelihood="bernoulli", obs_logvar=0
     x2, r2 = V.flatten_data(x, recon_k, batch, recon_name="recon_k", k=k)
     if likelihood != "gaussian" and (isinstance(obs_logvar, torch.Tensor) or obs_logvar != 0.0):
         raise ValueError(f"obs_logvar is only used with likelihood='gaussian', not {likelihood!r}")
-    obs = V.canonical_obs_logvar(obs_logvar, x.shape)
+    obs = V.canonical_iwae_obs_logvar(obs_logvar, x.shape, recon_k.shape)
     pm = V.canonical_prior("prior_mu", prior_mu, mu, "mu", logvar)
     plv = V.canonical_prior("prior_logvar", prior_logvar, mu, "mu", logvar)
     device = V.check_same_device(x=x, recon_k=recon_k, mu=mu, logvar=logvar, z_k=z_k,

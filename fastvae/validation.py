@@ -320,17 +320,42 @@ def canonical_obs_logvar(obs_logvar, x_shape, row_dims: int = 1, name: str = "ob
         return number_or_tensor(name, obs_logvar, against)
     check_tensor(name, obs_logvar)
     x_shape = torch.Size(x_shape)
-    try:  # the same shape (a learned prior's usual case) without broadcast_shapes' cost
-        fits = (same_shape(obs_logvar.shape, x_shape)
-                or torch.broadcast_shapes(obs_logvar.shape, x_shape) == x_shape)
-    except RuntimeError:
-        fits = False
-    if not fits:
+    if not broadcasts_to(obs_logvar.shape, x_shape):
         raise ValueError(
             f"{name} of shape {tuple(obs_logvar.shape)} does not broadcast to {against}'s shape "
             f"{tuple(x_shape)}"
         )
     return broadcast_rows(obs_logvar, x_shape, row_dims)
+
+
+def broadcasts_to(shape, target) -> bool:
+    """Whether a tensor of ``shape`` broadcasts to ``target`` (without growing it)."""
+    try:  # the same shape (a learned prior's usual case) without broadcast_shapes' cost
+        return same_shape(shape, target) or torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
+def canonical_iwae_obs_logvar(obs_logvar, x_shape, recon_shape):
+    """iwae_bound's obs_logvar: one shared by the K samples (broadcastable to x:
+    :func:`canonical_obs_logvar`'s float, ``(D,)`` or ``(B, D)``), or one per sample, as a
+    decoder that outputs its variance gives (broadcastable to recon_k's ``(K, B, ...)``
+    and not to x) -> ``(K, B, D)``."""
+    if not isinstance(obs_logvar, torch.Tensor) or broadcasts_to(obs_logvar.shape,
+                                                                torch.Size(x_shape)):
+        return canonical_obs_logvar(obs_logvar, x_shape)
+    check_tensor("obs_logvar", obs_logvar)
+    recon_shape = torch.Size(recon_shape)
+    if not broadcasts_to(obs_logvar.shape, recon_shape):
+        raise ValueError(
+            f"obs_logvar of shape {tuple(obs_logvar.shape)} broadcasts neither to x's shape "
+            f"{tuple(x_shape)} (one shared by the K samples) nor to recon_k's "
+            f"{tuple(recon_shape)} (one per sample)")
+    k, b, d = recon_shape[0], recon_shape[1], math.prod(recon_shape[2:])
+    if same_shape(obs_logvar.shape, recon_shape):   # the decoder's own: no copy
+        return obs_logvar.reshape(k, b, d)
+    # (leading dims of 1 would have broadcast to x: this one varies over the K samples)
+    return broadcast_rows(obs_logvar, recon_shape, row_dims=2).reshape(k, b, d)
 
 
 def broadcast_rows(obs_logvar, x_shape, row_dims: int = 1):

@@ -36,11 +36,13 @@ LIK_BERNOULLI = tl.constexpr(0)
 LIK_CONTINUOUS_BERNOULLI = tl.constexpr(1)
 LIK_GAUSSIAN_SCALAR = tl.constexpr(2)   # obs_logvar a float
 LIK_GAUSSIAN_TENSOR = tl.constexpr(3)   # obs_logvar a (D,) or (B, D) tensor
+LIK_GAUSSIAN_SAMPLES = tl.constexpr(4)  # obs_logvar (K, B, D), one per sample (IWAE rows kernel)
 
 # What a row kernel does with d/dobs_logvar (its GOBS constexpr).
 GOBS_NONE = tl.constexpr(0)
 GOBS_ROWS = tl.constexpr(1)       # per element, (B, D)
 GOBS_PARTIAL = tl.constexpr(2)    # summed over each program's rows, (programs, D)
+GOBS_SAMPLES = tl.constexpr(3)    # per sample and element, (K, B, D)
 
 LOG_2 = tl.constexpr(0.6931471805599453)
 LOG2_E = tl.constexpr(1.4426950408889634)
@@ -215,7 +217,7 @@ def load_data(X, R, OBS, x_off, r_off, obs_off, mask, obs_scalar, LIK: tl.conste
     it is a tensor."""
     x = load_f32(X, x_off, mask)
     r = load_f32(R, r_off, mask)
-    if LIK == LIK_GAUSSIAN_TENSOR:
+    if LIK >= LIK_GAUSSIAN_TENSOR:
         s = load_f32(OBS, obs_off, mask)
     else:
         s = obs_scalar

@@ -37,9 +37,12 @@ before pass 1 ends: forward-only use (NLL estimation with large K) is one pass
 (``(D + KD + KL + 2L) s`` plus 8K bytes of log-weights, written and read back), training
 reads recon_k and z_k twice:
 ``(2D + 3KD + 3KL + 6L) s`` plus 16K bytes of scratch (a block's reads of the weights
-hit the cache), ``D + KD + KL + 2L`` more than the one-pass kernel and its floor (a program reads its rows back right after pass 1, so part of that may
-come from L2). Mean/sum reductions and per-dimension obs_logvar sums go to
-``reduce.finish_kernel`` (no atomics).
+hit the cache), ``D + KD + KL + 2L`` more than the one-pass kernel and its floor (a
+program reads its rows back right after pass 1, so part of that may come from L2).
+Mean/sum reductions and per-dimension obs_logvar sums go to ``reduce.finish_kernel`` (no
+atomics). A per-sample obs_logvar (``LIK_GAUSSIAN_SAMPLES``, (K, B, D)) runs here only:
+read with its sample's recon_k in both passes, its gradient written per sample
+(``GOBS_SAMPLES``) as recon_k's.
 
 Estimators (``fastvae.estimators``) add one switch: DReG's gradient hook on z_k needs
 the softmax weights, which ``STORE_WEIGHTS`` writes to ``WEIGHTS`` (K, B) fp32 from the
@@ -50,10 +53,11 @@ mu/logvar gradients (and sets ``STORE_WEIGHTS`` for both: one compiled specializ
 import triton
 import triton.language as tl
 
-from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, LIK_BERNOULLI, LIK_GAUSSIAN_SCALAR,
-                    LIK_GAUSSIAN_TENSOR, LOG2_E, LOG_2, exp_, latent_kl_tile, likelihood_tile,
-                    load_data, load_f32, load_prior, log2_, log_, log_px_value, lse_shift,
-                    program_rows, rcp_, row_block, store_as, to_f32, weigh)
+from ._math import (GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, GOBS_SAMPLES, LIK_BERNOULLI,
+                    LIK_GAUSSIAN_SAMPLES, LIK_GAUSSIAN_SCALAR, LIK_GAUSSIAN_TENSOR, LOG2_E,
+                    LOG_2, exp_, latent_kl_tile, likelihood_tile, load_data, load_f32,
+                    load_prior, log2_, log_, log_px_value, lse_shift, program_rows, rcp_,
+                    row_block, store_as, to_f32, weigh)
 
 
 @triton.jit
@@ -90,13 +94,15 @@ def _bernoulli_parts(x, l):
 
 @triton.jit
 def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, B, b_pad, D,
-                stride_x, stride_rk, stride_rb, stride_obs, obs_scalar,
+                stride_x, stride_rk, stride_rb, stride_obs, stride_obk, obs_scalar,
                 LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr,
                 OBS_GRAD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
                 K_BLOCK: tl.constexpr):
     """Pass 2 over one (BLOCK_B, BLOCK_D) block of columns: x read once, then each sample's
     recon_k block and weight ``W[k, rows]`` (softmax * c); d/drecon_k written per sample,
-    d/dx and d/dobs_logvar summed over k in registers."""
+    d/dx and d/dobs_logvar summed over k in registers (a per-sample obs_logvar's read and
+    its gradient written per sample, as recon_k's)."""
+    SUM_GS: tl.constexpr = (OBS_GRAD == GOBS_ROWS) | (OBS_GRAD == GOBS_PARTIAL)
     cols2 = cols[None, :]
     x = load_f32(X, rows2 * stride_x + cols2, m)
     if LIK == LIK_GAUSSIAN_TENSOR:
@@ -113,17 +119,24 @@ def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, 
     # sum's rounding grows with its length (K_BLOCK + K / K_BLOCK terms, not K)
     gx_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
     gs_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    o_off = rows2 * stride_obs + cols2
     for k in range(0, K):
         w = tl.load(W + (zero + k) * b_pad + rows)[:, None]   # 0 on padded rows
         r = load_f32(R, r_off, m)
-        g_r, g_x, g_s = _dlog_px(x, r, s, LIK)
+        if LIK == LIK_GAUSSIAN_SAMPLES:
+            g_r, g_x, g_s = _dlog_px(x, r, load_f32(OBS, o_off, m), LIK)
+            o_off += stride_obk
+        else:
+            g_r, g_x, g_s = _dlog_px(x, r, s, LIK)
         if NEED_GR:
             store_as(GR, g_off, weigh(g_r, w, GUARD), m)
+        if OBS_GRAD == GOBS_SAMPLES:
+            store_as(GOBS, g_off, weigh(g_s, w, GUARD), m)
         if NEED_GX:
             gx_blk += weigh(g_x, w, GUARD)
-        if OBS_GRAD != GOBS_NONE:
+        if SUM_GS:
             gs_blk += weigh(g_s, w, GUARD)
-        if (NEED_GX or OBS_GRAD != GOBS_NONE) and (k + 1) % K_BLOCK == 0:
+        if (NEED_GX or SUM_GS) and (k + 1) % K_BLOCK == 0:
             gx_acc += gx_blk
             gs_acc += gs_blk
             gx_blk = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
@@ -144,7 +157,7 @@ def _grad_block(X, R, OBS, W, GX, GR, GOBS, pid, rows, rows2, cols, m, zero, K, 
 
 @triton.jit(do_not_specialize=["obs_scalar", "c", "row_scale", "log_k"])
 def iwae_bound_rows_kernel(
-    X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR)
+    X, R, OBS, MU, LV, Z,                     # inputs (OBS: LIK_GAUSSIAN_TENSOR, _SAMPLES)
     PM, PLV,                                  # PRIOR: the prior's mean and log-variance
     LOG_W, ROW_VALUES, WEIGHTS,               # (K, programs * BLOCK_B), (B,), (K, B) fp32
     GX, GR, GOBS, GMU, GLV, GZ,               # gradients, per the NEED_* switches
@@ -152,6 +165,7 @@ def iwae_bound_rows_kernel(
     K, B, D, L,
     stride_x, stride_rk, stride_rb, stride_obs, stride_mu, stride_lv, stride_zk, stride_zb,
     stride_pm, stride_plv,                    # 0 for one prior row shared by every row
+    stride_obk,                               # OBS's sample stride (LIK_GAUSSIAN_SAMPLES)
     obs_scalar, c, row_scale, log_k,
     LIK: tl.constexpr, NEED_GX: tl.constexpr, NEED_GR: tl.constexpr, OBS_GRAD: tl.constexpr,
     NEED_GMU: tl.constexpr, NEED_GLV: tl.constexpr, NEED_GZ: tl.constexpr,
@@ -179,6 +193,7 @@ def iwae_bound_rows_kernel(
     run_max = tl.full([BLOCK_B], float("-inf"), dtype=tl.float32)
     r_base = zero
     z_base = zero
+    o_base = zero
     for k in range(0, K):
         kacc = tl.zeros([BLOCK_B, BLOCK_L], dtype=tl.float32)
         for l0 in range(0, L, BLOCK_L):
@@ -215,20 +230,23 @@ def iwae_bound_rows_kernel(
                 cols2 = (d0 + tl.arange(0, BLOCK_D))[None, :]
                 x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
                                     r_base + rows2 * stride_rb + cols2,
-                                    rows2 * stride_obs + cols2, rmask2, obs_scalar, LIK)
+                                    o_base + rows2 * stride_obs + cols2, rmask2, obs_scalar,
+                                    LIK)
                 acc += log_px_value(x, r, s, LIK)
         if d_full < D:
             cols2 = (d_full + tl.arange(0, BLOCK_D))[None, :]
             m = rmask2 & (cols2 < D)
             x, r, s = load_data(X, R, OBS, rows2 * stride_x + cols2,
-                                r_base + rows2 * stride_rb + cols2, rows2 * stride_obs + cols2,
-                                m, obs_scalar, LIK)
+                                r_base + rows2 * stride_rb + cols2,
+                                o_base + rows2 * stride_obs + cols2, m, obs_scalar, LIK)
             acc += tl.where(m, log_px_value(x, r, s, LIK), 0.0)
         log_w = tl.sum(acc, axis=1) - tl.sum(kacc, axis=1)
         tl.store(LOG_W + (zero + k) * b_pad + rows, log_w)
         run_max = tl.maximum(run_max, log_w)
         r_base += stride_rk
         z_base += stride_zk
+        if LIK == LIK_GAUSSIAN_SAMPLES:
+            o_base += stride_obk
     # sum_k exp(log w_k - max) from the scratch, not online: a (K_BLOCK, BLOCK_B) tile a
     # step, each lane summing K / K_BLOCK terms, then a tree over the tile's K_BLOCK lanes
     # (an online sum, rescaled at each new max, is K terms one after another, and its
@@ -268,8 +286,8 @@ def iwae_bound_rows_kernel(
                 cols = d0 + tl.arange(0, BLOCK_D)
                 _grad_block(X, R, OBS, LOG_W, GX, GR, GOBS, pid, rows, rows2, cols,
                             rmask2 & (cols[None, :] < D), zero, K, B, b_pad, D, stride_x,
-                            stride_rk, stride_rb, stride_obs, obs_scalar, LIK, NEED_GX,
-                            NEED_GR, OBS_GRAD, BLOCK_B, BLOCK_D, K_BLOCK)
+                            stride_rk, stride_rb, stride_obs, stride_obk, obs_scalar, LIK,
+                            NEED_GX, NEED_GR, OBS_GRAD, BLOCK_B, BLOCK_D, K_BLOCK)
         if NEED_GMU or NEED_GLV or NEED_GZ or NEED_GPM or NEED_GPLV:
             size_bl = (zero + B) * L
             for l0 in range(0, L, BLOCK_L):
@@ -345,12 +363,14 @@ def iwae_bound_onepass_kernel(
     STORE_WEIGHTS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks).
+    """One read of recon_k: needs K <= BLOCK_K, D <= BLOCK_D, L <= BLOCK_L (the host checks);
+    obs_logvar shared by the K samples (a per-sample one runs the rows kernel).
 
     Tiles are (BLOCK_B rows, BLOCK_K samples, BLOCK_D columns) and (rows, samples,
     BLOCK_L latents); every log-weight, the logsumexp and the softmax weights stay in
     registers, and the gradients are written from the same tiles.
     """
+    tl.static_assert(LIK != LIK_GAUSSIAN_SAMPLES)
     obs_scalar = tl.cast(obs_scalar, tl.float32)
     c = tl.cast(c, tl.float32)
     row_scale = tl.cast(row_scale, tl.float32)

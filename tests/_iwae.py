@@ -64,14 +64,15 @@ def strided(t, pad=3, lead=1):
 
 
 def make_like(k, b, d, l, like, dtype, noncontig=False):
-    """Inputs for one of LIKES (x ~ N(0, 1) for the Gaussian ones; obs_logvar a float, a
-    (D,) or a (B, D) tensor), optionally in strided layouts (``noncontig``: True, or
-    "aligned" for 16-byte aligned rows)."""
+    """Inputs for one of LIKES or "gaussian_samples" (x ~ N(0, 1) for the Gaussian ones;
+    obs_logvar a float, a (D,), a (B, D) or, one per sample, a (K, B, D) tensor), optionally
+    in strided layouts (``noncontig``: True, or "aligned" for 16-byte aligned rows)."""
     x, recon, mu, lv, z = make(k, b, (d,), l, dtype)
     if like.startswith("gaussian"):
         x = leaf(torch.randn(b, d, dtype=dtype))
     obs = leaf({"gaussian": 0.2, "gaussian_perdim": torch.randn(d, dtype=dtype) * 0.4,
-                "gaussian_full": torch.randn(b, d, dtype=dtype) * 0.4}.get(like, 0.0))
+                "gaussian_full": torch.randn(b, d, dtype=dtype) * 0.4,
+                "gaussian_samples": torch.randn(k, b, d, dtype=dtype) * 0.4}.get(like, 0.0))
     ts = [x, recon, mu, lv, z] + ([obs] if isinstance(obs, torch.Tensor) else [])
     if noncontig:
         ts = [strided(t, *((16, 16) if noncontig == "aligned" else ())) for t in ts]

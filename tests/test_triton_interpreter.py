@@ -29,6 +29,7 @@ MODULES = [
     "test_elbo.py", "test_elbo_numerics_cb_normaliser.py", "test_elbo_numerics_extremes.py",
     "test_elbo_numerics_many_rows.py", "test_elbo_numerics_dtypes.py", "test_elbo_autograd.py",
     "test_iwae_bound.py", "test_iwae_bound_numerics.py", "test_iwae_bound_past_float32.py",
+    "test_iwae_obs_logvar_per_sample.py",
     "test_reparameterize.py", "test_kl_standard_normal.py", "test_gaussian_log_prob.py",
     "test_kl_normal.py", "test_sample_with_kl.py", "test_shared_inputs.py",
     "test_higher_order.py", "test_loss_module.py", "test_iwae_loss.py", "test_estimators.py",

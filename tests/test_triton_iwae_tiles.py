@@ -54,6 +54,9 @@ def test_iwae_kernel_choice(seed, kernels, launches, k, like):
     ("twopass", (3, 2, 1030, 3), "bernoulli", "none", F32, True),
     ("twopass", (2, 3, 7, 129), "gaussian_full", "sum", F32, False),
     ("twopass", (16, 2, 30, 4), "continuous_bernoulli", "mean", F32, False),
+    # one obs_logvar per sample: the two-pass kernel at any K
+    ("twopass", (2, 5, 7, 3), "gaussian_samples", "mean", F32, True),
+    ("twopass", (9, 3, 7, 5), "gaussian_samples", "none", torch.bfloat16, True),
 ])
 def test_iwae_paths(seed, kernels, launches, path, shape, like, reduction, dtype, noncontig):
     check_iwae("triton", *shape, like, reduction, dtype, noncontig=noncontig)
@@ -67,6 +70,7 @@ def test_iwae_paths(seed, kernels, launches, path, shape, like, reduction, dtype
     ("twopass", (9, 3, 7, 5), "gaussian_perdim", torch.bfloat16, True),
     ("twopass", (3, 2, 1030, 3), "bernoulli", F32, True),
     ("twopass", (2, 3, 7, 129), "gaussian_full", F32, False),
+    ("twopass", (3, 5, 7, 3), "gaussian_samples", F32, True),
 ])
 def test_iwae_paths_read_inside_their_inputs(seed, kernels, launches, gpu_tiles, path, shape,
                                              like, dtype, noncontig):
@@ -203,6 +207,8 @@ def test_iwae_pairs_take_narrow_rows_where_the_one_pass_tiles_do_worse(gpu_tiles
     (10, 33, 64, 5, "bernoulli", torch.bfloat16, "mean"),
     (11, 3, 70, 3, "gaussian_perdim", F32, "sum"),
     (12, 35, 70, 3, "gaussian_perdim", torch.bfloat16, "mean"),
+    (5, 35, 70, 3, "gaussian_samples", torch.bfloat16, "mean"),
+    (9, 17, 80, 70, "gaussian_samples", F32, "sum"),
 ])
 def test_iwae_rows_tiles(seed, launches, gpu_tiles, k, b, d, l, like, dtype, reduction):
     check_iwae("triton", k, b, d, l, like, reduction, dtype)
@@ -236,14 +242,15 @@ def test_iwae_rows_extreme_logits(seed, launches, gpu_tiles, dtype):
         assert_close(f"d/d{name}", a, w, dtype, eager=ee)
 
 
-def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch):
+@pytest.mark.parametrize("like", ["bernoulli", "gaussian_samples"])
+def test_iwae_rows_int64_offsets(seed, launches, gpu_tiles, monkeypatch, like):
     """The two-pass kernel's int64 offsets (INT64, where K*B*D can pass 2^31), taken here
     at a small shape by lowering the limit: the same values and gradients."""
     from fastvae.backends.triton_backend import iwae_bound as host
     monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", 100)
     (x, recon, mu, lv, z), _, _ = iwae_inputs(9, 3, 20, 3, "bernoulli", F32)
     assert host._needs_int64(x, recon, mu, lv, z, x, 9, 3, 20, 3, 16, 0, 0)
-    check_iwae("triton", 9, 3, 20, 3, "bernoulli", "none")
+    check_iwae("triton", 9, 3, 20, 3, like, "none")
     assert row_kernel(launches) == "twopass"
 
 

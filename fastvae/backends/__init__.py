@@ -19,7 +19,8 @@ None. The canonical shapes:
 ``elbo``: x, recon ``(B, D)``; mu, logvar ``(B, L)``; z ``(B, L)`` or None (given iff
     kl == "mc"); obs_logvar a float, or a tensor ``(D,)`` or ``(B, D)``. The value is
     ``()`` for "mean"/"sum", ``(B,)`` for "none".
-``iwae_bound``: x ``(B, D)``, recon_k ``(K, B, D)``, mu/logvar ``(B, L)``, z_k ``(K, B, L)``;
+``iwae_bound``: x ``(B, D)``, recon_k ``(K, B, D)``, mu/logvar ``(B, L)``, z_k ``(K, B, L)``,
+    obs_logvar as elbo's or ``(K, B, D)`` (one per sample);
     with ``weights=True`` (STL, DReG: ``fastvae.estimators``) also the softmax weights ``(K, B)``.
 ``kl_standard_normal``: ``(N, L)`` -> ``(N,)``.
 ``gaussian_log_prob``: x, mean ``(N, D)``; logvar a float or ``(D,)`` / ``(N, D)`` -> ``(N,)``.

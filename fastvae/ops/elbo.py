@@ -17,7 +17,9 @@ def fake_value_and_grads(tensors, reduction, needs):
     their ``*_fwd`` return (a prior's gradient per row, mu's shape)."""
     x, mu, obs = tensors[0], tensors[2], tensors[5]
     out_shape = (x.shape[0],) if reduction == "none" else ()
-    obs_shape = x.shape if (reduction == "none" and obs is not None) else None
+    # a shared obs_logvar's gradient per row where unreduced; a per-sample one's (iwae_bound's
+    # (K, B, D)) is per row already
+    obs_shape = x.shape if (reduction == "none" and obs is not None and obs.dim() < 3) else None
     grads = [A.grad_like(t, n, x) for t, n in zip(tensors[:5], needs)]
     grads.append(A.grad_like(obs, needs[5], x, obs_shape))
     grads += [A.grad_like(t, n, x, mu.shape) for t, n in zip(tensors[6:], needs[6:])]

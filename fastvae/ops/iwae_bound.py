@@ -59,11 +59,17 @@ def _setup(ctx, inputs, output):
     A.save_grads(ctx, output[1:9], needs_=inputs[13], backend=inputs[14], inputs=inputs[:13])
     A.mark_outputs_constant(ctx, output[9:])   # DReG's weights: the hook reads them detached
     setup_shapes(ctx, inputs)
+    obs = inputs[5]
+    # the dim of each gradient's rows: recon_k, z_k and a per-sample obs_logvar are (K, B, ...)
+    ctx.row_dims = _SAMPLE_OBS_ROWS if obs is not None and obs.dim() == 3 else _ROWS
+
+
+_ROWS = (0, 1, 0, 0, 1, 0, 0, 0)
+_SAMPLE_OBS_ROWS = (0, 1, 0, 0, 1, 1, 0, 0)
 
 
 def _backward(ctx, grad_out, *_):
-    # recon_k, z_k: (K, B, ...)
-    g = finish_grads(ctx, A.weigh_saved(ctx, grad_out, (0, 1, 0, 0, 1, 0, 0, 0)))
+    g = finish_grads(ctx, A.weigh_saved(ctx, grad_out, ctx.row_dims))
     return (*g, None, None, None, None, None, None, None)
 
 

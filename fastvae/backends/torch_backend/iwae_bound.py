@@ -24,6 +24,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     dtype = result_dtype(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar)
     k, batch = recon_k.shape[0], recon_k.shape[1]
     ob = obs_scalar if obs is None else obs
+    per_sample = obs is not None and obs.dim() == 3   # (K, B, D): sample i's is obs[i]
     gaussian = likelihood == "gaussian"
     # d/drecon is also what d/dx (Gaussian) and d/dobs are built from.
     want_r = needs[1] or (needs[0] and gaussian)
@@ -36,7 +37,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     g_o_k = torch.empty((k, *x.shape), dtype=dtype, device=x.device) if need_obs else None
     log_px = torch.empty(k, batch, dtype=dtype, device=x.device)
     for i in range(k):
-        log_px[i] = log_px_rows(x, recon_k[i], likelihood, ob, 1.0, dtype, None,
+        log_px[i] = log_px_rows(x, recon_k[i], likelihood, ob[i] if per_sample else ob, 1.0,
+                                dtype, None,
                                 None if g_r is None else g_r[i],
                                 None if g_o_k is None else g_o_k[i])
     mu_k, lv_k = upcast(mu, dtype).expand(k, -1, -1), upcast(logvar, dtype).expand(k, -1, -1)
@@ -78,7 +80,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     if needs[0]:
         g_x = -g_r.sum(0) if gaussian else (upcast(recon_k, dtype) * wc).sum(0)
     g_obs = None
-    if need_obs:
+    if need_obs and per_sample:
+        g_obs = g_o_k.mul_(wc).masked_fill_(dropped, 0.0)   # (K, B, D), as recon_k's
+    elif need_obs:
         # in sample order, in float64 where the device has it (as rows.py's (D,) sum): a
         # float32 running sum over K samples drifts with K
         g_obs = torch.zeros(x.shape, dtype=widest(x.device), device=x.device)

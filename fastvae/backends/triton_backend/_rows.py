@@ -11,10 +11,13 @@ from . import _launch, configs
 def likelihood_args(likelihood: str, obs, like):
     """(LIK code, obs_logvar as rows or the dummy, its row stride, whether it is a tensor).
 
-    ``like`` is x: a dummy obs pointer takes its dtype, as a real one would.
+    ``like`` is x: a dummy obs pointer takes its dtype, as a real one would. A per-sample
+    obs_logvar (IWAE's (K, B, D)) has its rows' stride at dim 1.
     """
     if likelihood == "gaussian" and obs is not None:
         obs = _launch.rows(obs)
+        if obs.dim() == 3:
+            return configs.GAUSSIAN_SAMPLES, obs, obs.stride(1), True
         return configs.GAUSSIAN_TENSOR, obs, (0 if obs.dim() == 1 else obs.stride(0)), True
     return configs.LIKELIHOOD_CODES[likelihood], _launch.dummy(like.dtype, like.device), 0, False
 
@@ -72,10 +75,12 @@ def _row_stride(t) -> int:
 def _obs_grad_buffers(need: bool, partial: bool, programs: int, b: int, d: int, obs, device):
     """(gradient, per-program fp32 partials) for a tensor obs_logvar: a (D,) one is summed
     from one row of partials per program (deterministic, no atomics); a (B, D) one is
-    written row by row."""
+    written row by row, an IWAE (K, B, D) one sample by sample."""
     if not need:
         return None, None
     if partial:
         return (_launch.alloc((d,), saved_grad_dtype(obs), device),
                 _launch.alloc((programs, d), torch.float32, device))
+    if obs.dim() == 3:   # one per sample: (K, B, D), as recon_k's
+        return _launch.alloc(obs.shape, saved_grad_dtype(obs), device), None
     return _launch.alloc((b, d), saved_grad_dtype(obs, (b, d)), device), None

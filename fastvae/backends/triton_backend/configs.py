@@ -10,7 +10,8 @@ from __future__ import annotations
 import triton
 
 from fastvae.kernels import reparameterize as kr
-from fastvae.kernels._math import (LIK_BERNOULLI, LIK_CONTINUOUS_BERNOULLI, LIK_GAUSSIAN_SCALAR,
+from fastvae.kernels._math import (LIK_BERNOULLI, LIK_CONTINUOUS_BERNOULLI,
+                                   LIK_GAUSSIAN_SAMPLES, LIK_GAUSSIAN_SCALAR,
                                    LIK_GAUSSIAN_TENSOR)
 
 from ... import _env
@@ -20,6 +21,7 @@ BERNOULLI = LIK_BERNOULLI.value
 CONTINUOUS_BERNOULLI = LIK_CONTINUOUS_BERNOULLI.value
 GAUSSIAN_SCALAR = LIK_GAUSSIAN_SCALAR.value
 GAUSSIAN_TENSOR = LIK_GAUSSIAN_TENSOR.value
+GAUSSIAN_SAMPLES = LIK_GAUSSIAN_SAMPLES.value
 LIKELIHOOD_CODES = {"bernoulli": BERNOULLI, "continuous_bernoulli": CONTINUOUS_BERNOULLI,
                     "gaussian": GAUSSIAN_SCALAR}
 

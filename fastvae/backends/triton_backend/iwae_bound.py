@@ -13,7 +13,7 @@ from fastvae.kernels import iwae_bound_pairs as kp
 from fastvae.kernels import iwae_bound_row_warps as kw
 from fastvae.kernels import iwae_bound_sample_warps as ks
 from fastvae.kernels import reduce as kred
-from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS
+from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, GOBS_SAMPLES
 
 from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
@@ -76,6 +76,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     # the gradients' factor, and the value's: per row where unreduced, else the finish's
     c = scale * reduce_scale(b, reduction)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
+    per_sample = lik == configs.GAUSSIAN_SAMPLES   # (K, B, D): the two-pass kernel only
     per_column = bool(needs[0]) or bool(needs[5])
     gr_dtype = saved(recon_k)
     mma = (gr_dtype is torch.bfloat16 or recon_k.dtype is torch.bfloat16) and _bf16_mma(
@@ -96,13 +97,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             return None
         return config
 
-    row_warps = warps_fit(configs.iwae_row_warps_config(b, k, d, l, lik, per_column,
-                                                        gr_dtype is torch.bfloat16 and mma,
-                                                        bool(needs[1])))
+    row_warps = None if per_sample else warps_fit(configs.iwae_row_warps_config(
+        b, k, d, l, lik, per_column, gr_dtype is torch.bfloat16 and mma, bool(needs[1])))
     pairs = (configs.iwae_pairs_config(b, k, d, l, lik, per_column, recon_k.element_size())
              if row_warps is None else None)
     onepass = (configs.iwae_onepass_config(b, k, d, l, lik)
-               if pairs is None and row_warps is None else None)
+               if pairs is None and row_warps is None and not per_sample else None)
     samples = (warps_fit(iwae_sample_warps_config(k, d, l, lik, per_column,
                                                   recon_k.dtype is torch.bfloat16 and mma,
                                                   bool(needs[1])))
@@ -155,8 +155,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         obs_scalar=float(obs_scalar), c=float(c), row_scale=1.0 if reduce else float(scale),
         log_k=math.log(k),
         LIK=lik, NEED_GX=gx is not None, NEED_GR=gr is not None,
-        OBS_GRAD=(GOBS_PARTIAL if gobs_partial else GOBS_ROWS if gobs is not None
-                  else GOBS_NONE).value,
+        OBS_GRAD=(GOBS_NONE if gobs is None else GOBS_PARTIAL if gobs_partial
+                  else GOBS_SAMPLES if per_sample else GOBS_ROWS).value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=gz is not None,
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         STORE_WEIGHTS=bool(weights),
@@ -189,6 +189,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     else:
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
                        LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
+                       stride_obk=obs_arg.stride(0) if per_sample else 0,
                        LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=configs.iwae_rows_k_block(),

@@ -1,7 +1,8 @@
 """Catalog calls for switches and ops beyond the core likelihoods: the discretized
 mixture of logistics (its own kernel, and the ELBO's latent-only launch, D = 0) and the
 gradient estimators (the ELBO without direct mu/logvar gradients; the IWAE kernels'
-STORE_WEIGHTS) and the learned prior (kl_normal, sample_with_kl, the PRIOR switches).
+STORE_WEIGHTS) and the learned prior (kl_normal, sample_with_kl, the PRIOR switches), and
+IWAE's per-sample obs_logvar.
 One call turns each switch on, at the benchmark shapes and one odd
 shape, in the dtypes whose pointer types differ (see ``catalog.ci_calls``)."""
 from __future__ import annotations
@@ -297,7 +298,38 @@ def switch_calls() -> Iterator[Tuple[str, Callable]]:
            lambda: _elbo(4096, 784, 32, "bf16", prior=0.5))
 
 
+def sample_obs_calls(iwae_shapes) -> Iterator[Tuple[str, Callable]]:
+    """The IWAE bound with one obs_logvar per sample, as a decoder that outputs its
+    variance gives ((K, B, D) in the network's dtype): the two-pass kernel's
+    LIK_GAUSSIAN_SAMPLES, its gradient written per sample (GOBS_SAMPLES); training in fp32
+    and bf16, with d/dx, evaluation, and INT64."""
+    def run(b, d, l, k, dname, mode, int64=False):
+        xt, nt = DTYPES[dname]
+        train = mode != "eval"
+
+        def fwd():
+            mu, lv = stand_in_latents(b, l, nt, train, False)
+            with _int32_limit_lowered() if int64 else contextlib.nullcontext():
+                v = fastvae.iwae_bound(
+                    empty((b, d), xt, mode == "train+x"), empty((k, b, d), nt, train), mu, lv,
+                    empty((k, b, l), nt, train), likelihood="gaussian",
+                    obs_logvar=empty((k, b, d), nt, train),
+                    reduction="none" if mode == "eval" else "mean", backend="triton",
+                    validate=False)
+            finish(v, mode, False)
+        run_in_mode(mode, fwd)
+
+    for (b, d, l, k), dname, mode in itertools.product(iwae_shapes, ("fp32", "bf16"),
+                                                        ("train", "train+x", "eval")):
+        if dname == "bf16" and mode != "train":
+            continue   # the pointer types of bf16 in training: the rest as fp32's
+        yield (f"iwae B={b} D={d} L={l} K={k} {dname} gaussian/KBD {mode}",
+               lambda a=(b, d, l, k, dname, mode): run(*a))
+    yield ("iwae B=64 D=784 L=32 K=50 fp32 gaussian/KBD train INT64",
+           lambda: run(64, 784, 32, 50, "fp32", "train", int64=True))
+
+
 def feature_calls(elbo_shapes, iwae_shapes):
     return [*dmol_calls(), *estimator_calls(elbo_shapes, iwae_shapes),
             *prior_calls(elbo_shapes, iwae_shapes), *int64_calls(), *switch_calls(),
-            *iwae_rows_edge_calls()]
+            *iwae_rows_edge_calls(), *sample_obs_calls(iwae_shapes)]

@@ -23,7 +23,10 @@ bytes, sm_80), the 16-bit continuous Bernoulli's ELBO evaluation on unaligned ro
 registers, 4 bytes, sm_90) and the two-pass continuous Bernoulli's 16 x 64 x 64 tile (80
 registers, 12 bytes, sm_90). Where Triton 3.6 spilled so, likewise: the two-pass 16-bit
 16 x 64 x 32 tile in the Bernoulli's evaluation (64 registers, 8 bytes, sm_90) and the
-Gaussian float obs_logvar's training with d/dz, without d/dx (48, 4 bytes, sm_80).
+Gaussian float obs_logvar's training with d/dz, without d/dx (48, 4 bytes, sm_80). A sweep
+of every launch class of the two-pass kernel (RESULTS.md, "The two-pass IWAE kernel on
+rows not aligned to 16") found more at D = 784, capped likewise, and every launch on rows
+not aligned to 16 spilling: those take half the tile's rows and a cap of 96.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ if not hasattr(triton, "knobs"):
     pytest.skip("the capture needs triton.knobs (Triton >= 3.4)", allow_module_level=True)
 
 import fastvae  # noqa: E402
-from fastvae.backends.triton_backend import configs  # noqa: E402
+from fastvae.backends.triton_backend import _launch, configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
 from fastvae.bench.offline import catalog  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
@@ -172,10 +175,55 @@ def test_16_bit_continuous_bernoulli_caps_registers_evaluating_unaligned_rows(
     ("fp32", "train", 32, None)])    # 32 latents: another tile
 def test_iwae_two_pass_continuous_bernoulli_wide_latents_cap_registers(dname, mode, l, cap):
     """80 registers, 12 bytes spilled (fp32 and fp16 training, B=3 D=1025 L=129 K=9,
-    Triton 3.9, sm_90); 3.6 compiles them at 2 programs an SM, the cap's step."""
-    calls = catalog.iwae_calls(((3, 1025, l, 9),), (dname,), (("mean", mode),),
+    Triton 3.9, sm_90, at the full tile); 3.6 compiles them at 2 programs an SM, the cap's
+    step. D = 1025 now takes the unaligned rows' half tile: the cap stays for aligned ones."""
+    calls = catalog.iwae_calls(((3, 1024, l, 9),), (dname,), (("mean", mode),),
                                likelihoods=(("continuous_bernoulli", "", False),))
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+def _rows_launch(calls):
+    """(tile, maxnreg) of the two-pass IWAE launches of ``calls`` (one answer)."""
+    with capture.capturing((80,)) as rec:
+        for label, fn in calls:
+            rec.label = label
+            fn()
+    (got,) = {((la.constexprs()["BLOCK_B"], la.constexprs()["BLOCK_D"],
+                la.constexprs()["BLOCK_L"], la.options()["num_warps"]),
+               la.options()["maxnreg"])
+              for la in rec.launches if la.short == "iwae_bound_rows_kernel"}
+    return got
+
+
+@pytest.mark.parametrize("lik", [("bernoulli", "", False), ("continuous_bernoulli", "", False),
+                                 ("gaussian", "float", False), ("gaussian", "BD", True)])
+@pytest.mark.parametrize("dname, mode", [("fp32", "train"), ("bf16", "eval"),
+                                         ("fp16", "train+x")])
+@pytest.mark.parametrize("d, l", [(100, 32), (7, 3), (1025, 129)])
+def test_iwae_two_pass_unaligned_rows_take_half_the_tile_and_a_cap(lik, dname, mode, d, l):
+    """Rows not aligned to 16 (D here; a stride or a base pointer likewise): each element
+    its own load and 64-bit address, held across the samples' loop. The full tile spilled
+    8-28 bytes at 128-168 registers (fp32, D = 100, every likelihood, Triton 3.6), and
+    where ptxas chose fewer registers or a cap of the aligned tile applied, 4-368 bytes;
+    half the rows and 96 registers: none (RESULTS.md)."""
+    calls = catalog.iwae_calls(((3, d, l, 9),), (dname,), (("mean", mode),),
+                               likelihoods=(lik,))
+    aligned = catalog.iwae_calls(((3, d + 16 - d % 16, l, 9),), (dname,), (("mean", mode),),
+                                 likelihoods=(lik,))
+    (b, bd, bl, warps), cap = _rows_launch(calls)
+    (b_full, bd_full, bl_full, warps_full), _ = _rows_launch(aligned)
+    assert (2 * b, bd, bl, warps) == (b_full, bd_full, bl_full, warps_full)
+    assert cap == 96
+
+
+def test_iwae_rows_aligned_reads_every_row_stride_and_pointer():
+    x, recon = torch.empty(4, 32), torch.empty(3, 4, 32)
+    assert _launch.rows_aligned(32, x, recon)
+    assert not _launch.rows_aligned(33, x, recon)
+    assert not _launch.rows_aligned(32, torch.empty(4, 40)[:, 1:33], recon)  # pointer
+    assert not _launch.rows_aligned(32, torch.empty(4, 40)[:, :32], recon)   # stride
+    assert not _launch.rows_aligned(32, x, torch.empty(4, 3, 33)[..., :32].transpose(0, 1))
+    assert _launch.rows_aligned(32, x, recon, torch.empty(32))   # a (D,) obs_logvar
 
 
 @pytest.mark.parametrize("lik, dname, mode, cap", [
@@ -194,3 +242,54 @@ def test_iwae_two_pass_16_bit_tile_caps_registers_in_its_spilling_class(lik, dna
     calls = catalog.iwae_calls(((4096, 784, 32, 50),), (dname,), (("mean", mode),),
                                likelihoods=(lik,))
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+BERN, CB = ("bernoulli", "", False), ("continuous_bernoulli", "", False)
+GAUSS_FLOAT, GAUSS_BD = ("gaussian", "float", False), ("gaussian", "BD", True)
+
+
+@pytest.mark.parametrize("lik, dname, mode, l, cap", [
+    # fp32 16 x 64 x 64 at 8 warps, training with d/dz (ptxas 13, sm_90: 64, 4 bytes)
+    (BERN, "fp32", "train", 70, 80), (GAUSS_BD, "fp32", "train+x", 70, 80),
+    (GAUSS_FLOAT, "fp32", "train", 70, 80),
+    (BERN, "fp32", "train-z", 70, None), (BERN, "bf16", "train", 70, None),
+    # its Gaussian float evaluation (Triton 3.6, sm_90: 40, 8-16 bytes; ptxas 13 spilled
+    # capped at 48 or 56)
+    (GAUSS_FLOAT, "fp32", "eval", 70, 64), (GAUSS_FLOAT, "bf16", "eval", 70, 64),
+    (BERN, "fp32", "eval", 70, None),
+    # the continuous Bernoulli's fp32 8 x 64 x 16 with d/dx (Triton 3.6, sm_90: 32, 8 bytes)
+    (CB, "fp32", "train+x", 3, 40), (CB, "fp32", "train", 3, None),
+    # the fp32 Gaussian (B, D) obs_logvar's gradient (ptxas 13, sm_80: 64 and 80, 4 bytes)
+    (GAUSS_BD, "fp32", "train", 3, 96), (GAUSS_BD, "fp32", "train+x", 32, 96),
+    (("gaussian", "BD", False), "fp32", "train+x", 32, None)])
+def test_iwae_two_pass_aligned_tiles_cap_registers_in_their_spilling_classes(lik, dname, mode,
+                                                                             l, cap):
+    calls = catalog.iwae_calls(((4096, 784, l, 9),), (dname,), (("mean", mode),),
+                               likelihoods=(lik,))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("mode, cap", [("train", 96), ("train+x", 96), ("eval", None)])
+def test_iwae_per_sample_obs_logvar_gradient_caps_registers(mode, cap):
+    """One obs_logvar per sample, fp32, 16 x 64 x 32 at 4 warps: its gradient (the launch
+    class of every obs_logvar gradient) spilled 4 bytes at 72 registers (d/dx too, B=4096
+    D=784 L=32 K=5, ptxas 13 on sm_80)."""
+    from fastvae.bench.offline.catalog_features import sample_obs_calls
+    calls = [c for c in sample_obs_calls(((4096, 784, 32, 5),))
+             if c[0].endswith(f"fp32 gaussian/KBD {mode}")]
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+def test_iwae_two_pass_int64_launches_take_no_cap():
+    """int64 offsets need registers the caps, found with int32 ones, would cut: the
+    per-sample obs_logvar's gradient at INT64 took 96-128 registers and no spill, and at
+    its class's cap of 96 spilled 32 bytes (Triton 3.9, sm_80). Unaligned rows likewise."""
+    from fastvae.bench.offline.catalog_features import _int32_limit_lowered, sample_obs_calls
+    calls = [c for c in sample_obs_calls(((4096, 784, 32, 5),)) if c[0].endswith("INT64")]
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") is None
+    def unaligned(b):   # shapes no other test here takes: a capture records new launches
+        return catalog.iwae_calls(((b, 30, 32, 9),), ("fp32",), (("mean", "train"),),
+                                  likelihoods=(BERN,))
+    assert _maxnreg(unaligned(5), "iwae_bound_rows_kernel") == 96
+    with _int32_limit_lowered():
+        assert _maxnreg(unaligned(6), "iwae_bound_rows_kernel") is None

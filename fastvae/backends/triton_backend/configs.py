@@ -405,10 +405,12 @@ def iwae_rows_k_block() -> int:
     return IWAE_ROWS_K_BLOCK_INTERP if interpreter_tiles() else IWAE_ROWS_K_BLOCK
 
 
-def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI):
+def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
+                     aligned: bool = True):
     """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the two-pass IWAE kernel: the ELBO's shape
     of tile, BLOCK_B rows by IWAE_ROWS_BLOCK_D columns a step (only the tail block masked),
-    IWAE_ROWS_TILE's elements a step."""
+    IWAE_ROWS_TILE's elements a step; half its rows where the rows are not ``aligned``
+    (``_launch.rows_aligned``)."""
     if interpreter_tiles():
         block_d = min(max(_p2(d), 16), 4096)
         block_b = max(1, min(_INTERP_TILE // block_d, _p2(b)))
@@ -420,6 +422,8 @@ def iwae_rows_config(b: int, d: int, l: int, element_size: int, lik: int = BERNO
         elements = max(elements, IWAE_ROWS_FULL_LATENTS_ELEMENTS.get((lik, element_size), 0))
     block_b = min(elements // block_d, IWAE_ROWS_LATENT_TILE // block_l)
     warps = max(warps, block_b * block_l // (32 * IWAE_ROWS_LATENTS_A_THREAD))
+    if not aligned:
+        block_b = max(1, block_b // 2)
     return block_b, block_d, block_l, warps
 
 

@@ -119,8 +119,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         block_k, block_s, block_l, warps, sample_pieces = samples
         block_b, block_d = 1, 0
     else:
-        block_b, block_d, block_l, warps = configs.iwae_rows_config(b, d, l,
-                                                                     recon_k.element_size(), lik)
+        aligned = _launch.rows_aligned(d, x, recon_k, *((obs_arg,) if obs_tensor else ()))
+        block_b, block_d, block_l, warps = configs.iwae_rows_config(
+            b, d, l, recon_k.element_size(), lik, aligned)
     programs = _launch.cdiv(b, block_b)
 
     f32 = torch.float32
@@ -187,21 +188,21 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        **dict(zip(("BLOCK_V", "BLOCK_NC", "BLOCK_TAIL"), sample_pieces)),
                        **args)
     else:
+        rows_int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
+                                  programs * block_b, stride_pm, stride_plv)
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
                        LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
                        stride_obk=obs_arg.stride(0) if per_sample else 0,
                        LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=configs.iwae_rows_k_block(),
-                       **register_caps.maxnreg(
+                       **register_caps.iwae_rows_maxnreg(
                            register_caps.iwae_class(
                                [g is not None for g in (gx, gr, gmu, glv, gz, gpm, gplv)],
                                gobs_partial or gobs is not None),
-                           "iwae_rows", lik, recon_k.element_size(), block_b, block_d,
-                           block_l, warps),
-                       INT64=_needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,
-                                          programs * block_b, stride_pm, stride_plv),
-                       **args)
+                           aligned, rows_int64, lik, recon_k.element_size(), block_b,
+                           block_d, block_l, warps),
+                       INT64=rows_int64, **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()
         grid = (1 + (_launch.cdiv(d, fin_d) if gobs_partial else 0),)

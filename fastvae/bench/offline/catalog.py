@@ -43,7 +43,7 @@ ELBO_ODD = ((1, 1, 1), (7, 7, 3), (13, 100, 17), (1003, 1003, 130), (3, 4100, 5)
 # tile of configs.IWAE_ONEPASS_TILES and the two-pass kernel at odd sizes.
 IWAE_BENCH = ((4096, 784, 32, 5), (4096, 784, 32, 50))
 IWAE_ODD = ((1, 1, 1, 1), (7, 7, 3, 2), (5, 60, 5, 7), (5, 300, 33, 4), (5, 100, 7, 6),
-            (3, 1003, 7, 3), (3, 784, 32, 8), (3, 1025, 129, 9))
+            (3, 1003, 7, 3), (3, 784, 32, 8), (3, 1025, 129, 9), (3, 100, 32, 9))
 # D of each column layout of the row-warp IWAE kernel (configs.iwae_row_warps_config)
 IWAE_ROW_WARPS_D = (512, 528, 544, 576, 768, 784)
 # (B, L, K): the bar's and benchmarks', then odd ones; K None is one (B, L) sample.
@@ -255,7 +255,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 369 specializations (348 compiled, ``selection.py``):
+    """What CI captures, 397 specializations (372 compiled, ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,
@@ -311,6 +311,10 @@ def ci_calls() -> List[Tuple[str, Callable]]:
            *elbo_calls(((13, 100, 17),), ("bf16",), (("mc", "none", 0.5, "train+x"),),
                        likelihoods=(gauss_bd,)),
            *iwae_calls(((7, 7, 3, 2),), ("fp32",), (("none", "train"),), likelihoods=(bern,)),
+           # the two-pass kernel on rows not aligned to 16: its half tile and register cap
+           *iwae_calls(((3, 100, 32, 9),), ("fp32", "bf16"), (("mean", "train"),),
+                       likelihoods=CORE_LIKELIHOODS),
+           *iwae_calls(((3, 100, 32, 9),), ("bf16",), (("none", "eval"),), likelihoods=(bern,)),
            # the pair kernel's two column pieces and a wide masked tail (fp32: 4 + 1 chunks
            # of 128 and 48 columns; bf16: 2 of 256 and 176)
            *iwae_calls(((3, 688, 3, 5),), ("fp32", "bf16"), (("none", "train"),),

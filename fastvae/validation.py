@@ -341,10 +341,11 @@ def canonical_iwae_obs_logvar(obs_logvar, x_shape, recon_shape):
     :func:`canonical_obs_logvar`'s float, ``(D,)`` or ``(B, D)``), or one per sample, as a
     decoder that outputs its variance gives (broadcastable to recon_k's ``(K, B, ...)``
     and not to x) -> ``(K, B, D)``."""
-    if not isinstance(obs_logvar, torch.Tensor) or broadcasts_to(obs_logvar.shape,
-                                                                torch.Size(x_shape)):
+    if not isinstance(obs_logvar, torch.Tensor):
         return canonical_obs_logvar(obs_logvar, x_shape)
     check_tensor("obs_logvar", obs_logvar)
+    if broadcasts_to(obs_logvar.shape, torch.Size(x_shape)):
+        return broadcast_rows(obs_logvar, x_shape)
     recon_shape = torch.Size(recon_shape)
     if not broadcasts_to(obs_logvar.shape, recon_shape):
         raise ValueError(

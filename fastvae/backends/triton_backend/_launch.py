@@ -228,21 +228,16 @@ def vector_rows(x: Tensor, recon_k: Tensor) -> bool:
                 or (x.stride(0) | recon_k.stride(0) | recon_k.stride(1)) % 16)
 
 
-def rows_aligned(d: int, *rows) -> bool:
-    """Whether the two-pass IWAE kernel's loads and stores of ``rows`` (x, recon_k, a tensor
-    obs_logvar; the gradients' rows are D apart) can be 16 bytes wide: base pointers 16-byte
-    aligned, D and the row strides multiples of 16 elements (what Triton specializes on).
-    Else each element is its own load with its own 64-bit address, held across the
-    samples' loop: at the full tile that spilled 8-28 bytes at 128-168 registers (D =
-    100, fp32, every likelihood, Triton 3.6 on sm_80 and sm_90), and where ptxas chose
-    fewer registers, 4-368 bytes (RESULTS.md, "The two-pass IWAE kernel on rows not
-    aligned to 16")."""
-    if d % 16:
-        return False
-    for t in rows:
-        if t.data_ptr() % 16 or any(s % 16 for s in t.stride()[:-1]):
-            return False
-    return True
+def rows_aligned(d: int, x: Tensor, recon_k: Tensor, obs=None) -> bool:
+    """Whether the two-pass IWAE kernel's loads and stores can be 16 bytes wide:
+    :func:`vector_rows`, and D (the gradients' row stride) and a tensor obs_logvar's row
+    strides multiples of 16 elements, its base pointer 16-byte aligned. Else each element
+    is its own load with its own 64-bit address, held across the samples' loop: at the
+    full tile that spilled 8-28 bytes at 128-168 registers (D = 100, fp32, every
+    likelihood, Triton 3.6 on sm_80 and sm_90), and where ptxas chose fewer registers,
+    4-368 bytes (RESULTS.md, "The two-pass IWAE kernel on rows not aligned to 16")."""
+    return not d % 16 and vector_rows(x, recon_k) and (
+        obs is None or not (obs.data_ptr() % 16 or any(s % 16 for s in obs.stride()[:-1])))
 
 
 def by_torch(fn, *args):

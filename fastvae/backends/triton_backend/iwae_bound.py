@@ -119,7 +119,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         block_k, block_s, block_l, warps, sample_pieces = samples
         block_b, block_d = 1, 0
     else:
-        aligned = _launch.rows_aligned(d, x, recon_k, *((obs_arg,) if obs_tensor else ()))
+        aligned = _launch.rows_aligned(d, x, recon_k, obs_arg if obs_tensor else None)
         block_b, block_d, block_l, warps = configs.iwae_rows_config(
             b, d, l, recon_k.element_size(), lik, aligned)
     programs = _launch.cdiv(b, block_b)

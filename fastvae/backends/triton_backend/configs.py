@@ -456,7 +456,7 @@ def sample_with_kl_config(b: int, n: int, sms: int | None = None):
     block_b, block_n, warps = next(t[1:] for t in SAMPLE_WITH_KL_TILES
                                    if t[0] is None or n <= t[0])
     programs = SAMPLE_WITH_KL_WAVES * (sms or SAMPLE_WITH_KL_DEFAULT_SMS)
-    wanted = _launch.cdiv(programs, _launch.cdiv(b, block_b))          # chunks a row that fill the GPU
+    wanted = _launch.cdiv(programs, _launch.cdiv(b, block_b))   # chunks a row: fill the GPU
     most = n // max(block_n, SAMPLE_WITH_KL_MIN_CHUNK // block_b)   # none under the minimum
     chunk = max(1, _launch.cdiv(_launch.cdiv(n, max(1, min(wanted, most))), block_n)) * block_n
     return block_b, block_n, chunk, _launch.cdiv(n, chunk), warps

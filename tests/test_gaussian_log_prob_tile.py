@@ -17,8 +17,8 @@ from fastvae.backends.triton_backend import configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
 
 
-def _launched_tile(dtype, logvar):
-    n = d = 1003
+def _launched_tile(dtype, logvar, d):
+    n = d
     x = torch.empty(n, d, dtype=dtype, requires_grad=True)
     mean = torch.empty(n, d, dtype=dtype, requires_grad=True)
     with capture.capturing((90,)) as rec:
@@ -30,11 +30,13 @@ def _launched_tile(dtype, logvar):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["float", "BD"])
-def test_the_elbo_s_tile_for_the_likelihood(dtype, layout):
-    n = d = 1003
+@pytest.mark.parametrize("d", [1003, 1024])   # rows not aligned to 16 take half the rows
+def test_the_elbo_s_tile_for_the_likelihood(dtype, layout, d):
+    n = d
     logvar = 0.3 if layout == "float" else torch.empty(n, d, dtype=dtype, requires_grad=True)
-    lik, tile = _launched_tile(dtype, logvar)
+    lik, tile = _launched_tile(dtype, logvar, d)
     want_lik = configs.GAUSSIAN_SCALAR if layout == "float" else configs.GAUSSIAN_TENSOR
     assert lik == want_lik
-    bb, bd, _, warps = configs.elbo_config(n, d, 1, dtype.itemsize, want_lik)
+    bb, bd, _, warps = configs.elbo_config(n, d, 1, dtype.itemsize, want_lik,
+                                           aligned=d % 16 == 0)
     assert tile == (bb, bd, warps)

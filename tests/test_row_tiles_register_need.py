@@ -26,7 +26,11 @@ registers, 12 bytes, sm_90). Where Triton 3.6 spilled so, likewise: the two-pass
 Gaussian float obs_logvar's training with d/dz, without d/dx (48, 4 bytes, sm_80). A sweep
 of every launch class of the two-pass kernel (RESULTS.md, "The two-pass IWAE kernel on
 rows not aligned to 16") found more at D = 784, capped likewise, and every launch on rows
-not aligned to 16 spilling: those take half the tile's rows and a cap of 96.
+not aligned to 16 spilling: those take half the tile's rows and a cap of 96. The ELBO row
+kernel's data rows not aligned to 16 take half the rows as well (the full tile took
+128-255 registers in a third of its launches at D = 7, 30, 100), and a sweep of its
+classes (RESULTS.md, "ELBO rows not aligned to 16") capped the occupancy-step spills it
+found, none with a learned prior or int64 offsets.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ import fastvae  # noqa: E402
 from fastvae.backends.triton_backend import _launch, configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
 from fastvae.bench.offline import catalog  # noqa: E402
+from fastvae.bench.offline import catalog_features  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
 
@@ -90,6 +95,40 @@ def test_kl_latents_a_thread_by_row_alignment(dtype, l, per_thread):
 def test_kl_config_is_the_elbo_s_on_aligned_rows():
     assert configs.kl_config(7, 32, 2, False, 32, 32) == configs.elbo_config(7, 1, 32, 2)
     assert configs.kl_config(7, 3, 2, False, 3, 3) == configs.elbo_config(7, 1, 3, 4)
+
+
+def _elbo_tile(d, l, dtype, likelihood="bernoulli", x_cols=None, obs=0.0):
+    """The ELBO row kernel's tile for (5, d) data rows, x a (5, x_cols) tensor's first d
+    columns (a row stride of its own)."""
+    x = torch.empty(5, x_cols or d, dtype=dtype)[:, :d]
+    recon = torch.empty(5, d, dtype=dtype, requires_grad=True)
+    mu, lv = (torch.empty(5, l, dtype=dtype, requires_grad=True) for _ in range(2))
+    return _row_tile(lambda: fastvae.elbo(x, recon, mu, lv, likelihood=likelihood,
+                                          obs_logvar=obs, backend="triton",
+                                          validate=False).backward())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "continuous_bernoulli", "gaussian"])
+@pytest.mark.parametrize("d, l", [(7, 3), (30, 70), (100, 32)])
+def test_elbo_data_rows_not_aligned_to_16_take_half_the_rows(dtype, likelihood, d, l):
+    """Each element its own load and 64-bit address: the full tile took 128-255
+    registers in a third of the launches at D = 7, 30, 100 (RESULTS.md)."""
+    aligned = d + 16 - d % 16
+    full = _elbo_tile(aligned, l, dtype, likelihood)
+    for half in (_elbo_tile(d, l, dtype, likelihood),   # D
+                 _elbo_tile(aligned, l, dtype, likelihood, x_cols=aligned + 1)):  # x's stride
+        assert (2 * half[0], *half[1:]) == full
+
+
+def test_elbo_latent_rows_alone_keep_the_full_tile():
+    """The data's tile is the one the GPU timings chose; unaligned latents (L = 20) alone
+    leave it, and a (D,) obs_logvar (no row stride) counts as aligned."""
+    want = configs.elbo_config(5, 64, 20, 2)
+    assert _elbo_tile(64, 20, torch.bfloat16) == want
+    obs = torch.zeros(64, requires_grad=True)
+    assert _elbo_tile(64, 32, torch.float32, "gaussian", obs=obs) == configs.elbo_config(
+        5, 64, 32, 4, configs.GAUSSIAN_TENSOR)
 
 
 @pytest.mark.parametrize("strides", [(32, 32), (3, 3), (32, 3)])
@@ -158,16 +197,88 @@ def test_iwae_two_pass_16_bit_gaussian_caps_registers_without_obs_gradient(dname
 
 
 @pytest.mark.parametrize("shape, semantics, cap", [
-    ((13, 100, 17), ("analytic", "sum", 0.5, "eval"), 80),
-    ((5, 64, 17), ("mc", "none", 0.0, "eval"), 80),        # unaligned latent rows only
+    ((5, 64, 17), ("analytic", "sum", 0.5, "eval"), 80),   # unaligned latent rows only
+    ((5, 64, 17), ("mc", "none", 0.0, "eval"), 80),
+    ((13, 100, 17), ("analytic", "sum", 0.5, "eval"), None),    # data too: the half tile
     ((4096, 784, 32), ("analytic", "sum", 0.5, "eval"), None),   # aligned: 32-40 registers
-    ((13, 100, 17), ("analytic", "mean", 0.0, "train"), None)])  # gradients: 106-128
+    ((5, 64, 17), ("analytic", "mean", 0.0, "train"), None)])  # gradients: 106-128
 @pytest.mark.parametrize("dname", ["bf16", "fp16"])
 def test_16_bit_continuous_bernoulli_caps_registers_evaluating_unaligned_rows(
         dname, shape, semantics, cap):
     calls = catalog.elbo_calls((shape,), (dname,), (semantics,),
                                likelihoods=(("continuous_bernoulli", "", False),))
     assert _maxnreg(calls, "elbo_rows_kernel") == cap
+
+
+GAUSS_D = ("gaussian", "D", True)
+
+
+@pytest.mark.parametrize("shape, dname, lik, semantics, cap", [
+    # the 16-bit Bernoulli's half tile at D < 16, evaluating (Triton 3.6, sm_90: 72, 4 bytes)
+    ((7, 7, 3), "bf16", ("bernoulli", "", False), ("analytic", "none", 0.0, "eval"), 128),
+    ((7, 7, 3), "bf16", ("bernoulli", "", False), ("mc", "mean", 0.0, "train"), None),
+    ((7, 7, 3), "fp32", ("bernoulli", "", False), ("analytic", "none", 0.0, "eval"), None),
+    # 64 unaligned latents a step at D <= 32 with d/dz or d/dx (Triton 3.6, sm_90: 96)
+    ((5, 30, 70), "fp32", ("bernoulli", "", False), ("mc", "mean", 0.0, "train"), 128),
+    ((5, 7, 70), "bf16", ("gaussian", "float", False), ("mc", "mean", 0.0, "train"), 128),
+    ((5, 7, 70), "fp32", ("gaussian", "float", False), ("analytic", "mean", 0.0, "train+x"),
+     128),
+    ((5, 30, 70), "fp16", ("continuous_bernoulli", "", False), ("mc", "mean", 0.0, "train"),
+     128),
+    ((5, 30, 70), "fp32", ("bernoulli", "", False), ("analytic", "mean", 0.0, "train"), None),
+    ((5, 30, 70), "bf16", ("continuous_bernoulli", "", False),   # ptxas 13, sm_90: 72
+     ("analytic", "mean", 0.0, "train+x"), 128),
+    ((5, 30, 70), "bf16", ("continuous_bernoulli", "", False),
+     ("analytic", "mean", 0.0, "train"), None),
+    # its 32-latent tile at D < 16 with d/dz (fp16, ptxas 13, sm_90: 56, 8 bytes)
+    ((5, 7, 32), "fp16", ("continuous_bernoulli", "", False), ("mc", "mean", 0.0, "train"),
+     128),
+    ((5, 7, 32), "fp16", ("continuous_bernoulli", "", False),
+     ("analytic", "mean", 0.0, "train"), None),
+    # the 16-bit Gaussian float's at D < 16 with free bits (Triton 3.6, sm_90: 96, 8
+    # bytes), at D >= 64 with the MC KL (fp16, Triton 3.6, sm_80: 72, 4 bytes)
+    ((7, 7, 3), "bf16", ("gaussian", "float", False), ("analytic", "none", 0.5, "train"), 128),
+    ((7, 7, 3), "bf16", ("gaussian", "float", False), ("analytic", "none", 0.5, "eval"), None),
+    ((5, 784, 3), "fp16", ("gaussian", "float", False), ("mc", "mean", 0.0, "train"), 80),
+    ((5, 784, 3), "fp16", ("gaussian", "float", False), ("analytic", "mean", 0.0, "train"),
+     None),
+    # the fp32 Gaussian float's 16 x 64 x 64 with d/dz (free bits, Triton 3.6, sm_90: 80)
+    ((5, 784, 70), "fp32", ("gaussian", "float", False), ("mc", "none", 0.5, "train"), 128),
+    ((5, 784, 70), "fp32", ("gaussian", "float", False), ("analytic", "none", 0.5, "train"),
+     None),
+    # the 16-bit tensor obs_logvar's gradient with d/dx (ptxas 13, sm_80: 48, 4 bytes)
+    ((5, 784, 32), "bf16", GAUSS_D, ("analytic", "mean", 0.0, "train+x"), 64),
+    ((5, 784, 3), "fp16", ("gaussian", "BD", True), ("mc", "mean", 0.0, "train+x"), 64),
+    ((5, 30, 70), "bf16", GAUSS_D, ("analytic", "mean", 0.0, "train+x"), 64),
+    ((5, 784, 32), "bf16", GAUSS_D, ("analytic", "mean", 0.0, "train"), None),
+    ((5, 784, 32), "bf16", ("gaussian", "D", False), ("analytic", "mean", 0.0, "train+x"),
+     None)])
+def test_elbo_rows_cap_registers_in_the_class_that_spilled(shape, dname, lik, semantics, cap):
+    """From a sweep of every ELBO launch class at D = 7, 30, 100, 784 and L = 3, 32, 70
+    under both Tritons (RESULTS.md, "ELBO rows not aligned to 16")."""
+    calls = catalog.elbo_calls((shape,), (dname,), (semantics,), likelihoods=(lik,))
+    assert _maxnreg(calls, "elbo_rows_kernel") == cap
+
+
+def test_elbo_rows_caps_of_a_learned_prior_and_none_with_int64_offsets():
+    """A prior's launches take their own caps: the MC training at D = 30, L = 70 spilled
+    8-104 bytes at the 128 cap of the same tile without a prior (Triton 3.6), and the 16-bit
+    Gaussian float's at D < 16, L > 32 takes 168 (128 uncapped: 4 bytes, ptxas 13, sm_90).
+    Int64 offsets take none."""
+    def fwd(prior, b=5, d=30, dtype=torch.float32, likelihood="bernoulli"):
+        x = torch.empty(b, d, dtype=dtype)
+        recon, mu, lv, z, pm, plv = (torch.empty(b, n, dtype=dtype, requires_grad=True)
+                                     for n in (d, 70, 70, 70, 70, 70))
+        fastvae.elbo(x, recon, mu, lv, likelihood=likelihood, kl="mc", z=z, backend="triton",
+                     validate=False, prior_mu=pm if prior else None,
+                     prior_logvar=plv if prior else None).backward()
+    assert _maxnreg([("plain", lambda: fwd(False))], "elbo_rows_kernel") == 128
+    assert _maxnreg([("prior", lambda: fwd(True))], "elbo_rows_kernel") is None
+    assert _maxnreg([("prior bf16", lambda: fwd(True, d=7, dtype=torch.bfloat16,
+                                               likelihood="gaussian"))],
+                    "elbo_rows_kernel") == 168
+    with catalog_features._int32_limit_lowered():   # plans are per shape: another B
+        assert _maxnreg([("int64", lambda: fwd(False, 20))], "elbo_rows_kernel") is None
 
 
 @pytest.mark.parametrize("dname, mode, l, cap", [

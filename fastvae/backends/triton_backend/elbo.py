@@ -159,8 +159,14 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
     pm, plv, stride_pm, stride_plv, prior = prior_args(prior_mu, prior_logvar, mu)
     reduce = reduction != "none"
     mc = kl == "mc"
+    # rows loaded 16 bytes at a time: the data's decide the tile (unaligned latents alone
+    # keep the D = 784 tile the GPU timings chose), every row the register cap's class
+    data_aligned = not (d | x.stride(0) | recon.stride(0) | stride_obs) % 16
     block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik,
-                                                           prior)
+                                                           prior, data_aligned)
+    launch_class = register_caps.elbo_class(
+        needs, bool(needs[5]) and obs_tensor,
+        data_aligned and not (l | mu.stride(0) | logvar.stride(0)) % 16)
     programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     gobs_rows = bool(needs[5]) and obs_tensor and not gobs_partial
@@ -205,10 +211,8 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
         INT64=int64, BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l,
         BLOCK_SUM=configs.ticket_sum_block(),
         STAGES=configs.elbo_stages(x.element_size(), lik, prior), num_warps=warps,
-        **register_caps.maxnreg(
-            register_caps.elbo_class(needs, not (d | l | x.stride(0) | recon.stride(0)
-                                                 | mu.stride(0) | logvar.stride(0)) % 16),
-            "elbo_rows", lik, x.element_size(), block_b, block_d, block_l, warps)),
+        **register_caps.elbo_rows_maxnreg(launch_class, prior, int64, lik, x.element_size(),
+                                          block_b, block_d, block_l, warps)),
         # absent pointers: a dummy of the dtype the tensor would have (Triton specializes
         # on it), the gradients' as their buffers' (saved_grad_dtype), z's as mu's
         dummies(X=x.dtype, R=recon.dtype, OBS=obs_arg.dtype, Z=mu.dtype, PM=pm.dtype,

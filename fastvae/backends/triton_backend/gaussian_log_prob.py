@@ -20,7 +20,9 @@ def gaussian_log_prob_fwd(x, mean, logvar, logvar_scalar, needs):
     n, d = x.shape
     x, mean = _launch.rows(x), _launch.rows(mean)
     lik, lv_arg, stride_lv, tensor_lv = _likelihood(logvar, x)
-    block_b, block_d, block_l, warps = configs.elbo_config(n, d, 1, x.element_size(), lik)
+    block_b, block_d, block_l, warps = configs.elbo_config(
+        n, d, 1, x.element_size(), lik,
+        aligned=not (d | x.stride(0) | mean.stride(0) | stride_lv) % 16)
     out = _launch.alloc((n,), torch.float32, dev)
     gx = _launch.alloc(x.shape, saved_grad_dtype(x), dev) if needs[0] else None
     gm = _launch.alloc(mean.shape, saved_grad_dtype(mean), dev) if needs[1] else None

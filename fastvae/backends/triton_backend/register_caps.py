@@ -10,10 +10,10 @@ from .configs import (BERNOULLI, CONTINUOUS_BERNOULLI, GAUSSIAN_SAMPLES, GAUSSIA
 
 # Launch classes. Two-pass IWAE: EVAL (no gradient), TRAIN (d/dz, no d/dx and no obs_logvar
 # gradient), TRAIN_NO_Z (gradients, none of d/dz, d/dx, d/dobs_logvar), TRAIN_X (d/dx, no
-# obs_logvar gradient), OBS (an obs_logvar gradient). ELBO rows: TRAIN (any gradient),
-# EVAL (rows aligned to 16), EVAL_UNALIGNED.
-EVAL, EVAL_UNALIGNED, TRAIN, TRAIN_NO_Z, TRAIN_X, OBS = (
-    "eval", "eval-unaligned", "train", "train-z", "train+x", "obs")
+# obs_logvar gradient), OBS (an obs_logvar gradient). ELBO rows: those, but OBS without
+# d/dx and OBS_X with it; EVAL with rows aligned to 16, EVAL_UNALIGNED without.
+EVAL, EVAL_UNALIGNED, TRAIN, TRAIN_NO_Z, TRAIN_X, OBS, OBS_X = (
+    "eval", "eval-unaligned", "train", "train-z", "train+x", "obs", "obs+x")
 NO_OBS_GRADIENT = {EVAL, TRAIN, TRAIN_NO_Z, TRAIN_X}
 
 # {launch class: maxnreg} by (kernel, LIK, element size, BLOCK_B, BLOCK_D, BLOCK_L,
@@ -32,9 +32,45 @@ NO_OBS_GRADIENT = {EVAL, TRAIN, TRAIN_NO_Z, TRAIN_X}
 # Bernoulli's fp32 8 x 64 x 16 tile with d/dx (32, 8 bytes, Triton 3.6 on sm_90; 40 on
 # sm_80); the fp32 Gaussian tensor obs_logvar's gradient at 16 x 64 x 16 (64, 4 bytes) and
 # 16 x 64 x 32 (80 for a (B, D) one, 72 one per sample, 4 bytes), ptxas 13 on sm_80
-# (68-92 on sm_90; with d/dx, in the same class, 90-96). ELBO evaluation on rows not
-# aligned to 16 (72, 4 bytes, ptxas 13 on sm_90, B=13 D=100 L=17; aligned: 32-40, a cap
-# would raise them).
+# (68-92 on sm_90; with d/dx, in the same class, 90-96).
+# ELBO rows, from a sweep of every class at D = 7, 30, 100, 784 and L = 3, 32, 70 in fp32,
+# bf16, fp16 and autocast's bf16, with free bits and reduction "none" (RESULTS.md, "ELBO
+# rows not aligned to 16"):
+# * the 16-bit continuous Bernoulli's evaluation, rows not aligned (72, 4 bytes, ptxas 13
+#   on sm_90, B=13 D=100 L=17; aligned: 32-40, a cap would raise them); the 16-bit
+#   Bernoulli's half tile at D < 16 likewise (72, 4 bytes, Triton 3.6 on sm_90; capped at
+#   80 or 96, ptxas 13 spilled 8-16 bytes on sm_90 with the MC KL; at 112 or 128, none);
+# * the 64-latent tile of unaligned latents at D <= 32 with d/dz or d/dx, every likelihood
+#   (96, 4-8 bytes, Triton 3.6 on sm_90, MC KL; 3.6 on sm_80 chose 128; the 16-bit
+#   continuous Bernoulli's with d/dx: 72, 8 bytes, ptxas 13 on sm_90), and the 16-bit
+#   continuous Bernoulli's 32-latent tile at D < 16 with d/dz (fp16, 56, 8 bytes, ptxas 13
+#   on sm_90; at L = 3 it takes 96-114);
+# * the 16-bit Gaussian float's at D < 16, L <= 16 with free bits (96, 8 bytes, Triton 3.6
+#   on sm_90; 106-125 elsewhere), at D >= 64 with the MC KL (fp16, 72, 4 bytes, Triton 3.6
+#   on sm_80; 78 on sm_90); the fp32 Gaussian float's 16 x 64 x 64 with d/dz (free bits,
+#   80, 8 bytes, Triton 3.6 on sm_90; 110 on sm_80);
+# * the 16-bit tensor obs_logvar's gradient with d/dx (48, 4-8 bytes: ptxas 13 on sm_80 at
+#   D = 784 with a (D,) obs_logvar, Triton 3.6 on sm_90 at D = 30, L = 70; 64 costs 8
+#   warps no more programs an SM than 56).
+_LATENTS_64 = [(lik, s, bd) for lik, s in ((BERNOULLI, 4), (BERNOULLI, 2), (GAUSSIAN_SCALAR, 4),
+                                           (GAUSSIAN_SCALAR, 2), (CONTINUOUS_BERNOULLI, 2))
+               for bd in (16, 32)]
+ELBO_MAXNREG = {
+    ("elbo_rows", CONTINUOUS_BERNOULLI, 2, 16, 64, 32, 4): {EVAL_UNALIGNED: 80},
+    ("elbo_rows", BERNOULLI, 2, 64, 16, 16, 4): {EVAL_UNALIGNED: 128},
+    **{("elbo_rows", lik, s, 16, bd, 64, 4): {TRAIN: 128, TRAIN_X: 128}
+       for lik, s, bd in _LATENTS_64},
+    ("elbo_rows", GAUSSIAN_SCALAR, 2, 64, 16, 16, 4): {TRAIN: 128, TRAIN_NO_Z: 128},
+    ("elbo_rows", CONTINUOUS_BERNOULLI, 2, 32, 16, 32, 4): {TRAIN: 128},
+    ("elbo_rows", GAUSSIAN_SCALAR, 2, 32, 64, 16, 4): {TRAIN: 80},
+    ("elbo_rows", GAUSSIAN_SCALAR, 4, 16, 64, 64, 4): {TRAIN: 128},
+    **{("elbo_rows", GAUSSIAN_TENSOR, 2, 16, bd, bl, 8): {OBS_X: 64}
+       for bd, bl in ((64, 16), (64, 32), (32, 64))}}
+# A learned prior's ELBO rows (two more latent inputs and gradients; fp32's tile): the
+# caps above would cut them (the MC training at D <= 32, L = 70 takes 106-168 registers
+# and spilled 8-104 bytes at 128, Triton 3.6), so they take their own: the 16-bit
+# Gaussian float's at D < 16, L > 32 with d/dz (128, 4 bytes, ptxas 13 on sm_90).
+PRIOR_MAXNREG = {("elbo_rows", GAUSSIAN_SCALAR, 2, 16, 16, 64, 4): {TRAIN: 168}}
 WITH_Z = (TRAIN, TRAIN_X, OBS)
 MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OBS_GRADIENT, 64),
            **{("iwae_rows", CONTINUOUS_BERNOULLI, s, 16, 64, 64, 8):
@@ -49,7 +85,7 @@ MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OB
            ("iwae_rows", CONTINUOUS_BERNOULLI, 4, 8, 64, 16, 8): {TRAIN_X: 40},
            **{("iwae_rows", GAUSSIAN_TENSOR, 4, 16, 64, bl, 4): {OBS: 96} for bl in (16, 32)},
            ("iwae_rows", GAUSSIAN_SAMPLES, 4, 16, 64, 32, 4): {OBS: 96},
-           ("elbo_rows", CONTINUOUS_BERNOULLI, 2, 16, 64, 32, 4): {EVAL_UNALIGNED: 80}}
+           **ELBO_MAXNREG}
 
 
 def iwae_class(needs, obs_grad: bool) -> str:
@@ -60,10 +96,14 @@ def iwae_class(needs, obs_grad: bool) -> str:
     return TRAIN if needs[4] else TRAIN_NO_Z if any(needs) else EVAL
 
 
-def elbo_class(needs, aligned: bool) -> str:
-    """The launch class of an ELBO rows launch: ``aligned`` when its sizes and row strides
-    are multiples of 16."""
-    return TRAIN if any(needs) else EVAL if aligned else EVAL_UNALIGNED
+def elbo_class(needs, obs_grad: bool, aligned: bool) -> str:
+    """The launch class of an ELBO rows launch of gradient flags ``needs`` (x, recon, mu,
+    logvar, z, ...): ``aligned`` when its sizes and row strides are multiples of 16."""
+    if obs_grad:
+        return OBS_X if needs[0] else OBS
+    if any(needs):
+        return iwae_class(needs, False)
+    return EVAL if aligned else EVAL_UNALIGNED
 
 
 # Every two-pass IWAE launch on rows not aligned to 16 (_launch.rows_aligned), at its
@@ -72,11 +112,20 @@ def elbo_class(needs, aligned: bool) -> str:
 IWAE_ROWS_UNALIGNED_MAXNREG = 96
 
 
-def maxnreg(launch_class: str, *key) -> dict:
-    """The launch options of a launch of ``launch_class`` and MAXNREG's ``key``: its
+def maxnreg(launch_class: str, *key, table: dict = MAXNREG) -> dict:
+    """The launch options of a launch of ``launch_class`` and ``table``'s ``key``: its
     maxnreg, or none."""
-    cap = MAXNREG.get(key, {}).get(launch_class)
+    cap = table.get(key, {}).get(launch_class)
     return {} if cap is None else {"maxnreg": cap}
+
+
+def elbo_rows_maxnreg(launch_class: str, prior: bool, int64: bool, *key) -> dict:
+    """:func:`maxnreg` of an ELBO rows launch (``key`` without the kernel's name), from
+    PRIOR_MAXNREG with a learned prior; none with int64 offsets, whose registers a cap
+    found with int32 ones may cut (as the two-pass IWAE kernel's)."""
+    if int64:
+        return {}
+    return maxnreg(launch_class, "elbo_rows", *key, table=PRIOR_MAXNREG if prior else MAXNREG)
 
 
 def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, *key) -> dict:

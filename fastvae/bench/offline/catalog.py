@@ -29,7 +29,7 @@ import fastvae
 
 from fastvae.backends.triton_backend.sample_warps_config import SAMPLE_WARPS_D
 
-from .catalog_features import feature_calls, iwae_rows_edge_calls
+from .catalog_features import feature_calls, iwae_rows_edge_calls, prior_elbo_call
 from .stand_ins import (ALL_DTYPES, BF16, DTYPES, F16, F32, PURE, empty, finish,  # noqa: F401
                         stand_in_latents, stand_in_obs, run_in_mode)
 
@@ -255,7 +255,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 397 specializations (372 compiled, ``selection.py``):
+    """What CI captures, 417 specializations (391 compiled, ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,
@@ -272,7 +272,7 @@ def ci_calls() -> List[Tuple[str, Callable]]:
     ``tests/test_kernels_compile.py`` then compiles it. A new tile table or size class
     is picked up by the sweep (:func:`sweep_calls`) without any change here.
     """
-    bern, cb, gauss_bd = CORE_LIKELIHOODS[0], CORE_LIKELIHOODS[1], CORE_LIKELIHOODS[3]
+    bern, cb, gauss_float, gauss_bd = CORE_LIKELIHOODS
     mc_fb_x = ("mc", "sum", 0.5, "train+x")
     evaluate = ("analytic", "none", 0.0, "eval")
     out = [*elbo_calls(ELBO_BENCH, ("fp32", "bf16", "fp16"), (TRAIN,),
@@ -295,8 +295,22 @@ def ci_calls() -> List[Tuple[str, Callable]]:
            # launches with a register cap (register_caps.MAXNREG)
            *iwae_calls(IWAE_BENCH[1:], ("bf16",), (("mean", "eval"),),
                        likelihoods=(("gaussian", "0d", True), bern)),
-           *elbo_calls(((13, 100, 17),), ("bf16",), (("analytic", "sum", 0.5, "eval"),),
+           *elbo_calls(((5, 64, 17),), ("bf16",), (("analytic", "sum", 0.5, "eval"),),
                        likelihoods=(cb,)),
+           *elbo_calls(((7, 7, 3),), ("bf16",), (evaluate,), likelihoods=(bern,)),
+           *elbo_calls(((5, 30, 70),), ("fp32",), (("mc", "mean", 0.0, "train"),),
+                       likelihoods=(bern,)),
+           *elbo_calls(((5, 30, 70),), ("bf16",), (("analytic", "mean", 0.0, "train+x"),),
+                       likelihoods=(cb,)),
+           *elbo_calls(((5, 784, 32),), ("bf16",), (("analytic", "mean", 0.0, "train+x"),),
+                       likelihoods=(("gaussian", "D", True),)),
+           *elbo_calls(((7, 7, 3),), ("bf16",), (("analytic", "none", 0.5, "train"),),
+                       likelihoods=(gauss_float,)),
+           *elbo_calls(((5, 784, 3),), ("fp16",), (("mc", "mean", 0.0, "train"),),
+                       likelihoods=(gauss_float,)),
+           *elbo_calls(((5, 784, 70),), ("fp32",), (("mc", "none", 0.5, "train"),),
+                       likelihoods=(gauss_float,)),
+           prior_elbo_call((5, 7, 70), "bf16", "mc", 0.0, "standard", True, "gaussian"),
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2])
              if c[0].split()[4] in ("fp32", "bf16") and c[0].endswith(("both", "eval"))],
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2] + REPARAM_SHAPES[5:6])

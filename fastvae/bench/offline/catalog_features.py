@@ -102,18 +102,7 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
             elbo_shapes, ("fp32", "bf16"),
             (("analytic", 0.0, "standard"), ("mc", 0.5, "standard"), ("mc", 0.0, "stl")),
             (False, True)):
-        def elbo_call(b=b, d=d, l=l, dname=dname, kl=kl, fb=fb, est=est, per_sample=per_sample):
-            xt, nt = DTYPES[dname]
-            mu, lv = stand_in_latents(b, l, nt, True, False)
-            shape = (b, l) if per_sample else (l,)
-            v = fastvae.elbo(empty((b, d), xt), empty((b, d), nt, True), mu, lv, kl=kl,
-                             z=empty((b, l), nt, True) if kl == "mc" else None, free_bits=fb,
-                             estimator=est, prior_mu=empty(shape, nt, True),
-                             prior_logvar=empty(shape, nt, True), backend="triton",
-                             validate=False)
-            finish(v, "train", False)
-        yield (f"elbo B={b} D={d} L={l} {dname} kl={kl} fb={fb} estimator={est} "
-               f"prior={'BL' if per_sample else 'L'}"), elbo_call
+        yield prior_elbo_call((b, d, l), dname, kl, fb, est, per_sample)
     for (b, d, l, k), dname, est in itertools.product(iwae_shapes, ("fp32", "bf16"),
                                                        ("standard", "stl")):
         def iwae_call(b=b, d=d, l=l, k=k, dname=dname, est=est):
@@ -126,6 +115,26 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
                                    validate=False)
             finish(v, "train", False)
         yield f"iwae B={b} D={d} L={l} K={k} {dname} estimator={est} prior=L", iwae_call
+
+
+def prior_elbo_call(shape, dname, kl, fb, est, per_sample, likelihood="bernoulli"):
+    """(label, call): an ELBO's training with a learned prior, per latent or per sample."""
+    b, d, l = shape
+
+    def call():
+        xt, nt = DTYPES[dname]
+        mu, lv = stand_in_latents(b, l, nt, True, False)
+        p_shape = (b, l) if per_sample else (l,)
+        v = fastvae.elbo(empty((b, d), xt), empty((b, d), nt, True), mu, lv,
+                         likelihood=likelihood, kl=kl,
+                         z=empty((b, l), nt, True) if kl == "mc" else None, free_bits=fb,
+                         estimator=est, prior_mu=empty(p_shape, nt, True),
+                         prior_logvar=empty(p_shape, nt, True), backend="triton",
+                         validate=False)
+        finish(v, "train", False)
+    lik = "" if likelihood == "bernoulli" else f" {likelihood}"
+    return (f"elbo B={b} D={d} L={l} {dname}{lik} kl={kl} fb={fb} estimator={est} "
+            f"prior={'BL' if per_sample else 'L'}"), call
 
 
 def _sample_call(shape, dname, prior, prior_dtype=None, use="both", grads=("mu", "lv")):

@@ -25,7 +25,7 @@ unvectorized loads, so per Triton version and target this checks:
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
 Both versions run side by side in child processes (the cores shared), started in the
 background when collection ends so they overlap the rest of the suite
-(tests/_background.py): about 740 compiles, 7-10 CPU minutes.
+(tests/_background.py): about 820 compiles, 10-12 CPU minutes.
 ``python -m fastvae.bench.offline table --triton .triton36`` prints the registers, spills,
 stack and loads of each one compiled (``--tier full``: of every specialization;
 benchmarks/RESULTS.md).

@@ -404,3 +404,22 @@ def test_iwae_two_pass_int64_launches_take_no_cap():
     assert _maxnreg(unaligned(5), "iwae_bound_rows_kernel") == 96
     with _int32_limit_lowered():
         assert _maxnreg(unaligned(6), "iwae_bound_rows_kernel") is None
+
+
+@pytest.mark.parametrize("shape, dname, lik, mode, cap", [
+    # the 16-bit Gaussian tensor obs_logvar's gradient: 128 latents a step (128 registers,
+    # 8 bytes, Triton 3.6 on sm_80 and ptxas 13 on both), 1024 columns (3.6 on sm_80)
+    ((3, 64, 70, 5), "bf16", ("gaussian", "D", True), "train", 168),
+    ((3, 64, 70, 2), "fp16", ("gaussian", "BD", True), "train+x", 168),
+    ((3, 784, 3, 5), "bf16", ("gaussian", "BD", True), "train+x", 168),
+    ((3, 64, 70, 5), "bf16", ("gaussian", "D", False), "train", None),   # no obs gradient
+    ((3, 64, 70, 5), "fp32", ("gaussian", "D", True), "train", None),    # another tile
+    # the fp32 Bernoulli's 16 x 4 x 64 x 32 with d/dz (3.6 on sm_80: 80, 4 bytes)
+    ((3, 64, 32, 2), "fp32", ("bernoulli", "", False), "train", 128),
+    ((3, 64, 32, 2), "fp32", ("bernoulli", "", False), "train+x", None),
+    ((3, 64, 32, 2), "fp32", ("bernoulli", "", False), "eval", None)])
+def test_iwae_onepass_caps_registers_in_the_class_that_spilled(shape, dname, lik, mode, cap):
+    """From a sweep of the one-pass kernel's classes under both Tritons (RESULTS.md,
+    "The one-pass IWAE kernel's launch classes")."""
+    calls = catalog.iwae_calls((shape,), (dname,), (("mean", mode),), likelihoods=(lik,))
+    assert _maxnreg(calls, "iwae_bound_onepass_kernel") == cap

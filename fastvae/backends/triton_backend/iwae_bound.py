@@ -162,6 +162,12 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         STORE_WEIGHTS=bool(weights),
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps)
+
+    def launch_class() -> str:   # of a register cap (register_caps), where a kernel has one
+        return register_caps.iwae_class(
+            [g is not None for g in (gx, gr, gmu, glv, gz, gpm, gplv)],
+            gobs_partial or gobs is not None)
+
     if row_warps is not None:  # one warp a row, its K samples in it: x read once a row
         for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD", "K"):
             del args[name]
@@ -178,7 +184,11 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
                        INT64=needs_int64(), **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
-        _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k, **args)
+        _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k,
+                       **register_caps.maxnreg(
+                           launch_class(), "iwae_onepass", lik, recon_k.element_size(),
+                           block_b, block_k, block_d, block_l, warps),
+                       **args)
     elif samples is not None:  # a program a row, a warp a sample: one read of recon_k
         for name in ("GX", "GOBS", "BLOCK_B", "BLOCK_D", "NEED_GX", "OBS_GRAD"):
             del args[name]
@@ -197,11 +207,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=configs.iwae_rows_k_block(),
                        **register_caps.iwae_rows_maxnreg(
-                           register_caps.iwae_class(
-                               [g is not None for g in (gx, gr, gmu, glv, gz, gpm, gplv)],
-                               gobs_partial or gobs is not None),
-                           aligned, rows_int64, lik, recon_k.element_size(), block_b,
-                           block_d, block_l, warps),
+                           launch_class(), aligned, rows_int64, lik, recon_k.element_size(),
+                           block_b, block_d, block_l, warps),
                        INT64=rows_int64, **args)
     if reduce:
         fin_b, _, fin_d, fin_sum, fin_warps = configs.finish_config()

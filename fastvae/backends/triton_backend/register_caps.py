@@ -71,6 +71,17 @@ ELBO_MAXNREG = {
 # and spilled 8-104 bytes at 128, Triton 3.6), so they take their own: the 16-bit
 # Gaussian float's at D < 16, L > 32 with d/dz (128, 4 bytes, ptxas 13 on sm_90).
 PRIOR_MAXNREG = {("elbo_rows", GAUSSIAN_SCALAR, 2, 16, 16, 64, 4): {TRAIN: 168}}
+# The one-pass IWAE kernel (its key has BLOCK_K after BLOCK_B), from a sweep of its classes
+# (B = 3, D = 64, 256, 784, L = 3, 32, 70, K = 2, 5, 8, every likelihood layout, fp32 and
+# bf16, both Tritons; RESULTS.md, "The one-pass IWAE kernel's launch classes"): the
+# 16-bit Gaussian tensor obs_logvar's gradient at 128 latents a step or 1024 columns (128
+# registers, 4-8 bytes, sm_80 and sm_90; 128-166 where it did not spill: a cap of 168
+# keeps the one program of 8 warps an SM those take), the fp32 Bernoulli's 16 x 4 x 64 x
+# 32 with d/dz (80, 4 bytes, Triton 3.6 on sm_80; 80 on sm_90, 110 with d/dx).
+ONEPASS_MAXNREG = {
+    **{("iwae_onepass", GAUSSIAN_TENSOR, 2, *tile, 8): {OBS: 168}
+       for tile in ((8, 4, 64, 128), (4, 8, 64, 128), (1, 8, 1024, 128))},
+    ("iwae_onepass", BERNOULLI, 4, 16, 4, 64, 32, 8): {TRAIN: 128}}
 WITH_Z = (TRAIN, TRAIN_X, OBS)
 MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OBS_GRADIENT, 64),
            **{("iwae_rows", CONTINUOUS_BERNOULLI, s, 16, 64, 64, 8):
@@ -85,7 +96,7 @@ MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OB
            ("iwae_rows", CONTINUOUS_BERNOULLI, 4, 8, 64, 16, 8): {TRAIN_X: 40},
            **{("iwae_rows", GAUSSIAN_TENSOR, 4, 16, 64, bl, 4): {OBS: 96} for bl in (16, 32)},
            ("iwae_rows", GAUSSIAN_SAMPLES, 4, 16, 64, 32, 4): {OBS: 96},
-           **ELBO_MAXNREG}
+           **ELBO_MAXNREG, **ONEPASS_MAXNREG}
 
 
 def iwae_class(needs, obs_grad: bool) -> str:

@@ -255,7 +255,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 417 specializations (391 compiled, ``selection.py``):
+    """What CI captures, 423 specializations (395 compiled, ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,
@@ -311,6 +311,11 @@ def ci_calls() -> List[Tuple[str, Callable]]:
            *elbo_calls(((5, 784, 70),), ("fp32",), (("mc", "none", 0.5, "train"),),
                        likelihoods=(gauss_float,)),
            prior_elbo_call((5, 7, 70), "bf16", "mc", 0.0, "standard", True, "gaussian"),
+           *iwae_calls(((3, 64, 70, 5),), ("bf16",), (("mean", "train"),),
+                       likelihoods=(("gaussian", "D", True),)),
+           *iwae_calls(((3, 784, 3, 5),), ("bf16",), (("mean", "train+x"),),
+                       likelihoods=(gauss_bd,)),
+           *iwae_calls(((3, 64, 32, 2),), ("fp32",), (("mean", "train"),), likelihoods=(bern,)),
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2])
              if c[0].split()[4] in ("fp32", "bf16") and c[0].endswith(("both", "eval"))],
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2] + REPARAM_SHAPES[5:6])

@@ -30,7 +30,8 @@ not aligned to 16 spilling: those take half the tile's rows and a cap of 96. The
 kernel's data rows not aligned to 16 take half the rows as well (the full tile took
 128-255 registers in a third of its launches at D = 7, 30, 100), and a sweep of its
 classes (RESULTS.md, "ELBO rows not aligned to 16") capped the occupancy-step spills it
-found, none with a learned prior or int64 offsets.
+found (a learned prior has caps of its own, int64 offsets none), as one of the one-pass
+IWAE kernel's classes did for it ("The one-pass IWAE kernel's launch classes").
 """
 from __future__ import annotations
 
@@ -174,13 +175,18 @@ def test_iwae_onepass_512_column_tile_bounds(monkeypatch):
                 assert (tile == (4, 512)) == (k <= 4 and 256 < d <= 512), (lik, k, d, got)
 
 
-def _maxnreg(calls, kernel):
-    """The maxnreg the launches of ``kernel`` in ``calls`` ask for (one answer)."""
+def _launches(calls, kernel):
+    """The launches of ``kernel`` that ``calls`` (catalog entries) make."""
     with capture.capturing((80,)) as rec:
         for label, fn in calls:
             rec.label = label
             fn()
-    (cap,) = {la.options()["maxnreg"] for la in rec.launches if la.short == kernel}
+    return [la for la in rec.launches if la.short == kernel]
+
+
+def _maxnreg(calls, kernel):
+    """The maxnreg the launches of ``kernel`` in ``calls`` ask for (one answer)."""
+    (cap,) = {la.options()["maxnreg"] for la in _launches(calls, kernel)}
     return cap
 
 
@@ -295,14 +301,10 @@ def test_iwae_two_pass_continuous_bernoulli_wide_latents_cap_registers(dname, mo
 
 def _rows_launch(calls):
     """(tile, maxnreg) of the two-pass IWAE launches of ``calls`` (one answer)."""
-    with capture.capturing((80,)) as rec:
-        for label, fn in calls:
-            rec.label = label
-            fn()
     (got,) = {((la.constexprs()["BLOCK_B"], la.constexprs()["BLOCK_D"],
                 la.constexprs()["BLOCK_L"], la.options()["num_warps"]),
                la.options()["maxnreg"])
-              for la in rec.launches if la.short == "iwae_bound_rows_kernel"}
+              for la in _launches(calls, "iwae_bound_rows_kernel")}
     return got
 
 
@@ -385,8 +387,7 @@ def test_iwae_per_sample_obs_logvar_gradient_caps_registers(mode, cap):
     """One obs_logvar per sample, fp32, 16 x 64 x 32 at 4 warps: its gradient (the launch
     class of every obs_logvar gradient) spilled 4 bytes at 72 registers (d/dx too, B=4096
     D=784 L=32 K=5, ptxas 13 on sm_80)."""
-    from fastvae.bench.offline.catalog_features import sample_obs_calls
-    calls = [c for c in sample_obs_calls(((4096, 784, 32, 5),))
+    calls = [c for c in catalog_features.sample_obs_calls(((4096, 784, 32, 5),))
              if c[0].endswith(f"fp32 gaussian/KBD {mode}")]
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
 
@@ -395,14 +396,14 @@ def test_iwae_two_pass_int64_launches_take_no_cap():
     """int64 offsets need registers the caps, found with int32 ones, would cut: the
     per-sample obs_logvar's gradient at INT64 took 96-128 registers and no spill, and at
     its class's cap of 96 spilled 32 bytes (Triton 3.9, sm_80). Unaligned rows likewise."""
-    from fastvae.bench.offline.catalog_features import _int32_limit_lowered, sample_obs_calls
-    calls = [c for c in sample_obs_calls(((4096, 784, 32, 5),)) if c[0].endswith("INT64")]
+    calls = [c for c in catalog_features.sample_obs_calls(((4096, 784, 32, 5),))
+             if c[0].endswith("INT64")]
     assert _maxnreg(calls, "iwae_bound_rows_kernel") is None
     def unaligned(b):   # shapes no other test here takes: a capture records new launches
         return catalog.iwae_calls(((b, 30, 32, 9),), ("fp32",), (("mean", "train"),),
                                   likelihoods=(BERN,))
     assert _maxnreg(unaligned(5), "iwae_bound_rows_kernel") == 96
-    with _int32_limit_lowered():
+    with catalog_features._int32_limit_lowered():
         assert _maxnreg(unaligned(6), "iwae_bound_rows_kernel") is None
 
 

@@ -121,6 +121,14 @@ def elbo_class(needs, obs_grad: bool, aligned: bool) -> str:
 # half tile: without a cap ptxas chose 40-72 registers for some and spilled 4-24 bytes
 # (Triton 3.6 and 3.9, sm_80 and sm_90, D = 7, 30, 100; at 96: none, 48-96 registers).
 IWAE_ROWS_UNALIGNED_MAXNREG = 96
+# Every two-pass IWAE launch with int64 offsets: without a cap ptxas chose 40-201
+# registers and spilled 4-60 bytes at 40-168 in 123 of 1672 compiles (a sweep of every
+# class at D = 7, 30, 100, 784, L = 3, 32, 70, B = 64 and 4096, fp32 and bf16, both
+# Tritons, sm_80 and sm_90; RESULTS.md, "Two-pass IWAE launches with int64 offsets"). A
+# cap of 128 left the tensor obs_logvar's on unaligned rows spilling (16-64 bytes at D =
+# 100, Triton 3.6): those take 168. Half the tile's rows spilled more, at 40-80.
+# (every other launch, the tensor obs_logvar's on unaligned rows)
+IWAE_ROWS_INT64_MAXNREG = (128, 168)
 
 
 def maxnreg(launch_class: str, *key, table: dict = MAXNREG) -> dict:
@@ -139,14 +147,16 @@ def elbo_rows_maxnreg(launch_class: str, prior: bool, int64: bool, *key) -> dict
     return maxnreg(launch_class, "elbo_rows", *key, table=PRIOR_MAXNREG if prior else MAXNREG)
 
 
-def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, *key) -> dict:
-    """:func:`maxnreg` of a two-pass IWAE launch (``key`` without the kernel's name), or
-    IWAE_ROWS_UNALIGNED_MAXNREG's cap where its rows are not aligned; none with int64
-    offsets, whose registers the caps (found with int32 ones) would cut: the per-sample
-    obs_logvar's gradient at INT64 took 96-128 registers and no spill, and at its class's
-    cap of 96 spilled 32 bytes (Triton 3.9, sm_80)."""
+def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, lik: int,
+                      *key) -> dict:
+    """:func:`maxnreg` of a two-pass IWAE launch (``key`` without the kernel's name and
+    likelihood), IWAE_ROWS_UNALIGNED_MAXNREG's cap where its rows are not aligned, or with
+    int64 offsets IWAE_ROWS_INT64_MAXNREG's (the caps found with int32 ones would cut
+    those: the per-sample obs_logvar's gradient at INT64 took 96-128 registers and no
+    spill, and at its class's cap of 96 spilled 32 bytes, Triton 3.9, sm_80)."""
     if int64:
-        return {}
+        tensor_obs = lik in (GAUSSIAN_TENSOR, GAUSSIAN_SAMPLES)
+        return {"maxnreg": IWAE_ROWS_INT64_MAXNREG[not aligned and tensor_obs]}
     if not aligned:
         return {"maxnreg": IWAE_ROWS_UNALIGNED_MAXNREG}
-    return maxnreg(launch_class, "iwae_rows", *key)
+    return maxnreg(launch_class, "iwae_rows", lik, *key)

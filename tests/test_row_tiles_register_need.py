@@ -30,7 +30,7 @@ not aligned to 16 spilling: those take half the tile's rows and a cap of 96. The
 kernel's data rows not aligned to 16 take half the rows as well (the full tile took
 128-255 registers in a third of its launches at D = 7, 30, 100), and a sweep of its
 classes (RESULTS.md, "ELBO rows not aligned to 16") capped the occupancy-step spills it
-found (a learned prior has caps of its own, int64 offsets none), as one of the one-pass
+found (a learned prior has caps of its own, int64 offsets one: 255), as one of the one-pass
 IWAE kernel's classes did for it ("The one-pass IWAE kernel's launch classes"). Two-pass
 launches with int64 offsets spilled at every occupancy step (40-168 registers): they take
 caps of their own ("Two-pass IWAE launches with int64 offsets").
@@ -100,12 +100,12 @@ def test_kl_config_is_the_elbo_s_on_aligned_rows():
     assert configs.kl_config(7, 3, 2, False, 3, 3) == configs.elbo_config(7, 1, 3, 4)
 
 
-def _elbo_tile(d, l, dtype, likelihood="bernoulli", x_cols=None, obs=0.0):
-    """The ELBO row kernel's tile for (5, d) data rows, x a (5, x_cols) tensor's first d
+def _elbo_tile(d, l, dtype, likelihood="bernoulli", x_cols=None, obs=0.0, b=5):
+    """The ELBO row kernel's tile for (b, d) data rows, x a (b, x_cols) tensor's first d
     columns (a row stride of its own)."""
-    x = torch.empty(5, x_cols or d, dtype=dtype)[:, :d]
-    recon = torch.empty(5, d, dtype=dtype, requires_grad=True)
-    mu, lv = (torch.empty(5, l, dtype=dtype, requires_grad=True) for _ in range(2))
+    x = torch.empty(b, x_cols or d, dtype=dtype)[:, :d]
+    recon = torch.empty(b, d, dtype=dtype, requires_grad=True)
+    mu, lv = (torch.empty(b, l, dtype=dtype, requires_grad=True) for _ in range(2))
     return _row_tile(lambda: fastvae.elbo(x, recon, mu, lv, likelihood=likelihood,
                                           obs_logvar=obs, backend="triton",
                                           validate=False).backward())
@@ -122,6 +122,19 @@ def test_elbo_data_rows_not_aligned_to_16_take_half_the_rows(dtype, likelihood, 
     for half in (_elbo_tile(d, l, dtype, likelihood),   # D
                  _elbo_tile(aligned, l, dtype, likelihood, x_cols=aligned + 1)):  # x's stride
         assert (2 * half[0], *half[1:]) == full
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [784, 7])
+def test_elbo_int64_offsets_take_half_the_rows(dtype, d):
+    """Of the tile the same rows take with int32 offsets (unaligned rows: half of half).
+    The 16-bit 32 x 64 x 64 training tile took 198-235 registers with int64 offsets and
+    spilled at 255 (ptxas 13, sm_90, D = 784, L = 70, MC KL); the unaligned rows' 16 x 16
+    x 64 with a learned prior and free bits likewise (Triton 3.6, sm_80, D = 7)."""
+    full = _elbo_tile(d, 70, dtype)
+    with catalog_features._int32_limit_lowered():   # plans are per shape: another L
+        half = _elbo_tile(d, 69, dtype, b=20)
+    assert (2 * half[0], *half[1:]) == full
 
 
 def test_elbo_latent_rows_alone_keep_the_full_tile():
@@ -268,11 +281,12 @@ def test_elbo_rows_cap_registers_in_the_class_that_spilled(shape, dname, lik, se
     assert _maxnreg(calls, "elbo_rows_kernel") == cap
 
 
-def test_elbo_rows_caps_of_a_learned_prior_and_none_with_int64_offsets():
+def test_elbo_rows_caps_of_a_learned_prior_and_of_int64_offsets():
     """A prior's launches take their own caps: the MC training at D = 30, L = 70 spilled
     8-104 bytes at the 128 cap of the same tile without a prior (Triton 3.6), and the 16-bit
     Gaussian float's at D < 16, L > 32 takes 168 (128 uncapped: 4 bytes, ptxas 13, sm_90).
-    Int64 offsets take none."""
+    Int64 offsets take 255, with a prior or not (uncapped, 4-8 bytes spilled at 40-168
+    registers; at 128, the 64-latent tiles spilled)."""
     def fwd(prior, b=5, d=30, dtype=torch.float32, likelihood="bernoulli"):
         x = torch.empty(b, d, dtype=dtype)
         recon, mu, lv, z, pm, plv = (torch.empty(b, n, dtype=dtype, requires_grad=True)
@@ -286,7 +300,8 @@ def test_elbo_rows_caps_of_a_learned_prior_and_none_with_int64_offsets():
                                                likelihood="gaussian"))],
                     "elbo_rows_kernel") == 168
     with catalog_features._int32_limit_lowered():   # plans are per shape: another B
-        assert _maxnreg([("int64", lambda: fwd(False, 20))], "elbo_rows_kernel") is None
+        assert _maxnreg([("int64", lambda: fwd(False, 20))], "elbo_rows_kernel") == 255
+        assert _maxnreg([("int64 prior", lambda: fwd(True, 21))], "elbo_rows_kernel") == 255
 
 
 @pytest.mark.parametrize("dname, mode, l, cap", [

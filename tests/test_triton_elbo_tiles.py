@@ -44,6 +44,26 @@ def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
                               free_bits=fb)
 
 
+@pytest.mark.parametrize("b,d,l,like,prior", [
+    (33, 784, 70, "bernoulli", False),       # 16 x 64 x 64: half the rows, L > BLOCK_L
+    (21, 7, 70, "gaussian_full", True),      # unaligned rows: a quarter; a (B, L) prior
+])
+def test_elbo_int64_offsets(seed, gpu_tiles, launches, monkeypatch, b, d, l, like, prior):
+    """The row kernel's int64 offsets (INT64, where B times a row's span passes 2^31) and
+    their tile (half the rows: configs.elbo_config), taken here at a small shape by
+    lowering the limit: the same values and gradients, with the MC KL and free bits."""
+    from fastvae.backends.triton_backend import elbo
+    monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", 100)
+    monkeypatch.setattr(elbo, "_PLANS", {})
+    (x, recon, mu, lv, z), obs, likelihood = make_like(b, d, l, like, F32)
+    opts = dict(prior_mu=leaf(torch.randn(b, l)), prior_logvar=leaf(torch.randn(b, l))) \
+        if prior else {}
+    for reduction, fb in (("mean", 0.5), ("none", 0.0)):
+        check_against_formula(x, recon, mu, lv, z, "triton", likelihood=likelihood, kl="mc",
+                              obs_logvar=obs, reduction=reduction, free_bits=fb, **opts)
+    assert "elbo_rows_kernel" in launches
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_elbo_16_bit_continuous_bernoulli_padded_latents(seed, gpu_tiles, dtype):
     """16 x 64 with the latents padded to 32 (configs.ELBO_MIN_BLOCK_L): L = 5, a padded

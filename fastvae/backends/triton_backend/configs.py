@@ -241,14 +241,17 @@ def _p2(n: int) -> int:
 
 
 def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
-                prior: bool = False, aligned: bool = True):
+                prior: bool = False, aligned: bool = True, int64: bool = False):
     """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel. A learned prior adds
     two input and two gradient latent tiles: 16-bit inputs then take the fp32 tile (the
     16-bit one, twice the rows, spills 8-52 bytes at small D with the MC KL). Data rows
     not ``aligned`` (D or a row stride not a multiple of 16) take half the rows: each
     element is then its own load with its own 64-bit address, held across the column
     loop, and the full tile took 128-255 registers in a third of the launches at D = 7,
-    30, 100 (half: at most 145; RESULTS.md, "ELBO rows not aligned to 16")."""
+    30, 100 (half: at most 145; RESULTS.md, "ELBO rows not aligned to 16"). ``int64``
+    offsets halve them again (the 16-bit 32 x 64 x 64 training tile took 198-235
+    registers and spilled at 255; unaligned rows' half tile with a learned prior and
+    free bits spilled at 255; RESULTS.md, "ELBO rows with int64 offsets")."""
     if prior:
         element_size = 4
     if interpreter_tiles():
@@ -261,9 +264,7 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
     elements, warps = ELBO_TILE_BY_LIK.get((lik, element_size),
                                            (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
     block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)
-    if not aligned:
-        block_b = max(1, block_b // 2)
-    return block_b, block_d, block_l, warps
+    return max(1, block_b >> (int(not aligned) + int(int64))), block_d, block_l, warps
 
 
 def kl_config(n: int, l: int, element_size: int, prior: bool, stride_mu: int,

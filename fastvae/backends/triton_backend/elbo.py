@@ -162,19 +162,19 @@ def _plan(x, recon, mu, logvar, z, obs, prior_mu, prior_logvar, likelihood, kl, 
     # rows loaded 16 bytes at a time: the data's decide the tile (unaligned latents alone
     # keep the D = 784 tile the GPU timings chose), every row the register cap's class
     data_aligned = not (d | x.stride(0) | recon.stride(0) | stride_obs) % 16
+    # every offset is below B times a row's span (a program's partials: programs <= B)
+    int64 = configs.needs_int64(b * max(x.stride(0), recon.stride(0), stride_obs, d),
+                                b * max(mu.stride(0), logvar.stride(0), l,
+                                        z.stride(0) if z is not None else 0,
+                                        stride_pm, stride_plv))
     block_b, block_d, block_l, warps = configs.elbo_config(b, d, l, x.element_size(), lik,
-                                                           prior, data_aligned)
+                                                           prior, data_aligned, int64)
     launch_class = register_caps.elbo_class(
         needs, bool(needs[5]) and obs_tensor,
         data_aligned and not (l | mu.stride(0) | logvar.stride(0)) % 16)
     programs = _launch.cdiv(b, block_b)
     gobs_partial = bool(needs[5]) and obs_tensor and obs_arg.dim() == 1 and reduce
     gobs_rows = bool(needs[5]) and obs_tensor and not gobs_partial
-    int64 = configs.needs_int64(b * max(x.stride(0), recon.stride(0), stride_obs, d),
-                                b * max(mu.stride(0), logvar.stride(0), l,
-                                        z.stride(0) if z is not None else 0,
-                                        stride_pm, stride_plv),
-                                programs * max(d, l))
     stride_z = (z if z is not None else mu).stride(0)
     plan = {"programs": programs, "grid": (programs,), "reduce": reduce,
             "reduce_scale": reduce_scale(b, reduction), "gobs_partial": gobs_partial,

@@ -129,6 +129,16 @@ IWAE_ROWS_UNALIGNED_MAXNREG = 96
 # 100, Triton 3.6): those take 168. Half the tile's rows spilled more, at 40-80.
 # (every other launch, the tensor obs_logvar's on unaligned rows)
 IWAE_ROWS_INT64_MAXNREG = (128, 168)
+# Every ELBO rows launch with int64 offsets (at half the rows of its int32 tile,
+# configs.elbo_config): at the full tile without a cap ptxas spilled 4-8 bytes at 40-168
+# registers in 16 of 2832 compiles (a sweep at B = 200, D = 7, 30, 100, 784, L = 3, 32,
+# 70, every likelihood layout, fp32 and bf16, both KL modes, evaluation, training, with
+# d/dx, both Tritons, sm_80 and sm_90; RESULTS.md, "ELBO rows with int64 offsets"). A cap
+# of 128 spilled the 64-latent training tiles and the 16-bit ones at D < 16 (160-235
+# uncapped); the others took the same registers at 128 as at 255 (1039 of 1116; any cap
+# ends ptxas's occupancy target): so the highest. At 255 the full tile still spilled
+# (ptxas 13); the half one none, with a learned prior, free bits and reduction "none".
+ELBO_INT64_MAXNREG = 255
 
 
 def maxnreg(launch_class: str, *key, table: dict = MAXNREG) -> dict:
@@ -140,10 +150,10 @@ def maxnreg(launch_class: str, *key, table: dict = MAXNREG) -> dict:
 
 def elbo_rows_maxnreg(launch_class: str, prior: bool, int64: bool, *key) -> dict:
     """:func:`maxnreg` of an ELBO rows launch (``key`` without the kernel's name), from
-    PRIOR_MAXNREG with a learned prior; none with int64 offsets, whose registers a cap
-    found with int32 ones may cut (as the two-pass IWAE kernel's)."""
+    PRIOR_MAXNREG with a learned prior; ELBO_INT64_MAXNREG with int64 offsets, whose
+    registers a cap found with int32 ones may cut (as the two-pass IWAE kernel's)."""
     if int64:
-        return {}
+        return {"maxnreg": ELBO_INT64_MAXNREG}
     return maxnreg(launch_class, "elbo_rows", *key, table=PRIOR_MAXNREG if prior else MAXNREG)
 
 

@@ -125,16 +125,18 @@ def test_elbo_data_rows_not_aligned_to_16_take_half_the_rows(dtype, likelihood, 
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("d", [784, 7])
-def test_elbo_int64_offsets_take_half_the_rows(dtype, d):
-    """Of the tile the same rows take with int32 offsets (unaligned rows: half of half).
-    The 16-bit 32 x 64 x 64 training tile took 198-235 registers with int64 offsets and
-    spilled at 255 (ptxas 13, sm_90, D = 784, L = 70, MC KL); the unaligned rows' 16 x 16
-    x 64 with a learned prior and free bits likewise (Triton 3.6, sm_80, D = 7)."""
+@pytest.mark.parametrize("d", [784, 16, 7])
+def test_elbo_int64_offsets_take_32_latents_a_step(dtype, d):
+    """The rows and columns the same shapes take with int32 offsets (the data's 16-byte
+    loads), 32 latents a step: the 16-bit 32 x 64 x 64 MC training tile took 198-235
+    registers with int64 offsets and spilled at 255 (ptxas 13, sm_90, D = 784, L = 70);
+    half its rows kept 16 x 64 x 64 clean, but a prior's 16-bit tile so halved loaded 8
+    bytes a thread (the compile test's vector check)."""
     full = _elbo_tile(d, 70, dtype)
     with catalog_features._int32_limit_lowered():   # plans are per shape: another L
-        half = _elbo_tile(d, 69, dtype, b=20)
-    assert (2 * half[0], *half[1:]) == full
+        tile = _elbo_tile(d, 69, dtype, b=20)
+    assert tile == (*full[:2], 32, full[3])
+    assert configs.elbo_config(5, d, 20, 2, int64=True) == configs.elbo_config(5, d, 20, 2)
 
 
 def test_elbo_latent_rows_alone_keep_the_full_tile():

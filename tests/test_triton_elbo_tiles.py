@@ -45,12 +45,12 @@ def test_elbo_shipped_gpu_tiles(seed, gpu_tiles, b, d, l, like, kl):
 
 
 @pytest.mark.parametrize("b,d,l,like,prior", [
-    (33, 784, 70, "bernoulli", False),       # 16 x 64 x 64: half the rows, L > BLOCK_L
-    (21, 7, 70, "gaussian_full", True),      # unaligned rows: a quarter; a (B, L) prior
+    (33, 784, 70, "bernoulli", False),       # 16 x 64 x 32: 32 latents a step, 3 steps
+    (21, 7, 70, "gaussian_full", True),      # unaligned rows' half tile; a (B, L) prior
 ])
 def test_elbo_int64_offsets(seed, gpu_tiles, launches, monkeypatch, b, d, l, like, prior):
     """The row kernel's int64 offsets (INT64, where B times a row's span passes 2^31) and
-    their tile (half the rows: configs.elbo_config), taken here at a small shape by
+    their tile (32 latents a step: configs.elbo_config), taken here at a small shape by
     lowering the limit: the same values and gradients, with the MC KL and free bits."""
     from fastvae.backends.triton_backend import elbo
     monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", 100)

@@ -129,15 +129,16 @@ IWAE_ROWS_UNALIGNED_MAXNREG = 96
 # 100, Triton 3.6): those take 168. Half the tile's rows spilled more, at 40-80.
 # (every other launch, the tensor obs_logvar's on unaligned rows)
 IWAE_ROWS_INT64_MAXNREG = (128, 168)
-# Every ELBO rows launch with int64 offsets (at half the rows of its int32 tile,
-# configs.elbo_config): at the full tile without a cap ptxas spilled 4-8 bytes at 40-168
-# registers in 16 of 2832 compiles (a sweep at B = 200, D = 7, 30, 100, 784, L = 3, 32,
-# 70, every likelihood layout, fp32 and bf16, both KL modes, evaluation, training, with
-# d/dx, both Tritons, sm_80 and sm_90; RESULTS.md, "ELBO rows with int64 offsets"). A cap
-# of 128 spilled the 64-latent training tiles and the 16-bit ones at D < 16 (160-235
-# uncapped); the others took the same registers at 128 as at 255 (1039 of 1116; any cap
-# ends ptxas's occupancy target): so the highest. At 255 the full tile still spilled
-# (ptxas 13); the half one none, with a learned prior, free bits and reduction "none".
+# Every ELBO rows launch with int64 offsets (at 32 latents a step,
+# configs.ELBO_INT64_BLOCK_L): at the int32 tile without a cap ptxas spilled 4-8 bytes at
+# 40-168 registers in 16 of 2832 compiles (a sweep at B = 200, D = 7, 30, 100, 784, L =
+# 3, 32, 70, every likelihood layout, fp32 and bf16, both KL modes, evaluation, training,
+# with d/dx, both Tritons, sm_80 and sm_90; RESULTS.md, "ELBO rows with int64 offsets").
+# A cap of 128 spilled the 64-latent training tiles and the 16-bit ones at D < 16
+# (160-235 uncapped); the others took the same registers at 128 as at 255 (1039 of 1116;
+# any cap ends ptxas's occupancy target): so the highest. At 255 the 64-latent tiles
+# still spilled (ptxas 13); at 32 latents none, with a learned prior, free bits and
+# reduction "none" as well.
 ELBO_INT64_MAXNREG = 255
 
 

@@ -36,9 +36,8 @@ ELBO_BLOCK_L = 64
 # (kl_standard_normal) the rows alone would make a 128 x 64 latent tile, which spills
 # hundreds of bytes (both Tritons).
 ELBO_LATENT_TILE = 2048
-# Latents a step with int64 offsets: the 16-bit 64-latent MC training tiles of 32 rows
-# took 198-235 registers and spilled at 255 (ptxas 13; RESULTS.md, "ELBO rows with int64
-# offsets"). Fewer rows would narrow the data's 16-byte loads; fewer latents do not.
+# Latents a step with int64 offsets (the 16-bit 64-latent MC training tiles took 198-235
+# registers, spilled at 255; fewer rows would narrow the 16-byte loads): RESULTS.md.
 ELBO_INT64_BLOCK_L = 32
 # (tile elements, num_warps) by (likelihood, element size) where not the above: the
 # continuous Bernoulli (its series and closed form both live) and the tensor obs_logvar's
@@ -252,8 +251,7 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
     not ``aligned`` (D or a row stride not a multiple of 16) take half the rows: each
     element is then its own load with its own 64-bit address, held across the column
     loop, and the full tile took 128-255 registers in a third of the launches at D = 7,
-    30, 100 (half: at most 145; RESULTS.md, "ELBO rows not aligned to 16"). ``int64``
-    offsets take at most ELBO_INT64_BLOCK_L latents a step."""
+    30, 100 (half: at most 145; RESULTS.md, "ELBO rows not aligned to 16")."""
     if prior:
         element_size = 4
     if interpreter_tiles():
@@ -266,11 +264,8 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
     elements, warps = ELBO_TILE_BY_LIK.get((lik, element_size),
                                            (ELBO_TILE_ELEMENTS[element_size], ELBO_WARPS))
     block_b = min(elements // block_d, ELBO_LATENT_TILE // block_l)
-    if int64:
-        block_l = min(block_l, ELBO_INT64_BLOCK_L)
-    if not aligned:
-        block_b = max(1, block_b // 2)
-    return block_b, block_d, block_l, warps
+    block_b = block_b if aligned else max(1, block_b // 2)
+    return block_b, block_d, min(block_l, ELBO_INT64_BLOCK_L) if int64 else block_l, warps
 
 
 def kl_config(n: int, l: int, element_size: int, prior: bool, stride_mu: int,

@@ -182,7 +182,7 @@ def int64_calls() -> Iterator[Tuple[str, Callable]]:
     lowered = [
         ("elbo B=64 D=784 L=32 bf16 kl=mc fb=0.5 prior=BL INT64",
          lambda: _elbo(64, 784, 32, "bf16", kl="mc", free_bits=0.5, prior="BL")),
-        # the INT64 half tile (16 x 64 x 64): its 16-byte loads
+        # the INT64 latent step (32 x 64 x 32, configs.ELBO_INT64_BLOCK_L): its 16-byte loads
         ("elbo B=64 D=784 L=64 bf16 kl=mc INT64", lambda: _elbo(64, 784, 64, "bf16", kl="mc")),
         ("iwae B=64 D=784 L=32 K=5 bf16 (pairs) INT64",
          lambda: _iwae(64, 784, 32, 5, "bf16")),

@@ -82,7 +82,6 @@ def cases(shape, device, backend, smoke):
         out.append((f"iwae K={k} fp32",
                     lambda k=k: iwae_step(shape, k, torch.float32, device, backend), False))
     if not smoke:
-        from fastvae.backends.triton_backend import sample_warps_config
         # Two 8-warp programs of the pair kernel fit an SM (RESULTS.md, "two programs an
         # SM"); one of 16 warps gives each scheduler as many warps, in one program.
         out.append(("iwae K=5 fp32, pair kernel at 16 warps", with_config(
@@ -96,19 +95,17 @@ def cases(shape, device, backend, smoke):
         name = f"iwae K=50 bf16 B={BENCH_IWAE['batch']}"
         out.append((name, k50_bf16, False))
         out.append((f"{name}, two-pass kernel", with_config(
-            "SAMPLE_WARPS_LIMITS", (65, 64, 512, 784, 32), k50_bf16,
-            module=sample_warps_config), False))
+            "SAMPLE_WARPS_LIMITS", (65, 64, 512, 784, 32), k50_bf16), False))
     return out
 
 
 BENCH_IWAE = dict(batch=4096, dim=784, latent=32)   # fastvae bench's IWAE shape on CUDA
 
 
-def with_config(name, value, make, module=None):
-    """``make``'s step with ``module.<name>`` (a tile table of the Triton backend,
-    ``configs`` by default) set to ``value`` while it runs."""
-    if module is None:
-        from fastvae.backends.triton_backend import configs as module
+def with_config(name, value, make):
+    """``make``'s step with ``iwae_configs.<name>`` (a tile table of the Triton backend's
+    IWAE kernels) set to ``value`` while it runs."""
+    from fastvae.backends.triton_backend import iwae_configs as module
 
     def wrapped():
         step, case = make()

@@ -31,7 +31,7 @@ logits up to +-1e4.
 
 The host runs it where nothing is summed over k per data column (no d/dx) and K x D
 fits, and at 129-256 columns only where the one-pass tiles do worse
-(``configs.iwae_pairs_config``), except where the row-warp kernel
+(``iwae_configs.iwae_pairs_config``), except where the row-warp kernel
 (``iwae_bound_row_warps.py``) runs. A row narrower than one chunk is the tail alone.
 """
 import triton

@@ -1,7 +1,7 @@
 """The importance-weighted bound with one warp per row, all K samples of the row in that
 warp: the pair kernel's contract (``iwae_bound_pairs.py``) for the Bernoulli likelihood
 and a 16-bit d/drecon_k (the host's: bf16 training, K 2-8, L <= 32, 512-784 columns
-with at most 64 past whole chunks: ``configs.iwae_row_warps_config``).
+with at most 64 past whole chunks: ``iwae_configs.iwae_row_warps_config``).
 
 ``iwae_bound_row_warps_kernel`` — grid ``cdiv(B, BLOCK_R)``, ``BLOCK_R`` = num_warps;
 warp ``r`` of a program owns row ``pid * BLOCK_R + r``. Each tile is ``(BLOCK_R, 32 V)``

@@ -2,7 +2,7 @@
 row, one warp per sample. The pair kernel's contract (``iwae_bound_pairs.py``) for the
 Bernoulli likelihood in training (the host's: d/drecon_k needed, no d/dx, K past the
 pair kernel's 16, the row's columns in whole chunks and a short tail:
-``sample_warps_config.iwae_sample_warps_config``).
+``iwae_configs.iwae_sample_warps_config``).
 
 ``iwae_bound_sample_warps_kernel`` — grid ``(B,)``, ``BLOCK_S`` = num_warps. Program
 ``b`` walks row b's K samples S at a time, warp ``s`` taking sample ``k0 + s`` (K padded

@@ -45,7 +45,7 @@ if not hasattr(triton, "knobs"):
     pytest.skip("the capture needs triton.knobs (Triton >= 3.4)", allow_module_level=True)
 
 import fastvae  # noqa: E402
-from fastvae.backends.triton_backend import _launch, configs  # noqa: E402
+from fastvae.backends.triton_backend import _launch, configs, iwae_configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
 from fastvae.bench.offline import catalog  # noqa: E402
 from fastvae.bench.offline import catalog_features  # noqa: E402
@@ -187,7 +187,7 @@ def test_iwae_onepass_512_column_tile_bounds(monkeypatch):
                 configs.GAUSSIAN_TENSOR):
         for k in (1, 2, 3, 4, 5):
             for d in (256, 257, 300, 512, 513):
-                got = configs.iwae_onepass_config(5, k, d, 33, lik)
+                got = iwae_configs.iwae_onepass_config(5, k, d, 33, lik)
                 tile = got and got[1:3]
                 assert (tile == (4, 512)) == (k <= 4 and 256 < d <= 512), (lik, k, d, got)
 

@@ -1,5 +1,5 @@
 """The row-warp IWAE kernel (kernels/iwae_bound_row_warps.py): which calls the host gives it
-(configs.iwae_row_warps_config), and its values and every gradient against float64.
+(iwae_configs.iwae_row_warps_config), and its values and every gradient against float64.
 
 It holds d/dl in bf16 across the softmax, so d/drecon_k is rounded twice: per element
 within ``2r + r^2`` of the float64 gradient (r = 2^-8 for a GPU's round-to-nearest, 2^-7
@@ -18,6 +18,7 @@ from _backends import skip_unless_kernels_run
 skip_unless_kernels_run()
 
 import fastvae  # noqa: E402
+from fastvae.backends.triton_backend import iwae_configs  # noqa: E402
 from _compare import leaf  # noqa: E402
 from _gpu_tiles import gpu_tiles  # noqa: E402,F401 (a fixture)
 from _iwae import make_like as iwae_inputs  # noqa: E402
@@ -86,17 +87,17 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
     bern = configs.BERNOULLI
 
     def takes(k, d, l, bf16=True, lik=bern, per_column=False, need_gr=True):
-        return configs.iwae_row_warps_config(64, k, d, l, lik, per_column, bf16,
-                                             need_gr) is not None
+        return iwae_configs.iwae_row_warps_config(64, k, d, l, lik, per_column, bf16,
+                                                  need_gr) is not None
     assert [k for k in range(1, 10) if takes(k, 784, 32)] == list(range(2, 9))
     assert [d for d in range(496, 801, 8) if takes(5, d, 32)] == [
         *range(512, 577, 16), 768, 784]
     assert takes(5, 784, 32) and not takes(5, 784, 33)
     assert not any((takes(5, 784, 32, bf16=False), takes(5, 784, 32, lik=configs.GAUSSIAN_SCALAR),
                     takes(5, 784, 32, per_column=True), takes(5, 784, 32, need_gr=False)))
-    assert configs.iwae_row_warps_config(64, 5, 784, 32, bern, False, True, True) == (
+    assert iwae_configs.iwae_row_warps_config(64, 5, 784, 32, bern, False, True, True) == (
         4, 32, 4, (8, 3, 16, 4))
-    assert configs.iwae_row_warps_config(64, 8, 576, 8, bern, False, True, True) == (
+    assert iwae_configs.iwae_row_warps_config(64, 8, 576, 8, bern, False, True, True) == (
         4, 32, 4, (8, 2, 64, 16))
 
     def kernel(dtype, grad_x=False, grad_r=True, d=784):
@@ -146,11 +147,11 @@ def test_a_prior_past_int32_takes_int64_offsets(seed, launches, gpu_tiles, monke
 def test_the_rule_costs_one_lookup(gpu_tiles, k, d, l):
     """Every IWAE call runs iwae_row_warps_config on the host: a call the kernel takes
     costs one dict lookup over one it refuses at the first test (its rule run each time,
-    three _p2, was up to 10 calls more: about 1.1 us a call)."""
+    three next_pow2, was up to 10 calls more: about 1.1 us a call)."""
     configs = gpu_tiles
     bern = configs.BERNOULLI
 
     def ask(bf16):
-        return configs.iwae_row_warps_config(64, k, d, l, bern, False, bf16, True)
+        return iwae_configs.iwae_row_warps_config(64, k, d, l, bern, False, bf16, True)
     assert ask(True) is not None and ask(False) is None
     assert python_calls(lambda: ask(True)) == python_calls(lambda: ask(False)) + 1

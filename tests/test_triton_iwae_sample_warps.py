@@ -1,5 +1,5 @@
 """The sample-warp IWAE kernel (kernels/iwae_bound_sample_warps.py): which calls the host
-gives it (sample_warps_config.iwae_sample_warps_config), and its values and every gradient
+gives it (iwae_configs.iwae_sample_warps_config), and its values and every gradient
 against float64.
 
 It writes d/dl unweighted and weighs it in a sweep after the row's softmax, so
@@ -81,7 +81,7 @@ def test_which_calls_take_it(seed, launches, gpu_tiles):
     """bf16 Bernoulli training at 17 <= K <= 64, 512 <= D <= 784 (a multiple of 16, at
     most 32 columns past whole 256-column chunks), L <= 32, x without a gradient: this
     kernel. fp16, fp32, d/dx, K, D, L past the limits: the two-pass kernel (or another)."""
-    from fastvae.backends.triton_backend.sample_warps_config import iwae_sample_warps_config
+    from fastvae.backends.triton_backend.iwae_configs import iwae_sample_warps_config
     bern = gpu_tiles.BERNOULLI
 
     def takes(k, d, l=32, bf16=True, per_column=False, need_gr=True):

@@ -1,4 +1,4 @@
-"""The Triton IWAE bound's launch configurations (fastvae/backends/triton_backend/configs.py):
+"""The Triton IWAE bound's launch configurations (triton_backend/iwae_configs.py):
 its choice of kernel (one pass where a row's K x D fits on chip, the pair kernel, else two
 passes: which one ran, what each reads) and every tile shipped for GPUs, run under the
 interpreter too (``gpu_tiles``). That every configuration the host can pick is one
@@ -19,6 +19,7 @@ from _backends import skip_unless_kernels_run
 skip_unless_kernels_run()  # the whole module: one line in the report, not one per test
 
 import fastvae  # noqa: E402
+from fastvae.backends.triton_backend import iwae_configs  # noqa: E402
 import triton.language as tl  # noqa: E402
 from _addresses import own_elements  # noqa: E402
 from _compare import assert_close, leaf, oracle  # noqa: E402
@@ -163,11 +164,11 @@ def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
                 configs.GAUSSIAN_TENSOR):
         for k, d in ((2, 7), (5, 64), (4, 200), (8, 256), (3, 784), (8, 1024)):
             for l in (1, 8, 16, 17, 33, 64, 65, 128):
-                got = configs.iwae_onepass_config(64, k, d, l, lik)
+                got = iwae_configs.iwae_onepass_config(64, k, d, l, lik)
                 if got is None:
                     continue
                 bb, bk, bd, bl, warps = got
-                full = next(t[3] for t in configs.iwae_onepass_tiles(lik)
+                full = next(t[3] for t in iwae_configs.iwae_onepass_tiles(lik)
                             if t[:3] == (bb, bk, bd))
                 threads = 64 * warps   # two latents a thread
                 if bd > 2 * full:
@@ -177,7 +178,7 @@ def test_iwae_onepass_latent_block_follows_l(gpu_tiles):
                 assert bl == full or (bl >= 16 and bb * bk * bl >= threads), got
                 half = bl // 2   # the smallest such power of two: half of it would not do
                 assert bl == 16 or half < l or bb * bk * half < threads, (lik, k, d, l, got)
-        assert configs.iwae_onepass_config(64, 5, 64, 8, lik)[3] < 128
+        assert iwae_configs.iwae_onepass_config(64, 5, 64, 8, lik)[3] < 128
 
 
 def test_iwae_pairs_take_narrow_rows_where_the_one_pass_tiles_do_worse(gpu_tiles):
@@ -188,7 +189,7 @@ def test_iwae_pairs_take_narrow_rows_where_the_one_pass_tiles_do_worse(gpu_tiles
     bern = configs.BERNOULLI
 
     def pairs(k, d, size):
-        return configs.iwae_pairs_config(64, k, d, 32, bern, False, size) is not None
+        return iwae_configs.iwae_pairs_config(64, k, d, 32, bern, False, size) is not None
     for d in (144, 192, 256):
         assert [k for k in range(1, 10) if pairs(k, d, 4)] == [2, 3, 4, 5, 6, 7, 8]
         assert [k for k in range(1, 10) if pairs(k, d, 2)] == [5, 6, 7, 8]
@@ -196,7 +197,7 @@ def test_iwae_pairs_take_narrow_rows_where_the_one_pass_tiles_do_worse(gpu_tiles
         assert not any(pairs(k, d, size) for k in range(1, 9) for size in (2, 4)), d
     assert pairs(16, 257, 2) and pairs(3, 784, 2)
     # one-row tiles narrower than a chunk (bf16's 256 columns): the tail alone
-    assert configs.iwae_pairs_config(64, 5, 144, 32, bern, False, 2)[4] == (256, 0, 0, 256)
+    assert iwae_configs.iwae_pairs_config(64, 5, 144, 32, bern, False, 2)[4] == (256, 0, 0, 256)
 
 
 # the two-pass kernel's multi-row tiles (16 x 64; 32 x 64 for 16-bit Gaussians with a

@@ -1,9 +1,10 @@
 """The "triton" backend: host side of the fused kernels in ``fastvae.kernels``, one file
 per op (``elbo``, ``iwae_bound``, ``gaussian_log_prob``, ``kl_standard_normal`` (with
 ``kl_normal``), ``reparameterize``, ``sample_with_kl``, ``scale``), with the same functions
-and contracts as the "torch" backend. Launch configurations live in ``configs``; every
-allocation and launch goes through ``_launch`` (tests hook both); what the JIT builds for
-real calls is captured and compiled by ``fastvae.bench.offline`` (tests/test_kernels_compile.py).
+and contracts as the "torch" backend. Launch configurations live in ``configs`` (the IWAE
+kernels' in ``iwae_configs``); every allocation and launch goes through ``_launch`` (tests
+hook both); what the JIT builds for real calls is captured and compiled by
+``fastvae.bench.offline`` (tests/test_kernels_compile.py).
 
 Launches per call (machine-independent; tests count them):
     reparameterize       forward 1, backward 1
@@ -13,14 +14,14 @@ Launches per call (machine-independent; tests count them):
                          grad_output (``scale_saved_``: all gradients in place, no bytes
                          moved at 1), else torch's multiply by the (B,) one
     iwae_bound           1, or 2 with a mean/sum reduction or a (D,) obs_logvar sum;
-                         backward as elbo's. One pass where a row's K x D fits on chip:
-                         the pair kernel ((row, sample) pairs as tile rows,
-                         ``configs.iwae_pairs_config``) where no gradient sums over k per
+                         backward as elbo's. One pass where a row's K x D fits on chip
+                         (``iwae_configs``): the pair kernel ((row, sample) pairs as tile
+                         rows, ``iwae_pairs_config``) where no gradient sums over k per
                          column (bf16 training at 512-784 columns: one warp a row,
-                         ``configs.iwae_row_warps_config``), else the 3-D one
-                         (``configs.iwae_onepass_config``); bf16 training at K 17-64:
-                         one warp a sample (``sample_warps_config``); else the two-pass
-                         kernel, which reads the row again for the gradients
+                         ``iwae_row_warps_config``), else the 3-D one
+                         (``iwae_onepass_config``); bf16 training at K 17-64: one warp a
+                         sample (``iwae_sample_warps_config``); else the two-pass kernel,
+                         which reads the row again for the gradients
     gaussian_log_prob    1            kl_standard_normal    1            kl_normal    1
     sample_with_kl       forward 1, backward 1 (plus torch's sum over rows of a prior's
                          gradient where one prior row is shared by every row)

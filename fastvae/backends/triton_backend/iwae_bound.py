@@ -18,8 +18,7 @@ from fastvae.kernels._math import GOBS_NONE, GOBS_PARTIAL, GOBS_ROWS, GOBS_SAMPL
 from ..._dtypes import reduce_scale
 from ..._dtypes import saved_grad_dtype as saved
 from .. import torch_backend
-from . import _launch, configs, register_caps
-from .sample_warps_config import iwae_sample_warps_config
+from . import _launch, configs, iwae_configs, register_caps
 from ._rows import gradient_buffers, gradient_dtypes, likelihood_args, prior_args
 
 
@@ -97,15 +96,16 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
             return None
         return config
 
-    row_warps = None if per_sample else warps_fit(configs.iwae_row_warps_config(
+    row_warps = None if per_sample else warps_fit(iwae_configs.iwae_row_warps_config(
         b, k, d, l, lik, per_column, gr_dtype is torch.bfloat16 and mma, bool(needs[1])))
-    pairs = (configs.iwae_pairs_config(b, k, d, l, lik, per_column, recon_k.element_size())
+    pairs = (iwae_configs.iwae_pairs_config(b, k, d, l, lik, per_column,
+                                            recon_k.element_size())
              if row_warps is None else None)
-    onepass = (configs.iwae_onepass_config(b, k, d, l, lik)
+    onepass = (iwae_configs.iwae_onepass_config(b, k, d, l, lik)
                if pairs is None and row_warps is None and not per_sample else None)
-    samples = (warps_fit(iwae_sample_warps_config(k, d, l, lik, per_column,
-                                                  recon_k.dtype is torch.bfloat16 and mma,
-                                                  bool(needs[1])))
+    samples = (warps_fit(iwae_configs.iwae_sample_warps_config(
+                   k, d, l, lik, per_column, recon_k.dtype is torch.bfloat16 and mma,
+                   bool(needs[1])))
                if pairs is None and row_warps is None and onepass is None else None)
     if row_warps is not None:
         block_b, block_l, warps, row_pieces = row_warps
@@ -120,7 +120,7 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         block_b, block_d = 1, 0
     else:
         aligned = _launch.rows_aligned(d, x, recon_k, obs_arg if obs_tensor else None)
-        block_b, block_d, block_l, warps = configs.iwae_rows_config(
+        block_b, block_d, block_l, warps = iwae_configs.iwae_rows_config(
             b, d, l, recon_k.element_size(), lik, aligned)
     programs = _launch.cdiv(b, block_b)
 
@@ -203,9 +203,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         _launch.launch(ki.iwae_bound_rows_kernel, (programs,),
                        LOG_W=_launch.alloc((k, programs * block_b), f32, dev),
                        stride_obk=obs_arg.stride(0) if per_sample else 0,
-                       LOG_OF_PRODUCT=configs.iwae_rows_log_of_product(
+                       LOG_OF_PRODUCT=iwae_configs.iwae_rows_log_of_product(
                            d, block_d, recon_k.element_size(), lik),
-                       K_BLOCK=configs.iwae_rows_k_block(),
+                       K_BLOCK=iwae_configs.iwae_rows_k_block(),
                        **register_caps.iwae_rows_maxnreg(
                            launch_class(), aligned, rows_int64, lik, recon_k.element_size(),
                            block_b, block_d, block_l, warps),

@@ -27,7 +27,7 @@ import torch
 
 import fastvae
 
-from fastvae.backends.triton_backend.sample_warps_config import SAMPLE_WARPS_D
+from fastvae.backends.triton_backend.iwae_configs import SAMPLE_WARPS_D
 
 from .catalog_features import feature_calls, iwae_rows_edge_calls, prior_elbo_call
 from .stand_ins import (ALL_DTYPES, BF16, DTYPES, F16, F32, PURE, empty, finish,  # noqa: F401
@@ -40,11 +40,11 @@ ELBO_BENCH = ((4096, 784, 32),)
 ELBO_TILES = ((4096, 64, 16), (4096, 256, 32), (4096, 3072, 32))
 ELBO_ODD = ((1, 1, 1), (7, 7, 3), (13, 100, 17), (1003, 1003, 130), (3, 4100, 5))
 # (B, D, L, K): the IWAE benchmark's (one-pass K=5, two-pass K=50), then each one-pass
-# tile of configs.IWAE_ONEPASS_TILES and the two-pass kernel at odd sizes.
+# tile of iwae_configs.IWAE_ONEPASS_TILES and the two-pass kernel at odd sizes.
 IWAE_BENCH = ((4096, 784, 32, 5), (4096, 784, 32, 50))
 IWAE_ODD = ((1, 1, 1, 1), (7, 7, 3, 2), (5, 60, 5, 7), (5, 300, 33, 4), (5, 100, 7, 6),
             (3, 1003, 7, 3), (3, 784, 32, 8), (3, 1025, 129, 9), (3, 100, 32, 9))
-# D of each column layout of the row-warp IWAE kernel (configs.iwae_row_warps_config)
+# D of each column layout of the row-warp IWAE kernel (iwae_configs.iwae_row_warps_config)
 IWAE_ROW_WARPS_D = (512, 528, 544, 576, 768, 784)
 # (B, L, K): the bar's and benchmarks', then odd ones; K None is one (B, L) sample.
 REPARAM_SHAPES = ((65536, 64, None), (65536, 64, 16), (65536, 32, 1), (4096, 32, 16),

@@ -240,7 +240,7 @@ def iwae_rows_edge_calls() -> Iterator[Tuple[str, Callable]]:
     in a coverage audit): a 64 x 16 tile at B = 1 with a (B, L) prior mean beside a number
     log-variance, pure bf16 with a (B, 1) prior at INT64, and the continuous Bernoulli's
     fp32 recon at L = 64 with d/dx (DReG), a number prior, bf16 x and fp16 mu at INT64
-    (``configs.IWAE_ROWS_FULL_LATENTS_ELEMENTS``)."""
+    (``iwae_configs.IWAE_ROWS_FULL_LATENTS_ELEMENTS``)."""
     F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
     def run(b, d, l, k, lik, est, red, dts, prior, int64):

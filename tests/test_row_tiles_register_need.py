@@ -33,9 +33,13 @@ classes (RESULTS.md, "ELBO rows not aligned to 16") capped the occupancy-step sp
 found (a learned prior has caps of its own, int64 offsets one: 255), as one of the one-pass
 IWAE kernel's classes did for it ("The one-pass IWAE kernel's launch classes"). Two-pass
 launches with int64 offsets spilled at every occupancy step (40-168 registers): they take
-caps of their own ("Two-pass IWAE launches with int64 offsets").
+caps of their own ("Two-pass IWAE launches with int64 offsets"). The row kernel as the KLs
+run it, with int64 offsets, takes half the rows on unaligned rows and the ELBO's cap of 255
+("KL rows with int64 offsets").
 """
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -96,8 +100,16 @@ def test_kl_latents_a_thread_by_row_alignment(dtype, l, per_thread):
 
 
 def test_kl_config_is_the_elbo_s_on_aligned_rows():
+    """Unaligned rows take the fp32 tile, and with int64 offsets half its rows (the full
+    one took 220-255 registers and spilled with a (B, L) prior: RESULTS.md, "KL rows with
+    int64 offsets")."""
     assert configs.kl_config(7, 32, 2, False, 32, 32) == configs.elbo_config(7, 1, 32, 2)
     assert configs.kl_config(7, 3, 2, False, 3, 3) == configs.elbo_config(7, 1, 3, 4)
+    for prior in (False, True):
+        assert configs.kl_config(7, 32, 2, prior, 32, 32, True) == configs.elbo_config(
+            7, 1, 32, 2, prior=prior)
+        assert configs.kl_config(7, 30, 2, prior, 30, 60, True) == configs.elbo_config(
+            7, 1, 30, 4, prior=prior, aligned=False)
 
 
 def _elbo_tile(d, l, dtype, likelihood="bernoulli", x_cols=None, obs=0.0, b=5):
@@ -304,6 +316,19 @@ def test_elbo_rows_caps_of_a_learned_prior_and_of_int64_offsets():
     with catalog_features._int32_limit_lowered():   # plans are per shape: another B
         assert _maxnreg([("int64", lambda: fwd(False, 20))], "elbo_rows_kernel") == 255
         assert _maxnreg([("int64 prior", lambda: fwd(True, 21))], "elbo_rows_kernel") == 255
+
+
+@pytest.mark.parametrize("int64, cap", [(False, None), (True, 255)])
+def test_kl_rows_cap_int64_offsets_only(int64, cap):
+    """kl_normal as the row kernel runs it: a (B, L) prior's fp32 32 x 64 evaluation with
+    int64 offsets spilled 4 bytes at 96 registers uncapped (Triton 3.9, sm_80); with int32
+    ones nothing spilled, and a cap would end ptxas's occupancy target there."""
+    mu, lv, pm, plv = (torch.empty(40, 64) for _ in range(4))
+    lowered = catalog_features._int32_limit_lowered() if int64 else contextlib.nullcontext()
+    with lowered:
+        assert _maxnreg([("kl", lambda: fastvae.kl_normal(mu, lv, pm, plv, backend="triton",
+                                                          validate=False))],
+                        "elbo_rows_kernel") == cap
 
 
 @pytest.mark.parametrize("dname, mode, l, cap", [

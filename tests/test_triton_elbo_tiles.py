@@ -64,6 +64,44 @@ def test_elbo_int64_offsets(seed, gpu_tiles, launches, monkeypatch, b, d, l, lik
     assert "elbo_rows_kernel" in launches
 
 
+@pytest.mark.parametrize("b,l,prior,tile", [
+    (37, 30, "BL", (32, 16, 32)),      # rows of a (B, 2L) output: half the fp32 tile's rows
+    (37, 30, None, (32, 16, 32)),
+    (21, 100, "L", (16, 16, 64)),      # two latent steps, a shared prior row
+    (37, 64, "BL", (32, 16, 64)),      # aligned rows keep their tile
+])
+def test_kl_int64_offsets(seed, gpu_tiles, monkeypatch, b, l, prior, tile):
+    """kl_standard_normal and kl_normal with int64 offsets (INT64) and their tile
+    (configs.kl_config), taken here at a small shape by lowering the limit: the value
+    and every gradient against the float64 formula, a cotangent other than ones."""
+    from fastvae.backends.triton_backend import _launch
+    monkeypatch.setattr(gpu_tiles, "INT32_LIMIT", 100)
+    seen, real = [], _launch.launch
+
+    def record(kernel, grid, **args):
+        seen.append((args["INT64"], (args["BLOCK_B"], args["BLOCK_D"], args["BLOCK_L"])))
+        return real(kernel, grid, **args)
+    monkeypatch.setattr(_launch, "launch", record)
+    h = leaf(torch.randn(b, 2 * l) * 2)
+    shape = {"BL": (b, l), "L": (l,)}.get(prior)
+    pm, plv = (leaf(torch.randn(shape) * 1.5) for _ in range(2)) if prior else (None, None)
+    weight = torch.randn(b)
+    if prior:
+        got = fastvae.kl_normal(h[:, :l], h[:, l:], pm, plv, backend="triton")
+    else:
+        got = fastvae.kl_standard_normal(h[:, :l], h[:, l:], backend="triton")
+    assert seen == [(True, tile)]
+    ins = [t for t in (h, pm, plv) if t is not None]
+    got_g = torch.autograd.grad((got * weight).sum(), ins)
+    o = oracle(*ins)
+    want = F.kl_normal_dim(o[0][:, :l], o[0][:, l:], *(o[1:] if prior else (0.0, 0.0)))
+    want = want.expand(b, l).sum(-1)
+    want_g = torch.autograd.grad((want * weight.double()).sum(), o)
+    assert_close("kl", got, want, F32)
+    for name, g, w in zip(("d/dh", "d/dprior_mu", "d/dprior_logvar"), got_g, want_g):
+        assert_close(name, g, w, F32)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_elbo_16_bit_continuous_bernoulli_padded_latents(seed, gpu_tiles, dtype):
     """16 x 64 with the latents padded to 32 (configs.ELBO_MIN_BLOCK_L): L = 5, a padded

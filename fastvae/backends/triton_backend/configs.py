@@ -158,16 +158,18 @@ def elbo_config(b: int, d: int, l: int, element_size: int, lik: int = BERNOULLI,
 
 
 def kl_config(n: int, l: int, element_size: int, prior: bool, stride_mu: int,
-              stride_lv: int):
+              stride_lv: int, int64: bool = False):
     """(BLOCK_B, BLOCK_D, BLOCK_L, num_warps) of the ELBO row kernel as kl_standard_normal
     and kl_normal run it (no data columns). Rows whose stride is not a multiple of 16 load
     one latent at a time, each with its own 64-bit address: 16-bit latents then take the
     fp32 tile (8 a thread, not 16; at 16, fp16 L = 3 spilled 4 bytes at 72 registers on
-    Triton 3.6, sm_90)."""
+    Triton 3.6, sm_90), and with ``int64`` offsets half its rows (the full tile took
+    220-255 registers at L = 30 and 100, and spilled 12-220 bytes in training with a
+    (B, L) prior, both Tritons; RESULTS.md, "KL rows with int64 offsets")."""
     # every KL call runs this: one test of both strides (they are never negative), not
     # any() over a generator (about 0.2 us a call)
     if (stride_mu | stride_lv) % 16:
-        element_size = 4
+        return elbo_config(n, 1, l, 4, prior=prior, aligned=not int64)
     return elbo_config(n, 1, l, element_size, prior=prior)
 
 

@@ -9,7 +9,7 @@ from fastvae.kernels._math import GOBS_NONE
 
 from ..._dtypes import kl_mean_grad_dtype, kl_saved_needs, saved_grad_dtype
 from .. import torch_backend
-from . import _launch, configs
+from . import _launch, configs, register_caps
 from ._rows import prior_args
 
 
@@ -40,8 +40,9 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
     mu, logvar = _launch.rows(mu), _launch.rows(logvar)
     pm, plv, stride_pm, stride_plv, prior = prior_args(mu_p, logvar_p, mu)
     stride_mu, stride_lv = mu.stride(0), logvar.stride(0)
+    int64 = configs.needs_int64(n * max(stride_mu, stride_lv, l, stride_pm, stride_plv))
     block_b, block_d, block_l, warps = configs.kl_config(n, l, mu.element_size(), prior,
-                                                         stride_mu, stride_lv)
+                                                         stride_mu, stride_lv, int64)
     out = _launch.alloc((n,), torch.float32, dev)
 
     dtypes = [saved_grad_dtype(t, mu.shape) for t in (mu, logvar, pm, plv)]
@@ -69,7 +70,7 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
         NEED_GX=False, NEED_GR=False, OBS_GRAD=GOBS_NONE.value,
         NEED_GMU=gmu is not None, NEED_GLV=glv is not None, NEED_GZ=False,
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
-        INT64=configs.needs_int64(n * max(stride_mu, stride_lv, l, stride_pm, stride_plv)),
+        INT64=int64,
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, STAGES=1,  # no columns
-        num_warps=warps)
+        num_warps=warps, **register_caps.kl_rows_maxnreg(int64))
     return (out, *grads)

@@ -158,6 +158,13 @@ def elbo_rows_maxnreg(launch_class: str, prior: bool, int64: bool, *key) -> dict
     return maxnreg(launch_class, "elbo_rows", *key, table=PRIOR_MAXNREG if prior else MAXNREG)
 
 
+def kl_rows_maxnreg(int64: bool) -> dict:
+    """:func:`maxnreg` of the row kernel as kl_standard_normal and kl_normal run it: with
+    int64 offsets ELBO_INT64_MAXNREG (uncapped, a (B, L) prior's fp32 32 x 64 evaluation
+    spilled 4 bytes at 96 registers, Triton 3.9, sm_80); with int32 ones none spilled."""
+    return {"maxnreg": ELBO_INT64_MAXNREG} if int64 else {}
+
+
 def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, lik: int,
                       *key) -> dict:
     """:func:`maxnreg` of a two-pass IWAE launch (``key`` without the kernel's name and

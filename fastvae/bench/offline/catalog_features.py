@@ -195,6 +195,13 @@ def int64_calls() -> Iterator[Tuple[str, Callable]]:
                                                                        True, False),
                                                    backend="triton", validate=False),
                         "train", False)),
+        # rows of a (B, 2L) output: half the fp32 tile's rows, the cap (configs.kl_config)
+        ("kl_normal N=64 L=30 fp32 prior=BL INT64",
+         lambda: finish(fastvae.kl_normal(*stand_in_latents(64, 30, torch.float32, True, True),
+                                          empty((64, 30), torch.float32, True),
+                                          empty((64, 30), torch.float32, True),
+                                          backend="triton", validate=False),
+                        "train", False)),
         ("gaussian_log_prob N=64 D=784 bf16 logvar=BD INT64",
          lambda: finish(fastvae.gaussian_log_prob(
              empty((64, 784), torch.bfloat16), empty((64, 784), torch.bfloat16, True),

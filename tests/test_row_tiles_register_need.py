@@ -470,3 +470,33 @@ def test_iwae_onepass_caps_registers_in_the_class_that_spilled(shape, dname, lik
     "The one-pass IWAE kernel's launch classes")."""
     calls = catalog.iwae_calls((shape,), (dname,), (("mean", mode),), likelihoods=(lik,))
     assert _maxnreg(calls, "iwae_bound_onepass_kernel") == cap
+
+
+@pytest.mark.parametrize("b, d, l, dtype, mode, int64, cap", [
+    (41, 784, 64, torch.float32, "train", False, 255),      # fp32 at 64 latents
+    (42, 784, 32, torch.float32, "train", False, None),     # the bar's: two programs an SM
+    (43, 784, 64, torch.float32, "eval", False, None),
+    (44, 300, 8, torch.bfloat16, "train", False, 255),      # 16-bit, rows not aligned
+    (45, 784, 8, torch.bfloat16, "eval", False, None),
+    (46, 784, 32, torch.float32, "train", True, 255),       # int64 offsets
+    (47, 784, 32, torch.float32, "eval", True, None),
+    (48, 784, 64, torch.bfloat16, "train", True, None)])    # 16-bit aligned: at 255, 254
+def test_iwae_pairs_cap_the_classes_that_spilled(b, d, l, dtype, mode, int64, cap):
+    """The pair kernel spilled 4-20 bytes at 128 registers (two programs an SM) in
+    training: fp32 at 64 latents (Triton 3.6), 16-bit rows not aligned to 16 (3.9), and
+    with int64 offsets fp32 at any L (both); capped at 255, 16-bit aligned rows with int64
+    offsets spilled 8 bytes at 254 (3.9), uncapped none. Each case a shape of its own: a
+    capture records a specialization once."""
+    train = mode == "train"
+    x = torch.empty(b, d, dtype=dtype)
+    recon, z = (torch.empty(16, b, n, dtype=dtype, requires_grad=train) for n in (d, l))
+    mu, lv = (torch.empty(b, l, dtype=dtype, requires_grad=train) for _ in range(2))
+
+    def fwd():
+        v = fastvae.iwae_bound(x, recon, mu, lv, z, reduction="mean", backend="triton",
+                               validate=False)
+        if train:
+            v.backward()
+    lowered = catalog_features._int32_limit_lowered() if int64 else contextlib.nullcontext()
+    with lowered, torch.set_grad_enabled(train):
+        assert _maxnreg([("pairs", fwd)], "iwae_bound_pairs_kernel") == cap

@@ -182,6 +182,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         _launch.launch(kp.iwae_bound_pairs_kernel, (programs,), BLOCK_P=block_p,
                        BLOCK_R=block_r, k_magic=-(-(1 << 16) // k),
                        **dict(zip(("BLOCK_W", "BLOCK_NA", "BLOCK_NB", "BLOCK_TAIL"), pieces)),
+                       **register_caps.iwae_pairs_maxnreg(
+                           launch_class(), needs_int64(), recon_k.element_size(),
+                           _launch.rows_aligned(d, x, recon_k), block_l),
                        INT64=needs_int64(), **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k,

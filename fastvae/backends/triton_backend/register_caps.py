@@ -165,6 +165,29 @@ def kl_rows_maxnreg(int64: bool) -> dict:
     return {"maxnreg": ELBO_INT64_MAXNREG} if int64 else {}
 
 
+# The pair kernel's training launches (8 warps: two programs an SM at up to 128
+# registers, where ptxas aims) spilled 4-20 bytes at 128 in a sweep of D = 144, 300, 784,
+# K = 2, 5, 16, L = 3, 64, fp32 and bf16, DReG, a (B, L) prior (RESULTS.md, "The pair IWAE
+# kernel's launch classes"): fp32 at 64 latents (Triton 3.6, sm_80 and sm_90: 5 of 48),
+# 16-bit rows not aligned to 16 (3.9, sm_90: 2 of 96), and with int64 offsets those and
+# fp32 at 16 latents (6 and 4 of 602). Most launches of those classes took 130-204
+# registers uncapped (one program an SM) where they did not spill. 16-bit aligned rows
+# with int64 offsets did not spill uncapped, and at 255 one did (8 bytes at 254, bf16
+# D = 784 L = 64 with DReG and a prior, Triton 3.9, sm_90).
+IWAE_PAIRS_MAXNREG = 255
+
+
+def iwae_pairs_maxnreg(launch_class: str, int64: bool, element_size: int, aligned: bool,
+                       block_l: int) -> dict:
+    """:func:`maxnreg` of a pair-kernel launch: IWAE_PAIRS_MAXNREG for training in fp32 at
+    64 latents or with int64 offsets, and in 16 bits on rows not ``aligned``; none for
+    evaluation."""
+    if launch_class != EVAL and (not aligned if element_size < 4
+                                 else int64 or block_l == 64):
+        return {"maxnreg": IWAE_PAIRS_MAXNREG}
+    return {}
+
+
 def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, lik: int,
                       *key) -> dict:
     """:func:`maxnreg` of a two-pass IWAE launch (``key`` without the kernel's name and

@@ -96,16 +96,25 @@ def cases(shape, device, backend, smoke):
         out.append((name, k50_bf16, False))
         out.append((f"{name}, two-pass kernel", with_config(
             "SAMPLE_WARPS_LIMITS", (65, 64, 512, 784, 32), k50_bf16), False))
+        # fp32 training at 64 latents takes the pair kernel's register cap: no spill, one
+        # program an SM, where ptxas aims at two and spills 4-8 bytes in some launches
+        # (RESULTS.md, "The pair IWAE kernel's launch classes"): which costs less?
+        def k5_l64():
+            return iwae_step(dict(BENCH_IWAE, latent=64), 5, torch.float32, device, backend)
+        out.append(("iwae K=5 fp32 L=64 B=4096 (pair kernel, capped)", k5_l64, False))
+        out.append(("iwae K=5 fp32 L=64 B=4096, pair kernel uncapped", with_config(
+            "iwae_pairs_maxnreg", lambda *a: {}, k5_l64, module="register_caps"), False))
     return out
 
 
 BENCH_IWAE = dict(batch=4096, dim=784, latent=32)   # fastvae bench's IWAE shape on CUDA
 
 
-def with_config(name, value, make):
-    """``make``'s step with ``iwae_configs.<name>`` (a tile table of the Triton backend's
-    IWAE kernels) set to ``value`` while it runs."""
-    from fastvae.backends.triton_backend import iwae_configs as module
+def with_config(name, value, make, module="iwae_configs"):
+    """``make``'s step with ``<module>.<name>`` (a tile table or rule of the Triton
+    backend's, by default its IWAE kernels') set to ``value`` while it runs."""
+    import importlib
+    module = importlib.import_module(f"fastvae.backends.triton_backend.{module}")
 
     def wrapped():
         step, case = make()

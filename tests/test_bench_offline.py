@@ -13,6 +13,7 @@ import pytest
     (["table", "--workers", "65"], "--workers: must be at most 64"),
     (["compile", "--kernel", "iwae_bound_onepass_kernel,foo"], "--kernel: unknown foo; have "),
     (["compile", "--cover-target", "75"], "--cover-target: must be 80 or 90"),
+    (["compile", "--calls", " , "], "--calls: must name words of a call's label"),
     (["compile", "--tier", "full", "--cover-target", "80"], "--cover-target: the cover is the ci"),
     (["proxy", "--ops", "iwae", "--shape", "64,8"], "--shape: must be B,D,L or B,D,L,K"),
     (["proxy", "--ops", "iwae", "--shape", "64,0,8,5"], "--shape: must be a positive integer"),
@@ -86,6 +87,61 @@ def test_compile_with_kernel_builds_only_that_kernels_specializations(monkeypatc
     assert jobs and out["per_kernel"] == {"iwae_bound_onepass_kernel": len(jobs) // 2}
     assert {"iwae_bound_rows_kernel", "elbo_rows_kernel"} <= {
         k.rsplit(".", 1)[-1] for k in out["kernels_launched"]}
+
+
+def _needs_the_jit():
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("the capture needs Triton's JIT, not the interpreter")
+
+
+def test_compile_with_calls_keeps_the_calls_whose_label_has_every_word(monkeypatch, capsys):
+    """--calls filters the tier's calls and the bar cases by whole words of their labels
+    (``fp16`` is not ``amp-fp16``); a filter that keeps none is a one-line error."""
+    _needs_the_jit()
+    from fastvae.bench.offline import catalog, judge
+    from fastvae.bench.offline.__main__ import main
+
+    calls = [*catalog.elbo_calls(((64, 30, 3),), ("fp16", "amp-fp16", "fp32"),
+                                 (catalog.TRAIN,), likelihoods=catalog.LIKELIHOODS[:1]),
+             *catalog.elbo_calls(((64, 30, 3),), ("fp16",), (catalog.TRAIN,),
+                                 likelihoods=catalog.LIKELIHOODS[:1], int64=(True,))]
+    monkeypatch.setattr(catalog, "tier_calls", lambda tier: calls)
+    monkeypatch.setattr(judge, "bar_calls", lambda: [])
+    monkeypatch.setattr(judge.compiler, "compile_all", lambda jobs, workers: [
+        {"cc": cc} for _, cc, _ in jobs])
+    out = judge.compile_catalog(tier="full", calls_with=("fp16",))
+    assert out["calls"] == 2 and {r["call"] for r in out["results"]} == {
+        calls[0][0], calls[3][0]}
+    out = judge.compile_catalog(tier="full", calls_with=("fp16", "INT64"))
+    assert out["calls"] == 1 and {r["call"] for r in out["results"]} == {calls[3][0]}
+    assert main(["compile", "--tier", "full", "--calls", "fp8"]) == 2
+    err = capsys.readouterr().err
+    assert "no call of the full tier (or bar case) has each of fp8" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_classes_tier_labels_its_calls_once_and_takes_their_switches():
+    """The "classes" tier (catalog_classes): one label a call, and a spread sample of its
+    calls launches what its labels say: INT64 where the label ends with it, int32 offsets
+    elsewhere."""
+    _needs_the_jit()
+    from fastvae.bench.offline import capture, catalog, catalog_classes
+
+    calls = catalog_classes.tier_calls("classes")
+    labels = [label for label, _ in calls]
+    assert len(set(labels)) == len(labels), "two calls of the classes tier share a label"
+    sample = calls[::151] + [c for c in calls if c[0].endswith("INT64")][::97]
+    with capture.capturing() as rec:
+        catalog.record(rec, sample)
+    switched = [(la.call, la.constexprs()["INT64"]) for la in rec.launches
+                if "INT64" in la.constexprs()]
+    assert {wide for _, wide in switched} == {True, False}
+    assert all(wide == call.endswith("INT64") for call, wide in switched), [
+        s for s in switched if s[1] != s[0].endswith("INT64")]
+    assert catalog_classes.TIERS == (*catalog.TIERS, "classes")
 
 
 def test_a_cover_target_compiles_the_bar_cases_for_every_target_and_the_rest_for_it(

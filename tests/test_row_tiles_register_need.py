@@ -39,7 +39,6 @@ run it, with int64 offsets, takes half the rows on unaligned rows and the ELBO's
 """
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
@@ -52,7 +51,7 @@ import fastvae  # noqa: E402
 from fastvae.backends.triton_backend import _launch, configs, iwae_configs  # noqa: E402
 from fastvae.bench.offline import capture  # noqa: E402
 from fastvae.bench.offline import catalog  # noqa: E402
-from fastvae.bench.offline import catalog_features  # noqa: E402
+from fastvae.bench.offline import catalog_features, stand_ins  # noqa: E402
 from _python_calls import python_calls  # noqa: E402
 
 
@@ -145,7 +144,7 @@ def test_elbo_int64_offsets_take_32_latents_a_step(dtype, d):
     half its rows kept 16 x 64 x 64 clean, but a prior's 16-bit tile so halved loaded 8
     bytes a thread (the compile test's vector check)."""
     full = _elbo_tile(d, 70, dtype)
-    with catalog_features._int32_limit_lowered():   # plans are per shape: another L
+    with stand_ins.int32_limit_lowered():   # plans are per shape: another L
         tile = _elbo_tile(d, 69, dtype, b=20)
     assert tile == (*full[:2], 32, full[3])
     assert configs.elbo_config(5, d, 20, 2, int64=True) == configs.elbo_config(5, d, 20, 2)
@@ -313,7 +312,7 @@ def test_elbo_rows_caps_of_a_learned_prior_and_of_int64_offsets():
     assert _maxnreg([("prior bf16", lambda: fwd(True, d=7, dtype=torch.bfloat16,
                                                likelihood="gaussian"))],
                     "elbo_rows_kernel") == 168
-    with catalog_features._int32_limit_lowered():   # plans are per shape: another B
+    with stand_ins.int32_limit_lowered():   # plans are per shape: another B
         assert _maxnreg([("int64", lambda: fwd(False, 20))], "elbo_rows_kernel") == 255
         assert _maxnreg([("int64 prior", lambda: fwd(True, 21))], "elbo_rows_kernel") == 255
 
@@ -324,7 +323,7 @@ def test_kl_rows_cap_int64_offsets_only(int64, cap):
     int64 offsets spilled 4 bytes at 96 registers uncapped (Triton 3.9, sm_80); with int32
     ones nothing spilled, and a cap would end ptxas's occupancy target there."""
     mu, lv, pm, plv = (torch.empty(40, 64) for _ in range(4))
-    lowered = catalog_features._int32_limit_lowered() if int64 else contextlib.nullcontext()
+    lowered = stand_ins.int32_limit_lowered(int64)
     with lowered:
         assert _maxnreg([("kl", lambda: fastvae.kl_normal(mu, lv, pm, plv, backend="triton",
                                                           validate=False))],
@@ -449,7 +448,7 @@ def test_iwae_two_pass_int64_launches_take_their_own_caps():
         return catalog.iwae_calls(((b, 30, 32, 9),), ("fp32",), (("mean", "train"),),
                                   likelihoods=(BERN,))
     assert _maxnreg(unaligned(5), "iwae_bound_rows_kernel") == 96
-    with catalog_features._int32_limit_lowered():
+    with stand_ins.int32_limit_lowered():
         assert _maxnreg(unaligned(6), "iwae_bound_rows_kernel") == 128
 
 
@@ -497,6 +496,6 @@ def test_iwae_pairs_cap_the_classes_that_spilled(b, d, l, dtype, mode, int64, ca
                                validate=False)
         if train:
             v.backward()
-    lowered = catalog_features._int32_limit_lowered() if int64 else contextlib.nullcontext()
+    lowered = stand_ins.int32_limit_lowered(int64)
     with lowered, torch.set_grad_enabled(train):
         assert _maxnreg([("pairs", fwd)], "iwae_bound_pairs_kernel") == cap

@@ -1,17 +1,19 @@
 """``python -m fastvae.bench.offline``: the offline judge from the command line.
 
-    compile [--tier ci|bench|full] [--kernel NAME,...] [--workers N] [--cover-target CC]
-            [--json FILE]
+    compile [--tier ci|bench|full|classes] [--kernel NAME,...] [--calls WORD,...]
+            [--workers N] [--cover-target CC] [--json FILE]
         capture the catalog under this Triton and compile its specializations for
         sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all),
-        with --kernel only those of the kernels named (e.g. iwae_bound_onepass_kernel);
+        with --kernel only those of the kernels named (e.g. iwae_bound_onepass_kernel),
+        with --calls only the calls whose label holds each word (e.g. fp16,INT64);
         "ci" is what tests/test_kernels_compile.py compiles (fastvae.bench.offline.
         selection: the benchmark shapes' and a cover of the rest), "bench" every
         specialization of every semantic combination at the benchmark shapes, "full"
-        those and the odd shapes (hours); every tier adds the bar cases
-        (judge.BAR); --cover-target 80|90 compiles the ci tier's specializations past
+        those and the odd shapes (hours), "classes" each op's launch classes
+        (catalog_classes: a spill audit, one --kernel at a time); every tier adds the
+        bar cases (judge.BAR); --cover-target 80|90 compiles the ci tier's specializations past
         the bar cases' for that target alone, as CI does
-    table [--tier ci|bench|full] [--triton PATH ...] [--workers N]
+    table [--tier ci|bench|full|classes] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes
     proxy [--ops elbo,iwae,reparameterize] [--dtype fp32,bf16] [--shape B,D,L[,K] ...]
@@ -29,7 +31,7 @@ import warnings
 
 from ... import options as o
 from ...checkpoint import write_json
-from . import capture, catalog, compiler, judge, report
+from . import capture, catalog, catalog_classes, compiler, judge, report
 
 
 def _triton_folder(path):
@@ -46,8 +48,9 @@ def main(argv=None) -> int:
                  description="the offline judge of the Triton kernels")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("compile")
-    c.add_argument("--tier", choices=catalog.TIERS, default="ci")
+    c.add_argument("--tier", choices=catalog_classes.TIERS, default="ci")
     c.add_argument("--kernel", type=o.names_from(_kernel_names), default=None)
+    c.add_argument("--calls", type=_words, default=())
     c.add_argument("--workers", type=o.processes, default=judge.default_workers())
     c.add_argument("--cover-target", type=_target, default=None,
                    help="with --tier ci: compile the specializations no bar case "
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     t = sub.add_parser("table")
     t.add_argument("--triton", type=_triton_folder, action="append", default=[])
     t.add_argument("--workers", type=o.processes, default=judge.default_workers())
-    t.add_argument("--tier", choices=catalog.TIERS, default="ci")
+    t.add_argument("--tier", choices=catalog_classes.TIERS, default="ci")
     x = sub.add_parser("proxy")
     x.add_argument("--ops", type=o.names_from(sorted({b[0] for b in judge.BAR})), default=None)
     x.add_argument("--dtype", type=o.names_from(judge.BAR_DTYPES), default=list(judge.BAR_DTYPES))
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
             x.error(f"argument --shape: {problem}")
     try:
         return _run(args)
-    except (compiler.ToolMissing, compiler.JudgeFailed, capture.Interpreted) as e:
+    except (compiler.ToolMissing, compiler.JudgeFailed, capture.Interpreted,
+            judge.NoCalls) as e:
         print(f"python -m fastvae.bench.offline: error: {e}", file=sys.stderr)
         return 2
 
@@ -95,6 +99,14 @@ def _kernel_names() -> list:
         raise o.BadValue("no kernel to compile: they were imported under TRITON_INTERPRET=1, "
                          "which interprets them; run without it")
     return names
+
+
+def _words(value) -> tuple:
+    """Words of a call's label, comma-separated (``fp16,INT64``, ``K=5``)."""
+    words = tuple(w.strip() for w in str(value).split(",") if w.strip())
+    if not words:
+        raise o.BadValue(f"must name words of a call's label, e.g. fp16,INT64; got {value!r}")
+    return words
 
 
 def _target(value) -> int:
@@ -122,7 +134,7 @@ def _run(args) -> int:
                                        "proxy without --here runs under .triton36)") from None
     if args.cmd == "compile":
         out = judge.compile_catalog(workers=args.workers, tier=args.tier, kernels=args.kernel,
-                                    cover_target=args.cover_target)
+                                    cover_target=args.cover_target, calls_with=args.calls)
         print(report.compile_summary(out), file=sys.stderr)
     elif args.cmd == "table":
         runs = report.compile_versions([None, *args.triton], workers=args.workers,

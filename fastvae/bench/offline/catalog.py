@@ -12,7 +12,8 @@ and at the odd shapes the tests use (1, 7, non-multiples of 16, each tile class 
 
 Three tiers (``tier_calls``): "ci" (:func:`ci_calls`, what tests/test_kernels_compile.py
 compiles in minutes; its docstring says how to extend it), "bench" and "full" (every
-combination; hours, ``python -m fastvae.bench.offline compile --tier full``).
+combination; hours, ``python -m fastvae.bench.offline compile --tier full``); a fourth,
+"classes", is each op's launch classes (``catalog_classes``).
 
 Inputs are ``torch.empty``: nothing reads them. Backward runs where it launches kernels;
 at the large shapes a ``reduction="none"`` backward is torch's own multiply by the
@@ -31,7 +32,8 @@ from fastvae.backends.triton_backend.iwae_configs import SAMPLE_WARPS_D
 
 from .catalog_features import feature_calls, iwae_rows_edge_calls, prior_elbo_call
 from .stand_ins import (ALL_DTYPES, BF16, DTYPES, F16, F32, PURE, empty, finish,  # noqa: F401
-                        stand_in_latents, stand_in_obs, run_in_mode)
+                        int32_limit_lowered, stand_in_latents, stand_in_obs, stand_in_prior,
+                        run_in_mode)
 
 # Shapes (B, D, L): the benchmarks' class (B=4096 and 65536, D=784, L=32 and 64 launch the
 # same specializations), narrow and wide rows at aligned sizes, then
@@ -65,16 +67,18 @@ IWAE_SEMANTICS = tuple(itertools.product(("mean", "none"), ("train", "train-z", 
 IWAE_FEW = (("mean", "train"), ("none", "train+x"), ("sum", "eval"))
 
 
-def elbo_calls(shapes, dtypes, semantics, chunked=(False,),
-               likelihoods=LIKELIHOODS) -> Iterator[Tuple[str, Callable]]:
-    for (b, d, l), dname, (lik, obs, learned), (kl, red, fb, mode), chunk in itertools.product(
-            shapes, dtypes, likelihoods, semantics, chunked):
+def elbo_calls(shapes, dtypes, semantics, chunked=(False,), likelihoods=LIKELIHOODS,
+               priors=(None,), int64=(False,)) -> Iterator[Tuple[str, Callable]]:
+    """``priors``: :func:`stand_ins.stand_in_prior`'s kinds; ``int64``: whether the host's
+    int32 limit is lowered (:func:`stand_ins.int32_limit_lowered`)."""
+    for (b, d, l), dname, (lik, obs, learned), (kl, red, fb, mode), chunk, prior, wide in (
+            itertools.product(shapes, dtypes, likelihoods, semantics, chunked, priors, int64)):
         if chunk and (dname not in ("fp32", "amp-bf16") or red == "none"):
             continue  # the chunked layout: in the common training setups
         big = b * d > 1 << 22
 
         def call(b=b, d=d, l=l, dname=dname, lik=lik, obs=obs, learned=learned, kl=kl, red=red,
-                 fb=fb, mode=mode, chunk=chunk, big=big):
+                 fb=fb, mode=mode, chunk=chunk, big=big, prior=prior, wide=wide):
             xt, nt = DTYPES[dname]
             train = mode != "eval"
 
@@ -84,12 +88,22 @@ def elbo_calls(shapes, dtypes, semantics, chunked=(False,),
                 mu, lv = stand_in_latents(b, l, nt, train, chunk)
                 z = empty((b, l), nt, train) if kl == "mc" else None
                 ob = stand_in_obs(obs, learned and train, b, d) if obs else 0.0
-                v = fastvae.elbo(x, recon, mu, lv, likelihood=lik, kl=kl, z=z, free_bits=fb,
-                                 obs_logvar=ob, reduction=red, backend="triton", validate=False)
+                pm, plv = stand_in_prior(prior, b, l, nt, train)
+                with int32_limit_lowered(wide):
+                    v = fastvae.elbo(x, recon, mu, lv, likelihood=lik, kl=kl, z=z, free_bits=fb,
+                                     obs_logvar=ob, reduction=red, prior_mu=pm,
+                                     prior_logvar=plv, backend="triton", validate=False)
                 finish(v, mode, big)
             run_in_mode(mode, fwd)
         yield (f"elbo B={b} D={d} L={l} {dname} {lik}{'/' + obs if obs else ''} kl={kl} "
-               f"{red} fb={fb} {mode}{' chunked' if chunk else ''}"), call
+               f"{red} fb={fb} {mode}{' chunked' if chunk else ''}"
+               f"{_suffix(prior, wide)}"), call
+
+
+def _suffix(prior, wide, estimator="standard") -> str:
+    """A label's tail for the switches beyond the default."""
+    return (f"{f' estimator={estimator}' if estimator != 'standard' else ''}"
+            f"{f' prior={prior}' if prior else ''}{' INT64' if wide else ''}")
 
 
 def loss_calls(shapes) -> Iterator[Tuple[str, Callable]]:
@@ -103,14 +117,15 @@ def loss_calls(shapes) -> Iterator[Tuple[str, Callable]]:
         yield f"ELBOLoss B={b} D={d} L={l} {dname}", call
 
 
-def iwae_calls(shapes, dtypes, semantics,
-               likelihoods=LIKELIHOODS) -> Iterator[Tuple[str, Callable]]:
-    for (b, d, l, k), dname, (lik, obs, learned), (red, mode) in itertools.product(
-            shapes, dtypes, likelihoods, semantics):
+def iwae_calls(shapes, dtypes, semantics, likelihoods=LIKELIHOODS, priors=(None,),
+               int64=(False,), estimators=("standard",)) -> Iterator[Tuple[str, Callable]]:
+    for (b, d, l, k), dname, (lik, obs, learned), (red, mode), prior, wide, est in (
+            itertools.product(shapes, dtypes, likelihoods, semantics, priors, int64,
+                              estimators)):
         big = k * b * d > 1 << 22
 
         def call(b=b, d=d, l=l, k=k, dname=dname, lik=lik, obs=obs, learned=learned, red=red,
-                 mode=mode, big=big):
+                 mode=mode, big=big, prior=prior, wide=wide, est=est):
             xt, nt = DTYPES[dname]
             train = mode != "eval"
 
@@ -119,13 +134,16 @@ def iwae_calls(shapes, dtypes, semantics,
                 mu, lv = stand_in_latents(b, l, nt, train, False)
                 z_k = empty((k, b, l), nt, mode in ("train", "train+x"))
                 ob = stand_in_obs(obs, learned and train, b, d) if obs else 0.0
-                v = fastvae.iwae_bound(x, empty((k, b, d), nt, train), mu, lv, z_k,
-                                       likelihood=lik, obs_logvar=ob, reduction=red,
-                                       backend="triton", validate=False)
+                pm, plv = stand_in_prior(prior, b, l, nt, train)
+                with int32_limit_lowered(wide):
+                    v = fastvae.iwae_bound(x, empty((k, b, d), nt, train), mu, lv, z_k,
+                                           likelihood=lik, obs_logvar=ob, reduction=red,
+                                           estimator=est, prior_mu=pm, prior_logvar=plv,
+                                           backend="triton", validate=False)
                 finish(v, mode, big)
             run_in_mode(mode, fwd)
         yield (f"iwae B={b} D={d} L={l} K={k} {dname} {lik}{'/' + obs if obs else ''} {red} "
-               f"{mode}"), call
+               f"{mode}{_suffix(prior, wide, est)}"), call
 
 
 def reparameterize_calls(shapes) -> Iterator[Tuple[str, Callable]]:

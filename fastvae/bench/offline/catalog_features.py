@@ -7,7 +7,6 @@ One call turns each switch on, at the benchmark shapes and one odd
 shape, in the dtypes whose pointer types differ (see ``catalog.ci_calls``)."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 from typing import Callable, Iterator, Tuple
 
@@ -15,7 +14,8 @@ import torch
 
 import fastvae
 
-from .stand_ins import DTYPES, empty, finish, run_in_mode, stand_in_latents
+from .stand_ins import (DTYPES, empty, finish, int32_limit_lowered, run_in_mode,
+                        stand_in_latents)
 
 DMOL = "discretized_logistic_mixture"
 # (B, C, H, W, M): the benchmark's RGB case, a grayscale one, an odd one
@@ -89,15 +89,15 @@ def prior_calls(elbo_shapes, iwae_shapes) -> Iterator[Tuple[str, Callable]]:
         prior = "L" if shared else "BL"
         yield f"kl_normal B={b} L={l} {dname} prior={prior} train", kl_call
         yield (f"sample_with_kl B={b} L={l} {dname} prior={prior} train",
-               _sample_call((b, l), dname, prior))
+               sample_call((b, l), dname, prior))
     # a bf16 posterior beside a float32 prior: dKL/dmu_q saved in float32 for dmu_p
     yield ("sample_with_kl B=4096 L=64 bf16 prior=BL-fp32 train",
-           _sample_call((4096, 64), "bf16", "BL", prior_dtype=torch.float32))
+           sample_call((4096, 64), "bf16", "BL", prior_dtype=torch.float32))
     # rows cut into column chunks (the SPLIT switch): the VDVAE loop's largest group, and an
     # odd row length (2 chunks, rows not a multiple of 16) without a prior
     for shape, dname, prior in (((16, 16, 64, 64), "fp32", "BL"), ((3, 5000), "fp32", None)):
         yield (f"sample_with_kl {shape} {dname} prior={prior} train",
-               _sample_call(shape, dname, prior))
+               sample_call(shape, dname, prior))
     for (b, d, l), dname, (kl, fb, est), per_sample in itertools.product(
             elbo_shapes, ("fp32", "bf16"),
             (("analytic", 0.0, "standard"), ("mc", 0.5, "standard"), ("mc", 0.0, "stl")),
@@ -137,7 +137,7 @@ def prior_elbo_call(shape, dname, kl, fb, est, per_sample, likelihood="bernoulli
             f"prior={'BL' if per_sample else 'L'}"), call
 
 
-def _sample_call(shape, dname, prior, prior_dtype=None, use="both", grads=("mu", "lv")):
+def sample_call(shape, dname, prior, prior_dtype=None, use="both", grads=("mu", "lv")):
     """One group: prior None (N(0, I)), "BL" (the posterior's shape) or "L" (one row);
     ``use``: what the loss takes ("both", "z" alone: no KL gradient, "kl" alone: no dz);
     ``grads``: which posterior tensors need one (a frozen half: a NEED_* switch off)."""
@@ -152,25 +152,12 @@ def _sample_call(shape, dname, prior, prior_dtype=None, use="both", grads=("mu",
     return call
 
 
-@contextlib.contextmanager
-def _int32_limit_lowered():
-    """The host's int32 limit lowered for a call, so its kernels take their INT64 switch at
-    a small shape (a real K*B*D > 2^31 would need tens of GB of stand-ins)."""
-    from fastvae.backends.triton_backend import configs
-
-    saved, configs.INT32_LIMIT = configs.INT32_LIMIT, 1000
-    try:
-        yield
-    finally:
-        configs.INT32_LIMIT = saved
-
-
 def int64_calls() -> Iterator[Tuple[str, Callable]]:
-    """The INT64 switches at small shapes (:func:`_int32_limit_lowered`)."""
+    """The INT64 switches at small shapes (:func:`stand_ins.int32_limit_lowered`)."""
     def call():
         xt, nt = DTYPES["fp32"]
         mu, lv = stand_in_latents(64, 32, nt, True, False)
-        with _int32_limit_lowered():
+        with int32_limit_lowered():
             v = fastvae.iwae_bound(empty((64, 784), xt), empty((50, 64, 784), nt, True), mu,
                                    lv, empty((50, 64, 32), nt, True), reduction="mean",
                                    backend="triton", validate=False)
@@ -209,7 +196,7 @@ def int64_calls() -> Iterator[Tuple[str, Callable]]:
              "train", False))]
     for label, fn in lowered:
         def lowered_call(fn=fn):
-            with _int32_limit_lowered():
+            with int32_limit_lowered():
                 fn()
         yield label, lowered_call
 
@@ -259,7 +246,7 @@ def iwae_rows_edge_calls() -> Iterator[Tuple[str, Callable]]:
             recon_k = (z_k @ empty((l, d), zdt)).to(rdt)
         else:
             z_k, recon_k = empty((k, b, l), zdt, True), empty((k, b, d), rdt, True)
-        with _int32_limit_lowered() if int64 else contextlib.nullcontext():
+        with int32_limit_lowered(int64):
             v = fastvae.iwae_bound(x, recon_k, mu, lv, z_k, likelihood=lik, reduction=red,
                                    estimator=est, prior_mu=prior[0], prior_logvar=prior[1],
                                    backend="triton", validate=False)
@@ -288,7 +275,7 @@ def switch_calls() -> Iterator[Tuple[str, Callable]]:
     for use, grads in (("z", ("mu", "lv")), ("kl", ("mu", "lv")), ("both", ("mu",)),
                        ("both", ("lv",))):
         yield (f"sample_with_kl B=4096 L=64 bf16 prior=BL use={use} grads={'+'.join(grads)}",
-               _sample_call((4096, 64), "bf16", "BL", use=use, grads=grads))
+               sample_call((4096, 64), "bf16", "BL", use=use, grads=grads))
     for m, dname in itertools.product((20, 40), ("fp32", "bf16")):
         def dmol_call(m=m, dname=dname):
             xt, nt = DTYPES[dname]
@@ -327,7 +314,7 @@ def sample_obs_calls(iwae_shapes) -> Iterator[Tuple[str, Callable]]:
 
         def fwd():
             mu, lv = stand_in_latents(b, l, nt, train, False)
-            with _int32_limit_lowered() if int64 else contextlib.nullcontext():
+            with int32_limit_lowered(int64):
                 v = fastvae.iwae_bound(
                     empty((b, d), xt, mode == "train+x"), empty((k, b, d), nt, train), mu, lv,
                     empty((k, b, l), nt, train), likelihood="gaussian",

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import capture, catalog, compiler, selection
+from . import capture, catalog, catalog_classes, compiler, selection
 from . import proxy as P
 
 # The issue's bar shapes: (op, B, D, L, K) x dtypes.
@@ -26,20 +26,30 @@ BAR = (("elbo", 65536, 784, 64, 1), ("reparameterize", 65536, 784, 64, 1),
 BAR_DTYPES = ("fp32", "bf16")
 
 
+class NoCalls(ValueError):
+    """A filter of the catalog's calls that keeps none."""
+
+
 def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
                     kernels: Optional[Sequence[str]] = None,
-                    cover_target: Optional[int] = None) -> dict:
+                    cover_target: Optional[int] = None,
+                    calls_with: Sequence[str] = ()) -> dict:
     """Capture the catalog's ``tier`` and the bar cases (:func:`bar_calls`) under this
     Triton, compile each distinct specialization (the "ci" tier: each one
     ``selection.ci_selection`` keeps) for each target, only those of ``kernels`` (names)
     where given; a JSON-able report. With ``cover_target`` (the "ci" tier), the
-    specializations no bar case launches compile for that target alone."""
+    specializations no bar case launches compile for that target alone. ``calls_with``:
+    only the calls (the bar cases' too) whose label holds each of these words."""
     if cover_target is not None and (tier != "ci" or cover_target not in targets):
         raise ValueError(f"cover_target {cover_target} needs the ci tier and one of {targets}")
     t0 = time.perf_counter()
     cpu0 = _cpu_seconds()
     bars = bar_calls()
-    entries = catalog.tier_calls(tier) + bars
+    entries = [(label, call) for label, call in catalog_classes.tier_calls(tier) + bars
+               if all(word in label.split() for word in calls_with)]
+    if not entries:
+        raise NoCalls(f"no call of the {tier} tier (or bar case) has each of "
+                      f"{', '.join(calls_with)} in its label")
     with capture.capturing(targets) as rec:
         catalog.record(rec, entries)
     t1 = time.perf_counter()

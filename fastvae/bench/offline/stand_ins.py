@@ -2,6 +2,7 @@
 dtype pairs it uses, and backward as training runs it."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -23,6 +24,33 @@ def stand_in_obs(layout: str, learned: bool, b: int, d: int):
     if shape is None:
         return 1.3 if layout == "float" else 0.0
     return empty(shape, F32, learned)  # a learned obs_logvar is an fp32 parameter
+
+
+def stand_in_prior(kind, b: int, l: int, dt, grad: bool):
+    """A learned prior's (mu, logvar): None (N(0, I)), "L" (one (L,) row, shared by the
+    batch), "BL" (one row per sample) or "number" (two floats)."""
+    if kind is None:
+        return None, None
+    if kind == "number":
+        return 0.3, -0.2
+    shape = (b, l) if kind == "BL" else (l,)
+    return empty(shape, dt, grad), empty(shape, dt, grad)
+
+
+@contextlib.contextmanager
+def int32_limit_lowered(lowered: bool = True):
+    """The host's int32 limit lowered for a call, so its kernels take their INT64 switch at
+    a small shape (a real K*B*D > 2^31 would need tens of GB of stand-ins); nothing
+    changes where ``lowered`` is False."""
+    from fastvae.backends.triton_backend import configs
+
+    saved = configs.INT32_LIMIT
+    if lowered:
+        configs.INT32_LIMIT = 100   # below B x L at B = 64, L = 3
+    try:
+        yield
+    finally:
+        configs.INT32_LIMIT = saved
 
 
 def stand_in_latents(b, l, dt, grad, chunked):

@@ -152,16 +152,16 @@ def dmol_rows_kernel(
     c = tl.cast(c, tl.float32)  # scalars from inductor arrive as fp64
     lv = tl.cast(levels, tl.float32)
     pid = tl.program_id(0)
-    if INT64:  # the host's choice: some offset (row x stride, 9 slots) passes 2^31
-        pid = pid.to(tl.int64)
     row = pid // n_blocks
+    if INT64:  # the host's choice: a row's base (row x stride) passes 2^31; offsets within
+        row = row.to(tl.int64)   # a row fit int32 (the host's check), so the tile's do
     pix = (pid % n_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = pix < n_pix
     comp = tl.arange(0, BLOCK_M)
     cmask = comp < n_mix
     mask = cmask[:, None] & pmask[None, :]
-    poff = comp[:, None] * (pid * 0 + n_pix) + pix[None, :]   # pid's int type: M x H x W
-    slot = (pid * 0 + n_mix) * n_pix                    # one parameter slot, pid's int type
+    poff = comp[:, None] * n_pix + pix[None, :]         # M x H x W
+    slot = n_mix * n_pix                                # one parameter slot
     PB = P + row * stride_pb
     GB = G + row * stride_gb
     XB = X + row * stride_xb

@@ -20,6 +20,8 @@ import math
 import pytest
 import torch
 
+import fastvae
+
 import _formulas as F
 from _backends import INTERPRET, case_dtype
 from _compare import assert_close, grads, leaf
@@ -61,6 +63,31 @@ def test_chunks_split_rows_and_pixels(seed, backend, monkeypatch):
         check(x, p, backend)
 
 
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_int64_row_bases(seed, backend, monkeypatch, c):
+    """The Triton kernel's int64 row bases (INT64: B times a sample's span past 2^31;
+    offsets within a sample stay int32), taken at a small shape by lowering the host's
+    limit: the formula's values and gradients. A sample whose own parameters would pass
+    int32 goes to the "torch" backend."""
+    if backend != "triton":
+        pytest.skip("the Triton kernel's offsets")
+    from fastvae.backends.triton_backend import _launch, configs
+    monkeypatch.setattr(configs, "INT32_LIMIT", 100)
+    seen, real = [], _launch.launch
+
+    def record(kernel, grid, **args):
+        seen.append(args["INT64"])
+        return real(kernel, grid, **args)
+    monkeypatch.setattr(_launch, "launch", record)
+    x, p = make(3, c, 5, 7, 4, case_dtype(backend))
+    check(x, p, backend)
+    assert seen == [True]
+    want = OP(x, p, backend="triton")
+    monkeypatch.setattr(configs, "DMOL_ROW_LIMIT", p[0].numel() - 1)
+    got = OP(x, p, backend="triton")
+    assert fastvae.last_backend() == "torch" and seen == [True, True]
+    assert_close("log p", got, want, p.dtype, scale=want.abs().max() + 1)
 
 
 # The interpreter runs a program per pixel value here, at ~0.2 s each: it stops at 64 values.

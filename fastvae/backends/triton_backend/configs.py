@@ -254,6 +254,9 @@ def reparameterize_grid(bl: int):
 # the "torch" backend.
 DMOL_TILES = {8: (128, 8), 16: (64, 8), 32: (32, 8), 64: (16, 8)}
 DMOL_MAX_MIX = 64
+# The kernel's offsets within one sample are int32 (its INT64 widens the row base alone):
+# a sample of more parameters (8 GiB of fp32 for one image) runs on the "torch" backend.
+DMOL_ROW_LIMIT = 2**31 - 1
 
 
 def dmol_config(m: int, hw: int):

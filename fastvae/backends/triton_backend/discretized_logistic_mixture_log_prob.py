@@ -15,12 +15,14 @@ from . import _launch, configs
 
 def discretized_logistic_mixture_log_prob_fwd(x, params, bits, reduction, scale, needs):
     """Same contract as the "torch" backend's: (value, d value / d params). More than
-    ``configs.DMOL_MAX_MIX`` components go to the "torch" backend too."""
+    ``configs.DMOL_MAX_MIX`` components, or a sample of more than ``configs.DMOL_ROW_LIMIT``
+    parameters, go to the "torch" backend too."""
     b, ch, h, w = x.shape
     hw = h * w
     s = 10 if ch == 3 else 3
     m = params.shape[1] // s
-    if _launch.delegated(x, params) or m > configs.DMOL_MAX_MIX:
+    if (_launch.delegated(x, params) or m > configs.DMOL_MAX_MIX
+            or s * m * hw > configs.DMOL_ROW_LIMIT):
         return _launch.by_torch(torch_backend.discretized_logistic_mixture_log_prob_fwd,
                                 x, params, bits, reduction, scale, needs)
     dev = x.device
@@ -31,7 +33,8 @@ def discretized_logistic_mixture_log_prob_fwd(x, params, bits, reduction, scale,
     partials = _launch.alloc((b * n_blocks,), torch.float32, dev)
     g = _launch.alloc(params.shape, saved_grad_dtype(params), dev) if needs[0] else None
     c = scale * reduce_scale(b, reduction)
-    int64 = configs.needs_int64(b * x3.stride(0), b * p.stride(0), b * n_blocks)
+    # the row bases' (programs: b * n_blocks, a grid's x, fits int32)
+    int64 = configs.needs_int64(b * x3.stride(0), b * p.stride(0))
     _launch.launch(
         kd.dmol_rows_kernel, (b * n_blocks,),
         X=x3, P=p, PARTIALS=partials, G=_launch.given(g, saved_grad_dtype(params), dev),

@@ -170,14 +170,23 @@ def test_kl_config_costs_one_call_over_the_elbo_s(strides):
 
 
 
-@pytest.mark.parametrize("likelihood, dtype, warps", [
-    ("gaussian", torch.float32, 8), ("gaussian", torch.float16, 8),
-    ("continuous_bernoulli", torch.bfloat16, 16)])
-def test_iwae_onepass_rows_of_257_to_512_columns_take_512(likelihood, dtype, warps):
+@pytest.mark.parametrize("likelihood, dtype, d, stride, warps, cap", [
+    ("gaussian", torch.float32, 304, 304, 8, None),
+    ("gaussian", torch.float16, 304, 304, 8, None),
+    ("continuous_bernoulli", torch.bfloat16, 304, 304, 16, None),
+    ("gaussian", torch.float32, 300, 300, 16, 128),
+    ("gaussian", torch.float16, 304, 312, 16, 128),
+    ("bernoulli", torch.bfloat16, 300, 300, 16, 128)])
+def test_iwae_onepass_rows_of_257_to_512_columns_take_512(likelihood, dtype, d, stride,
+                                                          warps, cap):
     """The continuous Bernoulli's 512-column tile at 8 warps spilled 8 bytes at 64
-    registers (bf16, the same call, Triton 3.9, sm_80)."""
-    b, d, l, k = 5, 300, 33, 4
-    x = torch.empty(b, d, dtype=dtype, requires_grad=True)
+    registers (bf16, the same call, Triton 3.9, sm_80). Rows not aligned to 16 (D, or x's
+    row stride) take 16 warps whatever the tile, and a 128-latent tile (this one) a cap of
+    128 (iwae_configs.IWAE_ONEPASS_UNALIGNED_WARPS, register_caps.
+    IWAE_ONEPASS_UNALIGNED_MAXNREG: at 8 warps 4-36 bytes spilled at 40-168 registers, at
+    16 uncapped 4-12 at 40 and 64)."""
+    b, l, k = 5, 33, 4
+    x = torch.empty(b, stride, dtype=dtype)[:, :d].requires_grad_()
     recon = torch.empty(k, b, d, dtype=dtype, requires_grad=True)
     mu, lv = (torch.empty(b, l, dtype=dtype, requires_grad=True) for _ in range(2))
     z = torch.empty(k, b, l, dtype=dtype, requires_grad=True)
@@ -189,6 +198,26 @@ def test_iwae_onepass_rows_of_257_to_512_columns_take_512(likelihood, dtype, war
     cx = launch.constexprs()
     assert ((cx["BLOCK_B"], cx["BLOCK_K"], cx["BLOCK_D"], cx["BLOCK_L"]),
             launch.options()["num_warps"]) == ((1, 4, 512, 128), warps)
+    assert launch.options().get("maxnreg") == cap
+
+
+@pytest.mark.parametrize("d, l, cap", [(100, 70, 128), (100, 32, None), (96, 70, None)])
+def test_iwae_onepass_unaligned_rows_cap_the_128_latent_tiles(d, l, cap):
+    """Rows not aligned to 16 take 16 warps; the 128-latent tiles among them a cap
+    (ptxas spilled there at 40 and 64 registers uncapped), the others none (they did
+    not spill, and a cap would cut their programs an SM)."""
+    b, k = 64, 5
+    args = [torch.empty(b, d, dtype=torch.bfloat16, requires_grad=True),
+            torch.empty(k, b, d, dtype=torch.bfloat16, requires_grad=True),
+            *(torch.empty(b, l, dtype=torch.bfloat16, requires_grad=True) for _ in range(2)),
+            torch.empty(k, b, l, dtype=torch.bfloat16, requires_grad=True)]
+    with capture.capturing((90,)) as rec:
+        fastvae.iwae_bound(*args, likelihood="gaussian", obs_logvar=torch.zeros(d),
+                           reduction="mean", backend="triton", validate=False).backward()
+    (launch,) = [la for la in rec.launches if la.short == "iwae_bound_onepass_kernel"]
+    assert launch.options()["num_warps"] == (16 if d % 16 else 8)
+    assert launch.constexprs()["BLOCK_L"] == (128 if l > 64 else 64)
+    assert launch.options().get("maxnreg") == cap
 
 
 def test_iwae_onepass_512_column_tile_bounds(monkeypatch):

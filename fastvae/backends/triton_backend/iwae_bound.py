@@ -101,7 +101,9 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     pairs = (iwae_configs.iwae_pairs_config(b, k, d, l, lik, per_column,
                                             recon_k.element_size())
              if row_warps is None else None)
-    onepass = (iwae_configs.iwae_onepass_config(b, k, d, l, lik)
+    aligned = (_launch.rows_aligned(d, x, recon_k, obs_arg if obs_tensor else None)
+               if pairs is None and row_warps is None else None)
+    onepass = (iwae_configs.iwae_onepass_config(b, k, d, l, lik, aligned)
                if pairs is None and row_warps is None and not per_sample else None)
     samples = (warps_fit(iwae_configs.iwae_sample_warps_config(
                    k, d, l, lik, per_column, recon_k.dtype is torch.bfloat16 and mma,
@@ -119,7 +121,6 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
         block_k, block_s, block_l, warps, sample_pieces = samples
         block_b, block_d = 1, 0
     else:
-        aligned = _launch.rows_aligned(d, x, recon_k, obs_arg if obs_tensor else None)
         block_b, block_d, block_l, warps = iwae_configs.iwae_rows_config(
             b, d, l, recon_k.element_size(), lik, aligned)
     programs = _launch.cdiv(b, block_b)
@@ -188,8 +189,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        INT64=needs_int64(), **args)
     elif onepass is not None:  # K x D on chip: one read of recon_k, no log-weight scratch
         _launch.launch(ki.iwae_bound_onepass_kernel, (programs,), BLOCK_K=block_k,
-                       **register_caps.maxnreg(
-                           launch_class(), "iwae_onepass", lik, recon_k.element_size(),
+                       **register_caps.iwae_onepass_maxnreg(
+                           launch_class(), aligned, lik, recon_k.element_size(),
                            block_b, block_k, block_d, block_l, warps),
                        **args)
     elif samples is not None:  # a program a row, a warp a sample: one read of recon_k

@@ -42,6 +42,13 @@ IWAE_ONEPASS_NARROW_UNALIGNED_ELEMENTS = 2048                                   
 # 3.6, sm_90; 8: 80-96 registers, no spill). The continuous Bernoulli's 2048-element
 # tiles take 16 too: its 512-column one at 8 spilled 8 bytes at 64 registers (bf16,
 # training with d/dx, Triton 3.9, sm_80).
+# Rows not aligned to 16 load an element at a time, each with its own 64-bit address: at 8
+# warps ptxas spilled 4-36 bytes at 40-168 registers in 14 (Triton 3.6) and 17 (3.9) of
+# 1960 compiles of such rows (D = 7, 30, 100, 300; the 1024-column tile at D = 300 took up
+# to 195); at 16 (half the elements a thread) 2 and 8, at most 123 registers, all in
+# 128-latent tiles, and none with their cap, register_caps.IWAE_ONEPASS_UNALIGNED_MAXNREG
+# (RESULTS.md, "The one-pass IWAE kernel on rows not aligned to 16").
+IWAE_ONEPASS_UNALIGNED_WARPS = 16
 IWAE_ONEPASS_WARPS = {**{(lik, 1, 8, 1024): 16 for lik in (BERNOULLI, GAUSSIAN_SCALAR)},
                       (CONTINUOUS_BERNOULLI, 2, 4, 256): 16, (CONTINUOUS_BERNOULLI, 1, 8, 256): 16,
                       (CONTINUOUS_BERNOULLI, 1, 4, 512): 16}
@@ -197,9 +204,12 @@ def iwae_row_warps_config(b: int, k: int, d: int, l: int, lik: int, per_column_g
     return IWAE_ROW_WARPS_LAYOUTS.get((k, d))
 
 
-def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
+def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI,
+                        aligned: bool = True):
     """(BLOCK_B, BLOCK_K, BLOCK_D, BLOCK_L, num_warps) of the one-pass IWAE kernel, or None
-    when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs)."""
+    when a row's K x D (or K x L) does not fit on chip (the two-pass kernel runs); at least
+    IWAE_ONEPASS_UNALIGNED_WARPS where the rows are not ``aligned``
+    (``_launch.rows_aligned``)."""
     tile = next((t for t in iwae_onepass_tiles(lik, d) if k <= t[1] and d <= t[2] and l <= t[3]),
                 None)
     if tile is None:
@@ -212,6 +222,8 @@ def iwae_onepass_config(b: int, k: int, d: int, l: int, lik: int = BERNOULLI):
     warps = IWAE_ONEPASS_WARPS.get((lik, block_b, block_k, block_d), ROW_WARPS)
     if block_d <= 2 * block_l:   # fewer latents than threads would repeat their math
         block_l = min(block_l, max(16, next_pow2(l), 64 * warps // (block_b * block_k)))
+    if not aligned:
+        warps = max(warps, IWAE_ONEPASS_UNALIGNED_WARPS)
     return block_b, block_k, block_d, block_l, warps
 
 

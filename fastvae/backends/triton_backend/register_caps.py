@@ -121,6 +121,16 @@ def elbo_class(needs, obs_grad: bool, aligned: bool) -> str:
 # half tile: without a cap ptxas chose 40-72 registers for some and spilled 4-24 bytes
 # (Triton 3.6 and 3.9, sm_80 and sm_90, D = 7, 30, 100; at 96: none, 48-96 registers).
 IWAE_ROWS_UNALIGNED_MAXNREG = 96
+# One-pass IWAE launches on rows not aligned to 16, at their 16 warps
+# (iwae_configs.IWAE_ONEPASS_UNALIGNED_WARPS), with 128-latent tiles (L past 64, or the
+# 1024-column tile): uncapped, ptxas aimed at 40 or 64 registers (3 or 2 programs an SM)
+# and spilled 4-12 bytes in 2 (Triton 3.6) and 8 (3.9) of their 1000 compiles (D = 7,
+# 100, 300, K = 2 and 5, every class, likelihood and dtype); a cap ends that aim. At 96
+# the training tiles at D = 7, L = 70 spilled 4-12 bytes (3.9); at 128 none. The tiles of
+# fewer latents did not spill uncapped, and a cap would have cut their programs an SM
+# (at 40 registers or fewer: 958 of 1960 compiles, with the cap on every tile 528;
+# RESULTS.md, "The one-pass IWAE kernel on rows not aligned to 16").
+IWAE_ONEPASS_UNALIGNED_MAXNREG = 128
 # Every two-pass IWAE launch with int64 offsets: without a cap ptxas chose 40-201
 # registers and spilled 4-60 bytes at 40-168 in 123 of 1672 compiles (a sweep of every
 # class at D = 7, 30, 100, 784, L = 3, 32, 70, B = 64 and 4096, fp32 and bf16, both
@@ -186,6 +196,17 @@ def iwae_pairs_maxnreg(launch_class: str, int64: bool, element_size: int, aligne
                                  else int64 or block_l == 64):
         return {"maxnreg": IWAE_PAIRS_MAXNREG}
     return {}
+
+
+def iwae_onepass_maxnreg(launch_class: str, aligned: bool, lik: int, element_size: int,
+                         block_b: int, block_k: int, block_d: int, block_l: int,
+                         warps: int) -> dict:
+    """:func:`maxnreg` of a one-pass IWAE launch, or IWAE_ONEPASS_UNALIGNED_MAXNREG's cap
+    where its rows are not aligned and its tile is 128 latents wide."""
+    if not aligned and block_l == 128:
+        return {"maxnreg": IWAE_ONEPASS_UNALIGNED_MAXNREG}
+    return maxnreg(launch_class, "iwae_onepass", lik, element_size, block_b, block_k,
+                   block_d, block_l, warps)
 
 
 def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, lik: int,

@@ -273,7 +273,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 427 specializations (399 compiled, ``selection.py``):
+    """What CI captures, 435 specializations (407 compiled, ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,
@@ -352,6 +352,9 @@ def ci_calls() -> List[Tuple[str, Callable]]:
            *iwae_calls(((3, 100, 32, 9),), ("fp32", "bf16"), (("mean", "train"),),
                        likelihoods=CORE_LIKELIHOODS),
            *iwae_calls(((3, 100, 32, 9),), ("bf16",), (("none", "eval"),), likelihoods=(bern,)),
+           # the one-pass kernel on rows not aligned to 16: 16 warps and a register cap
+           *iwae_calls(((64, 7, 70, 5),), ("bf16",), (("mean", "train+x"),),
+                       likelihoods=(("gaussian", "D", True),)),
            # the pair kernel's two column pieces and a wide masked tail (fp32: 4 + 1 chunks
            # of 128 and 48 columns; bf16: 2 of 256 and 176)
            *iwae_calls(((3, 688, 3, 5),), ("fp32", "bf16"), (("none", "train"),),

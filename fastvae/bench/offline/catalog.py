@@ -97,11 +97,12 @@ def elbo_calls(shapes, dtypes, semantics, chunked=(False,), likelihoods=LIKELIHO
             run_in_mode(mode, fwd)
         yield (f"elbo B={b} D={d} L={l} {dname} {lik}{'/' + obs if obs else ''} kl={kl} "
                f"{red} fb={fb} {mode}{' chunked' if chunk else ''}"
-               f"{_suffix(prior, wide)}"), call
+               f"{label_tail(prior, wide)}"), call
 
 
-def _suffix(prior, wide, estimator="standard") -> str:
-    """A label's tail for the switches beyond the default."""
+def label_tail(prior=None, wide=False, estimator="standard") -> str:
+    """A call label's tail for the switches beyond the default (every tier's labels end
+    alike, so ``compile --calls`` picks them by the same words)."""
     return (f"{f' estimator={estimator}' if estimator != 'standard' else ''}"
             f"{f' prior={prior}' if prior else ''}{' INT64' if wide else ''}")
 
@@ -143,7 +144,7 @@ def iwae_calls(shapes, dtypes, semantics, likelihoods=LIKELIHOODS, priors=(None,
                 finish(v, mode, big)
             run_in_mode(mode, fwd)
         yield (f"iwae B={b} D={d} L={l} K={k} {dname} {lik}{'/' + obs if obs else ''} {red} "
-               f"{mode}{_suffix(prior, wide, est)}"), call
+               f"{mode}{label_tail(prior, wide, est)}"), call
 
 
 def reparameterize_calls(shapes) -> Iterator[Tuple[str, Callable]]:

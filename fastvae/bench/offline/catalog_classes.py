@@ -129,7 +129,7 @@ def _latents(l, dt, grads, chunk):
 
 def _label(op, l, dname, grads, chunk, prior, wide) -> str:
     return (f"{op} N={B} L={l} {dname} grads={grads}{' chunked' if chunk else ''}"
-            f"{f' prior={prior}' if prior else ''}{' INT64' if wide else ''}")
+            f"{catalog.label_tail(prior, wide)}")
 
 
 def _in_mode(grads, call):
@@ -153,7 +153,7 @@ def gaussian_log_prob_class_calls() -> Iterator[Tuple[str, Callable]]:
                 finish(v, mode, False)
             run_in_mode(mode, fwd)
         yield (f"gaussian_log_prob N={B} D={d} {dname} logvar={layout} {mode}"
-               f"{' INT64' if wide else ''}"), call
+               f"{catalog.label_tail(wide=wide)}"), call
 
 
 def dmol_class_calls() -> Iterator[Tuple[str, Callable]]:
@@ -171,7 +171,7 @@ def dmol_class_calls() -> Iterator[Tuple[str, Callable]]:
                         empty((4, c, h, w), xt), params, backend="triton", validate=False)
                 finish(v, mode, False)
             run_in_mode(mode, fwd)
-        yield f"dmol B=4 C={c} {h}x{w} M={m} {dname} {mode}{' INT64' if wide else ''}", call
+        yield f"dmol B=4 C={c} {h}x{w} M={m} {dname} {mode}{catalog.label_tail(wide=wide)}", call
 
 
 def sampler_class_calls() -> Iterator[Tuple[str, Callable]]:

@@ -61,3 +61,18 @@ def test_a_launch_patches_the_language_once_and_restores_it(kernel_device):
     assert per_grid[1] > 0 and per_grid[5] == per_grid[1], per_grid
     assert tl.arange is arange, "the launch left triton.language patched"
     torch.testing.assert_close(out, 2 * x * x + torch.exp(x))
+
+
+def test_the_numpy_dtype_of_each_triton_type_is_the_interpreters_own(kernel_device):
+    """The memoized ``_get_np_dtype`` answers as Triton's own function: scalars, blocks of
+    them and of pointers, pointers; the second call (from the memo) too."""
+    from triton.runtime import interpreter
+
+    got = interpreter._get_np_dtype
+    assert hasattr(got, "original"), "tests/_interpreter_patch.py did not memoize it"
+    ptr = tl.pointer_type(tl.float32)
+    types = (tl.float32, tl.bfloat16, tl.float16, tl.int1, tl.int64, tl.uint32, ptr,
+             tl.block_type(tl.bfloat16, [4, 8]), tl.block_type(ptr, [16]))
+    for t in types + types:
+        assert got(t) == got.original(t), t
+    assert got(tl.block_type(tl.bfloat16, [2])) != got(tl.float32)

@@ -13,7 +13,7 @@ to 1 made constants; divisibility by 16; constexprs) and compiles each distinct 
 (``compiler.py``): every one a benchmark-shape call or a bar case (``judge.BAR``, what a
 GPU run times) launches, and of the rest (switches at odd shapes, in fp32 and bf16) enough
 that each code shape, each code shape with each set of arguments divisible by 16, and each
-kernel's pointer types are compiled (``selection.py``; 407 of the 435 captured); the bar
+kernel's pointer types are compiled (``selection.py``; 377 of the 405 captured); the bar
 cases' for both targets under both Tritons, the others for sm_90 under Triton 3.6.0 and
 for sm_80 under the latest (``report.COVER_TARGETS``: every one under both Tritons and for
 both targets, at half the cost of all four pairs). The interpreter
@@ -25,7 +25,7 @@ unvectorized loads, so per Triton version and target this checks:
     as wide as the tiles allow each thread, up to 16 bytes (``ld.global.v4.b32``).
 Both versions run side by side in child processes (the cores shared), started in the
 background when collection ends so they overlap the rest of the suite
-(tests/_background.py): about 830 compiles, 10-12 CPU minutes.
+(tests/_background.py): about 790 compiles, 12-15 CPU minutes.
 ``python -m fastvae.bench.offline table --triton .triton36`` prints the registers, spills,
 stack and loads of each one compiled (``--tier full``: of every specialization;
 benchmarks/RESULTS.md).
@@ -167,7 +167,8 @@ def test_catalog_covers_every_tile(judged):
     """Every layout (kernel, BLOCK_* tile, warps: ``catalog.layout_of``) the host picks
     over a sweep of sizes (D, L, K from 1 to 50,000, each likelihood; fp32 and bf16,
     training and evaluation) is among those compiled: the catalog reaches every tile the
-    configs hold, whatever their tables become."""
+    configs hold, whatever their tables become (the row-warp IWAE kernel's K and column
+    layouts: each of both, in the cross ``catalog.row_warps_calls`` takes)."""
     from fastvae.bench.offline import capture, catalog
     have = {repr(tuple(_lists_to_tuples(t))) for t in judged["latest"]["layouts"]}
     with capture.capturing((90,)) as rec:

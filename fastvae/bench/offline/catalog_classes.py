@@ -87,6 +87,8 @@ def iwae_class_calls() -> Iterator[Tuple[str, Callable]]:
     # the weights stored (STL and DReG launch the same kernels)
     yield from iwae_calls(shapes, PAIR_DTYPES, (("mean", "train"),), LIKELIHOODS[:1],
                           estimators=("dreg",))
+    # the row-warp kernel's every K by every column layout (CI compiles a cross of them)
+    yield from catalog.row_warps_calls(product=True)
 
 
 def kl_class_calls() -> Iterator[Tuple[str, Callable]]:

@@ -101,14 +101,15 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
     pairs = (iwae_configs.iwae_pairs_config(b, k, d, l, lik, per_column,
                                             recon_k.element_size())
              if row_warps is None else None)
+    by_rows = pairs is None and row_warps is None   # one-pass, sample-warp or two-pass
     aligned = (_launch.rows_aligned(d, x, recon_k, obs_arg if obs_tensor else None)
-               if pairs is None and row_warps is None else None)
+               if by_rows else None)
     onepass = (iwae_configs.iwae_onepass_config(b, k, d, l, lik, aligned)
-               if pairs is None and row_warps is None and not per_sample else None)
+               if by_rows and not per_sample else None)
     samples = (warps_fit(iwae_configs.iwae_sample_warps_config(
                    k, d, l, lik, per_column, recon_k.dtype is torch.bfloat16 and mma,
                    bool(needs[1])))
-               if pairs is None and row_warps is None and onepass is None else None)
+               if by_rows and onepass is None else None)
     if row_warps is not None:
         block_b, block_l, warps, row_pieces = row_warps
         block_d = 0

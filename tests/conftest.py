@@ -196,6 +196,22 @@ def launches(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def routes(monkeypatch):
+    """Like ``launches``, but no kernel runs: for the tests that ask only which kernels a
+    call takes (under the interpreter a K = 50, D = 784 row costs seconds). What the
+    call returns is unwritten memory."""
+    from fastvae.backends.triton_backend import _launch
+
+    seen = []
+
+    def record(kernel, grid, **args):
+        seen.append(getattr(kernel, "__name__", None) or kernel.fn.__name__)
+
+    monkeypatch.setattr(_launch, "launch", record)
+    return seen
+
+
 # -- markers and the interpreter session ---------------------------------------------------
 
 @pytest.hookimpl(trylast=True)  # after -k / -m deselection

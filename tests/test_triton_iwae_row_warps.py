@@ -78,7 +78,7 @@ def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
     check_weight_zero_and_nan_rows(launches, KERNEL, 5, 784)
 
 
-def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
+def test_which_calls_take_it(seed, routes, gpu_tiles, monkeypatch):
     """bf16 Bernoulli training at 2 <= K <= 8, 512 <= D <= 784 (a multiple of 16, at most
     64 columns past whole 256-column chunks), L <= 32, x without a gradient: this kernel.
     fp16 (its gradients saved in fp32), fp32, no d/drecon_k, d/dx, K, D, L past the
@@ -102,12 +102,12 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
 
     def kernel(dtype, grad_x=False, grad_r=True, d=784):
         (x, recon, mu, lv, z), _, _ = iwae_inputs(5, 3, d, 8, "bernoulli", dtype)
-        del launches[:]
+        del routes[:]
         with torch.set_grad_enabled(grad_r or grad_x):
             fastvae.iwae_bound(x.detach().requires_grad_(grad_x),
                                recon.detach().requires_grad_(grad_r), mu, lv, z,
                                backend="triton")
-        return row_kernel(launches)
+        return row_kernel(routes)
     assert kernel(BF16) == KERNEL
     assert kernel(torch.float16) == kernel(F32) == kernel(BF16, grad_r=False) == PAIRS
     assert kernel(BF16, d=592) == kernel(BF16, d=688) == PAIRS
@@ -116,11 +116,11 @@ def test_which_calls_take_it(seed, launches, gpu_tiles, monkeypatch):
     assert kernel(BF16) == PAIRS
 
 
-def test_rows_not_16_byte_aligned_take_the_pair_kernel(seed, launches, gpu_tiles):
+def test_rows_not_16_byte_aligned_take_the_pair_kernel(seed, routes, gpu_tiles):
     """Its loads are 16 bytes a lane: a row stride of x or recon_k that Triton does not
     know to be a multiple of 16 elements, or a base pointer off 16 bytes, would compile
     them to an element each; the pair kernel runs those."""
-    assert kernels_by_alignment(launches, 5, 784) == [KERNEL] + [PAIRS] * 4
+    assert kernels_by_alignment(routes, 5, 784) == [KERNEL] + [PAIRS] * 4
 
 
 @pytest.mark.parametrize("half", ["prior_mu", "prior_logvar"])

@@ -77,7 +77,7 @@ def test_a_row_of_weight_zero_and_a_nan_row(seed, launches, gpu_tiles):
     check_weight_zero_and_nan_rows(launches, KERNEL, 21, 784)
 
 
-def test_which_calls_take_it(seed, launches, gpu_tiles):
+def test_which_calls_take_it(seed, routes, gpu_tiles):
     """bf16 Bernoulli training at 17 <= K <= 64, 512 <= D <= 784 (a multiple of 16, at
     most 32 columns past whole 256-column chunks), L <= 32, x without a gradient: this
     kernel. fp16, fp32, d/dx, K, D, L past the limits: the two-pass kernel (or another)."""
@@ -95,10 +95,10 @@ def test_which_calls_take_it(seed, launches, gpu_tiles):
 
     def kernel(dtype, grad_x=False, k=50):
         (x, recon, mu, lv, z), _, _ = iwae_inputs(k, 2, 784, 8, "bernoulli", dtype)
-        del launches[:]
+        del routes[:]
         fastvae.iwae_bound(x.detach().requires_grad_(grad_x), recon, mu, lv, z,
                            backend="triton")
-        return row_kernel(launches)
+        return row_kernel(routes)
     assert kernel(BF16) == KERNEL
     assert kernel(F16) == kernel(F32) == kernel(BF16, grad_x=True) == "twopass"
     assert kernel(BF16, k=16) == "pairs"
@@ -132,14 +132,14 @@ def test_offsets_past_int32_take_the_two_pass_kernel(seed, launches, gpu_tiles, 
     assert kernel() == "twopass"
 
 
-def test_rows_not_16_byte_aligned_take_the_two_pass_kernel(seed, launches, gpu_tiles):
+def test_rows_not_16_byte_aligned_take_the_two_pass_kernel(seed, routes, gpu_tiles):
     """Its loads are 16 bytes a lane: a row stride of x or recon_k that Triton does not
     know to be a multiple of 16 elements, or a base pointer off 16 bytes, would compile
     them to an element each; the two-pass kernel runs those."""
-    assert kernels_by_alignment(launches, 20, 528) == [KERNEL] + ["twopass"] * 4
+    assert kernels_by_alignment(routes, 20, 528) == [KERNEL] + ["twopass"] * 4
 
 
-def test_a_card_without_bf16_mma_takes_the_other_kernels(seed, launches, gpu_tiles,
+def test_a_card_without_bf16_mma_takes_the_other_kernels(seed, routes, gpu_tiles,
                                                          monkeypatch):
     """The row- and sample-warp kernels unpack bf16 with an ``mma`` that needs sm_80: an
     older card (a T4, sm_75) runs bf16 through the pair and two-pass kernels, where these
@@ -148,9 +148,9 @@ def test_a_card_without_bf16_mma_takes_the_other_kernels(seed, launches, gpu_til
 
     def kernel(k):
         (x, recon, mu, lv, z), _, _ = iwae_inputs(k, 3, 784, 8, "bernoulli", BF16)
-        del launches[:]
+        del routes[:]
         fastvae.iwae_bound(x.detach(), recon, mu, lv, z, backend="triton")
-        return row_kernel(launches)
+        return row_kernel(routes)
     assert (kernel(5), kernel(50)) == ("row_warps", KERNEL)
     monkeypatch.setattr(host, "_bf16_mma", lambda device: False)
     assert (kernel(5), kernel(50)) == ("pairs", "twopass")

@@ -204,50 +204,66 @@ def test_ranks_resumed_in_another_number_draw_their_own_noise():
     assert torch.equal(draws[1][0], draws[1][1])              # the same on every resume
 
 
-def _data_worker(rank, port, out, case):
-    """_load_data and the ranks' data check of train, on 2 gloo ranks, with rank 1 reading
-    fewer images (``differ``) or rank 0's --download failing (``download``)."""
+DATA_CASES = ("same", "differ", "download", "missing")
+
+
+def _data_worker(rank, port, out):
+    """_load_data and the ranks' data check of train, on 2 gloo ranks, once per case of
+    DATA_CASES: rank 1 reading fewer images (``differ``) or no file (``missing``), rank
+    0's --download failing (``download``). One group for all: each check is collective
+    and ends alike on every rank, so the next case starts together."""
     import fastvae.train as T
     from fastvae.data import DataError
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=60))
-    real, calls = T.load_dataset, []
-
-    def load(name, data_dir, download=False):
-        calls.append(download)
-        if case == "download" and download:
-            raise DataError("mnist: --download needs torchvision")
-        data = real("digits", data_dir, False)
-        if case == "differ" and rank == 1:
-            data.train = data.train[:1000]
-        if case == "missing" and rank == 1:
-            raise DataError("digits: no file on this node")
-        return data
-    T.load_dataset = load
-    cfg = dict(T.default_config(), out=out, download=case == "download")
-    seen = None
+    real = T.load_dataset
+    seen = {}
     try:
-        data = T._load_data(cfg, None, torch.device("cpu"), rank, WORLD, lambda *a: None)
-        seen = ["ok"]
-    except (DataError, ValueError) as e:
-        seen = [type(e).__name__, str(e), getattr(e, "alike", False)]
+        for case in DATA_CASES:
+            calls = []
+
+            def load(name, data_dir, download=False):
+                calls.append(download)
+                if case == "download" and download:
+                    raise DataError("mnist: --download needs torchvision")
+                data = real("digits", data_dir, False)
+                if case == "differ" and rank == 1:
+                    data.train = data.train[:1000]
+                if case == "missing" and rank == 1:
+                    raise DataError("digits: no file on this node")
+                return data
+            T.load_dataset = load
+            cfg = dict(T.default_config(), out=f"{out}-{case}", download=case == "download")
+            try:
+                T._load_data(cfg, None, torch.device("cpu"), rank, WORLD, lambda *a: None)
+                seen[case] = [["ok"], calls]
+            except (DataError, ValueError) as e:
+                seen[case] = [[type(e).__name__, str(e), getattr(e, "alike", False)], calls]
+            dist.barrier()
     finally:
-        dist.barrier()
         dist.destroy_process_group()
     with open(f"{out}.{rank}", "w") as f:
-        json.dump([seen, calls], f)
+        json.dump(seen, f)
 
 
-@pytest.mark.parametrize("case", ["same", "differ", "download", "missing"])
-def test_ranks_that_read_other_data_or_miss_rank_0_s_download_stop_together(tmp_path, case):
+@pytest.fixture(scope="module")
+def data_checks(tmp_path_factory):
+    """{case: ((rank 0's outcome, its load calls), (rank 1's ...))}: one spawn of the
+    ranks for every case (each spawn costs seconds of CPU)."""
+    out = str(tmp_path_factory.mktemp("data") / "d")
+    _spawn(_data_worker, (_free_port(), out), timeout=180)
+    per_rank = [json.loads(open(f"{out}.{r}").read()) for r in range(WORLD)]
+    return {case: tuple(r[case] for r in per_rank) for case in DATA_CASES}
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_ranks_that_read_other_data_or_miss_rank_0_s_download_stop_together(data_checks, case):
     """A rank whose copy of the data differs from rank 0's would run another number of
     steps and leave the others waiting in the all-reduce: every rank stops, rank 0 says
     why. Rank 0 alone fetches with --download; its failure is every rank's, said by it."""
-    out = str(tmp_path / "d")
-    _spawn(_data_worker, (_free_port(), out, case), timeout=120)
-    (r0, calls0), (r1, calls1) = (json.loads(open(f"{out}.{r}").read()) for r in range(WORLD))
+    (r0, calls0), (r1, calls1) = data_checks[case]
     if case == "same":
         assert r0 == r1 == ["ok"]
     elif case == "differ":

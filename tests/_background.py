@@ -4,6 +4,13 @@ processes beside the rest of the session instead of after it: on two cores the s
 wall time is then about its CPU time over two. The tests that need a job's result wait
 for it with :func:`result`, which starts it if collection did not (a test run alone).
 
+The session is one serial process; the jobs are several (compile workers, two
+interpreter halves). At equal priority each of the ~7 processes gets 2/7 of a core, the
+jobs finish first, and the session's remaining tests then run alone on one core while
+the other idles. So the jobs' children run :data:`NICER` steps nicer than the session:
+the session keeps a core whenever it has work, the jobs take what it leaves, and the
+two cores stay busy to the end (where there is no ``nice`` command, all at one priority).
+
 A job is a zero-argument function. Child processes it starts through :func:`popen`
 run in process groups of their own, killed whole (their workers too) when the session
 ends or is interrupted (Ctrl-C), or when pytest gets a SIGTERM (a CI timeout), so no
@@ -12,6 +19,7 @@ run leaves any behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -23,6 +31,7 @@ _pool = None
 _jobs: Dict[str, Future] = {}
 _procs: List[subprocess.Popen] = []
 _stopped = False
+NICER = 10
 
 
 def start(name: str, job: Callable[[], object]) -> None:
@@ -48,6 +57,9 @@ def popen(cmd, **kwargs) -> subprocess.Popen:
     with _lock:
         if _stopped:
             raise RuntimeError("the test session has ended")
+        nice = shutil.which("nice")  # before the command runs: it may start others at once
+        if nice and isinstance(cmd, (list, tuple)):
+            cmd = [nice, "-n", str(NICER), *cmd]
         proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
         _procs.append(proc)
     return proc

@@ -51,3 +51,24 @@ def test_sigterm_kills_the_jobs_children():
         assert not _alive(pgid), "the job's processes outlived the session"
     finally:
         session.kill()
+
+
+def test_jobs_children_run_nicer_than_the_session():
+    """So that the serial session keeps a core whenever it has work (tests/_background.py);
+    what they start inherits it."""
+    sys.path.insert(0, HERE)
+    import _background
+    want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + _background.NICER)
+    proc = _background.popen(["sh", "-c", "sleep 30 & sleep 30"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            group = subprocess.run(["ps", "-o", "ni=", "-g", str(proc.pid)],
+                                   capture_output=True, text=True).stdout.split()
+            if len(group) == 3:  # the shell and its two sleeps
+                break
+            time.sleep(0.05)
+        assert [int(n) for n in group] == [want] * 3
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -10,6 +10,8 @@ jobs finish first, and the session's remaining tests then run alone on one core 
 the other idles. So the jobs' children run :data:`NICER` steps nicer than the session:
 the session keeps a core whenever it has work, the jobs take what it leaves, and the
 two cores stay busy to the end (where there is no ``nice`` command, all at one priority).
+Each child's session (its autogroup, where Linux schedules by them) is made nicer too:
+otherwise it would share the CPU with the test session as an equal whatever its nice.
 
 A job is a zero-argument function. Child processes it starts through :func:`popen`
 run in process groups of their own, killed whole (their workers too) when the session
@@ -53,16 +55,30 @@ def result(name: str, job: Callable[[], object]):
 
 
 def popen(cmd, **kwargs) -> subprocess.Popen:
-    """``subprocess.Popen`` whose process :func:`stop` kills."""
+    """``subprocess.Popen`` whose process :func:`stop` kills, run NICER steps nicer than
+    this one (the module's docstring says why)."""
     with _lock:
         if _stopped:
             raise RuntimeError("the test session has ended")
-        nice = shutil.which("nice")  # before the command runs: it may start others at once
+        # set before the command runs: it may start processes at once
+        nice = shutil.which("nice")
         if nice and isinstance(cmd, (list, tuple)):
             cmd = [nice, "-n", str(NICER), *cmd]
         proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
         _procs.append(proc)
+    _nicer_autogroup(proc.pid)
     return proc
+
+
+def _nicer_autogroup(pid: int) -> None:
+    """Where Linux schedules by autogroup (each session a group that shares the CPU with
+    the others as one, nice values counting only inside it), a child in a session of its
+    own would weigh as much as the whole test session: its group is made NICER too."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(NICER))
+    except OSError:   # no autogroups here, or it has ended: nice alone decides
+        pass
 
 
 def stop() -> None:

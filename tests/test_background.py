@@ -69,6 +69,13 @@ def test_jobs_children_run_nicer_than_the_session():
                 break
             time.sleep(0.05)
         assert [int(n) for n in group] == [want] * 3
+        try:   # Linux with autogroups: the child's session, "/autogroup-N nice 10"
+            with open(f"/proc/{proc.pid}/autogroup") as f:
+                autogroup = f.read().split()
+        except OSError:
+            autogroup = None
+        if autogroup is not None:
+            assert autogroup[1:] == ["nice", str(_background.NICER)], autogroup
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

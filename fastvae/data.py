@@ -193,13 +193,32 @@ DIGITS_LEVELS = 16   # scikit-learn's digits: integers 0..16
 
 def load_digits() -> Dataset:
     """scikit-learn's 8x8 digits in [0, 1], fixed 1438/359 train/test split."""
+    images = torch.from_numpy(_digits_images().astype(np.float32) / DIGITS_LEVELS)[:, None]
+    train, test = _split(images, "scikit-learn's digits")
+    return Dataset("digits", train, test, levels=DIGITS_LEVELS)
+
+
+def _digits_images() -> np.ndarray:
+    """The (1797, 8, 8) images of ``sklearn.datasets.load_digits``, read from the file
+    scikit-learn ships them in without importing it: the import is ~1.8 s of CPU, most of
+    what a short ``fastvae train`` on the digits spends before training. Through
+    scikit-learn's own loader where the file is not where it keeps it."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'")
+    for root in spec.submodule_search_locations or ():
+        path = os.path.join(root, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):   # 65 columns: the 64 pixels, then the label
+            return np.loadtxt(path, delimiter=",")[:, :-1].reshape(-1, 8, 8)
     try:
         from sklearn.datasets import load_digits as sk_load
     except ImportError:
         raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'") from None
-    images = torch.from_numpy(sk_load().images.astype(np.float32) / DIGITS_LEVELS)[:, None]
-    train, test = _split(images, "scikit-learn's digits")
-    return Dataset("digits", train, test, levels=DIGITS_LEVELS)
+    return sk_load().images
 
 
 def _own_folder(data_dir: Path, name: str) -> Path:

@@ -1,13 +1,16 @@
 """Datasets: the embedded digits, IDX files (written here), .npy/.npz, and clear
 errors for missing or malformed files."""
+import copy
 import gzip
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from fastvae import data
 from fastvae.data import DataError, load_dataset, load_run_dataset, read_idx, write_idx
 
 
@@ -24,6 +27,33 @@ def test_digits_fixed_split_in_unit_range():
     rows = sorted(map(tuple, torch.cat([a.train, a.test]).reshape(-1, 64).tolist()))
     want = sorted(map(tuple, (load_digits().images.reshape(-1, 64) / 16.0).tolist()))
     assert rows == want
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(monkeypatch, tmp_path):
+    """From the file scikit-learn ships them in (its import is most of a short run's
+    start); through its loader where the file is elsewhere; a one-line error without it."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+    want = load_digits().images
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)   # importing it fails now
+    got = data._digits_images()
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    monkeypatch.undo()
+    real = importlib.util.find_spec
+
+    def elsewhere(name, *args):
+        spec = real(name, *args)
+        if name == "sklearn":   # a copy: an imported package's spec is its own
+            spec = copy.copy(spec)
+            spec.submodule_search_locations = [str(tmp_path)]
+        return spec
+    monkeypatch.setattr(importlib.util, "find_spec", elsewhere)
+    assert np.array_equal(data._digits_images(), want)
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "sklearn", None)   # as if not installed
+    with pytest.raises(DataError, match=r"needs scikit-learn: pip install 'fastvae\[train\]'"):
+        data.load_digits()
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -259,8 +289,6 @@ def test_a_refused_range_says_8_bit_integers_were_divided(tmp_path):
 
 
 def test_digits_docstring_states_the_split_it_makes():
-    from fastvae import data
-
     ds = load_dataset("digits")
     split = f"{len(ds.train)}/{len(ds.test)}"
     assert split in data.load_digits.__doc__

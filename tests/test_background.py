@@ -1,13 +1,17 @@
 """The background jobs' children (tests/_background.py) die with the session, even when
-pytest is ended by a SIGTERM, as a CI timeout ends it; their own children too."""
+pytest is ended by a SIGTERM, as a CI timeout ends it; their own children too. They run
+nicer than the session, their own children too."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -56,6 +60,8 @@ def test_sigterm_kills_the_jobs_children():
 def test_jobs_children_run_nicer_than_the_session():
     """So that the serial session keeps a core whenever it has work (tests/_background.py);
     what they start inherits it."""
+    if shutil.which("nice") is None:
+        pytest.skip("no nice command: the jobs run at the session's priority")
     sys.path.insert(0, HERE)
     import _background
     want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + _background.NICER)

@@ -180,20 +180,27 @@ def kernels(kernel_device):
     torch.set_default_device(before)
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """A list that records the name of every kernel the Triton backend launches."""
+def _record_launches(monkeypatch, run: bool) -> list:
+    """A list that gets the name of every kernel the Triton backend launches, each
+    launch then run (``run``) or not."""
     from fastvae.backends.triton_backend import _launch
 
     seen = []
     real = _launch.launch
 
-    def count(kernel, grid, **args):
+    def record(kernel, grid, **args):
         seen.append(getattr(kernel, "__name__", None) or kernel.fn.__name__)
-        return real(kernel, grid, **args)
+        if run:
+            return real(kernel, grid, **args)
 
-    monkeypatch.setattr(_launch, "launch", count)
+    monkeypatch.setattr(_launch, "launch", record)
     return seen
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """A list that records the name of every kernel the Triton backend launches."""
+    return _record_launches(monkeypatch, run=True)
 
 
 @pytest.fixture
@@ -201,15 +208,7 @@ def routes(monkeypatch):
     """Like ``launches``, but no kernel runs: for the tests that ask only which kernels a
     call takes (under the interpreter a K = 50, D = 784 row costs seconds). What the
     call returns is unwritten memory."""
-    from fastvae.backends.triton_backend import _launch
-
-    seen = []
-
-    def record(kernel, grid, **args):
-        seen.append(getattr(kernel, "__name__", None) or kernel.fn.__name__)
-
-    monkeypatch.setattr(_launch, "launch", record)
-    return seen
+    return _record_launches(monkeypatch, run=False)
 
 
 # -- markers and the interpreter session ---------------------------------------------------

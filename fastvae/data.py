@@ -189,6 +189,7 @@ def _pair(name: str, train: torch.Tensor, test: torch.Tensor, train_src, test_sr
 
 
 DIGITS_LEVELS = 16   # scikit-learn's digits: integers 0..16
+_DIGITS_NEED = "the digits dataset needs scikit-learn: pip install 'fastvae[train]'"
 
 
 def load_digits() -> Dataset:
@@ -209,7 +210,7 @@ def _digits_images() -> np.ndarray:
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'")
+        raise DataError(_DIGITS_NEED)
     for root in spec.submodule_search_locations or ():
         path = os.path.join(root, "datasets", "data", "digits.csv.gz")
         if os.path.isfile(path):   # 65 columns: the 64 pixels, then the label
@@ -217,7 +218,7 @@ def _digits_images() -> np.ndarray:
     try:
         from sklearn.datasets import load_digits as sk_load
     except ImportError:
-        raise DataError("the digits dataset needs scikit-learn: pip install 'fastvae[train]'") from None
+        raise DataError(_DIGITS_NEED) from None
     return sk_load().images
 
 

@@ -40,8 +40,8 @@ from .reparameterize import normal_at
 @triton.jit
 def _chunk(N, CHUNK, SPLIT: tl.constexpr):
     """(first column, end) of this program's chunk of its rows; without ``SPLIT`` the
-    whole row, 0 to N (the chunk arithmetic costs the 16 x 64 tile a 4-byte spill on
-    sm_90 with Triton 3.6)."""
+    whole row, 0 to N, with no chunk arithmetic (it cost registers: at 4 warps, a 4-byte
+    spill of the 16 x 64 tile on sm_90 with Triton 3.6)."""
     if SPLIT:
         # in N's int type (int64 once N passes 2^31, where the chunks' starts would wrap)
         start = (N * 0 + tl.program_id(1)) * CHUNK

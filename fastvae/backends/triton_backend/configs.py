@@ -78,8 +78,12 @@ REPARAMETERIZE_WARPS = 8
 # anyway, and 8 warps spill 4 bytes (Triton 3.9, sm_80); 16 warps: 40-54 registers.
 REPARAMETERIZE_WARPS_UNALIGNED = 16
 # (N up to, BLOCK_B, BLOCK_N, num_warps) of sample_with_kl's row tiles; the last covers any
-# N. 1024 elements a tile: each element runs its own Philox call (``normal_at``).
-SAMPLE_WITH_KL_TILES = ((64, 16, 64, 4), (256, 4, 256, 4), (None, 1, 1024, 8))
+# N. 1024 elements a tile: each element runs its own Philox call (``normal_at``), so 8
+# warps (4 elements a thread): at 4 warps the 16 x 64 and 4 x 256 tiles took up to 168-206
+# registers and spilled 4 bytes with a learned prior (Triton 3.6: fp16 16 x 64 on sm_90,
+# bf16 4 x 256 on sm_80); at 8 the classes tier's launches take 26-107, none spilling
+# (RESULTS.md, "The classes tier's small kernels").
+SAMPLE_WITH_KL_TILES = ((64, 16, 64, 8), (256, 4, 256, 8), (None, 1, 1024, 8))
 # Long rows are cut into column chunks, one program per (row block, chunk), where the row
 # blocks alone would leave SMs idle (a hierarchical VAE at batch 16: 16 programs of 65,536
 # latents on 132 SMs): chunks enough for SAMPLE_WITH_KL_WAVES programs per SM, each at

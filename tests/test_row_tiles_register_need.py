@@ -220,6 +220,24 @@ def test_iwae_onepass_unaligned_rows_cap_the_128_latent_tiles(d, l, cap):
     assert launch.options().get("maxnreg") == cap
 
 
+@pytest.mark.parametrize("l, offset, cap", [(3, 0, 168), (32, 0, None), (32, 1, 168)])
+def test_iwae_sample_warps_unaligned_latents_cap(l, offset, cap):
+    """The sample-warp kernel's latent rows not aligned to 16 (L = 3; or mu's base pointer
+    off 16 bytes) take a cap (Triton 3.9's ptxas spilled there at 128 registers); aligned
+    ones none (a cap would raise their registers: ptxas takes it as its target)."""
+    b, d, k = 64, 784, 50
+    mu = torch.empty(b * l + offset, dtype=torch.bfloat16)[offset:].view(b, l)
+    args = [torch.empty(b, d, dtype=torch.bfloat16),
+            torch.empty(k, b, d, dtype=torch.bfloat16, requires_grad=True),
+            mu.requires_grad_(), torch.empty(b, l, dtype=torch.bfloat16, requires_grad=True),
+            torch.empty(k, b, l, dtype=torch.bfloat16, requires_grad=True)]
+    with capture.capturing((80,)) as rec:
+        fastvae.iwae_bound(*args, reduction="mean", backend="triton",
+                           validate=False).backward()
+    (launch,) = [la for la in rec.launches if la.short == "iwae_bound_sample_warps_kernel"]
+    assert launch.options().get("maxnreg") == cap
+
+
 def test_iwae_onepass_512_column_tile_bounds(monkeypatch):
     """Every likelihood; K 5-8 and rows past 512 columns keep the 1024-column tiles."""
     monkeypatch.setattr(configs, "CONFIG_MODE", "gpu")

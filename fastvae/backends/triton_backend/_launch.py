@@ -240,6 +240,14 @@ def rows_aligned(d: int, x: Tensor, recon_k: Tensor, obs=None) -> bool:
         obs is None or not (obs.data_ptr() % 16 or any(s % 16 for s in obs.stride()[:-1])))
 
 
+def latents_aligned(l: int, tensors, strides=()) -> bool:
+    """Whether a kernel's latent rows load 16 bytes a lane: L and ``strides`` (row strides
+    passed as integers) multiples of 16 elements, and each tensor's base pointer
+    16-byte aligned and its row strides multiples of 16."""
+    return not (l % 16 or any(s % 16 for s in strides) or any(
+        t.data_ptr() % 16 or any(s % 16 for s in t.stride()[:-1]) for t in tensors))
+
+
 def by_torch(fn, *args):
     """``fn(*args)``: a "torch" backend function computing a call this backend hands over
     (:func:`delegated`), recorded as the backend that ran (``fastvae.last_backend()``)."""

@@ -201,6 +201,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                        LOG_W=_launch.alloc((b, block_k), f32, dev), BLOCK_K=block_k,
                        BLOCK_S=block_s,
                        **dict(zip(("BLOCK_V", "BLOCK_NC", "BLOCK_TAIL"), sample_pieces)),
+                       **register_caps.iwae_sample_warps_maxnreg(_launch.latents_aligned(
+                           l, (mu, logvar, z_k, pm, plv), (stride_pm, stride_plv))),
                        **args)
     else:
         rows_int64 = _needs_int64(x, recon_k, mu, logvar, z_k, obs_arg, k, b, d, l,

@@ -132,6 +132,13 @@ IWAE_ROWS_UNALIGNED_MAXNREG = 96
 # an SM (at 40 registers or fewer: 958 of 1960 compiles, with a cap on every tile 528;
 # RESULTS.md, "The one-pass IWAE kernel on rows not aligned to 16").
 IWAE_ONEPASS_UNALIGNED_MAXNREG = 255
+# The sample-warp IWAE kernel with latent rows not aligned to 16 (L, a latent row stride
+# or base pointer; :func:`iwae_sample_warps_maxnreg`): each latent its own load. Uncapped,
+# Triton 3.9's ptxas chose 128 registers and spilled 4-12 bytes (B = 64, D = 784, L = 3,
+# K = 50, training: sm_80 with and without DReG, sm_90 with DReG and a prior); at 168 none
+# spilled, 113-168 registers, both Tritons (RESULTS.md, "The classes tier's small
+# kernels"). Aligned latents (the bar's L = 32) took 80-150 uncapped, none spilling.
+IWAE_SAMPLE_WARPS_UNALIGNED_MAXNREG = 168
 # Every two-pass IWAE launch with int64 offsets: without a cap ptxas chose 40-201
 # registers and spilled 4-60 bytes at 40-168 in 123 of 1672 compiles (a sweep of every
 # class at D = 7, 30, 100, 784, L = 3, 32, 70, B = 64 and 4096, fp32 and bf16, both
@@ -197,6 +204,12 @@ def iwae_pairs_maxnreg(launch_class: str, int64: bool, element_size: int, aligne
                                  else int64 or block_l == 64):
         return {"maxnreg": IWAE_PAIRS_MAXNREG}
     return {}
+
+
+def iwae_sample_warps_maxnreg(latents_aligned: bool) -> dict:
+    """A sample-warp IWAE launch's cap: IWAE_SAMPLE_WARPS_UNALIGNED_MAXNREG where its latent
+    rows are not aligned (``_launch.latents_aligned``), else none."""
+    return {} if latents_aligned else {"maxnreg": IWAE_SAMPLE_WARPS_UNALIGNED_MAXNREG}
 
 
 def iwae_onepass_maxnreg(launch_class: str, aligned: bool, lik: int, element_size: int,

@@ -277,6 +277,19 @@ def test_iwae_two_pass_16_bit_gaussian_caps_registers_without_obs_gradient(dname
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
 
 
+@pytest.mark.parametrize("dname, obs, mode, l, cap", [
+    ("fp16", "BD", "train", 3, 80), ("bf16", "D", "train+x", 3, 80),
+    ("fp16", "BD", "eval", 3, None),   # no obs_logvar gradient
+    ("fp16", "BD", "train", 32, None)])   # another tile (32 latents)
+def test_iwae_two_pass_16_bit_gaussian_obs_gradient_at_16_latents_caps_registers(
+        dname, obs, mode, l, cap):
+    """fp16 training spilled 4 bytes at 64 registers (B = 64, D = 784, L = 3, K = 9,
+    Triton 3.9, sm_80); 80 holds the whole obs-gradient class of that tile."""
+    calls = catalog.iwae_calls(((64, 784, l, 9),), (dname,), (("mean", mode),),
+                               likelihoods=(("gaussian", obs, True),))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
 @pytest.mark.parametrize("shape, semantics, cap", [
     ((5, 64, 17), ("analytic", "sum", 0.5, "eval"), 80),   # unaligned latent rows only
     ((5, 64, 17), ("mc", "none", 0.0, "eval"), 80),
@@ -480,6 +493,28 @@ def test_iwae_per_sample_obs_logvar_gradient_caps_registers(mode, cap):
     calls = [c for c in catalog_features.sample_obs_calls(((4096, 784, 32, 5),))
              if c[0].endswith(f"fp32 gaussian/KBD {mode}")]
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("prior, int64, cap", [
+    (None, False, 80), ("BL", False, None), ("L", False, None),
+    (None, True, 128), ("BL", True, 168)])
+def test_iwae_two_pass_with_a_prior_takes_no_class_cap(prior, int64, cap):
+    """A learned prior's two more latents and gradients: at the fp32 16 x 64 x 64 tile's
+    training cap (80) a (B, L) prior spilled 28-64 bytes (Triton 3.9), uncapped none; with
+    int64 offsets, at 128 4-24 bytes, at 168 none."""
+    calls = catalog.iwae_calls(((64, 784, 70, 9),), ("fp32",), (("mean", "train"),),
+                               likelihoods=catalog.LIKELIHOODS[:1], priors=(prior,),
+                               int64=(int64,))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("prior", [None, "BL"])
+def test_iwae_two_pass_tensor_obs_gradient_keeps_its_cap_with_a_prior(prior):
+    """fp32, L = 3, a (B, D) obs_logvar's gradient: uncapped a (B, L) prior spilled 4 bytes
+    at 64 registers (Triton 3.9, sm_80); it keeps the class's 96."""
+    calls = catalog.iwae_calls(((64, 784, 3, 9),), ("fp32",), (("mean", "train"),),
+                               likelihoods=(("gaussian", "BD", True),), priors=(prior,))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == 96
 
 
 def test_iwae_two_pass_int64_launches_take_their_own_caps():

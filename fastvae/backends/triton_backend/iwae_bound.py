@@ -214,7 +214,8 @@ def iwae_bound_fwd(x, recon_k, mu, logvar, z_k, obs, prior_mu, prior_logvar, obs
                            d, block_d, recon_k.element_size(), lik),
                        K_BLOCK=iwae_configs.iwae_rows_k_block(),
                        **register_caps.iwae_rows_maxnreg(
-                           launch_class(), aligned, rows_int64, lik, recon_k.element_size(),
+                           launch_class(), aligned, rows_int64, prior, lik,
+                           recon_k.element_size(),
                            block_b, block_d, block_l, warps),
                        INT64=rows_int64, **args)
     if reduce:

@@ -70,7 +70,14 @@ ELBO_MAXNREG = {
 # caps above would cut them (the MC training at D <= 32, L = 70 takes 106-168 registers
 # and spilled 8-104 bytes at 128, Triton 3.6), so they take their own: the 16-bit
 # Gaussian float's at D < 16, L > 32 with d/dz (128, 4 bytes, ptxas 13 on sm_90).
-PRIOR_MAXNREG = {("elbo_rows", GAUSSIAN_SCALAR, 2, 16, 16, 64, 4): {TRAIN: 168}}
+# The two-pass IWAE kernel with a prior likewise (the fp32 16 x 64 x 64 tile's training cap
+# of 80 spilled it 28-64 bytes), but for the tensor obs_logvar's gradient at 4 warps:
+# uncapped a (B, L) prior spilled 4 bytes at 64 registers (fp32, L = 3, Triton 3.9, sm_80),
+# at MAXNREG's 96 none.
+PRIOR_MAXNREG = {("elbo_rows", GAUSSIAN_SCALAR, 2, 16, 16, 64, 4): {TRAIN: 168},
+                 **{("iwae_rows", GAUSSIAN_TENSOR, 4, 16, 64, bl, 4): {OBS: 96}
+                    for bl in (16, 32)},
+                 ("iwae_rows", GAUSSIAN_SAMPLES, 4, 16, 64, 32, 4): {OBS: 96}}
 # The one-pass IWAE kernel (its key has BLOCK_K after BLOCK_B), from a sweep of its classes
 # (B = 3, D = 64, 256, 784, L = 3, 32, 70, K = 2, 5, 8, every likelihood layout, fp32 and
 # bf16, both Tritons; RESULTS.md, "The one-pass IWAE kernel's launch classes"): the
@@ -83,7 +90,13 @@ ONEPASS_MAXNREG = {
        for tile in ((8, 4, 64, 128), (4, 8, 64, 128), (1, 8, 1024, 128))},
     ("iwae_onepass", BERNOULLI, 4, 16, 4, 64, 32, 8): {TRAIN: 128}}
 WITH_Z = (TRAIN, TRAIN_X, OBS)
+# The 16-bit Gaussian tensor obs_logvar's gradient at 32 x 64 x 16 (L <= 16), 8 warps: fp16
+# training spilled 4 bytes at 64 registers (B = 64, D = 784, L = 3, K = 9 and 16, Triton
+# 3.9, sm_80; classes tier); capped at 80, none of the class's 22 int32 specializations
+# spilled on either Triton or arch (71-80; at 72, d/dx spilled 8-20 bytes; uncapped up to
+# 128). RESULTS.md, "The classes tier's 16-bit, amp and prior launches".
 MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OBS_GRADIENT, 64),
+           ("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 16, 8): {OBS: 80},
            **{("iwae_rows", CONTINUOUS_BERNOULLI, s, 16, 64, 64, 8):
               dict.fromkeys(NO_OBS_GRADIENT, 128) for s in (2, 4)},
            ("iwae_rows", BERNOULLI, 2, 16, 64, 32, 4): {EVAL: 72},
@@ -223,16 +236,22 @@ def iwae_onepass_maxnreg(launch_class: str, aligned: bool, lik: int, element_siz
                    block_d, block_l, warps)
 
 
-def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, lik: int,
+def iwae_rows_maxnreg(launch_class: str, aligned: bool, int64: bool, prior: bool, lik: int,
                       *key) -> dict:
     """:func:`maxnreg` of a two-pass IWAE launch (``key`` without the kernel's name and
     likelihood), IWAE_ROWS_UNALIGNED_MAXNREG's cap where its rows are not aligned, or with
     int64 offsets IWAE_ROWS_INT64_MAXNREG's (the caps found with int32 ones would cut
     those: the per-sample obs_logvar's gradient at INT64 took 96-128 registers and no
-    spill, and at its class's cap of 96 spilled 32 bytes, Triton 3.9, sm_80)."""
+    spill, and at its class's cap of 96 spilled 32 bytes, Triton 3.9, sm_80). A learned
+    ``prior`` (two more latent inputs and gradients) takes PRIOR_MAXNREG's class caps, and
+    at INT64 the higher cap: at the class cap of 80 the fp32 16 x 64 x 64 tile's training
+    spilled 28-64 bytes, uncapped none (72-128 registers); at INT64's 128, 4-24 bytes, at
+    168 none (Triton 3.9, classes tier; RESULTS.md, "The classes tier's 16-bit, amp and
+    prior launches")."""
     if int64:
         tensor_obs = lik in (GAUSSIAN_TENSOR, GAUSSIAN_SAMPLES)
-        return {"maxnreg": IWAE_ROWS_INT64_MAXNREG[not aligned and tensor_obs]}
+        return {"maxnreg": IWAE_ROWS_INT64_MAXNREG[prior or (not aligned and tensor_obs)]}
     if not aligned:
         return {"maxnreg": IWAE_ROWS_UNALIGNED_MAXNREG}
-    return maxnreg(launch_class, "iwae_rows", lik, *key)
+    return maxnreg(launch_class, "iwae_rows", lik, *key,
+                   table=PRIOR_MAXNREG if prior else MAXNREG)

@@ -236,16 +236,19 @@ def rows_aligned(d: int, x: Tensor, recon_k: Tensor, obs=None) -> bool:
     full tile that spilled 8-28 bytes at 128-168 registers (D = 100, fp32, every
     likelihood, Triton 3.6 on sm_80 and sm_90), and where ptxas chose fewer registers,
     4-368 bytes (RESULTS.md, "The two-pass IWAE kernel on rows not aligned to 16")."""
-    return not d % 16 and vector_rows(x, recon_k) and (
-        obs is None or not (obs.data_ptr() % 16 or any(s % 16 for s in obs.stride()[:-1])))
+    return not d % 16 and vector_rows(x, recon_k) and (obs is None or _rows_of_16(obs))
+
+
+def _rows_of_16(t: Tensor) -> bool:
+    """``t``'s base pointer 16-byte aligned and its row strides multiples of 16."""
+    return not (t.data_ptr() % 16 or any(s % 16 for s in t.stride()[:-1]))
 
 
 def latents_aligned(l: int, tensors, strides=()) -> bool:
     """Whether a kernel's latent rows load 16 bytes a lane: L and ``strides`` (row strides
     passed as integers) multiples of 16 elements, and each tensor's base pointer
     16-byte aligned and its row strides multiples of 16."""
-    return not (l % 16 or any(s % 16 for s in strides) or any(
-        t.data_ptr() % 16 or any(s % 16 for s in t.stride()[:-1]) for t in tensors))
+    return not (l % 16 or any(s % 16 for s in strides)) and all(map(_rows_of_16, tensors))
 
 
 def by_torch(fn, *args):

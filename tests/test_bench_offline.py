@@ -15,6 +15,9 @@ import pytest
     (["compile", "--cover-target", "75"], "--cover-target: must be 80 or 90"),
     (["compile", "--calls", " , "], "--calls: must name words of a call's label"),
     (["compile", "--tier", "full", "--cover-target", "80"], "--cover-target: the cover is the ci"),
+    (["compile", "--maxnreg", "own,8"], "--maxnreg: a cap must be 16 to 255 registers, got 8"),
+    (["compile", "--maxnreg", "96,many"], "--maxnreg: must be register counts, none or own"),
+    (["compile", "--maxnreg", ","], "--maxnreg: must name register caps"),
     (["proxy", "--ops", "iwae", "--shape", "64,8"], "--shape: must be B,D,L or B,D,L,K"),
     (["proxy", "--ops", "iwae", "--shape", "64,0,8,5"], "--shape: must be a positive integer"),
     (["proxy", "--shape", "64,64,8,5"], "--shape: name the ops to run at it with --ops"),
@@ -121,6 +124,63 @@ def test_compile_with_calls_keeps_the_calls_whose_label_has_every_word(monkeypat
     err = capsys.readouterr().err
     assert "no call of the full tier (or bar case) has each of fp8" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_compile_with_maxnreg_compiles_each_specialization_under_each_cap(monkeypatch):
+    """--maxnreg own,none,N: each specialization once a cap, its spec's cap replaced (own:
+    left as its launch chose), each result naming the cap; a job repeated (a launch's own
+    cap among those given) compiles once, since a second compile would come from the
+    worker's cache without a ptxas report; the summary a line a cap."""
+    import json
+
+    _needs_the_jit()
+    from fastvae.bench.offline import catalog, judge, report
+    from fastvae.bench.offline.__main__ import _caps
+
+    caps = _caps("own,none,96,none")
+    assert caps == ["own", None, 96]
+    calls = [*catalog.elbo_calls(((64, 30, 3),), ("fp32",), (catalog.TRAIN,),
+                                 likelihoods=catalog.LIKELIHOODS[:1])]
+    monkeypatch.setattr(catalog, "tier_calls", lambda tier: calls)
+    monkeypatch.setattr(judge, "bar_calls", lambda: [])
+    jobs = []
+    monkeypatch.setattr(judge.compiler, "compile_all", lambda j, workers: jobs.extend(j) or [
+        {"regs": 40 + len(jobs) - len(j) + i, "spill_stores": 0,
+         "cap_compiled": json.loads(spec)["options"]["maxnreg"]}
+        for i, (spec, _, _) in enumerate(j)])
+    own = judge.compile_catalog(tier="full")
+    owns = [r["cap_compiled"] for r in own["results"]]
+    n = len(owns)
+    assert n > 0 and None in owns   # the uncapped launches' own job is the "none" one
+    del jobs[:]
+    out = judge.compile_catalog(tier="full", caps=caps)
+    assert len(out["results"]) == 3 * n
+    assert len(jobs) == len(set(jobs)) == 2 * n + sum(o not in (None, 96) for o in owns)
+    for cap, want in (("own", owns), (None, [None] * n), (96, [96] * n)):
+        assert [r["cap_compiled"] for r in out["results"] if r["cap"] == cap] == want, cap
+    out["seconds"] = dict(capture=0, compile=0, cpu=0)
+    lines = report.compile_summary(out).splitlines()[1:]
+    tops = {c: max(r["regs"] for r in out["results"] if r["cap"] == c) for c in caps}
+    assert lines == [f"  maxnreg {name}: {n} compiles, 0 failing or spilling, up to {tops[c]} "
+                     f"registers" for name, c in (("own", "own"), ("none", None), ("96", 96))]
+
+
+def test_a_register_cap_reaches_ptxas(monkeypatch):
+    """The cap --maxnreg writes into a specialization is the one the compiler honours (a
+    kernel compiled at 32 uses at most 32 registers a thread) and the result names it."""
+    _needs_the_jit()
+    from fastvae.bench.offline import capture, catalog, compiler
+
+    calls = [*catalog.elbo_calls(((64, 30, 3),), ("fp32",), (catalog.TRAIN,),
+                                 likelihoods=catalog.LIKELIHOODS[:1])]
+    with capture.capturing((90,)) as rec:
+        catalog.record(rec, calls)
+    la = max(rec.distinct(), key=lambda la: "elbo_rows" in la.kernel)
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(__import__("tempfile").mkdtemp()))
+    free = compiler.compile_one(compiler.with_maxnreg(la.spec, None), 90)
+    capped = compiler.compile_one(compiler.with_maxnreg(la.spec, 32), 90)
+    assert free["maxnreg"] is None and capped["maxnreg"] == 32
+    assert free["regs"] > 32 >= capped["regs"], (free["regs"], capped["regs"])
 
 
 def test_the_classes_tier_labels_its_calls_once_and_takes_their_switches():

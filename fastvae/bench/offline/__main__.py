@@ -1,7 +1,7 @@
 """``python -m fastvae.bench.offline``: the offline judge from the command line.
 
     compile [--tier ci|bench|full|classes] [--kernel NAME,...] [--calls WORD,...]
-            [--workers N] [--cover-target CC] [--json FILE]
+            [--workers N] [--cover-target CC] [--maxnreg CAP,...] [--json FILE]
         capture the catalog under this Triton and compile its specializations for
         sm_80 and sm_90 (the report: registers, spills, loads; --json writes it all),
         with --kernel only those of the kernels named (e.g. iwae_bound_onepass_kernel),
@@ -12,7 +12,10 @@
         those and the odd shapes (hours), "classes" each op's launch classes
         (catalog_classes: a spill audit, one --kernel at a time); every tier adds the
         bar cases (judge.BAR); --cover-target 80|90 compiles the ci tier's specializations past
-        the bar cases' for that target alone, as CI does
+        the bar cases' for that target alone, as CI does; --maxnreg compiles each
+        specialization under each register cap given (a number of registers a thread,
+        "none", or "own": the cap its launch chose), e.g. --maxnreg own,none,80,96: a
+        cap search, the summary a line a cap
     table [--tier ci|bench|full|classes] [--triton PATH ...] [--workers N]
         the compile report as markdown, under this Triton and each folder given
         (e.g. .triton36): what benchmarks/RESULTS.md quotes
@@ -55,6 +58,7 @@ def main(argv=None) -> int:
     c.add_argument("--cover-target", type=_target, default=None,
                    help="with --tier ci: compile the specializations no bar case "
                         "launches for this target alone (80 or 90)")
+    c.add_argument("--maxnreg", type=_caps, default=[compiler.OWN_CAP])
     c.add_argument("--json", type=o.file_to_write, default=None)
     t = sub.add_parser("table")
     t.add_argument("--triton", type=_triton_folder, action="append", default=[])
@@ -109,6 +113,32 @@ def _words(value) -> tuple:
     return words
 
 
+MIN_CAP, MAX_CAP = 16, 255   # registers a thread that ptxas can be held to
+
+
+def _caps(value) -> list:
+    """Register caps, comma-separated: numbers of registers a thread (16 to 255),
+    ``none`` (uncapped) or ``own`` (each launch's own); a repeat is dropped."""
+    caps = []
+    for word in (w.strip() for w in str(value).split(",") if w.strip()):
+        if word == compiler.OWN_CAP:
+            cap = word
+        elif word == "none":
+            cap = None
+        else:
+            try:
+                cap = int(word)
+            except ValueError:
+                raise o.BadValue(f"must be register counts, none or own, got {word!r}") from None
+            if not MIN_CAP <= cap <= MAX_CAP:
+                raise o.BadValue(f"a cap must be {MIN_CAP} to {MAX_CAP} registers, got {cap}")
+        if cap not in caps:
+            caps.append(cap)
+    if not caps:
+        raise o.BadValue(f"must name register caps (e.g. own,none,80,96), got {value!r}")
+    return caps
+
+
 def _target(value) -> int:
     """A compile target, 80 or 90 (sm_80, sm_90)."""
     if str(value).strip() not in ("80", "90"):
@@ -134,7 +164,8 @@ def _run(args) -> int:
                                        "proxy without --here runs under .triton36)") from None
     if args.cmd == "compile":
         out = judge.compile_catalog(workers=args.workers, tier=args.tier, kernels=args.kernel,
-                                    cover_target=args.cover_target, calls_with=args.calls)
+                                    cover_target=args.cover_target, calls_with=args.calls,
+                                    caps=args.maxnreg)
         print(report.compile_summary(out), file=sys.stderr)
     elif args.cmd == "table":
         runs = report.compile_versions([None, *args.triton], workers=args.workers,

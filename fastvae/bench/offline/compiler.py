@@ -126,6 +126,20 @@ def disassemble(cubin: bytes, workdir: str) -> str:
     return out.stdout
 
 
+OWN_CAP = "own"   # a launch's own register cap, as the host chose it
+
+
+def with_maxnreg(spec_json: str, cap) -> str:
+    """The specialization with its register cap replaced: ``cap`` registers a thread
+    (an int), none (None), or its own (:data:`OWN_CAP`). The cap is one of the compile
+    options the Triton cache keys on, so each cap compiles, and ptxas reports, anew."""
+    if cap == OWN_CAP:
+        return spec_json
+    spec = json.loads(spec_json)
+    spec["options"]["maxnreg"] = cap
+    return json.dumps(spec)
+
+
 def compile_one(spec_json: str, cc: int, sass: bool = False) -> dict:
     """Compile one recorded specialization for ``sm_{cc}`` in this process; the compiler's
     report (``error`` instead where it fails)."""
@@ -136,7 +150,7 @@ def compile_one(spec_json: str, cc: int, sass: bool = False) -> dict:
     spec = json.loads(spec_json)
     num_warps = spec["options"]["num_warps"]
     out = {"name": describe(spec_json), "cc": cc, "num_warps": num_warps,
-           "aligned": aligned(spec_json)}
+           "maxnreg": spec["options"].get("maxnreg"), "aligned": aligned(spec_json)}
     triton.knobs.nvidia.dump_ptxas_log = True
     buf = io.StringIO()
     t0 = time.perf_counter()

@@ -33,13 +33,16 @@ class NoCalls(ValueError):
 def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
                     kernels: Optional[Sequence[str]] = None,
                     cover_target: Optional[int] = None,
-                    calls_with: Sequence[str] = ()) -> dict:
+                    calls_with: Sequence[str] = (),
+                    caps: Sequence = (compiler.OWN_CAP,)) -> dict:
     """Capture the catalog's ``tier`` and the bar cases (:func:`bar_calls`) under this
     Triton, compile each distinct specialization (the "ci" tier: each one
     ``selection.ci_selection`` keeps) for each target, only those of ``kernels`` (names)
     where given; a JSON-able report. With ``cover_target`` (the "ci" tier), the
     specializations no bar case launches compile for that target alone. ``calls_with``:
-    only the calls (the bar cases' too) whose label holds each of these words."""
+    only the calls (the bar cases' too) whose label holds each of these words. ``caps``:
+    each specialization compiles once under each register cap given (an int, None for
+    none, ``compiler.OWN_CAP`` for the one its launch chose): a cap search, rerunnable."""
     if cover_target is not None and (tier != "ci" or cover_target not in targets):
         raise ValueError(f"cover_target {cover_target} needs the ci tier and one of {targets}")
     t0 = time.perf_counter()
@@ -65,10 +68,16 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
             cover_target is None or la.cc == cover_target or (la.kernel, la.key) in everywhere)]
     if kernels:
         distinct = [la for la in distinct if la.short in kernels]
-    jobs = [(la.spec, la.cc, False) for la in distinct]
-    results = compiler.compile_all(jobs, workers)
+    compiled = [(la, cap) for la in distinct for cap in caps]
+    jobs = [(compiler.with_maxnreg(la.spec, cap), la.cc, False) for la, cap in compiled]
+    # a launch's own cap may be one of those given: that job compiles once (a second
+    # compile would come from the worker's cache, with no ptxas report to read)
+    once = list(dict.fromkeys(jobs))
+    done = dict(zip(once, compiler.compile_all(once, workers)))
+    results = [dict(done[j]) for j in jobs]
     t2 = time.perf_counter()
-    for la, r in zip(distinct, results):
+    for (la, cap), r in zip(compiled, results):
+        r["cap"] = cap
         r["call"] = la.call
         r["kernel"] = la.short
         r["key"] = la.key
@@ -77,7 +86,7 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
     launched = sorted({la.kernel for la in rec.launches})
     idents = {(la.kernel, la.key): la.short for la in distinct}
     per_kernel = collections.Counter(idents.values())
-    return dict(triton=compiler.triton_version(), tier=tier, calls=len(entries),
+    return dict(triton=compiler.triton_version(), tier=tier, calls=len(entries), caps=list(caps),
                 launches=len(rec.launches), targets=list(targets), cover_target=cover_target,
                 specializations=len(idents),
                 captured=len({(la.kernel, la.key) for la in captured}),

@@ -79,7 +79,23 @@ def compile_summary(run: dict) -> str:
             f"{_selected(run)}{_cover(run)}; "
             f"{len(res)} compiles, {len(bad)} failing or spilling; capture "
             f"{secs['capture']:.0f} s, compile {secs['compile']:.0f} s (wall), "
-            f"{secs.get('cpu', float('nan')):.0f} CPU s")
+            f"{secs.get('cpu', float('nan')):.0f} CPU s{_per_cap(run)}")
+
+
+def _per_cap(run: dict) -> str:
+    """A line a register cap where the run compiled under several (``--maxnreg``):
+    compiles, how many fail or spill, and the most registers any used."""
+    caps = run.get("caps") or [compiler.OWN_CAP]
+    if caps == [compiler.OWN_CAP]:
+        return ""
+    lines = []
+    for cap in caps:
+        res = [r for r in run["results"] if r.get("cap", compiler.OWN_CAP) == cap]
+        bad = [r for r in res if "error" in r or r.get("spill_stores")]
+        regs = max((r["regs"] for r in res if r.get("regs")), default=None)
+        lines.append(f"\n  maxnreg {'none' if cap is None else cap}: {len(res)} compiles, "
+                     f"{len(bad)} failing or spilling, up to {regs} registers")
+    return "".join(lines)
 
 
 def compile_table(runs: Sequence[dict]) -> str:

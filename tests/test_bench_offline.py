@@ -88,6 +88,8 @@ def test_compile_with_kernel_builds_only_that_kernels_specializations(monkeypatc
         {"name": "stub"} for _ in j])
     out = judge.compile_catalog(tier="full", kernels=["iwae_bound_onepass_kernel"])
     assert jobs and out["per_kernel"] == {"iwae_bound_onepass_kernel": len(jobs) // 2}
+    # the other kernels' were captured, not left out by a selection: the summary says none
+    assert out["captured"] == out["specializations"]
     assert {"iwae_bound_rows_kernel", "elbo_rows_kernel"} <= {
         k.rsplit(".", 1)[-1] for k in out["kernels_launched"]}
 

@@ -83,7 +83,7 @@ def iwae_class_calls() -> Iterator[Tuple[str, Callable]]:
     yield from iwae_calls(shapes, OTHER_DTYPES, (("mean", "train"), ("none", "eval")),
                           LIKELIHOODS)
     yield from iwae_calls(shapes, PAIR_DTYPES, (("mean", "train"),),
-                          (LIKELIHOODS[0], LIKELIHOODS[4]), priors=("BL",), int64=BOTH_INT)
+                          (LIKELIHOODS[0], LIKELIHOODS[4]), priors=("L", "BL"), int64=BOTH_INT)
     # the weights stored (STL and DReG launch the same kernels)
     yield from iwae_calls(shapes, PAIR_DTYPES, (("mean", "train"),), LIKELIHOODS[:1],
                           estimators=("dreg",))

@@ -13,7 +13,7 @@ to 1 made constants; divisibility by 16; constexprs) and compiles each distinct 
 (``compiler.py``): every one a benchmark-shape call or a bar case (``judge.BAR``, what a
 GPU run times) launches, and of the rest (switches at odd shapes, in fp32 and bf16) enough
 that each code shape, each code shape with each set of arguments divisible by 16, and each
-kernel's pointer types are compiled (``selection.py``; 377 of the 405 captured); the bar
+kernel's pointer types are compiled (``selection.py``; 380 of the 408 captured); the bar
 cases' for both targets under both Tritons, the others for sm_90 under Triton 3.6.0 and
 for sm_80 under the latest (``report.COVER_TARGETS``: every one under both Tritons and for
 both targets, at half the cost of all four pairs). The interpreter

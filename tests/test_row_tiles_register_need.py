@@ -35,7 +35,9 @@ IWAE kernel's classes did for it ("The one-pass IWAE kernel's launch classes"). 
 launches with int64 offsets spilled at every occupancy step (40-168 registers): they take
 caps of their own ("Two-pass IWAE launches with int64 offsets"). The row kernel as the KLs
 run it, with int64 offsets, takes half the rows on unaligned rows and the ELBO's cap of 255
-("KL rows with int64 offsets").
+("KL rows with int64 offsets"). The classes tier's fp16 calls under Triton 3.6 found three
+more on sm_90, each capped at the step its class's other launches reached ("The classes
+tier under Triton 3.6: fp16, amp, DReG, an (L,) prior").
 """
 from __future__ import annotations
 
@@ -310,7 +312,11 @@ GAUSS_D = ("gaussian", "D", True)
 @pytest.mark.parametrize("shape, dname, lik, semantics, cap", [
     # the 16-bit Bernoulli's half tile at D < 16, evaluating (Triton 3.6, sm_90: 72, 4 bytes)
     ((7, 7, 3), "bf16", ("bernoulli", "", False), ("analytic", "none", 0.0, "eval"), 128),
-    ((7, 7, 3), "bf16", ("bernoulli", "", False), ("mc", "mean", 0.0, "train"), None),
+    # and its training with d/dz (fp16, MC KL: 96, 12 bytes, Triton 3.6, sm_90)
+    ((7, 7, 3), "fp16", ("bernoulli", "", False), ("mc", "mean", 0.0, "train"), 128),
+    ((7, 7, 3), "bf16", ("bernoulli", "", False), ("analytic", "mean", 0.0, "train"),
+     None),   # no d/dz: 96-110, none spilling
+    ((7, 7, 3), "bf16", ("bernoulli", "", False), ("mc", "mean", 0.0, "train+x"), None),
     ((7, 7, 3), "fp32", ("bernoulli", "", False), ("analytic", "none", 0.0, "eval"), None),
     # 64 unaligned latents a step at D <= 32 with d/dz or d/dx (Triton 3.6, sm_90: 96)
     ((5, 30, 70), "fp32", ("bernoulli", "", False), ("mc", "mean", 0.0, "train"), 128),
@@ -505,6 +511,27 @@ def test_iwae_two_pass_with_a_prior_takes_no_class_cap(prior, int64, cap):
     calls = catalog.iwae_calls(((64, 784, 70, 9),), ("fp32",), (("mean", "train"),),
                                likelihoods=catalog.LIKELIHOODS[:1], priors=(prior,),
                                int64=(int64,))
+    assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
+
+
+@pytest.mark.parametrize("dname, lik, mode, prior, int64, cap", [
+    # the 16-bit Bernoulli's evaluation (fp16: 48 registers, 12 bytes)
+    ("fp16", ("bernoulli", "", False), "eval", None, False, 64),
+    ("bf16", ("bernoulli", "", False), "eval", None, False, 64),
+    ("bf16", ("bernoulli", "", False), "train", None, False, None),
+    ("fp32", ("bernoulli", "", False), "eval", None, False, None),
+    # the 16-bit tensor obs_logvar's gradient (fp16: 64 registers, 4 bytes)
+    ("fp16", ("gaussian", "BD", True), "train", None, False, 80),
+    ("amp-bf16", ("gaussian", "D", True), "train+x", None, False, 80),
+    ("fp16", ("gaussian", "BD", True), "eval", None, False, None),
+    ("bf16", ("gaussian", "BD", True), "train", "L", False, None),   # 124-127 uncapped
+    ("bf16", ("gaussian", "D", True), "train", None, True, 128)])   # INT64's own
+def test_iwae_two_pass_16_bit_64_latent_tile_caps(dname, lik, mode, prior, int64, cap):
+    """The 16 x 64 x 64 tile at 8 warps, classes the fp16 calls found spilling under
+    Triton 3.6 (sm_90, D = 784, L = 70, K = 9 and 16); each cap held its class's int32
+    specializations on both Tritons and arches."""
+    calls = catalog.iwae_calls(((64, 784, 70, 9),), (dname,), (("mean", mode),),
+                               likelihoods=(lik,), priors=(prior,), int64=(int64,))
     assert _maxnreg(calls, "iwae_bound_rows_kernel") == cap
 
 

@@ -39,7 +39,9 @@ NO_OBS_GRADIENT = {EVAL, TRAIN, TRAIN_NO_Z, TRAIN_X}
 # * the 16-bit continuous Bernoulli's evaluation, rows not aligned (72, 4 bytes, ptxas 13
 #   on sm_90, B=13 D=100 L=17; aligned: 32-40, a cap would raise them); the 16-bit
 #   Bernoulli's half tile at D < 16 likewise (72, 4 bytes, Triton 3.6 on sm_90; capped at
-#   80 or 96, ptxas 13 spilled 8-16 bytes on sm_90 with the MC KL; at 112 or 128, none);
+#   80 or 96, ptxas 13 spilled 8-16 bytes on sm_90 with the MC KL; at 112 or 128, none),
+#   and its training with d/dz (fp16, MC KL: 96, 12 bytes, Triton 3.6 on sm_90; 103-128
+#   elsewhere; at 128 none, both Tritons: the classes tier's fp16 calls);
 # * the 64-latent tile of unaligned latents at D <= 32 with d/dz or d/dx, every likelihood
 #   (96, 4-8 bytes, Triton 3.6 on sm_90, MC KL; 3.6 on sm_80 chose 128; the 16-bit
 #   continuous Bernoulli's with d/dx: 72, 8 bytes, ptxas 13 on sm_90), and the 16-bit
@@ -57,7 +59,7 @@ _LATENTS_64 = [(lik, s, bd) for lik, s in ((BERNOULLI, 4), (BERNOULLI, 2), (GAUS
                for bd in (16, 32)]
 ELBO_MAXNREG = {
     ("elbo_rows", CONTINUOUS_BERNOULLI, 2, 16, 64, 32, 4): {EVAL_UNALIGNED: 80},
-    ("elbo_rows", BERNOULLI, 2, 64, 16, 16, 4): {EVAL_UNALIGNED: 128},
+    ("elbo_rows", BERNOULLI, 2, 64, 16, 16, 4): {EVAL_UNALIGNED: 128, TRAIN: 128},
     **{("elbo_rows", lik, s, 16, bd, 64, 4): {TRAIN: 128, TRAIN_X: 128}
        for lik, s, bd in _LATENTS_64},
     ("elbo_rows", GAUSSIAN_SCALAR, 2, 64, 16, 16, 4): {TRAIN: 128, TRAIN_NO_Z: 128},
@@ -95,8 +97,16 @@ WITH_Z = (TRAIN, TRAIN_X, OBS)
 # 3.9, sm_80; classes tier); capped at 80, none of the class's 22 int32 specializations
 # spilled on either Triton or arch (71-80; at 72, d/dx spilled 8-20 bytes; uncapped up to
 # 128). RESULTS.md, "The classes tier's 16-bit, amp and prior launches".
+# Found by the classes tier's fp16 calls under Triton 3.6 (sm_90, B = 64, D = 784, L = 70,
+# K = 9 and 16), the 16 x 64 x 64 tile at 8 warps: the 16-bit Bernoulli's evaluation (48
+# registers, 12 bytes; capped at 64 none of the class's int32 specializations spilled on
+# either Triton or arch, 60-64) and the 16-bit tensor obs_logvar's gradient (64, 4 bytes;
+# at 80 none, 70-80). `compile --tier classes --maxnreg` (RESULTS.md, "The classes tier
+# under Triton 3.6: fp16, amp, DReG, an (L,) prior").
 MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OBS_GRADIENT, 64),
            ("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 16, 8): {OBS: 80},
+           ("iwae_rows", GAUSSIAN_TENSOR, 2, 16, 64, 64, 8): {OBS: 80},
+           ("iwae_rows", BERNOULLI, 2, 16, 64, 64, 8): {EVAL: 64},
            **{("iwae_rows", CONTINUOUS_BERNOULLI, s, 16, 64, 64, 8):
               dict.fromkeys(NO_OBS_GRADIENT, 128) for s in (2, 4)},
            ("iwae_rows", BERNOULLI, 2, 16, 64, 32, 4): {EVAL: 72},

@@ -283,7 +283,7 @@ TRAIN = ("analytic", "mean", 0.0, "train")
 
 
 def ci_calls() -> List[Tuple[str, Callable]]:
-    """What CI captures, 405 specializations (377 compiled, ``selection.py``):
+    """What CI captures, 408 specializations (380 compiled, ``selection.py``):
 
     * the benchmark shapes: every likelihood in training in fp32, bf16, fp16 and
       autocast's bf16; in fp32 and bf16 also the MC KL with free bits and x's gradient,
@@ -344,6 +344,11 @@ def ci_calls() -> List[Tuple[str, Callable]]:
            *iwae_calls(((3, 784, 3, 5),), ("bf16",), (("mean", "train+x"),),
                        likelihoods=(gauss_bd,)),
            *iwae_calls(((3, 64, 32, 2),), ("fp32",), (("mean", "train"),), likelihoods=(bern,)),
+           *iwae_calls(((3, 784, 70, 9),), ("fp16",), (("none", "eval"),), likelihoods=(bern,)),
+           *iwae_calls(((3, 784, 70, 9),), ("fp16",), (("mean", "train"),),
+                       likelihoods=(gauss_bd,)),
+           *elbo_calls(((7, 7, 3),), ("fp16",), (("mc", "mean", 0.0, "train"),),
+                       likelihoods=(bern,)),
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2])
              if c[0].split()[4] in ("fp32", "bf16") and c[0].endswith(("both", "eval"))],
            *[c for c in reparameterize_calls(REPARAM_SHAPES[:2] + REPARAM_SHAPES[5:6])

@@ -40,7 +40,7 @@ NO_OBS_GRADIENT = {EVAL, TRAIN, TRAIN_NO_Z, TRAIN_X}
 #   on sm_90, B=13 D=100 L=17; aligned: 32-40, a cap would raise them); the 16-bit
 #   Bernoulli's half tile at D < 16 likewise (72, 4 bytes, Triton 3.6 on sm_90; capped at
 #   80 or 96, ptxas 13 spilled 8-16 bytes on sm_90 with the MC KL; at 112 or 128, none),
-#   and its training with d/dz (fp16, MC KL: 96, 12 bytes, Triton 3.6 on sm_90; 103-128
+#   and its training with d/dz (fp16, MC KL: 96, 12 bytes, Triton 3.6 on sm_90; 108-128
 #   elsewhere; at 128 none, both Tritons: the classes tier's fp16 calls);
 # * the 64-latent tile of unaligned latents at D <= 32 with d/dz or d/dx, every likelihood
 #   (96, 4-8 bytes, Triton 3.6 on sm_90, MC KL; 3.6 on sm_80 chose 128; the 16-bit
@@ -101,7 +101,7 @@ WITH_Z = (TRAIN, TRAIN_X, OBS)
 # K = 9 and 16), the 16 x 64 x 64 tile at 8 warps: the 16-bit Bernoulli's evaluation (48
 # registers, 12 bytes; capped at 64 none of the class's int32 specializations spilled on
 # either Triton or arch, 60-64) and the 16-bit tensor obs_logvar's gradient (64, 4 bytes;
-# at 80 none, 70-80). `compile --tier classes --maxnreg` (RESULTS.md, "The classes tier
+# at 80 none, 63-80). `compile --tier classes --maxnreg` (RESULTS.md, "The classes tier
 # under Triton 3.6: fp16, amp, DReG, an (L,) prior").
 MAXNREG = {("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 32, 8): dict.fromkeys(NO_OBS_GRADIENT, 64),
            ("iwae_rows", GAUSSIAN_TENSOR, 2, 32, 64, 16, 8): {OBS: 80},

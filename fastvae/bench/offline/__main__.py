@@ -58,7 +58,9 @@ def main(argv=None) -> int:
     c.add_argument("--cover-target", type=_target, default=None,
                    help="with --tier ci: compile the specializations no bar case "
                         "launches for this target alone (80 or 90)")
-    c.add_argument("--maxnreg", type=_caps, default=[compiler.OWN_CAP])
+    c.add_argument("--maxnreg", type=_caps, default=[compiler.OWN_CAP],
+                   help="register caps to compile each specialization under, e.g. "
+                        "own,none,80,96 (own: its launch's)")
     c.add_argument("--json", type=o.file_to_write, default=None)
     t = sub.add_parser("table")
     t.add_argument("--triton", type=_triton_folder, action="append", default=[])

@@ -43,6 +43,9 @@ def compile_catalog(workers: int = 1, tier: str = "ci", targets=capture.TARGETS,
     only the calls (the bar cases' too) whose label holds each of these words. ``caps``:
     each specialization compiles once under each register cap given (an int, None for
     none, ``compiler.OWN_CAP`` for the one its launch chose): a cap search, rerunnable."""
+    if not caps:
+        raise ValueError("caps: give at least one register cap (compiler.OWN_CAP: each "
+                         "launch's own)")
     if cover_target is not None and (tier != "ci" or cover_target not in targets):
         raise ValueError(f"cover_target {cover_target} needs the ci tier and one of {targets}")
     t0 = time.perf_counter()

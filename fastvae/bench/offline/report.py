@@ -69,9 +69,14 @@ def _cover(run: dict) -> str:
     return f", all but the bar cases' ({alone}) for sm_{cc} alone"
 
 
+def _failing(results: Sequence[dict]) -> List[dict]:
+    """The compiles that failed or spilled."""
+    return [r for r in results if "error" in r or r.get("spill_stores")]
+
+
 def compile_summary(run: dict) -> str:
     res = run["results"]
-    bad = [r for r in res if "error" in r or r.get("spill_stores")]
+    bad = _failing(res)
     secs = run["seconds"]
     return (f"Triton {run['triton']['version']}: {run['calls']} calls, {run['launches']} launches, "
             f"{run['specializations']} distinct specializations "
@@ -84,17 +89,17 @@ def compile_summary(run: dict) -> str:
 
 def _per_cap(run: dict) -> str:
     """A line a register cap where the run compiled under several (``--maxnreg``):
-    compiles, how many fail or spill, and the most registers any used."""
+    compiles, how many fail or spill, and the registers they used."""
     caps = run.get("caps") or [compiler.OWN_CAP]
     if caps == [compiler.OWN_CAP]:
         return ""
     lines = []
     for cap in caps:
         res = [r for r in run["results"] if r.get("cap", compiler.OWN_CAP) == cap]
-        bad = [r for r in res if "error" in r or r.get("spill_stores")]
-        regs = max((r["regs"] for r in res if r.get("regs")), default=None)
+        regs = sorted(r["regs"] for r in res if r.get("regs"))
+        used = f", {regs[0]}-{regs[-1]} registers" if regs else ""
         lines.append(f"\n  maxnreg {'none' if cap is None else cap}: {len(res)} compiles, "
-                     f"{len(bad)} failing or spilling, up to {regs} registers")
+                     f"{len(_failing(res))} failing or spilling{used}")
     return "".join(lines)
 
 

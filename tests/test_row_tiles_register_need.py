@@ -396,6 +396,26 @@ def test_kl_rows_cap_int64_offsets_only(int64, cap):
                         "elbo_rows_kernel") == cap
 
 
+@pytest.mark.parametrize("op, prior, grad, l, cap", [
+    ("kl_normal", "number", True, 70, 255), ("kl_normal", "L", True, 70, 255),
+    ("kl_normal", "BL", True, 70, 255),
+    ("kl_normal", "L", False, 70, None),     # no gradients: 48-96, none spilling
+    ("kl_normal", "L", True, 32, None),      # 32 latents a step
+    ("kl_standard_normal", None, True, 70, None)])
+def test_kl_normal_gradients_at_64_latents_a_step_cap_registers(op, prior, grad, l, cap):
+    """kl_normal's gradients at L = 70 with int32 offsets spilled on Triton 3.6 (bf16 with a
+    prior given as numbers: 128 registers, 8 bytes, sm_80; fp32 with an (L,) prior: 20
+    bytes, sm_90); at 255 none of its 44 specializations at L = 70 did, either Triton."""
+    mu, lv = (torch.empty(40, l, requires_grad=grad) for _ in range(2))
+    pm, plv = stand_ins.stand_in_prior(prior, 40, l, torch.float32, grad)
+
+    def call():
+        if op == "kl_standard_normal":
+            return fastvae.kl_standard_normal(mu, lv, backend="triton", validate=False)
+        return fastvae.kl_normal(mu, lv, pm, plv, backend="triton", validate=False)
+    assert _maxnreg([("kl", call)], "elbo_rows_kernel") == cap
+
+
 @pytest.mark.parametrize("dname, mode, l, cap", [
     ("fp32", "train", 129, 128), ("fp16", "train+x", 129, 128), ("bf16", "eval", 129, 128),
     ("fp32", "train", 32, None)])    # 32 latents: another tile

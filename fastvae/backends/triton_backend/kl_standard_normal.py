@@ -72,5 +72,5 @@ def _kl_rows(mu, logvar, mu_p, logvar_p, needs, gmu_dtype=None):
         PRIOR=prior, NEED_GPM=gpm is not None, NEED_GPLV=gplv is not None,
         INT64=int64,
         BLOCK_B=block_b, BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_SUM=16, STAGES=1,  # no columns
-        num_warps=warps, **register_caps.kl_rows_maxnreg(int64))
+        num_warps=warps, **register_caps.kl_rows_maxnreg(int64, prior, block_l, any(needs)))
     return (out, *grads)

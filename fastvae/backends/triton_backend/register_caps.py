@@ -199,11 +199,18 @@ def elbo_rows_maxnreg(launch_class: str, prior: bool, int64: bool, *key) -> dict
     return maxnreg(launch_class, "elbo_rows", *key, table=PRIOR_MAXNREG if prior else MAXNREG)
 
 
-def kl_rows_maxnreg(int64: bool) -> dict:
+def kl_rows_maxnreg(int64: bool, prior: bool = False, block_l: int = 0,
+                    gradients: bool = False) -> dict:
     """:func:`maxnreg` of the row kernel as kl_standard_normal and kl_normal run it: with
     int64 offsets ELBO_INT64_MAXNREG (uncapped, a (B, L) prior's fp32 32 x 64 evaluation
-    spilled 4 bytes at 96 registers, Triton 3.9, sm_80); with int32 ones none spilled."""
-    return {"maxnreg": ELBO_INT64_MAXNREG} if int64 else {}
+    spilled 4 bytes at 96 registers, Triton 3.9, sm_80); likewise kl_normal's gradients at
+    64 latents a step (Triton 3.6, int32 offsets, L = 70: bf16 with a prior given as
+    numbers 128 registers, 8 bytes, sm_80; fp32 with an (L,) prior 128, 20 bytes, sm_90;
+    at 168 a (B, L) prior's spilled, at 255 none of the 44 specializations on either
+    Triton, 48-254). Other int32 launches did not spill uncapped."""
+    if int64 or (prior and gradients and block_l == 64):
+        return {"maxnreg": ELBO_INT64_MAXNREG}
+    return {}
 
 
 # The pair kernel's training launches (8 warps: two programs an SM at up to 128

@@ -199,8 +199,7 @@ def elbo_rows_maxnreg(launch_class: str, prior: bool, int64: bool, *key) -> dict
     return maxnreg(launch_class, "elbo_rows", *key, table=PRIOR_MAXNREG if prior else MAXNREG)
 
 
-def kl_rows_maxnreg(int64: bool, prior: bool = False, block_l: int = 0,
-                    gradients: bool = False) -> dict:
+def kl_rows_maxnreg(int64: bool, prior: bool, block_l: int, gradients: bool) -> dict:
     """:func:`maxnreg` of the row kernel as kl_standard_normal and kl_normal run it: with
     int64 offsets ELBO_INT64_MAXNREG (uncapped, a (B, L) prior's fp32 32 x 64 evaluation
     spilled 4 bytes at 96 registers, Triton 3.9, sm_80); likewise kl_normal's gradients at
